@@ -1,0 +1,387 @@
+//! The acceptor: accepts client sockets, reads each upgrade request head under a deadline,
+//! judges it (origin, rate, token, capacity), answers refusals itself and hands accepted
+//! sockets to the shard that owns the user.
+
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Shutdown};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::TrySendError;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+
+use crate::admission::{Admission, ConnectRate};
+use crate::auth::{AuthError, Verifier};
+use crate::command::Handoff;
+use crate::config::{Config, MAX_HEAD_BYTES};
+use crate::handshake::{self, Refusal, Upgrade};
+use crate::metrics::{Metrics, Outcome};
+use crate::route::shard_of;
+use crate::shard::ShardHandle;
+use crate::wheel::{TimerId, Wheel};
+
+const LISTENER: Token = Token(usize::MAX - 1);
+/// The acceptor's waker token.
+pub const WAKER: Token = Token(usize::MAX);
+const TICK_MS: u64 = 10;
+/// How long a refused socket may take to read the response before it is dropped.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+/// How long to stop accepting when the process is out of file descriptors.
+const EMFILE_PAUSE: Duration = Duration::from_millis(100);
+
+struct Pending {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    ip: IpAddr,
+    timer: TimerId,
+    /// A refusal was written; only the client's FIN is awaited.
+    refused: bool,
+}
+
+/// Everything the acceptor thread owns.
+pub struct Acceptor {
+    poll: Poll,
+    listener: TcpListener,
+    pending: Slab<Pending>,
+    wheel: Wheel<u32>,
+    started: Instant,
+    verifier: Verifier,
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    admission: Arc<Admission>,
+    rate: ConnectRate,
+    shards: Vec<ShardHandle>,
+    draining: Arc<AtomicBool>,
+    paused_until: Option<Instant>,
+    scratch: Vec<u8>,
+}
+
+impl Acceptor {
+    /// Builds the acceptor around a bound listener; `poll` owns `WAKER` already.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        poll: Poll,
+        listener: std::net::TcpListener,
+        verifier: Verifier,
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+        admission: Arc<Admission>,
+        shards: Vec<ShardHandle>,
+        draining: Arc<AtomicBool>,
+    ) -> io::Result<Acceptor> {
+        let mut listener = TcpListener::from_std(listener);
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        Ok(Acceptor {
+            poll,
+            listener,
+            pending: Slab::new(),
+            wheel: Wheel::new(),
+            started: Instant::now(),
+            verifier,
+            rate: ConnectRate::new(config.connect_rate_per_ip),
+            config,
+            metrics,
+            admission,
+            shards,
+            draining,
+            paused_until: None,
+            scratch: vec![0; MAX_HEAD_BYTES + 1024],
+        })
+    }
+
+    fn tick(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64 / TICK_MS
+    }
+
+    fn ticks(d: Duration) -> u64 {
+        (d.as_millis() as u64).div_ceil(TICK_MS).max(1)
+    }
+
+    /// Runs until shutdown begins; then answers pending handshakes with 503 and returns.
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut fired = Vec::new();
+        loop {
+            let mut timeout = Duration::from_millis(100);
+            if let Some(next) = self.wheel.next_expiry() {
+                let now_ms = self.started.elapsed().as_millis() as u64;
+                timeout = timeout.min(Duration::from_millis(
+                    (next * TICK_MS).saturating_sub(now_ms),
+                ));
+            }
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!(error = %e, "acceptor poll failed; no longer accepting");
+                    return;
+                }
+            }
+            if self.draining.load(Relaxed) {
+                self.drain();
+                return;
+            }
+            for event in events.iter() {
+                match event.token() {
+                    WAKER => {}
+                    LISTENER => self.accept(),
+                    Token(key) => self.on_readable(key),
+                }
+            }
+            self.wheel.advance(self.tick(), &mut fired);
+            for key in fired.drain(..) {
+                self.expire(key as usize);
+            }
+            if self.paused_until.is_some_and(|t| Instant::now() >= t) {
+                self.paused_until = None;
+                if let Err(e) = self.poll.registry().register(
+                    &mut self.listener,
+                    LISTENER,
+                    Interest::READABLE,
+                ) {
+                    tracing::error!(error = %e, "cannot resume accepting");
+                }
+                // Connections may have queued while paused; edge-triggered, so look now.
+                self.accept();
+            }
+        }
+    }
+
+    fn accept(&mut self) {
+        if self.paused_until.is_some() {
+            return;
+        }
+        loop {
+            match self.listener.accept() {
+                Ok((mut stream, addr)) => {
+                    let _ = stream.set_nodelay(true);
+                    if self.pending.len() >= self.config.max_connections {
+                        // Far more half-open handshakes than connections allowed: shed.
+                        self.metrics.handshake(Outcome::OverCapacity);
+                        continue;
+                    }
+                    let deadline = self.tick() + Self::ticks(self.config.handshake_timeout);
+                    let entry = self.pending.vacant_entry();
+                    let key = entry.key();
+                    if self
+                        .poll
+                        .registry()
+                        .register(&mut stream, Token(key), Interest::READABLE)
+                        .is_err()
+                    {
+                        continue;
+                    }
+                    let timer = self.wheel.insert(deadline, key as u32);
+                    entry.insert(Pending {
+                        stream,
+                        buf: Vec::new(),
+                        ip: addr.ip(),
+                        timer,
+                        refused: false,
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE/ENFILE: the listener stays readable; pause instead of spinning.
+                    tracing::warn!(error = %e, "accept failed; pausing accepts briefly");
+                    let _ = self.poll.registry().deregister(&mut self.listener);
+                    self.paused_until = Some(Instant::now() + EMFILE_PAUSE);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_readable(&mut self, key: usize) {
+        loop {
+            let Some(p) = self.pending.get_mut(key) else {
+                return;
+            };
+            match p.stream.read(&mut self.scratch) {
+                Ok(0) => {
+                    if !p.refused {
+                        self.metrics.handshake(Outcome::Aborted);
+                    }
+                    self.remove(key);
+                    return;
+                }
+                Ok(n) => {
+                    if p.refused {
+                        continue;
+                    }
+                    p.buf.extend_from_slice(&self.scratch[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    if !p.refused {
+                        self.metrics.handshake(Outcome::Aborted);
+                    }
+                    self.remove(key);
+                    return;
+                }
+            }
+            if p.buf.len() > MAX_HEAD_BYTES {
+                break;
+            }
+        }
+        let Some(p) = self.pending.get(key) else {
+            return;
+        };
+        if p.refused {
+            return;
+        }
+        match handshake::parse(&p.buf) {
+            Ok(None) => {}
+            Ok(Some(up)) => self.decide(key, up),
+            Err(r) => self.refuse(key, r),
+        }
+    }
+
+    /// Judges a complete upgrade request and hands it on or refuses it.
+    fn decide(&mut self, key: usize, up: Upgrade) {
+        let Some(p) = self.pending.get(key) else {
+            return;
+        };
+        let ip = p.ip;
+        if !handshake::origin_allowed(&self.config.allowed_origins, up.origin.as_deref()) {
+            return self.refuse(key, Refusal::ForbiddenOrigin);
+        }
+        if !self.rate.allow(ip, Instant::now()) {
+            return self.refuse(
+                key,
+                Refusal::RateLimited("too many new connections from this IP address"),
+            );
+        }
+        let identity = match up.token.as_deref() {
+            None => Err(AuthError::Missing),
+            Some(t) => self.verifier.verify(t),
+        };
+        let identity = match identity {
+            Ok(id) => id,
+            Err(e) => return self.refuse(key, Refusal::Auth(e)),
+        };
+        if let Err(r) = self.admission.try_admit(ip) {
+            return self.refuse(key, r);
+        }
+        let Some(mut p) = self.pending.try_remove(key) else {
+            return;
+        };
+        self.wheel.cancel(p.timer);
+        let _ = self.poll.registry().deregister(&mut p.stream);
+        let shard = &self.shards[shard_of(&identity.user, self.shards.len())];
+        let leftover = p.buf.split_off(up.head_len);
+        let handoff = Handoff {
+            stream: p.stream,
+            identity,
+            accept_key: up.accept_key,
+            leftover,
+            ip,
+        };
+        match shard.conns.try_send(handoff) {
+            Ok(()) => {
+                let _ = shard.waker.wake();
+                self.metrics.handshake(Outcome::Accepted);
+            }
+            Err(e) => {
+                let refusal = match &e {
+                    TrySendError::Full(_) => Refusal::OverCapacity("shard queue is full"),
+                    TrySendError::Disconnected(_) => Refusal::Draining,
+                };
+                let h = e.into_inner();
+                self.admission.release(ip);
+                self.readopt_refused(h.stream, ip, refusal);
+            }
+        }
+    }
+
+    /// Writes the refusal, shuts the write half, and lingers until the client's FIN.
+    fn refuse(&mut self, key: usize, r: Refusal) {
+        self.metrics.handshake(r.outcome());
+        let Some(p) = self.pending.get_mut(key) else {
+            return;
+        };
+        let _ = p.stream.write(&r.response());
+        let _ = p.stream.shutdown(Shutdown::Write);
+        p.refused = true;
+        p.buf = Vec::new();
+        let timer = p.timer;
+        self.wheel.cancel(timer);
+        let deadline = self.tick() + Self::ticks(REFUSAL_LINGER);
+        let t = self.wheel.insert(deadline, key as u32);
+        if let Some(p) = self.pending.get_mut(key) {
+            p.timer = t;
+        }
+    }
+
+    /// A socket that was already taken out of `pending` must be refused after all.
+    fn readopt_refused(&mut self, mut stream: TcpStream, ip: IpAddr, r: Refusal) {
+        let now = self.tick();
+        let entry = self.pending.vacant_entry();
+        let key = entry.key();
+        if self
+            .poll
+            .registry()
+            .register(&mut stream, Token(key), Interest::READABLE)
+            .is_err()
+        {
+            self.metrics.handshake(r.outcome());
+            let _ = stream.write(&r.response());
+            return;
+        }
+        let timer = self.wheel.insert(now, key as u32);
+        entry.insert(Pending {
+            stream,
+            buf: Vec::new(),
+            ip,
+            timer,
+            refused: false,
+        });
+        self.refuse(key, r);
+    }
+
+    /// A deadline passed: a head that never completed, or a refused socket that lingered.
+    fn expire(&mut self, key: usize) {
+        let Some(p) = self.pending.get(key) else {
+            return;
+        };
+        if !p.refused {
+            self.metrics.handshake(Outcome::Timeout);
+        }
+        // The timer already fired; removing must not cancel a reused id.
+        if let Some(mut p) = self.pending.try_remove(key) {
+            let _ = self.poll.registry().deregister(&mut p.stream);
+        }
+    }
+
+    fn remove(&mut self, key: usize) {
+        if let Some(mut p) = self.pending.try_remove(key) {
+            self.wheel.cancel(p.timer);
+            let _ = self.poll.registry().deregister(&mut p.stream);
+        }
+    }
+
+    fn drain(&mut self) {
+        let _ = self.poll.registry().deregister(&mut self.listener);
+        let keys: Vec<usize> = self.pending.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            let refused = self.pending.get(key).is_some_and(|p| p.refused);
+            if !refused {
+                self.metrics.handshake(Outcome::Draining);
+                if let Some(p) = self.pending.get_mut(key) {
+                    let _ = p.stream.write(&Refusal::Draining.response());
+                    let _ = p.stream.shutdown(Shutdown::Write);
+                }
+            }
+            self.remove(key);
+        }
+    }
+}
+
+/// The acceptor's waker, made before the thread starts so shutdown can reach it.
+pub fn waker(poll: &Poll) -> io::Result<Arc<Waker>> {
+    Ok(Arc::new(Waker::new(poll.registry(), WAKER)?))
+}

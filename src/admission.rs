@@ -1,0 +1,144 @@
+//! Admission control: connections in all and per IP (shared by the acceptor, which admits,
+//! and the shards, which release), and the per-IP connect rate (the acceptor's alone).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crate::handshake::Refusal;
+
+/// Open-connection accounting. Touched once when a connection is admitted and once when
+/// it ends, never per message.
+pub struct Admission {
+    max: usize,
+    max_per_ip: usize,
+    open: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, u32>>,
+}
+
+impl Admission {
+    /// Limits: `max` in all, `max_per_ip` per IP (0 = unlimited).
+    pub fn new(max: usize, max_per_ip: usize) -> Admission {
+        Admission {
+            max,
+            max_per_ip,
+            open: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Connections admitted and not yet released.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Counts a new connection from `ip`, or says why it cannot be had.
+    pub fn try_admit(&self, ip: IpAddr) -> Result<(), Refusal> {
+        // Only the acceptor admits, so load-then-add cannot overshoot.
+        if self.open.load(Ordering::Relaxed) >= self.max {
+            return Err(Refusal::OverCapacity("server is at max_connections"));
+        }
+        if self.max_per_ip > 0 {
+            let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            let n = map.entry(ip).or_insert(0);
+            if *n as usize >= self.max_per_ip {
+                return Err(Refusal::RateLimited(
+                    "too many connections from this IP address",
+                ));
+            }
+            *n += 1;
+        }
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Forgets a connection admitted by `try_admit`.
+    pub fn release(&self, ip: IpAddr) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        if self.max_per_ip > 0 {
+            let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = map.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+/// Token bucket per client IP: `rate` new connections per second, bursts of `rate`.
+pub struct ConnectRate {
+    rate: f64,
+    buckets: HashMap<IpAddr, (f64, Instant)>,
+    last_prune: Instant,
+}
+
+impl ConnectRate {
+    /// `rate` per second per IP; 0 disables the limit.
+    pub fn new(rate: u32) -> ConnectRate {
+        ConnectRate {
+            rate: f64::from(rate),
+            buckets: HashMap::new(),
+            last_prune: Instant::now(),
+        }
+    }
+
+    /// Takes one token for `ip`; false when the IP is over its rate.
+    pub fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
+        if self.rate == 0.0 {
+            return true;
+        }
+        if now.duration_since(self.last_prune).as_secs() >= 10 {
+            // Full buckets carry no information; dropping them bounds the map.
+            let rate = self.rate;
+            self.buckets
+                .retain(|_, (tokens, at)| *tokens + now.duration_since(*at).as_secs_f64() * rate < rate);
+            self.last_prune = now;
+        }
+        let (tokens, at) = self.buckets.entry(ip).or_insert((self.rate, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.rate).min(self.rate);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn counts_in_all_and_per_ip() {
+        let a = Admission::new(3, 2);
+        let ip1: IpAddr = "127.0.0.1".parse().unwrap();
+        let ip2: IpAddr = "127.0.0.2".parse().unwrap();
+        assert!(a.try_admit(ip1).is_ok());
+        assert!(a.try_admit(ip1).is_ok());
+        assert!(matches!(a.try_admit(ip1), Err(Refusal::RateLimited(_))));
+        assert!(a.try_admit(ip2).is_ok());
+        assert!(matches!(a.try_admit(ip2), Err(Refusal::OverCapacity(_))));
+        a.release(ip1);
+        assert_eq!(a.open(), 2);
+        assert!(a.try_admit(ip1).is_ok());
+    }
+
+    #[test]
+    fn rate_refills() {
+        let mut r = ConnectRate::new(2);
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let t0 = Instant::now();
+        assert!(r.allow(ip, t0));
+        assert!(r.allow(ip, t0));
+        assert!(!r.allow(ip, t0));
+        assert!(r.allow(ip, t0 + Duration::from_millis(600)));
+        assert!(ConnectRate::new(0).allow(ip, t0));
+    }
+}

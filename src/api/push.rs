@@ -1,0 +1,286 @@
+//! Push objects (PROTOCOL.md 3): parsing, validation, and turning one push into one
+//! command per shard that needs it.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::auth::validate_user;
+use crate::command::{Push, ShardCmd, Ticket};
+use crate::messages;
+use crate::route::shard_of;
+use crate::topic;
+
+/// Most user ids in one `users` target.
+pub const MAX_USERS: usize = 10_000;
+/// Longest push `id`.
+pub const MAX_ID_BYTES: usize = 128;
+
+/// A user id as sent: a string, or an integer used as its decimal string.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum UserId {
+    Text(String),
+    Number(u64),
+}
+
+impl UserId {
+    fn into_string(self) -> String {
+        match self {
+            UserId::Text(s) => s,
+            UserId::Number(n) => n.to_string(),
+        }
+    }
+}
+
+// serde_json rather than simd-json: `RawValue` keeps `data` as the exact bytes sent, so it
+// is embedded in frames without being parsed into a tree and serialised again.
+// Unknown fields are ignored: PROTOCOL.md lets objects gain fields later.
+#[derive(Deserialize)]
+struct Body<'a> {
+    // `"data": null` is a valid payload; only an absent field is an error.
+    #[serde(borrow, default, deserialize_with = "present")]
+    data: Option<&'a RawValue>,
+    id: Option<String>,
+    user: Option<UserId>,
+    users: Option<Vec<UserId>>,
+    topic: Option<String>,
+    broadcast: Option<bool>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// Where a push goes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Every session of one user.
+    User(String),
+    /// Every session of each user.
+    Users(Vec<String>),
+    /// Every member of a topic.
+    Topic(String),
+    /// Everyone.
+    Broadcast,
+}
+
+/// A validated push, ready to route.
+#[derive(Debug)]
+pub struct ParsedPush {
+    /// The target.
+    pub target: Target,
+    /// `data`, verbatim JSON.
+    pub data: String,
+    /// The upstream's id.
+    pub id: Option<String>,
+}
+
+/// Parses and validates one push object; the error names the problem.
+pub fn parse(body: &[u8]) -> Result<ParsedPush, String> {
+    let b: Body<'_> = serde_json::from_slice(body).map_err(|e| format!("invalid push: {e}"))?;
+    let data = b
+        .data
+        .ok_or("missing field `data`")?
+        .get()
+        .to_string();
+    if let Some(id) = &b.id {
+        if id.len() > MAX_ID_BYTES {
+            return Err(format!("id is longer than {MAX_ID_BYTES} bytes"));
+        }
+    }
+    let broadcast = b.broadcast == Some(true);
+    let targets = usize::from(b.user.is_some())
+        + usize::from(b.users.is_some())
+        + usize::from(b.topic.is_some())
+        + usize::from(broadcast);
+    if targets != 1 {
+        return Err(format!(
+            "a push needs exactly one target (user, users, topic or broadcast), got {targets}"
+        ));
+    }
+    let target = if let Some(u) = b.user {
+        let u = u.into_string();
+        validate_user(&u).map_err(|e| format!("user: {e}"))?;
+        Target::User(u)
+    } else if let Some(list) = b.users {
+        if list.is_empty() || list.len() > MAX_USERS {
+            return Err(format!("users must hold 1 to {MAX_USERS} ids"));
+        }
+        let list: Vec<String> = list.into_iter().map(UserId::into_string).collect();
+        for u in &list {
+            validate_user(u).map_err(|e| format!("users: {e}: {u:?}"))?;
+        }
+        Target::Users(list)
+    } else if let Some(t) = b.topic {
+        topic::validate(&t).map_err(|e| format!("topic: {e}"))?;
+        Target::Topic(t)
+    } else {
+        Target::Broadcast
+    };
+    Ok(ParsedPush {
+        target,
+        data,
+        id: b.id,
+    })
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// One command per shard that the push touches, as `(shard, command)`.
+pub fn route(p: ParsedPush, shards: usize, ticket: Option<Ticket>) -> Vec<(usize, ShardCmd)> {
+    let accepted_at = Instant::now();
+    let ts_ms = now_ms();
+    let id: Option<Box<str>> = p.id.map(Into::into);
+    match p.target {
+        Target::User(u) => {
+            let shard = shard_of(&u, shards);
+            let push = Arc::new(Push {
+                data: p.data.into(),
+                id,
+                ts_ms,
+                accepted_at,
+            });
+            vec![(
+                shard,
+                ShardCmd::Users {
+                    push,
+                    users: vec![u.into()],
+                    ticket,
+                },
+            )]
+        }
+        Target::Users(list) => {
+            let push = Arc::new(Push {
+                data: p.data.into(),
+                id,
+                ts_ms,
+                accepted_at,
+            });
+            let mut by_shard: Vec<Vec<Box<str>>> = vec![Vec::new(); shards];
+            for u in list {
+                by_shard[shard_of(&u, shards)].push(u.into());
+            }
+            by_shard
+                .into_iter()
+                .enumerate()
+                .filter(|(_, users)| !users.is_empty())
+                .map(|(shard, users)| {
+                    (
+                        shard,
+                        ShardCmd::Users {
+                            push: Arc::clone(&push),
+                            users,
+                            ticket,
+                        },
+                    )
+                })
+                .collect()
+        }
+        Target::Topic(t) => {
+            // Encoded once here and shared by every shard (invariant 4).
+            let frame = messages::push_frame(&p.data, ts_ms, None, Some(&t), id.as_deref());
+            let topic: Arc<str> = t.into();
+            (0..shards)
+                .map(|shard| {
+                    (
+                        shard,
+                        ShardCmd::Topic {
+                            topic: Arc::clone(&topic),
+                            frame: frame.clone(),
+                            accepted_at,
+                            ticket,
+                        },
+                    )
+                })
+                .collect()
+        }
+        Target::Broadcast => {
+            let frame = messages::push_frame(&p.data, ts_ms, None, None, id.as_deref());
+            (0..shards)
+                .map(|shard| {
+                    (
+                        shard,
+                        ShardCmd::Broadcast {
+                            frame: frame.clone(),
+                            accepted_at,
+                            ticket,
+                        },
+                    )
+                })
+                .collect()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        let p = parse(br#"{"user":"a","data":{"x":[1, 2]}}"#).unwrap();
+        assert_eq!(p.target, Target::User("a".into()));
+        assert_eq!(p.data, r#"{"x":[1, 2]}"#);
+        let p = parse(br#"{"user":17,"data":1,"id":"p1"}"#).unwrap();
+        assert_eq!(p.target, Target::User("17".into()));
+        assert_eq!(p.id.as_deref(), Some("p1"));
+        let p = parse(br#"{"users":["a","b"],"data":null}"#).unwrap();
+        assert_eq!(p.target, Target::Users(vec!["a".into(), "b".into()]));
+        assert_eq!(p.data, "null");
+        assert_eq!(
+            parse(br#"{"topic":"news","data":"s"}"#).unwrap().target,
+            Target::Topic("news".into())
+        );
+        assert_eq!(
+            parse(br#"{"broadcast":true,"data":0}"#).unwrap().target,
+            Target::Broadcast
+        );
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let e = parse(b"{nope").unwrap_err();
+        assert!(e.starts_with("invalid push"), "{e}");
+        let e = parse(br#"{"user":"a"}"#).unwrap_err();
+        assert!(e.contains("data"), "{e}");
+        let e = parse(br#"{"data":1}"#).unwrap_err();
+        assert!(e.contains("exactly one target"), "{e}");
+        let e = parse(br#"{"data":1,"user":"a","topic":"t"}"#).unwrap_err();
+        assert!(e.contains("got 2"), "{e}");
+        let e = parse(br#"{"data":1,"broadcast":false}"#).unwrap_err();
+        assert!(e.contains("exactly one target"), "{e}");
+        let e = parse(br#"{"data":1,"topic":"a b"}"#).unwrap_err();
+        assert!(e.contains("topic"), "{e}");
+        let e = parse(br#"{"data":1,"users":[]}"#).unwrap_err();
+        assert!(e.contains("users"), "{e}");
+        let long = format!(r#"{{"data":1,"user":"a","id":"{}"}}"#, "x".repeat(129));
+        assert!(parse(long.as_bytes()).unwrap_err().contains("id"));
+        assert!(parse(br#"{"data":1,"user":"a","later":"field"}"#).is_ok());
+    }
+
+    #[test]
+    fn routes_by_shard() {
+        let p = parse(br#"{"users":["a","b","c","d","e","f","g","h"],"data":1}"#).unwrap();
+        let cmds = route(p, 4, None);
+        let mut total = 0;
+        for (shard, cmd) in &cmds {
+            let ShardCmd::Users { users, .. } = cmd else {
+                panic!("not a users command")
+            };
+            for u in users {
+                assert_eq!(shard_of(u, 4), *shard);
+            }
+            total += users.len();
+        }
+        assert_eq!(total, 8);
+        let p = parse(br#"{"broadcast":true,"data":1}"#).unwrap();
+        assert_eq!(route(p, 3, None).len(), 3);
+    }
+}

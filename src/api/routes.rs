@@ -1,0 +1,330 @@
+//! The push API's endpoints (PROTOCOL.md 3).
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use serde::Deserialize;
+
+use super::push::{self, ParsedPush};
+use super::{Api, Outcome, Request, WaitKind};
+use crate::auth::validate_user;
+use crate::command::{ShardCmd, Ticket};
+use crate::frame::close;
+use crate::http;
+use crate::route::shard_of;
+
+/// Why a push could not be queued.
+enum QueueError {
+    /// A shard queue is full.
+    Overloaded,
+    /// The server is shutting down.
+    Draining,
+}
+
+#[derive(Deserialize)]
+struct DisconnectBody {
+    user: serde_json::Value,
+    code: Option<u16>,
+    reason: Option<String>,
+}
+
+fn json(status: u16, body: &serde_json::Value, keep_alive: bool) -> Outcome {
+    Outcome::Respond(http::response(
+        status,
+        "application/json",
+        body.to_string().as_bytes(),
+        keep_alive,
+        "",
+    ))
+}
+
+fn error(status: u16, code: &str, message: &str, keep_alive: bool) -> Outcome {
+    let extra = if status == 503 { "Retry-After: 1\r\n" } else { "" };
+    Outcome::Respond(http::error_response(status, code, message, keep_alive, extra))
+}
+
+/// Compares without an early exit, so response timing does not leak the key.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Api {
+    pub(super) fn handle(&mut self, key: usize, req: &Request<'_>, keep_alive: bool) -> Outcome {
+        if let Some(expected) = self.config.api_key.as_deref() {
+            let given = req
+                .authorization
+                .and_then(|v| v.split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, k)| k.trim());
+            match given {
+                None => {
+                    return error(
+                        401,
+                        "unauthorized",
+                        "missing Authorization: Bearer <api key>",
+                        keep_alive,
+                    )
+                }
+                Some(k) if !constant_time_eq(k.as_bytes(), expected.as_bytes()) => {
+                    return error(401, "unauthorized", "wrong API key", keep_alive)
+                }
+                Some(_) => {}
+            }
+        }
+        let wait = form_urlencoded::parse(req.query.as_bytes())
+            .any(|(k, v)| k == "wait" && (v == "1" || v == "true"));
+        match (req.method, req.path) {
+            ("POST", "/v1/push") => self.push_one(key, req.body, wait, keep_alive),
+            ("POST", "/v1/push/batch") => self.push_batch(req.body, keep_alive),
+            ("POST", "/v1/disconnect") => self.disconnect(key, req.body, keep_alive),
+            ("GET", "/v1/stats") => Outcome::Respond(http::response(
+                200,
+                "application/json",
+                self.metrics.stats_json().as_bytes(),
+                keep_alive,
+                "",
+            )),
+            ("GET", "/metrics") => Outcome::Respond(http::response(
+                200,
+                "text/plain; version=0.0.4",
+                self.metrics.prometheus().as_bytes(),
+                keep_alive,
+                "",
+            )),
+            ("GET", "/healthz") => json(200, &serde_json::json!({"status": "ok"}), keep_alive),
+            ("GET", "/readyz") => {
+                if self.draining.load(Relaxed) {
+                    error(503, "draining", "server is shutting down", keep_alive)
+                } else {
+                    json(200, &serde_json::json!({"status": "ready"}), keep_alive)
+                }
+            }
+            ("GET", p) if p.starts_with("/v1/presence/") => {
+                self.presence(key, &p["/v1/presence/".len()..], keep_alive)
+            }
+            (_, "/v1/push" | "/v1/push/batch" | "/v1/disconnect") => error(
+                405,
+                "method_not_allowed",
+                &format!("{} needs POST", req.path),
+                keep_alive,
+            ),
+            (_, "/v1/stats" | "/metrics" | "/healthz" | "/readyz") => error(
+                405,
+                "method_not_allowed",
+                &format!("{} needs GET", req.path),
+                keep_alive,
+            ),
+            _ => error(
+                404,
+                "not_found",
+                &format!("no endpoint {} {}", req.method, req.path),
+                keep_alive,
+            ),
+        }
+    }
+
+    fn push_one(&mut self, key: usize, body: &[u8], wait: bool, keep_alive: bool) -> Outcome {
+        let parsed = match push::parse(body) {
+            Ok(p) => p,
+            Err(e) => {
+                self.metrics.pushes_rejected.fetch_add(1, Relaxed);
+                return error(400, "bad_request", &e, keep_alive);
+            }
+        };
+        let ticket = wait.then(|| Ticket {
+            conn: key,
+            serial: self.next_serial(),
+        });
+        match self.enqueue(parsed, ticket) {
+            Ok(expected) => {
+                self.metrics.pushes_accepted.fetch_add(1, Relaxed);
+                match ticket {
+                    Some(t) if expected > 0 => Outcome::Wait {
+                        kind: WaitKind::Push,
+                        serial: t.serial,
+                        expected,
+                        user: None,
+                    },
+                    Some(_) => json(
+                        200,
+                        &serde_json::json!({"delivered": 0, "users_online": 0}),
+                        keep_alive,
+                    ),
+                    None => json(202, &serde_json::json!({"accepted": true}), keep_alive),
+                }
+            }
+            Err(QueueError::Overloaded) => error(
+                503,
+                "overloaded",
+                "shard queues are full; retry after a moment",
+                keep_alive,
+            ),
+            Err(QueueError::Draining) => {
+                error(503, "draining", "server is shutting down", keep_alive)
+            }
+        }
+    }
+
+    fn push_batch(&mut self, body: &[u8], keep_alive: bool) -> Outcome {
+        let mut accepted = 0u64;
+        let mut rejected = Vec::new();
+        for (i, line) in body.split(|&b| b == b'\n').enumerate() {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let outcome = match push::parse(line) {
+                Ok(p) => match self.enqueue(p, None) {
+                    Ok(_) => Ok(()),
+                    Err(QueueError::Overloaded) => {
+                        Err("overloaded: shard queues are full; retry this line".to_string())
+                    }
+                    Err(QueueError::Draining) => {
+                        Err("draining: server is shutting down".to_string())
+                    }
+                },
+                Err(e) => {
+                    self.metrics.pushes_rejected.fetch_add(1, Relaxed);
+                    Err(e)
+                }
+            };
+            match outcome {
+                Ok(()) => {
+                    accepted += 1;
+                    self.metrics.pushes_accepted.fetch_add(1, Relaxed);
+                }
+                Err(e) => rejected.push(serde_json::json!({"line": i + 1, "error": e})),
+            }
+        }
+        json(
+            200,
+            &serde_json::json!({"accepted": accepted, "rejected": rejected}),
+            keep_alive,
+        )
+    }
+
+    /// Queues one push on every shard it needs, all or none; returns the command count.
+    fn enqueue(&mut self, p: ParsedPush, ticket: Option<Ticket>) -> Result<usize, QueueError> {
+        if self.draining.load(Relaxed) {
+            return Err(QueueError::Draining);
+        }
+        let cmds = push::route(p, self.shards.len(), ticket);
+        // The API thread is the only sender on command channels, so room seen here is
+        // still there when it sends: a push reaches all its shards or none of them.
+        for (shard, _) in &cmds {
+            let tx = &self.shards[*shard].cmds;
+            if tx.capacity().is_some_and(|cap| tx.len() >= cap) {
+                self.metrics.queue_full_refusals.fetch_add(1, Relaxed);
+                return Err(QueueError::Overloaded);
+            }
+        }
+        let n = cmds.len();
+        for (shard, cmd) in cmds {
+            let handle = &self.shards[shard];
+            if handle.cmds.try_send(cmd).is_err() {
+                // Only a shard that has exited refuses now: shutdown is under way.
+                return Err(QueueError::Draining);
+            }
+            let _ = handle.waker.wake();
+        }
+        Ok(n)
+    }
+
+    fn send_ticketed(&mut self, shard: usize, cmd: ShardCmd) -> Result<(), QueueError> {
+        let handle = &self.shards[shard];
+        match handle.cmds.try_send(cmd) {
+            Ok(()) => {
+                let _ = handle.waker.wake();
+                Ok(())
+            }
+            Err(crossbeam_channel::TrySendError::Full(_)) => {
+                self.metrics.queue_full_refusals.fetch_add(1, Relaxed);
+                Err(QueueError::Overloaded)
+            }
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => Err(QueueError::Draining),
+        }
+    }
+
+    fn disconnect(&mut self, key: usize, body: &[u8], keep_alive: bool) -> Outcome {
+        let b: DisconnectBody = match serde_json::from_slice(body) {
+            Ok(b) => b,
+            Err(e) => return error(400, "bad_request", &format!("invalid disconnect: {e}"), keep_alive),
+        };
+        let user = match b.user {
+            serde_json::Value::String(s) => s,
+            serde_json::Value::Number(n) if n.is_u64() => n.to_string(),
+            _ => return error(400, "bad_request", "user must be a string", keep_alive),
+        };
+        if let Err(e) = validate_user(&user) {
+            return error(400, "bad_request", &format!("user: {e}"), keep_alive);
+        }
+        let code = b.code.unwrap_or(close::DISCONNECTED);
+        if !(code == close::NORMAL || (3000..=4999).contains(&code)) {
+            return error(
+                400,
+                "bad_request",
+                "code must be 1000 or 3000-4999",
+                keep_alive,
+            );
+        }
+        let reason = b.reason.unwrap_or_else(|| "disconnected".into());
+        if reason.len() > 123 {
+            return error(400, "bad_request", "reason must be at most 123 bytes", keep_alive);
+        }
+        let serial = self.next_serial();
+        let shard = shard_of(&user, self.shards.len());
+        let cmd = ShardCmd::Disconnect {
+            user: user.into(),
+            code,
+            reason: reason.into(),
+            ticket: Ticket { conn: key, serial },
+        };
+        match self.send_ticketed(shard, cmd) {
+            Ok(()) => Outcome::Wait {
+                kind: WaitKind::Disconnect,
+                serial,
+                expected: 1,
+                user: None,
+            },
+            Err(QueueError::Overloaded) => error(503, "overloaded", "shard queue is full", keep_alive),
+            Err(QueueError::Draining) => error(503, "draining", "server is shutting down", keep_alive),
+        }
+    }
+
+    fn presence(&mut self, key: usize, raw_user: &str, keep_alive: bool) -> Outcome {
+        let user = match percent_encoding::percent_decode_str(raw_user).decode_utf8() {
+            Ok(u) => u.into_owned(),
+            Err(_) => return error(400, "bad_request", "user id is not UTF-8", keep_alive),
+        };
+        if let Err(e) = validate_user(&user) {
+            return error(400, "bad_request", &format!("user: {e}"), keep_alive);
+        }
+        let serial = self.next_serial();
+        let shard = shard_of(&user, self.shards.len());
+        let cmd = ShardCmd::Presence {
+            user: user.clone().into(),
+            ticket: Ticket { conn: key, serial },
+        };
+        match self.send_ticketed(shard, cmd) {
+            Ok(()) => Outcome::Wait {
+                kind: WaitKind::Presence,
+                serial,
+                expected: 1,
+                user: Some(user),
+            },
+            Err(QueueError::Overloaded) => error(503, "overloaded", "shard queue is full", keep_alive),
+            Err(QueueError::Draining) => error(503, "draining", "server is shutting down", keep_alive),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn key_compare() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+}

@@ -1,0 +1,315 @@
+//! JWT verification and the identity a token grants (PROTOCOL.md 1.2).
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::config::JwtConfig;
+use crate::topic::TopicPattern;
+
+/// Longest user id.
+pub const MAX_USER_BYTES: usize = 128;
+
+/// Why a token was refused; maps onto the 401 error codes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// Neither header nor query parameter carried a token.
+    #[error("no token: send Authorization: Bearer <jwt> or ?token=<jwt>")]
+    Missing,
+    /// `exp` has passed.
+    #[error("token expired")]
+    Expired,
+    /// Bad signature, algorithm, claims or format.
+    #[error("invalid token: {0}")]
+    Invalid(String),
+}
+
+impl AuthError {
+    /// The `error` code of the 401 response.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing_token",
+            AuthError::Expired => "token_expired",
+            AuthError::Invalid(_) => "invalid_token",
+        }
+    }
+}
+
+/// Who a verified token says the client is.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The user id (`sub`).
+    pub user: Box<str>,
+    /// Topic patterns from the `topics` claim.
+    pub topics: Vec<TopicPattern>,
+    /// `exp`, seconds since the Unix epoch, when present.
+    pub exp: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: Option<serde_json::Value>,
+    exp: Option<u64>,
+    topics: Option<Vec<String>>,
+}
+
+/// Checks a user id: 1 to 128 bytes without control characters.
+pub fn validate_user(user: &str) -> Result<(), &'static str> {
+    if user.is_empty() || user.len() > MAX_USER_BYTES {
+        Err("user id must be 1 to 128 bytes")
+    } else if user.chars().any(char::is_control) {
+        Err("user id must not contain control characters")
+    } else {
+        Ok(())
+    }
+}
+
+/// Verifies tokens against the configured key and algorithm.
+pub struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+/// Why the configured key could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot load JWT key: {0}")]
+pub struct KeyError(String);
+
+impl Verifier {
+    /// Builds a verifier from the JWT configuration.
+    pub fn new(cfg: &JwtConfig) -> Result<Verifier, KeyError> {
+        let key = match cfg.algorithm {
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
+                let secret = cfg
+                    .secret
+                    .as_deref()
+                    .ok_or_else(|| KeyError("no secret configured".into()))?;
+                DecodingKey::from_secret(secret.as_bytes())
+                    .map_err(|e| KeyError(format!("secret: {e}")))?
+            }
+            Algorithm::RS256 => DecodingKey::from_rsa_pem(pem(cfg)?)
+                .map_err(|e| KeyError(format!("RS256 public key: {e}")))?,
+            Algorithm::ES256 => DecodingKey::from_ec_pem(pem(cfg)?)
+                .map_err(|e| KeyError(format!("ES256 public key: {e}")))?,
+            other => return Err(KeyError(format!("unsupported algorithm {other:?}"))),
+        };
+        let mut validation = Validation::new(cfg.algorithm);
+        validation.leeway = cfg.leeway_secs;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        if cfg.require_exp {
+            validation.set_required_spec_claims(&["exp"]);
+        } else {
+            validation.required_spec_claims.clear();
+        }
+        match &cfg.issuer {
+            Some(iss) => validation.set_issuer(&[iss]),
+            None => validation.iss = None,
+        }
+        match &cfg.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        Ok(Verifier { key, validation })
+    }
+
+    /// Verifies `token` and returns the identity it grants.
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
+            |e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
+                ErrorKind::InvalidAlgorithm => {
+                    AuthError::Invalid("algorithm is not the configured one".into())
+                }
+                ErrorKind::ImmatureSignature => AuthError::Invalid("token not yet valid".into()),
+                ErrorKind::MissingRequiredClaim(c) => {
+                    AuthError::Invalid(format!("missing claim {c}"))
+                }
+                _ => AuthError::Invalid(e.to_string()),
+            },
+        )?;
+        let claims = data.claims;
+        let user: Box<str> = match claims.sub {
+            Some(serde_json::Value::String(s)) => s.into(),
+            Some(serde_json::Value::Number(n)) if n.is_i64() || n.is_u64() => {
+                n.to_string().into()
+            }
+            Some(_) => {
+                return Err(AuthError::Invalid(
+                    "sub must be a string or an integer".into(),
+                ))
+            }
+            None => return Err(AuthError::Invalid("missing claim sub".into())),
+        };
+        validate_user(&user).map_err(|e| AuthError::Invalid(e.into()))?;
+        let topics = claims
+            .topics
+            .unwrap_or_default()
+            .iter()
+            .map(|p| {
+                TopicPattern::parse(p)
+                    .map_err(|e| AuthError::Invalid(format!("topics claim {p:?}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Identity {
+            user,
+            topics,
+            exp: claims.exp,
+        })
+    }
+}
+
+fn pem(cfg: &JwtConfig) -> Result<&[u8], KeyError> {
+    cfg.public_key_pem
+        .as_deref()
+        .ok_or_else(|| KeyError("no public key configured".into()))
+}
+
+#[derive(Serialize)]
+struct MintClaims<'a> {
+    sub: &'a str,
+    exp: u64,
+    iat: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    topics: Option<&'a [String]>,
+}
+
+/// Signs an HS256 token for `sub`, valid for `ttl_secs`, for operators and tests.
+pub fn mint_hs256(
+    secret: &str,
+    sub: &str,
+    ttl_secs: u64,
+    topics: Option<&[String]>,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    let now = jsonwebtoken::get_current_timestamp();
+    let claims = MintClaims {
+        sub,
+        exp: now + ttl_secs,
+        iat: now,
+        topics,
+    };
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes())?,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(alg: Algorithm) -> JwtConfig {
+        JwtConfig {
+            algorithm: alg,
+            secret: Some("s3cret".into()),
+            public_key_pem: None,
+            require_exp: true,
+            leeway_secs: 0,
+            issuer: None,
+            audience: None,
+        }
+    }
+
+    fn sign(alg: Algorithm, secret: &str, claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(alg),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()).unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn later() -> u64 {
+        jsonwebtoken::get_current_timestamp() + 600
+    }
+
+    #[test]
+    fn good_token_with_topics() {
+        let v = Verifier::new(&cfg(Algorithm::HS256)).unwrap();
+        let t = sign(
+            Algorithm::HS256,
+            "s3cret",
+            serde_json::json!({"sub":"alice","exp":later(),"topics":["room:*","news"]}),
+        );
+        let id = v.verify(&t).unwrap();
+        assert_eq!(&*id.user, "alice");
+        assert_eq!(id.topics.len(), 2);
+        assert!(crate::topic::allowed(&id.topics, "room:7"));
+    }
+
+    #[test]
+    fn integer_sub() {
+        let v = Verifier::new(&cfg(Algorithm::HS256)).unwrap();
+        let t = sign(
+            Algorithm::HS256,
+            "s3cret",
+            serde_json::json!({"sub":42,"exp":later()}),
+        );
+        assert_eq!(&*v.verify(&t).unwrap().user, "42");
+    }
+
+    #[test]
+    fn refusals() {
+        let v = Verifier::new(&cfg(Algorithm::HS256)).unwrap();
+        let bad_sig = sign(
+            Algorithm::HS256,
+            "other",
+            serde_json::json!({"sub":"a","exp":later()}),
+        );
+        assert!(matches!(v.verify(&bad_sig), Err(AuthError::Invalid(_))));
+        let wrong_alg = sign(
+            Algorithm::HS384,
+            "s3cret",
+            serde_json::json!({"sub":"a","exp":later()}),
+        );
+        assert!(matches!(v.verify(&wrong_alg), Err(AuthError::Invalid(_))));
+        let expired = sign(
+            Algorithm::HS256,
+            "s3cret",
+            serde_json::json!({"sub":"a","exp":1000}),
+        );
+        assert_eq!(v.verify(&expired).unwrap_err(), AuthError::Expired);
+        let no_exp = sign(Algorithm::HS256, "s3cret", serde_json::json!({"sub":"a"}));
+        assert!(matches!(v.verify(&no_exp), Err(AuthError::Invalid(_))));
+        let no_sub = sign(
+            Algorithm::HS256,
+            "s3cret",
+            serde_json::json!({"exp":later()}),
+        );
+        assert!(matches!(v.verify(&no_sub), Err(AuthError::Invalid(_))));
+        let long_sub = sign(
+            Algorithm::HS256,
+            "s3cret",
+            serde_json::json!({"sub":"x".repeat(129),"exp":later()}),
+        );
+        assert!(matches!(v.verify(&long_sub), Err(AuthError::Invalid(_))));
+        let bad_topic = sign(
+            Algorithm::HS256,
+            "s3cret",
+            serde_json::json!({"sub":"a","exp":later(),"topics":["a b"]}),
+        );
+        assert!(matches!(v.verify(&bad_topic), Err(AuthError::Invalid(_))));
+        assert!(matches!(v.verify("garbage"), Err(AuthError::Invalid(_))));
+    }
+
+    #[test]
+    fn exp_optional_when_configured() {
+        let mut c = cfg(Algorithm::HS256);
+        c.require_exp = false;
+        let v = Verifier::new(&c).unwrap();
+        let t = sign(Algorithm::HS256, "s3cret", serde_json::json!({"sub":"a"}));
+        assert!(v.verify(&t).is_ok());
+    }
+
+    #[test]
+    fn minted_token_verifies() {
+        let v = Verifier::new(&cfg(Algorithm::HS256)).unwrap();
+        let topics = vec!["room:*".to_string()];
+        let t = mint_hs256("s3cret", "bob", 60, Some(&topics)).unwrap();
+        let id = v.verify(&t).unwrap();
+        assert_eq!(&*id.user, "bob");
+        assert_eq!(id.topics.len(), 1);
+    }
+}

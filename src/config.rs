@@ -1,0 +1,655 @@
+//! Server configuration: flags override the TOML file, which overrides environment
+//! variables, which override defaults.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, ValueEnum};
+use jsonwebtoken::Algorithm;
+use serde::Deserialize;
+
+use crate::topic::TopicPattern;
+
+/// A configuration problem, always naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A key has a value that cannot be used.
+    #[error("config error: {key}: {problem}")]
+    Invalid { key: &'static str, problem: String },
+    /// The config file could not be read or parsed.
+    #[error("config error: {path}: {problem}")]
+    File { path: String, problem: String },
+    /// The command line could not be parsed.
+    #[error("{0}")]
+    Cli(#[from] clap::Error),
+}
+
+fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        problem: problem.into(),
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Flags of `throng serve`; every one is optional so that the file and defaults show through.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// TOML configuration file (flags override it).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Client WebSocket listener address [default: 0.0.0.0:8700].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Push API listener address [default: 127.0.0.1:8701].
+    #[arg(long)]
+    pub api_listen: Option<SocketAddr>,
+    /// Number of shard threads [default: available cores].
+    #[arg(long)]
+    pub shards: Option<usize>,
+    /// Pin each shard thread to a core.
+    #[arg(long)]
+    pub pin_cores: Option<bool>,
+    /// Listen backlog [default: 4096].
+    #[arg(long)]
+    pub backlog: Option<u32>,
+    /// Shared JWT secret for HS256/384/512 (env THRONG_JWT_SECRET).
+    #[arg(long)]
+    pub jwt_secret: Option<String>,
+    /// JWT algorithm: HS256, HS384, HS512, RS256 or ES256 [default: HS256].
+    #[arg(long)]
+    pub jwt_algorithm: Option<String>,
+    /// PEM public key file for RS256/ES256.
+    #[arg(long, value_name = "FILE")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// Push API key; requests need `Authorization: Bearer <key>` (env THRONG_API_KEY).
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// Silence before the server pings a client [default: 25000].
+    #[arg(long)]
+    pub ping_interval_ms: Option<u64>,
+    /// Silence before the server closes a client with 4002 [default: 60000].
+    #[arg(long)]
+    pub idle_timeout_ms: Option<u64>,
+    /// Time allowed for a complete upgrade request head [default: 5000].
+    #[arg(long)]
+    pub handshake_timeout_ms: Option<u64>,
+    /// Connections in all, pending handshakes included [default: 1000000].
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Connections per client IP, 0 = unlimited [default: 0].
+    #[arg(long)]
+    pub max_connections_per_ip: Option<usize>,
+    /// New connections per second per client IP, 0 = unlimited [default: 0].
+    #[arg(long)]
+    pub connect_rate_per_ip: Option<u32>,
+    /// Largest client message after reassembly [default: 65536].
+    #[arg(long)]
+    pub max_message_size: Option<usize>,
+    /// Outbound bytes queued per connection before it is closed with 4008 [default: 1048576].
+    #[arg(long)]
+    pub max_outbound_bytes: Option<usize>,
+    /// Sessions per user; a new one beyond closes the oldest with 4009 [default: 16].
+    #[arg(long)]
+    pub max_sessions_per_user: Option<usize>,
+    /// Topics one connection may subscribe to [default: 64].
+    #[arg(long)]
+    pub max_topics_per_connection: Option<usize>,
+    /// Comma-separated topic patterns anyone may subscribe to (`news`, `room:*`).
+    #[arg(long)]
+    pub public_topics: Option<String>,
+    /// Comma-separated allowed `Origin` values; empty = any.
+    #[arg(long)]
+    pub allowed_origins: Option<String>,
+    /// Capacity of each shard's command and connection queues [default: 65536].
+    #[arg(long)]
+    pub shard_queue_capacity: Option<usize>,
+    /// Time given to flush outbound queues on shutdown [default: 5000].
+    #[arg(long)]
+    pub shutdown_grace_ms: Option<u64>,
+    /// Log format [default: text].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Development mode: random secret and API key unless given, printed with a token.
+    #[arg(long)]
+    pub dev: bool,
+}
+
+/// The `[jwt]` table of the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileJwt {
+    secret: Option<String>,
+    algorithm: Option<String>,
+    public_key_file: Option<PathBuf>,
+    require_exp: Option<bool>,
+    leeway_secs: Option<u64>,
+    issuer: Option<String>,
+    audience: Option<String>,
+}
+
+/// The TOML config file; unknown keys are errors so typos do not pass silently.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    api_listen: Option<String>,
+    shards: Option<usize>,
+    pin_cores: Option<bool>,
+    backlog: Option<u32>,
+    api_key: Option<String>,
+    ping_interval_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    handshake_timeout_ms: Option<u64>,
+    max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
+    connect_rate_per_ip: Option<u32>,
+    max_message_size: Option<usize>,
+    max_outbound_bytes: Option<usize>,
+    max_sessions_per_user: Option<usize>,
+    max_topics_per_connection: Option<usize>,
+    public_topics: Option<Vec<String>>,
+    allowed_origins: Option<Vec<String>>,
+    shard_queue_capacity: Option<usize>,
+    shutdown_grace_ms: Option<u64>,
+    log_format: Option<LogFormat>,
+    #[serde(default)]
+    jwt: FileJwt,
+}
+
+/// How tokens are verified.
+#[derive(Clone)]
+pub struct JwtConfig {
+    /// The one accepted algorithm.
+    pub algorithm: Algorithm,
+    /// Shared secret (HS*).
+    pub secret: Option<String>,
+    /// PEM public key (RS256/ES256).
+    pub public_key_pem: Option<Vec<u8>>,
+    /// Whether `exp` is required.
+    pub require_exp: bool,
+    /// Clock leeway for `exp` and `nbf`.
+    pub leeway_secs: u64,
+    /// Required `iss`, when set.
+    pub issuer: Option<String>,
+    /// Required `aud`, when set.
+    pub audience: Option<String>,
+}
+
+impl std::fmt::Debug for JwtConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtConfig")
+            .field("algorithm", &self.algorithm)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("require_exp", &self.require_exp)
+            .field("leeway_secs", &self.leeway_secs)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The validated configuration the server runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Client WebSocket listener.
+    pub listen: SocketAddr,
+    /// Push API listener.
+    pub api_listen: SocketAddr,
+    /// Shard threads.
+    pub shards: usize,
+    /// Pin shard threads to cores.
+    pub pin_cores: bool,
+    /// Listen backlog.
+    pub backlog: u32,
+    /// Token verification.
+    pub jwt: JwtConfig,
+    /// Push API key, when required.
+    pub api_key: Option<String>,
+    /// Silence before a ping.
+    pub ping_interval: Duration,
+    /// Silence before close 4002.
+    pub idle_timeout: Duration,
+    /// Deadline for the upgrade request head.
+    pub handshake_timeout: Duration,
+    /// Connections in all.
+    pub max_connections: usize,
+    /// Connections per IP (0 = unlimited).
+    pub max_connections_per_ip: usize,
+    /// New connections per second per IP (0 = unlimited).
+    pub connect_rate_per_ip: u32,
+    /// Largest reassembled client message.
+    pub max_message_size: usize,
+    /// Outbound queue cap per connection.
+    pub max_outbound_bytes: usize,
+    /// Sessions per user.
+    pub max_sessions_per_user: usize,
+    /// Topics per connection.
+    pub max_topics_per_connection: usize,
+    /// Topics open to everyone.
+    pub public_topics: Vec<TopicPattern>,
+    /// Allowed `Origin` values (empty = any).
+    pub allowed_origins: Vec<String>,
+    /// Capacity of each shard queue.
+    pub shard_queue_capacity: usize,
+    /// Flush time on shutdown.
+    pub shutdown_grace: Duration,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Development mode.
+    pub dev: bool,
+}
+
+/// Largest request head, PROTOCOL.md 1.
+pub const MAX_HEAD_BYTES: usize = 8 * 1024;
+/// Largest push API request body, PROTOCOL.md 3.
+pub const MAX_API_BODY_BYTES: usize = 1024 * 1024;
+/// The WebSocket path.
+pub const WS_PATH: &str = "/ws";
+
+#[derive(Parser)]
+#[command(name = "serve", no_binary_name = false)]
+struct ServeOnly {
+    #[command(flatten)]
+    args: ServeArgs,
+}
+
+impl Config {
+    /// Parses `throng serve` flags (without program or subcommand name) and builds the config.
+    pub fn from_args<I, S>(args: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString> + Clone,
+    {
+        let argv = std::iter::once(OsString::from("serve")).chain(args.into_iter().map(Into::into));
+        let parsed = ServeOnly::try_parse_from(argv)?;
+        Config::from_serve_args(parsed.args, |k| std::env::var(k).ok())
+    }
+
+    /// Builds the config from parsed flags, the config file they name, and the environment.
+    pub fn from_serve_args(
+        args: ServeArgs,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let listen = pick_addr("listen", args.listen, file.listen.as_deref(), "0.0.0.0:8700")?;
+        let api_listen = pick_addr(
+            "api_listen",
+            args.api_listen,
+            file.api_listen.as_deref(),
+            "127.0.0.1:8701",
+        )?;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let shards = args.shards.or(file.shards).unwrap_or(cores);
+        if shards == 0 || shards > 1024 {
+            return Err(invalid("shards", "must be between 1 and 1024"));
+        }
+        let algorithm_name = args
+            .jwt_algorithm
+            .or(file.jwt.algorithm)
+            .unwrap_or_else(|| "HS256".to_string());
+        let algorithm = parse_algorithm(&algorithm_name)?;
+        let secret = args
+            .jwt_secret
+            .or(file.jwt.secret)
+            .or_else(|| env("THRONG_JWT_SECRET"))
+            .filter(|s| !s.is_empty());
+        let key_file = args.jwt_public_key.or(file.jwt.public_key_file);
+        let public_key_pem = match &key_file {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                invalid(
+                    "jwt_public_key",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?),
+            None => None,
+        };
+        let mut secret = secret;
+        let mut api_key = args
+            .api_key
+            .or(file.api_key)
+            .or_else(|| env("THRONG_API_KEY"))
+            .filter(|s| !s.is_empty());
+        if args.dev {
+            if secret.is_none() && public_key_pem.is_none() && is_hmac(algorithm) {
+                secret = Some(random_token(32));
+            }
+            if api_key.is_none() {
+                api_key = Some(random_token(24));
+            }
+        }
+        if is_hmac(algorithm) {
+            if secret.is_none() {
+                return Err(invalid(
+                    "jwt_secret",
+                    format!("{algorithm_name} needs a secret (--jwt-secret, [jwt] secret or THRONG_JWT_SECRET)"),
+                ));
+            }
+        } else if public_key_pem.is_none() {
+            return Err(invalid(
+                "jwt_public_key",
+                format!("{algorithm_name} needs a PEM public key file"),
+            ));
+        }
+        let jwt = JwtConfig {
+            algorithm,
+            secret,
+            public_key_pem,
+            require_exp: file.jwt.require_exp.unwrap_or(true),
+            leeway_secs: file.jwt.leeway_secs.unwrap_or(30),
+            issuer: file.jwt.issuer,
+            audience: file.jwt.audience,
+        };
+        // Fail at startup, not on the first handshake, when the key does not parse.
+        crate::auth::Verifier::new(&jwt).map_err(|e| invalid("jwt_public_key", e.to_string()))?;
+
+        let ms = |key: &'static str, flag: Option<u64>, file: Option<u64>, default: u64| {
+            let v = flag.or(file).unwrap_or(default);
+            if v == 0 {
+                Err(invalid(key, "must be greater than 0"))
+            } else {
+                Ok(Duration::from_millis(v))
+            }
+        };
+        let ping_interval = ms(
+            "ping_interval_ms",
+            args.ping_interval_ms,
+            file.ping_interval_ms,
+            25_000,
+        )?;
+        let idle_timeout = ms(
+            "idle_timeout_ms",
+            args.idle_timeout_ms,
+            file.idle_timeout_ms,
+            60_000,
+        )?;
+        if idle_timeout <= ping_interval {
+            return Err(invalid(
+                "idle_timeout_ms",
+                "must be greater than ping_interval_ms",
+            ));
+        }
+        let handshake_timeout = ms(
+            "handshake_timeout_ms",
+            args.handshake_timeout_ms,
+            file.handshake_timeout_ms,
+            5_000,
+        )?;
+        let shutdown_grace = Duration::from_millis(
+            args.shutdown_grace_ms
+                .or(file.shutdown_grace_ms)
+                .unwrap_or(5_000),
+        );
+        let positive = |key: &'static str, v: usize| {
+            if v == 0 {
+                Err(invalid(key, "must be greater than 0"))
+            } else {
+                Ok(v)
+            }
+        };
+        let max_connections = positive(
+            "max_connections",
+            args.max_connections
+                .or(file.max_connections)
+                .unwrap_or(1_000_000),
+        )?;
+        let max_message_size = positive(
+            "max_message_size",
+            args.max_message_size
+                .or(file.max_message_size)
+                .unwrap_or(64 * 1024),
+        )?;
+        if max_message_size > 16 * 1024 * 1024 {
+            return Err(invalid("max_message_size", "must be at most 16777216"));
+        }
+        let max_outbound_bytes = positive(
+            "max_outbound_bytes",
+            args.max_outbound_bytes
+                .or(file.max_outbound_bytes)
+                .unwrap_or(1024 * 1024),
+        )?;
+        let max_sessions_per_user = positive(
+            "max_sessions_per_user",
+            args.max_sessions_per_user
+                .or(file.max_sessions_per_user)
+                .unwrap_or(16),
+        )?;
+        let max_topics_per_connection = positive(
+            "max_topics_per_connection",
+            args.max_topics_per_connection
+                .or(file.max_topics_per_connection)
+                .unwrap_or(64),
+        )?;
+        let shard_queue_capacity = positive(
+            "shard_queue_capacity",
+            args.shard_queue_capacity
+                .or(file.shard_queue_capacity)
+                .unwrap_or(65_536),
+        )?;
+        let backlog = args.backlog.or(file.backlog).unwrap_or(4096);
+        if backlog == 0 || backlog > i32::MAX as u32 {
+            return Err(invalid("backlog", "must be between 1 and 2147483647"));
+        }
+        let public_topics = match args.public_topics {
+            Some(s) => split_list(&s),
+            None => file.public_topics.unwrap_or_default(),
+        }
+        .iter()
+        .map(|p| {
+            TopicPattern::parse(p).map_err(|e| invalid("public_topics", format!("{p:?}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+        let allowed_origins = match args.allowed_origins {
+            Some(s) => split_list(&s),
+            None => file.allowed_origins.unwrap_or_default(),
+        };
+        Ok(Config {
+            listen,
+            api_listen,
+            shards,
+            pin_cores: args.pin_cores.or(file.pin_cores).unwrap_or(false),
+            backlog,
+            jwt,
+            api_key,
+            ping_interval,
+            idle_timeout,
+            handshake_timeout,
+            max_connections,
+            max_connections_per_ip: args
+                .max_connections_per_ip
+                .or(file.max_connections_per_ip)
+                .unwrap_or(0),
+            connect_rate_per_ip: args
+                .connect_rate_per_ip
+                .or(file.connect_rate_per_ip)
+                .unwrap_or(0),
+            max_message_size,
+            max_outbound_bytes,
+            max_sessions_per_user,
+            max_topics_per_connection,
+            public_topics,
+            allowed_origins,
+            shard_queue_capacity,
+            shutdown_grace,
+            log_format: args
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Text),
+            dev: args.dev,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        path: shown.clone(),
+        problem: e.to_string(),
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::File {
+        path: shown,
+        problem: e.message().to_string()
+            + &e.span()
+                .map(|s| format!(" (at byte {})", s.start))
+                .unwrap_or_default(),
+    })
+}
+
+fn pick_addr(
+    key: &'static str,
+    flag: Option<SocketAddr>,
+    file: Option<&str>,
+    default: &str,
+) -> Result<SocketAddr, ConfigError> {
+    if let Some(a) = flag {
+        return Ok(a);
+    }
+    let text = file.unwrap_or(default);
+    text.parse()
+        .map_err(|_| invalid(key, format!("{text:?} is not an IP:port address")))
+}
+
+fn parse_algorithm(name: &str) -> Result<Algorithm, ConfigError> {
+    match name.to_ascii_uppercase().as_str() {
+        "HS256" => Ok(Algorithm::HS256),
+        "HS384" => Ok(Algorithm::HS384),
+        "HS512" => Ok(Algorithm::HS512),
+        "RS256" => Ok(Algorithm::RS256),
+        "ES256" => Ok(Algorithm::ES256),
+        _ => Err(invalid(
+            "jwt_algorithm",
+            format!("{name:?} is not one of HS256, HS384, HS512, RS256, ES256"),
+        )),
+    }
+}
+
+fn is_hmac(a: Algorithm) -> bool {
+    matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+}
+
+fn split_list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// A random URL-safe token of `len` characters, for dev secrets and keys.
+pub fn random_token(len: usize) -> String {
+    use rand::Rng;
+    const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(args: &[&str]) -> Result<Config, ConfigError> {
+        let parsed = ServeOnly::try_parse_from(std::iter::once("serve").chain(args.iter().copied()))?;
+        Config::from_serve_args(parsed.args, |_| None)
+    }
+
+    #[test]
+    fn defaults_need_a_secret() {
+        let err = cfg(&[]).unwrap_err().to_string();
+        assert!(err.contains("jwt_secret"), "{err}");
+    }
+
+    #[test]
+    fn defaults_with_secret() {
+        let c = cfg(&["--jwt-secret", "s"]).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:8700".parse().unwrap());
+        assert_eq!(c.api_listen, "127.0.0.1:8701".parse().unwrap());
+        assert_eq!(c.ping_interval, Duration::from_secs(25));
+        assert_eq!(c.max_sessions_per_user, 16);
+        assert!(c.api_key.is_none());
+    }
+
+    #[test]
+    fn zero_interval_names_key() {
+        let err = cfg(&["--jwt-secret", "s", "--ping-interval-ms", "0"])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "config error: ping_interval_ms: must be greater than 0");
+    }
+
+    #[test]
+    fn flags_override_file_override_env() {
+        let dir = std::env::temp_dir().join(format!("throng-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.toml");
+        std::fs::write(
+            &path,
+            "ping_interval_ms = 1000\nidle_timeout_ms = 3000\napi_key = \"filekey\"\n[jwt]\nsecret = \"filesecret\"\n",
+        )
+        .unwrap();
+        let parsed = ServeOnly::try_parse_from([
+            "serve",
+            "--config",
+            path.to_str().unwrap(),
+            "--ping-interval-ms",
+            "2000",
+        ])
+        .unwrap();
+        let c = Config::from_serve_args(parsed.args, |k| match k {
+            "THRONG_JWT_SECRET" => Some("envsecret".into()),
+            "THRONG_API_KEY" => Some("envkey".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.ping_interval, Duration::from_millis(2000));
+        assert_eq!(c.idle_timeout, Duration::from_millis(3000));
+        assert_eq!(c.jwt.secret.as_deref(), Some("filesecret"));
+        assert_eq!(c.api_key.as_deref(), Some("filekey"));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn unknown_file_key_is_named() {
+        let dir = std::env::temp_dir().join(format!("throng-cfg2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("b.toml");
+        std::fs::write(&path, "ping_intervall_ms = 5\n").unwrap();
+        let err = cfg(&["--config", path.to_str().unwrap()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ping_intervall_ms"), "{err}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn dev_makes_secret_and_key() {
+        let c = cfg(&["--dev"]).unwrap();
+        assert!(c.jwt.secret.is_some());
+        assert!(c.api_key.is_some());
+    }
+
+    #[test]
+    fn bad_algorithm_and_pattern() {
+        let err = cfg(&["--jwt-secret", "s", "--jwt-algorithm", "none"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("jwt_algorithm"), "{err}");
+        let err = cfg(&["--jwt-secret", "s", "--public-topics", "a b"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("public_topics"), "{err}");
+    }
+}

@@ -1,0 +1,431 @@
+//! RFC 6455 framing: decoding client frames in place and encoding server frames once.
+
+use bytes::Bytes;
+use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
+
+/// Close codes Throng sends (PROTOCOL.md 2.3).
+pub mod close {
+    /// Normal closure.
+    pub const NORMAL: u16 = 1000;
+    /// Server shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// Protocol error.
+    pub const PROTOCOL: u16 = 1002;
+    /// Binary data is not accepted.
+    pub const UNSUPPORTED: u16 = 1003;
+    /// Text that is not UTF-8.
+    pub const INVALID_UTF8: u16 = 1007;
+    /// Too many refused messages.
+    pub const POLICY: u16 = 1008;
+    /// Message over `max_message_size`.
+    pub const TOO_BIG: u16 = 1009;
+    /// Internal error.
+    pub const INTERNAL: u16 = 1011;
+    /// Token expired while connected.
+    pub const TOKEN_EXPIRED: u16 = 4001;
+    /// No inbound traffic for `idle_timeout`.
+    pub const HEARTBEAT_TIMEOUT: u16 = 4002;
+    /// Disconnected by the push API.
+    pub const DISCONNECTED: u16 = 4003;
+    /// Outbound queue exceeded `max_outbound_bytes`.
+    pub const SLOW_CONSUMER: u16 = 4008;
+    /// Too many sessions for the user; this was the oldest.
+    pub const TOO_MANY_SESSIONS: u16 = 4009;
+}
+
+/// Longest server frame header: 2 bytes + 8 bytes of length (no mask).
+pub const MAX_HEADER: usize = 10;
+/// Longest client frame header: 2 + 8 length + 4 mask.
+pub const MAX_CLIENT_HEADER: usize = 14;
+
+/// Why a client frame ends the connection, with its close code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// Client frames must be masked.
+    #[error("client frame not masked")]
+    Unmasked,
+    /// An RSV bit was set without an extension.
+    #[error("reserved bits set")]
+    ReservedBits,
+    /// Opcode 3-7 or 11-15.
+    #[error("reserved opcode")]
+    ReservedOpcode,
+    /// Control frame fragmented or over 125 bytes.
+    #[error("bad control frame")]
+    BadControl,
+    /// Continuation without a started message, or a new message inside one.
+    #[error("bad fragmentation")]
+    BadContinuation,
+    /// The message would exceed `max_message_size`.
+    #[error("message too big")]
+    TooBig,
+    /// A binary data message.
+    #[error("binary messages are not accepted")]
+    Binary,
+    /// Text or close reason that is not UTF-8.
+    #[error("invalid UTF-8")]
+    InvalidUtf8,
+    /// A close frame with a bad code or a 1-byte payload.
+    #[error("bad close frame")]
+    BadClose,
+}
+
+impl FrameError {
+    /// The close code this error is answered with.
+    pub fn close_code(self) -> u16 {
+        match self {
+            FrameError::TooBig => close::TOO_BIG,
+            FrameError::Binary => close::UNSUPPORTED,
+            FrameError::InvalidUtf8 => close::INVALID_UTF8,
+            _ => close::PROTOCOL,
+        }
+    }
+}
+
+/// The kind of a decoded client frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// First frame of a text message.
+    Text,
+    /// Continuation of a fragmented message.
+    Continue,
+    /// Close.
+    Close,
+    /// Ping.
+    Ping,
+    /// Pong.
+    Pong,
+}
+
+/// A parsed client frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    /// Final fragment.
+    pub fin: bool,
+    /// What the frame is.
+    pub kind: Kind,
+    /// Masking key.
+    pub mask: [u8; 4],
+    /// Header length in bytes.
+    pub header_len: usize,
+    /// Payload length in bytes.
+    pub payload_len: usize,
+}
+
+impl Head {
+    /// Header plus payload.
+    pub fn total_len(&self) -> usize {
+        self.header_len + self.payload_len
+    }
+}
+
+/// Parses a client frame header; `Ok(None)` when more bytes are needed.
+///
+/// `max_payload` bounds one frame's payload (the message limit); it is checked before
+/// the payload arrives, so an oversized frame is refused without being buffered.
+pub fn parse_head(buf: &[u8], max_payload: usize) -> Result<Option<Head>, FrameError> {
+    if buf.len() < 2 {
+        return Ok(None);
+    }
+    let (b0, b1) = (buf[0], buf[1]);
+    if b0 & 0x70 != 0 {
+        return Err(FrameError::ReservedBits);
+    }
+    let fin = b0 & 0x80 != 0;
+    let kind = match OpCode::from(b0 & 0x0f) {
+        OpCode::Data(Data::Text) => Kind::Text,
+        OpCode::Data(Data::Continue) => Kind::Continue,
+        OpCode::Data(Data::Binary) => return Err(FrameError::Binary),
+        OpCode::Control(Control::Close) => Kind::Close,
+        OpCode::Control(Control::Ping) => Kind::Ping,
+        OpCode::Control(Control::Pong) => Kind::Pong,
+        OpCode::Data(Data::Reserved(_)) | OpCode::Control(Control::Reserved(_)) => {
+            return Err(FrameError::ReservedOpcode)
+        }
+    };
+    if b1 & 0x80 == 0 {
+        return Err(FrameError::Unmasked);
+    }
+    let len7 = (b1 & 0x7f) as usize;
+    let (payload_len, len_bytes) = match len7 {
+        126 => {
+            if buf.len() < 4 {
+                return Ok(None);
+            }
+            (u16::from_be_bytes([buf[2], buf[3]]) as usize, 2)
+        }
+        127 => {
+            if buf.len() < 10 {
+                return Ok(None);
+            }
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&buf[2..10]);
+            let n = u64::from_be_bytes(b);
+            if n >> 63 != 0 {
+                return Err(FrameError::TooBig);
+            }
+            (usize::try_from(n).unwrap_or(usize::MAX), 8)
+        }
+        n => (n, 0),
+    };
+    let is_control = matches!(kind, Kind::Close | Kind::Ping | Kind::Pong);
+    if is_control && (!fin || payload_len > 125) {
+        return Err(FrameError::BadControl);
+    }
+    if !is_control && payload_len > max_payload {
+        return Err(FrameError::TooBig);
+    }
+    let header_len = 2 + len_bytes + 4;
+    if buf.len() < header_len {
+        return Ok(None);
+    }
+    let m = &buf[2 + len_bytes..header_len];
+    Ok(Some(Head {
+        fin,
+        kind,
+        mask: [m[0], m[1], m[2], m[3]],
+        header_len,
+        payload_len,
+    }))
+}
+
+/// XORs `data` with the masking key, eight bytes at a time.
+pub fn unmask(data: &mut [u8], mask: [u8; 4]) {
+    let wide = u64::from_ne_bytes([
+        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
+    ]);
+    let mut chunks = data.chunks_exact_mut(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        c.copy_from_slice(&(u64::from_ne_bytes(w) ^ wide).to_ne_bytes());
+    }
+    // The remainder starts at a multiple of 8, so the mask phase is still 0.
+    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
+        *b ^= mask[i & 3];
+    }
+}
+
+/// Parses a close payload into (code, reason); empty payload means no code.
+pub fn parse_close(payload: &[u8]) -> Result<Option<(u16, &str)>, FrameError> {
+    match payload.len() {
+        0 => Ok(None),
+        1 => Err(FrameError::BadClose),
+        _ => {
+            let code = u16::from_be_bytes([payload[0], payload[1]]);
+            let allowed = code >= 1000 && CloseCode::from(code).is_allowed() && code < 5000;
+            // 1010 is client-only and 1012-1015 are server or reserved; RFC 6455 7.4.
+            if !allowed || matches!(code, 1004 | 1005 | 1006 | 1015) || (1016..3000).contains(&code) {
+                return Err(FrameError::BadClose);
+            }
+            let reason =
+                std::str::from_utf8(&payload[2..]).map_err(|_| FrameError::InvalidUtf8)?;
+            Ok(Some((code, reason)))
+        }
+    }
+}
+
+const OP_TEXT: u8 = 0x1;
+const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
+const OP_PONG: u8 = 0xA;
+
+/// Writes a FIN server header for `len` bytes ending exactly at `buf[end]`; returns its start.
+fn write_header_before(buf: &mut [u8], end: usize, opcode: u8, len: usize) -> usize {
+    let (start, b1) = if len < 126 {
+        (end - 2, len as u8)
+    } else if len <= u16::MAX as usize {
+        buf[end - 2..end].copy_from_slice(&(len as u16).to_be_bytes());
+        (end - 4, 126)
+    } else {
+        buf[end - 8..end].copy_from_slice(&(len as u64).to_be_bytes());
+        (end - 10, 127)
+    };
+    buf[start] = 0x80 | opcode;
+    buf[start + 1] = b1;
+    start
+}
+
+/// Builds frames whose payload is written in place after reserved header room, so a
+/// server frame costs one allocation and no copy.
+pub struct FrameBuilder {
+    buf: Vec<u8>,
+}
+
+impl FrameBuilder {
+    /// Starts a text frame with room for `payload_hint` bytes.
+    pub fn text(payload_hint: usize) -> Self {
+        let mut buf = Vec::with_capacity(MAX_HEADER + payload_hint);
+        buf.resize(MAX_HEADER, 0);
+        FrameBuilder { buf }
+    }
+
+    /// The payload written so far is everything after the reserved header room.
+    pub fn payload(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+
+    /// Finishes the frame.
+    pub fn finish(self) -> Bytes {
+        let mut buf = self.buf;
+        let len = buf.len() - MAX_HEADER;
+        let start = write_header_before(&mut buf, MAX_HEADER, OP_TEXT, len);
+        Bytes::from(buf).slice(start..)
+    }
+}
+
+fn control(opcode: u8, payload: &[u8]) -> Bytes {
+    let mut buf = Vec::with_capacity(2 + payload.len());
+    buf.push(0x80 | opcode);
+    buf.push(payload.len().min(125) as u8);
+    buf.extend_from_slice(&payload[..payload.len().min(125)]);
+    Bytes::from(buf)
+}
+
+/// A text frame carrying `payload`.
+pub fn text(payload: &[u8]) -> Bytes {
+    let mut b = FrameBuilder::text(payload.len());
+    b.payload().extend_from_slice(payload);
+    b.finish()
+}
+
+/// A close frame with `code` and a reason cut to fit 125 bytes on a char boundary.
+pub fn close_frame(code: u16, reason: &str) -> Bytes {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut payload = Vec::with_capacity(2 + end);
+    payload.extend_from_slice(&code.to_be_bytes());
+    payload.extend_from_slice(&reason.as_bytes()[..end]);
+    control(OP_CLOSE, &payload)
+}
+
+/// An empty close frame (echo of a close without a code).
+pub fn close_empty() -> Bytes {
+    control(OP_CLOSE, &[])
+}
+
+/// A ping frame.
+pub fn ping(payload: &[u8]) -> Bytes {
+    control(OP_PING, payload)
+}
+
+/// A pong frame echoing a ping's payload.
+pub fn pong(payload: &[u8]) -> Bytes {
+    control(OP_PONG, payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client_frame(b0: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+        let mut v = vec![b0];
+        let m = if mask.is_some() { 0x80 } else { 0 };
+        if payload.len() < 126 {
+            v.push(m | payload.len() as u8);
+        } else if payload.len() <= 65535 {
+            v.push(m | 126);
+            v.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        } else {
+            v.push(m | 127);
+            v.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+        }
+        match mask {
+            Some(k) => {
+                v.extend_from_slice(&k);
+                v.extend(payload.iter().enumerate().map(|(i, b)| b ^ k[i % 4]));
+            }
+            None => v.extend_from_slice(payload),
+        }
+        v
+    }
+
+    #[test]
+    fn decodes_masked_text_of_each_length_form() {
+        for len in [0usize, 5, 125, 126, 65535, 65536, 100_000] {
+            let payload: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            let mut f = client_frame(0x81, &payload, Some([1, 2, 3, 4]));
+            // Every prefix short of the header is incomplete, never an error.
+            for cut in 0..f.len().min(14) {
+                let r = parse_head(&f[..cut], 1 << 20).unwrap();
+                if let Some(h) = r {
+                    assert!(cut >= h.header_len);
+                }
+            }
+            let h = parse_head(&f, 1 << 20).unwrap().unwrap();
+            assert_eq!(h.kind, Kind::Text);
+            assert!(h.fin);
+            assert_eq!(h.payload_len, len);
+            assert_eq!(h.total_len(), f.len());
+            let body = &mut f[h.header_len..];
+            unmask(body, h.mask);
+            assert_eq!(body, &payload[..]);
+        }
+    }
+
+    #[test]
+    fn refusals_map_to_close_codes() {
+        let unmasked = client_frame(0x81, b"hi", None);
+        assert_eq!(parse_head(&unmasked, 100), Err(FrameError::Unmasked));
+        assert_eq!(FrameError::Unmasked.close_code(), 1002);
+        let rsv = client_frame(0xC1, b"hi", Some([0; 4]));
+        assert_eq!(parse_head(&rsv, 100), Err(FrameError::ReservedBits));
+        let reserved_op = client_frame(0x83, b"hi", Some([0; 4]));
+        assert_eq!(parse_head(&reserved_op, 100), Err(FrameError::ReservedOpcode));
+        let reserved_ctl = client_frame(0x8B, b"", Some([0; 4]));
+        assert_eq!(parse_head(&reserved_ctl, 100), Err(FrameError::ReservedOpcode));
+        let binary = client_frame(0x82, b"hi", Some([0; 4]));
+        assert_eq!(parse_head(&binary, 100), Err(FrameError::Binary));
+        assert_eq!(FrameError::Binary.close_code(), 1003);
+        let big = client_frame(0x81, &[b'a'; 200], Some([0; 4]));
+        assert_eq!(parse_head(&big, 100), Err(FrameError::TooBig));
+        assert_eq!(FrameError::TooBig.close_code(), 1009);
+        let frag_ping = client_frame(0x09, b"", Some([0; 4]));
+        assert_eq!(parse_head(&frag_ping, 100), Err(FrameError::BadControl));
+        let long_ping = client_frame(0x89, &[0; 126], Some([0; 4]));
+        assert_eq!(parse_head(&long_ping, 1000), Err(FrameError::BadControl));
+    }
+
+    #[test]
+    fn unmask_matches_bytewise() {
+        let mask = [0x12, 0x34, 0x56, 0x78];
+        for len in 0..40 {
+            let data: Vec<u8> = (0..len as u8).collect();
+            let mut fast = data.clone();
+            unmask(&mut fast, mask);
+            let slow: Vec<u8> = data.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]).collect();
+            assert_eq!(fast, slow);
+        }
+    }
+
+    #[test]
+    fn server_frames() {
+        let f = text(b"hello");
+        assert_eq!(&f[..], b"\x81\x05hello");
+        let long = text(&[b'x'; 300]);
+        assert_eq!(&long[..4], &[0x81, 126, 1, 44]);
+        assert_eq!(long.len(), 304);
+        let huge = text(&vec![b'x'; 70_000]);
+        assert_eq!(huge[1], 127);
+        assert_eq!(&huge[2..10], &70_000u64.to_be_bytes());
+        assert_eq!(&close_frame(4002, "idle")[..], b"\x88\x06\x0f\xa2idle");
+        assert_eq!(&pong(b"p")[..], b"\x8a\x01p");
+        let long_reason = "é".repeat(100);
+        let c = close_frame(1000, &long_reason);
+        assert!(c.len() <= 127);
+        assert!(std::str::from_utf8(&c[4..]).is_ok());
+    }
+
+    #[test]
+    fn close_payloads() {
+        assert_eq!(parse_close(b""), Ok(None));
+        assert_eq!(parse_close(b"\x03"), Err(FrameError::BadClose));
+        assert_eq!(parse_close(b"\x03\xe8bye"), Ok(Some((1000, "bye"))));
+        assert_eq!(parse_close(b"\x03\xed"), Err(FrameError::BadClose)); // 1005
+        assert_eq!(parse_close(b"\x00\x10"), Err(FrameError::BadClose));
+        assert_eq!(parse_close(b"\x0f\xa0"), Ok(Some((4000, ""))));
+        assert_eq!(parse_close(b"\x03\xe8\xff"), Err(FrameError::InvalidUtf8));
+    }
+}

@@ -1,0 +1,274 @@
+//! Parsing and judging the HTTP upgrade request (PROTOCOL.md 1, 1.1).
+
+use crate::auth::AuthError;
+use crate::config::{MAX_HEAD_BYTES, WS_PATH};
+use crate::http;
+use crate::metrics::Outcome;
+
+/// Why an upgrade is refused; each maps onto one row of PROTOCOL.md 1.1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// 400: not GET, or a missing/malformed upgrade header.
+    BadRequest(&'static str),
+    /// 426: `Sec-WebSocket-Version` is not 13.
+    UnsupportedVersion,
+    /// 404: not the WebSocket path.
+    NotFound,
+    /// 401: token missing, invalid or expired.
+    Auth(AuthError),
+    /// 403: `Origin` not allowed.
+    ForbiddenOrigin,
+    /// 429: per-IP connection count or rate exceeded.
+    RateLimited(&'static str),
+    /// 431: head over 8 KiB.
+    HeaderTooLarge,
+    /// 503: `max_connections` reached or a shard queue is full.
+    OverCapacity(&'static str),
+    /// 503: the server is shutting down.
+    Draining,
+}
+
+impl Refusal {
+    /// HTTP status.
+    pub fn status(&self) -> u16 {
+        match self {
+            Refusal::BadRequest(_) => 400,
+            Refusal::UnsupportedVersion => 426,
+            Refusal::NotFound => 404,
+            Refusal::Auth(_) => 401,
+            Refusal::ForbiddenOrigin => 403,
+            Refusal::RateLimited(_) => 429,
+            Refusal::HeaderTooLarge => 431,
+            Refusal::OverCapacity(_) | Refusal::Draining => 503,
+        }
+    }
+
+    /// The metric outcome.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Refusal::BadRequest(_) => Outcome::BadRequest,
+            Refusal::UnsupportedVersion => Outcome::UnsupportedVersion,
+            Refusal::NotFound => Outcome::NotFound,
+            Refusal::Auth(AuthError::Missing) => Outcome::MissingToken,
+            Refusal::Auth(AuthError::Expired) => Outcome::TokenExpired,
+            Refusal::Auth(AuthError::Invalid(_)) => Outcome::InvalidToken,
+            Refusal::ForbiddenOrigin => Outcome::ForbiddenOrigin,
+            Refusal::RateLimited(_) => Outcome::RateLimited,
+            Refusal::HeaderTooLarge => Outcome::HeaderTooLarge,
+            Refusal::OverCapacity(_) => Outcome::OverCapacity,
+            Refusal::Draining => Outcome::Draining,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            Refusal::Auth(e) => e.code(),
+            other => other.outcome().label(),
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            Refusal::BadRequest(m) | Refusal::RateLimited(m) | Refusal::OverCapacity(m) => {
+                (*m).to_string()
+            }
+            Refusal::UnsupportedVersion => "Sec-WebSocket-Version must be 13".into(),
+            Refusal::NotFound => format!("the WebSocket endpoint is {WS_PATH}"),
+            Refusal::Auth(e) => e.to_string(),
+            Refusal::ForbiddenOrigin => "Origin is not allowed".into(),
+            Refusal::HeaderTooLarge => format!("request head over {MAX_HEAD_BYTES} bytes"),
+            Refusal::Draining => "server is shutting down; reconnect elsewhere or later".into(),
+        }
+    }
+
+    /// The full HTTP response, ending with `Connection: close`.
+    pub fn response(&self) -> Vec<u8> {
+        let extra = match self {
+            Refusal::UnsupportedVersion => "Sec-WebSocket-Version: 13\r\n",
+            Refusal::RateLimited(_) => "Retry-After: 1\r\n",
+            Refusal::OverCapacity(_) => "Retry-After: 5\r\n",
+            Refusal::Draining => "Retry-After: 2\r\n",
+            _ => "",
+        };
+        http::error_response(self.status(), self.code(), &self.message(), false, extra)
+    }
+}
+
+/// A well-formed upgrade request, not yet authorised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upgrade {
+    /// `Sec-WebSocket-Accept` value to answer with.
+    pub accept_key: String,
+    /// The JWT, from the Authorization header or the `token` query parameter.
+    pub token: Option<String>,
+    /// The `Origin` header, when sent.
+    pub origin: Option<String>,
+    /// Bytes of the request head; anything after belongs to the WebSocket stream.
+    pub head_len: usize,
+}
+
+/// Parses the request head in `buf`: `Ok(None)` while incomplete.
+pub fn parse(buf: &[u8]) -> Result<Option<Upgrade>, Refusal> {
+    let mut headers = [httparse::EMPTY_HEADER; 48];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() > MAX_HEAD_BYTES {
+                Err(Refusal::HeaderTooLarge)
+            } else {
+                Ok(None)
+            };
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(Refusal::HeaderTooLarge),
+        Err(_) => return Err(Refusal::BadRequest("malformed HTTP request")),
+    };
+    if head_len > MAX_HEAD_BYTES {
+        return Err(Refusal::HeaderTooLarge);
+    }
+    let target = req.path.unwrap_or("");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    if path != WS_PATH {
+        return Err(Refusal::NotFound);
+    }
+    if req.method != Some("GET") {
+        return Err(Refusal::BadRequest("the upgrade request must be GET"));
+    }
+    let header = |name: &str| {
+        req.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+            .map(str::trim)
+    };
+    let has_token = |name: &str, want: &str| {
+        header(name).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(want)))
+    };
+    if !has_token("Upgrade", "websocket") {
+        return Err(Refusal::BadRequest("missing Upgrade: websocket"));
+    }
+    if !has_token("Connection", "upgrade") {
+        return Err(Refusal::BadRequest("missing Connection: Upgrade"));
+    }
+    if header("Sec-WebSocket-Version") != Some("13") {
+        return Err(Refusal::UnsupportedVersion);
+    }
+    let key = header("Sec-WebSocket-Key")
+        .ok_or(Refusal::BadRequest("missing Sec-WebSocket-Key"))?;
+    if !valid_key(key) {
+        return Err(Refusal::BadRequest(
+            "Sec-WebSocket-Key must be 16 bytes in base64",
+        ));
+    }
+    let bearer = header("Authorization").and_then(|v| {
+        let (scheme, rest) = v.split_once(' ')?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| rest.trim().to_string())
+    });
+    let token = bearer.or_else(|| {
+        form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v.into_owned())
+    });
+    Ok(Some(Upgrade {
+        accept_key: tungstenite::handshake::derive_accept_key(key.as_bytes()),
+        token: token.filter(|t| !t.is_empty()),
+        origin: header("Origin").map(String::from),
+        head_len,
+    }))
+}
+
+/// A key is 16 bytes in base64: 22 characters and `==`.
+fn valid_key(key: &str) -> bool {
+    let b = key.as_bytes();
+    b.len() == 24
+        && b[22..] == *b"=="
+        && b[..22]
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
+}
+
+/// Whether `origin` passes the configured list (empty list or absent header: yes).
+pub fn origin_allowed(allowed: &[String], origin: Option<&str>) -> bool {
+    match origin {
+        Some(o) if !allowed.is_empty() => allowed.iter().any(|a| a.eq_ignore_ascii_case(o)),
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+    fn req(extra: &str) -> String {
+        format!("GET /ws?token=abc HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {KEY}\r\n{extra}\r\n")
+    }
+
+    #[test]
+    fn good_request() {
+        let r = req("Origin: https://a\r\n");
+        let u = parse(r.as_bytes()).unwrap().unwrap();
+        assert_eq!(u.accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(u.token.as_deref(), Some("abc"));
+        assert_eq!(u.origin.as_deref(), Some("https://a"));
+        assert_eq!(u.head_len, r.len());
+    }
+
+    #[test]
+    fn header_token_wins() {
+        let r = req("Authorization: Bearer xyz\r\n");
+        assert_eq!(parse(r.as_bytes()).unwrap().unwrap().token.as_deref(), Some("xyz"));
+    }
+
+    #[test]
+    fn partial_then_too_large() {
+        let r = req("");
+        assert_eq!(parse(&r.as_bytes()[..20]), Ok(None));
+        let big = format!("GET /ws HTTP/1.1\r\nX: {}\r\n", "a".repeat(9000));
+        assert_eq!(parse(big.as_bytes()), Err(Refusal::HeaderTooLarge));
+    }
+
+    #[test]
+    fn refusals() {
+        assert_eq!(
+            parse(b"GET /other HTTP/1.1\r\n\r\n"),
+            Err(Refusal::NotFound)
+        );
+        assert!(matches!(
+            parse(b"POST /ws HTTP/1.1\r\n\r\n"),
+            Err(Refusal::BadRequest(_))
+        ));
+        assert!(matches!(
+            parse(b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Err(Refusal::BadRequest(_))
+        ));
+        let v12 = req("").replace("Version: 13", "Version: 12");
+        assert_eq!(parse(v12.as_bytes()), Err(Refusal::UnsupportedVersion));
+        let badkey = req("").replace(KEY, "short");
+        assert!(matches!(parse(badkey.as_bytes()), Err(Refusal::BadRequest(_))));
+        assert!(matches!(parse(b"\x00\x01garbage\r\n\r\n"), Err(Refusal::BadRequest(_))));
+    }
+
+    #[test]
+    fn refusal_responses() {
+        let r = String::from_utf8(Refusal::UnsupportedVersion.response()).unwrap();
+        assert!(r.starts_with("HTTP/1.1 426 "));
+        assert!(r.contains("Sec-WebSocket-Version: 13\r\n"));
+        let r = String::from_utf8(Refusal::Auth(AuthError::Expired).response()).unwrap();
+        assert!(r.contains("\"error\":\"token_expired\""));
+        let r = String::from_utf8(Refusal::OverCapacity("full").response()).unwrap();
+        assert!(r.contains("Retry-After: 5\r\n") && r.contains("over_capacity"));
+    }
+
+    #[test]
+    fn origins() {
+        let allowed = vec!["https://a.example".to_string()];
+        assert!(origin_allowed(&allowed, Some("https://a.example")));
+        assert!(!origin_allowed(&allowed, Some("https://evil")));
+        assert!(origin_allowed(&allowed, None));
+        assert!(origin_allowed(&[], Some("https://evil")));
+    }
+}

@@ -1,0 +1,97 @@
+//! Small HTTP/1.1 response writers shared by the acceptor and the push API.
+
+use std::fmt::Write as _;
+
+/// The reason phrase for the statuses Throng sends.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        101 => "Switching Protocols",
+        200 => "OK",
+        202 => "Accepted",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Payload Too Large",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+/// `{"error":code,"message":message}`, JSON-escaped.
+pub fn error_body(code: &str, message: &str) -> String {
+    serde_json::json!({ "error": code, "message": message }).to_string()
+}
+
+/// A complete response with a body; `extra` holds ready-made header lines ending in CRLF.
+pub fn response(
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+    keep_alive: bool,
+    extra: &str,
+) -> Vec<u8> {
+    let mut head = String::with_capacity(160 + extra.len());
+    let _ = write!(
+        head,
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: {}\r\n{extra}\r\n",
+        reason(status),
+        body.len(),
+        if keep_alive { "keep-alive" } else { "close" },
+    );
+    let mut out = head.into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+/// A JSON error response.
+pub fn error_response(
+    status: u16,
+    code: &str,
+    message: &str,
+    keep_alive: bool,
+    extra: &str,
+) -> Vec<u8> {
+    response(
+        status,
+        "application/json",
+        error_body(code, message).as_bytes(),
+        keep_alive,
+        extra,
+    )
+}
+
+/// The 101 response that completes an upgrade.
+pub fn switching_protocols(accept_key: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept_key}\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_response_shape() {
+        let r = error_response(429, "rate_limited", "slow \"down\"", false, "Retry-After: 1\r\n");
+        let text = String::from_utf8(r).unwrap();
+        assert!(text.starts_with("HTTP/1.1 429 Too Many Requests\r\n"));
+        assert!(text.contains("Content-Type: application/json\r\n"));
+        assert!(text.contains("Connection: close\r\n"));
+        assert!(text.contains("Retry-After: 1\r\n"));
+        let body = text.split("\r\n\r\n").nth(1).unwrap();
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"], "rate_limited");
+        assert_eq!(v["message"], "slow \"down\"");
+        assert!(text.contains(&format!("Content-Length: {}\r\n", body.len())));
+    }
+}

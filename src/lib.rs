@@ -1,0 +1,25 @@
+//! Throng: a high-density WebSocket push server.
+//!
+//! Data flows one way: the [`acceptor`] upgrades sockets and hands them to the [`shard`]
+//! that owns the user; the push [`api`] turns requests into commands for the shards that
+//! need them. Shards own their connections outright.
+
+pub mod acceptor;
+pub mod admission;
+pub mod api;
+pub mod auth;
+pub mod command;
+pub mod config;
+pub mod frame;
+pub mod handshake;
+pub mod http;
+pub mod messages;
+pub mod metrics;
+pub mod route;
+pub mod server;
+pub mod shard;
+pub mod topic;
+pub mod wheel;
+
+pub use config::Config;
+pub use server::Server;

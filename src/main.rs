@@ -1,0 +1,187 @@
+//! The `throng` command: `serve` runs the server, `token` mints a token.
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use throng::config::{Config, LogFormat, ServeArgs};
+use throng::Server;
+
+/// High-density WebSocket push server.
+#[derive(Parser)]
+#[command(name = "throng", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Print a signed HS256 token, for operators and tests.
+    Token(TokenArgs),
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// The HS256 secret (or THRONG_JWT_SECRET).
+    #[arg(long, env = "THRONG_JWT_SECRET", hide_env_values = true)]
+    secret: String,
+    /// The user id.
+    #[arg(long)]
+    sub: String,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    ttl_secs: u64,
+    /// Comma-separated topic patterns the token grants.
+    #[arg(long, value_delimiter = ',')]
+    topics: Option<Vec<String>>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Token(t) => token(t),
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn token(t: TokenArgs) -> ExitCode {
+    if let Err(e) = throng::auth::validate_user(&t.sub) {
+        eprintln!("throng token: --sub: {e}");
+        return ExitCode::from(2);
+    }
+    for p in t.topics.iter().flatten() {
+        if let Err(e) = throng::topic::TopicPattern::parse(p) {
+            eprintln!("throng token: --topics: {p:?}: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    match throng::auth::mint_hs256(&t.secret, &t.sub, t.ttl_secs, t.topics.as_deref()) {
+        Ok(tok) => {
+            println!("{tok}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("throng token: cannot sign: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let config = match Config::from_serve_args(args, |k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(config.log_format);
+    let mut signals = match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let dev = config.dev;
+    let banner_config = config.clone();
+    let server = match Server::start(config) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("throng: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(
+        client_addr = %server.client_addr(),
+        api_addr = %server.api_addr(),
+        shards = banner_config.shards,
+        "listening"
+    );
+    if dev {
+        print_dev_banner(&server, &banner_config);
+    }
+    let (first_tx, first_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut forever = signals.forever();
+        if let Some(sig) = forever.next() {
+            let _ = first_tx.send(sig);
+        }
+        // A second signal ends the drain at once.
+        if forever.next().is_some() {
+            std::process::exit(130);
+        }
+    });
+    if let Ok(sig) = first_rx.recv() {
+        tracing::info!(
+            signal = sig,
+            grace_ms = banner_config.shutdown_grace.as_millis() as u64,
+            "draining"
+        );
+        server.shutdown();
+    }
+    server.wait();
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+fn print_dev_banner(server: &Server, config: &Config) {
+    let host = |a: std::net::SocketAddr| {
+        if a.ip().is_unspecified() {
+            format!("127.0.0.1:{}", a.port())
+        } else {
+            a.to_string()
+        }
+    };
+    let ws = format!("ws://{}/ws", host(server.client_addr()));
+    let api = format!("http://{}", host(server.api_addr()));
+    let secret = config.jwt.secret.clone().unwrap_or_default();
+    let api_key = config.api_key.clone().unwrap_or_default();
+    let token = throng::auth::mint_hs256(&secret, "alice", 24 * 3600, Some(&["room:*".to_string()]))
+        .unwrap_or_else(|e| format!("<cannot sign: {e}>"));
+    println!(
+        "
+Throng is running in dev mode (do not use these credentials in production).
+
+  WebSocket     {ws}
+  Push API      {api}
+  JWT secret    {secret}
+  API key       {api_key}
+  Token (user \"alice\", topics room:*, valid 24 h):
+  {token}
+
+Connect as alice (any WebSocket client; two options):
+  npx wscat -c '{ws}?token={token}'
+  python3 -m websockets '{ws}?token={token}'
+
+Push to alice from another terminal:
+  curl -s -X POST '{api}/v1/push' -H 'Authorization: Bearer {api_key}' \\
+       -d '{{\"user\":\"alice\",\"data\":{{\"hello\":\"world\"}}}}'
+
+Subscribe (type into the client) and push to the topic:
+  {{\"type\":\"subscribe\",\"topic\":\"room:1\"}}
+  curl -s -X POST '{api}/v1/push' -H 'Authorization: Bearer {api_key}' \\
+       -d '{{\"topic\":\"room:1\",\"data\":\"hi room\"}}'
+
+Stats: curl -s -H 'Authorization: Bearer {api_key}' '{api}/v1/stats'
+"
+    );
+}

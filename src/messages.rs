@@ -1,0 +1,268 @@
+//! JSON messages on the WebSocket (PROTOCOL.md 2.1, 2.2): parsing client messages and
+//! encoding server messages straight into frames.
+
+use std::borrow::Cow;
+use std::io::Write as _;
+
+use bytes::Bytes;
+use simd_json::prelude::*;
+
+use crate::frame::FrameBuilder;
+
+/// A client message, borrowed from the unmasked payload.
+#[derive(Debug, PartialEq)]
+pub enum ClientMsg<'a> {
+    /// Join a topic.
+    Subscribe {
+        /// Topic name.
+        topic: Cow<'a, str>,
+    },
+    /// Leave a topic.
+    Unsubscribe {
+        /// Topic name.
+        topic: Cow<'a, str>,
+    },
+    /// Application-level ping.
+    Ping,
+    /// The client has every direct push up to `seq`.
+    Ack {
+        /// Highest contiguous sequence number received.
+        seq: u64,
+    },
+}
+
+/// A refused client message: the `error` code and message sent back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// PROTOCOL.md 2.1 error code.
+    pub code: &'static str,
+    /// Human-readable reason.
+    pub message: String,
+}
+
+fn refused(code: &'static str, message: impl Into<String>) -> Refused {
+    Refused {
+        code,
+        message: message.into(),
+    }
+}
+
+/// A parsed message and its `ref` (re-encoded as JSON), if any.
+pub struct Parsed<'a> {
+    /// The message, or why it was refused.
+    pub msg: Result<ClientMsg<'a>, Refused>,
+    /// The `ref` field as JSON text, echoed in the answer.
+    pub reference: Option<String>,
+}
+
+/// Parses one client text message in place with simd-json (it needs a mutable buffer,
+/// which the unmasked frame payload already is); `buffers` are reused across calls.
+pub fn parse<'a>(payload: &'a mut [u8], buffers: &mut simd_json::Buffers) -> Parsed<'a> {
+    let value = match simd_json::to_borrowed_value_with_buffers(payload, buffers) {
+        Ok(v) => v,
+        Err(e) => {
+            return Parsed {
+                msg: Err(refused("bad_json", format!("not valid JSON: {e}"))),
+                reference: None,
+            }
+        }
+    };
+    let reference = value.get("ref").map(|r| r.encode());
+    let msg = interpret(value);
+    Parsed { msg, reference }
+}
+
+fn interpret(value: simd_json::BorrowedValue<'_>) -> Result<ClientMsg<'_>, Refused> {
+    let simd_json::BorrowedValue::Object(mut obj) = value else {
+        return Err(refused("bad_json", "a message must be a JSON object"));
+    };
+    let kind = match obj.get("type").and_then(|t| t.as_str()) {
+        Some(k) => k.to_string(),
+        None => return Err(refused("bad_json", "missing string field \"type\"")),
+    };
+    let mut topic = || match obj.remove("topic") {
+        Some(simd_json::BorrowedValue::String(s)) => Ok(s),
+        _ => Err(refused("bad_topic", "missing string field \"topic\"")),
+    };
+    match kind.as_str() {
+        "subscribe" => Ok(ClientMsg::Subscribe { topic: topic()? }),
+        "unsubscribe" => Ok(ClientMsg::Unsubscribe { topic: topic()? }),
+        "ping" => Ok(ClientMsg::Ping),
+        "ack" => match obj.get("seq").and_then(|s| s.as_u64()) {
+            Some(seq) => Ok(ClientMsg::Ack { seq }),
+            None => Err(refused("bad_json", "ack needs an unsigned integer \"seq\"")),
+        },
+        other => Err(refused(
+            "unknown_type",
+            format!("unknown message type {:?}", truncate(other, 64)),
+        )),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    // Serialising a &str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// `{"type":"push",...}` for a direct, topic or broadcast push, as one text frame.
+pub fn push_frame(
+    data: &str,
+    ts_ms: u64,
+    seq: Option<u64>,
+    topic: Option<&str>,
+    id: Option<&str>,
+) -> Bytes {
+    let mut b = FrameBuilder::text(data.len() + 64 + topic.map_or(0, str::len));
+    let out = b.payload();
+    out.extend_from_slice(b"{\"type\":\"push\"");
+    if let Some(seq) = seq {
+        let _ = write!(out, ",\"seq\":{seq}");
+    }
+    if let Some(topic) = topic {
+        out.extend_from_slice(b",\"topic\":");
+        json_str(out, topic);
+    }
+    if let Some(id) = id {
+        out.extend_from_slice(b",\"id\":");
+        json_str(out, id);
+    }
+    let _ = write!(out, ",\"ts\":{ts_ms},\"data\":");
+    out.extend_from_slice(data.as_bytes());
+    out.push(b'}');
+    b.finish()
+}
+
+/// The `welcome` frame.
+pub fn welcome_frame(
+    session: &str,
+    user: &str,
+    epoch: &str,
+    seq: u64,
+    ping_interval_ms: u64,
+    idle_timeout_ms: u64,
+) -> Bytes {
+    json_frame(&serde_json::json!({
+        "type": "welcome",
+        "session": session,
+        "user": user,
+        "epoch": epoch,
+        "seq": seq,
+        "ping_interval_ms": ping_interval_ms,
+        "idle_timeout_ms": idle_timeout_ms,
+    }))
+}
+
+fn json_frame(v: &serde_json::Value) -> Bytes {
+    let mut b = FrameBuilder::text(128);
+    let _ = serde_json::to_writer(b.payload(), v);
+    b.finish()
+}
+
+/// Appends `,"ref":<json>` and closes the object.
+fn finish_with_ref(out: &mut Vec<u8>, reference: Option<&str>) {
+    if let Some(r) = reference {
+        out.extend_from_slice(b",\"ref\":");
+        out.extend_from_slice(r.as_bytes());
+    }
+    out.push(b'}');
+}
+
+/// `subscribed` / `unsubscribed` confirmation.
+pub fn topic_ack_frame(kind: &str, topic: &str, reference: Option<&str>) -> Bytes {
+    let mut b = FrameBuilder::text(64 + topic.len());
+    let out = b.payload();
+    let _ = write!(out, "{{\"type\":\"{kind}\",\"topic\":");
+    json_str(out, topic);
+    finish_with_ref(out, reference);
+    b.finish()
+}
+
+/// `pong` answering a JSON `ping`.
+pub fn pong_frame(reference: Option<&str>) -> Bytes {
+    let mut b = FrameBuilder::text(32);
+    let out = b.payload();
+    out.extend_from_slice(b"{\"type\":\"pong\"");
+    finish_with_ref(out, reference);
+    b.finish()
+}
+
+/// `error` answering a refused message.
+pub fn error_frame(err: &Refused, reference: Option<&str>) -> Bytes {
+    let mut b = FrameBuilder::text(64 + err.message.len());
+    let out = b.payload();
+    let _ = write!(out, "{{\"type\":\"error\",\"code\":\"{}\",\"message\":", err.code);
+    json_str(out, &err.message);
+    finish_with_ref(out, reference);
+    b.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload_json(frame: &Bytes) -> serde_json::Value {
+        let start = if frame[1] & 0x7f == 126 { 4 } else { 2 };
+        serde_json::from_slice(&frame[start..]).unwrap()
+    }
+
+    fn p(s: &str) -> (Result<String, Refused>, Option<String>) {
+        let mut buf = s.as_bytes().to_vec();
+        let mut buffers = simd_json::Buffers::default();
+        let parsed = parse(&mut buf, &mut buffers);
+        (parsed.msg.map(|m| format!("{m:?}")), parsed.reference)
+    }
+
+    #[test]
+    fn parses_client_messages() {
+        assert_eq!(
+            p(r#"{"type":"subscribe","topic":"room:1","ref":7}"#),
+            (Ok("Subscribe { topic: \"room:1\" }".into()), Some("7".into()))
+        );
+        assert_eq!(
+            p(r#"{"type":"ping","ref":"a\"b"}"#),
+            (Ok("Ping".into()), Some(r#""a\"b""#.into()))
+        );
+        assert_eq!(p(r#"{"type":"ack","seq":3}"#).0, Ok("Ack { seq: 3 }".into()));
+        assert_eq!(p("nope").0.unwrap_err().code, "bad_json");
+        assert_eq!(p("[1]").0.unwrap_err().code, "bad_json");
+        assert_eq!(p(r#"{"type":"dance"}"#).0.unwrap_err().code, "unknown_type");
+        assert_eq!(p(r#"{"type":"subscribe"}"#).0.unwrap_err().code, "bad_topic");
+        assert_eq!(p(r#"{"type":"subscribe","topic":5}"#).0.unwrap_err().code, "bad_topic");
+        assert_eq!(p(r#"{"type":"ack"}"#).0.unwrap_err().code, "bad_json");
+    }
+
+    #[test]
+    fn encodes_server_messages() {
+        let f = push_frame(r#"{"x":1}"#, 99, Some(4), None, Some("id\"1"));
+        assert_eq!(
+            payload_json(&f),
+            serde_json::json!({"type":"push","seq":4,"ts":99,"id":"id\"1","data":{"x":1}})
+        );
+        let f = push_frame("[1]", 5, None, Some("news"), None);
+        assert_eq!(
+            payload_json(&f),
+            serde_json::json!({"type":"push","topic":"news","ts":5,"data":[1]})
+        );
+        let f = topic_ack_frame("subscribed", "t", Some("\"r\""));
+        assert_eq!(
+            payload_json(&f),
+            serde_json::json!({"type":"subscribed","topic":"t","ref":"r"})
+        );
+        let f = error_frame(&refused("bad_topic", "nope"), None);
+        assert_eq!(
+            payload_json(&f),
+            serde_json::json!({"type":"error","code":"bad_topic","message":"nope"})
+        );
+        assert_eq!(payload_json(&pong_frame(Some("1"))), serde_json::json!({"type":"pong","ref":1}));
+        let w = welcome_frame("s1", "u", "e", 0, 25_000, 60_000);
+        assert_eq!(payload_json(&w)["type"], "welcome");
+    }
+}

@@ -1,0 +1,220 @@
+//! Starting and stopping a whole server: listeners, acceptor, shards and push API.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use mio::{Poll, Waker};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::acceptor::{self, Acceptor};
+use crate::admission::Admission;
+use crate::api::{self, Api};
+use crate::auth::{KeyError, Verifier};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::shard::{self, ReplySink, ShardShared};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// Threads or polls could not be created.
+    #[error("cannot start: {0}")]
+    Io(#[from] io::Error),
+    /// The JWT key could not be loaded.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+}
+
+/// A running server.
+pub struct Server {
+    client_addr: SocketAddr,
+    api_addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    draining: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    acceptor_waker: Arc<Waker>,
+    api_waker: Arc<Waker>,
+    shard_wakers: Vec<Arc<Waker>>,
+    acceptor: Option<JoinHandle<()>>,
+    shards: Vec<JoinHandle<()>>,
+    api: Option<JoinHandle<()>>,
+}
+
+/// A listening socket: `SO_REUSEADDR`, optionally `SO_REUSEPORT`, non-blocking, with backlog.
+fn listen(addr: SocketAddr, backlog: u32, reuse_port: bool) -> Result<std::net::TcpListener, StartError> {
+    let bind_err = |source| StartError::Bind { addr, source };
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(bind_err)?;
+    socket.set_reuse_address(true).map_err(bind_err)?;
+    if reuse_port {
+        // Lets a new process bind beside the old one for a restart without refusals.
+        socket.set_reuse_port(true).map_err(bind_err)?;
+    }
+    socket.set_nonblocking(true).map_err(bind_err)?;
+    socket.bind(&addr.into()).map_err(bind_err)?;
+    socket
+        .listen(backlog.min(i32::MAX as u32) as i32)
+        .map_err(bind_err)?;
+    Ok(socket.into())
+}
+
+impl Server {
+    /// Binds the listeners and starts every thread.
+    pub fn start(config: Config) -> Result<Server, StartError> {
+        let config = Arc::new(config);
+        let client_listener = listen(config.listen, config.backlog, true)?;
+        let api_listener = listen(config.api_listen, 1024, false)?;
+        let client_addr = client_listener.local_addr()?;
+        let api_addr = api_listener.local_addr()?;
+        let verifier = Verifier::new(&config.jwt)?;
+        let metrics = Arc::new(Metrics::new(config.shards));
+        let admission = Arc::new(Admission::new(
+            config.max_connections,
+            config.max_connections_per_ip,
+        ));
+        let draining = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+
+        let api_poll = Poll::new()?;
+        let api_waker = api::waker(&api_poll)?;
+        // Replies are bounded by construction: each API connection waits on at most one
+        // request, whose replies number at most the shard count.
+        let (reply_tx, reply_rx) = crossbeam_channel::unbounded();
+
+        let cores = if config.pin_cores {
+            core_affinity::get_core_ids().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let mut handles = Vec::with_capacity(config.shards);
+        let mut shard_threads = Vec::with_capacity(config.shards);
+        for id in 0..config.shards {
+            let shared = ShardShared {
+                config: Arc::clone(&config),
+                metrics: Arc::clone(&metrics),
+                admission: Arc::clone(&admission),
+                draining: Arc::clone(&draining),
+                replies: ReplySink {
+                    tx: reply_tx.clone(),
+                    waker: Arc::clone(&api_waker),
+                },
+            };
+            let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
+            let (handle, thread) = shard::spawn(id, shared, core)?;
+            handles.push(handle);
+            shard_threads.push(thread);
+        }
+        let shard_wakers = handles.iter().map(|h| Arc::clone(&h.waker)).collect();
+
+        let acceptor_poll = Poll::new()?;
+        let acceptor_waker = acceptor::waker(&acceptor_poll)?;
+        let acceptor = Acceptor::new(
+            acceptor_poll,
+            client_listener,
+            verifier,
+            Arc::clone(&config),
+            Arc::clone(&metrics),
+            Arc::clone(&admission),
+            handles.clone(),
+            Arc::clone(&draining),
+        )?;
+        let acceptor_thread = std::thread::Builder::new()
+            .name("throng-acceptor".into())
+            .spawn(move || acceptor.run())?;
+
+        let api = Api::new(
+            api_poll,
+            api_listener,
+            handles,
+            reply_rx,
+            Arc::clone(&config),
+            Arc::clone(&metrics),
+            Arc::clone(&draining),
+            Arc::clone(&stop),
+        )?;
+        let api_thread = std::thread::Builder::new()
+            .name("throng-api".into())
+            .spawn(move || api.run())?;
+
+        Ok(Server {
+            client_addr,
+            api_addr,
+            metrics,
+            draining,
+            stop,
+            acceptor_waker,
+            api_waker,
+            shard_wakers,
+            acceptor: Some(acceptor_thread),
+            shards: shard_threads,
+            api: Some(api_thread),
+        })
+    }
+
+    /// The WebSocket listener's bound address.
+    pub fn client_addr(&self) -> SocketAddr {
+        self.client_addr
+    }
+
+    /// The push API's bound address.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    /// The server's counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Begins a graceful drain (what SIGTERM does): stop accepting, `readyz` 503, close
+    /// every connection with 1001 and flush for up to the grace period. Returns at once.
+    pub fn shutdown(&self) {
+        self.draining.store(true, Relaxed);
+        self.metrics.draining.store(true, Relaxed);
+        let _ = self.acceptor_waker.wake();
+        for w in &self.shard_wakers {
+            let _ = w.wake();
+        }
+        let _ = self.api_waker.wake();
+    }
+
+    /// Waits for the drain to finish and every thread to end.
+    pub fn wait(mut self) {
+        self.join_all();
+    }
+
+    fn join_all(&mut self) {
+        if let Some(t) = self.acceptor.take() {
+            let _ = t.join();
+        }
+        for t in self.shards.drain(..) {
+            let _ = t.join();
+        }
+        // The API answers until the shards are done, then stops.
+        self.stop.store(true, Relaxed);
+        let _ = self.api_waker.wake();
+        if let Some(t) = self.api.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.api.is_some() {
+            self.shutdown();
+            self.join_all();
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! A client connection's state on its shard, and the shard's outbound path: per-connection
+//! queues that exist only while a socket would block, flushed with one vectored write.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+use std::net::{IpAddr, Shutdown};
+
+use bytes::Bytes;
+use mio::net::TcpStream;
+use slab::Slab;
+
+use crate::wheel::TimerId;
+
+/// A server ping is outstanding (no inbound traffic since it was sent).
+pub const PING_SENT: u8 = 1;
+/// A close frame is queued; the connection is leaving the indexes.
+pub const CLOSING: u8 = 2;
+/// The write half was shut after the close frame went out.
+pub const WRITE_SHUT: u8 = 4;
+/// In the shard's dirty list, waiting for a flush.
+pub const DIRTY: u8 = 8;
+
+/// Bytes kept between reads: an incomplete frame, and a fragmented message being assembled.
+#[derive(Default)]
+pub struct Partial {
+    /// Start of a frame whose remainder has not arrived.
+    pub leftover: Vec<u8>,
+    /// Unmasked payload of a fragmented text message so far.
+    pub message: Option<Vec<u8>>,
+}
+
+/// Frames waiting for the socket to accept them.
+#[derive(Default)]
+pub struct OutQueue {
+    frames: VecDeque<Bytes>,
+    /// Bytes of the front frame already written.
+    offset: usize,
+    /// Bytes queued and not yet written.
+    bytes: usize,
+}
+
+impl OutQueue {
+    fn push(&mut self, frame: Bytes) {
+        self.bytes += frame.len();
+        self.frames.push_back(frame);
+    }
+
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Drops every frame not yet started, so a close frame can follow a partial one.
+    fn discard_unstarted(&mut self) {
+        let keep = usize::from(self.offset > 0);
+        while self.frames.len() > keep {
+            if let Some(f) = self.frames.pop_back() {
+                self.bytes -= f.len();
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.frames.clear();
+        self.offset = 0;
+        self.bytes = 0;
+    }
+
+    /// Writes as much as the socket takes; Ok(true) when the queue is empty.
+    fn write_to(&mut self, stream: &mut TcpStream) -> io::Result<bool> {
+        while !self.frames.is_empty() {
+            let mut slices = [IoSlice::new(&[]); 64];
+            let mut n = 0;
+            for (i, f) in self.frames.iter().take(slices.len()).enumerate() {
+                slices[i] = IoSlice::new(if i == 0 { &f[self.offset..] } else { &f[..] });
+                n += 1;
+            }
+            let written = match stream.write_vectored(&slices[..n]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(w) => w,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            self.bytes -= written;
+            let mut left = written;
+            while left > 0 {
+                let front_rest = self.frames[0].len() - self.offset;
+                if left >= front_rest {
+                    left -= front_rest;
+                    self.frames.pop_front();
+                    self.offset = 0;
+                } else {
+                    self.offset += left;
+                    left = 0;
+                }
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// One client connection.
+pub struct Conn {
+    /// The socket.
+    pub stream: TcpStream,
+    /// Key of the user entry in the shard's user index.
+    pub user: u32,
+    /// Tick of the last inbound bytes.
+    pub last_rx: u32,
+    /// Tick at which the token expires (`u32::MAX`: never).
+    pub expires: u32,
+    /// The one armed timer, if any.
+    pub timer: Option<TimerId>,
+    /// `PING_SENT`, `CLOSING`, `WRITE_SHUT`, `DIRTY`.
+    pub flags: u8,
+    /// Client messages refused in a row.
+    pub refused: u8,
+    /// Client IP, released from admission control at the end.
+    pub ip: IpAddr,
+    /// Only while a frame or message is incomplete.
+    pub partial: Option<Box<Partial>>,
+    /// Only while the socket would block.
+    pub out: Option<Box<OutQueue>>,
+    /// Topic keys this connection is subscribed to.
+    pub topics: Vec<u32>,
+}
+
+impl Conn {
+    /// Whether the close handshake has begun.
+    pub fn closing(&self) -> bool {
+        self.flags & CLOSING != 0
+    }
+}
+
+/// What happened when a frame was offered to a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// Queued (or dropped because the connection is closing anyway).
+    Ok,
+    /// The queue would exceed `max_outbound_bytes` even after a flush: close with 4008.
+    Overflow,
+    /// The socket failed: drop the connection.
+    Broken,
+}
+
+/// The shard's connections and everything about getting bytes to them.
+pub struct Conns {
+    /// Connections by key; the key is also the mio token.
+    pub slab: Slab<Conn>,
+    dirty: Vec<u32>,
+    pool: Vec<Box<OutQueue>>,
+    max_outbound: usize,
+}
+
+/// Spare queues kept for reuse, so a burst does not allocate per connection.
+const POOL_MAX: usize = 4096;
+
+impl Conns {
+    /// No connections; each may queue at most `max_outbound` bytes.
+    pub fn new(max_outbound: usize) -> Conns {
+        Conns {
+            slab: Slab::new(),
+            dirty: Vec::new(),
+            pool: Vec::new(),
+            max_outbound,
+        }
+    }
+
+    /// Queues `frame` for `key`; the write happens at the next `flush_dirty`.
+    pub fn send(&mut self, key: u32, frame: Bytes) -> Sent {
+        let Some(conn) = self.slab.get_mut(key as usize) else {
+            return Sent::Ok;
+        };
+        if conn.closing() {
+            return Sent::Ok;
+        }
+        let queued = conn.out.as_ref().map_or(0, |q| q.bytes);
+        if queued + frame.len() > self.max_outbound && queued > 0 {
+            // Maybe the socket can take what is waiting; only then is the client slow.
+            match self.flush(key) {
+                Ok(_) => {}
+                Err(_) => return Sent::Broken,
+            }
+        }
+        let max = self.max_outbound;
+        let pool = &mut self.pool;
+        let Some(conn) = self.slab.get_mut(key as usize) else {
+            return Sent::Ok;
+        };
+        let q = conn
+            .out
+            .get_or_insert_with(|| pool.pop().unwrap_or_default());
+        // A single frame larger than the cap is still allowed on an empty queue.
+        if q.bytes > 0 && q.bytes + frame.len() > max {
+            return Sent::Overflow;
+        }
+        q.push(frame);
+        if conn.flags & DIRTY == 0 {
+            conn.flags |= DIRTY;
+            self.dirty.push(key);
+        }
+        Sent::Ok
+    }
+
+    /// Queues the close frame, discarding what has not started (it would never be read).
+    pub fn queue_close(&mut self, key: u32, frame: Bytes, discard: bool) {
+        let pool = &mut self.pool;
+        let Some(conn) = self.slab.get_mut(key as usize) else {
+            return;
+        };
+        conn.flags |= CLOSING;
+        conn.partial = None;
+        let q = conn
+            .out
+            .get_or_insert_with(|| pool.pop().unwrap_or_default());
+        if discard {
+            q.discard_unstarted();
+        }
+        q.push(frame);
+        if conn.flags & DIRTY == 0 {
+            conn.flags |= DIRTY;
+            self.dirty.push(key);
+        }
+    }
+
+    /// Writes what `key` has queued. Ok(true) when nothing is left.
+    pub fn flush(&mut self, key: u32) -> io::Result<bool> {
+        let Some(conn) = self.slab.get_mut(key as usize) else {
+            return Ok(true);
+        };
+        let Some(q) = conn.out.as_mut() else {
+            return Ok(true);
+        };
+        let done = q.write_to(&mut conn.stream)?;
+        if done {
+            if let Some(mut q) = conn.out.take() {
+                if self.pool.len() < POOL_MAX {
+                    q.clear();
+                    self.pool.push(q);
+                }
+            }
+            if conn.closing() && conn.flags & WRITE_SHUT == 0 {
+                conn.flags |= WRITE_SHUT;
+                // The close frame is out: FIN after it, then wait for the client's FIN.
+                let _ = conn.stream.shutdown(Shutdown::Write);
+            }
+        }
+        Ok(done)
+    }
+
+    /// Flushes every connection that had frames queued since the last call; returns the
+    /// keys whose sockets failed.
+    pub fn flush_dirty(&mut self, broken: &mut Vec<u32>) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &key in &dirty {
+            if let Some(conn) = self.slab.get_mut(key as usize) {
+                conn.flags &= !DIRTY;
+            } else {
+                continue;
+            }
+            if self.flush(key).is_err() {
+                broken.push(key);
+            }
+        }
+        let mut dirty = dirty;
+        dirty.clear();
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+        }
+    }
+
+    /// Whether any connection waits for a flush.
+    pub fn has_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// Removes a connection, returning its queue to the pool.
+    pub fn remove(&mut self, key: u32) -> Option<Conn> {
+        let mut conn = self.slab.try_remove(key as usize)?;
+        if let Some(mut q) = conn.out.take() {
+            if self.pool.len() < POOL_MAX {
+                q.clear();
+                self.pool.push(q);
+            }
+        }
+        Some(conn)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discard_keeps_started_frame() {
+        let mut q = OutQueue::default();
+        q.push(Bytes::from_static(b"abcd"));
+        q.push(Bytes::from_static(b"efgh"));
+        q.offset = 2;
+        q.bytes -= 2;
+        q.discard_unstarted();
+        assert_eq!(q.frames.len(), 1);
+        assert_eq!(q.bytes, 2);
+        let mut fresh = OutQueue::default();
+        fresh.push(Bytes::from_static(b"abcd"));
+        fresh.discard_unstarted();
+        assert!(fresh.is_empty());
+        assert_eq!(fresh.bytes, 0);
+    }
+
+    #[test]
+    fn conn_stays_small() {
+        // Invariant 3: an idle connection costs only its slot.
+        assert!(std::mem::size_of::<Conn>() <= 96, "{}", std::mem::size_of::<Conn>());
+    }
+}

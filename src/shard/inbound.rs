@@ -1,0 +1,324 @@
+//! Bytes from a client: reads into the shard's scratch buffer, frames decoded in place,
+//! and the client messages they carry.
+
+use std::io::{self, Read};
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::frame::{self, close, FrameError, Head, Kind};
+use crate::messages::{self, ClientMsg, Refused};
+use crate::topic;
+
+use super::conn::{Partial, PING_SENT};
+use super::Shard;
+
+/// Refused client messages in a row that are tolerated; one more closes with 1008.
+const MAX_REFUSED_IN_ROW: u8 = 10;
+
+impl Shard {
+    /// Reads what the socket has, within the read budget.
+    pub(super) fn on_readable(&mut self, key: u32) {
+        for _ in 0..super::READS_PER_EVENT {
+            let Some(conn) = self.conns.slab.get_mut(key as usize) else {
+                return;
+            };
+            let n = match conn.stream.read(&mut self.scratch) {
+                Ok(0) => {
+                    // EOF: after our close frame this is the clean end; before it, the
+                    // client vanished without a close.
+                    self.abort(key);
+                    return;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.abort(key);
+                    return;
+                }
+            };
+            conn.last_rx = self.tick;
+            conn.flags &= !PING_SENT;
+            if conn.closing() {
+                // Only the client's close or FIN matter now.
+                continue;
+            }
+            match conn.partial.as_mut().filter(|p| !p.leftover.is_empty()) {
+                Some(p) => {
+                    let mut buf = std::mem::take(&mut p.leftover);
+                    buf.extend_from_slice(&self.scratch[..n]);
+                    self.ingest(key, &mut buf);
+                }
+                None => {
+                    let mut scratch = std::mem::take(&mut self.scratch);
+                    self.ingest_slice(key, &mut scratch[..n]);
+                    self.scratch = scratch;
+                }
+            }
+        }
+        // Budget spent with the socket still readable: continue next turn.
+        self.backlog.push(key);
+    }
+
+    /// Processes bytes held in an owned buffer; keeps the unprocessed tail as leftover.
+    pub(super) fn ingest(&mut self, key: u32, buf: &mut Vec<u8>) {
+        let used = self.frames(key, buf);
+        if used < buf.len() {
+            buf.drain(..used);
+            self.keep_leftover(key, std::mem::take(buf));
+        }
+    }
+
+    /// Processes bytes in the scratch buffer; copies an incomplete frame out.
+    fn ingest_slice(&mut self, key: u32, buf: &mut [u8]) {
+        let used = self.frames(key, buf);
+        if used < buf.len() {
+            self.keep_leftover(key, buf[used..].to_vec());
+        }
+    }
+
+    fn keep_leftover(&mut self, key: u32, rest: Vec<u8>) {
+        if let Some(c) = self.conns.slab.get_mut(key as usize) {
+            if !c.closing() {
+                c.partial.get_or_insert_with(Default::default).leftover = rest;
+            }
+        }
+    }
+
+    /// Decodes and handles every complete frame in `buf`; returns the bytes used.
+    fn frames(&mut self, key: u32, buf: &mut [u8]) -> usize {
+        let max = self.shared.config.max_message_size;
+        let mut pos = 0;
+        loop {
+            let Some(c) = self.conns.slab.get(key as usize) else {
+                return buf.len();
+            };
+            if c.closing() {
+                return buf.len();
+            }
+            let assembled = c
+                .partial
+                .as_ref()
+                .and_then(|p| p.message.as_ref())
+                .map_or(0, Vec::len);
+            let head = match frame::parse_head(&buf[pos..], max - assembled.min(max)) {
+                Ok(Some(h)) if buf.len() - pos >= h.total_len() => h,
+                Ok(_) => {
+                    self.drop_empty_partial(key);
+                    return pos;
+                }
+                Err(e) => {
+                    self.protocol_close(key, e);
+                    return buf.len();
+                }
+            };
+            let payload = &mut buf[pos + head.header_len..pos + head.total_len()];
+            frame::unmask(payload, head.mask);
+            pos += head.total_len();
+            if let Err(e) = self.frame(key, head, payload) {
+                self.protocol_close(key, e);
+                return buf.len();
+            }
+        }
+    }
+
+    fn drop_empty_partial(&mut self, key: u32) {
+        if let Some(c) = self.conns.slab.get_mut(key as usize) {
+            if c
+                .partial
+                .as_ref()
+                .is_some_and(|p| p.message.is_none() && p.leftover.is_empty())
+            {
+                c.partial = None;
+            }
+        }
+    }
+
+    fn protocol_close(&mut self, key: u32, e: FrameError) {
+        self.counters().protocol_closes.fetch_add(1, Relaxed);
+        self.close(key, e.close_code(), &e.to_string());
+    }
+
+    /// Handles one unmasked frame.
+    fn frame(&mut self, key: u32, head: Head, payload: &mut [u8]) -> Result<(), FrameError> {
+        match head.kind {
+            Kind::Ping => {
+                self.reply(key, frame::pong(payload));
+                Ok(())
+            }
+            Kind::Pong => Ok(()),
+            Kind::Close => {
+                let echo = match frame::parse_close(payload)? {
+                    Some((code, _)) => frame::close_frame(code, ""),
+                    None => frame::close_empty(),
+                };
+                self.close_echo(key, echo);
+                Ok(())
+            }
+            Kind::Text => {
+                let in_message = self
+                    .conns
+                    .slab
+                    .get(key as usize)
+                    .and_then(|c| c.partial.as_ref())
+                    .is_some_and(|p| p.message.is_some());
+                if in_message {
+                    return Err(FrameError::BadContinuation);
+                }
+                if head.fin {
+                    self.text(key, payload)
+                } else {
+                    if let Some(c) = self.conns.slab.get_mut(key as usize) {
+                        c.partial.get_or_insert_with(Box::<Partial>::default).message =
+                            Some(payload.to_vec());
+                    }
+                    Ok(())
+                }
+            }
+            Kind::Continue => {
+                let max = self.shared.config.max_message_size;
+                let Some(c) = self.conns.slab.get_mut(key as usize) else {
+                    return Ok(());
+                };
+                let Some(msg) = c.partial.as_mut().and_then(|p| p.message.as_mut()) else {
+                    return Err(FrameError::BadContinuation);
+                };
+                if msg.len() + payload.len() > max {
+                    return Err(FrameError::TooBig);
+                }
+                msg.extend_from_slice(payload);
+                if head.fin {
+                    let mut whole = c
+                        .partial
+                        .as_mut()
+                        .and_then(|p| p.message.take())
+                        .unwrap_or_default();
+                    self.text(key, &mut whole)
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// A complete text message.
+    fn text(&mut self, key: u32, payload: &mut [u8]) -> Result<(), FrameError> {
+        if simdutf8_check(payload).is_err() {
+            return Err(FrameError::InvalidUtf8);
+        }
+        let mut buffers = std::mem::take(&mut self.json);
+        let parsed = messages::parse(payload, &mut buffers);
+        let reference = parsed.reference;
+        let outcome = match parsed.msg {
+            Ok(msg) => self.client_message(key, msg, reference.as_deref()),
+            Err(e) => Err(e),
+        };
+        self.json = buffers;
+        match outcome {
+            Ok(()) => {
+                if let Some(c) = self.conns.slab.get_mut(key as usize) {
+                    c.refused = 0;
+                }
+            }
+            Err(refused) => {
+                let Some(c) = self.conns.slab.get_mut(key as usize) else {
+                    return Ok(());
+                };
+                c.refused = c.refused.saturating_add(1);
+                if c.refused > MAX_REFUSED_IN_ROW {
+                    self.counters().protocol_closes.fetch_add(1, Relaxed);
+                    self.close(key, close::POLICY, "too many refused messages");
+                } else {
+                    self.reply(key, messages::error_frame(&refused, reference.as_deref()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn client_message(
+        &mut self,
+        key: u32,
+        msg: ClientMsg<'_>,
+        reference: Option<&str>,
+    ) -> Result<(), Refused> {
+        match msg {
+            ClientMsg::Ping => {
+                self.reply(key, messages::pong_frame(reference));
+                Ok(())
+            }
+            // Replay buffers arrive with delivery across reconnects; until then nothing is
+            // kept that an ack could release, so it is accepted and has no effect.
+            ClientMsg::Ack { .. } => Ok(()),
+            ClientMsg::Subscribe { topic } => {
+                self.subscribe(key, &topic)?;
+                self.reply(key, messages::topic_ack_frame("subscribed", &topic, reference));
+                Ok(())
+            }
+            ClientMsg::Unsubscribe { topic } => {
+                topic::validate(&topic).map_err(|e| bad_topic(&e))?;
+                if let Some(t) = self.topics.find(&topic) {
+                    if let Some(c) = self.conns.slab.get_mut(key as usize) {
+                        if let Some(pos) = c.topics.iter().position(|&x| x == t) {
+                            c.topics.swap_remove(pos);
+                            self.topics.leave(t, key);
+                        }
+                    }
+                }
+                self.reply(key, messages::topic_ack_frame("unsubscribed", &topic, reference));
+                Ok(())
+            }
+        }
+    }
+
+    fn subscribe(&mut self, key: u32, name: &str) -> Result<(), Refused> {
+        topic::validate(name).map_err(|e| bad_topic(&e))?;
+        let Some(c) = self.conns.slab.get(key as usize) else {
+            return Ok(());
+        };
+        let granted =
+            topic::allowed(&self.shared.config.public_topics, name) || self.grants(key, name);
+        if !granted {
+            return Err(Refused {
+                code: "forbidden_topic",
+                message: format!("not allowed to subscribe to {name:?}"),
+            });
+        }
+        if let Some(t) = self.topics.find(name) {
+            if c.topics.contains(&t) {
+                return Ok(());
+            }
+        }
+        if c.topics.len() >= self.shared.config.max_topics_per_connection {
+            return Err(Refused {
+                code: "too_many_topics",
+                message: format!(
+                    "at most {} topics per connection",
+                    self.shared.config.max_topics_per_connection
+                ),
+            });
+        }
+        let (t, _) = self.topics.join(name, key);
+        if let Some(c) = self.conns.slab.get_mut(key as usize) {
+            c.topics.push(t);
+        }
+        Ok(())
+    }
+
+    /// Whether the connection's token grants `name`.
+    fn grants(&self, key: u32, name: &str) -> bool {
+        self.grants
+            .get(&key)
+            .is_some_and(|patterns| topic::allowed(patterns, name))
+    }
+}
+
+fn bad_topic(e: &topic::TopicError) -> Refused {
+    Refused {
+        code: "bad_topic",
+        message: e.to_string(),
+    }
+}
+
+fn simdutf8_check(b: &[u8]) -> Result<(), std::str::Utf8Error> {
+    std::str::from_utf8(b).map(|_| ())
+}

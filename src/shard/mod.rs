@@ -1,0 +1,756 @@
+//! A shard: one thread owning a set of connections, their users and topics, its timing
+//! wheel and their outbound queues. Connections arrive from the acceptor and commands from
+//! the push API, each over a bounded channel paired with the shard's waker.
+
+mod conn;
+mod inbound;
+mod topics;
+mod users;
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender};
+use hdrhistogram::Histogram;
+use mio::{Events, Interest, Poll, Token, Waker};
+use rustc_hash::FxBuildHasher;
+
+use crate::admission::Admission;
+use crate::command::{Handoff, Reply, ShardCmd, Ticket};
+use crate::config::Config;
+use crate::frame::{self, close};
+use crate::handshake::Refusal;
+use crate::http;
+use crate::messages;
+use crate::metrics::{self, Metrics, ShardCounters};
+use crate::topic::TopicPattern;
+use crate::wheel::Wheel;
+
+use conn::{Conn, Conns, Sent, CLOSING, PING_SENT};
+use topics::Topics;
+use users::Users;
+
+/// Milliseconds per wheel tick.
+const TICK_MS: u64 = 10;
+/// How long a closing connection may take to finish the close handshake.
+const CLOSE_LINGER: Duration = Duration::from_secs(3);
+/// Commands or connections taken from a channel per loop turn, so sockets are not starved.
+const CHANNEL_BATCH: usize = 1024;
+/// Reads per readiness event before the connection waits its turn again.
+const READS_PER_EVENT: usize = 16;
+/// Scratch read buffer shared by every connection of the shard.
+const SCRATCH_BYTES: usize = 64 * 1024;
+const WAKER: Token = Token(usize::MAX);
+
+/// The senders other threads use to reach a shard.
+#[derive(Clone)]
+pub struct ShardHandle {
+    /// Upgraded connections from the acceptor.
+    pub conns: Sender<Handoff>,
+    /// Commands from the push API.
+    pub cmds: Sender<ShardCmd>,
+    /// Wakes the shard after a send.
+    pub waker: Arc<Waker>,
+}
+
+/// Where shards send answers for the push API.
+#[derive(Clone)]
+pub struct ReplySink {
+    /// The API's reply channel.
+    pub tx: Sender<Reply>,
+    /// Wakes the API thread.
+    pub waker: Arc<Waker>,
+}
+
+/// What a shard shares with the rest of the server.
+pub struct ShardShared {
+    /// Configuration.
+    pub config: Arc<Config>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Connection accounting.
+    pub admission: Arc<Admission>,
+    /// Set when shutdown begins.
+    pub draining: Arc<AtomicBool>,
+    /// Answers to the push API.
+    pub replies: ReplySink,
+}
+
+/// Creates shard `id`'s poll, channels and thread.
+pub fn spawn(
+    id: usize,
+    shared: ShardShared,
+    core: Option<core_affinity::CoreId>,
+) -> io::Result<(ShardHandle, std::thread::JoinHandle<()>)> {
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    let cap = shared.config.shard_queue_capacity;
+    let (conn_tx, conn_rx) = crossbeam_channel::bounded(cap);
+    let (cmd_tx, cmd_rx) = crossbeam_channel::bounded(cap);
+    let thread = std::thread::Builder::new()
+        .name(format!("throng-shard-{id}"))
+        .spawn(move || {
+            if let Some(core) = core {
+                core_affinity::set_for_current(core);
+            }
+            let mut shard = Shard::new(id, poll, conn_rx, cmd_rx, shared);
+            shard.run();
+        })?;
+    Ok((
+        ShardHandle {
+            conns: conn_tx,
+            cmds: cmd_tx,
+            waker,
+        },
+        thread,
+    ))
+}
+
+struct Shard {
+    id: usize,
+    poll: Poll,
+    conn_rx: Receiver<Handoff>,
+    cmd_rx: Receiver<ShardCmd>,
+    shared: ShardShared,
+    conns: Conns,
+    users: Users,
+    topics: Topics,
+    wheel: Wheel<u32>,
+    started: Instant,
+    /// Current tick, refreshed once per loop turn.
+    tick: u32,
+    ping_ticks: u32,
+    idle_ticks: u32,
+    scratch: Vec<u8>,
+    json: simd_json::Buffers,
+    /// Connections whose read budget ran out with bytes still waiting.
+    backlog: Vec<u32>,
+    /// Pushes handled this turn, for the latency histogram once written.
+    written_at: Vec<Instant>,
+    replies: Vec<Reply>,
+    latency: Histogram<u64>,
+    last_publish: Instant,
+    session_counter: u64,
+    nonce: u32,
+    mark: u64,
+    drain_deadline: Option<Instant>,
+    /// Topic patterns from tokens that carry a `topics` claim; absent for the rest, so
+    /// connections without grants pay nothing.
+    grants: HashMap<u32, Box<[TopicPattern]>, FxBuildHasher>,
+}
+
+impl Shard {
+    fn new(
+        id: usize,
+        poll: Poll,
+        conn_rx: Receiver<Handoff>,
+        cmd_rx: Receiver<ShardCmd>,
+        shared: ShardShared,
+    ) -> Shard {
+        let cfg = &shared.config;
+        let ticks = |d: Duration| (d.as_millis() as u64).div_ceil(TICK_MS).min(u32::MAX as u64) as u32;
+        let ping_ticks = ticks(cfg.ping_interval).max(1);
+        let idle_ticks = ticks(cfg.idle_timeout).max(ping_ticks + 1);
+        let max_outbound = cfg.max_outbound_bytes;
+        Shard {
+            id,
+            poll,
+            conn_rx,
+            cmd_rx,
+            conns: Conns::new(max_outbound),
+            users: Users::default(),
+            topics: Topics::default(),
+            wheel: Wheel::new(),
+            started: Instant::now(),
+            tick: 0,
+            ping_ticks,
+            idle_ticks,
+            scratch: vec![0; SCRATCH_BYTES],
+            json: simd_json::Buffers::default(),
+            backlog: Vec::new(),
+            written_at: Vec::new(),
+            replies: Vec::new(),
+            latency: metrics::latency_histogram(),
+            last_publish: Instant::now(),
+            session_counter: 0,
+            nonce: rand::random(),
+            mark: 0,
+            drain_deadline: None,
+            grants: HashMap::default(),
+            shared,
+        }
+    }
+
+    fn counters(&self) -> &ShardCounters {
+        &self.shared.metrics.shards[self.id].counters
+    }
+
+    fn run(&mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut fired = Vec::new();
+        let mut broken = Vec::new();
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!(shard = self.id, error = %e, "poll failed; shard stops");
+                    self.abandon_all();
+                    return;
+                }
+            }
+            self.refresh_tick();
+            for backlogged in std::mem::take(&mut self.backlog) {
+                self.on_readable(backlogged);
+            }
+            for event in events.iter() {
+                if event.token() == WAKER {
+                    continue;
+                }
+                let key = event.token().0 as u32;
+                if event.is_writable() && self.conns.flush(key).is_err() {
+                    self.abort(key);
+                    continue;
+                }
+                if event.is_readable() || event.is_read_closed() || event.is_error() {
+                    self.on_readable(key);
+                }
+            }
+            self.take_connections();
+            self.take_commands();
+            self.wheel.advance(u64::from(self.tick), &mut fired);
+            for key in fired.drain(..) {
+                self.on_timer(key);
+            }
+            self.conns.flush_dirty(&mut broken);
+            for key in broken.drain(..) {
+                self.abort(key);
+            }
+            self.finish_turn();
+            if self.shared.draining.load(Relaxed) && self.drain_step() {
+                return;
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> Duration {
+        if !self.backlog.is_empty()
+            || !self.conn_rx.is_empty()
+            || !self.cmd_rx.is_empty()
+            || self.conns.has_dirty()
+        {
+            return Duration::ZERO;
+        }
+        // Wake at least every 100 ms to publish metrics and notice draining.
+        let mut ms = 100;
+        if let Some(next) = self.wheel.next_expiry() {
+            let due_ms = next * TICK_MS;
+            let now_ms = self.started.elapsed().as_millis() as u64;
+            ms = ms.min(due_ms.saturating_sub(now_ms));
+        }
+        Duration::from_millis(ms)
+    }
+
+    fn refresh_tick(&mut self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.tick = (ms / TICK_MS).min(u64::from(u32::MAX - 1)) as u32;
+    }
+
+    fn take_connections(&mut self) {
+        for _ in 0..CHANNEL_BATCH {
+            match self.conn_rx.try_recv() {
+                Ok(h) => self.adopt(h),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn take_commands(&mut self) {
+        for _ in 0..CHANNEL_BATCH {
+            match self.cmd_rx.try_recv() {
+                Ok(cmd) => self.command(cmd),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Registers an upgraded socket, writes the 101 and `welcome`, and indexes the session.
+    fn adopt(&mut self, mut h: Handoff) {
+        if self.drain_deadline.is_some() {
+            refuse_handoff(h, &self.shared);
+            return;
+        }
+        let ip = h.ip;
+        let expires = h
+            .identity
+            .exp
+            .map_or(u32::MAX, |exp| self.expiry_tick(exp));
+        let mut stream = h.stream;
+        let entry = self.conns.slab.vacant_entry();
+        let key = entry.key() as u32;
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            Token(key as usize),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            tracing::warn!(error = %e, "cannot register connection");
+            self.shared.admission.release(ip);
+            return;
+        }
+        let user = self.users.attach(&h.identity.user, key);
+        self.session_counter += 1;
+        entry.insert(Conn {
+            stream,
+            user,
+            last_rx: self.tick,
+            expires,
+            timer: None,
+            flags: 0,
+            refused: 0,
+            ip,
+            partial: None,
+            out: None,
+            topics: Vec::new(),
+        });
+        self.counters().connections.fetch_add(1, Relaxed);
+        if !h.identity.topics.is_empty() {
+            self.grants
+                .insert(key, std::mem::take(&mut h.identity.topics).into_boxed_slice());
+        }
+        let (seq, epoch) = self
+            .users
+            .get(user)
+            .map_or((0, 0), |u| (u.seq, u.epoch));
+        let cfg = &self.shared.config;
+        let welcome = messages::welcome_frame(
+            &format!("{:08x}{:02x}{:x}", self.nonce, self.id, self.session_counter),
+            &h.identity.user,
+            &format!("{epoch:016x}"),
+            seq,
+            cfg.ping_interval.as_millis() as u64,
+            cfg.idle_timeout.as_millis() as u64,
+        );
+        self.conns
+            .send(key, Bytes::from(http::switching_protocols(&h.accept_key)));
+        self.conns.send(key, welcome);
+        self.arm(key);
+        // Over the limit: the oldest sessions go, with 4009.
+        let max = self.shared.config.max_sessions_per_user;
+        while let Some(oldest) = self
+            .users
+            .get(user)
+            .filter(|u| u.sessions.len() > max)
+            .map(|u| u.sessions[0])
+        {
+            self.counters().session_evictions.fetch_add(1, Relaxed);
+            self.close(oldest, close::TOO_MANY_SESSIONS, "too many sessions for this user");
+        }
+        if !h.leftover.is_empty() {
+            let mut leftover = h.leftover;
+            self.ingest(key, &mut leftover);
+        }
+    }
+
+    /// The tick at which a token with `exp` (plus leeway) expires.
+    fn expiry_tick(&self, exp: u64) -> u32 {
+        let now_s = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let left_ms = (exp + self.shared.config.jwt.leeway_secs)
+            .saturating_sub(now_s)
+            .saturating_mul(1000);
+        let t = u64::from(self.tick) + left_ms / TICK_MS;
+        t.min(u64::from(u32::MAX - 1)) as u32
+    }
+
+    fn command(&mut self, cmd: ShardCmd) {
+        match cmd {
+            ShardCmd::Users {
+                push,
+                users,
+                ticket,
+            } => {
+                let mut sessions = 0u64;
+                let mut online = 0u64;
+                for id in &users {
+                    let Some(ukey) = self.users.find(id) else {
+                        continue;
+                    };
+                    let Some(u) = self.users.get_mut(ukey) else {
+                        continue;
+                    };
+                    u.seq += 1;
+                    let frame = messages::push_frame(
+                        &push.data,
+                        push.ts_ms,
+                        Some(u.seq),
+                        None,
+                        push.id.as_deref(),
+                    );
+                    online += 1;
+                    let targets = u.sessions.clone();
+                    for key in targets {
+                        sessions += u64::from(self.deliver(key, frame.clone()));
+                    }
+                }
+                self.delivered(sessions, push.accepted_at);
+                self.answer(ticket, sessions, online);
+            }
+            ShardCmd::Topic {
+                topic,
+                frame,
+                accepted_at,
+                ticket,
+            } => {
+                let members: Vec<u32> = match self.topics.find(&topic) {
+                    Some(t) => self.topics.members(t).collect(),
+                    None => Vec::new(),
+                };
+                let (sessions, users) = self.fan_out(&members, &frame, ticket.is_some());
+                self.delivered(sessions, accepted_at);
+                self.answer(ticket, sessions, users);
+            }
+            ShardCmd::Broadcast {
+                frame,
+                accepted_at,
+                ticket,
+            } => {
+                let all: Vec<u32> = self
+                    .conns
+                    .slab
+                    .iter()
+                    .filter(|(_, c)| !c.closing())
+                    .map(|(k, _)| k as u32)
+                    .collect();
+                let (sessions, _) = self.fan_out(&all, &frame, false);
+                self.delivered(sessions, accepted_at);
+                self.answer(ticket, sessions, self.users.len() as u64);
+            }
+            ShardCmd::Disconnect {
+                user,
+                code,
+                reason,
+                ticket,
+            } => {
+                let sessions = self
+                    .users
+                    .find(&user)
+                    .and_then(|k| self.users.get(k))
+                    .map(|u| u.sessions.clone())
+                    .unwrap_or_default();
+                for &key in &sessions {
+                    self.counters().api_disconnects.fetch_add(1, Relaxed);
+                    self.close(key, code, &reason);
+                }
+                let n = sessions.len() as u64;
+                self.answer(Some(ticket), n, u64::from(n > 0));
+            }
+            ShardCmd::Presence { user, ticket } => {
+                let n = self
+                    .users
+                    .find(&user)
+                    .and_then(|k| self.users.get(k))
+                    .map_or(0, |u| u.sessions.len() as u64);
+                self.answer(Some(ticket), n, u64::from(n > 0));
+            }
+        }
+    }
+
+    /// Sends one shared frame to each of `keys`; counts sessions and, if asked, distinct users.
+    fn fan_out(&mut self, keys: &[u32], frame: &Bytes, count_users: bool) -> (u64, u64) {
+        self.mark += 1;
+        let mark = self.mark;
+        let mut sessions = 0;
+        let mut users = 0;
+        for &key in keys {
+            let user = match self.conns.slab.get(key as usize) {
+                Some(c) if !c.closing() => c.user,
+                _ => continue,
+            };
+            if !self.deliver(key, frame.clone()) {
+                continue;
+            }
+            sessions += 1;
+            if count_users {
+                if let Some(u) = self.users.get_mut(user) {
+                    if u.mark != mark {
+                        u.mark = mark;
+                        users += 1;
+                    }
+                }
+            }
+        }
+        (sessions, users)
+    }
+
+    /// Queues a push frame; a connection that cannot take it is closed as a slow consumer.
+    fn deliver(&mut self, key: u32, frame: Bytes) -> bool {
+        match self.conns.send(key, frame) {
+            Sent::Ok => true,
+            Sent::Overflow => {
+                self.counters().slow_consumer_closes.fetch_add(1, Relaxed);
+                self.close_discarding(key, close::SLOW_CONSUMER, "slow consumer: outbound queue full");
+                false
+            }
+            Sent::Broken => {
+                self.abort(key);
+                false
+            }
+        }
+    }
+
+    /// Queues a reply frame (not a push); overflow still means a slow consumer.
+    fn reply(&mut self, key: u32, frame: Bytes) {
+        self.deliver(key, frame);
+    }
+
+    fn delivered(&mut self, sessions: u64, accepted_at: Instant) {
+        if sessions > 0 {
+            self.counters().delivered.fetch_add(sessions, Relaxed);
+        }
+        self.written_at.push(accepted_at);
+    }
+
+    fn answer(&mut self, ticket: Option<Ticket>, sessions: u64, users: u64) {
+        if let Some(ticket) = ticket {
+            self.replies.push(Reply {
+                ticket,
+                sessions,
+                users,
+            });
+        }
+    }
+
+    /// After the flush: latencies, answers to the API, gauges.
+    fn finish_turn(&mut self) {
+        if !self.written_at.is_empty() {
+            let now = Instant::now();
+            for at in self.written_at.drain(..) {
+                let us = now.duration_since(at).as_micros() as u64;
+                let _ = self.latency.record(us.clamp(1, 60_000_000));
+            }
+        }
+        if !self.replies.is_empty() {
+            for r in self.replies.drain(..) {
+                // The API outlives the shards; a failed send means it is gone already.
+                let _ = self.shared.replies.tx.send(r);
+            }
+            let _ = self.shared.replies.waker.wake();
+        }
+        if self.last_publish.elapsed() >= Duration::from_millis(100) {
+            self.last_publish = Instant::now();
+            let c = self.counters();
+            c.users.store(self.users.len() as u64, Relaxed);
+            c.topics.store(self.topics.len() as u64, Relaxed);
+            if !self.latency.is_empty() {
+                if let Ok(mut shared) = self.shared.metrics.shards[self.id].latency_us.lock() {
+                    let _ = shared.add(&self.latency);
+                }
+                self.latency.reset();
+            }
+        }
+    }
+
+    /// Arms the connection's one timer: the next heartbeat check or token expiry.
+    fn arm(&mut self, key: u32) {
+        let Some(c) = self.conns.slab.get(key as usize) else {
+            return;
+        };
+        let wait = if c.flags & PING_SENT != 0 {
+            self.idle_ticks
+        } else {
+            self.ping_ticks
+        };
+        let deadline = c.last_rx.saturating_add(wait).min(c.expires);
+        let id = self.wheel.insert(u64::from(deadline), key);
+        if let Some(c) = self.conns.slab.get_mut(key as usize) {
+            c.timer = Some(id);
+        }
+    }
+
+    /// A timer fired: lazy re-arm after activity, ping, 4002, 4001, or the end of a close.
+    fn on_timer(&mut self, key: u32) {
+        let tick = self.tick;
+        let Some(c) = self.conns.slab.get_mut(key as usize) else {
+            return;
+        };
+        c.timer = None;
+        if c.closing() {
+            self.finalize(key);
+            return;
+        }
+        if tick >= c.expires {
+            self.close(key, close::TOKEN_EXPIRED, "token expired");
+            return;
+        }
+        let silent = tick.saturating_sub(c.last_rx);
+        if silent >= self.idle_ticks {
+            self.counters().heartbeat_closes.fetch_add(1, Relaxed);
+            self.close(key, close::HEARTBEAT_TIMEOUT, "heartbeat timeout");
+            return;
+        }
+        if silent >= self.ping_ticks && c.flags & PING_SENT == 0 {
+            c.flags |= PING_SENT;
+            self.reply(key, frame::ping(b""));
+        }
+        self.arm(key);
+    }
+
+    /// Begins the close handshake: leaves the indexes, queues the close frame, and gives
+    /// the client `CLOSE_LINGER` to finish.
+    fn close(&mut self, key: u32, code: u16, reason: &str) {
+        self.begin_close(key, code, reason, false);
+    }
+
+    /// Like `close`, but drops queued frames the client would never read first.
+    fn close_discarding(&mut self, key: u32, code: u16, reason: &str) {
+        self.begin_close(key, code, reason, true);
+    }
+
+    fn begin_close(&mut self, key: u32, code: u16, reason: &str, discard: bool) {
+        match self.conns.slab.get(key as usize) {
+            Some(c) if !c.closing() => {}
+            _ => return,
+        }
+        self.leave_indexes(key);
+        self.conns
+            .queue_close(key, frame::close_frame(code, reason), discard);
+        let linger = match self.drain_deadline {
+            Some(_) => self.shared.config.shutdown_grace.max(Duration::from_millis(TICK_MS)),
+            None => CLOSE_LINGER,
+        };
+        self.rearm_at(key, self.tick.saturating_add((linger.as_millis() as u64 / TICK_MS) as u32));
+    }
+
+    /// Answers a client's close (echoing its code) and waits for its FIN.
+    fn close_echo(&mut self, key: u32, frame: Bytes) {
+        match self.conns.slab.get(key as usize) {
+            Some(c) if !c.closing() => {}
+            _ => return,
+        }
+        self.leave_indexes(key);
+        self.conns.queue_close(key, frame, false);
+        self.rearm_at(
+            key,
+            self.tick
+                .saturating_add((CLOSE_LINGER.as_millis() as u64 / TICK_MS) as u32),
+        );
+    }
+
+    fn rearm_at(&mut self, key: u32, deadline: u32) {
+        let Some(c) = self.conns.slab.get_mut(key as usize) else {
+            return;
+        };
+        if let Some(t) = c.timer.take() {
+            self.wheel.cancel(t);
+        }
+        let id = self.wheel.insert(u64::from(deadline), key);
+        if let Some(c) = self.conns.slab.get_mut(key as usize) {
+            c.timer = Some(id);
+        }
+    }
+
+    /// Removes a connection from the user and topic indexes and the gauges.
+    fn leave_indexes(&mut self, key: u32) {
+        let Some(c) = self.conns.slab.get_mut(key as usize) else {
+            return;
+        };
+        if c.flags & CLOSING != 0 {
+            return;
+        }
+        c.flags |= CLOSING;
+        let user = c.user;
+        let topics = std::mem::take(&mut c.topics);
+        for t in topics {
+            self.topics.leave(t, key);
+        }
+        self.users.detach(user, key);
+        self.counters().connections.fetch_sub(1, Relaxed);
+    }
+
+    /// The socket is gone (reset, EOF mid-session, write error): forget it now.
+    fn abort(&mut self, key: u32) {
+        self.leave_indexes(key);
+        self.finalize(key);
+    }
+
+    /// Drops the socket and its slot.
+    fn finalize(&mut self, key: u32) {
+        let Some(mut c) = self.conns.remove(key) else {
+            return;
+        };
+        if c.flags & CLOSING == 0 {
+            // Callers leave the indexes first; this keeps the gauge right if one did not.
+            self.counters().connections.fetch_sub(1, Relaxed);
+            for t in std::mem::take(&mut c.topics) {
+                self.topics.leave(t, key);
+            }
+            self.users.detach(c.user, key);
+        }
+        if let Some(t) = c.timer.take() {
+            self.wheel.cancel(t);
+        }
+        self.grants.remove(&key);
+        let _ = self.poll.registry().deregister(&mut c.stream);
+        self.shared.admission.release(c.ip);
+    }
+
+    /// One step of shutdown; true when the shard is done.
+    fn drain_step(&mut self) -> bool {
+        let now = Instant::now();
+        let deadline = match self.drain_deadline {
+            Some(d) => d,
+            None => {
+                let d = now + self.shared.config.shutdown_grace;
+                self.drain_deadline = Some(d);
+                let open: Vec<u32> = self
+                    .conns
+                    .slab
+                    .iter()
+                    .filter(|(_, c)| !c.closing())
+                    .map(|(k, _)| k as u32)
+                    .collect();
+                for key in open {
+                    self.close(key, close::GOING_AWAY, "server shutting down");
+                }
+                let mut broken = Vec::new();
+                self.conns.flush_dirty(&mut broken);
+                for key in broken {
+                    self.abort(key);
+                }
+                d
+            }
+        };
+        // Drop handoffs and commands that raced with the drain, answering what waits.
+        self.take_connections();
+        self.take_commands();
+        self.finish_turn();
+        if self.conns.slab.is_empty() || now >= deadline {
+            self.abandon_all();
+            return true;
+        }
+        false
+    }
+
+    fn abandon_all(&mut self) {
+        let keys: Vec<u32> = self.conns.slab.iter().map(|(k, _)| k as u32).collect();
+        for key in keys {
+            self.abort(key);
+        }
+        // Merge the last latencies.
+        self.last_publish = Instant::now() - Duration::from_secs(1);
+        self.finish_turn();
+    }
+}
+
+/// Answers a connection that reached the shard after draining began.
+fn refuse_handoff(h: Handoff, shared: &ShardShared) {
+    use std::io::Write;
+    let mut s = h.stream;
+    let _ = s.write_all(&Refusal::Draining.response());
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    shared.admission.release(h.ip);
+}

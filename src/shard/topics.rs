@@ -1,0 +1,92 @@
+//! The shard's topics: members by topic, so a topic push touches only its members.
+
+use std::collections::{HashMap, HashSet};
+
+use rustc_hash::FxBuildHasher;
+use slab::Slab;
+
+/// A topic with at least one member on this shard.
+pub struct TopicEntry {
+    /// The name.
+    pub name: Box<str>,
+    /// Connection keys subscribed.
+    pub members: HashSet<u32, FxBuildHasher>,
+}
+
+/// Topics by name.
+#[derive(Default)]
+pub struct Topics {
+    by_name: HashMap<Box<str>, u32, FxBuildHasher>,
+    entries: Slab<TopicEntry>,
+}
+
+impl Topics {
+    /// Adds `conn` to `name`; returns the topic key and whether it was newly added.
+    pub fn join(&mut self, name: &str, conn: u32) -> (u32, bool) {
+        let key = match self.by_name.get(name) {
+            Some(&k) => k,
+            None => {
+                let k = self.entries.insert(TopicEntry {
+                    name: name.into(),
+                    members: HashSet::default(),
+                }) as u32;
+                self.by_name.insert(name.into(), k);
+                k
+            }
+        };
+        let added = self.entries[key as usize].members.insert(conn);
+        (key, added)
+    }
+
+    /// Removes `conn` from topic `key`, forgetting the topic when it empties.
+    pub fn leave(&mut self, key: u32, conn: u32) {
+        let Some(entry) = self.entries.get_mut(key as usize) else {
+            return;
+        };
+        entry.members.remove(&conn);
+        if entry.members.is_empty() {
+            let entry = self.entries.remove(key as usize);
+            self.by_name.remove(&entry.name);
+        }
+    }
+
+    /// The key of `name`, when it has members here.
+    pub fn find(&self, name: &str) -> Option<u32> {
+        self.by_name.get(name).copied()
+    }
+
+    /// Members of topic `key`.
+    pub fn members(&self, key: u32) -> impl Iterator<Item = u32> + '_ {
+        self.entries
+            .get(key as usize)
+            .into_iter()
+            .flat_map(|e| e.members.iter().copied())
+    }
+
+    /// Topics with members.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_leave() {
+        let mut t = Topics::default();
+        let (k, added) = t.join("a", 1);
+        assert!(added);
+        assert_eq!(t.join("a", 1), (k, false));
+        t.join("a", 2);
+        let mut m: Vec<u32> = t.members(k).collect();
+        m.sort_unstable();
+        assert_eq!(m, vec![1, 2]);
+        t.leave(k, 1);
+        t.leave(k, 2);
+        assert!(t.find("a").is_none());
+        assert_eq!(t.len(), 0);
+    }
+}

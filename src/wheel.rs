@@ -1,0 +1,385 @@
+//! Hierarchical timing wheel: O(1) insert and cancel, amortised O(1) expiry.
+//!
+//! Six levels of 64 slots cover 2^36 ticks. An entry sits in the level of the highest
+//! bit in which its deadline differs from `now`, and cascades one level down each time
+//! the wheel crosses the boundary of its slot. Slots are intrusive doubly linked lists
+//! over one slab, so cancelling never searches.
+
+use slab::Slab;
+
+const LEVELS: usize = 6;
+const SLOT_BITS: u32 = 6;
+const SLOTS: usize = 1 << SLOT_BITS;
+const MASK: u64 = SLOTS as u64 - 1;
+const NIL: u32 = u32::MAX;
+/// Ticks the wheel can hold ahead of `now`.
+const RANGE: u64 = 1 << (SLOT_BITS as usize * LEVELS);
+
+/// Handle of an armed timer; valid until it fires or is cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimerId(u32);
+
+struct Entry<T> {
+    value: T,
+    deadline: u64,
+    prev: u32,
+    next: u32,
+    level: u8,
+    slot: u8,
+}
+
+/// A timing wheel holding values of type `T` due at integer ticks.
+pub struct Wheel<T> {
+    now: u64,
+    heads: [[u32; SLOTS]; LEVELS],
+    occupied: [u64; LEVELS],
+    entries: Slab<Entry<T>>,
+}
+
+impl<T> Default for Wheel<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> Wheel<T> {
+    /// An empty wheel at tick 0.
+    pub fn new() -> Self {
+        Wheel {
+            now: 0,
+            heads: [[NIL; SLOTS]; LEVELS],
+            occupied: [0; LEVELS],
+            entries: Slab::new(),
+        }
+    }
+
+    /// The next tick that `advance` has not processed yet.
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    /// Number of armed timers.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no timer is armed.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Arms a timer for `deadline`; a deadline in the past fires on the next advance, and
+    /// one beyond the wheel's range (2^36 ticks) fires at the end of the range, early:
+    /// owners re-arm for the remainder, as they do after any early firing.
+    pub fn insert(&mut self, deadline: u64, value: T) -> TimerId {
+        let deadline = deadline.clamp(self.now, self.now.saturating_add(RANGE - 1));
+        let key = self.entries.insert(Entry {
+            value,
+            deadline,
+            prev: NIL,
+            next: NIL,
+            level: 0,
+            slot: 0,
+        });
+        // A wheel never holds 2^32 timers: each one is a connection or handshake.
+        let key = key as u32;
+        self.link(key);
+        TimerId(key)
+    }
+
+    /// Disarms a timer, returning its value; `None` if it already fired or was cancelled.
+    pub fn cancel(&mut self, id: TimerId) -> Option<T> {
+        if !self.entries.contains(id.0 as usize) {
+            return None;
+        }
+        self.unlink(id.0);
+        Some(self.entries.remove(id.0 as usize).value)
+    }
+
+    /// Deadline of an armed timer.
+    pub fn deadline(&self, id: TimerId) -> Option<u64> {
+        self.entries.get(id.0 as usize).map(|e| e.deadline)
+    }
+
+    /// Processes every tick up to and including `target`, pushing values that came due.
+    pub fn advance(&mut self, target: u64, fired: &mut Vec<T>) {
+        while self.now <= target {
+            let t = self.now;
+            if t & MASK == 0 && t != 0 {
+                self.cascade(t);
+            }
+            let slot = (t & MASK) as usize;
+            let mut key = self.heads[0][slot];
+            self.heads[0][slot] = NIL;
+            self.occupied[0] &= !(1u64 << slot);
+            while key != NIL {
+                let e = self.entries.remove(key as usize);
+                key = e.next;
+                fired.push(e.value);
+            }
+            self.now = self.next_tick_to_visit(t).min(target.saturating_add(1));
+            if self.now == t {
+                // Only when target is u64::MAX; nothing lies beyond.
+                break;
+            }
+        }
+    }
+
+    /// The earliest tick at which `advance` has work (a due slot or a cascade), if any.
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.next_work_from(self.now)
+    }
+
+    fn next_tick_to_visit(&self, t: u64) -> u64 {
+        t.checked_add(1)
+            .and_then(|n| self.next_work_from(n))
+            .unwrap_or(u64::MAX)
+    }
+
+    /// The first tick `>= t` where a level-0 slot is due or an occupied slot cascades.
+    /// Every occupied slot lies ahead of the wheel's position within its rotation (an
+    /// entry's level is its highest differing bit group), so this never skips work.
+    fn next_work_from(&self, t: u64) -> Option<u64> {
+        let mut best: Option<u64> = None;
+        for level in 0..LEVELS {
+            let occupied = self.occupied[level];
+            if occupied == 0 {
+                continue;
+            }
+            let shift = SLOT_BITS * level as u32;
+            let span_bits = shift + SLOT_BITS;
+            let base = if span_bits >= 64 { 0 } else { t >> span_bits << span_bits };
+            let low = t - base;
+            // First slot whose start tick is at or after t.
+            let first = low.div_ceil(1u64 << shift);
+            if first >= SLOTS as u64 {
+                continue;
+            }
+            let ahead = occupied >> first;
+            if ahead == 0 {
+                continue;
+            }
+            let slot = first + u64::from(ahead.trailing_zeros());
+            let at = base + (slot << shift);
+            best = Some(best.map_or(at, |b: u64| b.min(at)));
+        }
+        best
+    }
+
+    /// At a slot boundary, moves the entries of every level whose slot begins now down.
+    fn cascade(&mut self, t: u64) {
+        // Highest level first, so entries can fall through several levels in one pass.
+        let mut top = 0;
+        for level in 1..LEVELS {
+            let span_bits = SLOT_BITS * level as u32;
+            if t & ((1u64 << span_bits) - 1) == 0 {
+                top = level;
+            } else {
+                break;
+            }
+        }
+        for level in (1..=top).rev() {
+            let slot = ((t >> (SLOT_BITS * level as u32)) & MASK) as usize;
+            let mut key = self.heads[level][slot];
+            self.heads[level][slot] = NIL;
+            self.occupied[level] &= !(1u64 << slot);
+            while key != NIL {
+                let next = self.entries[key as usize].next;
+                self.link(key);
+                key = next;
+            }
+        }
+    }
+
+    fn link(&mut self, key: u32) {
+        let deadline = self.entries[key as usize].deadline;
+        let diff = deadline ^ self.now;
+        let level = if diff == 0 {
+            0
+        } else {
+            ((63 - diff.leading_zeros()) / SLOT_BITS) as usize
+        }
+        .min(LEVELS - 1);
+        let slot = ((deadline >> (SLOT_BITS * level as u32)) & MASK) as usize;
+        let head = self.heads[level][slot];
+        {
+            let e = &mut self.entries[key as usize];
+            e.level = level as u8;
+            e.slot = slot as u8;
+            e.prev = NIL;
+            e.next = head;
+        }
+        if head != NIL {
+            self.entries[head as usize].prev = key;
+        }
+        self.heads[level][slot] = key;
+        self.occupied[level] |= 1u64 << slot;
+    }
+
+    fn unlink(&mut self, key: u32) {
+        let (prev, next, level, slot) = {
+            let e = &self.entries[key as usize];
+            (e.prev, e.next, e.level as usize, e.slot as usize)
+        };
+        if prev == NIL {
+            self.heads[level][slot] = next;
+            if next == NIL {
+                self.occupied[level] &= !(1u64 << slot);
+            }
+        } else {
+            self.entries[prev as usize].next = next;
+        }
+        if next != NIL {
+            self.entries[next as usize].prev = prev;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain(w: &mut Wheel<u64>, to: u64) -> Vec<u64> {
+        let mut out = Vec::new();
+        w.advance(to, &mut out);
+        out.sort_unstable();
+        out
+    }
+
+    #[test]
+    fn fires_at_deadline_not_before() {
+        let mut w = Wheel::new();
+        w.insert(10, 10);
+        w.insert(5, 5);
+        assert_eq!(drain(&mut w, 4), Vec::<u64>::new());
+        assert_eq!(drain(&mut w, 5), vec![5]);
+        assert_eq!(drain(&mut w, 9), Vec::<u64>::new());
+        assert_eq!(drain(&mut w, 10), vec![10]);
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn past_deadline_fires_next_advance() {
+        let mut w = Wheel::new();
+        drain(&mut w, 100);
+        w.insert(3, 3);
+        assert_eq!(drain(&mut w, 101), vec![3]);
+    }
+
+    #[test]
+    fn cancel_is_exact() {
+        let mut w = Wheel::new();
+        let a = w.insert(70, 1);
+        let b = w.insert(70, 2);
+        let c = w.insert(70, 3);
+        assert_eq!(w.cancel(b), Some(2));
+        assert_eq!(w.cancel(b), None);
+        assert_eq!(w.len(), 2);
+        assert_eq!(drain(&mut w, 70), vec![1, 3]);
+        assert_eq!(w.cancel(a), None);
+        assert_eq!(w.cancel(c), None);
+    }
+
+    #[test]
+    fn cascades_across_every_level() {
+        let mut w = Wheel::new();
+        let deadlines = [
+            1u64,
+            63,
+            64,
+            65,
+            4095,
+            4096,
+            4097,
+            262_143,
+            262_144,
+            1 << 24,
+            (1 << 30) + 7,
+            (1 << 36) - 1,
+        ];
+        for &d in &deadlines {
+            w.insert(d, d);
+        }
+        let mut fired = Vec::new();
+        for &d in &deadlines {
+            let mut out = Vec::new();
+            w.advance(d - 1, &mut out);
+            assert!(out.is_empty(), "fired early before {d}: {out:?}");
+            w.advance(d, &mut out);
+            assert_eq!(out, vec![d], "deadline {d}");
+            fired.extend(out);
+        }
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn beyond_range_fires_at_range_end() {
+        let mut w = Wheel::new();
+        w.insert(u64::MAX, 1);
+        let mut out = Vec::new();
+        w.advance(RANGE - 2, &mut out);
+        assert!(out.is_empty());
+        w.advance(RANGE - 1, &mut out);
+        assert_eq!(out, vec![1]);
+    }
+
+    #[test]
+    fn insert_relative_to_advanced_now() {
+        let mut w = Wheel::new();
+        drain(&mut w, 1000);
+        for d in [1001u64, 1063, 1064, 1100, 5000, 70_000] {
+            w.insert(d, d);
+        }
+        assert_eq!(drain(&mut w, 1063), vec![1001, 1063]);
+        assert_eq!(drain(&mut w, 4999), vec![1064, 1100]);
+        assert_eq!(drain(&mut w, 70_000), vec![5000, 70_000]);
+    }
+
+    #[test]
+    fn next_expiry_points_at_work() {
+        let mut w: Wheel<u64> = Wheel::new();
+        assert_eq!(w.next_expiry(), None);
+        w.insert(5, 5);
+        assert_eq!(w.next_expiry(), Some(5));
+        drain(&mut w, 5);
+        w.insert(300, 300);
+        // In level 1 slot 4: the cascade at tick 256 is the next work.
+        assert_eq!(w.next_expiry(), Some(256));
+    }
+
+    #[test]
+    fn many_random_timers_fire_once_in_order() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut w = Wheel::new();
+        let mut ids = Vec::new();
+        for i in 0..20_000u64 {
+            let d = rng.random_range(0..200_000u64);
+            ids.push((w.insert(d, d * 100_000 + i), d));
+        }
+        // Cancel every third.
+        let mut live = Vec::new();
+        for (n, (id, d)) in ids.into_iter().enumerate() {
+            if n % 3 == 0 {
+                assert!(w.cancel(id).is_some());
+            } else {
+                live.push(d);
+            }
+        }
+        live.sort_unstable();
+        let mut got = Vec::new();
+        let mut t = 0;
+        while t < 200_000 {
+            t += rng.random_range(1..5000u64);
+            let mut out = Vec::new();
+            w.advance(t, &mut out);
+            for v in out {
+                let d = v / 100_000;
+                assert!(d <= t, "fired late? {d} > {t}");
+                got.push(d);
+            }
+        }
+        got.sort_unstable();
+        assert_eq!(got, live);
+    }
+}
