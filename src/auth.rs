@@ -303,6 +303,57 @@ mod tests {
         assert!(v.verify(&t).is_ok());
     }
 
+    fn asymmetric(alg: Algorithm, public: &str, private: &str) {
+        let c = JwtConfig {
+            algorithm: alg,
+            secret: None,
+            public_key_pem: Some(public.as_bytes().to_vec()),
+            require_exp: true,
+            leeway_secs: 0,
+            issuer: None,
+            audience: None,
+        };
+        let v = Verifier::new(&c).unwrap();
+        let key = match alg {
+            Algorithm::RS256 => EncodingKey::from_rsa_pem(private.as_bytes()).unwrap(),
+            _ => EncodingKey::from_ec_pem(private.as_bytes()).unwrap(),
+        };
+        let claims = serde_json::json!({"sub":"carol","exp":later()});
+        let t = jsonwebtoken::encode(&Header::new(alg), &claims, &key).unwrap();
+        assert_eq!(&*v.verify(&t).unwrap().user, "carol");
+        // An HS256 token signed with the public key text must not pass (alg confusion).
+        let forged = sign(Algorithm::HS256, public, claims);
+        assert!(matches!(v.verify(&forged), Err(AuthError::Invalid(_))));
+    }
+
+    #[test]
+    fn rs256_and_es256() {
+        asymmetric(
+            Algorithm::RS256,
+            include_str!("testdata/rs256-public.pem"),
+            include_str!("testdata/rs256-private.pem"),
+        );
+        asymmetric(
+            Algorithm::ES256,
+            include_str!("testdata/es256-public.pem"),
+            include_str!("testdata/es256-private.pem"),
+        );
+    }
+
+    #[test]
+    fn bad_public_key_is_an_error() {
+        let c = JwtConfig {
+            algorithm: Algorithm::RS256,
+            secret: None,
+            public_key_pem: Some(b"not a key".to_vec()),
+            require_exp: true,
+            leeway_secs: 0,
+            issuer: None,
+            audience: None,
+        };
+        assert!(Verifier::new(&c).is_err());
+    }
+
     #[test]
     fn minted_token_verifies() {
         let v = Verifier::new(&cfg(Algorithm::HS256)).unwrap();

@@ -149,6 +149,8 @@ pub struct Conns {
     /// Connections by key; the key is also the mio token.
     pub slab: Slab<Conn>,
     dirty: Vec<u32>,
+    // Boxed on purpose: queues move between connections and the pool without reallocating.
+    #[allow(clippy::vec_box)]
     pool: Vec<Box<OutQueue>>,
     max_outbound: usize,
 }
