@@ -138,6 +138,7 @@ impl Api {
     /// Serves until `stop` is set (after the shards have finished).
     pub fn run(mut self) {
         let mut events = Events::with_capacity(256);
+        let mut last_sweep = Instant::now();
         loop {
             if let Err(e) = self
                 .poll
@@ -166,7 +167,10 @@ impl Api {
                 }
             }
             self.take_replies();
-            self.expire_waits();
+            if last_sweep.elapsed() >= Duration::from_millis(100) {
+                last_sweep = Instant::now();
+                self.expire_waits();
+            }
         }
     }
 

@@ -141,6 +141,8 @@ struct Shard {
     /// Topic patterns from tokens that carry a `topics` claim; absent for the rest, so
     /// connections without grants pay nothing.
     grants: HashMap<u32, Box<[TopicPattern]>, FxBuildHasher>,
+    /// Reused list of recipients for one fan-out, so a push does not allocate one.
+    targets: Vec<u32>,
 }
 
 impl Shard {
@@ -181,6 +183,7 @@ impl Shard {
             mark: 0,
             drain_deadline: None,
             grants: HashMap::default(),
+            targets: Vec::new(),
             shared,
         }
     }
@@ -375,11 +378,9 @@ impl Shard {
             } => {
                 let mut sessions = 0u64;
                 let mut online = 0u64;
+                let mut targets = std::mem::take(&mut self.targets);
                 for id in &users {
-                    let Some(ukey) = self.users.find(id) else {
-                        continue;
-                    };
-                    let Some(u) = self.users.get_mut(ukey) else {
+                    let Some(u) = self.users.find(id).and_then(|k| self.users.get_mut(k)) else {
                         continue;
                     };
                     u.seq += 1;
@@ -391,11 +392,14 @@ impl Shard {
                         push.id.as_deref(),
                     );
                     online += 1;
-                    let targets = u.sessions.clone();
-                    for key in targets {
+                    targets.clear();
+                    targets.extend_from_slice(&u.sessions);
+                    for &key in &targets {
                         sessions += u64::from(self.deliver(key, frame.clone()));
                     }
                 }
+                targets.clear();
+                self.targets = targets;
                 self.delivered(sessions, push.accepted_at);
                 self.answer(ticket, sessions, online);
             }
@@ -405,11 +409,13 @@ impl Shard {
                 accepted_at,
                 ticket,
             } => {
-                let members: Vec<u32> = match self.topics.find(&topic) {
-                    Some(t) => self.topics.members(t).collect(),
-                    None => Vec::new(),
-                };
+                let mut members = std::mem::take(&mut self.targets);
+                if let Some(t) = self.topics.find(&topic) {
+                    members.extend(self.topics.members(t));
+                }
                 let (sessions, users) = self.fan_out(&members, &frame, ticket.is_some());
+                members.clear();
+                self.targets = members;
                 self.delivered(sessions, accepted_at);
                 self.answer(ticket, sessions, users);
             }
@@ -418,14 +424,17 @@ impl Shard {
                 accepted_at,
                 ticket,
             } => {
-                let all: Vec<u32> = self
-                    .conns
-                    .slab
-                    .iter()
-                    .filter(|(_, c)| !c.closing())
-                    .map(|(k, _)| k as u32)
-                    .collect();
+                let mut all = std::mem::take(&mut self.targets);
+                all.extend(
+                    self.conns
+                        .slab
+                        .iter()
+                        .filter(|(_, c)| !c.closing())
+                        .map(|(k, _)| k as u32),
+                );
                 let (sessions, _) = self.fan_out(&all, &frame, false);
+                all.clear();
+                self.targets = all;
                 self.delivered(sessions, accepted_at);
                 self.answer(ticket, sessions, self.users.len() as u64);
             }
@@ -540,11 +549,12 @@ impl Shard {
             }
             let _ = self.shared.replies.waker.wake();
         }
+        // Gauges: two relaxed stores a turn keep /v1/stats exact without per-event work.
+        let c = self.counters();
+        c.users.store(self.users.len() as u64, Relaxed);
+        c.topics.store(self.topics.len() as u64, Relaxed);
         if self.last_publish.elapsed() >= Duration::from_millis(100) {
             self.last_publish = Instant::now();
-            let c = self.counters();
-            c.users.store(self.users.len() as u64, Relaxed);
-            c.topics.store(self.topics.len() as u64, Relaxed);
             if !self.latency.is_empty() {
                 if let Ok(mut shared) = self.shared.metrics.shards[self.id].latency_us.lock() {
                     let _ = shared.add(&self.latency);

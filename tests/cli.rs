@@ -1,0 +1,392 @@
+//! The `throng` binary: serve + SIGTERM, `token`, invalid config, `--dev`; and
+//! `Config::from_args`.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+use throng::config::Config;
+
+const BIN: &str = env!("CARGO_BIN_EXE_throng");
+
+/// Kills the child on drop so a failing test leaves no process behind.
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<(&'static str, String)>,
+    seen: Vec<String>,
+}
+
+impl Proc {
+    fn spawn(args: &[&str]) -> Proc {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn throng");
+        let (tx, rx) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        let tx2 = tx.clone();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(("stdout", l));
+            }
+        });
+        std::thread::spawn(move || {
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx2.send(("stderr", l));
+            }
+        });
+        Proc {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Reads output lines until `f` returns Some, within `timeout`.
+    fn find<T>(&mut self, timeout: Duration, mut f: impl FnMut(&str, &str) -> Option<T>) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok((stream, line)) => {
+                    self.seen.push(format!("{stream}: {line}"));
+                    if let Some(v) = f(stream, &line) {
+                        return v;
+                    }
+                }
+                Err(_) => panic!(
+                    "not found within {timeout:?}; output so far:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Waits for the `listening` JSON log line; returns (client_addr, api_addr).
+    fn listening(&mut self) -> (SocketAddr, SocketAddr) {
+        self.find(Duration::from_secs(10), |_, line| {
+            let v: Value = serde_json::from_str(line).ok()?;
+            let msg = v["fields"]["message"].as_str().or(v["message"].as_str())?;
+            if msg != "listening" {
+                return None;
+            }
+            let get = |k: &str| {
+                v["fields"][k]
+                    .as_str()
+                    .or(v[k].as_str())
+                    .and_then(|s| s.parse::<SocketAddr>().ok())
+            };
+            Some((get("client_addr")?, get("api_addr")?))
+        })
+    }
+
+    /// Waits for the process to exit within `timeout`.
+    fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("process did not exit within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// All output collected so far plus whatever arrives within `d`.
+    fn drain(&mut self, d: Duration) -> String {
+        let deadline = Instant::now() + d;
+        while let Ok((stream, line)) = self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            self.seen.push(format!("{stream}: {line}"));
+        }
+        self.seen.join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn serve_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--api-listen",
+        "127.0.0.1:0",
+        "--log-format",
+        "json",
+        "--shards",
+        "2",
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
+#[test]
+fn sigterm_drains_with_1001_and_exits_0() {
+    let mut p = Proc::spawn(&serve_args(&[
+        "--jwt-secret",
+        SECRET,
+        "--api-key",
+        API_KEY,
+        "--shutdown-grace-ms",
+        "500",
+    ]));
+    let (ws, api) = p.listening();
+    let mut a = Client::connect(ws, &token("a")).expect("connect to the binary");
+    let mut b = Client::connect(ws, &token("b")).expect("connect to the binary");
+    let mut conn = HttpConn::connect(api);
+    let r = conn.request(
+        "POST",
+        "/v1/push?wait=1",
+        Some(API_KEY),
+        Some(r#"{"broadcast":true,"data":"hi"}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["delivered"], 2);
+    assert_eq!(a.recv()["data"], "hi");
+    assert_eq!(b.recv()["data"], "hi");
+
+    let rc = unsafe { libc::kill(p.child.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    assert_eq!(a.expect_close(), Closed::Code(Some(1001)));
+    assert_eq!(b.expect_close(), Closed::Code(Some(1001)));
+    let st = p.wait_exit(Duration::from_secs(10));
+    assert!(
+        st.success(),
+        "exit status {st:?}; output:\n{}",
+        p.drain(Duration::ZERO)
+    );
+}
+
+#[test]
+fn token_subcommand_output_is_accepted() {
+    let out = Command::new(BIN)
+        .args([
+            "token",
+            "--secret",
+            SECRET,
+            "--sub",
+            "cli-user",
+            "--ttl-secs",
+            "600",
+            "--topics",
+            "room:1,feed:*",
+        ])
+        .output()
+        .expect("run throng token");
+    assert!(out.status.success(), "{out:?}");
+    let tok = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(tok.split('.').count(), 3, "not a JWT: {tok:?}");
+    assert!(!tok.contains(char::is_whitespace));
+
+    let srv = TestServer::start(&[]);
+    let mut c = Client::connect(srv.ws, &tok).expect("minted token accepted");
+    assert_eq!(c.welcome["user"], "cli-user");
+    c.send(json!({"type": "subscribe", "topic": "feed:x", "ref": 1}));
+    assert_eq!(c.recv()["type"], "subscribed");
+    c.send(json!({"type": "subscribe", "topic": "room:2", "ref": 2}));
+    assert_eq!(c.recv()["code"], "forbidden_topic");
+
+    // A token with another secret is refused.
+    let out = Command::new(BIN)
+        .args(["token", "--secret", "other", "--sub", "x"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let bad = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let err = Client::connect(srv.ws, &bad)
+        .err()
+        .expect("wrong secret refused");
+    assert!(err.contains("401"), "{err}");
+}
+
+#[test]
+fn token_ttl_expires() {
+    let out = Command::new(BIN)
+        .args(["token", "--secret", SECRET, "--sub", "x", "--ttl-secs", "1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let tok = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    // Decode the payload without verifying: exp is about now + 1.
+    use jsonwebtoken::{decode, DecodingKey, Validation};
+    let mut v = Validation::new(jsonwebtoken::Algorithm::HS256);
+    v.validate_exp = false;
+    let data = decode::<Value>(
+        &tok,
+        &DecodingKey::from_secret(SECRET.as_bytes()).unwrap(),
+        &v,
+    )
+    .expect("signed with the given secret");
+    let exp = data.claims["exp"].as_u64().expect("exp claim");
+    let now = now_secs();
+    assert!(exp >= now && exp <= now + 2, "exp {exp} now {now}");
+    assert_eq!(data.claims["sub"], "x");
+}
+
+fn run_serve_expect_failure(args: &[&str], key_names: &[&str]) {
+    let mut p = Proc::spawn(args);
+    let st = p.wait_exit(Duration::from_secs(10));
+    let out = p.drain(Duration::from_millis(200));
+    assert!(!st.success(), "invalid config must fail; output:\n{out}");
+    assert!(
+        key_names.iter().any(|k| out.contains(k)),
+        "error must name {key_names:?}; output:\n{out}"
+    );
+}
+
+#[test]
+fn invalid_flag_value_names_the_key() {
+    run_serve_expect_failure(
+        &serve_args(&["--jwt-secret", SECRET, "--ping-interval-ms", "0"]),
+        &["ping_interval_ms", "ping-interval-ms"],
+    );
+    run_serve_expect_failure(
+        &serve_args(&["--jwt-secret", SECRET, "--jwt-algorithm", "HS999"]),
+        &["jwt_algorithm", "jwt-algorithm"],
+    );
+}
+
+#[test]
+fn missing_secret_names_the_key() {
+    run_serve_expect_failure(&serve_args(&[]), &["jwt_secret", "jwt-secret"]);
+}
+
+#[test]
+fn unknown_key_in_config_file() {
+    let dir = std::env::temp_dir().join(format!("throng-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bad.toml");
+    std::fs::write(&path, "ping_interval_ms = 1000\nbogus_setting = 5\n").unwrap();
+    let p = path.to_str().unwrap();
+    run_serve_expect_failure(
+        &serve_args(&["--jwt-secret", SECRET, "--config", p]),
+        &["bogus_setting"],
+    );
+    std::fs::remove_file(&path).ok();
+}
+
+#[test]
+fn config_file_values_apply() {
+    let dir = std::env::temp_dir().join(format!("throng-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("good.toml");
+    std::fs::write(
+        &path,
+        "ping_interval_ms = 1234\nidle_timeout_ms = 5678\n[jwt]\nsecret = \"test-secret\"\n",
+    )
+    .unwrap();
+    let cfg = Config::from_args([
+        "--config",
+        path.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--api-listen",
+        "127.0.0.1:0",
+        "--idle-timeout-ms",
+        "9999",
+    ])
+    .expect("valid config");
+    assert_eq!(cfg.ping_interval, Duration::from_millis(1234));
+    assert_eq!(
+        cfg.idle_timeout,
+        Duration::from_millis(9999),
+        "flags override the file"
+    );
+    let srv = throng::server::Server::start(cfg).expect("start");
+    let c = Client::connect(srv.client_addr(), &token("f")).expect("file secret used");
+    assert_eq!(c.welcome["ping_interval_ms"], 1234);
+    srv.shutdown();
+    drop(c);
+    srv.wait();
+    std::fs::remove_file(&path).ok();
+}
+
+#[test]
+fn from_args_errors_name_the_key() {
+    let base = [
+        "--listen",
+        "127.0.0.1:0",
+        "--api-listen",
+        "127.0.0.1:0",
+        "--jwt-secret",
+        "s",
+    ];
+    let cases: &[(&[&str], &str)] = &[
+        (&["--ping-interval-ms", "0"], "ping_interval_ms"),
+        (&["--idle-timeout-ms", "0"], "idle_timeout_ms"),
+        (&["--max-message-size", "0"], "max_message_size"),
+        (&["--shards", "0"], "shards"),
+    ];
+    for (extra, key) in cases {
+        let args: Vec<&str> = base.iter().chain(extra.iter()).copied().collect();
+        let err = Config::from_args(args.clone())
+            .err()
+            .unwrap_or_else(|| panic!("{args:?} must be refused"));
+        assert!(err.to_string().contains(key), "{args:?}: {err}");
+    }
+}
+
+fn find_jwt(line: &str) -> Option<String> {
+    line.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'))
+        .find(|w| w.starts_with("eyJ") && w.split('.').count() == 3)
+        .map(String::from)
+}
+
+#[test]
+fn dev_mode_prints_a_working_token() {
+    let mut p = Proc::spawn(&serve_args(&["--dev"]));
+    let mut addrs = None;
+    let mut tok = None;
+    p.find(Duration::from_secs(10), |_, line| {
+        if tok.is_none() {
+            tok = find_jwt(line);
+        }
+        if addrs.is_none() {
+            if let Ok(v) = serde_json::from_str::<Value>(line) {
+                let msg = v["fields"]["message"].as_str().or(v["message"].as_str());
+                if msg == Some("listening") {
+                    let get = |k: &str| {
+                        v["fields"][k]
+                            .as_str()
+                            .and_then(|s| s.parse::<SocketAddr>().ok())
+                    };
+                    if let (Some(a), Some(b)) = (get("client_addr"), get("api_addr")) {
+                        addrs = Some((a, b));
+                    }
+                }
+            }
+        }
+        (tok.is_some() && addrs.is_some()).then_some(())
+    });
+    let (ws, _api) = addrs.unwrap();
+    let tok = tok.unwrap();
+    let c = Client::connect(ws, &tok).expect("dev token accepted");
+    assert!(c.welcome["user"].is_string());
+    drop(c);
+    let rc = unsafe { libc::kill(p.child.id() as libc::pid_t, libc::SIGKILL) };
+    assert_eq!(rc, 0);
+    p.wait_exit(Duration::from_secs(5));
+}

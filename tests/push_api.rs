@@ -1,0 +1,523 @@
+//! PROTOCOL.md 3: the push API.
+
+mod common;
+
+use std::io::Write;
+
+use common::*;
+use serde_json::{json, Value};
+
+#[test]
+fn push_accepted_202() {
+    let srv = TestServer::start(&[]);
+    let r = srv.api("POST", "/v1/push", Some(r#"{"user":"x","data":1}"#));
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(r.json(), json!({"accepted": true}));
+    assert!(r
+        .header("content-type")
+        .is_some_and(|c| c.starts_with("application/json")));
+}
+
+/// Asserts 400 `bad_request` whose message mentions `needle`.
+fn bad_push_mentioning(srv: &TestServer, body: &str, needle: &str) {
+    let r = srv.api("POST", "/v1/push", Some(body));
+    r.assert_error(400, "bad_request");
+    let m = r.json()["message"].as_str().unwrap().to_ascii_lowercase();
+    assert!(
+        m.contains(needle),
+        "message for {body:?} should name {needle:?}: {m:?}"
+    );
+}
+
+fn bad_push(srv: &TestServer, body: &str) {
+    let r = srv.api("POST", "/v1/push", Some(body));
+    assert_eq!(r.status, 400, "body {body:?} -> {} {}", r.status, r.text());
+    let ct = r.header("content-type").unwrap_or_default();
+    assert!(ct.starts_with("application/json"), "{ct:?}");
+    let j = r.json();
+    assert_eq!(j["error"], "bad_request", "{j}");
+    assert!(
+        j["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "message names the problem: {j}"
+    );
+}
+
+#[test]
+fn push_errors_400() {
+    let srv = TestServer::start(&[]);
+    bad_push(&srv, "{not json");
+    bad_push(&srv, "");
+    bad_push(&srv, "[1]");
+    bad_push_mentioning(&srv, r#"{"data":1}"#, "target"); // no target
+    bad_push_mentioning(&srv, r#"{"user":"a","topic":"t","data":1}"#, "target"); // two targets
+    bad_push_mentioning(&srv, r#"{"user":"a","broadcast":true,"data":1}"#, "target");
+    bad_push_mentioning(&srv, r#"{"user":"a"}"#, "data"); // no data
+    bad_push_mentioning(
+        &srv,
+        &json!({"user": "a", "data": 1, "id": "i".repeat(129)}).to_string(),
+        "id",
+    );
+    bad_push_mentioning(&srv, r#"{"topic":"a b","data":1}"#, "topic");
+    bad_push_mentioning(&srv, r#"{"user":"","data":1}"#, "user");
+
+    // The API still works afterwards.
+    let r = srv.api(
+        "POST",
+        "/v1/push",
+        Some(r#"{"user":"a","data":1,"id":"ok"}"#),
+    );
+    assert_eq!(r.status, 202);
+}
+
+#[test]
+fn body_over_1_mib_is_413() {
+    let srv = TestServer::start(&[]);
+    let big = json!({"user": "a", "data": "x".repeat(1024 * 1024 + 100)}).to_string();
+    let mut conn = srv.api_conn();
+    let head = format!(
+        "POST /v1/push HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        big.len()
+    );
+    conn.stream.write_all(head.as_bytes()).unwrap();
+    // The server may answer before reading the body; a failed write is fine.
+    let _ = conn.stream.write_all(big.as_bytes());
+    let r = conn.read();
+    assert_eq!(r.status, 413, "{}", r.text());
+    let j = r.json();
+    assert!(j["error"].as_str().is_some_and(|e| !e.is_empty()), "{j}");
+    assert!(j["message"].is_string(), "{j}");
+    assert!(r
+        .header("content-type")
+        .is_some_and(|c| c.starts_with("application/json")));
+}
+
+#[test]
+fn body_just_under_1_mib_is_accepted() {
+    let srv = TestServer::start(&[]);
+    let mut c = srv.connect("a");
+    let data = "y".repeat(1024 * 1024 - 100);
+    let body = json!({"user": "a", "data": data}).to_string();
+    assert!(body.len() <= 1024 * 1024);
+    let r = srv.api("POST", "/v1/push", Some(&body));
+    assert_eq!(r.status, 202, "{}", r.text());
+    let p = c.recv();
+    assert_eq!(p["data"].as_str().map(str::len), Some(1024 * 1024 - 100));
+}
+
+#[test]
+fn api_key_required() {
+    let srv = TestServer::start(&[]);
+    let mut conn = srv.api_conn();
+    let r = conn.request("POST", "/v1/push", None, Some(r#"{"user":"a","data":1}"#));
+    assert_eq!(r.status, 401, "{}", r.text());
+    let j = r.json();
+    assert!(j["error"].is_string() && j["message"].is_string(), "{j}");
+    let r = srv.api_conn().request(
+        "POST",
+        "/v1/push",
+        Some("wrong-key"),
+        Some(r#"{"user":"a","data":1}"#),
+    );
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert!(r.json()["error"].is_string());
+    let r = srv.api_conn().request("GET", "/v1/stats", None, None);
+    assert_eq!(r.status, 401);
+    let r = srv
+        .api_conn()
+        .request("GET", "/v1/stats", Some("test-ke"), None);
+    assert_eq!(r.status, 401);
+    let r = raw_http(
+        srv.api,
+        format!("GET /v1/stats HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {API_KEY}\r\n\r\n")
+            .as_bytes(),
+    );
+    assert_eq!(r.status, 401, "Basic is not Bearer");
+}
+
+#[test]
+fn unknown_path_404() {
+    let srv = TestServer::start(&[]);
+    let r = srv.api("GET", "/v1/nothing", None);
+    r.assert_error(404, "not_found");
+    let r = srv.api("POST", "/v2/push", Some("{}"));
+    assert_eq!(r.status, 404);
+}
+
+#[test]
+fn wait_counts() {
+    let srv = TestServer::start(&["--shards", "3", "--public-topics", "room"]);
+    let mut a1 = srv.connect("alice");
+    let mut a2 = srv.connect("alice");
+    let mut b = srv.connect("bob");
+
+    let r = srv.push_wait(json!({"user": "alice", "data": 1}));
+    assert_eq!(r, json!({"delivered": 2, "users_online": 1}));
+    let r = srv.push_wait(json!({"user": "nobody", "data": 1}));
+    assert_eq!(r, json!({"delivered": 0, "users_online": 0}));
+    let r = srv.push_wait(json!({"users": ["alice", "bob", "nobody"], "data": 1}));
+    assert_eq!(r, json!({"delivered": 3, "users_online": 2}));
+
+    a1.send(json!({"type": "subscribe", "topic": "room"}));
+    assert_eq!(a1.recv()["type"], "push");
+    assert_eq!(a1.recv()["type"], "push");
+    assert_eq!(a1.recv()["type"], "subscribed");
+    b.send(json!({"type": "subscribe", "topic": "room"}));
+    assert_eq!(b.recv()["type"], "push");
+    assert_eq!(b.recv()["type"], "subscribed");
+    let r = srv.push_wait(json!({"topic": "room", "data": 1}));
+    assert_eq!(
+        r,
+        json!({"delivered": 2, "users_online": 2}),
+        "topic reaches 2 users"
+    );
+
+    let r = srv.push_wait(json!({"broadcast": true, "data": 1}));
+    assert_eq!(
+        r,
+        json!({"delivered": 3, "users_online": 2}),
+        "broadcast reaches 2 users"
+    );
+
+    // Everything promised was delivered.
+    assert_eq!(a2.recv()["seq"], 1);
+    assert_eq!(a2.recv()["seq"], 2);
+    assert_eq!(a2.recv().get("seq"), None);
+}
+
+#[test]
+fn batch_with_bad_lines() {
+    let srv = TestServer::start(&[]);
+    let mut c = srv.connect("bat");
+    let lines = [
+        r#"{"user":"bat","data":"one"}"#,
+        r#"{this is not json"#,
+        r#"{"user":"bat","data":"two"}"#,
+        r#"{"data":"no target"}"#,
+        r#"{"user":"bat","topic":"t","data":"two targets"}"#,
+        r#"{"user":"bat","data":"three"}"#,
+    ];
+    let body = lines.join("\n") + "\n";
+    let r = srv.api("POST", "/v1/push/batch", Some(&body));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j = r.json();
+    assert_eq!(j["accepted"], 3, "{j}");
+    let rejected = j["rejected"].as_array().expect("rejected array");
+    let bad_lines: Vec<u64> = rejected
+        .iter()
+        .map(|e| e["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(bad_lines, vec![2, 4, 5], "{j}");
+    for e in rejected {
+        assert!(e["error"].as_str().is_some_and(|s| !s.is_empty()), "{e}");
+    }
+    for (i, d) in ["one", "two", "three"].iter().enumerate() {
+        let p = c.recv();
+        assert_eq!(p["data"], *d);
+        assert_eq!(p["seq"], json!(i as u64 + 1));
+    }
+    c.barrier("end");
+}
+
+#[test]
+fn batch_all_good_without_trailing_newline() {
+    let srv = TestServer::start(&[]);
+    let body = (0..50)
+        .map(|i| json!({"user": "u", "data": i}).to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let r = srv.api("POST", "/v1/push/batch", Some(&body));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j = r.json();
+    assert_eq!(j["accepted"], 50);
+    assert_eq!(j["rejected"], json!([]));
+}
+
+#[test]
+fn disconnect_closes_sessions_with_4003() {
+    let srv = TestServer::start(&[]);
+    let mut a = srv.connect("gone");
+    let mut b = srv.connect("gone");
+    let mut other = srv.connect("stays");
+    srv.wait_connections(3);
+    let r = srv.api(
+        "POST",
+        "/v1/disconnect",
+        Some(r#"{"user":"gone","code":4003,"reason":"kicked"}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json(), json!({"closed": 2}));
+    assert_eq!(a.expect_close(), Closed::Code(Some(4003)));
+    assert_eq!(b.expect_close(), Closed::Code(Some(4003)));
+    other.barrier("still-here");
+    srv.wait_connections(1);
+    let r = srv.api(
+        "POST",
+        "/v1/disconnect",
+        Some(r#"{"user":"gone","code":4003}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["closed"], 0);
+}
+
+#[test]
+fn presence() {
+    let srv = TestServer::start(&["--shards", "4"]);
+    let presence = |u: &str| -> Value {
+        let r = srv.api("GET", &format!("/v1/presence/{u}"), None);
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()
+    };
+    assert_eq!(
+        presence("pat"),
+        json!({"user": "pat", "online": false, "sessions": 0})
+    );
+    let a = srv.connect("pat");
+    let _b = srv.connect("pat");
+    assert!(wait_until(WAIT, || presence("pat")["sessions"] == 2));
+    assert_eq!(
+        presence("pat"),
+        json!({"user": "pat", "online": true, "sessions": 2})
+    );
+    drop(a);
+    assert!(wait_until(WAIT, || presence("pat")["sessions"] == 1));
+    assert_eq!(presence("pat")["online"], true);
+}
+
+#[test]
+fn health_and_readiness() {
+    let srv = TestServer::start(&[]);
+    let r = srv.api("GET", "/healthz", None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = srv.api("GET", "/readyz", None);
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[test]
+fn stats_shape() {
+    let srv = TestServer::start(&["--shards", "3"]);
+    let _c = srv.connect("s");
+    let s = srv.wait_online(1, 1);
+    assert!(s["topics"].is_u64());
+    assert_eq!(s["draining"], false);
+    let shards = s["shards"].as_array().unwrap();
+    assert_eq!(shards.len(), 3);
+    for (i, sh) in shards.iter().enumerate() {
+        assert_eq!(sh["shard"], i as u64);
+        for k in ["connections", "users", "topics"] {
+            assert!(sh[k].is_u64(), "{k} in {sh}");
+        }
+    }
+    for k in [
+        "handshakes_accepted",
+        "handshakes_refused",
+        "pushes_accepted",
+        "pushes_delivered",
+        "slow_consumer_closes",
+        "heartbeat_closes",
+        "queue_full_refusals",
+    ] {
+        assert!(s["counters"][k].is_u64(), "counter {k} in {s}");
+    }
+    srv.push_wait(json!({"user": "s", "data": 1}));
+    let s = srv.wait_stats("push counted", |s| {
+        s["counters"]["pushes_delivered"].as_u64() >= Some(1)
+    });
+    assert!(s["counters"]["pushes_accepted"].as_u64() >= Some(1), "{s}");
+}
+
+#[test]
+fn metrics_exposition() {
+    let srv = TestServer::start(&[]);
+    let _c = srv.connect("m");
+    srv.wait_connections(1);
+    srv.push_wait(json!({"user": "m", "data": 1}));
+    let r = srv.api("GET", "/metrics", None);
+    assert_eq!(r.status, 200);
+    assert!(
+        r.header("content-type")
+            .is_some_and(|c| c.starts_with("text/plain")),
+        "{:?}",
+        r.header("content-type")
+    );
+    let text = r.text();
+    let families: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(!families.is_empty(), "no # TYPE lines:\n{text}");
+    for f in &families {
+        assert!(
+            f.starts_with("throng_"),
+            "metric {f} lacks the throng_ prefix"
+        );
+    }
+    for needle in [
+        "connections",
+        "users_online",
+        "topics",
+        "handshakes",
+        "pushes_accepted",
+        "pushes_delivered",
+        "slow_consumer",
+        "heartbeat",
+    ] {
+        assert!(
+            families.iter().any(|f| f.contains(needle)),
+            "no metric family about {needle}: {families:?}"
+        );
+    }
+    // The connections gauge shows the one client (summed over any per-shard labels).
+    let conns: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("throng_connections ") || l.starts_with("throng_connections{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(conns, 1.0, "throng_connections in:\n{text}");
+    // Every sample line is `name{labels} value`.
+    for l in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let value = l.rsplit(' ').next().unwrap();
+        assert!(value.parse::<f64>().is_ok(), "bad sample line {l:?}");
+        assert!(l.starts_with("throng_"), "sample {l:?}");
+    }
+}
+
+#[test]
+fn keep_alive_serves_many_requests_on_one_connection() {
+    let srv = TestServer::start(&[]);
+    let mut c = srv.connect("ka");
+    let mut conn = srv.api_conn();
+    for i in 0..5 {
+        let r = conn.request("GET", "/healthz", Some(API_KEY), None);
+        assert_eq!(r.status, 200, "request {i}");
+        let body = json!({"user": "ka", "data": i}).to_string();
+        let r = conn.request("POST", "/v1/push?wait=1", Some(API_KEY), Some(&body));
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        assert_eq!(r.json()["delivered"], 1);
+        let r = conn.request("GET", "/v1/presence/ka", Some(API_KEY), None);
+        assert_eq!(r.json()["sessions"], 1);
+        let r = conn.request("GET", "/v1/stats", Some(API_KEY), None);
+        assert_eq!(r.status, 200);
+        // An error keeps the connection too.
+        let r = conn.request("POST", "/v1/push", Some(API_KEY), Some("{bad"));
+        assert_eq!(r.status, 400);
+    }
+    for i in 0..5 {
+        assert_eq!(c.recv()["data"], i);
+    }
+}
+
+#[test]
+fn pipelined_requests() {
+    let srv = TestServer::start(&[]);
+    let mut conn = srv.api_conn();
+    let mut bytes = Vec::new();
+    for i in 0..3 {
+        let body = json!({"user": "p", "data": i}).to_string();
+        bytes.extend(
+            format!(
+                "POST /v1/push HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n\
+                 Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes(),
+        );
+    }
+    bytes.extend(
+        format!("GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n\r\n")
+            .into_bytes(),
+    );
+    conn.stream.write_all(&bytes).unwrap();
+    for _ in 0..3 {
+        assert_eq!(conn.read().status, 202);
+    }
+    assert_eq!(conn.read().status, 200);
+}
+
+#[test]
+fn presence_of_user_id_needing_percent_encoding() {
+    let srv = TestServer::start(&[]);
+    let user = "ann smith/42";
+    let _c = srv.connect(user);
+    srv.wait_online(1, 1);
+    let r = srv.api("GET", "/v1/presence/ann%20smith%2F42", None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json(),
+        json!({"user": user, "online": true, "sessions": 1})
+    );
+    let p = srv.push_wait(json!({"user": user, "data": 1}));
+    assert_eq!(p["delivered"], 1);
+}
+
+#[test]
+fn stats_return_to_zero_when_everyone_leaves() {
+    let srv = TestServer::start(&["--shards", "4", "--public-topics", "t"]);
+    let mut cs: Vec<Client> = (0..6)
+        .map(|i| srv.connect(&format!("z{}", i % 3)))
+        .collect();
+    for c in cs.iter_mut() {
+        c.send(json!({"type": "subscribe", "topic": "t"}));
+        assert_eq!(c.recv()["type"], "subscribed");
+    }
+    srv.wait_online(6, 3);
+    drop(cs);
+    let s = srv.wait_stats("all gone", |s| {
+        s["connections"] == 0 && s["users_online"] == 0 && s["topics"] == 0
+    });
+    for sh in s["shards"].as_array().unwrap() {
+        assert_eq!(sh["connections"], 0, "{s}");
+        assert_eq!(sh["users"], 0, "{s}");
+        assert_eq!(sh["topics"], 0, "{s}");
+    }
+}
+
+#[test]
+fn overloaded_batch_lines_are_reported_never_dropped() {
+    // With a one-slot shard queue a big batch may overrun it: each line is then either
+    // accepted (and delivered, numbered without gaps) or rejected as overloaded.
+    let srv = TestServer::start(&["--shard-queue-capacity", "1", "--shards", "1"]);
+    let mut c = srv.connect("u");
+    let n = 3000;
+    let body = (0..n)
+        .map(|i| json!({"user": "u", "data": i}).to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let r = srv.api("POST", "/v1/push/batch", Some(&body));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j = r.json();
+    let accepted = j["accepted"].as_u64().unwrap();
+    let rejected = j["rejected"].as_array().unwrap();
+    assert_eq!(
+        accepted + rejected.len() as u64,
+        n,
+        "every line accounted for"
+    );
+    let mut rejected_lines = std::collections::HashSet::new();
+    for e in rejected {
+        assert!(
+            e["error"].as_str().unwrap().contains("overloaded"),
+            "only overload rejections expected: {e}"
+        );
+        rejected_lines.insert(e["line"].as_u64().unwrap());
+    }
+    let s = srv.stats();
+    assert_eq!(
+        s["counters"]["queue_full_refusals"].as_u64().unwrap(),
+        rejected.len() as u64,
+        "{s}"
+    );
+    let expected: Vec<u64> = (0..n)
+        .filter(|i| !rejected_lines.contains(&(i + 1)))
+        .collect();
+    for (k, want) in expected.iter().enumerate() {
+        let p = c.recv();
+        assert_eq!(p["data"], json!(want), "push {k}");
+        assert_eq!(p["seq"], json!(k as u64 + 1), "seq without gaps");
+    }
+    c.barrier("end");
+}
