@@ -136,11 +136,11 @@ impl Acceptor {
             }
             if self.paused_until.is_some_and(|t| Instant::now() >= t) {
                 self.paused_until = None;
-                if let Err(e) = self.poll.registry().register(
-                    &mut self.listener,
-                    LISTENER,
-                    Interest::READABLE,
-                ) {
+                if let Err(e) =
+                    self.poll
+                        .registry()
+                        .register(&mut self.listener, LISTENER, Interest::READABLE)
+                {
                     tracing::error!(error = %e, "cannot resume accepting");
                 }
                 // Connections may have queued while paused; edge-triggered, so look now.

@@ -94,8 +94,9 @@ impl ConnectRate {
         if now.duration_since(self.last_prune).as_secs() >= 10 {
             // Full buckets carry no information; dropping them bounds the map.
             let rate = self.rate;
-            self.buckets
-                .retain(|_, (tokens, at)| *tokens + now.duration_since(*at).as_secs_f64() * rate < rate);
+            self.buckets.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * rate < rate
+            });
             self.last_prune = now;
         }
         let (tokens, at) = self.buckets.entry(ip).or_insert((self.rate, now));

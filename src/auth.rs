@@ -132,9 +132,7 @@ impl Verifier {
         let claims = data.claims;
         let user: Box<str> = match claims.sub {
             Some(serde_json::Value::String(s)) => s.into(),
-            Some(serde_json::Value::Number(n)) if n.is_i64() || n.is_u64() => {
-                n.to_string().into()
-            }
+            Some(serde_json::Value::Number(n)) if n.is_i64() || n.is_u64() => n.to_string().into(),
             Some(_) => {
                 return Err(AuthError::Invalid(
                     "sub must be a string or an integer".into(),

@@ -284,7 +284,12 @@ impl Config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
-        let listen = pick_addr("listen", args.listen, file.listen.as_deref(), "0.0.0.0:8700")?;
+        let listen = pick_addr(
+            "listen",
+            args.listen,
+            file.listen.as_deref(),
+            "0.0.0.0:8700",
+        )?;
         let api_listen = pick_addr(
             "api_listen",
             args.api_listen,
@@ -562,7 +567,8 @@ mod tests {
     use super::*;
 
     fn cfg(args: &[&str]) -> Result<Config, ConfigError> {
-        let parsed = ServeOnly::try_parse_from(std::iter::once("serve").chain(args.iter().copied()))?;
+        let parsed =
+            ServeOnly::try_parse_from(std::iter::once("serve").chain(args.iter().copied()))?;
         Config::from_serve_args(parsed.args, |_| None)
     }
 
@@ -587,7 +593,10 @@ mod tests {
         let err = cfg(&["--jwt-secret", "s", "--ping-interval-ms", "0"])
             .unwrap_err()
             .to_string();
-        assert_eq!(err, "config error: ping_interval_ms: must be greater than 0");
+        assert_eq!(
+            err,
+            "config error: ping_interval_ms: must be greater than 0"
+        );
     }
 
     #[test]

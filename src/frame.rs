@@ -215,11 +215,11 @@ pub fn parse_close(payload: &[u8]) -> Result<Option<(u16, &str)>, FrameError> {
             let code = u16::from_be_bytes([payload[0], payload[1]]);
             let allowed = code >= 1000 && CloseCode::from(code).is_allowed() && code < 5000;
             // 1010 is client-only and 1012-1015 are server or reserved; RFC 6455 7.4.
-            if !allowed || matches!(code, 1004 | 1005 | 1006 | 1015) || (1016..3000).contains(&code) {
+            if !allowed || matches!(code, 1004 | 1005 | 1006 | 1015) || (1016..3000).contains(&code)
+            {
                 return Err(FrameError::BadClose);
             }
-            let reason =
-                std::str::from_utf8(&payload[2..]).map_err(|_| FrameError::InvalidUtf8)?;
+            let reason = std::str::from_utf8(&payload[2..]).map_err(|_| FrameError::InvalidUtf8)?;
             Ok(Some((code, reason)))
         }
     }
@@ -373,9 +373,15 @@ mod tests {
         let rsv = client_frame(0xC1, b"hi", Some([0; 4]));
         assert_eq!(parse_head(&rsv, 100), Err(FrameError::ReservedBits));
         let reserved_op = client_frame(0x83, b"hi", Some([0; 4]));
-        assert_eq!(parse_head(&reserved_op, 100), Err(FrameError::ReservedOpcode));
+        assert_eq!(
+            parse_head(&reserved_op, 100),
+            Err(FrameError::ReservedOpcode)
+        );
         let reserved_ctl = client_frame(0x8B, b"", Some([0; 4]));
-        assert_eq!(parse_head(&reserved_ctl, 100), Err(FrameError::ReservedOpcode));
+        assert_eq!(
+            parse_head(&reserved_ctl, 100),
+            Err(FrameError::ReservedOpcode)
+        );
         let binary = client_frame(0x82, b"hi", Some([0; 4]));
         assert_eq!(parse_head(&binary, 100), Err(FrameError::Binary));
         assert_eq!(FrameError::Binary.close_code(), 1003);
@@ -395,7 +401,11 @@ mod tests {
             let data: Vec<u8> = (0..len as u8).collect();
             let mut fast = data.clone();
             unmask(&mut fast, mask);
-            let slow: Vec<u8> = data.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]).collect();
+            let slow: Vec<u8> = data
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ mask[i % 4])
+                .collect();
             assert_eq!(fast, slow);
         }
     }

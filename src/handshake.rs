@@ -153,8 +153,8 @@ pub fn parse(buf: &[u8]) -> Result<Option<Upgrade>, Refusal> {
     if header("Sec-WebSocket-Version") != Some("13") {
         return Err(Refusal::UnsupportedVersion);
     }
-    let key = header("Sec-WebSocket-Key")
-        .ok_or(Refusal::BadRequest("missing Sec-WebSocket-Key"))?;
+    let key =
+        header("Sec-WebSocket-Key").ok_or(Refusal::BadRequest("missing Sec-WebSocket-Key"))?;
     if !valid_key(key) {
         return Err(Refusal::BadRequest(
             "Sec-WebSocket-Key must be 16 bytes in base64",
@@ -220,7 +220,10 @@ mod tests {
     #[test]
     fn header_token_wins() {
         let r = req("Authorization: Bearer xyz\r\n");
-        assert_eq!(parse(r.as_bytes()).unwrap().unwrap().token.as_deref(), Some("xyz"));
+        assert_eq!(
+            parse(r.as_bytes()).unwrap().unwrap().token.as_deref(),
+            Some("xyz")
+        );
     }
 
     #[test]
@@ -248,8 +251,14 @@ mod tests {
         let v12 = req("").replace("Version: 13", "Version: 12");
         assert_eq!(parse(v12.as_bytes()), Err(Refusal::UnsupportedVersion));
         let badkey = req("").replace(KEY, "short");
-        assert!(matches!(parse(badkey.as_bytes()), Err(Refusal::BadRequest(_))));
-        assert!(matches!(parse(b"\x00\x01garbage\r\n\r\n"), Err(Refusal::BadRequest(_))));
+        assert!(matches!(
+            parse(badkey.as_bytes()),
+            Err(Refusal::BadRequest(_))
+        ));
+        assert!(matches!(
+            parse(b"\x00\x01garbage\r\n\r\n"),
+            Err(Refusal::BadRequest(_))
+        ));
     }
 
     #[test]

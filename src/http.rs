@@ -82,7 +82,13 @@ mod tests {
 
     #[test]
     fn error_response_shape() {
-        let r = error_response(429, "rate_limited", "slow \"down\"", false, "Retry-After: 1\r\n");
+        let r = error_response(
+            429,
+            "rate_limited",
+            "slow \"down\"",
+            false,
+            "Retry-After: 1\r\n",
+        );
         let text = String::from_utf8(r).unwrap();
         assert!(text.starts_with("HTTP/1.1 429 Too Many Requests\r\n"));
         assert!(text.contains("Content-Type: application/json\r\n"));

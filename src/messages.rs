@@ -198,7 +198,11 @@ pub fn pong_frame(reference: Option<&str>) -> Bytes {
 pub fn error_frame(err: &Refused, reference: Option<&str>) -> Bytes {
     let mut b = FrameBuilder::text(64 + err.message.len());
     let out = b.payload();
-    let _ = write!(out, "{{\"type\":\"error\",\"code\":\"{}\",\"message\":", err.code);
+    let _ = write!(
+        out,
+        "{{\"type\":\"error\",\"code\":\"{}\",\"message\":",
+        err.code
+    );
     json_str(out, &err.message);
     finish_with_ref(out, reference);
     b.finish()
@@ -224,18 +228,30 @@ mod tests {
     fn parses_client_messages() {
         assert_eq!(
             p(r#"{"type":"subscribe","topic":"room:1","ref":7}"#),
-            (Ok("Subscribe { topic: \"room:1\" }".into()), Some("7".into()))
+            (
+                Ok("Subscribe { topic: \"room:1\" }".into()),
+                Some("7".into())
+            )
         );
         assert_eq!(
             p(r#"{"type":"ping","ref":"a\"b"}"#),
             (Ok("Ping".into()), Some(r#""a\"b""#.into()))
         );
-        assert_eq!(p(r#"{"type":"ack","seq":3}"#).0, Ok("Ack { seq: 3 }".into()));
+        assert_eq!(
+            p(r#"{"type":"ack","seq":3}"#).0,
+            Ok("Ack { seq: 3 }".into())
+        );
         assert_eq!(p("nope").0.unwrap_err().code, "bad_json");
         assert_eq!(p("[1]").0.unwrap_err().code, "bad_json");
         assert_eq!(p(r#"{"type":"dance"}"#).0.unwrap_err().code, "unknown_type");
-        assert_eq!(p(r#"{"type":"subscribe"}"#).0.unwrap_err().code, "bad_topic");
-        assert_eq!(p(r#"{"type":"subscribe","topic":5}"#).0.unwrap_err().code, "bad_topic");
+        assert_eq!(
+            p(r#"{"type":"subscribe"}"#).0.unwrap_err().code,
+            "bad_topic"
+        );
+        assert_eq!(
+            p(r#"{"type":"subscribe","topic":5}"#).0.unwrap_err().code,
+            "bad_topic"
+        );
         assert_eq!(p(r#"{"type":"ack"}"#).0.unwrap_err().code, "bad_json");
     }
 
@@ -261,7 +277,10 @@ mod tests {
             payload_json(&f),
             serde_json::json!({"type":"error","code":"bad_topic","message":"nope"})
         );
-        assert_eq!(payload_json(&pong_frame(Some("1"))), serde_json::json!({"type":"pong","ref":1}));
+        assert_eq!(
+            payload_json(&pong_frame(Some("1"))),
+            serde_json::json!({"type":"pong","ref":1})
+        );
         let w = welcome_frame("s1", "u", "e", 0, 25_000, 60_000);
         assert_eq!(payload_json(&w)["type"], "welcome");
     }

@@ -161,7 +161,10 @@ impl Metrics {
     }
 
     fn sum(&self, f: impl Fn(&ShardCounters) -> &AtomicU64) -> u64 {
-        self.shards.iter().map(|s| f(&s.counters).load(Relaxed)).sum()
+        self.shards
+            .iter()
+            .map(|s| f(&s.counters).load(Relaxed))
+            .sum()
     }
 
     /// Open sessions on all shards.
@@ -224,18 +227,34 @@ impl Metrics {
                          f: &dyn Fn(&ShardCounters) -> &AtomicU64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for (i, s) in self.shards.iter().enumerate() {
-                let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", f(&s.counters).load(Relaxed));
+                let _ = writeln!(
+                    out,
+                    "{name}{{shard=\"{i}\"}} {}",
+                    f(&s.counters).load(Relaxed)
+                );
             }
         };
-        per_shard(&mut out, "throng_connections", "gauge", "Open WebSocket sessions.", &|c| {
-            &c.connections
-        });
-        per_shard(&mut out, "throng_users_online", "gauge", "Users with at least one session.", &|c| {
-            &c.users
-        });
-        per_shard(&mut out, "throng_topics", "gauge", "Topics with members on the shard.", &|c| {
-            &c.topics
-        });
+        per_shard(
+            &mut out,
+            "throng_connections",
+            "gauge",
+            "Open WebSocket sessions.",
+            &|c| &c.connections,
+        );
+        per_shard(
+            &mut out,
+            "throng_users_online",
+            "gauge",
+            "Users with at least one session.",
+            &|c| &c.users,
+        );
+        per_shard(
+            &mut out,
+            "throng_topics",
+            "gauge",
+            "Topics with members on the shard.",
+            &|c| &c.topics,
+        );
         per_shard(
             &mut out,
             "throng_pushes_delivered_total",

@@ -52,7 +52,11 @@ pub struct Server {
 }
 
 /// A listening socket: `SO_REUSEADDR`, optionally `SO_REUSEPORT`, non-blocking, with backlog.
-fn listen(addr: SocketAddr, backlog: u32, reuse_port: bool) -> Result<std::net::TcpListener, StartError> {
+fn listen(
+    addr: SocketAddr,
+    backlog: u32,
+    reuse_port: bool,
+) -> Result<std::net::TcpListener, StartError> {
     let bind_err = |source| StartError::Bind { addr, source };
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
         .map_err(bind_err)?;

@@ -19,7 +19,10 @@ pub fn validate(name: &str) -> Result<(), TopicError> {
     if name.is_empty() || name.len() > MAX_TOPIC_BYTES {
         return Err(TopicError::Length);
     }
-    if name.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b'*') {
+    if name
+        .bytes()
+        .all(|b| (0x21..=0x7e).contains(&b) && b != b'*')
+    {
         Ok(())
     } else {
         Err(TopicError::Character)

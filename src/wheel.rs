@@ -148,7 +148,11 @@ impl<T> Wheel<T> {
             }
             let shift = SLOT_BITS * level as u32;
             let span_bits = shift + SLOT_BITS;
-            let base = if span_bits >= 64 { 0 } else { t >> span_bits << span_bits };
+            let base = if span_bits >= 64 {
+                0
+            } else {
+                t >> span_bits << span_bits
+            };
             let low = t - base;
             // First slot whose start tick is at or after t.
             let first = low.div_ceil(1u64 << shift);

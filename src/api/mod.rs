@@ -291,7 +291,12 @@ impl Api {
                 return Step::Incomplete;
             }
             Err(e) => {
-                return self.fatal(key, 400, "bad_request", &format!("malformed HTTP request: {e}"))
+                return self.fatal(
+                    key,
+                    400,
+                    "bad_request",
+                    &format!("malformed HTTP request: {e}"),
+                )
             }
         };
         let header = |name: &str| {

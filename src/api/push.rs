@@ -81,11 +81,7 @@ pub struct ParsedPush {
 /// Parses and validates one push object; the error names the problem.
 pub fn parse(body: &[u8]) -> Result<ParsedPush, String> {
     let b: Body<'_> = serde_json::from_slice(body).map_err(|e| format!("invalid push: {e}"))?;
-    let data = b
-        .data
-        .ok_or("missing field `data`")?
-        .get()
-        .to_string();
+    let data = b.data.ok_or("missing field `data`")?.get().to_string();
     if let Some(id) = &b.id {
         if id.len() > MAX_ID_BYTES {
             return Err(format!("id is longer than {MAX_ID_BYTES} bytes"));

@@ -38,8 +38,14 @@ fn json(status: u16, body: &serde_json::Value, keep_alive: bool) -> Outcome {
 }
 
 fn error(status: u16, code: &str, message: &str, keep_alive: bool) -> Outcome {
-    let extra = if status == 503 { "Retry-After: 1\r\n" } else { "" };
-    Outcome::Respond(http::error_response(status, code, message, keep_alive, extra))
+    let extra = if status == 503 {
+        "Retry-After: 1\r\n"
+    } else {
+        ""
+    };
+    Outcome::Respond(http::error_response(
+        status, code, message, keep_alive, extra,
+    ))
 }
 
 /// Compares without an early exit, so response timing does not leak the key.
@@ -247,7 +253,14 @@ impl Api {
     fn disconnect(&mut self, key: usize, body: &[u8], keep_alive: bool) -> Outcome {
         let b: DisconnectBody = match serde_json::from_slice(body) {
             Ok(b) => b,
-            Err(e) => return error(400, "bad_request", &format!("invalid disconnect: {e}"), keep_alive),
+            Err(e) => {
+                return error(
+                    400,
+                    "bad_request",
+                    &format!("invalid disconnect: {e}"),
+                    keep_alive,
+                )
+            }
         };
         let user = match b.user {
             serde_json::Value::String(s) => s,
@@ -268,7 +281,12 @@ impl Api {
         }
         let reason = b.reason.unwrap_or_else(|| "disconnected".into());
         if reason.len() > 123 {
-            return error(400, "bad_request", "reason must be at most 123 bytes", keep_alive);
+            return error(
+                400,
+                "bad_request",
+                "reason must be at most 123 bytes",
+                keep_alive,
+            );
         }
         let serial = self.next_serial();
         let shard = shard_of(&user, self.shards.len());
@@ -285,8 +303,12 @@ impl Api {
                 expected: 1,
                 user: None,
             },
-            Err(QueueError::Overloaded) => error(503, "overloaded", "shard queue is full", keep_alive),
-            Err(QueueError::Draining) => error(503, "draining", "server is shutting down", keep_alive),
+            Err(QueueError::Overloaded) => {
+                error(503, "overloaded", "shard queue is full", keep_alive)
+            }
+            Err(QueueError::Draining) => {
+                error(503, "draining", "server is shutting down", keep_alive)
+            }
         }
     }
 
@@ -311,8 +333,12 @@ impl Api {
                 expected: 1,
                 user: Some(user),
             },
-            Err(QueueError::Overloaded) => error(503, "overloaded", "shard queue is full", keep_alive),
-            Err(QueueError::Draining) => error(503, "draining", "server is shutting down", keep_alive),
+            Err(QueueError::Overloaded) => {
+                error(503, "overloaded", "shard queue is full", keep_alive)
+            }
+            Err(QueueError::Draining) => {
+                error(503, "draining", "server is shutting down", keep_alive)
+            }
         }
     }
 }

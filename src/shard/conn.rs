@@ -40,14 +40,20 @@ pub struct OutQueue {
 }
 
 impl OutQueue {
-    fn push(&mut self, frame: Bytes) {
+    /// Appends a frame (shared, not copied).
+    pub fn push(&mut self, frame: Bytes) {
         self.bytes += frame.len();
         self.frames.push_back(frame);
     }
 
-    #[cfg(test)]
-    fn is_empty(&self) -> bool {
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
         self.frames.is_empty()
+    }
+
+    /// Bytes waiting.
+    pub fn queued_bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Drops every frame not yet started, so a close frame can follow a partial one.
@@ -314,6 +320,10 @@ mod tests {
     #[test]
     fn conn_stays_small() {
         // Invariant 3: an idle connection costs only its slot.
-        assert!(std::mem::size_of::<Conn>() <= 96, "{}", std::mem::size_of::<Conn>());
+        assert!(
+            std::mem::size_of::<Conn>() <= 96,
+            "{}",
+            std::mem::size_of::<Conn>()
+        );
     }
 }

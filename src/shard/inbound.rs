@@ -123,8 +123,7 @@ impl Shard {
 
     fn drop_empty_partial(&mut self, key: u32) {
         if let Some(c) = self.conns.slab.get_mut(key as usize) {
-            if c
-                .partial
+            if c.partial
                 .as_ref()
                 .is_some_and(|p| p.message.is_none() && p.leftover.is_empty())
             {
@@ -168,8 +167,9 @@ impl Shard {
                     self.text(key, payload)
                 } else {
                     if let Some(c) = self.conns.slab.get_mut(key as usize) {
-                        c.partial.get_or_insert_with(Box::<Partial>::default).message =
-                            Some(payload.to_vec());
+                        c.partial
+                            .get_or_insert_with(Box::<Partial>::default)
+                            .message = Some(payload.to_vec());
                     }
                     Ok(())
                 }
@@ -251,7 +251,10 @@ impl Shard {
             ClientMsg::Ack { .. } => Ok(()),
             ClientMsg::Subscribe { topic } => {
                 self.subscribe(key, &topic)?;
-                self.reply(key, messages::topic_ack_frame("subscribed", &topic, reference));
+                self.reply(
+                    key,
+                    messages::topic_ack_frame("subscribed", &topic, reference),
+                );
                 Ok(())
             }
             ClientMsg::Unsubscribe { topic } => {
@@ -264,7 +267,10 @@ impl Shard {
                         }
                     }
                 }
-                self.reply(key, messages::topic_ack_frame("unsubscribed", &topic, reference));
+                self.reply(
+                    key,
+                    messages::topic_ack_frame("unsubscribed", &topic, reference),
+                );
                 Ok(())
             }
         }

@@ -30,6 +30,7 @@ use crate::metrics::{self, Metrics, ShardCounters};
 use crate::topic::TopicPattern;
 use crate::wheel::Wheel;
 
+pub use conn::OutQueue;
 use conn::{Conn, Conns, Sent, CLOSING, PING_SENT};
 use topics::Topics;
 use users::Users;
@@ -154,7 +155,11 @@ impl Shard {
         shared: ShardShared,
     ) -> Shard {
         let cfg = &shared.config;
-        let ticks = |d: Duration| (d.as_millis() as u64).div_ceil(TICK_MS).min(u32::MAX as u64) as u32;
+        let ticks = |d: Duration| {
+            (d.as_millis() as u64)
+                .div_ceil(TICK_MS)
+                .min(u32::MAX as u64) as u32
+        };
         let ping_ticks = ticks(cfg.ping_interval).max(1);
         let idle_ticks = ticks(cfg.idle_timeout).max(ping_ticks + 1);
         let max_outbound = cfg.max_outbound_bytes;
@@ -287,10 +292,7 @@ impl Shard {
             return;
         }
         let ip = h.ip;
-        let expires = h
-            .identity
-            .exp
-            .map_or(u32::MAX, |exp| self.expiry_tick(exp));
+        let expires = h.identity.exp.map_or(u32::MAX, |exp| self.expiry_tick(exp));
         let mut stream = h.stream;
         let entry = self.conns.slab.vacant_entry();
         let key = entry.key() as u32;
@@ -320,16 +322,18 @@ impl Shard {
         });
         self.counters().connections.fetch_add(1, Relaxed);
         if !h.identity.topics.is_empty() {
-            self.grants
-                .insert(key, std::mem::take(&mut h.identity.topics).into_boxed_slice());
+            self.grants.insert(
+                key,
+                std::mem::take(&mut h.identity.topics).into_boxed_slice(),
+            );
         }
-        let (seq, epoch) = self
-            .users
-            .get(user)
-            .map_or((0, 0), |u| (u.seq, u.epoch));
+        let (seq, epoch) = self.users.get(user).map_or((0, 0), |u| (u.seq, u.epoch));
         let cfg = &self.shared.config;
         let welcome = messages::welcome_frame(
-            &format!("{:08x}{:02x}{:x}", self.nonce, self.id, self.session_counter),
+            &format!(
+                "{:08x}{:02x}{:x}",
+                self.nonce, self.id, self.session_counter
+            ),
             &h.identity.user,
             &format!("{epoch:016x}"),
             seq,
@@ -349,7 +353,11 @@ impl Shard {
             .map(|u| u.sessions[0])
         {
             self.counters().session_evictions.fetch_add(1, Relaxed);
-            self.close(oldest, close::TOO_MANY_SESSIONS, "too many sessions for this user");
+            self.close(
+                oldest,
+                close::TOO_MANY_SESSIONS,
+                "too many sessions for this user",
+            );
         }
         if !h.leftover.is_empty() {
             let mut leftover = h.leftover;
@@ -501,7 +509,11 @@ impl Shard {
             Sent::Ok => true,
             Sent::Overflow => {
                 self.counters().slow_consumer_closes.fetch_add(1, Relaxed);
-                self.close_discarding(key, close::SLOW_CONSUMER, "slow consumer: outbound queue full");
+                self.close_discarding(
+                    key,
+                    close::SLOW_CONSUMER,
+                    "slow consumer: outbound queue full",
+                );
                 false
             }
             Sent::Broken => {
@@ -629,10 +641,18 @@ impl Shard {
         self.conns
             .queue_close(key, frame::close_frame(code, reason), discard);
         let linger = match self.drain_deadline {
-            Some(_) => self.shared.config.shutdown_grace.max(Duration::from_millis(TICK_MS)),
+            Some(_) => self
+                .shared
+                .config
+                .shutdown_grace
+                .max(Duration::from_millis(TICK_MS)),
             None => CLOSE_LINGER,
         };
-        self.rearm_at(key, self.tick.saturating_add((linger.as_millis() as u64 / TICK_MS) as u32));
+        self.rearm_at(
+            key,
+            self.tick
+                .saturating_add((linger.as_millis() as u64 / TICK_MS) as u32),
+        );
     }
 
     /// Answers a client's close (echoing its code) and waits for its FIN.

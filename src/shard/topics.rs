@@ -67,7 +67,6 @@ impl Topics {
     pub fn len(&self) -> usize {
         self.entries.len()
     }
-
 }
 
 #[cfg(test)]

@@ -78,7 +78,6 @@ impl Users {
     pub fn len(&self) -> usize {
         self.entries.len()
     }
-
 }
 
 #[cfg(test)]
