@@ -1,0 +1,1003 @@
+//! WebSocket client connections on mio event loops: connect, upgrade, welcome, hold,
+//! receive pushes, close.
+//!
+//! Memory per idle connection is the `Conn` struct in a slab (about 120 bytes) plus the
+//! socket: reads go into one scratch buffer per thread, and only a partial frame left over
+//! is kept on the connection; outbound bytes are kept only while the socket would block.
+
+use crate::frame::{self, Frame, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT};
+use crate::track::{Completeness, RecvState};
+use crate::util::{self, Url};
+use base64::Engine as _;
+use hdrhistogram::Histogram;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use rand::Rng as _;
+use serde::{Deserialize, Serialize};
+use sha1::{Digest, Sha1};
+use slab::Slab;
+use socket2::{Domain, Protocol, Socket, Type};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+const SCRATCH: usize = 64 * 1024;
+const MAX_HEAD: usize = 16 * 1024;
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// What the push driver targets; decides how receivers are accounted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    User,
+    Users,
+    Topic,
+    Broadcast,
+}
+
+impl Target {
+    pub fn direct(self) -> bool {
+        matches!(self, Target::User | Target::Users)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientCfg {
+    pub url: Url,
+    /// Connections opened by this process.
+    pub connections: u64,
+    /// Connection attempts per second for this process (0: as fast as possible).
+    pub connect_rate: f64,
+    pub threads: usize,
+    pub sessions_per_user: u64,
+    /// The first user number of this process: connection g is user `user_offset + g / spu`.
+    pub user_offset: u64,
+    pub topics: Vec<String>,
+    pub source_ips: Vec<IpAddr>,
+    pub jwt_secret: String,
+    pub token_ttl_secs: u64,
+    pub handshake_timeout: Duration,
+    pub close_timeout: Duration,
+    /// Set in push mode: how receivers are accounted when closing.
+    pub target: Option<Target>,
+}
+
+impl ClientCfg {
+    pub fn num_users(&self) -> u64 {
+        self.connections.div_ceil(self.sessions_per_user.max(1))
+    }
+}
+
+pub const PHASE_RUN: u8 = 0;
+pub const PHASE_CLOSE: u8 = 1;
+
+/// Counters shared between the event loops, the push driver and the main thread.
+pub struct Shared {
+    pub start: Instant,
+    pub phase: AtomicU8,
+    pub attempted: AtomicU64,
+    /// Connections that got their `welcome`.
+    pub opened: AtomicU64,
+    pub open_now: AtomicU64,
+    /// Connections that failed before `welcome`.
+    pub failed: AtomicU64,
+    /// Open connections ended by the server or the network.
+    pub disconnected: AtomicU64,
+    pub subscribed: AtomicU64,
+    pub push_received: AtomicU64,
+    pub push_unique: AtomicU64,
+    /// Microseconds since `start` of the last welcome / last push received.
+    pub last_welcome_us: AtomicU64,
+    pub last_recv_us: AtomicU64,
+    /// Open sessions per local user.
+    pub user_sessions: Vec<AtomicU32>,
+    /// Direct pushes accepted by the API, per local user.
+    pub accepted: Vec<AtomicU64>,
+    /// Topic/broadcast pushes accepted by the API (every connection should get each).
+    pub accepted_total: AtomicU64,
+    pub threads_done: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(users: u64) -> Self {
+        Shared {
+            start: Instant::now(),
+            phase: AtomicU8::new(PHASE_RUN),
+            attempted: AtomicU64::new(0),
+            opened: AtomicU64::new(0),
+            open_now: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            disconnected: AtomicU64::new(0),
+            subscribed: AtomicU64::new(0),
+            push_received: AtomicU64::new(0),
+            push_unique: AtomicU64::new(0),
+            last_welcome_us: AtomicU64::new(0),
+            last_recv_us: AtomicU64::new(0),
+            user_sessions: (0..users).map(|_| AtomicU32::new(0)).collect(),
+            accepted: (0..users).map(|_| AtomicU64::new(0)).collect(),
+            accepted_total: AtomicU64::new(0),
+            threads_done: AtomicU64::new(0),
+        }
+    }
+
+    fn since_start_us(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
+
+    /// Distinct deliveries the receivers should have now, given what the API accepted.
+    pub fn expected_now(&self, target: Target) -> u64 {
+        if target.direct() {
+            self.accepted
+                .iter()
+                .zip(&self.user_sessions)
+                .map(|(a, s)| a.load(Relaxed) * s.load(Relaxed) as u64)
+                .sum()
+        } else {
+            self.accepted_total.load(Relaxed) * self.open_now.load(Relaxed)
+        }
+    }
+}
+
+/// What one event loop thread measured.
+pub struct ThreadOut {
+    pub handshake: Histogram<u64>,
+    pub latency: Histogram<u64>,
+    pub connect_errors: BTreeMap<String, u64>,
+    pub disconnects: BTreeMap<String, u64>,
+    pub close_errors: BTreeMap<String, u64>,
+    pub server_errors: BTreeMap<String, u64>,
+    pub closed_clean: u64,
+    pub open_at_close: u64,
+    pub pings_answered: u64,
+    pub completeness: Completeness,
+    pub receivers_lost: u64,
+    pub unnumbered: u64,
+}
+
+impl ThreadOut {
+    pub fn new() -> Self {
+        ThreadOut {
+            handshake: util::new_hist(),
+            latency: util::new_hist(),
+            connect_errors: BTreeMap::new(),
+            disconnects: BTreeMap::new(),
+            close_errors: BTreeMap::new(),
+            server_errors: BTreeMap::new(),
+            closed_clean: 0,
+            open_at_close: 0,
+            pings_answered: 0,
+            completeness: Completeness::default(),
+            receivers_lost: 0,
+            unnumbered: 0,
+        }
+    }
+
+    pub fn merge(&mut self, o: ThreadOut) {
+        let _ = self.handshake.add(&o.handshake);
+        let _ = self.latency.add(&o.latency);
+        for (dst, src) in [
+            (&mut self.connect_errors, o.connect_errors),
+            (&mut self.disconnects, o.disconnects),
+            (&mut self.close_errors, o.close_errors),
+            (&mut self.server_errors, o.server_errors),
+        ] {
+            merge_counts(dst, src);
+        }
+        self.closed_clean += o.closed_clean;
+        self.open_at_close += o.open_at_close;
+        self.pings_answered += o.pings_answered;
+        self.completeness.merge(&o.completeness);
+        self.receivers_lost += o.receivers_lost;
+        self.unnumbered += o.unnumbered;
+    }
+}
+
+pub fn merge_counts(dst: &mut BTreeMap<String, u64>, src: BTreeMap<String, u64>) {
+    for (k, v) in src {
+        *dst.entry(k).or_insert(0) += v;
+    }
+}
+
+fn bump(m: &mut BTreeMap<String, u64>, k: &str) {
+    if let Some(v) = m.get_mut(k) {
+        *v += 1;
+    } else {
+        m.insert(k.to_string(), 1);
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// TCP connect in progress.
+    Connecting,
+    /// Request being written, response head awaited.
+    Upgrading,
+    /// 101 received, `welcome` awaited.
+    Welcome,
+    Open,
+    /// We sent Close; `true` once the server's Close arrived (then we wait for its FIN).
+    Closing(bool),
+}
+
+struct Conn {
+    stream: TcpStream,
+    state: State,
+    /// Connection number within this process (for timeouts, users).
+    serial: u32,
+    started: Instant,
+    key: [u8; 16],
+    welcome_seq: u64,
+    /// Partial inbound data (a split frame or response head); empty while idle.
+    rbuf: Vec<u8>,
+    /// Outbound bytes the socket would not take yet; empty while idle.
+    wbuf: Vec<u8>,
+    /// A fragmented text message being reassembled.
+    #[allow(clippy::box_collection)] // 8 bytes while idle instead of 24
+    frag: Option<Box<Vec<u8>>>,
+    recv: Option<Box<RecvState>>,
+}
+
+/// How a connection ended: `None` is a clean close.
+type End = Option<String>;
+
+#[derive(Serialize)]
+struct Claims<'a> {
+    sub: String,
+    exp: u64,
+    iat: u64,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    topics: &'a [String],
+}
+
+#[derive(Deserialize)]
+struct Msg<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: Cow<'a, str>,
+    seq: Option<u64>,
+    #[serde(default)]
+    data: Option<PushData>,
+    #[serde(borrow)]
+    code: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct LooseMsg<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: Cow<'a, str>,
+    seq: Option<u64>,
+}
+
+/// The load generator's own push payload; `pad` and unknown fields are skipped unread.
+#[derive(Deserialize, Default)]
+struct PushData {
+    t: Option<u64>,
+    n: Option<u64>,
+    s: Option<usize>,
+}
+
+struct Ctx {
+    cfg: Arc<ClientCfg>,
+    sh: Arc<Shared>,
+    out: ThreadOut,
+    key: EncodingKey,
+    closing: bool,
+}
+
+pub fn spawn(cfg: Arc<ClientCfg>, sh: Arc<Shared>) -> io::Result<Vec<JoinHandle<ThreadOut>>> {
+    let mut hs = Vec::new();
+    for tid in 0..cfg.threads {
+        let (cfg, sh) = (cfg.clone(), sh.clone());
+        hs.push(
+            std::thread::Builder::new()
+                .name(format!("ws-{tid}"))
+                .spawn(move || {
+                    let out = run_thread(tid, cfg, sh.clone());
+                    sh.threads_done.fetch_add(1, Relaxed);
+                    out
+                })?,
+        );
+    }
+    Ok(hs)
+}
+
+fn run_thread(tid: usize, cfg: Arc<ClientCfg>, sh: Arc<Shared>) -> ThreadOut {
+    let mut poll = match Poll::new() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("throng-load: thread {tid}: poll: {e}");
+            let mut out = ThreadOut::new();
+            out.connect_errors.insert(format!("poll_{e}"), 1);
+            return out;
+        }
+    };
+    let mut events = Events::with_capacity(1024);
+    let mut conns: Slab<Conn> = Slab::new();
+    let mut scratch = vec![0u8; SCRATCH];
+    let key = match EncodingKey::from_secret(cfg.jwt_secret.as_bytes()) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("throng-load: jwt secret: {e}");
+            let mut out = ThreadOut::new();
+            out.connect_errors.insert("jwt_secret_unusable".into(), 1);
+            return out;
+        }
+    };
+    let mut ctx = Ctx {
+        key,
+        cfg: cfg.clone(),
+        sh: sh.clone(),
+        out: ThreadOut::new(),
+        closing: false,
+    };
+    let threads = cfg.threads.max(1) as u64;
+    let mut next_g = tid as u64;
+    let mut deadlines: VecDeque<(Instant, usize, u32)> = VecDeque::new();
+    let mut close_deadline = None;
+    let start = sh.start;
+    let due = |g: u64| {
+        if cfg.connect_rate > 0.0 {
+            start + Duration::from_secs_f64(g as f64 / cfg.connect_rate)
+        } else {
+            start
+        }
+    };
+
+    loop {
+        let now = Instant::now();
+        if !ctx.closing && sh.phase.load(Relaxed) == PHASE_CLOSE {
+            ctx.closing = true;
+            close_deadline = Some(now + cfg.close_timeout);
+            begin_close(&mut conns, &poll, &mut ctx);
+        }
+        if ctx.closing {
+            if conns.is_empty() || close_deadline.is_some_and(|d| now >= d) {
+                for c in conns.drain() {
+                    ctx.finish(c, Some("close_timeout".into()));
+                }
+                break;
+            }
+        } else {
+            while next_g < cfg.connections && due(next_g) <= now {
+                if let Some((key, serial)) = open(&mut conns, &poll, &mut ctx, next_g) {
+                    deadlines.push_back((now + cfg.handshake_timeout, key, serial));
+                }
+                next_g += threads;
+            }
+        }
+        while let Some(&(d, key, serial)) = deadlines.front() {
+            if d > now {
+                break;
+            }
+            deadlines.pop_front();
+            let expired = conns.get(key).is_some_and(|c| {
+                c.serial == serial
+                    && matches!(
+                        c.state,
+                        State::Connecting | State::Upgrading | State::Welcome
+                    )
+            });
+            if expired {
+                let c = conns.remove(key);
+                let cause = match c.state {
+                    State::Connecting => "timeout_connect",
+                    State::Upgrading => "timeout_upgrade",
+                    _ => "timeout_welcome",
+                };
+                let mut c = c;
+                let _ = poll.registry().deregister(&mut c.stream);
+                ctx.finish(c, Some(cause.into()));
+            }
+        }
+        let mut timeout = Duration::from_millis(100);
+        if !ctx.closing && next_g < cfg.connections {
+            timeout = timeout.min(due(next_g).saturating_duration_since(now));
+        }
+        if let Err(e) = poll.poll(&mut events, Some(timeout)) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                eprintln!("throng-load: thread {tid}: poll: {e}");
+                break;
+            }
+        }
+        for ev in events.iter() {
+            let key = ev.token().0;
+            let Some(c) = conns.get_mut(key) else {
+                continue;
+            };
+            if let Some(end) = drive(c, &mut scratch, &mut ctx) {
+                let mut c = conns.remove(key);
+                let _ = poll.registry().deregister(&mut c.stream);
+                ctx.finish(c, end);
+            }
+        }
+    }
+    // Anything left (poll failure): count it.
+    for c in conns.drain() {
+        ctx.finish(c, Some("aborted".into()));
+    }
+    ctx.out
+}
+
+fn io_cause(e: &io::Error) -> String {
+    use io::ErrorKind::*;
+    match e.raw_os_error() {
+        Some(libc::ECONNREFUSED) => return "connection_refused".into(),
+        Some(libc::ECONNRESET) => return "connection_reset".into(),
+        Some(libc::EADDRNOTAVAIL) => return "addr_not_available".into(),
+        Some(libc::EADDRINUSE) => return "addr_in_use".into(),
+        Some(libc::EMFILE) | Some(libc::ENFILE) => return "too_many_open_files".into(),
+        Some(libc::ETIMEDOUT) => return "tcp_timeout".into(),
+        Some(libc::EPIPE) => return "broken_pipe".into(),
+        Some(libc::ENETUNREACH) | Some(libc::EHOSTUNREACH) => return "unreachable".into(),
+        _ => {}
+    }
+    match e.kind() {
+        ConnectionRefused => "connection_refused".into(),
+        ConnectionReset => "connection_reset".into(),
+        ConnectionAborted => "connection_aborted".into(),
+        TimedOut => "tcp_timeout".into(),
+        k => format!("io_{k:?}").to_lowercase(),
+    }
+}
+
+/// Opens connection number `g` of this process; `None` when it failed at once.
+fn open(conns: &mut Slab<Conn>, poll: &Poll, ctx: &mut Ctx, g: u64) -> Option<(usize, u32)> {
+    let cfg = &ctx.cfg;
+    ctx.sh.attempted.fetch_add(1, Relaxed);
+    let started = Instant::now();
+    let fail = |ctx: &mut Ctx, cause: String| {
+        bump(&mut ctx.out.connect_errors, &cause);
+        ctx.sh.failed.fetch_add(1, Relaxed);
+        None
+    };
+    let addr = cfg.url.addr;
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let sock = match Socket::new(domain, Type::STREAM, Some(Protocol::TCP)) {
+        Ok(s) => s,
+        Err(e) => return fail(ctx, io_cause(&e)),
+    };
+    let _ = sock.set_nonblocking(true);
+    let _ = sock.set_tcp_nodelay(true);
+    if !cfg.source_ips.is_empty() {
+        let ip = cfg.source_ips[(g % cfg.source_ips.len() as u64) as usize];
+        // Let connect() pick the port, so each source address has a full port range per
+        // destination.
+        let one: libc::c_int = 1;
+        // SAFETY: valid fd and a pointer to a c_int of the given size.
+        unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                &one as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+        if let Err(e) = sock.bind(&SocketAddr::new(ip, 0).into()) {
+            return fail(ctx, format!("bind_{}", io_cause(&e)));
+        }
+    }
+    match sock.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return fail(ctx, io_cause(&e)),
+    }
+    let mut stream = TcpStream::from_std(std::net::TcpStream::from(sock));
+    let entry = conns.vacant_entry();
+    let key = entry.key();
+    if let Err(e) = poll.registry().register(
+        &mut stream,
+        Token(key),
+        Interest::READABLE | Interest::WRITABLE,
+    ) {
+        return fail(ctx, format!("register_{}", io_cause(&e)));
+    }
+    let user = cfg.user_offset + g / cfg.sessions_per_user.max(1);
+    let now = jsonwebtoken::get_current_timestamp();
+    let claims = Claims {
+        sub: format!("u{user}"),
+        exp: now + cfg.token_ttl_secs,
+        iat: now,
+        topics: &cfg.topics,
+    };
+    let token = match jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &ctx.key) {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = poll.registry().deregister(&mut stream);
+            return fail(ctx, format!("jwt_{e}"));
+        }
+    };
+    let key16: [u8; 16] = rand::rng().random();
+    let ws_key = base64::engine::general_purpose::STANDARD.encode(key16);
+    let req = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {ws_key}\r\nSec-WebSocket-Version: 13\r\n\
+         Authorization: Bearer {token}\r\n\r\n",
+        cfg.url.path, cfg.url.authority
+    );
+    let serial = g as u32;
+    entry.insert(Conn {
+        stream,
+        state: State::Connecting,
+        serial,
+        started,
+        key: key16,
+        welcome_seq: 0,
+        rbuf: Vec::new(),
+        wbuf: req.into_bytes(),
+        frag: None,
+        recv: None,
+    });
+    Some((key, serial))
+}
+
+fn flush(c: &mut Conn) -> io::Result<()> {
+    if c.state == State::Connecting {
+        return Ok(());
+    }
+    while !c.wbuf.is_empty() {
+        match c.stream.write(&c.wbuf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                c.wbuf.drain(..n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if c.wbuf.capacity() > 0 {
+        c.wbuf = Vec::new();
+    }
+    Ok(())
+}
+
+fn send_frame(c: &mut Conn, opcode: u8, payload: &[u8]) {
+    let mask: [u8; 4] = rand::rng().random();
+    frame::encode_masked(&mut c.wbuf, opcode, payload, mask);
+}
+
+/// Handles readiness on one connection; `Some(end)` removes it.
+fn drive(c: &mut Conn, scratch: &mut [u8], ctx: &mut Ctx) -> Option<End> {
+    if c.state == State::Connecting {
+        match c.stream.take_error() {
+            Ok(Some(e)) | Err(e) => return Some(Some(io_cause(&e))),
+            Ok(None) => {}
+        }
+        match c.stream.peer_addr() {
+            Ok(_) => c.state = State::Upgrading,
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => return None,
+            Err(e) => return Some(Some(io_cause(&e))),
+        }
+    }
+    if let Err(e) = flush(c) {
+        return Some(Some(io_cause(&e)));
+    }
+    loop {
+        match c.stream.read(scratch) {
+            Ok(0) => return Some(eof_cause(c)),
+            Ok(n) => {
+                if let Err(end) = on_data(c, &scratch[..n], ctx) {
+                    let _ = flush(c);
+                    return Some(end);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Some(Some(io_cause(&e))),
+        }
+    }
+    if let Err(e) = flush(c) {
+        return Some(Some(io_cause(&e)));
+    }
+    None
+}
+
+fn eof_cause(c: &Conn) -> End {
+    match c.state {
+        State::Closing(true) => None,
+        State::Closing(false) => Some("eof_before_close_reply".into()),
+        State::Open => Some("eof".into()),
+        State::Upgrading => {
+            Some(http_failure(&c.rbuf, true).unwrap_or_else(|| "eof_during_upgrade".into()))
+        }
+        State::Welcome => Some("eof_before_welcome".into()),
+        State::Connecting => Some("eof_during_connect".into()),
+    }
+}
+
+/// The cause for a refused upgrade whose head is in `buf`, once the body is complete (or
+/// `eof`).
+fn http_failure(buf: &[u8], eof: bool) -> Option<String> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut headers);
+    let n = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        _ => return None,
+    };
+    let status = resp.code.unwrap_or(0);
+    let len = resp
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|h| {
+            std::str::from_utf8(h.value)
+                .ok()?
+                .trim()
+                .parse::<usize>()
+                .ok()
+        });
+    let body = &buf[n..];
+    let complete = match len {
+        Some(l) => body.len() >= l,
+        None => false,
+    };
+    if !complete && !eof && buf.len() < MAX_ERROR_BODY {
+        return None;
+    }
+    let body = &body[..len.unwrap_or(body.len()).min(body.len())];
+    #[derive(Deserialize)]
+    struct ErrBody {
+        error: Option<String>,
+    }
+    Some(
+        match serde_json::from_slice::<ErrBody>(body)
+            .ok()
+            .and_then(|b| b.error)
+        {
+            Some(code) => format!("http_{status}_{code}"),
+            None => format!("http_{status}"),
+        },
+    )
+}
+
+fn on_data(c: &mut Conn, data: &[u8], ctx: &mut Ctx) -> Result<(), End> {
+    if c.rbuf.is_empty() {
+        let used = process(c, data, ctx)?;
+        if used < data.len() {
+            c.rbuf.extend_from_slice(&data[used..]);
+        }
+    } else {
+        c.rbuf.extend_from_slice(data);
+        let buf = std::mem::take(&mut c.rbuf);
+        let used = process(c, &buf, ctx)?;
+        if used < buf.len() {
+            c.rbuf = buf;
+            c.rbuf.drain(..used);
+        }
+    }
+    Ok(())
+}
+
+/// Consumes what it can of `buf`; returns the bytes used.
+fn process(c: &mut Conn, buf: &[u8], ctx: &mut Ctx) -> Result<usize, End> {
+    let mut pos = 0;
+    if c.state == State::Upgrading {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut headers);
+        match resp.parse(buf) {
+            Ok(httparse::Status::Partial) => {
+                if buf.len() > MAX_HEAD {
+                    return Err(Some("bad_response_head_too_large".into()));
+                }
+                return Ok(0);
+            }
+            Err(_) => return Err(Some("bad_http_response".into())),
+            Ok(httparse::Status::Complete(n)) => {
+                if resp.code != Some(101) {
+                    return match http_failure(buf, false) {
+                        Some(cause) => Err(Some(cause)),
+                        None => Ok(0),
+                    };
+                }
+                let want = accept_key(&c.key);
+                let ok = resp.headers.iter().any(|h| {
+                    h.name.eq_ignore_ascii_case("sec-websocket-accept")
+                        && h.value == want.as_bytes()
+                });
+                if !ok {
+                    return Err(Some("bad_sec_websocket_accept".into()));
+                }
+                c.state = State::Welcome;
+                pos = n;
+            }
+        }
+    }
+    loop {
+        match frame::decode(&buf[pos..]) {
+            Ok(None) => break,
+            Err(e) => {
+                let payload = frame::close_payload(1002, "");
+                send_frame(c, OP_CLOSE, &payload);
+                return Err(Some(format!("protocol_error: {e}")));
+            }
+            Ok(Some((f, used))) => {
+                pos += used;
+                on_frame(c, f, ctx)?;
+            }
+        }
+    }
+    Ok(pos)
+}
+
+fn accept_key(key: &[u8; 16]) -> String {
+    let mut h = Sha1::new();
+    h.update(
+        base64::engine::general_purpose::STANDARD
+            .encode(key)
+            .as_bytes(),
+    );
+    h.update(WS_GUID.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(h.finalize())
+}
+
+fn on_frame(c: &mut Conn, f: Frame<'_>, ctx: &mut Ctx) -> Result<(), End> {
+    match f.opcode {
+        OP_TEXT | OP_BINARY => {
+            if c.frag.is_some() {
+                return Err(Some(
+                    "protocol_error: new message inside a fragmented one".into(),
+                ));
+            }
+            if !f.fin {
+                c.frag = Some(Box::new(f.payload.to_vec()));
+            } else if f.opcode == OP_TEXT {
+                on_message(c, f.payload, ctx)?;
+            } else {
+                bump(&mut ctx.out.server_errors, "binary_message");
+            }
+        }
+        OP_CONT => {
+            let Some(fr) = c.frag.as_mut() else {
+                return Err(Some(
+                    "protocol_error: continuation without a message".into(),
+                ));
+            };
+            fr.extend_from_slice(f.payload);
+            if f.fin {
+                let m = c.frag.take().unwrap_or_default();
+                on_message(c, &m, ctx)?;
+            }
+        }
+        OP_PING => {
+            send_frame(c, OP_PONG, f.payload);
+            ctx.out.pings_answered += 1;
+        }
+        OP_PONG => {}
+        OP_CLOSE => {
+            let code = frame::close_code(f.payload);
+            match c.state {
+                State::Closing(_) => c.state = State::Closing(true),
+                _ => {
+                    // Echo the code, as RFC 6455 5.5.1 asks, and end.
+                    let echo = if code == 1005 {
+                        Vec::new()
+                    } else {
+                        frame::close_payload(code, "")
+                    };
+                    send_frame(c, OP_CLOSE, &echo);
+                    return Err(Some(format!("close_{code}")));
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn on_message(c: &mut Conn, text: &[u8], ctx: &mut Ctx) -> Result<(), End> {
+    let msg = match serde_json::from_slice::<Msg>(text) {
+        Ok(m) => m,
+        Err(_) => match serde_json::from_slice::<LooseMsg>(text) {
+            Ok(m) => Msg {
+                ty: m.ty,
+                seq: m.seq,
+                data: None,
+                code: None,
+            },
+            Err(_) => {
+                bump(&mut ctx.out.server_errors, "unparsable_message");
+                return Ok(());
+            }
+        },
+    };
+    match &*msg.ty {
+        "welcome" if c.state == State::Welcome => {
+            c.state = State::Open;
+            c.welcome_seq = msg.seq.unwrap_or(0);
+            let sh = &ctx.sh;
+            util::record(
+                &mut ctx.out.handshake,
+                c.started.elapsed().as_micros() as u64,
+            );
+            sh.opened.fetch_add(1, Relaxed);
+            sh.open_now.fetch_add(1, Relaxed);
+            sh.last_welcome_us.fetch_max(sh.since_start_us(), Relaxed);
+            let u = c.serial as u64 / ctx.cfg.sessions_per_user.max(1);
+            if let Some(s) = sh.user_sessions.get(u as usize) {
+                s.fetch_add(1, Relaxed);
+            }
+            for t in ctx.cfg.topics.iter() {
+                let m = format!(
+                    "{{\"type\":\"subscribe\",\"topic\":{}}}",
+                    serde_json::to_string(t).unwrap_or_default()
+                );
+                send_frame(c, OP_TEXT, m.as_bytes());
+            }
+        }
+        "push" if matches!(c.state, State::Open | State::Closing(_)) => {
+            let st = c
+                .recv
+                .get_or_insert_with(|| Box::new(RecvState::new(c.welcome_seq)));
+            let before = st.unique();
+            let data = msg.data.unwrap_or_default();
+            if let Some(seq) = msg.seq {
+                st.record_seq(seq);
+            } else if let Some(n) = data.n {
+                st.record_counter(data.s.unwrap_or(0).min(4095), n);
+            } else {
+                st.received += 1;
+                ctx.out.unnumbered += 1;
+            }
+            let sh = &ctx.sh;
+            sh.push_received.fetch_add(1, Relaxed);
+            if st.unique() > before {
+                sh.push_unique.fetch_add(1, Relaxed);
+            }
+            if let Some(t) = data.t {
+                util::record(&mut ctx.out.latency, util::now_us().saturating_sub(t));
+            }
+            sh.last_recv_us.fetch_max(sh.since_start_us(), Relaxed);
+        }
+        "subscribed" => {
+            ctx.sh.subscribed.fetch_add(1, Relaxed);
+        }
+        "error" => {
+            let code = msg.code.as_deref().unwrap_or("unknown");
+            bump(&mut ctx.out.server_errors, &format!("error_{code}"));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Starts a clean close on every connection; accounts push receivers first.
+fn begin_close(conns: &mut Slab<Conn>, poll: &Poll, ctx: &mut Ctx) {
+    let mut dead = Vec::new();
+    for (key, c) in conns.iter_mut() {
+        if c.state != State::Open {
+            dead.push((key, "not_open_at_close".to_string()));
+            continue;
+        }
+        ctx.out.open_at_close += 1;
+        if let Some(t) = ctx.cfg.target {
+            let expected = if t.direct() {
+                let u = c.serial as u64 / ctx.cfg.sessions_per_user.max(1);
+                ctx.sh
+                    .accepted
+                    .get(u as usize)
+                    .map_or(0, |a| a.load(Relaxed))
+            } else {
+                ctx.sh.accepted_total.load(Relaxed)
+            };
+            ctx.out.completeness.add_conn(expected, c.recv.as_deref());
+        }
+        c.recv = None;
+        send_frame(c, OP_CLOSE, &frame::close_payload(1000, ""));
+        c.state = State::Closing(false);
+        if let Err(e) = flush(c) {
+            dead.push((key, io_cause(&e)));
+        }
+    }
+    for (key, cause) in dead {
+        let mut c = conns.remove(key);
+        let _ = poll.registry().deregister(&mut c.stream);
+        ctx.finish(c, Some(cause));
+    }
+}
+
+impl Ctx {
+    fn finish(&mut self, c: Conn, end: End) {
+        let sh = &self.sh;
+        let was_open = matches!(c.state, State::Open | State::Closing(_));
+        match c.state {
+            State::Connecting | State::Upgrading | State::Welcome => {
+                bump(
+                    &mut self.out.connect_errors,
+                    end.as_deref().unwrap_or("closed"),
+                );
+                sh.failed.fetch_add(1, Relaxed);
+            }
+            State::Open => {
+                bump(
+                    &mut self.out.disconnects,
+                    end.as_deref().unwrap_or("closed"),
+                );
+                sh.disconnected.fetch_add(1, Relaxed);
+                if self.cfg.target.is_some() {
+                    self.out.receivers_lost += 1;
+                }
+            }
+            State::Closing(_) => match end {
+                None => self.out.closed_clean += 1,
+                Some(cause) => bump(&mut self.out.close_errors, &cause),
+            },
+        }
+        if was_open {
+            sh.open_now.fetch_sub(1, Relaxed);
+            let u = c.serial as u64 / self.cfg.sessions_per_user.max(1);
+            if let Some(s) = sh.user_sessions.get(u as usize) {
+                s.fetch_sub(1, Relaxed);
+            }
+        }
+        // dropping `c` closes the socket
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_key_rfc_example() {
+        // RFC 6455 1.3: key "dGhlIHNhbXBsZSBub25jZQ==" -> "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        let key = base64::engine::general_purpose::STANDARD
+            .decode("dGhlIHNhbXBsZSBub25jZQ==")
+            .unwrap();
+        let key: [u8; 16] = key.try_into().unwrap();
+        assert_eq!(accept_key(&key), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn http_failure_causes() {
+        let r = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 49\r\nRetry-After: 1\r\n\r\n{\"error\":\"over_capacity\",\"message\":\"full, sorry\"}";
+        assert_eq!(
+            http_failure(r, false).as_deref(),
+            Some("http_503_over_capacity")
+        );
+        // incomplete body: wait, unless eof
+        assert_eq!(http_failure(&r[..r.len() - 5], false), None);
+        assert_eq!(
+            http_failure(&r[..r.len() - 5], true).as_deref(),
+            Some("http_503")
+        );
+        let r = b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\n\r\nno";
+        assert_eq!(http_failure(r, false).as_deref(), Some("http_401"));
+    }
+
+    #[test]
+    fn push_message_parsing_skips_pad() {
+        let m: Msg = serde_json::from_slice(
+            br#"{"type":"push","data":{"t":5,"n":7,"s":1,"pad":"xxxxxxxx"},"ts":1,"seq":3}"#,
+        )
+        .unwrap();
+        assert_eq!(m.ty, "push");
+        assert_eq!(m.seq, Some(3));
+        let d = m.data.unwrap();
+        assert_eq!((d.t, d.n, d.s), (Some(5), Some(7), Some(1)));
+        assert!(serde_json::from_slice::<Msg>(br#"{"type":"push","data":"hello"}"#).is_err());
+        let l: LooseMsg =
+            serde_json::from_slice(br#"{"type":"push","data":"hello","seq":2}"#).unwrap();
+        assert_eq!(l.seq, Some(2));
+    }
+
+    #[test]
+    fn idle_conn_is_small() {
+        assert!(
+            std::mem::size_of::<Conn>() <= 160,
+            "{}",
+            std::mem::size_of::<Conn>()
+        );
+    }
+}

@@ -1,0 +1,536 @@
+//! Push API driver: paced HTTP/1.1 keep-alive requests from a few threads.
+
+use crate::client::{merge_counts, Shared, Target};
+use crate::util::{self, Url};
+use hdrhistogram::Histogram;
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct PushCfg {
+    pub api: Url,
+    pub api_key: Option<String>,
+    /// Pushes per second from this process (0: unpaced).
+    pub rate: f64,
+    pub duration: Duration,
+    pub count: Option<u64>,
+    pub target: Target,
+    pub payload_bytes: usize,
+    pub batch: usize,
+    pub concurrency: usize,
+    pub users_per_push: usize,
+    pub topics: Vec<String>,
+    pub user_offset: u64,
+    pub num_users: u64,
+    /// How long 503 retries may go on after the run's end.
+    pub retry_grace: Duration,
+}
+
+pub struct PushOut {
+    /// Pushes the API accepted.
+    pub accepted: u64,
+    pub requests: u64,
+    /// Requests (or batch lines) answered 503 overloaded and sent again.
+    pub retries: u64,
+    /// Pushes given up, by cause.
+    pub errors: BTreeMap<String, u64>,
+    pub api_latency: Histogram<u64>,
+    pub secs: f64,
+}
+
+impl PushOut {
+    pub fn new() -> Self {
+        PushOut {
+            accepted: 0,
+            requests: 0,
+            retries: 0,
+            errors: BTreeMap::new(),
+            api_latency: util::new_hist(),
+            secs: 0.0,
+        }
+    }
+    fn merge(&mut self, o: PushOut) {
+        self.accepted += o.accepted;
+        self.requests += o.requests;
+        self.retries += o.retries;
+        merge_counts(&mut self.errors, o.errors);
+        let _ = self.api_latency.add(&o.api_latency);
+    }
+}
+
+/// Live counters for progress lines.
+#[derive(Default)]
+pub struct PushProgress {
+    pub accepted: AtomicU64,
+    pub retries: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// One push's target, kept for accounting once the API accepts it.
+#[derive(Clone)]
+enum Tgt {
+    User(u64),
+    Users(Vec<u64>),
+    Topic(usize),
+    Broadcast,
+}
+
+struct Item {
+    tgt: Tgt,
+    /// Counter within this driver stream.
+    n: u64,
+}
+
+/// Runs the driver to completion (count or duration reached); blocking.
+pub fn run(cfg: Arc<PushCfg>, sh: Arc<Shared>, prog: Arc<PushProgress>) -> PushOut {
+    let ticket = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut hs = Vec::new();
+    for s in 0..cfg.concurrency.max(1) {
+        let (cfg, sh, prog, ticket) = (cfg.clone(), sh.clone(), prog.clone(), ticket.clone());
+        hs.push(std::thread::spawn(move || {
+            stream(s, &cfg, &sh, &prog, &ticket, start)
+        }));
+    }
+    let mut out = PushOut::new();
+    for h in hs {
+        match h.join() {
+            Ok(o) => out.merge(o),
+            Err(_) => {
+                *out.errors
+                    .entry("driver_thread_panicked".into())
+                    .or_insert(0) += 1
+            }
+        }
+    }
+    out.secs = start.elapsed().as_secs_f64();
+    out
+}
+
+fn stream(
+    s: usize,
+    cfg: &PushCfg,
+    sh: &Shared,
+    prog: &PushProgress,
+    ticket: &AtomicU64,
+    start: Instant,
+) -> PushOut {
+    let mut out = PushOut::new();
+    let mut conn: Option<ApiConn> = None;
+    let limit = cfg.count.unwrap_or(u64::MAX);
+    let end = start + cfg.duration;
+    let hard_end = end + cfg.retry_grace;
+    let batch = cfg.batch.max(1) as u64;
+    let mut n = 0u64;
+    let path = if cfg.batch > 1 {
+        "/v1/push/batch"
+    } else {
+        "/v1/push"
+    };
+    let pad = "x".repeat(cfg.payload_bytes);
+    let users = cfg.num_users.max(1);
+    loop {
+        let i = ticket.fetch_add(batch, Relaxed);
+        if i >= limit {
+            break;
+        }
+        let k = batch.min(limit - i);
+        let due = if cfg.rate > 0.0 {
+            start + Duration::from_secs_f64(i as f64 / cfg.rate)
+        } else {
+            start
+        };
+        if due >= end || Instant::now() >= end {
+            break;
+        }
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        let mut items: Vec<Item> = (i..i + k)
+            .map(|idx| {
+                n += 1;
+                let tgt = match cfg.target {
+                    Target::User => Tgt::User(idx % users),
+                    Target::Users => {
+                        let m = (cfg.users_per_push as u64).clamp(1, users);
+                        let first = (idx * m) % users;
+                        Tgt::Users((0..m).map(|j| (first + j) % users).collect())
+                    }
+                    Target::Topic => Tgt::Topic(idx as usize % cfg.topics.len().max(1)),
+                    Target::Broadcast => Tgt::Broadcast,
+                };
+                Item { tgt, n }
+            })
+            .collect();
+        let mut attempts_left_io = 2;
+        while !items.is_empty() {
+            let mut body = String::with_capacity(items.len() * (cfg.payload_bytes + 96));
+            for (j, it) in items.iter().enumerate() {
+                if j > 0 {
+                    body.push('\n');
+                }
+                push_json(&mut body, cfg, &it.tgt, it.n, s, &pad);
+            }
+            let t0 = Instant::now();
+            let reused = conn.is_some();
+            let resp = match conn.as_mut() {
+                Some(c) => c.request(cfg, path, &body),
+                None => match ApiConn::connect(&cfg.api) {
+                    Ok(c) => conn.insert(c).request(cfg, path, &body),
+                    Err(e) => Err(e),
+                },
+            };
+            out.requests += 1;
+            let resp = match resp {
+                Ok(r) => r,
+                Err(e) => {
+                    conn = None;
+                    attempts_left_io -= 1;
+                    // A kept-alive connection the server closed: send again on a new one.
+                    if reused && attempts_left_io > 0 && Instant::now() < hard_end {
+                        continue;
+                    }
+                    let cause = format!("api_io_{:?}", e.kind()).to_lowercase();
+                    *out.errors.entry(cause).or_insert(0) += items.len() as u64;
+                    prog.errors.fetch_add(items.len() as u64, Relaxed);
+                    break;
+                }
+            };
+            util::record(&mut out.api_latency, t0.elapsed().as_micros() as u64);
+            if resp.close {
+                conn = None;
+            }
+            match resp.status {
+                200 | 202 => {
+                    let mut retry = Vec::new();
+                    if cfg.batch > 1 {
+                        let rejected = parse_rejected(&resp.body);
+                        let mut keep = vec![true; items.len()];
+                        for (line, err) in rejected {
+                            if line >= 1 && line <= items.len() {
+                                keep[line - 1] = false;
+                                if err.contains("overload") {
+                                    retry.push(line - 1);
+                                } else {
+                                    let cause = format!("rejected_{}", short(&err));
+                                    *out.errors.entry(cause).or_insert(0) += 1;
+                                    prog.errors.fetch_add(1, Relaxed);
+                                }
+                            }
+                        }
+                        for (it, ok) in items.iter().zip(&keep) {
+                            if *ok {
+                                account(sh, &it.tgt, &mut out, prog);
+                            }
+                        }
+                    } else {
+                        account(sh, &items[0].tgt, &mut out, prog);
+                    }
+                    if retry.is_empty() || Instant::now() >= hard_end {
+                        if !retry.is_empty() {
+                            *out.errors.entry("overloaded_gave_up".into()).or_insert(0) +=
+                                retry.len() as u64;
+                        }
+                        break;
+                    }
+                    out.retries += retry.len() as u64;
+                    prog.retries.fetch_add(retry.len() as u64, Relaxed);
+                    let mut old: Vec<Option<Item>> = items.into_iter().map(Some).collect();
+                    items = retry.into_iter().filter_map(|j| old[j].take()).collect();
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                503 => {
+                    let code = error_code(&resp.body);
+                    if code.as_deref() == Some("overloaded") && Instant::now() < hard_end {
+                        out.retries += 1;
+                        prog.retries.fetch_add(1, Relaxed);
+                        let wait = resp.retry_after.unwrap_or(1).clamp(0, 5);
+                        let wait = Duration::from_secs(wait).max(Duration::from_millis(20));
+                        std::thread::sleep(
+                            wait.min(hard_end.saturating_duration_since(Instant::now())),
+                        );
+                        continue;
+                    }
+                    let cause = format!("http_503_{}", code.unwrap_or_default());
+                    *out.errors.entry(cause).or_insert(0) += items.len() as u64;
+                    prog.errors.fetch_add(items.len() as u64, Relaxed);
+                    break;
+                }
+                st => {
+                    let cause = match error_code(&resp.body) {
+                        Some(c) => format!("http_{st}_{c}"),
+                        None => format!("http_{st}"),
+                    };
+                    *out.errors.entry(cause).or_insert(0) += items.len() as u64;
+                    prog.errors.fetch_add(items.len() as u64, Relaxed);
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
+fn short(s: &str) -> String {
+    s.chars()
+        .take(40)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn account(sh: &Shared, tgt: &Tgt, out: &mut PushOut, prog: &PushProgress) {
+    out.accepted += 1;
+    prog.accepted.fetch_add(1, Relaxed);
+    match tgt {
+        Tgt::User(u) => {
+            if let Some(a) = sh.accepted.get(*u as usize) {
+                a.fetch_add(1, Relaxed);
+            }
+        }
+        Tgt::Users(us) => {
+            for u in us {
+                if let Some(a) = sh.accepted.get(*u as usize) {
+                    a.fetch_add(1, Relaxed);
+                }
+            }
+        }
+        Tgt::Topic(_) | Tgt::Broadcast => {
+            sh.accepted_total.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// Appends one push object; `t` is the send time in microseconds since the Unix epoch.
+fn push_json(out: &mut String, cfg: &PushCfg, tgt: &Tgt, n: u64, s: usize, pad: &str) {
+    use std::fmt::Write as _;
+    out.push('{');
+    match tgt {
+        Tgt::User(u) => {
+            let _ = write!(out, "\"user\":\"u{}\"", cfg.user_offset + u);
+        }
+        Tgt::Users(us) => {
+            out.push_str("\"users\":[");
+            for (j, u) in us.iter().enumerate() {
+                if j > 0 {
+                    out.push(',');
+                }
+                let _ = write!(out, "\"u{}\"", cfg.user_offset + u);
+            }
+            out.push(']');
+        }
+        Tgt::Topic(i) => {
+            let t = cfg.topics.get(*i).map(String::as_str).unwrap_or("load");
+            let _ = write!(
+                out,
+                "\"topic\":{}",
+                serde_json::to_string(t).unwrap_or_default()
+            );
+        }
+        Tgt::Broadcast => out.push_str("\"broadcast\":true"),
+    }
+    let _ = write!(
+        out,
+        ",\"data\":{{\"t\":{},\"n\":{n},\"s\":{s},\"pad\":\"{pad}\"}}}}",
+        util::now_us()
+    );
+}
+
+fn error_code(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct E {
+        error: Option<String>,
+    }
+    serde_json::from_slice::<E>(body).ok()?.error
+}
+
+fn parse_rejected(body: &[u8]) -> Vec<(usize, String)> {
+    #[derive(serde::Deserialize)]
+    struct R {
+        #[serde(default)]
+        rejected: Vec<Line>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Line {
+        line: usize,
+        #[serde(default)]
+        error: String,
+    }
+    serde_json::from_slice::<R>(body)
+        .map(|r| r.rejected.into_iter().map(|l| (l.line, l.error)).collect())
+        .unwrap_or_default()
+}
+
+struct Resp {
+    status: u16,
+    retry_after: Option<u64>,
+    close: bool,
+    body: Vec<u8>,
+}
+
+struct ApiConn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl ApiConn {
+    fn connect(url: &Url) -> io::Result<Self> {
+        let stream = TcpStream::connect_timeout(&url.addr, Duration::from_secs(5))?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+        Ok(ApiConn {
+            stream,
+            buf: Vec::with_capacity(4096),
+        })
+    }
+
+    fn request(&mut self, cfg: &PushCfg, path: &str, body: &str) -> io::Result<Resp> {
+        let auth = match &cfg.api_key {
+            Some(k) => format!("Authorization: Bearer {k}\r\n"),
+            None => String::new(),
+        };
+        let ctype = if cfg.batch > 1 {
+            "application/x-ndjson"
+        } else {
+            "application/json"
+        };
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
+            cfg.api.authority,
+            body.len()
+        );
+        let mut req = head.into_bytes();
+        req.extend_from_slice(body.as_bytes());
+        self.stream.write_all(&req)?;
+        read_response(&mut self.stream, &mut self.buf)
+    }
+}
+
+fn read_response(stream: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<Resp> {
+    buf.clear();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut headers);
+        match resp.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => {
+                let status = resp.code.unwrap_or(0);
+                let mut len = 0usize;
+                let mut retry_after = None;
+                let mut close = false;
+                for h in resp.headers.iter() {
+                    let v = std::str::from_utf8(h.value).unwrap_or("").trim();
+                    if h.name.eq_ignore_ascii_case("content-length") {
+                        len = v
+                            .parse()
+                            .map_err(|_| io::Error::other("bad content-length"))?;
+                    } else if h.name.eq_ignore_ascii_case("retry-after") {
+                        retry_after = v.parse().ok();
+                    } else if h.name.eq_ignore_ascii_case("connection") {
+                        close = v.eq_ignore_ascii_case("close");
+                    }
+                }
+                if len > 16 << 20 {
+                    return Err(io::Error::other("response too large"));
+                }
+                while buf.len() < n + len {
+                    let r = stream.read(&mut chunk)?;
+                    if r == 0 {
+                        return Err(io::ErrorKind::UnexpectedEof.into());
+                    }
+                    buf.extend_from_slice(&chunk[..r]);
+                }
+                return Ok(Resp {
+                    status,
+                    retry_after,
+                    close,
+                    body: buf[n..n + len].to_vec(),
+                });
+            }
+            Ok(httparse::Status::Partial) => {
+                if buf.len() > 64 * 1024 {
+                    return Err(io::Error::other("response head too large"));
+                }
+            }
+            Err(e) => return Err(io::Error::other(format!("bad response: {e}"))),
+        }
+        let r = stream.read(&mut chunk)?;
+        if r == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..r]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(target: Target) -> PushCfg {
+        PushCfg {
+            api: util::parse_url("http://127.0.0.1:1", "http", 80).unwrap(),
+            api_key: None,
+            rate: 0.0,
+            duration: Duration::from_secs(1),
+            count: None,
+            target,
+            payload_bytes: 3,
+            batch: 1,
+            concurrency: 1,
+            users_per_push: 2,
+            topics: vec!["room:a".into()],
+            user_offset: 100,
+            num_users: 10,
+            retry_grace: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn push_bodies() {
+        let c = cfg(Target::User);
+        let mut s = String::new();
+        push_json(&mut s, &c, &Tgt::User(17), 5, 2, "xxx");
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(v["user"], "u117");
+        assert_eq!(v["data"]["n"], 5);
+        assert_eq!(v["data"]["s"], 2);
+        assert_eq!(v["data"]["pad"], "xxx");
+        assert!(v["data"]["t"].as_u64().unwrap() > 1_600_000_000_000_000);
+        let mut s = String::new();
+        push_json(&mut s, &c, &Tgt::Users(vec![1, 2]), 1, 0, "");
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(v["users"], serde_json::json!(["u101", "u102"]));
+        let mut s = String::new();
+        push_json(&mut s, &c, &Tgt::Topic(0), 1, 0, "");
+        assert!(s.starts_with("{\"topic\":\"room:a\","));
+        let mut s = String::new();
+        push_json(&mut s, &c, &Tgt::Broadcast, 1, 0, "");
+        assert!(s.starts_with("{\"broadcast\":true,"));
+    }
+
+    #[test]
+    fn responses() {
+        let raw = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 2\r\nContent-Length: 22\r\n\r\n{\"error\":\"overloaded\"}";
+        let mut r: &[u8] = raw;
+        let mut buf = Vec::new();
+        let resp = read_response(&mut r, &mut buf).unwrap();
+        assert_eq!(resp.status, 503);
+        assert_eq!(resp.retry_after, Some(2));
+        assert_eq!(error_code(&resp.body).as_deref(), Some("overloaded"));
+        let rej = parse_rejected(br#"{"accepted":1,"rejected":[{"line":2,"error":"bad json"}]}"#);
+        assert_eq!(rej, vec![(2, "bad json".to_string())]);
+        let mut r: &[u8] = b"HTTP/1.1 202 Accepted\r\nContent-Length: 5\r\n\r\n{\"a\"";
+        assert!(read_response(&mut r, &mut buf).is_err());
+    }
+}

@@ -1,0 +1,450 @@
+//! The run summary: JSON for machines, a few lines for people, and merging across workers.
+
+use crate::client::{merge_counts, ThreadOut};
+use crate::push::PushOut;
+use crate::util::{self, fmt_us, Percentiles};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// One reading of the server's and the kernel's memory.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Mem {
+    pub rss: Option<u64>,
+    pub tcp: Option<u64>,
+    pub slab: Option<u64>,
+}
+
+impl Mem {
+    pub fn read(server_pid: Option<u32>) -> Mem {
+        match server_pid {
+            Some(pid) => Mem {
+                rss: util::read_rss_bytes(&pid.to_string()),
+                tcp: util::read_kernel_tcp_bytes(),
+                slab: util::read_kernel_slab_bytes(),
+            },
+            None => Mem::default(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub mode: String,
+    pub procs: usize,
+    pub connections_target: u64,
+    pub connections_opened: u64,
+    /// Connections still open when the clean close began.
+    pub connections_open_at_close: u64,
+    /// Failures before `welcome`, by cause.
+    pub connect_errors: BTreeMap<String, u64>,
+    /// Open connections ended by the server or network, by cause (`close_<code>`, `eof`, ...).
+    pub disconnects: BTreeMap<String, u64>,
+    /// Problems during our clean close, by cause.
+    pub close_errors: BTreeMap<String, u64>,
+    /// `error` messages and oddities the server sent.
+    pub server_errors: BTreeMap<String, u64>,
+    pub closed_clean: u64,
+    /// Seconds from the first connection attempt to the last `welcome`.
+    pub connect_secs: f64,
+    pub connect_rate_per_sec: f64,
+    pub handshake_latency_us: Percentiles,
+    pub pings_answered: u64,
+    pub subscriptions_confirmed: u64,
+
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_rss_bytes_before: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_rss_bytes_after: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_rss_bytes_per_conn: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_tcp_bytes_before: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_tcp_bytes_after: Option<u64>,
+    /// Kernel TCP memory per connection; on loopback this counts both endpoints' sockets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_tcp_bytes_per_conn: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_slab_bytes_before: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_slab_bytes_after: Option<u64>,
+    /// Growth of the kernel's slab memory (sockets, files, epoll entries) per connection;
+    /// system-wide, so on loopback it covers both endpoints.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_slab_bytes_per_conn: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_conns: Option<u64>,
+    /// Growth of this load generator's own RSS while connecting (all workers).
+    pub client_rss_delta_bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_rss_bytes_per_conn: Option<f64>,
+
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pushes_sent: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub push_requests: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub push_retries: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub push_errors: Option<BTreeMap<String, u64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub push_secs: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub push_rate_per_sec: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_latency_us: Option<Percentiles>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub messages_expected: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub messages_received: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub messages_missing: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub messages_duplicated: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub messages_out_of_order: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub messages_unexpected: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub messages_unnumbered: Option<u64>,
+    /// Receivers that disconnected before the end (not counted in expected/received).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receivers_lost: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_us: Option<Percentiles>,
+    /// Seconds from the first push sent to the last message received.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery_secs: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deliveries_per_sec: Option<f64>,
+
+    /// Raw histograms (value, count), only between worker processes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub raw_handshake: Vec<(u64, u64)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub raw_latency: Vec<(u64, u64)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub raw_api_latency: Vec<(u64, u64)>,
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+impl Report {
+    pub fn fill_clients(&mut self, t: &ThreadOut) {
+        self.connections_open_at_close = t.open_at_close;
+        self.connect_errors = t.connect_errors.clone();
+        self.disconnects = t.disconnects.clone();
+        self.close_errors = t.close_errors.clone();
+        self.server_errors = t.server_errors.clone();
+        self.closed_clean = t.closed_clean;
+        self.pings_answered = t.pings_answered;
+        self.handshake_latency_us = util::percentiles(&t.handshake);
+        self.raw_handshake = util::hist_to_pairs(&t.handshake);
+    }
+
+    pub fn fill_push(&mut self, t: &ThreadOut, p: Option<&PushOut>, delivery_secs: f64) {
+        let c = &t.completeness;
+        self.messages_expected = Some(c.expected);
+        self.messages_received = Some(c.received);
+        self.messages_missing = Some(c.missing);
+        self.messages_duplicated = Some(c.duplicated);
+        self.messages_out_of_order = Some(c.out_of_order);
+        self.messages_unexpected = Some(c.unexpected);
+        self.messages_unnumbered = Some(t.unnumbered);
+        self.receivers_lost = Some(t.receivers_lost);
+        self.latency_us = Some(util::percentiles(&t.latency));
+        self.raw_latency = util::hist_to_pairs(&t.latency);
+        self.delivery_secs = Some((delivery_secs * 1000.0).round() / 1000.0);
+        self.deliveries_per_sec = Some(if delivery_secs > 0.0 {
+            round1(c.received as f64 / delivery_secs)
+        } else {
+            0.0
+        });
+        if let Some(p) = p {
+            self.pushes_sent = Some(p.accepted);
+            self.push_requests = Some(p.requests);
+            self.push_retries = Some(p.retries);
+            self.push_errors = Some(p.errors.clone());
+            self.push_secs = Some((p.secs * 1000.0).round() / 1000.0);
+            self.push_rate_per_sec = Some(if p.secs > 0.0 {
+                round1(p.accepted as f64 / p.secs)
+            } else {
+                0.0
+            });
+            self.api_latency_us = Some(util::percentiles(&p.api_latency));
+            self.raw_api_latency = util::hist_to_pairs(&p.api_latency);
+        }
+    }
+
+    pub fn set_connect_rate(&mut self) {
+        self.connect_secs = (self.connect_secs * 1000.0).round() / 1000.0;
+        self.connect_rate_per_sec = if self.connect_secs > 0.0 {
+            round1(self.connections_opened as f64 / self.connect_secs)
+        } else {
+            0.0
+        };
+    }
+
+    /// Sets the per-connection memory figures from before/after readings.
+    pub fn set_memory(&mut self, conns: u64, before: Mem, after: Mem) {
+        let rss = (before.rss, after.rss);
+        let tcp = (before.tcp, after.tcp);
+        let slab = (before.slab, after.slab);
+        let per = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) if conns > 0 => Some(round1((b as f64 - a as f64) / conns as f64)),
+            _ => None,
+        };
+        self.memory_conns = Some(conns);
+        self.server_rss_bytes_before = rss.0;
+        self.server_rss_bytes_after = rss.1;
+        self.server_rss_bytes_per_conn = per(rss.0, rss.1);
+        self.kernel_tcp_bytes_before = tcp.0;
+        self.kernel_tcp_bytes_after = tcp.1;
+        self.kernel_tcp_bytes_per_conn = per(tcp.0, tcp.1);
+        self.kernel_slab_bytes_before = slab.0;
+        self.kernel_slab_bytes_after = slab.1;
+        self.kernel_slab_bytes_per_conn = per(slab.0, slab.1);
+    }
+
+    /// Merges worker reports; memory and rates are recomputed by the caller.
+    pub fn merge(reports: &[Report]) -> Report {
+        let mut m = Report {
+            mode: reports.first().map(|r| r.mode.clone()).unwrap_or_default(),
+            procs: reports.len(),
+            target: reports.first().and_then(|r| r.target.clone()),
+            ..Default::default()
+        };
+        let mut hs = util::new_hist();
+        let mut lat = util::new_hist();
+        let mut api = util::new_hist();
+        let push = reports.iter().any(|r| r.messages_expected.is_some());
+        let mut push_errors = BTreeMap::new();
+        let add = |a: &mut Option<u64>, b: Option<u64>| {
+            if let Some(b) = b {
+                *a = Some(a.unwrap_or(0) + b);
+            }
+        };
+        let mut delivery_secs = 0f64;
+        let mut push_secs = 0f64;
+        for r in reports {
+            m.connections_target += r.connections_target;
+            m.connections_opened += r.connections_opened;
+            m.connections_open_at_close += r.connections_open_at_close;
+            merge_counts(&mut m.connect_errors, r.connect_errors.clone());
+            merge_counts(&mut m.disconnects, r.disconnects.clone());
+            merge_counts(&mut m.close_errors, r.close_errors.clone());
+            merge_counts(&mut m.server_errors, r.server_errors.clone());
+            m.closed_clean += r.closed_clean;
+            m.connect_secs = m.connect_secs.max(r.connect_secs);
+            m.pings_answered += r.pings_answered;
+            m.subscriptions_confirmed += r.subscriptions_confirmed;
+            m.client_rss_delta_bytes += r.client_rss_delta_bytes;
+            util::hist_add_pairs(&mut hs, &r.raw_handshake);
+            util::hist_add_pairs(&mut lat, &r.raw_latency);
+            util::hist_add_pairs(&mut api, &r.raw_api_latency);
+            add(&mut m.pushes_sent, r.pushes_sent);
+            add(&mut m.push_requests, r.push_requests);
+            add(&mut m.push_retries, r.push_retries);
+            add(&mut m.messages_expected, r.messages_expected);
+            add(&mut m.messages_received, r.messages_received);
+            add(&mut m.messages_missing, r.messages_missing);
+            add(&mut m.messages_duplicated, r.messages_duplicated);
+            add(&mut m.messages_out_of_order, r.messages_out_of_order);
+            add(&mut m.messages_unexpected, r.messages_unexpected);
+            add(&mut m.messages_unnumbered, r.messages_unnumbered);
+            add(&mut m.receivers_lost, r.receivers_lost);
+            if let Some(e) = &r.push_errors {
+                merge_counts(&mut push_errors, e.clone());
+            }
+            delivery_secs = delivery_secs.max(r.delivery_secs.unwrap_or(0.0));
+            push_secs = push_secs.max(r.push_secs.unwrap_or(0.0));
+        }
+        m.handshake_latency_us = util::percentiles(&hs);
+        m.set_connect_rate();
+        if m.connections_opened > 0 && m.client_rss_delta_bytes > 0 {
+            m.client_rss_bytes_per_conn = Some(round1(
+                m.client_rss_delta_bytes as f64 / m.connections_opened as f64,
+            ));
+        }
+        if push {
+            m.push_errors = Some(push_errors);
+            m.latency_us = Some(util::percentiles(&lat));
+            m.api_latency_us = Some(util::percentiles(&api));
+            m.push_secs = Some(push_secs);
+            m.push_rate_per_sec = Some(if push_secs > 0.0 {
+                round1(m.pushes_sent.unwrap_or(0) as f64 / push_secs)
+            } else {
+                0.0
+            });
+            m.delivery_secs = Some(delivery_secs);
+            m.deliveries_per_sec = Some(if delivery_secs > 0.0 {
+                round1(m.messages_received.unwrap_or(0) as f64 / delivery_secs)
+            } else {
+                0.0
+            });
+        }
+        m
+    }
+
+    pub fn strip_raw(&mut self) {
+        self.raw_handshake.clear();
+        self.raw_latency.clear();
+        self.raw_api_latency.clear();
+    }
+
+    /// The human summary, printed to stdout.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let fmt_map = |m: &BTreeMap<String, u64>| {
+            if m.is_empty() {
+                "none".to_string()
+            } else {
+                m.iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            }
+        };
+        let h = &self.handshake_latency_us;
+        s += &format!(
+            "connections: opened {}/{} in {:.2}s ({:.0}/s), open at close {}, closed cleanly {}\n",
+            self.connections_opened,
+            self.connections_target,
+            self.connect_secs,
+            self.connect_rate_per_sec,
+            self.connections_open_at_close,
+            self.closed_clean
+        );
+        s += &format!(
+            "handshake latency: p50 {} p99 {} max {}\n",
+            fmt_us(h.p50),
+            fmt_us(h.p99),
+            fmt_us(h.max)
+        );
+        s += &format!("connect errors: {}\n", fmt_map(&self.connect_errors));
+        s += &format!("disconnects: {}\n", fmt_map(&self.disconnects));
+        if !self.close_errors.is_empty() {
+            s += &format!("close errors: {}\n", fmt_map(&self.close_errors));
+        }
+        if !self.server_errors.is_empty() {
+            s += &format!("server errors: {}\n", fmt_map(&self.server_errors));
+        }
+        if let Some(r) = self.server_rss_bytes_per_conn {
+            s += &format!(
+                "server RSS: {} -> {} bytes, {:.0} bytes per connection ({} conns)\n",
+                self.server_rss_bytes_before.unwrap_or(0),
+                self.server_rss_bytes_after.unwrap_or(0),
+                r,
+                self.memory_conns.unwrap_or(0)
+            );
+        }
+        if let Some(k) = self.kernel_tcp_bytes_per_conn {
+            s += &format!(
+                "kernel TCP buffer memory (sockstat, system-wide): {} -> {} bytes, {:.0} bytes per connection\n",
+                self.kernel_tcp_bytes_before.unwrap_or(0),
+                self.kernel_tcp_bytes_after.unwrap_or(0),
+                k
+            );
+        }
+        if let Some(k) = self.kernel_slab_bytes_per_conn {
+            s += &format!(
+                "kernel slab memory (system-wide, both loopback endpoints): {} -> {} bytes, {:.0} bytes per connection\n",
+                self.kernel_slab_bytes_before.unwrap_or(0),
+                self.kernel_slab_bytes_after.unwrap_or(0),
+                k
+            );
+        }
+        if let Some(c) = self.client_rss_bytes_per_conn {
+            s += &format!("client RSS: {c:.0} bytes per connection\n");
+        }
+        if let Some(sent) = self.pushes_sent {
+            s += &format!(
+                "pushes: {} accepted in {:.1}s ({:.0}/s), {} requests, {} retries, errors: {}\n",
+                sent,
+                self.push_secs.unwrap_or(0.0),
+                self.push_rate_per_sec.unwrap_or(0.0),
+                self.push_requests.unwrap_or(0),
+                self.push_retries.unwrap_or(0),
+                fmt_map(self.push_errors.as_ref().unwrap_or(&BTreeMap::new()))
+            );
+        }
+        if let Some(exp) = self.messages_expected {
+            s += &format!(
+                "messages: expected {} received {} missing {} duplicated {} out-of-order {} unexpected {} (receivers lost {})\n",
+                exp,
+                self.messages_received.unwrap_or(0),
+                self.messages_missing.unwrap_or(0),
+                self.messages_duplicated.unwrap_or(0),
+                self.messages_out_of_order.unwrap_or(0),
+                self.messages_unexpected.unwrap_or(0),
+                self.receivers_lost.unwrap_or(0)
+            );
+            if let Some(l) = self.latency_us {
+                s += &format!(
+                    "push-to-client latency: p50 {} p90 {} p99 {} p99.9 {} max {}\n",
+                    fmt_us(l.p50),
+                    fmt_us(l.p90),
+                    fmt_us(l.p99),
+                    fmt_us(l.p999),
+                    fmt_us(l.max)
+                );
+            }
+            if let Some(a) = self.api_latency_us {
+                s += &format!(
+                    "push API request latency: p50 {} p99 {} max {}\n",
+                    fmt_us(a.p50),
+                    fmt_us(a.p99),
+                    fmt_us(a.max)
+                );
+            }
+            s += &format!(
+                "deliveries: {:.0}/s over {:.1}s\n",
+                self.deliveries_per_sec.unwrap_or(0.0),
+                self.delivery_secs.unwrap_or(0.0)
+            );
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_sums_and_recomputes() {
+        let mut a = Report {
+            mode: "push".into(),
+            connections_target: 10,
+            connections_opened: 10,
+            connect_secs: 1.0,
+            messages_expected: Some(100),
+            messages_received: Some(99),
+            messages_missing: Some(1),
+            pushes_sent: Some(10),
+            raw_handshake: vec![(100, 10)],
+            raw_latency: vec![(500, 99)],
+            ..Default::default()
+        };
+        a.connect_errors.insert("http_503_over_capacity".into(), 2);
+        let mut b = a.clone();
+        b.connect_secs = 2.0;
+        b.connect_errors.insert("connection_refused".into(), 1);
+        let m = Report::merge(&[a, b]);
+        assert_eq!(m.procs, 2);
+        assert_eq!(m.connections_opened, 20);
+        assert_eq!(m.connect_rate_per_sec, 10.0);
+        assert_eq!(m.connect_errors["http_503_over_capacity"], 4);
+        assert_eq!(m.connect_errors["connection_refused"], 1);
+        assert_eq!(m.messages_missing, Some(2));
+        assert_eq!(m.handshake_latency_us.count, 20);
+        assert_eq!(m.latency_us.unwrap().count, 198);
+        let j = serde_json::to_value(&m).unwrap();
+        assert!(j.get("messages_missing").is_some());
+        assert!(j["handshake_latency_us"].get("p99").is_some());
+    }
+}

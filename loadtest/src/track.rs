@@ -1,0 +1,249 @@
+//! Completeness accounting for numbered message streams.
+//!
+//! A tracker follows one stream of numbers (per-user `seq`, or a push driver's counter `n`).
+//! It keeps only the next expected number and the gaps below it, so an in-order stream
+//! costs a few words. Every number is classified exactly once: first delivery (in order
+//! or filling a gap, the latter counted out of order) or duplicate.
+
+#[derive(Debug, Clone, Default)]
+pub struct SeqTracker {
+    /// The next number expected in order.
+    next: u64,
+    /// Missing ranges below `next`, inclusive, ascending and disjoint.
+    gaps: Vec<(u64, u64)>,
+    /// Distinct numbers received.
+    pub unique: u64,
+    /// Numbers received again.
+    pub duplicated: u64,
+    /// Numbers that arrived after a larger one (they filled a gap).
+    pub out_of_order: u64,
+}
+
+impl SeqTracker {
+    /// A tracker for a stream whose numbers so far end at `last` (0 when none):
+    /// the first expected number is `last + 1`.
+    pub fn after(last: u64) -> Self {
+        SeqTracker {
+            next: last + 1,
+            ..Default::default()
+        }
+    }
+
+    pub fn record(&mut self, n: u64) {
+        if n == self.next {
+            self.unique += 1;
+            self.next += 1;
+        } else if n > self.next {
+            self.gaps.push((self.next, n - 1));
+            self.unique += 1;
+            self.next = n + 1;
+        } else {
+            // n < next: fills a gap, or is a duplicate (including numbers before the start)
+            match self.gaps.binary_search_by(|&(lo, hi)| {
+                if hi < n {
+                    std::cmp::Ordering::Less
+                } else if lo > n {
+                    std::cmp::Ordering::Greater
+                } else {
+                    std::cmp::Ordering::Equal
+                }
+            }) {
+                Ok(i) => {
+                    let (lo, hi) = self.gaps[i];
+                    match (lo == n, hi == n) {
+                        (true, true) => {
+                            self.gaps.remove(i);
+                        }
+                        (true, false) => self.gaps[i].0 = n + 1,
+                        (false, true) => self.gaps[i].1 = n - 1,
+                        (false, false) => {
+                            self.gaps[i].1 = n - 1;
+                            self.gaps.insert(i + 1, (n + 1, hi));
+                        }
+                    }
+                    self.unique += 1;
+                    self.out_of_order += 1;
+                }
+                Err(_) => self.duplicated += 1,
+            }
+        }
+    }
+
+    #[cfg_attr(not(test), allow(dead_code))]
+    /// Numbers skipped so far (below the highest seen) that never arrived.
+    pub fn holes(&self) -> u64 {
+        self.gaps.iter().map(|&(lo, hi)| hi - lo + 1).sum()
+    }
+
+    #[cfg_attr(not(test), allow(dead_code))]
+    /// The highest number seen, or the start when none.
+    pub fn last(&self) -> u64 {
+        self.next - 1
+    }
+}
+
+/// What one receiving connection saw during a push run.
+#[derive(Debug, Default)]
+pub struct RecvState {
+    /// Direct pushes, by the server's per-user `seq`.
+    pub seq: SeqTracker,
+    /// Topic/broadcast pushes, by the driver's counter `n`, one tracker per driver stream `s`.
+    pub streams: Vec<SeqTracker>,
+    /// Every push frame received (including duplicates).
+    pub received: u64,
+}
+
+impl RecvState {
+    pub fn new(welcome_seq: u64) -> Self {
+        RecvState {
+            seq: SeqTracker::after(welcome_seq),
+            ..Default::default()
+        }
+    }
+
+    pub fn record_seq(&mut self, seq: u64) {
+        self.received += 1;
+        self.seq.record(seq);
+    }
+
+    pub fn record_counter(&mut self, stream: usize, n: u64) {
+        self.received += 1;
+        if stream >= self.streams.len() {
+            self.streams
+                .resize_with(stream + 1, || SeqTracker::after(0));
+        }
+        self.streams[stream].record(n);
+    }
+
+    pub fn unique(&self) -> u64 {
+        self.seq.unique + self.streams.iter().map(|t| t.unique).sum::<u64>()
+    }
+    pub fn duplicated(&self) -> u64 {
+        self.seq.duplicated + self.streams.iter().map(|t| t.duplicated).sum::<u64>()
+    }
+    pub fn out_of_order(&self) -> u64 {
+        self.seq.out_of_order + self.streams.iter().map(|t| t.out_of_order).sum::<u64>()
+    }
+}
+
+/// Totals over all receiving connections, computed against what the driver had accepted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Completeness {
+    pub expected: u64,
+    pub received: u64,
+    pub missing: u64,
+    pub duplicated: u64,
+    pub out_of_order: u64,
+    /// Distinct messages beyond what was expected (e.g. a push whose API answer was lost).
+    pub unexpected: u64,
+}
+
+impl Completeness {
+    pub fn add_conn(&mut self, expected: u64, st: Option<&RecvState>) {
+        self.expected += expected;
+        let (recv, uniq, dup, ooo) = match st {
+            Some(s) => (s.received, s.unique(), s.duplicated(), s.out_of_order()),
+            None => (0, 0, 0, 0),
+        };
+        self.received += recv;
+        self.duplicated += dup;
+        self.out_of_order += ooo;
+        if uniq < expected {
+            self.missing += expected - uniq;
+        } else {
+            self.unexpected += uniq - expected;
+        }
+    }
+
+    pub fn merge(&mut self, o: &Completeness) {
+        self.expected += o.expected;
+        self.received += o.received;
+        self.missing += o.missing;
+        self.duplicated += o.duplicated;
+        self.out_of_order += o.out_of_order;
+        self.unexpected += o.unexpected;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_order_stream() {
+        let mut t = SeqTracker::after(10);
+        for n in 11..=20 {
+            t.record(n);
+        }
+        assert_eq!(
+            (t.unique, t.duplicated, t.out_of_order, t.holes()),
+            (10, 0, 0, 0)
+        );
+        assert_eq!(t.last(), 20);
+        assert!(
+            t.gaps.capacity() == 0,
+            "no allocation for an in-order stream"
+        );
+    }
+
+    #[test]
+    fn gaps_reorder_and_duplicates() {
+        let mut t = SeqTracker::after(0);
+        for n in [1, 2, 5, 3, 9, 4, 4, 2, 0, 7] {
+            t.record(n);
+        }
+        // unique: 1,2,5,3,9,4,7 = 7; dups: 4,2,0 = 3; ooo: 3,4,7 = 3; holes: 6,8
+        assert_eq!(t.unique, 7);
+        assert_eq!(t.duplicated, 3);
+        assert_eq!(t.out_of_order, 3);
+        assert_eq!(t.holes(), 2);
+        assert_eq!(t.gaps, vec![(6, 6), (8, 8)]);
+        t.record(8);
+        t.record(6);
+        assert_eq!(t.holes(), 0);
+        assert_eq!(t.out_of_order, 5);
+        t.record(6);
+        assert_eq!(t.duplicated, 4);
+    }
+
+    #[test]
+    fn gap_split_in_middle() {
+        let mut t = SeqTracker::after(0);
+        t.record(10); // gap 1..=9
+        t.record(5); // splits into 1..=4, 6..=9
+        assert_eq!(t.gaps, vec![(1, 4), (6, 9)]);
+        t.record(1);
+        t.record(9);
+        assert_eq!(t.gaps, vec![(2, 4), (6, 8)]);
+        assert_eq!(t.holes(), 6);
+        assert_eq!((t.unique, t.out_of_order, t.duplicated), (4, 3, 0));
+    }
+
+    #[test]
+    fn completeness_counts_missing_never_hides() {
+        let mut c = Completeness::default();
+        let mut a = RecvState::new(3);
+        for s in [4, 5, 7, 7, 6] {
+            a.record_seq(s);
+        }
+        c.add_conn(5, Some(&a)); // expected 4..=8: got 4 distinct, 1 dup, 1 ooo
+        c.add_conn(2, None); // saw nothing
+        let mut b = RecvState::new(0);
+        b.record_counter(1, 1);
+        b.record_counter(1, 2);
+        b.record_counter(0, 1);
+        b.record_counter(1, 2);
+        c.add_conn(2, Some(&b)); // 3 distinct > 2 expected
+        assert_eq!(
+            c,
+            Completeness {
+                expected: 9,
+                received: 9,
+                missing: 3,
+                duplicated: 2,
+                out_of_order: 1,
+                unexpected: 1,
+            }
+        );
+    }
+}

@@ -1,0 +1,311 @@
+//! Small pure helpers: address ranges, URLs, limits, /proc readings, histograms.
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// At most this many source addresses in one `--source-ips` list.
+pub const MAX_SOURCE_IPS: usize = 65_536;
+
+/// Parses `127.0.0.2-127.0.0.9`, `10.0.0.1,10.0.0.5`, `::1` or a mix, comma separated.
+/// Ranges are IPv4 only and inclusive.
+pub fn parse_source_ips(spec: &str) -> Result<Vec<IpAddr>, String> {
+    let mut out = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if let Some((a, b)) = part.split_once('-') {
+            let a: Ipv4Addr = a
+                .trim()
+                .parse()
+                .map_err(|_| format!("bad IPv4 address {a:?} in {part:?}"))?;
+            let b: Ipv4Addr = b
+                .trim()
+                .parse()
+                .map_err(|_| format!("bad IPv4 address {b:?} in {part:?}"))?;
+            let (lo, hi) = (u32::from(a), u32::from(b));
+            if lo > hi {
+                return Err(format!("range {part:?} is reversed"));
+            }
+            if (hi - lo) as usize + out.len() >= MAX_SOURCE_IPS {
+                return Err(format!("more than {MAX_SOURCE_IPS} source addresses"));
+            }
+            out.extend((lo..=hi).map(|x| IpAddr::V4(Ipv4Addr::from(x))));
+        } else {
+            let ip: IpAddr = part
+                .parse()
+                .map_err(|_| format!("bad IP address {part:?}"))?;
+            out.push(ip);
+            if out.len() > MAX_SOURCE_IPS {
+                return Err(format!("more than {MAX_SOURCE_IPS} source addresses"));
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err("empty source address list".into());
+    }
+    Ok(out)
+}
+
+/// Splits a source list into `k` disjoint round-robin shares (for worker processes);
+/// when there are fewer addresses than workers, workers share them.
+pub fn split_source_ips(ips: &[IpAddr], k: usize, i: usize) -> Vec<IpAddr> {
+    if ips.len() < k {
+        return vec![ips[i % ips.len()]];
+    }
+    ips.iter().skip(i).step_by(k).copied().collect()
+}
+
+/// A parsed `ws://` or `http://` URL (no TLS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Url {
+    /// `host:port` as written, for the Host header.
+    pub authority: String,
+    pub addr: SocketAddr,
+    /// Path and query, starting with `/`.
+    pub path: String,
+}
+
+pub fn parse_url(s: &str, scheme: &str, default_port: u16) -> Result<Url, String> {
+    let prefix = format!("{scheme}://");
+    let rest = s
+        .strip_prefix(&prefix)
+        .ok_or_else(|| format!("{s:?}: expected a {prefix} URL"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() {
+        return Err(format!("{s:?}: no host"));
+    }
+    let with_port = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        && !authority.ends_with(']')
+    {
+        authority.to_string()
+    } else {
+        format!("{authority}:{default_port}")
+    };
+    let addr = with_port
+        .to_socket_addrs()
+        .map_err(|e| format!("{s:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{s:?}: host has no address"))?;
+    Ok(Url {
+        authority: authority.to_string(),
+        addr,
+        path: path.to_string(),
+    })
+}
+
+/// Raises the soft open-files limit to the hard limit; returns the limit now in force.
+pub fn raise_nofile_limit() -> u64 {
+    // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
+    unsafe {
+        let mut rl = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) != 0 {
+            return 1024;
+        }
+        if rl.rlim_cur < rl.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: rl.rlim_max,
+                rlim_max: rl.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                rl.rlim_cur = rl.rlim_max;
+            }
+        }
+        #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 everywhere
+        let cur = rl.rlim_cur as u64;
+        cur
+    }
+}
+
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// VmRSS of a process in bytes.
+pub fn read_rss_bytes(pid: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_vmrss(&s)
+}
+
+pub fn parse_vmrss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Kernel TCP memory in bytes (the `mem` pages of the `TCP:` line of /proc/net/sockstat).
+pub fn read_kernel_tcp_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+    let pages = parse_sockstat_tcp_mem(&s)?;
+    // SAFETY: sysconf has no memory effects.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * if page > 0 { page as u64 } else { 4096 })
+}
+
+/// Kernel slab memory in bytes (`Slab:` of /proc/meminfo; system-wide).
+pub fn read_kernel_slab_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    parse_meminfo_kb(&s, "Slab:")
+}
+
+pub fn parse_meminfo_kb(s: &str, key: &str) -> Option<u64> {
+    let line = s.lines().find(|l| l.starts_with(key))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+pub fn parse_sockstat_tcp_mem(s: &str) -> Option<u64> {
+    let line = s.lines().find(|l| l.starts_with("TCP:"))?;
+    let mut it = line.split_whitespace();
+    while let Some(w) = it.next() {
+        if w == "mem" {
+            return it.next()?.parse().ok();
+        }
+    }
+    None
+}
+
+/// A latency histogram in microseconds, 1 us to 1 hour, 3 significant digits.
+pub fn new_hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
+}
+
+pub fn record(h: &mut Histogram<u64>, v: u64) {
+    h.saturating_record(v.max(1));
+}
+
+/// Histogram as (value, count) pairs, for passing between processes.
+pub fn hist_to_pairs(h: &Histogram<u64>) -> Vec<(u64, u64)> {
+    h.iter_recorded()
+        .map(|v| (v.value_iterated_to(), v.count_at_value()))
+        .collect()
+}
+
+pub fn hist_add_pairs(h: &mut Histogram<u64>, pairs: &[(u64, u64)]) {
+    for &(v, c) in pairs {
+        let _ = h.record_n(v.clamp(1, 3_600_000_000), c);
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+    pub mean: f64,
+}
+
+pub fn percentiles(h: &Histogram<u64>) -> Percentiles {
+    if h.is_empty() {
+        return Percentiles::default();
+    }
+    Percentiles {
+        count: h.len(),
+        p50: h.value_at_quantile(0.50),
+        p90: h.value_at_quantile(0.90),
+        p99: h.value_at_quantile(0.99),
+        p999: h.value_at_quantile(0.999),
+        max: h.max(),
+        mean: (h.mean() * 10.0).round() / 10.0,
+    }
+}
+
+/// Formats microseconds for humans.
+pub fn fmt_us(us: u64) -> String {
+    if us >= 10_000_000 {
+        format!("{:.1}s", us as f64 / 1e6)
+    } else if us >= 10_000 {
+        format!("{:.1}ms", us as f64 / 1e3)
+    } else {
+        format!("{us}us")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_ip_ranges() {
+        let v = parse_source_ips("127.0.0.2-127.0.0.4").unwrap();
+        assert_eq!(
+            v,
+            vec![
+                "127.0.0.2".parse::<IpAddr>().unwrap(),
+                "127.0.0.3".parse().unwrap(),
+                "127.0.0.4".parse().unwrap()
+            ]
+        );
+        let v = parse_source_ips("127.0.0.9, 10.0.0.255-10.0.1.1,::1").unwrap();
+        assert_eq!(v.len(), 5);
+        assert_eq!(v[2], "10.0.1.0".parse::<IpAddr>().unwrap());
+        assert_eq!(v[4], "::1".parse::<IpAddr>().unwrap());
+        assert_eq!(parse_source_ips("127.0.0.1").unwrap().len(), 1);
+        assert!(parse_source_ips("127.0.0.5-127.0.0.4").is_err());
+        assert!(parse_source_ips("127.0.0.x").is_err());
+        assert!(parse_source_ips("::1-::2").is_err());
+        assert!(parse_source_ips("").is_err());
+        assert!(parse_source_ips("10.0.0.0-10.255.255.255").is_err());
+    }
+
+    #[test]
+    fn split_sources_disjoint() {
+        let v = parse_source_ips("127.0.0.2-127.0.0.9").unwrap();
+        let a = split_source_ips(&v, 3, 0);
+        let b = split_source_ips(&v, 3, 1);
+        let c = split_source_ips(&v, 3, 2);
+        assert_eq!(a.len() + b.len() + c.len(), 8);
+        assert!(a.iter().all(|x| !b.contains(x) && !c.contains(x)));
+        let one = parse_source_ips("127.0.0.2").unwrap();
+        assert_eq!(split_source_ips(&one, 4, 3), one);
+    }
+
+    #[test]
+    fn urls() {
+        let u = parse_url("ws://127.0.0.1:8700/ws?x=1", "ws", 80).unwrap();
+        assert_eq!(u.addr, "127.0.0.1:8700".parse().unwrap());
+        assert_eq!(u.path, "/ws?x=1");
+        assert_eq!(u.authority, "127.0.0.1:8700");
+        let u = parse_url("http://127.0.0.1", "http", 80).unwrap();
+        assert_eq!(u.addr.port(), 80);
+        assert_eq!(u.path, "/");
+        assert!(parse_url("http://127.0.0.1:1/", "ws", 80).is_err());
+    }
+
+    #[test]
+    fn proc_parsers() {
+        let st = "Name:\tthrong\nVmPeak:\t  9999 kB\nVmRSS:\t   12345 kB\nThreads: 3\n";
+        assert_eq!(parse_vmrss(st), Some(12345 * 1024));
+        let ss =
+            "sockets: used 300\nTCP: inuse 20 orphan 0 tw 3 alloc 25 mem 42\nUDP: inuse 1 mem 0\n";
+        assert_eq!(parse_sockstat_tcp_mem(ss), Some(42));
+        let mi = "MemTotal:  100 kB\nSlab:             229876 kB\nSReclaimable: 1 kB\n";
+        assert_eq!(parse_meminfo_kb(mi, "Slab:"), Some(229876 * 1024));
+    }
+
+    #[test]
+    fn histogram_pairs_merge() {
+        let mut a = new_hist();
+        for v in [10, 20, 30, 1000, 50_000] {
+            record(&mut a, v);
+        }
+        let mut b = new_hist();
+        hist_add_pairs(&mut b, &hist_to_pairs(&a));
+        assert_eq!(b.len(), 5);
+        assert_eq!(percentiles(&a).p50, percentiles(&b).p50);
+        assert_eq!(b.max(), a.max());
+    }
+}

@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Memory per idle connection.
+#
+# Builds release binaries, starts `throng serve` on loopback ports, opens N idle WebSocket
+# connections with `throng-load connect --server-pid`, prints the server's RSS and the
+# kernel's TCP memory per connection, then stops the server (SIGTERM, by PID) and cleans up.
+#
+# Environment:
+#   N=10000            connections
+#   RATE=5000          connection attempts per second
+#   HOLD=5             seconds to hold the connections after measuring
+#   SHARDS=            server shard threads (default: the server's own default)
+#   PROCS=             load generator processes (default: enough for RLIMIT_NOFILE)
+#   SOURCE_IPS=        source addresses for the client sockets, e.g. 127.0.0.2-127.0.0.9
+#                      (default: that range when N > 20000, to spread ephemeral ports)
+#   JSON=              also keep the JSON report at this path
+#   NO_BUILD=1         skip `cargo build --release --workspace`
+set -euo pipefail
+
+N=${N:-10000}
+RATE=${RATE:-5000}
+HOLD=${HOLD:-5}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+
+if [[ -z ${NO_BUILD:-} ]]; then
+    timeout 1800 cargo build --release --workspace
+fi
+SERVER=target/release/throng
+LOAD=target/release/throng-load
+[[ -x $SERVER && -x $LOAD ]] || { echo "idle-memory: missing $SERVER or $LOAD" >&2; exit 1; }
+
+WORK=$(mktemp -d -t throng-idle.XXXXXX)
+SRV_PID=
+cleanup() {
+    if [[ -n $SRV_PID ]] && kill -0 "$SRV_PID" 2>/dev/null; then
+        kill -TERM "$SRV_PID" 2>/dev/null || true
+        for _ in $(seq 100); do
+            kill -0 "$SRV_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$SRV_PID" 2>/dev/null; then
+            echo "idle-memory: server $SRV_PID still running after 10 s; SIGKILL" >&2
+            kill -KILL "$SRV_PID" 2>/dev/null || true
+        fi
+        wait "$SRV_PID" 2>/dev/null || true
+    fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Test-only credentials, passed through the environment (not visible in `ps`).
+THRONG_JWT_SECRET="idle-memory-$$-$RANDOM$RANDOM"
+THRONG_API_KEY="idle-memory-key-$$-$RANDOM"
+export THRONG_JWT_SECRET THRONG_API_KEY
+
+SERVER_ARGS=(serve --listen 127.0.0.1:0 --api-listen 127.0.0.1:0
+    --max-connections $((N + 1000)) --log-format json)
+[[ -n ${SHARDS:-} ]] && SERVER_ARGS+=(--shards "$SHARDS")
+"$SERVER" "${SERVER_ARGS[@]}" >"$WORK/server.out" 2>"$WORK/server.log" &
+SRV_PID=$!
+
+# Wait (at most 20 s) for the `listening` line with the bound addresses.
+CLIENT_ADDR=
+for _ in $(seq 200); do
+    if ! kill -0 "$SRV_PID" 2>/dev/null; then
+        echo "idle-memory: server exited early:" >&2
+        cat "$WORK/server.log" >&2
+        SRV_PID=
+        exit 1
+    fi
+    line=$(grep -m1 '"listening"' "$WORK/server.log" 2>/dev/null || true)
+    if [[ -n $line ]]; then
+        CLIENT_ADDR=$(sed -n 's/.*"client_addr":"\([^"]*\)".*/\1/p' <<<"$line")
+        break
+    fi
+    sleep 0.1
+done
+if [[ -z $CLIENT_ADDR ]]; then
+    echo "idle-memory: server did not report listening within 20 s:" >&2
+    cat "$WORK/server.log" >&2
+    exit 1
+fi
+echo "idle-memory: server pid $SRV_PID listening on $CLIENT_ADDR"
+
+NOFILE=$(ulimit -Hn)
+[[ $NOFILE == unlimited ]] && NOFILE=1048576
+PER_PROC=$((NOFILE - 1000))
+PROCS=${PROCS:-$(((N + PER_PROC - 1) / PER_PROC))}
+((PROCS >= 1)) || PROCS=1
+if [[ -z ${SOURCE_IPS:-} && $N -gt 20000 ]]; then
+    SOURCE_IPS=127.0.0.2-127.0.0.9
+fi
+
+LOAD_ARGS=(connect --url "ws://$CLIENT_ADDR/ws" --connections "$N" --connect-rate "$RATE"
+    --hold-secs "$HOLD" --settle-secs 3 --server-pid "$SRV_PID" --procs "$PROCS"
+    --json "$WORK/report.json")
+[[ -n ${SOURCE_IPS:-} ]] && LOAD_ARGS+=(--source-ips "$SOURCE_IPS")
+LIMIT=$((N / RATE + HOLD + 120))
+echo "idle-memory: $LOAD ${LOAD_ARGS[*]}"
+status=0
+timeout "$LIMIT" "$LOAD" "${LOAD_ARGS[@]}" || status=$?
+if ((status != 0)); then
+    echo "idle-memory: throng-load failed (exit $status)" >&2
+    exit "$status"
+fi
+
+field() { sed -n "s/^ *\"$1\": *\([^,]*\),*$/\1/p" "$WORK/report.json" | head -1; }
+OPENED=$(field connections_opened)
+CONNS=$(field memory_conns)
+RSS=$(field server_rss_bytes_per_conn)
+TCP=$(field kernel_tcp_bytes_per_conn)
+SLAB=$(field kernel_slab_bytes_per_conn)
+CLIENT=$(field client_rss_bytes_per_conn)
+echo
+echo "idle-memory: $OPENED/$N connections opened; measured with $CONNS open"
+echo "idle-memory: server RSS per idle connection:   ${RSS:-n/a} bytes"
+echo "idle-memory: kernel TCP buffer memory per connection: ${TCP:-n/a} bytes (sockstat mem, system-wide)"
+echo "idle-memory: kernel slab memory per connection: ${SLAB:-n/a} bytes (meminfo Slab, system-wide, both loopback ends)"
+echo "idle-memory: load generator RSS per connection: ${CLIENT:-n/a} bytes"
+if [[ -n ${JSON:-} ]]; then
+    cp "$WORK/report.json" "$JSON"
+    echo "idle-memory: report in $JSON"
+fi
+if [[ $OPENED != "$N" ]]; then
+    echo "idle-memory: not every connection opened" >&2
+    exit 1
+fi
