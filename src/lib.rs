@@ -10,6 +10,7 @@ pub mod api;
 pub mod auth;
 pub mod command;
 pub mod config;
+pub mod doctor;
 pub mod frame;
 pub mod handshake;
 pub mod http;

@@ -1,4 +1,5 @@
-//! The `throng` command: `serve` runs the server, `token` mints a token.
+//! The `throng` command: `serve` runs the server, `token` mints a token, `doctor` checks
+//! the host.
 
 use std::process::ExitCode;
 
@@ -20,6 +21,8 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Print a signed HS256 token, for operators and tests.
     Token(TokenArgs),
+    /// Check this host's limits for a number of connections (exit 1 on any FAIL).
+    Doctor(throng::doctor::DoctorArgs),
 }
 
 #[derive(Args)]
@@ -43,6 +46,17 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Token(t) => token(t),
         Command::Serve(args) => serve(*args),
+        Command::Doctor(args) => doctor(args),
+    }
+}
+
+fn doctor(args: throng::doctor::DoctorArgs) -> ExitCode {
+    let report = throng::doctor::check(&args.proc_root, &args.sys_root, args.target_connections);
+    print!("{}", throng::doctor::render(&report));
+    if report.has_fail() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 
@@ -155,8 +169,9 @@ fn print_dev_banner(server: &Server, config: &Config) {
     let api = format!("http://{}", host(server.api_addr()));
     let secret = config.jwt.secret.clone().unwrap_or_default();
     let api_key = config.api_key.clone().unwrap_or_default();
-    let token = throng::auth::mint_hs256(&secret, "alice", 24 * 3600, Some(&["room:*".to_string()]))
-        .unwrap_or_else(|e| format!("<cannot sign: {e}>"));
+    let token =
+        throng::auth::mint_hs256(&secret, "alice", 24 * 3600, Some(&["room:*".to_string()]))
+            .unwrap_or_else(|e| format!("<cannot sign: {e}>"));
     println!(
         "
 Throng is running in dev mode (do not use these credentials in production).

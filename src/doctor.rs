@@ -1,0 +1,986 @@
+//! `throng doctor`: can this host hold N connections?
+//!
+//! Reads the host's limits from `/proc` and `/sys` (both roots can be pointed at fake
+//! trees, which is how the tests drive it), compares each with what N connections need,
+//! and grades it OK, WARN or FAIL. [`check`] returns a structured [`Report`]; [`render`]
+//! turns it into the text the command prints. Nothing read from the host is trusted: a
+//! missing or malformed file is a WARN that says what could not be read, never a panic.
+//!
+//! The rules and the memory arithmetic are explained in `tuning/README.md`; the sysctl
+//! values that pass every check are in `tuning/sysctl.d/99-throng.conf`.
+
+use std::fmt::{self, Write as _};
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+
+/// Connections `throng doctor` checks for when `--target-connections` is not given.
+pub const DEFAULT_TARGET_CONNECTIONS: u64 = 100_000;
+
+/// User-space bytes per idle connection (`U` in `tuning/README.md`): the server's RSS
+/// growth per idle connection (slab slot, user/session index entries, timing-wheel entry,
+/// allocator overhead).
+///
+/// 1024 is the design's target upper bound, used until the measured value lands; the
+/// measured figure goes in the top-level README's "Measured results" section (from
+/// `scripts/idle-memory.sh`) and then replaces this number.
+pub const USER_BYTES_PER_CONNECTION: u64 = 1024;
+
+/// Kernel bytes per idle TCP socket: `struct tcp_sock` (TCP slab, about 2.3 KiB;
+/// TCPv6 about 2.5 KiB), socket inode (about 0.8 KiB), `struct file` and dentry (about
+/// 0.2 KiB each) and the epoll item (about 0.2 KiB), rounded up to 4 KiB. An idle socket
+/// holds no buffer memory: `tcp_rmem`/`tcp_wmem` are limits, and buffers are allocated
+/// only while data is queued.
+pub const KERNEL_BYTES_PER_SOCKET: u64 = 4096;
+
+/// TCP buffer memory (counted against `net.ipv4.tcp_mem`) per connection when every
+/// connection has one small frame in flight at once, as during a broadcast: about one
+/// page of skb per socket until the client acknowledges it.
+pub const TCP_BUFFER_BYTES_PER_BUSY_SOCKET: u64 = 4096;
+
+/// Files the process needs besides its connections: listeners, the API's connections,
+/// epoll and waker descriptors, logs.
+pub const NOFILE_HEADROOM: u64 = 1024;
+
+/// System-wide files beyond the server's own that `fs.file-max` must leave for the rest
+/// of the host.
+pub const FILE_MAX_MARGIN: u64 = 65_536;
+
+/// Smallest `net.core.somaxconn` and `net.ipv4.tcp_max_syn_backlog` that absorb a
+/// reconnect storm (the server's own listen backlog defaults to 4096).
+pub const MIN_BACKLOG: u64 = 4096;
+
+/// Smallest ephemeral port range width that does not make a load generator or proxy on
+/// this host run out of source ports early.
+pub const MIN_PORT_RANGE_WIDTH: u64 = 50_000;
+
+/// Projected memory above this share of `MemAvailable` is a WARN (headroom for outbound
+/// queues, page cache and bursts); above all of it is a FAIL.
+pub const MEMORY_WARN_PERCENT: u64 = 80;
+
+/// Flags of `throng doctor`.
+#[derive(Debug, Clone, Args)]
+pub struct DoctorArgs {
+    /// Connections this host should hold.
+    #[arg(long, default_value_t = DEFAULT_TARGET_CONNECTIONS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub target_connections: u64,
+    /// Root of the proc filesystem to read (tests point it at a fake tree).
+    #[arg(long, value_name = "DIR", default_value = "/proc")]
+    pub proc_root: PathBuf,
+    /// Root of the sys filesystem to read (tests point it at a fake tree).
+    #[arg(long, value_name = "DIR", default_value = "/sys")]
+    pub sys_root: PathBuf,
+}
+
+/// The grade of one check. Ordered: `Ok < Warn < Fail`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Status {
+    /// Enough for the target.
+    Ok,
+    /// Works, but with less headroom than advised, or could not be read.
+    Warn,
+    /// The target cannot be reached on this host as it is.
+    Fail,
+}
+
+impl Status {
+    /// `OK`, `WARN` or `FAIL`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Status::Ok => "OK",
+            Status::Warn => "WARN",
+            Status::Fail => "FAIL",
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.label())
+    }
+}
+
+/// One checked item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    /// What was checked: a sysctl name, `RLIMIT_NOFILE`, `cpus` or `memory`.
+    pub name: &'static str,
+    /// The value found, or `?` when it could not be read.
+    pub current: String,
+    /// What the target needs.
+    pub needed: String,
+    /// The grade.
+    pub status: Status,
+    /// Why, and what to do about it; may be empty.
+    pub note: String,
+}
+
+/// Projected memory for the target number of connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryProjection {
+    /// Connections projected for.
+    pub connections: u64,
+    /// [`USER_BYTES_PER_CONNECTION`].
+    pub user_bytes_per_connection: u64,
+    /// [`KERNEL_BYTES_PER_SOCKET`].
+    pub kernel_bytes_per_connection: u64,
+    /// `connections × user_bytes_per_connection`.
+    pub user_bytes: u64,
+    /// `connections × kernel_bytes_per_connection`.
+    pub kernel_bytes: u64,
+    /// `user_bytes + kernel_bytes`.
+    pub total_bytes: u64,
+    /// `MemAvailable`, when it could be read.
+    pub available_bytes: Option<u64>,
+}
+
+/// Everything `throng doctor` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Connections checked for.
+    pub target_connections: u64,
+    /// Where `/proc` was read from.
+    pub proc_root: PathBuf,
+    /// Where `/sys` was read from.
+    pub sys_root: PathBuf,
+    /// The checks, in the order they are printed.
+    pub items: Vec<Item>,
+    /// The memory projection (also graded as the `memory` item).
+    pub memory: MemoryProjection,
+}
+
+impl Report {
+    /// The item with this name.
+    pub fn item(&self, name: &str) -> Option<&Item> {
+        self.items.iter().find(|i| i.name == name)
+    }
+
+    /// The worst grade of all items.
+    pub fn worst(&self) -> Status {
+        self.items
+            .iter()
+            .map(|i| i.status)
+            .max()
+            .unwrap_or(Status::Ok)
+    }
+
+    /// Whether any item failed (the command then exits 1).
+    pub fn has_fail(&self) -> bool {
+        self.worst() == Status::Fail
+    }
+
+    /// How many items have this grade.
+    pub fn count(&self, status: Status) -> usize {
+        self.items.iter().filter(|i| i.status == status).count()
+    }
+}
+
+/// Why a host value could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The file was read but its content is not what was expected.
+    #[error("cannot parse {path}: {reason}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// A resource limit: soft and hard, `None` meaning unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    /// The soft limit (what the process gets).
+    pub soft: Option<u64>,
+    /// The hard limit (how far the soft one may be raised without privilege).
+    pub hard: Option<u64>,
+}
+
+// ---------------------------------------------------------------------------------------
+// Parsers (pure, unit-tested below)
+
+fn parse_limit_value(s: &str) -> Result<Option<u64>, String> {
+    if s == "unlimited" {
+        return Ok(None);
+    }
+    s.parse::<u64>()
+        .map(Some)
+        .map_err(|_| format!("{s:?} is not a number"))
+}
+
+/// The "Max open files" line of `/proc/<pid>/limits`.
+pub fn parse_limits_nofile(text: &str) -> Result<Limit, String> {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .ok_or_else(|| "no \"Max open files\" line".to_string())?;
+    let mut fields = line["Max open files".len()..].split_whitespace();
+    let soft = fields.next().ok_or("no soft limit")?;
+    let hard = fields.next().ok_or("no hard limit")?;
+    Ok(Limit {
+        soft: parse_limit_value(soft)?,
+        hard: parse_limit_value(hard)?,
+    })
+}
+
+/// Whitespace-separated unsigned numbers (a sysctl with one or more values).
+pub fn parse_numbers(text: &str) -> Result<Vec<u64>, String> {
+    text.split_whitespace()
+        .map(|w| {
+            w.parse::<u64>()
+                .map_err(|_| format!("{w:?} is not a number"))
+        })
+        .collect()
+}
+
+fn parse_n<const K: usize>(text: &str) -> Result<[u64; K], String> {
+    let v = parse_numbers(text)?;
+    <[u64; K]>::try_from(v.as_slice())
+        .map_err(|_| format!("expected {K} number(s), found {}", v.len()))
+}
+
+/// `MemAvailable` from `/proc/meminfo`, in bytes.
+pub fn parse_meminfo_available(text: &str) -> Result<u64, String> {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("MemAvailable:"))
+        .ok_or_else(|| "no MemAvailable line".to_string())?;
+    let mut fields = line["MemAvailable:".len()..].split_whitespace();
+    let n = fields
+        .next()
+        .ok_or("MemAvailable has no value")?
+        .parse::<u64>()
+        .map_err(|_| "MemAvailable is not a number".to_string())?;
+    match fields.next() {
+        Some("kB") | None => Ok(n.saturating_mul(1024)),
+        Some(u) => Err(format!("unknown unit {u:?}")),
+    }
+}
+
+/// The number of CPUs in a kernel CPU list such as `0-3,8,10-11`.
+pub fn parse_cpu_list(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("empty CPU list".into());
+    }
+    let mut n: u64 = 0;
+    for part in text.split(',') {
+        let num = |s: &str| {
+            s.trim()
+                .parse::<u64>()
+                .map_err(|_| format!("{s:?} is not a CPU number"))
+        };
+        let count = match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (num(a)?, num(b)?);
+                if b < a {
+                    return Err(format!("bad range {part:?}"));
+                }
+                b - a + 1
+            }
+            None => {
+                num(part)?;
+                1
+            }
+        };
+        n = n.saturating_add(count);
+    }
+    Ok(n)
+}
+
+/// The number of `processor` entries in `/proc/cpuinfo`.
+pub fn parse_cpuinfo(text: &str) -> Result<u64, String> {
+    let n = text
+        .lines()
+        .filter(|l| {
+            l.split_once(':')
+                .is_some_and(|(k, _)| k.trim() == "processor")
+        })
+        .count() as u64;
+    if n == 0 {
+        Err("no processor entries".into())
+    } else {
+        Ok(n)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading the host
+
+fn read(root: &Path, rel: &str) -> Result<(String, String), ReadError> {
+    let path = root.join(rel);
+    let shown = path.display().to_string();
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok((text, shown)),
+        Err(source) => Err(ReadError::Io {
+            path: shown,
+            source,
+        }),
+    }
+}
+
+fn read_parsed<T>(
+    root: &Path,
+    rel: &str,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, ReadError> {
+    let (text, path) = read(root, rel)?;
+    parse(&text).map_err(|reason| ReadError::Parse { path, reason })
+}
+
+fn unreadable(name: &'static str, needed: String, e: &ReadError) -> Item {
+    Item {
+        name,
+        current: "?".into(),
+        needed,
+        status: Status::Warn,
+        note: e.to_string(),
+    }
+}
+
+/// Bytes in binary units with one decimal: `97.7 MiB`.
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < UNITS.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
+}
+
+fn opt_limit(v: Option<u64>) -> String {
+    v.map_or_else(|| "unlimited".into(), |n| n.to_string())
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions; it returns -1 on error.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 {
+        p as u64
+    } else {
+        4096
+    }
+}
+
+fn check_nofile(proc_root: &Path, n: u64) -> Item {
+    let need = n.saturating_add(NOFILE_HEADROOM);
+    let needed = format!(">= {need} (N + {NOFILE_HEADROOM})");
+    let limit = match read_parsed(proc_root, "self/limits", parse_limits_nofile) {
+        Ok(l) => l,
+        Err(e) => return unreadable("RLIMIT_NOFILE", needed, &e),
+    };
+    let soft = limit.soft.unwrap_or(u64::MAX);
+    let hard = limit.hard.unwrap_or(u64::MAX);
+    let current = format!("{} (hard {})", opt_limit(limit.soft), opt_limit(limit.hard));
+    let raise = if hard >= need {
+        format!("the hard limit allows it: `ulimit -n {need}` in a shell")
+    } else {
+        format!("raise the hard limit too (limits.d/throng.conf, or `ulimit -Hn {need}` as root)")
+    };
+    let (status, note) = if soft >= need {
+        (Status::Ok, String::new())
+    } else if soft >= n {
+        (
+            Status::Warn,
+            format!(
+                "only {} files left beyond the connections for listeners, API clients and \
+                 logs; {raise}, or LimitNOFILE= in throng.service",
+                soft - n
+            ),
+        )
+    } else {
+        (
+            Status::Fail,
+            format!(
+                "one file per connection: accepting pauses at about {} connections; {raise}, \
+                 or LimitNOFILE= in throng.service. This is the doctor's own limit: run it \
+                 under the server's limits (`systemctl show -p LimitNOFILE throng`)",
+                soft.saturating_sub(64)
+            ),
+        )
+    };
+    Item {
+        name: "RLIMIT_NOFILE",
+        current,
+        needed,
+        status,
+        note,
+    }
+}
+
+fn check_file_max(proc_root: &Path, n: u64) -> Item {
+    let need = n.saturating_add(FILE_MAX_MARGIN);
+    let needed = format!(">= {need} (N + {FILE_MAX_MARGIN})");
+    let [v] = match read_parsed(proc_root, "sys/fs/file-max", parse_n::<1>) {
+        Ok(v) => v,
+        Err(e) => return unreadable("fs.file-max", needed, &e),
+    };
+    let (status, note) = if v >= need {
+        (Status::Ok, String::new())
+    } else if v >= n {
+        (
+            Status::Warn,
+            "little left for the rest of the host once the server is full; \
+             raise fs.file-max (sysctl.d/99-throng.conf)"
+                .to_string(),
+        )
+    } else {
+        (
+            Status::Fail,
+            "the system-wide file table is smaller than the target; \
+             raise fs.file-max (sysctl.d/99-throng.conf)"
+                .to_string(),
+        )
+    };
+    Item {
+        name: "fs.file-max",
+        current: v.to_string(),
+        needed,
+        status,
+        note,
+    }
+}
+
+fn check_nr_open(proc_root: &Path, n: u64) -> Item {
+    let need = n.saturating_add(NOFILE_HEADROOM);
+    let needed = format!(">= {need} (N + {NOFILE_HEADROOM})");
+    let [v] = match read_parsed(proc_root, "sys/fs/nr_open", parse_n::<1>) {
+        Ok(v) => v,
+        Err(e) => return unreadable("fs.nr_open", needed, &e),
+    };
+    let note = "the ceiling for RLIMIT_NOFILE, even for root; raise fs.nr_open \
+                (sysctl.d/99-throng.conf)";
+    let status = if v >= need {
+        Status::Ok
+    } else if v >= n {
+        Status::Warn
+    } else {
+        Status::Fail
+    };
+    Item {
+        name: "fs.nr_open",
+        current: v.to_string(),
+        needed,
+        status,
+        note: if status == Status::Ok {
+            String::new()
+        } else {
+            note.into()
+        },
+    }
+}
+
+fn check_backlog(proc_root: &Path, name: &'static str, rel: &str, why: &str) -> Item {
+    let needed = format!(">= {MIN_BACKLOG}");
+    let [v] = match read_parsed(proc_root, rel, parse_n::<1>) {
+        Ok(v) => v,
+        Err(e) => return unreadable(name, needed, &e),
+    };
+    let (status, note) = if v >= MIN_BACKLOG {
+        (Status::Ok, String::new())
+    } else {
+        (Status::Warn, why.to_string())
+    };
+    Item {
+        name,
+        current: v.to_string(),
+        needed,
+        status,
+        note,
+    }
+}
+
+fn check_port_range(proc_root: &Path, n: u64) -> Item {
+    let name = "net.ipv4.ip_local_port_range";
+    let needed = format!("width >= {MIN_PORT_RANGE_WIDTH} (outbound only)");
+    let [lo, hi] = match read_parsed(proc_root, "sys/net/ipv4/ip_local_port_range", parse_n::<2>) {
+        Ok(v) => v,
+        Err(e) => return unreadable(name, needed, &e),
+    };
+    if hi < lo {
+        return Item {
+            name,
+            current: format!("{lo} {hi}"),
+            needed,
+            status: Status::Warn,
+            note: "the range is empty (high end below low end)".into(),
+        };
+    }
+    let width = hi - lo + 1;
+    let sources = n.div_ceil(width);
+    let status = if width >= MIN_PORT_RANGE_WIDTH {
+        Status::Ok
+    } else {
+        Status::Warn
+    };
+    let mut note = format!(
+        "only outbound connections use it: a load generator or a proxy on this host needs \
+         {sources} source address(es) (or server ports) for {n} connections"
+    );
+    if status == Status::Warn {
+        note.push_str("; widen it, e.g. 10240 65535 (sysctl.d/99-throng.conf)");
+    }
+    Item {
+        name,
+        current: format!("{lo} {hi} (width {width})"),
+        needed,
+        status,
+        note,
+    }
+}
+
+fn check_tcp_mem(proc_root: &Path, n: u64, page: u64) -> Item {
+    let name = "net.ipv4.tcp_mem";
+    let need_bytes = n.saturating_mul(TCP_BUFFER_BYTES_PER_BUSY_SOCKET);
+    let need_pages = need_bytes.div_ceil(page);
+    let needed = format!(
+        "pressure & max >= {need_pages} pages ({})",
+        human_bytes(need_bytes)
+    );
+    let [low, pressure, max] = match read_parsed(proc_root, "sys/net/ipv4/tcp_mem", parse_n::<3>) {
+        Ok(v) => v,
+        Err(e) => return unreadable(name, needed, &e),
+    };
+    let current = format!(
+        "{low} {pressure} {max} pages (max {})",
+        human_bytes(max.saturating_mul(page))
+    );
+    let (status, note) = if pressure >= need_pages {
+        (Status::Ok, String::new())
+    } else if max >= need_pages {
+        (
+            Status::Warn,
+            format!(
+                "a broadcast with one page in flight per connection ({}) puts TCP under \
+                 memory pressure (buffers trimmed, windows shrink); raise tcp_mem \
+                 (sysctl.d/99-throng.conf)",
+                human_bytes(need_bytes)
+            ),
+        )
+    } else {
+        (
+            Status::Fail,
+            format!(
+                "a broadcast with one page in flight per connection ({}) exceeds the TCP \
+                 memory limit: the kernel drops packets and logs \"out of memory\"; raise \
+                 tcp_mem (sysctl.d/99-throng.conf)",
+                human_bytes(need_bytes)
+            ),
+        )
+    };
+    Item {
+        name,
+        current,
+        needed,
+        status,
+        note,
+    }
+}
+
+fn check_buffers(proc_root: &Path, name: &'static str, rel: &str, why: &str) -> Item {
+    let needed = "allocated on demand".to_string();
+    let [min, def, max] = match read_parsed(proc_root, rel, parse_n::<3>) {
+        Ok(v) => v,
+        Err(e) => return unreadable(name, needed, &e),
+    };
+    Item {
+        name,
+        current: format!("{min} {def} {max}"),
+        needed,
+        status: Status::Ok,
+        note: format!(
+            "min/default/max per socket; an idle socket holds none of it; {why} \
+             (max {})",
+            human_bytes(max)
+        ),
+    }
+}
+
+fn check_cpus(proc_root: &Path, sys_root: &Path) -> Item {
+    let name = "cpus";
+    let needed = "one shard per core".to_string();
+    let found = read_parsed(sys_root, "devices/system/cpu/online", parse_cpu_list)
+        .map(|n| (n, "online"))
+        .or_else(|first| {
+            read_parsed(proc_root, "cpuinfo", parse_cpuinfo)
+                .map(|n| (n, "cpuinfo"))
+                .map_err(|second| (first, second))
+        });
+    match found {
+        Ok((n, from)) => Item {
+            name,
+            current: format!("{n} ({from})"),
+            needed,
+            status: Status::Ok,
+            note: String::new(),
+        },
+        Err((first, second)) => Item {
+            name,
+            current: "?".into(),
+            needed,
+            status: Status::Warn,
+            note: format!("{first}; {second}"),
+        },
+    }
+}
+
+fn project_memory(proc_root: &Path, n: u64) -> (MemoryProjection, Item) {
+    let user_bytes = n.saturating_mul(USER_BYTES_PER_CONNECTION);
+    let kernel_bytes = n.saturating_mul(KERNEL_BYTES_PER_SOCKET);
+    let total = user_bytes.saturating_add(kernel_bytes);
+    let needed = format!(
+        "{} = N x ({USER_BYTES_PER_CONNECTION} + {KERNEL_BYTES_PER_SOCKET}) B",
+        human_bytes(total)
+    );
+    let available = read_parsed(proc_root, "meminfo", parse_meminfo_available);
+    let projection = MemoryProjection {
+        connections: n,
+        user_bytes_per_connection: USER_BYTES_PER_CONNECTION,
+        kernel_bytes_per_connection: KERNEL_BYTES_PER_SOCKET,
+        user_bytes,
+        kernel_bytes,
+        total_bytes: total,
+        available_bytes: available.as_ref().ok().copied(),
+    };
+    let item = match available {
+        Err(e) => unreadable("memory", needed, &e),
+        Ok(avail) => {
+            let warn_at = avail / 100 * MEMORY_WARN_PERCENT;
+            let (status, note) = if total > avail {
+                (
+                    Status::Fail,
+                    "the projection exceeds MemAvailable: lower the target or add memory"
+                        .to_string(),
+                )
+            } else if total > warn_at {
+                (
+                    Status::Warn,
+                    format!(
+                        "the projection is above {MEMORY_WARN_PERCENT}% of MemAvailable: little \
+                         left for outbound queues during bursts"
+                    ),
+                )
+            } else {
+                (Status::Ok, String::new())
+            };
+            Item {
+                name: "memory",
+                current: format!("{} MemAvailable", human_bytes(avail)),
+                needed,
+                status,
+                note,
+            }
+        }
+    };
+    (projection, item)
+}
+
+/// Checks the host under `proc_root` and `sys_root` for `target_connections`.
+pub fn check(proc_root: &Path, sys_root: &Path, target_connections: u64) -> Report {
+    let n = target_connections;
+    let page = page_size();
+    let (memory, memory_item) = project_memory(proc_root, n);
+    let items = vec![
+        check_nofile(proc_root, n),
+        check_file_max(proc_root, n),
+        check_nr_open(proc_root, n),
+        check_backlog(
+            proc_root,
+            "net.core.somaxconn",
+            "sys/net/core/somaxconn",
+            "caps the listen backlog (`backlog`, default 4096): a reconnect storm after a \
+             restart overflows the accept queue and clients wait for SYN retries (1 s, 3 s, \
+             ...); raise it (sysctl.d/99-throng.conf)",
+        ),
+        check_backlog(
+            proc_root,
+            "net.ipv4.tcp_max_syn_backlog",
+            "sys/net/ipv4/tcp_max_syn_backlog",
+            "half-open connections beyond it are dropped (or answered with SYN cookies) \
+             during a reconnect storm; raise it (sysctl.d/99-throng.conf)",
+        ),
+        check_port_range(proc_root, n),
+        check_tcp_mem(proc_root, n, page),
+        check_buffers(
+            proc_root,
+            "net.ipv4.tcp_rmem",
+            "sys/net/ipv4/tcp_rmem",
+            "clients send little, so small values suffice",
+        ),
+        check_buffers(
+            proc_root,
+            "net.ipv4.tcp_wmem",
+            "sys/net/ipv4/tcp_wmem",
+            "a slow consumer can hold up to max in the kernel on top of max_outbound_bytes",
+        ),
+        check_cpus(proc_root, sys_root),
+        memory_item,
+    ];
+    Report {
+        target_connections: n,
+        proc_root: proc_root.to_path_buf(),
+        sys_root: sys_root.to_path_buf(),
+        items,
+        memory,
+    }
+}
+
+/// Width at which notes are wrapped.
+const NOTE_WIDTH: usize = 88;
+
+/// Splits `text` into lines of at most `width` characters at spaces (a longer word
+/// gets a line of its own).
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        if !line.is_empty() && line.len() + 1 + word.len() > width {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    lines
+}
+
+/// The report as the text `throng doctor` prints.
+pub fn render(report: &Report) -> String {
+    let mut out = String::new();
+    let n = report.target_connections;
+    // Writing to a String cannot fail.
+    let _ = writeln!(
+        out,
+        "throng doctor: can this host hold {n} connections? (reading {} and {})\n",
+        report.proc_root.display(),
+        report.sys_root.display()
+    );
+    let w_name = report
+        .items
+        .iter()
+        .map(|i| i.name.len())
+        .max()
+        .unwrap_or(0)
+        .max("check".len());
+    let w_cur = report
+        .items
+        .iter()
+        .map(|i| i.current.len())
+        .max()
+        .unwrap_or(0)
+        .max("current".len());
+    let _ = writeln!(
+        out,
+        "{:<4}  {:<w_name$}  {:<w_cur$}  needed for {n}",
+        "", "check", "current"
+    );
+    for item in &report.items {
+        let _ = writeln!(
+            out,
+            "{:<4}  {:<w_name$}  {:<w_cur$}  {}",
+            item.status, item.name, item.current, item.needed
+        );
+        if !item.note.is_empty() {
+            for (i, line) in wrap(&item.note, NOTE_WIDTH).iter().enumerate() {
+                let arrow = if i == 0 { "->" } else { "  " };
+                let _ = writeln!(out, "      {arrow} {line}");
+            }
+        }
+    }
+    let m = &report.memory;
+    let _ = writeln!(out, "\nMemory for {} connections:", m.connections);
+    let _ = writeln!(
+        out,
+        "  user space    N x U = {} x {} B  {:>10}  (U: target upper bound until measured; \
+         README \"Measured results\")",
+        m.connections,
+        m.user_bytes_per_connection,
+        human_bytes(m.user_bytes)
+    );
+    let _ = writeln!(
+        out,
+        "  kernel        N x K = {} x {} B  {:>10}  (K: idle socket: sock, file, dentry/inode, \
+         epoll item)",
+        m.connections,
+        m.kernel_bytes_per_connection,
+        human_bytes(m.kernel_bytes)
+    );
+    let pad = format!(
+        "N x U = {} x {} B",
+        m.connections, m.user_bytes_per_connection
+    )
+    .len();
+    let _ = writeln!(
+        out,
+        "  total         {:pad$}  {:>10}",
+        "",
+        human_bytes(m.total_bytes)
+    );
+    match m.available_bytes {
+        Some(a) => {
+            let pct = if a == 0 {
+                f64::INFINITY
+            } else {
+                m.total_bytes as f64 * 100.0 / a as f64
+            };
+            let _ = writeln!(
+                out,
+                "  MemAvailable  {:pad$}  {:>10}  (the projection is {pct:.1}% of it)",
+                "",
+                human_bytes(a)
+            );
+        }
+        None => {
+            let _ = writeln!(out, "  MemAvailable  ? (could not be read)");
+        }
+    }
+    let (f, w, o) = (
+        report.count(Status::Fail),
+        report.count(Status::Warn),
+        report.count(Status::Ok),
+    );
+    let verdict = match report.worst() {
+        Status::Ok => "ready",
+        Status::Warn => "usable, with warnings",
+        Status::Fail => "not ready (exit 1)",
+    };
+    let _ = writeln!(
+        out,
+        "\n{f} FAIL, {w} WARN, {o} OK: {verdict}. See tuning/README.md."
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: &str = "\
+Limit                     Soft Limit           Hard Limit           Units     
+Max cpu time              unlimited            unlimited            seconds   
+Max open files            20000                1048576              files     
+Max locked memory         8388608              8388608              bytes     
+";
+
+    #[test]
+    fn limits_nofile() {
+        assert_eq!(
+            parse_limits_nofile(LIMITS),
+            Ok(Limit {
+                soft: Some(20000),
+                hard: Some(1048576)
+            })
+        );
+        let unl = "Max open files            unlimited            unlimited            files\n";
+        assert_eq!(
+            parse_limits_nofile(unl),
+            Ok(Limit {
+                soft: None,
+                hard: None
+            })
+        );
+        assert!(parse_limits_nofile("Max cpu time 1 2 s\n").is_err());
+        assert!(parse_limits_nofile("Max open files  x  y files\n").is_err());
+        assert!(parse_limits_nofile("Max open files  10\n").is_err());
+        assert!(parse_limits_nofile("").is_err());
+    }
+
+    #[test]
+    fn numbers() {
+        assert_eq!(parse_n::<1>("4096\n"), Ok([4096]));
+        assert_eq!(parse_n::<2>("32768\t60999\n"), Ok([32768, 60999]));
+        assert_eq!(
+            parse_n::<3>("287901\t383868\t575802\n"),
+            Ok([287901, 383868, 575802])
+        );
+        assert_eq!(
+            parse_n::<1>("9223372036854775807\n"),
+            Ok([9223372036854775807])
+        );
+        assert!(parse_n::<1>("").is_err());
+        assert!(parse_n::<1>("-1").is_err());
+        assert!(parse_n::<2>("1 2 3").is_err());
+        assert!(parse_n::<3>("1 x 3").is_err());
+    }
+
+    #[test]
+    fn meminfo() {
+        let text = "MemTotal:       25165824 kB\nMemFree:  1 kB\nMemAvailable:   24398224 kB\n";
+        assert_eq!(parse_meminfo_available(text), Ok(24398224 * 1024));
+        assert!(parse_meminfo_available("MemTotal: 1 kB\n").is_err());
+        assert!(parse_meminfo_available("MemAvailable: lots kB\n").is_err());
+        assert!(parse_meminfo_available("MemAvailable: 1 MB\n").is_err());
+    }
+
+    #[test]
+    fn cpu_list() {
+        assert_eq!(parse_cpu_list("0-1\n"), Ok(2));
+        assert_eq!(parse_cpu_list("0\n"), Ok(1));
+        assert_eq!(parse_cpu_list("0-3,8,10-11\n"), Ok(7));
+        assert!(parse_cpu_list("\n").is_err());
+        assert!(parse_cpu_list("3-1").is_err());
+        assert!(parse_cpu_list("a-b").is_err());
+    }
+
+    #[test]
+    fn cpuinfo() {
+        let text = "processor\t: 0\nvendor_id\t: x\n\nprocessor\t: 1\nmodel name\t: y\n";
+        assert_eq!(parse_cpuinfo(text), Ok(2));
+        assert!(parse_cpuinfo("vendor_id : x\n").is_err());
+    }
+
+    #[test]
+    fn bytes() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(4096), "4.0 KiB");
+        assert_eq!(human_bytes(100_000 * 1024), "97.7 MiB");
+        assert_eq!(human_bytes(u64::MAX), "16384.0 PiB");
+    }
+
+    #[test]
+    fn wraps_notes() {
+        assert_eq!(wrap("aa bb cc", 5), vec!["aa bb", "cc"]);
+        assert_eq!(wrap("averylongword x", 4), vec!["averylongword", "x"]);
+        assert!(wrap("", 10).is_empty());
+    }
+
+    #[test]
+    fn status_order_and_labels() {
+        assert!(Status::Ok < Status::Warn && Status::Warn < Status::Fail);
+        assert_eq!(format!("{:<5}|", Status::Warn), "WARN |");
+    }
+
+    #[test]
+    fn missing_roots_warn_without_panicking() {
+        let nowhere = Path::new("/nonexistent/throng-doctor");
+        let r = check(nowhere, nowhere, 1000);
+        assert!(r.items.iter().all(|i| i.status == Status::Warn), "{r:?}");
+        assert!(r.items.iter().all(|i| i.note.contains("cannot read")));
+        assert!(!r.has_fail());
+        assert_eq!(
+            r.memory.total_bytes,
+            1000 * (USER_BYTES_PER_CONNECTION + KERNEL_BYTES_PER_SOCKET)
+        );
+        assert!(render(&r).contains("0 FAIL"));
+    }
+}

@@ -1,0 +1,354 @@
+//! `throng doctor` against fake `/proc` and `/sys` trees: a well-tuned host passes, a
+//! default-ish host fails on RLIMIT_NOFILE, a missing file is a WARN and no crash; and
+//! the library report for the same trees.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use throng::doctor::{self, Status};
+
+const BIN: &str = env!("CARGO_BIN_EXE_throng");
+
+/// A temporary directory holding `proc/` and `sys/`, removed on drop.
+struct FakeHost {
+    dir: PathBuf,
+}
+
+impl FakeHost {
+    fn new(files: &[(&str, &str)]) -> FakeHost {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "throng-doctor-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        for (rel, content) in files {
+            let path = dir.join(rel);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            std::fs::write(&path, content).expect("write fake file");
+        }
+        std::fs::create_dir_all(dir.join("proc")).expect("mkdir proc");
+        std::fs::create_dir_all(dir.join("sys")).expect("mkdir sys");
+        FakeHost { dir }
+    }
+
+    fn proc_root(&self) -> PathBuf {
+        self.dir.join("proc")
+    }
+
+    fn sys_root(&self) -> PathBuf {
+        self.dir.join("sys")
+    }
+
+    fn run(&self, target: u64) -> Output {
+        Command::new(BIN)
+            .arg("doctor")
+            .arg("--target-connections")
+            .arg(target.to_string())
+            .arg("--proc-root")
+            .arg(self.proc_root())
+            .arg("--sys-root")
+            .arg(self.sys_root())
+            .output()
+            .expect("run throng doctor")
+    }
+}
+
+impl Drop for FakeHost {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn limits(soft: &str, hard: &str) -> String {
+    format!(
+        "Limit                     Soft Limit           Hard Limit           Units     \n\
+         Max cpu time              unlimited            unlimited            seconds   \n\
+         Max open files            {soft:<20} {hard:<20} files     \n\
+         Max locked memory         8388608              8388608              bytes     \n"
+    )
+}
+
+const MEMINFO_64G: &str = "MemTotal:       65806272 kB\n\
+                           MemFree:        60000000 kB\n\
+                           MemAvailable:   63000000 kB\n\
+                           Buffers:          100000 kB\n";
+
+/// A host tuned as `tuning/sysctl.d/99-throng.conf` and `tuning/throng.service` say.
+fn tuned() -> Vec<(&'static str, String)> {
+    vec![
+        ("proc/self/limits", limits("1048576", "1048576")),
+        ("proc/sys/fs/file-max", "4194304\n".into()),
+        ("proc/sys/fs/nr_open", "4194304\n".into()),
+        ("proc/sys/net/core/somaxconn", "65535\n".into()),
+        ("proc/sys/net/ipv4/tcp_max_syn_backlog", "65535\n".into()),
+        (
+            "proc/sys/net/ipv4/ip_local_port_range",
+            "1024\t65535\n".into(),
+        ),
+        // Pages; large enough even where a page is 64 KiB.
+        (
+            "proc/sys/net/ipv4/tcp_mem",
+            "1048576\t1572864\t2097152\n".into(),
+        ),
+        (
+            "proc/sys/net/ipv4/tcp_rmem",
+            "4096\t4096\t16777216\n".into(),
+        ),
+        (
+            "proc/sys/net/ipv4/tcp_wmem",
+            "4096\t4096\t16777216\n".into(),
+        ),
+        ("proc/meminfo", MEMINFO_64G.into()),
+        ("proc/cpuinfo", "processor\t: 0\n\nprocessor\t: 1\n".into()),
+        ("sys/devices/system/cpu/online", "0-7\n".into()),
+    ]
+}
+
+/// A distribution default: nofile 1024/4096, somaxconn 4096, short backlogs and ports.
+fn default_ish() -> Vec<(&'static str, String)> {
+    vec![
+        ("proc/self/limits", limits("1024", "4096")),
+        ("proc/sys/fs/file-max", "9223372036854775807\n".into()),
+        ("proc/sys/fs/nr_open", "1048576\n".into()),
+        ("proc/sys/net/core/somaxconn", "4096\n".into()),
+        ("proc/sys/net/ipv4/tcp_max_syn_backlog", "512\n".into()),
+        (
+            "proc/sys/net/ipv4/ip_local_port_range",
+            "32768\t60999\n".into(),
+        ),
+        // Pages: too small for a broadcast to 1M connections at 4 KiB and 64 KiB pages alike.
+        ("proc/sys/net/ipv4/tcp_mem", "20000\t30000\t40000\n".into()),
+        (
+            "proc/sys/net/ipv4/tcp_rmem",
+            "4096\t131072\t6291456\n".into(),
+        ),
+        (
+            "proc/sys/net/ipv4/tcp_wmem",
+            "4096\t16384\t4194304\n".into(),
+        ),
+        ("proc/meminfo", MEMINFO_64G.into()),
+        ("sys/devices/system/cpu/online", "0-3\n".into()),
+    ]
+}
+
+fn host(files: &[(&'static str, String)]) -> FakeHost {
+    let refs: Vec<(&str, &str)> = files.iter().map(|(p, c)| (*p, c.as_str())).collect();
+    FakeHost::new(&refs)
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The status column of the row for `name`.
+fn row_status(text: &str, name: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let status = f.next()?;
+        (f.next()? == name).then(|| status.to_string())
+    })
+}
+
+#[test]
+fn well_tuned_host_is_all_ok_and_exits_0() {
+    let h = host(&tuned());
+    let out = h.run(100_000);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    for name in [
+        "RLIMIT_NOFILE",
+        "fs.file-max",
+        "fs.nr_open",
+        "net.core.somaxconn",
+        "net.ipv4.tcp_max_syn_backlog",
+        "net.ipv4.ip_local_port_range",
+        "net.ipv4.tcp_mem",
+        "net.ipv4.tcp_rmem",
+        "net.ipv4.tcp_wmem",
+        "cpus",
+        "memory",
+    ] {
+        assert_eq!(
+            row_status(&text, name).as_deref(),
+            Some("OK"),
+            "{name}:\n{text}"
+        );
+    }
+    assert!(text.contains("0 FAIL, 0 WARN, 11 OK"), "{text}");
+    assert!(!text.contains("WARN  "), "{text}");
+    // The memory projection is printed with both per-connection figures.
+    assert!(text.contains("100000 x 1024 B"), "{text}");
+    assert!(text.contains("100000 x 4096 B"), "{text}");
+}
+
+#[test]
+fn well_tuned_host_report_from_the_library() {
+    let h = host(&tuned());
+    let r = doctor::check(&h.proc_root(), &h.sys_root(), 1_000_000);
+    assert_eq!(r.worst(), Status::Ok, "{r:#?}");
+    let nofile = r.item("RLIMIT_NOFILE").expect("nofile item");
+    assert_eq!(nofile.current, "1048576 (hard 1048576)");
+    assert_eq!(r.item("cpus").expect("cpus").current, "8 (online)");
+    assert_eq!(r.memory.connections, 1_000_000);
+    assert_eq!(
+        r.memory.total_bytes,
+        1_000_000 * (doctor::USER_BYTES_PER_CONNECTION + doctor::KERNEL_BYTES_PER_SOCKET)
+    );
+    assert_eq!(r.memory.available_bytes, Some(63_000_000 * 1024));
+}
+
+#[test]
+fn default_host_fails_on_nofile_and_exits_1() {
+    let h = host(&default_ish());
+    let out = h.run(100_000);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert_eq!(
+        row_status(&text, "RLIMIT_NOFILE").as_deref(),
+        Some("FAIL"),
+        "{text}"
+    );
+    assert!(text.contains("1024 (hard 4096)"), "{text}");
+    assert!(text.contains(">= 101024"), "{text}");
+    assert_eq!(
+        row_status(&text, "net.ipv4.tcp_max_syn_backlog").as_deref(),
+        Some("WARN"),
+        "{text}"
+    );
+    assert_eq!(
+        row_status(&text, "net.ipv4.ip_local_port_range").as_deref(),
+        Some("WARN"),
+        "{text}"
+    );
+    assert_eq!(
+        row_status(&text, "net.core.somaxconn").as_deref(),
+        Some("OK"),
+        "{text}"
+    );
+    assert_eq!(
+        row_status(&text, "fs.file-max").as_deref(),
+        Some("OK"),
+        "{text}"
+    );
+    assert!(text.contains("not ready (exit 1)"), "{text}");
+}
+
+#[test]
+fn grading_rules_from_the_library() {
+    let mut files = tuned();
+    for (path, content) in files.iter_mut() {
+        match *path {
+            // Between N and N + 1024: enough for the connections, not for the rest.
+            "proc/self/limits" => *content = limits("100500", "100500"),
+            "proc/sys/fs/file-max" => *content = "50000\n".into(),
+            "proc/sys/net/core/somaxconn" => *content = "128\n".into(),
+            // 488 MiB projected against 256 MiB available.
+            "proc/meminfo" => *content = "MemAvailable:     262144 kB\n".into(),
+            _ => {}
+        }
+    }
+    let h = host(&files);
+    let r = doctor::check(&h.proc_root(), &h.sys_root(), 100_000);
+    let status = |n: &str| r.item(n).map(|i| i.status);
+    assert_eq!(status("RLIMIT_NOFILE"), Some(Status::Warn), "{r:#?}");
+    assert_eq!(status("fs.file-max"), Some(Status::Fail), "{r:#?}");
+    assert_eq!(status("net.core.somaxconn"), Some(Status::Warn), "{r:#?}");
+    assert_eq!(status("memory"), Some(Status::Fail), "{r:#?}");
+    assert!(r.has_fail());
+
+    // 1.1M connections: a small tcp_mem fails, and so does nr_open (1048576).
+    let h = host(&default_ish());
+    let r = doctor::check(&h.proc_root(), &h.sys_root(), 1_100_000);
+    assert_eq!(
+        r.item("net.ipv4.tcp_mem").map(|i| i.status),
+        Some(Status::Fail)
+    );
+    assert_eq!(r.item("fs.nr_open").map(|i| i.status), Some(Status::Fail));
+}
+
+#[test]
+fn missing_file_is_a_warn_not_a_crash() {
+    let files: Vec<_> = tuned()
+        .into_iter()
+        .filter(|(p, _)| *p != "proc/sys/net/core/somaxconn" && *p != "proc/meminfo")
+        .collect();
+    let h = host(&files);
+    let out = h.run(100_000);
+    let text = stdout(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(
+        row_status(&text, "net.core.somaxconn").as_deref(),
+        Some("WARN"),
+        "{text}"
+    );
+    assert_eq!(
+        row_status(&text, "memory").as_deref(),
+        Some("WARN"),
+        "{text}"
+    );
+    assert!(text.contains("cannot read"), "{text}");
+    assert!(text.contains("somaxconn"), "{text}");
+    assert!(text.contains("MemAvailable"), "{text}");
+    assert!(text.contains("0 FAIL, 2 WARN"), "{text}");
+}
+
+#[test]
+fn garbage_and_empty_trees_warn_without_crashing() {
+    let mut files = tuned();
+    for (path, content) in files.iter_mut() {
+        if path.starts_with("proc/sys/") || *path == "proc/self/limits" {
+            *content = "\u{0}garbage\n".into();
+        }
+    }
+    // No /sys cpu list: the cpu count falls back to /proc/cpuinfo.
+    files.retain(|(p, _)| !p.starts_with("sys/"));
+    let h = host(&files);
+    let out = h.run(100_000);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("cannot parse"), "{text}");
+    assert_eq!(
+        row_status(&text, "RLIMIT_NOFILE").as_deref(),
+        Some("WARN"),
+        "{text}"
+    );
+    assert_eq!(row_status(&text, "cpus").as_deref(), Some("OK"), "{text}");
+    assert!(text.contains("2 (cpuinfo)"), "{text}");
+
+    let empty = FakeHost::new(&[]);
+    let out = empty.run(10);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("0 FAIL, 11 WARN, 0 OK"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn rejects_a_zero_target() {
+    let h = FakeHost::new(&[]);
+    let out = Command::new(BIN)
+        .args(["doctor", "--target-connections", "0", "--proc-root"])
+        .arg(h.proc_root())
+        .output()
+        .expect("run throng doctor");
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn reads_the_live_host_without_crashing() {
+    // Whatever this machine's limits are, the command finishes with 0 or 1 and a summary.
+    let out = Command::new(BIN)
+        .args(["doctor", "--target-connections", "1000"])
+        .output()
+        .expect("run throng doctor");
+    let text = stdout(&out);
+    assert!(matches!(out.status.code(), Some(0 | 1)), "{text}");
+    assert!(text.contains("FAIL,") && text.contains("WARN,"), "{text}");
+}
