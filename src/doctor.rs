@@ -21,10 +21,10 @@ pub const DEFAULT_TARGET_CONNECTIONS: u64 = 100_000;
 /// growth per idle connection (slab slot, user/session index entries, timing-wheel entry,
 /// allocator overhead).
 ///
-/// 1024 is the design's target upper bound, used until the measured value lands; the
-/// measured figure goes in the top-level README's "Measured results" section (from
-/// `scripts/idle-memory.sh`) and then replaces this number.
-pub const USER_BYTES_PER_CONNECTION: u64 = 1024;
+/// Measured: 352.7 B at 10,000 idle connections (`scripts/idle-memory.sh`, README
+/// "Measured results"); rounded up to 512 so the projection stays conservative across
+/// allocators and session/topic mixes.
+pub const USER_BYTES_PER_CONNECTION: u64 = 512;
 
 /// Kernel bytes per idle TCP socket: `struct tcp_sock` (TCP slab, about 2.3 KiB;
 /// TCPv6 about 2.5 KiB), socket inode (about 0.8 KiB), `struct file` and dentry (about

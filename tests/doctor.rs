@@ -180,7 +180,7 @@ fn well_tuned_host_is_all_ok_and_exits_0() {
     assert!(text.contains("0 FAIL, 0 WARN, 11 OK"), "{text}");
     assert!(!text.contains("WARN  "), "{text}");
     // The memory projection is printed with both per-connection figures.
-    assert!(text.contains("100000 x 1024 B"), "{text}");
+    assert!(text.contains("100000 x 512 B"), "{text}");
     assert!(text.contains("100000 x 4096 B"), "{text}");
 }
 
