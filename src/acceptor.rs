@@ -57,6 +57,12 @@ pub struct Acceptor {
     draining: Arc<AtomicBool>,
     paused_until: Option<Instant>,
     scratch: Vec<u8>,
+    /// A descriptor held in reserve: when accept fails for want of descriptors, closing it
+    /// lets the acceptor take one queued client and answer 503 instead of leaving the
+    /// client hanging until its own timeout.
+    spare_fd: Option<std::fs::File>,
+    /// When running out of descriptors was last logged (at most once a second).
+    out_of_files_logged: Option<Instant>,
 }
 
 impl Acceptor {
@@ -90,6 +96,8 @@ impl Acceptor {
             draining,
             paused_until: None,
             scratch: vec![0; MAX_HEAD_BYTES + 1024],
+            spare_fd: std::fs::File::open("/dev/null").ok(),
+            out_of_files_logged: None,
         })
     }
 
@@ -184,8 +192,14 @@ impl Acceptor {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if is_out_of_files(&e) && self.spare_fd.is_some() => {
+                    if !self.refuse_with_spare_fd(&e) {
+                        return;
+                    }
+                }
                 Err(e) => {
-                    // EMFILE/ENFILE: the listener stays readable; pause instead of spinning.
+                    // EMFILE/ENFILE without a spare, or another error: the listener stays
+                    // readable; pause instead of spinning.
                     tracing::warn!(error = %e, "accept failed; pausing accepts briefly");
                     let _ = self.poll.registry().deregister(&mut self.listener);
                     self.paused_until = Some(Instant::now() + EMFILE_PAUSE);
@@ -317,6 +331,47 @@ impl Acceptor {
         }
     }
 
+    /// Out of descriptors: frees the spare, takes one queued client, answers it 503 and
+    /// closes it, then takes the spare back. Each call drains one client from the backlog,
+    /// so the accept loop ends when the backlog is empty; false when no client was taken.
+    fn refuse_with_spare_fd(&mut self, e: &io::Error) -> bool {
+        if self
+            .out_of_files_logged
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            self.out_of_files_logged = Some(Instant::now());
+            tracing::warn!(
+                error = %e,
+                "out of file descriptors (RLIMIT_NOFILE); refusing new clients with 503"
+            );
+        }
+        self.spare_fd = None;
+        let taken = self.listener.accept();
+        let took = taken.is_ok();
+        if let Ok((mut stream, _)) = taken {
+            self.metrics.handshake(Outcome::OverCapacity);
+            // Read what the client sent so closing does not turn into a reset that could
+            // overtake the answer; best effort, the socket is closed right after.
+            for _ in 0..4 {
+                match stream.read(&mut self.scratch) {
+                    Ok(n) if n > 0 => {}
+                    _ => break,
+                }
+            }
+            let r = Refusal::OverCapacity("the server has no file descriptors left");
+            let _ = stream.write(&r.response());
+            let _ = stream.shutdown(Shutdown::Write);
+        }
+        self.spare_fd = std::fs::File::open("/dev/null").ok();
+        if self.spare_fd.is_none() {
+            // Someone else took the descriptor: fall back to pausing.
+            let _ = self.poll.registry().deregister(&mut self.listener);
+            self.paused_until = Some(Instant::now() + EMFILE_PAUSE);
+            return false;
+        }
+        took
+    }
+
     /// A socket that was already taken out of `pending` must be refused after all.
     fn readopt_refused(&mut self, mut stream: TcpStream, ip: IpAddr, r: Refusal) {
         let now = self.tick();
@@ -379,6 +434,10 @@ impl Acceptor {
             self.remove(key);
         }
     }
+}
+
+fn is_out_of_files(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
 }
 
 /// The acceptor's waker, made before the thread starts so shutdown can reach it.

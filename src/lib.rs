@@ -11,6 +11,7 @@ pub mod auth;
 pub mod command;
 pub mod config;
 pub mod doctor;
+pub mod fdlimit;
 pub mod frame;
 pub mod handshake;
 pub mod http;

@@ -104,6 +104,20 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     init_logging(config.log_format);
+    match throng::fdlimit::raise_to_hard() {
+        Ok(nofile) => {
+            let allowed = throng::fdlimit::connections_allowed(nofile);
+            if (config.max_connections as u64) > allowed {
+                tracing::warn!(
+                    rlimit_nofile = nofile,
+                    max_connections = config.max_connections,
+                    "the open-file limit allows only about {allowed} connections; clients \
+                     beyond that get 503 over_capacity (raise LimitNOFILE, see tuning/)"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
     let mut signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,

@@ -1,0 +1,63 @@
+//! The process's open-file limit: every client connection is one descriptor, so this
+//! limit, not Throng, caps connections on an untuned host.
+
+/// Descriptors the server needs besides client connections: listeners, epoll and waker
+/// descriptors per thread, push API connections, logs.
+pub const HEADROOM: u64 = 256;
+
+/// The current (soft, hard) RLIMIT_NOFILE, or `None` when it cannot be read.
+pub fn current() -> Option<(u64, u64)> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we own.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) };
+    (rc == 0).then_some((r.rlim_cur as u64, r.rlim_max as u64))
+}
+
+/// Raises the soft limit to the hard limit (as nginx's `worker_rlimit_nofile` or Go's
+/// runtime do) and returns the limit now in force.
+pub fn raise_to_hard() -> std::io::Result<u64> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if r.rlim_cur < r.rlim_max {
+        r.rlim_cur = r.rlim_max;
+        // SAFETY: setrlimit reads the struct we own; raising soft to hard is always allowed.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(r.rlim_cur as u64)
+}
+
+/// Client connections a process with this open-file limit can hold.
+pub fn connections_allowed(nofile: u64) -> u64 {
+    nofile.saturating_sub(HEADROOM)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raise_keeps_a_readable_limit() {
+        let (soft, hard) = current().expect("getrlimit");
+        assert!(soft <= hard);
+        let now = raise_to_hard().expect("raising soft to hard is always allowed");
+        assert_eq!(now, hard);
+        assert_eq!(current().map(|c| c.0), Some(hard));
+    }
+
+    #[test]
+    fn allowance_leaves_headroom() {
+        assert_eq!(connections_allowed(20_000), 20_000 - HEADROOM);
+        assert_eq!(connections_allowed(10), 0);
+    }
+}
