@@ -1,5 +1,5 @@
 //! The process's open-file limit: every client connection is one descriptor, so this
-//! limit, not Throng, caps connections on an untuned host.
+//! limit, not Throng, caps connections on an untuned host. (Linux: `rlim_t` is `u64`.)
 
 /// Descriptors the server needs besides client connections: listeners, epoll and waker
 /// descriptors per thread, push API connections, logs.
@@ -13,7 +13,7 @@ pub fn current() -> Option<(u64, u64)> {
     };
     // SAFETY: getrlimit writes one rlimit into the struct we own.
     let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) };
-    (rc == 0).then_some((r.rlim_cur as u64, r.rlim_max as u64))
+    (rc == 0).then_some((r.rlim_cur, r.rlim_max))
 }
 
 /// Raises the soft limit to the hard limit (as nginx's `worker_rlimit_nofile` or Go's
@@ -34,7 +34,7 @@ pub fn raise_to_hard() -> std::io::Result<u64> {
             return Err(std::io::Error::last_os_error());
         }
     }
-    Ok(r.rlim_cur as u64)
+    Ok(r.rlim_cur)
 }
 
 /// Client connections a process with this open-file limit can hold.
