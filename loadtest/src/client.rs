@@ -19,12 +19,15 @@ use sha1::{Digest, Sha1};
 use slab::Slab;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::atomic::{
+    AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed,
+};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -44,11 +47,22 @@ pub enum Target {
 }
 
 impl Target {
+    /// Whether pushes go to users (numbered per user) rather than topics or everyone.
     pub fn direct(self) -> bool {
         matches!(self, Target::User | Target::Users)
     }
 }
 
+/// Client-initiated disconnect+reconnect cycles (the `churn` subcommand).
+#[derive(Debug, Clone, Copy)]
+pub struct ChurnCfg {
+    /// Cycles per second for this process, spread over its event loop threads.
+    pub rate: f64,
+    /// Share of connections that churn; see [`crate::churn::is_churner`].
+    pub fraction: f64,
+}
+
+/// What the event loops of one process do.
 #[derive(Debug, Clone)]
 pub struct ClientCfg {
     pub url: Url,
@@ -68,16 +82,23 @@ pub struct ClientCfg {
     pub close_timeout: Duration,
     /// Set in push mode: how receivers are accounted when closing.
     pub target: Option<Target>,
+    /// Set in churn mode.
+    pub churn: Option<ChurnCfg>,
 }
 
 impl ClientCfg {
+    /// Users of this process.
     pub fn num_users(&self) -> u64 {
         self.connections.div_ceil(self.sessions_per_user.max(1))
     }
 }
 
+/// The event loops open and hold connections.
 pub const PHASE_RUN: u8 = 0;
+/// The event loops close every connection cleanly and end.
 pub const PHASE_CLOSE: u8 = 1;
+/// `Shared::step` when no capacity probe is running.
+pub const NO_STEP: usize = usize::MAX;
 
 /// Counters shared between the event loops, the push driver and the main thread.
 pub struct Shared {
@@ -93,17 +114,35 @@ pub struct Shared {
     pub disconnected: AtomicU64,
     pub subscribed: AtomicU64,
     pub push_received: AtomicU64,
+    /// Distinct deliveries to connections that are open and count for completeness; a
+    /// connection's share is taken back when it leaves, so drains compare like with like.
     pub push_unique: AtomicU64,
     /// Microseconds since `start` of the last welcome / last push received.
     pub last_welcome_us: AtomicU64,
     pub last_recv_us: AtomicU64,
-    /// Open sessions per local user.
+    /// Open sessions per local user that count for completeness (never churned).
     pub user_sessions: Vec<AtomicU32>,
+    /// Open connections that count for completeness (never churned).
+    pub stable_open: AtomicU64,
     /// Direct pushes accepted by the API, per local user.
     pub accepted: Vec<AtomicU64>,
     /// Topic/broadcast pushes accepted by the API (every connection should get each).
     pub accepted_total: AtomicU64,
     pub threads_done: AtomicU64,
+    /// Connection numbers below this may be attempted (the capacity ramp raises it).
+    pub allowed: AtomicU64,
+    /// Connect pacing restarts at connection `pace_base_g`, `pace_base_us` after `start`.
+    pub pace_base_g: AtomicU64,
+    pub pace_base_us: AtomicU64,
+    /// Churn cycles are started while this is set.
+    pub churn_on: AtomicBool,
+    /// Churn cycles begun and not yet ended (reconnected or failed).
+    pub churn_inflight: AtomicU64,
+    pub churn_reconnects: AtomicU64,
+    /// The capacity step whose probe is running ([`NO_STEP`] when none).
+    pub step: AtomicUsize,
+    /// Connect failures by cause so far (the capacity ramp reads them between steps).
+    pub connect_errors: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Shared {
@@ -125,7 +164,32 @@ impl Shared {
             accepted: (0..users).map(|_| AtomicU64::new(0)).collect(),
             accepted_total: AtomicU64::new(0),
             threads_done: AtomicU64::new(0),
+            stable_open: AtomicU64::new(0),
+            allowed: AtomicU64::new(u64::MAX),
+            pace_base_g: AtomicU64::new(0),
+            pace_base_us: AtomicU64::new(0),
+            churn_on: AtomicBool::new(false),
+            churn_inflight: AtomicU64::new(0),
+            churn_reconnects: AtomicU64::new(0),
+            step: AtomicUsize::new(NO_STEP),
+            connect_errors: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Connect failures by cause so far.
+    pub fn connect_errors_now(&self) -> BTreeMap<String, u64> {
+        match self.connect_errors.lock() {
+            Ok(m) => m.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn note_connect_error(&self, cause: &str) {
+        let mut m = match self.connect_errors.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        bump(&mut m, cause);
     }
 
     fn since_start_us(&self) -> u64 {
@@ -141,7 +205,7 @@ impl Shared {
                 .map(|(a, s)| a.load(Relaxed) * s.load(Relaxed) as u64)
                 .sum()
         } else {
-            self.accepted_total.load(Relaxed) * self.open_now.load(Relaxed)
+            self.accepted_total.load(Relaxed) * self.stable_open.load(Relaxed)
         }
     }
 }
@@ -160,6 +224,15 @@ pub struct ThreadOut {
     pub completeness: Completeness,
     pub receivers_lost: u64,
     pub unnumbered: u64,
+    /// Churn closes we began.
+    pub churn_disconnects: u64,
+    /// Churn reconnects that got `welcome`.
+    pub churn_reconnects: u64,
+    pub churn_reconnect_errors: BTreeMap<String, u64>,
+    /// Connection numbers that churned at least once.
+    pub churned_receivers: u64,
+    /// Push-to-client latency per capacity step.
+    pub step_latency: Vec<Histogram<u64>>,
 }
 
 impl ThreadOut {
@@ -177,7 +250,24 @@ impl ThreadOut {
             completeness: Completeness::default(),
             receivers_lost: 0,
             unnumbered: 0,
+            churn_disconnects: 0,
+            churn_reconnects: 0,
+            churn_reconnect_errors: BTreeMap::new(),
+            churned_receivers: 0,
+            step_latency: Vec::new(),
         }
+    }
+
+    /// Records a latency into the histogram of capacity step `step`.
+    pub fn record_step(&mut self, step: usize, us: u64) {
+        if step >= self.step_latency.len() {
+            // Steps are few (target / step); the bound guards against a stray index.
+            if step > 100_000 {
+                return;
+            }
+            self.step_latency.resize_with(step + 1, util::new_hist);
+        }
+        util::record(&mut self.step_latency[step], us);
     }
 
     pub fn merge(&mut self, o: ThreadOut) {
@@ -188,6 +278,7 @@ impl ThreadOut {
             (&mut self.disconnects, o.disconnects),
             (&mut self.close_errors, o.close_errors),
             (&mut self.server_errors, o.server_errors),
+            (&mut self.churn_reconnect_errors, o.churn_reconnect_errors),
         ] {
             merge_counts(dst, src);
         }
@@ -197,9 +288,20 @@ impl ThreadOut {
         self.completeness.merge(&o.completeness);
         self.receivers_lost += o.receivers_lost;
         self.unnumbered += o.unnumbered;
+        self.churn_disconnects += o.churn_disconnects;
+        self.churn_reconnects += o.churn_reconnects;
+        self.churned_receivers += o.churned_receivers;
+        if o.step_latency.len() > self.step_latency.len() {
+            self.step_latency
+                .resize_with(o.step_latency.len(), util::new_hist);
+        }
+        for (dst, src) in self.step_latency.iter_mut().zip(&o.step_latency) {
+            let _ = dst.add(src);
+        }
     }
 }
 
+/// Adds the counts of `src` into `dst`.
 pub fn merge_counts(dst: &mut BTreeMap<String, u64>, src: BTreeMap<String, u64>) {
     for (k, v) in src {
         *dst.entry(k).or_insert(0) += v;
@@ -243,7 +345,16 @@ struct Conn {
     #[allow(clippy::box_collection)] // 8 bytes while idle instead of 24
     frag: Option<Box<Vec<u8>>>,
     recv: Option<Box<RecvState>>,
+    /// `F_CHURNED`, `F_RECONNECT`, `F_CHURN_CLOSING`.
+    flags: u8,
 }
+
+/// This connection number has churned: it no longer counts for completeness.
+const F_CHURNED: u8 = 1;
+/// This attempt is a churn reconnect.
+const F_RECONNECT: u8 = 2;
+/// We are closing it to churn it (it reconnects once closed).
+const F_CHURN_CLOSING: u8 = 4;
 
 /// How a connection ended: `None` is a clean close.
 type End = Option<String>;
@@ -289,8 +400,16 @@ struct Ctx {
     out: ThreadOut,
     key: EncodingKey,
     closing: bool,
+    /// Receivers the server or network disconnected: (user index, what they got), kept
+    /// so the final accounting counts what they missed.
+    lost: Vec<(u64, Option<Box<RecvState>>)>,
+    /// Churning connection numbers now in the slab, to their slab key.
+    churn_keys: HashMap<u32, usize>,
+    /// Churned connection numbers whose close ended: reconnect them.
+    reopen: Vec<u64>,
 }
 
+/// Starts the event loop threads; each returns what it measured once closed.
 pub fn spawn(cfg: Arc<ClientCfg>, sh: Arc<Shared>) -> io::Result<Vec<JoinHandle<ThreadOut>>> {
     let mut hs = Vec::new();
     for tid in 0..cfg.threads {
@@ -336,19 +455,28 @@ fn run_thread(tid: usize, cfg: Arc<ClientCfg>, sh: Arc<Shared>) -> ThreadOut {
         sh: sh.clone(),
         out: ThreadOut::new(),
         closing: false,
+        lost: Vec::new(),
+        churn_keys: HashMap::new(),
+        reopen: Vec::new(),
     };
+    let mut churn = crate::churn::Pacer::new(&cfg, tid);
+    let mut churn_deadlines: VecDeque<(Instant, usize, u32)> = VecDeque::new();
     let threads = cfg.threads.max(1) as u64;
     let mut next_g = tid as u64;
     let mut deadlines: VecDeque<(Instant, usize, u32)> = VecDeque::new();
     let mut close_deadline = None;
     let start = sh.start;
+    // Pacing restarts where the capacity ramp last raised the allowance.
     let due = |g: u64| {
+        let base = start + Duration::from_micros(sh.pace_base_us.load(Relaxed));
         if cfg.connect_rate > 0.0 {
-            start + Duration::from_secs_f64(g as f64 / cfg.connect_rate)
+            let k = g.saturating_sub(sh.pace_base_g.load(Relaxed));
+            base + Duration::from_secs_f64(k as f64 / cfg.connect_rate)
         } else {
-            start
+            base
         }
     };
+    let limit = || cfg.connections.min(sh.allowed.load(Relaxed));
 
     loop {
         let now = Instant::now();
@@ -365,11 +493,46 @@ fn run_thread(tid: usize, cfg: Arc<ClientCfg>, sh: Arc<Shared>) -> ThreadOut {
                 break;
             }
         } else {
-            while next_g < cfg.connections && due(next_g) <= now {
-                if let Some((key, serial)) = open(&mut conns, &poll, &mut ctx, next_g) {
+            while next_g < limit() && due(next_g) <= now {
+                if let Some((key, serial)) = open(&mut conns, &poll, &mut ctx, next_g, false) {
                     deadlines.push_back((now + cfg.handshake_timeout, key, serial));
                 }
                 next_g += threads;
+            }
+            if churn.take(now, &sh) {
+                let pick = churn.candidates().find_map(|g| {
+                    let key = *ctx.churn_keys.get(&g)?;
+                    let c = conns.get(key)?;
+                    (c.serial == g && c.state == State::Open).then_some(key)
+                });
+                if let Some(key) = pick {
+                    let c = &mut conns[key];
+                    let serial = c.serial;
+                    match churn_close(c, &mut ctx) {
+                        Ok(()) => churn_deadlines.push_back((now + cfg.close_timeout, key, serial)),
+                        Err(e) => {
+                            let mut c = conns.remove(key);
+                            let _ = poll.registry().deregister(&mut c.stream);
+                            ctx.finish(c, Some(io_cause(&e)));
+                        }
+                    }
+                }
+            }
+        }
+        while let Some(&(d, key, serial)) = churn_deadlines.front() {
+            if d > now {
+                break;
+            }
+            churn_deadlines.pop_front();
+            let expired = conns.get(key).is_some_and(|c| {
+                c.serial == serial
+                    && c.flags & F_CHURN_CLOSING != 0
+                    && matches!(c.state, State::Closing(_))
+            });
+            if expired {
+                let mut c = conns.remove(key);
+                let _ = poll.registry().deregister(&mut c.stream);
+                ctx.finish(c, Some("churn_close_timeout".into()));
             }
         }
         while let Some(&(d, key, serial)) = deadlines.front() {
@@ -397,8 +560,13 @@ fn run_thread(tid: usize, cfg: Arc<ClientCfg>, sh: Arc<Shared>) -> ThreadOut {
             }
         }
         let mut timeout = Duration::from_millis(100);
-        if !ctx.closing && next_g < cfg.connections {
+        if !ctx.closing && next_g < limit() {
             timeout = timeout.min(due(next_g).saturating_duration_since(now));
+        }
+        if !ctx.closing {
+            if let Some(d) = churn.due(&sh) {
+                timeout = timeout.min(d.saturating_duration_since(now));
+            }
         }
         if let Err(e) = poll.poll(&mut events, Some(timeout)) {
             if e.kind() != io::ErrorKind::Interrupted {
@@ -415,6 +583,11 @@ fn run_thread(tid: usize, cfg: Arc<ClientCfg>, sh: Arc<Shared>) -> ThreadOut {
                 let mut c = conns.remove(key);
                 let _ = poll.registry().deregister(&mut c.stream);
                 ctx.finish(c, end);
+            }
+        }
+        for g in std::mem::take(&mut ctx.reopen) {
+            if let Some((key, serial)) = open(&mut conns, &poll, &mut ctx, g, true) {
+                deadlines.push_back((Instant::now() + cfg.handshake_timeout, key, serial));
             }
         }
     }
@@ -447,14 +620,22 @@ fn io_cause(e: &io::Error) -> String {
     }
 }
 
-/// Opens connection number `g` of this process; `None` when it failed at once.
-fn open(conns: &mut Slab<Conn>, poll: &Poll, ctx: &mut Ctx, g: u64) -> Option<(usize, u32)> {
+/// Opens connection number `g` of this process (again, for a churn `reconnect`); `None`
+/// when it failed at once.
+fn open(
+    conns: &mut Slab<Conn>,
+    poll: &Poll,
+    ctx: &mut Ctx,
+    g: u64,
+    reconnect: bool,
+) -> Option<(usize, u32)> {
     let cfg = &ctx.cfg;
-    ctx.sh.attempted.fetch_add(1, Relaxed);
+    if !reconnect {
+        ctx.sh.attempted.fetch_add(1, Relaxed);
+    }
     let started = Instant::now();
     let fail = |ctx: &mut Ctx, cause: String| {
-        bump(&mut ctx.out.connect_errors, &cause);
-        ctx.sh.failed.fetch_add(1, Relaxed);
+        ctx.handshake_failed(reconnect, &cause);
         None
     };
     let addr = cfg.url.addr;
@@ -527,6 +708,12 @@ fn open(conns: &mut Slab<Conn>, poll: &Poll, ctx: &mut Ctx, g: u64) -> Option<(u
         cfg.url.path, cfg.url.authority
     );
     let serial = g as u32;
+    let churner = cfg
+        .churn
+        .is_some_and(|ch| crate::churn::is_churner(g, ch.fraction));
+    if churner {
+        ctx.churn_keys.insert(serial, key);
+    }
     entry.insert(Conn {
         stream,
         state: State::Connecting,
@@ -538,6 +725,11 @@ fn open(conns: &mut Slab<Conn>, poll: &Poll, ctx: &mut Ctx, g: u64) -> Option<(u
         wbuf: req.into_bytes(),
         frag: None,
         recv: None,
+        flags: if reconnect {
+            F_CHURNED | F_RECONNECT
+        } else {
+            0
+        },
     });
     Some((key, serial))
 }
@@ -817,16 +1009,25 @@ fn on_message(c: &mut Conn, text: &[u8], ctx: &mut Ctx) -> Result<(), End> {
             c.state = State::Open;
             c.welcome_seq = msg.seq.unwrap_or(0);
             let sh = &ctx.sh;
-            util::record(
-                &mut ctx.out.handshake,
-                c.started.elapsed().as_micros() as u64,
-            );
-            sh.opened.fetch_add(1, Relaxed);
+            if c.flags & F_RECONNECT != 0 {
+                ctx.out.churn_reconnects += 1;
+                sh.churn_reconnects.fetch_add(1, Relaxed);
+                sh.churn_inflight.fetch_sub(1, Relaxed);
+            } else {
+                util::record(
+                    &mut ctx.out.handshake,
+                    c.started.elapsed().as_micros() as u64,
+                );
+                sh.opened.fetch_add(1, Relaxed);
+                sh.last_welcome_us.fetch_max(sh.since_start_us(), Relaxed);
+            }
             sh.open_now.fetch_add(1, Relaxed);
-            sh.last_welcome_us.fetch_max(sh.since_start_us(), Relaxed);
-            let u = c.serial as u64 / ctx.cfg.sessions_per_user.max(1);
-            if let Some(s) = sh.user_sessions.get(u as usize) {
-                s.fetch_add(1, Relaxed);
+            if c.flags & F_CHURNED == 0 {
+                sh.stable_open.fetch_add(1, Relaxed);
+                let u = c.serial as u64 / ctx.cfg.sessions_per_user.max(1);
+                if let Some(s) = sh.user_sessions.get(u as usize) {
+                    s.fetch_add(1, Relaxed);
+                }
             }
             for t in ctx.cfg.topics.iter() {
                 let m = format!(
@@ -852,11 +1053,16 @@ fn on_message(c: &mut Conn, text: &[u8], ctx: &mut Ctx) -> Result<(), End> {
             }
             let sh = &ctx.sh;
             sh.push_received.fetch_add(1, Relaxed);
-            if st.unique() > before {
+            if st.unique() > before && c.flags & F_CHURNED == 0 {
                 sh.push_unique.fetch_add(1, Relaxed);
             }
             if let Some(t) = data.t {
-                util::record(&mut ctx.out.latency, util::now_us().saturating_sub(t));
+                let us = util::now_us().saturating_sub(t);
+                util::record(&mut ctx.out.latency, us);
+                let step = sh.step.load(Relaxed);
+                if step != NO_STEP {
+                    ctx.out.record_step(step, us);
+                }
             }
             sh.last_recv_us.fetch_max(sh.since_start_us(), Relaxed);
         }
@@ -876,24 +1082,21 @@ fn on_message(c: &mut Conn, text: &[u8], ctx: &mut Ctx) -> Result<(), End> {
 fn begin_close(conns: &mut Slab<Conn>, poll: &Poll, ctx: &mut Ctx) {
     let mut dead = Vec::new();
     for (key, c) in conns.iter_mut() {
+        if matches!(c.state, State::Closing(_)) {
+            continue; // a churn close under way ends by itself, and is not reopened
+        }
         if c.state != State::Open {
             dead.push((key, "not_open_at_close".to_string()));
             continue;
         }
         ctx.out.open_at_close += 1;
-        if let Some(t) = ctx.cfg.target {
-            let expected = if t.direct() {
-                let u = c.serial as u64 / ctx.cfg.sessions_per_user.max(1);
-                ctx.sh
-                    .accepted
-                    .get(u as usize)
-                    .map_or(0, |a| a.load(Relaxed))
-            } else {
-                ctx.sh.accepted_total.load(Relaxed)
-            };
+        if ctx.cfg.target.is_some() && c.flags & F_CHURNED == 0 {
+            let u = c.serial as u64 / ctx.cfg.sessions_per_user.max(1);
+            let expected = ctx.expected_for(u);
             ctx.out.completeness.add_conn(expected, c.recv.as_deref());
         }
         c.recv = None;
+        c.flags &= !F_CHURN_CLOSING;
         send_frame(c, OP_CLOSE, &frame::close_payload(1000, ""));
         c.state = State::Closing(false);
         if let Err(e) = flush(c) {
@@ -905,19 +1108,77 @@ fn begin_close(conns: &mut Slab<Conn>, poll: &Poll, ctx: &mut Ctx) {
         let _ = poll.registry().deregister(&mut c.stream);
         ctx.finish(c, Some(cause));
     }
+    // Receivers the server dropped are judged against the same final counts.
+    for (u, st) in std::mem::take(&mut ctx.lost) {
+        let expected = ctx.expected_for(u);
+        ctx.out.completeness.add_conn(expected, st.as_deref());
+    }
+}
+
+/// Begins a churn cycle on open connection `c`: a clean close, then a reconnect once the
+/// server has answered it.
+fn churn_close(c: &mut Conn, ctx: &mut Ctx) -> io::Result<()> {
+    let sh = &ctx.sh;
+    if c.flags & F_CHURNED == 0 {
+        // From now on this connection number no longer counts for completeness.
+        c.flags |= F_CHURNED;
+        ctx.out.churned_receivers += 1;
+        sh.stable_open.fetch_sub(1, Relaxed);
+        let u = c.serial as u64 / ctx.cfg.sessions_per_user.max(1);
+        if let Some(s) = sh.user_sessions.get(u as usize) {
+            s.fetch_sub(1, Relaxed);
+        }
+        if let Some(st) = c.recv.as_deref() {
+            sh.push_unique.fetch_sub(st.unique(), Relaxed);
+        }
+    }
+    c.recv = None;
+    c.flags |= F_CHURN_CLOSING;
+    ctx.out.churn_disconnects += 1;
+    sh.churn_inflight.fetch_add(1, Relaxed);
+    send_frame(c, OP_CLOSE, &frame::close_payload(1000, ""));
+    c.state = State::Closing(false);
+    flush(c)
 }
 
 impl Ctx {
-    fn finish(&mut self, c: Conn, end: End) {
-        let sh = &self.sh;
+    /// Direct pushes accepted for local user `u`, or topic/broadcast pushes in all.
+    fn expected_for(&self, u: u64) -> u64 {
+        match self.cfg.target {
+            Some(t) if t.direct() => self
+                .sh
+                .accepted
+                .get(u as usize)
+                .map_or(0, |a| a.load(Relaxed)),
+            Some(_) => self.sh.accepted_total.load(Relaxed),
+            None => 0,
+        }
+    }
+
+    /// Counts an attempt that ended before `welcome`.
+    fn handshake_failed(&mut self, reconnect: bool, cause: &str) {
+        if reconnect {
+            bump(&mut self.out.churn_reconnect_errors, cause);
+            self.sh.churn_inflight.fetch_sub(1, Relaxed);
+        } else {
+            bump(&mut self.out.connect_errors, cause);
+            self.sh.note_connect_error(cause);
+            self.sh.failed.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn finish(&mut self, mut c: Conn, end: End) {
+        let sh = self.sh.clone();
         let was_open = matches!(c.state, State::Open | State::Closing(_));
+        let counted = c.flags & F_CHURNED == 0;
+        let u = c.serial as u64 / self.cfg.sessions_per_user.max(1);
+        self.churn_keys.remove(&c.serial);
         match c.state {
             State::Connecting | State::Upgrading | State::Welcome => {
-                bump(
-                    &mut self.out.connect_errors,
+                self.handshake_failed(
+                    c.flags & F_RECONNECT != 0,
                     end.as_deref().unwrap_or("closed"),
                 );
-                sh.failed.fetch_add(1, Relaxed);
             }
             State::Open => {
                 bump(
@@ -925,8 +1186,23 @@ impl Ctx {
                     end.as_deref().unwrap_or("closed"),
                 );
                 sh.disconnected.fetch_add(1, Relaxed);
-                if self.cfg.target.is_some() {
+                if self.cfg.target.is_some() && counted {
+                    // It was meant to stay up: what it never got counts as missing.
                     self.out.receivers_lost += 1;
+                    if let Some(st) = c.recv.as_deref() {
+                        sh.push_unique.fetch_sub(st.unique(), Relaxed);
+                    }
+                    self.lost.push((u, c.recv.take()));
+                }
+            }
+            State::Closing(_) if c.flags & F_CHURN_CLOSING != 0 => {
+                if let Some(cause) = end {
+                    bump(&mut self.out.close_errors, &format!("churn_{cause}"));
+                }
+                if self.closing {
+                    sh.churn_inflight.fetch_sub(1, Relaxed);
+                } else {
+                    self.reopen.push(c.serial as u64);
                 }
             }
             State::Closing(_) => match end {
@@ -936,9 +1212,11 @@ impl Ctx {
         }
         if was_open {
             sh.open_now.fetch_sub(1, Relaxed);
-            let u = c.serial as u64 / self.cfg.sessions_per_user.max(1);
-            if let Some(s) = sh.user_sessions.get(u as usize) {
-                s.fetch_sub(1, Relaxed);
+            if counted {
+                sh.stable_open.fetch_sub(1, Relaxed);
+                if let Some(s) = sh.user_sessions.get(u as usize) {
+                    s.fetch_sub(1, Relaxed);
+                }
             }
         }
         // dropping `c` closes the socket

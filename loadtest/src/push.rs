@@ -28,6 +28,9 @@ pub struct PushCfg {
     pub num_users: u64,
     /// How long 503 retries may go on after the run's end.
     pub retry_grace: Duration,
+    /// With `Some(n)`, `--target user` pushes go only to users with `n` counted open
+    /// sessions (a capacity probe must not push to users still connecting).
+    pub full_sessions: Option<u32>,
 }
 
 pub struct PushOut {
@@ -53,7 +56,8 @@ impl PushOut {
             secs: 0.0,
         }
     }
-    fn merge(&mut self, o: PushOut) {
+    /// Adds another driver's (or probe's) figures; `secs` is left to the caller.
+    pub fn merge(&mut self, o: PushOut) {
         self.accepted += o.accepted;
         self.requests += o.requests;
         self.retries += o.retries;
@@ -155,7 +159,7 @@ fn stream(
             .map(|idx| {
                 n += 1;
                 let tgt = match cfg.target {
-                    Target::User => Tgt::User(idx % users),
+                    Target::User => Tgt::User(pick_user(cfg, sh, idx % users)),
                     Target::Users => {
                         let m = (cfg.users_per_push as u64).clamp(1, users);
                         let first = (idx * m) % users;
@@ -274,6 +278,23 @@ fn stream(
         }
     }
     out
+}
+
+/// User `u`, or with `full_sessions` the first user from `u` on whose sessions are all open
+/// (`u` itself when none is).
+fn pick_user(cfg: &PushCfg, sh: &Shared, u: u64) -> u64 {
+    let Some(n) = cfg.full_sessions else {
+        return u;
+    };
+    let users = cfg.num_users.max(1);
+    (0..users)
+        .map(|k| (u + k) % users)
+        .find(|&v| {
+            sh.user_sessions
+                .get(v as usize)
+                .is_some_and(|s| s.load(Relaxed) >= n)
+        })
+        .unwrap_or(u)
 }
 
 fn short(s: &str) -> String {
@@ -492,6 +513,7 @@ mod tests {
             topics: vec!["room:a".into()],
             user_offset: 100,
             num_users: 10,
+            full_sessions: None,
             retry_grace: Duration::from_secs(1),
         }
     }

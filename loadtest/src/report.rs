@@ -15,6 +15,7 @@ pub struct Mem {
 }
 
 impl Mem {
+    /// Reads the server's RSS and the kernel's TCP and slab memory (nothing without a pid).
     pub fn read(server_pid: Option<u32>) -> Mem {
         match server_pid {
             Some(pid) => Mem {
@@ -27,6 +28,25 @@ impl Mem {
     }
 }
 
+/// One step of a capacity ramp.
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Step {
+    /// Connections open at this step.
+    pub connections: u64,
+    /// Connect failures by cause, from the start up to this step.
+    pub connect_errors: BTreeMap<String, u64>,
+    pub server_rss_bytes: Option<u64>,
+    /// Server RSS growth since before the first connection, per open connection.
+    pub server_rss_bytes_per_conn: Option<f64>,
+    pub kernel_tcp_bytes_per_conn: Option<f64>,
+    pub kernel_slab_bytes_per_conn: Option<f64>,
+    /// Push-to-client latency of this step's probe.
+    pub latency_us: Percentiles,
+    /// Pushes the API accepted during this step's probe.
+    pub probe_pushes: u64,
+}
+
+/// Everything a run measured; serialized as the JSON report.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub mode: String,
@@ -109,9 +129,27 @@ pub struct Report {
     pub messages_unexpected: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub messages_unnumbered: Option<u64>,
-    /// Receivers that disconnected before the end (not counted in expected/received).
+    /// Receivers the server or network disconnected before the end; what they never got
+    /// counts in `messages_missing`, and `disconnects` says why.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub receivers_lost: Option<u64>,
+    /// Churn: clean closes we began, reconnects that got `welcome`, reconnects that failed
+    /// (by cause), and connections that churned at least once (left out of `messages_*`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub churn_disconnects: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub churn_reconnects: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub churn_reconnect_errors: Option<BTreeMap<String, u64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub churned_receivers: Option<u64>,
+    /// Capacity ramp: one entry per step, why it stopped, and the most connections held.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<Vec<Step>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped_because: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections_held: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency_us: Option<Percentiles>,
     /// Seconds from the first push sent to the last message received.
@@ -127,6 +165,9 @@ pub struct Report {
     pub raw_latency: Vec<(u64, u64)>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub raw_api_latency: Vec<(u64, u64)>,
+    /// Per capacity step.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub raw_step_latency: Vec<Vec<(u64, u64)>>,
 }
 
 fn round1(x: f64) -> f64 {
@@ -134,6 +175,7 @@ fn round1(x: f64) -> f64 {
 }
 
 impl Report {
+    /// Fills the connection figures from the event loops' measurements.
     pub fn fill_clients(&mut self, t: &ThreadOut) {
         self.connections_open_at_close = t.open_at_close;
         self.connect_errors = t.connect_errors.clone();
@@ -144,8 +186,18 @@ impl Report {
         self.pings_answered = t.pings_answered;
         self.handshake_latency_us = util::percentiles(&t.handshake);
         self.raw_handshake = util::hist_to_pairs(&t.handshake);
+        self.raw_step_latency = t.step_latency.iter().map(util::hist_to_pairs).collect();
     }
 
+    /// Fills the churn figures.
+    pub fn fill_churn(&mut self, t: &ThreadOut) {
+        self.churn_disconnects = Some(t.churn_disconnects);
+        self.churn_reconnects = Some(t.churn_reconnects);
+        self.churn_reconnect_errors = Some(t.churn_reconnect_errors.clone());
+        self.churned_receivers = Some(t.churned_receivers);
+    }
+
+    /// Fills the push and delivery figures.
     pub fn fill_push(&mut self, t: &ThreadOut, p: Option<&PushOut>, delivery_secs: f64) {
         let c = &t.completeness;
         self.messages_expected = Some(c.expected);
@@ -180,6 +232,7 @@ impl Report {
         }
     }
 
+    /// Rounds `connect_secs` and derives the connect rate from it.
     pub fn set_connect_rate(&mut self) {
         self.connect_secs = (self.connect_secs * 1000.0).round() / 1000.0;
         self.connect_rate_per_sec = if self.connect_secs > 0.0 {
@@ -230,6 +283,8 @@ impl Report {
         };
         let mut delivery_secs = 0f64;
         let mut push_secs = 0f64;
+        let mut churn_errors: Option<BTreeMap<String, u64>> = None;
+        let mut steps: Vec<hdrhistogram::Histogram<u64>> = Vec::new();
         for r in reports {
             m.connections_target += r.connections_target;
             m.connections_opened += r.connections_opened;
@@ -257,6 +312,18 @@ impl Report {
             add(&mut m.messages_unexpected, r.messages_unexpected);
             add(&mut m.messages_unnumbered, r.messages_unnumbered);
             add(&mut m.receivers_lost, r.receivers_lost);
+            add(&mut m.churn_disconnects, r.churn_disconnects);
+            add(&mut m.churn_reconnects, r.churn_reconnects);
+            add(&mut m.churned_receivers, r.churned_receivers);
+            if let Some(e) = &r.churn_reconnect_errors {
+                merge_counts(churn_errors.get_or_insert_with(BTreeMap::new), e.clone());
+            }
+            if r.raw_step_latency.len() > steps.len() {
+                steps.resize_with(r.raw_step_latency.len(), util::new_hist);
+            }
+            for (h, pairs) in steps.iter_mut().zip(&r.raw_step_latency) {
+                util::hist_add_pairs(h, pairs);
+            }
             if let Some(e) = &r.push_errors {
                 merge_counts(&mut push_errors, e.clone());
             }
@@ -264,6 +331,9 @@ impl Report {
             push_secs = push_secs.max(r.push_secs.unwrap_or(0.0));
         }
         m.handshake_latency_us = util::percentiles(&hs);
+        m.churn_reconnect_errors = churn_errors;
+        m.raw_handshake = util::hist_to_pairs(&hs);
+        m.raw_step_latency = steps.iter().map(util::hist_to_pairs).collect();
         m.set_connect_rate();
         if m.connections_opened > 0 && m.client_rss_delta_bytes > 0 {
             m.client_rss_bytes_per_conn = Some(round1(
@@ -290,7 +360,18 @@ impl Report {
         m
     }
 
+    /// Latency percentiles of capacity step `i` (empty when it had no probe deliveries).
+    pub fn step_latency(&self, i: usize) -> Percentiles {
+        let mut h = util::new_hist();
+        if let Some(pairs) = self.raw_step_latency.get(i) {
+            util::hist_add_pairs(&mut h, pairs);
+        }
+        util::percentiles(&h)
+    }
+
+    /// Drops the raw histograms (they are only for merging across workers).
     pub fn strip_raw(&mut self) {
+        self.raw_step_latency.clear();
         self.raw_handshake.clear();
         self.raw_latency.clear();
         self.raw_api_latency.clear();
@@ -407,7 +488,101 @@ impl Report {
                 self.delivery_secs.unwrap_or(0.0)
             );
         }
+        if let Some(d) = self.churn_disconnects {
+            s += &format!(
+                "churn: {} disconnects, {} reconnects, {} connections churned (left out of messages), reconnect errors: {}\n",
+                d,
+                self.churn_reconnects.unwrap_or(0),
+                self.churned_receivers.unwrap_or(0),
+                fmt_map(self.churn_reconnect_errors.as_ref().unwrap_or(&BTreeMap::new()))
+            );
+        }
+        if let Some(steps) = &self.steps {
+            for (i, st) in steps.iter().enumerate() {
+                s += &step_line(i, st, false);
+            }
+        }
+        if let Some(why) = &self.stopped_because {
+            s += &format!(
+                "stopped: {why} (most connections held: {})\n",
+                self.max_connections_held.unwrap_or(0)
+            );
+        }
         s
+    }
+}
+
+/// One human line for a capacity step; `live` while the ramp runs (latencies are known
+/// only once the event loops have handed in their histograms).
+pub fn step_line(i: usize, st: &Step, live: bool) -> String {
+    let per = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.0}"));
+    let l = &st.latency_us;
+    let lat = if live {
+        "after the run".into()
+    } else if l.count > 0 {
+        format!(
+            "p50 {} p99 {} p99.9 {} max {} ({} msgs)",
+            fmt_us(l.p50),
+            fmt_us(l.p99),
+            fmt_us(l.p999),
+            fmt_us(l.max),
+            l.count
+        )
+    } else {
+        "no probe deliveries".into()
+    };
+    format!(
+        "step {:>3}: {:>7} conns | bytes/conn: server RSS {} kernel TCP {} slab {} | latency {} | probe pushes {}\n",
+        i + 1,
+        st.connections,
+        per(st.server_rss_bytes_per_conn),
+        per(st.kernel_tcp_bytes_per_conn),
+        per(st.kernel_slab_bytes_per_conn),
+        lat,
+        st.probe_pushes
+    )
+}
+
+#[cfg(test)]
+mod step_tests {
+    use super::*;
+
+    #[test]
+    fn step_histograms_merge_per_index() {
+        let a = Report {
+            raw_step_latency: vec![vec![(100, 3)], vec![(1000, 1)]],
+            ..Default::default()
+        };
+        let b = Report {
+            raw_step_latency: vec![vec![(200, 1)], vec![], vec![(5000, 2)]],
+            ..Default::default()
+        };
+        let m = Report::merge(&[a, b]);
+        assert_eq!(m.raw_step_latency.len(), 3);
+        assert_eq!(m.step_latency(0).count, 4);
+        assert_eq!(m.step_latency(1).count, 1);
+        assert_eq!(m.step_latency(2).count, 2);
+        assert!(m.step_latency(2).p50 >= 4990);
+        assert_eq!(m.step_latency(7).count, 0);
+    }
+
+    #[test]
+    fn churn_fields_merge() {
+        let mut a = Report {
+            churn_disconnects: Some(5),
+            churn_reconnects: Some(4),
+            churned_receivers: Some(3),
+            ..Default::default()
+        };
+        a.churn_reconnect_errors = Some(BTreeMap::from([("eof".to_string(), 1)]));
+        let m = Report::merge(&[a.clone(), a]);
+        assert_eq!(m.churn_disconnects, Some(10));
+        assert_eq!(m.churn_reconnects, Some(8));
+        assert_eq!(m.churned_receivers, Some(6));
+        assert_eq!(m.churn_reconnect_errors.unwrap()["eof"], 2);
+        let plain = Report::merge(&[Report::default()]);
+        let j = serde_json::to_value(&plain).unwrap();
+        assert!(j.get("churn_disconnects").is_none());
     }
 }
 

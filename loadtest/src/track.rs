@@ -246,4 +246,24 @@ mod tests {
             }
         );
     }
+
+    #[test]
+    fn lost_receiver_counts_what_it_never_got() {
+        // A receiver the server dropped after 3 of its user's 10 pushes is judged against
+        // the final 10, like one still open: 7 missing, not hidden.
+        let mut c = Completeness::default();
+        let mut lost = RecvState::new(0);
+        for s in 1..=3 {
+            lost.record_seq(s);
+        }
+        c.add_conn(10, Some(&lost));
+        let mut open = RecvState::new(0);
+        for s in 1..=10 {
+            open.record_seq(s);
+        }
+        c.add_conn(10, Some(&open));
+        // Dropped before its first push: everything is missing.
+        c.add_conn(10, None);
+        assert_eq!((c.expected, c.received, c.missing), (30, 13, 17));
+    }
 }

@@ -1,0 +1,532 @@
+//! The capacity ramp: raise the connection allowance step by step, and per step measure
+//! memory per connection and the push-to-client latency of a short push probe, until
+//! the target, the first connect error, a probe that loses messages, or --max-secs.
+
+use crate::cli::{secs, CapacityArgs, PushArgs};
+use crate::client::{Target, NO_STEP};
+use crate::local::{check_server_pid, Local};
+use crate::push::PushOut;
+use crate::report::{step_line, Mem, Report, Step};
+use crate::worker::{source_ip_args, split_users, WorkerIo, Workers};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+/// Where a ramp stands after a step's connection attempts ended.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StepState {
+    /// Connections open now.
+    pub open: u64,
+    /// Connect failures so far.
+    pub failed: u64,
+    /// Connect failures so far, by cause.
+    pub errors: BTreeMap<String, u64>,
+}
+
+/// Why a ramp stopped.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stop {
+    Target(u64),
+    ConnectErrors {
+        open: u64,
+        errors: BTreeMap<String, u64>,
+    },
+    ProbeLost {
+        open: u64,
+        missing: u64,
+    },
+    MaxSecs {
+        secs: f64,
+        open: u64,
+    },
+}
+
+impl std::fmt::Display for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stop::Target(n) => write!(f, "reached the target of {n} connections"),
+            Stop::ConnectErrors { open, errors } => {
+                let causes: Vec<String> = errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                write!(
+                    f,
+                    "connect errors at {open} connections: {}",
+                    causes.join(" ")
+                )
+            }
+            Stop::ProbeLost { open, missing } => {
+                write!(f, "probe lost {missing} messages at {open} connections")
+            }
+            Stop::MaxSecs { secs, open } => {
+                write!(f, "--max-secs {secs} reached at {open} connections")
+            }
+        }
+    }
+}
+
+/// Splits an allowance of `total` connections over workers that can hold `caps`: equal
+/// shares, and what a full worker cannot take goes to the others.
+pub fn split_allowance(caps: &[u64], total: u64) -> Vec<u64> {
+    let mut out = vec![0u64; caps.len()];
+    let mut left = total.min(caps.iter().sum());
+    // Each round fills at least one worker or hands out everything, so it ends.
+    while left > 0 {
+        let open: Vec<usize> = (0..caps.len()).filter(|&i| out[i] < caps[i]).collect();
+        if open.is_empty() {
+            break;
+        }
+        let n = open.len() as u64;
+        let (share, extra) = (left / n, left % n);
+        let mut given = 0;
+        for (j, &i) in open.iter().enumerate() {
+            let want = share + u64::from((j as u64) < extra);
+            let take = want.min(caps[i] - out[i]);
+            out[i] += take;
+            given += take;
+        }
+        left -= given;
+    }
+    out
+}
+
+/// One ramp, in this process or over workers.
+trait Ramp {
+    /// Allows `total` connections in all and waits until every attempt has ended.
+    fn step(&mut self, total: u64) -> Result<StepState, String>;
+    /// Waits `d`, showing progress.
+    fn settle(&mut self, d: Duration) -> Result<(), String>;
+    /// Runs step `idx`'s probe; returns pushes accepted and messages missing so far.
+    fn probe(&mut self, idx: usize) -> Result<(u64, u64), String>;
+    /// Prints a message without garbling the progress bar.
+    fn note(&self, msg: &str);
+    /// Closes everything and returns the report (probe figures, per-step histograms).
+    fn finish(self: Box<Self>) -> Result<Report, String>;
+}
+
+/// A ramp in this process.
+struct LocalRamp {
+    l: Local,
+    probe: PushArgs,
+    spu: u32,
+    pushed: PushOut,
+    probe_secs: f64,
+}
+
+impl LocalRamp {
+    fn start(a: &CapacityArgs) -> Result<LocalRamp, String> {
+        let c = a.connect_args();
+        let probe = a.push_args();
+        let l = Local::start(&c, Some(&probe), None, true)?;
+        Ok(LocalRamp {
+            l,
+            probe,
+            spu: a.sessions_per_user.min(u32::MAX as u64) as u32,
+            pushed: PushOut::new(),
+            probe_secs: 0.0,
+        })
+    }
+
+    fn state(&self) -> StepState {
+        StepState {
+            open: self.l.sh.open_now.load(Relaxed),
+            failed: self.l.sh.failed.load(Relaxed),
+            errors: self.l.sh.connect_errors_now(),
+        }
+    }
+
+    /// The probe's pushes and deliveries (step latency goes to histogram `idx`).
+    fn run_probe(&mut self, idx: usize) -> (u64, u64) {
+        let sh = self.l.sh.clone();
+        sh.step.store(idx, Relaxed);
+        let t0 = Instant::now();
+        let out = self.l.push(&self.probe, false, Some(self.spu));
+        self.l.drain(Target::User, secs(self.probe.drain_secs));
+        self.probe_secs += t0.elapsed().as_secs_f64();
+        sh.step.store(NO_STEP, Relaxed);
+        let accepted = out.accepted;
+        self.pushed.merge(out);
+        (accepted, self.l.missing_now(Target::User))
+    }
+
+    fn report(self, mode: &str) -> Report {
+        let LocalRamp {
+            l,
+            pushed,
+            probe_secs,
+            ..
+        } = self;
+        let mut rep = Report {
+            mode: mode.into(),
+            procs: 1,
+            connections_target: l.cfg.connections,
+            connections_opened: l.sh.opened.load(Relaxed),
+            connect_secs: l.connect_secs(),
+            target: Some("user".into()),
+            ..Default::default()
+        };
+        let t = l.close();
+        rep.fill_clients(&t);
+        rep.set_connect_rate();
+        let mut pushed = pushed;
+        pushed.secs = probe_secs;
+        rep.fill_push(&t, Some(&pushed), probe_secs);
+        rep
+    }
+}
+
+impl Ramp for LocalRamp {
+    fn step(&mut self, total: u64) -> Result<StepState, String> {
+        self.l.allow(total);
+        self.l.wait_connected();
+        Ok(self.state())
+    }
+    fn settle(&mut self, d: Duration) -> Result<(), String> {
+        self.l.sleep_ticking(d);
+        Ok(())
+    }
+    fn probe(&mut self, idx: usize) -> Result<(u64, u64), String> {
+        Ok(self.run_probe(idx))
+    }
+    fn note(&self, msg: &str) {
+        self.l.ticker.note(msg);
+    }
+    fn finish(self: Box<Self>) -> Result<Report, String> {
+        Ok(self.report("capacity"))
+    }
+}
+
+/// A ramp over worker processes.
+struct ParentRamp {
+    ws: Workers,
+    caps: Vec<u64>,
+    a: CapacityArgs,
+}
+
+impl ParentRamp {
+    fn start(a: &CapacityArgs) -> Result<ParentRamp, String> {
+        let k = a.procs;
+        let split = split_users(a.target, a.sessions_per_user, a.user_offset, k);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut args = Vec::new();
+        for (i, &(conns, offset)) in split.iter().enumerate() {
+            let share = conns as f64 / a.target.max(1) as f64;
+            let mut v: Vec<String> = vec!["capacity".into()];
+            let mut kv = |k: &str, x: String| {
+                v.push(format!("--{k}"));
+                v.push(x);
+            };
+            kv("url", a.url.clone());
+            kv("target", conns.to_string());
+            kv("connect-rate", (a.connect_rate * share).to_string());
+            kv("sessions-per-user", a.sessions_per_user.to_string());
+            kv("user-offset", offset.to_string());
+            kv(
+                "threads",
+                a.threads.unwrap_or((cores / k).max(1)).to_string(),
+            );
+            kv("api", a.api.clone());
+            kv("probe-rate", (a.probe_rate / k as f64).to_string());
+            kv("probe-secs", a.probe_secs.to_string());
+            kv("max-secs", a.max_secs.to_string());
+            kv(
+                "handshake-timeout-secs",
+                a.handshake_timeout_secs.to_string(),
+            );
+            kv("close-timeout-secs", a.close_timeout_secs.to_string());
+            kv("token-ttl-secs", a.token_ttl_secs.to_string());
+            v.extend(source_ip_args(a.source_ips.as_deref(), k, i)?);
+            v.push("--worker".into());
+            args.push((v, format!("up to {conns} connections, users u{offset}..")));
+        }
+        let mut env = vec![("THRONG_JWT_SECRET", a.jwt_secret.as_str())];
+        if let Some(key) = a.api_key.as_deref() {
+            env.push(("THRONG_API_KEY", key));
+        }
+        let ws = Workers::spawn(args, &env, a.target)?;
+        Ok(ParentRamp {
+            ws,
+            caps: split.iter().map(|s| s.0).collect(),
+            a: a.clone(),
+        })
+    }
+
+    fn step_bound(&self, n: u64) -> Instant {
+        let pace = if self.a.connect_rate > 0.0 {
+            n as f64 / self.a.connect_rate
+        } else {
+            0.0
+        };
+        Instant::now() + secs(pace + self.a.handshake_timeout_secs + 30.0)
+    }
+}
+
+impl Ramp for ParentRamp {
+    fn step(&mut self, total: u64) -> Result<StepState, String> {
+        let shares = split_allowance(&self.caps, total);
+        for (i, n) in shares.iter().enumerate() {
+            self.ws.send(i, &format!("STEP {n}"));
+        }
+        let answers = self
+            .ws
+            .await_all(Some("STEPPED"), self.step_bound(self.a.step))?;
+        let mut st = StepState::default();
+        for (i, ans) in answers.iter().enumerate() {
+            let mut parts = ans.splitn(3, ' ');
+            let bad = || format!("worker {i}: bad STEPPED answer: {ans}");
+            st.open += parts
+                .next()
+                .and_then(|x| x.parse::<u64>().ok())
+                .ok_or_else(bad)?;
+            st.failed += parts
+                .next()
+                .and_then(|x| x.parse::<u64>().ok())
+                .ok_or_else(bad)?;
+            let errs: BTreeMap<String, u64> =
+                serde_json::from_str(parts.next().unwrap_or("{}")).map_err(|_| bad())?;
+            crate::client::merge_counts(&mut st.errors, errs);
+        }
+        Ok(st)
+    }
+    fn settle(&mut self, d: Duration) -> Result<(), String> {
+        self.ws.await_all(None, Instant::now() + d).map(|_| ())
+    }
+    fn probe(&mut self, idx: usize) -> Result<(u64, u64), String> {
+        self.ws.send_all(&format!("PROBE {idx}"));
+        let bound = Instant::now() + secs(self.a.probe_secs + 5.0 + 30.0);
+        let answers = self.ws.await_all(Some("PROBED"), bound)?;
+        let (mut pushes, mut missing) = (0, 0);
+        for ans in answers {
+            let mut w = ans
+                .split_whitespace()
+                .map(|x| x.parse::<u64>().unwrap_or(0));
+            pushes += w.next().unwrap_or(0);
+            missing += w.next().unwrap_or(0);
+        }
+        Ok((pushes, missing))
+    }
+    fn note(&self, msg: &str) {
+        self.ws.note(msg);
+    }
+    fn finish(self: Box<Self>) -> Result<Report, String> {
+        let reports = self.ws.close(secs(self.a.close_timeout_secs + 30.0))?;
+        let mut m = Report::merge(&reports);
+        m.mode = "capacity".into();
+        Ok(m)
+    }
+}
+
+/// Runs the whole ramp (in this process, or over --procs workers) and returns the report.
+pub fn run(a: &CapacityArgs) -> Result<Report, String> {
+    check_server_pid(a.server_pid)?;
+    let mem0 = Mem::read(a.server_pid);
+    let ramp: Box<dyn Ramp> = if a.procs > 1 {
+        Box::new(ParentRamp::start(a)?)
+    } else {
+        Box::new(LocalRamp::start(a)?)
+    };
+    drive(a, ramp, mem0)
+}
+
+fn per_conn(before: Option<u64>, now: Option<u64>, conns: u64) -> Option<f64> {
+    match (before, now) {
+        (Some(b), Some(n)) if conns > 0 => {
+            Some(((n as f64 - b as f64) / conns as f64 * 10.0).round() / 10.0)
+        }
+        _ => None,
+    }
+}
+
+fn drive(a: &CapacityArgs, mut ramp: Box<dyn Ramp>, mem0: Mem) -> Result<Report, String> {
+    let start = Instant::now();
+    let end = start + secs(a.max_secs);
+    let mut rows: Vec<Step> = Vec::new();
+    let mut allowed = 0u64;
+    let mut held = 0u64;
+    let r = (|| -> Result<Stop, String> {
+        loop {
+            if Instant::now() >= end {
+                return Ok(Stop::MaxSecs {
+                    secs: a.max_secs,
+                    open: held,
+                });
+            }
+            allowed = (allowed + a.step).min(a.target);
+            let st = ramp.step(allowed)?;
+            ramp.settle(secs(a.settle_secs))?;
+            let mem = Mem::read(a.server_pid);
+            let mut row = Step {
+                connections: st.open,
+                connect_errors: st.errors.clone(),
+                server_rss_bytes: mem.rss,
+                server_rss_bytes_per_conn: per_conn(mem0.rss, mem.rss, st.open),
+                kernel_tcp_bytes_per_conn: per_conn(mem0.tcp, mem.tcp, st.open),
+                kernel_slab_bytes_per_conn: per_conn(mem0.slab, mem.slab, st.open),
+                ..Default::default()
+            };
+            held = held.max(st.open);
+            if st.failed > 0 || !st.errors.is_empty() {
+                ramp.note(step_line(rows.len(), &row, true).trim_end());
+                rows.push(row);
+                return Ok(Stop::ConnectErrors {
+                    open: st.open,
+                    errors: st.errors,
+                });
+            }
+            let mut missing = 0;
+            if a.probe_rate > 0.0 {
+                let (pushes, m) = ramp.probe(rows.len())?;
+                row.probe_pushes = pushes;
+                missing = m;
+            }
+            ramp.note(step_line(rows.len(), &row, true).trim_end());
+            rows.push(row);
+            if missing > 0 {
+                return Ok(Stop::ProbeLost {
+                    open: st.open,
+                    missing,
+                });
+            }
+            if allowed >= a.target {
+                return Ok(Stop::Target(a.target));
+            }
+        }
+    })();
+    let mut rep = ramp.finish()?;
+    let stop = r?;
+    for (i, row) in rows.iter_mut().enumerate() {
+        row.latency_us = rep.step_latency(i);
+    }
+    rep.connections_target = a.target;
+    rep.steps = Some(rows);
+    rep.stopped_because = Some(stop.to_string());
+    rep.max_connections_held = Some(held);
+    Ok(rep)
+}
+
+/// Writes the ramp's plot: latency percentiles and memory per connection per step.
+pub fn draw(path: &std::path::Path, rep: &Report) -> Result<(), String> {
+    let points: Vec<crate::plot::StepPoint> = rep
+        .steps
+        .iter()
+        .flatten()
+        .map(|s| {
+            let has = s.latency_us.count > 0;
+            crate::plot::StepPoint {
+                connections: s.connections,
+                latency_p50_us: has.then_some(s.latency_us.p50),
+                latency_p99_us: has.then_some(s.latency_us.p99),
+                latency_p999_us: has.then_some(s.latency_us.p999),
+                server_rss_bytes_per_conn: s.server_rss_bytes_per_conn,
+                kernel_tcp_bytes_per_conn: s.kernel_tcp_bytes_per_conn,
+            }
+        })
+        .collect();
+    let title = format!(
+        "throng capacity ramp: {}",
+        rep.stopped_because.as_deref().unwrap_or("")
+    );
+    crate::plot::write_svg(path, &title, &points)
+        .map_err(|e| format!("--plot {}: {e}", path.display()))
+}
+
+/// Runs this process as a capacity worker: STEP and PROBE commands until CLOSE.
+pub fn run_worker(a: &CapacityArgs) -> Result<(), String> {
+    let io = WorkerIo::start();
+    let mut r = LocalRamp::start(a)?;
+    // Bounded: the parent drives the steps; a silent parent ends the run.
+    let bound = Instant::now() + secs(a.max_secs + 120.0);
+    loop {
+        if Instant::now() > bound {
+            eprintln!("throng-load worker: no command from the parent in time; closing");
+            break;
+        }
+        let Some(cmd) = io.recv(Duration::from_millis(200)) else {
+            r.l.tick();
+            continue;
+        };
+        let mut words = cmd.split_whitespace();
+        match words.next() {
+            Some("STEP") => {
+                let n = words.next().and_then(|x| x.parse().ok()).unwrap_or(0);
+                r.l.allow(n);
+                r.l.wait_connected();
+                let st = r.state();
+                let errs = serde_json::to_string(&st.errors).map_err(|e| e.to_string())?;
+                WorkerIo::send(&format!("STEPPED {} {} {errs}", st.open, st.failed));
+            }
+            Some("PROBE") => {
+                let idx = words.next().and_then(|x| x.parse().ok()).unwrap_or(0);
+                let (pushes, missing) = r.run_probe(idx);
+                WorkerIo::send(&format!("PROBED {pushes} {missing}"));
+            }
+            Some("CLOSE") | Some("EOF") => break,
+            _ => {}
+        }
+    }
+    let rep = r.report("capacity");
+    WorkerIo::send(&format!(
+        "RESULT {}",
+        serde_json::to_string(&rep).map_err(|e| e.to_string())?
+    ));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allowance_split_even_and_capped() {
+        assert_eq!(split_allowance(&[500, 500], 1000), vec![500, 500]);
+        assert_eq!(split_allowance(&[500, 500], 301), vec![151, 150]);
+        assert_eq!(split_allowance(&[100, 500, 500], 900), vec![100, 400, 400]);
+        assert_eq!(split_allowance(&[100, 500], 5000), vec![100, 500]);
+        assert_eq!(split_allowance(&[3, 3, 3], 0), vec![0, 0, 0]);
+        assert_eq!(split_allowance(&[], 10), Vec::<u64>::new());
+        let s = split_allowance(&[7, 1, 9, 4], 15);
+        assert_eq!(s.iter().sum::<u64>(), 15);
+        assert!(s.iter().zip([7, 1, 9, 4]).all(|(a, c)| *a <= c));
+    }
+
+    #[test]
+    fn stop_reason_text() {
+        let errors = BTreeMap::from([
+            ("too_many_open_files".to_string(), 12),
+            ("http_503_over_capacity".to_string(), 3),
+        ]);
+        assert_eq!(
+            Stop::ConnectErrors {
+                open: 19000,
+                errors
+            }
+            .to_string(),
+            "connect errors at 19000 connections: http_503_over_capacity=3 too_many_open_files=12"
+        );
+        assert_eq!(
+            Stop::Target(2000).to_string(),
+            "reached the target of 2000 connections"
+        );
+        assert_eq!(
+            Stop::ProbeLost {
+                open: 500,
+                missing: 7
+            }
+            .to_string(),
+            "probe lost 7 messages at 500 connections"
+        );
+        assert_eq!(
+            Stop::MaxSecs {
+                secs: 60.0,
+                open: 10
+            }
+            .to_string(),
+            "--max-secs 60 reached at 10 connections"
+        );
+    }
+
+    #[test]
+    fn memory_per_connection() {
+        assert_eq!(per_conn(Some(1000), Some(3000), 4), Some(500.0));
+        assert_eq!(per_conn(Some(1000), Some(3000), 0), None);
+        assert_eq!(per_conn(None, Some(3000), 4), None);
+    }
+}

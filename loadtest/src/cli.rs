@@ -1,0 +1,341 @@
+//! Command-line arguments of every subcommand, and their validation.
+
+use crate::client::Target;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The top-level command line.
+#[derive(Parser, Debug)]
+#[command(
+    name = "throng-load",
+    version,
+    about = "Load generator for the Throng push server"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Open, hold and cleanly close WebSocket connections.
+    Connect(ConnectArgs),
+    /// Hold connections and drive the push API; measure delivery and latency.
+    Push(PushArgs),
+    /// Push like `push` while a share of the connections disconnect and reconnect.
+    Churn(ChurnArgs),
+    /// Ramp connections up step by step, measuring memory and push latency per step.
+    Capacity(CapacityArgs),
+}
+
+/// Flags of `connect`, shared by `push` and `churn`.
+#[derive(Args, Debug, Clone)]
+pub struct ConnectArgs {
+    /// WebSocket URL of the server.
+    #[arg(long, default_value = "ws://127.0.0.1:8700/ws")]
+    pub url: String,
+    /// Connections to open (in all, across --procs).
+    #[arg(long, default_value_t = 1000)]
+    pub connections: u64,
+    /// Connection attempts per second (in all); 0 = as fast as possible.
+    #[arg(long, default_value_t = 2000.0)]
+    pub connect_rate: f64,
+    /// HS256 secret for the tokens.
+    #[arg(long, env = "THRONG_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: String,
+    /// Sessions per user: connection i is user u{offset + i / sessions_per_user}.
+    #[arg(long, default_value_t = 1)]
+    pub sessions_per_user: u64,
+    /// First user number.
+    #[arg(long, default_value_t = 0)]
+    pub user_offset: u64,
+    /// Topics every connection subscribes to after welcome (comma separated); also put in
+    /// the token's `topics` claim.
+    #[arg(long, value_delimiter = ',')]
+    pub topics: Vec<String>,
+    /// Source addresses, bound round-robin before connect: 127.0.0.2-127.0.0.9,10.0.0.1.
+    #[arg(long)]
+    pub source_ips: Option<String>,
+    /// Event loop threads (per process); default: the number of cores (divided by --procs).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Seconds to hold the connections once up (default: 10 for connect, 0 for push).
+    #[arg(long)]
+    pub hold_secs: Option<f64>,
+    /// Seconds to wait after the last connection before measuring and holding.
+    #[arg(long, default_value_t = 2.0)]
+    pub settle_secs: f64,
+    /// Connect + upgrade + welcome deadline per connection.
+    #[arg(long, default_value_t = 10.0)]
+    pub handshake_timeout_secs: f64,
+    /// How long the clean close may take in all.
+    #[arg(long, default_value_t = 10.0)]
+    pub close_timeout_secs: f64,
+    /// Token lifetime.
+    #[arg(long, default_value_t = 3600)]
+    pub token_ttl_secs: u64,
+    /// Write the JSON report here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Server process to measure RSS of (and kernel TCP memory) per connection.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Worker processes over disjoint user ranges and source addresses.
+    #[arg(long, default_value_t = 1)]
+    pub procs: usize,
+    /// Internal: run as a worker of a --procs parent (commands on stdin, results on stdout).
+    #[arg(long, hide = true)]
+    pub worker: bool,
+}
+
+/// Flags of `push`, shared by `churn`.
+#[derive(Args, Debug, Clone)]
+pub struct PushArgs {
+    #[command(flatten)]
+    pub conn: ConnectArgs,
+    /// Push API base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8701")]
+    pub api: String,
+    /// Push API key.
+    #[arg(long, env = "THRONG_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Pushes per second (in all); 0 = as fast as the API answers.
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// How long to push.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration_secs: f64,
+    /// Stop after this many pushes (in all) even if time is left.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Push target.
+    #[arg(long, value_enum, default_value_t = Target::User)]
+    pub target: Target,
+    /// Length of the `pad` string in each push's data.
+    #[arg(long, default_value_t = 64)]
+    pub payload_bytes: usize,
+    /// Pushes per request; above 1 uses POST /v1/push/batch.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Parallel keep-alive API connections (per pushing process).
+    #[arg(long, default_value_t = 4)]
+    pub api_concurrency: usize,
+    /// Users per push with --target users.
+    #[arg(long, default_value_t = 10)]
+    pub users_per_push: usize,
+    /// After the last push, wait at most this long for deliveries.
+    #[arg(long, default_value_t = 10.0)]
+    pub drain_secs: f64,
+}
+
+/// Flags of `churn`: everything `push` takes plus the churn pace and share.
+#[derive(Args, Debug, Clone)]
+pub struct ChurnArgs {
+    #[command(flatten)]
+    pub push: PushArgs,
+    /// Client-initiated disconnect+reconnect cycles per second (in all, across --procs).
+    #[arg(long, default_value_t = 10.0)]
+    pub churn_rate: f64,
+    /// Share of the connections that churn (0 < F <= 1), a fixed subset by connection number.
+    #[arg(long, default_value_t = 0.2)]
+    pub churn_fraction: f64,
+}
+
+/// Flags of `capacity`: a ramp of connection steps with a push probe per step.
+#[derive(Args, Debug, Clone)]
+pub struct CapacityArgs {
+    /// WebSocket URL of the server.
+    #[arg(long, default_value = "ws://127.0.0.1:8700/ws")]
+    pub url: String,
+    /// HS256 secret for the tokens.
+    #[arg(long, env = "THRONG_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: String,
+    /// Connection attempts per second (in all); 0 = as fast as possible.
+    #[arg(long, default_value_t = 2000.0)]
+    pub connect_rate: f64,
+    /// Sessions per user: connection i is user u{offset + i / sessions_per_user}.
+    #[arg(long, default_value_t = 1)]
+    pub sessions_per_user: u64,
+    /// First user number.
+    #[arg(long, default_value_t = 0)]
+    pub user_offset: u64,
+    /// Source addresses, bound round-robin before connect: 127.0.0.2-127.0.0.9,10.0.0.1.
+    #[arg(long)]
+    pub source_ips: Option<String>,
+    /// Event loop threads (per process); default: the number of cores (divided by --procs).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Worker processes over disjoint user ranges and source addresses.
+    #[arg(long, default_value_t = 1)]
+    pub procs: usize,
+    /// Server process to measure RSS of (and kernel TCP and slab memory) per step.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Write the JSON report here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Push API base URL (for the probes).
+    #[arg(long, default_value = "http://127.0.0.1:8701")]
+    pub api: String,
+    /// Push API key.
+    #[arg(long, env = "THRONG_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Connections to reach in all.
+    #[arg(long)]
+    pub target: u64,
+    /// Connections added per step.
+    #[arg(long, default_value_t = 1000)]
+    pub step: u64,
+    /// Direct pushes per second to connected users during each step's probe; 0 = no probe.
+    #[arg(long, default_value_t = 200.0)]
+    pub probe_rate: f64,
+    /// How long each step's probe pushes.
+    #[arg(long, default_value_t = 2.0)]
+    pub probe_secs: f64,
+    /// Seconds to wait after a step's connections before measuring memory.
+    #[arg(long, default_value_t = 1.0)]
+    pub settle_secs: f64,
+    /// Overall bound on the ramp.
+    #[arg(long, default_value_t = 600.0)]
+    pub max_secs: f64,
+    /// Draw latency and memory per connection against connections into this SVG file.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Connect + upgrade + welcome deadline per connection.
+    #[arg(long, default_value_t = 10.0)]
+    pub handshake_timeout_secs: f64,
+    /// How long the clean close may take in all.
+    #[arg(long, default_value_t = 10.0)]
+    pub close_timeout_secs: f64,
+    /// Token lifetime.
+    #[arg(long, default_value_t = 3600)]
+    pub token_ttl_secs: u64,
+    /// Internal: run as a worker of a --procs parent (commands on stdin, results on stdout).
+    #[arg(long, hide = true)]
+    pub worker: bool,
+}
+
+impl CapacityArgs {
+    /// The connection flags in the shape the shared drivers take.
+    pub fn connect_args(&self) -> ConnectArgs {
+        ConnectArgs {
+            url: self.url.clone(),
+            connections: self.target,
+            connect_rate: self.connect_rate,
+            jwt_secret: self.jwt_secret.clone(),
+            sessions_per_user: self.sessions_per_user,
+            user_offset: self.user_offset,
+            topics: Vec::new(),
+            source_ips: self.source_ips.clone(),
+            threads: self.threads,
+            hold_secs: Some(0.0),
+            settle_secs: self.settle_secs,
+            handshake_timeout_secs: self.handshake_timeout_secs,
+            close_timeout_secs: self.close_timeout_secs,
+            token_ttl_secs: self.token_ttl_secs,
+            json: self.json.clone(),
+            server_pid: self.server_pid,
+            procs: self.procs,
+            worker: self.worker,
+        }
+    }
+
+    /// The probe as a push run: direct pushes to users at the probe rate.
+    pub fn push_args(&self) -> PushArgs {
+        PushArgs {
+            conn: self.connect_args(),
+            api: self.api.clone(),
+            api_key: self.api_key.clone(),
+            rate: self.probe_rate,
+            duration_secs: self.probe_secs,
+            count: None,
+            target: Target::User,
+            payload_bytes: 64,
+            batch: 1,
+            api_concurrency: 4,
+            users_per_push: 1,
+            // A probe's deliveries should arrive within this; longer means they are lost.
+            drain_secs: 5.0,
+        }
+    }
+}
+
+/// A duration from seconds given on the command line (negative is zero).
+pub fn secs(x: f64) -> Duration {
+    Duration::from_secs_f64(x.clamp(0.0, 1e7))
+}
+
+/// Checks the flags every subcommand shares, and the push flags when given.
+pub fn validate(c: &ConnectArgs, p: Option<&PushArgs>) -> Result<(), String> {
+    if c.sessions_per_user == 0 {
+        return Err("--sessions-per-user must be at least 1".into());
+    }
+    if c.connections > u32::MAX as u64 {
+        return Err("--connections too large".into());
+    }
+    if c.procs == 0 || c.procs > 64 {
+        return Err("--procs must be 1 to 64".into());
+    }
+    if !(c.connect_rate >= 0.0 && c.connect_rate.is_finite()) {
+        return Err("--connect-rate must be a number, not negative".into());
+    }
+    if let Some(p) = p {
+        if p.target == Target::Topic && c.topics.is_empty() {
+            return Err("--target topic needs --topics".into());
+        }
+        if p.count.is_none() && p.duration_secs <= 0.0 {
+            return Err("give --duration-secs or --count".into());
+        }
+        crate::util::parse_url(&p.api, "http", 80).map_err(|e| format!("--api: {e}"))?;
+        if p.batch == 0 || p.api_concurrency == 0 {
+            return Err("--batch and --api-concurrency must be at least 1".into());
+        }
+    }
+    Ok(())
+}
+
+/// Checks the churn flags.
+pub fn validate_churn(ch: &ChurnArgs) -> Result<(), String> {
+    if !(ch.churn_rate >= 0.0 && ch.churn_rate.is_finite()) {
+        return Err(format!(
+            "--churn-rate must be a number of cycles per second, not negative (got {})",
+            ch.churn_rate
+        ));
+    }
+    if !(ch.churn_fraction > 0.0 && ch.churn_fraction <= 1.0) {
+        return Err(format!(
+            "--churn-fraction must be above 0 and at most 1 (got {})",
+            ch.churn_fraction
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the capacity flags.
+pub fn validate_capacity(a: &CapacityArgs) -> Result<(), String> {
+    if a.target == 0 {
+        return Err("--target must be at least 1 connection".into());
+    }
+    if a.step == 0 {
+        return Err("--step must be at least 1 connection".into());
+    }
+    if !(a.probe_rate >= 0.0 && a.probe_rate.is_finite()) {
+        return Err(format!(
+            "--probe-rate must not be negative (got {})",
+            a.probe_rate
+        ));
+    }
+    if a.probe_rate > 0.0 && a.probe_secs <= 0.0 {
+        return Err("--probe-secs must be above 0 when --probe-rate is above 0".into());
+    }
+    if a.max_secs.is_nan() || a.max_secs <= 0.0 {
+        return Err(format!("--max-secs must be above 0 (got {})", a.max_secs));
+    }
+    if a.settle_secs < 0.0 {
+        return Err("--settle-secs must not be negative".into());
+    }
+    crate::util::parse_url(&a.api, "http", 80).map_err(|e| format!("--api: {e}"))?;
+    Ok(())
+}

@@ -1,0 +1,373 @@
+//! The connections of one process, and the phases run on them: connect, hold, push
+//! (with churn), drain, close. A single-process run and every worker use it.
+
+use crate::cli::{secs, ChurnArgs, ConnectArgs, PushArgs};
+use crate::client::{self, ChurnCfg, ClientCfg, Shared, Target, ThreadOut, PHASE_CLOSE};
+use crate::progress::{Progress, Ticker};
+use crate::push::{self, PushCfg, PushOut, PushProgress};
+use crate::report::{Mem, Report};
+use crate::util;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Open files one process needs for `conns` connections and `api` push API connections.
+pub fn files_needed(conns: u64, api: u64) -> u64 {
+    conns + 64 + api
+}
+
+/// Checks the open-files limit for `conns` connections in this process; the error
+/// suggests a --procs that fits.
+pub fn check_nofile(conns: u64, api: u64) -> Result<(), String> {
+    let nofile = util::raise_nofile_limit();
+    let need = files_needed(conns, api);
+    if need > nofile {
+        return Err(format!(
+            "{conns} connections need about {need} open files, but RLIMIT_NOFILE is {nofile}; \
+             use --procs {}",
+            (conns + 64 + 200).div_ceil(nofile.saturating_sub(200).max(1))
+        ));
+    }
+    Ok(())
+}
+
+/// The event loops of this process and what drives them.
+pub struct Local {
+    pub cfg: Arc<ClientCfg>,
+    pub sh: Arc<Shared>,
+    handles: Vec<JoinHandle<ThreadOut>>,
+    pub ticker: Ticker,
+    pub prog: Arc<PushProgress>,
+}
+
+impl Local {
+    /// Starts the event loops. With `gated`, no connection is attempted until `allow`.
+    pub fn start(
+        c: &ConnectArgs,
+        p: Option<&PushArgs>,
+        ch: Option<&ChurnArgs>,
+        gated: bool,
+    ) -> Result<Local, String> {
+        check_nofile(c.connections, p.map_or(0, |p| p.api_concurrency as u64))?;
+        let url = util::parse_url(&c.url, "ws", 80)?;
+        let source_ips = match &c.source_ips {
+            Some(s) => util::parse_source_ips(s).map_err(|e| format!("--source-ips: {e}"))?,
+            None => Vec::new(),
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = c
+            .threads
+            .unwrap_or(cores)
+            .clamp(1, 256)
+            .min(c.connections.max(1) as usize);
+        let cfg = Arc::new(ClientCfg {
+            url,
+            connections: c.connections,
+            connect_rate: c.connect_rate,
+            threads,
+            sessions_per_user: c.sessions_per_user,
+            user_offset: c.user_offset,
+            topics: c.topics.clone(),
+            source_ips,
+            jwt_secret: c.jwt_secret.clone(),
+            token_ttl_secs: c.token_ttl_secs,
+            handshake_timeout: secs(c.handshake_timeout_secs),
+            close_timeout: secs(c.close_timeout_secs),
+            target: p.map(|p| p.target),
+            churn: ch.map(|ch| ChurnCfg {
+                rate: ch.churn_rate,
+                fraction: ch.churn_fraction,
+            }),
+        });
+        let sh = Arc::new(Shared::new(cfg.num_users()));
+        if gated {
+            sh.allowed.store(0, Relaxed);
+        }
+        let handles =
+            client::spawn(cfg.clone(), sh.clone()).map_err(|e| format!("threads: {e}"))?;
+        Ok(Local {
+            cfg,
+            sh,
+            handles,
+            ticker: Ticker::new(c.connections, c.worker),
+            prog: Arc::new(PushProgress::default()),
+        })
+    }
+
+    /// The live counters.
+    pub fn progress(&self) -> Progress {
+        let s = &self.sh;
+        Progress {
+            attempted: s.attempted.load(Relaxed),
+            opened: s.opened.load(Relaxed),
+            open_now: s.open_now.load(Relaxed),
+            failed: s.failed.load(Relaxed),
+            disconnected: s.disconnected.load(Relaxed),
+            received: s.push_received.load(Relaxed),
+            accepted: self.prog.accepted.load(Relaxed),
+            retries: self.prog.retries.load(Relaxed),
+        }
+    }
+
+    /// Shows progress (bar, line once a second, or a worker's `PROGRESS` line).
+    pub fn tick(&mut self) {
+        if self.ticker.due() {
+            let p = self.progress();
+            self.ticker.show(&p);
+        }
+    }
+
+    /// Sleeps `d`, ticking.
+    pub fn sleep_ticking(&mut self, d: Duration) {
+        let end = Instant::now() + d;
+        while Instant::now() < end {
+            std::thread::sleep((end - Instant::now()).min(Duration::from_millis(100)));
+            self.tick();
+        }
+    }
+
+    /// Lets connection numbers below `n` be attempted, paced from now.
+    pub fn allow(&self, n: u64) {
+        let prev = self.sh.allowed.load(Relaxed);
+        self.sh.pace_base_g.store(prev.min(n), Relaxed);
+        self.sh
+            .pace_base_us
+            .store(self.sh.start.elapsed().as_micros() as u64, Relaxed);
+        self.sh.allowed.store(n, Relaxed);
+    }
+
+    /// Waits until every allowed connection attempt has succeeded or failed (bounded by
+    /// the pacing, the handshake timeout and 5 s); then for topic subscriptions.
+    pub fn wait_connected(&mut self) {
+        let allowed = self.sh.allowed.load(Relaxed).min(self.cfg.connections);
+        let base = self.sh.pace_base_g.load(Relaxed).min(allowed);
+        let n = allowed - base;
+        let pace = if self.cfg.connect_rate > 0.0 {
+            n as f64 / self.cfg.connect_rate
+        } else {
+            0.0
+        };
+        let deadline =
+            Instant::now() + secs(pace) + self.cfg.handshake_timeout + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let s = &self.sh;
+            if s.opened.load(Relaxed) + s.failed.load(Relaxed) >= allowed
+                || s.threads_done.load(Relaxed) as usize >= self.cfg.threads
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            self.tick();
+        }
+        if !self.cfg.topics.is_empty() {
+            let per = self.cfg.topics.len() as u64;
+            let want = move |s: &Shared| s.open_now.load(Relaxed) * per;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && self.sh.subscribed.load(Relaxed) < want(&self.sh) {
+                std::thread::sleep(Duration::from_millis(20));
+                self.tick();
+            }
+        }
+    }
+
+    /// Seconds from the start to the last `welcome`.
+    pub fn connect_secs(&self) -> f64 {
+        self.sh.last_welcome_us.load(Relaxed) as f64 / 1e6
+    }
+
+    /// Runs the push driver to its end; with `churn`, churn cycles run meanwhile.
+    /// `full_sessions` restricts direct pushes to users whose sessions are all open.
+    pub fn push(&mut self, p: &PushArgs, churn: bool, full_sessions: Option<u32>) -> PushOut {
+        let api = match util::parse_url(&p.api, "http", 80) {
+            Ok(u) => u,
+            Err(e) => {
+                let mut o = PushOut::new();
+                o.errors.insert(format!("bad_api_url: {e}"), 1);
+                return o;
+            }
+        };
+        let cfg = Arc::new(PushCfg {
+            api,
+            api_key: p.api_key.clone(),
+            rate: p.rate,
+            duration: secs(p.duration_secs),
+            count: p.count,
+            target: p.target,
+            payload_bytes: p.payload_bytes,
+            batch: p.batch,
+            concurrency: p.api_concurrency,
+            users_per_push: p.users_per_push,
+            topics: self.cfg.topics.clone(),
+            user_offset: self.cfg.user_offset,
+            num_users: self.cfg.num_users(),
+            retry_grace: Duration::from_secs(10),
+            full_sessions,
+        });
+        let (sh, prog) = (self.sh.clone(), self.prog.clone());
+        if churn {
+            self.sh.churn_on.store(true, Relaxed);
+        }
+        let h = std::thread::spawn(move || push::run(cfg, sh, prog));
+        while !h.is_finished() {
+            std::thread::sleep(Duration::from_millis(50));
+            self.tick();
+        }
+        self.sh.churn_on.store(false, Relaxed);
+        h.join().unwrap_or_else(|_| {
+            let mut o = PushOut::new();
+            o.errors.insert("driver_panicked".into(), 1);
+            o
+        })
+    }
+
+    /// Waits (bounded) for churn cycles under way to reconnect or fail.
+    pub fn wait_churn_settled(&mut self) {
+        let bound = self.cfg.close_timeout + self.cfg.handshake_timeout + Duration::from_secs(1);
+        let end = Instant::now() + bound;
+        while Instant::now() < end && self.sh.churn_inflight.load(Relaxed) > 0 {
+            std::thread::sleep(Duration::from_millis(20));
+            self.tick();
+        }
+    }
+
+    /// Waits until the receivers that count (open, never churned) have what the API
+    /// accepted for them, or `max`.
+    pub fn drain(&mut self, target: Target, max: Duration) {
+        let end = Instant::now() + max;
+        while Instant::now() < end {
+            if self.sh.push_unique.load(Relaxed) >= self.sh.expected_now(target) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            self.tick();
+        }
+    }
+
+    /// Distinct deliveries still missing at the receivers that count, now.
+    pub fn missing_now(&self, target: Target) -> u64 {
+        self.sh
+            .expected_now(target)
+            .saturating_sub(self.sh.push_unique.load(Relaxed))
+    }
+
+    /// Closes every connection cleanly and collects the threads' measurements.
+    pub fn close(self) -> ThreadOut {
+        self.ticker.finish();
+        self.sh.phase.store(PHASE_CLOSE, Relaxed);
+        let mut all = None::<ThreadOut>;
+        for h in self.handles {
+            if let Ok(o) = h.join() {
+                match all.as_mut() {
+                    Some(a) => a.merge(o),
+                    None => all = Some(o),
+                }
+            }
+        }
+        all.unwrap_or_else(|| {
+            let mut o = ThreadOut::new();
+            o.connect_errors.insert("thread_panicked".into(), 1);
+            o
+        })
+    }
+}
+
+/// The mode name in reports.
+pub fn mode_name(p: Option<&PushArgs>, ch: Option<&ChurnArgs>) -> &'static str {
+    match (p, ch) {
+        (_, Some(_)) => "churn",
+        (Some(_), None) => "push",
+        (None, None) => "connect",
+    }
+}
+
+/// Checks that `--server-pid` names a process whose memory can be read.
+pub fn check_server_pid(pid: Option<u32>) -> Result<(), String> {
+    if let Some(pid) = pid {
+        if util::read_rss_bytes(&pid.to_string()).is_none() {
+            return Err(format!(
+                "--server-pid {pid}: no such process (or no /proc/{pid}/status)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The whole run in this process (no workers).
+pub fn run_single(
+    c: &ConnectArgs,
+    p: Option<&PushArgs>,
+    ch: Option<&ChurnArgs>,
+) -> Result<Report, String> {
+    check_server_pid(c.server_pid)?;
+    let mem0 = Mem::read(c.server_pid);
+    let own0 = util::read_rss_bytes("self").unwrap_or(0);
+    let mut l = Local::start(c, p, ch, false)?;
+    l.ticker.note(&format!(
+        "throng-load: {} connections to {} at {}/s on {} threads{}",
+        c.connections,
+        c.url,
+        c.connect_rate,
+        l.cfg.threads,
+        if l.cfg.source_ips.is_empty() {
+            String::new()
+        } else {
+            format!(" from {} source addresses", l.cfg.source_ips.len())
+        }
+    ));
+    l.wait_connected();
+    let connect_secs = l.connect_secs();
+    l.sleep_ticking(secs(c.settle_secs));
+    let mut rep = Report {
+        mode: mode_name(p, ch).into(),
+        procs: 1,
+        connections_target: c.connections,
+        connections_opened: l.sh.opened.load(Relaxed),
+        connect_secs,
+        subscriptions_confirmed: l.sh.subscribed.load(Relaxed),
+        target: p.map(|p| format!("{:?}", p.target).to_lowercase()),
+        ..Default::default()
+    };
+    let open = l.sh.open_now.load(Relaxed);
+    let own1 = util::read_rss_bytes("self").unwrap_or(0);
+    rep.client_rss_delta_bytes = own1.saturating_sub(own0);
+    if open > 0 {
+        rep.client_rss_bytes_per_conn =
+            Some((rep.client_rss_delta_bytes as f64 / open as f64 * 10.0).round() / 10.0);
+    }
+    if c.server_pid.is_some() {
+        let mem1 = Mem::read(c.server_pid);
+        rep.set_memory(open, mem0, mem1);
+        l.ticker.note(&format!(
+            "throng-load: {open} connections up; memory before {mem0:?}, after {mem1:?}"
+        ));
+    }
+    let hold = c.hold_secs.unwrap_or(if p.is_some() { 0.0 } else { 10.0 });
+    l.sleep_ticking(secs(hold));
+    let mut pushed = None;
+    let mut delivery_secs = 0.0;
+    if let Some(p) = p {
+        let t0 = l.sh.start.elapsed().as_micros() as u64;
+        let out = l.push(p, ch.is_some(), None);
+        l.wait_churn_settled();
+        l.drain(p.target, secs(p.drain_secs));
+        let last = l.sh.last_recv_us.load(Relaxed);
+        delivery_secs = last.saturating_sub(t0) as f64 / 1e6;
+        pushed = Some(out);
+    }
+    let close_start = Instant::now();
+    let t = l.close();
+    eprintln!(
+        "throng-load: closed in {:.2}s",
+        close_start.elapsed().as_secs_f64()
+    );
+    rep.fill_clients(&t);
+    rep.set_connect_rate();
+    if p.is_some() {
+        rep.fill_push(&t, pushed.as_ref(), delivery_secs);
+    }
+    if ch.is_some() {
+        rep.fill_churn(&t);
+    }
+    Ok(rep)
+}

@@ -1,0 +1,549 @@
+//! Worker processes (--procs K): spawning them, the line protocol between parent and
+//! workers, and the connect/push/churn runs over it. The capacity ramp drives workers
+//! through the same machinery (see `capacity`).
+//!
+//! Parent -> worker (stdin): PUSH | DRAIN <accepted_total> | CLOSE
+//!                           | STEP <allowed> | PROBE <step>            (capacity)
+//! Worker -> parent (stdout): PROGRESS <8 numbers> | READY <open> | PUSHED <accepted_total>
+//!                           | DRAINED | RESULT <json>
+//!                           | STEPPED <open> <failed> <errors json> | PROBED <pushes> <missing>
+
+use crate::cli::{secs, ChurnArgs, ConnectArgs, PushArgs};
+use crate::local::{mode_name, Local};
+use crate::progress::{Progress, Ticker};
+use crate::report::{Mem, Report};
+use crate::util;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// A worker's side of the protocol: commands from stdin, answers on stdout.
+pub struct WorkerIo {
+    rx: mpsc::Receiver<String>,
+}
+
+impl WorkerIo {
+    /// Starts reading commands; a closed stdin reads as `EOF`.
+    pub fn start() -> WorkerIo {
+        let (tx, rx) = mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            let stdin = std::io::stdin();
+            for line in stdin.lock().lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+            let _ = tx.send("EOF".into());
+        });
+        WorkerIo { rx }
+    }
+
+    /// The next command, or `None` after `wait` without one.
+    pub fn recv(&self, wait: Duration) -> Option<String> {
+        match self.rx.recv_timeout(wait) {
+            Ok(cmd) => Some(cmd),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => Some("EOF".into()),
+        }
+    }
+
+    /// Sends one line to the parent.
+    pub fn send(line: &str) {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+}
+
+/// Runs this process as a connect/push/churn worker until the parent says CLOSE.
+pub fn run_worker(
+    c: &ConnectArgs,
+    p: Option<&PushArgs>,
+    ch: Option<&ChurnArgs>,
+) -> Result<(), String> {
+    let io = WorkerIo::start();
+    let own0 = util::read_rss_bytes("self").unwrap_or(0);
+    let mut l = Local::start(c, p, ch, false)?;
+    l.wait_connected();
+    let connect_secs = l.connect_secs();
+    let own1 = util::read_rss_bytes("self").unwrap_or(0);
+    let mut rep = Report {
+        mode: mode_name(p, ch).into(),
+        procs: 1,
+        connections_target: c.connections,
+        connections_opened: l.sh.opened.load(Relaxed),
+        connect_secs,
+        subscriptions_confirmed: l.sh.subscribed.load(Relaxed),
+        client_rss_delta_bytes: own1.saturating_sub(own0),
+        target: p.map(|p| format!("{:?}", p.target).to_lowercase()),
+        ..Default::default()
+    };
+    WorkerIo::send(&format!("READY {}", l.sh.open_now.load(Relaxed)));
+    let mut pushed = None;
+    let mut t0 = 0u64;
+    // Bounded: the parent drives the phases; a silent parent ends the run.
+    let bound = Instant::now()
+        + secs(c.hold_secs.unwrap_or(0.0) + c.settle_secs + 600.0)
+        + p.map_or(Duration::ZERO, |p| {
+            secs(p.duration_secs + p.drain_secs + 60.0)
+        });
+    loop {
+        if Instant::now() > bound {
+            eprintln!("throng-load worker: no command from the parent in time; closing");
+            break;
+        }
+        let Some(cmd) = io.recv(Duration::from_millis(200)) else {
+            l.tick();
+            continue;
+        };
+        let mut words = cmd.split_whitespace();
+        match (words.next(), p) {
+            (Some("PUSH"), Some(p)) => {
+                t0 = l.sh.start.elapsed().as_micros() as u64;
+                let out = l.push(p, ch.is_some(), None);
+                l.wait_churn_settled();
+                WorkerIo::send(&format!("PUSHED {}", l.sh.accepted_total.load(Relaxed)));
+                pushed = Some(out);
+            }
+            (Some("DRAIN"), Some(p)) => {
+                if !p.target.direct() {
+                    let total = words.next().and_then(|x| x.parse().ok()).unwrap_or(0);
+                    l.sh.accepted_total.store(total, Relaxed);
+                }
+                l.drain(p.target, secs(p.drain_secs));
+                WorkerIo::send("DRAINED");
+            }
+            (Some("CLOSE"), _) | (Some("EOF"), _) => break,
+            _ => {}
+        }
+    }
+    let delivery_secs = l.sh.last_recv_us.load(Relaxed).saturating_sub(t0) as f64 / 1e6;
+    let t = l.close();
+    rep.fill_clients(&t);
+    rep.set_connect_rate();
+    if p.is_some() {
+        rep.fill_push(&t, pushed.as_ref(), delivery_secs);
+    }
+    if ch.is_some() {
+        rep.fill_churn(&t);
+    }
+    WorkerIo::send(&format!(
+        "RESULT {}",
+        serde_json::to_string(&rep).map_err(|e| e.to_string())?
+    ));
+    Ok(())
+}
+
+/// How the connections and users of a run split over K workers: (connections, first user
+/// offset) per worker. Users are never split, so each worker owns whole users.
+pub fn split_users(connections: u64, spu: u64, user_offset: u64, k: usize) -> Vec<(u64, u64)> {
+    let spu = spu.max(1);
+    let k64 = k.max(1) as u64;
+    let users = connections.div_ceil(spu);
+    let mut out = Vec::new();
+    let (mut users_before, mut conns_before) = (0u64, 0u64);
+    for i in 0..k.max(1) as u64 {
+        let my_users = users / k64 + u64::from(i < users % k64);
+        let my_conns = (my_users * spu).min(connections - conns_before);
+        out.push((my_conns, user_offset + users_before));
+        users_before += my_users;
+        conns_before += my_conns;
+    }
+    out
+}
+
+/// One worker process as the parent sees it.
+struct WorkerProc {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    progress: Progress,
+    /// The latest unread answer per head word (READY, PUSHED, STEPPED, ...).
+    answers: HashMap<String, String>,
+    result: Option<Report>,
+}
+
+/// The parent's side: the worker processes and their answers.
+pub struct Workers {
+    ws: Vec<WorkerProc>,
+    rx: mpsc::Receiver<(usize, String)>,
+    ticker: Ticker,
+}
+
+impl Workers {
+    /// Spawns one worker per (argument list, description); `env` is set on each (secrets
+    /// stay off the command line). `target` sizes the progress bar.
+    pub fn spawn(
+        args: Vec<(Vec<String>, String)>,
+        env: &[(&str, &str)],
+        target: u64,
+    ) -> Result<Workers, String> {
+        let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+        let (tx, rx) = mpsc::channel::<(usize, String)>();
+        let mut me = Workers {
+            ws: Vec::new(),
+            rx,
+            ticker: Ticker::new(target, false),
+        };
+        for (i, (a, what)) in args.into_iter().enumerate() {
+            let mut cmd = Command::new(&exe);
+            cmd.args(&a)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit());
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+            let mut child = match cmd.spawn() {
+                Ok(ch) => ch,
+                Err(e) => {
+                    me.stop();
+                    return Err(format!("spawning worker {i}: {e}"));
+                }
+            };
+            let Some(stdout) = child.stdout.take() else {
+                let _ = child.kill();
+                let _ = child.wait();
+                me.stop();
+                return Err(format!("worker {i}: no stdout pipe"));
+            };
+            let stdin = child.stdin.take();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send((i, line)).is_err() {
+                        break;
+                    }
+                }
+                let _ = tx.send((i, "EOF".into()));
+            });
+            me.ticker.note(&format!(
+                "throng-load: worker {i} pid {}: {what}",
+                child.id()
+            ));
+            me.ws.push(WorkerProc {
+                child,
+                stdin,
+                progress: Progress::default(),
+                answers: HashMap::new(),
+                result: None,
+            });
+        }
+        Ok(me)
+    }
+
+    /// Prints a message without garbling the progress bar.
+    pub fn note(&self, msg: &str) {
+        self.ticker.note(msg);
+    }
+
+    /// Sends a line to every worker.
+    pub fn send_all(&mut self, line: &str) {
+        for i in 0..self.ws.len() {
+            self.send(i, line);
+        }
+    }
+
+    /// Sends a line to worker `i`.
+    pub fn send(&mut self, i: usize, line: &str) {
+        if let Some(s) = self.ws.get_mut(i).and_then(|w| w.stdin.as_mut()) {
+            let _ = writeln!(s, "{line}");
+            let _ = s.flush();
+        }
+    }
+
+    /// Reads worker lines until `deadline`, or until every worker has answered `head`
+    /// (when given); returns the answers in worker order. Err when a worker died early
+    /// or the deadline passed while waiting for answers.
+    pub fn await_all(
+        &mut self,
+        head: Option<&str>,
+        deadline: Instant,
+    ) -> Result<Vec<String>, String> {
+        loop {
+            if let Some(h) = head {
+                if self.ws.iter().all(|w| w.answers.contains_key(h)) {
+                    return Ok(self
+                        .ws
+                        .iter_mut()
+                        .map(|w| w.answers.remove(h).unwrap_or_default())
+                        .collect());
+                }
+            }
+            if Instant::now() > deadline {
+                return match head {
+                    Some(h) => Err(format!("workers did not answer {h} in time")),
+                    None => Ok(Vec::new()),
+                };
+            }
+            self.pump_one()?;
+        }
+    }
+
+    /// Handles at most one worker line (waiting up to 100 ms), and shows progress.
+    fn pump_one(&mut self) -> Result<(), String> {
+        match self.rx.recv_timeout(Duration::from_millis(100)) {
+            Ok((i, line)) => {
+                let Some(w) = self.ws.get_mut(i) else {
+                    return Ok(());
+                };
+                let (head, rest) = line.split_once(' ').unwrap_or((&line, ""));
+                match head {
+                    "PROGRESS" => {
+                        if let Some(pr) = Progress::decode(rest) {
+                            w.progress = pr;
+                        }
+                    }
+                    "RESULT" => match serde_json::from_str::<Report>(rest) {
+                        Ok(r) => w.result = Some(r),
+                        Err(e) => return Err(format!("worker {i}: bad result: {e}")),
+                    },
+                    "EOF" => {
+                        if w.result.is_none() {
+                            return Err(format!("worker {i} exited early"));
+                        }
+                    }
+                    "READY" | "PUSHED" | "DRAINED" | "STEPPED" | "PROBED" => {
+                        w.answers.insert(head.to_string(), rest.to_string());
+                    }
+                    _ => self.ticker.note(&format!("worker {i}: {line}")),
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(_) => return Err("all workers gone".into()),
+        }
+        if self.ticker.due() {
+            let mut sum = Progress::default();
+            for w in self.ws.iter() {
+                sum.add(&w.progress);
+            }
+            self.ticker.show(&sum);
+        }
+        Ok(())
+    }
+
+    /// Says CLOSE, collects every RESULT (bounded by `timeout`), and ends the workers.
+    pub fn close(mut self, timeout: Duration) -> Result<Vec<Report>, String> {
+        self.send_all("CLOSE");
+        let deadline = Instant::now() + timeout;
+        let mut r = Ok(());
+        while !self.ws.iter().all(|w| w.result.is_some()) {
+            if Instant::now() > deadline {
+                r = Err("workers did not send their results in time".to_string());
+                break;
+            }
+            if let Err(e) = self.pump_one() {
+                r = Err(e);
+                break;
+            }
+        }
+        self.ticker.finish();
+        self.stop();
+        r?;
+        Ok(self.ws.iter_mut().filter_map(|w| w.result.take()).collect())
+    }
+
+    /// Waits briefly for workers to exit, then kills the ones still running (by their
+    /// child handle, so only processes this run started).
+    fn stop(&mut self) {
+        for w in self.ws.iter_mut() {
+            w.stdin = None; // EOF: a worker waiting for commands closes and exits
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        for w in self.ws.iter_mut() {
+            loop {
+                match w.child.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(50))
+                    }
+                    _ => {
+                        let _ = w.child.kill();
+                        let _ = w.child.wait();
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The command line of connect/push/churn worker `i` of K.
+fn worker_args(
+    c: &ConnectArgs,
+    p: Option<&PushArgs>,
+    ch: Option<&ChurnArgs>,
+    i: usize,
+    conns: u64,
+    offset: u64,
+) -> Vec<String> {
+    let k = c.procs as u64;
+    let mut a: Vec<String> = vec![mode_name(p, ch).into()];
+    let mut kv = |k: &str, v: String| {
+        a.push(format!("--{k}"));
+        a.push(v);
+    };
+    kv("url", c.url.clone());
+    kv("connections", conns.to_string());
+    let share = if c.connections > 0 {
+        conns as f64 / c.connections as f64
+    } else {
+        0.0
+    };
+    kv("connect-rate", (c.connect_rate * share).to_string());
+    kv("sessions-per-user", c.sessions_per_user.to_string());
+    kv("user-offset", offset.to_string());
+    if !c.topics.is_empty() {
+        kv("topics", c.topics.join(","));
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    kv(
+        "threads",
+        c.threads.unwrap_or((cores / c.procs).max(1)).to_string(),
+    );
+    kv("settle-secs", "0".into());
+    kv(
+        "handshake-timeout-secs",
+        c.handshake_timeout_secs.to_string(),
+    );
+    kv("close-timeout-secs", c.close_timeout_secs.to_string());
+    kv("token-ttl-secs", c.token_ttl_secs.to_string());
+    if let Some(h) = c.hold_secs {
+        kv("hold-secs", h.to_string());
+    }
+    if let Some(p) = p {
+        kv("api", p.api.clone());
+        let (rate, count) = if p.target.direct() {
+            // every worker pushes to its own users
+            (
+                p.rate / k as f64,
+                p.count.map(|n| n / k + u64::from((i as u64) < n % k)),
+            )
+        } else if i == 0 {
+            // one driver, so every receiver sees one numbered stream per API connection
+            (p.rate, p.count)
+        } else {
+            (0.0, Some(0))
+        };
+        kv("rate", rate.to_string());
+        if let Some(n) = count {
+            kv("count", n.to_string());
+        }
+        kv("duration-secs", p.duration_secs.to_string());
+        kv("target", format!("{:?}", p.target).to_lowercase());
+        kv("payload-bytes", p.payload_bytes.to_string());
+        kv("batch", p.batch.to_string());
+        kv("api-concurrency", p.api_concurrency.to_string());
+        kv("users-per-push", p.users_per_push.to_string());
+        kv("drain-secs", p.drain_secs.to_string());
+    }
+    if let Some(ch) = ch {
+        // each worker churns its own connections at its share of the rate
+        kv("churn-rate", (ch.churn_rate / k as f64).to_string());
+        kv("churn-fraction", ch.churn_fraction.to_string());
+    }
+    a.push("--worker".into());
+    a
+}
+
+/// Source addresses for worker `i` of `k`, as a flag pair (none when not given).
+pub fn source_ip_args(spec: Option<&str>, k: usize, i: usize) -> Result<Vec<String>, String> {
+    let Some(spec) = spec else {
+        return Ok(Vec::new());
+    };
+    let ips = util::parse_source_ips(spec).map_err(|e| format!("--source-ips: {e}"))?;
+    let mine = util::split_source_ips(&ips, k, i);
+    Ok(vec![
+        "--source-ips".into(),
+        mine.iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+    ])
+}
+
+/// A connect/push/churn run over K worker processes.
+pub fn run_parent(
+    c: &ConnectArgs,
+    p: Option<&PushArgs>,
+    ch: Option<&ChurnArgs>,
+) -> Result<Report, String> {
+    let k = c.procs;
+    crate::local::check_server_pid(c.server_pid)?;
+    let mem0 = Mem::read(c.server_pid);
+    let mut args = Vec::new();
+    for (i, (conns, offset)) in split_users(c.connections, c.sessions_per_user, c.user_offset, k)
+        .into_iter()
+        .enumerate()
+    {
+        let mut a = worker_args(c, p, ch, i, conns, offset);
+        a.extend(source_ip_args(c.source_ips.as_deref(), k, i)?);
+        args.push((a, format!("{conns} connections, users u{offset}..")));
+    }
+    let mut env = vec![("THRONG_JWT_SECRET", c.jwt_secret.as_str())];
+    if let Some(key) = p.and_then(|p| p.api_key.as_deref()) {
+        env.push(("THRONG_API_KEY", key));
+    }
+    let mut ws = Workers::spawn(args, &env, c.connections)?;
+    let pace = if c.connect_rate > 0.0 {
+        c.connections as f64 / c.connect_rate
+    } else {
+        0.0
+    };
+    let r = (|| -> Result<(u64, Mem), String> {
+        let ready = ws.await_all(
+            Some("READY"),
+            Instant::now() + secs(pace + c.handshake_timeout_secs + 60.0),
+        )?;
+        let open: u64 = ready.iter().map(|r| r.trim().parse().unwrap_or(0)).sum();
+        ws.await_all(None, Instant::now() + secs(c.settle_secs))?;
+        let mem1 = Mem::read(c.server_pid);
+        let hold = c.hold_secs.unwrap_or(if p.is_some() { 0.0 } else { 10.0 });
+        ws.await_all(None, Instant::now() + secs(hold))?;
+        if let Some(p) = p {
+            ws.send_all("PUSH");
+            let pushed = ws.await_all(
+                Some("PUSHED"),
+                Instant::now()
+                    + secs(
+                        p.duration_secs + c.close_timeout_secs + c.handshake_timeout_secs + 60.0,
+                    ),
+            )?;
+            let total: u64 = pushed.iter().map(|r| r.trim().parse().unwrap_or(0)).sum();
+            ws.send_all(&format!("DRAIN {total}"));
+            ws.await_all(Some("DRAINED"), Instant::now() + secs(p.drain_secs + 30.0))?;
+        }
+        Ok((open, mem1))
+    })();
+    let results = ws.close(secs(c.close_timeout_secs + 30.0));
+    let (open, mem1) = r?;
+    let reports = results?;
+    let mut m = Report::merge(&reports);
+    if c.server_pid.is_some() {
+        m.set_memory(open, mem0, mem1);
+    }
+    Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_split_whole() {
+        assert_eq!(split_users(10, 1, 0, 3), vec![(4, 0), (3, 4), (3, 7)]);
+        // 5 users of 2 sessions (the last has one): 3 users, then 2 users
+        assert_eq!(split_users(9, 2, 100, 2), vec![(6, 100), (3, 103)]);
+        assert_eq!(split_users(0, 1, 0, 2), vec![(0, 0), (0, 0)]);
+    }
+}
