@@ -166,8 +166,12 @@ impl Acceptor {
                 Ok((mut stream, addr)) => {
                     let _ = stream.set_nodelay(true);
                     if self.pending.len() >= self.config.max_connections {
-                        // Far more half-open handshakes than connections allowed: shed.
-                        self.metrics.handshake(Outcome::OverCapacity);
+                        // Far more half-open handshakes than connections allowed: shed
+                        // with an answer rather than tracking yet another one.
+                        self.shed(
+                            stream,
+                            Refusal::OverCapacity("too many handshakes in progress"),
+                        );
                         continue;
                     }
                     let deadline = self.tick() + Self::ticks(self.config.handshake_timeout);
@@ -348,19 +352,11 @@ impl Acceptor {
         self.spare_fd = None;
         let taken = self.listener.accept();
         let took = taken.is_ok();
-        if let Ok((mut stream, _)) = taken {
-            self.metrics.handshake(Outcome::OverCapacity);
-            // Read what the client sent so closing does not turn into a reset that could
-            // overtake the answer; best effort, the socket is closed right after.
-            for _ in 0..4 {
-                match stream.read(&mut self.scratch) {
-                    Ok(n) if n > 0 => {}
-                    _ => break,
-                }
-            }
-            let r = Refusal::OverCapacity("the server has no file descriptors left");
-            let _ = stream.write(&r.response());
-            let _ = stream.shutdown(Shutdown::Write);
+        if let Ok((stream, _)) = taken {
+            self.shed(
+                stream,
+                Refusal::OverCapacity("the server has no file descriptors left"),
+            );
         }
         self.spare_fd = std::fs::File::open("/dev/null").ok();
         if self.spare_fd.is_none() {
@@ -370,6 +366,22 @@ impl Acceptor {
             return false;
         }
         took
+    }
+
+    /// Answers a socket that will not be tracked with `r` and closes it, best effort and
+    /// without waiting: one read, one write.
+    fn shed(&mut self, mut stream: TcpStream, r: Refusal) {
+        self.metrics.handshake(Outcome::OverCapacity);
+        // Read what the client already sent so closing does not turn into a reset that
+        // could overtake the answer.
+        for _ in 0..4 {
+            match stream.read(&mut self.scratch) {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
+        }
+        let _ = stream.write(&r.response());
+        let _ = stream.shutdown(Shutdown::Write);
     }
 
     /// A socket that was already taken out of `pending` must be refused after all.

@@ -388,30 +388,38 @@ fn check_nofile(proc_root: &Path, n: u64) -> Item {
     let soft = limit.soft.unwrap_or(u64::MAX);
     let hard = limit.hard.unwrap_or(u64::MAX);
     let current = format!("{} (hard {})", opt_limit(limit.soft), opt_limit(limit.hard));
-    let raise = if hard >= need {
-        format!("the hard limit allows it: `ulimit -n {need}` in a shell")
-    } else {
-        format!("raise the hard limit too (limits.d/throng.conf, or `ulimit -Hn {need}` as root)")
-    };
-    let (status, note) = if soft >= need {
-        (Status::Ok, String::new())
-    } else if soft >= n {
+    // `throng serve` raises its soft limit to the hard limit at start, so the hard limit
+    // is what the server gets; a low soft limit only matters to other programs.
+    let effective = soft.max(hard);
+    let raise = "raise the hard limit (limits.d/throng.conf, or `ulimit -Hn` as root)";
+    let (status, note) = if effective >= need {
+        let note = if soft < need {
+            format!(
+                "the soft limit is low, but throng serve raises it to the hard limit ({hard}) \
+                 at start"
+            )
+        } else {
+            String::new()
+        };
+        (Status::Ok, note)
+    } else if effective >= n {
         (
             Status::Warn,
             format!(
                 "only {} files left beyond the connections for listeners, API clients and \
                  logs; {raise}, or LimitNOFILE= in throng.service",
-                soft - n
+                effective - n
             ),
         )
     } else {
         (
             Status::Fail,
             format!(
-                "one file per connection: accepting pauses at about {} connections; {raise}, \
-                 or LimitNOFILE= in throng.service. This is the doctor's own limit: run it \
-                 under the server's limits (`systemctl show -p LimitNOFILE throng`)",
-                soft.saturating_sub(64)
+                "one file per connection: past about {} connections new clients get 503 \
+                 over_capacity; {raise}, or LimitNOFILE= in throng.service. These are the \
+                 doctor's own limits: run it under the server's (`systemctl show -p \
+                 LimitNOFILE throng`)",
+                crate::fdlimit::connections_allowed(effective)
             ),
         )
     };
@@ -811,8 +819,8 @@ pub fn render(report: &Report) -> String {
     let _ = writeln!(out, "\nMemory for {} connections:", m.connections);
     let _ = writeln!(
         out,
-        "  user space    N x U = {} x {} B  {:>10}  (U: target upper bound until measured; \
-         README \"Measured results\")",
+        "  user space    N x U = {} x {} B  {:>10}  (U: 353 B measured at 10,000 idle \
+         connections, rounded up; README \"Measured results\")",
         m.connections,
         m.user_bytes_per_connection,
         human_bytes(m.user_bytes)

@@ -270,6 +270,22 @@ fn grading_rules_from_the_library() {
 }
 
 #[test]
+fn low_soft_limit_is_ok_when_the_hard_limit_allows_it() {
+    // `throng serve` raises its soft limit to the hard limit, so only the hard one counts.
+    let mut files = tuned();
+    for (path, content) in files.iter_mut() {
+        if *path == "proc/self/limits" {
+            *content = limits("1024", "1048576");
+        }
+    }
+    let h = host(&files);
+    let r = doctor::check(&h.proc_root(), &h.sys_root(), 100_000);
+    let nofile = r.item("RLIMIT_NOFILE").expect("nofile item");
+    assert_eq!(nofile.status, Status::Ok, "{r:#?}");
+    assert!(nofile.note.contains("raises it to the hard limit"), "{r:#?}");
+}
+
+#[test]
 fn missing_file_is_a_warn_not_a_crash() {
     let files: Vec<_> = tuned()
         .into_iter()

@@ -383,6 +383,26 @@ fn refuse_over_capacity() {
 }
 
 #[test]
+fn refuse_when_half_open_handshakes_fill_capacity() {
+    // Sockets that connect and say nothing count against max_connections until their
+    // handshake deadline; the next client is answered 503, not dropped silently.
+    let srv = TestServer::start(&["--max-connections", "2", "--handshake-timeout-ms", "30000"]);
+    let _silent1 = tcp(srv.ws);
+    let _silent2 = tcp(srv.ws);
+    let auth = format!("Authorization: Bearer {}", token("c"));
+    let r = raw_http(srv.ws, &upgrade_request(srv.ws, "/ws", &[&auth], &[]));
+    r.assert_refusal(503, "over_capacity");
+    assert!(r.header("retry-after").is_some(), "503 needs Retry-After");
+    assert!(
+        r.json()["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("handshakes in progress")),
+        "refused by the acceptor's pending cap: {}",
+        r.json()
+    );
+}
+
+#[test]
 fn capacity_frees_when_a_client_leaves() {
     let srv = TestServer::start(&["--max-connections", "1"]);
     let a = srv.connect("a");
