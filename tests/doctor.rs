@@ -282,7 +282,10 @@ fn low_soft_limit_is_ok_when_the_hard_limit_allows_it() {
     let r = doctor::check(&h.proc_root(), &h.sys_root(), 100_000);
     let nofile = r.item("RLIMIT_NOFILE").expect("nofile item");
     assert_eq!(nofile.status, Status::Ok, "{r:#?}");
-    assert!(nofile.note.contains("raises it to the hard limit"), "{r:#?}");
+    assert!(
+        nofile.note.contains("raises it to the hard limit"),
+        "{r:#?}"
+    );
 }
 
 #[test]

@@ -17,6 +17,32 @@ pub fn is_churner(g: u64, fraction: f64) -> bool {
     (g + 1) * f / 1_000_000 > g * f / 1_000_000
 }
 
+/// Event loop `tid`'s churning connection numbers (of `connections`, taken round-robin
+/// by `threads` loops) and its share of `rate`.
+///
+/// The rate is shared in proportion to churners, not threads: churners are spread by
+/// number, so one loop can hold more than its share (all of them at F = 0.5 on 2 loops).
+fn thread_share(
+    connections: u64,
+    threads: usize,
+    tid: usize,
+    fraction: f64,
+    rate: f64,
+) -> (f64, Vec<u32>) {
+    let mine: Vec<u32> = (tid as u64..connections)
+        .step_by(threads.max(1))
+        .filter(|&g| is_churner(g, fraction))
+        .map(|g| g as u32)
+        .collect();
+    let all = (0..connections)
+        .filter(|&g| is_churner(g, fraction))
+        .count();
+    if all == 0 {
+        return (0.0, mine);
+    }
+    (rate * mine.len() as f64 / all as f64, mine)
+}
+
 /// One event loop's churn schedule: cycles at its share of the rate, over its own
 /// churning connection numbers in round-robin order.
 pub struct Pacer {
@@ -33,16 +59,10 @@ pub struct Pacer {
 impl Pacer {
     /// The schedule for event loop `tid` (idle when `cfg.churn` is unset).
     pub fn new(cfg: &ClientCfg, tid: usize) -> Pacer {
-        let threads = cfg.threads.max(1);
         let (rate, mine) = match cfg.churn {
-            Some(ch) if ch.rate > 0.0 => (
-                ch.rate / threads as f64,
-                (tid as u64..cfg.connections)
-                    .step_by(threads)
-                    .filter(|&g| is_churner(g, ch.fraction))
-                    .map(|g| g as u32)
-                    .collect(),
-            ),
+            Some(ch) if ch.rate > 0.0 => {
+                thread_share(cfg.connections, cfg.threads, tid, ch.fraction, ch.rate)
+            }
             _ => (0.0, Vec::new()),
         };
         Pacer {
@@ -123,6 +143,20 @@ mod tests {
             let n = (start..start + 100).filter(|&g| is_churner(g, 0.3)).count();
             assert!((29..=31).contains(&n), "{start}: {n}");
         }
+    }
+
+    #[test]
+    fn rate_follows_the_churners_not_the_threads() {
+        // F = 0.5 on 2 loops: every churner is odd, so loop 1 has them all and all the rate.
+        let (r0, m0) = thread_share(1000, 2, 0, 0.5, 5000.0);
+        let (r1, m1) = thread_share(1000, 2, 1, 0.5, 5000.0);
+        assert!(m0.is_empty() && r0 == 0.0, "{r0} {m0:?}");
+        assert_eq!(m1.len(), 500);
+        assert!((r1 - 5000.0).abs() < 1e-9, "{r1}");
+        // Otherwise the rates add up to the whole.
+        let total: f64 = (0..3).map(|t| thread_share(1000, 3, t, 0.2, 300.0).0).sum();
+        assert!((total - 300.0).abs() < 1e-9, "{total}");
+        assert_eq!(thread_share(0, 2, 0, 0.5, 10.0).0, 0.0);
     }
 
     #[test]

@@ -35,6 +35,8 @@ const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 const SCRATCH: usize = 64 * 1024;
 const MAX_HEAD: usize = 16 * 1024;
 const MAX_ERROR_BODY: usize = 64 * 1024;
+/// Most churn cycles started in one event-loop turn.
+const CHURN_PER_TURN: usize = 256;
 
 /// What the push driver targets; decides how receivers are accounted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
@@ -332,8 +334,11 @@ enum State {
 struct Conn {
     stream: TcpStream,
     state: State,
-    /// Connection number within this process (for timeouts, users).
+    /// Connection number within this process (its user); a reconnect keeps it.
     serial: u32,
+    /// Unique per socket opened by this thread, so a deadline set for an earlier socket
+    /// at the same slab key and serial (a churn reconnect) never expires this one.
+    incarnation: u32,
     started: Instant,
     key: [u8; 16],
     welcome_seq: u64,
@@ -407,6 +412,8 @@ struct Ctx {
     churn_keys: HashMap<u32, usize>,
     /// Churned connection numbers whose close ended: reconnect them.
     reopen: Vec<u64>,
+    /// Sockets opened so far by this thread (the next `Conn::incarnation`).
+    opened: u32,
 }
 
 /// Starts the event loop threads; each returns what it measured once closed.
@@ -458,6 +465,7 @@ fn run_thread(tid: usize, cfg: Arc<ClientCfg>, sh: Arc<Shared>) -> ThreadOut {
         lost: Vec::new(),
         churn_keys: HashMap::new(),
         reopen: Vec::new(),
+        opened: 0,
     };
     let mut churn = crate::churn::Pacer::new(&cfg, tid);
     let mut churn_deadlines: VecDeque<(Instant, usize, u32)> = VecDeque::new();
@@ -494,38 +502,44 @@ fn run_thread(tid: usize, cfg: Arc<ClientCfg>, sh: Arc<Shared>) -> ThreadOut {
             }
         } else {
             while next_g < limit() && due(next_g) <= now {
-                if let Some((key, serial)) = open(&mut conns, &poll, &mut ctx, next_g, false) {
-                    deadlines.push_back((now + cfg.handshake_timeout, key, serial));
+                if let Some((key, inc)) = open(&mut conns, &poll, &mut ctx, next_g, false) {
+                    deadlines.push_back((now + cfg.handshake_timeout, key, inc));
                 }
                 next_g += threads;
             }
-            if churn.take(now, &sh) {
+            // Every cycle that is due, not one per turn: a turn can take longer than the
+            // gap between cycles at storm rates. Bounded so sockets still get served.
+            for _ in 0..CHURN_PER_TURN {
+                if !churn.take(now, &sh) {
+                    break;
+                }
                 let pick = churn.candidates().find_map(|g| {
                     let key = *ctx.churn_keys.get(&g)?;
                     let c = conns.get(key)?;
                     (c.serial == g && c.state == State::Open).then_some(key)
                 });
-                if let Some(key) = pick {
-                    let c = &mut conns[key];
-                    let serial = c.serial;
-                    match churn_close(c, &mut ctx) {
-                        Ok(()) => churn_deadlines.push_back((now + cfg.close_timeout, key, serial)),
-                        Err(e) => {
-                            let mut c = conns.remove(key);
-                            let _ = poll.registry().deregister(&mut c.stream);
-                            ctx.finish(c, Some(io_cause(&e)));
-                        }
+                let Some(key) = pick else {
+                    break;
+                };
+                let c = &mut conns[key];
+                let inc = c.incarnation;
+                match churn_close(c, &mut ctx) {
+                    Ok(()) => churn_deadlines.push_back((now + cfg.close_timeout, key, inc)),
+                    Err(e) => {
+                        let mut c = conns.remove(key);
+                        let _ = poll.registry().deregister(&mut c.stream);
+                        ctx.finish(c, Some(io_cause(&e)));
                     }
                 }
             }
         }
-        while let Some(&(d, key, serial)) = churn_deadlines.front() {
+        while let Some(&(d, key, inc)) = churn_deadlines.front() {
             if d > now {
                 break;
             }
             churn_deadlines.pop_front();
             let expired = conns.get(key).is_some_and(|c| {
-                c.serial == serial
+                c.incarnation == inc
                     && c.flags & F_CHURN_CLOSING != 0
                     && matches!(c.state, State::Closing(_))
             });
@@ -535,13 +549,13 @@ fn run_thread(tid: usize, cfg: Arc<ClientCfg>, sh: Arc<Shared>) -> ThreadOut {
                 ctx.finish(c, Some("churn_close_timeout".into()));
             }
         }
-        while let Some(&(d, key, serial)) = deadlines.front() {
+        while let Some(&(d, key, inc)) = deadlines.front() {
             if d > now {
                 break;
             }
             deadlines.pop_front();
             let expired = conns.get(key).is_some_and(|c| {
-                c.serial == serial
+                c.incarnation == inc
                     && matches!(
                         c.state,
                         State::Connecting | State::Upgrading | State::Welcome
@@ -586,8 +600,8 @@ fn run_thread(tid: usize, cfg: Arc<ClientCfg>, sh: Arc<Shared>) -> ThreadOut {
             }
         }
         for g in std::mem::take(&mut ctx.reopen) {
-            if let Some((key, serial)) = open(&mut conns, &poll, &mut ctx, g, true) {
-                deadlines.push_back((Instant::now() + cfg.handshake_timeout, key, serial));
+            if let Some((key, inc)) = open(&mut conns, &poll, &mut ctx, g, true) {
+                deadlines.push_back((Instant::now() + cfg.handshake_timeout, key, inc));
             }
         }
     }
@@ -708,6 +722,8 @@ fn open(
         cfg.url.path, cfg.url.authority
     );
     let serial = g as u32;
+    let incarnation = ctx.opened;
+    ctx.opened = ctx.opened.wrapping_add(1);
     let churner = cfg
         .churn
         .is_some_and(|ch| crate::churn::is_churner(g, ch.fraction));
@@ -718,6 +734,7 @@ fn open(
         stream,
         state: State::Connecting,
         serial,
+        incarnation,
         started,
         key: key16,
         welcome_seq: 0,
@@ -731,7 +748,7 @@ fn open(
             0
         },
     });
-    Some((key, serial))
+    Some((key, incarnation))
 }
 
 fn flush(c: &mut Conn) -> io::Result<()> {
