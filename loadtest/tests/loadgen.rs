@@ -94,9 +94,9 @@ fn connect_with_wrong_secret_is_refused_401() {
 #[test]
 fn connect_past_max_connections_gets_503() {
     let srv = TestServer::start(&["--max-connections", "10"]);
-    // A modest connect rate: the server sheds (without a response) accepted sockets once
-    // more handshakes are pending than --max-connections allows, so keep few in flight.
-    let mut args = strings(&["connect", "--connect-rate", "50"]);
+    // Unpaced: the server answers 503 both at max connections and when more handshakes
+    // are pending than --max-connections allows; either way exactly 20 are refused.
+    let mut args = strings(&["connect", "--connect-rate", "0"]);
     args.extend(srv.connect_args(30));
     let r = run_load(args);
     r.eq("connections_target", 30);
