@@ -37,6 +37,9 @@ const MAX_HEAD: usize = 16 * 1024;
 const MAX_ERROR_BODY: usize = 64 * 1024;
 /// Most churn cycles started in one event-loop turn.
 const CHURN_PER_TURN: usize = 256;
+/// Most connections opened in one event-loop turn, so sockets already open are served
+/// (and their handshakes finish) while a fast or unpaced ramp is under way.
+const OPEN_PER_TURN: usize = 1024;
 
 /// What the push driver targets; decides how receivers are accounted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
@@ -350,7 +353,7 @@ struct Conn {
     #[allow(clippy::box_collection)] // 8 bytes while idle instead of 24
     frag: Option<Box<Vec<u8>>>,
     recv: Option<Box<RecvState>>,
-    /// `F_CHURNED`, `F_RECONNECT`, `F_CHURN_CLOSING`.
+    /// `F_CHURNED`, `F_RECONNECT`, `F_CHURN_CLOSING`, `F_FRAG_BINARY`.
     flags: u8,
 }
 
@@ -360,6 +363,8 @@ const F_CHURNED: u8 = 1;
 const F_RECONNECT: u8 = 2;
 /// We are closing it to churn it (it reconnects once closed).
 const F_CHURN_CLOSING: u8 = 4;
+/// The fragmented message in `frag` is binary (not a push).
+const F_FRAG_BINARY: u8 = 8;
 
 /// How a connection ended: `None` is a clean close.
 type End = Option<String>;
@@ -501,9 +506,14 @@ fn run_thread(tid: usize, cfg: Arc<ClientCfg>, sh: Arc<Shared>) -> ThreadOut {
                 break;
             }
         } else {
-            while next_g < limit() && due(next_g) <= now {
+            for _ in 0..OPEN_PER_TURN {
+                if next_g >= limit() || due(next_g) > now {
+                    break;
+                }
                 if let Some((key, inc)) = open(&mut conns, &poll, &mut ctx, next_g, false) {
-                    deadlines.push_back((now + cfg.handshake_timeout, key, inc));
+                    // The full timeout from this socket's start, not the turn's: a turn
+                    // of many opens takes a while.
+                    deadlines.push_back((Instant::now() + cfg.handshake_timeout, key, inc));
                 }
                 next_g += threads;
             }
@@ -961,6 +971,11 @@ fn on_frame(c: &mut Conn, f: Frame<'_>, ctx: &mut Ctx) -> Result<(), End> {
             }
             if !f.fin {
                 c.frag = Some(Box::new(f.payload.to_vec()));
+                if f.opcode == OP_BINARY {
+                    c.flags |= F_FRAG_BINARY;
+                } else {
+                    c.flags &= !F_FRAG_BINARY;
+                }
             } else if f.opcode == OP_TEXT {
                 on_message(c, f.payload, ctx)?;
             } else {
@@ -973,10 +988,19 @@ fn on_frame(c: &mut Conn, f: Frame<'_>, ctx: &mut Ctx) -> Result<(), End> {
                     "protocol_error: continuation without a message".into(),
                 ));
             };
+            // Each frame is bounded by the decoder; the message as a whole is bounded here.
+            if (fr.len() + f.payload.len()) as u64 > frame::MAX_FRAME {
+                return Err(Some("protocol_error: fragmented message too large".into()));
+            }
             fr.extend_from_slice(f.payload);
             if f.fin {
                 let m = c.frag.take().unwrap_or_default();
-                on_message(c, &m, ctx)?;
+                if c.flags & F_FRAG_BINARY != 0 {
+                    c.flags &= !F_FRAG_BINARY;
+                    bump(&mut ctx.out.server_errors, "binary_message");
+                } else {
+                    on_message(c, &m, ctx)?;
+                }
             }
         }
         OP_PING => {
@@ -1285,6 +1309,95 @@ mod tests {
         let l: LooseMsg =
             serde_json::from_slice(br#"{"type":"push","data":"hello","seq":2}"#).unwrap();
         assert_eq!(l.seq, Some(2));
+    }
+
+    fn test_ctx() -> Ctx {
+        let cfg = ClientCfg {
+            url: util::parse_url("ws://127.0.0.1:1/ws", "ws", 80).unwrap(),
+            connections: 1,
+            connect_rate: 0.0,
+            threads: 1,
+            sessions_per_user: 1,
+            user_offset: 0,
+            topics: Vec::new(),
+            source_ips: Vec::new(),
+            jwt_secret: "secret".into(),
+            token_ttl_secs: 60,
+            handshake_timeout: Duration::from_secs(1),
+            close_timeout: Duration::from_secs(1),
+            target: Some(Target::User),
+            churn: None,
+        };
+        Ctx {
+            cfg: Arc::new(cfg),
+            sh: Arc::new(Shared::new(1)),
+            out: ThreadOut::new(),
+            key: EncodingKey::from_secret(b"secret").unwrap(),
+            closing: false,
+            lost: Vec::new(),
+            churn_keys: HashMap::new(),
+            reopen: Vec::new(),
+            opened: 0,
+        }
+    }
+
+    /// An open connection on a loopback socket (never read or written here).
+    fn test_conn() -> (Conn, std::net::TcpListener) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let s = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let c = Conn {
+            stream: TcpStream::from_std(s),
+            state: State::Open,
+            serial: 0,
+            incarnation: 0,
+            started: Instant::now(),
+            key: [0; 16],
+            welcome_seq: 0,
+            rbuf: Vec::new(),
+            wbuf: Vec::new(),
+            frag: None,
+            recv: None,
+            flags: 0,
+        };
+        (c, l)
+    }
+
+    fn fr(fin: bool, opcode: u8, payload: &[u8]) -> Frame<'_> {
+        Frame {
+            fin,
+            opcode,
+            payload,
+        }
+    }
+
+    #[test]
+    fn fragmented_binary_is_not_a_push() {
+        let (mut c, _l) = test_conn();
+        let mut ctx = test_ctx();
+        let push = br#"{"type":"push","seq":1,"data":{"t":1}}"#;
+        on_frame(&mut c, fr(false, OP_BINARY, &push[..10]), &mut ctx).unwrap();
+        on_frame(&mut c, fr(true, OP_CONT, &push[10..]), &mut ctx).unwrap();
+        assert_eq!(ctx.out.server_errors.get("binary_message"), Some(&1));
+        assert_eq!(ctx.sh.push_received.load(Relaxed), 0);
+        assert!(c.recv.is_none());
+        // A fragmented text push after it still counts.
+        on_frame(&mut c, fr(false, OP_TEXT, &push[..10]), &mut ctx).unwrap();
+        on_frame(&mut c, fr(true, OP_CONT, &push[10..]), &mut ctx).unwrap();
+        assert_eq!(ctx.sh.push_received.load(Relaxed), 1);
+        assert_eq!(c.recv.as_ref().map(|r| r.unique()), Some(1));
+    }
+
+    #[test]
+    fn fragmented_message_is_bounded() {
+        let (mut c, _l) = test_conn();
+        let mut ctx = test_ctx();
+        let big = vec![b' '; frame::MAX_FRAME as usize];
+        on_frame(&mut c, fr(false, OP_TEXT, &big), &mut ctx).unwrap();
+        let r = on_frame(&mut c, fr(false, OP_CONT, b"x"), &mut ctx);
+        assert!(
+            matches!(&r, Err(Some(e)) if e.contains("too large")),
+            "{r:?}"
+        );
     }
 
     #[test]

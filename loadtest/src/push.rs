@@ -216,7 +216,8 @@ fn stream(
                         let rejected = parse_rejected(&resp.body);
                         let mut keep = vec![true; items.len()];
                         for (line, err) in rejected {
-                            if line >= 1 && line <= items.len() {
+                            // A line listed twice is still one push: count it once.
+                            if line >= 1 && line <= items.len() && keep[line - 1] {
                                 keep[line - 1] = false;
                                 if err.contains("overload") {
                                     retry.push(line - 1);
@@ -402,6 +403,8 @@ struct Resp {
 struct ApiConn {
     stream: TcpStream,
     buf: Vec<u8>,
+    /// The request being sent, kept for the next one.
+    req: Vec<u8>,
 }
 
 impl ApiConn {
@@ -413,27 +416,33 @@ impl ApiConn {
         Ok(ApiConn {
             stream,
             buf: Vec::with_capacity(4096),
+            req: Vec::new(),
         })
     }
 
     fn request(&mut self, cfg: &PushCfg, path: &str, body: &str) -> io::Result<Resp> {
-        let auth = match &cfg.api_key {
-            Some(k) => format!("Authorization: Bearer {k}\r\n"),
-            None => String::new(),
-        };
         let ctype = if cfg.batch > 1 {
             "application/x-ndjson"
         } else {
             "application/json"
         };
-        let head = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
-            cfg.api.authority,
+        let req = &mut self.req;
+        req.clear();
+        write!(
+            req,
+            "POST {path} HTTP/1.1\r\nHost: {}\r\n",
+            cfg.api.authority
+        )?;
+        if let Some(k) = &cfg.api_key {
+            write!(req, "Authorization: Bearer {k}\r\n")?;
+        }
+        write!(
+            req,
+            "Content-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
             body.len()
-        );
-        let mut req = head.into_bytes();
+        )?;
         req.extend_from_slice(body.as_bytes());
-        self.stream.write_all(&req)?;
+        self.stream.write_all(req)?;
         read_response(&mut self.stream, &mut self.buf)
     }
 }
@@ -539,6 +548,73 @@ mod tests {
         let mut s = String::new();
         push_json(&mut s, &c, &Tgt::Broadcast, 1, 0, "");
         assert!(s.starts_with("{\"broadcast\":true,"));
+    }
+
+    /// Answers one request per connection with each of `bodies` (200, then close), and
+    /// returns the requests' bodies.
+    fn fake_api(bodies: Vec<&'static str>) -> (Url, std::thread::JoinHandle<Vec<String>>) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url =
+            util::parse_url(&format!("http://{}", l.local_addr().unwrap()), "http", 80).unwrap();
+        let h = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for b in bodies {
+                let (mut s, _) = l.accept().unwrap();
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let body = loop {
+                    let n = s.read(&mut chunk).unwrap();
+                    assert!(n > 0, "request cut short");
+                    buf.extend_from_slice(&chunk[..n]);
+                    let mut hs = [httparse::EMPTY_HEADER; 16];
+                    let mut req = httparse::Request::new(&mut hs);
+                    if let httparse::Status::Complete(at) = req.parse(&buf).unwrap() {
+                        let len: usize = req
+                            .headers
+                            .iter()
+                            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                            .map(|h| std::str::from_utf8(h.value).unwrap().parse().unwrap())
+                            .unwrap();
+                        if buf.len() >= at + len {
+                            break String::from_utf8(buf[at..at + len].to_vec()).unwrap();
+                        }
+                    }
+                };
+                seen.push(body);
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}",
+                    b.len()
+                );
+                s.write_all(resp.as_bytes()).unwrap();
+            }
+            seen
+        });
+        (url, h)
+    }
+
+    #[test]
+    fn batch_line_rejected_twice_counts_once() {
+        let (api, h) = fake_api(vec![
+            r#"{"rejected":[{"line":1,"error":"bad user"},{"line":1,"error":"bad user"},{"line":2,"error":"overloaded"},{"line":2,"error":"overloaded"}]}"#,
+            r#"{"rejected":[]}"#,
+        ]);
+        let mut c = cfg(Target::User);
+        c.api = api;
+        c.api_key = Some("k".into());
+        c.batch = 2;
+        c.count = Some(2);
+        c.duration = Duration::from_secs(30);
+        let sh = Arc::new(Shared::new(10));
+        let out = run(Arc::new(c), sh.clone(), Arc::new(PushProgress::default()));
+        let seen = h.join().unwrap();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[0].lines().count(), 2);
+        assert_eq!(seen[1].lines().count(), 1, "only the overloaded line again");
+        assert_eq!(out.requests, 2);
+        assert_eq!(out.accepted, 1);
+        assert_eq!(out.retries, 1);
+        assert_eq!(out.errors.values().sum::<u64>(), 1, "{:?}", out.errors);
+        assert_eq!(sh.accepted.iter().map(|a| a.load(Relaxed)).sum::<u64>(), 1);
     }
 
     #[test]
