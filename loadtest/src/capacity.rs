@@ -39,6 +39,12 @@ pub enum Stop {
         secs: f64,
         open: u64,
     },
+    /// Every connection up to the target was allowed, without a connect error, but fewer
+    /// are open (attempts still pending at the step's bound, or connections dropped).
+    TargetNotHeld {
+        target: u64,
+        open: u64,
+    },
 }
 
 impl std::fmt::Display for Stop {
@@ -59,6 +65,11 @@ impl std::fmt::Display for Stop {
             Stop::MaxSecs { secs, open } => {
                 write!(f, "--max-secs {secs} reached at {open} connections")
             }
+            Stop::TargetNotHeld { target, open } => write!(
+                f,
+                "attempted the target of {target} connections without connect errors, \
+                 but only {open} were open (attempts pending or connections dropped)"
+            ),
         }
     }
 }
@@ -198,6 +209,8 @@ impl Ramp for LocalRamp {
 struct ParentRamp {
     ws: Workers,
     caps: Vec<u64>,
+    /// Each worker's allowance so far.
+    shares: Vec<u64>,
     a: CapacityArgs,
 }
 
@@ -245,18 +258,39 @@ impl ParentRamp {
         Ok(ParentRamp {
             ws,
             caps: split.iter().map(|s| s.0).collect(),
+            shares: vec![0; split.len()],
             a: a.clone(),
         })
     }
 
-    fn step_bound(&self, n: u64) -> Instant {
-        let pace = if self.a.connect_rate > 0.0 {
-            n as f64 / self.a.connect_rate
-        } else {
-            0.0
-        };
+    fn step_bound(&self, shares: &[u64]) -> Instant {
+        let pace = step_pace(
+            &self.caps,
+            &self.shares,
+            shares,
+            self.a.target,
+            self.a.connect_rate,
+        );
         Instant::now() + secs(pace + self.a.handshake_timeout_secs + 30.0)
     }
+}
+
+/// Seconds the slowest worker needs to pace its part of a step from `before` to `after`
+/// connections: each worker connects at the rate's share of its `caps` (as `start`
+/// gives it), but the allowance is split evenly, so a small worker may take longer than
+/// the step at the whole rate.
+fn step_pace(caps: &[u64], before: &[u64], after: &[u64], target: u64, rate: f64) -> f64 {
+    if rate <= 0.0 {
+        return 0.0;
+    }
+    caps.iter()
+        .zip(before.iter().zip(after))
+        .filter(|(&cap, _)| cap > 0)
+        .map(|(&cap, (&b, &a))| {
+            let my_rate = rate * cap as f64 / target.max(1) as f64;
+            a.saturating_sub(b) as f64 / my_rate
+        })
+        .fold(0.0, f64::max)
 }
 
 impl Ramp for ParentRamp {
@@ -265,9 +299,9 @@ impl Ramp for ParentRamp {
         for (i, n) in shares.iter().enumerate() {
             self.ws.send(i, &format!("STEP {n}"));
         }
-        let answers = self
-            .ws
-            .await_all(Some("STEPPED"), self.step_bound(self.a.step))?;
+        let bound = self.step_bound(&shares);
+        self.shares = shares;
+        let answers = self.ws.await_all(Some("STEPPED"), bound)?;
         let mut st = StepState::default();
         for (i, ans) in answers.iter().enumerate() {
             let mut parts = ans.splitn(3, ' ');
@@ -386,12 +420,21 @@ fn drive(a: &CapacityArgs, mut ramp: Box<dyn Ramp>, mem0: Mem) -> Result<Report,
                 });
             }
             if allowed >= a.target {
+                if st.open < a.target {
+                    return Ok(Stop::TargetNotHeld {
+                        target: a.target,
+                        open: st.open,
+                    });
+                }
                 return Ok(Stop::Target(a.target));
             }
         }
     })();
-    let mut rep = ramp.finish()?;
+    // Close the ramp either way; when the ramp failed, its error is the one to report
+    // (closing after it tends to fail too, for the same reason, less clearly).
+    let fin = ramp.finish();
     let stop = r?;
+    let mut rep = fin?;
     for (i, row) in rows.iter_mut().enumerate() {
         row.latency_us = rep.step_latency(i);
     }
@@ -432,8 +475,10 @@ pub fn draw(path: &std::path::Path, rep: &Report) -> Result<(), String> {
 pub fn run_worker(a: &CapacityArgs) -> Result<(), String> {
     let io = WorkerIo::start();
     let mut r = LocalRamp::start(a)?;
-    // Bounded: the parent drives the steps; a silent parent ends the run.
-    let bound = Instant::now() + secs(a.max_secs + 120.0);
+    // Bounded: the parent drives the steps; a parent silent this long ends the run. From
+    // the last command, since a ramp's last step may begin just before --max-secs.
+    let silence = secs(a.max_secs + 120.0);
+    let mut bound = Instant::now() + silence;
     loop {
         if Instant::now() > bound {
             eprintln!("throng-load worker: no command from the parent in time; closing");
@@ -461,6 +506,7 @@ pub fn run_worker(a: &CapacityArgs) -> Result<(), String> {
             Some("CLOSE") | Some("EOF") => break,
             _ => {}
         }
+        bound = Instant::now() + silence;
     }
     let rep = r.report("capacity");
     WorkerIo::send(&format!(
@@ -521,6 +567,110 @@ mod tests {
             .to_string(),
             "--max-secs 60 reached at 10 connections"
         );
+    }
+
+    /// A ramp with no connections behind it: each step opens `open_per_step` more, or
+    /// fails with `step_err`; `finish` fails when `finish_err` is set.
+    struct FakeRamp {
+        open: u64,
+        open_per_step: u64,
+        step_err: Option<String>,
+        finish_err: Option<String>,
+    }
+
+    impl Ramp for FakeRamp {
+        fn step(&mut self, _total: u64) -> Result<StepState, String> {
+            if let Some(e) = &self.step_err {
+                return Err(e.clone());
+            }
+            self.open += self.open_per_step;
+            Ok(StepState {
+                open: self.open,
+                ..Default::default()
+            })
+        }
+        fn settle(&mut self, _d: Duration) -> Result<(), String> {
+            Ok(())
+        }
+        fn probe(&mut self, _idx: usize) -> Result<(u64, u64), String> {
+            Ok((0, 0))
+        }
+        fn note(&self, _msg: &str) {}
+        fn finish(self: Box<Self>) -> Result<Report, String> {
+            match self.finish_err {
+                Some(e) => Err(e),
+                None => Ok(Report::default()),
+            }
+        }
+    }
+
+    fn args(extra: &[&str]) -> CapacityArgs {
+        let mut v = vec!["throng-load", "capacity", "--jwt-secret", "s"];
+        v.extend_from_slice(extra);
+        match <crate::cli::Cli as clap::Parser>::parse_from(v).cmd {
+            crate::cli::Cmd::Capacity(a) => a,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn a_failed_step_is_reported_not_the_close_after_it() {
+        let a = args(&["--target", "10", "--step", "5", "--probe-rate", "0"]);
+        let ramp = FakeRamp {
+            open: 0,
+            open_per_step: 5,
+            step_err: Some("worker 1 exited early".into()),
+            finish_err: Some("workers did not send their results in time".into()),
+        };
+        let e = drive(&a, Box::new(ramp), Mem::default()).unwrap_err();
+        assert_eq!(e, "worker 1 exited early");
+        let ramp = FakeRamp {
+            open: 0,
+            open_per_step: 5,
+            step_err: None,
+            finish_err: Some("closing failed".into()),
+        };
+        let e = drive(&a, Box::new(ramp), Mem::default()).unwrap_err();
+        assert_eq!(e, "closing failed");
+    }
+
+    #[test]
+    fn the_target_counts_as_reached_only_when_held() {
+        let a = args(&["--target", "10", "--step", "5", "--probe-rate", "0"]);
+        let full = FakeRamp {
+            open: 0,
+            open_per_step: 5,
+            step_err: None,
+            finish_err: None,
+        };
+        let rep = drive(&a, Box::new(full), Mem::default()).unwrap();
+        assert_eq!(
+            rep.stopped_because.as_deref(),
+            Some("reached the target of 10 connections")
+        );
+        let short = FakeRamp {
+            open: 0,
+            open_per_step: 4,
+            step_err: None,
+            finish_err: None,
+        };
+        let rep = drive(&a, Box::new(short), Mem::default()).unwrap();
+        let why = rep.stopped_because.unwrap();
+        assert!(why.contains("only 8 were open"), "{why}");
+        assert_eq!(rep.max_connections_held, Some(8));
+        assert_eq!(rep.steps.map(|s| s.len()), Some(2));
+    }
+
+    #[test]
+    fn step_bound_follows_the_slowest_worker() {
+        // Even shares: each worker paces its half at half the rate, as the whole step.
+        let p = step_pace(&[500, 500], &[0, 0], &[250, 250], 1000, 100.0);
+        assert!((p - 5.0).abs() < 1e-9, "{p}");
+        // A worker with a tenth of the users (and of the rate) gets half the first step.
+        let p = step_pace(&[100, 900], &[0, 0], &[100, 100], 1000, 100.0);
+        assert!((p - 10.0).abs() < 1e-9, "{p}");
+        assert_eq!(step_pace(&[100, 900], &[0, 0], &[100, 100], 1000, 0.0), 0.0);
+        assert_eq!(step_pace(&[0, 10], &[0, 0], &[0, 10], 10, 5.0), 2.0);
     }
 
     #[test]

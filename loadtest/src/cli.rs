@@ -262,9 +262,45 @@ impl CapacityArgs {
     }
 }
 
-/// A duration from seconds given on the command line (negative is zero).
+/// A duration from seconds given on the command line (negative or NaN is zero).
 pub fn secs(x: f64) -> Duration {
+    if x.is_nan() {
+        return Duration::ZERO;
+    }
     Duration::from_secs_f64(x.clamp(0.0, 1e7))
+}
+
+/// The smallest rate above 0 a run accepts (per second, in all): slower paces put
+/// connection, push and churn deadlines past what a `Duration` or `Instant` can hold.
+pub const MIN_RATE: f64 = 0.001;
+
+/// The largest push request body (payload and JSON framing times --batch) we build; the
+/// server itself takes 1 MiB, so this leaves room to test its refusal.
+const MAX_BODY_BYTES: u128 = 64 * 1024 * 1024;
+
+/// The most API connections (threads) per process; the server accepts 4096 in all.
+const MAX_API_CONCURRENCY: usize = 4096;
+
+/// The longest token lifetime (100 years); `exp` is now plus this.
+const MAX_TOKEN_TTL_SECS: u64 = 100 * 365 * 24 * 3600;
+
+/// Checks a seconds flag: any number (negative is zero), but not NaN.
+fn check_secs(flag: &str, x: f64) -> Result<(), String> {
+    if x.is_nan() {
+        return Err(format!("{flag} must be a number of seconds (got NaN)"));
+    }
+    Ok(())
+}
+
+/// Checks that a rate already known to be a number, not negative, is 0 or at least
+/// [`MIN_RATE`]. Workers get shares of the parent's rate, which may be smaller.
+fn check_min_rate(flag: &str, x: f64, worker: bool) -> Result<(), String> {
+    if !worker && x > 0.0 && x < MIN_RATE {
+        return Err(format!(
+            "{flag} must be 0 or at least {MIN_RATE} per second (got {x})"
+        ));
+    }
+    Ok(())
 }
 
 /// Checks the flags every subcommand shares, and the push flags when given.
@@ -281,7 +317,39 @@ pub fn validate(c: &ConnectArgs, p: Option<&PushArgs>) -> Result<(), String> {
     if !(c.connect_rate >= 0.0 && c.connect_rate.is_finite()) {
         return Err("--connect-rate must be a number, not negative".into());
     }
+    check_min_rate("--connect-rate", c.connect_rate, c.worker)?;
+    let users = c.connections.div_ceil(c.sessions_per_user);
+    if !c.worker && c.procs > 1 && users < c.procs as u64 {
+        return Err(format!(
+            "--procs {} needs at least {} users, but {} connections at {} per user \
+             (--sessions-per-user) make {users}",
+            c.procs, c.procs, c.connections, c.sessions_per_user
+        ));
+    }
+    if c.user_offset.checked_add(users).is_none() {
+        return Err("--user-offset too large".into());
+    }
+    if c.token_ttl_secs > MAX_TOKEN_TTL_SECS {
+        return Err(format!(
+            "--token-ttl-secs must be at most {MAX_TOKEN_TTL_SECS} (100 years)"
+        ));
+    }
+    if let Some(h) = c.hold_secs {
+        check_secs("--hold-secs", h)?;
+    }
+    check_secs("--settle-secs", c.settle_secs)?;
+    check_secs("--handshake-timeout-secs", c.handshake_timeout_secs)?;
+    check_secs("--close-timeout-secs", c.close_timeout_secs)?;
     if let Some(p) = p {
+        if !(p.rate >= 0.0 && p.rate.is_finite()) {
+            return Err(format!(
+                "--rate must be a number of pushes per second, not negative (got {})",
+                p.rate
+            ));
+        }
+        check_min_rate("--rate", p.rate, c.worker)?;
+        check_secs("--duration-secs", p.duration_secs)?;
+        check_secs("--drain-secs", p.drain_secs)?;
         if p.target == Target::Topic && c.topics.is_empty() {
             return Err("--target topic needs --topics".into());
         }
@@ -291,6 +359,19 @@ pub fn validate(c: &ConnectArgs, p: Option<&PushArgs>) -> Result<(), String> {
         crate::util::parse_url(&p.api, "http", 80).map_err(|e| format!("--api: {e}"))?;
         if p.batch == 0 || p.api_concurrency == 0 {
             return Err("--batch and --api-concurrency must be at least 1".into());
+        }
+        if p.api_concurrency > MAX_API_CONCURRENCY {
+            return Err(format!(
+                "--api-concurrency must be at most {MAX_API_CONCURRENCY}"
+            ));
+        }
+        let body = (p.payload_bytes as u128 + 96) * p.batch as u128;
+        if body > MAX_BODY_BYTES {
+            return Err(format!(
+                "--payload-bytes {} with --batch {} makes request bodies of about {body} \
+                 bytes; at most {MAX_BODY_BYTES} (the server takes 1 MiB)",
+                p.payload_bytes, p.batch
+            ));
         }
     }
     Ok(())
@@ -304,6 +385,7 @@ pub fn validate_churn(ch: &ChurnArgs) -> Result<(), String> {
             ch.churn_rate
         ));
     }
+    check_min_rate("--churn-rate", ch.churn_rate, ch.push.conn.worker)?;
     if !(ch.churn_fraction > 0.0 && ch.churn_fraction <= 1.0) {
         return Err(format!(
             "--churn-fraction must be above 0 and at most 1 (got {})",
@@ -327,15 +409,160 @@ pub fn validate_capacity(a: &CapacityArgs) -> Result<(), String> {
             a.probe_rate
         ));
     }
+    check_min_rate("--probe-rate", a.probe_rate, a.worker)?;
+    check_secs("--probe-secs", a.probe_secs)?;
     if a.probe_rate > 0.0 && a.probe_secs <= 0.0 {
         return Err("--probe-secs must be above 0 when --probe-rate is above 0".into());
     }
     if a.max_secs.is_nan() || a.max_secs <= 0.0 {
         return Err(format!("--max-secs must be above 0 (got {})", a.max_secs));
     }
-    if a.settle_secs < 0.0 {
+    if a.settle_secs.is_nan() || a.settle_secs < 0.0 {
         return Err("--settle-secs must not be negative".into());
     }
     crate::util::parse_url(&a.api, "http", 80).map_err(|e| format!("--api: {e}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parses a command line and runs the checks `main` runs before any connection.
+    fn check(args: &[&str]) -> Result<(), String> {
+        let mut v = vec!["throng-load"];
+        v.extend_from_slice(args);
+        v.extend_from_slice(&["--jwt-secret", "s"]);
+        let cli = Cli::try_parse_from(v).map_err(|e| e.to_string())?;
+        match &cli.cmd {
+            Cmd::Connect(c) => validate(c, None),
+            Cmd::Push(p) => validate(&p.conn, Some(p)),
+            Cmd::Churn(ch) => {
+                validate_churn(ch)?;
+                validate(&ch.push.conn, Some(&ch.push))
+            }
+            Cmd::Capacity(a) => {
+                validate_capacity(a)?;
+                validate(&a.connect_args(), None)
+            }
+        }
+    }
+
+    fn err(args: &[&str], flag: &str) {
+        match check(args) {
+            Ok(()) => panic!("{args:?} was accepted"),
+            Err(e) => {
+                assert!(e.contains(flag), "{args:?}: {e:?} does not name {flag}");
+                assert!(!e.contains('\n'), "{args:?}: not one line: {e:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn good_lines_pass() {
+        check(&["connect"]).unwrap();
+        check(&["push", "--rate", "0", "--procs", "4"]).unwrap();
+        check(&["churn", "--churn-rate", "0"]).unwrap();
+        check(&["capacity", "--target", "10", "--procs", "2"]).unwrap();
+        // A worker's share of a slow rate is below the minimum, and must still run.
+        check(&["push", "--rate", "0.0001", "--worker"]).unwrap();
+        check(&[
+            "capacity",
+            "--target",
+            "1",
+            "--probe-rate",
+            "0.0002",
+            "--worker",
+        ])
+        .unwrap();
+    }
+
+    #[test]
+    fn negative_nan_and_tiny_push_rates_are_refused() {
+        err(&["push", "--rate=-5"], "--rate");
+        err(&["push", "--rate", "NaN"], "--rate");
+        err(&["push", "--rate", "inf"], "--rate");
+        err(&["push", "--rate", "1e-30"], "--rate");
+        err(&["connect", "--connect-rate", "1e-30"], "--connect-rate");
+        err(&["churn", "--churn-rate", "1e-30"], "--churn-rate");
+        err(
+            &["capacity", "--target", "5", "--probe-rate", "1e-30"],
+            "--probe-rate",
+        );
+    }
+
+    #[test]
+    fn nan_seconds_are_refused_not_a_panic() {
+        err(&["connect", "--hold-secs", "nan"], "--hold-secs");
+        err(&["connect", "--settle-secs", "nan"], "--settle-secs");
+        err(
+            &["connect", "--handshake-timeout-secs", "nan"],
+            "--handshake-timeout-secs",
+        );
+        err(
+            &["connect", "--close-timeout-secs", "nan"],
+            "--close-timeout-secs",
+        );
+        err(&["push", "--duration-secs", "nan"], "--duration-secs");
+        err(&["push", "--drain-secs", "nan"], "--drain-secs");
+        err(
+            &["capacity", "--target", "5", "--probe-secs", "nan"],
+            "--probe-secs",
+        );
+        err(
+            &["capacity", "--target", "5", "--settle-secs", "nan"],
+            "--settle-secs",
+        );
+        assert_eq!(secs(f64::NAN), Duration::ZERO);
+        assert_eq!(secs(-3.0), Duration::ZERO);
+    }
+
+    #[test]
+    fn more_procs_than_users_is_refused() {
+        err(
+            &["connect", "--connections", "3", "--procs", "4"],
+            "--procs",
+        );
+        err(
+            &[
+                "connect",
+                "--connections",
+                "10",
+                "--sessions-per-user",
+                "10",
+                "--procs",
+                "2",
+            ],
+            "--procs",
+        );
+        // A capacity worker with no users used to fail its own --target check.
+        err(&["capacity", "--target", "1", "--procs", "2"], "--procs");
+        check(&["connect", "--connections", "4", "--procs", "4"]).unwrap();
+    }
+
+    #[test]
+    fn sizes_that_overflow_are_refused() {
+        err(
+            &["push", "--payload-bytes", &usize::MAX.to_string()],
+            "--payload-bytes",
+        );
+        err(
+            &["push", "--batch", "1000000", "--payload-bytes", "1000"],
+            "--batch",
+        );
+        err(
+            &["push", "--api-concurrency", "1000000"],
+            "--api-concurrency",
+        );
+        err(
+            &["connect", "--token-ttl-secs", &u64::MAX.to_string()],
+            "--token-ttl-secs",
+        );
+        err(
+            &["connect", "--user-offset", &u64::MAX.to_string()],
+            "--user-offset",
+        );
+        err(&["connect", "--procs", "0"], "--procs");
+        err(&["capacity", "--target", "5", "--step", "0"], "--step");
+    }
 }

@@ -251,25 +251,51 @@ impl Local {
             .saturating_sub(self.sh.push_unique.load(Relaxed))
     }
 
+    /// The start of this process's connect/push/churn report: the connection figures so
+    /// far (`connect_secs` as read when the connections were up).
+    pub fn report_start(
+        &self,
+        p: Option<&PushArgs>,
+        ch: Option<&ChurnArgs>,
+        connect_secs: f64,
+    ) -> Report {
+        Report {
+            mode: mode_name(p, ch).into(),
+            procs: 1,
+            connections_target: self.cfg.connections,
+            connections_opened: self.sh.opened.load(Relaxed),
+            connect_secs,
+            subscriptions_confirmed: self.sh.subscribed.load(Relaxed),
+            target: p.map(|p| format!("{:?}", p.target).to_lowercase()),
+            ..Default::default()
+        }
+    }
+
     /// Closes every connection cleanly and collects the threads' measurements.
     pub fn close(self) -> ThreadOut {
         self.ticker.finish();
         self.sh.phase.store(PHASE_CLOSE, Relaxed);
-        let mut all = None::<ThreadOut>;
-        for h in self.handles {
-            if let Ok(o) = h.join() {
-                match all.as_mut() {
-                    Some(a) => a.merge(o),
-                    None => all = Some(o),
-                }
-            }
-        }
-        all.unwrap_or_else(|| {
-            let mut o = ThreadOut::new();
-            o.connect_errors.insert("thread_panicked".into(), 1);
-            o
-        })
+        join_all(self.handles)
     }
+}
+
+/// Joins the event loops and merges what they measured; a loop that panicked counts as
+/// `thread_panicked` (its connections' figures are lost, and the report says so).
+fn join_all(handles: Vec<JoinHandle<ThreadOut>>) -> ThreadOut {
+    let mut all = ThreadOut::new();
+    let mut panicked = 0;
+    for h in handles {
+        match h.join() {
+            Ok(o) => all.merge(o),
+            Err(_) => panicked += 1,
+        }
+    }
+    if panicked > 0 {
+        *all.connect_errors
+            .entry("thread_panicked".into())
+            .or_insert(0) += panicked;
+    }
+    all
 }
 
 /// The mode name in reports.
@@ -318,16 +344,7 @@ pub fn run_single(
     l.wait_connected();
     let connect_secs = l.connect_secs();
     l.sleep_ticking(secs(c.settle_secs));
-    let mut rep = Report {
-        mode: mode_name(p, ch).into(),
-        procs: 1,
-        connections_target: c.connections,
-        connections_opened: l.sh.opened.load(Relaxed),
-        connect_secs,
-        subscriptions_confirmed: l.sh.subscribed.load(Relaxed),
-        target: p.map(|p| format!("{:?}", p.target).to_lowercase()),
-        ..Default::default()
-    };
+    let mut rep = l.report_start(p, ch, connect_secs);
     let open = l.sh.open_now.load(Relaxed);
     let own1 = util::read_rss_bytes("self").unwrap_or(0);
     rep.client_rss_delta_bytes = own1.saturating_sub(own0);
@@ -370,4 +387,24 @@ pub fn run_single(
         rep.fill_churn(&t);
     }
     Ok(rep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicked_event_loop_is_counted_not_dropped() {
+        let ok = std::thread::spawn(|| {
+            let mut o = ThreadOut::new();
+            o.closed_clean = 5;
+            o
+        });
+        let bad = std::thread::spawn(|| -> ThreadOut { panic!("test: event loop panics") });
+        let t = join_all(vec![ok, bad]);
+        assert_eq!(t.closed_clean, 5);
+        assert_eq!(t.connect_errors.get("thread_panicked"), Some(&1));
+        let none = join_all(Vec::new());
+        assert!(none.connect_errors.is_empty());
+    }
 }

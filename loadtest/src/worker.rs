@@ -9,7 +9,7 @@
 //!                           | STEPPED <open> <failed> <errors json> | PROBED <pushes> <missing>
 
 use crate::cli::{secs, ChurnArgs, ConnectArgs, PushArgs};
-use crate::local::{mode_name, Local};
+use crate::local::mode_name;
 use crate::progress::{Progress, Ticker};
 use crate::report::{Mem, Report};
 use crate::util;
@@ -67,21 +67,12 @@ pub fn run_worker(
 ) -> Result<(), String> {
     let io = WorkerIo::start();
     let own0 = util::read_rss_bytes("self").unwrap_or(0);
-    let mut l = Local::start(c, p, ch, false)?;
+    let mut l = crate::local::Local::start(c, p, ch, false)?;
     l.wait_connected();
     let connect_secs = l.connect_secs();
     let own1 = util::read_rss_bytes("self").unwrap_or(0);
-    let mut rep = Report {
-        mode: mode_name(p, ch).into(),
-        procs: 1,
-        connections_target: c.connections,
-        connections_opened: l.sh.opened.load(Relaxed),
-        connect_secs,
-        subscriptions_confirmed: l.sh.subscribed.load(Relaxed),
-        client_rss_delta_bytes: own1.saturating_sub(own0),
-        target: p.map(|p| format!("{:?}", p.target).to_lowercase()),
-        ..Default::default()
-    };
+    let mut rep = l.report_start(p, ch, connect_secs);
+    rep.client_rss_delta_bytes = own1.saturating_sub(own0);
     WorkerIo::send(&format!("READY {}", l.sh.open_now.load(Relaxed)));
     let mut pushed = None;
     let mut t0 = 0u64;
@@ -164,6 +155,8 @@ struct WorkerProc {
     /// The latest unread answer per head word (READY, PUSHED, STEPPED, ...).
     answers: HashMap<String, String>,
     result: Option<Report>,
+    /// Its output ended (it exited, or is about to).
+    exited: bool,
 }
 
 /// The parent's side: the worker processes and their answers.
@@ -182,6 +175,16 @@ impl Workers {
         target: u64,
     ) -> Result<Workers, String> {
         let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+        Workers::spawn_exe(&exe, args, env, target)
+    }
+
+    /// [`Workers::spawn`] running `exe`.
+    fn spawn_exe(
+        exe: &std::path::Path,
+        args: Vec<(Vec<String>, String)>,
+        env: &[(&str, &str)],
+        target: u64,
+    ) -> Result<Workers, String> {
         let (tx, rx) = mpsc::channel::<(usize, String)>();
         let mut me = Workers {
             ws: Vec::new(),
@@ -189,7 +192,7 @@ impl Workers {
             ticker: Ticker::new(target, false),
         };
         for (i, (a, what)) in args.into_iter().enumerate() {
-            let mut cmd = Command::new(&exe);
+            let mut cmd = Command::new(exe);
             cmd.args(&a)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
@@ -231,6 +234,7 @@ impl Workers {
                 progress: Progress::default(),
                 answers: HashMap::new(),
                 result: None,
+                exited: false,
             });
         }
         Ok(me)
@@ -274,6 +278,16 @@ impl Workers {
                         .collect());
                 }
             }
+            if let Some(h) = head {
+                // One that ended (after its RESULT, say on its own time bound) never will.
+                if let Some(i) = self
+                    .ws
+                    .iter()
+                    .position(|w| w.exited && !w.answers.contains_key(h))
+                {
+                    return Err(format!("worker {i} exited without answering {h}"));
+                }
+            }
             if Instant::now() > deadline {
                 return match head {
                     Some(h) => Err(format!("workers did not answer {h} in time")),
@@ -303,8 +317,12 @@ impl Workers {
                         Err(e) => return Err(format!("worker {i}: bad result: {e}")),
                     },
                     "EOF" => {
+                        w.exited = true;
                         if w.result.is_none() {
-                            return Err(format!("worker {i} exited early"));
+                            return Err(format!(
+                                "worker {i} exited early ({}; its messages are above)",
+                                exit_status(&mut w.child)
+                            ));
                         }
                     }
                     "READY" | "PUSHED" | "DRAINED" | "STEPPED" | "PROBED" => {
@@ -332,6 +350,11 @@ impl Workers {
         let deadline = Instant::now() + timeout;
         let mut r = Ok(());
         while !self.ws.iter().all(|w| w.result.is_some()) {
+            // A worker whose output already ended sends nothing more: no use waiting.
+            if let Some(i) = self.ws.iter().position(|w| w.exited && w.result.is_none()) {
+                r = Err(format!("worker {i} exited early without its result"));
+                break;
+            }
             if Instant::now() > deadline {
                 r = Err("workers did not send their results in time".to_string());
                 break;
@@ -368,6 +391,19 @@ impl Workers {
                     }
                 }
             }
+        }
+    }
+}
+
+/// How a worker whose output ended exited, waiting a moment for it.
+fn exit_status(child: &mut Child) -> String {
+    let end = Instant::now() + Duration::from_secs(2);
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) => return st.to_string(),
+            Ok(None) if Instant::now() < end => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) => return "still running".into(),
+            Err(e) => return format!("status unknown: {e}"),
         }
     }
 }
@@ -411,7 +447,8 @@ fn worker_args(
         "threads",
         c.threads.unwrap_or((cores / c.procs).max(1)).to_string(),
     );
-    kv("settle-secs", "0".into());
+    // The parent settles; a worker only counts it in its bound on a silent parent.
+    kv("settle-secs", c.settle_secs.to_string());
     kv(
         "handshake-timeout-secs",
         c.handshake_timeout_secs.to_string(),
@@ -545,5 +582,72 @@ mod tests {
         // 5 users of 2 sessions (the last has one): 3 users, then 2 users
         assert_eq!(split_users(9, 2, 100, 2), vec![(6, 100), (3, 103)]);
         assert_eq!(split_users(0, 1, 0, 2), vec![(0, 0), (0, 0)]);
+    }
+
+    /// Workers running `sh -c SCRIPT sh RESULT_JSON`, one per script.
+    fn sh_workers(scripts: &[&str]) -> Workers {
+        let json = serde_json::to_string(&Report::default()).unwrap();
+        let args = scripts
+            .iter()
+            .map(|s| {
+                let a = vec!["-c".into(), s.to_string(), "sh".into(), json.clone()];
+                (a, "test".to_string())
+            })
+            .collect();
+        Workers::spawn_exe(std::path::Path::new("sh"), args, &[], 0).unwrap()
+    }
+
+    /// Answers CLOSE with its result, then waits for stdin to end.
+    const GOOD: &str = r#"read x; echo "RESULT $1"; read y"#;
+
+    #[test]
+    fn a_dead_worker_fails_fast_and_says_so() {
+        let mut ws = sh_workers(&["exit 3", GOOD]);
+        let e = ws
+            .await_all(Some("READY"), Instant::now() + Duration::from_secs(20))
+            .unwrap_err();
+        assert!(e.contains("worker 0 exited early"), "{e}");
+        assert!(e.contains('3'), "the exit status is missing: {e}");
+        // Closing must not wait out its timeout for a result that cannot come.
+        let t0 = Instant::now();
+        let e = ws.close(Duration::from_secs(20)).unwrap_err();
+        assert!(e.contains("worker 0 exited early"), "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    }
+
+    #[test]
+    fn a_worker_gone_after_its_result_cannot_answer() {
+        let mut ws = sh_workers(&[r#"echo "RESULT $1""#, GOOD]);
+        let t0 = Instant::now();
+        let e = ws
+            .await_all(Some("PUSHED"), Instant::now() + Duration::from_secs(20))
+            .unwrap_err();
+        assert!(
+            e.contains("worker 0 exited without answering PUSHED"),
+            "{e}"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+        let reports = ws.close(Duration::from_secs(20)).unwrap();
+        assert_eq!(reports.len(), 2);
+    }
+
+    #[test]
+    fn workers_get_the_settle_time_for_their_bound() {
+        let cli = <crate::cli::Cli as clap::Parser>::parse_from([
+            "throng-load",
+            "connect",
+            "--jwt-secret",
+            "s",
+            "--settle-secs",
+            "900",
+            "--procs",
+            "2",
+        ]);
+        let crate::cli::Cmd::Connect(c) = cli.cmd else {
+            unreachable!()
+        };
+        let a = worker_args(&c, None, None, 0, 500, 0);
+        let at = a.iter().position(|x| x == "--settle-secs").unwrap();
+        assert_eq!(a[at + 1], "900");
     }
 }
