@@ -63,6 +63,9 @@ pub struct Acceptor {
     spare_fd: Option<std::fs::File>,
     /// When running out of descriptors was last logged (at most once a second).
     out_of_files_logged: Option<Instant>,
+    /// Shards handed a connection since they were last woken: one wake per shard per
+    /// turn instead of one per connection.
+    to_wake: Vec<bool>,
 }
 
 impl Acceptor {
@@ -81,6 +84,7 @@ impl Acceptor {
         let mut listener = TcpListener::from_std(listener);
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let to_wake = vec![false; shards.len()];
         Ok(Acceptor {
             poll,
             listener,
@@ -98,6 +102,7 @@ impl Acceptor {
             scratch: vec![0; MAX_HEAD_BYTES + 1024],
             spare_fd: std::fs::File::open("/dev/null").ok(),
             out_of_files_logged: None,
+            to_wake,
         })
     }
 
@@ -142,6 +147,7 @@ impl Acceptor {
             for key in fired.drain(..) {
                 self.expire(key as usize);
             }
+            self.wake_shards();
             if self.paused_until.is_some_and(|t| Instant::now() >= t) {
                 self.paused_until = None;
                 if let Err(e) =
@@ -290,7 +296,8 @@ impl Acceptor {
         };
         self.wheel.cancel(p.timer);
         let _ = self.poll.registry().deregister(&mut p.stream);
-        let shard = &self.shards[shard_of(&identity.user, self.shards.len())];
+        let shard_id = shard_of(&identity.user, self.shards.len());
+        let shard = &self.shards[shard_id];
         let leftover = p.buf.split_off(up.head_len);
         let handoff = Handoff {
             stream: p.stream,
@@ -301,7 +308,16 @@ impl Acceptor {
         };
         match shard.conns.try_send(handoff) {
             Ok(()) => {
-                let _ = shard.waker.wake();
+                // Wake at the end of the turn, or now if the queue is filling up.
+                if shard
+                    .conns
+                    .capacity()
+                    .is_some_and(|cap| shard.conns.len() * 2 >= cap)
+                {
+                    let _ = shard.waker.wake();
+                } else {
+                    self.to_wake[shard_id] = true;
+                }
                 self.metrics.handshake(Outcome::Accepted);
             }
             Err(e) => {
@@ -312,6 +328,15 @@ impl Acceptor {
                 let h = e.into_inner();
                 self.admission.release(ip);
                 self.readopt_refused(h.stream, ip, refusal);
+            }
+        }
+    }
+
+    /// Wakes every shard that was handed connections this turn, once.
+    fn wake_shards(&mut self) {
+        for (wake, shard) in self.to_wake.iter_mut().zip(&self.shards) {
+            if std::mem::take(wake) {
+                let _ = shard.waker.wake();
             }
         }
     }
@@ -432,6 +457,7 @@ impl Acceptor {
     }
 
     fn drain(&mut self) {
+        self.wake_shards();
         let _ = self.poll.registry().deregister(&mut self.listener);
         let keys: Vec<usize> = self.pending.iter().map(|(k, _)| k).collect();
         for key in keys {
