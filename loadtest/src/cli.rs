@@ -104,7 +104,7 @@ pub struct PushArgs {
     /// Pushes per second (in all); 0 = as fast as the API answers.
     #[arg(long, default_value_t = 1000.0)]
     pub rate: f64,
-    /// How long to push.
+    /// How long to push; 0 with --count: until the count is sent.
     #[arg(long, default_value_t = 10.0)]
     pub duration_secs: f64,
     /// Stop after this many pushes (in all) even if time is left.

@@ -191,7 +191,7 @@ impl Local {
             api,
             api_key: p.api_key.clone(),
             rate: p.rate,
-            duration: secs(p.duration_secs),
+            duration: push_duration(p.duration_secs, p.count, p.rate),
             count: p.count,
             target: p.target,
             payload_bytes: p.payload_bytes,
@@ -389,9 +389,36 @@ pub fn run_single(
     Ok(rep)
 }
 
+/// How long the push driver may push: `--duration-secs`, or with `--count` alone
+/// (`--duration-secs 0`) the time the count takes at `--rate`, doubled, plus a minute
+/// (an hour when unpaced), so a count-only run still ends when the API stalls.
+pub fn push_duration(duration_secs: f64, count: Option<u64>, rate: f64) -> Duration {
+    match count {
+        Some(n) if duration_secs <= 0.0 => {
+            if rate > 0.0 {
+                secs(2.0 * n as f64 / rate + 60.0)
+            } else {
+                Duration::from_secs(3600)
+            }
+        }
+        _ => secs(duration_secs),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn count_alone_bounds_the_push_time_by_the_rate() {
+        assert_eq!(push_duration(5.0, Some(100), 10.0), Duration::from_secs(5));
+        assert_eq!(push_duration(0.0, Some(100), 10.0), Duration::from_secs(80));
+        assert_eq!(
+            push_duration(0.0, Some(100), 0.0),
+            Duration::from_secs(3600)
+        );
+        assert_eq!(push_duration(3.0, None, 10.0), Duration::from_secs(3));
+    }
 
     #[test]
     fn a_panicked_event_loop_is_counted_not_dropped() {

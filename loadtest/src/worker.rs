@@ -9,7 +9,7 @@
 //!                           | STEPPED <open> <failed> <errors json> | PROBED <pushes> <missing>
 
 use crate::cli::{secs, ChurnArgs, ConnectArgs, PushArgs};
-use crate::local::mode_name;
+use crate::local::{mode_name, push_duration};
 use crate::progress::{Progress, Ticker};
 use crate::report::{Mem, Report};
 use crate::util;
@@ -80,7 +80,7 @@ pub fn run_worker(
     let bound = Instant::now()
         + secs(c.hold_secs.unwrap_or(0.0) + c.settle_secs + 600.0)
         + p.map_or(Duration::ZERO, |p| {
-            secs(p.duration_secs + p.drain_secs + 60.0)
+            push_duration(p.duration_secs, p.count, p.rate) + secs(p.drain_secs + 60.0)
         });
     loop {
         if Instant::now() > bound {
@@ -552,9 +552,8 @@ pub fn run_parent(
             let pushed = ws.await_all(
                 Some("PUSHED"),
                 Instant::now()
-                    + secs(
-                        p.duration_secs + c.close_timeout_secs + c.handshake_timeout_secs + 60.0,
-                    ),
+                    + push_duration(p.duration_secs, p.count, p.rate)
+                    + secs(c.close_timeout_secs + c.handshake_timeout_secs + 60.0),
             )?;
             let total: u64 = pushed.iter().map(|r| r.trim().parse().unwrap_or(0)).sum();
             ws.send_all(&format!("DRAIN {total}"));
