@@ -175,11 +175,9 @@ impl LocalRamp {
             ..Default::default()
         };
         let t = l.close();
-        rep.fill_clients(&t);
-        rep.set_connect_rate();
         let mut pushed = pushed;
         pushed.secs = probe_secs;
-        rep.fill_push(&t, Some(&pushed), probe_secs);
+        rep.fill_closed(&t, Some((Some(&pushed), probe_secs)), false);
         rep
     }
 }

@@ -473,10 +473,10 @@ fn run_thread(tid: usize, cfg: Arc<ClientCfg>, sh: Arc<Shared>) -> ThreadOut {
         opened: 0,
     };
     let mut churn = crate::churn::Pacer::new(&cfg, tid);
-    let mut churn_deadlines: VecDeque<(Instant, usize, u32)> = VecDeque::new();
+    let mut churn_deadlines: VecDeque<Deadline> = VecDeque::new();
     let threads = cfg.threads.max(1) as u64;
     let mut next_g = tid as u64;
-    let mut deadlines: VecDeque<(Instant, usize, u32)> = VecDeque::new();
+    let mut deadlines: VecDeque<Deadline> = VecDeque::new();
     let mut close_deadline = None;
     let start = sh.start;
     // Pacing restarts where the capacity ramp last raised the allowance.
@@ -543,46 +543,30 @@ fn run_thread(tid: usize, cfg: Arc<ClientCfg>, sh: Arc<Shared>) -> ThreadOut {
                 }
             }
         }
-        while let Some(&(d, key, inc)) = churn_deadlines.front() {
-            if d > now {
-                break;
-            }
-            churn_deadlines.pop_front();
-            let expired = conns.get(key).is_some_and(|c| {
-                c.incarnation == inc
-                    && c.flags & F_CHURN_CLOSING != 0
-                    && matches!(c.state, State::Closing(_))
-            });
-            if expired {
-                let mut c = conns.remove(key);
-                let _ = poll.registry().deregister(&mut c.stream);
-                ctx.finish(c, Some("churn_close_timeout".into()));
-            }
-        }
-        while let Some(&(d, key, inc)) = deadlines.front() {
-            if d > now {
-                break;
-            }
-            deadlines.pop_front();
-            let expired = conns.get(key).is_some_and(|c| {
-                c.incarnation == inc
-                    && matches!(
-                        c.state,
-                        State::Connecting | State::Upgrading | State::Welcome
-                    )
-            });
-            if expired {
-                let c = conns.remove(key);
-                let cause = match c.state {
-                    State::Connecting => "timeout_connect",
-                    State::Upgrading => "timeout_upgrade",
-                    _ => "timeout_welcome",
-                };
-                let mut c = c;
-                let _ = poll.registry().deregister(&mut c.stream);
-                ctx.finish(c, Some(cause.into()));
-            }
-        }
+        expire_due(
+            &mut churn_deadlines,
+            now,
+            &mut conns,
+            &poll,
+            &mut ctx,
+            |c| {
+                (c.flags & F_CHURN_CLOSING != 0 && matches!(c.state, State::Closing(_)))
+                    .then_some("churn_close_timeout")
+            },
+        );
+        expire_due(
+            &mut deadlines,
+            now,
+            &mut conns,
+            &poll,
+            &mut ctx,
+            |c| match c.state {
+                State::Connecting => Some("timeout_connect"),
+                State::Upgrading => Some("timeout_upgrade"),
+                State::Welcome => Some("timeout_welcome"),
+                _ => None,
+            },
+        );
         let mut timeout = Duration::from_millis(100);
         if !ctx.closing && next_g < limit() {
             timeout = timeout.min(due(next_g).saturating_duration_since(now));
@@ -646,6 +630,36 @@ fn io_cause(e: &io::Error) -> String {
 
 /// Opens connection number `g` of this process (again, for a churn `reconnect`); `None`
 /// when it failed at once.
+/// When a socket must have got somewhere: (deadline, slab key, incarnation).
+type Deadline = (Instant, usize, u32);
+
+/// Pops the deadlines due at `now` (the queue is in time order) and ends each socket
+/// still at its deadline's incarnation for which `overdue` names a cause.
+fn expire_due(
+    q: &mut VecDeque<Deadline>,
+    now: Instant,
+    conns: &mut Slab<Conn>,
+    poll: &Poll,
+    ctx: &mut Ctx,
+    overdue: impl Fn(&Conn) -> Option<&'static str>,
+) {
+    while let Some(&(d, key, inc)) = q.front() {
+        if d > now {
+            break;
+        }
+        q.pop_front();
+        let cause = conns
+            .get(key)
+            .filter(|c| c.incarnation == inc)
+            .and_then(&overdue);
+        if let Some(cause) = cause {
+            let mut c = conns.remove(key);
+            let _ = poll.registry().deregister(&mut c.stream);
+            ctx.finish(c, Some(cause.into()));
+        }
+    }
+}
+
 fn open(
     conns: &mut Slab<Conn>,
     poll: &Poll,

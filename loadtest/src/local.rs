@@ -378,14 +378,11 @@ pub fn run_single(
         "throng-load: closed in {:.2}s",
         close_start.elapsed().as_secs_f64()
     );
-    rep.fill_clients(&t);
-    rep.set_connect_rate();
-    if p.is_some() {
-        rep.fill_push(&t, pushed.as_ref(), delivery_secs);
-    }
-    if ch.is_some() {
-        rep.fill_churn(&t);
-    }
+    rep.fill_closed(
+        &t,
+        p.map(|_| (pushed.as_ref(), delivery_secs)),
+        ch.is_some(),
+    );
     Ok(rep)
 }
 

@@ -175,8 +175,26 @@ fn round1(x: f64) -> f64 {
 }
 
 impl Report {
+    /// Fills everything the closed event loops measured: connections, then push and churn
+    /// figures for the modes that ran them.
+    pub fn fill_closed(
+        &mut self,
+        t: &ThreadOut,
+        push: Option<(Option<&PushOut>, f64)>,
+        churn: bool,
+    ) {
+        self.fill_clients(t);
+        self.set_connect_rate();
+        if let Some((pushed, delivery_secs)) = push {
+            self.fill_push(t, pushed, delivery_secs);
+        }
+        if churn {
+            self.fill_churn(t);
+        }
+    }
+
     /// Fills the connection figures from the event loops' measurements.
-    pub fn fill_clients(&mut self, t: &ThreadOut) {
+    fn fill_clients(&mut self, t: &ThreadOut) {
         self.connections_open_at_close = t.open_at_close;
         self.connect_errors = t.connect_errors.clone();
         self.disconnects = t.disconnects.clone();
@@ -190,7 +208,7 @@ impl Report {
     }
 
     /// Fills the churn figures.
-    pub fn fill_churn(&mut self, t: &ThreadOut) {
+    fn fill_churn(&mut self, t: &ThreadOut) {
         self.churn_disconnects = Some(t.churn_disconnects);
         self.churn_reconnects = Some(t.churn_reconnects);
         self.churn_reconnect_errors = Some(t.churn_reconnect_errors.clone());
@@ -198,7 +216,7 @@ impl Report {
     }
 
     /// Fills the push and delivery figures.
-    pub fn fill_push(&mut self, t: &ThreadOut, p: Option<&PushOut>, delivery_secs: f64) {
+    fn fill_push(&mut self, t: &ThreadOut, p: Option<&PushOut>, delivery_secs: f64) {
         let c = &t.completeness;
         self.messages_expected = Some(c.expected);
         self.messages_received = Some(c.received);

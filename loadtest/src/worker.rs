@@ -114,14 +114,11 @@ pub fn run_worker(
     }
     let delivery_secs = l.sh.last_recv_us.load(Relaxed).saturating_sub(t0) as f64 / 1e6;
     let t = l.close();
-    rep.fill_clients(&t);
-    rep.set_connect_rate();
-    if p.is_some() {
-        rep.fill_push(&t, pushed.as_ref(), delivery_secs);
-    }
-    if ch.is_some() {
-        rep.fill_churn(&t);
-    }
+    rep.fill_closed(
+        &t,
+        p.map(|_| (pushed.as_ref(), delivery_secs)),
+        ch.is_some(),
+    );
     WorkerIo::send(&format!(
         "RESULT {}",
         serde_json::to_string(&rep).map_err(|e| e.to_string())?
