@@ -394,9 +394,9 @@ impl Acceptor {
     }
 
     /// Answers a socket that will not be tracked with `r` and closes it, best effort and
-    /// without waiting: one read, one write.
+    /// without waiting: a few reads of what already arrived, one write.
     fn shed(&mut self, mut stream: TcpStream, r: Refusal) {
-        self.metrics.handshake(Outcome::OverCapacity);
+        self.metrics.handshake(r.outcome());
         // Read what the client already sent so closing does not turn into a reset that
         // could overtake the answer.
         for _ in 0..4 {
