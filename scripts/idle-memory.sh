@@ -51,7 +51,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # Test-only credentials, passed through the environment (not visible in `ps`).
-THRONG_JWT_SECRET="idle-memory-$$-$RANDOM$RANDOM"
+THRONG_JWT_SECRET="idle-memory-$$-$RANDOM$RANDOM-$RANDOM$RANDOM-$RANDOM$RANDOM"
 THRONG_API_KEY="idle-memory-key-$$-$RANDOM"
 export THRONG_JWT_SECRET THRONG_API_KEY
 

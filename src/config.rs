@@ -118,6 +118,25 @@ pub struct ServeArgs {
     /// Time given to flush outbound queues on shutdown [default: 5000].
     #[arg(long)]
     pub shutdown_grace_ms: Option<u64>,
+    /// Outbound bytes queued on all connections together (plus partial inbound frames)
+    /// before the largest queues are closed with 4008 [default: a quarter of memory, at most 4 GiB].
+    #[arg(long)]
+    pub max_outbound_total_bytes: Option<u64>,
+    /// Upgrade requests in progress (accepted sockets without a complete head) [default: 16384].
+    #[arg(long)]
+    pub max_pending_handshakes: Option<usize>,
+    /// Concurrent push API connections; more get 503 [default: 1024].
+    #[arg(long)]
+    pub api_max_connections: Option<usize>,
+    /// Time allowed for a whole API request, head and body [default: 10000].
+    #[arg(long)]
+    pub api_request_timeout_ms: Option<u64>,
+    /// Time an idle keep-alive API connection stays open [default: 60000].
+    #[arg(long)]
+    pub api_idle_timeout_ms: Option<u64>,
+    /// Allow the push API without an API key on a non-loopback address.
+    #[arg(long)]
+    pub insecure_api: bool,
     /// Log format [default: text].
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -163,6 +182,12 @@ struct FileConfig {
     allowed_origins: Option<Vec<String>>,
     shard_queue_capacity: Option<usize>,
     shutdown_grace_ms: Option<u64>,
+    max_outbound_total_bytes: Option<u64>,
+    max_pending_handshakes: Option<usize>,
+    api_max_connections: Option<usize>,
+    api_request_timeout_ms: Option<u64>,
+    api_idle_timeout_ms: Option<u64>,
+    insecure_api: Option<bool>,
     log_format: Option<LogFormat>,
     #[serde(default)]
     jwt: FileJwt,
@@ -243,12 +268,26 @@ pub struct Config {
     pub shard_queue_capacity: usize,
     /// Flush time on shutdown.
     pub shutdown_grace: Duration,
+    /// Outbound (plus partial inbound) bytes on all connections together.
+    pub max_outbound_total_bytes: u64,
+    /// Upgrade requests in progress at once.
+    pub max_pending_handshakes: usize,
+    /// Concurrent push API connections.
+    pub api_max_connections: usize,
+    /// Deadline for a whole API request (head and body).
+    pub api_request_timeout: Duration,
+    /// How long an idle keep-alive API connection stays open.
+    pub api_idle_timeout: Duration,
+    /// The API may run without a key on a non-loopback address.
+    pub insecure_api: bool,
     /// Log format.
     pub log_format: LogFormat,
     /// Development mode.
     pub dev: bool,
 }
 
+/// Shortest HMAC secret accepted outside `--dev` (RFC 7518 3.2: at least the hash size).
+pub const MIN_SECRET_BYTES: usize = 32;
 /// Largest request head, PROTOCOL.md 1.
 pub const MAX_HEAD_BYTES: usize = 8 * 1024;
 /// Largest push API request body, PROTOCOL.md 3.
@@ -284,11 +323,16 @@ impl Config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
+        // Dev credentials are printed on the terminal: keep them off the network by default.
         let listen = pick_addr(
             "listen",
             args.listen,
             file.listen.as_deref(),
-            "0.0.0.0:8700",
+            if args.dev {
+                "127.0.0.1:8700"
+            } else {
+                "0.0.0.0:8700"
+            },
         )?;
         let api_listen = pick_addr(
             "api_listen",
@@ -325,8 +369,15 @@ impl Config {
         let mut api_key = args
             .api_key
             .or(file.api_key)
-            .or_else(|| env("THRONG_API_KEY"))
-            .filter(|s| !s.is_empty());
+            .or_else(|| env("THRONG_API_KEY"));
+        if api_key.as_deref().is_some_and(|k| k.trim().is_empty()) {
+            // An empty key used to switch authentication off without a word.
+            return Err(invalid(
+                "api_key",
+                "is empty; give a key, or leave it unset (the API then needs a loopback \
+                 api_listen or --insecure-api)",
+            ));
+        }
         if args.dev {
             if secret.is_none() && public_key_pem.is_none() && is_hmac(algorithm) {
                 secret = Some(random_token(32));
@@ -336,16 +387,39 @@ impl Config {
             }
         }
         if is_hmac(algorithm) {
-            if secret.is_none() {
-                return Err(invalid(
-                    "jwt_secret",
-                    format!("{algorithm_name} needs a secret (--jwt-secret, [jwt] secret or THRONG_JWT_SECRET)"),
-                ));
+            match &secret {
+                None => {
+                    return Err(invalid(
+                        "jwt_secret",
+                        format!("{algorithm_name} needs a secret (--jwt-secret, [jwt] secret or THRONG_JWT_SECRET)"),
+                    ))
+                }
+                Some(s) if s.len() < MIN_SECRET_BYTES && !args.dev => {
+                    return Err(invalid(
+                        "jwt_secret",
+                        format!(
+                            "is {} bytes; an HMAC secret needs at least {MIN_SECRET_BYTES} \
+                             (try: head -c 32 /dev/urandom | base64)",
+                            s.len()
+                        ),
+                    ))
+                }
+                Some(_) => {}
             }
         } else if public_key_pem.is_none() {
             return Err(invalid(
                 "jwt_public_key",
                 format!("{algorithm_name} needs a PEM public key file"),
+            ));
+        }
+        let insecure_api = args.insecure_api || file.insecure_api.unwrap_or(false);
+        if api_key.is_none() && !api_listen.ip().is_loopback() && !insecure_api {
+            return Err(invalid(
+                "api_key",
+                format!(
+                    "the push API listens on {api_listen}, which is not loopback, and has no key; \
+                     set api_key (or THRONG_API_KEY), or pass --insecure-api to run it open"
+                ),
             ));
         }
         let jwt = JwtConfig {
@@ -443,6 +517,43 @@ impl Config {
                 .or(file.shard_queue_capacity)
                 .unwrap_or(65_536),
         )?;
+        let max_outbound_total_bytes = match args
+            .max_outbound_total_bytes
+            .or(file.max_outbound_total_bytes)
+        {
+            Some(0) => {
+                return Err(invalid(
+                    "max_outbound_total_bytes",
+                    "must be greater than 0",
+                ))
+            }
+            Some(v) => v,
+            None => default_outbound_total_bytes(),
+        };
+        let max_pending_handshakes = positive(
+            "max_pending_handshakes",
+            args.max_pending_handshakes
+                .or(file.max_pending_handshakes)
+                .unwrap_or(16_384),
+        )?;
+        let api_max_connections = positive(
+            "api_max_connections",
+            args.api_max_connections
+                .or(file.api_max_connections)
+                .unwrap_or(1024),
+        )?;
+        let api_request_timeout = ms(
+            "api_request_timeout_ms",
+            args.api_request_timeout_ms,
+            file.api_request_timeout_ms,
+            10_000,
+        )?;
+        let api_idle_timeout = ms(
+            "api_idle_timeout_ms",
+            args.api_idle_timeout_ms,
+            file.api_idle_timeout_ms,
+            60_000,
+        )?;
         let backlog = args.backlog.or(file.backlog).unwrap_or(4096);
         if backlog == 0 || backlog > i32::MAX as u32 {
             return Err(invalid("backlog", "must be between 1 and 2147483647"));
@@ -488,6 +599,12 @@ impl Config {
             allowed_origins,
             shard_queue_capacity,
             shutdown_grace,
+            max_outbound_total_bytes,
+            max_pending_handshakes,
+            api_max_connections,
+            api_request_timeout,
+            api_idle_timeout,
+            insecure_api,
             log_format: args
                 .log_format
                 .or(file.log_format)
@@ -495,6 +612,24 @@ impl Config {
             dev: args.dev,
         })
     }
+}
+
+/// The default process-wide outbound budget: a quarter of physical memory, at most 4 GiB
+/// (1 GiB when memory cannot be read).
+pub fn default_outbound_total_bytes() -> u64 {
+    const GIB: u64 = 1 << 30;
+    match physical_memory_bytes() {
+        Some(total) => (total / 4).clamp(64 << 20, 4 * GIB),
+        None => GIB,
+    }
+}
+
+/// `MemTotal` from `/proc/meminfo`, in bytes.
+pub fn physical_memory_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -566,6 +701,8 @@ pub fn random_token(len: usize) -> String {
 mod tests {
     use super::*;
 
+    const S: &str = "0123456789abcdef0123456789abcdef";
+
     fn cfg(args: &[&str]) -> Result<Config, ConfigError> {
         let parsed =
             ServeOnly::try_parse_from(std::iter::once("serve").chain(args.iter().copied()))?;
@@ -580,7 +717,7 @@ mod tests {
 
     #[test]
     fn defaults_with_secret() {
-        let c = cfg(&["--jwt-secret", "s"]).unwrap();
+        let c = cfg(&["--jwt-secret", S]).unwrap();
         assert_eq!(c.listen, "0.0.0.0:8700".parse().unwrap());
         assert_eq!(c.api_listen, "127.0.0.1:8701".parse().unwrap());
         assert_eq!(c.ping_interval, Duration::from_secs(25));
@@ -590,7 +727,7 @@ mod tests {
 
     #[test]
     fn zero_interval_names_key() {
-        let err = cfg(&["--jwt-secret", "s", "--ping-interval-ms", "0"])
+        let err = cfg(&["--jwt-secret", S, "--ping-interval-ms", "0"])
             .unwrap_err()
             .to_string();
         assert_eq!(
@@ -606,7 +743,7 @@ mod tests {
         let path = dir.join("a.toml");
         std::fs::write(
             &path,
-            "ping_interval_ms = 1000\nidle_timeout_ms = 3000\napi_key = \"filekey\"\n[jwt]\nsecret = \"filesecret\"\n",
+            "ping_interval_ms = 1000\nidle_timeout_ms = 3000\napi_key = \"filekey\"\n[jwt]\nsecret = \"filesecret-filesecret-filesecret-12\"\n",
         )
         .unwrap();
         let parsed = ServeOnly::try_parse_from([
@@ -625,7 +762,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.ping_interval, Duration::from_millis(2000));
         assert_eq!(c.idle_timeout, Duration::from_millis(3000));
-        assert_eq!(c.jwt.secret.as_deref(), Some("filesecret"));
+        assert_eq!(
+            c.jwt.secret.as_deref(),
+            Some("filesecret-filesecret-filesecret-12")
+        );
         assert_eq!(c.api_key.as_deref(), Some("filekey"));
         std::fs::remove_dir_all(&dir).ok();
     }
@@ -644,6 +784,43 @@ mod tests {
     }
 
     #[test]
+    fn unsafe_startup_settings_are_refused() {
+        let err = cfg(&["--jwt-secret", S, "--api-key", ""])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("config error: api_key: is empty"), "{err}");
+        let err = cfg(&["--jwt-secret", "short"]).unwrap_err().to_string();
+        assert!(
+            err.starts_with("config error: jwt_secret: is 5 bytes"),
+            "{err}"
+        );
+        let err = cfg(&["--jwt-secret", S, "--api-listen", "0.0.0.0:8701"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--insecure-api"), "{err}");
+        assert!(cfg(&[
+            "--jwt-secret",
+            S,
+            "--api-listen",
+            "0.0.0.0:8701",
+            "--insecure-api"
+        ])
+        .is_ok());
+        assert!(cfg(&[
+            "--jwt-secret",
+            S,
+            "--api-listen",
+            "0.0.0.0:8701",
+            "--api-key",
+            "k"
+        ])
+        .is_ok());
+        // --dev accepts a short secret and keeps the client listener on loopback.
+        let c = cfg(&["--dev", "--jwt-secret", "short"]).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8700".parse().unwrap());
+    }
+
+    #[test]
     fn dev_makes_secret_and_key() {
         let c = cfg(&["--dev"]).unwrap();
         assert!(c.jwt.secret.is_some());
@@ -652,11 +829,11 @@ mod tests {
 
     #[test]
     fn bad_algorithm_and_pattern() {
-        let err = cfg(&["--jwt-secret", "s", "--jwt-algorithm", "none"])
+        let err = cfg(&["--jwt-secret", S, "--jwt-algorithm", "none"])
             .unwrap_err()
             .to_string();
         assert!(err.contains("jwt_algorithm"), "{err}");
-        let err = cfg(&["--jwt-secret", "s", "--public-topics", "a b"])
+        let err = cfg(&["--jwt-secret", S, "--public-topics", "a b"])
             .unwrap_err()
             .to_string();
         assert!(err.contains("public_topics"), "{err}");

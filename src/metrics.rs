@@ -102,6 +102,12 @@ pub struct ShardCounters {
     pub session_evictions: AtomicU64,
     /// Sessions closed with 4003 by the push API.
     pub api_disconnects: AtomicU64,
+    /// Bytes queued for clients that the sockets have not taken yet (gauge).
+    pub outbound_bytes: AtomicU64,
+    /// Bytes of incomplete inbound frames and messages held for clients (gauge).
+    pub partial_bytes: AtomicU64,
+    /// Sessions closed with 4008 because the process-wide outbound budget was exceeded.
+    pub budget_closes: AtomicU64,
 }
 
 /// One shard's metrics.
@@ -132,6 +138,20 @@ pub struct Metrics {
     pub queue_full_refusals: AtomicU64,
     /// API requests served.
     pub api_requests: AtomicU64,
+    /// Open push API connections (gauge).
+    pub api_connections: AtomicU64,
+    /// Push API connections answered 503 because `api_max_connections` were open.
+    pub api_refused_connections: AtomicU64,
+    /// Push API connections closed because a request did not complete in time (408).
+    pub api_request_timeouts: AtomicU64,
+    /// Idle keep-alive push API connections closed.
+    pub api_idle_closes: AtomicU64,
+    /// Failed `accept` calls on the client listener.
+    pub accept_errors_client: AtomicU64,
+    /// Failed `accept` calls on the push API listener.
+    pub accept_errors_api: AtomicU64,
+    /// Upgrade requests in progress in the acceptor (gauge).
+    pub pending_handshakes: AtomicU64,
     /// Set when shutdown begins.
     pub draining: AtomicBool,
 }
@@ -151,6 +171,13 @@ impl Metrics {
             pushes_rejected: AtomicU64::new(0),
             queue_full_refusals: AtomicU64::new(0),
             api_requests: AtomicU64::new(0),
+            api_connections: AtomicU64::new(0),
+            api_refused_connections: AtomicU64::new(0),
+            api_request_timeouts: AtomicU64::new(0),
+            api_idle_closes: AtomicU64::new(0),
+            accept_errors_client: AtomicU64::new(0),
+            accept_errors_api: AtomicU64::new(0),
+            pending_handshakes: AtomicU64::new(0),
             draining: AtomicBool::new(false),
         }
     }
@@ -212,7 +239,17 @@ impl Metrics {
                 "session_evictions": self.sum(|c| &c.session_evictions),
                 "api_disconnects": self.sum(|c| &c.api_disconnects),
                 "queue_full_refusals": self.queue_full_refusals.load(Relaxed),
-            }
+                "budget_closes": self.sum(|c| &c.budget_closes),
+                "api_refused_connections": self.api_refused_connections.load(Relaxed),
+                "api_request_timeouts": self.api_request_timeouts.load(Relaxed),
+                "api_idle_closes": self.api_idle_closes.load(Relaxed),
+                "accept_errors_client": self.accept_errors_client.load(Relaxed),
+                "accept_errors_api": self.accept_errors_api.load(Relaxed),
+            },
+            "api_connections": self.api_connections.load(Relaxed),
+            "pending_handshakes": self.pending_handshakes.load(Relaxed),
+            "outbound_bytes": self.sum(|c| &c.outbound_bytes),
+            "partial_bytes": self.sum(|c| &c.partial_bytes),
         })
         .to_string()
     }
@@ -290,6 +327,27 @@ impl Metrics {
             "Sessions closed with 4009 (too many sessions for the user).",
             &|c| &c.session_evictions,
         );
+        per_shard(
+            &mut out,
+            "throng_outbound_bytes",
+            "gauge",
+            "Bytes queued for clients that their sockets have not taken yet.",
+            &|c| &c.outbound_bytes,
+        );
+        per_shard(
+            &mut out,
+            "throng_partial_bytes",
+            "gauge",
+            "Bytes of incomplete inbound frames and messages held for clients.",
+            &|c| &c.partial_bytes,
+        );
+        per_shard(
+            &mut out,
+            "throng_budget_closes_total",
+            "counter",
+            "Sessions closed with 4008 because max_outbound_total_bytes was exceeded.",
+            &|c| &c.budget_closes,
+        );
         let _ = writeln!(
             out,
             "# HELP throng_handshakes_total Upgrade requests by outcome.\n# TYPE throng_handshakes_total counter"
@@ -323,10 +381,49 @@ impl Metrics {
                 "Push API requests served.",
                 &self.api_requests,
             ),
+            (
+                "throng_api_refused_connections_total",
+                "Push API connections answered 503 at api_max_connections.",
+                &self.api_refused_connections,
+            ),
+            (
+                "throng_api_request_timeouts_total",
+                "Push API requests that did not complete within api_request_timeout_ms (408).",
+                &self.api_request_timeouts,
+            ),
+            (
+                "throng_api_idle_closes_total",
+                "Idle keep-alive push API connections closed after api_idle_timeout_ms.",
+                &self.api_idle_closes,
+            ),
         ] {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP throng_accept_errors_total Failed accept calls by listener.\n# TYPE throng_accept_errors_total counter\nthrong_accept_errors_total{{listener=\"client\"}} {}\nthrong_accept_errors_total{{listener=\"api\"}} {}",
+            self.accept_errors_client.load(Relaxed),
+            self.accept_errors_api.load(Relaxed)
+        );
+        for (name, help, v) in [
+            (
+                "throng_api_connections",
+                "Open push API connections.",
+                &self.api_connections,
+            ),
+            (
+                "throng_pending_handshakes",
+                "Upgrade requests in progress (accepted sockets without a complete head).",
+                &self.pending_handshakes,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
                 v.load(Relaxed)
             );
         }
@@ -364,10 +461,10 @@ impl Metrics {
                 all.count_between(0, b)
             );
         }
-        let sum_us: f64 = all
-            .iter_recorded()
-            .map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64)
-            .sum();
+        // A fold from +0.0: `Sum` for floats starts at -0.0, which printed "-0" before any push.
+        let sum_us = all.iter_recorded().fold(0.0f64, |acc, v| {
+            acc + v.value_iterated_to() as f64 * v.count_at_value() as f64
+        });
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", all.len());
         let _ = writeln!(out, "{name}_sum {}", sum_us / 1e6);
         let _ = writeln!(out, "{name}_count {}", all.len());
@@ -377,6 +474,18 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latency_sum_is_plain_zero_before_any_push() {
+        let text = Metrics::new(1).prometheus();
+        assert!(
+            text.contains("throng_push_latency_seconds_sum 0\n"),
+            "{}",
+            text.lines()
+                .find(|l| l.starts_with("throng_push_latency_seconds_sum"))
+                .unwrap_or("no sum line")
+        );
+    }
 
     #[test]
     fn prometheus_has_families() {
@@ -390,6 +499,8 @@ mod tests {
         assert!(text.contains("throng_push_latency_seconds_bucket{le=\"0.001\"} 1"));
         assert!(text.contains("throng_push_latency_seconds_bucket{le=\"0.0005\"} 0"));
         assert!(text.contains("throng_push_latency_seconds_count 1"));
+        assert!(text.contains("throng_accept_errors_total{listener=\"api\"} 0"));
+        assert!(text.contains("throng_pending_handshakes 0"));
         let stats: serde_json::Value = serde_json::from_str(&m.stats_json()).unwrap();
         assert_eq!(stats["connections"], 3);
         assert_eq!(stats["shards"][1]["connections"], 3);

@@ -295,7 +295,7 @@ fn config_file_values_apply() {
     let path = dir.join("good.toml");
     std::fs::write(
         &path,
-        "ping_interval_ms = 1234\nidle_timeout_ms = 5678\n[jwt]\nsecret = \"test-secret\"\n",
+        "ping_interval_ms = 1234\nidle_timeout_ms = 5678\n[jwt]\nsecret = \"test-secret-0123456789abcdef0123456\"\n",
     )
     .unwrap();
     let cfg = Config::from_args([
@@ -332,7 +332,7 @@ fn from_args_errors_name_the_key() {
         "--api-listen",
         "127.0.0.1:0",
         "--jwt-secret",
-        "s",
+        SECRET,
     ];
     let cases: &[(&[&str], &str)] = &[
         (&["--ping-interval-ms", "0"], "ping_interval_ms"),

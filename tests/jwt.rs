@@ -147,7 +147,7 @@ fn bad_sub_claims() {
 fn issuer_and_audience_when_configured() {
     let cfg = config_file(
         "issaud",
-        "[jwt]\nsecret = \"test-secret\"\nissuer = \"https://auth.example\"\naudience = \"throng\"\n",
+        "[jwt]\nsecret = \"test-secret-0123456789abcdef0123456\"\nissuer = \"https://auth.example\"\naudience = \"throng\"\n",
     );
     let srv = TestServer::start(&["--config", cfg.to_str().unwrap()]);
     let exp = now_secs() + 600;
@@ -166,7 +166,7 @@ fn issuer_and_audience_when_configured() {
 fn token_expiry_while_connected_closes_4001() {
     let cfg = config_file(
         "leeway",
-        "[jwt]\nsecret = \"test-secret\"\nleeway_secs = 0\n",
+        "[jwt]\nsecret = \"test-secret-0123456789abcdef0123456\"\nleeway_secs = 0\n",
     );
     let srv = TestServer::start(&["--config", cfg.to_str().unwrap()]);
     let exp = now_secs() + 2;

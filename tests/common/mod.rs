@@ -15,7 +15,7 @@ use tungstenite::client::IntoClientRequest;
 use tungstenite::protocol::WebSocket;
 use tungstenite::Message;
 
-pub const SECRET: &str = "test-secret";
+pub const SECRET: &str = "test-secret-0123456789abcdef0123456";
 pub const API_KEY: &str = "test-key";
 /// Read/write timeout on every test socket.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);

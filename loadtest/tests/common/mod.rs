@@ -16,7 +16,7 @@ use serde_json::Value;
 use throng::config::Config;
 use throng::server::Server;
 
-pub const SECRET: &str = "loadtest-secret";
+pub const SECRET: &str = "loadtest-secret-0123456789abcdef01234";
 pub const API_KEY: &str = "loadtest-key";
 /// Read/write timeout on every HTTP socket of the tests.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
