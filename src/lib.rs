@@ -15,6 +15,7 @@ pub mod fdlimit;
 pub mod frame;
 pub mod handshake;
 pub mod http;
+pub mod json_depth;
 pub mod messages;
 pub mod metrics;
 pub mod route;

@@ -55,9 +55,24 @@ pub struct Parsed<'a> {
     pub reference: Option<String>,
 }
 
+/// Deepest nesting a client message may have; real messages use 2 or 3 levels.
+pub const MAX_CLIENT_DEPTH: usize = 32;
+
 /// Parses one client text message in place with simd-json (it needs a mutable buffer,
 /// which the unmasked frame payload already is); `buffers` are reused across calls.
 pub fn parse<'a>(payload: &'a mut [u8], buffers: &mut simd_json::Buffers) -> Parsed<'a> {
+    // Building and dropping a value tree recurse once per level: 5,000 levels in 10 KB
+    // overflowed a shard's stack and aborted the process. Refuse deep documents before
+    // simd-json sees them.
+    if let Err(depth) = crate::json_depth::check(payload, MAX_CLIENT_DEPTH) {
+        return Parsed {
+            msg: Err(refused(
+                "bad_json",
+                format!("JSON nested deeper than {depth} levels"),
+            )),
+            reference: None,
+        };
+    }
     let value = match simd_json::to_borrowed_value_with_buffers(payload, buffers) {
         Ok(v) => v,
         Err(e) => {
@@ -253,6 +268,33 @@ mod tests {
             "bad_topic"
         );
         assert_eq!(p(r#"{"type":"ack"}"#).0.unwrap_err().code, "bad_json");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_without_recursion() {
+        for deep in [
+            format!("{}{}", "[".repeat(5000), "]".repeat(5000)),
+            format!("{}1{}", "{\"a\":".repeat(5000), "}".repeat(5000)),
+            format!(
+                r#"{{"type":"ping","ref":{}0{}}}"#,
+                "[".repeat(40),
+                "]".repeat(40)
+            ),
+        ] {
+            let err = p(&deep).0.unwrap_err();
+            assert_eq!(err.code, "bad_json");
+            assert!(
+                err.message.contains("nested deeper than 32"),
+                "{}",
+                err.message
+            );
+        }
+        let ok = format!(
+            r#"{{"type":"ping","ref":{}0{}}}"#,
+            "[".repeat(30),
+            "]".repeat(30)
+        );
+        assert_eq!(p(&ok).0, Ok("Ping".into()));
     }
 
     #[test]
