@@ -118,15 +118,7 @@ impl Verifier {
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
             |e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
-                ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
-                ErrorKind::InvalidAlgorithm => {
-                    AuthError::Invalid("algorithm is not the configured one".into())
-                }
-                ErrorKind::ImmatureSignature => AuthError::Invalid("token not yet valid".into()),
-                ErrorKind::MissingRequiredClaim(c) => {
-                    AuthError::Invalid(format!("missing claim {c}"))
-                }
-                _ => AuthError::Invalid(e.to_string()),
+                _ => AuthError::Invalid(plain_reason(&e)),
             },
         )?;
         let claims = data.claims;
@@ -155,6 +147,33 @@ impl Verifier {
             topics,
             exp: claims.exp,
         })
+    }
+}
+
+/// Why a token failed, in words a client developer can act on (not the parser's internals).
+fn plain_reason(e: &jsonwebtoken::errors::Error) -> String {
+    match e.kind() {
+        ErrorKind::InvalidToken => {
+            "not a JWT: expected three base64url parts separated by dots".into()
+        }
+        ErrorKind::Base64(_) => "not a JWT: a part is not valid base64url".into(),
+        ErrorKind::Utf8(_) => "the token's header or claims are not UTF-8 text".into(),
+        ErrorKind::Json(j) if j.is_data() => "a claim has the wrong type (sub must be a string \
+             or an integer, exp and nbf numbers of seconds, topics a list of strings)"
+            .into(),
+        ErrorKind::Json(_) => "the token's header or claims are not a valid JSON object".into(),
+        ErrorKind::InvalidSignature => "bad signature".into(),
+        ErrorKind::InvalidAlgorithm => "the token's alg is not the configured algorithm".into(),
+        ErrorKind::MissingAlgorithm
+        | ErrorKind::UnsupportedAlgorithm
+        | ErrorKind::InvalidAlgorithmName => "the token's alg is not a known algorithm".into(),
+        ErrorKind::ImmatureSignature => "token not yet valid (nbf is in the future)".into(),
+        ErrorKind::MissingRequiredClaim(c) => format!("missing claim {c}"),
+        ErrorKind::InvalidClaimFormat(c) => format!("claim {c} has the wrong format"),
+        ErrorKind::InvalidIssuer => "iss (issuer) is not the expected one".into(),
+        ErrorKind::InvalidAudience => "aud (audience) is not the expected one".into(),
+        ErrorKind::InvalidSubject => "sub is not the expected one".into(),
+        _ => "the token cannot be verified with the configured key".into(),
     }
 }
 
@@ -290,6 +309,78 @@ mod tests {
         );
         assert!(matches!(v.verify(&bad_topic), Err(AuthError::Invalid(_))));
         assert!(matches!(v.verify("garbage"), Err(AuthError::Invalid(_))));
+    }
+
+    #[test]
+    fn refusals_are_in_plain_words() {
+        let v = Verifier::new(&cfg(Algorithm::HS256)).unwrap();
+        let reason = |t: &str| match v.verify(t) {
+            Err(AuthError::Invalid(m)) => m,
+            other => panic!("{t:?}: {other:?}"),
+        };
+        assert!(reason("garbage").starts_with("not a JWT: expected three"));
+        assert!(
+            reason("a.b.c").starts_with("not a JWT"),
+            "{}",
+            reason("a.b.c")
+        );
+        let wrong_type = sign(
+            Algorithm::HS256,
+            "s3cret",
+            serde_json::json!({"sub":"a","exp":later(),"topics":"room:*"}),
+        );
+        assert!(reason(&wrong_type).starts_with("a claim has the wrong type"));
+        let wrong_alg = sign(
+            Algorithm::HS512,
+            "s3cret",
+            serde_json::json!({"sub":"a","exp":later()}),
+        );
+        assert_eq!(
+            reason(&wrong_alg),
+            "the token's alg is not the configured algorithm"
+        );
+        let early = sign(
+            Algorithm::HS256,
+            "s3cret",
+            serde_json::json!({"sub":"a","exp":later(),"nbf":later()}),
+        );
+        assert_eq!(reason(&early), "token not yet valid (nbf is in the future)");
+        // Claims nested 1,000 deep, validly signed.
+        struct Nest(u32);
+        impl serde::Serialize for Nest {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeSeq;
+                if self.0 == 0 {
+                    return s.serialize_u8(1);
+                }
+                let mut seq = s.serialize_seq(Some(1))?;
+                seq.serialize_element(&Nest(self.0 - 1))?;
+                seq.end()
+            }
+        }
+        #[derive(serde::Serialize)]
+        struct Deep {
+            sub: Nest,
+            exp: u64,
+        }
+        let deep = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &Deep {
+                sub: Nest(1000),
+                exp: later(),
+            },
+            &EncodingKey::from_secret(b"s3cret").unwrap(),
+        )
+        .unwrap();
+        // Deep claims are refused by the JSON parser's depth limit, never a stack overflow.
+        assert!(
+            reason(&deep).starts_with("the token's header or claims"),
+            "{}",
+            reason(&deep)
+        );
+        for m in [reason("garbage"), reason(&wrong_type), reason(&wrong_alg)] {
+            assert!(!m.contains("Error") && !m.contains("line 1"), "{m}");
+        }
     }
 
     #[test]

@@ -16,7 +16,11 @@ use crate::topic::TopicPattern;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// A key has a value that cannot be used.
-    #[error("config error: {key}: {problem}")]
+    #[error(
+        "config error: {} ({}): {problem}",
+        file_spelling(key),
+        flag_spelling(key)
+    )]
     Invalid { key: &'static str, problem: String },
     /// The config file could not be read or parsed.
     #[error("config error: {path}: {problem}")]
@@ -24,6 +28,22 @@ pub enum ConfigError {
     /// The command line could not be parsed.
     #[error("{0}")]
     Cli(#[from] clap::Error),
+}
+
+/// How the config file spells a key (the `[jwt]` table holds the JWT keys).
+fn file_spelling(key: &str) -> String {
+    match key {
+        "jwt_public_key" => "[jwt] public_key_file".into(),
+        k => match k.strip_prefix("jwt_") {
+            Some(rest) => format!("[jwt] {rest}"),
+            None => k.into(),
+        },
+    }
+}
+
+/// The command-line flag for a key.
+fn flag_spelling(key: &str) -> String {
+    format!("--{}", key.replace('_', "-"))
 }
 
 fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
@@ -712,7 +732,7 @@ mod tests {
     #[test]
     fn defaults_need_a_secret() {
         let err = cfg(&[]).unwrap_err().to_string();
-        assert!(err.contains("jwt_secret"), "{err}");
+        assert!(err.contains("jwt-secret"), "{err}");
     }
 
     #[test]
@@ -732,7 +752,7 @@ mod tests {
             .to_string();
         assert_eq!(
             err,
-            "config error: ping_interval_ms: must be greater than 0"
+            "config error: ping_interval_ms (--ping-interval-ms): must be greater than 0"
         );
     }
 
@@ -788,10 +808,13 @@ mod tests {
         let err = cfg(&["--jwt-secret", S, "--api-key", ""])
             .unwrap_err()
             .to_string();
-        assert!(err.starts_with("config error: api_key: is empty"), "{err}");
+        assert!(
+            err.starts_with("config error: api_key (--api-key): is empty"),
+            "{err}"
+        );
         let err = cfg(&["--jwt-secret", "short"]).unwrap_err().to_string();
         assert!(
-            err.starts_with("config error: jwt_secret: is 5 bytes"),
+            err.starts_with("config error: [jwt] secret (--jwt-secret): is 5 bytes"),
             "{err}"
         );
         let err = cfg(&["--jwt-secret", S, "--api-listen", "0.0.0.0:8701"])
@@ -832,7 +855,7 @@ mod tests {
         let err = cfg(&["--jwt-secret", S, "--jwt-algorithm", "none"])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("jwt_algorithm"), "{err}");
+        assert!(err.contains("jwt-algorithm"), "{err}");
         let err = cfg(&["--jwt-secret", S, "--public-topics", "a b"])
             .unwrap_err()
             .to_string();

@@ -61,6 +61,25 @@ fn doctor(args: throng::doctor::DoctorArgs) -> ExitCode {
 }
 
 fn token(t: TokenArgs) -> ExitCode {
+    if t.secret.is_empty() {
+        eprintln!(
+            "throng token: --secret is empty: give the server's HS256 secret \
+             (--secret or THRONG_JWT_SECRET)"
+        );
+        return ExitCode::from(2);
+    }
+    if t.ttl_secs == 0 {
+        eprintln!("throng token: --ttl-secs must be greater than 0 (a token with no lifetime is already expired)");
+        return ExitCode::from(2);
+    }
+    if t.secret.len() < throng::config::MIN_SECRET_BYTES {
+        eprintln!(
+            "throng token: warning: the secret is {} bytes; `throng serve` accepts HMAC \
+             secrets under {} bytes only with --dev",
+            t.secret.len(),
+            throng::config::MIN_SECRET_BYTES
+        );
+    }
     if let Err(e) = throng::auth::validate_user(&t.sub) {
         eprintln!("throng token: --sub: {e}");
         return ExitCode::from(2);
@@ -198,7 +217,7 @@ Throng is running in dev mode (do not use these credentials in production).
   {token}
 
 Connect as alice (any WebSocket client; two options):
-  npx wscat -c '{ws}?token={token}'
+  npx -y wscat -c '{ws}?token={token}'
   python3 -m websockets '{ws}?token={token}'
 
 Push to alice from another terminal:

@@ -390,3 +390,55 @@ fn dev_mode_prints_a_working_token() {
     assert_eq!(rc, 0);
     p.wait_exit(Duration::from_secs(5));
 }
+
+#[test]
+fn token_refuses_an_empty_secret_and_a_zero_ttl() {
+    for (args, needle) in [
+        (
+            vec!["token", "--secret", "", "--sub", "x"],
+            "--secret is empty",
+        ),
+        (
+            vec!["token", "--secret", SECRET, "--sub", "x", "--ttl-secs", "0"],
+            "--ttl-secs must be greater than 0",
+        ),
+    ] {
+        let out = Command::new(BIN)
+            .args(&args)
+            .env_remove("THRONG_JWT_SECRET")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        assert!(out.stdout.is_empty(), "no token printed for {args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn unsafe_serve_settings_exit_2_naming_the_key() {
+    for (extra, needle) in [
+        (vec!["--jwt-secret", SECRET, "--api-key", ""], "api_key"),
+        (vec!["--jwt-secret", "too-short"], "[jwt] secret"),
+        (
+            vec!["--jwt-secret", SECRET, "--api-listen", "0.0.0.0:0"],
+            "--insecure-api",
+        ),
+    ] {
+        // serve_args gives loopback listeners; the last case overrides the API one.
+        let mut args: Vec<&str> = vec!["serve", "--listen", "127.0.0.1:0"];
+        if !extra.contains(&"--api-listen") {
+            args.extend(["--api-listen", "127.0.0.1:0"]);
+        }
+        args.extend(extra.iter().copied());
+        let out = Command::new(BIN)
+            .args(&args)
+            .env_remove("THRONG_JWT_SECRET")
+            .env_remove("THRONG_API_KEY")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
