@@ -28,7 +28,8 @@
 #   PUSH_RATE=1000     pushes per second in the push run
 #   PUSH_SECS=10       seconds of pushing
 #   SHARDS=            server shard threads (default: the server's, one per core)
-#   NO_BUILD=1         skip `cargo build --release`
+#   NO_BUILD=1         skip the build (by default it runs only when a source is newer
+#                      than the binaries; FORCE_BUILD=1 always builds)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -99,10 +100,9 @@ if [[ -n ${SHARDS:-} ]]; then need_uint SHARDS "$SHARDS"; fi
 
 # --- Build -------------------------------------------------------------------------------
 
-if [[ -z ${NO_BUILD:-} ]]; then
-    log "cargo build --release -p throng -p throng-load"
-    timeout 1800 cargo build --release -p throng -p throng-load
-fi
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
+build_release_if_stale capacity
 SERVER=target/release/throng
 LOAD=target/release/throng-load
 [[ -x $SERVER && -x $LOAD ]] || die "missing $SERVER or $LOAD (build them, or unset NO_BUILD)"
@@ -294,6 +294,11 @@ if command -v jq >/dev/null; then
         jq -r "$JQ_NUM"' .steps[] | [(.connections | n), (.server_rss_bytes_per_conn | n),
             (.kernel_tcp_bytes_per_conn | n), (.latency_us.p99 | n)] | @tsv' "$CAP_JSON"
     } | if command -v column >/dev/null; then column -t -s $'\t'; else cat; fi
+    # Memory per connection is the ramp's figure (RSS growth over the idle server, divided by
+    # the connections held). The push run starts on a server that already grew for the ramp
+    # and reuses that memory, so its RSS delta says nothing per connection.
+    jq -r "$JQ_NUM"' (.steps | last) as $s |
+        "server memory per idle connection: \($s.server_rss_bytes_per_conn | n) B of user space at \($s.connections | n) connections"' "$CAP_JSON"
     jq -r "$JQ_NUM"' "max connections held: \(.max_connections_held | n)",
         "stopped because:      \(.stopped_because | n)"' "$CAP_JSON"
 elif command -v python3 >/dev/null; then
@@ -306,7 +311,9 @@ print(f"{'connections':>12} {'RSS B/conn':>11} {'kernel TCP B/conn':>18} {'p99 u
 for s in r.get("steps", []):
     print(f"{n(s.get('connections')):>12} {n(s.get('server_rss_bytes_per_conn')):>11} "
           f"{n(s.get('kernel_tcp_bytes_per_conn')):>18} {n((s.get('latency_us') or {}).get('p99')):>8}")
-print(f"\nmax connections held: {n(r.get('max_connections_held'))}")
+last = (r.get("steps") or [{}])[-1]
+print(f"\nserver memory per idle connection: {n(last.get('server_rss_bytes_per_conn'))} B of user space at {n(last.get('connections'))} connections")
+print(f"max connections held: {n(r.get('max_connections_held'))}")
 print(f"stopped because:      {n(r.get('stopped_because'))}")
 PY
 else
@@ -322,8 +329,7 @@ if [[ -s $PUSH_JSON ]]; then
             "connections opened: \(.connections_opened) / \(.connections_target)",
             "pushes sent:        \(.pushes_sent) at \(.push_rate_per_sec // 0 | round)/s",
             "messages received:  \(.messages_received) / \(.messages_expected) (missing \(.messages_missing))",
-            "delivery latency:   p50 \(.latency_us.p50 // "-") us, p99 \(.latency_us.p99 // "-") us, p99.9 \(.latency_us.p999 // "-") us",
-            "server RSS/conn:    \(.server_rss_bytes_per_conn // "-") B"
+            "delivery latency:   p50 \(.latency_us.p50 // "-") us, p99 \(.latency_us.p99 // "-") us, p99.9 \(.latency_us.p999 // "-") us"
         ' "$PUSH_JSON"
     else
         grep -E '"(connections_opened|pushes_sent|messages_expected|messages_received|messages_missing|p99)"' "$PUSH_JSON" |

@@ -14,7 +14,8 @@
 #   SOURCE_IPS=        source addresses for the client sockets, e.g. 127.0.0.2-127.0.0.9
 #                      (default: that range when N > 20000, to spread ephemeral ports)
 #   JSON=              also keep the JSON report at this path
-#   NO_BUILD=1         skip `cargo build --release --workspace`
+#   NO_BUILD=1         skip the build (by default it runs only when a source is newer
+#                      than the binaries; FORCE_BUILD=1 always builds)
 set -euo pipefail
 
 N=${N:-10000}
@@ -23,9 +24,9 @@ HOLD=${HOLD:-5}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 
-if [[ -z ${NO_BUILD:-} ]]; then
-    timeout 1800 cargo build --release --workspace
-fi
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
+build_release_if_stale idle-memory
 SERVER=target/release/throng
 LOAD=target/release/throng-load
 [[ -x $SERVER && -x $LOAD ]] || { echo "idle-memory: missing $SERVER or $LOAD" >&2; exit 1; }

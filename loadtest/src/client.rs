@@ -52,6 +52,16 @@ pub enum Target {
 }
 
 impl Target {
+    /// The name used on the command line and in reports (`user`, `topic`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::User => "user",
+            Target::Users => "users",
+            Target::Topic => "topic",
+            Target::Broadcast => "broadcast",
+        }
+    }
+
     /// Whether pushes go to users (numbered per user) rather than topics or everyone.
     pub fn direct(self) -> bool {
         matches!(self, Target::User | Target::Users)
@@ -606,7 +616,9 @@ fn run_thread(tid: usize, cfg: Arc<ClientCfg>, sh: Arc<Shared>) -> ThreadOut {
     ctx.out
 }
 
-fn io_cause(e: &io::Error) -> String {
+/// A report label for an I/O error: `connection_refused`, `io_broken_pipe`, never a debug
+/// rendering of the error.
+pub fn io_cause(e: &io::Error) -> String {
     use io::ErrorKind::*;
     match e.raw_os_error() {
         Some(libc::ECONNREFUSED) => return "connection_refused".into(),
@@ -624,7 +636,7 @@ fn io_cause(e: &io::Error) -> String {
         ConnectionReset => "connection_reset".into(),
         ConnectionAborted => "connection_aborted".into(),
         TimedOut => "tcp_timeout".into(),
-        k => format!("io_{k:?}").to_lowercase(),
+        k => format!("io_{}", k.to_string().replace([' ', '-'], "_")).to_lowercase(),
     }
 }
 
@@ -1281,6 +1293,22 @@ impl Ctx {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_labels_are_words_not_debug_renderings() {
+        let e = io::Error::from(io::ErrorKind::BrokenPipe);
+        assert_eq!(io_cause(&e), "io_broken_pipe");
+        let e = io::Error::from(io::ErrorKind::UnexpectedEof);
+        assert_eq!(io_cause(&e), "io_unexpected_end_of_file");
+        assert_eq!(
+            io_cause(&io::Error::from_raw_os_error(libc::ECONNREFUSED)),
+            "connection_refused"
+        );
+        use clap::ValueEnum;
+        for t in Target::value_variants() {
+            assert_eq!(t.to_possible_value().unwrap().get_name(), t.name());
+        }
+    }
 
     #[test]
     fn accept_key_rfc_example() {

@@ -266,7 +266,7 @@ impl Local {
             connections_opened: self.sh.opened.load(Relaxed),
             connect_secs,
             subscriptions_confirmed: self.sh.subscribed.load(Relaxed),
-            target: p.map(|p| format!("{:?}", p.target).to_lowercase()),
+            target: p.map(|p| p.target.name().to_string()),
             ..Default::default()
         }
     }

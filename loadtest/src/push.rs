@@ -199,7 +199,7 @@ fn stream(
                     if reused && attempts_left_io > 0 && Instant::now() < hard_end {
                         continue;
                     }
-                    let cause = format!("api_io_{:?}", e.kind()).to_lowercase();
+                    let cause = format!("api_{}", crate::client::io_cause(&e));
                     *out.errors.entry(cause).or_insert(0) += items.len() as u64;
                     prog.errors.fetch_add(items.len() as u64, Relaxed);
                     break;

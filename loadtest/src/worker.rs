@@ -474,7 +474,7 @@ fn worker_args(
             kv("count", n.to_string());
         }
         kv("duration-secs", p.duration_secs.to_string());
-        kv("target", format!("{:?}", p.target).to_lowercase());
+        kv("target", p.target.name().to_string());
         kv("payload-bytes", p.payload_bytes.to_string());
         kv("batch", p.batch.to_string());
         kv("api-concurrency", p.api_concurrency.to_string());

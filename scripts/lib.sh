@@ -1,0 +1,26 @@
+# Shared by the measurement scripts: builds the release binaries only when a source is
+# newer than them. (Fat LTO on a small machine takes minutes, and `cargo bench` builds the
+# same dependencies with other features, so even a no-change `cargo build` after a bench
+# run relinks everything.)
+
+# Builds target/release/throng and throng-load unless both exist and nothing under src/,
+# loadtest/src/ or a Cargo file is newer. NO_BUILD=1 skips the build; FORCE_BUILD=1 forces
+# it. $1 names the calling script in messages.
+build_release_if_stale() {
+    local who=$1 stale=
+    if [[ -n ${NO_BUILD:-} ]]; then return 0; fi
+    for bin in target/release/throng target/release/throng-load; do
+        if [[ ! -x $bin ]]; then stale="$bin is missing"; break; fi
+        if [[ -n $(find src loadtest/src Cargo.toml Cargo.lock loadtest/Cargo.toml \
+            -newer "$bin" -print -quit 2>/dev/null) ]]; then
+            stale="sources are newer than $bin"
+            break
+        fi
+    done
+    if [[ -z $stale && -z ${FORCE_BUILD:-} ]]; then
+        echo "$who: release binaries are up to date (FORCE_BUILD=1 rebuilds)"
+        return 0
+    fi
+    echo "$who: cargo build --release -p throng -p throng-load (${stale:-forced})"
+    timeout 1800 cargo build --release -p throng -p throng-load
+}
