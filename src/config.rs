@@ -637,19 +637,24 @@ impl Config {
 /// The default process-wide outbound budget: a quarter of physical memory, at most 4 GiB
 /// (1 GiB when memory cannot be read).
 pub fn default_outbound_total_bytes() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
+    outbound_total_for(meminfo.as_deref().and_then(mem_total_bytes))
+}
+
+/// The outbound budget default for a host with `mem_total` bytes of memory.
+pub fn outbound_total_for(mem_total: Option<u64>) -> u64 {
     const GIB: u64 = 1 << 30;
-    match physical_memory_bytes() {
+    match mem_total {
         Some(total) => (total / 4).clamp(64 << 20, 4 * GIB),
         None => GIB,
     }
 }
 
-/// `MemTotal` from `/proc/meminfo`, in bytes.
-pub fn physical_memory_bytes() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+/// `MemTotal` in bytes from the text of `/proc/meminfo`.
+pub fn mem_total_bytes(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+    Some(kib.saturating_mul(1024))
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -841,6 +846,17 @@ mod tests {
         // --dev accepts a short secret and keeps the client listener on loopback.
         let c = cfg(&["--dev", "--jwt-secret", "short"]).unwrap();
         assert_eq!(c.listen, "127.0.0.1:8700".parse().unwrap());
+    }
+
+    #[test]
+    fn outbound_budget_default_is_a_quarter_of_memory_capped() {
+        let gib = 1u64 << 30;
+        assert_eq!(outbound_total_for(Some(24 * gib)), 4 * gib);
+        assert_eq!(outbound_total_for(Some(8 * gib)), 2 * gib);
+        assert_eq!(outbound_total_for(Some(gib / 8)), 64 << 20);
+        assert_eq!(outbound_total_for(None), gib);
+        assert_eq!(mem_total_bytes("MemTotal:  1024 kB\n"), Some(1 << 20));
+        assert_eq!(mem_total_bytes("MemFree: 1 kB\n"), None);
     }
 
     #[test]

@@ -65,6 +65,10 @@ pub struct DoctorArgs {
     #[arg(long, default_value_t = DEFAULT_TARGET_CONNECTIONS,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub target_connections: u64,
+    /// The server's `max_outbound_total_bytes`, if set [default: the server's default for
+    /// this host's memory].
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_outbound_total_bytes: Option<u64>,
     /// Root of the proc filesystem to read (tests point it at a fake tree).
     #[arg(long, value_name = "DIR", default_value = "/proc")]
     pub proc_root: PathBuf,
@@ -133,6 +137,10 @@ pub struct MemoryProjection {
     pub total_bytes: u64,
     /// `MemAvailable`, when it could be read.
     pub available_bytes: Option<u64>,
+    /// `max_outbound_total_bytes`: what slow clients may hold on top of the projection.
+    pub outbound_budget_bytes: u64,
+    /// Whether the budget is the server's default for this host (not a given value).
+    pub outbound_budget_is_default: bool,
 }
 
 /// Everything `throng doctor` found.
@@ -648,7 +656,7 @@ fn check_cpus(proc_root: &Path, sys_root: &Path) -> Item {
     }
 }
 
-fn project_memory(proc_root: &Path, n: u64) -> (MemoryProjection, Item) {
+fn project_memory(proc_root: &Path, n: u64, budget: Option<u64>) -> (MemoryProjection, Item) {
     let user_bytes = n.saturating_mul(USER_BYTES_PER_CONNECTION);
     let kernel_bytes = n.saturating_mul(KERNEL_BYTES_PER_SOCKET);
     let total = user_bytes.saturating_add(kernel_bytes);
@@ -657,6 +665,12 @@ fn project_memory(proc_root: &Path, n: u64) -> (MemoryProjection, Item) {
         human_bytes(total)
     );
     let available = read_parsed(proc_root, "meminfo", parse_meminfo_available);
+    let outbound_budget_bytes = budget.unwrap_or_else(|| {
+        let total = read(proc_root, "meminfo")
+            .ok()
+            .and_then(|(text, _)| crate::config::mem_total_bytes(&text));
+        crate::config::outbound_total_for(total)
+    });
     let projection = MemoryProjection {
         connections: n,
         user_bytes_per_connection: USER_BYTES_PER_CONNECTION,
@@ -665,6 +679,8 @@ fn project_memory(proc_root: &Path, n: u64) -> (MemoryProjection, Item) {
         kernel_bytes,
         total_bytes: total,
         available_bytes: available.as_ref().ok().copied(),
+        outbound_budget_bytes,
+        outbound_budget_is_default: budget.is_none(),
     };
     let item = match available {
         Err(e) => unreadable("memory", needed, &e),
@@ -684,6 +700,17 @@ fn project_memory(proc_root: &Path, n: u64) -> (MemoryProjection, Item) {
                          left for outbound queues during bursts"
                     ),
                 )
+            } else if total.saturating_add(outbound_budget_bytes) > avail {
+                (
+                    Status::Warn,
+                    format!(
+                        "idle connections plus a full outbound budget ({} of \
+                         max_outbound_total_bytes) exceed MemAvailable: lower \
+                         max_outbound_total_bytes so slow clients are closed (4008) before \
+                         the host runs out of memory",
+                        human_bytes(outbound_budget_bytes)
+                    ),
+                )
             } else {
                 (Status::Ok, String::new())
             };
@@ -701,9 +728,19 @@ fn project_memory(proc_root: &Path, n: u64) -> (MemoryProjection, Item) {
 
 /// Checks the host under `proc_root` and `sys_root` for `target_connections`.
 pub fn check(proc_root: &Path, sys_root: &Path, target_connections: u64) -> Report {
+    check_with_budget(proc_root, sys_root, target_connections, None)
+}
+
+/// Like [`check`], with the server's `max_outbound_total_bytes` when it is not the default.
+pub fn check_with_budget(
+    proc_root: &Path,
+    sys_root: &Path,
+    target_connections: u64,
+    outbound_budget: Option<u64>,
+) -> Report {
     let n = target_connections;
     let page = page_size();
-    let (memory, memory_item) = project_memory(proc_root, n);
+    let (memory, memory_item) = project_memory(proc_root, n, outbound_budget);
     let items = vec![
         check_nofile(proc_root, n),
         check_file_max(proc_root, n),
@@ -843,6 +880,18 @@ pub fn render(report: &Report) -> String {
         "  total         {:pad$}  {:>10}",
         "",
         human_bytes(m.total_bytes)
+    );
+    let _ = writeln!(
+        out,
+        "  outbound      {:pad$}  {:>10}  (max_outbound_total_bytes{}: what slow clients may \
+         hold on top; past it the largest queues are closed with 4008)",
+        "",
+        human_bytes(m.outbound_budget_bytes),
+        if m.outbound_budget_is_default {
+            ", the default: a quarter of MemTotal, at most 4 GiB"
+        } else {
+            ""
+        }
     );
     match m.available_bytes {
         Some(a) => {

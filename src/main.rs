@@ -51,7 +51,12 @@ fn main() -> ExitCode {
 }
 
 fn doctor(args: throng::doctor::DoctorArgs) -> ExitCode {
-    let report = throng::doctor::check(&args.proc_root, &args.sys_root, args.target_connections);
+    let report = throng::doctor::check_with_budget(
+        &args.proc_root,
+        &args.sys_root,
+        args.target_connections,
+        args.max_outbound_total_bytes,
+    );
     print!("{}", throng::doctor::render(&report));
     if report.has_fail() {
         ExitCode::FAILURE

@@ -371,3 +371,53 @@ fn reads_the_live_host_without_crashing() {
     assert!(matches!(out.status.code(), Some(0 | 1)), "{text}");
     assert!(text.contains("FAIL,") && text.contains("WARN,"), "{text}");
 }
+
+#[test]
+fn outbound_budget_is_reported_and_graded() {
+    // 64 GiB of memory: the default budget is a quarter, capped at 4 GiB.
+    let h = host(&tuned());
+    let r = doctor::check(&h.proc_root(), &h.sys_root(), 100_000);
+    assert_eq!(r.memory.outbound_budget_bytes, 4 << 30);
+    assert!(r.memory.outbound_budget_is_default);
+    let text = stdout(&h.run(100_000));
+    assert!(
+        text.contains("max_outbound_total_bytes, the default: a quarter of MemTotal"),
+        "{text}"
+    );
+
+    // 1 GiB available: 100,000 idle connections fit (about 440 MiB), but not with a
+    // 1 GiB outbound budget on top: a WARN that names the key.
+    let mut files = tuned();
+    for (path, content) in files.iter_mut() {
+        if *path == "proc/meminfo" {
+            *content = "MemTotal:  4194304 kB\nMemAvailable:  1048576 kB\n".into();
+        }
+    }
+    let h = host(&files);
+    let r = doctor::check_with_budget(&h.proc_root(), &h.sys_root(), 100_000, None);
+    let memory = r.item("memory").expect("memory item");
+    assert_eq!(memory.status, Status::Warn, "{r:#?}");
+    assert!(memory.note.contains("max_outbound_total_bytes"), "{r:#?}");
+    // A budget that fits is OK, and the report shows the given value.
+    let r = doctor::check_with_budget(&h.proc_root(), &h.sys_root(), 100_000, Some(64 << 20));
+    assert_eq!(
+        r.item("memory").map(|i| i.status),
+        Some(Status::Ok),
+        "{r:#?}"
+    );
+    let out = Command::new(BIN)
+        .args(["doctor", "--target-connections", "100000"])
+        .arg("--max-outbound-total-bytes")
+        .arg((64u64 << 20).to_string())
+        .arg("--proc-root")
+        .arg(h.proc_root())
+        .arg("--sys-root")
+        .arg(h.sys_root())
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(
+        text.contains("64.0 MiB  (max_outbound_total_bytes:"),
+        "{text}"
+    );
+}
