@@ -110,6 +110,14 @@ impl Verifier {
             Some(aud) => validation.set_audience(&[aud]),
             None => validation.validate_aud = false,
         }
+        // A configured issuer or audience must be present, not only right when present:
+        // jsonwebtoken checks their values but lets a token without them through.
+        if cfg.issuer.is_some() {
+            validation.required_spec_claims.insert("iss".to_string());
+        }
+        if cfg.audience.is_some() {
+            validation.required_spec_claims.insert("aud".to_string());
+        }
         Ok(Verifier { key, validation })
     }
 
@@ -381,6 +389,38 @@ mod tests {
         for m in [reason("garbage"), reason(&wrong_type), reason(&wrong_alg)] {
             assert!(!m.contains("Error") && !m.contains("line 1"), "{m}");
         }
+    }
+
+    #[test]
+    fn configured_issuer_and_audience_are_required() {
+        let mut c = cfg(Algorithm::HS256);
+        c.issuer = Some("https://auth.example".into());
+        c.audience = Some("throng".into());
+        let v = Verifier::new(&c).unwrap();
+        let good = sign(
+            Algorithm::HS256,
+            "s3cret",
+            serde_json::json!({"sub":"a","exp":later(),"iss":"https://auth.example","aud":"throng"}),
+        );
+        assert!(v.verify(&good).is_ok());
+        for claims in [
+            serde_json::json!({"sub":"a","exp":later(),"aud":"throng"}),
+            serde_json::json!({"sub":"a","exp":later(),"iss":"https://auth.example"}),
+        ] {
+            let t = sign(Algorithm::HS256, "s3cret", claims.clone());
+            match v.verify(&t) {
+                Err(AuthError::Invalid(m)) => assert!(m.starts_with("missing claim"), "{m}"),
+                other => panic!("{claims}: {other:?}"),
+            }
+        }
+        // Without configuration they stay optional.
+        let plain = Verifier::new(&cfg(Algorithm::HS256)).unwrap();
+        let t = sign(
+            Algorithm::HS256,
+            "s3cret",
+            serde_json::json!({"sub":"a","exp":later()}),
+        );
+        assert!(plain.verify(&t).is_ok());
     }
 
     #[test]
