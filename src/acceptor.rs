@@ -1,6 +1,11 @@
 //! The acceptor: accepts client sockets, reads each upgrade request head under a deadline,
 //! judges it (origin, rate, token, capacity), answers refusals itself and hands accepted
 //! sockets to the shard that owns the user.
+//!
+//! A socket is judged at accept too, before it costs more than a descriptor: the pending
+//! handshake cap, `max_connections`, the descriptor ceiling (which keeps a reserve for the
+//! push API) and the per-IP limit, which counts a handshake from accept so one address
+//! cannot park silent sockets for the whole handshake window.
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown};
@@ -17,6 +22,7 @@ use crate::admission::{Admission, ConnectRate};
 use crate::auth::{AuthError, Verifier};
 use crate::command::Handoff;
 use crate::config::{Config, MAX_HEAD_BYTES};
+use crate::fdlimit;
 use crate::handshake::{self, Refusal, Upgrade};
 use crate::metrics::{Metrics, Outcome};
 use crate::route::shard_of;
@@ -37,7 +43,8 @@ struct Pending {
     buf: Vec<u8>,
     ip: IpAddr,
     timer: TimerId,
-    /// A refusal was written; only the client's FIN is awaited.
+    /// A refusal was written; only the client's FIN is awaited. While false the head is
+    /// being read: the socket counts in `in_progress` and holds a per-IP count.
     refused: bool,
 }
 
@@ -66,6 +73,11 @@ pub struct Acceptor {
     /// Shards handed a connection since they were last woken: one wake per shard per
     /// turn instead of one per connection.
     to_wake: Vec<bool>,
+    /// Handshakes whose head is still being read (the `pending_handshakes` gauge).
+    in_progress: usize,
+    /// Client sockets (connections plus pending ones) the open-file limit allows once the
+    /// push API's reserve is set aside; `usize::MAX` when the limit cannot be read.
+    fd_ceiling: usize,
 }
 
 impl Acceptor {
@@ -85,6 +97,7 @@ impl Acceptor {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let to_wake = vec![false; shards.len()];
+        let fd_ceiling = client_fd_ceiling(&config);
         Ok(Acceptor {
             poll,
             listener,
@@ -103,6 +116,8 @@ impl Acceptor {
             spare_fd: std::fs::File::open("/dev/null").ok(),
             out_of_files_logged: None,
             to_wake,
+            in_progress: 0,
+            fd_ceiling,
         })
     }
 
@@ -171,13 +186,10 @@ impl Acceptor {
             match self.listener.accept() {
                 Ok((mut stream, addr)) => {
                     let _ = stream.set_nodelay(true);
-                    if self.pending.len() >= self.config.max_connections {
-                        // Far more half-open handshakes than connections allowed: shed
-                        // with an answer rather than tracking yet another one.
-                        self.shed(
-                            stream,
-                            Refusal::OverCapacity("too many handshakes in progress"),
-                        );
+                    let ip = addr.ip();
+                    if let Err(r) = self.admit_socket(ip) {
+                        // Shed with an answer rather than tracking yet another socket.
+                        self.shed(stream, r);
                         continue;
                     }
                     let deadline = self.tick() + Self::ticks(self.config.handshake_timeout);
@@ -189,20 +201,28 @@ impl Acceptor {
                         .register(&mut stream, Token(key), Interest::READABLE)
                         .is_err()
                     {
+                        self.admission.release_ip(ip);
                         continue;
                     }
                     let timer = self.wheel.insert(deadline, key as u32);
                     entry.insert(Pending {
                         stream,
                         buf: Vec::new(),
-                        ip: addr.ip(),
+                        ip,
                         timer,
                         refused: false,
                     });
+                    self.in_progress += 1;
+                    self.publish_pending();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if is_client_gone(&e) => {
+                    // The client reset before we took it; the next one may be fine.
+                    self.metrics.accept_errors_client.fetch_add(1, Relaxed);
+                }
                 Err(e) if is_out_of_files(&e) && self.spare_fd.is_some() => {
+                    self.metrics.accept_errors_client.fetch_add(1, Relaxed);
                     if !self.refuse_with_spare_fd(&e) {
                         return;
                     }
@@ -210,12 +230,63 @@ impl Acceptor {
                 Err(e) => {
                     // EMFILE/ENFILE without a spare, or another error: the listener stays
                     // readable; pause instead of spinning.
+                    self.metrics.accept_errors_client.fetch_add(1, Relaxed);
                     tracing::warn!(error = %e, "accept failed; pausing accepts briefly");
                     let _ = self.poll.registry().deregister(&mut self.listener);
                     self.paused_until = Some(Instant::now() + EMFILE_PAUSE);
                     return;
                 }
             }
+        }
+    }
+
+    /// Judges a just-accepted socket by what it costs to hold, cheapest checks first;
+    /// on success its IP holds one more count (see `Admission::reserve_ip`).
+    fn admit_socket(&mut self, ip: IpAddr) -> Result<(), Refusal> {
+        if self.in_progress >= self.config.max_pending_handshakes {
+            return Err(Refusal::OverCapacity(
+                "too many handshakes in progress (max_pending_handshakes)",
+            ));
+        }
+        let open = self.admission.open();
+        if open + self.in_progress >= self.config.max_connections {
+            return Err(Refusal::OverCapacity(
+                "server is at max_connections (connections plus handshakes in progress)",
+            ));
+        }
+        // Refused sockets still lingering hold descriptors too.
+        if open + self.pending.len() >= self.fd_ceiling {
+            return Err(Refusal::OverCapacity(
+                "client sockets are at the open-file limit less the descriptors reserved \
+                 for the push API",
+            ));
+        }
+        self.admission.reserve_ip(ip)
+    }
+
+    /// Publishes the `pending_handshakes` gauge from the acceptor's own count.
+    fn publish_pending(&self) {
+        self.metrics
+            .pending_handshakes
+            .store(self.in_progress as u64, Relaxed);
+    }
+
+    /// Ends the reading phase of `key`'s handshake, once: the gauge drops and the IP's
+    /// count is released, unless the handshake became a connection (`admitted`: the
+    /// count carries over to it). Leaves the entry marked refused.
+    fn end_reading(&mut self, key: usize, admitted: bool) {
+        let Some(p) = self.pending.get_mut(key) else {
+            return;
+        };
+        if p.refused {
+            return;
+        }
+        p.refused = true;
+        let ip = p.ip;
+        self.in_progress -= 1;
+        self.publish_pending();
+        if !admitted {
+            self.admission.release_ip(ip);
         }
     }
 
@@ -288,9 +359,10 @@ impl Acceptor {
             Ok(id) => id,
             Err(e) => return self.refuse(key, Refusal::Auth(e)),
         };
-        if let Err(r) = self.admission.try_admit(ip) {
+        if let Err(r) = self.admission.admit_reserved() {
             return self.refuse(key, r);
         }
+        self.end_reading(key, true);
         let Some(mut p) = self.pending.try_remove(key) else {
             return;
         };
@@ -344,12 +416,12 @@ impl Acceptor {
     /// Writes the refusal, shuts the write half, and lingers until the client's FIN.
     fn refuse(&mut self, key: usize, r: Refusal) {
         self.metrics.handshake(r.outcome());
+        self.end_reading(key, false);
         let Some(p) = self.pending.get_mut(key) else {
             return;
         };
         let _ = p.stream.write(&r.response());
         let _ = p.stream.shutdown(Shutdown::Write);
-        p.refused = true;
         p.buf = Vec::new();
         let timer = p.timer;
         self.wheel.cancel(timer);
@@ -377,11 +449,15 @@ impl Acceptor {
         self.spare_fd = None;
         let taken = self.listener.accept();
         let took = taken.is_ok();
-        if let Ok((stream, _)) = taken {
-            self.shed(
+        match taken {
+            Ok((stream, _)) => self.shed(
                 stream,
                 Refusal::OverCapacity("the server has no file descriptors left"),
-            );
+            ),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => {
+                self.metrics.accept_errors_client.fetch_add(1, Relaxed);
+            }
         }
         self.spare_fd = std::fs::File::open("/dev/null").ok();
         if self.spare_fd.is_none() {
@@ -425,12 +501,13 @@ impl Acceptor {
             return;
         }
         let timer = self.wheel.insert(now, key as u32);
+        // Inserted as refused: its reading phase already ended when it was admitted.
         entry.insert(Pending {
             stream,
             buf: Vec::new(),
             ip,
             timer,
-            refused: false,
+            refused: true,
         });
         self.refuse(key, r);
     }
@@ -443,6 +520,7 @@ impl Acceptor {
         if !p.refused {
             self.metrics.handshake(Outcome::Timeout);
         }
+        self.end_reading(key, false);
         // The timer already fired; removing must not cancel a reused id.
         if let Some(mut p) = self.pending.try_remove(key) {
             let _ = self.poll.registry().deregister(&mut p.stream);
@@ -450,6 +528,7 @@ impl Acceptor {
     }
 
     fn remove(&mut self, key: usize) {
+        self.end_reading(key, false);
         if let Some(mut p) = self.pending.try_remove(key) {
             self.wheel.cancel(p.timer);
             let _ = self.poll.registry().deregister(&mut p.stream);
@@ -478,7 +557,60 @@ fn is_out_of_files(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
 }
 
+/// Errors `accept` reports for one queued client that failed (accept(2): "Linux passes
+/// already-pending network errors on the new socket"): retry at once, do not pause.
+fn is_client_gone(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::ConnectionAborted
+        || matches!(
+            e.raw_os_error(),
+            Some(
+                libc::EPROTO
+                    | libc::ENETDOWN
+                    | libc::ENOPROTOOPT
+                    | libc::EHOSTDOWN
+                    | libc::ENONET
+                    | libc::EHOSTUNREACH
+                    | libc::ENETUNREACH
+            )
+        )
+}
+
+/// The client socket ceiling under the current open-file limit (read once, at start, after
+/// `main` raised it): `fdlimit::client_ceiling`, logged with what it came from.
+fn client_fd_ceiling(config: &Config) -> usize {
+    let Some((soft, _)) = fdlimit::current() else {
+        tracing::warn!("cannot read RLIMIT_NOFILE; no descriptor ceiling for clients");
+        return usize::MAX;
+    };
+    let ceiling = usize::try_from(fdlimit::client_ceiling(soft, config.api_max_connections))
+        .unwrap_or(usize::MAX);
+    tracing::info!(
+        rlimit_nofile = soft,
+        headroom = fdlimit::HEADROOM,
+        api_max_connections = config.api_max_connections,
+        max_connections = config.max_connections,
+        client_ceiling = ceiling.min(config.max_connections),
+        "client connection ceiling: clients beyond it get 503 over_capacity"
+    );
+    ceiling
+}
+
 /// The acceptor's waker, made before the thread starts so shutdown can reach it.
 pub fn waker(poll: &Poll) -> io::Result<Arc<Waker>> {
     Ok(Arc::new(Waker::new(poll.registry(), WAKER)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_client_accept_errors_are_retried_not_paused() {
+        for errno in [libc::ECONNABORTED, libc::EPROTO, libc::ENETUNREACH] {
+            assert!(is_client_gone(&io::Error::from_raw_os_error(errno)));
+        }
+        for errno in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+            assert!(!is_client_gone(&io::Error::from_raw_os_error(errno)));
+        }
+    }
 }

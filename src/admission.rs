@@ -34,38 +34,66 @@ impl Admission {
         self.open.load(Ordering::Relaxed)
     }
 
-    /// Counts a new connection from `ip`, or says why it cannot be had.
+    /// Counts a new connection from `ip`, or says why it cannot be had: `reserve_ip` and
+    /// `admit_reserved` in one step.
     pub fn try_admit(&self, ip: IpAddr) -> Result<(), Refusal> {
+        self.reserve_ip(ip)?;
+        self.admit_reserved().inspect_err(|_| self.release_ip(ip))
+    }
+
+    /// Counts a handshake from `ip` toward `max_per_ip` from the moment it is accepted, so
+    /// one address cannot hold more sockets than its limit while their heads are pending.
+    /// Released by `release_ip`, or carried over to the connection by `admit_reserved`.
+    pub fn reserve_ip(&self, ip: IpAddr) -> Result<(), Refusal> {
+        if self.max_per_ip == 0 {
+            return Ok(());
+        }
+        let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n as usize >= self.max_per_ip {
+            return Err(Refusal::RateLimited(
+                "too many connections from this IP address",
+            ));
+        }
+        *n += 1;
+        Ok(())
+    }
+
+    /// Turns a handshake reserved by `reserve_ip` into an open connection (its per-IP
+    /// count carries over), or says why it cannot be had; the caller then releases the IP.
+    pub fn admit_reserved(&self) -> Result<(), Refusal> {
         // Only the acceptor admits, so load-then-add cannot overshoot.
         if self.open.load(Ordering::Relaxed) >= self.max {
             return Err(Refusal::OverCapacity("server is at max_connections"));
-        }
-        if self.max_per_ip > 0 {
-            let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-            let n = map.entry(ip).or_insert(0);
-            if *n as usize >= self.max_per_ip {
-                return Err(Refusal::RateLimited(
-                    "too many connections from this IP address",
-                ));
-            }
-            *n += 1;
         }
         self.open.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Forgets a connection admitted by `try_admit`.
-    pub fn release(&self, ip: IpAddr) {
-        self.open.fetch_sub(1, Ordering::Relaxed);
-        if self.max_per_ip > 0 {
-            let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(n) = map.get_mut(&ip) {
-                *n -= 1;
-                if *n == 0 {
-                    map.remove(&ip);
-                }
+    /// Forgets a per-IP count taken by `reserve_ip` that did not become a connection.
+    pub fn release_ip(&self, ip: IpAddr) {
+        if self.max_per_ip == 0 {
+            return;
+        }
+        let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&ip);
             }
         }
+    }
+
+    /// Forgets a connection admitted by `try_admit` or `admit_reserved`.
+    pub fn release(&self, ip: IpAddr) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        self.release_ip(ip);
+    }
+
+    /// Pending handshakes plus open connections counted for `ip` (0 when unlimited).
+    pub fn per_ip_count(&self, ip: IpAddr) -> usize {
+        let map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&ip).map_or(0, |n| *n as usize)
     }
 }
 
@@ -129,6 +157,29 @@ mod tests {
         a.release(ip1);
         assert_eq!(a.open(), 2);
         assert!(a.try_admit(ip1).is_ok());
+    }
+
+    #[test]
+    fn reserved_handshakes_count_per_ip_once() {
+        let a = Admission::new(10, 2);
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        assert!(a.reserve_ip(ip).is_ok());
+        assert!(a.reserve_ip(ip).is_ok());
+        // Two handshakes pending: the third socket from the address is refused at once.
+        assert!(matches!(a.reserve_ip(ip), Err(Refusal::RateLimited(_))));
+        // One becomes a connection (no second count), the other is refused and released.
+        assert!(a.admit_reserved().is_ok());
+        a.release_ip(ip);
+        assert_eq!((a.open(), a.per_ip_count(ip)), (1, 1));
+        assert!(a.reserve_ip(ip).is_ok());
+        assert!(matches!(a.reserve_ip(ip), Err(Refusal::RateLimited(_))));
+        a.release_ip(ip);
+        a.release(ip);
+        assert_eq!((a.open(), a.per_ip_count(ip)), (0, 0));
+        // Unlimited per IP: nothing is kept per address.
+        let u = Admission::new(10, 0);
+        assert!(u.reserve_ip(ip).is_ok());
+        assert_eq!(u.per_ip_count(ip), 0);
     }
 
     #[test]

@@ -42,6 +42,13 @@ pub fn connections_allowed(nofile: u64) -> u64 {
     nofile.saturating_sub(HEADROOM)
 }
 
+/// The most client sockets (connections plus handshakes) to hold under this open-file
+/// limit: `HEADROOM` and one descriptor per push API connection stay in reserve, so the
+/// API can still accept when clients fill the WebSocket side.
+pub fn client_ceiling(nofile: u64, api_max_connections: usize) -> u64 {
+    connections_allowed(nofile).saturating_sub(api_max_connections as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,5 +66,11 @@ mod tests {
     fn allowance_leaves_headroom() {
         assert_eq!(connections_allowed(20_000), 20_000 - HEADROOM);
         assert_eq!(connections_allowed(10), 0);
+    }
+
+    #[test]
+    fn client_ceiling_reserves_the_api() {
+        assert_eq!(client_ceiling(5_000, 1_000), 5_000 - HEADROOM - 1_000);
+        assert_eq!(client_ceiling(HEADROOM + 10, 1_000), 0);
     }
 }

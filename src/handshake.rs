@@ -20,8 +20,8 @@ pub enum Refusal {
     ForbiddenOrigin,
     /// 429: per-IP connection count or rate exceeded.
     RateLimited(&'static str),
-    /// 431: head over 8 KiB.
-    HeaderTooLarge,
+    /// 431: head over 8 KiB, or more header fields than are parsed.
+    HeaderTooLarge(HeadLimit),
     /// 503: `max_connections` reached or a shard queue is full.
     OverCapacity(&'static str),
     /// 503: the server is shutting down.
@@ -38,7 +38,7 @@ impl Refusal {
             Refusal::Auth(_) => 401,
             Refusal::ForbiddenOrigin => 403,
             Refusal::RateLimited(_) => 429,
-            Refusal::HeaderTooLarge => 431,
+            Refusal::HeaderTooLarge(_) => 431,
             Refusal::OverCapacity(_) | Refusal::Draining => 503,
         }
     }
@@ -54,7 +54,7 @@ impl Refusal {
             Refusal::Auth(AuthError::Invalid(_)) => Outcome::InvalidToken,
             Refusal::ForbiddenOrigin => Outcome::ForbiddenOrigin,
             Refusal::RateLimited(_) => Outcome::RateLimited,
-            Refusal::HeaderTooLarge => Outcome::HeaderTooLarge,
+            Refusal::HeaderTooLarge(_) => Outcome::HeaderTooLarge,
             Refusal::OverCapacity(_) => Outcome::OverCapacity,
             Refusal::Draining => Outcome::Draining,
         }
@@ -76,7 +76,12 @@ impl Refusal {
             Refusal::NotFound => format!("the WebSocket endpoint is {WS_PATH}"),
             Refusal::Auth(e) => e.to_string(),
             Refusal::ForbiddenOrigin => "Origin is not allowed".into(),
-            Refusal::HeaderTooLarge => format!("request head over {MAX_HEAD_BYTES} bytes"),
+            Refusal::HeaderTooLarge(HeadLimit::Bytes) => {
+                format!("request head over {MAX_HEAD_BYTES} bytes")
+            }
+            Refusal::HeaderTooLarge(HeadLimit::Fields) => {
+                format!("too many header fields (at most {MAX_HEADERS})")
+            }
             Refusal::Draining => "server is shutting down; reconnect elsewhere or later".into(),
         }
     }
@@ -94,6 +99,18 @@ impl Refusal {
     }
 }
 
+/// Which bound of the request head was exceeded (both answered 431).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadLimit {
+    /// More than `MAX_HEAD_BYTES` bytes.
+    Bytes,
+    /// More than `MAX_HEADERS` header fields.
+    Fields,
+}
+
+/// Header fields parsed in an upgrade request; a browser sends about 15.
+pub const MAX_HEADERS: usize = 48;
+
 /// A well-formed upgrade request, not yet authorised.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upgrade {
@@ -109,22 +126,28 @@ pub struct Upgrade {
 
 /// Parses the request head in `buf`: `Ok(None)` while incomplete.
 pub fn parse(buf: &[u8]) -> Result<Option<Upgrade>, Refusal> {
-    let mut headers = [httparse::EMPTY_HEADER; 48];
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             return if buf.len() > MAX_HEAD_BYTES {
-                Err(Refusal::HeaderTooLarge)
+                Err(Refusal::HeaderTooLarge(HeadLimit::Bytes))
             } else {
                 Ok(None)
             };
         }
-        Err(httparse::Error::TooManyHeaders) => return Err(Refusal::HeaderTooLarge),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Refusal::HeaderTooLarge(HeadLimit::Fields))
+        }
         Err(_) => return Err(Refusal::BadRequest("malformed HTTP request")),
     };
     if head_len > MAX_HEAD_BYTES {
-        return Err(Refusal::HeaderTooLarge);
+        return Err(Refusal::HeaderTooLarge(HeadLimit::Bytes));
+    }
+    // RFC 6455 4.1: the upgrade is an HTTP/1.1 mechanism; 1.0 has no `Upgrade`.
+    if req.version != Some(1) {
+        return Err(Refusal::BadRequest("WebSocket upgrades need HTTP/1.1"));
     }
     let target = req.path.unwrap_or("");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
@@ -231,7 +254,10 @@ mod tests {
         let r = req("");
         assert_eq!(parse(&r.as_bytes()[..20]), Ok(None));
         let big = format!("GET /ws HTTP/1.1\r\nX: {}\r\n", "a".repeat(9000));
-        assert_eq!(parse(big.as_bytes()), Err(Refusal::HeaderTooLarge));
+        assert_eq!(
+            parse(big.as_bytes()),
+            Err(Refusal::HeaderTooLarge(HeadLimit::Bytes))
+        );
     }
 
     #[test]
@@ -259,6 +285,40 @@ mod tests {
             parse(b"\x00\x01garbage\r\n\r\n"),
             Err(Refusal::BadRequest(_))
         ));
+    }
+
+    #[test]
+    fn http_1_0_is_refused() {
+        let r = req("").replace("HTTP/1.1", "HTTP/1.0");
+        assert_eq!(
+            parse(r.as_bytes()),
+            Err(Refusal::BadRequest("WebSocket upgrades need HTTP/1.1"))
+        );
+    }
+
+    #[test]
+    fn too_many_fields_says_so() {
+        let many: String = (0..MAX_HEADERS).map(|i| format!("X-{i}: v\r\n")).collect();
+        let r = req(&many);
+        assert!(r.len() < MAX_HEAD_BYTES, "small head, many fields");
+        let refusal = parse(r.as_bytes()).unwrap_err();
+        assert_eq!(refusal, Refusal::HeaderTooLarge(HeadLimit::Fields));
+        let body = String::from_utf8(refusal.response()).unwrap();
+        assert!(body.starts_with("HTTP/1.1 431 "), "{body}");
+        assert!(body.contains("header_too_large"), "{body}");
+        assert!(
+            body.contains(&format!("too many header fields (at most {MAX_HEADERS})")),
+            "{body}"
+        );
+        // Exactly MAX_HEADERS fields are fine.
+        let fields: String = (0..MAX_HEADERS - 6)
+            .map(|i| format!("X-{i}: v\r\n"))
+            .collect();
+        assert!(parse(req(&fields).as_bytes()).unwrap().is_some());
+        let bytes = Refusal::HeaderTooLarge(HeadLimit::Bytes).response();
+        assert!(String::from_utf8(bytes)
+            .unwrap()
+            .contains("request head over 8192 bytes"));
     }
 
     #[test]

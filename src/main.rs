@@ -130,7 +130,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     init_logging(config.log_format);
     match throng::fdlimit::raise_to_hard() {
         Ok(nofile) => {
-            let allowed = throng::fdlimit::connections_allowed(nofile);
+            let allowed = throng::fdlimit::client_ceiling(nofile, config.api_max_connections);
             if (config.max_connections as u64) > allowed {
                 tracing::warn!(
                     rlimit_nofile = nofile,

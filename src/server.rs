@@ -20,6 +20,12 @@ use crate::shard::{self, ReplySink, ShardShared};
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// Another socket (another server, or this one) already listens on the address.
+    #[error("cannot listen on {addr}: address in use (is another server listening there?)")]
+    AddrInUse {
+        /// The address.
+        addr: SocketAddr,
+    },
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -51,20 +57,22 @@ pub struct Server {
     api: Option<JoinHandle<()>>,
 }
 
-/// A listening socket: `SO_REUSEADDR`, optionally `SO_REUSEPORT`, non-blocking, with backlog.
-fn listen(
-    addr: SocketAddr,
-    backlog: u32,
-    reuse_port: bool,
-) -> Result<std::net::TcpListener, StartError> {
-    let bind_err = |source| StartError::Bind { addr, source };
+/// A listening socket: `SO_REUSEADDR`, non-blocking, with backlog.
+///
+/// No `SO_REUSEPORT`: with it a second server started on the same address would join the
+/// port's group and silently take a share of the clients; without it binding fails.
+fn listen(addr: SocketAddr, backlog: u32) -> Result<std::net::TcpListener, StartError> {
+    let bind_err = |source: io::Error| {
+        if source.kind() == io::ErrorKind::AddrInUse {
+            StartError::AddrInUse { addr }
+        } else {
+            StartError::Bind { addr, source }
+        }
+    };
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
         .map_err(bind_err)?;
+    // Only lets a restart bind over connections in TIME_WAIT, never over a listener.
     socket.set_reuse_address(true).map_err(bind_err)?;
-    if reuse_port {
-        // Lets a new process bind beside the old one for a restart without refusals.
-        socket.set_reuse_port(true).map_err(bind_err)?;
-    }
     socket.set_nonblocking(true).map_err(bind_err)?;
     socket.bind(&addr.into()).map_err(bind_err)?;
     socket
@@ -77,8 +85,8 @@ impl Server {
     /// Binds the listeners and starts every thread.
     pub fn start(config: Config) -> Result<Server, StartError> {
         let config = Arc::new(config);
-        let client_listener = listen(config.listen, config.backlog, true)?;
-        let api_listener = listen(config.api_listen, 1024, false)?;
+        let client_listener = listen(config.listen, config.backlog)?;
+        let api_listener = listen(config.api_listen, 1024)?;
         let client_addr = client_listener.local_addr()?;
         let api_addr = api_listener.local_addr()?;
         let verifier = Verifier::new(&config.jwt)?;
