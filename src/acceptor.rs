@@ -587,7 +587,7 @@ fn client_fd_ceiling(config: &Config) -> usize {
     tracing::info!(
         rlimit_nofile = soft,
         headroom = fdlimit::HEADROOM,
-        api_max_connections = config.api_max_connections,
+        api_reserve = fdlimit::api_reserve(soft, config.api_max_connections),
         max_connections = config.max_connections,
         client_ceiling = ceiling.min(config.max_connections),
         "client connection ceiling: clients beyond it get 503 over_capacity"

@@ -105,7 +105,7 @@ pub struct ServeArgs {
     /// Time allowed for a complete upgrade request head [default: 5000].
     #[arg(long)]
     pub handshake_timeout_ms: Option<u64>,
-    /// Connections in all, pending handshakes included [default: 1000000].
+    /// Connections in all; handshakes in progress count toward it [default: 1000000].
     #[arg(long)]
     pub max_connections: Option<usize>,
     /// Connections per client IP, 0 = unlimited [default: 0].

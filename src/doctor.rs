@@ -38,9 +38,10 @@ pub const KERNEL_BYTES_PER_SOCKET: u64 = 4096;
 /// page of skb per socket until the client acknowledges it.
 pub const TCP_BUFFER_BYTES_PER_BUSY_SOCKET: u64 = 4096;
 
-/// Files the process needs besides its connections: listeners, the API's connections,
-/// epoll and waker descriptors, logs.
-pub const NOFILE_HEADROOM: u64 = 1024;
+/// Files the process needs besides its connections: listeners, epoll and waker
+/// descriptors and logs (`fdlimit::HEADROOM`), plus the push API's reserve at the default
+/// `api_max_connections` (1024).
+pub const NOFILE_HEADROOM: u64 = crate::fdlimit::HEADROOM + 1024;
 
 /// System-wide files beyond the server's own that `fs.file-max` must leave for the rest
 /// of the host.
@@ -427,7 +428,7 @@ fn check_nofile(proc_root: &Path, n: u64) -> Item {
                  over_capacity; {raise}, or LimitNOFILE= in throng.service. These are the \
                  doctor's own limits: run it under the server's (`systemctl show -p \
                  LimitNOFILE throng`)",
-                crate::fdlimit::connections_allowed(effective)
+                crate::fdlimit::client_ceiling(effective, 1024)
             ),
         )
     };

@@ -46,7 +46,14 @@ pub fn connections_allowed(nofile: u64) -> u64 {
 /// limit: `HEADROOM` and one descriptor per push API connection stay in reserve, so the
 /// API can still accept when clients fill the WebSocket side.
 pub fn client_ceiling(nofile: u64, api_max_connections: usize) -> u64 {
-    connections_allowed(nofile).saturating_sub(api_max_connections as u64)
+    let allowed = connections_allowed(nofile);
+    allowed.saturating_sub(api_reserve(nofile, api_max_connections))
+}
+
+/// Descriptors kept for the push API: `api_max_connections`, but at most a quarter of what
+/// the limit leaves after `HEADROOM`, so a low limit (1024 is common) still admits clients.
+pub fn api_reserve(nofile: u64, api_max_connections: usize) -> u64 {
+    (api_max_connections as u64).min(connections_allowed(nofile) / 4)
 }
 
 #[cfg(test)]
@@ -70,7 +77,10 @@ mod tests {
 
     #[test]
     fn client_ceiling_reserves_the_api() {
-        assert_eq!(client_ceiling(5_000, 1_000), 5_000 - HEADROOM - 1_000);
-        assert_eq!(client_ceiling(HEADROOM + 10, 1_000), 0);
+        assert_eq!(client_ceiling(20_000, 1_024), 20_000 - HEADROOM - 1_024);
+        // A low limit keeps three quarters for clients instead of none.
+        assert_eq!(api_reserve(1_024, 1_024), (1_024 - HEADROOM) / 4);
+        assert_eq!(client_ceiling(1_024, 1_024), 1_024 - HEADROOM - 192);
+        assert_eq!(client_ceiling(HEADROOM, 1_000), 0);
     }
 }

@@ -212,7 +212,7 @@ fn default_host_fails_on_nofile_and_exits_1() {
         "{text}"
     );
     assert!(text.contains("1024 (hard 4096)"), "{text}");
-    assert!(text.contains(">= 101024"), "{text}");
+    assert!(text.contains(">= 101280"), "{text}");
     assert_eq!(
         row_status(&text, "net.ipv4.tcp_max_syn_backlog").as_deref(),
         Some("WARN"),
@@ -241,7 +241,7 @@ fn grading_rules_from_the_library() {
     let mut files = tuned();
     for (path, content) in files.iter_mut() {
         match *path {
-            // Between N and N + 1024: enough for the connections, not for the rest.
+            // Between N and N + 1280: enough for the connections, not for the rest.
             "proc/self/limits" => *content = limits("100500", "100500"),
             "proc/sys/fs/file-max" => *content = "50000\n".into(),
             "proc/sys/net/core/somaxconn" => *content = "128\n".into(),
