@@ -140,6 +140,8 @@ pub struct Metrics {
     pub api_requests: AtomicU64,
     /// Open push API connections (gauge).
     pub api_connections: AtomicU64,
+    /// Response bytes the push API holds for clients that have not read them yet (gauge).
+    pub api_output_bytes: AtomicU64,
     /// Push API connections answered 503 because `api_max_connections` were open.
     pub api_refused_connections: AtomicU64,
     /// Push API connections closed because a request did not complete in time (408).
@@ -172,6 +174,7 @@ impl Metrics {
             queue_full_refusals: AtomicU64::new(0),
             api_requests: AtomicU64::new(0),
             api_connections: AtomicU64::new(0),
+            api_output_bytes: AtomicU64::new(0),
             api_refused_connections: AtomicU64::new(0),
             api_request_timeouts: AtomicU64::new(0),
             api_idle_closes: AtomicU64::new(0),
@@ -247,6 +250,7 @@ impl Metrics {
                 "accept_errors_api": self.accept_errors_api.load(Relaxed),
             },
             "api_connections": self.api_connections.load(Relaxed),
+            "api_output_bytes": self.api_output_bytes.load(Relaxed),
             "pending_handshakes": self.pending_handshakes.load(Relaxed),
             "outbound_bytes": self.sum(|c| &c.outbound_bytes),
             "partial_bytes": self.sum(|c| &c.partial_bytes),
@@ -414,6 +418,11 @@ impl Metrics {
                 "throng_api_connections",
                 "Open push API connections.",
                 &self.api_connections,
+            ),
+            (
+                "throng_api_output_bytes",
+                "Response bytes held for push API clients that have not read them yet.",
+                &self.api_output_bytes,
             ),
             (
                 "throng_pending_handshakes",

@@ -3,9 +3,13 @@
 //! disconnect and presence requests when every shard involved has replied.
 
 mod push;
+pub mod request;
 mod routes;
 
-pub use push::{parse as parse_push, route as route_push, ParsedPush, Target};
+pub use push::{
+    parse as parse_push, route as route_push, ParsedPush, Target, MAX_DATA_DEPTH, MAX_ID_BYTES,
+    MAX_USERS,
+};
 
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -22,18 +26,26 @@ use crate::config::{Config, MAX_API_BODY_BYTES};
 use crate::http;
 use crate::metrics::Metrics;
 use crate::shard::ShardHandle;
+use request::{FrameError, Framed};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 /// The API's waker token (replies from shards, shutdown).
 pub const WAKER: Token = Token(usize::MAX);
-/// Largest request head on the API.
-const MAX_API_HEAD: usize = 16 * 1024;
-/// Concurrent API connections; more are closed at accept.
-const MAX_API_CONNS: usize = 4096;
 /// How long a request may wait for shard replies before it is answered 503.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a closing API connection may take to read its last response.
 const LINGER: Duration = Duration::from_secs(2);
+/// Unsent response bytes above which a connection is neither read nor served until the
+/// client reads: a client that pipelines without reading cannot grow this without bound.
+pub const MAX_UNSENT: usize = 64 * 1024;
+/// Most buffered request bytes per connection: one whole request and a little more.
+const MAX_INBUF: usize = request::MAX_HEAD + MAX_API_BODY_BYTES + 1024;
+/// How often timeouts are checked; also the poll timeout.
+const SWEEP: Duration = Duration::from_millis(100);
+/// How long accepting pauses after EMFILE/ENFILE or an unknown accept error.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// Least time between two logged accept failures.
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// What a waiting request is collecting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +77,31 @@ struct ApiConn {
     /// Set once the last response is out and the write half is shut: the client gets a
     /// moment to read it while what it still sends is discarded.
     lingering_since: Option<Instant>,
+    /// The socket may hold bytes not read yet: reading last stopped at a bound rather
+    /// than at `WouldBlock`, so no new readiness edge will come for them.
+    unread: bool,
+    /// When the request at the front of `inbuf` began (its first byte), sweep clock.
+    request_since: Option<Instant>,
+    /// Last time bytes were read or written, sweep clock.
+    active_at: Instant,
+}
+
+impl ApiConn {
+    fn unsent(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+}
+
+/// What the sweep found due on a connection.
+enum Due {
+    /// Lingered long enough after its last response.
+    Linger,
+    /// Shards did not answer in time.
+    Reply,
+    /// A request did not complete in time.
+    Request,
+    /// Nothing happened for the idle timeout.
+    Idle,
 }
 
 /// A parsed request, borrowed from the connection's buffer.
@@ -102,6 +139,13 @@ pub struct Api {
     stop: Arc<AtomicBool>,
     serial: u64,
     scratch: Vec<u8>,
+    /// The loop's clock, read once per poll: timeouts need no clock read per request.
+    now: Instant,
+    /// Accepting resumes then (after EMFILE/ENFILE: the listener stays readable).
+    accept_paused_until: Option<Instant>,
+    accept_error_logged: Option<Instant>,
+    /// The 503 for connections over `api_max_connections`, made once.
+    over_capacity: Vec<u8>,
 }
 
 impl Api {
@@ -120,6 +164,17 @@ impl Api {
         let mut listener = TcpListener::from_std(listener);
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let over_capacity = http::error_response(
+            503,
+            "over_capacity",
+            &format!(
+                "the push API already has {} connections open (api_max_connections); \
+                 retry later or reuse a keep-alive connection",
+                config.api_max_connections
+            ),
+            false,
+            "Retry-After: 1\r\n",
+        );
         Ok(Api {
             poll,
             listener,
@@ -132,6 +187,10 @@ impl Api {
             stop,
             serial: 0,
             scratch: vec![0; 64 * 1024],
+            now: Instant::now(),
+            accept_paused_until: None,
+            accept_error_logged: None,
+            over_capacity,
         })
     }
 
@@ -140,16 +199,16 @@ impl Api {
         let mut events = Events::with_capacity(256);
         let mut last_sweep = Instant::now();
         loop {
-            if let Err(e) = self
-                .poll
-                .poll(&mut events, Some(Duration::from_millis(100)))
-            {
+            if let Err(e) = self.poll.poll(&mut events, Some(SWEEP)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     tracing::error!(error = %e, "push API poll failed; API stops");
+                    self.close_all();
                     return;
                 }
             }
+            self.now = Instant::now();
             if self.stop.load(Relaxed) {
+                self.close_all();
                 return;
             }
             for event in events.iter() {
@@ -157,199 +216,247 @@ impl Api {
                     WAKER => {}
                     LISTENER => self.accept(),
                     Token(key) => {
-                        if event.is_writable() {
-                            self.write_out(key);
-                        }
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.on_readable(key);
+                            if let Some(c) = self.conns.get_mut(key) {
+                                c.unread = true;
+                            }
                         }
+                        self.drive(key);
                     }
                 }
             }
             self.take_replies();
-            if last_sweep.elapsed() >= Duration::from_millis(100) {
-                last_sweep = Instant::now();
-                self.expire_waits();
+            if self.accept_paused_until.is_some_and(|t| self.now >= t) {
+                self.accept_paused_until = None;
+                // Connections may have queued while paused; edge-triggered, so look now.
+                self.accept();
+            }
+            if self.now.saturating_duration_since(last_sweep) >= SWEEP {
+                last_sweep = self.now;
+                self.sweep();
             }
         }
     }
 
     fn accept(&mut self) {
+        if self.accept_paused_until.is_some() {
+            return;
+        }
         loop {
             match self.listener.accept() {
-                Ok((mut stream, _)) => {
-                    let _ = stream.set_nodelay(true);
-                    if self.conns.len() >= MAX_API_CONNS {
+                Ok((stream, _)) => {
+                    if self.conns.len() >= self.config.api_max_connections {
+                        self.refuse(stream);
                         continue;
                     }
-                    let entry = self.conns.vacant_entry();
-                    if self
-                        .poll
-                        .registry()
-                        .register(
-                            &mut stream,
-                            Token(entry.key()),
-                            Interest::READABLE | Interest::WRITABLE,
-                        )
-                        .is_ok()
-                    {
-                        entry.insert(ApiConn {
-                            stream,
-                            inbuf: Vec::new(),
-                            out: Vec::new(),
-                            out_pos: 0,
-                            waiting: None,
-                            close_after_write: false,
-                            lingering_since: None,
-                        });
-                    }
+                    self.adopt(stream);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    tracing::warn!(error = %e, "push API accept failed");
+                    self.metrics.accept_errors_api.fetch_add(1, Relaxed);
+                    // That connection is gone; the next one may be fine.
+                    if e.raw_os_error() == Some(libc::ECONNABORTED) {
+                        continue;
+                    }
+                    if self
+                        .accept_error_logged
+                        .is_none_or(|t| self.now.saturating_duration_since(t) >= ACCEPT_LOG_EVERY)
+                    {
+                        self.accept_error_logged = Some(self.now);
+                        tracing::warn!(
+                            error = %e,
+                            out_of_files = is_out_of_files(&e),
+                            "push API accept failed; pausing accepts briefly"
+                        );
+                    }
+                    // EMFILE/ENFILE (or worse) leaves the listener readable: retrying at
+                    // once would spin, so accepting resumes after a pause.
+                    self.accept_paused_until = Some(self.now + ACCEPT_PAUSE);
                     return;
                 }
             }
         }
     }
 
-    fn on_readable(&mut self, key: usize) {
+    fn adopt(&mut self, mut stream: TcpStream) {
+        let _ = stream.set_nodelay(true);
+        let entry = self.conns.vacant_entry();
+        if self
+            .poll
+            .registry()
+            .register(
+                &mut stream,
+                Token(entry.key()),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .is_err()
+        {
+            return;
+        }
+        entry.insert(ApiConn {
+            stream,
+            inbuf: Vec::new(),
+            out: Vec::new(),
+            out_pos: 0,
+            waiting: None,
+            close_after_write: false,
+            lingering_since: None,
+            unread: false,
+            request_since: None,
+            active_at: self.now,
+        });
+        self.metrics.api_connections.fetch_add(1, Relaxed);
+    }
+
+    /// Answers a connection over `api_max_connections` with 503 and closes it, best
+    /// effort and without tracking it: a few reads of what already arrived (so closing
+    /// does not turn into a reset that overtakes the answer), one write.
+    fn refuse(&mut self, mut stream: TcpStream) {
+        self.metrics.api_refused_connections.fetch_add(1, Relaxed);
+        for _ in 0..4 {
+            match stream.read(&mut self.scratch) {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
+        }
+        let _ = stream.write(&self.over_capacity);
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+    }
+
+    /// Writes, reads and serves one connection until it would block or must wait.
+    fn drive(&mut self, key: usize) {
         loop {
-            let Some(c) = self.conns.get_mut(key) else {
+            if !self.write_out(key) {
+                return;
+            }
+            let Some(read) = self.read_in(key) else {
                 return;
             };
+            let served = self.process(key);
+            // Nothing new: whatever stopped us (an empty socket, a full one, a shard reply
+            // still to come) brings its own wake-up.
+            if read == 0 && served == 0 {
+                return;
+            }
+        }
+    }
+
+    /// Reads what the bounds allow; returns the bytes read, or None if the connection ended.
+    fn read_in(&mut self, key: usize) -> Option<usize> {
+        let mut total = 0;
+        loop {
+            let c = self.conns.get_mut(key)?;
+            if !c.unread {
+                return Some(total);
+            }
+            let discard = c.close_after_write;
+            // Reading stops while responses pile up unread or a request fills the buffer;
+            // `unread` stays set so that `drive` reads again once there is room.
+            if !discard && (c.unsent() > MAX_UNSENT || c.inbuf.len() >= MAX_INBUF) {
+                return Some(total);
+            }
             match c.stream.read(&mut self.scratch) {
                 Ok(0) => {
                     self.drop_conn(key);
-                    return;
+                    return None;
                 }
                 Ok(n) => {
-                    if c.close_after_write {
+                    c.active_at = self.now;
+                    total += n;
+                    if discard {
                         continue;
                     }
-                    c.inbuf.extend_from_slice(&self.scratch[..n]);
-                    // Bound what one connection may make us hold.
-                    if c.inbuf.len() > MAX_API_HEAD + MAX_API_BODY_BYTES + 1024 {
-                        break;
+                    if c.inbuf.is_empty() {
+                        c.request_since = Some(self.now);
                     }
+                    c.inbuf.extend_from_slice(&self.scratch[..n]);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    c.unread = false;
+                    return Some(total);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
                     self.drop_conn(key);
-                    return;
+                    return None;
                 }
             }
         }
-        self.process(key);
     }
 
-    /// Serves every complete request in the buffer, one at a time.
-    fn process(&mut self, key: usize) {
+    /// Serves complete requests from the buffer, one at a time, while the connection
+    /// is not waiting on shards and its unsent output is under `MAX_UNSENT`; returns how
+    /// many it served.
+    fn process(&mut self, key: usize) -> usize {
+        let Some(c) = self.conns.get_mut(key) else {
+            return 0;
+        };
+        let mut inbuf = std::mem::take(&mut c.inbuf);
+        let mut pos = 0;
+        let mut served = 0;
         loop {
             let Some(c) = self.conns.get_mut(key) else {
-                return;
+                return served;
             };
-            if c.waiting.is_some() || c.close_after_write || c.inbuf.is_empty() {
+            if c.waiting.is_some()
+                || c.close_after_write
+                || pos == inbuf.len()
+                || c.unsent() > MAX_UNSENT
+            {
                 break;
             }
-            let mut inbuf = std::mem::take(&mut c.inbuf);
-            let step = self.one_request(key, &inbuf);
-            let Some(c) = self.conns.get_mut(key) else {
-                return;
-            };
-            match step {
-                Step::Incomplete => {
-                    c.inbuf = inbuf;
-                    break;
-                }
+            match self.one_request(key, &inbuf[pos..]) {
+                Step::Incomplete => break,
                 Step::Done { used, response } => {
-                    inbuf.drain(..used);
-                    if inbuf.capacity() > 256 * 1024 && inbuf.len() < 64 * 1024 {
-                        inbuf.shrink_to(64 * 1024);
-                    }
-                    c.inbuf = inbuf;
+                    served += 1;
+                    pos += used;
+                    let Some(c) = self.conns.get_mut(key) else {
+                        return served;
+                    };
+                    // What is left is the next request; its clock starts now at the latest.
+                    c.request_since = Some(self.now);
                     if let Some(r) = response {
-                        c.out.extend_from_slice(&r);
+                        queue_out(c, &self.metrics, &r);
                     }
                 }
             }
         }
-        self.write_out(key);
+        let Some(c) = self.conns.get_mut(key) else {
+            return served;
+        };
+        if c.close_after_write {
+            // Nothing after this is parsed: free it now rather than at close.
+            inbuf = Vec::new();
+        } else {
+            // One shift per batch: draining per request would make pipelining quadratic.
+            inbuf.drain(..pos);
+        }
+        if inbuf.capacity() > 256 * 1024 && inbuf.len() < 64 * 1024 {
+            inbuf.shrink_to(64 * 1024);
+        }
+        c.inbuf = inbuf;
+        served
     }
 
     fn one_request(&mut self, key: usize, buf: &[u8]) -> Step {
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut req = httparse::Request::new(&mut headers);
-        let head_len = match req.parse(buf) {
-            Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) => {
-                if buf.len() > MAX_API_HEAD {
-                    return self.fatal(key, 431, "header_too_large", "request head over 16 KiB");
-                }
-                return Step::Incomplete;
-            }
-            Err(e) => {
-                return self.fatal(
-                    key,
-                    400,
-                    "bad_request",
-                    &format!("malformed HTTP request: {e}"),
-                )
-            }
+        let head = match request::frame(buf) {
+            Framed::Complete(h) => h,
+            Framed::Incomplete => return Step::Incomplete,
+            Framed::Error(e) => return self.fatal(key, &e),
         };
-        let header = |name: &str| {
-            req.headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case(name))
-                .and_then(|h| std::str::from_utf8(h.value).ok())
-                .map(str::trim)
-        };
-        if header("Transfer-Encoding").is_some() {
-            return self.fatal(
-                key,
-                411,
-                "length_required",
-                "send the body with Content-Length; chunked bodies are not accepted",
-            );
-        }
-        let len = match header("Content-Length") {
-            None => 0,
-            Some(v) => match v.parse::<usize>() {
-                Ok(n) => n,
-                Err(_) => return self.fatal(key, 400, "bad_request", "bad Content-Length"),
-            },
-        };
-        if len > MAX_API_BODY_BYTES {
-            return self.fatal(
-                key,
-                413,
-                "payload_too_large",
-                &format!("request body over {MAX_API_BODY_BYTES} bytes"),
-            );
-        }
-        if buf.len() < head_len + len {
-            return Step::Incomplete;
-        }
-        let keep_alive = match (req.version, header("Connection")) {
-            (_, Some(v)) if v.eq_ignore_ascii_case("close") => false,
-            (Some(0), Some(v)) => v.eq_ignore_ascii_case("keep-alive"),
-            (Some(0), None) => false,
-            _ => true,
-        };
-        let target = req.path.unwrap_or("/");
-        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        let keep_alive = head.keep_alive;
         let request = Request {
-            method: req.method.unwrap_or(""),
-            path,
-            query,
-            authorization: header("Authorization"),
-            body: &buf[head_len..head_len + len],
+            method: head.method,
+            path: head.path,
+            query: head.query,
+            authorization: head.authorization,
+            body: &buf[head.body.clone()],
         };
         self.metrics.api_requests.fetch_add(1, Relaxed);
         let outcome = self.handle(key, &request, keep_alive);
-        let used = head_len + len;
+        let used = head.body.end;
+        let since = self.now;
         let Some(c) = self.conns.get_mut(key) else {
             return Step::Done {
                 used,
@@ -376,7 +483,7 @@ impl Api {
                     remaining: expected,
                     sessions: 0,
                     users: 0,
-                    since: Instant::now(),
+                    since,
                     keep_alive,
                     user,
                 });
@@ -389,14 +496,20 @@ impl Api {
     }
 
     /// An error after which the rest of the stream cannot be framed: answer and close.
-    fn fatal(&mut self, key: usize, status: u16, code: &str, message: &str) -> Step {
+    fn fatal(&mut self, key: usize, e: &FrameError) -> Step {
         if let Some(c) = self.conns.get_mut(key) {
             c.close_after_write = true;
         }
         // Nothing more is parsed on this connection, so nothing needs consuming.
         Step::Done {
             used: 0,
-            response: Some(http::error_response(status, code, message, false, "")),
+            response: Some(http::error_response(
+                e.status(),
+                e.code(),
+                &e.to_string(),
+                false,
+                "",
+            )),
         }
     }
 
@@ -439,84 +552,169 @@ impl Api {
                 "sessions": w.sessions,
             }),
         };
-        c.out.extend_from_slice(&http::response(
+        let response = http::response(
             200,
             "application/json",
             body.to_string().as_bytes(),
             w.keep_alive,
             "",
-        ));
-        self.process(key);
+        );
+        queue_out(c, &self.metrics, &response);
+        // A pipelined request behind this one was not looked at while it waited.
+        c.request_since = Some(self.now);
+        self.drive(key);
     }
 
-    fn expire_waits(&mut self) {
-        let late: Vec<usize> = self
+    /// Finds what is due on each connection (every `SWEEP`, not per request) and acts.
+    fn sweep(&mut self) {
+        let now = self.now;
+        let (request_timeout, idle_timeout) = (
+            self.config.api_request_timeout,
+            self.config.api_idle_timeout,
+        );
+        let older = |t: Instant, d: Duration| now.saturating_duration_since(t) >= d;
+        let due: Vec<(usize, Due)> = self
             .conns
             .iter()
-            .filter(|(_, c)| {
-                c.waiting
-                    .as_ref()
-                    .is_some_and(|w| w.since.elapsed() >= REPLY_TIMEOUT)
+            .filter_map(|(key, c)| {
+                let due = if let Some(t) = c.lingering_since {
+                    older(t, LINGER).then_some(Due::Linger)
+                } else if let Some(w) = &c.waiting {
+                    older(w.since, REPLY_TIMEOUT).then_some(Due::Reply)
+                } else if c.unsent() > 0 {
+                    // Answers are waiting and the client has read none of them for the
+                    // idle timeout: it went idle without reading.
+                    older(c.active_at, idle_timeout).then_some(Due::Idle)
+                } else if !c.inbuf.is_empty() && !c.close_after_write {
+                    // Not waiting and nothing unsent, so what is buffered is a request
+                    // still incomplete (complete ones would have been served).
+                    c.request_since
+                        .is_some_and(|t| older(t, request_timeout))
+                        .then_some(Due::Request)
+                } else {
+                    // No request in progress and nothing to send. A connection that
+                    // connects and never sends a byte ends here too: it is idle, and is
+                    // closed after api_idle_timeout (the request clock starts at a byte).
+                    older(c.active_at, idle_timeout).then_some(Due::Idle)
+                };
+                due.map(|d| (key, d))
             })
-            .map(|(k, _)| k)
             .collect();
-        let lingered: Vec<usize> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.lingering_since.is_some_and(|t| t.elapsed() >= LINGER))
-            .map(|(k, _)| k)
-            .collect();
-        for key in lingered {
-            self.drop_conn(key);
-        }
-        for key in late {
-            if let Some(c) = self.conns.get_mut(key) {
-                c.waiting = None;
-                c.close_after_write = true;
-                c.out.extend_from_slice(&http::error_response(
-                    503,
-                    "overloaded",
-                    "shards did not answer in time; the push may or may not have been delivered",
-                    false,
-                    "Retry-After: 1\r\n",
-                ));
+        for (key, due) in due {
+            match due {
+                Due::Linger => self.drop_conn(key),
+                Due::Idle => {
+                    self.metrics.api_idle_closes.fetch_add(1, Relaxed);
+                    self.drop_conn(key);
+                }
+                Due::Request => {
+                    self.metrics.api_request_timeouts.fetch_add(1, Relaxed);
+                    let response = http::error_response(
+                        408,
+                        "request_timeout",
+                        &format!(
+                            "the request was not complete (head and body) within {} ms",
+                            request_timeout.as_millis()
+                        ),
+                        false,
+                        "",
+                    );
+                    self.answer_and_close(key, &response);
+                }
+                Due::Reply => {
+                    let response = http::error_response(
+                        503,
+                        "overloaded",
+                        "shards did not answer in time; the push may or may not have been delivered",
+                        false,
+                        "Retry-After: 1\r\n",
+                    );
+                    if let Some(c) = self.conns.get_mut(key) {
+                        c.waiting = None;
+                    }
+                    self.answer_and_close(key, &response);
+                }
             }
-            self.write_out(key);
         }
     }
 
-    fn write_out(&mut self, key: usize) {
+    /// Sends `response` as the connection's last and closes it once written.
+    fn answer_and_close(&mut self, key: usize, response: &[u8]) {
         let Some(c) = self.conns.get_mut(key) else {
             return;
+        };
+        c.close_after_write = true;
+        c.inbuf = Vec::new();
+        c.request_since = None;
+        queue_out(c, &self.metrics, response);
+        self.drive(key);
+    }
+
+    /// Writes what the socket takes; returns false if the connection ended.
+    fn write_out(&mut self, key: usize) -> bool {
+        let Some(c) = self.conns.get_mut(key) else {
+            return false;
         };
         while c.out_pos < c.out.len() {
             match c.stream.write(&c.out[c.out_pos..]) {
                 Ok(0) => {
                     self.drop_conn(key);
-                    return;
+                    return false;
                 }
-                Ok(n) => c.out_pos += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Ok(n) => {
+                    c.out_pos += n;
+                    c.active_at = self.now;
+                    self.metrics.api_output_bytes.fetch_sub(n as u64, Relaxed);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => {
                     self.drop_conn(key);
-                    return;
+                    return false;
                 }
             }
         }
         c.out.clear();
         c.out_pos = 0;
+        if c.out.capacity() > 4 * MAX_UNSENT {
+            c.out.shrink_to(MAX_UNSENT);
+        }
         if c.close_after_write && c.waiting.is_none() && c.lingering_since.is_none() {
             let _ = c.stream.shutdown(std::net::Shutdown::Write);
-            c.lingering_since = Some(Instant::now());
+            c.lingering_since = Some(self.now);
         }
+        true
     }
 
     fn drop_conn(&mut self, key: usize) {
         if let Some(mut c) = self.conns.try_remove(key) {
             let _ = self.poll.registry().deregister(&mut c.stream);
+            self.metrics.api_connections.fetch_sub(1, Relaxed);
+            self.metrics
+                .api_output_bytes
+                .fetch_sub(c.unsent() as u64, Relaxed);
         }
     }
+
+    /// The API stops: its connections close and its gauges return to zero.
+    fn close_all(&mut self) {
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.drop_conn(key);
+        }
+    }
+}
+
+/// Appends a response to a connection's output, keeping the output gauge exact.
+fn queue_out(c: &mut ApiConn, metrics: &Metrics, bytes: &[u8]) {
+    c.out.extend_from_slice(bytes);
+    metrics
+        .api_output_bytes
+        .fetch_add(bytes.len() as u64, Relaxed);
+}
+
+fn is_out_of_files(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
 }
 
 enum Step {

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use rustc_hash::FxHashSet;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -17,6 +18,9 @@ use crate::topic;
 pub const MAX_USERS: usize = 10_000;
 /// Longest push `id`.
 pub const MAX_ID_BYTES: usize = 128;
+/// Deepest nesting of arrays and objects inside `data`. Frames wrap `data` one level
+/// deeper, and common client parsers stop near 128 (serde_json: 127), so this leaves room.
+pub const MAX_DATA_DEPTH: usize = 100;
 
 /// A user id as sent: a string, or an integer used as its decimal string.
 #[derive(Deserialize)]
@@ -80,6 +84,14 @@ pub struct ParsedPush {
 
 /// Parses and validates one push object; the error names the problem.
 pub fn parse(body: &[u8]) -> Result<ParsedPush, String> {
+    // `RawValue` and ignored fields are skipped without serde_json's recursion limit, so
+    // depth is bounded here, before parsing, for every field alike (the push object is
+    // one level around `data`).
+    if exceeds_depth(body, MAX_DATA_DEPTH + 1) {
+        return Err(format!(
+            "push nests arrays/objects too deep: data may nest at most {MAX_DATA_DEPTH} levels"
+        ));
+    }
     let b: Body<'_> = serde_json::from_slice(body).map_err(|e| format!("invalid push: {e}"))?;
     let data = b.data.ok_or("missing field `data`")?.get().to_string();
     if let Some(id) = &b.id {
@@ -105,11 +117,17 @@ pub fn parse(body: &[u8]) -> Result<ParsedPush, String> {
         if list.is_empty() || list.len() > MAX_USERS {
             return Err(format!("users must hold 1 to {MAX_USERS} ids"));
         }
-        let list: Vec<String> = list.into_iter().map(UserId::into_string).collect();
-        for u in &list {
-            validate_user(u).map_err(|e| format!("users: {e}: {u:?}"))?;
+        let mut seen = FxHashSet::with_capacity_and_hasher(list.len(), Default::default());
+        let mut ids = Vec::with_capacity(list.len());
+        for u in list {
+            let u = u.into_string();
+            validate_user(&u).map_err(|e| format!("users: {e}: {u:?}"))?;
+            // A repeated id would be delivered (and numbered) twice; keep the first.
+            if seen.insert(u.clone()) {
+                ids.push(u);
+            }
         }
-        Target::Users(list)
+        Target::Users(ids)
     } else if let Some(t) = b.topic {
         topic::validate(&t).map_err(|e| format!("topic: {e}"))?;
         Target::Topic(t)
@@ -121,6 +139,38 @@ pub fn parse(body: &[u8]) -> Result<ParsedPush, String> {
         data,
         id: b.id,
     })
+}
+
+/// Whether arrays/objects in `json` nest deeper than `max`. Strings are skipped; bytes
+/// that are not JSON cannot make it panic (the parser that follows reports them).
+fn exceeds_depth(json: &[u8], max: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in json {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 fn now_ms() -> u64 {
@@ -259,6 +309,40 @@ mod tests {
         let long = format!(r#"{{"data":1,"user":"a","id":"{}"}}"#, "x".repeat(129));
         assert!(parse(long.as_bytes()).unwrap_err().contains("id"));
         assert!(parse(br#"{"data":1,"user":"a","later":"field"}"#).is_ok());
+    }
+
+    #[test]
+    fn repeated_users_are_kept_once_in_first_seen_order() {
+        let p = parse(br#"{"users":["b","a",7,"b","7","a"],"data":1}"#).unwrap();
+        assert_eq!(
+            p.target,
+            Target::Users(vec!["b".into(), "a".into(), "7".into()])
+        );
+    }
+
+    #[test]
+    fn depth_is_bounded_for_every_field() {
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let ok = format!(r#"{{"user":"a","data":{}}}"#, deep(MAX_DATA_DEPTH));
+        assert_eq!(parse(ok.as_bytes()).unwrap().data, deep(MAX_DATA_DEPTH));
+        for body in [
+            format!(r#"{{"user":"a","data":{}}}"#, deep(MAX_DATA_DEPTH + 1)),
+            format!(r#"{{"user":"a","data":{}}}"#, deep(100_000)),
+            format!(r#"{{"users":{},"data":1}}"#, deep(100_000)),
+            format!(r#"{{"user":"a","id":{},"data":1}}"#, deep(100_000)),
+            format!(r#"{{"user":"a","later":{},"data":1}}"#, deep(100_000)),
+            format!(r#"{{"user":"a","data":{}"#, "{\"a\":".repeat(100_000)),
+        ] {
+            let e = parse(body.as_bytes()).unwrap_err();
+            assert!(e.contains("too deep"), "{e}");
+        }
+        // Brackets inside strings are not nesting.
+        let s = format!(
+            r#"{{"user":"a","data":"{}\"{}"}}"#,
+            "[".repeat(500),
+            "{".repeat(500)
+        );
+        assert!(parse(s.as_bytes()).is_ok());
     }
 
     #[test]

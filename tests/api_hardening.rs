@@ -1,0 +1,498 @@
+//! Issue 7, push API: unread pipelined answers stay bounded, the connection cap answers
+//! 503, request and idle timeouts, strict framing, repeated user ids, deep nesting.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+/// Unsent response bytes above which the API stops serving a connection (api::MAX_UNSENT).
+const MAX_UNSENT: u64 = throng::api::MAX_UNSENT as u64;
+
+/// A connection with small kernel buffers both ways, so backpressure shows early.
+fn small_buffer_stream(addr: SocketAddr) -> TcpStream {
+    let sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    sock.set_send_buffer_size(4096).expect("SO_SNDBUF");
+    sock.connect_timeout(&addr.into(), IO_TIMEOUT)
+        .expect("connect");
+    let s: TcpStream = sock.into();
+    s.set_read_timeout(Some(IO_TIMEOUT)).expect("read timeout");
+    s.set_write_timeout(Some(IO_TIMEOUT))
+        .expect("write timeout");
+    s
+}
+
+/// `/v1/stats` over an existing keep-alive connection (it does not add a connection).
+fn stats_on(conn: &mut HttpConn) -> Value {
+    let r = conn.request("GET", "/v1/stats", Some(API_KEY), None);
+    assert_eq!(r.status, 200, "stats: {}", r.text());
+    r.json()
+}
+
+/// Polls stats on `conn` until `cond` holds.
+fn wait_stats_on(conn: &mut HttpConn, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let s = stats_on(conn);
+        if cond(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; last stats: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Reads until the peer closes; returns what arrived. Panics if it does not close in time.
+fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => return out,
+            Ok(n) => out.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return out,
+            Err(e) => panic!(
+                "the server did not close the connection: {e}; got {:?}",
+                String::from_utf8_lossy(&out)
+            ),
+        }
+    }
+}
+
+/// Asserts `raw` (one whole response and then EOF) is a JSON error with `status`, `code`,
+/// `Connection: close` and a message containing `needle`.
+fn assert_closing_error(raw: &[u8], status: u16, code: &str, needle: &str) {
+    let text = String::from_utf8_lossy(raw);
+    assert!(
+        text.starts_with(&format!("HTTP/1.1 {status} ")),
+        "expected {status}, got {text:?}"
+    );
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close\r\n"),
+        "{text:?}"
+    );
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let j: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+    assert_eq!(j["error"], code, "{j}");
+    let m = j["message"].as_str().unwrap_or_default();
+    assert!(m.contains(needle), "message should say {needle:?}: {m:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. Pipelined requests whose answers are never read.
+
+#[test]
+fn pipelining_without_reading_keeps_output_bounded_and_others_served() {
+    let srv = TestServer::start(&[]);
+    let mut monitor = srv.api_conn();
+    // One answer's size: the API may go past its bound by one answer at most.
+    let one = monitor.request("GET", "/metrics", Some(API_KEY), None);
+    assert_eq!(one.status, 200);
+    let answer = one.body.len() as u64 + 512;
+
+    // Thousands of requests whose answers (tens of MB) dwarf every kernel buffer on the
+    // way back, sent at once by a client that does not read.
+    const N: usize = 10_000;
+    let request = format!("GET /metrics HTTP/1.1\r\nAuthorization: Bearer {API_KEY}\r\n\r\n");
+    let flood = small_buffer_stream(srv.api);
+    let mut writer = flood.try_clone().expect("clone");
+    let all = request.repeat(N).into_bytes();
+    // It may block for good once the server stops reading; it ends with the test.
+    std::thread::spawn(move || writer.write_all(&all));
+
+    // The API serves what it can, then holds: its buffered output settles and stays
+    // near the bound. Every sample is taken by the same API thread that serves the flood.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut most, mut last, mut same) = (0, u64::MAX, 0);
+    while same < 20 {
+        let s = stats_on(&mut monitor);
+        let now = s["api_output_bytes"].as_u64().expect("api_output_bytes");
+        most = most.max(now);
+        same = if now == last && now > 0 { same + 1 } else { 0 };
+        last = now;
+        assert!(
+            Instant::now() < deadline,
+            "the API output never settled: {now} bytes"
+        );
+    }
+    assert!(
+        most <= MAX_UNSENT + answer,
+        "the API held {most} unsent bytes for a client that does not read \
+         (bound {MAX_UNSENT} plus one answer of {answer})"
+    );
+    assert!(
+        last > MAX_UNSENT,
+        "the flood should have filled the bound ({last} bytes held)"
+    );
+    // Other API clients are served meanwhile.
+    for _ in 0..3 {
+        assert_eq!(srv.api("GET", "/healthz", None).status, 200);
+    }
+
+    // The client reads at last: the connection resumes, answers in order.
+    let mut reader = conn_over(srv.api, flood);
+    for i in 0..200 {
+        let r = reader.read();
+        assert_eq!(r.status, 200, "answer {i} after resuming");
+    }
+    assert_eq!(
+        monitor
+            .request("GET", "/healthz", Some(API_KEY), None)
+            .status,
+        200
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. Connection cap, request and idle timeouts.
+
+#[test]
+fn over_the_connection_cap_answers_503_and_counts_it() {
+    let srv = TestServer::start(&["--api-max-connections", "4"]);
+    // The monitor is connection 1 of 4.
+    let mut monitor = srv.api_conn();
+    let mut silent: Vec<TcpStream> = (0..3).map(|_| tcp(srv.api)).collect();
+    wait_stats_on(&mut monitor, "4 API connections", |s| {
+        s["api_connections"] == 4
+    });
+
+    let mut over = tcp(srv.api);
+    let raw = read_to_close(&mut over);
+    assert_closing_error(&raw, 503, "over_capacity", "api_max_connections");
+    assert!(
+        String::from_utf8_lossy(&raw).contains("Retry-After: "),
+        "{:?}",
+        String::from_utf8_lossy(&raw)
+    );
+    let s = wait_stats_on(&mut monitor, "the refusal counted", |s| {
+        s["counters"]["api_refused_connections"] == 1
+    });
+    assert_eq!(
+        s["api_connections"], 4,
+        "refused sockets are not counted open"
+    );
+
+    // One leaves: the next one gets in.
+    drop(silent.pop());
+    wait_stats_on(&mut monitor, "3 API connections", |s| {
+        s["api_connections"] == 3
+    });
+    let mut fresh = srv.api_conn();
+    assert_eq!(
+        fresh.request("GET", "/healthz", Some(API_KEY), None).status,
+        200
+    );
+    assert_eq!(stats_on(&mut monitor)["api_connections"], 4);
+}
+
+#[test]
+fn incomplete_requests_get_408_from_their_first_byte() {
+    let srv = TestServer::start(&[
+        "--api-request-timeout-ms",
+        "300",
+        "--api-idle-timeout-ms",
+        "60000",
+    ]);
+    let mut monitor = srv.api_conn();
+
+    // A head that never ends.
+    let mut head = tcp(srv.api);
+    head.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .expect("write");
+    // A body that never ends.
+    let mut body = tcp(srv.api);
+    body.write_all(
+        format!("POST /v1/push HTTP/1.1\r\nAuthorization: Bearer {API_KEY}\r\nContent-Length: 50\r\n\r\n{{\"user\"")
+            .as_bytes(),
+    )
+    .expect("write");
+    for s in [&mut head, &mut body] {
+        let raw = read_to_close(s);
+        assert_closing_error(&raw, 408, "request_timeout", "300 ms");
+    }
+
+    // Bytes that keep trickling in do not extend the deadline: it runs from the first.
+    let mut drip = tcp(srv.api);
+    drip.set_read_timeout(Some(Duration::from_millis(20)))
+        .expect("timeout");
+    drip.write_all(b"GET /healthz HTTP/1.1\r\nX-Slow: ")
+        .expect("write");
+    let mut got = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    let closed = loop {
+        assert!(Instant::now() < deadline, "no 408 while dripping: {got:?}");
+        if drip.write_all(b"a").is_err() {
+            break true;
+        }
+        let mut chunk = [0u8; 1024];
+        match drip.read(&mut chunk) {
+            Ok(0) => break true,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => break true,
+        }
+    };
+    assert!(closed);
+    assert!(
+        got.starts_with(b"HTTP/1.1 408 "),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+
+    wait_stats_on(&mut monitor, "3 request timeouts", |s| {
+        s["counters"]["api_request_timeouts"] == 3
+    });
+    wait_stats_on(&mut monitor, "only the monitor left", |s| {
+        s["api_connections"] == 1
+    });
+}
+
+#[test]
+fn idle_keep_alive_connections_close_quietly() {
+    let srv = TestServer::start(&[
+        "--api-idle-timeout-ms",
+        "300",
+        "--api-request-timeout-ms",
+        "60000",
+    ]);
+    // Used once, then idle.
+    let mut used = srv.api_conn();
+    assert_eq!(
+        used.request("GET", "/healthz", Some(API_KEY), None).status,
+        200
+    );
+    // Never sends a byte: covered by the idle timeout.
+    let mut silent = tcp(srv.api);
+    // In the middle of a request: not idle, so it stays.
+    let mut midway = tcp(srv.api);
+    midway
+        .write_all(
+            format!("GET /healthz HTTP/1.1\r\nAuthorization: Bearer {API_KEY}\r\n").as_bytes(),
+        )
+        .expect("write");
+
+    assert!(read_to_close(&mut used.stream).is_empty(), "closed quietly");
+    assert!(read_to_close(&mut silent).is_empty(), "closed quietly");
+    midway.write_all(b"\r\n").expect("finish the request");
+    let mut midway = conn_over(srv.api, midway);
+    assert_eq!(
+        midway.read().status,
+        200,
+        "a request in progress is not idle"
+    );
+    let s = srv.stats();
+    assert!(
+        s["counters"]["api_idle_closes"].as_u64() >= Some(2),
+        "idle closes counted: {s}"
+    );
+}
+
+/// An `HttpConn` reading from `stream`, a connection a test wrote to by hand.
+fn conn_over(addr: SocketAddr, stream: TcpStream) -> HttpConn {
+    let mut c = HttpConn::connect(addr);
+    let _ = c.stream.shutdown(std::net::Shutdown::Both);
+    c.stream = stream;
+    c
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. Strict framing, against a real server.
+
+/// Sends `raw` on a fresh connection (ignoring write errors once the server has answered)
+/// and returns everything until the server closes.
+fn answer_to(addr: SocketAddr, raw: &[u8], chunk: usize) -> Vec<u8> {
+    let mut s = tcp(addr);
+    for part in raw.chunks(chunk.max(1)) {
+        if s.write_all(part).is_err() {
+            break;
+        }
+    }
+    read_to_close(&mut s)
+}
+
+#[test]
+fn framing_is_strict() {
+    let srv = TestServer::start(&[]);
+    let post = |headers: &str, body: &str| {
+        format!("POST /v1/push HTTP/1.1\r\nAuthorization: Bearer {API_KEY}\r\n{headers}\r\n{body}")
+            .into_bytes()
+    };
+    let body = r#"{"user":"f","data":1}"#;
+    let n = body.len();
+    let cases: Vec<(Vec<u8>, u16, &str, &str)> = vec![
+        (
+            post(
+                &format!("Content-Length: {n}\r\nContent-Length: {}\r\n", n + 1),
+                body,
+            ),
+            400,
+            "bad_request",
+            "more than one Content-Length",
+        ),
+        (
+            post(
+                &format!("Content-Length: {n}\r\nContent-Length: {n}\r\n"),
+                body,
+            ),
+            400,
+            "bad_request",
+            "more than one Content-Length",
+        ),
+        (
+            post(&format!("Content-Length: +{n}\r\n"), body),
+            400,
+            "bad_request",
+            "Content-Length",
+        ),
+        (
+            post("Content-Length: -1\r\n", body),
+            400,
+            "bad_request",
+            "Content-Length",
+        ),
+        (
+            post("Content-Length: 1 0\r\n", body),
+            400,
+            "bad_request",
+            "Content-Length",
+        ),
+        (
+            post("Content-Length: 0x10\r\n", body),
+            400,
+            "bad_request",
+            "Content-Length",
+        ),
+        (
+            post("Transfer-Encoding: chunked\r\n", "0\r\n\r\n"),
+            411,
+            "length_required",
+            "Content-Length",
+        ),
+    ];
+    for (raw, status, code, needle) in cases {
+        let answer = answer_to(srv.api, &raw, raw.len());
+        assert_closing_error(&answer, status, code, needle);
+    }
+
+    // A 20 KiB head in one write, with a body behind it; and the same a byte at a time.
+    let big = post(
+        &format!(
+            "X-Big: {}\r\nContent-Length: {n}\r\n",
+            "b".repeat(20 * 1024)
+        ),
+        body,
+    );
+    assert_closing_error(
+        &answer_to(srv.api, &big, big.len()),
+        431,
+        "header_too_large",
+        "over 16 KiB",
+    );
+    assert_closing_error(
+        &answer_to(srv.api, &big, 1),
+        431,
+        "header_too_large",
+        "over 16 KiB",
+    );
+
+    // More header lines than the parser holds: a count, not a size.
+    let many: String = (0..40).map(|i| format!("X-{i}: v\r\n")).collect();
+    let raw = post(&format!("{many}Content-Length: {n}\r\n"), body);
+    let answer = answer_to(srv.api, &raw, raw.len());
+    assert_closing_error(
+        &answer,
+        431,
+        "header_too_large",
+        "too many headers (at most 32)",
+    );
+    assert!(!String::from_utf8_lossy(&answer).contains("16 KiB"));
+
+    // None of that was delivered or hurt the API.
+    assert_eq!(srv.counter("pushes_accepted"), 0);
+    srv.push(json!({"user": "f", "data": 1}));
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. Repeated user ids.
+
+#[test]
+fn repeated_user_ids_deliver_once() {
+    let srv = TestServer::start(&[]);
+    let mut a = srv.connect("a");
+    srv.wait_online(1, 1);
+    let r = srv.push_wait(json!({"users": ["a", "a", "a"], "data": "first"}));
+    assert_eq!(r["delivered"], 1, "{r}");
+    srv.push_wait(json!({"user": "a", "data": "second"}));
+    let m = a.recv();
+    assert_eq!(
+        (m["seq"].clone(), m["data"].clone()),
+        (json!(1), json!("first"))
+    );
+    let m = a.recv();
+    assert_eq!(
+        (m["seq"].clone(), m["data"].clone()),
+        (json!(2), json!("second")),
+        "the repeated id was delivered twice"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. Deep nesting.
+
+fn deep(n: usize) -> String {
+    format!("{}{}", "[".repeat(n), "]".repeat(n))
+}
+
+#[test]
+fn deep_nesting_is_400_and_never_overflows() {
+    let srv = TestServer::start(&[]);
+    let mut c = srv.connect("d");
+    srv.wait_online(1, 1);
+    let n = 100_000;
+    for body in [
+        format!(r#"{{"user":"d","data":{}}}"#, deep(n)),
+        format!(r#"{{"user":"d","data":{}"#, "{\"a\":".repeat(n)),
+        format!(r#"{{"users":{},"data":1}}"#, deep(n)),
+        format!(r#"{{"user":"d","id":{},"data":1}}"#, deep(n)),
+        format!(r#"{{"user":{},"data":1}}"#, deep(n)),
+    ] {
+        let r = srv.api("POST", "/v1/push", Some(&body));
+        r.assert_error(400, "bad_request");
+        let m = r.json()["message"].as_str().unwrap_or_default().to_string();
+        assert!(m.contains("too deep"), "{m}");
+    }
+    // Batch lines go through the same parser.
+    let batch = format!("{{\"user\":\"d\",\"data\":{}}}\n", deep(n));
+    let r = srv.api("POST", "/v1/push/batch", Some(&batch));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j = r.json();
+    assert_eq!(j["accepted"], 0, "{j}");
+    assert!(j["rejected"][0]["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("too deep")));
+    // Disconnect parses its own body.
+    for body in [
+        format!(r#"{{"user":{}}}"#, deep(n)),
+        format!(r#"{{"user":"d","reason":{}}}"#, deep(n)),
+    ] {
+        let r = srv.api("POST", "/v1/disconnect", Some(&body));
+        r.assert_error(400, "bad_request");
+    }
+    // At the limit it is delivered, and a serde_json client parses the frame.
+    let ok = deep(throng::api::MAX_DATA_DEPTH);
+    let body = format!(r#"{{"user":"d","data":{ok}}}"#);
+    let r = srv.api("POST", "/v1/push?wait=1", Some(&body));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let m = c.recv();
+    assert_eq!(m["data"].to_string(), ok);
+    assert_eq!(srv.api("GET", "/healthz", None).status, 200);
+}
