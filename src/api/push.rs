@@ -87,7 +87,7 @@ pub fn parse(body: &[u8]) -> Result<ParsedPush, String> {
     // `RawValue` and ignored fields are skipped without serde_json's recursion limit, so
     // depth is bounded here, before parsing, for every field alike (the push object is
     // one level around `data`).
-    if exceeds_depth(body, MAX_DATA_DEPTH + 1) {
+    if crate::json_depth::check(body, MAX_DATA_DEPTH + 1).is_err() {
         return Err(format!(
             "push nests arrays/objects too deep: data may nest at most {MAX_DATA_DEPTH} levels"
         ));
@@ -139,38 +139,6 @@ pub fn parse(body: &[u8]) -> Result<ParsedPush, String> {
         data,
         id: b.id,
     })
-}
-
-/// Whether arrays/objects in `json` nest deeper than `max`. Strings are skipped; bytes
-/// that are not JSON cannot make it panic (the parser that follows reports them).
-fn exceeds_depth(json: &[u8], max: usize) -> bool {
-    let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in json {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > max {
-                    return true;
-                }
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    false
 }
 
 fn now_ms() -> u64 {
