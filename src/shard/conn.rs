@@ -27,6 +27,27 @@ pub struct Partial {
     pub leftover: Vec<u8>,
     /// Unmasked payload of a fragmented text message so far.
     pub message: Option<Vec<u8>>,
+    /// What the shard's `partial_bytes` total counts for this connection, so a settle
+    /// adds only the difference.
+    counted: usize,
+}
+
+impl Partial {
+    /// Bytes held: the incomplete frame plus the message assembled so far.
+    fn held(&self) -> usize {
+        self.leftover.len() + self.message.as_ref().map_or(0, Vec::len)
+    }
+}
+
+/// A leftover buffer whose spare capacity is past this (and past its length) is shrunk
+/// when kept, so a burst that grew it is not held for as long as the frame is incomplete.
+const LEFTOVER_SLACK: usize = 16 * 1024;
+
+/// Gives back the spare capacity of a kept leftover that grew far past its contents.
+pub fn trim_leftover(buf: &mut Vec<u8>) {
+    if buf.capacity() - buf.len() > LEFTOVER_SLACK.max(buf.len()) {
+        buf.shrink_to_fit();
+    }
 }
 
 /// Frames waiting for the socket to accept them.
@@ -70,6 +91,12 @@ impl OutQueue {
         self.frames.clear();
         self.offset = 0;
         self.bytes = 0;
+    }
+
+    /// Whether an emptied queue is small enough to keep for reuse: a deque that grew for a
+    /// long backlog of small frames would pin its slots in the pool forever.
+    fn poolable(&self) -> bool {
+        self.frames.capacity() <= POOL_QUEUE_SLOTS
     }
 
     /// Writes as much as the socket takes; Ok(true) when the queue is empty.
@@ -159,10 +186,17 @@ pub struct Conns {
     #[allow(clippy::vec_box)]
     pool: Vec<Box<OutQueue>>,
     max_outbound: usize,
+    /// Exact sum of every queue's unwritten bytes (plain arithmetic on each change).
+    queued: usize,
+    /// Exact sum of every connection's partial inbound bytes (settled after each read).
+    partial: usize,
 }
 
 /// Spare queues kept for reuse, so a burst does not allocate per connection.
-const POOL_MAX: usize = 4096;
+const POOL_MAX: usize = 1024;
+/// Deque slots a pooled queue may keep; with `POOL_MAX` this bounds the pool to about
+/// 2 MiB per shard (a slot is one `Bytes`, 32 bytes).
+const POOL_QUEUE_SLOTS: usize = 64;
 
 impl Conns {
     /// No connections; each may queue at most `max_outbound` bytes.
@@ -172,6 +206,61 @@ impl Conns {
             dirty: Vec::new(),
             pool: Vec::new(),
             max_outbound,
+            queued: 0,
+            partial: 0,
+        }
+    }
+
+    /// Bytes queued on every connection and not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued
+    }
+
+    /// Bytes of incomplete inbound frames and messages held on every connection.
+    pub fn partial_bytes(&self) -> usize {
+        self.partial
+    }
+
+    /// What `key` holds: queued outbound plus partial inbound bytes.
+    pub fn footprint(&self, key: u32) -> usize {
+        self.slab.get(key as usize).map_or(0, |c| {
+            c.out.as_ref().map_or(0, |q| q.bytes) + c.partial.as_ref().map_or(0, |p| p.counted)
+        })
+    }
+
+    /// Brings the shard's partial total up to date with `key`'s partial state after a
+    /// read changed it; drops a partial that holds nothing.
+    pub fn settle_partial(&mut self, key: u32) {
+        let Some(conn) = self.slab.get_mut(key as usize) else {
+            return;
+        };
+        let Some(p) = conn.partial.as_mut() else {
+            return;
+        };
+        let held = p.held();
+        self.partial = self.partial - p.counted + held;
+        p.counted = held;
+        if held == 0 && p.message.is_none() {
+            conn.partial = None;
+        }
+    }
+
+    /// Drops `key`'s partial state, uncounting it.
+    fn drop_partial(&mut self, key: u32) {
+        if let Some(conn) = self.slab.get_mut(key as usize) {
+            if let Some(p) = conn.partial.take() {
+                self.partial -= p.counted;
+            }
+        }
+    }
+
+    /// Returns an emptied queue to the pool, or frees it when the pool is full or the
+    /// queue grew large.
+    fn recycle(&mut self, mut q: Box<OutQueue>) {
+        self.queued -= q.bytes;
+        q.clear();
+        if self.pool.len() < POOL_MAX && q.poolable() {
+            self.pool.push(q);
         }
     }
 
@@ -203,6 +292,7 @@ impl Conns {
         if q.bytes > 0 && q.bytes + frame.len() > max {
             return Sent::Overflow;
         }
+        self.queued += frame.len();
         q.push(frame);
         if conn.flags & DIRTY == 0 {
             conn.flags |= DIRTY;
@@ -213,18 +303,21 @@ impl Conns {
 
     /// Queues the close frame, discarding what has not started (it would never be read).
     pub fn queue_close(&mut self, key: u32, frame: Bytes, discard: bool) {
+        self.drop_partial(key);
         let pool = &mut self.pool;
         let Some(conn) = self.slab.get_mut(key as usize) else {
             return;
         };
         conn.flags |= CLOSING;
-        conn.partial = None;
         let q = conn
             .out
             .get_or_insert_with(|| pool.pop().unwrap_or_default());
         if discard {
+            let before = q.bytes;
             q.discard_unstarted();
+            self.queued -= before - q.bytes;
         }
+        self.queued += frame.len();
         q.push(frame);
         if conn.flags & DIRTY == 0 {
             conn.flags |= DIRTY;
@@ -240,18 +333,19 @@ impl Conns {
         let Some(q) = conn.out.as_mut() else {
             return Ok(true);
         };
-        let done = q.write_to(&mut conn.stream)?;
+        let before = q.bytes;
+        let result = q.write_to(&mut conn.stream);
+        // Count what went out even when the socket failed after a partial write.
+        self.queued -= before - q.bytes;
+        let done = result?;
         if done {
-            if let Some(mut q) = conn.out.take() {
-                if self.pool.len() < POOL_MAX {
-                    q.clear();
-                    self.pool.push(q);
-                }
-            }
             if conn.closing() && conn.flags & WRITE_SHUT == 0 {
                 conn.flags |= WRITE_SHUT;
                 // The close frame is out: FIN after it, then wait for the client's FIN.
                 let _ = conn.stream.shutdown(Shutdown::Write);
+            }
+            if let Some(q) = conn.out.take() {
+                self.recycle(q);
             }
         }
         Ok(done)
@@ -285,12 +379,10 @@ impl Conns {
 
     /// Removes a connection, returning its queue to the pool.
     pub fn remove(&mut self, key: u32) -> Option<Conn> {
+        self.drop_partial(key);
         let mut conn = self.slab.try_remove(key as usize)?;
-        if let Some(mut q) = conn.out.take() {
-            if self.pool.len() < POOL_MAX {
-                q.clear();
-                self.pool.push(q);
-            }
+        if let Some(q) = conn.out.take() {
+            self.recycle(q);
         }
         Some(conn)
     }
@@ -315,6 +407,33 @@ mod tests {
         fresh.discard_unstarted();
         assert!(fresh.is_empty());
         assert_eq!(fresh.bytes, 0);
+    }
+
+    #[test]
+    fn pool_keeps_only_small_queues() {
+        let mut q = OutQueue::default();
+        for _ in 0..POOL_QUEUE_SLOTS {
+            q.push(Bytes::from_static(b"x"));
+        }
+        q.clear();
+        assert!(q.poolable(), "a queue of {POOL_QUEUE_SLOTS} slots is kept");
+        for _ in 0..=POOL_QUEUE_SLOTS * 2 {
+            q.push(Bytes::from_static(b"x"));
+        }
+        q.clear();
+        assert!(!q.poolable(), "a queue grown past the slot bound is freed");
+    }
+
+    #[test]
+    fn trimmed_leftover_gives_back_spare_capacity() {
+        let mut small = Vec::with_capacity(LEFTOVER_SLACK);
+        small.extend_from_slice(&[0; 100]);
+        trim_leftover(&mut small);
+        assert_eq!(small.capacity(), LEFTOVER_SLACK, "small slack is kept");
+        let mut grown = Vec::with_capacity(1 << 20);
+        grown.extend_from_slice(&[0; 100]);
+        trim_leftover(&mut grown);
+        assert!(grown.capacity() < LEFTOVER_SLACK, "{}", grown.capacity());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use crate::frame::{self, close, FrameError, Head, Kind};
 use crate::messages::{self, ClientMsg, Refused};
 use crate::topic;
 
-use super::conn::{Partial, PING_SENT};
+use super::conn::{trim_leftover, Partial, PING_SENT};
 use super::Shard;
 
 /// Refused client messages in a row that are tolerated; one more closes with 1008.
@@ -66,6 +66,7 @@ impl Shard {
             buf.drain(..used);
             self.keep_leftover(key, std::mem::take(buf));
         }
+        self.conns.settle_partial(key);
     }
 
     /// Processes bytes in the scratch buffer; copies an incomplete frame out.
@@ -74,9 +75,11 @@ impl Shard {
         if used < buf.len() {
             self.keep_leftover(key, buf[used..].to_vec());
         }
+        self.conns.settle_partial(key);
     }
 
-    fn keep_leftover(&mut self, key: u32, rest: Vec<u8>) {
+    fn keep_leftover(&mut self, key: u32, mut rest: Vec<u8>) {
+        trim_leftover(&mut rest);
         if let Some(c) = self.conns.slab.get_mut(key as usize) {
             if !c.closing() {
                 c.partial.get_or_insert_with(Default::default).leftover = rest;
@@ -103,7 +106,7 @@ impl Shard {
             let head = match frame::parse_head(&buf[pos..], max - assembled.min(max)) {
                 Ok(Some(h)) if buf.len() - pos >= h.total_len() => h,
                 Ok(_) => {
-                    self.drop_empty_partial(key);
+                    self.conns.settle_partial(key);
                     return pos;
                 }
                 Err(e) => {
@@ -117,17 +120,6 @@ impl Shard {
             if let Err(e) = self.frame(key, head, payload) {
                 self.protocol_close(key, e);
                 return buf.len();
-            }
-        }
-    }
-
-    fn drop_empty_partial(&mut self, key: u32) {
-        if let Some(c) = self.conns.slab.get_mut(key as usize) {
-            if c.partial
-                .as_ref()
-                .is_some_and(|p| p.message.is_none() && p.leftover.is_empty())
-            {
-                c.partial = None;
             }
         }
     }

@@ -2,6 +2,7 @@
 //! wheel and their outbound queues. Connections arrive from the acceptor and commands from
 //! the push API, each over a bounded channel paired with the shard's waker.
 
+mod budget;
 mod conn;
 mod inbound;
 mod topics;
@@ -144,6 +145,8 @@ struct Shard {
     grants: HashMap<u32, Box<[TopicPattern]>, FxBuildHasher>,
     /// Reused list of recipients for one fan-out, so a push does not allocate one.
     targets: Vec<u32>,
+    /// The memory gauges as last published, so an unchanged value is not stored again.
+    published: budget::Published,
 }
 
 impl Shard {
@@ -189,6 +192,7 @@ impl Shard {
             drain_deadline: None,
             grants: HashMap::default(),
             targets: Vec::new(),
+            published: budget::Published::default(),
             shared,
         }
     }
@@ -554,6 +558,8 @@ impl Shard {
                 let _ = self.latency.record(us.clamp(1, 60_000_000));
             }
         }
+        // Before the answers: a `?wait=1` push that is answered is in the memory gauges.
+        self.enforce_budget();
         if !self.replies.is_empty() {
             for r in self.replies.drain(..) {
                 // The API outlives the shards; a failed send means it is gone already.

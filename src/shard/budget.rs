@@ -1,0 +1,160 @@
+//! The process-wide memory budget (`max_outbound_total_bytes`): every shard keeps its exact
+//! total of queued outbound and partial inbound bytes in plain integers, publishes it to
+//! its gauges once per loop turn, and reads the other shards' gauges (a few relaxed loads)
+//! to know the process total. Over the budget, each shard frees its proportional share by
+//! closing its largest holders with 4008, largest first.
+//!
+//! A single frame larger than the whole budget is still queued (as on an empty queue under
+//! `max_outbound_bytes`) and offered to the socket; whatever the socket does not take by
+//! the end of the turn counts, so a client that cannot absorb it is the largest holder and
+//! is closed with 4008: the budget wins, and no push is dropped from a connection that
+//! stays open.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use crate::frame::close;
+
+use super::Shard;
+
+/// Past the budget, shards free down to `budget - budget / BUDGET_HEADROOM_DIVISOR`.
+const BUDGET_HEADROOM_DIVISOR: u64 = 16;
+/// A shard whose held bytes fell by this much since their high point asks the allocator
+/// to give free memory back to the OS.
+const TRIM_DROP_BYTES: u64 = 32 << 20;
+/// At most one such request per shard per this long: a trim walks the allocator's arenas.
+const TRIM_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The values last stored in this shard's gauges, and the high point since the last trim.
+#[derive(Default)]
+pub(super) struct Published {
+    outbound: u64,
+    partial: u64,
+    high: u64,
+    last_trim: Option<Instant>,
+}
+
+impl Shard {
+    /// Bytes this shard holds for clients: queued outbound plus partial inbound.
+    fn held_bytes(&self) -> u64 {
+        (self.conns.queued_bytes() + self.conns.partial_bytes()) as u64
+    }
+
+    /// Publishes this shard's gauges and, when the process is over budget, closes this
+    /// shard's largest holders until its share of the excess is freed. Once per turn.
+    pub(super) fn enforce_budget(&mut self) {
+        self.publish_memory();
+        let local = self.held_bytes();
+        self.maybe_trim(local);
+        if local == 0 {
+            return;
+        }
+        let others: u64 = self
+            .shared
+            .metrics
+            .shards
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != self.id)
+            .map(|(_, s)| {
+                s.counters.outbound_bytes.load(Relaxed) + s.counters.partial_bytes.load(Relaxed)
+            })
+            .sum();
+        let total = local.saturating_add(others);
+        let budget = self.shared.config.max_outbound_total_bytes;
+        if total <= budget {
+            return;
+        }
+        // Each shard frees `over * local / total` (rounded up), so together they free the
+        // excess without talking to each other; stale gauges are corrected next turn. Once
+        // over, they go a sixteenth below the budget, so a steady stream of pushes does
+        // not sort the holders again on every turn.
+        let over = total - (budget - budget / BUDGET_HEADROOM_DIVISOR);
+        let share = (u128::from(over) * u128::from(local)).div_ceil(u128::from(total)) as u64;
+        let target = local - share.min(local);
+        let mut holders: Vec<(usize, u32)> = self
+            .conns
+            .slab
+            .iter()
+            .filter(|(_, c)| !c.closing() && (c.out.is_some() || c.partial.is_some()))
+            .map(|(k, _)| (self.conns.footprint(k as u32), k as u32))
+            .filter(|&(bytes, _)| bytes > 0)
+            .collect();
+        holders.sort_unstable_by(|a, b| b.cmp(a));
+        for (_, key) in holders {
+            if self.held_bytes() <= target {
+                break;
+            }
+            let c = self.counters();
+            c.budget_closes.fetch_add(1, Relaxed);
+            c.slow_consumer_closes.fetch_add(1, Relaxed);
+            self.close_discarding(
+                key,
+                close::SLOW_CONSUMER,
+                "slow consumer: server memory budget exceeded",
+            );
+        }
+        self.publish_memory();
+    }
+
+    /// Stores the gauges when they changed (a store per turn would bounce the cache line
+    /// the other shards read).
+    fn publish_memory(&mut self) {
+        let outbound = self.conns.queued_bytes() as u64;
+        let partial = self.conns.partial_bytes() as u64;
+        let c = &self.shared.metrics.shards[self.id].counters;
+        if outbound != self.published.outbound {
+            c.outbound_bytes.store(outbound, Relaxed);
+            self.published.outbound = outbound;
+        }
+        if partial != self.published.partial {
+            c.partial_bytes.store(partial, Relaxed);
+            self.published.partial = partial;
+        }
+    }
+}
+
+impl Shard {
+    /// After a large release (queues of closed slow consumers), hands free memory back to
+    /// the OS: glibc keeps freed chunks in its arenas otherwise (2,000 never-reading clients
+    /// left 1.4 GB resident after they were gone).
+    fn maybe_trim(&mut self, held: u64) {
+        let p = &mut self.published;
+        p.high = p.high.max(held);
+        if p.high - held < TRIM_DROP_BYTES || held > p.high / 2 {
+            return;
+        }
+        if p.last_trim.is_some_and(|t| t.elapsed() < TRIM_INTERVAL) {
+            return;
+        }
+        p.last_trim = Some(Instant::now());
+        p.high = held;
+        release_free_memory();
+    }
+}
+
+/// Returns the allocator's free pages to the OS, where the allocator supports it.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own arenas under their locks and releases
+    // free pages; it touches no memory the program owns and is safe from any thread.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn release_free_memory_keeps_live_allocations() {
+        let keep: Vec<Vec<u8>> = (0..64).map(|i| vec![i as u8; 64 * 1024]).collect();
+        let freed: Vec<Vec<u8>> = (0..256).map(|_| vec![7u8; 64 * 1024]).collect();
+        drop(freed);
+        release_free_memory();
+        for (i, v) in keep.iter().enumerate() {
+            assert!(v.iter().all(|&b| b == i as u8));
+        }
+    }
+}
