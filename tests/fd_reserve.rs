@@ -174,35 +174,6 @@ fn clients_stop_at_the_ceiling_and_the_push_api_still_accepts() {
     );
 }
 
-fn open_fds() -> (u64, u64) {
-    let mut count = 0;
-    let mut max = 0;
-    for e in std::fs::read_dir("/proc/self/fd")
-        .expect("/proc/self/fd")
-        .flatten()
-    {
-        if let Some(n) = e.file_name().to_str().and_then(|s| s.parse::<u64>().ok()) {
-            count += 1;
-            max = max.max(n);
-        }
-    }
-    // The directory handle itself was one of them.
-    (count - 1, max)
-}
-
-fn set_soft_nofile(n: u64) {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain getrlimit/setrlimit on a struct we own.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut r), 0);
-        r.rlim_cur = n;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &r), 0);
-    }
-}
-
 #[test]
 fn failed_client_accepts_are_counted() {
     let _g = LIMIT.lock().unwrap_or_else(|p| p.into_inner());
