@@ -20,15 +20,16 @@
 #   SETTLE=10           seconds after the clients are gone before the last RSS
 #   SHARDS=             --shards (default: the server's default)
 #   EXTRA=              more server flags, e.g. "--max-outbound-bytes 2097152"
-#   LIMIT=300           seconds the whole measurement may take
+#   LIMIT=600           seconds the whole measurement may take
 #   KEEP_LOG=           copy the server log here at the end
+#   PAUSE=              seconds to hold the clients open after the pushes (to inspect with ss)
 set -euo pipefail
 
 N=${N:-2000}
 PUSH_BYTES=${PUSH_BYTES:-50000}
 ROUNDS=${ROUNDS:-80}
 SETTLE=${SETTLE:-10}
-LIMIT=${LIMIT:-300}
+LIMIT=${LIMIT:-600}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 SERVER=${SERVER:-target/release/throng}
