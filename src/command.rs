@@ -2,6 +2,7 @@
 //! shard, and answers from a shard back to the push API.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -95,6 +96,35 @@ pub enum ShardCmd {
     },
 }
 
+impl ShardCmd {
+    /// Bytes of push payload this command keeps alive while it waits in a shard queue
+    /// (shared payloads count once per shard: an upper bound, kept exact by the shard
+    /// releasing the same figure).
+    pub fn weight(&self) -> u64 {
+        match self {
+            ShardCmd::Users { push, users, .. } => {
+                let ids: usize = users.iter().map(|u| u.len()).sum();
+                (push.data.len() + push.id.as_ref().map_or(0, |i| i.len()) + ids) as u64
+            }
+            ShardCmd::Topic { frame, topic, .. } => (frame.len() + topic.len()) as u64,
+            ShardCmd::Broadcast { frame, .. } => frame.len() as u64,
+            ShardCmd::Disconnect { .. } | ShardCmd::Presence { .. } => 0,
+        }
+    }
+}
+
+/// Takes `weight` bytes from the backlog gauge unless that would pass `limit`; an empty
+/// backlog takes any one push, so a push larger than the limit is slow, never refused
+/// forever. Only the API thread reserves, so load-then-add cannot overshoot.
+pub fn reserve_backlog(gauge: &AtomicU64, weight: u64, limit: u64) -> bool {
+    let held = gauge.load(Relaxed);
+    if held > 0 && held.saturating_add(weight) > limit {
+        return false;
+    }
+    gauge.fetch_add(weight, Relaxed);
+    true
+}
+
 /// A shard's answer to a ticketed command.
 #[derive(Debug, Clone, Copy)]
 pub struct Reply {
@@ -104,4 +134,46 @@ pub struct Reply {
     pub sessions: u64,
     /// Distinct targeted users that were online.
     pub users: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backlog_is_bounded_by_bytes_but_takes_one_oversized_push() {
+        let gauge = AtomicU64::new(0);
+        assert!(
+            reserve_backlog(&gauge, 600, 500),
+            "an empty backlog takes anything"
+        );
+        assert!(!reserve_backlog(&gauge, 1, 500));
+        gauge.fetch_sub(600, Relaxed);
+        assert!(reserve_backlog(&gauge, 300, 500));
+        assert!(reserve_backlog(&gauge, 200, 500));
+        assert!(!reserve_backlog(&gauge, 1, 500));
+        assert_eq!(gauge.load(Relaxed), 500);
+    }
+
+    #[test]
+    fn weight_counts_payload_bytes() {
+        let push = Arc::new(Push {
+            data: "[1,2,3]".into(),
+            id: Some("id1".into()),
+            ts_ms: 0,
+            accepted_at: Instant::now(),
+        });
+        let cmd = ShardCmd::Users {
+            push,
+            users: vec!["ab".into(), "c".into()],
+            ticket: None,
+        };
+        assert_eq!(cmd.weight(), 7 + 3 + 3);
+        let b = ShardCmd::Broadcast {
+            frame: Bytes::from_static(b"0123456789"),
+            accepted_at: Instant::now(),
+            ticket: None,
+        };
+        assert_eq!(b.weight(), 10);
+    }
 }

@@ -138,6 +138,8 @@ pub struct Metrics {
     pub queue_full_refusals: AtomicU64,
     /// API requests served.
     pub api_requests: AtomicU64,
+    /// Bytes of push payload in commands waiting in shard queues (gauge).
+    pub command_bytes: AtomicU64,
     /// Open push API connections (gauge).
     pub api_connections: AtomicU64,
     /// Response bytes the push API holds for clients that have not read them yet (gauge).
@@ -173,6 +175,7 @@ impl Metrics {
             pushes_rejected: AtomicU64::new(0),
             queue_full_refusals: AtomicU64::new(0),
             api_requests: AtomicU64::new(0),
+            command_bytes: AtomicU64::new(0),
             api_connections: AtomicU64::new(0),
             api_output_bytes: AtomicU64::new(0),
             api_refused_connections: AtomicU64::new(0),
@@ -250,6 +253,7 @@ impl Metrics {
                 "accept_errors_api": self.accept_errors_api.load(Relaxed),
             },
             "api_connections": self.api_connections.load(Relaxed),
+            "command_bytes": self.command_bytes.load(Relaxed),
             "api_output_bytes": self.api_output_bytes.load(Relaxed),
             "pending_handshakes": self.pending_handshakes.load(Relaxed),
             "outbound_bytes": self.sum(|c| &c.outbound_bytes),
@@ -423,6 +427,11 @@ impl Metrics {
                 "throng_api_output_bytes",
                 "Response bytes held for push API clients that have not read them yet.",
                 &self.api_output_bytes,
+            ),
+            (
+                "throng_command_queue_bytes",
+                "Bytes of push payload waiting in shard command queues.",
+                &self.command_bytes,
             ),
             (
                 "throng_pending_handshakes",

@@ -223,13 +223,26 @@ impl Api {
                 return Err(QueueError::Overloaded);
             }
         }
+        // Pushes waiting for shards are bounded by bytes too (65,536 queued commands of
+        // 1 MiB each would be 64 GiB per shard): past the budget, 503 until they drain.
+        // Reserved before sending, so a shard's release never precedes it.
+        let weight: u64 = cmds.iter().map(|(_, c)| c.weight()).sum();
+        let budget = self.config.max_outbound_total_bytes;
+        if !crate::command::reserve_backlog(&self.metrics.command_bytes, weight, budget) {
+            self.metrics.queue_full_refusals.fetch_add(1, Relaxed);
+            return Err(QueueError::Overloaded);
+        }
         let n = cmds.len();
+        let mut unsent = weight;
         for (shard, cmd) in cmds {
             let handle = &self.shards[shard];
+            let w = cmd.weight();
             if handle.cmds.try_send(cmd).is_err() {
                 // Only a shard that has exited refuses now: shutdown is under way.
+                self.metrics.command_bytes.fetch_sub(unsent, Relaxed);
                 return Err(QueueError::Draining);
             }
+            unsent -= w;
             let _ = handle.waker.wake();
         }
         Ok(n)

@@ -281,11 +281,22 @@ impl Shard {
     }
 
     fn take_commands(&mut self) {
+        // What the API reserved for these commands, released once per turn.
+        let mut released = 0;
         for _ in 0..CHANNEL_BATCH {
             match self.cmd_rx.try_recv() {
-                Ok(cmd) => self.command(cmd),
+                Ok(cmd) => {
+                    released += cmd.weight();
+                    self.command(cmd);
+                }
                 Err(_) => break,
             }
+        }
+        if released > 0 {
+            self.shared
+                .metrics
+                .command_bytes
+                .fetch_sub(released, Relaxed);
         }
     }
 
