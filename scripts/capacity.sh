@@ -134,20 +134,9 @@ link_latest() {
 SRV_PID=
 stop_server() {
     [[ -n $SRV_PID ]] || return 0
-    if kill -0 "$SRV_PID" 2>/dev/null; then
-        log "stopping server $SRV_PID (SIGTERM)"
-        kill -TERM "$SRV_PID" 2>/dev/null || true
-        # The drain closes every connection and flushes for up to shutdown_grace_ms (5 s).
-        for _ in $(seq 150); do
-            kill -0 "$SRV_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$SRV_PID" 2>/dev/null; then
-            echo "capacity: server $SRV_PID still running after 15 s; SIGKILL" >&2
-            kill -KILL "$SRV_PID" 2>/dev/null || true
-        fi
-    fi
-    wait "$SRV_PID" 2>/dev/null || true
+    log "stopping server $SRV_PID (SIGTERM)"
+    # The drain closes every connection and flushes for up to shutdown_grace_ms (5 s).
+    stop_server_pid capacity "$SRV_PID" 15
     SRV_PID=
 }
 # shellcheck disable=SC2317  # invoked by the trap

@@ -34,18 +34,7 @@ LOAD=target/release/throng-load
 WORK=$(mktemp -d -t throng-idle.XXXXXX)
 SRV_PID=
 cleanup() {
-    if [[ -n $SRV_PID ]] && kill -0 "$SRV_PID" 2>/dev/null; then
-        kill -TERM "$SRV_PID" 2>/dev/null || true
-        for _ in $(seq 100); do
-            kill -0 "$SRV_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$SRV_PID" 2>/dev/null; then
-            echo "idle-memory: server $SRV_PID still running after 10 s; SIGKILL" >&2
-            kill -KILL "$SRV_PID" 2>/dev/null || true
-        fi
-        wait "$SRV_PID" 2>/dev/null || true
-    fi
+    stop_server_pid idle-memory "$SRV_PID" 10
     rm -rf "$WORK"
 }
 trap cleanup EXIT

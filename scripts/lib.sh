@@ -24,3 +24,22 @@ build_release_if_stale() {
     echo "$who: cargo build --release -p throng -p throng-load (${stale:-forced})"
     timeout 1800 cargo build --release -p throng -p throng-load
 }
+
+# Stops the server this script started, by its PID: SIGTERM (the server drains), then
+# SIGKILL after $3 seconds (default 10). $1 names the calling script in messages.
+stop_server_pid() {
+    local who=$1 pid=$2 secs=${3:-10}
+    [[ -n $pid ]] || return 0
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq $((secs * 10))); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            echo "$who: server $pid still running after $secs s; SIGKILL" >&2
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    wait "$pid" 2>/dev/null || true
+}

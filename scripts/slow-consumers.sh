@@ -39,19 +39,10 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 WORK=$(mktemp -d -t throng-slow.XXXXXX)
 SRV_PID=
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
 cleanup() {
-    if [[ -n $SRV_PID ]] && kill -0 "$SRV_PID" 2>/dev/null; then
-        kill -TERM "$SRV_PID" 2>/dev/null || true
-        for _ in $(seq 100); do
-            kill -0 "$SRV_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$SRV_PID" 2>/dev/null; then
-            echo "slow-consumers: server $SRV_PID still running after 10 s; SIGKILL" >&2
-            kill -KILL "$SRV_PID" 2>/dev/null || true
-        fi
-        wait "$SRV_PID" 2>/dev/null || true
-    fi
+    stop_server_pid slow-consumers "$SRV_PID" 10
     [[ -n ${KEEP_LOG:-} && -f $WORK/server.log ]] && cp "$WORK/server.log" "$KEEP_LOG"
     rm -rf "$WORK"
 }
