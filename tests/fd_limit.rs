@@ -52,13 +52,7 @@ fn out_of_descriptors_answers_503_and_recovers() {
     let srv = TestServer::start(&[]);
     // Let every server thread open what it opens at start before counting.
     let _ = srv.stats();
-    // Placeholders: when the client side runs out first, closing one gives the client its
-    // socket while the server is left with none.
-    let mut placeholders: Vec<std::fs::File> = (0..4)
-        .map(|_| std::fs::File::open("/dev/null").expect("/dev/null"))
-        .collect();
-    let (open, max_fd) = open_fds();
-    set_soft_nofile((open + 40).max(max_fd + 1));
+    let (mut placeholders, open) = squeeze_descriptors(40);
 
     let mut held = Vec::new();
     let mut refusal = None;

@@ -180,13 +180,7 @@ fn failed_client_accepts_are_counted() {
     let srv = TestServer::start(&[]);
     let _ = srv.stats();
     let before = srv.counter("accept_errors_client");
-    // Placeholders: when this side runs out first, closing one gives the client its socket
-    // while the server is left with none.
-    let mut placeholders: Vec<std::fs::File> = (0..4)
-        .map(|_| std::fs::File::open("/dev/null").expect("/dev/null"))
-        .collect();
-    let (open, max_fd) = open_fds();
-    set_soft_nofile((open + 40).max(max_fd + 1));
+    let (mut placeholders, open) = squeeze_descriptors(40);
     let mut held = Vec::new();
     let mut refused = None;
     for i in 0..2000 {

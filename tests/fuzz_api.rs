@@ -263,23 +263,8 @@ proptest! {
 // ---------------------------------------------------------------------------------------
 // Random blobs against a real server
 
-/// xorshift64*: a small deterministic generator, so a failure can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 /// Random bytes, or a real request with random damage.
-fn blob(rng: &mut Rng) -> Vec<u8> {
+fn blob(rng: &mut Xorshift) -> Vec<u8> {
     let valid = format!(
         "POST /v1/push?wait=1 HTTP/1.1\r\nAuthorization: Bearer {API_KEY}\r\nContent-Length: 25\r\n\r\n{{\"user\":\"blob\",\"data\":[1]}}GET /healthz HTTP/1.1\r\n\r\n"
     )
@@ -323,7 +308,7 @@ fn random_blobs_do_not_hurt_the_api() {
     let threads: Vec<_> = (0..4u64)
         .map(|t| {
             std::thread::spawn(move || {
-                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (t + 1));
+                let mut rng = Xorshift(0x9E37_79B9_7F4A_7C15 ^ (t + 1));
                 for _ in 0..25 {
                     let mut s = tcp(api);
                     // How long to listen for an answer, not a condition of the test.

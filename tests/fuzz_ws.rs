@@ -332,26 +332,8 @@ fn refusal_of_too_many_fields_names_the_limit() {
 
 // ---- a real server under random input --------------------------------------------------
 
-/// A small deterministic generator (xorshift64*), so a failure reproduces.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
-
 /// Random bytes, or a valid request or frame with a few bytes changed.
-fn blob(rng: &mut Rng, valid: &[u8]) -> Vec<u8> {
+fn blob(rng: &mut Xorshift, valid: &[u8]) -> Vec<u8> {
     if rng.below(2) == 0 {
         let n = rng.below(3000);
         rng.bytes(n)
@@ -384,7 +366,7 @@ fn server_survives_random_upgrades_and_frames() {
         .map(|w| {
             let (ws, up, fr) = (srv.ws, valid_upgrade.clone(), valid_frame.clone());
             std::thread::spawn(move || {
-                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (w + 1));
+                let mut rng = Xorshift(0x9E37_79B9_7F4A_7C15 ^ (w + 1));
                 for round in 0..25 {
                     // Random bytes as the upgrade request.
                     let mut s = tcp(ws);

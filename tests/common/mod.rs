@@ -930,3 +930,39 @@ pub fn set_soft_nofile(n: u64) {
         assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &r), 0);
     }
 }
+
+/// Leaves this process `spare` descriptors (and never less than its highest one) and
+/// returns 4 placeholders (when the test's client side runs out first, closing one gives
+/// the client its socket while the server in this process is left with none) and the
+/// number of descriptors that were open.
+pub fn squeeze_descriptors(spare: u64) -> (Vec<std::fs::File>, u64) {
+    let placeholders = (0..4)
+        .map(|_| std::fs::File::open("/dev/null").expect("/dev/null"))
+        .collect();
+    let (open, max_fd) = open_fds();
+    set_soft_nofile((open + spare).max(max_fd + 1));
+    (placeholders, open)
+}
+
+// ---------------------------------------------------------------------------------------
+// Random input for the fuzz tests against real servers
+
+/// xorshift64*: a small deterministic generator, so a failure can be replayed from its seed.
+pub struct Xorshift(pub u64);
+
+impl Xorshift {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    /// `n` random bytes.
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
