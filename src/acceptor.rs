@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::TrySendError;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
@@ -24,9 +23,9 @@ use crate::command::Handoff;
 use crate::config::{Config, MAX_HEAD_BYTES};
 use crate::fdlimit;
 use crate::handshake::{self, Refusal, Upgrade};
+use crate::link::{Links, SendError};
 use crate::metrics::{Metrics, Outcome};
 use crate::route::shard_of;
-use crate::shard::ShardHandle;
 use crate::wheel::{TimerId, Wheel};
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -60,7 +59,7 @@ pub struct Acceptor {
     metrics: Arc<Metrics>,
     admission: Arc<Admission>,
     rate: ConnectRate,
-    shards: Vec<ShardHandle>,
+    shards: Links<Handoff>,
     draining: Arc<AtomicBool>,
     paused_until: Option<Instant>,
     scratch: Vec<u8>,
@@ -70,9 +69,6 @@ pub struct Acceptor {
     spare_fd: Option<std::fs::File>,
     /// When running out of descriptors was last logged (at most once a second).
     out_of_files_logged: Option<Instant>,
-    /// Shards handed a connection since they were last woken: one wake per shard per
-    /// turn instead of one per connection.
-    to_wake: Vec<bool>,
     /// Handshakes whose head is still being read (the `pending_handshakes` gauge).
     in_progress: usize,
     /// Client sockets (connections plus pending ones) the open-file limit allows once the
@@ -90,13 +86,12 @@ impl Acceptor {
         config: Arc<Config>,
         metrics: Arc<Metrics>,
         admission: Arc<Admission>,
-        shards: Vec<ShardHandle>,
+        shards: Links<Handoff>,
         draining: Arc<AtomicBool>,
     ) -> io::Result<Acceptor> {
         let mut listener = TcpListener::from_std(listener);
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
-        let to_wake = vec![false; shards.len()];
         let fd_ceiling = client_fd_ceiling(&config);
         Ok(Acceptor {
             poll,
@@ -115,7 +110,6 @@ impl Acceptor {
             scratch: vec![0; MAX_HEAD_BYTES + 1024],
             spare_fd: std::fs::File::open("/dev/null").ok(),
             out_of_files_logged: None,
-            to_wake,
             in_progress: 0,
             fd_ceiling,
         })
@@ -369,7 +363,6 @@ impl Acceptor {
         self.wheel.cancel(p.timer);
         let _ = self.poll.registry().deregister(&mut p.stream);
         let shard_id = shard_of(&identity.user, self.shards.len());
-        let shard = &self.shards[shard_id];
         let leftover = p.buf.split_off(up.head_len);
         let handoff = Handoff {
             stream: p.stream,
@@ -378,26 +371,13 @@ impl Acceptor {
             leftover,
             ip,
         };
-        match shard.conns.try_send(handoff) {
-            Ok(()) => {
-                // Wake at the end of the turn, or now if the queue is filling up.
-                if shard
-                    .conns
-                    .capacity()
-                    .is_some_and(|cap| shard.conns.len() * 2 >= cap)
-                {
-                    let _ = shard.waker.wake();
-                } else {
-                    self.to_wake[shard_id] = true;
-                }
-                self.metrics.handshake(Outcome::Accepted);
-            }
-            Err(e) => {
-                let refusal = match &e {
-                    TrySendError::Full(_) => Refusal::OverCapacity("shard queue is full"),
-                    TrySendError::Disconnected(_) => Refusal::Draining,
+        match self.shards.send(shard_id, handoff) {
+            Ok(()) => self.metrics.handshake(Outcome::Accepted),
+            Err((e, h)) => {
+                let refusal = match e {
+                    SendError::Full => Refusal::OverCapacity("shard queue is full"),
+                    SendError::Stopped => Refusal::Draining,
                 };
-                let h = e.into_inner();
                 self.admission.release(ip);
                 self.readopt_refused(h.stream, ip, refusal);
             }
@@ -406,11 +386,7 @@ impl Acceptor {
 
     /// Wakes every shard that was handed connections this turn, once.
     fn wake_shards(&mut self) {
-        for (wake, shard) in self.to_wake.iter_mut().zip(&self.shards) {
-            if std::mem::take(wake) {
-                let _ = shard.waker.wake();
-            }
-        }
+        self.shards.wake_pending();
     }
 
     /// Writes the refusal, shuts the write half, and lingers until the client's FIN.

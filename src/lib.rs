@@ -16,6 +16,7 @@ pub mod frame;
 pub mod handshake;
 pub mod http;
 pub mod json_depth;
+pub mod link;
 pub mod messages;
 pub mod metrics;
 pub mod route;

@@ -14,6 +14,7 @@ use crate::admission::Admission;
 use crate::api::{self, Api};
 use crate::auth::{KeyError, Verifier};
 use crate::config::Config;
+use crate::link::Links;
 use crate::metrics::Metrics;
 use crate::shard::{self, ReplySink, ShardShared};
 
@@ -123,11 +124,18 @@ impl Server {
                 },
             };
             let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
-            let (handle, thread) = shard::spawn(id, shared, core)?;
-            handles.push(handle);
+            let (ends, thread) = shard::spawn(id, shared, core)?;
+            handles.push(ends);
             shard_threads.push(thread);
         }
         let shard_wakers = handles.iter().map(|h| Arc::clone(&h.waker)).collect();
+        // Each queue gets exactly one sender: connections the acceptor, commands the API.
+        let mut conn_parts = Vec::with_capacity(handles.len());
+        let mut cmd_parts = Vec::with_capacity(handles.len());
+        for h in handles {
+            conn_parts.push((h.conns, Arc::clone(&h.waker)));
+            cmd_parts.push((h.cmds, h.waker));
+        }
 
         let acceptor_poll = Poll::new()?;
         let acceptor_waker = acceptor::waker(&acceptor_poll)?;
@@ -138,7 +146,7 @@ impl Server {
             Arc::clone(&config),
             Arc::clone(&metrics),
             Arc::clone(&admission),
-            handles.clone(),
+            Links::from_parts(conn_parts),
             Arc::clone(&draining),
         )?;
         let acceptor_thread = std::thread::Builder::new()
@@ -148,7 +156,7 @@ impl Server {
         let api = Api::new(
             api_poll,
             api_listener,
-            handles,
+            Links::from_parts(cmd_parts),
             reply_rx,
             Arc::clone(&config),
             Arc::clone(&metrics),

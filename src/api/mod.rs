@@ -22,10 +22,11 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use crate::command::Reply;
+use crate::command::ShardCmd;
 use crate::config::{Config, MAX_API_BODY_BYTES};
 use crate::http;
+use crate::link::Links;
 use crate::metrics::Metrics;
-use crate::shard::ShardHandle;
 use request::{FrameError, Framed};
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -131,7 +132,7 @@ pub struct Api {
     poll: Poll,
     listener: TcpListener,
     conns: Slab<ApiConn>,
-    shards: Vec<ShardHandle>,
+    shards: Links<ShardCmd>,
     replies: Receiver<Reply>,
     config: Arc<Config>,
     metrics: Arc<Metrics>,
@@ -154,7 +155,7 @@ impl Api {
     pub fn new(
         poll: Poll,
         listener: std::net::TcpListener,
-        shards: Vec<ShardHandle>,
+        shards: Links<ShardCmd>,
         replies: Receiver<Reply>,
         config: Arc<Config>,
         metrics: Arc<Metrics>,
@@ -235,6 +236,8 @@ impl Api {
                 last_sweep = self.now;
                 self.sweep();
             }
+            // Commands sent this turn wake their shards, once each.
+            self.shards.wake_pending();
         }
     }
 

@@ -10,6 +10,7 @@ use crate::auth::validate_user;
 use crate::command::{ShardCmd, Ticket};
 use crate::frame::close;
 use crate::http;
+use crate::link::SendError;
 use crate::route::shard_of;
 
 /// Why a push could not be queued.
@@ -214,15 +215,6 @@ impl Api {
             return Err(QueueError::Draining);
         }
         let cmds = push::route(p, self.shards.len(), ticket);
-        // The API thread is the only sender on command channels, so room seen here is
-        // still there when it sends: a push reaches all its shards or none of them.
-        for (shard, _) in &cmds {
-            let tx = &self.shards[*shard].cmds;
-            if tx.capacity().is_some_and(|cap| tx.len() >= cap) {
-                self.metrics.queue_full_refusals.fetch_add(1, Relaxed);
-                return Err(QueueError::Overloaded);
-            }
-        }
         // Pushes waiting for shards are bounded by bytes too (65,536 queued commands of
         // 1 MiB each would be 64 GiB per shard): past the budget, 503 until they drain.
         // Reserved before sending, so a shard's release never precedes it.
@@ -233,33 +225,32 @@ impl Api {
             return Err(QueueError::Overloaded);
         }
         let n = cmds.len();
-        let mut unsent = weight;
-        for (shard, cmd) in cmds {
-            let handle = &self.shards[shard];
-            let w = cmd.weight();
-            if handle.cmds.try_send(cmd).is_err() {
-                // Only a shard that has exited refuses now: shutdown is under way.
-                self.metrics.command_bytes.fetch_sub(unsent, Relaxed);
-                return Err(QueueError::Draining);
+        // The API owns the only command sender, so a push reaches all its shards or none.
+        match self.shards.send_all_or_none(cmds) {
+            Ok(()) => Ok(n),
+            Err((e, unsent)) => {
+                let back: u64 = unsent.iter().map(ShardCmd::weight).sum();
+                self.metrics.command_bytes.fetch_sub(back, Relaxed);
+                Err(self.queue_error(e))
             }
-            unsent -= w;
-            let _ = handle.waker.wake();
         }
-        Ok(n)
+    }
+
+    /// Counts and translates a refused send.
+    fn queue_error(&self, e: SendError) -> QueueError {
+        match e {
+            SendError::Full => {
+                self.metrics.queue_full_refusals.fetch_add(1, Relaxed);
+                QueueError::Overloaded
+            }
+            SendError::Stopped => QueueError::Draining,
+        }
     }
 
     fn send_ticketed(&mut self, shard: usize, cmd: ShardCmd) -> Result<(), QueueError> {
-        let handle = &self.shards[shard];
-        match handle.cmds.try_send(cmd) {
-            Ok(()) => {
-                let _ = handle.waker.wake();
-                Ok(())
-            }
-            Err(crossbeam_channel::TrySendError::Full(_)) => {
-                self.metrics.queue_full_refusals.fetch_add(1, Relaxed);
-                Err(QueueError::Overloaded)
-            }
-            Err(crossbeam_channel::TrySendError::Disconnected(_)) => Err(QueueError::Draining),
+        match self.shards.send(shard, cmd) {
+            Ok(()) => Ok(()),
+            Err((e, _)) => Err(self.queue_error(e)),
         }
     }
 

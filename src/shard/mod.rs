@@ -48,9 +48,9 @@ const READS_PER_EVENT: usize = 16;
 const SCRATCH_BYTES: usize = 64 * 1024;
 const WAKER: Token = Token(usize::MAX);
 
-/// The senders other threads use to reach a shard.
-#[derive(Clone)]
-pub struct ShardHandle {
+/// The sending ends of a new shard's two queues and its waker: the connection queue goes
+/// to the acceptor's [`Links`](crate::link::Links), the command queue to the push API's.
+pub struct ShardEnds {
     /// Upgraded connections from the acceptor.
     pub conns: Sender<Handoff>,
     /// Commands from the push API.
@@ -87,12 +87,12 @@ pub fn spawn(
     id: usize,
     shared: ShardShared,
     core: Option<core_affinity::CoreId>,
-) -> io::Result<(ShardHandle, std::thread::JoinHandle<()>)> {
+) -> io::Result<(ShardEnds, std::thread::JoinHandle<()>)> {
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
     let cap = shared.config.shard_queue_capacity;
-    let (conn_tx, conn_rx) = crossbeam_channel::bounded(cap);
-    let (cmd_tx, cmd_rx) = crossbeam_channel::bounded(cap);
+    let (conn_tx, conn_rx) = crate::link::queue(cap);
+    let (cmd_tx, cmd_rx) = crate::link::queue(cap);
     let thread = std::thread::Builder::new()
         .name(format!("throng-shard-{id}"))
         .spawn(move || {
@@ -103,7 +103,7 @@ pub fn spawn(
             shard.run();
         })?;
     Ok((
-        ShardHandle {
+        ShardEnds {
             conns: conn_tx,
             cmds: cmd_tx,
             waker,
