@@ -33,6 +33,90 @@ pub mod close {
     pub const TOO_MANY_SESSIONS: u16 = 4009;
 }
 
+/// What a server-initiated close counts as; each cause has one counter (or none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseCause {
+    /// The server is shutting down (1001).
+    Shutdown,
+    /// The client broke the protocol (1002, 1003, 1007, 1008, 1009).
+    Protocol,
+    /// The token expired while connected (4001).
+    TokenExpired,
+    /// No inbound traffic for `idle_timeout` (4002).
+    Heartbeat,
+    /// The push API asked for it (4003 or the code it gave).
+    ApiDisconnect,
+    /// The connection's own queue passed `max_outbound_bytes` (4008).
+    SlowConsumer,
+    /// The process passed `max_outbound_total_bytes` and this queue was among the largest
+    /// (4008).
+    Budget,
+    /// A newer session of the same user took its place (4009).
+    SessionEvicted,
+}
+
+/// A server-initiated close as a value: the code and reason sent, and what it counts as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Close<'a> {
+    /// The close code sent to the client.
+    pub code: u16,
+    /// The reason sent with it (at most 123 bytes).
+    pub reason: &'a str,
+    /// What it counts as.
+    pub cause: CloseCause,
+}
+
+impl Close<'_> {
+    /// 1001: the server is shutting down.
+    pub const SHUTDOWN: Close<'static> = Close {
+        code: close::GOING_AWAY,
+        reason: "server shutting down",
+        cause: CloseCause::Shutdown,
+    };
+    /// 1008: more refused client messages in a row than allowed.
+    pub const TOO_MANY_REFUSED: Close<'static> = Close {
+        code: close::POLICY,
+        reason: "too many refused messages",
+        cause: CloseCause::Protocol,
+    };
+    /// 4001: the token expired while connected.
+    pub const TOKEN_EXPIRED: Close<'static> = Close {
+        code: close::TOKEN_EXPIRED,
+        reason: "token expired",
+        cause: CloseCause::TokenExpired,
+    };
+    /// 4002: heartbeat timeout.
+    pub const HEARTBEAT_TIMEOUT: Close<'static> = Close {
+        code: close::HEARTBEAT_TIMEOUT,
+        reason: "heartbeat timeout",
+        cause: CloseCause::Heartbeat,
+    };
+    /// 4008: the connection's outbound queue is full.
+    pub const SLOW_CONSUMER: Close<'static> = Close {
+        code: close::SLOW_CONSUMER,
+        reason: "slow consumer: outbound queue full",
+        cause: CloseCause::SlowConsumer,
+    };
+    /// 4008: the process-wide outbound budget is exceeded.
+    pub const OVER_BUDGET: Close<'static> = Close {
+        code: close::SLOW_CONSUMER,
+        reason: "slow consumer: server memory budget exceeded",
+        cause: CloseCause::Budget,
+    };
+    /// 4009: too many sessions for this user; this was the oldest.
+    pub const SESSION_EVICTED: Close<'static> = Close {
+        code: close::TOO_MANY_SESSIONS,
+        reason: "too many sessions for this user",
+        cause: CloseCause::SessionEvicted,
+    };
+
+    /// Whether frames not yet started are dropped first: a slow consumer would never read
+    /// them, and they hold memory.
+    pub fn discards_queue(&self) -> bool {
+        matches!(self.cause, CloseCause::SlowConsumer | CloseCause::Budget)
+    }
+}
+
 /// Longest server frame header: 2 bytes + 8 bytes of length (no mask).
 pub const MAX_HEADER: usize = 10;
 /// Longest client frame header: 2 + 8 length + 4 mask.
@@ -319,6 +403,24 @@ pub fn pong(payload: &[u8]) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn closes_carry_their_codes_and_only_slow_consumers_discard() {
+        let all = [
+            (Close::SHUTDOWN, 1001),
+            (Close::TOO_MANY_REFUSED, 1008),
+            (Close::TOKEN_EXPIRED, 4001),
+            (Close::HEARTBEAT_TIMEOUT, 4002),
+            (Close::SLOW_CONSUMER, 4008),
+            (Close::OVER_BUDGET, 4008),
+            (Close::SESSION_EVICTED, 4009),
+        ];
+        for (c, code) in all {
+            assert_eq!(c.code, code, "{c:?}");
+            assert!(c.reason.len() <= 123, "{c:?}");
+            assert_eq!(c.discards_queue(), code == 4008, "{c:?}");
+        }
+    }
 
     fn client_frame(b0: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
         let mut v = vec![b0];

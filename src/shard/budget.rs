@@ -13,7 +13,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use crate::frame::close;
+use crate::frame::Close;
 
 use super::Shard;
 
@@ -85,14 +85,7 @@ impl Shard {
             if self.held_bytes() <= target {
                 break;
             }
-            let c = self.counters();
-            c.budget_closes.fetch_add(1, Relaxed);
-            c.slow_consumer_closes.fetch_add(1, Relaxed);
-            self.close_discarding(
-                key,
-                close::SLOW_CONSUMER,
-                "slow consumer: server memory budget exceeded",
-            );
+            self.close(key, Close::OVER_BUDGET);
         }
         self.publish_memory();
     }

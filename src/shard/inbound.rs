@@ -2,9 +2,8 @@
 //! and the client messages they carry.
 
 use std::io::{self, Read};
-use std::sync::atomic::Ordering::Relaxed;
 
-use crate::frame::{self, close, FrameError, Head, Kind};
+use crate::frame::{self, Close, CloseCause, FrameError, Head, Kind};
 use crate::messages::{self, ClientMsg, Refused};
 use crate::topic;
 
@@ -125,8 +124,15 @@ impl Shard {
     }
 
     fn protocol_close(&mut self, key: u32, e: FrameError) {
-        self.counters().protocol_closes.fetch_add(1, Relaxed);
-        self.close(key, e.close_code(), &e.to_string());
+        let reason = e.to_string();
+        self.close(
+            key,
+            Close {
+                code: e.close_code(),
+                reason: &reason,
+                cause: CloseCause::Protocol,
+            },
+        );
     }
 
     /// Handles one unmasked frame.
@@ -217,8 +223,7 @@ impl Shard {
                 };
                 c.refused = c.refused.saturating_add(1);
                 if c.refused > MAX_REFUSED_IN_ROW {
-                    self.counters().protocol_closes.fetch_add(1, Relaxed);
-                    self.close(key, close::POLICY, "too many refused messages");
+                    self.close(key, Close::TOO_MANY_REFUSED);
                 } else {
                     self.reply(key, messages::error_frame(&refused, reference.as_deref()));
                 }

@@ -23,7 +23,7 @@ use rustc_hash::FxBuildHasher;
 use crate::admission::Admission;
 use crate::command::{Handoff, Reply, ShardCmd, Ticket};
 use crate::config::Config;
-use crate::frame::{self, close};
+use crate::frame::{self, Close, CloseCause};
 use crate::handshake::Refusal;
 use crate::http;
 use crate::messages;
@@ -367,12 +367,7 @@ impl Shard {
             .filter(|u| u.sessions.len() > max)
             .map(|u| u.sessions[0])
         {
-            self.counters().session_evictions.fetch_add(1, Relaxed);
-            self.close(
-                oldest,
-                close::TOO_MANY_SESSIONS,
-                "too many sessions for this user",
-            );
+            self.close(oldest, Close::SESSION_EVICTED);
         }
         if !h.leftover.is_empty() {
             let mut leftover = h.leftover;
@@ -473,9 +468,13 @@ impl Shard {
                     .and_then(|k| self.users.get(k))
                     .map(|u| u.sessions.clone())
                     .unwrap_or_default();
+                let close = Close {
+                    code,
+                    reason: &reason,
+                    cause: CloseCause::ApiDisconnect,
+                };
                 for &key in &sessions {
-                    self.counters().api_disconnects.fetch_add(1, Relaxed);
-                    self.close(key, code, &reason);
+                    self.close(key, close);
                 }
                 let n = sessions.len() as u64;
                 self.answer(Some(ticket), n, u64::from(n > 0));
@@ -523,12 +522,7 @@ impl Shard {
         match self.conns.send(key, frame) {
             Sent::Ok => true,
             Sent::Overflow => {
-                self.counters().slow_consumer_closes.fetch_add(1, Relaxed);
-                self.close_discarding(
-                    key,
-                    close::SLOW_CONSUMER,
-                    "slow consumer: outbound queue full",
-                );
+                self.close(key, Close::SLOW_CONSUMER);
                 false
             }
             Sent::Broken => {
@@ -622,13 +616,12 @@ impl Shard {
             return;
         }
         if tick >= c.expires {
-            self.close(key, close::TOKEN_EXPIRED, "token expired");
+            self.close(key, Close::TOKEN_EXPIRED);
             return;
         }
         let silent = tick.saturating_sub(c.last_rx);
         if silent >= self.idle_ticks {
-            self.counters().heartbeat_closes.fetch_add(1, Relaxed);
-            self.close(key, close::HEARTBEAT_TIMEOUT, "heartbeat timeout");
+            self.close(key, Close::HEARTBEAT_TIMEOUT);
             return;
         }
         if silent >= self.ping_ticks && c.flags & PING_SENT == 0 {
@@ -638,25 +631,21 @@ impl Shard {
         self.arm(key);
     }
 
-    /// Begins the close handshake: leaves the indexes, queues the close frame, and gives
-    /// the client `CLOSE_LINGER` to finish.
-    fn close(&mut self, key: u32, code: u16, reason: &str) {
-        self.begin_close(key, code, reason, false);
-    }
-
-    /// Like `close`, but drops queued frames the client would never read first.
-    fn close_discarding(&mut self, key: u32, code: u16, reason: &str) {
-        self.begin_close(key, code, reason, true);
-    }
-
-    fn begin_close(&mut self, key: u32, code: u16, reason: &str, discard: bool) {
+    /// Begins the close handshake: counts the close by its cause (the one place closes
+    /// are counted), leaves the indexes, queues the close frame (after dropping unstarted
+    /// frames for a slow consumer), and gives the client `CLOSE_LINGER` to finish.
+    fn close(&mut self, key: u32, close: Close<'_>) {
         match self.conns.slab.get(key as usize) {
             Some(c) if !c.closing() => {}
             _ => return,
         }
+        self.count_close(close.cause);
         self.leave_indexes(key);
-        self.conns
-            .queue_close(key, frame::close_frame(code, reason), discard);
+        self.conns.queue_close(
+            key,
+            frame::close_frame(close.code, close.reason),
+            close.discards_queue(),
+        );
         let linger = match self.drain_deadline {
             Some(_) => self
                 .shared
@@ -670,6 +659,23 @@ impl Shard {
             self.tick
                 .saturating_add((linger.as_millis() as u64 / TICK_MS) as u32),
         );
+    }
+
+    fn count_close(&self, cause: CloseCause) {
+        let c = self.counters();
+        let counter = match cause {
+            CloseCause::Protocol => &c.protocol_closes,
+            CloseCause::Heartbeat => &c.heartbeat_closes,
+            CloseCause::SlowConsumer => &c.slow_consumer_closes,
+            CloseCause::Budget => {
+                c.budget_closes.fetch_add(1, Relaxed);
+                &c.slow_consumer_closes
+            }
+            CloseCause::SessionEvicted => &c.session_evictions,
+            CloseCause::ApiDisconnect => &c.api_disconnects,
+            CloseCause::Shutdown | CloseCause::TokenExpired => return,
+        };
+        counter.fetch_add(1, Relaxed);
     }
 
     /// Answers a client's close (echoing its code) and waits for its FIN.
@@ -761,7 +767,7 @@ impl Shard {
                     .map(|(k, _)| k as u32)
                     .collect();
                 for key in open {
-                    self.close(key, close::GOING_AWAY, "server shutting down");
+                    self.close(key, Close::SHUTDOWN);
                 }
                 let mut broken = Vec::new();
                 self.conns.flush_dirty(&mut broken);
