@@ -72,14 +72,7 @@ impl Shard {
         let over = total - (budget - budget / BUDGET_HEADROOM_DIVISOR);
         let share = (u128::from(over) * u128::from(local)).div_ceil(u128::from(total)) as u64;
         let target = local - share.min(local);
-        let mut holders: Vec<(usize, u32)> = self
-            .conns
-            .slab
-            .iter()
-            .filter(|(_, c)| !c.closing() && (c.out.is_some() || c.partial.is_some()))
-            .map(|(k, _)| (self.conns.footprint(k as u32), k as u32))
-            .filter(|&(bytes, _)| bytes > 0)
-            .collect();
+        let mut holders = self.conns.holders();
         holders.sort_unstable_by(|a, b| b.cmp(a));
         for (_, key) in holders {
             if self.held_bytes() <= target {

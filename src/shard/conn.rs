@@ -13,12 +13,21 @@ use crate::wheel::TimerId;
 
 /// A server ping is outstanding (no inbound traffic since it was sent).
 pub const PING_SENT: u8 = 1;
-/// A close frame is queued; the connection is leaving the indexes.
-pub const CLOSING: u8 = 2;
-/// The write half was shut after the close frame went out.
-pub const WRITE_SHUT: u8 = 4;
 /// In the shard's dirty list, waiting for a flush.
 pub const DIRTY: u8 = 8;
+
+/// Where a connection is in its close lifecycle; only ever moves forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[repr(u8)]
+pub enum Phase {
+    /// Indexed under its user and topics; serving.
+    #[default]
+    Open,
+    /// Out of the indexes; a close frame is queued (or the socket is being dropped).
+    Closing,
+    /// The close frame is out and the write half shut; waiting for the client's FIN.
+    WriteShut,
+}
 
 /// Bytes kept between reads: an incomplete frame, and a fragmented message being assembled.
 #[derive(Default)]
@@ -145,8 +154,10 @@ pub struct Conn {
     pub expires: u32,
     /// The one armed timer, if any.
     pub timer: Option<TimerId>,
-    /// `PING_SENT`, `CLOSING`, `WRITE_SHUT`, `DIRTY`.
+    /// `PING_SENT`, `DIRTY`.
     pub flags: u8,
+    /// The close lifecycle.
+    pub phase: Phase,
     /// Client messages refused in a row.
     pub refused: u8,
     /// Client IP, released from admission control at the end.
@@ -162,7 +173,7 @@ pub struct Conn {
 impl Conn {
     /// Whether the close handshake has begun.
     pub fn closing(&self) -> bool {
-        self.flags & CLOSING != 0
+        self.phase != Phase::Open
     }
 }
 
@@ -180,7 +191,7 @@ pub enum Sent {
 /// The shard's connections and everything about getting bytes to them.
 pub struct Conns {
     /// Connections by key; the key is also the mio token.
-    pub slab: Slab<Conn>,
+    slab: Slab<Conn>,
     dirty: Vec<u32>,
     // Boxed on purpose: queues move between connections and the pool without reallocating.
     #[allow(clippy::vec_box)]
@@ -209,6 +220,55 @@ impl Conns {
             queued: 0,
             partial: 0,
         }
+    }
+
+    /// The connection with this key.
+    pub fn get(&self, key: u32) -> Option<&Conn> {
+        self.slab.get(key as usize)
+    }
+
+    /// The connection with this key, to change.
+    pub fn get_mut(&mut self, key: u32) -> Option<&mut Conn> {
+        self.slab.get_mut(key as usize)
+    }
+
+    /// Keys of the connections that are open (not closing).
+    pub fn open_keys(&self) -> impl Iterator<Item = u32> + '_ {
+        self.slab
+            .iter()
+            .filter(|(_, c)| !c.closing())
+            .map(|(k, _)| k as u32)
+    }
+
+    /// Keys of every connection, closing ones included.
+    pub fn all_keys(&self) -> Vec<u32> {
+        self.slab.iter().map(|(k, _)| k as u32).collect()
+    }
+
+    /// Whether the shard holds no connection at all.
+    pub fn is_empty(&self) -> bool {
+        self.slab.is_empty()
+    }
+
+    /// The key the next `insert` will use (to register the socket under it first).
+    pub fn vacant_key(&self) -> u32 {
+        self.slab.vacant_key() as u32
+    }
+
+    /// Adds a connection under `vacant_key()`.
+    pub fn insert(&mut self, conn: Conn) -> u32 {
+        self.slab.insert(conn) as u32
+    }
+
+    /// Open connections holding bytes, as `(bytes held, key)`: the candidates when the
+    /// memory budget is exceeded.
+    pub fn holders(&self) -> Vec<(usize, u32)> {
+        self.slab
+            .iter()
+            .filter(|(_, c)| !c.closing() && (c.out.is_some() || c.partial.is_some()))
+            .map(|(k, _)| (self.footprint(k as u32), k as u32))
+            .filter(|&(bytes, _)| bytes > 0)
+            .collect()
     }
 
     /// Bytes queued on every connection and not yet written.
@@ -308,7 +368,7 @@ impl Conns {
         let Some(conn) = self.slab.get_mut(key as usize) else {
             return;
         };
-        conn.flags |= CLOSING;
+        conn.phase = conn.phase.max(Phase::Closing);
         let q = conn
             .out
             .get_or_insert_with(|| pool.pop().unwrap_or_default());
@@ -339,8 +399,8 @@ impl Conns {
         self.queued -= before - q.bytes;
         let done = result?;
         if done {
-            if conn.closing() && conn.flags & WRITE_SHUT == 0 {
-                conn.flags |= WRITE_SHUT;
+            if conn.phase == Phase::Closing {
+                conn.phase = Phase::WriteShut;
                 // The close frame is out: FIN after it, then wait for the client's FIN.
                 let _ = conn.stream.shutdown(Shutdown::Write);
             }
@@ -434,6 +494,13 @@ mod tests {
         grown.extend_from_slice(&[0; 100]);
         trim_leftover(&mut grown);
         assert!(grown.capacity() < LEFTOVER_SLACK, "{}", grown.capacity());
+    }
+
+    #[test]
+    fn phase_only_moves_forward() {
+        assert!(Phase::Open < Phase::Closing && Phase::Closing < Phase::WriteShut);
+        assert_eq!(Phase::WriteShut.max(Phase::Closing), Phase::WriteShut);
+        assert_eq!(std::mem::size_of::<Phase>(), 1);
     }
 
     #[test]

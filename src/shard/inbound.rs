@@ -17,7 +17,7 @@ impl Shard {
     /// Reads what the socket has, within the read budget.
     pub(super) fn on_readable(&mut self, key: u32) {
         for _ in 0..super::READS_PER_EVENT {
-            let Some(conn) = self.conns.slab.get_mut(key as usize) else {
+            let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
             let n = match conn.stream.read(&mut self.scratch) {
@@ -79,7 +79,7 @@ impl Shard {
 
     fn keep_leftover(&mut self, key: u32, mut rest: Vec<u8>) {
         trim_leftover(&mut rest);
-        if let Some(c) = self.conns.slab.get_mut(key as usize) {
+        if let Some(c) = self.conns.get_mut(key) {
             if !c.closing() {
                 c.partial.get_or_insert_with(Default::default).leftover = rest;
             }
@@ -91,7 +91,7 @@ impl Shard {
         let max = self.shared.config.max_message_size;
         let mut pos = 0;
         loop {
-            let Some(c) = self.conns.slab.get(key as usize) else {
+            let Some(c) = self.conns.get(key) else {
                 return buf.len();
             };
             if c.closing() {
@@ -154,8 +154,7 @@ impl Shard {
             Kind::Text => {
                 let in_message = self
                     .conns
-                    .slab
-                    .get(key as usize)
+                    .get(key)
                     .and_then(|c| c.partial.as_ref())
                     .is_some_and(|p| p.message.is_some());
                 if in_message {
@@ -164,7 +163,7 @@ impl Shard {
                 if head.fin {
                     self.text(key, payload)
                 } else {
-                    if let Some(c) = self.conns.slab.get_mut(key as usize) {
+                    if let Some(c) = self.conns.get_mut(key) {
                         c.partial
                             .get_or_insert_with(Box::<Partial>::default)
                             .message = Some(payload.to_vec());
@@ -174,7 +173,7 @@ impl Shard {
             }
             Kind::Continue => {
                 let max = self.shared.config.max_message_size;
-                let Some(c) = self.conns.slab.get_mut(key as usize) else {
+                let Some(c) = self.conns.get_mut(key) else {
                     return Ok(());
                 };
                 let Some(msg) = c.partial.as_mut().and_then(|p| p.message.as_mut()) else {
@@ -213,12 +212,12 @@ impl Shard {
         self.json = buffers;
         match outcome {
             Ok(()) => {
-                if let Some(c) = self.conns.slab.get_mut(key as usize) {
+                if let Some(c) = self.conns.get_mut(key) {
                     c.refused = 0;
                 }
             }
             Err(refused) => {
-                let Some(c) = self.conns.slab.get_mut(key as usize) else {
+                let Some(c) = self.conns.get_mut(key) else {
                     return Ok(());
                 };
                 c.refused = c.refused.saturating_add(1);
@@ -257,7 +256,7 @@ impl Shard {
             ClientMsg::Unsubscribe { topic } => {
                 topic::validate(&topic).map_err(|e| bad_topic(&e))?;
                 if let Some(t) = self.topics.find(&topic) {
-                    if let Some(c) = self.conns.slab.get_mut(key as usize) {
+                    if let Some(c) = self.conns.get_mut(key) {
                         if let Some(pos) = c.topics.iter().position(|&x| x == t) {
                             c.topics.swap_remove(pos);
                             self.topics.leave(t, key);
@@ -275,7 +274,7 @@ impl Shard {
 
     fn subscribe(&mut self, key: u32, name: &str) -> Result<(), Refused> {
         topic::validate(name).map_err(|e| bad_topic(&e))?;
-        let Some(c) = self.conns.slab.get(key as usize) else {
+        let Some(c) = self.conns.get(key) else {
             return Ok(());
         };
         let granted =
@@ -301,7 +300,7 @@ impl Shard {
             });
         }
         let (t, _) = self.topics.join(name, key);
-        if let Some(c) = self.conns.slab.get_mut(key as usize) {
+        if let Some(c) = self.conns.get_mut(key) {
             c.topics.push(t);
         }
         Ok(())

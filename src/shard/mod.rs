@@ -32,7 +32,7 @@ use crate::topic::TopicPattern;
 use crate::wheel::Wheel;
 
 pub use conn::OutQueue;
-use conn::{Conn, Conns, Sent, CLOSING, PING_SENT};
+use conn::{Conn, Conns, Phase, Sent, PING_SENT};
 use topics::Topics;
 use users::Users;
 
@@ -309,8 +309,7 @@ impl Shard {
         let ip = h.ip;
         let expires = h.identity.exp.map_or(u32::MAX, |exp| self.expiry_tick(exp));
         let mut stream = h.stream;
-        let entry = self.conns.slab.vacant_entry();
-        let key = entry.key() as u32;
+        let key = self.conns.vacant_key();
         if let Err(e) = self.poll.registry().register(
             &mut stream,
             Token(key as usize),
@@ -322,19 +321,21 @@ impl Shard {
         }
         let user = self.users.attach(&h.identity.user, key);
         self.session_counter += 1;
-        entry.insert(Conn {
+        let inserted = self.conns.insert(Conn {
             stream,
             user,
             last_rx: self.tick,
             expires,
             timer: None,
             flags: 0,
+            phase: Phase::Open,
             refused: 0,
             ip,
             partial: None,
             out: None,
             topics: Vec::new(),
         });
+        debug_assert_eq!(inserted, key, "registered under the key the slot got");
         self.counters().connections.fetch_add(1, Relaxed);
         if !h.identity.topics.is_empty() {
             self.grants.insert(
@@ -443,13 +444,7 @@ impl Shard {
                 ticket,
             } => {
                 let mut all = std::mem::take(&mut self.targets);
-                all.extend(
-                    self.conns
-                        .slab
-                        .iter()
-                        .filter(|(_, c)| !c.closing())
-                        .map(|(k, _)| k as u32),
-                );
+                all.extend(self.conns.open_keys());
                 let (sessions, _) = self.fan_out(&all, &frame, false);
                 all.clear();
                 self.targets = all;
@@ -497,7 +492,7 @@ impl Shard {
         let mut sessions = 0;
         let mut users = 0;
         for &key in keys {
-            let user = match self.conns.slab.get(key as usize) {
+            let user = match self.conns.get(key) {
                 Some(c) if !c.closing() => c.user,
                 _ => continue,
             };
@@ -589,7 +584,7 @@ impl Shard {
 
     /// Arms the connection's one timer: the next heartbeat check or token expiry.
     fn arm(&mut self, key: u32) {
-        let Some(c) = self.conns.slab.get(key as usize) else {
+        let Some(c) = self.conns.get(key) else {
             return;
         };
         let wait = if c.flags & PING_SENT != 0 {
@@ -599,7 +594,7 @@ impl Shard {
         };
         let deadline = c.last_rx.saturating_add(wait).min(c.expires);
         let id = self.wheel.insert(u64::from(deadline), key);
-        if let Some(c) = self.conns.slab.get_mut(key as usize) {
+        if let Some(c) = self.conns.get_mut(key) {
             c.timer = Some(id);
         }
     }
@@ -607,7 +602,7 @@ impl Shard {
     /// A timer fired: lazy re-arm after activity, ping, 4002, 4001, or the end of a close.
     fn on_timer(&mut self, key: u32) {
         let tick = self.tick;
-        let Some(c) = self.conns.slab.get_mut(key as usize) else {
+        let Some(c) = self.conns.get_mut(key) else {
             return;
         };
         c.timer = None;
@@ -635,7 +630,7 @@ impl Shard {
     /// are counted), leaves the indexes, queues the close frame (after dropping unstarted
     /// frames for a slow consumer), and gives the client `CLOSE_LINGER` to finish.
     fn close(&mut self, key: u32, close: Close<'_>) {
-        match self.conns.slab.get(key as usize) {
+        match self.conns.get(key) {
             Some(c) if !c.closing() => {}
             _ => return,
         }
@@ -680,7 +675,7 @@ impl Shard {
 
     /// Answers a client's close (echoing its code) and waits for its FIN.
     fn close_echo(&mut self, key: u32, frame: Bytes) {
-        match self.conns.slab.get(key as usize) {
+        match self.conns.get(key) {
             Some(c) if !c.closing() => {}
             _ => return,
         }
@@ -694,27 +689,27 @@ impl Shard {
     }
 
     fn rearm_at(&mut self, key: u32, deadline: u32) {
-        let Some(c) = self.conns.slab.get_mut(key as usize) else {
+        let Some(c) = self.conns.get_mut(key) else {
             return;
         };
         if let Some(t) = c.timer.take() {
             self.wheel.cancel(t);
         }
         let id = self.wheel.insert(u64::from(deadline), key);
-        if let Some(c) = self.conns.slab.get_mut(key as usize) {
+        if let Some(c) = self.conns.get_mut(key) {
             c.timer = Some(id);
         }
     }
 
     /// Removes a connection from the user and topic indexes and the gauges.
     fn leave_indexes(&mut self, key: u32) {
-        let Some(c) = self.conns.slab.get_mut(key as usize) else {
+        let Some(c) = self.conns.get_mut(key) else {
             return;
         };
-        if c.flags & CLOSING != 0 {
+        if c.closing() {
             return;
         }
-        c.flags |= CLOSING;
+        c.phase = Phase::Closing;
         let user = c.user;
         let topics = std::mem::take(&mut c.topics);
         for t in topics {
@@ -735,7 +730,7 @@ impl Shard {
         let Some(mut c) = self.conns.remove(key) else {
             return;
         };
-        if c.flags & CLOSING == 0 {
+        if !c.closing() {
             // Callers leave the indexes first; this keeps the gauge right if one did not.
             self.counters().connections.fetch_sub(1, Relaxed);
             for t in std::mem::take(&mut c.topics) {
@@ -759,13 +754,7 @@ impl Shard {
             None => {
                 let d = now + self.shared.config.shutdown_grace;
                 self.drain_deadline = Some(d);
-                let open: Vec<u32> = self
-                    .conns
-                    .slab
-                    .iter()
-                    .filter(|(_, c)| !c.closing())
-                    .map(|(k, _)| k as u32)
-                    .collect();
+                let open: Vec<u32> = self.conns.open_keys().collect();
                 for key in open {
                     self.close(key, Close::SHUTDOWN);
                 }
@@ -781,7 +770,7 @@ impl Shard {
         self.take_connections();
         self.take_commands();
         self.finish_turn();
-        if self.conns.slab.is_empty() || now >= deadline {
+        if self.conns.is_empty() || now >= deadline {
             self.abandon_all();
             return true;
         }
@@ -789,7 +778,7 @@ impl Shard {
     }
 
     fn abandon_all(&mut self) {
-        let keys: Vec<u32> = self.conns.slab.iter().map(|(k, _)| k as u32).collect();
+        let keys = self.conns.all_keys();
         for key in keys {
             self.abort(key);
         }
