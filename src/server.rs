@@ -214,19 +214,38 @@ impl Server {
         self.join_all();
     }
 
-    fn join_all(&mut self) {
-        if let Some(t) = self.acceptor.take() {
-            let _ = t.join();
+    /// Like [`Server::wait`], and says which threads panicked (a broken invariant in a
+    /// debug build), so tests cannot pass over a dead shard.
+    pub fn wait_checked(mut self) -> Result<(), String> {
+        let panicked = self.join_all();
+        if panicked.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("server threads panicked: {}", panicked.join(", ")))
         }
-        for t in self.shards.drain(..) {
-            let _ = t.join();
+    }
+
+    /// Joins every thread; returns the names of those that panicked.
+    fn join_all(&mut self) -> Vec<String> {
+        let mut panicked = Vec::new();
+        let mut join = |name: String, t: JoinHandle<()>| {
+            if t.join().is_err() {
+                panicked.push(name);
+            }
+        };
+        if let Some(t) = self.acceptor.take() {
+            join("acceptor".into(), t);
+        }
+        for (i, t) in self.shards.drain(..).enumerate() {
+            join(format!("shard {i}"), t);
         }
         // The API answers until the shards are done, then stops.
         self.stop.store(true, Relaxed);
         let _ = self.api_waker.wake();
         if let Some(t) = self.api.take() {
-            let _ = t.join();
+            join("push API".into(), t);
         }
+        panicked
     }
 }
 

@@ -197,6 +197,8 @@ pub struct Conns {
     #[allow(clippy::vec_box)]
     pool: Vec<Box<OutQueue>>,
     max_outbound: usize,
+    /// Connections in `Phase::Open`.
+    open: usize,
     /// Exact sum of every queue's unwritten bytes (plain arithmetic on each change).
     queued: usize,
     /// Exact sum of every connection's partial inbound bytes (settled after each read).
@@ -217,6 +219,7 @@ impl Conns {
             dirty: Vec::new(),
             pool: Vec::new(),
             max_outbound,
+            open: 0,
             queued: 0,
             partial: 0,
         }
@@ -257,7 +260,27 @@ impl Conns {
 
     /// Adds a connection under `vacant_key()`.
     pub fn insert(&mut self, conn: Conn) -> u32 {
+        if conn.phase == Phase::Open {
+            self.open += 1;
+        }
         self.slab.insert(conn) as u32
+    }
+
+    /// Connections in `Phase::Open` (what the shard's `connections` gauge must say).
+    pub fn open_count(&self) -> usize {
+        self.open
+    }
+
+    /// Moves `key` from `Open` to `Closing`; false if it was not open (or is gone).
+    pub fn begin_closing(&mut self, key: u32) -> bool {
+        match self.slab.get_mut(key as usize) {
+            Some(c) if c.phase == Phase::Open => {
+                c.phase = Phase::Closing;
+                self.open -= 1;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Open connections holding bytes, as `(bytes held, key)`: the candidates when the
@@ -364,11 +387,11 @@ impl Conns {
     /// Queues the close frame, discarding what has not started (it would never be read).
     pub fn queue_close(&mut self, key: u32, frame: Bytes, discard: bool) {
         self.drop_partial(key);
+        self.begin_closing(key);
         let pool = &mut self.pool;
         let Some(conn) = self.slab.get_mut(key as usize) else {
             return;
         };
-        conn.phase = conn.phase.max(Phase::Closing);
         let q = conn
             .out
             .get_or_insert_with(|| pool.pop().unwrap_or_default());
@@ -441,6 +464,9 @@ impl Conns {
     pub fn remove(&mut self, key: u32) -> Option<Conn> {
         self.drop_partial(key);
         let mut conn = self.slab.try_remove(key as usize)?;
+        if conn.phase == Phase::Open {
+            self.open -= 1;
+        }
         if let Some(q) = conn.out.take() {
             self.recycle(q);
         }

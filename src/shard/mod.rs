@@ -241,7 +241,12 @@ impl Shard {
             for key in broken.drain(..) {
                 self.abort(key);
             }
+            debug_assert!(
+                !self.conns.has_dirty(),
+                "dirty connections left after the flush"
+            );
             self.finish_turn();
+            self.check_invariants();
             if self.shared.draining.load(Relaxed) && self.drain_step() {
                 return;
             }
@@ -582,6 +587,16 @@ impl Shard {
         }
     }
 
+    /// End-of-turn invariant, checked in debug builds (tests): the connections gauge
+    /// counts exactly the open slots.
+    fn check_invariants(&self) {
+        debug_assert_eq!(
+            self.counters().connections.load(Relaxed),
+            self.conns.open_count() as u64,
+            "connections gauge differs from the open slots"
+        );
+    }
+
     /// Arms the connection's one timer: the next heartbeat check or token expiry.
     fn arm(&mut self, key: u32) {
         let Some(c) = self.conns.get(key) else {
@@ -703,13 +718,12 @@ impl Shard {
 
     /// Removes a connection from the user and topic indexes and the gauges.
     fn leave_indexes(&mut self, key: u32) {
+        if !self.conns.begin_closing(key) {
+            return;
+        }
         let Some(c) = self.conns.get_mut(key) else {
             return;
         };
-        if c.closing() {
-            return;
-        }
-        c.phase = Phase::Closing;
         let user = c.user;
         let topics = std::mem::take(&mut c.topics);
         for t in topics {

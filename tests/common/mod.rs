@@ -174,10 +174,15 @@ impl Drop for TestServer {
             // Do not hang a panicking test forever on a stuck join.
             let (tx, rx) = std::sync::mpsc::channel();
             std::thread::spawn(move || {
-                s.wait();
-                let _ = tx.send(());
+                let _ = tx.send(s.wait_checked());
             });
-            let _ = rx.recv_timeout(Duration::from_secs(10));
+            // A server thread that panicked (a debug_assert! on an invariant, say) fails
+            // the test that ran it, unless that test is failing already.
+            if let Ok(Err(e)) = rx.recv_timeout(Duration::from_secs(10)) {
+                if !std::thread::panicking() {
+                    panic!("{e}");
+                }
+            }
         }
     }
 }
