@@ -137,8 +137,10 @@ impl<T> Wheel<T> {
     }
 
     /// The first tick `>= t` where a level-0 slot is due or an occupied slot cascades.
-    /// Every occupied slot lies ahead of the wheel's position within its rotation (an
-    /// entry's level is its highest differing bit group), so this never skips work.
+    /// Below the top level every occupied slot lies ahead of the wheel's position within
+    /// its rotation (an entry's level is its highest differing bit group). The top level
+    /// also holds deadlines past the next multiple of `RANGE` (its level is clamped);
+    /// those slots lie behind the position and are due in the next rotation.
     fn next_work_from(&self, t: u64) -> Option<u64> {
         let mut best: Option<u64> = None;
         for level in 0..LEVELS {
@@ -156,15 +158,24 @@ impl<T> Wheel<T> {
             let low = t - base;
             // First slot whose start tick is at or after t.
             let first = low.div_ceil(1u64 << shift);
-            if first >= SLOTS as u64 {
+            let ahead = if first < SLOTS as u64 {
+                occupied >> first
+            } else {
+                0
+            };
+            let at = if ahead != 0 {
+                let slot = first + u64::from(ahead.trailing_zeros());
+                base + (slot << shift)
+            } else if level == LEVELS - 1 {
+                let slot = u64::from(occupied.trailing_zeros());
+                match base.checked_add(RANGE) {
+                    Some(next) => next + (slot << shift),
+                    // Nothing lies beyond u64::MAX; `insert` saturates there.
+                    None => continue,
+                }
+            } else {
                 continue;
-            }
-            let ahead = occupied >> first;
-            if ahead == 0 {
-                continue;
-            }
-            let slot = first + u64::from(ahead.trailing_zeros());
-            let at = base + (slot << shift);
+            };
             best = Some(best.map_or(at, |b: u64| b.min(at)));
         }
         best
@@ -325,6 +336,29 @@ mod tests {
         assert!(out.is_empty());
         w.advance(RANGE - 1, &mut out);
         assert_eq!(out, vec![1]);
+    }
+
+    #[test]
+    fn beyond_range_fires_after_the_wheel_has_moved() {
+        // Clamped to `now + RANGE - 1`, the deadline crosses a multiple of RANGE: its top
+        // slot lies behind `now`, in the next rotation of the top level.
+        let mut w = Wheel::new();
+        drain(&mut w, 100);
+        w.insert(u64::MAX, 1);
+        let end = w.now() + RANGE - 1;
+        assert_eq!(w.next_expiry(), Some(RANGE));
+        assert_eq!(drain(&mut w, end - 1), Vec::<u64>::new());
+        assert_eq!(drain(&mut w, end), vec![1]);
+
+        // The same across a later boundary, with a slot other than 0 behind `now`.
+        let mut w = Wheel::new();
+        let start = 3 * RANGE + (40 << 30) + 5;
+        drain(&mut w, start);
+        let due = start + RANGE - (20 << 30);
+        w.insert(due, 2);
+        assert_eq!(drain(&mut w, due - 1), Vec::<u64>::new());
+        assert_eq!(drain(&mut w, due), vec![2]);
+        assert!(w.is_empty());
     }
 
     #[test]
