@@ -3,9 +3,10 @@
 //! Six levels of 64 slots cover 2^36 ticks. An entry sits in the level of the highest
 //! bit in which its deadline differs from `now`, and cascades one level down each time
 //! the wheel crosses the boundary of its slot. Slots are intrusive doubly linked lists
-//! over one slab, so cancelling never searches.
+//! over one slab, so cancelling never searches. Each slab slot carries a generation,
+//! bumped whenever it is freed, so a stale `TimerId` never reaches the slot's next timer.
 
-use slab::Slab;
+use std::num::NonZeroU32;
 
 const LEVELS: usize = 6;
 const SLOT_BITS: u32 = 6;
@@ -15,13 +16,22 @@ const NIL: u32 = u32::MAX;
 /// Ticks the wheel can hold ahead of `now`.
 const RANGE: u64 = 1 << (SLOT_BITS as usize * LEVELS);
 
-/// Handle of an armed timer; valid until it fires or is cancelled.
+/// Handle of an armed timer; valid until it fires or is cancelled, after which the
+/// wheel ignores it (its slot's generation has moved on).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TimerId(u32);
+pub struct TimerId {
+    key: u32,
+    // NonZero so `Option<TimerId>` needs no tag and stays 8 bytes in the connection slot.
+    generation: NonZeroU32,
+}
 
+/// One slab slot: armed while `value` is `Some`, otherwise on the free list via `next`.
+/// The value sits inside the slot (not in a side table of generations) so that insert,
+/// cancel and firing touch one cache line per timer, as with the plain slab before.
 struct Entry<T> {
-    value: T,
+    value: Option<T>,
     deadline: u64,
+    generation: NonZeroU32,
     prev: u32,
     next: u32,
     level: u8,
@@ -33,7 +43,11 @@ pub struct Wheel<T> {
     now: u64,
     heads: [[u32; SLOTS]; LEVELS],
     occupied: [u64; LEVELS],
-    entries: Slab<Entry<T>>,
+    entries: Vec<Entry<T>>,
+    /// Head of the free slots, linked through `Entry::next`; `NIL` when none.
+    free: u32,
+    /// Number of armed timers.
+    len: usize,
 }
 
 impl<T> Default for Wheel<T> {
@@ -49,7 +63,9 @@ impl<T> Wheel<T> {
             now: 0,
             heads: [[NIL; SLOTS]; LEVELS],
             occupied: [0; LEVELS],
-            entries: Slab::new(),
+            entries: Vec::new(),
+            free: NIL,
+            len: 0,
         }
     }
 
@@ -60,12 +76,12 @@ impl<T> Wheel<T> {
 
     /// Number of armed timers.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.len
     }
 
     /// Whether no timer is armed.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len == 0
     }
 
     /// Arms a timer for `deadline`; a deadline in the past fires on the next advance, and
@@ -73,32 +89,66 @@ impl<T> Wheel<T> {
     /// owners re-arm for the remainder, as they do after any early firing.
     pub fn insert(&mut self, deadline: u64, value: T) -> TimerId {
         let deadline = deadline.clamp(self.now, self.now.saturating_add(RANGE - 1));
-        let key = self.entries.insert(Entry {
-            value,
-            deadline,
-            prev: NIL,
-            next: NIL,
-            level: 0,
-            slot: 0,
-        });
-        // A wheel never holds 2^32 timers: each one is a connection or handshake.
-        let key = key as u32;
+        let key = if self.free != NIL {
+            let key = self.free;
+            let e = &mut self.entries[key as usize];
+            self.free = e.next;
+            e.value = Some(value);
+            e.deadline = deadline;
+            key
+        } else {
+            // A wheel never holds 2^32 timers: each one is a connection or handshake.
+            let key = self.entries.len() as u32;
+            self.entries.push(Entry {
+                value: Some(value),
+                deadline,
+                generation: NonZeroU32::MIN,
+                prev: NIL,
+                next: NIL,
+                level: 0,
+                slot: 0,
+            });
+            key
+        };
+        self.len += 1;
         self.link(key);
-        TimerId(key)
-    }
-
-    /// Disarms a timer, returning its value; `None` if it already fired or was cancelled.
-    pub fn cancel(&mut self, id: TimerId) -> Option<T> {
-        if !self.entries.contains(id.0 as usize) {
-            return None;
+        TimerId {
+            key,
+            generation: self.entries[key as usize].generation,
         }
-        self.unlink(id.0);
-        Some(self.entries.remove(id.0 as usize).value)
     }
 
-    /// Deadline of an armed timer.
+    /// Disarms a timer, returning its value; `None` if it already fired or was cancelled
+    /// (even when its slot now holds another timer).
+    pub fn cancel(&mut self, id: TimerId) -> Option<T> {
+        self.armed(id)?;
+        self.unlink(id.key);
+        let value = self.entries[id.key as usize].value.take();
+        self.release(id.key);
+        value
+    }
+
+    /// Deadline of an armed timer; `None` if it already fired or was cancelled.
     pub fn deadline(&self, id: TimerId) -> Option<u64> {
-        self.entries.get(id.0 as usize).map(|e| e.deadline)
+        self.armed(id).map(|e| e.deadline)
+    }
+
+    /// The entry `id` names, if that timer is still armed.
+    fn armed(&self, id: TimerId) -> Option<&Entry<T>> {
+        self.entries
+            .get(id.key as usize)
+            .filter(|e| e.generation == id.generation && e.value.is_some())
+    }
+
+    /// Returns an unlinked, emptied slot to the free list under a new generation, so ids
+    /// handed out for it so far stop matching. Wraps past `u32::MAX` to 1: a stale id
+    /// would have to sit through 2^32 - 1 reuses of its slot to match again.
+    fn release(&mut self, key: u32) {
+        let e = &mut self.entries[key as usize];
+        e.generation = e.generation.checked_add(1).unwrap_or(NonZeroU32::MIN);
+        e.next = self.free;
+        self.free = key;
+        self.len -= 1;
     }
 
     /// Processes every tick up to and including `target`, pushing values that came due.
@@ -113,9 +163,15 @@ impl<T> Wheel<T> {
             self.heads[0][slot] = NIL;
             self.occupied[0] &= !(1u64 << slot);
             while key != NIL {
-                let e = self.entries.remove(key as usize);
-                key = e.next;
-                fired.push(e.value);
+                let e = &mut self.entries[key as usize];
+                let next = e.next;
+                let value = e.value.take();
+                self.release(key);
+                // Always Some: only armed entries are linked into a slot.
+                if let Some(value) = value {
+                    fired.push(value);
+                }
+                key = next;
             }
             self.now = self.next_tick_to_visit(t).min(target.saturating_add(1));
             if self.now == t {
@@ -137,8 +193,10 @@ impl<T> Wheel<T> {
     }
 
     /// The first tick `>= t` where a level-0 slot is due or an occupied slot cascades.
-    /// Every occupied slot lies ahead of the wheel's position within its rotation (an
-    /// entry's level is its highest differing bit group), so this never skips work.
+    /// Below the top level every occupied slot lies ahead of the wheel's position within
+    /// its rotation (an entry's level is its highest differing bit group). The top level
+    /// also holds deadlines past the next multiple of `RANGE` (its level is clamped);
+    /// those slots lie behind the position and are due in the next rotation.
     fn next_work_from(&self, t: u64) -> Option<u64> {
         let mut best: Option<u64> = None;
         for level in 0..LEVELS {
@@ -156,15 +214,24 @@ impl<T> Wheel<T> {
             let low = t - base;
             // First slot whose start tick is at or after t.
             let first = low.div_ceil(1u64 << shift);
-            if first >= SLOTS as u64 {
+            let ahead = if first < SLOTS as u64 {
+                occupied >> first
+            } else {
+                0
+            };
+            let at = if ahead != 0 {
+                let slot = first + u64::from(ahead.trailing_zeros());
+                base + (slot << shift)
+            } else if level == LEVELS - 1 {
+                let slot = u64::from(occupied.trailing_zeros());
+                match base.checked_add(RANGE) {
+                    Some(next) => next + (slot << shift),
+                    // Nothing lies beyond u64::MAX; `insert` saturates there.
+                    None => continue,
+                }
+            } else {
                 continue;
-            }
-            let ahead = occupied >> first;
-            if ahead == 0 {
-                continue;
-            }
-            let slot = first + u64::from(ahead.trailing_zeros());
-            let at = base + (slot << shift);
+            };
             best = Some(best.map_or(at, |b: u64| b.min(at)));
         }
         best
@@ -285,6 +352,64 @@ mod tests {
     }
 
     #[test]
+    fn option_timer_id_stays_8_bytes() {
+        // The connection slot holds an `Option<TimerId>`; the generation's niche keeps it
+        // as small as the bare slot index was.
+        assert_eq!(std::mem::size_of::<Option<TimerId>>(), 8);
+    }
+
+    #[test]
+    fn entry_stays_one_half_cache_line() {
+        // The generation fits in the padding: as large as the slab slot it replaced.
+        assert_eq!(std::mem::size_of::<Entry<u32>>(), 32);
+    }
+
+    #[test]
+    fn stale_id_cannot_touch_the_timer_that_reused_its_slot() {
+        let mut w = Wheel::new();
+        // Cancelled, then its slot reused.
+        let cancelled = w.insert(50, 1);
+        assert_eq!(w.cancel(cancelled), Some(1));
+        let second = w.insert(60, 2);
+        assert_eq!(second.key, cancelled.key, "the slot is reused");
+        assert_eq!(w.deadline(cancelled), None);
+        assert_eq!(w.cancel(cancelled), None);
+        assert_eq!(w.deadline(second), Some(60));
+        assert_eq!(w.len(), 1);
+
+        // Fired, then its slot reused.
+        let fired = w.insert(5, 3);
+        assert_eq!(drain(&mut w, 5), vec![3]);
+        let third = w.insert(70, 4);
+        assert_eq!(third.key, fired.key, "the slot is reused");
+        assert_eq!(w.deadline(fired), None);
+        assert_eq!(w.cancel(fired), None);
+        assert_eq!(w.deadline(third), Some(70));
+        assert_eq!(w.len(), 2);
+
+        // Both survivors are still armed and fire normally.
+        assert_eq!(drain(&mut w, 70), vec![2, 4]);
+        assert_eq!(w.cancel(second), None);
+        assert_eq!(w.cancel(third), None);
+    }
+
+    #[test]
+    fn generation_wraps_past_zero() {
+        let mut w = Wheel::new();
+        let a = w.insert(10, 1);
+        w.entries[a.key as usize].generation = NonZeroU32::MAX;
+        let a = TimerId {
+            generation: NonZeroU32::MAX,
+            ..a
+        };
+        assert_eq!(w.cancel(a), Some(1));
+        let b = w.insert(10, 2);
+        assert_eq!(b.generation, NonZeroU32::MIN);
+        assert_eq!(w.cancel(a), None);
+        assert_eq!(w.cancel(b), Some(2));
+    }
+
+    #[test]
     fn cascades_across_every_level() {
         let mut w = Wheel::new();
         let deadlines = [
@@ -325,6 +450,29 @@ mod tests {
         assert!(out.is_empty());
         w.advance(RANGE - 1, &mut out);
         assert_eq!(out, vec![1]);
+    }
+
+    #[test]
+    fn beyond_range_fires_after_the_wheel_has_moved() {
+        // Clamped to `now + RANGE - 1`, the deadline crosses a multiple of RANGE: its top
+        // slot lies behind `now`, in the next rotation of the top level.
+        let mut w = Wheel::new();
+        drain(&mut w, 100);
+        w.insert(u64::MAX, 1);
+        let end = w.now() + RANGE - 1;
+        assert_eq!(w.next_expiry(), Some(RANGE));
+        assert_eq!(drain(&mut w, end - 1), Vec::<u64>::new());
+        assert_eq!(drain(&mut w, end), vec![1]);
+
+        // The same across a later boundary, with a slot other than 0 behind `now`.
+        let mut w = Wheel::new();
+        let start = 3 * RANGE + (40 << 30) + 5;
+        drain(&mut w, start);
+        let due = start + RANGE - (20 << 30);
+        w.insert(due, 2);
+        assert_eq!(drain(&mut w, due - 1), Vec::<u64>::new());
+        assert_eq!(drain(&mut w, due), vec![2]);
+        assert!(w.is_empty());
     }
 
     #[test]
@@ -385,5 +533,94 @@ mod tests {
         }
         got.sort_unstable();
         assert_eq!(got, live);
+    }
+
+    mod model {
+        //! The wheel against a `BTreeMap` of armed timers, ids kept after they go stale.
+
+        use super::super::*;
+        use proptest::prelude::*;
+        use std::collections::BTreeMap;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            /// Arm at `now + offset`; negative offsets lie in the past.
+            Insert(i64),
+            /// Arm far beyond the wheel's range.
+            InsertFar,
+            /// Cancel the n-th id ever handed out (modulo), live or stale.
+            Cancel(usize),
+            /// Advance by this many ticks past `now` (0 processes just `now`).
+            Advance(u64),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                4 => (-100i64..20_000).prop_map(Op::Insert),
+                1 => Just(Op::InsertFar),
+                4 => any::<usize>().prop_map(Op::Cancel),
+                2 => (0u64..5_000).prop_map(Op::Advance),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+            #[test]
+            fn wheel_matches_model(ops in proptest::collection::vec(op(), 1..200)) {
+                let mut w: Wheel<u32> = Wheel::new();
+                // Every id ever issued, with its value (the issue order).
+                let mut ids: Vec<TimerId> = Vec::new();
+                // Armed timers: value -> effective deadline.
+                let mut armed: BTreeMap<u32, u64> = BTreeMap::new();
+                for op in ops {
+                    let now = w.now();
+                    match op {
+                        Op::Insert(_) | Op::InsertFar => {
+                            let asked = match op {
+                                Op::Insert(off) => now.saturating_add_signed(off),
+                                _ => u64::MAX,
+                            };
+                            let value = ids.len() as u32;
+                            ids.push(w.insert(asked, value));
+                            armed.insert(value, asked.clamp(now, now + RANGE - 1));
+                        }
+                        Op::Cancel(n) => {
+                            if ids.is_empty() {
+                                continue;
+                            }
+                            let value = (n % ids.len()) as u32;
+                            let want = armed.remove(&value).map(|_| value);
+                            prop_assert_eq!(w.cancel(ids[value as usize]), want);
+                        }
+                        Op::Advance(by) => {
+                            let target = now + by;
+                            let mut fired = Vec::new();
+                            w.advance(target, &mut fired);
+                            fired.sort_unstable();
+                            let due: Vec<u32> = armed
+                                .iter()
+                                .filter(|&(_, &d)| d <= target)
+                                .map(|(&v, _)| v)
+                                .collect();
+                            armed.retain(|_, d| *d > target);
+                            prop_assert_eq!(fired, due);
+                            prop_assert_eq!(w.now(), target + 1);
+                        }
+                    }
+                    prop_assert_eq!(w.len(), armed.len());
+                    for (value, &id) in ids.iter().enumerate() {
+                        prop_assert_eq!(w.deadline(id), armed.get(&(value as u32)).copied());
+                    }
+                    match armed.values().min() {
+                        None => prop_assert_eq!(w.next_expiry(), None),
+                        Some(&first) => {
+                            let next = w.next_expiry();
+                            prop_assert!(matches!(next, Some(n) if n <= first), "{next:?} > {first}");
+                        }
+                    }
+                }
+            }
+        }
     }
 }
