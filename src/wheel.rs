@@ -89,13 +89,13 @@ impl<T> Wheel<T> {
     /// owners re-arm for the remainder, as they do after any early firing.
     pub fn insert(&mut self, deadline: u64, value: T) -> TimerId {
         let deadline = deadline.clamp(self.now, self.now.saturating_add(RANGE - 1));
-        let key = if self.free != NIL {
+        let (key, generation) = if self.free != NIL {
             let key = self.free;
             let e = &mut self.entries[key as usize];
             self.free = e.next;
             e.value = Some(value);
             e.deadline = deadline;
-            key
+            (key, e.generation)
         } else {
             // A wheel never holds 2^32 timers: each one is a connection or handshake.
             let key = self.entries.len() as u32;
@@ -108,14 +108,11 @@ impl<T> Wheel<T> {
                 level: 0,
                 slot: 0,
             });
-            key
+            (key, NonZeroU32::MIN)
         };
         self.len += 1;
         self.link(key);
-        TimerId {
-            key,
-            generation: self.entries[key as usize].generation,
-        }
+        TimerId { key, generation }
     }
 
     /// Disarms a timer, returning its value; `None` if it already fired or was cancelled
