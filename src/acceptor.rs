@@ -24,13 +24,13 @@ use crate::config::{Config, MAX_HEAD_BYTES};
 use crate::fdlimit;
 use crate::handshake::{self, Refusal, Upgrade};
 use crate::link::{Links, SendError};
-use crate::metrics::{Metrics, Outcome};
+use crate::metrics::{HandshakeOutcome, Metrics};
 use crate::route::shard_of;
 use crate::wheel::{TimerId, Wheel};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 /// The acceptor's waker token.
-pub const WAKER: Token = Token(usize::MAX);
+pub(crate) const WAKER: Token = Token(usize::MAX);
 const TICK_MS: u64 = 10;
 /// How long a refused socket may take to read the response before it is dropped.
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
@@ -48,7 +48,7 @@ struct Pending {
 }
 
 /// Everything the acceptor thread owns.
-pub struct Acceptor {
+pub(crate) struct Acceptor {
     poll: Poll,
     listener: TcpListener,
     pending: Slab<Pending>,
@@ -79,7 +79,7 @@ pub struct Acceptor {
 impl Acceptor {
     /// Builds the acceptor around a bound listener; `poll` owns `WAKER` already.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    pub(crate) fn new(
         poll: Poll,
         listener: std::net::TcpListener,
         verifier: Verifier,
@@ -124,7 +124,7 @@ impl Acceptor {
     }
 
     /// Runs until shutdown begins; then answers pending handshakes with 503 and returns.
-    pub fn run(mut self) {
+    pub(crate) fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         let mut fired = Vec::new();
         loop {
@@ -292,7 +292,7 @@ impl Acceptor {
             match p.stream.read(&mut self.scratch) {
                 Ok(0) => {
                     if !p.refused {
-                        self.metrics.handshake(Outcome::Aborted);
+                        self.metrics.handshake(HandshakeOutcome::Aborted);
                     }
                     self.remove(key);
                     return;
@@ -307,7 +307,7 @@ impl Acceptor {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => {
                     if !p.refused {
-                        self.metrics.handshake(Outcome::Aborted);
+                        self.metrics.handshake(HandshakeOutcome::Aborted);
                     }
                     self.remove(key);
                     return;
@@ -372,7 +372,7 @@ impl Acceptor {
             ip,
         };
         match self.shards.send(shard_id, handoff) {
-            Ok(()) => self.metrics.handshake(Outcome::Accepted),
+            Ok(()) => self.metrics.handshake(HandshakeOutcome::Accepted),
             Err((e, h)) => {
                 let refusal = match e {
                     SendError::Full => Refusal::OverCapacity("shard queue is full"),
@@ -494,7 +494,7 @@ impl Acceptor {
             return;
         };
         if !p.refused {
-            self.metrics.handshake(Outcome::Timeout);
+            self.metrics.handshake(HandshakeOutcome::Timeout);
         }
         self.end_reading(key, false);
         // The timer already fired; removing must not cancel a reused id.
@@ -518,7 +518,7 @@ impl Acceptor {
         for key in keys {
             let refused = self.pending.get(key).is_some_and(|p| p.refused);
             if !refused {
-                self.metrics.handshake(Outcome::Draining);
+                self.metrics.handshake(HandshakeOutcome::Draining);
                 if let Some(p) = self.pending.get_mut(key) {
                     let _ = p.stream.write(&Refusal::Draining.response());
                     let _ = p.stream.shutdown(Shutdown::Write);
@@ -572,7 +572,7 @@ fn client_fd_ceiling(config: &Config) -> usize {
 }
 
 /// The acceptor's waker, made before the thread starts so shutdown can reach it.
-pub fn waker(poll: &Poll) -> io::Result<Arc<Waker>> {
+pub(crate) fn waker(poll: &Poll) -> io::Result<Arc<Waker>> {
     Ok(Arc::new(Waker::new(poll.registry(), WAKER)?))
 }
 

@@ -98,7 +98,7 @@ impl Admission {
 }
 
 /// Token bucket per client IP: `rate` new connections per second, bursts of `rate`.
-pub struct ConnectRate {
+pub(crate) struct ConnectRate {
     rate: f64,
     buckets: HashMap<IpAddr, (f64, Instant)>,
     last_prune: Instant,
@@ -106,7 +106,7 @@ pub struct ConnectRate {
 
 impl ConnectRate {
     /// `rate` per second per IP; 0 disables the limit.
-    pub fn new(rate: u32) -> ConnectRate {
+    pub(crate) fn new(rate: u32) -> ConnectRate {
         ConnectRate {
             rate: f64::from(rate),
             buckets: HashMap::new(),
@@ -115,7 +115,7 @@ impl ConnectRate {
     }
 
     /// Takes one token for `ip`; false when the IP is over its rate.
-    pub fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
+    pub(crate) fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
         if self.rate == 0.0 {
             return true;
         }

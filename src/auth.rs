@@ -1,4 +1,4 @@
-//! JWT verification and the identity a token grants (PROTOCOL.md 1.2).
+//! JWT verification and the identity a token grants (docs/protocol.md 1.3).
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};

@@ -116,7 +116,7 @@ impl ShardCmd {
 /// Takes `weight` bytes from the backlog gauge unless that would pass `limit`; an empty
 /// backlog takes any one push, so a push larger than the limit is slow, never refused
 /// forever. Only the API thread reserves, so load-then-add cannot overshoot.
-pub fn reserve_backlog(gauge: &AtomicU64, weight: u64, limit: u64) -> bool {
+pub(crate) fn reserve_backlog(gauge: &AtomicU64, weight: u64, limit: u64) -> bool {
     let held = gauge.load(Relaxed);
     if held > 0 && held.saturating_add(weight) > limit {
         return false;

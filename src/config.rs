@@ -21,10 +21,20 @@ pub enum ConfigError {
         file_spelling(key),
         flag_spelling(key)
     )]
-    Invalid { key: &'static str, problem: String },
+    Invalid {
+        /// The key, spelled as in the code (`jwt_secret`); shown as the file and flag spell it.
+        key: &'static str,
+        /// What is wrong with its value.
+        problem: String,
+    },
     /// The config file could not be read or parsed.
     #[error("config error: {path}: {problem}")]
-    File { path: String, problem: String },
+    File {
+        /// The file as given.
+        path: String,
+        /// Why it could not be used.
+        problem: String,
+    },
     /// The command line could not be parsed.
     #[error("{0}")]
     Cli(#[from] clap::Error),
@@ -308,9 +318,9 @@ pub struct Config {
 
 /// Shortest HMAC secret accepted outside `--dev` (RFC 7518 3.2: at least the hash size).
 pub const MIN_SECRET_BYTES: usize = 32;
-/// Largest request head, PROTOCOL.md 1.
+/// Largest request head, docs/protocol.md 1.1.
 pub const MAX_HEAD_BYTES: usize = 8 * 1024;
-/// Largest push API request body, PROTOCOL.md 3.
+/// Largest push API request body, docs/protocol.md 4.2.
 pub const MAX_API_BODY_BYTES: usize = 1024 * 1024;
 /// The WebSocket path.
 pub const WS_PATH: &str = "/ws";

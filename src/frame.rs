@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 
-/// Close codes Throng sends (PROTOCOL.md 2.3).
+/// Close codes Throng sends (docs/protocol.md 3.2).
 pub mod close {
     /// Normal closure.
     pub const NORMAL: u16 = 1000;

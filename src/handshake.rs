@@ -1,11 +1,11 @@
-//! Parsing and judging the HTTP upgrade request (PROTOCOL.md 1, 1.1).
+//! Parsing and judging the HTTP upgrade request (docs/protocol.md 1.1, 1.2).
 
 use crate::auth::AuthError;
 use crate::config::{MAX_HEAD_BYTES, WS_PATH};
 use crate::http;
-use crate::metrics::Outcome;
+use crate::metrics::HandshakeOutcome;
 
-/// Why an upgrade is refused; each maps onto one row of PROTOCOL.md 1.1.
+/// Why an upgrade is refused; each maps onto one row of docs/protocol.md 1.2.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     /// 400: not GET, or a missing/malformed upgrade header.
@@ -44,19 +44,19 @@ impl Refusal {
     }
 
     /// The metric outcome.
-    pub fn outcome(&self) -> Outcome {
+    pub fn outcome(&self) -> HandshakeOutcome {
         match self {
-            Refusal::BadRequest(_) => Outcome::BadRequest,
-            Refusal::UnsupportedVersion => Outcome::UnsupportedVersion,
-            Refusal::NotFound => Outcome::NotFound,
-            Refusal::Auth(AuthError::Missing) => Outcome::MissingToken,
-            Refusal::Auth(AuthError::Expired) => Outcome::TokenExpired,
-            Refusal::Auth(AuthError::Invalid(_)) => Outcome::InvalidToken,
-            Refusal::ForbiddenOrigin => Outcome::ForbiddenOrigin,
-            Refusal::RateLimited(_) => Outcome::RateLimited,
-            Refusal::HeaderTooLarge(_) => Outcome::HeaderTooLarge,
-            Refusal::OverCapacity(_) => Outcome::OverCapacity,
-            Refusal::Draining => Outcome::Draining,
+            Refusal::BadRequest(_) => HandshakeOutcome::BadRequest,
+            Refusal::UnsupportedVersion => HandshakeOutcome::UnsupportedVersion,
+            Refusal::NotFound => HandshakeOutcome::NotFound,
+            Refusal::Auth(AuthError::Missing) => HandshakeOutcome::MissingToken,
+            Refusal::Auth(AuthError::Expired) => HandshakeOutcome::TokenExpired,
+            Refusal::Auth(AuthError::Invalid(_)) => HandshakeOutcome::InvalidToken,
+            Refusal::ForbiddenOrigin => HandshakeOutcome::ForbiddenOrigin,
+            Refusal::RateLimited(_) => HandshakeOutcome::RateLimited,
+            Refusal::HeaderTooLarge(_) => HandshakeOutcome::HeaderTooLarge,
+            Refusal::OverCapacity(_) => HandshakeOutcome::OverCapacity,
+            Refusal::Draining => HandshakeOutcome::Draining,
         }
     }
 

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 /// The reason phrase for the statuses Throng sends.
-pub fn reason(status: u16) -> &'static str {
+pub(crate) fn reason(status: u16) -> &'static str {
     match status {
         101 => "Switching Protocols",
         200 => "OK",
@@ -26,12 +26,12 @@ pub fn reason(status: u16) -> &'static str {
 }
 
 /// `{"error":code,"message":message}`, JSON-escaped.
-pub fn error_body(code: &str, message: &str) -> String {
+pub(crate) fn error_body(code: &str, message: &str) -> String {
     serde_json::json!({ "error": code, "message": message }).to_string()
 }
 
 /// A complete response with a body; `extra` holds ready-made header lines ending in CRLF.
-pub fn response(
+pub(crate) fn response(
     status: u16,
     content_type: &str,
     body: &[u8],
@@ -52,7 +52,7 @@ pub fn response(
 }
 
 /// A JSON error response.
-pub fn error_response(
+pub(crate) fn error_response(
     status: u16,
     code: &str,
     message: &str,
@@ -69,7 +69,7 @@ pub fn error_response(
 }
 
 /// The 101 response that completes an upgrade.
-pub fn switching_protocols(accept_key: &str) -> Vec<u8> {
+pub(crate) fn switching_protocols(accept_key: &str) -> Vec<u8> {
     format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept_key}\r\n\r\n"
     )

@@ -5,7 +5,7 @@
 ///
 /// One linear pass that skips string contents (escapes included), so brackets inside
 /// strings do not count. It does not validate JSON; the real parser does that afterwards.
-pub fn check(json: &[u8], max: usize) -> Result<(), usize> {
+pub(crate) fn check(json: &[u8], max: usize) -> Result<(), usize> {
     let mut depth = 0usize;
     let mut in_string = false;
     let mut escaped = false;

@@ -1,22 +1,24 @@
 //! Throng: a high-density WebSocket push server.
 //!
-//! Data flows one way: the [`acceptor`] upgrades sockets and hands them to the [`shard`]
+//! Data flows one way: the acceptor upgrades sockets and hands them to the [`shard`]
 //! that owns the user; the push [`api`] turns requests into commands for the shards that
 //! need them. Shards own their connections outright.
 
-pub mod acceptor;
-pub mod admission;
+#![warn(missing_docs, unreachable_pub)]
+
+pub(crate) mod acceptor;
+pub(crate) mod admission;
 pub mod api;
 pub mod auth;
-pub mod command;
+pub(crate) mod command;
 pub mod config;
 pub mod doctor;
 pub mod fdlimit;
 pub mod frame;
 pub mod handshake;
-pub mod http;
-pub mod json_depth;
-pub mod link;
+pub(crate) mod http;
+pub(crate) mod json_depth;
+pub(crate) mod link;
 pub mod messages;
 pub mod metrics;
 pub mod route;

@@ -40,7 +40,7 @@ pub struct Links<T> {
 
 /// Makes a bounded queue of `capacity` for one shard: the sending half goes into a
 /// [`Links`] with [`Links::from_parts`], the receiving half to the shard.
-pub fn queue<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
+pub(crate) fn queue<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
     crossbeam_channel::bounded(capacity)
 }
 

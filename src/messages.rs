@@ -1,4 +1,4 @@
-//! JSON messages on the WebSocket (PROTOCOL.md 2.1, 2.2): parsing client messages and
+//! JSON messages on the WebSocket (docs/protocol.md 2.1, 2.2): parsing client messages and
 //! encoding server messages straight into frames.
 
 use std::borrow::Cow;
@@ -34,7 +34,7 @@ pub enum ClientMsg<'a> {
 /// A refused client message: the `error` code and message sent back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused {
-    /// PROTOCOL.md 2.1 error code.
+    /// docs/protocol.md 2.1 error code.
     pub code: &'static str,
     /// Human-readable reason.
     pub message: String,

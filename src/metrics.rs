@@ -10,7 +10,7 @@ use hdrhistogram::Histogram;
 /// How a handshake ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(usize)]
-pub enum Outcome {
+pub enum HandshakeOutcome {
     /// Upgraded and handed to a shard.
     Accepted,
     /// 400.
@@ -41,42 +41,42 @@ pub enum Outcome {
     Aborted,
 }
 
-impl Outcome {
+impl HandshakeOutcome {
     /// Every outcome, in label order.
-    pub const ALL: [Outcome; 14] = [
-        Outcome::Accepted,
-        Outcome::BadRequest,
-        Outcome::UnsupportedVersion,
-        Outcome::NotFound,
-        Outcome::MissingToken,
-        Outcome::InvalidToken,
-        Outcome::TokenExpired,
-        Outcome::ForbiddenOrigin,
-        Outcome::RateLimited,
-        Outcome::HeaderTooLarge,
-        Outcome::OverCapacity,
-        Outcome::Draining,
-        Outcome::Timeout,
-        Outcome::Aborted,
+    pub const ALL: [HandshakeOutcome; 14] = [
+        HandshakeOutcome::Accepted,
+        HandshakeOutcome::BadRequest,
+        HandshakeOutcome::UnsupportedVersion,
+        HandshakeOutcome::NotFound,
+        HandshakeOutcome::MissingToken,
+        HandshakeOutcome::InvalidToken,
+        HandshakeOutcome::TokenExpired,
+        HandshakeOutcome::ForbiddenOrigin,
+        HandshakeOutcome::RateLimited,
+        HandshakeOutcome::HeaderTooLarge,
+        HandshakeOutcome::OverCapacity,
+        HandshakeOutcome::Draining,
+        HandshakeOutcome::Timeout,
+        HandshakeOutcome::Aborted,
     ];
 
     /// The metric label.
     pub fn label(self) -> &'static str {
         match self {
-            Outcome::Accepted => "accepted",
-            Outcome::BadRequest => "bad_request",
-            Outcome::UnsupportedVersion => "unsupported_version",
-            Outcome::NotFound => "not_found",
-            Outcome::MissingToken => "missing_token",
-            Outcome::InvalidToken => "invalid_token",
-            Outcome::TokenExpired => "token_expired",
-            Outcome::ForbiddenOrigin => "forbidden_origin",
-            Outcome::RateLimited => "rate_limited",
-            Outcome::HeaderTooLarge => "header_too_large",
-            Outcome::OverCapacity => "over_capacity",
-            Outcome::Draining => "draining",
-            Outcome::Timeout => "timeout",
-            Outcome::Aborted => "aborted",
+            HandshakeOutcome::Accepted => "accepted",
+            HandshakeOutcome::BadRequest => "bad_request",
+            HandshakeOutcome::UnsupportedVersion => "unsupported_version",
+            HandshakeOutcome::NotFound => "not_found",
+            HandshakeOutcome::MissingToken => "missing_token",
+            HandshakeOutcome::InvalidToken => "invalid_token",
+            HandshakeOutcome::TokenExpired => "token_expired",
+            HandshakeOutcome::ForbiddenOrigin => "forbidden_origin",
+            HandshakeOutcome::RateLimited => "rate_limited",
+            HandshakeOutcome::HeaderTooLarge => "header_too_large",
+            HandshakeOutcome::OverCapacity => "over_capacity",
+            HandshakeOutcome::Draining => "draining",
+            HandshakeOutcome::Timeout => "timeout",
+            HandshakeOutcome::Aborted => "aborted",
         }
     }
 }
@@ -128,7 +128,7 @@ pub fn latency_histogram() -> Histogram<u64> {
 pub struct Metrics {
     /// Per shard.
     pub shards: Vec<ShardMetrics>,
-    /// Handshakes by outcome, indexed by `Outcome as usize`.
+    /// Handshakes by outcome, indexed by `HandshakeOutcome as usize`.
     pub handshakes: CachePadded<[AtomicU64; 14]>,
     /// Push objects accepted by the API.
     pub pushes_accepted: AtomicU64,
@@ -189,7 +189,7 @@ impl Metrics {
     }
 
     /// Counts one handshake outcome.
-    pub fn handshake(&self, o: Outcome) {
+    pub fn handshake(&self, o: HandshakeOutcome) {
         self.handshakes[o as usize].fetch_add(1, Relaxed);
     }
 
@@ -206,7 +206,7 @@ impl Metrics {
     }
 
     fn refused(&self) -> u64 {
-        Outcome::ALL[1..]
+        HandshakeOutcome::ALL[1..]
             .iter()
             .map(|o| self.handshakes[*o as usize].load(Relaxed))
             .sum()
@@ -234,7 +234,7 @@ impl Metrics {
             "draining": self.draining.load(Relaxed),
             "shards": shards,
             "counters": {
-                "handshakes_accepted": self.handshakes[Outcome::Accepted as usize].load(Relaxed),
+                "handshakes_accepted": self.handshakes[HandshakeOutcome::Accepted as usize].load(Relaxed),
                 "handshakes_refused": self.refused(),
                 "pushes_accepted": self.pushes_accepted.load(Relaxed),
                 "pushes_rejected": self.pushes_rejected.load(Relaxed),
@@ -360,7 +360,7 @@ impl Metrics {
             out,
             "# HELP throng_handshakes_total Upgrade requests by outcome.\n# TYPE throng_handshakes_total counter"
         );
-        for o in Outcome::ALL {
+        for o in HandshakeOutcome::ALL {
             let _ = writeln!(
                 out,
                 "throng_handshakes_total{{outcome=\"{}\"}} {}",
@@ -508,7 +508,7 @@ mod tests {
     #[test]
     fn prometheus_has_families() {
         let m = Metrics::new(2);
-        m.handshake(Outcome::Accepted);
+        m.handshake(HandshakeOutcome::Accepted);
         m.shards[1].counters.connections.fetch_add(3, Relaxed);
         m.shards[0].latency_us.lock().unwrap().record(800).unwrap();
         let text = m.prometheus();

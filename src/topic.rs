@@ -1,4 +1,4 @@
-//! Topic names and the patterns that grant access to them (PROTOCOL.md 1.2, 2.2).
+//! Topic names and the patterns that grant access to them (docs/protocol.md 1.3, 2.3).
 
 /// Why a topic name or pattern was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,4 +1,4 @@
-//! PROTOCOL.md 2.1 and 3: direct pushes, numbering, shards, broadcast.
+//! docs/protocol.md 2.1 and 4: direct pushes, numbering, shards, broadcast.
 
 mod common;
 

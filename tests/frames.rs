@@ -1,4 +1,4 @@
-//! PROTOCOL.md 2.3: frame rules and close codes, with hand-made frames.
+//! docs/protocol.md 3: frame rules and close codes, with hand-made frames.
 
 mod common;
 

@@ -44,7 +44,7 @@ fn encode(b0: u8, len: u64, mask: Option<[u8; 4]>, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// What RFC 6455 and PROTOCOL.md 2.3 say a header with these fields decodes to.
+/// What RFC 6455 and docs/protocol.md 3.1 say a header with these fields decodes to.
 fn model(b0: u8, len: u64, masked: bool, max: usize) -> Result<(bool, Kind), FrameError> {
     if b0 & 0x70 != 0 {
         return Err(FrameError::ReservedBits);

@@ -1,4 +1,4 @@
-//! PROTOCOL.md 1 and 1.1: the upgrade, authentication, the welcome, and every refusal.
+//! docs/protocol.md 1.1 and 1.2: the upgrade, authentication, the welcome, and every refusal.
 
 mod common;
 

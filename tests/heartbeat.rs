@@ -1,4 +1,4 @@
-//! PROTOCOL.md 2.4: heartbeat pings and the 4002 idle close.
+//! docs/protocol.md 3.3: heartbeat pings and the 4002 idle close.
 
 mod common;
 

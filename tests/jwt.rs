@@ -1,4 +1,4 @@
-//! PROTOCOL.md 1.2: algorithms, claims, and token expiry while connected (4001).
+//! docs/protocol.md 1.3: algorithms, claims, and token expiry while connected (4001).
 //! Key pairs in tests/fixtures were generated once with openssl for these tests only.
 
 mod common;

@@ -1,4 +1,4 @@
-//! PROTOCOL.md 2.1 `error` and 2.3 "more than 10 refused client messages in a row: 1008".
+//! docs/protocol.md 2.1 `error` and 2.2 "more than 10 refused client messages in a row: 1008".
 
 mod common;
 

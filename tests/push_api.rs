@@ -1,4 +1,4 @@
-//! PROTOCOL.md 3: the push API.
+//! docs/protocol.md 4: the push API.
 
 mod common;
 

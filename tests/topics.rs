@@ -1,4 +1,4 @@
-//! PROTOCOL.md 1.2 (topics claim), 2.1, 2.2: subscribe, unsubscribe, topic pushes,
+//! docs/protocol.md 1.3 (topics claim), 2.1, 2.2: subscribe, unsubscribe, topic pushes,
 //! permissions, public topics.
 
 mod common;

@@ -115,7 +115,7 @@ pub(crate) struct Request<'a> {
 }
 
 /// What a handler decided.
-pub(crate) enum Outcome {
+pub(crate) enum Handled {
     /// Answer now.
     Respond(Vec<u8>),
     /// Answer when `expected` shard replies have arrived.
@@ -470,11 +470,11 @@ impl Api {
             c.close_after_write = true;
         }
         match outcome {
-            Outcome::Respond(r) => Step::Done {
+            Handled::Respond(r) => Step::Done {
                 used,
                 response: Some(r),
             },
-            Outcome::Wait {
+            Handled::Wait {
                 kind,
                 serial,
                 expected,

@@ -1,4 +1,4 @@
-//! Push objects (PROTOCOL.md 3): parsing, validation, and turning one push into one
+//! Push objects (docs/protocol.md 4.4): parsing, validation, and turning one push into one
 //! command per shard that needs it.
 
 use std::sync::Arc;
@@ -41,7 +41,7 @@ impl UserId {
 
 // serde_json rather than simd-json: `RawValue` keeps `data` as the exact bytes sent, so it
 // is embedded in frames without being parsed into a tree and serialised again.
-// Unknown fields are ignored: PROTOCOL.md lets objects gain fields later.
+// Unknown fields are ignored: the protocol lets objects gain fields later.
 #[derive(Deserialize)]
 struct Body<'a> {
     // `"data": null` is a valid payload; only an absent field is an error.

@@ -1,11 +1,11 @@
-//! The push API's endpoints (PROTOCOL.md 3).
+//! The push API's endpoints (docs/protocol.md 4).
 
 use std::sync::atomic::Ordering::Relaxed;
 
 use serde::Deserialize;
 
 use super::push::{self, ParsedPush};
-use super::{Api, Outcome, Request, WaitKind};
+use super::{Api, Handled, Request, WaitKind};
 use crate::auth::validate_user;
 use crate::command::{ShardCmd, Ticket};
 use crate::frame::close;
@@ -28,8 +28,8 @@ struct DisconnectBody {
     reason: Option<String>,
 }
 
-fn json(status: u16, body: &serde_json::Value, keep_alive: bool) -> Outcome {
-    Outcome::Respond(http::response(
+fn json(status: u16, body: &serde_json::Value, keep_alive: bool) -> Handled {
+    Handled::Respond(http::response(
         status,
         "application/json",
         body.to_string().as_bytes(),
@@ -38,13 +38,13 @@ fn json(status: u16, body: &serde_json::Value, keep_alive: bool) -> Outcome {
     ))
 }
 
-fn error(status: u16, code: &str, message: &str, keep_alive: bool) -> Outcome {
+fn error(status: u16, code: &str, message: &str, keep_alive: bool) -> Handled {
     let extra = if status == 503 {
         "Retry-After: 1\r\n"
     } else {
         ""
     };
-    Outcome::Respond(http::error_response(
+    Handled::Respond(http::error_response(
         status, code, message, keep_alive, extra,
     ))
 }
@@ -55,7 +55,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl Api {
-    pub(super) fn handle(&mut self, key: usize, req: &Request<'_>, keep_alive: bool) -> Outcome {
+    pub(super) fn handle(&mut self, key: usize, req: &Request<'_>, keep_alive: bool) -> Handled {
         if let Some(expected) = self.config.api_key.as_deref() {
             let given = req
                 .authorization
@@ -83,14 +83,14 @@ impl Api {
             ("POST", "/v1/push") => self.push_one(key, req.body, wait, keep_alive),
             ("POST", "/v1/push/batch") => self.push_batch(req.body, keep_alive),
             ("POST", "/v1/disconnect") => self.disconnect(key, req.body, keep_alive),
-            ("GET", "/v1/stats") => Outcome::Respond(http::response(
+            ("GET", "/v1/stats") => Handled::Respond(http::response(
                 200,
                 "application/json",
                 self.metrics.stats_json().as_bytes(),
                 keep_alive,
                 "",
             )),
-            ("GET", "/metrics") => Outcome::Respond(http::response(
+            ("GET", "/metrics") => Handled::Respond(http::response(
                 200,
                 "text/plain; version=0.0.4",
                 self.metrics.prometheus().as_bytes(),
@@ -129,7 +129,7 @@ impl Api {
         }
     }
 
-    fn push_one(&mut self, key: usize, body: &[u8], wait: bool, keep_alive: bool) -> Outcome {
+    fn push_one(&mut self, key: usize, body: &[u8], wait: bool, keep_alive: bool) -> Handled {
         let parsed = match push::parse(body) {
             Ok(p) => p,
             Err(e) => {
@@ -145,7 +145,7 @@ impl Api {
             Ok(expected) => {
                 self.metrics.pushes_accepted.fetch_add(1, Relaxed);
                 match ticket {
-                    Some(t) if expected > 0 => Outcome::Wait {
+                    Some(t) if expected > 0 => Handled::Wait {
                         kind: WaitKind::Push,
                         serial: t.serial,
                         expected,
@@ -171,7 +171,7 @@ impl Api {
         }
     }
 
-    fn push_batch(&mut self, body: &[u8], keep_alive: bool) -> Outcome {
+    fn push_batch(&mut self, body: &[u8], keep_alive: bool) -> Handled {
         let mut accepted = 0u64;
         let mut rejected = Vec::new();
         for (i, line) in body.split(|&b| b == b'\n').enumerate() {
@@ -254,7 +254,7 @@ impl Api {
         }
     }
 
-    fn disconnect(&mut self, key: usize, body: &[u8], keep_alive: bool) -> Outcome {
+    fn disconnect(&mut self, key: usize, body: &[u8], keep_alive: bool) -> Handled {
         let b: DisconnectBody = match serde_json::from_slice(body) {
             Ok(b) => b,
             Err(e) => {
@@ -301,7 +301,7 @@ impl Api {
             ticket: Ticket { conn: key, serial },
         };
         match self.send_ticketed(shard, cmd) {
-            Ok(()) => Outcome::Wait {
+            Ok(()) => Handled::Wait {
                 kind: WaitKind::Disconnect,
                 serial,
                 expected: 1,
@@ -316,7 +316,7 @@ impl Api {
         }
     }
 
-    fn presence(&mut self, key: usize, raw_user: &str, keep_alive: bool) -> Outcome {
+    fn presence(&mut self, key: usize, raw_user: &str, keep_alive: bool) -> Handled {
         let user = match percent_encoding::percent_decode_str(raw_user).decode_utf8() {
             Ok(u) => u.into_owned(),
             Err(_) => return error(400, "bad_request", "user id is not UTF-8", keep_alive),
@@ -331,7 +331,7 @@ impl Api {
             ticket: Ticket { conn: key, serial },
         };
         match self.send_ticketed(shard, cmd) {
-            Ok(()) => Outcome::Wait {
+            Ok(()) => Handled::Wait {
                 kind: WaitKind::Presence,
                 serial,
                 expected: 1,

@@ -120,7 +120,7 @@ impl Shard {
 }
 
 /// Returns the allocator's free pages to the OS, where the allocator supports it.
-pub fn release_free_memory() {
+pub(super) fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks glibc's own arenas under their locks and releases
     // free pages; it touches no memory the program owns and is safe from any thread.

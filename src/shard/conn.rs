@@ -12,14 +12,14 @@ use slab::Slab;
 use crate::wheel::TimerId;
 
 /// A server ping is outstanding (no inbound traffic since it was sent).
-pub const PING_SENT: u8 = 1;
+pub(super) const PING_SENT: u8 = 1;
 /// In the shard's dirty list, waiting for a flush.
-pub const DIRTY: u8 = 8;
+pub(super) const DIRTY: u8 = 8;
 
 /// Where a connection is in its close lifecycle; only ever moves forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 #[repr(u8)]
-pub enum Phase {
+pub(super) enum Phase {
     /// Indexed under its user and topics; serving.
     #[default]
     Open,
@@ -31,7 +31,7 @@ pub enum Phase {
 
 /// Bytes kept between reads: an incomplete frame, and a fragmented message being assembled.
 #[derive(Default)]
-pub struct Partial {
+pub(super) struct Partial {
     /// Start of a frame whose remainder has not arrived.
     pub leftover: Vec<u8>,
     /// Unmasked payload of a fragmented text message so far.
@@ -53,7 +53,7 @@ impl Partial {
 const LEFTOVER_SLACK: usize = 16 * 1024;
 
 /// Gives back the spare capacity of a kept leftover that grew far past its contents.
-pub fn trim_leftover(buf: &mut Vec<u8>) {
+pub(super) fn trim_leftover(buf: &mut Vec<u8>) {
     if buf.capacity() - buf.len() > LEFTOVER_SLACK.max(buf.len()) {
         buf.shrink_to_fit();
     }
@@ -143,7 +143,7 @@ impl OutQueue {
 }
 
 /// One client connection.
-pub struct Conn {
+pub(super) struct Conn {
     /// The socket.
     pub stream: TcpStream,
     /// Key of the user entry in the shard's user index.
@@ -172,14 +172,14 @@ pub struct Conn {
 
 impl Conn {
     /// Whether the close handshake has begun.
-    pub fn closing(&self) -> bool {
+    pub(super) fn closing(&self) -> bool {
         self.phase != Phase::Open
     }
 }
 
 /// What happened when a frame was offered to a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sent {
+pub(super) enum Sent {
     /// Queued (or dropped because the connection is closing anyway).
     Ok,
     /// The queue would exceed `max_outbound_bytes` even after a flush: close with 4008.
@@ -189,7 +189,7 @@ pub enum Sent {
 }
 
 /// The shard's connections and everything about getting bytes to them.
-pub struct Conns {
+pub(super) struct Conns {
     /// Connections by key; the key is also the mio token.
     slab: Slab<Conn>,
     dirty: Vec<u32>,
@@ -213,7 +213,7 @@ const POOL_QUEUE_SLOTS: usize = 64;
 
 impl Conns {
     /// No connections; each may queue at most `max_outbound` bytes.
-    pub fn new(max_outbound: usize) -> Conns {
+    pub(super) fn new(max_outbound: usize) -> Conns {
         Conns {
             slab: Slab::new(),
             dirty: Vec::new(),
@@ -226,17 +226,17 @@ impl Conns {
     }
 
     /// The connection with this key.
-    pub fn get(&self, key: u32) -> Option<&Conn> {
+    pub(super) fn get(&self, key: u32) -> Option<&Conn> {
         self.slab.get(key as usize)
     }
 
     /// The connection with this key, to change.
-    pub fn get_mut(&mut self, key: u32) -> Option<&mut Conn> {
+    pub(super) fn get_mut(&mut self, key: u32) -> Option<&mut Conn> {
         self.slab.get_mut(key as usize)
     }
 
     /// Keys of the connections that are open (not closing).
-    pub fn open_keys(&self) -> impl Iterator<Item = u32> + '_ {
+    pub(super) fn open_keys(&self) -> impl Iterator<Item = u32> + '_ {
         self.slab
             .iter()
             .filter(|(_, c)| !c.closing())
@@ -244,22 +244,22 @@ impl Conns {
     }
 
     /// Keys of every connection, closing ones included.
-    pub fn all_keys(&self) -> Vec<u32> {
+    pub(super) fn all_keys(&self) -> Vec<u32> {
         self.slab.iter().map(|(k, _)| k as u32).collect()
     }
 
     /// Whether the shard holds no connection at all.
-    pub fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.slab.is_empty()
     }
 
     /// The key the next `insert` will use (to register the socket under it first).
-    pub fn vacant_key(&self) -> u32 {
+    pub(super) fn vacant_key(&self) -> u32 {
         self.slab.vacant_key() as u32
     }
 
     /// Adds a connection under `vacant_key()`.
-    pub fn insert(&mut self, conn: Conn) -> u32 {
+    pub(super) fn insert(&mut self, conn: Conn) -> u32 {
         if conn.phase == Phase::Open {
             self.open += 1;
         }
@@ -267,12 +267,12 @@ impl Conns {
     }
 
     /// Connections in `Phase::Open` (what the shard's `connections` gauge must say).
-    pub fn open_count(&self) -> usize {
+    pub(super) fn open_count(&self) -> usize {
         self.open
     }
 
     /// Moves `key` from `Open` to `Closing`; false if it was not open (or is gone).
-    pub fn begin_closing(&mut self, key: u32) -> bool {
+    pub(super) fn begin_closing(&mut self, key: u32) -> bool {
         match self.slab.get_mut(key as usize) {
             Some(c) if c.phase == Phase::Open => {
                 c.phase = Phase::Closing;
@@ -285,7 +285,7 @@ impl Conns {
 
     /// Open connections holding bytes, as `(bytes held, key)`: the candidates when the
     /// memory budget is exceeded.
-    pub fn holders(&self) -> Vec<(usize, u32)> {
+    pub(super) fn holders(&self) -> Vec<(usize, u32)> {
         self.slab
             .iter()
             .filter(|(_, c)| !c.closing() && (c.out.is_some() || c.partial.is_some()))
@@ -295,17 +295,17 @@ impl Conns {
     }
 
     /// Bytes queued on every connection and not yet written.
-    pub fn queued_bytes(&self) -> usize {
+    pub(super) fn queued_bytes(&self) -> usize {
         self.queued
     }
 
     /// Bytes of incomplete inbound frames and messages held on every connection.
-    pub fn partial_bytes(&self) -> usize {
+    pub(super) fn partial_bytes(&self) -> usize {
         self.partial
     }
 
     /// What `key` holds: queued outbound plus partial inbound bytes.
-    pub fn footprint(&self, key: u32) -> usize {
+    pub(super) fn footprint(&self, key: u32) -> usize {
         self.slab.get(key as usize).map_or(0, |c| {
             c.out.as_ref().map_or(0, |q| q.bytes) + c.partial.as_ref().map_or(0, |p| p.counted)
         })
@@ -313,7 +313,7 @@ impl Conns {
 
     /// Brings the shard's partial total up to date with `key`'s partial state after a
     /// read changed it; drops a partial that holds nothing.
-    pub fn settle_partial(&mut self, key: u32) {
+    pub(super) fn settle_partial(&mut self, key: u32) {
         let Some(conn) = self.slab.get_mut(key as usize) else {
             return;
         };
@@ -348,7 +348,7 @@ impl Conns {
     }
 
     /// Queues `frame` for `key`; the write happens at the next `flush_dirty`.
-    pub fn send(&mut self, key: u32, frame: Bytes) -> Sent {
+    pub(super) fn send(&mut self, key: u32, frame: Bytes) -> Sent {
         let Some(conn) = self.slab.get_mut(key as usize) else {
             return Sent::Ok;
         };
@@ -385,7 +385,7 @@ impl Conns {
     }
 
     /// Queues the close frame, discarding what has not started (it would never be read).
-    pub fn queue_close(&mut self, key: u32, frame: Bytes, discard: bool) {
+    pub(super) fn queue_close(&mut self, key: u32, frame: Bytes, discard: bool) {
         self.drop_partial(key);
         self.begin_closing(key);
         let pool = &mut self.pool;
@@ -409,7 +409,7 @@ impl Conns {
     }
 
     /// Writes what `key` has queued. Ok(true) when nothing is left.
-    pub fn flush(&mut self, key: u32) -> io::Result<bool> {
+    pub(super) fn flush(&mut self, key: u32) -> io::Result<bool> {
         let Some(conn) = self.slab.get_mut(key as usize) else {
             return Ok(true);
         };
@@ -436,7 +436,7 @@ impl Conns {
 
     /// Flushes every connection that had frames queued since the last call; returns the
     /// keys whose sockets failed.
-    pub fn flush_dirty(&mut self, broken: &mut Vec<u32>) {
+    pub(super) fn flush_dirty(&mut self, broken: &mut Vec<u32>) {
         let dirty = std::mem::take(&mut self.dirty);
         for &key in &dirty {
             if let Some(conn) = self.slab.get_mut(key as usize) {
@@ -456,12 +456,12 @@ impl Conns {
     }
 
     /// Whether any connection waits for a flush.
-    pub fn has_dirty(&self) -> bool {
+    pub(super) fn has_dirty(&self) -> bool {
         !self.dirty.is_empty()
     }
 
     /// Removes a connection, returning its queue to the pool.
-    pub fn remove(&mut self, key: u32) -> Option<Conn> {
+    pub(super) fn remove(&mut self, key: u32) -> Option<Conn> {
         self.drop_partial(key);
         let mut conn = self.slab.try_remove(key as usize)?;
         if conn.phase == Phase::Open {

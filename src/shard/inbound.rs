@@ -139,7 +139,7 @@ impl Shard {
     fn frame(&mut self, key: u32, head: Head, payload: &mut [u8]) -> Result<(), FrameError> {
         match head.kind {
             Kind::Ping => {
-                self.reply(key, frame::pong(payload));
+                self.send_frame(key, frame::pong(payload));
                 Ok(())
             }
             Kind::Pong => Ok(()),
@@ -199,7 +199,7 @@ impl Shard {
 
     /// A complete text message.
     fn text(&mut self, key: u32, payload: &mut [u8]) -> Result<(), FrameError> {
-        if simdutf8_check(payload).is_err() {
+        if check_utf8(payload).is_err() {
             return Err(FrameError::InvalidUtf8);
         }
         let mut buffers = std::mem::take(&mut self.json);
@@ -224,7 +224,7 @@ impl Shard {
                 if c.refused > MAX_REFUSED_IN_ROW {
                     self.close(key, Close::TOO_MANY_REFUSED);
                 } else {
-                    self.reply(key, messages::error_frame(&refused, reference.as_deref()));
+                    self.send_frame(key, messages::error_frame(&refused, reference.as_deref()));
                 }
             }
         }
@@ -239,7 +239,7 @@ impl Shard {
     ) -> Result<(), Refused> {
         match msg {
             ClientMsg::Ping => {
-                self.reply(key, messages::pong_frame(reference));
+                self.send_frame(key, messages::pong_frame(reference));
                 Ok(())
             }
             // Replay buffers arrive with delivery across reconnects; until then nothing is
@@ -247,7 +247,7 @@ impl Shard {
             ClientMsg::Ack { .. } => Ok(()),
             ClientMsg::Subscribe { topic } => {
                 self.subscribe(key, &topic)?;
-                self.reply(
+                self.send_frame(
                     key,
                     messages::topic_ack_frame("subscribed", &topic, reference),
                 );
@@ -263,7 +263,7 @@ impl Shard {
                         }
                     }
                 }
-                self.reply(
+                self.send_frame(
                     key,
                     messages::topic_ack_frame("unsubscribed", &topic, reference),
                 );
@@ -321,6 +321,7 @@ fn bad_topic(e: &topic::TopicError) -> Refused {
     }
 }
 
-fn simdutf8_check(b: &[u8]) -> Result<(), std::str::Utf8Error> {
+/// Whether a text payload is valid UTF-8 (close 1007 otherwise).
+fn check_utf8(b: &[u8]) -> Result<(), std::str::Utf8Error> {
     std::str::from_utf8(b).map(|_| ())
 }

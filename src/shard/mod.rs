@@ -49,7 +49,7 @@ const SCRATCH_BYTES: usize = 64 * 1024;
 const WAKER: Token = Token(usize::MAX);
 
 /// The sending ends of a new shard's two queues and its waker: the connection queue goes
-/// to the acceptor's [`Links`](crate::link::Links), the command queue to the push API's.
+/// to the acceptor's `Links`, the command queue to the push API's.
 pub struct ShardEnds {
     /// Upgraded connections from the acceptor.
     pub conns: Sender<Handoff>,
@@ -425,7 +425,7 @@ impl Shard {
                 targets.clear();
                 self.targets = targets;
                 self.delivered(sessions, push.accepted_at);
-                self.answer(ticket, sessions, online);
+                self.answer_api(ticket, sessions, online);
             }
             ShardCmd::Topic {
                 topic,
@@ -441,7 +441,7 @@ impl Shard {
                 members.clear();
                 self.targets = members;
                 self.delivered(sessions, accepted_at);
-                self.answer(ticket, sessions, users);
+                self.answer_api(ticket, sessions, users);
             }
             ShardCmd::Broadcast {
                 frame,
@@ -454,7 +454,7 @@ impl Shard {
                 all.clear();
                 self.targets = all;
                 self.delivered(sessions, accepted_at);
-                self.answer(ticket, sessions, self.users.len() as u64);
+                self.answer_api(ticket, sessions, self.users.len() as u64);
             }
             ShardCmd::Disconnect {
                 user,
@@ -477,7 +477,7 @@ impl Shard {
                     self.close(key, close);
                 }
                 let n = sessions.len() as u64;
-                self.answer(Some(ticket), n, u64::from(n > 0));
+                self.answer_api(Some(ticket), n, u64::from(n > 0));
             }
             ShardCmd::Presence { user, ticket } => {
                 let n = self
@@ -485,7 +485,7 @@ impl Shard {
                     .find(&user)
                     .and_then(|k| self.users.get(k))
                     .map_or(0, |u| u.sessions.len() as u64);
-                self.answer(Some(ticket), n, u64::from(n > 0));
+                self.answer_api(Some(ticket), n, u64::from(n > 0));
             }
         }
     }
@@ -532,8 +532,9 @@ impl Shard {
         }
     }
 
-    /// Queues a reply frame (not a push); overflow still means a slow consumer.
-    fn reply(&mut self, key: u32, frame: Bytes) {
+    /// Queues a frame that is not a push (pong, error, subscribed, ping); overflow still
+    /// means a slow consumer.
+    fn send_frame(&mut self, key: u32, frame: Bytes) {
         self.deliver(key, frame);
     }
 
@@ -544,7 +545,8 @@ impl Shard {
         self.written_at.push(accepted_at);
     }
 
-    fn answer(&mut self, ticket: Option<Ticket>, sessions: u64, users: u64) {
+    /// Queues the answer to a ticketed API command, sent to the API at the end of the turn.
+    fn answer_api(&mut self, ticket: Option<Ticket>, sessions: u64, users: u64) {
         if let Some(ticket) = ticket {
             self.replies.push(Reply {
                 ticket,
@@ -636,7 +638,7 @@ impl Shard {
         }
         if silent >= self.ping_ticks && c.flags & PING_SENT == 0 {
             c.flags |= PING_SENT;
-            self.reply(key, frame::ping(b""));
+            self.send_frame(key, frame::ping(b""));
         }
         self.arm(key);
     }

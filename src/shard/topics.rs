@@ -6,7 +6,7 @@ use rustc_hash::FxBuildHasher;
 use slab::Slab;
 
 /// A topic with at least one member on this shard.
-pub struct TopicEntry {
+pub(super) struct TopicEntry {
     /// The name.
     pub name: Box<str>,
     /// Connection keys subscribed.
@@ -15,14 +15,14 @@ pub struct TopicEntry {
 
 /// Topics by name.
 #[derive(Default)]
-pub struct Topics {
+pub(super) struct Topics {
     by_name: HashMap<Box<str>, u32, FxBuildHasher>,
     entries: Slab<TopicEntry>,
 }
 
 impl Topics {
     /// Adds `conn` to `name`; returns the topic key and whether it was newly added.
-    pub fn join(&mut self, name: &str, conn: u32) -> (u32, bool) {
+    pub(super) fn join(&mut self, name: &str, conn: u32) -> (u32, bool) {
         let key = match self.by_name.get(name) {
             Some(&k) => k,
             None => {
@@ -39,7 +39,7 @@ impl Topics {
     }
 
     /// Removes `conn` from topic `key`, forgetting the topic when it empties.
-    pub fn leave(&mut self, key: u32, conn: u32) {
+    pub(super) fn leave(&mut self, key: u32, conn: u32) {
         let Some(entry) = self.entries.get_mut(key as usize) else {
             return;
         };
@@ -51,12 +51,12 @@ impl Topics {
     }
 
     /// The key of `name`, when it has members here.
-    pub fn find(&self, name: &str) -> Option<u32> {
+    pub(super) fn find(&self, name: &str) -> Option<u32> {
         self.by_name.get(name).copied()
     }
 
     /// Members of topic `key`.
-    pub fn members(&self, key: u32) -> impl Iterator<Item = u32> + '_ {
+    pub(super) fn members(&self, key: u32) -> impl Iterator<Item = u32> + '_ {
         self.entries
             .get(key as usize)
             .into_iter()
@@ -64,7 +64,7 @@ impl Topics {
     }
 
     /// Topics with members.
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.entries.len()
     }
 }

@@ -6,7 +6,7 @@ use rustc_hash::FxBuildHasher;
 use slab::Slab;
 
 /// One user with at least one session on this shard.
-pub struct UserEntry {
+pub(super) struct UserEntry {
     /// The user id.
     pub id: Box<str>,
     /// Connection keys, oldest first.
@@ -21,14 +21,14 @@ pub struct UserEntry {
 
 /// Users by id.
 #[derive(Default)]
-pub struct Users {
+pub(super) struct Users {
     by_id: HashMap<Box<str>, u32, FxBuildHasher>,
     entries: Slab<UserEntry>,
 }
 
 impl Users {
     /// Adds session `conn` for `id`, creating the entry if needed; returns the user key.
-    pub fn attach(&mut self, id: &str, conn: u32) -> u32 {
+    pub(super) fn attach(&mut self, id: &str, conn: u32) -> u32 {
         if let Some(&key) = self.by_id.get(id) {
             self.entries[key as usize].sessions.push(conn);
             return key;
@@ -45,7 +45,7 @@ impl Users {
     }
 
     /// Removes session `conn`; forgets the user when it was the last one.
-    pub fn detach(&mut self, user: u32, conn: u32) {
+    pub(super) fn detach(&mut self, user: u32, conn: u32) {
         let Some(entry) = self.entries.get_mut(user as usize) else {
             return;
         };
@@ -60,22 +60,22 @@ impl Users {
     }
 
     /// The user key for `id`, when online here.
-    pub fn find(&self, id: &str) -> Option<u32> {
+    pub(super) fn find(&self, id: &str) -> Option<u32> {
         self.by_id.get(id).copied()
     }
 
     /// The entry for a user key.
-    pub fn get(&self, key: u32) -> Option<&UserEntry> {
+    pub(super) fn get(&self, key: u32) -> Option<&UserEntry> {
         self.entries.get(key as usize)
     }
 
     /// The entry for a user key, mutably.
-    pub fn get_mut(&mut self, key: u32) -> Option<&mut UserEntry> {
+    pub(super) fn get_mut(&mut self, key: u32) -> Option<&mut UserEntry> {
         self.entries.get_mut(key as usize)
     }
 
     /// Users online.
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.entries.len()
     }
 }
