@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use crate::admission::{Admission, ConnectRate};
@@ -25,13 +25,10 @@ use crate::fdlimit;
 use crate::handshake::{self, Refusal, Upgrade};
 use crate::link::{Links, SendError};
 use crate::metrics::{HandshakeOutcome, Metrics};
+use crate::reactor::{self, Clock, LISTENER, WAKER};
 use crate::route::shard_of;
 use crate::wheel::{TimerId, Wheel};
 
-const LISTENER: Token = Token(usize::MAX - 1);
-/// The acceptor's waker token.
-pub(crate) const WAKER: Token = Token(usize::MAX);
-const TICK_MS: u64 = 10;
 /// How long a refused socket may take to read the response before it is dropped.
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 /// How long to stop accepting when the process is out of file descriptors.
@@ -53,7 +50,7 @@ pub(crate) struct Acceptor {
     listener: TcpListener,
     pending: Slab<Pending>,
     wheel: Wheel<u32>,
-    started: Instant,
+    clock: Clock,
     verifier: Verifier,
     config: Arc<Config>,
     metrics: Arc<Metrics>,
@@ -98,7 +95,7 @@ impl Acceptor {
             listener,
             pending: Slab::new(),
             wheel: Wheel::new(),
-            started: Instant::now(),
+            clock: Clock::real(),
             verifier,
             rate: ConnectRate::new(config.connect_rate_per_ip),
             config,
@@ -116,11 +113,11 @@ impl Acceptor {
     }
 
     fn tick(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64 / TICK_MS
+        self.clock.tick()
     }
 
     fn ticks(d: Duration) -> u64 {
-        (d.as_millis() as u64).div_ceil(TICK_MS).max(1)
+        reactor::ticks_ceil(d).max(1)
     }
 
     /// Runs until shutdown begins; then answers pending handshakes with 503 and returns.
@@ -130,16 +127,11 @@ impl Acceptor {
         loop {
             let mut timeout = Duration::from_millis(100);
             if let Some(next) = self.wheel.next_expiry() {
-                let now_ms = self.started.elapsed().as_millis() as u64;
-                timeout = timeout.min(Duration::from_millis(
-                    (next * TICK_MS).saturating_sub(now_ms),
-                ));
+                timeout = timeout.min(self.clock.until_tick(next));
             }
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    tracing::error!(error = %e, "acceptor poll failed; no longer accepting");
-                    return;
-                }
+            if let Err(e) = reactor::poll_step(&mut self.poll, &mut events, timeout) {
+                tracing::error!(error = %e, "acceptor poll failed; no longer accepting");
+                return;
             }
             if self.draining.load(Relaxed) {
                 self.drain();
@@ -569,11 +561,6 @@ fn client_fd_ceiling(config: &Config) -> usize {
         "client connection ceiling: clients beyond it get 503 over_capacity"
     );
     ceiling
-}
-
-/// The acceptor's waker, made before the thread starts so shutdown can reach it.
-pub(crate) fn waker(poll: &Poll) -> io::Result<Arc<Waker>> {
-    Ok(Arc::new(Waker::new(poll.registry(), WAKER)?))
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ pub(crate) mod json_depth;
 pub(crate) mod link;
 pub mod messages;
 pub mod metrics;
+pub mod reactor;
 pub mod route;
 pub mod server;
 pub mod shard;

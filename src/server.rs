@@ -9,13 +9,14 @@ use std::thread::JoinHandle;
 use mio::{Poll, Waker};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::acceptor::{self, Acceptor};
+use crate::acceptor::Acceptor;
 use crate::admission::Admission;
-use crate::api::{self, Api};
+use crate::api::Api;
 use crate::auth::{KeyError, Verifier};
 use crate::config::Config;
 use crate::link::Links;
 use crate::metrics::Metrics;
+use crate::reactor;
 use crate::shard::{self, ReplySink, ShardShared};
 
 /// Why the server could not start.
@@ -100,7 +101,7 @@ impl Server {
         let stop = Arc::new(AtomicBool::new(false));
 
         let api_poll = Poll::new()?;
-        let api_waker = api::waker(&api_poll)?;
+        let api_waker = reactor::waker(&api_poll)?;
         // Replies are bounded by construction: each API connection waits on at most one
         // request, whose replies number at most the shard count.
         let (reply_tx, reply_rx) = crossbeam_channel::unbounded();
@@ -138,7 +139,7 @@ impl Server {
         }
 
         let acceptor_poll = Poll::new()?;
-        let acceptor_waker = acceptor::waker(&acceptor_poll)?;
+        let acceptor_waker = reactor::waker(&acceptor_poll)?;
         let acceptor = Acceptor::new(
             acceptor_poll,
             client_listener,

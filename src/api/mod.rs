@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use crate::command::Reply;
@@ -27,11 +27,9 @@ use crate::config::{Config, MAX_API_BODY_BYTES};
 use crate::http;
 use crate::link::Links;
 use crate::metrics::Metrics;
+use crate::reactor::{self, LISTENER, WAKER};
 use request::{FrameError, Framed};
 
-const LISTENER: Token = Token(usize::MAX - 1);
-/// The API's waker token (replies from shards, shutdown).
-pub const WAKER: Token = Token(usize::MAX);
 /// How long a request may wait for shard replies before it is answered 503.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a closing API connection may take to read its last response.
@@ -200,12 +198,10 @@ impl Api {
         let mut events = Events::with_capacity(256);
         let mut last_sweep = Instant::now();
         loop {
-            if let Err(e) = self.poll.poll(&mut events, Some(SWEEP)) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    tracing::error!(error = %e, "push API poll failed; API stops");
-                    self.close_all();
-                    return;
-                }
+            if let Err(e) = reactor::poll_step(&mut self.poll, &mut events, SWEEP) {
+                tracing::error!(error = %e, "push API poll failed; API stops");
+                self.close_all();
+                return;
             }
             self.now = Instant::now();
             if self.stop.load(Relaxed) {
@@ -726,9 +722,4 @@ enum Step {
         used: usize,
         response: Option<Vec<u8>>,
     },
-}
-
-/// The API's waker, made before the thread starts so shards and shutdown can reach it.
-pub fn waker(poll: &Poll) -> io::Result<Arc<Waker>> {
-    Ok(Arc::new(Waker::new(poll.registry(), WAKER)?))
 }

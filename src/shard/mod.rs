@@ -28,6 +28,7 @@ use crate::handshake::Refusal;
 use crate::http;
 use crate::messages;
 use crate::metrics::{self, Metrics, ShardCounters};
+use crate::reactor::{self, Clock, WAKER};
 use crate::topic::TopicPattern;
 use crate::wheel::Wheel;
 
@@ -36,8 +37,6 @@ use conn::{Conn, Conns, Phase, Sent, PING_SENT};
 use topics::Topics;
 use users::Users;
 
-/// Milliseconds per wheel tick.
-const TICK_MS: u64 = 10;
 /// How long a closing connection may take to finish the close handshake.
 const CLOSE_LINGER: Duration = Duration::from_secs(3);
 /// Commands or connections taken from a channel per loop turn, so sockets are not starved.
@@ -46,7 +45,6 @@ const CHANNEL_BATCH: usize = 1024;
 const READS_PER_EVENT: usize = 16;
 /// Scratch read buffer shared by every connection of the shard.
 const SCRATCH_BYTES: usize = 64 * 1024;
-const WAKER: Token = Token(usize::MAX);
 
 /// The sending ends of a new shard's two queues and its waker: the connection queue goes
 /// to the acceptor's `Links`, the command queue to the push API's.
@@ -99,7 +97,7 @@ pub fn spawn(
             if let Some(core) = core {
                 core_affinity::set_for_current(core);
             }
-            let mut shard = Shard::new(id, poll, conn_rx, cmd_rx, shared);
+            let mut shard = Shard::new(id, poll, conn_rx, cmd_rx, shared, Clock::real());
             shard.run();
         })?;
     Ok((
@@ -122,7 +120,8 @@ struct Shard {
     users: Users,
     topics: Topics,
     wheel: Wheel<u32>,
-    started: Instant,
+    /// Time in wheel ticks (real, or manual in tests).
+    clock: Clock,
     /// Current tick, refreshed once per loop turn.
     tick: u32,
     ping_ticks: u32,
@@ -156,13 +155,10 @@ impl Shard {
         conn_rx: Receiver<Handoff>,
         cmd_rx: Receiver<ShardCmd>,
         shared: ShardShared,
+        clock: Clock,
     ) -> Shard {
         let cfg = &shared.config;
-        let ticks = |d: Duration| {
-            (d.as_millis() as u64)
-                .div_ceil(TICK_MS)
-                .min(u32::MAX as u64) as u32
-        };
+        let ticks = |d: Duration| reactor::ticks_ceil(d).min(u64::from(u32::MAX)) as u32;
         let ping_ticks = ticks(cfg.ping_interval).max(1);
         let idle_ticks = ticks(cfg.idle_timeout).max(ping_ticks + 1);
         let max_outbound = cfg.max_outbound_bytes;
@@ -175,7 +171,7 @@ impl Shard {
             users: Users::default(),
             topics: Topics::default(),
             wheel: Wheel::new(),
-            started: Instant::now(),
+            clock,
             tick: 0,
             ping_ticks,
             idle_ticks,
@@ -207,50 +203,60 @@ impl Shard {
         let mut broken = Vec::new();
         loop {
             let timeout = self.poll_timeout();
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    tracing::error!(shard = self.id, error = %e, "poll failed; shard stops");
-                    self.abandon_all();
-                    return;
-                }
-            }
-            self.refresh_tick();
-            for backlogged in std::mem::take(&mut self.backlog) {
-                self.on_readable(backlogged);
-            }
-            for event in events.iter() {
-                if event.token() == WAKER {
-                    continue;
-                }
-                let key = event.token().0 as u32;
-                if event.is_writable() && self.conns.flush(key).is_err() {
-                    self.abort(key);
-                    continue;
-                }
-                if event.is_readable() || event.is_read_closed() || event.is_error() {
-                    self.on_readable(key);
-                }
-            }
-            self.take_connections();
-            self.take_commands();
-            self.wheel.advance(u64::from(self.tick), &mut fired);
-            for key in fired.drain(..) {
-                self.on_timer(key);
-            }
-            self.conns.flush_dirty(&mut broken);
-            for key in broken.drain(..) {
-                self.abort(key);
-            }
-            debug_assert!(
-                !self.conns.has_dirty(),
-                "dirty connections left after the flush"
-            );
-            self.finish_turn();
-            self.check_invariants();
-            if self.shared.draining.load(Relaxed) && self.drain_step() {
+            if !self.turn(&mut events, &mut fired, &mut broken, timeout) {
                 return;
             }
         }
+    }
+
+    /// One turn of the loop: wait up to `timeout`, then read, take connections and
+    /// commands, fire timers, flush, publish. False when the shard is done.
+    fn turn(
+        &mut self,
+        events: &mut Events,
+        fired: &mut Vec<u32>,
+        broken: &mut Vec<u32>,
+        timeout: Duration,
+    ) -> bool {
+        if let Err(e) = reactor::poll_step(&mut self.poll, events, timeout) {
+            tracing::error!(shard = self.id, error = %e, "poll failed; shard stops");
+            self.abandon_all();
+            return false;
+        }
+        self.refresh_tick();
+        for backlogged in std::mem::take(&mut self.backlog) {
+            self.on_readable(backlogged);
+        }
+        for event in events.iter() {
+            if event.token() == WAKER {
+                continue;
+            }
+            let key = event.token().0 as u32;
+            if event.is_writable() && self.conns.flush(key).is_err() {
+                self.abort(key);
+                continue;
+            }
+            if event.is_readable() || event.is_read_closed() || event.is_error() {
+                self.on_readable(key);
+            }
+        }
+        self.take_connections();
+        self.take_commands();
+        self.wheel.advance(u64::from(self.tick), fired);
+        for key in fired.drain(..) {
+            self.on_timer(key);
+        }
+        self.conns.flush_dirty(broken);
+        for key in broken.drain(..) {
+            self.abort(key);
+        }
+        debug_assert!(
+            !self.conns.has_dirty(),
+            "dirty connections left after the flush"
+        );
+        self.finish_turn();
+        self.check_invariants();
+        !(self.shared.draining.load(Relaxed) && self.drain_step())
     }
 
     fn poll_timeout(&self) -> Duration {
@@ -262,18 +268,15 @@ impl Shard {
             return Duration::ZERO;
         }
         // Wake at least every 100 ms to publish metrics and notice draining.
-        let mut ms = 100;
+        let mut timeout = Duration::from_millis(100);
         if let Some(next) = self.wheel.next_expiry() {
-            let due_ms = next * TICK_MS;
-            let now_ms = self.started.elapsed().as_millis() as u64;
-            ms = ms.min(due_ms.saturating_sub(now_ms));
+            timeout = timeout.min(self.clock.until_tick(next));
         }
-        Duration::from_millis(ms)
+        timeout
     }
 
     fn refresh_tick(&mut self) {
-        let ms = self.started.elapsed().as_millis() as u64;
-        self.tick = (ms / TICK_MS).min(u64::from(u32::MAX - 1)) as u32;
+        self.tick = self.clock.tick().min(u64::from(u32::MAX - 1)) as u32;
     }
 
     fn take_connections(&mut self) {
@@ -389,7 +392,7 @@ impl Shard {
         let left_ms = (exp + self.shared.config.jwt.leeway_secs)
             .saturating_sub(now_s)
             .saturating_mul(1000);
-        let t = u64::from(self.tick) + left_ms / TICK_MS;
+        let t = u64::from(self.tick) + left_ms / reactor::TICK_MS;
         t.min(u64::from(u32::MAX - 1)) as u32
     }
 
@@ -663,13 +666,13 @@ impl Shard {
                 .shared
                 .config
                 .shutdown_grace
-                .max(Duration::from_millis(TICK_MS)),
+                .max(Duration::from_millis(reactor::TICK_MS)),
             None => CLOSE_LINGER,
         };
         self.rearm_at(
             key,
             self.tick
-                .saturating_add((linger.as_millis() as u64 / TICK_MS) as u32),
+                .saturating_add(reactor::ticks_floor(linger).min(u64::from(u32::MAX)) as u32),
         );
     }
 
@@ -701,7 +704,7 @@ impl Shard {
         self.rearm_at(
             key,
             self.tick
-                .saturating_add((CLOSE_LINGER.as_millis() as u64 / TICK_MS) as u32),
+                .saturating_add(reactor::ticks_floor(CLOSE_LINGER) as u32),
         );
     }
 
