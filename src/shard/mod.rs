@@ -8,6 +8,9 @@ mod inbound;
 mod topics;
 mod users;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};

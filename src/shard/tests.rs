@@ -1,0 +1,711 @@
+//! The shard state machine on a manual clock: one shard driven turn by turn from the test
+//! thread, its clients on loopback socket pairs. Time moves only through `ManualTime`, so
+//! timers are checked to the tick; waits are bounded by turn counts, never by wall time.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, Sender};
+use mio::{Events, Poll};
+use serde_json::{json, Value};
+
+use super::{ReplySink, Shard, ShardShared};
+use crate::admission::Admission;
+use crate::auth::Identity;
+use crate::command::{Handoff, Push, Reply, ShardCmd};
+use crate::config::Config;
+use crate::metrics::{Metrics, ShardCounters};
+use crate::reactor::{self, Clock, ManualTime};
+use crate::topic::TopicPattern;
+
+const SECRET: &str = "shard-test-secret-0123456789abcdef";
+const OP_CONT: u8 = 0x0;
+const OP_TEXT: u8 = 0x1;
+const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
+const OP_PONG: u8 = 0xA;
+/// Turns (each followed by one short read) a wait may take before the test fails.
+const MAX_TURNS: usize = 500;
+/// How long one client read waits for bytes; only ever spent when none are coming.
+const READ_WAIT: Duration = Duration::from_millis(10);
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// One shard on a manual clock, and the ends of its queues.
+struct Harness {
+    shard: Shard,
+    clock: Clock,
+    time: ManualTime,
+    conns: Sender<Handoff>,
+    cmds: Sender<ShardCmd>,
+    events: Events,
+    fired: Vec<u32>,
+    broken: Vec<u32>,
+    draining: Arc<AtomicBool>,
+    admission: Arc<Admission>,
+    /// The push API's end: answers, and the poll its waker belongs to.
+    _replies: (Receiver<Reply>, Poll),
+}
+
+/// A frame from the server.
+#[derive(Debug)]
+struct Frame {
+    fin: bool,
+    opcode: u8,
+    payload: Vec<u8>,
+}
+
+impl Frame {
+    fn close_code(&self) -> Option<u16> {
+        (self.opcode == OP_CLOSE && self.payload.len() >= 2)
+            .then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
+    }
+
+    fn json(&self) -> Value {
+        assert_eq!(self.opcode, OP_TEXT, "not a text frame: {self:?}");
+        serde_json::from_slice(&self.payload).expect("server text is JSON")
+    }
+}
+
+/// A client: a blocking socket with a short read timeout, and what it has read.
+struct Peer {
+    ws: TcpStream,
+    buf: Vec<u8>,
+    eof: bool,
+    /// The shard's key for this connection.
+    key: u32,
+    welcome: Value,
+}
+
+impl Peer {
+    /// Sends one masked frame.
+    fn send(&mut self, fin: bool, opcode: u8, payload: &[u8]) {
+        let mut out = vec![(u8::from(fin) << 7) | opcode];
+        match payload.len() {
+            n if n < 126 => out.push(0x80 | n as u8),
+            n if n <= 0xffff => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        let mask = [0x37, 0xfa, 0x21, 0x3d];
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.ws.write_all(&out).expect("client write");
+    }
+
+    fn send_json(&mut self, v: Value) {
+        self.send(true, OP_TEXT, v.to_string().as_bytes());
+    }
+
+    /// One read (waiting at most `READ_WAIT`) appended to the buffer.
+    fn fill(&mut self) {
+        if self.eof {
+            return;
+        }
+        let mut chunk = [0u8; 64 * 1024];
+        match self.ws.read(&mut chunk) {
+            Ok(0) => self.eof = true,
+            Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            // A reset after the server dropped the socket ends the stream too.
+            Err(_) => self.eof = true,
+        }
+    }
+
+    /// The 101 response head, once all of it has arrived.
+    fn take_head(&mut self) -> Option<String> {
+        let end = self.buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+        let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+        self.buf.drain(..end);
+        Some(head)
+    }
+
+    /// The next whole server frame in the buffer (server frames are never masked).
+    fn take_frame(&mut self) -> Option<Frame> {
+        let b = &self.buf;
+        if b.len() < 2 {
+            return None;
+        }
+        assert_eq!(b[1] & 0x80, 0, "server frames are not masked");
+        let (len, header) = match b[1] & 0x7f {
+            126 if b.len() >= 4 => (usize::from(u16::from_be_bytes([b[2], b[3]])), 4),
+            127 if b.len() >= 10 => {
+                let mut n = [0u8; 8];
+                n.copy_from_slice(&b[2..10]);
+                (u64::from_be_bytes(n) as usize, 10)
+            }
+            126 | 127 => return None,
+            n => (usize::from(n), 2),
+        };
+        if b.len() < header + len {
+            return None;
+        }
+        let frame = Frame {
+            fin: b[0] & 0x80 != 0,
+            opcode: b[0] & 0x0f,
+            payload: b[header..header + len].to_vec(),
+        };
+        self.buf.drain(..header + len);
+        Some(frame)
+    }
+}
+
+impl Harness {
+    /// A shard configured by `flags` (on top of a secret and loopback listeners).
+    fn new(flags: &[&str]) -> Harness {
+        Harness::with(flags, |_| {})
+    }
+
+    /// Like `new`, then `edit` changes what flags cannot reach.
+    fn with(flags: &[&str], edit: impl FnOnce(&mut Config)) -> Harness {
+        let mut args = vec![
+            "--jwt-secret",
+            SECRET,
+            "--listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+            "--shards",
+            "1",
+        ];
+        args.extend_from_slice(flags);
+        let mut config = Config::from_args(args).expect("test config");
+        edit(&mut config);
+        let api_poll = Poll::new().expect("poll");
+        let api_waker = reactor::waker(&api_poll).expect("waker");
+        let (reply_tx, reply_rx) = crossbeam_channel::unbounded();
+        let admission = Arc::new(Admission::new(1000, 0));
+        let draining = Arc::new(AtomicBool::new(false));
+        let shared = ShardShared {
+            config: Arc::new(config),
+            metrics: Arc::new(Metrics::new(1)),
+            admission: Arc::clone(&admission),
+            draining: Arc::clone(&draining),
+            replies: ReplySink {
+                tx: reply_tx,
+                waker: api_waker,
+            },
+        };
+        let poll = Poll::new().expect("poll");
+        // The shard's own waker, as `spawn` makes it (senders here never need to wake it).
+        let _ = reactor::waker(&poll).expect("waker");
+        let (conn_tx, conn_rx) = crossbeam_channel::unbounded();
+        let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
+        let (clock, time) = Clock::manual();
+        let shard = Shard::new(0, poll, conn_rx, cmd_rx, shared, clock.clone());
+        Harness {
+            shard,
+            clock,
+            time,
+            conns: conn_tx,
+            cmds: cmd_tx,
+            events: Events::with_capacity(64),
+            fired: Vec::new(),
+            broken: Vec::new(),
+            draining,
+            admission,
+            _replies: (reply_rx, api_poll),
+        }
+    }
+
+    /// One loop turn that does not wait; false when the shard is done.
+    fn turn(&mut self) -> bool {
+        self.shard.turn(
+            &mut self.events,
+            &mut self.fired,
+            &mut self.broken,
+            Duration::ZERO,
+        )
+    }
+
+    /// Moves the clock to `ms` (since the start) and runs one turn.
+    fn at(&mut self, ms: u64) {
+        let now = self.clock.now_ms();
+        assert!(ms >= now, "time only moves forward ({now} -> {ms})");
+        self.time.advance(Duration::from_millis(ms - now));
+        self.turn();
+    }
+
+    fn counters(&self) -> &ShardCounters {
+        self.shard.counters()
+    }
+
+    /// Runs turns until `done` holds, at most `MAX_TURNS`.
+    fn turn_until(&mut self, what: &str, mut done: impl FnMut(&mut Harness) -> bool) {
+        for _ in 0..MAX_TURNS {
+            if done(self) {
+                return;
+            }
+            self.turn();
+        }
+        panic!("not reached in {MAX_TURNS} turns: {what}");
+    }
+
+    /// A session for `user` on a fresh loopback pair.
+    fn connect(&mut self, user: &str) -> Peer {
+        self.connect_with(user, None, Vec::new(), None)
+    }
+
+    /// A session for `user` with token expiry `exp`, topic grants, and (for a client that
+    /// should fall behind) a small receive buffer set before connecting.
+    fn connect_with(
+        &mut self,
+        user: &str,
+        exp: Option<u64>,
+        topics: Vec<TopicPattern>,
+        rcvbuf: Option<usize>,
+    ) -> Peer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        if let Some(n) = rcvbuf {
+            sock.set_recv_buffer_size(n).expect("SO_RCVBUF");
+        }
+        sock.connect(&listener.local_addr().expect("addr").into())
+            .expect("connect");
+        let ws: TcpStream = sock.into();
+        ws.set_read_timeout(Some(READ_WAIT)).expect("timeout");
+        let (server, _) = listener.accept().expect("accept");
+        if rcvbuf.is_some() {
+            socket2::SockRef::from(&server)
+                .set_send_buffer_size(4096)
+                .expect("SO_SNDBUF");
+        }
+        server.set_nonblocking(true).expect("nonblocking");
+        self.admission.try_admit(LOCALHOST).expect("admitted");
+        let key = self.shard.conns.vacant_key();
+        self.conns
+            .send(Handoff {
+                stream: mio::net::TcpStream::from_std(server),
+                identity: Identity {
+                    user: user.into(),
+                    topics,
+                    exp,
+                },
+                accept_key: "test-accept".into(),
+                leftover: Vec::new(),
+                ip: LOCALHOST,
+            })
+            .expect("shard queue");
+        let mut peer = Peer {
+            ws,
+            buf: Vec::new(),
+            eof: false,
+            key,
+            welcome: Value::Null,
+        };
+        let mut head = None;
+        for _ in 0..MAX_TURNS {
+            self.turn();
+            peer.fill();
+            if head.is_none() {
+                head = peer.take_head();
+            }
+            if head.is_some() {
+                if let Some(f) = peer.take_frame() {
+                    peer.welcome = f.json();
+                    break;
+                }
+            }
+        }
+        let head = head.expect("101 response");
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+        assert!(
+            head.contains("Sec-WebSocket-Accept: test-accept\r\n"),
+            "{head}"
+        );
+        assert_eq!(peer.welcome["type"], "welcome", "{}", peer.welcome);
+        assert_eq!(peer.welcome["user"], user);
+        peer
+    }
+
+    /// The next frame `peer` gets, turning the shard while waiting.
+    fn recv(&mut self, peer: &mut Peer) -> Frame {
+        for _ in 0..MAX_TURNS {
+            if let Some(f) = peer.take_frame() {
+                return f;
+            }
+            assert!(
+                !peer.eof,
+                "EOF before a frame; {} bytes left",
+                peer.buf.len()
+            );
+            self.turn();
+            peer.fill();
+        }
+        panic!("no frame in {MAX_TURNS} turns");
+    }
+
+    /// The next frame, which must be the close; returns its code.
+    fn recv_close(&mut self, peer: &mut Peer) -> u16 {
+        let f = self.recv(peer);
+        assert_eq!(f.opcode, OP_CLOSE, "expected a close, got {f:?}");
+        f.close_code().expect("close code")
+    }
+
+    /// The next frame, which must be a text message; returns its JSON.
+    fn recv_json(&mut self, peer: &mut Peer) -> Value {
+        self.recv(peer).json()
+    }
+
+    /// Nothing arrives for `peer` over a few turns (without moving the clock).
+    fn quiet(&mut self, peer: &mut Peer) {
+        for _ in 0..3 {
+            self.turn();
+            peer.fill();
+        }
+        assert!(!peer.eof, "the server closed the socket");
+        assert!(
+            peer.buf.is_empty(),
+            "unexpected frame: {:?}",
+            peer.take_frame()
+        );
+    }
+
+    /// The server ends the stream after what was read.
+    fn expect_eof(&mut self, peer: &mut Peer) {
+        for _ in 0..MAX_TURNS {
+            if peer.eof {
+                assert!(
+                    peer.buf.is_empty(),
+                    "bytes before EOF: {:?}",
+                    peer.take_frame()
+                );
+                return;
+            }
+            self.turn();
+            peer.fill();
+        }
+        panic!("no EOF in {MAX_TURNS} turns");
+    }
+
+    /// A JSON ping with `reference` is answered with its pong.
+    fn ping_pong(&mut self, peer: &mut Peer, reference: &str) {
+        peer.send_json(json!({"type": "ping", "ref": reference}));
+        assert_eq!(
+            self.recv_json(peer),
+            json!({"type": "pong", "ref": reference})
+        );
+    }
+
+    /// Sends a direct push to `user`.
+    fn push(&mut self, user: &str, data: &str) {
+        let cmd = ShardCmd::Users {
+            push: Arc::new(Push {
+                data: data.into(),
+                id: None,
+                ts_ms: 0,
+                accepted_at: Instant::now(),
+            }),
+            users: vec![user.into()],
+            ticket: None,
+        };
+        // What the API would have reserved; the shard releases it.
+        let m = &self.shard.shared.metrics;
+        m.command_bytes.fetch_add(cmd.weight(), Relaxed);
+        self.cmds.send(cmd).expect("command queue");
+    }
+}
+
+const HEARTBEAT: [&str; 4] = ["--ping-interval-ms", "1000", "--idle-timeout-ms", "3000"];
+
+#[test]
+fn silent_client_is_pinged_at_the_interval_and_closed_4002_at_the_idle_timeout() {
+    let mut h = Harness::new(&HEARTBEAT);
+    let mut p = h.connect("quiet");
+    assert_eq!(p.welcome["ping_interval_ms"], 1000);
+    assert_eq!(p.welcome["idle_timeout_ms"], 3000);
+    h.at(990);
+    h.quiet(&mut p);
+    h.at(1000);
+    let ping = h.recv(&mut p);
+    assert_eq!((ping.opcode, ping.fin), (OP_PING, true), "{ping:?}");
+    h.quiet(&mut p);
+    h.at(2990);
+    h.quiet(&mut p);
+    assert_eq!(h.counters().heartbeat_closes.load(Relaxed), 0);
+    h.at(3000);
+    assert_eq!(h.recv_close(&mut p), 4002);
+    h.expect_eof(&mut p);
+    assert_eq!(h.counters().heartbeat_closes.load(Relaxed), 1);
+    assert_eq!(h.counters().connections.load(Relaxed), 0);
+}
+
+#[test]
+fn any_inbound_frame_restarts_the_heartbeat() {
+    let mut h = Harness::new(&HEARTBEAT);
+    let mut p = h.connect("talker");
+    let key = p.key;
+    // A Pong frame alone (no answer to wait for): the shard notes it at this tick.
+    h.at(500);
+    p.send(true, OP_PONG, b"");
+    h.turn_until("pong read", |h| {
+        h.shard.conns.get(key).map(|c| c.last_rx) == Some(50)
+    });
+    h.at(1000);
+    h.quiet(&mut p);
+    h.at(1490);
+    h.quiet(&mut p);
+    h.at(1500);
+    assert_eq!(
+        h.recv(&mut p).opcode,
+        OP_PING,
+        "ping 1000 ms after the pong"
+    );
+    // A JSON message after the ping: the idle close moves from 3500 to 2000 + 3000.
+    h.at(2000);
+    h.ping_pong(&mut p, "r1");
+    h.at(3500);
+    assert_eq!(
+        h.recv(&mut p).opcode,
+        OP_PING,
+        "pinged, not closed, at 3500"
+    );
+    h.at(4990);
+    h.quiet(&mut p);
+    h.at(5000);
+    assert_eq!(h.recv_close(&mut p), 4002);
+    assert_eq!(h.counters().heartbeat_closes.load(Relaxed), 1);
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[test]
+fn expired_token_closes_4001_when_the_clock_passes_exp_plus_leeway() {
+    let flags = ["--ping-interval-ms", "60000", "--idle-timeout-ms", "120000"];
+    let mut h = Harness::with(&flags, |c| c.jwt.leeway_secs = 5);
+    // The shard reads the wall clock's second at adoption: retry on a second boundary.
+    let mut p = loop {
+        let before = unix_now();
+        let p = h.connect_with("brief", Some(before + 2), Vec::new(), None);
+        if unix_now() == before {
+            break p;
+        }
+    };
+    h.at(6990);
+    h.quiet(&mut p);
+    h.ping_pong(&mut p, "alive");
+    h.at(7000);
+    assert_eq!(h.recv_close(&mut p), 4001);
+    h.expect_eof(&mut p);
+    assert_eq!(h.counters().connections.load(Relaxed), 0);
+}
+
+#[test]
+fn third_session_evicts_the_oldest_with_4009() {
+    let mut h = Harness::new(&["--max-sessions-per-user", "2"]);
+    let mut first = h.connect("many");
+    let mut second = h.connect("many");
+    h.quiet(&mut first);
+    assert_eq!(h.counters().session_evictions.load(Relaxed), 0);
+    let mut third = h.connect("many");
+    assert_eq!(h.recv_close(&mut first), 4009);
+    h.expect_eof(&mut first);
+    assert_eq!(h.counters().session_evictions.load(Relaxed), 1);
+    h.ping_pong(&mut second, "2");
+    h.ping_pong(&mut third, "3");
+    // Both remaining sessions get a push to the user.
+    h.push("many", "1");
+    assert_eq!(h.recv_json(&mut second)["data"], 1);
+    assert_eq!(h.recv_json(&mut third)["data"], 1);
+    assert_eq!(h.counters().connections.load(Relaxed), 2);
+}
+
+#[test]
+fn client_that_does_not_read_is_closed_4008() {
+    let mut h = Harness::new(&["--max-outbound-bytes", "16384"]);
+    let mut slow = h.connect_with("slow", None, Vec::new(), Some(4096));
+    let data = format!("\"{}\"", "x".repeat(4000));
+    let mut sent = 0u64;
+    for _ in 0..10_000 {
+        if h.counters().slow_consumer_closes.load(Relaxed) > 0 {
+            break;
+        }
+        h.push("slow", &data);
+        sent += 1;
+        h.turn();
+    }
+    assert_eq!(h.counters().slow_consumer_closes.load(Relaxed), 1);
+    assert_eq!(h.counters().budget_closes.load(Relaxed), 0);
+    // Drain what got through: pushes in order, then the close (unstarted frames dropped).
+    let mut seq = 0;
+    let code = loop {
+        let f = h.recv(&mut slow);
+        if f.opcode == OP_CLOSE {
+            break f.close_code();
+        }
+        let v = f.json();
+        assert_eq!(v["type"], "push", "{v}");
+        seq += 1;
+        assert_eq!(v["seq"], seq, "pushes arrive in order");
+    };
+    assert_eq!(code, Some(4008));
+    assert!(
+        seq < sent,
+        "the queued pushes were dropped ({seq} of {sent} read)"
+    );
+    h.expect_eof(&mut slow);
+    assert_eq!(h.counters().connections.load(Relaxed), 0);
+}
+
+#[test]
+fn drain_closes_every_connection_1001_and_ends_when_they_are_gone() {
+    let mut h = Harness::new(&[]);
+    let mut a = h.connect("a");
+    let mut b = h.connect("b");
+    h.draining.store(true, Relaxed);
+    assert!(h.turn(), "the shard waits for its connections");
+    assert_eq!(h.recv_close(&mut a), 1001);
+    assert_eq!(h.recv_close(&mut b), 1001);
+    h.expect_eof(&mut a);
+    assert!(h.turn(), "b is still open");
+    drop(a);
+    h.expect_eof(&mut b);
+    drop(b);
+    let mut done = false;
+    for _ in 0..MAX_TURNS {
+        if !h.turn() {
+            done = true;
+            break;
+        }
+    }
+    assert!(done, "the shard ends once its connections are gone");
+    assert_eq!(h.admission.open(), 0, "every connection released");
+}
+
+#[test]
+fn drain_with_no_grace_ends_at_once_after_the_1001() {
+    let mut h = Harness::new(&["--shutdown-grace-ms", "0"]);
+    let mut a = h.connect("a");
+    h.draining.store(true, Relaxed);
+    assert!(!h.turn(), "no grace: done in the first draining turn");
+    assert_eq!(h.admission.open(), 0);
+    assert_eq!(h.recv_close(&mut a), 1001);
+    h.expect_eof(&mut a);
+}
+
+#[test]
+fn fragmented_text_is_one_message() {
+    let mut h = Harness::new(&[]);
+    let mut p = h.connect("frag");
+    let msg = br#"{"type":"ping","ref":"whole"}"#;
+    p.send(false, OP_TEXT, &msg[..9]);
+    p.send(false, OP_CONT, &msg[9..20]);
+    // A control frame may come between fragments.
+    p.send(true, OP_PING, b"hi");
+    p.send(true, OP_CONT, &msg[20..]);
+    let pong = h.recv(&mut p);
+    assert_eq!(
+        (pong.opcode, pong.payload.as_slice()),
+        (OP_PONG, &b"hi"[..])
+    );
+    assert_eq!(h.recv_json(&mut p), json!({"type": "pong", "ref": "whole"}));
+    // Exactly one answer: the next frame answers the next message.
+    h.ping_pong(&mut p, "next");
+    assert_eq!(h.counters().protocol_closes.load(Relaxed), 0);
+}
+
+#[test]
+fn continuation_without_a_start_closes_1002() {
+    let mut h = Harness::new(&[]);
+    let mut p = h.connect("stray");
+    p.send(true, OP_CONT, br#"{"type":"ping"}"#);
+    assert_eq!(h.recv_close(&mut p), 1002);
+    assert_eq!(h.counters().protocol_closes.load(Relaxed), 1);
+}
+
+#[test]
+fn new_message_inside_a_fragmented_one_closes_1002() {
+    let mut h = Harness::new(&[]);
+    let mut p = h.connect("interleave");
+    p.send(false, OP_TEXT, br#"{"type":"#);
+    p.send(true, OP_TEXT, br#"{"type":"ping"}"#);
+    assert_eq!(h.recv_close(&mut p), 1002);
+}
+
+#[test]
+fn fragmented_message_over_max_message_size_closes_1009() {
+    let mut h = Harness::new(&["--max-message-size", "100"]);
+    let mut p = h.connect("big");
+    // 99 bytes in two fragments is within the limit.
+    let ok = format!(r#"{{"type":"ping","ref":"{}"}}"#, "a".repeat(75));
+    assert_eq!(ok.len(), 99);
+    p.send(false, OP_TEXT, &ok.as_bytes()[..50]);
+    p.send(true, OP_CONT, &ok.as_bytes()[50..]);
+    assert_eq!(h.recv_json(&mut p)["type"], "pong");
+    let over = format!(r#"{{"type":"ping","ref":"{}"}}"#, "a".repeat(77));
+    assert_eq!(over.len(), 101);
+    p.send(false, OP_TEXT, &over.as_bytes()[..60]);
+    p.send(true, OP_CONT, &over.as_bytes()[60..]);
+    assert_eq!(h.recv_close(&mut p), 1009);
+    assert_eq!(h.counters().protocol_closes.load(Relaxed), 1);
+}
+
+/// Sends `n` refused messages and checks each gets its `error`.
+fn refuse(h: &mut Harness, p: &mut Peer, n: usize) {
+    for i in 0..n {
+        p.send_json(json!({"type": "nope", "ref": i}));
+        let e = h.recv_json(p);
+        assert_eq!(e["type"], "error", "{e}");
+        assert_eq!(e["code"], "unknown_type", "{e}");
+        assert_eq!(e["ref"], i, "{e}");
+    }
+}
+
+#[test]
+fn ten_refused_in_a_row_are_answered_the_eleventh_closes_1008() {
+    let mut h = Harness::new(&[]);
+    let mut p = h.connect("noisy");
+    refuse(&mut h, &mut p, 10);
+    // A good message resets the count.
+    h.ping_pong(&mut p, "good");
+    refuse(&mut h, &mut p, 10);
+    p.send_json(json!({"type": "nope"}));
+    assert_eq!(h.recv_close(&mut p), 1008);
+    assert_eq!(h.counters().protocol_closes.load(Relaxed), 1);
+}
+
+#[test]
+fn subscribe_limits_too_many_topics_and_forbidden_topic() {
+    let mut h = Harness::new(&["--max-topics-per-connection", "2"]);
+    let grant = vec![TopicPattern::parse("room:*").expect("pattern")];
+    let mut p = h.connect_with("sub", None, grant, None);
+    let mut subscribe = |h: &mut Harness, topic: &str| {
+        p.send_json(json!({"type": "subscribe", "topic": topic}));
+        h.recv_json(&mut p)
+    };
+    assert_eq!(subscribe(&mut h, "room:a")["type"], "subscribed");
+    assert_eq!(subscribe(&mut h, "room:b")["type"], "subscribed");
+    let e = subscribe(&mut h, "room:c");
+    assert_eq!(
+        (&e["type"], &e["code"]),
+        (&json!("error"), &json!("too_many_topics")),
+        "{e}"
+    );
+    // Subscribing again to one it has is not a third topic.
+    assert_eq!(subscribe(&mut h, "room:a")["type"], "subscribed");
+    let e = subscribe(&mut h, "lobby");
+    assert_eq!(
+        (&e["type"], &e["code"]),
+        (&json!("error"), &json!("forbidden_topic")),
+        "{e}"
+    );
+    assert_eq!(h.counters().topics.load(Relaxed), 2);
+    // Room freed by an unsubscribe is usable again.
+    p.send_json(json!({"type": "unsubscribe", "topic": "room:b"}));
+    assert_eq!(h.recv_json(&mut p)["type"], "unsubscribed");
+    p.send_json(json!({"type": "subscribe", "topic": "room:c"}));
+    assert_eq!(h.recv_json(&mut p)["type"], "subscribed");
+}
