@@ -167,6 +167,15 @@ pub struct ServeArgs {
     /// Allow the push API without an API key on a non-loopback address.
     #[arg(long)]
     pub insecure_api: bool,
+    /// Serve `/metrics` without the API key (`/healthz` and `/readyz` never need it).
+    #[arg(long)]
+    pub metrics_public: bool,
+    /// Drain window: reconnect hints spread over it, then 1001 per connection [default: 30000].
+    #[arg(long)]
+    pub drain_ms: Option<u64>,
+    /// How long before a token's `exp` the client gets `token_expiring` [default: 60000].
+    #[arg(long)]
+    pub refresh_ahead_ms: Option<u64>,
     /// Log format [default: text].
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -218,6 +227,9 @@ struct FileConfig {
     api_request_timeout_ms: Option<u64>,
     api_idle_timeout_ms: Option<u64>,
     insecure_api: Option<bool>,
+    metrics_public: Option<bool>,
+    drain_ms: Option<u64>,
+    refresh_ahead_ms: Option<u64>,
     log_format: Option<LogFormat>,
     #[serde(default)]
     jwt: FileJwt,
@@ -310,6 +322,12 @@ pub struct Config {
     pub api_idle_timeout: Duration,
     /// The API may run without a key on a non-loopback address.
     pub insecure_api: bool,
+    /// `/metrics` is served without the API key.
+    pub metrics_public: bool,
+    /// The drain window (reconnect hints spread over it).
+    pub drain: Duration,
+    /// How long before `exp` a connection gets `token_expiring`.
+    pub refresh_ahead: Duration,
     /// Log format.
     pub log_format: LogFormat,
     /// Development mode.
@@ -584,6 +602,14 @@ impl Config {
             file.api_idle_timeout_ms,
             60_000,
         )?;
+        let metrics_public = args.metrics_public || file.metrics_public.unwrap_or(false);
+        let drain = ms("drain_ms", args.drain_ms, file.drain_ms, 30_000)?;
+        let refresh_ahead = ms(
+            "refresh_ahead_ms",
+            args.refresh_ahead_ms,
+            file.refresh_ahead_ms,
+            60_000,
+        )?;
         let backlog = args.backlog.or(file.backlog).unwrap_or(4096);
         if backlog == 0 || backlog > i32::MAX as u32 {
             return Err(invalid("backlog", "must be between 1 and 2147483647"));
@@ -635,6 +661,9 @@ impl Config {
             api_request_timeout,
             api_idle_timeout,
             insecure_api,
+            metrics_public,
+            drain,
+            refresh_ahead,
             log_format: args
                 .log_format
                 .or(file.log_format)
