@@ -293,6 +293,29 @@ fn health_and_readiness() {
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
+/// Probes carry no key: `/healthz` and `/readyz` answer without one; `/metrics` and the
+/// rest still need it unless `--metrics-public`.
+#[test]
+fn health_needs_no_key_metrics_does_unless_public() {
+    let srv = TestServer::start(&[]);
+    for path in ["/healthz", "/readyz"] {
+        let r = srv.api_conn().request("GET", path, None, None);
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+    }
+    for path in ["/metrics", "/v1/stats"] {
+        srv.api_conn()
+            .request("GET", path, None, None)
+            .assert_error(401, "unauthorized");
+    }
+    let open = TestServer::start(&["--metrics-public"]);
+    let r = open.api_conn().request("GET", "/metrics", None, None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("throng_connections"));
+    open.api_conn()
+        .request("GET", "/v1/stats", None, None)
+        .assert_error(401, "unauthorized");
+}
+
 #[test]
 fn stats_shape() {
     let srv = TestServer::start(&["--shards", "3"]);

@@ -56,7 +56,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 impl Api {
     pub(super) fn handle(&mut self, key: usize, req: &Request<'_>, keep_alive: bool) -> Handled {
-        if let Some(expected) = self.config.api_key.as_deref() {
+        // Probes rarely carry secrets and health reveals nothing; metrics may be opened.
+        let public = matches!(req.path, "/healthz" | "/readyz")
+            || (req.path == "/metrics" && self.config.metrics_public);
+        if let Some(expected) = self.config.api_key.as_deref().filter(|_| !public) {
             let given = req
                 .authorization
                 .and_then(|v| v.split_once(' '))
