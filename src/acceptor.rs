@@ -58,6 +58,10 @@ pub(crate) struct Acceptor {
     rate: ConnectRate,
     shards: Links<Handoff>,
     draining: Arc<AtomicBool>,
+    /// Set once the shards are done: the acceptor answers what is pending and stops.
+    stop: Arc<AtomicBool>,
+    /// Handshakes in progress when the drain began have been answered.
+    drain_answered: bool,
     paused_until: Option<Instant>,
     scratch: Vec<u8>,
     /// A descriptor held in reserve: when accept fails for want of descriptors, closing it
@@ -85,6 +89,7 @@ impl Acceptor {
         admission: Arc<Admission>,
         shards: Links<Handoff>,
         draining: Arc<AtomicBool>,
+        stop: Arc<AtomicBool>,
     ) -> io::Result<Acceptor> {
         let mut listener = TcpListener::from_std(listener);
         poll.registry()
@@ -103,6 +108,8 @@ impl Acceptor {
             admission,
             shards,
             draining,
+            stop,
+            drain_answered: false,
             paused_until: None,
             scratch: vec![0; MAX_HEAD_BYTES + 1024],
             spare_fd: std::fs::File::open("/dev/null").ok(),
@@ -133,9 +140,23 @@ impl Acceptor {
                 tracing::error!(error = %e, "acceptor poll failed; no longer accepting");
                 return;
             }
-            if self.draining.load(Relaxed) {
+            if self.stop.load(Relaxed) {
                 self.drain();
                 return;
+            }
+            if !self.drain_answered && self.draining.load(Relaxed) {
+                // Handshakes in progress are new upgrades too: 503 draining now, not when
+                // (or if) their heads complete.
+                self.drain_answered = true;
+                let reading: Vec<usize> = self
+                    .pending
+                    .iter()
+                    .filter(|(_, p)| !p.refused)
+                    .map(|(k, _)| k)
+                    .collect();
+                for key in reading {
+                    self.refuse(key, Refusal::Draining);
+                }
             }
             for event in events.iter() {
                 match event.token() {
@@ -328,6 +349,10 @@ impl Acceptor {
             return;
         };
         let ip = p.ip;
+        // While draining, clients are told to go elsewhere rather than refused by the kernel.
+        if self.draining.load(Relaxed) {
+            return self.refuse(key, Refusal::Draining);
+        }
         if !handshake::origin_allowed(&self.config.allowed_origins, up.origin.as_deref()) {
             return self.refuse(key, Refusal::ForbiddenOrigin);
         }

@@ -182,13 +182,27 @@ fn serve(args: ServeArgs) -> ExitCode {
             std::process::exit(130);
         }
     });
-    if let Ok(sig) = first_rx.recv() {
-        tracing::info!(
-            signal = sig,
-            grace_ms = banner_config.shutdown_grace.as_millis() as u64,
-            "draining"
-        );
-        server.shutdown();
+    // Until a signal arrives or `POST /v1/drain` starts the drain itself.
+    loop {
+        match first_rx.recv_timeout(std::time::Duration::from_millis(200)) {
+            Ok(sig) => {
+                tracing::info!(
+                    signal = sig,
+                    drain_ms = banner_config.drain.as_millis() as u64,
+                    grace_ms = banner_config.shutdown_grace.as_millis() as u64,
+                    "draining"
+                );
+                server.shutdown();
+                break;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if server.is_draining() => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            // The signal thread is gone (it cannot install handlers twice): keep polling.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) if server.is_draining() => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        }
     }
     server.wait();
     tracing::info!("stopped");

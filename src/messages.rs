@@ -200,6 +200,16 @@ pub fn topic_ack_frame(kind: &str, topic: &str, reference: Option<&str>) -> Byte
     b.finish()
 }
 
+/// `reconnect`: the server is draining; reconnect (elsewhere) after `after_ms`.
+pub fn reconnect_frame(after_ms: u64) -> Bytes {
+    let mut b = FrameBuilder::text(48);
+    let _ = write!(
+        b.payload(),
+        "{{\"type\":\"reconnect\",\"after_ms\":{after_ms}}}"
+    );
+    b.finish()
+}
+
 /// `pong` answering a JSON `ping`.
 pub fn pong_frame(reference: Option<&str>) -> Bytes {
     let mut b = FrameBuilder::text(32);
@@ -322,6 +332,10 @@ mod tests {
         assert_eq!(
             payload_json(&pong_frame(Some("1"))),
             serde_json::json!({"type":"pong","ref":1})
+        );
+        assert_eq!(
+            payload_json(&reconnect_frame(1234)),
+            serde_json::json!({"type":"reconnect","after_ms":1234})
         );
         let w = welcome_frame("s1", "u", "e", 0, 25_000, 60_000);
         assert_eq!(payload_json(&w)["type"], "welcome");

@@ -149,6 +149,7 @@ impl Server {
             Arc::clone(&admission),
             Links::from_parts(conn_parts),
             Arc::clone(&draining),
+            Arc::clone(&stop),
         )?;
         let acceptor_thread = std::thread::Builder::new()
             .name("throng-acceptor".into())
@@ -198,8 +199,14 @@ impl Server {
         &self.metrics
     }
 
-    /// Begins a graceful drain (what SIGTERM does): stop accepting, `readyz` 503, close
-    /// every connection with 1001 and flush for up to the grace period. Returns at once.
+    /// Whether a drain has begun (by [`Server::shutdown`] or `POST /v1/drain`).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Relaxed)
+    }
+
+    /// Begins a graceful drain (what SIGTERM and `POST /v1/drain` do): `readyz` 503, new
+    /// upgrades 503 `draining`, every connection gets a `reconnect` hint spread over
+    /// `drain_ms` and close 1001 at its time. Returns at once; `wait` returns when done.
     pub fn shutdown(&self) {
         self.draining.store(true, Relaxed);
         self.metrics.draining.store(true, Relaxed);
@@ -234,15 +241,17 @@ impl Server {
                 panicked.push(name);
             }
         };
-        if let Some(t) = self.acceptor.take() {
-            join("acceptor".into(), t);
-        }
         for (i, t) in self.shards.drain(..).enumerate() {
             join(format!("shard {i}"), t);
         }
-        // The API answers until the shards are done, then stops.
+        // The acceptor (answering upgrades 503 draining) and the API serve until the
+        // shards are done, then stop.
         self.stop.store(true, Relaxed);
+        let _ = self.acceptor_waker.wake();
         let _ = self.api_waker.wake();
+        if let Some(t) = self.acceptor.take() {
+            join("acceptor".into(), t);
+        }
         if let Some(t) = self.api.take() {
             join("push API".into(), t);
         }

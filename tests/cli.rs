@@ -152,6 +152,8 @@ fn sigterm_drains_with_1001_and_exits_0() {
         API_KEY,
         "--shutdown-grace-ms",
         "500",
+        "--drain-ms",
+        "200",
     ]));
     let (ws, api) = p.listening();
     let mut a = Client::connect(ws, &token("a")).expect("connect to the binary");
@@ -441,4 +443,47 @@ fn unsafe_serve_settings_exit_2_naming_the_key() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "{args:?}: {err}");
     }
+}
+
+#[test]
+fn post_drain_ends_the_process_with_0_and_a_second_sigterm_ends_it_at_once() {
+    // POST /v1/drain: the process drains and exits 0 by itself.
+    let mut p = Proc::spawn(&serve_args(&[
+        "--jwt-secret",
+        SECRET,
+        "--api-key",
+        API_KEY,
+        "--drain-ms",
+        "300",
+    ]));
+    let (ws, api) = p.listening();
+    let mut a = Client::connect(ws, &token("a")).expect("connect to the binary");
+    let r = HttpConn::connect(api).request("POST", "/v1/drain", Some(API_KEY), None);
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(a.recv()["type"], "reconnect");
+    assert_eq!(a.expect_close(), Closed::Code(Some(1001)));
+    drop(a);
+    let st = p.wait_exit(Duration::from_secs(10));
+    assert!(st.success(), "exit status {st:?}");
+
+    // A long drain: the second SIGTERM does not wait for it.
+    let mut p = Proc::spawn(&serve_args(&[
+        "--jwt-secret",
+        SECRET,
+        "--api-key",
+        API_KEY,
+        "--drain-ms",
+        "600000",
+    ]));
+    let (ws, _) = p.listening();
+    let mut a = Client::connect(ws, &token("a")).expect("connect to the binary");
+    let pid = p.child.id() as libc::pid_t;
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    assert_eq!(a.recv()["type"], "reconnect");
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let st = p.wait_exit(Duration::from_secs(5));
+    assert!(
+        !st.success(),
+        "the second signal ends the drain at once: {st:?}"
+    );
 }

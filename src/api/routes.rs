@@ -86,6 +86,7 @@ impl Api {
             ("POST", "/v1/push") => self.push_one(key, req.body, wait, keep_alive),
             ("POST", "/v1/push/batch") => self.push_batch(req.body, keep_alive),
             ("POST", "/v1/disconnect") => self.disconnect(key, req.body, keep_alive),
+            ("POST", "/v1/drain") => self.drain(keep_alive),
             ("GET", "/v1/stats") => Handled::Respond(http::response(
                 200,
                 "application/json",
@@ -111,7 +112,7 @@ impl Api {
             ("GET", p) if p.starts_with("/v1/presence/") => {
                 self.presence(key, &p["/v1/presence/".len()..], keep_alive)
             }
-            (_, "/v1/push" | "/v1/push/batch" | "/v1/disconnect") => error(
+            (_, "/v1/push" | "/v1/push/batch" | "/v1/disconnect" | "/v1/drain") => error(
                 405,
                 "method_not_allowed",
                 &format!("{} needs POST", req.path),
@@ -130,6 +131,24 @@ impl Api {
                 keep_alive,
             ),
         }
+    }
+
+    /// `POST /v1/drain`: what SIGTERM does. The shards and the acceptor see the flag on
+    /// their next turn (at most 100 ms); the process exits when the drain is done.
+    fn drain(&mut self, keep_alive: bool) -> Handled {
+        let already = self.draining.swap(true, Relaxed);
+        self.metrics.draining.store(true, Relaxed);
+        if !already {
+            tracing::info!(
+                drain_ms = self.config.drain.as_millis() as u64,
+                "draining (POST /v1/drain)"
+            );
+        }
+        json(
+            202,
+            &serde_json::json!({"draining": true, "drain_ms": self.config.drain.as_millis() as u64}),
+            keep_alive,
+        )
     }
 
     fn push_one(&mut self, key: usize, body: &[u8], wait: bool, keep_alive: bool) -> Handled {
@@ -214,9 +233,8 @@ impl Api {
 
     /// Queues one push on every shard it needs, all or none; returns the command count.
     fn enqueue(&mut self, p: ParsedPush, ticket: Option<Ticket>) -> Result<usize, QueueError> {
-        if self.draining.load(Relaxed) {
-            return Err(QueueError::Draining);
-        }
+        // While draining, connections still open get pushes until their turn to close; only
+        // a shard that has stopped refuses (503 draining).
         let cmds = push::route(p, self.shards.len(), ticket);
         // Pushes waiting for shards are bounded by bytes too (65,536 queued commands of
         // 1 MiB each would be 64 GiB per shard): past the budget, 503 until they drain.

@@ -13,6 +13,8 @@ use crate::wheel::TimerId;
 
 /// A server ping is outstanding (no inbound traffic since it was sent).
 pub(super) const PING_SENT: u8 = 1;
+/// Draining: the connection's timer is its turn to be closed with 1001.
+pub(super) const DRAIN_DUE: u8 = 2;
 /// In the shard's dirty list, waiting for a flush.
 pub(super) const DIRTY: u8 = 8;
 
@@ -154,7 +156,7 @@ pub(super) struct Conn {
     pub expires: u32,
     /// The one armed timer, if any.
     pub timer: Option<TimerId>,
-    /// `PING_SENT`, `DIRTY`.
+    /// `PING_SENT`, `DRAIN_DUE`, `DIRTY`.
     pub flags: u8,
     /// The close lifecycle.
     pub phase: Phase,

@@ -36,7 +36,7 @@ use crate::topic::TopicPattern;
 use crate::wheel::Wheel;
 
 pub use conn::OutQueue;
-use conn::{Conn, Conns, Phase, Sent, PING_SENT};
+use conn::{Conn, Conns, Phase, Sent, DRAIN_DUE, PING_SENT};
 use topics::Topics;
 use users::Users;
 
@@ -633,6 +633,10 @@ impl Shard {
             self.finalize(key);
             return;
         }
+        if c.flags & DRAIN_DUE != 0 {
+            self.close(key, Close::SHUTDOWN);
+            return;
+        }
         if tick >= c.expires {
             self.close(key, Close::TOKEN_EXPIRED);
             return;
@@ -774,12 +778,12 @@ impl Shard {
         let deadline = match self.drain_deadline {
             Some(d) => d,
             None => {
-                let d = now + self.shared.config.shutdown_grace;
+                let cfg = &self.shared.config;
+                let window = cfg.drain;
+                // The window for the turns, then the grace for the last close handshakes.
+                let d = now + window + cfg.shutdown_grace;
                 self.drain_deadline = Some(d);
-                let open: Vec<u32> = self.conns.open_keys().collect();
-                for key in open {
-                    self.close(key, Close::SHUTDOWN);
-                }
+                self.spread_reconnects(window);
                 let mut broken = Vec::new();
                 self.conns.flush_dirty(&mut broken);
                 for key in broken {
@@ -797,6 +801,25 @@ impl Shard {
             return true;
         }
         false
+    }
+
+    /// Gives every open connection a turn, uniformly at random within `window`: a
+    /// `reconnect` hint with its `after_ms` now, close 1001 when the turn comes. Clients
+    /// that honour the hint reconnect spread over the window instead of all at once.
+    fn spread_reconnects(&mut self, window: Duration) {
+        use rand::Rng;
+        let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut rng = rand::rng();
+        let open: Vec<u32> = self.conns.open_keys().collect();
+        for key in open {
+            let after_ms = rng.random_range(0..window_ms);
+            self.send_frame(key, messages::reconnect_frame(after_ms));
+            let turn = u64::from(self.tick) + reactor::ticks_ceil(Duration::from_millis(after_ms));
+            if let Some(c) = self.conns.get_mut(key) {
+                c.flags |= DRAIN_DUE;
+            }
+            self.rearm_at(key, turn.min(u64::from(u32::MAX - 1)) as u32);
+        }
     }
 
     fn abandon_all(&mut self) {

@@ -561,19 +561,36 @@ fn client_that_does_not_read_is_closed_4008() {
 }
 
 #[test]
-fn drain_closes_every_connection_1001_and_ends_when_they_are_gone() {
-    let mut h = Harness::new(&[]);
-    let mut a = h.connect("a");
-    let mut b = h.connect("b");
+fn drain_hints_a_spread_turn_then_closes_1001_exactly_then() {
+    let mut h = Harness::new(&["--drain-ms", "1000"]);
+    let mut peers: Vec<Peer> = (0..8).map(|i| h.connect(&format!("d{i}"))).collect();
     h.draining.store(true, Relaxed);
     assert!(h.turn(), "the shard waits for its connections");
-    assert_eq!(h.recv_close(&mut a), 1001);
-    assert_eq!(h.recv_close(&mut b), 1001);
-    h.expect_eof(&mut a);
-    assert!(h.turn(), "b is still open");
-    drop(a);
-    h.expect_eof(&mut b);
-    drop(b);
+    // Every connection gets its turn within the window, announced first.
+    let mut turns: Vec<(u64, usize)> = Vec::new();
+    for (i, p) in peers.iter_mut().enumerate() {
+        let hint = h.recv_json(p);
+        assert_eq!(hint["type"], "reconnect", "{hint}");
+        let after = hint["after_ms"].as_u64().expect("after_ms");
+        assert!(after < 1000, "{hint}");
+        turns.push((after, i));
+    }
+    turns.sort_unstable();
+    // Each one is closed 1001 when its turn comes: not a tick before.
+    let start = h.clock.now_ms();
+    for &(after, i) in &turns {
+        let due = start + after.div_ceil(reactor::TICK_MS) * reactor::TICK_MS;
+        if due >= reactor::TICK_MS && due - reactor::TICK_MS >= h.clock.now_ms() {
+            h.at(due - reactor::TICK_MS);
+            h.quiet(&mut peers[i]);
+        }
+        h.at(due.max(h.clock.now_ms()));
+        assert_eq!(h.recv_close(&mut peers[i]), 1001, "turn {after} ms");
+    }
+    for p in &mut peers {
+        h.expect_eof(p);
+    }
+    drop(peers);
     let mut done = false;
     for _ in 0..MAX_TURNS {
         if !h.turn() {
@@ -586,14 +603,14 @@ fn drain_closes_every_connection_1001_and_ends_when_they_are_gone() {
 }
 
 #[test]
-fn drain_with_no_grace_ends_at_once_after_the_1001() {
-    let mut h = Harness::new(&["--shutdown-grace-ms", "0"]);
-    let mut a = h.connect("a");
+fn drain_pushes_still_reach_connections_waiting_for_their_turn() {
+    let mut h = Harness::new(&["--drain-ms", "60000"]);
+    let mut a = h.connect("live");
     h.draining.store(true, Relaxed);
-    assert!(!h.turn(), "no grace: done in the first draining turn");
-    assert_eq!(h.admission.open(), 0);
-    assert_eq!(h.recv_close(&mut a), 1001);
-    h.expect_eof(&mut a);
+    assert!(h.turn());
+    assert_eq!(h.recv_json(&mut a)["type"], "reconnect");
+    h.push("live", "\"during the drain\"");
+    assert_eq!(h.recv_json(&mut a)["data"], "during the drain");
 }
 
 #[test]

@@ -34,12 +34,14 @@ pub struct TestServer {
 
 /// The flags every test server gets, unless `extra` gives the same flag.
 fn base_args(extra: &[&str]) -> Vec<String> {
-    let defaults: [(&str, &str); 5] = [
+    // A short drain window, so a test's server shuts down in a fraction of a second.
+    let defaults: [(&str, &str); 6] = [
         ("--listen", "127.0.0.1:0"),
         ("--api-listen", "127.0.0.1:0"),
         ("--jwt-secret", SECRET),
         ("--api-key", API_KEY),
         ("--shards", "2"),
+        ("--drain-ms", "100"),
     ];
     let mut args = Vec::new();
     for (flag, value) in defaults {
