@@ -15,6 +15,8 @@ use crate::wheel::TimerId;
 pub(super) const PING_SENT: u8 = 1;
 /// In the shard's dirty list, waiting for a flush.
 pub(super) const DIRTY: u8 = 8;
+/// `token_expiring` was sent for the current token (cleared by a refresh).
+pub(super) const EXPIRING_SENT: u8 = 16;
 
 /// Where a connection is in its close lifecycle; only ever moves forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -154,7 +156,7 @@ pub(super) struct Conn {
     pub expires: u32,
     /// The one armed timer, if any.
     pub timer: Option<TimerId>,
-    /// `PING_SENT`, `DIRTY`.
+    /// `PING_SENT`, `DIRTY`, `EXPIRING_SENT`.
     pub flags: u8,
     /// The close lifecycle.
     pub phase: Phase,

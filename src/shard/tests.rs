@@ -494,6 +494,11 @@ fn expired_token_closes_4001_when_the_clock_passes_exp_plus_leeway() {
             break p;
         }
     };
+    // 7 s left is within the default 60 s `refresh_ahead`: the hint follows the welcome.
+    assert_eq!(
+        h.recv_json(&mut p),
+        json!({"type": "token_expiring", "in_ms": 7000})
+    );
     h.at(6990);
     h.quiet(&mut p);
     h.ping_pong(&mut p, "alive");
