@@ -173,7 +173,7 @@ pub struct ServeArgs {
     /// Drain window: reconnect hints spread over it, then 1001 per connection [default: 30000].
     #[arg(long)]
     pub drain_ms: Option<u64>,
-    /// How long before a token's `exp` the client gets `token_expiring` [default: 60000].
+    /// How long before the 4001 close the client gets `token_expiring`; 0 = never [default: 60000].
     #[arg(long)]
     pub refresh_ahead_ms: Option<u64>,
     /// Log format [default: text].
@@ -604,12 +604,12 @@ impl Config {
         )?;
         let metrics_public = args.metrics_public || file.metrics_public.unwrap_or(false);
         let drain = ms("drain_ms", args.drain_ms, file.drain_ms, 30_000)?;
-        let refresh_ahead = ms(
-            "refresh_ahead_ms",
-            args.refresh_ahead_ms,
-            file.refresh_ahead_ms,
-            60_000,
-        )?;
+        // 0 is allowed: no `token_expiring` hint.
+        let refresh_ahead = Duration::from_millis(
+            args.refresh_ahead_ms
+                .or(file.refresh_ahead_ms)
+                .unwrap_or(60_000),
+        );
         let backlog = args.backlog.or(file.backlog).unwrap_or(4096);
         if backlog == 0 || backlog > i32::MAX as u32 {
             return Err(invalid("backlog", "must be between 1 and 2147483647"));

@@ -29,6 +29,11 @@ pub enum ClientMsg<'a> {
         /// Highest contiguous sequence number received.
         seq: u64,
     },
+    /// Replace the connection's token before it expires (docs/protocol.md 2.2).
+    Refresh {
+        /// The new JWT, verified by the shard.
+        token: Cow<'a, str>,
+    },
 }
 
 /// A refused client message: the `error` code and message sent back.
@@ -106,6 +111,15 @@ fn interpret(value: simd_json::BorrowedValue<'_>) -> Result<ClientMsg<'_>, Refus
         "ack" => match obj.get("seq").and_then(|s| s.as_u64()) {
             Some(seq) => Ok(ClientMsg::Ack { seq }),
             None => Err(refused("bad_json", "ack needs an unsigned integer \"seq\"")),
+        },
+        // Like `subscribe` without a topic (`bad_topic`), a refresh without a token is
+        // refused with the code of its subject.
+        "refresh" => match obj.remove("token") {
+            Some(simd_json::BorrowedValue::String(token)) => Ok(ClientMsg::Refresh { token }),
+            _ => Err(refused(
+                "invalid_token",
+                "refresh needs a string field \"token\"",
+            )),
         },
         other => Err(refused(
             "unknown_type",
@@ -219,6 +233,43 @@ pub fn pong_frame(reference: Option<&str>) -> Bytes {
     b.finish()
 }
 
+/// `unsubscribed` for a subscription the server dropped, with the `reason` (e.g.
+/// `forbidden` after a token refresh narrowed the grants).
+pub fn dropped_topic_frame(topic: &str, reason: &str) -> Bytes {
+    let mut b = FrameBuilder::text(64 + topic.len() + reason.len());
+    let out = b.payload();
+    out.extend_from_slice(b"{\"type\":\"unsubscribed\",\"topic\":");
+    json_str(out, topic);
+    out.extend_from_slice(b",\"reason\":");
+    json_str(out, reason);
+    out.push(b'}');
+    b.finish()
+}
+
+/// `token_expiring`: the connection closes with 4001 in `in_ms` unless refreshed.
+pub fn token_expiring_frame(in_ms: u64) -> Bytes {
+    let mut b = FrameBuilder::text(48);
+    let _ = write!(
+        b.payload(),
+        "{{\"type\":\"token_expiring\",\"in_ms\":{in_ms}}}"
+    );
+    b.finish()
+}
+
+/// `refreshed`: the new token's `exp` (`null` for a token without one) is in force.
+pub fn refreshed_frame(exp: Option<u64>, reference: Option<&str>) -> Bytes {
+    let mut b = FrameBuilder::text(48 + reference.map_or(0, str::len));
+    let out = b.payload();
+    match exp {
+        Some(exp) => {
+            let _ = write!(out, "{{\"type\":\"refreshed\",\"exp\":{exp}");
+        }
+        None => out.extend_from_slice(b"{\"type\":\"refreshed\",\"exp\":null"),
+    }
+    finish_with_ref(out, reference);
+    b.finish()
+}
+
 /// `error` answering a refused message.
 pub fn error_frame(err: &Refused, reference: Option<&str>) -> Bytes {
     let mut b = FrameBuilder::text(64 + err.message.len());
@@ -281,6 +332,35 @@ mod tests {
     }
 
     #[test]
+    fn parses_refresh() {
+        assert_eq!(
+            p(r#"{"type":"refresh","token":"a.b.c","ref":"r1"}"#),
+            (
+                Ok("Refresh { token: \"a.b.c\" }".into()),
+                Some(r#""r1""#.into())
+            )
+        );
+        // Escapes are decoded; the verifier sees the real token text.
+        assert_eq!(
+            p(r#"{"type":"refresh","token":"a\u002eb"}"#).0,
+            Ok("Refresh { token: \"a.b\" }".into())
+        );
+        for bad in [
+            r#"{"type":"refresh"}"#,
+            r#"{"type":"refresh","token":7}"#,
+            r#"{"type":"refresh","token":null}"#,
+            r#"{"type":"refresh","token":["a.b.c"]}"#,
+        ] {
+            let (msg, _) = p(bad);
+            let err = msg.unwrap_err();
+            assert_eq!(err.code, "invalid_token", "{bad}");
+            assert!(err.message.contains("\"token\""), "{bad}: {}", err.message);
+        }
+        // A ref survives a refused refresh, so the error can be matched.
+        assert_eq!(p(r#"{"type":"refresh","ref":3}"#).1, Some("3".into()));
+    }
+
+    #[test]
     fn deep_nesting_is_refused_without_recursion() {
         for deep in [
             format!("{}{}", "[".repeat(5000), "]".repeat(5000)),
@@ -336,6 +416,22 @@ mod tests {
         assert_eq!(
             payload_json(&reconnect_frame(1234)),
             serde_json::json!({"type":"reconnect","after_ms":1234})
+        );
+        assert_eq!(
+            payload_json(&token_expiring_frame(59_990)),
+            serde_json::json!({"type":"token_expiring","in_ms":59_990})
+        );
+        assert_eq!(
+            payload_json(&refreshed_frame(Some(1_800_000_000), Some("[1]"))),
+            serde_json::json!({"type":"refreshed","exp":1_800_000_000u64,"ref":[1]})
+        );
+        assert_eq!(
+            payload_json(&refreshed_frame(None, None)),
+            serde_json::json!({"type":"refreshed","exp":null})
+        );
+        assert_eq!(
+            payload_json(&dropped_topic_frame("room:\"1", "forbidden")),
+            serde_json::json!({"type":"unsubscribed","topic":"room:\"1","reason":"forbidden"})
         );
         let w = welcome_frame("s1", "u", "e", 0, 25_000, 60_000);
         assert_eq!(payload_json(&w)["type"], "welcome");

@@ -17,6 +17,8 @@ pub(super) const PING_SENT: u8 = 1;
 pub(super) const DRAIN_DUE: u8 = 2;
 /// In the shard's dirty list, waiting for a flush.
 pub(super) const DIRTY: u8 = 8;
+/// `token_expiring` was sent for the current token (cleared by a refresh).
+pub(super) const EXPIRING_SENT: u8 = 16;
 
 /// Where a connection is in its close lifecycle; only ever moves forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -156,7 +158,7 @@ pub(super) struct Conn {
     pub expires: u32,
     /// The one armed timer, if any.
     pub timer: Option<TimerId>,
-    /// `PING_SENT`, `DRAIN_DUE`, `DIRTY`.
+    /// `PING_SENT`, `DRAIN_DUE`, `DIRTY`, `EXPIRING_SENT`.
     pub flags: u8,
     /// The close lifecycle.
     pub phase: Phase,

@@ -245,6 +245,7 @@ impl Shard {
             // Replay buffers arrive with delivery across reconnects; until then nothing is
             // kept that an ack could release, so it is accepted and has no effect.
             ClientMsg::Ack { .. } => Ok(()),
+            ClientMsg::Refresh { token } => self.refresh(key, &token, reference),
             ClientMsg::Subscribe { topic } => {
                 self.subscribe(key, &topic)?;
                 self.send_frame(

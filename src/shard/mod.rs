@@ -5,6 +5,7 @@
 mod budget;
 mod conn;
 mod inbound;
+mod refresh;
 mod topics;
 mod users;
 
@@ -24,6 +25,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use rustc_hash::FxBuildHasher;
 
 use crate::admission::Admission;
+use crate::auth::Verifier;
 use crate::command::{Handoff, Reply, ShardCmd, Ticket};
 use crate::config::Config;
 use crate::frame::{self, Close, CloseCause};
@@ -36,7 +38,7 @@ use crate::topic::TopicPattern;
 use crate::wheel::Wheel;
 
 pub use conn::OutQueue;
-use conn::{Conn, Conns, Phase, Sent, DRAIN_DUE, PING_SENT};
+use conn::{Conn, Conns, Phase, Sent, DRAIN_DUE, EXPIRING_SENT, PING_SENT};
 use topics::Topics;
 use users::Users;
 
@@ -129,6 +131,11 @@ struct Shard {
     tick: u32,
     ping_ticks: u32,
     idle_ticks: u32,
+    /// `refresh_ahead` in ticks: `token_expiring` goes out this long before the 4001.
+    hint_ticks: u32,
+    /// Verifies `refresh` tokens; the shard's own, so a refresh takes no lock. `None`
+    /// only if the key stopped loading after startup checked it.
+    verifier: Option<Verifier>,
     scratch: Vec<u8>,
     json: simd_json::Buffers,
     /// Connections whose read budget ran out with bytes still waiting.
@@ -165,6 +172,14 @@ impl Shard {
         let ping_ticks = ticks(cfg.ping_interval).max(1);
         let idle_ticks = ticks(cfg.idle_timeout).max(ping_ticks + 1);
         let max_outbound = cfg.max_outbound_bytes;
+        let hint_ticks = ticks(cfg.refresh_ahead);
+        let verifier = match Verifier::new(&cfg.jwt) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::error!(shard = id, error = %e, "token refresh disabled");
+                None
+            }
+        };
         Shard {
             id,
             poll,
@@ -178,6 +193,8 @@ impl Shard {
             tick: 0,
             ping_ticks,
             idle_ticks,
+            hint_ticks,
+            verifier,
             scratch: vec![0; SCRATCH_BYTES],
             json: simd_json::Buffers::default(),
             backlog: Vec::new(),
@@ -370,6 +387,8 @@ impl Shard {
         self.conns
             .send(key, Bytes::from(http::switching_protocols(&h.accept_key)));
         self.conns.send(key, welcome);
+        // A token already within `refresh_ahead` of its end gets the hint right away.
+        self.hint_expiry(key);
         self.arm(key);
         // Over the limit: the oldest sessions go, with 4009.
         let max = self.shared.config.max_sessions_per_user;
@@ -387,12 +406,14 @@ impl Shard {
         }
     }
 
-    /// The tick at which a token with `exp` (plus leeway) expires.
+    /// The tick at which a token with `exp` (plus leeway) expires: the 4001, which
+    /// `token_expiring`'s `in_ms` counts down to.
     fn expiry_tick(&self, exp: u64) -> u32 {
         let now_s = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let left_ms = (exp + self.shared.config.jwt.leeway_secs)
+        let left_ms = exp
+            .saturating_add(self.shared.config.jwt.leeway_secs)
             .saturating_sub(now_s)
             .saturating_mul(1000);
         let t = u64::from(self.tick) + left_ms / reactor::TICK_MS;
@@ -605,24 +626,33 @@ impl Shard {
         );
     }
 
-    /// Arms the connection's one timer: the next heartbeat check or token expiry.
+    /// Arms the connection's one timer: the next heartbeat check, `token_expiring` hint
+    /// or token expiry.
     fn arm(&mut self, key: u32) {
         let Some(c) = self.conns.get(key) else {
             return;
         };
+        if c.closing() {
+            // A send in `on_timer` closed it: the close armed the linger timer already.
+            return;
+        }
         let wait = if c.flags & PING_SENT != 0 {
             self.idle_ticks
         } else {
             self.ping_ticks
         };
-        let deadline = c.last_rx.saturating_add(wait).min(c.expires);
+        let mut deadline = c.last_rx.saturating_add(wait).min(c.expires);
+        if c.expires != u32::MAX && c.flags & EXPIRING_SENT == 0 {
+            deadline = deadline.min(c.expires.saturating_sub(self.hint_ticks));
+        }
         let id = self.wheel.insert(u64::from(deadline), key);
         if let Some(c) = self.conns.get_mut(key) {
             c.timer = Some(id);
         }
     }
 
-    /// A timer fired: lazy re-arm after activity, ping, 4002, 4001, or the end of a close.
+    /// A timer fired: lazy re-arm after activity, ping, `token_expiring`, 4002, 4001, or
+    /// the end of a close.
     fn on_timer(&mut self, key: u32) {
         let tick = self.tick;
         let Some(c) = self.conns.get_mut(key) else {
@@ -650,6 +680,7 @@ impl Shard {
             c.flags |= PING_SENT;
             self.send_frame(key, frame::ping(b""));
         }
+        self.hint_expiry(key);
         self.arm(key);
     }
 

@@ -494,6 +494,11 @@ fn expired_token_closes_4001_when_the_clock_passes_exp_plus_leeway() {
             break p;
         }
     };
+    // 7 s left is within the default 60 s `refresh_ahead`: the hint follows the welcome.
+    assert_eq!(
+        h.recv_json(&mut p),
+        json!({"type": "token_expiring", "in_ms": 7000})
+    );
     h.at(6990);
     h.quiet(&mut p);
     h.ping_pong(&mut p, "alive");
@@ -600,6 +605,30 @@ fn drain_hints_a_spread_turn_then_closes_1001_exactly_then() {
     }
     assert!(done, "the shard ends once its connections are gone");
     assert_eq!(h.admission.open(), 0, "every connection released");
+}
+
+#[test]
+fn a_refresh_during_the_drain_keeps_the_connection_s_turn() {
+    let mut h = Harness::new(&["--drain-ms", "1000"]);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs();
+    let mut p = h.connect_with("r", Some(now + 600), Vec::new(), None);
+    h.draining.store(true, Relaxed);
+    assert!(h.turn());
+    let hint = h.recv_json(&mut p);
+    let after = hint["after_ms"].as_u64().expect("after_ms");
+    let token = crate::auth::mint_hs256(SECRET, "r", 3600, None).expect("token");
+    p.send_json(json!({"type": "refresh", "token": token, "ref": 1}));
+    assert_eq!(h.recv_json(&mut p)["type"], "refreshed");
+    let due = after.div_ceil(reactor::TICK_MS) * reactor::TICK_MS;
+    h.at(due.max(h.clock.now_ms()));
+    assert_eq!(
+        h.recv_close(&mut p),
+        1001,
+        "closed on its turn ({after} ms)"
+    );
 }
 
 #[test]

@@ -55,6 +55,11 @@ impl Topics {
         self.by_name.get(name).copied()
     }
 
+    /// The name of topic `key`, while it has members.
+    pub(super) fn name(&self, key: u32) -> Option<&str> {
+        self.entries.get(key as usize).map(|e| &*e.name)
+    }
+
     /// Members of topic `key`.
     pub(super) fn members(&self, key: u32) -> impl Iterator<Item = u32> + '_ {
         self.entries

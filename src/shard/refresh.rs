@@ -1,0 +1,134 @@
+//! Token refresh while connected (docs/protocol.md 2.1, 2.2): the `token_expiring` hint
+//! ahead of the 4001 close, and `refresh`, which swaps in a new token of the same user.
+
+use crate::messages::{self, Refused};
+use crate::reactor::TICK_MS;
+use crate::topic;
+
+use super::conn::{DRAIN_DUE, EXPIRING_SENT};
+use super::Shard;
+
+/// How much earlier than the current expiry a refreshed one may come out and still count
+/// as "not earlier". The connection keeps its expiry only as a tick (the slot has no room
+/// for `exp`), computed from the wall clock's whole second, so the same `exp` seen a
+/// moment later can land up to a second (plus a stale turn tick) earlier. The rule thus
+/// holds to about a second, which is all it needs: it stops the replay of an older token.
+const SAME_EXP_TICKS: u32 = (1100 / TICK_MS) as u32;
+
+impl Shard {
+    /// Sends `token_expiring` once per token when the 4001 close is `refresh_ahead` away
+    /// or nearer; `in_ms` is the time left until that close (`exp` plus the JWT leeway).
+    pub(super) fn hint_expiry(&mut self, key: u32) {
+        let tick = self.tick;
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        // `refresh_ahead` 0: no hint (one at the 4001 itself would be useless).
+        if self.hint_ticks == 0
+            || c.closing()
+            || c.expires == u32::MAX
+            || c.flags & EXPIRING_SENT != 0
+            || tick < c.expires.saturating_sub(self.hint_ticks)
+        {
+            return;
+        }
+        c.flags |= EXPIRING_SENT;
+        let in_ms = u64::from(c.expires.saturating_sub(tick)) * TICK_MS;
+        self.send_frame(key, messages::token_expiring_frame(in_ms));
+    }
+
+    /// Handles `refresh`: verifies the token, then moves the expiry, replaces the grants,
+    /// drops subscriptions they no longer allow and answers `refreshed`. A refused token
+    /// changes nothing: the connection keeps its old token, expiry and grants.
+    pub(super) fn refresh(
+        &mut self,
+        key: u32,
+        token: &str,
+        reference: Option<&str>,
+    ) -> Result<(), Refused> {
+        let Some(verifier) = self.verifier.as_ref() else {
+            return Err(Refused {
+                code: "invalid_token",
+                message: "this server cannot verify tokens at the moment".into(),
+            });
+        };
+        let identity = verifier.verify(token).map_err(|e| Refused {
+            code: e.code(),
+            message: e.to_string(),
+        })?;
+        let Some(c) = self.conns.get(key) else {
+            return Ok(());
+        };
+        let current = self.users.get(c.user).map(|u| &*u.id);
+        if current != Some(&*identity.user) {
+            return Err(Refused {
+                code: "wrong_user",
+                message: format!(
+                    "the token is for user {:?}, this connection is user {:?}",
+                    &*identity.user,
+                    current.unwrap_or_default()
+                ),
+            });
+        }
+        let expires = identity.exp.map_or(u32::MAX, |e| self.expiry_tick(e));
+        if expires.saturating_add(SAME_EXP_TICKS) < c.expires {
+            return Err(Refused {
+                code: "invalid_token",
+                message: "the new token expires before the current one".into(),
+            });
+        }
+        if let Some(c) = self.conns.get_mut(key) {
+            c.expires = expires;
+            // The new token gets its own hint.
+            c.flags &= !EXPIRING_SENT;
+            // While draining, the timer is the connection's turn to close: keep it.
+            if c.flags & DRAIN_DUE == 0 {
+                if let Some(t) = c.timer.take() {
+                    self.wheel.cancel(t);
+                }
+            }
+        }
+        if identity.topics.is_empty() {
+            self.grants.remove(&key);
+        } else {
+            self.grants.insert(key, identity.topics.into_boxed_slice());
+        }
+        self.drop_forbidden(key);
+        self.send_frame(key, messages::refreshed_frame(identity.exp, reference));
+        self.hint_expiry(key);
+        if self.conns.get(key).is_some_and(|c| c.timer.is_none()) {
+            self.arm(key);
+        }
+        Ok(())
+    }
+
+    /// Leaves every topic that neither the connection's grants nor `public_topics` allow
+    /// any longer, telling the client with `unsubscribed` and `"reason":"forbidden"`.
+    fn drop_forbidden(&mut self, key: u32) {
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        let mut subscribed = std::mem::take(&mut c.topics);
+        let public = &self.shared.config.public_topics;
+        let grants = self.grants.get(&key);
+        let mut dropped = Vec::new();
+        subscribed.retain(|&t| {
+            let Some(name) = self.topics.name(t) else {
+                return true;
+            };
+            let allowed =
+                topic::allowed(public, name) || grants.is_some_and(|g| topic::allowed(g, name));
+            if !allowed {
+                dropped.push((t, messages::dropped_topic_frame(name, "forbidden")));
+            }
+            allowed
+        });
+        if let Some(c) = self.conns.get_mut(key) {
+            c.topics = subscribed;
+        }
+        for (t, frame) in dropped {
+            self.topics.leave(t, key);
+            self.send_frame(key, frame);
+        }
+    }
+}
