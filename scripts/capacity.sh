@@ -163,7 +163,7 @@ sed -n '/^FAIL\|^WARN/p;$p' "$DOCTOR_TXT"
 link_latest "$DOCTOR_TXT"
 
 # Port 0: the kernel picks free ports; the bound addresses are in the `listening` line.
-SERVER_ARGS=(serve --listen 127.0.0.1:0 --api-listen 127.0.0.1:0
+SERVER_ARGS=(serve --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --drain-ms 1000
     --max-connections $((TARGET > PUSH_CONNECTIONS ? TARGET + 1000 : PUSH_CONNECTIONS + 1000))
     --log-format json)
 if [[ -n ${SHARDS:-} ]]; then SERVER_ARGS+=(--shards "$SHARDS"); fi

@@ -45,7 +45,7 @@ THRONG_JWT_SECRET="idle-memory-$$-$RANDOM$RANDOM-$RANDOM$RANDOM-$RANDOM$RANDOM"
 THRONG_API_KEY="idle-memory-key-$$-$RANDOM"
 export THRONG_JWT_SECRET THRONG_API_KEY
 
-SERVER_ARGS=(serve --listen 127.0.0.1:0 --api-listen 127.0.0.1:0
+SERVER_ARGS=(serve --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --drain-ms 1000
     --max-connections $((N + 1000)) --log-format json)
 [[ -n ${SHARDS:-} ]] && SERVER_ARGS+=(--shards "$SHARDS")
 "$SERVER" "${SERVER_ARGS[@]}" >"$WORK/server.out" 2>"$WORK/server.log" &

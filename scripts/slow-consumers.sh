@@ -56,7 +56,7 @@ export THRONG_JWT_SECRET THRONG_API_KEY
 
 # Long heartbeats: clients that never read never answer a ping, and the measurement is
 # about the outbound limits, not the 4002 idle close.
-SERVER_ARGS=(serve --listen 127.0.0.1:0 --api-listen 127.0.0.1:0
+SERVER_ARGS=(serve --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --drain-ms 1000
     --max-connections $((N + 1000)) --log-format json
     --ping-interval-ms 600000 --idle-timeout-ms 1200000)
 [[ -n ${BUDGET:-} ]] && SERVER_ARGS+=(--max-outbound-total-bytes "$BUDGET")
