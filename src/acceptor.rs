@@ -387,6 +387,7 @@ impl Acceptor {
             accept_key: up.accept_key,
             leftover,
             ip,
+            resume: up.resume,
         };
         match self.shards.send(shard_id, handoff) {
             Ok(()) => self.metrics.handshake(HandshakeOutcome::Accepted),

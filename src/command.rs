@@ -22,6 +22,17 @@ pub struct Handoff {
     pub leftover: Vec<u8>,
     /// Client IP, released from admission control when the connection ends.
     pub ip: IpAddr,
+    /// `since` and `epoch` from the upgrade query, when the client resumes.
+    pub resume: Option<Resume>,
+}
+
+/// Where a reconnecting client left its user stream (docs/protocol.md 4.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    /// The last `seq` the client processed.
+    pub since: u64,
+    /// The epoch it had, exactly as `welcome` showed it.
+    pub epoch: Box<str>,
 }
 
 /// A push as accepted by the API.

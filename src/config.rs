@@ -176,6 +176,15 @@ pub struct ServeArgs {
     /// How long before the 4001 close the client gets `token_expiring`; 0 = never [default: 60000].
     #[arg(long)]
     pub refresh_ahead_ms: Option<u64>,
+    /// Direct pushes kept per user for resume; 0 = none [default: 100].
+    #[arg(long)]
+    pub history_size: Option<usize>,
+    /// How long a push is kept, and a user without sessions with it [default: 300000].
+    #[arg(long)]
+    pub history_ttl_ms: Option<u64>,
+    /// Bytes of history per shard; the oldest pushes go first [default: 67108864].
+    #[arg(long)]
+    pub history_memory_bytes: Option<u64>,
     /// Log format [default: text].
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -230,6 +239,9 @@ struct FileConfig {
     metrics_public: Option<bool>,
     drain_ms: Option<u64>,
     refresh_ahead_ms: Option<u64>,
+    history_size: Option<usize>,
+    history_ttl_ms: Option<u64>,
+    history_memory_bytes: Option<u64>,
     log_format: Option<LogFormat>,
     #[serde(default)]
     jwt: FileJwt,
@@ -328,6 +340,12 @@ pub struct Config {
     pub drain: Duration,
     /// How long before `exp` a connection gets `token_expiring`.
     pub refresh_ahead: Duration,
+    /// Direct pushes kept per user (0 = none).
+    pub history_size: usize,
+    /// How long pushes, and users without sessions, are kept.
+    pub history_ttl: Duration,
+    /// History bytes per shard.
+    pub history_memory_bytes: u64,
     /// Log format.
     pub log_format: LogFormat,
     /// Development mode.
@@ -610,6 +628,19 @@ impl Config {
                 .or(file.refresh_ahead_ms)
                 .unwrap_or(60_000),
         );
+        // 0 is allowed: no history, only `seq` and the epoch are kept.
+        let history_size = args.history_size.or(file.history_size).unwrap_or(100);
+        let history_ttl = ms(
+            "history_ttl_ms",
+            args.history_ttl_ms,
+            file.history_ttl_ms,
+            300_000,
+        )?;
+        let history_memory_bytes = match args.history_memory_bytes.or(file.history_memory_bytes) {
+            Some(0) => return Err(invalid("history_memory_bytes", "must be greater than 0")),
+            Some(v) => v,
+            None => 64 * 1024 * 1024,
+        };
         let backlog = args.backlog.or(file.backlog).unwrap_or(4096);
         if backlog == 0 || backlog > i32::MAX as u32 {
             return Err(invalid("backlog", "must be between 1 and 2147483647"));
@@ -664,6 +695,9 @@ impl Config {
             metrics_public,
             drain,
             refresh_ahead,
+            history_size,
+            history_ttl,
+            history_memory_bytes,
             log_format: args
                 .log_format
                 .or(file.log_format)
@@ -798,6 +832,25 @@ mod tests {
             err,
             "config error: ping_interval_ms (--ping-interval-ms): must be greater than 0"
         );
+    }
+
+    #[test]
+    fn history_keys() {
+        let c = cfg(&["--jwt-secret", S]).unwrap();
+        assert_eq!(c.history_size, 100);
+        assert_eq!(c.history_ttl, Duration::from_secs(300));
+        assert_eq!(c.history_memory_bytes, 64 << 20);
+        let c = cfg(&["--jwt-secret", S, "--history-size", "0"]).unwrap();
+        assert_eq!(c.history_size, 0, "0 keeps no history");
+        for (flag, key) in [
+            ("--history-ttl-ms", "history_ttl_ms"),
+            ("--history-memory-bytes", "history_memory_bytes"),
+        ] {
+            let err = cfg(&["--jwt-secret", S, flag, "0"])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains("greater than 0"), "{err}");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Parsing and judging the HTTP upgrade request (docs/protocol.md 1.1, 1.2).
 
 use crate::auth::AuthError;
+use crate::command::Resume;
 use crate::config::{MAX_HEAD_BYTES, WS_PATH};
 use crate::http;
 use crate::metrics::HandshakeOutcome;
@@ -122,6 +123,47 @@ pub struct Upgrade {
     pub origin: Option<String>,
     /// Bytes of the request head; anything after belongs to the WebSocket stream.
     pub head_len: usize,
+    /// `since` and `epoch`, when the client resumes its user stream.
+    pub resume: Option<Resume>,
+}
+
+/// Longest `epoch` a client may send back (docs/protocol.md 4.1).
+pub const MAX_EPOCH_BYTES: usize = 32;
+
+/// Reads `since` and `epoch` from the upgrade query: both or neither.
+fn parse_resume(query: &str) -> Result<Option<Resume>, Refusal> {
+    let mut since = None;
+    let mut epoch = None;
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match &*k {
+            "since" if since.is_none() => since = Some(v),
+            "epoch" if epoch.is_none() => epoch = Some(v),
+            _ => {}
+        }
+    }
+    match (since, epoch) {
+        (None, None) => Ok(None),
+        (Some(since), Some(epoch)) => {
+            let since = since
+                .parse::<u64>()
+                .map_err(|_| Refusal::BadRequest("since must be an unsigned 64-bit integer"))?;
+            if epoch.is_empty()
+                || epoch.len() > MAX_EPOCH_BYTES
+                || !epoch.bytes().all(|b| b.is_ascii_graphic())
+            {
+                return Err(Refusal::BadRequest(
+                    "epoch must be 1 to 32 printable ASCII characters",
+                ));
+            }
+            Ok(Some(Resume {
+                since,
+                epoch: epoch.into(),
+            }))
+        }
+        _ => Err(Refusal::BadRequest(
+            "since and epoch must be given together",
+        )),
+    }
 }
 
 /// Parses the request head in `buf`: `Ok(None)` while incomplete.
@@ -183,6 +225,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<Upgrade>, Refusal> {
             "Sec-WebSocket-Key must be 16 bytes in base64",
         ));
     }
+    let resume = parse_resume(query)?;
     let bearer = header("Authorization").and_then(|v| {
         let (scheme, rest) = v.split_once(' ')?;
         scheme
@@ -199,6 +242,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<Upgrade>, Refusal> {
         token: token.filter(|t| !t.is_empty()),
         origin: header("Origin").map(String::from),
         head_len,
+        resume,
     }))
 }
 
@@ -238,6 +282,38 @@ mod tests {
         assert_eq!(u.token.as_deref(), Some("abc"));
         assert_eq!(u.origin.as_deref(), Some("https://a"));
         assert_eq!(u.head_len, r.len());
+    }
+
+    #[test]
+    fn resume_parameters() {
+        let q = |query: &str| parse_resume(query);
+        assert_eq!(q("token=a"), Ok(None));
+        assert_eq!(
+            q("since=7&epoch=00ab"),
+            Ok(Some(Resume {
+                since: 7,
+                epoch: "00ab".into()
+            }))
+        );
+        for bad in [
+            "since=-1&epoch=a",
+            "since=x&epoch=a",
+            "since=18446744073709551616&epoch=a",
+            "since=1&epoch=",
+            "since=1&epoch=a%20b",
+            "since=1&epoch=%C3%A9",
+            "since=1",
+            "epoch=a",
+        ] {
+            assert!(
+                matches!(q(bad), Err(Refusal::BadRequest(_))),
+                "{bad} must be refused"
+            );
+        }
+        let long = format!("since=1&epoch={}", "a".repeat(33));
+        assert!(matches!(q(&long), Err(Refusal::BadRequest(_))));
+        let max = format!("since=1&epoch={}", "a".repeat(32));
+        assert!(q(&max).unwrap().is_some());
     }
 
     #[test]

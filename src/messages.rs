@@ -169,7 +169,7 @@ pub fn push_frame(
     b.finish()
 }
 
-/// The `welcome` frame.
+/// The `welcome` frame; `resumed` is shown only when the client asked to resume.
 pub fn welcome_frame(
     session: &str,
     user: &str,
@@ -177,8 +177,9 @@ pub fn welcome_frame(
     seq: u64,
     ping_interval_ms: u64,
     idle_timeout_ms: u64,
+    resumed: Option<bool>,
 ) -> Bytes {
-    json_frame(&serde_json::json!({
+    let mut v = serde_json::json!({
         "type": "welcome",
         "session": session,
         "user": user,
@@ -186,7 +187,11 @@ pub fn welcome_frame(
         "seq": seq,
         "ping_interval_ms": ping_interval_ms,
         "idle_timeout_ms": idle_timeout_ms,
-    }))
+    });
+    if let Some(r) = resumed {
+        v["resumed"] = serde_json::Value::Bool(r);
+    }
+    json_frame(&v)
 }
 
 fn json_frame(v: &serde_json::Value) -> Bytes {
@@ -433,7 +438,7 @@ mod tests {
             payload_json(&dropped_topic_frame("room:\"1", "forbidden")),
             serde_json::json!({"type":"unsubscribed","topic":"room:\"1","reason":"forbidden"})
         );
-        let w = welcome_frame("s1", "u", "e", 0, 25_000, 60_000);
+        let w = welcome_frame("s1", "u", "e", 0, 25_000, 60_000, None);
         assert_eq!(payload_json(&w)["type"], "welcome");
     }
 }

@@ -108,6 +108,10 @@ pub struct ShardCounters {
     pub partial_bytes: AtomicU64,
     /// Sessions closed with 4008 because the process-wide outbound budget was exceeded.
     pub budget_closes: AtomicU64,
+    /// Bytes of direct-push frames kept for resume (gauge).
+    pub history_bytes: AtomicU64,
+    /// Pushes dropped from history before their TTL (`history_size`, `history_memory_bytes`).
+    pub history_evictions: AtomicU64,
 }
 
 /// One shard's metrics.
@@ -246,6 +250,7 @@ impl Metrics {
                 "api_disconnects": self.sum(|c| &c.api_disconnects),
                 "queue_full_refusals": self.queue_full_refusals.load(Relaxed),
                 "budget_closes": self.sum(|c| &c.budget_closes),
+                "history_evictions": self.sum(|c| &c.history_evictions),
                 "api_refused_connections": self.api_refused_connections.load(Relaxed),
                 "api_request_timeouts": self.api_request_timeouts.load(Relaxed),
                 "api_idle_closes": self.api_idle_closes.load(Relaxed),
@@ -258,6 +263,7 @@ impl Metrics {
             "pending_handshakes": self.pending_handshakes.load(Relaxed),
             "outbound_bytes": self.sum(|c| &c.outbound_bytes),
             "partial_bytes": self.sum(|c| &c.partial_bytes),
+            "history_bytes": self.sum(|c| &c.history_bytes),
         })
         .to_string()
     }
@@ -355,6 +361,20 @@ impl Metrics {
             "counter",
             "Sessions closed with 4008 because max_outbound_total_bytes was exceeded.",
             &|c| &c.budget_closes,
+        );
+        per_shard(
+            &mut out,
+            "throng_history_bytes",
+            "gauge",
+            "Bytes of direct-push frames kept for resume.",
+            &|c| &c.history_bytes,
+        );
+        per_shard(
+            &mut out,
+            "throng_history_evictions_total",
+            "counter",
+            "Pushes dropped from history before their TTL (history_size or history_memory_bytes).",
+            &|c| &c.history_evictions,
         );
         let _ = writeln!(
             out,

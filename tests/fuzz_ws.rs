@@ -219,7 +219,7 @@ fn valid_request(
     let path = if token_in_header {
         "/ws".to_string()
     } else {
-        "/ws?since=3&token=tok.en".to_string()
+        "/ws?since=3&epoch=e1&token=tok.en".to_string()
     };
     let mut r = format!("GET {path} HTTP/1.1\r\n");
     r.push_str(&format!("{}: example\r\n", name("Host")));

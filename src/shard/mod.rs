@@ -4,6 +4,7 @@
 
 mod budget;
 mod conn;
+mod history;
 mod inbound;
 mod refresh;
 mod topics;
@@ -186,7 +187,11 @@ impl Shard {
             conn_rx,
             cmd_rx,
             conns: Conns::new(max_outbound),
-            users: Users::default(),
+            users: Users::new(history::Limits {
+                size: cfg.history_size,
+                ttl_ticks: ticks(cfg.history_ttl).max(1),
+                memory: cfg.history_memory_bytes,
+            }),
             topics: Topics::default(),
             wheel: Wheel::new(),
             clock,
@@ -262,6 +267,7 @@ impl Shard {
         }
         self.take_connections();
         self.take_commands();
+        self.users.expire(self.tick);
         self.wheel.advance(u64::from(self.tick), fired);
         for key in fired.drain(..) {
             self.on_timer(key);
@@ -372,6 +378,12 @@ impl Shard {
             );
         }
         let (seq, epoch) = self.users.get(user).map_or((0, 0), |u| (u.seq, u.epoch));
+        // Decided before anything else is queued: the replay follows `welcome` at once.
+        let mut replay = Vec::new();
+        let resumed = h
+            .resume
+            .as_ref()
+            .map(|r| self.users.resume(user, r.since, &r.epoch, &mut replay));
         let cfg = &self.shared.config;
         let welcome = messages::welcome_frame(
             &format!(
@@ -383,10 +395,19 @@ impl Shard {
             seq,
             cfg.ping_interval.as_millis() as u64,
             cfg.idle_timeout.as_millis() as u64,
+            resumed,
         );
         self.conns
             .send(key, Bytes::from(http::switching_protocols(&h.accept_key)));
         self.conns.send(key, welcome);
+        // Through the normal queue: a replay over `max_outbound_bytes` closes with 4008.
+        for frame in replay {
+            if !self.deliver(key, frame) {
+                // Closed (4008, with its linger timer) or gone: it left the user's
+                // sessions, so the others are within `max_sessions_per_user` again.
+                return;
+            }
+        }
         // A token already within `refresh_ahead` of its end gets the hint right away.
         self.hint_expiry(key);
         self.arm(key);
@@ -431,9 +452,14 @@ impl Shard {
                 let mut online = 0u64;
                 let mut targets = std::mem::take(&mut self.targets);
                 for id in &users {
-                    let Some(u) = self.users.find(id).and_then(|k| self.users.get_mut(k)) else {
+                    let Some(k) = self.users.find(id) else {
                         continue;
                     };
+                    let Some(u) = self.users.get_mut(k) else {
+                        continue;
+                    };
+                    // A retained user without sessions is numbered too: its history is
+                    // the offline buffer.
                     u.seq += 1;
                     let frame = messages::push_frame(
                         &push.data,
@@ -442,9 +468,10 @@ impl Shard {
                         None,
                         push.id.as_deref(),
                     );
-                    online += 1;
+                    online += u64::from(!u.sessions.is_empty());
                     targets.clear();
                     targets.extend_from_slice(&u.sessions);
+                    self.users.record(k, &frame, self.tick);
                     for &key in &targets {
                         sessions += u64::from(self.deliver(key, frame.clone()));
                     }
@@ -605,6 +632,8 @@ impl Shard {
         let c = self.counters();
         c.users.store(self.users.len() as u64, Relaxed);
         c.topics.store(self.topics.len() as u64, Relaxed);
+        c.history_bytes.store(self.users.history_bytes(), Relaxed);
+        c.history_evictions.store(self.users.evictions(), Relaxed);
         if self.last_publish.elapsed() >= Duration::from_millis(100) {
             self.last_publish = Instant::now();
             if !self.latency.is_empty() {
@@ -772,7 +801,7 @@ impl Shard {
         for t in topics {
             self.topics.leave(t, key);
         }
-        self.users.detach(user, key);
+        self.users.detach(user, key, self.tick);
         self.counters().connections.fetch_sub(1, Relaxed);
     }
 
@@ -793,7 +822,7 @@ impl Shard {
             for t in std::mem::take(&mut c.topics) {
                 self.topics.leave(t, key);
             }
-            self.users.detach(c.user, key);
+            self.users.detach(c.user, key, self.tick);
         }
         if let Some(t) = c.timer.take() {
             self.wheel.cancel(t);

@@ -293,6 +293,7 @@ impl Harness {
                 accept_key: "test-accept".into(),
                 leftover: Vec::new(),
                 ip: LOCALHOST,
+                resume: None,
             })
             .expect("shard queue");
         let mut peer = Peer {

@@ -1,36 +1,72 @@
-//! The shard's users: each user's sessions (oldest first) and direct-push sequence.
+//! The shard's users: each user's sessions (oldest first), direct-push sequence and
+//! recent pushes (docs/protocol.md 4.1). A user without sessions stays for
+//! `history_ttl_ms` after its last one, with its `seq`, epoch and history: the offline
+//! buffer a reconnect resumes from.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
+use bytes::Bytes;
 use rustc_hash::FxBuildHasher;
 use slab::Slab;
 
-/// One user with at least one session on this shard.
+use super::history::{Held, Idle, Limits, Record};
+
+/// One user with a session on this shard, or retained after its last one.
 pub(super) struct UserEntry {
     /// The user id.
     pub id: Box<str>,
-    /// Connection keys, oldest first.
+    /// Connection keys, oldest first; empty while retained offline.
     pub sessions: Vec<u32>,
     /// Last direct-push sequence number.
     pub seq: u64,
-    /// Identifies this life of `seq`: a user who comes back after going offline starts anew.
+    /// Identifies this life of `seq`: a user who comes back after its entry expired
+    /// starts anew.
     pub epoch: u64,
     /// Scratch stamp for counting distinct users in one fan-out.
     pub mark: u64,
+    /// Recent direct pushes, oldest first; allocated at the first one kept.
+    // Boxed so a user that never had a push pays one word here, not a `VecDeque`'s four.
+    #[allow(clippy::box_collection)]
+    history: Option<Box<VecDeque<Held>>>,
+    /// While without sessions: the tick the entry is removed at.
+    idle_until: u32,
 }
 
-/// Users by id.
+/// Users by id, with the shard's history bookkeeping.
 #[derive(Default)]
 pub(super) struct Users {
     by_id: HashMap<Box<str>, u32, FxBuildHasher>,
     entries: Slab<UserEntry>,
+    /// Entries with at least one session.
+    online: usize,
+    limits: Limits,
+    /// Every retained push in accept order, for TTL expiry and memory eviction.
+    fifo: VecDeque<Record>,
+    /// Entries without sessions, by removal tick (the TTL is fixed, so this is sorted).
+    idle: VecDeque<Idle>,
+    /// Frame bytes held in all rings.
+    bytes: u64,
+    /// Pushes dropped before their TTL, for `history_size` or `history_memory_bytes`.
+    evictions: u64,
 }
 
 impl Users {
+    /// No users yet, with these history bounds.
+    pub(super) fn new(limits: Limits) -> Users {
+        Users {
+            limits,
+            ..Users::default()
+        }
+    }
+
     /// Adds session `conn` for `id`, creating the entry if needed; returns the user key.
     pub(super) fn attach(&mut self, id: &str, conn: u32) -> u32 {
         if let Some(&key) = self.by_id.get(id) {
-            self.entries[key as usize].sessions.push(conn);
+            let entry = &mut self.entries[key as usize];
+            if entry.sessions.is_empty() {
+                self.online += 1;
+            }
+            entry.sessions.push(conn);
             return key;
         }
         let key = self.entries.insert(UserEntry {
@@ -39,27 +75,38 @@ impl Users {
             seq: 0,
             epoch: rand::random(),
             mark: 0,
+            history: None,
+            idle_until: 0,
         }) as u32;
         self.by_id.insert(id.into(), key);
+        self.online += 1;
         key
     }
 
-    /// Removes session `conn`; forgets the user when it was the last one.
-    pub(super) fn detach(&mut self, user: u32, conn: u32) {
+    /// Removes session `conn`; after the last one the entry is retained until
+    /// `tick` + the history TTL.
+    pub(super) fn detach(&mut self, user: u32, conn: u32, tick: u32) {
         let Some(entry) = self.entries.get_mut(user as usize) else {
             return;
         };
-        if let Some(pos) = entry.sessions.iter().position(|&c| c == conn) {
-            // Keep age order: the oldest is the one evicted for 4009.
-            entry.sessions.remove(pos);
-        }
+        let Some(pos) = entry.sessions.iter().position(|&c| c == conn) else {
+            return;
+        };
+        // Keep age order: the oldest is the one evicted for 4009.
+        entry.sessions.remove(pos);
         if entry.sessions.is_empty() {
-            let entry = self.entries.remove(user as usize);
-            self.by_id.remove(&entry.id);
+            self.online -= 1;
+            let until = tick.saturating_add(self.limits.ttl_ticks);
+            entry.idle_until = until;
+            self.idle.push_back(Idle {
+                user,
+                epoch: entry.epoch,
+                until,
+            });
         }
     }
 
-    /// The user key for `id`, when online here.
+    /// The user key for `id`, when online or retained here.
     pub(super) fn find(&self, id: &str) -> Option<u32> {
         self.by_id.get(id).copied()
     }
@@ -74,9 +121,149 @@ impl Users {
         self.entries.get_mut(key as usize)
     }
 
-    /// Users online.
+    /// Users online (with at least one session).
     pub(super) fn len(&self) -> usize {
+        self.online
+    }
+
+    /// Entries held, online or retained.
+    #[cfg(test)]
+    pub(super) fn retained(&self) -> usize {
         self.entries.len()
+    }
+
+    /// Frame bytes held in history.
+    pub(super) fn history_bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Pushes dropped from history before their TTL so far.
+    pub(super) fn evictions(&self) -> u64 {
+        self.evictions
+    }
+
+    /// Keeps `frame`, the user's push numbered with its current `seq`, accepted at `tick`.
+    pub(super) fn record(&mut self, key: u32, frame: &Bytes, tick: u32) {
+        let size = self.limits.size;
+        if size == 0 {
+            return;
+        }
+        let Some(u) = self.entries.get_mut(key as usize) else {
+            return;
+        };
+        let ring = u.history.get_or_insert_with(Box::default);
+        if ring.len() >= size {
+            if let Some(old) = ring.pop_front() {
+                self.bytes -= old.frame.len() as u64;
+                self.evictions += 1;
+            }
+        }
+        ring.push_back(Held {
+            seq: u.seq,
+            frame: frame.clone(),
+        });
+        self.bytes += frame.len() as u64;
+        self.fifo.push_back(Record {
+            user: key,
+            epoch: u.epoch,
+            seq: u.seq,
+            at: tick,
+        });
+        while self.bytes > self.limits.memory {
+            let Some(r) = self.fifo.pop_front() else {
+                break;
+            };
+            if self.drop_oldest(&r) {
+                self.evictions += 1;
+            }
+        }
+    }
+
+    /// Drops the push `r` names when it is still its user's oldest; false for a stale record.
+    fn drop_oldest(&mut self, r: &Record) -> bool {
+        let Some(u) = self.entries.get_mut(r.user as usize) else {
+            return false;
+        };
+        if u.epoch != r.epoch {
+            return false;
+        }
+        let Some(ring) = u.history.as_mut() else {
+            return false;
+        };
+        if ring.front().map(|h| h.seq) != Some(r.seq) {
+            return false;
+        }
+        if let Some(h) = ring.pop_front() {
+            self.bytes -= h.frame.len() as u64;
+        }
+        if ring.is_empty() {
+            // No history costs nothing.
+            u.history = None;
+        }
+        true
+    }
+
+    /// Drops pushes older than the TTL and retained entries whose time is up. Only the
+    /// fronts of two sorted queues are looked at: amortised O(1) per push and per session.
+    pub(super) fn expire(&mut self, tick: u32) {
+        let ttl = self.limits.ttl_ticks;
+        while let Some(r) = self.fifo.front() {
+            if tick.saturating_sub(r.at) < ttl {
+                break;
+            }
+            if let Some(r) = self.fifo.pop_front() {
+                self.drop_oldest(&r);
+            }
+        }
+        while let Some(i) = self.idle.front() {
+            if i.until > tick {
+                break;
+            }
+            let Some(i) = self.idle.pop_front() else {
+                break;
+            };
+            let due = self.entries.get(i.user as usize).is_some_and(|u| {
+                u.epoch == i.epoch && u.sessions.is_empty() && u.idle_until <= tick
+            });
+            if due {
+                let u = self.entries.remove(i.user as usize);
+                self.by_id.remove(&u.id);
+                let held: usize = u
+                    .history
+                    .iter()
+                    .flat_map(|r| r.iter())
+                    .map(|h| h.frame.len())
+                    .sum();
+                self.bytes -= held as u64;
+            }
+        }
+    }
+
+    /// Whether user `key` can resume after `since` in `epoch` (as shown in `welcome`); if
+    /// so, the frames to replay, in order, are appended to `out`.
+    pub(super) fn resume(&self, key: u32, since: u64, epoch: &str, out: &mut Vec<Bytes>) -> bool {
+        let Some(u) = self.entries.get(key as usize) else {
+            return false;
+        };
+        if epoch != format!("{:016x}", u.epoch) || since > u.seq {
+            return false;
+        }
+        if since == u.seq {
+            return true;
+        }
+        let Some(ring) = u.history.as_ref() else {
+            return false;
+        };
+        let Some(first) = ring.front().map(|h| h.seq) else {
+            return false;
+        };
+        // The ring is contiguous: seqs `first..=u.seq`.
+        if first > since + 1 {
+            return false;
+        }
+        let skip = (since + 1 - first) as usize;
+        out.extend(ring.range(skip..).map(|h| h.frame.clone()));
+        true
     }
 }
 
@@ -84,19 +271,155 @@ impl Users {
 mod tests {
     use super::*;
 
+    fn limits(size: usize, ttl_ticks: u32, memory: u64) -> Limits {
+        Limits {
+            size,
+            ttl_ticks,
+            memory,
+        }
+    }
+
+    /// Numbers and keeps one push of `len` bytes for `key`, as the shard does.
+    fn push(u: &mut Users, key: u32, len: usize, tick: u32) -> Bytes {
+        let e = u.get_mut(key).unwrap();
+        e.seq += 1;
+        let frame = Bytes::from(vec![e.seq as u8; len]);
+        u.record(key, &frame, tick);
+        frame
+    }
+
+    fn epoch(u: &Users, key: u32) -> String {
+        format!("{:016x}", u.get(key).unwrap().epoch)
+    }
+
     #[test]
-    fn attach_detach_keeps_order_and_forgets() {
+    fn attach_detach_keeps_order_and_retains() {
         let mut u = Users::default();
         let k = u.attach("a", 1);
         assert_eq!(u.attach("a", 2), k);
         u.attach("a", 3);
         u.get_mut(k).unwrap().seq = 5;
-        u.detach(k, 2);
+        u.detach(k, 2, 0);
         assert_eq!(u.get(k).unwrap().sessions, vec![1, 3]);
         assert_eq!(u.get(k).unwrap().seq, 5);
-        u.detach(k, 1);
-        u.detach(k, 3);
+        u.detach(k, 1, 0);
+        u.detach(k, 3, 0);
+        assert_eq!(u.len(), 0, "offline users are not online");
+        assert_eq!(u.find("a"), Some(k), "retained for the TTL");
+        assert_eq!(u.get(k).unwrap().seq, 5);
+    }
+
+    #[test]
+    fn retained_entry_expires_after_ttl_unless_back() {
+        let mut u = Users::new(limits(10, 100, 1 << 20));
+        let k = u.attach("a", 1);
+        push(&mut u, k, 10, 0);
+        u.detach(k, 1, 50);
+        u.expire(149);
+        assert_eq!(u.find("a"), Some(k));
+        // Back and gone again: the first deadline no longer applies.
+        u.attach("a", 2);
+        u.detach(k, 2, 120);
+        u.expire(150);
+        assert_eq!(u.find("a"), Some(k));
+        u.expire(220);
         assert!(u.find("a").is_none());
-        assert_eq!(u.len(), 0);
+        assert_eq!(u.retained(), 0);
+        assert_eq!(u.history_bytes(), 0);
+        // A new life: new epoch, seq 0.
+        let k2 = u.attach("a", 3);
+        assert_eq!(u.get(k2).unwrap().seq, 0);
+    }
+
+    #[test]
+    fn ring_keeps_history_size_and_resumes() {
+        let mut u = Users::new(limits(3, 1000, 1 << 20));
+        let k = u.attach("a", 1);
+        let frames: Vec<Bytes> = (0..5).map(|_| push(&mut u, k, 10, 0)).collect();
+        assert_eq!(u.history_bytes(), 30);
+        assert_eq!(u.evictions(), 2);
+        let e = epoch(&u, k);
+        let mut out = Vec::new();
+        assert!(u.resume(k, 2, &e, &mut out));
+        assert_eq!(out, frames[2..].to_vec());
+        out.clear();
+        assert!(!u.resume(k, 1, &e, &mut out), "seq 2 is gone");
+        assert!(u.resume(k, 5, &e, &mut out), "nothing missed");
+        assert!(!u.resume(k, 6, &e, &mut out), "beyond current");
+        assert!(
+            !u.resume(k, 3, "0000000000000000x", &mut out),
+            "other epoch"
+        );
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn no_history_without_pushes_or_with_size_zero() {
+        let mut u = Users::new(limits(0, 1000, 1 << 20));
+        let k = u.attach("a", 1);
+        push(&mut u, k, 10, 0);
+        assert!(u.get(k).unwrap().history.is_none());
+        assert_eq!(u.history_bytes(), 0);
+        let k2 = u.attach("b", 2);
+        assert!(u.get(k2).unwrap().history.is_none());
+    }
+
+    #[test]
+    fn memory_cap_evicts_oldest_across_users() {
+        let mut u = Users::new(limits(100, 1000, 200));
+        let a = u.attach("a", 1);
+        let b = u.attach("b", 2);
+        for i in 0..5 {
+            push(&mut u, a, 20, i);
+            push(&mut u, b, 20, i);
+        }
+        assert_eq!(u.history_bytes(), 200);
+        assert_eq!(u.evictions(), 0);
+        push(&mut u, a, 30, 6);
+        // a's seq 1 and b's seq 1 went, in accept order.
+        assert_eq!(u.history_bytes(), 190);
+        assert_eq!(u.evictions(), 2);
+        let mut out = Vec::new();
+        assert!(!u.resume(b, 0, &epoch(&u, b), &mut out));
+        assert!(u.resume(b, 1, &epoch(&u, b), &mut out));
+        assert_eq!(out.len(), 4);
+    }
+
+    #[test]
+    fn ttl_drops_old_pushes_and_frees_the_ring() {
+        let mut u = Users::new(limits(100, 50, 1 << 20));
+        let k = u.attach("a", 1);
+        push(&mut u, k, 10, 0);
+        push(&mut u, k, 10, 20);
+        u.expire(49);
+        assert_eq!(u.history_bytes(), 20);
+        u.expire(50);
+        assert_eq!(u.history_bytes(), 10);
+        u.expire(70);
+        assert_eq!(u.history_bytes(), 0);
+        assert!(u.get(k).unwrap().history.is_none());
+        assert_eq!(u.evictions(), 0, "TTL expiry is not eviction");
+        assert_eq!(u.len(), 1);
+    }
+
+    #[test]
+    fn stale_records_of_a_reused_key_are_skipped() {
+        let mut u = Users::new(limits(100, 10, 30));
+        let a = u.attach("a", 1);
+        u.detach(a, 1, 0);
+        // Offline but retained: numbered and kept.
+        push(&mut u, a, 10, 5);
+        assert_eq!(u.get(a).unwrap().seq, 1);
+        u.expire(10);
+        assert!(u.find("a").is_none());
+        assert_eq!(u.history_bytes(), 0);
+        let b = u.attach("b", 2);
+        assert_eq!(a, b, "slab key reused");
+        for _ in 0..4 {
+            push(&mut u, b, 10, 10);
+        }
+        // a's record was skipped, b's oldest evicted.
+        assert_eq!(u.history_bytes(), 30);
+        assert_eq!(u.evictions(), 1);
     }
 }
