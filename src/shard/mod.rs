@@ -148,7 +148,7 @@ struct Shard {
     last_publish: Instant,
     session_counter: u64,
     nonce: u32,
-    mark: u64,
+    mark: u32,
     drain_deadline: Option<Instant>,
     /// Topic patterns from tokens that carry a `topics` claim; absent for the rest, so
     /// connections without grants pay nothing.
@@ -546,7 +546,7 @@ impl Shard {
 
     /// Sends one shared frame to each of `keys`; counts sessions and, if asked, distinct users.
     fn fan_out(&mut self, keys: &[u32], frame: &Bytes, count_users: bool) -> (u64, u64) {
-        self.mark += 1;
+        self.mark = self.mark.wrapping_add(1);
         let mark = self.mark;
         let mut sessions = 0;
         let mut users = 0;

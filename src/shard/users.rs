@@ -22,12 +22,13 @@ pub(super) struct UserEntry {
     /// Identifies this life of `seq`: a user who comes back after its entry expired
     /// starts anew.
     pub epoch: u64,
-    /// Scratch stamp for counting distinct users in one fan-out.
-    pub mark: u64,
     /// Recent direct pushes, oldest first; allocated at the first one kept.
     // Boxed so a user that never had a push pays one word here, not a `VecDeque`'s four.
     #[allow(clippy::box_collection)]
     history: Option<Box<VecDeque<Held>>>,
+    /// Scratch stamp for counting distinct users in one fan-out (wraps; a false match
+    /// needs exactly 2^32 fan-outs between two of the same user's).
+    pub mark: u32,
     /// While without sessions: the tick the entry is removed at.
     idle_until: u32,
 }
@@ -270,6 +271,17 @@ impl Users {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_entry_stays_small() {
+        // Every online user costs one entry: history added one word and the idle deadline
+        // shares a word with the fan-out mark.
+        assert!(
+            std::mem::size_of::<UserEntry>() <= 72,
+            "{}",
+            std::mem::size_of::<UserEntry>()
+        );
+    }
 
     fn limits(size: usize, ttl_ticks: u32, memory: u64) -> Limits {
         Limits {
