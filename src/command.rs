@@ -73,6 +73,10 @@ pub enum ShardCmd {
         topic: Arc<str>,
         /// The encoded frame, shared by all shards.
         frame: Bytes,
+        /// Its `seq` in the topic stream (docs/protocol.md 4.1).
+        seq: u64,
+        /// The topic stream's epoch.
+        epoch: Arc<str>,
         /// When the API accepted it.
         accepted_at: Instant,
         /// Answer wanted.
@@ -98,6 +102,13 @@ pub enum ShardCmd {
         /// Where to send the count.
         ticket: Ticket,
     },
+    /// Count a topic's members on this shard.
+    TopicMembers {
+        /// The topic.
+        topic: Box<str>,
+        /// Where to send the count.
+        ticket: Ticket,
+    },
     /// Count a user's sessions.
     Presence {
         /// The user.
@@ -119,7 +130,9 @@ impl ShardCmd {
             }
             ShardCmd::Topic { frame, topic, .. } => (frame.len() + topic.len()) as u64,
             ShardCmd::Broadcast { frame, .. } => frame.len() as u64,
-            ShardCmd::Disconnect { .. } | ShardCmd::Presence { .. } => 0,
+            ShardCmd::Disconnect { .. }
+            | ShardCmd::Presence { .. }
+            | ShardCmd::TopicMembers { .. } => 0,
         }
     }
 }

@@ -12,10 +12,12 @@ use crate::frame::FrameBuilder;
 /// A client message, borrowed from the unmasked payload.
 #[derive(Debug, PartialEq)]
 pub enum ClientMsg<'a> {
-    /// Join a topic.
+    /// Join a topic, resuming its stream after `since` in `epoch` when both are given.
     Subscribe {
         /// Topic name.
         topic: Cow<'a, str>,
+        /// The last topic `seq` the client processed and the epoch it had (4.2).
+        resume: Option<(u64, Cow<'a, str>)>,
     },
     /// Leave a topic.
     Unsubscribe {
@@ -105,7 +107,11 @@ fn interpret(value: simd_json::BorrowedValue<'_>) -> Result<ClientMsg<'_>, Refus
         _ => Err(refused("bad_topic", "missing string field \"topic\"")),
     };
     match kind.as_str() {
-        "subscribe" => Ok(ClientMsg::Subscribe { topic: topic()? }),
+        "subscribe" => {
+            let topic = topic()?;
+            let resume = subscribe_resume(&mut obj)?;
+            Ok(ClientMsg::Subscribe { topic, resume })
+        }
         "unsubscribe" => Ok(ClientMsg::Unsubscribe { topic: topic()? }),
         "ping" => Ok(ClientMsg::Ping),
         "ack" => match obj.get("seq").and_then(|s| s.as_u64()) {
@@ -125,6 +131,38 @@ fn interpret(value: simd_json::BorrowedValue<'_>) -> Result<ClientMsg<'_>, Refus
             "unknown_type",
             format!("unknown message type {:?}", truncate(other, 64)),
         )),
+    }
+}
+
+/// Longest topic epoch accepted (docs/protocol.md 4.1: at most 32 bytes).
+pub const MAX_EPOCH_BYTES: usize = 32;
+
+/// `since` and `epoch` of a `subscribe`: both or neither, `since` an unsigned integer,
+/// `epoch` a string of at most `MAX_EPOCH_BYTES`.
+fn subscribe_resume<'a>(
+    obj: &mut simd_json::borrowed::Object<'a>,
+) -> Result<Option<(u64, Cow<'a, str>)>, Refused> {
+    let since = obj.remove("since");
+    let epoch = obj.remove("epoch");
+    match (since, epoch) {
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(refused("bad_json", "\"since\" needs \"epoch\" too")),
+        (None, Some(_)) => Err(refused("bad_json", "\"epoch\" needs \"since\" too")),
+        (Some(since), Some(epoch)) => {
+            let Some(since) = since.as_u64() else {
+                return Err(refused("bad_json", "\"since\" must be an unsigned integer"));
+            };
+            let simd_json::BorrowedValue::String(epoch) = epoch else {
+                return Err(refused("bad_json", "\"epoch\" must be a string"));
+            };
+            if epoch.len() > MAX_EPOCH_BYTES {
+                return Err(refused(
+                    "bad_json",
+                    format!("\"epoch\" is longer than {MAX_EPOCH_BYTES} bytes"),
+                ));
+            }
+            Ok(Some((since, epoch)))
+        }
     }
 }
 
@@ -219,6 +257,28 @@ pub fn topic_ack_frame(kind: &str, topic: &str, reference: Option<&str>) -> Byte
     b.finish()
 }
 
+/// `subscribed`, with the topic stream's `seq` and `epoch`, and `resumed` when the
+/// client asked to resume (docs/protocol.md 4.2).
+pub fn subscribed_frame(
+    topic: &str,
+    seq: u64,
+    epoch: &str,
+    resumed: Option<bool>,
+    reference: Option<&str>,
+) -> Bytes {
+    let mut b = FrameBuilder::text(96 + topic.len() + epoch.len());
+    let out = b.payload();
+    out.extend_from_slice(b"{\"type\":\"subscribed\",\"topic\":");
+    json_str(out, topic);
+    let _ = write!(out, ",\"seq\":{seq},\"epoch\":");
+    json_str(out, epoch);
+    if let Some(r) = resumed {
+        let _ = write!(out, ",\"resumed\":{r}");
+    }
+    finish_with_ref(out, reference);
+    b.finish()
+}
+
 /// `reconnect`: the server is draining; reconnect (elsewhere) after `after_ms`.
 pub fn reconnect_frame(after_ms: u64) -> Bytes {
     let mut b = FrameBuilder::text(48);
@@ -306,11 +366,50 @@ mod tests {
     }
 
     #[test]
+    fn subscribe_since_and_epoch() {
+        assert_eq!(
+            p(r#"{"type":"subscribe","topic":"t","since":3,"epoch":"ab"}"#).0,
+            Ok("Subscribe { topic: \"t\", resume: Some((3, \"ab\")) }".into())
+        );
+        for (msg, needle) in [
+            (
+                r#"{"type":"subscribe","topic":"t","since":3}"#,
+                "needs \"epoch\"",
+            ),
+            (
+                r#"{"type":"subscribe","topic":"t","epoch":"e"}"#,
+                "needs \"since\"",
+            ),
+            (
+                r#"{"type":"subscribe","topic":"t","since":-1,"epoch":"e"}"#,
+                "unsigned",
+            ),
+            (
+                r#"{"type":"subscribe","topic":"t","since":"3","epoch":"e"}"#,
+                "unsigned",
+            ),
+            (
+                r#"{"type":"subscribe","topic":"t","since":3,"epoch":7}"#,
+                "must be a string",
+            ),
+        ] {
+            let e = p(msg).0.unwrap_err();
+            assert_eq!(e.code, "bad_json", "{msg}");
+            assert!(e.message.contains(needle), "{msg}: {}", e.message);
+        }
+        let long = format!(
+            r#"{{"type":"subscribe","topic":"t","since":1,"epoch":"{}"}}"#,
+            "a".repeat(33)
+        );
+        assert!(p(&long).0.unwrap_err().message.contains("longer than 32"));
+    }
+
+    #[test]
     fn parses_client_messages() {
         assert_eq!(
             p(r#"{"type":"subscribe","topic":"room:1","ref":7}"#),
             (
-                Ok("Subscribe { topic: \"room:1\" }".into()),
+                Ok("Subscribe { topic: \"room:1\", resume: None }".into()),
                 Some("7".into())
             )
         );
@@ -408,6 +507,16 @@ mod tests {
         assert_eq!(
             payload_json(&f),
             serde_json::json!({"type":"subscribed","topic":"t","ref":"r"})
+        );
+        let f = subscribed_frame("t", 4, "abc", Some(true), Some("1"));
+        assert_eq!(
+            payload_json(&f),
+            serde_json::json!({"type":"subscribed","topic":"t","seq":4,"epoch":"abc","resumed":true,"ref":1})
+        );
+        let f = subscribed_frame("t", 0, "e", None, None);
+        assert_eq!(
+            payload_json(&f),
+            serde_json::json!({"type":"subscribed","topic":"t","seq":0,"epoch":"e"})
         );
         let f = error_frame(&refused("bad_topic", "nope"), None);
         assert_eq!(

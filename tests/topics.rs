@@ -13,9 +13,11 @@ fn subscribe_push_unsubscribe() {
     let mut b = srv.connect_topics("bob", &["room:1"]);
 
     a.send(json!({"type": "subscribe", "topic": "room:1", "ref": "r1"}));
+    // A topic never pushed: seq 0 and the placeholder epoch (docs/protocol.md 4.2).
     assert_eq!(
         a.recv(),
-        json!({"type": "subscribed", "topic": "room:1", "ref": "r1"})
+        json!({"type": "subscribed", "topic": "room:1", "seq": 0,
+               "epoch": "0000000000000000", "ref": "r1"})
     );
     b.send(json!({"type": "subscribe", "topic": "room:1"}));
     let m = b.recv();
@@ -36,7 +38,7 @@ fn subscribe_push_unsubscribe() {
         assert_eq!(p["data"], json!({"hi": 1}));
         assert_eq!(p["id"], "t1");
         assert!(p["ts"].is_u64());
-        assert!(p.get("seq").is_none(), "topic push has no seq: {p}");
+        assert_eq!(p["seq"], 1, "the topic stream's first push: {p}");
     }
 
     // A different topic goes nowhere.
@@ -115,7 +117,7 @@ fn forbidden_topic_is_refused_and_connection_stays_open() {
     c.send(json!({"type": "subscribe", "topic": "room:1", "ref": "s3"}));
     assert_eq!(
         c.recv(),
-        json!({"type": "subscribed", "topic": "room:1", "ref": "s3"})
+        json!({"type": "subscribed", "topic": "room:1", "seq": 0, "epoch": "0000000000000000", "ref": "s3"})
     );
     // A refused subscription does not deliver.
     let r = srv.push_wait(json!({"topic": "secret", "data": 1}));
@@ -141,7 +143,7 @@ fn public_topics_allowed_to_everyone() {
         c.send(json!({"type": "subscribe", "topic": t, "ref": r}));
         assert_eq!(
             c.recv(),
-            json!({"type": "subscribed", "topic": t, "ref": r})
+            json!({"type": "subscribed", "topic": t, "seq": 0, "epoch": "0000000000000000", "ref": r})
         );
     }
     c.send(json!({"type": "subscribe", "topic": "newsroom", "ref": "p4"}));
@@ -198,6 +200,6 @@ fn too_many_topics() {
     c.send(json!({"type": "subscribe", "topic": "t:3", "ref": "now"}));
     assert_eq!(
         c.recv(),
-        json!({"type": "subscribed", "topic": "t:3", "ref": "now"})
+        json!({"type": "subscribed", "topic": "t:3", "seq": 0, "epoch": "0000000000000000", "ref": "now"})
     );
 }

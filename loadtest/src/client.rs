@@ -393,6 +393,9 @@ struct Msg<'a> {
     #[serde(rename = "type", borrow)]
     ty: Cow<'a, str>,
     seq: Option<u64>,
+    /// Present on topic pushes, whose `seq` is the topic's, not the user's.
+    #[serde(borrow)]
+    topic: Option<Cow<'a, str>>,
     #[serde(default)]
     data: Option<PushData>,
     #[serde(borrow)]
@@ -404,6 +407,8 @@ struct LooseMsg<'a> {
     #[serde(rename = "type", borrow)]
     ty: Cow<'a, str>,
     seq: Option<u64>,
+    #[serde(borrow)]
+    topic: Option<Cow<'a, str>>,
 }
 
 /// The load generator's own push payload; `pad` and unknown fields are skipped unread.
@@ -1062,6 +1067,7 @@ fn on_message(c: &mut Conn, text: &[u8], ctx: &mut Ctx) -> Result<(), End> {
             Ok(m) => Msg {
                 ty: m.ty,
                 seq: m.seq,
+                topic: m.topic,
                 data: None,
                 code: None,
             },
@@ -1110,7 +1116,8 @@ fn on_message(c: &mut Conn, text: &[u8], ctx: &mut Ctx) -> Result<(), End> {
                 .get_or_insert_with(|| Box::new(RecvState::new(c.welcome_seq)));
             let before = st.unique();
             let data = msg.data.unwrap_or_default();
-            if let Some(seq) = msg.seq {
+            // Only the user stream's `seq` is tracked; topic pushes count by their payload.
+            if let Some(seq) = msg.seq.filter(|_| msg.topic.is_none()) {
                 st.record_seq(seq);
             } else if let Some(n) = data.n {
                 st.record_counter(data.s.unwrap_or(0).min(4095), n);

@@ -5,6 +5,7 @@
 mod push;
 pub mod request;
 mod routes;
+pub mod sequencer;
 
 pub use push::{
     parse as parse_push, route as route_push, ParsedPush, Target, MAX_DATA_DEPTH, MAX_ID_BYTES,
@@ -52,6 +53,7 @@ pub(crate) enum WaitKind {
     Push,
     Disconnect,
     Presence,
+    Topic,
 }
 
 struct Waiting {
@@ -62,7 +64,7 @@ struct Waiting {
     users: u64,
     since: Instant,
     keep_alive: bool,
-    /// For presence: the user id to echo.
+    /// For presence: the user id to echo; for a topic: its name.
     user: Option<String>,
 }
 
@@ -145,6 +147,8 @@ pub struct Api {
     accept_error_logged: Option<Instant>,
     /// The 503 for connections over `api_max_connections`, made once.
     over_capacity: Vec<u8>,
+    /// Numbers topic pushes (docs/protocol.md 4.1).
+    sequencer: sequencer::Sequencer,
 }
 
 impl Api {
@@ -174,7 +178,9 @@ impl Api {
             false,
             "Retry-After: 1\r\n",
         );
+        let sequencer = sequencer::Sequencer::new(config.history_ttl, sequencer::MAX_TOPIC_STREAMS);
         Ok(Api {
+            sequencer,
             poll,
             listener,
             conns: Slab::new(),
@@ -550,6 +556,19 @@ impl Api {
                 "online": w.sessions > 0,
                 "sessions": w.sessions,
             }),
+            WaitKind::Topic => {
+                let topic = w.user.unwrap_or_default();
+                let (seq, epoch) = self
+                    .sequencer
+                    .current(&topic, self.now)
+                    .unwrap_or_else(|| (0, sequencer::NO_EPOCH.into()));
+                serde_json::json!({
+                    "topic": topic,
+                    "subscribers": w.sessions,
+                    "seq": seq,
+                    "epoch": &*epoch,
+                })
+            }
         };
         let response = http::response(
             200,

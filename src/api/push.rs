@@ -8,6 +8,7 @@ use rustc_hash::FxHashSet;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::sequencer::NO_EPOCH;
 use crate::auth::validate_user;
 use crate::command::{Push, ShardCmd, Ticket};
 use crate::messages;
@@ -147,8 +148,14 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// One command per shard that the push touches, as `(shard, command)`.
-pub fn route(p: ParsedPush, shards: usize, ticket: Option<Ticket>) -> Vec<(usize, ShardCmd)> {
+/// One command per shard that the push touches, as `(shard, command)`; a topic push
+/// carries `stream`, its `seq` and epoch from the sequencer (`None`: seq 0, no epoch).
+pub fn route(
+    p: ParsedPush,
+    shards: usize,
+    ticket: Option<Ticket>,
+    stream: Option<(u64, Arc<str>)>,
+) -> Vec<(usize, ShardCmd)> {
     let accepted_at = Instant::now();
     let ts_ms = now_ms();
     let id: Option<Box<str>> = p.id.map(Into::into);
@@ -198,8 +205,9 @@ pub fn route(p: ParsedPush, shards: usize, ticket: Option<Ticket>) -> Vec<(usize
                 .collect()
         }
         Target::Topic(t) => {
+            let (seq, epoch) = stream.unwrap_or_else(|| (0, NO_EPOCH.into()));
             // Encoded once here and shared by every shard (invariant 4).
-            let frame = messages::push_frame(&p.data, ts_ms, None, Some(&t), id.as_deref());
+            let frame = messages::push_frame(&p.data, ts_ms, Some(seq), Some(&t), id.as_deref());
             let topic: Arc<str> = t.into();
             (0..shards)
                 .map(|shard| {
@@ -208,6 +216,8 @@ pub fn route(p: ParsedPush, shards: usize, ticket: Option<Ticket>) -> Vec<(usize
                         ShardCmd::Topic {
                             topic: Arc::clone(&topic),
                             frame: frame.clone(),
+                            seq,
+                            epoch: Arc::clone(&epoch),
                             accepted_at,
                             ticket,
                         },
@@ -316,7 +326,7 @@ mod tests {
     #[test]
     fn routes_by_shard() {
         let p = parse(br#"{"users":["a","b","c","d","e","f","g","h"],"data":1}"#).unwrap();
-        let cmds = route(p, 4, None);
+        let cmds = route(p, 4, None, None);
         let mut total = 0;
         for (shard, cmd) in &cmds {
             let ShardCmd::Users { users, .. } = cmd else {
@@ -329,6 +339,6 @@ mod tests {
         }
         assert_eq!(total, 8);
         let p = parse(br#"{"broadcast":true,"data":1}"#).unwrap();
-        assert_eq!(route(p, 3, None).len(), 3);
+        assert_eq!(route(p, 3, None, None).len(), 3);
     }
 }

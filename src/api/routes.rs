@@ -1,6 +1,7 @@
 //! The push API's endpoints (docs/protocol.md 4).
 
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -108,6 +109,9 @@ impl Api {
                 } else {
                     json(200, &serde_json::json!({"status": "ready"}), keep_alive)
                 }
+            }
+            ("GET", p) if p.starts_with("/v1/topics/") => {
+                self.topic_info(key, &p["/v1/topics/".len()..], keep_alive)
             }
             ("GET", p) if p.starts_with("/v1/presence/") => {
                 self.presence(key, &p["/v1/presence/".len()..], keep_alive)
@@ -235,7 +239,16 @@ impl Api {
     fn enqueue(&mut self, p: ParsedPush, ticket: Option<Ticket>) -> Result<usize, QueueError> {
         // While draining, connections still open get pushes until their turn to close; only
         // a shard that has stopped refuses (503 draining).
-        let cmds = push::route(p, self.shards.len(), ticket);
+        // Topic pushes are numbered here, before encoding, so all shards share one frame.
+        let stream = match &p.target {
+            push::Target::Topic(t) => Some(self.sequencer.next(t, self.now)),
+            _ => None,
+        };
+        let cmds = push::route(p, self.shards.len(), ticket, stream);
+        let numbered = cmds.first().and_then(|(_, c)| match c {
+            ShardCmd::Topic { topic, seq, .. } => Some((Arc::clone(topic), *seq)),
+            _ => None,
+        });
         // Pushes waiting for shards are bounded by bytes too (65,536 queued commands of
         // 1 MiB each would be 64 GiB per shard): past the budget, 503 until they drain.
         // Reserved before sending, so a shard's release never precedes it.
@@ -243,6 +256,9 @@ impl Api {
         let budget = self.config.max_outbound_total_bytes;
         if !crate::command::reserve_backlog(&self.metrics.command_bytes, weight, budget) {
             self.metrics.queue_full_refusals.fetch_add(1, Relaxed);
+            if let Some((topic, seq)) = numbered {
+                self.sequencer.rollback(&topic, seq);
+            }
             return Err(QueueError::Overloaded);
         }
         let n = cmds.len();
@@ -252,6 +268,9 @@ impl Api {
             Err((e, unsent)) => {
                 let back: u64 = unsent.iter().map(ShardCmd::weight).sum();
                 self.metrics.command_bytes.fetch_sub(back, Relaxed);
+                if let Some((topic, seq)) = numbered {
+                    self.sequencer.rollback(&topic, seq);
+                }
                 Err(self.queue_error(e))
             }
         }
@@ -334,6 +353,42 @@ impl Api {
             Err(QueueError::Draining) => {
                 error(503, "draining", "server is shutting down", keep_alive)
             }
+        }
+    }
+
+    /// `GET /v1/topics/<topic>`: members across shards, and the stream's `seq` and epoch.
+    fn topic_info(&mut self, key: usize, raw: &str, keep_alive: bool) -> Handled {
+        let topic = match percent_encoding::percent_decode_str(raw).decode_utf8() {
+            Ok(t) => t.into_owned(),
+            Err(_) => return error(400, "bad_request", "topic is not UTF-8", keep_alive),
+        };
+        if let Err(e) = crate::topic::validate(&topic) {
+            return error(400, "bad_request", &format!("topic: {e}"), keep_alive);
+        }
+        let serial = self.next_serial();
+        let ticket = Ticket { conn: key, serial };
+        let cmds: Vec<(usize, ShardCmd)> = (0..self.shards.len())
+            .map(|shard| {
+                let topic = topic.as_str().into();
+                (shard, ShardCmd::TopicMembers { topic, ticket })
+            })
+            .collect();
+        let expected = cmds.len();
+        match self.shards.send_all_or_none(cmds) {
+            Ok(()) => Handled::Wait {
+                kind: WaitKind::Topic,
+                serial,
+                expected,
+                user: Some(topic),
+            },
+            Err((e, _)) => match self.queue_error(e) {
+                QueueError::Overloaded => {
+                    error(503, "overloaded", "shard queue is full", keep_alive)
+                }
+                QueueError::Draining => {
+                    error(503, "draining", "server is shutting down", keep_alive)
+                }
+            },
         }
     }
 

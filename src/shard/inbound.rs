@@ -3,6 +3,7 @@
 
 use std::io::{self, Read};
 
+use crate::api::sequencer::NO_EPOCH;
 use crate::frame::{self, Close, CloseCause, FrameError, Head, Kind};
 use crate::messages::{self, ClientMsg, Refused};
 use crate::topic;
@@ -246,12 +247,26 @@ impl Shard {
             // kept that an ack could release, so it is accepted and has no effect.
             ClientMsg::Ack { .. } => Ok(()),
             ClientMsg::Refresh { token } => self.refresh(key, &token, reference),
-            ClientMsg::Subscribe { topic } => {
+            ClientMsg::Subscribe { topic, resume } => {
                 self.subscribe(key, &topic)?;
-                self.send_frame(
-                    key,
-                    messages::topic_ack_frame("subscribed", &topic, reference),
-                );
+                // Granted: the stream's position, then what was missed, before any live
+                // push (this shard handles one thing at a time, so none can come between).
+                let (seq, epoch) = self
+                    .streams
+                    .current(&topic, self.tick)
+                    .unwrap_or((0, NO_EPOCH));
+                let mut replay = Vec::new();
+                let resumed = resume.map(|(since, e)| {
+                    self.streams
+                        .resume(&topic, since, &e, self.tick, &mut replay)
+                });
+                let frame = messages::subscribed_frame(&topic, seq, epoch, resumed, reference);
+                self.send_frame(key, frame);
+                for f in replay {
+                    if !self.deliver(key, f) {
+                        break;
+                    }
+                }
                 Ok(())
             }
             ClientMsg::Unsubscribe { topic } => {

@@ -7,6 +7,7 @@ mod conn;
 mod history;
 mod inbound;
 mod refresh;
+mod streams;
 mod topics;
 mod users;
 
@@ -40,6 +41,7 @@ use crate::wheel::Wheel;
 
 pub use conn::OutQueue;
 use conn::{Conn, Conns, Phase, Sent, DRAIN_DUE, EXPIRING_SENT, PING_SENT};
+use streams::Streams;
 use topics::Topics;
 use users::Users;
 
@@ -124,6 +126,8 @@ struct Shard {
     shared: ShardShared,
     conns: Conns,
     users: Users,
+    /// Topic streams: seq, epoch and recent pushes per topic (docs/protocol.md 4.1).
+    streams: Streams,
     topics: Topics,
     wheel: Wheel<u32>,
     /// Time in wheel ticks (real, or manual in tests).
@@ -181,17 +185,19 @@ impl Shard {
                 None
             }
         };
+        let limits = history::Limits {
+            size: cfg.history_size,
+            ttl_ticks: ticks(cfg.history_ttl).max(1),
+            memory: cfg.history_memory_bytes,
+        };
         Shard {
             id,
             poll,
             conn_rx,
             cmd_rx,
             conns: Conns::new(max_outbound),
-            users: Users::new(history::Limits {
-                size: cfg.history_size,
-                ttl_ticks: ticks(cfg.history_ttl).max(1),
-                memory: cfg.history_memory_bytes,
-            }),
+            users: Users::new(limits),
+            streams: Streams::new(limits, streams::MAX_TOPIC_STREAMS),
             topics: Topics::default(),
             wheel: Wheel::new(),
             clock,
@@ -268,6 +274,7 @@ impl Shard {
         self.take_connections();
         self.take_commands();
         self.users.expire(self.tick);
+        self.streams.expire(self.tick);
         self.wheel.advance(u64::from(self.tick), fired);
         for key in fired.drain(..) {
             self.on_timer(key);
@@ -472,6 +479,7 @@ impl Shard {
                     targets.clear();
                     targets.extend_from_slice(&u.sessions);
                     self.users.record(k, &frame, self.tick);
+                    self.trim_history();
                     for &key in &targets {
                         sessions += u64::from(self.deliver(key, frame.clone()));
                     }
@@ -484,9 +492,14 @@ impl Shard {
             ShardCmd::Topic {
                 topic,
                 frame,
+                seq,
+                epoch,
                 accepted_at,
                 ticket,
             } => {
+                // Kept even with no member here: a subscriber may resume on this shard.
+                self.streams.record(&topic, seq, &epoch, &frame, self.tick);
+                self.trim_history();
                 let mut members = std::mem::take(&mut self.targets);
                 if let Some(t) = self.topics.find(&topic) {
                     members.extend(self.topics.members(t));
@@ -532,6 +545,13 @@ impl Shard {
                 }
                 let n = sessions.len() as u64;
                 self.answer_api(Some(ticket), n, u64::from(n > 0));
+            }
+            ShardCmd::TopicMembers { topic, ticket } => {
+                let n = self
+                    .topics
+                    .find(&topic)
+                    .map_or(0, |t| self.topics.members(t).count() as u64);
+                self.answer_api(Some(ticket), n, 0);
             }
             ShardCmd::Presence { user, ticket } => {
                 let n = self
@@ -599,6 +619,25 @@ impl Shard {
         self.written_at.push(accepted_at);
     }
 
+    /// Keeps user and topic history together under `history_memory_bytes`, dropping the
+    /// oldest retained push of either first.
+    fn trim_history(&mut self) {
+        let cap = self.shared.config.history_memory_bytes;
+        while self.users.history_bytes() + self.streams.history_bytes() > cap {
+            let users_first = match (self.users.oldest(), self.streams.oldest()) {
+                (Some(u), Some(t)) => u <= t,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            if users_first {
+                self.users.evict_oldest();
+            } else {
+                self.streams.evict_oldest();
+            }
+        }
+    }
+
     /// Queues the answer to a ticketed API command, sent to the API at the end of the turn.
     fn answer_api(&mut self, ticket: Option<Ticket>, sessions: u64, users: u64) {
         if let Some(ticket) = ticket {
@@ -632,8 +671,12 @@ impl Shard {
         let c = self.counters();
         c.users.store(self.users.len() as u64, Relaxed);
         c.topics.store(self.topics.len() as u64, Relaxed);
-        c.history_bytes.store(self.users.history_bytes(), Relaxed);
-        c.history_evictions.store(self.users.evictions(), Relaxed);
+        c.history_bytes.store(
+            self.users.history_bytes() + self.streams.history_bytes(),
+            Relaxed,
+        );
+        c.history_evictions
+            .store(self.users.evictions() + self.streams.evictions(), Relaxed);
         if self.last_publish.elapsed() >= Duration::from_millis(100) {
             self.last_publish = Instant::now();
             if !self.latency.is_empty() {

@@ -180,6 +180,21 @@ impl Users {
         }
     }
 
+    /// The tick of the oldest retained push (stale records included).
+    pub(super) fn oldest(&self) -> Option<u32> {
+        self.fifo.front().map(|r| r.at)
+    }
+
+    /// Drops the oldest retained push, for the shard-wide memory cap; true if one was held.
+    pub(super) fn evict_oldest(&mut self) -> bool {
+        let Some(r) = self.fifo.pop_front() else {
+            return false;
+        };
+        let dropped = self.drop_oldest(&r);
+        self.evictions += u64::from(dropped);
+        dropped
+    }
+
     /// Drops the push `r` names when it is still its user's oldest; false for a stale record.
     fn drop_oldest(&mut self, r: &Record) -> bool {
         let Some(u) = self.entries.get_mut(r.user as usize) else {

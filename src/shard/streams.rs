@@ -1,0 +1,360 @@
+//! The shard's topic streams (docs/protocol.md 4.1): per topic, its current `seq` and
+//! epoch as numbered by the API's sequencer, and its recent pushes. Every shard gets every
+//! topic push, so it keeps each topic's history even with no member here: a subscriber
+//! resumes on its own shard at once. The frames are the `Bytes` all shards share.
+//!
+//! Bounds: `history_size` pushes per topic, none older than `history_ttl_ms`, a stream is
+//! forgotten a TTL after its last push, at most `MAX_TOPIC_STREAMS` streams (the least
+//! recently pushed go first), and the frame bytes count in the shard's
+//! `history_memory_bytes` together with user history.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rustc_hash::FxBuildHasher;
+
+use super::history::{Held, Limits};
+pub(crate) use crate::api::sequencer::MAX_TOPIC_STREAMS;
+
+/// One topic's stream on this shard.
+struct Stream {
+    epoch: Arc<str>,
+    seq: u64,
+    /// Tick of the last push.
+    last: u32,
+    /// Recent pushes, oldest first, contiguous seqs ending at `seq`.
+    ring: VecDeque<Held>,
+}
+
+/// One push, in accept order.
+struct Record {
+    topic: Arc<str>,
+    epoch: Arc<str>,
+    seq: u64,
+    at: u32,
+}
+
+/// Topic streams by name, with their history bookkeeping.
+pub(super) struct Streams {
+    by_name: HashMap<Arc<str>, Stream, FxBuildHasher>,
+    /// Retained frames in accept order, for TTL expiry and memory eviction.
+    frames: VecDeque<Record>,
+    /// Every push in order, for forgetting streams (TTL, cap); stale ones are compacted.
+    pushes: VecDeque<Record>,
+    limits: Limits,
+    cap: usize,
+    bytes: u64,
+    evictions: u64,
+}
+
+impl Streams {
+    /// No streams, with these history bounds and at most `cap` streams.
+    pub(super) fn new(limits: Limits, cap: usize) -> Streams {
+        Streams {
+            by_name: HashMap::default(),
+            frames: VecDeque::new(),
+            pushes: VecDeque::new(),
+            limits,
+            cap: cap.max(1),
+            bytes: 0,
+            evictions: 0,
+        }
+    }
+
+    /// Frame bytes held.
+    pub(super) fn history_bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Pushes dropped before their TTL.
+    pub(super) fn evictions(&self) -> u64 {
+        self.evictions
+    }
+
+    /// Keeps `frame`, push `seq` of `topic` in `epoch`, accepted at `tick`.
+    pub(super) fn record(
+        &mut self,
+        topic: &Arc<str>,
+        seq: u64,
+        epoch: &Arc<str>,
+        frame: &Bytes,
+        tick: u32,
+    ) {
+        let ttl = self.limits.ttl_ticks;
+        let fresh = match self.by_name.get(&**topic) {
+            Some(s) => {
+                *s.epoch != **epoch || seq != s.seq + 1 || tick.saturating_sub(s.last) >= ttl
+            }
+            None => true,
+        };
+        if fresh {
+            // A new life (or a gap): what was held cannot be resumed across it.
+            if let Some(old) = self.by_name.remove(&**topic) {
+                self.bytes -= ring_bytes(&old.ring);
+            }
+            self.by_name.insert(
+                Arc::clone(topic),
+                Stream {
+                    epoch: Arc::clone(epoch),
+                    seq: 0,
+                    last: tick,
+                    ring: VecDeque::new(),
+                },
+            );
+        }
+        let Some(s) = self.by_name.get_mut(&**topic) else {
+            return;
+        };
+        s.seq = seq;
+        s.last = tick;
+        let life = Arc::clone(&s.epoch);
+        let rec = || Record {
+            topic: Arc::clone(topic),
+            epoch: Arc::clone(&life),
+            seq,
+            at: tick,
+        };
+        let size = self.limits.size;
+        if size > 0 {
+            if s.ring.len() >= size {
+                if let Some(old) = s.ring.pop_front() {
+                    self.bytes -= old.frame.len() as u64;
+                    self.evictions += 1;
+                }
+            }
+            s.ring.push_back(Held {
+                seq,
+                frame: frame.clone(),
+            });
+            self.bytes += frame.len() as u64;
+            self.frames.push_back(rec());
+        }
+        self.pushes.push_back(rec());
+        while self.by_name.len() > self.cap {
+            let Some(r) = self.pushes.pop_front() else {
+                break;
+            };
+            self.forget_if_last(&r);
+        }
+        if self.pushes.len() > 2 * self.by_name.len() + 1024 {
+            let map = &self.by_name;
+            self.pushes.retain(|r| is_last(map, r));
+        }
+    }
+
+    /// The tick of the oldest retained frame.
+    pub(super) fn oldest(&self) -> Option<u32> {
+        self.frames.front().map(|r| r.at)
+    }
+
+    /// Drops the oldest retained frame (for the memory cap); true if one was held.
+    pub(super) fn evict_oldest(&mut self) -> bool {
+        let Some(r) = self.frames.pop_front() else {
+            return false;
+        };
+        let dropped = self.drop_front(&r);
+        self.evictions += u64::from(dropped);
+        dropped
+    }
+
+    fn drop_front(&mut self, r: &Record) -> bool {
+        let Some(s) = self.by_name.get_mut(&*r.topic) else {
+            return false;
+        };
+        if !Arc::ptr_eq(&s.epoch, &r.epoch) || s.ring.front().map(|h| h.seq) != Some(r.seq) {
+            return false;
+        }
+        if let Some(h) = s.ring.pop_front() {
+            self.bytes -= h.frame.len() as u64;
+        }
+        if s.ring.is_empty() {
+            s.ring = VecDeque::new();
+        }
+        true
+    }
+
+    fn forget_if_last(&mut self, r: &Record) {
+        if is_last(&self.by_name, r) {
+            if let Some(s) = self.by_name.remove(&*r.topic) {
+                self.bytes -= ring_bytes(&s.ring);
+            }
+        }
+    }
+
+    /// Drops frames, and forgets streams, a TTL old; amortised O(1) per push.
+    pub(super) fn expire(&mut self, tick: u32) {
+        let ttl = self.limits.ttl_ticks;
+        while self
+            .frames
+            .front()
+            .is_some_and(|r| tick.saturating_sub(r.at) >= ttl)
+        {
+            if let Some(r) = self.frames.pop_front() {
+                self.drop_front(&r);
+            }
+        }
+        while self
+            .pushes
+            .front()
+            .is_some_and(|r| tick.saturating_sub(r.at) >= ttl)
+        {
+            if let Some(r) = self.pushes.pop_front() {
+                self.forget_if_last(&r);
+            }
+        }
+    }
+
+    /// The topic's current `seq` and epoch at `tick`, when it has a live stream here.
+    pub(super) fn current(&self, topic: &str, tick: u32) -> Option<(u64, &str)> {
+        self.live(topic, tick).map(|s| (s.seq, &*s.epoch))
+    }
+
+    fn live(&self, topic: &str, tick: u32) -> Option<&Stream> {
+        self.by_name
+            .get(topic)
+            .filter(|s| tick.saturating_sub(s.last) < self.limits.ttl_ticks)
+    }
+
+    /// Whether a subscriber of `topic` can resume after `since` in `epoch`; if so, the
+    /// frames to replay, in order, are appended to `out`.
+    pub(super) fn resume(
+        &self,
+        topic: &str,
+        since: u64,
+        epoch: &str,
+        tick: u32,
+        out: &mut Vec<Bytes>,
+    ) -> bool {
+        let Some(s) = self.live(topic, tick) else {
+            return false;
+        };
+        if *s.epoch != *epoch || since > s.seq {
+            return false;
+        }
+        if since == s.seq {
+            return true;
+        }
+        let Some(first) = s.ring.front().map(|h| h.seq) else {
+            return false;
+        };
+        if first > since + 1 {
+            return false;
+        }
+        let skip = (since + 1 - first) as usize;
+        out.extend(s.ring.range(skip..).map(|h| h.frame.clone()));
+        true
+    }
+}
+
+fn ring_bytes(ring: &VecDeque<Held>) -> u64 {
+    ring.iter().map(|h| h.frame.len() as u64).sum()
+}
+
+fn is_last(map: &HashMap<Arc<str>, Stream, FxBuildHasher>, r: &Record) -> bool {
+    map.get(&*r.topic)
+        .is_some_and(|s| s.seq == r.seq && Arc::ptr_eq(&s.epoch, &r.epoch))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(size: usize, ttl_ticks: u32, memory: u64) -> Limits {
+        Limits {
+            size,
+            ttl_ticks,
+            memory,
+        }
+    }
+
+    fn push(s: &mut Streams, topic: &str, seq: u64, epoch: &Arc<str>, tick: u32) -> Bytes {
+        let frame = Bytes::from(vec![seq as u8; 10]);
+        s.record(&Arc::from(topic), seq, epoch, &frame, tick);
+        frame
+    }
+
+    #[test]
+    fn keeps_history_size_and_resumes() {
+        let mut s = Streams::new(limits(3, 100, 1 << 20), 10);
+        let e: Arc<str> = "e1".into();
+        let frames: Vec<Bytes> = (1..=5).map(|n| push(&mut s, "t", n, &e, 0)).collect();
+        assert_eq!(s.current("t", 0), Some((5, "e1")));
+        assert_eq!(s.history_bytes(), 30);
+        assert_eq!(s.evictions(), 2);
+        let mut out = Vec::new();
+        assert!(s.resume("t", 2, "e1", 0, &mut out));
+        assert_eq!(out, frames[2..].to_vec());
+        out.clear();
+        assert!(!s.resume("t", 1, "e1", 0, &mut out), "seq 2 is gone");
+        assert!(s.resume("t", 5, "e1", 0, &mut out));
+        assert!(!s.resume("t", 6, "e1", 0, &mut out), "beyond current");
+        assert!(!s.resume("t", 3, "e2", 0, &mut out), "other epoch");
+        assert!(!s.resume("u", 0, "e1", 0, &mut out), "no stream");
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn new_epoch_restarts_and_frees() {
+        let mut s = Streams::new(limits(10, 100, 1 << 20), 10);
+        let e1: Arc<str> = "e1".into();
+        let e2: Arc<str> = "e2".into();
+        push(&mut s, "t", 1, &e1, 0);
+        push(&mut s, "t", 2, &e1, 0);
+        push(&mut s, "t", 1, &e2, 1);
+        assert_eq!(s.history_bytes(), 10);
+        assert_eq!(s.current("t", 1), Some((1, "e2")));
+        // Stale records of the old life are skipped.
+        s.expire(100);
+        assert_eq!(s.current("t", 100), Some((1, "e2")));
+        s.expire(101);
+        assert!(s.current("t", 101).is_none());
+        assert_eq!(s.history_bytes(), 0);
+        assert!(s.by_name.is_empty());
+    }
+
+    #[test]
+    fn ttl_and_memory_eviction() {
+        let mut s = Streams::new(limits(10, 50, 1 << 20), 10);
+        let e: Arc<str> = "e".into();
+        push(&mut s, "a", 1, &e, 0);
+        push(&mut s, "b", 1, &e, 10);
+        assert_eq!(s.oldest(), Some(0));
+        assert!(s.evict_oldest());
+        assert_eq!(s.evictions(), 1);
+        assert_eq!(s.history_bytes(), 10);
+        let mut out = Vec::new();
+        assert!(!s.resume("a", 0, "e", 10, &mut out));
+        assert!(s.resume("a", 1, "e", 10, &mut out), "seq still known");
+        s.expire(60);
+        assert_eq!(s.history_bytes(), 0);
+        assert!(s.current("b", 60).is_none());
+        assert_eq!(s.evictions(), 1, "TTL expiry is not eviction");
+    }
+
+    #[test]
+    fn cap_bounds_streams_and_records() {
+        let mut s = Streams::new(limits(1, 1000, 1 << 20), 20);
+        let e: Arc<str> = "e".into();
+        for i in 0..5000u64 {
+            push(&mut s, &format!("t{i}"), 1, &e, 0);
+            push(&mut s, "hot", i + 1, &e, 0);
+        }
+        assert!(s.by_name.len() <= 20);
+        assert!(s.pushes.len() <= 2 * 20 + 1024 + 1);
+        assert_eq!(s.current("hot", 0), Some((5000, "e")));
+        assert!(s.history_bytes() <= 20 * 10);
+    }
+
+    #[test]
+    fn size_zero_keeps_seq_only() {
+        let mut s = Streams::new(limits(0, 100, 1 << 20), 10);
+        let e: Arc<str> = "e".into();
+        push(&mut s, "t", 1, &e, 0);
+        assert_eq!(s.current("t", 0), Some((1, "e")));
+        assert_eq!(s.history_bytes(), 0);
+        let mut out = Vec::new();
+        assert!(!s.resume("t", 0, "e", 0, &mut out));
+        assert!(s.resume("t", 1, "e", 0, &mut out));
+    }
+}
