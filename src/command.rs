@@ -149,8 +149,19 @@ pub(crate) fn reserve_backlog(gauge: &AtomicU64, weight: u64, limit: u64) -> boo
     true
 }
 
+/// One session of a user, as `GET /v1/presence/<user>` shows it (docs/protocol.md 4.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionDetail {
+    /// The session id `welcome` gave.
+    pub session: String,
+    /// The highest `seq` the session acked; 0 when none.
+    pub acked: u64,
+    /// Milliseconds since the session connected.
+    pub connected_ms: u64,
+}
+
 /// A shard's answer to a ticketed command.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Reply {
     /// The request it answers.
     pub ticket: Ticket,
@@ -158,6 +169,8 @@ pub struct Reply {
     pub sessions: u64,
     /// Distinct targeted users that were online.
     pub users: u64,
+    /// For presence: each session; empty (and not allocated) otherwise.
+    pub details: Vec<SessionDetail>,
 }
 
 #[cfg(test)]

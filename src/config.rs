@@ -185,6 +185,9 @@ pub struct ServeArgs {
     /// Bytes of history per shard; the oldest pushes go first [default: 67108864].
     #[arg(long)]
     pub history_memory_bytes: Option<u64>,
+    /// How long a push `id` is remembered per stream to drop retried duplicates [default: 300000].
+    #[arg(long)]
+    pub dedup_window_ms: Option<u64>,
     /// Log format [default: text].
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -242,6 +245,7 @@ struct FileConfig {
     history_size: Option<usize>,
     history_ttl_ms: Option<u64>,
     history_memory_bytes: Option<u64>,
+    dedup_window_ms: Option<u64>,
     log_format: Option<LogFormat>,
     #[serde(default)]
     jwt: FileJwt,
@@ -346,6 +350,8 @@ pub struct Config {
     pub history_ttl: Duration,
     /// History bytes per shard.
     pub history_memory_bytes: u64,
+    /// How long a push `id` accepted on a stream makes a repeat of it a duplicate.
+    pub dedup_window: Duration,
     /// Log format.
     pub log_format: LogFormat,
     /// Development mode.
@@ -641,6 +647,12 @@ impl Config {
             Some(v) => v,
             None => 64 * 1024 * 1024,
         };
+        let dedup_window = ms(
+            "dedup_window_ms",
+            args.dedup_window_ms,
+            file.dedup_window_ms,
+            300_000,
+        )?;
         let backlog = args.backlog.or(file.backlog).unwrap_or(4096);
         if backlog == 0 || backlog > i32::MAX as u32 {
             return Err(invalid("backlog", "must be between 1 and 2147483647"));
@@ -698,6 +710,7 @@ impl Config {
             history_size,
             history_ttl,
             history_memory_bytes,
+            dedup_window,
             log_format: args
                 .log_format
                 .or(file.log_format)
@@ -840,11 +853,15 @@ mod tests {
         assert_eq!(c.history_size, 100);
         assert_eq!(c.history_ttl, Duration::from_secs(300));
         assert_eq!(c.history_memory_bytes, 64 << 20);
+        assert_eq!(c.dedup_window, Duration::from_secs(300));
+        let c = cfg(&["--jwt-secret", S, "--dedup-window-ms", "250"]).unwrap();
+        assert_eq!(c.dedup_window, Duration::from_millis(250));
         let c = cfg(&["--jwt-secret", S, "--history-size", "0"]).unwrap();
         assert_eq!(c.history_size, 0, "0 keeps no history");
         for (flag, key) in [
             ("--history-ttl-ms", "history_ttl_ms"),
             ("--history-memory-bytes", "history_memory_bytes"),
+            ("--dedup-window-ms", "dedup_window_ms"),
         ] {
             let err = cfg(&["--jwt-secret", S, flag, "0"])
                 .unwrap_err()

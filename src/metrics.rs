@@ -112,6 +112,8 @@ pub struct ShardCounters {
     pub history_bytes: AtomicU64,
     /// Pushes dropped from history before their TTL (`history_size`, `history_memory_bytes`).
     pub history_evictions: AtomicU64,
+    /// Client `ack` messages recorded (docs/protocol.md 4.3).
+    pub acks: AtomicU64,
 }
 
 /// One shard's metrics.
@@ -138,6 +140,8 @@ pub struct Metrics {
     pub pushes_accepted: AtomicU64,
     /// Push objects refused as malformed.
     pub pushes_rejected: AtomicU64,
+    /// Pushes accepted as duplicates of an `id` already accepted on their stream.
+    pub pushes_duplicate: AtomicU64,
     /// Pushes refused because a shard queue was full.
     pub queue_full_refusals: AtomicU64,
     /// API requests served.
@@ -177,6 +181,7 @@ impl Metrics {
             handshakes: CachePadded::new(Default::default()),
             pushes_accepted: AtomicU64::new(0),
             pushes_rejected: AtomicU64::new(0),
+            pushes_duplicate: AtomicU64::new(0),
             queue_full_refusals: AtomicU64::new(0),
             api_requests: AtomicU64::new(0),
             command_bytes: AtomicU64::new(0),
@@ -242,6 +247,7 @@ impl Metrics {
                 "handshakes_refused": self.refused(),
                 "pushes_accepted": self.pushes_accepted.load(Relaxed),
                 "pushes_rejected": self.pushes_rejected.load(Relaxed),
+                "pushes_duplicate": self.pushes_duplicate.load(Relaxed),
                 "pushes_delivered": self.sum(|c| &c.delivered),
                 "slow_consumer_closes": self.sum(|c| &c.slow_consumer_closes),
                 "heartbeat_closes": self.sum(|c| &c.heartbeat_closes),
@@ -251,6 +257,7 @@ impl Metrics {
                 "queue_full_refusals": self.queue_full_refusals.load(Relaxed),
                 "budget_closes": self.sum(|c| &c.budget_closes),
                 "history_evictions": self.sum(|c| &c.history_evictions),
+                "acks": self.sum(|c| &c.acks),
                 "api_refused_connections": self.api_refused_connections.load(Relaxed),
                 "api_request_timeouts": self.api_request_timeouts.load(Relaxed),
                 "api_idle_closes": self.api_idle_closes.load(Relaxed),
@@ -364,6 +371,13 @@ impl Metrics {
         );
         per_shard(
             &mut out,
+            "throng_acks_total",
+            "counter",
+            "Client acks of the user stream recorded.",
+            &|c| &c.acks,
+        );
+        per_shard(
+            &mut out,
             "throng_history_bytes",
             "gauge",
             "Bytes of direct-push frames kept for resume.",
@@ -398,6 +412,11 @@ impl Metrics {
                 "throng_pushes_rejected_total",
                 "Push objects refused as malformed.",
                 &self.pushes_rejected,
+            ),
+            (
+                "throng_pushes_duplicate_total",
+                "Pushes accepted but not delivered: their id was already accepted on the stream.",
+                &self.pushes_duplicate,
             ),
             (
                 "throng_queue_full_refusals_total",

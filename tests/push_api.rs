@@ -270,15 +270,18 @@ fn presence() {
     };
     assert_eq!(
         presence("pat"),
-        json!({"user": "pat", "online": false, "sessions": 0})
+        json!({"user": "pat", "online": false, "sessions": 0, "details": []})
     );
     let a = srv.connect("pat");
     let _b = srv.connect("pat");
     assert!(wait_until(WAIT, || presence("pat")["sessions"] == 2));
+    let p = presence("pat");
     assert_eq!(
-        presence("pat"),
-        json!({"user": "pat", "online": true, "sessions": 2})
+        (&p["user"], &p["online"], &p["sessions"]),
+        (&json!("pat"), &json!(true), &json!(2)),
+        "{p}"
     );
+    assert_eq!(p["details"].as_array().map(Vec::len), Some(2), "{p}");
     drop(a);
     assert!(wait_until(WAIT, || presence("pat")["sessions"] == 1));
     assert_eq!(presence("pat")["online"], true);
@@ -469,9 +472,11 @@ fn presence_of_user_id_needing_percent_encoding() {
     srv.wait_online(1, 1);
     let r = srv.api("GET", "/v1/presence/ann%20smith%2F42", None);
     assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
     assert_eq!(
-        r.json(),
-        json!({"user": user, "online": true, "sessions": 1})
+        (&v["user"], &v["online"], &v["sessions"]),
+        (&json!(user), &json!(true), &json!(1)),
+        "{v}"
     );
     let p = srv.push_wait(json!({"user": user, "data": 1}));
     assert_eq!(p["delivered"], 1);

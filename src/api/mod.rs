@@ -2,6 +2,7 @@
 //! requests, routes pushes to shards as one command per shard, and answers `?wait=1`,
 //! disconnect and presence requests when every shard involved has replied.
 
+pub mod dedup;
 mod push;
 pub mod request;
 mod routes;
@@ -66,6 +67,8 @@ struct Waiting {
     keep_alive: bool,
     /// For presence: the user id to echo; for a topic: its name.
     user: Option<String>,
+    /// For presence: the sessions the shard listed.
+    details: Vec<crate::command::SessionDetail>,
 }
 
 struct ApiConn {
@@ -149,6 +152,8 @@ pub struct Api {
     over_capacity: Vec<u8>,
     /// Numbers topic pushes (docs/protocol.md 4.1).
     sequencer: sequencer::Sequencer,
+    /// Push ids accepted per stream (docs/protocol.md 4.3).
+    dedup: dedup::Dedup,
 }
 
 impl Api {
@@ -179,8 +184,10 @@ impl Api {
             "Retry-After: 1\r\n",
         );
         let sequencer = sequencer::Sequencer::new(config.history_ttl, sequencer::MAX_TOPIC_STREAMS);
+        let dedup = dedup::Dedup::new(config.dedup_window, dedup::MAX_DEDUP_ENTRIES);
         Ok(Api {
             sequencer,
+            dedup,
             poll,
             listener,
             conns: Slab::new(),
@@ -491,6 +498,7 @@ impl Api {
                     since,
                     keep_alive,
                     user,
+                    details: Vec::new(),
                 });
                 Step::Done {
                     used,
@@ -533,6 +541,9 @@ impl Api {
             };
             w.sessions += r.sessions;
             w.users += r.users;
+            if !r.details.is_empty() {
+                w.details.extend(r.details);
+            }
             w.remaining = w.remaining.saturating_sub(1);
             if w.remaining == 0 {
                 self.complete(r.ticket.conn);
@@ -555,6 +566,11 @@ impl Api {
                 "user": w.user.unwrap_or_default(),
                 "online": w.sessions > 0,
                 "sessions": w.sessions,
+                "details": w.details.iter().map(|d| serde_json::json!({
+                    "session": d.session,
+                    "acked": d.acked,
+                    "connected_ms": d.connected_ms,
+                })).collect::<Vec<_>>(),
             }),
             WaitKind::Topic => {
                 let topic = w.user.unwrap_or_default();

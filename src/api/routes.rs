@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::push::{self, ParsedPush};
+use super::dedup::Stream;
+use super::push::{self, ParsedPush, Target};
 use super::{Api, Handled, Request, WaitKind};
 use crate::auth::validate_user;
 use crate::command::{ShardCmd, Ticket};
@@ -20,6 +21,22 @@ enum QueueError {
     Overloaded,
     /// The server is shutting down.
     Draining,
+}
+
+/// What became of an accepted push.
+enum Queued {
+    /// Sent as this many shard commands.
+    Sent(usize),
+    /// Its `id` was already accepted on its stream (on every user of a `users` target)
+    /// within the dedup window: nothing sent, nothing numbered.
+    Duplicate,
+}
+
+/// The streams a push's `id` is remembered on once it is queued.
+enum Remember {
+    User(String),
+    Users(Vec<String>),
+    Topic(String),
 }
 
 #[derive(Deserialize)]
@@ -168,7 +185,26 @@ impl Api {
             serial: self.next_serial(),
         });
         match self.enqueue(parsed, ticket) {
-            Ok(expected) => {
+            Ok(Queued::Duplicate) => {
+                self.metrics.pushes_accepted.fetch_add(1, Relaxed);
+                self.metrics.pushes_duplicate.fetch_add(1, Relaxed);
+                // Nothing was sent to a shard, so nothing was delivered and no shard was
+                // asked who is online: `users_online` is left out rather than guessed.
+                if wait {
+                    json(
+                        200,
+                        &serde_json::json!({"delivered": 0, "duplicate": true}),
+                        keep_alive,
+                    )
+                } else {
+                    json(
+                        202,
+                        &serde_json::json!({"accepted": true, "duplicate": true}),
+                        keep_alive,
+                    )
+                }
+            }
+            Ok(Queued::Sent(expected)) => {
                 self.metrics.pushes_accepted.fetch_add(1, Relaxed);
                 match ticket {
                     Some(t) if expected > 0 => Handled::Wait {
@@ -199,6 +235,7 @@ impl Api {
 
     fn push_batch(&mut self, body: &[u8], keep_alive: bool) -> Handled {
         let mut accepted = 0u64;
+        let mut duplicates = 0u64;
         let mut rejected = Vec::new();
         for (i, line) in body.split(|&b| b == b'\n').enumerate() {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -207,7 +244,12 @@ impl Api {
             }
             let outcome = match push::parse(line) {
                 Ok(p) => match self.enqueue(p, None) {
-                    Ok(_) => Ok(()),
+                    Ok(Queued::Sent(_)) => Ok(()),
+                    Ok(Queued::Duplicate) => {
+                        duplicates += 1;
+                        self.metrics.pushes_duplicate.fetch_add(1, Relaxed);
+                        Ok(())
+                    }
                     Err(QueueError::Overloaded) => {
                         Err("overloaded: shard queues are full; retry this line".to_string())
                     }
@@ -230,13 +272,64 @@ impl Api {
         }
         json(
             200,
-            &serde_json::json!({"accepted": accepted, "rejected": rejected}),
+            &serde_json::json!({"accepted": accepted, "duplicates": duplicates, "rejected": rejected}),
             keep_alive,
         )
     }
 
-    /// Queues one push on every shard it needs, all or none; returns the command count.
-    fn enqueue(&mut self, p: ParsedPush, ticket: Option<Ticket>) -> Result<usize, QueueError> {
+    /// Drops the users of `p` that already accepted its `id`, and says whether anything is
+    /// left to send, and which streams to remember the id on once it is queued. Broadcast
+    /// pushes are not a stream: never deduplicated.
+    fn dedup(&mut self, p: &mut ParsedPush) -> Option<Option<Remember>> {
+        let Some(id) = p.id.as_deref() else {
+            return Some(None);
+        };
+        let now = self.now;
+        let d = &mut self.dedup;
+        match &mut p.target {
+            Target::User(u) => {
+                (!d.seen(Stream::User(u), id, now)).then(|| Some(Remember::User(u.clone())))
+            }
+            Target::Topic(t) => {
+                (!d.seen(Stream::Topic(t), id, now)).then(|| Some(Remember::Topic(t.clone())))
+            }
+            Target::Users(list) => {
+                list.retain(|u| !d.seen(Stream::User(u), id, now));
+                (!list.is_empty()).then(|| Some(Remember::Users(list.clone())))
+            }
+            Target::Broadcast => Some(None),
+        }
+    }
+
+    /// Queues one push on every shard it needs, all or none; returns the command count, or
+    /// that it is a duplicate (docs/protocol.md 4.3), which is sent nowhere.
+    fn enqueue(&mut self, mut p: ParsedPush, ticket: Option<Ticket>) -> Result<Queued, QueueError> {
+        // Before numbering: a duplicate never takes a topic `seq`, and never reaches a shard
+        // (so never a user `seq` either).
+        let Some(remember) = self.dedup(&mut p) else {
+            return Ok(Queued::Duplicate);
+        };
+        let id = p.id.clone();
+        let n = self.send_push(p, ticket)?;
+        // Remembered only once queued: a push refused with 503 is retried as new.
+        if let (Some(id), Some(r)) = (id, remember) {
+            let now = self.now;
+            match r {
+                Remember::User(u) => self.dedup.record(Stream::User(&u), &id, now),
+                Remember::Topic(t) => self.dedup.record(Stream::Topic(&t), &id, now),
+                Remember::Users(list) => {
+                    for u in &list {
+                        self.dedup.record(Stream::User(u), &id, now);
+                    }
+                }
+            }
+        }
+        Ok(Queued::Sent(n))
+    }
+
+    /// Numbers (topics) and queues one push on every shard it needs, all or none; returns
+    /// the command count.
+    fn send_push(&mut self, p: ParsedPush, ticket: Option<Ticket>) -> Result<usize, QueueError> {
         // While draining, connections still open get pushes until their turn to close; only
         // a shard that has stopped refuses (503 draining).
         // Topic pushes are numbered here, before encoding, so all shards share one frame.

@@ -2,6 +2,7 @@
 //! and the client messages they carry.
 
 use std::io::{self, Read};
+use std::sync::atomic::Ordering::Relaxed;
 
 use crate::api::sequencer::NO_EPOCH;
 use crate::frame::{self, Close, CloseCause, FrameError, Head, Kind};
@@ -243,9 +244,7 @@ impl Shard {
                 self.send_frame(key, messages::pong_frame(reference));
                 Ok(())
             }
-            // Replay buffers arrive with delivery across reconnects; until then nothing is
-            // kept that an ack could release, so it is accepted and has no effect.
-            ClientMsg::Ack { .. } => Ok(()),
+            ClientMsg::Ack { seq } => self.ack(key, seq),
             ClientMsg::Refresh { token } => self.refresh(key, &token, reference),
             ClientMsg::Subscribe { topic, resume } => {
                 self.subscribe(key, &topic)?;
@@ -318,6 +317,30 @@ impl Shard {
         let (t, _) = self.topics.join(name, key);
         if let Some(c) = self.conns.get_mut(key) {
             c.topics.push(t);
+        }
+        Ok(())
+    }
+
+    /// Records that the session processed its user stream up to `seq` (docs/protocol.md
+    /// 4.3). Replay never depends on it. An ack beyond the stream's current `seq` names a
+    /// push that does not exist (a client bug, or a `seq` from another epoch): refused, so
+    /// the client learns of it, and not recorded. Acks never go backwards: the highest is
+    /// kept. Only sessions that acked have an entry, dropped when the connection ends.
+    fn ack(&mut self, key: u32, seq: u64) -> Result<(), Refused> {
+        let Some(c) = self.conns.get(key) else {
+            return Ok(());
+        };
+        let current = self.users.get(c.user).map_or(0, |u| u.seq);
+        if seq > current {
+            return Err(Refused {
+                code: "bad_json",
+                message: format!("ack seq {seq} is beyond the user stream's current seq {current}"),
+            });
+        }
+        self.counters().acks.fetch_add(1, Relaxed);
+        if seq > 0 {
+            let acked = self.acks.entry(key).or_insert(0);
+            *acked = (*acked).max(seq);
         }
         Ok(())
     }

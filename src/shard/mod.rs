@@ -28,7 +28,7 @@ use rustc_hash::FxBuildHasher;
 
 use crate::admission::Admission;
 use crate::auth::Verifier;
-use crate::command::{Handoff, Reply, ShardCmd, Ticket};
+use crate::command::{Handoff, Reply, SessionDetail, ShardCmd, Ticket};
 use crate::config::Config;
 use crate::frame::{self, Close, CloseCause};
 use crate::handshake::Refusal;
@@ -63,6 +63,15 @@ pub struct ShardEnds {
     pub cmds: Sender<ShardCmd>,
     /// Wakes the shard after a send.
     pub waker: Arc<Waker>,
+}
+
+/// What presence needs of every session and `Conn` has no room for.
+#[derive(Debug, Clone, Copy, Default)]
+struct SessionStamp {
+    /// The shard's session counter at adoption: the session id's last part.
+    session: u32,
+    /// Tick at which the session connected.
+    connected: u32,
 }
 
 /// Where shards send answers for the push API.
@@ -150,13 +159,22 @@ struct Shard {
     replies: Vec<Reply>,
     latency: Histogram<u64>,
     last_publish: Instant,
-    session_counter: u64,
+    /// Numbers sessions for their ids; a u32 so each `Conn` can keep its own (it wraps
+    /// after 4 billion sessions of one shard's life, with the random nonce in front).
+    session_counter: u32,
     nonce: u32,
     mark: u32,
     drain_deadline: Option<Instant>,
     /// Topic patterns from tokens that carry a `topics` claim; absent for the rest, so
     /// connections without grants pay nothing.
     grants: HashMap<u32, Box<[TopicPattern]>, FxBuildHasher>,
+    /// The highest `seq` each session acked, only for sessions that acked (docs/protocol.md
+    /// 4.3): an idle connection that never acks costs nothing here.
+    acks: HashMap<u32, u64, FxBuildHasher>,
+    /// Per connection key: the session counter (the id's last part) and the connect tick,
+    /// for presence `details`. Outside `Conn`, which is at its 96-byte budget; a dense
+    /// vector like the slab (8 bytes a slot, no hashing), overwritten when a key is reused.
+    stamps: Vec<SessionStamp>,
     /// Reused list of recipients for one fan-out, so a push does not allocate one.
     targets: Vec<u32>,
     /// The memory gauges as last published, so an unchanged value is not stored again.
@@ -218,6 +236,8 @@ impl Shard {
             mark: 0,
             drain_deadline: None,
             grants: HashMap::default(),
+            acks: HashMap::default(),
+            stamps: Vec::new(),
             targets: Vec::new(),
             published: budget::Published::default(),
             shared,
@@ -361,7 +381,7 @@ impl Shard {
             return;
         }
         let user = self.users.attach(&h.identity.user, key);
-        self.session_counter += 1;
+        self.session_counter = self.session_counter.wrapping_add(1);
         let inserted = self.conns.insert(Conn {
             stream,
             user,
@@ -376,6 +396,14 @@ impl Shard {
             out: None,
             topics: Vec::new(),
         });
+        let slot = key as usize;
+        if self.stamps.len() <= slot {
+            self.stamps.resize(slot + 1, SessionStamp::default());
+        }
+        self.stamps[slot] = SessionStamp {
+            session: self.session_counter,
+            connected: self.tick,
+        };
         debug_assert_eq!(inserted, key, "registered under the key the slot got");
         self.counters().connections.fetch_add(1, Relaxed);
         if !h.identity.topics.is_empty() {
@@ -393,10 +421,7 @@ impl Shard {
             .map(|r| self.users.resume(user, r.since, &r.epoch, &mut replay));
         let cfg = &self.shared.config;
         let welcome = messages::welcome_frame(
-            &format!(
-                "{:08x}{:02x}{:x}",
-                self.nonce, self.id, self.session_counter
-            ),
+            &self.session_id(self.session_counter),
             &h.identity.user,
             &format!("{epoch:016x}"),
             seq,
@@ -432,6 +457,11 @@ impl Shard {
             let mut leftover = h.leftover;
             self.ingest(key, &mut leftover);
         }
+    }
+
+    /// The id `welcome` gives the session numbered `counter`.
+    fn session_id(&self, counter: u32) -> String {
+        format!("{:08x}{:02x}{:x}", self.nonce, self.id, counter)
     }
 
     /// The tick at which a token with `exp` (plus leeway) expires: the 4001, which
@@ -554,12 +584,30 @@ impl Shard {
                 self.answer_api(Some(ticket), n, 0);
             }
             ShardCmd::Presence { user, ticket } => {
-                let n = self
+                let sessions = self
                     .users
                     .find(&user)
                     .and_then(|k| self.users.get(k))
-                    .map_or(0, |u| u.sessions.len() as u64);
-                self.answer_api(Some(ticket), n, u64::from(n > 0));
+                    .map_or(&[][..], |u| &u.sessions[..]);
+                let details: Vec<SessionDetail> = sessions
+                    .iter()
+                    .filter_map(|&key| {
+                        let s = self.stamps.get(key as usize)?;
+                        Some(SessionDetail {
+                            session: self.session_id(s.session),
+                            acked: self.acks.get(&key).copied().unwrap_or(0),
+                            connected_ms: u64::from(self.tick.saturating_sub(s.connected))
+                                * reactor::TICK_MS,
+                        })
+                    })
+                    .collect();
+                let n = details.len() as u64;
+                self.replies.push(Reply {
+                    ticket,
+                    sessions: n,
+                    users: u64::from(n > 0),
+                    details,
+                });
             }
         }
     }
@@ -645,6 +693,7 @@ impl Shard {
                 ticket,
                 sessions,
                 users,
+                details: Vec::new(),
             });
         }
     }
@@ -871,6 +920,7 @@ impl Shard {
             self.wheel.cancel(t);
         }
         self.grants.remove(&key);
+        self.acks.remove(&key);
         let _ = self.poll.registry().deregister(&mut c.stream);
         self.shared.admission.release(c.ip);
     }

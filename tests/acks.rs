@@ -1,0 +1,153 @@
+//! Client acks of the user stream (docs/protocol.md 4.3): recorded per session, counted in
+//! `throng_acks_total`, and shown in `GET /v1/presence/<user>` `details`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+fn presence(srv: &TestServer, user: &str) -> Value {
+    let r = srv.api("GET", &format!("/v1/presence/{user}"), None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+/// The presence detail of `session`, if listed.
+fn detail(p: &Value, session: &str) -> Option<Value> {
+    p["details"]
+        .as_array()?
+        .iter()
+        .find(|d| d["session"] == session)
+        .cloned()
+}
+
+/// Polls presence until `cond` holds; panics with the last answer.
+fn wait_presence(srv: &TestServer, user: &str, cond: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    let ok = wait_until(Duration::from_secs(10), || {
+        last = presence(srv, user);
+        cond(&last)
+    });
+    assert!(ok, "presence never matched; last: {last}");
+    last
+}
+
+fn session_of(c: &Client) -> String {
+    c.welcome["session"]
+        .as_str()
+        .unwrap_or_else(|| panic!("welcome without session: {}", c.welcome))
+        .to_string()
+}
+
+#[test]
+fn acks_are_recorded_per_session_counted_and_shown_in_presence() {
+    let srv = TestServer::start(&[]);
+    let p = presence(&srv, "u");
+    assert_eq!(p["details"], json!([]), "{p}");
+
+    let mut a = srv.connect("u");
+    let mut b = srv.connect("u");
+    let (sa, sb) = (session_of(&a), session_of(&b));
+    assert_ne!(sa, sb);
+    for i in 1..=3 {
+        srv.push_wait(json!({"user": "u", "data": i}));
+    }
+    for c in [&mut a, &mut b] {
+        for _ in 0..3 {
+            assert_eq!(c.recv()["type"], "push");
+        }
+    }
+    a.send(json!({"type": "ack", "seq": 2}));
+    a.barrier("a1");
+
+    let p = presence(&srv, "u");
+    assert_eq!(p["sessions"], 2, "{p}");
+    assert_eq!(p["details"].as_array().map(Vec::len), Some(2), "{p}");
+    let da = detail(&p, &sa).unwrap_or_else(|| panic!("no {sa} in {p}"));
+    let db = detail(&p, &sb).unwrap_or_else(|| panic!("no {sb} in {p}"));
+    assert_eq!(da["acked"], 2, "{p}");
+    assert_eq!(db["acked"], 0, "no ack yet: {p}");
+    assert!(
+        da["connected_ms"].is_u64() && db["connected_ms"].is_u64(),
+        "{p}"
+    );
+
+    // The highest ack stays; a lower one is counted but does not go back.
+    a.send(json!({"type": "ack", "seq": 3}));
+    a.send(json!({"type": "ack", "seq": 1}));
+    b.send(json!({"type": "ack", "seq": 3}));
+    a.barrier("a2");
+    b.barrier("b2");
+    let p = presence(&srv, "u");
+    assert_eq!(
+        detail(&p, &sa).map(|d| d["acked"].clone()),
+        Some(json!(3)),
+        "{p}"
+    );
+    assert_eq!(
+        detail(&p, &sb).map(|d| d["acked"].clone()),
+        Some(json!(3)),
+        "{p}"
+    );
+
+    assert_eq!(srv.counter("acks"), 4);
+    let metrics = srv.api("GET", "/metrics", None).text();
+    let total: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("throng_acks_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(total, 4, "{metrics}");
+}
+
+#[test]
+fn an_ack_beyond_the_stream_is_refused_and_not_recorded() {
+    let srv = TestServer::start(&[]);
+    let mut c = srv.connect("u");
+    let s = session_of(&c);
+    srv.push_wait(json!({"user": "u", "data": 1}));
+    assert_eq!(c.recv()["seq"], 1);
+    c.send(json!({"type": "ack", "seq": 1}));
+    c.send(json!({"type": "ack", "seq": 5, "ref": "r"}));
+    let m = c.recv();
+    assert_eq!(m["type"], "error", "{m}");
+    assert_eq!(m["code"], "bad_json", "{m}");
+    assert_eq!(m["ref"], "r", "{m}");
+    let msg = m["message"].as_str().unwrap_or_default();
+    assert!(msg.contains('5') && msg.contains("current seq 1"), "{m}");
+    c.barrier("open");
+    let p = presence(&srv, "u");
+    assert_eq!(
+        detail(&p, &s).map(|d| d["acked"].clone()),
+        Some(json!(1)),
+        "{p}"
+    );
+    assert_eq!(srv.counter("acks"), 1);
+}
+
+#[test]
+fn a_closed_session_leaves_the_details() {
+    let srv = TestServer::start(&[]);
+    let mut a = srv.connect("u");
+    let b = srv.connect("u");
+    let (sa, sb) = (session_of(&a), session_of(&b));
+    srv.push_wait(json!({"user": "u", "data": 1}));
+    assert_eq!(a.recv()["seq"], 1);
+    a.send(json!({"type": "ack", "seq": 1}));
+    a.barrier("a");
+    let _ = a.ws.close(None);
+    let _ = a.expect_close();
+    let p = wait_presence(&srv, "u", |p| p["sessions"] == 1);
+    assert_eq!(p["details"].as_array().map(Vec::len), Some(1), "{p}");
+    assert!(detail(&p, &sa).is_none(), "{p}");
+    assert_eq!(
+        detail(&p, &sb).map(|d| d["acked"].clone()),
+        Some(json!(0)),
+        "{p}"
+    );
+    drop(b);
+    let p = wait_presence(&srv, "u", |p| p["sessions"] == 0);
+    assert_eq!(p["details"], json!([]), "{p}");
+}
