@@ -223,23 +223,26 @@ impl Metrics {
 
     /// The `/v1/stats` document.
     pub fn stats_json(&self) -> String {
+        // Each gauge is read once: the totals are sums of the very values shown per shard.
+        let (mut connections, mut users, mut topics) = (0u64, 0u64, 0u64);
         let shards: Vec<serde_json::Value> = self
             .shards
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                serde_json::json!({
-                    "shard": i,
-                    "connections": s.counters.connections.load(Relaxed),
-                    "users": s.counters.users.load(Relaxed),
-                    "topics": s.counters.topics.load(Relaxed),
-                })
+                let c = s.counters.connections.load(Relaxed);
+                let u = s.counters.users.load(Relaxed);
+                let t = s.counters.topics.load(Relaxed);
+                connections += c;
+                users += u;
+                topics += t;
+                serde_json::json!({"shard": i, "connections": c, "users": u, "topics": t})
             })
             .collect();
         serde_json::json!({
-            "connections": self.connections(),
-            "users_online": self.sum(|c| &c.users),
-            "topics": self.sum(|c| &c.topics),
+            "connections": connections,
+            "users_online": users,
+            "topics": topics,
             "draining": self.draining.load(Relaxed),
             "shards": shards,
             "counters": {

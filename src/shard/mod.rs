@@ -707,16 +707,9 @@ impl Shard {
                 let _ = self.latency.record(us.clamp(1, 60_000_000));
             }
         }
-        // Before the answers: a `?wait=1` push that is answered is in the memory gauges.
+        // Before the answers: a `?wait=1` push that is answered is in the gauges.
         self.enforce_budget();
-        if !self.replies.is_empty() {
-            for r in self.replies.drain(..) {
-                // The API outlives the shards; a failed send means it is gone already.
-                let _ = self.shared.replies.tx.send(r);
-            }
-            let _ = self.shared.replies.waker.wake();
-        }
-        // Gauges: two relaxed stores a turn keep /v1/stats exact without per-event work.
+        // Gauges: a few relaxed stores a turn keep /v1/stats exact without per-event work.
         let c = self.counters();
         c.users.store(self.users.len() as u64, Relaxed);
         c.topics.store(self.topics.len() as u64, Relaxed);
@@ -726,6 +719,13 @@ impl Shard {
         );
         c.history_evictions
             .store(self.users.evictions() + self.streams.evictions(), Relaxed);
+        if !self.replies.is_empty() {
+            for r in self.replies.drain(..) {
+                // The API outlives the shards; a failed send means it is gone already.
+                let _ = self.shared.replies.tx.send(r);
+            }
+            let _ = self.shared.replies.waker.wake();
+        }
         if self.last_publish.elapsed() >= Duration::from_millis(100) {
             self.last_publish = Instant::now();
             if !self.latency.is_empty() {
