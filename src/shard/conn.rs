@@ -171,13 +171,79 @@ pub(super) struct Conn {
     /// Only while the socket would block.
     pub out: Option<Box<OutQueue>>,
     /// Topic keys this connection is subscribed to.
-    pub topics: Vec<u32>,
+    pub topics: TopicKeys,
+    /// The shard's session counter at adoption (the session id's last part) and the tick
+    /// it connected: what presence shows of every session.
+    pub stamp: SessionStamp,
 }
 
 impl Conn {
     /// Whether the close handshake has begun.
     pub(super) fn closing(&self) -> bool {
         self.phase != Phase::Open
+    }
+}
+
+/// What presence needs of every session.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct SessionStamp {
+    /// The shard's session counter at adoption: the session id's last part.
+    pub session: u32,
+    /// Tick at which the session connected.
+    pub connected: u32,
+}
+
+/// The topics a connection is subscribed to: one word while it has none (most connections),
+/// a boxed list once it subscribes.
+#[derive(Default)]
+// Boxed on purpose: a `Vec` inline would cost three words in every connection slot.
+#[allow(clippy::box_collection)]
+pub(super) struct TopicKeys(Option<Box<Vec<u32>>>);
+
+impl TopicKeys {
+    /// Subscribed topic keys.
+    pub(super) fn as_slice(&self) -> &[u32] {
+        self.0.as_deref().map_or(&[], Vec::as_slice)
+    }
+
+    /// How many.
+    pub(super) fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    /// Whether `t` is among them.
+    pub(super) fn contains(&self, t: &u32) -> bool {
+        self.as_slice().contains(t)
+    }
+
+    /// Adds `t`.
+    pub(super) fn push(&mut self, t: u32) {
+        self.0.get_or_insert_with(Box::default).push(t);
+    }
+
+    /// Removes `t`; whether it was there.
+    pub(super) fn remove(&mut self, t: u32) -> bool {
+        let Some(list) = self.0.as_mut() else {
+            return false;
+        };
+        let Some(pos) = list.iter().position(|&x| x == t) else {
+            return false;
+        };
+        list.swap_remove(pos);
+        if list.is_empty() {
+            self.0 = None;
+        }
+        true
+    }
+
+    /// Takes them all out, leaving none.
+    pub(super) fn take(&mut self) -> Vec<u32> {
+        self.0.take().map(|b| *b).unwrap_or_default()
+    }
+
+    /// Replaces them with `list`.
+    pub(super) fn set(&mut self, list: Vec<u32>) {
+        self.0 = (!list.is_empty()).then(|| Box::new(list));
     }
 }
 
@@ -537,7 +603,7 @@ mod tests {
     fn conn_stays_small() {
         // Invariant 3: an idle connection costs only its slot.
         assert!(
-            std::mem::size_of::<Conn>() <= 96,
+            std::mem::size_of::<Conn>() <= 88,
             "{}",
             std::mem::size_of::<Conn>()
         );

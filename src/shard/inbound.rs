@@ -272,8 +272,7 @@ impl Shard {
                 topic::validate(&topic).map_err(|e| bad_topic(&e))?;
                 if let Some(t) = self.topics.find(&topic) {
                     if let Some(c) = self.conns.get_mut(key) {
-                        if let Some(pos) = c.topics.iter().position(|&x| x == t) {
-                            c.topics.swap_remove(pos);
+                        if c.topics.remove(t) {
                             self.topics.leave(t, key);
                         }
                     }

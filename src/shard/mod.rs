@@ -40,7 +40,9 @@ use crate::topic::TopicPattern;
 use crate::wheel::Wheel;
 
 pub use conn::OutQueue;
-use conn::{Conn, Conns, Phase, Sent, DRAIN_DUE, EXPIRING_SENT, PING_SENT};
+use conn::{
+    Conn, Conns, Phase, Sent, SessionStamp, TopicKeys, DRAIN_DUE, EXPIRING_SENT, PING_SENT,
+};
 use streams::Streams;
 use topics::Topics;
 use users::Users;
@@ -63,15 +65,6 @@ pub struct ShardEnds {
     pub cmds: Sender<ShardCmd>,
     /// Wakes the shard after a send.
     pub waker: Arc<Waker>,
-}
-
-/// What presence needs of every session and `Conn` has no room for.
-#[derive(Debug, Clone, Copy, Default)]
-struct SessionStamp {
-    /// The shard's session counter at adoption: the session id's last part.
-    session: u32,
-    /// Tick at which the session connected.
-    connected: u32,
 }
 
 /// Where shards send answers for the push API.
@@ -173,8 +166,6 @@ struct Shard {
     acks: HashMap<u32, u64, FxBuildHasher>,
     /// Per connection key: the session counter (the id's last part) and the connect tick,
     /// for presence `details`. Outside `Conn`, which is at its 96-byte budget; a dense
-    /// vector like the slab (8 bytes a slot, no hashing), overwritten when a key is reused.
-    stamps: Vec<SessionStamp>,
     /// Reused list of recipients for one fan-out, so a push does not allocate one.
     targets: Vec<u32>,
     /// The memory gauges as last published, so an unchanged value is not stored again.
@@ -237,7 +228,6 @@ impl Shard {
             drain_deadline: None,
             grants: HashMap::default(),
             acks: HashMap::default(),
-            stamps: Vec::new(),
             targets: Vec::new(),
             published: budget::Published::default(),
             shared,
@@ -394,16 +384,12 @@ impl Shard {
             ip,
             partial: None,
             out: None,
-            topics: Vec::new(),
+            topics: TopicKeys::default(),
+            stamp: SessionStamp {
+                session: self.session_counter,
+                connected: self.tick,
+            },
         });
-        let slot = key as usize;
-        if self.stamps.len() <= slot {
-            self.stamps.resize(slot + 1, SessionStamp::default());
-        }
-        self.stamps[slot] = SessionStamp {
-            session: self.session_counter,
-            connected: self.tick,
-        };
         debug_assert_eq!(inserted, key, "registered under the key the slot got");
         self.counters().connections.fetch_add(1, Relaxed);
         if !h.identity.topics.is_empty() {
@@ -592,7 +578,7 @@ impl Shard {
                 let details: Vec<SessionDetail> = sessions
                     .iter()
                     .filter_map(|&key| {
-                        let s = self.stamps.get(key as usize)?;
+                        let s = self.conns.get(key)?.stamp;
                         Some(SessionDetail {
                             session: self.session_id(s.session),
                             acked: self.acks.get(&key).copied().unwrap_or(0),
@@ -889,7 +875,7 @@ impl Shard {
             return;
         };
         let user = c.user;
-        let topics = std::mem::take(&mut c.topics);
+        let topics = c.topics.take();
         for t in topics {
             self.topics.leave(t, key);
         }
@@ -911,7 +897,7 @@ impl Shard {
         if !c.closing() {
             // Callers leave the indexes first; this keeps the gauge right if one did not.
             self.counters().connections.fetch_sub(1, Relaxed);
-            for t in std::mem::take(&mut c.topics) {
+            for t in c.topics.take() {
                 self.topics.leave(t, key);
             }
             self.users.detach(c.user, key, self.tick);

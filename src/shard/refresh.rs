@@ -108,7 +108,7 @@ impl Shard {
         let Some(c) = self.conns.get_mut(key) else {
             return;
         };
-        let mut subscribed = std::mem::take(&mut c.topics);
+        let mut subscribed = c.topics.take();
         let public = &self.shared.config.public_topics;
         let grants = self.grants.get(&key);
         let mut dropped = Vec::new();
@@ -124,7 +124,7 @@ impl Shard {
             allowed
         });
         if let Some(c) = self.conns.get_mut(key) {
-            c.topics = subscribed;
+            c.topics.set(subscribed);
         }
         for (t, frame) in dropped {
             self.topics.leave(t, key);
