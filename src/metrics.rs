@@ -148,6 +148,10 @@ pub struct Metrics {
     pub api_requests: AtomicU64,
     /// Bytes of push payload in commands waiting in shard queues (gauge).
     pub command_bytes: AtomicU64,
+    /// Topic streams the API's sequencer is numbering (gauge).
+    pub topic_streams: AtomicU64,
+    /// (stream, push id) pairs held for deduplication (gauge).
+    pub dedup_entries: AtomicU64,
     /// Open push API connections (gauge).
     pub api_connections: AtomicU64,
     /// Response bytes the push API holds for clients that have not read them yet (gauge).
@@ -185,6 +189,8 @@ impl Metrics {
             queue_full_refusals: AtomicU64::new(0),
             api_requests: AtomicU64::new(0),
             command_bytes: AtomicU64::new(0),
+            topic_streams: AtomicU64::new(0),
+            dedup_entries: AtomicU64::new(0),
             api_connections: AtomicU64::new(0),
             api_output_bytes: AtomicU64::new(0),
             api_refused_connections: AtomicU64::new(0),
@@ -268,6 +274,8 @@ impl Metrics {
                 "accept_errors_api": self.accept_errors_api.load(Relaxed),
             },
             "api_connections": self.api_connections.load(Relaxed),
+            "topic_streams": self.topic_streams.load(Relaxed),
+            "dedup_entries": self.dedup_entries.load(Relaxed),
             "command_bytes": self.command_bytes.load(Relaxed),
             "api_output_bytes": self.api_output_bytes.load(Relaxed),
             "pending_handshakes": self.pending_handshakes.load(Relaxed),
@@ -474,6 +482,16 @@ impl Metrics {
                 "throng_command_queue_bytes",
                 "Bytes of push payload waiting in shard command queues.",
                 &self.command_bytes,
+            ),
+            (
+                "throng_topic_streams",
+                "Topic streams numbered by the sequencer (at most 1,000,000; least recently pushed forgotten first).",
+                &self.topic_streams,
+            ),
+            (
+                "throng_dedup_entries",
+                "Push ids held for deduplication (at most 1,000,000; oldest forgotten first).",
+                &self.dedup_entries,
             ),
             (
                 "throng_pending_handshakes",

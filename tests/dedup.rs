@@ -205,3 +205,26 @@ fn users_target_delivers_only_to_users_new_to_the_id() {
     }
     assert_eq!(srv.counter("pushes_duplicate"), 1);
 }
+
+/// The API's two tables are visible and bounded in time: `dedup_entries` counts
+/// (stream, id) pairs, `topic_streams` the topics being numbered; both shrink once their
+/// windows pass.
+#[test]
+fn dedup_and_sequencer_tables_are_gauged_and_expire() {
+    let srv = TestServer::start(&["--dedup-window-ms", "200", "--history-ttl-ms", "200"]);
+    push(
+        &srv,
+        json!({"users": ["a", "b", "c"], "id": "i1", "data": 1}),
+    );
+    push(&srv, json!({"topic": "t1", "id": "i1", "data": 1}));
+    push(&srv, json!({"topic": "t2", "data": 1}));
+    let s = srv.wait_stats("tables published", |s| s["dedup_entries"] == 4);
+    assert_eq!(s["topic_streams"], 2, "{s}");
+    // Once the windows pass, a new push finds the old entries expired.
+    let expired = wait_until(Duration::from_secs(10), || {
+        push(&srv, json!({"topic": "t3", "id": "i9", "data": 1}));
+        let s = srv.stats();
+        s["dedup_entries"] == 1 && s["topic_streams"] == 1
+    });
+    assert!(expired, "tables did not shrink: {}", srv.stats());
+}

@@ -247,6 +247,12 @@ impl Api {
             }
             // Commands sent this turn wake their shards, once each.
             self.shards.wake_pending();
+            self.metrics
+                .topic_streams
+                .store(self.sequencer.len() as u64, Relaxed);
+            self.metrics
+                .dedup_entries
+                .store(self.dedup.len() as u64, Relaxed);
         }
     }
 
