@@ -171,23 +171,8 @@ log "$SERVER ${SERVER_ARGS[*]}"
 "$SERVER" "${SERVER_ARGS[@]}" >"$SERVER_LOG" 2>&1 &
 SRV_PID=$!
 
-CLIENT_ADDR=
-API_ADDR=
-for _ in $(seq 200); do # at most 20 s
-    if ! kill -0 "$SRV_PID" 2>/dev/null; then
-        cat "$SERVER_LOG" >&2
-        die "server exited early (log above, also in $SERVER_LOG)"
-    fi
-    line=$(grep -m1 '"listening"' "$SERVER_LOG" 2>/dev/null || true)
-    if [[ -n $line ]]; then
-        CLIENT_ADDR=$(sed -n 's/.*"client_addr":"\([^"]*\)".*/\1/p' <<<"$line")
-        API_ADDR=$(sed -n 's/.*"api_addr":"\([^"]*\)".*/\1/p' <<<"$line")
-        break
-    fi
-    sleep 0.1
-done
-[[ -n $CLIENT_ADDR && -n $API_ADDR ]] ||
-    die "server did not report its addresses within 20 s (see $SERVER_LOG)"
+wait_listening capacity "$SRV_PID" "$SERVER_LOG" ||
+    die "server did not start (log above, also in $SERVER_LOG)"
 URL="ws://$CLIENT_ADDR/ws"
 API="http://$API_ADDR"
 

@@ -52,26 +52,7 @@ SERVER_ARGS=(serve --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --drain-ms 1000
 SRV_PID=$!
 
 # Wait (at most 20 s) for the `listening` line with the bound addresses.
-CLIENT_ADDR=
-for _ in $(seq 200); do
-    if ! kill -0 "$SRV_PID" 2>/dev/null; then
-        echo "idle-memory: server exited early:" >&2
-        cat "$WORK/server.log" >&2
-        SRV_PID=
-        exit 1
-    fi
-    line=$(grep -m1 '"listening"' "$WORK/server.log" 2>/dev/null || true)
-    if [[ -n $line ]]; then
-        CLIENT_ADDR=$(sed -n 's/.*"client_addr":"\([^"]*\)".*/\1/p' <<<"$line")
-        break
-    fi
-    sleep 0.1
-done
-if [[ -z $CLIENT_ADDR ]]; then
-    echo "idle-memory: server did not report listening within 20 s:" >&2
-    cat "$WORK/server.log" >&2
-    exit 1
-fi
+wait_listening idle-memory "$SRV_PID" "$WORK/server.log" || exit 1
 echo "idle-memory: server pid $SRV_PID listening on $CLIENT_ADDR"
 
 NOFILE=$(ulimit -Hn)

@@ -43,3 +43,29 @@ stop_server_pid() {
     fi
     wait "$pid" 2>/dev/null || true
 }
+
+# Waits (at most 20 s) for the server's JSON `listening` log line in $3 and sets
+# CLIENT_ADDR and API_ADDR from it. Returns 1, with the log on stderr, if the server (PID
+# $2) exits first or never says where it listens. $1 names the calling script.
+wait_listening() {
+    local who=$1 pid=$2 log=$3 line
+    CLIENT_ADDR=
+    API_ADDR=
+    for _ in $(seq 200); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            echo "$who: server exited early:" >&2
+            cat "$log" >&2
+            return 1
+        fi
+        line=$(grep -m1 '"listening"' "$log" 2>/dev/null || true)
+        if [[ -n $line ]]; then
+            CLIENT_ADDR=$(sed -n 's/.*"client_addr":"\([^"]*\)".*/\1/p' <<<"$line")
+            API_ADDR=$(sed -n 's/.*"api_addr":"\([^"]*\)".*/\1/p' <<<"$line")
+            [[ -n $CLIENT_ADDR && -n $API_ADDR ]] && return 0
+        fi
+        sleep 0.1
+    done
+    echo "$who: server did not report listening within 20 s:" >&2
+    cat "$log" >&2
+    return 1
+}

@@ -67,24 +67,7 @@ echo "slow-consumers: $SERVER ${SERVER_ARGS[*]}"
 "$SERVER" "${SERVER_ARGS[@]}" >"$WORK/server.out" 2>"$WORK/server.log" &
 SRV_PID=$!
 
-CLIENT_ADDR=
-API_ADDR=
-for _ in $(seq 200); do
-    if ! kill -0 "$SRV_PID" 2>/dev/null; then
-        echo "slow-consumers: server exited early:" >&2
-        cat "$WORK/server.log" >&2
-        SRV_PID=
-        exit 1
-    fi
-    line=$(grep -m1 '"listening"' "$WORK/server.log" 2>/dev/null || true)
-    if [[ -n $line ]]; then
-        CLIENT_ADDR=$(sed -n 's/.*"client_addr":"\([^"]*\)".*/\1/p' <<<"$line")
-        API_ADDR=$(sed -n 's/.*"api_addr":"\([^"]*\)".*/\1/p' <<<"$line")
-        break
-    fi
-    sleep 0.1
-done
-[[ -n $CLIENT_ADDR && -n $API_ADDR ]] || { echo "slow-consumers: no listening line" >&2; exit 1; }
+wait_listening slow-consumers "$SRV_PID" "$WORK/server.log" || exit 1
 
 cat >"$WORK/clients.py" <<'EOF'
 import base64, hashlib, hmac, http.client, json, os, socket, sys, threading, time
