@@ -199,13 +199,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<Upgrade>, Refusal> {
     if req.method != Some("GET") {
         return Err(Refusal::BadRequest("the upgrade request must be GET"));
     }
-    let header = |name: &str| {
-        req.headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .and_then(|h| std::str::from_utf8(h.value).ok())
-            .map(str::trim)
-    };
+    let header = |name: &str| crate::http::header(req.headers, name);
     let has_token = |name: &str, want: &str| {
         header(name).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(want)))
     };

@@ -25,6 +25,15 @@ pub(crate) fn reason(status: u16) -> &'static str {
     }
 }
 
+/// The first header called `name` (any case), trimmed; None if absent or not UTF-8.
+pub(crate) fn header<'h>(headers: &[httparse::Header<'h>], name: &str) -> Option<&'h str> {
+    headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .and_then(|h| std::str::from_utf8(h.value).ok())
+        .map(str::trim)
+}
+
 /// `{"error":code,"message":message}`, JSON-escaped.
 pub(crate) fn error_body(code: &str, message: &str) -> String {
     serde_json::json!({ "error": code, "message": message }).to_string()

@@ -107,13 +107,7 @@ pub fn frame(buf: &[u8]) -> Framed<'_> {
         Err(httparse::Error::TooManyHeaders) => return Framed::Error(FrameError::TooManyHeaders),
         Err(e) => return Framed::Error(FrameError::Malformed(e)),
     };
-    let header = |name: &str| {
-        req.headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .and_then(|h| std::str::from_utf8(h.value).ok())
-            .map(str::trim)
-    };
+    let header = |name: &str| crate::http::header(req.headers, name);
     // Present at all, whatever its value: a body we cannot frame.
     if req
         .headers
