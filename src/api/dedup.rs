@@ -26,17 +26,16 @@ pub enum Stream<'a> {
 
 /// One table key: kind, stream and id joined by NUL, which user ids (no control
 /// characters) and topic names (printable ASCII) cannot contain, so keys never collide.
-fn key(stream: Stream<'_>, id: &str) -> String {
+fn key_into(k: &mut String, stream: Stream<'_>, id: &str) {
     let (kind, name) = match stream {
         Stream::User(u) => ('u', u),
         Stream::Topic(t) => ('t', t),
     };
-    let mut k = String::with_capacity(name.len() + id.len() + 2);
+    k.clear();
     k.push(kind);
     k.push_str(name);
     k.push('\0');
     k.push_str(id);
-    k
 }
 
 /// Remembered (stream, id) pairs with their accept time.
@@ -47,6 +46,8 @@ pub struct Dedup {
     order: VecDeque<(Arc<str>, Instant)>,
     window: Duration,
     cap: usize,
+    /// Reused to build lookup keys, so checking a push allocates nothing.
+    scratch: String,
 }
 
 impl Dedup {
@@ -57,24 +58,26 @@ impl Dedup {
             order: VecDeque::new(),
             window,
             cap: cap.max(1),
+            scratch: String::new(),
         }
     }
 
     /// Whether `stream` accepted `id` less than a window before `now`.
     pub fn seen(&mut self, stream: Stream<'_>, id: &str, now: Instant) -> bool {
         self.expire(now);
-        self.by_key.contains_key(key(stream, id).as_str())
+        key_into(&mut self.scratch, stream, id);
+        self.by_key.contains_key(self.scratch.as_str())
     }
 
     /// Remembers that `stream` accepted `id` at `now` (a pair already remembered keeps its
     /// first accept time: the window counts from the original push).
     pub fn record(&mut self, stream: Stream<'_>, id: &str, now: Instant) {
         self.expire(now);
-        let k = key(stream, id);
-        if self.by_key.contains_key(k.as_str()) {
+        key_into(&mut self.scratch, stream, id);
+        if self.by_key.contains_key(self.scratch.as_str()) {
             return;
         }
-        let k: Arc<str> = k.into();
+        let k: Arc<str> = self.scratch.as_str().into();
         self.by_key.insert(Arc::clone(&k), now);
         self.order.push_back((k, now));
         while self.by_key.len() > self.cap {
