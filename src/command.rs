@@ -171,6 +171,8 @@ pub struct Reply {
     pub users: u64,
     /// For presence: each session; empty (and not allocated) otherwise.
     pub details: Vec<SessionDetail>,
+    /// Cluster mode: what Redis did with a push (`?wait=1`).
+    pub published: Option<crate::broker::script::Published>,
 }
 
 #[cfg(test)]

@@ -188,6 +188,18 @@ pub struct ServeArgs {
     /// How long a push `id` is remembered per stream to drop retried duplicates [default: 300000].
     #[arg(long)]
     pub dedup_window_ms: Option<u64>,
+    /// Cluster mode: the Redis every node shares, `redis://host:port[/db]` (docs/protocol.md 5).
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
+    /// This node's name in the cluster [default: the client listener's host:port].
+    #[arg(long)]
+    pub node_id: Option<String>,
+    /// Cluster mode: how long a user's pushes wait in Redis for it to come back [default: 86400000].
+    #[arg(long)]
+    pub offline_ttl_ms: Option<u64>,
+    /// Cluster mode: how long a stream entry may sit with a dead node before another claims it [default: 30000].
+    #[arg(long)]
+    pub claim_idle_ms: Option<u64>,
     /// Log format [default: text].
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -246,6 +258,10 @@ struct FileConfig {
     history_ttl_ms: Option<u64>,
     history_memory_bytes: Option<u64>,
     dedup_window_ms: Option<u64>,
+    redis: Option<String>,
+    node_id: Option<String>,
+    offline_ttl_ms: Option<u64>,
+    claim_idle_ms: Option<u64>,
     log_format: Option<LogFormat>,
     #[serde(default)]
     jwt: FileJwt,
@@ -352,10 +368,37 @@ pub struct Config {
     pub history_memory_bytes: u64,
     /// How long a push `id` accepted on a stream makes a repeat of it a duplicate.
     pub dedup_window: Duration,
+    /// Cluster mode on Redis, when `--redis` is given.
+    pub cluster: Option<ClusterConfig>,
     /// Log format.
     pub log_format: LogFormat,
     /// Development mode.
     pub dev: bool,
+}
+
+/// Cluster mode settings (docs/protocol.md 5).
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// The Redis URL, checked at startup.
+    pub redis_url: String,
+    /// This node's id; `None`: the client listener's bound `host:port`.
+    pub node_id: Option<String>,
+    /// How long a user's pushes are kept in Redis after they were pushed.
+    pub offline_ttl: Duration,
+    /// How long a pending stream entry waits before another node claims it.
+    pub claim_idle: Duration,
+}
+
+/// Checks a `--redis` URL: `redis://host[:port][/db]`, nothing else.
+pub fn check_redis_url(url: &str) -> Result<(), String> {
+    if !url.starts_with("redis://") {
+        return Err(format!(
+            "{url:?} is not a Redis URL: expected redis://host[:port][/db]"
+        ));
+    }
+    redis::Client::open(url)
+        .map(|_| ())
+        .map_err(|e| format!("{url:?} is not a usable Redis URL: {e}"))
 }
 
 /// Shortest HMAC secret accepted outside `--dev` (RFC 7518 3.2: at least the hash size).
@@ -653,6 +696,40 @@ impl Config {
             file.dedup_window_ms,
             300_000,
         )?;
+        let cluster = match args.redis.or(file.redis) {
+            None => None,
+            Some(url) => {
+                check_redis_url(&url).map_err(|e| invalid("redis", e))?;
+                let node_id = args.node_id.or(file.node_id);
+                if let Some(id) = &node_id {
+                    if id.is_empty()
+                        || id.len() > 128
+                        || id.chars().any(|c| c.is_whitespace() || c.is_control())
+                    {
+                        return Err(invalid(
+                            "node_id",
+                            "must be 1 to 128 characters without spaces",
+                        ));
+                    }
+                }
+                Some(ClusterConfig {
+                    redis_url: url,
+                    node_id,
+                    offline_ttl: ms(
+                        "offline_ttl_ms",
+                        args.offline_ttl_ms,
+                        file.offline_ttl_ms,
+                        86_400_000,
+                    )?,
+                    claim_idle: ms(
+                        "claim_idle_ms",
+                        args.claim_idle_ms,
+                        file.claim_idle_ms,
+                        30_000,
+                    )?,
+                })
+            }
+        };
         let backlog = args.backlog.or(file.backlog).unwrap_or(4096);
         if backlog == 0 || backlog > i32::MAX as u32 {
             return Err(invalid("backlog", "must be between 1 and 2147483647"));
@@ -711,6 +788,7 @@ impl Config {
             history_ttl,
             history_memory_bytes,
             dedup_window,
+            cluster,
             log_format: args
                 .log_format
                 .or(file.log_format)

@@ -21,6 +21,10 @@ pub mod close {
     pub const TOO_BIG: u16 = 1009;
     /// Internal error.
     pub const INTERNAL: u16 = 1011;
+    /// The service restarted: reconnect (a cluster stream's numbering restarted).
+    pub const SERVICE_RESTART: u16 = 1012;
+    /// Try again later (the cluster's Redis is unavailable).
+    pub const TRY_AGAIN_LATER: u16 = 1013;
     /// Token expired while connected.
     pub const TOKEN_EXPIRED: u16 = 4001;
     /// No inbound traffic for `idle_timeout`.
@@ -53,6 +57,8 @@ pub enum CloseCause {
     Budget,
     /// A newer session of the same user took its place (4009).
     SessionEvicted,
+    /// Cluster mode: Redis could not serve the session's stream (1012, 1013).
+    Broker,
 }
 
 /// A server-initiated close as a value: the code and reason sent, and what it counts as.
@@ -102,6 +108,18 @@ impl Close<'_> {
         code: close::SLOW_CONSUMER,
         reason: "slow consumer: server memory budget exceeded",
         cause: CloseCause::Budget,
+    };
+    /// 1012, cluster mode: the user's stream restarted numbering under a live session.
+    pub const STREAM_RESTARTED: Close<'static> = Close {
+        code: close::SERVICE_RESTART,
+        reason: "stream restarted in the cluster: reconnect and resume",
+        cause: CloseCause::Broker,
+    };
+    /// Cluster mode: the stream could not be loaded from Redis.
+    pub const BROKER_UNAVAILABLE: Close<'static> = Close {
+        code: close::TRY_AGAIN_LATER,
+        reason: "broker unavailable: try again later",
+        cause: CloseCause::Broker,
     };
     /// 4009: too many sessions for this user; this was the oldest.
     pub const SESSION_EVICTED: Close<'static> = Close {

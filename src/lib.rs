@@ -10,6 +10,7 @@ pub(crate) mod acceptor;
 pub(crate) mod admission;
 pub mod api;
 pub mod auth;
+pub mod broker;
 pub(crate) mod command;
 pub mod config;
 pub mod doctor;

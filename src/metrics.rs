@@ -170,6 +170,8 @@ pub struct Metrics {
     pub pending_handshakes: AtomicU64,
     /// Set when shutdown begins.
     pub draining: AtomicBool,
+    /// Cluster mode: the broker threads' counters.
+    pub broker: crate::broker::BrokerCounters,
 }
 
 impl Metrics {
@@ -200,6 +202,7 @@ impl Metrics {
             accept_errors_api: AtomicU64::new(0),
             pending_handshakes: AtomicU64::new(0),
             draining: AtomicBool::new(false),
+            broker: crate::broker::BrokerCounters::default(),
         }
     }
 
@@ -282,6 +285,7 @@ impl Metrics {
             "outbound_bytes": self.sum(|c| &c.outbound_bytes),
             "partial_bytes": self.sum(|c| &c.partial_bytes),
             "history_bytes": self.sum(|c| &c.history_bytes),
+            "cluster": self.broker.json(),
         })
         .to_string()
     }
@@ -511,6 +515,7 @@ impl Metrics {
             u8::from(self.draining.load(Relaxed))
         );
         self.latency_prometheus(&mut out);
+        self.broker.prometheus(&mut out);
         out
     }
 

@@ -13,11 +13,12 @@ use crate::acceptor::Acceptor;
 use crate::admission::Admission;
 use crate::api::Api;
 use crate::auth::{KeyError, Verifier};
+use crate::broker;
 use crate::config::Config;
 use crate::link::Links;
 use crate::metrics::Metrics;
 use crate::reactor;
-use crate::shard::{self, ReplySink, ShardShared};
+use crate::shard::{self, ReplySink, ShardCluster, ShardShared};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +58,7 @@ pub struct Server {
     acceptor: Option<JoinHandle<()>>,
     shards: Vec<JoinHandle<()>>,
     api: Option<JoinHandle<()>>,
+    broker: Vec<JoinHandle<()>>,
 }
 
 /// A listening socket: `SO_REUSEADDR`, non-blocking, with backlog.
@@ -113,7 +115,19 @@ impl Server {
         };
         let mut handles = Vec::with_capacity(config.shards);
         let mut shard_threads = Vec::with_capacity(config.shards);
+        // Cluster mode: each shard gets a queue from the broker and a way to tell it
+        // which users and topics it serves.
+        let (interest_tx, interest_rx) = crossbeam_channel::unbounded();
+        let mut remote_senders = Vec::new();
         for id in 0..config.shards {
+            let cluster = config.cluster.as_ref().map(|_| {
+                let (tx, rx) = crate::link::queue(config.shard_queue_capacity);
+                remote_senders.push(tx);
+                ShardCluster {
+                    interest: interest_tx.clone(),
+                    remote: rx,
+                }
+            });
             let shared = ShardShared {
                 config: Arc::clone(&config),
                 metrics: Arc::clone(&metrics),
@@ -123,13 +137,44 @@ impl Server {
                     tx: reply_tx.clone(),
                     waker: Arc::clone(&api_waker),
                 },
+                cluster,
             };
             let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
             let (ends, thread) = shard::spawn(id, shared, core)?;
             handles.push(ends);
             shard_threads.push(thread);
         }
-        let shard_wakers = handles.iter().map(|h| Arc::clone(&h.waker)).collect();
+        drop(interest_tx);
+        let shard_wakers: Vec<Arc<Waker>> = handles.iter().map(|h| Arc::clone(&h.waker)).collect();
+        let (broker_links, broker_threads) = match &config.cluster {
+            None => (None, Vec::new()),
+            Some(cluster) => {
+                let node_id: Arc<str> = cluster
+                    .node_id
+                    .clone()
+                    .unwrap_or_else(|| client_addr.to_string())
+                    .into();
+                metrics.broker.enabled.store(true, Relaxed);
+                let remote = remote_senders
+                    .into_iter()
+                    .zip(shard_wakers.iter().cloned())
+                    .collect();
+                let (links, threads) = broker::spawn(
+                    &config,
+                    cluster,
+                    node_id,
+                    Arc::clone(&metrics),
+                    Arc::clone(&stop),
+                    ReplySink {
+                        tx: reply_tx.clone(),
+                        waker: Arc::clone(&api_waker),
+                    },
+                    Links::from_parts(remote),
+                    interest_rx,
+                )?;
+                (Some(links), threads.threads)
+            }
+        };
         // Each queue gets exactly one sender: connections the acceptor, commands the API.
         let mut conn_parts = Vec::with_capacity(handles.len());
         let mut cmd_parts = Vec::with_capacity(handles.len());
@@ -164,6 +209,7 @@ impl Server {
             Arc::clone(&metrics),
             Arc::clone(&draining),
             Arc::clone(&stop),
+            broker_links,
         )?;
         let api_thread = std::thread::Builder::new()
             .name("throng-api".into())
@@ -181,6 +227,7 @@ impl Server {
             acceptor: Some(acceptor_thread),
             shards: shard_threads,
             api: Some(api_thread),
+            broker: broker_threads,
         })
     }
 
@@ -254,6 +301,10 @@ impl Server {
         }
         if let Some(t) = self.api.take() {
             join("push API".into(), t);
+        }
+        for t in self.broker.drain(..) {
+            let name = t.thread().name().unwrap_or("broker").to_string();
+            join(name, t);
         }
         panicked
     }

@@ -55,6 +55,8 @@ pub(crate) enum WaitKind {
     Disconnect,
     Presence,
     Topic,
+    /// Cluster mode: what Redis did with a push.
+    Published,
 }
 
 struct Waiting {
@@ -69,6 +71,8 @@ struct Waiting {
     user: Option<String>,
     /// For presence: the sessions the shard listed.
     details: Vec<crate::command::SessionDetail>,
+    /// Cluster mode: the publisher's answer.
+    published: Option<crate::broker::script::Published>,
 }
 
 struct ApiConn {
@@ -154,6 +158,8 @@ pub struct Api {
     sequencer: sequencer::Sequencer,
     /// Push ids accepted per stream (docs/protocol.md 4.3).
     dedup: dedup::Dedup,
+    /// Cluster mode: pushes go to Redis through the publisher, not to the shards.
+    broker: Option<crate::broker::BrokerLinks>,
 }
 
 impl Api {
@@ -168,6 +174,7 @@ impl Api {
         metrics: Arc<Metrics>,
         draining: Arc<AtomicBool>,
         stop: Arc<AtomicBool>,
+        broker: Option<crate::broker::BrokerLinks>,
     ) -> io::Result<Api> {
         let mut listener = TcpListener::from_std(listener);
         poll.registry()
@@ -203,6 +210,7 @@ impl Api {
             accept_paused_until: None,
             accept_error_logged: None,
             over_capacity,
+            broker,
         })
     }
 
@@ -505,6 +513,7 @@ impl Api {
                     keep_alive,
                     user,
                     details: Vec::new(),
+                    published: None,
                 });
                 Step::Done {
                     used,
@@ -550,6 +559,9 @@ impl Api {
             if !r.details.is_empty() {
                 w.details.extend(r.details);
             }
+            if r.published.is_some() {
+                w.published = r.published;
+            }
             w.remaining = w.remaining.saturating_sub(1);
             if w.remaining == 0 {
                 self.complete(r.ticket.conn);
@@ -565,7 +577,21 @@ impl Api {
         let Some(w) = c.waiting.take() else {
             return;
         };
+        if let (WaitKind::Published, Some(Err(e))) = (w.kind, &w.published) {
+            let response = http::error_response(
+                503,
+                "broker_unavailable",
+                &format!("the push was not published: {e}"),
+                w.keep_alive,
+                "Retry-After: 1\r\n",
+            );
+            queue_out(c, &self.metrics, &response);
+            c.request_since = Some(self.now);
+            self.drive(key);
+            return;
+        }
         let body = match w.kind {
+            WaitKind::Published => published_body(w.published),
             WaitKind::Push => serde_json::json!({"delivered": w.sessions, "users_online": w.users}),
             WaitKind::Disconnect => serde_json::json!({"closed": w.sessions}),
             WaitKind::Presence => serde_json::json!({
@@ -746,6 +772,36 @@ impl Api {
 }
 
 /// Appends a response to a connection's output, keeping the output gauge exact.
+/// The `?wait=1` answer in cluster mode (docs/protocol.md 5): the `seq` and epoch Redis
+/// gave a user or topic push, each user's for a `users` push, the node count for a
+/// broadcast; `duplicate` where the stream already had the push's `id`.
+fn published_body(p: Option<crate::broker::script::Published>) -> serde_json::Value {
+    use crate::broker::script::Outcome;
+    let outcomes = match p {
+        Some(Ok(o)) => o,
+        _ => Vec::new(),
+    };
+    if let [one] = outcomes.as_slice() {
+        return match one {
+            Outcome::Numbered { seq, epoch, .. } => serde_json::json!({"seq": seq, "epoch": epoch}),
+            Outcome::Duplicate { .. } => serde_json::json!({"duplicate": true}),
+            Outcome::Broadcast { nodes } => serde_json::json!({"nodes": nodes}),
+        };
+    }
+    let mut seqs = serde_json::Map::new();
+    let mut duplicates = Vec::new();
+    for o in outcomes {
+        match o {
+            Outcome::Numbered { stream, seq, epoch } => {
+                seqs.insert(stream, serde_json::json!({"seq": seq, "epoch": epoch}));
+            }
+            Outcome::Duplicate { stream } => duplicates.push(stream),
+            Outcome::Broadcast { .. } => {}
+        }
+    }
+    serde_json::json!({"users": seqs, "duplicates": duplicates})
+}
+
 fn queue_out(c: &mut ApiConn, metrics: &Metrics, bytes: &[u8]) {
     c.out.extend_from_slice(bytes);
     metrics

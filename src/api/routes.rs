@@ -21,6 +21,8 @@ enum QueueError {
     Overloaded,
     /// The server is shutting down.
     Draining,
+    /// Cluster mode: Redis cannot be reached.
+    BrokerUnavailable,
 }
 
 /// What became of an accepted push.
@@ -30,6 +32,8 @@ enum Queued {
     /// Its `id` was already accepted on its stream (on every user of a `users` target)
     /// within the dedup window: nothing sent, nothing numbered.
     Duplicate,
+    /// Cluster mode: handed to the publisher for Redis (which deduplicates and numbers).
+    Published,
 }
 
 /// The streams a push's `id` is remembered on once it is queued.
@@ -68,6 +72,20 @@ fn error(status: u16, code: &str, message: &str, keep_alive: bool) -> Handled {
 }
 
 /// Compares without an early exit, so response timing does not leak the key.
+/// The 503 for a command a shard queue (or the broker) could not take.
+fn refused(e: QueueError, keep_alive: bool) -> Handled {
+    match e {
+        QueueError::Overloaded => error(503, "overloaded", "shard queue is full", keep_alive),
+        QueueError::Draining => error(503, "draining", "server is shutting down", keep_alive),
+        QueueError::BrokerUnavailable => error(
+            503,
+            "broker_unavailable",
+            "cannot reach Redis; retry after a moment",
+            keep_alive,
+        ),
+    }
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -123,6 +141,13 @@ impl Api {
             ("GET", "/readyz") => {
                 if self.draining.load(Relaxed) {
                     error(503, "draining", "server is shutting down", keep_alive)
+                } else if !self.broker_up() {
+                    error(
+                        503,
+                        "broker_unavailable",
+                        "cannot reach Redis; pushes are refused until it is back",
+                        keep_alive,
+                    )
                 } else {
                     json(200, &serde_json::json!({"status": "ready"}), keep_alive)
                 }
@@ -204,6 +229,18 @@ impl Api {
                     )
                 }
             }
+            Ok(Queued::Published) => {
+                self.metrics.pushes_accepted.fetch_add(1, Relaxed);
+                match ticket {
+                    Some(t) => Handled::Wait {
+                        kind: WaitKind::Published,
+                        serial: t.serial,
+                        expected: 1,
+                        user: None,
+                    },
+                    None => json(202, &serde_json::json!({"accepted": true}), keep_alive),
+                }
+            }
             Ok(Queued::Sent(expected)) => {
                 self.metrics.pushes_accepted.fetch_add(1, Relaxed);
                 match ticket {
@@ -230,6 +267,12 @@ impl Api {
             Err(QueueError::Draining) => {
                 error(503, "draining", "server is shutting down", keep_alive)
             }
+            Err(QueueError::BrokerUnavailable) => error(
+                503,
+                "broker_unavailable",
+                "cannot reach Redis; retry after a moment",
+                keep_alive,
+            ),
         }
     }
 
@@ -244,7 +287,7 @@ impl Api {
             }
             let outcome = match push::parse(line) {
                 Ok(p) => match self.enqueue(p, None) {
-                    Ok(Queued::Sent(_)) => Ok(()),
+                    Ok(Queued::Sent(_) | Queued::Published) => Ok(()),
                     Ok(Queued::Duplicate) => {
                         duplicates += 1;
                         self.metrics.pushes_duplicate.fetch_add(1, Relaxed);
@@ -255,6 +298,9 @@ impl Api {
                     }
                     Err(QueueError::Draining) => {
                         Err("draining: server is shutting down".to_string())
+                    }
+                    Err(QueueError::BrokerUnavailable) => {
+                        Err("broker_unavailable: cannot reach Redis; retry this line".to_string())
                     }
                 },
                 Err(e) => {
@@ -304,6 +350,23 @@ impl Api {
     /// Queues one push on every shard it needs, all or none; returns the command count, or
     /// that it is a duplicate (docs/protocol.md 4.3), which is sent nowhere.
     fn enqueue(&mut self, mut p: ParsedPush, ticket: Option<Ticket>) -> Result<Queued, QueueError> {
+        if let Some(b) = &self.broker {
+            // Cluster mode: Redis deduplicates and numbers (docs/protocol.md 5).
+            if !b.up.load(Relaxed) {
+                return Err(QueueError::BrokerUnavailable);
+            }
+            return match b
+                .publish
+                .try_send(crate::broker::PublishCmd { push: p, ticket })
+            {
+                Ok(()) => Ok(Queued::Published),
+                Err(crossbeam_channel::TrySendError::Full(_)) => {
+                    self.metrics.queue_full_refusals.fetch_add(1, Relaxed);
+                    Err(QueueError::Overloaded)
+                }
+                Err(crossbeam_channel::TrySendError::Disconnected(_)) => Err(QueueError::Draining),
+            };
+        }
         // Before numbering: a duplicate never takes a topic `seq`, and never reaches a shard
         // (so never a user `seq` either).
         let Some(remember) = self.dedup(&mut p) else {
@@ -367,6 +430,12 @@ impl Api {
                 Err(self.queue_error(e))
             }
         }
+    }
+
+    /// Whether pushes can be accepted: always standalone; in cluster mode while the
+    /// publisher reaches Redis.
+    pub(super) fn broker_up(&self) -> bool {
+        self.broker.as_ref().is_none_or(|b| b.up.load(Relaxed))
     }
 
     /// Counts and translates a refused send.
@@ -440,12 +509,7 @@ impl Api {
                 expected: 1,
                 user: None,
             },
-            Err(QueueError::Overloaded) => {
-                error(503, "overloaded", "shard queue is full", keep_alive)
-            }
-            Err(QueueError::Draining) => {
-                error(503, "draining", "server is shutting down", keep_alive)
-            }
+            Err(e) => refused(e, keep_alive),
         }
     }
 
@@ -474,14 +538,7 @@ impl Api {
                 expected,
                 user: Some(topic),
             },
-            Err((e, _)) => match self.queue_error(e) {
-                QueueError::Overloaded => {
-                    error(503, "overloaded", "shard queue is full", keep_alive)
-                }
-                QueueError::Draining => {
-                    error(503, "draining", "server is shutting down", keep_alive)
-                }
-            },
+            Err((e, _)) => refused(self.queue_error(e), keep_alive),
         }
     }
 
@@ -506,12 +563,7 @@ impl Api {
                 expected: 1,
                 user: Some(user),
             },
-            Err(QueueError::Overloaded) => {
-                error(503, "overloaded", "shard queue is full", keep_alive)
-            }
-            Err(QueueError::Draining) => {
-                error(503, "draining", "server is shutting down", keep_alive)
-            }
+            Err(e) => refused(e, keep_alive),
         }
     }
 }

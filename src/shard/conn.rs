@@ -15,6 +15,12 @@ use crate::wheel::TimerId;
 pub(super) const PING_SENT: u8 = 1;
 /// Draining: the connection's timer is its turn to be closed with 1001.
 pub(super) const DRAIN_DUE: u8 = 2;
+/// Cluster mode: waiting for a stream from Redis (no `welcome` or `subscribed` yet); the
+/// socket is not read until then.
+pub(super) const PARKED: u8 = 4;
+/// Cluster mode: a `subscribe` waits for its topic's stream; the socket is not read until
+/// then (pushes of other topics still go out).
+pub(super) const WAITING_TOPIC: u8 = 32;
 /// In the shard's dirty list, waiting for a flush.
 pub(super) const DIRTY: u8 = 8;
 /// `token_expiring` was sent for the current token (cleared by a refresh).

@@ -9,7 +9,7 @@ use crate::frame::{self, Close, CloseCause, FrameError, Head, Kind};
 use crate::messages::{self, ClientMsg, Refused};
 use crate::topic;
 
-use super::conn::{trim_leftover, Partial, PING_SENT};
+use super::conn::{trim_leftover, Partial, PARKED, PING_SENT, WAITING_TOPIC};
 use super::Shard;
 
 /// Refused client messages in a row that are tolerated; one more closes with 1008.
@@ -22,6 +22,10 @@ impl Shard {
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
+            if conn.flags & (PARKED | WAITING_TOPIC) != 0 {
+                // Read once its stream is loaded (it is put in the backlog then).
+                return;
+            }
             let n = match conn.stream.read(&mut self.scratch) {
                 Ok(0) => {
                     // EOF: after our close frame this is the clean end; before it, the
@@ -248,6 +252,10 @@ impl Shard {
             ClientMsg::Refresh { token } => self.refresh(key, &token, reference),
             ClientMsg::Subscribe { topic, resume } => {
                 self.subscribe(key, &topic)?;
+                let r = resume.as_ref().map(|(s, e)| (*s, &**e));
+                if self.subscribe_cluster(key, &topic, r, reference) {
+                    return Ok(());
+                }
                 // Granted: the stream's position, then what was missed, before any live
                 // push (this shard handles one thing at a time, so none can come between).
                 let (seq, epoch) = self

@@ -3,6 +3,7 @@
 //! the push API, each over a bounded channel paired with the shard's waker.
 
 mod budget;
+mod cluster;
 mod conn;
 mod history;
 mod inbound;
@@ -39,9 +40,10 @@ use crate::reactor::{self, Clock, WAKER};
 use crate::topic::TopicPattern;
 use crate::wheel::Wheel;
 
+pub use cluster::ShardCluster;
 pub use conn::OutQueue;
 use conn::{
-    Conn, Conns, Phase, Sent, SessionStamp, TopicKeys, DRAIN_DUE, EXPIRING_SENT, PING_SENT,
+    Conn, Conns, Phase, Sent, SessionStamp, TopicKeys, DRAIN_DUE, EXPIRING_SENT, PARKED, PING_SENT,
 };
 use streams::Streams;
 use topics::Topics;
@@ -88,6 +90,8 @@ pub struct ShardShared {
     pub draining: Arc<AtomicBool>,
     /// Answers to the push API.
     pub replies: ReplySink,
+    /// Cluster mode: the links to the node's broker.
+    pub cluster: Option<ShardCluster>,
 }
 
 /// Creates shard `id`'s poll, channels and thread.
@@ -170,6 +174,8 @@ struct Shard {
     targets: Vec<u32>,
     /// The memory gauges as last published, so an unchanged value is not stored again.
     published: budget::Published,
+    /// Cluster mode: streams loading and served, and the broker links.
+    cluster: Option<Box<cluster::ClusterState>>,
 }
 
 impl Shard {
@@ -178,9 +184,13 @@ impl Shard {
         poll: Poll,
         conn_rx: Receiver<Handoff>,
         cmd_rx: Receiver<ShardCmd>,
-        shared: ShardShared,
+        mut shared: ShardShared,
         clock: Clock,
     ) -> Shard {
+        let cluster = shared
+            .cluster
+            .take()
+            .map(|link| Box::new(cluster::ClusterState::new(link)));
         let cfg = &shared.config;
         let ticks = |d: Duration| reactor::ticks_ceil(d).min(u64::from(u32::MAX)) as u32;
         let ping_ticks = ticks(cfg.ping_interval).max(1);
@@ -199,15 +209,21 @@ impl Shard {
             ttl_ticks: ticks(cfg.history_ttl).max(1),
             memory: cfg.history_memory_bytes,
         };
+        let mut users = Users::new(limits);
+        let mut topics = Topics::default();
+        if cluster.is_some() {
+            users.track_gone();
+            topics.track_gone();
+        }
         Shard {
             id,
             poll,
             conn_rx,
             cmd_rx,
             conns: Conns::new(max_outbound),
-            users: Users::new(limits),
+            users,
             streams: Streams::new(limits, streams::MAX_TOPIC_STREAMS),
-            topics: Topics::default(),
+            topics,
             wheel: Wheel::new(),
             clock,
             tick: 0,
@@ -230,6 +246,7 @@ impl Shard {
             acks: HashMap::default(),
             targets: Vec::new(),
             published: budget::Published::default(),
+            cluster,
             shared,
         }
     }
@@ -284,6 +301,7 @@ impl Shard {
         self.take_connections();
         self.take_commands();
         self.users.expire(self.tick);
+        self.take_remote();
         self.streams.expire(self.tick);
         self.wheel.advance(u64::from(self.tick), fired);
         for key in fired.drain(..) {
@@ -307,6 +325,7 @@ impl Shard {
             || !self.conn_rx.is_empty()
             || !self.cmd_rx.is_empty()
             || self.conns.has_dirty()
+            || self.cluster.as_ref().is_some_and(|c| c.has_remote())
         {
             return Duration::ZERO;
         }
@@ -370,6 +389,7 @@ impl Shard {
             self.shared.admission.release(ip);
             return;
         }
+        let created = self.users.find(&h.identity.user).is_none();
         let user = self.users.attach(&h.identity.user, key);
         self.session_counter = self.session_counter.wrapping_add(1);
         let inserted = self.conns.insert(Conn {
@@ -398,25 +418,51 @@ impl Shard {
                 std::mem::take(&mut h.identity.topics).into_boxed_slice(),
             );
         }
-        let (seq, epoch) = self.users.get(user).map_or((0, 0), |u| (u.seq, u.epoch));
+        let leftover = std::mem::take(&mut h.leftover);
+        match self.park_if_loading(key, user, created, h.resume.take(), leftover) {
+            Ok(()) => {
+                // Upgraded now; `welcome` when the user's stream is loaded.
+                self.conns
+                    .send(key, Bytes::from(http::switching_protocols(&h.accept_key)));
+                self.arm(key);
+            }
+            Err((resume, leftover)) => {
+                self.conns
+                    .send(key, Bytes::from(http::switching_protocols(&h.accept_key)));
+                self.greet(key, resume, leftover);
+            }
+        }
+    }
+
+    /// Writes `welcome` (with `resumed` when asked) and the replay, arms the session's
+    /// timer, evicts the user's oldest sessions over the limit, and processes what the
+    /// client already sent.
+    fn greet(&mut self, key: u32, resume: Option<crate::command::Resume>, leftover: Vec<u8>) {
+        let Some(c) = self.conns.get(key) else {
+            return;
+        };
+        let user = c.user;
+        let counter = c.stamp.session;
+        let Some(u) = self.users.get(user) else {
+            return;
+        };
+        let (seq, epoch) = (u.seq, u.epoch);
+        let id = u.id.clone();
         // Decided before anything else is queued: the replay follows `welcome` at once.
         let mut replay = Vec::new();
-        let resumed = h
-            .resume
+        let resumed = resume
             .as_ref()
             .map(|r| self.users.resume(user, r.since, &r.epoch, &mut replay));
         let cfg = &self.shared.config;
         let welcome = messages::welcome_frame(
-            &self.session_id(self.session_counter),
-            &h.identity.user,
+            &self.session_id(counter),
+            &id,
             &format!("{epoch:016x}"),
             seq,
             cfg.ping_interval.as_millis() as u64,
             cfg.idle_timeout.as_millis() as u64,
             resumed,
         );
-        self.conns
-            .send(key, Bytes::from(http::switching_protocols(&h.accept_key)));
         self.conns.send(key, welcome);
         // Through the normal queue: a replay over `max_outbound_bytes` closes with 4008.
         for frame in replay {
@@ -439,8 +485,8 @@ impl Shard {
         {
             self.close(oldest, Close::SESSION_EVICTED);
         }
-        if !h.leftover.is_empty() {
-            let mut leftover = h.leftover;
+        if !leftover.is_empty() {
+            let mut leftover = leftover;
             self.ingest(key, &mut leftover);
         }
     }
@@ -512,33 +558,12 @@ impl Shard {
                 epoch,
                 accepted_at,
                 ticket,
-            } => {
-                // Kept even with no member here: a subscriber may resume on this shard.
-                self.streams.record(&topic, seq, &epoch, &frame, self.tick);
-                self.trim_history();
-                let mut members = std::mem::take(&mut self.targets);
-                if let Some(t) = self.topics.find(&topic) {
-                    members.extend(self.topics.members(t));
-                }
-                let (sessions, users) = self.fan_out(&members, &frame, ticket.is_some());
-                members.clear();
-                self.targets = members;
-                self.delivered(sessions, accepted_at);
-                self.answer_api(ticket, sessions, users);
-            }
+            } => self.topic_push(&topic, seq, &epoch, &frame, accepted_at, ticket),
             ShardCmd::Broadcast {
                 frame,
                 accepted_at,
                 ticket,
-            } => {
-                let mut all = std::mem::take(&mut self.targets);
-                all.extend(self.conns.open_keys());
-                let (sessions, _) = self.fan_out(&all, &frame, false);
-                all.clear();
-                self.targets = all;
-                self.delivered(sessions, accepted_at);
-                self.answer_api(ticket, sessions, self.users.len() as u64);
-            }
+            } => self.broadcast(&frame, accepted_at, ticket),
             ShardCmd::Disconnect {
                 user,
                 code,
@@ -593,9 +618,45 @@ impl Shard {
                     sessions: n,
                     users: u64::from(n > 0),
                     details,
+                    published: None,
                 });
             }
         }
+    }
+
+    /// Keeps a numbered topic push and sends it to the topic's members here.
+    fn topic_push(
+        &mut self,
+        topic: &Arc<str>,
+        seq: u64,
+        epoch: &Arc<str>,
+        frame: &Bytes,
+        accepted_at: Instant,
+        ticket: Option<Ticket>,
+    ) {
+        // Kept even with no member here: a subscriber may resume on this shard.
+        self.streams.record(topic, seq, epoch, frame, self.tick);
+        self.trim_history();
+        let mut members = std::mem::take(&mut self.targets);
+        if let Some(t) = self.topics.find(topic) {
+            members.extend(self.topics.members(t));
+        }
+        let (sessions, users) = self.fan_out(&members, frame, ticket.is_some());
+        members.clear();
+        self.targets = members;
+        self.delivered(sessions, accepted_at);
+        self.answer_api(ticket, sessions, users);
+    }
+
+    /// Sends a broadcast frame to every open session here.
+    fn broadcast(&mut self, frame: &Bytes, accepted_at: Instant, ticket: Option<Ticket>) {
+        let mut all = std::mem::take(&mut self.targets);
+        all.extend(self.conns.open_keys());
+        let (sessions, _) = self.fan_out(&all, frame, false);
+        all.clear();
+        self.targets = all;
+        self.delivered(sessions, accepted_at);
+        self.answer_api(ticket, sessions, self.users.len() as u64);
     }
 
     /// Sends one shared frame to each of `keys`; counts sessions and, if asked, distinct users.
@@ -606,7 +667,8 @@ impl Shard {
         let mut users = 0;
         for &key in keys {
             let user = match self.conns.get(key) {
-                Some(c) if !c.closing() => c.user,
+                // A parked session has no `welcome` yet: nothing may come before it.
+                Some(c) if !c.closing() && c.flags & PARKED == 0 => c.user,
                 _ => continue,
             };
             if !self.deliver(key, frame.clone()) {
@@ -680,6 +742,7 @@ impl Shard {
                 sessions,
                 users,
                 details: Vec::new(),
+                published: None,
             });
         }
     }
@@ -833,7 +896,7 @@ impl Shard {
             }
             CloseCause::SessionEvicted => &c.session_evictions,
             CloseCause::ApiDisconnect => &c.api_disconnects,
-            CloseCause::Shutdown | CloseCause::TokenExpired => return,
+            CloseCause::Shutdown | CloseCause::TokenExpired | CloseCause::Broker => return,
         };
         counter.fetch_add(1, Relaxed);
     }

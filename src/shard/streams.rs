@@ -143,6 +143,40 @@ impl Streams {
         }
     }
 
+    /// Replaces the topic's stream with what the cluster holds: `seq`, `epoch`, and its
+    /// recent pushes `entries` (contiguous, ending at `seq`, or empty).
+    pub(super) fn load(
+        &mut self,
+        topic: &Arc<str>,
+        seq: u64,
+        epoch: &Arc<str>,
+        entries: &[(u64, Bytes)],
+        tick: u32,
+    ) {
+        self.forget(topic);
+        let skip = entries.len().saturating_sub(self.limits.size);
+        for (s, frame) in &entries[skip..] {
+            self.record(topic, *s, epoch, frame, tick);
+        }
+        let s = self
+            .by_name
+            .entry(Arc::clone(topic))
+            .or_insert_with(|| Stream {
+                epoch: Arc::clone(epoch),
+                seq,
+                last: tick,
+                ring: VecDeque::new(),
+            });
+        s.seq = seq;
+    }
+
+    /// Drops the topic's stream and history here (cluster mode: no longer served).
+    pub(super) fn forget(&mut self, topic: &str) {
+        if let Some(old) = self.by_name.remove(topic) {
+            self.bytes -= ring_bytes(&old.ring);
+        }
+    }
+
     /// The tick of the oldest retained frame.
     pub(super) fn oldest(&self) -> Option<u32> {
         self.frames.front().map(|r| r.at)

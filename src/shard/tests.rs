@@ -193,6 +193,7 @@ impl Harness {
                 tx: reply_tx,
                 waker: api_waker,
             },
+            cluster: None,
         };
         let poll = Poll::new().expect("poll");
         // The shard's own waker, as `spawn` makes it (senders here never need to wake it).

@@ -18,9 +18,21 @@ pub(super) struct TopicEntry {
 pub(super) struct Topics {
     by_name: HashMap<Box<str>, u32, FxBuildHasher>,
     entries: Slab<TopicEntry>,
+    /// Cluster mode: names of topics that lost their last member since `take_gone`.
+    gone: Option<Vec<Box<str>>>,
 }
 
 impl Topics {
+    /// Cluster mode: remember topics that empty, for `take_gone`.
+    pub(super) fn track_gone(&mut self) {
+        self.gone = Some(Vec::new());
+    }
+
+    /// Topics emptied since the last call (cluster mode; empty otherwise).
+    pub(super) fn take_gone(&mut self) -> Vec<Box<str>> {
+        self.gone.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
     /// Adds `conn` to `name`; returns the topic key and whether it was newly added.
     pub(super) fn join(&mut self, name: &str, conn: u32) -> (u32, bool) {
         let key = match self.by_name.get(name) {
@@ -47,6 +59,9 @@ impl Topics {
         if entry.members.is_empty() {
             let entry = self.entries.remove(key as usize);
             self.by_name.remove(&entry.name);
+            if let Some(gone) = self.gone.as_mut() {
+                gone.push(entry.name);
+            }
         }
     }
 

@@ -49,6 +49,8 @@ pub(super) struct Users {
     bytes: u64,
     /// Pushes dropped before their TTL, for `history_size` or `history_memory_bytes`.
     evictions: u64,
+    /// Cluster mode: ids of entries removed since the last `take_gone`.
+    gone: Option<Vec<Box<str>>>,
 }
 
 impl Users {
@@ -104,6 +106,47 @@ impl Users {
                 epoch: entry.epoch,
                 until,
             });
+        }
+    }
+
+    /// Cluster mode: remember the ids of removed entries for `take_gone`.
+    pub(super) fn track_gone(&mut self) {
+        self.gone = Some(Vec::new());
+    }
+
+    /// Ids of entries removed since the last call (cluster mode; empty otherwise).
+    pub(super) fn take_gone(&mut self) -> Vec<Box<str>> {
+        self.gone.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Replaces the user's stream with what the cluster holds: `seq`, `epoch`, and the
+    /// recent pushes `entries` (contiguous, ending at `seq`, or empty).
+    pub(super) fn load(
+        &mut self,
+        key: u32,
+        seq: u64,
+        epoch: u64,
+        entries: &[(u64, Bytes)],
+        tick: u32,
+    ) {
+        let Some(u) = self.entries.get_mut(key as usize) else {
+            return;
+        };
+        if let Some(ring) = u.history.take() {
+            let held: u64 = ring.iter().map(|h| h.frame.len() as u64).sum();
+            self.bytes -= held;
+        }
+        // Records of the old ring are now stale: their epoch no longer matches.
+        u.epoch = epoch;
+        let skip = entries.len().saturating_sub(self.limits.size);
+        for (s, frame) in &entries[skip..] {
+            if let Some(u) = self.entries.get_mut(key as usize) {
+                u.seq = *s;
+            }
+            self.record(key, frame, tick);
+        }
+        if let Some(u) = self.entries.get_mut(key as usize) {
+            u.seq = seq;
         }
     }
 
@@ -244,6 +287,9 @@ impl Users {
             if due {
                 let u = self.entries.remove(i.user as usize);
                 self.by_id.remove(&u.id);
+                if let Some(gone) = self.gone.as_mut() {
+                    gone.push(u.id.clone());
+                }
                 let held: usize = u
                     .history
                     .iter()

@@ -3,6 +3,8 @@
 //! HTTP/1.1 client and condition polling. Every socket has a read timeout so no test hangs.
 #![allow(dead_code)]
 
+pub mod redis_server;
+
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

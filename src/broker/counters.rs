@@ -1,0 +1,150 @@
+//! What the broker threads count, shown in `/metrics` and `/v1/stats` in cluster mode.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+/// Broker counters and gauges; all zero (and not shown) in standalone mode.
+#[derive(Default)]
+pub struct BrokerCounters {
+    /// Cluster mode is on.
+    pub enabled: AtomicBool,
+    /// The publisher's Redis link is up.
+    pub up: AtomicBool,
+    /// The subscriber's Redis links are up.
+    pub subscriber_up: AtomicBool,
+    /// Pushes published through the sequencing script (API and stream).
+    pub published: AtomicU64,
+    /// Redis errors of every broker thread (each one a reconnect or a refused push).
+    pub errors: AtomicU64,
+    /// Channels subscribed now (gauge).
+    pub channels: AtomicU64,
+    /// Users and topics this node serves (gauge).
+    pub streams: AtomicU64,
+    /// Stream states loaded from Redis (first session, reconnects, gaps).
+    pub loads: AtomicU64,
+    /// Messages received on subscribed channels.
+    pub received: AtomicU64,
+    /// Entries read from `throng:push`.
+    pub stream_read: AtomicU64,
+    /// Entries sent to `throng:push:dlq`.
+    pub stream_dlq: AtomicU64,
+    /// Entries claimed from other consumers (XAUTOCLAIM).
+    pub stream_claimed: AtomicU64,
+    /// Ingress turns spent not reading because the shards were full.
+    pub stream_paused: AtomicU64,
+}
+
+impl BrokerCounters {
+    fn fields(&self) -> [(&'static str, &'static str, &'static str, u64); 13] {
+        let b = |v: &AtomicBool| u64::from(v.load(Relaxed));
+        let n = |v: &AtomicU64| v.load(Relaxed);
+        [
+            (
+                "throng_broker_up",
+                "gauge",
+                "1 while the publisher's Redis link is up.",
+                b(&self.up),
+            ),
+            (
+                "throng_broker_subscriber_up",
+                "gauge",
+                "1 while the subscriber's Redis links are up.",
+                b(&self.subscriber_up),
+            ),
+            (
+                "throng_broker_published_total",
+                "counter",
+                "Pushes published through the sequencing script.",
+                n(&self.published),
+            ),
+            (
+                "throng_broker_errors_total",
+                "counter",
+                "Redis errors (reconnects and refused pushes).",
+                n(&self.errors),
+            ),
+            (
+                "throng_broker_channels",
+                "gauge",
+                "Redis channels this node is subscribed to.",
+                n(&self.channels),
+            ),
+            (
+                "throng_broker_streams",
+                "gauge",
+                "Users and topics this node serves.",
+                n(&self.streams),
+            ),
+            (
+                "throng_broker_loads_total",
+                "counter",
+                "Stream states loaded from Redis.",
+                n(&self.loads),
+            ),
+            (
+                "throng_broker_received_total",
+                "counter",
+                "Pushes received on subscribed channels.",
+                n(&self.received),
+            ),
+            (
+                "throng_stream_read_total",
+                "counter",
+                "Entries read from the throng:push stream.",
+                n(&self.stream_read),
+            ),
+            (
+                "throng_stream_dlq_total",
+                "counter",
+                "Invalid entries sent to throng:push:dlq.",
+                n(&self.stream_dlq),
+            ),
+            (
+                "throng_stream_claimed_total",
+                "counter",
+                "Entries claimed from dead consumers.",
+                n(&self.stream_claimed),
+            ),
+            (
+                "throng_stream_paused_total",
+                "counter",
+                "Ingress turns not reading because shards were full.",
+                n(&self.stream_paused),
+            ),
+            (
+                "throng_cluster",
+                "gauge",
+                "1 in cluster mode.",
+                b(&self.enabled),
+            ),
+        ]
+    }
+
+    /// Appends the Prometheus lines (cluster mode only).
+    pub fn prometheus(&self, out: &mut String) {
+        if !self.enabled.load(Relaxed) {
+            return;
+        }
+        for (name, kind, help, v) in self.fields() {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
+        }
+    }
+
+    /// The `/v1/stats` object (`null` in standalone mode).
+    pub fn json(&self) -> serde_json::Value {
+        if !self.enabled.load(Relaxed) {
+            return serde_json::Value::Null;
+        }
+        let mut m = serde_json::Map::new();
+        for (name, _, _, v) in self.fields() {
+            let key = name
+                .trim_start_matches("throng_")
+                .trim_end_matches("_total");
+            m.insert(key.to_string(), v.into());
+        }
+        serde_json::Value::Object(m)
+    }
+}

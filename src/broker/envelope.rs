@@ -1,0 +1,110 @@
+//! What a published or stored push looks like in Redis: `"<seq> <epoch> <ts_ms> <json>"`,
+//! where the JSON is `{"id":…,"data":…}`. The first three fields are written by the
+//! sequencing script, so a node learns a push's number from the message itself.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::messages;
+
+/// The JSON part: what the upstream sent, without routing.
+#[derive(Deserialize)]
+struct Body<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a str>,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+/// A push as read back from a channel or a history list.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Entry<'a> {
+    /// Its `seq` in its stream (0 for a broadcast).
+    pub seq: u64,
+    /// The stream's epoch when it was numbered (`-` for a broadcast).
+    pub epoch: &'a str,
+    /// When the push was accepted, Unix milliseconds.
+    pub ts_ms: u64,
+    /// The upstream's id.
+    pub id: Option<&'a str>,
+    /// The `data` JSON, verbatim.
+    pub data: &'a str,
+}
+
+/// Why a message from Redis could not be read (a foreign writer on our channels).
+#[derive(Debug, thiserror::Error)]
+#[error("malformed message from Redis: {0}")]
+pub struct BadEntry(pub &'static str);
+
+/// The JSON part for a push with `data` (raw JSON) and an optional `id`.
+pub fn body(data: &str, id: Option<&str>) -> String {
+    let mut out = String::with_capacity(data.len() + 32);
+    out.push('{');
+    if let Some(id) = id {
+        out.push_str("\"id\":");
+        // A string always serialises.
+        out.push_str(&serde_json::to_string(id).unwrap_or_default());
+        out.push(',');
+    }
+    out.push_str("\"data\":");
+    out.push_str(data);
+    out.push('}');
+    out
+}
+
+/// Reads one message or history entry.
+pub fn parse(msg: &str) -> Result<Entry<'_>, BadEntry> {
+    let mut parts = msg.splitn(4, ' ');
+    let seq = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or(BadEntry("no seq"))?;
+    let epoch = parts.next().ok_or(BadEntry("no epoch"))?;
+    let ts_ms = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or(BadEntry("no timestamp"))?;
+    let json = parts.next().ok_or(BadEntry("no body"))?;
+    let b: Body<'_> = serde_json::from_str(json).map_err(|_| BadEntry("body is not a push"))?;
+    Ok(Entry {
+        seq,
+        epoch,
+        ts_ms,
+        id: b.id,
+        data: b.data.get(),
+    })
+}
+
+impl Entry<'_> {
+    /// The client frame for this push (with `topic` for a topic stream).
+    pub fn frame(&self, topic: Option<&str>) -> bytes::Bytes {
+        let seq = (self.seq > 0).then_some(self.seq);
+        messages::push_frame(self.data, self.ts_ms, seq, topic, self.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let b = body(r#"{"a":[1, 2]}"#, Some("x \"1\""));
+        let msg = format!("7 00ff 1700000000000 {b}");
+        let e = parse(&msg).unwrap();
+        assert_eq!(e.seq, 7);
+        assert_eq!(e.epoch, "00ff");
+        assert_eq!(e.ts_ms, 1_700_000_000_000);
+        assert_eq!(e.id, Some("x \"1\""));
+        assert_eq!(e.data, r#"{"a":[1, 2]}"#);
+        let no_id = format!("0 - 5 {}", body("3", None));
+        assert_eq!(parse(&no_id).unwrap().id, None);
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        for m in ["", "x", "1 e", "1 e x {}", "1 e 2 {", "1 e 2 {\"id\":1}"] {
+            assert!(parse(m).is_err(), "{m:?}");
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! The stream ingress thread (docs/protocol.md 5): push commands from `throng:push`, read
+//! with the `throng` consumer group as consumer `<node_id>`. Each entry is published
+//! through the sequencing script and acknowledged only after; an invalid one goes to
+//! `throng:push:dlq` with the error, then is acknowledged, so it never blocks the entries
+//! behind it. Entries a dead node left pending longer than `claim_idle_ms` are claimed.
+//! While the shards cannot take more, the stream is simply not read.
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::{Connection, Value};
+
+use super::keys::{DLQ_STREAM, GROUP, PUSH_STREAM};
+use super::script::Sequencer;
+use super::{connect, next_backoff, pause, BrokerCtx, RECONNECT_MIN};
+use crate::api::{parse_push, ParsedPush};
+
+/// Entries read per round trip.
+const COUNT: usize = 256;
+/// How long one XREADGROUP waits for entries.
+const BLOCK_MS: u64 = 100;
+/// DLQ length bound (approximate trim).
+const DLQ_MAXLEN: u64 = 100_000;
+
+/// One stream entry: its id and its `push` field, if it had one.
+struct StreamEntry {
+    id: String,
+    push: Option<Vec<u8>>,
+}
+
+/// The ingress thread's state.
+pub(crate) struct Ingress {
+    ctx: BrokerCtx,
+    busy: Arc<AtomicBool>,
+    sequencer: Sequencer,
+    backoff: Duration,
+    last_claim: Instant,
+}
+
+impl Ingress {
+    /// An ingress that pauses while `busy` (a shard queue full) is set.
+    pub(crate) fn new(ctx: BrokerCtx, busy: Arc<AtomicBool>) -> Ingress {
+        let sequencer = Sequencer::new(ctx.retention);
+        Ingress {
+            ctx,
+            busy,
+            sequencer,
+            backoff: RECONNECT_MIN,
+            last_claim: Instant::now(),
+        }
+    }
+
+    /// Runs until the server stops.
+    pub(crate) fn run(mut self) {
+        while !self.ctx.stop.load(Relaxed) {
+            match self.open() {
+                Ok(mut conn) => {
+                    self.backoff = RECONNECT_MIN;
+                    if let Err(e) = self.serve(&mut conn) {
+                        tracing::warn!(error = %e, "stream ingress lost Redis; reconnecting");
+                        self.ctx.metrics.broker.errors.fetch_add(1, Relaxed);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "stream ingress cannot reach Redis");
+                    pause(self.backoff, &self.ctx.stop);
+                    self.backoff = next_backoff(self.backoff);
+                }
+            }
+        }
+    }
+
+    /// Connects, loads the script, and makes sure the group exists (from the stream's
+    /// start, so entries added before the first node came up are not skipped).
+    fn open(&mut self) -> redis::RedisResult<Connection> {
+        let mut conn = connect(&self.ctx.client)?;
+        self.sequencer.load(&mut conn)?;
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(PUSH_STREAM)
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query(&mut conn);
+        match created {
+            Ok(()) => {}
+            Err(e) if e.code() == Some("BUSYGROUP") => {}
+            Err(e) => return Err(e),
+        }
+        Ok(conn)
+    }
+
+    fn serve(&mut self, conn: &mut Connection) -> redis::RedisResult<()> {
+        // First what this consumer was given before and never acknowledged (a restart).
+        loop {
+            let mine = self.read(conn, "0", 0)?;
+            if mine.is_empty() {
+                break;
+            }
+            self.handle(conn, mine)?;
+        }
+        while !self.ctx.stop.load(Relaxed) {
+            if self.busy.load(Relaxed) {
+                // Backpressure: not read, not acknowledged, not dropped.
+                self.ctx.metrics.broker.stream_paused.fetch_add(1, Relaxed);
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            }
+            if self.last_claim.elapsed() >= self.claim_every() {
+                self.last_claim = Instant::now();
+                self.claim(conn)?;
+            }
+            let entries = self.read(conn, ">", BLOCK_MS)?;
+            if !entries.is_empty() {
+                self.handle(conn, entries)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn claim_every(&self) -> Duration {
+        (self.ctx.cluster.claim_idle / 2).clamp(Duration::from_millis(100), Duration::from_secs(5))
+    }
+
+    /// XREADGROUP from `from` (`>`: new entries; `0`: this consumer's pending ones).
+    fn read(
+        &self,
+        conn: &mut Connection,
+        from: &str,
+        block_ms: u64,
+    ) -> redis::RedisResult<Vec<StreamEntry>> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(GROUP)
+            .arg(&*self.ctx.node_id)
+            .arg("COUNT")
+            .arg(COUNT);
+        if block_ms > 0 {
+            cmd.arg("BLOCK").arg(block_ms);
+        }
+        cmd.arg("STREAMS").arg(PUSH_STREAM).arg(from);
+        let v: Value = cmd.query(conn)?;
+        // [[stream, [entry, ...]]] or nil when nothing came.
+        let mut out = Vec::new();
+        for stream in as_list(v) {
+            let mut parts = as_list(stream).into_iter();
+            let _name = parts.next();
+            if let Some(entries) = parts.next() {
+                out.extend(as_list(entries).into_iter().filter_map(entry));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Takes over entries idle longer than `claim_idle_ms` in any consumer (a dead node's).
+    fn claim(&mut self, conn: &mut Connection) -> redis::RedisResult<()> {
+        let mut start = "0-0".to_string();
+        loop {
+            let v: Value = redis::cmd("XAUTOCLAIM")
+                .arg(PUSH_STREAM)
+                .arg(GROUP)
+                .arg(&*self.ctx.node_id)
+                .arg(self.ctx.cluster.claim_idle.as_millis() as u64)
+                .arg(&start)
+                .arg("COUNT")
+                .arg(COUNT)
+                .query(conn)?;
+            let mut parts = as_list(v).into_iter();
+            let next: String = parts
+                .next()
+                .and_then(|v| redis::from_redis_value(v).ok())
+                .unwrap_or_else(|| "0-0".into());
+            let entries: Vec<StreamEntry> = parts
+                .next()
+                .map(as_list)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(entry)
+                .collect();
+            if !entries.is_empty() {
+                self.ctx
+                    .metrics
+                    .broker
+                    .stream_claimed
+                    .fetch_add(entries.len() as u64, Relaxed);
+                tracing::info!(
+                    count = entries.len(),
+                    "claimed stream entries left pending by another node"
+                );
+                self.handle(conn, entries)?;
+            }
+            if next == "0-0" {
+                return Ok(());
+            }
+            start = next;
+        }
+    }
+
+    /// Publishes the valid entries, sends the rest to the DLQ, then acknowledges all.
+    fn handle(
+        &mut self,
+        conn: &mut Connection,
+        entries: Vec<StreamEntry>,
+    ) -> redis::RedisResult<()> {
+        self.ctx
+            .metrics
+            .broker
+            .stream_read
+            .fetch_add(entries.len() as u64, Relaxed);
+        let mut valid: Vec<(usize, ParsedPush)> = Vec::new();
+        let mut dead: Vec<(usize, String)> = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            match &e.push {
+                None => dead.push((i, "entry has no `push` field".into())),
+                Some(raw) => match parse_push(raw) {
+                    Ok(p) => valid.push((i, p)),
+                    Err(msg) => dead.push((i, msg)),
+                },
+            }
+        }
+        let refs: Vec<&ParsedPush> = valid.iter().map(|(_, p)| p).collect();
+        // A connection error here leaves everything unacknowledged: read again later.
+        let results = self.sequencer.publish(conn, &refs)?;
+        for ((i, _), r) in valid.iter().zip(results) {
+            if let Err(e) = r {
+                // Redis refused this one push (not the link): it would fail again.
+                dead.push((*i, format!("Redis refused the push: {e}")));
+            }
+        }
+        let mut pipe = redis::pipe();
+        for (i, why) in &dead {
+            let raw = entries[*i].push.as_deref().unwrap_or_default();
+            pipe.cmd("XADD")
+                .arg(DLQ_STREAM)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(DLQ_MAXLEN)
+                .arg("*")
+                .arg("push")
+                .arg(raw)
+                .arg("error")
+                .arg(why)
+                .arg("node")
+                .arg(&*self.ctx.node_id)
+                .arg("id")
+                .arg(&entries[*i].id)
+                .ignore();
+        }
+        pipe.cmd("XACK").arg(PUSH_STREAM).arg(GROUP);
+        for e in &entries {
+            pipe.arg(&e.id);
+        }
+        pipe.ignore();
+        pipe.query::<()>(conn)?;
+        self.ctx
+            .metrics
+            .broker
+            .stream_dlq
+            .fetch_add(dead.len() as u64, Relaxed);
+        if !dead.is_empty() {
+            tracing::warn!(count = dead.len(), "stream entries sent to {DLQ_STREAM}");
+        }
+        Ok(())
+    }
+}
+
+/// The items of an array reply (nothing for nil or anything else).
+fn as_list(v: Value) -> Vec<Value> {
+    match v {
+        Value::Array(items) | Value::Set(items) => items,
+        Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `[id, [field, value, ...]]` into an entry; a deleted entry (nil fields) has no push.
+fn entry(v: Value) -> Option<StreamEntry> {
+    let mut parts = as_list(v).into_iter();
+    let id: String = redis::from_redis_value(parts.next()?).ok()?;
+    let fields = parts.next().map(as_list).unwrap_or_default();
+    let mut push = None;
+    let mut it = fields.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        let k: Vec<u8> = redis::from_redis_value(k).unwrap_or_default();
+        if k == b"push" {
+            push = redis::from_redis_value::<Vec<u8>>(v).ok();
+        }
+    }
+    Some(StreamEntry { id, push })
+}

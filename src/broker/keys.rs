@@ -1,0 +1,85 @@
+//! Redis key and channel names (docs/protocol.md 5). Every key of one stream shares a hash
+//! tag (`{u:alice}`), so one push's script touches one slot and a Redis Cluster can
+//! hold them later without a change of names.
+
+/// The stream upstreams add push commands to.
+pub const PUSH_STREAM: &str = "throng:push";
+/// Where invalid stream entries go, with the error.
+pub const DLQ_STREAM: &str = "throng:push:dlq";
+/// The consumer group every node reads `PUSH_STREAM` with.
+pub const GROUP: &str = "throng";
+/// The channel of broadcast pushes.
+pub const BROADCAST_CHANNEL: &str = "throng:b";
+/// Hash of node id to the last time (Unix ms) the node said it was alive.
+pub const NODES: &str = "throng:nodes";
+/// Prefix of the per-node presence hashes (user -> sessions on that node).
+pub const PRESENCE_PREFIX: &str = "throng:presence:";
+
+/// A push stream: a user's direct pushes or a topic's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StreamRef<'a> {
+    /// A user's stream.
+    User(&'a str),
+    /// A topic's stream.
+    Topic(&'a str),
+}
+
+impl<'a> StreamRef<'a> {
+    fn parts(self) -> (&'static str, &'a str) {
+        match self {
+            StreamRef::User(u) => ("u", u),
+            StreamRef::Topic(t) => ("t", t),
+        }
+    }
+
+    /// The hash with the stream's `seq` and `epoch`.
+    pub fn meta_key(self) -> String {
+        let (k, name) = self.parts();
+        format!("throng:{{{k}:{name}}}")
+    }
+
+    /// The list of the stream's recent pushes, oldest first.
+    pub fn history_key(self) -> String {
+        let (k, name) = self.parts();
+        format!("throng:{{{k}:{name}}}:h")
+    }
+
+    /// The key that remembers push `id` on this stream for the dedup window.
+    pub fn dedup_key(self, id: &str) -> String {
+        let (k, name) = self.parts();
+        format!("throng:{{{k}:{name}}}:id:{id}")
+    }
+
+    /// The channel the stream's pushes are published on.
+    pub fn channel(self) -> String {
+        let (k, name) = self.parts();
+        format!("throng:{k}:{name}")
+    }
+}
+
+/// A channel name back to its stream (`None` for the broadcast channel or a stranger).
+pub fn stream_of_channel(channel: &str) -> Option<StreamRef<'_>> {
+    let rest = channel.strip_prefix("throng:")?;
+    if let Some(u) = rest.strip_prefix("u:") {
+        Some(StreamRef::User(u))
+    } else {
+        rest.strip_prefix("t:").map(StreamRef::Topic)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_share_a_hash_tag_and_channels_round_trip() {
+        let s = StreamRef::User("al:ice");
+        assert_eq!(s.meta_key(), "throng:{u:al:ice}");
+        assert_eq!(s.history_key(), "throng:{u:al:ice}:h");
+        assert_eq!(s.dedup_key("p1"), "throng:{u:al:ice}:id:p1");
+        assert_eq!(stream_of_channel(&s.channel()), Some(s));
+        let t = StreamRef::Topic("room.1");
+        assert_eq!(stream_of_channel(&t.channel()), Some(t));
+        assert_eq!(stream_of_channel(BROADCAST_CHANNEL), None);
+    }
+}

@@ -1,0 +1,241 @@
+//! Cluster mode on Redis (docs/protocol.md 5): the node's broker threads own every Redis
+//! link, so no shard ever waits on Redis.
+//!
+//! - [`publisher`]: pushes from the API go through the sequencing [`script`] (dedup,
+//!   `seq`, history, publish), and the node says it is alive.
+//! - [`subscriber`]: subscribes to the users and topics this node's shards serve (and
+//!   broadcasts), loads a stream's `seq`, epoch and history when a shard starts serving
+//!   it, and hands published pushes to the shards in Redis order.
+//! - [`ingress`]: reads push commands from the `throng:push` stream with the consumer
+//!   group, publishes them like the API does, and acknowledges them after.
+//!
+//! Shards ask for streams with [`Interest`] and receive [`Remote`] messages.
+
+mod counters;
+pub mod envelope;
+pub mod ingress;
+pub mod keys;
+mod publisher;
+pub mod script;
+mod subscriber;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::api::ParsedPush;
+use crate::command::Ticket;
+use crate::config::{ClusterConfig, Config};
+use crate::link::Links;
+use crate::metrics::Metrics;
+use crate::shard::ReplySink;
+
+pub use counters::BrokerCounters;
+pub use publisher::PUBLISH_QUEUE;
+
+/// A push from the API on its way to Redis.
+pub struct PublishCmd {
+    /// The push.
+    pub push: ParsedPush,
+    /// Answer wanted (`?wait=1`): the outcome goes back to the API.
+    pub ticket: Option<Ticket>,
+}
+
+/// What a shard asks of the broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Interest {
+    /// This shard now serves the user: subscribe, then load its stream.
+    WatchUser(Box<str>),
+    /// This shard no longer serves the user.
+    UnwatchUser(Box<str>),
+    /// Shard `shard` now has members of the topic: subscribe, then load its stream.
+    WatchTopic {
+        /// The shard.
+        shard: usize,
+        /// The topic.
+        topic: Arc<str>,
+    },
+    /// Shard `shard` has no member of the topic left.
+    UnwatchTopic {
+        /// The shard.
+        shard: usize,
+        /// The topic.
+        topic: Arc<str>,
+    },
+}
+
+/// A stream as Redis holds it when a shard starts serving it (or after a reconnect).
+#[derive(Debug, Clone, Default)]
+pub struct StreamState {
+    /// The stream's current `seq`.
+    pub seq: u64,
+    /// Its epoch.
+    pub epoch: String,
+    /// Recent pushes still within retention, oldest first, with their `seq`s.
+    pub entries: Vec<(u64, Bytes)>,
+}
+
+/// What the broker hands a shard.
+pub enum Remote {
+    /// A user's push, numbered by Redis.
+    UserPush {
+        /// The user.
+        user: Box<str>,
+        /// Its `seq`.
+        seq: u64,
+        /// The stream's epoch.
+        epoch: Arc<str>,
+        /// The client frame.
+        frame: Bytes,
+        /// When it was accepted (from its timestamp), for the latency histogram.
+        accepted_at: Instant,
+    },
+    /// A topic's push, numbered by Redis; the frame is shared by the shards.
+    TopicPush {
+        /// The topic.
+        topic: Arc<str>,
+        /// Its `seq`.
+        seq: u64,
+        /// The stream's epoch.
+        epoch: Arc<str>,
+        /// The client frame.
+        frame: Bytes,
+        /// When it was accepted.
+        accepted_at: Instant,
+    },
+    /// A broadcast frame.
+    Broadcast {
+        /// The client frame.
+        frame: Bytes,
+        /// When it was accepted.
+        accepted_at: Instant,
+    },
+    /// A user's stream as Redis holds it, or why it could not be read.
+    UserLoaded {
+        /// The user.
+        user: Box<str>,
+        /// The stream.
+        state: Result<StreamState, String>,
+    },
+    /// A topic's stream as Redis holds it, or why it could not be read.
+    TopicLoaded {
+        /// The topic.
+        topic: Arc<str>,
+        /// The stream.
+        state: Result<StreamState, String>,
+    },
+}
+
+/// How a broker thread backs off between reconnects.
+pub(crate) const RECONNECT_MIN: Duration = Duration::from_millis(50);
+/// Longest pause between reconnects.
+pub(crate) const RECONNECT_MAX: Duration = Duration::from_secs(2);
+/// Deadline for connecting and for one Redis round trip.
+pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Opens a connection with the broker's timeouts.
+pub(crate) fn connect(client: &redis::Client) -> redis::RedisResult<redis::Connection> {
+    let conn = client.get_connection_with_timeout(IO_TIMEOUT)?;
+    conn.set_read_timeout(Some(IO_TIMEOUT))?;
+    conn.set_write_timeout(Some(IO_TIMEOUT))?;
+    Ok(conn)
+}
+
+/// Doubles a backoff, up to `RECONNECT_MAX`.
+pub(crate) fn next_backoff(d: Duration) -> Duration {
+    (d * 2).min(RECONNECT_MAX)
+}
+
+/// Sleeps `d` in short steps, returning early once `stop` is set.
+pub(crate) fn pause(d: Duration, stop: &AtomicBool) {
+    let end = Instant::now() + d;
+    while Instant::now() < end && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(10).min(end - Instant::now()));
+    }
+}
+
+/// What the broker threads share with the rest of the server.
+pub struct BrokerLinks {
+    /// The API's way to Redis.
+    pub publish: Sender<PublishCmd>,
+    /// Cleared while the publisher cannot reach Redis: pushes get 503 `broker_unavailable`.
+    pub up: Arc<AtomicBool>,
+}
+
+/// The cluster settings every broker thread needs.
+#[derive(Clone)]
+pub(crate) struct BrokerCtx {
+    pub client: redis::Client,
+    pub node_id: Arc<str>,
+    pub cluster: ClusterConfig,
+    pub retention: script::Retention,
+    pub metrics: Arc<Metrics>,
+    pub stop: Arc<AtomicBool>,
+}
+
+/// The broker threads' join handles.
+pub struct BrokerThreads {
+    /// Every broker thread.
+    pub threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// Starts the publisher, subscriber and stream ingress threads.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn spawn(
+    config: &Config,
+    cluster: &ClusterConfig,
+    node_id: Arc<str>,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+    replies: ReplySink,
+    shards: Links<Remote>,
+    interests: Receiver<Interest>,
+) -> std::io::Result<(BrokerLinks, BrokerThreads)> {
+    let client = redis::Client::open(cluster.redis_url.as_str())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    let ctx = BrokerCtx {
+        client,
+        node_id,
+        cluster: cluster.clone(),
+        retention: script::Retention {
+            history_size: config.history_size,
+            user_ms: cluster.offline_ttl.as_millis() as u64,
+            topic_ms: config.history_ttl.as_millis() as u64,
+            dedup_ms: config.dedup_window.as_millis() as u64,
+        },
+        metrics,
+        stop,
+    };
+    let up = Arc::new(AtomicBool::new(false));
+    let busy = Arc::new(AtomicBool::new(false));
+    let (publish_tx, publish_rx) = crossbeam_channel::bounded(PUBLISH_QUEUE);
+    let mut threads = Vec::new();
+    let p = publisher::Publisher::new(ctx.clone(), publish_rx, replies, Arc::clone(&up));
+    threads.push(
+        std::thread::Builder::new()
+            .name("throng-publisher".into())
+            .spawn(move || p.run())?,
+    );
+    let s = subscriber::Subscriber::new(ctx.clone(), shards, interests, Arc::clone(&busy));
+    threads.push(
+        std::thread::Builder::new()
+            .name("throng-subscriber".into())
+            .spawn(move || s.run())?,
+    );
+    let i = ingress::Ingress::new(ctx, busy);
+    threads.push(
+        std::thread::Builder::new()
+            .name("throng-ingress".into())
+            .spawn(move || i.run())?,
+    );
+    Ok((
+        BrokerLinks {
+            publish: publish_tx,
+            up,
+        },
+        BrokerThreads { threads },
+    ))
+}

@@ -1,0 +1,198 @@
+//! The publisher thread: the API's pushes through the sequencing script, in batches of
+//! whatever queued up during the last round trip, and this node's heartbeat.
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use redis::Connection;
+
+use super::keys::NODES;
+use super::script::{now_ms, Published, Sequencer};
+use super::{connect, next_backoff, pause, BrokerCtx, PublishCmd, RECONNECT_MIN};
+use crate::command::Reply;
+use crate::shard::ReplySink;
+
+/// Pushes that may wait for Redis; beyond, the API answers 503 `overloaded`.
+pub const PUBLISH_QUEUE: usize = 8192;
+/// Most pushes in one pipelined round trip.
+const BATCH: usize = 256;
+/// How often the node writes its heartbeat.
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// The publisher thread's state.
+pub(crate) struct Publisher {
+    ctx: BrokerCtx,
+    rx: Receiver<PublishCmd>,
+    replies: ReplySink,
+    up: Arc<AtomicBool>,
+    sequencer: Sequencer,
+    conn: Option<Connection>,
+    backoff: Duration,
+    last_beat: Option<Instant>,
+}
+
+impl Publisher {
+    /// A publisher answering through `replies`; `up` tells the API whether Redis is there.
+    pub(crate) fn new(
+        ctx: BrokerCtx,
+        rx: Receiver<PublishCmd>,
+        replies: ReplySink,
+        up: Arc<AtomicBool>,
+    ) -> Publisher {
+        let sequencer = Sequencer::new(ctx.retention);
+        Publisher {
+            ctx,
+            rx,
+            replies,
+            up,
+            sequencer,
+            conn: None,
+            backoff: RECONNECT_MIN,
+            last_beat: None,
+        }
+    }
+
+    /// Runs until the server stops.
+    pub(crate) fn run(mut self) {
+        let mut batch: Vec<PublishCmd> = Vec::with_capacity(BATCH);
+        while !self.ctx.stop.load(Relaxed) {
+            if self.conn.is_none() && !self.reconnect() {
+                continue;
+            }
+            self.heartbeat();
+            match self.rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(cmd) => batch.push(cmd),
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            while batch.len() < BATCH {
+                match self.rx.try_recv() {
+                    Ok(cmd) => batch.push(cmd),
+                    Err(_) => break,
+                }
+            }
+            self.publish(&mut batch);
+        }
+        // Still queued at shutdown: the ticketed ones learn it; the others were answered
+        // 202 and are lost with the process, as pushes in shard queues are.
+        for cmd in self.rx.try_iter().chain(batch.drain(..)) {
+            if let Some(t) = cmd.ticket {
+                self.answer(t, Err("server is shutting down".into()));
+            }
+        }
+        let _ = self.replies.waker.wake();
+    }
+
+    /// Connects and loads the script; false (after a pause) when Redis is not there.
+    fn reconnect(&mut self) -> bool {
+        match connect(&self.ctx.client).and_then(|mut c| {
+            self.sequencer.load(&mut c)?;
+            Ok(c)
+        }) {
+            Ok(c) => {
+                self.conn = Some(c);
+                self.backoff = RECONNECT_MIN;
+                self.up.store(true, Relaxed);
+                self.ctx.metrics.broker.up.store(true, Relaxed);
+                tracing::info!(node = %self.ctx.node_id, "publisher connected to Redis");
+                true
+            }
+            Err(e) => {
+                self.down(&e);
+                pause(self.backoff, &self.ctx.stop);
+                self.backoff = next_backoff(self.backoff);
+                false
+            }
+        }
+    }
+
+    fn down(&mut self, e: &redis::RedisError) {
+        if self.up.swap(false, Relaxed) {
+            tracing::warn!(error = %e, "publisher lost Redis; pushes get 503 broker_unavailable");
+        }
+        self.ctx.metrics.broker.up.store(false, Relaxed);
+        self.conn = None;
+    }
+
+    /// Publishes the batch. Ticketed pushes get their outcome or the error (the upstream
+    /// asked and retries); pushes already answered 202 are retried until Redis takes them.
+    fn publish(&mut self, batch: &mut Vec<PublishCmd>) {
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                if self.ctx.stop.load(Relaxed) {
+                    return;
+                }
+                self.reconnect();
+                continue;
+            };
+            let pushes: Vec<&crate::api::ParsedPush> = batch.iter().map(|c| &c.push).collect();
+            match self.sequencer.publish(conn, &pushes) {
+                Ok(results) => {
+                    self.ctx
+                        .metrics
+                        .broker
+                        .published
+                        .fetch_add(results.len() as u64, Relaxed);
+                    for (cmd, r) in batch.drain(..).zip(results) {
+                        if r.is_err() {
+                            self.ctx.metrics.broker.errors.fetch_add(1, Relaxed);
+                        }
+                        if let Some(t) = cmd.ticket {
+                            self.answer(t, r);
+                        } else if let Err(e) = r {
+                            tracing::warn!(error = %e, "Redis refused a push");
+                        }
+                    }
+                    let _ = self.replies.waker.wake();
+                    return;
+                }
+                Err(e) => {
+                    self.ctx.metrics.broker.errors.fetch_add(1, Relaxed);
+                    self.down(&e);
+                    batch.retain(|cmd| match cmd.ticket {
+                        Some(t) => {
+                            self.answer(t, Err(format!("Redis is unavailable: {e}")));
+                            false
+                        }
+                        None => true,
+                    });
+                    let _ = self.replies.waker.wake();
+                    if batch.is_empty() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn answer(&self, ticket: crate::command::Ticket, published: Published) {
+        let _ = self.replies.tx.send(Reply {
+            ticket,
+            sessions: 0,
+            users: 0,
+            details: Vec::new(),
+            published: Some(published),
+        });
+    }
+
+    /// Writes this node's heartbeat once per `HEARTBEAT`.
+    fn heartbeat(&mut self) {
+        if self.last_beat.is_some_and(|t| t.elapsed() < HEARTBEAT) {
+            return;
+        }
+        self.last_beat = Some(Instant::now());
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        let r: redis::RedisResult<()> = redis::cmd("HSET")
+            .arg(NODES)
+            .arg(&*self.ctx.node_id)
+            .arg(now_ms())
+            .query(conn);
+        if let Err(e) = r {
+            self.down(&e);
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! The one atomic script per push and stream (docs/protocol.md 5): drop a repeated `id`,
+//! take the next `seq`, keep the push in the stream's history, publish it. Redis runs it
+//! whole, so every node sees the same numbering and no push is numbered twice.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use redis::{Connection, Pipeline, Value};
+
+use super::envelope;
+use super::keys::{StreamRef, BROADCAST_CHANNEL};
+use crate::api::{ParsedPush, Target};
+
+/// KEYS: meta hash, history list, dedup key. ARGV: epoch for a new stream, message body,
+/// history size, retention ms (history list and entry age), dedup window ms (0: no id),
+/// channel, now ms, meta TTL ms.
+const SOURCE: &str = r#"
+if ARGV[5] ~= '0' then
+  if not redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[5]) then
+    return {-1, ''}
+  end
+end
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('HSET', KEYS[1], 'epoch', epoch)
+  redis.call('DEL', KEYS[2])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[8])
+local msg = seq .. ' ' .. epoch .. ' ' .. ARGV[7] .. ' ' .. ARGV[2]
+local size = tonumber(ARGV[3])
+if size > 0 then
+  redis.call('RPUSH', KEYS[2], msg)
+  redis.call('LTRIM', KEYS[2], -size, -1)
+  local cutoff = tonumber(ARGV[7]) - tonumber(ARGV[4])
+  while true do
+    local first = redis.call('LINDEX', KEYS[2], 0)
+    if not first then break end
+    local ts = tonumber(string.match(first, '^%d+ %S+ (%d+) '))
+    if ts and ts < cutoff then redis.call('LPOP', KEYS[2]) else break end
+  end
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+end
+redis.call('PUBLISH', ARGV[6], msg)
+return {seq, epoch}
+"#;
+
+/// How long streams and their history live in Redis.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Pushes kept per stream.
+    pub history_size: usize,
+    /// How long a user's pushes are kept: the offline inbox (`offline_ttl_ms`).
+    pub user_ms: u64,
+    /// How long a topic's pushes are kept (`history_ttl_ms`).
+    pub topic_ms: u64,
+    /// How long a push `id` makes a repeat a duplicate (`dedup_window_ms`).
+    pub dedup_ms: u64,
+}
+
+impl Retention {
+    /// How long a stream's `seq` and epoch outlive its last push: as long as anything of
+    /// it can be resumed, and at least a day, so numbering does not restart under a
+    /// connected but quiet client.
+    fn meta_ms(&self) -> u64 {
+        self.user_ms.max(self.topic_ms).max(86_400_000)
+    }
+}
+
+/// What happened to a push on one stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Numbered and published.
+    Numbered {
+        /// The user or topic (empty for a broadcast).
+        stream: String,
+        /// Its `seq`.
+        seq: u64,
+        /// The stream's epoch.
+        epoch: String,
+    },
+    /// The stream already accepted this `id` within the dedup window.
+    Duplicate {
+        /// The user or topic.
+        stream: String,
+    },
+    /// A broadcast, published to this many subscribed nodes.
+    Broadcast {
+        /// Nodes that received it.
+        nodes: u64,
+    },
+}
+
+/// A push's result on every stream it touched, or why Redis refused it.
+pub type Published = Result<Vec<Outcome>, String>;
+
+/// The sequencing script, loaded on each connection it runs on.
+pub struct Sequencer {
+    script: redis::Script,
+    retention: Retention,
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Sequencer {
+    /// The script with these bounds.
+    pub fn new(retention: Retention) -> Sequencer {
+        Sequencer {
+            script: redis::Script::new(SOURCE),
+            retention,
+        }
+    }
+
+    /// Loads the script so `EVALSHA` finds it (after every connect).
+    pub fn load(&self, conn: &mut Connection) -> redis::RedisResult<()> {
+        self.script.load(conn).map(|_| ())
+    }
+
+    fn add(&self, pipe: &mut Pipeline, s: StreamRef<'_>, body: &str, id: Option<&str>, now: u64) {
+        let r = &self.retention;
+        let retention = match s {
+            StreamRef::User(_) => r.user_ms,
+            StreamRef::Topic(_) => r.topic_ms,
+        };
+        let dedup = if id.is_some() { r.dedup_ms.max(1) } else { 0 };
+        let dedup_key = id.map_or_else(|| s.meta_key(), |i| s.dedup_key(i));
+        pipe.cmd("EVALSHA")
+            .arg(self.script.get_hash())
+            .arg(3)
+            .arg(s.meta_key())
+            .arg(s.history_key())
+            .arg(dedup_key)
+            .arg(format!("{:016x}", rand::random::<u64>()))
+            .arg(body)
+            .arg(r.history_size)
+            .arg(retention.max(1))
+            .arg(dedup)
+            .arg(s.channel())
+            .arg(now)
+            .arg(r.meta_ms());
+    }
+
+    /// Numbers, stores and publishes `pushes` in one round trip; one result per push, in
+    /// order. A connection error fails the whole batch (`Err`): nothing in it is known to
+    /// have been applied, and ids make a retry harmless.
+    pub fn publish(
+        &self,
+        conn: &mut Connection,
+        pushes: &[&ParsedPush],
+    ) -> redis::RedisResult<Vec<Published>> {
+        let results = self.run(conn, pushes)?;
+        if results
+            .iter()
+            .any(|r| matches!(r, Err(e) if e.starts_with("NOSCRIPT")))
+        {
+            // Redis lost its script cache (a restart): no command of the batch ran.
+            self.load(conn)?;
+            return self.run(conn, pushes);
+        }
+        Ok(results)
+    }
+
+    fn run(
+        &self,
+        conn: &mut Connection,
+        pushes: &[&ParsedPush],
+    ) -> redis::RedisResult<Vec<Published>> {
+        let now = now_ms();
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        let mut counts = Vec::with_capacity(pushes.len());
+        for p in pushes {
+            let body = envelope::body(&p.data, p.id.as_deref());
+            let id = p.id.as_deref();
+            match &p.target {
+                Target::User(u) => {
+                    self.add(&mut pipe, StreamRef::User(u), &body, id, now);
+                    counts.push(1);
+                }
+                Target::Users(list) => {
+                    for u in list {
+                        self.add(&mut pipe, StreamRef::User(u), &body, id, now);
+                    }
+                    counts.push(list.len());
+                }
+                Target::Topic(t) => {
+                    self.add(&mut pipe, StreamRef::Topic(t), &body, id, now);
+                    counts.push(1);
+                }
+                Target::Broadcast => {
+                    pipe.cmd("PUBLISH")
+                        .arg(BROADCAST_CHANNEL)
+                        .arg(format!("0 - {now} {body}"));
+                    counts.push(1);
+                }
+            }
+        }
+        let values: Vec<Value> = pipe.query(conn)?;
+        let mut values = values.into_iter();
+        let mut out = Vec::with_capacity(pushes.len());
+        for (p, n) in pushes.iter().zip(counts) {
+            let names: Vec<&str> = match &p.target {
+                Target::User(u) | Target::Topic(u) => vec![u.as_str()],
+                Target::Users(list) => list.iter().map(String::as_str).collect(),
+                Target::Broadcast => vec![""],
+            };
+            let mut outcomes = Vec::with_capacity(n);
+            let mut failed = None;
+            for name in names {
+                let Some(v) = values.next() else {
+                    failed = Some("Redis answered fewer results than commands".to_string());
+                    break;
+                };
+                match outcome(&p.target, name, v) {
+                    Ok(o) => outcomes.push(o),
+                    Err(e) => failed = Some(e),
+                }
+            }
+            out.push(match failed {
+                Some(e) => Err(e),
+                None => Ok(outcomes),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Reads one script or PUBLISH reply.
+fn outcome(target: &Target, name: &str, v: Value) -> Result<Outcome, String> {
+    match (target, v) {
+        (Target::Broadcast, Value::Int(n)) => Ok(Outcome::Broadcast {
+            nodes: n.max(0) as u64,
+        }),
+        (_, Value::Array(parts)) => match parts.as_slice() {
+            [Value::Int(-1), _] => Ok(Outcome::Duplicate {
+                stream: name.to_string(),
+            }),
+            [Value::Int(seq), epoch] => {
+                let epoch: String = redis::from_redis_value(epoch.clone())
+                    .map_err(|e| format!("unexpected epoch from Redis: {e}"))?;
+                Ok(Outcome::Numbered {
+                    stream: name.to_string(),
+                    seq: (*seq).max(0) as u64,
+                    epoch,
+                })
+            }
+            _ => Err("unexpected script reply from Redis".to_string()),
+        },
+        (_, Value::ServerError(e)) => {
+            Err(format!("{} {}", e.code(), e.details().unwrap_or_default()))
+        }
+        (_, other) => Err(format!("unexpected reply from Redis: {other:?}")),
+    }
+}

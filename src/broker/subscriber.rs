@@ -1,0 +1,513 @@
+//! The subscriber thread: one pub/sub link carrying exactly the users and topics this
+//! node's shards serve (and broadcasts), plus a command link that loads a stream's
+//! `seq`, epoch and history once its channel is subscribed. Subscribing before loading
+//! means no push can fall between the two: it is in the load, on the channel, or both
+//! (the shard drops the second copy by `seq`).
+//!
+//! After a reconnect everything is subscribed again and every stream loaded again, so
+//! shards deliver what their sessions missed while Redis was away.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::Receiver;
+use redis::{Connection, PubSub, Value};
+
+use super::envelope;
+use super::keys::{stream_of_channel, StreamRef, BROADCAST_CHANNEL};
+use super::script::now_ms;
+use super::{
+    connect, next_backoff, pause, BrokerCtx, Interest, Remote, StreamState, RECONNECT_MIN,
+};
+use crate::link::{Links, SendError};
+use crate::route::shard_of;
+
+/// How long one wait for a published message lasts before interests are looked at again.
+const LISTEN: Duration = Duration::from_millis(5);
+/// Messages taken per turn before interests get a look.
+const MESSAGES_PER_TURN: usize = 1024;
+/// Interest changes taken per turn.
+const INTERESTS_PER_TURN: usize = 4096;
+/// Channels per SUBSCRIBE command.
+const CHANNELS_PER_COMMAND: usize = 1000;
+
+/// The subscriber thread's state.
+pub(crate) struct Subscriber {
+    ctx: BrokerCtx,
+    shards: Links<Remote>,
+    interests: Receiver<Interest>,
+    /// Set while a shard's queue is full, so the stream ingress stops reading.
+    busy: Arc<AtomicBool>,
+    /// Users this node serves (each on the shard its id hashes to).
+    users: HashSet<Box<str>>,
+    /// Topics this node serves, with the shards that have members.
+    topics: HashMap<Arc<str>, Vec<usize>>,
+    /// Channels Redis has us subscribed to now.
+    subscribed: HashSet<String>,
+    backoff: Duration,
+    /// The read timeout set on the pub/sub link now.
+    listening: bool,
+}
+
+/// Streams to load after this turn's subscriptions.
+enum Load {
+    User(Box<str>),
+    Topic(Arc<str>, Vec<usize>),
+}
+
+impl Subscriber {
+    /// A subscriber delivering to `shards`, told what to serve through `interests`.
+    pub(crate) fn new(
+        ctx: BrokerCtx,
+        shards: Links<Remote>,
+        interests: Receiver<Interest>,
+        busy: Arc<AtomicBool>,
+    ) -> Subscriber {
+        Subscriber {
+            ctx,
+            shards,
+            interests,
+            busy,
+            users: HashSet::new(),
+            topics: HashMap::new(),
+            subscribed: HashSet::new(),
+            backoff: RECONNECT_MIN,
+            listening: false,
+        }
+    }
+
+    /// Runs until the server stops.
+    pub(crate) fn run(mut self) {
+        while !self.ctx.stop.load(Relaxed) {
+            let links = connect(&self.ctx.client).and_then(|a| Ok((a, connect(&self.ctx.client)?)));
+            match links {
+                Ok((mut ps_conn, mut cmd)) => {
+                    self.backoff = RECONNECT_MIN;
+                    self.ctx.metrics.broker.subscriber_up.store(true, Relaxed);
+                    let r = self.serve(&mut ps_conn, &mut cmd);
+                    self.ctx.metrics.broker.subscriber_up.store(false, Relaxed);
+                    self.subscribed.clear();
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "subscriber lost Redis; reconnecting");
+                        self.ctx.metrics.broker.errors.fetch_add(1, Relaxed);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "subscriber cannot reach Redis");
+                    // Shards waiting for a stream learn now, so their clients are not
+                    // left without `welcome` until Redis is back.
+                    let loads = self.take_interests();
+                    self.fail(loads, &format!("Redis is unavailable: {e}"));
+                    pause(self.backoff, &self.ctx.stop);
+                    self.backoff = next_backoff(self.backoff);
+                }
+            }
+        }
+    }
+
+    /// One connected life: resubscribe and reload everything, then serve until an error.
+    fn serve(&mut self, ps_conn: &mut Connection, cmd: &mut Connection) -> redis::RedisResult<()> {
+        let mut ps = ps_conn.as_pubsub();
+        self.listening = false;
+        let mut everything = vec![BROADCAST_CHANNEL.to_string()];
+        everything.extend(self.users.iter().map(|u| StreamRef::User(u).channel()));
+        everything.extend(self.topics.keys().map(|t| StreamRef::Topic(t).channel()));
+        self.subscribe(&mut ps, everything)?;
+        let mut reload: Vec<Load> = self.users.iter().map(|u| Load::User(u.clone())).collect();
+        reload.extend(
+            self.topics
+                .iter()
+                .map(|(t, s)| Load::Topic(Arc::clone(t), s.clone())),
+        );
+        reload.extend(self.take_interests());
+        self.sync_subscriptions(&mut ps)?;
+        self.load(cmd, reload)?;
+        let mut last_ping = Instant::now();
+        while !self.ctx.stop.load(Relaxed) {
+            let loads = self.take_interests();
+            self.sync_subscriptions(&mut ps)?;
+            if !loads.is_empty() {
+                self.load(cmd, loads)?;
+            }
+            if !self.listening {
+                ps.set_read_timeout(Some(LISTEN))?;
+                self.listening = true;
+            }
+            let mut got = 0;
+            while got < MESSAGES_PER_TURN {
+                match ps.get_message() {
+                    Ok(msg) => {
+                        got += 1;
+                        self.route(&msg);
+                    }
+                    Err(e) if e.is_timeout() => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            self.shards.wake_pending();
+            if got == 0 && last_ping.elapsed() > Duration::from_secs(1) {
+                // A silent link may be a dead one: a round trip tells.
+                last_ping = Instant::now();
+                self.deafen(&mut ps)?;
+                ps.ping::<String>()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Back to the long timeout for a command's reply.
+    fn deafen(&mut self, ps: &mut PubSub<'_>) -> redis::RedisResult<()> {
+        if self.listening {
+            ps.set_read_timeout(Some(super::IO_TIMEOUT))?;
+            self.listening = false;
+        }
+        Ok(())
+    }
+
+    fn subscribe(&mut self, ps: &mut PubSub<'_>, channels: Vec<String>) -> redis::RedisResult<()> {
+        if channels.is_empty() {
+            return Ok(());
+        }
+        self.deafen(ps)?;
+        for chunk in channels.chunks(CHANNELS_PER_COMMAND) {
+            ps.subscribe(chunk)?;
+        }
+        self.subscribed.extend(channels);
+        self.ctx
+            .metrics
+            .broker
+            .channels
+            .store(self.subscribed.len() as u64, Relaxed);
+        Ok(())
+    }
+
+    /// Subscribes to what is wanted and not subscribed, and the reverse.
+    fn sync_subscriptions(&mut self, ps: &mut PubSub<'_>) -> redis::RedisResult<()> {
+        let mut want: Vec<String> = Vec::new();
+        for u in &self.users {
+            let c = StreamRef::User(u).channel();
+            if !self.subscribed.contains(&c) {
+                want.push(c);
+            }
+        }
+        for t in self.topics.keys() {
+            let c = StreamRef::Topic(t).channel();
+            if !self.subscribed.contains(&c) {
+                want.push(c);
+            }
+        }
+        let gone: Vec<String> = self
+            .subscribed
+            .iter()
+            .filter(|c| match stream_of_channel(c) {
+                Some(StreamRef::User(u)) => !self.users.contains(u),
+                Some(StreamRef::Topic(t)) => !self.topics.contains_key(t),
+                None => false,
+            })
+            .cloned()
+            .collect();
+        if !gone.is_empty() {
+            self.deafen(ps)?;
+            for chunk in gone.chunks(CHANNELS_PER_COMMAND) {
+                ps.unsubscribe(chunk)?;
+            }
+            for c in &gone {
+                self.subscribed.remove(c);
+            }
+        }
+        self.subscribe(ps, want)
+    }
+
+    /// Applies waiting interest changes; returns the streams to load.
+    fn take_interests(&mut self) -> Vec<Load> {
+        let mut loads = Vec::new();
+        for i in self.interests.try_iter().take(INTERESTS_PER_TURN) {
+            match i {
+                Interest::WatchUser(u) => {
+                    self.users.insert(u.clone());
+                    loads.push(Load::User(u));
+                }
+                Interest::UnwatchUser(u) => {
+                    self.users.remove(&u);
+                }
+                Interest::WatchTopic { shard, topic } => {
+                    let shards = self.topics.entry(Arc::clone(&topic)).or_default();
+                    if !shards.contains(&shard) {
+                        shards.push(shard);
+                    }
+                    loads.push(Load::Topic(topic, vec![shard]));
+                }
+                Interest::UnwatchTopic { shard, topic } => {
+                    if let Some(shards) = self.topics.get_mut(&topic) {
+                        shards.retain(|&s| s != shard);
+                        if shards.is_empty() {
+                            self.topics.remove(&topic);
+                        }
+                    }
+                }
+            }
+        }
+        self.ctx
+            .metrics
+            .broker
+            .streams
+            .store((self.users.len() + self.topics.len()) as u64, Relaxed);
+        loads
+    }
+
+    /// Reads each stream's state in one pipelined round trip and hands it to its shards.
+    fn load(&mut self, cmd: &mut Connection, loads: Vec<Load>) -> redis::RedisResult<()> {
+        for chunk in loads.chunks(512) {
+            let mut pipe = redis::pipe();
+            let now = now_ms();
+            for l in chunk {
+                let s = match l {
+                    Load::User(u) => StreamRef::User(u),
+                    Load::Topic(t, _) => StreamRef::Topic(t),
+                };
+                // A stream never pushed to gets its epoch now, so a client that connects
+                // before the first push resumes across it.
+                pipe.cmd("HSETNX")
+                    .arg(s.meta_key())
+                    .arg("epoch")
+                    .arg(format!("{:016x}", rand::random::<u64>()))
+                    .ignore()
+                    .cmd("PEXPIRE")
+                    .arg(s.meta_key())
+                    .arg(self.meta_ms())
+                    .arg("NX")
+                    .ignore()
+                    .cmd("HMGET")
+                    .arg(s.meta_key())
+                    .arg("seq")
+                    .arg("epoch")
+                    .cmd("LRANGE")
+                    .arg(s.history_key())
+                    .arg(0)
+                    .arg(-1);
+            }
+            let values: Vec<Value> = match pipe.query(cmd) {
+                Ok(v) => v,
+                Err(e) => {
+                    self.fail(chunk_owned(chunk), &format!("Redis is unavailable: {e}"));
+                    return Err(e);
+                }
+            };
+            let mut it = values.into_iter();
+            for l in chunk {
+                let (meta, hist) = (it.next(), it.next());
+                let retention = match l {
+                    Load::User(_) => self.ctx.retention.user_ms,
+                    Load::Topic(..) => self.ctx.retention.topic_ms,
+                };
+                let topic = match l {
+                    Load::User(_) => None,
+                    Load::Topic(t, _) => Some(&**t),
+                };
+                let state = read_state(meta, hist, topic, now.saturating_sub(retention));
+                self.ctx.metrics.broker.loads.fetch_add(1, Relaxed);
+                self.deliver_state(l, state);
+            }
+        }
+        self.shards.wake_pending();
+        Ok(())
+    }
+
+    fn meta_ms(&self) -> u64 {
+        let r = &self.ctx.retention;
+        r.user_ms.max(r.topic_ms).max(86_400_000)
+    }
+
+    fn deliver_state(&mut self, l: &Load, state: Result<StreamState, String>) {
+        match l {
+            Load::User(u) => {
+                let shard = shard_of(u, self.shards.len());
+                self.send(
+                    shard,
+                    Remote::UserLoaded {
+                        user: u.clone(),
+                        state,
+                    },
+                );
+            }
+            Load::Topic(t, shards) => {
+                for &shard in shards {
+                    self.send(
+                        shard,
+                        Remote::TopicLoaded {
+                            topic: Arc::clone(t),
+                            state: state.clone(),
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Tells the shards waiting for these streams that they cannot be loaded now.
+    fn fail(&mut self, loads: Vec<Load>, why: &str) {
+        for l in &loads {
+            self.deliver_state(l, Err(why.to_string()));
+        }
+        self.shards.wake_pending();
+    }
+
+    /// Hands one published message to the shards that serve its stream.
+    fn route(&mut self, msg: &redis::Msg) {
+        let channel = msg.get_channel_name();
+        let Ok(payload) = std::str::from_utf8(msg.get_payload_bytes()) else {
+            return;
+        };
+        let entry = match envelope::parse(payload) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(channel, error = %e, "ignored a foreign message");
+                return;
+            }
+        };
+        self.ctx.metrics.broker.received.fetch_add(1, Relaxed);
+        let accepted_at = accepted_at(entry.ts_ms);
+        if channel == BROADCAST_CHANNEL {
+            let frame = entry.frame(None);
+            for shard in 0..self.shards.len() {
+                self.send(
+                    shard,
+                    Remote::Broadcast {
+                        frame: frame.clone(),
+                        accepted_at,
+                    },
+                );
+            }
+            return;
+        }
+        match stream_of_channel(channel) {
+            Some(StreamRef::User(u)) => {
+                if !self.users.contains(u) {
+                    return;
+                }
+                let shard = shard_of(u, self.shards.len());
+                let m = Remote::UserPush {
+                    user: u.into(),
+                    seq: entry.seq,
+                    epoch: entry.epoch.into(),
+                    frame: entry.frame(None),
+                    accepted_at,
+                };
+                self.send(shard, m);
+            }
+            Some(StreamRef::Topic(t)) => {
+                let Some(shards) = self.topics.get(t).cloned() else {
+                    return;
+                };
+                // Encoded once for the node, shared by its shards.
+                let frame = entry.frame(Some(t));
+                let topic: Arc<str> = t.into();
+                let epoch: Arc<str> = entry.epoch.into();
+                for shard in shards {
+                    self.send(
+                        shard,
+                        Remote::TopicPush {
+                            topic: Arc::clone(&topic),
+                            seq: entry.seq,
+                            epoch: Arc::clone(&epoch),
+                            frame: frame.clone(),
+                            accepted_at,
+                        },
+                    );
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// Sends to a shard, waiting while its queue is full: a published push cannot be
+    /// asked for again, so it waits here (and Redis buffers the channel) rather than drop.
+    fn send(&mut self, shard: usize, mut msg: Remote) {
+        loop {
+            match self.shards.send(shard, msg) {
+                Ok(()) => {
+                    self.busy.store(false, Relaxed);
+                    return;
+                }
+                Err((SendError::Stopped, _)) => return,
+                Err((SendError::Full, back)) => {
+                    msg = back;
+                    self.busy.store(true, Relaxed);
+                    self.shards.wake_pending();
+                    if self.ctx.stop.load(Relaxed) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+}
+
+fn chunk_owned(chunk: &[Load]) -> Vec<Load> {
+    chunk
+        .iter()
+        .map(|l| match l {
+            Load::User(u) => Load::User(u.clone()),
+            Load::Topic(t, s) => Load::Topic(Arc::clone(t), s.clone()),
+        })
+        .collect()
+}
+
+/// The `Instant` a push was accepted at, from its Unix-ms timestamp (clocks of different
+/// nodes: clamped to now).
+fn accepted_at(ts_ms: u64) -> Instant {
+    let age = Duration::from_millis(now_ms().saturating_sub(ts_ms));
+    Instant::now().checked_sub(age).unwrap_or_else(Instant::now)
+}
+
+/// A stream's state from `HMGET seq epoch` and `LRANGE 0 -1`; entries older than
+/// `cutoff_ms` or from another epoch are left out.
+fn read_state(
+    meta: Option<Value>,
+    hist: Option<Value>,
+    topic: Option<&str>,
+    cutoff_ms: u64,
+) -> Result<StreamState, String> {
+    let (seq, epoch): (Option<u64>, Option<String>) = meta
+        .map(redis::from_redis_value)
+        .transpose()
+        .map_err(|e| format!("unexpected stream state in Redis: {e}"))?
+        .unwrap_or((None, None));
+    let epoch = epoch.ok_or("stream without an epoch in Redis")?;
+    let seq = seq.unwrap_or(0);
+    let raw: Vec<Vec<u8>> = hist
+        .map(redis::from_redis_value)
+        .transpose()
+        .map_err(|e| format!("unexpected history in Redis: {e}"))?
+        .unwrap_or_default();
+    let mut entries: Vec<(u64, Bytes)> = Vec::with_capacity(raw.len());
+    for r in &raw {
+        let Ok(text) = std::str::from_utf8(r) else {
+            continue;
+        };
+        let Ok(e) = envelope::parse(text) else {
+            continue;
+        };
+        if e.epoch != epoch || e.ts_ms < cutoff_ms || e.seq > seq {
+            continue;
+        }
+        // Contiguous runs only: a hole means what is before it cannot be replayed.
+        if entries.last().is_some_and(|&(s, _)| s + 1 != e.seq) {
+            entries.clear();
+        }
+        entries.push((e.seq, e.frame(topic)));
+    }
+    // History that does not reach the current seq cannot serve a resume either.
+    if entries.last().is_some_and(|&(s, _)| s != seq) {
+        entries.clear();
+    }
+    Ok(StreamState {
+        seq,
+        epoch,
+        entries,
+    })
+}

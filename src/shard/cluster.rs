@@ -1,0 +1,518 @@
+//! Cluster mode on a shard (docs/protocol.md 5). Redis numbers and keeps every stream;
+//! the shard keeps a copy of the streams it serves, loaded when it starts serving one and
+//! kept current by the pushes the broker hands it.
+//!
+//! - A new user's first session is upgraded at once but gets `welcome` only when the
+//!   user's stream has been loaded: until then it is parked (not read), so `welcome`
+//!   carries the cluster's `seq` and epoch and a resume is answered from Redis history.
+//! - A `subscribe` to a topic this shard does not serve yet parks the connection the same
+//!   way until the topic's stream is loaded.
+//! - A push whose `seq` is not the next one (a missed message, a stream that restarted)
+//!   makes the shard load the stream again; sessions get what they missed, in order, or
+//!   (new epoch) close with 1012 so they resume.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender};
+use rustc_hash::FxBuildHasher;
+
+use super::conn::{PARKED, WAITING_TOPIC};
+use super::{Shard, CHANNEL_BATCH};
+use crate::broker::{Interest, Remote, StreamState};
+use crate::command::Resume;
+use crate::frame::Close;
+use crate::messages;
+
+/// A shard's two ends of its node's broker.
+pub struct ShardCluster {
+    /// Which users and topics the shard serves.
+    pub interest: Sender<Interest>,
+    /// Pushes and stream states from the broker.
+    pub remote: Receiver<Remote>,
+}
+
+/// A session whose `welcome` waits for its user's stream.
+struct Parked {
+    key: u32,
+    resume: Option<Resume>,
+    leftover: Vec<u8>,
+}
+
+/// A `subscribe` whose answer waits for the topic's stream.
+struct PendingSub {
+    key: u32,
+    reference: Option<Box<str>>,
+    resume: Option<(u64, Box<str>)>,
+}
+
+/// A push that arrived while its user's stream was loading.
+struct Buffered {
+    seq: u64,
+    epoch: u64,
+    frame: Bytes,
+    accepted_at: Instant,
+}
+
+/// A user's stream on its way from Redis.
+#[derive(Default)]
+struct UserLoad {
+    parked: Vec<Parked>,
+    buffered: Vec<Buffered>,
+    /// The `(epoch, seq)` the shard had before a reload, to tell sessions what they missed.
+    prior: Option<(u64, u64)>,
+}
+
+/// A served topic's position in its cluster stream.
+struct TopicPos {
+    seq: u64,
+    epoch: Arc<str>,
+}
+
+/// The shard's cluster state.
+pub(super) struct ClusterState {
+    link: ShardCluster,
+    loading_users: HashMap<u32, UserLoad, FxBuildHasher>,
+    loading_topics: HashMap<Arc<str>, Vec<PendingSub>, FxBuildHasher>,
+    topics: HashMap<Arc<str>, TopicPos, FxBuildHasher>,
+}
+
+impl ClusterState {
+    /// The state for a shard linked to its broker.
+    pub(super) fn new(link: ShardCluster) -> ClusterState {
+        ClusterState {
+            link,
+            loading_users: HashMap::default(),
+            loading_topics: HashMap::default(),
+            topics: HashMap::default(),
+        }
+    }
+
+    /// Whether the broker has messages waiting.
+    pub(super) fn has_remote(&self) -> bool {
+        !self.link.remote.is_empty()
+    }
+}
+
+/// The user epoch Redis gave, as the shard keeps it (16 hex digits; 0 means "loading").
+fn user_epoch(e: &str) -> u64 {
+    u64::from_str_radix(e, 16).unwrap_or(1).max(1)
+}
+
+impl Shard {
+    fn interest(&self, i: Interest) {
+        if let Some(c) = &self.cluster {
+            // The broker outlives the shards; a failed send means shutdown.
+            let _ = c.link.interest.send(i);
+        }
+    }
+
+    /// Cluster mode, a session of a user this shard does not serve yet (or is loading):
+    /// returns true when the session was parked until the stream arrives.
+    pub(super) fn park_if_loading(
+        &mut self,
+        key: u32,
+        user: u32,
+        created: bool,
+        resume: Option<Resume>,
+        leftover: Vec<u8>,
+    ) -> Result<(), (Option<Resume>, Vec<u8>)> {
+        let Some(c) = self.cluster.as_mut() else {
+            return Err((resume, leftover));
+        };
+        let Some(entry) = self.users.get_mut(user) else {
+            return Err((resume, leftover));
+        };
+        if created {
+            // Epoch 0 marks "not loaded": Redis epochs are never 0.
+            entry.epoch = 0;
+            // A load left over from an earlier user under the same slab key is void.
+            c.loading_users.remove(&user);
+        }
+        if entry.epoch != 0 {
+            return Err((resume, leftover));
+        }
+        let id = entry.id.clone();
+        let load = c.loading_users.entry(user).or_default();
+        let first = load.parked.is_empty() && load.buffered.is_empty() && load.prior.is_none();
+        load.parked.push(Parked {
+            key,
+            resume,
+            leftover,
+        });
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.flags |= PARKED;
+        }
+        if first || created {
+            self.interest(Interest::WatchUser(id));
+        }
+        Ok(())
+    }
+
+    /// Cluster mode: answers a `subscribe` now when the topic is served here, or parks the
+    /// connection until its stream is loaded. Returns false when it was not handled
+    /// (standalone mode: the caller answers from the local streams).
+    pub(super) fn subscribe_cluster(
+        &mut self,
+        key: u32,
+        topic: &str,
+        resume: Option<(u64, &str)>,
+        reference: Option<&str>,
+    ) -> bool {
+        let Some(c) = self.cluster.as_mut() else {
+            return false;
+        };
+        if let Some(pos) = c.topics.get(topic) {
+            let (seq, epoch) = (pos.seq, Arc::clone(&pos.epoch));
+            self.answer_subscribe(key, topic, seq, &epoch, resume, reference);
+            return true;
+        }
+        let name: Arc<str> = topic.into();
+        let pending = c.loading_topics.entry(Arc::clone(&name)).or_default();
+        let first = pending.is_empty();
+        pending.push(PendingSub {
+            key,
+            reference: reference.map(Into::into),
+            resume: resume.map(|(s, e)| (s, e.into())),
+        });
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.flags |= WAITING_TOPIC;
+        }
+        if first {
+            let shard = self.id;
+            self.interest(Interest::WatchTopic { shard, topic: name });
+        }
+        true
+    }
+
+    /// `subscribed` with the topic's position, then what the client missed.
+    fn answer_subscribe(
+        &mut self,
+        key: u32,
+        topic: &str,
+        seq: u64,
+        epoch: &str,
+        resume: Option<(u64, &str)>,
+        reference: Option<&str>,
+    ) {
+        let mut replay = Vec::new();
+        let resumed = resume.map(|(since, e)| {
+            (since == seq && e == epoch)
+                || self.streams.resume(topic, since, e, self.tick, &mut replay)
+        });
+        let frame = messages::subscribed_frame(topic, seq, epoch, resumed, reference);
+        self.send_frame(key, frame);
+        for f in replay {
+            if !self.deliver(key, f) {
+                break;
+            }
+        }
+    }
+
+    /// Takes what the broker sent, a batch per turn.
+    pub(super) fn take_remote(&mut self) {
+        let Some(c) = self.cluster.as_ref() else {
+            return;
+        };
+        let msgs: Vec<Remote> = c.link.remote.try_iter().take(CHANNEL_BATCH).collect();
+        for m in msgs {
+            match m {
+                Remote::UserPush {
+                    user,
+                    seq,
+                    epoch,
+                    frame,
+                    accepted_at,
+                } => self.remote_user_push(&user, seq, user_epoch(&epoch), frame, accepted_at),
+                Remote::TopicPush {
+                    topic,
+                    seq,
+                    epoch,
+                    frame,
+                    accepted_at,
+                } => self.remote_topic_push(&topic, seq, &epoch, frame, accepted_at),
+                Remote::Broadcast { frame, accepted_at } => {
+                    self.broadcast(&frame, accepted_at, None);
+                }
+                Remote::UserLoaded { user, state } => self.user_loaded(&user, state),
+                Remote::TopicLoaded { topic, state } => self.topic_loaded(&topic, state),
+            }
+        }
+        // Streams this shard stopped serving: the broker may unsubscribe.
+        for id in self.users.take_gone() {
+            self.interest(Interest::UnwatchUser(id));
+        }
+        for name in self.topics.take_gone() {
+            let topic: Arc<str> = name.into();
+            if let Some(c) = self.cluster.as_mut() {
+                c.topics.remove(&topic);
+            }
+            self.streams.forget(&topic);
+            let shard = self.id;
+            self.interest(Interest::UnwatchTopic { shard, topic });
+        }
+    }
+
+    fn remote_user_push(
+        &mut self,
+        user: &str,
+        seq: u64,
+        epoch: u64,
+        frame: Bytes,
+        accepted_at: Instant,
+    ) {
+        let Some(k) = self.users.find(user) else {
+            return;
+        };
+        let Some(u) = self.users.get(k) else {
+            return;
+        };
+        let (cur_epoch, cur_seq) = (u.epoch, u.seq);
+        let loading = cur_epoch == 0;
+        if !loading && epoch == cur_epoch && seq <= cur_seq {
+            return; // Already had it (the load and the channel overlap).
+        }
+        if loading || epoch != cur_epoch || seq != cur_seq + 1 {
+            // Loading, or something was missed: (re)load, and hold this push until then.
+            let reload = !loading;
+            let id = u.id.clone();
+            if let Some(c) = self.cluster.as_mut() {
+                let load = c.loading_users.entry(k).or_default();
+                if reload {
+                    load.prior = Some((cur_epoch, cur_seq));
+                }
+                load.buffered.push(Buffered {
+                    seq,
+                    epoch,
+                    frame,
+                    accepted_at,
+                });
+            }
+            if reload {
+                if let Some(u) = self.users.get_mut(k) {
+                    u.epoch = 0;
+                }
+                self.interest(Interest::WatchUser(id));
+            }
+            return;
+        }
+        self.apply_user_push(k, seq, frame, accepted_at);
+    }
+
+    /// Numbers, keeps and delivers one push that follows the user's current `seq`.
+    fn apply_user_push(&mut self, k: u32, seq: u64, frame: Bytes, accepted_at: Instant) {
+        let Some(u) = self.users.get_mut(k) else {
+            return;
+        };
+        u.seq = seq;
+        let mut targets = std::mem::take(&mut self.targets);
+        targets.clear();
+        targets.extend(
+            u.sessions
+                .iter()
+                .copied()
+                .filter(|&s| self.conns.get(s).is_some_and(|c| c.flags & PARKED == 0)),
+        );
+        self.users.record(k, &frame, self.tick);
+        self.trim_history();
+        let mut sessions = 0;
+        for &key in &targets {
+            sessions += u64::from(self.deliver(key, frame.clone()));
+        }
+        targets.clear();
+        self.targets = targets;
+        self.delivered(sessions, accepted_at);
+    }
+
+    fn user_loaded(&mut self, user: &str, state: Result<StreamState, String>) {
+        let Some(k) = self.users.find(user) else {
+            return;
+        };
+        let load = self
+            .cluster
+            .as_mut()
+            .and_then(|c| c.loading_users.remove(&k))
+            .unwrap_or_default();
+        let Some(u) = self.users.get(k) else {
+            return;
+        };
+        // A load nobody waited for: the broker reconnected and reloads everything.
+        let prior = load
+            .prior
+            .or_else(|| (u.epoch != 0).then_some((u.epoch, u.seq)));
+        let st = match state {
+            Ok(st) => st,
+            Err(e) => {
+                tracing::warn!(user, error = %e, "cannot load a user's stream from Redis");
+                if let (Some((epoch, _)), Some(u)) = (prior, self.users.get_mut(k)) {
+                    u.epoch = epoch;
+                }
+                for p in load.parked {
+                    self.close(p.key, Close::BROKER_UNAVAILABLE);
+                }
+                return;
+            }
+        };
+        let epoch = user_epoch(&st.epoch);
+        let live: Vec<u32> = u
+            .sessions
+            .iter()
+            .copied()
+            .filter(|&s| self.conns.get(s).is_some_and(|c| c.flags & PARKED == 0))
+            .collect();
+        // What the live sessions missed, from the cluster's history.
+        let mut missed: Vec<Bytes> = Vec::new();
+        let mut restart = false;
+        if let Some((old_epoch, old_seq)) = prior {
+            if old_epoch != epoch {
+                restart = old_seq > 0 || st.seq > 0;
+            } else if st.seq > old_seq {
+                let first = st.entries.first().map_or(u64::MAX, |e| e.0);
+                if first > old_seq + 1 {
+                    restart = true; // Not held any more: they cannot be told in order.
+                } else {
+                    missed.extend(
+                        st.entries
+                            .iter()
+                            .filter(|(s, _)| *s > old_seq)
+                            .map(|(_, f)| f.clone()),
+                    );
+                }
+            }
+        }
+        self.users.load(k, st.seq, epoch, &st.entries, self.tick);
+        self.trim_history();
+        for &key in &live {
+            if restart {
+                self.close(key, Close::STREAM_RESTARTED);
+                continue;
+            }
+            for f in &missed {
+                if !self.deliver(key, f.clone()) {
+                    break;
+                }
+            }
+        }
+        for p in load.parked {
+            let parked_here = self
+                .conns
+                .get(p.key)
+                .is_some_and(|c| c.user == k && c.flags & PARKED != 0 && !c.closing());
+            if !parked_here {
+                continue;
+            }
+            if let Some(c) = self.conns.get_mut(p.key) {
+                c.flags &= !PARKED;
+            }
+            self.greet(p.key, p.resume, p.leftover);
+            // Bytes it sent while parked are still in the socket.
+            self.backlog.push(p.key);
+        }
+        let mut buffered = load.buffered;
+        buffered.sort_by_key(|b| b.seq);
+        for b in buffered {
+            let next = self.users.get(k).map(|u| (u.epoch, u.seq + 1));
+            if next == Some((b.epoch, b.seq)) {
+                self.apply_user_push(k, b.seq, b.frame, b.accepted_at);
+            }
+        }
+    }
+
+    fn remote_topic_push(
+        &mut self,
+        topic: &Arc<str>,
+        seq: u64,
+        epoch: &Arc<str>,
+        frame: Bytes,
+        accepted_at: Instant,
+    ) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let Some(pos) = c.topics.get_mut(&**topic) else {
+            return; // Not served here (any more, or not loaded yet: the load covers it).
+        };
+        if *pos.epoch == **epoch && seq <= pos.seq {
+            return;
+        }
+        pos.seq = seq;
+        pos.epoch = Arc::clone(epoch);
+        self.topic_push(topic, seq, epoch, &frame, accepted_at, None);
+    }
+
+    fn topic_loaded(&mut self, topic: &Arc<str>, state: Result<StreamState, String>) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let pending = c.loading_topics.remove(&**topic).unwrap_or_default();
+        let st = match state {
+            Ok(st) => st,
+            Err(e) => {
+                tracing::warn!(topic = &**topic, error = %e, "cannot load a topic's stream from Redis");
+                for p in pending {
+                    // The subscribe fails; the connection goes on.
+                    if let Some(c) = self.conns.get_mut(p.key) {
+                        c.flags &= !WAITING_TOPIC;
+                    }
+                    let err = crate::messages::Refused {
+                        code: "broker_unavailable",
+                        message: format!("cannot subscribe to {topic:?} now: {e}"),
+                    };
+                    self.send_frame(p.key, messages::error_frame(&err, p.reference.as_deref()));
+                    self.backlog.push(p.key);
+                }
+                return;
+            }
+        };
+        let epoch: Arc<str> = st.epoch.as_str().into();
+        // A reload of a topic served here: members get what they missed.
+        let prior = c
+            .topics
+            .get(&**topic)
+            .map(|p| (Arc::clone(&p.epoch), p.seq));
+        c.topics.insert(
+            Arc::clone(topic),
+            TopicPos {
+                seq: st.seq,
+                epoch: Arc::clone(&epoch),
+            },
+        );
+        if let Some((old_epoch, old_seq)) = prior {
+            if *old_epoch == *epoch {
+                let missed: Vec<(u64, Bytes)> = st
+                    .entries
+                    .iter()
+                    .filter(|(s, _)| *s > old_seq)
+                    .cloned()
+                    .collect();
+                let mut members = Vec::new();
+                if let Some(t) = self.topics.find(topic) {
+                    members.extend(self.topics.members(t));
+                }
+                for (_, f) in &missed {
+                    self.fan_out(&members, f, false);
+                }
+            }
+        }
+        self.streams
+            .load(topic, st.seq, &epoch, &st.entries, self.tick);
+        self.trim_history();
+        for p in pending {
+            let here = self
+                .conns
+                .get(p.key)
+                .is_some_and(|c| c.flags & WAITING_TOPIC != 0 && !c.closing());
+            if !here {
+                continue;
+            }
+            if let Some(c) = self.conns.get_mut(p.key) {
+                c.flags &= !WAITING_TOPIC;
+            }
+            let resume = p.resume.as_ref().map(|(s, e)| (*s, &**e));
+            self.answer_subscribe(p.key, topic, st.seq, &epoch, resume, p.reference.as_deref());
+            self.backlog.push(p.key);
+        }
+    }
+}

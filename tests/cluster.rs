@@ -1,0 +1,277 @@
+//! Cluster mode on a real Redis (docs/protocol.md 5): several nodes in this process share
+//! one `redis-server` started per test; pushes go through Redis, are numbered there, reach
+//! every node that serves the user or topic, and resume on any node.
+
+mod common;
+
+use std::time::Duration;
+
+use common::redis_server::RedisServer;
+use common::*;
+use serde_json::{json, Value};
+
+/// A node on `redis`, ready (its publisher reached Redis).
+fn node(redis: &RedisServer, extra: &[&str]) -> TestServer {
+    let url = redis.url();
+    let mut args = vec!["--redis", url.as_str()];
+    args.extend_from_slice(extra);
+    let srv = TestServer::start(&args);
+    let ready = wait_until(WAIT, || srv.api("GET", "/readyz", None).status == 200);
+    assert!(
+        ready,
+        "node never became ready: {}",
+        srv.api("GET", "/readyz", None).text()
+    );
+    srv
+}
+
+fn connect_resume(srv: &TestServer, user: &str, since: u64, epoch: &str) -> Client {
+    Client::connect_with(
+        srv.ws,
+        &format!("/ws?since={since}&epoch={epoch}"),
+        &[("Authorization", &format!("Bearer {}", token(user)))],
+    )
+    .unwrap_or_else(|e| panic!("resume {user}: {e}"))
+}
+
+fn next_push(c: &mut Client) -> Value {
+    let m = c.recv();
+    assert_eq!(m["type"], "push", "expected a push, got {m}");
+    m
+}
+
+fn epoch(c: &Client) -> String {
+    c.welcome["epoch"].as_str().expect("epoch").to_string()
+}
+
+/// Waits until `srv` serves `n` streams (its subscriptions are in place).
+fn wait_streams(srv: &TestServer, n: u64) {
+    srv.wait_stats(&format!("{n} streams served"), |s| {
+        s["cluster"]["broker_streams"].as_u64() == Some(n)
+    });
+}
+
+#[test]
+fn multi_device_across_nodes_gets_every_push_with_the_same_seq() {
+    let redis = RedisServer::start();
+    let a = node(&redis, &[]);
+    let b = node(&redis, &[]);
+    let mut phone = a.connect("alice");
+    let mut laptop = b.connect("alice");
+    assert_eq!(phone.welcome["seq"], 0);
+    assert_eq!(
+        phone.welcome["epoch"], laptop.welcome["epoch"],
+        "one stream in Redis"
+    );
+    wait_streams(&a, 1);
+    wait_streams(&b, 1);
+    for i in 1..=5u64 {
+        // Alternate the node the upstream talks to: numbering is Redis's.
+        let api = if i % 2 == 0 { &a } else { &b };
+        let r = api.push_wait(json!({"user": "alice", "data": {"n": i}}));
+        assert_eq!(r["seq"], i, "{r}");
+        assert_eq!(r["epoch"], phone.welcome["epoch"]);
+    }
+    for c in [&mut phone, &mut laptop] {
+        for i in 1..=5u64 {
+            let p = next_push(c);
+            assert_eq!(p["seq"], i);
+            assert_eq!(p["data"]["n"], i);
+        }
+    }
+    // Another user on node B only: node A is not told.
+    let mut bob = b.connect("bob");
+    wait_streams(&b, 2);
+    a.push_wait(json!({"user": "bob", "data": 1}));
+    assert_eq!(next_push(&mut bob)["seq"], 1);
+    laptop.expect_silence(Duration::from_millis(100));
+    assert_eq!(a.stats()["cluster"]["broker_streams"], 1);
+}
+
+#[test]
+fn resume_on_another_node_from_redis_history() {
+    let redis = RedisServer::start();
+    let a = node(&redis, &[]);
+    let b = node(&redis, &[]);
+    let mut c = a.connect("carol");
+    let e = epoch(&c);
+    wait_streams(&a, 1);
+    for i in 1..=3 {
+        a.push_wait(json!({"user": "carol", "data": i}));
+    }
+    for _ in 1..=3 {
+        next_push(&mut c);
+    }
+    drop(c);
+    // While away (on no node at all once A lets go): kept in Redis.
+    for i in 4..=6 {
+        a.push_wait(json!({"user": "carol", "data": i, "id": format!("p{i}")}));
+    }
+    let mut c = connect_resume(&b, "carol", 3, &e);
+    assert_eq!(c.welcome["resumed"], true, "{}", c.welcome);
+    assert_eq!(c.welcome["seq"], 6);
+    for i in 4..=6u64 {
+        let p = next_push(&mut c);
+        assert_eq!(p["seq"], i);
+        assert_eq!(p["data"], i);
+        assert_eq!(p["id"], format!("p{i}"));
+    }
+    // Live pushes follow the replay with no gap.
+    b.push_wait(json!({"user": "carol", "data": 7}));
+    assert_eq!(next_push(&mut c)["seq"], 7);
+    // A resume from too far back, or another epoch: false, nothing old.
+    let mut d = connect_resume(&a, "carol", 2, "0000000000000001");
+    assert_eq!(d.welcome["resumed"], false);
+    // Node A may not have seen push 7 yet (it follows as a live push then).
+    let seq = d.welcome["seq"].as_u64().unwrap();
+    assert!(seq == 6 || seq == 7, "{}", d.welcome);
+    if seq == 6 {
+        assert_eq!(next_push(&mut d)["seq"], 7);
+    }
+    d.barrier("r");
+}
+
+#[test]
+fn offline_inbox_waits_in_redis_for_a_user_with_no_session_anywhere() {
+    let redis = RedisServer::start();
+    // Node history forgets at once; only Redis keeps the inbox.
+    let a = node(&redis, &["--history-ttl-ms", "1"]);
+    let c = a.connect("dave");
+    let e = epoch(&c);
+    drop(c);
+    a.wait_connections(0);
+    for i in 1..=4 {
+        a.push_wait(json!({"user": "dave", "data": i}));
+    }
+    let b = node(&redis, &[]);
+    let mut c = connect_resume(&b, "dave", 0, &e);
+    assert_eq!(c.welcome["resumed"], true, "{}", c.welcome);
+    for i in 1..=4u64 {
+        assert_eq!(next_push(&mut c)["seq"], i);
+    }
+}
+
+#[test]
+fn duplicate_ids_are_dropped_cluster_wide() {
+    let redis = RedisServer::start();
+    let a = node(&redis, &[]);
+    let b = node(&redis, &[]);
+    let mut c = a.connect("erin");
+    wait_streams(&a, 1);
+    let r1 = a.push_wait(json!({"user": "erin", "data": 1, "id": "order-1"}));
+    assert_eq!(r1["seq"], 1);
+    // The upstream retries on the other node: Redis knows the id.
+    let r2 = b.push_wait(json!({"user": "erin", "data": 1, "id": "order-1"}));
+    assert_eq!(r2, json!({"duplicate": true}));
+    assert_eq!(next_push(&mut c)["seq"], 1);
+    c.expect_silence(Duration::from_millis(150));
+}
+
+#[test]
+fn topics_are_numbered_once_and_resume_on_any_node() {
+    let redis = RedisServer::start();
+    let a = node(&redis, &["--public-topics", "room.*"]);
+    let b = node(&redis, &["--public-topics", "room.*"]);
+    let mut x = a.connect("x");
+    let mut y = b.connect("y");
+    for c in [&mut x, &mut y] {
+        c.send(json!({"type": "subscribe", "topic": "room.1"}));
+        let s = c.recv();
+        assert_eq!(s["type"], "subscribed", "{s}");
+        assert_eq!(s["seq"], 0);
+    }
+    let e = {
+        y.send(json!({"type": "subscribe", "topic": "room.1"}));
+        let s = y.recv();
+        s["epoch"].as_str().unwrap().to_string()
+    };
+    for i in 1..=3u64 {
+        let r = b.push_wait(json!({"topic": "room.1", "data": i}));
+        assert_eq!(r["seq"], i, "{r}");
+    }
+    for c in [&mut x, &mut y] {
+        for i in 1..=3u64 {
+            let p = next_push(c);
+            assert_eq!(
+                (p["topic"].as_str(), p["seq"].as_u64()),
+                (Some("room.1"), Some(i))
+            );
+        }
+    }
+    // A subscriber on a third node resumes from Redis history.
+    let c3 = node(&redis, &["--public-topics", "room.*"]);
+    let mut z = c3.connect("z");
+    z.send(json!({"type": "subscribe", "topic": "room.1", "since": 1, "epoch": e}));
+    let s = z.recv();
+    assert_eq!(s["resumed"], true, "{s}");
+    assert_eq!(s["seq"], 3);
+    assert_eq!(next_push(&mut z)["seq"], 2);
+    assert_eq!(next_push(&mut z)["seq"], 3);
+}
+
+#[test]
+fn broadcast_reaches_every_node() {
+    let redis = RedisServer::start();
+    let a = node(&redis, &[]);
+    let b = node(&redis, &[]);
+    let mut x = a.connect("x");
+    let mut y = b.connect("y");
+    let r = a.push_wait(json!({"broadcast": true, "data": "hi"}));
+    assert_eq!(r["nodes"], 2, "{r}");
+    for c in [&mut x, &mut y] {
+        let p = next_push(c);
+        assert_eq!(p["data"], "hi");
+        assert!(p.get("seq").is_none(), "broadcasts are not numbered: {p}");
+    }
+}
+
+#[test]
+fn stream_ingress_publishes_and_sends_bad_entries_to_the_dlq() {
+    let redis = RedisServer::start();
+    let a = node(&redis, &["--node-id", "node-a"]);
+    let mut c = a.connect("frank");
+    wait_streams(&a, 1);
+    let mut r = redis.conn();
+    let add = |r: &mut redis::Connection, fields: &[(&str, &str)]| -> String {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg("throng:push").arg("*");
+        for (k, v) in fields {
+            cmd.arg(*k).arg(*v);
+        }
+        cmd.query(r).unwrap()
+    };
+    add(&mut r, &[("push", r#"{"user":"frank","data":{"k":1}}"#)]);
+    add(&mut r, &[("push", "not json")]);
+    add(&mut r, &[("other", "x")]);
+    add(&mut r, &[("push", r#"{"data":1}"#)]);
+    add(&mut r, &[("push", r#"{"user":"frank","data":{"k":2}}"#)]);
+    // The bad ones in the middle block nothing behind them.
+    assert_eq!(next_push(&mut c)["data"]["k"], 1);
+    assert_eq!(next_push(&mut c)["data"]["k"], 2);
+    a.wait_stats("3 dead entries", |s| s["cluster"]["stream_dlq"] == 3);
+    let dlq: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg("throng:push:dlq")
+        .arg("-")
+        .arg("+")
+        .query(&mut r)
+        .unwrap();
+    assert_eq!(dlq.len(), 3);
+    let errors: Vec<String> = dlq
+        .iter()
+        .map(|(_, f)| {
+            let get = |k: &str| f.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+            assert_eq!(get("node").as_deref(), Some("node-a"));
+            get("error").unwrap()
+        })
+        .collect();
+    assert!(errors[0].contains("invalid push"), "{errors:?}");
+    assert!(errors[1].contains("no `push` field"), "{errors:?}");
+    assert!(errors[2].contains("target"), "{errors:?}");
+    // Everything was acknowledged: nothing pending in the group.
+    let pending: Vec<redis::Value> = redis::cmd("XPENDING")
+        .arg("throng:push")
+        .arg("throng")
+        .query(&mut r)
+        .unwrap();
+    assert_eq!(pending.first(), Some(&redis::Value::Int(0)), "{pending:?}");
+}
