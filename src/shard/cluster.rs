@@ -248,6 +248,7 @@ impl Shard {
             let topic: Arc<str> = name.into();
             if let Some(c) = self.cluster.as_mut() {
                 c.topics.remove(&topic);
+                c.loading_topics.remove(&topic);
             }
             self.streams.forget(&topic);
             let shard = self.id;
@@ -447,6 +448,10 @@ impl Shard {
             return;
         };
         let pending = c.loading_topics.remove(&**topic).unwrap_or_default();
+        if self.topics.find(topic).is_none() {
+            // Its members left while it loaded: no longer served here (an unwatch is sent).
+            return;
+        }
         let st = match state {
             Ok(st) => st,
             Err(e) => {
@@ -500,10 +505,16 @@ impl Shard {
             .load(topic, st.seq, &epoch, &st.entries, self.tick);
         self.trim_history();
         for p in pending {
-            let here = self
-                .conns
-                .get(p.key)
-                .is_some_and(|c| c.flags & WAITING_TOPIC != 0 && !c.closing());
+            // Still waiting, and still a member (not a reused slot waiting for another).
+            let member = self
+                .topics
+                .find(topic)
+                .is_some_and(|t| self.topics.has_member(t, p.key));
+            let here = member
+                && self
+                    .conns
+                    .get(p.key)
+                    .is_some_and(|c| c.flags & WAITING_TOPIC != 0 && !c.closing());
             if !here {
                 continue;
             }

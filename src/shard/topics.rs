@@ -75,7 +75,14 @@ impl Topics {
         self.entries.get(key as usize).map(|e| &*e.name)
     }
 
-    /// Members of topic `key`.
+    /// Whether `conn` is a member of topic `key`.
+    pub(super) fn has_member(&self, key: u32, conn: u32) -> bool {
+        self.entries
+            .get(key as usize)
+            .is_some_and(|e| e.members.contains(&conn))
+    }
+
+    /// The members of topic `key`.
     pub(super) fn members(&self, key: u32) -> impl Iterator<Item = u32> + '_ {
         self.entries
             .get(key as usize)
