@@ -47,8 +47,14 @@ pub struct PublishCmd {
 /// What a shard asks of the broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Interest {
-    /// This shard now serves the user: subscribe, then load its stream.
-    WatchUser(Box<str>),
+    /// This shard serves the user: subscribe, then load its stream. `fresh`: a new
+    /// user here (counted), not a reload of one already served.
+    WatchUser {
+        /// The user.
+        user: Box<str>,
+        /// Newly served (for the gauge).
+        fresh: bool,
+    },
     /// This shard no longer serves the user.
     UnwatchUser(Box<str>),
     /// Shard `shard` now has members of the topic: subscribe, then load its stream.
@@ -120,6 +126,8 @@ pub enum Remote {
         /// The stream.
         state: Result<StreamState, String>,
     },
+    /// The broker (re)connected: name every user served, with `Interest::WatchUser` (fresh: the count restarts).
+    Resync,
     /// A topic's stream as Redis holds it, or why it could not be read.
     TopicLoaded {
         /// The topic.

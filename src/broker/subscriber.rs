@@ -7,7 +7,7 @@
 //! After a reconnect everything is subscribed again and every stream loaded again, so
 //! shards deliver what their sessions missed while Redis was away.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,15 +41,22 @@ pub(crate) struct Subscriber {
     interests: Receiver<Interest>,
     /// Set while a shard's queue is full, so the stream ingress stops reading.
     busy: Arc<AtomicBool>,
-    /// Users this node serves (each on the shard its id hashes to).
-    users: HashSet<Box<str>>,
-    /// Topics this node serves, with the shards that have members.
+    /// Topics this node serves, with the shards that have members. Users are not kept
+    /// here: the shards know theirs, so a served user costs the broker nothing.
     topics: HashMap<Arc<str>, Vec<usize>>,
-    /// Channels Redis has us subscribed to now.
-    subscribed: HashSet<String>,
+    /// Channels subscribed now (a gauge; Redis keeps the set).
+    channels: u64,
+    /// Users watched now, as the shards counted them (a gauge).
+    users: u64,
     backoff: Duration,
     /// The read timeout set on the pub/sub link now.
     listening: bool,
+}
+
+/// A subscription change, applied in the order the shards asked.
+enum Op {
+    Subscribe(String),
+    Unsubscribe(String),
 }
 
 /// Streams to load after this turn's subscriptions.
@@ -71,9 +78,9 @@ impl Subscriber {
             shards,
             interests,
             busy,
-            users: HashSet::new(),
             topics: HashMap::new(),
-            subscribed: HashSet::new(),
+            channels: 0,
+            users: 0,
             backoff: RECONNECT_MIN,
             listening: false,
         }
@@ -89,7 +96,8 @@ impl Subscriber {
                     self.ctx.metrics.broker.subscriber_up.store(true, Relaxed);
                     let r = self.serve(&mut ps_conn, &mut cmd);
                     self.ctx.metrics.broker.subscriber_up.store(false, Relaxed);
-                    self.subscribed.clear();
+                    self.channels = 0;
+                    self.users = 0;
                     if let Err(e) = r {
                         tracing::warn!(error = %e, "subscriber lost Redis; reconnecting");
                         self.ctx.metrics.broker.errors.fetch_add(1, Relaxed);
@@ -99,7 +107,7 @@ impl Subscriber {
                     tracing::debug!(error = %e, "subscriber cannot reach Redis");
                     // Shards waiting for a stream learn now, so their clients are not
                     // left without `welcome` until Redis is back.
-                    let loads = self.take_interests();
+                    let (_, loads) = self.take_interests();
                     self.fail(loads, &format!("Redis is unavailable: {e}"));
                     pause(self.backoff, &self.ctx.stop);
                     self.backoff = next_backoff(self.backoff);
@@ -112,23 +120,29 @@ impl Subscriber {
     fn serve(&mut self, ps_conn: &mut Connection, cmd: &mut Connection) -> redis::RedisResult<()> {
         let mut ps = ps_conn.as_pubsub();
         self.listening = false;
-        let mut everything = vec![BROADCAST_CHANNEL.to_string()];
-        everything.extend(self.users.iter().map(|u| StreamRef::User(u).channel()));
-        everything.extend(self.topics.keys().map(|t| StreamRef::Topic(t).channel()));
-        self.subscribe(&mut ps, everything)?;
-        let mut reload: Vec<Load> = self.users.iter().map(|u| Load::User(u.clone())).collect();
-        reload.extend(
+        let mut ops = vec![Op::Subscribe(BROADCAST_CHANNEL.to_string())];
+        ops.extend(
             self.topics
-                .iter()
-                .map(|(t, s)| Load::Topic(Arc::clone(t), s.clone())),
+                .keys()
+                .map(|t| Op::Subscribe(StreamRef::Topic(t).channel())),
         );
-        reload.extend(self.take_interests());
-        self.sync_subscriptions(&mut ps)?;
+        self.apply(&mut ps, ops)?;
+        let reload: Vec<Load> = self
+            .topics
+            .iter()
+            .map(|(t, s)| Load::Topic(Arc::clone(t), s.clone()))
+            .collect();
         self.load(cmd, reload)?;
+        // The shards name their users again (each a subscribe and a load, as for a first
+        // session), so nothing they served is left unsubscribed or stale.
+        for shard in 0..self.shards.len() {
+            self.send(shard, Remote::Resync);
+        }
+        self.shards.wake_pending();
         let mut last_ping = Instant::now();
         while !self.ctx.stop.load(Relaxed) {
-            let loads = self.take_interests();
-            self.sync_subscriptions(&mut ps)?;
+            let (ops, loads) = self.take_interests();
+            self.apply(&mut ps, ops)?;
             if !loads.is_empty() {
                 self.load(cmd, loads)?;
             }
@@ -167,74 +181,76 @@ impl Subscriber {
         Ok(())
     }
 
-    fn subscribe(&mut self, ps: &mut PubSub<'_>, channels: Vec<String>) -> redis::RedisResult<()> {
-        if channels.is_empty() {
+    /// Sends subscription changes in order, consecutive ones of a kind in one command
+    /// (Redis applies them in order, so a user who left and came back ends subscribed).
+    fn apply(&mut self, ps: &mut PubSub<'_>, ops: Vec<Op>) -> redis::RedisResult<()> {
+        if ops.is_empty() {
             return Ok(());
         }
         self.deafen(ps)?;
-        for chunk in channels.chunks(CHANNELS_PER_COMMAND) {
-            ps.subscribe(chunk)?;
+        let mut run: Vec<String> = Vec::new();
+        let mut subscribing = true;
+        for op in ops {
+            let (sub, channel) = match op {
+                Op::Subscribe(c) => (true, c),
+                Op::Unsubscribe(c) => (false, c),
+            };
+            if sub != subscribing || run.len() >= CHANNELS_PER_COMMAND {
+                self.flush_run(ps, subscribing, &mut run)?;
+                subscribing = sub;
+            }
+            run.push(channel);
         }
-        self.subscribed.extend(channels);
+        self.flush_run(ps, subscribing, &mut run)?;
         self.ctx
             .metrics
             .broker
             .channels
-            .store(self.subscribed.len() as u64, Relaxed);
+            .store(self.channels, Relaxed);
         Ok(())
     }
 
-    /// Subscribes to what is wanted and not subscribed, and the reverse.
-    fn sync_subscriptions(&mut self, ps: &mut PubSub<'_>) -> redis::RedisResult<()> {
-        let mut want: Vec<String> = Vec::new();
-        for u in &self.users {
-            let c = StreamRef::User(u).channel();
-            if !self.subscribed.contains(&c) {
-                want.push(c);
-            }
+    fn flush_run(
+        &mut self,
+        ps: &mut PubSub<'_>,
+        subscribing: bool,
+        run: &mut Vec<String>,
+    ) -> redis::RedisResult<()> {
+        if run.is_empty() {
+            return Ok(());
         }
-        for t in self.topics.keys() {
-            let c = StreamRef::Topic(t).channel();
-            if !self.subscribed.contains(&c) {
-                want.push(c);
-            }
+        if subscribing {
+            ps.subscribe(&run[..])?;
+            self.channels += run.len() as u64;
+        } else {
+            ps.unsubscribe(&run[..])?;
+            self.channels = self.channels.saturating_sub(run.len() as u64);
         }
-        let gone: Vec<String> = self
-            .subscribed
-            .iter()
-            .filter(|c| match stream_of_channel(c) {
-                Some(StreamRef::User(u)) => !self.users.contains(u),
-                Some(StreamRef::Topic(t)) => !self.topics.contains_key(t),
-                None => false,
-            })
-            .cloned()
-            .collect();
-        if !gone.is_empty() {
-            self.deafen(ps)?;
-            for chunk in gone.chunks(CHANNELS_PER_COMMAND) {
-                ps.unsubscribe(chunk)?;
-            }
-            for c in &gone {
-                self.subscribed.remove(c);
-            }
-        }
-        self.subscribe(ps, want)
+        run.clear();
+        Ok(())
     }
 
-    /// Applies waiting interest changes; returns the streams to load.
-    fn take_interests(&mut self) -> Vec<Load> {
+    /// Takes waiting interest changes: the subscription changes in order, and the streams
+    /// to load once they are applied.
+    fn take_interests(&mut self) -> (Vec<Op>, Vec<Load>) {
+        let mut ops = Vec::new();
         let mut loads = Vec::new();
         for i in self.interests.try_iter().take(INTERESTS_PER_TURN) {
             match i {
-                Interest::WatchUser(u) => {
-                    self.users.insert(u.clone());
+                Interest::WatchUser { user: u, fresh } => {
+                    ops.push(Op::Subscribe(StreamRef::User(&u).channel()));
+                    self.users += u64::from(fresh);
                     loads.push(Load::User(u));
                 }
                 Interest::UnwatchUser(u) => {
-                    self.users.remove(&u);
+                    ops.push(Op::Unsubscribe(StreamRef::User(&u).channel()));
+                    self.users = self.users.saturating_sub(1);
                 }
                 Interest::WatchTopic { shard, topic } => {
                     let shards = self.topics.entry(Arc::clone(&topic)).or_default();
+                    if shards.is_empty() {
+                        ops.push(Op::Subscribe(StreamRef::Topic(&topic).channel()));
+                    }
                     if !shards.contains(&shard) {
                         shards.push(shard);
                     }
@@ -245,6 +261,7 @@ impl Subscriber {
                         shards.retain(|&s| s != shard);
                         if shards.is_empty() {
                             self.topics.remove(&topic);
+                            ops.push(Op::Unsubscribe(StreamRef::Topic(&topic).channel()));
                         }
                     }
                 }
@@ -254,8 +271,8 @@ impl Subscriber {
             .metrics
             .broker
             .streams
-            .store((self.users.len() + self.topics.len()) as u64, Relaxed);
-        loads
+            .store(self.users + self.topics.len() as u64, Relaxed);
+        (ops, loads)
     }
 
     /// Reads each stream's state in one pipelined round trip and hands it to its shards.
@@ -385,9 +402,7 @@ impl Subscriber {
         }
         match stream_of_channel(channel) {
             Some(StreamRef::User(u)) => {
-                if !self.users.contains(u) {
-                    return;
-                }
+                // A message for a user the shard has let go of is ignored there.
                 let shard = shard_of(u, self.shards.len());
                 let m = Remote::UserPush {
                     user: u.into(),

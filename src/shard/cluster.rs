@@ -146,7 +146,10 @@ impl Shard {
             conn.flags |= PARKED;
         }
         if first || created {
-            self.interest(Interest::WatchUser(id));
+            self.interest(Interest::WatchUser {
+                user: id,
+                fresh: created,
+            });
         }
         Ok(())
     }
@@ -237,6 +240,16 @@ impl Shard {
                     self.broadcast(&frame, accepted_at, None);
                 }
                 Remote::UserLoaded { user, state } => self.user_loaded(&user, state),
+                Remote::Resync => {
+                    // Each user again: subscribed and reloaded, sessions told what they missed.
+                    let ids: Vec<Box<str>> = self.users.ids().map(Into::into).collect();
+                    for id in ids {
+                        self.interest(Interest::WatchUser {
+                            user: id,
+                            fresh: true,
+                        });
+                    }
+                }
                 Remote::TopicLoaded { topic, state } => self.topic_loaded(&topic, state),
             }
         }
@@ -295,7 +308,10 @@ impl Shard {
                 if let Some(u) = self.users.get_mut(k) {
                     u.epoch = 0;
                 }
-                self.interest(Interest::WatchUser(id));
+                self.interest(Interest::WatchUser {
+                    user: id,
+                    fresh: false,
+                });
             }
             return;
         }

@@ -150,6 +150,11 @@ impl Users {
         }
     }
 
+    /// The ids of every user held, online or retained.
+    pub(super) fn ids(&self) -> impl Iterator<Item = &str> + '_ {
+        self.by_id.keys().map(|k| &**k)
+    }
+
     /// The user key for `id`, when online or retained here.
     pub(super) fn find(&self, id: &str) -> Option<u32> {
         self.by_id.get(id).copied()
