@@ -28,6 +28,12 @@ pub enum Cmd {
     Churn(ChurnArgs),
     /// Ramp connections up step by step, measuring memory and push latency per step.
     Capacity(CapacityArgs),
+    /// Push to users (and --topics) while a share of the connections drop abruptly and
+    /// resume with since/epoch; prove nothing went missing or came twice (exit 1 if so).
+    Resume(ResumeArgs),
+    /// Drain the server at --url (POST /v1/drain on --api) while its clients follow the
+    /// reconnect hints to --reconnect-url; report the reconnect curve and delivery there.
+    Deploy(DeployArgs),
 }
 
 /// Flags of `connect`, shared by `push` and `churn`.
@@ -141,6 +147,42 @@ pub struct ChurnArgs {
     /// Share of the connections that churn (0 < F <= 1), a fixed subset by connection number.
     #[arg(long, default_value_t = 0.2)]
     pub churn_fraction: f64,
+}
+
+/// Flags of `resume`: `churn`'s flags (the drop pace and share) plus the topic push rate.
+#[derive(Args, Debug, Clone)]
+pub struct ResumeArgs {
+    #[command(flatten)]
+    pub churn: ChurnArgs,
+    /// Topic pushes per second (in all, spread over --topics) alongside the user pushes.
+    #[arg(long, default_value_t = 10.0)]
+    pub topic_rate: f64,
+    /// How long a dropped connection stays away before it reconnects, in ms.
+    #[arg(long, default_value_t = 200)]
+    pub offline_ms: u64,
+}
+
+/// Flags of `deploy`: `push`'s flags (--api is the drained server's API) plus the second
+/// server and the clients' jitter.
+#[derive(Args, Debug, Clone)]
+pub struct DeployArgs {
+    #[command(flatten)]
+    pub push: PushArgs,
+    /// WebSocket URL of the server the clients move to.
+    #[arg(long)]
+    pub reconnect_url: String,
+    /// Push API of the server the clients move to (the pushes after the move go there).
+    #[arg(long)]
+    pub reconnect_api: String,
+    /// Topic pushes per second (in all, spread over --topics) alongside the user pushes.
+    #[arg(long, default_value_t = 10.0)]
+    pub topic_rate: f64,
+    /// Most jitter (ms) a client adds to its hint's after_ms before reconnecting.
+    #[arg(long, default_value_t = 100)]
+    pub jitter_ms: u64,
+    /// How long all clients may take to reach the second server after the drain begins.
+    #[arg(long, default_value_t = 120.0)]
+    pub move_timeout_secs: f64,
 }
 
 /// Flags of `capacity`: a ramp of connection steps with a push probe per step.
@@ -395,6 +437,69 @@ pub fn validate_churn(ch: &ChurnArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks what `resume` and `deploy` share: one process, user pushes, a topic rate.
+fn validate_streams(p: &PushArgs, topic_rate: f64) -> Result<(), String> {
+    if p.conn.procs != 1 || p.conn.worker {
+        return Err(
+            "--procs must be 1 for resume and deploy: every connection's streams are \
+             tracked in one process (10,000 connections fit in one)"
+                .into(),
+        );
+    }
+    if p.target != Target::User {
+        return Err(format!(
+            "--target {} does not apply: resume and deploy push to users, and to --topics \
+             at --topic-rate",
+            p.target.name()
+        ));
+    }
+    if !(topic_rate >= 0.0 && topic_rate.is_finite()) {
+        return Err(format!(
+            "--topic-rate must be a number of pushes per second, not negative (got {topic_rate})"
+        ));
+    }
+    check_min_rate("--topic-rate", topic_rate, false)?;
+    if p.count.is_some() && p.duration_secs <= 0.0 && topic_rate > 0.0 && !p.conn.topics.is_empty()
+    {
+        return Err("--topic-rate needs --duration-secs (the topic pushes run for it)".into());
+    }
+    Ok(())
+}
+
+/// Checks the resume flags.
+pub fn validate_resume(a: &ResumeArgs) -> Result<(), String> {
+    validate_churn(&a.churn)?;
+    if a.offline_ms > MAX_PAUSE_MS {
+        return Err(format!(
+            "--offline-ms must be at most {MAX_PAUSE_MS} (got {})",
+            a.offline_ms
+        ));
+    }
+    validate(&a.churn.push.conn, Some(&a.churn.push))?;
+    validate_streams(&a.churn.push, a.topic_rate)
+}
+
+/// The longest jitter (deploy) or offline time (resume) a client may take (a minute).
+const MAX_PAUSE_MS: u64 = 60_000;
+
+/// Checks the deploy flags.
+pub fn validate_deploy(a: &DeployArgs) -> Result<(), String> {
+    validate(&a.push.conn, Some(&a.push))?;
+    validate_streams(&a.push, a.topic_rate)?;
+    crate::util::parse_url(&a.reconnect_url, "ws", 80)
+        .map_err(|e| format!("--reconnect-url: {e}"))?;
+    crate::util::parse_url(&a.reconnect_api, "http", 80)
+        .map_err(|e| format!("--reconnect-api: {e}"))?;
+    if a.jitter_ms > MAX_PAUSE_MS {
+        return Err(format!(
+            "--jitter-ms must be at most {MAX_PAUSE_MS} (got {})",
+            a.jitter_ms
+        ));
+    }
+    check_secs("--move-timeout-secs", a.move_timeout_secs)?;
+    Ok(())
+}
+
 /// Checks the capacity flags.
 pub fn validate_capacity(a: &CapacityArgs) -> Result<(), String> {
     if a.target == 0 {
@@ -445,7 +550,36 @@ mod tests {
                 validate_capacity(a)?;
                 validate(&a.connect_args(), None)
             }
+            Cmd::Resume(a) => validate_resume(a),
+            Cmd::Deploy(a) => validate_deploy(a),
         }
+    }
+
+    #[test]
+    fn resume_and_deploy_flags_are_checked() {
+        check(&["resume", "--topics", "a,b", "--topic-rate", "5"]).unwrap();
+        let d = [
+            "deploy",
+            "--reconnect-url",
+            "ws://127.0.0.1:9/ws",
+            "--reconnect-api",
+            "http://127.0.0.1:10",
+        ];
+        check(&d).unwrap();
+        err(&["resume", "--procs", "2"], "--procs");
+        err(
+            &["resume", "--target", "topic", "--topics", "a"],
+            "--target",
+        );
+        err(&["resume", "--topic-rate", "nan"], "--topic-rate");
+        err(&["resume", "--churn-fraction", "0"], "--churn-fraction");
+        err(&["resume", "--offline-ms", "99999999"], "--offline-ms");
+        let mut bad = d.to_vec();
+        bad[2] = "http://x/ws";
+        err(&bad, "--reconnect-url");
+        let mut j = d.to_vec();
+        j.extend(["--jitter-ms", "99999999"]);
+        err(&j, "--jitter-ms");
     }
 
     fn err(args: &[&str], flag: &str) {

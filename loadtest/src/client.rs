@@ -19,8 +19,9 @@ use sha1::{Digest, Sha1};
 use slab::Slab;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::borrow::Cow;
+use std::cmp::Reverse;
 use std::collections::HashMap;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -99,6 +100,9 @@ pub struct ClientCfg {
     pub target: Option<Target>,
     /// Set in churn mode.
     pub churn: Option<ChurnCfg>,
+    /// Set in the `resume` and `deploy` scenarios: every connection number tracks its
+    /// streams across its sockets (see [`crate::resume`]).
+    pub streams: Option<crate::resume::StreamsCfg>,
 }
 
 impl ClientCfg {
@@ -158,6 +162,12 @@ pub struct Shared {
     pub step: AtomicUsize,
     /// Connect failures by cause so far (the capacity ramp reads them between steps).
     pub connect_errors: Mutex<BTreeMap<String, u64>>,
+    /// Topic pushes accepted by the API, per `--topics` entry (resume and deploy).
+    pub accepted_topic: Vec<AtomicU64>,
+    /// Microseconds since `start` when the deploy scenario asked for the drain (0: not yet).
+    pub drain_at_us: AtomicU64,
+    /// Connections now open on the deploy scenario's second server.
+    pub moved_open: AtomicU64,
 }
 
 impl Shared {
@@ -188,7 +198,16 @@ impl Shared {
             churn_reconnects: AtomicU64::new(0),
             step: AtomicUsize::new(NO_STEP),
             connect_errors: Mutex::new(BTreeMap::new()),
+            accepted_topic: Vec::new(),
+            drain_at_us: AtomicU64::new(0),
+            moved_open: AtomicU64::new(0),
         }
+    }
+
+    /// Adds one accepted-push counter per topic.
+    pub fn with_topics(mut self, topics: usize) -> Self {
+        self.accepted_topic = (0..topics).map(|_| AtomicU64::new(0)).collect();
+        self
     }
 
     /// Connect failures by cause so far.
@@ -248,6 +267,8 @@ pub struct ThreadOut {
     pub churned_receivers: u64,
     /// Push-to-client latency per capacity step.
     pub step_latency: Vec<Histogram<u64>>,
+    /// Resume and deploy: what every tracked stream got.
+    pub delivery: crate::resume::Totals,
 }
 
 impl ThreadOut {
@@ -270,6 +291,7 @@ impl ThreadOut {
             churn_reconnect_errors: BTreeMap::new(),
             churned_receivers: 0,
             step_latency: Vec::new(),
+            delivery: crate::resume::Totals::default(),
         }
     }
 
@@ -313,6 +335,7 @@ impl ThreadOut {
         for (dst, src) in self.step_latency.iter_mut().zip(&o.step_latency) {
             let _ = dst.add(src);
         }
+        self.delivery.merge(&o.delivery);
     }
 }
 
@@ -375,6 +398,8 @@ const F_RECONNECT: u8 = 2;
 const F_CHURN_CLOSING: u8 = 4;
 /// The fragmented message in `frag` is binary (not a push).
 const F_FRAG_BINARY: u8 = 8;
+/// This socket goes to the deploy scenario's second server.
+const F_SECOND: u8 = 16;
 
 /// How a connection ended: `None` is a clean close.
 type End = Option<String>;
@@ -400,6 +425,13 @@ struct Msg<'a> {
     data: Option<PushData>,
     #[serde(borrow)]
     code: Option<Cow<'a, str>>,
+    /// `welcome` and `subscribed`: the stream's epoch.
+    #[serde(borrow)]
+    epoch: Option<Cow<'a, str>>,
+    /// `welcome` and `subscribed` after a `since`/`epoch`.
+    resumed: Option<bool>,
+    /// `reconnect`: when the server will close this connection.
+    after_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -434,6 +466,10 @@ struct Ctx {
     reopen: Vec<u64>,
     /// Sockets opened so far by this thread (the next `Conn::incarnation`).
     opened: u32,
+    /// Resume and deploy: each connection number's streams, kept across its sockets.
+    book: Option<Box<crate::resume::Book>>,
+    /// Connection numbers to reconnect at a time of their own (after a drain hint).
+    later: BinaryHeap<Reverse<(Instant, u32)>>,
 }
 
 /// Starts the event loop threads; each returns what it measured once closed.
@@ -486,6 +522,11 @@ fn run_thread(tid: usize, cfg: Arc<ClientCfg>, sh: Arc<Shared>) -> ThreadOut {
         churn_keys: HashMap::new(),
         reopen: Vec::new(),
         opened: 0,
+        book: cfg
+            .streams
+            .as_ref()
+            .map(|s| Box::new(crate::resume::Book::new(s, cfg.topics.len()))),
+        later: BinaryHeap::new(),
     };
     let mut churn = crate::churn::Pacer::new(&cfg, tid);
     let mut churn_deadlines: VecDeque<Deadline> = VecDeque::new();
@@ -546,6 +587,10 @@ fn run_thread(tid: usize, cfg: Arc<ClientCfg>, sh: Arc<Shared>) -> ThreadOut {
                 let Some(key) = pick else {
                     break;
                 };
+                if ctx.cfg.streams.as_ref().is_some_and(|s| s.abrupt_churn) {
+                    drop_abruptly(&mut conns, key, &poll, &mut ctx);
+                    continue;
+                }
                 let c = &mut conns[key];
                 let inc = c.incarnation;
                 match churn_close(c, &mut ctx) {
@@ -582,7 +627,19 @@ fn run_thread(tid: usize, cfg: Arc<ClientCfg>, sh: Arc<Shared>) -> ThreadOut {
                 _ => None,
             },
         );
+        while let Some(&Reverse((at, g))) = ctx.later.peek() {
+            if at > now || ctx.closing {
+                break;
+            }
+            ctx.later.pop();
+            if let Some((key, inc)) = open(&mut conns, &poll, &mut ctx, g as u64, true) {
+                deadlines.push_back((Instant::now() + cfg.handshake_timeout, key, inc));
+            }
+        }
         let mut timeout = Duration::from_millis(100);
+        if let Some(&Reverse((at, _))) = ctx.later.peek() {
+            timeout = timeout.min(at.saturating_duration_since(now));
+        }
         if !ctx.closing && next_g < limit() {
             timeout = timeout.min(due(next_g).saturating_duration_since(now));
         }
@@ -618,7 +675,40 @@ fn run_thread(tid: usize, cfg: Arc<ClientCfg>, sh: Arc<Shared>) -> ThreadOut {
     for c in conns.drain() {
         ctx.finish(c, Some("aborted".into()));
     }
+    if let Some(book) = ctx.book.take() {
+        ctx.out.delivery = book.finish(&sh, &cfg);
+    }
     ctx.out
+}
+
+/// Drops open connection `key` the way a lost network does, without a Close frame: the
+/// socket is closed with SO_LINGER 0 (a TCP reset), and the connection number reconnects
+/// with `since`/`epoch` once its offline time has passed (resume scenario).
+fn drop_abruptly(conns: &mut Slab<Conn>, key: usize, poll: &Poll, ctx: &mut Ctx) {
+    let mut c = conns.remove(key);
+    let _ = poll.registry().deregister(&mut c.stream);
+    let _ = socket2::SockRef::from(&c.stream).set_linger(Some(Duration::ZERO));
+    let sh = &ctx.sh;
+    ctx.churn_keys.remove(&c.serial);
+    ctx.out.churn_disconnects += 1;
+    sh.churn_inflight.fetch_add(1, Relaxed);
+    sh.open_now.fetch_sub(1, Relaxed);
+    if c.flags & F_CHURNED == 0 {
+        ctx.out.churned_receivers += 1;
+        sh.stable_open.fetch_sub(1, Relaxed);
+        let u = c.serial as u64 / ctx.cfg.sessions_per_user.max(1);
+        if let Some(s) = sh.user_sessions.get(u as usize) {
+            s.fetch_sub(1, Relaxed);
+        }
+    }
+    let offline = ctx
+        .cfg
+        .streams
+        .as_ref()
+        .map_or(Duration::ZERO, |s| s.offline);
+    ctx.later
+        .push(Reverse((Instant::now() + offline, c.serial)));
+    // dropping `c` resets the connection
 }
 
 /// A report label for an I/O error: `connection_refused`, `io_broken_pipe`, never a debug
@@ -693,7 +783,14 @@ fn open(
         ctx.handshake_failed(reconnect, &cause);
         None
     };
-    let addr = cfg.url.addr;
+    let (url, query, second) = match ctx.book.as_deref() {
+        Some(b) => {
+            let (url, second) = b.url_for(g as u32, &cfg.url);
+            (url, b.user_query(g as u32), second)
+        }
+        None => (&cfg.url, None, false),
+    };
+    let addr = url.addr;
     let domain = if addr.is_ipv4() {
         Domain::IPV4
     } else {
@@ -756,11 +853,16 @@ fn open(
     };
     let key16: [u8; 16] = rand::rng().random();
     let ws_key = base64::engine::general_purpose::STANDARD.encode(key16);
+    let path = match query {
+        Some(q) if url.path.contains('?') => format!("{}&{q}", url.path),
+        Some(q) => format!("{}?{q}", url.path),
+        None => url.path.clone(),
+    };
     let req = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {ws_key}\r\nSec-WebSocket-Version: 13\r\n\
          Authorization: Bearer {token}\r\n\r\n",
-        cfg.url.path, cfg.url.authority
+        url.authority
     );
     let serial = g as u32;
     let incarnation = ctx.opened;
@@ -787,7 +889,7 @@ fn open(
             F_CHURNED | F_RECONNECT
         } else {
             0
-        },
+        } | if second { F_SECOND } else { 0 },
     });
     Some((key, incarnation))
 }
@@ -1070,6 +1172,9 @@ fn on_message(c: &mut Conn, text: &[u8], ctx: &mut Ctx) -> Result<(), End> {
                 topic: m.topic,
                 data: None,
                 code: None,
+                epoch: None,
+                resumed: None,
+                after_ms: None,
             },
             Err(_) => {
                 bump(&mut ctx.out.server_errors, "unparsable_message");
@@ -1102,12 +1207,45 @@ fn on_message(c: &mut Conn, text: &[u8], ctx: &mut Ctx) -> Result<(), End> {
                     s.fetch_add(1, Relaxed);
                 }
             }
-            for t in ctx.cfg.topics.iter() {
-                let m = format!(
-                    "{{\"type\":\"subscribe\",\"topic\":{}}}",
-                    serde_json::to_string(t).unwrap_or_default()
-                );
+            if let Some(b) = ctx.book.as_deref_mut() {
+                let epoch = msg.epoch.as_deref().unwrap_or("");
+                b.on_welcome(c.serial, c.welcome_seq, epoch, msg.resumed);
+                if c.flags & F_SECOND != 0 {
+                    sh.moved_open.fetch_add(1, Relaxed);
+                    let drain_at = sh.drain_at_us.load(Relaxed);
+                    b.count_move(sh.since_start_us().saturating_sub(drain_at));
+                }
+            }
+            for (i, t) in ctx.cfg.topics.iter().enumerate() {
+                let m = match ctx.book.as_deref() {
+                    Some(b) => b.subscribe_msg(c.serial, i, t),
+                    None => crate::resume::subscribe_json(t, None),
+                };
                 send_frame(c, OP_TEXT, m.as_bytes());
+            }
+        }
+        "push" if ctx.book.is_some() && matches!(c.state, State::Open | State::Closing(_)) => {
+            let sh = &ctx.sh;
+            sh.push_received.fetch_add(1, Relaxed);
+            let topic = msg.topic.as_deref();
+            let first = match (ctx.book.as_deref_mut(), msg.seq) {
+                (Some(b), Some(seq)) => b.on_push(c.serial, topic, seq, &ctx.cfg.topics),
+                _ => {
+                    ctx.out.unnumbered += 1;
+                    false
+                }
+            };
+            if first {
+                sh.push_unique.fetch_add(1, Relaxed);
+            }
+            if let Some(t) = msg.data.and_then(|d| d.t) {
+                util::record(&mut ctx.out.latency, util::now_us().saturating_sub(t));
+            }
+            sh.last_recv_us.fetch_max(sh.since_start_us(), Relaxed);
+        }
+        "reconnect" => {
+            if let Some(b) = ctx.book.as_deref_mut() {
+                b.on_hint(c.serial, msg.after_ms.unwrap_or(0));
             }
         }
         "push" if matches!(c.state, State::Open | State::Closing(_)) => {
@@ -1142,6 +1280,11 @@ fn on_message(c: &mut Conn, text: &[u8], ctx: &mut Ctx) -> Result<(), End> {
         }
         "subscribed" => {
             ctx.sh.subscribed.fetch_add(1, Relaxed);
+            if let (Some(b), Some(topic)) = (ctx.book.as_deref_mut(), msg.topic.as_deref()) {
+                let epoch = msg.epoch.as_deref().unwrap_or("");
+                let seq = msg.seq.unwrap_or(0);
+                b.on_subscribed(c.serial, topic, seq, epoch, msg.resumed, &ctx.cfg.topics);
+            }
         }
         "error" => {
             let code = msg.code.as_deref().unwrap_or("unknown");
@@ -1181,6 +1324,13 @@ fn begin_close(conns: &mut Slab<Conn>, poll: &Poll, ctx: &mut Ctx) {
         let mut c = conns.remove(key);
         let _ = poll.registry().deregister(&mut c.stream);
         ctx.finish(c, Some(cause));
+    }
+    // Reconnects still waiting for their time will not happen now.
+    for Reverse((_, g)) in std::mem::take(&mut ctx.later) {
+        ctx.sh.churn_inflight.fetch_sub(1, Relaxed);
+        if let Some(b) = ctx.book.as_deref_mut() {
+            b.not_reconnected(g);
+        }
     }
     // Receivers the server dropped are judged against the same final counts.
     for (u, st) in std::mem::take(&mut ctx.lost) {
@@ -1254,6 +1404,21 @@ impl Ctx {
                     end.as_deref().unwrap_or("closed"),
                 );
             }
+            State::Open
+                if !self.closing
+                    && self
+                        .book
+                        .as_deref()
+                        .is_some_and(|b| b.follows_drain(end.as_deref())) =>
+            {
+                // A draining server's turn for this connection: reconnect elsewhere when
+                // its hint says, plus jitter.
+                if let Some(b) = self.book.as_deref_mut() {
+                    let at = b.on_drain_close(c.serial, Instant::now());
+                    self.later.push(Reverse((at, c.serial)));
+                    sh.churn_inflight.fetch_add(1, Relaxed);
+                }
+            }
             State::Open => {
                 bump(
                     &mut self.out.disconnects,
@@ -1285,6 +1450,9 @@ impl Ctx {
             },
         }
         if was_open {
+            if c.flags & F_SECOND != 0 {
+                sh.moved_open.fetch_sub(1, Relaxed);
+            }
             sh.open_now.fetch_sub(1, Relaxed);
             if counted {
                 sh.stable_open.fetch_sub(1, Relaxed);
@@ -1376,6 +1544,7 @@ mod tests {
             close_timeout: Duration::from_secs(1),
             target: Some(Target::User),
             churn: None,
+            streams: None,
         };
         Ctx {
             cfg: Arc::new(cfg),
@@ -1387,6 +1556,8 @@ mod tests {
             churn_keys: HashMap::new(),
             reopen: Vec::new(),
             opened: 0,
+            book: None,
+            later: BinaryHeap::new(),
         }
     }
 

@@ -49,6 +49,18 @@ impl Local {
         ch: Option<&ChurnArgs>,
         gated: bool,
     ) -> Result<Local, String> {
+        Local::start_with(c, p, ch, gated, None)
+    }
+
+    /// [`Local::start`], tracking streams across reconnects when `streams` is given
+    /// (resume and deploy); their own accounting then replaces the push completeness.
+    pub fn start_with(
+        c: &ConnectArgs,
+        p: Option<&PushArgs>,
+        ch: Option<&ChurnArgs>,
+        gated: bool,
+        streams: Option<crate::resume::StreamsCfg>,
+    ) -> Result<Local, String> {
         check_nofile(c.connections, p.map_or(0, |p| p.api_concurrency as u64))?;
         let url = util::parse_url(&c.url, "ws", 80)?;
         let source_ips = match &c.source_ips {
@@ -74,13 +86,14 @@ impl Local {
             token_ttl_secs: c.token_ttl_secs,
             handshake_timeout: secs(c.handshake_timeout_secs),
             close_timeout: secs(c.close_timeout_secs),
-            target: p.map(|p| p.target),
+            target: p.map(|p| p.target).filter(|_| streams.is_none()),
             churn: ch.map(|ch| ChurnCfg {
                 rate: ch.churn_rate,
                 fraction: ch.churn_fraction,
             }),
+            streams,
         });
-        let sh = Arc::new(Shared::new(cfg.num_users()));
+        let sh = Arc::new(Shared::new(cfg.num_users()).with_topics(cfg.topics.len()));
         if gated {
             sh.allowed.store(0, Relaxed);
         }
@@ -179,15 +192,22 @@ impl Local {
     /// Runs the push driver to its end; with `churn`, churn cycles run meanwhile.
     /// `full_sessions` restricts direct pushes to users whose sessions are all open.
     pub fn push(&mut self, p: &PushArgs, churn: bool, full_sessions: Option<u32>) -> PushOut {
-        let api = match util::parse_url(&p.api, "http", 80) {
-            Ok(u) => u,
+        let mut cfg = match self.push_cfg(p) {
+            Ok(c) => c,
             Err(e) => {
                 let mut o = PushOut::new();
                 o.errors.insert(format!("bad_api_url: {e}"), 1);
                 return o;
             }
         };
-        let cfg = Arc::new(PushCfg {
+        cfg.full_sessions = full_sessions;
+        self.push_all(vec![cfg], churn)
+    }
+
+    /// The push driver's settings for `p` on these connections.
+    pub fn push_cfg(&self, p: &PushArgs) -> Result<PushCfg, String> {
+        let api = util::parse_url(&p.api, "http", 80)?;
+        Ok(PushCfg {
             api,
             api_key: p.api_key.clone(),
             rate: p.rate,
@@ -202,28 +222,52 @@ impl Local {
             user_offset: self.cfg.user_offset,
             num_users: self.cfg.num_users(),
             retry_grace: Duration::from_secs(10),
-            full_sessions,
-        });
-        let (sh, prog) = (self.sh.clone(), self.prog.clone());
+            full_sessions: None,
+        })
+    }
+
+    /// Runs push drivers side by side to their end (their figures added up); with
+    /// `churn`, churn cycles run meanwhile.
+    pub fn push_all(&mut self, cfgs: Vec<PushCfg>, churn: bool) -> PushOut {
         if churn {
             self.sh.churn_on.store(true, Relaxed);
         }
-        let h = std::thread::spawn(move || push::run(cfg, sh, prog));
-        while !h.is_finished() {
+        let hs: Vec<_> = cfgs
+            .into_iter()
+            .map(|cfg| {
+                let (sh, prog) = (self.sh.clone(), self.prog.clone());
+                std::thread::spawn(move || push::run(Arc::new(cfg), sh, prog))
+            })
+            .collect();
+        while !hs.iter().all(|h| h.is_finished()) {
             std::thread::sleep(Duration::from_millis(50));
             self.tick();
         }
         self.sh.churn_on.store(false, Relaxed);
-        h.join().unwrap_or_else(|_| {
-            let mut o = PushOut::new();
-            o.errors.insert("driver_panicked".into(), 1);
-            o
-        })
+        let mut all = PushOut::new();
+        for h in hs {
+            match h.join() {
+                Ok(o) => {
+                    all.secs = all.secs.max(o.secs);
+                    all.merge(o);
+                }
+                Err(_) => {
+                    all.errors.insert("driver_panicked".into(), 1);
+                }
+            }
+        }
+        all
     }
 
     /// Waits (bounded) for churn cycles under way to reconnect or fail.
     pub fn wait_churn_settled(&mut self) {
-        let bound = self.cfg.close_timeout + self.cfg.handshake_timeout + Duration::from_secs(1);
+        let offline = self
+            .cfg
+            .streams
+            .as_ref()
+            .map_or(Duration::ZERO, |s| s.offline);
+        let bound =
+            self.cfg.close_timeout + self.cfg.handshake_timeout + offline + Duration::from_secs(1);
         let end = Instant::now() + bound;
         while Instant::now() < end && self.sh.churn_inflight.load(Relaxed) > 0 {
             std::thread::sleep(Duration::from_millis(20));

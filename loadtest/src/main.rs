@@ -5,19 +5,24 @@
 //! holds connections and drives the push API, measuring delivery completeness and
 //! push-to-client latency. `churn` pushes while a share of the connections disconnect
 //! and reconnect. `capacity` ramps connections up step by step, measuring memory and push
-//! latency per step. `--procs K` runs K worker processes over disjoint user ranges and
+//! latency per step. `resume` pushes while a share of the connections drop abruptly and
+//! resume with `since`/`epoch`, and proves per user and topic stream that nothing went
+//! missing or came twice. `deploy` drains one server while its clients follow the
+//! reconnect hints to a second one. `--procs K` runs K worker processes over disjoint user ranges and
 //! source addresses and merges their results.
 
 mod capacity;
 mod churn;
 mod cli;
 mod client;
+mod deploy;
 mod frame;
 mod local;
 mod plot;
 mod progress;
 mod push;
 mod report;
+mod resume;
 mod track;
 mod util;
 mod worker;
@@ -61,6 +66,20 @@ fn run(cmd: &Cmd) -> Result<i32, String> {
                 Some(capacity::run(a)?)
             };
             (rep, &a.json, &a.plot)
+        }
+        Cmd::Resume(a) => {
+            cli::validate_resume(a)?;
+            util::parse_url(&a.churn.push.conn.url, "ws", 80).map_err(|e| format!("--url: {e}"))?;
+            let (mut rep, code) = resume::run(a)?;
+            output(&mut rep, a.churn.push.conn.json.as_deref())?;
+            return Ok(code);
+        }
+        Cmd::Deploy(a) => {
+            cli::validate_deploy(a)?;
+            util::parse_url(&a.push.conn.url, "ws", 80).map_err(|e| format!("--url: {e}"))?;
+            let (mut rep, code) = deploy::run(a)?;
+            output(&mut rep, a.push.conn.json.as_deref())?;
+            return Ok(code);
         }
     };
     if let Some(mut rep) = rep {

@@ -327,7 +327,13 @@ fn account(sh: &Shared, tgt: &Tgt, out: &mut PushOut, prog: &PushProgress) {
                 }
             }
         }
-        Tgt::Topic(_) | Tgt::Broadcast => {
+        Tgt::Topic(i) => {
+            sh.accepted_total.fetch_add(1, Relaxed);
+            if let Some(a) = sh.accepted_topic.get(*i) {
+                a.fetch_add(1, Relaxed);
+            }
+        }
+        Tgt::Broadcast => {
             sh.accepted_total.fetch_add(1, Relaxed);
         }
     }
@@ -445,6 +451,23 @@ impl ApiConn {
         self.stream.write_all(req)?;
         read_response(&mut self.stream, &mut self.buf)
     }
+}
+
+/// One request to the API on a fresh connection (`POST /v1/drain`, a priming push):
+/// (status, body).
+pub fn post(api: &Url, key: Option<&str>, path: &str, body: &str) -> io::Result<(u16, Vec<u8>)> {
+    let mut c = ApiConn::connect(api)?;
+    let mut req = format!("POST {path} HTTP/1.1\r\nHost: {}\r\n", api.authority);
+    if let Some(k) = key {
+        req += &format!("Authorization: Bearer {k}\r\n");
+    }
+    req += &format!(
+        "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    c.stream.write_all(req.as_bytes())?;
+    let r = read_response(&mut c.stream, &mut c.buf)?;
+    Ok((r.status, r.body))
 }
 
 fn read_response(stream: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<Resp> {

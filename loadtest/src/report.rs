@@ -1,7 +1,9 @@
 //! The run summary: JSON for machines, a few lines for people, and merging across workers.
 
 use crate::client::{merge_counts, ThreadOut};
+use crate::deploy::DeployReport;
 use crate::push::PushOut;
+use crate::resume::StreamTotals;
 use crate::util::{self, fmt_us, Percentiles};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -157,6 +159,21 @@ pub struct Report {
     pub delivery_secs: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deliveries_per_sec: Option<f64>,
+    /// Resume and deploy: delivery on the user streams across reconnects.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_stream: Option<StreamTotals>,
+    /// Resume and deploy (with --topics): delivery on the topic streams.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topic_stream: Option<StreamTotals>,
+    /// Pushes naming a topic the connection had no `subscribed` for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pushes_stray: Option<u64>,
+    /// Resume and deploy: nothing missing and nothing duplicated (else the exit status is 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery_ok: Option<bool>,
+    /// Deploy: the drain as the clients saw it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<DeployReport>,
 
     /// Raw histograms (value, count), only between worker processes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -235,6 +252,13 @@ impl Report {
             0.0
         });
         if let Some(p) = p {
+            self.fill_driver(p);
+        }
+    }
+
+    /// Fills the push driver's figures.
+    fn fill_driver(&mut self, p: &PushOut) {
+        {
             self.pushes_sent = Some(p.accepted);
             self.push_requests = Some(p.requests);
             self.push_retries = Some(p.retries);
@@ -248,6 +272,24 @@ impl Report {
             self.api_latency_us = Some(util::percentiles(&p.api_latency));
             self.raw_api_latency = util::hist_to_pairs(&p.api_latency);
         }
+    }
+
+    /// Fills a resume or deploy run: connections, drops and reconnects, the push driver,
+    /// latency, and delivery per kind of stream.
+    pub fn fill_streams(&mut self, t: &ThreadOut, p: &PushOut, delivery_secs: f64) {
+        self.fill_clients(t);
+        self.set_connect_rate();
+        self.fill_churn(t);
+        self.fill_driver(p);
+        self.latency_us = Some(util::percentiles(&t.latency));
+        self.raw_latency = util::hist_to_pairs(&t.latency);
+        self.delivery_secs = Some((delivery_secs * 1000.0).round() / 1000.0);
+        let d = &t.delivery;
+        self.user_stream = Some(d.user.clone());
+        self.topic_stream = Some(d.topic.clone());
+        self.pushes_stray = Some(d.stray);
+        self.messages_unnumbered = Some(t.unnumbered);
+        self.delivery_ok = Some(!crate::resume::failed(d));
     }
 
     /// Rounds `connect_secs` and derives the connect rate from it.
@@ -506,7 +548,25 @@ impl Report {
                 self.delivery_secs.unwrap_or(0.0)
             );
         }
-        if let Some(d) = self.churn_disconnects {
+        if let (Some(d), Some(_)) = (&self.deploy, self.churn_disconnects) {
+            s += &format!(
+                "reconnects: {} to the second server, reconnect errors: {}\n",
+                d.moved,
+                fmt_map(
+                    self.churn_reconnect_errors
+                        .as_ref()
+                        .unwrap_or(&BTreeMap::new())
+                )
+            );
+        } else if let (Some(d), Some(_)) = (self.churn_disconnects, &self.user_stream) {
+            s += &format!(
+                "reconnects: {} abrupt drops (TCP reset), {} reconnects, {} connections dropped at least once (all still counted), reconnect errors: {}\n",
+                d,
+                self.churn_reconnects.unwrap_or(0),
+                self.churned_receivers.unwrap_or(0),
+                fmt_map(self.churn_reconnect_errors.as_ref().unwrap_or(&BTreeMap::new()))
+            );
+        } else if let Some(d) = self.churn_disconnects {
             s += &format!(
                 "churn: {} disconnects, {} reconnects, {} connections churned (left out of messages), reconnect errors: {}\n",
                 d,
@@ -514,6 +574,36 @@ impl Report {
                 self.churned_receivers.unwrap_or(0),
                 fmt_map(self.churn_reconnect_errors.as_ref().unwrap_or(&BTreeMap::new()))
             );
+        }
+        for (name, st) in [("user", &self.user_stream), ("topic", &self.topic_stream)] {
+            let Some(st) = st else { continue };
+            if st.streams == 0 {
+                continue;
+            }
+            s += &format!(
+                "{name} streams: {} tracked, expected {} delivered {} missing {} duplicated {} out-of-order {} unexpected {}; resumed true {} (owing {} replayed pushes) false {} ({})\n",
+                st.streams,
+                st.expected,
+                st.delivered,
+                st.missing,
+                st.duplicated,
+                st.out_of_order,
+                st.unexpected,
+                st.resumed_true,
+                st.replayed,
+                st.resumed_false,
+                fmt_map(&st.resumed_false_because)
+            );
+        }
+        if let Some(d) = &self.deploy {
+            s += &d.summary();
+        }
+        if let Some(ok) = self.delivery_ok {
+            s += if ok {
+                "delivery across reconnects: nothing missing, nothing duplicated\n"
+            } else {
+                "delivery across reconnects: FAILED (pushes missing or duplicated; exit status 1)\n"
+            };
         }
         if let Some(steps) = &self.steps {
             for (i, st) in steps.iter().enumerate() {

@@ -322,7 +322,17 @@ impl Load {
 
     /// Waits at most `limit` for the child; kills it and panics past that. Panics when it
     /// exits unsuccessfully or writes no JSON report; returns the report.
-    pub fn wait(mut self, limit: Duration) -> Report {
+    pub fn wait(self, limit: Duration) -> Report {
+        let (code, r) = self.wait_code(limit);
+        if code != Some(0) {
+            r.fail(&format!("throng-load exited with {code:?}"));
+        }
+        r
+    }
+
+    /// [`Load::wait`] for a run that may fail its gate: the exit code with the report
+    /// (it must still write one).
+    pub fn wait_code(mut self, limit: Duration) -> (Option<i32>, Report) {
         let deadline = Instant::now() + limit;
         let status = loop {
             match self.child.try_wait() {
@@ -343,14 +353,9 @@ impl Load {
             }
         };
         self.join_readers();
-        assert!(
-            status.success(),
-            "throng-load exited with {status}\n{}",
-            self.output()
-        );
         let text = std::fs::read_to_string(&self.json).unwrap_or_else(|e| {
             panic!(
-                "no JSON report at {}: {e}\n{}",
+                "throng-load exited with {status} and no JSON report at {}: {e}\n{}",
                 self.json.display(),
                 self.output()
             )
@@ -358,10 +363,11 @@ impl Load {
         let _ = std::fs::remove_file(&self.json);
         let v: Value = serde_json::from_str(&text)
             .unwrap_or_else(|e| panic!("report is not JSON ({e}): {text}\n{}", self.output()));
-        Report {
+        let r = Report {
             v,
             output: self.output(),
-        }
+        };
+        (status.code(), r)
     }
 
     fn join_readers(&mut self) {

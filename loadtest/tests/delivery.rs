@@ -1,0 +1,187 @@
+//! The `resume` and `deploy` scenarios against real servers: delivery across abrupt
+//! reconnects with `since`/`epoch`, the gate on what went missing, and a drain whose
+//! clients follow their hints to a second server.
+
+mod common;
+
+use common::{strings, Load, Report, TestServer, RUN_LIMIT};
+
+/// `resume` flags: 200 connections, 30% dropping abruptly and staying away 300 ms, user
+/// pushes and two topics.
+fn resume_args(srv: &TestServer) -> Vec<String> {
+    let mut a = strings(&[
+        "resume",
+        "--churn-fraction",
+        "0.3",
+        "--churn-rate",
+        "60",
+        "--offline-ms",
+        "300",
+        "--rate",
+        "400",
+        "--duration-secs",
+        "2",
+        "--topics",
+        "room:1,room:2",
+        "--topic-rate",
+        "20",
+        "--drain-secs",
+        "10",
+    ]);
+    a.extend(srv.push_args(200));
+    a
+}
+
+/// Asserts a stream section shows every expected push delivered exactly once, in order.
+fn assert_exact(r: &Report, kind: &str) {
+    let expected = r.u(&format!("{kind}/expected"));
+    r.check(expected > 0, &format!("{kind}: nothing was expected"));
+    r.eq(&format!("{kind}/delivered"), expected);
+    r.eq(&format!("{kind}/missing"), 0);
+    r.eq(&format!("{kind}/duplicated"), 0);
+    r.eq(&format!("{kind}/out_of_order"), 0);
+    r.eq(&format!("{kind}/unexpected"), 0);
+}
+
+#[test]
+fn resume_loses_nothing_across_abrupt_reconnects() {
+    let srv = TestServer::start(&[]);
+    let r = common::run_load(resume_args(&srv));
+    assert_eq!(r.str("mode"), "resume");
+    r.eq("connections_opened", 200);
+    r.map_eq("connect_errors", &[]);
+    r.map_eq("disconnects", &[]);
+    r.map_eq("churn_reconnect_errors", &[]);
+    let drops = r.u("churn_disconnects");
+    r.check(drops > 0, "no connection was dropped");
+    r.eq("churn_reconnects", drops);
+    assert_exact(&r, "user_stream");
+    assert_exact(&r, "topic_stream");
+    r.eq("user_stream/streams", 200);
+    r.eq("topic_stream/streams", 400);
+    // Every reconnect resumed its user stream and both topics.
+    r.eq("user_stream/resumed_true", drops);
+    r.eq("user_stream/resumed_false", 0);
+    // A topic resume is answered after the welcome, so a drop right after a welcome can
+    // beat it (that socket's `subscribed` never comes): at most two per drop, never false.
+    let topic_resumes = r.u("topic_stream/resumed_true");
+    r.check(
+        topic_resumes > 0 && topic_resumes <= 2 * drops,
+        "topic resumes must be 1..=2 per drop",
+    );
+    r.eq("topic_stream/resumed_false", 0);
+    // Pushes really were missed while offline and came back by replay.
+    r.check(
+        r.u("topic_stream/replayed") > 0,
+        "no resume owed a replay: the scenario did not test replay",
+    );
+    r.check(r.get("delivery_ok").as_bool() == Some(true), "delivery_ok");
+    r.eq("pushes_stray", 0);
+}
+
+#[test]
+fn resume_counts_and_explains_resumed_false_and_fails_its_gate() {
+    // One push of history: a client away for 500 ms while its user gets 10 pushes a second
+    // cannot resume, and what it missed must show as missing, with exit status 1.
+    let srv = TestServer::start(&["--history-size", "1"]);
+    let mut a = strings(&[
+        "resume",
+        "--churn-fraction",
+        "0.5",
+        "--churn-rate",
+        "20",
+        "--offline-ms",
+        "500",
+        "--rate",
+        "200",
+        "--duration-secs",
+        "2",
+        "--drain-secs",
+        "5",
+    ]);
+    a.extend(srv.push_args(20));
+    let (code, r) = Load::spawn(a).wait_code(RUN_LIMIT);
+    r.check(
+        code == Some(1),
+        &format!("exit status {code:?}, expected 1"),
+    );
+    r.check(r.get("delivery_ok").as_bool() == Some(false), "delivery_ok");
+    let lost = r.u("user_stream/resumed_false");
+    r.check(lost > 0, "no resumed:false with a history of one push");
+    r.map_eq(
+        "user_stream/resumed_false_because",
+        &[("history_not_held", lost)],
+    );
+    let missing = r.u("user_stream/missing");
+    r.check(missing > 0, "resumed:false lost nothing?");
+    r.eq(
+        "user_stream/delivered",
+        r.u("user_stream/expected") - missing,
+    );
+    r.eq("user_stream/duplicated", 0);
+}
+
+#[test]
+fn deploy_moves_every_client_to_the_second_server() {
+    let a = TestServer::start(&["--drain-ms", "1000"]);
+    let b = TestServer::start(&[]);
+    let mut args = strings(&[
+        "deploy",
+        "--reconnect-url",
+        &b.url(),
+        "--reconnect-api",
+        &b.api_url(),
+        "--jitter-ms",
+        "50",
+        "--topics",
+        "room:1",
+        "--rate",
+        "200",
+        "--duration-secs",
+        "1",
+        "--topic-rate",
+        "10",
+        "--move-timeout-secs",
+        "20",
+    ]);
+    args.extend(a.push_args(100));
+    let r = common::run_load(args);
+    assert_eq!(r.str("mode"), "deploy");
+    r.eq("connections_opened", 100);
+    r.eq("deploy/drain_ms", 1000);
+    r.eq("deploy/connections", 100);
+    // Every client got its hint before its close, and ended up on B.
+    r.eq("deploy/hints", 100);
+    r.eq("deploy/closes_after_hint", 100);
+    r.eq("deploy/closes_without_hint", 0);
+    r.eq("deploy/moved", 100);
+    r.eq("deploy/not_moved", 0);
+    r.check(
+        r.u("deploy/hint_after_ms_max") <= 1000,
+        "a hint beyond the drain window",
+    );
+    let curve: u64 = r
+        .get("deploy/reconnects_per_100ms")
+        .as_array()
+        .unwrap_or_else(|| r.fail("no curve"))
+        .iter()
+        .filter_map(|v| v.as_u64())
+        .sum();
+    r.eq("deploy/moved", curve);
+    r.map_eq("churn_reconnect_errors", &[]);
+    r.eq("connections_open_at_close", 100);
+    // Standalone servers share no history: B has another epoch, so no resume, and says so.
+    r.eq("user_stream/resumed_false", 100);
+    r.map_eq(
+        "user_stream/resumed_false_because",
+        &[("epoch_changed", 100)],
+    );
+    r.map_eq(
+        "topic_stream/resumed_false_because",
+        &[("epoch_changed", 100)],
+    );
+    // Pushes to B after the move: all delivered once.
+    assert_exact(&r, "user_stream");
+    assert_exact(&r, "topic_stream");
+    r.check(r.get("delivery_ok").as_bool() == Some(true), "delivery_ok");
+}
