@@ -2,6 +2,8 @@
 //! where the JSON is `{"id":…,"data":…}`. The first three fields are written by the
 //! sequencing script, so a node learns a push's number from the message itself.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -10,8 +12,9 @@ use crate::messages;
 /// The JSON part: what the upstream sent, without routing.
 #[derive(Deserialize)]
 struct Body<'a> {
+    // Owned when it has escapes, which cannot be borrowed from the JSON.
     #[serde(borrow, default)]
-    id: Option<&'a str>,
+    id: Option<Cow<'a, str>>,
     #[serde(borrow)]
     data: &'a RawValue,
 }
@@ -26,7 +29,7 @@ pub struct Entry<'a> {
     /// When the push was accepted, Unix milliseconds.
     pub ts_ms: u64,
     /// The upstream's id.
-    pub id: Option<&'a str>,
+    pub id: Option<Cow<'a, str>>,
     /// The `data` JSON, verbatim.
     pub data: &'a str,
 }
@@ -79,7 +82,7 @@ impl Entry<'_> {
     /// The client frame for this push (with `topic` for a topic stream).
     pub fn frame(&self, topic: Option<&str>) -> bytes::Bytes {
         let seq = (self.seq > 0).then_some(self.seq);
-        messages::push_frame(self.data, self.ts_ms, seq, topic, self.id)
+        messages::push_frame(self.data, self.ts_ms, seq, topic, self.id.as_deref())
     }
 }
 
@@ -95,7 +98,7 @@ mod tests {
         assert_eq!(e.seq, 7);
         assert_eq!(e.epoch, "00ff");
         assert_eq!(e.ts_ms, 1_700_000_000_000);
-        assert_eq!(e.id, Some("x \"1\""));
+        assert_eq!(e.id.as_deref(), Some("x \"1\""));
         assert_eq!(e.data, r#"{"a":[1, 2]}"#);
         let no_id = format!("0 - 5 {}", body("3", None));
         assert_eq!(parse(&no_id).unwrap().id, None);

@@ -56,10 +56,12 @@ impl Ingress {
         while !self.ctx.stop.load(Relaxed) {
             match self.open() {
                 Ok(mut conn) => {
-                    self.backoff = RECONNECT_MIN;
                     if let Err(e) = self.serve(&mut conn) {
                         tracing::warn!(error = %e, "stream ingress lost Redis; reconnecting");
                         self.ctx.metrics.broker.errors.fetch_add(1, Relaxed);
+                        // Not at once: an error that repeats must not become a busy loop.
+                        pause(self.backoff, &self.ctx.stop);
+                        self.backoff = next_backoff(self.backoff);
                     }
                 }
                 Err(e) => {
@@ -115,6 +117,7 @@ impl Ingress {
             if !entries.is_empty() {
                 self.handle(conn, entries)?;
             }
+            self.backoff = RECONNECT_MIN;
         }
         Ok(())
     }

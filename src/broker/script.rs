@@ -153,6 +153,10 @@ impl Sequencer {
         conn: &mut Connection,
         pushes: &[&ParsedPush],
     ) -> redis::RedisResult<Vec<Published>> {
+        if pushes.is_empty() {
+            // Redis refuses an empty pipeline.
+            return Ok(Vec::new());
+        }
         let results = self.run(conn, pushes)?;
         if results
             .iter()

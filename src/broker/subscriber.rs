@@ -526,3 +526,74 @@ fn read_state(
         entries,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(seq: u64, epoch: &str, ts: u64) -> Value {
+        Value::BulkString(format!("{seq} {epoch} {ts} {}", envelope::body("1", None)).into_bytes())
+    }
+
+    fn meta(seq: Option<u64>, epoch: Option<&str>) -> Value {
+        Value::Array(vec![
+            seq.map_or(Value::Nil, |s| {
+                Value::BulkString(s.to_string().into_bytes())
+            }),
+            epoch.map_or(Value::Nil, |e| Value::BulkString(e.as_bytes().to_vec())),
+        ])
+    }
+
+    fn seqs(st: &StreamState) -> Vec<u64> {
+        st.entries.iter().map(|e| e.0).collect()
+    }
+
+    #[test]
+    fn state_keeps_the_contiguous_tail_within_retention_and_epoch() {
+        let hist = Value::Array(vec![
+            entry(3, "e", 100),
+            entry(4, "old", 100),
+            entry(5, "e", 100),
+            entry(6, "e", 200),
+            entry(7, "e", 200),
+        ]);
+        let st = read_state(Some(meta(Some(7), Some("e"))), Some(hist), None, 0).unwrap();
+        assert_eq!((st.seq, st.epoch.as_str()), (7, "e"));
+        // 4 is from another epoch: only 5..=7 are contiguous up to the current seq.
+        assert_eq!(seqs(&st), vec![5, 6, 7]);
+        let hist = Value::Array(vec![entry(6, "e", 100), entry(7, "e", 200)]);
+        let st = read_state(Some(meta(Some(7), Some("e"))), Some(hist), None, 150).unwrap();
+        assert_eq!(seqs(&st), vec![7], "older than retention");
+    }
+
+    #[test]
+    fn history_short_of_the_current_seq_serves_no_resume() {
+        let hist = Value::Array(vec![entry(4, "e", 1), entry(5, "e", 1)]);
+        let st = read_state(Some(meta(Some(6), Some("e"))), Some(hist), None, 0).unwrap();
+        assert!(st.entries.is_empty());
+        assert_eq!(st.seq, 6);
+    }
+
+    #[test]
+    fn a_new_stream_has_seq_zero_and_an_epoch_is_required() {
+        let st = read_state(
+            Some(meta(None, Some("e"))),
+            Some(Value::Array(vec![])),
+            None,
+            0,
+        )
+        .unwrap();
+        assert_eq!((st.seq, st.entries.len()), (0, 0));
+        assert!(read_state(Some(meta(Some(1), None)), None, None, 0).is_err());
+    }
+
+    #[test]
+    fn topic_frames_carry_the_topic() {
+        let hist = Value::Array(vec![entry(1, "e", 1)]);
+        let st = read_state(Some(meta(Some(1), Some("e"))), Some(hist), Some("room"), 0).unwrap();
+        let f = &st.entries[0].1;
+        let text = String::from_utf8_lossy(&f[2..]);
+        assert!(text.contains("\"topic\":\"room\""), "{text}");
+        assert!(text.contains("\"seq\":1"), "{text}");
+    }
+}
