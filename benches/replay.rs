@@ -2,7 +2,7 @@
 //! shard time).
 //!
 //! A real `Shard` on a manual clock (`throng::shard::bench::ReplayBench`) holds one user
-//! with 100 retained direct pushes of 160-byte data (about 230-byte frames). Each iteration
+//! with 100 retained direct pushes of 160-byte data (215-byte frames). Each iteration
 //! connects a loopback socket pair, hands the server end to the shard with `since` 100
 //! behind, and times only the shard turn that adopts it: poll, handoff, 101, `welcome`,
 //! the 100 frames queued through the normal outbound path and written (one vectored write
