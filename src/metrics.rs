@@ -114,6 +114,9 @@ pub struct ShardCounters {
     pub history_evictions: AtomicU64,
     /// Client `ack` messages recorded (docs/protocol.md 4.3).
     pub acks: AtomicU64,
+    /// Sessions with an ack recorded (gauge): entries of the shard's ack table, which
+    /// leave with their connection.
+    pub acked_sessions: AtomicU64,
 }
 
 /// One shard's metrics.
@@ -122,13 +125,57 @@ pub struct ShardMetrics {
     pub counters: CachePadded<ShardCounters>,
     /// Push-to-socket latency in microseconds, merged from the shard's local copy.
     pub latency_us: Mutex<Histogram<u64>>,
+    /// Push-accepted-to-ack latency in microseconds, merged from the shard's local copy.
+    pub ack_latency_us: Mutex<Histogram<u64>>,
 }
+
+/// Longest push-to-socket latency recorded, in µs (longer ones count as this).
+pub const LATENCY_MAX_US: u64 = 60_000_000;
+/// Longest ack latency recorded, in µs: an hour, past any sensible `history_ttl_ms`
+/// (a push is observed only while history still holds it).
+pub const ACK_LATENCY_MAX_US: u64 = 3_600_000_000;
 
 /// A latency histogram from 1 µs to 60 s at 3 significant figures.
 pub fn latency_histogram() -> Histogram<u64> {
-    // Bounds are constants that hdrhistogram accepts; failure would be a programming error.
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+    bounded_histogram(LATENCY_MAX_US)
 }
+
+/// An ack latency histogram from 1 µs to an hour at 3 significant figures.
+pub fn ack_latency_histogram() -> Histogram<u64> {
+    bounded_histogram(ACK_LATENCY_MAX_US)
+}
+
+fn bounded_histogram(max_us: u64) -> Histogram<u64> {
+    // Bounds are constants that hdrhistogram accepts; failure would be a programming error.
+    Histogram::new_with_bounds(1, max_us, 3).expect("valid histogram bounds")
+}
+
+/// A Prometheus histogram family: what it is called and says, and its bucket bounds.
+struct HistogramFamily {
+    name: &'static str,
+    help: &'static str,
+    bounds_us: &'static [u64],
+}
+
+/// Push-to-socket latency.
+const PUSH_LATENCY: HistogramFamily = HistogramFamily {
+    name: "throng_push_latency_seconds",
+    help: "Time from push accepted by the API to written to the sockets of a shard.",
+    bounds_us: &[
+        50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+        1_000_000, 5_000_000,
+    ],
+};
+
+/// Push-accepted-to-ack latency (docs/protocol.md 4.3).
+const ACK_LATENCY: HistogramFamily = HistogramFamily {
+    name: "throng_ack_latency_seconds",
+    help: "Time from a direct push accepted by the API to the first ack of a session covering it (observed for the acked seq, while history holds it).",
+    bounds_us: &[
+        1_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
+        5_000_000, 10_000_000, 30_000_000, 60_000_000, 300_000_000,
+    ],
+};
 
 /// Everything the server counts.
 pub struct Metrics {
@@ -182,6 +229,7 @@ impl Metrics {
                 .map(|_| ShardMetrics {
                     counters: CachePadded::new(ShardCounters::default()),
                     latency_us: Mutex::new(latency_histogram()),
+                    ack_latency_us: Mutex::new(ack_latency_histogram()),
                 })
                 .collect(),
             handshakes: CachePadded::new(Default::default()),
@@ -393,6 +441,13 @@ impl Metrics {
         );
         per_shard(
             &mut out,
+            "throng_acked_sessions",
+            "gauge",
+            "Sessions with an ack recorded (their entries leave with the connection).",
+            &|c| &c.acked_sessions,
+        );
+        per_shard(
+            &mut out,
             "throng_history_bytes",
             "gauge",
             "Bytes of direct-push frames kept for resume.",
@@ -514,29 +569,38 @@ impl Metrics {
             "# HELP throng_draining 1 while the server shuts down.\n# TYPE throng_draining gauge\nthrong_draining {}",
             u8::from(self.draining.load(Relaxed))
         );
-        self.latency_prometheus(&mut out);
+        self.histogram_prometheus(&mut out, &PUSH_LATENCY, latency_histogram(), |s| {
+            &s.latency_us
+        });
+        self.histogram_prometheus(&mut out, &ACK_LATENCY, ack_latency_histogram(), |s| {
+            &s.ack_latency_us
+        });
         self.broker.prometheus(&mut out);
         out
     }
 
-    fn latency_prometheus(&self, out: &mut String) {
-        let mut all = latency_histogram();
+    /// Writes one histogram family: the shards' histograms (`pick`) merged into `all`,
+    /// an empty histogram with their bounds.
+    fn histogram_prometheus(
+        &self,
+        out: &mut String,
+        family: &HistogramFamily,
+        mut all: Histogram<u64>,
+        pick: impl Fn(&ShardMetrics) -> &Mutex<Histogram<u64>>,
+    ) {
         for s in &self.shards {
-            if let Ok(h) = s.latency_us.lock() {
+            if let Ok(h) = pick(s).lock() {
                 // Same bounds on both sides, so adding cannot fail.
                 let _ = all.add(&*h);
             }
         }
-        const BOUNDS_US: [u64; 14] = [
-            50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
-            1_000_000, 5_000_000,
-        ];
-        let name = "throng_push_latency_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Time from push accepted by the API to written to the sockets of a shard.\n# TYPE {name} histogram"
-        );
-        for b in BOUNDS_US {
+        let HistogramFamily {
+            name,
+            help,
+            bounds_us,
+        } = family;
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for &b in *bounds_us {
             let _ = writeln!(
                 out,
                 "{name}_bucket{{le=\"{}\"}} {}",
@@ -582,6 +646,18 @@ mod tests {
         assert!(text.contains("throng_push_latency_seconds_bucket{le=\"0.001\"} 1"));
         assert!(text.contains("throng_push_latency_seconds_bucket{le=\"0.0005\"} 0"));
         assert!(text.contains("throng_push_latency_seconds_count 1"));
+        m.shards[1]
+            .ack_latency_us
+            .lock()
+            .unwrap()
+            .record(2_000_000)
+            .unwrap();
+        let text = m.prometheus();
+        assert!(text.contains("throng_ack_latency_seconds_bucket{le=\"1\"} 0"));
+        assert!(text.contains("throng_ack_latency_seconds_bucket{le=\"2.5\"} 1"));
+        assert!(text.contains("throng_ack_latency_seconds_count 1"));
+        assert!(text.contains("throng_ack_latency_seconds_sum 2.00"));
+        assert!(text.contains("throng_acked_sessions{shard=\"0\"} 0"));
         assert!(text.contains("throng_accept_errors_total{listener=\"api\"} 0"));
         assert!(text.contains("throng_pending_handshakes 0"));
         let stats: serde_json::Value = serde_json::from_str(&m.stats_json()).unwrap();

@@ -1,5 +1,7 @@
 //! Client acks of the user stream (docs/protocol.md 4.3): recorded per session, counted in
-//! `throng_acks_total`, and shown in `GET /v1/presence/<user>` `details`.
+//! `throng_acks_total`, timed in `throng_ack_latency_seconds`, shown in
+//! `GET /v1/presence/<user>` `details`, and forgotten with their session
+//! (`throng_acked_sessions`).
 
 mod common;
 
@@ -150,4 +152,127 @@ fn a_closed_session_leaves_the_details() {
     drop(b);
     let p = wait_presence(&srv, "u", |p| p["sessions"] == 0);
     assert_eq!(p["details"], json!([]), "{p}");
+}
+
+/// The sum over shards of the `/metrics` samples of `family` (a name without labels, or
+/// one of a histogram's `_count`/`_sum` lines).
+fn metric(srv: &TestServer, family: &str) -> f64 {
+    let text = srv.api("GET", "/metrics", None).text();
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(family)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Waits until `family` reads `want`, then returns what it reads.
+fn wait_metric(srv: &TestServer, family: &str, cond: impl Fn(f64) -> bool) -> f64 {
+    let mut last = f64::NAN;
+    let ok = wait_until(Duration::from_secs(10), || {
+        last = metric(srv, family);
+        cond(last)
+    });
+    assert!(ok, "{family} never matched; last {last}");
+    last
+}
+
+#[test]
+fn the_first_ack_covering_a_held_push_is_timed() {
+    // History keeps 2 pushes per user: after 3, seq 1 is no longer held.
+    let srv = TestServer::start(&["--history-size", "2"]);
+    let count = "throng_ack_latency_seconds_count";
+    assert_eq!(metric(&srv, count), 0.0);
+    let mut a = srv.connect("u");
+    let mut b = srv.connect("u");
+    for i in 1..=3 {
+        srv.push_wait(json!({"user": "u", "data": i}));
+    }
+    for c in [&mut a, &mut b] {
+        for _ in 0..3 {
+            assert_eq!(c.recv()["type"], "push");
+        }
+    }
+    // Not timed: seq 0 covers no push, seq 1 left history, a repeat is not a first ack.
+    // Timed: seq 3, last on this connection, so whatever the acks before it recorded is
+    // merged no later than it is.
+    for seq in [0, 1, 1, 3] {
+        a.send(json!({"type": "ack", "seq": seq}));
+    }
+    a.barrier("a");
+    wait_metric(&srv, count, |n| n >= 1.0);
+    assert_eq!(metric(&srv, count), 1.0, "only the ack of seq 3 is timed");
+    let inf = metric(&srv, "throng_ack_latency_seconds_bucket{le=\"+Inf\"}");
+    assert_eq!(inf, 1.0);
+    assert!(metric(&srv, "throng_ack_latency_seconds_sum") > 0.0);
+
+    // Each session's first ack covering a held push counts: b's ack of seq 2; a's lower
+    // ack of seq 2 does not (seq 3 already covered it for a).
+    a.send(json!({"type": "ack", "seq": 2}));
+    b.send(json!({"type": "ack", "seq": 2}));
+    a.barrier("a2");
+    b.barrier("b2");
+    wait_metric(&srv, count, |n| n >= 2.0);
+    assert_eq!(metric(&srv, count), 2.0);
+    assert_eq!(srv.counter("acks"), 6, "every ack is counted, timed or not");
+}
+
+#[test]
+fn a_closed_sessions_ack_is_forgotten_and_its_slot_starts_at_zero() {
+    let srv = TestServer::start(&[]);
+    let gauge = "throng_acked_sessions";
+    let mut a = srv.connect("u");
+    srv.push_wait(json!({"user": "u", "data": 1}));
+    assert_eq!(a.recv()["seq"], 1);
+    a.send(json!({"type": "ack", "seq": 1}));
+    a.barrier("a");
+    wait_metric(&srv, gauge, |n| n == 1.0);
+    let _ = a.ws.close(None);
+    let _ = a.expect_close();
+    drop(a);
+    // The entry goes when the connection's slot does, not just out of presence.
+    wait_metric(&srv, gauge, |n| n == 0.0);
+    srv.wait_connections(0);
+
+    // The next connection takes the freed slot: it must not inherit the old ack.
+    let b = srv.connect("u");
+    let sb = session_of(&b);
+    let p = wait_presence(&srv, "u", |p| p["sessions"] == 1);
+    assert_eq!(
+        detail(&p, &sb).map(|d| d["acked"].clone()),
+        Some(json!(0)),
+        "{p}"
+    );
+    assert_eq!(metric(&srv, gauge), 0.0);
+}
+
+#[test]
+fn many_sessions_that_ack_and_go_leave_no_entry() {
+    let srv = TestServer::start(&[]);
+    let users: Vec<String> = (0..40).map(|i| format!("u{i}")).collect();
+    let mut clients: Vec<Client> = users.iter().map(|u| srv.connect(u)).collect();
+    for u in &users {
+        srv.push(json!({"user": u, "data": 1}));
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        assert_eq!(c.recv()["seq"], 1);
+        c.send(json!({"type": "ack", "seq": 1}));
+        c.barrier(&format!("c{i}"));
+    }
+    wait_metric(&srv, "throng_acked_sessions", |n| n == 40.0);
+    // Half close cleanly, half vanish without a close frame.
+    for (i, mut c) in clients.into_iter().enumerate() {
+        if i % 2 == 0 {
+            let _ = c.ws.close(None);
+            let _ = c.expect_close();
+        }
+        drop(c);
+    }
+    srv.wait_connections(0);
+    wait_metric(&srv, "throng_acked_sessions", |n| n == 0.0);
+    assert_eq!(srv.counter("acks"), 40);
+    for u in &users[..3] {
+        assert_eq!(presence(&srv, u)["details"], json!([]));
+    }
 }

@@ -332,7 +332,8 @@ impl Shard {
                 .copied()
                 .filter(|&s| self.conns.get(s).is_some_and(|c| c.flags & PARKED == 0)),
         );
-        self.users.record(k, &frame, self.tick);
+        let at_us = self.since_born_us(accepted_at);
+        self.users.record(k, &frame, self.tick, at_us);
         self.trim_history();
         let mut sessions = 0;
         for &key in &targets {
@@ -399,7 +400,10 @@ impl Shard {
                 }
             }
         }
-        self.users.load(k, st.seq, epoch, &st.entries, self.tick);
+        // Loaded pushes count as accepted now (for the ack latency histogram).
+        let now_us = self.since_born_us(Instant::now());
+        self.users
+            .load(k, st.seq, epoch, &st.entries, self.tick, now_us);
         self.trim_history();
         for &key in &live {
             if restart {
@@ -517,8 +521,9 @@ impl Shard {
                 }
             }
         }
+        let now_us = self.since_born_us(Instant::now());
         self.streams
-            .load(topic, st.seq, &epoch, &st.entries, self.tick);
+            .load(topic, st.seq, &epoch, &st.entries, (self.tick, now_us));
         self.trim_history();
         for p in pending {
             // Still waiting, and still a member (not a reused slot waiting for another).

@@ -333,11 +333,15 @@ impl Shard {
     /// push that does not exist (a client bug, or a `seq` from another epoch): refused, so
     /// the client learns of it, and not recorded. Acks never go backwards: the highest is
     /// kept. Only sessions that acked have an entry, dropped when the connection ends.
+    ///
+    /// The first ack of a session that covers a push still in history adds the time since
+    /// the API accepted the push (of the acked `seq` itself) to the ack latency histogram.
     fn ack(&mut self, key: u32, seq: u64) -> Result<(), Refused> {
         let Some(c) = self.conns.get(key) else {
             return Ok(());
         };
-        let current = self.users.get(c.user).map_or(0, |u| u.seq);
+        let user = c.user;
+        let current = self.users.get(user).map_or(0, |u| u.seq);
         if seq > current {
             return Err(Refused {
                 code: "bad_json",
@@ -347,7 +351,12 @@ impl Shard {
         self.counters().acks.fetch_add(1, Relaxed);
         if seq > 0 {
             let acked = self.acks.entry(key).or_insert(0);
-            *acked = (*acked).max(seq);
+            if seq > *acked {
+                *acked = seq;
+                if let Some(at) = self.users.accepted_us(user, seq) {
+                    self.acked_at.push(at);
+                }
+            }
         }
         Ok(())
     }

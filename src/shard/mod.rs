@@ -2,6 +2,8 @@
 //! wheel and their outbound queues. Connections arrive from the acceptor and commands from
 //! the push API, each over a bounded channel paired with the shard's waker.
 
+#[doc(hidden)]
+pub mod bench;
 mod budget;
 mod cluster;
 mod conn;
@@ -153,8 +155,15 @@ struct Shard {
     backlog: Vec<u32>,
     /// Pushes handled this turn, for the latency histogram once written.
     written_at: Vec<Instant>,
+    /// Accept times (µs since `born`) of pushes a session acked first this turn, for the
+    /// ack latency histogram once the turn ends.
+    acked_at: Vec<u64>,
     replies: Vec<Reply>,
     latency: Histogram<u64>,
+    /// Push-accepted-to-ack latency, merged into the shared copy like `latency`.
+    ack_latency: Histogram<u64>,
+    /// When the shard started: retained pushes keep their accept time as µs since this.
+    born: Instant,
     last_publish: Instant,
     /// Numbers sessions for their ids; a u32 so each `Conn` can keep its own (it wraps
     /// after 4 billion sessions of one shard's life, with the random nonce in front).
@@ -235,8 +244,11 @@ impl Shard {
             json: simd_json::Buffers::default(),
             backlog: Vec::new(),
             written_at: Vec::new(),
+            acked_at: Vec::new(),
             replies: Vec::new(),
             latency: metrics::latency_histogram(),
+            ack_latency: metrics::ack_latency_histogram(),
+            born: Instant::now(),
             last_publish: Instant::now(),
             session_counter: 0,
             nonce: rand::random(),
@@ -520,6 +532,7 @@ impl Shard {
                 let mut sessions = 0u64;
                 let mut online = 0u64;
                 let mut targets = std::mem::take(&mut self.targets);
+                let accepted_us = self.since_born_us(push.accepted_at);
                 for id in &users {
                     let Some(k) = self.users.find(id) else {
                         continue;
@@ -540,7 +553,7 @@ impl Shard {
                     online += u64::from(!u.sessions.is_empty());
                     targets.clear();
                     targets.extend_from_slice(&u.sessions);
-                    self.users.record(k, &frame, self.tick);
+                    self.users.record(k, &frame, self.tick, accepted_us);
                     self.trim_history();
                     for &key in &targets {
                         sessions += u64::from(self.deliver(key, frame.clone()));
@@ -635,7 +648,8 @@ impl Shard {
         ticket: Option<Ticket>,
     ) {
         // Kept even with no member here: a subscriber may resume on this shard.
-        self.streams.record(topic, seq, epoch, frame, self.tick);
+        let at = (self.tick, self.since_born_us(accepted_at));
+        self.streams.record(topic, seq, epoch, frame, at);
         self.trim_history();
         let mut members = std::mem::take(&mut self.targets);
         if let Some(t) = self.topics.find(topic) {
@@ -715,6 +729,11 @@ impl Shard {
         self.written_at.push(accepted_at);
     }
 
+    /// Microseconds from the shard's start to `at` (0 for an earlier instant).
+    fn since_born_us(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.born).as_micros() as u64
+    }
+
     /// Keeps user and topic history together under `history_memory_bytes`, dropping the
     /// oldest retained push of either first.
     fn trim_history(&mut self) {
@@ -753,7 +772,16 @@ impl Shard {
             let now = Instant::now();
             for at in self.written_at.drain(..) {
                 let us = now.duration_since(at).as_micros() as u64;
-                let _ = self.latency.record(us.clamp(1, 60_000_000));
+                let _ = self.latency.record(us.clamp(1, metrics::LATENCY_MAX_US));
+            }
+        }
+        if !self.acked_at.is_empty() {
+            let now_us = self.since_born_us(Instant::now());
+            for at in self.acked_at.drain(..) {
+                let us = now_us.saturating_sub(at);
+                let _ = self
+                    .ack_latency
+                    .record(us.clamp(1, metrics::ACK_LATENCY_MAX_US));
             }
         }
         // Before the answers: a `?wait=1` push that is answered is in the gauges.
@@ -768,6 +796,7 @@ impl Shard {
         );
         c.history_evictions
             .store(self.users.evictions() + self.streams.evictions(), Relaxed);
+        c.acked_sessions.store(self.acks.len() as u64, Relaxed);
         if !self.replies.is_empty() {
             for r in self.replies.drain(..) {
                 // The API outlives the shards; a failed send means it is gone already.
@@ -782,6 +811,13 @@ impl Shard {
                     let _ = shared.add(&self.latency);
                 }
                 self.latency.reset();
+            }
+            if !self.ack_latency.is_empty() {
+                let shared = &self.shared.metrics.shards[self.id].ack_latency_us;
+                if let Ok(mut shared) = shared.lock() {
+                    let _ = shared.add(&self.ack_latency);
+                }
+                self.ack_latency.reset();
             }
         }
     }

@@ -14,12 +14,15 @@ use std::sync::Arc;
 use bytes::Bytes;
 use rustc_hash::FxBuildHasher;
 
-use super::history::{Held, Limits};
+use super::history::{first_seq, reserve_one, Held, Limits};
 pub(crate) use crate::api::sequencer::MAX_TOPIC_STREAMS;
 
 /// One topic's stream on this shard.
 struct Stream {
     epoch: Arc<str>,
+    /// Numbers this life of the stream on this shard (a restart, a gap, a TTL): tells its
+    /// records from a former life's, in 4 bytes instead of the epoch's 16.
+    life: u32,
     seq: u64,
     /// Tick of the last push.
     last: u32,
@@ -27,11 +30,12 @@ struct Stream {
     ring: VecDeque<Held>,
 }
 
-/// One push, in accept order.
+/// One push, in accept order: 32 bytes, one per retained push.
 struct Record {
     topic: Arc<str>,
-    epoch: Arc<str>,
     seq: u64,
+    /// The stream's `life` (wraps: a stale record would need 2^32 restarts to match).
+    life: u32,
     at: u32,
 }
 
@@ -46,6 +50,8 @@ pub(super) struct Streams {
     cap: usize,
     bytes: u64,
     evictions: u64,
+    /// The last `Stream::life` given.
+    lives: u32,
 }
 
 impl Streams {
@@ -59,6 +65,7 @@ impl Streams {
             cap: cap.max(1),
             bytes: 0,
             evictions: 0,
+            lives: 0,
         }
     }
 
@@ -72,14 +79,15 @@ impl Streams {
         self.evictions
     }
 
-    /// Keeps `frame`, push `seq` of `topic` in `epoch`, accepted at `tick`.
+    /// Keeps `frame`, push `seq` of `topic` in `epoch`, recorded at `tick` and accepted by
+    /// the API `accepted_us` after the shard started.
     pub(super) fn record(
         &mut self,
         topic: &Arc<str>,
         seq: u64,
         epoch: &Arc<str>,
         frame: &Bytes,
-        tick: u32,
+        (tick, accepted_us): (u32, u64),
     ) {
         let ttl = self.limits.ttl_ticks;
         let fresh = match self.by_name.get(&**topic) {
@@ -93,26 +101,37 @@ impl Streams {
             if let Some(old) = self.by_name.remove(&**topic) {
                 self.bytes -= ring_bytes(&old.ring);
             }
+            self.lives = self.lives.wrapping_add(1);
             self.by_name.insert(
                 Arc::clone(topic),
                 Stream {
                     epoch: Arc::clone(epoch),
+                    life: self.lives,
                     seq: 0,
                     last: tick,
                     ring: VecDeque::new(),
                 },
             );
         }
-        let Some(s) = self.by_name.get_mut(&**topic) else {
+        // Records share the stream's own name: the API makes a new `Arc` per push, and
+        // holding that one would keep an allocation alive per retained push.
+        let Some(name) = self
+            .by_name
+            .get_key_value(&**topic)
+            .map(|(k, _)| Arc::clone(k))
+        else {
+            return;
+        };
+        let Some(s) = self.by_name.get_mut(&*name) else {
             return;
         };
         s.seq = seq;
         s.last = tick;
-        let life = Arc::clone(&s.epoch);
+        let life = s.life;
         let rec = || Record {
-            topic: Arc::clone(topic),
-            epoch: Arc::clone(&life),
+            topic: Arc::clone(&name),
             seq,
+            life,
             at: tick,
         };
         let size = self.limits.size;
@@ -123,8 +142,9 @@ impl Streams {
                     self.evictions += 1;
                 }
             }
+            reserve_one(&mut s.ring, size);
             s.ring.push_back(Held {
-                seq,
+                accepted_us,
                 frame: frame.clone(),
             });
             self.bytes += frame.len() as u64;
@@ -151,23 +171,29 @@ impl Streams {
         seq: u64,
         epoch: &Arc<str>,
         entries: &[(u64, Bytes)],
-        tick: u32,
+        (tick, accepted_us): (u32, u64),
     ) {
         self.forget(topic);
         let skip = entries.len().saturating_sub(self.limits.size);
         for (s, frame) in &entries[skip..] {
-            self.record(topic, *s, epoch, frame, tick);
+            self.record(topic, *s, epoch, frame, (tick, accepted_us));
         }
-        let s = self
-            .by_name
-            .entry(Arc::clone(topic))
-            .or_insert_with(|| Stream {
-                epoch: Arc::clone(epoch),
-                seq,
-                last: tick,
-                ring: VecDeque::new(),
-            });
-        s.seq = seq;
+        if !self.by_name.contains_key(&**topic) {
+            self.lives = self.lives.wrapping_add(1);
+            self.by_name.insert(
+                Arc::clone(topic),
+                Stream {
+                    epoch: Arc::clone(epoch),
+                    life: self.lives,
+                    seq,
+                    last: tick,
+                    ring: VecDeque::new(),
+                },
+            );
+        }
+        if let Some(s) = self.by_name.get_mut(&**topic) {
+            s.seq = seq;
+        }
     }
 
     /// Drops the topic's stream and history here (cluster mode: no longer served).
@@ -196,7 +222,7 @@ impl Streams {
         let Some(s) = self.by_name.get_mut(&*r.topic) else {
             return false;
         };
-        if !Arc::ptr_eq(&s.epoch, &r.epoch) || s.ring.front().map(|h| h.seq) != Some(r.seq) {
+        if s.life != r.life || s.ring.is_empty() || first_seq(s.seq, s.ring.len()) != r.seq {
             return false;
         }
         if let Some(h) = s.ring.pop_front() {
@@ -269,9 +295,10 @@ impl Streams {
         if since == s.seq {
             return true;
         }
-        let Some(first) = s.ring.front().map(|h| h.seq) else {
+        if s.ring.is_empty() {
             return false;
-        };
+        }
+        let first = first_seq(s.seq, s.ring.len());
         if first > since + 1 {
             return false;
         }
@@ -287,7 +314,7 @@ fn ring_bytes(ring: &VecDeque<Held>) -> u64 {
 
 fn is_last(map: &HashMap<Arc<str>, Stream, FxBuildHasher>, r: &Record) -> bool {
     map.get(&*r.topic)
-        .is_some_and(|s| s.seq == r.seq && Arc::ptr_eq(&s.epoch, &r.epoch))
+        .is_some_and(|s| s.seq == r.seq && s.life == r.life)
 }
 
 #[cfg(test)]
@@ -304,7 +331,7 @@ mod tests {
 
     fn push(s: &mut Streams, topic: &str, seq: u64, epoch: &Arc<str>, tick: u32) -> Bytes {
         let frame = Bytes::from(vec![seq as u8; 10]);
-        s.record(&Arc::from(topic), seq, epoch, &frame, tick);
+        s.record(&Arc::from(topic), seq, epoch, &frame, (tick, 0));
         frame
     }
 
@@ -378,6 +405,19 @@ mod tests {
         assert!(s.pushes.len() <= 2 * 20 + 1024 + 1);
         assert_eq!(s.current("hot", 0), Some((5000, "e")));
         assert!(s.history_bytes() <= 20 * 10);
+    }
+
+    #[test]
+    fn records_share_the_streams_name() {
+        let mut s = Streams::new(limits(10, 100, 1 << 20), 10);
+        let e: Arc<str> = "e".into();
+        for n in 1..=5 {
+            // A new `Arc` per push, as the API makes them.
+            push(&mut s, "t", n, &e, 0);
+        }
+        let (name, _) = s.by_name.get_key_value("t").unwrap();
+        assert!(s.frames.iter().all(|r| Arc::ptr_eq(&r.topic, name)));
+        assert_eq!(std::mem::size_of::<Record>(), 32);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use rustc_hash::FxBuildHasher;
 use slab::Slab;
 
-use super::history::{Held, Idle, Limits, Record};
+use super::history::{first_seq, reserve_one, Held, Idle, Limits, Record};
 
 /// One user with a session on this shard, or retained after its last one.
 pub(super) struct UserEntry {
@@ -128,6 +128,7 @@ impl Users {
         epoch: u64,
         entries: &[(u64, Bytes)],
         tick: u32,
+        accepted_us: u64,
     ) {
         let Some(u) = self.entries.get_mut(key as usize) else {
             return;
@@ -143,7 +144,7 @@ impl Users {
             if let Some(u) = self.entries.get_mut(key as usize) {
                 u.seq = *s;
             }
-            self.record(key, frame, tick);
+            self.record(key, frame, tick, accepted_us);
         }
         if let Some(u) = self.entries.get_mut(key as usize) {
             u.seq = seq;
@@ -191,8 +192,9 @@ impl Users {
         self.evictions
     }
 
-    /// Keeps `frame`, the user's push numbered with its current `seq`, accepted at `tick`.
-    pub(super) fn record(&mut self, key: u32, frame: &Bytes, tick: u32) {
+    /// Keeps `frame`, the user's push numbered with its current `seq`, recorded at `tick`
+    /// and accepted by the API `accepted_us` after the shard started.
+    pub(super) fn record(&mut self, key: u32, frame: &Bytes, tick: u32, accepted_us: u64) {
         let size = self.limits.size;
         if size == 0 {
             return;
@@ -207,15 +209,16 @@ impl Users {
                 self.evictions += 1;
             }
         }
+        reserve_one(ring, size);
         ring.push_back(Held {
-            seq: u.seq,
+            accepted_us,
             frame: frame.clone(),
         });
         self.bytes += frame.len() as u64;
         self.fifo.push_back(Record {
             user: key,
-            epoch: u.epoch,
-            seq: u.seq,
+            epoch: u.epoch as u32,
+            seq: u.seq as u32,
             at: tick,
         });
         while self.bytes > self.limits.memory {
@@ -248,13 +251,10 @@ impl Users {
         let Some(u) = self.entries.get_mut(r.user as usize) else {
             return false;
         };
-        if u.epoch != r.epoch {
-            return false;
-        }
         let Some(ring) = u.history.as_mut() else {
             return false;
         };
-        if ring.front().map(|h| h.seq) != Some(r.seq) {
+        if ring.is_empty() || !r.names(u.epoch, first_seq(u.seq, ring.len())) {
             return false;
         }
         if let Some(h) = ring.pop_front() {
@@ -306,6 +306,18 @@ impl Users {
         }
     }
 
+    /// When the API accepted push `seq` of user `key` (µs since the shard started), while
+    /// the push is still held.
+    pub(super) fn accepted_us(&self, key: u32, seq: u64) -> Option<u64> {
+        let u = self.entries.get(key as usize)?;
+        let ring = u.history.as_ref()?;
+        let first = first_seq(u.seq, ring.len());
+        if seq < first || seq > u.seq {
+            return None;
+        }
+        ring.get((seq - first) as usize).map(|h| h.accepted_us)
+    }
+
     /// Whether user `key` can resume after `since` in `epoch` (as shown in `welcome`); if
     /// so, the frames to replay, in order, are appended to `out`.
     pub(super) fn resume(&self, key: u32, since: u64, epoch: &str, out: &mut Vec<Bytes>) -> bool {
@@ -321,10 +333,11 @@ impl Users {
         let Some(ring) = u.history.as_ref() else {
             return false;
         };
-        let Some(first) = ring.front().map(|h| h.seq) else {
+        if ring.is_empty() {
             return false;
-        };
+        }
         // The ring is contiguous: seqs `first..=u.seq`.
+        let first = first_seq(u.seq, ring.len());
         if first > since + 1 {
             return false;
         }
@@ -337,6 +350,24 @@ impl Users {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn history_bookkeeping_stays_small() {
+        // Per retained push: a ring slot and a FIFO record (besides the frame).
+        assert_eq!(std::mem::size_of::<Held>(), 40);
+        assert_eq!(std::mem::size_of::<Record>(), 16);
+    }
+
+    #[test]
+    fn full_ring_has_no_spare_slots() {
+        let mut u = Users::new(limits(100, 1000, 1 << 30));
+        let k = u.attach("a", 1);
+        for _ in 0..250 {
+            push(&mut u, k, 10, 0);
+        }
+        let ring = u.get(k).unwrap().history.as_ref().unwrap();
+        assert_eq!((ring.len(), ring.capacity()), (100, 100));
+    }
 
     #[test]
     fn user_entry_stays_small() {
@@ -362,7 +393,8 @@ mod tests {
         let e = u.get_mut(key).unwrap();
         e.seq += 1;
         let frame = Bytes::from(vec![e.seq as u8; len]);
-        u.record(key, &frame, tick);
+        let seq = e.seq;
+        u.record(key, &frame, tick, seq * 1000);
         frame
     }
 
