@@ -12,9 +12,10 @@ use crossbeam_channel::{Receiver, Sender};
 use mio::{Events, Poll};
 use serde_json::{json, Value};
 
-use super::{ReplySink, Shard, ShardShared};
+use super::{ReplySink, Shard, ShardCluster, ShardShared};
 use crate::admission::Admission;
 use crate::auth::Identity;
+use crate::broker::{Interest, Remote};
 use crate::command::{Handoff, Push, Reply, ShardCmd};
 use crate::config::Config;
 use crate::metrics::{Metrics, ShardCounters};
@@ -166,6 +167,30 @@ impl Harness {
 
     /// Like `new`, then `edit` changes what flags cannot reach.
     fn with(flags: &[&str], edit: impl FnOnce(&mut Config)) -> Harness {
+        Harness::build(flags, edit, None)
+    }
+
+    /// A shard in cluster mode: the test plays its broker, reading what the shard asks
+    /// for and sending it pushes and stream states.
+    fn cluster(flags: &[&str]) -> (Harness, Receiver<Interest>, Sender<Remote>) {
+        let (interest_tx, interest_rx) = crossbeam_channel::unbounded();
+        let (remote_tx, remote_rx) = crossbeam_channel::unbounded();
+        let link = ShardCluster {
+            interest: interest_tx,
+            remote: remote_rx,
+        };
+        (
+            Harness::build(flags, |_| {}, Some(link)),
+            interest_rx,
+            remote_tx,
+        )
+    }
+
+    fn build(
+        flags: &[&str],
+        edit: impl FnOnce(&mut Config),
+        cluster: Option<ShardCluster>,
+    ) -> Harness {
         let mut args = vec![
             "--jwt-secret",
             SECRET,
@@ -193,7 +218,7 @@ impl Harness {
                 tx: reply_tx,
                 waker: api_waker,
             },
-            cluster: None,
+            cluster,
         };
         let poll = Poll::new().expect("poll");
         // The shard's own waker, as `spawn` makes it (senders here never need to wake it).
@@ -264,6 +289,42 @@ impl Harness {
         topics: Vec<TopicPattern>,
         rcvbuf: Option<usize>,
     ) -> Peer {
+        let mut peer = self.handoff(user, exp, topics, rcvbuf, None);
+        let mut head = None;
+        for _ in 0..MAX_TURNS {
+            self.turn();
+            peer.fill();
+            if head.is_none() {
+                head = peer.take_head();
+            }
+            if head.is_some() {
+                if let Some(f) = peer.take_frame() {
+                    peer.welcome = f.json();
+                    break;
+                }
+            }
+        }
+        let head = head.expect("101 response");
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+        assert!(
+            head.contains("Sec-WebSocket-Accept: test-accept\r\n"),
+            "{head}"
+        );
+        assert_eq!(peer.welcome["type"], "welcome", "{}", peer.welcome);
+        assert_eq!(peer.welcome["user"], user);
+        peer
+    }
+
+    /// Hands the shard a session for `user` (resuming when `resume` is given) on a fresh
+    /// loopback pair, without reading anything yet.
+    fn handoff(
+        &mut self,
+        user: &str,
+        exp: Option<u64>,
+        topics: Vec<TopicPattern>,
+        rcvbuf: Option<usize>,
+        resume: Option<crate::command::Resume>,
+    ) -> Peer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
             .expect("socket");
@@ -294,39 +355,16 @@ impl Harness {
                 accept_key: "test-accept".into(),
                 leftover: Vec::new(),
                 ip: LOCALHOST,
-                resume: None,
+                resume,
             })
             .expect("shard queue");
-        let mut peer = Peer {
+        Peer {
             ws,
             buf: Vec::new(),
             eof: false,
             key,
             welcome: Value::Null,
-        };
-        let mut head = None;
-        for _ in 0..MAX_TURNS {
-            self.turn();
-            peer.fill();
-            if head.is_none() {
-                head = peer.take_head();
-            }
-            if head.is_some() {
-                if let Some(f) = peer.take_frame() {
-                    peer.welcome = f.json();
-                    break;
-                }
-            }
         }
-        let head = head.expect("101 response");
-        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
-        assert!(
-            head.contains("Sec-WebSocket-Accept: test-accept\r\n"),
-            "{head}"
-        );
-        assert_eq!(peer.welcome["type"], "welcome", "{}", peer.welcome);
-        assert_eq!(peer.welcome["user"], user);
-        peer
     }
 
     /// The next frame `peer` gets, turning the shard while waiting.
@@ -757,3 +795,5 @@ fn subscribe_limits_too_many_topics_and_forbidden_topic() {
     p.send_json(json!({"type": "subscribe", "topic": "room:c"}));
     assert_eq!(h.recv_json(&mut p)["type"], "subscribed");
 }
+
+mod cluster;

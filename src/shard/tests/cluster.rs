@@ -1,0 +1,238 @@
+//! Cluster mode on one shard, the test playing the broker: the first session waits for
+//! its stream, gaps reload and deliver what was missed in order, a restarted stream closes
+//! with 1012, a failed load with 1013, and topic subscribes wait for the topic's stream.
+
+use super::*;
+use crate::broker::StreamState;
+use crate::command::Resume;
+use bytes::Bytes;
+
+const EPOCH: &str = "00000000000000aa";
+const OTHER: &str = "00000000000000bb";
+
+fn user_frame(seq: u64) -> Bytes {
+    crate::messages::push_frame(&seq.to_string(), 0, Some(seq), None, None)
+}
+
+fn topic_frame(topic: &str, seq: u64) -> Bytes {
+    crate::messages::push_frame(&seq.to_string(), 0, Some(seq), Some(topic), None)
+}
+
+/// A stream at `seq` in `epoch` holding pushes `held` (user frames, or topic frames).
+fn state(
+    seq: u64,
+    epoch: &str,
+    held: std::ops::RangeInclusive<u64>,
+    topic: Option<&str>,
+) -> StreamState {
+    StreamState {
+        seq,
+        epoch: epoch.into(),
+        entries: held
+            .map(|s| {
+                (
+                    s,
+                    topic.map_or_else(|| user_frame(s), |t| topic_frame(t, s)),
+                )
+            })
+            .collect(),
+    }
+}
+
+fn user_push(user: &str, seq: u64, epoch: &str) -> Remote {
+    Remote::UserPush {
+        user: user.into(),
+        seq,
+        epoch: epoch.into(),
+        frame: user_frame(seq),
+        accepted_at: Instant::now(),
+    }
+}
+
+fn loaded(user: &str, st: Result<StreamState, String>) -> Remote {
+    Remote::UserLoaded {
+        user: user.into(),
+        state: st,
+    }
+}
+
+/// A session handed over and upgraded (the 101 is read), with no `welcome` yet.
+fn parked(h: &mut Harness, user: &str, resume: Option<Resume>) -> Peer {
+    let mut p = h.handoff(user, None, Vec::new(), None, resume);
+    for _ in 0..MAX_TURNS {
+        h.turn();
+        p.fill();
+        if let Some(head) = p.take_head() {
+            assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+            return p;
+        }
+    }
+    panic!("no 101");
+}
+
+/// Everything the shard asked the broker for so far.
+fn asked(rx: &Receiver<Interest>) -> Vec<Interest> {
+    rx.try_iter().collect()
+}
+
+fn watch(user: &str, fresh: bool) -> Interest {
+    Interest::WatchUser {
+        user: user.into(),
+        fresh,
+    }
+}
+
+/// A session of `user` whose stream is at `st`.
+fn online(h: &mut Harness, tx: &Sender<Remote>, user: &str, st: StreamState) -> Peer {
+    let mut p = parked(h, user, None);
+    tx.send(loaded(user, Ok(st))).unwrap();
+    let w = h.recv_json(&mut p);
+    assert_eq!(w["type"], "welcome", "{w}");
+    p
+}
+
+fn seq_of(v: &Value) -> u64 {
+    assert_eq!(v["type"], "push", "{v}");
+    v["seq"].as_u64().unwrap()
+}
+
+#[test]
+fn first_session_waits_for_its_stream_then_resumes_from_it() {
+    let (mut h, interests, tx) = Harness::cluster(&[]);
+    let resume = Resume {
+        since: 3,
+        epoch: EPOCH.into(),
+    };
+    let mut p = parked(&mut h, "ann", Some(resume));
+    assert_eq!(asked(&interests), vec![watch("ann", true)]);
+    // What the client sends before `welcome` waits in the socket.
+    p.send_json(json!({"type": "ping", "ref": "early"}));
+    h.quiet(&mut p);
+    tx.send(loaded("ann", Ok(state(5, EPOCH, 2..=5, None))))
+        .unwrap();
+    let w = h.recv_json(&mut p);
+    assert_eq!(
+        (
+            w["type"].as_str(),
+            w["seq"].as_u64(),
+            w["epoch"].as_str(),
+            w["resumed"].as_bool()
+        ),
+        (Some("welcome"), Some(5), Some(EPOCH), Some(true)),
+        "{w}"
+    );
+    assert_eq!(seq_of(&h.recv_json(&mut p)), 4);
+    assert_eq!(seq_of(&h.recv_json(&mut p)), 5);
+    assert_eq!(h.recv_json(&mut p), json!({"type": "pong", "ref": "early"}));
+    // Live pushes follow; the overlap of load and channel is dropped.
+    tx.send(user_push("ann", 5, EPOCH)).unwrap();
+    tx.send(user_push("ann", 6, EPOCH)).unwrap();
+    assert_eq!(seq_of(&h.recv_json(&mut p)), 6);
+    h.quiet(&mut p);
+    // A second session of a served user needs no load.
+    let q = h.connect("ann");
+    assert_eq!(q.welcome["seq"], 6);
+    assert!(asked(&interests).is_empty());
+}
+
+#[test]
+fn a_gap_reloads_and_sessions_get_what_they_missed_in_order() {
+    let (mut h, interests, tx) = Harness::cluster(&[]);
+    let mut p = online(&mut h, &tx, "bo", state(2, EPOCH, 1..=2, None));
+    asked(&interests);
+    tx.send(user_push("bo", 3, EPOCH)).unwrap();
+    assert_eq!(seq_of(&h.recv_json(&mut p)), 3);
+    // 4 and 5 were missed (a reconnect of the broker, say): 6 waits for a reload.
+    tx.send(user_push("bo", 6, EPOCH)).unwrap();
+    tx.send(user_push("bo", 7, EPOCH)).unwrap();
+    h.quiet(&mut p);
+    assert_eq!(asked(&interests), vec![watch("bo", false)]);
+    tx.send(loaded("bo", Ok(state(6, EPOCH, 1..=6, None))))
+        .unwrap();
+    for want in 4..=7 {
+        assert_eq!(seq_of(&h.recv_json(&mut p)), want);
+    }
+    h.quiet(&mut p);
+}
+
+#[test]
+fn a_stream_restarted_in_redis_closes_live_sessions_1012() {
+    let (mut h, interests, tx) = Harness::cluster(&[]);
+    let mut p = online(&mut h, &tx, "cy", state(4, EPOCH, 1..=4, None));
+    asked(&interests);
+    tx.send(user_push("cy", 1, OTHER)).unwrap();
+    h.quiet(&mut p);
+    assert_eq!(asked(&interests), vec![watch("cy", false)]);
+    tx.send(loaded("cy", Ok(state(1, OTHER, 1..=1, None))))
+        .unwrap();
+    assert_eq!(h.recv_close(&mut p), 1012);
+    // A new session starts from the new numbering.
+    let q = h.connect("cy");
+    assert_eq!(
+        (q.welcome["seq"].as_u64(), q.welcome["epoch"].as_str()),
+        (Some(1), Some(OTHER))
+    );
+}
+
+#[test]
+fn a_load_that_fails_closes_the_waiting_session_1013_and_a_later_one_retries() {
+    let (mut h, interests, tx) = Harness::cluster(&[]);
+    let mut p = parked(&mut h, "di", None);
+    assert_eq!(asked(&interests), vec![watch("di", true)]);
+    tx.send(loaded("di", Err("Redis is unavailable".into())))
+        .unwrap();
+    assert_eq!(h.recv_close(&mut p), 1013);
+    let mut q = parked(&mut h, "di", None);
+    assert_eq!(asked(&interests).len(), 1, "asked again");
+    tx.send(loaded("di", Ok(state(0, EPOCH, 1..=0, None))))
+        .unwrap();
+    assert_eq!(h.recv_json(&mut q)["type"], "welcome");
+}
+
+#[test]
+fn subscribe_waits_for_the_topic_stream_and_unsubscribe_lets_it_go() {
+    let (mut h, interests, tx) = Harness::cluster(&["--public-topics", "room.*"]);
+    let mut p = online(&mut h, &tx, "ed", state(0, EPOCH, 1..=0, None));
+    asked(&interests);
+    p.send_json(
+        json!({"type": "subscribe", "topic": "room.1", "since": 1, "epoch": OTHER, "ref": 7}),
+    );
+    h.quiet(&mut p);
+    let topic: Arc<str> = "room.1".into();
+    assert_eq!(
+        asked(&interests),
+        vec![Interest::WatchTopic {
+            shard: 0,
+            topic: Arc::clone(&topic)
+        }]
+    );
+    tx.send(Remote::TopicLoaded {
+        topic: Arc::clone(&topic),
+        state: Ok(state(3, OTHER, 1..=3, Some("room.1"))),
+    })
+    .unwrap();
+    let s = h.recv_json(&mut p);
+    assert_eq!(
+        s,
+        json!({"type": "subscribed", "topic": "room.1", "seq": 3, "epoch": OTHER, "resumed": true, "ref": 7})
+    );
+    assert_eq!(seq_of(&h.recv_json(&mut p)), 2);
+    assert_eq!(seq_of(&h.recv_json(&mut p)), 3);
+    let push = |seq| Remote::TopicPush {
+        topic: Arc::clone(&topic),
+        seq,
+        epoch: OTHER.into(),
+        frame: topic_frame("room.1", seq),
+        accepted_at: Instant::now(),
+    };
+    tx.send(push(4)).unwrap();
+    tx.send(push(4)).unwrap();
+    assert_eq!(seq_of(&h.recv_json(&mut p)), 4);
+    h.quiet(&mut p);
+    p.send_json(json!({"type": "unsubscribe", "topic": "room.1"}));
+    assert_eq!(h.recv_json(&mut p)["type"], "unsubscribed");
+    assert_eq!(
+        asked(&interests),
+        vec![Interest::UnwatchTopic { shard: 0, topic }]
+    );
+}
