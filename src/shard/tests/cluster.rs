@@ -39,6 +39,15 @@ fn state(
     }
 }
 
+/// A stream never pushed to.
+fn fresh_state() -> StreamState {
+    StreamState {
+        seq: 0,
+        epoch: EPOCH.into(),
+        entries: Vec::new(),
+    }
+}
+
 fn user_push(user: &str, seq: u64, epoch: &str) -> Remote {
     Remote::UserPush {
         user: user.into(),
@@ -184,7 +193,7 @@ fn a_load_that_fails_closes_the_waiting_session_1013_and_a_later_one_retries() {
     assert_eq!(h.recv_close(&mut p), 1013);
     let mut q = parked(&mut h, "di", None);
     assert_eq!(asked(&interests).len(), 1, "asked again");
-    tx.send(loaded("di", Ok(state(0, EPOCH, 1..=0, None))))
+    tx.send(loaded("di", Ok(fresh_state())))
         .unwrap();
     assert_eq!(h.recv_json(&mut q)["type"], "welcome");
 }
@@ -192,7 +201,7 @@ fn a_load_that_fails_closes_the_waiting_session_1013_and_a_later_one_retries() {
 #[test]
 fn subscribe_waits_for_the_topic_stream_and_unsubscribe_lets_it_go() {
     let (mut h, interests, tx) = Harness::cluster(&["--public-topics", "room.*"]);
-    let mut p = online(&mut h, &tx, "ed", state(0, EPOCH, 1..=0, None));
+    let mut p = online(&mut h, &tx, "ed", fresh_state());
     asked(&interests);
     p.send_json(
         json!({"type": "subscribe", "topic": "room.1", "since": 1, "epoch": OTHER, "ref": 7}),
