@@ -173,6 +173,8 @@ pub struct Reply {
     pub details: Vec<SessionDetail>,
     /// Cluster mode: what Redis did with a push (`?wait=1`).
     pub published: Option<crate::broker::script::Published>,
+    /// Cluster mode: what the presence thread read from Redis (presence and stats).
+    pub cluster: Option<Box<crate::broker::ViewResult>>,
 }
 
 #[cfg(test)]

@@ -280,6 +280,11 @@ impl Metrics {
 
     /// The `/v1/stats` document.
     pub fn stats_json(&self) -> String {
+        self.stats_value().to_string()
+    }
+
+    /// The `/v1/stats` document as JSON (cluster mode adds the cluster's view to it).
+    pub fn stats_value(&self) -> serde_json::Value {
         // Each gauge is read once: the totals are sums of the very values shown per shard.
         let (mut connections, mut users, mut topics) = (0u64, 0u64, 0u64);
         let shards: Vec<serde_json::Value> = self
@@ -335,7 +340,6 @@ impl Metrics {
             "history_bytes": self.sum(|c| &c.history_bytes),
             "cluster": self.broker.json(),
         })
-        .to_string()
     }
 
     /// Prometheus text exposition.

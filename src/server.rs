@@ -118,6 +118,10 @@ impl Server {
         // Cluster mode: each shard gets a queue from the broker and a way to tell it
         // which users and topics it serves.
         let (interest_tx, interest_rx) = crossbeam_channel::unbounded();
+        // ... and where to report changed session counts (presence, a batch per ~100 ms).
+        let (presence_tx, presence_rx) =
+            crossbeam_channel::bounded(broker::presence::CHANGES_QUEUE);
+        let presence_shared = broker::PresenceShared::default();
         let mut remote_senders = Vec::new();
         for id in 0..config.shards {
             let cluster = config.cluster.as_ref().map(|_| {
@@ -126,6 +130,8 @@ impl Server {
                 ShardCluster {
                     interest: interest_tx.clone(),
                     remote: rx,
+                    presence: presence_tx.clone(),
+                    presence_shared: presence_shared.clone(),
                 }
             });
             let shared = ShardShared {
@@ -145,6 +151,7 @@ impl Server {
             shard_threads.push(thread);
         }
         drop(interest_tx);
+        drop(presence_tx);
         let shard_wakers: Vec<Arc<Waker>> = handles.iter().map(|h| Arc::clone(&h.waker)).collect();
         let (broker_links, broker_threads) = match &config.cluster {
             None => (None, Vec::new()),
@@ -171,6 +178,10 @@ impl Server {
                     },
                     Links::from_parts(remote),
                     interest_rx,
+                    broker::PresenceEnds {
+                        changes: presence_rx,
+                        shared: presence_shared,
+                    },
                 )?;
                 (Some(links), threads.threads)
             }

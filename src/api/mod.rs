@@ -2,6 +2,7 @@
 //! requests, routes pushes to shards as one command per shard, and answers `?wait=1`,
 //! disconnect and presence requests when every shard involved has replied.
 
+mod cluster_view;
 pub mod dedup;
 mod push;
 pub mod request;
@@ -57,6 +58,8 @@ pub(crate) enum WaitKind {
     Topic,
     /// Cluster mode: what Redis did with a push.
     Published,
+    /// Cluster mode: `/v1/stats` with the other nodes' totals.
+    Stats,
 }
 
 struct Waiting {
@@ -73,6 +76,8 @@ struct Waiting {
     details: Vec<crate::command::SessionDetail>,
     /// Cluster mode: the publisher's answer.
     published: Option<crate::broker::script::Published>,
+    /// Cluster mode: the presence thread's answer (presence and stats).
+    cluster: Option<crate::broker::ViewResult>,
 }
 
 struct ApiConn {
@@ -514,6 +519,7 @@ impl Api {
                     user,
                     details: Vec::new(),
                     published: None,
+                    cluster: None,
                 });
                 Step::Done {
                     used,
@@ -562,6 +568,9 @@ impl Api {
             if r.published.is_some() {
                 w.published = r.published;
             }
+            if let Some(view) = r.cluster {
+                w.cluster = Some(*view);
+            }
             w.remaining = w.remaining.saturating_sub(1);
             if w.remaining == 0 {
                 self.complete(r.ticket.conn);
@@ -590,20 +599,45 @@ impl Api {
             self.drive(key);
             return;
         }
+        if let (WaitKind::Presence, Some(Err(e))) = (w.kind, &w.cluster) {
+            let response = http::error_response(
+                503,
+                "broker_unavailable",
+                &format!("cannot read presence from Redis: {e}"),
+                w.keep_alive,
+                "Retry-After: 1\r\n",
+            );
+            queue_out(c, &self.metrics, &response);
+            c.request_since = Some(self.now);
+            self.drive(key);
+            return;
+        }
         let body = match w.kind {
             WaitKind::Published => published_body(w.published),
+            WaitKind::Stats => {
+                let mut stats = self.metrics.stats_value();
+                let me = self.broker.as_ref().map_or("", |b| &*b.node_id);
+                let view = w
+                    .cluster
+                    .unwrap_or_else(|| Err("no answer from the presence thread".into()));
+                cluster_view::add_to_stats(&mut stats, me, view);
+                stats
+            }
             WaitKind::Push => serde_json::json!({"delivered": w.sessions, "users_online": w.users}),
             WaitKind::Disconnect => serde_json::json!({"closed": w.sessions}),
-            WaitKind::Presence => serde_json::json!({
-                "user": w.user.unwrap_or_default(),
-                "online": w.sessions > 0,
-                "sessions": w.sessions,
-                "details": w.details.iter().map(|d| serde_json::json!({
-                    "session": d.session,
-                    "acked": d.acked,
-                    "connected_ms": d.connected_ms,
-                })).collect::<Vec<_>>(),
-            }),
+            WaitKind::Presence => {
+                let me = self.broker.as_ref().map_or("", |b| &*b.node_id);
+                let cluster = match w.cluster {
+                    Some(Ok(crate::broker::ClusterView::User(nodes))) => Some((me, nodes)),
+                    _ => None,
+                };
+                cluster_view::presence_body(
+                    w.user.as_deref().unwrap_or_default(),
+                    w.sessions,
+                    &w.details,
+                    cluster,
+                )
+            }
             WaitKind::Topic => {
                 let topic = w.user.unwrap_or_default();
                 let (seq, epoch) = self

@@ -123,13 +123,7 @@ impl Api {
             ("POST", "/v1/push/batch") => self.push_batch(req.body, keep_alive),
             ("POST", "/v1/disconnect") => self.disconnect(key, req.body, keep_alive),
             ("POST", "/v1/drain") => self.drain(keep_alive),
-            ("GET", "/v1/stats") => Handled::Respond(http::response(
-                200,
-                "application/json",
-                self.metrics.stats_json().as_bytes(),
-                keep_alive,
-                "",
-            )),
+            ("GET", "/v1/stats") => self.stats(key, keep_alive),
             ("GET", "/metrics") => Handled::Respond(http::response(
                 200,
                 "text/plain; version=0.0.4",
@@ -542,6 +536,92 @@ impl Api {
         }
     }
 
+    /// `GET /v1/stats`: this node's document; in cluster mode with the live nodes and
+    /// their totals, read by the presence thread (or `view_error` when it cannot).
+    fn stats(&mut self, key: usize, keep_alive: bool) -> Handled {
+        let local = |api: &Api, error: Option<&str>| {
+            let mut stats = api.metrics.stats_value();
+            if let Some(e) = error {
+                let me = api.broker.as_ref().map_or("", |b| &*b.node_id);
+                super::cluster_view::add_to_stats(&mut stats, me, Err(e.into()));
+            }
+            Handled::Respond(http::response(
+                200,
+                "application/json",
+                stats.to_string().as_bytes(),
+                keep_alive,
+                "",
+            ))
+        };
+        match self.broker.as_ref().map(|b| b.presence_up.load(Relaxed)) {
+            None => return local(self, None),
+            Some(false) => return local(self, Some("cannot reach Redis")),
+            Some(true) => {}
+        }
+        let serial = self.next_serial();
+        let q = crate::broker::PresenceQuery::Stats {
+            ticket: Ticket { conn: key, serial },
+        };
+        let Some(b) = &self.broker else {
+            return local(self, None);
+        };
+        match b.presence.try_send(q) {
+            Ok(()) => Handled::Wait {
+                kind: WaitKind::Stats,
+                serial,
+                expected: 1,
+                user: None,
+            },
+            Err(crossbeam_channel::TrySendError::Full(_)) => {
+                local(self, Some("too many cluster queries waiting"))
+            }
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
+                local(self, Some("server is shutting down"))
+            }
+        }
+    }
+
+    /// Cluster mode: asks the presence thread for the user's sessions on the other nodes
+    /// (answered with the shard's, so `expected` is 2). Standalone: nothing to ask.
+    fn ask_cluster(
+        &mut self,
+        key: usize,
+        user: &str,
+        serial: u64,
+        keep_alive: bool,
+    ) -> Result<usize, Handled> {
+        let Some(b) = &self.broker else {
+            return Ok(1);
+        };
+        if !b.presence_up.load(Relaxed) {
+            return Err(error(
+                503,
+                "broker_unavailable",
+                "cannot reach Redis to count the user's sessions on other nodes",
+                keep_alive,
+            ));
+        }
+        let q = crate::broker::PresenceQuery::User {
+            user: user.to_string(),
+            ticket: Ticket { conn: key, serial },
+        };
+        match b.presence.try_send(q) {
+            Ok(()) => Ok(2),
+            Err(crossbeam_channel::TrySendError::Full(_)) => Err(error(
+                503,
+                "overloaded",
+                "too many presence queries waiting; retry after a moment",
+                keep_alive,
+            )),
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => Err(error(
+                503,
+                "draining",
+                "server is shutting down",
+                keep_alive,
+            )),
+        }
+    }
+
     fn presence(&mut self, key: usize, raw_user: &str, keep_alive: bool) -> Handled {
         let user = match percent_encoding::percent_decode_str(raw_user).decode_utf8() {
             Ok(u) => u.into_owned(),
@@ -551,6 +631,12 @@ impl Api {
             return error(400, "bad_request", &format!("user: {e}"), keep_alive);
         }
         let serial = self.next_serial();
+        // The other nodes' part is asked first: if the shard then refuses, its answer
+        // finds no request waiting and is dropped.
+        let expected = match self.ask_cluster(key, &user, serial, keep_alive) {
+            Ok(n) => n,
+            Err(refused) => return refused,
+        };
         let shard = shard_of(&user, self.shards.len());
         let cmd = ShardCmd::Presence {
             user: user.clone().into(),
@@ -560,7 +646,7 @@ impl Api {
             Ok(()) => Handled::Wait {
                 kind: WaitKind::Presence,
                 serial,
-                expected: 1,
+                expected,
                 user: Some(user),
             },
             Err(e) => refused(e, keep_alive),

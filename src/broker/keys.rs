@@ -14,6 +14,9 @@ pub const BROADCAST_CHANNEL: &str = "throng:b";
 pub const NODES: &str = "throng:nodes";
 /// Prefix of the per-node presence hashes (user -> sessions on that node).
 pub const PRESENCE_PREFIX: &str = "throng:presence:";
+/// Hash of node id to its totals, `"<connections> <users online>"`, written with its
+/// heartbeat.
+pub const NODE_TOTALS: &str = "throng:nodes:totals";
 
 /// A push stream: a user's direct pushes or a topic's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -2,7 +2,9 @@
 //! link, so no shard ever waits on Redis.
 //!
 //! - [`publisher`]: pushes from the API go through the sequencing [`script`] (dedup,
-//!   `seq`, history, publish), and the node says it is alive.
+//!   `seq`, history, publish).
+//! - [`presence`]: the node's heartbeat, its sessions per user in Redis, and the
+//!   cluster-wide presence and stats the API asks for.
 //! - [`subscriber`]: subscribes to the users and topics this node's shards serve (and
 //!   broadcasts), loads a stream's `seq`, epoch and history when a shard starts serving
 //!   it, and hands published pushes to the shards in Redis order.
@@ -15,6 +17,7 @@ mod counters;
 pub mod envelope;
 pub mod ingress;
 pub mod keys;
+pub mod presence;
 mod publisher;
 pub mod script;
 mod subscriber;
@@ -34,6 +37,10 @@ use crate::metrics::Metrics;
 use crate::shard::ReplySink;
 
 pub use counters::BrokerCounters;
+pub use presence::{
+    ClusterView, NodeSessions, NodeTotals, PresenceChanges, PresenceQuery, PresenceShared,
+    ViewResult,
+};
 pub use publisher::PUBLISH_QUEUE;
 
 /// A push from the API on its way to Redis.
@@ -171,6 +178,20 @@ pub struct BrokerLinks {
     pub publish: Sender<PublishCmd>,
     /// Cleared while the publisher cannot reach Redis: pushes get 503 `broker_unavailable`.
     pub up: Arc<AtomicBool>,
+    /// The API's presence and stats questions to the presence thread.
+    pub presence: Sender<PresenceQuery>,
+    /// Cleared while the presence thread cannot reach Redis: presence gets 503.
+    pub presence_up: Arc<AtomicBool>,
+    /// This node's id.
+    pub node_id: Arc<str>,
+}
+
+/// The presence thread's ends that the shards share (made before the shards start).
+pub struct PresenceEnds {
+    /// Where the shards' changed session counts arrive.
+    pub changes: Receiver<PresenceChanges>,
+    /// Shared with the shards.
+    pub shared: PresenceShared,
 }
 
 /// The cluster settings every broker thread needs.
@@ -190,7 +211,7 @@ pub struct BrokerThreads {
     pub threads: Vec<std::thread::JoinHandle<()>>,
 }
 
-/// Starts the publisher, subscriber and stream ingress threads.
+/// Starts the publisher, presence, subscriber and stream ingress threads.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn spawn(
     config: &Config,
@@ -201,12 +222,13 @@ pub(crate) fn spawn(
     replies: ReplySink,
     shards: Links<Remote>,
     interests: Receiver<Interest>,
+    presence_ends: PresenceEnds,
 ) -> std::io::Result<(BrokerLinks, BrokerThreads)> {
     let client = redis::Client::open(cluster.redis_url.as_str())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
     let ctx = BrokerCtx {
         client,
-        node_id,
+        node_id: Arc::clone(&node_id),
         cluster: cluster.clone(),
         retention: script::Retention {
             history_size: config.history_size,
@@ -221,11 +243,26 @@ pub(crate) fn spawn(
     let busy = Arc::new(AtomicBool::new(false));
     let (publish_tx, publish_rx) = crossbeam_channel::bounded(PUBLISH_QUEUE);
     let mut threads = Vec::new();
-    let p = publisher::Publisher::new(ctx.clone(), publish_rx, replies, Arc::clone(&up));
+    let p = publisher::Publisher::new(ctx.clone(), publish_rx, replies.clone(), Arc::clone(&up));
     threads.push(
         std::thread::Builder::new()
             .name("throng-publisher".into())
             .spawn(move || p.run())?,
+    );
+    let presence_up = Arc::new(AtomicBool::new(false));
+    let (query_tx, query_rx) = crossbeam_channel::bounded(presence::QUERY_QUEUE);
+    let pr = presence::Presence::new(
+        ctx.clone(),
+        presence_ends.changes,
+        query_rx,
+        replies,
+        presence_ends.shared,
+        Arc::clone(&presence_up),
+    );
+    threads.push(
+        std::thread::Builder::new()
+            .name("throng-presence".into())
+            .spawn(move || pr.run())?,
     );
     let s = subscriber::Subscriber::new(ctx.clone(), shards, interests, Arc::clone(&busy));
     threads.push(
@@ -243,6 +280,9 @@ pub(crate) fn spawn(
         BrokerLinks {
             publish: publish_tx,
             up,
+            presence: query_tx,
+            presence_up,
+            node_id,
         },
         BrokerThreads { threads },
     ))

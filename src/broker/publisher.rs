@@ -1,15 +1,15 @@
 //! The publisher thread: the API's pushes through the sequencing script, in batches of
-//! whatever queued up during the last round trip, and this node's heartbeat.
+//! whatever queued up during the last round trip. (The node's heartbeat is the presence
+//! thread's, which keeps the entries the heartbeat vouches for.)
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use redis::Connection;
 
-use super::keys::NODES;
-use super::script::{now_ms, Published, Sequencer};
+use super::script::{Published, Sequencer};
 use super::{connect, next_backoff, pause, BrokerCtx, PublishCmd, RECONNECT_MIN};
 use crate::command::Reply;
 use crate::shard::ReplySink;
@@ -18,8 +18,6 @@ use crate::shard::ReplySink;
 pub const PUBLISH_QUEUE: usize = 8192;
 /// Most pushes in one pipelined round trip.
 const BATCH: usize = 256;
-/// How often the node writes its heartbeat.
-pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// The publisher thread's state.
 pub(crate) struct Publisher {
@@ -30,7 +28,6 @@ pub(crate) struct Publisher {
     sequencer: Sequencer,
     conn: Option<Connection>,
     backoff: Duration,
-    last_beat: Option<Instant>,
 }
 
 impl Publisher {
@@ -50,7 +47,6 @@ impl Publisher {
             sequencer,
             conn: None,
             backoff: RECONNECT_MIN,
-            last_beat: None,
         }
     }
 
@@ -61,7 +57,6 @@ impl Publisher {
             if self.conn.is_none() && !self.reconnect() {
                 continue;
             }
-            self.heartbeat();
             match self.rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(cmd) => batch.push(cmd),
                 Err(RecvTimeoutError::Timeout) => continue,
@@ -174,25 +169,7 @@ impl Publisher {
             users: 0,
             details: Vec::new(),
             published: Some(published),
+            cluster: None,
         });
-    }
-
-    /// Writes this node's heartbeat once per `HEARTBEAT`.
-    fn heartbeat(&mut self) {
-        if self.last_beat.is_some_and(|t| t.elapsed() < HEARTBEAT) {
-            return;
-        }
-        self.last_beat = Some(Instant::now());
-        let Some(conn) = self.conn.as_mut() else {
-            return;
-        };
-        let r: redis::RedisResult<()> = redis::cmd("HSET")
-            .arg(NODES)
-            .arg(&*self.ctx.node_id)
-            .arg(now_ms())
-            .query(conn);
-        if let Err(e) = r {
-            self.down(&e);
-        }
     }
 }

@@ -32,6 +32,10 @@ pub struct ShardCluster {
     pub interest: Sender<Interest>,
     /// Pushes and stream states from the broker.
     pub remote: Receiver<Remote>,
+    /// Changed session counts per user, to the presence thread.
+    pub presence: Sender<crate::broker::PresenceChanges>,
+    /// Tells the shard when to resend all its users' counts.
+    pub presence_shared: crate::broker::PresenceShared,
 }
 
 /// A session whose `welcome` waits for its user's stream.
@@ -77,12 +81,17 @@ pub(super) struct ClusterState {
     loading_users: HashMap<u32, UserLoad, FxBuildHasher>,
     loading_topics: HashMap<Arc<str>, Vec<PendingSub>, FxBuildHasher>,
     topics: HashMap<Arc<str>, TopicPos, FxBuildHasher>,
+    /// Users whose session count changed since the last presence report.
+    pub(super) presence: super::presence::Tracker,
 }
 
 impl ClusterState {
     /// The state for a shard linked to its broker.
     pub(super) fn new(link: ShardCluster) -> ClusterState {
+        let presence =
+            super::presence::Tracker::new(link.presence.clone(), link.presence_shared.clone());
         ClusterState {
+            presence,
             link,
             loading_users: HashMap::default(),
             loading_topics: HashMap::default(),

@@ -9,6 +9,7 @@ mod cluster;
 mod conn;
 mod history;
 mod inbound;
+mod presence;
 mod refresh;
 mod streams;
 mod topics;
@@ -403,6 +404,7 @@ impl Shard {
         }
         let created = self.users.find(&h.identity.user).is_none();
         let user = self.users.attach(&h.identity.user, key);
+        self.presence_changed(user);
         self.session_counter = self.session_counter.wrapping_add(1);
         let inserted = self.conns.insert(Conn {
             stream,
@@ -632,6 +634,7 @@ impl Shard {
                     users: u64::from(n > 0),
                     details,
                     published: None,
+                    cluster: None,
                 });
             }
         }
@@ -762,6 +765,7 @@ impl Shard {
                 users,
                 details: Vec::new(),
                 published: None,
+                cluster: None,
             });
         }
     }
@@ -804,6 +808,7 @@ impl Shard {
             }
             let _ = self.shared.replies.waker.wake();
         }
+        self.report_presence();
         if self.last_publish.elapsed() >= Duration::from_millis(100) {
             self.last_publish = Instant::now();
             if !self.latency.is_empty() {
@@ -979,6 +984,7 @@ impl Shard {
             self.topics.leave(t, key);
         }
         self.users.detach(user, key, self.tick);
+        self.presence_changed(user);
         self.counters().connections.fetch_sub(1, Relaxed);
     }
 
@@ -1000,6 +1006,7 @@ impl Shard {
                 self.topics.leave(t, key);
             }
             self.users.detach(c.user, key, self.tick);
+            self.presence_changed(c.user);
         }
         if let Some(t) = c.timer.take() {
             self.wheel.cancel(t);

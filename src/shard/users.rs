@@ -176,6 +176,14 @@ impl Users {
         self.online
     }
 
+    /// Users online here with their session counts (cluster mode: a presence resync).
+    pub(super) fn online_sessions(&self) -> impl Iterator<Item = (&str, usize)> + '_ {
+        self.entries
+            .iter()
+            .filter(|(_, e)| !e.sessions.is_empty())
+            .map(|(_, e)| (&*e.id, e.sessions.len()))
+    }
+
     /// Entries held, online or retained.
     #[cfg(test)]
     pub(super) fn retained(&self) -> usize {

@@ -1,0 +1,527 @@
+//! The presence thread (docs/protocol.md 5, "Presence"): this node's liveness and its
+//! sessions per user in Redis, and the cluster-wide view the API asks for.
+//!
+//! - Heartbeat: once per `HEARTBEAT`, `HSET throng:nodes <node> <unix ms>`, the node's
+//!   totals in `throng:nodes:totals`, and a fresh TTL on its presence hash. Nodes whose
+//!   heartbeat is older than `STALE` are removed from both hashes, with their presence
+//!   hash (which also expires by itself, `TTL` after its dead node's last heartbeat).
+//! - Presence: shards send the users whose session count changed (a batch per shard per
+//!   ~100 ms, nothing per idle connection); they are coalesced here and written in one
+//!   pipelined round trip per `FLUSH` into `throng:presence:<node>` (user -> sessions).
+//! - After a reconnect, or when the node finds its heartbeat entry gone (another node
+//!   took it for dead), the shards resend everything they hold (`resync`).
+//! - Queries: the API's presence and stats requests are read here, never on the API
+//!   thread, and answered through its reply channel.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use redis::Connection;
+
+use super::keys::{NODES, NODE_TOTALS, PRESENCE_PREFIX};
+use super::script::now_ms;
+use super::{connect, next_backoff, pause, BrokerCtx, RECONNECT_MIN};
+use crate::command::{Reply, Ticket};
+use crate::shard::ReplySink;
+
+/// How often the node writes its heartbeat.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// A node whose heartbeat is older than this is dead: readers skip it, writers remove it.
+pub const STALE: Duration = Duration::from_secs(3);
+/// Lifetime of a node's presence hash, renewed by every heartbeat and write: a dead
+/// node's sessions vanish this long after its last heartbeat at the latest.
+pub const TTL: Duration = Duration::from_secs(5);
+/// How often changed counts are written.
+pub const FLUSH: Duration = Duration::from_millis(100);
+/// Change batches that may wait (each is one shard's changes of ~100 ms).
+pub const CHANGES_QUEUE: usize = 1024;
+/// Queries that may wait; beyond, the API answers 503 `overloaded`.
+pub const QUERY_QUEUE: usize = 256;
+/// Most fields in one `HSET`/`HDEL`.
+const CHUNK: usize = 1000;
+
+/// One shard's changed users with their session count on this node (0: none left),
+/// oldest change first.
+pub type PresenceChanges = Vec<(Box<str>, u32)>;
+
+/// What the API asks of the cluster.
+#[derive(Debug)]
+pub enum PresenceQuery {
+    /// Sessions of `user` on the other live nodes.
+    User {
+        /// The user.
+        user: String,
+        /// Where the answer goes.
+        ticket: Ticket,
+    },
+    /// The live nodes and their totals.
+    Stats {
+        /// Where the answer goes.
+        ticket: Ticket,
+    },
+}
+
+/// One live node's sessions of a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSessions {
+    /// The node id.
+    pub node: String,
+    /// Its sessions of the user.
+    pub sessions: u64,
+}
+
+/// One live node's totals, as its last heartbeat wrote them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeTotals {
+    /// The node id.
+    pub node: String,
+    /// Its open WebSocket connections.
+    pub connections: u64,
+    /// Its users with at least one session.
+    pub users_online: u64,
+}
+
+/// The answer to a [`PresenceQuery`].
+#[derive(Debug, Clone)]
+pub enum ClusterView {
+    /// The other live nodes holding sessions of the user.
+    User(Vec<NodeSessions>),
+    /// Every live node but this one, with its totals.
+    Stats(Vec<NodeTotals>),
+}
+
+/// The answer, or why Redis could not give it.
+pub type ViewResult = Result<ClusterView, String>;
+
+/// A node's presence hash.
+pub fn presence_key(node: &str) -> String {
+    format!("{PRESENCE_PREFIX}{node}")
+}
+
+/// The nodes of `throng:nodes` alive at `now` (Unix ms), with the ones to remove.
+/// An entry whose value is not a time is dead too: nothing could keep it fresh.
+pub fn split_alive(nodes: HashMap<String, String>, now: u64) -> (Vec<String>, Vec<String>) {
+    let stale = STALE.as_millis() as u64;
+    let (mut alive, mut dead) = (Vec::new(), Vec::new());
+    for (node, beat) in nodes {
+        match beat.parse::<u64>() {
+            Ok(t) if now.saturating_sub(t) <= stale => alive.push(node),
+            _ => dead.push(node),
+        }
+    }
+    alive.sort_unstable();
+    (alive, dead)
+}
+
+/// What the shards and the presence thread share.
+#[derive(Clone, Default)]
+pub struct PresenceShared {
+    /// Bumped when Redis may have lost this node's presence: each shard then sends all
+    /// its users once.
+    pub resync: Arc<AtomicU64>,
+}
+
+/// The presence thread's state.
+pub(crate) struct Presence {
+    ctx: BrokerCtx,
+    key: String,
+    changes: Receiver<PresenceChanges>,
+    queries: Receiver<PresenceQuery>,
+    replies: ReplySink,
+    shared: PresenceShared,
+    up: Arc<AtomicBool>,
+    conn: Option<Connection>,
+    backoff: Duration,
+    /// Counts to write, coalesced by user (last change wins).
+    pending: HashMap<Box<str>, u32>,
+    last_flush: Instant,
+    last_beat: Option<Instant>,
+    /// When the heartbeat last renewed the TTL: past `TTL`, the hash may be gone.
+    last_renewed: Option<Instant>,
+}
+
+impl Presence {
+    /// A presence thread answering through `replies`; `up` tells the API whether it
+    /// reaches Redis.
+    pub(crate) fn new(
+        ctx: BrokerCtx,
+        changes: Receiver<PresenceChanges>,
+        queries: Receiver<PresenceQuery>,
+        replies: ReplySink,
+        shared: PresenceShared,
+        up: Arc<AtomicBool>,
+    ) -> Presence {
+        Presence {
+            key: presence_key(&ctx.node_id),
+            ctx,
+            changes,
+            queries,
+            replies,
+            shared,
+            up,
+            conn: None,
+            backoff: RECONNECT_MIN,
+            pending: HashMap::new(),
+            last_flush: Instant::now(),
+            last_beat: None,
+            last_renewed: None,
+        }
+    }
+
+    /// Runs until the server stops, then removes this node's entries.
+    pub(crate) fn run(mut self) {
+        while !self.ctx.stop.load(Relaxed) {
+            if self.conn.is_none() && !self.reconnect() {
+                continue;
+            }
+            let due = self.next_due();
+            crossbeam_channel::select! {
+                recv(self.changes) -> m => match m {
+                    Ok(batch) => self.merge(batch),
+                    // The shards are gone: the server is stopping.
+                    Err(_) => self.changes = crossbeam_channel::never(),
+                },
+                recv(self.queries) -> q => match q {
+                    Ok(q) => self.answer(q),
+                    Err(_) => self.queries = crossbeam_channel::never(),
+                },
+                default(due) => {}
+            }
+            self.take_changes();
+            if self.last_flush.elapsed() >= FLUSH {
+                self.flush();
+            }
+            self.heartbeat();
+        }
+        for q in self.queries.try_iter() {
+            let ticket = ticket_of(&q);
+            send_reply(&self.replies, ticket, Err("server is shutting down".into()));
+        }
+        let _ = self.replies.waker.wake();
+        self.leave();
+    }
+
+    /// Time until the next flush or heartbeat.
+    fn next_due(&self) -> Duration {
+        let flush = FLUSH.saturating_sub(self.last_flush.elapsed());
+        let beat = self
+            .last_beat
+            .map_or(Duration::ZERO, |t| HEARTBEAT.saturating_sub(t.elapsed()));
+        flush.min(beat).max(Duration::from_millis(1))
+    }
+
+    fn merge(&mut self, batch: PresenceChanges) {
+        for (user, n) in batch {
+            self.pending.insert(user, n);
+        }
+    }
+
+    /// Takes what queued up, a bounded number of batches.
+    fn take_changes(&mut self) {
+        for _ in 0..CHANGES_QUEUE {
+            match self.changes.try_recv() {
+                Ok(b) => self.merge(b),
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Connects; false (after a pause) when Redis is not there. Queries that came in
+    /// meanwhile learn it, and changes keep being coalesced.
+    fn reconnect(&mut self) -> bool {
+        match connect(&self.ctx.client) {
+            Ok(c) => {
+                self.conn = Some(c);
+                self.backoff = RECONNECT_MIN;
+                self.last_beat = None;
+                // Redis may have lost or expired this node's hash while it was away.
+                self.shared.resync.fetch_add(1, Relaxed);
+                self.up.store(true, Relaxed);
+                tracing::info!(node = %self.ctx.node_id, "presence connected to Redis");
+                true
+            }
+            Err(e) => {
+                self.down(&e);
+                for q in self.queries.try_iter() {
+                    let ticket = ticket_of(&q);
+                    send_reply(
+                        &self.replies,
+                        ticket,
+                        Err(format!("cannot reach Redis: {e}")),
+                    );
+                }
+                let _ = self.replies.waker.wake();
+                self.take_changes();
+                pause(self.backoff, &self.ctx.stop);
+                self.backoff = next_backoff(self.backoff);
+                false
+            }
+        }
+    }
+
+    fn down(&mut self, e: &redis::RedisError) {
+        if self.up.swap(false, Relaxed) {
+            tracing::warn!(error = %e, "presence lost Redis; presence queries get 503");
+        }
+        self.conn = None;
+        self.last_renewed = None;
+    }
+
+    /// Writes the coalesced counts in one round trip; kept for the next try on failure.
+    fn flush(&mut self) {
+        self.last_flush = Instant::now();
+        if self.pending.is_empty() {
+            return;
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        let mut set: Vec<(&str, u32)> = Vec::new();
+        let mut del: Vec<&str> = Vec::new();
+        for (user, &n) in &self.pending {
+            if n > 0 {
+                set.push((user, n));
+            } else {
+                del.push(user);
+            }
+        }
+        let mut pipe = redis::pipe();
+        for chunk in set.chunks(CHUNK) {
+            let cmd = pipe.cmd("HSET").arg(&self.key);
+            for (user, n) in chunk {
+                cmd.arg(*user).arg(*n);
+            }
+            cmd.ignore();
+        }
+        for chunk in del.chunks(CHUNK) {
+            pipe.cmd("HDEL").arg(&self.key).arg(chunk).ignore();
+        }
+        pipe.cmd("PEXPIRE")
+            .arg(&self.key)
+            .arg(TTL.as_millis() as u64)
+            .ignore();
+        match pipe.query::<()>(conn) {
+            Ok(()) => {
+                self.pending.clear();
+                if self.pending.capacity() > 4096 {
+                    self.pending.shrink_to(1024);
+                }
+            }
+            Err(e) => self.down(&e),
+        }
+    }
+
+    /// This node's totals, read from the shards' gauges.
+    fn totals(&self) -> (u64, u64) {
+        self.ctx.metrics.shards.iter().fold((0, 0), |(c, u), s| {
+            (
+                c + s.counters.connections.load(Relaxed),
+                u + s.counters.users.load(Relaxed),
+            )
+        })
+    }
+
+    /// Once per `HEARTBEAT`: says the node is alive with its totals, renews its hash's
+    /// TTL, and removes nodes that stopped saying so.
+    fn heartbeat(&mut self) {
+        if self.last_beat.is_some_and(|t| t.elapsed() < HEARTBEAT) {
+            return;
+        }
+        let first = self.last_beat.is_none();
+        self.last_beat = Some(Instant::now());
+        let (connections, users) = self.totals();
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        let node = &*self.ctx.node_id;
+        let now = now_ms();
+        let mut pipe = redis::pipe();
+        pipe.cmd("HSET").arg(NODES).arg(node).arg(now);
+        pipe.cmd("HSET")
+            .arg(NODE_TOTALS)
+            .arg(node)
+            .arg(format!("{connections} {users}"))
+            .ignore();
+        pipe.cmd("PEXPIRE")
+            .arg(&self.key)
+            .arg(TTL.as_millis() as u64)
+            .ignore();
+        pipe.cmd("HGETALL").arg(NODES);
+        let (added, nodes): (u64, HashMap<String, String>) = match pipe.query(conn) {
+            Ok(r) => r,
+            Err(e) => {
+                self.down(&e);
+                return;
+            }
+        };
+        // A new entry after the first beat means another node took this one for dead and
+        // removed its presence; a TTL not renewed in time may have let the hash expire.
+        let lapsed = self.last_renewed.is_some_and(|t| t.elapsed() >= TTL);
+        if (added == 1 && !first) || lapsed {
+            tracing::warn!(node, "presence entries may be lost; shards resend them");
+            self.shared.resync.fetch_add(1, Relaxed);
+        }
+        self.last_renewed = Some(Instant::now());
+        let (_, mut dead) = split_alive(nodes, now);
+        dead.retain(|n| n != node);
+        if dead.is_empty() {
+            return;
+        }
+        tracing::info!(nodes = ?dead, "removing nodes whose heartbeat stopped");
+        let mut pipe = redis::pipe();
+        pipe.cmd("HDEL").arg(NODES).arg(&dead).ignore();
+        pipe.cmd("HDEL").arg(NODE_TOTALS).arg(&dead).ignore();
+        for n in &dead {
+            pipe.cmd("DEL").arg(presence_key(n)).ignore();
+        }
+        if let Err(e) = pipe.query::<()>(conn) {
+            self.down(&e);
+        }
+    }
+
+    /// Answers one query from Redis.
+    fn answer(&mut self, q: PresenceQuery) {
+        let ticket = ticket_of(&q);
+        let r = match self.conn.as_mut() {
+            None => Err("cannot reach Redis".to_string()),
+            Some(conn) => match query(conn, &self.ctx.node_id, &q) {
+                Ok(v) => Ok(v),
+                Err(e) => {
+                    let msg = format!("cannot read presence from Redis: {e}");
+                    self.down(&e);
+                    Err(msg)
+                }
+            },
+        };
+        send_reply(&self.replies, ticket, r);
+        let _ = self.replies.waker.wake();
+    }
+
+    /// Graceful stop: this node's entries go at once rather than after `STALE`/`TTL`.
+    fn leave(&mut self) {
+        if self.conn.is_none() {
+            if let Ok(c) = connect(&self.ctx.client) {
+                self.conn = Some(c);
+            }
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        let node = &*self.ctx.node_id;
+        let mut pipe = redis::pipe();
+        pipe.cmd("DEL").arg(&self.key).ignore();
+        pipe.cmd("HDEL").arg(NODES).arg(node).ignore();
+        pipe.cmd("HDEL").arg(NODE_TOTALS).arg(node).ignore();
+        if let Err(e) = pipe.query::<()>(conn) {
+            tracing::warn!(error = %e, "could not remove this node's presence at shutdown");
+        }
+    }
+}
+
+/// Reads the view a query asks for: the live nodes first, then what they hold.
+fn query(conn: &mut Connection, me: &str, q: &PresenceQuery) -> redis::RedisResult<ClusterView> {
+    match q {
+        PresenceQuery::User { user, .. } => {
+            let nodes: HashMap<String, String> = redis::cmd("HGETALL").arg(NODES).query(conn)?;
+            let (mut alive, _) = split_alive(nodes, now_ms());
+            alive.retain(|n| n != me);
+            if alive.is_empty() {
+                return Ok(ClusterView::User(Vec::new()));
+            }
+            let mut pipe = redis::pipe();
+            for n in &alive {
+                pipe.cmd("HGET").arg(presence_key(n)).arg(user);
+            }
+            let counts: Vec<Option<u64>> = pipe.query(conn)?;
+            Ok(ClusterView::User(
+                alive
+                    .into_iter()
+                    .zip(counts)
+                    .filter_map(|(node, n)| {
+                        n.filter(|&n| n > 0)
+                            .map(|sessions| NodeSessions { node, sessions })
+                    })
+                    .collect(),
+            ))
+        }
+        PresenceQuery::Stats { .. } => {
+            let (nodes, totals): (HashMap<String, String>, HashMap<String, String>) = redis::pipe()
+                .cmd("HGETALL")
+                .arg(NODES)
+                .cmd("HGETALL")
+                .arg(NODE_TOTALS)
+                .query(conn)?;
+            let (mut alive, _) = split_alive(nodes, now_ms());
+            alive.retain(|n| n != me);
+            Ok(ClusterView::Stats(
+                alive
+                    .into_iter()
+                    .map(|node| {
+                        let (connections, users_online) =
+                            totals.get(&node).map_or((0, 0), |t| parse_totals(t));
+                        NodeTotals {
+                            node,
+                            connections,
+                            users_online,
+                        }
+                    })
+                    .collect(),
+            ))
+        }
+    }
+}
+
+/// `"<connections> <users>"` as the heartbeat writes it; zeros for anything else.
+pub fn parse_totals(s: &str) -> (u64, u64) {
+    let mut it = s.split(' ').map(|p| p.parse::<u64>().unwrap_or(0));
+    (it.next().unwrap_or(0), it.next().unwrap_or(0))
+}
+
+fn ticket_of(q: &PresenceQuery) -> Ticket {
+    match q {
+        PresenceQuery::User { ticket, .. } | PresenceQuery::Stats { ticket } => *ticket,
+    }
+}
+
+fn send_reply(replies: &ReplySink, ticket: Ticket, view: ViewResult) {
+    let _ = replies.tx.send(Reply {
+        ticket,
+        sessions: 0,
+        users: 0,
+        details: Vec::new(),
+        published: None,
+        cluster: Some(Box::new(view)),
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alive_nodes_are_recent_and_the_rest_is_dead() {
+        let now = 100_000;
+        let nodes = HashMap::from([
+            ("a".to_string(), (now - 500).to_string()),
+            ("b".to_string(), (now - 3_000).to_string()),
+            ("c".to_string(), (now - 3_001).to_string()),
+            ("d".to_string(), "garbage".to_string()),
+            // A clock a little ahead of ours is alive.
+            ("e".to_string(), (now + 200).to_string()),
+        ]);
+        let (alive, mut dead) = split_alive(nodes, now);
+        dead.sort();
+        assert_eq!(alive, ["a", "b", "e"]);
+        assert_eq!(dead, ["c", "d"]);
+    }
+
+    #[test]
+    fn totals_parse_and_default_to_zero() {
+        assert_eq!(parse_totals("12 7"), (12, 7));
+        assert_eq!(parse_totals("x"), (0, 0));
+        assert_eq!(parse_totals(""), (0, 0));
+    }
+}
