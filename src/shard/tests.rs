@@ -175,9 +175,13 @@ impl Harness {
     fn cluster(flags: &[&str]) -> (Harness, Receiver<Interest>, Sender<Remote>) {
         let (interest_tx, interest_rx) = crossbeam_channel::unbounded();
         let (remote_tx, remote_rx) = crossbeam_channel::unbounded();
+        // Presence changes go nowhere here: these tests are about streams.
+        let (presence_tx, _) = crossbeam_channel::bounded(1024);
         let link = ShardCluster {
             interest: interest_tx,
             remote: remote_rx,
+            presence: presence_tx,
+            presence_shared: crate::broker::PresenceShared::default(),
         };
         (
             Harness::build(flags, |_| {}, Some(link)),
