@@ -201,6 +201,23 @@ fn topics_are_numbered_once_and_resume_on_any_node() {
             );
         }
     }
+    // Any node tells the topic's position from Redis, and its own subscribers.
+    let info = a.api("GET", "/v1/topics/room.1", None).json();
+    assert_eq!(
+        (
+            info["seq"].as_u64(),
+            info["epoch"].as_str(),
+            info["subscribers"].as_u64()
+        ),
+        (Some(3), Some(e.as_str()), Some(1)),
+        "{info}"
+    );
+    let r = b.push_wait(json!({"topic": "room.2", "data": 0}));
+    let info = a.api("GET", "/v1/topics/room.2", None).json();
+    assert_eq!(
+        (info["seq"].clone(), info["epoch"].clone()),
+        (r["seq"].clone(), r["epoch"].clone())
+    );
     // A subscriber on a third node resumes from Redis history.
     let c3 = node(&redis, &["--public-topics", "room.*"]);
     let mut z = c3.connect("z");

@@ -69,7 +69,7 @@ pub(super) fn add_to_stats(stats: &mut serde_json::Value, me: &str, view: ViewRe
     };
     let others = match view {
         Ok(ClusterView::Stats(others)) => others,
-        Ok(ClusterView::User(_)) => {
+        Ok(ClusterView::User(_) | ClusterView::Topic { .. }) => {
             view_error(obj, "unexpected answer from the presence thread");
             return;
         }

@@ -599,11 +599,11 @@ impl Api {
             self.drive(key);
             return;
         }
-        if let (WaitKind::Presence, Some(Err(e))) = (w.kind, &w.cluster) {
+        if let (WaitKind::Presence | WaitKind::Topic, Some(Err(e))) = (w.kind, &w.cluster) {
             let response = http::error_response(
                 503,
                 "broker_unavailable",
-                &format!("cannot read presence from Redis: {e}"),
+                &format!("cannot read the cluster's view from Redis: {e}"),
                 w.keep_alive,
                 "Retry-After: 1\r\n",
             );
@@ -640,10 +640,17 @@ impl Api {
             }
             WaitKind::Topic => {
                 let topic = w.user.unwrap_or_default();
-                let (seq, epoch) = self
-                    .sequencer
-                    .current(&topic, self.now)
-                    .unwrap_or_else(|| (0, sequencer::NO_EPOCH.into()));
+                let (seq, epoch) = match w.cluster {
+                    // Cluster mode: Redis numbers the topic (subscribers stay this node's).
+                    Some(Ok(crate::broker::ClusterView::Topic { seq, epoch })) => (
+                        seq,
+                        epoch.map_or_else(|| sequencer::NO_EPOCH.into(), Into::into),
+                    ),
+                    _ => self
+                        .sequencer
+                        .current(&topic, self.now)
+                        .unwrap_or_else(|| (0, sequencer::NO_EPOCH.into())),
+                };
                 serde_json::json!({
                     "topic": topic,
                     "subscribers": w.sessions,

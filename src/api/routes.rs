@@ -518,13 +518,22 @@ impl Api {
         }
         let serial = self.next_serial();
         let ticket = Ticket { conn: key, serial };
+        // Cluster mode: the stream's position is Redis's (asked first, as for presence).
+        let q = crate::broker::PresenceQuery::Topic {
+            topic: topic.clone(),
+            ticket,
+        };
+        let asked = match self.ask_presence(q, keep_alive) {
+            Ok(n) => n,
+            Err(refused) => return refused,
+        };
         let cmds: Vec<(usize, ShardCmd)> = (0..self.shards.len())
             .map(|shard| {
                 let topic = topic.as_str().into();
                 (shard, ShardCmd::TopicMembers { topic, ticket })
             })
             .collect();
-        let expected = cmds.len();
+        let expected = cmds.len() + asked;
         match self.shards.send_all_or_none(cmds) {
             Ok(()) => Handled::Wait {
                 kind: WaitKind::Topic,
@@ -590,23 +599,33 @@ impl Api {
         serial: u64,
         keep_alive: bool,
     ) -> Result<usize, Handled> {
+        let q = crate::broker::PresenceQuery::User {
+            user: user.to_string(),
+            ticket: Ticket { conn: key, serial },
+        };
+        self.ask_presence(q, keep_alive).map(|n| n + 1)
+    }
+
+    /// Cluster mode: hands a query to the presence thread; the answers to expect from it
+    /// (1, or 0 standalone), or the 503 to give now.
+    fn ask_presence(
+        &mut self,
+        q: crate::broker::PresenceQuery,
+        keep_alive: bool,
+    ) -> Result<usize, Handled> {
         let Some(b) = &self.broker else {
-            return Ok(1);
+            return Ok(0);
         };
         if !b.presence_up.load(Relaxed) {
             return Err(error(
                 503,
                 "broker_unavailable",
-                "cannot reach Redis to count the user's sessions on other nodes",
+                "cannot reach Redis for the cluster's view",
                 keep_alive,
             ));
         }
-        let q = crate::broker::PresenceQuery::User {
-            user: user.to_string(),
-            ticket: Ticket { conn: key, serial },
-        };
         match b.presence.try_send(q) {
-            Ok(()) => Ok(2),
+            Ok(()) => Ok(1),
             Err(crossbeam_channel::TrySendError::Full(_)) => Err(error(
                 503,
                 "overloaded",

@@ -62,6 +62,13 @@ pub enum PresenceQuery {
         /// Where the answer goes.
         ticket: Ticket,
     },
+    /// A topic stream's `seq` and epoch as Redis holds them.
+    Topic {
+        /// The topic.
+        topic: String,
+        /// Where the answer goes.
+        ticket: Ticket,
+    },
 }
 
 /// One live node's sessions of a user.
@@ -91,6 +98,13 @@ pub enum ClusterView {
     User(Vec<NodeSessions>),
     /// Every live node but this one, with its totals.
     Stats(Vec<NodeTotals>),
+    /// A topic stream's position: `seq` 0 and no epoch when it was never pushed to.
+    Topic {
+        /// Its current `seq`.
+        seq: u64,
+        /// Its epoch, when the stream exists.
+        epoch: Option<String>,
+    },
 }
 
 /// The answer, or why Redis could not give it.
@@ -447,6 +461,17 @@ fn query(conn: &mut Connection, me: &str, q: &PresenceQuery) -> redis::RedisResu
                     .collect(),
             ))
         }
+        PresenceQuery::Topic { topic, .. } => {
+            let (seq, epoch): (Option<u64>, Option<String>) = redis::cmd("HMGET")
+                .arg(super::keys::StreamRef::Topic(topic).meta_key())
+                .arg("seq")
+                .arg("epoch")
+                .query(conn)?;
+            Ok(ClusterView::Topic {
+                seq: seq.unwrap_or(0),
+                epoch,
+            })
+        }
         PresenceQuery::Stats { .. } => {
             let (nodes, totals): (HashMap<String, String>, HashMap<String, String>) = redis::pipe()
                 .cmd("HGETALL")
@@ -482,7 +507,9 @@ pub fn parse_totals(s: &str) -> (u64, u64) {
 
 fn ticket_of(q: &PresenceQuery) -> Ticket {
     match q {
-        PresenceQuery::User { ticket, .. } | PresenceQuery::Stats { ticket } => *ticket,
+        PresenceQuery::User { ticket, .. }
+        | PresenceQuery::Stats { ticket }
+        | PresenceQuery::Topic { ticket, .. } => *ticket,
     }
 }
 

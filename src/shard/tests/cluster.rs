@@ -193,8 +193,7 @@ fn a_load_that_fails_closes_the_waiting_session_1013_and_a_later_one_retries() {
     assert_eq!(h.recv_close(&mut p), 1013);
     let mut q = parked(&mut h, "di", None);
     assert_eq!(asked(&interests).len(), 1, "asked again");
-    tx.send(loaded("di", Ok(fresh_state())))
-        .unwrap();
+    tx.send(loaded("di", Ok(fresh_state()))).unwrap();
     assert_eq!(h.recv_json(&mut q)["type"], "welcome");
 }
 
