@@ -528,6 +528,29 @@ fn push_both(node: &Node, user: &str, n: u64) {
     }
 }
 
+/// Like `push_both`, as an upstream does it around a Redis restart: each push has an `id`
+/// and is sent again while the node answers 503 `broker_unavailable` (a node may learn
+/// that its link died only when a push fails on it); the `id` makes a retry harmless.
+fn push_both_retrying(node: &Node, user: &str, n: u64) {
+    for target in [json!({"user": user}), json!({"topic": "room.1"})] {
+        let mut p = target;
+        p["data"] = json!({"n": n});
+        p["id"] = format!("retry-{n}").into();
+        let body = p.to_string();
+        let deadline = Instant::now() + RECONNECT_WAIT;
+        let r = loop {
+            let r = node.api("POST", "/v1/push?wait=1", Some(&body));
+            if r.status != 503 || Instant::now() > deadline {
+                break r;
+            }
+            r.assert_error(503, "broker_unavailable");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(r.status, 200, "{body}: {}", r.text());
+        assert_eq!(r.json()["seq"], n, "{body}: {}", r.text());
+    }
+}
+
 #[test]
 fn redis_down_keeps_clients_refuses_pushes_and_recovers_by_itself() {
     let mut redis = RedisServer::start_persistent();
@@ -829,4 +852,87 @@ fn malformed_redis_url_exits_2_naming_redis() {
         assert!(err.contains("redis"), "{url}: {err}");
         assert!(err.contains(url), "the line names the URL: {err}");
     }
+}
+
+#[test]
+fn redis_back_empty_restarts_streams_and_their_sessions_resume_false() {
+    // No persistence: Redis comes back with no stream at all (new epochs, seq 0).
+    let mut redis = RedisServer::start();
+    let a = Node::start(&redis.url(), &node_flags("a")).ready();
+    let mut carol = a.connect("carol");
+    let user_epoch = epoch_of(&carol.welcome);
+    let mut dan = a.connect("dan");
+    let topic_epoch = epoch_of(&subscribe(&mut dan, "room.1", None));
+    a.wait_streams(3);
+    let (mut u, mut t) = (Seen::user(), Seen::topic("room.1"));
+    push_both(&a, "carol", 1);
+    u.read_to(&mut carol, 1);
+    t.read_to(&mut dan, 1);
+
+    redis.restart();
+    // Numbering restarted under both sessions: neither may take seq 1 of the new epoch
+    // for a repeat of the old one, so both are told to reconnect and resume.
+    assert_eq!(carol.expect_close(), Closed::Code(Some(1012)));
+    assert_eq!(dan.expect_close(), Closed::Code(Some(1012)));
+    a.wait_ready_status(200);
+    let mut carol = a.resume("carol", 1, &user_epoch);
+    assert_eq!(carol.welcome["resumed"], false, "{}", carol.welcome);
+    assert_eq!(carol.welcome["seq"], 0, "{}", carol.welcome);
+    let mut dan = a.connect("dan");
+    let s = subscribe(&mut dan, "room.1", Some((1, &topic_epoch)));
+    assert_eq!(s["resumed"], false, "{s}");
+    assert_eq!(s["seq"], 0, "{s}");
+    assert_ne!(epoch_of(&s), topic_epoch);
+    let (mut u, mut t) = (Seen::user(), Seen::topic("room.1"));
+    push_both_retrying(&a, "carol", 1);
+    u.read_to(&mut carol, 1);
+    t.read_to(&mut dan, 1);
+}
+
+#[test]
+fn streams_lost_in_redis_under_live_sessions_close_them_with_1012() {
+    let redis = RedisServer::start();
+    let a = Node::start(&redis.url(), &node_flags("a")).ready();
+    let b = Node::start(&redis.url(), &node_flags("b")).ready();
+    let mut carol = a.connect("carol");
+    let user_epoch = epoch_of(&carol.welcome);
+    let mut dan = a.connect("dan");
+    let topic_epoch = epoch_of(&subscribe(&mut dan, "room.1", None));
+    a.wait_streams(3);
+    let (mut u, mut t) = (Seen::user(), Seen::topic("room.1"));
+    push_both(&b, "carol", 1);
+    u.read_to(&mut carol, 1);
+    t.read_to(&mut dan, 1);
+    // The streams expire (or an operator flushes them) while Redis stays up: the next
+    // push starts a new epoch at seq 1, which a client at seq 1 would drop as a repeat.
+    let _: () = redis::cmd("DEL")
+        .arg("throng:{u:carol}")
+        .arg("throng:{u:carol}:h")
+        .arg("throng:{t:room.1}")
+        .arg("throng:{t:room.1}:h")
+        .query(&mut redis.conn())
+        .unwrap();
+    push_both(&b, "carol", 1);
+    assert_eq!(carol.expect_close(), Closed::Code(Some(1012)));
+    assert_eq!(dan.expect_close(), Closed::Code(Some(1012)));
+    let mut carol = a.resume("carol", 1, &user_epoch);
+    assert_eq!(carol.welcome["resumed"], false, "{}", carol.welcome);
+    assert_eq!(carol.welcome["seq"], 1, "{}", carol.welcome);
+    let mut dan = a.connect("dan");
+    let s = subscribe(&mut dan, "room.1", Some((1, &topic_epoch)));
+    assert_eq!(s["resumed"], false, "{s}");
+    assert_eq!(s["seq"], 1, "{s}");
+    let (mut u, mut t) = (
+        Seen {
+            topic: None,
+            last: 1,
+        },
+        Seen {
+            topic: Some("room.1"),
+            last: 1,
+        },
+    );
+    push_both(&b, "carol", 2);
+    u.read_to(&mut carol, 2);
+    t.read_to(&mut dan, 2);
 }
