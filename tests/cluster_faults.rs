@@ -936,3 +936,40 @@ fn streams_lost_in_redis_under_live_sessions_close_them_with_1012() {
     u.read_to(&mut carol, 2);
     t.read_to(&mut dan, 2);
 }
+
+#[test]
+fn a_batch_of_only_invalid_entries_goes_to_the_dlq_and_blocks_nothing() {
+    let redis = RedisServer::start();
+    let mut r = redis.conn();
+    // Added before any node reads: the first read takes them in one batch with no valid
+    // push in it (nothing for the sequencing script to run).
+    for raw in ["not json", r#"{"data":1}"#] {
+        let _: String = redis::cmd("XADD")
+            .arg("throng:push")
+            .arg("*")
+            .arg("push")
+            .arg(raw)
+            .query(&mut r)
+            .unwrap();
+    }
+    let node = Node::start(&redis.url(), &["--node-id", "n"]).ready();
+    node.wait_stats("2 dead entries", WAIT, |s| s["cluster"]["stream_dlq"] == 2);
+    let mut c = node.connect("ivy");
+    node.wait_streams(1);
+    let _: String = redis::cmd("XADD")
+        .arg("throng:push")
+        .arg("*")
+        .arg("push")
+        .arg(json!({"user": "ivy", "data": {"n": 1}}).to_string())
+        .query(&mut r)
+        .unwrap();
+    Seen::user().read_to(&mut c, 1);
+    let s = node.stats();
+    assert_eq!(s["cluster"]["broker_errors"], 0, "{s}");
+    assert_eq!(s["cluster"]["stream_read"], 3, "read once each: {s}");
+    let dlq_len: u64 = redis::cmd("XLEN")
+        .arg("throng:push:dlq")
+        .query(&mut r)
+        .unwrap();
+    assert_eq!(dlq_len, 2);
+}

@@ -60,6 +60,9 @@ impl Ingress {
                     if let Err(e) = self.serve(&mut conn) {
                         tracing::warn!(error = %e, "stream ingress lost Redis; reconnecting");
                         self.ctx.metrics.broker.errors.fetch_add(1, Relaxed);
+                        // An error that comes back on every try must not spin (and log)
+                        // thousands of times a second.
+                        pause(RECONNECT_MIN, &self.ctx.stop);
                     }
                 }
                 Err(e) => {
