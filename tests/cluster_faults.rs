@@ -291,6 +291,26 @@ fn subscribe(c: &mut Client, topic: &str, resume: Option<(u64, &str)>) -> Value 
     s
 }
 
+/// Upgrades as `user` and reads until the server closes, expecting no `welcome` first.
+fn upgrade_then_close(ws: SocketAddr, user: &str) -> Closed {
+    let mut req =
+        tungstenite::client::IntoClientRequest::into_client_request(format!("ws://{ws}/ws"))
+            .unwrap();
+    req.headers_mut().insert(
+        "Authorization",
+        format!("Bearer {}", token(user)).parse().unwrap(),
+    );
+    let (ws, _) = tungstenite::client(req, tcp(ws)).expect("upgrade");
+    let mut c = Client {
+        ws,
+        welcome: Value::Null,
+    };
+    match c.try_recv(IO_TIMEOUT) {
+        Err(closed) => closed,
+        Ok(m) => panic!("expected a close, got {m:?}"),
+    }
+}
+
 /// One client's view of one stream: the `seq` it has, checked push by push.
 struct Seen {
     /// `None` for the user's own stream, or the topic.
@@ -400,7 +420,7 @@ impl Pusher {
 
 /// The flags of every node in these tests: topics open to all, history long enough for
 /// what a test pushes while a client is away.
-fn node_flags<'a>(id: &'a str) -> Vec<&'a str> {
+fn node_flags(id: &str) -> Vec<&str> {
     vec![
         "--node-id",
         id,
@@ -579,6 +599,9 @@ fn redis_down_keeps_clients_refuses_pushes_and_recovers_by_itself() {
     // Clients stay connected: the shard answers them without Redis.
     carol.barrier("while-redis-is-down");
     dan.barrier("while-redis-is-down");
+    // A user new to the node cannot get its stream now: told to try again later (1013),
+    // not left waiting for a `welcome`.
+    assert_eq!(upgrade_then_close(a.ws, "eve"), Closed::Code(Some(1013)));
 
     // Back on the same port from its append-only file: same streams, same epochs.
     redis.restart();
@@ -708,6 +731,22 @@ fn node_cut_off_from_redis_delivers_what_it_missed_from_history_after_reconnecti
     for n in 2..=4 {
         push_both(&b, "carol", n);
     }
+    // And entries added to `throng:push` meanwhile: B's ingress takes them.
+    let mut r = redis.conn();
+    for target in [json!({"user": "carol"}), json!({"topic": "room.1"})] {
+        let mut p = target;
+        p["data"] = json!({"n": 5});
+        let _: String = redis::cmd("XADD")
+            .arg("throng:push")
+            .arg("*")
+            .arg("push")
+            .arg(p.to_string())
+            .query(&mut r)
+            .unwrap();
+    }
+    b.wait_stats("B read both entries", WAIT, |s| {
+        s["cluster"]["stream_read"] == 2
+    });
     carol.barrier("cut");
     dan.barrier("cut");
     assert_eq!(
@@ -719,11 +758,11 @@ fn node_cut_off_from_redis_delivers_what_it_missed_from_history_after_reconnecti
     relay.heal();
     a.wait_ready_status(200);
     // The reload after the reconnect hands the sessions what they missed, in order, once.
-    u.read_to(&mut carol, 4);
-    t.read_to(&mut dan, 4);
-    push_both(&b, "carol", 5);
     u.read_to(&mut carol, 5);
     t.read_to(&mut dan, 5);
+    push_both(&b, "carol", 6);
+    u.read_to(&mut carol, 6);
+    t.read_to(&mut dan, 6);
     carol.expect_silence(Duration::from_millis(150));
     dan.expect_silence(Duration::from_millis(50));
 }
