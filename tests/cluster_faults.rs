@@ -1032,3 +1032,51 @@ fn a_batch_of_only_invalid_entries_goes_to_the_dlq_and_blocks_nothing() {
         .unwrap();
     assert_eq!(dlq_len, 2);
 }
+
+#[test]
+fn restarted_node_publishes_the_entries_it_left_pending_at_once() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    // Claims only after 60 s: what follows cannot be a claim.
+    let slow_claim = ["--claim-idle-ms", "60000"];
+    let mut a = Node::start(&url, &[&node_flags("a")[..], &slow_claim].concat()).ready();
+    let b = Node::start(&url, &[&node_flags("b")[..], &slow_claim].concat()).ready();
+    let mut c = b.connect("jo");
+    b.wait_streams(1);
+    // Node A read these and stopped before acknowledging them (added and read as consumer
+    // `a` in one transaction, so no live reader takes them first).
+    let mut tx = redis::pipe();
+    tx.atomic();
+    for n in 1..=3 {
+        tx.cmd("XADD")
+            .arg("throng:push")
+            .arg("*")
+            .arg("push")
+            .arg(json!({"user": "jo", "data": {"n": n}}).to_string())
+            .ignore();
+    }
+    tx.cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("throng")
+        .arg("a")
+        .arg("COUNT")
+        .arg(10)
+        .arg("STREAMS")
+        .arg("throng:push")
+        .arg(">")
+        .ignore();
+    let () = tx.query(&mut redis.conn()).unwrap();
+    assert!(a.terminate().success());
+    c.expect_silence(Duration::from_millis(100));
+    // The same consumer comes back: its own pending entries first.
+    let a2 = Node::start(&url, &[&node_flags("a")[..], &slow_claim].concat()).ready();
+    Seen::user().read_to(&mut c, 3);
+    a2.wait_stats("3 entries read", WAIT, |s| s["cluster"]["stream_read"] == 3);
+    let pending: Vec<redis::Value> = redis::cmd("XPENDING")
+        .arg("throng:push")
+        .arg("throng")
+        .query(&mut redis.conn())
+        .unwrap();
+    assert_eq!(pending.first(), Some(&redis::Value::Int(0)), "{pending:?}");
+    assert_eq!(b.stats()["cluster"]["stream_claimed"], 0);
+}
