@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use redis::Connection;
@@ -16,6 +16,8 @@ use crate::shard::ReplySink;
 
 /// Pushes that may wait for Redis; beyond, the API answers 503 `overloaded`.
 pub const PUBLISH_QUEUE: usize = 8192;
+/// How often an idle publisher checks that Redis is still there.
+const LINK_CHECK: Duration = Duration::from_secs(1);
 /// Most pushes in one pipelined round trip.
 const BATCH: usize = 256;
 
@@ -28,6 +30,8 @@ pub(crate) struct Publisher {
     sequencer: Sequencer,
     conn: Option<Connection>,
     backoff: Duration,
+    /// The last round trip to Redis, for the idle link check.
+    last_io: Instant,
 }
 
 impl Publisher {
@@ -47,6 +51,7 @@ impl Publisher {
             sequencer,
             conn: None,
             backoff: RECONNECT_MIN,
+            last_io: Instant::now(),
         }
     }
 
@@ -59,7 +64,10 @@ impl Publisher {
             }
             match self.rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(cmd) => batch.push(cmd),
-                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.check_link();
+                    continue;
+                }
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             while batch.len() < BATCH {
@@ -78,6 +86,21 @@ impl Publisher {
             }
         }
         let _ = self.replies.waker.wake();
+    }
+
+    /// While idle, a PING every `LINK_CHECK`: `/readyz` and the API's 503 then follow a
+    /// Redis that went away even when no push came to find out.
+    fn check_link(&mut self) {
+        if self.last_io.elapsed() < LINK_CHECK {
+            return;
+        }
+        self.last_io = Instant::now();
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        if let Err(e) = redis::cmd("PING").query::<String>(conn) {
+            self.down(&e);
+        }
     }
 
     /// Connects and loads the script; false (after a pause) when Redis is not there.
@@ -125,6 +148,7 @@ impl Publisher {
             let pushes: Vec<&crate::api::ParsedPush> = batch.iter().map(|c| &c.push).collect();
             match self.sequencer.publish(conn, &pushes) {
                 Ok(results) => {
+                    self.last_io = Instant::now();
                     self.ctx
                         .metrics
                         .broker

@@ -154,7 +154,8 @@ impl Sequencer {
         pushes: &[&ParsedPush],
     ) -> redis::RedisResult<Vec<Published>> {
         if pushes.is_empty() {
-            // Redis refuses an empty pipeline.
+            // An empty pipeline is a client error in the redis crate ("empty command"),
+            // which would fail a stream batch made only of invalid entries forever.
             return Ok(Vec::new());
         }
         let results = self.run(conn, pushes)?;

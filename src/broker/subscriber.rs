@@ -31,6 +31,8 @@ const LISTEN: Duration = Duration::from_millis(5);
 const MESSAGES_PER_TURN: usize = 1024;
 /// Interest changes taken per turn.
 const INTERESTS_PER_TURN: usize = 4096;
+/// Streams loaded per pipelined round trip.
+const LOADS_PER_TRIP: usize = 512;
 /// Channels per SUBSCRIBE command.
 const CHANNELS_PER_COMMAND: usize = 1000;
 
@@ -142,7 +144,11 @@ impl Subscriber {
         let mut last_ping = Instant::now();
         while !self.ctx.stop.load(Relaxed) {
             let (ops, loads) = self.take_interests();
-            self.apply(&mut ps, ops)?;
+            if let Err(e) = self.apply(&mut ps, ops) {
+                // Sessions waiting for these streams learn now, not when Redis is back.
+                self.fail(loads, &format!("Redis is unavailable: {e}"));
+                return Err(e);
+            }
             if !loads.is_empty() {
                 self.load(cmd, loads)?;
             }
@@ -277,7 +283,8 @@ impl Subscriber {
 
     /// Reads each stream's state in one pipelined round trip and hands it to its shards.
     fn load(&mut self, cmd: &mut Connection, loads: Vec<Load>) -> redis::RedisResult<()> {
-        for chunk in loads.chunks(512) {
+        for (n, chunk) in loads.chunks(LOADS_PER_TRIP).enumerate() {
+            let done = n * LOADS_PER_TRIP;
             let mut pipe = redis::pipe();
             let now = now_ms();
             for l in chunk {
@@ -309,7 +316,11 @@ impl Subscriber {
             let values: Vec<Value> = match pipe.query(cmd) {
                 Ok(v) => v,
                 Err(e) => {
-                    self.fail(chunk_owned(chunk), &format!("Redis is unavailable: {e}"));
+                    // This chunk and every one after it: nobody may wait for them.
+                    self.fail(
+                        chunk_owned(&loads[done..]),
+                        &format!("Redis is unavailable: {e}"),
+                    );
                     return Err(e);
                 }
             };

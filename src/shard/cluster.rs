@@ -467,9 +467,26 @@ impl Shard {
         if *pos.epoch == **epoch && seq <= pos.seq {
             return;
         }
+        let restarted = *pos.epoch != **epoch;
         pos.seq = seq;
         pos.epoch = Arc::clone(epoch);
+        if restarted {
+            self.restart_topic(topic);
+        }
         self.topic_push(topic, seq, epoch, &frame, accepted_at, None);
+    }
+
+    /// The topic's numbering restarted in Redis (its stream was lost): members here close
+    /// with 1012 like a user's sessions do, since a client keeping the old `seq` would drop
+    /// the new epoch's first pushes as repeats; they resubscribe and learn `resumed:false`.
+    fn restart_topic(&mut self, topic: &str) {
+        let Some(t) = self.topics.find(topic) else {
+            return;
+        };
+        let members: Vec<u32> = self.topics.members(t).collect();
+        for key in members {
+            self.close(key, Close::STREAM_RESTARTED);
+        }
     }
 
     fn topic_loaded(&mut self, topic: &Arc<str>, state: Result<StreamState, String>) {
@@ -528,6 +545,8 @@ impl Shard {
                 for (_, f) in &missed {
                     self.fan_out(&members, f, false);
                 }
+            } else if old_seq > 0 || st.seq > 0 {
+                self.restart_topic(topic);
             }
         }
         let now_us = self.since_born_us(Instant::now());

@@ -1,5 +1,7 @@
 //! A real `redis-server` per test (Debian's package), on a free loopback port, with no
-//! persistence unless asked. Dropping it kills the process (by its PID, which we started).
+//! persistence unless asked ([`RedisServer::start_persistent`]: an append-only file synced
+//! on every write, so a [`RedisServer::restart`] after a kill keeps every stream). Dropping
+//! it kills the process (by its PID, which we started).
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -13,6 +15,8 @@ pub struct RedisServer {
     /// Its port.
     pub port: u16,
     dir: std::path::PathBuf,
+    /// Append-only file on, synced on every write.
+    persistent: bool,
 }
 
 /// A port free right now on 127.0.0.1.
@@ -31,39 +35,62 @@ impl RedisServer {
 
     /// Starts one on `port` (to restart on the same address) and waits for PING.
     pub fn start_on(port: u16) -> RedisServer {
+        Self::launch(port, false)
+    }
+
+    /// Starts one on a free port that writes every change to its append-only file before
+    /// answering, so [`RedisServer::restart`] after a kill finds every stream again.
+    pub fn start_persistent() -> RedisServer {
+        Self::launch(free_port(), true)
+    }
+
+    fn launch(port: u16, persistent: bool) -> RedisServer {
         let dir = std::env::temp_dir().join(format!("throng-redis-{}-{port}", std::process::id()));
         let _ = std::fs::create_dir_all(&dir);
+        let mut r = RedisServer {
+            child: None,
+            port,
+            dir,
+            persistent,
+        };
+        r.spawn();
+        r
+    }
+
+    /// Starts the process on this server's port and directory and waits for PING.
+    fn spawn(&mut self) {
+        let port = self.port.to_string();
+        let mut args = vec!["--port", &port, "--bind", "127.0.0.1", "--save", ""];
+        if self.persistent {
+            args.extend(["--appendonly", "yes", "--appendfsync", "always"]);
+        } else {
+            args.extend(["--appendonly", "no"]);
+        }
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-            ])
-            .arg(&dir)
+            .args(&args)
+            .arg("--dir")
+            .arg(&self.dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server runs (apt-get install redis-server; .ci/run does it)");
-        let r = RedisServer {
-            child: Some(child),
-            port,
-            dir,
-        };
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !r.ping() {
+        while !self.ping() {
             assert!(
                 Instant::now() < deadline,
-                "redis-server on {port} never answered"
+                "redis-server on {} never answered",
+                self.port
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        r
+    }
+
+    /// Starts it again on the same port and directory after [`RedisServer::kill`] (a
+    /// persistent one loads its append-only file; any other comes back empty).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
     }
 
     /// `redis://127.0.0.1:<port>`.

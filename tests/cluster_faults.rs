@@ -1,0 +1,1082 @@
+//! Cluster faults with real processes (issue 10, item 6; docs/protocol.md 5): `throng`
+//! nodes run as child processes of the test and `redis-server`s as well, so a node can be
+//! killed with SIGKILL, stopped with SIGTERM and started again, Redis can crash and come
+//! back from its append-only file, and a node can be cut off from Redis (a TCP relay in
+//! the test between the node and Redis). Clients are real WebSocket clients over loopback.
+//!
+//! What each test proves: clients of a dead or restarted node resume on another node (or
+//! its replacement) and get every push exactly once, in order; stream entries a dead
+//! consumer left pending are claimed; a node without Redis keeps its clients, refuses
+//! pushes with 503 `broker_unavailable` and is not ready, then reconnects by itself and
+//! gives its sessions what they missed from Redis history; the stream ingress stops
+//! reading while the shards are full and loses nothing.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::redis_server::RedisServer;
+use common::*;
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_throng");
+/// Deadline for what waits on a reconnect to Redis (the broker backs off up to 2 s).
+const RECONNECT_WAIT: Duration = Duration::from_secs(15);
+/// Deadline for a node's `listening` line.
+const START_WAIT: Duration = Duration::from_secs(15);
+
+// ---------------------------------------------------------------------------------------
+// A node: a `throng serve` child process
+
+/// A `throng serve` process in cluster mode. Dropping it kills the process (SIGKILL, by
+/// the PID this test started).
+struct Node {
+    child: Child,
+    ws: SocketAddr,
+    api: SocketAddr,
+    /// Every line it wrote, stdout and stderr.
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Node {
+    /// Starts `throng serve --redis <redis> ...` with the test flags plus `extra` (which
+    /// may give `--listen`/`--api-listen` to reuse an address) and waits for its
+    /// `listening` line.
+    fn start(redis: &str, extra: &[&str]) -> Node {
+        let mut args: Vec<&str> = vec!["serve", "--redis", redis];
+        for (flag, value) in [
+            ("--listen", "127.0.0.1:0"),
+            ("--api-listen", "127.0.0.1:0"),
+            ("--shards", "2"),
+        ] {
+            if !extra.contains(&flag) {
+                args.extend([flag, value]);
+            }
+        }
+        args.extend([
+            "--jwt-secret",
+            SECRET,
+            "--api-key",
+            API_KEY,
+            "--drain-ms",
+            "100",
+            "--shutdown-grace-ms",
+            "1000",
+            "--log-format",
+            "json",
+        ]);
+        args.extend_from_slice(extra);
+        let mut child = Command::new(BIN)
+            .args(&args)
+            .env_remove("THRONG_JWT_SECRET")
+            .env_remove("THRONG_API_KEY")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn throng");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let out = child.stdout.take().expect("stdout");
+        let err = child.stderr.take().expect("stderr");
+        collect(out, &log);
+        collect(err, &log);
+        let deadline = Instant::now() + START_WAIT;
+        let (ws, api) = loop {
+            if let Some(addrs) = log.lock().unwrap().iter().find_map(|l| listening(l)) {
+                break addrs;
+            }
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!(
+                    "throng {args:?} exited with {st} before listening:\n{}",
+                    log.lock().unwrap().join("\n")
+                );
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "throng {args:?} did not report listening:\n{}",
+                    log.lock().unwrap().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        Node {
+            child,
+            ws,
+            api,
+            log,
+        }
+    }
+
+    /// Everything it logged so far.
+    fn output(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Lines logged so far that contain `needle`.
+    fn logged(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// One authorised API request on a fresh connection.
+    fn api(&self, method: &str, path: &str, body: Option<&str>) -> Resp {
+        HttpConn::connect(self.api).request(method, path, Some(API_KEY), body)
+    }
+
+    fn readyz(&self) -> u16 {
+        self.api("GET", "/readyz", None).status
+    }
+
+    /// Waits until `/readyz` answers `status`.
+    fn wait_ready_status(&self, status: u16) {
+        let ok = wait_until(RECONNECT_WAIT, || self.readyz() == status);
+        assert!(
+            ok,
+            "readyz never answered {status}: {}\nnode output:\n{}",
+            self.api("GET", "/readyz", None).text(),
+            self.output()
+        );
+    }
+
+    /// Waits until it is ready (its publisher reached Redis).
+    fn ready(self) -> Node {
+        self.wait_ready_status(200);
+        self
+    }
+
+    fn stats(&self) -> Value {
+        let r = self.api("GET", "/v1/stats", None);
+        assert_eq!(r.status, 200, "stats: {}", r.text());
+        r.json()
+    }
+
+    /// Polls `/v1/stats` until `cond` holds; panics with the last stats after `timeout`.
+    fn wait_stats(&self, what: &str, timeout: Duration, cond: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.stats();
+            if cond(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; last stats: {s}\nnode output:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits until it serves `n` streams (users and topics: subscribed and loaded).
+    fn wait_streams(&self, n: u64) {
+        self.wait_stats(&format!("{n} streams served"), WAIT, |s| {
+            s["cluster"]["broker_streams"].as_u64() == Some(n)
+        });
+    }
+
+    /// `POST /v1/push?wait=1`; asserts 200 and returns the body (`seq`, `epoch`).
+    fn push_wait(&self, push: Value) -> Value {
+        let r = self.api("POST", "/v1/push?wait=1", Some(&push.to_string()));
+        assert_eq!(r.status, 200, "push?wait=1 {push}: {}", r.text());
+        r.json()
+    }
+
+    fn connect(&self, user: &str) -> Client {
+        Client::connect(self.ws, &token(user)).unwrap_or_else(|e| panic!("connect {user}: {e}"))
+    }
+
+    /// Connects `user` with `?since=&epoch=`.
+    fn resume(&self, user: &str, since: u64, epoch: &str) -> Client {
+        Client::connect_with(
+            self.ws,
+            &format!("/ws?since={since}&epoch={epoch}"),
+            &[("Authorization", &format!("Bearer {}", token(user)))],
+        )
+        .unwrap_or_else(|e| panic!("resume {user}: {e}"))
+    }
+
+    /// SIGKILL, like a crash.
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the exit (the drain is short in tests).
+    fn terminate(&mut self) -> ExitStatus {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
+        // SAFETY: a signal to the child process this test spawned and has not reaped.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node did not exit after SIGTERM:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Copies a child's output lines into `log` on a thread of their own (it ends at EOF).
+fn collect(r: impl std::io::Read + Send + 'static, log: &Arc<Mutex<Vec<String>>>) {
+    let log = Arc::clone(log);
+    std::thread::spawn(move || {
+        for l in BufReader::new(r).lines().map_while(Result::ok) {
+            log.lock().unwrap().push(l);
+        }
+    });
+}
+
+/// The `(client_addr, api_addr)` of a JSON `listening` log line.
+fn listening(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    let v: Value = serde_json::from_str(line).ok()?;
+    let msg = v["fields"]["message"].as_str().or(v["message"].as_str())?;
+    if msg != "listening" {
+        return None;
+    }
+    let get = |k: &str| {
+        v["fields"][k]
+            .as_str()
+            .or(v[k].as_str())
+            .and_then(|s| s.parse::<SocketAddr>().ok())
+    };
+    Some((get("client_addr")?, get("api_addr")?))
+}
+
+// ---------------------------------------------------------------------------------------
+// Clients
+
+fn epoch_of(v: &Value) -> String {
+    v["epoch"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no epoch in {v}"))
+        .to_string()
+}
+
+/// Subscribes to `topic` (resuming when `resume` is given) and returns the `subscribed`.
+fn subscribe(c: &mut Client, topic: &str, resume: Option<(u64, &str)>) -> Value {
+    let mut m = json!({"type": "subscribe", "topic": topic});
+    if let Some((since, epoch)) = resume {
+        m["since"] = since.into();
+        m["epoch"] = epoch.into();
+    }
+    c.send(m);
+    let s = c.recv();
+    assert_eq!(s["type"], "subscribed", "{s}");
+    s
+}
+
+/// Upgrades as `user` and reads until the server closes, expecting no `welcome` first.
+fn upgrade_then_close(ws: SocketAddr, user: &str) -> Closed {
+    let mut req =
+        tungstenite::client::IntoClientRequest::into_client_request(format!("ws://{ws}/ws"))
+            .unwrap();
+    req.headers_mut().insert(
+        "Authorization",
+        format!("Bearer {}", token(user)).parse().unwrap(),
+    );
+    let (ws, _) = tungstenite::client(req, tcp(ws)).expect("upgrade");
+    let mut c = Client {
+        ws,
+        welcome: Value::Null,
+    };
+    match c.try_recv(IO_TIMEOUT) {
+        Err(closed) => closed,
+        Ok(m) => panic!("expected a close, got {m:?}"),
+    }
+}
+
+/// One client's view of one stream: the `seq` it has, checked push by push.
+struct Seen {
+    /// `None` for the user's own stream, or the topic.
+    topic: Option<&'static str>,
+    last: u64,
+}
+
+impl Seen {
+    fn user() -> Seen {
+        Seen {
+            topic: None,
+            last: 0,
+        }
+    }
+
+    fn topic(t: &'static str) -> Seen {
+        Seen {
+            topic: Some(t),
+            last: 0,
+        }
+    }
+
+    /// Checks one message: a push of this stream with the next `seq` (never a repeat, never
+    /// a gap) whose data is that `seq`.
+    fn check(&mut self, m: &Value) {
+        assert_eq!(m["type"], "push", "expected a push, got {m}");
+        assert_eq!(
+            m["topic"].as_str(),
+            self.topic,
+            "push of another stream: {m}"
+        );
+        let seq = m["seq"].as_u64().unwrap_or_else(|| panic!("no seq: {m}"));
+        assert_eq!(seq, self.last + 1, "out of order or repeated: {m}");
+        assert_eq!(m["data"]["n"], seq, "data does not match its seq: {m}");
+        self.last = seq;
+    }
+
+    /// Reads pushes until this stream reached `seq`.
+    fn read_to(&mut self, c: &mut Client, seq: u64) {
+        while self.last < seq {
+            let m = c.recv();
+            self.check(&m);
+        }
+    }
+
+    /// Reads pushes until the connection ends (a drain's `reconnect` hint is let by);
+    /// returns how it ended.
+    fn read_to_close(&mut self, c: &mut Client) -> Closed {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        loop {
+            match c.try_recv(Duration::from_millis(500)) {
+                Ok(Some(m)) if m["type"] == "reconnect" => {}
+                Ok(Some(m)) => self.check(&m),
+                Ok(None) => {}
+                Err(closed) => return closed,
+            }
+            assert!(
+                Instant::now() < deadline,
+                "connection still open {IO_TIMEOUT:?} after its node went"
+            );
+        }
+    }
+}
+
+/// Pushes through one node's API, alternating a user push and a topic push, each
+/// `?wait=1` with `data.n` = the `seq` it is expected to get, until told to stop.
+struct Pusher {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<(u64, u64)>,
+}
+
+impl Pusher {
+    fn start(api: SocketAddr, user: &'static str, topic: &'static str) -> Pusher {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut conn = HttpConn::connect(api);
+            let (mut u, mut t) = (0u64, 0u64);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            // Bounded: a test that forgets to stop it still ends.
+            while !flag.load(Relaxed) && u < 2000 && Instant::now() < deadline {
+                for (target, n) in [("user", &mut u), ("topic", &mut t)] {
+                    *n += 1;
+                    let name = if target == "user" { user } else { topic };
+                    let body = json!({target: name, "data": {"n": *n}}).to_string();
+                    let r = conn.request("POST", "/v1/push?wait=1", Some(API_KEY), Some(&body));
+                    assert_eq!(r.status, 200, "push {body}: {}", r.text());
+                    assert_eq!(r.json()["seq"], *n, "numbered by Redis in order: {body}");
+                }
+                // Paced, so a push is in flight whenever the test acts.
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            (u, t)
+        });
+        Pusher { stop, thread }
+    }
+
+    /// Stops it; returns the last user and topic `seq` it pushed.
+    fn finish(self) -> (u64, u64) {
+        self.stop.store(true, Relaxed);
+        self.thread.join().expect("pusher thread")
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Tests
+
+/// The flags of every node in these tests: topics open to all, history long enough for
+/// what a test pushes while a client is away.
+fn node_flags(id: &str) -> Vec<&str> {
+    vec![
+        "--node-id",
+        id,
+        "--public-topics",
+        "room.*",
+        "--history-size",
+        "5000",
+    ]
+}
+
+#[test]
+fn killed_node_clients_resume_on_another_node_missing_nothing() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut a = Node::start(&url, &node_flags("a")).ready();
+    let b = Node::start(&url, &node_flags("b")).ready();
+    let mut alice = a.connect("alice");
+    let user_epoch = epoch_of(&alice.welcome);
+    let mut bob = a.connect("bob");
+    let topic_epoch = epoch_of(&subscribe(&mut bob, "room.1", None));
+    a.wait_streams(3);
+    let (mut u, mut t) = (Seen::user(), Seen::topic("room.1"));
+    let pusher = Pusher::start(b.api, "alice", "room.1");
+    u.read_to(&mut alice, 5);
+    t.read_to(&mut bob, 5);
+    a.kill9();
+    // What reached them before the crash, in order; then the socket ends.
+    assert_eq!(u.read_to_close(&mut alice), Closed::Eof);
+    assert_eq!(t.read_to_close(&mut bob), Closed::Eof);
+    // Pushes go on through B all along; the clients come back there.
+    let mut alice = b.resume("alice", u.last, &user_epoch);
+    assert_eq!(alice.welcome["resumed"], true, "{}", alice.welcome);
+    let mut bob = b.connect("bob");
+    let s = subscribe(&mut bob, "room.1", Some((t.last, &topic_epoch)));
+    assert_eq!(s["resumed"], true, "{s}");
+    u.read_to(&mut alice, u.last + 5);
+    t.read_to(&mut bob, t.last + 5);
+    let (pushed_u, pushed_t) = pusher.finish();
+    u.read_to(&mut alice, pushed_u);
+    t.read_to(&mut bob, pushed_t);
+    alice.expect_silence(Duration::from_millis(150));
+    bob.expect_silence(Duration::from_millis(50));
+}
+
+#[test]
+fn entries_a_dead_consumer_left_pending_are_claimed_and_delivered() {
+    let redis = RedisServer::start();
+    let node = Node::start(
+        &redis.url(),
+        &["--node-id", "live", "--claim-idle-ms", "300"],
+    )
+    .ready();
+    let mut c = node.connect("gina");
+    node.wait_streams(1);
+    let mut r = redis.conn();
+    // A consumer that reads and dies before acknowledging: added and read in one
+    // transaction, so the live node's blocked read cannot take them first.
+    let mut tx = redis::pipe();
+    tx.atomic();
+    for n in 1..=3 {
+        tx.cmd("XADD")
+            .arg("throng:push")
+            .arg("*")
+            .arg("push")
+            .arg(json!({"user": "gina", "data": {"n": n}}).to_string())
+            .ignore();
+    }
+    tx.cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("throng")
+        .arg("dead-node")
+        .arg("COUNT")
+        .arg(10)
+        .arg("STREAMS")
+        .arg("throng:push")
+        .arg(">");
+    let (read,): (redis::Value,) = tx.query(&mut r).unwrap();
+    let dead_pending = || -> u64 {
+        let v: Vec<(String, u64)> = redis::cmd("XPENDING")
+            .arg("throng:push")
+            .arg("throng")
+            .query::<redis::Value>(&mut redis.conn())
+            .ok()
+            .and_then(|v| match v {
+                redis::Value::Array(parts) => parts.into_iter().nth(3),
+                _ => None,
+            })
+            .map(|consumers| redis::from_redis_value(consumers).unwrap_or_default())
+            .unwrap_or_default();
+        v.iter()
+            .find(|(name, _)| name == "dead-node")
+            .map_or(0, |(_, n)| *n)
+    };
+    assert_eq!(dead_pending(), 3, "the dead consumer holds them: {read:?}");
+    let mut seen = Seen::user();
+    seen.read_to(&mut c, 3);
+    node.wait_stats("3 claimed entries", WAIT, |s| {
+        s["cluster"]["stream_claimed"] == 3
+    });
+    // Published, then acknowledged: nothing pending in the group.
+    let total = || -> i64 {
+        let v: Vec<redis::Value> = redis::cmd("XPENDING")
+            .arg("throng:push")
+            .arg("throng")
+            .query(&mut redis.conn())
+            .unwrap();
+        redis::from_redis_value(v[0].clone()).unwrap()
+    };
+    assert!(
+        wait_until(WAIT, || total() == 0),
+        "still pending: {}",
+        total()
+    );
+    assert_eq!(dead_pending(), 0);
+    c.expect_silence(Duration::from_millis(100));
+}
+
+/// Pushes `n` to `user` and to topic `room.1` through `node`; asserts both got `seq` n.
+fn push_both(node: &Node, user: &str, n: u64) {
+    for target in [json!({"user": user}), json!({"topic": "room.1"})] {
+        let mut p = target;
+        p["data"] = json!({"n": n});
+        let r = node.push_wait(p.clone());
+        assert_eq!(r["seq"], n, "{p}: {r}");
+    }
+}
+
+/// Like `push_both`, as an upstream does it around a Redis restart.
+fn push_both_retrying(node: &Node, user: &str, n: u64) {
+    push_one_retrying(node, json!({ "user": user }), n);
+    push_one_retrying(node, json!({"topic": "room.1"}), n);
+}
+
+/// Pushes `target` with `data.n` = `n` through `node` and asserts it got `seq` n, as an
+/// upstream does it around a Redis restart: the push has an `id` and is sent again while
+/// the node answers 503 `broker_unavailable` (a node whose link died while it was idle
+/// learns it only when a push fails on it); the `id` makes a retry harmless.
+fn push_one_retrying(node: &Node, mut target: Value, n: u64) {
+    target["data"] = json!({ "n": n });
+    target["id"] = format!("retry-{n}").into();
+    let body = target.to_string();
+    let deadline = Instant::now() + RECONNECT_WAIT;
+    let r = loop {
+        let r = node.api("POST", "/v1/push?wait=1", Some(&body));
+        if r.status != 503 || Instant::now() > deadline {
+            break r;
+        }
+        r.assert_error(503, "broker_unavailable");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(r.status, 200, "{body}: {}", r.text());
+    assert_eq!(r.json()["seq"], n, "{body}: {}", r.text());
+}
+
+#[test]
+fn redis_down_keeps_clients_refuses_pushes_and_recovers_by_itself() {
+    let mut redis = RedisServer::start_persistent();
+    let url = redis.url();
+    let a = Node::start(&url, &node_flags("a")).ready();
+    let b = Node::start(&url, &node_flags("b")).ready();
+    let mut carol = a.connect("carol");
+    let mut dan = a.connect("dan");
+    subscribe(&mut dan, "room.1", None);
+    a.wait_streams(3);
+    let (mut u, mut t) = (Seen::user(), Seen::topic("room.1"));
+    push_both(&a, "carol", 1);
+    u.read_to(&mut carol, 1);
+    t.read_to(&mut dan, 1);
+    let loads_before = a.stats()["cluster"]["broker_loads"].as_u64().unwrap();
+
+    redis.kill();
+    // A push sent before the node notices may still be answered 202: then it is kept and
+    // published once Redis is back (carol's seq 2), never lost.
+    let early = json!({"user": "carol", "data": {"n": 2}}).to_string();
+    let r = a.api("POST", "/v1/push", Some(&early));
+    let accepted_early = match r.status {
+        202 => true,
+        _ => {
+            r.assert_error(503, "broker_unavailable");
+            false
+        }
+    };
+    a.wait_ready_status(503);
+    // Down for as long as both nodes take to notice (B only by its heartbeat).
+    b.wait_ready_status(503);
+    a.api("GET", "/readyz", None)
+        .assert_error(503, "broker_unavailable");
+    let body = json!({"user": "carol", "data": {"n": 99}}).to_string();
+    a.api("POST", "/v1/push", Some(&body))
+        .assert_error(503, "broker_unavailable");
+    a.api("POST", "/v1/push?wait=1", Some(&body))
+        .assert_error(503, "broker_unavailable");
+    // Clients stay connected: the shard answers them without Redis.
+    carol.barrier("while-redis-is-down");
+    dan.barrier("while-redis-is-down");
+    // A user new to the node cannot get its stream now: told to try again later (1013),
+    // not left waiting for a `welcome`.
+    assert_eq!(upgrade_then_close(a.ws, "eve"), Closed::Code(Some(1013)));
+
+    // Back on the same port from its append-only file: same streams, same epochs.
+    redis.restart();
+    a.wait_ready_status(200);
+    b.wait_ready_status(200);
+    // Resubscribed and reloaded by itself (the three streams it serves load again).
+    a.wait_stats(
+        "subscriber back and streams reloaded",
+        RECONNECT_WAIT,
+        |s| {
+            s["cluster"]["broker_subscriber_up"] == 1
+                && s["cluster"]["broker_loads"].as_u64() >= Some(loads_before + 3)
+        },
+    );
+    assert!(
+        a.logged("publisher connected to Redis") >= 2,
+        "{}",
+        a.output()
+    );
+    if accepted_early {
+        u.read_to(&mut carol, 2);
+    }
+    // A push through another node reaches A's sessions on the channels A subscribed again.
+    for node in [&b, &a] {
+        push_one_retrying(node, json!({"user": "carol"}), u.last + 1);
+        push_one_retrying(node, json!({"topic": "room.1"}), t.last + 1);
+        u.read_to(&mut carol, u.last + 1);
+        t.read_to(&mut dan, t.last + 1);
+    }
+    carol.barrier("after");
+    dan.barrier("after");
+}
+
+/// A TCP relay between a node and Redis that the test can cut (every connection through
+/// it reset, new ones closed at once) and heal: one node loses Redis while others keep it.
+struct Relay {
+    port: u16,
+    open: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Relay {
+    fn start(target: SocketAddr) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = Arc::new(AtomicBool::new(true));
+        let stop = Arc::new(AtomicBool::new(false));
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let (o, s, cs) = (Arc::clone(&open), Arc::clone(&stop), Arc::clone(&conns));
+        std::thread::spawn(move || {
+            while !s.load(Relaxed) {
+                let Ok((down, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                if !o.load(Relaxed) {
+                    continue; // Cut: closed at once.
+                }
+                let Ok(up) = TcpStream::connect(target) else {
+                    continue;
+                };
+                down.set_nonblocking(false).unwrap();
+                let mut list = cs.lock().unwrap();
+                list.push(down.try_clone().unwrap());
+                list.push(up.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (down.try_clone().unwrap(), up.try_clone().unwrap()),
+                    (up, down),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Relay {
+            port,
+            open,
+            stop,
+            conns,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Ends every connection through it and refuses new ones until `heal`.
+    fn cut(&self) {
+        self.open.store(false, Relaxed);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn heal(&self) {
+        self.open.store(true, Relaxed);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Relaxed);
+        self.cut();
+    }
+}
+
+#[test]
+fn node_cut_off_from_redis_delivers_what_it_missed_from_history_after_reconnecting() {
+    let redis = RedisServer::start();
+    let relay = Relay::start(redis.addr());
+    let a = Node::start(&relay.url(), &node_flags("a")).ready();
+    let b = Node::start(&redis.url(), &node_flags("b")).ready();
+    let mut carol = a.connect("carol");
+    let mut dan = a.connect("dan");
+    subscribe(&mut dan, "room.1", None);
+    a.wait_streams(3);
+    let (mut u, mut t) = (Seen::user(), Seen::topic("room.1"));
+    push_both(&b, "carol", 1);
+    u.read_to(&mut carol, 1);
+    t.read_to(&mut dan, 1);
+
+    relay.cut();
+    a.wait_ready_status(503);
+    // Published through B while A cannot hear them: only Redis history has them.
+    for n in 2..=4 {
+        push_both(&b, "carol", n);
+    }
+    // And entries added to `throng:push` meanwhile: B's ingress takes them.
+    let mut r = redis.conn();
+    for target in [json!({"user": "carol"}), json!({"topic": "room.1"})] {
+        let mut p = target;
+        p["data"] = json!({"n": 5});
+        let _: String = redis::cmd("XADD")
+            .arg("throng:push")
+            .arg("*")
+            .arg("push")
+            .arg(p.to_string())
+            .query(&mut r)
+            .unwrap();
+    }
+    b.wait_stats("B read both entries", WAIT, |s| {
+        s["cluster"]["stream_read"] == 2
+    });
+    carol.barrier("cut");
+    dan.barrier("cut");
+    assert_eq!(
+        (u.last, t.last),
+        (1, 1),
+        "nothing can reach A while cut off"
+    );
+
+    relay.heal();
+    a.wait_ready_status(200);
+    // The reload after the reconnect hands the sessions what they missed, in order, once.
+    u.read_to(&mut carol, 5);
+    t.read_to(&mut dan, 5);
+    push_both(&b, "carol", 6);
+    u.read_to(&mut carol, 6);
+    t.read_to(&mut dan, 6);
+    carol.expect_silence(Duration::from_millis(150));
+    dan.expect_silence(Duration::from_millis(50));
+}
+
+#[test]
+fn restarted_node_clients_resume_on_its_replacement_missing_nothing() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut a = Node::start(&url, &node_flags("a")).ready();
+    let b = Node::start(&url, &node_flags("b")).ready();
+    let mut erin = a.connect("erin");
+    let user_epoch = epoch_of(&erin.welcome);
+    let mut finn = a.connect("finn");
+    let topic_epoch = epoch_of(&subscribe(&mut finn, "room.1", None));
+    a.wait_streams(3);
+    let (mut u, mut t) = (Seen::user(), Seen::topic("room.1"));
+    let pusher = Pusher::start(b.api, "erin", "room.1");
+    u.read_to(&mut erin, 3);
+    t.read_to(&mut finn, 3);
+    let (ws, api) = (a.ws.to_string(), a.api.to_string());
+    let st = a.terminate();
+    assert!(
+        st.success(),
+        "SIGTERM drains and exits 0: {st}\n{}",
+        a.output()
+    );
+    // The drain says "going away" (1001) after what was already delivered.
+    assert_eq!(u.read_to_close(&mut erin), Closed::Code(Some(1001)));
+    assert_eq!(t.read_to_close(&mut finn), Closed::Code(Some(1001)));
+    let mut flags = node_flags("a");
+    flags.extend(["--listen", ws.as_str(), "--api-listen", api.as_str()]);
+    let a2 = Node::start(&url, &flags).ready();
+    assert_eq!(a2.ws.to_string(), ws, "the replacement listens where A did");
+    let mut erin = a2.resume("erin", u.last, &user_epoch);
+    assert_eq!(erin.welcome["resumed"], true, "{}", erin.welcome);
+    let mut finn = a2.connect("finn");
+    let s = subscribe(&mut finn, "room.1", Some((t.last, &topic_epoch)));
+    assert_eq!(s["resumed"], true, "{s}");
+    u.read_to(&mut erin, u.last + 5);
+    t.read_to(&mut finn, t.last + 5);
+    let (pushed_u, pushed_t) = pusher.finish();
+    u.read_to(&mut erin, pushed_u);
+    t.read_to(&mut finn, pushed_t);
+    erin.expect_silence(Duration::from_millis(150));
+    finn.expect_silence(Duration::from_millis(50));
+}
+
+#[test]
+fn full_shards_pause_the_stream_ingress_and_every_entry_is_delivered_once() {
+    const ENTRIES: u64 = 2000;
+    let redis = RedisServer::start();
+    // One shard whose queue from the broker holds one message: it is full at once.
+    let node = Node::start(
+        &redis.url(),
+        &[
+            "--node-id",
+            "small",
+            "--shards",
+            "1",
+            "--shard-queue-capacity",
+            "1",
+            "--history-size",
+            "5000",
+        ],
+    )
+    .ready();
+    let mut c = node.connect("hana");
+    node.wait_streams(1);
+    let mut r = redis.conn();
+    let mut pipe = redis::pipe();
+    for n in 1..=ENTRIES {
+        pipe.cmd("XADD")
+            .arg("throng:push")
+            .arg("*")
+            .arg("push")
+            .arg(json!({"user": "hana", "data": {"n": n}}).to_string())
+            .ignore();
+    }
+    pipe.query::<()>(&mut r).unwrap();
+    let mut seen = Seen::user();
+    seen.read_to(&mut c, ENTRIES);
+    c.expect_silence(Duration::from_millis(100));
+    let s = node.wait_stats("every entry read", WAIT, |s| {
+        s["cluster"]["stream_read"] == ENTRIES
+    });
+    assert!(
+        s["cluster"]["stream_paused"].as_u64() > Some(0),
+        "the ingress never paused: {s}"
+    );
+    assert_eq!(s["cluster"]["stream_dlq"], 0, "{s}");
+    let pending: Vec<redis::Value> = redis::cmd("XPENDING")
+        .arg("throng:push")
+        .arg("throng")
+        .query(&mut r)
+        .unwrap();
+    assert_eq!(pending.first(), Some(&redis::Value::Int(0)), "{pending:?}");
+}
+
+#[test]
+fn malformed_redis_url_exits_2_naming_redis() {
+    for url in [
+        "http://127.0.0.1:6379",
+        "redis://127.0.0.1:notaport",
+        "127.0.0.1:6379",
+    ] {
+        let out = Command::new(BIN)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--api-listen",
+                "127.0.0.1:0",
+                "--jwt-secret",
+                SECRET,
+                "--api-key",
+                API_KEY,
+                "--redis",
+                url,
+            ])
+            .env_remove("THRONG_JWT_SECRET")
+            .env_remove("THRONG_API_KEY")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{url}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("redis"), "{url}: {err}");
+        assert!(err.contains(url), "the line names the URL: {err}");
+    }
+}
+
+#[test]
+fn redis_back_empty_restarts_streams_and_their_sessions_resume_false() {
+    // No persistence: Redis comes back with no stream at all (new epochs, seq 0).
+    let mut redis = RedisServer::start();
+    let a = Node::start(&redis.url(), &node_flags("a")).ready();
+    let mut carol = a.connect("carol");
+    let user_epoch = epoch_of(&carol.welcome);
+    let mut dan = a.connect("dan");
+    let topic_epoch = epoch_of(&subscribe(&mut dan, "room.1", None));
+    a.wait_streams(3);
+    let (mut u, mut t) = (Seen::user(), Seen::topic("room.1"));
+    push_both(&a, "carol", 1);
+    u.read_to(&mut carol, 1);
+    t.read_to(&mut dan, 1);
+
+    redis.restart();
+    // Numbering restarted under both sessions: neither may take seq 1 of the new epoch
+    // for a repeat of the old one, so both are told to reconnect and resume.
+    assert_eq!(carol.expect_close(), Closed::Code(Some(1012)));
+    assert_eq!(dan.expect_close(), Closed::Code(Some(1012)));
+    a.wait_ready_status(200);
+    let mut carol = a.resume("carol", 1, &user_epoch);
+    assert_eq!(carol.welcome["resumed"], false, "{}", carol.welcome);
+    assert_eq!(carol.welcome["seq"], 0, "{}", carol.welcome);
+    let mut dan = a.connect("dan");
+    let s = subscribe(&mut dan, "room.1", Some((1, &topic_epoch)));
+    assert_eq!(s["resumed"], false, "{s}");
+    assert_eq!(s["seq"], 0, "{s}");
+    assert_ne!(epoch_of(&s), topic_epoch);
+    let (mut u, mut t) = (Seen::user(), Seen::topic("room.1"));
+    push_both_retrying(&a, "carol", 1);
+    u.read_to(&mut carol, 1);
+    t.read_to(&mut dan, 1);
+}
+
+#[test]
+fn streams_lost_in_redis_under_live_sessions_close_them_with_1012() {
+    let redis = RedisServer::start();
+    let a = Node::start(&redis.url(), &node_flags("a")).ready();
+    let b = Node::start(&redis.url(), &node_flags("b")).ready();
+    let mut carol = a.connect("carol");
+    let user_epoch = epoch_of(&carol.welcome);
+    let mut dan = a.connect("dan");
+    let topic_epoch = epoch_of(&subscribe(&mut dan, "room.1", None));
+    a.wait_streams(3);
+    let (mut u, mut t) = (Seen::user(), Seen::topic("room.1"));
+    push_both(&b, "carol", 1);
+    u.read_to(&mut carol, 1);
+    t.read_to(&mut dan, 1);
+    // The streams expire (or an operator flushes them) while Redis stays up: the next
+    // push starts a new epoch at seq 1, which a client at seq 1 would drop as a repeat.
+    let _: () = redis::cmd("DEL")
+        .arg("throng:{u:carol}")
+        .arg("throng:{u:carol}:h")
+        .arg("throng:{t:room.1}")
+        .arg("throng:{t:room.1}:h")
+        .query(&mut redis.conn())
+        .unwrap();
+    push_both(&b, "carol", 1);
+    assert_eq!(carol.expect_close(), Closed::Code(Some(1012)));
+    assert_eq!(dan.expect_close(), Closed::Code(Some(1012)));
+    let mut carol = a.resume("carol", 1, &user_epoch);
+    assert_eq!(carol.welcome["resumed"], false, "{}", carol.welcome);
+    assert_eq!(carol.welcome["seq"], 1, "{}", carol.welcome);
+    let mut dan = a.connect("dan");
+    let s = subscribe(&mut dan, "room.1", Some((1, &topic_epoch)));
+    assert_eq!(s["resumed"], false, "{s}");
+    assert_eq!(s["seq"], 1, "{s}");
+    let (mut u, mut t) = (
+        Seen {
+            topic: None,
+            last: 1,
+        },
+        Seen {
+            topic: Some("room.1"),
+            last: 1,
+        },
+    );
+    push_both(&b, "carol", 2);
+    u.read_to(&mut carol, 2);
+    t.read_to(&mut dan, 2);
+}
+
+#[test]
+fn a_batch_of_only_invalid_entries_goes_to_the_dlq_and_blocks_nothing() {
+    let redis = RedisServer::start();
+    let mut r = redis.conn();
+    // Added before any node reads: the first read takes them in one batch with no valid
+    // push in it (nothing for the sequencing script to run).
+    for raw in ["not json", r#"{"data":1}"#] {
+        let _: String = redis::cmd("XADD")
+            .arg("throng:push")
+            .arg("*")
+            .arg("push")
+            .arg(raw)
+            .query(&mut r)
+            .unwrap();
+    }
+    let node = Node::start(&redis.url(), &["--node-id", "n"]).ready();
+    node.wait_stats("2 dead entries", WAIT, |s| s["cluster"]["stream_dlq"] == 2);
+    let mut c = node.connect("ivy");
+    node.wait_streams(1);
+    let _: String = redis::cmd("XADD")
+        .arg("throng:push")
+        .arg("*")
+        .arg("push")
+        .arg(json!({"user": "ivy", "data": {"n": 1}}).to_string())
+        .query(&mut r)
+        .unwrap();
+    Seen::user().read_to(&mut c, 1);
+    let s = node.stats();
+    assert_eq!(s["cluster"]["broker_errors"], 0, "{s}");
+    assert_eq!(s["cluster"]["stream_read"], 3, "read once each: {s}");
+    let dlq_len: u64 = redis::cmd("XLEN")
+        .arg("throng:push:dlq")
+        .query(&mut r)
+        .unwrap();
+    assert_eq!(dlq_len, 2);
+}
+
+#[test]
+fn restarted_node_publishes_the_entries_it_left_pending_at_once() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    // Claims only after 60 s: what follows cannot be a claim.
+    let slow_claim = ["--claim-idle-ms", "60000"];
+    let mut a = Node::start(&url, &[&node_flags("a")[..], &slow_claim].concat()).ready();
+    let b = Node::start(&url, &[&node_flags("b")[..], &slow_claim].concat()).ready();
+    let mut c = b.connect("jo");
+    b.wait_streams(1);
+    // Node A read these and stopped before acknowledging them (added and read as consumer
+    // `a` in one transaction, so no live reader takes them first).
+    let mut tx = redis::pipe();
+    tx.atomic();
+    for n in 1..=3 {
+        tx.cmd("XADD")
+            .arg("throng:push")
+            .arg("*")
+            .arg("push")
+            .arg(json!({"user": "jo", "data": {"n": n}}).to_string())
+            .ignore();
+    }
+    tx.cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("throng")
+        .arg("a")
+        .arg("COUNT")
+        .arg(10)
+        .arg("STREAMS")
+        .arg("throng:push")
+        .arg(">")
+        .ignore();
+    let () = tx.query(&mut redis.conn()).unwrap();
+    assert!(a.terminate().success());
+    c.expect_silence(Duration::from_millis(100));
+    // The same consumer comes back: its own pending entries first.
+    let a2 = Node::start(&url, &[&node_flags("a")[..], &slow_claim].concat()).ready();
+    Seen::user().read_to(&mut c, 3);
+    a2.wait_stats("3 entries read", WAIT, |s| s["cluster"]["stream_read"] == 3);
+    let pending: Vec<redis::Value> = redis::cmd("XPENDING")
+        .arg("throng:push")
+        .arg("throng")
+        .query(&mut redis.conn())
+        .unwrap();
+    assert_eq!(pending.first(), Some(&redis::Value::Int(0)), "{pending:?}");
+    assert_eq!(b.stats()["cluster"]["stream_claimed"], 0);
+}
