@@ -1,21 +1,21 @@
 //! Fan-out of one encoded push frame to 10,000 recipients' outbound queues.
 //!
-//! Encode once: each recipient's `OutQueue` gets a clone of the same `bytes::Bytes` (a
+//! Encode once: each recipient's `OutQueue` gets a clone of the same `throng::wire::Wire` (a
 //! reference-count bump and a `VecDeque` push). For comparison, copying the frame into a
 //! `Vec<u8>` per recipient is what encoding once avoids.
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use criterion::{
     criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
 use throng::messages;
 use throng::shard::OutQueue;
+use throng::wire::Wire;
 
 const RECIPIENTS: usize = 10_000;
 
-fn push_frame(data_len: usize) -> Bytes {
+fn push_frame(data_len: usize) -> Wire {
     let data = format!("\"{}\"", "x".repeat(data_len - 2));
     messages::push_frame(
         &data,
@@ -31,7 +31,7 @@ fn fresh_queues() -> Vec<OutQueue> {
 }
 
 /// Queues that already hold one frame: a slow consumer's queue, whose deque has room.
-fn busy_queues(frame: &Bytes) -> Vec<OutQueue> {
+fn busy_queues(frame: &Wire) -> Vec<OutQueue> {
     let mut qs = fresh_queues();
     for q in &mut qs {
         q.push(frame.clone());

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
+use crate::wire::Wire;
 
 use crate::auth::Identity;
 
@@ -72,7 +72,7 @@ pub enum ShardCmd {
         /// Topic name.
         topic: Arc<str>,
         /// The encoded frame, shared by all shards.
-        frame: Bytes,
+        frame: Wire,
         /// Its `seq` in the topic stream (docs/protocol.md 4.1).
         seq: u64,
         /// The topic stream's epoch.
@@ -85,7 +85,7 @@ pub enum ShardCmd {
     /// A pre-encoded frame for every connection.
     Broadcast {
         /// The encoded frame, shared by all shards.
-        frame: Bytes,
+        frame: Wire,
         /// When the API accepted it.
         accepted_at: Instant,
         /// Answer wanted.
@@ -211,7 +211,7 @@ mod tests {
         };
         assert_eq!(cmd.weight(), 7 + 3 + 3);
         let b = ShardCmd::Broadcast {
-            frame: Bytes::from_static(b"0123456789"),
+            frame: Wire::from_static(b"0123456789"),
             accepted_at: Instant::now(),
             ticket: None,
         };

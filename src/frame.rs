@@ -1,6 +1,6 @@
 //! RFC 6455 framing: decoding client frames in place and encoding server frames once.
 
-use bytes::Bytes;
+use crate::wire::Wire;
 use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 
 /// Close codes Throng sends (docs/protocol.md 3.2).
@@ -348,16 +348,27 @@ fn write_header_before(buf: &mut [u8], end: usize, opcode: u8, len: usize) -> us
     start
 }
 
-/// Builds frames whose payload is written in place after reserved header room, so a
-/// server frame costs one allocation and no copy.
+/// Builds frames in a reused per-thread buffer, the payload written after reserved header
+/// room; the finished frame is one exact-size allocation (and one copy of its bytes).
 pub struct FrameBuilder {
     buf: Vec<u8>,
 }
 
+thread_local! {
+    /// The buffer frames are built in, reused: a finished frame is copied into an
+    /// allocation of exactly its size, so the build buffer's spare room is not retained.
+    static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Largest build buffer kept for the next frame (a larger one is freed after use).
+const SCRATCH_KEEP: usize = 256 * 1024;
+
 impl FrameBuilder {
     /// Starts a text frame with room for `payload_hint` bytes.
     pub fn text(payload_hint: usize) -> Self {
-        let mut buf = Vec::with_capacity(MAX_HEADER + payload_hint);
+        let mut buf = SCRATCH.with(std::cell::Cell::take);
+        buf.clear();
+        buf.reserve(MAX_HEADER + payload_hint);
         buf.resize(MAX_HEADER, 0);
         FrameBuilder { buf }
     }
@@ -368,31 +379,35 @@ impl FrameBuilder {
     }
 
     /// Finishes the frame.
-    pub fn finish(self) -> Bytes {
+    pub fn finish(self) -> Wire {
         let mut buf = self.buf;
         let len = buf.len() - MAX_HEADER;
         let start = write_header_before(&mut buf, MAX_HEADER, OP_TEXT, len);
-        Bytes::from(buf).slice(start..)
+        let frame = Wire::copy_from_slice(&buf[start..]);
+        if buf.capacity() <= SCRATCH_KEEP {
+            SCRATCH.with(|s| s.set(buf));
+        }
+        frame
     }
 }
 
-fn control(opcode: u8, payload: &[u8]) -> Bytes {
+fn control(opcode: u8, payload: &[u8]) -> Wire {
     let mut buf = Vec::with_capacity(2 + payload.len());
     buf.push(0x80 | opcode);
     buf.push(payload.len().min(125) as u8);
     buf.extend_from_slice(&payload[..payload.len().min(125)]);
-    Bytes::from(buf)
+    Wire::from(buf)
 }
 
 /// A text frame carrying `payload`.
-pub fn text(payload: &[u8]) -> Bytes {
+pub fn text(payload: &[u8]) -> Wire {
     let mut b = FrameBuilder::text(payload.len());
     b.payload().extend_from_slice(payload);
     b.finish()
 }
 
 /// A close frame with `code` and a reason cut to fit 125 bytes on a char boundary.
-pub fn close_frame(code: u16, reason: &str) -> Bytes {
+pub fn close_frame(code: u16, reason: &str) -> Wire {
     let mut end = reason.len().min(123);
     while !reason.is_char_boundary(end) {
         end -= 1;
@@ -404,17 +419,17 @@ pub fn close_frame(code: u16, reason: &str) -> Bytes {
 }
 
 /// An empty close frame (echo of a close without a code).
-pub fn close_empty() -> Bytes {
+pub fn close_empty() -> Wire {
     control(OP_CLOSE, &[])
 }
 
 /// A ping frame.
-pub fn ping(payload: &[u8]) -> Bytes {
+pub fn ping(payload: &[u8]) -> Wire {
     control(OP_PING, payload)
 }
 
 /// A pong frame echoing a ping's payload.
-pub fn pong(payload: &[u8]) -> Bytes {
+pub fn pong(payload: &[u8]) -> Wire {
     control(OP_PONG, payload)
 }
 

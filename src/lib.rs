@@ -28,6 +28,7 @@ pub mod server;
 pub mod shard;
 pub mod topic;
 pub mod wheel;
+pub mod wire;
 
 pub use config::Config;
 pub use server::Server;

@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::io::Write as _;
 
-use bytes::Bytes;
+use crate::wire::Wire;
 use simd_json::prelude::*;
 
 use crate::frame::FrameBuilder;
@@ -186,7 +186,7 @@ pub fn push_frame(
     seq: Option<u64>,
     topic: Option<&str>,
     id: Option<&str>,
-) -> Bytes {
+) -> Wire {
     let mut b = FrameBuilder::text(data.len() + 64 + topic.map_or(0, str::len));
     let out = b.payload();
     out.extend_from_slice(b"{\"type\":\"push\"");
@@ -216,7 +216,7 @@ pub fn welcome_frame(
     ping_interval_ms: u64,
     idle_timeout_ms: u64,
     resumed: Option<bool>,
-) -> Bytes {
+) -> Wire {
     let mut v = serde_json::json!({
         "type": "welcome",
         "session": session,
@@ -232,7 +232,7 @@ pub fn welcome_frame(
     json_frame(&v)
 }
 
-fn json_frame(v: &serde_json::Value) -> Bytes {
+fn json_frame(v: &serde_json::Value) -> Wire {
     let mut b = FrameBuilder::text(128);
     let _ = serde_json::to_writer(b.payload(), v);
     b.finish()
@@ -248,7 +248,7 @@ fn finish_with_ref(out: &mut Vec<u8>, reference: Option<&str>) {
 }
 
 /// `subscribed` / `unsubscribed` confirmation.
-pub fn topic_ack_frame(kind: &str, topic: &str, reference: Option<&str>) -> Bytes {
+pub fn topic_ack_frame(kind: &str, topic: &str, reference: Option<&str>) -> Wire {
     let mut b = FrameBuilder::text(64 + topic.len());
     let out = b.payload();
     let _ = write!(out, "{{\"type\":\"{kind}\",\"topic\":");
@@ -265,7 +265,7 @@ pub fn subscribed_frame(
     epoch: &str,
     resumed: Option<bool>,
     reference: Option<&str>,
-) -> Bytes {
+) -> Wire {
     let mut b = FrameBuilder::text(96 + topic.len() + epoch.len());
     let out = b.payload();
     out.extend_from_slice(b"{\"type\":\"subscribed\",\"topic\":");
@@ -280,7 +280,7 @@ pub fn subscribed_frame(
 }
 
 /// `reconnect`: the server is draining; reconnect (elsewhere) after `after_ms`.
-pub fn reconnect_frame(after_ms: u64) -> Bytes {
+pub fn reconnect_frame(after_ms: u64) -> Wire {
     let mut b = FrameBuilder::text(48);
     let _ = write!(
         b.payload(),
@@ -290,7 +290,7 @@ pub fn reconnect_frame(after_ms: u64) -> Bytes {
 }
 
 /// `pong` answering a JSON `ping`.
-pub fn pong_frame(reference: Option<&str>) -> Bytes {
+pub fn pong_frame(reference: Option<&str>) -> Wire {
     let mut b = FrameBuilder::text(32);
     let out = b.payload();
     out.extend_from_slice(b"{\"type\":\"pong\"");
@@ -300,7 +300,7 @@ pub fn pong_frame(reference: Option<&str>) -> Bytes {
 
 /// `unsubscribed` for a subscription the server dropped, with the `reason` (e.g.
 /// `forbidden` after a token refresh narrowed the grants).
-pub fn dropped_topic_frame(topic: &str, reason: &str) -> Bytes {
+pub fn dropped_topic_frame(topic: &str, reason: &str) -> Wire {
     let mut b = FrameBuilder::text(64 + topic.len() + reason.len());
     let out = b.payload();
     out.extend_from_slice(b"{\"type\":\"unsubscribed\",\"topic\":");
@@ -312,7 +312,7 @@ pub fn dropped_topic_frame(topic: &str, reason: &str) -> Bytes {
 }
 
 /// `token_expiring`: the connection closes with 4001 in `in_ms` unless refreshed.
-pub fn token_expiring_frame(in_ms: u64) -> Bytes {
+pub fn token_expiring_frame(in_ms: u64) -> Wire {
     let mut b = FrameBuilder::text(48);
     let _ = write!(
         b.payload(),
@@ -322,7 +322,7 @@ pub fn token_expiring_frame(in_ms: u64) -> Bytes {
 }
 
 /// `refreshed`: the new token's `exp` (`null` for a token without one) is in force.
-pub fn refreshed_frame(exp: Option<u64>, reference: Option<&str>) -> Bytes {
+pub fn refreshed_frame(exp: Option<u64>, reference: Option<&str>) -> Wire {
     let mut b = FrameBuilder::text(48 + reference.map_or(0, str::len));
     let out = b.payload();
     match exp {
@@ -336,7 +336,7 @@ pub fn refreshed_frame(exp: Option<u64>, reference: Option<&str>) -> Bytes {
 }
 
 /// `error` answering a refused message.
-pub fn error_frame(err: &Refused, reference: Option<&str>) -> Bytes {
+pub fn error_frame(err: &Refused, reference: Option<&str>) -> Wire {
     let mut b = FrameBuilder::text(64 + err.message.len());
     let out = b.payload();
     let _ = write!(
@@ -353,7 +353,7 @@ pub fn error_frame(err: &Refused, reference: Option<&str>) -> Bytes {
 mod tests {
     use super::*;
 
-    fn payload_json(frame: &Bytes) -> serde_json::Value {
+    fn payload_json(frame: &Wire) -> serde_json::Value {
         let start = if frame[1] & 0x7f == 126 { 4 } else { 2 };
         serde_json::from_slice(&frame[start..]).unwrap()
     }

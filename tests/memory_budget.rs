@@ -288,6 +288,11 @@ fn queued_push_bytes_are_counted_and_released_exactly() {
     ];
     for body in &bodies {
         srv.push(body.clone());
+        // Each waits for the one before: the 100 KB push alone is over the budget, so
+        // anything sent while it is still queued would (rightly) get 503.
+        srv.wait_stats("command bytes back to 0", |s| {
+            gauge(s, "command_bytes") == 0
+        });
     }
     for want in [json!(big), json!("u"), json!("t"), json!("b")] {
         assert_eq!(a.recv()["data"], want);

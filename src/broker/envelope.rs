@@ -80,9 +80,20 @@ pub fn parse(msg: &str) -> Result<Entry<'_>, BadEntry> {
 
 impl Entry<'_> {
     /// The client frame for this push (with `topic` for a topic stream).
-    pub fn frame(&self, topic: Option<&str>) -> bytes::Bytes {
+    pub fn frame(&self, topic: Option<&str>) -> crate::wire::Wire {
         let seq = (self.seq > 0).then_some(self.seq);
         messages::push_frame(self.data, self.ts_ms, seq, topic, self.id.as_deref())
+    }
+
+    /// When the push was accepted, from its Unix-ms timestamp (another node's clock:
+    /// never later than now).
+    pub fn accepted_at(&self) -> std::time::Instant {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let age = std::time::Duration::from_millis(now_ms.saturating_sub(self.ts_ms));
+        let now = std::time::Instant::now();
+        now.checked_sub(age).unwrap_or(now)
     }
 }
 

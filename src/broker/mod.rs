@@ -26,7 +26,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use crate::wire::Wire;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::api::ParsedPush;
@@ -88,7 +88,7 @@ pub struct StreamState {
     /// Its epoch.
     pub epoch: String,
     /// Recent pushes still within retention, oldest first, with their `seq`s.
-    pub entries: Vec<(u64, Bytes)>,
+    pub entries: Vec<(u64, Wire)>,
 }
 
 /// What the broker hands a shard.
@@ -102,7 +102,7 @@ pub enum Remote {
         /// The stream's epoch.
         epoch: Arc<str>,
         /// The client frame.
-        frame: Bytes,
+        frame: Wire,
         /// When it was accepted (from its timestamp), for the latency histogram.
         accepted_at: Instant,
     },
@@ -115,14 +115,14 @@ pub enum Remote {
         /// The stream's epoch.
         epoch: Arc<str>,
         /// The client frame.
-        frame: Bytes,
+        frame: Wire,
         /// When it was accepted.
         accepted_at: Instant,
     },
     /// A broadcast frame.
     Broadcast {
         /// The client frame.
-        frame: Bytes,
+        frame: Wire,
         /// When it was accepted.
         accepted_at: Instant,
     },

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use crate::wire::Wire;
 use crossbeam_channel::Receiver;
 use redis::{Connection, PubSub, Value};
 
@@ -397,7 +397,7 @@ impl Subscriber {
             }
         };
         self.ctx.metrics.broker.received.fetch_add(1, Relaxed);
-        let accepted_at = accepted_at(entry.ts_ms);
+        let accepted_at = entry.accepted_at();
         if channel == BROADCAST_CHANNEL {
             let frame = entry.frame(None);
             for shard in 0..self.shards.len() {
@@ -483,13 +483,6 @@ fn chunk_owned(chunk: &[Load]) -> Vec<Load> {
         .collect()
 }
 
-/// The `Instant` a push was accepted at, from its Unix-ms timestamp (clocks of different
-/// nodes: clamped to now).
-fn accepted_at(ts_ms: u64) -> Instant {
-    let age = Duration::from_millis(now_ms().saturating_sub(ts_ms));
-    Instant::now().checked_sub(age).unwrap_or_else(Instant::now)
-}
-
 /// A stream's state from `HMGET seq epoch` and `LRANGE 0 -1`; entries older than
 /// `cutoff_ms` or from another epoch are left out.
 fn read_state(
@@ -510,7 +503,7 @@ fn read_state(
         .transpose()
         .map_err(|e| format!("unexpected history in Redis: {e}"))?
         .unwrap_or_default();
-    let mut entries: Vec<(u64, Bytes)> = Vec::with_capacity(raw.len());
+    let mut entries: Vec<(u64, Wire)> = Vec::with_capacity(raw.len());
     for r in &raw {
         let Ok(text) = std::str::from_utf8(r) else {
             continue;

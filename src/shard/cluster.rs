@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
+use crate::wire::Wire;
 use crossbeam_channel::{Receiver, Sender};
 use rustc_hash::FxBuildHasher;
 
@@ -56,7 +56,7 @@ struct PendingSub {
 struct Buffered {
     seq: u64,
     epoch: u64,
-    frame: Bytes,
+    frame: Wire,
     accepted_at: Instant,
 }
 
@@ -283,7 +283,7 @@ impl Shard {
         user: &str,
         seq: u64,
         epoch: u64,
-        frame: Bytes,
+        frame: Wire,
         accepted_at: Instant,
     ) {
         let Some(k) = self.users.find(user) else {
@@ -328,7 +328,7 @@ impl Shard {
     }
 
     /// Numbers, keeps and delivers one push that follows the user's current `seq`.
-    fn apply_user_push(&mut self, k: u32, seq: u64, frame: Bytes, accepted_at: Instant) {
+    fn apply_user_push(&mut self, k: u32, seq: u64, frame: Wire, accepted_at: Instant) {
         let Some(u) = self.users.get_mut(k) else {
             return;
         };
@@ -341,8 +341,8 @@ impl Shard {
                 .copied()
                 .filter(|&s| self.conns.get(s).is_some_and(|c| c.flags & PARKED == 0)),
         );
-        let at_us = self.since_born_us(accepted_at);
-        self.users.record(k, &frame, self.tick, at_us);
+        let stamp = super::history::stamp_of(accepted_at);
+        self.users.record(k, &frame, self.tick, stamp);
         self.trim_history();
         let mut sessions = 0;
         for &key in &targets {
@@ -390,7 +390,7 @@ impl Shard {
             .filter(|&s| self.conns.get(s).is_some_and(|c| c.flags & PARKED == 0))
             .collect();
         // What the live sessions missed, from the cluster's history.
-        let mut missed: Vec<Bytes> = Vec::new();
+        let mut missed: Vec<Wire> = Vec::new();
         let mut restart = false;
         if let Some((old_epoch, old_seq)) = prior {
             if old_epoch != epoch {
@@ -410,9 +410,9 @@ impl Shard {
             }
         }
         // Loaded pushes count as accepted now (for the ack latency histogram).
-        let now_us = self.since_born_us(Instant::now());
+        let now = super::history::stamp_of(Instant::now());
         self.users
-            .load(k, st.seq, epoch, &st.entries, self.tick, now_us);
+            .load(k, st.seq, epoch, &st.entries, self.tick, now);
         self.trim_history();
         for &key in &live {
             if restart {
@@ -455,7 +455,7 @@ impl Shard {
         topic: &Arc<str>,
         seq: u64,
         epoch: &Arc<str>,
-        frame: Bytes,
+        frame: Wire,
         accepted_at: Instant,
     ) {
         let Some(c) = self.cluster.as_mut() else {
@@ -532,7 +532,7 @@ impl Shard {
         );
         if let Some((old_epoch, old_seq)) = prior {
             if *old_epoch == *epoch {
-                let missed: Vec<(u64, Bytes)> = st
+                let missed: Vec<(u64, Wire)> = st
                     .entries
                     .iter()
                     .filter(|(s, _)| *s > old_seq)
@@ -549,9 +549,8 @@ impl Shard {
                 self.restart_topic(topic);
             }
         }
-        let now_us = self.since_born_us(Instant::now());
         self.streams
-            .load(topic, st.seq, &epoch, &st.entries, (self.tick, now_us));
+            .load(topic, st.seq, &epoch, &st.entries, self.tick);
         self.trim_history();
         for p in pending {
             // Still waiting, and still a member (not a reused slot waiting for another).

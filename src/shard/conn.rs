@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 use std::net::{IpAddr, Shutdown};
 
-use bytes::Bytes;
+use crate::wire::Wire;
 use mio::net::TcpStream;
 use slab::Slab;
 
@@ -72,7 +72,7 @@ pub(super) fn trim_leftover(buf: &mut Vec<u8>) {
 /// Frames waiting for the socket to accept them.
 #[derive(Default)]
 pub struct OutQueue {
-    frames: VecDeque<Bytes>,
+    frames: VecDeque<Wire>,
     /// Bytes of the front frame already written.
     offset: usize,
     /// Bytes queued and not yet written.
@@ -81,7 +81,7 @@ pub struct OutQueue {
 
 impl OutQueue {
     /// Appends a frame (shared, not copied).
-    pub fn push(&mut self, frame: Bytes) {
+    pub fn push(&mut self, frame: Wire) {
         self.bytes += frame.len();
         self.frames.push_back(frame);
     }
@@ -284,7 +284,7 @@ pub(super) struct Conns {
 /// Spare queues kept for reuse, so a burst does not allocate per connection.
 const POOL_MAX: usize = 1024;
 /// Deque slots a pooled queue may keep; with `POOL_MAX` this bounds the pool to about
-/// 2 MiB per shard (a slot is one `Bytes`, 32 bytes).
+/// 512 KiB per shard (a slot is one `Wire`, 8 bytes).
 const POOL_QUEUE_SLOTS: usize = 64;
 
 impl Conns {
@@ -424,7 +424,7 @@ impl Conns {
     }
 
     /// Queues `frame` for `key`; the write happens at the next `flush_dirty`.
-    pub(super) fn send(&mut self, key: u32, frame: Bytes) -> Sent {
+    pub(super) fn send(&mut self, key: u32, frame: Wire) -> Sent {
         let Some(conn) = self.slab.get_mut(key as usize) else {
             return Sent::Ok;
         };
@@ -461,7 +461,7 @@ impl Conns {
     }
 
     /// Queues the close frame, discarding what has not started (it would never be read).
-    pub(super) fn queue_close(&mut self, key: u32, frame: Bytes, discard: bool) {
+    pub(super) fn queue_close(&mut self, key: u32, frame: Wire, discard: bool) {
         self.drop_partial(key);
         self.begin_closing(key);
         let pool = &mut self.pool;
@@ -557,15 +557,15 @@ mod tests {
     #[test]
     fn discard_keeps_started_frame() {
         let mut q = OutQueue::default();
-        q.push(Bytes::from_static(b"abcd"));
-        q.push(Bytes::from_static(b"efgh"));
+        q.push(Wire::from_static(b"abcd"));
+        q.push(Wire::from_static(b"efgh"));
         q.offset = 2;
         q.bytes -= 2;
         q.discard_unstarted();
         assert_eq!(q.frames.len(), 1);
         assert_eq!(q.bytes, 2);
         let mut fresh = OutQueue::default();
-        fresh.push(Bytes::from_static(b"abcd"));
+        fresh.push(Wire::from_static(b"abcd"));
         fresh.discard_unstarted();
         assert!(fresh.is_empty());
         assert_eq!(fresh.bytes, 0);
@@ -575,12 +575,12 @@ mod tests {
     fn pool_keeps_only_small_queues() {
         let mut q = OutQueue::default();
         for _ in 0..POOL_QUEUE_SLOTS {
-            q.push(Bytes::from_static(b"x"));
+            q.push(Wire::from_static(b"x"));
         }
         q.clear();
         assert!(q.poolable(), "a queue of {POOL_QUEUE_SLOTS} slots is kept");
         for _ in 0..=POOL_QUEUE_SLOTS * 2 {
-            q.push(Bytes::from_static(b"x"));
+            q.push(Wire::from_static(b"x"));
         }
         q.clear();
         assert!(!q.poolable(), "a queue grown past the slot bound is freed");

@@ -3,17 +3,74 @@
 
 use std::collections::VecDeque;
 
-use bytes::Bytes;
+use crate::wire::Wire;
 
-/// One retained push: the exact frame sent, shared with the sessions' queues (and, for a
-/// topic, with every shard). Its `seq` is not stored: a ring holds contiguous seqs ending
-/// at its stream's current one, so the position gives it (see `first_seq`), and the word
-/// holds the accept time instead, for the ack latency histogram.
-pub(super) struct Held {
-    /// When the API accepted it, in microseconds since the shard started.
-    pub accepted_us: u64,
-    /// The frame.
-    pub frame: Bytes,
+// A retained push is its frame (a `Wire`, 8 bytes), shared with the sessions' queues
+// (and, for a topic, with every shard). Its `seq` is not stored: a ring holds contiguous
+// seqs ending at its stream's current one, so the position gives it (see `first_seq`).
+
+/// A user's recent pushes, oldest first: the frames, and beside them their accept
+/// stamps for the ack latency histogram (4 bytes each: kept apart, a stamp next to each
+/// 8-byte frame pointer would cost 8 with padding).
+#[derive(Default)]
+pub(super) struct Ring {
+    frames: VecDeque<Wire>,
+    stamps: VecDeque<u32>,
+}
+
+impl Ring {
+    /// Pushes held.
+    pub(super) fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Whether none is held.
+    pub(super) fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Appends a push (the ring holds at most `size`; the caller made room).
+    pub(super) fn push_back(&mut self, frame: Wire, stamp: u32, size: usize) {
+        reserve_one(&mut self.frames, size);
+        reserve_one(&mut self.stamps, size);
+        self.frames.push_back(frame);
+        self.stamps.push_back(stamp);
+    }
+
+    /// Drops the oldest push, returning its frame.
+    pub(super) fn pop_front(&mut self) -> Option<Wire> {
+        self.stamps.pop_front();
+        self.frames.pop_front()
+    }
+
+    /// The accept stamp of the push at position `i`.
+    pub(super) fn stamp(&self, i: usize) -> Option<u32> {
+        self.stamps.get(i).copied()
+    }
+
+    /// The frames from position `skip` on.
+    pub(super) fn frames_from(&self, skip: usize) -> impl Iterator<Item = &Wire> + '_ {
+        self.frames.range(skip..)
+    }
+
+    /// Frame bytes held.
+    pub(super) fn bytes(&self) -> u64 {
+        self.frames.iter().map(|f| f.len() as u64).sum()
+    }
+
+    /// Slots allocated (for the no-spare-slots test).
+    #[cfg(test)]
+    pub(super) fn capacity(&self) -> usize {
+        self.frames.capacity()
+    }
+}
+
+/// The stamp for `at`: milliseconds since this process's first stamp, wrapping after 49
+/// days (compare stamps with `wrapping_sub`).
+pub(super) fn stamp_of(at: std::time::Instant) -> u32 {
+    static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let origin = *ORIGIN.get_or_init(std::time::Instant::now);
+    at.saturating_duration_since(origin).as_millis() as u32
 }
 
 /// The `seq` of the front of a ring of `len` pushes whose back is `last`.
@@ -24,7 +81,7 @@ pub(super) fn first_seq(last: u64, len: usize) -> u64 {
 /// Makes room for one more push in a ring of at most `size`: doubling as `VecDeque`
 /// would, but never past `size`, so a full ring has no spare slots (a ring of 100 grew to
 /// 128 before: 11 bytes more per retained push).
-pub(super) fn reserve_one(ring: &mut VecDeque<Held>, size: usize) {
+pub(super) fn reserve_one<T>(ring: &mut VecDeque<T>, size: usize) {
     if ring.len() == ring.capacity() {
         let want = (ring.capacity() * 2).max(4).min(size.max(1));
         ring.reserve_exact(want.saturating_sub(ring.len()).max(1));

@@ -353,7 +353,7 @@ impl Shard {
             let acked = self.acks.entry(key).or_insert(0);
             if seq > *acked {
                 *acked = seq;
-                if let Some(at) = self.users.accepted_us(user, seq) {
+                if let Some(at) = self.users.accepted_stamp(user, seq) {
                     self.acked_at.push(at);
                 }
             }

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+use crate::wire::Wire;
 use crossbeam_channel::{Receiver, Sender};
 use hdrhistogram::Histogram;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -156,15 +156,13 @@ struct Shard {
     backlog: Vec<u32>,
     /// Pushes handled this turn, for the latency histogram once written.
     written_at: Vec<Instant>,
-    /// Accept times (µs since `born`) of pushes a session acked first this turn, for the
+    /// Accept stamps (`wire::stamp_of`) of pushes a session acked first this turn, for the
     /// ack latency histogram once the turn ends.
-    acked_at: Vec<u64>,
+    acked_at: Vec<u32>,
     replies: Vec<Reply>,
     latency: Histogram<u64>,
     /// Push-accepted-to-ack latency, merged into the shared copy like `latency`.
     ack_latency: Histogram<u64>,
-    /// When the shard started: retained pushes keep their accept time as µs since this.
-    born: Instant,
     last_publish: Instant,
     /// Numbers sessions for their ids; a u32 so each `Conn` can keep its own (it wraps
     /// after 4 billion sessions of one shard's life, with the random nonce in front).
@@ -249,7 +247,6 @@ impl Shard {
             replies: Vec::new(),
             latency: metrics::latency_histogram(),
             ack_latency: metrics::ack_latency_histogram(),
-            born: Instant::now(),
             last_publish: Instant::now(),
             session_counter: 0,
             nonce: rand::random(),
@@ -437,12 +434,12 @@ impl Shard {
             Ok(()) => {
                 // Upgraded now; `welcome` when the user's stream is loaded.
                 self.conns
-                    .send(key, Bytes::from(http::switching_protocols(&h.accept_key)));
+                    .send(key, Wire::from(http::switching_protocols(&h.accept_key)));
                 self.arm(key);
             }
             Err((resume, leftover)) => {
                 self.conns
-                    .send(key, Bytes::from(http::switching_protocols(&h.accept_key)));
+                    .send(key, Wire::from(http::switching_protocols(&h.accept_key)));
                 self.greet(key, resume, leftover);
             }
         }
@@ -534,7 +531,7 @@ impl Shard {
                 let mut sessions = 0u64;
                 let mut online = 0u64;
                 let mut targets = std::mem::take(&mut self.targets);
-                let accepted_us = self.since_born_us(push.accepted_at);
+                let stamp = history::stamp_of(push.accepted_at);
                 for id in &users {
                     let Some(k) = self.users.find(id) else {
                         continue;
@@ -555,7 +552,7 @@ impl Shard {
                     online += u64::from(!u.sessions.is_empty());
                     targets.clear();
                     targets.extend_from_slice(&u.sessions);
-                    self.users.record(k, &frame, self.tick, accepted_us);
+                    self.users.record(k, &frame, self.tick, stamp);
                     self.trim_history();
                     for &key in &targets {
                         sessions += u64::from(self.deliver(key, frame.clone()));
@@ -646,13 +643,12 @@ impl Shard {
         topic: &Arc<str>,
         seq: u64,
         epoch: &Arc<str>,
-        frame: &Bytes,
+        frame: &Wire,
         accepted_at: Instant,
         ticket: Option<Ticket>,
     ) {
         // Kept even with no member here: a subscriber may resume on this shard.
-        let at = (self.tick, self.since_born_us(accepted_at));
-        self.streams.record(topic, seq, epoch, frame, at);
+        self.streams.record(topic, seq, epoch, frame, self.tick);
         self.trim_history();
         let mut members = std::mem::take(&mut self.targets);
         if let Some(t) = self.topics.find(topic) {
@@ -666,7 +662,7 @@ impl Shard {
     }
 
     /// Sends a broadcast frame to every open session here.
-    fn broadcast(&mut self, frame: &Bytes, accepted_at: Instant, ticket: Option<Ticket>) {
+    fn broadcast(&mut self, frame: &Wire, accepted_at: Instant, ticket: Option<Ticket>) {
         let mut all = std::mem::take(&mut self.targets);
         all.extend(self.conns.open_keys());
         let (sessions, _) = self.fan_out(&all, frame, false);
@@ -677,7 +673,7 @@ impl Shard {
     }
 
     /// Sends one shared frame to each of `keys`; counts sessions and, if asked, distinct users.
-    fn fan_out(&mut self, keys: &[u32], frame: &Bytes, count_users: bool) -> (u64, u64) {
+    fn fan_out(&mut self, keys: &[u32], frame: &Wire, count_users: bool) -> (u64, u64) {
         self.mark = self.mark.wrapping_add(1);
         let mark = self.mark;
         let mut sessions = 0;
@@ -705,7 +701,7 @@ impl Shard {
     }
 
     /// Queues a push frame; a connection that cannot take it is closed as a slow consumer.
-    fn deliver(&mut self, key: u32, frame: Bytes) -> bool {
+    fn deliver(&mut self, key: u32, frame: Wire) -> bool {
         match self.conns.send(key, frame) {
             Sent::Ok => true,
             Sent::Overflow => {
@@ -721,7 +717,7 @@ impl Shard {
 
     /// Queues a frame that is not a push (pong, error, subscribed, ping); overflow still
     /// means a slow consumer.
-    fn send_frame(&mut self, key: u32, frame: Bytes) {
+    fn send_frame(&mut self, key: u32, frame: Wire) {
         self.deliver(key, frame);
     }
 
@@ -733,10 +729,6 @@ impl Shard {
     }
 
     /// Microseconds from the shard's start to `at` (0 for an earlier instant).
-    fn since_born_us(&self, at: Instant) -> u64 {
-        at.saturating_duration_since(self.born).as_micros() as u64
-    }
-
     /// Keeps user and topic history together under `history_memory_bytes`, dropping the
     /// oldest retained push of either first.
     fn trim_history(&mut self) {
@@ -780,9 +772,10 @@ impl Shard {
             }
         }
         if !self.acked_at.is_empty() {
-            let now_us = self.since_born_us(Instant::now());
+            let now = history::stamp_of(Instant::now());
             for at in self.acked_at.drain(..) {
-                let us = now_us.saturating_sub(at);
+                // Stamps are milliseconds; the histogram counts microseconds.
+                let us = u64::from(now.wrapping_sub(at)) * 1000;
                 let _ = self
                     .ack_latency
                     .record(us.clamp(1, metrics::ACK_LATENCY_MAX_US));
@@ -943,7 +936,7 @@ impl Shard {
     }
 
     /// Answers a client's close (echoing its code) and waits for its FIN.
-    fn close_echo(&mut self, key: u32, frame: Bytes) {
+    fn close_echo(&mut self, key: u32, frame: Wire) {
         match self.conns.get(key) {
             Some(c) if !c.closing() => {}
             _ => return,

@@ -1,7 +1,7 @@
 //! The shard's topic streams (docs/protocol.md 4.1): per topic, its current `seq` and
 //! epoch as numbered by the API's sequencer, and its recent pushes. Every shard gets every
 //! topic push, so it keeps each topic's history even with no member here: a subscriber
-//! resumes on its own shard at once. The frames are the `Bytes` all shards share.
+//! resumes on its own shard at once. The frames are the `Wire` all shards share.
 //!
 //! Bounds: `history_size` pushes per topic, none older than `history_ttl_ms`, a stream is
 //! forgotten a TTL after its last push, at most `MAX_TOPIC_STREAMS` streams (the least
@@ -11,37 +11,47 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use bytes::Bytes;
+use crate::wire::Wire;
 use rustc_hash::FxBuildHasher;
+use slab::Slab;
 
-use super::history::{first_seq, reserve_one, Held, Limits};
+use super::history::{first_seq, reserve_one, Limits};
 pub(crate) use crate::api::sequencer::MAX_TOPIC_STREAMS;
 
 /// One topic's stream on this shard.
 struct Stream {
+    /// The topic (the key of `by_name` too).
+    name: Arc<str>,
     epoch: Arc<str>,
     /// Numbers this life of the stream on this shard (a restart, a gap, a TTL): tells its
-    /// records from a former life's, in 4 bytes instead of the epoch's 16.
+    /// records from a former life's, and from another stream's in a reused slot.
     life: u32,
     seq: u64,
     /// Tick of the last push.
     last: u32,
     /// Recent pushes, oldest first, contiguous seqs ending at `seq`.
-    ring: VecDeque<Held>,
+    ring: VecDeque<Wire>,
 }
 
-/// One push, in accept order: 32 bytes, one per retained push.
+/// One push, in accept order: 16 bytes, one per retained push (and one per push until
+/// its stream moves on).
+#[derive(Clone, Copy)]
 struct Record {
-    topic: Arc<str>,
-    seq: u64,
-    /// The stream's `life` (wraps: a stale record would need 2^32 restarts to match).
+    /// The stream's slot.
+    key: u32,
+    /// The stream's `life` when recorded (wraps: a stale record would need 2^32
+    /// restarts to match).
     life: u32,
+    /// The low 32 bits of the push's `seq` (with `life`, a false match would need 2^32
+    /// pushes between a record and its push).
+    seq: u32,
     at: u32,
 }
 
 /// Topic streams by name, with their history bookkeeping.
 pub(super) struct Streams {
-    by_name: HashMap<Arc<str>, Stream, FxBuildHasher>,
+    by_name: HashMap<Arc<str>, u32, FxBuildHasher>,
+    slots: Slab<Stream>,
     /// Retained frames in accept order, for TTL expiry and memory eviction.
     frames: VecDeque<Record>,
     /// Every push in order, for forgetting streams (TTL, cap); stale ones are compacted.
@@ -59,6 +69,7 @@ impl Streams {
     pub(super) fn new(limits: Limits, cap: usize) -> Streams {
         Streams {
             by_name: HashMap::default(),
+            slots: Slab::new(),
             frames: VecDeque::new(),
             pushes: VecDeque::new(),
             limits,
@@ -79,78 +90,73 @@ impl Streams {
         self.evictions
     }
 
-    /// Keeps `frame`, push `seq` of `topic` in `epoch`, recorded at `tick` and accepted by
-    /// the API `accepted_us` after the shard started.
+    fn get(&self, topic: &str) -> Option<&Stream> {
+        self.by_name
+            .get(topic)
+            .and_then(|&k| self.slots.get(k as usize))
+    }
+
+    /// A new stream for `topic` (replacing any), at `seq` with an empty ring.
+    fn start(&mut self, topic: &Arc<str>, epoch: &Arc<str>, seq: u64, tick: u32) -> u32 {
+        self.forget(topic);
+        self.lives = self.lives.wrapping_add(1);
+        let key = self.slots.insert(Stream {
+            name: Arc::clone(topic),
+            epoch: Arc::clone(epoch),
+            life: self.lives,
+            seq,
+            last: tick,
+            ring: VecDeque::new(),
+        }) as u32;
+        self.by_name.insert(Arc::clone(topic), key);
+        key
+    }
+
+    /// Keeps `frame`, push `seq` of `topic` in `epoch`, recorded at `tick`.
     pub(super) fn record(
         &mut self,
         topic: &Arc<str>,
         seq: u64,
         epoch: &Arc<str>,
-        frame: &Bytes,
-        (tick, accepted_us): (u32, u64),
+        frame: &Wire,
+        tick: u32,
     ) {
         let ttl = self.limits.ttl_ticks;
-        let fresh = match self.by_name.get(&**topic) {
-            Some(s) => {
-                *s.epoch != **epoch || seq != s.seq + 1 || tick.saturating_sub(s.last) >= ttl
-            }
-            None => true,
+        let current = self.by_name.get(&**topic).copied().filter(|&k| {
+            self.slots.get(k as usize).is_some_and(|s| {
+                *s.epoch == **epoch && seq == s.seq + 1 && tick.saturating_sub(s.last) < ttl
+            })
+        });
+        // A new life (or a gap): what was held cannot be resumed across it.
+        let key = match current {
+            Some(k) => k,
+            None => self.start(topic, epoch, 0, tick),
         };
-        if fresh {
-            // A new life (or a gap): what was held cannot be resumed across it.
-            if let Some(old) = self.by_name.remove(&**topic) {
-                self.bytes -= ring_bytes(&old.ring);
-            }
-            self.lives = self.lives.wrapping_add(1);
-            self.by_name.insert(
-                Arc::clone(topic),
-                Stream {
-                    epoch: Arc::clone(epoch),
-                    life: self.lives,
-                    seq: 0,
-                    last: tick,
-                    ring: VecDeque::new(),
-                },
-            );
-        }
-        // Records share the stream's own name: the API makes a new `Arc` per push, and
-        // holding that one would keep an allocation alive per retained push.
-        let Some(name) = self
-            .by_name
-            .get_key_value(&**topic)
-            .map(|(k, _)| Arc::clone(k))
-        else {
-            return;
-        };
-        let Some(s) = self.by_name.get_mut(&*name) else {
+        let Some(s) = self.slots.get_mut(key as usize) else {
             return;
         };
         s.seq = seq;
         s.last = tick;
-        let life = s.life;
-        let rec = || Record {
-            topic: Arc::clone(&name),
-            seq,
-            life,
+        let rec = Record {
+            key,
+            life: s.life,
+            seq: seq as u32,
             at: tick,
         };
         let size = self.limits.size;
         if size > 0 {
             if s.ring.len() >= size {
                 if let Some(old) = s.ring.pop_front() {
-                    self.bytes -= old.frame.len() as u64;
+                    self.bytes -= old.len() as u64;
                     self.evictions += 1;
                 }
             }
             reserve_one(&mut s.ring, size);
-            s.ring.push_back(Held {
-                accepted_us,
-                frame: frame.clone(),
-            });
+            s.ring.push_back(frame.clone());
             self.bytes += frame.len() as u64;
-            self.frames.push_back(rec());
+            self.frames.push_back(rec);
         }
-        self.pushes.push_back(rec());
+        self.pushes.push_back(rec);
         while self.by_name.len() > self.cap {
             let Some(r) = self.pushes.pop_front() else {
                 break;
@@ -158,8 +164,8 @@ impl Streams {
             self.forget_if_last(&r);
         }
         if self.pushes.len() > 2 * self.by_name.len() + 1024 {
-            let map = &self.by_name;
-            self.pushes.retain(|r| is_last(map, r));
+            let slots = &self.slots;
+            self.pushes.retain(|r| is_last(slots, r));
         }
     }
 
@@ -170,36 +176,32 @@ impl Streams {
         topic: &Arc<str>,
         seq: u64,
         epoch: &Arc<str>,
-        entries: &[(u64, Bytes)],
-        (tick, accepted_us): (u32, u64),
+        entries: &[(u64, Wire)],
+        tick: u32,
     ) {
         self.forget(topic);
         let skip = entries.len().saturating_sub(self.limits.size);
         for (s, frame) in &entries[skip..] {
-            self.record(topic, *s, epoch, frame, (tick, accepted_us));
+            self.record(topic, *s, epoch, frame, tick);
         }
-        if !self.by_name.contains_key(&**topic) {
-            self.lives = self.lives.wrapping_add(1);
-            self.by_name.insert(
-                Arc::clone(topic),
-                Stream {
-                    epoch: Arc::clone(epoch),
-                    life: self.lives,
-                    seq,
-                    last: tick,
-                    ring: VecDeque::new(),
-                },
-            );
-        }
-        if let Some(s) = self.by_name.get_mut(&**topic) {
-            s.seq = seq;
+        match self.by_name.get(&**topic).copied() {
+            Some(k) => {
+                if let Some(s) = self.slots.get_mut(k as usize) {
+                    s.seq = seq;
+                }
+            }
+            None => {
+                self.start(topic, epoch, seq, tick);
+            }
         }
     }
 
     /// Drops the topic's stream and history here (cluster mode: no longer served).
     pub(super) fn forget(&mut self, topic: &str) {
-        if let Some(old) = self.by_name.remove(topic) {
-            self.bytes -= ring_bytes(&old.ring);
+        if let Some(k) = self.by_name.remove(topic) {
+            if let Some(old) = self.slots.try_remove(k as usize) {
+                self.bytes -= ring_bytes(&old.ring);
+            }
         }
     }
 
@@ -219,14 +221,14 @@ impl Streams {
     }
 
     fn drop_front(&mut self, r: &Record) -> bool {
-        let Some(s) = self.by_name.get_mut(&*r.topic) else {
+        let Some(s) = self.slots.get_mut(r.key as usize) else {
             return false;
         };
-        if s.life != r.life || s.ring.is_empty() || first_seq(s.seq, s.ring.len()) != r.seq {
+        if s.life != r.life || s.ring.is_empty() || first_seq(s.seq, s.ring.len()) as u32 != r.seq {
             return false;
         }
         if let Some(h) = s.ring.pop_front() {
-            self.bytes -= h.frame.len() as u64;
+            self.bytes -= h.len() as u64;
         }
         if s.ring.is_empty() {
             s.ring = VecDeque::new();
@@ -235,10 +237,10 @@ impl Streams {
     }
 
     fn forget_if_last(&mut self, r: &Record) {
-        if is_last(&self.by_name, r) {
-            if let Some(s) = self.by_name.remove(&*r.topic) {
-                self.bytes -= ring_bytes(&s.ring);
-            }
+        if is_last(&self.slots, r) {
+            let s = self.slots.remove(r.key as usize);
+            self.by_name.remove(&*s.name);
+            self.bytes -= ring_bytes(&s.ring);
         }
     }
 
@@ -271,8 +273,7 @@ impl Streams {
     }
 
     fn live(&self, topic: &str, tick: u32) -> Option<&Stream> {
-        self.by_name
-            .get(topic)
+        self.get(topic)
             .filter(|s| tick.saturating_sub(s.last) < self.limits.ttl_ticks)
     }
 
@@ -284,7 +285,7 @@ impl Streams {
         since: u64,
         epoch: &str,
         tick: u32,
-        out: &mut Vec<Bytes>,
+        out: &mut Vec<Wire>,
     ) -> bool {
         let Some(s) = self.live(topic, tick) else {
             return false;
@@ -303,18 +304,20 @@ impl Streams {
             return false;
         }
         let skip = (since + 1 - first) as usize;
-        out.extend(s.ring.range(skip..).map(|h| h.frame.clone()));
+        out.extend(s.ring.range(skip..).cloned());
         true
     }
 }
 
-fn ring_bytes(ring: &VecDeque<Held>) -> u64 {
-    ring.iter().map(|h| h.frame.len() as u64).sum()
+fn ring_bytes(ring: &VecDeque<Wire>) -> u64 {
+    ring.iter().map(|h| h.len() as u64).sum()
 }
 
-fn is_last(map: &HashMap<Arc<str>, Stream, FxBuildHasher>, r: &Record) -> bool {
-    map.get(&*r.topic)
-        .is_some_and(|s| s.seq == r.seq && s.life == r.life)
+/// Whether `r` is its stream's latest push (the stream has not moved on since).
+fn is_last(slots: &Slab<Stream>, r: &Record) -> bool {
+    slots
+        .get(r.key as usize)
+        .is_some_and(|s| s.seq as u32 == r.seq && s.life == r.life)
 }
 
 #[cfg(test)]
@@ -329,9 +332,9 @@ mod tests {
         }
     }
 
-    fn push(s: &mut Streams, topic: &str, seq: u64, epoch: &Arc<str>, tick: u32) -> Bytes {
-        let frame = Bytes::from(vec![seq as u8; 10]);
-        s.record(&Arc::from(topic), seq, epoch, &frame, (tick, 0));
+    fn push(s: &mut Streams, topic: &str, seq: u64, epoch: &Arc<str>, tick: u32) -> Wire {
+        let frame = Wire::from(vec![seq as u8; 10]);
+        s.record(&Arc::from(topic), seq, epoch, &frame, tick);
         frame
     }
 
@@ -339,7 +342,7 @@ mod tests {
     fn keeps_history_size_and_resumes() {
         let mut s = Streams::new(limits(3, 100, 1 << 20), 10);
         let e: Arc<str> = "e1".into();
-        let frames: Vec<Bytes> = (1..=5).map(|n| push(&mut s, "t", n, &e, 0)).collect();
+        let frames: Vec<Wire> = (1..=5).map(|n| push(&mut s, "t", n, &e, 0)).collect();
         assert_eq!(s.current("t", 0), Some((5, "e1")));
         assert_eq!(s.history_bytes(), 30);
         assert_eq!(s.evictions(), 2);
@@ -408,16 +411,40 @@ mod tests {
     }
 
     #[test]
-    fn records_share_the_streams_name() {
+    fn records_name_the_stream_by_slot_in_16_bytes() {
         let mut s = Streams::new(limits(10, 100, 1 << 20), 10);
         let e: Arc<str> = "e".into();
         for n in 1..=5 {
             // A new `Arc` per push, as the API makes them.
             push(&mut s, "t", n, &e, 0);
         }
-        let (name, _) = s.by_name.get_key_value("t").unwrap();
-        assert!(s.frames.iter().all(|r| Arc::ptr_eq(&r.topic, name)));
-        assert_eq!(std::mem::size_of::<Record>(), 32);
+        let key = s.by_name["t"];
+        assert!(s.frames.iter().all(|r| r.key == key));
+        assert_eq!(s.frames.len(), 5);
+        assert_eq!(std::mem::size_of::<Record>(), 16);
+    }
+
+    #[test]
+    fn a_reused_slot_ignores_the_former_streams_records() {
+        let mut s = Streams::new(limits(10, 100, 1 << 20), 10);
+        let e: Arc<str> = "e".into();
+        push(&mut s, "a", 1, &e, 0);
+        s.forget("a");
+        assert_eq!(s.history_bytes(), 0);
+        // "b" takes a's slot, with its seq 1 too.
+        push(&mut s, "b", 1, &e, 5);
+        assert_eq!(s.by_name["b"], 0);
+        // a's records reach the front first: skipped, b's push stays.
+        assert!(!s.evict_oldest(), "a's frame record is stale");
+        assert_eq!(s.history_bytes(), 10);
+        s.expire(100);
+        assert_eq!(
+            s.current("b", 100),
+            Some((1, "e")),
+            "a's push record is stale"
+        );
+        s.expire(105);
+        assert!(s.current("b", 105).is_none());
     }
 
     #[test]

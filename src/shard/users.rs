@@ -5,11 +5,11 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use bytes::Bytes;
+use crate::wire::Wire;
 use rustc_hash::FxBuildHasher;
 use slab::Slab;
 
-use super::history::{first_seq, reserve_one, Held, Idle, Limits, Record};
+use super::history::{first_seq, Idle, Limits, Record, Ring};
 
 /// One user with a session on this shard, or retained after its last one.
 pub(super) struct UserEntry {
@@ -25,7 +25,7 @@ pub(super) struct UserEntry {
     /// Recent direct pushes, oldest first; allocated at the first one kept.
     // Boxed so a user that never had a push pays one word here, not a `VecDeque`'s four.
     #[allow(clippy::box_collection)]
-    history: Option<Box<VecDeque<Held>>>,
+    history: Option<Box<Ring>>,
     /// Scratch stamp for counting distinct users in one fan-out (wraps; a false match
     /// needs exactly 2^32 fan-outs between two of the same user's).
     pub mark: u32,
@@ -126,16 +126,15 @@ impl Users {
         key: u32,
         seq: u64,
         epoch: u64,
-        entries: &[(u64, Bytes)],
+        entries: &[(u64, Wire)],
         tick: u32,
-        accepted_us: u64,
+        stamp: u32,
     ) {
         let Some(u) = self.entries.get_mut(key as usize) else {
             return;
         };
         if let Some(ring) = u.history.take() {
-            let held: u64 = ring.iter().map(|h| h.frame.len() as u64).sum();
-            self.bytes -= held;
+            self.bytes -= ring.bytes();
         }
         // Records of the old ring are now stale: their epoch no longer matches.
         u.epoch = epoch;
@@ -144,7 +143,7 @@ impl Users {
             if let Some(u) = self.entries.get_mut(key as usize) {
                 u.seq = *s;
             }
-            self.record(key, frame, tick, accepted_us);
+            self.record(key, frame, tick, stamp);
         }
         if let Some(u) = self.entries.get_mut(key as usize) {
             u.seq = seq;
@@ -201,8 +200,8 @@ impl Users {
     }
 
     /// Keeps `frame`, the user's push numbered with its current `seq`, recorded at `tick`
-    /// and accepted by the API `accepted_us` after the shard started.
-    pub(super) fn record(&mut self, key: u32, frame: &Bytes, tick: u32, accepted_us: u64) {
+    /// and accepted at `stamp` (`history::stamp_of`).
+    pub(super) fn record(&mut self, key: u32, frame: &Wire, tick: u32, stamp: u32) {
         let size = self.limits.size;
         if size == 0 {
             return;
@@ -213,15 +212,11 @@ impl Users {
         let ring = u.history.get_or_insert_with(Box::default);
         if ring.len() >= size {
             if let Some(old) = ring.pop_front() {
-                self.bytes -= old.frame.len() as u64;
+                self.bytes -= old.len() as u64;
                 self.evictions += 1;
             }
         }
-        reserve_one(ring, size);
-        ring.push_back(Held {
-            accepted_us,
-            frame: frame.clone(),
-        });
+        ring.push_back(frame.clone(), stamp, size);
         self.bytes += frame.len() as u64;
         self.fifo.push_back(Record {
             user: key,
@@ -266,7 +261,7 @@ impl Users {
             return false;
         }
         if let Some(h) = ring.pop_front() {
-            self.bytes -= h.frame.len() as u64;
+            self.bytes -= h.len() as u64;
         }
         if ring.is_empty() {
             // No history costs nothing.
@@ -303,32 +298,26 @@ impl Users {
                 if let Some(gone) = self.gone.as_mut() {
                     gone.push(u.id.clone());
                 }
-                let held: usize = u
-                    .history
-                    .iter()
-                    .flat_map(|r| r.iter())
-                    .map(|h| h.frame.len())
-                    .sum();
-                self.bytes -= held as u64;
+                self.bytes -= u.history.as_ref().map_or(0, |r| r.bytes());
             }
         }
     }
 
-    /// When the API accepted push `seq` of user `key` (µs since the shard started), while
-    /// the push is still held.
-    pub(super) fn accepted_us(&self, key: u32, seq: u64) -> Option<u64> {
+    /// When the API accepted push `seq` of user `key` (`history::stamp_of`), while the push
+    /// is still held.
+    pub(super) fn accepted_stamp(&self, key: u32, seq: u64) -> Option<u32> {
         let u = self.entries.get(key as usize)?;
         let ring = u.history.as_ref()?;
         let first = first_seq(u.seq, ring.len());
         if seq < first || seq > u.seq {
             return None;
         }
-        ring.get((seq - first) as usize).map(|h| h.accepted_us)
+        ring.stamp((seq - first) as usize)
     }
 
     /// Whether user `key` can resume after `since` in `epoch` (as shown in `welcome`); if
     /// so, the frames to replay, in order, are appended to `out`.
-    pub(super) fn resume(&self, key: u32, since: u64, epoch: &str, out: &mut Vec<Bytes>) -> bool {
+    pub(super) fn resume(&self, key: u32, since: u64, epoch: &str, out: &mut Vec<Wire>) -> bool {
         let Some(u) = self.entries.get(key as usize) else {
             return false;
         };
@@ -350,7 +339,7 @@ impl Users {
             return false;
         }
         let skip = (since + 1 - first) as usize;
-        out.extend(ring.range(skip..).map(|h| h.frame.clone()));
+        out.extend(ring.frames_from(skip).cloned());
         true
     }
 }
@@ -361,8 +350,9 @@ mod tests {
 
     #[test]
     fn history_bookkeeping_stays_small() {
-        // Per retained push: a ring slot and a FIFO record (besides the frame).
-        assert_eq!(std::mem::size_of::<Held>(), 40);
+        // Per retained push: a ring slot (an 8-byte `Wire` and a 4-byte stamp) and a FIFO
+        // record (besides the frame).
+        assert_eq!(std::mem::size_of::<Wire>(), 8);
         assert_eq!(std::mem::size_of::<Record>(), 16);
     }
 
@@ -397,12 +387,12 @@ mod tests {
     }
 
     /// Numbers and keeps one push of `len` bytes for `key`, as the shard does.
-    fn push(u: &mut Users, key: u32, len: usize, tick: u32) -> Bytes {
+    fn push(u: &mut Users, key: u32, len: usize, tick: u32) -> Wire {
         let e = u.get_mut(key).unwrap();
         e.seq += 1;
-        let frame = Bytes::from(vec![e.seq as u8; len]);
-        let seq = e.seq;
-        u.record(key, &frame, tick, seq * 1000);
+        let frame = Wire::from(vec![e.seq as u8; len]);
+        let stamp = e.seq as u32 * 1000;
+        u.record(key, &frame, tick, stamp);
         frame
     }
 
@@ -453,7 +443,7 @@ mod tests {
     fn ring_keeps_history_size_and_resumes() {
         let mut u = Users::new(limits(3, 1000, 1 << 20));
         let k = u.attach("a", 1);
-        let frames: Vec<Bytes> = (0..5).map(|_| push(&mut u, k, 10, 0)).collect();
+        let frames: Vec<Wire> = (0..5).map(|_| push(&mut u, k, 10, 0)).collect();
         assert_eq!(u.history_bytes(), 30);
         assert_eq!(u.evictions(), 2);
         let e = epoch(&u, k);

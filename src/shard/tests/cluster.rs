@@ -5,16 +5,16 @@
 use super::*;
 use crate::broker::StreamState;
 use crate::command::Resume;
-use bytes::Bytes;
+use crate::wire::Wire;
 
 const EPOCH: &str = "00000000000000aa";
 const OTHER: &str = "00000000000000bb";
 
-fn user_frame(seq: u64) -> Bytes {
+fn user_frame(seq: u64) -> Wire {
     crate::messages::push_frame(&seq.to_string(), 0, Some(seq), None, None)
 }
 
-fn topic_frame(topic: &str, seq: u64) -> Bytes {
+fn topic_frame(topic: &str, seq: u64) -> Wire {
     crate::messages::push_frame(&seq.to_string(), 0, Some(seq), Some(topic), None)
 }
 
