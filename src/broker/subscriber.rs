@@ -166,7 +166,8 @@ impl Subscriber {
                 // A silent link may be a dead one: a round trip tells.
                 last_ping = Instant::now();
                 self.deafen(&mut ps)?;
-                ps.ping::<String>()?;
+                // Any answer will do: a subscribed RESP2 link answers ["pong", ""], not +PONG.
+                ps.ping::<redis::Value>()?;
             }
         }
         Ok(())
