@@ -11,10 +11,12 @@
 #   api-user      the same pushes through n1's HTTP API (POST /v1/push), for comparison
 #   stream-topic  every connection subscribed to one topic, topic pushes at TOPIC_RATE/s
 #   api-topic     the same through n1's HTTP API
-#   idle          N idle connections on n1 (`throng-load connect --server-pid`): Redis
-#                 used_memory, keys and channels per connected user, and n1's RSS per
-#                 connection; then the same connect run against a standalone server
-#                 started with the same flags but no --redis
+#   idle          N idle connections of fresh users (numbers from IDLE_OFFSET) on n1
+#                 (`throng-load connect --server-pid`): Redis used_memory, keys and
+#                 channels per connected user, and n1's RSS per connection; then the same
+#                 connect run against a standalone server started with the same flags but
+#                 no --redis. First by default, so n1 holds no state of earlier runs (a
+#                 user's stream stays on a node history_ttl_ms after its last session).
 #
 # Every push run prints throng-load's summary and Redis's `INFO commandstats` delta per
 # accepted push (EVALSHA, PUBLISH inside the script, XADD/XREADGROUP/XACK of the stream).
@@ -22,9 +24,13 @@
 # (redis-server, nodes, the standalone server) is stopped by its PID on any exit.
 #
 # Environment (all optional):
-#   N=10000 SECS=10 RATE=5000 TOPIC_RATE=20 BATCH=10 API_CONC=4 HOLD=5
+#   N=10000 SECS=10 RATE=5000 TOPIC_RATE=20 HOLD=5
+#   BATCH=10      XADDs per round trip (stream runs)
+#   API_BATCH=1   pushes per request (API runs; above 1: POST /v1/push/batch)
+#   API_CONC=4    driver threads (API connections, or Redis connections for the stream)
+#   IDLE_OFFSET=1000000              first user number of the idle run
 #   SOURCE_IPS=127.0.0.2-127.0.0.9   client source addresses (spread ephemeral ports)
-#   RUNS="stream-user api-user stream-topic api-topic idle"
+#   RUNS="idle stream-user api-user stream-topic api-topic"
 #   EXTRA=        more flags for every server (e.g. "--shards 1")
 #   NO_BUILD=1    skip the release build (by default it runs only when sources are newer)
 set -euo pipefail
@@ -34,9 +40,9 @@ cd "$ROOT"
 # shellcheck source=scripts/lib.sh
 . "$ROOT/scripts/lib.sh"
 N=${N:-10000} SECS=${SECS:-10} RATE=${RATE:-5000} TOPIC_RATE=${TOPIC_RATE:-20}
-BATCH=${BATCH:-10} API_CONC=${API_CONC:-4} HOLD=${HOLD:-5}
+BATCH=${BATCH:-10} API_BATCH=${API_BATCH:-1} API_CONC=${API_CONC:-4} HOLD=${HOLD:-5} IDLE_OFFSET=${IDLE_OFFSET:-1000000}
 SOURCE_IPS=${SOURCE_IPS:-127.0.0.2-127.0.0.9}
-RUNS=${RUNS:-stream-user api-user stream-topic api-topic idle}
+RUNS=${RUNS:-idle stream-user api-user stream-topic api-topic}
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 command -v redis-server >/dev/null && command -v redis-cli >/dev/null || {
     echo "cluster: needs redis-server and redis-cli (apt-get install redis-server)" >&2
@@ -151,41 +157,43 @@ push_run() {
     echo "cluster: [$run] report $json"
 }
 
-# Idle connections on n1: Redis memory and node RSS per connection; then standalone.
+# Redis INFO field $2 of section $1.
+rinfo() { "${RCLI[@]}" info "$1" | tr -d '\r' | sed -n "s/^$2:\([0-9]*\)\$/\1/p"; }
+
+# Idle connections of fresh users on n1: Redis memory and node RSS per connection; then
+# the same against a standalone server.
 idle_run() {
     local json="target/reports/cluster-$STAMP-idle.json" solo="target/reports/cluster-$STAMP-idle-standalone.json"
     local args=(connect --connections "$N" --connect-rate 5000 --source-ips "$SOURCE_IPS"
-        --settle-secs 3 --hold-secs "$HOLD")
-    local mem0 keys0 ch0 mem1 keys1 ch1 rc=0
-    mem0=$("${RCLI[@]}" info memory | tr -d '\r' | sed -n 's/^used_memory:\([0-9]*\)/\1/p')
-    keys0=$("${RCLI[@]}" dbsize)
-    ch0=$("${RCLI[@]}" info stats | tr -d '\r' | sed -n 's/^pubsub_channels:\([0-9]*\)/\1/p')
+        --settle-secs 3 --hold-secs "$HOLD" --user-offset "$IDLE_OFFSET")
+    local mem0 keys0 ch0 mem1 keys1 ch1 rc=0 ch=0 up=0
+    mem0=$(rinfo memory used_memory) keys0=$("${RCLI[@]}" dbsize) ch0=$(rinfo stats pubsub_channels)
     echo
     echo "cluster: [idle] $LOAD ${args[*]} --url ws://$N1_WS/ws --server-pid $N1_PID"
     timeout $((N / 1000 + HOLD + 120)) "$LOAD" "${args[@]}" --url "ws://$N1_WS/ws" \
         --server-pid "$N1_PID" --json "$json" &
     local load=$!
-    # Every user subscribed (one channel each) and its stream loaded: read Redis then.
-    local ch=0
+    # Every user subscribed (a channel each) and its stream loaded: read Redis then,
+    # while the connections are held.
     for _ in $(seq 600); do
-        ch=$("${RCLI[@]}" info stats | tr -d '\r' | sed -n 's/^pubsub_channels:\([0-9]*\)/\1/p')
-        ((ch - ch0 >= N)) && break
+        ch=$(rinfo stats pubsub_channels)
+        if ((ch - ch0 >= N)); then up=1; break; fi
         kill -0 "$load" 2>/dev/null || break
         sleep 0.1
     done
     sleep 1
-    mem1=$("${RCLI[@]}" info memory | tr -d '\r' | sed -n 's/^used_memory:\([0-9]*\)/\1/p')
-    keys1=$("${RCLI[@]}" dbsize)
-    ch1=$("${RCLI[@]}" info stats | tr -d '\r' | sed -n 's/^pubsub_channels:\([0-9]*\)/\1/p')
+    mem1=$(rinfo memory used_memory) keys1=$("${RCLI[@]}" dbsize) ch1=$(rinfo stats pubsub_channels)
+    local u="u$IDLE_OFFSET"
+    local meta hist
+    meta=$("${RCLI[@]}" memory usage "throng:{u:$u}")
+    hist=$("${RCLI[@]}" memory usage "throng:{u:$u}:h")
     wait "$load" || rc=$?
     ((rc == 0)) || { echo "cluster: [idle] throng-load failed (exit $rc)" >&2; return $rc; }
-    echo "cluster: [idle] Redis with $N users connected: used_memory $mem0 -> $mem1 bytes" \
-        "($(((mem1 - mem0) / N)) bytes per user), keys $keys0 -> $keys1, channels $ch0 -> $ch1"
-    echo "cluster: [idle] a sample of the keys: $("${RCLI[@]}" --scan --count 1000 | head -3 | tr '\n' ' ')"
-    local mem2 keys2
-    mem2=$("${RCLI[@]}" info memory | tr -d '\r' | sed -n 's/^used_memory:\([0-9]*\)/\1/p')
-    keys2=$("${RCLI[@]}" dbsize)
-    echo "cluster: [idle] after they left: used_memory $mem2 bytes, keys $keys2 (the offline inbox keeps each user's stream for offline_ttl_ms)"
+    ((up)) || echo "cluster: [idle] WARNING: channels never grew by $N while connected ($ch0 -> $ch); the figures below are not per connected user" >&2
+    echo "cluster: [idle] Redis with $N users connected and idle: used_memory $mem0 -> $mem1" \
+        "bytes = $(((mem1 - mem0) / N)) bytes per user; keys $keys0 -> $keys1; channels $ch0 -> $ch1"
+    echo "cluster: [idle] MEMORY USAGE of one user's keys: throng:{u:$u} ${meta:-none} bytes, throng:{u:$u}:h ${hist:-none}"
+    echo "cluster: [idle] after they left: used_memory $(rinfo memory used_memory), keys $("${RCLI[@]}" dbsize), channels $(rinfo stats pubsub_channels) (a user stays subscribed history_ttl_ms after its last session, its keys offline_ttl_ms)"
     echo "cluster: [idle] n1 (cluster) RSS per idle connection: $(field server_rss_bytes_per_conn "$json") bytes ($json)"
 
     start_server solo
@@ -204,11 +212,12 @@ for run in $RUNS; do
     case $run in
         stream-user) push_run stream-user --redis-stream "$REDIS_URL" --batch "$BATCH" \
             --target user --rate "$RATE" || status=1 ;;
-        api-user) push_run api-user --target user --rate "$RATE" || status=1 ;;
+        api-user) push_run api-user --batch "$API_BATCH" --target user --rate "$RATE" ||
+            status=1 ;;
         stream-topic) push_run stream-topic --redis-stream "$REDIS_URL" --batch "$BATCH" \
             --target topic --topics room:1 --rate "$TOPIC_RATE" || status=1 ;;
-        api-topic) push_run api-topic --target topic --topics room:1 --rate "$TOPIC_RATE" ||
-            status=1 ;;
+        api-topic) push_run api-topic --batch "$API_BATCH" --target topic --topics room:1 \
+            --rate "$TOPIC_RATE" || status=1 ;;
         idle) idle_run || status=1 ;;
         *) echo "cluster: unknown run $run (known: stream-user api-user stream-topic api-topic idle)" >&2
             status=2 ;;
@@ -219,5 +228,5 @@ for n in n1 n2; do
     echo "cluster: $n logged $errs warnings/errors"
     grep -m5 '"level":"\(WARN\|ERROR\)"' "$WORK/$n.log" || true
 done
-echo "cluster: Redis used_memory now $("${RCLI[@]}" info memory | tr -d '\r' | sed -n 's/^used_memory_human:\(.*\)/\1/p'), stream throng:push length $("${RCLI[@]}" xlen throng:push)"
+echo "cluster: Redis used_memory now $(rinfo memory used_memory); stream throng:push: $("${RCLI[@]}" xlen throng:push) entries, $("${RCLI[@]}" memory usage throng:push samples 0) bytes (nothing trims it)"
 exit $status
