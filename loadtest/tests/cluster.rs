@@ -203,6 +203,49 @@ fn api_pushes_on_one_node_reach_sessions_on_both_in_two_procs() {
 }
 
 #[test]
+fn a_lone_invalid_stream_entry_goes_to_the_dlq_and_blocks_nothing() {
+    let redis = RedisServer::start();
+    let a = node(&redis);
+    // Read alone, with no valid entry beside it (the ingress used to send an empty
+    // pipeline for the valid ones, fail, and read the entry again forever).
+    let _: String = redis::cmd("XADD")
+        .arg("throng:push")
+        .arg("*")
+        .arg("other")
+        .arg("x")
+        .query(&mut redis.conn())
+        .unwrap();
+    let mut c = serde_json::Value::Null;
+    let dead = wait_until(Duration::from_secs(10), || {
+        c = a.stats()["cluster"].clone();
+        c["stream_dlq"] == 1
+    });
+    assert!(dead, "the entry never reached the DLQ: {c}");
+    let dlq: u64 = redis::cmd("XLEN")
+        .arg("throng:push:dlq")
+        .query(&mut redis.conn())
+        .unwrap();
+    assert_eq!(dlq, 1);
+    let mut args = strings(&[
+        "push",
+        "--redis-stream",
+        &redis.url(),
+        "--count",
+        "50",
+        "--batch",
+        "5",
+    ]);
+    args.extend(a.push_args(10));
+    let r = run_load(args);
+    assert_exact(&r, 50, 50, true);
+    let c = &a.stats()["cluster"];
+    r.check(
+        c["broker_errors"] == 0 && c["stream_dlq"] == 1,
+        &format!("{c}"),
+    );
+}
+
+#[test]
 fn stream_errors_are_counted_by_cause() {
     let srv = TestServer::start(&[]);
     // Nothing listens on a port just freed: every push fails to connect.

@@ -153,6 +153,11 @@ impl Sequencer {
         conn: &mut Connection,
         pushes: &[&ParsedPush],
     ) -> redis::RedisResult<Vec<Published>> {
+        if pushes.is_empty() {
+            // An empty pipeline is refused ("empty command"): a stream read of invalid
+            // entries only would fail and be read again, forever.
+            return Ok(Vec::new());
+        }
         let results = self.run(conn, pushes)?;
         if results
             .iter()
