@@ -107,6 +107,11 @@ pub struct PushArgs {
     /// Push API key.
     #[arg(long, env = "THRONG_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Cluster mode: add the pushes to the Redis stream `throng:push` at this URL
+    /// (redis://host:port[/db]) with `XADD throng:push * push <json>`, --batch XADDs per
+    /// round trip, instead of POSTing them to --api.
+    #[arg(long)]
+    pub redis_stream: Option<String>,
     /// Pushes per second (in all); 0 = as fast as the API answers.
     #[arg(long, default_value_t = 1000.0)]
     pub rate: f64,
@@ -290,6 +295,7 @@ impl CapacityArgs {
             conn: self.connect_args(),
             api: self.api.clone(),
             api_key: self.api_key.clone(),
+            redis_stream: None,
             rate: self.probe_rate,
             duration_secs: self.probe_secs,
             count: None,
@@ -399,6 +405,9 @@ pub fn validate(c: &ConnectArgs, p: Option<&PushArgs>) -> Result<(), String> {
             return Err("give --duration-secs or --count".into());
         }
         crate::util::parse_url(&p.api, "http", 80).map_err(|e| format!("--api: {e}"))?;
+        if let Some(r) = &p.redis_stream {
+            check_redis_url(r)?;
+        }
         if p.batch == 0 || p.api_concurrency == 0 {
             return Err("--batch and --api-concurrency must be at least 1".into());
         }
@@ -417,6 +426,18 @@ pub fn validate(c: &ConnectArgs, p: Option<&PushArgs>) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Checks `--redis-stream`: a redis:// URL the client library takes (not connected yet).
+fn check_redis_url(s: &str) -> Result<(), String> {
+    if !s.starts_with("redis://") {
+        return Err(format!(
+            "--redis-stream: {s:?}: expected a redis://host:port[/db] URL"
+        ));
+    }
+    redis::Client::open(s)
+        .map(drop)
+        .map_err(|e| format!("--redis-stream: {s:?}: {e}").replace('\n', " "))
 }
 
 /// Checks the churn flags.
@@ -590,6 +611,32 @@ mod tests {
                 assert!(!e.contains('\n'), "{args:?}: not one line: {e:?}");
             }
         }
+    }
+
+    #[test]
+    fn redis_stream_and_url_lists_are_checked() {
+        check(&["push", "--redis-stream", "redis://127.0.0.1:6379"]).unwrap();
+        check(&[
+            "push",
+            "--redis-stream",
+            "redis://127.0.0.1:6379/2",
+            "--batch",
+            "50",
+        ])
+        .unwrap();
+        err(
+            &["push", "--redis-stream", "http://127.0.0.1:6379"],
+            "--redis-stream",
+        );
+        err(&["push", "--redis-stream", "redis://"], "--redis-stream");
+        err(
+            &["push", "--redis-stream", "redis://h:notaport"],
+            "--redis-stream",
+        );
+        let two = "ws://127.0.0.1:1/ws,ws://127.0.0.1:2/ws";
+        check(&["push", "--url", two]).unwrap();
+        assert!(crate::util::parse_urls(two, "ws", 80).is_ok());
+        assert!(crate::util::parse_urls("ws://127.0.0.1:1/ws,", "ws", 80).is_err());
     }
 
     #[test]

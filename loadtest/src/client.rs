@@ -81,7 +81,8 @@ pub struct ChurnCfg {
 /// What the event loops of one process do.
 #[derive(Debug, Clone)]
 pub struct ClientCfg {
-    pub url: Url,
+    /// Where connections go: connection number g to `urls[g % n]` (several nodes).
+    pub urls: Vec<Url>,
     /// Connections opened by this process.
     pub connections: u64,
     /// Connection attempts per second for this process (0: as fast as possible).
@@ -109,6 +110,12 @@ impl ClientCfg {
     /// Users of this process.
     pub fn num_users(&self) -> u64 {
         self.connections.div_ceil(self.sessions_per_user.max(1))
+    }
+
+    /// The URL connection number `g` connects to: the (g mod n)th of `--url`'s list, so
+    /// a user's sessions may land on different nodes (the multi-device case).
+    pub fn url_for(&self, g: u64) -> &Url {
+        &self.urls[(g % self.urls.len().max(1) as u64) as usize]
     }
 }
 
@@ -785,10 +792,10 @@ fn open(
     };
     let (url, query, second) = match ctx.book.as_deref() {
         Some(b) => {
-            let (url, second) = b.url_for(g as u32, &cfg.url);
+            let (url, second) = b.url_for(g as u32, cfg.url_for(g));
             (url, b.user_query(g as u32), second)
         }
-        None => (&cfg.url, None, false),
+        None => (cfg.url_for(g), None, false),
     };
     let addr = url.addr;
     let domain = if addr.is_ipv4() {
@@ -1530,7 +1537,7 @@ mod tests {
 
     fn test_ctx() -> Ctx {
         let cfg = ClientCfg {
-            url: util::parse_url("ws://127.0.0.1:1/ws", "ws", 80).unwrap(),
+            urls: vec![util::parse_url("ws://127.0.0.1:1/ws", "ws", 80).unwrap()],
             connections: 1,
             connect_rate: 0.0,
             threads: 1,

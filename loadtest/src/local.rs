@@ -62,7 +62,7 @@ impl Local {
         streams: Option<crate::resume::StreamsCfg>,
     ) -> Result<Local, String> {
         check_nofile(c.connections, p.map_or(0, |p| p.api_concurrency as u64))?;
-        let url = util::parse_url(&c.url, "ws", 80)?;
+        let urls = util::parse_urls(&c.url, "ws", 80).map_err(|e| format!("--url: {e}"))?;
         let source_ips = match &c.source_ips {
             Some(s) => util::parse_source_ips(s).map_err(|e| format!("--source-ips: {e}"))?,
             None => Vec::new(),
@@ -74,7 +74,7 @@ impl Local {
             .clamp(1, 256)
             .min(c.connections.max(1) as usize);
         let cfg = Arc::new(ClientCfg {
-            url,
+            urls,
             connections: c.connections,
             connect_rate: c.connect_rate,
             threads,
@@ -209,6 +209,7 @@ impl Local {
         let api = util::parse_url(&p.api, "http", 80)?;
         Ok(PushCfg {
             api,
+            redis_stream: p.redis_stream.clone(),
             api_key: p.api_key.clone(),
             rate: p.rate,
             duration: push_duration(p.duration_secs, p.count, p.rate),

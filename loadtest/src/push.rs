@@ -1,4 +1,5 @@
-//! Push API driver: paced HTTP/1.1 keep-alive requests from a few threads.
+//! Push driver: paced pushes from a few threads, as HTTP/1.1 keep-alive requests to the
+//! push API or, with `--redis-stream`, as pipelined `XADD`s to the cluster's push stream.
 
 use crate::client::{merge_counts, Shared, Target};
 use crate::util::{self, Url};
@@ -13,6 +14,8 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone)]
 pub struct PushCfg {
     pub api: Url,
+    /// With a Redis URL, pushes go into the stream `throng:push` there instead of the API.
+    pub redis_stream: Option<String>,
     pub api_key: Option<String>,
     /// Pushes per second from this process (0: unpaced).
     pub rate: f64,
@@ -125,6 +128,7 @@ fn stream(
 ) -> PushOut {
     let mut out = PushOut::new();
     let mut conn: Option<ApiConn> = None;
+    let mut redis = cfg.redis_stream.as_deref().map(StreamSink::new);
     let limit = cfg.count.unwrap_or(u64::MAX);
     let end = start + cfg.duration;
     let hard_end = end + cfg.retry_grace;
@@ -171,6 +175,10 @@ fn stream(
                 Item { tgt, n }
             })
             .collect();
+        if let Some(r) = redis.as_mut() {
+            r.send(cfg, sh, prog, &items, s, &pad, &mut out);
+            continue;
+        }
         let mut attempts_left_io = 2;
         while !items.is_empty() {
             let mut body = String::with_capacity(items.len() * (cfg.payload_bytes + 96));
@@ -279,6 +287,125 @@ fn stream(
         }
     }
     out
+}
+
+/// The cluster's push stream (docs/protocol.md 5), which the nodes read with a group.
+pub const PUSH_STREAM: &str = "throng:push";
+
+/// How long the stream driver waits for Redis to connect or answer.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One driver stream's Redis connection to the push stream, opened on first use and
+/// again after a failure.
+struct StreamSink {
+    client: Result<redis::Client, String>,
+    conn: Option<redis::Connection>,
+}
+
+impl StreamSink {
+    fn new(url: &str) -> Self {
+        StreamSink {
+            client: redis::Client::open(url).map_err(|e| redis_cause(&e)),
+            conn: None,
+        }
+    }
+
+    fn conn(&mut self) -> Result<&mut redis::Connection, String> {
+        if self.conn.is_none() {
+            let client = self.client.as_ref().map_err(Clone::clone)?;
+            let c = client
+                .get_connection_with_timeout(REDIS_TIMEOUT)
+                .map_err(|e| redis_cause(&e))?;
+            c.set_read_timeout(Some(REDIS_TIMEOUT))
+                .and_then(|()| c.set_write_timeout(Some(REDIS_TIMEOUT)))
+                .map_err(|e| redis_cause(&e))?;
+            self.conn = Some(c);
+        }
+        self.conn
+            .as_mut()
+            .ok_or_else(|| "redis_not_connected".to_string())
+    }
+
+    /// Adds `items` to the stream in one pipeline (one round trip, `--batch` XADDs);
+    /// each XADD answered with an entry id is accepted and accounted like an API push.
+    /// Not sent again after a failure: a pipeline cut short may have added some entries,
+    /// and the pushes carry no `id` that would make a second copy harmless.
+    #[allow(clippy::too_many_arguments)]
+    fn send(
+        &mut self,
+        cfg: &PushCfg,
+        sh: &Shared,
+        prog: &PushProgress,
+        items: &[Item],
+        s: usize,
+        pad: &str,
+        out: &mut PushOut,
+    ) {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        let mut body = String::with_capacity(cfg.payload_bytes + 96);
+        for it in items {
+            body.clear();
+            push_json(&mut body, cfg, &it.tgt, it.n, s, pad);
+            pipe.cmd("XADD")
+                .arg(PUSH_STREAM)
+                .arg("*")
+                .arg("push")
+                .arg(body.as_str());
+        }
+        out.requests += 1;
+        let t0 = Instant::now();
+        let answers = self.conn().and_then(|c| {
+            pipe.query::<Vec<redis::RedisResult<Vec<u8>>>>(c)
+                .map_err(|e| redis_cause(&e))
+        });
+        let answers = match answers {
+            Ok(a) => a,
+            Err(cause) => {
+                self.conn = None;
+                *out.errors.entry(cause).or_insert(0) += items.len() as u64;
+                prog.errors.fetch_add(items.len() as u64, Relaxed);
+                return;
+            }
+        };
+        util::record(&mut out.api_latency, t0.elapsed().as_micros() as u64);
+        let mut answers = answers.into_iter();
+        for it in items {
+            let cause = match answers.next() {
+                Some(Ok(id)) if !id.is_empty() => {
+                    account(sh, &it.tgt, out, prog);
+                    continue;
+                }
+                Some(Ok(_)) => "redis_empty_entry_id".to_string(),
+                Some(Err(e)) => redis_cause(&e),
+                None => "redis_missing_answer".to_string(),
+            };
+            *out.errors.entry(cause).or_insert(0) += 1;
+            prog.errors.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// A Redis failure as an error cause: `redis_` and the server's error code (`redis_oom`),
+/// or the I/O cause (`redis_connection_refused`), or the library's category.
+fn redis_cause(e: &redis::RedisError) -> String {
+    use std::error::Error as _;
+    if let Some(io) = e.source().and_then(|s| s.downcast_ref::<io::Error>()) {
+        return format!("redis_{}", crate::client::io_cause(io));
+    }
+    if e.is_timeout() {
+        return "redis_timeout".into();
+    }
+    if e.is_connection_refusal() {
+        return "redis_connection_refused".into();
+    }
+    if e.is_connection_dropped() {
+        return "redis_connection_dropped".into();
+    }
+    match e.code() {
+        Some(c) => format!("redis_{}", short(c)),
+        None => format!("redis_{}", short(e.category())),
+    }
 }
 
 /// User `u`, or with `full_sessions` the first user from `u` on whose sessions are all open
@@ -533,6 +660,7 @@ mod tests {
     fn cfg(target: Target) -> PushCfg {
         PushCfg {
             api: util::parse_url("http://127.0.0.1:1", "http", 80).unwrap(),
+            redis_stream: None,
             api_key: None,
             rate: 0.0,
             duration: Duration::from_secs(1),

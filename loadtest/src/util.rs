@@ -98,6 +98,37 @@ pub fn parse_url(s: &str, scheme: &str, default_port: u16) -> Result<Url, String
     })
 }
 
+/// Parses a comma-separated list of URLs (`--url ws://a/ws,ws://b/ws`): connection
+/// number i goes to the (i mod n)th. At least one; blanks between commas are refused.
+pub fn parse_urls(s: &str, scheme: &str, default_port: u16) -> Result<Vec<Url>, String> {
+    let urls = s
+        .split(',')
+        .map(|u| {
+            let u = u.trim();
+            if u.is_empty() {
+                return Err(format!("{s:?}: an empty URL in the comma-separated list"));
+            }
+            parse_url(u, scheme, default_port)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if urls.len() > MAX_URLS {
+        return Err(format!("{s:?}: more than {MAX_URLS} URLs"));
+    }
+    Ok(urls)
+}
+
+/// At most this many URLs in one `--url` list.
+pub const MAX_URLS: usize = 1024;
+
+/// The comma-separated list `s` rotated left by `k`, so that a worker whose first
+/// connection is global number k still sends connection i to URL (i mod n) of the parent.
+pub fn rotate_url_list(s: &str, k: u64) -> String {
+    let mut v: Vec<&str> = s.split(',').map(str::trim).collect();
+    let n = v.len() as u64;
+    v.rotate_left((k % n.max(1)) as usize);
+    v.join(",")
+}
+
 /// Raises the soft open-files limit to the hard limit; returns the limit now in force.
 pub fn raise_nofile_limit() -> u64 {
     // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
@@ -283,6 +314,17 @@ mod tests {
         assert_eq!(u.addr.port(), 80);
         assert_eq!(u.path, "/");
         assert!(parse_url("http://127.0.0.1:1/", "ws", 80).is_err());
+        let v = parse_urls("ws://127.0.0.1:1/ws, ws://127.0.0.1:2/a", "ws", 80).unwrap();
+        assert_eq!(v.len(), 2);
+        assert_eq!((v[0].addr.port(), v[1].path.as_str()), (1, "/a"));
+        assert!(
+            parse_urls("ws://127.0.0.1:1/ws,,ws://127.0.0.1:2/ws", "ws", 80)
+                .unwrap_err()
+                .contains("empty URL")
+        );
+        assert!(parse_urls("ws://127.0.0.1:1/ws,http://x/", "ws", 80).is_err());
+        assert_eq!(rotate_url_list("a,b,c", 4), "b,c,a");
+        assert_eq!(rotate_url_list("a", 7), "a");
     }
 
     #[test]

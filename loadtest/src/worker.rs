@@ -426,7 +426,10 @@ fn worker_args(
         a.push(format!("--{k}"));
         a.push(v);
     };
-    kv("url", c.url.clone());
+    // Rotated so that the worker's connection g (global number first + g) goes where the
+    // parent's connection first + g would: URL (first + g) mod n.
+    let first = offset.saturating_sub(c.user_offset) * c.sessions_per_user;
+    kv("url", util::rotate_url_list(&c.url, first));
     kv("connections", conns.to_string());
     let share = if c.connections > 0 {
         conns as f64 / c.connections as f64
@@ -457,6 +460,9 @@ fn worker_args(
     }
     if let Some(p) = p {
         kv("api", p.api.clone());
+        if let Some(r) = &p.redis_stream {
+            kv("redis-stream", r.clone());
+        }
         let (rate, count) = if p.target.direct() {
             // every worker pushes to its own users
             (

@@ -27,6 +27,8 @@ use crate::route::shard_of;
 
 /// How long one wait for a published message lasts before interests are looked at again.
 const LISTEN: Duration = Duration::from_millis(5);
+/// Under a steady flow of messages, shards are woken at most this often.
+const WAKE_EVERY: Duration = Duration::from_millis(1);
 /// Messages taken per turn before interests get a look.
 const MESSAGES_PER_TURN: usize = 1024;
 /// Interest changes taken per turn.
@@ -157,7 +159,16 @@ impl Subscriber {
                 self.listening = true;
             }
             let mut got = 0;
+            let mut woke = Instant::now();
             while got < MESSAGES_PER_TURN {
+                // Shards hear of what was routed before a read that may block (LISTEN),
+                // and every WAKE_EVERY under a steady flow (a wake per message would be a
+                // syscall each); waking only after the turn left pushes in their queues
+                // until the shard's own 100 ms poll timeout.
+                if got > 0 && woke.elapsed() >= WAKE_EVERY {
+                    self.shards.wake_pending();
+                    woke = Instant::now();
+                }
                 match ps.get_message() {
                     Ok(msg) => {
                         got += 1;
@@ -172,7 +183,8 @@ impl Subscriber {
                 // A silent link may be a dead one: a round trip tells.
                 last_ping = Instant::now();
                 self.deafen(&mut ps)?;
-                ps.ping::<String>()?;
+                // Any answer will do: a subscribed RESP2 link answers ["pong", ""], not +PONG.
+                ps.ping::<redis::Value>()?;
             }
         }
         Ok(())

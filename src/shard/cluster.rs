@@ -103,6 +103,15 @@ impl ClusterState {
     pub(super) fn has_remote(&self) -> bool {
         !self.link.remote.is_empty()
     }
+
+    /// Whether connection `key` still waits for another topic's load: the frames of one
+    /// read are all handled, so a client may have several subscribes pending at once,
+    /// and `WAITING_TOPIC` must stay until the last of them is answered.
+    fn waits_for_topic(&self, key: u32) -> bool {
+        self.loading_topics
+            .values()
+            .any(|v| v.iter().any(|p| p.key == key))
+    }
 }
 
 /// The user epoch Redis gave, as the shard keeps it (16 hex digits; 0 means "loading").
@@ -504,7 +513,11 @@ impl Shard {
                 tracing::warn!(topic = &**topic, error = %e, "cannot load a topic's stream from Redis");
                 for p in pending {
                     // The subscribe fails; the connection goes on.
-                    if let Some(c) = self.conns.get_mut(p.key) {
+                    let more = self
+                        .cluster
+                        .as_ref()
+                        .is_some_and(|c| c.waits_for_topic(p.key));
+                    if let Some(c) = self.conns.get_mut(p.key).filter(|_| !more) {
                         c.flags &= !WAITING_TOPIC;
                     }
                     let err = crate::messages::Refused {
@@ -566,7 +579,11 @@ impl Shard {
             if !here {
                 continue;
             }
-            if let Some(c) = self.conns.get_mut(p.key) {
+            let more = self
+                .cluster
+                .as_ref()
+                .is_some_and(|c| c.waits_for_topic(p.key));
+            if let Some(c) = self.conns.get_mut(p.key).filter(|_| !more) {
                 c.flags &= !WAITING_TOPIC;
             }
             let resume = p.resume.as_ref().map(|(s, e)| (*s, &**e));

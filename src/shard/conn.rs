@@ -347,6 +347,11 @@ impl Conns {
         self.open
     }
 
+    /// Connections in any phase (each holds at most one timer).
+    pub(super) fn count(&self) -> usize {
+        self.slab.len()
+    }
+
     /// Moves `key` from `Open` to `Closing`; false if it was not open (or is gone).
     pub(super) fn begin_closing(&mut self, key: u32) -> bool {
         match self.slab.get_mut(key as usize) {

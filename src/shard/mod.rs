@@ -828,18 +828,35 @@ impl Shard {
             self.conns.open_count() as u64,
             "connections gauge differs from the open slots"
         );
+        debug_assert!(
+            self.wheel.len() <= self.conns.count(),
+            "more timers than connections: a connection holds two"
+        );
     }
 
     /// Arms the connection's one timer: the next heartbeat check, `token_expiring` hint
     /// or token expiry.
     fn arm(&mut self, key: u32) {
-        let Some(c) = self.conns.get(key) else {
+        let Some(c) = self.conns.get_mut(key) else {
             return;
         };
         if c.closing() {
             // A send in `on_timer` closed it: the close armed the linger timer already.
             return;
         }
+        if let Some(t) = c.timer {
+            if c.flags & DRAIN_DUE != 0 {
+                // While draining, the timer is the connection's turn to close: keep it.
+                return;
+            }
+            // One timer per connection: a session parked in cluster mode was armed when
+            // parked and is armed again at `welcome`; two would both re-arm for good.
+            c.timer = None;
+            self.wheel.cancel(t);
+        }
+        let Some(c) = self.conns.get(key) else {
+            return;
+        };
         let wait = if c.flags & PING_SENT != 0 {
             self.idle_ticks
         } else {

@@ -3,6 +3,8 @@
 //! real `throng-load` binary that bounds its run time and parses its JSON report.
 #![allow(dead_code)]
 
+pub mod redis_server;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
