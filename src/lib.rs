@@ -20,6 +20,7 @@ pub mod handshake;
 pub(crate) mod http;
 pub(crate) mod json_depth;
 pub(crate) mod link;
+pub(crate) mod memory;
 pub mod messages;
 pub mod metrics;
 pub mod reactor;

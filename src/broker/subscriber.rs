@@ -33,6 +33,10 @@ const WAKE_EVERY: Duration = Duration::from_millis(1);
 const MESSAGES_PER_TURN: usize = 1024;
 /// Interest changes taken per turn.
 const INTERESTS_PER_TURN: usize = 4096;
+/// Loads after which a quiet moment hands freed memory back (`memory::release_free_memory`).
+const TRIM_AFTER_LOADS: usize = 1000;
+/// Least time between two such trims.
+const TRIM_INTERVAL: Duration = Duration::from_secs(10);
 /// Streams loaded per pipelined round trip.
 const LOADS_PER_TRIP: usize = 512;
 /// Channels per SUBSCRIBE command.
@@ -52,6 +56,9 @@ pub(crate) struct Subscriber {
     channels: u64,
     /// Users watched now, as the shards counted them (a gauge).
     users: u64,
+    /// Streams loaded since memory was last handed back.
+    loaded_since_trim: usize,
+    last_trim: Option<Instant>,
     backoff: Duration,
     /// The read timeout set on the pub/sub link now.
     listening: bool,
@@ -85,6 +92,8 @@ impl Subscriber {
             topics: HashMap::new(),
             channels: 0,
             users: 0,
+            loaded_since_trim: 0,
+            last_trim: None,
             backoff: RECONNECT_MIN,
             listening: false,
         }
@@ -152,7 +161,16 @@ impl Subscriber {
                 return Err(e);
             }
             if !loads.is_empty() {
+                self.loaded_since_trim += loads.len();
                 self.load(cmd, loads)?;
+            } else if self.loaded_since_trim >= TRIM_AFTER_LOADS
+                && self.last_trim.is_none_or(|t| t.elapsed() >= TRIM_INTERVAL)
+            {
+                // A storm of first sessions is over: the buffers its loads used go back
+                // to the OS instead of staying resident in this thread's arena.
+                self.loaded_since_trim = 0;
+                self.last_trim = Some(Instant::now());
+                crate::memory::release_free_memory();
             }
             if !self.listening {
                 ps.set_read_timeout(Some(LISTEN))?;

@@ -114,6 +114,13 @@ impl ClusterState {
     }
 }
 
+/// Frees a map's table once it is empty and has grown past a few entries.
+fn shrink_when_idle<K: std::hash::Hash + Eq, V>(m: &mut HashMap<K, V, FxBuildHasher>) {
+    if m.is_empty() && m.capacity() > 64 {
+        m.shrink_to_fit();
+    }
+}
+
 /// The user epoch Redis gave, as the shard keeps it (16 hex digits; 0 means "loading").
 fn user_epoch(e: &str) -> u64 {
     u64::from_str_radix(e, 16).unwrap_or(1).max(1)
@@ -270,6 +277,12 @@ impl Shard {
                 }
                 Remote::TopicLoaded { topic, state } => self.topic_loaded(&topic, state),
             }
+        }
+        // A burst of first sessions (a deploy, a reconnect storm) grows these maps; an
+        // idle shard must not keep that capacity.
+        if let Some(c) = self.cluster.as_mut() {
+            shrink_when_idle(&mut c.loading_users);
+            shrink_when_idle(&mut c.loading_topics);
         }
         // Streams this shard stopped serving: the broker may unsubscribe.
         for id in self.users.take_gone() {
