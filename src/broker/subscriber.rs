@@ -35,6 +35,8 @@ const MESSAGES_PER_TURN: usize = 1024;
 const INTERESTS_PER_TURN: usize = 4096;
 /// Loads after which a quiet moment hands freed memory back (`memory::release_free_memory`).
 const TRIM_AFTER_LOADS: usize = 1000;
+/// How long loads must have stopped before that.
+const TRIM_QUIET: Duration = Duration::from_secs(1);
 /// Least time between two such trims.
 const TRIM_INTERVAL: Duration = Duration::from_secs(10);
 /// Streams loaded per pipelined round trip.
@@ -58,6 +60,7 @@ pub(crate) struct Subscriber {
     users: u64,
     /// Streams loaded since memory was last handed back.
     loaded_since_trim: usize,
+    last_load: Instant,
     last_trim: Option<Instant>,
     backoff: Duration,
     /// The read timeout set on the pub/sub link now.
@@ -93,6 +96,7 @@ impl Subscriber {
             channels: 0,
             users: 0,
             loaded_since_trim: 0,
+            last_load: Instant::now(),
             last_trim: None,
             backoff: RECONNECT_MIN,
             listening: false,
@@ -162,12 +166,15 @@ impl Subscriber {
             }
             if !loads.is_empty() {
                 self.loaded_since_trim += loads.len();
+                self.last_load = Instant::now();
                 self.load(cmd, loads)?;
             } else if self.loaded_since_trim >= TRIM_AFTER_LOADS
+                && self.last_load.elapsed() >= TRIM_QUIET
                 && self.last_trim.is_none_or(|t| t.elapsed() >= TRIM_INTERVAL)
             {
-                // A storm of first sessions is over: the buffers its loads used go back
-                // to the OS instead of staying resident in this thread's arena.
+                // A storm of first sessions is over (and the presence writes it caused):
+                // the buffers it used go back to the OS instead of staying resident in
+                // the broker threads' arenas.
                 self.loaded_since_trim = 0;
                 self.last_trim = Some(Instant::now());
                 crate::memory::release_free_memory();
