@@ -586,24 +586,21 @@ impl Api {
         let Some(w) = c.waiting.take() else {
             return;
         };
-        if let (WaitKind::Published, Some(Err(e))) = (w.kind, &w.published) {
+        // Cluster mode: Redis refused, or could not be read.
+        let broker_error = match (w.kind, &w.published, &w.cluster) {
+            (WaitKind::Published, Some(Err(e)), _) => {
+                Some(format!("the push was not published: {e}"))
+            }
+            (WaitKind::Presence | WaitKind::Topic, _, Some(Err(e))) => {
+                Some(format!("cannot read the cluster's view from Redis: {e}"))
+            }
+            _ => None,
+        };
+        if let Some(message) = broker_error {
             let response = http::error_response(
                 503,
                 "broker_unavailable",
-                &format!("the push was not published: {e}"),
-                w.keep_alive,
-                "Retry-After: 1\r\n",
-            );
-            queue_out(c, &self.metrics, &response);
-            c.request_since = Some(self.now);
-            self.drive(key);
-            return;
-        }
-        if let (WaitKind::Presence | WaitKind::Topic, Some(Err(e))) = (w.kind, &w.cluster) {
-            let response = http::error_response(
-                503,
-                "broker_unavailable",
-                &format!("cannot read the cluster's view from Redis: {e}"),
+                &message,
                 w.keep_alive,
                 "Retry-After: 1\r\n",
             );

@@ -3,6 +3,8 @@
 //! real `throng-load` binary that bounds its run time and parses its JSON report.
 #![allow(dead_code)]
 
+// The server tests' own helper, shared rather than copied.
+#[path = "../../../tests/common/redis_server.rs"]
 pub mod redis_server;
 
 use std::io::{Read, Write};
