@@ -40,7 +40,7 @@ const TRIM_QUIET: Duration = Duration::from_secs(1);
 /// Least time between two such trims.
 const TRIM_INTERVAL: Duration = Duration::from_secs(10);
 /// Streams loaded per pipelined round trip.
-const LOADS_PER_TRIP: usize = 512;
+const LOADS_PER_TRIP: usize = 64;
 /// Channels per SUBSCRIBE command.
 const CHANNELS_PER_COMMAND: usize = 1000;
 
