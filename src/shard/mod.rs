@@ -857,12 +857,21 @@ impl Shard {
         let Some(c) = self.conns.get(key) else {
             return;
         };
-        let wait = if c.flags & PING_SENT != 0 {
-            self.idle_ticks
+        let mut deadline = if c.flags & PING_SENT != 0 {
+            // Waiting for the pong: the 4002 deadline, and (when still ahead) one ping
+            // interval after the ping went out, so that once the pong came the next ping
+            // follows a ping interval of silence, not the idle deadline.
+            let idle_at = c.last_rx.saturating_add(self.idle_ticks);
+            let next_ping = c.last_rx.saturating_add(self.ping_ticks.saturating_mul(2));
+            if next_ping > self.tick {
+                idle_at.min(next_ping)
+            } else {
+                idle_at
+            }
         } else {
-            self.ping_ticks
+            c.last_rx.saturating_add(self.ping_ticks)
         };
-        let mut deadline = c.last_rx.saturating_add(wait).min(c.expires);
+        deadline = deadline.min(c.expires);
         if c.expires != u32::MAX && c.flags & EXPIRING_SENT == 0 {
             deadline = deadline.min(c.expires.saturating_sub(self.hint_ticks));
         }

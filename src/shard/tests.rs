@@ -504,20 +504,42 @@ fn any_inbound_frame_restarts_the_heartbeat() {
         OP_PING,
         "ping 1000 ms after the pong"
     );
-    // A JSON message after the ping: the idle close moves from 3500 to 2000 + 3000.
+    // A JSON message after the ping: the idle close moves from 3500 to 2000 + 3000, and
+    // the next ping comes a ping interval after it.
     h.at(2000);
     h.ping_pong(&mut p, "r1");
-    h.at(3500);
+    h.at(2990);
+    h.quiet(&mut p);
+    h.at(3000);
     assert_eq!(
         h.recv(&mut p).opcode,
         OP_PING,
-        "pinged, not closed, at 3500"
+        "pinged, not closed, at 3000"
     );
     h.at(4990);
     h.quiet(&mut p);
     h.at(5000);
     assert_eq!(h.recv_close(&mut p), 4002);
     assert_eq!(h.counters().heartbeat_closes.load(Relaxed), 1);
+}
+
+#[test]
+fn a_client_that_answers_is_pinged_every_interval_not_at_the_idle_deadline() {
+    let mut h = Harness::new(&HEARTBEAT);
+    let mut p = h.connect("steady");
+    for round in 1..=4u64 {
+        let at = round * 1000;
+        h.at(at - 10);
+        h.quiet(&mut p);
+        h.at(at);
+        assert_eq!(h.recv(&mut p).opcode, OP_PING, "ping {round} at {at} ms");
+        // The client's pong comes at once.
+        p.send(true, OP_PONG, b"");
+        h.turn_until("pong read", |h| {
+            h.shard.conns.get(p.key).map(|c| c.last_rx) == Some((at / 10) as u32)
+        });
+    }
+    assert_eq!(h.counters().heartbeat_closes.load(Relaxed), 0);
 }
 
 fn unix_now() -> u64 {
