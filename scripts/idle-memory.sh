@@ -14,6 +14,8 @@
 #   SOURCE_IPS=        source addresses for the client sockets, e.g. 127.0.0.2-127.0.0.9
 #                      (default: that range when N > 20000, to spread ephemeral ports)
 #   JSON=              also keep the JSON report at this path
+#   CLAIM_TOPICS=      topic patterns put in every token's `topics` claim (not subscribed),
+#                      e.g. 'orders:*,news' to measure what grants cost
 #   NO_BUILD=1         skip the build (by default it runs only when a source is newer
 #                      than the binaries; FORCE_BUILD=1 always builds)
 set -euo pipefail
@@ -68,6 +70,7 @@ LOAD_ARGS=(connect --url "ws://$CLIENT_ADDR/ws" --connections "$N" --connect-rat
     --hold-secs "$HOLD" --settle-secs 3 --server-pid "$SRV_PID" --procs "$PROCS"
     --json "$WORK/report.json")
 [[ -n ${SOURCE_IPS:-} ]] && LOAD_ARGS+=(--source-ips "$SOURCE_IPS")
+[[ -n ${CLAIM_TOPICS:-} ]] && LOAD_ARGS+=(--claim-topics "$CLAIM_TOPICS")
 LIMIT=$((N / RATE + HOLD + 120))
 echo "idle-memory: $LOAD ${LOAD_ARGS[*]}"
 status=0

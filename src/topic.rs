@@ -30,7 +30,7 @@ pub fn validate(name: &str) -> Result<(), TopicError> {
 }
 
 /// An exact topic name, or a prefix followed by `*`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum TopicPattern {
     /// Matches exactly this name.
     Exact(Box<str>),

@@ -61,6 +61,10 @@ pub struct ConnectArgs {
     /// the token's `topics` claim.
     #[arg(long, value_delimiter = ',')]
     pub topics: Vec<String>,
+    /// Topic patterns put in the token's `topics` claim only, not subscribed (comma
+    /// separated): what grants cost an idle connection.
+    #[arg(long, value_delimiter = ',')]
+    pub claim_topics: Vec<String>,
     /// Source addresses, bound round-robin before connect: 127.0.0.2-127.0.0.9,10.0.0.1.
     #[arg(long)]
     pub source_ips: Option<String>,
@@ -275,6 +279,7 @@ impl CapacityArgs {
             sessions_per_user: self.sessions_per_user,
             user_offset: self.user_offset,
             topics: Vec::new(),
+            claim_topics: Vec::new(),
             source_ips: self.source_ips.clone(),
             threads: self.threads,
             hold_secs: Some(0.0),

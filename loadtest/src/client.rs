@@ -92,6 +92,8 @@ pub struct ClientCfg {
     /// The first user number of this process: connection g is user `user_offset + g / spu`.
     pub user_offset: u64,
     pub topics: Vec<String>,
+    /// The token's `topics` claim: `topics` and the claim-only patterns.
+    pub claim: Vec<String>,
     pub source_ips: Vec<IpAddr>,
     pub jwt_secret: String,
     pub token_ttl_secs: u64,
@@ -849,7 +851,7 @@ fn open(
         sub: format!("u{user}"),
         exp: now + cfg.token_ttl_secs,
         iat: now,
-        topics: &cfg.topics,
+        topics: &cfg.claim,
     };
     let token = match jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &ctx.key) {
         Ok(t) => t,
@@ -1544,6 +1546,7 @@ mod tests {
             sessions_per_user: 1,
             user_offset: 0,
             topics: Vec::new(),
+            claim: Vec::new(),
             source_ips: Vec::new(),
             jwt_secret: "secret".into(),
             token_ttl_secs: 60,

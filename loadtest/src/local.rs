@@ -81,6 +81,7 @@ impl Local {
             sessions_per_user: c.sessions_per_user,
             user_offset: c.user_offset,
             topics: c.topics.clone(),
+            claim: c.topics.iter().chain(&c.claim_topics).cloned().collect(),
             source_ips,
             jwt_secret: c.jwt_secret.clone(),
             token_ttl_secs: c.token_ttl_secs,

@@ -442,6 +442,9 @@ fn worker_args(
     if !c.topics.is_empty() {
         kv("topics", c.topics.join(","));
     }
+    if !c.claim_topics.is_empty() {
+        kv("claim-topics", c.claim_topics.join(","));
+    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     kv(
         "threads",

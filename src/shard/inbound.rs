@@ -364,7 +364,7 @@ impl Shard {
     /// Whether the connection's token grants `name`.
     fn grants(&self, key: u32, name: &str) -> bool {
         self.grants
-            .get(&key)
+            .get(key)
             .is_some_and(|patterns| topic::allowed(patterns, name))
     }
 }

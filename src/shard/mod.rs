@@ -7,6 +7,7 @@ pub mod bench;
 mod budget;
 mod cluster;
 mod conn;
+mod grants;
 mod history;
 mod inbound;
 mod presence;
@@ -40,7 +41,6 @@ use crate::http;
 use crate::messages;
 use crate::metrics::{self, Metrics, ShardCounters};
 use crate::reactor::{self, Clock, WAKER};
-use crate::topic::TopicPattern;
 use crate::wheel::Wheel;
 
 pub use cluster::ShardCluster;
@@ -170,9 +170,9 @@ struct Shard {
     nonce: u32,
     mark: u32,
     drain_deadline: Option<Instant>,
-    /// Topic patterns from tokens that carry a `topics` claim; absent for the rest, so
+    /// Topic patterns from tokens that carry a `topics` claim, each distinct set shared;
     /// connections without grants pay nothing.
-    grants: HashMap<u32, Box<[TopicPattern]>, FxBuildHasher>,
+    grants: grants::Grants,
     /// The highest `seq` each session acked, only for sessions that acked (docs/protocol.md
     /// 4.3): an idle connection that never acks costs nothing here.
     acks: HashMap<u32, u64, FxBuildHasher>,
@@ -252,7 +252,7 @@ impl Shard {
             nonce: rand::random(),
             mark: 0,
             drain_deadline: None,
-            grants: HashMap::default(),
+            grants: grants::Grants::default(),
             acks: HashMap::default(),
             targets: Vec::new(),
             published: budget::Published::default(),
@@ -423,12 +423,7 @@ impl Shard {
         });
         debug_assert_eq!(inserted, key, "registered under the key the slot got");
         self.counters().connections.fetch_add(1, Relaxed);
-        if !h.identity.topics.is_empty() {
-            self.grants.insert(
-                key,
-                std::mem::take(&mut h.identity.topics).into_boxed_slice(),
-            );
-        }
+        self.grants.set(key, std::mem::take(&mut h.identity.topics));
         let leftover = std::mem::take(&mut h.leftover);
         match self.park_if_loading(key, user, created, h.resume.take(), leftover) {
             Ok(()) => {
@@ -1030,7 +1025,7 @@ impl Shard {
         if let Some(t) = c.timer.take() {
             self.wheel.cancel(t);
         }
-        self.grants.remove(&key);
+        self.grants.remove(key);
         self.acks.remove(&key);
         let _ = self.poll.registry().deregister(&mut c.stream);
         self.shared.admission.release(c.ip);

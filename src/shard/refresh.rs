@@ -88,11 +88,7 @@ impl Shard {
                 }
             }
         }
-        if identity.topics.is_empty() {
-            self.grants.remove(&key);
-        } else {
-            self.grants.insert(key, identity.topics.into_boxed_slice());
-        }
+        self.grants.set(key, identity.topics);
         self.drop_forbidden(key);
         self.send_frame(key, messages::refreshed_frame(identity.exp, reference));
         self.hint_expiry(key);
@@ -110,7 +106,7 @@ impl Shard {
         };
         let mut subscribed = c.topics.take();
         let public = &self.shared.config.public_topics;
-        let grants = self.grants.get(&key);
+        let grants = self.grants.get(key);
         let mut dropped = Vec::new();
         subscribed.retain(|&t| {
             let Some(name) = self.topics.name(t) else {
