@@ -3,9 +3,11 @@
 //! `history_ttl_ms` after its last one, with its `seq`, epoch and history: the offline
 //! buffer a reconnect resumes from.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use crate::wire::Wire;
+use hashbrown::HashTable;
+use smallvec::{smallvec, SmallVec};
 use rustc_hash::FxBuildHasher;
 use slab::Slab;
 
@@ -15,8 +17,10 @@ use super::history::{first_seq, Idle, Limits, Record, Ring};
 pub(super) struct UserEntry {
     /// The user id.
     pub id: Box<str>,
-    /// Connection keys, oldest first; empty while retained offline.
-    pub sessions: Vec<u32>,
+    /// Connection keys, oldest first; empty while retained offline. Up to four live in
+    /// the entry itself: most users have one or two sessions, which then cost no heap
+    /// allocation (a `Vec` of one was a 32-byte chunk per user).
+    pub sessions: SmallVec<[u32; 4]>,
     /// Last direct-push sequence number.
     pub seq: u64,
     /// Identifies this life of `seq`: a user who comes back after its entry expired
@@ -36,7 +40,9 @@ pub(super) struct UserEntry {
 /// Users by id, with the shard's history bookkeeping.
 #[derive(Default)]
 pub(super) struct Users {
-    by_id: HashMap<Box<str>, u32, FxBuildHasher>,
+    /// User keys by id. The table holds keys only: the id itself lives once, in its
+    /// entry (a map keyed by the id kept a second copy of it per user).
+    by_id: HashTable<u32>,
     entries: Slab<UserEntry>,
     /// Entries with at least one session.
     online: usize,
@@ -64,7 +70,7 @@ impl Users {
 
     /// Adds session `conn` for `id`, creating the entry if needed; returns the user key.
     pub(super) fn attach(&mut self, id: &str, conn: u32) -> u32 {
-        if let Some(&key) = self.by_id.get(id) {
+        if let Some(key) = self.find(id) {
             let entry = &mut self.entries[key as usize];
             if entry.sessions.is_empty() {
                 self.online += 1;
@@ -74,14 +80,16 @@ impl Users {
         }
         let key = self.entries.insert(UserEntry {
             id: id.into(),
-            sessions: vec![conn],
+            sessions: smallvec![conn],
             seq: 0,
             epoch: rand::random(),
             mark: 0,
             history: None,
             idle_until: 0,
         }) as u32;
-        self.by_id.insert(id.into(), key);
+        let entries = &self.entries;
+        self.by_id
+            .insert_unique(id_hash(id), key, |&k| id_hash(&entries[k as usize].id));
         self.online += 1;
         key
     }
@@ -152,12 +160,15 @@ impl Users {
 
     /// The ids of every user held, online or retained.
     pub(super) fn ids(&self) -> impl Iterator<Item = &str> + '_ {
-        self.by_id.keys().map(|k| &**k)
+        self.entries.iter().map(|(_, e)| &*e.id)
     }
 
     /// The user key for `id`, when online or retained here.
     pub(super) fn find(&self, id: &str) -> Option<u32> {
-        self.by_id.get(id).copied()
+        let entries = &self.entries;
+        self.by_id
+            .find(id_hash(id), |&k| entries.get(k as usize).is_some_and(|e| &*e.id == id))
+            .copied()
     }
 
     /// The entry for a user key.
@@ -294,7 +305,9 @@ impl Users {
             });
             if due {
                 let u = self.entries.remove(i.user as usize);
-                self.by_id.remove(&u.id);
+                if let Ok(slot) = self.by_id.find_entry(id_hash(&u.id), |&k| k == i.user) {
+                    slot.remove();
+                }
                 if let Some(gone) = self.gone.as_mut() {
                     gone.push(u.id.clone());
                 }
@@ -342,6 +355,12 @@ impl Users {
         out.extend(ring.frames_from(skip).cloned());
         true
     }
+}
+
+/// The hash a user id is filed under in `by_id`.
+fn id_hash(id: &str) -> u64 {
+    use std::hash::BuildHasher;
+    FxBuildHasher.hash_one(id)
 }
 
 #[cfg(test)]
@@ -408,7 +427,7 @@ mod tests {
         u.attach("a", 3);
         u.get_mut(k).unwrap().seq = 5;
         u.detach(k, 2, 0);
-        assert_eq!(u.get(k).unwrap().sessions, vec![1, 3]);
+        assert_eq!(u.get(k).unwrap().sessions[..], [1, 3]);
         assert_eq!(u.get(k).unwrap().seq, 5);
         u.detach(k, 1, 0);
         u.detach(k, 3, 0);
