@@ -1,55 +1,99 @@
-//! Topic grants from tokens' `topics` claims, by connection. Most tokens of one
-//! application carry the same few patterns, so each distinct set is kept once per shard
-//! and shared: a connection with grants pays one map entry, not its own copy of every
-//! pattern (227 bytes per idle connection for a three-pattern claim before).
+//! Topic grants from tokens' `topics` claims. Most tokens of one application carry the
+//! same few patterns, so each distinct set is kept once per shard with a count of the
+//! connections holding it, and a connection names its set by a `u32` in its slot (padding
+//! there before): grants cost an idle connection nothing of its own (a three-pattern
+//! claim cost 227 bytes per connection when each kept a copy, 54 with a shared copy
+//! named from a side table).
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
-
+use hashbrown::HashTable;
 use rustc_hash::FxBuildHasher;
+use slab::Slab;
 
 use crate::topic::TopicPattern;
 
-/// The grants of this shard's connections that have any.
+/// A connection's grants: 0 for none, else a set's slab key plus one.
+pub(super) type GrantId = u32;
+
+/// One distinct set of patterns and how many connections hold it.
+struct GrantSet {
+    patterns: Box<[TopicPattern]>,
+    holders: u32,
+}
+
+/// The distinct grant sets of this shard's connections.
 #[derive(Default)]
 pub(super) struct Grants {
-    by_conn: HashMap<u32, Arc<[TopicPattern]>, FxBuildHasher>,
-    /// Every distinct set in use, for sharing.
-    sets: HashSet<Arc<[TopicPattern]>, FxBuildHasher>,
+    sets: Slab<GrantSet>,
+    /// Set keys by the hash of their patterns (the patterns live once, in `sets`).
+    by_content: HashTable<u32>,
+}
+
+fn content_hash(patterns: &[TopicPattern]) -> u64 {
+    use std::hash::BuildHasher;
+    FxBuildHasher.hash_one(patterns)
 }
 
 impl Grants {
-    /// Gives connection `key` these grants (replacing any; none removes them).
-    pub(super) fn set(&mut self, key: u32, patterns: Vec<TopicPattern>) {
-        self.remove(key);
+    /// The id of the set equal to `patterns` (made if new), counted as held once more;
+    /// 0 when there are none.
+    pub(super) fn intern(&mut self, patterns: Vec<TopicPattern>) -> GrantId {
         if patterns.is_empty() {
-            return;
+            return 0;
         }
-        let set = match self.sets.get(&patterns[..]) {
-            Some(s) => Arc::clone(s),
+        let hash = content_hash(&patterns);
+        let sets = &self.sets;
+        let found = self
+            .by_content
+            .find(hash, |&k| {
+                sets.get(k as usize)
+                    .is_some_and(|s| *s.patterns == *patterns)
+            })
+            .copied();
+        let key = match found {
+            Some(k) => k,
             None => {
-                let s: Arc<[TopicPattern]> = patterns.into();
-                self.sets.insert(Arc::clone(&s));
-                s
+                let k = self.sets.insert(GrantSet {
+                    patterns: patterns.into_boxed_slice(),
+                    holders: 0,
+                }) as u32;
+                let sets = &self.sets;
+                self.by_content.insert_unique(hash, k, |&k| {
+                    sets.get(k as usize)
+                        .map_or(0, |s| content_hash(&s.patterns))
+                });
+                k
             }
         };
-        self.by_conn.insert(key, set);
+        if let Some(s) = self.sets.get_mut(key as usize) {
+            s.holders += 1;
+        }
+        key + 1
     }
 
-    /// Forgets connection `key`'s grants; a set nobody holds any more goes too.
-    pub(super) fn remove(&mut self, key: u32) {
-        let Some(set) = self.by_conn.remove(&key) else {
+    /// One holder of `id` fewer; the set goes with its last holder.
+    pub(super) fn release(&mut self, id: GrantId) {
+        let Some(key) = id.checked_sub(1) else {
             return;
         };
-        // Held by `sets` and by `set` alone: the last connection with it is gone.
-        if Arc::strong_count(&set) == 2 {
-            self.sets.remove(&*set);
+        let Some(s) = self.sets.get_mut(key as usize) else {
+            return;
+        };
+        s.holders -= 1;
+        if s.holders == 0 {
+            let gone = self.sets.remove(key as usize);
+            if let Ok(e) = self
+                .by_content
+                .find_entry(content_hash(&gone.patterns), |&k| k == key)
+            {
+                e.remove();
+            }
         }
     }
 
-    /// Connection `key`'s patterns, when its token had any.
-    pub(super) fn get(&self, key: u32) -> Option<&[TopicPattern]> {
-        self.by_conn.get(&key).map(|s| &**s)
+    /// The patterns of `id` (none for 0).
+    pub(super) fn get(&self, id: GrantId) -> Option<&[TopicPattern]> {
+        let key = id.checked_sub(1)?;
+        self.sets.get(key as usize).map(|s| &*s.patterns)
     }
 
     /// Distinct sets held (for tests).
@@ -72,23 +116,28 @@ mod tests {
     #[test]
     fn equal_sets_are_shared_and_freed_with_their_last_holder() {
         let mut g = Grants::default();
-        g.set(1, pats(&["a:*", "news"]));
-        g.set(2, pats(&["a:*", "news"]));
-        g.set(3, pats(&["b"]));
+        let a = g.intern(pats(&["a:*", "news"]));
+        let b = g.intern(pats(&["a:*", "news"]));
+        let c = g.intern(pats(&["b"]));
+        assert_eq!(a, b, "one set for equal claims");
+        assert_ne!(a, c);
         assert_eq!(g.distinct(), 2);
-        let (one, two) = (g.get(1).unwrap(), g.get(2).unwrap());
-        assert!(std::ptr::eq(one, two), "one copy for equal claims");
-        g.remove(1);
-        assert_eq!(g.distinct(), 2, "still held by 2");
-        g.remove(2);
+        assert_eq!(g.get(a).unwrap(), &pats(&["a:*", "news"])[..]);
+        g.release(a);
+        assert_eq!(g.distinct(), 2, "still held once");
+        g.release(b);
         assert_eq!(g.distinct(), 1);
-        // A refresh replaces the set; an empty claim removes the grants.
-        g.set(3, pats(&["c:*"]));
-        assert_eq!(g.get(3).unwrap(), &pats(&["c:*"])[..]);
-        assert_eq!(g.distinct(), 1);
-        g.set(3, Vec::new());
-        assert!(g.get(3).is_none());
+        assert!(g.get(a).is_none());
+        // The freed slot is reused for a new set, found by its content.
+        let d = g.intern(pats(&["c:*"]));
+        assert_eq!(g.get(d).unwrap(), &pats(&["c:*"])[..]);
+        assert_eq!(g.intern(pats(&["c:*"])), d);
+        assert_eq!(g.intern(Vec::new()), 0);
+        assert!(g.get(0).is_none());
+        g.release(0);
+        g.release(c);
+        g.release(d);
+        g.release(d);
         assert_eq!(g.distinct(), 0);
-        g.remove(42);
     }
 }

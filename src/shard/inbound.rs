@@ -363,8 +363,9 @@ impl Shard {
 
     /// Whether the connection's token grants `name`.
     fn grants(&self, key: u32, name: &str) -> bool {
-        self.grants
+        self.conns
             .get(key)
+            .and_then(|c| self.grants.get(c.grant))
             .is_some_and(|patterns| topic::allowed(patterns, name))
     }
 }

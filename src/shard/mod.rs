@@ -420,10 +420,10 @@ impl Shard {
                 session: self.session_counter,
                 connected: self.tick,
             },
+            grant: self.grants.intern(std::mem::take(&mut h.identity.topics)),
         });
         debug_assert_eq!(inserted, key, "registered under the key the slot got");
         self.counters().connections.fetch_add(1, Relaxed);
-        self.grants.set(key, std::mem::take(&mut h.identity.topics));
         let leftover = std::mem::take(&mut h.leftover);
         match self.park_if_loading(key, user, created, h.resume.take(), leftover) {
             Ok(()) => {
@@ -1025,7 +1025,7 @@ impl Shard {
         if let Some(t) = c.timer.take() {
             self.wheel.cancel(t);
         }
-        self.grants.remove(key);
+        self.grants.release(c.grant);
         self.acks.remove(&key);
         let _ = self.poll.registry().deregister(&mut c.stream);
         self.shared.admission.release(c.ip);

@@ -88,7 +88,13 @@ impl Shard {
                 }
             }
         }
-        self.grants.set(key, identity.topics);
+        let grant = self.grants.intern(identity.topics);
+        if let Some(c) = self.conns.get_mut(key) {
+            let old = std::mem::replace(&mut c.grant, grant);
+            self.grants.release(old);
+        } else {
+            self.grants.release(grant);
+        }
         self.drop_forbidden(key);
         self.send_frame(key, messages::refreshed_frame(identity.exp, reference));
         self.hint_expiry(key);
@@ -106,7 +112,7 @@ impl Shard {
         };
         let mut subscribed = c.topics.take();
         let public = &self.shared.config.public_topics;
-        let grants = self.grants.get(key);
+        let grants = self.grants.get(c.grant);
         let mut dropped = Vec::new();
         subscribed.retain(|&t| {
             let Some(name) = self.topics.name(t) else {

@@ -7,9 +7,9 @@ use std::collections::VecDeque;
 
 use crate::wire::Wire;
 use hashbrown::HashTable;
-use smallvec::{smallvec, SmallVec};
 use rustc_hash::FxBuildHasher;
 use slab::Slab;
+use smallvec::{smallvec, SmallVec};
 
 use super::history::{first_seq, Idle, Limits, Record, Ring};
 
@@ -167,7 +167,9 @@ impl Users {
     pub(super) fn find(&self, id: &str) -> Option<u32> {
         let entries = &self.entries;
         self.by_id
-            .find(id_hash(id), |&k| entries.get(k as usize).is_some_and(|e| &*e.id == id))
+            .find(id_hash(id), |&k| {
+                entries.get(k as usize).is_some_and(|e| &*e.id == id)
+            })
             .copied()
     }
 
