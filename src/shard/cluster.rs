@@ -159,7 +159,7 @@ impl Shard {
         if entry.epoch != 0 {
             return Err((resume, leftover));
         }
-        let id = entry.id.clone();
+        let id: Box<str> = entry.id.as_str().into();
         let load = c.loading_users.entry(user).or_default();
         let first = load.parked.is_empty() && load.buffered.is_empty() && load.prior.is_none();
         load.parked.push(Parked {
@@ -322,7 +322,7 @@ impl Shard {
         if loading || epoch != cur_epoch || seq != cur_seq + 1 {
             // Loading, or something was missed: (re)load, and hold this push until then.
             let reload = !loading;
-            let id = u.id.clone();
+            let id: Box<str> = u.id.as_str().into();
             if let Some(c) = self.cluster.as_mut() {
                 let load = c.loading_users.entry(k).or_default();
                 if reload {

@@ -50,7 +50,7 @@ impl Shard {
             return;
         };
         match self.users.get(key) {
-            Some(u) if u.sessions.is_empty() => c.presence.offline.push(u.id.clone()),
+            Some(u) if u.sessions.is_empty() => c.presence.offline.push(u.id.as_str().into()),
             Some(_) => c.presence.changed.push(key),
             None => {}
         }
@@ -79,7 +79,7 @@ impl Shard {
         for key in t.changed.drain(..) {
             // Went to zero since: then the id is in `offline` and this key may be another's.
             if let Some(u) = self.users.get(key).filter(|u| !u.sessions.is_empty()) {
-                out.push((u.id.clone(), count(u.sessions.len())));
+                out.push((u.id.as_str().into(), count(u.sessions.len())));
             }
         }
         if full {
