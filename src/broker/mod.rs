@@ -133,7 +133,7 @@ pub enum Remote {
         /// The stream.
         state: Result<StreamState, String>,
     },
-    /// The broker (re)connected: name every user served, with `Interest::WatchUser` (fresh: the count restarts).
+    /// The broker (re)connected: name every user served, with `Interest::WatchUser` (not fresh: the count of users served stays).
     Resync,
     /// A topic's stream as Redis holds it, or why it could not be read.
     TopicLoaded {

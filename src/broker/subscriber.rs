@@ -113,8 +113,9 @@ impl Subscriber {
                     self.ctx.metrics.broker.subscriber_up.store(true, Relaxed);
                     let r = self.serve(&mut ps_conn, &mut cmd);
                     self.ctx.metrics.broker.subscriber_up.store(false, Relaxed);
+                    // The users served do not change with the link: the count stays (the
+                    // shards name them again, not as new, after the reconnect).
                     self.channels = 0;
-                    self.users = 0;
                     if let Err(e) = r {
                         tracing::warn!(error = %e, "subscriber lost Redis; reconnecting");
                         self.ctx.metrics.broker.errors.fetch_add(1, Relaxed);

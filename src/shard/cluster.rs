@@ -271,7 +271,7 @@ impl Shard {
                     for id in ids {
                         self.interest(Interest::WatchUser {
                             user: id,
-                            fresh: true,
+                            fresh: false,
                         });
                     }
                 }
