@@ -264,6 +264,8 @@ fn stream_ingress_publishes_and_sends_bad_entries_to_the_dlq() {
     add(&mut r, &[("push", "not json")]);
     add(&mut r, &[("other", "x")]);
     add(&mut r, &[("push", r#"{"data":1}"#)]);
+    let huge = json!({"user": "frank", "data": "x".repeat(1_100_000)}).to_string();
+    add(&mut r, &[("push", &huge)]);
     add(&mut r, &[("push", r#"{"user":"frank","data":{"k":2}}"#)]);
     // The bad ones in the middle block nothing behind them.
     for k in 1..=2 {
@@ -272,14 +274,14 @@ fn stream_ingress_publishes_and_sends_bad_entries_to_the_dlq() {
             None => panic!("push {k} missing; stats {}", a.stats()),
         }
     }
-    a.wait_stats("3 dead entries", |s| s["cluster"]["stream_dlq"] == 3);
+    a.wait_stats("4 dead entries", |s| s["cluster"]["stream_dlq"] == 4);
     let dlq: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
         .arg("throng:push:dlq")
         .arg("-")
         .arg("+")
         .query(&mut r)
         .unwrap();
-    assert_eq!(dlq.len(), 3);
+    assert_eq!(dlq.len(), 4);
     let errors: Vec<String> = dlq
         .iter()
         .map(|(_, f)| {
@@ -291,6 +293,10 @@ fn stream_ingress_publishes_and_sends_bad_entries_to_the_dlq() {
     assert!(errors[0].contains("invalid push"), "{errors:?}");
     assert!(errors[1].contains("no `push` field"), "{errors:?}");
     assert!(errors[2].contains("target"), "{errors:?}");
+    assert!(
+        errors[3].contains("larger than 1048576 bytes"),
+        "{errors:?}"
+    );
     // Everything was acknowledged: nothing pending in the group.
     let pending: Vec<redis::Value> = redis::cmd("XPENDING")
         .arg("throng:push")

@@ -15,13 +15,17 @@ use super::keys::{DLQ_STREAM, GROUP, PUSH_STREAM};
 use super::script::Sequencer;
 use super::{connect, next_backoff, pause, BrokerCtx, RECONNECT_MIN};
 use crate::api::{parse_push, ParsedPush};
+use crate::config::MAX_API_BODY_BYTES;
 
 /// Entries read per round trip.
 const COUNT: usize = 256;
 /// How long one XREADGROUP waits for entries.
 const BLOCK_MS: u64 = 100;
+/// Bytes of an invalid entry's `push` kept in the DLQ (the API's body limit: a valid
+/// push always fits).
+const DLQ_KEEP_BYTES: usize = MAX_API_BODY_BYTES;
 /// DLQ length bound (approximate trim).
-const DLQ_MAXLEN: u64 = 100_000;
+const DLQ_MAXLEN: u64 = 10_000;
 
 /// One stream entry: its id and its `push` field, if it had one.
 struct StreamEntry {
@@ -216,6 +220,11 @@ impl Ingress {
         for (i, e) in entries.iter().enumerate() {
             match &e.push {
                 None => dead.push((i, "entry has no `push` field".into())),
+                // The API's body limit holds for the stream too: Redis takes values of
+                // up to 512 MB, a frame of which every recipient would queue.
+                Some(raw) if raw.len() > MAX_API_BODY_BYTES => {
+                    dead.push((i, format!("push is larger than {MAX_API_BODY_BYTES} bytes")))
+                }
                 Some(raw) => match parse_push(raw) {
                     Ok(p) => valid.push((i, p)),
                     Err(msg) => dead.push((i, msg)),
@@ -234,6 +243,9 @@ impl Ingress {
         let mut pipe = redis::pipe();
         for (i, why) in &dead {
             let raw = entries[*i].push.as_deref().unwrap_or_default();
+            // An oversized entry keeps its head only: the DLQ is bounded by count, and
+            // each entry by this, not by what a producer sent.
+            let raw = &raw[..raw.len().min(DLQ_KEEP_BYTES)];
             pipe.cmd("XADD")
                 .arg(DLQ_STREAM)
                 .arg("MAXLEN")

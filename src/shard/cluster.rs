@@ -52,6 +52,9 @@ struct PendingSub {
     resume: Option<(u64, Box<str>)>,
 }
 
+/// Pushes held per user while its stream loads (a load is one Redis round trip).
+pub(super) const MAX_BUFFERED: usize = 256;
+
 /// A push that arrived while its user's stream was loading.
 struct Buffered {
     seq: u64,
@@ -328,12 +331,16 @@ impl Shard {
                 if reload {
                     load.prior = Some((cur_epoch, cur_seq));
                 }
-                load.buffered.push(Buffered {
-                    seq,
-                    epoch,
-                    frame,
-                    accepted_at,
-                });
+                // Bounded: what does not fit is in Redis history, and a push after the
+                // load that does not follow it is a gap, which loads again.
+                if load.buffered.len() < MAX_BUFFERED {
+                    load.buffered.push(Buffered {
+                        seq,
+                        epoch,
+                        frame,
+                        accepted_at,
+                    });
+                }
             }
             if reload {
                 if let Some(u) = self.users.get_mut(k) {

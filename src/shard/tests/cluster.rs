@@ -165,6 +165,38 @@ fn a_gap_reloads_and_sessions_get_what_they_missed_in_order() {
 }
 
 #[test]
+fn pushes_held_during_a_reload_are_bounded_and_nothing_is_skipped() {
+    let (mut h, interests, tx) = Harness::cluster(&[]);
+    let mut p = online(&mut h, &tx, "fay", state(1, EPOCH, 1..=1, None));
+    asked(&interests);
+    // A gap (2 missed), then far more pushes than are held while the reload runs.
+    for seq in 3..=600 {
+        tx.send(user_push("fay", seq, EPOCH)).unwrap();
+    }
+    h.quiet(&mut p);
+    assert_eq!(asked(&interests), vec![watch("fay", false)]);
+    tx.send(loaded("fay", Ok(state(2, EPOCH, 1..=2, None))))
+        .unwrap();
+    // 2 from the load, then the held ones in order up to the bound.
+    let mut last = 1;
+    for _ in 0..(1 + super::super::cluster::MAX_BUFFERED) {
+        let s = seq_of(&h.recv_json(&mut p));
+        assert_eq!(s, last + 1);
+        last = s;
+    }
+    h.quiet(&mut p);
+    // The next live push shows the gap: the stream loads again and nothing is skipped.
+    tx.send(user_push("fay", 601, EPOCH)).unwrap();
+    h.quiet(&mut p);
+    assert_eq!(asked(&interests), vec![watch("fay", false)]);
+    tx.send(loaded("fay", Ok(state(601, EPOCH, 1..=601, None))))
+        .unwrap();
+    for want in last + 1..=601 {
+        assert_eq!(seq_of(&h.recv_json(&mut p)), want);
+    }
+}
+
+#[test]
 fn a_stream_restarted_in_redis_closes_live_sessions_1012() {
     let (mut h, interests, tx) = Harness::cluster(&[]);
     let mut p = online(&mut h, &tx, "cy", state(4, EPOCH, 1..=4, None));
