@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Memory after bursts (issue 11 item 2): N idle connections, then BURSTS broadcasts of
+# DATA bytes sent back to back (one POST /v1/push each), then the server's RSS every
+# second for WATCH seconds with the outbound queues drained. Prints the idle baseline,
+# the RSS after, and both per connection. Stops what it started, by PID.
+#
+# Environment: N=15000 BURSTS=100 DATA=512 WATCH=10, SOURCE_IPS=127.0.0.2-127.0.0.9,
+#   NO_BUILD=1 (skip the build check).
+set -euo pipefail
+N=${N:-15000}
+BURSTS=${BURSTS:-100}
+DATA=${DATA:-512}
+WATCH=${WATCH:-10}
+SOURCE_IPS=${SOURCE_IPS:-127.0.0.2-127.0.0.9}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
+build_release_if_stale burst-memory
+SERVER=target/release/throng
+LOAD=target/release/throng-load
+command -v curl >/dev/null || { echo "burst-memory: needs curl" >&2; exit 1; }
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+WORK=$(mktemp -d -t throng-burst.XXXXXX)
+SRV_PID=
+LOAD_PID=
+cleanup() {
+    [[ -n $LOAD_PID ]] && kill "$LOAD_PID" 2>/dev/null || true
+    stop_server_pid burst-memory "$SRV_PID" 10
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+THRONG_JWT_SECRET="burst-memory-$$-$RANDOM$RANDOM-$RANDOM$RANDOM-$RANDOM$RANDOM"
+THRONG_API_KEY="burst-memory-key-$$-$RANDOM"
+export THRONG_JWT_SECRET THRONG_API_KEY
+"$SERVER" serve --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --log-format json \
+    --max-connections $((N + 1000)) >"$WORK/server.out" 2>"$WORK/server.log" &
+SRV_PID=$!
+wait_listening burst-memory "$SRV_PID" "$WORK/server.log" || exit 1
+rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$SRV_PID/status"; }
+stat_field() {
+    curl -s -H "Authorization: Bearer $THRONG_API_KEY" "http://$API_ADDR/v1/stats" |
+        python3 -c "import json,sys; print(json.load(sys.stdin)[sys.argv[1]])" "$1"
+}
+
+start=$(rss_kb)
+HOLD=$((WATCH + BURSTS / 20 + 20))
+timeout $((N / 5000 + HOLD + 60)) "$LOAD" connect --url "ws://$CLIENT_ADDR/ws" \
+    --connections "$N" --connect-rate 5000 --source-ips "$SOURCE_IPS" --settle-secs 2 \
+    --hold-secs "$HOLD" >"$WORK/load.log" 2>&1 &
+LOAD_PID=$!
+for _ in $(seq 600); do
+    [[ $(stat_field connections) -ge $N ]] && break
+    kill -0 "$LOAD_PID" 2>/dev/null || { echo "burst-memory: throng-load ended early" >&2; cat "$WORK/load.log" >&2; exit 1; }
+    sleep 0.1
+done
+sleep 2
+idle=$(rss_kb)
+PAD=$(head -c "$DATA" /dev/zero | tr '\0' x)
+for i in $(seq "$BURSTS"); do
+    curl -s -o /dev/null -X POST -H "Authorization: Bearer $THRONG_API_KEY" \
+        -d "{\"broadcast\":true,\"data\":{\"i\":$i,\"pad\":\"$PAD\"}}" "http://$API_ADDR/v1/push"
+done
+for t in $(seq "$WATCH"); do
+    sleep 1
+    echo "burst-memory: t=${t}s rss=$(rss_kb) kB outbound_bytes=$(stat_field outbound_bytes) connections=$(stat_field connections)"
+done
+after=$(rss_kb)
+echo "burst-memory: N=$N, $BURSTS broadcasts of $DATA bytes"
+echo "burst-memory: RSS $start kB at start, $idle kB idle with the connections, $after kB ${WATCH} s after the bursts"
+echo "burst-memory: per connection: $(((idle - start) * 1024 / N)) B idle, $(((after - start) * 1024 / N)) B after ($(((after - idle) * 1024 / N)) B more)"
