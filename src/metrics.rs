@@ -114,6 +114,8 @@ pub struct ShardCounters {
     pub history_evictions: AtomicU64,
     /// Client `ack` messages recorded (docs/protocol.md 4.3).
     pub acks: AtomicU64,
+    /// WebSocket Pings sent for heartbeats.
+    pub pings: AtomicU64,
     /// Sessions with an ack recorded (gauge): entries of the shard's ack table, which
     /// leave with their connection.
     pub acked_sessions: AtomicU64,
@@ -323,6 +325,7 @@ impl Metrics {
                 "budget_closes": self.sum(|c| &c.budget_closes),
                 "history_evictions": self.sum(|c| &c.history_evictions),
                 "acks": self.sum(|c| &c.acks),
+                "pings": self.sum(|c| &c.pings),
                 "api_refused_connections": self.api_refused_connections.load(Relaxed),
                 "api_request_timeouts": self.api_request_timeouts.load(Relaxed),
                 "api_idle_closes": self.api_idle_closes.load(Relaxed),
@@ -442,6 +445,13 @@ impl Metrics {
             "counter",
             "Client acks of the user stream recorded.",
             &|c| &c.acks,
+        );
+        per_shard(
+            &mut out,
+            "throng_pings_total",
+            "counter",
+            "WebSocket Pings sent to silent connections (heartbeats).",
+            &|c| &c.pings,
         );
         per_shard(
             &mut out,

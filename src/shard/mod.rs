@@ -904,6 +904,7 @@ impl Shard {
         if silent >= self.ping_ticks && c.flags & PING_SENT == 0 {
             c.flags |= PING_SENT;
             self.send_frame(key, frame::ping(b""));
+            self.counters().pings.fetch_add(1, Relaxed);
         }
         self.hint_expiry(key);
         self.arm(key);

@@ -540,6 +540,7 @@ fn a_client_that_answers_is_pinged_every_interval_not_at_the_idle_deadline() {
         });
     }
     assert_eq!(h.counters().heartbeat_closes.load(Relaxed), 0);
+    assert_eq!(h.counters().pings.load(Relaxed), 4, "each ping counted");
 }
 
 fn unix_now() -> u64 {

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Server CPU per heartbeat (issue 11 item 6): N idle connections, pinged every
+# PING_MS (shortened so a short window holds many pings; the client answers each with a
+# Pong), the server's CPU time (utime + stime from /proc) and `throng_pings_total` over
+# WINDOW seconds, then the projection for 1,000,000 idle connections at the default
+# 25 s interval. Stops what it started, by PID.
+#
+# Environment: N=15000 PING_MS=2000 WINDOW=30, SOURCE_IPS=127.0.0.2-127.0.0.9,
+#   NO_BUILD=1 (skip the build check).
+set -euo pipefail
+N=${N:-15000}
+PING_MS=${PING_MS:-2000}
+WINDOW=${WINDOW:-30}
+SOURCE_IPS=${SOURCE_IPS:-127.0.0.2-127.0.0.9}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
+build_release_if_stale heartbeat-cost
+SERVER=target/release/throng
+LOAD=target/release/throng-load
+command -v curl >/dev/null || { echo "heartbeat-cost: needs curl" >&2; exit 1; }
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+WORK=$(mktemp -d -t throng-heartbeat.XXXXXX)
+SRV_PID=
+LOAD_PID=
+cleanup() {
+    [[ -n $LOAD_PID ]] && kill "$LOAD_PID" 2>/dev/null || true
+    stop_server_pid heartbeat-cost "$SRV_PID" 10
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+THRONG_JWT_SECRET="heartbeat-cost-$$-$RANDOM$RANDOM-$RANDOM$RANDOM-$RANDOM$RANDOM"
+THRONG_API_KEY="heartbeat-cost-key-$$-$RANDOM"
+export THRONG_JWT_SECRET THRONG_API_KEY
+"$SERVER" serve --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --log-format json \
+    --max-connections $((N + 1000)) --ping-interval-ms "$PING_MS" \
+    --idle-timeout-ms $((PING_MS * 3)) >"$WORK/server.out" 2>"$WORK/server.log" &
+SRV_PID=$!
+wait_listening heartbeat-cost "$SRV_PID" "$WORK/server.log" || exit 1
+stat_field() {
+    curl -s -H "Authorization: Bearer $THRONG_API_KEY" "http://$API_ADDR/v1/stats" |
+        python3 -c "import json,sys; d=json.load(sys.stdin); print(d['counters'].get(sys.argv[1], d.get(sys.argv[1])))" "$1"
+}
+# utime + stime of the server, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$SRV_PID/stat"; }
+HZ=$(getconf CLK_TCK)
+
+timeout $((N / 5000 + WINDOW + 90)) "$LOAD" connect --url "ws://$CLIENT_ADDR/ws" \
+    --connections "$N" --connect-rate 5000 --source-ips "$SOURCE_IPS" --settle-secs 2 \
+    --hold-secs $((WINDOW + 20)) >"$WORK/load.log" 2>&1 &
+LOAD_PID=$!
+for _ in $(seq 600); do
+    [[ $(stat_field connections) -ge $N ]] && break
+    kill -0 "$LOAD_PID" 2>/dev/null || { echo "heartbeat-cost: throng-load ended early" >&2; cat "$WORK/load.log" >&2; exit 1; }
+    sleep 0.1
+done
+# A full interval first, so the window sees steady pinging, not the connect ramp.
+sleep $(((PING_MS + 999) / 1000 + 2))
+c0=$(cpu_ticks) p0=$(stat_field pings)
+sleep "$WINDOW"
+c1=$(cpu_ticks) p1=$(stat_field pings)
+conns=$(stat_field connections)
+python3 - "$c0" "$c1" "$p0" "$p1" "$HZ" "$WINDOW" "$conns" "$PING_MS" <<'PY'
+import sys
+c0, c1, p0, p1, hz, window, conns, ping_ms = map(float, sys.argv[1:])
+cpu_s = (c1 - c0) / hz
+pings = p1 - p0
+us = cpu_s / pings * 1e6 if pings else float("nan")
+rate_1m = 1_000_000 / 25.0
+print(f"heartbeat-cost: {int(conns)} idle connections, ping every {int(ping_ms)} ms, {int(window)} s window")
+print(f"heartbeat-cost: {int(pings)} pings ({pings / window:.0f}/s), server CPU {cpu_s:.2f} s = {us:.2f} us per ping round trip")
+print(f"heartbeat-cost: projected for 1,000,000 idle connections at the default 25 s interval: {rate_1m * us / 1e6:.3f} cores")
+PY
