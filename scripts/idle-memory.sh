@@ -16,6 +16,11 @@
 #   JSON=              also keep the JSON report at this path
 #   CLAIM_TOPICS=      topic patterns put in every token's `topics` claim (not subscribed),
 #                      e.g. 'orders:*,news' to measure what grants cost
+#   WARM=              open this many connections first and keep them (not counted), so
+#                      the figure is the marginal cost per connection, without the fixed
+#                      cost of a fresh process's first connections (e.g. WARM=5000)
+#   REDIS=1            cluster mode: start a redis-server on a free port (Debian's
+#                      package) and run the server with --redis
 #   NO_BUILD=1         skip the build (by default it runs only when a source is newer
 #                      than the binaries; FORCE_BUILD=1 always builds)
 set -euo pipefail
@@ -35,8 +40,12 @@ LOAD=target/release/throng-load
 
 WORK=$(mktemp -d -t throng-idle.XXXXXX)
 SRV_PID=
+WARM_PID=
+REDIS_PID=
 cleanup() {
+    [[ -n $WARM_PID ]] && kill "$WARM_PID" 2>/dev/null || true
     stop_server_pid idle-memory "$SRV_PID" 10
+    [[ -n $REDIS_PID ]] && kill "$REDIS_PID" 2>/dev/null || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -48,8 +57,20 @@ THRONG_API_KEY="idle-memory-key-$$-$RANDOM"
 export THRONG_JWT_SECRET THRONG_API_KEY
 
 SERVER_ARGS=(serve --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --drain-ms 1000
-    --max-connections $((N + 1000)) --log-format json)
+    --max-connections $((N + ${WARM:-0} + 1000)) --log-format json)
 [[ -n ${SHARDS:-} ]] && SERVER_ARGS+=(--shards "$SHARDS")
+if [[ -n ${REDIS:-} ]]; then
+    command -v redis-server >/dev/null || { echo "idle-memory: REDIS=1 needs redis-server" >&2; exit 1; }
+    RPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" \
+        >"$WORK/redis.log" 2>&1 &
+    REDIS_PID=$!
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$RPORT") 2>/dev/null && break
+        sleep 0.1
+    done
+    SERVER_ARGS+=(--redis "redis://127.0.0.1:$RPORT" --node-id idle-memory)
+fi
 "$SERVER" "${SERVER_ARGS[@]}" >"$WORK/server.out" 2>"$WORK/server.log" &
 SRV_PID=$!
 
@@ -64,6 +85,17 @@ PROCS=${PROCS:-$(((N + PER_PROC - 1) / PER_PROC))}
 ((PROCS >= 1)) || PROCS=1
 if [[ -z ${SOURCE_IPS:-} && $N -gt 20000 ]]; then
     SOURCE_IPS=127.0.0.2-127.0.0.9
+fi
+
+if [[ -n ${WARM:-} ]]; then
+    # Held for the whole run on their own addresses and user numbers.
+    timeout $((WARM / RATE + N / RATE + HOLD + 120)) "$LOAD" connect --url "ws://$CLIENT_ADDR/ws" \
+        --connections "$WARM" --connect-rate "$RATE" --user-offset 1000000 \
+        --source-ips 127.0.1.2-127.0.1.5 --settle-secs 1 \
+        --hold-secs $((N / RATE + HOLD + 30)) >"$WORK/warm.log" 2>&1 &
+    WARM_PID=$!
+    sleep $((WARM / RATE + 4))
+    echo "idle-memory: $WARM warm-up connections held (not counted)"
 fi
 
 LOAD_ARGS=(connect --url "ws://$CLIENT_ADDR/ws" --connections "$N" --connect-rate "$RATE"
