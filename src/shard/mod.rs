@@ -505,14 +505,20 @@ impl Shard {
     /// The tick at which a token with `exp` (plus leeway) expires: the 4001, which
     /// `token_expiring`'s `in_ms` counts down to.
     fn expiry_tick(&self, exp: u64) -> u32 {
-        let now_s = SystemTime::now()
+        // In milliseconds, from the clock read now: the turn's tick with the wall clock
+        // read a second boundary later closed up to a second before `exp`.
+        let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+            .map_or(0, |d| d.as_millis() as u64);
         let left_ms = exp
             .saturating_add(self.shared.config.jwt.leeway_secs)
-            .saturating_sub(now_s)
-            .saturating_mul(1000);
-        let t = u64::from(self.tick) + left_ms / reactor::TICK_MS;
+            .saturating_mul(1000)
+            .saturating_sub(now_ms);
+        let t = self
+            .clock
+            .now_ms()
+            .saturating_add(left_ms)
+            .div_ceil(reactor::TICK_MS);
         t.min(u64::from(u32::MAX - 1)) as u32
     }
 

@@ -553,23 +553,21 @@ fn unix_now() -> u64 {
 fn expired_token_closes_4001_when_the_clock_passes_exp_plus_leeway() {
     let flags = ["--ping-interval-ms", "60000", "--idle-timeout-ms", "120000"];
     let mut h = Harness::with(&flags, |c| c.jwt.leeway_secs = 5);
-    // The shard reads the wall clock's second at adoption: retry on a second boundary.
-    let mut p = loop {
-        let before = unix_now();
-        let p = h.connect_with("brief", Some(before + 2), Vec::new(), None);
-        if unix_now() == before {
-            break p;
-        }
-    };
-    // 7 s left is within the default 60 s `refresh_ahead`: the hint follows the welcome.
-    assert_eq!(
-        h.recv_json(&mut p),
-        json!({"type": "token_expiring", "in_ms": 7000})
-    );
-    h.at(6990);
+    // `exp` is whole seconds: what is left at adoption is 7 s less the current second's
+    // elapsed part, which the hint tells to the millisecond.
+    let before = unix_now();
+    let mut p = h.connect_with("brief", Some(before + 2), Vec::new(), None);
+    // Within the default 60 s `refresh_ahead`: the hint follows the welcome.
+    let hint = h.recv_json(&mut p);
+    assert_eq!(hint["type"], "token_expiring", "{hint}");
+    let in_ms = hint["in_ms"].as_u64().unwrap();
+    assert!((5000..=7000).contains(&in_ms), "{hint}");
+    // The close comes on the tick that reaches `exp` plus the leeway, never before it.
+    let due = in_ms.div_ceil(10) * 10;
+    h.at(due - 10);
     h.quiet(&mut p);
     h.ping_pong(&mut p, "alive");
-    h.at(7000);
+    h.at(due);
     assert_eq!(h.recv_close(&mut p), 4001);
     h.expect_eof(&mut p);
     assert_eq!(h.counters().connections.load(Relaxed), 0);
