@@ -99,8 +99,8 @@ pub enum Remote {
         user: Box<str>,
         /// Its `seq`.
         seq: u64,
-        /// The stream's epoch.
-        epoch: Arc<str>,
+        /// The stream's epoch, as shards keep user epochs ([`user_epoch`]).
+        epoch: u64,
         /// The client frame.
         frame: Wire,
         /// When it was accepted (from its timestamp), for the latency histogram.
@@ -142,6 +142,12 @@ pub enum Remote {
         /// The stream.
         state: Result<StreamState, String>,
     },
+}
+
+/// A user stream's epoch as shards keep it: the 16 hex digits Redis stores, as a number
+/// (never 0, which marks a stream still loading). Parsed once per message, by the broker.
+pub fn user_epoch(e: &str) -> u64 {
+    u64::from_str_radix(e, 16).unwrap_or(1).max(1)
 }
 
 /// How a broker thread backs off between reconnects.

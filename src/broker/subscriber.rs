@@ -456,7 +456,7 @@ impl Subscriber {
                 let m = Remote::UserPush {
                     user: u.into(),
                     seq: entry.seq,
-                    epoch: entry.epoch.into(),
+                    epoch: super::user_epoch(entry.epoch),
                     frame: entry.frame(None),
                     accepted_at,
                 };

@@ -21,7 +21,7 @@ use rustc_hash::FxBuildHasher;
 
 use super::conn::{PARKED, WAITING_TOPIC};
 use super::{Shard, CHANNEL_BATCH};
-use crate::broker::{Interest, Remote, StreamState};
+use crate::broker::{user_epoch, Interest, Remote, StreamState};
 use crate::command::Resume;
 use crate::frame::Close;
 use crate::messages;
@@ -122,11 +122,6 @@ fn shrink_when_idle<K: std::hash::Hash + Eq, V>(m: &mut HashMap<K, V, FxBuildHas
     if m.is_empty() && m.capacity() > 64 {
         m.shrink_to_fit();
     }
-}
-
-/// The user epoch Redis gave, as the shard keeps it (16 hex digits; 0 means "loading").
-fn user_epoch(e: &str) -> u64 {
-    u64::from_str_radix(e, 16).unwrap_or(1).max(1)
 }
 
 impl Shard {
@@ -256,7 +251,7 @@ impl Shard {
                     epoch,
                     frame,
                     accepted_at,
-                } => self.remote_user_push(&user, seq, user_epoch(&epoch), frame, accepted_at),
+                } => self.remote_user_push(&user, seq, epoch, frame, accepted_at),
                 Remote::TopicPush {
                     topic,
                     seq,

@@ -52,7 +52,7 @@ fn user_push(user: &str, seq: u64, epoch: &str) -> Remote {
     Remote::UserPush {
         user: user.into(),
         seq,
-        epoch: epoch.into(),
+        epoch: crate::broker::user_epoch(epoch),
         frame: user_frame(seq),
         accepted_at: Instant::now(),
     }
