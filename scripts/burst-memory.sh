@@ -41,10 +41,6 @@ export THRONG_JWT_SECRET THRONG_API_KEY
 SRV_PID=$!
 wait_listening burst-memory "$SRV_PID" "$WORK/server.log" || exit 1
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$SRV_PID/status"; }
-stat_field() {
-    curl -s -H "Authorization: Bearer $THRONG_API_KEY" "http://$API_ADDR/v1/stats" |
-        python3 -c "import json,sys; print(json.load(sys.stdin)[sys.argv[1]])" "$1"
-}
 
 start=$(rss_kb)
 HOLD=$((WATCH + BURSTS / 20 + 20))
@@ -52,11 +48,7 @@ timeout $((N / 5000 + HOLD + 60)) "$LOAD" connect --url "ws://$CLIENT_ADDR/ws" \
     --connections "$N" --connect-rate 5000 --source-ips "$SOURCE_IPS" --settle-secs 2 \
     --hold-secs "$HOLD" >"$WORK/load.log" 2>&1 &
 LOAD_PID=$!
-for _ in $(seq 600); do
-    [[ $(stat_field connections) -ge $N ]] && break
-    kill -0 "$LOAD_PID" 2>/dev/null || { echo "burst-memory: throng-load ended early" >&2; cat "$WORK/load.log" >&2; exit 1; }
-    sleep 0.1
-done
+wait_connections burst-memory "$N" "$LOAD_PID" "$WORK/load.log" || exit 1
 sleep 2
 idle=$(rss_kb)
 PAD=$(head -c "$DATA" /dev/zero | tr '\0' x)
@@ -66,7 +58,7 @@ for i in $(seq "$BURSTS"); do
 done
 for t in $(seq "$WATCH"); do
     sleep 1
-    echo "burst-memory: t=${t}s rss=$(rss_kb) kB outbound_bytes=$(stat_field outbound_bytes) connections=$(stat_field connections)"
+    echo "burst-memory: t=${t}s rss=$(rss_kb) kB outbound_bytes=$(api_stat outbound_bytes) connections=$(api_stat connections)"
 done
 after=$(rss_kb)
 echo "burst-memory: N=$N, $BURSTS broadcasts of $DATA bytes"

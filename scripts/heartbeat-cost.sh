@@ -41,10 +41,6 @@ export THRONG_JWT_SECRET THRONG_API_KEY
     --idle-timeout-ms $((PING_MS * 3)) >"$WORK/server.out" 2>"$WORK/server.log" &
 SRV_PID=$!
 wait_listening heartbeat-cost "$SRV_PID" "$WORK/server.log" || exit 1
-stat_field() {
-    curl -s -H "Authorization: Bearer $THRONG_API_KEY" "http://$API_ADDR/v1/stats" |
-        python3 -c "import json,sys; d=json.load(sys.stdin); print(d['counters'].get(sys.argv[1], d.get(sys.argv[1])))" "$1"
-}
 # utime + stime of the server, in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$SRV_PID/stat"; }
 HZ=$(getconf CLK_TCK)
@@ -53,17 +49,13 @@ timeout $((N / 5000 + WINDOW + 90)) "$LOAD" connect --url "ws://$CLIENT_ADDR/ws"
     --connections "$N" --connect-rate 5000 --source-ips "$SOURCE_IPS" --settle-secs 2 \
     --hold-secs $((WINDOW + 20)) >"$WORK/load.log" 2>&1 &
 LOAD_PID=$!
-for _ in $(seq 600); do
-    [[ $(stat_field connections) -ge $N ]] && break
-    kill -0 "$LOAD_PID" 2>/dev/null || { echo "heartbeat-cost: throng-load ended early" >&2; cat "$WORK/load.log" >&2; exit 1; }
-    sleep 0.1
-done
+wait_connections heartbeat-cost "$N" "$LOAD_PID" "$WORK/load.log" || exit 1
 # A full interval first, so the window sees steady pinging, not the connect ramp.
 sleep $(((PING_MS + 999) / 1000 + 2))
-c0=$(cpu_ticks) p0=$(stat_field pings)
+c0=$(cpu_ticks) p0=$(api_stat pings)
 sleep "$WINDOW"
-c1=$(cpu_ticks) p1=$(stat_field pings)
-conns=$(stat_field connections)
+c1=$(cpu_ticks) p1=$(api_stat pings)
+conns=$(api_stat connections)
 python3 - "$c0" "$c1" "$p0" "$p1" "$HZ" "$WINDOW" "$conns" "$PING_MS" <<'PY'
 import sys
 c0, c1, p0, p1, hz, window, conns, ping_ms = map(float, sys.argv[1:])

@@ -69,3 +69,26 @@ wait_listening() {
     cat "$log" >&2
     return 1
 }
+
+# A field of the server's `/v1/stats` at $API_ADDR (a counter, or a top-level gauge).
+api_stat() {
+    curl -s -H "Authorization: Bearer $THRONG_API_KEY" "http://$API_ADDR/v1/stats" |
+        python3 -c "import json,sys; d=json.load(sys.stdin); print(d['counters'].get(sys.argv[1], d.get(sys.argv[1])))" "$1"
+}
+
+# Waits (at most 60 s) until the server holds $2 connections; fails, with the load
+# generator's log ($4), if the load generator (pid $3) ends first.
+wait_connections() {
+    local who=$1 want=$2 load_pid=$3 log=$4
+    for _ in $(seq 600); do
+        [[ $(api_stat connections) -ge $want ]] && return 0
+        if ! kill -0 "$load_pid" 2>/dev/null; then
+            echo "$who: throng-load ended early" >&2
+            cat "$log" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+    echo "$who: $want connections not open within 60 s" >&2
+    return 1
+}
