@@ -239,11 +239,18 @@ impl Shard {
 
     /// Takes what the broker sent, a batch per turn.
     pub(super) fn take_remote(&mut self) {
-        let Some(c) = self.cluster.as_ref() else {
+        if self.cluster.is_none() {
             return;
-        };
-        let msgs: Vec<Remote> = c.link.remote.try_iter().take(CHANNEL_BATCH).collect();
-        for m in msgs {
+        }
+        for _ in 0..CHANNEL_BATCH {
+            // One message at a time: no batch buffer per turn.
+            let Some(m) = self
+                .cluster
+                .as_ref()
+                .and_then(|c| c.link.remote.try_recv().ok())
+            else {
+                break;
+            };
             match m {
                 Remote::UserPush {
                     user,
