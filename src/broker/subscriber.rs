@@ -463,14 +463,17 @@ impl Subscriber {
                 self.send(shard, m);
             }
             Some(StreamRef::Topic(t)) => {
-                let Some(shards) = self.topics.get(t).cloned() else {
+                // The map's own name, not a new one per message.
+                let Some((name, list)) = self.topics.get_key_value(t) else {
                     return;
                 };
+                let topic = Arc::clone(name);
+                // Copied out (sending needs `self`); inline for up to 16 shards.
+                let shards: smallvec::SmallVec<[usize; 16]> = list.iter().copied().collect();
                 // Encoded once for the node, shared by its shards.
                 let frame = entry.frame(Some(t));
-                let topic: Arc<str> = t.into();
                 let epoch: Arc<str> = entry.epoch.into();
-                for shard in shards {
+                for &shard in &shards {
                     self.send(
                         shard,
                         Remote::TopicPush {
