@@ -27,6 +27,7 @@ pub mod reactor;
 pub mod route;
 pub mod server;
 pub mod shard;
+pub mod slots;
 pub mod topic;
 pub mod wheel;
 pub mod wire;
