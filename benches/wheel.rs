@@ -5,7 +5,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, SamplingMode, Throughput};
-use throng::wheel::{TimerId, Wheel};
+use throng::wheel::{Core, Place, Timed, TimerId, Wheel};
 
 const N: usize = 1_000_000;
 /// Deadlines fall in the next 5 minutes of 10 ms ticks (the shard's tick), which spreads
@@ -94,5 +94,77 @@ fn wheel(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, wheel);
+/// Items that keep their own deadline and place, as the shard's connection slots do.
+struct Items(Vec<(u32, Place)>);
+
+impl Timed for Items {
+    fn deadline(&self, key: u32) -> u64 {
+        u64::from(self.0[key as usize].0)
+    }
+    fn set_deadline(&mut self, key: u32, deadline: u64) {
+        self.0[key as usize].0 = deadline as u32;
+    }
+    fn place(&mut self, key: u32) -> &mut Place {
+        &mut self.0[key as usize].1
+    }
+}
+
+fn filled_core(deadlines: &[u64]) -> (Core, Items) {
+    let mut core = Core::new();
+    let mut items = Items(vec![(0, Place::UNLINKED); deadlines.len()]);
+    for (i, &d) in deadlines.iter().enumerate() {
+        core.insert(&mut items, i as u32, d);
+    }
+    (core, items)
+}
+
+/// The same million timers kept in their owners' slots (`Core`), as the shard keeps its
+/// connections' heartbeat timers.
+fn core(c: &mut Criterion) {
+    let deadlines = deadlines();
+    let mut g = c.benchmark_group("wheel_1M_in_slots");
+    g.sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .throughput(Throughput::Elements(N as u64));
+    g.bench_function("insert", |b| {
+        b.iter_batched(
+            || (Core::new(), Items(vec![(0, Place::UNLINKED); N])),
+            |(mut core, mut items)| {
+                for (i, d) in deadlines.iter().enumerate() {
+                    core.insert(&mut items, i as u32, *d);
+                }
+                (core, items)
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.bench_function("cancel", |b| {
+        b.iter_batched(
+            || filled_core(&deadlines),
+            |(mut core, mut items)| {
+                for key in 0..N as u32 {
+                    black_box(core.cancel(&mut items, key));
+                }
+                (core, items)
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.bench_function("advance", |b| {
+        b.iter_batched(
+            || (filled_core(&deadlines), Vec::with_capacity(N)),
+            |((mut core, mut items), mut fired)| {
+                core.advance(&mut items, SPAN, &mut fired);
+                debug_assert_eq!(fired.len(), N);
+                (core, items, fired)
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, wheel, core);
 criterion_main!(benches);

@@ -28,6 +28,18 @@ impl<T> Slots<T> {
         }
     }
 
+    /// No values, with room for `n` before the table first grows. A large table's room
+    /// is address space only (the allocator maps it; pages become resident as slots
+    /// fill), and it spares the shard the copy of every slot at each doubling, and the
+    /// holes the old copies leave in the heap.
+    pub fn with_capacity(n: usize) -> Self {
+        Slots {
+            entries: Vec::with_capacity(n),
+            free: Vec::new(),
+            len: 0,
+        }
+    }
+
     /// Number of values held.
     pub fn len(&self) -> usize {
         self.len

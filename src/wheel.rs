@@ -3,8 +3,15 @@
 //! Six levels of 64 slots cover 2^36 ticks. An entry sits in the level of the highest
 //! bit in which its deadline differs from `now`, and cascades one level down each time
 //! the wheel crosses the boundary of its slot. Slots are intrusive doubly linked lists
-//! over one slab, so cancelling never searches. Each slab slot carries a generation,
-//! bumped whenever it is freed, so a stale `TimerId` never reaches the slot's next timer.
+//! through the timed items themselves, so cancelling never searches.
+//!
+//! `Core` is the wheel without storage: whoever owns the timed items keeps each one's
+//! deadline and `Place` (`Timed`). The shard keeps them inside its connection slots, so an
+//! idle connection's heartbeat costs no entry of its own (a separate 32-byte entry per
+//! connection before). `Wheel<T>` is the same wheel with its own slab of values, for
+//! owners without such slots (the acceptor's handshakes); each of its slots carries a
+//! generation, bumped whenever it is freed, so a stale `TimerId` never reaches the slot's
+//! next timer.
 
 use std::num::NonZeroU32;
 
@@ -13,58 +20,74 @@ const SLOT_BITS: u32 = 6;
 const SLOTS: usize = 1 << SLOT_BITS;
 const MASK: u64 = SLOTS as u64 - 1;
 const NIL: u32 = u32::MAX;
+/// `Place::level` of an item that is not in the wheel.
+const UNLINKED: u8 = u8::MAX;
 /// Ticks the wheel can hold ahead of `now`.
 const RANGE: u64 = 1 << (SLOT_BITS as usize * LEVELS);
 
-/// Handle of an armed timer; valid until it fires or is cancelled, after which the
-/// wheel ignores it (its slot's generation has moved on).
+/// Where a timed item sits in the wheel: its neighbours in the slot's list and the slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TimerId {
-    key: u32,
-    // NonZero so `Option<TimerId>` needs no tag and stays 8 bytes in the connection slot.
-    generation: NonZeroU32,
-}
-
-/// One slab slot: armed while `value` is `Some`, otherwise on the free list via `next`.
-/// The value sits inside the slot (not in a side table of generations) so that insert,
-/// cancel and firing touch one cache line per timer, as with the plain slab before.
-struct Entry<T> {
-    value: Option<T>,
-    deadline: u64,
-    generation: NonZeroU32,
+pub struct Place {
     prev: u32,
     next: u32,
     level: u8,
     slot: u8,
 }
 
-/// A timing wheel holding values of type `T` due at integer ticks.
-pub struct Wheel<T> {
+impl Default for Place {
+    fn default() -> Self {
+        Place::UNLINKED
+    }
+}
+
+impl Place {
+    /// Not in the wheel.
+    pub const UNLINKED: Place = Place {
+        prev: NIL,
+        next: NIL,
+        level: UNLINKED,
+        slot: 0,
+    };
+
+    /// Whether the item is armed (linked into a slot).
+    pub fn is_linked(&self) -> bool {
+        self.level != UNLINKED
+    }
+}
+
+/// Storage of the items a `Core` times, by `u32` key: each keeps its deadline and place.
+pub trait Timed {
+    /// The deadline `key` was armed for.
+    fn deadline(&self, key: u32) -> u64;
+    /// Records `key`'s deadline (always within the owner's range of ticks: `Core` never
+    /// moves a deadline past what the owner asked, only up to `now`).
+    fn set_deadline(&mut self, key: u32, deadline: u64);
+    /// `key`'s place in the wheel.
+    fn place(&mut self, key: u32) -> &mut Place;
+}
+
+/// The wheel's slots and clock, without the items.
+pub struct Core {
     now: u64,
     heads: [[u32; SLOTS]; LEVELS],
     occupied: [u64; LEVELS],
-    entries: Vec<Entry<T>>,
-    /// Head of the free slots, linked through `Entry::next`; `NIL` when none.
-    free: u32,
     /// Number of armed timers.
     len: usize,
 }
 
-impl<T> Default for Wheel<T> {
+impl Default for Core {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<T> Wheel<T> {
+impl Core {
     /// An empty wheel at tick 0.
     pub fn new() -> Self {
-        Wheel {
+        Core {
             now: 0,
             heads: [[NIL; SLOTS]; LEVELS],
             occupied: [0; LEVELS],
-            entries: Vec::new(),
-            free: NIL,
             len: 0,
         }
     }
@@ -84,90 +107,58 @@ impl<T> Wheel<T> {
         self.len == 0
     }
 
-    /// Arms a timer for `deadline`; a deadline in the past fires on the next advance, and
-    /// one beyond the wheel's range (2^36 ticks) fires at the end of the range, early:
-    /// owners re-arm for the remainder, as they do after any early firing.
-    pub fn insert(&mut self, deadline: u64, value: T) -> TimerId {
+    /// Arms `key` for `deadline`, first disarming it if it was armed. A deadline in the
+    /// past fires on the next advance, and one beyond the wheel's range (2^36 ticks)
+    /// fires at the end of the range, early: owners re-arm for the remainder, as they do
+    /// after any early firing.
+    pub fn insert<S: Timed + ?Sized>(&mut self, items: &mut S, key: u32, deadline: u64) {
+        self.cancel(items, key);
         let deadline = deadline.clamp(self.now, self.now.saturating_add(RANGE - 1));
-        let (key, generation) = if self.free != NIL {
-            let key = self.free;
-            let e = &mut self.entries[key as usize];
-            self.free = e.next;
-            e.value = Some(value);
-            e.deadline = deadline;
-            (key, e.generation)
-        } else {
-            // A wheel never holds 2^32 timers: each one is a connection or handshake.
-            let key = self.entries.len() as u32;
-            self.entries.push(Entry {
-                value: Some(value),
-                deadline,
-                generation: NonZeroU32::MIN,
-                prev: NIL,
-                next: NIL,
-                level: 0,
-                slot: 0,
-            });
-            (key, NonZeroU32::MIN)
-        };
+        items.set_deadline(key, deadline);
         self.len += 1;
-        self.link(key);
-        TimerId { key, generation }
+        self.link(items, key);
     }
 
-    /// Disarms a timer, returning its value; `None` if it already fired or was cancelled
-    /// (even when its slot now holds another timer).
-    pub fn cancel(&mut self, id: TimerId) -> Option<T> {
-        self.armed(id)?;
-        self.unlink(id.key);
-        let value = self.entries[id.key as usize].value.take();
-        self.release(id.key);
-        value
-    }
-
-    /// Deadline of an armed timer; `None` if it already fired or was cancelled.
-    pub fn deadline(&self, id: TimerId) -> Option<u64> {
-        self.armed(id).map(|e| e.deadline)
-    }
-
-    /// The entry `id` names, if that timer is still armed.
-    fn armed(&self, id: TimerId) -> Option<&Entry<T>> {
-        self.entries
-            .get(id.key as usize)
-            .filter(|e| e.generation == id.generation && e.value.is_some())
-    }
-
-    /// Returns an unlinked, emptied slot to the free list under a new generation, so ids
-    /// handed out for it so far stop matching. Wraps past `u32::MAX` to 1: a stale id
-    /// would have to sit through 2^32 - 1 reuses of its slot to match again.
-    fn release(&mut self, key: u32) {
-        let e = &mut self.entries[key as usize];
-        e.generation = e.generation.checked_add(1).unwrap_or(NonZeroU32::MIN);
-        e.next = self.free;
-        self.free = key;
+    /// Disarms `key`; false if it was not armed.
+    pub fn cancel<S: Timed + ?Sized>(&mut self, items: &mut S, key: u32) -> bool {
+        if !items.place(key).is_linked() {
+            return false;
+        }
+        self.unlink(items, key);
+        *items.place(key) = Place::UNLINKED;
         self.len -= 1;
+        true
     }
 
-    /// Processes every tick up to and including `target`, pushing values that came due.
-    pub fn advance(&mut self, target: u64, fired: &mut Vec<T>) {
+    /// Processes every tick up to and including `target`, pushing the keys that came
+    /// due (they are disarmed).
+    pub fn advance<S: Timed + ?Sized>(&mut self, items: &mut S, target: u64, fired: &mut Vec<u32>) {
+        self.advance_with(items, target, |_, key| fired.push(key));
+    }
+
+    /// `advance`, handing each key that came due (disarmed) to `on_fire` while its item
+    /// is still in cache.
+    pub fn advance_with<S: Timed + ?Sized>(
+        &mut self,
+        items: &mut S,
+        target: u64,
+        mut on_fire: impl FnMut(&mut S, u32),
+    ) {
         while self.now <= target {
             let t = self.now;
             if t & MASK == 0 && t != 0 {
-                self.cascade(t);
+                self.cascade(items, t);
             }
             let slot = (t & MASK) as usize;
             let mut key = self.heads[0][slot];
             self.heads[0][slot] = NIL;
             self.occupied[0] &= !(1u64 << slot);
             while key != NIL {
-                let e = &mut self.entries[key as usize];
-                let next = e.next;
-                let value = e.value.take();
-                self.release(key);
-                // Always Some: only armed entries are linked into a slot.
-                if let Some(value) = value {
-                    fired.push(value);
-                }
+                let place = items.place(key);
+                let next = place.next;
+                *place = Place::UNLINKED;
+                self.len -= 1;
+                on_fire(items, key);
                 key = next;
             }
             self.now = self.next_tick_to_visit(t).min(target.saturating_add(1));
@@ -233,9 +224,11 @@ impl<T> Wheel<T> {
         }
         best
     }
+}
 
+impl Core {
     /// At a slot boundary, moves the entries of every level whose slot begins now down.
-    fn cascade(&mut self, t: u64) {
+    fn cascade<S: Timed + ?Sized>(&mut self, items: &mut S, t: u64) {
         // Highest level first, so entries can fall through several levels in one pass.
         let mut top = 0;
         for level in 1..LEVELS {
@@ -252,15 +245,15 @@ impl<T> Wheel<T> {
             self.heads[level][slot] = NIL;
             self.occupied[level] &= !(1u64 << slot);
             while key != NIL {
-                let next = self.entries[key as usize].next;
-                self.link(key);
+                let next = items.place(key).next;
+                self.link(items, key);
                 key = next;
             }
         }
     }
 
-    fn link(&mut self, key: u32) {
-        let deadline = self.entries[key as usize].deadline;
+    fn link<S: Timed + ?Sized>(&mut self, items: &mut S, key: u32) {
+        let deadline = items.deadline(key);
         let diff = deadline ^ self.now;
         let level = if diff == 0 {
             0
@@ -270,36 +263,194 @@ impl<T> Wheel<T> {
         .min(LEVELS - 1);
         let slot = ((deadline >> (SLOT_BITS * level as u32)) & MASK) as usize;
         let head = self.heads[level][slot];
-        {
-            let e = &mut self.entries[key as usize];
-            e.level = level as u8;
-            e.slot = slot as u8;
-            e.prev = NIL;
-            e.next = head;
-        }
+        *items.place(key) = Place {
+            prev: NIL,
+            next: head,
+            level: level as u8,
+            slot: slot as u8,
+        };
         if head != NIL {
-            self.entries[head as usize].prev = key;
+            items.place(head).prev = key;
         }
         self.heads[level][slot] = key;
         self.occupied[level] |= 1u64 << slot;
     }
 
-    fn unlink(&mut self, key: u32) {
-        let (prev, next, level, slot) = {
-            let e = &self.entries[key as usize];
-            (e.prev, e.next, e.level as usize, e.slot as usize)
-        };
+    fn unlink<S: Timed + ?Sized>(&mut self, items: &mut S, key: u32) {
+        let Place {
+            prev,
+            next,
+            level,
+            slot,
+        } = *items.place(key);
+        let (level, slot) = (level as usize, slot as usize);
         if prev == NIL {
             self.heads[level][slot] = next;
             if next == NIL {
                 self.occupied[level] &= !(1u64 << slot);
             }
         } else {
-            self.entries[prev as usize].next = next;
+            items.place(prev).next = next;
         }
         if next != NIL {
-            self.entries[next as usize].prev = prev;
+            items.place(next).prev = prev;
         }
+    }
+}
+
+/// Handle of an armed timer; valid until it fires or is cancelled, after which the
+/// wheel ignores it (its slot's generation has moved on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimerId {
+    key: u32,
+    // NonZero so `Option<TimerId>` needs no tag.
+    generation: NonZeroU32,
+}
+
+/// One slab slot of a `Wheel`: armed while its place is linked (and `value` is `Some`);
+/// a free slot is on the free list through its place's `next`.
+struct Entry<T> {
+    value: Option<T>,
+    deadline: u64,
+    generation: NonZeroU32,
+    place: Place,
+}
+
+/// The slots of a `Wheel`, as a `Core` sees them, with their free list.
+struct Entries<T> {
+    slots: Vec<Entry<T>>,
+    /// Head of the free slots; `NIL` when none.
+    free: u32,
+}
+
+impl<T> Entries<T> {
+    /// Returns an unlinked slot to the free list under a new generation, so ids handed
+    /// out for it so far stop matching. Wraps past `u32::MAX` to 1: a stale id would have
+    /// to sit through 2^32 - 1 reuses of its slot to match again.
+    fn release(&mut self, key: u32) {
+        let e = &mut self.slots[key as usize];
+        e.generation = e.generation.checked_add(1).unwrap_or(NonZeroU32::MIN);
+        e.place.next = self.free;
+        self.free = key;
+    }
+}
+
+impl<T> Timed for Entries<T> {
+    fn deadline(&self, key: u32) -> u64 {
+        self.slots[key as usize].deadline
+    }
+
+    fn set_deadline(&mut self, key: u32, deadline: u64) {
+        self.slots[key as usize].deadline = deadline;
+    }
+
+    fn place(&mut self, key: u32) -> &mut Place {
+        &mut self.slots[key as usize].place
+    }
+}
+
+/// A timing wheel holding values of type `T` due at integer ticks.
+pub struct Wheel<T> {
+    core: Core,
+    entries: Entries<T>,
+}
+
+impl<T> Default for Wheel<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> Wheel<T> {
+    /// An empty wheel at tick 0.
+    pub fn new() -> Self {
+        Wheel {
+            core: Core::new(),
+            entries: Entries {
+                slots: Vec::new(),
+                free: NIL,
+            },
+        }
+    }
+
+    /// The next tick that `advance` has not processed yet.
+    pub fn now(&self) -> u64 {
+        self.core.now()
+    }
+
+    /// Number of armed timers.
+    pub fn len(&self) -> usize {
+        self.core.len()
+    }
+
+    /// Whether no timer is armed.
+    pub fn is_empty(&self) -> bool {
+        self.core.is_empty()
+    }
+
+    /// Arms a timer for `deadline` (see `Core::insert` for the past and the far future).
+    pub fn insert(&mut self, deadline: u64, value: T) -> TimerId {
+        let entries = &mut self.entries;
+        let (key, generation) = if entries.free != NIL {
+            let key = entries.free;
+            let e = &mut entries.slots[key as usize];
+            entries.free = e.place.next;
+            e.place = Place::UNLINKED;
+            e.value = Some(value);
+            (key, e.generation)
+        } else {
+            // A wheel never holds 2^32 timers: each one is a connection or handshake.
+            let key = entries.slots.len() as u32;
+            entries.slots.push(Entry {
+                value: Some(value),
+                deadline: 0,
+                generation: NonZeroU32::MIN,
+                place: Place::UNLINKED,
+            });
+            (key, NonZeroU32::MIN)
+        };
+        self.core.insert(&mut self.entries, key, deadline);
+        TimerId { key, generation }
+    }
+
+    /// Disarms a timer, returning its value; `None` if it already fired or was cancelled
+    /// (even when its slot now holds another timer).
+    pub fn cancel(&mut self, id: TimerId) -> Option<T> {
+        self.armed(id)?;
+        self.core.cancel(&mut self.entries, id.key);
+        let value = self.entries.slots[id.key as usize].value.take();
+        self.entries.release(id.key);
+        value
+    }
+
+    /// Deadline of an armed timer; `None` if it already fired or was cancelled.
+    pub fn deadline(&self, id: TimerId) -> Option<u64> {
+        self.armed(id).map(|e| e.deadline)
+    }
+
+    /// The entry `id` names, if that timer is still armed.
+    fn armed(&self, id: TimerId) -> Option<&Entry<T>> {
+        self.entries
+            .slots
+            .get(id.key as usize)
+            .filter(|e| e.generation == id.generation && e.place.is_linked())
+    }
+
+    /// Processes every tick up to and including `target`, pushing values that came due.
+    pub fn advance(&mut self, target: u64, fired: &mut Vec<T>) {
+        self.core
+            .advance_with(&mut self.entries, target, |entries, key| {
+                // Always Some: only armed entries are linked into a slot.
+                if let Some(value) = entries.slots[key as usize].value.take() {
+                    fired.push(value);
+                }
+                entries.release(key);
+            });
+    }
+
+    /// The earliest tick at which `advance` has work (a due slot or a cascade), if any.
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.core.next_expiry()
     }
 }
 
@@ -357,8 +508,52 @@ mod tests {
 
     #[test]
     fn entry_stays_one_half_cache_line() {
-        // The generation fits in the padding: as large as the slab slot it replaced.
+        // The free list runs through the place: as large as the slab slot it replaced.
         assert_eq!(std::mem::size_of::<Entry<u32>>(), 32);
+    }
+
+    #[test]
+    fn place_fits_in_twelve_bytes() {
+        // What a connection slot carries for its timer, besides the deadline.
+        assert_eq!(std::mem::size_of::<Place>(), 12);
+    }
+
+    /// Items keeping their own deadlines and places, as the shard's connections do.
+    struct Items(Vec<(u32, Place)>);
+
+    impl Timed for Items {
+        fn deadline(&self, key: u32) -> u64 {
+            u64::from(self.0[key as usize].0)
+        }
+        fn set_deadline(&mut self, key: u32, deadline: u64) {
+            self.0[key as usize].0 = deadline as u32;
+        }
+        fn place(&mut self, key: u32) -> &mut Place {
+            &mut self.0[key as usize].1
+        }
+    }
+
+    #[test]
+    fn core_rearms_cancels_and_fires_owned_items() {
+        let mut items = Items(vec![(0, Place::UNLINKED); 4]);
+        let mut core = Core::new();
+        core.insert(&mut items, 0, 10);
+        core.insert(&mut items, 1, 70);
+        core.insert(&mut items, 2, 5000);
+        // Arming an armed item moves it: one timer per item.
+        core.insert(&mut items, 1, 20);
+        assert_eq!(core.len(), 3);
+        assert!(core.cancel(&mut items, 2));
+        assert!(!core.cancel(&mut items, 2), "cancelled once");
+        assert!(!core.cancel(&mut items, 3), "never armed");
+        assert!(!items.0[2].1.is_linked());
+        let mut fired = Vec::new();
+        core.advance(&mut items, 19, &mut fired);
+        assert_eq!(fired, vec![0]);
+        core.advance(&mut items, 6000, &mut fired);
+        assert_eq!(fired, vec![0, 1]);
+        assert!(core.is_empty());
+        assert!(items.0.iter().all(|(_, p)| !p.is_linked()));
     }
 
     #[test]
@@ -394,7 +589,7 @@ mod tests {
     fn generation_wraps_past_zero() {
         let mut w = Wheel::new();
         let a = w.insert(10, 1);
-        w.entries[a.key as usize].generation = NonZeroU32::MAX;
+        w.entries.slots[a.key as usize].generation = NonZeroU32::MAX;
         let a = TimerId {
             generation: NonZeroU32::MAX,
             ..a

@@ -1,15 +1,18 @@
 //! A client connection's state on its shard, and the shard's outbound path: per-connection
 //! queues that exist only while a socket would block, flushed with one vectored write.
 
+use std::collections::HashMap;
+
+use rustc_hash::FxBuildHasher;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
-use std::net::{IpAddr, Shutdown};
+use std::net::{IpAddr, Ipv6Addr, Shutdown};
 
+use crate::slots::Slots;
 use crate::wire::Wire;
 use mio::net::TcpStream;
-use slab::Slab;
 
-use crate::wheel::TimerId;
+use crate::wheel::{Place, Timed};
 
 /// A server ping is outstanding (no inbound traffic since it was sent).
 pub(super) const PING_SENT: u8 = 1;
@@ -25,6 +28,8 @@ pub(super) const WAITING_TOPIC: u8 = 32;
 pub(super) const DIRTY: u8 = 8;
 /// `token_expiring` was sent for the current token (cleared by a refresh).
 pub(super) const EXPIRING_SENT: u8 = 16;
+/// The client's address is IPv6, kept in `Conns::v6_peers`.
+const IPV6: u8 = 64;
 
 /// Where a connection is in its close lifecycle; only ever moves forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -162,18 +167,20 @@ pub(super) struct Conn {
     pub last_rx: u32,
     /// Tick at which the token expires (`u32::MAX`: never).
     pub expires: u32,
-    /// The one armed timer, if any.
-    pub timer: Option<TimerId>,
+    /// Tick the connection's one timer is armed for (valid while `place` is linked).
+    pub deadline: u32,
+    /// The timer's place in the shard's wheel (`Core`): kept here, not in an entry of its
+    /// own, so an idle connection's heartbeat costs 16 bytes of its slot and nothing else.
+    pub place: Place,
     /// `PING_SENT`, `DRAIN_DUE`, `DIRTY`, `EXPIRING_SENT`.
     pub flags: u8,
     /// The close lifecycle.
     pub phase: Phase,
     /// Client messages refused in a row.
     pub refused: u8,
-    /// Client IP, released from admission control at the end.
-    pub ip: IpAddr,
-    /// Only while a frame or message is incomplete.
-    pub partial: Option<Box<Partial>>,
+    /// Client IPv4 address, released from admission control at the end; with `IPV6` in
+    /// `flags` the address is in `Conns::v6_peers` instead (17 bytes for an `IpAddr` here).
+    pub ip4: u32,
     /// Only while the socket would block.
     pub out: Option<Box<OutQueue>>,
     /// Topic keys this connection is subscribed to.
@@ -269,7 +276,7 @@ pub(super) enum Sent {
 /// The shard's connections and everything about getting bytes to them.
 pub(super) struct Conns {
     /// Connections by key; the key is also the mio token.
-    slab: Slab<Conn>,
+    slab: Slots<Conn>,
     dirty: Vec<u32>,
     // Boxed on purpose: queues move between connections and the pool without reallocating.
     #[allow(clippy::vec_box)]
@@ -281,6 +288,13 @@ pub(super) struct Conns {
     queued: usize,
     /// Exact sum of every connection's partial inbound bytes (settled after each read).
     partial: usize,
+    /// Incomplete inbound frames and messages by key: rare, so kept beside the slots
+    /// rather than as a word in every one.
+    partials: HashMap<u32, Partial, FxBuildHasher>,
+    /// Addresses of IPv6 clients by key (IPv4 ones live in their slots).
+    v6_peers: HashMap<u32, Ipv6Addr>,
+    /// What `Timed::place` lends for a key without a connection (never linked).
+    stray: Place,
 }
 
 /// Spare queues kept for reuse, so a burst does not allocate per connection.
@@ -290,27 +304,31 @@ const POOL_MAX: usize = 1024;
 const POOL_QUEUE_SLOTS: usize = 64;
 
 impl Conns {
-    /// No connections; each may queue at most `max_outbound` bytes.
-    pub(super) fn new(max_outbound: usize) -> Conns {
+    /// No connections, with slots reserved for `expected`; each may queue at most
+    /// `max_outbound` bytes.
+    pub(super) fn new(max_outbound: usize, expected: usize) -> Conns {
         Conns {
-            slab: Slab::new(),
+            slab: Slots::with_capacity(expected),
             dirty: Vec::new(),
             pool: Vec::new(),
             max_outbound,
             open: 0,
             queued: 0,
             partial: 0,
+            partials: HashMap::default(),
+            v6_peers: HashMap::new(),
+            stray: Place::UNLINKED,
         }
     }
 
     /// The connection with this key.
     pub(super) fn get(&self, key: u32) -> Option<&Conn> {
-        self.slab.get(key as usize)
+        self.slab.get(key)
     }
 
     /// The connection with this key, to change.
     pub(super) fn get_mut(&mut self, key: u32) -> Option<&mut Conn> {
-        self.slab.get_mut(key as usize)
+        self.slab.get_mut(key)
     }
 
     /// Keys of the connections that are open (not closing).
@@ -318,12 +336,12 @@ impl Conns {
         self.slab
             .iter()
             .filter(|(_, c)| !c.closing())
-            .map(|(k, _)| k as u32)
+            .map(|(k, _)| k)
     }
 
     /// Keys of every connection, closing ones included.
     pub(super) fn all_keys(&self) -> Vec<u32> {
-        self.slab.iter().map(|(k, _)| k as u32).collect()
+        self.slab.iter().map(|(k, _)| k).collect()
     }
 
     /// Whether the shard holds no connection at all.
@@ -333,15 +351,26 @@ impl Conns {
 
     /// The key the next `insert` will use (to register the socket under it first).
     pub(super) fn vacant_key(&self) -> u32 {
-        self.slab.vacant_key() as u32
+        self.slab.vacant_key()
     }
 
-    /// Adds a connection under `vacant_key()`.
-    pub(super) fn insert(&mut self, conn: Conn) -> u32 {
+    /// Adds a connection from `ip` under `vacant_key()`.
+    pub(super) fn insert(&mut self, mut conn: Conn, ip: IpAddr) -> u32 {
         if conn.phase == Phase::Open {
             self.open += 1;
         }
-        self.slab.insert(conn) as u32
+        match ip {
+            IpAddr::V4(v4) => {
+                conn.ip4 = u32::from(v4);
+                conn.flags &= !IPV6;
+            }
+            IpAddr::V6(v6) => {
+                conn.ip4 = 0;
+                conn.flags |= IPV6;
+                self.v6_peers.insert(self.slab.vacant_key(), v6);
+            }
+        }
+        self.slab.insert(conn)
     }
 
     /// Connections in `Phase::Open` (what the shard's `connections` gauge must say).
@@ -356,7 +385,7 @@ impl Conns {
 
     /// Moves `key` from `Open` to `Closing`; false if it was not open (or is gone).
     pub(super) fn begin_closing(&mut self, key: u32) -> bool {
-        match self.slab.get_mut(key as usize) {
+        match self.slab.get_mut(key) {
             Some(c) if c.phase == Phase::Open => {
                 c.phase = Phase::Closing;
                 self.open -= 1;
@@ -371,8 +400,8 @@ impl Conns {
     pub(super) fn holders(&self) -> Vec<(usize, u32)> {
         self.slab
             .iter()
-            .filter(|(_, c)| !c.closing() && (c.out.is_some() || c.partial.is_some()))
-            .map(|(k, _)| (self.footprint(k as u32), k as u32))
+            .filter(|(k, c)| !c.closing() && (c.out.is_some() || self.partials.contains_key(k)))
+            .map(|(k, _)| (self.footprint(k), k))
             .filter(|&(bytes, _)| bytes > 0)
             .collect()
     }
@@ -389,35 +418,64 @@ impl Conns {
 
     /// What `key` holds: queued outbound plus partial inbound bytes.
     pub(super) fn footprint(&self, key: u32) -> usize {
-        self.slab.get(key as usize).map_or(0, |c| {
-            c.out.as_ref().map_or(0, |q| q.bytes) + c.partial.as_ref().map_or(0, |p| p.counted)
-        })
+        self.slab
+            .get(key)
+            .map_or(0, |c| c.out.as_ref().map_or(0, |q| q.bytes))
+            + self.partial(key).map_or(0, |p| p.counted)
     }
 
     /// Brings the shard's partial total up to date with `key`'s partial state after a
     /// read changed it; drops a partial that holds nothing.
     pub(super) fn settle_partial(&mut self, key: u32) {
-        let Some(conn) = self.slab.get_mut(key as usize) else {
-            return;
-        };
-        let Some(p) = conn.partial.as_mut() else {
+        let Some(p) = self.partials.get_mut(&key) else {
             return;
         };
         let held = p.held();
         self.partial = self.partial - p.counted + held;
         p.counted = held;
         if held == 0 && p.message.is_none() {
-            conn.partial = None;
+            self.partials.remove(&key);
         }
     }
 
     /// Drops `key`'s partial state, uncounting it.
     fn drop_partial(&mut self, key: u32) {
-        if let Some(conn) = self.slab.get_mut(key as usize) {
-            if let Some(p) = conn.partial.take() {
-                self.partial -= p.counted;
-            }
+        if let Some(p) = self.partials.remove(&key) {
+            self.partial -= p.counted;
         }
+    }
+
+    /// `key`'s incomplete inbound frame or message, if any.
+    pub(super) fn partial(&self, key: u32) -> Option<&Partial> {
+        if self.partials.is_empty() {
+            // The common case, without hashing.
+            return None;
+        }
+        self.partials.get(&key)
+    }
+
+    /// `key`'s incomplete inbound frame or message, if any, for change.
+    pub(super) fn partial_mut(&mut self, key: u32) -> Option<&mut Partial> {
+        if self.partials.is_empty() {
+            return None;
+        }
+        self.partials.get_mut(&key)
+    }
+
+    /// `key`'s partial state, created empty if it has none (`settle_partial` drops it
+    /// again once it holds nothing); `None` for a connection that is gone or closing.
+    pub(super) fn partial_entry(&mut self, key: u32) -> Option<&mut Partial> {
+        if self.slab.get(key).is_none_or(|c| c.closing()) {
+            return None;
+        }
+        Some(self.partials.entry(key).or_default())
+    }
+
+    /// Takes the start of an incomplete frame `key` holds, if any.
+    pub(super) fn take_leftover(&mut self, key: u32) -> Option<Vec<u8>> {
+        self.partial_mut(key)
+            .filter(|p| !p.leftover.is_empty())
+            .map(|p| std::mem::take(&mut p.leftover))
     }
 
     /// Returns an emptied queue to the pool, or frees it when the pool is full or the
@@ -432,7 +490,7 @@ impl Conns {
 
     /// Queues `frame` for `key`; the write happens at the next `flush_dirty`.
     pub(super) fn send(&mut self, key: u32, frame: Wire) -> Sent {
-        let Some(conn) = self.slab.get_mut(key as usize) else {
+        let Some(conn) = self.slab.get_mut(key) else {
             return Sent::Ok;
         };
         if conn.closing() {
@@ -448,7 +506,7 @@ impl Conns {
         }
         let max = self.max_outbound;
         let pool = &mut self.pool;
-        let Some(conn) = self.slab.get_mut(key as usize) else {
+        let Some(conn) = self.slab.get_mut(key) else {
             return Sent::Ok;
         };
         let q = conn
@@ -472,7 +530,7 @@ impl Conns {
         self.drop_partial(key);
         self.begin_closing(key);
         let pool = &mut self.pool;
-        let Some(conn) = self.slab.get_mut(key as usize) else {
+        let Some(conn) = self.slab.get_mut(key) else {
             return;
         };
         let q = conn
@@ -493,7 +551,7 @@ impl Conns {
 
     /// Writes what `key` has queued. Ok(true) when nothing is left.
     pub(super) fn flush(&mut self, key: u32) -> io::Result<bool> {
-        let Some(conn) = self.slab.get_mut(key as usize) else {
+        let Some(conn) = self.slab.get_mut(key) else {
             return Ok(true);
         };
         let Some(q) = conn.out.as_mut() else {
@@ -522,7 +580,7 @@ impl Conns {
     pub(super) fn flush_dirty(&mut self, broken: &mut Vec<u32>) {
         let dirty = std::mem::take(&mut self.dirty);
         for &key in &dirty {
-            if let Some(conn) = self.slab.get_mut(key as usize) {
+            if let Some(conn) = self.slab.get_mut(key) {
                 conn.flags &= !DIRTY;
             } else {
                 continue;
@@ -543,23 +601,109 @@ impl Conns {
         !self.dirty.is_empty()
     }
 
-    /// Removes a connection, returning its queue to the pool.
-    pub(super) fn remove(&mut self, key: u32) -> Option<Conn> {
+    /// Removes a connection, returning its queue to the pool; gives it back with its
+    /// client's address.
+    pub(super) fn remove(&mut self, key: u32) -> Option<(Conn, IpAddr)> {
         self.drop_partial(key);
-        let mut conn = self.slab.try_remove(key as usize)?;
+        let mut conn = self.slab.remove(key)?;
+        let ip = if conn.flags & IPV6 != 0 {
+            self.v6_peers
+                .remove(&key)
+                .map_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED), IpAddr::V6)
+        } else {
+            IpAddr::V4(conn.ip4.into())
+        };
         if conn.phase == Phase::Open {
             self.open -= 1;
         }
         if let Some(q) = conn.out.take() {
             self.recycle(q);
         }
-        Some(conn)
+        Some((conn, ip))
+    }
+}
+
+/// The shard's wheel keeps each connection's timer in the connection's slot.
+impl Timed for Conns {
+    fn deadline(&self, key: u32) -> u64 {
+        self.slab.get(key).map_or(0, |c| u64::from(c.deadline))
+    }
+
+    fn set_deadline(&mut self, key: u32, deadline: u64) {
+        if let Some(c) = self.slab.get_mut(key) {
+            // The shard's ticks are u32 and the wheel only ever raises a deadline to its
+            // `now`, itself a shard tick: this never truncates.
+            c.deadline = deadline.min(u64::from(u32::MAX)) as u32;
+        }
+    }
+
+    fn place(&mut self, key: u32) -> &mut Place {
+        match self.slab.get_mut(key) {
+            Some(c) => &mut c.place,
+            None => {
+                // Only reachable if a key were armed and then removed unarmed, which
+                // `Shard::finalize` rules out; the stray place is never linked.
+                self.stray = Place::UNLINKED;
+                &mut self.stray
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A connection on a fresh loopback socket (the address given to `insert` is what
+    /// the test is about, not the socket's).
+    fn loopback_conn() -> (Conn, std::net::TcpListener) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let stream =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let conn = Conn {
+            stream: TcpStream::from_std(stream),
+            user: 0,
+            last_rx: 0,
+            expires: u32::MAX,
+            deadline: 0,
+            place: Place::UNLINKED,
+            flags: 0,
+            phase: Phase::Open,
+            refused: 0,
+            ip4: 0,
+            out: None,
+            topics: TopicKeys::default(),
+            stamp: SessionStamp::default(),
+            grant: 0,
+        };
+        (conn, listener)
+    }
+
+    #[test]
+    fn a_connection_gives_back_the_address_it_came_from() {
+        let mut conns = Conns::new(1 << 20, 4);
+        let v4: IpAddr = "203.0.113.7".parse().expect("v4");
+        let v6: IpAddr = "2001:db8::1".parse().expect("v6");
+        let (a, _la) = loopback_conn();
+        let (b, _lb) = loopback_conn();
+        let (c, _lc) = loopback_conn();
+        let ka = conns.insert(a, v4);
+        let kb = conns.insert(b, v6);
+        let kc = conns.insert(c, IpAddr::V6(Ipv6Addr::LOCALHOST));
+        assert_eq!(conns.v6_peers.len(), 2);
+        assert_eq!(conns.remove(kb).map(|(_, ip)| ip), Some(v6));
+        // The key is reused by an IPv4 client: nothing of the IPv6 one sticks to it.
+        let (d, _ld) = loopback_conn();
+        assert_eq!(conns.insert(d, v4), kb);
+        assert_eq!(conns.remove(kb).map(|(_, ip)| ip), Some(v4));
+        assert_eq!(conns.remove(ka).map(|(_, ip)| ip), Some(v4));
+        assert_eq!(
+            conns.remove(kc).map(|(_, ip)| ip),
+            Some(IpAddr::V6(Ipv6Addr::LOCALHOST))
+        );
+        assert!(conns.v6_peers.is_empty());
+        assert!(conns.remove(ka).is_none());
+    }
 
     #[test]
     fn discard_keeps_started_frame() {
@@ -615,12 +759,18 @@ mod tests {
     #[test]
     fn conn_stays_small() {
         // Invariant 3: an idle connection costs only its slot.
-        // 80 bytes in a release build; debug builds of mio add a selector id (8 bytes,
-        // aligning the socket to 8) to every socket.
-        let limit = if cfg!(debug_assertions) { 96 } else { 80 };
+        // 72 bytes in a release build (the timer's deadline and place included; partial
+        // inbound state lives beside the slots); debug builds of mio add a selector id
+        // (8 bytes, aligning the socket to 8) to every socket. The table keeps
+        // `Option<Conn>` at the same size (no slot tag).
+        let limit = if cfg!(debug_assertions) { 80 } else { 72 };
         assert!(
             std::mem::size_of::<Conn>() <= limit,
             "{}",
+            std::mem::size_of::<Conn>()
+        );
+        assert_eq!(
+            std::mem::size_of::<Option<Conn>>(),
             std::mem::size_of::<Conn>()
         );
     }

@@ -9,7 +9,7 @@ use crate::frame::{self, Close, CloseCause, FrameError, Head, Kind};
 use crate::messages::{self, ClientMsg, Refused};
 use crate::topic;
 
-use super::conn::{trim_leftover, Partial, PARKED, PING_SENT, WAITING_TOPIC};
+use super::conn::{trim_leftover, PARKED, PING_SENT, WAITING_TOPIC};
 use super::Shard;
 
 /// Refused client messages in a row that are tolerated; one more closes with 1008.
@@ -47,9 +47,8 @@ impl Shard {
                 // Only the client's close or FIN matter now.
                 continue;
             }
-            match conn.partial.as_mut().filter(|p| !p.leftover.is_empty()) {
-                Some(p) => {
-                    let mut buf = std::mem::take(&mut p.leftover);
+            match self.conns.take_leftover(key) {
+                Some(mut buf) => {
                     buf.extend_from_slice(&self.scratch[..n]);
                     self.ingest(key, &mut buf);
                 }
@@ -85,10 +84,8 @@ impl Shard {
 
     fn keep_leftover(&mut self, key: u32, mut rest: Vec<u8>) {
         trim_leftover(&mut rest);
-        if let Some(c) = self.conns.get_mut(key) {
-            if !c.closing() {
-                c.partial.get_or_insert_with(Default::default).leftover = rest;
-            }
+        if let Some(p) = self.conns.partial_entry(key) {
+            p.leftover = rest;
         }
     }
 
@@ -103,9 +100,9 @@ impl Shard {
             if c.closing() {
                 return buf.len();
             }
-            let assembled = c
-                .partial
-                .as_ref()
+            let assembled = self
+                .conns
+                .partial(key)
                 .and_then(|p| p.message.as_ref())
                 .map_or(0, Vec::len);
             let head = match frame::parse_head(&buf[pos..], max - assembled.min(max)) {
@@ -158,31 +155,28 @@ impl Shard {
                 Ok(())
             }
             Kind::Text => {
-                let in_message = self
-                    .conns
-                    .get(key)
-                    .and_then(|c| c.partial.as_ref())
-                    .is_some_and(|p| p.message.is_some());
+                let in_message = self.conns.partial(key).is_some_and(|p| p.message.is_some());
                 if in_message {
                     return Err(FrameError::BadContinuation);
                 }
                 if head.fin {
                     self.text(key, payload)
                 } else {
-                    if let Some(c) = self.conns.get_mut(key) {
-                        c.partial
-                            .get_or_insert_with(Box::<Partial>::default)
-                            .message = Some(payload.to_vec());
+                    if let Some(p) = self.conns.partial_entry(key) {
+                        p.message = Some(payload.to_vec());
                     }
                     Ok(())
                 }
             }
             Kind::Continue => {
                 let max = self.shared.config.max_message_size;
-                let Some(c) = self.conns.get_mut(key) else {
+                if self.conns.get(key).is_none() {
                     return Ok(());
+                }
+                let Some(p) = self.conns.partial_mut(key) else {
+                    return Err(FrameError::BadContinuation);
                 };
-                let Some(msg) = c.partial.as_mut().and_then(|p| p.message.as_mut()) else {
+                let Some(msg) = p.message.as_mut() else {
                     return Err(FrameError::BadContinuation);
                 };
                 if msg.len() + payload.len() > max {
@@ -190,11 +184,7 @@ impl Shard {
                 }
                 msg.extend_from_slice(payload);
                 if head.fin {
-                    let mut whole = c
-                        .partial
-                        .as_mut()
-                        .and_then(|p| p.message.take())
-                        .unwrap_or_default();
+                    let mut whole = p.message.take().unwrap_or_default();
                     self.text(key, &mut whole)
                 } else {
                     Ok(())

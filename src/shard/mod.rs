@@ -12,6 +12,7 @@ mod history;
 mod inbound;
 mod presence;
 mod refresh;
+mod sessions;
 mod streams;
 mod topics;
 mod users;
@@ -41,7 +42,7 @@ use crate::http;
 use crate::messages;
 use crate::metrics::{self, Metrics, ShardCounters};
 use crate::reactor::{self, Clock, WAKER};
-use crate::wheel::Wheel;
+use crate::wheel::{Core, Place};
 
 pub use cluster::ShardCluster;
 pub use conn::OutQueue;
@@ -60,6 +61,9 @@ const CHANNEL_BATCH: usize = 1024;
 const READS_PER_EVENT: usize = 16;
 /// Scratch read buffer shared by every connection of the shard.
 const SCRATCH_BYTES: usize = 64 * 1024;
+/// Most connection (and user) slots a shard reserves up front: 4M slots of 80 bytes is
+/// 320 MiB of address space; past it the tables grow by doubling.
+const MAX_RESERVED_SLOTS: usize = 1 << 22;
 
 /// The sending ends of a new shard's two queues and its waker: the connection queue goes
 /// to the acceptor's `Links`, the command queue to the push API's.
@@ -138,7 +142,8 @@ struct Shard {
     /// Topic streams: seq, epoch and recent pushes per topic (docs/protocol.md 4.1).
     streams: Streams,
     topics: Topics,
-    wheel: Wheel<u32>,
+    /// Connection timers, kept in the connections' slots.
+    wheel: Core,
     /// Time in wheel ticks (real, or manual in tests).
     clock: Clock,
     /// Current tick, refreshed once per loop turn.
@@ -217,7 +222,13 @@ impl Shard {
             ttl_ticks: ticks(cfg.history_ttl).max(1),
             memory: cfg.history_memory_bytes,
         };
-        let mut users = Users::new(limits);
+        // This shard's share of `max_connections` (bounded): reserved address space for
+        // the connection and user slots, which become resident only as they fill.
+        let expected = cfg
+            .max_connections
+            .div_ceil(cfg.shards.max(1))
+            .min(MAX_RESERVED_SLOTS);
+        let mut users = Users::with_capacity(limits, expected);
         let mut topics = Topics::default();
         if cluster.is_some() {
             users.track_gone();
@@ -228,11 +239,11 @@ impl Shard {
             poll,
             conn_rx,
             cmd_rx,
-            conns: Conns::new(max_outbound),
+            conns: Conns::new(max_outbound, expected),
             users,
             streams: Streams::new(limits, streams::MAX_TOPIC_STREAMS),
             topics,
-            wheel: Wheel::new(),
+            wheel: Core::new(),
             clock,
             tick: 0,
             ping_ticks,
@@ -313,7 +324,8 @@ impl Shard {
         self.users.expire(self.tick);
         self.take_remote();
         self.streams.expire(self.tick);
-        self.wheel.advance(u64::from(self.tick), fired);
+        self.wheel
+            .advance(&mut self.conns, u64::from(self.tick), fired);
         for key in fired.drain(..) {
             self.on_timer(key);
         }
@@ -403,25 +415,28 @@ impl Shard {
         let user = self.users.attach(&h.identity.user, key);
         self.presence_changed(user);
         self.session_counter = self.session_counter.wrapping_add(1);
-        let inserted = self.conns.insert(Conn {
-            stream,
-            user,
-            last_rx: self.tick,
-            expires,
-            timer: None,
-            flags: 0,
-            phase: Phase::Open,
-            refused: 0,
-            ip,
-            partial: None,
-            out: None,
-            topics: TopicKeys::default(),
-            stamp: SessionStamp {
-                session: self.session_counter,
-                connected: self.tick,
+        let inserted = self.conns.insert(
+            Conn {
+                stream,
+                user,
+                last_rx: self.tick,
+                expires,
+                deadline: 0,
+                place: Place::UNLINKED,
+                flags: 0,
+                phase: Phase::Open,
+                refused: 0,
+                ip4: 0,
+                out: None,
+                topics: TopicKeys::default(),
+                stamp: SessionStamp {
+                    session: self.session_counter,
+                    connected: self.tick,
+                },
+                grant: self.grants.intern(std::mem::take(&mut h.identity.topics)),
             },
-            grant: self.grants.intern(std::mem::take(&mut h.identity.topics)),
-        });
+            ip,
+        );
         debug_assert_eq!(inserted, key, "registered under the key the slot got");
         self.counters().connections.fetch_add(1, Relaxed);
         let leftover = std::mem::take(&mut h.leftover);
@@ -594,7 +609,7 @@ impl Shard {
                     reason: &reason,
                     cause: CloseCause::ApiDisconnect,
                 };
-                for &key in &sessions {
+                for &key in sessions.iter() {
                     self.close(key, close);
                 }
                 let n = sessions.len() as u64;
@@ -838,26 +853,19 @@ impl Shard {
     /// Arms the connection's one timer: the next heartbeat check, `token_expiring` hint
     /// or token expiry.
     fn arm(&mut self, key: u32) {
-        let Some(c) = self.conns.get_mut(key) else {
+        let Some(c) = self.conns.get(key) else {
             return;
         };
         if c.closing() {
             // A send in `on_timer` closed it: the close armed the linger timer already.
             return;
         }
-        if let Some(t) = c.timer {
-            if c.flags & DRAIN_DUE != 0 {
-                // While draining, the timer is the connection's turn to close: keep it.
-                return;
-            }
-            // One timer per connection: a session parked in cluster mode was armed when
-            // parked and is armed again at `welcome`; two would both re-arm for good.
-            c.timer = None;
-            self.wheel.cancel(t);
-        }
-        let Some(c) = self.conns.get(key) else {
+        if c.place.is_linked() && c.flags & DRAIN_DUE != 0 {
+            // While draining, the timer is the connection's turn to close: keep it.
             return;
-        };
+        }
+        // One timer per connection: a session parked in cluster mode was armed when parked
+        // and is armed again at `welcome`; `insert` below moves the armed one.
         let mut deadline = if c.flags & PING_SENT != 0 {
             // Waiting for the pong: the 4002 deadline, and (when still ahead) one ping
             // interval after the ping went out, so that once the pong came the next ping
@@ -876,10 +884,7 @@ impl Shard {
         if c.expires != u32::MAX && c.flags & EXPIRING_SENT == 0 {
             deadline = deadline.min(c.expires.saturating_sub(self.hint_ticks));
         }
-        let id = self.wheel.insert(u64::from(deadline), key);
-        if let Some(c) = self.conns.get_mut(key) {
-            c.timer = Some(id);
-        }
+        self.wheel.insert(&mut self.conns, key, u64::from(deadline));
     }
 
     /// A timer fired: lazy re-arm after activity, ping, `token_expiring`, 4002, 4001, or
@@ -889,7 +894,6 @@ impl Shard {
         let Some(c) = self.conns.get_mut(key) else {
             return;
         };
-        c.timer = None;
         if c.closing() {
             self.finalize(key);
             return;
@@ -979,15 +983,8 @@ impl Shard {
     }
 
     fn rearm_at(&mut self, key: u32, deadline: u32) {
-        let Some(c) = self.conns.get_mut(key) else {
-            return;
-        };
-        if let Some(t) = c.timer.take() {
-            self.wheel.cancel(t);
-        }
-        let id = self.wheel.insert(u64::from(deadline), key);
-        if let Some(c) = self.conns.get_mut(key) {
-            c.timer = Some(id);
+        if self.conns.get(key).is_some() {
+            self.wheel.insert(&mut self.conns, key, u64::from(deadline));
         }
     }
 
@@ -1017,7 +1014,9 @@ impl Shard {
 
     /// Drops the socket and its slot.
     fn finalize(&mut self, key: u32) {
-        let Some(mut c) = self.conns.remove(key) else {
+        // Out of the wheel before the slot goes: the wheel links through it.
+        self.wheel.cancel(&mut self.conns, key);
+        let Some((mut c, ip)) = self.conns.remove(key) else {
             return;
         };
         if !c.closing() {
@@ -1029,13 +1028,10 @@ impl Shard {
             self.users.detach(c.user, key, self.tick);
             self.presence_changed(c.user);
         }
-        if let Some(t) = c.timer.take() {
-            self.wheel.cancel(t);
-        }
         self.grants.release(c.grant);
         self.acks.remove(&key);
         let _ = self.poll.registry().deregister(&mut c.stream);
-        self.shared.admission.release(c.ip);
+        self.shared.admission.release(ip);
     }
 
     /// One step of shutdown; true when the shard is done.

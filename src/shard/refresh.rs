@@ -83,9 +83,7 @@ impl Shard {
             c.flags &= !EXPIRING_SENT;
             // While draining, the timer is the connection's turn to close: keep it.
             if c.flags & DRAIN_DUE == 0 {
-                if let Some(t) = c.timer.take() {
-                    self.wheel.cancel(t);
-                }
+                self.wheel.cancel(&mut self.conns, key);
             }
         }
         let grant = self.grants.intern(identity.topics);
@@ -98,7 +96,7 @@ impl Shard {
         self.drop_forbidden(key);
         self.send_frame(key, messages::refreshed_frame(identity.exp, reference));
         self.hint_expiry(key);
-        if self.conns.get(key).is_some_and(|c| c.timer.is_none()) {
+        if self.conns.get(key).is_some_and(|c| !c.place.is_linked()) {
             self.arm(key);
         }
         Ok(())

@@ -9,19 +9,19 @@ use crate::wire::Wire;
 use compact_str::CompactString;
 use hashbrown::HashTable;
 use rustc_hash::FxBuildHasher;
-use slab::Slab;
-use smallvec::{smallvec, SmallVec};
 
 use super::history::{first_seq, Idle, Limits, Record, Ring};
+use super::sessions::Sessions;
+use crate::slots::Slots;
 
 /// One user with a session on this shard, or retained after its last one.
 pub(super) struct UserEntry {
     /// The user id; up to 24 bytes live in the entry itself (no heap chunk per user).
     pub id: CompactString,
-    /// Connection keys, oldest first; empty while retained offline. Up to four live in
+    /// Connection keys, oldest first; empty while retained offline. Up to three live in
     /// the entry itself: most users have one or two sessions, which then cost no heap
     /// allocation (a `Vec` of one was a 32-byte chunk per user).
-    pub sessions: SmallVec<[u32; 4]>,
+    pub sessions: Sessions,
     /// Last direct-push sequence number.
     pub seq: u64,
     /// Identifies this life of `seq`: a user who comes back after its entry expired
@@ -44,7 +44,7 @@ pub(super) struct Users {
     /// User keys by id. The table holds keys only: the id itself lives once, in its
     /// entry (a map keyed by the id kept a second copy of it per user).
     by_id: HashTable<u32>,
-    entries: Slab<UserEntry>,
+    entries: Slots<UserEntry>,
     /// Entries with at least one session.
     online: usize,
     limits: Limits,
@@ -62,6 +62,7 @@ pub(super) struct Users {
 
 impl Users {
     /// No users yet, with these history bounds.
+    #[cfg(test)]
     pub(super) fn new(limits: Limits) -> Users {
         Users {
             limits,
@@ -69,10 +70,21 @@ impl Users {
         }
     }
 
+    /// No users yet, with entries reserved for `expected` (see `Slots::with_capacity`).
+    pub(super) fn with_capacity(limits: Limits, expected: usize) -> Users {
+        Users {
+            limits,
+            entries: Slots::with_capacity(expected),
+            ..Users::default()
+        }
+    }
+
     /// Adds session `conn` for `id`, creating the entry if needed; returns the user key.
     pub(super) fn attach(&mut self, id: &str, conn: u32) -> u32 {
         if let Some(key) = self.find(id) {
-            let entry = &mut self.entries[key as usize];
+            let Some(entry) = self.entries.get_mut(key) else {
+                return key;
+            };
             if entry.sessions.is_empty() {
                 self.online += 1;
             }
@@ -81,16 +93,17 @@ impl Users {
         }
         let key = self.entries.insert(UserEntry {
             id: id.into(),
-            sessions: smallvec![conn],
+            sessions: Sessions::one(conn),
             seq: 0,
             epoch: rand::random(),
             mark: 0,
             history: None,
             idle_until: 0,
-        }) as u32;
+        });
         let entries = &self.entries;
-        self.by_id
-            .insert_unique(id_hash(id), key, |&k| id_hash(&entries[k as usize].id));
+        self.by_id.insert_unique(id_hash(id), key, |&k| {
+            entries.get(k).map_or(0, |e| id_hash(&e.id))
+        });
         self.online += 1;
         key
     }
@@ -98,7 +111,7 @@ impl Users {
     /// Removes session `conn`; after the last one the entry is retained until
     /// `tick` + the history TTL.
     pub(super) fn detach(&mut self, user: u32, conn: u32, tick: u32) {
-        let Some(entry) = self.entries.get_mut(user as usize) else {
+        let Some(entry) = self.entries.get_mut(user) else {
             return;
         };
         let Some(pos) = entry.sessions.iter().position(|&c| c == conn) else {
@@ -139,7 +152,7 @@ impl Users {
         tick: u32,
         stamp: u32,
     ) {
-        let Some(u) = self.entries.get_mut(key as usize) else {
+        let Some(u) = self.entries.get_mut(key) else {
             return;
         };
         if let Some(ring) = u.history.take() {
@@ -149,12 +162,12 @@ impl Users {
         u.epoch = epoch;
         let skip = entries.len().saturating_sub(self.limits.size);
         for (s, frame) in &entries[skip..] {
-            if let Some(u) = self.entries.get_mut(key as usize) {
+            if let Some(u) = self.entries.get_mut(key) {
                 u.seq = *s;
             }
             self.record(key, frame, tick, stamp);
         }
-        if let Some(u) = self.entries.get_mut(key as usize) {
+        if let Some(u) = self.entries.get_mut(key) {
             u.seq = seq;
         }
     }
@@ -169,19 +182,19 @@ impl Users {
         let entries = &self.entries;
         self.by_id
             .find(id_hash(id), |&k| {
-                entries.get(k as usize).is_some_and(|e| &*e.id == id)
+                entries.get(k).is_some_and(|e| &*e.id == id)
             })
             .copied()
     }
 
     /// The entry for a user key.
     pub(super) fn get(&self, key: u32) -> Option<&UserEntry> {
-        self.entries.get(key as usize)
+        self.entries.get(key)
     }
 
     /// The entry for a user key, mutably.
     pub(super) fn get_mut(&mut self, key: u32) -> Option<&mut UserEntry> {
-        self.entries.get_mut(key as usize)
+        self.entries.get_mut(key)
     }
 
     /// Users online (with at least one session).
@@ -220,7 +233,7 @@ impl Users {
         if size == 0 {
             return;
         }
-        let Some(u) = self.entries.get_mut(key as usize) else {
+        let Some(u) = self.entries.get_mut(key) else {
             return;
         };
         let ring = u.history.get_or_insert_with(Box::default);
@@ -265,7 +278,7 @@ impl Users {
 
     /// Drops the push `r` names when it is still its user's oldest; false for a stale record.
     fn drop_oldest(&mut self, r: &Record) -> bool {
-        let Some(u) = self.entries.get_mut(r.user as usize) else {
+        let Some(u) = self.entries.get_mut(r.user) else {
             return false;
         };
         let Some(ring) = u.history.as_mut() else {
@@ -303,11 +316,13 @@ impl Users {
             let Some(i) = self.idle.pop_front() else {
                 break;
             };
-            let due = self.entries.get(i.user as usize).is_some_and(|u| {
+            let due = self.entries.get(i.user).is_some_and(|u| {
                 u.epoch == i.epoch && u.sessions.is_empty() && u.idle_until <= tick
             });
             if due {
-                let u = self.entries.remove(i.user as usize);
+                let Some(u) = self.entries.remove(i.user) else {
+                    continue;
+                };
                 if let Ok(slot) = self.by_id.find_entry(id_hash(&u.id), |&k| k == i.user) {
                     slot.remove();
                 }
@@ -322,7 +337,7 @@ impl Users {
     /// When the API accepted push `seq` of user `key` (`history::stamp_of`), while the push
     /// is still held.
     pub(super) fn accepted_stamp(&self, key: u32, seq: u64) -> Option<u32> {
-        let u = self.entries.get(key as usize)?;
+        let u = self.entries.get(key)?;
         let ring = u.history.as_ref()?;
         let first = first_seq(u.seq, ring.len());
         if seq < first || seq > u.seq {
@@ -334,7 +349,7 @@ impl Users {
     /// Whether user `key` can resume after `since` in `epoch` (as shown in `welcome`); if
     /// so, the frames to replay, in order, are appended to `out`.
     pub(super) fn resume(&self, key: u32, since: u64, epoch: &str, out: &mut Vec<Wire>) -> bool {
-        let Some(u) = self.entries.get(key as usize) else {
+        let Some(u) = self.entries.get(key) else {
             return false;
         };
         if epoch != format!("{:016x}", u.epoch) || since > u.seq {
@@ -393,10 +408,15 @@ mod tests {
     fn user_entry_stays_small() {
         // Every online user costs one entry: history added one word and the idle deadline
         // shares a word with the fan-out mark; the id is 24 bytes inline (8 more than a
-        // boxed one, and no 32-byte heap chunk for ids up to 24 bytes).
+        // boxed one, and no 32-byte heap chunk for ids up to 24 bytes); sessions take 16.
+        // The table keeps `Option<UserEntry>` at the same size (no slot tag).
         assert!(
-            std::mem::size_of::<UserEntry>() <= 80,
+            std::mem::size_of::<UserEntry>() <= 72,
             "{}",
+            std::mem::size_of::<UserEntry>()
+        );
+        assert_eq!(
+            std::mem::size_of::<Option<UserEntry>>(),
             std::mem::size_of::<UserEntry>()
         );
     }
