@@ -116,12 +116,14 @@ field() { sed -n "s/^ *\"$1\": *\([^,]*\),*$/\1/p" "$WORK/report.json" | head -1
 OPENED=$(field connections_opened)
 CONNS=$(field memory_conns)
 RSS=$(field server_rss_bytes_per_conn)
+ANON=$(field server_anon_bytes_per_conn)
 TCP=$(field kernel_tcp_bytes_per_conn)
 SLAB=$(field kernel_slab_bytes_per_conn)
 CLIENT=$(field client_rss_bytes_per_conn)
 echo
 echo "idle-memory: $OPENED/$N connections opened; measured with $CONNS open"
 echo "idle-memory: server RSS per idle connection:   ${RSS:-n/a} bytes"
+echo "idle-memory: of which anonymous (RssAnon; the rest is code paged in by the first connections): ${ANON:-n/a} bytes"
 echo "idle-memory: kernel TCP buffer memory per connection: ${TCP:-n/a} bytes (sockstat mem, system-wide)"
 echo "idle-memory: kernel slab memory per connection: ${SLAB:-n/a} bytes (meminfo Slab, system-wide, both loopback ends)"
 echo "idle-memory: load generator RSS per connection: ${CLIENT:-n/a} bytes"

@@ -12,6 +12,8 @@ use std::collections::BTreeMap;
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Mem {
     pub rss: Option<u64>,
+    /// The anonymous part of `rss` (without the executable's pages faulted in).
+    pub anon: Option<u64>,
     pub tcp: Option<u64>,
     pub slab: Option<u64>,
 }
@@ -22,6 +24,7 @@ impl Mem {
         match server_pid {
             Some(pid) => Mem {
                 rss: util::read_rss_bytes(&pid.to_string()),
+                anon: util::read_rss_anon_bytes(&pid.to_string()),
                 tcp: util::read_kernel_tcp_bytes(),
                 slab: util::read_kernel_slab_bytes(),
             },
@@ -79,6 +82,10 @@ pub struct Report {
     pub server_rss_bytes_after: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_rss_bytes_per_conn: Option<f64>,
+    /// Growth of the server's anonymous RSS per connection: `server_rss_bytes_per_conn`
+    /// without the code pages a fresh server faults in on its first connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_anon_bytes_per_conn: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kernel_tcp_bytes_before: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -315,6 +322,7 @@ impl Report {
         self.server_rss_bytes_before = rss.0;
         self.server_rss_bytes_after = rss.1;
         self.server_rss_bytes_per_conn = per(rss.0, rss.1);
+        self.server_anon_bytes_per_conn = per(before.anon, after.anon);
         self.kernel_tcp_bytes_before = tcp.0;
         self.kernel_tcp_bytes_after = tcp.1;
         self.kernel_tcp_bytes_per_conn = per(tcp.0, tcp.1);
@@ -481,6 +489,11 @@ impl Report {
                 self.server_rss_bytes_after.unwrap_or(0),
                 r,
                 self.memory_conns.unwrap_or(0)
+            );
+        }
+        if let Some(a) = self.server_anon_bytes_per_conn {
+            s += &format!(
+                "server anonymous RSS (RssAnon, without code pages): {a:.0} bytes per connection\n"
             );
         }
         if let Some(k) = self.kernel_tcp_bytes_per_conn {

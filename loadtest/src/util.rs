@@ -169,7 +169,19 @@ pub fn read_rss_bytes(pid: &str) -> Option<u64> {
 }
 
 pub fn parse_vmrss(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    parse_status_kb(status, "VmRSS:")
+}
+
+/// Anonymous resident memory of a process (RssAnon: heap, stacks, anonymous maps), in
+/// bytes: RSS without the pages of its executable and libraries.
+pub fn read_rss_anon_bytes(pid: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_status_kb(&s, "RssAnon:")
+}
+
+/// A `kB` field of /proc/<pid>/status, in bytes.
+fn parse_status_kb(status: &str, field: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
@@ -329,8 +341,9 @@ mod tests {
 
     #[test]
     fn proc_parsers() {
-        let st = "Name:\tthrong\nVmPeak:\t  9999 kB\nVmRSS:\t   12345 kB\nThreads: 3\n";
+        let st = "Name:\tthrong\nVmPeak:\t  9999 kB\nVmRSS:\t   12345 kB\nRssAnon:\t    9000 kB\nThreads: 3\n";
         assert_eq!(parse_vmrss(st), Some(12345 * 1024));
+        assert_eq!(parse_status_kb(st, "RssAnon:"), Some(9000 * 1024));
         let ss =
             "sockets: used 300\nTCP: inuse 20 orphan 0 tw 3 alloc 25 mem 42\nUDP: inuse 1 mem 0\n";
         assert_eq!(parse_sockstat_tcp_mem(ss), Some(42));

@@ -183,8 +183,6 @@ pub(super) struct Conn {
     pub ip4: u32,
     /// Only while the socket would block.
     pub out: Option<Box<OutQueue>>,
-    /// Topic keys this connection is subscribed to.
-    pub topics: TopicKeys,
     /// The shard's session counter at adoption (the session id's last part) and the tick
     /// it connected: what presence shows of every session.
     pub stamp: SessionStamp,
@@ -206,60 +204,6 @@ pub(super) struct SessionStamp {
     pub session: u32,
     /// Tick at which the session connected.
     pub connected: u32,
-}
-
-/// The topics a connection is subscribed to: one word while it has none (most connections),
-/// a boxed list once it subscribes.
-#[derive(Default)]
-// Boxed on purpose: a `Vec` inline would cost three words in every connection slot.
-#[allow(clippy::box_collection)]
-pub(super) struct TopicKeys(Option<Box<Vec<u32>>>);
-
-impl TopicKeys {
-    /// Subscribed topic keys.
-    pub(super) fn as_slice(&self) -> &[u32] {
-        self.0.as_deref().map_or(&[], Vec::as_slice)
-    }
-
-    /// How many.
-    pub(super) fn len(&self) -> usize {
-        self.as_slice().len()
-    }
-
-    /// Whether `t` is among them.
-    pub(super) fn contains(&self, t: &u32) -> bool {
-        self.as_slice().contains(t)
-    }
-
-    /// Adds `t`.
-    pub(super) fn push(&mut self, t: u32) {
-        self.0.get_or_insert_with(Box::default).push(t);
-    }
-
-    /// Removes `t`; whether it was there.
-    pub(super) fn remove(&mut self, t: u32) -> bool {
-        let Some(list) = self.0.as_mut() else {
-            return false;
-        };
-        let Some(pos) = list.iter().position(|&x| x == t) else {
-            return false;
-        };
-        list.swap_remove(pos);
-        if list.is_empty() {
-            self.0 = None;
-        }
-        true
-    }
-
-    /// Takes them all out, leaving none.
-    pub(super) fn take(&mut self) -> Vec<u32> {
-        self.0.take().map(|b| *b).unwrap_or_default()
-    }
-
-    /// Replaces them with `list`.
-    pub(super) fn set(&mut self, list: Vec<u32>) {
-        self.0 = (!list.is_empty()).then(|| Box::new(list));
-    }
 }
 
 /// What happened when a frame was offered to a connection.
@@ -291,6 +235,9 @@ pub(super) struct Conns {
     /// Incomplete inbound frames and messages by key: rare, so kept beside the slots
     /// rather than as a word in every one.
     partials: HashMap<u32, Partial, FxBuildHasher>,
+    /// Topic keys each subscribed connection holds, by connection key: most connections
+    /// subscribe to nothing, and those that do paid as much for a boxed list of their own.
+    subscriptions: HashMap<u32, Vec<u32>, FxBuildHasher>,
     /// Addresses of IPv6 clients by key (IPv4 ones live in their slots).
     v6_peers: HashMap<u32, Ipv6Addr>,
     /// What `Timed::place` lends for a key without a connection (never linked).
@@ -316,6 +263,7 @@ impl Conns {
             queued: 0,
             partial: 0,
             partials: HashMap::default(),
+            subscriptions: HashMap::default(),
             v6_peers: HashMap::new(),
             stray: Place::UNLINKED,
         }
@@ -471,6 +419,50 @@ impl Conns {
         Some(self.partials.entry(key).or_default())
     }
 
+    /// Topic keys `key` is subscribed to.
+    pub(super) fn topics_of(&self, key: u32) -> &[u32] {
+        if self.subscriptions.is_empty() {
+            return &[];
+        }
+        self.subscriptions.get(&key).map_or(&[], Vec::as_slice)
+    }
+
+    /// Records that `key` subscribed to topic `t` (a connection that is gone is ignored).
+    pub(super) fn add_topic(&mut self, key: u32, t: u32) {
+        if self.slab.get(key).is_some() {
+            self.subscriptions.entry(key).or_default().push(t);
+        }
+    }
+
+    /// Forgets `key`'s subscription to `t`; whether it had one.
+    pub(super) fn remove_topic(&mut self, key: u32, t: u32) -> bool {
+        let Some(list) = self.subscriptions.get_mut(&key) else {
+            return false;
+        };
+        let Some(pos) = list.iter().position(|&x| x == t) else {
+            return false;
+        };
+        list.swap_remove(pos);
+        if list.is_empty() {
+            self.subscriptions.remove(&key);
+        }
+        true
+    }
+
+    /// Takes all of `key`'s topic keys out, leaving none.
+    pub(super) fn take_topics(&mut self, key: u32) -> Vec<u32> {
+        self.subscriptions.remove(&key).unwrap_or_default()
+    }
+
+    /// Replaces `key`'s topic keys with `list` (a connection that is gone is ignored).
+    pub(super) fn set_topics(&mut self, key: u32, list: Vec<u32>) {
+        if list.is_empty() || self.slab.get(key).is_none() {
+            self.subscriptions.remove(&key);
+        } else {
+            self.subscriptions.insert(key, list);
+        }
+    }
+
     /// Takes the start of an incomplete frame `key` holds, if any.
     pub(super) fn take_leftover(&mut self, key: u32) -> Option<Vec<u8>> {
         self.partial_mut(key)
@@ -606,6 +598,8 @@ impl Conns {
     pub(super) fn remove(&mut self, key: u32) -> Option<(Conn, IpAddr)> {
         self.drop_partial(key);
         let mut conn = self.slab.remove(key)?;
+        // Callers take the topics first to leave them; none may outlive the slot.
+        self.subscriptions.remove(&key);
         let ip = if conn.flags & IPV6 != 0 {
             self.v6_peers
                 .remove(&key)
@@ -672,7 +666,6 @@ mod tests {
             refused: 0,
             ip4: 0,
             out: None,
-            topics: TopicKeys::default(),
             stamp: SessionStamp::default(),
             grant: 0,
         };
@@ -759,11 +752,11 @@ mod tests {
     #[test]
     fn conn_stays_small() {
         // Invariant 3: an idle connection costs only its slot.
-        // 72 bytes in a release build (the timer's deadline and place included; partial
-        // inbound state lives beside the slots); debug builds of mio add a selector id
-        // (8 bytes, aligning the socket to 8) to every socket. The table keeps
-        // `Option<Conn>` at the same size (no slot tag).
-        let limit = if cfg!(debug_assertions) { 80 } else { 72 };
+        // 64 bytes in a release build (the timer's deadline and place included; partial
+        // inbound state and subscriptions live beside the slots); debug builds of mio add
+        // a selector id (8 bytes, aligning the socket to 8) to every socket. The table
+        // keeps `Option<Conn>` at the same size (no slot tag).
+        let limit = if cfg!(debug_assertions) { 72 } else { 64 };
         assert!(
             std::mem::size_of::<Conn>() <= limit,
             "{}",

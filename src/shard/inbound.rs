@@ -269,10 +269,8 @@ impl Shard {
             ClientMsg::Unsubscribe { topic } => {
                 topic::validate(&topic).map_err(|e| bad_topic(&e))?;
                 if let Some(t) = self.topics.find(&topic) {
-                    if let Some(c) = self.conns.get_mut(key) {
-                        if c.topics.remove(t) {
-                            self.topics.leave(t, key);
-                        }
+                    if self.conns.remove_topic(key, t) {
+                        self.topics.leave(t, key);
                     }
                 }
                 self.send_frame(
@@ -286,9 +284,9 @@ impl Shard {
 
     fn subscribe(&mut self, key: u32, name: &str) -> Result<(), Refused> {
         topic::validate(name).map_err(|e| bad_topic(&e))?;
-        let Some(c) = self.conns.get(key) else {
+        if self.conns.get(key).is_none() {
             return Ok(());
-        };
+        }
         let granted =
             topic::allowed(&self.shared.config.public_topics, name) || self.grants(key, name);
         if !granted {
@@ -297,12 +295,13 @@ impl Shard {
                 message: format!("not allowed to subscribe to {name:?}"),
             });
         }
+        let held = self.conns.topics_of(key);
         if let Some(t) = self.topics.find(name) {
-            if c.topics.contains(&t) {
+            if held.contains(&t) {
                 return Ok(());
             }
         }
-        if c.topics.len() >= self.shared.config.max_topics_per_connection {
+        if held.len() >= self.shared.config.max_topics_per_connection {
             return Err(Refused {
                 code: "too_many_topics",
                 message: format!(
@@ -312,9 +311,7 @@ impl Shard {
             });
         }
         let (t, _) = self.topics.join(name, key);
-        if let Some(c) = self.conns.get_mut(key) {
-            c.topics.push(t);
-        }
+        self.conns.add_topic(key, t);
         Ok(())
     }
 

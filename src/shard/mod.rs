@@ -46,9 +46,7 @@ use crate::wheel::{Core, Place};
 
 pub use cluster::ShardCluster;
 pub use conn::OutQueue;
-use conn::{
-    Conn, Conns, Phase, Sent, SessionStamp, TopicKeys, DRAIN_DUE, EXPIRING_SENT, PARKED, PING_SENT,
-};
+use conn::{Conn, Conns, Phase, Sent, SessionStamp, DRAIN_DUE, EXPIRING_SENT, PARKED, PING_SENT};
 use streams::Streams;
 use topics::Topics;
 use users::Users;
@@ -428,7 +426,6 @@ impl Shard {
                 refused: 0,
                 ip4: 0,
                 out: None,
-                topics: TopicKeys::default(),
                 stamp: SessionStamp {
                     session: self.session_counter,
                     connected: self.tick,
@@ -993,12 +990,10 @@ impl Shard {
         if !self.conns.begin_closing(key) {
             return;
         }
-        let Some(c) = self.conns.get_mut(key) else {
+        let Some(user) = self.conns.get(key).map(|c| c.user) else {
             return;
         };
-        let user = c.user;
-        let topics = c.topics.take();
-        for t in topics {
+        for t in self.conns.take_topics(key) {
             self.topics.leave(t, key);
         }
         self.users.detach(user, key, self.tick);
@@ -1016,13 +1011,14 @@ impl Shard {
     fn finalize(&mut self, key: u32) {
         // Out of the wheel before the slot goes: the wheel links through it.
         self.wheel.cancel(&mut self.conns, key);
+        let topics = self.conns.take_topics(key);
         let Some((mut c, ip)) = self.conns.remove(key) else {
             return;
         };
         if !c.closing() {
             // Callers leave the indexes first; this keeps the gauge right if one did not.
             self.counters().connections.fetch_sub(1, Relaxed);
-            for t in c.topics.take() {
+            for t in topics {
                 self.topics.leave(t, key);
             }
             self.users.detach(c.user, key, self.tick);

@@ -105,12 +105,12 @@ impl Shard {
     /// Leaves every topic that neither the connection's grants nor `public_topics` allow
     /// any longer, telling the client with `unsubscribed` and `"reason":"forbidden"`.
     fn drop_forbidden(&mut self, key: u32) {
-        let Some(c) = self.conns.get_mut(key) else {
+        let Some(grant) = self.conns.get(key).map(|c| c.grant) else {
             return;
         };
-        let mut subscribed = c.topics.take();
+        let mut subscribed = self.conns.take_topics(key);
         let public = &self.shared.config.public_topics;
-        let grants = self.grants.get(c.grant);
+        let grants = self.grants.get(grant);
         let mut dropped = Vec::new();
         subscribed.retain(|&t| {
             let Some(name) = self.topics.name(t) else {
@@ -123,9 +123,7 @@ impl Shard {
             }
             allowed
         });
-        if let Some(c) = self.conns.get_mut(key) {
-            c.topics.set(subscribed);
-        }
+        self.conns.set_topics(key, subscribed);
         for (t, frame) in dropped {
             self.topics.leave(t, key);
             self.send_frame(key, frame);
