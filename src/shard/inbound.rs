@@ -16,8 +16,13 @@ use super::Shard;
 const MAX_REFUSED_IN_ROW: u8 = 10;
 
 impl Shard {
-    /// Reads what the socket has, within the read budget.
-    pub(super) fn on_readable(&mut self, key: u32) {
+    /// Reads what the socket has, within the read budget. A read that does not fill the
+    /// scratch buffer has drained the socket, so the read that would only say
+    /// `WouldBlock` is skipped (one syscall per idle connection's pong): with
+    /// edge-triggered polling, bytes arriving later raise a new event. `to_eagain` reads
+    /// on to `WouldBlock` regardless, for when the event said the peer closed or errored
+    /// (the FIN may wait behind the data) and for the backlog.
+    pub(super) fn on_readable(&mut self, key: u32, to_eagain: bool) {
         for _ in 0..super::READS_PER_EVENT {
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
@@ -47,6 +52,7 @@ impl Shard {
                 // Only the client's close or FIN matter now.
                 continue;
             }
+            let drained = n < self.scratch.len() && !to_eagain;
             match self.conns.take_leftover(key) {
                 Some(mut buf) => {
                     buf.extend_from_slice(&self.scratch[..n]);
@@ -57,6 +63,9 @@ impl Shard {
                     self.ingest_slice(key, &mut scratch[..n]);
                     self.scratch = scratch;
                 }
+            }
+            if drained {
+                return;
             }
         }
         // Budget spent with the socket still readable: continue next turn.

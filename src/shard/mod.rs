@@ -302,7 +302,7 @@ impl Shard {
         }
         self.refresh_tick();
         for backlogged in std::mem::take(&mut self.backlog) {
-            self.on_readable(backlogged);
+            self.on_readable(backlogged, true);
         }
         for event in events.iter() {
             if event.token() == WAKER {
@@ -314,7 +314,7 @@ impl Shard {
                 continue;
             }
             if event.is_readable() || event.is_read_closed() || event.is_error() {
-                self.on_readable(key);
+                self.on_readable(key, event.is_read_closed() || event.is_error());
             }
         }
         self.take_connections();
