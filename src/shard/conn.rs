@@ -123,6 +123,11 @@ impl OutQueue {
         self.frames.capacity() <= POOL_QUEUE_SLOTS
     }
 
+    /// Heap bytes this queue holds: its box and its deque's slots.
+    fn footprint(&self) -> usize {
+        std::mem::size_of::<OutQueue>() + self.frames.capacity() * std::mem::size_of::<Wire>()
+    }
+
     /// Writes as much as the socket takes; Ok(true) when the queue is empty.
     fn write_to(&mut self, stream: &mut TcpStream) -> io::Result<bool> {
         while !self.frames.is_empty() {
@@ -225,6 +230,11 @@ pub(super) struct Conns {
     // Boxed on purpose: queues move between connections and the pool without reallocating.
     #[allow(clippy::vec_box)]
     pool: Vec<Box<OutQueue>>,
+    /// Heap bytes of the queues in `pool` (bounded by `POOL_BYTES`).
+    pool_bytes: usize,
+    /// Heap bytes of queues allocated or grown since the last `shed`: what a burst left to
+    /// the allocator once it drains.
+    churn: usize,
     max_outbound: usize,
     /// Connections in `Phase::Open`.
     open: usize,
@@ -244,10 +254,11 @@ pub(super) struct Conns {
     stray: Place,
 }
 
-/// Spare queues kept for reuse, so a burst does not allocate per connection.
-const POOL_MAX: usize = 1024;
-/// Deque slots a pooled queue may keep; with `POOL_MAX` this bounds the pool to about
-/// 512 KiB per shard (a slot is one `Wire`, 8 bytes).
+/// Heap bytes of spare queues kept for reuse per shard, so the first frames of a burst do
+/// not allocate per connection; bounded by bytes (a queue's slots vary), and emptied by
+/// `shed` once a burst has drained.
+const POOL_BYTES: usize = 64 * 1024;
+/// Deque slots a pooled queue may keep (a slot is one `Wire`, 8 bytes).
 const POOL_QUEUE_SLOTS: usize = 64;
 
 impl Conns {
@@ -258,6 +269,8 @@ impl Conns {
             slab: Slots::with_capacity(expected),
             dirty: Vec::new(),
             pool: Vec::new(),
+            pool_bytes: 0,
+            churn: 0,
             max_outbound,
             open: 0,
             queued: 0,
@@ -475,8 +488,46 @@ impl Conns {
     fn recycle(&mut self, mut q: Box<OutQueue>) {
         self.queued -= q.bytes;
         q.clear();
-        if self.pool.len() < POOL_MAX && q.poolable() {
+        let cost = q.footprint();
+        if q.poolable() && self.pool_bytes + cost <= POOL_BYTES {
+            self.pool_bytes += cost;
             self.pool.push(q);
+        }
+    }
+
+    /// A queue for a connection that has none: from the pool, or new (counted as churn).
+    fn spare_queue(
+        pool: &mut Vec<Box<OutQueue>>,
+        pool_bytes: &mut usize,
+        churn: &mut usize,
+    ) -> Box<OutQueue> {
+        match pool.pop() {
+            Some(q) => {
+                *pool_bytes -= q.footprint();
+                q
+            }
+            None => {
+                let q = Box::<OutQueue>::default();
+                *churn += q.footprint();
+                q
+            }
+        }
+    }
+
+    /// Heap bytes of queues allocated or grown since the last `shed`.
+    pub(super) fn churn(&self) -> usize {
+        self.churn
+    }
+
+    /// After a burst has drained: frees the spare queues (the allocator can then hand
+    /// their pages back) and restarts the churn count.
+    pub(super) fn shed(&mut self) {
+        self.pool = Vec::new();
+        self.pool_bytes = 0;
+        self.churn = 0;
+        if self.dirty.is_empty() {
+            // Sized for the burst's largest turn.
+            self.dirty = Vec::new();
         }
     }
 
@@ -497,19 +548,22 @@ impl Conns {
             }
         }
         let max = self.max_outbound;
-        let pool = &mut self.pool;
+        let (pool, pool_bytes, churn) = (&mut self.pool, &mut self.pool_bytes, &mut self.churn);
         let Some(conn) = self.slab.get_mut(key) else {
             return Sent::Ok;
         };
         let q = conn
             .out
-            .get_or_insert_with(|| pool.pop().unwrap_or_default());
+            .get_or_insert_with(|| Self::spare_queue(pool, pool_bytes, churn));
         // A single frame larger than the cap is still allowed on an empty queue.
         if q.bytes > 0 && q.bytes + frame.len() > max {
             return Sent::Overflow;
         }
         self.queued += frame.len();
+        let slots = q.frames.capacity();
         q.push(frame);
+        // The deque grew: its old slots go back to the allocator.
+        *churn += (q.frames.capacity() - slots) * std::mem::size_of::<Wire>();
         if conn.flags & DIRTY == 0 {
             conn.flags |= DIRTY;
             self.dirty.push(key);
@@ -521,13 +575,13 @@ impl Conns {
     pub(super) fn queue_close(&mut self, key: u32, frame: Wire, discard: bool) {
         self.drop_partial(key);
         self.begin_closing(key);
-        let pool = &mut self.pool;
+        let (pool, pool_bytes, churn) = (&mut self.pool, &mut self.pool_bytes, &mut self.churn);
         let Some(conn) = self.slab.get_mut(key) else {
             return;
         };
         let q = conn
             .out
-            .get_or_insert_with(|| pool.pop().unwrap_or_default());
+            .get_or_insert_with(|| Self::spare_queue(pool, pool_bytes, churn));
         if discard {
             let before = q.bytes;
             q.discard_unstarted();
@@ -670,6 +724,64 @@ mod tests {
             grant: 0,
         };
         (conn, listener)
+    }
+
+    #[test]
+    fn a_burst_s_queues_are_counted_and_shed_once_drained() {
+        let mut conns = Conns::new(1 << 20, 4);
+        let ip: IpAddr = "203.0.113.7".parse().expect("v4");
+        let mut keys = Vec::new();
+        let mut listeners = Vec::new();
+        for _ in 0..3 {
+            let (c, l) = loopback_conn();
+            listeners.push(l);
+            keys.push(conns.insert(c, ip));
+        }
+        assert_eq!(conns.churn(), 0);
+        for &k in &keys {
+            for _ in 0..10 {
+                assert!(matches!(
+                    conns.send(k, Wire::from_static(b"frame")),
+                    Sent::Ok
+                ));
+            }
+        }
+        // Three new queues, each grown to hold ten frames.
+        let grown = conns.churn();
+        assert!(
+            grown >= 3 * (std::mem::size_of::<OutQueue>() + 10 * 8),
+            "{grown}"
+        );
+        let mut broken = Vec::new();
+        conns.flush_dirty(&mut broken);
+        assert!(broken.is_empty());
+        assert_eq!(conns.queued_bytes(), 0, "loopback takes 150 bytes at once");
+        // The written queues went to the pool, within its byte bound.
+        assert_eq!(conns.pool.len(), 3);
+        assert!(conns.pool_bytes <= POOL_BYTES);
+        // The next frame reuses a pooled queue: no new churn.
+        assert!(matches!(
+            conns.send(keys[0], Wire::from_static(b"x")),
+            Sent::Ok
+        ));
+        assert_eq!(conns.churn(), grown);
+        assert_eq!(conns.pool.len(), 2);
+        conns.shed();
+        assert_eq!(
+            (conns.churn(), conns.pool.len(), conns.pool_bytes),
+            (0, 0, 0)
+        );
+    }
+
+    #[test]
+    fn the_pool_is_bounded_by_bytes() {
+        let mut conns = Conns::new(1 << 20, 4);
+        let one = Box::<OutQueue>::default().footprint();
+        for _ in 0..(POOL_BYTES / one + 10) {
+            conns.recycle(Box::default());
+        }
+        assert!(conns.pool_bytes <= POOL_BYTES);
+        assert_eq!(conns.pool.len(), POOL_BYTES / one);
     }
 
     #[test]

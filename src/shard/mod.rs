@@ -179,9 +179,8 @@ struct Shard {
     /// The highest `seq` each session acked, only for sessions that acked (docs/protocol.md
     /// 4.3): an idle connection that never acks costs nothing here.
     acks: HashMap<u32, u64, FxBuildHasher>,
-    /// Per connection key: the session counter (the id's last part) and the connect tick,
-    /// for presence `details`. Outside `Conn`, which is at its 96-byte budget; a dense
-    /// Reused list of recipients for one fan-out, so a push does not allocate one.
+    /// Reused list of recipients for one fan-out, so a push does not allocate one (let go
+    /// once a burst has drained, with the queues: `budget::maybe_trim`).
     targets: Vec<u32>,
     /// The memory gauges as last published, so an unchanged value is not stored again.
     published: budget::Published,
