@@ -496,6 +496,8 @@ impl Conns {
     }
 
     /// A queue for a connection that has none: from the pool, or new (counted as churn).
+    // Boxed on purpose, as in `pool`.
+    #[allow(clippy::vec_box)]
     fn spare_queue(
         pool: &mut Vec<Box<OutQueue>>,
         pool_bytes: &mut usize,
