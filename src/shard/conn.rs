@@ -133,11 +133,20 @@ impl OutQueue {
         while !self.frames.is_empty() {
             let mut slices = [IoSlice::new(&[]); 64];
             let mut n = 0;
+            let mut asked = 0;
             for (i, f) in self.frames.iter().take(slices.len()).enumerate() {
                 slices[i] = IoSlice::new(if i == 0 { &f[self.offset..] } else { &f[..] });
+                asked += slices[i].len();
                 n += 1;
             }
-            let written = match stream.write_vectored(&slices[..n]) {
+            // One frame (a ping, a unicast push): write(2), which skips writev's import of
+            // the vector.
+            let result = if n == 1 {
+                stream.write(&slices[0])
+            } else {
+                stream.write_vectored(&slices[..n])
+            };
+            let written = match result {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(w) => w,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
@@ -156,6 +165,11 @@ impl OutQueue {
                     self.offset += left;
                     left = 0;
                 }
+            }
+            if written < asked {
+                // The send buffer is full: another write would only say WouldBlock, and
+                // the (edge-triggered) writable event comes once it has room.
+                return Ok(self.frames.is_empty());
             }
         }
         Ok(true)
