@@ -18,11 +18,11 @@ use clap::Args;
 pub const DEFAULT_TARGET_CONNECTIONS: u64 = 100_000;
 
 /// User-space bytes per idle connection (`U` in `tuning/README.md`): the server's RSS
-/// growth per idle connection (slab slot, user/session index entries, timing-wheel entry,
-/// allocator overhead).
+/// growth per idle connection (connection slot, user entry, user table, allocator
+/// overhead; docs/memory.md).
 ///
-/// Measured: 352.7 B at 10,000 idle connections (`scripts/idle-memory.sh`, README
-/// "Measured results"); rounded up to 512 so the projection stays conservative across
+/// Measured: 188 B at 15,000 idle connections (`scripts/idle-memory.sh`, README
+/// "Measured results"); kept at 512 so the projection stays conservative across
 /// allocators and session/topic mixes.
 pub const USER_BYTES_PER_CONNECTION: u64 = 512;
 
