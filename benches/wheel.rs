@@ -4,8 +4,10 @@
 use std::hint::black_box;
 use std::time::Duration;
 
+use criterion::measurement::WallTime;
+use criterion::BenchmarkGroup;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, SamplingMode, Throughput};
-use throng::wheel::{Core, Place, Timed, TimerId, Wheel};
+use throng::wheel::{Core, FlatItems, TimerId, Wheel};
 
 const N: usize = 1_000_000;
 /// Deadlines fall in the next 5 minutes of 10 ms ticks (the shard's tick), which spreads
@@ -23,6 +25,15 @@ fn deadlines() -> Vec<u64> {
             1 + x % SPAN
         })
         .collect()
+}
+
+/// Ten flat samples of a few seconds: each iteration handles a million timers.
+fn configure(g: &mut BenchmarkGroup<'_, WallTime>) {
+    g.sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .throughput(Throughput::Elements(N as u64));
 }
 
 fn filled(deadlines: &[u64]) -> (Wheel<u32>, Vec<TimerId>) {
@@ -47,11 +58,7 @@ fn wheel(c: &mut Criterion) {
     }
 
     let mut g = c.benchmark_group("wheel_1M");
-    g.sampling_mode(SamplingMode::Flat)
-        .sample_size(10)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .throughput(Throughput::Elements(N as u64));
+    configure(&mut g);
 
     g.bench_function("insert", |b| {
         b.iter_batched(
@@ -94,24 +101,9 @@ fn wheel(c: &mut Criterion) {
     g.finish();
 }
 
-/// Items that keep their own deadline and place, as the shard's connection slots do.
-struct Items(Vec<(u32, Place)>);
-
-impl Timed for Items {
-    fn deadline(&self, key: u32) -> u64 {
-        u64::from(self.0[key as usize].0)
-    }
-    fn set_deadline(&mut self, key: u32, deadline: u64) {
-        self.0[key as usize].0 = deadline as u32;
-    }
-    fn place(&mut self, key: u32) -> &mut Place {
-        &mut self.0[key as usize].1
-    }
-}
-
-fn filled_core(deadlines: &[u64]) -> (Core, Items) {
+fn filled_core(deadlines: &[u64]) -> (Core, FlatItems) {
     let mut core = Core::new();
-    let mut items = Items(vec![(0, Place::UNLINKED); deadlines.len()]);
+    let mut items = FlatItems::new(deadlines.len());
     for (i, &d) in deadlines.iter().enumerate() {
         core.insert(&mut items, i as u32, d);
     }
@@ -123,14 +115,10 @@ fn filled_core(deadlines: &[u64]) -> (Core, Items) {
 fn core(c: &mut Criterion) {
     let deadlines = deadlines();
     let mut g = c.benchmark_group("wheel_1M_in_slots");
-    g.sampling_mode(SamplingMode::Flat)
-        .sample_size(10)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .throughput(Throughput::Elements(N as u64));
+    configure(&mut g);
     g.bench_function("insert", |b| {
         b.iter_batched(
-            || (Core::new(), Items(vec![(0, Place::UNLINKED); N])),
+            || (Core::new(), FlatItems::new(N)),
             |(mut core, mut items)| {
                 for (i, d) in deadlines.iter().enumerate() {
                     core.insert(&mut items, i as u32, *d);

@@ -66,6 +66,33 @@ pub trait Timed {
     fn place(&mut self, key: u32) -> &mut Place;
 }
 
+/// Items that keep their own `u32` deadline and place, by index: the shape of an owner's
+/// slots as a `Core` sees them (the shard's `Conns` is the real one; benches and tests
+/// use this).
+pub struct FlatItems(pub Vec<(u32, Place)>);
+
+impl FlatItems {
+    /// `n` items, none armed.
+    pub fn new(n: usize) -> FlatItems {
+        FlatItems(vec![(0, Place::UNLINKED); n])
+    }
+}
+
+impl Timed for FlatItems {
+    fn deadline(&self, key: u32) -> u64 {
+        u64::from(self.0[key as usize].0)
+    }
+
+    fn set_deadline(&mut self, key: u32, deadline: u64) {
+        // Callers arm u32 ticks only.
+        self.0[key as usize].0 = deadline.min(u64::from(u32::MAX)) as u32;
+    }
+
+    fn place(&mut self, key: u32) -> &mut Place {
+        &mut self.0[key as usize].1
+    }
+}
+
 /// The wheel's slots and clock, without the items.
 pub struct Core {
     now: u64,
@@ -518,24 +545,9 @@ mod tests {
         assert_eq!(std::mem::size_of::<Place>(), 12);
     }
 
-    /// Items keeping their own deadlines and places, as the shard's connections do.
-    struct Items(Vec<(u32, Place)>);
-
-    impl Timed for Items {
-        fn deadline(&self, key: u32) -> u64 {
-            u64::from(self.0[key as usize].0)
-        }
-        fn set_deadline(&mut self, key: u32, deadline: u64) {
-            self.0[key as usize].0 = deadline as u32;
-        }
-        fn place(&mut self, key: u32) -> &mut Place {
-            &mut self.0[key as usize].1
-        }
-    }
-
     #[test]
     fn core_rearms_cancels_and_fires_owned_items() {
-        let mut items = Items(vec![(0, Place::UNLINKED); 4]);
+        let mut items = FlatItems::new(4);
         let mut core = Core::new();
         core.insert(&mut items, 0, 10);
         core.insert(&mut items, 1, 70);

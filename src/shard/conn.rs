@@ -210,6 +210,33 @@ pub(super) struct Conn {
 }
 
 impl Conn {
+    /// A connection just adopted at `tick`: open, silent since then, no timer, nothing
+    /// queued (its address is set by `Conns::insert`).
+    pub(super) fn open(
+        stream: TcpStream,
+        user: u32,
+        tick: u32,
+        expires: u32,
+        stamp: SessionStamp,
+        grant: super::grants::GrantId,
+    ) -> Conn {
+        Conn {
+            stream,
+            user,
+            last_rx: tick,
+            expires,
+            deadline: 0,
+            place: Place::UNLINKED,
+            flags: 0,
+            phase: Phase::Open,
+            refused: 0,
+            ip4: 0,
+            out: None,
+            stamp,
+            grant,
+        }
+    }
+
     /// Whether the close handshake has begun.
     pub(super) fn closing(&self) -> bool {
         self.phase != Phase::Open
@@ -724,21 +751,14 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let stream =
             std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
-        let conn = Conn {
-            stream: TcpStream::from_std(stream),
-            user: 0,
-            last_rx: 0,
-            expires: u32::MAX,
-            deadline: 0,
-            place: Place::UNLINKED,
-            flags: 0,
-            phase: Phase::Open,
-            refused: 0,
-            ip4: 0,
-            out: None,
-            stamp: SessionStamp::default(),
-            grant: 0,
-        };
+        let conn = Conn::open(
+            TcpStream::from_std(stream),
+            0,
+            0,
+            u32::MAX,
+            SessionStamp::default(),
+            0,
+        );
         (conn, listener)
     }
 

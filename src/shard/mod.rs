@@ -42,11 +42,11 @@ use crate::http;
 use crate::messages;
 use crate::metrics::{self, Metrics, ShardCounters};
 use crate::reactor::{self, Clock, WAKER};
-use crate::wheel::{Core, Place};
+use crate::wheel::Core;
 
 pub use cluster::ShardCluster;
 pub use conn::OutQueue;
-use conn::{Conn, Conns, Phase, Sent, SessionStamp, DRAIN_DUE, EXPIRING_SENT, PARKED, PING_SENT};
+use conn::{Conn, Conns, Sent, SessionStamp, DRAIN_DUE, EXPIRING_SENT, PARKED, PING_SENT};
 use streams::Streams;
 use topics::Topics;
 use users::Users;
@@ -412,25 +412,13 @@ impl Shard {
         let user = self.users.attach(&h.identity.user, key);
         self.presence_changed(user);
         self.session_counter = self.session_counter.wrapping_add(1);
+        let stamp = SessionStamp {
+            session: self.session_counter,
+            connected: self.tick,
+        };
+        let grant = self.grants.intern(std::mem::take(&mut h.identity.topics));
         let inserted = self.conns.insert(
-            Conn {
-                stream,
-                user,
-                last_rx: self.tick,
-                expires,
-                deadline: 0,
-                place: Place::UNLINKED,
-                flags: 0,
-                phase: Phase::Open,
-                refused: 0,
-                ip4: 0,
-                out: None,
-                stamp: SessionStamp {
-                    session: self.session_counter,
-                    connected: self.tick,
-                },
-                grant: self.grants.intern(std::mem::take(&mut h.identity.topics)),
-            },
+            Conn::open(stream, user, self.tick, expires, stamp, grant),
             ip,
         );
         debug_assert_eq!(inserted, key, "registered under the key the slot got");
