@@ -734,6 +734,7 @@ impl Timed for Conns {
             None => {
                 // Only reachable if a key were armed and then removed unarmed, which
                 // `Shard::finalize` rules out; the stray place is never linked.
+                debug_assert!(false, "timer place of connection {key}, which is gone");
                 self.stray = Place::UNLINKED;
                 &mut self.stray
             }

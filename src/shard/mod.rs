@@ -59,8 +59,8 @@ const CHANNEL_BATCH: usize = 1024;
 const READS_PER_EVENT: usize = 16;
 /// Scratch read buffer shared by every connection of the shard.
 const SCRATCH_BYTES: usize = 64 * 1024;
-/// Most connection (and user) slots a shard reserves up front: 4M slots of 80 bytes is
-/// 320 MiB of address space; past it the tables grow by doubling.
+/// Most connection (and user) slots a shard reserves up front: 4M slots of 64 (72) bytes
+/// is 256 (288) MiB of address space; past it the tables grow by doubling.
 const MAX_RESERVED_SLOTS: usize = 1 << 22;
 
 /// The sending ends of a new shard's two queues and its waker: the connection queue goes
@@ -996,6 +996,9 @@ impl Shard {
 
     /// Drops the socket and its slot.
     fn finalize(&mut self, key: u32) {
+        if self.conns.get(key).is_none() {
+            return;
+        }
         // Out of the wheel before the slot goes: the wheel links through it.
         self.wheel.cancel(&mut self.conns, key);
         let topics = self.conns.take_topics(key);
