@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Server CPU per delivered push (issue 11 items 4 and 5): N connections, `throng-load
+# push` for DURATION seconds, and the server's CPU time (utime + stime from /proc) over a
+# WINDOW-second window in the middle of it against `throng_pushes_delivered_total` over
+# the same window. Prints the load generator's throughput and latency and the server CPU
+# per delivery. Stops what it started, by PID.
+#
+# Environment:
+#   TARGET=user        user (one POST per push, unicast) or broadcast
+#   N=10000            connections (15000 for the broadcast workload of issue 11)
+#   RATE=0             pushes per second (0: as fast as the API answers; 40 for a
+#                      broadcast every 25 ms)
+#   CONCURRENCY=64     API requests in flight (user pushes)
+#   DURATION=10 WINDOW=5 PROCS=1 (2 for 15,000 connections), SOURCE_IPS=127.0.0.2-127.0.0.9,
+#   NO_BUILD=1 (skip the build check).
+set -euo pipefail
+TARGET=${TARGET:-user}
+N=${N:-10000}
+RATE=${RATE:-0}
+CONCURRENCY=${CONCURRENCY:-64}
+DURATION=${DURATION:-10}
+WINDOW=${WINDOW:-5}
+PROCS=${PROCS:-1}
+SOURCE_IPS=${SOURCE_IPS:-127.0.0.2-127.0.0.9}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
+build_release_if_stale push-cost
+SERVER=target/release/throng
+LOAD=target/release/throng-load
+command -v curl >/dev/null || { echo "push-cost: needs curl" >&2; exit 1; }
+((WINDOW + 3 < DURATION)) || { echo "push-cost: WINDOW must be at least 4 s shorter than DURATION" >&2; exit 2; }
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+WORK=$(mktemp -d -t throng-push-cost.XXXXXX)
+SRV_PID=
+LOAD_PID=
+cleanup() {
+    [[ -n $LOAD_PID ]] && kill "$LOAD_PID" 2>/dev/null || true
+    stop_server_pid push-cost "$SRV_PID" 10
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+THRONG_JWT_SECRET="push-cost-$$-$RANDOM$RANDOM-$RANDOM$RANDOM-$RANDOM$RANDOM"
+THRONG_API_KEY="push-cost-key-$$-$RANDOM"
+export THRONG_JWT_SECRET THRONG_API_KEY
+"$SERVER" serve --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --log-format json \
+    --max-connections $((N + 1000)) >"$WORK/server.out" 2>"$WORK/server.log" &
+SRV_PID=$!
+wait_listening push-cost "$SRV_PID" "$WORK/server.log" || exit 1
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$SRV_PID/stat"; }
+HZ=$(getconf CLK_TCK)
+
+timeout $((N / 5000 + DURATION + 120)) "$LOAD" push --url "ws://$CLIENT_ADDR/ws" \
+    --api "http://$API_ADDR" --connections "$N" --connect-rate 10000 \
+    --source-ips "$SOURCE_IPS" --procs "$PROCS" --target "$TARGET" --rate "$RATE" \
+    --api-concurrency "$CONCURRENCY" --duration-secs "$DURATION" \
+    --json "$WORK/report.json" >"$WORK/load.log" 2>&1 &
+LOAD_PID=$!
+wait_connections push-cost "$N" "$LOAD_PID" "$WORK/load.log" || exit 1
+# Into the pushing phase, clear of the connect ramp.
+sleep 2
+c0=$(cpu_ticks) d0=$(api_stat pushes_delivered)
+sleep "$WINDOW"
+c1=$(cpu_ticks) d1=$(api_stat pushes_delivered)
+status=0
+wait "$LOAD_PID" || status=$?
+LOAD_PID=
+if ((status != 0)); then
+    echo "push-cost: throng-load failed (exit $status):" >&2
+    tail -20 "$WORK/load.log" >&2
+    exit "$status"
+fi
+python3 - "$WORK/report.json" "$c0" "$c1" "$d0" "$d1" "$HZ" "$WINDOW" "$TARGET" "$N" <<'PY'
+import json, sys
+path = sys.argv[1]
+c0, c1, d0, d1, hz, window = map(float, sys.argv[2:8])
+target, n = sys.argv[8], sys.argv[9]
+r = json.load(open(path))
+lat = r.get("latency_us", {})
+delivered = d1 - d0
+us = (c1 - c0) / hz / delivered * 1e6 if delivered else float("nan")
+print(f"push-cost: {target} pushes to {n} connections: {r.get('deliveries_per_sec')} deliveries/s, "
+      f"missing {r.get('messages_missing')}, duplicated {r.get('messages_duplicated')}, "
+      f"out of order {r.get('messages_out_of_order')}")
+print(f"push-cost: latency p50 {lat.get('p50')} us, p99 {lat.get('p99')} us, "
+      f"p99.9 {lat.get('p999')} us, max {lat.get('max')} us")
+print(f"push-cost: server CPU {(c1 - c0) / hz:.2f} s over {window:.0f} s for {int(delivered)} "
+      f"deliveries = {us:.2f} us per delivery")
+PY
