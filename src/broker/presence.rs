@@ -319,9 +319,13 @@ impl Presence {
             .ignore();
         match pipe.query::<()>(conn) {
             Ok(()) => {
-                self.pending.clear();
-                if self.pending.capacity() > 4096 {
-                    self.pending.shrink_to(1024);
+                // A connect storm grows the map to its batch (50 KB for 15,000 users);
+                // an idle node must not keep that table. Growing it again in the next
+                // storm is a few allocations per flush.
+                if self.pending.capacity() > 256 {
+                    self.pending = HashMap::new();
+                } else {
+                    self.pending.clear();
                 }
             }
             Err(e) => self.down(&e),
