@@ -431,6 +431,34 @@ fn node_flags(id: &str) -> Vec<&str> {
     ]
 }
 
+/// A user stream and the `room.1` topic stream as two clients saw them before their node
+/// went away, with the epochs their sessions had.
+struct Streams<'a> {
+    user: (Seen, &'a str),
+    topic: (Seen, &'a str),
+}
+
+impl Streams<'_> {
+    /// Reconnects both clients to `node` (the user's session resuming, the other
+    /// resubscribing with `since`), then checks that every push `pusher` made arrives
+    /// exactly once and in order, and nothing after.
+    fn resume_on(self, node: &Node, (user, member): (&str, &str), pusher: Pusher) {
+        let ((mut u, user_epoch), (mut t, topic_epoch)) = (self.user, self.topic);
+        let mut a = node.resume(user, u.last, user_epoch);
+        assert_eq!(a.welcome["resumed"], true, "{}", a.welcome);
+        let mut b = node.connect(member);
+        let s = subscribe(&mut b, "room.1", Some((t.last, topic_epoch)));
+        assert_eq!(s["resumed"], true, "{s}");
+        u.read_to(&mut a, u.last + 5);
+        t.read_to(&mut b, t.last + 5);
+        let (pushed_u, pushed_t) = pusher.finish();
+        u.read_to(&mut a, pushed_u);
+        t.read_to(&mut b, pushed_t);
+        a.expect_silence(Duration::from_millis(150));
+        b.expect_silence(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn killed_node_clients_resume_on_another_node_missing_nothing() {
     let redis = RedisServer::start();
@@ -451,18 +479,11 @@ fn killed_node_clients_resume_on_another_node_missing_nothing() {
     assert_eq!(u.read_to_close(&mut alice), Closed::Eof);
     assert_eq!(t.read_to_close(&mut bob), Closed::Eof);
     // Pushes go on through B all along; the clients come back there.
-    let mut alice = b.resume("alice", u.last, &user_epoch);
-    assert_eq!(alice.welcome["resumed"], true, "{}", alice.welcome);
-    let mut bob = b.connect("bob");
-    let s = subscribe(&mut bob, "room.1", Some((t.last, &topic_epoch)));
-    assert_eq!(s["resumed"], true, "{s}");
-    u.read_to(&mut alice, u.last + 5);
-    t.read_to(&mut bob, t.last + 5);
-    let (pushed_u, pushed_t) = pusher.finish();
-    u.read_to(&mut alice, pushed_u);
-    t.read_to(&mut bob, pushed_t);
-    alice.expect_silence(Duration::from_millis(150));
-    bob.expect_silence(Duration::from_millis(50));
+    let streams = Streams {
+        user: (u, &user_epoch),
+        topic: (t, &topic_epoch),
+    };
+    streams.resume_on(&b, ("alice", "bob"), pusher);
 }
 
 #[test]
@@ -816,18 +837,11 @@ fn restarted_node_clients_resume_on_its_replacement_missing_nothing() {
     flags.extend(["--listen", ws.as_str(), "--api-listen", api.as_str()]);
     let a2 = Node::start(&url, &flags).ready();
     assert_eq!(a2.ws.to_string(), ws, "the replacement listens where A did");
-    let mut erin = a2.resume("erin", u.last, &user_epoch);
-    assert_eq!(erin.welcome["resumed"], true, "{}", erin.welcome);
-    let mut finn = a2.connect("finn");
-    let s = subscribe(&mut finn, "room.1", Some((t.last, &topic_epoch)));
-    assert_eq!(s["resumed"], true, "{s}");
-    u.read_to(&mut erin, u.last + 5);
-    t.read_to(&mut finn, t.last + 5);
-    let (pushed_u, pushed_t) = pusher.finish();
-    u.read_to(&mut erin, pushed_u);
-    t.read_to(&mut finn, pushed_t);
-    erin.expect_silence(Duration::from_millis(150));
-    finn.expect_silence(Duration::from_millis(50));
+    let streams = Streams {
+        user: (u, &user_epoch),
+        topic: (t, &topic_epoch),
+    };
+    streams.resume_on(&a2, ("erin", "finn"), pusher);
 }
 
 #[test]
