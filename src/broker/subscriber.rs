@@ -42,7 +42,7 @@ const TRIM_INTERVAL: Duration = Duration::from_secs(10);
 /// Streams loaded per pipelined round trip. Small enough that a connect storm's replies
 /// and messages do not leave the subscriber's arena fragmented: 64 left about 4.5 B more
 /// per idle connection on a node at 15,000 connections. At 16, a storm of 100,000 first
-/// sessions is 6,250 round trips (about 0.6 s on loopback).
+/// sessions is 6,250 round trips (about 0.6 s at 0.1 ms per round trip on loopback).
 const LOADS_PER_TRIP: usize = 16;
 /// Channels per SUBSCRIBE command.
 const CHANNELS_PER_COMMAND: usize = 1000;
