@@ -219,10 +219,19 @@ impl Shard {
             ttl_ticks: ticks(cfg.history_ttl).max(1),
             memory: cfg.history_memory_bytes,
         };
-        // This shard's share of `max_connections` (bounded): reserved address space for
-        // the connection and user slots, which become resident only as they fill.
+        // This shard's share of the connections the process can hold (`max_connections`,
+        // or fewer under the open-file limit), bounded: reserved address space for the
+        // connection and user slots, which become resident only as they fill.
+        let fd_ceiling = crate::fdlimit::current().map_or(usize::MAX, |(soft, _)| {
+            usize::try_from(crate::fdlimit::client_ceiling(
+                soft,
+                cfg.api_max_connections,
+            ))
+            .unwrap_or(usize::MAX)
+        });
         let expected = cfg
             .max_connections
+            .min(fd_ceiling)
             .div_ceil(cfg.shards.max(1))
             .min(MAX_RESERVED_SLOTS);
         let mut users = Users::with_capacity(limits, expected);
