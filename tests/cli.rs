@@ -74,20 +74,7 @@ impl Proc {
 
     /// Waits for the `listening` JSON log line; returns (client_addr, api_addr).
     fn listening(&mut self) -> (SocketAddr, SocketAddr) {
-        self.find(Duration::from_secs(10), |_, line| {
-            let v: Value = serde_json::from_str(line).ok()?;
-            let msg = v["fields"]["message"].as_str().or(v["message"].as_str())?;
-            if msg != "listening" {
-                return None;
-            }
-            let get = |k: &str| {
-                v["fields"][k]
-                    .as_str()
-                    .or(v[k].as_str())
-                    .and_then(|s| s.parse::<SocketAddr>().ok())
-            };
-            Some((get("client_addr")?, get("api_addr")?))
-        })
+        self.find(Duration::from_secs(10), |_, line| listening_addrs(line))
     }
 
     /// Waits for the process to exit within `timeout`.

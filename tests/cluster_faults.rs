@@ -88,7 +88,7 @@ impl Node {
         collect(err, &log);
         let deadline = Instant::now() + START_WAIT;
         let (ws, api) = loop {
-            if let Some(addrs) = log.lock().unwrap().iter().find_map(|l| listening(l)) {
+            if let Some(addrs) = log.lock().unwrap().iter().find_map(|l| listening_addrs(l)) {
                 break addrs;
             }
             if let Ok(Some(st)) = child.try_wait() {
@@ -250,22 +250,6 @@ fn collect(r: impl std::io::Read + Send + 'static, log: &Arc<Mutex<Vec<String>>>
             log.lock().unwrap().push(l);
         }
     });
-}
-
-/// The `(client_addr, api_addr)` of a JSON `listening` log line.
-fn listening(line: &str) -> Option<(SocketAddr, SocketAddr)> {
-    let v: Value = serde_json::from_str(line).ok()?;
-    let msg = v["fields"]["message"].as_str().or(v["message"].as_str())?;
-    if msg != "listening" {
-        return None;
-    }
-    let get = |k: &str| {
-        v["fields"][k]
-            .as_str()
-            .or(v[k].as_str())
-            .and_then(|s| s.parse::<SocketAddr>().ok())
-    };
-    Some((get("client_addr")?, get("api_addr")?))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -431,23 +415,82 @@ fn node_flags(id: &str) -> Vec<&str> {
     ]
 }
 
-/// A user stream and the `room.1` topic stream as two clients saw them before their node
-/// went away, with the epochs their sessions had.
-struct Streams<'a> {
-    user: (Seen, &'a str),
-    topic: (Seen, &'a str),
+/// Two nodes on one Redis. On A, a user's session and a member of `room.1`, their
+/// streams loaded; pushes to both go through B, and each client has read the first few.
+struct TwoNodes {
+    /// Kept for the nodes' lifetime.
+    _redis: RedisServer,
+    url: String,
+    a: Node,
+    b: Node,
+    /// The user's client and the member's, both on A.
+    clients: (Client, Client),
+    streams: Streams,
+    pusher: Pusher,
 }
 
-impl Streams<'_> {
+impl TwoNodes {
+    /// Starts it all for `user` and `member`, each client having read `first` pushes.
+    fn pushing(user: &'static str, member: &str, first: u64) -> TwoNodes {
+        let redis = RedisServer::start();
+        let url = redis.url();
+        let a = Node::start(&url, &node_flags("a")).ready();
+        let b = Node::start(&url, &node_flags("b")).ready();
+        let mut u_client = a.connect(user);
+        let user_epoch = epoch_of(&u_client.welcome);
+        let mut m_client = a.connect(member);
+        let topic_epoch = epoch_of(&subscribe(&mut m_client, "room.1", None));
+        a.wait_streams(3);
+        let (mut u, mut t) = (Seen::user(), Seen::topic("room.1"));
+        let pusher = Pusher::start(b.api, user, "room.1");
+        u.read_to(&mut u_client, first);
+        t.read_to(&mut m_client, first);
+        TwoNodes {
+            _redis: redis,
+            url,
+            a,
+            b,
+            clients: (u_client, m_client),
+            streams: Streams {
+                user: u,
+                user_epoch,
+                topic: t,
+                topic_epoch,
+            },
+            pusher,
+        }
+    }
+
+    /// Reads what reached both clients before their node went away, in order, up to
+    /// how their sockets ended.
+    fn read_to_close(&mut self) -> (Closed, Closed) {
+        let (u_client, m_client) = &mut self.clients;
+        (
+            self.streams.user.read_to_close(u_client),
+            self.streams.topic.read_to_close(m_client),
+        )
+    }
+}
+
+/// A user stream and the `room.1` topic stream as two clients saw them, with the epochs
+/// their sessions had.
+struct Streams {
+    user: Seen,
+    user_epoch: String,
+    topic: Seen,
+    topic_epoch: String,
+}
+
+impl Streams {
     /// Reconnects both clients to `node` (the user's session resuming, the other
     /// resubscribing with `since`), then checks that every push `pusher` made arrives
     /// exactly once and in order, and nothing after.
     fn resume_on(self, node: &Node, (user, member): (&str, &str), pusher: Pusher) {
-        let ((mut u, user_epoch), (mut t, topic_epoch)) = (self.user, self.topic);
-        let mut a = node.resume(user, u.last, user_epoch);
+        let (mut u, mut t) = (self.user, self.topic);
+        let mut a = node.resume(user, u.last, &self.user_epoch);
         assert_eq!(a.welcome["resumed"], true, "{}", a.welcome);
         let mut b = node.connect(member);
-        let s = subscribe(&mut b, "room.1", Some((t.last, topic_epoch)));
+        let s = subscribe(&mut b, "room.1", Some((t.last, &self.topic_epoch)));
         assert_eq!(s["resumed"], true, "{s}");
         u.read_to(&mut a, u.last + 5);
         t.read_to(&mut b, t.last + 5);
@@ -461,29 +504,12 @@ impl Streams<'_> {
 
 #[test]
 fn killed_node_clients_resume_on_another_node_missing_nothing() {
-    let redis = RedisServer::start();
-    let url = redis.url();
-    let mut a = Node::start(&url, &node_flags("a")).ready();
-    let b = Node::start(&url, &node_flags("b")).ready();
-    let mut alice = a.connect("alice");
-    let user_epoch = epoch_of(&alice.welcome);
-    let mut bob = a.connect("bob");
-    let topic_epoch = epoch_of(&subscribe(&mut bob, "room.1", None));
-    a.wait_streams(3);
-    let (mut u, mut t) = (Seen::user(), Seen::topic("room.1"));
-    let pusher = Pusher::start(b.api, "alice", "room.1");
-    u.read_to(&mut alice, 5);
-    t.read_to(&mut bob, 5);
-    a.kill9();
+    let mut n = TwoNodes::pushing("alice", "bob", 5);
+    n.a.kill9();
     // What reached them before the crash, in order; then the socket ends.
-    assert_eq!(u.read_to_close(&mut alice), Closed::Eof);
-    assert_eq!(t.read_to_close(&mut bob), Closed::Eof);
+    assert_eq!(n.read_to_close(), (Closed::Eof, Closed::Eof));
     // Pushes go on through B all along; the clients come back there.
-    let streams = Streams {
-        user: (u, &user_epoch),
-        topic: (t, &topic_epoch),
-    };
-    streams.resume_on(&b, ("alice", "bob"), pusher);
+    n.streams.resume_on(&n.b, ("alice", "bob"), n.pusher);
 }
 
 #[test]
@@ -810,38 +836,24 @@ fn node_cut_off_from_redis_delivers_what_it_missed_from_history_after_reconnecti
 
 #[test]
 fn restarted_node_clients_resume_on_its_replacement_missing_nothing() {
-    let redis = RedisServer::start();
-    let url = redis.url();
-    let mut a = Node::start(&url, &node_flags("a")).ready();
-    let b = Node::start(&url, &node_flags("b")).ready();
-    let mut erin = a.connect("erin");
-    let user_epoch = epoch_of(&erin.welcome);
-    let mut finn = a.connect("finn");
-    let topic_epoch = epoch_of(&subscribe(&mut finn, "room.1", None));
-    a.wait_streams(3);
-    let (mut u, mut t) = (Seen::user(), Seen::topic("room.1"));
-    let pusher = Pusher::start(b.api, "erin", "room.1");
-    u.read_to(&mut erin, 3);
-    t.read_to(&mut finn, 3);
-    let (ws, api) = (a.ws.to_string(), a.api.to_string());
-    let st = a.terminate();
+    let mut n = TwoNodes::pushing("erin", "finn", 3);
+    let (ws, api) = (n.a.ws.to_string(), n.a.api.to_string());
+    let st = n.a.terminate();
     assert!(
         st.success(),
         "SIGTERM drains and exits 0: {st}\n{}",
-        a.output()
+        n.a.output()
     );
     // The drain says "going away" (1001) after what was already delivered.
-    assert_eq!(u.read_to_close(&mut erin), Closed::Code(Some(1001)));
-    assert_eq!(t.read_to_close(&mut finn), Closed::Code(Some(1001)));
+    assert_eq!(
+        n.read_to_close(),
+        (Closed::Code(Some(1001)), Closed::Code(Some(1001)))
+    );
     let mut flags = node_flags("a");
     flags.extend(["--listen", ws.as_str(), "--api-listen", api.as_str()]);
-    let a2 = Node::start(&url, &flags).ready();
+    let a2 = Node::start(&n.url, &flags).ready();
     assert_eq!(a2.ws.to_string(), ws, "the replacement listens where A did");
-    let streams = Streams {
-        user: (u, &user_epoch),
-        topic: (t, &topic_epoch),
-    };
-    streams.resume_on(&a2, ("erin", "finn"), pusher);
+    n.streams.resume_on(&a2, ("erin", "finn"), n.pusher);
 }
 
 #[test]

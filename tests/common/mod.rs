@@ -242,6 +242,23 @@ pub fn sign(alg: Algorithm, secret: &str, claims: Value) -> String {
     .expect("sign token")
 }
 
+/// The `(client_addr, api_addr)` of a server's JSON `listening` log line (`None` for any
+/// other line), for tests that run the binary.
+pub fn listening_addrs(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    let v: Value = serde_json::from_str(line).ok()?;
+    let msg = v["fields"]["message"].as_str().or(v["message"].as_str())?;
+    if msg != "listening" {
+        return None;
+    }
+    let get = |k: &str| {
+        v["fields"][k]
+            .as_str()
+            .or(v[k].as_str())
+            .and_then(|s| s.parse::<SocketAddr>().ok())
+    };
+    Some((get("client_addr")?, get("api_addr")?))
+}
+
 // ---------------------------------------------------------------------------------------
 // tungstenite client
 
