@@ -415,6 +415,32 @@ fn node_flags(id: &str) -> Vec<&str> {
     ]
 }
 
+/// On one node, a user's session and a member of `room.1`, with their streams loaded and
+/// the epochs their `welcome` and `subscribed` gave.
+struct Pair {
+    user: Client,
+    member: Client,
+    user_epoch: String,
+    topic_epoch: String,
+}
+
+impl Pair {
+    /// Connects `user` and `member` (who subscribes to `room.1`) to `node`.
+    fn on(node: &Node, user: &str, member: &str) -> Pair {
+        let user = node.connect(user);
+        let user_epoch = epoch_of(&user.welcome);
+        let mut member = node.connect(member);
+        let topic_epoch = epoch_of(&subscribe(&mut member, "room.1", None));
+        node.wait_streams(3);
+        Pair {
+            user,
+            member,
+            user_epoch,
+            topic_epoch,
+        }
+    }
+}
+
 /// Two nodes on one Redis. On A, a user's session and a member of `room.1`, their
 /// streams loaded; pushes to both go through B, and each client has read the first few.
 struct TwoNodes {
@@ -436,11 +462,12 @@ impl TwoNodes {
         let url = redis.url();
         let a = Node::start(&url, &node_flags("a")).ready();
         let b = Node::start(&url, &node_flags("b")).ready();
-        let mut u_client = a.connect(user);
-        let user_epoch = epoch_of(&u_client.welcome);
-        let mut m_client = a.connect(member);
-        let topic_epoch = epoch_of(&subscribe(&mut m_client, "room.1", None));
-        a.wait_streams(3);
+        let Pair {
+            user: mut u_client,
+            member: mut m_client,
+            user_epoch,
+            topic_epoch,
+        } = Pair::on(&a, user, member);
         let (mut u, mut t) = (Seen::user(), Seen::topic("room.1"));
         let pusher = Pusher::start(b.api, user, "room.1");
         u.read_to(&mut u_client, first);
@@ -628,10 +655,11 @@ fn redis_down_keeps_clients_refuses_pushes_and_recovers_by_itself() {
     let url = redis.url();
     let a = Node::start(&url, &node_flags("a")).ready();
     let b = Node::start(&url, &node_flags("b")).ready();
-    let mut carol = a.connect("carol");
-    let mut dan = a.connect("dan");
-    subscribe(&mut dan, "room.1", None);
-    a.wait_streams(3);
+    let Pair {
+        user: mut carol,
+        member: mut dan,
+        ..
+    } = Pair::on(&a, "carol", "dan");
     let (mut u, mut t) = (Seen::user(), Seen::topic("room.1"));
     push_both(&a, "carol", 1);
     u.read_to(&mut carol, 1);
@@ -783,10 +811,11 @@ fn node_cut_off_from_redis_delivers_what_it_missed_from_history_after_reconnecti
     let relay = Relay::start(redis.addr());
     let a = Node::start(&relay.url(), &node_flags("a")).ready();
     let b = Node::start(&redis.url(), &node_flags("b")).ready();
-    let mut carol = a.connect("carol");
-    let mut dan = a.connect("dan");
-    subscribe(&mut dan, "room.1", None);
-    a.wait_streams(3);
+    let Pair {
+        user: mut carol,
+        member: mut dan,
+        ..
+    } = Pair::on(&a, "carol", "dan");
     let (mut u, mut t) = (Seen::user(), Seen::topic("room.1"));
     push_both(&b, "carol", 1);
     u.read_to(&mut carol, 1);
@@ -944,11 +973,12 @@ fn redis_back_empty_restarts_streams_and_their_sessions_resume_false() {
     // No persistence: Redis comes back with no stream at all (new epochs, seq 0).
     let mut redis = RedisServer::start();
     let a = Node::start(&redis.url(), &node_flags("a")).ready();
-    let mut carol = a.connect("carol");
-    let user_epoch = epoch_of(&carol.welcome);
-    let mut dan = a.connect("dan");
-    let topic_epoch = epoch_of(&subscribe(&mut dan, "room.1", None));
-    a.wait_streams(3);
+    let Pair {
+        user: mut carol,
+        member: mut dan,
+        user_epoch,
+        topic_epoch,
+    } = Pair::on(&a, "carol", "dan");
     let (mut u, mut t) = (Seen::user(), Seen::topic("room.1"));
     push_both(&a, "carol", 1);
     u.read_to(&mut carol, 1);
@@ -979,11 +1009,12 @@ fn streams_lost_in_redis_under_live_sessions_close_them_with_1012() {
     let redis = RedisServer::start();
     let a = Node::start(&redis.url(), &node_flags("a")).ready();
     let b = Node::start(&redis.url(), &node_flags("b")).ready();
-    let mut carol = a.connect("carol");
-    let user_epoch = epoch_of(&carol.welcome);
-    let mut dan = a.connect("dan");
-    let topic_epoch = epoch_of(&subscribe(&mut dan, "room.1", None));
-    a.wait_streams(3);
+    let Pair {
+        user: mut carol,
+        member: mut dan,
+        user_epoch,
+        topic_epoch,
+    } = Pair::on(&a, "carol", "dan");
     let (mut u, mut t) = (Seen::user(), Seen::topic("room.1"));
     push_both(&b, "carol", 1);
     u.read_to(&mut carol, 1);
