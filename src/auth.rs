@@ -42,6 +42,8 @@ pub struct Identity {
     pub user: Box<str>,
     /// Topic patterns from the `topics` claim.
     pub topics: Vec<TopicPattern>,
+    /// Topic patterns from the `publish` claim: where the client may publish.
+    pub publish: Vec<TopicPattern>,
     /// `exp`, seconds since the Unix epoch, when present.
     pub exp: Option<u64>,
 }
@@ -51,6 +53,7 @@ struct Claims {
     sub: Option<serde_json::Value>,
     exp: Option<u64>,
     topics: Option<Vec<String>>,
+    publish: Option<Vec<String>>,
 }
 
 /// Checks a user id: 1 to 128 bytes without control characters.
@@ -141,21 +144,26 @@ impl Verifier {
             None => return Err(AuthError::Invalid("missing claim sub".into())),
         };
         validate_user(&user).map_err(|e| AuthError::Invalid(e.into()))?;
-        let topics = claims
-            .topics
-            .unwrap_or_default()
-            .iter()
-            .map(|p| {
-                TopicPattern::parse(p)
-                    .map_err(|e| AuthError::Invalid(format!("topics claim {p:?}: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let topics = patterns("topics", claims.topics)?;
+        let publish = patterns("publish", claims.publish)?;
         Ok(Identity {
             user,
             topics,
+            publish,
             exp: claims.exp,
         })
     }
+}
+
+/// The patterns of a list claim (`topics`, `publish`); none when absent.
+fn patterns(claim: &str, list: Option<Vec<String>>) -> Result<Vec<TopicPattern>, AuthError> {
+    list.unwrap_or_default()
+        .iter()
+        .map(|p| {
+            TopicPattern::parse(p)
+                .map_err(|e| AuthError::Invalid(format!("{claim} claim {p:?}: {e}")))
+        })
+        .collect()
 }
 
 /// Why a token failed, in words a client developer can act on (not the parser's internals).
@@ -167,7 +175,7 @@ fn plain_reason(e: &jsonwebtoken::errors::Error) -> String {
         ErrorKind::Base64(_) => "not a JWT: a part is not valid base64url".into(),
         ErrorKind::Utf8(_) => "the token's header or claims are not UTF-8 text".into(),
         ErrorKind::Json(j) if j.is_data() => "a claim has the wrong type (sub must be a string \
-             or an integer, exp and nbf numbers of seconds, topics a list of strings)"
+             or an integer, exp and nbf numbers of seconds, topics and publish lists of strings)"
             .into(),
         ErrorKind::Json(_) => "the token's header or claims are not a valid JSON object".into(),
         ErrorKind::InvalidSignature => "bad signature".into(),
@@ -198,6 +206,8 @@ struct MintClaims<'a> {
     iat: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     topics: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    publish: Option<&'a [String]>,
 }
 
 /// Signs an HS256 token for `sub`, valid for `ttl_secs`, for operators and tests.
@@ -206,6 +216,7 @@ pub fn mint_hs256(
     sub: &str,
     ttl_secs: u64,
     topics: Option<&[String]>,
+    publish: Option<&[String]>,
 ) -> Result<String, jsonwebtoken::errors::Error> {
     let now = jsonwebtoken::get_current_timestamp();
     let claims = MintClaims {
@@ -213,6 +224,7 @@ pub fn mint_hs256(
         exp: now + ttl_secs,
         iat: now,
         topics,
+        publish,
     };
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -487,9 +499,18 @@ mod tests {
     fn minted_token_verifies() {
         let v = Verifier::new(&cfg(Algorithm::HS256)).unwrap();
         let topics = vec!["room:*".to_string()];
-        let t = mint_hs256("s3cret", "bob", 60, Some(&topics)).unwrap();
+        let t = mint_hs256("s3cret", "bob", 60, Some(&topics), Some(&topics)).unwrap();
         let id = v.verify(&t).unwrap();
         assert_eq!(&*id.user, "bob");
         assert_eq!(id.topics.len(), 1);
+        assert!(crate::topic::allowed(&id.publish, "room:1"));
+    }
+
+    #[test]
+    fn bad_publish_claim_is_named() {
+        let v = Verifier::new(&cfg(Algorithm::HS256)).unwrap();
+        let t = mint_hs256("s3cret", "bob", 60, None, Some(&["a b".to_string()])).unwrap();
+        let e = v.verify(&t).unwrap_err().to_string();
+        assert!(e.contains("publish claim"), "{e}");
     }
 }

@@ -56,6 +56,39 @@ pub struct Ticket {
     pub serial: u64,
 }
 
+/// Client publishes one shard may have waiting for the push API's answer; beyond, the
+/// client gets `error` `overloaded` (so the channel to the API can never be full).
+pub(crate) const PUBLISH_IN_FLIGHT: usize = 1024;
+
+/// Which session a client publish came from, so its answer finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// The shard holding the connection.
+    pub shard: usize,
+    /// The connection's slot key on that shard.
+    pub conn: u32,
+    /// Its session number there: a reused slot is another session.
+    pub session: u32,
+    /// The message's `ref` as JSON text, echoed in the answer.
+    pub reference: Option<Box<str>>,
+}
+
+/// A client's `publish` (docs/protocol.md 6), from its shard to the push API, which numbers
+/// it like any topic push and answers the origin.
+pub struct ClientPublish {
+    /// Where to answer.
+    pub origin: Origin,
+    /// The topic, validated and allowed by the shard.
+    pub topic: Box<str>,
+    /// The publisher's user id, shown to subscribers as `from`.
+    pub from: Box<str>,
+    /// `data` as JSON text.
+    pub data: Box<str>,
+}
+
+/// How a client publish ended: its topic `seq`, or the `error` code and message.
+pub(crate) type PublishOutcome = Result<u64, (&'static str, String)>;
+
 /// A command from the push API to one shard.
 pub enum ShardCmd {
     /// A direct push to these users (all owned by this shard).
@@ -116,6 +149,15 @@ pub enum ShardCmd {
         /// Where to send the count.
         ticket: Ticket,
     },
+    /// The answer to a client's publish: `published` or `error` for its session.
+    Published {
+        /// The publishing session.
+        origin: Origin,
+        /// The topic it published to.
+        topic: Box<str>,
+        /// Its `seq`, or why not.
+        outcome: PublishOutcome,
+    },
 }
 
 impl ShardCmd {
@@ -132,7 +174,8 @@ impl ShardCmd {
             ShardCmd::Broadcast { frame, .. } => frame.len() as u64,
             ShardCmd::Disconnect { .. }
             | ShardCmd::Presence { .. }
-            | ShardCmd::TopicMembers { .. } => 0,
+            | ShardCmd::TopicMembers { .. }
+            | ShardCmd::Published { .. } => 0,
         }
     }
 }

@@ -139,6 +139,16 @@ pub struct ServeArgs {
     /// Comma-separated topic patterns anyone may subscribe to (`news`, `room:*`).
     #[arg(long)]
     pub public_topics: Option<String>,
+    /// Comma-separated topic patterns any client may publish to; none by default.
+    #[arg(long)]
+    pub public_publish: Option<String>,
+    /// Client messages per second per connection (token bucket of as many), 0 = unlimited
+    /// [default: 100].
+    #[arg(long)]
+    pub client_rate: Option<u32>,
+    /// Largest `data` of a client publish, in bytes of JSON [default: 16384].
+    #[arg(long)]
+    pub max_publish_bytes: Option<usize>,
     /// Comma-separated allowed `Origin` values; empty = any.
     #[arg(long)]
     pub allowed_origins: Option<String>,
@@ -242,6 +252,9 @@ struct FileConfig {
     max_sessions_per_user: Option<usize>,
     max_topics_per_connection: Option<usize>,
     public_topics: Option<Vec<String>>,
+    public_publish: Option<Vec<String>>,
+    client_rate: Option<u32>,
+    max_publish_bytes: Option<usize>,
     allowed_origins: Option<Vec<String>>,
     shard_queue_capacity: Option<usize>,
     shutdown_grace_ms: Option<u64>,
@@ -336,6 +349,12 @@ pub struct Config {
     pub max_topics_per_connection: usize,
     /// Topics open to everyone.
     pub public_topics: Vec<TopicPattern>,
+    /// Topics anyone may publish to.
+    pub public_publish: Vec<TopicPattern>,
+    /// Client messages per second per connection (0 = unlimited).
+    pub client_rate: u32,
+    /// Largest `data` of a client publish.
+    pub max_publish_bytes: usize,
     /// Allowed `Origin` values (empty = any).
     pub allowed_origins: Vec<String>,
     /// Capacity of each shard queue.
@@ -734,15 +753,14 @@ impl Config {
         if backlog == 0 || backlog > i32::MAX as u32 {
             return Err(invalid("backlog", "must be between 1 and 2147483647"));
         }
-        let public_topics = match args.public_topics {
-            Some(s) => split_list(&s),
-            None => file.public_topics.unwrap_or_default(),
-        }
-        .iter()
-        .map(|p| {
-            TopicPattern::parse(p).map_err(|e| invalid("public_topics", format!("{p:?}: {e}")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+        let max_publish_bytes = positive(
+            "max_publish_bytes",
+            args.max_publish_bytes
+                .or(file.max_publish_bytes)
+                .unwrap_or(16384),
+        )?;
+        let public_topics = patterns("public_topics", args.public_topics, file.public_topics)?;
+        let public_publish = patterns("public_publish", args.public_publish, file.public_publish)?;
         let allowed_origins = match args.allowed_origins {
             Some(s) => split_list(&s),
             None => file.allowed_origins.unwrap_or_default(),
@@ -772,6 +790,9 @@ impl Config {
             max_sessions_per_user,
             max_topics_per_connection,
             public_topics,
+            public_publish,
+            client_rate: args.client_rate.or(file.client_rate).unwrap_or(100),
+            max_publish_bytes,
             allowed_origins,
             shard_queue_capacity,
             shutdown_grace,
@@ -866,6 +887,22 @@ fn parse_algorithm(name: &str) -> Result<Algorithm, ConfigError> {
 
 fn is_hmac(a: Algorithm) -> bool {
     matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+}
+
+/// A list of topic patterns from the flag (comma-separated) or else the file; the error
+/// names the key and the pattern.
+fn patterns(
+    key: &'static str,
+    flag: Option<String>,
+    file: Option<Vec<String>>,
+) -> Result<Vec<TopicPattern>, ConfigError> {
+    match flag {
+        Some(s) => split_list(&s),
+        None => file.unwrap_or_default(),
+    }
+    .iter()
+    .map(|p| TopicPattern::parse(p).map_err(|e| invalid(key, format!("{p:?}: {e}"))))
+    .collect()
 }
 
 fn split_list(s: &str) -> Vec<String> {

@@ -39,6 +39,9 @@ struct TokenArgs {
     /// Comma-separated topic patterns the token grants.
     #[arg(long, value_delimiter = ',')]
     topics: Option<Vec<String>>,
+    /// Comma-separated topic patterns the token may publish to.
+    #[arg(long, value_delimiter = ',')]
+    publish: Option<Vec<String>>,
 }
 
 fn main() -> ExitCode {
@@ -89,13 +92,21 @@ fn token(t: TokenArgs) -> ExitCode {
         eprintln!("throng token: --sub: {e}");
         return ExitCode::from(2);
     }
-    for p in t.topics.iter().flatten() {
-        if let Err(e) = throng::topic::TopicPattern::parse(p) {
-            eprintln!("throng token: --topics: {p:?}: {e}");
-            return ExitCode::from(2);
+    for (flag, list) in [("--topics", &t.topics), ("--publish", &t.publish)] {
+        for p in list.iter().flatten() {
+            if let Err(e) = throng::topic::TopicPattern::parse(p) {
+                eprintln!("throng token: {flag}: {p:?}: {e}");
+                return ExitCode::from(2);
+            }
         }
     }
-    match throng::auth::mint_hs256(&t.secret, &t.sub, t.ttl_secs, t.topics.as_deref()) {
+    match throng::auth::mint_hs256(
+        &t.secret,
+        &t.sub,
+        t.ttl_secs,
+        t.topics.as_deref(),
+        t.publish.as_deref(),
+    ) {
         Ok(tok) => {
             println!("{tok}");
             ExitCode::SUCCESS
@@ -221,9 +232,9 @@ fn print_dev_banner(server: &Server, config: &Config) {
     let api = format!("http://{}", host(server.api_addr()));
     let secret = config.jwt.secret.clone().unwrap_or_default();
     let api_key = config.api_key.clone().unwrap_or_default();
-    let token =
-        throng::auth::mint_hs256(&secret, "alice", 24 * 3600, Some(&["room:*".to_string()]))
-            .unwrap_or_else(|e| format!("<cannot sign: {e}>"));
+    let rooms = ["room:*".to_string()];
+    let token = throng::auth::mint_hs256(&secret, "alice", 24 * 3600, Some(&rooms), Some(&rooms))
+        .unwrap_or_else(|e| format!("<cannot sign: {e}>"));
     println!(
         "
 Throng is running in dev mode (do not use these credentials in production).
@@ -232,7 +243,7 @@ Throng is running in dev mode (do not use these credentials in production).
   Push API      {api}
   JWT secret    {secret}
   API key       {api_key}
-  Token (user \"alice\", topics room:*, valid 24 h):
+  Token (user \"alice\", may subscribe and publish to room:*, valid 24 h):
   {token}
 
 Connect as alice (any WebSocket client; two options):

@@ -36,6 +36,13 @@ pub enum ClientMsg<'a> {
         /// The new JWT, verified by the shard.
         token: Cow<'a, str>,
     },
+    /// Publish `data` to a topic's subscribers (docs/protocol.md 6).
+    Publish {
+        /// Topic name.
+        topic: Cow<'a, str>,
+        /// `data`, re-encoded as compact JSON text.
+        data: String,
+    },
 }
 
 /// A refused client message: the `error` code and message sent back.
@@ -118,6 +125,16 @@ fn interpret(value: simd_json::BorrowedValue<'_>) -> Result<ClientMsg<'_>, Refus
             Some(seq) => Ok(ClientMsg::Ack { seq }),
             None => Err(refused("bad_json", "ack needs an unsigned integer \"seq\"")),
         },
+        "publish" => {
+            let topic = topic()?;
+            match obj.get("data") {
+                Some(data) => Ok(ClientMsg::Publish {
+                    topic,
+                    data: data.encode(),
+                }),
+                None => Err(refused("bad_json", "publish needs a field \"data\"")),
+            }
+        }
         // Like `subscribe` without a topic (`bad_topic`), a refresh without a token is
         // refused with the code of its subject.
         "refresh" => match obj.remove("token") {
@@ -187,7 +204,20 @@ pub fn push_frame(
     topic: Option<&str>,
     id: Option<&str>,
 ) -> Wire {
-    let mut b = FrameBuilder::text(data.len() + 64 + topic.map_or(0, str::len));
+    push_frame_from(data, ts_ms, seq, topic, id, None)
+}
+
+/// A push frame that names its publisher in `from` (a client publish, docs/protocol.md 6).
+pub fn push_frame_from(
+    data: &str,
+    ts_ms: u64,
+    seq: Option<u64>,
+    topic: Option<&str>,
+    id: Option<&str>,
+    from: Option<&str>,
+) -> Wire {
+    let extra = topic.map_or(0, str::len) + from.map_or(0, str::len);
+    let mut b = FrameBuilder::text(data.len() + 64 + extra);
     let out = b.payload();
     out.extend_from_slice(b"{\"type\":\"push\"");
     if let Some(seq) = seq {
@@ -200,6 +230,10 @@ pub fn push_frame(
     if let Some(id) = id {
         out.extend_from_slice(b",\"id\":");
         json_str(out, id);
+    }
+    if let Some(from) = from {
+        out.extend_from_slice(b",\"from\":");
+        json_str(out, from);
     }
     let _ = write!(out, ",\"ts\":{ts_ms},\"data\":");
     out.extend_from_slice(data.as_bytes());
@@ -294,6 +328,17 @@ pub fn pong_frame(reference: Option<&str>) -> Wire {
     let mut b = FrameBuilder::text(32);
     let out = b.payload();
     out.extend_from_slice(b"{\"type\":\"pong\"");
+    finish_with_ref(out, reference);
+    b.finish()
+}
+
+/// `published`: a client's publish was numbered `seq` in the topic's stream.
+pub fn published_frame(topic: &str, seq: u64, reference: Option<&str>) -> Wire {
+    let mut b = FrameBuilder::text(64 + topic.len());
+    let out = b.payload();
+    out.extend_from_slice(b"{\"type\":\"published\",\"topic\":");
+    json_str(out, topic);
+    let _ = write!(out, ",\"seq\":{seq}");
     finish_with_ref(out, reference);
     b.finish()
 }
@@ -462,6 +507,47 @@ mod tests {
         }
         // A ref survives a refused refresh, so the error can be matched.
         assert_eq!(p(r#"{"type":"refresh","ref":3}"#).1, Some("3".into()));
+    }
+
+    #[test]
+    fn parses_publish_and_reencodes_data() {
+        assert_eq!(
+            p(
+                r#"{"type":"publish","topic":"room:1","data":{"text": "hi \u0041", "n": [1, 2.5]},"ref":7}"#
+            ),
+            (
+                Ok(
+                    r#"Publish { topic: "room:1", data: "{\"text\":\"hi A\",\"n\":[1,2.5]}" }"#
+                        .into()
+                ),
+                Some("7".into())
+            )
+        );
+        assert_eq!(
+            p(r#"{"type":"publish","topic":"t","data":null}"#).0,
+            Ok(r#"Publish { topic: "t", data: "null" }"#.into())
+        );
+        let missing = p(r#"{"type":"publish","topic":"t"}"#).0.unwrap_err();
+        assert_eq!(missing.code, "bad_json");
+        assert!(missing.message.contains("\"data\""), "{}", missing.message);
+        assert_eq!(
+            p(r#"{"type":"publish","data":1}"#).0.unwrap_err().code,
+            "bad_topic"
+        );
+    }
+
+    #[test]
+    fn published_and_from_frames() {
+        let f = published_frame("room:1", 42, Some("\"p1\""));
+        assert_eq!(
+            payload_json(&f),
+            serde_json::json!({"type":"published","topic":"room:1","seq":42,"ref":"p1"})
+        );
+        let f = push_frame_from("[1]", 5, Some(3), Some("room:1"), None, Some("al\"ice"));
+        assert_eq!(
+            payload_json(&f),
+            serde_json::json!({"type":"push","seq":3,"topic":"room:1","from":"al\"ice","ts":5,"data":[1]})
+        );
     }
 
     #[test]

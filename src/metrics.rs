@@ -116,6 +116,10 @@ pub struct ShardCounters {
     pub acks: AtomicU64,
     /// WebSocket Pings sent for heartbeats.
     pub pings: AtomicU64,
+    /// Client publishes numbered and fanned out (answered `published`).
+    pub client_publishes: AtomicU64,
+    /// Client messages refused with `rate_limited` (`client_rate`).
+    pub rate_limited: AtomicU64,
     /// Sessions with an ack recorded (gauge): entries of the shard's ack table, which
     /// leave with their connection.
     pub acked_sessions: AtomicU64,
@@ -326,6 +330,8 @@ impl Metrics {
                 "history_evictions": self.sum(|c| &c.history_evictions),
                 "acks": self.sum(|c| &c.acks),
                 "pings": self.sum(|c| &c.pings),
+                "client_publishes": self.sum(|c| &c.client_publishes),
+                "rate_limited": self.sum(|c| &c.rate_limited),
                 "api_refused_connections": self.api_refused_connections.load(Relaxed),
                 "api_request_timeouts": self.api_request_timeouts.load(Relaxed),
                 "api_idle_closes": self.api_idle_closes.load(Relaxed),
@@ -452,6 +458,20 @@ impl Metrics {
             "counter",
             "WebSocket Pings sent to silent connections (heartbeats).",
             &|c| &c.pings,
+        );
+        per_shard(
+            &mut out,
+            "throng_client_publishes_total",
+            "counter",
+            "Client publishes numbered and delivered to the topic (answered published).",
+            &|c| &c.client_publishes,
+        );
+        per_shard(
+            &mut out,
+            "throng_rate_limited_total",
+            "counter",
+            "Client messages refused with rate_limited (client_rate).",
+            &|c| &c.rate_limited,
         );
         per_shard(
             &mut out,

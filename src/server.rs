@@ -107,6 +107,9 @@ impl Server {
         // Replies are bounded by construction: each API connection waits on at most one
         // request, whose replies number at most the shard count.
         let (reply_tx, reply_rx) = crossbeam_channel::unbounded();
+        // Never full: each shard keeps at most PUBLISH_IN_FLIGHT unanswered.
+        let (publish_tx, publish_rx) =
+            crossbeam_channel::bounded(config.shards.max(1) * crate::command::PUBLISH_IN_FLIGHT);
 
         let cores = if config.pin_cores {
             core_affinity::get_core_ids().unwrap_or_default()
@@ -144,6 +147,7 @@ impl Server {
                     waker: Arc::clone(&api_waker),
                 },
                 cluster,
+                publishes: publish_tx.clone(),
             };
             let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
             let (ends, thread) = shard::spawn(id, shared, core)?;
@@ -151,6 +155,7 @@ impl Server {
             shard_threads.push(thread);
         }
         drop(interest_tx);
+        drop(publish_tx);
         drop(presence_tx);
         let shard_wakers: Vec<Arc<Waker>> = handles.iter().map(|h| Arc::clone(&h.waker)).collect();
         let (broker_links, broker_threads) = match &config.cluster {
@@ -216,6 +221,7 @@ impl Server {
             api_listener,
             Links::from_parts(cmd_parts),
             reply_rx,
+            publish_rx,
             Arc::clone(&config),
             Arc::clone(&metrics),
             Arc::clone(&draining),

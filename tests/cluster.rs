@@ -230,6 +230,69 @@ fn topics_are_numbered_once_and_resume_on_any_node() {
 }
 
 #[test]
+fn client_publishes_are_numbered_in_redis_and_reach_every_node() {
+    let redis = RedisServer::start();
+    let flags = ["--public-topics", "room.*", "--public-publish", "room.*"];
+    let a = node(&redis, &flags);
+    let b = node(&redis, &flags);
+    let mut x = a.connect("x");
+    let mut y = b.connect("y");
+    for c in [&mut x, &mut y] {
+        c.send(json!({"type": "subscribe", "topic": "room.1"}));
+        assert_eq!(c.recv()["type"], "subscribed");
+    }
+    for i in 1..=2u64 {
+        x.send(json!({"type": "publish", "topic": "room.1", "data": {"n": i}, "ref": i}));
+        // The answer and x's own copy (it is subscribed) come in either order: one goes
+        // through Redis's reply, the other through the node's subscription.
+        let mut answered = false;
+        let mut echoed = false;
+        while !(answered && echoed) {
+            let m = x.recv();
+            match m["type"].as_str() {
+                Some("published") => {
+                    assert_eq!(
+                        m,
+                        json!({"type": "published", "topic": "room.1", "seq": i, "ref": i})
+                    );
+                    answered = true;
+                }
+                Some("push") => {
+                    assert_eq!(
+                        (m["seq"].as_u64(), m["from"].as_str()),
+                        (Some(i), Some("x")),
+                        "{m}"
+                    );
+                    echoed = true;
+                }
+                _ => panic!("unexpected {m}"),
+            }
+        }
+        let p = next_push(&mut y);
+        assert_eq!(
+            (
+                p["seq"].as_u64(),
+                p["from"].as_str(),
+                p["data"]["n"].as_u64()
+            ),
+            (Some(i), Some("x"), Some(i)),
+            "{p}"
+        );
+    }
+    // The push API continues the same stream.
+    let r = b.push_wait(json!({"topic": "room.1", "data": 3}));
+    assert_eq!(r["seq"], 3, "{r}");
+    let e = r["epoch"].as_str().expect("epoch").to_string();
+    // A third node resumes from Redis history, `from` included.
+    let c3 = node(&redis, &flags);
+    let mut z = c3.connect("z");
+    z.send(json!({"type": "subscribe", "topic": "room.1", "since": 0, "epoch": e}));
+    assert_eq!(z.recv()["resumed"], true);
+    let got: Vec<Value> = (0..3).map(|_| next_push(&mut z)["from"].clone()).collect();
+    assert_eq!(got, vec![json!("x"), json!("x"), Value::Null]);
+}
+
+#[test]
 fn broadcast_reaches_every_node() {
     let redis = RedisServer::start();
     let a = node(&redis, &[]);

@@ -2,6 +2,7 @@
 //! requests, routes pushes to shards as one command per shard, and answers `?wait=1`,
 //! disconnect and presence requests when every shard involved has replied.
 
+mod client_publish;
 mod cluster_view;
 pub mod dedup;
 mod push;
@@ -165,6 +166,10 @@ pub struct Api {
     dedup: dedup::Dedup,
     /// Cluster mode: pushes go to Redis through the publisher, not to the shards.
     broker: Option<crate::broker::BrokerLinks>,
+    /// Clients' publishes from the shards, numbered here like topic pushes.
+    publishes: Receiver<crate::command::ClientPublish>,
+    /// Answers to client publishes per shard, waiting for room in its command queue.
+    publish_answers: client_publish::Answers,
 }
 
 impl Api {
@@ -175,6 +180,7 @@ impl Api {
         listener: std::net::TcpListener,
         shards: Links<ShardCmd>,
         replies: Receiver<Reply>,
+        publishes: Receiver<crate::command::ClientPublish>,
         config: Arc<Config>,
         metrics: Arc<Metrics>,
         draining: Arc<AtomicBool>,
@@ -197,6 +203,7 @@ impl Api {
         );
         let sequencer = sequencer::Sequencer::new(config.history_ttl, sequencer::MAX_TOPIC_STREAMS);
         let dedup = dedup::Dedup::new(config.dedup_window, dedup::MAX_DEDUP_ENTRIES);
+        let shards_len = shards.len();
         Ok(Api {
             sequencer,
             dedup,
@@ -215,7 +222,9 @@ impl Api {
             accept_paused_until: None,
             accept_error_logged: None,
             over_capacity,
+            publish_answers: client_publish::Answers::new(shards_len),
             broker,
+            publishes,
         })
     }
 
@@ -249,6 +258,7 @@ impl Api {
                 }
             }
             self.take_replies();
+            self.take_publishes();
             if self.accept_paused_until.is_some_and(|t| self.now >= t) {
                 self.accept_paused_until = None;
                 // Connections may have queued while paused; edge-triggered, so look now.
@@ -554,6 +564,9 @@ impl Api {
 
     fn take_replies(&mut self) {
         while let Ok(r) = self.replies.try_recv() {
+            let Some(r) = self.client_publish_reply(r) else {
+                continue;
+            };
             let Some(c) = self.conns.get_mut(r.ticket.conn) else {
                 continue;
             };

@@ -81,6 +81,8 @@ pub struct ParsedPush {
     pub data: String,
     /// The upstream's id.
     pub id: Option<String>,
+    /// A client publish: the publisher's user id, shown as `from` (never from the API).
+    pub from: Option<String>,
 }
 
 /// Parses and validates one push object; the error names the problem.
@@ -139,6 +141,7 @@ pub fn parse(body: &[u8]) -> Result<ParsedPush, String> {
         target,
         data,
         id: b.id,
+        from: None,
     })
 }
 
@@ -207,7 +210,14 @@ pub fn route(
         Target::Topic(t) => {
             let (seq, epoch) = stream.unwrap_or_else(|| (0, NO_EPOCH.into()));
             // Encoded once here and shared by every shard (invariant 4).
-            let frame = messages::push_frame(&p.data, ts_ms, Some(seq), Some(&t), id.as_deref());
+            let frame = messages::push_frame_from(
+                &p.data,
+                ts_ms,
+                Some(seq),
+                Some(&t),
+                id.as_deref(),
+                p.from.as_deref(),
+            );
             let topic: Arc<str> = t.into();
             (0..shards)
                 .map(|shard| {

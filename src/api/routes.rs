@@ -16,7 +16,7 @@ use crate::link::SendError;
 use crate::route::shard_of;
 
 /// Why a push could not be queued.
-enum QueueError {
+pub(super) enum QueueError {
     /// A shard queue is full.
     Overloaded,
     /// The server is shutting down.
@@ -367,7 +367,7 @@ impl Api {
             return Ok(Queued::Duplicate);
         };
         let id = p.id.clone();
-        let n = self.send_push(p, ticket)?;
+        let (n, _) = self.send_push(p, ticket)?;
         // Remembered only once queued: a push refused with 503 is retried as new.
         if let (Some(id), Some(r)) = (id, remember) {
             let now = self.now;
@@ -385,8 +385,12 @@ impl Api {
     }
 
     /// Numbers (topics) and queues one push on every shard it needs, all or none; returns
-    /// the command count.
-    fn send_push(&mut self, p: ParsedPush, ticket: Option<Ticket>) -> Result<usize, QueueError> {
+    /// the command count and, for a topic push, its `seq`.
+    pub(super) fn send_push(
+        &mut self,
+        p: ParsedPush,
+        ticket: Option<Ticket>,
+    ) -> Result<(usize, Option<u64>), QueueError> {
         // While draining, connections still open get pushes until their turn to close; only
         // a shard that has stopped refuses (503 draining).
         // Topic pushes are numbered here, before encoding, so all shards share one frame.
@@ -414,7 +418,7 @@ impl Api {
         let n = cmds.len();
         // The API owns the only command sender, so a push reaches all its shards or none.
         match self.shards.send_all_or_none(cmds) {
-            Ok(()) => Ok(n),
+            Ok(()) => Ok((n, numbered.map(|(_, seq)| seq))),
             Err((e, unsent)) => {
                 let back: u64 = unsent.iter().map(ShardCmd::weight).sum();
                 self.metrics.command_bytes.fetch_sub(back, Relaxed);
@@ -433,7 +437,7 @@ impl Api {
     }
 
     /// Counts and translates a refused send.
-    fn queue_error(&self, e: SendError) -> QueueError {
+    pub(super) fn queue_error(&self, e: SendError) -> QueueError {
         match e {
             SendError::Full => {
                 self.metrics.queue_full_refusals.fetch_add(1, Relaxed);

@@ -1,5 +1,5 @@
 //! What a published or stored push looks like in Redis: `"<seq> <epoch> <ts_ms> <json>"`,
-//! where the JSON is `{"id":…,"data":…}`. The first three fields are written by the
+//! where the JSON is `{"id":…,"from":…,"data":…}` (`id` and `from` when present). The first three fields are written by the
 //! sequencing script, so a node learns a push's number from the message itself.
 
 use std::borrow::Cow;
@@ -15,6 +15,9 @@ struct Body<'a> {
     // Owned when it has escapes, which cannot be borrowed from the JSON.
     #[serde(borrow, default)]
     id: Option<Cow<'a, str>>,
+    /// A client publish's user.
+    #[serde(borrow, default)]
+    from: Option<Cow<'a, str>>,
     #[serde(borrow)]
     data: &'a RawValue,
 }
@@ -30,6 +33,8 @@ pub struct Entry<'a> {
     pub ts_ms: u64,
     /// The upstream's id.
     pub id: Option<Cow<'a, str>>,
+    /// The publishing user, for a client publish.
+    pub from: Option<Cow<'a, str>>,
     /// The `data` JSON, verbatim.
     pub data: &'a str,
 }
@@ -39,15 +44,18 @@ pub struct Entry<'a> {
 #[error("malformed message from Redis: {0}")]
 pub struct BadEntry(pub &'static str);
 
-/// The JSON part for a push with `data` (raw JSON) and an optional `id`.
-pub fn body(data: &str, id: Option<&str>) -> String {
+/// The JSON part for a push with `data` (raw JSON), an optional `id` and, for a client
+/// publish, `from`.
+pub fn body(data: &str, id: Option<&str>, from: Option<&str>) -> String {
     let mut out = String::with_capacity(data.len() + 32);
     out.push('{');
-    if let Some(id) = id {
-        out.push_str("\"id\":");
-        // A string always serialises.
-        out.push_str(&serde_json::to_string(id).unwrap_or_default());
-        out.push(',');
+    for (key, value) in [("\"id\":", id), ("\"from\":", from)] {
+        if let Some(v) = value {
+            out.push_str(key);
+            // A string always serialises.
+            out.push_str(&serde_json::to_string(v).unwrap_or_default());
+            out.push(',');
+        }
     }
     out.push_str("\"data\":");
     out.push_str(data);
@@ -74,6 +82,7 @@ pub fn parse(msg: &str) -> Result<Entry<'_>, BadEntry> {
         epoch,
         ts_ms,
         id: b.id,
+        from: b.from,
         data: b.data.get(),
     })
 }
@@ -82,7 +91,14 @@ impl Entry<'_> {
     /// The client frame for this push (with `topic` for a topic stream).
     pub fn frame(&self, topic: Option<&str>) -> crate::wire::Wire {
         let seq = (self.seq > 0).then_some(self.seq);
-        messages::push_frame(self.data, self.ts_ms, seq, topic, self.id.as_deref())
+        messages::push_frame_from(
+            self.data,
+            self.ts_ms,
+            seq,
+            topic,
+            self.id.as_deref(),
+            self.from.as_deref(),
+        )
     }
 
     /// When the push was accepted, from its Unix-ms timestamp (another node's clock:
@@ -103,7 +119,7 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let b = body(r#"{"a":[1, 2]}"#, Some("x \"1\""));
+        let b = body(r#"{"a":[1, 2]}"#, Some("x \"1\""), None);
         let msg = format!("7 00ff 1700000000000 {b}");
         let e = parse(&msg).unwrap();
         assert_eq!(e.seq, 7);
@@ -111,8 +127,11 @@ mod tests {
         assert_eq!(e.ts_ms, 1_700_000_000_000);
         assert_eq!(e.id.as_deref(), Some("x \"1\""));
         assert_eq!(e.data, r#"{"a":[1, 2]}"#);
-        let no_id = format!("0 - 5 {}", body("3", None));
+        let no_id = format!("0 - 5 {}", body("3", None, None));
         assert_eq!(parse(&no_id).unwrap().id, None);
+        let published = format!("2 e 5 {}", body("3", None, Some("bo\"b")));
+        let e = parse(&published).unwrap();
+        assert_eq!((e.from.as_deref(), e.data), (Some("bo\"b"), "3"));
     }
 
     #[test]

@@ -180,7 +180,7 @@ impl Sequencer {
         pipe.ignore_errors();
         let mut counts = Vec::with_capacity(pushes.len());
         for p in pushes {
-            let body = envelope::body(&p.data, p.id.as_deref());
+            let body = envelope::body(&p.data, p.id.as_deref(), p.from.as_deref());
             let id = p.id.as_deref();
             match &p.target {
                 Target::User(u) => {

@@ -580,7 +580,9 @@ mod tests {
     use super::*;
 
     fn entry(seq: u64, epoch: &str, ts: u64) -> Value {
-        Value::BulkString(format!("{seq} {epoch} {ts} {}", envelope::body("1", None)).into_bytes())
+        Value::BulkString(
+            format!("{seq} {epoch} {ts} {}", envelope::body("1", None, None)).into_bytes(),
+        )
     }
 
     fn meta(seq: Option<u64>, epoch: Option<&str>) -> Value {

@@ -102,6 +102,8 @@ impl ReplayBench {
                 waker: api_waker,
             },
             cluster: None,
+            // The bench's clients never publish.
+            publishes: crossbeam_channel::bounded(1).0,
         };
         let poll = Poll::new()?;
         let _ = reactor::waker(&poll)?;
@@ -231,6 +233,7 @@ impl ReplayBench {
             identity: Identity {
                 user: USER.into(),
                 topics: Vec::new(),
+                publish: Vec::new(),
                 exp: None,
             },
             accept_key: "bench-accept".into(),

@@ -242,7 +242,19 @@ impl Shard {
         msg: ClientMsg<'_>,
         reference: Option<&str>,
     ) -> Result<(), Refused> {
+        // Acks are exempt: a client acks each push it processes, as fast as pushes come.
+        if !matches!(msg, ClientMsg::Ack { .. }) && !self.rates.take(key, self.tick) {
+            self.counters().rate_limited.fetch_add(1, Relaxed);
+            return Err(Refused {
+                code: "rate_limited",
+                message: format!(
+                    "more than {} messages per second (client_rate); slow down",
+                    self.shared.config.client_rate
+                ),
+            });
+        }
         match msg {
+            ClientMsg::Publish { topic, data } => self.publish(key, &topic, data, reference),
             ClientMsg::Ping => {
                 self.send_frame(key, messages::pong_frame(reference));
                 Ok(())
@@ -366,7 +378,7 @@ impl Shard {
     }
 }
 
-fn bad_topic(e: &topic::TopicError) -> Refused {
+pub(super) fn bad_topic(e: &topic::TopicError) -> Refused {
     Refused {
         code: "bad_topic",
         message: e.to_string(),

@@ -11,6 +11,8 @@ mod grants;
 mod history;
 mod inbound;
 mod presence;
+mod publish;
+mod rate;
 mod refresh;
 mod sessions;
 mod streams;
@@ -34,7 +36,7 @@ use rustc_hash::FxBuildHasher;
 
 use crate::admission::Admission;
 use crate::auth::Verifier;
-use crate::command::{Handoff, Reply, SessionDetail, ShardCmd, Ticket};
+use crate::command::{ClientPublish, Handoff, Reply, SessionDetail, ShardCmd, Ticket};
 use crate::config::Config;
 use crate::frame::{self, Close, CloseCause};
 use crate::handshake::Refusal;
@@ -97,6 +99,8 @@ pub struct ShardShared {
     pub replies: ReplySink,
     /// Cluster mode: the links to the node's broker.
     pub cluster: Option<ShardCluster>,
+    /// Client publishes, to the push API (woken through `replies.waker`).
+    pub publishes: Sender<ClientPublish>,
 }
 
 /// Creates shard `id`'s poll, channels and thread.
@@ -186,6 +190,12 @@ struct Shard {
     published: budget::Published,
     /// Cluster mode: streams loading and served, and the broker links.
     cluster: Option<Box<cluster::ClusterState>>,
+    /// Client message rate limits, per connection while not full.
+    rates: rate::Rates,
+    /// Client publishes sent to the push API and not answered yet.
+    publishing: usize,
+    /// A client publish went to the push API this turn: wake it at the end.
+    wake_api: bool,
 }
 
 impl Shard {
@@ -274,6 +284,9 @@ impl Shard {
             targets: Vec::new(),
             published: budget::Published::default(),
             cluster,
+            rates: rate::Rates::new(shared.config.client_rate),
+            publishing: 0,
+            wake_api: false,
             shared,
         }
     }
@@ -425,7 +438,10 @@ impl Shard {
             session: self.session_counter,
             connected: self.tick,
         };
-        let grant = self.grants.intern(std::mem::take(&mut h.identity.topics));
+        let grant = self.grants.intern(
+            std::mem::take(&mut h.identity.topics),
+            std::mem::take(&mut h.identity.publish),
+        );
         let inserted = self.conns.insert(
             Conn::open(stream, user, self.tick, expires, stamp, grant),
             ip,
@@ -643,6 +659,11 @@ impl Shard {
                     cluster: None,
                 });
             }
+            ShardCmd::Published {
+                origin,
+                topic,
+                outcome,
+            } => self.published(origin, &topic, outcome),
         }
     }
 
@@ -803,13 +824,16 @@ impl Shard {
         c.history_evictions
             .store(self.users.evictions() + self.streams.evictions(), Relaxed);
         c.acked_sessions.store(self.acks.len() as u64, Relaxed);
-        if !self.replies.is_empty() {
-            for r in self.replies.drain(..) {
-                // The API outlives the shards; a failed send means it is gone already.
-                let _ = self.shared.replies.tx.send(r);
-            }
+        let replied = !self.replies.is_empty();
+        for r in self.replies.drain(..) {
+            // The API outlives the shards; a failed send means it is gone already.
+            let _ = self.shared.replies.tx.send(r);
+        }
+        // One wake for this turn's answers and client publishes together.
+        if replied || std::mem::take(&mut self.wake_api) {
             let _ = self.shared.replies.waker.wake();
         }
+        self.rates.sweep(self.tick);
         self.report_presence();
         if self.last_publish.elapsed() >= Duration::from_millis(100) {
             self.last_publish = Instant::now();
@@ -1025,6 +1049,7 @@ impl Shard {
         }
         self.grants.release(c.grant);
         self.acks.remove(&key);
+        self.rates.forget(key);
         let _ = self.poll.registry().deregister(&mut c.stream);
         self.shared.admission.release(ip);
     }

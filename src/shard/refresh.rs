@@ -86,7 +86,7 @@ impl Shard {
                 self.wheel.cancel(&mut self.conns, key);
             }
         }
-        let grant = self.grants.intern(identity.topics);
+        let grant = self.grants.intern(identity.topics, identity.publish);
         if let Some(c) = self.conns.get_mut(key) {
             let old = std::mem::replace(&mut c.grant, grant);
             self.grants.release(old);

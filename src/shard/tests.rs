@@ -48,6 +48,8 @@ struct Harness {
     admission: Arc<Admission>,
     /// The push API's end: answers, and the poll its waker belongs to.
     _replies: (Receiver<Reply>, Poll),
+    /// The push API's end of client publishes.
+    publishes: Receiver<crate::command::ClientPublish>,
 }
 
 /// A frame from the server.
@@ -211,6 +213,7 @@ impl Harness {
         let api_poll = Poll::new().expect("poll");
         let api_waker = reactor::waker(&api_poll).expect("waker");
         let (reply_tx, reply_rx) = crossbeam_channel::unbounded();
+        let (publish_tx, publish_rx) = crossbeam_channel::unbounded();
         let admission = Arc::new(Admission::new(1000, 0));
         let draining = Arc::new(AtomicBool::new(false));
         let shared = ShardShared {
@@ -223,6 +226,7 @@ impl Harness {
                 waker: api_waker,
             },
             cluster,
+            publishes: publish_tx,
         };
         let poll = Poll::new().expect("poll");
         // The shard's own waker, as `spawn` makes it (senders here never need to wake it).
@@ -243,6 +247,7 @@ impl Harness {
             draining,
             admission,
             _replies: (reply_rx, api_poll),
+            publishes: publish_rx,
         }
     }
 
@@ -354,6 +359,7 @@ impl Harness {
                 identity: Identity {
                     user: user.into(),
                     topics,
+                    publish: Vec::new(),
                     exp,
                 },
                 accept_key: "test-accept".into(),
@@ -684,7 +690,7 @@ fn a_refresh_during_the_drain_keeps_the_connection_s_turn() {
     assert!(h.turn());
     let hint = h.recv_json(&mut p);
     let after = hint["after_ms"].as_u64().expect("after_ms");
-    let token = crate::auth::mint_hs256(SECRET, "r", 3600, None).expect("token");
+    let token = crate::auth::mint_hs256(SECRET, "r", 3600, None, None).expect("token");
     p.send_json(json!({"type": "refresh", "token": token, "ref": 1}));
     assert_eq!(h.recv_json(&mut p)["type"], "refreshed");
     let due = after.div_ceil(reactor::TICK_MS) * reactor::TICK_MS;
@@ -819,6 +825,60 @@ fn subscribe_limits_too_many_topics_and_forbidden_topic() {
     assert_eq!(h.recv_json(&mut p)["type"], "unsubscribed");
     p.send_json(json!({"type": "subscribe", "topic": "room:c"}));
     assert_eq!(h.recv_json(&mut p)["type"], "subscribed");
+}
+
+#[test]
+fn publishes_waiting_for_the_api_are_bounded_and_answers_find_their_session() {
+    use crate::command::{ShardCmd, PUBLISH_IN_FLIGHT};
+    let mut h = Harness::new(&["--public-publish", "t", "--client-rate", "0"]);
+    let mut p = h.connect("pub");
+    for i in 0..=PUBLISH_IN_FLIGHT {
+        p.send_json(json!({"type": "publish", "topic": "t", "data": i, "ref": i}));
+    }
+    // The API never answers here: the one beyond the bound is refused at once.
+    let e = h.recv_json(&mut p);
+    assert_eq!(
+        (&e["code"], &e["ref"]),
+        (&json!("overloaded"), &json!(PUBLISH_IN_FLIGHT)),
+        "{e}"
+    );
+    let sent: Vec<_> = h.publishes.try_iter().collect();
+    assert_eq!(sent.len(), PUBLISH_IN_FLIGHT);
+    assert_eq!(
+        (&*sent[0].topic, &*sent[0].from, &*sent[0].data),
+        ("t", "pub", "0")
+    );
+    // An answer frees a place and reaches the session with its ref.
+    let first = sent.into_iter().next().expect("one publish");
+    h.cmds
+        .send(ShardCmd::Published {
+            origin: first.origin.clone(),
+            topic: "t".into(),
+            outcome: Ok(7),
+        })
+        .expect("queue");
+    assert_eq!(
+        h.recv_json(&mut p),
+        json!({"type": "published", "topic": "t", "seq": 7, "ref": 0})
+    );
+    p.send_json(json!({"type": "publish", "topic": "t", "data": "again"}));
+    h.turn_until("publish sent", |h| !h.publishes.is_empty());
+    // An answer for a session that is gone is dropped: a new session in the same slot
+    // never sees it.
+    drop(p);
+    h.turn_until("slot freed", |h| {
+        h.shard.conns.get(first.origin.conn).is_none()
+    });
+    let mut q = h.connect("next");
+    assert_eq!(q.key, first.origin.conn, "the slot is reused");
+    h.cmds
+        .send(ShardCmd::Published {
+            origin: first.origin,
+            topic: "t".into(),
+            outcome: Err(("overloaded", "late".into())),
+        })
+        .expect("queue");
+    h.quiet(&mut q);
 }
 
 mod cluster;

@@ -1,0 +1,165 @@
+//! Client message rate limits (`client_rate`, docs/protocol.md 6): a token bucket per
+//! connection holding `client_rate` tokens and refilling as many per second. A bucket is
+//! kept only while it is not full, so a quiet connection costs nothing here.
+
+use std::collections::HashMap;
+
+use rustc_hash::FxBuildHasher;
+
+use crate::reactor::TICK_MS;
+
+/// Thousandths of a token: a tick refills `rate * TICK_MS` of them, exactly.
+const MILLI: u64 = 1000;
+/// Ticks between sweeps of refilled buckets (one second).
+const SWEEP_TICKS: u32 = (1000 / TICK_MS) as u32;
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    /// Tokens left, in thousandths, as of `at`.
+    milli: u64,
+    /// The tick `milli` was computed at.
+    at: u32,
+}
+
+/// The buckets of one shard's connections.
+pub(super) struct Rates {
+    /// Tokens per second and bucket size; 0 = unlimited.
+    rate: u32,
+    buckets: HashMap<u32, Bucket, FxBuildHasher>,
+    last_sweep: u32,
+}
+
+impl Rates {
+    /// Buckets of `rate` tokens refilled at `rate` per second (0: no limit).
+    pub(super) fn new(rate: u32) -> Rates {
+        Rates {
+            rate,
+            buckets: HashMap::default(),
+            last_sweep: 0,
+        }
+    }
+
+    fn capacity(&self) -> u64 {
+        u64::from(self.rate) * MILLI
+    }
+
+    fn refilled(&self, b: Bucket, tick: u32) -> u64 {
+        let ticks = u64::from(tick.saturating_sub(b.at));
+        let refill = ticks * u64::from(self.rate) * TICK_MS;
+        b.milli.saturating_add(refill).min(self.capacity())
+    }
+
+    /// Takes a token for connection `key` at `tick`; false when its bucket is empty.
+    pub(super) fn take(&mut self, key: u32, tick: u32) -> bool {
+        if self.rate == 0 {
+            return true;
+        }
+        let full = Bucket {
+            milli: self.capacity(),
+            at: tick,
+        };
+        let b = self.buckets.get(&key).copied().unwrap_or(full);
+        let milli = self.refilled(b, tick);
+        let (left, taken) = match milli.checked_sub(MILLI) {
+            Some(left) => (left, true),
+            None => (milli, false),
+        };
+        self.buckets.insert(
+            key,
+            Bucket {
+                milli: left,
+                at: tick,
+            },
+        );
+        taken
+    }
+
+    /// Forgets a connection that ended.
+    pub(super) fn forget(&mut self, key: u32) {
+        self.buckets.remove(&key);
+    }
+
+    /// Once a second, drops the buckets that have refilled (taking from a missing bucket
+    /// starts from a full one, so dropping them changes nothing).
+    pub(super) fn sweep(&mut self, tick: u32) {
+        if tick.wrapping_sub(self.last_sweep) < SWEEP_TICKS {
+            return;
+        }
+        self.last_sweep = tick;
+        let cap = self.capacity();
+        let rate = self.rate;
+        self.buckets.retain(|_, b| {
+            let ticks = u64::from(tick.saturating_sub(b.at));
+            b.milli.saturating_add(ticks * u64::from(rate) * TICK_MS) < cap
+        });
+        if self.buckets.is_empty() && self.buckets.capacity() > 64 {
+            self.buckets.shrink_to_fit();
+        }
+    }
+
+    /// Connections with a bucket that is not full.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.buckets.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PER_SEC: u32 = (1000 / TICK_MS) as u32;
+
+    #[test]
+    fn a_burst_of_rate_then_refill_at_rate() {
+        let mut r = Rates::new(5);
+        for i in 0..5 {
+            assert!(r.take(1, 100), "token {i} of the burst");
+        }
+        assert!(!r.take(1, 100), "the bucket is empty");
+        assert!(!r.take(1, 100));
+        // 5 per second: one token per 200 ms.
+        assert!(!r.take(1, 100 + PER_SEC / 5 - 1));
+        assert!(r.take(1, 100 + PER_SEC / 5));
+        assert!(!r.take(1, 100 + PER_SEC / 5));
+        // Other connections have their own bucket.
+        assert!(r.take(2, 100));
+        assert_eq!(r.len(), 2);
+    }
+
+    #[test]
+    fn refusals_do_not_spend_and_refill_caps_at_the_rate() {
+        let mut r = Rates::new(2);
+        assert!(r.take(1, 0) && r.take(1, 0));
+        for _ in 0..100 {
+            assert!(!r.take(1, 0));
+        }
+        // A long silence refills to 2, not more.
+        let later = 10 * PER_SEC;
+        assert!(r.take(1, later) && r.take(1, later));
+        assert!(!r.take(1, later));
+    }
+
+    #[test]
+    fn sweep_drops_refilled_buckets_only() {
+        let mut r = Rates::new(10);
+        assert!(r.take(1, 0));
+        for _ in 0..10 {
+            r.take(2, PER_SEC / 2);
+        }
+        r.sweep(PER_SEC + 1);
+        // Bucket 1 refilled long ago; bucket 2 was emptied half a second ago: 5 of 10.
+        assert_eq!(r.len(), 1);
+        r.forget(2);
+        assert_eq!(r.len(), 0);
+    }
+
+    #[test]
+    fn zero_is_unlimited_and_keeps_nothing() {
+        let mut r = Rates::new(0);
+        for _ in 0..10_000 {
+            assert!(r.take(1, 0));
+        }
+        assert_eq!(r.len(), 0);
+    }
+}
