@@ -146,9 +146,26 @@ pub struct ServeArgs {
     /// [default: 100].
     #[arg(long)]
     pub client_rate: Option<u32>,
-    /// Largest `data` of a client publish, in bytes of JSON [default: 16384].
+    /// Largest `data` of a client `publish` or `send`, in bytes of JSON [default: 16384].
     #[arg(long)]
-    pub max_publish_bytes: Option<usize>,
+    pub max_client_data_bytes: Option<usize>,
+    /// Standalone: where client `send` messages and lifecycle events are POSTed (a JSON
+    /// array per request), `http://` or `https://`.
+    #[arg(long)]
+    pub events_url: Option<String>,
+    /// Bearer token sent to `events_url` (env THRONG_EVENTS_KEY).
+    #[arg(long, env = "THRONG_EVENTS_KEY", hide_env_values = true)]
+    pub events_key: Option<String>,
+    /// Also send `connect`, `disconnect`, `subscribe` and `unsubscribe` events.
+    #[arg(long)]
+    pub lifecycle_events: bool,
+    /// Cluster mode: about how many entries `throng:events` keeps [default: 1000000].
+    #[arg(long)]
+    pub events_maxlen: Option<u64>,
+    /// Events that may wait for delivery; beyond, `send` is answered `overloaded`
+    /// [default: 65536].
+    #[arg(long)]
+    pub events_queue: Option<usize>,
     /// Comma-separated allowed `Origin` values; empty = any.
     #[arg(long)]
     pub allowed_origins: Option<String>,
@@ -254,7 +271,12 @@ struct FileConfig {
     public_topics: Option<Vec<String>>,
     public_publish: Option<Vec<String>>,
     client_rate: Option<u32>,
-    max_publish_bytes: Option<usize>,
+    max_client_data_bytes: Option<usize>,
+    events_url: Option<String>,
+    events_key: Option<String>,
+    lifecycle_events: Option<bool>,
+    events_maxlen: Option<u64>,
+    events_queue: Option<usize>,
     allowed_origins: Option<Vec<String>>,
     shard_queue_capacity: Option<usize>,
     shutdown_grace_ms: Option<u64>,
@@ -353,8 +375,18 @@ pub struct Config {
     pub public_publish: Vec<TopicPattern>,
     /// Client messages per second per connection (0 = unlimited).
     pub client_rate: u32,
-    /// Largest `data` of a client publish.
-    pub max_publish_bytes: usize,
+    /// Largest `data` of a client publish or send.
+    pub max_client_data_bytes: usize,
+    /// Standalone: where events are POSTed (`None`: `send` is refused).
+    pub events_url: Option<String>,
+    /// Bearer token for `events_url`.
+    pub events_key: Option<String>,
+    /// Lifecycle events on.
+    pub lifecycle_events: bool,
+    /// Cluster mode: approximate length of `throng:events`.
+    pub events_maxlen: u64,
+    /// Events that may wait for delivery.
+    pub events_queue: usize,
     /// Allowed `Origin` values (empty = any).
     pub allowed_origins: Vec<String>,
     /// Capacity of each shard queue.
@@ -406,6 +438,19 @@ pub struct ClusterConfig {
     pub offline_ttl: Duration,
     /// How long a pending stream entry waits before another node claims it.
     pub claim_idle: Duration,
+}
+
+/// Checks an `events_url`: `http://` or `https://` with a host.
+pub fn check_events_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| format!("{url:?} is not an http:// or https:// URL"))?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(format!("{url:?} has no host"));
+    }
+    Ok(())
 }
 
 /// Checks a `--redis` URL: `redis://host[:port][/db]`, nothing else.
@@ -753,11 +798,26 @@ impl Config {
         if backlog == 0 || backlog > i32::MAX as u32 {
             return Err(invalid("backlog", "must be between 1 and 2147483647"));
         }
-        let max_publish_bytes = positive(
-            "max_publish_bytes",
-            args.max_publish_bytes
-                .or(file.max_publish_bytes)
+        let max_client_data_bytes = positive(
+            "max_client_data_bytes",
+            args.max_client_data_bytes
+                .or(file.max_client_data_bytes)
                 .unwrap_or(16384),
+        )?;
+        let events_url = args.events_url.or(file.events_url);
+        if let Some(url) = &events_url {
+            check_events_url(url).map_err(|e| invalid("events_url", e))?;
+        }
+        let events_maxlen = args
+            .events_maxlen
+            .or(file.events_maxlen)
+            .unwrap_or(1_000_000);
+        if events_maxlen == 0 {
+            return Err(invalid("events_maxlen", "must be greater than 0"));
+        }
+        let events_queue = positive(
+            "events_queue",
+            args.events_queue.or(file.events_queue).unwrap_or(65_536),
         )?;
         let public_topics = patterns("public_topics", args.public_topics, file.public_topics)?;
         let public_publish = patterns("public_publish", args.public_publish, file.public_publish)?;
@@ -792,7 +852,15 @@ impl Config {
             public_topics,
             public_publish,
             client_rate: args.client_rate.or(file.client_rate).unwrap_or(100),
-            max_publish_bytes,
+            max_client_data_bytes,
+            events_url,
+            events_key: args
+                .events_key
+                .or(file.events_key)
+                .filter(|k| !k.is_empty()),
+            lifecycle_events: args.lifecycle_events || file.lifecycle_events.unwrap_or(false),
+            events_maxlen,
+            events_queue,
             allowed_origins,
             shard_queue_capacity,
             shutdown_grace,

@@ -35,6 +35,11 @@ pub mod close {
     pub const SLOW_CONSUMER: u16 = 4008;
     /// Too many sessions for the user; this was the oldest.
     pub const TOO_MANY_SESSIONS: u16 = 4009;
+    /// No close frame: the connection ended without one (never sent on the wire; used in
+    /// `disconnect` events, as RFC 6455 7.1.5 reports it).
+    pub const ABNORMAL: u16 = 1006;
+    /// The client's close frame had no code (never sent; RFC 6455 7.1.5).
+    pub const NO_STATUS: u16 = 1005;
 }
 
 /// What a server-initiated close counts as; each cause has one counter (or none).

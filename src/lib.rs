@@ -14,6 +14,7 @@ pub mod broker;
 pub(crate) mod command;
 pub mod config;
 pub mod doctor;
+pub mod events;
 pub mod fdlimit;
 pub mod frame;
 pub mod handshake;

@@ -36,6 +36,11 @@ pub enum ClientMsg<'a> {
         /// The new JWT, verified by the shard.
         token: Cow<'a, str>,
     },
+    /// Send `data` to the upstream (docs/protocol.md 6).
+    Send {
+        /// `data`, re-encoded as compact JSON text.
+        data: String,
+    },
     /// Publish `data` to a topic's subscribers (docs/protocol.md 6).
     Publish {
         /// Topic name.
@@ -135,6 +140,12 @@ fn interpret(value: simd_json::BorrowedValue<'_>) -> Result<ClientMsg<'_>, Refus
                 None => Err(refused("bad_json", "publish needs a field \"data\"")),
             }
         }
+        "send" => match obj.get("data") {
+            Some(data) => Ok(ClientMsg::Send {
+                data: data.encode(),
+            }),
+            None => Err(refused("bad_json", "send needs a field \"data\"")),
+        },
         // Like `subscribe` without a topic (`bad_topic`), a refresh without a token is
         // refused with the code of its subject.
         "refresh" => match obj.remove("token") {
@@ -343,6 +354,15 @@ pub fn published_frame(topic: &str, seq: u64, reference: Option<&str>) -> Wire {
     b.finish()
 }
 
+/// `sent`: a client's `send` is queued for the upstream.
+pub fn sent_frame(reference: Option<&str>) -> Wire {
+    let mut b = FrameBuilder::text(32);
+    let out = b.payload();
+    out.extend_from_slice(b"{\"type\":\"sent\"");
+    finish_with_ref(out, reference);
+    b.finish()
+}
+
 /// `unsubscribed` for a subscription the server dropped, with the `reason` (e.g.
 /// `forbidden` after a token refresh narrowed the grants).
 pub fn dropped_topic_frame(topic: &str, reason: &str) -> Wire {
@@ -527,6 +547,11 @@ mod tests {
             p(r#"{"type":"publish","topic":"t","data":null}"#).0,
             Ok(r#"Publish { topic: "t", data: "null" }"#.into())
         );
+        assert_eq!(
+            p(r#"{"type":"send","data":[1, {"b": true}]}"#).0,
+            Ok(r#"Send { data: "[1,{\"b\":true}]" }"#.into())
+        );
+        assert_eq!(p(r#"{"type":"send"}"#).0.unwrap_err().code, "bad_json");
         let missing = p(r#"{"type":"publish","topic":"t"}"#).0.unwrap_err();
         assert_eq!(missing.code, "bad_json");
         assert!(missing.message.contains("\"data\""), "{}", missing.message);

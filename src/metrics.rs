@@ -225,6 +225,8 @@ pub struct Metrics {
     pub draining: AtomicBool,
     /// Cluster mode: the broker threads' counters.
     pub broker: crate::broker::BrokerCounters,
+    /// Client sends and lifecycle events on their way upstream.
+    pub events: crate::events::EventCounters,
 }
 
 impl Metrics {
@@ -257,6 +259,7 @@ impl Metrics {
             pending_handshakes: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             broker: crate::broker::BrokerCounters::default(),
+            events: crate::events::EventCounters::default(),
         }
     }
 
@@ -348,6 +351,7 @@ impl Metrics {
             "partial_bytes": self.sum(|c| &c.partial_bytes),
             "history_bytes": self.sum(|c| &c.history_bytes),
             "cluster": self.broker.json(),
+            "events": self.events.json(),
         })
     }
 
@@ -610,6 +614,7 @@ impl Metrics {
             &s.ack_latency_us
         });
         self.broker.prometheus(&mut out);
+        self.events.prometheus(&mut out);
         out
     }
 

@@ -59,6 +59,8 @@ pub struct Server {
     shards: Vec<JoinHandle<()>>,
     api: Option<JoinHandle<()>>,
     broker: Vec<JoinHandle<()>>,
+    /// Delivers client sends and lifecycle events, when they have a target.
+    events: Option<JoinHandle<()>>,
 }
 
 /// A listening socket: `SO_REUSEADDR`, non-blocking, with backlog.
@@ -125,6 +127,18 @@ impl Server {
         let (presence_tx, presence_rx) =
             crossbeam_channel::bounded(broker::presence::CHANGES_QUEUE);
         let presence_shared = broker::PresenceShared::default();
+        let node_id: Arc<str> = config
+            .cluster
+            .as_ref()
+            .and_then(|c| c.node_id.clone())
+            .unwrap_or_else(|| client_addr.to_string())
+            .into();
+        // Client sends and lifecycle events, when they have somewhere to go.
+        let (events, events_thread) =
+            match crate::events::spawn(&config, Arc::clone(&node_id), &metrics, &stop)? {
+                Some((sink, thread)) => (Some(sink), Some(thread)),
+                None => (None, None),
+            };
         let mut remote_senders = Vec::new();
         for id in 0..config.shards {
             let cluster = config.cluster.as_ref().map(|_| {
@@ -148,6 +162,7 @@ impl Server {
                 },
                 cluster,
                 publishes: publish_tx.clone(),
+                events: events.clone(),
             };
             let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
             let (ends, thread) = shard::spawn(id, shared, core)?;
@@ -156,16 +171,13 @@ impl Server {
         }
         drop(interest_tx);
         drop(publish_tx);
+        // Only the shards hold the sinks: the events thread ends once they are done.
+        drop(events);
         drop(presence_tx);
         let shard_wakers: Vec<Arc<Waker>> = handles.iter().map(|h| Arc::clone(&h.waker)).collect();
         let (broker_links, broker_threads) = match &config.cluster {
             None => (None, Vec::new()),
             Some(cluster) => {
-                let node_id: Arc<str> = cluster
-                    .node_id
-                    .clone()
-                    .unwrap_or_else(|| client_addr.to_string())
-                    .into();
                 metrics.broker.enabled.store(true, Relaxed);
                 let remote = remote_senders
                     .into_iter()
@@ -245,6 +257,7 @@ impl Server {
             shards: shard_threads,
             api: Some(api_thread),
             broker: broker_threads,
+            events: events_thread,
         })
     }
 
@@ -322,6 +335,9 @@ impl Server {
         for t in self.broker.drain(..) {
             let name = t.thread().name().unwrap_or("broker").to_string();
             join(name, t);
+        }
+        if let Some(t) = self.events.take() {
+            join("events".into(), t);
         }
         panicked
     }

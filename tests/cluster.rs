@@ -293,6 +293,78 @@ fn client_publishes_are_numbered_in_redis_and_reach_every_node() {
 }
 
 #[test]
+fn sends_and_lifecycle_events_go_to_the_events_stream_of_every_node() {
+    let redis = RedisServer::start();
+    let flags = ["--lifecycle-events", "--events-maxlen", "1000"];
+    let a = node(&redis, &flags);
+    let b = node(&redis, &flags);
+    let mut x = a.connect("x");
+    let mut y = b.connect("y");
+    x.send(json!({"type": "send", "data": {"from": "a"}, "ref": 1}));
+    assert_eq!(x.recv(), json!({"type": "sent", "ref": 1}));
+    y.send(json!({"type": "send", "data": [2], "ref": 2}));
+    assert_eq!(y.recv(), json!({"type": "sent", "ref": 2}));
+    drop(x);
+    let mut conn = redis.conn();
+    let mut read = || -> Vec<Value> {
+        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg("throng:events")
+            .arg("-")
+            .arg("+")
+            .query(&mut conn)
+            .expect("XRANGE");
+        entries
+            .into_iter()
+            .map(|(_, fields)| {
+                assert_eq!(fields.len(), 1, "{fields:?}");
+                assert_eq!(fields[0].0, "event");
+                serde_json::from_str(&fields[0].1).expect("event JSON")
+            })
+            .collect()
+    };
+    let mut got = Vec::new();
+    assert!(
+        wait_until(WAIT, || {
+            got = read();
+            got.len() >= 5
+        }),
+        "{got:?}"
+    );
+    let kinds = |user: &str| -> Vec<(String, Value)> {
+        got.iter()
+            .filter(|e| e["user"] == user)
+            .map(|e| (e["type"].as_str().unwrap().to_string(), e["node"].clone()))
+            .collect()
+    };
+    let (na, nb) = (json!(a.ws.to_string()), json!(b.ws.to_string()));
+    assert_eq!(
+        kinds("x"),
+        vec![
+            ("connect".to_string(), na.clone()),
+            ("send".to_string(), na.clone()),
+            ("disconnect".to_string(), na)
+        ]
+    );
+    assert_eq!(
+        kinds("y"),
+        vec![
+            ("connect".to_string(), nb.clone()),
+            ("send".to_string(), nb)
+        ]
+    );
+    let send = got
+        .iter()
+        .find(|e| e["type"] == "send" && e["user"] == "x")
+        .unwrap();
+    assert_eq!(send["data"], json!({"from": "a"}));
+    let connect = got
+        .iter()
+        .find(|e| e["type"] == "connect" && e["user"] == "x")
+        .unwrap();
+    assert_eq!(send["session"], connect["session"]);
+}
+
+#[test]
 fn broadcast_reaches_every_node() {
     let redis = RedisServer::start();
     let a = node(&redis, &[]);

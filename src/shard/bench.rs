@@ -104,6 +104,7 @@ impl ReplayBench {
             cluster: None,
             // The bench's clients never publish.
             publishes: crossbeam_channel::bounded(1).0,
+            events: None,
         };
         let poll = Poll::new()?;
         let _ = reactor::waker(&poll)?;

@@ -5,6 +5,7 @@ use std::io::{self, Read};
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::api::sequencer::NO_EPOCH;
+use crate::events::Detail;
 use crate::frame::{self, Close, CloseCause, FrameError, Head, Kind};
 use crate::messages::{self, ClientMsg, Refused};
 use crate::topic;
@@ -156,11 +157,11 @@ impl Shard {
             }
             Kind::Pong => Ok(()),
             Kind::Close => {
-                let echo = match frame::parse_close(payload)? {
-                    Some((code, _)) => frame::close_frame(code, ""),
-                    None => frame::close_empty(),
+                let (code, echo) = match frame::parse_close(payload)? {
+                    Some((code, _)) => (Some(code), frame::close_frame(code, "")),
+                    None => (None, frame::close_empty()),
                 };
-                self.close_echo(key, echo);
+                self.close_echo(key, code, echo);
                 Ok(())
             }
             Kind::Text => {
@@ -255,6 +256,7 @@ impl Shard {
         }
         match msg {
             ClientMsg::Publish { topic, data } => self.publish(key, &topic, data, reference),
+            ClientMsg::Send { data } => self.send_upstream(key, &data, reference),
             ClientMsg::Ping => {
                 self.send_frame(key, messages::pong_frame(reference));
                 Ok(())
@@ -292,6 +294,7 @@ impl Shard {
                 if let Some(t) = self.topics.find(&topic) {
                     if self.conns.remove_topic(key, t) {
                         self.topics.leave(t, key);
+                        self.lifecycle(key, "unsubscribe", Detail::Topic(&topic));
                     }
                 }
                 self.send_frame(
@@ -333,6 +336,7 @@ impl Shard {
         }
         let (t, _) = self.topics.join(name, key);
         self.conns.add_topic(key, t);
+        self.lifecycle(key, "subscribe", Detail::Topic(name));
         Ok(())
     }
 

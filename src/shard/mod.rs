@@ -17,6 +17,7 @@ mod refresh;
 mod sessions;
 mod streams;
 mod topics;
+mod upstream;
 mod users;
 
 #[cfg(test)]
@@ -101,6 +102,8 @@ pub struct ShardShared {
     pub cluster: Option<ShardCluster>,
     /// Client publishes, to the push API (woken through `replies.waker`).
     pub publishes: Sender<ClientPublish>,
+    /// Client sends and lifecycle events, when they have a target.
+    pub events: Option<crate::events::EventSink>,
 }
 
 /// Creates shard `id`'s poll, channels and thread.
@@ -448,6 +451,7 @@ impl Shard {
         );
         debug_assert_eq!(inserted, key, "registered under the key the slot got");
         self.counters().connections.fetch_add(1, Relaxed);
+        self.lifecycle(key, "connect", crate::events::Detail::None);
         let leftover = std::mem::take(&mut h.leftover);
         match self.park_if_loading(key, user, created, h.resume.take(), leftover) {
             Ok(()) => {
@@ -946,7 +950,7 @@ impl Shard {
             _ => return,
         }
         self.count_close(close.cause);
-        self.leave_indexes(key);
+        self.leave_indexes(key, close.code);
         self.conns.queue_close(
             key,
             frame::close_frame(close.code, close.reason),
@@ -984,13 +988,13 @@ impl Shard {
         counter.fetch_add(1, Relaxed);
     }
 
-    /// Answers a client's close (echoing its code) and waits for its FIN.
-    fn close_echo(&mut self, key: u32, frame: Wire) {
+    /// Answers a client's close (echoing its `code`) and waits for its FIN.
+    fn close_echo(&mut self, key: u32, code: Option<u16>, frame: Wire) {
         match self.conns.get(key) {
             Some(c) if !c.closing() => {}
             _ => return,
         }
-        self.leave_indexes(key);
+        self.leave_indexes(key, code.unwrap_or(frame::close::NO_STATUS));
         self.conns.queue_close(key, frame, false);
         self.rearm_at(
             key,
@@ -1005,11 +1009,13 @@ impl Shard {
         }
     }
 
-    /// Removes a connection from the user and topic indexes and the gauges.
-    fn leave_indexes(&mut self, key: u32) {
+    /// Removes a connection from the user and topic indexes and the gauges, once per
+    /// session: the session ends here, with close `code` (1006 when the socket vanished).
+    fn leave_indexes(&mut self, key: u32, code: u16) {
         if !self.conns.begin_closing(key) {
             return;
         }
+        self.lifecycle(key, "disconnect", crate::events::Detail::Code(code));
         let Some(user) = self.conns.get(key).map(|c| c.user) else {
             return;
         };
@@ -1023,7 +1029,7 @@ impl Shard {
 
     /// The socket is gone (reset, EOF mid-session, write error): forget it now.
     fn abort(&mut self, key: u32) {
-        self.leave_indexes(key);
+        self.leave_indexes(key, frame::close::ABNORMAL);
         self.finalize(key);
     }
 

@@ -39,13 +39,13 @@ impl Shard {
                 message: format!("not allowed to publish to {name:?}"),
             });
         }
-        if data.len() > cfg.max_publish_bytes {
+        if data.len() > cfg.max_client_data_bytes {
             return Err(Refused {
                 code: "too_large",
                 message: format!(
-                    "data is {} bytes; a publish carries at most {} (max_publish_bytes)",
+                    "data is {} bytes; a publish carries at most {} (max_client_data_bytes)",
                     data.len(),
-                    cfg.max_publish_bytes
+                    cfg.max_client_data_bytes
                 ),
             });
         }

@@ -119,14 +119,19 @@ impl Shard {
             let allowed =
                 topic::allowed(public, name) || grants.is_some_and(|g| topic::allowed(g, name));
             if !allowed {
-                dropped.push((t, messages::dropped_topic_frame(name, "forbidden")));
+                dropped.push((
+                    t,
+                    name.to_string(),
+                    messages::dropped_topic_frame(name, "forbidden"),
+                ));
             }
             allowed
         });
         self.conns.set_topics(key, subscribed);
-        for (t, frame) in dropped {
+        for (t, name, frame) in dropped {
             self.topics.leave(t, key);
             self.send_frame(key, frame);
+            self.lifecycle(key, "unsubscribe", crate::events::Detail::Topic(&name));
         }
     }
 }

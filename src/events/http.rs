@@ -1,0 +1,83 @@
+//! Standalone: events POSTed to `events_url` as one JSON array per batch.
+
+use std::time::Duration;
+
+use super::{DeliverError, Event, Target};
+
+/// Longest time one POST may take, connecting included.
+const POST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest time to connect.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// POSTs batches to one URL over a kept-alive connection.
+pub(crate) struct PostTarget {
+    agent: ureq::Agent,
+    url: String,
+    /// `Authorization: Bearer <events_key>`, when one is configured.
+    authorization: Option<String>,
+    body: Vec<u8>,
+}
+
+impl PostTarget {
+    /// A target for `url` (checked by the configuration), sending `key` as a bearer token.
+    pub(crate) fn new(url: &str, key: Option<&str>) -> PostTarget {
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(POST_TIMEOUT))
+            .timeout_connect(Some(CONNECT_TIMEOUT))
+            // Statuses are judged here: a 4xx is final, a 5xx is retried.
+            .http_status_as_error(false)
+            .build()
+            .new_agent();
+        PostTarget {
+            agent,
+            url: url.to_string(),
+            authorization: key.map(|k| format!("Bearer {k}")),
+            body: Vec::new(),
+        }
+    }
+}
+
+/// Writes `[e1,e2,...]` into `out`.
+pub(crate) fn json_array(batch: &[Event], out: &mut Vec<u8>) {
+    out.clear();
+    out.push(b'[');
+    for (i, e) in batch.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(e.as_str().as_bytes());
+    }
+    out.push(b']');
+}
+
+impl Target for PostTarget {
+    fn deliver(&mut self, batch: &[Event]) -> Result<(), DeliverError> {
+        json_array(batch, &mut self.body);
+        let mut req = self
+            .agent
+            .post(&self.url)
+            .header("Content-Type", "application/json");
+        if let Some(a) = &self.authorization {
+            req = req.header("Authorization", a);
+        }
+        let resp = req
+            .send(&self.body[..])
+            .map_err(|e| DeliverError::Retry(format!("POST {}: {e}", self.url)))?;
+        let status = resp.status().as_u16();
+        match status {
+            200..=299 => Ok(()),
+            408 | 429 | 500..=599 => Err(DeliverError::Retry(format!(
+                "POST {} answered {status}",
+                self.url
+            ))),
+            _ => Err(DeliverError::Refused(format!(
+                "POST {} answered {status}",
+                self.url
+            ))),
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.url.clone()
+    }
+}

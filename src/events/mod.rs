@@ -1,0 +1,404 @@
+//! Client messages and lifecycle events for the upstream (docs/protocol.md 6). Shards
+//! queue them without waiting (bounded by `events_queue` events and 64 MiB: a `send` that does not fit is
+//! refused with `overloaded`, never dropped), and one thread delivers them in batches, in
+//! order: POSTed as a JSON array to `events_url` (standalone), or appended to the Redis
+//! stream `throng:events` (cluster mode). A failed delivery is retried with backoff, so an
+//! unreachable upstream fills the queue and shows in the metrics; it never slows pushes.
+
+mod counters;
+mod http;
+mod stream;
+
+pub use counters::EventCounters;
+
+use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+/// Bytes of events that may wait for delivery.
+pub const EVENTS_QUEUE_BYTES: u64 = 64 << 20;
+/// Most events in one delivery.
+const BATCH: usize = 1000;
+/// Most bytes in one delivery (one event larger than this goes alone).
+const BATCH_BYTES: usize = 1 << 20;
+/// First pause after a failed delivery; doubled up to `BACKOFF_MAX`.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest pause between retries.
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// At shutdown, how long what is still queued may take to deliver.
+const FLUSH_AT_STOP: Duration = Duration::from_secs(3);
+
+/// One event: a JSON object, as text.
+pub struct Event(Box<str>);
+
+impl Event {
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// What an event carries beyond its type, user, session, node and time.
+#[derive(Debug, Clone, Copy)]
+pub enum Detail<'a> {
+    /// `send`: the client's `data`, JSON text.
+    Data(&'a str),
+    /// `disconnect`: the close code.
+    Code(u16),
+    /// `subscribe`, `unsubscribe`: the topic.
+    Topic(&'a str),
+    /// `connect`.
+    None,
+}
+
+/// Why an event was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum QueueError {
+    /// The queue is full (by count or bytes): the upstream is slow or unreachable.
+    #[error("the event queue is full")]
+    Full,
+    /// Delivery has stopped (shutdown).
+    #[error("event delivery has stopped")]
+    Stopped,
+}
+
+/// A shard's way to the events thread.
+pub struct EventSink {
+    tx: Sender<Event>,
+    lifecycle: bool,
+    node: Arc<str>,
+    metrics: Arc<Metrics>,
+}
+
+impl Clone for EventSink {
+    fn clone(&self) -> EventSink {
+        EventSink {
+            tx: self.tx.clone(),
+            lifecycle: self.lifecycle,
+            node: Arc::clone(&self.node),
+            metrics: Arc::clone(&self.metrics),
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    // Serialising a &str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// The event's JSON: `{"type","user","session","node","ts"}` and its detail.
+pub fn encode(kind: &str, user: &str, session: &str, node: &str, ts: u64, d: Detail<'_>) -> Event {
+    let extra = match d {
+        Detail::Data(s) | Detail::Topic(s) => s.len(),
+        Detail::Code(_) | Detail::None => 0,
+    };
+    let mut out = Vec::with_capacity(96 + user.len() + session.len() + node.len() + extra);
+    out.extend_from_slice(b"{\"type\":");
+    json_str(&mut out, kind);
+    out.extend_from_slice(b",\"user\":");
+    json_str(&mut out, user);
+    out.extend_from_slice(b",\"session\":");
+    json_str(&mut out, session);
+    out.extend_from_slice(b",\"node\":");
+    json_str(&mut out, node);
+    let _ = write!(out, ",\"ts\":{ts}");
+    match d {
+        Detail::Data(data) => {
+            out.extend_from_slice(b",\"data\":");
+            out.extend_from_slice(data.as_bytes());
+        }
+        Detail::Code(code) => {
+            let _ = write!(out, ",\"code\":{code}");
+        }
+        Detail::Topic(t) => {
+            out.extend_from_slice(b",\"topic\":");
+            json_str(&mut out, t);
+        }
+        Detail::None => {}
+    }
+    out.push(b'}');
+    // Built from JSON text and serialised strings only.
+    Event(String::from_utf8(out).unwrap_or_default().into_boxed_str())
+}
+
+impl EventSink {
+    /// Whether lifecycle events (`connect`, `disconnect`, `subscribe`, `unsubscribe`) are on.
+    pub fn lifecycle(&self) -> bool {
+        self.lifecycle
+    }
+
+    /// Queues one event without waiting.
+    pub fn emit(
+        &self,
+        kind: &str,
+        user: &str,
+        session: &str,
+        d: Detail<'_>,
+    ) -> Result<(), QueueError> {
+        let e = encode(kind, user, session, &self.node, now_ms(), d);
+        let c = &self.metrics.events;
+        let len = e.0.len() as u64;
+        // Reserved before sending; several shards may pass the check together, so the
+        // byte bound can be passed by at most one event per shard.
+        if c.queued_bytes.load(Relaxed).saturating_add(len) > EVENTS_QUEUE_BYTES
+            && c.queued.load(Relaxed) > 0
+        {
+            return Err(QueueError::Full);
+        }
+        c.queued_bytes.fetch_add(len, Relaxed);
+        c.queued.fetch_add(1, Relaxed);
+        match self.tx.try_send(e) {
+            Ok(()) => Ok(()),
+            Err(err) => {
+                c.queued_bytes.fetch_sub(len, Relaxed);
+                c.queued.fetch_sub(1, Relaxed);
+                Err(match err {
+                    TrySendError::Full(_) => QueueError::Full,
+                    TrySendError::Disconnected(_) => QueueError::Stopped,
+                })
+            }
+        }
+    }
+}
+
+/// Why a delivery failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DeliverError {
+    /// Worth retrying: the upstream is unreachable, slow or failing (5xx, 408, 429).
+    #[error("{0}")]
+    Retry(String),
+    /// The upstream refused these events for good (another 4xx): retrying cannot help.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Where events go.
+pub(crate) trait Target: Send {
+    /// Delivers a batch, in order, all or none.
+    fn deliver(&mut self, batch: &[Event]) -> Result<(), DeliverError>;
+    /// Names the target in logs.
+    fn describe(&self) -> String;
+}
+
+/// Starts the events thread when the configuration gives events a target: the sink for
+/// the shards (one clone each) and the thread. `node` names this server in events.
+pub fn spawn(
+    config: &Config,
+    node: Arc<str>,
+    metrics: &Arc<Metrics>,
+    stop: &Arc<AtomicBool>,
+) -> std::io::Result<Option<(EventSink, JoinHandle<()>)>> {
+    let target: Box<dyn Target> = match (&config.cluster, &config.events_url) {
+        (Some(cluster), _) => Box::new(stream::StreamTarget::new(
+            &cluster.redis_url,
+            config.events_maxlen,
+        )?),
+        (None, Some(url)) => Box::new(http::PostTarget::new(url, config.events_key.as_deref())),
+        (None, None) => return Ok(None),
+    };
+    metrics.events.enabled.store(true, Relaxed);
+    metrics.events.up.store(true, Relaxed);
+    let (tx, rx) = crossbeam_channel::bounded(config.events_queue);
+    let sink = EventSink {
+        tx,
+        lifecycle: config.lifecycle_events,
+        node,
+        metrics: Arc::clone(metrics),
+    };
+    let runner = Runner {
+        rx,
+        target,
+        metrics: Arc::clone(metrics),
+        stop: Arc::clone(stop),
+        backoff: BACKOFF_MIN,
+        logged_down: false,
+    };
+    let thread = std::thread::Builder::new()
+        .name("throng-events".into())
+        .spawn(move || runner.run())?;
+    Ok(Some((sink, thread)))
+}
+
+struct Runner {
+    rx: Receiver<Event>,
+    target: Box<dyn Target>,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+    backoff: Duration,
+    logged_down: bool,
+}
+
+impl Runner {
+    /// Delivers until every sink is gone (the shards have ended) or, after `stop`, until
+    /// `FLUSH_AT_STOP` has passed.
+    fn run(mut self) {
+        let mut batch: Vec<Event> = Vec::with_capacity(BATCH);
+        let mut stop_at: Option<Instant> = None;
+        loop {
+            if stop_at.is_none() && self.stop.load(Relaxed) {
+                stop_at = Some(Instant::now() + FLUSH_AT_STOP);
+            }
+            if batch.is_empty() {
+                match self.rx.recv_timeout(Duration::from_millis(100)) {
+                    Ok(e) => batch.push(e),
+                    Err(RecvTimeoutError::Timeout) => {
+                        if stop_at.is_some() {
+                            return;
+                        }
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
+            let mut bytes: usize = batch.iter().map(|e| e.0.len()).sum();
+            while batch.len() < BATCH && bytes < BATCH_BYTES {
+                match self.rx.try_recv() {
+                    Ok(e) => {
+                        bytes += e.0.len();
+                        batch.push(e);
+                    }
+                    Err(_) => break,
+                }
+            }
+            if !self.deliver(&batch, stop_at) {
+                self.count_out(&batch);
+                self.metrics
+                    .events
+                    .dropped
+                    .fetch_add(batch.len() as u64, Relaxed);
+                batch.clear();
+                // Stopping and out of time: what is still queued is lost with the process.
+                let rest: Vec<Event> = self.rx.try_iter().collect();
+                self.count_out(&rest);
+                self.metrics
+                    .events
+                    .dropped
+                    .fetch_add(rest.len() as u64, Relaxed);
+                if !rest.is_empty() || stop_at.is_some() {
+                    tracing::warn!(
+                        dropped = rest.len(),
+                        "server stopped before the events upstream took every event"
+                    );
+                }
+                return;
+            }
+            self.count_out(&batch);
+            batch.clear();
+        }
+    }
+
+    fn count_out(&self, batch: &[Event]) {
+        let c = &self.metrics.events;
+        let bytes: u64 = batch.iter().map(|e| e.0.len() as u64).sum();
+        c.queued_bytes.fetch_sub(bytes, Relaxed);
+        c.queued.fetch_sub(batch.len() as u64, Relaxed);
+    }
+
+    /// Delivers one batch, retrying with backoff; false when the server stopped and the
+    /// flush time ran out first. A batch the upstream refused for good counts as done
+    /// (dropped and counted), so it cannot block the events behind it.
+    fn deliver(&mut self, batch: &[Event], mut stop_at: Option<Instant>) -> bool {
+        let c = &self.metrics.events;
+        loop {
+            match self.target.deliver(batch) {
+                Ok(()) => {
+                    c.delivered.fetch_add(batch.len() as u64, Relaxed);
+                    c.up.store(true, Relaxed);
+                    self.backoff = BACKOFF_MIN;
+                    if std::mem::take(&mut self.logged_down) {
+                        tracing::info!(target = %self.target.describe(), "events upstream reachable again");
+                    }
+                    return true;
+                }
+                Err(DeliverError::Refused(e)) => {
+                    c.dropped.fetch_add(batch.len() as u64, Relaxed);
+                    tracing::error!(
+                        target = %self.target.describe(),
+                        error = %e,
+                        events = batch.len(),
+                        "events upstream refused a batch; its events are dropped"
+                    );
+                    return true;
+                }
+                Err(DeliverError::Retry(e)) => {
+                    c.failures.fetch_add(1, Relaxed);
+                    c.up.store(false, Relaxed);
+                    if !std::mem::replace(&mut self.logged_down, true) {
+                        tracing::warn!(
+                            target = %self.target.describe(),
+                            error = %e,
+                            "cannot deliver events; retrying with backoff (client sends get \
+                             `overloaded` once the queue is full)"
+                        );
+                    }
+                    if stop_at.is_none() && self.stop.load(Relaxed) {
+                        stop_at = Some(Instant::now() + FLUSH_AT_STOP);
+                    }
+                    if let Some(at) = stop_at {
+                        let now = Instant::now();
+                        if now >= at {
+                            return false;
+                        }
+                        std::thread::sleep(self.backoff.min(at - now));
+                    } else {
+                        crate::broker::pause(self.backoff, &self.stop);
+                    }
+                    self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_one_json_object_each() {
+        let v = |e: Event| serde_json::from_str::<serde_json::Value>(e.as_str()).unwrap();
+        assert_eq!(
+            v(encode(
+                "send",
+                "al\"ice",
+                "s1",
+                "n1",
+                5,
+                Detail::Data(r#"{"a":[1]}"#)
+            )),
+            serde_json::json!({"type":"send","user":"al\"ice","session":"s1","node":"n1","ts":5,"data":{"a":[1]}})
+        );
+        assert_eq!(
+            v(encode("disconnect", "u", "s", "n", 6, Detail::Code(4002))),
+            serde_json::json!({"type":"disconnect","user":"u","session":"s","node":"n","ts":6,"code":4002})
+        );
+        assert_eq!(
+            v(encode(
+                "subscribe",
+                "u",
+                "s",
+                "n",
+                7,
+                Detail::Topic("room:1")
+            )),
+            serde_json::json!({"type":"subscribe","user":"u","session":"s","node":"n","ts":7,"topic":"room:1"})
+        );
+        assert_eq!(
+            v(encode("connect", "u", "s", "n", 8, Detail::None)),
+            serde_json::json!({"type":"connect","user":"u","session":"s","node":"n","ts":8})
+        );
+    }
+}

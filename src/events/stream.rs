@@ -1,0 +1,65 @@
+//! Cluster mode: events appended to the Redis stream `throng:events`, one entry each with
+//! the field `event`, trimmed to about `events_maxlen` entries.
+
+use super::{DeliverError, Event, Target};
+
+/// The stream every node appends its events to.
+pub(super) const EVENTS_STREAM: &str = "throng:events";
+
+/// Appends batches to `throng:events` in one pipelined round trip each.
+pub(crate) struct StreamTarget {
+    client: redis::Client,
+    conn: Option<redis::Connection>,
+    maxlen: u64,
+}
+
+impl StreamTarget {
+    /// A target on the Redis at `url` (checked by the configuration).
+    pub(crate) fn new(url: &str, maxlen: u64) -> std::io::Result<StreamTarget> {
+        let client = redis::Client::open(url).map_err(std::io::Error::other)?;
+        Ok(StreamTarget {
+            client,
+            conn: None,
+            maxlen,
+        })
+    }
+}
+
+impl Target for StreamTarget {
+    fn deliver(&mut self, batch: &[Event]) -> Result<(), DeliverError> {
+        let retry = |e: redis::RedisError| DeliverError::Retry(format!("Redis: {e}"));
+        if self.conn.is_none() {
+            self.conn = Some(crate::broker::connect(&self.client).map_err(retry)?);
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(DeliverError::Retry("no Redis connection".into()));
+        };
+        // All or none (MULTI/EXEC), so a retry after an error repeats nothing; a link lost
+        // after EXEC ran can still repeat a batch: delivery is at least once.
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for e in batch {
+            pipe.cmd("XADD")
+                .arg(EVENTS_STREAM)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(self.maxlen)
+                .arg("*")
+                .arg("event")
+                .arg(e.as_str())
+                .ignore();
+        }
+        match pipe.query::<()>(conn) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // The link may be broken: reconnect on the next try.
+                self.conn = None;
+                Err(retry(e))
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("Redis stream {EVENTS_STREAM}")
+    }
+}

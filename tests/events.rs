@@ -1,0 +1,378 @@
+//! docs/protocol.md 6: client `send` messages and lifecycle events POSTed to `events_url`
+//! (standalone), batched, in order per session, retried while the upstream fails, and
+//! refused with `overloaded` (never dropped in silence) when the queue is full.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+/// A small HTTP upstream: records the events of each POST it answers 2xx, answers with
+/// `status`, and remembers the last `Authorization` header.
+struct Upstream {
+    addr: SocketAddr,
+    events: Arc<Mutex<Vec<Value>>>,
+    status: Arc<AtomicU16>,
+    requests: Arc<AtomicU64>,
+    authorization: Arc<Mutex<Option<String>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Upstream {
+    fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let up = Upstream {
+            addr: listener.local_addr().expect("addr"),
+            events: Arc::default(),
+            status: Arc::new(AtomicU16::new(200)),
+            requests: Arc::default(),
+            authorization: Arc::default(),
+            stop: Arc::default(),
+        };
+        let (events, status, requests, auth, stop) = (
+            Arc::clone(&up.events),
+            Arc::clone(&up.status),
+            Arc::clone(&up.requests),
+            Arc::clone(&up.authorization),
+            Arc::clone(&up.stop),
+        );
+        std::thread::spawn(move || {
+            while !stop.load(Relaxed) {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        let (events, status, requests, auth) = (
+                            Arc::clone(&events),
+                            Arc::clone(&status),
+                            Arc::clone(&requests),
+                            Arc::clone(&auth),
+                        );
+                        std::thread::spawn(move || serve(s, &events, &status, &requests, &auth));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        up
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/events", self.addr)
+    }
+
+    fn events(&self) -> Vec<Value> {
+        self.events.lock().unwrap().clone()
+    }
+
+    /// Waits until `n` events have arrived; returns them.
+    fn wait_events(&self, n: usize) -> Vec<Value> {
+        let ok = wait_until(WAIT, || self.events.lock().unwrap().len() >= n);
+        let got = self.events();
+        assert!(ok, "expected {n} events, got {}: {got:?}", got.len());
+        got
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop.store(true, Relaxed);
+    }
+}
+
+/// One keep-alive connection of the upstream.
+fn serve(
+    s: TcpStream,
+    events: &Mutex<Vec<Value>>,
+    status: &AtomicU16,
+    requests: &AtomicU64,
+    auth: &Mutex<Option<String>>,
+) {
+    let mut w = s.try_clone().expect("clone");
+    let mut r = BufReader::new(s);
+    loop {
+        let mut len = 0usize;
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        assert!(line.starts_with("POST /events "), "{line}");
+        loop {
+            line.clear();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            let (name, value) = l.split_once(':').expect("header");
+            match name.to_ascii_lowercase().as_str() {
+                "content-length" => len = value.trim().parse().expect("length"),
+                "authorization" => *auth.lock().unwrap() = Some(value.trim().to_string()),
+                _ => {}
+            }
+        }
+        let mut body = vec![0; len];
+        if r.read_exact(&mut body).is_err() {
+            return;
+        }
+        requests.fetch_add(1, Relaxed);
+        let st = status.load(Relaxed);
+        if (200..300).contains(&st) {
+            let batch: Vec<Value> = serde_json::from_slice(&body).expect("a JSON array");
+            assert!(!batch.is_empty(), "an empty batch was POSTed");
+            events.lock().unwrap().extend(batch);
+        }
+        let resp = format!("HTTP/1.1 {st} X\r\nContent-Length: 0\r\n\r\n");
+        if w.write_all(resp.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+fn without_ts(mut e: Value) -> Value {
+    assert!(
+        e["ts"].as_u64().is_some_and(|t| t > 1_700_000_000_000),
+        "{e}"
+    );
+    e.as_object_mut().unwrap().remove("ts");
+    e
+}
+
+#[test]
+fn send_is_answered_sent_and_posted_with_user_session_node_and_time() {
+    let up = Upstream::start();
+    let url = up.url();
+    let srv = TestServer::start(&["--events-url", &url, "--events-key", "ev-secret"]);
+    let mut alice = srv.connect("alice");
+    let session = alice.welcome["session"].clone();
+    for i in 0..3 {
+        alice.send(json!({"type": "send", "data": {"n": i, "text": "hé"}, "ref": i}));
+        assert_eq!(alice.recv(), json!({"type": "sent", "ref": i}));
+    }
+    let got = up.wait_events(3);
+    let node = srv.ws.to_string();
+    for (i, e) in got.into_iter().enumerate() {
+        assert_eq!(
+            without_ts(e),
+            json!({"type": "send", "user": "alice", "session": session, "node": node,
+                   "data": {"n": i, "text": "hé"}})
+        );
+    }
+    assert_eq!(
+        up.authorization.lock().unwrap().as_deref(),
+        Some("Bearer ev-secret")
+    );
+    let s = srv.stats();
+    assert_eq!(s["events"]["delivered_total"], 3, "{s}");
+    assert_eq!(s["events"]["up"], 1, "{s}");
+    // Without lifecycle_events, connects and disconnects are not sent.
+    drop(alice);
+    srv.wait_connections(0);
+    alice = srv.connect("alice");
+    alice.barrier("b");
+    assert_eq!(up.events().len(), 3);
+}
+
+#[test]
+fn lifecycle_events_follow_each_session_in_order() {
+    let up = Upstream::start();
+    let url = up.url();
+    let srv = TestServer::start(&[
+        "--events-url",
+        &url,
+        "--lifecycle-events",
+        "--public-topics",
+        "room:*",
+    ]);
+    let mut a = srv.connect("a");
+    let sa = a.welcome["session"].as_str().unwrap().to_string();
+    a.send(json!({"type": "subscribe", "topic": "room:1"}));
+    a.recv();
+    // Subscribing again changes nothing: no event.
+    a.send(json!({"type": "subscribe", "topic": "room:1"}));
+    a.recv();
+    a.send(json!({"type": "send", "data": null}));
+    a.recv();
+    a.send(json!({"type": "unsubscribe", "topic": "room:1"}));
+    a.recv();
+    a.ws.close(None).expect("close");
+    assert!(matches!(a.expect_close(), Closed::Code(_)));
+    // A client that vanishes without a close: 1006. One closed by the API: 4003.
+    let b = srv.connect("b");
+    let sb = b.welcome["session"].as_str().unwrap().to_string();
+    drop(b);
+    let mut c = srv.connect("c");
+    let sc = c.welcome["session"].as_str().unwrap().to_string();
+    let r = srv.api("POST", "/v1/disconnect", Some(r#"{"user":"c"}"#));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(c.expect_close(), Closed::Code(Some(4003)));
+
+    let got = up.wait_events(9);
+    let of = |s: &str| -> Vec<Value> {
+        got.iter()
+            .filter(|e| e["session"] == s)
+            .map(|e| {
+                let mut e = without_ts(e.clone());
+                let o = e.as_object_mut().unwrap();
+                o.remove("session");
+                o.remove("node");
+                e
+            })
+            .collect()
+    };
+    assert_eq!(
+        of(&sa),
+        vec![
+            json!({"type": "connect", "user": "a"}),
+            json!({"type": "subscribe", "user": "a", "topic": "room:1"}),
+            json!({"type": "send", "user": "a", "data": null}),
+            json!({"type": "unsubscribe", "user": "a", "topic": "room:1"}),
+            json!({"type": "disconnect", "user": "a", "code": 1005}),
+        ]
+    );
+    assert_eq!(
+        of(&sb),
+        vec![
+            json!({"type": "connect", "user": "b"}),
+            json!({"type": "disconnect", "user": "b", "code": 1006}),
+        ]
+    );
+    assert_eq!(
+        of(&sc),
+        vec![
+            json!({"type": "connect", "user": "c"}),
+            json!({"type": "disconnect", "user": "c", "code": 4003}),
+        ]
+    );
+}
+
+#[test]
+fn a_failing_upstream_is_retried_and_a_full_queue_refuses_sends_without_slowing_pushes() {
+    let up = Upstream::start();
+    up.status.store(503, Relaxed);
+    let url = up.url();
+    let srv = TestServer::start(&[
+        "--events-url",
+        &url,
+        "--events-queue",
+        "5",
+        "--client-rate",
+        "0",
+    ]);
+    let mut a = srv.connect("a");
+    // The first event is taken from the queue and retried; five more fill the queue.
+    let mut sent = 0;
+    let mut refused = 0;
+    for i in 0..40 {
+        a.send(json!({"type": "send", "data": i, "ref": i}));
+        let m = a.recv();
+        match m["type"].as_str() {
+            Some("sent") => sent += 1,
+            Some("error") => {
+                assert_eq!(m["code"], "overloaded", "{m}");
+                assert_eq!(m["ref"], i, "{m}");
+                refused += 1;
+                break;
+            }
+            _ => panic!("unexpected {m}"),
+        }
+        // Each refusal counts toward the 1008 close; stop at the first.
+    }
+    assert_eq!(refused, 1);
+    assert!(
+        (5..=6).contains(&sent),
+        "sent {sent} before the queue was full"
+    );
+    srv.wait_stats("failures seen", |s| {
+        s["events"]["failures_total"].as_u64() >= Some(2) && s["events"]["up"] == 0
+    });
+    // Pushes do not wait for the events upstream.
+    let r = srv.push_wait(json!({"user": "a", "data": "still here"}));
+    assert_eq!(r["delivered"], 1, "{r}");
+    assert_eq!(a.recv()["data"], "still here");
+    assert!(up.requests.load(Relaxed) >= 2);
+    assert!(up.events().is_empty());
+    // The upstream recovers: everything that was answered `sent` arrives, in order.
+    up.status.store(204, Relaxed);
+    let got = up.wait_events(sent);
+    let data: Vec<Value> = got.iter().map(|e| e["data"].clone()).collect();
+    assert_eq!(data, (0..sent).map(|i| json!(i)).collect::<Vec<_>>());
+    let s = srv.wait_stats("up again", |s| s["events"]["up"] == 1);
+    assert_eq!(s["events"]["refused_total"], 1, "{s}");
+    assert_eq!(s["events"]["queued"], 0, "{s}");
+    a.send(json!({"type": "send", "data": "after", "ref": "x"}));
+    assert_eq!(a.recv()["type"], "sent");
+    assert_eq!(up.wait_events(sent + 1)[sent]["data"], "after");
+}
+
+#[test]
+fn a_batch_refused_for_good_is_dropped_and_counted_and_the_next_goes_through() {
+    let up = Upstream::start();
+    up.status.store(400, Relaxed);
+    let url = up.url();
+    let srv = TestServer::start(&["--events-url", &url]);
+    let mut a = srv.connect("a");
+    a.send(json!({"type": "send", "data": "refused"}));
+    assert_eq!(a.recv()["type"], "sent");
+    srv.wait_stats("dropped", |s| s["events"]["dropped_total"] == 1);
+    up.status.store(200, Relaxed);
+    a.send(json!({"type": "send", "data": "taken"}));
+    assert_eq!(a.recv()["type"], "sent");
+    let got = up.wait_events(1);
+    assert_eq!(got[0]["data"], "taken");
+}
+
+#[test]
+fn send_needs_an_upstream_and_respects_the_data_limit() {
+    let srv = TestServer::start(&[]);
+    let mut a = srv.connect("a");
+    a.send(json!({"type": "send", "data": 1, "ref": 1}));
+    let e = a.recv();
+    assert_eq!(
+        (&e["code"], &e["ref"]),
+        (&json!("unavailable"), &json!(1)),
+        "{e}"
+    );
+    assert!(e["message"].as_str().unwrap().contains("events_url"), "{e}");
+
+    let up = Upstream::start();
+    let url = up.url();
+    let srv = TestServer::start(&["--events-url", &url, "--max-client-data-bytes", "10"]);
+    let mut a = srv.connect("a");
+    a.send(json!({"type": "send", "data": "0123456789", "ref": 2}));
+    let e = a.recv();
+    assert_eq!(
+        (&e["code"], &e["ref"]),
+        (&json!("too_large"), &json!(2)),
+        "{e}"
+    );
+    a.send(json!({"type": "send", "ref": 3}));
+    assert_eq!(a.recv()["code"], "bad_json");
+    a.send(json!({"type": "send", "data": "01234567", "ref": 4}));
+    assert_eq!(a.recv(), json!({"type": "sent", "ref": 4}));
+}
+
+#[test]
+fn bad_events_settings_are_refused_by_name() {
+    for (args, needle) in [
+        (vec!["--events-url", "ftp://x/"], "events_url"),
+        (vec!["--events-url", "http:///path"], "events_url"),
+        (vec!["--events-queue", "0"], "events_queue"),
+        (vec!["--events-maxlen", "0"], "events_maxlen"),
+    ] {
+        let mut all = vec!["--jwt-secret", "0123456789abcdef0123456789abcdef"];
+        all.extend(args.iter().copied());
+        let err = throng::config::Config::from_args(all)
+            .err()
+            .unwrap_or_else(|| panic!("{args:?} accepted"))
+            .to_string();
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
