@@ -142,13 +142,13 @@ fn publishing_needs_the_claim_or_public_publish() {
 
 #[test]
 fn bad_publishes_get_a_named_error_and_the_connection_stays() {
-    let srv = TestServer::start(&["--max-publish-bytes", "64"]);
+    let srv = TestServer::start(&["--max-client-data-bytes", "64"]);
     let mut a = connect_with(&srv, "a", &["t"], &["*"]);
     let cases = [
         (
             json!({"type": "publish", "topic": "t", "data": "x".repeat(100), "ref": 1}),
             "too_large",
-            "max_publish_bytes",
+            "max_client_data_bytes",
         ),
         (
             json!({"type": "publish", "topic": "t", "ref": 2}),
