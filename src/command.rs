@@ -135,12 +135,14 @@ pub enum ShardCmd {
         /// Where to send the count.
         ticket: Ticket,
     },
-    /// Count a topic's members on this shard.
+    /// Count a topic's members on this shard, and list their users when `page` is given.
     TopicMembers {
         /// The topic.
         topic: Box<str>,
         /// Where to send the count.
         ticket: Ticket,
+        /// Which users to list (room presence).
+        page: Option<MemberPage>,
     },
     /// Count a user's sessions.
     Presence {
@@ -192,6 +194,32 @@ pub(crate) fn reserve_backlog(gauge: &AtomicU64, weight: u64, limit: u64) -> boo
     true
 }
 
+/// A page of a topic's member users: those after `after` in byte order, at most `limit`
+/// (a shard answers one more, so the API knows whether another page follows).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberPage {
+    /// The last user of the previous page; `None` for the first page.
+    pub after: Option<Box<str>>,
+    /// Users on the page.
+    pub limit: usize,
+}
+
+impl MemberPage {
+    /// The page's users from `users` (any order, possibly repeated): sorted, distinct,
+    /// after `after`, at most `limit + 1` of them.
+    pub fn select<'a>(&self, users: impl Iterator<Item = &'a str>) -> Vec<Box<str>> {
+        let mut v: Vec<&str> = match self.after.as_deref() {
+            Some(a) => users.filter(|u| *u > a).collect(),
+            None => users.collect(),
+        };
+        // O(n log n) in the room's size on this shard: an operator's query, not a hot path.
+        v.sort_unstable();
+        v.dedup();
+        v.truncate(self.limit.saturating_add(1));
+        v.into_iter().map(Box::from).collect()
+    }
+}
+
 /// One session of a user, as `GET /v1/presence/<user>` shows it (docs/protocol.md 4.3).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionDetail {
@@ -214,6 +242,8 @@ pub struct Reply {
     pub users: u64,
     /// For presence: each session; empty (and not allocated) otherwise.
     pub details: Vec<SessionDetail>,
+    /// For a topic's member page: its users here (sorted, distinct, at most limit + 1).
+    pub members: Vec<Box<str>>,
     /// Cluster mode: what Redis did with a push (`?wait=1`).
     pub published: Option<crate::broker::script::Published>,
     /// Cluster mode: what the presence thread read from Redis (presence and stats).
@@ -223,6 +253,25 @@ pub struct Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_member_page_is_sorted_distinct_after_and_one_longer_than_its_limit() {
+        let users = ["d", "b", "a", "b", "e", "c"];
+        let page = |after: Option<&str>, limit| MemberPage {
+            after: after.map(Into::into),
+            limit,
+        };
+        let names = |v: Vec<Box<str>>| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            names(page(None, 2).select(users.into_iter())),
+            ["a", "b", "c"]
+        );
+        assert_eq!(
+            names(page(Some("b"), 5).select(users.into_iter())),
+            ["c", "d", "e"]
+        );
+        assert!(page(Some("e"), 5).select(users.into_iter()).is_empty());
+    }
 
     #[test]
     fn backlog_is_bounded_by_bytes_but_takes_one_oversized_push() {

@@ -300,3 +300,116 @@ fn presence_is_503_and_stats_say_so_while_redis_is_down_then_resync() {
     );
     assert!(hexists(&mut r, "throng:nodes", "node-a"));
 }
+
+/// A node with `room:*` public, ready.
+fn room_node(redis: &RedisServer, id: &str) -> TestServer {
+    let url = redis.url();
+    let srv = TestServer::start(&[
+        "--redis",
+        url.as_str(),
+        "--node-id",
+        id,
+        "--public-topics",
+        "room:*",
+    ]);
+    assert!(
+        wait_until(WAIT, || srv.api("GET", "/readyz", None).status == 200),
+        "node {id} never became ready"
+    );
+    srv
+}
+
+/// Polls `GET /v1/topics/room:1?members=1...` on `srv` until `cond` holds.
+fn wait_room(srv: &TestServer, query: &str, cond: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    let ok = wait_until(WAIT, || {
+        let r = srv.api("GET", &format!("/v1/topics/room:1?members=1{query}"), None);
+        last = if r.status == 200 {
+            r.json()
+        } else {
+            json!({"status": r.status, "body": r.text()})
+        };
+        r.status == 200 && cond(&last)
+    });
+    assert!(ok, "room presence never matched; last: {last}");
+    last
+}
+
+#[test]
+fn room_presence_counts_and_lists_every_nodes_members() {
+    let redis = RedisServer::start();
+    let a = room_node(&redis, "a");
+    let b = room_node(&redis, "b");
+    let mut clients = vec![
+        a.connect("alice"),
+        b.connect("alice"),
+        a.connect("bob"),
+        b.connect("carol"),
+    ];
+    for c in &mut clients {
+        c.send(json!({"type": "subscribe", "topic": "room:1"}));
+        assert_eq!(c.recv()["type"], "subscribed");
+    }
+    let mut dave = b.connect("dave");
+    dave.send(json!({"type": "subscribe", "topic": "room:2"}));
+    assert_eq!(dave.recv()["type"], "subscribed");
+
+    for srv in [&a, &b] {
+        let v = wait_room(srv, "", |v| v["subscribers"] == 4);
+        assert_eq!(v["members"], json!(["alice", "bob", "carol"]), "{v}");
+        assert_eq!(v["next"], Value::Null);
+    }
+    // Pages of one, across nodes: alice (on both) once.
+    let mut seen = Vec::new();
+    let mut after = String::new();
+    for _ in 0..5 {
+        let q = if after.is_empty() {
+            "&limit=1".to_string()
+        } else {
+            format!("&limit=1&after={after}")
+        };
+        let v = wait_room(&a, &q, |_| true);
+        seen.extend(v["members"].as_array().unwrap().iter().cloned());
+        match v["next"].as_str() {
+            Some(n) => after = n.to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(seen, vec![json!("alice"), json!("bob"), json!("carol")]);
+
+    // carol leaves; then node b's entries are lost from Redis and written again.
+    drop(clients.pop());
+    let v = wait_room(&a, "", |v| v["subscribers"] == 3);
+    assert_eq!(v["members"], json!(["alice", "bob"]), "{v}");
+    let mut r = redis.conn();
+    let _: () = redis::cmd("HDEL")
+        .arg("throng:nodes")
+        .arg("b")
+        .query(&mut r)
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg("throng:tmembers:b")
+        .arg("throng:tsessions:b:0")
+        .arg("throng:tsessions:b:1")
+        .query(&mut r)
+        .unwrap();
+    let v = wait_room(&a, "", |v| {
+        v["subscribers"] == 3 && v["members"] == json!(["alice", "bob"])
+    });
+    assert_eq!(v["topic"], "room:1");
+    assert!(
+        exists(&mut r, "throng:tmembers:b"),
+        "b wrote its members again"
+    );
+
+    // A node that stops takes its members with it.
+    drop(clients.remove(1));
+    drop(dave);
+    drop(b);
+    let v = wait_room(&a, "", |v| v["subscribers"] == 2);
+    assert_eq!(v["members"], json!(["alice", "bob"]), "{v}");
+    assert!(
+        !exists(&mut r, "throng:tmembers:b"),
+        "b removed its members when it stopped"
+    );
+}

@@ -75,6 +75,10 @@ struct Waiting {
     user: Option<String>,
     /// For presence: the sessions the shard listed.
     details: Vec<crate::command::SessionDetail>,
+    /// For a topic's member page: the users the shards (and other nodes) listed.
+    members: Vec<Box<str>>,
+    /// The member page asked for.
+    page: Option<crate::command::MemberPage>,
     /// Cluster mode: the publisher's answer.
     published: Option<crate::broker::script::Published>,
     /// Cluster mode: the presence thread's answer (presence and stats).
@@ -137,6 +141,8 @@ pub(crate) enum Handled {
         serial: u64,
         expected: usize,
         user: Option<String>,
+        /// For a topic: the member page asked for.
+        page: Option<crate::command::MemberPage>,
     },
 }
 
@@ -517,6 +523,7 @@ impl Api {
                 serial,
                 expected,
                 user,
+                page,
             } => {
                 c.waiting = Some(Waiting {
                     serial,
@@ -528,6 +535,8 @@ impl Api {
                     keep_alive,
                     user,
                     details: Vec::new(),
+                    members: Vec::new(),
+                    page,
                     published: None,
                     cluster: None,
                 });
@@ -577,6 +586,9 @@ impl Api {
             w.users += r.users;
             if !r.details.is_empty() {
                 w.details.extend(r.details);
+            }
+            if !r.members.is_empty() {
+                w.members.extend(r.members);
             }
             if r.published.is_some() {
                 w.published = r.published;
@@ -650,23 +662,42 @@ impl Api {
             }
             WaitKind::Topic => {
                 let topic = w.user.unwrap_or_default();
+                let mut members = w.members;
+                let mut subscribers = w.sessions;
                 let (seq, epoch) = match w.cluster {
-                    // Cluster mode: Redis numbers the topic (subscribers stay this node's).
-                    Some(Ok(crate::broker::ClusterView::Topic { seq, epoch })) => (
-                        seq,
-                        epoch.map_or_else(|| sequencer::NO_EPOCH.into(), Into::into),
-                    ),
+                    // Cluster mode: Redis numbers the topic and tells the other nodes'
+                    // subscribers.
+                    Some(Ok(crate::broker::ClusterView::Topic { seq, epoch, others })) => {
+                        subscribers += others.subscribers;
+                        members.extend(others.members);
+                        (
+                            seq,
+                            epoch.map_or_else(|| sequencer::NO_EPOCH.into(), Into::into),
+                        )
+                    }
                     _ => self
                         .sequencer
                         .current(&topic, self.now)
                         .unwrap_or_else(|| (0, sequencer::NO_EPOCH.into())),
                 };
-                serde_json::json!({
+                let mut body = serde_json::json!({
                     "topic": topic,
-                    "subscribers": w.sessions,
+                    "subscribers": subscribers,
                     "seq": seq,
                     "epoch": &*epoch,
-                })
+                });
+                if let Some(page) = w.page {
+                    // Each shard and node listed at most `limit + 1`; a user with sessions
+                    // in several places is listed once.
+                    members.sort_unstable();
+                    members.dedup();
+                    let more = members.len() > page.limit;
+                    members.truncate(page.limit);
+                    let next = if more { members.last().cloned() } else { None };
+                    body["members"] = serde_json::json!(members);
+                    body["next"] = serde_json::json!(next);
+                }
+                body
             }
         };
         let response = http::response(

@@ -9,7 +9,7 @@ use super::dedup::Stream;
 use super::push::{self, ParsedPush, Target};
 use super::{Api, Handled, Request, WaitKind};
 use crate::auth::validate_user;
-use crate::command::{ShardCmd, Ticket};
+use crate::command::{MemberPage, ShardCmd, Ticket};
 use crate::frame::close;
 use crate::http;
 use crate::link::SendError;
@@ -147,7 +147,7 @@ impl Api {
                 }
             }
             ("GET", p) if p.starts_with("/v1/topics/") => {
-                self.topic_info(key, &p["/v1/topics/".len()..], keep_alive)
+                self.topic_info(key, &p["/v1/topics/".len()..], req.query, keep_alive)
             }
             ("GET", p) if p.starts_with("/v1/presence/") => {
                 self.presence(key, &p["/v1/presence/".len()..], keep_alive)
@@ -231,6 +231,7 @@ impl Api {
                         serial: t.serial,
                         expected: 1,
                         user: None,
+                        page: None,
                     },
                     None => json(202, &serde_json::json!({"accepted": true}), keep_alive),
                 }
@@ -243,6 +244,7 @@ impl Api {
                         serial: t.serial,
                         expected,
                         user: None,
+                        page: None,
                     },
                     Some(_) => json(
                         200,
@@ -506,13 +508,19 @@ impl Api {
                 serial,
                 expected: 1,
                 user: None,
+                page: None,
             },
             Err(e) => refused(e, keep_alive),
         }
     }
 
-    /// `GET /v1/topics/<topic>`: members across shards, and the stream's `seq` and epoch.
-    fn topic_info(&mut self, key: usize, raw: &str, keep_alive: bool) -> Handled {
+    /// `GET /v1/topics/<topic>`: members across shards (and, in cluster mode, nodes), the
+    /// stream's `seq` and epoch, and with `?members=1` a page of the member users.
+    fn topic_info(&mut self, key: usize, raw: &str, query: &str, keep_alive: bool) -> Handled {
+        let page = match member_page(query) {
+            Ok(p) => p,
+            Err(e) => return error(400, "bad_request", &e, keep_alive),
+        };
         let topic = match percent_encoding::percent_decode_str(raw).decode_utf8() {
             Ok(t) => t.into_owned(),
             Err(_) => return error(400, "bad_request", "topic is not UTF-8", keep_alive),
@@ -526,6 +534,7 @@ impl Api {
         let q = crate::broker::PresenceQuery::Topic {
             topic: topic.clone(),
             ticket,
+            page: page.clone(),
         };
         let asked = match self.ask_presence(q, keep_alive) {
             Ok(n) => n,
@@ -534,7 +543,15 @@ impl Api {
         let cmds: Vec<(usize, ShardCmd)> = (0..self.shards.len())
             .map(|shard| {
                 let topic = topic.as_str().into();
-                (shard, ShardCmd::TopicMembers { topic, ticket })
+                let page = page.clone();
+                (
+                    shard,
+                    ShardCmd::TopicMembers {
+                        topic,
+                        ticket,
+                        page,
+                    },
+                )
             })
             .collect();
         let expected = cmds.len() + asked;
@@ -544,6 +561,7 @@ impl Api {
                 serial,
                 expected,
                 user: Some(topic),
+                page,
             },
             Err((e, _)) => refused(self.queue_error(e), keep_alive),
         }
@@ -584,6 +602,7 @@ impl Api {
                 serial,
                 expected: 1,
                 user: None,
+                page: None,
             },
             Err(crossbeam_channel::TrySendError::Full(_)) => {
                 local(self, Some("too many cluster queries waiting"))
@@ -671,10 +690,44 @@ impl Api {
                 serial,
                 expected,
                 user: Some(user),
+                page: None,
             },
             Err(e) => refused(e, keep_alive),
         }
     }
+}
+
+/// Most users on one page of `GET /v1/topics/<t>?members=1`.
+pub(super) const MAX_MEMBER_PAGE: usize = 1000;
+/// Users on a page when `limit` is not given.
+const DEFAULT_MEMBER_PAGE: usize = 100;
+
+/// The member page a topic query asks for: `members=1` (or `true`), optional `limit`
+/// (1 to `MAX_MEMBER_PAGE`) and `after` (the `next` of the previous page).
+fn member_page(query: &str) -> Result<Option<MemberPage>, String> {
+    let mut members = false;
+    let mut limit = DEFAULT_MEMBER_PAGE;
+    let mut after = None;
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match &*k {
+            "members" => members = v == "1" || v == "true",
+            "limit" => {
+                limit = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_MEMBER_PAGE).contains(n))
+                    .ok_or_else(|| {
+                        format!("limit must be a number from 1 to {MAX_MEMBER_PAGE}, got {v:?}")
+                    })?;
+            }
+            "after" => {
+                validate_user(&v).map_err(|e| format!("after: {e}"))?;
+                after = Some(Box::from(&*v));
+            }
+            _ => {}
+        }
+    }
+    Ok(members.then_some(MemberPage { after, limit }))
 }
 
 #[cfg(test)]

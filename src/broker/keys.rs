@@ -14,9 +14,26 @@ pub const BROADCAST_CHANNEL: &str = "throng:b";
 pub const NODES: &str = "throng:nodes";
 /// Prefix of the per-node presence hashes (user -> sessions on that node).
 pub const PRESENCE_PREFIX: &str = "throng:presence:";
-/// Hash of node id to its totals, `"<connections> <users online>"`, written with its
-/// heartbeat.
+/// Hash of node id to its totals, `"<connections> <users online> <shards>"`, written with
+/// its heartbeat.
 pub const NODE_TOTALS: &str = "throng:nodes:totals";
+
+/// A node shard's topic hash: topic -> sessions of that shard subscribed to it. One per
+/// shard, so each holds what one shard reports, with nothing to add up on the way in.
+pub fn topic_sessions_key(node: &str, shard: usize) -> String {
+    format!("throng:tsessions:{node}:{shard}")
+}
+
+/// A node's topic members: a sorted set of `"<topic>\n<user>"`, all of score 0, so one
+/// topic's users are a lexicographic range (topic names hold no `\n`).
+pub fn topic_members_key(node: &str) -> String {
+    format!("throng:tmembers:{node}")
+}
+
+/// The member of `topic_members_key` for `user` in `topic`.
+pub fn topic_member(topic: &str, user: &str) -> String {
+    format!("{topic}\n{user}")
+}
 
 /// A push stream: a user's direct pushes or a topic's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

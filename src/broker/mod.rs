@@ -39,7 +39,7 @@ use crate::shard::ReplySink;
 pub use counters::BrokerCounters;
 pub use presence::{
     ClusterView, NodeSessions, NodeTotals, PresenceChanges, PresenceQuery, PresenceShared,
-    ViewResult,
+    TopicOthers, ViewResult,
 };
 pub use publisher::PUBLISH_QUEUE;
 

@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use redis::Connection;
 
-use super::keys::{NODES, NODE_TOTALS, PRESENCE_PREFIX};
+use super::keys::{self, NODES, NODE_TOTALS, PRESENCE_PREFIX};
 use super::script::now_ms;
 use super::{connect, next_backoff, pause, BrokerCtx, RECONNECT_MIN};
-use crate::command::{Reply, Ticket};
+use crate::command::{MemberPage, Reply, Ticket};
 use crate::shard::ReplySink;
 
 /// How often the node writes its heartbeat.
@@ -43,9 +43,25 @@ pub const QUERY_QUEUE: usize = 256;
 /// Most fields in one `HSET`/`HDEL`.
 const CHUNK: usize = 1000;
 
-/// One shard's changed users with their session count on this node (0: none left),
-/// oldest change first.
-pub type PresenceChanges = Vec<(Box<str>, u32)>;
+/// One shard's changes since its last report, oldest first.
+#[derive(Debug, Default)]
+pub struct PresenceChanges {
+    /// The reporting shard.
+    pub shard: usize,
+    /// Users whose session count on this node changed, with the count (0: none left).
+    pub users: Vec<(Box<str>, u32)>,
+    /// Topics whose member count on this shard changed, with the count (0: none left).
+    pub topics: Vec<(Box<str>, u32)>,
+    /// (topic, user) pairs whose membership on this node changed: a member now or not.
+    pub members: Vec<(Box<str>, Box<str>, bool)>,
+}
+
+impl PresenceChanges {
+    /// Nothing to report.
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty() && self.topics.is_empty() && self.members.is_empty()
+    }
+}
 
 /// What the API asks of the cluster.
 #[derive(Debug)]
@@ -62,13 +78,25 @@ pub enum PresenceQuery {
         /// Where the answer goes.
         ticket: Ticket,
     },
-    /// A topic stream's `seq` and epoch as Redis holds them.
+    /// A topic stream's `seq` and epoch as Redis holds them, and the other live nodes'
+    /// subscribers (and with `page`, member users).
     Topic {
         /// The topic.
         topic: String,
         /// Where the answer goes.
         ticket: Ticket,
+        /// The member page asked for.
+        page: Option<MemberPage>,
     },
+}
+
+/// The other live nodes' part of a topic's presence.
+#[derive(Debug, Clone, Default)]
+pub struct TopicOthers {
+    /// Their sessions subscribed to the topic.
+    pub subscribers: u64,
+    /// Their member users on the page asked for (each node's `limit + 1` at most).
+    pub members: Vec<Box<str>>,
 }
 
 /// One live node's sessions of a user.
@@ -98,12 +126,15 @@ pub enum ClusterView {
     User(Vec<NodeSessions>),
     /// Every live node but this one, with its totals.
     Stats(Vec<NodeTotals>),
-    /// A topic stream's position: `seq` 0 and no epoch when it was never pushed to.
+    /// A topic stream's position (`seq` 0 and no epoch when it was never pushed to), and
+    /// its subscribers on the other live nodes.
     Topic {
         /// Its current `seq`.
         seq: u64,
         /// Its epoch, when the stream exists.
         epoch: Option<String>,
+        /// The other nodes' subscribers and members.
+        others: TopicOthers,
     },
 }
 
@@ -151,6 +182,10 @@ pub(crate) struct Presence {
     backoff: Duration,
     /// Counts to write, coalesced by user (last change wins).
     pending: HashMap<Box<str>, u32>,
+    /// Topic session counts to write, by shard and topic (last change wins).
+    pending_topics: HashMap<(usize, Box<str>), u32>,
+    /// Topic memberships to write, by topic and user (last change wins).
+    pending_members: HashMap<(Box<str>, Box<str>), bool>,
     last_flush: Instant,
     last_beat: Option<Instant>,
     /// When the heartbeat last renewed the TTL: past `TTL`, the hash may be gone.
@@ -179,6 +214,8 @@ impl Presence {
             conn: None,
             backoff: RECONNECT_MIN,
             pending: HashMap::new(),
+            pending_topics: HashMap::new(),
+            pending_members: HashMap::new(),
             last_flush: Instant::now(),
             last_beat: None,
             last_renewed: None,
@@ -228,9 +265,23 @@ impl Presence {
     }
 
     fn merge(&mut self, batch: PresenceChanges) {
-        for (user, n) in batch {
+        for (user, n) in batch.users {
             self.pending.insert(user, n);
         }
+        for (topic, n) in batch.topics {
+            self.pending_topics.insert((batch.shard, topic), n);
+        }
+        for (topic, user, member) in batch.members {
+            self.pending_members.insert((topic, user), member);
+        }
+    }
+
+    /// This node's topic keys: the members set and one sessions hash per shard.
+    fn topic_keys(&self) -> Vec<String> {
+        let node = &*self.ctx.node_id;
+        let mut keys = vec![keys::topic_members_key(node)];
+        keys.extend((0..self.ctx.metrics.shards.len()).map(|s| keys::topic_sessions_key(node, s)));
+        keys
     }
 
     /// Takes what queued up, a bounded number of batches.
@@ -287,9 +338,13 @@ impl Presence {
     /// Writes the coalesced counts in one round trip; kept for the next try on failure.
     fn flush(&mut self) {
         self.last_flush = Instant::now();
-        if self.pending.is_empty() {
+        if self.pending.is_empty()
+            && self.pending_topics.is_empty()
+            && self.pending_members.is_empty()
+        {
             return;
         }
+        let topic_keys = self.topic_keys();
         let Some(conn) = self.conn.as_mut() else {
             return;
         };
@@ -313,12 +368,42 @@ impl Presence {
         for chunk in del.chunks(CHUNK) {
             pipe.cmd("HDEL").arg(&self.key).arg(chunk).ignore();
         }
-        pipe.cmd("PEXPIRE")
-            .arg(&self.key)
-            .arg(TTL.as_millis() as u64)
-            .ignore();
+        let node = &*self.ctx.node_id;
+        for ((shard, topic), &n) in &self.pending_topics {
+            let key = keys::topic_sessions_key(node, *shard);
+            if n > 0 {
+                pipe.cmd("HSET").arg(key).arg(&**topic).arg(n).ignore();
+            } else {
+                pipe.cmd("HDEL").arg(key).arg(&**topic).ignore();
+            }
+        }
+        let members_key = keys::topic_members_key(node);
+        for ((topic, user), &member) in &self.pending_members {
+            let m = keys::topic_member(topic, user);
+            if member {
+                pipe.cmd("ZADD").arg(&members_key).arg(0).arg(m).ignore();
+            } else {
+                pipe.cmd("ZREM").arg(&members_key).arg(m).ignore();
+            }
+        }
+        for key in std::iter::once(&self.key).chain(&topic_keys) {
+            pipe.cmd("PEXPIRE")
+                .arg(key)
+                .arg(TTL.as_millis() as u64)
+                .ignore();
+        }
         match pipe.query::<()>(conn) {
             Ok(()) => {
+                if self.pending_topics.capacity() > 256 {
+                    self.pending_topics = HashMap::new();
+                } else {
+                    self.pending_topics.clear();
+                }
+                if self.pending_members.capacity() > 256 {
+                    self.pending_members = HashMap::new();
+                } else {
+                    self.pending_members.clear();
+                }
                 // A connect storm grows the map to its batch (50 KB for 15,000 users);
                 // an idle node must not keep that table. Growing it again in the next
                 // storm is a few allocations per flush.
@@ -351,6 +436,7 @@ impl Presence {
         let first = self.last_beat.is_none();
         self.last_beat = Some(Instant::now());
         let (connections, users) = self.totals();
+        let topic_keys = self.topic_keys();
         let Some(conn) = self.conn.as_mut() else {
             return;
         };
@@ -358,15 +444,18 @@ impl Presence {
         let now = now_ms();
         let mut pipe = redis::pipe();
         pipe.cmd("HSET").arg(NODES).arg(node).arg(now);
+        let shards = self.ctx.metrics.shards.len();
         pipe.cmd("HSET")
             .arg(NODE_TOTALS)
             .arg(node)
-            .arg(format!("{connections} {users}"))
+            .arg(format!("{connections} {users} {shards}"))
             .ignore();
-        pipe.cmd("PEXPIRE")
-            .arg(&self.key)
-            .arg(TTL.as_millis() as u64)
-            .ignore();
+        for key in std::iter::once(&self.key).chain(&topic_keys) {
+            pipe.cmd("PEXPIRE")
+                .arg(key)
+                .arg(TTL.as_millis() as u64)
+                .ignore();
+        }
         pipe.cmd("HGETALL").arg(NODES);
         let (added, nodes): (u64, HashMap<String, String>) = match pipe.query(conn) {
             Ok(r) => r,
@@ -393,7 +482,12 @@ impl Presence {
         pipe.cmd("HDEL").arg(NODES).arg(&dead).ignore();
         pipe.cmd("HDEL").arg(NODE_TOTALS).arg(&dead).ignore();
         for n in &dead {
-            pipe.cmd("DEL").arg(presence_key(n)).ignore();
+            // Their per-shard topic hashes expire by themselves (`TTL`); readers skip
+            // dead nodes anyway.
+            pipe.cmd("DEL")
+                .arg(presence_key(n))
+                .arg(keys::topic_members_key(n))
+                .ignore();
         }
         if let Err(e) = pipe.query::<()>(conn) {
             self.down(&e);
@@ -425,12 +519,13 @@ impl Presence {
                 self.conn = Some(c);
             }
         }
+        let topic_keys = self.topic_keys();
         let Some(conn) = self.conn.as_mut() else {
             return;
         };
         let node = &*self.ctx.node_id;
         let mut pipe = redis::pipe();
-        pipe.cmd("DEL").arg(&self.key).ignore();
+        pipe.cmd("DEL").arg(&self.key).arg(topic_keys).ignore();
         pipe.cmd("HDEL").arg(NODES).arg(node).ignore();
         pipe.cmd("HDEL").arg(NODE_TOTALS).arg(node).ignore();
         if let Err(e) = pipe.query::<()>(conn) {
@@ -465,15 +560,69 @@ fn query(conn: &mut Connection, me: &str, q: &PresenceQuery) -> redis::RedisResu
                     .collect(),
             ))
         }
-        PresenceQuery::Topic { topic, .. } => {
-            let (seq, epoch): (Option<u64>, Option<String>) = redis::cmd("HMGET")
-                .arg(super::keys::StreamRef::Topic(topic).meta_key())
-                .arg("seq")
-                .arg("epoch")
+        PresenceQuery::Topic { topic, page, .. } => {
+            let (nodes, totals): (HashMap<String, String>, HashMap<String, String>) = redis::pipe()
+                .cmd("HGETALL")
+                .arg(NODES)
+                .cmd("HGETALL")
+                .arg(NODE_TOTALS)
                 .query(conn)?;
+            let (mut alive, _) = split_alive(nodes, now_ms());
+            alive.retain(|n| n != me);
+            let mut pipe = redis::pipe();
+            pipe.cmd("HMGET")
+                .arg(keys::StreamRef::Topic(topic).meta_key())
+                .arg("seq")
+                .arg("epoch");
+            let mut hashes = 0;
+            for n in &alive {
+                let shards = totals.get(n).map_or(0, |t| parse_shards(t));
+                for s in 0..shards {
+                    pipe.cmd("HGET")
+                        .arg(keys::topic_sessions_key(n, s))
+                        .arg(topic);
+                    hashes += 1;
+                }
+            }
+            if let Some(p) = page {
+                // Users after `after` in this topic: from "<topic>\n<after>" (exclusive)
+                // to the first name past the topic's prefix ('\n' + 1).
+                let min = match &p.after {
+                    Some(a) => format!("({}", keys::topic_member(topic, a)),
+                    None => format!("[{topic}\n"),
+                };
+                let max = format!("({topic}\u{b}");
+                for n in &alive {
+                    pipe.cmd("ZRANGEBYLEX")
+                        .arg(keys::topic_members_key(n))
+                        .arg(&min)
+                        .arg(&max)
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(p.limit.saturating_add(1));
+                }
+            }
+            let mut values: Vec<redis::Value> = pipe.query(conn)?;
+            let mut rest = values.split_off(1);
+            let (seq, epoch): (Option<u64>, Option<String>) =
+                redis::from_redis_value(values.pop().unwrap_or(redis::Value::Nil))?;
+            let pages = rest.split_off(hashes.min(rest.len()));
+            let mut others = TopicOthers::default();
+            for v in rest {
+                others.subscribers += redis::from_redis_value::<Option<u64>>(v)?.unwrap_or(0);
+            }
+            let prefix = format!("{topic}\n");
+            for v in pages {
+                for m in redis::from_redis_value::<Vec<String>>(v)? {
+                    if let Some(user) = m.strip_prefix(&prefix) {
+                        others.members.push(user.into());
+                    }
+                }
+            }
             Ok(ClusterView::Topic {
                 seq: seq.unwrap_or(0),
                 epoch,
+                others,
             })
         }
         PresenceQuery::Stats { .. } => {
@@ -509,6 +658,15 @@ pub fn parse_totals(s: &str) -> (u64, u64) {
     (it.next().unwrap_or(0), it.next().unwrap_or(0))
 }
 
+/// The shard count from a totals entry (`"<connections> <users> <shards>"`); 0 for an
+/// entry without one (no topic hashes to read).
+pub fn parse_shards(s: &str) -> usize {
+    s.split(' ')
+        .nth(2)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0)
+}
+
 fn ticket_of(q: &PresenceQuery) -> Ticket {
     match q {
         PresenceQuery::User { ticket, .. }
@@ -523,6 +681,7 @@ fn send_reply(replies: &ReplySink, ticket: Ticket, view: ViewResult) {
         sessions: 0,
         users: 0,
         details: Vec::new(),
+        members: Vec::new(),
         published: None,
         cluster: Some(Box::new(view)),
     });

@@ -192,6 +192,7 @@ impl Publisher {
             sessions: 0,
             users: 0,
             details: Vec::new(),
+            members: Vec::new(),
             published: Some(published),
             cluster: None,
         });

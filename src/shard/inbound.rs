@@ -293,7 +293,9 @@ impl Shard {
                 topic::validate(&topic).map_err(|e| bad_topic(&e))?;
                 if let Some(t) = self.topics.find(&topic) {
                     if self.conns.remove_topic(key, t) {
-                        self.topics.leave(t, key);
+                        if let Some(user) = self.conns.get(key).map(|c| c.user) {
+                            self.leave_topic(t, key, user);
+                        }
                         self.lifecycle(key, "unsubscribe", Detail::Topic(&topic));
                     }
                 }
@@ -336,6 +338,9 @@ impl Shard {
         }
         let (t, _) = self.topics.join(name, key);
         self.conns.add_topic(key, t);
+        if let Some(user) = self.conns.get(key).map(|c| c.user) {
+            self.membership_changed(name, user);
+        }
         self.lifecycle(key, "subscribe", Detail::Topic(name));
         Ok(())
     }

@@ -628,12 +628,34 @@ impl Shard {
                 let n = sessions.len() as u64;
                 self.answer_api(Some(ticket), n, u64::from(n > 0));
             }
-            ShardCmd::TopicMembers { topic, ticket } => {
-                let n = self
-                    .topics
-                    .find(&topic)
-                    .map_or(0, |t| self.topics.members(t).count() as u64);
-                self.answer_api(Some(ticket), n, 0);
+            ShardCmd::TopicMembers {
+                topic,
+                ticket,
+                page,
+            } => {
+                let t = self.topics.find(&topic);
+                let n = t.map_or(0, |t| self.topics.count(t) as u64);
+                let members = match (t, page) {
+                    (Some(t), Some(page)) => {
+                        let users = self
+                            .topics
+                            .members(t)
+                            .filter_map(|k| self.conns.get(k))
+                            .filter_map(|c| self.users.get(c.user))
+                            .map(|u| u.id.as_str());
+                        page.select(users)
+                    }
+                    _ => Vec::new(),
+                };
+                self.replies.push(Reply {
+                    ticket,
+                    sessions: n,
+                    users: 0,
+                    details: Vec::new(),
+                    members,
+                    published: None,
+                    cluster: None,
+                });
             }
             ShardCmd::Presence { user, ticket } => {
                 let sessions = self
@@ -659,6 +681,7 @@ impl Shard {
                     sessions: n,
                     users: u64::from(n > 0),
                     details,
+                    members: Vec::new(),
                     published: None,
                     cluster: None,
                 });
@@ -790,6 +813,7 @@ impl Shard {
                 sessions,
                 users,
                 details: Vec::new(),
+                members: Vec::new(),
                 published: None,
                 cluster: None,
             });
@@ -1009,6 +1033,20 @@ impl Shard {
         }
     }
 
+    /// Takes session `key` of user `user` out of topic `t`'s members (its own list of
+    /// topics is the caller's), noting the change for cluster presence.
+    fn leave_topic(&mut self, t: u32, key: u32, user: u32) {
+        let name = self
+            .cluster
+            .is_some()
+            .then(|| self.topics.name(t).map(Box::<str>::from))
+            .flatten();
+        self.topics.leave(t, key);
+        if let Some(name) = name {
+            self.membership_changed(&name, user);
+        }
+    }
+
     /// Removes a connection from the user and topic indexes and the gauges, once per
     /// session: the session ends here, with close `code` (1006 when the socket vanished).
     fn leave_indexes(&mut self, key: u32, code: u16) {
@@ -1020,7 +1058,7 @@ impl Shard {
             return;
         };
         for t in self.conns.take_topics(key) {
-            self.topics.leave(t, key);
+            self.leave_topic(t, key, user);
         }
         self.users.detach(user, key, self.tick);
         self.presence_changed(user);
@@ -1048,7 +1086,7 @@ impl Shard {
             // Callers leave the indexes first; this keeps the gauge right if one did not.
             self.counters().connections.fetch_sub(1, Relaxed);
             for t in topics {
-                self.topics.leave(t, key);
+                self.leave_topic(t, key, c.user);
             }
             self.users.detach(c.user, key, self.tick);
             self.presence_changed(c.user);

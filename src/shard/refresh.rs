@@ -128,8 +128,12 @@ impl Shard {
             allowed
         });
         self.conns.set_topics(key, subscribed);
+        let user = self.conns.get(key).map(|c| c.user);
         for (t, name, frame) in dropped {
-            self.topics.leave(t, key);
+            match user {
+                Some(user) => self.leave_topic(t, key, user),
+                None => self.topics.leave(t, key),
+            }
             self.send_frame(key, frame);
             self.lifecycle(key, "unsubscribe", crate::events::Detail::Topic(&name));
         }

@@ -90,6 +90,18 @@ impl Topics {
             .flat_map(|e| e.members.iter().copied())
     }
 
+    /// Every topic with members here, by name.
+    pub(super) fn all(&self) -> impl Iterator<Item = (&str, &HashSet<u32, FxBuildHasher>)> + '_ {
+        self.entries.iter().map(|(_, e)| (&*e.name, &e.members))
+    }
+
+    /// How many connections are members of topic `key`.
+    pub(super) fn count(&self, key: u32) -> usize {
+        self.entries
+            .get(key as usize)
+            .map_or(0, |e| e.members.len())
+    }
+
     /// Topics with members.
     pub(super) fn len(&self) -> usize {
         self.entries.len()
