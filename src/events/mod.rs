@@ -72,6 +72,8 @@ pub enum QueueError {
 /// A shard's way to the events thread.
 pub struct EventSink {
     tx: Sender<Event>,
+    /// `events_queue`: most events waiting.
+    capacity: u64,
     lifecycle: bool,
     node: Arc<str>,
     metrics: Arc<Metrics>,
@@ -81,6 +83,7 @@ impl Clone for EventSink {
     fn clone(&self) -> EventSink {
         EventSink {
             tx: self.tx.clone(),
+            capacity: self.capacity,
             lifecycle: self.lifecycle,
             node: Arc::clone(&self.node),
             metrics: Arc::clone(&self.metrics),
@@ -151,10 +154,11 @@ impl EventSink {
         let e = encode(kind, user, session, &self.node, now_ms(), d);
         let c = &self.metrics.events;
         let len = e.0.len() as u64;
-        // Reserved before sending; several shards may pass the check together, so the
-        // byte bound can be passed by at most one event per shard.
-        if c.queued_bytes.load(Relaxed).saturating_add(len) > EVENTS_QUEUE_BYTES
-            && c.queued.load(Relaxed) > 0
+        // Reserved before sending; several shards may pass the checks together, so each
+        // bound can be passed by at most one event per shard.
+        let queued = c.queued.load(Relaxed);
+        if queued >= self.capacity
+            || (queued > 0 && c.queued_bytes.load(Relaxed).saturating_add(len) > EVENTS_QUEUE_BYTES)
         {
             return Err(QueueError::Full);
         }
@@ -211,9 +215,12 @@ pub fn spawn(
     };
     metrics.events.enabled.store(true, Relaxed);
     metrics.events.up.store(true, Relaxed);
-    let (tx, rx) = crossbeam_channel::bounded(config.events_queue);
+    // A list channel bounded by the counts above: an array channel of `events_queue`
+    // slots would take its whole size (1.5 MB by default) at startup.
+    let (tx, rx) = crossbeam_channel::unbounded();
     let sink = EventSink {
         tx,
+        capacity: config.events_queue as u64,
         lifecycle: config.lifecycle_events,
         node,
         metrics: Arc::clone(metrics),

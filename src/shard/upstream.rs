@@ -20,9 +20,14 @@ impl Shard {
     /// Queues lifecycle event `kind` for session `key` when lifecycle events are on. When
     /// the queue is full the event is skipped and counted: a session's own life goes on.
     pub(super) fn lifecycle(&mut self, key: u32, kind: &str, detail: Detail<'_>) {
-        if !self.shared.events.as_ref().is_some_and(|e| e.lifecycle()) {
-            return;
+        if self.shared.events.as_ref().is_some_and(|e| e.lifecycle()) {
+            self.emit_lifecycle(key, kind, detail);
         }
+    }
+
+    // Out of line: the connect and close paths only pay for the check above.
+    #[inline(never)]
+    fn emit_lifecycle(&mut self, key: u32, kind: &str, detail: Detail<'_>) {
         let Some((user, session)) = self.names(key) else {
             return;
         };
