@@ -215,36 +215,69 @@ pub fn push_frame(
     topic: Option<&str>,
     id: Option<&str>,
 ) -> Wire {
-    push_frame_from(data, ts_ms, seq, topic, id, None)
+    push_frame_with(
+        data,
+        ts_ms,
+        &PushFields {
+            seq,
+            topic,
+            id,
+            ..PushFields::default()
+        },
+    )
 }
 
-/// A push frame that names its publisher in `from` (a client publish, docs/protocol.md 6).
-pub fn push_frame_from(
-    data: &str,
-    ts_ms: u64,
-    seq: Option<u64>,
-    topic: Option<&str>,
-    id: Option<&str>,
-    from: Option<&str>,
-) -> Wire {
-    let extra = topic.map_or(0, str::len) + from.map_or(0, str::len);
-    let mut b = FrameBuilder::text(data.len() + 64 + extra);
+/// The optional fields of a push frame.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PushFields<'a> {
+    /// Its number in its stream.
+    pub seq: Option<u64>,
+    /// The topic, for a topic push.
+    pub topic: Option<&'a str>,
+    /// The upstream's id.
+    pub id: Option<&'a str>,
+    /// The publishing user, for a client publish (docs/protocol.md 2.2).
+    pub from: Option<&'a str>,
+    /// The topic stream's epoch: on the first push of an epoch (`seq` 1) only, so that a
+    /// subscriber who joined before the stream existed learns the epoch to resume with.
+    pub epoch: Option<&'a str>,
+}
+
+impl<'a> PushFields<'a> {
+    /// The fields of topic push `seq` in `epoch`, from `from` when a client published it.
+    pub fn topic(topic: &'a str, seq: u64, epoch: &'a str, from: Option<&'a str>) -> Self {
+        PushFields {
+            seq: Some(seq),
+            topic: Some(topic),
+            id: None,
+            from,
+            epoch: (seq == 1).then_some(epoch),
+        }
+    }
+}
+
+/// A push frame with the given fields.
+pub fn push_frame_with(data: &str, ts_ms: u64, f: &PushFields<'_>) -> Wire {
+    let extra = [f.topic, f.id, f.from, f.epoch]
+        .iter()
+        .map(|s| s.map_or(0, str::len))
+        .sum::<usize>();
+    let mut b = FrameBuilder::text(data.len() + 96 + extra);
     let out = b.payload();
     out.extend_from_slice(b"{\"type\":\"push\"");
-    if let Some(seq) = seq {
+    if let Some(seq) = f.seq {
         let _ = write!(out, ",\"seq\":{seq}");
     }
-    if let Some(topic) = topic {
-        out.extend_from_slice(b",\"topic\":");
-        json_str(out, topic);
-    }
-    if let Some(id) = id {
-        out.extend_from_slice(b",\"id\":");
-        json_str(out, id);
-    }
-    if let Some(from) = from {
-        out.extend_from_slice(b",\"from\":");
-        json_str(out, from);
+    for (key, value) in [
+        (&b",\"topic\":"[..], f.topic),
+        (&b",\"epoch\":"[..], f.epoch),
+        (&b",\"id\":"[..], f.id),
+        (&b",\"from\":"[..], f.from),
+    ] {
+        if let Some(v) = value {
+            out.extend_from_slice(key);
+            json_str(out, v);
+        }
     }
     let _ = write!(out, ",\"ts\":{ts_ms},\"data\":");
     out.extend_from_slice(data.as_bytes());
@@ -568,10 +601,20 @@ mod tests {
             payload_json(&f),
             serde_json::json!({"type":"published","topic":"room:1","seq":42,"ref":"p1"})
         );
-        let f = push_frame_from("[1]", 5, Some(3), Some("room:1"), None, Some("al\"ice"));
+        let f = push_frame_with(
+            "[1]",
+            5,
+            &PushFields::topic("room:1", 3, "e1", Some("al\"ice")),
+        );
         assert_eq!(
             payload_json(&f),
             serde_json::json!({"type":"push","seq":3,"topic":"room:1","from":"al\"ice","ts":5,"data":[1]})
+        );
+        // The first push of an epoch names it.
+        let f = push_frame_with("2", 6, &PushFields::topic("t", 1, "e1", None));
+        assert_eq!(
+            payload_json(&f),
+            serde_json::json!({"type":"push","seq":1,"topic":"t","epoch":"e1","ts":6,"data":2})
         );
     }
 

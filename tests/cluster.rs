@@ -241,6 +241,7 @@ fn client_publishes_are_numbered_in_redis_and_reach_every_node() {
         c.send(json!({"type": "subscribe", "topic": "room.1"}));
         assert_eq!(c.recv()["type"], "subscribed");
     }
+    let mut first_epoch = Value::Null;
     for i in 1..=2u64 {
         x.send(json!({"type": "publish", "topic": "room.1", "data": {"n": i}, "ref": i}));
         // The answer and x's own copy (it is subscribed) come in either order: one goes
@@ -278,11 +279,15 @@ fn client_publishes_are_numbered_in_redis_and_reach_every_node() {
             (Some(i), Some("x"), Some(i)),
             "{p}"
         );
+        if i == 1 {
+            first_epoch = p["epoch"].clone();
+        }
     }
-    // The push API continues the same stream.
+    // The push API continues the same stream, whose epoch its first push named.
     let r = b.push_wait(json!({"topic": "room.1", "data": 3}));
     assert_eq!(r["seq"], 3, "{r}");
     let e = r["epoch"].as_str().expect("epoch").to_string();
+    assert_eq!(first_epoch, json!(e));
     // A third node resumes from Redis history, `from` included.
     let c3 = node(&redis, &flags);
     let mut z = c3.connect("z");

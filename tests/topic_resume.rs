@@ -363,3 +363,30 @@ fn topic_history_is_kept_without_subscribers_within_the_shared_memory_cap() {
     let m = resubscribe(&mut c, "quiet", 0, &epoch);
     assert_eq!(m["resumed"], false, "evicted by the memory cap: {m}");
 }
+
+#[test]
+fn a_subscriber_from_before_the_first_push_learns_the_epoch_from_it_and_can_resume() {
+    let srv = TestServer::start(&["--public-topics", "*"]);
+    let mut c = srv.connect("early");
+    let s = subscribe(&mut c, "fresh");
+    assert_eq!(s["epoch"], "0000000000000000", "no stream yet: {s}");
+    srv.push(json!({"topic": "fresh", "data": 1}));
+    srv.push(json!({"topic": "fresh", "data": 2}));
+    let first = next_push(&mut c);
+    let epoch = first["epoch"]
+        .as_str()
+        .expect("seq 1 names its epoch")
+        .to_string();
+    assert_eq!(first["seq"], 1);
+    let second = next_push(&mut c);
+    assert!(
+        second.get("epoch").is_none(),
+        "only the first push carries it: {second}"
+    );
+    // With that epoch the subscriber resumes after a gap.
+    unsubscribe(&mut c, "fresh");
+    srv.push(json!({"topic": "fresh", "data": 3}));
+    let r = resubscribe(&mut c, "fresh", 2, &epoch);
+    assert_eq!(r["resumed"], true, "{r}");
+    assert_eq!(next_push(&mut c)["data"], 3);
+}

@@ -210,14 +210,11 @@ pub fn route(
         Target::Topic(t) => {
             let (seq, epoch) = stream.unwrap_or_else(|| (0, NO_EPOCH.into()));
             // Encoded once here and shared by every shard (invariant 4).
-            let frame = messages::push_frame_from(
-                &p.data,
-                ts_ms,
-                Some(seq),
-                Some(&t),
-                id.as_deref(),
-                p.from.as_deref(),
-            );
+            let fields = messages::PushFields {
+                id: id.as_deref(),
+                ..messages::PushFields::topic(&t, seq, &epoch, p.from.as_deref())
+            };
+            let frame = messages::push_frame_with(&p.data, ts_ms, &fields);
             let topic: Arc<str> = t.into();
             (0..shards)
                 .map(|shard| {

@@ -91,14 +91,15 @@ impl Entry<'_> {
     /// The client frame for this push (with `topic` for a topic stream).
     pub fn frame(&self, topic: Option<&str>) -> crate::wire::Wire {
         let seq = (self.seq > 0).then_some(self.seq);
-        messages::push_frame_from(
-            self.data,
-            self.ts_ms,
+        let fields = messages::PushFields {
             seq,
             topic,
-            self.id.as_deref(),
-            self.from.as_deref(),
-        )
+            id: self.id.as_deref(),
+            from: self.from.as_deref(),
+            // A topic's first push names its epoch (docs/protocol.md 2.1).
+            epoch: (topic.is_some() && self.seq == 1).then_some(self.epoch),
+        };
+        messages::push_frame_with(self.data, self.ts_ms, &fields)
     }
 
     /// When the push was accepted, from its Unix-ms timestamp (another node's clock:
