@@ -7,7 +7,7 @@ use crate::client::{Target, NO_STEP};
 use crate::local::{check_server_pid, Local};
 use crate::push::PushOut;
 use crate::report::{step_line, Mem, Report, Step};
-use crate::worker::{source_ip_args, split_users, WorkerIo, Workers};
+use crate::worker::{sock_args, split_users, WorkerIo, Workers};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
@@ -216,7 +216,6 @@ impl ParentRamp {
     fn start(a: &CapacityArgs) -> Result<ParentRamp, String> {
         let k = a.procs;
         let split = split_users(a.target, a.sessions_per_user, a.user_offset, k);
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut args = Vec::new();
         for (i, &(conns, offset)) in split.iter().enumerate() {
             let share = conns as f64 / a.target.max(1) as f64;
@@ -227,24 +226,13 @@ impl ParentRamp {
             };
             kv("url", a.url.clone());
             kv("target", conns.to_string());
-            kv("connect-rate", (a.connect_rate * share).to_string());
             kv("sessions-per-user", a.sessions_per_user.to_string());
             kv("user-offset", offset.to_string());
-            kv(
-                "threads",
-                a.threads.unwrap_or((cores / k).max(1)).to_string(),
-            );
             kv("api", a.api.clone());
             kv("probe-rate", (a.probe_rate / k as f64).to_string());
             kv("probe-secs", a.probe_secs.to_string());
             kv("max-secs", a.max_secs.to_string());
-            kv(
-                "handshake-timeout-secs",
-                a.handshake_timeout_secs.to_string(),
-            );
-            kv("close-timeout-secs", a.close_timeout_secs.to_string());
-            kv("token-ttl-secs", a.token_ttl_secs.to_string());
-            v.extend(source_ip_args(a.source_ips.as_deref(), k, i)?);
+            v.extend(sock_args(&a.sock, share, k, i)?);
             v.push("--worker".into());
             args.push((v, format!("up to {conns} connections, users u{offset}..")));
         }
@@ -267,9 +255,9 @@ impl ParentRamp {
             &self.shares,
             shares,
             self.a.target,
-            self.a.connect_rate,
+            self.a.sock.connect_rate,
         );
-        Instant::now() + secs(pace + self.a.handshake_timeout_secs + 30.0)
+        Instant::now() + secs(pace + self.a.sock.handshake_timeout_secs + 30.0)
     }
 }
 
@@ -339,7 +327,7 @@ impl Ramp for ParentRamp {
         self.ws.note(msg);
     }
     fn finish(self: Box<Self>) -> Result<Report, String> {
-        let reports = self.ws.close(secs(self.a.close_timeout_secs + 30.0))?;
+        let reports = self.ws.close(secs(self.a.sock.close_timeout_secs + 30.0))?;
         let mut m = Report::merge(&reports);
         m.mode = "capacity".into();
         Ok(m)

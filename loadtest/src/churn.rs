@@ -61,7 +61,7 @@ impl Pacer {
     pub fn new(cfg: &ClientCfg, tid: usize) -> Pacer {
         let (rate, mine) = match cfg.churn {
             Some(ch) if ch.rate > 0.0 => {
-                thread_share(cfg.connections, cfg.threads, tid, ch.fraction, ch.rate)
+                thread_share(cfg.connections, cfg.dial.threads, tid, ch.fraction, ch.rate)
             }
             _ => (0.0, Vec::new()),
         };

@@ -34,6 +34,69 @@ pub enum Cmd {
     /// Drain the server at --url (POST /v1/drain on --api) while its clients follow the
     /// reconnect hints to --reconnect-url; report the reconnect curve and delivery there.
     Deploy(DeployArgs),
+    /// Rooms of members who subscribe to their room and publish to it; prove every member
+    /// got every accepted message exactly once, in order (exit 1 if not).
+    Chat(ChatArgs),
+}
+
+/// How the connections are opened and closed: the flags of every subcommand that holds
+/// connections.
+#[derive(Args, Debug, Clone)]
+pub struct SocketArgs {
+    /// Connection attempts per second (in all); 0 = as fast as possible.
+    #[arg(long, default_value_t = 2000.0)]
+    pub connect_rate: f64,
+    /// Source addresses, bound round-robin before connect: 127.0.0.2-127.0.0.9,10.0.0.1.
+    #[arg(long)]
+    pub source_ips: Option<String>,
+    /// Event loop threads (per process); default: the number of cores (divided by --procs).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Connect + upgrade + welcome deadline per connection.
+    #[arg(long, default_value_t = 10.0)]
+    pub handshake_timeout_secs: f64,
+    /// How long the clean close may take in all.
+    #[arg(long, default_value_t = 10.0)]
+    pub close_timeout_secs: f64,
+    /// Token lifetime.
+    #[arg(long, default_value_t = 3600)]
+    pub token_ttl_secs: u64,
+}
+
+impl SocketArgs {
+    /// Checks the flags; a `worker`'s share of --connect-rate may be below [`MIN_RATE`].
+    fn validate(&self, worker: bool) -> Result<(), String> {
+        if !(self.connect_rate >= 0.0 && self.connect_rate.is_finite()) {
+            return Err("--connect-rate must be a number, not negative".into());
+        }
+        check_min_rate("--connect-rate", self.connect_rate, worker)?;
+        if self.token_ttl_secs > MAX_TOKEN_TTL_SECS {
+            return Err(format!(
+                "--token-ttl-secs must be at most {MAX_TOKEN_TTL_SECS} (100 years)"
+            ));
+        }
+        check_secs("--handshake-timeout-secs", self.handshake_timeout_secs)?;
+        check_secs("--close-timeout-secs", self.close_timeout_secs)
+    }
+
+    /// Seconds the connect pace takes for `n` connections (0 when unpaced).
+    pub fn connect_secs(&self, n: u64) -> f64 {
+        if self.connect_rate > 0.0 {
+            n as f64 / self.connect_rate
+        } else {
+            0.0
+        }
+    }
+
+    /// Event loops for `units` connections or rooms: --threads or the cores, 1 to 256,
+    /// no more than there are units.
+    pub fn threads_for(&self, units: u64) -> usize {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self.threads
+            .unwrap_or(cores)
+            .clamp(1, 256)
+            .min(units.max(1) as usize)
+    }
 }
 
 /// Flags of `connect`, shared by `push` and `churn`.
@@ -45,9 +108,9 @@ pub struct ConnectArgs {
     /// Connections to open (in all, across --procs).
     #[arg(long, default_value_t = 1000)]
     pub connections: u64,
-    /// Connection attempts per second (in all); 0 = as fast as possible.
-    #[arg(long, default_value_t = 2000.0)]
-    pub connect_rate: f64,
+    /// How the connections are opened and closed.
+    #[command(flatten)]
+    pub sock: SocketArgs,
     /// HS256 secret for the tokens.
     #[arg(long, env = "THRONG_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: String,
@@ -65,27 +128,12 @@ pub struct ConnectArgs {
     /// separated): what grants cost an idle connection.
     #[arg(long, value_delimiter = ',')]
     pub claim_topics: Vec<String>,
-    /// Source addresses, bound round-robin before connect: 127.0.0.2-127.0.0.9,10.0.0.1.
-    #[arg(long)]
-    pub source_ips: Option<String>,
-    /// Event loop threads (per process); default: the number of cores (divided by --procs).
-    #[arg(long)]
-    pub threads: Option<usize>,
     /// Seconds to hold the connections once up (default: 10 for connect, 0 for push).
     #[arg(long)]
     pub hold_secs: Option<f64>,
     /// Seconds to wait after the last connection before measuring and holding.
     #[arg(long, default_value_t = 2.0)]
     pub settle_secs: f64,
-    /// Connect + upgrade + welcome deadline per connection.
-    #[arg(long, default_value_t = 10.0)]
-    pub handshake_timeout_secs: f64,
-    /// How long the clean close may take in all.
-    #[arg(long, default_value_t = 10.0)]
-    pub close_timeout_secs: f64,
-    /// Token lifetime.
-    #[arg(long, default_value_t = 3600)]
-    pub token_ttl_secs: u64,
     /// Write the JSON report here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -194,6 +242,81 @@ pub struct DeployArgs {
     pub move_timeout_secs: f64,
 }
 
+/// Flags of `chat`: rooms of members who publish to their own room over their WebSocket.
+#[derive(Args, Debug, Clone)]
+pub struct ChatArgs {
+    /// WebSocket URL of the server; several, comma separated: member g goes to the
+    /// (g mod n)th.
+    #[arg(long, default_value = "ws://127.0.0.1:8700/ws")]
+    pub url: String,
+    /// HS256 secret for the tokens (each has `topics` and `publish` claims for the rooms).
+    #[arg(long, env = "THRONG_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: String,
+    /// Rooms (in all, across --procs); room i is the topic <room-prefix><room-offset + i>.
+    #[arg(long, default_value_t = 10)]
+    pub rooms: u64,
+    /// Members per room: each is one connection that subscribes to its room and publishes.
+    #[arg(long, default_value_t = 10)]
+    pub members: u64,
+    /// Topic name prefix of the rooms; the tokens grant `<prefix>*`.
+    #[arg(long, default_value = "room:")]
+    pub room_prefix: String,
+    /// First room number.
+    #[arg(long, default_value_t = 0)]
+    pub room_offset: u64,
+    /// First user number: member m of room i is user u{offset + i * members + m}.
+    #[arg(long, default_value_t = 0)]
+    pub user_offset: u64,
+    /// Messages per second each member publishes.
+    #[arg(long, default_value_t = 1.0)]
+    pub rate: f64,
+    /// Messages per second in all, spread evenly over the members (instead of --rate).
+    #[arg(long, conflicts_with = "rate")]
+    pub total_rate: Option<f64>,
+    /// How long the members publish; 0 with --count: until the count is sent.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration_secs: f64,
+    /// Stop after this many publishes in all (spread evenly over the members).
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Length of the `pad` string in each message's data.
+    #[arg(long, default_value_t = 32)]
+    pub payload_bytes: usize,
+    /// Leave the `publish` claim out of the tokens (to test the server's --public-publish).
+    #[arg(long)]
+    pub no_publish_claim: bool,
+    /// After the last publish, wait at most this long for answers and deliveries.
+    #[arg(long, default_value_t = 10.0)]
+    pub drain_secs: f64,
+    /// How the connections are opened and closed.
+    #[command(flatten)]
+    pub sock: SocketArgs,
+    /// Worker processes, each with whole rooms.
+    #[arg(long, default_value_t = 1)]
+    pub procs: usize,
+    /// Write the JSON report here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Internal: run as a worker of a --procs parent (commands on stdin, results on stdout).
+    #[arg(long, hide = true)]
+    pub worker: bool,
+}
+
+impl ChatArgs {
+    /// Members in all (rooms times members per room).
+    pub fn connections(&self) -> u64 {
+        self.rooms.saturating_mul(self.members)
+    }
+
+    /// Messages per second per member: --rate, or --total-rate spread over the members.
+    pub fn rate_per_member(&self) -> f64 {
+        match self.total_rate {
+            Some(t) => t / self.connections().max(1) as f64,
+            None => self.rate,
+        }
+    }
+}
+
 /// Flags of `capacity`: a ramp of connection steps with a push probe per step.
 #[derive(Args, Debug, Clone)]
 pub struct CapacityArgs {
@@ -203,21 +326,15 @@ pub struct CapacityArgs {
     /// HS256 secret for the tokens.
     #[arg(long, env = "THRONG_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: String,
-    /// Connection attempts per second (in all); 0 = as fast as possible.
-    #[arg(long, default_value_t = 2000.0)]
-    pub connect_rate: f64,
+    /// How the connections are opened and closed.
+    #[command(flatten)]
+    pub sock: SocketArgs,
     /// Sessions per user: connection i is user u{offset + i / sessions_per_user}.
     #[arg(long, default_value_t = 1)]
     pub sessions_per_user: u64,
     /// First user number.
     #[arg(long, default_value_t = 0)]
     pub user_offset: u64,
-    /// Source addresses, bound round-robin before connect: 127.0.0.2-127.0.0.9,10.0.0.1.
-    #[arg(long)]
-    pub source_ips: Option<String>,
-    /// Event loop threads (per process); default: the number of cores (divided by --procs).
-    #[arg(long)]
-    pub threads: Option<usize>,
     /// Worker processes over disjoint user ranges and source addresses.
     #[arg(long, default_value_t = 1)]
     pub procs: usize,
@@ -254,15 +371,6 @@ pub struct CapacityArgs {
     /// Draw latency and memory per connection against connections into this SVG file.
     #[arg(long)]
     pub plot: Option<PathBuf>,
-    /// Connect + upgrade + welcome deadline per connection.
-    #[arg(long, default_value_t = 10.0)]
-    pub handshake_timeout_secs: f64,
-    /// How long the clean close may take in all.
-    #[arg(long, default_value_t = 10.0)]
-    pub close_timeout_secs: f64,
-    /// Token lifetime.
-    #[arg(long, default_value_t = 3600)]
-    pub token_ttl_secs: u64,
     /// Internal: run as a worker of a --procs parent (commands on stdin, results on stdout).
     #[arg(long, hide = true)]
     pub worker: bool,
@@ -274,19 +382,14 @@ impl CapacityArgs {
         ConnectArgs {
             url: self.url.clone(),
             connections: self.target,
-            connect_rate: self.connect_rate,
+            sock: self.sock.clone(),
             jwt_secret: self.jwt_secret.clone(),
             sessions_per_user: self.sessions_per_user,
             user_offset: self.user_offset,
             topics: Vec::new(),
             claim_topics: Vec::new(),
-            source_ips: self.source_ips.clone(),
-            threads: self.threads,
             hold_secs: Some(0.0),
             settle_secs: self.settle_secs,
-            handshake_timeout_secs: self.handshake_timeout_secs,
-            close_timeout_secs: self.close_timeout_secs,
-            token_ttl_secs: self.token_ttl_secs,
             json: self.json.clone(),
             server_pid: self.server_pid,
             procs: self.procs,
@@ -367,10 +470,7 @@ pub fn validate(c: &ConnectArgs, p: Option<&PushArgs>) -> Result<(), String> {
     if c.procs == 0 || c.procs > 64 {
         return Err("--procs must be 1 to 64".into());
     }
-    if !(c.connect_rate >= 0.0 && c.connect_rate.is_finite()) {
-        return Err("--connect-rate must be a number, not negative".into());
-    }
-    check_min_rate("--connect-rate", c.connect_rate, c.worker)?;
+    c.sock.validate(c.worker)?;
     let users = c.connections.div_ceil(c.sessions_per_user);
     if !c.worker && c.procs > 1 && users < c.procs as u64 {
         return Err(format!(
@@ -382,17 +482,10 @@ pub fn validate(c: &ConnectArgs, p: Option<&PushArgs>) -> Result<(), String> {
     if c.user_offset.checked_add(users).is_none() {
         return Err("--user-offset too large".into());
     }
-    if c.token_ttl_secs > MAX_TOKEN_TTL_SECS {
-        return Err(format!(
-            "--token-ttl-secs must be at most {MAX_TOKEN_TTL_SECS} (100 years)"
-        ));
-    }
     if let Some(h) = c.hold_secs {
         check_secs("--hold-secs", h)?;
     }
     check_secs("--settle-secs", c.settle_secs)?;
-    check_secs("--handshake-timeout-secs", c.handshake_timeout_secs)?;
-    check_secs("--close-timeout-secs", c.close_timeout_secs)?;
     if let Some(p) = p {
         if !(p.rate >= 0.0 && p.rate.is_finite()) {
             return Err(format!(
@@ -526,6 +619,114 @@ pub fn validate_deploy(a: &DeployArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// The most publishes one chat run may plan: each accepted one is remembered until the
+/// end (some 100 bytes with its receipts), so this bounds the load generator's memory.
+pub const MAX_CHAT_PUBLISHES: u64 = 20_000_000;
+
+/// The longest `pad` of a chat message (the server refuses large ones with `too_large`,
+/// which a run may want to see; beyond this it only costs memory).
+const MAX_CHAT_PAYLOAD: usize = 16 << 20;
+
+/// Checks the chat flags.
+pub fn validate_chat(a: &ChatArgs) -> Result<(), String> {
+    if a.rooms == 0 || a.members == 0 {
+        return Err("--rooms and --members must be at least 1".into());
+    }
+    let n = a
+        .rooms
+        .checked_mul(a.members)
+        .filter(|&n| n <= u32::MAX as u64);
+    let Some(n) = n else {
+        return Err("--rooms times --members is too large".into());
+    };
+    if a.procs == 0 || a.procs > 64 {
+        return Err("--procs must be 1 to 64".into());
+    }
+    if !a.worker && a.procs as u64 > a.rooms {
+        return Err(format!(
+            "--procs {} needs at least as many --rooms (each worker takes whole rooms), got {}",
+            a.procs, a.rooms
+        ));
+    }
+    if a.user_offset.checked_add(n).is_none() {
+        return Err("--user-offset too large".into());
+    }
+    let end = a
+        .room_offset
+        .checked_add(a.rooms)
+        .ok_or("--room-offset too large")?;
+    check_room_prefix(&a.room_prefix, end - 1)?;
+    if !(a.rate > 0.0 && a.rate.is_finite()) {
+        return Err(format!(
+            "--rate must be a number of messages per second above 0 (got {})",
+            a.rate
+        ));
+    }
+    check_min_rate("--rate", a.rate, a.worker)?;
+    if let Some(t) = a.total_rate {
+        if !(t > 0.0 && t.is_finite()) {
+            return Err(format!(
+                "--total-rate must be a number of messages per second above 0 (got {t})"
+            ));
+        }
+        if a.rate_per_member() < MIN_RATE {
+            return Err(format!(
+                "--total-rate {t} over {n} members is below {MIN_RATE} per member"
+            ));
+        }
+    }
+    check_secs("--duration-secs", a.duration_secs)?;
+    check_secs("--drain-secs", a.drain_secs)?;
+    if a.count.is_none() && a.duration_secs <= 0.0 {
+        return Err("give --duration-secs or --count".into());
+    }
+    let per_member = (a.duration_secs.max(0.0) * a.rate_per_member()).ceil();
+    let by_time = if a.duration_secs > 0.0 {
+        per_member * n as f64
+    } else {
+        f64::INFINITY
+    };
+    let planned = by_time.min(a.count.map_or(f64::INFINITY, |c| c as f64));
+    if planned > MAX_CHAT_PUBLISHES as f64 {
+        return Err(format!(
+            "--duration-secs, --rate and --count plan about {planned:.0} publishes; at most \
+             {MAX_CHAT_PUBLISHES} (each is remembered until the end), so lower one of them"
+        ));
+    }
+    if a.payload_bytes > MAX_CHAT_PAYLOAD {
+        return Err(format!(
+            "--payload-bytes must be at most {MAX_CHAT_PAYLOAD}"
+        ));
+    }
+    a.sock.validate(a.worker)?;
+    if let Some(s) = &a.sock.source_ips {
+        crate::util::parse_source_ips(s).map_err(|e| format!("--source-ips: {e}"))?;
+    }
+    crate::util::parse_urls(&a.url, "ws", 80).map_err(|e| format!("--url: {e}"))?;
+    Ok(())
+}
+
+/// Checks `--room-prefix`: with the largest room number, `last_room`, it must make a topic name the
+/// server takes (1 to 200 bytes of `!` to `~`, no `*`, PROTOCOL.md 2.3).
+fn check_room_prefix(prefix: &str, last_room: u64) -> Result<(), String> {
+    if let Some(b) = prefix
+        .bytes()
+        .find(|b| !(b'!'..=b'~').contains(b) || *b == b'*')
+    {
+        return Err(format!(
+            "--room-prefix {prefix:?}: {:?} is not allowed in a topic name (printable ASCII \
+             without spaces or `*`)",
+            b as char
+        ));
+    }
+    if prefix.len() + last_room.to_string().len() > 200 {
+        return Err(format!(
+            "--room-prefix {prefix:?}: topic names would pass 200 bytes"
+        ));
+    }
+    Ok(())
+}
+
 /// Checks the capacity flags.
 pub fn validate_capacity(a: &CapacityArgs) -> Result<(), String> {
     if a.target == 0 {
@@ -578,7 +779,68 @@ mod tests {
             }
             Cmd::Resume(a) => validate_resume(a),
             Cmd::Deploy(a) => validate_deploy(a),
+            Cmd::Chat(a) => validate_chat(a),
         }
+    }
+
+    #[test]
+    fn chat_flags_are_checked() {
+        check(&["chat"]).unwrap();
+        check(&["chat", "--rooms", "3", "--members", "4", "--procs", "3"]).unwrap();
+        check(&[
+            "chat",
+            "--total-rate",
+            "50",
+            "--duration-secs",
+            "0",
+            "--count",
+            "9",
+        ])
+        .unwrap();
+        check(&["chat", "--room-prefix", "a/b:"]).unwrap();
+        err(&["chat", "--rooms", "0"], "--rooms");
+        err(&["chat", "--members", "0"], "--members");
+        err(
+            &["chat", "--rooms", "100000", "--members", "100000"],
+            "--rooms",
+        );
+        err(&["chat", "--rooms", "2", "--procs", "3"], "--procs");
+        err(&["chat", "--rate", "0"], "--rate");
+        err(&["chat", "--rate", "nan"], "--rate");
+        err(&["chat", "--rate=-1"], "--rate");
+        err(&["chat", "--rate", "1e-30"], "--rate");
+        err(&["chat", "--total-rate", "inf"], "--total-rate");
+        err(
+            &["chat", "--rooms", "1000", "--total-rate", "0.01"],
+            "--total-rate",
+        );
+        // --rate has a default, so only an explicit --rate conflicts.
+        assert!(check(&["chat", "--rate", "2", "--total-rate", "5"]).is_err());
+        err(&["chat", "--duration-secs", "0"], "--duration-secs");
+        err(&["chat", "--duration-secs", "nan"], "--duration-secs");
+        err(&["chat", "--drain-secs", "nan"], "--drain-secs");
+        err(
+            &["chat", "--rate", "1000", "--duration-secs", "100000"],
+            "--duration-secs",
+        );
+        err(&["chat", "--room-prefix", "room *"], "--room-prefix");
+        err(&["chat", "--room-prefix", "r*"], "--room-prefix");
+        check(&["chat", "--room-prefix", &"x".repeat(199)]).unwrap(); // room:9 is 200 bytes
+        err(
+            &["chat", "--room-prefix", &"x".repeat(200)],
+            "--room-prefix",
+        );
+        err(
+            &["chat", "--room-offset", &u64::MAX.to_string()],
+            "--room-offset",
+        );
+        err(
+            &["chat", "--user-offset", &u64::MAX.to_string()],
+            "--user-offset",
+        );
+        err(&["chat", "--payload-bytes", "999999999"], "--payload-bytes");
+        err(&["chat", "--source-ips", "x"], "--source-ips");
+        err(&["chat", "--url", "http://127.0.0.1:1/ws"], "--url");
     }
 
     #[test]

@@ -1,30 +1,29 @@
-//! WebSocket client connections on mio event loops: connect, upgrade, welcome, hold,
-//! receive pushes, close.
+//! WebSocket client connections on mio event loops for connect, push, churn, capacity,
+//! resume and deploy: open them at the connect pace, subscribe after `welcome`, hold,
+//! receive and account pushes, churn, close. The wire itself (connect, upgrade, frames)
+//! is [`crate::ws_conn`].
 //!
 //! Memory per idle connection is the `Conn` struct in a slab (about 120 bytes) plus the
 //! socket: reads go into one scratch buffer per thread, and only a partial frame left over
 //! is kept on the connection; outbound bytes are kept only while the socket would block.
 
-use crate::frame::{self, Frame, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT};
+use crate::cli::{secs, SocketArgs};
+use crate::frame::OP_TEXT;
+use crate::progress::Progress;
+use crate::server_msg::ServerMsg;
 use crate::track::{Completeness, RecvState};
 use crate::util::{self, Url};
-use base64::Engine as _;
+use crate::ws_conn::{self, io_cause, End, Handler, State, WsConn};
 use hdrhistogram::Histogram;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
-use rand::Rng as _;
 use serde::{Deserialize, Serialize};
-use sha1::{Digest, Sha1};
 use slab::Slab;
-use socket2::{Domain, Protocol, Socket, Type};
-use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
-use std::io::{self, Read, Write};
-use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::io;
+use std::net::IpAddr;
 use std::sync::atomic::{
     AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed,
 };
@@ -32,10 +31,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+/// One read's buffer per event loop.
 const SCRATCH: usize = 64 * 1024;
-const MAX_HEAD: usize = 16 * 1024;
-const MAX_ERROR_BODY: usize = 64 * 1024;
 /// Most churn cycles started in one event-loop turn.
 const CHURN_PER_TURN: usize = 256;
 /// Most connections opened in one event-loop turn, so sockets already open are served
@@ -78,27 +75,90 @@ pub struct ChurnCfg {
     pub fraction: f64,
 }
 
+/// How the event loops of one process open and close their connections (every scenario).
+#[derive(Debug, Clone)]
+pub struct DialCfg {
+    /// Where connections go: connection number g to `urls[g % n]` (several nodes).
+    pub urls: Vec<Url>,
+    /// Connection attempts per second for this process (0: as fast as possible).
+    pub connect_rate: f64,
+    /// Event loop threads.
+    pub threads: usize,
+    /// Connection number g binds `source_ips[g % n]` before connecting, when given.
+    pub source_ips: Vec<IpAddr>,
+    /// HS256 secret of the tokens.
+    pub jwt_secret: String,
+    /// The tokens' lifetime.
+    pub token_ttl_secs: u64,
+    /// Connect + upgrade + welcome deadline per connection.
+    pub handshake_timeout: Duration,
+    /// How long the clean close may take in all.
+    pub close_timeout: Duration,
+}
+
+impl DialCfg {
+    /// From the flags: `url` (a comma separated list), the tokens' secret, and the socket
+    /// flags, with event loops for `units` connections or rooms.
+    pub fn from_args(
+        url: &str,
+        jwt_secret: &str,
+        s: &SocketArgs,
+        units: u64,
+    ) -> Result<DialCfg, String> {
+        let urls = util::parse_urls(url, "ws", 80).map_err(|e| format!("--url: {e}"))?;
+        let source_ips = match &s.source_ips {
+            Some(s) => util::parse_source_ips(s).map_err(|e| format!("--source-ips: {e}"))?,
+            None => Vec::new(),
+        };
+        Ok(DialCfg {
+            urls,
+            connect_rate: s.connect_rate,
+            threads: s.threads_for(units),
+            source_ips,
+            jwt_secret: jwt_secret.to_string(),
+            token_ttl_secs: s.token_ttl_secs,
+            handshake_timeout: secs(s.handshake_timeout_secs),
+            close_timeout: secs(s.close_timeout_secs),
+        })
+    }
+
+    /// The URL connection number `g` connects to: the (g mod n)th of `--url`'s list, so
+    /// a user's sessions may land on different nodes (the multi-device case).
+    pub fn url_for(&self, g: u64) -> &Url {
+        &self.urls[(g % self.urls.len().max(1) as u64) as usize]
+    }
+
+    /// How long `n` connections may take to open: their connect pace plus one handshake
+    /// timeout.
+    pub fn connect_bound(&self, n: u64) -> Duration {
+        let pace = if self.connect_rate > 0.0 {
+            n as f64 / self.connect_rate
+        } else {
+            0.0
+        };
+        secs(pace) + self.handshake_timeout
+    }
+
+    /// The source address connection number `g` binds, if any.
+    pub fn source_for(&self, g: u64) -> Option<IpAddr> {
+        let n = self.source_ips.len() as u64;
+        (n > 0).then(|| self.source_ips[(g % n) as usize])
+    }
+}
+
 /// What the event loops of one process do.
 #[derive(Debug, Clone)]
 pub struct ClientCfg {
-    /// Where connections go: connection number g to `urls[g % n]` (several nodes).
-    pub urls: Vec<Url>,
+    /// How they open and close their connections.
+    pub dial: DialCfg,
     /// Connections opened by this process.
     pub connections: u64,
-    /// Connection attempts per second for this process (0: as fast as possible).
-    pub connect_rate: f64,
-    pub threads: usize,
     pub sessions_per_user: u64,
     /// The first user number of this process: connection g is user `user_offset + g / spu`.
     pub user_offset: u64,
     pub topics: Vec<String>,
     /// The token's `topics` claim: `topics` and the claim-only patterns.
     pub claim: Vec<String>,
-    pub source_ips: Vec<IpAddr>,
-    pub jwt_secret: String,
-    pub token_ttl_secs: u64,
-    pub handshake_timeout: Duration,
-    pub close_timeout: Duration,
     /// Set in push mode: how receivers are accounted when closing.
     pub target: Option<Target>,
     /// Set in churn mode.
@@ -112,12 +172,6 @@ impl ClientCfg {
     /// Users of this process.
     pub fn num_users(&self) -> u64 {
         self.connections.div_ceil(self.sessions_per_user.max(1))
-    }
-
-    /// The URL connection number `g` connects to: the (g mod n)th of `--url`'s list, so
-    /// a user's sessions may land on different nodes (the multi-device case).
-    pub fn url_for(&self, g: u64) -> &Url {
-        &self.urls[(g % self.urls.len().max(1) as u64) as usize]
     }
 }
 
@@ -235,8 +289,23 @@ impl Shared {
         bump(&mut m, cause);
     }
 
-    fn since_start_us(&self) -> u64 {
+    /// Microseconds since `start`.
+    pub fn since_start_us(&self) -> u64 {
         self.start.elapsed().as_micros() as u64
+    }
+
+    /// The live connection counters, with the pushes `accepted` and their `retries` so far.
+    pub fn progress(&self, accepted: u64, retries: u64) -> Progress {
+        Progress {
+            attempted: self.attempted.load(Relaxed),
+            opened: self.opened.load(Relaxed),
+            open_now: self.open_now.load(Relaxed),
+            failed: self.failed.load(Relaxed),
+            disconnected: self.disconnected.load(Relaxed),
+            received: self.push_received.load(Relaxed),
+            accepted,
+            retries,
+        }
     }
 
     /// Distinct deliveries the receivers should have now, given what the API accepted.
@@ -355,7 +424,8 @@ pub fn merge_counts(dst: &mut BTreeMap<String, u64>, src: BTreeMap<String, u64>)
     }
 }
 
-fn bump(m: &mut BTreeMap<String, u64>, k: &str) {
+/// Adds one to the count of `k` (allocating its key only the first time).
+pub fn bump(m: &mut BTreeMap<String, u64>, k: &str) {
     if let Some(v) = m.get_mut(k) {
         *v += 1;
     } else {
@@ -363,40 +433,24 @@ fn bump(m: &mut BTreeMap<String, u64>, k: &str) {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    /// TCP connect in progress.
-    Connecting,
-    /// Request being written, response head awaited.
-    Upgrading,
-    /// 101 received, `welcome` awaited.
-    Welcome,
-    Open,
-    /// We sent Close; `true` once the server's Close arrived (then we wait for its FIN).
-    Closing(bool),
-}
-
+/// One socket of a connection number: its wire state (with its `F_CHURNED`,
+/// `F_RECONNECT`, `F_CHURN_CLOSING` and `F_SECOND` bits in `ws.flags`) and what this
+/// scenario tracks.
 struct Conn {
-    stream: TcpStream,
-    state: State,
+    ws: WsConn,
     /// Connection number within this process (its user); a reconnect keeps it.
     serial: u32,
     /// Unique per socket opened by this thread, so a deadline set for an earlier socket
     /// at the same slab key and serial (a churn reconnect) never expires this one.
     incarnation: u32,
-    started: Instant,
-    key: [u8; 16],
     welcome_seq: u64,
-    /// Partial inbound data (a split frame or response head); empty while idle.
-    rbuf: Vec<u8>,
-    /// Outbound bytes the socket would not take yet; empty while idle.
-    wbuf: Vec<u8>,
-    /// A fragmented text message being reassembled.
-    #[allow(clippy::box_collection)] // 8 bytes while idle instead of 24
-    frag: Option<Box<Vec<u8>>>,
     recv: Option<Box<RecvState>>,
-    /// `F_CHURNED`, `F_RECONNECT`, `F_CHURN_CLOSING`, `F_FRAG_BINARY`.
-    flags: u8,
+}
+
+impl AsMut<WsConn> for Conn {
+    fn as_mut(&mut self) -> &mut WsConn {
+        &mut self.ws
+    }
 }
 
 /// This connection number has churned: it no longer counts for completeness.
@@ -405,51 +459,39 @@ const F_CHURNED: u8 = 1;
 const F_RECONNECT: u8 = 2;
 /// We are closing it to churn it (it reconnects once closed).
 const F_CHURN_CLOSING: u8 = 4;
-/// The fragmented message in `frag` is binary (not a push).
-const F_FRAG_BINARY: u8 = 8;
 /// This socket goes to the deploy scenario's second server.
 const F_SECOND: u8 = 16;
 
-/// How a connection ended: `None` is a clean close.
-type End = Option<String>;
-
 #[derive(Serialize)]
 struct Claims<'a> {
-    sub: String,
+    sub: &'a str,
     exp: u64,
     iat: u64,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     topics: &'a [String],
+    /// Topic patterns the client may publish to (the `chat` scenario).
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    publish: &'a [String],
 }
 
-#[derive(Deserialize)]
-struct Msg<'a> {
-    #[serde(rename = "type", borrow)]
-    ty: Cow<'a, str>,
-    seq: Option<u64>,
-    /// Present on topic pushes, whose `seq` is the topic's, not the user's.
-    #[serde(borrow)]
-    topic: Option<Cow<'a, str>>,
-    #[serde(default)]
-    data: Option<PushData>,
-    #[serde(borrow)]
-    code: Option<Cow<'a, str>>,
-    /// `welcome` and `subscribed`: the stream's epoch.
-    #[serde(borrow)]
-    epoch: Option<Cow<'a, str>>,
-    /// `welcome` and `subscribed` after a `since`/`epoch`.
-    resumed: Option<bool>,
-    /// `reconnect`: when the server will close this connection.
-    after_ms: Option<u64>,
-}
-
-#[derive(Deserialize)]
-struct LooseMsg<'a> {
-    #[serde(rename = "type", borrow)]
-    ty: Cow<'a, str>,
-    seq: Option<u64>,
-    #[serde(borrow)]
-    topic: Option<Cow<'a, str>>,
+/// Signs the HS256 token of user `sub`, valid for `ttl_secs` from now, with the `topics`
+/// and `publish` claims (each left out when empty).
+pub fn mint_token(
+    key: &EncodingKey,
+    sub: &str,
+    ttl_secs: u64,
+    topics: &[String],
+    publish: &[String],
+) -> Result<String, jsonwebtoken::errors::Error> {
+    let now = jsonwebtoken::get_current_timestamp();
+    let claims = Claims {
+        sub,
+        exp: now.saturating_add(ttl_secs),
+        iat: now,
+        topics,
+        publish,
+    };
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, key)
 }
 
 /// The load generator's own push payload; `pad` and unknown fields are skipped unread.
@@ -484,7 +526,7 @@ struct Ctx {
 /// Starts the event loop threads; each returns what it measured once closed.
 pub fn spawn(cfg: Arc<ClientCfg>, sh: Arc<Shared>) -> io::Result<Vec<JoinHandle<ThreadOut>>> {
     let mut hs = Vec::new();
-    for tid in 0..cfg.threads {
+    for tid in 0..cfg.dial.threads {
         let (cfg, sh) = (cfg.clone(), sh.clone());
         hs.push(
             std::thread::Builder::new()
@@ -512,7 +554,7 @@ fn run_thread(tid: usize, cfg: Arc<ClientCfg>, sh: Arc<Shared>) -> ThreadOut {
     let mut events = Events::with_capacity(1024);
     let mut conns: Slab<Conn> = Slab::new();
     let mut scratch = vec![0u8; SCRATCH];
-    let key = match EncodingKey::from_secret(cfg.jwt_secret.as_bytes()) {
+    let key = match EncodingKey::from_secret(cfg.dial.jwt_secret.as_bytes()) {
         Ok(k) => k,
         Err(e) => {
             eprintln!("throng-load: jwt secret: {e}");
@@ -539,7 +581,7 @@ fn run_thread(tid: usize, cfg: Arc<ClientCfg>, sh: Arc<Shared>) -> ThreadOut {
     };
     let mut churn = crate::churn::Pacer::new(&cfg, tid);
     let mut churn_deadlines: VecDeque<Deadline> = VecDeque::new();
-    let threads = cfg.threads.max(1) as u64;
+    let threads = cfg.dial.threads.max(1) as u64;
     let mut next_g = tid as u64;
     let mut deadlines: VecDeque<Deadline> = VecDeque::new();
     let mut close_deadline = None;
@@ -547,9 +589,9 @@ fn run_thread(tid: usize, cfg: Arc<ClientCfg>, sh: Arc<Shared>) -> ThreadOut {
     // Pacing restarts where the capacity ramp last raised the allowance.
     let due = |g: u64| {
         let base = start + Duration::from_micros(sh.pace_base_us.load(Relaxed));
-        if cfg.connect_rate > 0.0 {
+        if cfg.dial.connect_rate > 0.0 {
             let k = g.saturating_sub(sh.pace_base_g.load(Relaxed));
-            base + Duration::from_secs_f64(k as f64 / cfg.connect_rate)
+            base + Duration::from_secs_f64(k as f64 / cfg.dial.connect_rate)
         } else {
             base
         }
@@ -560,7 +602,7 @@ fn run_thread(tid: usize, cfg: Arc<ClientCfg>, sh: Arc<Shared>) -> ThreadOut {
         let now = Instant::now();
         if !ctx.closing && sh.phase.load(Relaxed) == PHASE_CLOSE {
             ctx.closing = true;
-            close_deadline = Some(now + cfg.close_timeout);
+            close_deadline = Some(now + cfg.dial.close_timeout);
             begin_close(&mut conns, &poll, &mut ctx);
         }
         if ctx.closing {
@@ -578,7 +620,7 @@ fn run_thread(tid: usize, cfg: Arc<ClientCfg>, sh: Arc<Shared>) -> ThreadOut {
                 if let Some((key, inc)) = open(&mut conns, &poll, &mut ctx, next_g, false) {
                     // The full timeout from this socket's start, not the turn's: a turn
                     // of many opens takes a while.
-                    deadlines.push_back((Instant::now() + cfg.handshake_timeout, key, inc));
+                    deadlines.push_back((Instant::now() + cfg.dial.handshake_timeout, key, inc));
                 }
                 next_g += threads;
             }
@@ -591,7 +633,7 @@ fn run_thread(tid: usize, cfg: Arc<ClientCfg>, sh: Arc<Shared>) -> ThreadOut {
                 let pick = churn.candidates().find_map(|g| {
                     let key = *ctx.churn_keys.get(&g)?;
                     let c = conns.get(key)?;
-                    (c.serial == g && c.state == State::Open).then_some(key)
+                    (c.serial == g && c.ws.state == State::Open).then_some(key)
                 });
                 let Some(key) = pick else {
                     break;
@@ -603,10 +645,10 @@ fn run_thread(tid: usize, cfg: Arc<ClientCfg>, sh: Arc<Shared>) -> ThreadOut {
                 let c = &mut conns[key];
                 let inc = c.incarnation;
                 match churn_close(c, &mut ctx) {
-                    Ok(()) => churn_deadlines.push_back((now + cfg.close_timeout, key, inc)),
+                    Ok(()) => churn_deadlines.push_back((now + cfg.dial.close_timeout, key, inc)),
                     Err(e) => {
                         let mut c = conns.remove(key);
-                        let _ = poll.registry().deregister(&mut c.stream);
+                        let _ = poll.registry().deregister(&mut c.ws.stream);
                         ctx.finish(c, Some(io_cause(&e)));
                     }
                 }
@@ -619,30 +661,20 @@ fn run_thread(tid: usize, cfg: Arc<ClientCfg>, sh: Arc<Shared>) -> ThreadOut {
             &poll,
             &mut ctx,
             |c| {
-                (c.flags & F_CHURN_CLOSING != 0 && matches!(c.state, State::Closing(_)))
+                (c.ws.flags & F_CHURN_CLOSING != 0 && matches!(c.ws.state, State::Closing(_)))
                     .then_some("churn_close_timeout")
             },
         );
-        expire_due(
-            &mut deadlines,
-            now,
-            &mut conns,
-            &poll,
-            &mut ctx,
-            |c| match c.state {
-                State::Connecting => Some("timeout_connect"),
-                State::Upgrading => Some("timeout_upgrade"),
-                State::Welcome => Some("timeout_welcome"),
-                _ => None,
-            },
-        );
+        expire_due(&mut deadlines, now, &mut conns, &poll, &mut ctx, |c| {
+            c.ws.handshake_overdue()
+        });
         while let Some(&Reverse((at, g))) = ctx.later.peek() {
             if at > now || ctx.closing {
                 break;
             }
             ctx.later.pop();
             if let Some((key, inc)) = open(&mut conns, &poll, &mut ctx, g as u64, true) {
-                deadlines.push_back((Instant::now() + cfg.handshake_timeout, key, inc));
+                deadlines.push_back((Instant::now() + cfg.dial.handshake_timeout, key, inc));
             }
         }
         let mut timeout = Duration::from_millis(100);
@@ -668,15 +700,15 @@ fn run_thread(tid: usize, cfg: Arc<ClientCfg>, sh: Arc<Shared>) -> ThreadOut {
             let Some(c) = conns.get_mut(key) else {
                 continue;
             };
-            if let Some(end) = drive(c, &mut scratch, &mut ctx) {
+            if let Some(end) = ws_conn::drive(c, &mut scratch, &mut ctx) {
                 let mut c = conns.remove(key);
-                let _ = poll.registry().deregister(&mut c.stream);
+                let _ = poll.registry().deregister(&mut c.ws.stream);
                 ctx.finish(c, end);
             }
         }
         for g in std::mem::take(&mut ctx.reopen) {
             if let Some((key, inc)) = open(&mut conns, &poll, &mut ctx, g, true) {
-                deadlines.push_back((Instant::now() + cfg.handshake_timeout, key, inc));
+                deadlines.push_back((Instant::now() + cfg.dial.handshake_timeout, key, inc));
             }
         }
     }
@@ -695,14 +727,14 @@ fn run_thread(tid: usize, cfg: Arc<ClientCfg>, sh: Arc<Shared>) -> ThreadOut {
 /// with `since`/`epoch` once its offline time has passed (resume scenario).
 fn drop_abruptly(conns: &mut Slab<Conn>, key: usize, poll: &Poll, ctx: &mut Ctx) {
     let mut c = conns.remove(key);
-    let _ = poll.registry().deregister(&mut c.stream);
-    let _ = socket2::SockRef::from(&c.stream).set_linger(Some(Duration::ZERO));
+    let _ = poll.registry().deregister(&mut c.ws.stream);
+    let _ = socket2::SockRef::from(&c.ws.stream).set_linger(Some(Duration::ZERO));
     let sh = &ctx.sh;
     ctx.churn_keys.remove(&c.serial);
     ctx.out.churn_disconnects += 1;
     sh.churn_inflight.fetch_add(1, Relaxed);
     sh.open_now.fetch_sub(1, Relaxed);
-    if c.flags & F_CHURNED == 0 {
+    if c.ws.flags & F_CHURNED == 0 {
         ctx.out.churned_receivers += 1;
         sh.stable_open.fetch_sub(1, Relaxed);
         let u = c.serial as u64 / ctx.cfg.sessions_per_user.max(1);
@@ -720,32 +752,6 @@ fn drop_abruptly(conns: &mut Slab<Conn>, key: usize, poll: &Poll, ctx: &mut Ctx)
     // dropping `c` resets the connection
 }
 
-/// A report label for an I/O error: `connection_refused`, `io_broken_pipe`, never a debug
-/// rendering of the error.
-pub fn io_cause(e: &io::Error) -> String {
-    use io::ErrorKind::*;
-    match e.raw_os_error() {
-        Some(libc::ECONNREFUSED) => return "connection_refused".into(),
-        Some(libc::ECONNRESET) => return "connection_reset".into(),
-        Some(libc::EADDRNOTAVAIL) => return "addr_not_available".into(),
-        Some(libc::EADDRINUSE) => return "addr_in_use".into(),
-        Some(libc::EMFILE) | Some(libc::ENFILE) => return "too_many_open_files".into(),
-        Some(libc::ETIMEDOUT) => return "tcp_timeout".into(),
-        Some(libc::EPIPE) => return "broken_pipe".into(),
-        Some(libc::ENETUNREACH) | Some(libc::EHOSTUNREACH) => return "unreachable".into(),
-        _ => {}
-    }
-    match e.kind() {
-        ConnectionRefused => "connection_refused".into(),
-        ConnectionReset => "connection_reset".into(),
-        ConnectionAborted => "connection_aborted".into(),
-        TimedOut => "tcp_timeout".into(),
-        k => format!("io_{}", k.to_string().replace([' ', '-'], "_")).to_lowercase(),
-    }
-}
-
-/// Opens connection number `g` of this process (again, for a churn `reconnect`); `None`
-/// when it failed at once.
 /// When a socket must have got somewhere: (deadline, slab key, incarnation).
 type Deadline = (Instant, usize, u32);
 
@@ -770,12 +776,14 @@ fn expire_due(
             .and_then(&overdue);
         if let Some(cause) = cause {
             let mut c = conns.remove(key);
-            let _ = poll.registry().deregister(&mut c.stream);
+            let _ = poll.registry().deregister(&mut c.ws.stream);
             ctx.finish(c, Some(cause.into()));
         }
     }
 }
 
+/// Opens connection number `g` of this process (again, for a churn `reconnect`); `None`
+/// when it failed at once.
 fn open(
     conns: &mut Slab<Conn>,
     poll: &Poll,
@@ -794,48 +802,15 @@ fn open(
     };
     let (url, query, second) = match ctx.book.as_deref() {
         Some(b) => {
-            let (url, second) = b.url_for(g as u32, cfg.url_for(g));
+            let (url, second) = b.url_for(g as u32, cfg.dial.url_for(g));
             (url, b.user_query(g as u32), second)
         }
-        None => (cfg.url_for(g), None, false),
+        None => (cfg.dial.url_for(g), None, false),
     };
-    let addr = url.addr;
-    let domain = if addr.is_ipv4() {
-        Domain::IPV4
-    } else {
-        Domain::IPV6
-    };
-    let sock = match Socket::new(domain, Type::STREAM, Some(Protocol::TCP)) {
+    let mut stream = match ws_conn::connect(url.addr, cfg.dial.source_for(g)) {
         Ok(s) => s,
-        Err(e) => return fail(ctx, io_cause(&e)),
+        Err(cause) => return fail(ctx, cause),
     };
-    let _ = sock.set_nonblocking(true);
-    let _ = sock.set_tcp_nodelay(true);
-    if !cfg.source_ips.is_empty() {
-        let ip = cfg.source_ips[(g % cfg.source_ips.len() as u64) as usize];
-        // Let connect() pick the port, so each source address has a full port range per
-        // destination.
-        let one: libc::c_int = 1;
-        // SAFETY: valid fd and a pointer to a c_int of the given size.
-        unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::IPPROTO_IP,
-                libc::IP_BIND_ADDRESS_NO_PORT,
-                &one as *const _ as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
-        if let Err(e) = sock.bind(&SocketAddr::new(ip, 0).into()) {
-            return fail(ctx, format!("bind_{}", io_cause(&e)));
-        }
-    }
-    match sock.connect(&addr.into()) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-        Err(e) => return fail(ctx, io_cause(&e)),
-    }
-    let mut stream = TcpStream::from_std(std::net::TcpStream::from(sock));
     let entry = conns.vacant_entry();
     let key = entry.key();
     if let Err(e) = poll.registry().register(
@@ -846,33 +821,19 @@ fn open(
         return fail(ctx, format!("register_{}", io_cause(&e)));
     }
     let user = cfg.user_offset + g / cfg.sessions_per_user.max(1);
-    let now = jsonwebtoken::get_current_timestamp();
-    let claims = Claims {
-        sub: format!("u{user}"),
-        exp: now + cfg.token_ttl_secs,
-        iat: now,
-        topics: &cfg.claim,
-    };
-    let token = match jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &ctx.key) {
+    let sub = format!("u{user}");
+    let token = match mint_token(&ctx.key, &sub, cfg.dial.token_ttl_secs, &cfg.claim, &[]) {
         Ok(t) => t,
         Err(e) => {
             let _ = poll.registry().deregister(&mut stream);
             return fail(ctx, format!("jwt_{e}"));
         }
     };
-    let key16: [u8; 16] = rand::rng().random();
-    let ws_key = base64::engine::general_purpose::STANDARD.encode(key16);
     let path = match query {
         Some(q) if url.path.contains('?') => format!("{}&{q}", url.path),
         Some(q) => format!("{}?{q}", url.path),
         None => url.path.clone(),
     };
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {ws_key}\r\nSec-WebSocket-Version: 13\r\n\
-         Authorization: Bearer {token}\r\n\r\n",
-        url.authority
-    );
     let serial = g as u32;
     let incarnation = ctx.opened;
     ctx.opened = ctx.opened.wrapping_add(1);
@@ -882,334 +843,60 @@ fn open(
     if churner {
         ctx.churn_keys.insert(serial, key);
     }
+    let mut ws = WsConn::upgrading(stream, started, &path, &url.authority, &token);
+    ws.flags = if reconnect {
+        F_CHURNED | F_RECONNECT
+    } else {
+        0
+    } | if second { F_SECOND } else { 0 };
     entry.insert(Conn {
-        stream,
-        state: State::Connecting,
+        ws,
         serial,
         incarnation,
-        started,
-        key: key16,
         welcome_seq: 0,
-        rbuf: Vec::new(),
-        wbuf: req.into_bytes(),
-        frag: None,
         recv: None,
-        flags: if reconnect {
-            F_CHURNED | F_RECONNECT
-        } else {
-            0
-        } | if second { F_SECOND } else { 0 },
     });
     Some((key, incarnation))
 }
 
-fn flush(c: &mut Conn) -> io::Result<()> {
-    if c.state == State::Connecting {
-        return Ok(());
+impl Handler<Conn> for Ctx {
+    fn on_text(&mut self, c: &mut Conn, text: &[u8]) -> Result<(), End> {
+        on_message(c, text, self)
     }
-    while !c.wbuf.is_empty() {
-        match c.stream.write(&c.wbuf) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => {
-                c.wbuf.drain(..n);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    if c.wbuf.capacity() > 0 {
-        c.wbuf = Vec::new();
-    }
-    Ok(())
-}
 
-fn send_frame(c: &mut Conn, opcode: u8, payload: &[u8]) {
-    let mask: [u8; 4] = rand::rng().random();
-    frame::encode_masked(&mut c.wbuf, opcode, payload, mask);
-}
+    fn on_binary(&mut self) {
+        bump(&mut self.out.server_errors, "binary_message");
+    }
 
-/// Handles readiness on one connection; `Some(end)` removes it.
-fn drive(c: &mut Conn, scratch: &mut [u8], ctx: &mut Ctx) -> Option<End> {
-    if c.state == State::Connecting {
-        match c.stream.take_error() {
-            Ok(Some(e)) | Err(e) => return Some(Some(io_cause(&e))),
-            Ok(None) => {}
-        }
-        match c.stream.peer_addr() {
-            Ok(_) => c.state = State::Upgrading,
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => return None,
-            Err(e) => return Some(Some(io_cause(&e))),
-        }
+    fn on_ping(&mut self) {
+        self.out.pings_answered += 1;
     }
-    if let Err(e) = flush(c) {
-        return Some(Some(io_cause(&e)));
-    }
-    loop {
-        match c.stream.read(scratch) {
-            Ok(0) => return Some(eof_cause(c)),
-            Ok(n) => {
-                if let Err(end) = on_data(c, &scratch[..n], ctx) {
-                    let _ = flush(c);
-                    return Some(end);
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Some(Some(io_cause(&e))),
-        }
-    }
-    if let Err(e) = flush(c) {
-        return Some(Some(io_cause(&e)));
-    }
-    None
-}
-
-fn eof_cause(c: &Conn) -> End {
-    match c.state {
-        State::Closing(true) => None,
-        State::Closing(false) => Some("eof_before_close_reply".into()),
-        State::Open => Some("eof".into()),
-        State::Upgrading => {
-            Some(http_failure(&c.rbuf, true).unwrap_or_else(|| "eof_during_upgrade".into()))
-        }
-        State::Welcome => Some("eof_before_welcome".into()),
-        State::Connecting => Some("eof_during_connect".into()),
-    }
-}
-
-/// The cause for a refused upgrade whose head is in `buf`, once the body is complete (or
-/// `eof`).
-fn http_failure(buf: &[u8], eof: bool) -> Option<String> {
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut resp = httparse::Response::new(&mut headers);
-    let n = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        _ => return None,
-    };
-    let status = resp.code.unwrap_or(0);
-    let len = resp
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-        .and_then(|h| {
-            std::str::from_utf8(h.value)
-                .ok()?
-                .trim()
-                .parse::<usize>()
-                .ok()
-        });
-    let body = &buf[n..];
-    let complete = match len {
-        Some(l) => body.len() >= l,
-        None => false,
-    };
-    if !complete && !eof && buf.len() < MAX_ERROR_BODY {
-        return None;
-    }
-    let body = &body[..len.unwrap_or(body.len()).min(body.len())];
-    #[derive(Deserialize)]
-    struct ErrBody {
-        error: Option<String>,
-    }
-    Some(
-        match serde_json::from_slice::<ErrBody>(body)
-            .ok()
-            .and_then(|b| b.error)
-        {
-            Some(code) => format!("http_{status}_{code}"),
-            None => format!("http_{status}"),
-        },
-    )
-}
-
-fn on_data(c: &mut Conn, data: &[u8], ctx: &mut Ctx) -> Result<(), End> {
-    if c.rbuf.is_empty() {
-        let used = process(c, data, ctx)?;
-        if used < data.len() {
-            c.rbuf.extend_from_slice(&data[used..]);
-        }
-    } else {
-        c.rbuf.extend_from_slice(data);
-        let buf = std::mem::take(&mut c.rbuf);
-        let used = process(c, &buf, ctx)?;
-        if used < buf.len() {
-            c.rbuf = buf;
-            c.rbuf.drain(..used);
-        }
-    }
-    Ok(())
-}
-
-/// Consumes what it can of `buf`; returns the bytes used.
-fn process(c: &mut Conn, buf: &[u8], ctx: &mut Ctx) -> Result<usize, End> {
-    let mut pos = 0;
-    if c.state == State::Upgrading {
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut resp = httparse::Response::new(&mut headers);
-        match resp.parse(buf) {
-            Ok(httparse::Status::Partial) => {
-                if buf.len() > MAX_HEAD {
-                    return Err(Some("bad_response_head_too_large".into()));
-                }
-                return Ok(0);
-            }
-            Err(_) => return Err(Some("bad_http_response".into())),
-            Ok(httparse::Status::Complete(n)) => {
-                if resp.code != Some(101) {
-                    return match http_failure(buf, false) {
-                        Some(cause) => Err(Some(cause)),
-                        None => Ok(0),
-                    };
-                }
-                let want = accept_key(&c.key);
-                let ok = resp.headers.iter().any(|h| {
-                    h.name.eq_ignore_ascii_case("sec-websocket-accept")
-                        && h.value == want.as_bytes()
-                });
-                if !ok {
-                    return Err(Some("bad_sec_websocket_accept".into()));
-                }
-                c.state = State::Welcome;
-                pos = n;
-            }
-        }
-    }
-    loop {
-        match frame::decode(&buf[pos..]) {
-            Ok(None) => break,
-            Err(e) => {
-                let payload = frame::close_payload(1002, "");
-                send_frame(c, OP_CLOSE, &payload);
-                return Err(Some(format!("protocol_error: {e}")));
-            }
-            Ok(Some((f, used))) => {
-                pos += used;
-                on_frame(c, f, ctx)?;
-            }
-        }
-    }
-    Ok(pos)
-}
-
-fn accept_key(key: &[u8; 16]) -> String {
-    let mut h = Sha1::new();
-    h.update(
-        base64::engine::general_purpose::STANDARD
-            .encode(key)
-            .as_bytes(),
-    );
-    h.update(WS_GUID.as_bytes());
-    base64::engine::general_purpose::STANDARD.encode(h.finalize())
-}
-
-fn on_frame(c: &mut Conn, f: Frame<'_>, ctx: &mut Ctx) -> Result<(), End> {
-    match f.opcode {
-        OP_TEXT | OP_BINARY => {
-            if c.frag.is_some() {
-                return Err(Some(
-                    "protocol_error: new message inside a fragmented one".into(),
-                ));
-            }
-            if !f.fin {
-                c.frag = Some(Box::new(f.payload.to_vec()));
-                if f.opcode == OP_BINARY {
-                    c.flags |= F_FRAG_BINARY;
-                } else {
-                    c.flags &= !F_FRAG_BINARY;
-                }
-            } else if f.opcode == OP_TEXT {
-                on_message(c, f.payload, ctx)?;
-            } else {
-                bump(&mut ctx.out.server_errors, "binary_message");
-            }
-        }
-        OP_CONT => {
-            let Some(fr) = c.frag.as_mut() else {
-                return Err(Some(
-                    "protocol_error: continuation without a message".into(),
-                ));
-            };
-            // Each frame is bounded by the decoder; the message as a whole is bounded here.
-            if (fr.len() + f.payload.len()) as u64 > frame::MAX_FRAME {
-                return Err(Some("protocol_error: fragmented message too large".into()));
-            }
-            fr.extend_from_slice(f.payload);
-            if f.fin {
-                let m = c.frag.take().unwrap_or_default();
-                if c.flags & F_FRAG_BINARY != 0 {
-                    c.flags &= !F_FRAG_BINARY;
-                    bump(&mut ctx.out.server_errors, "binary_message");
-                } else {
-                    on_message(c, &m, ctx)?;
-                }
-            }
-        }
-        OP_PING => {
-            send_frame(c, OP_PONG, f.payload);
-            ctx.out.pings_answered += 1;
-        }
-        OP_PONG => {}
-        OP_CLOSE => {
-            let code = frame::close_code(f.payload);
-            match c.state {
-                State::Closing(_) => c.state = State::Closing(true),
-                _ => {
-                    // Echo the code, as RFC 6455 5.5.1 asks, and end.
-                    let echo = if code == 1005 {
-                        Vec::new()
-                    } else {
-                        frame::close_payload(code, "")
-                    };
-                    send_frame(c, OP_CLOSE, &echo);
-                    return Err(Some(format!("close_{code}")));
-                }
-            }
-        }
-        _ => {}
-    }
-    Ok(())
 }
 
 fn on_message(c: &mut Conn, text: &[u8], ctx: &mut Ctx) -> Result<(), End> {
-    let msg = match serde_json::from_slice::<Msg>(text) {
-        Ok(m) => m,
-        Err(_) => match serde_json::from_slice::<LooseMsg>(text) {
-            Ok(m) => Msg {
-                ty: m.ty,
-                seq: m.seq,
-                topic: m.topic,
-                data: None,
-                code: None,
-                epoch: None,
-                resumed: None,
-                after_ms: None,
-            },
-            Err(_) => {
-                bump(&mut ctx.out.server_errors, "unparsable_message");
-                return Ok(());
-            }
-        },
+    let Some(msg) = ServerMsg::<PushData>::parse(text) else {
+        bump(&mut ctx.out.server_errors, "unparsable_message");
+        return Ok(());
     };
     match &*msg.ty {
-        "welcome" if c.state == State::Welcome => {
-            c.state = State::Open;
+        "welcome" if c.ws.state == State::Welcome => {
+            c.ws.state = State::Open;
             c.welcome_seq = msg.seq.unwrap_or(0);
             let sh = &ctx.sh;
-            if c.flags & F_RECONNECT != 0 {
+            if c.ws.flags & F_RECONNECT != 0 {
                 ctx.out.churn_reconnects += 1;
                 sh.churn_reconnects.fetch_add(1, Relaxed);
                 sh.churn_inflight.fetch_sub(1, Relaxed);
             } else {
                 util::record(
                     &mut ctx.out.handshake,
-                    c.started.elapsed().as_micros() as u64,
+                    c.ws.started.elapsed().as_micros() as u64,
                 );
                 sh.opened.fetch_add(1, Relaxed);
                 sh.last_welcome_us.fetch_max(sh.since_start_us(), Relaxed);
             }
             sh.open_now.fetch_add(1, Relaxed);
-            if c.flags & F_CHURNED == 0 {
+            if c.ws.flags & F_CHURNED == 0 {
                 sh.stable_open.fetch_add(1, Relaxed);
                 let u = c.serial as u64 / ctx.cfg.sessions_per_user.max(1);
                 if let Some(s) = sh.user_sessions.get(u as usize) {
@@ -1219,7 +906,7 @@ fn on_message(c: &mut Conn, text: &[u8], ctx: &mut Ctx) -> Result<(), End> {
             if let Some(b) = ctx.book.as_deref_mut() {
                 let epoch = msg.epoch.as_deref().unwrap_or("");
                 b.on_welcome(c.serial, c.welcome_seq, epoch, msg.resumed);
-                if c.flags & F_SECOND != 0 {
+                if c.ws.flags & F_SECOND != 0 {
                     sh.moved_open.fetch_add(1, Relaxed);
                     let drain_at = sh.drain_at_us.load(Relaxed);
                     b.count_move(sh.since_start_us().saturating_sub(drain_at));
@@ -1230,10 +917,10 @@ fn on_message(c: &mut Conn, text: &[u8], ctx: &mut Ctx) -> Result<(), End> {
                     Some(b) => b.subscribe_msg(c.serial, i, t),
                     None => crate::resume::subscribe_json(t, None),
                 };
-                send_frame(c, OP_TEXT, m.as_bytes());
+                c.ws.send(OP_TEXT, m.as_bytes());
             }
         }
-        "push" if ctx.book.is_some() && matches!(c.state, State::Open | State::Closing(_)) => {
+        "push" if ctx.book.is_some() && matches!(c.ws.state, State::Open | State::Closing(_)) => {
             let sh = &ctx.sh;
             sh.push_received.fetch_add(1, Relaxed);
             let topic = msg.topic.as_deref();
@@ -1257,7 +944,7 @@ fn on_message(c: &mut Conn, text: &[u8], ctx: &mut Ctx) -> Result<(), End> {
                 b.on_hint(c.serial, msg.after_ms.unwrap_or(0));
             }
         }
-        "push" if matches!(c.state, State::Open | State::Closing(_)) => {
+        "push" if matches!(c.ws.state, State::Open | State::Closing(_)) => {
             let st = c
                 .recv
                 .get_or_insert_with(|| Box::new(RecvState::new(c.welcome_seq)));
@@ -1274,7 +961,7 @@ fn on_message(c: &mut Conn, text: &[u8], ctx: &mut Ctx) -> Result<(), End> {
             }
             let sh = &ctx.sh;
             sh.push_received.fetch_add(1, Relaxed);
-            if st.unique() > before && c.flags & F_CHURNED == 0 {
+            if st.unique() > before && c.ws.flags & F_CHURNED == 0 {
                 sh.push_unique.fetch_add(1, Relaxed);
             }
             if let Some(t) = data.t {
@@ -1308,30 +995,28 @@ fn on_message(c: &mut Conn, text: &[u8], ctx: &mut Ctx) -> Result<(), End> {
 fn begin_close(conns: &mut Slab<Conn>, poll: &Poll, ctx: &mut Ctx) {
     let mut dead = Vec::new();
     for (key, c) in conns.iter_mut() {
-        if matches!(c.state, State::Closing(_)) {
+        if matches!(c.ws.state, State::Closing(_)) {
             continue; // a churn close under way ends by itself, and is not reopened
         }
-        if c.state != State::Open {
+        if c.ws.state != State::Open {
             dead.push((key, "not_open_at_close".to_string()));
             continue;
         }
         ctx.out.open_at_close += 1;
-        if ctx.cfg.target.is_some() && c.flags & F_CHURNED == 0 {
+        if ctx.cfg.target.is_some() && c.ws.flags & F_CHURNED == 0 {
             let u = c.serial as u64 / ctx.cfg.sessions_per_user.max(1);
             let expected = ctx.expected_for(u);
             ctx.out.completeness.add_conn(expected, c.recv.as_deref());
         }
         c.recv = None;
-        c.flags &= !F_CHURN_CLOSING;
-        send_frame(c, OP_CLOSE, &frame::close_payload(1000, ""));
-        c.state = State::Closing(false);
-        if let Err(e) = flush(c) {
+        c.ws.flags &= !F_CHURN_CLOSING;
+        if let Err(e) = c.ws.start_close() {
             dead.push((key, io_cause(&e)));
         }
     }
     for (key, cause) in dead {
         let mut c = conns.remove(key);
-        let _ = poll.registry().deregister(&mut c.stream);
+        let _ = poll.registry().deregister(&mut c.ws.stream);
         ctx.finish(c, Some(cause));
     }
     // Reconnects still waiting for their time will not happen now.
@@ -1352,9 +1037,9 @@ fn begin_close(conns: &mut Slab<Conn>, poll: &Poll, ctx: &mut Ctx) {
 /// server has answered it.
 fn churn_close(c: &mut Conn, ctx: &mut Ctx) -> io::Result<()> {
     let sh = &ctx.sh;
-    if c.flags & F_CHURNED == 0 {
+    if c.ws.flags & F_CHURNED == 0 {
         // From now on this connection number no longer counts for completeness.
-        c.flags |= F_CHURNED;
+        c.ws.flags |= F_CHURNED;
         ctx.out.churned_receivers += 1;
         sh.stable_open.fetch_sub(1, Relaxed);
         let u = c.serial as u64 / ctx.cfg.sessions_per_user.max(1);
@@ -1366,12 +1051,10 @@ fn churn_close(c: &mut Conn, ctx: &mut Ctx) -> io::Result<()> {
         }
     }
     c.recv = None;
-    c.flags |= F_CHURN_CLOSING;
+    c.ws.flags |= F_CHURN_CLOSING;
     ctx.out.churn_disconnects += 1;
     sh.churn_inflight.fetch_add(1, Relaxed);
-    send_frame(c, OP_CLOSE, &frame::close_payload(1000, ""));
-    c.state = State::Closing(false);
-    flush(c)
+    c.ws.start_close()
 }
 
 impl Ctx {
@@ -1402,14 +1085,14 @@ impl Ctx {
 
     fn finish(&mut self, mut c: Conn, end: End) {
         let sh = self.sh.clone();
-        let was_open = matches!(c.state, State::Open | State::Closing(_));
-        let counted = c.flags & F_CHURNED == 0;
+        let was_open = matches!(c.ws.state, State::Open | State::Closing(_));
+        let counted = c.ws.flags & F_CHURNED == 0;
         let u = c.serial as u64 / self.cfg.sessions_per_user.max(1);
         self.churn_keys.remove(&c.serial);
-        match c.state {
+        match c.ws.state {
             State::Connecting | State::Upgrading | State::Welcome => {
                 self.handshake_failed(
-                    c.flags & F_RECONNECT != 0,
+                    c.ws.flags & F_RECONNECT != 0,
                     end.as_deref().unwrap_or("closed"),
                 );
             }
@@ -1443,7 +1126,7 @@ impl Ctx {
                     self.lost.push((u, c.recv.take()));
                 }
             }
-            State::Closing(_) if c.flags & F_CHURN_CLOSING != 0 => {
+            State::Closing(_) if c.ws.flags & F_CHURN_CLOSING != 0 => {
                 if let Some(cause) = end {
                     bump(&mut self.out.close_errors, &format!("churn_{cause}"));
                 }
@@ -1459,7 +1142,7 @@ impl Ctx {
             },
         }
         if was_open {
-            if c.flags & F_SECOND != 0 {
+            if c.ws.flags & F_SECOND != 0 {
                 sh.moved_open.fetch_sub(1, Relaxed);
             }
             sh.open_now.fetch_sub(1, Relaxed);
@@ -1477,17 +1160,10 @@ impl Ctx {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::{self, Frame, OP_BINARY, OP_CONT};
 
     #[test]
-    fn error_labels_are_words_not_debug_renderings() {
-        let e = io::Error::from(io::ErrorKind::BrokenPipe);
-        assert_eq!(io_cause(&e), "io_broken_pipe");
-        let e = io::Error::from(io::ErrorKind::UnexpectedEof);
-        assert_eq!(io_cause(&e), "io_unexpected_end_of_file");
-        assert_eq!(
-            io_cause(&io::Error::from_raw_os_error(libc::ECONNREFUSED)),
-            "connection_refused"
-        );
+    fn target_names_are_the_flag_values() {
         use clap::ValueEnum;
         for t in Target::value_variants() {
             assert_eq!(t.to_possible_value().unwrap().get_name(), t.name());
@@ -1495,35 +1171,8 @@ mod tests {
     }
 
     #[test]
-    fn accept_key_rfc_example() {
-        // RFC 6455 1.3: key "dGhlIHNhbXBsZSBub25jZQ==" -> "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        let key = base64::engine::general_purpose::STANDARD
-            .decode("dGhlIHNhbXBsZSBub25jZQ==")
-            .unwrap();
-        let key: [u8; 16] = key.try_into().unwrap();
-        assert_eq!(accept_key(&key), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
-    }
-
-    #[test]
-    fn http_failure_causes() {
-        let r = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 49\r\nRetry-After: 1\r\n\r\n{\"error\":\"over_capacity\",\"message\":\"full, sorry\"}";
-        assert_eq!(
-            http_failure(r, false).as_deref(),
-            Some("http_503_over_capacity")
-        );
-        // incomplete body: wait, unless eof
-        assert_eq!(http_failure(&r[..r.len() - 5], false), None);
-        assert_eq!(
-            http_failure(&r[..r.len() - 5], true).as_deref(),
-            Some("http_503")
-        );
-        let r = b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\n\r\nno";
-        assert_eq!(http_failure(r, false).as_deref(), Some("http_401"));
-    }
-
-    #[test]
     fn push_message_parsing_skips_pad() {
-        let m: Msg = serde_json::from_slice(
+        let m = ServerMsg::<PushData>::parse(
             br#"{"type":"push","data":{"t":5,"n":7,"s":1,"pad":"xxxxxxxx"},"ts":1,"seq":3}"#,
         )
         .unwrap();
@@ -1531,27 +1180,28 @@ mod tests {
         assert_eq!(m.seq, Some(3));
         let d = m.data.unwrap();
         assert_eq!((d.t, d.n, d.s), (Some(5), Some(7), Some(1)));
-        assert!(serde_json::from_slice::<Msg>(br#"{"type":"push","data":"hello"}"#).is_err());
-        let l: LooseMsg =
-            serde_json::from_slice(br#"{"type":"push","data":"hello","seq":2}"#).unwrap();
-        assert_eq!(l.seq, Some(2));
+        // Someone else's payload: a push without our data.
+        let l = ServerMsg::<PushData>::parse(br#"{"type":"push","data":"hello","seq":2}"#);
+        assert!(l.is_some_and(|l| l.seq == Some(2) && l.data.is_none()));
     }
 
     fn test_ctx() -> Ctx {
         let cfg = ClientCfg {
-            urls: vec![util::parse_url("ws://127.0.0.1:1/ws", "ws", 80).unwrap()],
+            dial: DialCfg {
+                urls: vec![util::parse_url("ws://127.0.0.1:1/ws", "ws", 80).unwrap()],
+                connect_rate: 0.0,
+                threads: 1,
+                source_ips: Vec::new(),
+                jwt_secret: "secret".into(),
+                token_ttl_secs: 60,
+                handshake_timeout: Duration::from_secs(1),
+                close_timeout: Duration::from_secs(1),
+            },
             connections: 1,
-            connect_rate: 0.0,
-            threads: 1,
             sessions_per_user: 1,
             user_offset: 0,
             topics: Vec::new(),
             claim: Vec::new(),
-            source_ips: Vec::new(),
-            jwt_secret: "secret".into(),
-            token_ttl_secs: 60,
-            handshake_timeout: Duration::from_secs(1),
-            close_timeout: Duration::from_secs(1),
             target: Some(Target::User),
             churn: None,
             streams: None,
@@ -1575,19 +1225,20 @@ mod tests {
     fn test_conn() -> (Conn, std::net::TcpListener) {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let s = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let mut ws = WsConn::upgrading(
+            mio::net::TcpStream::from_std(s),
+            Instant::now(),
+            "/ws",
+            "127.0.0.1",
+            "t",
+        );
+        ws.state = State::Open;
         let c = Conn {
-            stream: TcpStream::from_std(s),
-            state: State::Open,
+            ws,
             serial: 0,
             incarnation: 0,
-            started: Instant::now(),
-            key: [0; 16],
             welcome_seq: 0,
-            rbuf: Vec::new(),
-            wbuf: Vec::new(),
-            frag: None,
             recv: None,
-            flags: 0,
         };
         (c, l)
     }
@@ -1605,14 +1256,14 @@ mod tests {
         let (mut c, _l) = test_conn();
         let mut ctx = test_ctx();
         let push = br#"{"type":"push","seq":1,"data":{"t":1}}"#;
-        on_frame(&mut c, fr(false, OP_BINARY, &push[..10]), &mut ctx).unwrap();
-        on_frame(&mut c, fr(true, OP_CONT, &push[10..]), &mut ctx).unwrap();
+        ws_conn::on_frame(&mut c, fr(false, OP_BINARY, &push[..10]), &mut ctx).unwrap();
+        ws_conn::on_frame(&mut c, fr(true, OP_CONT, &push[10..]), &mut ctx).unwrap();
         assert_eq!(ctx.out.server_errors.get("binary_message"), Some(&1));
         assert_eq!(ctx.sh.push_received.load(Relaxed), 0);
         assert!(c.recv.is_none());
         // A fragmented text push after it still counts.
-        on_frame(&mut c, fr(false, OP_TEXT, &push[..10]), &mut ctx).unwrap();
-        on_frame(&mut c, fr(true, OP_CONT, &push[10..]), &mut ctx).unwrap();
+        ws_conn::on_frame(&mut c, fr(false, OP_TEXT, &push[..10]), &mut ctx).unwrap();
+        ws_conn::on_frame(&mut c, fr(true, OP_CONT, &push[10..]), &mut ctx).unwrap();
         assert_eq!(ctx.sh.push_received.load(Relaxed), 1);
         assert_eq!(c.recv.as_ref().map(|r| r.unique()), Some(1));
     }
@@ -1622,8 +1273,8 @@ mod tests {
         let (mut c, _l) = test_conn();
         let mut ctx = test_ctx();
         let big = vec![b' '; frame::MAX_FRAME as usize];
-        on_frame(&mut c, fr(false, OP_TEXT, &big), &mut ctx).unwrap();
-        let r = on_frame(&mut c, fr(false, OP_CONT, b"x"), &mut ctx);
+        ws_conn::on_frame(&mut c, fr(false, OP_TEXT, &big), &mut ctx).unwrap();
+        let r = ws_conn::on_frame(&mut c, fr(false, OP_CONT, b"x"), &mut ctx);
         assert!(
             matches!(&r, Err(Some(e)) if e.contains("too large")),
             "{r:?}"

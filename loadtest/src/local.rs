@@ -2,7 +2,7 @@
 //! (with churn), drain, close. A single-process run and every worker use it.
 
 use crate::cli::{secs, ChurnArgs, ConnectArgs, PushArgs};
-use crate::client::{self, ChurnCfg, ClientCfg, Shared, Target, ThreadOut, PHASE_CLOSE};
+use crate::client::{self, ChurnCfg, ClientCfg, DialCfg, Shared, Target, ThreadOut, PHASE_CLOSE};
 use crate::progress::{Progress, Ticker};
 use crate::push::{self, PushCfg, PushOut, PushProgress};
 use crate::report::{Mem, Report};
@@ -62,31 +62,13 @@ impl Local {
         streams: Option<crate::resume::StreamsCfg>,
     ) -> Result<Local, String> {
         check_nofile(c.connections, p.map_or(0, |p| p.api_concurrency as u64))?;
-        let urls = util::parse_urls(&c.url, "ws", 80).map_err(|e| format!("--url: {e}"))?;
-        let source_ips = match &c.source_ips {
-            Some(s) => util::parse_source_ips(s).map_err(|e| format!("--source-ips: {e}"))?,
-            None => Vec::new(),
-        };
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let threads = c
-            .threads
-            .unwrap_or(cores)
-            .clamp(1, 256)
-            .min(c.connections.max(1) as usize);
         let cfg = Arc::new(ClientCfg {
-            urls,
+            dial: DialCfg::from_args(&c.url, &c.jwt_secret, &c.sock, c.connections)?,
             connections: c.connections,
-            connect_rate: c.connect_rate,
-            threads,
             sessions_per_user: c.sessions_per_user,
             user_offset: c.user_offset,
             topics: c.topics.clone(),
             claim: c.topics.iter().chain(&c.claim_topics).cloned().collect(),
-            source_ips,
-            jwt_secret: c.jwt_secret.clone(),
-            token_ttl_secs: c.token_ttl_secs,
-            handshake_timeout: secs(c.handshake_timeout_secs),
-            close_timeout: secs(c.close_timeout_secs),
             target: p.map(|p| p.target).filter(|_| streams.is_none()),
             churn: ch.map(|ch| ChurnCfg {
                 rate: ch.churn_rate,
@@ -111,17 +93,10 @@ impl Local {
 
     /// The live counters.
     pub fn progress(&self) -> Progress {
-        let s = &self.sh;
-        Progress {
-            attempted: s.attempted.load(Relaxed),
-            opened: s.opened.load(Relaxed),
-            open_now: s.open_now.load(Relaxed),
-            failed: s.failed.load(Relaxed),
-            disconnected: s.disconnected.load(Relaxed),
-            received: s.push_received.load(Relaxed),
-            accepted: self.prog.accepted.load(Relaxed),
-            retries: self.prog.retries.load(Relaxed),
-        }
+        self.sh.progress(
+            self.prog.accepted.load(Relaxed),
+            self.prog.retries.load(Relaxed),
+        )
     }
 
     /// Shows progress (bar, line once a second, or a worker's `PROGRESS` line).
@@ -157,17 +132,11 @@ impl Local {
         let allowed = self.sh.allowed.load(Relaxed).min(self.cfg.connections);
         let base = self.sh.pace_base_g.load(Relaxed).min(allowed);
         let n = allowed - base;
-        let pace = if self.cfg.connect_rate > 0.0 {
-            n as f64 / self.cfg.connect_rate
-        } else {
-            0.0
-        };
-        let deadline =
-            Instant::now() + secs(pace) + self.cfg.handshake_timeout + Duration::from_secs(5);
+        let deadline = Instant::now() + self.cfg.dial.connect_bound(n) + Duration::from_secs(5);
         while Instant::now() < deadline {
             let s = &self.sh;
             if s.opened.load(Relaxed) + s.failed.load(Relaxed) >= allowed
-                || s.threads_done.load(Relaxed) as usize >= self.cfg.threads
+                || s.threads_done.load(Relaxed) as usize >= self.cfg.dial.threads
             {
                 break;
             }
@@ -268,8 +237,10 @@ impl Local {
             .streams
             .as_ref()
             .map_or(Duration::ZERO, |s| s.offline);
-        let bound =
-            self.cfg.close_timeout + self.cfg.handshake_timeout + offline + Duration::from_secs(1);
+        let bound = self.cfg.dial.close_timeout
+            + self.cfg.dial.handshake_timeout
+            + offline
+            + Duration::from_secs(1);
         let end = Instant::now() + bound;
         while Instant::now() < end && self.sh.churn_inflight.load(Relaxed) > 0 {
             std::thread::sleep(Duration::from_millis(20));
@@ -321,27 +292,38 @@ impl Local {
     pub fn close(self) -> ThreadOut {
         self.ticker.finish();
         self.sh.phase.store(PHASE_CLOSE, Relaxed);
-        join_all(self.handles)
+        join_clients(self.handles)
     }
 }
 
-/// Joins the event loops and merges what they measured; a loop that panicked counts as
-/// `thread_panicked` (its connections' figures are lost, and the report says so).
-fn join_all(handles: Vec<JoinHandle<ThreadOut>>) -> ThreadOut {
-    let mut all = ThreadOut::new();
+/// Joins the event loops and merges what they measured into `all` with `add`; a loop
+/// that panicked counts as `thread_panicked` in the connection figures `conns` finds
+/// (its connections' figures are lost, and the report says so).
+pub fn join_all<T>(
+    handles: Vec<JoinHandle<T>>,
+    mut all: T,
+    add: impl Fn(&mut T, T),
+    conns: impl Fn(&mut T) -> &mut ThreadOut,
+) -> T {
     let mut panicked = 0;
     for h in handles {
         match h.join() {
-            Ok(o) => all.merge(o),
+            Ok(o) => add(&mut all, o),
             Err(_) => panicked += 1,
         }
     }
     if panicked > 0 {
-        *all.connect_errors
+        *conns(&mut all)
+            .connect_errors
             .entry("thread_panicked".into())
             .or_insert(0) += panicked;
     }
     all
+}
+
+/// [`join_all`] for the loops of `client`.
+fn join_clients(handles: Vec<JoinHandle<ThreadOut>>) -> ThreadOut {
+    join_all(handles, ThreadOut::new(), ThreadOut::merge, |t| t)
 }
 
 /// The mode name in reports.
@@ -379,12 +361,12 @@ pub fn run_single(
         "throng-load: {} connections to {} at {}/s on {} threads{}",
         c.connections,
         c.url,
-        c.connect_rate,
-        l.cfg.threads,
-        if l.cfg.source_ips.is_empty() {
+        c.sock.connect_rate,
+        l.cfg.dial.threads,
+        if l.cfg.dial.source_ips.is_empty() {
             String::new()
         } else {
-            format!(" from {} source addresses", l.cfg.source_ips.len())
+            format!(" from {} source addresses", l.cfg.dial.source_ips.len())
         }
     ));
     l.wait_connected();
@@ -471,10 +453,10 @@ mod tests {
             o
         });
         let bad = std::thread::spawn(|| -> ThreadOut { panic!("test: event loop panics") });
-        let t = join_all(vec![ok, bad]);
+        let t = join_clients(vec![ok, bad]);
         assert_eq!(t.closed_clean, 5);
         assert_eq!(t.connect_errors.get("thread_panicked"), Some(&1));
-        let none = join_all(Vec::new());
+        let none = join_clients(Vec::new());
         assert!(none.connect_errors.is_empty());
     }
 }

@@ -8,10 +8,12 @@
 //! latency per step. `resume` pushes while a share of the connections drop abruptly and
 //! resume with `since`/`epoch`, and proves per user and topic stream that nothing went
 //! missing or came twice. `deploy` drains one server while its clients follow the
-//! reconnect hints to a second one. `--procs K` runs K worker processes over disjoint user ranges and
-//! source addresses and merges their results.
+//! reconnect hints to a second one. `chat` has rooms of members publishing to their own room
+//! and proves every member got every accepted message once, in order. `--procs K` runs K
+//! worker processes over disjoint user ranges and source addresses and merges their results.
 
 mod capacity;
+mod chat;
 mod churn;
 mod cli;
 mod client;
@@ -23,9 +25,11 @@ mod progress;
 mod push;
 mod report;
 mod resume;
+mod server_msg;
 mod track;
 mod util;
 mod worker;
+mod ws_conn;
 
 use clap::Parser;
 use cli::{Cli, Cmd};
@@ -80,6 +84,15 @@ fn run(cmd: &Cmd) -> Result<i32, String> {
             util::parse_urls(&a.push.conn.url, "ws", 80).map_err(|e| format!("--url: {e}"))?;
             let (mut rep, code) = deploy::run(a)?;
             output(&mut rep, a.push.conn.json.as_deref())?;
+            return Ok(code);
+        }
+        Cmd::Chat(a) => {
+            cli::validate_chat(a)?;
+            // A worker sends its result to the parent and prints nothing.
+            let Some((mut rep, code)) = chat::run(a)? else {
+                return Ok(0);
+            };
+            output(&mut rep, a.json.as_deref())?;
             return Ok(code);
         }
     };

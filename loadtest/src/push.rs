@@ -207,7 +207,7 @@ fn stream(
                     if reused && attempts_left_io > 0 && Instant::now() < hard_end {
                         continue;
                     }
-                    let cause = format!("api_{}", crate::client::io_cause(&e));
+                    let cause = format!("api_{}", crate::ws_conn::io_cause(&e));
                     *out.errors.entry(cause).or_insert(0) += items.len() as u64;
                     prog.errors.fetch_add(items.len() as u64, Relaxed);
                     break;
@@ -391,7 +391,7 @@ impl StreamSink {
 fn redis_cause(e: &redis::RedisError) -> String {
     use std::error::Error as _;
     if let Some(io) = e.source().and_then(|s| s.downcast_ref::<io::Error>()) {
-        return format!("redis_{}", crate::client::io_cause(io));
+        return format!("redis_{}", crate::ws_conn::io_cause(io));
     }
     if e.is_timeout() {
         return "redis_timeout".into();

@@ -181,6 +181,9 @@ pub struct Report {
     /// Deploy: the drain as the clients saw it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deploy: Option<DeployReport>,
+    /// Chat: publishes, their answers, fan-out latency and delivery per room.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat: Option<crate::chat::ChatReport>,
 
     /// Raw histograms (value, count), only between worker processes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -194,7 +197,8 @@ pub struct Report {
     pub raw_step_latency: Vec<Vec<(u64, u64)>>,
 }
 
-fn round1(x: f64) -> f64 {
+/// `x` to one decimal.
+pub fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
@@ -596,12 +600,12 @@ impl Report {
             s += &format!(
                 "{name} streams: {} tracked, expected {} delivered {} missing {} duplicated {} out-of-order {} unexpected {}; resumed true {} (owing {} replayed pushes) false {} ({})\n",
                 st.streams,
-                st.expected,
-                st.delivered,
-                st.missing,
-                st.duplicated,
-                st.out_of_order,
-                st.unexpected,
+                st.tally.expected,
+                st.tally.delivered,
+                st.tally.missing,
+                st.tally.duplicated,
+                st.tally.out_of_order,
+                st.tally.unexpected,
                 st.resumed_true,
                 st.replayed,
                 st.resumed_false,
@@ -610,6 +614,9 @@ impl Report {
         }
         if let Some(d) = &self.deploy {
             s += &d.summary();
+        }
+        if let Some(c) = &self.chat {
+            s += &c.summary();
         }
         if let Some(ok) = self.delivery_ok {
             s += if ok {

@@ -9,7 +9,7 @@ use crate::client::{ClientCfg, Shared};
 use crate::local::Local;
 use crate::push::PushOut;
 use crate::report::Report;
-use crate::track::SeqTracker;
+use crate::track::{SeqTracker, Tally};
 use crate::util::Url;
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
@@ -105,6 +105,7 @@ impl Stream {
     fn settle(&self, expected: u64, t: &mut StreamTotals) {
         let unique = self.before.0 + self.seq.unique;
         t.streams += 1;
+        let t = &mut t.tally;
         t.expected += expected;
         t.delivered += unique;
         t.received += self.received;
@@ -123,20 +124,10 @@ impl Stream {
 pub struct StreamTotals {
     /// Streams tracked (connections, or connection-topic pairs).
     pub streams: u64,
-    /// Pushes the API accepted for these streams, once per receiving connection.
-    pub expected: u64,
-    /// Distinct pushes that arrived.
-    pub delivered: u64,
-    /// Push frames that arrived, duplicates included.
-    pub received: u64,
-    /// Expected pushes that never arrived.
-    pub missing: u64,
-    /// Push frames whose number had already arrived.
-    pub duplicated: u64,
-    /// Pushes that arrived after a higher number (they filled a gap).
-    pub out_of_order: u64,
-    /// Distinct pushes beyond what the API accepted (an answer lost on the way).
-    pub unexpected: u64,
+    /// Pushes the API accepted for these streams (once per receiving connection), and
+    /// what arrived of them.
+    #[serde(flatten)]
+    pub tally: Tally,
     /// Resumes answered `resumed: true`.
     pub resumed_true: u64,
     /// Pushes those resumes owed by replay (the server's `seq` minus our `since`).
@@ -150,13 +141,7 @@ pub struct StreamTotals {
 impl StreamTotals {
     fn merge(&mut self, o: &StreamTotals) {
         self.streams += o.streams;
-        self.expected += o.expected;
-        self.delivered += o.delivered;
-        self.received += o.received;
-        self.missing += o.missing;
-        self.duplicated += o.duplicated;
-        self.out_of_order += o.out_of_order;
-        self.unexpected += o.unexpected;
+        self.tally.add(&o.tally);
         self.resumed_true += o.resumed_true;
         self.replayed += o.replayed;
         self.resumed_false += o.resumed_false;
@@ -448,7 +433,8 @@ pub fn expected_now(sh: &Shared, cfg: &ClientCfg) -> u64 {
 
 /// Whether the delivery figures fail the gate: anything missing or duplicated.
 pub fn failed(t: &Totals) -> bool {
-    t.user.missing + t.user.duplicated + t.topic.missing + t.topic.duplicated > 0
+    let (u, tp) = (&t.user.tally, &t.topic.tally);
+    u.missing + u.duplicated + tp.missing + tp.duplicated > 0
 }
 
 /// One push per topic before any connection, so every topic has a real epoch when the
@@ -567,7 +553,8 @@ mod tests {
         }
         assert!(!s.record(9), "a second 9 is a duplicate");
         s.settle(6, &mut t);
-        assert_eq!((t.delivered, t.missing, t.duplicated), (6, 0, 1));
+        let d = &t.tally;
+        assert_eq!((d.delivered, d.missing, d.duplicated), (6, 0, 1));
         assert_eq!((t.resumed_true, t.resumed_false), (1, 0));
     }
 
@@ -586,7 +573,7 @@ mod tests {
         p.on_answer(0, "e3", Some(false), &mut t);
         s.settle(6, &mut t);
         assert_eq!(
-            (t.delivered, t.missing),
+            (t.tally.delivered, t.tally.missing),
             (2, 4),
             "2..=5 are missing, not hidden"
         );

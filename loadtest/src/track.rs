@@ -5,6 +5,47 @@
 //! costs a few words. Every number is classified exactly once: first delivery (in order
 //! or filling a gap, the latter counted out of order) or duplicate.
 
+use serde::{Deserialize, Serialize};
+
+/// Delivery figures of numbered streams against what they should have got (a report
+/// section flattens them into its own fields).
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tally {
+    /// Deliveries that should have arrived: accepted messages, once per receiver.
+    pub expected: u64,
+    /// Distinct expected deliveries that arrived.
+    pub delivered: u64,
+    /// Frames that arrived, duplicates included.
+    pub received: u64,
+    /// Expected deliveries that never arrived.
+    pub missing: u64,
+    /// Frames whose number had already arrived.
+    pub duplicated: u64,
+    /// Deliveries that arrived after a higher number (they filled a gap).
+    pub out_of_order: u64,
+    /// Distinct deliveries nobody said were sent (an answer lost on the way).
+    pub unexpected: u64,
+}
+
+impl Tally {
+    /// Adds `o`'s figures.
+    pub fn add(&mut self, o: &Tally) {
+        crate::util::add_fields!(
+            self,
+            o,
+            [
+                expected,
+                delivered,
+                received,
+                missing,
+                duplicated,
+                out_of_order,
+                unexpected
+            ]
+        );
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct SeqTracker {
     /// The next number expected in order.

@@ -5,6 +5,15 @@ use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// Adds the named counter fields of `$src` to those of `$dst`: the merge of figures
+/// that add up.
+macro_rules! add_fields {
+    ($dst:expr, $src:expr, [$($field:ident),+ $(,)?]) => {
+        $($dst.$field += $src.$field;)+
+    };
+}
+pub(crate) use add_fields;
+
 /// At most this many source addresses in one `--source-ips` list.
 pub const MAX_SOURCE_IPS: usize = 65_536;
 

@@ -8,7 +8,7 @@
 //!                           | DRAINED | RESULT <json>
 //!                           | STEPPED <open> <failed> <errors json> | PROBED <pushes> <missing>
 
-use crate::cli::{secs, ChurnArgs, ConnectArgs, PushArgs};
+use crate::cli::{secs, ChurnArgs, ConnectArgs, PushArgs, SocketArgs};
 use crate::local::{mode_name, push_duration};
 use crate::progress::{Progress, Ticker};
 use crate::report::{Mem, Report};
@@ -419,7 +419,7 @@ fn worker_args(
     i: usize,
     conns: u64,
     offset: u64,
-) -> Vec<String> {
+) -> Result<Vec<String>, String> {
     let k = c.procs as u64;
     let mut a: Vec<String> = vec![mode_name(p, ch).into()];
     let mut kv = |k: &str, v: String| {
@@ -436,7 +436,6 @@ fn worker_args(
     } else {
         0.0
     };
-    kv("connect-rate", (c.connect_rate * share).to_string());
     kv("sessions-per-user", c.sessions_per_user.to_string());
     kv("user-offset", offset.to_string());
     if !c.topics.is_empty() {
@@ -445,19 +444,8 @@ fn worker_args(
     if !c.claim_topics.is_empty() {
         kv("claim-topics", c.claim_topics.join(","));
     }
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    kv(
-        "threads",
-        c.threads.unwrap_or((cores / c.procs).max(1)).to_string(),
-    );
     // The parent settles; a worker only counts it in its bound on a silent parent.
     kv("settle-secs", c.settle_secs.to_string());
-    kv(
-        "handshake-timeout-secs",
-        c.handshake_timeout_secs.to_string(),
-    );
-    kv("close-timeout-secs", c.close_timeout_secs.to_string());
-    kv("token-ttl-secs", c.token_ttl_secs.to_string());
     if let Some(h) = c.hold_secs {
         kv("hold-secs", h.to_string());
     }
@@ -495,8 +483,31 @@ fn worker_args(
         kv("churn-rate", (ch.churn_rate / k as f64).to_string());
         kv("churn-fraction", ch.churn_fraction.to_string());
     }
+    a.extend(sock_args(&c.sock, share, c.procs, i)?);
     a.push("--worker".into());
-    a
+    Ok(a)
+}
+
+/// The socket flags of worker `i` of `k`, which opens `share` of the connections: its
+/// share of --connect-rate and of the cores, and its source addresses.
+pub fn sock_args(s: &SocketArgs, share: f64, k: usize, i: usize) -> Result<Vec<String>, String> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = s.threads.unwrap_or((cores / k.max(1)).max(1));
+    let mut a: Vec<String> = [
+        ("--connect-rate", (s.connect_rate * share).to_string()),
+        ("--threads", threads.to_string()),
+        (
+            "--handshake-timeout-secs",
+            s.handshake_timeout_secs.to_string(),
+        ),
+        ("--close-timeout-secs", s.close_timeout_secs.to_string()),
+        ("--token-ttl-secs", s.token_ttl_secs.to_string()),
+    ]
+    .into_iter()
+    .flat_map(|(k, v)| [k.to_string(), v])
+    .collect();
+    a.extend(source_ip_args(s.source_ips.as_deref(), k, i)?);
+    Ok(a)
 }
 
 /// Source addresses for worker `i` of `k`, as a flag pair (none when not given).
@@ -529,8 +540,7 @@ pub fn run_parent(
         .into_iter()
         .enumerate()
     {
-        let mut a = worker_args(c, p, ch, i, conns, offset);
-        a.extend(source_ip_args(c.source_ips.as_deref(), k, i)?);
+        let a = worker_args(c, p, ch, i, conns, offset)?;
         args.push((a, format!("{conns} connections, users u{offset}..")));
     }
     let mut env = vec![("THRONG_JWT_SECRET", c.jwt_secret.as_str())];
@@ -538,15 +548,11 @@ pub fn run_parent(
         env.push(("THRONG_API_KEY", key));
     }
     let mut ws = Workers::spawn(args, &env, c.connections)?;
-    let pace = if c.connect_rate > 0.0 {
-        c.connections as f64 / c.connect_rate
-    } else {
-        0.0
-    };
+    let pace = c.sock.connect_secs(c.connections);
     let r = (|| -> Result<(u64, Mem), String> {
         let ready = ws.await_all(
             Some("READY"),
-            Instant::now() + secs(pace + c.handshake_timeout_secs + 60.0),
+            Instant::now() + secs(pace + c.sock.handshake_timeout_secs + 60.0),
         )?;
         let open: u64 = ready.iter().map(|r| r.trim().parse().unwrap_or(0)).sum();
         ws.await_all(None, Instant::now() + secs(c.settle_secs))?;
@@ -559,7 +565,7 @@ pub fn run_parent(
                 Some("PUSHED"),
                 Instant::now()
                     + push_duration(p.duration_secs, p.count, p.rate)
-                    + secs(c.close_timeout_secs + c.handshake_timeout_secs + 60.0),
+                    + secs(c.sock.close_timeout_secs + c.sock.handshake_timeout_secs + 60.0),
             )?;
             let total: u64 = pushed.iter().map(|r| r.trim().parse().unwrap_or(0)).sum();
             ws.send_all(&format!("DRAIN {total}"));
@@ -567,7 +573,7 @@ pub fn run_parent(
         }
         Ok((open, mem1))
     })();
-    let results = ws.close(secs(c.close_timeout_secs + 30.0));
+    let results = ws.close(secs(c.sock.close_timeout_secs + 30.0));
     let (open, mem1) = r?;
     let reports = results?;
     let mut m = Report::merge(&reports);
@@ -651,7 +657,7 @@ mod tests {
         let crate::cli::Cmd::Connect(c) = cli.cmd else {
             unreachable!()
         };
-        let a = worker_args(&c, None, None, 0, 500, 0);
+        let a = worker_args(&c, None, None, 0, 500, 0).unwrap();
         let at = a.iter().position(|x| x == "--settle-secs").unwrap();
         assert_eq!(a[at + 1], "900");
     }

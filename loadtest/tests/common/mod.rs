@@ -477,6 +477,15 @@ impl Report {
         }
     }
 
+    /// Asserts each of the unsigned integer fields `under/<name>` (`<name>` when `under`
+    /// is empty) equals `want`.
+    pub fn all_eq(&self, under: &str, names: &[&str], want: u64) {
+        for name in names {
+            let path = [under, name].join("/");
+            self.eq(path.trim_start_matches('/'), want);
+        }
+    }
+
     /// Asserts a `{cause: count}` map equals exactly `want`.
     pub fn map_eq(&self, path: &str, want: &[(&str, u64)]) {
         let mut got = self.map(path);

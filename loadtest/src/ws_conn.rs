@@ -1,0 +1,534 @@
+//! One client WebSocket connection on a mio event loop: the non-blocking TCP connect, the
+//! upgrade request and its answer, frames in (fragments reassembled, pings answered, the
+//! server's Close echoed), masked frames out, and the clean close.
+//!
+//! The scenarios keep what they track per connection beside a [`WsConn`] and get its text
+//! messages through a [`Handler`]: `client` for connect/push/churn/resume/deploy, `chat`
+//! for its rooms. Reads go into one scratch buffer per event loop, and only a partial
+//! frame left over is kept on the connection; outbound bytes are kept only while the
+//! socket would block.
+
+use crate::frame::{self, Frame, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT};
+use base64::Engine as _;
+use mio::net::TcpStream;
+use rand::Rng as _;
+use serde::Deserialize;
+use sha1::{Digest, Sha1};
+use socket2::{Domain, Protocol, Socket, Type};
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::time::Instant;
+
+const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+/// The longest upgrade response head we wait for.
+const MAX_HEAD: usize = 16 * 1024;
+/// The most of a refused upgrade's body we wait for before naming the refusal.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// How a connection ended: `None` is a clean close.
+pub type End = Option<String>;
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// TCP connect in progress.
+    Connecting,
+    /// Request being written, response head awaited.
+    Upgrading,
+    /// 101 received, `welcome` awaited.
+    Welcome,
+    /// `welcome` received: messages flow.
+    Open,
+    /// We sent Close; `true` once the server's Close arrived (then we wait for its FIN).
+    Closing(bool),
+}
+
+/// The socket and wire state of one connection.
+pub struct WsConn {
+    /// The socket, registered with the event loop's poll.
+    pub stream: TcpStream,
+    /// Where the connection is in its life.
+    pub state: State,
+    /// The fragmented message in `frag` is binary (not for the scenario).
+    frag_binary: bool,
+    /// Bits the owner keeps with the socket (`client`'s churn and move marks): here they
+    /// fill what would be padding, so an idle `client` connection stays 120 bytes.
+    pub flags: u8,
+    /// When the attempt began (for the handshake latency).
+    pub started: Instant,
+    /// The `Sec-WebSocket-Key` sent, to check the server's accept value against.
+    key: [u8; 16],
+    /// Partial inbound data (a split frame or response head); empty while idle.
+    rbuf: Vec<u8>,
+    /// Outbound bytes the socket would not take yet; empty while idle.
+    wbuf: Vec<u8>,
+    /// A fragmented message being reassembled.
+    #[allow(clippy::box_collection)] // 8 bytes while idle instead of 24
+    frag: Option<Box<Vec<u8>>>,
+}
+
+impl AsMut<WsConn> for WsConn {
+    fn as_mut(&mut self) -> &mut WsConn {
+        self
+    }
+}
+
+impl WsConn {
+    /// A connection whose TCP connect is under way, its upgrade request for `path` on
+    /// `authority` with bearer `token` queued (written once connected).
+    pub fn upgrading(
+        stream: TcpStream,
+        started: Instant,
+        path: &str,
+        authority: &str,
+        token: &str,
+    ) -> WsConn {
+        let key: [u8; 16] = rand::rng().random();
+        let ws_key = base64::engine::general_purpose::STANDARD.encode(key);
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: {ws_key}\r\nSec-WebSocket-Version: 13\r\n\
+             Authorization: Bearer {token}\r\n\r\n"
+        );
+        WsConn {
+            stream,
+            state: State::Connecting,
+            frag_binary: false,
+            flags: 0,
+            started,
+            key,
+            rbuf: Vec::new(),
+            wbuf: req.into_bytes(),
+            frag: None,
+        }
+    }
+
+    /// Queues one masked frame (written by the next [`WsConn::flush`]).
+    pub fn send(&mut self, opcode: u8, payload: &[u8]) {
+        let mask: [u8; 4] = rand::rng().random();
+        frame::encode_masked(&mut self.wbuf, opcode, payload, mask);
+    }
+
+    /// Writes what the socket takes of the queued bytes.
+    pub fn flush(&mut self) -> io::Result<()> {
+        if self.state == State::Connecting {
+            return Ok(());
+        }
+        while !self.wbuf.is_empty() {
+            match self.stream.write(&self.wbuf) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.wbuf.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // An idle connection holds no buffer.
+        if self.wbuf.capacity() > 0 {
+            self.wbuf = Vec::new();
+        }
+        Ok(())
+    }
+
+    /// Begins the clean close: Close 1000 sent, the server's answer awaited.
+    pub fn start_close(&mut self) -> io::Result<()> {
+        self.send(OP_CLOSE, &frame::close_payload(1000, ""));
+        self.state = State::Closing(false);
+        self.flush()
+    }
+
+    /// The cause when a handshake deadline finds the connection still in it.
+    pub fn handshake_overdue(&self) -> Option<&'static str> {
+        match self.state {
+            State::Connecting => Some("timeout_connect"),
+            State::Upgrading => Some("timeout_upgrade"),
+            State::Welcome => Some("timeout_welcome"),
+            _ => None,
+        }
+    }
+
+    /// How the connection ended when the server closed the socket.
+    fn eof_cause(&self) -> End {
+        match self.state {
+            State::Closing(true) => None,
+            State::Closing(false) => Some("eof_before_close_reply".into()),
+            State::Open => Some("eof".into()),
+            State::Upgrading => {
+                Some(http_failure(&self.rbuf, true).unwrap_or_else(|| "eof_during_upgrade".into()))
+            }
+            State::Welcome => Some("eof_before_welcome".into()),
+            State::Connecting => Some("eof_during_connect".into()),
+        }
+    }
+}
+
+/// What a scenario does with its connections' messages; `C` is its connection, which
+/// holds a [`WsConn`].
+pub trait Handler<C> {
+    /// A complete text message (the server's JSON); `Err` ends the connection.
+    fn on_text(&mut self, c: &mut C, text: &[u8]) -> Result<(), End>;
+    /// A complete binary message, which the server never sends.
+    fn on_binary(&mut self);
+    /// A ping, already answered.
+    fn on_ping(&mut self);
+}
+
+/// Handles readiness on connection `c`: finishes the connect, writes what is queued,
+/// reads until the socket would block. `Some(end)` means it is over (remove it).
+pub fn drive<C: AsMut<WsConn>, H: Handler<C>>(
+    c: &mut C,
+    scratch: &mut [u8],
+    h: &mut H,
+) -> Option<End> {
+    let ws = c.as_mut();
+    if ws.state == State::Connecting {
+        match ws.stream.take_error() {
+            Ok(Some(e)) | Err(e) => return Some(Some(io_cause(&e))),
+            Ok(None) => {}
+        }
+        match ws.stream.peer_addr() {
+            Ok(_) => ws.state = State::Upgrading,
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => return None,
+            Err(e) => return Some(Some(io_cause(&e))),
+        }
+    }
+    if let Err(e) = ws.flush() {
+        return Some(Some(io_cause(&e)));
+    }
+    loop {
+        match c.as_mut().stream.read(scratch) {
+            Ok(0) => return Some(c.as_mut().eof_cause()),
+            Ok(n) => {
+                if let Err(end) = on_data(c, &scratch[..n], h) {
+                    let _ = c.as_mut().flush();
+                    return Some(end);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Some(Some(io_cause(&e))),
+        }
+    }
+    if let Err(e) = c.as_mut().flush() {
+        return Some(Some(io_cause(&e)));
+    }
+    None
+}
+
+/// Consumes `data` after what was left over from earlier reads.
+fn on_data<C: AsMut<WsConn>, H: Handler<C>>(c: &mut C, data: &[u8], h: &mut H) -> Result<(), End> {
+    if c.as_mut().rbuf.is_empty() {
+        let used = process(c, data, h)?;
+        if used < data.len() {
+            c.as_mut().rbuf.extend_from_slice(&data[used..]);
+        }
+    } else {
+        let ws = c.as_mut();
+        ws.rbuf.extend_from_slice(data);
+        let buf = std::mem::take(&mut ws.rbuf);
+        let used = process(c, &buf, h)?;
+        if used < buf.len() {
+            let ws = c.as_mut();
+            ws.rbuf = buf;
+            ws.rbuf.drain(..used);
+        }
+    }
+    Ok(())
+}
+
+/// Consumes what it can of `buf` (the upgrade response, then frames); returns the bytes
+/// used.
+fn process<C: AsMut<WsConn>, H: Handler<C>>(
+    c: &mut C,
+    buf: &[u8],
+    h: &mut H,
+) -> Result<usize, End> {
+    let mut pos = 0;
+    if c.as_mut().state == State::Upgrading {
+        match upgrade_answer(&c.as_mut().key, buf)? {
+            None => return Ok(0),
+            Some(n) => {
+                c.as_mut().state = State::Welcome;
+                pos = n;
+            }
+        }
+    }
+    loop {
+        match frame::decode(&buf[pos..]) {
+            Ok(None) => break,
+            Err(e) => {
+                c.as_mut().send(OP_CLOSE, &frame::close_payload(1002, ""));
+                return Err(Some(format!("protocol_error: {e}")));
+            }
+            Ok(Some((f, used))) => {
+                pos += used;
+                on_frame(c, f, h)?;
+            }
+        }
+    }
+    Ok(pos)
+}
+
+/// Checks the upgrade response at the front of `buf` for the request with `key`: the
+/// length of its head once complete and accepted, `None` while more is needed.
+fn upgrade_answer(key: &[u8; 16], buf: &[u8]) -> Result<Option<usize>, End> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut headers);
+    match resp.parse(buf) {
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+            Err(Some("bad_response_head_too_large".into()))
+        }
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(_) => Err(Some("bad_http_response".into())),
+        Ok(httparse::Status::Complete(n)) => {
+            if resp.code != Some(101) {
+                return match http_failure(buf, false) {
+                    Some(cause) => Err(Some(cause)),
+                    None => Ok(None),
+                };
+            }
+            let want = accept_key(key);
+            let ok = resp.headers.iter().any(|h| {
+                h.name.eq_ignore_ascii_case("sec-websocket-accept") && h.value == want.as_bytes()
+            });
+            if !ok {
+                return Err(Some("bad_sec_websocket_accept".into()));
+            }
+            Ok(Some(n))
+        }
+    }
+}
+
+/// Handles one server frame: messages (reassembled) go to `h`, pings are answered, the
+/// server's Close is echoed (ending the connection) or ends our own close.
+pub fn on_frame<C: AsMut<WsConn>, H: Handler<C>>(
+    c: &mut C,
+    f: Frame<'_>,
+    h: &mut H,
+) -> Result<(), End> {
+    let ws = c.as_mut();
+    match f.opcode {
+        OP_TEXT | OP_BINARY => {
+            if ws.frag.is_some() {
+                return Err(Some(
+                    "protocol_error: new message inside a fragmented one".into(),
+                ));
+            }
+            if !f.fin {
+                ws.frag = Some(Box::new(f.payload.to_vec()));
+                ws.frag_binary = f.opcode == OP_BINARY;
+            } else if f.opcode == OP_TEXT {
+                h.on_text(c, f.payload)?;
+            } else {
+                h.on_binary();
+            }
+        }
+        OP_CONT => {
+            let Some(fr) = ws.frag.as_mut() else {
+                return Err(Some(
+                    "protocol_error: continuation without a message".into(),
+                ));
+            };
+            // Each frame is bounded by the decoder; the message as a whole is bounded here.
+            if (fr.len() + f.payload.len()) as u64 > frame::MAX_FRAME {
+                return Err(Some("protocol_error: fragmented message too large".into()));
+            }
+            fr.extend_from_slice(f.payload);
+            if f.fin {
+                let m = ws.frag.take().unwrap_or_default();
+                if std::mem::take(&mut ws.frag_binary) {
+                    h.on_binary();
+                } else {
+                    h.on_text(c, &m)?;
+                }
+            }
+        }
+        OP_PING => {
+            ws.send(OP_PONG, f.payload);
+            h.on_ping();
+        }
+        OP_PONG => {}
+        OP_CLOSE => {
+            let code = frame::close_code(f.payload);
+            match ws.state {
+                State::Closing(_) => ws.state = State::Closing(true),
+                _ => {
+                    // Echo the code, as RFC 6455 5.5.1 asks, and end.
+                    let echo = if code == 1005 {
+                        Vec::new()
+                    } else {
+                        frame::close_payload(code, "")
+                    };
+                    ws.send(OP_CLOSE, &echo);
+                    return Err(Some(format!("close_{code}")));
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// A non-blocking TCP connect to `addr`, from `source` when given; the error is a report
+/// label (see [`io_cause`]).
+pub fn connect(addr: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream, String> {
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let sock = Socket::new(domain, Type::STREAM, Some(Protocol::TCP)).map_err(|e| io_cause(&e))?;
+    sock.set_nonblocking(true).map_err(|e| io_cause(&e))?;
+    let _ = sock.set_tcp_nodelay(true);
+    if let Some(ip) = source {
+        // Let connect() pick the port, so each source address has a full port range per
+        // destination.
+        let one: libc::c_int = 1;
+        // SAFETY: a valid fd and a pointer to a c_int of the given size.
+        unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                &one as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+        sock.bind(&SocketAddr::new(ip, 0).into())
+            .map_err(|e| format!("bind_{}", io_cause(&e)))?;
+    }
+    match sock.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(io_cause(&e)),
+    }
+    Ok(TcpStream::from_std(std::net::TcpStream::from(sock)))
+}
+
+/// A report label for an I/O error: `connection_refused`, `io_broken_pipe`, never a debug
+/// rendering of the error.
+pub fn io_cause(e: &io::Error) -> String {
+    use io::ErrorKind::*;
+    match e.raw_os_error() {
+        Some(libc::ECONNREFUSED) => return "connection_refused".into(),
+        Some(libc::ECONNRESET) => return "connection_reset".into(),
+        Some(libc::EADDRNOTAVAIL) => return "addr_not_available".into(),
+        Some(libc::EADDRINUSE) => return "addr_in_use".into(),
+        Some(libc::EMFILE) | Some(libc::ENFILE) => return "too_many_open_files".into(),
+        Some(libc::ETIMEDOUT) => return "tcp_timeout".into(),
+        Some(libc::EPIPE) => return "broken_pipe".into(),
+        Some(libc::ENETUNREACH) | Some(libc::EHOSTUNREACH) => return "unreachable".into(),
+        _ => {}
+    }
+    match e.kind() {
+        ConnectionRefused => "connection_refused".into(),
+        ConnectionReset => "connection_reset".into(),
+        ConnectionAborted => "connection_aborted".into(),
+        TimedOut => "tcp_timeout".into(),
+        k => format!("io_{}", k.to_string().replace([' ', '-'], "_")).to_lowercase(),
+    }
+}
+
+/// The cause for a refused upgrade whose head is in `buf`, once the body is complete (or
+/// `eof`).
+fn http_failure(buf: &[u8], eof: bool) -> Option<String> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut headers);
+    let n = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        _ => return None,
+    };
+    let status = resp.code.unwrap_or(0);
+    let len = resp
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|h| {
+            std::str::from_utf8(h.value)
+                .ok()?
+                .trim()
+                .parse::<usize>()
+                .ok()
+        });
+    let body = &buf[n..];
+    let complete = match len {
+        Some(l) => body.len() >= l,
+        None => false,
+    };
+    if !complete && !eof && buf.len() < MAX_ERROR_BODY {
+        return None;
+    }
+    let body = &body[..len.unwrap_or(body.len()).min(body.len())];
+    #[derive(Deserialize)]
+    struct ErrBody {
+        error: Option<String>,
+    }
+    Some(
+        match serde_json::from_slice::<ErrBody>(body)
+            .ok()
+            .and_then(|b| b.error)
+        {
+            Some(code) => format!("http_{status}_{code}"),
+            None => format!("http_{status}"),
+        },
+    )
+}
+
+/// The `Sec-WebSocket-Accept` value the server must answer for `key` (RFC 6455 4.2.2).
+fn accept_key(key: &[u8; 16]) -> String {
+    let mut h = Sha1::new();
+    h.update(
+        base64::engine::general_purpose::STANDARD
+            .encode(key)
+            .as_bytes(),
+    );
+    h.update(WS_GUID.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(h.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_labels_are_words_not_debug_renderings() {
+        let e = io::Error::from(io::ErrorKind::BrokenPipe);
+        assert_eq!(io_cause(&e), "io_broken_pipe");
+        let e = io::Error::from(io::ErrorKind::UnexpectedEof);
+        assert_eq!(io_cause(&e), "io_unexpected_end_of_file");
+        assert_eq!(
+            io_cause(&io::Error::from_raw_os_error(libc::ECONNREFUSED)),
+            "connection_refused"
+        );
+    }
+
+    #[test]
+    fn accept_key_rfc_example() {
+        // RFC 6455 1.3: key "dGhlIHNhbXBsZSBub25jZQ==" -> "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        let key = base64::engine::general_purpose::STANDARD
+            .decode("dGhlIHNhbXBsZSBub25jZQ==")
+            .unwrap();
+        let key: [u8; 16] = key.try_into().unwrap();
+        assert_eq!(accept_key(&key), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn http_failure_causes() {
+        let r = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 49\r\nRetry-After: 1\r\n\r\n{\"error\":\"over_capacity\",\"message\":\"full, sorry\"}";
+        assert_eq!(
+            http_failure(r, false).as_deref(),
+            Some("http_503_over_capacity")
+        );
+        // incomplete body: wait, unless eof
+        assert_eq!(http_failure(&r[..r.len() - 5], false), None);
+        assert_eq!(
+            http_failure(&r[..r.len() - 5], true).as_deref(),
+            Some("http_503")
+        );
+        let r = b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\n\r\nno";
+        assert_eq!(http_failure(r, false).as_deref(), Some("http_401"));
+    }
+}
