@@ -376,3 +376,28 @@ fn bad_events_settings_are_refused_by_name() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn an_unreachable_upstream_shows_in_metrics_and_pushes_go_on() {
+    // A port nobody listens on: connections are refused.
+    let closed = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/events", closed.local_addr().expect("addr"));
+    drop(closed);
+    let srv = TestServer::start(&["--events-url", &url, "--events-queue", "3"]);
+    let mut a = srv.connect("a");
+    for i in 0..3 {
+        a.send(json!({"type": "send", "data": i, "ref": i}));
+        assert_eq!(a.recv()["type"], "sent");
+    }
+    a.send(json!({"type": "send", "data": 3, "ref": 3}));
+    assert_eq!(a.recv()["code"], "overloaded");
+    srv.wait_stats("retried", |s| {
+        s["events"]["failures_total"].as_u64() >= Some(2)
+    });
+    let metrics = srv.api("GET", "/metrics", None).text();
+    assert!(metrics.contains("throng_events_up 0"), "{metrics}");
+    assert!(metrics.contains("throng_events_queued 3"), "{metrics}");
+    let r = srv.push_wait(json!({"user": "a", "data": "push"}));
+    assert_eq!(r["delivered"], 1, "{r}");
+    assert_eq!(a.recv()["data"], "push");
+}
