@@ -339,6 +339,10 @@ impl Acceptor {
         match handshake::parse(&p.buf) {
             Ok(None) => {}
             Ok(Some(up)) => self.decide(key, up),
+            Err(Refusal::NotFound) if self.config.dev => match self.demo_page(key) {
+                Some(page) => self.serve_page(key, &page),
+                None => self.refuse(key, Refusal::NotFound),
+            },
             Err(r) => self.refuse(key, r),
         }
     }
@@ -408,13 +412,12 @@ impl Acceptor {
     }
 
     /// Writes the refusal, shuts the write half, and lingers until the client's FIN.
-    fn refuse(&mut self, key: usize, r: Refusal) {
-        self.metrics.handshake(r.outcome());
-        self.end_reading(key, false);
+    /// After an answer that ends the connection: shuts the write half and gives the
+    /// client `REFUSAL_LINGER` to read it before the socket goes.
+    fn linger_after_answer(&mut self, key: usize) {
         let Some(p) = self.pending.get_mut(key) else {
             return;
         };
-        let _ = p.stream.write(&r.response());
         let _ = p.stream.shutdown(Shutdown::Write);
         p.buf = Vec::new();
         let timer = p.timer;
@@ -424,6 +427,41 @@ impl Acceptor {
         if let Some(p) = self.pending.get_mut(key) {
             p.timer = t;
         }
+    }
+
+    /// `--dev`: the demo's page or script for this request, if it asks for one.
+    fn demo_page(&self, key: usize) -> Option<Vec<u8>> {
+        let p = self.pending.get(key)?;
+        let path = crate::demo::get_path(&p.buf)?;
+        crate::demo::response(&path, self.config.jwt.secret.as_deref()?)
+    }
+
+    /// `--dev`: answers with a demo page and closes. The socket blocks for the write (for
+    /// at most a second): the page is larger than a fresh socket's send buffer, and this
+    /// is a development convenience, never on in production.
+    fn serve_page(&mut self, key: usize, page: &[u8]) {
+        self.end_reading(key, false);
+        let Some(p) = self.pending.get_mut(key) else {
+            return;
+        };
+        let sock = socket2::SockRef::from(&p.stream);
+        if sock.set_nonblocking(false).is_ok()
+            && sock.set_write_timeout(Some(Duration::from_secs(1))).is_ok()
+        {
+            let _ = (&p.stream).write_all(page);
+        }
+        let _ = sock.set_nonblocking(true);
+        self.linger_after_answer(key);
+    }
+
+    fn refuse(&mut self, key: usize, r: Refusal) {
+        self.metrics.handshake(r.outcome());
+        self.end_reading(key, false);
+        let Some(p) = self.pending.get_mut(key) else {
+            return;
+        };
+        let _ = p.stream.write(&r.response());
+        self.linger_after_answer(key);
     }
 
     /// Out of descriptors: frees the spare, takes one queued client, answers it 503 and

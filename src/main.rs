@@ -230,6 +230,7 @@ fn print_dev_banner(server: &Server, config: &Config) {
     };
     let ws = format!("ws://{}/ws", host(server.client_addr()));
     let api = format!("http://{}", host(server.api_addr()));
+    let demo = format!("http://{}/demo", host(server.client_addr()));
     let secret = config.jwt.secret.clone().unwrap_or_default();
     let api_key = config.api_key.clone().unwrap_or_default();
     let rooms = ["room:*".to_string()];
@@ -245,6 +246,9 @@ Throng is running in dev mode (do not use these credentials in production).
   API key       {api_key}
   Token (user \"alice\", may subscribe and publish to room:*, valid 24 h):
   {token}
+
+Demo page (connects as alice with the browser client; subscribe, publish, see pushes):
+  {demo}
 
 Connect as alice (any WebSocket client; two options):
   npx -y wscat -c '{ws}?token={token}'

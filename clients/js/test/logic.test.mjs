@@ -1,0 +1,763 @@
+// Logic tests for throng.js with an in-process fake WebSocket, fake timers and a scripted
+// random(): no network, no real clock, deterministic.
+// Run: node --test clients/js/test/logic.test.mjs
+
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { ThrongClient } from "../throng.js";
+
+const URL_BASE = "ws://push.example/ws";
+
+/** Lets pending promise callbacks and microtasks (acks, getToken) run. */
+const flush = () => new Promise((resolve) => setImmediate(resolve));
+
+/** A WebSocket stand-in; the test plays the server through open/receive/drop/fail. */
+function fakeWebSocketClass() {
+  const sockets = [];
+  class FakeWebSocket {
+    constructor(url) {
+      this.url = new URL(url);
+      this.readyState = 0;
+      this.sent = [];
+      this.closeCalls = [];
+      this.onopen = this.onmessage = this.onclose = this.onerror = null;
+      sockets.push(this);
+    }
+    send(text) {
+      if (this.readyState !== 1) throw new Error("send on a socket that is not open");
+      this.sent.push(JSON.parse(text));
+    }
+    close(code) {
+      this.closeCalls.push(code);
+      this.readyState = 2;
+    }
+    // ---- the server's side ----
+    open() {
+      this.readyState = 1;
+      this.onopen?.({});
+    }
+    receive(msg) {
+      this.onmessage?.({ data: JSON.stringify(msg) });
+    }
+    drop(code, reason = "") {
+      this.readyState = 3;
+      this.onclose?.({ code, reason, wasClean: code !== 1006 });
+    }
+    fail(message = "Unexpected server response: 503") {
+      this.readyState = 3;
+      this.onerror?.({ message });
+      this.onclose?.({ code: 1006, reason: "", wasClean: false });
+    }
+    /** A failed open reported by `error` alone (Node 20's experimental WebSocket). */
+    failWithoutClose(message = "Received network error or non-101 status code.") {
+      this.readyState = 3;
+      this.onerror?.({ message });
+    }
+    ofType(type) {
+      return this.sent.filter((m) => m.type === type);
+    }
+  }
+  return { FakeWebSocket, sockets };
+}
+
+/** setTimeout/clearTimeout that only run when the test says so. */
+function fakeTimers() {
+  const timers = new Map();
+  let nextId = 1;
+  return {
+    setTimeout: (fn, ms) => {
+      timers.set(nextId, { fn, ms });
+      return nextId++;
+    },
+    clearTimeout: (id) => timers.delete(id),
+    delays: () => [...timers.values()].map((t) => t.ms),
+    count: () => timers.size,
+    /** Runs the oldest timer and returns its delay. */
+    fireNext() {
+      const [id, timer] = timers.entries().next().value;
+      timers.delete(id);
+      timer.fn();
+      return timer.ms;
+    },
+  };
+}
+
+/** A client wired to fakes, plus everything it emitted. */
+function setup(options = {}) {
+  const { FakeWebSocket, sockets } = fakeWebSocketClass();
+  const timers = fakeTimers();
+  const randoms = options.randoms ?? [];
+  const client = new ThrongClient(options.url ?? URL_BASE, {
+    token: "tok",
+    WebSocket: FakeWebSocket,
+    random: () => (randoms.length ? randoms.shift() : 0.5),
+    setTimeout: timers.setTimeout,
+    clearTimeout: timers.clearTimeout,
+    ...options.client,
+  });
+  const events = { push: [], state: [], resumed: [], gap: [], error: [], welcome: [] };
+  for (const name of Object.keys(events)) client.on(name, (v) => events[name].push(v));
+  const last = () => sockets[sockets.length - 1];
+  return { client, sockets, timers, events, last, randoms };
+}
+
+function welcome(extra = {}) {
+  return { type: "welcome", session: "s1", user: "alice", epoch: "e1", seq: 0,
+    ping_interval_ms: 25000, idle_timeout_ms: 60000, ...extra };
+}
+
+/** connect() and play a server that accepts and welcomes. */
+async function connectWith(env, welcomeMsg = welcome()) {
+  const connected = env.client.connect();
+  await flush();
+  env.last().open();
+  env.last().receive(welcomeMsg);
+  return connected;
+}
+
+/** Drop the connection, fire the backoff timer and welcome the next socket. */
+async function reconnectWith(env, welcomeMsg, code = 1006) {
+  env.last().drop(code);
+  env.timers.fireNext();
+  await flush();
+  env.last().open();
+  env.last().receive(welcomeMsg);
+}
+
+function pushMsg(seq, extra = {}) {
+  return { type: "push", seq, ts: 1764559023123, data: { n: seq }, ...extra };
+}
+
+test("backoff uses full jitter within [0, min(maxMs, minMs*2^n)) and resets after welcome", async () => {
+  const env = setup({ client: { backoff: { minMs: 100, maxMs: 3000 } } });
+  const ceilings = [100, 200, 400, 800, 1600, 3000, 3000, 3000];
+  const factors = [0.999999, 0, 0.5, 0.25, 0.75, 0.999999, 0.1, 0.9];
+  env.randoms.push(...factors);
+  env.client.connect();
+  await flush();
+  for (let n = 0; n < ceilings.length; n++) {
+    env.last().fail();
+    assert.equal(env.timers.count(), 1, "one retry timer at a time");
+    const delay = env.timers.fireNext();
+    assert.ok(delay >= 0 && delay < ceilings[n], `attempt ${n}: ${delay}`);
+    assert.equal(delay, factors[n] * ceilings[n], "delay is random() times the ceiling");
+    await flush();
+  }
+  assert.equal(env.sockets.length, ceilings.length + 1);
+  assert.equal(env.events.error.length, ceilings.length);
+  assert.equal(env.events.error[0].code, "connect_failed");
+  assert.match(env.events.error[0].message, /503/);
+
+  env.last().open();
+  env.last().receive(welcome());
+  env.randoms.push(0.999999);
+  env.last().drop(1006);
+  assert.deepEqual(env.timers.delays(), [0.999999 * 100], "back to the first step after a welcome");
+});
+
+test("a failed open without a close event still retries, and a late close is ignored", async () => {
+  const env = setup();
+  env.client.connect();
+  await flush();
+  const ws = env.last();
+  ws.failWithoutClose();
+  assert.equal(env.timers.count(), 1);
+  assert.equal(env.events.error[0].code, "connect_failed");
+  ws.onclose?.({ code: 1006, reason: "" });
+  assert.equal(env.timers.count(), 1, "no second retry");
+  assert.equal(env.events.error.length, 1);
+  assert.deepEqual(env.events.state, ["connecting", "disconnected"]);
+});
+
+test("backoff delays stay within bounds for any random() in [0, 1)", async () => {
+  const env = setup({ client: { backoff: { minMs: 500, maxMs: 30000 } } });
+  let seed = 7;
+  const lcg = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+  env.randoms.push(...Array.from({ length: 40 }, lcg));
+  env.client.connect();
+  await flush();
+  for (let n = 0; n < 40; n++) {
+    env.last().fail();
+    const delay = env.timers.fireNext();
+    assert.ok(delay >= 0 && delay < Math.min(30000, 500 * 2 ** n), `attempt ${n}: ${delay}`);
+    await flush();
+  }
+});
+
+test("state events follow the connection", async () => {
+  const env = setup();
+  await connectWith(env);
+  env.last().drop(1006);
+  assert.deepEqual(env.events.state, ["connecting", "connected", "disconnected"]);
+});
+
+test("connect() resolves with the welcome after failed attempts", async () => {
+  const env = setup();
+  const connected = env.client.connect();
+  await flush();
+  env.last().fail();
+  env.timers.fireNext();
+  await flush();
+  env.last().open();
+  env.last().receive(welcome({ session: "s2" }));
+  assert.equal((await connected).session, "s2");
+  assert.equal((await env.client.connect()).session, "s2", "connected: the current welcome");
+});
+
+test("user stream: repeated seqs are dropped, broadcasts pass", async () => {
+  const env = setup();
+  await connectWith(env);
+  const ws = env.last();
+  for (const seq of [1, 2, 2, 1, 3]) ws.receive(pushMsg(seq));
+  ws.receive({ type: "push", ts: 1, data: "b" });
+  ws.receive({ type: "push", ts: 1, data: "b" });
+  assert.deepEqual(env.events.push.map((p) => p.seq ?? "bc"), [1, 2, 3, "bc", "bc"]);
+});
+
+test("topic streams are deduplicated per topic", async () => {
+  const env = setup();
+  await connectWith(env);
+  const ws = env.last();
+  const a = env.client.subscribe("room:a");
+  const b = env.client.subscribe("room:b");
+  const [subA, subB] = ws.ofType("subscribe");
+  assert.deepEqual(subA, { type: "subscribe", topic: "room:a", ref: subA.ref }, "a first subscribe has no since/epoch");
+  ws.receive({ type: "subscribed", topic: "room:a", seq: 5, epoch: "ta", ref: subA.ref });
+  ws.receive({ type: "subscribed", topic: "room:b", seq: 0, epoch: "tb", ref: subB.ref });
+  await Promise.all([a, b]);
+  for (const seq of [6, 6, 5, 7]) ws.receive(pushMsg(seq, { topic: "room:a" }));
+  for (const seq of [1, 1, 2]) ws.receive(pushMsg(seq, { topic: "room:b" }));
+  ws.receive(pushMsg(1)); // the user stream is separate from the topics
+  assert.deepEqual(env.events.push.map((p) => `${p.topic ?? "user"}:${p.seq}`),
+    ["room:a:6", "room:a:7", "room:b:1", "room:b:2", "user:1"]);
+});
+
+test("a push of a topic not subscribed (any more) is dropped", async () => {
+  const env = setup();
+  await connectWith(env);
+  const ws = env.last();
+  ws.receive(pushMsg(1, { topic: "stray" }));
+  const sub = env.client.subscribe("room:1");
+  ws.receive({ type: "subscribed", topic: "room:1", seq: 0, epoch: "t", ref: ws.ofType("subscribe")[0].ref });
+  await sub;
+  env.client.unsubscribe("room:1");
+  ws.receive(pushMsg(1, { topic: "room:1" }));
+  assert.equal(env.events.push.length, 0);
+});
+
+test("reconnect resumes the user stream with since/epoch on the URL", async () => {
+  const env = setup({ url: "ws://push.example/ws?app=1" });
+  await connectWith(env, welcome({ epoch: "e1", seq: 3 }));
+  const first = env.sockets[0].url.searchParams;
+  assert.equal(first.get("token"), "tok");
+  assert.equal(first.get("app"), "1", "the caller's own parameters are kept");
+  assert.equal(first.has("since") || first.has("epoch"), false, "nothing to resume on the first connect");
+
+  env.last().receive(pushMsg(4));
+  env.last().receive(pushMsg(5));
+  await reconnectWith(env, welcome({ epoch: "e1", seq: 6, resumed: true }));
+  const second = env.last().url.searchParams;
+  assert.equal(second.get("since"), "5");
+  assert.equal(second.get("epoch"), "e1");
+  assert.deepEqual(env.events.resumed, [{ stream: "user", resumed: true }]);
+  env.last().receive(pushMsg(5)); // overlaps what we had
+  env.last().receive(pushMsg(6));
+  assert.deepEqual(env.events.push.map((p) => p.seq), [4, 5, 6]);
+
+  // The server lost the stream: gap, and numbering continues from the welcome's seq.
+  await reconnectWith(env, welcome({ epoch: "e2", seq: 2, resumed: false }));
+  assert.equal(env.last().url.searchParams.get("since"), "6");
+  assert.deepEqual(env.events.gap, [{ stream: "user" }]);
+  env.last().receive(pushMsg(2));
+  env.last().receive(pushMsg(3));
+  assert.deepEqual(env.events.push.map((p) => p.seq), [4, 5, 6, 3]);
+  await reconnectWith(env, welcome({ epoch: "e2", seq: 3, resumed: true }));
+  assert.equal(env.last().url.searchParams.get("since"), "3");
+  assert.equal(env.last().url.searchParams.get("epoch"), "e2");
+});
+
+test("topics are re-subscribed with since/epoch after a reconnect", async () => {
+  const env = setup();
+  await connectWith(env);
+  const sub = env.client.subscribe("room:1");
+  const ref = env.last().ofType("subscribe")[0].ref;
+  env.last().receive({ type: "subscribed", topic: "room:1", seq: 12, epoch: "5be0c4d1a29f7e13", ref });
+  await sub;
+  env.last().receive(pushMsg(13, { topic: "room:1" }));
+
+  await reconnectWith(env, welcome({ resumed: true }));
+  const [again] = env.last().ofType("subscribe");
+  assert.equal(again.topic, "room:1");
+  assert.equal(again.since, 13);
+  assert.equal(again.epoch, "5be0c4d1a29f7e13");
+  env.last().receive({ type: "subscribed", topic: "room:1", seq: 15, epoch: "5be0c4d1a29f7e13",
+    resumed: true, ref: again.ref });
+  assert.deepEqual(env.events.resumed.at(-1), { stream: "topic", topic: "room:1", resumed: true });
+  for (const seq of [13, 14, 15]) env.last().receive(pushMsg(seq, { topic: "room:1" }));
+  assert.deepEqual(env.events.push.map((p) => p.seq), [13, 14, 15]);
+
+  // History no longer held: gap, and the stream continues from the answer's seq.
+  await reconnectWith(env, welcome({ resumed: true }));
+  const [third] = env.last().ofType("subscribe");
+  assert.equal(third.since, 15);
+  env.last().receive({ type: "subscribed", topic: "room:1", seq: 40, epoch: "5be0c4d1a29f7e13",
+    resumed: false, ref: third.ref });
+  assert.deepEqual(env.events.gap, [{ stream: "topic", topic: "room:1" }]);
+  env.last().receive(pushMsg(40, { topic: "room:1" }));
+  env.last().receive(pushMsg(41, { topic: "room:1" }));
+  assert.deepEqual(env.events.push.map((p) => p.seq), [13, 14, 15, 41]);
+});
+
+test("the epoch is learned from a topic's seq-1 push", async () => {
+  const env = setup();
+  await connectWith(env);
+  const sub = env.client.subscribe("news");
+  const ref = env.last().ofType("subscribe")[0].ref;
+  env.last().receive({ type: "subscribed", topic: "news", seq: 0, epoch: "0000000000000000", ref });
+  await sub;
+  env.last().receive(pushMsg(1, { topic: "news", epoch: "a1a1a1a1a1a1a1a1" }));
+  env.last().receive(pushMsg(2, { topic: "news" }));
+  await reconnectWith(env, welcome({ resumed: true }));
+  const [again] = env.last().ofType("subscribe");
+  assert.equal(again.since, 2);
+  assert.equal(again.epoch, "a1a1a1a1a1a1a1a1");
+});
+
+test("a topic renumbered in a new epoch starts again at seq 1", async () => {
+  const env = setup();
+  await connectWith(env);
+  env.client.subscribe("room:1");
+  const ref = env.last().ofType("subscribe")[0].ref;
+  env.last().receive({ type: "subscribed", topic: "room:1", seq: 50, epoch: "old", ref });
+  env.last().receive(pushMsg(1, { topic: "room:1", epoch: "new" }));
+  env.last().receive(pushMsg(1, { topic: "room:1", epoch: "new" }));
+  env.last().receive(pushMsg(2, { topic: "room:1" }));
+  assert.deepEqual(env.events.push.map((p) => p.seq), [1, 2]);
+});
+
+test("a topic that only had the placeholder epoch is re-subscribed without since/epoch", async () => {
+  const env = setup();
+  await connectWith(env);
+  env.client.subscribe("quiet");
+  env.client.subscribe("busy");
+  const refs = env.last().ofType("subscribe").map((m) => m.ref);
+  env.last().receive({ type: "subscribed", topic: "quiet", seq: 0, epoch: "0000000000000000", ref: refs[0] });
+  env.last().receive({ type: "subscribed", topic: "busy", seq: 0, epoch: "0000000000000000", ref: refs[1] });
+
+  await reconnectWith(env, welcome({ resumed: true }));
+  // Re-subscribes go one at a time (a burst could pass the server's client_rate).
+  const [quiet] = env.last().ofType("subscribe");
+  assert.equal(env.last().ofType("subscribe").length, 1);
+  assert.deepEqual(Object.keys(quiet).sort(), ["ref", "topic", "type"]);
+  // Still no push: nothing was missed. Pushes came while we were away: a gap.
+  env.last().receive({ type: "subscribed", topic: "quiet", seq: 0, epoch: "0000000000000000", ref: quiet.ref });
+  await flush();
+  const busy = env.last().ofType("subscribe")[1];
+  env.last().receive({ type: "subscribed", topic: "busy", seq: 3, epoch: "b0b0b0b0b0b0b0b0", ref: busy.ref });
+  assert.deepEqual(env.events.resumed.filter((e) => e.stream === "topic"),
+    [{ stream: "topic", topic: "quiet", resumed: true }]);
+  assert.deepEqual(env.events.gap, [{ stream: "topic", topic: "busy" }]);
+});
+
+test("subscribe() before connecting is sent after the welcome", async () => {
+  const env = setup();
+  const sub = env.client.subscribe("room:1");
+  await connectWith(env);
+  const [msg] = env.last().ofType("subscribe");
+  env.last().receive({ type: "subscribed", topic: "room:1", seq: 2, epoch: "t", ref: msg.ref });
+  assert.equal((await sub).seq, 2);
+});
+
+test("the server's reconnect hint delays the reconnect by after_ms plus jitter", async () => {
+  const env = setup();
+  await connectWith(env);
+  env.last().receive({ type: "reconnect", after_ms: 12850 });
+  assert.deepEqual(env.timers.delays(), [12850]);
+  env.last().drop(1001, "draining"); // closed a little early
+  assert.equal(env.sockets.length, 1);
+  assert.deepEqual(env.timers.delays(), [12850], "no retry before the hint's time");
+  env.randoms.push(0.4);
+  env.timers.fireNext();
+  assert.deepEqual(env.timers.delays(), [0.4 * 500], "own jitter on top");
+  env.timers.fireNext();
+  await flush();
+  assert.equal(env.sockets.length, 2);
+  assert.equal(env.events.error.length, 0, "a drain is no error");
+});
+
+test("a hint whose time passed before the 1001 close adds only jitter", async () => {
+  const env = setup();
+  await connectWith(env);
+  env.last().receive({ type: "reconnect", after_ms: 3000 });
+  env.timers.fireNext();
+  env.randoms.push(0.9);
+  env.last().drop(1001);
+  assert.deepEqual(env.timers.delays(), [0.9 * 500]);
+});
+
+test("token_expiring gets a new token from getToken and sends refresh", async () => {
+  let calls = 0;
+  const env = setup({ client: { token: undefined, getToken: async () => `jwt-${++calls}` } });
+  await connectWith(env);
+  assert.equal(env.sockets[0].url.searchParams.get("token"), "jwt-1");
+  env.last().receive({ type: "token_expiring", in_ms: 59990 });
+  await flush();
+  const [refresh] = env.last().ofType("refresh");
+  assert.equal(refresh.token, "jwt-2");
+  env.last().receive({ type: "refreshed", exp: 1764562623, ref: refresh.ref });
+  await flush();
+  // A refused refresh is reported. (Later refreshes wait half of in_ms: see the next test.)
+  env.last().receive({ type: "token_expiring", in_ms: 1000 });
+  assert.deepEqual(env.timers.delays(), [500]);
+  env.timers.fireNext();
+  await flush();
+  const [, second] = env.last().ofType("refresh");
+  env.last().receive({ type: "error", code: "wrong_user", message: "no", ref: second.ref });
+  await flush();
+  assert.deepEqual(env.events.error.map((e) => e.code), ["wrong_user"]);
+  // 4001: reconnect with a fresh token.
+  await reconnectWith(env, welcome(), 4001);
+  assert.equal(env.last().url.searchParams.get("token"), "jwt-4");
+});
+
+test("tokens shorter-lived than refresh_ahead_ms do not make a refresh loop", async () => {
+  let calls = 0;
+  const env = setup({ client: { token: undefined, getToken: async () => `jwt-${++calls}` } });
+  await connectWith(env);
+  // The server answers every accepted refresh with a new token_expiring at once.
+  for (let round = 0; round < 3; round++) {
+    env.last().receive({ type: "token_expiring", in_ms: 40000 });
+    if (round > 0) {
+      assert.deepEqual(env.timers.delays(), [20000], "waits half the time left");
+      env.timers.fireNext();
+    }
+    await flush();
+    const refresh = env.last().ofType("refresh").at(-1);
+    assert.equal(refresh.token, `jwt-${round + 2}`);
+    env.last().receive({ type: "refreshed", exp: 1764562623, ref: refresh.ref });
+    await flush();
+  }
+  assert.equal(env.last().ofType("refresh").length, 3);
+});
+
+test("a token_expiring that arrives while a refresh runs is handled after it", async () => {
+  let calls = 0;
+  const env = setup({ client: { token: undefined, getToken: async () => `jwt-${++calls}` } });
+  await connectWith(env);
+  env.last().receive({ type: "token_expiring", in_ms: 40000 });
+  await flush();
+  const [first] = env.last().ofType("refresh");
+  // The new token's token_expiring comes before the refreshed answer.
+  env.last().receive({ type: "token_expiring", in_ms: 30000 });
+  assert.equal(env.timers.count(), 0, "nothing planned while the refresh runs");
+  env.last().receive({ type: "refreshed", exp: 1764562623, ref: first.ref });
+  await flush();
+  assert.deepEqual(env.timers.delays(), [15000]);
+  env.timers.fireNext();
+  await flush();
+  assert.equal(env.last().ofType("refresh").at(-1).token, "jwt-3");
+  env.last().drop(1006);
+  assert.equal(env.timers.count(), 1, "only the reconnect timer: a planned refresh ends with its connection");
+});
+
+test("4001 with a fixed token stops with an error instead of reconnecting", async () => {
+  const env = setup();
+  await connectWith(env);
+  env.last().receive({ type: "token_expiring", in_ms: 1000 }); // nothing to refresh with
+  env.last().drop(4001, "token expired");
+  assert.equal(env.timers.count(), 0);
+  assert.equal(env.events.error.at(-1).code, "closed");
+  assert.equal(env.events.error.at(-1).closeCode, 4001);
+});
+
+test("a getToken failing during a refresh is a token_failed error, whatever it threw", async () => {
+  let calls = 0;
+  const getToken = async () => {
+    if (++calls === 1) return "jwt-1";
+    throw Object.assign(new Error("auth backend down"), { code: "ECONNREFUSED" });
+  };
+  const env = setup({ client: { token: undefined, getToken } });
+  await connectWith(env);
+  env.last().receive({ type: "token_expiring", in_ms: 50000 });
+  await flush();
+  assert.equal(env.last().ofType("refresh").length, 0);
+  assert.equal(env.events.error.at(-1).code, "token_failed");
+  assert.equal(env.events.error.at(-1).cause.code, "ECONNREFUSED");
+});
+
+test("a subscribe in flight when the connection drops is rejected, and the topic resubscribed", async () => {
+  const env = setup();
+  await connectWith(env);
+  const sub = env.client.subscribe("room:1");
+  env.last().drop(1006);
+  await assert.rejects(sub, (err) => err.code === "disconnected");
+  env.timers.fireNext();
+  await flush();
+  env.last().open();
+  env.last().receive(welcome({ resumed: true }));
+  assert.deepEqual(env.last().ofType("subscribe").map((m) => m.topic), ["room:1"]);
+});
+
+test("a failing getToken counts as a failed attempt", async () => {
+  const env = setup({ client: { token: undefined, getToken: async () => { throw new Error("offline"); } } });
+  env.client.connect();
+  await flush();
+  assert.equal(env.sockets.length, 0);
+  assert.equal(env.events.error[0].code, "token_failed");
+  assert.equal(env.timers.count(), 1);
+});
+
+test("answers are matched to requests by ref; error rejects with its code", async () => {
+  const env = setup();
+  await connectWith(env);
+  const ws = env.last();
+  const published = env.client.publish("room:1", { text: "hi" });
+  const sent = env.client.send({ action: "typing" });
+  const refused = env.client.subscribe("admin");
+  const [pub] = ws.ofType("publish");
+  const [snd] = ws.ofType("send");
+  const [sub] = ws.ofType("subscribe");
+  assert.deepEqual(pub.data, { text: "hi" });
+  assert.equal(new Set([pub.ref, snd.ref, sub.ref]).size, 3, "refs are distinct");
+  ws.receive({ type: "error", code: "forbidden_topic", message: "not allowed", ref: sub.ref });
+  ws.receive({ type: "sent", ref: snd.ref });
+  ws.receive({ type: "published", topic: "room:1", seq: 13, ref: pub.ref });
+  assert.deepEqual(await sent, { type: "sent", ref: snd.ref });
+  assert.equal((await published).seq, 13);
+  await assert.rejects(refused, (err) => err.code === "forbidden_topic" && err.topic === "admin");
+
+  await reconnectWith(env, welcome({ resumed: true }));
+  assert.equal(env.last().ofType("subscribe").length, 0, "a refused topic is not retried");
+
+  env.last().receive({ type: "error", code: "rate_limited", message: "slow down" });
+  assert.equal(env.events.error.at(-1).code, "rate_limited", "an error without our ref is an event");
+});
+
+test("requests in flight are rejected with 'disconnected' when the connection drops", async () => {
+  const env = setup();
+  await connectWith(env);
+  const published = env.client.publish("room:1", 1);
+  env.last().drop(1006);
+  await assert.rejects(published, (err) => err.code === "disconnected");
+  await assert.rejects(env.client.send(1), (err) => err.code === "disconnected");
+});
+
+test("user-stream pushes are acked once per turn with the highest seq", async () => {
+  const env = setup();
+  await connectWith(env);
+  const ws = env.last();
+  const order = [];
+  env.client.on("push", (p) => order.push(`push ${p.seq}`));
+  for (const seq of [1, 2, 3]) ws.receive(pushMsg(seq));
+  ws.receive({ type: "push", ts: 1, data: "broadcast" });
+  assert.equal(ws.ofType("ack").length, 0, "not before the listeners ran");
+  await flush();
+  assert.deepEqual(ws.ofType("ack"), [{ type: "ack", seq: 3 }]);
+  assert.deepEqual(order, ["push 1", "push 2", "push 3", "push undefined"]);
+  ws.receive(pushMsg(3)); // a duplicate is not acked again
+  ws.receive(pushMsg(4));
+  await flush();
+  assert.deepEqual(ws.ofType("ack").map((a) => a.seq), [3, 4]);
+});
+
+test("topic pushes are not acked, and ackPushes:false turns acks off", async () => {
+  const env = setup({ client: { ackPushes: false } });
+  await connectWith(env);
+  env.last().receive(pushMsg(1));
+  await flush();
+  assert.equal(env.last().ofType("ack").length, 0);
+
+  const env2 = setup();
+  await connectWith(env2);
+  env2.client.subscribe("t");
+  env2.last().receive({ type: "subscribed", topic: "t", seq: 0, epoch: "x", ref: env2.last().ofType("subscribe")[0].ref });
+  env2.last().receive(pushMsg(1, { topic: "t" }));
+  await flush();
+  assert.equal(env2.last().ofType("ack").length, 0);
+});
+
+test("an ack is never sent on a connection other than the one the push came on", async () => {
+  const env = setup();
+  await connectWith(env);
+  const first = env.last();
+  first.receive(pushMsg(1));
+  first.drop(1006);
+  await flush();
+  assert.equal(first.ofType("ack").length, 0);
+});
+
+test("close() closes with 1000 and never reconnects", async () => {
+  const env = setup();
+  await connectWith(env);
+  const ws = env.last();
+  const inFlight = env.client.publish("room:1", 1);
+  env.client.close();
+  assert.deepEqual(ws.closeCalls, [1000]);
+  await assert.rejects(inFlight, (err) => err.code === "disconnected");
+  ws.drop(1000); // the server's echo
+  assert.equal(env.timers.count(), 0);
+  assert.equal(env.sockets.length, 1);
+  assert.equal(env.events.state.at(-1), "disconnected");
+  assert.equal(env.events.error.length, 0);
+});
+
+test("close() during backoff cancels the retry and rejects a waiting connect()", async () => {
+  const env = setup();
+  const connected = env.client.connect();
+  await flush();
+  env.last().fail();
+  assert.equal(env.timers.count(), 1);
+  env.client.close();
+  assert.equal(env.timers.count(), 0);
+  await assert.rejects(connected, (err) => err.code === "closed");
+});
+
+test("close() while getToken runs drops the late token", async () => {
+  let release;
+  const env = setup({ client: { token: undefined, getToken: () => new Promise((r) => { release = r; }) } });
+  env.client.connect().catch(() => {});
+  await flush();
+  env.client.close();
+  release("jwt");
+  await flush();
+  assert.equal(env.sockets.length, 0);
+});
+
+test("close codes: reconnect after transient ones, stop after deliberate ones and bugs", async () => {
+  const reconnects = [1001, 1005, 1006, 1011, 1012, 1013, 4002, 4008];
+  const stops = [1000, 1002, 1003, 1007, 1008, 1009, 4003, 4009, 4100];
+  for (const code of reconnects) {
+    const env = setup();
+    await connectWith(env);
+    env.last().drop(code);
+    assert.equal(env.timers.count(), 1, `${code} reconnects`);
+    assert.equal(env.events.error.length, 0, `${code} is no error`);
+  }
+  for (const code of stops) {
+    const env = setup();
+    await connectWith(env);
+    env.last().drop(code, "why");
+    assert.equal(env.timers.count(), 0, `${code} stops`);
+    const err = env.events.error.at(-1);
+    assert.equal(err.code, "closed");
+    assert.equal(err.closeCode, code);
+    // connect() starts again after a stop.
+    env.client.connect();
+    await flush();
+    assert.equal(env.sockets.length, 2, `connect() after ${code}`);
+  }
+});
+
+test("a subscription the server ends is reported and not resumed", async () => {
+  const env = setup();
+  await connectWith(env);
+  env.client.subscribe("room:2");
+  env.last().receive({ type: "subscribed", topic: "room:2", seq: 1, epoch: "t", ref: env.last().ofType("subscribe")[0].ref });
+  env.last().receive({ type: "unsubscribed", topic: "room:2", reason: "forbidden" });
+  const err = env.events.error.at(-1);
+  assert.equal(err.code, "unsubscribed");
+  assert.equal(err.topic, "room:2");
+  assert.equal(err.reason, "forbidden");
+  await reconnectWith(env, welcome({ resumed: true }));
+  assert.equal(env.last().ofType("subscribe").length, 0);
+});
+
+test("unsubscribe() answers by ref when connected, locally when not", async () => {
+  const env = setup();
+  assert.deepEqual(await env.client.unsubscribe("x"), { type: "unsubscribed", topic: "x" });
+  const waiting = env.client.subscribe("y");
+  env.client.unsubscribe("y");
+  await assert.rejects(waiting, (err) => err.code === "cancelled");
+  await connectWith(env);
+  const answer = env.client.unsubscribe("z");
+  const [msg] = env.last().ofType("unsubscribe");
+  env.last().receive({ type: "unsubscribed", topic: "z", ref: msg.ref });
+  assert.equal((await answer).ref, msg.ref);
+  assert.equal(env.last().ofType("subscribe").length, 0, "y was not subscribed");
+});
+
+test("unknown message types and fields are ignored", async () => {
+  const env = setup();
+  await connectWith(env);
+  env.last().receive({ type: "future_thing", x: 1 });
+  env.last().onmessage({ data: "not json" });
+  env.last().receive(pushMsg(1, { future_field: true }));
+  assert.equal(env.events.push.length, 1);
+  assert.equal(env.events.error.length, 0);
+});
+
+test("options are checked", () => {
+  const { FakeWebSocket } = fakeWebSocketClass();
+  assert.throws(() => new ThrongClient(URL_BASE, { WebSocket: FakeWebSocket }), TypeError);
+  assert.throws(() => new ThrongClient("not a url", { token: "t", WebSocket: FakeWebSocket }), TypeError);
+  assert.throws(() => new ThrongClient(URL_BASE, { token: "t", WebSocket: FakeWebSocket,
+    backoff: { minMs: 10, maxMs: 5 } }), RangeError);
+  const client = new ThrongClient(URL_BASE, { token: "t", WebSocket: FakeWebSocket });
+  assert.throws(() => client.on("nope", () => {}), TypeError);
+});
+
+test("a re-subscribe refused with a transient error is retried with backoff on the same connection", async () => {
+  const env = setup();
+  await connectWith(env);
+  const sub = env.client.subscribe("room:1");
+  const first = env.last().ofType("subscribe")[0];
+  env.last().receive({ type: "subscribed", topic: "room:1", seq: 2, epoch: "t1", ref: first.ref });
+  await sub;
+  await reconnectWith(env, welcome({ resumed: true }));
+  const again = env.last().ofType("subscribe")[0];
+  assert.deepEqual({ since: again.since, epoch: again.epoch }, { since: 2, epoch: "t1" });
+  env.last().receive({ type: "error", code: "rate_limited", message: "slow down", ref: again.ref });
+  await flush();
+  // Not forgotten and not reported as lost: a retry is planned, a second later at the
+  // earliest after rate_limited (the server's bucket has a token again by then).
+  assert.equal(env.timers.count(), 1);
+  assert.ok(env.timers.delays()[0] >= 1000, `${env.timers.delays()}`);
+  assert.deepEqual(env.events.gap, []);
+  env.timers.fireNext();
+  await flush();
+  const retry = env.last().ofType("subscribe")[1];
+  assert.deepEqual({ since: retry.since, epoch: retry.epoch }, { since: 2, epoch: "t1" });
+  env.last().receive({ type: "subscribed", topic: "room:1", seq: 3, epoch: "t1", resumed: true, ref: retry.ref });
+  env.last().receive(pushMsg(3, { topic: "room:1" }));
+  assert.deepEqual(env.events.push.map((p) => p.seq), [3]);
+  assert.deepEqual(env.events.resumed.filter((e) => e.stream === "topic").length, 1);
+});
+
+test("a subscribe() the server refuses, even for a transient reason, is forgotten", async () => {
+  const env = setup();
+  await connectWith(env);
+  const sub = env.client.subscribe("room:1");
+  const msg = env.last().ofType("subscribe")[0];
+  env.last().receive({ type: "error", code: "rate_limited", message: "slow down", ref: msg.ref });
+  await assert.rejects(sub, (e) => e.code === "rate_limited");
+  // Its pushes are not delivered, and a reconnect does not subscribe it again.
+  env.last().receive(pushMsg(1, { topic: "room:1" }));
+  assert.deepEqual(env.events.push, []);
+  await reconnectWith(env, welcome({ resumed: true }));
+  await flush();
+  assert.deepEqual(env.last().ofType("subscribe"), []);
+});
+
+test("re-subscribes wait for a refused one's retry, so refusals do not pile up into a 1008", async () => {
+  const env = setup();
+  await connectWith(env);
+  for (const topic of ["a", "b"]) {
+    const sub = env.client.subscribe(topic);
+    const m = env.last().ofType("subscribe").at(-1);
+    env.last().receive({ type: "subscribed", topic, seq: 1, epoch: "e", ref: m.ref });
+    await sub;
+  }
+  await reconnectWith(env, welcome({ resumed: true }));
+  const first = env.last().ofType("subscribe")[0];
+  assert.equal(first.topic, "a");
+  env.last().receive({ type: "error", code: "overloaded", message: "busy", ref: first.ref });
+  await flush();
+  assert.equal(env.last().ofType("subscribe").length, 1, "b waits for a's retry");
+  env.timers.fireNext();
+  await flush();
+  const retry = env.last().ofType("subscribe")[1];
+  assert.equal(retry.topic, "a");
+  env.last().receive({ type: "subscribed", topic: "a", seq: 1, epoch: "e", resumed: true, ref: retry.ref });
+  await flush();
+  assert.equal(env.last().ofType("subscribe")[2].topic, "b");
+});

@@ -1,0 +1,266 @@
+// Types for throng.js. Message shapes follow docs/protocol.md section 2; the server may add
+// fields in later versions, so every message type allows unknown ones.
+
+/** Any JSON value. */
+export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
+
+/** The `ref` the client puts on a request; the server copies it into the answer. */
+export type Ref = Json;
+
+// ---- server to client ----
+
+/** The first message of every connection. */
+export interface WelcomeMessage {
+  type: "welcome";
+  /** An opaque id of this connection. */
+  session: string;
+  /** The token's `sub`. */
+  user: string;
+  /** Names the current numbering of this user's direct pushes. */
+  epoch: string;
+  /** The last direct-push seq this user has had so far (0 if none). */
+  seq: number;
+  ping_interval_ms: number;
+  idle_timeout_ms: number;
+  /** Present only when the upgrade carried since/epoch (a reconnect). */
+  resumed?: boolean;
+  [field: string]: unknown;
+}
+
+/** A push: direct (seq, no topic), topic (topic and seq) or broadcast (neither). */
+export interface PushMessage {
+  type: "push";
+  data: Json;
+  /** When the server accepted the push, ms since the Unix epoch. */
+  ts: number;
+  /** Direct pushes: the user's seq; topic pushes: the topic's seq. Absent on broadcasts. */
+  seq?: number;
+  topic?: string;
+  /** The upstream's id for the push, when it gave one. */
+  id?: string;
+  /** On topic pushes published by a client: the publishing user. */
+  from?: string;
+  /** On the first push of a topic stream's epoch (seq 1): the epoch it starts. */
+  epoch?: string;
+  [field: string]: unknown;
+}
+
+export interface SubscribedMessage {
+  type: "subscribed";
+  topic: string;
+  /** The topic's current seq (0 when it has no numbered push). */
+  seq: number;
+  /** The topic's epoch, or the placeholder "0000000000000000". */
+  epoch: string;
+  /** Present when the subscribe carried since/epoch (a re-subscribe after a reconnect). */
+  resumed?: boolean;
+  ref?: Ref;
+  [field: string]: unknown;
+}
+
+export interface UnsubscribedMessage {
+  type: "unsubscribed";
+  topic: string;
+  ref?: Ref;
+  /** Set when the server ended the subscription on its own (e.g. "forbidden"). */
+  reason?: string;
+  [field: string]: unknown;
+}
+
+export interface PublishedMessage {
+  type: "published";
+  topic: string;
+  /** The push's number in the topic's stream. */
+  seq: number;
+  ref?: Ref;
+  [field: string]: unknown;
+}
+
+export interface SentMessage {
+  type: "sent";
+  ref?: Ref;
+  [field: string]: unknown;
+}
+
+export interface RefreshedMessage {
+  type: "refreshed";
+  /** The new token's exp (seconds since the Unix epoch), or null for a token without one. */
+  exp: number | null;
+  ref?: Ref;
+  [field: string]: unknown;
+}
+
+export interface PongMessage {
+  type: "pong";
+  ref?: Ref;
+  [field: string]: unknown;
+}
+
+/** The server is draining: reconnect after `after_ms` (the client adds its own jitter). */
+export interface ReconnectMessage {
+  type: "reconnect";
+  after_ms: number;
+  [field: string]: unknown;
+}
+
+/** The token runs out in `in_ms`; the client refreshes it through `getToken`. */
+export interface TokenExpiringMessage {
+  type: "token_expiring";
+  in_ms: number;
+  [field: string]: unknown;
+}
+
+/** A client message was refused; the connection stays open. */
+export interface ErrorMessage {
+  type: "error";
+  /** E.g. "forbidden_topic", "rate_limited", "overloaded" (protocol.md section 2.2). */
+  code: string;
+  message: string;
+  ref?: Ref;
+  [field: string]: unknown;
+}
+
+export type ServerMessage =
+  | WelcomeMessage
+  | PushMessage
+  | SubscribedMessage
+  | UnsubscribedMessage
+  | PublishedMessage
+  | SentMessage
+  | RefreshedMessage
+  | PongMessage
+  | ReconnectMessage
+  | TokenExpiringMessage
+  | ErrorMessage;
+
+// ---- client options ----
+
+/**
+ * The part of the WebSocket API the client uses (browsers, `ws`, Node 22's global). The
+ * client sets the handlers; it reads `data` of message events, `code` and `reason` of close
+ * events and `message` of error events where there is one.
+ */
+export interface WebSocketLike {
+  readonly readyState: number;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+  onopen: ((event: any) => void) | null;
+  onmessage: ((event: any) => void) | null;
+  onclose: ((event: any) => void) | null;
+  onerror: ((event: any) => void) | null;
+}
+
+export type WebSocketConstructor = new (url: string, ...rest: any[]) => WebSocketLike;
+
+export interface BackoffOptions {
+  /** The first reconnect waits up to this long (full jitter). Default 500. */
+  minMs?: number;
+  /** No reconnect waits longer. Default 30000. */
+  maxMs?: number;
+}
+
+export interface ThrongClientOptions {
+  /** A fixed JWT. Give this or `getToken`. */
+  token?: string;
+  /**
+   * Called before each (re)connect and when the server sends `token_expiring`; preferred
+   * over `token`. Without it the client stops after a 4001 (token expired) close.
+   */
+  getToken?: () => string | Promise<string>;
+  /** The WebSocket constructor. Default `globalThis.WebSocket`. */
+  WebSocket?: WebSocketConstructor;
+  backoff?: BackoffOptions;
+  /** Send `{"type":"ack","seq":N}` after user-stream pushes are delivered. Default true. */
+  ackPushes?: boolean;
+  /** Returns a number in [0, 1) for the jitter. Default `Math.random` (tests inject one). */
+  random?: () => number;
+  /** Timer functions, for tests. Default the global ones. */
+  setTimeout?: (fn: () => void, ms: number) => unknown;
+  clearTimeout?: (id: any) => void;
+}
+
+// ---- events ----
+
+export type ConnectionState = "connecting" | "connected" | "disconnected";
+
+/** A stream the server resumed without loss after a reconnect. */
+export interface ResumedEvent {
+  stream: "user" | "topic";
+  /** Set for topic streams. */
+  topic?: string;
+  resumed: true;
+}
+
+/** A stream whose missed pushes the server no longer holds: reload state from your backend. */
+export interface GapEvent {
+  stream: "user" | "topic";
+  /** Set for topic streams. */
+  topic?: string;
+}
+
+/**
+ * What the client rejects promises with and emits as "error". `code` is the server's error
+ * code (e.g. "forbidden_topic") or one of the client's own:
+ * - "disconnected": the connection dropped (or close() was called) before the answer came,
+ *   or a request was made while not connected;
+ * - "closed": the server closed with a code the client does not reconnect after
+ *   (`closeCode`, `reason`), or close() was called while connect()/subscribe() waited;
+ * - "connect_failed": an attempt failed before the connection opened (refused upgrade,
+ *   network); the client keeps retrying;
+ * - "token_failed": getToken threw or gave no token;
+ * - "unsubscribed": the server ended a subscription (`topic`, `reason`);
+ * - "cancelled": unsubscribe() was called while a subscribe() waited for a connection.
+ */
+export interface ThrongError extends Error {
+  code: string;
+  /** The WebSocket close code, for "closed" and "connect_failed". */
+  closeCode?: number;
+  /** The close reason or the server's reason for ending a subscription. */
+  reason?: string;
+  /** The topic of a refused subscribe or of an ended subscription. */
+  topic?: string;
+  /** The ref of the server's error message, when it had one. */
+  ref?: Ref;
+}
+
+export interface ThrongEvents {
+  /** A push, after dedup. */
+  push: PushMessage;
+  state: ConnectionState;
+  resumed: ResumedEvent;
+  gap: GapEvent;
+  error: ThrongError;
+  welcome: WelcomeMessage;
+}
+
+// ---- the client ----
+
+export declare class ThrongClient {
+  /** @param url the client endpoint, e.g. "wss://push.example.com/ws" */
+  constructor(url: string, options: ThrongClientOptions);
+
+  /**
+   * Starts connecting (if not already) and resolves with the next welcome, or the current
+   * one when connected. Failed attempts are retried with backoff; rejected with "closed"
+   * by close() or a close code after which the client stops.
+   */
+  connect(): Promise<WelcomeMessage>;
+
+  /** Closes with 1000 and stops reconnecting. A later connect() resumes where it was. */
+  close(): void;
+
+  /** Subscribes now or once connected; kept (and resumed) across reconnects. */
+  subscribe(topic: string): Promise<SubscribedMessage>;
+
+  /** Leaves a topic; answered locally when not connected. */
+  unsubscribe(topic: string): Promise<UnsubscribedMessage>;
+
+  /** Publishes to a topic's subscribers; needs a connection. */
+  publish(topic: string, data: Json): Promise<PublishedMessage>;
+
+  /** Sends data to the upstream; needs a connection. */
+  send(data: Json): Promise<SentMessage>;
+
+  /** Adds a listener; returns a function that removes it. */
+  on<K extends keyof ThrongEvents>(name: K, fn: (value: ThrongEvents[K]) => void): () => void;
+}

@@ -1,0 +1,753 @@
+// Throng browser client: one WebSocket to a Throng server, kept open across drops, with the
+// user stream and topic streams resumed (since/epoch) and deduplicated by seq.
+// The wire contract is docs/protocol.md; section numbers below refer to it.
+// Dependency-free ES module: runs in browsers as is, and in Node given a WebSocket constructor.
+
+const CONNECTING = 0;
+const OPEN = 1;
+
+/** The epoch `subscribed` shows for a topic that has no numbered push yet (section 2.1). */
+const PLACEHOLDER_EPOCH = "0000000000000000";
+
+const EVENT_NAMES = new Set(["push", "state", "resumed", "gap", "error", "welcome"]);
+
+// Codes below 3000 after which the server asks not to reconnect on our own (section 3.2):
+// 1000 is a deliberate disconnect by the upstream (our own 1000 never gets here), the others
+// mean this client has a bug that a new connection would only repeat.
+const STOP_CODES = new Set([1000, 1002, 1003, 1007, 1008, 1009]);
+
+// Subscribe errors worth trying again later; any other refusal (forbidden_topic, bad_topic,
+// too_many_topics, ...) would be refused again, so the topic is forgotten.
+/** After rate_limited, the least wait before trying again: the server's bucket refills
+ * at client_rate per second, so a second brings a token back at any rate. */
+const RATE_LIMIT_PAUSE_MS = 1000;
+const TRANSIENT_ERRORS = new Set(["rate_limited", "overloaded", "broker_unavailable", "draining"]);
+
+/**
+ * Whether a close with `code` should be followed by a reconnect (section 3.2).
+ * @param {number} code the close code
+ * @param {boolean} canRenewToken whether a `getToken` can supply a fresh token
+ * @returns {boolean}
+ */
+function shouldReconnect(code, canRenewToken) {
+  if (code === 4001) return canRenewToken; // the same token would be refused again
+  if (code === 4002 || code === 4008) return true; // heartbeat timeout, slow consumer
+  // 4003, 4009 and any other code the upstream chose with /v1/disconnect are deliberate.
+  if (code >= 3000) return false;
+  // 1001 drain, 1005/1006 lost connection or failed upgrade, 1011-1015, unknown ones.
+  return !STOP_CODES.has(code);
+}
+
+/**
+ * Full jitter: a uniform delay in [0, min(maxMs, minMs * 2^attempt)).
+ * @param {number} attempt reconnects since the last welcome
+ * @param {{minMs: number, maxMs: number}} backoff
+ * @param {() => number} random
+ * @returns {number} milliseconds
+ */
+function backoffDelay(attempt, { minMs, maxMs }, random) {
+  return random() * Math.min(maxMs, minMs * 2 ** attempt);
+}
+
+/**
+ * An Error with the client's `code` (and any extra fields such as `closeCode` or `topic`).
+ * @param {string} code
+ * @param {string} message
+ * @param {object} [extra]
+ * @returns {Error & {code: string}}
+ */
+function throngError(code, message, extra = {}) {
+  return Object.assign(new Error(message), { code }, extra);
+}
+
+/** Reports a listener's exception without letting it break message handling. */
+function reportListenerError(err) {
+  if (typeof globalThis.reportError === "function") globalThis.reportError(err);
+  else queueMicrotask(() => { throw err; });
+}
+
+/**
+ * How a subscribe may resume a topic stream known from an earlier connection:
+ * "resume" sends since/epoch; "unknown" means the stream had no push yet when we left (only
+ * the placeholder epoch is known, which never resumes), so the answer's seq tells whether
+ * pushes were missed; "fresh" is a first subscription.
+ * @param {{seq: number|null, epoch: string|null}} entry
+ * @returns {"resume"|"unknown"|"fresh"}
+ */
+function resumeMode(entry) {
+  if (entry.seq === null || entry.epoch === null) return "fresh";
+  return entry.epoch === PLACEHOLDER_EPOCH ? "unknown" : "resume";
+}
+
+/**
+ * The `resumed`/`gap` outcome of a `subscribed` answer, or null when there is none to report.
+ * @param {{resumed?: boolean, seq: number}} answer
+ * @param {"resume"|"unknown"|"fresh"} mode how the subscribe was sent
+ * @returns {"resumed"|"gap"|null}
+ */
+function subscribeOutcome(answer, mode) {
+  if (answer.resumed === true) return "resumed";
+  if (answer.resumed === false) return "gap";
+  if (mode === "unknown") return answer.seq > 0 ? "gap" : "resumed";
+  return null;
+}
+
+/**
+ * A Throng client connection: connects, reconnects with backoff, resumes and deduplicates
+ * streams, matches answers to requests and acknowledges user-stream pushes.
+ */
+export class ThrongClient {
+  #url;
+  #token;
+  #getToken;
+  #WebSocket;
+  #backoff;
+  #ackPushes;
+  #random;
+  #setTimeout;
+  #clearTimeout;
+
+  /** @type {Map<string, Set<Function>>} */
+  #listeners = new Map();
+  #state = "disconnected";
+  /** Whether the client wants to be connected: between connect() and close() or a fatal close. */
+  #running = false;
+  /** Bumped by every attempt and by close(), so a late getToken() result is dropped. */
+  #generation = 0;
+  #ws = null;
+  #opened = false;
+  /** The current socket's error text, where the WebSocket gives one (the `ws` package does). */
+  #socketError = "";
+  /** The current connection's welcome; null until it arrives, so also "is connected". */
+  #welcome = null;
+  #attempt = 0;
+  #retryTimer = null;
+  /** Set while subscribe() sends: its request is the app's, not a re-subscribe. */
+  #explicit = false;
+  /** The server's drain hint: {timer, due}; due is set when the close came before its time. */
+  #hint = null;
+
+  /** The user stream's position; epoch null until the first welcome. */
+  #user = { seq: 0, epoch: null };
+  /** Wanted topics and their stream positions: topic -> {seq, epoch, live}. */
+  #topics = new Map();
+  /** subscribe() promises waiting for a connection: topic -> [{resolve, reject}]. */
+  #waiters = new Map();
+  /** Requests sent on the current connection: ref -> {resolve, reject, type, topic, mode}. */
+  #pending = new Map();
+  #connectWaiters = [];
+  #nextRef = 1;
+  #ackSeq = 0;
+  #ackQueued = false;
+  /** Token refreshes on the current connection (see #onTokenExpiring). */
+  #refresh = newRefreshState();
+
+  /**
+   * @param {string} url the client endpoint, e.g. "wss://push.example.com/ws"
+   * @param {import("./throng.js").ThrongClientOptions} options see throng.d.ts
+   */
+  constructor(url, options = {}) {
+    this.#url = new URL(url).toString(); // a bad URL is a programming error: fail now
+    if (typeof options.getToken !== "function" && typeof options.token !== "string") {
+      throw new TypeError("ThrongClient needs options.token or options.getToken");
+    }
+    this.#token = options.token;
+    this.#getToken = typeof options.getToken === "function" ? options.getToken : null;
+    this.#WebSocket = options.WebSocket ?? globalThis.WebSocket;
+    if (typeof this.#WebSocket !== "function") {
+      throw new TypeError("no WebSocket constructor: pass options.WebSocket");
+    }
+    const { minMs = 500, maxMs = 30000 } = options.backoff ?? {};
+    if (!(minMs > 0) || !(maxMs >= minMs)) {
+      throw new RangeError("backoff needs 0 < minMs <= maxMs");
+    }
+    this.#backoff = { minMs, maxMs };
+    this.#ackPushes = options.ackPushes ?? true;
+    this.#random = options.random ?? Math.random;
+    // Wrapped because browsers refuse a setTimeout called on another `this`.
+    this.#setTimeout = options.setTimeout ?? ((fn, ms) => globalThis.setTimeout(fn, ms));
+    this.#clearTimeout = options.clearTimeout ?? ((id) => globalThis.clearTimeout(id));
+  }
+
+  /**
+   * Starts connecting (if not already) and resolves with the next `welcome`, or the current
+   * one when connected. Failed attempts are retried with backoff, so the promise waits for
+   * the first success; it is rejected (code "closed") by close() or a close code after which
+   * the client stops.
+   * @returns {Promise<object>} the welcome message
+   */
+  connect() {
+    const welcome = new Promise((resolve, reject) => {
+      if (this.#welcome) resolve(this.#welcome);
+      else this.#connectWaiters.push({ resolve, reject });
+    });
+    if (!this.#running) {
+      this.#running = true;
+      this.#attempt = 0;
+      this.#open();
+    }
+    return welcome;
+  }
+
+  /**
+   * Closes the connection with 1000 and stops reconnecting. Requests in flight are rejected
+   * with code "disconnected"; waiting connect() and subscribe() promises with "closed".
+   * Stream positions and subscriptions are kept, so a later connect() resumes them.
+   */
+  close() {
+    this.#running = false;
+    this.#generation += 1;
+    this.#cancelTimers();
+    const ws = this.#ws;
+    if (ws) {
+      this.#forgetSocket();
+      if (ws.readyState === CONNECTING || ws.readyState === OPEN) ws.close(1000);
+    }
+    this.#rejectWaiting(throngError("closed", "the client was closed"));
+    this.#setState("disconnected");
+  }
+
+  /**
+   * Subscribes to a topic, now or as soon as the client is connected, and keeps it
+   * subscribed across reconnects (resuming it with since/epoch).
+   * @param {string} topic
+   * @returns {Promise<object>} the `subscribed` answer
+   */
+  subscribe(topic) {
+    checkTopic(topic);
+    const entry = this.#topics.get(topic);
+    if (!entry) this.#topics.set(topic, { seq: null, epoch: null, live: false });
+    if (this.#welcome) {
+      this.#explicit = true;
+      try {
+        return this.#sendSubscribe(topic);
+      } finally {
+        this.#explicit = false;
+      }
+    }
+    return new Promise((resolve, reject) => {
+      const list = this.#waiters.get(topic) ?? [];
+      list.push({ resolve, reject });
+      this.#waiters.set(topic, list);
+    });
+  }
+
+  /**
+   * Leaves a topic; its pushes are dropped from now on. When not connected there is no
+   * server subscription to end, so the answer is made up locally.
+   * @param {string} topic
+   * @returns {Promise<object>} the `unsubscribed` answer
+   */
+  unsubscribe(topic) {
+    checkTopic(topic);
+    this.#topics.delete(topic);
+    this.#rejectWaiters(topic, throngError("cancelled", `unsubscribe(${topic}) was called`));
+    if (!this.#welcome) return Promise.resolve({ type: "unsubscribed", topic });
+    return this.#request({ type: "unsubscribe", topic }, { topic });
+  }
+
+  /**
+   * Publishes `data` to a topic's subscribers (needs the token's `publish` grant).
+   * @param {string} topic
+   * @param {*} data any JSON value
+   * @returns {Promise<object>} the `published` answer
+   */
+  publish(topic, data) {
+    checkTopic(topic);
+    return this.#request({ type: "publish", topic, data: data ?? null });
+  }
+
+  /**
+   * Sends `data` to the upstream (not to clients).
+   * @param {*} data any JSON value
+   * @returns {Promise<object>} the `sent` answer
+   */
+  send(data) {
+    return this.#request({ type: "send", data: data ?? null });
+  }
+
+  /**
+   * Adds a listener for "push", "state", "resumed", "gap", "error" or "welcome".
+   * @param {string} name
+   * @param {Function} fn
+   * @returns {() => void} removes the listener
+   */
+  on(name, fn) {
+    if (!EVENT_NAMES.has(name)) throw new TypeError(`unknown event "${name}"`);
+    if (typeof fn !== "function") throw new TypeError("listener must be a function");
+    const set = this.#listeners.get(name) ?? new Set();
+    set.add(fn);
+    this.#listeners.set(name, set);
+    return () => {
+      set.delete(fn);
+    };
+  }
+
+  // ---- connection life cycle ----
+
+  async #open() {
+    this.#retryTimer = null;
+    const generation = ++this.#generation;
+    this.#setState("connecting");
+    let token;
+    try {
+      token = await this.#currentToken();
+    } catch (err) {
+      if (generation !== this.#generation) return;
+      this.#emitError(err);
+      this.#retry();
+      return;
+    }
+    if (generation !== this.#generation) return; // close() or another attempt took over
+    this.#startSocket(this.#buildUrl(token));
+  }
+
+  /** The fixed token, or a fresh one from getToken; fails with code "token_failed". */
+  async #currentToken() {
+    if (!this.#getToken) return this.#token;
+    let token;
+    try {
+      token = await this.#getToken();
+    } catch (err) {
+      throw throngError("token_failed", `getToken failed: ${err?.message ?? err}`, { cause: err });
+    }
+    if (typeof token !== "string" || token === "") throw throngError("token_failed", "getToken gave no token");
+    return token;
+  }
+
+  #startSocket(url) {
+    let ws;
+    try {
+      ws = new this.#WebSocket(url);
+    } catch (err) {
+      this.#emitError(throngError("connect_failed", String(err?.message ?? err), { cause: err }));
+      this.#retry();
+      return;
+    }
+    this.#ws = ws;
+    this.#opened = false;
+    this.#socketError = "";
+    ws.onopen = () => { if (ws === this.#ws) this.#opened = true; };
+    ws.onmessage = (event) => { if (ws === this.#ws) this.#onText(event.data); };
+    ws.onerror = (event) => { if (ws === this.#ws) this.#onSocketError(event); };
+    ws.onclose = (event) => { if (ws === this.#ws) this.#onClose(event.code, event.reason); };
+  }
+
+  /**
+   * After an error, browsers and the `ws` package fire `close`, which carries what we act on.
+   * Node 20's experimental WebSocket fires no `close` when the connection cannot be opened,
+   * so an error before `open` ends the attempt here; the late `close`, if any, is ignored.
+   */
+  #onSocketError(event) {
+    this.#socketError = event?.message ?? "";
+    if (!this.#opened) this.#onClose(1006, "");
+  }
+
+  /** The upgrade URL: the token (browsers cannot set headers) and the user stream's position. */
+  #buildUrl(token) {
+    const url = new URL(this.#url);
+    url.searchParams.set("token", token);
+    if (this.#user.epoch !== null) {
+      url.searchParams.set("since", String(this.#user.seq));
+      url.searchParams.set("epoch", this.#user.epoch);
+    } else {
+      url.searchParams.delete("since");
+      url.searchParams.delete("epoch");
+    }
+    return url.toString();
+  }
+
+  #onClose(code, reason) {
+    const opened = this.#opened;
+    const detail = this.#socketError;
+    this.#forgetSocket();
+    this.#setState("disconnected");
+    if (!opened) {
+      // A refused upgrade (401, 429, 503 ...) looks like this: browsers hide the status.
+      const message = `the connection could not be opened${detail ? `: ${detail}` : ""}`;
+      this.#emitError(throngError("connect_failed", message, { closeCode: code }));
+    }
+    if (!this.#running) return;
+    if (!shouldReconnect(code, this.#getToken !== null)) {
+      this.#stop(throngError("closed", `closed by the server: ${code} ${reason ?? ""}`.trim(), {
+        closeCode: code,
+        reason,
+      }));
+      return;
+    }
+    if (this.#hint) this.#hint.due = true; // reconnect when the drain hint says, not before
+    else this.#retry();
+  }
+
+  /** Drops the current socket and everything that belonged to its connection. */
+  #forgetSocket() {
+    const ws = this.#ws;
+    if (ws) {
+      ws.onopen = ws.onmessage = ws.onclose = null;
+      ws.onerror = () => {}; // keep one: the `ws` package throws on an unheard error
+    }
+    this.#ws = null;
+    this.#opened = false;
+    this.#welcome = null;
+    this.#ackSeq = 0;
+    if (this.#refresh.timer !== null) this.#clearTimeout(this.#refresh.timer);
+    this.#refresh = newRefreshState();
+    for (const entry of this.#topics.values()) entry.live = false;
+    const pending = [...this.#pending.values()];
+    this.#pending.clear();
+    const err = throngError("disconnected", "the connection dropped before the answer came");
+    for (const request of pending) request.reject(err);
+  }
+
+  /** Stops for good after a close code that forbids reconnecting blindly. */
+  #stop(err) {
+    this.#running = false;
+    this.#cancelTimers();
+    this.#rejectWaiting(err);
+    this.#emitError(err);
+  }
+
+  #retry() {
+    if (!this.#running) return;
+    const delay = backoffDelay(this.#attempt, this.#backoff, this.#random);
+    this.#attempt += 1;
+    this.#retryTimer = this.#setTimeout(() => this.#open(), delay);
+  }
+
+  #cancelTimers() {
+    if (this.#retryTimer !== null) this.#clearTimeout(this.#retryTimer);
+    this.#retryTimer = null;
+    if (this.#hint) this.#clearTimeout(this.#hint.timer);
+    this.#hint = null;
+  }
+
+  #rejectWaiting(err) {
+    const waiters = this.#connectWaiters;
+    this.#connectWaiters = [];
+    for (const waiter of waiters) waiter.reject(err);
+    for (const topic of [...this.#waiters.keys()]) this.#rejectWaiters(topic, err);
+  }
+
+  #rejectWaiters(topic, err) {
+    const list = this.#waiters.get(topic) ?? [];
+    this.#waiters.delete(topic);
+    for (const waiter of list) waiter.reject(err);
+  }
+
+  // ---- incoming messages ----
+
+  #onText(text) {
+    let msg;
+    try {
+      msg = JSON.parse(text);
+    } catch {
+      return; // the server sends only JSON text; anything else is not ours to act on
+    }
+    if (msg === null || typeof msg !== "object" || typeof msg.type !== "string") return;
+    switch (msg.type) {
+      case "welcome": return this.#onWelcome(msg);
+      case "push": return this.#onPush(msg);
+      case "subscribed": return this.#onSubscribed(msg);
+      case "unsubscribed": return this.#onUnsubscribed(msg);
+      case "reconnect": return this.#onReconnectHint(msg);
+      case "token_expiring": return this.#onTokenExpiring(msg);
+      case "error": return this.#onServerError(msg);
+      default: return this.#settle(msg); // published, sent, refreshed, pong; unknown ones are ignored
+    }
+  }
+
+  #onWelcome(msg) {
+    this.#welcome = msg;
+    this.#attempt = 0;
+    // On resumed:true the replay follows, so our position stays; otherwise start from welcome.
+    if (msg.resumed !== true) this.#user = { seq: msg.seq ?? 0, epoch: msg.epoch ?? null };
+    this.#setState("connected");
+    this.#resubscribeAll();
+    this.#emit("welcome", msg);
+    if (msg.resumed === true) this.#emit("resumed", { stream: "user", resumed: true });
+    if (msg.resumed === false) this.#emit("gap", { stream: "user" });
+    const waiters = this.#connectWaiters;
+    this.#connectWaiters = [];
+    for (const waiter of waiters) waiter.resolve(msg);
+  }
+
+  /**
+   * Subscribes every wanted topic on a new connection, resuming where each stream was.
+   * One at a time: a burst of re-subscribes could pass the server's client_rate, and
+   * eleven refusals in a row close the connection with 1008.
+   */
+  async #resubscribeAll() {
+    const ws = this.#ws;
+    for (const topic of [...this.#topics.keys()]) {
+      if (ws !== this.#ws || !this.#welcome) return;
+      if (!this.#topics.has(topic)) continue;
+      await this.#resubscribe(topic, ws);
+    }
+  }
+
+  /**
+   * Re-subscribes one topic on connection `ws`, settling what waits for it. A transient
+   * refusal (rate_limited, overloaded, ...) is retried on the same connection after a
+   * backoff (at least a second after rate_limited, when the server's bucket has a token
+   * again) before the next topic goes, so the topic's pushes do not stop in silence and
+   * refusals never pile up into the server's 1008 close; a lasting refusal forgets it.
+   */
+  async #resubscribe(topic, ws) {
+    const waiters = this.#waiters.get(topic) ?? [];
+    this.#waiters.delete(topic);
+    for (let attempt = 0; ; attempt++) {
+      try {
+        const answer = await this.#sendSubscribe(topic);
+        for (const waiter of waiters) waiter.resolve(answer);
+        return;
+      } catch (err) {
+        if (!TRANSIENT_ERRORS.has(err.code) || ws !== this.#ws || !this.#topics.has(topic)) {
+          if (err.code === "disconnected" && this.#topics.has(topic)) {
+            // The next connection subscribes it again; whoever waits, waits for that.
+            if (waiters.length) this.#waiters.set(topic, [...waiters, ...(this.#waiters.get(topic) ?? [])]);
+            return;
+          }
+          for (const waiter of waiters) waiter.reject(err);
+          if (!waiters.length && err.code !== "disconnected") this.#emitError(err);
+          return;
+        }
+        const backoff = backoffDelay(attempt, this.#backoff, this.#random);
+        const delay = err.code === "rate_limited" ? Math.max(RATE_LIMIT_PAUSE_MS, backoff) : backoff;
+        await new Promise((resolve) => this.#setTimeout(resolve, delay));
+        if (ws !== this.#ws || !this.#topics.has(topic)) {
+          if (waiters.length && this.#topics.has(topic)) {
+            this.#waiters.set(topic, [...waiters, ...(this.#waiters.get(topic) ?? [])]);
+          }
+          return;
+        }
+      }
+    }
+  }
+
+  #sendSubscribe(topic) {
+    const entry = this.#topics.get(topic);
+    // A live subscription needs no resume: the server just confirms it again.
+    const mode = entry.live ? "fresh" : resumeMode(entry);
+    const msg = { type: "subscribe", topic };
+    if (mode === "resume") Object.assign(msg, { since: entry.seq, epoch: entry.epoch });
+    return this.#request(msg, { topic, mode, internal: !this.#explicit });
+  }
+
+  #onPush(msg) {
+    const fresh = typeof msg.topic === "string" ? this.#advanceTopic(msg) : this.#advanceUser(msg);
+    if (!fresh) return;
+    this.#emit("push", msg);
+    if (typeof msg.topic !== "string" && typeof msg.seq === "number") this.#queueAck(msg.seq);
+  }
+
+  /** Dedup for the user stream; broadcasts (no seq) always pass. */
+  #advanceUser(msg) {
+    if (typeof msg.seq !== "number") return true;
+    if (msg.seq <= this.#user.seq) return false;
+    this.#user.seq = msg.seq;
+    return true;
+  }
+
+  /** Dedup for a topic stream; a push of a topic we do not want (any more) is dropped. */
+  #advanceTopic(msg) {
+    const entry = this.#topics.get(msg.topic);
+    if (!entry) return false;
+    if (typeof msg.seq !== "number") return true;
+    // seq 1 carries the epoch it starts: a new numbering (or the first one after the
+    // placeholder) begins, and it is the epoch to resume with.
+    if (typeof msg.epoch === "string" && msg.epoch !== entry.epoch) {
+      entry.epoch = msg.epoch;
+      entry.seq = 0;
+    }
+    if (entry.seq !== null && msg.seq <= entry.seq) return false;
+    entry.seq = msg.seq;
+    return true;
+  }
+
+  /** Acks once per microtask with the highest seq, on the connection the pushes came from. */
+  #queueAck(seq) {
+    if (!this.#ackPushes) return;
+    this.#ackSeq = Math.max(this.#ackSeq, seq);
+    if (this.#ackQueued) return;
+    this.#ackQueued = true;
+    const ws = this.#ws;
+    queueMicrotask(() => {
+      this.#ackQueued = false;
+      const ackSeq = this.#ackSeq;
+      this.#ackSeq = 0;
+      // An ack on another connection could name a seq of an older epoch: refused, and
+      // refusals in a row end in a 1008 close (section 2.2).
+      if (ws === this.#ws && ackSeq > 0) this.#sendJson({ type: "ack", seq: ackSeq });
+    });
+  }
+
+  #onSubscribed(msg) {
+    const request = this.#takePending(msg);
+    const entry = this.#topics.get(msg.topic);
+    if (entry) this.#applySubscribed(entry, msg, request?.mode ?? "fresh");
+    request?.resolve(msg);
+  }
+
+  #applySubscribed(entry, msg, mode) {
+    entry.live = true;
+    if (msg.resumed !== true) {
+      const sameStream = entry.epoch === msg.epoch && msg.resumed !== false;
+      entry.seq = sameStream ? Math.max(entry.seq ?? 0, msg.seq) : msg.seq;
+      entry.epoch = msg.epoch;
+    }
+    const outcome = subscribeOutcome(msg, mode);
+    if (outcome === "resumed") this.#emit("resumed", { stream: "topic", topic: msg.topic, resumed: true });
+    if (outcome === "gap") this.#emit("gap", { stream: "topic", topic: msg.topic });
+  }
+
+  #onUnsubscribed(msg) {
+    if (this.#settle(msg)) return;
+    // Without our ref the server ended it: a refresh took the grant away (section 2.1).
+    this.#topics.delete(msg.topic);
+    this.#emitError(throngError("unsubscribed", `the server ended the subscription to ${msg.topic}`, {
+      topic: msg.topic,
+      reason: msg.reason,
+    }));
+  }
+
+  #onReconnectHint(msg) {
+    const afterMs = Number.isFinite(msg.after_ms) && msg.after_ms > 0 ? msg.after_ms : 0;
+    if (this.#hint) this.#clearTimeout(this.#hint.timer);
+    const hint = { due: false, timer: null };
+    hint.timer = this.#setTimeout(() => {
+      this.#hint = null;
+      if (hint.due) this.#retry(); // the close came first: now add our own jitter
+    }, afterMs);
+    this.#hint = hint;
+  }
+
+  /**
+   * Refreshes at once the first time on a connection. Later `token_expiring`s wait half of
+   * `in_ms`: when tokens live shorter than the server's refresh_ahead_ms, every accepted
+   * refresh is answered by another `token_expiring` at once, and refreshing at once would
+   * loop (getToken, refresh, token_expiring, ...) until the rate limit stops it.
+   */
+  #onTokenExpiring(msg) {
+    if (!this.#getToken) return; // a fixed token cannot be renewed: the 4001 close stops us
+    const refresh = this.#refresh;
+    if (refresh.timer !== null) return; // a refresh for this token is already planned
+    refresh.wanted = true;
+    refresh.inMs = Number.isFinite(msg.in_ms) && msg.in_ms > 0 ? msg.in_ms : 0;
+    this.#planRefresh();
+  }
+
+  /** Starts or schedules the wanted refresh; one that came during a refresh waits for it. */
+  #planRefresh() {
+    const refresh = this.#refresh;
+    if (!refresh.wanted || refresh.busy || refresh.timer !== null) return;
+    refresh.wanted = false;
+    if (refresh.count === 0) {
+      this.#refreshToken();
+      return;
+    }
+    refresh.timer = this.#setTimeout(() => {
+      refresh.timer = null;
+      this.#refreshToken();
+    }, refresh.inMs / 2);
+  }
+
+  async #refreshToken() {
+    const ws = this.#ws;
+    const refresh = this.#refresh;
+    refresh.busy = true;
+    refresh.count += 1;
+    try {
+      const token = await this.#currentToken();
+      // On another connection: it got a fresh token when it connected.
+      if (ws !== this.#ws || !this.#welcome) return;
+      await this.#request({ type: "refresh", token });
+    } catch (err) {
+      // token_failed, or the server refused the refresh: the old token stays until its 4001
+      // close. A dropped connection needs no report: the next one gets a fresh token.
+      if (err.code !== "disconnected") this.#emitError(err);
+    } finally {
+      refresh.busy = false;
+      if (refresh === this.#refresh) this.#planRefresh();
+    }
+  }
+
+  #onServerError(msg) {
+    const request = this.#takePending(msg);
+    const topic = request?.type === "subscribe" ? request.topic : undefined;
+    const err = throngError(msg.code ?? "error", msg.message ?? String(msg.code), { ref: msg.ref, topic });
+    if (!request) {
+      this.#emitError(err);
+      return;
+    }
+    // A refused subscribe forgets the topic unless it is subscribed already (a repeat) or
+    // the client itself re-subscribes it after a reconnect and retries transient refusals:
+    // an app whose subscribe() failed must not get the topic's pushes later.
+    const entry = topic === undefined ? undefined : this.#topics.get(topic);
+    const retried = request.internal && TRANSIENT_ERRORS.has(err.code);
+    if (entry && !entry.live && !retried) this.#topics.delete(topic);
+    request.reject(err);
+  }
+
+  // ---- requests ----
+
+  /** Sends `msg` with a fresh ref; resolves with the answer carrying that ref. */
+  #request(msg, meta = {}) {
+    if (!this.#welcome || this.#ws?.readyState !== OPEN) {
+      return Promise.reject(throngError("disconnected", "not connected"));
+    }
+    const ref = this.#nextRef++;
+    return new Promise((resolve, reject) => {
+      this.#pending.set(ref, { resolve, reject, type: msg.type, ...meta });
+      this.#sendJson({ ...msg, ref });
+    });
+  }
+
+  #takePending(msg) {
+    if (msg.ref === undefined || !this.#pending.has(msg.ref)) return null;
+    const request = this.#pending.get(msg.ref);
+    this.#pending.delete(msg.ref);
+    return request;
+  }
+
+  /** Resolves the request `msg` answers; false when it answers none of ours. */
+  #settle(msg) {
+    const request = this.#takePending(msg);
+    request?.resolve(msg);
+    return request !== null;
+  }
+
+  #sendJson(msg) {
+    if (this.#ws?.readyState === OPEN) this.#ws.send(JSON.stringify(msg));
+  }
+
+  // ---- events ----
+
+  #setState(state) {
+    if (state === this.#state) return;
+    this.#state = state;
+    this.#emit("state", state);
+  }
+
+  #emitError(err) {
+    this.#emit("error", err);
+  }
+
+  #emit(name, value) {
+    for (const fn of [...(this.#listeners.get(name) ?? [])]) {
+      try {
+        fn(value);
+      } catch (err) {
+        reportListenerError(err);
+      }
+    }
+  }
+}
+
+/** Per connection: refreshes done, one running, one wanted (and its in_ms), one scheduled. */
+function newRefreshState() {
+  return { count: 0, busy: false, wanted: false, inMs: 0, timer: null };
+}
+
+function checkTopic(topic) {
+  if (typeof topic !== "string" || topic === "") throw new TypeError("topic must be a non-empty string");
+}
