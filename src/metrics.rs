@@ -81,6 +81,50 @@ impl HandshakeOutcome {
     }
 }
 
+/// One metric of a family shown only while its feature is on: name, type, help, value.
+pub type Field = (&'static str, &'static str, &'static str, u64);
+
+/// Counters of an optional feature (cluster mode, events for the upstream): in `/metrics`
+/// and `/v1/stats` only while it is on.
+pub trait FeatureCounters {
+    /// What `/v1/stats` drops from the front of each name (as well as `_total`).
+    const STATS_PREFIX: &'static str;
+
+    /// Whether the feature is on.
+    fn enabled(&self) -> bool;
+
+    /// Its metrics, read now.
+    fn fields(&self) -> Vec<Field>;
+
+    /// Appends the Prometheus lines, when on.
+    fn prometheus(&self, out: &mut String) {
+        if !self.enabled() {
+            return;
+        }
+        for (name, kind, help, v) in self.fields() {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
+        }
+    }
+
+    /// The `/v1/stats` object, `null` when off.
+    fn json(&self) -> serde_json::Value {
+        if !self.enabled() {
+            return serde_json::Value::Null;
+        }
+        let mut m = serde_json::Map::new();
+        for (name, _, _, v) in self.fields() {
+            let key = name
+                .trim_start_matches(Self::STATS_PREFIX)
+                .trim_end_matches("_total");
+            m.insert(key.to_string(), v.into());
+        }
+        serde_json::Value::Object(m)
+    }
+}
+
 /// Counters one shard writes.
 #[derive(Default)]
 pub struct ShardCounters {

@@ -34,9 +34,15 @@ fn presence(srv: &TestServer, user: &str) -> Value {
 /// Polls presence until it answers 200 and `cond` holds; panics with the last answer
 /// after `WAIT`.
 fn wait_presence(srv: &TestServer, user: &str, cond: impl Fn(&Value) -> bool) -> Value {
+    wait_get(srv, &format!("/v1/presence/{user}"), cond)
+}
+
+/// Polls `GET path` until it answers 200 and `cond` holds; panics with the last answer
+/// after `WAIT`.
+fn wait_get(srv: &TestServer, path: &str, cond: impl Fn(&Value) -> bool) -> Value {
     let mut last = Value::Null;
     let ok = wait_until(WAIT, || {
-        let r = srv.api("GET", &format!("/v1/presence/{user}"), None);
+        let r = srv.api("GET", path, None);
         last = if r.status == 200 {
             r.json()
         } else {
@@ -44,7 +50,7 @@ fn wait_presence(srv: &TestServer, user: &str, cond: impl Fn(&Value) -> bool) ->
         };
         r.status == 200 && cond(&last)
     });
-    assert!(ok, "presence of {user} never matched; last: {last}");
+    assert!(ok, "GET {path} never matched; last: {last}");
     last
 }
 
@@ -321,18 +327,7 @@ fn room_node(redis: &RedisServer, id: &str) -> TestServer {
 
 /// Polls `GET /v1/topics/room:1?members=1...` on `srv` until `cond` holds.
 fn wait_room(srv: &TestServer, query: &str, cond: impl Fn(&Value) -> bool) -> Value {
-    let mut last = Value::Null;
-    let ok = wait_until(WAIT, || {
-        let r = srv.api("GET", &format!("/v1/topics/room:1?members=1{query}"), None);
-        last = if r.status == 200 {
-            r.json()
-        } else {
-            json!({"status": r.status, "body": r.text()})
-        };
-        r.status == 200 && cond(&last)
-    });
-    assert!(ok, "room presence never matched; last: {last}");
-    last
+    wait_get(srv, &format!("/v1/topics/room:1?members=1{query}"), cond)
 }
 
 #[test]

@@ -1,6 +1,5 @@
 //! What the broker threads count, shown in `/metrics` and `/v1/stats` in cluster mode.
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 /// Broker counters and gauges; all zero (and not shown) in standalone mode.
@@ -34,11 +33,17 @@ pub struct BrokerCounters {
     pub stream_paused: AtomicU64,
 }
 
-impl BrokerCounters {
-    fn fields(&self) -> [(&'static str, &'static str, &'static str, u64); 13] {
+impl crate::metrics::FeatureCounters for BrokerCounters {
+    const STATS_PREFIX: &'static str = "throng_";
+
+    fn enabled(&self) -> bool {
+        self.enabled.load(Relaxed)
+    }
+
+    fn fields(&self) -> Vec<crate::metrics::Field> {
         let b = |v: &AtomicBool| u64::from(v.load(Relaxed));
         let n = |v: &AtomicU64| v.load(Relaxed);
-        [
+        vec![
             (
                 "throng_broker_up",
                 "gauge",
@@ -118,33 +123,5 @@ impl BrokerCounters {
                 b(&self.enabled),
             ),
         ]
-    }
-
-    /// Appends the Prometheus lines (cluster mode only).
-    pub fn prometheus(&self, out: &mut String) {
-        if !self.enabled.load(Relaxed) {
-            return;
-        }
-        for (name, kind, help, v) in self.fields() {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
-            );
-        }
-    }
-
-    /// The `/v1/stats` object (`null` in standalone mode).
-    pub fn json(&self) -> serde_json::Value {
-        if !self.enabled.load(Relaxed) {
-            return serde_json::Value::Null;
-        }
-        let mut m = serde_json::Map::new();
-        for (name, _, _, v) in self.fields() {
-            let key = name
-                .trim_start_matches("throng_")
-                .trim_end_matches("_total");
-            m.insert(key.to_string(), v.into());
-        }
-        serde_json::Value::Object(m)
     }
 }

@@ -1,6 +1,5 @@
 //! What the events thread counts, shown in `/metrics` and `/v1/stats`.
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 /// Event delivery counters and gauges; all zero (and not shown) without a target.
@@ -27,10 +26,16 @@ pub struct EventCounters {
     pub lifecycle_skipped: AtomicU64,
 }
 
-impl EventCounters {
-    fn fields(&self) -> [(&'static str, &'static str, &'static str, u64); 8] {
+impl crate::metrics::FeatureCounters for EventCounters {
+    const STATS_PREFIX: &'static str = "throng_events_";
+
+    fn enabled(&self) -> bool {
+        self.enabled.load(Relaxed)
+    }
+
+    fn fields(&self) -> Vec<crate::metrics::Field> {
         let n = |v: &AtomicU64| v.load(Relaxed);
-        [
+        vec![
             (
                 "throng_events_up",
                 "gauge",
@@ -80,31 +85,5 @@ impl EventCounters {
                 n(&self.lifecycle_skipped),
             ),
         ]
-    }
-
-    /// Prometheus lines, when events are on.
-    pub fn prometheus(&self, out: &mut String) {
-        if !self.enabled.load(Relaxed) {
-            return;
-        }
-        for (name, kind, help, v) in self.fields() {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
-            );
-        }
-    }
-
-    /// The `/v1/stats` object, or null when events are off.
-    pub fn json(&self) -> serde_json::Value {
-        if !self.enabled.load(Relaxed) {
-            return serde_json::Value::Null;
-        }
-        let mut m = serde_json::Map::new();
-        for (name, _, _, v) in self.fields() {
-            let key = name.trim_start_matches("throng_events_");
-            m.insert(key.to_string(), v.into());
-        }
-        serde_json::Value::Object(m)
     }
 }
