@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::wire::Wire;
+use crossbeam_channel::{Receiver, Sender};
 
 use crate::auth::Identity;
 
@@ -88,6 +89,37 @@ pub struct ClientPublish {
 
 /// How a client publish ended: its topic `seq`, or the `error` code and message.
 pub(crate) type PublishOutcome = Result<u64, (&'static str, String)>;
+
+/// Pushes from an ingress thread (Kafka) for the push API to route like its own: in
+/// order, stopping at the first it cannot take (shard queues full, shutting down), so the
+/// sender keeps its records' order by retrying from there.
+pub struct IngressBatch {
+    /// Names the batch to its sender.
+    pub id: u64,
+    /// The pushes, validated, in delivery order.
+    pub pushes: Vec<crate::api::ParsedPush>,
+}
+
+/// How much of an [`IngressBatch`] the push API took.
+#[derive(Debug)]
+pub struct IngressAnswer {
+    /// The batch.
+    pub id: u64,
+    /// Pushes taken from the front (queued on their shards, or duplicates of an `id`).
+    pub accepted: usize,
+    /// Why the next one was not, when not all were (the ingress sends the rest again).
+    pub refused: Option<String>,
+}
+
+/// The push API's end of an ingress thread's link.
+pub struct IngressLink {
+    /// Batches from the ingress.
+    pub batches: Receiver<IngressBatch>,
+    /// Answers to it.
+    pub answers: Sender<IngressAnswer>,
+    /// Wakes the ingress thread after an answer.
+    pub waker: Arc<mio::Waker>,
+}
 
 /// A command from the push API to one shard.
 pub enum ShardCmd {

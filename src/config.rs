@@ -227,6 +227,15 @@ pub struct ServeArgs {
     /// Cluster mode: how long a stream entry may sit with a dead node before another claims it [default: 30000].
     #[arg(long)]
     pub claim_idle_ms: Option<u64>,
+    /// Kafka ingress: bootstrap brokers, `host:port[,host:port]`.
+    #[arg(long, value_name = "BROKERS")]
+    pub kafka: Option<String>,
+    /// Kafka ingress: the topic of push commands [default: throng.push].
+    #[arg(long)]
+    pub kafka_topic: Option<String>,
+    /// Kafka ingress: the consumer group [default: throng].
+    #[arg(long)]
+    pub kafka_group: Option<String>,
     /// Log format [default: text].
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -294,6 +303,9 @@ struct FileConfig {
     history_memory_bytes: Option<u64>,
     dedup_window_ms: Option<u64>,
     redis: Option<String>,
+    kafka: Option<String>,
+    kafka_topic: Option<String>,
+    kafka_group: Option<String>,
     node_id: Option<String>,
     offline_ttl_ms: Option<u64>,
     claim_idle_ms: Option<u64>,
@@ -421,6 +433,8 @@ pub struct Config {
     pub dedup_window: Duration,
     /// Cluster mode on Redis, when `--redis` is given.
     pub cluster: Option<ClusterConfig>,
+    /// The Kafka ingress, when `--kafka` is given.
+    pub kafka: Option<KafkaConfig>,
     /// Log format.
     pub log_format: LogFormat,
     /// Development mode.
@@ -451,6 +465,51 @@ pub fn check_events_url(url: &str) -> Result<(), String> {
         return Err(format!("{url:?} has no host"));
     }
     Ok(())
+}
+
+/// The Kafka ingress (docs/protocol.md 7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, `host:port` separated by commas.
+    pub brokers: String,
+    /// The topic push commands are read from; invalid ones go to `<topic>.dlq`.
+    pub topic: String,
+    /// The consumer group.
+    pub group: String,
+}
+
+/// Checks a broker list: one or more `host:port` separated by commas.
+pub fn check_kafka_brokers(list: &str) -> Result<(), String> {
+    if list.trim().is_empty() {
+        return Err("is empty: give host:port[,host:port]".into());
+    }
+    for b in list.split(',') {
+        let b = b.trim();
+        let ok = b.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !ok {
+            return Err(format!("{b:?} is not host:port"));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a Kafka topic name: 1 to 249 of `[A-Za-z0-9._-]`, not `.` or `..`.
+pub fn check_kafka_topic(t: &str) -> Result<(), String> {
+    let valid = !t.is_empty()
+        && t.len() <= 245
+        && t != "."
+        && t != ".."
+        && t.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "{t:?} is not a Kafka topic name (1 to 245 of A-Z a-z 0-9 . _ -; its DLQ adds .dlq)"
+        ))
+    }
 }
 
 /// Checks a `--redis` URL: `redis://host[:port][/db]`, nothing else.
@@ -804,6 +863,39 @@ impl Config {
                 .or(file.max_client_data_bytes)
                 .unwrap_or(16384),
         )?;
+        let kafka = match args.kafka.or(file.kafka) {
+            None => None,
+            Some(brokers) => {
+                check_kafka_brokers(&brokers).map_err(|e| invalid("kafka", e))?;
+                let topic = args
+                    .kafka_topic
+                    .or(file.kafka_topic)
+                    .unwrap_or_else(|| "throng.push".into());
+                check_kafka_topic(&topic).map_err(|e| invalid("kafka_topic", e))?;
+                let group = args
+                    .kafka_group
+                    .or(file.kafka_group)
+                    .unwrap_or_else(|| "throng".into());
+                if group.is_empty() || group.len() > 255 || group.chars().any(char::is_control) {
+                    return Err(invalid(
+                        "kafka_group",
+                        "must be 1 to 255 characters without control characters",
+                    ));
+                }
+                if cluster.is_some() {
+                    return Err(invalid(
+                        "kafka",
+                        "the Kafka ingress runs on standalone servers for now; with redis \
+                         (cluster mode) push through the API or the throng:push stream",
+                    ));
+                }
+                Some(KafkaConfig {
+                    brokers,
+                    topic,
+                    group,
+                })
+            }
+        };
         let events_url = args.events_url.or(file.events_url);
         if let Some(url) = &events_url {
             check_events_url(url).map_err(|e| invalid("events_url", e))?;
@@ -861,6 +953,7 @@ impl Config {
             lifecycle_events: args.lifecycle_events || file.lifecycle_events.unwrap_or(false),
             events_maxlen,
             events_queue,
+            kafka,
             allowed_origins,
             shard_queue_capacity,
             shutdown_grace,

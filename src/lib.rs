@@ -21,6 +21,7 @@ pub mod frame;
 pub mod handshake;
 pub(crate) mod http;
 pub(crate) mod json_depth;
+pub mod kafka;
 pub(crate) mod link;
 pub(crate) mod memory;
 pub mod messages;

@@ -107,7 +107,11 @@ pub trait FeatureCounters {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
             );
         }
+        self.prometheus_labelled(out);
     }
+
+    /// Appends families with labels (one line per label value), when there are any.
+    fn prometheus_labelled(&self, _out: &mut String) {}
 
     /// The `/v1/stats` object, `null` when off.
     fn json(&self) -> serde_json::Value {
@@ -271,6 +275,8 @@ pub struct Metrics {
     pub broker: crate::broker::BrokerCounters,
     /// Client sends and lifecycle events on their way upstream.
     pub events: crate::events::EventCounters,
+    /// The Kafka ingress.
+    pub kafka: crate::kafka::KafkaCounters,
 }
 
 impl Metrics {
@@ -304,6 +310,7 @@ impl Metrics {
             draining: AtomicBool::new(false),
             broker: crate::broker::BrokerCounters::default(),
             events: crate::events::EventCounters::default(),
+            kafka: crate::kafka::KafkaCounters::default(),
         }
     }
 
@@ -396,6 +403,7 @@ impl Metrics {
             "history_bytes": self.sum(|c| &c.history_bytes),
             "cluster": self.broker.json(),
             "events": self.events.json(),
+            "kafka": self.kafka.json(),
         })
     }
 
@@ -659,6 +667,7 @@ impl Metrics {
         });
         self.broker.prometheus(&mut out);
         self.events.prometheus(&mut out);
+        self.kafka.prometheus(&mut out);
         out
     }
 

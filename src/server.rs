@@ -61,6 +61,8 @@ pub struct Server {
     broker: Vec<JoinHandle<()>>,
     /// Delivers client sends and lifecycle events, when they have a target.
     events: Option<JoinHandle<()>>,
+    /// Reads pushes from Kafka, with `--kafka`.
+    kafka: Option<JoinHandle<()>>,
 }
 
 /// A listening socket: `SO_REUSEADDR`, non-blocking, with backlog.
@@ -187,7 +189,7 @@ impl Server {
                 let (links, threads) = broker::spawn(
                     &config,
                     cluster,
-                    node_id,
+                    Arc::clone(&node_id),
                     Arc::clone(&metrics),
                     Arc::clone(&stop),
                     ReplySink {
@@ -229,6 +231,16 @@ impl Server {
             .name("throng-acceptor".into())
             .spawn(move || acceptor.run())?;
 
+        // The Kafka ingress hands its pushes to the API thread, like HTTP.
+        let (ingress, kafka_thread) = match &config.kafka {
+            Some(k) => {
+                let (link, thread) =
+                    crate::kafka::spawn(k, &node_id, &metrics, &stop, Arc::clone(&api_waker))
+                        .map_err(std::io::Error::other)?;
+                (Some(link), Some(thread))
+            }
+            None => (None, None),
+        };
         let api = Api::new(
             api_poll,
             api_listener,
@@ -240,6 +252,7 @@ impl Server {
             Arc::clone(&draining),
             Arc::clone(&stop),
             broker_links,
+            ingress,
         )?;
         let api_thread = std::thread::Builder::new()
             .name("throng-api".into())
@@ -259,6 +272,7 @@ impl Server {
             api: Some(api_thread),
             broker: broker_threads,
             events: events_thread,
+            kafka: kafka_thread,
         })
     }
 
@@ -329,6 +343,10 @@ impl Server {
         let _ = self.api_waker.wake();
         if let Some(t) = self.acceptor.take() {
             join("acceptor".into(), t);
+        }
+        // The Kafka ingress commits what the API took, so it stops before the API.
+        if let Some(t) = self.kafka.take() {
+            join("kafka".into(), t);
         }
         if let Some(t) = self.api.take() {
             join("push API".into(), t);

@@ -5,6 +5,7 @@
 mod client_publish;
 mod cluster_view;
 pub mod dedup;
+mod ingress;
 mod push;
 pub mod request;
 mod routes;
@@ -176,6 +177,8 @@ pub struct Api {
     publishes: Receiver<crate::command::ClientPublish>,
     /// Answers to client publishes per shard, waiting for room in its command queue.
     publish_answers: client_publish::Answers,
+    /// The Kafka ingress's batches, when it runs.
+    ingress: Option<crate::command::IngressLink>,
 }
 
 impl Api {
@@ -192,6 +195,7 @@ impl Api {
         draining: Arc<AtomicBool>,
         stop: Arc<AtomicBool>,
         broker: Option<crate::broker::BrokerLinks>,
+        ingress: Option<crate::command::IngressLink>,
     ) -> io::Result<Api> {
         let mut listener = TcpListener::from_std(listener);
         poll.registry()
@@ -231,6 +235,7 @@ impl Api {
             publish_answers: client_publish::Answers::new(shards_len),
             broker,
             publishes,
+            ingress,
         })
     }
 
@@ -265,6 +270,7 @@ impl Api {
             }
             self.take_replies();
             self.take_publishes();
+            self.take_ingress();
             if self.accept_paused_until.is_some_and(|t| self.now >= t) {
                 self.accept_paused_until = None;
                 // Connections may have queued while paused; edge-triggered, so look now.

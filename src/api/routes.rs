@@ -26,7 +26,7 @@ pub(super) enum QueueError {
 }
 
 /// What became of an accepted push.
-enum Queued {
+pub(super) enum Queued {
     /// Sent as this many shard commands.
     Sent(usize),
     /// Its `id` was already accepted on its stream (on every user of a `users` target)
@@ -143,7 +143,14 @@ impl Api {
                         keep_alive,
                     )
                 } else {
-                    json(200, &serde_json::json!({"status": "ready"}), keep_alive)
+                    let mut body = serde_json::json!({"status": "ready"});
+                    // Pushes from the API and other ingresses go on without Kafka: say
+                    // so rather than take the node out of rotation.
+                    if self.metrics.kafka.enabled.load(Relaxed) {
+                        let up = self.metrics.kafka.up.load(Relaxed);
+                        body["kafka"] = serde_json::json!(if up { "up" } else { "down" });
+                    }
+                    json(200, &body, keep_alive)
                 }
             }
             ("GET", p) if p.starts_with("/v1/topics/") => {
@@ -345,7 +352,11 @@ impl Api {
 
     /// Queues one push on every shard it needs, all or none; returns the command count, or
     /// that it is a duplicate (docs/protocol.md 4.3), which is sent nowhere.
-    fn enqueue(&mut self, mut p: ParsedPush, ticket: Option<Ticket>) -> Result<Queued, QueueError> {
+    pub(super) fn enqueue(
+        &mut self,
+        mut p: ParsedPush,
+        ticket: Option<Ticket>,
+    ) -> Result<Queued, QueueError> {
         if let Some(b) = &self.broker {
             // Cluster mode: Redis deduplicates and numbers (docs/protocol.md 5).
             if !b.up.load(Relaxed) {

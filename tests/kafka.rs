@@ -1,0 +1,213 @@
+//! The Kafka ingress (docs/protocol.md 7) against a real Kafka-protocol broker (tansu):
+//! records become pushes in order per key, offsets are committed only after delivery (a
+//! restart neither loses nor repeats), invalid records go to `<topic>.dlq` without
+//! blocking the rest, and full shard queues pause partitions instead of dropping.
+
+mod common;
+
+use std::time::Duration;
+
+use common::tansu::Tansu;
+use common::*;
+use serde_json::{json, Value};
+
+/// The broker with the push topic (`partitions` of them) and its DLQ.
+fn broker(partitions: u32) -> Tansu {
+    let t = Tansu::start();
+    t.create_topic("throng.push", partitions);
+    t.create_topic("throng.push.dlq", 1);
+    t
+}
+
+fn serve(t: &Tansu, extra: &[&str]) -> TestServer {
+    let mut args = vec!["--kafka", t.addr.as_str()];
+    args.extend_from_slice(extra);
+    TestServer::start(&args)
+}
+
+/// Waits for `n` pushes on `c`; returns their `data`.
+fn pushes(c: &mut Client, n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| {
+            let m = c
+                .try_recv(Duration::from_secs(30))
+                .unwrap_or_else(|e| panic!("closed after {i} pushes: {e:?}"))
+                .unwrap_or_else(|| panic!("only {i} of {n} pushes came"));
+            assert_eq!(m["type"], "push", "{m}");
+            m["data"].clone()
+        })
+        .collect()
+}
+
+fn user_records(user: &str, range: std::ops::Range<u32>) -> Vec<(String, String)> {
+    range
+        .map(|i| {
+            (
+                user.to_string(),
+                json!({"user": user, "id": format!("{user}-{i}"), "data": i}).to_string(),
+            )
+        })
+        .collect()
+}
+
+fn produce(t: &Tansu, records: &[(String, String)]) {
+    let r: Vec<(&str, String)> = records
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    t.produce("throng.push", &r);
+}
+
+#[test]
+fn records_become_pushes_in_order_per_key_and_are_committed() {
+    let t = broker(3);
+    let srv = serve(&t, &[]);
+    let mut alice = srv.connect("alice");
+    let mut bob = srv.connect("bob");
+    let mut records = Vec::new();
+    for (a, b) in user_records("alice", 0..100)
+        .into_iter()
+        .zip(user_records("bob", 0..100))
+    {
+        records.push(a);
+        records.push(b);
+    }
+    produce(&t, &records);
+    let want: Vec<Value> = (0..100).map(|i| json!(i)).collect();
+    assert_eq!(pushes(&mut alice, 100), want);
+    assert_eq!(pushes(&mut bob, 100), want);
+    let s = srv.wait_stats("delivered and committed", |s| {
+        s["kafka"]["delivered"] == 200 && s["kafka"]["commits"].as_u64() >= Some(1)
+    });
+    assert_eq!(s["kafka"]["up"], 1, "{s}");
+    assert_eq!(s["kafka"]["dlq"], 0, "{s}");
+    let m = srv.api("GET", "/metrics", None).text();
+    assert!(m.contains("throng_kafka_delivered_total 200"), "{m}");
+}
+
+#[test]
+fn invalid_records_go_to_the_dlq_with_the_error_and_the_rest_goes_on() {
+    let t = broker(1);
+    let srv = serve(&t, &[]);
+    let mut alice = srv.connect("alice");
+    produce(
+        &t,
+        &[
+            (
+                "alice".into(),
+                json!({"user": "alice", "data": 1}).to_string(),
+            ),
+            ("alice".into(), "not json".into()),
+            ("alice".into(), json!({"data": 2}).to_string()),
+            (
+                "alice".into(),
+                json!({"user": "alice", "data": 3}).to_string(),
+            ),
+        ],
+    );
+    assert_eq!(pushes(&mut alice, 2), vec![json!(1), json!(3)]);
+    let dlq = t.read_all("throng.push.dlq", 2);
+    assert_eq!(dlq.len(), 2);
+    assert_eq!(dlq[0].value, "not json");
+    assert_eq!(dlq[0].key.as_deref(), Some("alice"), "the original key");
+    assert!(
+        dlq[0].header("error").contains("invalid push"),
+        "{}",
+        dlq[0].header("error")
+    );
+    assert!(
+        dlq[1].header("error").contains("exactly one target"),
+        "{}",
+        dlq[1].header("error")
+    );
+    assert_eq!(dlq[0].header("partition"), "0");
+    srv.wait_stats("dlq counted", |s| {
+        s["kafka"]["dlq"] == 2 && s["kafka"]["delivered"] == 2
+    });
+}
+
+#[test]
+fn a_restart_neither_loses_nor_repeats_records() {
+    let t = broker(2);
+    {
+        let srv = serve(&t, &[]);
+        let mut alice = srv.connect("alice");
+        produce(&t, &user_records("alice", 0..50));
+        assert_eq!(pushes(&mut alice, 50).len(), 50);
+        srv.wait_stats("delivered", |s| s["kafka"]["delivered"] == 50);
+        // Dropped here: a graceful stop commits what was delivered.
+    }
+    produce(&t, &user_records("alice", 50..80));
+    let srv = serve(&t, &[]);
+    let mut alice = srv.connect("alice");
+    let want: Vec<Value> = (50..80).map(|i| json!(i)).collect();
+    assert_eq!(
+        pushes(&mut alice, 30),
+        want,
+        "only what the first server did not deliver"
+    );
+    alice.expect_silence(Duration::from_millis(500));
+}
+
+#[test]
+fn full_shard_queues_pause_the_partition_and_nothing_is_dropped() {
+    let t = broker(1);
+    // Shard queues of 2 commands: the API refuses most of each batch, so the partition
+    // pauses and retries, in order.
+    let srv = serve(&t, &["--shard-queue-capacity", "2", "--shards", "1"]);
+    let mut alice = srv.connect("alice");
+    produce(&t, &user_records("alice", 0..2000));
+    let want: Vec<Value> = (0..2000).map(|i| json!(i)).collect();
+    assert_eq!(pushes(&mut alice, 2000), want);
+    let s = srv.wait_stats("delivered", |s| s["kafka"]["delivered"] == 2000);
+    assert!(
+        s["kafka"]["refused"].as_u64() >= Some(1),
+        "no backpressure happened: {s}"
+    );
+}
+
+#[test]
+fn without_kafka_the_api_works_readyz_says_so_and_the_consumer_connects_later() {
+    let port = common::redis_server::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let srv = TestServer::start(&["--kafka", &addr]);
+    let mut alice = srv.connect("alice");
+    srv.push(json!({"user": "alice", "data": "through the API"}));
+    assert_eq!(pushes(&mut alice, 1), vec![json!("through the API")]);
+    let ready = srv.api("GET", "/readyz", None);
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    assert_eq!(ready.json()["kafka"], "down");
+    // The broker comes: the consumer finds it by itself.
+    let t = Tansu::start_on(port);
+    t.create_topic("throng.push", 1);
+    t.create_topic("throng.push.dlq", 1);
+    produce(&t, &user_records("alice", 0..3));
+    assert_eq!(pushes(&mut alice, 3), vec![json!(0), json!(1), json!(2)]);
+    assert_eq!(srv.api("GET", "/readyz", None).json()["kafka"], "up");
+}
+
+#[test]
+fn bad_kafka_settings_are_refused_by_name() {
+    for (args, needle) in [
+        (vec!["--kafka", ""], "kafka"),
+        (vec!["--kafka", "localhost"], "not host:port"),
+        (vec!["--kafka", "a:1,b:x"], "\"b:x\""),
+        (
+            vec!["--kafka", "a:1", "--kafka-topic", "a topic"],
+            "kafka_topic",
+        ),
+        (vec!["--kafka", "a:1", "--kafka-group", ""], "kafka_group"),
+        (
+            vec!["--kafka", "a:1", "--redis", "redis://127.0.0.1:1"],
+            "standalone",
+        ),
+    ] {
+        let mut all = vec!["--jwt-secret", "0123456789abcdef0123456789abcdef"];
+        all.extend(args.iter().copied());
+        let err = throng::config::Config::from_args(all)
+            .err()
+            .unwrap_or_else(|| panic!("{args:?} accepted"))
+            .to_string();
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
