@@ -882,13 +882,6 @@ impl Config {
                         "must be 1 to 255 characters without control characters",
                     ));
                 }
-                if cluster.is_some() {
-                    return Err(invalid(
-                        "kafka",
-                        "the Kafka ingress runs on standalone servers for now; with redis \
-                         (cluster mode) push through the API or the throng:push stream",
-                    ));
-                }
                 Some(KafkaConfig {
                     brokers,
                     topic,

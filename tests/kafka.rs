@@ -7,6 +7,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::redis_server::RedisServer;
 use common::tansu::Tansu;
 use common::*;
 use serde_json::{json, Value};
@@ -197,10 +198,6 @@ fn bad_kafka_settings_are_refused_by_name() {
             "kafka_topic",
         ),
         (vec!["--kafka", "a:1", "--kafka-group", ""], "kafka_group"),
-        (
-            vec!["--kafka", "a:1", "--redis", "redis://127.0.0.1:1"],
-            "standalone",
-        ),
     ] {
         let mut all = vec!["--jwt-secret", "0123456789abcdef0123456789abcdef"];
         all.extend(args.iter().copied());
@@ -210,4 +207,63 @@ fn bad_kafka_settings_are_refused_by_name() {
             .to_string();
         assert!(err.contains(needle), "{args:?}: {err}");
     }
+}
+
+#[test]
+fn two_cluster_nodes_in_one_group_split_the_partitions_and_deliver_through_redis() {
+    let t = broker(4);
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let node = |id: &str| {
+        let srv = serve(&t, &["--redis", &url, "--node-id", id]);
+        assert!(
+            wait_until(WAIT, || srv.api("GET", "/readyz", None).status == 200),
+            "node {id} not ready"
+        );
+        srv
+    };
+    let a = node("a");
+    let b = node("b");
+    // Each user on one node: whichever node reads a record, Redis takes the push to the
+    // user's node.
+    let mut alice = a.connect("alice");
+    let mut bob = b.connect("bob");
+    for srv in [&a, &b] {
+        srv.wait_stats("partitions assigned", |s| {
+            s["kafka"]["assigned_partitions"].as_u64() >= Some(1)
+        });
+    }
+    let mut records = Vec::new();
+    for (x, y) in user_records("alice", 0..60)
+        .into_iter()
+        .zip(user_records("bob", 0..60))
+    {
+        records.push(x);
+        records.push(y);
+    }
+    // Other keys too, so records land on every partition.
+    for i in 0..40 {
+        let user = format!("u{i}");
+        records.push((user.clone(), json!({"user": user, "data": i}).to_string()));
+    }
+    produce(&t, &records);
+    let want: Vec<Value> = (0..60).map(|i| json!(i)).collect();
+    assert_eq!(pushes(&mut alice, 60), want);
+    assert_eq!(pushes(&mut bob, 60), want);
+    let delivered = |s: &TestServer| s.stats()["kafka"]["delivered"].as_u64().unwrap_or(0);
+    assert!(
+        wait_until(WAIT, || delivered(&a) + delivered(&b) == 160),
+        "delivered {} + {}",
+        delivered(&a),
+        delivered(&b)
+    );
+    let (sa, sb) = (a.stats(), b.stats());
+    assert_eq!(
+        sa["kafka"]["assigned_partitions"].as_u64().unwrap_or(0)
+            + sb["kafka"]["assigned_partitions"].as_u64().unwrap_or(0),
+        4,
+        "the four partitions split between the nodes: {} / {}",
+        sa["kafka"],
+        sb["kafka"]
+    );
 }

@@ -179,6 +179,8 @@ pub struct Api {
     publish_answers: client_publish::Answers,
     /// The Kafka ingress's batches, when it runs.
     ingress: Option<crate::command::IngressLink>,
+    /// Cluster mode: ingress batches waiting for Redis.
+    ingress_at_redis: ingress::AtRedis,
 }
 
 impl Api {
@@ -236,6 +238,7 @@ impl Api {
             broker,
             publishes,
             ingress,
+            ingress_at_redis: ingress::AtRedis::default(),
         })
     }
 
@@ -580,6 +583,9 @@ impl Api {
     fn take_replies(&mut self) {
         while let Ok(r) = self.replies.try_recv() {
             let Some(r) = self.client_publish_reply(r) else {
+                continue;
+            };
+            let Some(r) = self.ingress_reply(r) else {
                 continue;
             };
             let Some(c) = self.conns.get_mut(r.ticket.conn) else {
