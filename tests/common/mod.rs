@@ -223,6 +223,20 @@ pub fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
+/// Asserts that each set of flags (with a valid secret added) is refused at startup with
+/// an error that contains its needle (the key or value it names).
+pub fn assert_config_refused(cases: &[(&[&str], &str)]) {
+    for (args, needle) in cases {
+        let mut all = vec!["--jwt-secret", "0123456789abcdef0123456789abcdef"];
+        all.extend(args.iter().copied());
+        let err = throng::config::Config::from_args(all)
+            .err()
+            .unwrap_or_else(|| panic!("{args:?} accepted"))
+            .to_string();
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
 /// An HS256 token for `user`, valid for an hour, signed with `SECRET`.
 pub fn token(user: &str) -> String {
     token_with(json!({"sub": user, "exp": now_secs() + 3600}))
