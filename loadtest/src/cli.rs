@@ -1,6 +1,7 @@
 //! Command-line arguments of every subcommand, and their validation.
 
 use crate::client::Target;
+use crate::push::Via;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -162,8 +163,16 @@ pub struct PushArgs {
     /// Cluster mode: add the pushes to the Redis stream `throng:push` at this URL
     /// (redis://host:port[/db]) with `XADD throng:push * push <json>`, --batch XADDs per
     /// round trip, instead of POSTing them to --api.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "kafka")]
     pub redis_stream: Option<String>,
+    /// Kafka ingress (docs/protocol.md 7): produce each push as a record on --kafka-topic
+    /// at these brokers (host:port[,host:port]), keyed by its target, instead of POSTing
+    /// it to --api; a push counts as sent once the broker acknowledges it.
+    #[arg(long)]
+    pub kafka: Option<String>,
+    /// The topic the server's Kafka ingress reads (its --kafka-topic).
+    #[arg(long, default_value = "throng.push")]
+    pub kafka_topic: String,
     /// Pushes per second (in all); 0 = as fast as the API answers.
     #[arg(long, default_value_t = 1000.0)]
     pub rate: f64,
@@ -191,6 +200,20 @@ pub struct PushArgs {
     /// After the last push, wait at most this long for deliveries.
     #[arg(long, default_value_t = 10.0)]
     pub drain_secs: f64,
+}
+
+impl PushArgs {
+    /// Where the pushes go: --kafka, else --redis-stream, else the API.
+    pub fn via(&self) -> Via {
+        match (&self.kafka, &self.redis_stream) {
+            (Some(brokers), _) => Via::Kafka {
+                brokers: brokers.clone(),
+                topic: self.kafka_topic.clone(),
+            },
+            (None, Some(url)) => Via::RedisStream(url.clone()),
+            (None, None) => Via::Api,
+        }
+    }
 }
 
 /// Flags of `churn`: everything `push` takes plus the churn pace and share.
@@ -404,6 +427,8 @@ impl CapacityArgs {
             api: self.api.clone(),
             api_key: self.api_key.clone(),
             redis_stream: None,
+            kafka: None,
+            kafka_topic: "throng.push".into(),
             rate: self.probe_rate,
             duration_secs: self.probe_secs,
             count: None,
@@ -506,6 +531,21 @@ pub fn validate(c: &ConnectArgs, p: Option<&PushArgs>) -> Result<(), String> {
         if let Some(r) = &p.redis_stream {
             check_redis_url(r)?;
         }
+        if let Some(k) = &p.kafka {
+            check_kafka_brokers(k)?;
+            check_kafka_topic(&p.kafka_topic)?;
+            // Each (driver thread, topic) is a numbered stream of its own (push::kafka).
+            let streams = p.api_concurrency.saturating_mul(c.topics.len());
+            if p.target == Target::Topic && streams > crate::track::MAX_STREAMS {
+                return Err(format!(
+                    "--api-concurrency {} times {} --topics is more than the {} numbered \
+                     streams a receiver tells apart with --kafka",
+                    p.api_concurrency,
+                    c.topics.len(),
+                    crate::track::MAX_STREAMS
+                ));
+            }
+        }
         if p.batch == 0 || p.api_concurrency == 0 {
             return Err("--batch and --api-concurrency must be at least 1".into());
         }
@@ -538,6 +578,32 @@ fn check_redis_url(s: &str) -> Result<(), String> {
         .map_err(|e| format!("--redis-stream: {s:?}: {e}").replace('\n', " "))
 }
 
+/// Checks `--kafka`: one or more host:port, comma separated (not connected yet).
+fn check_kafka_brokers(list: &str) -> Result<(), String> {
+    let host_port = |b: &str| {
+        b.rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0))
+    };
+    match list.split(',').map(str::trim).find(|b| !host_port(b)) {
+        Some(b) => Err(format!(
+            "--kafka: {b:?} is not host:port (give host:port[,host:port])"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Checks `--kafka-topic`: a name Kafka takes (1 to 249 of `A-Za-z0-9._-`, not `.` or
+/// `..`), which is also what keeps it free of the NUL librdkafka cannot take.
+fn check_kafka_topic(t: &str) -> Result<(), String> {
+    let legal = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+    if t.is_empty() || t.len() > 249 || t == "." || t == ".." || !t.chars().all(legal) {
+        return Err(format!(
+            "--kafka-topic: {t:?} is not a Kafka topic name (1 to 249 of A-Za-z0-9._-)"
+        ));
+    }
+    Ok(())
+}
+
 /// Checks the churn flags.
 pub fn validate_churn(ch: &ChurnArgs) -> Result<(), String> {
     if !(ch.churn_rate >= 0.0 && ch.churn_rate.is_finite()) {
@@ -556,8 +622,12 @@ pub fn validate_churn(ch: &ChurnArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks what `resume` and `deploy` share: one process, user pushes, a topic rate.
+/// Checks what `resume` and `deploy` share: one process, user pushes through the API,
+/// a topic rate.
 fn validate_streams(p: &PushArgs, topic_rate: f64) -> Result<(), String> {
+    if p.kafka.is_some() {
+        return Err("--kafka is for push and churn; resume and deploy push through the API".into());
+    }
     if p.conn.procs != 1 || p.conn.worker {
         return Err(
             "--procs must be 1 for resume and deploy: every connection's streams are \
@@ -855,6 +925,7 @@ mod tests {
         ];
         check(&d).unwrap();
         err(&["resume", "--procs", "2"], "--procs");
+        err(&["resume", "--kafka", "h:1"], "--kafka");
         err(
             &["resume", "--target", "topic", "--topics", "a"],
             "--target",
@@ -881,7 +952,7 @@ mod tests {
     }
 
     #[test]
-    fn redis_stream_and_url_lists_are_checked() {
+    fn redis_stream_kafka_and_url_lists_are_checked() {
         check(&["push", "--redis-stream", "redis://127.0.0.1:6379"]).unwrap();
         check(&[
             "push",
@@ -900,6 +971,37 @@ mod tests {
             &["push", "--redis-stream", "redis://h:notaport"],
             "--redis-stream",
         );
+        check(&["push", "--kafka", "127.0.0.1:9092,broker:9093"]).unwrap();
+        check(&["push", "--kafka", "h:1", "--kafka-topic", "a.b_c-1"]).unwrap();
+        err(&["push", "--kafka", "127.0.0.1"], "--kafka");
+        err(&["push", "--kafka", "h:1,h:0"], "--kafka");
+        err(&["push", "--kafka", "h:1,"], "--kafka");
+        err(
+            &["push", "--kafka", "h:1", "--kafka-topic", "a b"],
+            "--kafka-topic",
+        );
+        err(
+            &["push", "--kafka", "h:1", "--kafka-topic", ".."],
+            "--kafka-topic",
+        );
+        err(
+            &["push", "--kafka", "h:1", "--kafka-topic", ""],
+            "--kafka-topic",
+        );
+        let many = [
+            "push",
+            "--kafka",
+            "h:1",
+            "--target",
+            "topic",
+            "--topics",
+            "a,b",
+            "--api-concurrency",
+            "3000",
+        ];
+        err(&many, "--api-concurrency");
+        let r = "redis://127.0.0.1:6379";
+        assert!(check(&["push", "--kafka", "h:1", "--redis-stream", r]).is_err());
         let two = "ws://127.0.0.1:1/ws,ws://127.0.0.1:2/ws";
         check(&["push", "--url", two]).unwrap();
         assert!(crate::util::parse_urls(two, "ws", 80).is_ok());

@@ -954,7 +954,8 @@ fn on_message(c: &mut Conn, text: &[u8], ctx: &mut Ctx) -> Result<(), End> {
             if let Some(seq) = msg.seq.filter(|_| msg.topic.is_none()) {
                 st.record_seq(seq);
             } else if let Some(n) = data.n {
-                st.record_counter(data.s.unwrap_or(0).min(4095), n);
+                let s = data.s.unwrap_or(0).min(crate::track::MAX_STREAMS - 1);
+                st.record_counter(s, n);
             } else {
                 st.received += 1;
                 ctx.out.unnumbered += 1;

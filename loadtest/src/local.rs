@@ -179,7 +179,7 @@ impl Local {
         let api = util::parse_url(&p.api, "http", 80)?;
         Ok(PushCfg {
             api,
-            redis_stream: p.redis_stream.clone(),
+            via: p.via(),
             api_key: p.api_key.clone(),
             rate: p.rate,
             duration: push_duration(p.duration_secs, p.count, p.rate),
@@ -284,6 +284,7 @@ impl Local {
             connect_secs,
             subscriptions_confirmed: self.sh.subscribed.load(Relaxed),
             target: p.map(|p| p.target.name().to_string()),
+            push_via: p.map(|p| p.via().name().to_string()),
             ..Default::default()
         }
     }

@@ -1,9 +1,13 @@
 //! Push driver: paced pushes from a few threads, as HTTP/1.1 keep-alive requests to the
-//! push API or, with `--redis-stream`, as pipelined `XADD`s to the cluster's push stream.
+//! push API, with `--redis-stream` as pipelined `XADD`s to the cluster's push stream, or
+//! with `--kafka` as records on the Kafka ingress's topic ([`kafka`]).
+
+mod kafka;
 
 use crate::client::{merge_counts, Shared, Target};
 use crate::util::{self, Url};
 use hdrhistogram::Histogram;
+use kafka::KafkaSink;
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -11,11 +15,33 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Which way the driver hands its pushes to the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Via {
+    /// `POST /v1/push` (or `/v1/push/batch`) on the push API.
+    Api,
+    /// `XADD` to the cluster's push stream `throng:push` at this Redis URL.
+    RedisStream(String),
+    /// Records on `topic` at the Kafka `brokers` (host:port, comma separated).
+    Kafka { brokers: String, topic: String },
+}
+
+impl Via {
+    /// The name in reports: `api`, `redis_stream` or `kafka`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Via::Api => "api",
+            Via::RedisStream(_) => "redis_stream",
+            Via::Kafka { .. } => "kafka",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct PushCfg {
     pub api: Url,
-    /// With a Redis URL, pushes go into the stream `throng:push` there instead of the API.
-    pub redis_stream: Option<String>,
+    /// Where the pushes go: the API (`api`), the Redis stream or a Kafka topic.
+    pub via: Via,
     pub api_key: Option<String>,
     /// Pushes per second from this process (0: unpaced).
     pub rate: f64,
@@ -37,8 +63,9 @@ pub struct PushCfg {
 }
 
 pub struct PushOut {
-    /// Pushes the API accepted.
+    /// Pushes the API accepted (with `--kafka`: whose record the broker acknowledged).
     pub accepted: u64,
+    /// Requests, stream round trips, or Kafka records produced.
     pub requests: u64,
     /// Requests (or batch lines) answered 503 overloaded and sent again.
     pub retries: u64,
@@ -96,14 +123,28 @@ struct Item {
 pub fn run(cfg: Arc<PushCfg>, sh: Arc<Shared>, prog: Arc<PushProgress>) -> PushOut {
     let ticket = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
+    let mut out = PushOut::new();
+    let sink = match &cfg.via {
+        Via::Kafka { brokers, topic } => {
+            match KafkaSink::new(&cfg, brokers, topic, sh.clone(), prog.clone()) {
+                Ok(k) => Some(Arc::new(k)),
+                Err(cause) => {
+                    give_up(&mut out, &prog, cause, 1);
+                    out.secs = start.elapsed().as_secs_f64();
+                    return out;
+                }
+            }
+        }
+        _ => None,
+    };
     let mut hs = Vec::new();
     for s in 0..cfg.concurrency.max(1) {
         let (cfg, sh, prog, ticket) = (cfg.clone(), sh.clone(), prog.clone(), ticket.clone());
+        let sink = sink.clone();
         hs.push(std::thread::spawn(move || {
-            stream(s, &cfg, &sh, &prog, &ticket, start)
+            stream(s, &cfg, &sh, &prog, &ticket, start, sink.as_deref())
         }));
     }
-    let mut out = PushOut::new();
     for h in hs {
         match h.join() {
             Ok(o) => out.merge(o),
@@ -113,6 +154,10 @@ pub fn run(cfg: Arc<PushCfg>, sh: Arc<Shared>, prog: Arc<PushProgress>) -> PushO
                     .or_insert(0) += 1
             }
         }
+    }
+    // The threads are done with it, so this is the last reference.
+    if let Some(k) = sink.and_then(Arc::into_inner) {
+        out.merge(k.finish(cfg.retry_grace));
     }
     out.secs = start.elapsed().as_secs_f64();
     out
@@ -125,10 +170,14 @@ fn stream(
     prog: &PushProgress,
     ticket: &AtomicU64,
     start: Instant,
+    kafka: Option<&KafkaSink>,
 ) -> PushOut {
     let mut out = PushOut::new();
     let mut conn: Option<ApiConn> = None;
-    let mut redis = cfg.redis_stream.as_deref().map(StreamSink::new);
+    let mut redis = match &cfg.via {
+        Via::RedisStream(url) => Some(StreamSink::new(url)),
+        _ => None,
+    };
     let limit = cfg.count.unwrap_or(u64::MAX);
     let end = start + cfg.duration;
     let hard_end = end + cfg.retry_grace;
@@ -179,6 +228,10 @@ fn stream(
             r.send(cfg, sh, prog, &items, s, &pad, &mut out);
             continue;
         }
+        if let Some(k) = kafka {
+            k.send(cfg, prog, items, s, &pad, hard_end, &mut out);
+            continue;
+        }
         let mut attempts_left_io = 2;
         while !items.is_empty() {
             let mut body = String::with_capacity(items.len() * (cfg.payload_bytes + 96));
@@ -208,8 +261,7 @@ fn stream(
                         continue;
                     }
                     let cause = format!("api_{}", crate::ws_conn::io_cause(&e));
-                    *out.errors.entry(cause).or_insert(0) += items.len() as u64;
-                    prog.errors.fetch_add(items.len() as u64, Relaxed);
+                    give_up(&mut out, prog, cause, items.len() as u64);
                     break;
                 }
             };
@@ -231,8 +283,7 @@ fn stream(
                                     retry.push(line - 1);
                                 } else {
                                     let cause = format!("rejected_{}", short(&err));
-                                    *out.errors.entry(cause).or_insert(0) += 1;
-                                    prog.errors.fetch_add(1, Relaxed);
+                                    give_up(&mut out, prog, cause, 1);
                                 }
                             }
                         }
@@ -270,8 +321,7 @@ fn stream(
                         continue;
                     }
                     let cause = format!("http_503_{}", code.unwrap_or_default());
-                    *out.errors.entry(cause).or_insert(0) += items.len() as u64;
-                    prog.errors.fetch_add(items.len() as u64, Relaxed);
+                    give_up(&mut out, prog, cause, items.len() as u64);
                     break;
                 }
                 st => {
@@ -279,8 +329,7 @@ fn stream(
                         Some(c) => format!("http_{st}_{c}"),
                         None => format!("http_{st}"),
                     };
-                    *out.errors.entry(cause).or_insert(0) += items.len() as u64;
-                    prog.errors.fetch_add(items.len() as u64, Relaxed);
+                    give_up(&mut out, prog, cause, items.len() as u64);
                     break;
                 }
             }
@@ -363,8 +412,7 @@ impl StreamSink {
             Ok(a) => a,
             Err(cause) => {
                 self.conn = None;
-                *out.errors.entry(cause).or_insert(0) += items.len() as u64;
-                prog.errors.fetch_add(items.len() as u64, Relaxed);
+                give_up(out, prog, cause, items.len() as u64);
                 return;
             }
         };
@@ -380,8 +428,7 @@ impl StreamSink {
                 Some(Err(e)) => redis_cause(&e),
                 None => "redis_missing_answer".to_string(),
             };
-            *out.errors.entry(cause).or_insert(0) += 1;
-            prog.errors.fetch_add(1, Relaxed);
+            give_up(out, prog, cause, 1);
         }
     }
 }
@@ -438,6 +485,12 @@ fn short(s: &str) -> String {
         .collect()
 }
 
+/// Counts `n` pushes given up for `cause`.
+fn give_up(out: &mut PushOut, prog: &PushProgress, cause: String, n: u64) {
+    *out.errors.entry(cause).or_insert(0) += n;
+    prog.errors.fetch_add(n, Relaxed);
+}
+
 fn account(sh: &Shared, tgt: &Tgt, out: &mut PushOut, prog: &PushProgress) {
     out.accepted += 1;
     prog.accepted.fetch_add(1, Relaxed);
@@ -485,11 +538,10 @@ fn push_json(out: &mut String, cfg: &PushCfg, tgt: &Tgt, n: u64, s: usize, pad: 
             out.push(']');
         }
         Tgt::Topic(i) => {
-            let t = cfg.topics.get(*i).map(String::as_str).unwrap_or("load");
             let _ = write!(
                 out,
                 "\"topic\":{}",
-                serde_json::to_string(t).unwrap_or_default()
+                serde_json::to_string(topic_name(cfg, *i)).unwrap_or_default()
             );
         }
         Tgt::Broadcast => out.push_str("\"broadcast\":true"),
@@ -499,6 +551,23 @@ fn push_json(out: &mut String, cfg: &PushCfg, tgt: &Tgt, n: u64, s: usize, pad: 
         ",\"data\":{{\"t\":{},\"n\":{n},\"s\":{s},\"pad\":\"{pad}\"}}}}",
         util::now_us()
     );
+}
+
+/// Topic `i` of the run.
+fn topic_name(cfg: &PushCfg, i: usize) -> &str {
+    cfg.topics.get(i).map(String::as_str).unwrap_or("load")
+}
+
+/// The Kafka record key of a push: its target, so that the pushes one receiver counts in
+/// order share a partition. Several users go by the first (each receiver orders them by
+/// its own `seq`, whatever the partition); every broadcast has the one key `broadcast`.
+fn target_key(cfg: &PushCfg, tgt: &Tgt) -> String {
+    match tgt {
+        Tgt::User(u) => format!("u{}", cfg.user_offset + u),
+        Tgt::Users(us) => format!("u{}", cfg.user_offset + us.first().copied().unwrap_or(0)),
+        Tgt::Topic(i) => topic_name(cfg, *i).to_string(),
+        Tgt::Broadcast => "broadcast".to_string(),
+    }
 }
 
 fn error_code(body: &[u8]) -> Option<String> {
@@ -657,10 +726,11 @@ fn read_response(stream: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<Resp> 
 mod tests {
     use super::*;
 
-    fn cfg(target: Target) -> PushCfg {
+    /// Settings for driver tests: the API at a closed port, 10 users from u100.
+    pub(super) fn cfg(target: Target) -> PushCfg {
         PushCfg {
             api: util::parse_url("http://127.0.0.1:1", "http", 80).unwrap(),
-            redis_stream: None,
+            via: Via::Api,
             api_key: None,
             rate: 0.0,
             duration: Duration::from_secs(1),
@@ -676,6 +746,15 @@ mod tests {
             full_sessions: None,
             retry_grace: Duration::from_secs(1),
         }
+    }
+
+    #[test]
+    fn kafka_keys_are_the_targets() {
+        let c = cfg(Target::User);
+        assert_eq!(target_key(&c, &Tgt::User(17)), "u117");
+        assert_eq!(target_key(&c, &Tgt::Users(vec![3, 4])), "u103");
+        assert_eq!(target_key(&c, &Tgt::Topic(0)), "room:a");
+        assert_eq!(target_key(&c, &Tgt::Broadcast), "broadcast");
     }
 
     #[test]

@@ -110,6 +110,9 @@ pub struct Report {
 
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// How the pushes reached the server: `api`, `redis_stream` or `kafka`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push_via: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pushes_sent: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -341,6 +344,7 @@ impl Report {
             mode: reports.first().map(|r| r.mode.clone()).unwrap_or_default(),
             procs: reports.len(),
             target: reports.first().and_then(|r| r.target.clone()),
+            push_via: reports.first().and_then(|r| r.push_via.clone()),
             ..Default::default()
         };
         let mut hs = util::new_hist();
@@ -519,9 +523,10 @@ impl Report {
         if let Some(c) = self.client_rss_bytes_per_conn {
             s += &format!("client RSS: {c:.0} bytes per connection\n");
         }
+        let via = self.push_via.as_deref().unwrap_or("api");
         if let Some(sent) = self.pushes_sent {
             s += &format!(
-                "pushes: {} accepted in {:.1}s ({:.0}/s), {} requests, {} retries, errors: {}\n",
+                "pushes via {via}: {} accepted in {:.1}s ({:.0}/s), {} requests, {} retries, errors: {}\n",
                 sent,
                 self.push_secs.unwrap_or(0.0),
                 self.push_rate_per_sec.unwrap_or(0.0),
@@ -552,8 +557,13 @@ impl Report {
                 );
             }
             if let Some(a) = self.api_latency_us {
+                let what = match via {
+                    "kafka" => "Kafka produce-to-acknowledgement latency",
+                    "redis_stream" => "push stream round-trip latency",
+                    _ => "push API request latency",
+                };
                 s += &format!(
-                    "push API request latency: p50 {} p99 {} max {}\n",
+                    "{what}: p50 {} p99 {} max {}\n",
                     fmt_us(a.p50),
                     fmt_us(a.p99),
                     fmt_us(a.max)

@@ -123,6 +123,10 @@ impl SeqTracker {
     }
 }
 
+/// Numbered streams one receiver tells apart (a push's `s` past the last counts as the
+/// last), which bounds a receiver's trackers.
+pub const MAX_STREAMS: usize = 4096;
+
 /// What one receiving connection saw during a push run.
 #[derive(Debug, Default)]
 pub struct RecvState {

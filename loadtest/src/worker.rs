@@ -454,6 +454,10 @@ fn worker_args(
         if let Some(r) = &p.redis_stream {
             kv("redis-stream", r.clone());
         }
+        if let Some(k) = &p.kafka {
+            kv("kafka", k.clone());
+            kv("kafka-topic", p.kafka_topic.clone());
+        }
         let (rate, count) = if p.target.direct() {
             // every worker pushes to its own users
             (

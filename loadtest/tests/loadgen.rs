@@ -20,26 +20,6 @@ fn wait_server_empty(srv: &TestServer, r: &Report) {
     );
 }
 
-/// The push counters every complete run has: nothing missing, doubled, reordered or
-/// unexpected, no receiver lost, no API error, a latency sample per message.
-fn assert_complete(r: &Report, pushes: u64, expected: u64) {
-    r.eq("pushes_sent", pushes);
-    r.eq("messages_expected", expected);
-    r.eq("messages_received", expected);
-    r.eq("messages_missing", 0);
-    r.eq("messages_duplicated", 0);
-    r.eq("messages_out_of_order", 0);
-    r.eq("messages_unexpected", 0);
-    r.eq("receivers_lost", 0);
-    r.eq("latency_us/count", expected);
-    r.map_eq("push_errors", &[]);
-    r.map_eq("disconnects", &[]);
-    r.check(
-        r.f("deliveries_per_sec") > 0.0,
-        "deliveries_per_sec must be positive when messages arrived",
-    );
-}
-
 #[test]
 fn connect_opens_all_and_closes_cleanly() {
     let srv = TestServer::start(&[]);
@@ -132,6 +112,7 @@ fn push_to_users_delivers_everything() {
     assert_eq!(r.str("mode"), "push");
     r.eq("procs", 1);
     assert_eq!(r.str("target"), "user");
+    assert_eq!(r.str("push_via"), "api");
     r.eq("connections_opened", 20);
     r.map_eq("connect_errors", &[]);
     assert_complete(&r, 200, 400);

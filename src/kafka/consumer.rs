@@ -37,10 +37,11 @@ const PENDING_HIGH: usize = 10_000;
 const RETRY_AFTER: Duration = Duration::from_millis(50);
 /// How often offsets are committed.
 const COMMIT_EVERY: Duration = Duration::from_millis(200);
-/// How often the partitions' high watermarks are asked for (the lag metrics).
-const LAG_EVERY: Duration = Duration::from_secs(5);
-/// How long one watermark request may take.
-const LAG_TIMEOUT: Duration = Duration::from_millis(500);
+/// How often librdkafka reports its statistics (the lag metrics), in milliseconds.
+const STATS_EVERY_MS: &str = "5000";
+/// Longest wait of a fetch for new records: pushes are latency-sensitive, and a broker
+/// that holds a fetch until this passes would add it to every push.
+const FETCH_WAIT_MS: &str = "10";
 /// The longest wait for an event.
 const TICK: Duration = Duration::from_millis(100);
 /// Most records taken from the consumer per loop turn.
@@ -91,6 +92,29 @@ struct Context {
 }
 
 impl ClientContext for Context {
+    /// Lag per partition from librdkafka's own statistics (every `STATS_EVERY_MS`, on this
+    /// thread, with no request of its own): the high watermark minus the committed offset.
+    fn stats(&self, stats: rdkafka::Statistics) {
+        let Some(topic) = stats.topics.get(&self.topic) else {
+            return;
+        };
+        let mut lag: Vec<(i32, i64)> = topic
+            .partitions
+            .iter()
+            .filter(|(&p, _)| p >= 0)
+            .filter(|(p, _)| {
+                self.shared
+                    .lock()
+                    .is_ok_and(|s| s.partitions.contains_key(p))
+            })
+            .map(|(&p, part)| (p, part.consumer_lag.max(0)))
+            .collect();
+        lag.sort_unstable();
+        if let Ok(mut l) = self.metrics.kafka.lag.lock() {
+            *l = lag;
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
             if self.metrics.kafka.up.swap(false, Relaxed) {
@@ -171,7 +195,6 @@ pub(super) struct Ingress {
     stop: Arc<AtomicBool>,
     next_batch: u64,
     last_commit: Instant,
-    last_lag: Instant,
 }
 
 impl Ingress {
@@ -200,6 +223,8 @@ impl Ingress {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
+            .set("fetch.wait.max.ms", FETCH_WAIT_MS)
+            .set("statistics.interval.ms", STATS_EVERY_MS)
             .create_with_context(context)?;
         consumer.set_nonempty_callback(move || {
             let _ = waker.wake();
@@ -217,7 +242,6 @@ impl Ingress {
             stop,
             next_batch: 1,
             last_commit: Instant::now(),
-            last_lag: Instant::now(),
         })
     }
 
@@ -237,10 +261,6 @@ impl Ingress {
             if self.last_commit.elapsed() >= COMMIT_EVERY {
                 self.last_commit = Instant::now();
                 self.commit(CommitMode::Async);
-            }
-            if self.last_lag.elapsed() >= LAG_EVERY {
-                self.last_lag = Instant::now();
-                self.measure_lag();
             }
         }
         // What the API took before it stopped is delivered: commit it.
@@ -400,17 +420,17 @@ impl Ingress {
         Some(IngressBatch { id, pushes })
     }
 
-    /// Commits each partition's offset past its delivered records.
+    /// Commits each partition's offset past its delivered records. The lock is not held
+    /// across the call into librdkafka, whose callbacks take it too.
     fn commit(&mut self, mode: CommitMode) {
-        let Ok(mut shared) = self.shared.lock() else {
-            return;
-        };
         let mut tpl = TopicPartitionList::new();
         let mut moved = Vec::new();
-        for (&partition, p) in &shared.partitions {
-            if let Some(next) = p.progress.to_commit() {
-                let _ = tpl.add_partition_offset(&self.topic, partition, Offset::Offset(next));
-                moved.push((partition, next));
+        if let Ok(shared) = self.shared.lock() {
+            for (&partition, p) in &shared.partitions {
+                if let Some(next) = p.progress.to_commit() {
+                    let _ = tpl.add_partition_offset(&self.topic, partition, Offset::Offset(next));
+                    moved.push((partition, next));
+                }
             }
         }
         if moved.is_empty() {
@@ -419,39 +439,15 @@ impl Ingress {
         match self.consumer.commit(&tpl, mode) {
             Ok(()) => {
                 self.metrics.kafka.commits.fetch_add(1, Relaxed);
-                for (partition, next) in moved {
-                    if let Some(p) = shared.partitions.get_mut(&partition) {
-                        p.progress.committed(next);
+                if let Ok(mut shared) = self.shared.lock() {
+                    for (partition, next) in moved {
+                        if let Some(p) = shared.partitions.get_mut(&partition) {
+                            p.progress.committed(next);
+                        }
                     }
                 }
             }
             Err(e) => tracing::warn!(error = %e, "Kafka offset commit failed; retried"),
-        }
-    }
-
-    /// Lag per partition: its high watermark (asked of the broker, every `LAG_EVERY`)
-    /// minus the next offset to commit.
-    fn measure_lag(&mut self) {
-        let positions: Vec<(i32, Option<i64>)> = match self.shared.lock() {
-            Ok(shared) => shared
-                .partitions
-                .iter()
-                .map(|(&k, p)| (k, p.progress.position()))
-                .collect(),
-            Err(_) => return,
-        };
-        let mut lag = Vec::with_capacity(positions.len());
-        for (partition, next) in positions {
-            if let Ok((_, high)) =
-                self.consumer
-                    .fetch_watermarks(&self.topic, partition, LAG_TIMEOUT)
-            {
-                lag.push((partition, (high - next.unwrap_or(high)).max(0)));
-            }
-        }
-        lag.sort_unstable();
-        if let Ok(mut l) = self.metrics.kafka.lag.lock() {
-            *l = lag;
         }
     }
 }

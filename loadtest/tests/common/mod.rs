@@ -3,9 +3,11 @@
 //! real `throng-load` binary that bounds its run time and parses its JSON report.
 #![allow(dead_code)]
 
-// The server tests' own helper, shared rather than copied.
+// The server tests' own helpers, shared rather than copied.
 #[path = "../../../tests/common/redis_server.rs"]
 pub mod redis_server;
+#[path = "../../../tests/common/tansu.rs"]
+pub mod tansu;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -402,6 +404,26 @@ impl Drop for Load {
 /// Runs `throng-load <args>` to the end (bounded by `RUN_LIMIT`) and returns its report.
 pub fn run_load(args: Vec<String>) -> Report {
     Load::spawn(args).wait(RUN_LIMIT)
+}
+
+/// The push counters every complete run has: nothing missing, doubled, reordered or
+/// unexpected, no receiver lost, no API error, a latency sample per message.
+pub fn assert_complete(r: &Report, pushes: u64, expected: u64) {
+    r.eq("pushes_sent", pushes);
+    r.eq("messages_expected", expected);
+    r.eq("messages_received", expected);
+    r.eq("messages_missing", 0);
+    r.eq("messages_duplicated", 0);
+    r.eq("messages_out_of_order", 0);
+    r.eq("messages_unexpected", 0);
+    r.eq("receivers_lost", 0);
+    r.eq("latency_us/count", expected);
+    r.map_eq("push_errors", &[]);
+    r.map_eq("disconnects", &[]);
+    r.check(
+        r.f("deliveries_per_sec") > 0.0,
+        "deliveries_per_sec must be positive when messages arrived",
+    );
 }
 
 /// A parsed JSON report, with the run's output for failure messages.
