@@ -33,6 +33,9 @@ pub(super) const WAKER: Token = Token(0);
 const BATCH: usize = 512;
 /// Records read and not yet taken, per partition, above which it is paused.
 const PENDING_HIGH: usize = 10_000;
+/// Bytes of records read and not yet taken, per partition, above which it is paused
+/// (10,000 records of up to 1 MiB would otherwise be 10 GiB).
+const PENDING_BYTES_HIGH: usize = 64 << 20;
 /// After a refusal, how long a partition waits before its records go again.
 const RETRY_AFTER: Duration = Duration::from_millis(50);
 /// How often offsets are committed.
@@ -68,6 +71,8 @@ struct Record {
 #[derive(Default)]
 struct Partition {
     pending: VecDeque<Record>,
+    /// Bytes of `pending`'s keys and values.
+    pending_bytes: usize,
     progress: Progress,
     /// The batch at the push API: its id and how many records it holds.
     in_flight: Option<(u64, usize)>,
@@ -75,6 +80,21 @@ struct Partition {
     retry_at: Option<Instant>,
     /// Paused in the consumer.
     paused: bool,
+}
+
+impl Record {
+    fn size(&self) -> usize {
+        self.value.len() + self.key.as_ref().map_or(0, Vec::len)
+    }
+}
+
+impl Partition {
+    /// Takes the oldest pending record.
+    fn pop_front(&mut self) -> Option<Record> {
+        let r = self.pending.pop_front()?;
+        self.pending_bytes -= r.size();
+        Some(r)
+    }
 }
 
 /// What the rebalance callbacks and the loop share (both run on the ingress thread; the
@@ -289,6 +309,7 @@ impl Ingress {
                     if let Ok(mut shared) = self.shared.lock() {
                         // A record of a partition revoked meanwhile is the new owner's.
                         if let Some(p) = shared.partitions.get_mut(&partition) {
+                            p.pending_bytes += record.size();
                             p.pending.push_back(record);
                         }
                     }
@@ -314,7 +335,7 @@ impl Ingress {
             };
             p.in_flight = None;
             for _ in 0..a.accepted {
-                if let Some(r) = p.pending.pop_front() {
+                if let Some(r) = p.pop_front() {
                     p.progress.done(r.offset);
                 }
             }
@@ -358,7 +379,8 @@ impl Ingress {
                     }
                 }
             }
-            let want_paused = waiting || p.pending.len() >= PENDING_HIGH;
+            let want_paused =
+                waiting || p.pending.len() >= PENDING_HIGH || p.pending_bytes >= PENDING_BYTES_HIGH;
             if want_paused != p.paused {
                 let list = if want_paused { &mut pause } else { &mut resume };
                 let _ = list.add_partition(&self.topic, partition);
@@ -403,7 +425,7 @@ impl Ingress {
                         return None;
                     }
                     self.metrics.kafka.dlq.fetch_add(1, Relaxed);
-                    if let Some(r) = p.pending.pop_front() {
+                    if let Some(r) = p.pop_front() {
                         p.progress.done(r.offset);
                     }
                 }
