@@ -89,24 +89,25 @@ impl Tansu {
         t
     }
 
-    /// Creates `topic` with `partitions` partitions.
+    /// Creates `topic` with `partitions` partitions. Retried for a while: a broker that
+    /// just started listening (with clients already knocking) may drop the first request.
     pub fn create_topic(&self, topic: &str, partitions: u32) {
-        let out = Command::new("tansu")
-            .args([
-                "topic",
-                "create",
-                topic,
-                "--partitions",
-                &partitions.to_string(),
-            ])
-            .args(["--broker", &format!("tcp://{}", self.addr)])
-            .output()
-            .expect("tansu topic create");
-        assert!(
-            out.status.success(),
-            "creating {topic}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = Command::new("tansu")
+                .args(["topic", "create", topic, "--partitions"])
+                .arg(partitions.to_string())
+                .args(["--broker", &format!("tcp://{}", self.addr)])
+                .output()
+                .expect("tansu topic create");
+            // A retry after a request whose answer was lost finds the topic there.
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if out.status.success() || stderr.contains("already exists") {
+                return;
+            }
+            assert!(Instant::now() < deadline, "creating {topic}: {stderr}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// A producer that waits for every record to be stored.
