@@ -33,9 +33,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-THRONG_JWT_SECRET="burst-memory-$$-$RANDOM$RANDOM-$RANDOM$RANDOM-$RANDOM$RANDOM"
-THRONG_API_KEY="burst-memory-key-$$-$RANDOM"
-export THRONG_JWT_SECRET THRONG_API_KEY
+export_credentials burst-memory
 "$SERVER" serve --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --log-format json \
     --max-connections $((N + 1000)) >"$WORK/server.out" 2>"$WORK/server.log" &
 SRV_PID=$!

@@ -30,9 +30,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-THRONG_JWT_SECRET="chat-$$-$RANDOM$RANDOM-$RANDOM$RANDOM-$RANDOM$RANDOM-$RANDOM"
-THRONG_API_KEY="chat-key-$$-$RANDOM"
-export THRONG_JWT_SECRET THRONG_API_KEY
+export_credentials chat
 conns=$((ROOMS * MEMBERS))
 "$SERVER" serve --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --log-format json \
     --max-connections $((conns + 1000)) >"$WORK/server.out" 2>"$WORK/server.log" &

@@ -66,11 +66,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-THRONG_JWT_SECRET="cluster-$$-$RANDOM$RANDOM-$RANDOM$RANDOM-$RANDOM$RANDOM-$RANDOM"
-THRONG_API_KEY="cluster-key-$$-$RANDOM"
-export THRONG_JWT_SECRET THRONG_API_KEY
+export_credentials cluster
 
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+PORT=$(free_port)
 mkdir -p "$WORK/redis"
 redis-server --port "$PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK/redis" \
     >"$WORK/redis.log" 2>&1 &

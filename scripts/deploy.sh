@@ -32,9 +32,7 @@ cleanup() { stop_server_pid deploy "$A_PID" 10; stop_server_pid deploy "$B_PID" 
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-THRONG_JWT_SECRET="deploy-$$-$RANDOM$RANDOM-$RANDOM$RANDOM-$RANDOM$RANDOM-$RANDOM"
-THRONG_API_KEY="deploy-key-$$-$RANDOM"
-export THRONG_JWT_SECRET THRONG_API_KEY
+export_credentials deploy
 ARGS=(serve --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --log-format json
     --max-connections $((N + 1000)))
 target/release/throng "${ARGS[@]}" --drain-ms "$DRAIN_MS" >"$WORK/a.out" 2>"$WORK/a.log" &

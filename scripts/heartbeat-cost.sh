@@ -33,9 +33,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-THRONG_JWT_SECRET="heartbeat-cost-$$-$RANDOM$RANDOM-$RANDOM$RANDOM-$RANDOM$RANDOM"
-THRONG_API_KEY="heartbeat-cost-key-$$-$RANDOM"
-export THRONG_JWT_SECRET THRONG_API_KEY
+export_credentials heartbeat-cost
 "$SERVER" serve --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --log-format json \
     --max-connections $((N + 1000)) --ping-interval-ms "$PING_MS" \
     --idle-timeout-ms $((PING_MS * 3)) >"$WORK/server.out" 2>"$WORK/server.log" &

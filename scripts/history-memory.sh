@@ -43,9 +43,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-THRONG_JWT_SECRET="history-memory-$$-$RANDOM$RANDOM-$RANDOM$RANDOM-$RANDOM$RANDOM"
-THRONG_API_KEY="history-memory-key-$$-$RANDOM"
-export THRONG_JWT_SECRET THRONG_API_KEY
+export_credentials history-memory
 
 "$BIN" serve --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --shards "$SHARDS" \
     --history-size "$PUSHES" --history-ttl-ms 600000 --history-memory-bytes 4294967296 \

@@ -52,16 +52,14 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # Test-only credentials, passed through the environment (not visible in `ps`).
-THRONG_JWT_SECRET="idle-memory-$$-$RANDOM$RANDOM-$RANDOM$RANDOM-$RANDOM$RANDOM"
-THRONG_API_KEY="idle-memory-key-$$-$RANDOM"
-export THRONG_JWT_SECRET THRONG_API_KEY
+export_credentials idle-memory
 
 SERVER_ARGS=(serve --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --drain-ms 1000
     --max-connections $((N + ${WARM:-0} + 1000)) --log-format json)
 [[ -n ${SHARDS:-} ]] && SERVER_ARGS+=(--shards "$SHARDS")
 if [[ -n ${REDIS:-} ]]; then
     command -v redis-server >/dev/null || { echo "idle-memory: REDIS=1 needs redis-server" >&2; exit 1; }
-    RPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    RPORT=$(free_port)
     redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" \
         >"$WORK/redis.log" 2>&1 &
     REDIS_PID=$!

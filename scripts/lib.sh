@@ -92,3 +92,16 @@ wait_connections() {
     echo "$who: $want connections not open within 60 s" >&2
     return 1
 }
+
+# Exports a fresh THRONG_JWT_SECRET (over 32 bytes) and THRONG_API_KEY for the servers
+# a script starts, named after the script ($1).
+export_credentials() {
+    THRONG_JWT_SECRET="$1-$$-$RANDOM$RANDOM-$RANDOM$RANDOM-$RANDOM$RANDOM-$RANDOM"
+    THRONG_API_KEY="$1-key-$$-$RANDOM"
+    export THRONG_JWT_SECRET THRONG_API_KEY
+}
+
+# Prints a TCP port free right now on 127.0.0.1.
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}

@@ -36,9 +36,7 @@ cleanup() { stop_server_pid resume "$SRV_PID" 10; rm -rf "$WORK"; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-THRONG_JWT_SECRET="resume-$$-$RANDOM$RANDOM-$RANDOM$RANDOM-$RANDOM$RANDOM-$RANDOM"
-THRONG_API_KEY="resume-key-$$-$RANDOM"
-export THRONG_JWT_SECRET THRONG_API_KEY
+export_credentials resume
 # shellcheck disable=SC2086
 target/release/throng serve --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --log-format json \
     --max-connections $((N + 1000)) ${EXTRA:-} >"$WORK/server.out" 2>"$WORK/server.log" &

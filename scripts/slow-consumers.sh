@@ -50,9 +50,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # Test-only credentials, passed through the environment (not visible in `ps`).
-THRONG_JWT_SECRET="slow-consumers-$$-$RANDOM$RANDOM-$RANDOM$RANDOM-$RANDOM$RANDOM"
-THRONG_API_KEY="slow-consumers-key-$$-$RANDOM"
-export THRONG_JWT_SECRET THRONG_API_KEY
+export_credentials slow-consumers
 
 # Long heartbeats: clients that never read never answer a ping, and the measurement is
 # about the outbound limits, not the 4002 idle close.
