@@ -168,6 +168,8 @@ pub struct ShardCounters {
     pub client_publishes: AtomicU64,
     /// Client messages refused with `rate_limited` (`client_rate`).
     pub rate_limited: AtomicU64,
+    /// Client publishes sent to the push API and not answered yet (gauge; at most 1,024).
+    pub publishes_waiting: AtomicU64,
     /// Sessions with an ack recorded (gauge): entries of the shard's ack table, which
     /// leave with their connection.
     pub acked_sessions: AtomicU64,
@@ -521,6 +523,13 @@ impl Metrics {
             "counter",
             "Client publishes numbered and delivered to the topic (answered published).",
             &|c| &c.client_publishes,
+        );
+        per_shard(
+            &mut out,
+            "throng_client_publishes_waiting",
+            "gauge",
+            "Client publishes waiting for the push API to number them (at most 1,024 per shard).",
+            &|c| &c.publishes_waiting,
         );
         per_shard(
             &mut out,

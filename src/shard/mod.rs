@@ -852,6 +852,7 @@ impl Shard {
         c.history_evictions
             .store(self.users.evictions() + self.streams.evictions(), Relaxed);
         c.acked_sessions.store(self.acks.len() as u64, Relaxed);
+        c.publishes_waiting.store(self.publishing as u64, Relaxed);
         let replied = !self.replies.is_empty();
         for r in self.replies.drain(..) {
             // The API outlives the shards; a failed send means it is gone already.

@@ -846,6 +846,10 @@ fn publishes_waiting_for_the_api_are_bounded_and_answers_find_their_session() {
     let sent: Vec<_> = h.publishes.try_iter().collect();
     assert_eq!(sent.len(), PUBLISH_IN_FLIGHT);
     assert_eq!(
+        h.counters().publishes_waiting.load(Relaxed),
+        PUBLISH_IN_FLIGHT as u64
+    );
+    assert_eq!(
         (&*sent[0].topic, &*sent[0].from, &*sent[0].data),
         ("t", "pub", "0")
     );
