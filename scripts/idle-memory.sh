@@ -21,6 +21,8 @@
 #                      cost of a fresh process's first connections (e.g. WARM=5000)
 #   REDIS=1            cluster mode: start a redis-server on a free port (Debian's
 #                      package) and run the server with --redis
+#   TLS=1              wss://: the server gets a fresh self-signed ECDSA P-256 certificate
+#                      (openssl) and the load generator trusts it with --ca
 #   NO_BUILD=1         skip the build (by default it runs only when a source is newer
 #                      than the binaries; FORCE_BUILD=1 always builds)
 set -euo pipefail
@@ -57,6 +59,14 @@ export_credentials idle-memory
 SERVER_ARGS=(serve --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --drain-ms 1000
     --max-connections $((N + ${WARM:-0} + 1000)) --log-format json)
 [[ -n ${SHARDS:-} ]] && SERVER_ARGS+=(--shards "$SHARDS")
+SCHEME=ws
+TLS_ARGS=()
+if [[ -n ${TLS:-} ]]; then
+    make_test_cert "$WORK"
+    SERVER_ARGS+=(--tls-cert "$WORK/cert.pem" --tls-key "$WORK/key.pem")
+    SCHEME=wss
+    TLS_ARGS=(--ca "$WORK/cert.pem")
+fi
 if [[ -n ${REDIS:-} ]]; then
     command -v redis-server >/dev/null || { echo "idle-memory: REDIS=1 needs redis-server" >&2; exit 1; }
     RPORT=$(free_port)
@@ -87,7 +97,8 @@ fi
 
 if [[ -n ${WARM:-} ]]; then
     # Held for the whole run on their own addresses and user numbers.
-    timeout $((WARM / RATE + N / RATE + HOLD + 120)) "$LOAD" connect --url "ws://$CLIENT_ADDR/ws" \
+    timeout $((WARM / RATE + N / RATE + HOLD + 120)) "$LOAD" connect --url "$SCHEME://$CLIENT_ADDR/ws" \
+        ${TLS_ARGS[@]+"${TLS_ARGS[@]}"} \
         --connections "$WARM" --connect-rate "$RATE" --user-offset 1000000 \
         --source-ips 127.0.1.2-127.0.1.5 --settle-secs 1 \
         --hold-secs $((N / RATE + HOLD + 30)) >"$WORK/warm.log" 2>&1 &
@@ -96,11 +107,12 @@ if [[ -n ${WARM:-} ]]; then
     echo "idle-memory: $WARM warm-up connections held (not counted)"
 fi
 
-LOAD_ARGS=(connect --url "ws://$CLIENT_ADDR/ws" --connections "$N" --connect-rate "$RATE"
+LOAD_ARGS=(connect --url "$SCHEME://$CLIENT_ADDR/ws" --connections "$N" --connect-rate "$RATE"
     --hold-secs "$HOLD" --settle-secs 3 --server-pid "$SRV_PID" --procs "$PROCS"
     --json "$WORK/report.json")
 [[ -n ${SOURCE_IPS:-} ]] && LOAD_ARGS+=(--source-ips "$SOURCE_IPS")
 [[ -n ${CLAIM_TOPICS:-} ]] && LOAD_ARGS+=(--claim-topics "$CLAIM_TOPICS")
+LOAD_ARGS+=(${TLS_ARGS[@]+"${TLS_ARGS[@]}"})
 LIMIT=$((N / RATE + HOLD + 120))
 echo "idle-memory: $LOAD ${LOAD_ARGS[*]}"
 status=0

@@ -105,3 +105,12 @@ export_credentials() {
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
+
+# Writes a self-signed ECDSA P-256 certificate for 127.0.0.1 and localhost (a leaf, not a
+# CA, as rustls clients require) to DIR/cert.pem and its key to DIR/key.pem.
+make_test_cert() {
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+        -subj /CN=localhost -addext subjectAltName=IP:127.0.0.1,DNS:localhost \
+        -addext basicConstraints=critical,CA:FALSE \
+        -keyout "$1/key.pem" -out "$1/cert.pem" 2>/dev/null
+}

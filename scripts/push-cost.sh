@@ -12,7 +12,8 @@
 #                      broadcast every 25 ms)
 #   CONCURRENCY=64     API requests in flight (user pushes)
 #   DURATION=10 WINDOW=5 PROCS=1 (2 for 15,000 connections), SOURCE_IPS=127.0.0.2-127.0.0.9,
-#   NO_BUILD=1 (skip the build check).
+#   NO_BUILD=1 (skip the build check), TLS=1 (wss://: a fresh self-signed certificate,
+#   trusted by the load generator with --ca).
 set -euo pipefail
 TARGET=${TARGET:-user}
 N=${N:-10000}
@@ -45,14 +46,24 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 export_credentials push-cost
-"$SERVER" serve --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --log-format json \
-    --max-connections $((N + 1000)) >"$WORK/server.out" 2>"$WORK/server.log" &
+SERVER_ARGS=(serve --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --log-format json
+    --max-connections $((N + 1000)))
+SCHEME=ws
+TLS_ARGS=()
+if [[ -n ${TLS:-} ]]; then
+    make_test_cert "$WORK"
+    SERVER_ARGS+=(--tls-cert "$WORK/cert.pem" --tls-key "$WORK/key.pem")
+    SCHEME=wss
+    TLS_ARGS=(--ca "$WORK/cert.pem")
+fi
+"$SERVER" "${SERVER_ARGS[@]}" >"$WORK/server.out" 2>"$WORK/server.log" &
 SRV_PID=$!
 wait_listening push-cost "$SRV_PID" "$WORK/server.log" || exit 1
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$SRV_PID/stat"; }
 HZ=$(getconf CLK_TCK)
 
-timeout $((N / 5000 + DURATION + 120)) "$LOAD" push --url "ws://$CLIENT_ADDR/ws" \
+timeout $((N / 5000 + DURATION + 120)) "$LOAD" push --url "$SCHEME://$CLIENT_ADDR/ws" \
+    ${TLS_ARGS[@]+"${TLS_ARGS[@]}"} \
     --api "http://$API_ADDR" --connections "$N" --connect-rate 10000 \
     --source-ips "$SOURCE_IPS" --procs "$PROCS" --target "$TARGET" --rate "$RATE" \
     --api-concurrency "$CONCURRENCY" --duration-secs "$DURATION" \

@@ -27,12 +27,16 @@ use crate::link::{Links, SendError};
 use crate::metrics::{HandshakeOutcome, Metrics};
 use crate::reactor::{self, Clock, LISTENER, WAKER};
 use crate::route::shard_of;
+use crate::tls::{TlsAccept, TlsError, TlsServer};
 use crate::wheel::{TimerId, Wheel};
 
 /// How long a refused socket may take to read the response before it is dropped.
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 /// How long to stop accepting when the process is out of file descriptors.
 const EMFILE_PAUSE: Duration = Duration::from_millis(100);
+/// TLS handshakes (about 9 KiB of rustls state each, freed when they end) after which a
+/// quiet moment hands the freed memory back to the OS.
+const TLS_HANDSHAKES_BEFORE_TRIM: u32 = 1024;
 
 struct Pending {
     stream: TcpStream,
@@ -42,6 +46,8 @@ struct Pending {
     /// A refusal was written; only the client's FIN is awaited. While false the head is
     /// being read: the socket counts in `in_progress` and holds a per-IP count.
     refused: bool,
+    /// On the TLS listener: the handshake, whose plaintext goes to `buf`.
+    tls: Option<Box<TlsAccept>>,
 }
 
 /// Everything the acceptor thread owns.
@@ -52,6 +58,8 @@ pub(crate) struct Acceptor {
     wheel: Wheel<u32>,
     clock: Clock,
     verifier: Verifier,
+    /// The TLS listener's handshake configuration, when it speaks TLS.
+    tls: Option<TlsServer>,
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     admission: Arc<Admission>,
@@ -75,6 +83,10 @@ pub(crate) struct Acceptor {
     /// Client sockets (connections plus pending ones) the open-file limit allows once the
     /// push API's reserve is set aside; `usize::MAX` when the limit cannot be read.
     fd_ceiling: usize,
+    /// TLS handshakes started since freed memory was last handed back.
+    tls_since_trim: u32,
+    /// When freed memory was last handed back.
+    last_trim: Instant,
 }
 
 impl Acceptor {
@@ -84,6 +96,7 @@ impl Acceptor {
         poll: Poll,
         listener: std::net::TcpListener,
         verifier: Verifier,
+        tls: Option<TlsServer>,
         config: Arc<Config>,
         metrics: Arc<Metrics>,
         admission: Arc<Admission>,
@@ -102,6 +115,7 @@ impl Acceptor {
             wheel: Wheel::new(),
             clock: Clock::real(),
             verifier,
+            tls,
             rate: ConnectRate::new(config.connect_rate_per_ip),
             config,
             metrics,
@@ -116,6 +130,8 @@ impl Acceptor {
             out_of_files_logged: None,
             in_progress: 0,
             fd_ceiling,
+            tls_since_trim: 0,
+            last_trim: Instant::now(),
         })
     }
 
@@ -170,6 +186,7 @@ impl Acceptor {
                 self.expire(key as usize);
             }
             self.wake_shards();
+            self.trim_after_tls_storm();
             if self.paused_until.is_some_and(|t| Instant::now() >= t) {
                 self.paused_until = None;
                 if let Err(e) =
@@ -182,6 +199,20 @@ impl Acceptor {
                 // Connections may have queued while paused; edge-triggered, so look now.
                 self.accept();
             }
+        }
+    }
+
+    /// After many TLS handshakes, once none is in progress: their rustls state was freed
+    /// into this thread's allocator arena, which keeps it resident (hundreds of bytes per
+    /// connection after a storm) unless it is handed back. At most once a second.
+    fn trim_after_tls_storm(&mut self) {
+        if self.tls_since_trim >= TLS_HANDSHAKES_BEFORE_TRIM
+            && self.in_progress == 0
+            && self.last_trim.elapsed() >= Duration::from_secs(1)
+        {
+            crate::memory::release_free_memory();
+            self.tls_since_trim = 0;
+            self.last_trim = Instant::now();
         }
     }
 
@@ -199,13 +230,30 @@ impl Acceptor {
                         self.shed(stream, r);
                         continue;
                     }
+                    let tls = match self.tls.as_ref().map(TlsServer::accept).transpose() {
+                        Ok(t) => {
+                            self.tls_since_trim += u32::from(t.is_some());
+                            t.map(Box::new)
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot start a TLS handshake");
+                            self.admission.release_ip(ip);
+                            continue;
+                        }
+                    };
+                    // TLS handshakes write flights the socket may not take at once.
+                    let interest = if tls.is_some() {
+                        Interest::READABLE | Interest::WRITABLE
+                    } else {
+                        Interest::READABLE
+                    };
                     let deadline = self.tick() + Self::ticks(self.config.handshake_timeout);
                     let entry = self.pending.vacant_entry();
                     let key = entry.key();
                     if self
                         .poll
                         .registry()
-                        .register(&mut stream, Token(key), Interest::READABLE)
+                        .register(&mut stream, Token(key), interest)
                         .is_err()
                     {
                         self.admission.release_ip(ip);
@@ -218,6 +266,7 @@ impl Acceptor {
                         ip,
                         timer,
                         refused: false,
+                        tls,
                     });
                     self.in_progress += 1;
                     self.publish_pending();
@@ -314,7 +363,22 @@ impl Acceptor {
                     if p.refused {
                         continue;
                     }
-                    p.buf.extend_from_slice(&self.scratch[..n]);
+                    match p.tls.as_mut() {
+                        None => p.buf.extend_from_slice(&self.scratch[..n]),
+                        Some(tls) => {
+                            let handshaking = tls.is_handshaking();
+                            let received = tls.receive(&self.scratch[..n], &mut p.buf);
+                            if handshaking && !tls.is_handshaking() {
+                                let c = &self.metrics.tls;
+                                let kind = if tls.resumed() { &c.resumed } else { &c.full };
+                                kind.fetch_add(1, Relaxed);
+                            }
+                            if let Err(e) = received {
+                                self.tls_failed(key, e);
+                                return;
+                            }
+                        }
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -330,10 +394,11 @@ impl Acceptor {
                 break;
             }
         }
+        self.flush_tls(key);
         let Some(p) = self.pending.get(key) else {
             return;
         };
-        if p.refused {
+        if p.refused || p.tls.as_ref().is_some_and(|t| t.is_handshaking()) {
             return;
         }
         match handshake::parse(&p.buf) {
@@ -383,6 +448,17 @@ impl Acceptor {
         };
         self.wheel.cancel(p.timer);
         let _ = self.poll.registry().deregister(&mut p.stream);
+        // The session's keys go with the socket; rustls and its buffers stay here.
+        let tls = match p.tls.take().map(|t| t.finish()).transpose() {
+            Ok(t) => t.map(Box::new),
+            Err(e) => {
+                tracing::warn!(error = %e, "the TLS session could not be handed to a shard");
+                self.metrics.handshake(HandshakeOutcome::TlsFailed);
+                self.metrics.tls.failed.fetch_add(1, Relaxed);
+                self.admission.release(ip);
+                return;
+            }
+        };
         let shard_id = shard_of(&identity.user, self.shards.len());
         let leftover = p.buf.split_off(up.head_len);
         let handoff = Handoff {
@@ -392,6 +468,7 @@ impl Acceptor {
             leftover,
             ip,
             resume: up.resume,
+            tls,
         };
         match self.shards.send(shard_id, handoff) {
             Ok(()) => self.metrics.handshake(HandshakeOutcome::Accepted),
@@ -401,7 +478,7 @@ impl Acceptor {
                     SendError::Stopped => Refusal::Draining,
                 };
                 self.admission.release(ip);
-                self.readopt_refused(h.stream, ip, refusal);
+                self.readopt_refused(h.stream, ip, refusal, h.tls);
             }
         }
     }
@@ -444,11 +521,20 @@ impl Acceptor {
         let Some(p) = self.pending.get_mut(key) else {
             return;
         };
+        let bytes: std::borrow::Cow<[u8]> = match p.tls.as_mut() {
+            None => page.into(),
+            Some(tls) => {
+                if tls.write_plain(page).is_ok() {
+                    tls.close_notify();
+                }
+                std::mem::take(tls.out()).into()
+            }
+        };
         let sock = socket2::SockRef::from(&p.stream);
         if sock.set_nonblocking(false).is_ok()
             && sock.set_write_timeout(Some(Duration::from_secs(1))).is_ok()
         {
-            let _ = (&p.stream).write_all(page);
+            let _ = (&p.stream).write_all(&bytes);
         }
         let _ = sock.set_nonblocking(true);
         self.linger_after_answer(key);
@@ -457,10 +543,69 @@ impl Acceptor {
     fn refuse(&mut self, key: usize, r: Refusal) {
         self.metrics.handshake(r.outcome());
         self.end_reading(key, false);
+        self.answer(key, &r.response());
+        self.linger_after_answer(key);
+    }
+
+    /// Writes an answer that ends the connection; on the TLS listener through TLS, with
+    /// close_notify after it (before the handshake is over nothing can be said).
+    fn answer(&mut self, key: usize, bytes: &[u8]) {
         let Some(p) = self.pending.get_mut(key) else {
             return;
         };
-        let _ = p.stream.write(&r.response());
+        match p.tls.as_mut() {
+            None => {
+                let _ = p.stream.write(bytes);
+            }
+            Some(tls) if !tls.is_handshaking() => {
+                if tls.write_plain(bytes).is_ok() {
+                    tls.close_notify();
+                }
+                self.flush_tls(key);
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// Writes what TLS has for the client, as far as the socket takes it now; the
+    /// writable event brings the rest.
+    fn flush_tls(&mut self, key: usize) {
+        let Some(p) = self.pending.get_mut(key) else {
+            return;
+        };
+        let Some(tls) = p.tls.as_mut() else {
+            return;
+        };
+        let out = tls.out();
+        let mut written = 0;
+        while written < out.len() {
+            match (&p.stream).write(&out[written..]) {
+                Ok(0) => break,
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // WouldBlock: the writable event comes; a failure shows on the next read.
+                Err(_) => break,
+            }
+        }
+        out.drain(..written);
+    }
+
+    /// A TLS handshake failed: plain HTTP gets a plain 400 naming the problem, anything
+    /// else the alert rustls wrote; then the socket lingers for the client's FIN.
+    fn tls_failed(&mut self, key: usize, e: TlsError) {
+        self.metrics.handshake(HandshakeOutcome::TlsFailed);
+        self.metrics.tls.failed.fetch_add(1, Relaxed);
+        tracing::debug!(error = %e, "TLS handshake failed");
+        self.end_reading(key, false);
+        if matches!(e, TlsError::PlainHttp) {
+            if let Some(p) = self.pending.get_mut(key) {
+                p.tls = None;
+                let r = Refusal::BadRequest("plain HTTP on the TLS port: connect with wss://");
+                let _ = p.stream.write(&r.response());
+            }
+        } else {
+            self.flush_tls(key);
+        }
         self.linger_after_answer(key);
     }
 
@@ -513,12 +658,35 @@ impl Acceptor {
                 _ => break,
             }
         }
-        let _ = stream.write(&r.response());
+        // A TLS client cannot read an answer before a handshake, which shedding must not
+        // pay for: it sees the connection close.
+        if self.tls.is_none() {
+            let _ = stream.write(&r.response());
+        }
         let _ = stream.shutdown(Shutdown::Write);
     }
 
-    /// A socket that was already taken out of `pending` must be refused after all.
-    fn readopt_refused(&mut self, mut stream: TcpStream, ip: IpAddr, r: Refusal) {
+    /// A socket that was already taken out of `pending` must be refused after all; a TLS
+    /// one is answered with the session's keys, which the handoff carried.
+    fn readopt_refused(
+        &mut self,
+        mut stream: TcpStream,
+        ip: IpAddr,
+        r: Refusal,
+        tls: Option<Box<crate::tls::Finished>>,
+    ) {
+        if let Some(mut f) = tls {
+            // The answer goes out sealed now; the socket then only waits for the FIN.
+            self.metrics.handshake(r.outcome());
+            let mut sealed = std::mem::take(&mut f.out);
+            if let Ok(mut sealer) = f.session.sealer(&mut sealed) {
+                sealer.push(&r.response());
+                let _ = sealer.close_notify();
+            }
+            let _ = stream.write(&sealed);
+            let _ = stream.shutdown(Shutdown::Write);
+            return;
+        }
         let now = self.tick();
         let entry = self.pending.vacant_entry();
         let key = entry.key();
@@ -540,6 +708,7 @@ impl Acceptor {
             ip,
             timer,
             refused: true,
+            tls: None,
         });
         self.refuse(key, r);
     }
@@ -575,8 +744,8 @@ impl Acceptor {
             let refused = self.pending.get(key).is_some_and(|p| p.refused);
             if !refused {
                 self.metrics.handshake(HandshakeOutcome::Draining);
+                self.answer(key, &Refusal::Draining.response());
                 if let Some(p) = self.pending.get_mut(key) {
-                    let _ = p.stream.write(&Refusal::Draining.response());
                     let _ = p.stream.shutdown(Shutdown::Write);
                 }
             }

@@ -25,6 +25,9 @@ pub struct Handoff {
     pub ip: IpAddr,
     /// `since` and `epoch` from the upgrade query, when the client resumes.
     pub resume: Option<Resume>,
+    /// On the TLS listener: the session's keys, records still to send and the start of
+    /// an incomplete record received.
+    pub(crate) tls: Option<Box<crate::tls::Finished>>,
 }
 
 /// Where a reconnecting client left its user stream (docs/protocol.md 4.2).

@@ -236,6 +236,12 @@ pub struct ServeArgs {
     /// Kafka ingress: the consumer group [default: throng].
     #[arg(long)]
     pub kafka_group: Option<String>,
+    /// TLS (wss://) on the client listener: PEM certificate chain, leaf first (with --tls-key).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS: PEM private key of --tls-cert (RSA or ECDSA; PKCS#8, SEC1 or PKCS#1). SIGHUP reloads both.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
     /// Log format [default: text].
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -306,6 +312,8 @@ struct FileConfig {
     kafka: Option<String>,
     kafka_topic: Option<String>,
     kafka_group: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     node_id: Option<String>,
     offline_ttl_ms: Option<u64>,
     claim_idle_ms: Option<u64>,
@@ -435,6 +443,8 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
     /// The Kafka ingress, when `--kafka` is given.
     pub kafka: Option<KafkaConfig>,
+    /// TLS on the client listener, when `--tls-cert` and `--tls-key` are given.
+    pub tls: Option<crate::tls::TlsFiles>,
     /// Log format.
     pub log_format: LogFormat,
     /// Development mode.
@@ -889,6 +899,15 @@ impl Config {
                 })
             }
         };
+        let tls = match (
+            args.tls_cert.or(file.tls_cert),
+            args.tls_key.or(file.tls_key),
+        ) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(crate::tls::TlsFiles { cert, key }),
+            (Some(_), None) => return Err(invalid("tls_key", "is required with tls_cert")),
+            (None, Some(_)) => return Err(invalid("tls_cert", "is required with tls_key")),
+        };
         let events_url = args.events_url.or(file.events_url);
         if let Some(url) = &events_url {
             check_events_url(url).map_err(|e| invalid("events_url", e))?;
@@ -947,6 +966,7 @@ impl Config {
             events_maxlen,
             events_queue,
             kafka,
+            tls,
             allowed_origins,
             shard_queue_capacity,
             shutdown_grace,

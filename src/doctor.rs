@@ -523,6 +523,39 @@ fn check_backlog(proc_root: &Path, name: &'static str, rel: &str, why: &str) -> 
     }
 }
 
+/// Whether the kernel offers TLS offload (the `tls` upper layer protocol). Informational:
+/// Throng seals TLS records in user space with about 200 bytes per connection either way.
+fn check_kernel_tls(proc_root: &Path) -> Item {
+    let name = "kTLS";
+    let needed = "optional".to_string();
+    let ulps = match read_parsed(proc_root, "sys/net/ipv4/tcp_available_ulp", |s| {
+        Ok(s.trim().to_string())
+    }) {
+        Ok(v) => v,
+        Err(e) => return unreadable(name, needed, &e),
+    };
+    let (current, note) = if ulps.split_whitespace().any(|u| u == "tls") {
+        (
+            "offered".to_string(),
+            "the kernel could take over TLS records after the handshake; Throng does not use \
+             it yet and seals records in user space",
+        )
+    } else {
+        (
+            format!("not offered ({ulps})"),
+            "wss:// works all the same: Throng seals TLS records in user space (about 200 \
+             bytes per connection); `modprobe tls` would offer kernel TLS",
+        )
+    };
+    Item {
+        name,
+        current,
+        needed,
+        status: Status::Ok,
+        note: note.to_string(),
+    }
+}
+
 fn check_port_range(proc_root: &Path, n: u64) -> Item {
     let name = "net.ipv4.ip_local_port_range";
     let needed = format!("width >= {MIN_PORT_RANGE_WIDTH} (outbound only)");
@@ -776,6 +809,7 @@ pub fn check_with_budget(
             "a slow consumer can hold up to max in the kernel on top of max_outbound_bytes",
         ),
         check_cpus(proc_root, sys_root),
+        check_kernel_tls(proc_root),
         memory_item,
     ];
     Report {

@@ -31,6 +31,7 @@ pub mod route;
 pub mod server;
 pub mod shard;
 pub mod slots;
+pub mod tls;
 pub mod topic;
 pub mod wheel;
 pub mod wire;

@@ -156,6 +156,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     let mut signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
     ]) {
         Ok(s) => s,
         Err(e) => {
@@ -170,6 +171,10 @@ fn serve(args: ServeArgs) -> ExitCode {
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("throng: {e}");
+            // A certificate or key that cannot be used is a configuration error.
+            if matches!(e, throng::server::StartError::Tls(_)) {
+                return ExitCode::from(2);
+            }
             return ExitCode::FAILURE;
         }
     };
@@ -184,18 +189,24 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
     let (first_tx, first_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let mut forever = signals.forever();
-        if let Some(sig) = forever.next() {
+        let mut stops = 0;
+        for sig in signals.forever() {
+            if sig == signal_hook::consts::SIGHUP {
+                let _ = first_tx.send(sig);
+                continue;
+            }
+            stops += 1;
+            // A second stop signal ends the drain at once.
+            if stops > 1 {
+                std::process::exit(130);
+            }
             let _ = first_tx.send(sig);
-        }
-        // A second signal ends the drain at once.
-        if forever.next().is_some() {
-            std::process::exit(130);
         }
     });
     // Until a signal arrives or `POST /v1/drain` starts the drain itself.
     loop {
         match first_rx.recv_timeout(std::time::Duration::from_millis(200)) {
+            Ok(signal_hook::consts::SIGHUP) => reload_tls(&server),
             Ok(sig) => {
                 tracing::info!(
                     signal = sig,
@@ -220,6 +231,18 @@ fn serve(args: ServeArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `SIGHUP`: the TLS certificate and key are read again; a bad file keeps the old ones.
+fn reload_tls(server: &Server) {
+    match server.reload_tls() {
+        None => tracing::info!("SIGHUP: nothing to reload (no --tls-cert)"),
+        Some(Ok(())) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+        Some(Err(e)) => tracing::error!(
+            error = %e,
+            "SIGHUP: TLS certificate not reloaded; the previous one stays in use"
+        ),
+    }
+}
+
 fn print_dev_banner(server: &Server, config: &Config) {
     let host = |a: std::net::SocketAddr| {
         if a.ip().is_unspecified() {
@@ -228,9 +251,15 @@ fn print_dev_banner(server: &Server, config: &Config) {
             a.to_string()
         }
     };
-    let ws = format!("ws://{}/ws", host(server.client_addr()));
+    // With --tls-cert the client listener speaks only TLS.
+    let (ws_scheme, page_scheme) = if config.tls.is_some() {
+        ("wss", "https")
+    } else {
+        ("ws", "http")
+    };
+    let ws = format!("{ws_scheme}://{}/ws", host(server.client_addr()));
     let api = format!("http://{}", host(server.api_addr()));
-    let demo = format!("http://{}/demo", host(server.client_addr()));
+    let demo = format!("{page_scheme}://{}/demo", host(server.client_addr()));
     let secret = config.jwt.secret.clone().unwrap_or_default();
     let api_key = config.api_key.clone().unwrap_or_default();
     let rooms = ["room:*".to_string()];

@@ -39,11 +39,13 @@ pub enum HandshakeOutcome {
     Timeout,
     /// The client went away or the socket failed mid-handshake.
     Aborted,
+    /// The TLS handshake failed (bad records, an alert, plain HTTP on the TLS port).
+    TlsFailed,
 }
 
 impl HandshakeOutcome {
     /// Every outcome, in label order.
-    pub const ALL: [HandshakeOutcome; 14] = [
+    pub const ALL: [HandshakeOutcome; 15] = [
         HandshakeOutcome::Accepted,
         HandshakeOutcome::BadRequest,
         HandshakeOutcome::UnsupportedVersion,
@@ -58,6 +60,7 @@ impl HandshakeOutcome {
         HandshakeOutcome::Draining,
         HandshakeOutcome::Timeout,
         HandshakeOutcome::Aborted,
+        HandshakeOutcome::TlsFailed,
     ];
 
     /// The metric label.
@@ -77,6 +80,7 @@ impl HandshakeOutcome {
             HandshakeOutcome::Draining => "draining",
             HandshakeOutcome::Timeout => "timeout",
             HandshakeOutcome::Aborted => "aborted",
+            HandshakeOutcome::TlsFailed => "tls_failed",
         }
     }
 }
@@ -238,7 +242,7 @@ pub struct Metrics {
     /// Per shard.
     pub shards: Vec<ShardMetrics>,
     /// Handshakes by outcome, indexed by `HandshakeOutcome as usize`.
-    pub handshakes: CachePadded<[AtomicU64; 14]>,
+    pub handshakes: CachePadded<[AtomicU64; 15]>,
     /// Push objects accepted by the API.
     pub pushes_accepted: AtomicU64,
     /// Push objects refused as malformed.
@@ -279,6 +283,8 @@ pub struct Metrics {
     pub events: crate::events::EventCounters,
     /// The Kafka ingress.
     pub kafka: crate::kafka::KafkaCounters,
+    /// TLS on the client listener.
+    pub tls: crate::tls::TlsCounters,
 }
 
 impl Metrics {
@@ -313,6 +319,7 @@ impl Metrics {
             broker: crate::broker::BrokerCounters::default(),
             events: crate::events::EventCounters::default(),
             kafka: crate::kafka::KafkaCounters::default(),
+            tls: crate::tls::TlsCounters::default(),
         }
     }
 
@@ -406,6 +413,7 @@ impl Metrics {
             "cluster": self.broker.json(),
             "events": self.events.json(),
             "kafka": self.kafka.json(),
+            "tls": self.tls.json(),
         })
     }
 
@@ -677,6 +685,7 @@ impl Metrics {
         self.broker.prometheus(&mut out);
         self.events.prometheus(&mut out);
         self.kafka.prometheus(&mut out);
+        self.tls.prometheus(&mut out);
         out
     }
 

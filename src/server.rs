@@ -43,6 +43,9 @@ pub enum StartError {
     /// The JWT key could not be loaded.
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// The TLS certificate or key could not be loaded.
+    #[error("tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A running server.
@@ -63,6 +66,8 @@ pub struct Server {
     events: Option<JoinHandle<()>>,
     /// Reads pushes from Kafka, with `--kafka`.
     kafka: Option<JoinHandle<()>>,
+    /// The TLS listener's configuration, which `reload_tls` renews.
+    tls: Option<crate::tls::TlsServer>,
 }
 
 /// A listening socket: `SO_REUSEADDR`, non-blocking, with backlog.
@@ -98,7 +103,13 @@ impl Server {
         let client_addr = client_listener.local_addr()?;
         let api_addr = api_listener.local_addr()?;
         let verifier = Verifier::new(&config.jwt)?;
+        let tls = config
+            .tls
+            .as_ref()
+            .map(crate::tls::TlsServer::load)
+            .transpose()?;
         let metrics = Arc::new(Metrics::new(config.shards));
+        metrics.tls.enabled.store(tls.is_some(), Relaxed);
         let admission = Arc::new(Admission::new(
             config.max_connections,
             config.max_connections_per_ip,
@@ -220,6 +231,7 @@ impl Server {
             acceptor_poll,
             client_listener,
             verifier,
+            tls.clone(),
             Arc::clone(&config),
             Arc::clone(&metrics),
             Arc::clone(&admission),
@@ -273,7 +285,27 @@ impl Server {
             broker: broker_threads,
             events: events_thread,
             kafka: kafka_thread,
+            tls,
         })
+    }
+
+    /// Reads the TLS certificate and key files again (`SIGHUP`): the next handshakes use
+    /// them, open connections keep theirs. On error the certificate in use stays. `None`
+    /// without TLS.
+    pub fn reload_tls(&self) -> Option<Result<(), crate::tls::TlsError>> {
+        let tls = self.tls.as_ref()?;
+        let result = tls.reload();
+        let counter = match &result {
+            Ok(()) => &self.metrics.tls.reloads,
+            Err(_) => &self.metrics.tls.reload_errors,
+        };
+        counter.fetch_add(1, Relaxed);
+        Some(result)
+    }
+
+    /// The DER of the certificate the TLS listener serves now, with TLS.
+    pub fn tls_leaf(&self) -> Option<Vec<u8>> {
+        self.tls.as_ref()?.certs().leaf()
     }
 
     /// The WebSocket listener's bound address.

@@ -84,6 +84,7 @@ fn tuned() -> Vec<(&'static str, String)> {
         ("proc/sys/fs/nr_open", "4194304\n".into()),
         ("proc/sys/net/core/somaxconn", "65535\n".into()),
         ("proc/sys/net/ipv4/tcp_max_syn_backlog", "65535\n".into()),
+        ("proc/sys/net/ipv4/tcp_available_ulp", "mptcp tls\n".into()),
         (
             "proc/sys/net/ipv4/ip_local_port_range",
             "1024\t65535\n".into(),
@@ -169,6 +170,7 @@ fn well_tuned_host_is_all_ok_and_exits_0() {
         "net.ipv4.tcp_rmem",
         "net.ipv4.tcp_wmem",
         "cpus",
+        "kTLS",
         "memory",
     ] {
         assert_eq!(
@@ -177,7 +179,7 @@ fn well_tuned_host_is_all_ok_and_exits_0() {
             "{name}:\n{text}"
         );
     }
-    assert!(text.contains("0 FAIL, 0 WARN, 11 OK"), "{text}");
+    assert!(text.contains("0 FAIL, 0 WARN, 12 OK"), "{text}");
     assert!(!text.contains("WARN  "), "{text}");
     // The memory projection is printed with both per-connection figures.
     assert!(text.contains("100000 x 512 B"), "{text}");
@@ -343,7 +345,7 @@ fn garbage_and_empty_trees_warn_without_crashing() {
     let out = empty.run(10);
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
     assert!(
-        stdout(&out).contains("0 FAIL, 11 WARN, 0 OK"),
+        stdout(&out).contains("0 FAIL, 12 WARN, 0 OK"),
         "{}",
         stdout(&out)
     );

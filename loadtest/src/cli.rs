@@ -2,7 +2,9 @@
 
 use crate::client::Target;
 use crate::push::Via;
-use clap::{Args, Parser, Subcommand};
+use crate::tls::{TlsError, Trust};
+use crate::util::Url;
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -62,6 +64,84 @@ pub struct SocketArgs {
     /// Token lifetime.
     #[arg(long, default_value_t = 3600)]
     pub token_ttl_secs: u64,
+    /// How wss:// connections trust the server and resume their sessions.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// On or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+impl OnOff {
+    /// Whether it is on.
+    pub fn on(self) -> bool {
+        self == OnOff::On
+    }
+
+    /// The flag value (`on` or `off`).
+    pub fn name(self) -> &'static str {
+        match self {
+            OnOff::On => "on",
+            OnOff::Off => "off",
+        }
+    }
+}
+
+/// The help heading of the TLS flags.
+const TLS: &str = "TLS (wss:// URLs)";
+
+/// The flags of wss:// connections (every subcommand that holds connections).
+#[derive(Args, Debug, Clone)]
+pub struct TlsArgs {
+    /// PEM file of the certificates to trust for wss:// URLs: the server's own
+    /// self-signed certificate, or the CA that issued it. The server's certificate must
+    /// name the URL's host (a DNS name, or an IP address as a subjectAltName) and must not
+    /// be a CA certificate itself (`openssl req -x509` makes one unless given
+    /// `-addext basicConstraints=critical,CA:FALSE`).
+    #[arg(long, value_name = "FILE", conflicts_with = "insecure", help_heading = TLS)]
+    pub ca: Option<PathBuf>,
+    /// Accept any server certificate on wss:// URLs (test servers only): the handshake's
+    /// signatures are still verified, the certificate's chain and name are not.
+    #[arg(long, help_heading = TLS)]
+    pub insecure: bool,
+    /// Resume TLS sessions with the tickets of earlier handshakes: every connection of a
+    /// process shares one session store (up to one ticket per connection per server
+    /// name), so reconnects and later connections resume once earlier handshakes have
+    /// left tickets; `off` makes every handshake a full one. The report counts full and
+    /// resumed handshakes either way.
+    #[arg(long, value_enum, value_name = "on|off", default_value_t = OnOff::On, help_heading = TLS)]
+    pub tls_resume: OnOff,
+}
+
+impl TlsArgs {
+    /// What the flags say to trust; `None` without `--ca` or `--insecure`.
+    pub fn trust(&self) -> Option<Trust> {
+        match (&self.ca, self.insecure) {
+            (Some(path), _) => Some(Trust::Ca(path.clone())),
+            (None, true) => Some(Trust::Insecure),
+            (None, false) => None,
+        }
+    }
+
+    /// Checks the TLS flags against `urls` (given as `flag`): a wss:// URL needs
+    /// something to trust and a host a certificate can name, and `--ca` must hold
+    /// certificates.
+    fn check(&self, flag: &str, urls: &[Url]) -> Result<(), String> {
+        if let Some(path) = &self.ca {
+            crate::tls::config::load_roots(path).map_err(|e| e.to_string())?;
+        }
+        for u in urls.iter().filter(|u| u.tls) {
+            if self.trust().is_none() {
+                return Err(format!("{flag}: {}", TlsError::NoTrust));
+            }
+            crate::tls::config::server_name(&u.host).map_err(|e| format!("{flag}: {e}"))?;
+        }
+        Ok(())
+    }
 }
 
 impl SocketArgs {
@@ -89,6 +169,14 @@ impl SocketArgs {
         }
     }
 
+    /// Parses a list of ws:// and wss:// URLs given as `flag`, and checks that the TLS
+    /// flags can serve its wss:// ones.
+    pub fn check_urls(&self, flag: &str, list: &str) -> Result<Vec<Url>, String> {
+        let urls = crate::util::parse_ws_urls(list).map_err(|e| format!("{flag}: {e}"))?;
+        self.tls.check(flag, &urls)?;
+        Ok(urls)
+    }
+
     /// Event loops for `units` connections or rooms: --threads or the cores, 1 to 256,
     /// no more than there are units.
     pub fn threads_for(&self, units: u64) -> usize {
@@ -103,7 +191,9 @@ impl SocketArgs {
 /// Flags of `connect`, shared by `push` and `churn`.
 #[derive(Args, Debug, Clone)]
 pub struct ConnectArgs {
-    /// WebSocket URL of the server.
+    /// WebSocket URL of the server: ws:// or wss:// (TLS; port 443 unless given, trust
+    /// from --ca or --insecure); several, comma separated: connection g goes to the
+    /// (g mod n)th.
     #[arg(long, default_value = "ws://127.0.0.1:8700/ws")]
     pub url: String,
     /// Connections to open (in all, across --procs).
@@ -248,7 +338,8 @@ pub struct ResumeArgs {
 pub struct DeployArgs {
     #[command(flatten)]
     pub push: PushArgs,
-    /// WebSocket URL of the server the clients move to.
+    /// WebSocket URL of the server the clients move to: ws:// or wss:// (TLS, trust from
+    /// --ca or --insecure).
     #[arg(long)]
     pub reconnect_url: String,
     /// Push API of the server the clients move to (the pushes after the move go there).
@@ -268,8 +359,8 @@ pub struct DeployArgs {
 /// Flags of `chat`: rooms of members who publish to their own room over their WebSocket.
 #[derive(Args, Debug, Clone)]
 pub struct ChatArgs {
-    /// WebSocket URL of the server; several, comma separated: member g goes to the
-    /// (g mod n)th.
+    /// WebSocket URL of the server: ws:// or wss:// (TLS; port 443 unless given, trust
+    /// from --ca or --insecure); several, comma separated: member g goes to the (g mod n)th.
     #[arg(long, default_value = "ws://127.0.0.1:8700/ws")]
     pub url: String,
     /// HS256 secret for the tokens (each has `topics` and `publish` claims for the rooms).
@@ -343,7 +434,8 @@ impl ChatArgs {
 /// Flags of `capacity`: a ramp of connection steps with a push probe per step.
 #[derive(Args, Debug, Clone)]
 pub struct CapacityArgs {
-    /// WebSocket URL of the server.
+    /// WebSocket URL of the server: ws:// or wss:// (TLS; port 443 unless given, trust
+    /// from --ca or --insecure).
     #[arg(long, default_value = "ws://127.0.0.1:8700/ws")]
     pub url: String,
     /// HS256 secret for the tokens.
@@ -511,6 +603,7 @@ pub fn validate(c: &ConnectArgs, p: Option<&PushArgs>) -> Result<(), String> {
         check_secs("--hold-secs", h)?;
     }
     check_secs("--settle-secs", c.settle_secs)?;
+    c.sock.check_urls("--url", &c.url)?;
     if let Some(p) = p {
         if !(p.rate >= 0.0 && p.rate.is_finite()) {
             return Err(format!(
@@ -675,8 +768,11 @@ const MAX_PAUSE_MS: u64 = 60_000;
 pub fn validate_deploy(a: &DeployArgs) -> Result<(), String> {
     validate(&a.push.conn, Some(&a.push))?;
     validate_streams(&a.push, a.topic_rate)?;
-    crate::util::parse_url(&a.reconnect_url, "ws", 80)
-        .map_err(|e| format!("--reconnect-url: {e}"))?;
+    let sock = &a.push.conn.sock;
+    if a.reconnect_url.contains(',') {
+        return Err("--reconnect-url: one URL, not a list".into());
+    }
+    sock.check_urls("--reconnect-url", &a.reconnect_url)?;
     crate::util::parse_url(&a.reconnect_api, "http", 80)
         .map_err(|e| format!("--reconnect-api: {e}"))?;
     if a.jitter_ms > MAX_PAUSE_MS {
@@ -772,7 +868,7 @@ pub fn validate_chat(a: &ChatArgs) -> Result<(), String> {
     if let Some(s) = &a.sock.source_ips {
         crate::util::parse_source_ips(s).map_err(|e| format!("--source-ips: {e}"))?;
     }
-    crate::util::parse_urls(&a.url, "ws", 80).map_err(|e| format!("--url: {e}"))?;
+    a.sock.check_urls("--url", &a.url)?;
     Ok(())
 }
 
@@ -1004,8 +1100,54 @@ mod tests {
         assert!(check(&["push", "--kafka", "h:1", "--redis-stream", r]).is_err());
         let two = "ws://127.0.0.1:1/ws,ws://127.0.0.1:2/ws";
         check(&["push", "--url", two]).unwrap();
-        assert!(crate::util::parse_urls(two, "ws", 80).is_ok());
-        assert!(crate::util::parse_urls("ws://127.0.0.1:1/ws,", "ws", 80).is_err());
+        assert!(crate::util::parse_ws_urls(two).is_ok());
+        assert!(crate::util::parse_ws_urls("ws://127.0.0.1:1/ws,").is_err());
+    }
+
+    #[test]
+    fn wss_needs_something_to_trust() {
+        let wss = "wss://127.0.0.1:1/ws";
+        for cmd in [
+            vec!["connect", "--url", wss],
+            vec!["push", "--url", wss],
+            vec!["churn", "--url", wss],
+            vec!["capacity", "--target", "5", "--url", wss],
+            vec!["resume", "--url", wss],
+            vec!["chat", "--url", wss],
+            vec![
+                "connect",
+                "--url",
+                "ws://127.0.0.1:1/ws,wss://127.0.0.1:2/ws",
+            ],
+        ] {
+            err(&cmd, "--url");
+            let e = check(&cmd).unwrap_err();
+            assert!(e.contains("--ca") && e.contains("--insecure"), "{e}");
+        }
+        let deploy = [
+            "deploy",
+            "--reconnect-url",
+            wss,
+            "--reconnect-api",
+            "http://127.0.0.1:10",
+        ];
+        err(&deploy, "--reconnect-url");
+        let mut d = deploy.to_vec();
+        d.push("--insecure");
+        check(&d).unwrap();
+        d[2] = "wss://127.0.0.1:1/ws,wss://127.0.0.1:2/ws";
+        err(&d, "--reconnect-url");
+        check(&["connect", "--url", wss, "--insecure"]).unwrap();
+        check(&["chat", "--url", wss, "--insecure", "--tls-resume", "off"]).unwrap();
+        check(&["connect", "--url", "wss://localhost/ws", "--insecure"]).unwrap();
+        err(
+            &["connect", "--url", wss, "--ca", "/no/such/ca.pem"],
+            "--ca",
+        );
+        // One or the other.
+        assert!(check(&["connect", "--url", wss, "--insecure", "--ca", "x.pem"]).is_err());
+        assert!(check(&["connect", "--tls-resume", "maybe"]).is_err());
+        err(&["connect", "--url", "https://127.0.0.1/ws"], "--url");
     }
 
     #[test]

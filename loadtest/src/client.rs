@@ -3,14 +3,16 @@
 //! receive and account pushes, churn, close. The wire itself (connect, upgrade, frames)
 //! is [`crate::ws_conn`].
 //!
-//! Memory per idle connection is the `Conn` struct in a slab (about 120 bytes) plus the
-//! socket: reads go into one scratch buffer per thread, and only a partial frame left over
-//! is kept on the connection; outbound bytes are kept only while the socket would block.
+//! Memory per idle connection is the `Conn` struct in a slab (128 bytes) plus the socket
+//! (and for wss:// its boxed TLS session): reads go into one scratch buffer per thread,
+//! and only a partial frame left over is kept on the connection; outbound bytes are kept
+//! only while the socket would block.
 
 use crate::cli::{secs, SocketArgs};
 use crate::frame::OP_TEXT;
 use crate::progress::Progress;
 use crate::server_msg::ServerMsg;
+use crate::tls::{self, Tickets, TlsConn, TlsDial, TlsStats};
 use crate::track::{Completeness, RecvState};
 use crate::util::{self, Url};
 use crate::ws_conn::{self, io_cause, End, Handler, State, WsConn};
@@ -94,18 +96,33 @@ pub struct DialCfg {
     pub handshake_timeout: Duration,
     /// How long the clean close may take in all.
     pub close_timeout: Duration,
+    /// The TLS configuration every wss:// connection of this process shares (so its
+    /// sessions resume across them); `None` without `--ca` or `--insecure`.
+    pub tls: Option<TlsDial>,
 }
 
 impl DialCfg {
     /// From the flags: `url` (a comma separated list), the tokens' secret, and the socket
-    /// flags, with event loops for `units` connections or rooms.
+    /// flags, with event loops for `units` connections or rooms and a TLS session store
+    /// for `conns` connections.
     pub fn from_args(
         url: &str,
         jwt_secret: &str,
         s: &SocketArgs,
         units: u64,
+        conns: u64,
     ) -> Result<DialCfg, String> {
-        let urls = util::parse_urls(url, "ws", 80).map_err(|e| format!("--url: {e}"))?;
+        let urls = s.check_urls("--url", url)?;
+        let tls = match s.tls.trust() {
+            Some(trust) => {
+                let resume = s.tls.tls_resume.on().then(|| Tickets {
+                    names: urls.len(),
+                    depth: usize::try_from(conns).unwrap_or(usize::MAX),
+                });
+                Some(TlsDial::new(&trust, resume).map_err(|e| e.to_string())?)
+            }
+            None => None,
+        };
         let source_ips = match &s.source_ips {
             Some(s) => util::parse_source_ips(s).map_err(|e| format!("--source-ips: {e}"))?,
             None => Vec::new(),
@@ -119,7 +136,24 @@ impl DialCfg {
             token_ttl_secs: s.token_ttl_secs,
             handshake_timeout: secs(s.handshake_timeout_secs),
             close_timeout: secs(s.close_timeout_secs),
+            tls,
         })
+    }
+
+    /// The TLS session for a connection to `url`: none for ws://, a new one on the shared
+    /// configuration for wss://. The error is a report label (`tls: ...`).
+    pub fn tls_for(&self, url: &Url) -> Result<Option<Box<TlsConn>>, String> {
+        if !url.tls {
+            return Ok(None);
+        }
+        // Validation refuses a wss:// URL without trust; this only keeps it a label.
+        let dial = self
+            .tls
+            .as_ref()
+            .ok_or_else(|| format!("tls: {}", tls::TlsError::NoTrust))?;
+        dial.connect(&url.host)
+            .map(Some)
+            .map_err(|e| format!("tls: {e}"))
     }
 
     /// The URL connection number `g` connects to: the (g mod n)th of `--url`'s list, so
@@ -347,6 +381,8 @@ pub struct ThreadOut {
     pub step_latency: Vec<Histogram<u64>>,
     /// Resume and deploy: what every tracked stream got.
     pub delivery: crate::resume::Totals,
+    /// wss://: handshakes full and resumed.
+    pub tls: TlsStats,
 }
 
 impl ThreadOut {
@@ -370,6 +406,7 @@ impl ThreadOut {
             churned_receivers: 0,
             step_latency: Vec::new(),
             delivery: crate::resume::Totals::default(),
+            tls: TlsStats::default(),
         }
     }
 
@@ -414,6 +451,7 @@ impl ThreadOut {
             let _ = dst.add(src);
         }
         self.delivery.merge(&o.delivery);
+        self.tls.merge(o.tls);
     }
 }
 
@@ -807,10 +845,17 @@ fn open(
         }
         None => (cfg.dial.url_for(g), None, false),
     };
+    let tls = match cfg.dial.tls_for(url) {
+        Ok(t) => t,
+        Err(cause) => return fail(ctx, cause),
+    };
     let mut stream = match ws_conn::connect(url.addr, cfg.dial.source_for(g)) {
         Ok(s) => s,
         Err(cause) => return fail(ctx, cause),
     };
+    if tls.is_some() {
+        ctx.out.tls.attempts += 1;
+    }
     let entry = conns.vacant_entry();
     let key = entry.key();
     if let Err(e) = poll.registry().register(
@@ -843,7 +888,7 @@ fn open(
     if churner {
         ctx.churn_keys.insert(serial, key);
     }
-    let mut ws = WsConn::upgrading(stream, started, &path, &url.authority, &token);
+    let mut ws = WsConn::upgrading(stream, started, &path, &url.authority, &token, tls);
     ws.flags = if reconnect {
         F_CHURNED | F_RECONNECT
     } else {
@@ -870,6 +915,10 @@ impl Handler<Conn> for Ctx {
 
     fn on_ping(&mut self) {
         self.out.pings_answered += 1;
+    }
+
+    fn on_tls(&mut self, done: &tls::Done) {
+        self.out.tls.record(done);
     }
 }
 
@@ -1189,7 +1238,7 @@ mod tests {
     fn test_ctx() -> Ctx {
         let cfg = ClientCfg {
             dial: DialCfg {
-                urls: vec![util::parse_url("ws://127.0.0.1:1/ws", "ws", 80).unwrap()],
+                urls: vec![util::parse_ws_url("ws://127.0.0.1:1/ws").unwrap()],
                 connect_rate: 0.0,
                 threads: 1,
                 source_ips: Vec::new(),
@@ -1197,6 +1246,7 @@ mod tests {
                 token_ttl_secs: 60,
                 handshake_timeout: Duration::from_secs(1),
                 close_timeout: Duration::from_secs(1),
+                tls: None,
             },
             connections: 1,
             sessions_per_user: 1,
@@ -1232,6 +1282,7 @@ mod tests {
             "/ws",
             "127.0.0.1",
             "t",
+            None,
         );
         ws.state = State::Open;
         let c = Conn {
@@ -1284,8 +1335,13 @@ mod tests {
 
     #[test]
     fn idle_conn_is_small() {
+        // A ws:// connection pays 8 bytes for the empty TLS pointer (120 bytes before
+        // wss://); a wss:// one adds its boxed rustls session (and its buffers) beside
+        // the slab. Debug builds of mio keep a selector id beside each socket (16 more).
+        assert_eq!(std::mem::size_of::<Option<Box<TlsConn>>>(), 8);
+        let limit = if cfg!(debug_assertions) { 144 } else { 128 };
         assert!(
-            std::mem::size_of::<Conn>() <= 160,
+            std::mem::size_of::<Conn>() <= limit,
             "{}",
             std::mem::size_of::<Conn>()
         );

@@ -122,8 +122,8 @@ pub fn run(a: &DeployArgs) -> Result<(Report, i32), String> {
     if !c.topics.is_empty() {
         resume::prime_topics(&p.api, p.api_key.as_deref(), &c.topics)?;
     }
-    let second = crate::util::parse_url(&a.reconnect_url, "ws", 80)
-        .map_err(|e| format!("--reconnect-url: {e}"))?;
+    let second =
+        crate::util::parse_ws_url(&a.reconnect_url).map_err(|e| format!("--reconnect-url: {e}"))?;
     let streams = StreamsCfg {
         abrupt_churn: false,
         offline: Duration::ZERO,

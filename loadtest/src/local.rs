@@ -63,7 +63,7 @@ impl Local {
     ) -> Result<Local, String> {
         check_nofile(c.connections, p.map_or(0, |p| p.api_concurrency as u64))?;
         let cfg = Arc::new(ClientCfg {
-            dial: DialCfg::from_args(&c.url, &c.jwt_secret, &c.sock, c.connections)?,
+            dial: DialCfg::from_args(&c.url, &c.jwt_secret, &c.sock, c.connections, c.connections)?,
             connections: c.connections,
             sessions_per_user: c.sessions_per_user,
             user_offset: c.user_offset,

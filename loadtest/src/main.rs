@@ -26,6 +26,7 @@ mod push;
 mod report;
 mod resume;
 mod server_msg;
+mod tls;
 mod track;
 mod util;
 mod worker;
@@ -62,7 +63,6 @@ fn run(cmd: &Cmd) -> Result<i32, String> {
             cli::validate_capacity(a)?;
             let c = a.connect_args();
             cli::validate(&c, None)?;
-            util::parse_urls(&a.url, "ws", 80).map_err(|e| format!("--url: {e}"))?;
             let rep = if a.worker {
                 capacity::run_worker(a)?;
                 None
@@ -73,15 +73,12 @@ fn run(cmd: &Cmd) -> Result<i32, String> {
         }
         Cmd::Resume(a) => {
             cli::validate_resume(a)?;
-            util::parse_urls(&a.churn.push.conn.url, "ws", 80)
-                .map_err(|e| format!("--url: {e}"))?;
             let (mut rep, code) = resume::run(a)?;
             output(&mut rep, a.churn.push.conn.json.as_deref())?;
             return Ok(code);
         }
         Cmd::Deploy(a) => {
             cli::validate_deploy(a)?;
-            util::parse_urls(&a.push.conn.url, "ws", 80).map_err(|e| format!("--url: {e}"))?;
             let (mut rep, code) = deploy::run(a)?;
             output(&mut rep, a.push.conn.json.as_deref())?;
             return Ok(code);
@@ -113,7 +110,6 @@ fn run_mode(
     ch: Option<&cli::ChurnArgs>,
 ) -> Result<Option<Report>, String> {
     cli::validate(c, p)?;
-    util::parse_urls(&c.url, "ws", 80).map_err(|e| format!("--url: {e}"))?;
     if c.worker {
         worker::run_worker(c, p, ch)?;
         Ok(None)

@@ -4,6 +4,7 @@ use crate::client::{merge_counts, ThreadOut};
 use crate::deploy::DeployReport;
 use crate::push::PushOut;
 use crate::resume::StreamTotals;
+use crate::tls::TlsReport;
 use crate::util::{self, fmt_us, Percentiles};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -73,6 +74,10 @@ pub struct Report {
     pub connect_secs: f64,
     pub connect_rate_per_sec: f64,
     pub handshake_latency_us: Percentiles,
+    /// wss:// runs: TLS handshakes full and resumed, their latency, and what the first
+    /// one negotiated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsReport>,
     pub pings_answered: u64,
     pub subscriptions_confirmed: u64,
 
@@ -235,6 +240,7 @@ impl Report {
         self.pings_answered = t.pings_answered;
         self.handshake_latency_us = util::percentiles(&t.handshake);
         self.raw_handshake = util::hist_to_pairs(&t.handshake);
+        self.tls = t.tls.report();
         self.raw_step_latency = t.step_latency.iter().map(util::hist_to_pairs).collect();
     }
 
@@ -407,6 +413,7 @@ impl Report {
             push_secs = push_secs.max(r.push_secs.unwrap_or(0.0));
         }
         m.handshake_latency_us = util::percentiles(&hs);
+        m.tls = TlsReport::merge(reports.iter().filter_map(|r| r.tls.as_ref()));
         m.churn_reconnect_errors = churn_errors;
         m.raw_handshake = util::hist_to_pairs(&hs);
         m.raw_step_latency = steps.iter().map(util::hist_to_pairs).collect();
@@ -451,6 +458,9 @@ impl Report {
         self.raw_handshake.clear();
         self.raw_latency.clear();
         self.raw_api_latency.clear();
+        if let Some(t) = self.tls.as_mut() {
+            t.strip_raw();
+        }
     }
 
     /// The human summary, printed to stdout.
@@ -482,6 +492,9 @@ impl Report {
             fmt_us(h.p99),
             fmt_us(h.max)
         );
+        if let Some(t) = &self.tls {
+            s += &t.summary();
+        }
         s += &format!("connect errors: {}\n", fmt_map(&self.connect_errors));
         s += &format!("disconnects: {}\n", fmt_map(&self.disconnects));
         if !self.close_errors.is_empty() {

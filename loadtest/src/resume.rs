@@ -619,8 +619,8 @@ mod tests {
 
     #[test]
     fn drain_close_waits_for_the_hint() {
-        let second = crate::util::parse_url("ws://127.0.0.1:2/ws", "ws", 80).unwrap();
-        let first = crate::util::parse_url("ws://127.0.0.1:1/ws", "ws", 80).unwrap();
+        let second = crate::util::parse_ws_url("ws://127.0.0.1:2/ws").unwrap();
+        let first = crate::util::parse_ws_url("ws://127.0.0.1:1/ws").unwrap();
         let cfg = StreamsCfg {
             abrupt_churn: false,
             offline: Duration::ZERO,

@@ -64,16 +64,21 @@ pub fn split_source_ips(ips: &[IpAddr], k: usize, i: usize) -> Vec<IpAddr> {
     ips.iter().skip(i).step_by(k).copied().collect()
 }
 
-/// A parsed `ws://` or `http://` URL (no TLS).
+/// A parsed `ws://`, `wss://` or `http://` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Url {
     /// `host:port` as written, for the Host header.
     pub authority: String,
+    /// The host alone (no port, no IPv6 brackets): the TLS server name of a `wss://` URL.
+    pub host: String,
     pub addr: SocketAddr,
     /// Path and query, starting with `/`.
     pub path: String,
+    /// A `wss://` URL: the connection speaks TLS.
+    pub tls: bool,
 }
 
+/// Parses `<scheme>://host[:port][/path]`, `default_port` when none is given.
 pub fn parse_url(s: &str, scheme: &str, default_port: u16) -> Result<Url, String> {
     let prefix = format!("{scheme}://");
     let rest = s
@@ -86,15 +91,17 @@ pub fn parse_url(s: &str, scheme: &str, default_port: u16) -> Result<Url, String
     if authority.is_empty() {
         return Err(format!("{s:?}: no host"));
     }
-    let with_port = if authority
+    let port_given = authority
         .rsplit_once(':')
         .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        && !authority.ends_with(']')
-    {
-        authority.to_string()
+        && !authority.ends_with(']');
+    let (with_port, host) = if port_given {
+        let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+        (authority.to_string(), host)
     } else {
-        format!("{authority}:{default_port}")
+        (format!("{authority}:{default_port}"), authority)
     };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
     let addr = with_port
         .to_socket_addrs()
         .map_err(|e| format!("{s:?}: {e}"))?
@@ -102,14 +109,30 @@ pub fn parse_url(s: &str, scheme: &str, default_port: u16) -> Result<Url, String
         .ok_or_else(|| format!("{s:?}: host has no address"))?;
     Ok(Url {
         authority: authority.to_string(),
+        host: host.to_string(),
         addr,
         path: path.to_string(),
+        tls: false,
     })
 }
 
-/// Parses a comma-separated list of URLs (`--url ws://a/ws,ws://b/ws`): connection
-/// number i goes to the (i mod n)th. At least one; blanks between commas are refused.
-pub fn parse_urls(s: &str, scheme: &str, default_port: u16) -> Result<Vec<Url>, String> {
+/// Parses a WebSocket URL: `ws://` (port 80 by default) or `wss://` (TLS, port 443).
+pub fn parse_ws_url(s: &str) -> Result<Url, String> {
+    if s.starts_with("wss://") {
+        let mut u = parse_url(s, "wss", 443)?;
+        u.tls = true;
+        return Ok(u);
+    }
+    if !s.starts_with("ws://") {
+        return Err(format!("{s:?}: expected a ws:// or wss:// URL"));
+    }
+    parse_url(s, "ws", 80)
+}
+
+/// Parses a comma-separated list of WebSocket URLs (`--url ws://a/ws,wss://b/ws`):
+/// connection number i goes to the (i mod n)th. At least one; blanks between commas are
+/// refused.
+pub fn parse_ws_urls(s: &str) -> Result<Vec<Url>, String> {
     let urls = s
         .split(',')
         .map(|u| {
@@ -117,7 +140,7 @@ pub fn parse_urls(s: &str, scheme: &str, default_port: u16) -> Result<Vec<Url>, 
             if u.is_empty() {
                 return Err(format!("{s:?}: an empty URL in the comma-separated list"));
             }
-            parse_url(u, scheme, default_port)
+            parse_ws_url(u)
         })
         .collect::<Result<Vec<_>, _>>()?;
     if urls.len() > MAX_URLS {
@@ -331,21 +354,45 @@ mod tests {
         assert_eq!(u.addr, "127.0.0.1:8700".parse().unwrap());
         assert_eq!(u.path, "/ws?x=1");
         assert_eq!(u.authority, "127.0.0.1:8700");
+        assert_eq!(u.host, "127.0.0.1");
+        assert!(!u.tls);
         let u = parse_url("http://127.0.0.1", "http", 80).unwrap();
         assert_eq!(u.addr.port(), 80);
         assert_eq!(u.path, "/");
         assert!(parse_url("http://127.0.0.1:1/", "ws", 80).is_err());
-        let v = parse_urls("ws://127.0.0.1:1/ws, ws://127.0.0.1:2/a", "ws", 80).unwrap();
+        let v = parse_ws_urls("ws://127.0.0.1:1/ws, ws://127.0.0.1:2/a").unwrap();
         assert_eq!(v.len(), 2);
         assert_eq!((v[0].addr.port(), v[1].path.as_str()), (1, "/a"));
-        assert!(
-            parse_urls("ws://127.0.0.1:1/ws,,ws://127.0.0.1:2/ws", "ws", 80)
-                .unwrap_err()
-                .contains("empty URL")
-        );
-        assert!(parse_urls("ws://127.0.0.1:1/ws,http://x/", "ws", 80).is_err());
+        assert!(parse_ws_urls("ws://127.0.0.1:1/ws,,ws://127.0.0.1:2/ws")
+            .unwrap_err()
+            .contains("empty URL"));
+        assert!(parse_ws_urls("ws://127.0.0.1:1/ws,http://x/").is_err());
         assert_eq!(rotate_url_list("a,b,c", 4), "b,c,a");
         assert_eq!(rotate_url_list("a", 7), "a");
+    }
+
+    #[test]
+    fn wss_urls() {
+        let u = parse_ws_url("wss://127.0.0.1/ws").unwrap();
+        assert!(u.tls);
+        assert_eq!(u.addr.port(), 443, "wss defaults to 443");
+        assert_eq!(
+            (u.host.as_str(), u.authority.as_str()),
+            ("127.0.0.1", "127.0.0.1")
+        );
+        let u = parse_ws_url("wss://localhost:8443/x").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.addr.port(), u.path.as_str()),
+            ("localhost", 8443, "/x")
+        );
+        let u = parse_ws_url("wss://[::1]:9/ws").unwrap();
+        assert_eq!((u.host.as_str(), u.authority.as_str()), ("::1", "[::1]:9"));
+        let u = parse_ws_url("ws://[::1]/ws").unwrap();
+        assert_eq!((u.host.as_str(), u.addr.port(), u.tls), ("::1", 80, false));
+        let v = parse_ws_urls("ws://127.0.0.1:1/ws,wss://127.0.0.1:2/ws").unwrap();
+        assert_eq!((v[0].tls, v[1].tls), (false, true));
+        let e = parse_ws_url("https://127.0.0.1/ws").unwrap_err();
+        assert!(e.contains("ws:// or wss://"), "{e}");
     }
 
     #[test]

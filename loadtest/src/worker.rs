@@ -510,6 +510,16 @@ pub fn sock_args(s: &SocketArgs, share: f64, k: usize, i: usize) -> Result<Vec<S
     .into_iter()
     .flat_map(|(k, v)| [k.to_string(), v])
     .collect();
+    // Each worker has its own TLS configuration and session store, trusting the same.
+    if let Some(ca) = &s.tls.ca {
+        a.push("--ca".into());
+        a.push(ca.display().to_string());
+    }
+    if s.tls.insecure {
+        a.push("--insecure".into());
+    }
+    a.push("--tls-resume".into());
+    a.push(s.tls.tls_resume.name().into());
     a.extend(source_ip_args(s.source_ips.as_deref(), k, i)?);
     Ok(a)
 }
@@ -644,6 +654,35 @@ mod tests {
         assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
         let reports = ws.close(Duration::from_secs(20)).unwrap();
         assert_eq!(reports.len(), 2);
+    }
+
+    #[test]
+    fn workers_get_the_tls_flags() {
+        let parse = |extra: &[&str]| {
+            let mut v = vec![
+                "throng-load",
+                "connect",
+                "--jwt-secret",
+                "s",
+                "--procs",
+                "2",
+            ];
+            v.extend_from_slice(extra);
+            let cli = <crate::cli::Cli as clap::Parser>::parse_from(v);
+            let crate::cli::Cmd::Connect(c) = cli.cmd else {
+                unreachable!()
+            };
+            worker_args(&c, None, None, 1, 500, 0).unwrap()
+        };
+        let a = parse(&["--ca", "/etc/ca.pem", "--tls-resume", "off"]);
+        let at = a.iter().position(|x| x == "--ca").unwrap();
+        assert_eq!(a[at + 1], "/etc/ca.pem");
+        let at = a.iter().position(|x| x == "--tls-resume").unwrap();
+        assert_eq!(a[at + 1], "off");
+        assert!(!a.iter().any(|x| x == "--insecure"));
+        let a = parse(&["--insecure"]);
+        assert!(a.iter().any(|x| x == "--insecure"));
+        assert!(!a.iter().any(|x| x == "--ca"));
     }
 
     #[test]

@@ -7,8 +7,12 @@
 //! for its rooms. Reads go into one scratch buffer per event loop, and only a partial
 //! frame left over is kept on the connection; outbound bytes are kept only while the
 //! socket would block.
+//!
+//! A `wss://` connection carries a [`TlsConn`]: its bytes go through TLS on the same
+//! socket (see [`crate::tls`]), and everything above the bytes is the same.
 
 use crate::frame::{self, Frame, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT};
+use crate::tls::{self, Plain, Pull, TlsConn};
 use base64::Engine as _;
 use mio::net::TcpStream;
 use rand::Rng as _;
@@ -34,7 +38,7 @@ pub type End = Option<String>;
 pub enum State {
     /// TCP connect in progress.
     Connecting,
-    /// Request being written, response head awaited.
+    /// TLS handshake (wss://), request being written, response head awaited.
     Upgrading,
     /// 101 received, `welcome` awaited.
     Welcome,
@@ -53,7 +57,7 @@ pub struct WsConn {
     /// The fragmented message in `frag` is binary (not for the scenario).
     frag_binary: bool,
     /// Bits the owner keeps with the socket (`client`'s churn and move marks): here they
-    /// fill what would be padding, so an idle `client` connection stays 120 bytes.
+    /// fill what would be padding, so an idle `client` connection stays 128 bytes.
     pub flags: u8,
     /// When the attempt began (for the handshake latency).
     pub started: Instant,
@@ -66,6 +70,8 @@ pub struct WsConn {
     /// A fragmented message being reassembled.
     #[allow(clippy::box_collection)] // 8 bytes while idle instead of 24
     frag: Option<Box<Vec<u8>>>,
+    /// The TLS session of a wss:// connection; boxed, so a ws:// one pays 8 bytes.
+    tls: Option<Box<TlsConn>>,
 }
 
 impl AsMut<WsConn> for WsConn {
@@ -76,13 +82,15 @@ impl AsMut<WsConn> for WsConn {
 
 impl WsConn {
     /// A connection whose TCP connect is under way, its upgrade request for `path` on
-    /// `authority` with bearer `token` queued (written once connected).
+    /// `authority` with bearer `token` queued (written once connected, through `tls` for
+    /// a wss:// URL).
     pub fn upgrading(
         stream: TcpStream,
         started: Instant,
         path: &str,
         authority: &str,
         token: &str,
+        tls: Option<Box<TlsConn>>,
     ) -> WsConn {
         let key: [u8; 16] = rand::rng().random();
         let ws_key = base64::engine::general_purpose::STANDARD.encode(key);
@@ -101,6 +109,7 @@ impl WsConn {
             rbuf: Vec::new(),
             wbuf: req.into_bytes(),
             frag: None,
+            tls,
         }
     }
 
@@ -110,24 +119,20 @@ impl WsConn {
         frame::encode_masked(&mut self.wbuf, opcode, payload, mask);
     }
 
-    /// Writes what the socket takes of the queued bytes.
+    /// Writes what the socket takes of the queued bytes (through TLS for wss://).
     pub fn flush(&mut self) -> io::Result<()> {
         if self.state == State::Connecting {
             return Ok(());
         }
-        while !self.wbuf.is_empty() {
-            match self.stream.write(&self.wbuf) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    self.wbuf.drain(..n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+        match self.tls.as_deref_mut() {
+            Some(t) => {
+                let finished = self.state == State::Closing(true);
+                t.flush(&mut self.wbuf, &mut self.stream, finished)?;
             }
+            None => write_plain(&mut self.stream, &mut self.wbuf)?,
         }
         // An idle connection holds no buffer.
-        if self.wbuf.capacity() > 0 {
+        if self.wbuf.is_empty() && self.wbuf.capacity() > 0 {
             self.wbuf = Vec::new();
         }
         Ok(())
@@ -140,10 +145,16 @@ impl WsConn {
         self.flush()
     }
 
+    /// Whether this is a wss:// connection whose TLS handshake has not ended.
+    fn tls_handshaking(&self) -> bool {
+        self.tls.as_deref().is_some_and(TlsConn::handshaking)
+    }
+
     /// The cause when a handshake deadline finds the connection still in it.
     pub fn handshake_overdue(&self) -> Option<&'static str> {
         match self.state {
             State::Connecting => Some("timeout_connect"),
+            State::Upgrading if self.tls_handshaking() => Some("timeout_tls_handshake"),
             State::Upgrading => Some("timeout_upgrade"),
             State::Welcome => Some("timeout_welcome"),
             _ => None,
@@ -156,6 +167,9 @@ impl WsConn {
             State::Closing(true) => None,
             State::Closing(false) => Some("eof_before_close_reply".into()),
             State::Open => Some("eof".into()),
+            State::Upgrading if self.tls_handshaking() => {
+                Some("tls: connection closed during the handshake".into())
+            }
             State::Upgrading => {
                 Some(http_failure(&self.rbuf, true).unwrap_or_else(|| "eof_during_upgrade".into()))
             }
@@ -174,6 +188,24 @@ pub trait Handler<C> {
     fn on_binary(&mut self);
     /// A ping, already answered.
     fn on_ping(&mut self);
+    /// A wss:// connection's TLS handshake ended (once per connection).
+    fn on_tls(&mut self, done: &tls::Done);
+}
+
+/// Writes what the socket takes of `buf`, removing it from `buf`.
+fn write_plain(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
+    while !buf.is_empty() {
+        match stream.write(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                buf.drain(..n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Handles readiness on connection `c`: finishes the connect, writes what is queued,
@@ -198,6 +230,9 @@ pub fn drive<C: AsMut<WsConn>, H: Handler<C>>(
     if let Err(e) = ws.flush() {
         return Some(Some(io_cause(&e)));
     }
+    if ws.tls.is_some() {
+        return drive_tls(c, scratch, h);
+    }
     loop {
         match c.as_mut().stream.read(scratch) {
             Ok(0) => return Some(c.as_mut().eof_cause()),
@@ -210,6 +245,55 @@ pub fn drive<C: AsMut<WsConn>, H: Handler<C>>(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Some(Some(io_cause(&e))),
+        }
+    }
+    if let Err(e) = c.as_mut().flush() {
+        return Some(Some(io_cause(&e)));
+    }
+    None
+}
+
+/// The reading half of [`drive`] for a wss:// connection: TLS records from the socket
+/// until it would block, their plaintext through the same decoding as a ws:// one.
+fn drive_tls<C: AsMut<WsConn>, H: Handler<C>>(
+    c: &mut C,
+    scratch: &mut [u8],
+    h: &mut H,
+) -> Option<End> {
+    loop {
+        let ws = c.as_mut();
+        let Some(t) = ws.tls.as_deref_mut() else {
+            break;
+        };
+        match t.pull(&mut ws.stream) {
+            Pull::Records => {}
+            Pull::Blocked => break,
+            Pull::Eof => return Some(ws.eof_cause()),
+            Pull::Io(e) => return Some(Some(io_cause(&e))),
+            Pull::Failed(cause) => {
+                // rustls queued an alert saying why; the server may as well hear it.
+                let _ = ws.flush();
+                return Some(Some(cause));
+            }
+        }
+        if let Some(done) = t.take_done(ws.started) {
+            h.on_tls(&done);
+        }
+        loop {
+            let ws = c.as_mut();
+            let Some(t) = ws.tls.as_deref_mut() else {
+                break;
+            };
+            match t.read_plain(scratch) {
+                Plain::Data(n) => {
+                    if let Err(end) = on_data(c, &scratch[..n], h) {
+                        let _ = c.as_mut().flush();
+                        return Some(end);
+                    }
+                }
+                Plain::Empty => break,
+                Plain::Closed => return Some(ws.eof_cause()),
+            }
         }
     }
     if let Err(e) = c.as_mut().flush() {

@@ -46,6 +46,7 @@ fn connect_opens_all_and_closes_cleanly() {
         r.v.get("pushes_sent").is_none(),
         "connect mode must not report pushes",
     );
+    r.check(r.v.get("tls").is_none(), "a ws:// run has no TLS section");
     wait_server_empty(&srv, &r);
     r.eq("connections_opened", srv.counter("handshakes_accepted"));
 }

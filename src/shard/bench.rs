@@ -244,6 +244,7 @@ impl ReplayBench {
                 since,
                 epoch: self.epoch.as_str().into(),
             }),
+            tls: None,
         };
         self.conns
             .send(handoff)

@@ -30,6 +30,11 @@ pub(super) const DIRTY: u8 = 8;
 pub(super) const EXPIRING_SENT: u8 = 16;
 /// The client's address is IPv6, kept in `Conns::v6_peers`.
 const IPV6: u8 = 64;
+/// The connection speaks TLS: its session is in `Conns::tls`.
+pub(super) const TLS: u8 = 128;
+/// Plaintext sealed per write on a TLS connection: records for many frames in one
+/// write, without holding much more than a socket buffer's worth.
+const SEAL_BATCH: usize = 64 * 1024;
 
 /// Where a connection is in its close lifecycle; only ever moves forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -51,6 +56,8 @@ pub(super) struct Partial {
     pub leftover: Vec<u8>,
     /// Unmasked payload of a fragmented text message so far.
     pub message: Option<Vec<u8>>,
+    /// TLS: the start of a record whose remainder has not arrived.
+    pub sealed: Vec<u8>,
     /// What the shard's `partial_bytes` total counts for this connection, so a settle
     /// adds only the difference.
     counted: usize,
@@ -59,7 +66,7 @@ pub(super) struct Partial {
 impl Partial {
     /// Bytes held: the incomplete frame plus the message assembled so far.
     fn held(&self) -> usize {
-        self.leftover.len() + self.message.as_ref().map_or(0, Vec::len)
+        self.leftover.len() + self.message.as_ref().map_or(0, Vec::len) + self.sealed.len()
     }
 }
 
@@ -82,6 +89,8 @@ pub struct OutQueue {
     offset: usize,
     /// Bytes queued and not yet written.
     bytes: usize,
+    /// TLS: frames at the front that are sealed records already (written as they are).
+    sealed: usize,
 }
 
 impl OutQueue {
@@ -103,7 +112,8 @@ impl OutQueue {
 
     /// Drops every frame not yet started, so a close frame can follow a partial one.
     fn discard_unstarted(&mut self) {
-        let keep = usize::from(self.offset > 0);
+        // Sealed records carry sequence numbers the client expects: they all go out.
+        let keep = usize::from(self.offset > 0).max(self.sealed);
         while self.frames.len() > keep {
             if let Some(f) = self.frames.pop_back() {
                 self.bytes -= f.len();
@@ -115,6 +125,81 @@ impl OutQueue {
         self.frames.clear();
         self.offset = 0;
         self.bytes = 0;
+        self.sealed = 0;
+    }
+
+    /// Puts records sealed elsewhere (the handshake's last flight) behind the sealed ones.
+    fn push_sealed(&mut self, records: Wire) {
+        self.bytes += records.len();
+        self.frames.insert(self.sealed, records);
+        self.sealed += 1;
+    }
+
+    /// TLS: seals frames into records in `buf` and writes them, as much as the socket
+    /// takes; what it does not take stays queued as sealed. With `close`, close_notify
+    /// follows the last frame. Ok(true) when the queue is empty.
+    fn write_sealed(
+        &mut self,
+        stream: &mut TcpStream,
+        session: &mut crate::tls::Session,
+        buf: &mut Vec<u8>,
+        close: bool,
+    ) -> io::Result<bool> {
+        loop {
+            while self.sealed > 0 {
+                let front = &self.frames[0][self.offset..];
+                let written = match stream.write(front) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(w) => w,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                };
+                self.bytes -= written;
+                if written < front.len() {
+                    self.offset += written;
+                    return Ok(false);
+                }
+                self.frames.pop_front();
+                self.offset = 0;
+                self.sealed -= 1;
+            }
+            let close_now = close && !session.closed();
+            if self.frames.is_empty() && !close_now {
+                return Ok(true);
+            }
+            buf.clear();
+            let mut sealer = session.sealer(buf).map_err(io::Error::other)?;
+            let (mut taken, mut plain) = (0, 0);
+            for f in &self.frames {
+                if plain >= SEAL_BATCH {
+                    break;
+                }
+                sealer.push(f);
+                taken += 1;
+                plain += f.len();
+            }
+            if close_now && taken == self.frames.len() {
+                sealer.close_notify().map_err(io::Error::other)?;
+            }
+            sealer.finish().map_err(io::Error::other)?;
+            self.frames.drain(..taken);
+            self.bytes -= plain;
+            let mut written = 0;
+            while written < buf.len() {
+                match stream.write(&buf[written..]) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(w) => written += w,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if written < buf.len() {
+                self.push_sealed(Wire::from(buf[written..].to_vec()));
+                return Ok(false);
+            }
+        }
     }
 
     /// Whether an emptied queue is small enough to keep for reuse: a deque that grew for a
@@ -293,6 +378,10 @@ pub(super) struct Conns {
     v6_peers: HashMap<u32, Ipv6Addr>,
     /// What `Timed::place` lends for a key without a connection (never linked).
     stray: Place,
+    /// TLS sessions by key (connections flagged `TLS`): keys and sequence numbers.
+    tls: HashMap<u32, Box<crate::tls::Session>, FxBuildHasher>,
+    /// Where TLS records are sealed before a write.
+    seal_buf: Vec<u8>,
 }
 
 /// Heap bytes of spare queues kept for reuse per shard, so the first frames of a burst do
@@ -320,6 +409,8 @@ impl Conns {
             subscriptions: HashMap::default(),
             v6_peers: HashMap::new(),
             stray: Place::UNLINKED,
+            tls: HashMap::default(),
+            seal_buf: Vec::new(),
         }
     }
 
@@ -373,6 +464,63 @@ impl Conns {
             }
         }
         self.slab.insert(conn)
+    }
+
+    /// Makes `key` a TLS connection: its records are sealed and opened with `session`,
+    /// `records` (sealed by the acceptor) go out first and `sealed_in` starts the next
+    /// record received.
+    pub(super) fn adopt_tls(&mut self, key: u32, f: crate::tls::Finished) {
+        let crate::tls::Finished {
+            session,
+            out,
+            sealed_in,
+        } = f;
+        let Some(conn) = self.slab.get_mut(key) else {
+            return;
+        };
+        conn.flags |= TLS;
+        self.tls.insert(key, Box::new(session));
+        if !out.is_empty() {
+            let (pool, pool_bytes, churn) = (&mut self.pool, &mut self.pool_bytes, &mut self.churn);
+            let q = conn
+                .out
+                .get_or_insert_with(|| Self::spare_queue(pool, pool_bytes, churn));
+            self.queued += out.len();
+            q.push_sealed(Wire::from(out));
+            if conn.flags & DIRTY == 0 {
+                conn.flags |= DIRTY;
+                self.dirty.push(key);
+            }
+        }
+        if !sealed_in.is_empty() {
+            if let Some(p) = self.partial_entry(key) {
+                p.sealed = sealed_in;
+            }
+            self.settle_partial(key);
+        }
+    }
+
+    /// `key`'s TLS session, when it speaks TLS.
+    pub(super) fn tls_session(&mut self, key: u32) -> Option<&mut crate::tls::Session> {
+        if self.tls.is_empty() {
+            return None;
+        }
+        self.tls.get_mut(&key).map(|b| &mut **b)
+    }
+
+    /// Takes the start of an incomplete TLS record `key` holds, if any.
+    pub(super) fn take_sealed(&mut self, key: u32) -> Option<Vec<u8>> {
+        self.partial_mut(key)
+            .filter(|p| !p.sealed.is_empty())
+            .map(|p| std::mem::take(&mut p.sealed))
+    }
+
+    /// Keeps the start of an incomplete TLS record for the next read.
+    pub(super) fn keep_sealed(&mut self, key: u32, rest: Vec<u8>) {
+        if let Some(p) = self.partial_entry(key) {
+            p.sealed = rest;
+        }
+        self.settle_partial(key);
     }
 
     /// Connections in `Phase::Open` (what the shard's `connections` gauge must say).
@@ -568,6 +716,7 @@ impl Conns {
         self.pool = Vec::new();
         self.pool_bytes = 0;
         self.churn = 0;
+        self.seal_buf = Vec::new();
         if self.dirty.is_empty() {
             // Sized for the burst's largest turn.
             self.dirty = Vec::new();
@@ -647,9 +796,22 @@ impl Conns {
             return Ok(true);
         };
         let before = q.bytes;
-        let result = q.write_to(&mut conn.stream);
-        // Count what went out even when the socket failed after a partial write.
-        self.queued -= before - q.bytes;
+        let result = if conn.flags & TLS == 0 {
+            q.write_to(&mut conn.stream)
+        } else {
+            match self.tls.get_mut(&key) {
+                Some(session) => q.write_sealed(
+                    &mut conn.stream,
+                    session,
+                    &mut self.seal_buf,
+                    conn.phase == Phase::Closing,
+                ),
+                None => Err(io::Error::other("TLS connection without a session")),
+            }
+        };
+        // Count what went out even when the socket failed after a partial write (sealing
+        // may also have grown what waits).
+        self.queued = self.queued - before + q.bytes;
         let done = result?;
         if done {
             if conn.phase == Phase::Closing {
@@ -697,6 +859,9 @@ impl Conns {
         let mut conn = self.slab.remove(key)?;
         // Callers take the topics first to leave them; none may outlive the slot.
         self.subscriptions.remove(&key);
+        if conn.flags & TLS != 0 {
+            self.tls.remove(&key);
+        }
         let ip = if conn.flags & IPV6 != 0 {
             self.v6_peers
                 .remove(&key)

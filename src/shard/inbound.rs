@@ -10,7 +10,7 @@ use crate::frame::{self, Close, CloseCause, FrameError, Head, Kind};
 use crate::messages::{self, ClientMsg, Refused};
 use crate::topic;
 
-use super::conn::{trim_leftover, PARKED, PING_SENT, WAITING_TOPIC};
+use super::conn::{trim_leftover, PARKED, PING_SENT, TLS, WAITING_TOPIC};
 use super::Shard;
 
 /// Refused client messages in a row that are tolerated; one more closes with 1008.
@@ -54,23 +54,64 @@ impl Shard {
                 continue;
             }
             let drained = n < self.scratch.len() && !to_eagain;
-            match self.conns.take_leftover(key) {
-                Some(mut buf) => {
-                    buf.extend_from_slice(&self.scratch[..n]);
-                    self.ingest(key, &mut buf);
+            let tls = conn.flags & TLS != 0;
+            let mut scratch = std::mem::take(&mut self.scratch);
+            if tls {
+                match self.conns.take_sealed(key) {
+                    Some(mut kept) => {
+                        kept.extend_from_slice(&scratch[..n]);
+                        self.open_records(key, &mut kept);
+                    }
+                    None => self.open_records(key, &mut scratch[..n]),
                 }
-                None => {
-                    let mut scratch = std::mem::take(&mut self.scratch);
-                    self.ingest_slice(key, &mut scratch[..n]);
-                    self.scratch = scratch;
-                }
+            } else {
+                self.ingest_read(key, &mut scratch[..n]);
             }
+            self.scratch = scratch;
             if drained {
                 return;
             }
         }
         // Budget spent with the socket still readable: continue next turn.
         self.backlog.push(key);
+    }
+
+    /// Processes bytes just read (after an incomplete frame kept from before).
+    fn ingest_read(&mut self, key: u32, bytes: &mut [u8]) {
+        match self.conns.take_leftover(key) {
+            Some(mut buf) => {
+                buf.extend_from_slice(bytes);
+                self.ingest(key, &mut buf);
+            }
+            None => self.ingest_slice(key, bytes),
+        }
+    }
+
+    /// TLS: opens the complete records in `buf`, processes the frames they carry and
+    /// keeps the start of an incomplete record. A record that fails (bad MAC, a fatal
+    /// alert, renegotiation) drops the connection; close_notify ends it like a FIN.
+    fn open_records(&mut self, key: u32, buf: &mut [u8]) {
+        let Some(session) = self.conns.tls_session(key) else {
+            return;
+        };
+        let opened = match session.open(buf) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::debug!(error = %e, "closing a TLS connection");
+                self.shared.metrics.tls.record_errors.fetch_add(1, Relaxed);
+                self.abort(key);
+                return;
+            }
+        };
+        if opened.consumed < buf.len() && !opened.peer_closed {
+            self.conns.keep_sealed(key, buf[opened.consumed..].to_vec());
+        }
+        if opened.plain > 0 {
+            self.ingest_read(key, &mut buf[..opened.plain]);
+        }
+        if opened.peer_closed {
+            self.abort(key);
+        }
     }
 
     /// Processes bytes held in an owned buffer; keeps the unprocessed tail as leftover.

@@ -450,6 +450,9 @@ impl Shard {
             ip,
         );
         debug_assert_eq!(inserted, key, "registered under the key the slot got");
+        if let Some(tls) = h.tls.take() {
+            self.conns.adopt_tls(key, *tls);
+        }
         self.counters().connections.fetch_add(1, Relaxed);
         self.lifecycle(key, "connect", crate::events::Detail::None);
         let leftover = std::mem::take(&mut h.leftover);
@@ -1164,7 +1167,20 @@ impl Shard {
 fn refuse_handoff(h: Handoff, shared: &ShardShared) {
     use std::io::Write;
     let mut s = h.stream;
-    let _ = s.write_all(&Refusal::Draining.response());
+    let answer = Refusal::Draining.response();
+    match h.tls {
+        None => {
+            let _ = s.write_all(&answer);
+        }
+        Some(mut f) => {
+            let mut sealed = std::mem::take(&mut f.out);
+            if let Ok(mut sealer) = f.session.sealer(&mut sealed) {
+                sealer.push(&answer);
+                let _ = sealer.close_notify();
+            }
+            let _ = s.write_all(&sealed);
+        }
+    }
     let _ = s.shutdown(std::net::Shutdown::Write);
     shared.admission.release(h.ip);
 }

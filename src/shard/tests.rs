@@ -367,6 +367,7 @@ impl Harness {
                 leftover: Vec::new(),
                 ip: LOCALHOST,
                 resume,
+                tls: None,
             })
             .expect("shard queue");
         Peer {

@@ -5,6 +5,7 @@
 
 pub mod redis_server;
 pub mod tansu;
+pub mod tls;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -269,10 +269,17 @@ impl Loop {
             Ok(t) => t,
             Err(e) => return self.open_failed(li, &format!("jwt_{e}")),
         };
+        let tls = match cfg.dial.tls_for(url) {
+            Ok(t) => t,
+            Err(cause) => return self.open_failed(li, &cause),
+        };
         let mut stream = match ws_conn::connect(url.addr, cfg.dial.source_for(g)) {
             Ok(s) => s,
             Err(cause) => return self.open_failed(li, &cause),
         };
+        if tls.is_some() {
+            self.out.conns.tls.attempts += 1;
+        }
         if let Err(e) = self.poll.registry().register(
             &mut stream,
             Token(li),
@@ -280,7 +287,14 @@ impl Loop {
         ) {
             return self.open_failed(li, &format!("register_{}", io_cause(&e)));
         }
-        let ws = WsConn::upgrading(stream, Instant::now(), &url.path, &url.authority, &token);
+        let ws = WsConn::upgrading(
+            stream,
+            Instant::now(),
+            &url.path,
+            &url.authority,
+            &token,
+            tls,
+        );
         self.conns[li] = Some(ws);
         self.live += 1;
         self.deadlines

@@ -40,6 +40,10 @@ impl Handler<WsConn> for Ctx<'_> {
     fn on_ping(&mut self) {
         self.out.conns.pings_answered += 1;
     }
+
+    fn on_tls(&mut self, done: &crate::tls::Done) {
+        self.out.conns.tls.record(done);
+    }
 }
 
 /// A server message, with this scenario's data.

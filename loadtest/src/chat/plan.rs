@@ -134,7 +134,7 @@ impl ChatCfg {
     pub fn from_args(a: &ChatArgs) -> Result<ChatCfg, String> {
         Ok(ChatCfg {
             // Each event loop takes whole rooms.
-            dial: DialCfg::from_args(&a.url, &a.jwt_secret, &a.sock, a.rooms)?,
+            dial: DialCfg::from_args(&a.url, &a.jwt_secret, &a.sock, a.rooms, a.connections())?,
             rooms: Rooms {
                 count: a.rooms,
                 members: a.members,

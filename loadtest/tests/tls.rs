@@ -1,0 +1,187 @@
+//! throng-load over wss://: against an in-process rustls peer that speaks just enough
+//! WebSocket (tests/common/tls_peer.rs), and against a plain throng server on a wss://
+//! URL. The trust flags, TLS failures as connect errors, and the full and resumed
+//! handshake counts of the JSON report.
+
+mod common;
+#[path = "common/tls_peer.rs"]
+mod tls_peer;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+use tls_peer::{self_signed, Peer};
+
+fn tmp() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+}
+
+/// `connect` to `url` with `n` connections, no settle or hold time, plus `extra`.
+fn connect_args(url: &str, n: u64, extra: &[&str]) -> Vec<String> {
+    let mut a = strings(&[
+        "connect",
+        "--url",
+        url,
+        "--jwt-secret",
+        "s",
+        "--connections",
+        &n.to_string(),
+        "--settle-secs",
+        "0",
+        "--hold-secs",
+        "0",
+    ]);
+    a.extend(strings(extra));
+    a
+}
+
+fn ca_flag(path: &Path) -> [String; 2] {
+    ["--ca".into(), path.display().to_string()]
+}
+
+#[test]
+fn wss_with_ca_opens_and_a_later_connection_resumes() {
+    let pki = self_signed(&["127.0.0.1", "localhost"]);
+    let ca = pki.write_cert(&tmp(), "ca-resume");
+    let peer = Peer::start(&pki);
+    // Paced so that the second connection starts well after the first is welcomed (and
+    // holds its tickets).
+    let mut args = connect_args(&peer.url(), 2, &["--connect-rate", "4"]);
+    args.extend(ca_flag(&ca));
+    let r = run_load(args);
+    r.eq("connections_opened", 2);
+    r.eq("closed_clean", 2);
+    r.map_eq("connect_errors", &[]);
+    r.map_eq("close_errors", &[]);
+    r.eq("tls/attempts", 2);
+    r.eq("tls/handshakes_full", 1);
+    r.eq("tls/handshakes_resumed", 1);
+    r.eq("tls/handshake_full_us/count", 1);
+    r.eq("tls/handshake_resumed_us/count", 1);
+    r.check(
+        r.str("tls/protocol_version") == "TLSv1_3",
+        "rustls on both ends negotiates TLS 1.3",
+    );
+    r.check(
+        r.str("tls/cipher_suite").starts_with("TLS13_"),
+        "a TLS 1.3 cipher suite",
+    );
+    r.check(
+        r.v["tls"].get("raw_full_us").is_none(),
+        "raw histograms stay between workers",
+    );
+    r.check(
+        r.output.contains("handshakes full 1") && r.output.contains("resumed 1"),
+        "the summary names full and resumed handshakes",
+    );
+    // The peer saw the same: two upgrades, one on a resumed session, both closed.
+    let c = &peer.counts;
+    let ok = wait_until(Duration::from_secs(5), || c.closed.load(Relaxed) == 2);
+    r.check(ok, "the peer did not see two clean closes");
+    r.eq("tls/handshakes_resumed", c.resumed.load(Relaxed));
+    let _ = std::fs::remove_file(ca);
+}
+
+#[test]
+fn wss_insecure_with_resumption_off_makes_every_handshake_full() {
+    // A certificate for another name: --insecure checks neither chain nor name.
+    let peer = Peer::start(&self_signed(&["other.example"]));
+    let args = connect_args(
+        &peer.url(),
+        3,
+        &["--connect-rate", "10", "--insecure", "--tls-resume", "off"],
+    );
+    let r = run_load(args);
+    r.eq("connections_opened", 3);
+    r.eq("closed_clean", 3);
+    r.map_eq("connect_errors", &[]);
+    r.eq("tls/attempts", 3);
+    r.eq("tls/handshakes_full", 3);
+    r.eq("tls/handshakes_resumed", 0);
+    r.eq("tls/handshake_resumed_us/count", 0);
+    r.eq("tls/handshakes_resumed", peer.counts.resumed.load(Relaxed));
+}
+
+#[test]
+fn wss_with_the_wrong_ca_is_a_tls_connect_error() {
+    let peer = Peer::start(&self_signed(&["127.0.0.1"]));
+    let wrong = self_signed(&["127.0.0.1"]).write_cert(&tmp(), "ca-wrong");
+    let mut args = connect_args(&peer.url(), 3, &[]);
+    args.extend(ca_flag(&wrong));
+    let r = run_load(args);
+    r.eq("connections_opened", 0);
+    let errors = r.map("connect_errors");
+    r.check(
+        errors.len() == 1 && errors[0].1 == 3,
+        "three failures with one cause",
+    );
+    r.check(
+        errors[0].0.starts_with("tls: invalid peer certificate"),
+        "the cause names the certificate problem",
+    );
+    r.eq("tls/attempts", 3);
+    r.eq("tls/handshakes_full", 0);
+    r.check(
+        peer.counts.welcomed.load(Relaxed) == 0,
+        "nothing was upgraded",
+    );
+    let _ = std::fs::remove_file(wrong);
+}
+
+#[test]
+fn wss_against_a_plain_ws_server_names_tls() {
+    let srv = TestServer::start(&[]);
+    let url = format!("wss://{}/ws", srv.ws);
+    let r = run_load(connect_args(&url, 3, &["--insecure"]));
+    r.eq("connections_opened", 0);
+    let errors = r.map("connect_errors");
+    r.check(
+        errors.iter().map(|e| e.1).sum::<u64>() == 3,
+        "three failures",
+    );
+    r.check(
+        errors.iter().all(|(k, _)| k.starts_with("tls: ")),
+        "every cause is a TLS one",
+    );
+}
+
+#[test]
+fn wss_without_ca_or_insecure_is_refused_before_connecting() {
+    let out = Command::new(env!("CARGO_BIN_EXE_throng-load"))
+        .args(connect_args("wss://127.0.0.1:1/ws", 1, &[]))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--url") && stderr.contains("--ca") && stderr.contains("--insecure"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn wss_over_worker_processes_merges_the_tls_counts() {
+    let pki = self_signed(&["127.0.0.1"]);
+    let ca = pki.write_cert(&tmp(), "ca-procs");
+    let peer = Peer::start(&pki);
+    let mut args = connect_args(&peer.url(), 4, &["--procs", "2", "--connect-rate", "20"]);
+    args.extend(ca_flag(&ca));
+    let r = run_load(args);
+    r.eq("procs", 2);
+    r.eq("connections_opened", 4);
+    r.eq("tls/attempts", 4);
+    r.check(
+        r.u("tls/handshakes_full") + r.u("tls/handshakes_resumed") == 4,
+        "every handshake counted once",
+    );
+    // Each worker has its own session store, so each starts with a full handshake.
+    r.check(
+        r.u("tls/handshakes_full") >= 2,
+        "one full handshake per worker at least",
+    );
+    r.eq("tls/handshake_full_us/count", r.u("tls/handshakes_full"));
+    let _ = std::fs::remove_file(ca);
+}

@@ -1,0 +1,185 @@
+//! A TLS handshake in the acceptor: rustls drives it over the acceptor's socket, the
+//! upgrade request comes out as plaintext, and once the upgrade is admitted the session's
+//! keys leave for the shard (`finish`) while rustls and its buffers are dropped.
+//!
+//! rustls is given complete records only, so when the handshake ends every byte it was
+//! given is processed and the start of an incomplete record is still ours to hand on.
+
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+
+use super::capture::{self, Captured};
+use super::record::{Session, MAX_PLAIN};
+use super::TlsError;
+
+/// A record header: type, version, length.
+const HEADER: usize = 5;
+
+/// A handshake in progress.
+pub(crate) struct TlsAccept {
+    conn: rustls::ServerConnection,
+    /// Received bytes not yet given to rustls: the start of an incomplete record.
+    sealed_in: Vec<u8>,
+    /// Bytes for the client that the socket has not taken yet.
+    out: Vec<u8>,
+    /// The TLS 1.3 traffic secrets, caught as rustls derived them.
+    caught: Captured,
+}
+
+/// A handshake that ended: what the shard continues with.
+pub(crate) struct Finished {
+    /// The record layer's keys and sequence numbers.
+    pub session: Session,
+    /// Records for the client still to be written (session tickets, usually nothing).
+    pub out: Vec<u8>,
+    /// Received bytes of an incomplete record.
+    pub sealed_in: Vec<u8>,
+}
+
+impl TlsAccept {
+    pub(super) fn new(config: Arc<rustls::ServerConfig>) -> Result<TlsAccept, TlsError> {
+        let mut conn = rustls::ServerConnection::new(config)?;
+        // What is written before `finish` is bounded by the acceptor (refusals, the dev
+        // demo page), not by rustls.
+        conn.set_buffer_limit(None);
+        Ok(TlsAccept {
+            conn,
+            sealed_in: Vec::new(),
+            out: Vec::new(),
+            caught: Captured::default(),
+        })
+    }
+
+    /// Takes bytes from the client: complete records go to rustls, and application data
+    /// (the upgrade request) is appended to `plain`. After an error, `out` holds the
+    /// alert for the client.
+    pub(crate) fn receive(&mut self, bytes: &[u8], plain: &mut Vec<u8>) -> Result<(), TlsError> {
+        if self.sealed_in.is_empty() && self.conn.is_handshaking() && looks_like_http(bytes) {
+            return Err(TlsError::PlainHttp);
+        }
+        self.sealed_in.extend_from_slice(bytes);
+        let complete = complete_records(&self.sealed_in);
+        let mut fed = 0;
+        while fed < complete {
+            capture::clear();
+            let mut records = &self.sealed_in[fed..complete];
+            let n = self
+                .conn
+                .read_tls(&mut records)
+                .map_err(|e| TlsError::Record(io_reason(&e)))?;
+            fed += n;
+            let processed = self.conn.process_new_packets();
+            self.caught.absorb();
+            self.drain_out();
+            processed?;
+            self.read_plain(plain)?;
+            if n == 0 {
+                break;
+            }
+        }
+        self.sealed_in.drain(..fed);
+        Ok(())
+    }
+
+    fn read_plain(&mut self, plain: &mut Vec<u8>) -> Result<(), TlsError> {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match self.conn.reader().read(&mut chunk) {
+                Ok(0) => return Ok(()),
+                Ok(n) => plain.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(TlsError::Record(io_reason(&e))),
+            }
+        }
+    }
+
+    fn drain_out(&mut self) {
+        while self.conn.wants_write() {
+            if self.conn.write_tls(&mut self.out).is_err() {
+                break;
+            }
+        }
+    }
+
+    /// Bytes waiting to be written to the client; the caller removes what it wrote.
+    pub(crate) fn out(&mut self) -> &mut Vec<u8> {
+        &mut self.out
+    }
+
+    /// Encrypts `bytes` (a refusal, a page) for the client.
+    pub(crate) fn write_plain(&mut self, bytes: &[u8]) -> Result<(), TlsError> {
+        self.conn
+            .writer()
+            .write_all(bytes)
+            .map_err(|e| TlsError::Record(io_reason(&e)))?;
+        self.drain_out();
+        Ok(())
+    }
+
+    /// Queues close_notify for the client.
+    pub(crate) fn close_notify(&mut self) {
+        self.conn.send_close_notify();
+        self.drain_out();
+    }
+
+    /// Whether the handshake is still going on (no application data can flow yet).
+    pub(crate) fn is_handshaking(&self) -> bool {
+        self.conn.is_handshaking()
+    }
+
+    /// Whether the handshake resumed a session.
+    pub(crate) fn resumed(&self) -> bool {
+        self.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+    }
+
+    /// Ends the handshake phase: the session for the shard, bytes still to write, and the
+    /// start of an incomplete record.
+    pub(crate) fn finish(mut self) -> Result<Finished, TlsError> {
+        self.drain_out();
+        let TlsAccept {
+            conn,
+            sealed_in,
+            out,
+            caught,
+        } = self;
+        let tls13 = conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
+        let secrets = conn.dangerous_extract_secrets()?;
+        Ok(Finished {
+            session: Session::new(tls13, secrets, caught)?,
+            out,
+            sealed_in,
+        })
+    }
+}
+
+/// Bytes of the complete records at the start of `buf`. Something that is not a record
+/// header counts as complete, so rustls sees it at once and refuses it.
+fn complete_records(buf: &[u8]) -> usize {
+    let mut pos = 0;
+    while buf.len() - pos >= HEADER {
+        let len = usize::from(u16::from_be_bytes([buf[pos + 3], buf[pos + 4]]));
+        if !(20..=24).contains(&buf[pos]) || buf[pos + 1] != 3 || len > MAX_PLAIN + 2048 {
+            return buf.len();
+        }
+        if buf.len() - pos < HEADER + len {
+            break;
+        }
+        pos += HEADER + len;
+    }
+    pos
+}
+
+/// Whether the first bytes on a TLS port are an HTTP request line instead.
+fn looks_like_http(bytes: &[u8]) -> bool {
+    let method_end = bytes.iter().position(|&b| b == b' ');
+    matches!(method_end, Some(n) if (3..=7).contains(&n)
+        && bytes[..n].iter().all(u8::is_ascii_uppercase))
+}
+
+fn io_reason(e: &io::Error) -> &'static str {
+    match e.kind() {
+        io::ErrorKind::InvalidData => "invalid TLS data",
+        io::ErrorKind::UnexpectedEof => "the connection ended mid-record",
+        _ => "TLS I/O failed",
+    }
+}

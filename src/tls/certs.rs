@@ -1,0 +1,93 @@
+//! The certificate the TLS listener serves: loaded from PEM files, checked against its
+//! key, and swapped in place by a reload so handshakes in flight and open connections
+//! are untouched.
+
+use std::sync::{Arc, RwLock};
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
+
+use super::{TlsError, TlsFiles};
+
+/// The certificate in use and where it came from.
+#[derive(Debug)]
+pub struct CertStore {
+    files: TlsFiles,
+    provider: Arc<CryptoProvider>,
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl CertStore {
+    /// Loads and checks the files.
+    pub(super) fn load(files: &TlsFiles, provider: &Arc<CryptoProvider>) -> Result<Self, TlsError> {
+        let key = read(files, provider)?;
+        Ok(CertStore {
+            files: files.clone(),
+            provider: Arc::clone(provider),
+            current: RwLock::new(Arc::new(key)),
+        })
+    }
+
+    /// Reads the files again; the new certificate serves the next handshakes. On error
+    /// the one in use stays.
+    pub(super) fn reload(&self) -> Result<(), TlsError> {
+        let key = read(&self.files, &self.provider)?;
+        match self.current.write() {
+            Ok(mut cur) => *cur = Arc::new(key),
+            // A panic while holding the lock cannot leave the Arc half-written.
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(key),
+        }
+        Ok(())
+    }
+
+    /// The DER of the leaf certificate in use.
+    pub fn leaf(&self) -> Option<Vec<u8>> {
+        self.get().cert.first().map(|c| c.as_ref().to_vec())
+    }
+
+    fn get(&self) -> Arc<CertifiedKey> {
+        match self.current.read() {
+            Ok(cur) => Arc::clone(&cur),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+}
+
+impl rustls::server::ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.get())
+    }
+}
+
+/// Reads the chain and the key and checks that they belong together.
+fn read(files: &TlsFiles, provider: &CryptoProvider) -> Result<CertifiedKey, TlsError> {
+    let cert_path = files.cert.display().to_string();
+    let key_path = files.key.display().to_string();
+    let file_err = |path: &str, problem: String| TlsError::File {
+        path: path.to_string(),
+        problem,
+    };
+    let chain = CertificateDer::pem_file_iter(&files.cert)
+        .map_err(|e| file_err(&cert_path, format!("cannot read certificates: {e}")))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_err(&cert_path, format!("not a PEM certificate chain: {e}")))?;
+    if chain.is_empty() {
+        return Err(file_err(&cert_path, "holds no PEM certificate".into()));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| file_err(&key_path, format!("not a PEM private key: {e}")))?;
+    let signing = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| file_err(&key_path, format!("unsupported private key: {e}")))?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified.keys_match().map_err(|e| {
+        file_err(
+            &cert_path,
+            format!("the certificate does not belong to the key in {key_path}: {e}"),
+        )
+    })?;
+    Ok(certified)
+}

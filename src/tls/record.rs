@@ -1,0 +1,568 @@
+//! The TLS record layer after the handshake (RFC 8446 section 5; RFC 5246 section 6.2
+//! with AEAD suites, RFC 5288 and RFC 7905): what a connection keeps, and how its records
+//! are sealed and opened with ring's AEADs.
+//!
+//! A connection keeps raw keys, IVs, sequence numbers and (TLS 1.3) traffic secrets. The
+//! AEAD key is built per batch of records rather than kept per connection: ring's expanded
+//! AES-GCM key is hundreds of bytes, and a batch is one read or one flush.
+
+use std::ops::Range;
+
+use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
+use ring::hkdf;
+use rustls::{ConnectionTrafficSecrets, ExtractedSecrets};
+use zeroize::Zeroize;
+
+use super::capture::{Captured, Secret};
+use super::TlsError;
+
+/// Largest plaintext a record carries.
+pub(crate) const MAX_PLAIN: usize = 16 * 1024;
+const HEADER: usize = 5;
+const TAG: usize = 16;
+/// TLS 1.2 AES-GCM sends the nonce's last 8 bytes before the ciphertext.
+const EXPLICIT: usize = 8;
+/// Records sealed under one TLS 1.3 key before it is updated: well below AES-GCM's
+/// confidentiality limit of 2^24.5 records (RFC 8446 section 5.5).
+const REKEY_AFTER: u64 = 1 << 23;
+
+const CT_ALERT: u8 = 21;
+const CT_HANDSHAKE: u8 = 22;
+const CT_DATA: u8 = 23;
+const HS_KEY_UPDATE: u8 = 24;
+const ALERT_CLOSE_NOTIFY: u8 = 0;
+const ALERT_USER_CANCELED: u8 = 90;
+
+/// The negotiated AEAD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cipher {
+    Aes128Gcm,
+    Aes256Gcm,
+    Chacha20,
+}
+
+impl Cipher {
+    fn aead(self) -> &'static aead::Algorithm {
+        match self {
+            Cipher::Aes128Gcm => &aead::AES_128_GCM,
+            Cipher::Aes256Gcm => &aead::AES_256_GCM,
+            Cipher::Chacha20 => &aead::CHACHA20_POLY1305,
+        }
+    }
+
+    /// The TLS 1.3 suite's hash (TLS_AES_256_GCM_SHA384 is the one SHA-384 suite).
+    fn hkdf(self) -> hkdf::Algorithm {
+        match self {
+            Cipher::Aes256Gcm => hkdf::HKDF_SHA384,
+            _ => hkdf::HKDF_SHA256,
+        }
+    }
+
+    fn key_len(self) -> usize {
+        self.aead().key_len()
+    }
+}
+
+/// One direction's protection state.
+struct Keys {
+    key: [u8; 32],
+    iv: [u8; 12],
+    seq: u64,
+    /// TLS 1.3: the traffic secret the key and IV came from (empty for TLS 1.2).
+    secret: Secret,
+}
+
+impl Drop for Keys {
+    fn drop(&mut self) {
+        self.key.zeroize();
+        self.iv.zeroize();
+    }
+}
+
+impl Keys {
+    fn from_rustls(
+        seq: u64,
+        secrets: &ConnectionTrafficSecrets,
+        secret: Option<Secret>,
+    ) -> Result<(Cipher, Keys), TlsError> {
+        let (cipher, key, iv) = match secrets {
+            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (Cipher::Aes128Gcm, key, iv),
+            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (Cipher::Aes256Gcm, key, iv),
+            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (Cipher::Chacha20, key, iv),
+            _ => return Err(TlsError::Record("unsupported cipher suite")),
+        };
+        let mut keys = Keys {
+            key: [0; 32],
+            iv: [0; 12],
+            seq,
+            secret: secret.unwrap_or_default(),
+        };
+        let (key, iv) = (key.as_ref(), iv.as_ref());
+        if key.len() != cipher.key_len() || iv.len() != keys.iv.len() {
+            return Err(TlsError::Record("unexpected key or IV length"));
+        }
+        keys.key[..key.len()].copy_from_slice(key);
+        keys.iv.copy_from_slice(iv);
+        Ok((cipher, keys))
+    }
+
+    fn aead_key(&self, cipher: Cipher) -> Result<LessSafeKey, TlsError> {
+        UnboundKey::new(cipher.aead(), &self.key[..cipher.key_len()])
+            .map(LessSafeKey::new)
+            .map_err(|_| TlsError::Record("cannot build the AEAD key"))
+    }
+
+    /// The per-record nonce: the IV with the sequence number XORed into its end.
+    fn nonce(&self) -> [u8; 12] {
+        let mut n = self.iv;
+        for (b, s) in n[4..].iter_mut().zip(self.seq.to_be_bytes()) {
+            *b ^= s;
+        }
+        n
+    }
+
+    /// Derives this key, IV and secret from `secret`.
+    fn derive(&mut self, cipher: Cipher, secret: &[u8]) -> Result<(), TlsError> {
+        let alg = cipher.hkdf();
+        expand_label(alg, secret, b"key", &mut self.key[..cipher.key_len()])?;
+        expand_label(alg, secret, b"iv", &mut self.iv)?;
+        Ok(())
+    }
+
+    /// TLS 1.3 key update: the next traffic secret, and the key and IV from it.
+    fn update(&mut self, cipher: Cipher) -> Result<(), TlsError> {
+        let len = usize::from(self.secret.len);
+        if len == 0 {
+            return Err(TlsError::Record("no traffic secret to update"));
+        }
+        let mut next = [0u8; 48];
+        expand_label(
+            cipher.hkdf(),
+            self.secret.as_bytes(),
+            b"traffic upd",
+            &mut next[..len],
+        )?;
+        self.secret.bytes[..len].copy_from_slice(&next[..len]);
+        next.zeroize();
+        let secret = self.secret.bytes;
+        self.derive(cipher, &secret[..len])?;
+        self.seq = 0;
+        Ok(())
+    }
+}
+
+/// HKDF-Expand-Label (RFC 8446 section 7.1) with an empty context.
+fn expand_label(
+    alg: hkdf::Algorithm,
+    secret: &[u8],
+    label: &[u8],
+    out: &mut [u8],
+) -> Result<(), TlsError> {
+    struct Len(usize);
+    impl hkdf::KeyType for Len {
+        fn len(&self) -> usize {
+            self.0
+        }
+    }
+    let err = |_| TlsError::Record("key derivation failed");
+    let out_len = (out.len() as u16).to_be_bytes();
+    let label_len = [(b"tls13 ".len() + label.len()) as u8];
+    let info: [&[u8]; 5] = [&out_len, &label_len, b"tls13 ", label, &[0]];
+    hkdf::Prk::new_less_safe(alg, secret)
+        .expand(&info, Len(out.len()))
+        .map_err(err)?
+        .fill(out)
+        .map_err(err)
+}
+
+/// A connection's TLS state once the handshake is over.
+pub(crate) struct Session {
+    tls13: bool,
+    cipher: Cipher,
+    /// The client asked for a key update: ours goes out before the next records.
+    update_due: bool,
+    /// close_notify was sealed: nothing more may be.
+    closed: bool,
+    tx: Keys,
+    rx: Keys,
+}
+
+/// What `Session::open` made of the bytes it was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Opening {
+    /// Bytes of complete records used; the rest starts an incomplete record.
+    pub consumed: usize,
+    /// Application data now at the front of the buffer.
+    pub plain: usize,
+    /// The client sent close_notify: nothing after it counts.
+    pub peer_closed: bool,
+}
+
+impl Session {
+    /// The session rustls negotiated: its keys and sequence numbers, and for TLS 1.3 the
+    /// traffic secrets caught during the handshake (checked against the keys).
+    pub(crate) fn new(
+        tls13: bool,
+        secrets: ExtractedSecrets,
+        mut caught: Captured,
+    ) -> Result<Session, TlsError> {
+        let (tx_seq, tx) = &secrets.tx;
+        let (rx_seq, rx) = &secrets.rx;
+        let (tx_secret, rx_secret) = if tls13 {
+            match (caught.server.take(), caught.client.take()) {
+                (Some(s), Some(c)) => (Some(s), Some(c)),
+                _ => return Err(TlsError::Record("traffic secrets were not caught")),
+            }
+        } else {
+            (None, None)
+        };
+        let (cipher, tx) = Keys::from_rustls(*tx_seq, tx, tx_secret)?;
+        let (rx_cipher, rx) = Keys::from_rustls(*rx_seq, rx, rx_secret)?;
+        if cipher != rx_cipher {
+            return Err(TlsError::Record(
+                "the two directions disagree on the cipher",
+            ));
+        }
+        if tls13 {
+            // The secrets must be the ones the keys came from, or a key update would
+            // derive garbage: derive the keys again and compare.
+            for k in [&tx, &rx] {
+                let mut check = Keys {
+                    key: [0; 32],
+                    iv: [0; 12],
+                    seq: 0,
+                    secret: Secret::default(),
+                };
+                check.derive(cipher, k.secret.as_bytes())?;
+                if check.key != k.key || check.iv != k.iv {
+                    return Err(TlsError::Record("traffic secrets do not match the keys"));
+                }
+            }
+        }
+        Ok(Session {
+            tls13,
+            cipher,
+            update_due: false,
+            closed: false,
+            tx,
+            rx,
+        })
+    }
+
+    /// Starts sealing records onto `out`; a key update the client asked for (or one the
+    /// confidentiality limit calls for) goes first.
+    pub(crate) fn sealer<'a>(&'a mut self, out: &'a mut Vec<u8>) -> Result<Sealer<'a>, TlsError> {
+        let key = self.tx.aead_key(self.cipher)?;
+        let mut s = Sealer {
+            session: self,
+            key,
+            out,
+            open: None,
+        };
+        let session = &*s.session;
+        if session.tls13 && (session.update_due || session.tx.seq >= REKEY_AFTER) {
+            s.record(CT_HANDSHAKE, &[HS_KEY_UPDATE, 0, 0, 1, 0])?;
+            let cipher = s.session.cipher;
+            s.session.tx.update(cipher)?;
+            s.session.update_due = false;
+            s.key = s.session.tx.aead_key(cipher)?;
+        }
+        Ok(s)
+    }
+
+    /// Seals `plain` as application data onto `out`.
+    #[cfg(test)]
+    pub(crate) fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), TlsError> {
+        let mut s = self.sealer(out)?;
+        s.push(plain);
+        s.finish()
+    }
+
+    /// Opens the complete records at the start of `buf` in place: application data is
+    /// moved to the front, alerts and key updates are handled.
+    pub(crate) fn open(&mut self, buf: &mut [u8]) -> Result<Opening, TlsError> {
+        let max_cipher = if self.tls13 {
+            MAX_PLAIN + 256
+        } else {
+            MAX_PLAIN + 2048
+        };
+        let mut key = self.rx.aead_key(self.cipher)?;
+        let (mut pos, mut plain) = (0, 0);
+        while buf.len() - pos >= HEADER {
+            let typ = buf[pos];
+            let len = usize::from(u16::from_be_bytes([buf[pos + 3], buf[pos + 4]]));
+            if buf[pos + 1] != 3 {
+                return Err(TlsError::Record("not a TLS record"));
+            }
+            if len > max_cipher {
+                return Err(TlsError::Record("record longer than TLS allows"));
+            }
+            if buf.len() - pos < HEADER + len {
+                break;
+            }
+            let start = pos;
+            pos += HEADER + len;
+            let (inner, range) = self.open_record(&key, typ, &mut buf[start..pos])?;
+            let range = start + range.start..start + range.end;
+            match inner {
+                CT_DATA => {
+                    let n = range.len();
+                    buf.copy_within(range, plain);
+                    plain += n;
+                }
+                CT_ALERT => match buf[range] {
+                    [_, ALERT_CLOSE_NOTIFY] => {
+                        return Ok(Opening {
+                            consumed: pos,
+                            plain,
+                            peer_closed: true,
+                        })
+                    }
+                    [_, ALERT_USER_CANCELED] => {}
+                    [_, desc] => return Err(TlsError::Alert(desc)),
+                    _ => return Err(TlsError::Record("malformed alert")),
+                },
+                CT_HANDSHAKE if self.tls13 => {
+                    self.key_updates(&buf[range])?;
+                    key = self.rx.aead_key(self.cipher)?;
+                }
+                CT_HANDSHAKE => {
+                    return Err(TlsError::Record("renegotiation is not supported"));
+                }
+                _ => return Err(TlsError::Record("unexpected record type")),
+            }
+        }
+        Ok(Opening {
+            consumed: pos,
+            plain,
+            peer_closed: false,
+        })
+    }
+
+    /// Decrypts one record in place; its content type and where its plaintext lies.
+    fn open_record(
+        &mut self,
+        key: &LessSafeKey,
+        typ: u8,
+        rec: &mut [u8],
+    ) -> Result<(u8, Range<usize>), TlsError> {
+        let bad = |_| TlsError::Record("a record failed to decrypt (bad MAC)");
+        let mut header = [0u8; HEADER];
+        header.copy_from_slice(&rec[..HEADER]);
+        if self.tls13 {
+            if typ != CT_DATA {
+                return Err(TlsError::Record(
+                    "an unprotected record after the handshake",
+                ));
+            }
+            let nonce = Nonce::assume_unique_for_key(self.rx.nonce());
+            let plain = key
+                .open_in_place(nonce, Aad::from(header), &mut rec[HEADER..])
+                .map_err(bad)?;
+            self.rx.seq += 1;
+            // TLSInnerPlaintext: content, then the type, then zero padding.
+            let Some(end) = plain.iter().rposition(|&b| b != 0) else {
+                return Err(TlsError::Record("a record without a content type"));
+            };
+            return Ok((plain[end], HEADER..HEADER + end));
+        }
+        if !matches!(typ, CT_ALERT | CT_HANDSHAKE | CT_DATA) {
+            return Err(TlsError::Record("unexpected record type"));
+        }
+        let explicit = if self.cipher == Cipher::Chacha20 {
+            0
+        } else {
+            EXPLICIT
+        };
+        let Some(plain_len) = rec.len().checked_sub(HEADER + explicit + TAG) else {
+            return Err(TlsError::Record("record shorter than its tag"));
+        };
+        let nonce = if explicit == 0 {
+            self.rx.nonce()
+        } else {
+            let mut n = [0u8; 12];
+            n[..4].copy_from_slice(&self.rx.iv[..4]);
+            n[4..].copy_from_slice(&rec[HEADER..HEADER + EXPLICIT]);
+            n
+        };
+        let aad = aad12(self.rx.seq, typ, plain_len);
+        let body = HEADER + explicit;
+        key.open_in_place(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad),
+            &mut rec[body..],
+        )
+        .map_err(bad)?;
+        self.rx.seq += 1;
+        Ok((typ, body..body + plain_len))
+    }
+
+    /// Handles post-handshake messages from the client: only key updates are allowed.
+    fn key_updates(&mut self, mut msgs: &[u8]) -> Result<(), TlsError> {
+        while !msgs.is_empty() {
+            match msgs {
+                [HS_KEY_UPDATE, 0, 0, 1, request, rest @ ..] => {
+                    match request {
+                        0 => {}
+                        1 => self.update_due = true,
+                        _ => return Err(TlsError::Record("malformed key update")),
+                    }
+                    self.rx.update(self.cipher)?;
+                    msgs = rest;
+                }
+                _ => return Err(TlsError::Record("unexpected handshake message")),
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the next sealer update the sending key, as reaching `REKEY_AFTER` does.
+    #[cfg(test)]
+    pub(crate) fn force_rekey_for_test(&mut self) {
+        self.update_due = true;
+    }
+
+    /// Whether close_notify was sealed.
+    pub(crate) fn closed(&self) -> bool {
+        self.closed
+    }
+}
+
+/// TLS 1.2's additional data: sequence number, type, version and plaintext length.
+fn aad12(seq: u64, typ: u8, plain_len: usize) -> [u8; 13] {
+    let mut aad = [0u8; 13];
+    aad[..8].copy_from_slice(&seq.to_be_bytes());
+    aad[8] = typ;
+    aad[9] = 3;
+    aad[10] = 3;
+    aad[11..].copy_from_slice(&(plain_len as u16).to_be_bytes());
+    aad
+}
+
+/// Seals application data onto a buffer, coalescing what is pushed into records of up to
+/// 16 KiB. A record still open when the sealer goes is sealed then, so plaintext never
+/// stays in the output.
+pub(crate) struct Sealer<'a> {
+    session: &'a mut Session,
+    key: LessSafeKey,
+    out: &'a mut Vec<u8>,
+    /// Where the open application data record's header is.
+    open: Option<usize>,
+}
+
+impl Sealer<'_> {
+    fn body_offset(&self) -> usize {
+        if !self.session.tls13 && self.session.cipher != Cipher::Chacha20 {
+            HEADER + EXPLICIT
+        } else {
+            HEADER
+        }
+    }
+
+    /// Appends application data.
+    pub(crate) fn push(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let start = match self.open {
+                Some(s) => s,
+                None => {
+                    let s = self.out.len();
+                    let body = self.body_offset();
+                    self.out.resize(s + body, 0);
+                    self.open = Some(s);
+                    s
+                }
+            };
+            let used = self.out.len() - start - self.body_offset();
+            let take = bytes.len().min(MAX_PLAIN - used);
+            self.out.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if used + take == MAX_PLAIN {
+                self.close_open();
+            }
+        }
+    }
+
+    /// Seals a close_notify alert after what was pushed.
+    pub(crate) fn close_notify(&mut self) -> Result<(), TlsError> {
+        self.close_open();
+        self.record(CT_ALERT, &[1, ALERT_CLOSE_NOTIFY])?;
+        self.session.closed = true;
+        Ok(())
+    }
+
+    /// Seals the open record.
+    pub(crate) fn finish(mut self) -> Result<(), TlsError> {
+        self.seal_open(CT_DATA)
+    }
+
+    /// Seals the open record; on failure its plaintext is cut from the output.
+    fn close_open(&mut self) {
+        let start = self.open;
+        if self.seal_open(CT_DATA).is_err() {
+            if let Some(s) = start {
+                self.out.truncate(s);
+            }
+        }
+    }
+
+    /// A whole record of type `typ` holding `payload`.
+    fn record(&mut self, typ: u8, payload: &[u8]) -> Result<(), TlsError> {
+        self.close_open();
+        let s = self.out.len();
+        let body = self.body_offset();
+        self.out.resize(s + body, 0);
+        self.out.extend_from_slice(payload);
+        self.open = Some(s);
+        self.seal_open(typ)
+    }
+
+    /// Encrypts the open record in place and writes its header.
+    fn seal_open(&mut self, typ: u8) -> Result<(), TlsError> {
+        let Some(start) = self.open.take() else {
+            return Ok(());
+        };
+        let body = start + self.body_offset();
+        let s = &mut *self.session;
+        let tx = &mut s.tx;
+        let nonce = tx.nonce();
+        let mut aad = [0u8; 13];
+        let aad_len = if s.tls13 {
+            self.out.push(typ);
+            let h = header(CT_DATA, self.out.len() - body + TAG);
+            self.out[start..start + HEADER].copy_from_slice(&h);
+            aad[..HEADER].copy_from_slice(&h);
+            HEADER
+        } else {
+            let plain_len = self.out.len() - body;
+            let len = body - start - HEADER + plain_len + TAG;
+            self.out[start..start + HEADER].copy_from_slice(&header(typ, len));
+            if body - start > HEADER {
+                self.out[start + HEADER..body].copy_from_slice(&nonce[4..]);
+            }
+            aad = aad12(tx.seq, typ, plain_len);
+            aad.len()
+        };
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&aad[..aad_len]),
+                &mut self.out[body..],
+            )
+            .map_err(|_| TlsError::Record("sealing failed"))?;
+        self.out.extend_from_slice(tag.as_ref());
+        tx.seq += 1;
+        Ok(())
+    }
+}
+
+impl Drop for Sealer<'_> {
+    fn drop(&mut self) {
+        self.close_open();
+    }
+}
+
+fn header(typ: u8, len: usize) -> [u8; HEADER] {
+    let l = (len as u16).to_be_bytes();
+    [typ, 3, 3, l[0], l[1]]
+}
