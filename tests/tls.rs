@@ -255,6 +255,44 @@ fn openssl_s_client_upgrades_and_pings() {
     assert_eq!(full, cases.len() as u64);
 }
 
+#[test]
+fn an_rsa_certificate_serves_tls12_and_tls13() {
+    require_openssl();
+    let dir = TlsDir::new("rsa");
+    // rcgen (on ring) cannot make RSA keys: openssl writes the pair over the ECDSA one.
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .args(["-keyout", dir.key_path(), "-out", dir.cert_path()])
+        .output()
+        .expect("run openssl");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let srv = dir.server(&[]);
+    let cases: [&[&str]; 2] = [
+        &["-tls1_3"],
+        &["-tls1_2", "-cipher", "ECDHE-RSA-AES128-GCM-SHA256"],
+    ];
+    for (i, flags) in cases.iter().enumerate() {
+        let user = format!("rsa-{i}");
+        let mut s = SClient::spawn(srv.ws, dir.cert_path(), flags);
+        let auth = format!("Authorization: Bearer {}", token(&user));
+        s.write(&upgrade_request(srv.ws, "/ws", &[&auth], &[]));
+        assert_eq!(s.wait_for(0, b"HTTP/1.1 101 "), 0, "{flags:?}: {:?}", s.buf);
+        let head_end = s.wait_for(0, b"\r\n\r\n") + 4;
+        let (welcome, _) = s.frame_at(head_end);
+        assert_eq!(welcome.json()["user"], user.as_str(), "{flags:?}");
+    }
+    assert_eq!(metric(srv.api, "throng_tls_handshakes_full_total"), 2);
+}
+
 // ---- Not TLS on the TLS port -----------------------------------------------------------
 
 #[test]
