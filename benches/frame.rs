@@ -76,7 +76,7 @@ fn decode(c: &mut Criterion) {
         let wire = masked_client_frame(payload.as_bytes());
         // Sanity: the frame round-trips before it is measured.
         let mut check = wire.clone();
-        let head = frame::parse_head(&check, 1 << 20).unwrap().unwrap();
+        let head = frame::parse_head(&check, 1 << 20, false).unwrap().unwrap();
         assert_eq!(head.kind, Kind::Text);
         assert_eq!(head.total_len(), wire.len());
         frame::unmask(&mut check[head.header_len..], head.mask);
@@ -88,7 +88,7 @@ fn decode(c: &mut Criterion) {
         let mut buf = wire.clone();
         g.bench_function(BenchmarkId::new("parse_head+unmask", name), |b| {
             b.iter(|| {
-                let head = frame::parse_head(black_box(&buf), 1 << 20)
+                let head = frame::parse_head(black_box(&buf), 1 << 20, false)
                     .unwrap()
                     .unwrap();
                 let end = head.total_len();

@@ -468,6 +468,7 @@ impl Acceptor {
             leftover,
             ip,
             resume: up.resume,
+            deflate: up.deflate.filter(|_| self.config.compression),
             tls,
         };
         match self.shards.send(shard_id, handoff) {

@@ -25,6 +25,8 @@ pub struct Handoff {
     pub ip: IpAddr,
     /// `since` and `epoch` from the upgrade query, when the client resumes.
     pub resume: Option<Resume>,
+    /// The permessage-deflate offer accepted (with `compression` on).
+    pub deflate: Option<crate::deflate::Agreed>,
     /// On the TLS listener: the session's keys, records still to send and the start of
     /// an incomplete record received.
     pub(crate) tls: Option<Box<crate::tls::Finished>>,

@@ -63,6 +63,16 @@ fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
     }
 }
 
+/// A feature that is on or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Switch {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -236,6 +246,12 @@ pub struct ServeArgs {
     /// Kafka ingress: the consumer group [default: throng].
     #[arg(long)]
     pub kafka_group: Option<String>,
+    /// permessage-deflate for clients that offer it: on or off [default: on].
+    #[arg(long, value_enum)]
+    pub compression: Option<Switch>,
+    /// Smallest frame sent compressed, in bytes [default: 256].
+    #[arg(long)]
+    pub compression_min_bytes: Option<usize>,
     /// TLS (wss://) on the client listener: PEM certificate chain, leaf first (with --tls-key).
     #[arg(long, value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
@@ -314,6 +330,8 @@ struct FileConfig {
     kafka_group: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    compression: Option<Switch>,
+    compression_min_bytes: Option<usize>,
     node_id: Option<String>,
     offline_ttl_ms: Option<u64>,
     claim_idle_ms: Option<u64>,
@@ -445,6 +463,10 @@ pub struct Config {
     pub kafka: Option<KafkaConfig>,
     /// TLS on the client listener, when `--tls-cert` and `--tls-key` are given.
     pub tls: Option<crate::tls::TlsFiles>,
+    /// permessage-deflate is negotiated with clients that offer it.
+    pub compression: bool,
+    /// Frames shorter than this are sent plain even to compressing clients.
+    pub compression_min_bytes: usize,
     /// Log format.
     pub log_format: LogFormat,
     /// Development mode.
@@ -908,6 +930,11 @@ impl Config {
             (Some(_), None) => return Err(invalid("tls_key", "is required with tls_cert")),
             (None, Some(_)) => return Err(invalid("tls_cert", "is required with tls_key")),
         };
+        let compression = args.compression.or(file.compression).unwrap_or(Switch::On) == Switch::On;
+        let compression_min_bytes = args
+            .compression_min_bytes
+            .or(file.compression_min_bytes)
+            .unwrap_or(256);
         let events_url = args.events_url.or(file.events_url);
         if let Some(url) = &events_url {
             check_events_url(url).map_err(|e| invalid("events_url", e))?;
@@ -967,6 +994,8 @@ impl Config {
             events_queue,
             kafka,
             tls,
+            compression,
+            compression_min_bytes,
             allowed_origins,
             shard_queue_capacity,
             shutdown_grace,

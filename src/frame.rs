@@ -175,6 +175,9 @@ pub enum FrameError {
     /// A close frame with a bad code or a 1-byte payload.
     #[error("bad close frame")]
     BadClose,
+    /// A compressed message that does not inflate.
+    #[error("compressed message is not valid deflate data")]
+    BadDeflate,
 }
 
 impl FrameError {
@@ -183,7 +186,7 @@ impl FrameError {
         match self {
             FrameError::TooBig => close::TOO_BIG,
             FrameError::Binary => close::UNSUPPORTED,
-            FrameError::InvalidUtf8 => close::INVALID_UTF8,
+            FrameError::InvalidUtf8 | FrameError::BadDeflate => close::INVALID_UTF8,
             _ => close::PROTOCOL,
         }
     }
@@ -217,6 +220,8 @@ pub struct Head {
     pub header_len: usize,
     /// Payload length in bytes.
     pub payload_len: usize,
+    /// RSV1 on the first frame of a message: compressed (permessage-deflate).
+    pub compressed: bool,
 }
 
 impl Head {
@@ -229,13 +234,20 @@ impl Head {
 /// Parses a client frame header; `Ok(None)` when more bytes are needed.
 ///
 /// `max_payload` bounds one frame's payload (the message limit); it is checked before
-/// the payload arrives, so an oversized frame is refused without being buffered.
-pub fn parse_head(buf: &[u8], max_payload: usize) -> Result<Option<Head>, FrameError> {
+/// the payload arrives, so an oversized frame is refused without being buffered. With
+/// `deflate` (negotiated) RSV1 marks a compressed message, allowed on the first frame of
+/// a data message only (RFC 7692 6.1); RSV2 and RSV3 are never allowed.
+pub fn parse_head(
+    buf: &[u8],
+    max_payload: usize,
+    deflate: bool,
+) -> Result<Option<Head>, FrameError> {
     if buf.len() < 2 {
         return Ok(None);
     }
     let (b0, b1) = (buf[0], buf[1]);
-    if b0 & 0x70 != 0 {
+    let compressed = b0 & 0x40 != 0;
+    if b0 & 0x30 != 0 || (compressed && !deflate) {
         return Err(FrameError::ReservedBits);
     }
     let fin = b0 & 0x80 != 0;
@@ -279,6 +291,10 @@ pub fn parse_head(buf: &[u8], max_payload: usize) -> Result<Option<Head>, FrameE
     if is_control && (!fin || payload_len > 125) {
         return Err(FrameError::BadControl);
     }
+    if compressed && kind != Kind::Text {
+        // On a control frame or a continuation RSV1 means nothing: a protocol error.
+        return Err(FrameError::ReservedBits);
+    }
     if !is_control && payload_len > max_payload {
         return Err(FrameError::TooBig);
     }
@@ -293,6 +309,7 @@ pub fn parse_head(buf: &[u8], max_payload: usize) -> Result<Option<Head>, FrameE
         mask: [m[0], m[1], m[2], m[3]],
         header_len,
         payload_len,
+        compressed,
     }))
 }
 
@@ -489,12 +506,12 @@ mod tests {
             let mut f = client_frame(0x81, &payload, Some([1, 2, 3, 4]));
             // Every prefix short of the header is incomplete, never an error.
             for cut in 0..f.len().min(14) {
-                let r = parse_head(&f[..cut], 1 << 20).unwrap();
+                let r = parse_head(&f[..cut], 1 << 20, false).unwrap();
                 if let Some(h) = r {
                     assert!(cut >= h.header_len);
                 }
             }
-            let h = parse_head(&f, 1 << 20).unwrap().unwrap();
+            let h = parse_head(&f, 1 << 20, false).unwrap().unwrap();
             assert_eq!(h.kind, Kind::Text);
             assert!(h.fin);
             assert_eq!(h.payload_len, len);
@@ -508,30 +525,62 @@ mod tests {
     #[test]
     fn refusals_map_to_close_codes() {
         let unmasked = client_frame(0x81, b"hi", None);
-        assert_eq!(parse_head(&unmasked, 100), Err(FrameError::Unmasked));
+        assert_eq!(parse_head(&unmasked, 100, false), Err(FrameError::Unmasked));
         assert_eq!(FrameError::Unmasked.close_code(), 1002);
         let rsv = client_frame(0xC1, b"hi", Some([0; 4]));
-        assert_eq!(parse_head(&rsv, 100), Err(FrameError::ReservedBits));
+        assert_eq!(parse_head(&rsv, 100, false), Err(FrameError::ReservedBits));
+        // With permessage-deflate, RSV1 marks the first frame of a compressed message only.
+        let head = parse_head(&rsv, 100, true).unwrap().unwrap();
+        assert!(head.compressed && head.kind == Kind::Text);
+        let first_fragment = client_frame(0x41, b"hi", Some([0; 4]));
+        assert!(
+            parse_head(&first_fragment, 100, true)
+                .unwrap()
+                .unwrap()
+                .compressed
+        );
+        for (b0, what) in [
+            (0xC0, "a continuation"),
+            (0xC9, "a ping"),
+            (0xCA, "a pong"),
+            (0xC8, "a close"),
+            (0xA1, "RSV2"),
+            (0x91, "RSV3"),
+        ] {
+            let f = client_frame(b0, b"hi", Some([0; 4]));
+            assert_eq!(
+                parse_head(&f, 100, true),
+                Err(FrameError::ReservedBits),
+                "{what}"
+            );
+            assert_eq!(FrameError::ReservedBits.close_code(), 1002);
+        }
         let reserved_op = client_frame(0x83, b"hi", Some([0; 4]));
         assert_eq!(
-            parse_head(&reserved_op, 100),
+            parse_head(&reserved_op, 100, false),
             Err(FrameError::ReservedOpcode)
         );
         let reserved_ctl = client_frame(0x8B, b"", Some([0; 4]));
         assert_eq!(
-            parse_head(&reserved_ctl, 100),
+            parse_head(&reserved_ctl, 100, false),
             Err(FrameError::ReservedOpcode)
         );
         let binary = client_frame(0x82, b"hi", Some([0; 4]));
-        assert_eq!(parse_head(&binary, 100), Err(FrameError::Binary));
+        assert_eq!(parse_head(&binary, 100, false), Err(FrameError::Binary));
         assert_eq!(FrameError::Binary.close_code(), 1003);
         let big = client_frame(0x81, &[b'a'; 200], Some([0; 4]));
-        assert_eq!(parse_head(&big, 100), Err(FrameError::TooBig));
+        assert_eq!(parse_head(&big, 100, false), Err(FrameError::TooBig));
         assert_eq!(FrameError::TooBig.close_code(), 1009);
         let frag_ping = client_frame(0x09, b"", Some([0; 4]));
-        assert_eq!(parse_head(&frag_ping, 100), Err(FrameError::BadControl));
+        assert_eq!(
+            parse_head(&frag_ping, 100, false),
+            Err(FrameError::BadControl)
+        );
         let long_ping = client_frame(0x89, &[0; 126], Some([0; 4]));
-        assert_eq!(parse_head(&long_ping, 1000), Err(FrameError::BadControl));
+        assert_eq!(
+            parse_head(&long_ping, 1000, false),
+            Err(FrameError::BadControl)
+        );
     }
 
     #[test]

@@ -125,6 +125,8 @@ pub struct Upgrade {
     pub head_len: usize,
     /// `since` and `epoch`, when the client resumes its user stream.
     pub resume: Option<Resume>,
+    /// The client's first valid permessage-deflate offer, if any.
+    pub deflate: Option<crate::deflate::Agreed>,
 }
 
 /// Longest `epoch` a client may send back (docs/protocol.md 4.1).
@@ -231,12 +233,19 @@ pub fn parse(buf: &[u8]) -> Result<Option<Upgrade>, Refusal> {
             .find(|(k, _)| k == "token")
             .map(|(_, v)| v.into_owned())
     });
+    let extensions = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("Sec-WebSocket-Extensions"))
+        .filter_map(|h| std::str::from_utf8(h.value).ok());
+    let deflate = crate::deflate::negotiate(extensions);
     Ok(Some(Upgrade {
         accept_key: tungstenite::handshake::derive_accept_key(key.as_bytes()),
         token: token.filter(|t| !t.is_empty()),
         origin: header("Origin").map(String::from),
         head_len,
         resume,
+        deflate,
     }))
 }
 
@@ -276,6 +285,15 @@ mod tests {
         assert_eq!(u.token.as_deref(), Some("abc"));
         assert_eq!(u.origin.as_deref(), Some("https://a"));
         assert_eq!(u.head_len, r.len());
+    }
+
+    #[test]
+    fn deflate_offers_over_several_headers() {
+        let r = req("Sec-WebSocket-Extensions: foo\r\nSec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=11\r\n");
+        let u = parse(r.as_bytes()).unwrap().unwrap();
+        assert_eq!(u.deflate.map(|a| a.window_bits()), Some(11));
+        let u = parse(req("").as_bytes()).unwrap().unwrap();
+        assert_eq!(u.deflate, None);
     }
 
     #[test]

@@ -77,10 +77,16 @@ pub(crate) fn error_response(
     )
 }
 
-/// The 101 response that completes an upgrade.
-pub(crate) fn switching_protocols(accept_key: &str) -> Vec<u8> {
+/// The 101 response that completes an upgrade, with the extension agreed, if any.
+pub(crate) fn switching_protocols(
+    accept_key: &str,
+    deflate: Option<crate::deflate::Agreed>,
+) -> Vec<u8> {
+    let extensions = deflate.map_or(String::new(), |a| {
+        format!("Sec-WebSocket-Extensions: {}\r\n", a.response())
+    });
     format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept_key}\r\n\r\n"
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept_key}\r\n{extensions}\r\n"
     )
     .into_bytes()
 }

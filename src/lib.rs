@@ -13,6 +13,7 @@ pub mod auth;
 pub mod broker;
 pub(crate) mod command;
 pub mod config;
+pub mod deflate;
 pub mod demo;
 pub mod doctor;
 pub mod events;

@@ -177,6 +177,13 @@ pub struct ShardCounters {
     /// Sessions with an ack recorded (gauge): entries of the shard's ack table, which
     /// leave with their connection.
     pub acked_sessions: AtomicU64,
+    /// Frames compressed for permessage-deflate (at most once per frame, on whichever
+    /// shard needed it first).
+    pub deflate_compressions: AtomicU64,
+    /// Frames sent compressed (permessage-deflate) instead of plain.
+    pub deflated_sends: AtomicU64,
+    /// Compressed client messages inflated.
+    pub inflated_messages: AtomicU64,
 }
 
 /// One shard's metrics.
@@ -393,6 +400,9 @@ impl Metrics {
                 "history_evictions": self.sum(|c| &c.history_evictions),
                 "acks": self.sum(|c| &c.acks),
                 "pings": self.sum(|c| &c.pings),
+                "deflate_compressions": self.sum(|c| &c.deflate_compressions),
+                "deflated_sends": self.sum(|c| &c.deflated_sends),
+                "inflated_messages": self.sum(|c| &c.inflated_messages),
                 "client_publishes": self.sum(|c| &c.client_publishes),
                 "rate_limited": self.sum(|c| &c.rate_limited),
                 "api_refused_connections": self.api_refused_connections.load(Relaxed),
@@ -524,6 +534,27 @@ impl Metrics {
             "counter",
             "WebSocket Pings sent to silent connections (heartbeats).",
             &|c| &c.pings,
+        );
+        per_shard(
+            &mut out,
+            "throng_deflate_compressions_total",
+            "counter",
+            "Frames compressed for permessage-deflate (once per frame across shards).",
+            &|c| &c.deflate_compressions,
+        );
+        per_shard(
+            &mut out,
+            "throng_deflated_sends_total",
+            "counter",
+            "Frames sent compressed (permessage-deflate) instead of plain.",
+            &|c| &c.deflated_sends,
+        );
+        per_shard(
+            &mut out,
+            "throng_inflated_messages_total",
+            "counter",
+            "Compressed client messages inflated.",
+            &|c| &c.inflated_messages,
         );
         per_shard(
             &mut out,

@@ -244,6 +244,7 @@ impl ReplayBench {
                 since,
                 epoch: self.epoch.as_str().into(),
             }),
+            deflate: None,
             tls: None,
         };
         self.conns

@@ -58,6 +58,8 @@ pub(super) struct Partial {
     pub message: Option<Vec<u8>>,
     /// TLS: the start of a record whose remainder has not arrived.
     pub sealed: Vec<u8>,
+    /// The message being assembled is compressed (its first frame had RSV1).
+    pub compressed: bool,
     /// What the shard's `partial_bytes` total counts for this connection, so a settle
     /// adds only the difference.
     counted: usize,
@@ -292,6 +294,9 @@ pub(super) struct Conn {
     pub stamp: SessionStamp,
     /// Its token's topic grants (`Grants`; 0: none), in what was padding.
     pub grant: super::grants::GrantId,
+    /// permessage-deflate: the window (in bits) the client allows the server's messages;
+    /// 0 when it did not negotiate compression. In what was padding.
+    pub deflate: u8,
 }
 
 impl Conn {
@@ -319,6 +324,7 @@ impl Conn {
             out: None,
             stamp,
             grant,
+            deflate: 0,
         }
     }
 

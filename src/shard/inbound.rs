@@ -156,7 +156,8 @@ impl Shard {
                 .partial(key)
                 .and_then(|p| p.message.as_ref())
                 .map_or(0, Vec::len);
-            let head = match frame::parse_head(&buf[pos..], max - assembled.min(max)) {
+            let deflate = c.deflate != 0;
+            let head = match frame::parse_head(&buf[pos..], max - assembled.min(max), deflate) {
                 Ok(Some(h)) if buf.len() - pos >= h.total_len() => h,
                 Ok(_) => {
                     self.conns.settle_partial(key);
@@ -211,10 +212,15 @@ impl Shard {
                     return Err(FrameError::BadContinuation);
                 }
                 if head.fin {
-                    self.text(key, payload)
+                    if head.compressed {
+                        self.inflate(key, payload)
+                    } else {
+                        self.text(key, payload)
+                    }
                 } else {
                     if let Some(p) = self.conns.partial_entry(key) {
                         p.message = Some(payload.to_vec());
+                        p.compressed = head.compressed;
                     }
                     Ok(())
                 }
@@ -236,12 +242,37 @@ impl Shard {
                 msg.extend_from_slice(payload);
                 if head.fin {
                     let mut whole = p.message.take().unwrap_or_default();
-                    self.text(key, &mut whole)
+                    if std::mem::take(&mut p.compressed) {
+                        self.inflate(key, &whole)
+                    } else {
+                        self.text(key, &mut whole)
+                    }
                 } else {
                     Ok(())
                 }
             }
         }
+    }
+
+    /// A complete compressed text message: inflated within `max_message_size` (1009
+    /// beyond, however small the compressed form), then handled like any other.
+    fn inflate(&mut self, key: u32, compressed: &[u8]) -> Result<(), FrameError> {
+        let max = self.shared.config.max_message_size;
+        let mut out = std::mem::take(&mut self.inflated);
+        let result = self.inflater.message(compressed, max, &mut out);
+        let handled = match result {
+            Ok(()) => {
+                self.counters().inflated_messages.fetch_add(1, Relaxed);
+                self.text(key, &mut out)
+            }
+            Err(e) => Err(e),
+        };
+        // Keep the buffer for the next message unless a large one grew it.
+        if out.capacity() <= 64 * 1024 {
+            out.clear();
+            self.inflated = out;
+        }
+        handled
     }
 
     /// A complete text message.

@@ -162,6 +162,12 @@ struct Shard {
     verifier: Option<Verifier>,
     scratch: Vec<u8>,
     json: simd_json::Buffers,
+    /// Compresses frames for permessage-deflate recipients (once per frame, see `Wire`).
+    deflater: crate::deflate::Deflater,
+    /// Inflates compressed client messages.
+    inflater: crate::deflate::Inflater,
+    /// Where an inflated client message goes (reused).
+    inflated: Vec<u8>,
     /// Connections whose read budget ran out with bytes still waiting.
     backlog: Vec<u32>,
     /// Pushes handled this turn, for the latency histogram once written.
@@ -271,6 +277,9 @@ impl Shard {
             verifier,
             scratch: vec![0; SCRATCH_BYTES],
             json: simd_json::Buffers::default(),
+            deflater: crate::deflate::Deflater::new(),
+            inflater: crate::deflate::Inflater::new(),
+            inflated: Vec::new(),
             backlog: Vec::new(),
             written_at: Vec::new(),
             acked_at: Vec::new(),
@@ -453,19 +462,26 @@ impl Shard {
         if let Some(tls) = h.tls.take() {
             self.conns.adopt_tls(key, *tls);
         }
+        if let (Some(agreed), Some(c)) = (h.deflate, self.conns.get_mut(key)) {
+            c.deflate = agreed.window_bits();
+        }
         self.counters().connections.fetch_add(1, Relaxed);
         self.lifecycle(key, "connect", crate::events::Detail::None);
         let leftover = std::mem::take(&mut h.leftover);
         match self.park_if_loading(key, user, created, h.resume.take(), leftover) {
             Ok(()) => {
                 // Upgraded now; `welcome` when the user's stream is loaded.
-                self.conns
-                    .send(key, Wire::from(http::switching_protocols(&h.accept_key)));
+                self.conns.send(
+                    key,
+                    Wire::from(http::switching_protocols(&h.accept_key, h.deflate)),
+                );
                 self.arm(key);
             }
             Err((resume, leftover)) => {
-                self.conns
-                    .send(key, Wire::from(http::switching_protocols(&h.accept_key)));
+                self.conns.send(
+                    key,
+                    Wire::from(http::switching_protocols(&h.accept_key, h.deflate)),
+                );
                 self.greet(key, resume, leftover);
             }
         }
@@ -761,7 +777,22 @@ impl Shard {
     }
 
     /// Queues a push frame; a connection that cannot take it is closed as a slow consumer.
+    /// A connection that negotiated permessage-deflate gets the frame's compressed form
+    /// (made once per frame, whichever shard needs it first) when the frame is long
+    /// enough and fits the window the client allows.
     fn deliver(&mut self, key: u32, frame: Wire) -> bool {
+        let frame = match self.conns.get(key) {
+            Some(c)
+                if c.deflate != 0
+                    && frame.len() >= self.shared.config.compression_min_bytes
+                    // A smaller window than the compressor's 32 KiB is respected by
+                    // compressing only messages that fit in it.
+                    && (c.deflate >= 15 || frame.len() <= 1 << c.deflate) =>
+            {
+                self.deflated(frame)
+            }
+            _ => frame,
+        };
         match self.conns.send(key, frame) {
             Sent::Ok => true,
             Sent::Overflow => {
@@ -772,6 +803,24 @@ impl Shard {
                 self.abort(key);
                 false
             }
+        }
+    }
+
+    /// `frame`'s compressed form, or `frame` when it does not compress.
+    fn deflated(&mut self, frame: Wire) -> Wire {
+        let (deflater, counters) = (
+            &mut self.deflater,
+            &self.shared.metrics.shards[self.id].counters,
+        );
+        match frame.deflated(|bytes| {
+            counters.deflate_compressions.fetch_add(1, Relaxed);
+            deflater.frame(bytes)
+        }) {
+            Some(z) => {
+                counters.deflated_sends.fetch_add(1, Relaxed);
+                z.clone()
+            }
+            None => frame,
         }
     }
 

@@ -367,6 +367,7 @@ impl Harness {
                 leftover: Vec::new(),
                 ip: LOCALHOST,
                 resume,
+                deflate: None,
                 tls: None,
             })
             .expect("shard queue");
