@@ -45,8 +45,16 @@ fn encode(b0: u8, len: u64, mask: Option<[u8; 4]>, payload: &[u8]) -> Vec<u8> {
 }
 
 /// What RFC 6455 and docs/protocol.md 3.1 say a header with these fields decodes to.
-fn model(b0: u8, len: u64, masked: bool, max: usize) -> Result<(bool, Kind), FrameError> {
-    if b0 & 0x70 != 0 {
+fn model(
+    b0: u8,
+    len: u64,
+    masked: bool,
+    max: usize,
+    deflate: bool,
+) -> Result<(bool, Kind), FrameError> {
+    // RSV2 and RSV3 never; RSV1 only with permessage-deflate.
+    let rsv1 = b0 & 0x40 != 0;
+    if b0 & 0x30 != 0 || (rsv1 && !deflate) {
         return Err(FrameError::ReservedBits);
     }
     let fin = b0 & 0x80 != 0;
@@ -65,6 +73,10 @@ fn model(b0: u8, len: u64, masked: bool, max: usize) -> Result<(bool, Kind), Fra
     let control = matches!(kind, Kind::Close | Kind::Ping | Kind::Pong);
     if control && (!fin || len > 125) {
         return Err(FrameError::BadControl);
+    }
+    // RSV1 belongs on the first frame of a data message, never on control or continuation.
+    if rsv1 && kind != Kind::Text {
+        return Err(FrameError::ReservedBits);
     }
     if !control && len > max as u64 {
         return Err(FrameError::TooBig);
@@ -100,8 +112,9 @@ proptest! {
     fn parse_head_never_panics(
         buf in proptest::collection::vec(any::<u8>(), 0..64),
         max in any::<usize>(),
+        deflate in any::<bool>(),
     ) {
-        if let Ok(Some(h)) = parse_head(&buf, max) {
+        if let Ok(Some(h)) = parse_head(&buf, max, deflate) {
             prop_assert!(h.header_len <= buf.len());
             prop_assert!([6, 8, 14].contains(&h.header_len));
         }
@@ -113,11 +126,12 @@ proptest! {
         len in payload_len(),
         mask in proptest::option::of(any::<[u8; 4]>()),
         max in prop_oneof![Just(0usize), 0usize..70_000, Just(usize::MAX)],
+        deflate in any::<bool>(),
     ) {
         // Header only: the decoder judges a frame before its payload arrives.
         let bytes = encode(b0, len, mask, &[]);
-        let got = parse_head(&bytes, max);
-        match model(b0, len, mask.is_some(), max) {
+        let got = parse_head(&bytes, max, deflate);
+        match model(b0, len, mask.is_some(), max, deflate) {
             Err(e) => prop_assert_eq!(got, Err(e)),
             Ok((fin, kind)) => {
                 let want = Head {
@@ -126,11 +140,12 @@ proptest! {
                     mask: mask.unwrap_or_default(),
                     header_len: header_len(len),
                     payload_len: len as usize,
+                    compressed: b0 & 0x40 != 0,
                 };
                 prop_assert_eq!(got, Ok(Some(want)));
                 // Any shorter prefix is incomplete, never an error or a different head.
                 for cut in 0..bytes.len() {
-                    prop_assert_eq!(parse_head(&bytes[..cut], max), Ok(None));
+                    prop_assert_eq!(parse_head(&bytes[..cut], max, deflate), Ok(None));
                 }
             }
         }
@@ -152,7 +167,7 @@ proptest! {
         let mut bytes = encode(b0, len as u64, Some(mask), &payload);
         let total = bytes.len();
         bytes.extend_from_slice(&trailing);
-        let h = parse_head(&bytes, len).unwrap().unwrap();
+        let h = parse_head(&bytes, len, false).unwrap().unwrap();
         prop_assert_eq!(h.fin, fin);
         prop_assert_eq!(h.payload_len, len);
         prop_assert_eq!(h.total_len(), total);
@@ -161,7 +176,7 @@ proptest! {
         prop_assert_eq!(&body[..], &payload[..]);
         // One byte under the message limit refuses a data frame.
         if !control && len > 0 {
-            prop_assert_eq!(parse_head(&bytes, len - 1), Err(FrameError::TooBig));
+            prop_assert_eq!(parse_head(&bytes, len - 1, false), Err(FrameError::TooBig));
         }
     }
 
