@@ -143,6 +143,8 @@ pub enum ShardCmd {
         topic: Arc<str>,
         /// The encoded frame, shared by all shards.
         frame: Wire,
+        /// Its compressed form, made by the first shard that needs it.
+        compressed: Arc<crate::deflate::Compressed>,
         /// Its `seq` in the topic stream (docs/protocol.md 4.1).
         seq: u64,
         /// The topic stream's epoch.
@@ -156,6 +158,8 @@ pub enum ShardCmd {
     Broadcast {
         /// The encoded frame, shared by all shards.
         frame: Wire,
+        /// Its compressed form, made by the first shard that needs it.
+        compressed: Arc<crate::deflate::Compressed>,
         /// When the API accepted it.
         accepted_at: Instant,
         /// Answer wanted.
@@ -341,6 +345,7 @@ mod tests {
         assert_eq!(cmd.weight(), 7 + 3 + 3);
         let b = ShardCmd::Broadcast {
             frame: Wire::from_static(b"0123456789"),
+            compressed: Arc::default(),
             accepted_at: Instant::now(),
             ticket: None,
         };

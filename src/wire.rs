@@ -3,62 +3,27 @@
 //! the bytes, held through one pointer. A queued or retained frame thus costs 8 bytes per
 //! holder plus 16 in its allocation, where `bytes::Bytes` cost 32 per holder plus a
 //! separate 32-byte shared header and the spare capacity of the buffer it was built in.
-//!
-//! The allocation also has room for the frame's permessage-deflate form (16 bytes), made
-//! by the first sender with a compressing recipient and then shared by all the others.
 
 use std::fmt;
 use std::ops::Deref;
-use std::sync::OnceLock;
 
 use triomphe::ThinArc;
 
 /// An immutable, shared byte string (a frame, or a piece of the HTTP upgrade answer).
-#[derive(Clone)]
-pub struct Wire(ThinArc<Deflated, u8>);
-
-/// A frame's compressed form: unset until a compressing recipient needs it, then the
-/// compressed frame, or `None` when the frame does not compress (or is not a data frame).
-#[derive(Default)]
-struct Deflated(OnceLock<Option<Wire>>);
+#[derive(Clone, PartialEq, Eq)]
+pub struct Wire(ThinArc<(), u8>);
 
 impl Wire {
     /// A copy of `b` in an allocation of exactly its size.
     pub fn copy_from_slice(b: &[u8]) -> Wire {
-        Wire(ThinArc::from_header_and_slice(Deflated::default(), b))
+        Wire(ThinArc::from_header_and_slice((), b))
     }
 
     /// A copy of a constant.
     pub fn from_static(b: &'static [u8]) -> Wire {
         Wire::copy_from_slice(b)
     }
-
-    /// The frame compressed for permessage-deflate, made with `deflate` by the first
-    /// caller (concurrent callers wait for it rather than compress it again) and kept
-    /// with the frame for every later one, on any thread.
-    pub fn deflated(&self, deflate: impl FnOnce(&[u8]) -> Option<Wire>) -> Option<&Wire> {
-        self.0
-            .header
-            .header
-            .0
-            .get_or_init(|| deflate(self))
-            .as_ref()
-    }
-
-    /// The compressed form, if one was made.
-    pub fn deflated_if_made(&self) -> Option<&Wire> {
-        self.0.header.header.0.get().and_then(Option::as_ref)
-    }
 }
-
-/// Two frames are equal when their bytes are (whether a compressed form was made or not).
-impl PartialEq for Wire {
-    fn eq(&self, other: &Wire) -> bool {
-        self[..] == other[..]
-    }
-}
-
-impl Eq for Wire {}
 
 impl Deref for Wire {
     type Target = [u8];
@@ -115,28 +80,6 @@ mod tests {
             format!("{:?}", Wire::from_static(b"ab")),
             "Wire(2 bytes: \"ab\")"
         );
-    }
-
-    #[test]
-    fn the_compressed_form_is_made_once_and_shared() {
-        let a = Wire::from(vec![b'a'; 100]);
-        let b = a.clone();
-        assert!(a.deflated_if_made().is_none());
-        let mut calls = 0;
-        let z = a.deflated(|bytes| {
-            calls += 1;
-            assert_eq!(bytes.len(), 100);
-            Some(Wire::from_static(b"z"))
-        });
-        assert_eq!(z.map(|w| &w[..]), Some(&b"z"[..]));
-        let again = b.deflated(|_| panic!("made twice"));
-        assert_eq!(again.map(|w| &w[..]), Some(&b"z"[..]));
-        assert_eq!(calls, 1);
-        assert_eq!(a, Wire::from(vec![b'a'; 100]), "equality is by bytes");
-        // A frame that does not compress is remembered as such.
-        let c = Wire::from_static(b"x");
-        assert!(c.deflated(|_| None).is_none());
-        assert!(c.deflated(|_| panic!("asked twice")).is_none());
     }
 
     #[test]

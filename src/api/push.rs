@@ -11,6 +11,7 @@ use serde_json::value::RawValue;
 use super::sequencer::NO_EPOCH;
 use crate::auth::validate_user;
 use crate::command::{Push, ShardCmd, Ticket};
+use crate::deflate::Compressed;
 use crate::messages;
 use crate::route::shard_of;
 use crate::topic;
@@ -215,6 +216,7 @@ pub fn route(
                 ..messages::PushFields::topic(&t, seq, &epoch, p.from.as_deref())
             };
             let frame = messages::push_frame_with(&p.data, ts_ms, &fields);
+            let compressed = Arc::new(Compressed::default());
             let topic: Arc<str> = t.into();
             (0..shards)
                 .map(|shard| {
@@ -223,6 +225,7 @@ pub fn route(
                         ShardCmd::Topic {
                             topic: Arc::clone(&topic),
                             frame: frame.clone(),
+                            compressed: Arc::clone(&compressed),
                             seq,
                             epoch: Arc::clone(&epoch),
                             accepted_at,
@@ -234,12 +237,14 @@ pub fn route(
         }
         Target::Broadcast => {
             let frame = messages::push_frame(&p.data, ts_ms, None, None, id.as_deref());
+            let compressed = Arc::new(Compressed::default());
             (0..shards)
                 .map(|shard| {
                     (
                         shard,
                         ShardCmd::Broadcast {
                             frame: frame.clone(),
+                            compressed: Arc::clone(&compressed),
                             accepted_at,
                             ticket,
                         },

@@ -116,6 +116,8 @@ pub enum Remote {
         epoch: Arc<str>,
         /// The client frame.
         frame: Wire,
+        /// Its compressed form, made by the first shard that needs it.
+        compressed: Arc<crate::deflate::Compressed>,
         /// When it was accepted.
         accepted_at: Instant,
     },
@@ -123,6 +125,8 @@ pub enum Remote {
     Broadcast {
         /// The client frame.
         frame: Wire,
+        /// Its compressed form, made by the first shard that needs it.
+        compressed: Arc<crate::deflate::Compressed>,
         /// When it was accepted.
         accepted_at: Instant,
     },

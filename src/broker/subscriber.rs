@@ -441,11 +441,13 @@ impl Subscriber {
         let accepted_at = entry.accepted_at();
         if channel == BROADCAST_CHANNEL {
             let frame = entry.frame(None);
+            let compressed = Arc::new(crate::deflate::Compressed::default());
             for shard in 0..self.shards.len() {
                 self.send(
                     shard,
                     Remote::Broadcast {
                         frame: frame.clone(),
+                        compressed: Arc::clone(&compressed),
                         accepted_at,
                     },
                 );
@@ -476,6 +478,7 @@ impl Subscriber {
                 // Encoded once for the node, shared by its shards.
                 let frame = entry.frame(Some(t));
                 let epoch: Arc<str> = entry.epoch.into();
+                let compressed = Arc::new(crate::deflate::Compressed::default());
                 for &shard in &shards {
                     self.send(
                         shard,
@@ -484,6 +487,7 @@ impl Subscriber {
                             seq: entry.seq,
                             epoch: Arc::clone(&epoch),
                             frame: frame.clone(),
+                            compressed: Arc::clone(&compressed),
                             accepted_at,
                         },
                     );

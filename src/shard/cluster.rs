@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::deflate::Compressed;
 use crate::wire::Wire;
 use crossbeam_channel::{Receiver, Sender};
 use rustc_hash::FxBuildHasher;
@@ -264,10 +265,17 @@ impl Shard {
                     seq,
                     epoch,
                     frame,
+                    compressed,
                     accepted_at,
-                } => self.remote_topic_push(&topic, seq, &epoch, frame, accepted_at),
-                Remote::Broadcast { frame, accepted_at } => {
-                    self.broadcast(&frame, accepted_at, None);
+                } => {
+                    self.remote_topic_push(&topic, seq, &epoch, (&frame, &compressed), accepted_at)
+                }
+                Remote::Broadcast {
+                    frame,
+                    compressed,
+                    accepted_at,
+                } => {
+                    self.broadcast((&frame, &compressed), accepted_at, None);
                 }
                 Remote::UserLoaded { user, state } => self.user_loaded(&user, state),
                 Remote::Resync => {
@@ -376,8 +384,10 @@ impl Shard {
         self.users.record(k, &frame, self.tick, stamp);
         self.trim_history();
         let mut sessions = 0;
+        // Compressed at most once for all of the user's sessions.
+        let compressed = Compressed::default();
         for &key in &targets {
-            sessions += u64::from(self.deliver(key, frame.clone()));
+            sessions += u64::from(self.deliver_push(key, &frame, &compressed));
         }
         targets.clear();
         self.targets = targets;
@@ -486,7 +496,7 @@ impl Shard {
         topic: &Arc<str>,
         seq: u64,
         epoch: &Arc<str>,
-        frame: Wire,
+        frame: (&Wire, &Compressed),
         accepted_at: Instant,
     ) {
         let Some(c) = self.cluster.as_mut() else {
@@ -504,7 +514,7 @@ impl Shard {
         if restarted {
             self.restart_topic(topic);
         }
-        self.topic_push(topic, seq, epoch, &frame, accepted_at, None);
+        self.topic_push(topic, seq, epoch, frame, accepted_at, None);
     }
 
     /// The topic's numbering restarted in Redis (its stream was lost): members here close
@@ -578,7 +588,7 @@ impl Shard {
                     members.extend(self.topics.members(t));
                 }
                 for (_, f) in &missed {
-                    self.fan_out(&members, f, false);
+                    self.fan_out(&members, (f, &Compressed::default()), false);
                 }
             } else if old_seq > 0 || st.seq > 0 {
                 self.restart_topic(topic);

@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::deflate::Compressed;
 use crate::wire::Wire;
 use crossbeam_channel::{Receiver, Sender};
 use hdrhistogram::Histogram;
@@ -602,8 +603,10 @@ impl Shard {
                     targets.extend_from_slice(&u.sessions);
                     self.users.record(k, &frame, self.tick, stamp);
                     self.trim_history();
+                    // Compressed at most once for all of the user's sessions.
+                    let compressed = Compressed::default();
                     for &key in &targets {
-                        sessions += u64::from(self.deliver(key, frame.clone()));
+                        sessions += u64::from(self.deliver_push(key, &frame, &compressed));
                     }
                 }
                 targets.clear();
@@ -614,16 +617,25 @@ impl Shard {
             ShardCmd::Topic {
                 topic,
                 frame,
+                compressed,
                 seq,
                 epoch,
                 accepted_at,
                 ticket,
-            } => self.topic_push(&topic, seq, &epoch, &frame, accepted_at, ticket),
-            ShardCmd::Broadcast {
-                frame,
+            } => self.topic_push(
+                &topic,
+                seq,
+                &epoch,
+                (&frame, &compressed),
                 accepted_at,
                 ticket,
-            } => self.broadcast(&frame, accepted_at, ticket),
+            ),
+            ShardCmd::Broadcast {
+                frame,
+                compressed,
+                accepted_at,
+                ticket,
+            } => self.broadcast((&frame, &compressed), accepted_at, ticket),
             ShardCmd::Disconnect {
                 user,
                 code,
@@ -719,12 +731,12 @@ impl Shard {
         topic: &Arc<str>,
         seq: u64,
         epoch: &Arc<str>,
-        frame: &Wire,
+        frame: (&Wire, &Compressed),
         accepted_at: Instant,
         ticket: Option<Ticket>,
     ) {
         // Kept even with no member here: a subscriber may resume on this shard.
-        self.streams.record(topic, seq, epoch, frame, self.tick);
+        self.streams.record(topic, seq, epoch, frame.0, self.tick);
         self.trim_history();
         let mut members = std::mem::take(&mut self.targets);
         if let Some(t) = self.topics.find(topic) {
@@ -738,7 +750,12 @@ impl Shard {
     }
 
     /// Sends a broadcast frame to every open session here.
-    fn broadcast(&mut self, frame: &Wire, accepted_at: Instant, ticket: Option<Ticket>) {
+    fn broadcast(
+        &mut self,
+        frame: (&Wire, &Compressed),
+        accepted_at: Instant,
+        ticket: Option<Ticket>,
+    ) {
         let mut all = std::mem::take(&mut self.targets);
         all.extend(self.conns.open_keys());
         let (sessions, _) = self.fan_out(&all, frame, false);
@@ -748,8 +765,14 @@ impl Shard {
         self.answer_api(ticket, sessions, self.users.len() as u64);
     }
 
-    /// Sends one shared frame to each of `keys`; counts sessions and, if asked, distinct users.
-    fn fan_out(&mut self, keys: &[u32], frame: &Wire, count_users: bool) -> (u64, u64) {
+    /// Sends one shared frame (and its compressed form, to compressing sessions) to each
+    /// of `keys`; counts sessions and, if asked, distinct users.
+    fn fan_out(
+        &mut self,
+        keys: &[u32],
+        (frame, compressed): (&Wire, &Compressed),
+        count_users: bool,
+    ) -> (u64, u64) {
         self.mark = self.mark.wrapping_add(1);
         let mark = self.mark;
         let mut sessions = 0;
@@ -760,7 +783,7 @@ impl Shard {
                 Some(c) if !c.closing() && c.flags & PARKED == 0 => c.user,
                 _ => continue,
             };
-            if !self.deliver(key, frame.clone()) {
+            if !self.deliver_push(key, frame, compressed) {
                 continue;
             }
             sessions += 1;
@@ -776,23 +799,40 @@ impl Shard {
         (sessions, users)
     }
 
-    /// Queues a push frame; a connection that cannot take it is closed as a slow consumer.
-    /// A connection that negotiated permessage-deflate gets the frame's compressed form
-    /// (made once per frame, whichever shard needs it first) when the frame is long
-    /// enough and fits the window the client allows.
-    fn deliver(&mut self, key: u32, frame: Wire) -> bool {
-        let frame = match self.conns.get(key) {
-            Some(c)
-                if c.deflate != 0
-                    && frame.len() >= self.shared.config.compression_min_bytes
-                    // A smaller window than the compressor's 32 KiB is respected by
-                    // compressing only messages that fit in it.
-                    && (c.deflate >= 15 || frame.len() <= 1 << c.deflate) =>
-            {
-                self.deflated(frame)
+    /// Queues a push frame. A connection that negotiated permessage-deflate gets its
+    /// compressed form (made once, by whichever shard needs it first) when the frame is
+    /// long enough and fits the window the client allows.
+    fn deliver_push(&mut self, key: u32, frame: &Wire, compressed: &Compressed) -> bool {
+        let compress = self.conns.get(key).is_some_and(|c| {
+            c.deflate != 0
+                && frame.len() >= self.shared.config.compression_min_bytes
+                // A window smaller than the compressor's 32 KiB is respected by
+                // compressing only messages that fit in it.
+                && (c.deflate >= 15 || frame.len() <= 1 << c.deflate)
+        });
+        if !compress {
+            return self.deliver(key, frame.clone());
+        }
+        let (deflater, counters) = (
+            &mut self.deflater,
+            &self.shared.metrics.shards[self.id].counters,
+        );
+        let made = compressed.get_or_make(|| {
+            counters.deflate_compressions.fetch_add(1, Relaxed);
+            deflater.frame(frame)
+        });
+        match made {
+            Some(z) => {
+                counters.deflated_sends.fetch_add(1, Relaxed);
+                let z = z.clone();
+                self.deliver(key, z)
             }
-            _ => frame,
-        };
+            None => self.deliver(key, frame.clone()),
+        }
+    }
+
+    /// Queues a frame; a connection that cannot take it is closed as a slow consumer.
+    fn deliver(&mut self, key: u32, frame: Wire) -> bool {
         match self.conns.send(key, frame) {
             Sent::Ok => true,
             Sent::Overflow => {
@@ -803,24 +843,6 @@ impl Shard {
                 self.abort(key);
                 false
             }
-        }
-    }
-
-    /// `frame`'s compressed form, or `frame` when it does not compress.
-    fn deflated(&mut self, frame: Wire) -> Wire {
-        let (deflater, counters) = (
-            &mut self.deflater,
-            &self.shared.metrics.shards[self.id].counters,
-        );
-        match frame.deflated(|bytes| {
-            counters.deflate_compressions.fetch_add(1, Relaxed);
-            deflater.frame(bytes)
-        }) {
-            Some(z) => {
-                counters.deflated_sends.fetch_add(1, Relaxed);
-                z.clone()
-            }
-            None => frame,
         }
     }
 

@@ -263,6 +263,7 @@ fn subscribe_waits_for_the_topic_stream_and_unsubscribe_lets_it_go() {
         seq,
         epoch: OTHER.into(),
         frame: topic_frame("room.1", seq),
+        compressed: Arc::default(),
         accepted_at: Instant::now(),
     };
     tx.send(push(4)).unwrap();
