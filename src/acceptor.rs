@@ -232,7 +232,8 @@ impl Acceptor {
                     }
                     let tls = match self.tls.as_ref().map(TlsServer::accept).transpose() {
                         Ok(t) => {
-                            self.tls_since_trim += u32::from(t.is_some());
+                            self.tls_since_trim =
+                                self.tls_since_trim.saturating_add(u32::from(t.is_some()));
                             t.map(Box::new)
                         }
                         Err(e) => {

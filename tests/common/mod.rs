@@ -3,6 +3,7 @@
 //! HTTP/1.1 client and condition polling. Every socket has a read timeout so no test hangs.
 #![allow(dead_code)]
 
+pub mod deflate;
 pub mod redis_server;
 pub mod tansu;
 pub mod tls;

@@ -168,7 +168,7 @@ async function connectAndSubscribe(p, topic) {
   return w.value;
 }
 
-describe('throng.js in headless chromium', { timeout: 5 * CASE_MS }, () => {
+describe('throng.js in headless chromium', { timeout: 7 * CASE_MS }, () => {
   test('a. connects, subscribes, gets a direct and a topic push; publish, send, unsubscribe, acks', { timeout: CASE_MS }, async (t) => {
     const user = uniq('alice');
     const topic = uniq('room:a');
@@ -482,5 +482,42 @@ describe('throng.js in headless chromium', { timeout: 5 * CASE_MS }, () => {
       return log.includes('"published"') && log.includes('room:1 #1 from alice');
     });
     assert.deepEqual(errors, []);
+  });
+  // Chromium always offers permessage-deflate; the server agrees and sends long pushes
+  // compressed, which the browser inflates before the library sees them.
+  test('g. a 20 KB push reaches the page intact, sent compressed (permessage-deflate)', { timeout: CASE_MS }, async (t) => {
+    const user = uniq('gina');
+    const p = await openPage(t);
+    await createClient(p, { token: token({ sub: user }) });
+    await connectAndSubscribe(p);
+    const ext = await p.page.evaluate(() => window.__ws[0].extensions);
+    assert.equal(ext, 'permessage-deflate; server_no_context_takeover; client_no_context_takeover', `the 101 agreed to ${JSON.stringify(ext)}`);
+
+    const items = range(1, 320).map((i) => ({ id: `order-${i}`, status: ['filled', 'open', 'cancelled'][i % 3], qty: 100 + i, note: `ü€ line ${i}` }));
+    const data = { orders: items };
+    assert.ok(JSON.stringify(data).length > 20000, `${JSON.stringify(data).length} bytes`);
+    const before = await api.counters();
+    await api.push({ user, id: 'big-1', data });
+    await p.waitPage('the 20 KB push', () => window.T.of('push').some((x) => x.id === 'big-1'));
+    const got = (await p.events('push')).find((x) => x.id === 'big-1');
+    assert.deepEqual(got.data, data, 'the push arrived altered');
+    assert.equal(got.seq, 1);
+    // Compressed once and sent compressed once: to this page.
+    await waitUntil('the compressed send counted', async () => (await api.counters()).deflated_sends === before.deflated_sends + 1, {
+      detail: async () => JSON.stringify({ before, after: await api.counters() }),
+    });
+    const after = await api.counters();
+    assert.equal(after.deflate_compressions, before.deflate_compressions + 1);
+    // Chromium compresses what it sends too: the automatic ack of the push was inflated.
+    await waitUntil('the ack acked', async () => (await api.presence(user)).details?.some((d) => d.acked === 1));
+    assert.ok((await api.counters()).inflated_messages > before.inflated_messages, 'the server inflated the page\'s messages');
+
+    // A short push goes plain, and arrives as well.
+    await api.push({ user, id: 'small-1', data: { n: 1 } });
+    await p.waitPage('the short push', () => window.T.of('push').some((x) => x.id === 'small-1'));
+    assert.equal((await api.counters()).deflated_sends, before.deflated_sends + 1, 'a short push goes plain');
+    assert.deepEqual(await p.events('gap'), []);
+    assert.deepEqual(p.pageErrors, []);
+    await p.call('close');
   });
 });

@@ -182,6 +182,12 @@ export function pushApi(server, apiKey) {
       }
       return r.json;
     },
+    /** `GET /v1/stats`'s counters. */
+    async counters() {
+      const r = await call('GET', '/v1/stats');
+      if (r.status !== 200 || !r.json?.counters) throw new Error(`stats: ${r.status} ${r.text}`);
+      return r.json.counters;
+    },
     async presence(user) {
       const r = await call('GET', `/v1/presence/${encodeURIComponent(user)}`);
       if (r.status !== 200) throw new Error(`presence ${user}: ${r.status} ${r.text}`);
@@ -351,10 +357,14 @@ export function recorderInitScript() {
   class RecordingWebSocket extends Native {
     constructor(url, protocols) {
       super(url, protocols);
-      const rec = { url: String(url), opened: false, recv: [], sent: [], close: null, error: false };
+      const rec = { url: String(url), opened: false, extensions: null, recv: [], sent: [], close: null, error: false };
       sockets.push(rec);
       this.__rec = rec;
-      this.addEventListener('open', () => (rec.opened = true));
+      this.addEventListener('open', () => {
+        rec.opened = true;
+        // What the 101 agreed to (Sec-WebSocket-Extensions), e.g. permessage-deflate.
+        rec.extensions = this.extensions;
+      });
       this.addEventListener('error', () => (rec.error = true));
       this.addEventListener('message', (e) => rec.recv.push(typeof e.data === 'string' ? e.data : '[binary]'));
       this.addEventListener('close', (e) => (rec.close = { code: e.code, reason: e.reason, clean: e.wasClean }));
