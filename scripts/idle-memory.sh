@@ -23,6 +23,8 @@
 #                      package) and run the server with --redis
 #   TLS=1              wss://: the server gets a fresh self-signed ECDSA P-256 certificate
 #                      (openssl) and the load generator trusts it with --ca
+#   LOAD_ARGS_EXTRA=   more flags for the measured throng-load run, e.g. --compression
+#                      (every connection negotiates permessage-deflate)
 #   NO_BUILD=1         skip the build (by default it runs only when a source is newer
 #                      than the binaries; FORCE_BUILD=1 always builds)
 set -euo pipefail
@@ -113,6 +115,9 @@ LOAD_ARGS=(connect --url "$SCHEME://$CLIENT_ADDR/ws" --connections "$N" --connec
 [[ -n ${SOURCE_IPS:-} ]] && LOAD_ARGS+=(--source-ips "$SOURCE_IPS")
 [[ -n ${CLAIM_TOPICS:-} ]] && LOAD_ARGS+=(--claim-topics "$CLAIM_TOPICS")
 LOAD_ARGS+=(${TLS_ARGS[@]+"${TLS_ARGS[@]}"})
+# Word-split on purpose: a list of flags.
+# shellcheck disable=SC2206
+[[ -n ${LOAD_ARGS_EXTRA:-} ]] && LOAD_ARGS+=($LOAD_ARGS_EXTRA)
 LIMIT=$((N / RATE + HOLD + 120))
 echo "idle-memory: $LOAD ${LOAD_ARGS[*]}"
 status=0

@@ -13,7 +13,10 @@
 #   CONCURRENCY=64     API requests in flight (user pushes)
 #   DURATION=10 WINDOW=5 PROCS=1 (2 for 15,000 connections), SOURCE_IPS=127.0.0.2-127.0.0.9,
 #   NO_BUILD=1 (skip the build check), TLS=1 (wss://: a fresh self-signed certificate,
-#   trusted by the load generator with --ca).
+#   trusted by the load generator with --ca), LOAD_ARGS= (more throng-load push flags,
+#   e.g. '--payload-bytes 2000 --payload-json --compression').
+# Also prints the wire bytes per delivery the load generator read (its `compression`
+# report), with or without --compression.
 set -euo pipefail
 TARGET=${TARGET:-user}
 N=${N:-10000}
@@ -66,7 +69,7 @@ timeout $((N / 5000 + DURATION + 120)) "$LOAD" push --url "$SCHEME://$CLIENT_ADD
     ${TLS_ARGS[@]+"${TLS_ARGS[@]}"} \
     --api "http://$API_ADDR" --connections "$N" --connect-rate 10000 \
     --source-ips "$SOURCE_IPS" --procs "$PROCS" --target "$TARGET" --rate "$RATE" \
-    --api-concurrency "$CONCURRENCY" --duration-secs "$DURATION" \
+    --api-concurrency "$CONCURRENCY" --duration-secs "$DURATION" ${LOAD_ARGS:-} \
     --json "$WORK/report.json" >"$WORK/load.log" 2>&1 &
 LOAD_PID=$!
 wait_connections push-cost "$N" "$LOAD_PID" "$WORK/load.log" || exit 1
@@ -99,4 +102,10 @@ print(f"push-cost: latency p50 {lat.get('p50')} us, p99 {lat.get('p99')} us, "
       f"p99.9 {lat.get('p999')} us, max {lat.get('max')} us")
 print(f"push-cost: server CPU {(c1 - c0) / hz:.2f} s over {window:.0f} s for {int(delivered)} "
       f"deliveries = {us:.2f} us per delivery")
+c = r.get("compression") or {}
+if c:
+    print(f"push-cost: wire {c.get('wire_bytes_per_delivery')} B per delivery (payload "
+          f"{c.get('payload_bytes_per_delivery')} B), {c.get('compressed_frames')} compressed "
+          f"frames, compression negotiated on {c.get('negotiated_connections')} of "
+          f"{c.get('offered_connections')} offering connections")
 PY

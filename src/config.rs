@@ -252,6 +252,9 @@ pub struct ServeArgs {
     /// Smallest frame sent compressed, in bytes [default: 256].
     #[arg(long)]
     pub compression_min_bytes: Option<usize>,
+    /// Deflate level for pushes, 1 (fastest) to 9 (smallest) [default: 1].
+    #[arg(long)]
+    pub compression_level: Option<u32>,
     /// TLS (wss://) on the client listener: PEM certificate chain, leaf first (with --tls-key).
     #[arg(long, value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
@@ -332,6 +335,7 @@ struct FileConfig {
     tls_key: Option<PathBuf>,
     compression: Option<Switch>,
     compression_min_bytes: Option<usize>,
+    compression_level: Option<u32>,
     node_id: Option<String>,
     offline_ttl_ms: Option<u64>,
     claim_idle_ms: Option<u64>,
@@ -467,6 +471,8 @@ pub struct Config {
     pub compression: bool,
     /// Frames shorter than this are sent plain even to compressing clients.
     pub compression_min_bytes: usize,
+    /// Deflate level for pushes (1-9).
+    pub compression_level: u32,
     /// Log format.
     pub log_format: LogFormat,
     /// Development mode.
@@ -935,6 +941,16 @@ impl Config {
             .compression_min_bytes
             .or(file.compression_min_bytes)
             .unwrap_or(256);
+        let compression_level = args
+            .compression_level
+            .or(file.compression_level)
+            .unwrap_or(crate::deflate::DEFAULT_LEVEL);
+        if !(1..=9).contains(&compression_level) {
+            return Err(invalid(
+                "compression_level",
+                "must be 1 (fastest) to 9 (smallest)",
+            ));
+        }
         let events_url = args.events_url.or(file.events_url);
         if let Some(url) = &events_url {
             check_events_url(url).map_err(|e| invalid("events_url", e))?;
@@ -996,6 +1012,7 @@ impl Config {
             tls,
             compression,
             compression_min_bytes,
+            compression_level,
             allowed_origins,
             shard_queue_capacity,
             shutdown_grace,
@@ -1163,6 +1180,42 @@ mod tests {
             err,
             "config error: ping_interval_ms (--ping-interval-ms): must be greater than 0"
         );
+    }
+
+    #[test]
+    fn compression_and_tls_keys() {
+        let c = cfg(&["--jwt-secret", S]).unwrap();
+        assert!(c.compression);
+        assert_eq!((c.compression_min_bytes, c.compression_level), (256, 1));
+        assert!(c.tls.is_none());
+        let c = cfg(&[
+            "--jwt-secret",
+            S,
+            "--compression",
+            "off",
+            "--compression-level",
+            "9",
+        ])
+        .unwrap();
+        assert!(!c.compression);
+        assert_eq!(c.compression_level, 9);
+        for bad in ["0", "10"] {
+            let err = cfg(&["--jwt-secret", S, "--compression-level", bad])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("compression_level (--compression-level)"),
+                "{err}"
+            );
+        }
+        let err = cfg(&["--jwt-secret", S, "--compression", "maybe"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--compression"), "{err}");
+        let err = cfg(&["--jwt-secret", S, "--tls-cert", "c.pem"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tls_key (--tls-key)"), "{err}");
     }
 
     #[test]

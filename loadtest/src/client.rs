@@ -6,16 +6,18 @@
 //! Memory per idle connection is the `Conn` struct in a slab (128 bytes) plus the socket
 //! (and for wss:// its boxed TLS session): reads go into one scratch buffer per thread,
 //! and only a partial frame left over is kept on the connection; outbound bytes are kept
-//! only while the socket would block.
+//! only while the socket would block. With `--compression` a connection adds one bit;
+//! the inflater and the wire counters are per thread ([`ws_conn::Inbound`]).
 
 use crate::cli::{secs, SocketArgs};
+use crate::deflate::WireStats;
 use crate::frame::OP_TEXT;
 use crate::progress::Progress;
 use crate::server_msg::ServerMsg;
 use crate::tls::{self, Tickets, TlsConn, TlsDial, TlsStats};
 use crate::track::{Completeness, RecvState};
 use crate::util::{self, Url};
-use crate::ws_conn::{self, io_cause, End, Handler, State, WsConn};
+use crate::ws_conn::{self, io_cause, End, Handler, Inbound, State, WsConn};
 use hdrhistogram::Histogram;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use mio::{Events, Interest, Poll, Token};
@@ -99,6 +101,8 @@ pub struct DialCfg {
     /// The TLS configuration every wss:// connection of this process shares (so its
     /// sessions resume across them); `None` without `--ca` or `--insecure`.
     pub tls: Option<TlsDial>,
+    /// Offer permessage-deflate in every upgrade request (`--compression`).
+    pub compression: bool,
 }
 
 impl DialCfg {
@@ -137,6 +141,7 @@ impl DialCfg {
             handshake_timeout: secs(s.handshake_timeout_secs),
             close_timeout: secs(s.close_timeout_secs),
             tls,
+            compression: s.compression,
         })
     }
 
@@ -383,6 +388,8 @@ pub struct ThreadOut {
     pub delivery: crate::resume::Totals,
     /// wss://: handshakes full and resumed.
     pub tls: TlsStats,
+    /// Bytes received on the wire and after inflation, compressed frames, deliveries.
+    pub wire: WireStats,
 }
 
 impl ThreadOut {
@@ -407,6 +414,7 @@ impl ThreadOut {
             step_latency: Vec::new(),
             delivery: crate::resume::Totals::default(),
             tls: TlsStats::default(),
+            wire: WireStats::default(),
         }
     }
 
@@ -452,6 +460,7 @@ impl ThreadOut {
         }
         self.delivery.merge(&o.delivery);
         self.tls.merge(o.tls);
+        self.wire.add(&o.wire);
     }
 }
 
@@ -591,7 +600,7 @@ fn run_thread(tid: usize, cfg: Arc<ClientCfg>, sh: Arc<Shared>) -> ThreadOut {
     };
     let mut events = Events::with_capacity(1024);
     let mut conns: Slab<Conn> = Slab::new();
-    let mut scratch = vec![0u8; SCRATCH];
+    let mut inbound = Inbound::new(SCRATCH, cfg.dial.compression);
     let key = match EncodingKey::from_secret(cfg.dial.jwt_secret.as_bytes()) {
         Ok(k) => k,
         Err(e) => {
@@ -738,7 +747,7 @@ fn run_thread(tid: usize, cfg: Arc<ClientCfg>, sh: Arc<Shared>) -> ThreadOut {
             let Some(c) = conns.get_mut(key) else {
                 continue;
             };
-            if let Some(end) = ws_conn::drive(c, &mut scratch, &mut ctx) {
+            if let Some(end) = ws_conn::drive(c, &mut inbound, &mut ctx) {
                 let mut c = conns.remove(key);
                 let _ = poll.registry().deregister(&mut c.ws.stream);
                 ctx.finish(c, end);
@@ -757,6 +766,7 @@ fn run_thread(tid: usize, cfg: Arc<ClientCfg>, sh: Arc<Shared>) -> ThreadOut {
     if let Some(book) = ctx.book.take() {
         ctx.out.delivery = book.finish(&sh, &cfg);
     }
+    ctx.out.wire.add(&inbound.rx.stats);
     ctx.out
 }
 
@@ -856,6 +866,9 @@ fn open(
     if tls.is_some() {
         ctx.out.tls.attempts += 1;
     }
+    if cfg.dial.compression {
+        ctx.out.wire.offered += 1;
+    }
     let entry = conns.vacant_entry();
     let key = entry.key();
     if let Err(e) = poll.registry().register(
@@ -888,7 +901,15 @@ fn open(
     if churner {
         ctx.churn_keys.insert(serial, key);
     }
-    let mut ws = WsConn::upgrading(stream, started, &path, &url.authority, &token, tls);
+    let mut ws = WsConn::upgrading(
+        stream,
+        started,
+        &path,
+        &url.authority,
+        &token,
+        tls,
+        cfg.dial.compression,
+    );
     ws.flags = if reconnect {
         F_CHURNED | F_RECONNECT
     } else {
@@ -972,6 +993,7 @@ fn on_message(c: &mut Conn, text: &[u8], ctx: &mut Ctx) -> Result<(), End> {
         "push" if ctx.book.is_some() && matches!(c.ws.state, State::Open | State::Closing(_)) => {
             let sh = &ctx.sh;
             sh.push_received.fetch_add(1, Relaxed);
+            ctx.out.wire.deliveries += 1;
             let topic = msg.topic.as_deref();
             let first = match (ctx.book.as_deref_mut(), msg.seq) {
                 (Some(b), Some(seq)) => b.on_push(c.serial, topic, seq, &ctx.cfg.topics),
@@ -1011,6 +1033,7 @@ fn on_message(c: &mut Conn, text: &[u8], ctx: &mut Ctx) -> Result<(), End> {
             }
             let sh = &ctx.sh;
             sh.push_received.fetch_add(1, Relaxed);
+            ctx.out.wire.deliveries += 1;
             if st.unique() > before && c.ws.flags & F_CHURNED == 0 {
                 sh.push_unique.fetch_add(1, Relaxed);
             }
@@ -1247,6 +1270,7 @@ mod tests {
                 handshake_timeout: Duration::from_secs(1),
                 close_timeout: Duration::from_secs(1),
                 tls: None,
+                compression: false,
             },
             connections: 1,
             sessions_per_user: 1,
@@ -1283,6 +1307,7 @@ mod tests {
             "127.0.0.1",
             "t",
             None,
+            false,
         );
         ws.state = State::Open;
         let c = Conn {
@@ -1298,6 +1323,7 @@ mod tests {
     fn fr(fin: bool, opcode: u8, payload: &[u8]) -> Frame<'_> {
         Frame {
             fin,
+            rsv1: false,
             opcode,
             payload,
         }
@@ -1307,15 +1333,16 @@ mod tests {
     fn fragmented_binary_is_not_a_push() {
         let (mut c, _l) = test_conn();
         let mut ctx = test_ctx();
+        let mut rx = ws_conn::Rx::new(false);
         let push = br#"{"type":"push","seq":1,"data":{"t":1}}"#;
-        ws_conn::on_frame(&mut c, fr(false, OP_BINARY, &push[..10]), &mut ctx).unwrap();
-        ws_conn::on_frame(&mut c, fr(true, OP_CONT, &push[10..]), &mut ctx).unwrap();
+        ws_conn::on_frame(&mut c, fr(false, OP_BINARY, &push[..10]), &mut rx, &mut ctx).unwrap();
+        ws_conn::on_frame(&mut c, fr(true, OP_CONT, &push[10..]), &mut rx, &mut ctx).unwrap();
         assert_eq!(ctx.out.server_errors.get("binary_message"), Some(&1));
         assert_eq!(ctx.sh.push_received.load(Relaxed), 0);
         assert!(c.recv.is_none());
         // A fragmented text push after it still counts.
-        ws_conn::on_frame(&mut c, fr(false, OP_TEXT, &push[..10]), &mut ctx).unwrap();
-        ws_conn::on_frame(&mut c, fr(true, OP_CONT, &push[10..]), &mut ctx).unwrap();
+        ws_conn::on_frame(&mut c, fr(false, OP_TEXT, &push[..10]), &mut rx, &mut ctx).unwrap();
+        ws_conn::on_frame(&mut c, fr(true, OP_CONT, &push[10..]), &mut rx, &mut ctx).unwrap();
         assert_eq!(ctx.sh.push_received.load(Relaxed), 1);
         assert_eq!(c.recv.as_ref().map(|r| r.unique()), Some(1));
     }
@@ -1324,9 +1351,10 @@ mod tests {
     fn fragmented_message_is_bounded() {
         let (mut c, _l) = test_conn();
         let mut ctx = test_ctx();
+        let mut rx = ws_conn::Rx::new(false);
         let big = vec![b' '; frame::MAX_FRAME as usize];
-        ws_conn::on_frame(&mut c, fr(false, OP_TEXT, &big), &mut ctx).unwrap();
-        let r = ws_conn::on_frame(&mut c, fr(false, OP_CONT, b"x"), &mut ctx);
+        ws_conn::on_frame(&mut c, fr(false, OP_TEXT, &big), &mut rx, &mut ctx).unwrap();
+        let r = ws_conn::on_frame(&mut c, fr(false, OP_CONT, b"x"), &mut rx, &mut ctx);
         assert!(
             matches!(&r, Err(Some(e)) if e.contains("too large")),
             "{r:?}"

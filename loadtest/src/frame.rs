@@ -9,13 +9,20 @@ pub const OP_CLOSE: u8 = 0x8;
 pub const OP_PING: u8 = 0x9;
 pub const OP_PONG: u8 = 0xA;
 
-/// Largest frame payload the client accepts from the server.
+/// Largest frame payload the client accepts from the server; also the largest message,
+/// reassembled or inflated.
 pub const MAX_FRAME: u64 = 16 << 20;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum FrameError {
-    #[error("reserved bits set")]
+    #[error("reserved bits RSV2/RSV3 set")]
     ReservedBits,
+    #[error("RSV1 set without a negotiated permessage-deflate")]
+    Rsv1NotNegotiated,
+    #[error("RSV1 set on a control frame")]
+    Rsv1OnControl,
+    #[error("RSV1 set on a continuation frame")]
+    Rsv1OnContinuation,
     #[error("reserved opcode {0:#x}")]
     BadOpcode(u8),
     #[error("server frame is masked")]
@@ -30,6 +37,8 @@ pub enum FrameError {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Frame<'a> {
     pub fin: bool,
+    /// RSV1: a compressed message (permessage-deflate), on its first frame only.
+    pub rsv1: bool,
     pub opcode: u8,
     pub payload: &'a [u8],
 }
@@ -77,22 +86,35 @@ pub fn close_code(payload: &[u8]) -> u16 {
     }
 }
 
-/// Decodes one server-to-client frame from the front of `buf`.
+/// Decodes one server-to-client frame from the front of `buf`; `deflate` says whether
+/// permessage-deflate was negotiated (RSV1 may then start a data message).
 /// `Ok(None)` means more bytes are needed; `Ok(Some((frame, used)))` consumed `used` bytes.
-pub fn decode(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, FrameError> {
+pub fn decode(buf: &[u8], deflate: bool) -> Result<Option<(Frame<'_>, usize)>, FrameError> {
     if buf.len() < 2 {
         return Ok(None);
     }
     let b0 = buf[0];
     let b1 = buf[1];
-    if b0 & 0x70 != 0 {
+    if b0 & 0x30 != 0 {
         return Err(FrameError::ReservedBits);
     }
     let fin = b0 & 0x80 != 0;
+    let rsv1 = b0 & 0x40 != 0;
     let opcode = b0 & 0x0f;
     match opcode {
         OP_CONT | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG => {}
         other => return Err(FrameError::BadOpcode(other)),
+    }
+    if rsv1 {
+        if !deflate {
+            return Err(FrameError::Rsv1NotNegotiated);
+        }
+        if opcode >= OP_CLOSE {
+            return Err(FrameError::Rsv1OnControl);
+        }
+        if opcode == OP_CONT {
+            return Err(FrameError::Rsv1OnContinuation);
+        }
     }
     if b1 & 0x80 != 0 {
         return Err(FrameError::Masked);
@@ -127,6 +149,7 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, FrameError> {
     Ok(Some((
         Frame {
             fin,
+            rsv1,
             opcode,
             payload: &buf[hdr..total],
         },
@@ -190,48 +213,79 @@ mod tests {
     fn decode_unmasked_server_frames() {
         // rfc 6455 5.7: single-frame unmasked text "Hello"
         let buf = [0x81, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f, 0xff];
-        let (f, used) = decode(&buf).unwrap().unwrap();
+        let (f, used) = decode(&buf, false).unwrap().unwrap();
         assert_eq!(used, 7);
         assert!(f.fin);
         assert_eq!(f.opcode, OP_TEXT);
         assert_eq!(f.payload, b"Hello");
         // fragmented: "Hel" + "lo"
         let buf = [0x01, 0x03, 0x48, 0x65, 0x6c, 0x80, 0x02, 0x6c, 0x6f];
-        let (f, used) = decode(&buf).unwrap().unwrap();
+        let (f, used) = decode(&buf, false).unwrap().unwrap();
         assert!(!f.fin);
         assert_eq!(f.payload, b"Hel");
-        let (f2, _) = decode(&buf[used..]).unwrap().unwrap();
+        let (f2, _) = decode(&buf[used..], false).unwrap().unwrap();
         assert!(f2.fin);
         assert_eq!(f2.opcode, OP_CONT);
         assert_eq!(f2.payload, b"lo");
         // 16-bit and 64-bit lengths
         let mut buf = vec![0x82, 126, 0x01, 0x00];
         buf.extend(vec![9u8; 256]);
-        let (f, used) = decode(&buf).unwrap().unwrap();
+        let (f, used) = decode(&buf, false).unwrap().unwrap();
         assert_eq!((f.payload.len(), used), (256, 260));
         let mut buf = vec![0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0];
         buf.extend(vec![9u8; 65536]);
-        let (f, _) = decode(&buf).unwrap().unwrap();
+        let (f, _) = decode(&buf, false).unwrap().unwrap();
         assert_eq!(f.payload.len(), 65536);
     }
 
     #[test]
     fn decode_incomplete_and_errors() {
-        assert_eq!(decode(&[]), Ok(None));
-        assert_eq!(decode(&[0x81]), Ok(None));
-        assert_eq!(decode(&[0x81, 0x05, b'H']), Ok(None));
-        assert_eq!(decode(&[0x82, 126, 0x01]), Ok(None));
-        assert_eq!(decode(&[0xC1, 0x00]), Err(FrameError::ReservedBits));
-        assert_eq!(decode(&[0x83, 0x00]), Err(FrameError::BadOpcode(3)));
+        assert_eq!(decode(&[], false), Ok(None));
+        assert_eq!(decode(&[0x81], false), Ok(None));
+        assert_eq!(decode(&[0x81, 0x05, b'H'], false), Ok(None));
+        assert_eq!(decode(&[0x82, 126, 0x01], false), Ok(None));
+        assert_eq!(decode(&[0xA1, 0x00], true), Err(FrameError::ReservedBits));
+        assert_eq!(decode(&[0x91, 0x00], true), Err(FrameError::ReservedBits));
+        assert_eq!(decode(&[0x83, 0x00], false), Err(FrameError::BadOpcode(3)));
         assert_eq!(
-            decode(&[0x81, 0x81, 0, 0, 0, 0, 0]),
+            decode(&[0x81, 0x81, 0, 0, 0, 0, 0], false),
             Err(FrameError::Masked)
         );
-        assert_eq!(decode(&[0x09, 0x00]), Err(FrameError::BadControl));
-        assert_eq!(decode(&[0x89, 126, 0, 200]), Err(FrameError::BadControl));
+        assert_eq!(decode(&[0x09, 0x00], false), Err(FrameError::BadControl));
+        assert_eq!(
+            decode(&[0x89, 126, 0, 200], false),
+            Err(FrameError::BadControl)
+        );
         let mut big = vec![0x82, 127];
         big.extend_from_slice(&(MAX_FRAME + 1).to_be_bytes());
-        assert_eq!(decode(&big), Err(FrameError::TooLarge(MAX_FRAME + 1)));
+        assert_eq!(
+            decode(&big, false),
+            Err(FrameError::TooLarge(MAX_FRAME + 1))
+        );
+    }
+
+    #[test]
+    fn rsv1_only_starts_a_data_message_when_negotiated() {
+        // A compressed text message: RSV1 on the (first) data frame.
+        let (f, used) = decode(&[0xC1, 0x02, 0xab, 0xcd], true).unwrap().unwrap();
+        assert!(f.rsv1 && f.fin && f.opcode == OP_TEXT && used == 4);
+        let (f, _) = decode(&[0x42, 0x00], true).unwrap().unwrap();
+        assert!(f.rsv1 && !f.fin && f.opcode == OP_BINARY);
+        let (f, _) = decode(&[0x81, 0x00], true).unwrap().unwrap();
+        assert!(!f.rsv1);
+        assert_eq!(
+            decode(&[0xC1, 0x00], false),
+            Err(FrameError::Rsv1NotNegotiated)
+        );
+        assert_eq!(decode(&[0xC9, 0x00], true), Err(FrameError::Rsv1OnControl));
+        assert_eq!(decode(&[0xC8, 0x00], true), Err(FrameError::Rsv1OnControl));
+        assert_eq!(
+            decode(&[0xC0, 0x00], true),
+            Err(FrameError::Rsv1OnContinuation)
+        );
+        assert!(FrameError::Rsv1NotNegotiated
+            .to_string()
+            .contains("without a negotiated permessage-deflate"));
     }
 
     #[test]

@@ -186,6 +186,7 @@ impl Local {
             count: p.count,
             target: p.target,
             payload_bytes: p.payload_bytes,
+            payload_json: p.payload_json,
             batch: p.batch,
             concurrency: p.api_concurrency,
             users_per_push: p.users_per_push,

@@ -17,6 +17,7 @@ mod chat;
 mod churn;
 mod cli;
 mod client;
+mod deflate;
 mod deploy;
 mod frame;
 mod local;

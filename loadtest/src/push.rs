@@ -2,6 +2,7 @@
 //! push API, with `--redis-stream` as pipelined `XADD`s to the cluster's push stream, or
 //! with `--kafka` as records on the Kafka ingress's topic ([`kafka`]).
 
+mod doc;
 mod kafka;
 
 use crate::client::{merge_counts, Shared, Target};
@@ -49,6 +50,8 @@ pub struct PushCfg {
     pub count: Option<u64>,
     pub target: Target,
     pub payload_bytes: usize,
+    /// `--payload-json`: `data` carries a JSON document (`doc`) instead of `pad`.
+    pub payload_json: bool,
     pub batch: usize,
     pub concurrency: usize,
     pub users_per_push: usize,
@@ -188,7 +191,7 @@ fn stream(
     } else {
         "/v1/push"
     };
-    let pad = "x".repeat(cfg.payload_bytes);
+    let pad = filler(cfg, s);
     let users = cfg.num_users.max(1);
     loop {
         let i = ticket.fetch_add(batch, Relaxed);
@@ -519,7 +522,21 @@ fn account(sh: &Shared, tgt: &Tgt, out: &mut PushOut, prog: &PushProgress) {
     }
 }
 
-/// Appends one push object; `t` is the send time in microseconds since the Unix epoch.
+/// What fills a push's data beside its counters: `"pad":"xxx..."` of --payload-bytes, or
+/// with --payload-json `"doc":{...}` of about that size (one per driver stream `s`).
+fn filler(cfg: &PushCfg, s: usize) -> String {
+    if cfg.payload_json {
+        format!(
+            "\"doc\":{}",
+            doc::json_doc(cfg.payload_bytes, 0x7468_726f_6e67 ^ s as u64)
+        )
+    } else {
+        format!("\"pad\":\"{}\"", "x".repeat(cfg.payload_bytes))
+    }
+}
+
+/// Appends one push object; `t` is the send time in microseconds since the Unix epoch,
+/// `pad` the [`filler`] of the data.
 fn push_json(out: &mut String, cfg: &PushCfg, tgt: &Tgt, n: u64, s: usize, pad: &str) {
     use std::fmt::Write as _;
     out.push('{');
@@ -548,7 +565,7 @@ fn push_json(out: &mut String, cfg: &PushCfg, tgt: &Tgt, n: u64, s: usize, pad: 
     }
     let _ = write!(
         out,
-        ",\"data\":{{\"t\":{},\"n\":{n},\"s\":{s},\"pad\":\"{pad}\"}}}}",
+        ",\"data\":{{\"t\":{},\"n\":{n},\"s\":{s},{pad}}}}}",
         util::now_us()
     );
 }
@@ -737,6 +754,7 @@ mod tests {
             count: None,
             target,
             payload_bytes: 3,
+            payload_json: false,
             batch: 1,
             concurrency: 1,
             users_per_push: 2,
@@ -761,7 +779,7 @@ mod tests {
     fn push_bodies() {
         let c = cfg(Target::User);
         let mut s = String::new();
-        push_json(&mut s, &c, &Tgt::User(17), 5, 2, "xxx");
+        push_json(&mut s, &c, &Tgt::User(17), 5, 2, &filler(&c, 2));
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();
         assert_eq!(v["user"], "u117");
         assert_eq!(v["data"]["n"], 5);
@@ -769,15 +787,36 @@ mod tests {
         assert_eq!(v["data"]["pad"], "xxx");
         assert!(v["data"]["t"].as_u64().unwrap() > 1_600_000_000_000_000);
         let mut s = String::new();
-        push_json(&mut s, &c, &Tgt::Users(vec![1, 2]), 1, 0, "");
+        push_json(&mut s, &c, &Tgt::Users(vec![1, 2]), 1, 0, "\"pad\":\"\"");
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();
         assert_eq!(v["users"], serde_json::json!(["u101", "u102"]));
         let mut s = String::new();
-        push_json(&mut s, &c, &Tgt::Topic(0), 1, 0, "");
+        push_json(&mut s, &c, &Tgt::Topic(0), 1, 0, "\"pad\":\"\"");
         assert!(s.starts_with("{\"topic\":\"room:a\","));
         let mut s = String::new();
-        push_json(&mut s, &c, &Tgt::Broadcast, 1, 0, "");
+        push_json(&mut s, &c, &Tgt::Broadcast, 1, 0, "\"pad\":\"\"");
         assert!(s.starts_with("{\"broadcast\":true,"));
+        // --payload-json: a document of about --payload-bytes in `doc`, no `pad`; the
+        // receivers' counters still parse.
+        let mut j = cfg(Target::Broadcast);
+        j.payload_json = true;
+        j.payload_bytes = 2000;
+        let mut s = String::new();
+        push_json(&mut s, &j, &Tgt::Broadcast, 9, 1, &filler(&j, 1));
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        assert!(v["data"].get("pad").is_none());
+        assert_eq!(v["data"]["n"], 9);
+        let doc = &s[s.find("\"doc\":").unwrap() + 6..s.len() - 2];
+        assert!(
+            doc.starts_with("{\"items\":[") && doc.ends_with('}'),
+            "{doc}"
+        );
+        assert_eq!(doc.len(), 2000);
+        assert_ne!(
+            filler(&j, 0),
+            filler(&j, 1),
+            "each driver stream its own document"
+        );
     }
 
     /// Answers one request per connection with each of `bodies` (200, then close), and

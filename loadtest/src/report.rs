@@ -1,6 +1,7 @@
 //! The run summary: JSON for machines, a few lines for people, and merging across workers.
 
 use crate::client::{merge_counts, ThreadOut};
+use crate::deflate::CompressionReport;
 use crate::deploy::DeployReport;
 use crate::push::PushOut;
 use crate::resume::StreamTotals;
@@ -78,6 +79,11 @@ pub struct Report {
     /// one negotiated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsReport>,
+    /// Every run: bytes of the server's WebSocket frames on the wire (TLS plaintext for
+    /// wss://) and after inflation, per delivery, and the compressed frames
+    /// (permessage-deflate with `--compression`).
+    #[serde(default)]
+    pub compression: CompressionReport,
     pub pings_answered: u64,
     pub subscriptions_confirmed: u64,
 
@@ -241,6 +247,7 @@ impl Report {
         self.handshake_latency_us = util::percentiles(&t.handshake);
         self.raw_handshake = util::hist_to_pairs(&t.handshake);
         self.tls = t.tls.report();
+        self.compression = t.wire.report();
         self.raw_step_latency = t.step_latency.iter().map(util::hist_to_pairs).collect();
     }
 
@@ -414,6 +421,7 @@ impl Report {
         }
         m.handshake_latency_us = util::percentiles(&hs);
         m.tls = TlsReport::merge(reports.iter().filter_map(|r| r.tls.as_ref()));
+        m.compression = CompressionReport::merge(reports.iter().map(|r| &r.compression));
         m.churn_reconnect_errors = churn_errors;
         m.raw_handshake = util::hist_to_pairs(&hs);
         m.raw_step_latency = steps.iter().map(util::hist_to_pairs).collect();
@@ -588,6 +596,7 @@ impl Report {
                 self.delivery_secs.unwrap_or(0.0)
             );
         }
+        s += &self.compression.summary(self.tls.is_some());
         if let (Some(d), Some(_)) = (&self.deploy, self.churn_disconnects) {
             s += &format!(
                 "reconnects: {} to the second server, reconnect errors: {}\n",
@@ -740,6 +749,52 @@ mod step_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_report_has_the_compression_section() {
+        let plain = Report::default();
+        let j = serde_json::to_value(&plain).unwrap();
+        for k in [
+            "offered",
+            "negotiated_connections",
+            "wire_bytes",
+            "payload_bytes",
+            "wire_bytes_per_delivery",
+            "compressed_frames",
+        ] {
+            assert!(j["compression"].get(k).is_some(), "{k} in {j}");
+        }
+        assert!(plain
+            .summary()
+            .contains("\ncompression: off; wire bytes 0 "));
+        // Workers' sections add up, and the per-delivery figure is recomputed.
+        let mut t = ThreadOut::new();
+        t.wire = crate::deflate::WireStats::new(true);
+        t.wire.wire_bytes = 3000;
+        t.wire.deliveries = 4;
+        t.wire.compressed_frames = 4;
+        let mut a = Report::default();
+        a.fill_closed(&t, None, false);
+        t.wire.deliveries = 2;
+        let mut b = Report::default();
+        b.fill_closed(&t, None, false);
+        let m = Report::merge(&[a, b]);
+        let c = &m.compression;
+        assert!(c.offered);
+        assert_eq!(
+            (c.wire_bytes, c.deliveries, c.compressed_frames),
+            (6000, 6, 8)
+        );
+        assert_eq!(c.wire_bytes_per_delivery, Some(1000.0));
+        let back: Report = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+        assert_eq!(back.compression, m.compression);
+        // A report without the section (an older worker) still reads.
+        let old: Report = serde_json::from_str(r#"{"mode":"connect","procs":1,"connections_target":0,"connections_opened":0,"connections_open_at_close":0,"connect_errors":{},"disconnects":{},"close_errors":{},"server_errors":{},"closed_clean":0,"connect_secs":0,"connect_rate_per_sec":0,"handshake_latency_us":{"count":0,"p50":0,"p90":0,"p99":0,"p999":0,"max":0,"mean":0},"pings_answered":0,"subscriptions_confirmed":0,"client_rss_delta_bytes":0}"#).unwrap();
+        assert_eq!(
+            old.compression,
+            crate::deflate::CompressionReport::default()
+        );
+    }
 
     #[test]
     fn merge_sums_and_recomputes() {

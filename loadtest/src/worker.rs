@@ -487,6 +487,9 @@ fn worker_args(
         kv("churn-rate", (ch.churn_rate / k as f64).to_string());
         kv("churn-fraction", ch.churn_fraction.to_string());
     }
+    if p.is_some_and(|p| p.payload_json) {
+        a.push("--payload-json".into());
+    }
     a.extend(sock_args(&c.sock, share, c.procs, i)?);
     a.push("--worker".into());
     Ok(a)
@@ -520,6 +523,10 @@ pub fn sock_args(s: &SocketArgs, share: f64, k: usize, i: usize) -> Result<Vec<S
     }
     a.push("--tls-resume".into());
     a.push(s.tls.tls_resume.name().into());
+    // Each worker offers permessage-deflate (and inflates with its own loops) the same.
+    if s.compression {
+        a.push("--compression".into());
+    }
     a.extend(source_ip_args(s.source_ips.as_deref(), k, i)?);
     Ok(a)
 }
@@ -683,6 +690,43 @@ mod tests {
         let a = parse(&["--insecure"]);
         assert!(a.iter().any(|x| x == "--insecure"));
         assert!(!a.iter().any(|x| x == "--ca"));
+        assert!(!a.iter().any(|x| x == "--compression"));
+        let a = parse(&["--compression"]);
+        assert!(a.iter().any(|x| x == "--compression"));
+    }
+
+    #[test]
+    fn workers_get_the_compression_and_payload_flags() {
+        let cli = <crate::cli::Cli as clap::Parser>::parse_from([
+            "throng-load",
+            "push",
+            "--jwt-secret",
+            "s",
+            "--procs",
+            "2",
+            "--compression",
+            "--payload-json",
+            "--payload-bytes",
+            "2000",
+        ]);
+        let crate::cli::Cmd::Push(p) = cli.cmd else {
+            unreachable!()
+        };
+        let a = worker_args(&p.conn, Some(&p), None, 1, 500, 0).unwrap();
+        assert!(a.iter().any(|x| x == "--compression"), "{a:?}");
+        assert!(a.iter().any(|x| x == "--payload-json"), "{a:?}");
+        let at = a.iter().position(|x| x == "--payload-bytes").unwrap();
+        assert_eq!(a[at + 1], "2000");
+        // What the parent gives a worker, the worker's own parser takes (the secret goes
+        // by the environment).
+        let mut line = vec!["throng-load".to_string()];
+        line.extend(a);
+        line.extend(["--jwt-secret".to_string(), "s".to_string()]);
+        let w = <crate::cli::Cli as clap::Parser>::try_parse_from(line).unwrap();
+        let crate::cli::Cmd::Push(w) = w.cmd else {
+            unreachable!()
+        };
+        assert!(w.conn.sock.compression && w.payload_json && w.conn.worker);
     }
 
     #[test]

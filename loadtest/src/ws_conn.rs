@@ -10,7 +10,13 @@
 //!
 //! A `wss://` connection carries a [`TlsConn`]: its bytes go through TLS on the same
 //! socket (see [`crate::tls`]), and everything above the bytes is the same.
+//!
+//! With `--compression` the upgrade request offers permessage-deflate; an accepted answer
+//! (checked by [`crate::deflate::negotiate`]) sets a bit on the connection, and its
+//! compressed messages are inflated by the event loop's one inflater in [`Inbound`],
+//! which also counts the bytes every connection of the loop received.
 
+use crate::deflate::{self, Inflater, WireStats};
 use crate::frame::{self, Frame, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT};
 use crate::tls::{self, Plain, Pull, TlsConn};
 use base64::Engine as _;
@@ -29,6 +35,17 @@ const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 const MAX_HEAD: usize = 16 * 1024;
 /// The most of a refused upgrade's body we wait for before naming the refusal.
 const MAX_ERROR_BODY: usize = 64 * 1024;
+/// The largest message handed to a scenario, reassembled or inflated.
+const MAX_MESSAGE: usize = frame::MAX_FRAME as usize;
+
+/// [`WsConn::bits`]: the fragmented message in `frag` is binary (not for the scenario).
+const B_FRAG_BINARY: u8 = 1;
+/// The fragmented message in `frag` is compressed (RSV1 on its first frame).
+const B_FRAG_DEFLATED: u8 = 2;
+/// The upgrade request offered permessage-deflate.
+const B_OFFERED: u8 = 4;
+/// The server accepted it: RSV1 data messages are inflated.
+const B_DEFLATE: u8 = 8;
 
 /// How a connection ended: `None` is a clean close.
 pub type End = Option<String>;
@@ -54,8 +71,9 @@ pub struct WsConn {
     pub stream: TcpStream,
     /// Where the connection is in its life.
     pub state: State,
-    /// The fragmented message in `frag` is binary (not for the scenario).
-    frag_binary: bool,
+    /// The wire's own bits (`B_*`): the fragmented message's kind, permessage-deflate
+    /// offered and accepted. One byte, where a bool was before compression.
+    bits: u8,
     /// Bits the owner keeps with the socket (`client`'s churn and move marks): here they
     /// fill what would be padding, so an idle `client` connection stays 128 bytes.
     pub flags: u8,
@@ -83,7 +101,7 @@ impl AsMut<WsConn> for WsConn {
 impl WsConn {
     /// A connection whose TCP connect is under way, its upgrade request for `path` on
     /// `authority` with bearer `token` queued (written once connected, through `tls` for
-    /// a wss:// URL).
+    /// a wss:// URL); with `deflate` it offers permessage-deflate.
     pub fn upgrading(
         stream: TcpStream,
         started: Instant,
@@ -91,18 +109,24 @@ impl WsConn {
         authority: &str,
         token: &str,
         tls: Option<Box<TlsConn>>,
+        deflate: bool,
     ) -> WsConn {
         let key: [u8; 16] = rand::rng().random();
         let ws_key = base64::engine::general_purpose::STANDARD.encode(key);
+        let offer = if deflate {
+            format!("Sec-WebSocket-Extensions: {}\r\n", deflate::OFFER)
+        } else {
+            String::new()
+        };
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUpgrade: websocket\r\n\
              Connection: Upgrade\r\nSec-WebSocket-Key: {ws_key}\r\nSec-WebSocket-Version: 13\r\n\
-             Authorization: Bearer {token}\r\n\r\n"
+             {offer}Authorization: Bearer {token}\r\n\r\n"
         );
         WsConn {
             stream,
             state: State::Connecting,
-            frag_binary: false,
+            bits: if deflate { B_OFFERED } else { 0 },
             flags: 0,
             started,
             key,
@@ -113,7 +137,12 @@ impl WsConn {
         }
     }
 
-    /// Queues one masked frame (written by the next [`WsConn::flush`]).
+    /// Whether the server accepted permessage-deflate on this connection.
+    pub fn deflate(&self) -> bool {
+        self.bits & B_DEFLATE != 0
+    }
+
+    /// Queues one masked frame (written by the next [`WsConn::flush`]), uncompressed.
     pub fn send(&mut self, opcode: u8, payload: &[u8]) {
         let mask: [u8; 4] = rand::rng().random();
         frame::encode_masked(&mut self.wbuf, opcode, payload, mask);
@@ -192,6 +221,42 @@ pub trait Handler<C> {
     fn on_tls(&mut self, done: &tls::Done);
 }
 
+/// What an event loop reads its connections with: one scratch buffer for every read, and
+/// [`Rx`], the inflater and the counters of everything its connections received.
+pub struct Inbound {
+    scratch: Vec<u8>,
+    /// The inflater and the counters.
+    pub rx: Rx,
+}
+
+impl Inbound {
+    /// A scratch buffer of `scratch` bytes; `offer` says whether the loop offers
+    /// permessage-deflate (kept with its counts for the report).
+    pub fn new(scratch: usize, offer: bool) -> Inbound {
+        Inbound {
+            scratch: vec![0; scratch.max(1)],
+            rx: Rx::new(offer),
+        }
+    }
+}
+
+/// The inflater one event loop shares among its connections, and its wire counters.
+pub struct Rx {
+    inflater: Inflater,
+    /// What the loop's connections received.
+    pub stats: WireStats,
+}
+
+impl Rx {
+    /// A fresh inflater and counters; see [`Inbound::new`].
+    pub fn new(offer: bool) -> Rx {
+        Rx {
+            inflater: Inflater::new(),
+            stats: WireStats::new(offer),
+        }
+    }
+}
+
 /// Writes what the socket takes of `buf`, removing it from `buf`.
 fn write_plain(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
     while !buf.is_empty() {
@@ -212,9 +277,10 @@ fn write_plain(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
 /// reads until the socket would block. `Some(end)` means it is over (remove it).
 pub fn drive<C: AsMut<WsConn>, H: Handler<C>>(
     c: &mut C,
-    scratch: &mut [u8],
+    inbound: &mut Inbound,
     h: &mut H,
 ) -> Option<End> {
+    let Inbound { scratch, rx } = inbound;
     let ws = c.as_mut();
     if ws.state == State::Connecting {
         match ws.stream.take_error() {
@@ -231,13 +297,13 @@ pub fn drive<C: AsMut<WsConn>, H: Handler<C>>(
         return Some(Some(io_cause(&e)));
     }
     if ws.tls.is_some() {
-        return drive_tls(c, scratch, h);
+        return drive_tls(c, scratch, rx, h);
     }
     loop {
         match c.as_mut().stream.read(scratch) {
             Ok(0) => return Some(c.as_mut().eof_cause()),
             Ok(n) => {
-                if let Err(end) = on_data(c, &scratch[..n], h) {
+                if let Err(end) = on_data(c, &scratch[..n], rx, h) {
                     let _ = c.as_mut().flush();
                     return Some(end);
                 }
@@ -258,6 +324,7 @@ pub fn drive<C: AsMut<WsConn>, H: Handler<C>>(
 fn drive_tls<C: AsMut<WsConn>, H: Handler<C>>(
     c: &mut C,
     scratch: &mut [u8],
+    rx: &mut Rx,
     h: &mut H,
 ) -> Option<End> {
     loop {
@@ -286,7 +353,7 @@ fn drive_tls<C: AsMut<WsConn>, H: Handler<C>>(
             };
             match t.read_plain(scratch) {
                 Plain::Data(n) => {
-                    if let Err(end) = on_data(c, &scratch[..n], h) {
+                    if let Err(end) = on_data(c, &scratch[..n], rx, h) {
                         let _ = c.as_mut().flush();
                         return Some(end);
                     }
@@ -303,9 +370,14 @@ fn drive_tls<C: AsMut<WsConn>, H: Handler<C>>(
 }
 
 /// Consumes `data` after what was left over from earlier reads.
-fn on_data<C: AsMut<WsConn>, H: Handler<C>>(c: &mut C, data: &[u8], h: &mut H) -> Result<(), End> {
+fn on_data<C: AsMut<WsConn>, H: Handler<C>>(
+    c: &mut C,
+    data: &[u8],
+    rx: &mut Rx,
+    h: &mut H,
+) -> Result<(), End> {
     if c.as_mut().rbuf.is_empty() {
-        let used = process(c, data, h)?;
+        let used = process(c, data, rx, h)?;
         if used < data.len() {
             c.as_mut().rbuf.extend_from_slice(&data[used..]);
         }
@@ -313,7 +385,7 @@ fn on_data<C: AsMut<WsConn>, H: Handler<C>>(c: &mut C, data: &[u8], h: &mut H) -
         let ws = c.as_mut();
         ws.rbuf.extend_from_slice(data);
         let buf = std::mem::take(&mut ws.rbuf);
-        let used = process(c, &buf, h)?;
+        let used = process(c, &buf, rx, h)?;
         if used < buf.len() {
             let ws = c.as_mut();
             ws.rbuf = buf;
@@ -323,25 +395,32 @@ fn on_data<C: AsMut<WsConn>, H: Handler<C>>(c: &mut C, data: &[u8], h: &mut H) -
     Ok(())
 }
 
-/// Consumes what it can of `buf` (the upgrade response, then frames); returns the bytes
-/// used.
+/// Consumes what it can of `buf` (the upgrade response, then frames, each counted in
+/// `rx`); returns the bytes used.
 fn process<C: AsMut<WsConn>, H: Handler<C>>(
     c: &mut C,
     buf: &[u8],
+    rx: &mut Rx,
     h: &mut H,
 ) -> Result<usize, End> {
     let mut pos = 0;
-    if c.as_mut().state == State::Upgrading {
-        match upgrade_answer(&c.as_mut().key, buf)? {
+    let ws = c.as_mut();
+    if ws.state == State::Upgrading {
+        match upgrade_answer(&ws.key, ws.bits & B_OFFERED != 0, buf)? {
             None => return Ok(0),
-            Some(n) => {
-                c.as_mut().state = State::Welcome;
+            Some((n, deflate)) => {
+                ws.state = State::Welcome;
+                if deflate {
+                    ws.bits |= B_DEFLATE;
+                    rx.stats.negotiated += 1;
+                }
                 pos = n;
             }
         }
     }
+    let deflate = ws.deflate();
     loop {
-        match frame::decode(&buf[pos..]) {
+        match frame::decode(&buf[pos..], deflate) {
             Ok(None) => break,
             Err(e) => {
                 c.as_mut().send(OP_CLOSE, &frame::close_payload(1002, ""));
@@ -349,16 +428,18 @@ fn process<C: AsMut<WsConn>, H: Handler<C>>(
             }
             Ok(Some((f, used))) => {
                 pos += used;
-                on_frame(c, f, h)?;
+                rx.stats.wire_bytes += used as u64;
+                on_frame(c, f, rx, h)?;
             }
         }
     }
     Ok(pos)
 }
 
-/// Checks the upgrade response at the front of `buf` for the request with `key`: the
-/// length of its head once complete and accepted, `None` while more is needed.
-fn upgrade_answer(key: &[u8; 16], buf: &[u8]) -> Result<Option<usize>, End> {
+/// Checks the upgrade response at the front of `buf` for the request with `key` that
+/// `offered` permessage-deflate or not: the length of its head once complete and
+/// accepted, with whether permessage-deflate is in use; `None` while more is needed.
+fn upgrade_answer(key: &[u8; 16], offered: bool, buf: &[u8]) -> Result<Option<(usize, bool)>, End> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut resp = httparse::Response::new(&mut headers);
     match resp.parse(buf) {
@@ -381,16 +462,24 @@ fn upgrade_answer(key: &[u8; 16], buf: &[u8]) -> Result<Option<usize>, End> {
             if !ok {
                 return Err(Some("bad_sec_websocket_accept".into()));
             }
-            Ok(Some(n))
+            let extensions = resp
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
+                .map(|h| h.value);
+            let agreed = deflate::negotiate(extensions, offered).map_err(Some)?;
+            Ok(Some((n, agreed.is_some())))
         }
     }
 }
 
-/// Handles one server frame: messages (reassembled) go to `h`, pings are answered, the
-/// server's Close is echoed (ending the connection) or ends our own close.
+/// Handles one server frame: messages (reassembled, and inflated when compressed) go to
+/// `h`, pings are answered, the server's Close is echoed (ending the connection) or ends
+/// our own close. `rx` inflates and counts.
 pub fn on_frame<C: AsMut<WsConn>, H: Handler<C>>(
     c: &mut C,
     f: Frame<'_>,
+    rx: &mut Rx,
     h: &mut H,
 ) -> Result<(), End> {
     let ws = c.as_mut();
@@ -401,13 +490,18 @@ pub fn on_frame<C: AsMut<WsConn>, H: Handler<C>>(
                     "protocol_error: new message inside a fragmented one".into(),
                 ));
             }
+            let binary = f.opcode == OP_BINARY;
             if !f.fin {
                 ws.frag = Some(Box::new(f.payload.to_vec()));
-                ws.frag_binary = f.opcode == OP_BINARY;
-            } else if f.opcode == OP_TEXT {
-                h.on_text(c, f.payload)?;
+                ws.bits &= !(B_FRAG_BINARY | B_FRAG_DEFLATED);
+                if binary {
+                    ws.bits |= B_FRAG_BINARY;
+                }
+                if f.rsv1 {
+                    ws.bits |= B_FRAG_DEFLATED;
+                }
             } else {
-                h.on_binary();
+                deliver(c, binary, f.rsv1, f.payload, rx, h)?;
             }
         }
         OP_CONT => {
@@ -423,11 +517,10 @@ pub fn on_frame<C: AsMut<WsConn>, H: Handler<C>>(
             fr.extend_from_slice(f.payload);
             if f.fin {
                 let m = ws.frag.take().unwrap_or_default();
-                if std::mem::take(&mut ws.frag_binary) {
-                    h.on_binary();
-                } else {
-                    h.on_text(c, &m)?;
-                }
+                let binary = ws.bits & B_FRAG_BINARY != 0;
+                let deflated = ws.bits & B_FRAG_DEFLATED != 0;
+                ws.bits &= !(B_FRAG_BINARY | B_FRAG_DEFLATED);
+                deliver(c, binary, deflated, &m, rx, h)?;
             }
         }
         OP_PING => {
@@ -454,6 +547,44 @@ pub fn on_frame<C: AsMut<WsConn>, H: Handler<C>>(
         _ => {}
     }
     Ok(())
+}
+
+/// Hands one complete data message to `h`, inflating it first when it came compressed
+/// (RSV1, which the decoder lets through only on a connection that negotiated it); counts
+/// it in `rx`. Data that does not inflate, or inflates past [`MAX_MESSAGE`], ends the
+/// connection with 1007 or 1009.
+fn deliver<C: AsMut<WsConn>, H: Handler<C>>(
+    c: &mut C,
+    binary: bool,
+    deflated: bool,
+    payload: &[u8],
+    rx: &mut Rx,
+    h: &mut H,
+) -> Result<(), End> {
+    let msg = if deflated {
+        rx.stats.compressed_frames += 1;
+        rx.stats.deflated_bytes += payload.len() as u64;
+        match rx.inflater.message(payload, MAX_MESSAGE) {
+            Ok(m) => {
+                rx.stats.inflated_bytes += m.len() as u64;
+                m
+            }
+            Err(e) => {
+                c.as_mut()
+                    .send(OP_CLOSE, &frame::close_payload(e.close_code(), ""));
+                return Err(Some(format!("protocol_error: {e}")));
+            }
+        }
+    } else {
+        payload
+    };
+    rx.stats.payload_bytes += msg.len() as u64;
+    if binary {
+        h.on_binary();
+        Ok(())
+    } else {
+        h.on_text(c, msg)
+    }
 }
 
 /// A non-blocking TCP connect to `addr`, from `source` when given; the error is a report
@@ -576,6 +707,276 @@ fn accept_key(key: &[u8; 16]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::deflate::server_deflate;
+
+    /// Keeps the messages a connection hands over.
+    #[derive(Default)]
+    struct Texts {
+        got: Vec<Vec<u8>>,
+        binary: usize,
+    }
+
+    impl Handler<WsConn> for Texts {
+        fn on_text(&mut self, _c: &mut WsConn, text: &[u8]) -> Result<(), End> {
+            self.got.push(text.to_vec());
+            Ok(())
+        }
+        fn on_binary(&mut self) {
+            self.binary += 1;
+        }
+        fn on_ping(&mut self) {}
+        fn on_tls(&mut self, _done: &tls::Done) {}
+    }
+
+    /// A connection whose upgrade request (offering permessage-deflate with `offer`) is
+    /// sent and whose answer is awaited; its socket is never read or written here.
+    fn upgrading(offer: bool) -> (WsConn, std::net::TcpListener) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let s = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let mut ws = WsConn::upgrading(
+            TcpStream::from_std(s),
+            Instant::now(),
+            "/ws",
+            "127.0.0.1",
+            "t",
+            None,
+            offer,
+        );
+        ws.state = State::Upgrading;
+        (ws, l)
+    }
+
+    /// The server's 101 for `ws`'s request, with `ext` as its Sec-WebSocket-Extensions.
+    fn answer(ws: &WsConn, ext: Option<&str>) -> Vec<u8> {
+        let ext = ext.map_or(String::new(), |e| {
+            format!("Sec-WebSocket-Extensions: {e}\r\n")
+        });
+        format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {}\r\n{ext}\r\n",
+            accept_key(&ws.key)
+        )
+        .into_bytes()
+    }
+
+    /// Throng's answer to an offer.
+    const THRONG: &str =
+        "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+
+    /// An unmasked server frame with first byte `b0`.
+    fn server_frame(b0: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![b0];
+        match payload.len() {
+            n if n < 126 => f.push(n as u8),
+            n if n <= 0xffff => {
+                f.push(126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(payload);
+        f
+    }
+
+    fn push_json(n: usize) -> Vec<u8> {
+        let items: Vec<String> = (0..n)
+            .map(|i| format!(r#"{{"id":{i},"status":"filled","qty":{}}}"#, i * 7 % 13))
+            .collect();
+        format!(r#"{{"type":"push","seq":1,"data":[{}]}}"#, items.join(",")).into_bytes()
+    }
+
+    /// The Close frame (masked, from this client) queued last on `ws`: its code.
+    fn queued_close(ws: &WsConn) -> Option<u16> {
+        let b = &ws.wbuf;
+        let at = b.windows(2).rposition(|w| w == [0x88, 0x82])?;
+        let mask = [b[at + 2], b[at + 3], b[at + 4], b[at + 5]];
+        Some(u16::from_be_bytes([
+            b[at + 6] ^ mask[0],
+            b[at + 7] ^ mask[1],
+        ]))
+    }
+
+    #[test]
+    fn the_offer_is_what_browsers_send_and_only_with_the_flag() {
+        let (ws, _l) = upgrading(true);
+        let req = String::from_utf8(ws.wbuf.clone()).unwrap();
+        assert!(
+            req.contains(
+                "\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+            ),
+            "{req}"
+        );
+        let (ws, _l) = upgrading(false);
+        let req = String::from_utf8(ws.wbuf.clone()).unwrap();
+        assert!(!req.to_ascii_lowercase().contains("extensions"), "{req}");
+    }
+
+    #[test]
+    fn the_extension_answer_is_checked() {
+        let (ws, _l) = upgrading(true);
+        let key = ws.key;
+        let ok = answer(&ws, Some(THRONG));
+        assert_eq!(upgrade_answer(&key, true, &ok), Ok(Some((ok.len(), true))));
+        let declined = answer(&ws, None);
+        assert_eq!(
+            upgrade_answer(&key, true, &declined),
+            Ok(Some((declined.len(), false)))
+        );
+        assert_eq!(
+            upgrade_answer(&key, false, &declined),
+            Ok(Some((declined.len(), false)))
+        );
+        let cause =
+            |offered: bool, ext: &str| match upgrade_answer(&key, offered, &answer(&ws, Some(ext)))
+            {
+                Err(Some(c)) => c,
+                other => panic!("{ext:?} (offered {offered}): {other:?}"),
+            };
+        // Not offered: any extension fails the connection (RFC 6455 4.1).
+        let c = cause(false, THRONG);
+        assert!(c.starts_with("extension_not_offered:"), "{c}");
+        assert!(cause(true, "x-webkit-deflate-frame").contains("x-webkit-deflate-frame"));
+        // Offered, but in a form this client cannot take.
+        let c = cause(true, "permessage-deflate; client_no_context_takeover");
+        assert!(
+            c.starts_with("bad_extension_answer:") && c.contains("server_no_context_takeover"),
+            "{c}"
+        );
+        let c = cause(
+            true,
+            "permessage-deflate; server_no_context_takeover; server_max_window_bits=16",
+        );
+        assert!(c.contains("server_max_window_bits=16"), "{c}");
+    }
+
+    #[test]
+    fn compressed_messages_are_inflated_and_counted() {
+        let (mut ws, _l) = upgrading(true);
+        let mut rx = Rx::new(true);
+        let mut h = Texts::default();
+        let big = push_json(100);
+        let z = server_deflate(&big);
+        assert!(z.len() < big.len() / 3);
+        let compressed = server_frame(0xc1, &z);
+        let plain = server_frame(0x81, br#"{"type":"welcome"}"#);
+        let mut wire = answer(&ws, Some(THRONG));
+        let head = wire.len();
+        wire.extend_from_slice(&plain);
+        wire.extend_from_slice(&compressed);
+        wire.extend_from_slice(&compressed);
+        // In pieces, as reads cut it.
+        for piece in wire.chunks(7) {
+            on_data(&mut ws, piece, &mut rx, &mut h).unwrap();
+        }
+        assert_eq!(ws.state, State::Welcome);
+        assert!(ws.deflate());
+        assert_eq!(h.got.len(), 3);
+        assert_eq!(h.got[0], br#"{"type":"welcome"}"#);
+        assert_eq!(h.got[1], big);
+        assert_eq!(h.got[2], big);
+        let st = rx.stats;
+        assert_eq!(st.negotiated, 1);
+        assert_eq!(
+            st.wire_bytes,
+            (wire.len() - head) as u64,
+            "frames after the 101"
+        );
+        assert_eq!(st.compressed_frames, 2);
+        assert_eq!(st.deflated_bytes, 2 * z.len() as u64);
+        assert_eq!(st.inflated_bytes, 2 * big.len() as u64);
+        assert_eq!(st.payload_bytes, (18 + 2 * big.len()) as u64);
+    }
+
+    #[test]
+    fn a_fragmented_compressed_message_is_inflated_whole() {
+        let (mut ws, _l) = upgrading(true);
+        let mut rx = Rx::new(true);
+        let mut h = Texts::default();
+        let big = push_json(50);
+        let z = server_deflate(&big);
+        let (a, b) = z.split_at(z.len() / 2);
+        let mut wire = answer(&ws, Some(THRONG));
+        wire.extend(server_frame(0x41, a)); // RSV1, text, not FIN
+        wire.extend(server_frame(0x89, b"hi")); // a ping between the fragments
+        wire.extend(server_frame(0x80, b)); // FIN continuation, no RSV1
+        wire.extend(server_frame(0x41, a));
+        wire.extend(server_frame(0x82, b"x")); // a new message inside the fragmented one
+        on_data(&mut ws, &wire[..wire.len() - 3], &mut rx, &mut h).unwrap();
+        assert_eq!(h.got, vec![big]);
+        assert_eq!(rx.stats.compressed_frames, 1);
+        let e = on_data(&mut ws, &wire[wire.len() - 3..], &mut rx, &mut h);
+        assert!(
+            matches!(&e, Err(Some(c)) if c.contains("inside a fragmented")),
+            "{e:?}"
+        );
+    }
+
+    fn rsv1_cause(offer: bool, ext: Option<&str>, frame: &[u8]) -> (String, WsConn) {
+        let (mut ws, _l) = upgrading(offer);
+        let mut rx = Rx::new(offer);
+        let mut h = Texts::default();
+        let mut wire = answer(&ws, ext);
+        wire.extend_from_slice(frame);
+        let e = on_data(&mut ws, &wire, &mut rx, &mut h);
+        assert!(h.got.is_empty());
+        match e {
+            Err(Some(c)) => (c, ws),
+            other => panic!("{frame:?} was taken: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rsv1_where_it_may_not_be_is_a_protocol_error() {
+        let z = server_frame(0xc1, &server_deflate(b"hello hello hello"));
+        // Not negotiated: not offered, or offered and declined.
+        for (offer, ext) in [(false, None), (true, None)] {
+            let (c, ws) = rsv1_cause(offer, ext, &z);
+            assert_eq!(
+                c,
+                "protocol_error: RSV1 set without a negotiated permessage-deflate"
+            );
+            assert_eq!(queued_close(&ws), Some(1002));
+        }
+        let (c, _) = rsv1_cause(true, Some(THRONG), &server_frame(0xc9, b""));
+        assert_eq!(c, "protocol_error: RSV1 set on a control frame");
+        let mut frag = server_frame(0x01, b"ab");
+        frag.extend(server_frame(0xc0, b"cd"));
+        let (c, _) = rsv1_cause(true, Some(THRONG), &frag);
+        assert_eq!(c, "protocol_error: RSV1 set on a continuation frame");
+    }
+
+    #[test]
+    fn bad_or_huge_compressed_data_ends_the_connection() {
+        let (c, ws) = rsv1_cause(true, Some(THRONG), &server_frame(0xc1, &[0xff; 8]));
+        assert_eq!(
+            c,
+            "protocol_error: compressed message is not valid deflate data"
+        );
+        assert_eq!(queued_close(&ws), Some(1007));
+        // A zip bomb: a few KiB that inflate past the 16 MiB a message may have.
+        let z = server_deflate(&vec![b' '; MAX_MESSAGE + 1]);
+        assert!(z.len() < 64 * 1024, "{}", z.len());
+        let (c, ws) = rsv1_cause(true, Some(THRONG), &server_frame(0xc1, &z));
+        assert_eq!(
+            c,
+            format!("protocol_error: compressed message inflates past {MAX_MESSAGE} bytes")
+        );
+        assert_eq!(queued_close(&ws), Some(1009));
+        // Exactly the most a message may have is fine.
+        let (mut ws, _l) = upgrading(true);
+        let mut rx = Rx::new(true);
+        let mut h = Texts::default();
+        let mut wire = answer(&ws, Some(THRONG));
+        wire.extend(server_frame(
+            0xc1,
+            &server_deflate(&vec![b' '; MAX_MESSAGE]),
+        ));
+        on_data(&mut ws, &wire, &mut rx, &mut h).unwrap();
+        assert_eq!(h.got[0].len(), MAX_MESSAGE);
+    }
 
     #[test]
     fn error_labels_are_words_not_debug_renderings() {

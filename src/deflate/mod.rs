@@ -11,7 +11,7 @@
 mod codec;
 mod negotiate;
 
-pub use codec::{Deflater, Inflater};
+pub use codec::{Deflater, Inflater, DEFAULT_LEVEL};
 pub use negotiate::{negotiate, Agreed};
 
 use std::sync::OnceLock;

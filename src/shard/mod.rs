@@ -278,7 +278,7 @@ impl Shard {
             verifier,
             scratch: vec![0; SCRATCH_BYTES],
             json: simd_json::Buffers::default(),
-            deflater: crate::deflate::Deflater::new(),
+            deflater: crate::deflate::Deflater::new(shared.config.compression_level),
             inflater: crate::deflate::Inflater::new(),
             inflated: Vec::new(),
             backlog: Vec::new(),

@@ -12,7 +12,7 @@ use crate::cli::secs;
 use crate::client::{bump, mint_token, PHASE_CLOSE};
 use crate::frame::OP_TEXT;
 use crate::util;
-use crate::ws_conn::{self, io_cause, End, State, WsConn};
+use crate::ws_conn::{self, io_cause, End, Inbound, State, WsConn};
 use jsonwebtoken::EncodingKey;
 use mio::{Events, Interest, Poll, Token};
 use std::cmp::Reverse;
@@ -182,7 +182,7 @@ impl Loop {
     /// returns what it measured, its rooms judged.
     fn run(mut self) -> ChatOut {
         let mut events = Events::with_capacity(1024);
-        let mut scratch = vec![0u8; SCRATCH];
+        let mut inbound = Inbound::new(SCRATCH, self.cfg.dial.compression);
         let mut next = 0usize;
         let mut closing: Option<Instant> = None;
         let mut sent_done = false;
@@ -232,7 +232,7 @@ impl Loop {
             }
             for ev in events.iter() {
                 let li = ev.token().0;
-                if let Some(end) = self.drive(li, &mut scratch) {
+                if let Some(end) = self.drive(li, &mut inbound) {
                     self.end(li, end);
                 }
             }
@@ -245,6 +245,7 @@ impl Loop {
             self.end(li, Some("aborted".into()));
         }
         let mut out = self.out;
+        out.conns.wire.add(&inbound.rx.stats);
         for mb in &self.members {
             out.unanswered += mb.pending.len() as u64;
         }
@@ -280,6 +281,9 @@ impl Loop {
         if tls.is_some() {
             self.out.conns.tls.attempts += 1;
         }
+        if cfg.dial.compression {
+            self.out.conns.wire.offered += 1;
+        }
         if let Err(e) = self.poll.registry().register(
             &mut stream,
             Token(li),
@@ -294,6 +298,7 @@ impl Loop {
             &url.authority,
             &token,
             tls,
+            self.cfg.dial.compression,
         );
         self.conns[li] = Some(ws);
         self.live += 1;
@@ -447,7 +452,7 @@ impl Loop {
     }
 
     /// Handles readiness on member `li`'s socket; `Some(end)` removes it.
-    fn drive(&mut self, li: usize, scratch: &mut [u8]) -> Option<End> {
+    fn drive(&mut self, li: usize, inbound: &mut Inbound) -> Option<End> {
         let c = self.conns.get_mut(li)?.as_mut()?;
         let mb = self.members.get_mut(li)?;
         let room = self.rooms.get_mut(mb.room)?;
@@ -457,6 +462,6 @@ impl Loop {
             out: &mut self.out,
             sh: &self.sh,
         };
-        ws_conn::drive(c, scratch, &mut cx)
+        ws_conn::drive(c, inbound, &mut cx)
     }
 }

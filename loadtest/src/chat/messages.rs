@@ -154,6 +154,7 @@ fn take_pending(mb: &mut Member, n: u64) -> Option<(u64, u64)> {
 fn on_push(msg: &Msg, cx: &mut Ctx) {
     let sh = cx.sh;
     sh.conns.push_received.fetch_add(1, Relaxed);
+    cx.out.conns.wire.deliveries += 1;
     sh.conns
         .last_recv_us
         .fetch_max(sh.conns.since_start_us(), Relaxed);

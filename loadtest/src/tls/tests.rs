@@ -63,6 +63,7 @@ fn start(dial: &TlsDial, url: &str) -> Started {
         &url.authority,
         "t",
         Some(tls),
+        false,
     );
     Started { ws, poll }
 }
@@ -73,13 +74,13 @@ fn finish(s: Started) -> Result<(Done, WsConn), String> {
     let Started { mut ws, mut poll } = s;
     let mut probe = Probe::default();
     let mut events = Events::with_capacity(8);
-    let mut scratch = vec![0u8; 64 * 1024];
+    let mut inbound = ws_conn::Inbound::new(64 * 1024, false);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !probe.welcomed {
         assert!(Instant::now() < deadline, "no welcome and no end in 10 s");
         poll.poll(&mut events, Some(Duration::from_millis(100)))
             .unwrap();
-        if let Some(end) = ws_conn::drive(&mut ws, &mut scratch, &mut probe) {
+        if let Some(end) = ws_conn::drive(&mut ws, &mut inbound, &mut probe) {
             return Err(end.unwrap_or_else(|| "clean end".into()));
         }
     }
