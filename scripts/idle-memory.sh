@@ -61,14 +61,7 @@ export_credentials idle-memory
 SERVER_ARGS=(serve --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --drain-ms 1000
     --max-connections $((N + ${WARM:-0} + 1000)) --log-format json)
 [[ -n ${SHARDS:-} ]] && SERVER_ARGS+=(--shards "$SHARDS")
-SCHEME=ws
-TLS_ARGS=()
-if [[ -n ${TLS:-} ]]; then
-    make_test_cert "$WORK"
-    SERVER_ARGS+=(--tls-cert "$WORK/cert.pem" --tls-key "$WORK/key.pem")
-    SCHEME=wss
-    TLS_ARGS=(--ca "$WORK/cert.pem")
-fi
+tls_if_asked "$WORK"
 if [[ -n ${REDIS:-} ]]; then
     command -v redis-server >/dev/null || { echo "idle-memory: REDIS=1 needs redis-server" >&2; exit 1; }
     RPORT=$(free_port)

@@ -114,3 +114,17 @@ make_test_cert() {
         -addext basicConstraints=critical,CA:FALSE \
         -keyout "$1/key.pem" -out "$1/cert.pem" 2>/dev/null
 }
+
+# With TLS=1 set: a test certificate in DIR ($1), its flags added to the SERVER_ARGS array,
+# SCHEME=wss and TLS_ARGS=(--ca DIR/cert.pem) for throng-load; otherwise SCHEME=ws and no
+# TLS_ARGS.
+tls_if_asked() {
+    SCHEME=ws
+    TLS_ARGS=()
+    if [[ -n ${TLS:-} ]]; then
+        make_test_cert "$1"
+        SERVER_ARGS+=(--tls-cert "$1/cert.pem" --tls-key "$1/key.pem")
+        SCHEME=wss
+        TLS_ARGS=(--ca "$1/cert.pem")
+    fi
+}

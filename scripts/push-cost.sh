@@ -51,14 +51,7 @@ trap 'exit 130' INT TERM
 export_credentials push-cost
 SERVER_ARGS=(serve --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --log-format json
     --max-connections $((N + 1000)))
-SCHEME=ws
-TLS_ARGS=()
-if [[ -n ${TLS:-} ]]; then
-    make_test_cert "$WORK"
-    SERVER_ARGS+=(--tls-cert "$WORK/cert.pem" --tls-key "$WORK/key.pem")
-    SCHEME=wss
-    TLS_ARGS=(--ca "$WORK/cert.pem")
-fi
+tls_if_asked "$WORK"
 "$SERVER" "${SERVER_ARGS[@]}" >"$WORK/server.out" 2>"$WORK/server.log" &
 SRV_PID=$!
 wait_listening push-cost "$SRV_PID" "$WORK/server.log" || exit 1

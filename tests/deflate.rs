@@ -15,7 +15,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::deflate::*;
-use common::tls::metric;
+use common::tls::{metric, PyClient};
 use common::*;
 use serde_json::{json, Value};
 
@@ -56,9 +56,12 @@ fn python_websockets_negotiates_and_both_sides_compress() {
     let before = Deflate::of(&srv);
     let port = srv.ws.port().to_string();
     let tok = token("py");
-    let mut py = PyDeflate::spawn(&[
-        "--port", &port, "--token", &tok, "--topic", "room:1", "--pad", "2000", "--pushes", "3",
-    ]);
+    let mut py = PyClient::fixture(
+        "deflate_client.py",
+        &[
+            "--port", &port, "--token", &tok, "--topic", "room:1", "--pad", "2000", "--pushes", "3",
+        ],
+    );
     let open = py.expect("open");
     assert!(
         open["offer"]

@@ -5,16 +5,13 @@
 //! tests/fixtures/deflate_client.py (Python `websockets`, which offers permessage-deflate
 //! by default) as a child process.
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{BufRead, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 use serde_json::{json, Value};
 
-use super::tls::{fixture, require_python_websockets};
 use super::{
     encode_frame, find, parse_server_frame, tcp, Closed, Frame, TestServer, IO_TIMEOUT, OP_CLOSE,
     OP_PING, OP_PONG, OP_TEXT,
@@ -435,122 +432,5 @@ impl DeflateWs {
     pub fn close(mut self) {
         self.send_frame(FIN, OP_CLOSE, &1000u16.to_be_bytes());
         assert_eq!(self.read_until_close(), Closed::Code(Some(1000)));
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// tests/fixtures/deflate_client.py
-
-/// Collects a child's stderr in the background.
-fn collect(mut r: impl Read + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
-    let buf = Arc::new(Mutex::new(Vec::new()));
-    let b = Arc::clone(&buf);
-    std::thread::spawn(move || {
-        let mut chunk = [0u8; 8192];
-        while let Ok(n) = r.read(&mut chunk) {
-            if n == 0 {
-                break;
-            }
-            b.lock().unwrap().extend_from_slice(&chunk[..n]);
-        }
-    });
-    buf
-}
-
-/// tests/fixtures/deflate_client.py as a child process, read one JSON line at a time.
-pub struct PyDeflate {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    stderr: Arc<Mutex<Vec<u8>>>,
-    seen: Vec<String>,
-}
-
-impl PyDeflate {
-    pub fn spawn(args: &[&str]) -> PyDeflate {
-        require_python_websockets();
-        let mut child = Command::new("python3")
-            .arg(fixture("deflate_client.py"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn python3");
-        let stdout = child.stdout.take().unwrap();
-        let stderr = collect(child.stderr.take().unwrap());
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(l);
-            }
-        });
-        PyDeflate {
-            child,
-            lines: rx,
-            stderr,
-            seen: Vec::new(),
-        }
-    }
-
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.lock().unwrap()).to_string()
-    }
-
-    /// The next JSON line, which must be the event `name`.
-    pub fn expect(&mut self, name: &str) -> Value {
-        let timeout = Duration::from_secs(15);
-        match self.lines.recv_timeout(timeout) {
-            Ok(line) => {
-                let v: Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("python printed a non-JSON line ({e}): {line}"));
-                self.seen.push(line.chars().take(300).collect());
-                assert_eq!(
-                    v["event"],
-                    name,
-                    "expected the event {name:?}; python printed {:?}; stderr: {}",
-                    self.seen,
-                    self.stderr()
-                );
-                v
-            }
-            Err(_) => {
-                std::thread::sleep(Duration::from_millis(200));
-                panic!(
-                    "no {name:?} event from python within {timeout:?}; printed {:?}; stderr: {}",
-                    self.seen,
-                    self.stderr()
-                )
-            }
-        }
-    }
-
-    /// Waits for the script to end and asserts it succeeded.
-    pub fn finish(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let status = loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                break st;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "python did not exit; stderr: {}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        assert!(
-            status.success(),
-            "python exited with {status:?}; stderr: {}",
-            self.stderr()
-        );
-    }
-}
-
-impl Drop for PyDeflate {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }

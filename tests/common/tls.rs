@@ -697,7 +697,7 @@ fn collect(r: impl Read + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
     buf
 }
 
-/// tests/fixtures/tls_client.py as a child process, read one JSON line at a time.
+/// A Python fixture (tests/fixtures/*.py) as a child process, read one JSON line at a time.
 pub struct PyClient {
     child: Child,
     lines: mpsc::Receiver<String>,
@@ -706,10 +706,16 @@ pub struct PyClient {
 }
 
 impl PyClient {
+    /// tests/fixtures/tls_client.py with `args`.
     pub fn spawn(args: &[&str]) -> PyClient {
+        PyClient::fixture("tls_client.py", args)
+    }
+
+    /// tests/fixtures/`script` with `args`.
+    pub fn fixture(script: &str, args: &[&str]) -> PyClient {
         require_python_websockets();
         let mut child = Command::new("python3")
-            .arg(fixture("tls_client.py"))
+            .arg(fixture(script))
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
