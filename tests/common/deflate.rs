@@ -5,7 +5,7 @@
 //! tests/fixtures/deflate_client.py (Python `websockets`, which offers permessage-deflate
 //! by default) as a child process.
 
-use std::io::{BufRead, ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Instant;
 
