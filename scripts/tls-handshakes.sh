@@ -11,7 +11,8 @@
 # handshakes the server counted (`/v1/stats`: the tls object, or accepted handshakes).
 # Stops what it started, by PID.
 #
-# Environment: N=10000, CHURN_N=2000, DURATION=10, PROCS=1, NO_BUILD=1 (skip the build check).
+# Environment: N=10000, CHURN_N=2000, DURATION=10, PROCS=1, ACCEPTORS= (the server's
+# --acceptors; its default otherwise), NO_BUILD=1 (skip the build check).
 set -euo pipefail
 N=${N:-10000}
 CHURN_N=${CHURN_N:-2000}
@@ -44,6 +45,7 @@ start_server() {
     local args=(serve --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --log-format json
         --max-connections $((N + 1000)) --drain-ms 500)
     [[ $1 == tls ]] && args+=(--tls-cert "$WORK/cert.pem" --tls-key "$WORK/key.pem")
+    [[ -n ${ACCEPTORS:-} ]] && args+=(--acceptors "$ACCEPTORS")
     "$SERVER" "${args[@]}" >"$WORK/server.out" 2>"$WORK/server.log" &
     SRV_PID=$!
     wait_listening tls-handshakes "$SRV_PID" "$WORK/server.log" || exit 1

@@ -9,8 +9,8 @@
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
@@ -38,6 +38,37 @@ const EMFILE_PAUSE: Duration = Duration::from_millis(100);
 /// quiet moment hands the freed memory back to the OS.
 const TLS_HANDSHAKES_BEFORE_TRIM: u32 = 1024;
 
+/// What every acceptor thread counts together, so the bounds hold for the process however
+/// many acceptors share the listener.
+pub(crate) struct Gate {
+    /// Handshakes whose head is being read, on every acceptor (`max_pending_handshakes`;
+    /// the `pending_handshakes` gauge).
+    reading: AtomicUsize,
+    /// Sockets the acceptors hold: handshakes being read and refused ones lingering (they
+    /// hold descriptors too).
+    held: AtomicUsize,
+    /// New connections per second per IP (`connect_rate_per_ip`), one set of buckets.
+    rate: Mutex<ConnectRate>,
+}
+
+impl Gate {
+    /// Nothing counted yet.
+    pub(crate) fn new(config: &Config) -> Gate {
+        Gate {
+            reading: AtomicUsize::new(0),
+            held: AtomicUsize::new(0),
+            rate: Mutex::new(ConnectRate::new(config.connect_rate_per_ip)),
+        }
+    }
+
+    /// Takes one unit of `counter` if it stays within `max`.
+    fn take(counter: &AtomicUsize, max: usize) -> bool {
+        counter
+            .fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1))
+            .is_ok()
+    }
+}
+
 struct Pending {
     stream: TcpStream,
     buf: Vec<u8>,
@@ -63,7 +94,8 @@ pub(crate) struct Acceptor {
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     admission: Arc<Admission>,
-    rate: ConnectRate,
+    /// Counts shared with the other acceptors.
+    gate: Arc<Gate>,
     shards: Links<Handoff>,
     draining: Arc<AtomicBool>,
     /// Set once the shards are done: the acceptor answers what is pending and stops.
@@ -78,8 +110,6 @@ pub(crate) struct Acceptor {
     spare_fd: Option<std::fs::File>,
     /// When running out of descriptors was last logged (at most once a second).
     out_of_files_logged: Option<Instant>,
-    /// Handshakes whose head is still being read (the `pending_handshakes` gauge).
-    in_progress: usize,
     /// Client sockets (connections plus pending ones) the open-file limit allows once the
     /// push API's reserve is set aside; `usize::MAX` when the limit cannot be read.
     fd_ceiling: usize,
@@ -100,6 +130,7 @@ impl Acceptor {
         config: Arc<Config>,
         metrics: Arc<Metrics>,
         admission: Arc<Admission>,
+        gate: Arc<Gate>,
         shards: Links<Handoff>,
         draining: Arc<AtomicBool>,
         stop: Arc<AtomicBool>,
@@ -116,7 +147,7 @@ impl Acceptor {
             clock: Clock::real(),
             verifier,
             tls,
-            rate: ConnectRate::new(config.connect_rate_per_ip),
+            gate,
             config,
             metrics,
             admission,
@@ -128,7 +159,6 @@ impl Acceptor {
             scratch: vec![0; MAX_HEAD_BYTES + 1024],
             spare_fd: std::fs::File::open("/dev/null").ok(),
             out_of_files_logged: None,
-            in_progress: 0,
             fd_ceiling,
             tls_since_trim: 0,
             last_trim: Instant::now(),
@@ -207,7 +237,7 @@ impl Acceptor {
     /// connection after a storm) unless it is handed back. At most once a second.
     fn trim_after_tls_storm(&mut self) {
         if self.tls_since_trim >= TLS_HANDSHAKES_BEFORE_TRIM
-            && self.in_progress == 0
+            && self.gate.reading.load(Relaxed) == 0
             && self.last_trim.elapsed() >= Duration::from_secs(1)
         {
             crate::memory::release_free_memory();
@@ -238,7 +268,7 @@ impl Acceptor {
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "cannot start a TLS handshake");
-                            self.admission.release_ip(ip);
+                            self.unadmit_socket(ip);
                             continue;
                         }
                     };
@@ -257,7 +287,7 @@ impl Acceptor {
                         .register(&mut stream, Token(key), interest)
                         .is_err()
                     {
-                        self.admission.release_ip(ip);
+                        self.unadmit_socket(ip);
                         continue;
                     }
                     let timer = self.wheel.insert(deadline, key as u32);
@@ -269,7 +299,6 @@ impl Acceptor {
                         refused: false,
                         tls,
                     });
-                    self.in_progress += 1;
                     self.publish_pending();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -298,34 +327,55 @@ impl Acceptor {
     }
 
     /// Judges a just-accepted socket by what it costs to hold, cheapest checks first;
-    /// on success its IP holds one more count (see `Admission::reserve_ip`).
+    /// on success it counts as reading and held (`Gate`) and its IP holds one more count
+    /// (see `Admission::reserve_ip`). Each count is taken only below its bound, so
+    /// acceptors admitting at once cannot pass it together.
     fn admit_socket(&mut self, ip: IpAddr) -> Result<(), Refusal> {
-        if self.in_progress >= self.config.max_pending_handshakes {
+        let gate = &self.gate;
+        if !Gate::take(&gate.reading, self.config.max_pending_handshakes) {
             return Err(Refusal::OverCapacity(
                 "too many handshakes in progress (max_pending_handshakes)",
             ));
         }
         let open = self.admission.open();
-        if open + self.in_progress >= self.config.max_connections {
-            return Err(Refusal::OverCapacity(
+        let reading = gate.reading.load(Relaxed);
+        let refusal = if open + reading > self.config.max_connections {
+            Some(Refusal::OverCapacity(
                 "server is at max_connections (connections plus handshakes in progress)",
-            ));
-        }
-        // Refused sockets still lingering hold descriptors too.
-        if open + self.pending.len() >= self.fd_ceiling {
-            return Err(Refusal::OverCapacity(
+            ))
+        } else if !Gate::take(&gate.held, self.fd_ceiling.saturating_sub(open)) {
+            // Refused sockets still lingering hold descriptors too.
+            Some(Refusal::OverCapacity(
                 "client sockets are at the open-file limit less the descriptors reserved \
                  for the push API",
-            ));
+            ))
+        } else {
+            None
+        };
+        if let Some(r) = refusal {
+            gate.reading.fetch_sub(1, Relaxed);
+            return Err(r);
         }
-        self.admission.reserve_ip(ip)
+        if let Err(r) = self.admission.reserve_ip(ip) {
+            gate.reading.fetch_sub(1, Relaxed);
+            gate.held.fetch_sub(1, Relaxed);
+            return Err(r);
+        }
+        Ok(())
     }
 
-    /// Publishes the `pending_handshakes` gauge from the acceptor's own count.
+    /// Gives back what `admit_socket` took, for a socket that was not kept after all.
+    fn unadmit_socket(&mut self, ip: IpAddr) {
+        self.gate.reading.fetch_sub(1, Relaxed);
+        self.gate.held.fetch_sub(1, Relaxed);
+        self.admission.release_ip(ip);
+    }
+
+    /// Publishes the `pending_handshakes` gauge from the acceptors' shared count.
     fn publish_pending(&self) {
         self.metrics
             .pending_handshakes
-            .store(self.in_progress as u64, Relaxed);
+            .store(self.gate.reading.load(Relaxed) as u64, Relaxed);
     }
 
     /// Ends the reading phase of `key`'s handshake, once: the gauge drops and the IP's
@@ -340,7 +390,7 @@ impl Acceptor {
         }
         p.refused = true;
         let ip = p.ip;
-        self.in_progress -= 1;
+        self.gate.reading.fetch_sub(1, Relaxed);
         self.publish_pending();
         if !admitted {
             self.admission.release_ip(ip);
@@ -426,7 +476,14 @@ impl Acceptor {
         if !handshake::origin_allowed(&self.config.allowed_origins, up.origin.as_deref()) {
             return self.refuse(key, Refusal::ForbiddenOrigin);
         }
-        if !self.rate.allow(ip, Instant::now()) {
+        let rate_ok = self.config.connect_rate_per_ip == 0
+            || self
+                .gate
+                .rate
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .allow(ip, Instant::now());
+        if !rate_ok {
             return self.refuse(
                 key,
                 Refusal::RateLimited("too many new connections from this IP address"),
@@ -444,7 +501,7 @@ impl Acceptor {
             return self.refuse(key, r);
         }
         self.end_reading(key, true);
-        let Some(mut p) = self.pending.try_remove(key) else {
+        let Some(mut p) = self.take_pending(key) else {
             return;
         };
         self.wheel.cancel(p.timer);
@@ -704,6 +761,7 @@ impl Acceptor {
         }
         let timer = self.wheel.insert(now, key as u32);
         // Inserted as refused: its reading phase already ended when it was admitted.
+        self.gate.held.fetch_add(1, Relaxed);
         entry.insert(Pending {
             stream,
             buf: Vec::new(),
@@ -725,14 +783,21 @@ impl Acceptor {
         }
         self.end_reading(key, false);
         // The timer already fired; removing must not cancel a reused id.
-        if let Some(mut p) = self.pending.try_remove(key) {
+        if let Some(mut p) = self.take_pending(key) {
             let _ = self.poll.registry().deregister(&mut p.stream);
         }
     }
 
+    /// Takes `key` out of the pending table; it no longer counts as held.
+    fn take_pending(&mut self, key: usize) -> Option<Pending> {
+        let p = self.pending.try_remove(key)?;
+        self.gate.held.fetch_sub(1, Relaxed);
+        Some(p)
+    }
+
     fn remove(&mut self, key: usize) {
         self.end_reading(key, false);
-        if let Some(mut p) = self.pending.try_remove(key) {
+        if let Some(mut p) = self.take_pending(key) {
             self.wheel.cancel(p.timer);
             let _ = self.poll.registry().deregister(&mut p.stream);
         }

@@ -62,12 +62,13 @@ impl Admission {
     /// Turns a handshake reserved by `reserve_ip` into an open connection (its per-IP
     /// count carries over), or says why it cannot be had; the caller then releases the IP.
     pub fn admit_reserved(&self) -> Result<(), Refusal> {
-        // Only the acceptor admits, so load-then-add cannot overshoot.
-        if self.open.load(Ordering::Relaxed) >= self.max {
-            return Err(Refusal::OverCapacity("server is at max_connections"));
-        }
-        self.open.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        // Several acceptors may admit at once: the count only rises below the bound.
+        self.open
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .map(|_| ())
+            .map_err(|_| Refusal::OverCapacity("server is at max_connections"))
     }
 
     /// Forgets a per-IP count taken by `reserve_ip` that did not become a connection.

@@ -246,6 +246,9 @@ pub struct ServeArgs {
     /// Kafka ingress: the consumer group [default: throng].
     #[arg(long)]
     pub kafka_group: Option<String>,
+    /// Acceptor threads sharing the client listener (upgrade and TLS handshakes) [default: a quarter of --shards, at least 1].
+    #[arg(long)]
+    pub acceptors: Option<usize>,
     /// permessage-deflate for clients that offer it: on or off [default: on].
     #[arg(long, value_enum)]
     pub compression: Option<Switch>,
@@ -336,6 +339,7 @@ struct FileConfig {
     compression: Option<Switch>,
     compression_min_bytes: Option<usize>,
     compression_level: Option<u32>,
+    acceptors: Option<usize>,
     node_id: Option<String>,
     offline_ttl_ms: Option<u64>,
     claim_idle_ms: Option<u64>,
@@ -473,6 +477,8 @@ pub struct Config {
     pub compression_min_bytes: usize,
     /// Deflate level for pushes (1-9).
     pub compression_level: u32,
+    /// Acceptor threads.
+    pub acceptors: usize,
     /// Log format.
     pub log_format: LogFormat,
     /// Development mode.
@@ -951,6 +957,13 @@ impl Config {
                 "must be 1 (fastest) to 9 (smallest)",
             ));
         }
+        let acceptors = args
+            .acceptors
+            .or(file.acceptors)
+            .unwrap_or((shards / 4).max(1));
+        if acceptors == 0 || acceptors > 64 {
+            return Err(invalid("acceptors", "must be between 1 and 64"));
+        }
         let events_url = args.events_url.or(file.events_url);
         if let Some(url) = &events_url {
             check_events_url(url).map_err(|e| invalid("events_url", e))?;
@@ -1013,6 +1026,7 @@ impl Config {
             compression,
             compression_min_bytes,
             compression_level,
+            acceptors,
             allowed_origins,
             shard_queue_capacity,
             shutdown_grace,

@@ -55,10 +55,10 @@ pub struct Server {
     metrics: Arc<Metrics>,
     draining: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
-    acceptor_waker: Arc<Waker>,
+    acceptor_wakers: Vec<Arc<Waker>>,
     api_waker: Arc<Waker>,
     shard_wakers: Vec<Arc<Waker>>,
-    acceptor: Option<JoinHandle<()>>,
+    acceptors: Vec<JoinHandle<()>>,
     shards: Vec<JoinHandle<()>>,
     api: Option<JoinHandle<()>>,
     broker: Vec<JoinHandle<()>>,
@@ -217,7 +217,8 @@ impl Server {
                 (Some(links), threads.threads)
             }
         };
-        // Each queue gets exactly one sender: connections the acceptor, commands the API.
+        // Each command queue gets exactly one sender, the API; connection queues one per
+        // acceptor.
         let mut conn_parts = Vec::with_capacity(handles.len());
         let mut cmd_parts = Vec::with_capacity(handles.len());
         for h in handles {
@@ -225,23 +226,48 @@ impl Server {
             cmd_parts.push((h.cmds, h.waker));
         }
 
-        let acceptor_poll = Poll::new()?;
-        let acceptor_waker = reactor::waker(&acceptor_poll)?;
-        let acceptor = Acceptor::new(
-            acceptor_poll,
-            client_listener,
-            verifier,
-            tls.clone(),
-            Arc::clone(&config),
-            Arc::clone(&metrics),
-            Arc::clone(&admission),
-            Links::from_parts(conn_parts),
-            Arc::clone(&draining),
-            Arc::clone(&stop),
-        )?;
-        let acceptor_thread = std::thread::Builder::new()
-            .name("throng-acceptor".into())
-            .spawn(move || acceptor.run())?;
+        // The acceptors share the listener (each polls its own descriptor of it; one
+        // accept wins a connection) and the counts behind the bounds (`Gate`).
+        let gate = Arc::new(crate::acceptor::Gate::new(&config));
+        let mut acceptor_wakers = Vec::with_capacity(config.acceptors);
+        let mut acceptors = Vec::with_capacity(config.acceptors);
+        let mut verifier = Some(verifier);
+        for i in 0..config.acceptors {
+            let poll = Poll::new()?;
+            acceptor_wakers.push(reactor::waker(&poll)?);
+            let verifier = match verifier.take() {
+                Some(v) => v,
+                None => Verifier::new(&config.jwt)?,
+            };
+            let parts = conn_parts
+                .iter()
+                .map(|(tx, waker)| (tx.clone(), Arc::clone(waker)))
+                .collect();
+            let acceptor = Acceptor::new(
+                poll,
+                client_listener.try_clone()?,
+                verifier,
+                tls.clone(),
+                Arc::clone(&config),
+                Arc::clone(&metrics),
+                Arc::clone(&admission),
+                Arc::clone(&gate),
+                Links::from_parts(parts),
+                Arc::clone(&draining),
+                Arc::clone(&stop),
+            )?;
+            let name = if config.acceptors == 1 {
+                "throng-acceptor".to_string()
+            } else {
+                format!("throng-acceptor-{i}")
+            };
+            acceptors.push(
+                std::thread::Builder::new()
+                    .name(name)
+                    .spawn(move || acceptor.run())?,
+            );
+        }
+        drop((client_listener, conn_parts));
 
         // The Kafka ingress hands its pushes to the API thread, like HTTP.
         let (ingress, kafka_thread) = match &config.kafka {
@@ -276,10 +302,10 @@ impl Server {
             metrics,
             draining,
             stop,
-            acceptor_waker,
+            acceptor_wakers,
             api_waker,
             shard_wakers,
-            acceptor: Some(acceptor_thread),
+            acceptors,
             shards: shard_threads,
             api: Some(api_thread),
             broker: broker_threads,
@@ -334,7 +360,9 @@ impl Server {
     pub fn shutdown(&self) {
         self.draining.store(true, Relaxed);
         self.metrics.draining.store(true, Relaxed);
-        let _ = self.acceptor_waker.wake();
+        for w in &self.acceptor_wakers {
+            let _ = w.wake();
+        }
         for w in &self.shard_wakers {
             let _ = w.wake();
         }
@@ -371,10 +399,12 @@ impl Server {
         // The acceptor (answering upgrades 503 draining) and the API serve until the
         // shards are done, then stop.
         self.stop.store(true, Relaxed);
-        let _ = self.acceptor_waker.wake();
+        for w in &self.acceptor_wakers {
+            let _ = w.wake();
+        }
         let _ = self.api_waker.wake();
-        if let Some(t) = self.acceptor.take() {
-            join("acceptor".into(), t);
+        for (i, t) in self.acceptors.drain(..).enumerate() {
+            join(format!("acceptor {i}"), t);
         }
         // The Kafka ingress commits what the API took, so it stops before the API.
         if let Some(t) = self.kafka.take() {

@@ -341,3 +341,84 @@ fn throng_serve_exits_nonzero_when_the_address_is_in_use() {
         "stderr names the problem and the address: {stderr}"
     );
 }
+
+#[test]
+fn several_acceptors_keep_every_bound_exact() {
+    // Three acceptor threads share the listener and the counts behind the bounds.
+    let srv = TestServer::start(&[
+        "--acceptors",
+        "3",
+        "--max-pending-handshakes",
+        "5",
+        "--max-connections",
+        "8",
+        "--handshake-timeout-ms",
+        "30000",
+    ]);
+    // The pending cap holds in all, whichever acceptor took each socket.
+    let held = silent(&srv, 5);
+    upgrade_as(&srv, "sixth").assert_refusal(503, "over_capacity");
+    assert_eq!(pending(&srv.stats()), Some(5));
+    drop(held);
+    wait_pending(&srv, 0);
+    // Many upgrades at once, each kept open: exactly max_connections get in.
+    let upgraded: Vec<(u16, TcpStream)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..24)
+            .map(|i| {
+                let srv = &srv;
+                s.spawn(move || held_upgrade(srv, &format!("racer-{i}")))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let outcomes: Vec<u16> = upgraded.iter().map(|(c, _)| *c).collect();
+    let admitted = outcomes.iter().filter(|&&c| c == 101).count();
+    let refused = outcomes.iter().filter(|&&c| c == 503).count();
+    assert_eq!((admitted, refused), (8, 16), "{outcomes:?}");
+    let s = srv.wait_stats("8 connections", |s| s["connections"] == 8);
+    assert_eq!(s["connections"], 8, "{s}");
+}
+
+#[test]
+fn several_acceptors_share_the_per_ip_limits() {
+    let srv = TestServer::start(&[
+        "--acceptors",
+        "3",
+        "--max-connections-per-ip",
+        "3",
+        "--handshake-timeout-ms",
+        "30000",
+    ]);
+    let _held = silent(&srv, 3);
+    upgrade_as(&srv, "fourth").assert_refusal(429, "rate_limited");
+    let srv = TestServer::start(&["--acceptors", "3", "--connect-rate-per-ip", "4"]);
+    let statuses: Vec<u16> = (0..10)
+        .map(|i| upgrade_as(&srv, &format!("burst-{i}")).status)
+        .collect();
+    let admitted = statuses.iter().filter(|&&c| c == 101).count();
+    // A bucket of 4, refilled at 4/s: the burst gets 4, perhaps one more if it is slow.
+    assert!((4..=6).contains(&admitted), "{statuses:?}");
+}
+
+/// An upgrade for `user` whose socket stays open: the status and the socket.
+fn held_upgrade(srv: &TestServer, user: &str) -> (u16, TcpStream) {
+    let auth = format!("Authorization: Bearer {}", token(user));
+    let mut s = tcp(srv.ws);
+    s.write_all(&upgrade_request(srv.ws, "/ws", &[&auth], &[]))
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&head);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, s)
+}
