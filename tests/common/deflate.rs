@@ -5,7 +5,7 @@
 //! tests/fixtures/deflate_client.py (Python `websockets`, which offers permessage-deflate
 //! by default) as a child process.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Instant;
 
@@ -13,7 +13,7 @@ use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, 
 use serde_json::{json, Value};
 
 use super::{
-    encode_frame, find, parse_server_frame, tcp, Closed, Frame, TestServer, IO_TIMEOUT, OP_CLOSE,
+    encode_frame, find, read_server_frame, tcp, Closed, Frame, TestServer, IO_TIMEOUT, OP_CLOSE,
     OP_PING, OP_PONG, OP_TEXT,
 };
 
@@ -333,22 +333,7 @@ impl DeflateWs {
 
     /// One server frame; `None` on EOF or reset. Panics after the read timeout.
     pub fn read_frame(&mut self) -> Option<Frame> {
-        loop {
-            if let Some((f, used)) = parse_server_frame(&self.buf) {
-                self.buf.drain(..used);
-                return Some(f);
-            }
-            let mut chunk = [0u8; 65536];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    panic!("no frame within the read timeout")
-                }
-                Err(_) => return None,
-            }
-        }
+        read_server_frame(&mut self.stream, &mut self.buf)
     }
 
     /// The next text message (pings and pongs skipped), inflated when it came with RSV1.

@@ -365,35 +365,9 @@ impl Client {
 
     /// Next JSON message within `timeout`: Ok(None) when none came, Err on close.
     pub fn try_recv(&mut self, timeout: Duration) -> Result<Option<Value>, Closed> {
-        self.ws
-            .get_ref()
-            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
-            .unwrap();
-        let deadline = Instant::now() + timeout;
-        let out = loop {
-            match self.ws.read() {
-                Ok(Message::Text(t)) => {
-                    let v: Value = serde_json::from_str(t.as_str())
-                        .unwrap_or_else(|e| panic!("server sent non-JSON text {t:?}: {e}"));
-                    break Ok(Some(v));
-                }
-                Ok(Message::Close(f)) => break Err(Closed::Code(f.map(|f| u16::from(f.code)))),
-                Ok(Message::Binary(b)) => panic!("server sent a binary message: {b:?}"),
-                Ok(_) => {
-                    if Instant::now() > deadline {
-                        break Ok(None);
-                    }
-                }
-                Err(tungstenite::Error::Io(e))
-                    if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
-                {
-                    break Ok(None)
-                }
-                Err(_) => break Err(Closed::Eof),
-            }
-        };
-        let _ = self.ws.get_ref().set_read_timeout(Some(IO_TIMEOUT));
-        out
+        ws_try_recv(&mut self.ws, timeout, false, |s, t| {
+            let _ = s.set_read_timeout(Some(t));
+        })
     }
 
     /// Reads until the connection closes; returns the close code. Panics on timeout.
@@ -572,22 +546,7 @@ impl RawWs {
 
     /// Reads one server frame (None on EOF/reset/timeout). Asserts server frames are unmasked.
     pub fn read_frame(&mut self) -> Option<Frame> {
-        loop {
-            if let Some((f, used)) = parse_server_frame(&self.buf) {
-                self.buf.drain(..used);
-                return Some(f);
-            }
-            let mut chunk = [0u8; 65536];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    panic!("no frame within the read timeout")
-                }
-                Err(_) => return None,
-            }
-        }
+        read_server_frame(&mut self.stream, &mut self.buf)
     }
 
     /// Reads frames until a Close frame (returns its code) or the socket ends.
@@ -1008,4 +967,66 @@ impl Xorshift {
     pub fn bytes(&mut self, n: usize) -> Vec<u8> {
         (0..n).map(|_| self.next() as u8).collect()
     }
+}
+
+/// One server frame from `stream`, `buf` holding what was read beyond it; `None` on EOF
+/// or reset. Panics after the socket's read timeout.
+pub fn read_server_frame(stream: &mut impl Read, buf: &mut Vec<u8>) -> Option<Frame> {
+    loop {
+        if let Some((f, used)) = parse_server_frame(buf) {
+            buf.drain(..used);
+            return Some(f);
+        }
+        let mut chunk = [0u8; 65536];
+        match stream.read(&mut chunk) {
+            Ok(0) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                panic!("no frame within the read timeout")
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+/// The next JSON message on `ws` within `timeout`: Ok(None) when none came, Err on close.
+/// `set_timeout` sets the socket's read timeout (put back to `IO_TIMEOUT` after). With
+/// `strict`, data the client cannot read (a TLS record that does not open) fails the test
+/// instead of counting as the end.
+pub fn ws_try_recv<S: Read + Write>(
+    ws: &mut WebSocket<S>,
+    timeout: Duration,
+    strict: bool,
+    set_timeout: impl Fn(&S, Duration),
+) -> Result<Option<Value>, Closed> {
+    set_timeout(ws.get_ref(), timeout.max(Duration::from_millis(1)));
+    let deadline = Instant::now() + timeout;
+    let out = loop {
+        match ws.read() {
+            Ok(Message::Text(t)) => {
+                let v: Value = serde_json::from_str(t.as_str())
+                    .unwrap_or_else(|e| panic!("server sent non-JSON text {t:?}: {e}"));
+                break Ok(Some(v));
+            }
+            Ok(Message::Close(f)) => break Err(Closed::Code(f.map(|f| u16::from(f.code)))),
+            Ok(Message::Binary(b)) => panic!("server sent a binary message: {b:?}"),
+            Ok(_) => {
+                if Instant::now() > deadline {
+                    break Ok(None);
+                }
+            }
+            Err(tungstenite::Error::Io(e))
+                if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+            {
+                break Ok(None)
+            }
+            Err(tungstenite::Error::Io(e)) if strict && e.kind() == ErrorKind::InvalidData => {
+                panic!("the client could not read the server's records: {e}")
+            }
+            Err(_) => break Err(Closed::Eof),
+        }
+    };
+    set_timeout(ws.get_ref(), IO_TIMEOUT);
+    out
 }

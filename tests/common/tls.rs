@@ -19,7 +19,8 @@ use tungstenite::protocol::WebSocket;
 use tungstenite::Message;
 
 use super::{
-    find, listening_addrs, tcp, Closed, Frame, HttpConn, TestServer, API_KEY, IO_TIMEOUT, SECRET,
+    find, listening_addrs, tcp, ws_try_recv, Closed, Frame, HttpConn, TestServer, API_KEY,
+    IO_TIMEOUT, SECRET,
 };
 
 /// The name every test certificate is for (and the one clients verify).
@@ -280,37 +281,9 @@ impl TlsClient {
     /// ended. A record the client cannot open (bad MAC, bad sequence) fails the test: the
     /// server's records must stay valid to the end.
     pub fn try_recv(&mut self, timeout: Duration) -> Result<Option<Value>, Closed> {
-        let sock = &self.ws.get_ref().sock;
-        sock.set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
-            .unwrap();
-        let deadline = Instant::now() + timeout;
-        let out = loop {
-            match self.ws.read() {
-                Ok(Message::Text(t)) => {
-                    let v: Value = serde_json::from_str(t.as_str())
-                        .unwrap_or_else(|e| panic!("server sent non-JSON text {t:?}: {e}"));
-                    break Ok(Some(v));
-                }
-                Ok(Message::Close(f)) => break Err(Closed::Code(f.map(|f| u16::from(f.code)))),
-                Ok(Message::Binary(b)) => panic!("server sent a binary message: {b:?}"),
-                Ok(_) => {
-                    if Instant::now() > deadline {
-                        break Ok(None);
-                    }
-                }
-                Err(tungstenite::Error::Io(e))
-                    if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
-                {
-                    break Ok(None)
-                }
-                Err(tungstenite::Error::Io(e)) if e.kind() == ErrorKind::InvalidData => {
-                    panic!("the client could not read the server's TLS records: {e}")
-                }
-                Err(_) => break Err(Closed::Eof),
-            }
-        };
-        let _ = self.ws.get_ref().sock.set_read_timeout(Some(IO_TIMEOUT));
-        out
+        ws_try_recv(&mut self.ws, timeout, true, |s, t| {
+            let _ = s.sock.set_read_timeout(Some(t));
+        })
     }
 
     /// Reads until the connection closes (messages before it are skipped).
