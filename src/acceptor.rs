@@ -49,6 +49,10 @@ pub(crate) struct Gate {
     held: AtomicUsize,
     /// New connections per second per IP (`connect_rate_per_ip`), one set of buckets.
     rate: Mutex<ConnectRate>,
+    /// Client sockets (connections plus pending ones) the open-file limit allows once the
+    /// push API's reserve is set aside; `usize::MAX` when the limit cannot be read. Read
+    /// (and logged) once for all acceptors.
+    fd_ceiling: usize,
 }
 
 impl Gate {
@@ -58,6 +62,7 @@ impl Gate {
             reading: AtomicUsize::new(0),
             held: AtomicUsize::new(0),
             rate: Mutex::new(ConnectRate::new(config.connect_rate_per_ip)),
+            fd_ceiling: client_fd_ceiling(config),
         }
     }
 
@@ -110,9 +115,6 @@ pub(crate) struct Acceptor {
     spare_fd: Option<std::fs::File>,
     /// When running out of descriptors was last logged (at most once a second).
     out_of_files_logged: Option<Instant>,
-    /// Client sockets (connections plus pending ones) the open-file limit allows once the
-    /// push API's reserve is set aside; `usize::MAX` when the limit cannot be read.
-    fd_ceiling: usize,
     /// TLS handshakes started since freed memory was last handed back.
     tls_since_trim: u32,
     /// When freed memory was last handed back.
@@ -138,7 +140,6 @@ impl Acceptor {
         let mut listener = TcpListener::from_std(listener);
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
-        let fd_ceiling = client_fd_ceiling(&config);
         Ok(Acceptor {
             poll,
             listener,
@@ -159,7 +160,6 @@ impl Acceptor {
             scratch: vec![0; MAX_HEAD_BYTES + 1024],
             spare_fd: std::fs::File::open("/dev/null").ok(),
             out_of_files_logged: None,
-            fd_ceiling,
             tls_since_trim: 0,
             last_trim: Instant::now(),
         })
@@ -343,7 +343,7 @@ impl Acceptor {
             Some(Refusal::OverCapacity(
                 "server is at max_connections (connections plus handshakes in progress)",
             ))
-        } else if !Gate::take(&gate.held, self.fd_ceiling.saturating_sub(open)) {
+        } else if !Gate::take(&gate.held, gate.fd_ceiling.saturating_sub(open)) {
             // Refused sockets still lingering hold descriptors too.
             Some(Refusal::OverCapacity(
                 "client sockets are at the open-file limit less the descriptors reserved \
