@@ -734,15 +734,10 @@ impl Acceptor {
         r: Refusal,
         tls: Option<Box<crate::tls::Finished>>,
     ) {
-        if let Some(mut f) = tls {
+        if let Some(f) = tls {
             // The answer goes out sealed now; the socket then only waits for the FIN.
             self.metrics.handshake(r.outcome());
-            let mut sealed = std::mem::take(&mut f.out);
-            if let Ok(mut sealer) = f.session.sealer(&mut sealed) {
-                sealer.push(&r.response());
-                let _ = sealer.close_notify();
-            }
-            let _ = stream.write(&sealed);
+            let _ = stream.write(&f.seal_last_words(&r.response()));
             let _ = stream.shutdown(Shutdown::Write);
             return;
         }

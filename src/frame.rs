@@ -355,7 +355,7 @@ const OP_PING: u8 = 0x9;
 const OP_PONG: u8 = 0xA;
 
 /// Writes a FIN server header for `len` bytes ending exactly at `buf[end]`; returns its start.
-fn write_header_before(buf: &mut [u8], end: usize, opcode: u8, len: usize) -> usize {
+pub(crate) fn write_header_before(buf: &mut [u8], end: usize, opcode: u8, len: usize) -> usize {
     let (start, b1) = if len < 126 {
         (end - 2, len as u8)
     } else if len <= u16::MAX as usize {

@@ -4,12 +4,14 @@
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
-use crate::frame::FrameError;
+use crate::frame::{self, FrameError, MAX_HEADER};
 use crate::wire::Wire;
 
 /// What a sync flush ends with; RFC 7692 7.2.1 has the sender drop it and the receiver
 /// put it back.
 const TAIL: [u8; 4] = [0, 0, 0xff, 0xff];
+/// The bit that marks a compressed message (RFC 7692 6).
+const RSV1: u8 = 0x40;
 /// Inflated bytes produced per step, so a small message never reserves the whole bound.
 const STEP: usize = 16 * 1024;
 
@@ -53,24 +55,19 @@ impl Deflater {
             _ => 2,
         };
         let payload = frame.get(offset..)?;
+        // Room for the largest header before the compressed bytes, written once they
+        // are known.
+        self.out.clear();
+        self.out.resize(MAX_HEADER, 0);
         self.compress(payload)?;
-        let body = self.out.len() - TAIL.len();
-        let mut f = Vec::with_capacity(10 + body);
-        f.push(0xc0 | opcode);
-        if body < 126 {
-            f.push(body as u8);
-        } else if body <= usize::from(u16::MAX) {
-            f.push(126);
-            f.extend_from_slice(&(body as u16).to_be_bytes());
-        } else {
-            f.push(127);
-            f.extend_from_slice(&(body as u64).to_be_bytes());
-        }
-        f.extend_from_slice(&self.out[..body]);
-        if f.len() >= frame.len() {
+        let body = self.out.len() - MAX_HEADER - TAIL.len();
+        let start = frame::write_header_before(&mut self.out, MAX_HEADER, opcode, body);
+        self.out[start] |= RSV1;
+        let end = MAX_HEADER + body;
+        if end - start >= frame.len() {
             return None;
         }
-        let wire = Wire::from(f);
+        let wire = Wire::copy_from_slice(&self.out[start..end]);
         if self.out.capacity() > 4 * STEP {
             // A large push grew it: do not keep that much for the next small one.
             self.out = Vec::new();
@@ -78,10 +75,9 @@ impl Deflater {
         Some(wire)
     }
 
-    /// Raw deflate of `input` into `out`, ending with a sync flush's empty block.
+    /// Raw deflate of `input` appended to `out`, ending with a sync flush's empty block.
     fn compress(&mut self, mut input: &[u8]) -> Option<()> {
         self.c.reset();
-        self.out.clear();
         self.out.reserve(input.len() / 2 + 64);
         loop {
             if self.out.capacity() - self.out.len() < 64 {

@@ -803,13 +803,13 @@ impl Shard {
     /// compressed form (made once, by whichever shard needs it first) when the frame is
     /// long enough and fits the window the client allows.
     fn deliver_push(&mut self, key: u32, frame: &Wire, compressed: &Compressed) -> bool {
-        let compress = self.conns.get(key).is_some_and(|c| {
-            c.deflate != 0
-                && frame.len() >= self.shared.config.compression_min_bytes
+        // The length first: most pushes are short, and then no slot is looked at.
+        let compress = frame.len() >= self.shared.config.compression_min_bytes
+            && self.conns.get(key).is_some_and(|c| {
                 // A window smaller than the compressor's 32 KiB is respected by
                 // compressing only messages that fit in it.
-                && (c.deflate >= 15 || frame.len() <= 1 << c.deflate)
-        });
+                c.deflate != 0 && (c.deflate >= 15 || frame.len() <= 1 << c.deflate)
+            });
         if !compress {
             return self.deliver(key, frame.clone());
         }
@@ -1239,19 +1239,10 @@ fn refuse_handoff(h: Handoff, shared: &ShardShared) {
     use std::io::Write;
     let mut s = h.stream;
     let answer = Refusal::Draining.response();
-    match h.tls {
-        None => {
-            let _ = s.write_all(&answer);
-        }
-        Some(mut f) => {
-            let mut sealed = std::mem::take(&mut f.out);
-            if let Ok(mut sealer) = f.session.sealer(&mut sealed) {
-                sealer.push(&answer);
-                let _ = sealer.close_notify();
-            }
-            let _ = s.write_all(&sealed);
-        }
-    }
+    let _ = match h.tls {
+        None => s.write_all(&answer),
+        Some(f) => s.write_all(&f.seal_last_words(&answer)),
+    };
     let _ = s.shutdown(std::net::Shutdown::Write);
     shared.admission.release(h.ip);
 }

@@ -36,6 +36,19 @@ pub(crate) struct Finished {
     pub sealed_in: Vec<u8>,
 }
 
+impl Finished {
+    /// The bytes that end a connection refused after its handshake: records still to
+    /// send, then `answer` and close_notify sealed with the session's keys.
+    pub(crate) fn seal_last_words(mut self, answer: &[u8]) -> Vec<u8> {
+        let mut sealed = std::mem::take(&mut self.out);
+        if let Ok(mut sealer) = self.session.sealer(&mut sealed) {
+            sealer.push(answer);
+            let _ = sealer.close_notify();
+        }
+        sealed
+    }
+}
+
 impl TlsAccept {
     pub(super) fn new(config: Arc<rustls::ServerConfig>) -> Result<TlsAccept, TlsError> {
         let mut conn = rustls::ServerConnection::new(config)?;
