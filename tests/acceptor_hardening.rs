@@ -39,27 +39,6 @@ fn silent(srv: &TestServer, n: usize) -> Vec<TcpStream> {
     socks
 }
 
-/// Reads until the server closes `s`; panics if it stays open past the read timeout.
-fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return out,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                panic!("socket still open; got {:?}", String::from_utf8_lossy(&out))
-            }
-            Err(_) => return out,
-        }
-    }
-}
-
 fn message(r: &Resp) -> String {
     r.json()["message"].as_str().unwrap_or_default().to_string()
 }

@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -33,28 +33,6 @@ fn small_buffer_stream(addr: SocketAddr) -> TcpStream {
     s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
     s.set_nodelay(true).unwrap();
     s
-}
-
-/// Reads until the server closes `s` (EOF or reset); what arrived before. Panics if it
-/// stays open for the read timeout.
-fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return out,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                panic!("socket still open; got {out:?}")
-            }
-            Err(_) => return out,
-        }
-    }
 }
 
 fn wait_pending(srv: &TestServer, n: u64) {

@@ -1030,3 +1030,20 @@ pub fn ws_try_recv<S: Read + Write>(
     set_timeout(ws.get_ref(), IO_TIMEOUT);
     out
 }
+
+/// Reads until the server closes `s` (EOF or reset); what arrived before. Panics if it
+/// stays open for the socket's read timeout.
+pub fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                panic!("socket still open; got {:?}", String::from_utf8_lossy(&out))
+            }
+            Err(_) => return out,
+        }
+    }
+}

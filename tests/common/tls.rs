@@ -698,11 +698,7 @@ impl PyClient {
         let stdout = child.stdout.take().unwrap();
         let stderr = collect(child.stderr.take().unwrap());
         let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(l);
-            }
-        });
+        forward_lines(stdout, tx);
         PyClient {
             child,
             lines: rx,
@@ -747,18 +743,8 @@ impl PyClient {
 
     /// Waits for the script to end and asserts it succeeded.
     pub fn finish(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let status = loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                break st;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "python did not exit; stderr: {}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let status = wait_child(&mut self.child, Duration::from_secs(15))
+            .unwrap_or_else(|| panic!("python did not exit; stderr: {}", self.stderr()));
         assert!(
             status.success(),
             "python exited with {status:?}; stderr: {}",
@@ -933,19 +919,8 @@ impl ServeProc {
             .spawn()
             .expect("spawn throng");
         let (tx, rx) = mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        let err = child.stderr.take().unwrap();
-        let tx2 = tx.clone();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(l);
-            }
-        });
-        std::thread::spawn(move || {
-            for l in BufReader::new(err).lines().map_while(Result::ok) {
-                let _ = tx2.send(l);
-            }
-        });
+        forward_lines(child.stdout.take().unwrap(), tx.clone());
+        forward_lines(child.stderr.take().unwrap(), tx);
         ServeProc {
             child,
             lines: rx,
@@ -988,17 +963,8 @@ impl ServeProc {
 
     /// Waits for the process to exit.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "throng did not exit within {timeout:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_child(&mut self.child, timeout)
+            .unwrap_or_else(|| panic!("throng did not exit within {timeout:?}"))
     }
 }
 
@@ -1048,5 +1014,28 @@ pub fn serve_refused(extra: &[&str]) -> (ExitStatus, String) {
             unsafe { libc::kill(pid, libc::SIGKILL) };
             panic!("throng kept running with {extra:?}");
         }
+    }
+}
+
+/// Sends each line `r` yields to `tx`, from a thread of its own, until `r` ends.
+fn forward_lines(r: impl Read + Send + 'static, tx: mpsc::Sender<String>) {
+    std::thread::spawn(move || {
+        for l in BufReader::new(r).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+}
+
+/// The child's exit status once it exits within `timeout`; `None` if it does not.
+fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            return Some(st);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
