@@ -23,7 +23,7 @@ cd "$ROOT"
 # shellcheck source=scripts/lib.sh
 . "$ROOT/scripts/lib.sh"
 build_release_if_stale tls-handshakes
-SERVER=target/release/throng
+SERVER=${SERVER:-target/release/throng}
 LOAD=target/release/throng-load
 command -v openssl >/dev/null || { echo "tls-handshakes: needs openssl" >&2; exit 1; }
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true

@@ -84,6 +84,8 @@ struct Pending {
     refused: bool,
     /// On the TLS listener: the handshake, whose plaintext goes to `buf`.
     tls: Option<Box<TlsAccept>>,
+    /// Registered with the acceptor's poll: only once a first read left it waiting.
+    registered: bool,
 }
 
 /// Everything the acceptor thread owns.
@@ -252,7 +254,9 @@ impl Acceptor {
         }
         loop {
             match self.listener.accept() {
-                Ok((mut stream, addr)) => {
+                Ok((stream, addr)) => {
+                    // On Linux the socket inherits TCP_NODELAY from the listener.
+                    #[cfg(not(target_os = "linux"))]
                     let _ = stream.set_nodelay(true);
                     let ip = addr.ip();
                     if let Err(r) = self.admit_socket(ip) {
@@ -272,24 +276,9 @@ impl Acceptor {
                             continue;
                         }
                     };
-                    // TLS handshakes write flights the socket may not take at once.
-                    let interest = if tls.is_some() {
-                        Interest::READABLE | Interest::WRITABLE
-                    } else {
-                        Interest::READABLE
-                    };
                     let deadline = self.tick() + Self::ticks(self.config.handshake_timeout);
                     let entry = self.pending.vacant_entry();
                     let key = entry.key();
-                    if self
-                        .poll
-                        .registry()
-                        .register(&mut stream, Token(key), interest)
-                        .is_err()
-                    {
-                        self.unadmit_socket(ip);
-                        continue;
-                    }
                     let timer = self.wheel.insert(deadline, key as u32);
                     entry.insert(Pending {
                         stream,
@@ -298,8 +287,14 @@ impl Acceptor {
                         timer,
                         refused: false,
                         tls,
+                        registered: false,
                     });
                     self.publish_pending();
+                    // The listener defers accepting until the client's first bytes are
+                    // in (`server::defer_accept`), so the request is usually whole now:
+                    // read it before paying for a registration it may not need.
+                    self.on_readable(key);
+                    self.register_if_waiting(key);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -323,6 +318,34 @@ impl Acceptor {
                     return;
                 }
             }
+        }
+    }
+
+    /// A socket still pending after its first read waits for more through the poll.
+    fn register_if_waiting(&mut self, key: usize) {
+        let Some(p) = self.pending.get_mut(key) else {
+            return;
+        };
+        if p.registered {
+            return;
+        }
+        // TLS handshakes write flights the socket may not take at once.
+        let interest = if p.tls.is_some() {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        // Registering reports bytes that came after the first read (the poll checks the
+        // socket's state on registration), so none are missed.
+        if self
+            .poll
+            .registry()
+            .register(&mut p.stream, Token(key), interest)
+            .is_ok()
+        {
+            p.registered = true;
+        } else {
+            self.remove(key);
         }
     }
 
@@ -415,7 +438,15 @@ impl Acceptor {
                         continue;
                     }
                     match p.tls.as_mut() {
-                        None => p.buf.extend_from_slice(&self.scratch[..n]),
+                        None => {
+                            p.buf.extend_from_slice(&self.scratch[..n]);
+                            // A short read that ends a head emptied the socket: a read
+                            // more would only say WouldBlock. (Anything later, a FIN
+                            // too, is a new edge for the poll or the shard.)
+                            if n < self.scratch.len() && p.buf.ends_with(b"\r\n\r\n") {
+                                break;
+                            }
+                        }
                         Some(tls) => {
                             let handshaking = tls.is_handshaking();
                             let received = tls.receive(&self.scratch[..n], &mut p.buf);
@@ -505,7 +536,10 @@ impl Acceptor {
             return;
         };
         self.wheel.cancel(p.timer);
-        let _ = self.poll.registry().deregister(&mut p.stream);
+        if p.registered {
+            // The socket lives on in a shard: this poll must stop reporting it.
+            let _ = self.poll.registry().deregister(&mut p.stream);
+        }
         // The session's keys go with the socket; rustls and its buffers stay here.
         let tls = match p.tls.take().map(|t| t.finish()).transpose() {
             Ok(t) => t.map(Box::new),
@@ -764,6 +798,7 @@ impl Acceptor {
             timer,
             refused: true,
             tls: None,
+            registered: true,
         });
         self.refuse(key, r);
     }
@@ -777,10 +812,9 @@ impl Acceptor {
             self.metrics.handshake(HandshakeOutcome::Timeout);
         }
         self.end_reading(key, false);
-        // The timer already fired; removing must not cancel a reused id.
-        if let Some(mut p) = self.take_pending(key) {
-            let _ = self.poll.registry().deregister(&mut p.stream);
-        }
+        // The timer already fired; removing must not cancel a reused id. Dropping the
+        // socket closes it, which takes it out of the poll.
+        self.take_pending(key);
     }
 
     /// Takes `key` out of the pending table; it no longer counts as held.
@@ -792,9 +826,9 @@ impl Acceptor {
 
     fn remove(&mut self, key: usize) {
         self.end_reading(key, false);
-        if let Some(mut p) = self.take_pending(key) {
+        if let Some(p) = self.take_pending(key) {
+            // Dropping the socket closes it, which takes it out of the poll.
             self.wheel.cancel(p.timer);
-            let _ = self.poll.registry().deregister(&mut p.stream);
         }
     }
 

@@ -87,6 +87,8 @@ fn listen(addr: SocketAddr, backlog: u32) -> Result<std::net::TcpListener, Start
     // Only lets a restart bind over connections in TIME_WAIT, never over a listener.
     socket.set_reuse_address(true).map_err(bind_err)?;
     socket.set_nonblocking(true).map_err(bind_err)?;
+    // Accepted sockets inherit it on Linux: one setsockopt per listener, not per client.
+    socket.set_tcp_nodelay(true).map_err(bind_err)?;
     socket.bind(&addr.into()).map_err(bind_err)?;
     socket
         .listen(backlog.min(i32::MAX as u32) as i32)
@@ -94,11 +96,48 @@ fn listen(addr: SocketAddr, backlog: u32) -> Result<std::net::TcpListener, Start
     Ok(socket.into())
 }
 
+/// Asks the kernel to hand over a client connection only once its first bytes (the
+/// upgrade request or TLS ClientHello) have arrived, or after about `secs` seconds of
+/// silence (`TCP_DEFER_ACCEPT`, Linux). The acceptor then reads a new socket's request
+/// at once instead of waiting for it through its poll (two `epoll_ctl` calls and a poll
+/// turn fewer per handshake), and a client that connects and says nothing holds no
+/// descriptor until then. Elsewhere a no-op.
+pub(crate) fn defer_accept(listener: &std::net::TcpListener, secs: u32) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let value = libc::c_int::try_from(secs).unwrap_or(libc::c_int::MAX);
+        // SAFETY: the descriptor is borrowed from a live listener for the whole call, and
+        // the option value points at a local `c_int` whose size is the length passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                listener.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_DEFER_ACCEPT,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (listener, secs);
+    Ok(())
+}
+
 impl Server {
     /// Binds the listeners and starts every thread.
     pub fn start(config: Config) -> Result<Server, StartError> {
         let config = Arc::new(config);
         let client_listener = listen(config.listen, config.backlog)?;
+        // Silent clients wait in the kernel for about one handshake deadline; once handed
+        // over the acceptor's own deadline applies.
+        let defer_secs = config.handshake_timeout.as_secs_f64().ceil().max(1.0) as u32;
+        if let Err(e) = defer_accept(&client_listener, defer_secs) {
+            tracing::warn!(error = %e, "TCP_DEFER_ACCEPT not available; accepting at once");
+        }
         let api_listener = listen(config.api_listen, 1024)?;
         let client_addr = client_listener.local_addr()?;
         let api_addr = api_listener.local_addr()?;
@@ -430,5 +469,36 @@ impl Drop for Server {
             self.shutdown();
             self.join_all();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepted_sockets_inherit_nodelay_and_wait_for_their_first_bytes() {
+        let listener = listen("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        defer_accept(&listener, 1).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut client = std::net::TcpStream::connect(addr).unwrap();
+        // Deferred: nothing to accept while the client is silent.
+        assert_eq!(
+            listener.accept().unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        io::Write::write_all(&mut client, b"GET").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let accepted = loop {
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    assert!(std::time::Instant::now() < deadline, "never accepted");
+                    std::thread::yield_now();
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
+        assert!(socket2::SockRef::from(&accepted).tcp_nodelay().unwrap());
     }
 }

@@ -31,10 +31,18 @@ fn upgrade_as(srv: &TestServer, user: &str) -> Resp {
     raw_http(srv.ws, &upgrade_request(srv.ws, "/ws", &[&auth], &[]))
 }
 
-/// Opens `n` sockets that never send a byte, and waits until the server tracks them.
-fn silent(srv: &TestServer, n: usize) -> Vec<TcpStream> {
+/// Opens `n` sockets that send the start of a request line and stall (a slowloris), and
+/// waits until the server tracks them. (Sockets that send nothing at all wait in the
+/// kernel, not in the server: see `silent_sockets_wait_in_the_kernel_until_the_deadline`.)
+fn stalled(srv: &TestServer, n: usize) -> Vec<TcpStream> {
     let before = pending(&srv.stats()).unwrap_or(0);
-    let socks: Vec<TcpStream> = (0..n).map(|_| tcp(srv.ws)).collect();
+    let socks: Vec<TcpStream> = (0..n)
+        .map(|_| {
+            let mut s = tcp(srv.ws);
+            s.write_all(b"GET /ws HT").unwrap();
+            s
+        })
+        .collect();
     wait_pending(srv, before + n as u64);
     socks
 }
@@ -46,7 +54,7 @@ fn message(r: &Resp) -> String {
 // ---- pending handshakes per IP and in all ----------------------------------------------
 
 #[test]
-fn silent_sockets_count_per_ip_and_the_next_is_refused_at_once() {
+fn stalled_sockets_count_per_ip_and_the_next_is_refused_at_once() {
     // 30 s handshake window: an answer at all proves it came at accept, not at the timeout.
     let srv = TestServer::start(&[
         "--max-connections-per-ip",
@@ -54,7 +62,7 @@ fn silent_sockets_count_per_ip_and_the_next_is_refused_at_once() {
         "--handshake-timeout-ms",
         "30000",
     ]);
-    let held = silent(&srv, 3);
+    let held = stalled(&srv, 3);
     let r = upgrade_as(&srv, "fourth");
     r.assert_refusal(429, "rate_limited");
     assert!(
@@ -69,7 +77,7 @@ fn silent_sockets_count_per_ip_and_the_next_is_refused_at_once() {
         "the refused one is not tracked"
     );
 
-    // The silent ones leave: their counts are released, and an upgraded connection counts
+    // The stalled ones leave: their counts are released, and an upgraded connection counts
     // once (the pending count carries over), so exactly three upgrade.
     drop(held);
     wait_pending(&srv, 0);
@@ -82,14 +90,14 @@ fn silent_sockets_count_per_ip_and_the_next_is_refused_at_once() {
 }
 
 #[test]
-fn silent_sockets_free_their_ip_count_when_they_time_out() {
+fn stalled_sockets_free_their_ip_count_when_they_time_out() {
     let srv = TestServer::start(&[
         "--max-connections-per-ip",
         "3",
         "--handshake-timeout-ms",
         "1500",
     ]);
-    let mut held = silent(&srv, 3);
+    let mut held = stalled(&srv, 3);
     upgrade_as(&srv, "early").assert_refusal(429, "rate_limited");
     // The server closes each at its deadline; then the IP's count is back to zero.
     for s in &mut held {
@@ -108,7 +116,7 @@ fn pending_handshakes_are_capped_in_all_and_the_gauge_is_exact() {
         "--handshake-timeout-ms",
         "30000",
     ]);
-    let held = silent(&srv, 5);
+    let held = stalled(&srv, 5);
     let r = upgrade_as(&srv, "sixth");
     r.assert_refusal(503, "over_capacity");
     assert!(r.header("retry-after").is_some(), "503 needs Retry-After");
@@ -123,6 +131,37 @@ fn pending_handshakes_are_capped_in_all_and_the_gauge_is_exact() {
     wait_pending(&srv, 0);
     // Room again: a real client gets in.
     srv.connect("after");
+}
+
+#[test]
+fn silent_sockets_wait_in_the_kernel_until_the_deadline() {
+    // The listener defers accepting until a client's first bytes arrive
+    // (TCP_DEFER_ACCEPT): sockets that say nothing hold neither a descriptor nor a
+    // pending place, so three of them cannot fill two places and crowd out a client that
+    // talks. After about one handshake deadline the kernel hands them over anyway, and
+    // the server's own bounds and deadline close them.
+    let srv = TestServer::start(&[
+        "--max-pending-handshakes",
+        "2",
+        "--handshake-timeout-ms",
+        "300",
+    ]);
+    let mut silent: Vec<TcpStream> = (0..3).map(|_| tcp(srv.ws)).collect();
+    let c = srv.connect("talker");
+    assert_eq!(c.welcome["user"], "talker");
+    assert_eq!(
+        pending(&srv.stats()),
+        Some(0),
+        "silent sockets are not held"
+    );
+    for s in &mut silent {
+        // Closed without a word at the deadline, or 503 if both places were taken.
+        let got = String::from_utf8_lossy(&read_to_close(s)).to_string();
+        assert!(got.is_empty() || got.starts_with("HTTP/1.1 503"), "{got}");
+    }
+    let timeouts = r#"throng_handshakes_total{outcome="timeout"}"#;
+    assert!(common::tls::metric(srv.api, timeouts) >= 1);
+    wait_pending(&srv, 0);
 }
 
 #[test]
@@ -164,7 +203,7 @@ fn every_end_of_a_handshake_releases_its_counts() {
 #[test]
 fn drain_answers_pending_handshakes_and_zeroes_the_gauge() {
     let mut srv = TestServer::start(&["--handshake-timeout-ms", "30000"]);
-    let mut held = silent(&srv, 3);
+    let mut held = stalled(&srv, 3);
     srv.shutdown();
     for s in &mut held {
         let got = String::from_utf8_lossy(&read_to_close(s)).to_string();
@@ -186,12 +225,12 @@ fn drain_answers_pending_handshakes_and_zeroes_the_gauge() {
 
 #[test]
 fn max_connections_counts_pending_handshakes_and_open_connections_together() {
-    // One connection plus one silent handshake fill two places: the third is refused at
-    // accept; when the silent one leaves, a client gets in.
+    // One connection plus one stalled handshake fill two places: the third is refused at
+    // accept; when the stalled one leaves, a client gets in.
     let srv = TestServer::start(&["--max-connections", "2", "--handshake-timeout-ms", "30000"]);
     let _a = srv.connect("a");
     srv.wait_connections(1);
-    let held = silent(&srv, 1);
+    let held = stalled(&srv, 1);
     let r = upgrade_as(&srv, "c");
     r.assert_refusal(503, "over_capacity");
     assert!(message(&r).contains("max_connections"), "{}", r.text());
@@ -335,7 +374,7 @@ fn several_acceptors_keep_every_bound_exact() {
         "30000",
     ]);
     // The pending cap holds in all, whichever acceptor took each socket.
-    let held = silent(&srv, 5);
+    let held = stalled(&srv, 5);
     upgrade_as(&srv, "sixth").assert_refusal(503, "over_capacity");
     assert_eq!(pending(&srv.stats()), Some(5));
     drop(held);
@@ -368,7 +407,7 @@ fn several_acceptors_share_the_per_ip_limits() {
         "--handshake-timeout-ms",
         "30000",
     ]);
-    let _held = silent(&srv, 3);
+    let _held = stalled(&srv, 3);
     upgrade_as(&srv, "fourth").assert_refusal(429, "rate_limited");
     let srv = TestServer::start(&["--acceptors", "3", "--connect-rate-per-ip", "4"]);
     let statuses: Vec<u16> = (0..10)

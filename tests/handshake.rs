@@ -384,11 +384,15 @@ fn refuse_over_capacity() {
 
 #[test]
 fn refuse_when_half_open_handshakes_fill_capacity() {
-    // Sockets that connect and say nothing count against max_connections until their
-    // handshake deadline; the next client is answered 503, not dropped silently.
+    // Sockets that start a request and stall count against max_connections until their
+    // handshake deadline; the next client is answered 503, not dropped silently. (Ones
+    // that say nothing at all wait in the kernel: the listener defers accepting.)
     let srv = TestServer::start(&["--max-connections", "2", "--handshake-timeout-ms", "30000"]);
-    let _silent1 = tcp(srv.ws);
-    let _silent2 = tcp(srv.ws);
+    let mut stalled1 = tcp(srv.ws);
+    let mut stalled2 = tcp(srv.ws);
+    stalled1.write_all(b"GET /").unwrap();
+    stalled2.write_all(b"GET /").unwrap();
+    srv.wait_stats("2 pending handshakes", |s| s["pending_handshakes"] == 2);
     let auth = format!("Authorization: Bearer {}", token("c"));
     let r = raw_http(srv.ws, &upgrade_request(srv.ws, "/ws", &[&auth], &[]));
     r.assert_refusal(503, "over_capacity");

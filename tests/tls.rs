@@ -444,10 +444,15 @@ fn per_ip_limit_counts_tls_handshakes_in_progress() {
         "30000",
     ]);
     let cfg = dir.client(None);
-    let mut held = vec![tcp(srv.ws), tcp(srv.ws)];
-    let mut half = tcp(srv.ws);
-    half.write_all(&client_hello_prefix(&cfg, 50)).unwrap();
-    held.push(half);
+    // Three handshakes in progress: the first bytes of a ClientHello, then a stall. (A
+    // socket that says nothing waits in the kernel: the listener defers accepting.)
+    let held: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut half = tcp(srv.ws);
+            half.write_all(&client_hello_prefix(&cfg, 50)).unwrap();
+            half
+        })
+        .collect();
     wait_pending(&srv, 3);
 
     // The 30 s window: a refusal at all proves it came at accept. A TLS client cannot

@@ -336,6 +336,8 @@ impl Api {
     }
 
     fn adopt(&mut self, mut stream: TcpStream) {
+        // On Linux the socket inherits TCP_NODELAY from the listener.
+        #[cfg(not(target_os = "linux"))]
         let _ = stream.set_nodelay(true);
         let entry = self.conns.vacant_entry();
         if self

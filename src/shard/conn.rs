@@ -226,12 +226,13 @@ impl OutQueue {
                 asked += slices[i].len();
                 n += 1;
             }
-            // One frame (a ping, a unicast push): write(2), which skips writev's import of
-            // the vector.
+            // One frame (a ping, a unicast push): send(2), which skips the import of a
+            // vector. Several: sendmsg(2), not writev(2), which would pass through the VFS
+            // layer (position lock, fsnotify) on every flush.
             let result = if n == 1 {
                 stream.write(&slices[0])
             } else {
-                stream.write_vectored(&slices[..n])
+                socket2::SockRef::from(&*stream).send_vectored(&slices[..n])
             };
             let written = match result {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),

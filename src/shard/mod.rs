@@ -1154,7 +1154,7 @@ impl Shard {
         // Out of the wheel before the slot goes: the wheel links through it.
         self.wheel.cancel(&mut self.conns, key);
         let topics = self.conns.take_topics(key);
-        let Some((mut c, ip)) = self.conns.remove(key) else {
+        let Some((c, ip)) = self.conns.remove(key) else {
             return;
         };
         if !c.closing() {
@@ -1169,7 +1169,9 @@ impl Shard {
         self.grants.release(c.grant);
         self.acks.remove(&key);
         self.rates.forget(key);
-        let _ = self.poll.registry().deregister(&mut c.stream);
+        // Dropping `c` closes the socket, which takes it out of the poll: no
+        // EPOLL_CTL_DEL per disconnect.
+        drop(c);
         self.shared.admission.release(ip);
     }
 
