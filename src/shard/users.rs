@@ -3,7 +3,7 @@
 //! `history_ttl_ms` after its last one, with its `seq`, epoch and history: the offline
 //! buffer a reconnect resumes from.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use crate::wire::Wire;
 use compact_str::CompactString;
@@ -27,10 +27,6 @@ pub(super) struct UserEntry {
     /// Identifies this life of `seq`: a user who comes back after its entry expired
     /// starts anew.
     pub epoch: u64,
-    /// Recent direct pushes, oldest first; allocated at the first one kept.
-    // Boxed so a user that never had a push pays one word here, not a `VecDeque`'s four.
-    #[allow(clippy::box_collection)]
-    history: Option<Box<Ring>>,
     /// Scratch stamp for counting distinct users in one fan-out (wraps; a false match
     /// needs exactly 2^32 fan-outs between two of the same user's).
     pub mark: u32,
@@ -45,6 +41,9 @@ pub(super) struct Users {
     /// entry (a map keyed by the id kept a second copy of it per user).
     by_id: HashTable<u32>,
     entries: Slots<UserEntry>,
+    /// Recent direct pushes of each user that has some, oldest first, by user key. Beside
+    /// the entries so that a user without history (every idle one) pays nothing for it.
+    rings: HashMap<u32, Box<Ring>, FxBuildHasher>,
     /// Entries with at least one session.
     online: usize,
     limits: Limits,
@@ -97,7 +96,6 @@ impl Users {
             seq: 0,
             epoch: rand::random(),
             mark: 0,
-            history: None,
             idle_until: 0,
         });
         let entries = &self.entries;
@@ -155,7 +153,7 @@ impl Users {
         let Some(u) = self.entries.get_mut(key) else {
             return;
         };
-        if let Some(ring) = u.history.take() {
+        if let Some(ring) = self.rings.remove(&key) {
             self.bytes -= ring.bytes();
         }
         // Records of the old ring are now stale: their epoch no longer matches.
@@ -233,10 +231,10 @@ impl Users {
         if size == 0 {
             return;
         }
-        let Some(u) = self.entries.get_mut(key) else {
+        let Some(u) = self.entries.get(key) else {
             return;
         };
-        let ring = u.history.get_or_insert_with(Box::default);
+        let ring = self.rings.entry(key).or_default();
         if ring.len() >= size {
             if let Some(old) = ring.pop_front() {
                 self.bytes -= old.len() as u64;
@@ -278,10 +276,10 @@ impl Users {
 
     /// Drops the push `r` names when it is still its user's oldest; false for a stale record.
     fn drop_oldest(&mut self, r: &Record) -> bool {
-        let Some(u) = self.entries.get_mut(r.user) else {
+        let Some(u) = self.entries.get(r.user) else {
             return false;
         };
-        let Some(ring) = u.history.as_mut() else {
+        let Some(ring) = self.rings.get_mut(&r.user) else {
             return false;
         };
         if ring.is_empty() || !r.names(u.epoch, first_seq(u.seq, ring.len())) {
@@ -292,7 +290,7 @@ impl Users {
         }
         if ring.is_empty() {
             // No history costs nothing.
-            u.history = None;
+            self.rings.remove(&r.user);
         }
         true
     }
@@ -329,7 +327,7 @@ impl Users {
                 if let Some(gone) = self.gone.as_mut() {
                     gone.push(u.id.as_str().into());
                 }
-                self.bytes -= u.history.as_ref().map_or(0, |r| r.bytes());
+                self.bytes -= self.rings.remove(&i.user).map_or(0, |r| r.bytes());
             }
         }
     }
@@ -338,7 +336,7 @@ impl Users {
     /// is still held.
     pub(super) fn accepted_stamp(&self, key: u32, seq: u64) -> Option<u32> {
         let u = self.entries.get(key)?;
-        let ring = u.history.as_ref()?;
+        let ring = self.rings.get(&key)?;
         let first = first_seq(u.seq, ring.len());
         if seq < first || seq > u.seq {
             return None;
@@ -358,7 +356,7 @@ impl Users {
         if since == u.seq {
             return true;
         }
-        let Some(ring) = u.history.as_ref() else {
+        let Some(ring) = self.rings.get(&key) else {
             return false;
         };
         if ring.is_empty() {
@@ -400,18 +398,18 @@ mod tests {
         for _ in 0..250 {
             push(&mut u, k, 10, 0);
         }
-        let ring = u.get(k).unwrap().history.as_ref().unwrap();
+        let ring = u.rings.get(&k).unwrap();
         assert_eq!((ring.len(), ring.capacity()), (100, 100));
     }
 
     #[test]
     fn user_entry_stays_small() {
-        // Every online user costs one entry: history added one word and the idle deadline
-        // shares a word with the fan-out mark; the id is 24 bytes inline (8 more than a
-        // boxed one, and no 32-byte heap chunk for ids up to 24 bytes); sessions take 16.
-        // The table keeps `Option<UserEntry>` at the same size (no slot tag).
+        // Every online user costs one entry: the idle deadline shares a word with the
+        // fan-out mark; the id is 24 bytes inline (8 more than a boxed one, and no 32-byte
+        // heap chunk for ids up to 24 bytes); sessions take 16; history lives beside the
+        // entries. The table keeps `Option<UserEntry>` at the same size (no slot tag).
         assert!(
-            std::mem::size_of::<UserEntry>() <= 72,
+            std::mem::size_of::<UserEntry>() <= 64,
             "{}",
             std::mem::size_of::<UserEntry>()
         );
@@ -509,10 +507,10 @@ mod tests {
         let mut u = Users::new(limits(0, 1000, 1 << 20));
         let k = u.attach("a", 1);
         push(&mut u, k, 10, 0);
-        assert!(u.get(k).unwrap().history.is_none());
+        assert!(!u.rings.contains_key(&k));
         assert_eq!(u.history_bytes(), 0);
         let k2 = u.attach("b", 2);
-        assert!(u.get(k2).unwrap().history.is_none());
+        assert!(!u.rings.contains_key(&k2));
     }
 
     #[test]
@@ -548,7 +546,7 @@ mod tests {
         assert_eq!(u.history_bytes(), 10);
         u.expire(70);
         assert_eq!(u.history_bytes(), 0);
-        assert!(u.get(k).unwrap().history.is_none());
+        assert!(!u.rings.contains_key(&k));
         assert_eq!(u.evictions(), 0, "TTL expiry is not eviction");
         assert_eq!(u.len(), 1);
     }
