@@ -6,7 +6,8 @@
 # 25 s interval. Stops what it started, by PID.
 #
 # Environment: N=15000 PING_MS=2000 WINDOW=30, SOURCE_IPS=127.0.0.2-127.0.0.9,
-#   NO_BUILD=1 (skip the build check).
+#   NO_BUILD=1 (skip the build check), SERVER=path (another throng binary, e.g. an older
+#   build to compare against).
 set -euo pipefail
 N=${N:-15000}
 PING_MS=${PING_MS:-2000}
@@ -17,7 +18,7 @@ cd "$ROOT"
 # shellcheck source=scripts/lib.sh
 . "$ROOT/scripts/lib.sh"
 build_release_if_stale heartbeat-cost
-SERVER=target/release/throng
+SERVER=${SERVER:-target/release/throng}
 LOAD=target/release/throng-load
 command -v curl >/dev/null || { echo "heartbeat-cost: needs curl" >&2; exit 1; }
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true

@@ -25,6 +25,7 @@
 #                      (openssl) and the load generator trusts it with --ca
 #   LOAD_ARGS_EXTRA=   more flags for the measured throng-load run, e.g. --compression
 #                      (every connection negotiates permessage-deflate)
+#   SERVER=path        another throng binary (an older build to compare against)
 #   NO_BUILD=1         skip the build (by default it runs only when a source is newer
 #                      than the binaries; FORCE_BUILD=1 always builds)
 set -euo pipefail
@@ -38,7 +39,7 @@ cd "$ROOT"
 # shellcheck source=scripts/lib.sh
 . "$ROOT/scripts/lib.sh"
 build_release_if_stale idle-memory
-SERVER=target/release/throng
+SERVER=${SERVER:-target/release/throng}
 LOAD=target/release/throng-load
 [[ -x $SERVER && -x $LOAD ]] || { echo "idle-memory: missing $SERVER or $LOAD" >&2; exit 1; }
 

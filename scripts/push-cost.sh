@@ -12,7 +12,8 @@
 #                      broadcast every 25 ms)
 #   CONCURRENCY=64     API requests in flight (user pushes)
 #   DURATION=10 WINDOW=5 PROCS=1 (2 for 15,000 connections), SOURCE_IPS=127.0.0.2-127.0.0.9,
-#   NO_BUILD=1 (skip the build check), TLS=1 (wss://: a fresh self-signed certificate,
+#   NO_BUILD=1 (skip the build check), SERVER=path (another throng binary, e.g. an older
+#   build to compare against), TLS=1 (wss://: a fresh self-signed certificate,
 #   trusted by the load generator with --ca), LOAD_ARGS= (more throng-load push flags,
 #   e.g. '--payload-bytes 2000 --payload-json --compression').
 # Also prints the wire bytes per delivery the load generator read (its `compression`
@@ -31,7 +32,7 @@ cd "$ROOT"
 # shellcheck source=scripts/lib.sh
 . "$ROOT/scripts/lib.sh"
 build_release_if_stale push-cost
-SERVER=target/release/throng
+SERVER=${SERVER:-target/release/throng}
 LOAD=target/release/throng-load
 command -v curl >/dev/null || { echo "push-cost: needs curl" >&2; exit 1; }
 ((WINDOW + 3 < DURATION)) || { echo "push-cost: WINDOW must be at least 4 s shorter than DURATION" >&2; exit 2; }

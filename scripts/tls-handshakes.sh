@@ -12,7 +12,8 @@
 # Stops what it started, by PID.
 #
 # Environment: N=10000, CHURN_N=2000, DURATION=10, PROCS=1, ACCEPTORS= (the server's
-# --acceptors; its default otherwise), NO_BUILD=1 (skip the build check).
+# --acceptors; its default otherwise), NO_BUILD=1 (skip the build check), SERVER=path
+# (another throng binary, e.g. an older build to compare against).
 set -euo pipefail
 N=${N:-10000}
 CHURN_N=${CHURN_N:-2000}

@@ -296,6 +296,46 @@ fn idle_keep_alive_connections_close_quietly() {
     );
 }
 
+#[test]
+fn a_request_and_the_clients_fin_together_are_answered_and_closed() {
+    // The API stops reading at a short read; a FIN that came with the request must still
+    // be seen then, not at the idle timeout (60 s here, past the test's read timeout).
+    let srv = TestServer::start(&[
+        "--api-idle-timeout-ms",
+        "60000",
+        "--api-request-timeout-ms",
+        "60000",
+    ]);
+    let mut alice = srv.connect("alice");
+    let body = r#"{"user":"alice","data":"before the FIN"}"#;
+    let push = format!(
+        "POST /v1/push HTTP/1.1\r\nAuthorization: Bearer {API_KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let health = format!("GET /healthz HTTP/1.1\r\nAuthorization: Bearer {API_KEY}\r\n\r\n");
+    for i in 0..20 {
+        // A push waits on the shards before it is answered; a health check does not.
+        let (request, status) = if i % 2 == 0 {
+            (&push, "HTTP/1.1 202")
+        } else {
+            (&health, "HTTP/1.1 200")
+        };
+        let mut s = tcp(srv.api);
+        s.write_all(request.as_bytes()).expect("write");
+        s.shutdown(std::net::Shutdown::Write).expect("FIN");
+        let got = String::from_utf8_lossy(&read_to_close(&mut s)).to_string();
+        assert!(got.starts_with(status), "{got}");
+    }
+    for _ in 0..10 {
+        assert_eq!(alice.recv()["data"], "before the FIN");
+    }
+    // Only the connection asking is left.
+    srv.wait_stats("no other API connection left", |s| {
+        s["api_connections"] == 1
+    });
+}
+
 /// An `HttpConn` reading from `stream`, a connection a test wrote to by hand.
 fn conn_over(addr: SocketAddr, stream: TcpStream) -> HttpConn {
     let mut c = HttpConn::connect(addr);

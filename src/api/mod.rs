@@ -99,6 +99,12 @@ struct ApiConn {
     /// The socket may hold bytes not read yet: reading last stopped at a bound rather
     /// than at `WouldBlock`, so no new readiness edge will come for them.
     unread: bool,
+    /// The poll reported the peer's FIN or an error: read on to the end rather than stop
+    /// at a short read (no later edge would report them again).
+    peer_closed: bool,
+    /// The client's FIN was read while it was still owed answers: those are served,
+    /// then the connection closes.
+    eof: bool,
     /// When the request at the front of `inbuf` began (its first byte), sweep clock.
     request_since: Option<Instant>,
     /// Last time bytes were read or written, sweep clock.
@@ -265,6 +271,7 @@ impl Api {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             if let Some(c) = self.conns.get_mut(key) {
                                 c.unread = true;
+                                c.peer_closed |= event.is_read_closed() || event.is_error();
                             }
                         }
                         self.drive(key);
@@ -361,6 +368,8 @@ impl Api {
             close_after_write: false,
             lingering_since: None,
             unread: false,
+            peer_closed: false,
+            eof: false,
             request_since: None,
             active_at: self.now,
         });
@@ -392,12 +401,32 @@ impl Api {
                 return;
             };
             let served = self.process(key);
+            if self.last_answer_at_eof(key) {
+                // Write it out and close.
+                continue;
+            }
             // Nothing new: whatever stopped us (an empty socket, a full one, a shard reply
             // still to come) brings its own wake-up.
             if read == 0 && served == 0 {
                 return;
             }
         }
+    }
+
+    /// After the client's FIN: once every complete request is served (none waits on the
+    /// shards and output is under the bound, so `process` stopped at the end or at an
+    /// incomplete request), the answers are the last. True when that happened now.
+    fn last_answer_at_eof(&mut self, key: usize) -> bool {
+        let Some(c) = self.conns.get_mut(key) else {
+            return false;
+        };
+        if !c.eof || c.close_after_write || c.waiting.is_some() || c.unsent() > MAX_UNSENT {
+            return false;
+        }
+        c.close_after_write = true;
+        c.inbuf = Vec::new();
+        c.request_since = None;
+        true
     }
 
     /// Reads what the bounds allow; returns the bytes read, or None if the connection ended.
@@ -415,20 +444,39 @@ impl Api {
                 return Some(total);
             }
             match c.stream.read(&mut self.scratch) {
-                Ok(0) => {
+                Ok(0)
+                    if discard
+                        || (c.inbuf.is_empty() && c.waiting.is_none() && c.unsent() == 0) =>
+                {
                     self.drop_conn(key);
                     return None;
+                }
+                Ok(0) => {
+                    // Requests that came before the FIN are still answered (the client
+                    // may read after closing its half).
+                    c.eof = true;
+                    c.unread = false;
+                    return Some(total);
                 }
                 Ok(n) => {
                     c.active_at = self.now;
                     total += n;
-                    if discard {
-                        continue;
+                    // A short read emptied the socket: one more would only say WouldBlock
+                    // (one recv per request instead of two), and new bytes bring a new
+                    // edge.
+                    let drained = n < self.scratch.len() && !c.peer_closed;
+                    if drained {
+                        c.unread = false;
                     }
-                    if c.inbuf.is_empty() {
-                        c.request_since = Some(self.now);
+                    if !discard {
+                        if c.inbuf.is_empty() {
+                            c.request_since = Some(self.now);
+                        }
+                        c.inbuf.extend_from_slice(&self.scratch[..n]);
                     }
-                    c.inbuf.extend_from_slice(&self.scratch[..n]);
+                    if drained {
+                        return Some(total);
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     c.unread = false;
@@ -842,6 +890,11 @@ impl Api {
             c.out.shrink_to(MAX_UNSENT);
         }
         if c.close_after_write && c.waiting.is_none() && c.lingering_since.is_none() {
+            if c.eof {
+                // The client has closed its half already: nothing to linger for.
+                self.drop_conn(key);
+                return false;
+            }
             let _ = c.stream.shutdown(std::net::Shutdown::Write);
             c.lingering_since = Some(self.now);
         }
