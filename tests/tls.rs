@@ -553,6 +553,31 @@ fn slow_tls_consumer_is_closed_while_another_gets_every_push() {
 // ---- Client to server over TLS ---------------------------------------------------------
 
 #[test]
+fn a_partial_record_is_held_and_counted_until_the_rest_comes() {
+    // The shard keeps one incomplete record per TLS connection between reads; it counts in
+    // `partial_bytes` (and the process budget) while held, and nothing of it is acted on.
+    let dir = TlsDir::new("partial");
+    let srv = dir.server(&[]);
+    let cfg = dir.client(Some(Version::Tls13));
+    let mut c = RawTls::upgraded(srv.ws, &cfg, &tok("halves"));
+    let msg = json!({"type": "subscribe", "topic": "room:halves", "ref": "h"}).to_string();
+    let record = c.seal(&encode_frame(true, 0, OP_TEXT, msg.as_bytes(), MASK));
+    let (first, rest) = record.split_at(record.len() / 2);
+    c.send_raw(first);
+    let s = srv.wait_stats("half a record held", |s| {
+        s["partial_bytes"].as_u64() >= Some(first.len() as u64)
+    });
+    assert_eq!(s["topics"], 0, "nothing acted on yet: {s}");
+    c.send_raw(rest);
+    let m = c.read_json();
+    assert_eq!(
+        (&m["type"], &m["topic"]),
+        (&json!("subscribed"), &json!("room:halves"))
+    );
+    srv.wait_stats("the partial record released", |s| s["partial_bytes"] == 0);
+}
+
+#[test]
 fn client_messages_in_fragments_and_split_records() {
     let dir = TlsDir::new("c2s");
     let srv = dir.server(&[]);
