@@ -6,7 +6,8 @@
 # 25 s interval. Stops what it started, by PID.
 #
 # Environment: N=15000 PING_MS=2000 WINDOW=30, SOURCE_IPS=127.0.0.2-127.0.0.9,
-#   NO_BUILD=1 (skip the build check), SERVER=path (another throng binary, e.g. an older
+#   PERF=1 (profile the server over the window with perf and print the share of its time
+#   that was the clients' side of loopback), NO_BUILD=1 (skip the build check), SERVER=path (another throng binary, e.g. an older
 #   build to compare against).
 set -euo pipefail
 N=${N:-15000}
@@ -52,12 +53,15 @@ wait_connections heartbeat-cost "$N" "$LOAD_PID" "$WORK/load.log" || exit 1
 # A full interval first, so the window sees steady pinging, not the connect ramp.
 sleep $(((PING_MS + 999) / 1000 + 2))
 c0=$(cpu_ticks) p0=$(api_stat pings)
+perf_start "$SRV_PID" "$WINDOW" "$WORK/perf.data"
 sleep "$WINDOW"
 c1=$(cpu_ticks) p1=$(api_stat pings)
+perf_share "$WORK/perf.data"
 conns=$(api_stat connections)
-python3 - "$c0" "$c1" "$p0" "$p1" "$HZ" "$WINDOW" "$conns" "$PING_MS" <<'PY'
+python3 - "$c0" "$c1" "$p0" "$p1" "$HZ" "$WINDOW" "$conns" "$PING_MS" "${RX_SHARE:-}" <<'PY'
 import sys
-c0, c1, p0, p1, hz, window, conns, ping_ms = map(float, sys.argv[1:])
+c0, c1, p0, p1, hz, window, conns, ping_ms = map(float, sys.argv[1:9])
+rx_share = sys.argv[9]
 cpu_s = (c1 - c0) / hz
 pings = p1 - p0
 us = cpu_s / pings * 1e6 if pings else float("nan")
@@ -65,4 +69,9 @@ rate_1m = 1_000_000 / 25.0
 print(f"heartbeat-cost: {int(conns)} idle connections, ping every {int(ping_ms)} ms, {int(window)} s window")
 print(f"heartbeat-cost: {int(pings)} pings ({pings / window:.0f}/s), server CPU {cpu_s:.2f} s = {us:.2f} us per ping round trip")
 print(f"heartbeat-cost: projected for 1,000,000 idle connections at the default 25 s interval: {rate_1m * us / 1e6:.3f} cores")
+if rx_share:
+    rest = us * (1 - float(rx_share) / 100)
+    print(f"heartbeat-cost: perf: {rx_share}% of the server's samples were the receive path run "
+          f"inside its system calls (on loopback mostly the clients' TCP input); without it "
+          f"{rest:.2f} us per round trip, {rate_1m * rest / 1e6:.3f} cores projected")
 PY

@@ -128,3 +128,31 @@ tls_if_asked() {
         TLS_ARGS=(--ca "$1/cert.pem")
     fi
 }
+
+# With PERF=1 (and perf installed): samples the server (PID $1) for $2 seconds in the
+# background into $3 and sets PERF_PID; otherwise does nothing. Wait with `perf_share`.
+# Sampling adds to the server's CPU time (most visibly under light loads such as
+# heartbeats): take the share from a PERF=1 run and absolute figures from plain ones.
+perf_start() {
+    PERF_PID=
+    [[ -n ${PERF:-} ]] || return 0
+    if ! command -v perf >/dev/null 2>&1; then
+        echo "PERF=1: perf is not installed; skipping the profile" >&2
+        return 0
+    fi
+    perf record -F 250 -g -p "$1" -o "$3" -- sleep "$2" >/dev/null 2>&1 &
+    PERF_PID=$!
+}
+
+# After perf_start (not in a subshell: it waits for perf): sets RX_SHARE to the
+# percentage of the server's samples in $1 spent in the network receive path run inside
+# its own system calls (the softirq `net_rx_action`); empty without a profile. On
+# loopback that is mostly the clients' TCP input, which on a real network runs on the
+# client machines.
+perf_share() {
+    RX_SHARE=
+    [[ -n ${PERF_PID:-} ]] || return 0
+    wait "$PERF_PID" 2>/dev/null || true
+    RX_SHARE=$(perf report -i "$1" --children --sort sym --stdio -g none 2>/dev/null |
+        awk '$NF == "net_rx_action" && !done { sub("%", "", $1); print $1; done = 1 }') || true
+}

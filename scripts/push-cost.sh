@@ -12,7 +12,8 @@
 #                      broadcast every 25 ms)
 #   CONCURRENCY=64     API requests in flight (user pushes)
 #   DURATION=10 WINDOW=5 PROCS=1 (2 for 15,000 connections), SOURCE_IPS=127.0.0.2-127.0.0.9,
-#   NO_BUILD=1 (skip the build check), SERVER=path (another throng binary, e.g. an older
+#   PERF=1 (profile the server over the window with perf and print the share of its time
+#   that was the clients' side of loopback), NO_BUILD=1 (skip the build check), SERVER=path (another throng binary, e.g. an older
 #   build to compare against), TLS=1 (wss://: a fresh self-signed certificate,
 #   trusted by the load generator with --ca), LOAD_ARGS= (more throng-load push flags,
 #   e.g. '--payload-bytes 2000 --payload-json --compression').
@@ -70,8 +71,10 @@ wait_connections push-cost "$N" "$LOAD_PID" "$WORK/load.log" || exit 1
 # Into the pushing phase, clear of the connect ramp.
 sleep 2
 c0=$(cpu_ticks) d0=$(api_stat pushes_delivered)
+perf_start "$SRV_PID" "$WINDOW" "$WORK/perf.data"
 sleep "$WINDOW"
 c1=$(cpu_ticks) d1=$(api_stat pushes_delivered)
+perf_share "$WORK/perf.data"
 status=0
 wait "$LOAD_PID" || status=$?
 LOAD_PID=
@@ -80,11 +83,11 @@ if ((status != 0)); then
     tail -20 "$WORK/load.log" >&2
     exit "$status"
 fi
-python3 - "$WORK/report.json" "$c0" "$c1" "$d0" "$d1" "$HZ" "$WINDOW" "$TARGET" "$N" <<'PY'
+python3 - "$WORK/report.json" "$c0" "$c1" "$d0" "$d1" "$HZ" "$WINDOW" "$TARGET" "$N" "${RX_SHARE:-}" <<'PY'
 import json, sys
 path = sys.argv[1]
 c0, c1, d0, d1, hz, window = map(float, sys.argv[2:8])
-target, n = sys.argv[8], sys.argv[9]
+target, n, rx_share = sys.argv[8], sys.argv[9], sys.argv[10]
 r = json.load(open(path))
 lat = r.get("latency_us", {})
 delivered = d1 - d0
@@ -96,6 +99,11 @@ print(f"push-cost: latency p50 {lat.get('p50')} us, p99 {lat.get('p99')} us, "
       f"p99.9 {lat.get('p999')} us, max {lat.get('max')} us")
 print(f"push-cost: server CPU {(c1 - c0) / hz:.2f} s over {window:.0f} s for {int(delivered)} "
       f"deliveries = {us:.2f} us per delivery")
+if rx_share:
+    share = float(rx_share) / 100
+    print(f"push-cost: perf: {rx_share}% of the server's samples were the receive path run "
+          f"inside its system calls (on loopback mostly the clients' TCP input); without it "
+          f"{us * (1 - share):.2f} us per delivery")
 c = r.get("compression") or {}
 if c:
     print(f"push-cost: wire {c.get('wire_bytes_per_delivery')} B per delivery (payload "
