@@ -235,10 +235,7 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        kill_child(&mut self.child);
     }
 }
 

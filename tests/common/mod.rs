@@ -1031,6 +1031,14 @@ pub fn ws_try_recv<S: Read + Write>(
     out
 }
 
+/// Kills a child process that is still running and reaps it (for `Drop`).
+pub fn kill_child(child: &mut std::process::Child) {
+    if let Ok(None) = child.try_wait() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
 /// Reads until the server closes `s` (EOF or reset); what arrived before. Panics if it
 /// stays open for the socket's read timeout.
 pub fn read_to_close(s: &mut TcpStream) -> Vec<u8> {

@@ -19,8 +19,8 @@ use tungstenite::protocol::WebSocket;
 use tungstenite::Message;
 
 use super::{
-    find, listening_addrs, tcp, ws_try_recv, Closed, Frame, HttpConn, TestServer, API_KEY,
-    IO_TIMEOUT, SECRET,
+    find, kill_child, listening_addrs, tcp, ws_try_recv, Closed, Frame, HttpConn, TestServer,
+    API_KEY, IO_TIMEOUT, SECRET,
 };
 
 /// The name every test certificate is for (and the one clients verify).
@@ -755,10 +755,7 @@ impl PyClient {
 
 impl Drop for PyClient {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        kill_child(&mut self.child);
     }
 }
 
@@ -873,10 +870,7 @@ impl SClient {
 
 impl Drop for SClient {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        kill_child(&mut self.child);
     }
 }
 
@@ -970,10 +964,7 @@ impl ServeProc {
 
 impl Drop for ServeProc {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        kill_child(&mut self.child);
     }
 }
 
