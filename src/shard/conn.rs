@@ -360,14 +360,8 @@ pub(super) struct Conns {
     /// Connections by key; the key is also the mio token.
     slab: Slots<Conn>,
     dirty: Vec<u32>,
-    // Boxed on purpose: queues move between connections and the pool without reallocating.
-    #[allow(clippy::vec_box)]
-    pool: Vec<Box<OutQueue>>,
-    /// Heap bytes of the queues in `pool` (bounded by `POOL_BYTES`).
-    pool_bytes: usize,
-    /// Heap bytes of queues allocated or grown since the last `shed`: what a burst left to
-    /// the allocator once it drains.
-    churn: usize,
+    /// Emptied queues kept for reuse, and the churn count.
+    spares: Spares,
     max_outbound: usize,
     /// Connections in `Phase::Open`.
     open: usize,
@@ -395,6 +389,59 @@ pub(super) struct Conns {
 /// not allocate per connection; bounded by bytes (a queue's slots vary), and emptied by
 /// `shed` once a burst has drained.
 const POOL_BYTES: usize = 64 * 1024;
+
+/// Emptied outbound queues kept for reuse, bounded by bytes, and the heap bytes of queues
+/// allocated or grown since the last `shed` (what a burst left to the allocator).
+#[derive(Default)]
+struct Spares {
+    // Boxed on purpose: queues move between connections and the pool without reallocating.
+    #[allow(clippy::vec_box)]
+    pool: Vec<Box<OutQueue>>,
+    /// Heap bytes of the queues in `pool` (bounded by `POOL_BYTES`).
+    pool_bytes: usize,
+    churn: usize,
+}
+
+impl Spares {
+    /// A queue for a connection that has none: from the pool, or new (counted as churn).
+    // Boxed on purpose, as in `pool`.
+    fn take(&mut self) -> Box<OutQueue> {
+        match self.pool.pop() {
+            Some(q) => {
+                self.pool_bytes -= q.footprint();
+                q
+            }
+            None => {
+                let q = Box::<OutQueue>::default();
+                self.churn += q.footprint();
+                q
+            }
+        }
+    }
+
+    /// Keeps an emptied queue for reuse, or frees it when the pool is full or the queue
+    /// grew large.
+    fn give(&mut self, q: Box<OutQueue>) {
+        let cost = q.footprint();
+        if q.poolable() && self.pool_bytes + cost <= POOL_BYTES {
+            self.pool_bytes += cost;
+            self.pool.push(q);
+        }
+    }
+}
+
+/// `conn`'s outbound queue, taken from `spares` if it has none.
+fn queue_of<'a>(conn: &'a mut Conn, spares: &mut Spares) -> &'a mut OutQueue {
+    conn.out.get_or_insert_with(|| spares.take())
+}
+
+/// Puts `key` on the list of connections to flush at the end of the turn, once.
+fn mark_dirty(conn: &mut Conn, key: u32, dirty: &mut Vec<u32>) {
+    if conn.flags & DIRTY == 0 {
+        conn.flags |= DIRTY;
+        dirty.push(key);
+    }
+}
 /// Deque slots a pooled queue may keep (a slot is one `Wire`, 8 bytes).
 const POOL_QUEUE_SLOTS: usize = 64;
 
@@ -405,9 +452,7 @@ impl Conns {
         Conns {
             slab: Slots::with_capacity(expected),
             dirty: Vec::new(),
-            pool: Vec::new(),
-            pool_bytes: 0,
-            churn: 0,
+            spares: Spares::default(),
             max_outbound,
             open: 0,
             queued: 0,
@@ -488,16 +533,9 @@ impl Conns {
         conn.flags |= TLS;
         self.tls.insert(key, Box::new(session));
         if !out.is_empty() {
-            let (pool, pool_bytes, churn) = (&mut self.pool, &mut self.pool_bytes, &mut self.churn);
-            let q = conn
-                .out
-                .get_or_insert_with(|| Self::spare_queue(pool, pool_bytes, churn));
             self.queued += out.len();
-            q.push_sealed(Wire::from(out));
-            if conn.flags & DIRTY == 0 {
-                conn.flags |= DIRTY;
-                self.dirty.push(key);
-            }
+            queue_of(conn, &mut self.spares).push_sealed(Wire::from(out));
+            mark_dirty(conn, key, &mut self.dirty);
         }
         if !sealed_in.is_empty() {
             if let Some(p) = self.partial_entry(key) {
@@ -679,50 +717,22 @@ impl Conns {
             .map(|p| std::mem::take(&mut p.leftover))
     }
 
-    /// Returns an emptied queue to the pool, or frees it when the pool is full or the
-    /// queue grew large.
+    /// Returns an emptied queue to the spares (which may free it).
     fn recycle(&mut self, mut q: Box<OutQueue>) {
         self.queued -= q.bytes;
         q.clear();
-        let cost = q.footprint();
-        if q.poolable() && self.pool_bytes + cost <= POOL_BYTES {
-            self.pool_bytes += cost;
-            self.pool.push(q);
-        }
-    }
-
-    /// A queue for a connection that has none: from the pool, or new (counted as churn).
-    // Boxed on purpose, as in `pool`.
-    #[allow(clippy::vec_box)]
-    fn spare_queue(
-        pool: &mut Vec<Box<OutQueue>>,
-        pool_bytes: &mut usize,
-        churn: &mut usize,
-    ) -> Box<OutQueue> {
-        match pool.pop() {
-            Some(q) => {
-                *pool_bytes -= q.footprint();
-                q
-            }
-            None => {
-                let q = Box::<OutQueue>::default();
-                *churn += q.footprint();
-                q
-            }
-        }
+        self.spares.give(q);
     }
 
     /// Heap bytes of queues allocated or grown since the last `shed`.
     pub(super) fn churn(&self) -> usize {
-        self.churn
+        self.spares.churn
     }
 
     /// After a burst has drained: frees the spare queues (the allocator can then hand
     /// their pages back) and restarts the churn count.
     pub(super) fn shed(&mut self) {
-        self.pool = Vec::new();
-        self.pool_bytes = 0;
-        self.churn = 0;
+        self.spares = Spares::default();
         self.seal_buf = Vec::new();
         if self.dirty.is_empty() {
             // Sized for the burst's largest turn.
@@ -747,13 +757,10 @@ impl Conns {
             }
         }
         let max = self.max_outbound;
-        let (pool, pool_bytes, churn) = (&mut self.pool, &mut self.pool_bytes, &mut self.churn);
         let Some(conn) = self.slab.get_mut(key) else {
             return Sent::Ok;
         };
-        let q = conn
-            .out
-            .get_or_insert_with(|| Self::spare_queue(pool, pool_bytes, churn));
+        let q = queue_of(conn, &mut self.spares);
         // A single frame larger than the cap is still allowed on an empty queue.
         if q.bytes > 0 && q.bytes + frame.len() > max {
             return Sent::Overflow;
@@ -762,11 +769,8 @@ impl Conns {
         let slots = q.frames.capacity();
         q.push(frame);
         // The deque grew: its old slots go back to the allocator.
-        *churn += (q.frames.capacity() - slots) * std::mem::size_of::<Wire>();
-        if conn.flags & DIRTY == 0 {
-            conn.flags |= DIRTY;
-            self.dirty.push(key);
-        }
+        self.spares.churn += (q.frames.capacity() - slots) * std::mem::size_of::<Wire>();
+        mark_dirty(conn, key, &mut self.dirty);
         Sent::Ok
     }
 
@@ -774,13 +778,10 @@ impl Conns {
     pub(super) fn queue_close(&mut self, key: u32, frame: Wire, discard: bool) {
         self.drop_partial(key);
         self.begin_closing(key);
-        let (pool, pool_bytes, churn) = (&mut self.pool, &mut self.pool_bytes, &mut self.churn);
         let Some(conn) = self.slab.get_mut(key) else {
             return;
         };
-        let q = conn
-            .out
-            .get_or_insert_with(|| Self::spare_queue(pool, pool_bytes, churn));
+        let q = queue_of(conn, &mut self.spares);
         if discard {
             let before = q.bytes;
             q.discard_unstarted();
@@ -788,10 +789,7 @@ impl Conns {
         }
         self.queued += frame.len();
         q.push(frame);
-        if conn.flags & DIRTY == 0 {
-            conn.flags |= DIRTY;
-            self.dirty.push(key);
-        }
+        mark_dirty(conn, key, &mut self.dirty);
     }
 
     /// Writes what `key` has queued. Ok(true) when nothing is left.
@@ -966,18 +964,22 @@ mod tests {
         assert!(broken.is_empty());
         assert_eq!(conns.queued_bytes(), 0, "loopback takes 150 bytes at once");
         // The written queues went to the pool, within its byte bound.
-        assert_eq!(conns.pool.len(), 3);
-        assert!(conns.pool_bytes <= POOL_BYTES);
+        assert_eq!(conns.spares.pool.len(), 3);
+        assert!(conns.spares.pool_bytes <= POOL_BYTES);
         // The next frame reuses a pooled queue: no new churn.
         assert!(matches!(
             conns.send(keys[0], Wire::from_static(b"x")),
             Sent::Ok
         ));
         assert_eq!(conns.churn(), grown);
-        assert_eq!(conns.pool.len(), 2);
+        assert_eq!(conns.spares.pool.len(), 2);
         conns.shed();
         assert_eq!(
-            (conns.churn(), conns.pool.len(), conns.pool_bytes),
+            (
+                conns.churn(),
+                conns.spares.pool.len(),
+                conns.spares.pool_bytes
+            ),
             (0, 0, 0)
         );
     }
@@ -989,8 +991,8 @@ mod tests {
         for _ in 0..(POOL_BYTES / one + 10) {
             conns.recycle(Box::default());
         }
-        assert!(conns.pool_bytes <= POOL_BYTES);
-        assert_eq!(conns.pool.len(), POOL_BYTES / one);
+        assert!(conns.spares.pool_bytes <= POOL_BYTES);
+        assert_eq!(conns.spares.pool.len(), POOL_BYTES / one);
     }
 
     #[test]
