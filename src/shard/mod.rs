@@ -186,7 +186,10 @@ struct Shard {
     session_counter: u32,
     nonce: u32,
     mark: u32,
-    drain_deadline: Option<Instant>,
+    /// When a drain began: the shard clock's millisecond (`Clock::now_ms`) at which the
+    /// connections still open are abandoned. On the shard's clock like every other
+    /// deadline, so a test on a manual clock sees the same drain however slowly it runs.
+    drain_deadline: Option<u64>,
     /// Topic patterns from tokens that carry a `topics` claim, each distinct set shared;
     /// connections without grants pay nothing.
     grants: grants::Grants,
@@ -1177,14 +1180,17 @@ impl Shard {
 
     /// One step of shutdown; true when the shard is done.
     fn drain_step(&mut self) -> bool {
-        let now = Instant::now();
+        let now = self.clock.now_ms();
         let deadline = match self.drain_deadline {
             Some(d) => d,
             None => {
                 let cfg = &self.shared.config;
                 let window = cfg.drain;
                 // The window for the turns, then the grace for the last close handshakes.
-                let d = now + window + cfg.shutdown_grace;
+                let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+                let d = now
+                    .saturating_add(ms(window))
+                    .saturating_add(ms(cfg.shutdown_grace));
                 self.drain_deadline = Some(d);
                 self.spread_reconnects(window);
                 let mut broken = Vec::new();

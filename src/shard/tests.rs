@@ -682,6 +682,35 @@ fn drain_hints_a_spread_turn_then_closes_1001_exactly_then() {
 }
 
 #[test]
+fn the_drain_deadline_runs_on_the_shard_clock() {
+    // Real time passing the drain window and grace while the shard's (manual) clock stands
+    // still, as when a loaded machine runs a test slowly, must not end the drain: every
+    // deadline of the shard is on its own clock. (It once was `Instant::now()`, and a slow
+    // run of the test above saw its connections abandoned without their 1001.)
+    let mut h = Harness::new(&["--drain-ms", "50", "--shutdown-grace-ms", "0"]);
+    let mut p = h.connect("slow");
+    h.draining.store(true, Relaxed);
+    assert!(h.turn(), "the shard waits for its connection");
+    assert_eq!(h.recv_json(&mut p)["type"], "reconnect");
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(h.turn(), "no shard time has passed: the drain goes on");
+    // Past the window and the grace on the shard's clock, the drain ends.
+    let mut done = false;
+    for step in 1..=MAX_TURNS as u64 {
+        h.time.advance(Duration::from_millis(reactor::TICK_MS));
+        if !h.turn() {
+            done = true;
+            assert!(h.clock.now_ms() >= 50, "ended early, at {step} ticks");
+            break;
+        }
+    }
+    assert!(
+        done,
+        "the drain ends once the shard's clock passes its deadline"
+    );
+}
+
+#[test]
 fn a_refresh_during_the_drain_keeps_the_connection_s_turn() {
     let mut h = Harness::new(&["--drain-ms", "1000"]);
     let now = SystemTime::now()
