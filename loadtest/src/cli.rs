@@ -1030,16 +1030,19 @@ mod tests {
         err(&["chat", "--url", "http://127.0.0.1:1/ws"], "--url");
     }
 
+    /// A `deploy` command line with its required flags.
+    const DEPLOY: [&str; 5] = [
+        "deploy",
+        "--reconnect-url",
+        "ws://127.0.0.1:9/ws",
+        "--reconnect-api",
+        "http://127.0.0.1:10",
+    ];
+
     #[test]
     fn resume_and_deploy_flags_are_checked() {
         check(&["resume", "--topics", "a,b", "--topic-rate", "5"]).unwrap();
-        let d = [
-            "deploy",
-            "--reconnect-url",
-            "ws://127.0.0.1:9/ws",
-            "--reconnect-api",
-            "http://127.0.0.1:10",
-        ];
+        let d = DEPLOY;
         check(&d).unwrap();
         err(&["resume", "--procs", "2"], "--procs");
         err(&["resume", "--kafka", "h:1"], "--kafka");
@@ -1173,13 +1176,7 @@ mod tests {
 
     #[test]
     fn compression_is_a_flag_of_every_scenario_with_connections() {
-        let d = [
-            "deploy",
-            "--reconnect-url",
-            "ws://127.0.0.1:9/ws",
-            "--reconnect-api",
-            "http://127.0.0.1:10",
-        ];
+        let d = DEPLOY;
         for cmd in [
             vec!["connect"],
             vec!["push"],
