@@ -40,7 +40,6 @@ export_credentials handshake-cost
     --max-connections $((N + 1000)) >"$WORK/server.out" 2>"$WORK/server.log" &
 SRV_PID=$!
 wait_listening handshake-cost "$SRV_PID" "$WORK/server.log" || exit 1
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$SRV_PID/stat"; }
 HZ=$(getconf CLK_TCK)
 
 c0=$(cpu_ticks)

@@ -41,8 +41,6 @@ export_credentials heartbeat-cost
     --idle-timeout-ms $((PING_MS * 3)) >"$WORK/server.out" 2>"$WORK/server.log" &
 SRV_PID=$!
 wait_listening heartbeat-cost "$SRV_PID" "$WORK/server.log" || exit 1
-# utime + stime of the server, in clock ticks.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$SRV_PID/stat"; }
 HZ=$(getconf CLK_TCK)
 
 timeout $((N / 5000 + WINDOW + 90)) "$LOAD" connect --url "ws://$CLIENT_ADDR/ws" \

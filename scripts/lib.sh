@@ -129,6 +129,10 @@ tls_if_asked() {
     fi
 }
 
+# CPU time (utime + stime, in clock ticks: getconf CLK_TCK) the server this script started
+# ($SRV_PID) has used so far, from /proc.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$SRV_PID/stat"; }
+
 # With PERF=1 (and perf installed): samples the server (PID $1) for $2 seconds in the
 # background into $3 and sets PERF_PID; otherwise does nothing. Wait with `perf_share`.
 # Sampling adds to the server's CPU time (most visibly under light loads such as

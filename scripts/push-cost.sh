@@ -57,7 +57,6 @@ tls_if_asked "$WORK"
 "$SERVER" "${SERVER_ARGS[@]}" >"$WORK/server.out" 2>"$WORK/server.log" &
 SRV_PID=$!
 wait_listening push-cost "$SRV_PID" "$WORK/server.log" || exit 1
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$SRV_PID/stat"; }
 HZ=$(getconf CLK_TCK)
 
 timeout $((N / 5000 + DURATION + 120)) "$LOAD" push --url "$SCHEME://$CLIENT_ADDR/ws" \

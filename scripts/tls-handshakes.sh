@@ -55,7 +55,6 @@ stop_server() {
     stop_server_pid tls-handshakes "$SRV_PID" 10
     SRV_PID=
 }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$SRV_PID/stat"; }
 # Handshakes the server completed: TLS ones from the tls object, else accepted upgrades.
 handshakes() {
     curl -s -H "Authorization: Bearer $THRONG_API_KEY" "http://$API_ADDR/v1/stats" |
