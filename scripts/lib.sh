@@ -70,6 +70,19 @@ wait_listening() {
     return 1
 }
 
+# Starts ${SERVER:-target/release/throng} on free loopback ports with JSON logs and the
+# flags given after $2, its output in $2/server.out and $2/server.log; sets SRV_PID (for
+# the caller's cleanup to stop with stop_server_pid), CLIENT_ADDR and API_ADDR. $1 names
+# the calling script. Returns 1, with the log on stderr, if the server does not come up.
+start_server() {
+    local who=$1 work=$2
+    shift 2
+    "${SERVER:-target/release/throng}" serve --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 \
+        --log-format json "$@" >"$work/server.out" 2>"$work/server.log" &
+    SRV_PID=$!
+    wait_listening "$who" "$SRV_PID" "$work/server.log"
+}
+
 # A field of the server's `/v1/stats` at $API_ADDR (a counter, or a top-level gauge).
 api_stat() {
     curl -s -H "Authorization: Bearer $THRONG_API_KEY" "http://$API_ADDR/v1/stats" |

@@ -1,14 +1,24 @@
 //! A slab without a per-slot tag: values whose type has a niche (an enum, a non-null
 //! pointer, a file descriptor) are kept as `Option<T>` at `T`'s own size, and the vacant
-//! keys wait on a side stack. `slab::Slab` spends 8 bytes per slot on its entry tag and
+//! keys wait in a side heap. `slab::Slab` spends 8 bytes per slot on its entry tag and
 //! free-list link, which for the shard's connection and user tables was 8 bytes on every
 //! idle connection, twice.
+//!
+//! The lowest vacant key is filled first, so the values stay packed at the low end, and
+//! once a crowd has gone the vacant end of the table can give its pages back to the OS
+//! (`release_tail`).
 
-/// Values by `u32` key; a removed key is reused by the next insert (last freed first).
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+/// A vacant tail smaller than this is kept: not worth a system call.
+const RELEASE_MIN_BYTES: usize = 64 << 10;
+
+/// Values by `u32` key; a removed key is reused by a later insert (lowest first).
 pub struct Slots<T> {
     entries: Vec<Option<T>>,
-    /// Vacant keys, the next one to fill last.
-    free: Vec<u32>,
+    /// Vacant keys below `entries.len()`, the lowest on top.
+    free: BinaryHeap<Reverse<u32>>,
     len: usize,
 }
 
@@ -23,7 +33,7 @@ impl<T> Slots<T> {
     pub fn new() -> Self {
         Slots {
             entries: Vec::new(),
-            free: Vec::new(),
+            free: BinaryHeap::new(),
             len: 0,
         }
     }
@@ -35,7 +45,7 @@ impl<T> Slots<T> {
     pub fn with_capacity(n: usize) -> Self {
         Slots {
             entries: Vec::with_capacity(n),
-            free: Vec::new(),
+            free: BinaryHeap::new(),
             len: 0,
         }
     }
@@ -54,16 +64,15 @@ impl<T> Slots<T> {
     pub fn vacant_key(&self) -> u32 {
         // Keys are u32: a shard holds far fewer than 2^32 connections or users.
         self.free
-            .last()
-            .copied()
-            .unwrap_or(self.entries.len() as u32)
+            .peek()
+            .map_or(self.entries.len() as u32, |&Reverse(k)| k)
     }
 
     /// Stores `value` and returns its key (`vacant_key` before the call).
     pub fn insert(&mut self, value: T) -> u32 {
         self.len += 1;
         match self.free.pop() {
-            Some(key) => {
+            Some(Reverse(key)) => {
                 self.entries[key as usize] = Some(value);
                 key
             }
@@ -88,8 +97,33 @@ impl<T> Slots<T> {
     pub fn remove(&mut self, key: u32) -> Option<T> {
         let value = self.entries.get_mut(key as usize)?.take()?;
         self.len -= 1;
-        self.free.push(key);
+        self.free.push(Reverse(key));
         Some(value)
+    }
+
+    /// Drops the vacant slots at the end of the table and gives their pages back to the
+    /// OS, when they span at least 64 KiB: the table keeps its room (address space), and
+    /// a page is resident again only once a value is stored in it. Returns the bytes
+    /// given back.
+    pub fn release_tail(&mut self) -> usize {
+        let size = std::mem::size_of::<Option<T>>();
+        let vacant = self
+            .entries
+            .iter()
+            .rev()
+            .take_while(|e| e.is_none())
+            .count();
+        if vacant * size < RELEASE_MIN_BYTES {
+            return 0;
+        }
+        let old = self.entries.len();
+        let new = old - vacant;
+        self.entries.truncate(new);
+        let mut free = std::mem::take(&mut self.free).into_vec();
+        free.retain(|&Reverse(k)| (k as usize) < new);
+        free.shrink_to(free.len() * 2);
+        self.free = BinaryHeap::from(free);
+        discard_spare(&mut self.entries, old)
     }
 
     /// Every value with its key, in key order.
@@ -109,6 +143,37 @@ impl<T> Slots<T> {
     }
 }
 
+/// Gives the OS back the whole pages of `v`'s spare room up to `to` elements: they hold no
+/// value, and read as zeros if touched again. Returns the bytes given back.
+#[cfg(target_os = "linux")]
+fn discard_spare<T>(v: &mut Vec<T>, to: usize) -> usize {
+    let size = std::mem::size_of::<T>();
+    // SAFETY: sysconf only reads a system constant.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let base = v.as_mut_ptr() as usize;
+    let start = (base + v.len() * size).next_multiple_of(page);
+    let end = (base + to.min(v.capacity()) * size) / page * page;
+    if end <= start {
+        return 0;
+    }
+    // SAFETY: [start, end) lies inside the vector's allocation, past its length: spare
+    // room that holds no value (Rust treats it as uninitialized) and no allocator
+    // bookkeeping (that lives outside the block). MADV_DONTNEED only swaps those pages for
+    // zero-filled ones on their next touch, which a later push then writes over.
+    let rc = unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+    if rc == 0 {
+        end - start
+    } else {
+        0
+    }
+}
+
+/// Elsewhere the pages stay: only the table's length shrinks.
+#[cfg(not(target_os = "linux"))]
+fn discard_spare<T>(_v: &mut Vec<T>, _to: usize) -> usize {
+    0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,25 +191,73 @@ mod tests {
     }
 
     #[test]
-    fn keys_are_reused_last_freed_first() {
+    fn keys_are_reused_lowest_first() {
         let mut s = Slots::new();
         let a = s.insert("a");
         let b = s.insert("b");
         let c = s.insert("c");
         assert_eq!((a, b, c), (0, 1, 2));
-        assert_eq!(s.remove(a), Some("a"));
         assert_eq!(s.remove(c), Some("c"));
+        assert_eq!(s.remove(a), Some("a"));
         assert_eq!(s.remove(c), None, "a vacant key holds nothing");
         assert_eq!(s.len(), 1);
-        assert_eq!(s.vacant_key(), c);
-        assert_eq!(s.insert("d"), c);
         assert_eq!(s.vacant_key(), a);
-        assert_eq!(s.insert("e"), a);
+        assert_eq!(s.insert("d"), a);
+        assert_eq!(s.vacant_key(), c);
+        assert_eq!(s.insert("e"), c);
         assert_eq!(s.vacant_key(), 3);
         assert_eq!(
             s.iter().collect::<Vec<_>>(),
-            vec![(0, &"e"), (1, &"b"), (2, &"d")]
+            vec![(0, &"d"), (1, &"b"), (2, &"e")]
         );
+    }
+
+    /// Pages of `v`'s spare room from `from` to `to` elements that are resident.
+    fn resident_pages(v: &[Option<[u64; 8]>], from: usize, to: usize) -> usize {
+        let page = 4096;
+        let base = v.as_ptr() as usize;
+        let start = (base + from * 72).next_multiple_of(page);
+        let end = (base + to * 72) / page * page;
+        let mut vec = vec![0u8; (end - start) / page];
+        // SAFETY: mincore reads the residency of pages of this process's own mapping into
+        // `vec`, which has one byte per page of the range.
+        let rc =
+            unsafe { libc::mincore(start as *mut libc::c_void, end - start, vec.as_mut_ptr()) };
+        assert_eq!(rc, 0, "mincore: {}", std::io::Error::last_os_error());
+        vec.iter().filter(|&&b| b & 1 == 1).count()
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_vacant_tail_gives_its_pages_back_and_the_rest_stays() {
+        let mut s: Slots<[u64; 8]> = Slots::with_capacity(20_000);
+        assert_eq!(std::mem::size_of::<Option<[u64; 8]>>(), 72);
+        for i in 0..10_000u64 {
+            s.insert([i; 8]);
+        }
+        // A crowd at the end leaves, and some of the others.
+        for k in (1_000..10_000).chain((0..1_000).step_by(2)) {
+            assert!(s.remove(k).is_some());
+        }
+        assert!(resident_pages(&s.entries, 1_000, 10_000) > 100);
+        let given = s.release_tail();
+        assert!(given >= (9_000 * 72 / 4096 - 2) * 4096, "{given}");
+        assert_eq!(resident_pages(&s.entries, 1_000, 10_000), 0);
+        // What stayed is intact, and the vacant keys below the tail are used first.
+        assert_eq!(s.len(), 500);
+        assert!((1..1_000u32)
+            .step_by(2)
+            .all(|k| s.get(k) == Some(&[u64::from(k); 8])));
+        assert_eq!(s.vacant_key(), 0);
+        for _ in 0..500 {
+            assert!(s.insert([7; 8]) < 1_000);
+        }
+        assert_eq!(s.insert([8; 8]), 1_000);
+        assert_eq!(s.get(1_000), Some(&[8; 8]));
+        // A short vacant tail is kept.
+        s.remove(1_000);
+        assert_eq!(s.release_tail(), 0);
+        assert_eq!(s.vacant_key(), 1_000);
     }
 
     #[test]

@@ -27,6 +27,9 @@ const TRIM_DROP_BYTES: u64 = 32 << 20;
 /// queues otherwise stay resident as holes in its arena (about 1.6 MB per shard after
 /// 100 broadcasts to 15,000 connections).
 const TRIM_CHURN_BYTES: usize = 1 << 20;
+/// A shard whose side tables shrank by this many bytes since the last trim asks the same
+/// (`compact_tables`): a crowd's tables are a few hundred KB per shard per 10,000.
+const TRIM_COMPACTED_BYTES: usize = 256 << 10;
 /// At most one such request per shard per this long: a trim walks the allocator's arenas.
 const TRIM_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -38,7 +41,16 @@ pub(super) struct Published {
     high: u64,
     /// Queue churn at the end of the previous turn: a burst is over once a turn adds none.
     churn: usize,
+    /// Heap bytes freed by shrinking side tables since the last trim (`compact_tables`).
+    compacted: usize,
     last_trim: Option<Instant>,
+}
+
+impl Published {
+    /// Counts `bytes` freed by shrinking tables towards the next trim.
+    pub(super) fn compacted(&mut self, bytes: usize) {
+        self.compacted = self.compacted.saturating_add(bytes);
+    }
 }
 
 impl Shard {
@@ -119,7 +131,9 @@ impl Shard {
         let churn = self.conns.churn();
         let quiet = churn == std::mem::replace(&mut p.churn, churn);
         let drained = held == 0 && quiet && churn >= TRIM_CHURN_BYTES;
-        if !dropped && !drained {
+        // Tables shrunk after a crowd left: their old storage is holes in the arena too.
+        let compacted = p.compacted >= TRIM_COMPACTED_BYTES;
+        if !dropped && !drained && !compacted {
             return;
         }
         if p.last_trim.is_some_and(|t| t.elapsed() < TRIM_INTERVAL) {
@@ -127,6 +141,7 @@ impl Shard {
         }
         p.last_trim = Some(Instant::now());
         p.high = held;
+        p.compacted = 0;
         if drained {
             p.churn = 0;
             self.conns.shed();

@@ -20,6 +20,7 @@ use crate::wire::Wire;
 use crossbeam_channel::{Receiver, Sender};
 use rustc_hash::FxBuildHasher;
 
+use super::compact::compact;
 use super::conn::{PARKED, WAITING_TOPIC};
 use super::{Shard, CHANNEL_BATCH};
 use crate::broker::{user_epoch, Interest, Remote, StreamState};
@@ -115,13 +116,6 @@ impl ClusterState {
         self.loading_topics
             .values()
             .any(|v| v.iter().any(|p| p.key == key))
-    }
-}
-
-/// Frees a map's table once it is empty and has grown past a few entries.
-fn shrink_when_idle<K: std::hash::Hash + Eq, V>(m: &mut HashMap<K, V, FxBuildHasher>) {
-    if m.is_empty() && m.capacity() > 64 {
-        m.shrink_to_fit();
     }
 }
 
@@ -291,11 +285,12 @@ impl Shard {
                 Remote::TopicLoaded { topic, state } => self.topic_loaded(&topic, state),
             }
         }
-        // A burst of first sessions (a deploy, a reconnect storm) grows these maps; an
-        // idle shard must not keep that capacity.
+        // A burst of first sessions (a deploy, a reconnect storm) grows these maps; a
+        // shard past it must not keep that capacity.
         if let Some(c) = self.cluster.as_mut() {
-            shrink_when_idle(&mut c.loading_users);
-            shrink_when_idle(&mut c.loading_topics);
+            compact(&mut c.loading_users);
+            compact(&mut c.loading_topics);
+            compact(&mut c.topics);
         }
         // Streams this shard stopped serving: the broker may unsubscribe.
         for id in self.users.take_gone() {

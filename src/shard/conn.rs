@@ -14,6 +14,8 @@ use mio::net::TcpStream;
 
 use crate::wheel::{Place, Timed};
 
+use super::compact::compact;
+
 /// A server ping is outstanding (no inbound traffic since it was sent).
 pub(super) const PING_SENT: u8 = 1;
 /// Draining: the connection's timer is its turn to be closed with 1001.
@@ -609,6 +611,23 @@ impl Conns {
     /// Bytes of incomplete inbound frames and messages held on every connection.
     pub(super) fn partial_bytes(&self) -> usize {
         self.partial
+    }
+
+    /// Room in the subscriptions map, for tests of `compact`.
+    #[cfg(test)]
+    pub(super) fn subscription_capacity(&self) -> usize {
+        self.subscriptions.capacity()
+    }
+
+    /// Shrinks the maps beside the slots once departed connections left them mostly
+    /// empty, and gives back the pages of a vacant end of the slots; returns the heap
+    /// bytes freed to the allocator, roughly (the pages are the OS's already).
+    pub(super) fn compact(&mut self) -> usize {
+        self.slab.release_tail();
+        compact(&mut self.partials)
+            + compact(&mut self.subscriptions)
+            + compact(&mut self.v6_peers)
+            + compact(&mut self.tls)
     }
 
     /// What `key` holds: queued outbound plus partial inbound bytes.

@@ -6,6 +6,7 @@
 pub mod bench;
 mod budget;
 mod cluster;
+mod compact;
 mod conn;
 mod grants;
 mod history;
@@ -209,6 +210,8 @@ struct Shard {
     publishing: usize,
     /// A client publish went to the push API this turn: wake it at the end.
     wake_api: bool,
+    /// The tick of the last `compact_tables`.
+    last_compact: u32,
 }
 
 impl Shard {
@@ -303,6 +306,7 @@ impl Shard {
             rates: rate::Rates::new(shared.config.client_rate),
             publishing: 0,
             wake_api: false,
+            last_compact: 0,
             shared,
         }
     }
@@ -940,6 +944,7 @@ impl Shard {
             let _ = self.shared.replies.waker.wake();
         }
         self.rates.sweep(self.tick);
+        self.compact_tables();
         self.report_presence();
         if self.last_publish.elapsed() >= Duration::from_millis(100) {
             self.last_publish = Instant::now();

@@ -92,9 +92,7 @@ impl Rates {
             let ticks = u64::from(tick.saturating_sub(b.at));
             b.milli.saturating_add(ticks * u64::from(rate) * TICK_MS) < cap
         });
-        if self.buckets.is_empty() && self.buckets.capacity() > 64 {
-            self.buckets.shrink_to_fit();
-        }
+        super::compact::compact(&mut self.buckets);
     }
 
     /// Connections with a bucket that is not full.

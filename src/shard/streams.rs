@@ -15,6 +15,7 @@ use crate::wire::Wire;
 use rustc_hash::FxBuildHasher;
 use slab::Slab;
 
+use super::compact::compact;
 use super::history::{first_seq, reserve_one, Limits};
 pub(crate) use crate::api::sequencer::MAX_TOPIC_STREAMS;
 
@@ -83,6 +84,12 @@ impl Streams {
     /// Frame bytes held.
     pub(super) fn history_bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// Shrinks the tables forgotten streams left mostly empty; returns the heap bytes
+    /// freed, roughly.
+    pub(super) fn compact(&mut self) -> usize {
+        compact(&mut self.by_name) + compact(&mut self.frames) + compact(&mut self.pushes)
     }
 
     /// Pushes dropped before their TTL.

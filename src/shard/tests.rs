@@ -863,6 +863,31 @@ fn subscribe_limits_too_many_topics_and_forbidden_topic() {
 }
 
 #[test]
+fn side_tables_shrink_within_a_second_of_a_crowd_leaving() {
+    let mut h = Harness::new(&[]);
+    let grant = vec![TopicPattern::parse("room:*").expect("pattern")];
+    let mut peers: Vec<Peer> = (0..300)
+        .map(|i| {
+            let mut p = h.connect_with(&format!("u{i}"), None, grant.clone(), None);
+            p.send_json(json!({"type": "subscribe", "topic": format!("room:{i}")}));
+            assert_eq!(h.recv_json(&mut p)["type"], "subscribed");
+            p
+        })
+        .collect();
+    let peak = h.shard.conns.subscription_capacity();
+    assert!(peak >= 300, "{peak}");
+    let start = h.clock.now_ms();
+    peers.truncate(10);
+    h.turn_until("the crowd is gone", |h| h.shard.conns.open_count() == 10);
+    // Looked at once a second, on the shard's clock.
+    h.at(start + 1_000);
+    let now = h.shard.conns.subscription_capacity();
+    assert!(now < peak / 4, "{peak} -> {now}");
+    // The ten left are still subscribed.
+    assert_eq!(h.counters().topics.load(Relaxed), 10);
+}
+
+#[test]
 fn publishes_waiting_for_the_api_are_bounded_and_answers_find_their_session() {
     use crate::command::{ShardCmd, PUBLISH_IN_FLIGHT};
     let mut h = Harness::new(&["--public-publish", "t", "--client-rate", "0"]);

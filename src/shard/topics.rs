@@ -5,6 +5,8 @@ use std::collections::{HashMap, HashSet};
 use rustc_hash::FxBuildHasher;
 use slab::Slab;
 
+use super::compact::compact;
+
 /// A topic with at least one member on this shard.
 pub(super) struct TopicEntry {
     /// The name.
@@ -20,6 +22,8 @@ pub(super) struct Topics {
     entries: Slab<TopicEntry>,
     /// Cluster mode: names of topics that lost their last member since `take_gone`.
     gone: Option<Vec<Box<str>>>,
+    /// Heap bytes freed by shrinking member sets since the last `compact`, roughly.
+    freed: usize,
 }
 
 impl Topics {
@@ -56,6 +60,8 @@ impl Topics {
             return;
         };
         entry.members.remove(&conn);
+        // A crowd leaving a big topic must not leave its peak-sized set behind.
+        self.freed += compact(&mut entry.members);
         if entry.members.is_empty() {
             let entry = self.entries.remove(key as usize);
             self.by_name.remove(&entry.name);
@@ -63,6 +69,12 @@ impl Topics {
                 gone.push(entry.name);
             }
         }
+    }
+
+    /// Shrinks the name index once departed topics left it mostly empty; returns the heap
+    /// bytes freed, roughly, with what member sets freed since the last call.
+    pub(super) fn compact(&mut self) -> usize {
+        compact(&mut self.by_name) + std::mem::take(&mut self.freed)
     }
 
     /// The key of `name`, when it has members here.
@@ -126,5 +138,23 @@ mod tests {
         t.leave(k, 2);
         assert!(t.find("a").is_none());
         assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn a_crowd_leaving_a_topic_leaves_no_peak_sized_set() {
+        let mut t = Topics::default();
+        let (k, _) = t.join("room", 0);
+        for c in 1..10_000 {
+            t.join("room", c);
+        }
+        let peak = t.entries[k as usize].members.capacity();
+        for c in 100..10_000 {
+            t.leave(k, c);
+        }
+        let now = t.entries[k as usize].members.capacity();
+        assert!(now < peak / 16, "{peak} -> {now}");
+        assert_eq!(t.members(k).count(), 100);
+        assert!(t.compact() > 0);
+        assert_eq!(t.compact(), 0);
     }
 }

@@ -10,6 +10,7 @@ use compact_str::CompactString;
 use hashbrown::HashTable;
 use rustc_hash::FxBuildHasher;
 
+use super::compact::compact;
 use super::history::{first_seq, Idle, Limits, Record, Ring};
 use super::sessions::Sessions;
 use crate::slots::Slots;
@@ -219,6 +220,24 @@ impl Users {
         self.bytes
     }
 
+    /// Shrinks the index and history tables a crowd of users left mostly empty, and gives
+    /// back the pages of a vacant end of the entries; returns the heap bytes freed to the
+    /// allocator, roughly (the pages are the OS's already).
+    pub(super) fn compact(&mut self) -> usize {
+        self.entries.release_tail();
+        let mut freed =
+            compact(&mut self.rings) + compact(&mut self.fifo) + compact(&mut self.idle);
+        let cap = self.by_id.capacity();
+        if cap >= 64 && self.by_id.len() * 4 <= cap {
+            let entries = &self.entries;
+            self.by_id.shrink_to(self.by_id.len() * 2, |&k| {
+                entries.get(k).map_or(0, |e| id_hash(&e.id))
+            });
+            freed += (cap - self.by_id.capacity()) * (std::mem::size_of::<u32>() + 1);
+        }
+        freed
+    }
+
     /// Pushes dropped from history before their TTL so far.
     pub(super) fn evictions(&self) -> u64 {
         self.evictions
@@ -417,6 +436,38 @@ mod tests {
             std::mem::size_of::<Option<UserEntry>>(),
             std::mem::size_of::<UserEntry>()
         );
+    }
+
+    #[test]
+    fn tables_shrink_after_a_crowd_of_users_with_history_has_gone() {
+        let mut u = Users::new(limits(10, 100, 1 << 30));
+        let keys: Vec<u32> = (0..5_000u32)
+            .map(|i| {
+                let k = u.attach(&format!("user-{i}"), i);
+                push(&mut u, k, 10, 0);
+                k
+            })
+            .collect();
+        let peak = (u.by_id.capacity(), u.rings.capacity(), u.fifo.capacity());
+        // All but 100 leave; their entries and history expire with the TTL.
+        for (i, &k) in keys.iter().enumerate().skip(100) {
+            u.detach(k, i as u32, 0);
+        }
+        u.expire(1_000);
+        assert_eq!(u.retained(), 100);
+        assert!(u.compact() > 0);
+        let now = (u.by_id.capacity(), u.rings.capacity(), u.fifo.capacity());
+        assert!(
+            now.0 < peak.0 / 8 && now.1 < peak.1 / 8,
+            "{peak:?} -> {now:?}"
+        );
+        // The index still finds every remaining user, by the hash it was built with.
+        for (i, &k) in keys.iter().enumerate().take(100) {
+            assert_eq!(u.find(&format!("user-{i}")), Some(k));
+        }
+        assert_eq!(u.find("user-100"), None);
+        // Nothing more to free.
+        assert_eq!(u.compact(), 0);
     }
 
     fn limits(size: usize, ttl_ticks: u32, memory: u64) -> Limits {
