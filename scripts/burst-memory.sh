@@ -5,7 +5,8 @@
 # the RSS after, and both per connection. Stops what it started, by PID.
 #
 # Environment: N=15000 BURSTS=100 DATA=512 WATCH=10, SOURCE_IPS=127.0.0.2-127.0.0.9,
-#   NO_BUILD=1 (skip the build check).
+#   NO_BUILD=1 (skip the build check), SERVER=path (another throng binary, e.g. an older
+#   build to compare against).
 set -euo pipefail
 N=${N:-15000}
 BURSTS=${BURSTS:-100}
@@ -17,7 +18,7 @@ cd "$ROOT"
 # shellcheck source=scripts/lib.sh
 . "$ROOT/scripts/lib.sh"
 build_release_if_stale burst-memory
-SERVER=target/release/throng
+SERVER=${SERVER:-target/release/throng}
 LOAD=target/release/throng-load
 command -v curl >/dev/null || { echo "burst-memory: needs curl" >&2; exit 1; }
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -34,10 +35,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 export_credentials burst-memory
-"$SERVER" serve --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --log-format json \
-    --max-connections $((N + 1000)) >"$WORK/server.out" 2>"$WORK/server.log" &
-SRV_PID=$!
-wait_listening burst-memory "$SRV_PID" "$WORK/server.log" || exit 1
+start_server burst-memory "$WORK" --max-connections $((N + 1000)) || exit 1
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$SRV_PID/status"; }
 
 start=$(rss_kb)

@@ -5,7 +5,7 @@
 # missing/duplicated per room (exit 1 if any). Stops what it started, by PID.
 #
 # Environment: ROOMS=100 MEMBERS=20 RATE=2 SECS=20 PROCS=1, JSON=chat.json (report),
-#   NO_BUILD=1 (skip the build check).
+#   NO_BUILD=1 (skip the build check), SERVER=path (another throng binary).
 set -euo pipefail
 ROOMS=${ROOMS:-100}
 MEMBERS=${MEMBERS:-20}
@@ -17,7 +17,7 @@ cd "$ROOT"
 # shellcheck source=scripts/lib.sh
 . "$ROOT/scripts/lib.sh"
 build_release_if_stale chat
-SERVER=target/release/throng
+SERVER=${SERVER:-target/release/throng}
 LOAD=target/release/throng-load
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
@@ -32,10 +32,7 @@ trap 'exit 130' INT TERM
 
 export_credentials chat
 conns=$((ROOMS * MEMBERS))
-"$SERVER" serve --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --log-format json \
-    --max-connections $((conns + 1000)) >"$WORK/server.out" 2>"$WORK/server.log" &
-SRV_PID=$!
-wait_listening chat "$SRV_PID" "$WORK/server.log" || exit 1
+start_server chat "$WORK" --max-connections $((conns + 1000)) || exit 1
 echo "chat: $ROOMS rooms x $MEMBERS members, $RATE msg/s per member for ${SECS}s, server pid $SRV_PID"
 cpu0=$(awk '{print $14 + $15}' "/proc/$SRV_PID/stat")
 rc=0

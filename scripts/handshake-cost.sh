@@ -36,10 +36,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 export_credentials handshake-cost
-"$SERVER" serve --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --log-format json \
-    --max-connections $((N + 1000)) >"$WORK/server.out" 2>"$WORK/server.log" &
-SRV_PID=$!
-wait_listening handshake-cost "$SRV_PID" "$WORK/server.log" || exit 1
+start_server handshake-cost "$WORK" --max-connections $((N + 1000)) || exit 1
 HZ=$(getconf CLK_TCK)
 
 c0=$(cpu_ticks)

@@ -36,11 +36,8 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 export_credentials heartbeat-cost
-"$SERVER" serve --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --log-format json \
-    --max-connections $((N + 1000)) --ping-interval-ms "$PING_MS" \
-    --idle-timeout-ms $((PING_MS * 3)) >"$WORK/server.out" 2>"$WORK/server.log" &
-SRV_PID=$!
-wait_listening heartbeat-cost "$SRV_PID" "$WORK/server.log" || exit 1
+start_server heartbeat-cost "$WORK" --max-connections $((N + 1000)) \
+    --ping-interval-ms "$PING_MS" --idle-timeout-ms $((PING_MS * 3)) || exit 1
 HZ=$(getconf CLK_TCK)
 
 timeout $((N / 5000 + WINDOW + 90)) "$LOAD" connect --url "ws://$CLIENT_ADDR/ws" \

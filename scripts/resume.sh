@@ -15,6 +15,7 @@
 #   TOPICS=room:1,room:2 TOPIC_RATE=10 SOURCE_IPS=127.0.0.2-127.0.0.9
 #   EXTRA=       more server flags (e.g. "--history-size 20")
 #   NO_BUILD=1   skip the release build (by default it runs only when sources are newer)
+#   SERVER=path  another throng binary (default target/release/throng)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -38,10 +39,8 @@ trap 'exit 130' INT TERM
 
 export_credentials resume
 # shellcheck disable=SC2086
-target/release/throng serve --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --log-format json \
-    --max-connections $((N + 1000)) ${EXTRA:-} >"$WORK/server.out" 2>"$WORK/server.log" &
-SRV_PID=$!
-wait_listening resume "$SRV_PID" "$WORK/server.log" || exit 1
+# shellcheck disable=SC2086 # EXTRA is a list of flags
+start_server resume "$WORK" --max-connections $((N + 1000)) ${EXTRA:-} || exit 1
 
 set +e
 target/release/throng-load resume --url "ws://$CLIENT_ADDR/ws" --api "http://$API_ADDR" \
