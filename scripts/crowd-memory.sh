@@ -7,8 +7,9 @@
 # crowd connection. Stops what it started, by PID.
 #
 # Environment: N=15000 BASE=1000 TOPICS=room:1,room:2 TTL_MS=2000 WATCH=5,
-#   SOURCE_IPS=127.0.0.2-127.0.0.9, SERVER=path (another throng binary, e.g. an older
-#   build to compare against), NO_BUILD=1 (skip the build check).
+#   SOURCE_IPS=127.0.0.2-127.0.0.9, TLS=1 (every connection over wss://, with a
+#   throwaway certificate), SERVER=path (another throng binary, e.g. an older build to
+#   compare against), NO_BUILD=1 (skip the build check).
 set -euo pipefail
 N=${N:-15000}
 BASE=${BASE:-1000}
@@ -37,13 +38,15 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 export_credentials crowd-memory
-start_server crowd-memory "$WORK" --max-connections $((N + BASE + 1000)) \
-    --history-ttl-ms "$TTL_MS" || exit 1
+SERVER_ARGS=(--max-connections $((N + BASE + 1000)) --history-ttl-ms "$TTL_MS")
+tls_if_asked "$WORK"
+start_server crowd-memory "$WORK" "${SERVER_ARGS[@]}" || exit 1
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$SRV_PID/status"; }
 
 # The idle connections that stay: users past the crowd's (u0 .. u{N-1}).
 HOLD=$((N / 2000 + TTL_MS / 1000 + WATCH + 60))
-"$LOAD" connect --url "ws://$CLIENT_ADDR/ws" --connections "$BASE" --connect-rate 5000 \
+"$LOAD" connect --url "$SCHEME://$CLIENT_ADDR/ws" ${TLS_ARGS[@]+"${TLS_ARGS[@]}"} \
+    --connections "$BASE" --connect-rate 5000 \
     --user-offset "$N" --source-ips 127.0.0.10 --settle-secs 1 --hold-secs "$HOLD" \
     >"$WORK/base.log" 2>&1 &
 BASE_PID=$!
@@ -54,7 +57,8 @@ before=$(rss_kb)
 peak=$before
 ( while kill -0 "$SRV_PID" 2>/dev/null; do rss_kb; sleep 0.2; done ) >"$WORK/rss.log" 2>/dev/null &
 WATCHER=$!
-timeout $((N / 2000 + 120)) "$LOAD" push --url "ws://$CLIENT_ADDR/ws" \
+timeout $((N / 2000 + 120)) "$LOAD" push --url "$SCHEME://$CLIENT_ADDR/ws" \
+    ${TLS_ARGS[@]+"${TLS_ARGS[@]}"} \
     --api "http://$API_ADDR" --connections "$N" --connect-rate 5000 \
     --source-ips "$SOURCE_IPS" --topics "$TOPICS" --target user --rate 5000 \
     --duration-secs 3 --drain-secs 10 --json "$WORK/crowd.json" >"$WORK/crowd.log" 2>&1 || {
@@ -86,6 +90,6 @@ print(f"crowd-memory: the crowd's pushes: {r.get('pushes_sent')} sent, "
 if r.get("messages_missing") or r.get("messages_duplicated"):
     raise SystemExit("crowd-memory: the crowd's pushes were not delivered exactly once")
 PY
-echo "crowd-memory: BASE=$BASE idle, crowd N=$N with topics $TOPICS and direct pushes, history TTL $TTL_MS ms"
+echo "crowd-memory: BASE=$BASE idle, crowd N=$N over $SCHEME:// with topics $TOPICS and direct pushes, history TTL $TTL_MS ms"
 echo "crowd-memory: RSS $before kB before the crowd, $peak kB at its peak, $after kB ${WATCH} s after it expired"
 echo "crowd-memory: left per crowd connection: $(((after - before) * 1024 / N)) B (peak $(((peak - before) * 1024 / N)) B)"

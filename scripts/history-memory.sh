@@ -45,11 +45,8 @@ trap 'exit 130' INT TERM
 
 export_credentials history-memory
 
-"$BIN" serve --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --shards "$SHARDS" \
-    --history-size "$PUSHES" --history-ttl-ms 600000 --history-memory-bytes 4294967296 \
-    --drain-ms 100 --log-format json >"$WORK/server.out" 2>"$WORK/server.log" &
-SRV_PID=$!
-wait_listening history-memory "$SRV_PID" "$WORK/server.log" || exit 1
+SERVER=$BIN start_server history-memory "$WORK" --shards "$SHARDS" --history-size "$PUSHES" \
+    --history-ttl-ms 600000 --history-memory-bytes 4294967296 --drain-ms 100 || exit 1
 echo "history-memory: $BIN pid $SRV_PID, $SHARDS shard(s); M=$M users, T=$T topics, $PUSHES pushes each, $DATA-byte data"
 
 timeout 600 python3 - "$SRV_PID" "$CLIENT_ADDR" "$API_ADDR" "$M" "$T" "$PUSHES" "$DATA" <<'PY'

@@ -59,8 +59,7 @@ trap 'exit 130' INT TERM
 # Test-only credentials, passed through the environment (not visible in `ps`).
 export_credentials idle-memory
 
-SERVER_ARGS=(serve --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --drain-ms 1000
-    --max-connections $((N + ${WARM:-0} + 1000)) --log-format json)
+SERVER_ARGS=(--drain-ms 1000 --max-connections $((N + ${WARM:-0} + 1000)))
 [[ -n ${SHARDS:-} ]] && SERVER_ARGS+=(--shards "$SHARDS")
 tls_if_asked "$WORK"
 if [[ -n ${REDIS:-} ]]; then
@@ -75,11 +74,7 @@ if [[ -n ${REDIS:-} ]]; then
     done
     SERVER_ARGS+=(--redis "redis://127.0.0.1:$RPORT" --node-id idle-memory)
 fi
-"$SERVER" "${SERVER_ARGS[@]}" >"$WORK/server.out" 2>"$WORK/server.log" &
-SRV_PID=$!
-
-# Wait (at most 20 s) for the `listening` line with the bound addresses.
-wait_listening idle-memory "$SRV_PID" "$WORK/server.log" || exit 1
+start_server idle-memory "$WORK" "${SERVER_ARGS[@]}" || exit 1
 echo "idle-memory: server pid $SRV_PID listening on $CLIENT_ADDR"
 
 NOFILE=$(ulimit -Hn)

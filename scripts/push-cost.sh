@@ -51,12 +51,9 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 export_credentials push-cost
-SERVER_ARGS=(serve --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --log-format json
-    --max-connections $((N + 1000)))
+SERVER_ARGS=(--max-connections $((N + 1000)))
 tls_if_asked "$WORK"
-"$SERVER" "${SERVER_ARGS[@]}" >"$WORK/server.out" 2>"$WORK/server.log" &
-SRV_PID=$!
-wait_listening push-cost "$SRV_PID" "$WORK/server.log" || exit 1
+start_server push-cost "$WORK" "${SERVER_ARGS[@]}" || exit 1
 HZ=$(getconf CLK_TCK)
 
 timeout $((N / 5000 + DURATION + 120)) "$LOAD" push --url "$SCHEME://$CLIENT_ADDR/ws" \

@@ -54,18 +54,14 @@ export_credentials slow-consumers
 
 # Long heartbeats: clients that never read never answer a ping, and the measurement is
 # about the outbound limits, not the 4002 idle close.
-SERVER_ARGS=(serve --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --drain-ms 1000
-    --max-connections $((N + 1000)) --log-format json
+SERVER_ARGS=(--drain-ms 1000 --max-connections $((N + 1000))
     --ping-interval-ms 600000 --idle-timeout-ms 1200000)
 [[ -n ${BUDGET:-} ]] && SERVER_ARGS+=(--max-outbound-total-bytes "$BUDGET")
 [[ -n ${SHARDS:-} ]] && SERVER_ARGS+=(--shards "$SHARDS")
 # shellcheck disable=SC2206
 [[ -n ${EXTRA:-} ]] && SERVER_ARGS+=($EXTRA)
-echo "slow-consumers: $SERVER ${SERVER_ARGS[*]}"
-"$SERVER" "${SERVER_ARGS[@]}" >"$WORK/server.out" 2>"$WORK/server.log" &
-SRV_PID=$!
-
-wait_listening slow-consumers "$SRV_PID" "$WORK/server.log" || exit 1
+echo "slow-consumers: $SERVER serve ${SERVER_ARGS[*]}"
+start_server slow-consumers "$WORK" "${SERVER_ARGS[@]}" || exit 1
 
 cat >"$WORK/clients.py" <<'EOF'
 import base64, hashlib, hmac, http.client, json, os, socket, sys, threading, time
