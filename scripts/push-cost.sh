@@ -16,7 +16,8 @@
 #   that was the clients' side of loopback), NO_BUILD=1 (skip the build check), SERVER=path (another throng binary, e.g. an older
 #   build to compare against), TLS=1 (wss://: a fresh self-signed certificate,
 #   trusted by the load generator with --ca), LOAD_ARGS= (more throng-load push flags,
-#   e.g. '--payload-bytes 2000 --payload-json --compression').
+#   e.g. '--payload-bytes 2000 --payload-json --compression'), SHARDS= (the server's
+#   --shards; default one per core).
 # Also prints the wire bytes per delivery the load generator read (its `compression`
 # report), with or without --compression.
 set -euo pipefail
@@ -52,6 +53,7 @@ trap 'exit 130' INT TERM
 
 export_credentials push-cost
 SERVER_ARGS=(--max-connections $((N + 1000)))
+[[ -n ${SHARDS:-} ]] && SERVER_ARGS+=(--shards "$SHARDS")
 tls_if_asked "$WORK"
 start_server push-cost "$WORK" "${SERVER_ARGS[@]}" || exit 1
 HZ=$(getconf CLK_TCK)
