@@ -1,21 +1,68 @@
-//! The one way into a shard from another thread: a bounded channel per shard paired with
+//! The one way into a shard from another thread: a bounded queue per shard paired with
 //! the shard's waker, sent on through a [`Links`] that exactly one thread owns.
 //!
-//! `Links` is not `Clone`, so "the API thread is the only sender of commands" and "the
-//! acceptor is the only sender of connections" are facts of the types, not comments: room
-//! seen in a queue is still there when its one owner sends, which is what lets a push reach
-//! all of its shards or none. Wakes are batched: one per shard per turn of the owner's
-//! loop (`wake_pending`), or at once when a queue is half full so a busy shard does not
-//! wait for the turn to end.
+//! `Links` is not `Clone`, so "the API thread is the only sender of commands" is a fact of
+//! the types, not a comment: room seen in a queue is still there when its one owner sends,
+//! which is what lets a push reach all of its shards or none. (Each acceptor has links of
+//! its own to the connection queues; a handoff is an admitted connection, which
+//! `max_connections` bounds first.) Wakes are batched: one per shard per turn of the
+//! owner's loop (`wake_pending`), or at once when a queue is half full so a busy shard does
+//! not wait for the turn to end.
+//!
+//! A queue is a crossbeam list channel with its bound kept beside it ([`QueueTx`]): its
+//! slots come in blocks of 31 as messages arrive and go as they are taken. A bounded
+//! crossbeam channel allocates and writes all of its slots when it is made: 17 MB per
+//! shard, resident from the start, at the default capacity of 65,536.
 
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mio::Waker;
 
+/// The sending half of a shard's queue: at most `capacity` messages wait in it.
+pub struct QueueTx<T> {
+    tx: Sender<T>,
+    cap: usize,
+}
+
+impl<T> Clone for QueueTx<T> {
+    fn clone(&self) -> Self {
+        QueueTx {
+            tx: self.tx.clone(),
+            cap: self.cap,
+        }
+    }
+}
+
+impl<T> QueueTx<T> {
+    /// Messages waiting.
+    pub fn len(&self) -> usize {
+        self.tx.len()
+    }
+
+    /// Whether none waits.
+    pub fn is_empty(&self) -> bool {
+        self.tx.is_empty()
+    }
+
+    /// The most messages that may wait.
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    /// Queues `msg` unless the queue is full or its receiver is gone. With one sender the
+    /// bound is exact; senders that share a queue may each overshoot it by one.
+    pub fn try_send(&self, msg: T) -> Result<(), TrySendError<T>> {
+        if self.tx.len() >= self.cap {
+            return Err(TrySendError::Full(msg));
+        }
+        self.tx.try_send(msg)
+    }
+}
+
 /// One shard's end of a link: its queue and the waker that rouses it.
 struct Link<T> {
-    tx: Sender<T>,
+    tx: QueueTx<T>,
     waker: Arc<Waker>,
     /// Sent to since the last wake.
     pending_wake: bool,
@@ -38,15 +85,16 @@ pub struct Links<T> {
     links: Vec<Link<T>>,
 }
 
-/// Makes a bounded queue of `capacity` for one shard: the sending half goes into a
-/// [`Links`] with [`Links::from_parts`], the receiving half to the shard.
-pub(crate) fn queue<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
-    crossbeam_channel::bounded(capacity)
+/// Makes a queue of at most `capacity` messages for one shard: the sending half goes into
+/// a [`Links`] with [`Links::from_parts`], the receiving half to the shard.
+pub(crate) fn queue<T>(capacity: usize) -> (QueueTx<T>, Receiver<T>) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    (QueueTx { tx, cap: capacity }, rx)
 }
 
 impl<T> Links<T> {
     /// Links to shards `0..n` from their queues' sending halves and wakers, in shard order.
-    pub fn from_parts(parts: Vec<(Sender<T>, Arc<Waker>)>) -> Links<T> {
+    pub fn from_parts(parts: Vec<(QueueTx<T>, Arc<Waker>)>) -> Links<T> {
         Links {
             links: parts
                 .into_iter()
@@ -74,7 +122,7 @@ impl<T> Links<T> {
     pub fn has_room(&self, shard: usize) -> bool {
         self.links
             .get(shard)
-            .is_some_and(|l| l.tx.capacity().is_none_or(|cap| l.tx.len() < cap))
+            .is_some_and(|l| l.tx.len() < l.tx.capacity())
     }
 
     /// Sends `msg` to `shard`; the wake follows at the end of the owner's turn, or now if
@@ -85,11 +133,7 @@ impl<T> Links<T> {
         };
         match link.tx.try_send(msg) {
             Ok(()) => {
-                if link
-                    .tx
-                    .capacity()
-                    .is_some_and(|cap| link.tx.len() * 2 >= cap)
-                {
+                if link.tx.len() * 2 >= link.tx.capacity() {
                     let _ = link.waker.wake();
                     link.pending_wake = false;
                 } else {
@@ -115,12 +159,7 @@ impl<T> Links<T> {
             }
         }
         for (link, want) in self.links.iter().zip(&wanted) {
-            if *want > 0
-                && link
-                    .tx
-                    .capacity()
-                    .is_some_and(|cap| link.tx.len() + want > cap)
-            {
+            if *want > 0 && link.tx.len() + want > link.tx.capacity() {
                 return Err((SendError::Full, unzip(msgs)));
             }
         }

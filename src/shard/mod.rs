@@ -72,9 +72,9 @@ const MAX_RESERVED_SLOTS: usize = 1 << 22;
 /// to the acceptor's `Links`, the command queue to the push API's.
 pub struct ShardEnds {
     /// Upgraded connections from the acceptor.
-    pub conns: Sender<Handoff>,
+    pub conns: crate::link::QueueTx<Handoff>,
     /// Commands from the push API.
-    pub cmds: Sender<ShardCmd>,
+    pub cmds: crate::link::QueueTx<ShardCmd>,
     /// Wakes the shard after a send.
     pub waker: Arc<Waker>,
 }
