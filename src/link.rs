@@ -235,6 +235,23 @@ mod tests {
     }
 
     #[test]
+    fn a_queue_holds_at_most_its_capacity_and_knows_when_its_shard_is_gone() {
+        let (tx, rx) = queue::<u32>(2);
+        let other = tx.clone();
+        assert_eq!((tx.capacity(), tx.is_empty()), (2, true));
+        tx.try_send(1).unwrap();
+        other.try_send(2).unwrap();
+        assert!(matches!(tx.try_send(3), Err(TrySendError::Full(3))));
+        assert!(matches!(other.try_send(3), Err(TrySendError::Full(3))));
+        assert_eq!(rx.try_recv(), Ok(1));
+        tx.try_send(3).unwrap();
+        assert_eq!(tx.len(), 2);
+        assert_eq!((rx.try_recv(), rx.try_recv()), (Ok(2), Ok(3)));
+        drop(rx);
+        assert!(matches!(tx.try_send(4), Err(TrySendError::Disconnected(4))));
+    }
+
+    #[test]
     fn wakes_once_per_turn_or_at_once_when_half_full() {
         let (mut l, rxs, mut polls) = links(&[8, 8]);
         l.send(0, 1).unwrap();
