@@ -25,6 +25,7 @@
 #   DRAIN=10        seconds throng-load waits for deliveries after the last push
 #   TANSU=tansu     the broker binary (cargo install tansu --locked --features dynostore,libsql)
 #   EXTRA=          more flags for the server (e.g. "--shards 1")
+#   SERVER=path     another throng binary (default target/release/throng)
 #   CATCHUP=120     seconds to wait for the consumer to catch up before a run and at the end
 #   JSON_DIR=       keep each run's report there as kafka-push-<run>-<rate>.json, and at the end
 #                   the server's, the broker's and throng-load's logs
@@ -53,7 +54,7 @@ command -v curl >/dev/null && command -v python3 >/dev/null || {
     exit 1
 }
 build_release_if_stale kafka-push
-SERVER=target/release/throng
+SERVER=${SERVER:-target/release/throng}
 LOAD=target/release/throng-load
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
@@ -87,11 +88,8 @@ done
 "$TANSU" topic create "$TOPIC.dlq" --partitions 1 --broker "tcp://$BROKER" >/dev/null
 
 # shellcheck disable=SC2086 # EXTRA is a list of flags
-"$SERVER" serve --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --log-format json \
-    --max-connections $((N + 1000)) --kafka "$BROKER" --kafka-topic "$TOPIC" ${EXTRA:-} \
-    >"$WORK/server.out" 2>"$WORK/server.log" &
-SRV_PID=$!
-wait_listening kafka-push "$SRV_PID" "$WORK/server.log" || exit 1
+start_server kafka-push "$WORK" --max-connections $((N + 1000)) --kafka "$BROKER" \
+    --kafka-topic "$TOPIC" ${EXTRA:-} || exit 1
 
 # A field of the server's Kafka figures in /v1/stats (`assigned_partitions`, `lag`, ...).
 kafka_stat() {

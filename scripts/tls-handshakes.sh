@@ -42,14 +42,11 @@ make_test_cert "$WORK"
 HZ=$(getconf CLK_TCK)
 
 # Starts a server; with "tls" as $1 it serves wss://.
-start_server() {
-    local args=(serve --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --log-format json
-        --max-connections $((N + 1000)) --drain-ms 500)
+start_one() {
+    local args=(--max-connections $((N + 1000)) --drain-ms 500)
     [[ $1 == tls ]] && args+=(--tls-cert "$WORK/cert.pem" --tls-key "$WORK/key.pem")
     [[ -n ${ACCEPTORS:-} ]] && args+=(--acceptors "$ACCEPTORS")
-    "$SERVER" "${args[@]}" >"$WORK/server.out" 2>"$WORK/server.log" &
-    SRV_PID=$!
-    wait_listening tls-handshakes "$SRV_PID" "$WORK/server.log" || exit 1
+    start_server tls-handshakes "$WORK" "${args[@]}" || exit 1
 }
 stop_server() {
     stop_server_pid tls-handshakes "$SRV_PID" 10
@@ -99,12 +96,12 @@ print(f"tls-handshakes: {name}: {what}; server handshakes full {full}, resumed {
 PY
 }
 
-start_server plain
+start_one plain
 measure "ws:// connect" connect --url "ws://$CLIENT_ADDR/ws" --connections "$N" \
     --connect-rate 0 --settle-secs 0 --hold-secs 0 --procs "$PROCS"
 stop_server
 
-start_server tls
+start_one tls
 measure "wss:// connect, full handshakes" connect --url "wss://$CLIENT_ADDR/ws" \
     --ca "$WORK/cert.pem" --tls-resume off --connections "$N" --connect-rate 0 \
     --settle-secs 0 --hold-secs 0 --procs "$PROCS"
