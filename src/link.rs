@@ -50,13 +50,15 @@ impl<T> QueueTx<T> {
         self.cap
     }
 
-    /// Queues `msg` unless the queue is full or its receiver is gone. With one sender the
-    /// bound is exact; senders that share a queue may each overshoot it by one.
-    pub fn try_send(&self, msg: T) -> Result<(), TrySendError<T>> {
-        if self.tx.len() >= self.cap {
+    /// Queues `msg` unless the queue is full or its receiver is gone; returns how many
+    /// waited before it. With one sender the bound is exact; senders that share a queue may
+    /// each overshoot it by one.
+    pub fn try_send(&self, msg: T) -> Result<usize, TrySendError<T>> {
+        let before = self.tx.len();
+        if before >= self.cap {
             return Err(TrySendError::Full(msg));
         }
-        self.tx.try_send(msg)
+        self.tx.try_send(msg).map(|()| before)
     }
 }
 
@@ -132,8 +134,8 @@ impl<T> Links<T> {
             return Err((SendError::Stopped, msg));
         };
         match link.tx.try_send(msg) {
-            Ok(()) => {
-                if link.tx.len() * 2 >= link.tx.capacity() {
+            Ok(before) => {
+                if (before + 1) * 2 >= link.tx.capacity() {
                     let _ = link.waker.wake();
                     link.pending_wake = false;
                 } else {
@@ -239,12 +241,12 @@ mod tests {
         let (tx, rx) = queue::<u32>(2);
         let other = tx.clone();
         assert_eq!((tx.capacity(), tx.is_empty()), (2, true));
-        tx.try_send(1).unwrap();
-        other.try_send(2).unwrap();
+        assert_eq!(tx.try_send(1), Ok(0));
+        assert_eq!(other.try_send(2), Ok(1));
         assert!(matches!(tx.try_send(3), Err(TrySendError::Full(3))));
         assert!(matches!(other.try_send(3), Err(TrySendError::Full(3))));
         assert_eq!(rx.try_recv(), Ok(1));
-        tx.try_send(3).unwrap();
+        assert_eq!(tx.try_send(3), Ok(1));
         assert_eq!(tx.len(), 2);
         assert_eq!((rx.try_recv(), rx.try_recv()), (Ok(2), Ok(3)));
         drop(rx);
