@@ -46,11 +46,17 @@ pub(super) trait Sparse {
     fn slot_bytes(&self) -> usize;
 }
 
+/// Whether a table of `len` entries and room for `cap` is worth rebuilding at `2 * len`:
+/// at most a quarter full, and not small.
+pub(super) fn is_sparse(len: usize, cap: usize) -> bool {
+    cap >= MIN_CAPACITY && len * 4 <= cap
+}
+
 /// Rebuilds `table` at twice its length when it is at most a quarter full; returns the
 /// heap bytes that freed, roughly (0 when it was left alone).
 pub(super) fn compact<T: Sparse>(table: &mut T) -> usize {
     let cap = table.capacity();
-    if cap < MIN_CAPACITY || table.len() * 4 > cap {
+    if !is_sparse(table.len(), cap) {
         return 0;
     }
     table.shrink(table.len() * 2);

@@ -10,7 +10,7 @@ use compact_str::CompactString;
 use hashbrown::HashTable;
 use rustc_hash::FxBuildHasher;
 
-use super::compact::compact;
+use super::compact::{compact, is_sparse};
 use super::history::{first_seq, Idle, Limits, Record, Ring};
 use super::sessions::Sessions;
 use crate::slots::Slots;
@@ -228,7 +228,8 @@ impl Users {
         let mut freed =
             compact(&mut self.rings) + compact(&mut self.fifo) + compact(&mut self.idle);
         let cap = self.by_id.capacity();
-        if cap >= 64 && self.by_id.len() * 4 <= cap {
+        // A `HashTable` rebuilds with the hasher in hand, so it cannot be a `Sparse`.
+        if is_sparse(self.by_id.len(), cap) {
             let entries = &self.entries;
             self.by_id.shrink_to(self.by_id.len() * 2, |&k| {
                 entries.get(k).map_or(0, |e| id_hash(&e.id))
