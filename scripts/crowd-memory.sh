@@ -56,7 +56,10 @@ wait_connections crowd-memory "$BASE" "$BASE_PID" "$WORK/base.log" || exit 1
 sleep 2
 before=$(rss_kb)
 
-( while kill -0 "$SRV_PID" 2>/dev/null; do rss_kb; sleep 0.2; done ) >"$WORK/rss.log" 2>/dev/null &
+# Appending, so that each round can empty the file without leaving a hole of zeros where
+# the watcher's write offset was.
+: >"$WORK/rss.log"
+( while kill -0 "$SRV_PID" 2>/dev/null; do rss_kb; sleep 0.2; done ) >>"$WORK/rss.log" 2>/dev/null &
 WATCHER=$!
 for round in $(seq "$ROUNDS"); do
     : >"$WORK/rss.log"
