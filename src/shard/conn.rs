@@ -285,8 +285,6 @@ pub(super) struct Conn {
     pub flags: u8,
     /// The close lifecycle.
     pub phase: Phase,
-    /// Client messages refused in a row.
-    pub refused: u8,
     /// Client IPv4 address, released from admission control at the end; with `IPV6` in
     /// `flags` the address is in `Conns::v6_peers` instead (17 bytes for an `IpAddr` here).
     pub ip4: u32,
@@ -297,9 +295,11 @@ pub(super) struct Conn {
     pub stamp: SessionStamp,
     /// Its token's topic grants (`Grants`; 0: none), in what was padding.
     pub grant: super::grants::GrantId,
-    /// permessage-deflate: the window (in bits) the client allows the server's messages;
-    /// 0 when it did not negotiate compression. In what was padding.
-    pub deflate: u8,
+    /// Two 4-bit counts in one byte, so the slot stays at 56 bytes: the low nibble is the
+    /// permessage-deflate window (in bits, 8-15) the client allows the server's messages,
+    /// 0 when it did not negotiate compression; the high nibble the client messages
+    /// refused in a row (saturating at 15). See `deflate_bits` and `refused`.
+    nibbles: u8,
 }
 
 impl Conn {
@@ -322,18 +322,44 @@ impl Conn {
             place: Place::UNLINKED,
             flags: 0,
             phase: Phase::Open,
-            refused: 0,
             ip4: 0,
             out: None,
             stamp,
             grant,
-            deflate: 0,
+            nibbles: 0,
         }
     }
 
     /// Whether the close handshake has begun.
     pub(super) fn closing(&self) -> bool {
         self.phase != Phase::Open
+    }
+
+    /// The permessage-deflate window (in bits) the client allows; 0 without compression.
+    pub(super) fn deflate_bits(&self) -> u8 {
+        self.nibbles & 0x0f
+    }
+
+    /// Records the negotiated window (8-15 bits).
+    pub(super) fn set_deflate_bits(&mut self, bits: u8) {
+        self.nibbles = (self.nibbles & 0xf0) | bits.min(15);
+    }
+
+    /// Client messages refused in a row (saturates at 15).
+    pub(super) fn refused(&self) -> u8 {
+        self.nibbles >> 4
+    }
+
+    /// Counts one more refused message; returns how many in a row now.
+    pub(super) fn note_refused(&mut self) -> u8 {
+        let n = (self.refused() + 1).min(15);
+        self.nibbles = (self.nibbles & 0x0f) | (n << 4);
+        n
+    }
+
+    /// A client message was accepted: the refusals in a row start over.
+    pub(super) fn clear_refused(&mut self) {
+        self.nibbles &= 0x0f;
     }
 }
 
@@ -953,6 +979,21 @@ mod tests {
     }
 
     #[test]
+    fn the_deflate_window_and_the_refusals_share_a_byte_without_touching_each_other() {
+        let (mut c, _l) = loopback_conn();
+        assert_eq!((c.deflate_bits(), c.refused()), (0, 0));
+        c.set_deflate_bits(9);
+        for n in 1..=20u8 {
+            assert_eq!(c.note_refused(), n.min(15));
+            assert_eq!(c.deflate_bits(), 9);
+        }
+        c.set_deflate_bits(15);
+        assert_eq!((c.deflate_bits(), c.refused()), (15, 15));
+        c.clear_refused();
+        assert_eq!((c.deflate_bits(), c.refused()), (15, 0));
+    }
+
+    #[test]
     fn a_burst_s_queues_are_counted_and_shed_once_drained() {
         let mut conns = Conns::new(1 << 20, 4);
         let ip: IpAddr = "203.0.113.7".parse().expect("v4");
@@ -1094,11 +1135,11 @@ mod tests {
     #[test]
     fn conn_stays_small() {
         // Invariant 3: an idle connection costs only its slot.
-        // 64 bytes in a release build (the timer's deadline and place included; partial
+        // 56 bytes in a release build (the timer's deadline and place included; partial
         // inbound state and subscriptions live beside the slots); debug builds of mio add
-        // a selector id (8 bytes, aligning the socket to 8) to every socket. The table
-        // keeps `Option<Conn>` at the same size (no slot tag).
-        let limit = if cfg!(debug_assertions) { 72 } else { 64 };
+        // a selector id (8 bytes, aligning the socket to 8: 12 more with the padding) to
+        // every socket. The table keeps `Option<Conn>` at the same size (no slot tag).
+        let limit = if cfg!(debug_assertions) { 72 } else { 56 };
         assert!(
             std::mem::size_of::<Conn>() <= limit,
             "{}",

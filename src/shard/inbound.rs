@@ -15,6 +15,8 @@ use super::Shard;
 
 /// Refused client messages in a row that are tolerated; one more closes with 1008.
 const MAX_REFUSED_IN_ROW: u8 = 10;
+// The count is kept in a nibble that saturates at 15 (`Conn::note_refused`).
+const _: () = assert!(MAX_REFUSED_IN_ROW < 15);
 
 impl Shard {
     /// Reads what the socket has, within the read budget. A read that does not fill the
@@ -156,7 +158,7 @@ impl Shard {
                 .partial(key)
                 .and_then(|p| p.message.as_ref())
                 .map_or(0, Vec::len);
-            let deflate = c.deflate != 0;
+            let deflate = c.deflate_bits() != 0;
             let head = match frame::parse_head(&buf[pos..], max - assembled.min(max), deflate) {
                 Ok(Some(h)) if buf.len() - pos >= h.total_len() => h,
                 Ok(_) => {
@@ -291,15 +293,14 @@ impl Shard {
         match outcome {
             Ok(()) => {
                 if let Some(c) = self.conns.get_mut(key) {
-                    c.refused = 0;
+                    c.clear_refused();
                 }
             }
             Err(refused) => {
                 let Some(c) = self.conns.get_mut(key) else {
                     return Ok(());
                 };
-                c.refused = c.refused.saturating_add(1);
-                if c.refused > MAX_REFUSED_IN_ROW {
+                if c.note_refused() > MAX_REFUSED_IN_ROW {
                     self.close(key, Close::TOO_MANY_REFUSED);
                 } else {
                     self.send_frame(key, messages::error_frame(&refused, reference.as_deref()));

@@ -8,6 +8,7 @@ mod budget;
 mod cluster;
 mod compact;
 mod conn;
+mod distinct;
 mod grants;
 mod history;
 mod inbound;
@@ -186,7 +187,8 @@ struct Shard {
     /// after 4 billion sessions of one shard's life, with the random nonce in front).
     session_counter: u32,
     nonce: u32,
-    mark: u32,
+    /// The distinct users a fan-out reached, for the push API's answer.
+    reached: distinct::Distinct,
     /// When a drain began: the shard clock's millisecond (`Clock::now_ms`) at which the
     /// connections still open are abandoned. On the shard's clock like every other
     /// deadline, so a test on a manual clock sees the same drain however slowly it runs.
@@ -296,7 +298,7 @@ impl Shard {
             last_publish: Instant::now(),
             session_counter: 0,
             nonce: rand::random(),
-            mark: 0,
+            reached: distinct::Distinct::default(),
             drain_deadline: None,
             grants: grants::Grants::default(),
             acks: HashMap::default(),
@@ -471,7 +473,7 @@ impl Shard {
             self.conns.adopt_tls(key, *tls);
         }
         if let (Some(agreed), Some(c)) = (h.deflate, self.conns.get_mut(key)) {
-            c.deflate = agreed.window_bits();
+            c.set_deflate_bits(agreed.window_bits());
         }
         self.counters().connections.fetch_add(1, Relaxed);
         self.lifecycle(key, "connect", crate::events::Detail::None);
@@ -780,8 +782,6 @@ impl Shard {
         (frame, compressed): (&Wire, &Compressed),
         count_users: bool,
     ) -> (u64, u64) {
-        self.mark = self.mark.wrapping_add(1);
-        let mark = self.mark;
         let mut sessions = 0;
         let mut users = 0;
         for &key in keys {
@@ -794,15 +794,11 @@ impl Shard {
                 continue;
             }
             sessions += 1;
-            if count_users {
-                if let Some(u) = self.users.get_mut(user) {
-                    if u.mark != mark {
-                        u.mark = mark;
-                        users += 1;
-                    }
-                }
+            if count_users && self.reached.insert(user) {
+                users += 1;
             }
         }
+        self.reached.clear();
         (sessions, users)
     }
 
@@ -815,7 +811,8 @@ impl Shard {
             && self.conns.get(key).is_some_and(|c| {
                 // A window smaller than the compressor's 32 KiB is respected by
                 // compressing only messages that fit in it.
-                c.deflate != 0 && (c.deflate >= 15 || frame.len() <= 1 << c.deflate)
+                let bits = c.deflate_bits();
+                bits != 0 && (bits >= 15 || frame.len() <= 1 << bits)
             });
         if !compress {
             return self.deliver(key, frame.clone());

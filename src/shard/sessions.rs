@@ -1,5 +1,6 @@
 //! A user's session keys in 16 bytes: up to three inline (most users have one or two),
-//! more in a boxed `Vec`. `SmallVec<[u32; 4]>` took 24 bytes of every user entry.
+//! more in a boxed `Vec`. `SmallVec<[u32; 4]>` took 24 bytes of every user entry. A user
+//! without sessions keeps, in the same 16 bytes, the tick its entry is removed at.
 
 use std::ops::Deref;
 
@@ -15,6 +16,9 @@ pub(super) enum Sessions {
     // Boxed on purpose: a `Vec` inline would make every user entry 8 bytes larger.
     #[allow(clippy::box_collection)]
     Spilled(Box<Vec<u32>>),
+    /// No session since the last one left; the entry is removed at tick `until` (kept
+    /// here, not in a field of every entry).
+    Retained { until: u32 },
 }
 
 impl Default for Sessions {
@@ -35,9 +39,24 @@ impl Sessions {
         }
     }
 
+    /// No session, the entry kept until tick `until`.
+    pub(super) fn retained(until: u32) -> Sessions {
+        Sessions::Retained { until }
+    }
+
+    /// The tick a user without sessions is removed at; `None` while it has some (or was
+    /// never given one).
+    pub(super) fn retained_until(&self) -> Option<u32> {
+        match self {
+            Sessions::Retained { until } => Some(*until),
+            _ => None,
+        }
+    }
+
     /// Adds `key` as the newest.
     pub(super) fn push(&mut self, key: u32) {
         match self {
+            Sessions::Retained { .. } => *self = Sessions::one(key),
             Sessions::Inline { len, keys } if usize::from(*len) < INLINE => {
                 keys[usize::from(*len)] = key;
                 *len += 1;
@@ -55,6 +74,7 @@ impl Sessions {
     /// Removes the key at `pos`, keeping the others' order; back inline when they fit.
     pub(super) fn remove(&mut self, pos: usize) {
         match self {
+            Sessions::Retained { .. } => {}
             Sessions::Inline { len, keys } => {
                 let n = usize::from(*len);
                 if pos < n {
@@ -86,6 +106,7 @@ impl Deref for Sessions {
         match self {
             Sessions::Inline { len, keys } => &keys[..usize::from(*len)],
             Sessions::Spilled(v) => v,
+            Sessions::Retained { .. } => &[],
         }
     }
 }
@@ -128,5 +149,19 @@ mod tests {
         s.remove(0);
         assert!(s.is_empty());
         assert!(Sessions::default().is_empty());
+    }
+
+    #[test]
+    fn a_retained_user_keeps_its_deadline_until_a_session_comes_back() {
+        let mut s = Sessions::retained(700);
+        assert!(s.is_empty());
+        assert_eq!(s.retained_until(), Some(700));
+        s.remove(0);
+        assert_eq!(s.retained_until(), Some(700), "nothing to remove");
+        s.push(5);
+        assert_eq!(&s[..], &[5]);
+        assert_eq!(s.retained_until(), None);
+        assert_eq!(Sessions::one(1).retained_until(), None);
+        assert_eq!(Sessions::default().retained_until(), None);
     }
 }

@@ -19,7 +19,8 @@ use crate::slots::Slots;
 pub(super) struct UserEntry {
     /// The user id; up to 24 bytes live in the entry itself (no heap chunk per user).
     pub id: CompactString,
-    /// Connection keys, oldest first; empty while retained offline. Up to three live in
+    /// Connection keys, oldest first; while retained offline, none and the tick the
+    /// entry is removed at (`Sessions::Retained`). Up to three live in
     /// the entry itself: most users have one or two sessions, which then cost no heap
     /// allocation (a `Vec` of one was a 32-byte chunk per user).
     pub sessions: Sessions,
@@ -28,11 +29,6 @@ pub(super) struct UserEntry {
     /// Identifies this life of `seq`: a user who comes back after its entry expired
     /// starts anew.
     pub epoch: u64,
-    /// Scratch stamp for counting distinct users in one fan-out (wraps; a false match
-    /// needs exactly 2^32 fan-outs between two of the same user's).
-    pub mark: u32,
-    /// While without sessions: the tick the entry is removed at.
-    idle_until: u32,
 }
 
 /// Users by id, with the shard's history bookkeeping.
@@ -96,8 +92,6 @@ impl Users {
             sessions: Sessions::one(conn),
             seq: 0,
             epoch: rand::random(),
-            mark: 0,
-            idle_until: 0,
         });
         let entries = &self.entries;
         self.by_id.insert_unique(id_hash(id), key, |&k| {
@@ -121,7 +115,7 @@ impl Users {
         if entry.sessions.is_empty() {
             self.online -= 1;
             let until = tick.saturating_add(self.limits.ttl_ticks);
-            entry.idle_until = until;
+            entry.sessions = Sessions::retained(until);
             self.idle.push_back(Idle {
                 user,
                 epoch: entry.epoch,
@@ -335,7 +329,7 @@ impl Users {
                 break;
             };
             let due = self.entries.get(i.user).is_some_and(|u| {
-                u.epoch == i.epoch && u.sessions.is_empty() && u.idle_until <= tick
+                u.epoch == i.epoch && u.sessions.retained_until().is_some_and(|t| t <= tick)
             });
             if due {
                 let Some(u) = self.entries.remove(i.user) else {
@@ -424,12 +418,13 @@ mod tests {
 
     #[test]
     fn user_entry_stays_small() {
-        // Every online user costs one entry: the idle deadline shares a word with the
-        // fan-out mark; the id is 24 bytes inline (8 more than a boxed one, and no 32-byte
-        // heap chunk for ids up to 24 bytes); sessions take 16; history lives beside the
-        // entries. The table keeps `Option<UserEntry>` at the same size (no slot tag).
+        // Every online user costs one entry: the id is 24 bytes inline (8 more than a
+        // boxed one, and no 32-byte heap chunk for ids up to 24 bytes); sessions take 16
+        // and hold the removal tick of a user without any; history lives beside the
+        // entries, and a fan-out counts distinct users in a bitset of its own. The table
+        // keeps `Option<UserEntry>` at the same size (no slot tag).
         assert!(
-            std::mem::size_of::<UserEntry>() <= 64,
+            std::mem::size_of::<UserEntry>() <= 56,
             "{}",
             std::mem::size_of::<UserEntry>()
         );
