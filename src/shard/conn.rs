@@ -277,9 +277,11 @@ pub(super) struct Conn {
     /// Tick at which the token expires (`u32::MAX`: never).
     pub expires: u32,
     /// Tick the connection's one timer is armed for (valid while `place` is linked).
+    /// Only the wheel sets it (`Timed::set_deadline`): it finds the timer's slot from it.
     pub deadline: u32,
     /// The timer's place in the shard's wheel (`Core`): kept here, not in an entry of its
-    /// own, so an idle connection's heartbeat costs 16 bytes of its slot and nothing else.
+    /// own, so an idle connection's heartbeat costs 13 bytes of its slot (with `deadline`)
+    /// and nothing else.
     pub place: Place,
     /// `PING_SENT`, `DRAIN_DUE`, `DIRTY`, `EXPIRING_SENT`.
     pub flags: u8,
