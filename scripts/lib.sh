@@ -146,6 +146,21 @@ tls_if_asked() {
 # ($SRV_PID) has used so far, from /proc.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$SRV_PID/stat"; }
 
+# CPU time (utime + stime, in clock ticks) of process $1 and all of its live descendants:
+# the load generator with its worker processes.
+tree_cpu_ticks() {
+    local pids=("$1") all=() list
+    while ((${#pids[@]})); do
+        all+=("${pids[@]}")
+        list=$(IFS=,; echo "${pids[*]}")
+        mapfile -t pids < <(pgrep -P "$list" 2>/dev/null || true)
+    done
+    local p
+    for p in "${all[@]}"; do
+        awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || true
+    done | awk '{s += $1} END {print s + 0}'
+}
+
 # With PERF=1 (and perf installed): samples the server (PID $1) for $2 seconds in the
 # background into $3 and sets PERF_PID; otherwise does nothing. Wait with `perf_share`.
 # Sampling adds to the server's CPU time (most visibly under light loads such as

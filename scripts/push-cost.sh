@@ -2,8 +2,9 @@
 # Server CPU per delivered push (issue 11 items 4 and 5): N connections, `throng-load
 # push` for DURATION seconds, and the server's CPU time (utime + stime from /proc) over a
 # WINDOW-second window in the middle of it against `throng_pushes_delivered_total` over
-# the same window. Prints the load generator's throughput and latency and the server CPU
-# per delivery. Stops what it started, by PID.
+# the same window. Prints the load generator's throughput and latency, the server CPU
+# per delivery and the load generator's own CPU per delivery over the same window (it
+# shares the host's cores). Stops what it started, by PID.
 #
 # Environment:
 #   TARGET=user        user (one POST per push, unicast) or broadcast
@@ -17,7 +18,7 @@
 #   build to compare against), TLS=1 (wss://: a fresh self-signed certificate,
 #   trusted by the load generator with --ca), LOAD_ARGS= (more throng-load push flags,
 #   e.g. '--payload-bytes 2000 --payload-json --compression'), SHARDS= (the server's
-#   --shards; default one per core).
+#   --shards; default one per core), LOAD=path (another throng-load binary).
 # Also prints the wire bytes per delivery the load generator read (its `compression`
 # report), with or without --compression.
 set -euo pipefail
@@ -35,7 +36,7 @@ cd "$ROOT"
 . "$ROOT/scripts/lib.sh"
 build_release_if_stale push-cost
 SERVER=${SERVER:-target/release/throng}
-LOAD=target/release/throng-load
+LOAD=${LOAD:-target/release/throng-load}
 command -v curl >/dev/null || { echo "push-cost: needs curl" >&2; exit 1; }
 ((WINDOW + 3 < DURATION)) || { echo "push-cost: WINDOW must be at least 4 s shorter than DURATION" >&2; exit 2; }
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -68,10 +69,10 @@ LOAD_PID=$!
 wait_connections push-cost "$N" "$LOAD_PID" "$WORK/load.log" || exit 1
 # Into the pushing phase, clear of the connect ramp.
 sleep 2
-c0=$(cpu_ticks) d0=$(api_stat pushes_delivered)
+c0=$(cpu_ticks) d0=$(api_stat pushes_delivered) l0=$(tree_cpu_ticks "$LOAD_PID")
 perf_start "$SRV_PID" "$WINDOW" "$WORK/perf.data"
 sleep "$WINDOW"
-c1=$(cpu_ticks) d1=$(api_stat pushes_delivered)
+c1=$(cpu_ticks) d1=$(api_stat pushes_delivered) l1=$(tree_cpu_ticks "$LOAD_PID")
 perf_share "$WORK/perf.data"
 status=0
 wait "$LOAD_PID" || status=$?
@@ -81,11 +82,12 @@ if ((status != 0)); then
     tail -20 "$WORK/load.log" >&2
     exit "$status"
 fi
-python3 - "$WORK/report.json" "$c0" "$c1" "$d0" "$d1" "$HZ" "$WINDOW" "$TARGET" "$N" "${RX_SHARE:-}" <<'PY'
+python3 - "$WORK/report.json" "$c0" "$c1" "$d0" "$d1" "$HZ" "$WINDOW" "$TARGET" "$N" "${RX_SHARE:-}" "$l0" "$l1" <<'PY'
 import json, sys
 path = sys.argv[1]
 c0, c1, d0, d1, hz, window = map(float, sys.argv[2:8])
 target, n, rx_share = sys.argv[8], sys.argv[9], sys.argv[10]
+l0, l1 = float(sys.argv[11]), float(sys.argv[12])
 r = json.load(open(path))
 lat = r.get("latency_us", {})
 delivered = d1 - d0
@@ -97,6 +99,9 @@ print(f"push-cost: latency p50 {lat.get('p50')} us, p99 {lat.get('p99')} us, "
       f"p99.9 {lat.get('p999')} us, max {lat.get('max')} us")
 print(f"push-cost: server CPU {(c1 - c0) / hz:.2f} s over {window:.0f} s for {int(delivered)} "
       f"deliveries = {us:.2f} us per delivery")
+if delivered:
+    print(f"push-cost: load generator CPU {(l1 - l0) / hz:.2f} s over the same window = "
+          f"{(l1 - l0) / hz / delivered * 1e6:.2f} us per delivery")
 if rx_share:
     share = float(rx_share) / 100
     print(f"push-cost: perf: {rx_share}% of the server's samples were the receive path run "

@@ -70,14 +70,17 @@ impl SeqTracker {
         }
     }
 
-    pub fn record(&mut self, n: u64) {
+    /// Counts number `n`; true when it had not been seen before.
+    pub fn record(&mut self, n: u64) -> bool {
         if n == self.next {
             self.unique += 1;
             self.next += 1;
+            true
         } else if n > self.next {
             self.gaps.push((self.next, n - 1));
             self.unique += 1;
             self.next = n + 1;
+            true
         } else {
             // n < next: fills a gap, or is a duplicate (including numbers before the start)
             match self.gaps.binary_search_by(|&(lo, hi)| {
@@ -104,8 +107,12 @@ impl SeqTracker {
                     }
                     self.unique += 1;
                     self.out_of_order += 1;
+                    true
                 }
-                Err(_) => self.duplicated += 1,
+                Err(_) => {
+                    self.duplicated += 1;
+                    false
+                }
             }
         }
     }
@@ -146,18 +153,20 @@ impl RecvState {
         }
     }
 
-    pub fn record_seq(&mut self, seq: u64) {
+    /// Counts a direct push; true when its `seq` is new.
+    pub fn record_seq(&mut self, seq: u64) -> bool {
         self.received += 1;
-        self.seq.record(seq);
+        self.seq.record(seq)
     }
 
-    pub fn record_counter(&mut self, stream: usize, n: u64) {
+    /// Counts a topic or broadcast push of driver stream `stream`; true when `n` is new.
+    pub fn record_counter(&mut self, stream: usize, n: u64) -> bool {
         self.received += 1;
         if stream >= self.streams.len() {
             self.streams
                 .resize_with(stream + 1, || SeqTracker::after(0));
         }
-        self.streams[stream].record(n);
+        self.streams[stream].record(n)
     }
 
     pub fn unique(&self) -> u64 {
@@ -234,9 +243,15 @@ mod tests {
     #[test]
     fn gaps_reorder_and_duplicates() {
         let mut t = SeqTracker::after(0);
-        for n in [1, 2, 5, 3, 9, 4, 4, 2, 0, 7] {
-            t.record(n);
-        }
+        let new: Vec<bool> = [1, 2, 5, 3, 9, 4, 4, 2, 0, 7]
+            .into_iter()
+            .map(|n| t.record(n))
+            .collect();
+        // What `record` says matches the counts: the load generator counts new pushes by it.
+        assert_eq!(
+            new,
+            [true, true, true, true, true, true, false, false, false, true]
+        );
         // unique: 1,2,5,3,9,4,7 = 7; dups: 4,2,0 = 3; ooo: 3,4,7 = 3; holes: 6,8
         assert_eq!(t.unique, 7);
         assert_eq!(t.duplicated, 3);
@@ -247,7 +262,7 @@ mod tests {
         t.record(6);
         assert_eq!(t.holes(), 0);
         assert_eq!(t.out_of_order, 5);
-        t.record(6);
+        assert!(!t.record(6));
         assert_eq!(t.duplicated, 4);
     }
 
