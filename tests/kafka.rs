@@ -84,6 +84,10 @@ fn records_become_pushes_in_order_per_key_and_are_committed() {
     assert_eq!(s["kafka"]["dlq"], 0, "{s}");
     let m = srv.api("GET", "/metrics", None).text();
     assert!(m.contains("throng_kafka_delivered_total 200"), "{m}");
+    // Nothing is left read and not taken once all is delivered.
+    srv.wait_stats("no records pending", |s| s["kafka"]["pending_bytes"] == 0);
+    let m = srv.api("GET", "/metrics", None).text();
+    assert!(m.contains("throng_kafka_pending_bytes 0"), "{m}");
 }
 
 #[test]

@@ -36,6 +36,14 @@ const PENDING_HIGH: usize = 10_000;
 /// Bytes of records read and not yet taken, per partition, above which it is paused
 /// (10,000 records of up to 1 MiB would otherwise be 10 GiB).
 const PENDING_BYTES_HIGH: usize = 64 << 20;
+/// Bytes of records read and not yet taken over all partitions, above which every
+/// partition is paused: the bound for the process (with per-partition bounds alone, a node
+/// assigned 100 partitions could hold 6.4 GiB). It may be passed by what one loop turn
+/// reads, which librdkafka's prefetch queue bounds (`PREFETCH_KBYTES`).
+const PENDING_BYTES_TOTAL_HIGH: usize = 128 << 20;
+/// librdkafka's queue of prefetched records, for the whole consumer (its default, set
+/// here so the bound above is written down; a fetch may pass it by one fetch's size).
+const PREFETCH_KBYTES: &str = "65536";
 /// After a refusal, how long a partition waits before its records go again.
 const RETRY_AFTER: Duration = Duration::from_millis(50);
 /// How often offsets are committed.
@@ -86,6 +94,16 @@ impl Record {
     fn size(&self) -> usize {
         self.value.len() + self.key.as_ref().map_or(0, Vec::len)
     }
+}
+
+/// Whether partition `p` should be paused in the consumer: while it waits to retry a
+/// refused batch, while it holds too many records or bytes read and not yet taken, and
+/// while all partitions together hold `total_bytes` at or above the process's bound.
+fn should_pause(waiting: bool, p: &Partition, total_bytes: usize) -> bool {
+    waiting
+        || p.pending.len() >= PENDING_HIGH
+        || p.pending_bytes >= PENDING_BYTES_HIGH
+        || total_bytes >= PENDING_BYTES_TOTAL_HIGH
 }
 
 impl Partition {
@@ -244,6 +262,7 @@ impl Ingress {
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
             .set("fetch.wait.max.ms", FETCH_WAIT_MS)
+            .set("queued.max.messages.kbytes", PREFETCH_KBYTES)
             .set("statistics.interval.ms", STATS_EVERY_MS)
             .create_with_context(context)?;
         consumer.set_nonempty_callback(move || {
@@ -363,6 +382,11 @@ impl Ingress {
         let mut resume = TopicPartitionList::new();
         let mut sent = false;
         let mut paused = 0;
+        let total_bytes: usize = shared.partitions.values().map(|p| p.pending_bytes).sum();
+        self.metrics
+            .kafka
+            .pending_bytes
+            .store(total_bytes as u64, Relaxed);
         for (&partition, p) in shared.partitions.iter_mut() {
             let waiting = p.retry_at.is_some_and(|t| now < t);
             if !waiting {
@@ -379,8 +403,7 @@ impl Ingress {
                     }
                 }
             }
-            let want_paused =
-                waiting || p.pending.len() >= PENDING_HIGH || p.pending_bytes >= PENDING_BYTES_HIGH;
+            let want_paused = should_pause(waiting, p, total_bytes);
             if want_paused != p.paused {
                 let list = if want_paused { &mut pause } else { &mut resume };
                 let _ = list.add_partition(&self.topic, partition);
@@ -486,4 +509,46 @@ fn parse_record(value: &[u8]) -> Result<ParsedPush, String> {
         ));
     }
     parse_push(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn holding(records: usize, bytes: usize) -> Partition {
+        let mut p = Partition::default();
+        for i in 0..records {
+            p.pending.push_back(Record {
+                offset: i as i64,
+                key: None,
+                value: Vec::new(),
+            });
+        }
+        p.pending_bytes = bytes;
+        p
+    }
+
+    #[test]
+    fn a_partition_pauses_for_its_own_backlog_or_for_the_process_s() {
+        let small = holding(10, 1 << 10);
+        assert!(!should_pause(false, &small, 1 << 10));
+        assert!(should_pause(true, &small, 1 << 10), "waiting to retry");
+        assert!(should_pause(false, &holding(PENDING_HIGH, 0), 0));
+        assert!(should_pause(
+            false,
+            &holding(1, PENDING_BYTES_HIGH),
+            PENDING_BYTES_HIGH
+        ));
+        // Three partitions just under their own bound hold more than the process's:
+        // every one pauses, even one that holds little.
+        let total = 3 * (PENDING_BYTES_HIGH - 1);
+        assert!(total >= PENDING_BYTES_TOTAL_HIGH);
+        assert!(should_pause(
+            false,
+            &holding(1, PENDING_BYTES_HIGH - 1),
+            total
+        ));
+        assert!(should_pause(false, &small, total));
+        assert!(!should_pause(false, &small, PENDING_BYTES_TOTAL_HIGH - 1));
+    }
 }

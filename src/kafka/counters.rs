@@ -28,6 +28,8 @@ pub struct KafkaCounters {
     pub paused: AtomicU64,
     /// Partitions assigned to this node (gauge).
     pub assigned: AtomicU64,
+    /// Bytes of records read and not yet taken by the shards, all partitions (gauge).
+    pub pending_bytes: AtomicU64,
     /// Lag per assigned partition: the high watermark minus the next offset to commit.
     pub lag: Mutex<Vec<(i32, i64)>>,
 }
@@ -88,6 +90,12 @@ impl FeatureCounters for KafkaCounters {
                 "gauge",
                 "Partitions paused for backpressure.",
                 n(&self.paused),
+            ),
+            (
+                "throng_kafka_pending_bytes",
+                "gauge",
+                "Bytes of records read and not yet taken by the shards (all partitions pause at 128 MiB).",
+                n(&self.pending_bytes),
             ),
             (
                 "throng_kafka_assigned_partitions",
