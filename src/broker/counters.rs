@@ -19,6 +19,9 @@ pub struct BrokerCounters {
     pub channels: AtomicU64,
     /// Users and topics this node serves (gauge).
     pub streams: AtomicU64,
+    /// Streams the shards asked the subscriber to watch or drop that it has not taken
+    /// yet (gauge).
+    pub interests_waiting: AtomicU64,
     /// Stream states loaded from Redis (first session, reconnects, gaps).
     pub loads: AtomicU64,
     /// Messages received on subscribed channels.
@@ -79,6 +82,12 @@ impl crate::metrics::FeatureCounters for BrokerCounters {
                 "gauge",
                 "Users and topics this node serves.",
                 n(&self.streams),
+            ),
+            (
+                "throng_broker_interests_waiting",
+                "gauge",
+                "Streams the shards asked to watch or drop, not yet taken by the subscriber.",
+                n(&self.interests_waiting),
             ),
             (
                 "throng_broker_loads_total",

@@ -19,9 +19,7 @@ use redis::{Connection, PubSub, Value};
 use super::envelope;
 use super::keys::{stream_of_channel, StreamRef, BROADCAST_CHANNEL};
 use super::script::now_ms;
-use super::{
-    connect, next_backoff, pause, BrokerCtx, Interest, Remote, StreamState, RECONNECT_MIN,
-};
+use super::{connect, next_backoff, BrokerCtx, Interest, Remote, StreamState, RECONNECT_MIN};
 use crate::link::{Links, SendError};
 use crate::route::shard_of;
 
@@ -33,6 +31,8 @@ const WAKE_EVERY: Duration = Duration::from_millis(1);
 const MESSAGES_PER_TURN: usize = 1024;
 /// Interest changes taken per turn.
 const INTERESTS_PER_TURN: usize = 4096;
+/// While Redis is away: how often what the shards asked for is answered.
+const AWAY_STEP: Duration = Duration::from_millis(10);
 /// Loads after which a quiet moment hands freed memory back (`memory::release_free_memory`).
 const TRIM_AFTER_LOADS: usize = 1000;
 /// How long loads must have stopped before that.
@@ -126,11 +126,7 @@ impl Subscriber {
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "subscriber cannot reach Redis");
-                    // Shards waiting for a stream learn now, so their clients are not
-                    // left without `welcome` until Redis is back.
-                    let (_, loads) = self.take_interests();
-                    self.fail(loads, &format!("Redis is unavailable: {e}"));
-                    pause(self.backoff, &self.ctx.stop);
+                    self.wait_away(self.backoff, &format!("Redis is unavailable: {e}"));
                     self.backoff = next_backoff(self.backoff);
                 }
             }
@@ -314,12 +310,40 @@ impl Subscriber {
                 }
             }
         }
-        self.ctx
-            .metrics
-            .broker
+        let broker = &self.ctx.metrics.broker;
+        broker
             .streams
             .store(self.users + self.topics.len() as u64, Relaxed);
+        broker
+            .interests_waiting
+            .store(self.interests.len() as u64, Relaxed);
         (ops, loads)
+    }
+
+    /// Waits `d` before the next reconnect. Meanwhile, every `AWAY_STEP`, it takes all that
+    /// the shards asked for, not one turn's worth, and tells the shards waiting for a
+    /// stream that it cannot be loaded now: their clients learn at once (1013), not after
+    /// the backoff, and sessions that come and go while Redis is away (two interests each)
+    /// cannot pile up in the channel. The subscriptions taken are not lost: after the
+    /// reconnect the shards name everything they serve again (`Remote::Resync`).
+    fn wait_away(&mut self, d: Duration, why: &str) {
+        let end = Instant::now() + d;
+        loop {
+            loop {
+                let (_, loads) = self.take_interests();
+                if !loads.is_empty() {
+                    self.fail(loads, why);
+                }
+                if self.interests.is_empty() {
+                    break;
+                }
+            }
+            let now = Instant::now();
+            if now >= end || self.ctx.stop.load(Relaxed) {
+                return;
+            }
+            std::thread::sleep(AWAY_STEP.min(end - now));
+        }
     }
 
     /// Reads each stream's state in one pipelined round trip and hands it to its shards.
@@ -582,6 +606,90 @@ fn read_state(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ClusterConfig;
+    use crate::metrics::Metrics;
+    use mio::{Poll, Token, Waker};
+
+    /// A subscriber for `shards` shards whose Redis is never reached, with the shards'
+    /// ends of its links (and the polls their wakers are registered with).
+    fn away_subscriber(
+        shards: usize,
+    ) -> (
+        Subscriber,
+        crossbeam_channel::Sender<Interest>,
+        Vec<Receiver<Remote>>,
+        Vec<Poll>,
+    ) {
+        let ctx = BrokerCtx {
+            client: redis::Client::open("redis://127.0.0.1:1").expect("a valid URL"),
+            node_id: "n1".into(),
+            cluster: ClusterConfig {
+                redis_url: "redis://127.0.0.1:1".into(),
+                node_id: None,
+                offline_ttl: Duration::from_secs(60),
+                claim_idle: Duration::from_secs(30),
+            },
+            retention: super::super::script::Retention {
+                history_size: 10,
+                user_ms: 60_000,
+                topic_ms: 60_000,
+                dedup_ms: 0,
+            },
+            metrics: Arc::new(Metrics::new(shards)),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        let (mut parts, mut rxs, mut polls) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..shards {
+            let poll = Poll::new().expect("poll");
+            let waker = Arc::new(Waker::new(poll.registry(), Token(0)).expect("waker"));
+            let (tx, rx) = crate::link::queue(1 << 16);
+            parts.push((tx, waker));
+            rxs.push(rx);
+            polls.push(poll);
+        }
+        let (tx, interests) = crossbeam_channel::unbounded();
+        let sub = Subscriber::new(
+            ctx,
+            Links::from_parts(parts),
+            interests,
+            Arc::new(AtomicBool::new(false)),
+        );
+        (sub, tx, rxs, polls)
+    }
+
+    #[test]
+    fn while_redis_is_away_everything_the_shards_asked_for_is_answered_at_once() {
+        let (mut sub, tx, rxs, _polls) = away_subscriber(2);
+        // More than one turn takes, and a drop for every watch: sessions that came and
+        // went while Redis was away.
+        let n = 3 * INTERESTS_PER_TURN;
+        for i in 0..n {
+            let user: Box<str> = format!("u{i}").into();
+            tx.send(Interest::WatchUser {
+                user: user.clone(),
+                fresh: true,
+            })
+            .expect("send");
+            tx.send(Interest::UnwatchUser(user)).expect("send");
+        }
+        sub.wait_away(Duration::ZERO, "Redis is unavailable: test");
+        assert!(sub.interests.is_empty(), "{} left", sub.interests.len());
+        let failed: usize = rxs
+            .iter()
+            .map(|rx| {
+                rx.try_iter()
+                    .filter(|m| matches!(m, Remote::UserLoaded { state: Err(_), .. }))
+                    .count()
+            })
+            .sum();
+        assert_eq!(
+            failed, n,
+            "every waiting session is told its stream cannot load"
+        );
+        let broker = &sub.ctx.metrics.broker;
+        assert_eq!(broker.interests_waiting.load(Relaxed), 0);
+        assert_eq!(broker.streams.load(Relaxed), 0, "watched, then dropped");
+    }
 
     fn entry(seq: u64, epoch: &str, ts: u64) -> Value {
         Value::BulkString(
