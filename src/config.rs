@@ -166,6 +166,10 @@ pub struct ServeArgs {
     /// Bearer token sent to `events_url` (env THRONG_EVENTS_KEY).
     #[arg(long, env = "THRONG_EVENTS_KEY", hide_env_values = true)]
     pub events_key: Option<String>,
+    /// PEM file of the CA certificates to trust for an `https://` `events_url`, instead of
+    /// the bundled Mozilla roots (an upstream behind a private CA).
+    #[arg(long)]
+    pub events_ca: Option<PathBuf>,
     /// Also send `connect`, `disconnect`, `subscribe` and `unsubscribe` events.
     #[arg(long)]
     pub lifecycle_events: bool,
@@ -311,6 +315,7 @@ struct FileConfig {
     max_client_data_bytes: Option<usize>,
     events_url: Option<String>,
     events_key: Option<String>,
+    events_ca: Option<PathBuf>,
     lifecycle_events: Option<bool>,
     events_maxlen: Option<u64>,
     events_queue: Option<usize>,
@@ -427,6 +432,9 @@ pub struct Config {
     pub events_url: Option<String>,
     /// Bearer token for `events_url`.
     pub events_key: Option<String>,
+    /// The roots an `https://` `events_url` is verified against (empty: the bundled
+    /// Mozilla roots).
+    pub events_ca: Vec<rustls::pki_types::CertificateDer<'static>>,
     /// Lifecycle events on.
     pub lifecycle_events: bool,
     /// Cluster mode: approximate length of `throng:events`.
@@ -968,6 +976,21 @@ impl Config {
         if let Some(url) = &events_url {
             check_events_url(url).map_err(|e| invalid("events_url", e))?;
         }
+        let events_ca = match args.events_ca.or(file.events_ca) {
+            None => Vec::new(),
+            Some(path) => {
+                if !events_url
+                    .as_deref()
+                    .is_some_and(|u| u.starts_with("https://"))
+                {
+                    return Err(invalid(
+                        "events_ca",
+                        "is for an https:// events_url, and none is set",
+                    ));
+                }
+                crate::events::read_ca(&path).map_err(|e| invalid("events_ca", e))?
+            }
+        };
         let events_maxlen = args
             .events_maxlen
             .or(file.events_maxlen)
@@ -1018,6 +1041,7 @@ impl Config {
                 .events_key
                 .or(file.events_key)
                 .filter(|k| !k.is_empty()),
+            events_ca,
             lifecycle_events: args.lifecycle_events || file.lifecycle_events.unwrap_or(false),
             events_maxlen,
             events_queue,

@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,6 +26,25 @@ struct Upstream {
 
 impl Upstream {
     fn start() -> Upstream {
+        Upstream::start_with(None)
+    }
+
+    /// An upstream on https:// with `pair`'s certificate.
+    fn start_tls(pair: &common::tls::CertPair) -> Upstream {
+        use rustls::pki_types::pem::PemObject;
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(pair.key_pem.as_bytes())
+            .expect("the test key");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![pair.der.clone()], key)
+            .expect("the test certificate");
+        Upstream::start_with(Some(Arc::new(config)))
+    }
+
+    fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.set_nonblocking(true).expect("nonblocking");
         let up = Upstream {
@@ -53,7 +72,17 @@ impl Upstream {
                             Arc::clone(&requests),
                             Arc::clone(&auth),
                         );
-                        std::thread::spawn(move || serve(s, &events, &status, &requests, &auth));
+                        let tls = tls.clone();
+                        std::thread::spawn(move || match tls {
+                            None => serve(s, &events, &status, &requests, &auth),
+                            Some(config) => {
+                                let Ok(conn) = rustls::ServerConnection::new(config) else {
+                                    return;
+                                };
+                                let s = rustls::StreamOwned::new(conn, s);
+                                serve(s, &events, &status, &requests, &auth)
+                            }
+                        });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
@@ -64,6 +93,10 @@ impl Upstream {
 
     fn url(&self) -> String {
         format!("http://{}/events", self.addr)
+    }
+
+    fn https_url(&self) -> String {
+        format!("https://localhost:{}/events", self.addr.port())
     }
 
     fn events(&self) -> Vec<Value> {
@@ -86,14 +119,13 @@ impl Drop for Upstream {
 }
 
 /// One keep-alive connection of the upstream.
-fn serve(
-    s: TcpStream,
+fn serve<S: Read + Write>(
+    s: S,
     events: &Mutex<Vec<Value>>,
     status: &AtomicU16,
     requests: &AtomicU64,
     auth: &Mutex<Option<String>>,
 ) {
-    let mut w = s.try_clone().expect("clone");
     let mut r = BufReader::new(s);
     loop {
         let mut len = 0usize;
@@ -130,7 +162,11 @@ fn serve(
             events.lock().unwrap().extend(batch);
         }
         let resp = format!("HTTP/1.1 {st} X\r\nContent-Length: 0\r\n\r\n");
-        if w.write_all(resp.as_bytes()).is_err() {
+        let w = r.get_mut();
+        if w.write_all(resp.as_bytes())
+            .and_then(|()| w.flush())
+            .is_err()
+        {
             return;
         }
     }
@@ -361,12 +397,65 @@ fn send_needs_an_upstream_and_respects_the_data_limit() {
 
 #[test]
 fn bad_events_settings_are_refused_by_name() {
+    let dir = common::tls::TlsDir::new("events-ca-bad");
+    let empty = dir.path("empty.pem");
+    std::fs::write(&empty, "no certificate here\n").expect("write");
+    let missing = dir.path("missing.pem");
+    let https = "https://localhost:1/events";
     assert_config_refused(&[
         (&["--events-url", "ftp://x/"], "events_url"),
         (&["--events-url", "http:///path"], "events_url"),
         (&["--events-queue", "0"], "events_queue"),
         (&["--events-maxlen", "0"], "events_maxlen"),
+        (&["--events-ca", dir.cert_path()], "events_ca"),
+        (
+            &["--events-url", "http://x/", "--events-ca", dir.cert_path()],
+            "is for an https:// events_url",
+        ),
+        (
+            &["--events-url", https, "--events-ca", &missing],
+            "cannot read",
+        ),
+        (
+            &["--events-url", https, "--events-ca", &empty],
+            "holds no PEM certificate",
+        ),
+        (
+            &["--events-url", https, "--events-ca", dir.key_path()],
+            "holds no PEM certificate",
+        ),
     ]);
+}
+
+#[test]
+fn events_reach_an_https_upstream_verified_against_events_ca() {
+    let dir = common::tls::TlsDir::new("events-ca");
+    let up = Upstream::start_tls(&dir.pair);
+    let url = up.https_url();
+    let srv = TestServer::start(&["--events-url", &url, "--events-ca", dir.cert_path()]);
+    let mut alice = srv.connect("alice");
+    alice.send(json!({"type": "send", "data": "over https", "ref": 1}));
+    assert_eq!(alice.recv(), json!({"type": "sent", "ref": 1}));
+    let got = up.wait_events(1);
+    assert_eq!(got[0]["data"], "over https", "{got:?}");
+    assert_eq!(got[0]["user"], "alice", "{got:?}");
+}
+
+#[test]
+fn an_https_upstream_outside_the_trusted_roots_gets_nothing() {
+    // The same self-signed upstream, verified against the bundled roots: the TLS
+    // handshake fails, so no request is made, and the failure shows as for any
+    // unreachable upstream.
+    let dir = common::tls::TlsDir::new("events-no-ca");
+    let up = Upstream::start_tls(&dir.pair);
+    let url = up.https_url();
+    let srv = TestServer::start(&["--events-url", &url]);
+    let mut alice = srv.connect("alice");
+    alice.send(json!({"type": "send", "data": 1, "ref": 1}));
+    assert_eq!(alice.recv()["type"], "sent");
+    srv.wait_stats("failed", |s| s["events"]["failures"].as_u64() >= Some(1));
+    assert_eq!(up.requests.load(Relaxed), 0);
+    assert!(up.events().is_empty());
 }
 
 #[test]

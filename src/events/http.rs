@@ -1,6 +1,11 @@
 //! Standalone: events POSTed to `events_url` as one JSON array per batch.
 
+use std::path::Path;
 use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use ureq::tls::{Certificate, RootCerts, TlsConfig};
 
 use super::{DeliverError, Event, Target};
 
@@ -19,13 +24,25 @@ pub(crate) struct PostTarget {
 }
 
 impl PostTarget {
-    /// A target for `url` (checked by the configuration), sending `key` as a bearer token.
-    pub(crate) fn new(url: &str, key: Option<&str>) -> PostTarget {
+    /// A target for `url` (checked by the configuration), sending `key` as a bearer token
+    /// and verifying an `https://` upstream against `ca` (empty: the bundled Mozilla
+    /// roots).
+    pub(crate) fn new(url: &str, key: Option<&str>, ca: &[CertificateDer<'static>]) -> PostTarget {
+        let roots = if ca.is_empty() {
+            RootCerts::WebPki
+        } else {
+            let certs: Vec<Certificate<'static>> = ca
+                .iter()
+                .map(|c| Certificate::from_der(c.as_ref()).to_owned())
+                .collect();
+            RootCerts::new_with_certs(&certs)
+        };
         let agent = ureq::Agent::config_builder()
             .timeout_global(Some(POST_TIMEOUT))
             .timeout_connect(Some(CONNECT_TIMEOUT))
             // Statuses are judged here: a 4xx is final, a 5xx is retried.
             .http_status_as_error(false)
+            .tls_config(TlsConfig::builder().root_certs(roots).build())
             .build()
             .new_agent();
         PostTarget {
@@ -35,6 +52,19 @@ impl PostTarget {
             body: Vec::new(),
         }
     }
+}
+
+/// Reads the CA certificates of `events_ca`: a PEM file holding at least one.
+pub(crate) fn read_ca(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let shown = path.display();
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read {shown}: {e}"))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{shown} is not PEM: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("{shown} holds no PEM certificate"));
+    }
+    Ok(certs)
 }
 
 /// Writes `[e1,e2,...]` into `out`.

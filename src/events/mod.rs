@@ -9,6 +9,8 @@ mod counters;
 mod http;
 mod stream;
 
+pub(crate) use http::read_ca;
+
 pub use counters::EventCounters;
 
 use std::io::Write as _;
@@ -210,7 +212,11 @@ pub fn spawn(
             &cluster.redis_url,
             config.events_maxlen,
         )?),
-        (None, Some(url)) => Box::new(http::PostTarget::new(url, config.events_key.as_deref())),
+        (None, Some(url)) => Box::new(http::PostTarget::new(
+            url,
+            config.events_key.as_deref(),
+            &config.events_ca,
+        )),
         (None, None) => return Ok(None),
     };
     metrics.events.enabled.store(true, Relaxed);
