@@ -30,6 +30,7 @@
 #   SHARDS=            server shard threads (default: the server's, one per core)
 #   NO_BUILD=1         skip the build (by default it runs only when a source is newer
 #                      than the binaries; FORCE_BUILD=1 always builds)
+#   SERVER=, LOAD=     other throng and throng-load binaries (e.g. an older build)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -103,8 +104,8 @@ if [[ -n ${SHARDS:-} ]]; then need_uint SHARDS "$SHARDS"; fi
 # shellcheck source=scripts/lib.sh
 . "$ROOT/scripts/lib.sh"
 build_release_if_stale capacity
-SERVER=target/release/throng
-LOAD=target/release/throng-load
+SERVER=${SERVER:-target/release/throng}
+LOAD=${LOAD:-target/release/throng-load}
 [[ -x $SERVER && -x $LOAD ]] || die "missing $SERVER or $LOAD (build them, or unset NO_BUILD)"
 "$LOAD" capacity --help >/dev/null 2>&1 ||
     die "$LOAD has no 'capacity' subcommand; rebuild from a newer tree"

@@ -33,6 +33,7 @@
 #   RUNS="idle stream-user api-user stream-topic api-topic"
 #   EXTRA=        more flags for every server (e.g. "--shards 1")
 #   NO_BUILD=1    skip the release build (by default it runs only when sources are newer)
+#   SERVER=, LOAD=  other throng and throng-load binaries (e.g. an older build)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -49,8 +50,8 @@ command -v redis-server >/dev/null && command -v redis-cli >/dev/null || {
     exit 1
 }
 build_release_if_stale cluster
-SERVER=target/release/throng
-LOAD=target/release/throng-load
+SERVER=${SERVER:-target/release/throng}
+LOAD=${LOAD:-target/release/throng-load}
 
 mkdir -p target/reports
 STAMP=$(date -u +%Y%m%d-%H%M%S)
