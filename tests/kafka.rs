@@ -12,6 +12,9 @@ use common::tansu::Tansu;
 use common::*;
 use serde_json::{json, Value};
 
+/// How long a Kafka group may take to assign partitions after a member joins.
+const REBALANCE_WAIT: Duration = Duration::from_secs(30);
+
 /// The broker with the push topic (`partitions` of them) and its DLQ.
 fn broker(partitions: u32) -> Tansu {
     let t = Tansu::start();
@@ -224,8 +227,10 @@ fn two_cluster_nodes_in_one_group_split_the_partitions_and_deliver_through_redis
     // user's node.
     let mut alice = a.connect("alice");
     let mut bob = b.connect("bob");
+    // The second member's join makes the group rebalance, which takes librdkafka a few
+    // heartbeats (3 s each): more than `WAIT` on a loaded machine.
     for srv in [&a, &b] {
-        srv.wait_stats("partitions assigned", |s| {
+        srv.wait_stats_within("partitions assigned", REBALANCE_WAIT, |s| {
             s["kafka"]["assigned_partitions"].as_u64() >= Some(1)
         });
     }

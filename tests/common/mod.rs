@@ -146,7 +146,18 @@ impl TestServer {
 
     /// Polls `/v1/stats` until `cond` holds; panics with the last stats after `WAIT`.
     pub fn wait_stats(&self, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + WAIT;
+        self.wait_stats_within(what, WAIT, cond)
+    }
+
+    /// `wait_stats` for conditions that take longer than `WAIT` by nature (a Kafka group
+    /// rebalance); panics with the last stats after `within`.
+    pub fn wait_stats_within(
+        &self,
+        what: &str,
+        within: Duration,
+        cond: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + within;
         loop {
             let s = self.stats();
             if cond(&s) {
