@@ -165,6 +165,11 @@ fn full_shard_queues_pause_the_partition_and_nothing_is_dropped() {
     let srv = serve(&t, &["--shard-queue-capacity", "2", "--shards", "1"]);
     let mut alice = srv.connect("alice");
     produce(&t, &user_records("alice", 0..2000));
+    // Records wait while the shard refuses them (each refusal pauses the partition for
+    // 50 ms): the gauge shows them.
+    srv.wait_stats("records read and not taken", |s| {
+        s["kafka"]["pending_bytes"].as_u64() > Some(0)
+    });
     let want: Vec<Value> = (0..2000).map(|i| json!(i)).collect();
     assert_eq!(pushes(&mut alice, 2000), want);
     let s = srv.wait_stats("delivered", |s| s["kafka"]["delivered"] == 2000);
@@ -172,6 +177,7 @@ fn full_shard_queues_pause_the_partition_and_nothing_is_dropped() {
         s["kafka"]["refused"].as_u64() >= Some(1),
         "no backpressure happened: {s}"
     );
+    srv.wait_stats("nothing waiting", |s| s["kafka"]["pending_bytes"] == 0);
 }
 
 #[test]
