@@ -672,6 +672,11 @@ mod tests {
             .expect("send");
             tx.send(Interest::UnwatchUser(user)).expect("send");
         }
+        // One turn's worth first: the gauge shows what it left.
+        let (_, loads) = sub.take_interests();
+        sub.fail(loads, "Redis is unavailable: test");
+        let waiting = &sub.ctx.metrics.broker.interests_waiting;
+        assert_eq!(waiting.load(Relaxed), (2 * n - INTERESTS_PER_TURN) as u64);
         sub.wait_away(Duration::ZERO, "Redis is unavailable: test");
         assert!(sub.interests.is_empty(), "{} left", sub.interests.len());
         let failed: usize = rxs
