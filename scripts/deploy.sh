@@ -12,6 +12,7 @@
 # Environment (all optional):
 #   N=10000 DRAIN_MS=5000 JITTER_MS=100 RATE=2000 SECS=10 TOPICS=room:1 TOPIC_RATE=10
 #   SOURCE_IPS=127.0.0.2-127.0.0.9 NO_BUILD=1
+#   SERVER=, LOAD=  other throng and throng-load binaries (e.g. an older build)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,6 +24,8 @@ RATE=${RATE:-2000} SECS=${SECS:-10} TOPICS=${TOPICS:-room:1} TOPIC_RATE=${TOPIC_
 SOURCE_IPS=${SOURCE_IPS:-127.0.0.2-127.0.0.9}
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 build_release_if_stale deploy
+SERVER=${SERVER:-target/release/throng}
+LOAD=${LOAD:-target/release/throng-load}
 
 mkdir -p target/reports
 STAMP=$(date -u +%Y%m%d-%H%M%S)
@@ -35,16 +38,16 @@ trap 'exit 130' INT TERM
 export_credentials deploy
 ARGS=(serve --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --log-format json
     --max-connections $((N + 1000)))
-target/release/throng "${ARGS[@]}" --drain-ms "$DRAIN_MS" >"$WORK/a.out" 2>"$WORK/a.log" &
+"$SERVER" "${ARGS[@]}" --drain-ms "$DRAIN_MS" >"$WORK/a.out" 2>"$WORK/a.log" &
 A_PID=$!
 wait_listening deploy "$A_PID" "$WORK/a.log" || exit 1
 A_WS=$CLIENT_ADDR A_API=$API_ADDR
-target/release/throng "${ARGS[@]}" >"$WORK/b.out" 2>"$WORK/b.log" &
+"$SERVER" "${ARGS[@]}" >"$WORK/b.out" 2>"$WORK/b.log" &
 B_PID=$!
 wait_listening deploy "$B_PID" "$WORK/b.log" || exit 1
 
 set +e
-target/release/throng-load deploy --url "ws://$A_WS/ws" --api "http://$A_API" \
+"$LOAD" deploy --url "ws://$A_WS/ws" --api "http://$A_API" \
     --reconnect-url "ws://$CLIENT_ADDR/ws" --reconnect-api "http://$API_ADDR" \
     --connections "$N" --connect-rate 5000 --source-ips "$SOURCE_IPS" --jitter-ms "$JITTER_MS" \
     --rate "$RATE" --duration-secs "$SECS" --topics "$TOPICS" --topic-rate "$TOPIC_RATE" \
