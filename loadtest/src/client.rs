@@ -573,9 +573,8 @@ struct Ctx {
 }
 
 /// What a thread received since it last told the shared counters: they are told once per
-/// turn of its event loop, not per message (three atomic writes to cache lines all the
-/// threads share, and a clock read, per message were a tenth of the load generator's
-/// time in a broadcast).
+/// turn of its event loop, not per message (that was three atomic writes to cache lines
+/// all the threads share, and a clock read, for every message of a broadcast).
 #[derive(Default)]
 struct Tally {
     /// Push frames received.
