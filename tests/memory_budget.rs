@@ -164,8 +164,13 @@ fn partial_inbound_bytes_count_toward_the_budget() {
     // 128 KiB budget; five clients each start a 60 KB frame and send only part of it.
     let srv = TestServer::start(&["--shards", "2", "--max-outbound-total-bytes", "131072"]);
     let sizes: [u64; 5] = [50_000, 40_000, 30_000, 20_000, 10_000];
-    let mut clients: Vec<RawWs> = (0..sizes.len())
-        .map(|i| RawWs::connect(srv.ws, &token(&format!("p{i}"))))
+    // Everyone on one shard, so "largest first" is about one shard's holders: across two,
+    // each shard frees its share of the excess, and one that sees the crossing before the
+    // other's close is published closes its own largest too.
+    let users = users_on(0, 2, "p", sizes.len());
+    let mut clients: Vec<RawWs> = users
+        .iter()
+        .map(|u| RawWs::connect(srv.ws, &token(u)))
         .collect();
     srv.wait_connections(sizes.len() as u64);
     let mut held = 0;
