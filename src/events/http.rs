@@ -3,7 +3,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use ureq::tls::{Certificate, RootCerts, TlsConfig};
 
@@ -56,15 +55,7 @@ impl PostTarget {
 
 /// Reads the CA certificates of `events_ca`: a PEM file holding at least one.
 pub(crate) fn read_ca(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let shown = path.display();
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read {shown}: {e}"))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{shown} is not PEM: {e}"))?;
-    if certs.is_empty() {
-        return Err(format!("{shown} holds no PEM certificate"));
-    }
-    Ok(certs)
+    crate::tls::read_pem_certs(path).map_err(|problem| format!("{}: {problem}", path.display()))
 }
 
 /// Writes `[e1,e2,...]` into `out`.

@@ -2,6 +2,7 @@
 //! key, and swapped in place by a reload so handshakes in flight and open connections
 //! are untouched.
 
+use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use rustls::crypto::CryptoProvider;
@@ -61,6 +62,19 @@ impl rustls::server::ResolvesServerCert for CertStore {
     }
 }
 
+/// The certificates of a PEM file, at least one; the error is the problem, without the
+/// path (callers name the file and the setting).
+pub(crate) fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read certificates: {e}"))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not a PEM certificate chain: {e}"))?;
+    if certs.is_empty() {
+        return Err("holds no PEM certificate".into());
+    }
+    Ok(certs)
+}
+
 /// Reads the chain and the key and checks that they belong together.
 fn read(files: &TlsFiles, provider: &CryptoProvider) -> Result<CertifiedKey, TlsError> {
     let cert_path = files.cert.display().to_string();
@@ -69,13 +83,7 @@ fn read(files: &TlsFiles, provider: &CryptoProvider) -> Result<CertifiedKey, Tls
         path: path.to_string(),
         problem,
     };
-    let chain = CertificateDer::pem_file_iter(&files.cert)
-        .map_err(|e| file_err(&cert_path, format!("cannot read certificates: {e}")))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| file_err(&cert_path, format!("not a PEM certificate chain: {e}")))?;
-    if chain.is_empty() {
-        return Err(file_err(&cert_path, "holds no PEM certificate".into()));
-    }
+    let chain = read_pem_certs(&files.cert).map_err(|problem| file_err(&cert_path, problem))?;
     let key = PrivateKeyDer::from_pem_file(&files.key)
         .map_err(|e| file_err(&key_path, format!("not a PEM private key: {e}")))?;
     let signing = provider

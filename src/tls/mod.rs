@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub(crate) use accept::{Finished, TlsAccept};
+pub(crate) use certs::read_pem_certs;
 pub use certs::CertStore;
 pub use counters::TlsCounters;
 pub(crate) use record::Session;
