@@ -227,5 +227,5 @@ for n in n1 n2; do
     echo "cluster: $n logged $errs warnings/errors"
     grep -m5 '"level":"\(WARN\|ERROR\)"' "$WORK/$n.log" || true
 done
-echo "cluster: Redis used_memory now $(rinfo memory used_memory); stream throng:push: $("${RCLI[@]}" xlen throng:push) entries, $("${RCLI[@]}" memory usage throng:push samples 0) bytes (nothing trims it)"
+echo "cluster: Redis used_memory now $(rinfo memory used_memory); stream throng:push: $("${RCLI[@]}" xlen throng:push) entries, $("${RCLI[@]}" memory usage throng:push samples 0) bytes (what some consumer group has not acknowledged, unless --stream-trim false)"
 exit $status

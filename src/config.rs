@@ -241,6 +241,12 @@ pub struct ServeArgs {
     /// Cluster mode: how long a stream entry may sit with a dead node before another claims it [default: 30000].
     #[arg(long)]
     pub claim_idle_ms: Option<u64>,
+    /// Cluster mode: remove `throng:push` entries every consumer group has acknowledged [default: true].
+    #[arg(long)]
+    pub stream_trim: Option<bool>,
+    /// Cluster mode: keep acknowledged `throng:push` entries at least this long before trimming [default: 0].
+    #[arg(long)]
+    pub stream_keep_ms: Option<u64>,
     /// Kafka ingress: bootstrap brokers, `host:port[,host:port]`.
     #[arg(long, value_name = "BROKERS")]
     pub kafka: Option<String>,
@@ -348,6 +354,8 @@ struct FileConfig {
     node_id: Option<String>,
     offline_ttl_ms: Option<u64>,
     claim_idle_ms: Option<u64>,
+    stream_trim: Option<bool>,
+    stream_keep_ms: Option<u64>,
     log_format: Option<LogFormat>,
     #[serde(default)]
     jwt: FileJwt,
@@ -504,6 +512,9 @@ pub struct ClusterConfig {
     pub offline_ttl: Duration,
     /// How long a pending stream entry waits before another node claims it.
     pub claim_idle: Duration,
+    /// Trimming of `throng:push`: how long acknowledged entries are kept; `None`: never
+    /// trimmed.
+    pub stream_trim: Option<Duration>,
 }
 
 /// Checks an `events_url`: `http://` or `https://` with a host.
@@ -902,6 +913,10 @@ impl Config {
                         file.claim_idle_ms,
                         30_000,
                     )?,
+                    stream_trim: stream_trim(
+                        args.stream_trim.or(file.stream_trim),
+                        args.stream_keep_ms.or(file.stream_keep_ms),
+                    )?,
                 })
             }
         };
@@ -1115,6 +1130,21 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     })
 }
 
+/// `stream_trim` and `stream_keep_ms`: how long acknowledged `throng:push` entries stay,
+/// or `None` when the stream is not trimmed.
+fn stream_trim(trim: Option<bool>, keep: Option<u64>) -> Result<Option<Duration>, ConfigError> {
+    if trim.unwrap_or(true) {
+        Ok(Some(Duration::from_millis(keep.unwrap_or(0))))
+    } else if keep.is_some() {
+        Err(invalid(
+            "stream_keep_ms",
+            "has no effect while stream_trim is false; remove one of them",
+        ))
+    } else {
+        Ok(None)
+    }
+}
+
 fn pick_addr(
     key: &'static str,
     flag: Option<SocketAddr>,
@@ -1254,6 +1284,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("tls_key (--tls-key)"), "{err}");
+    }
+
+    #[test]
+    fn stream_trim_keys() {
+        let trim = |extra: &[&str]| {
+            let mut args = vec!["--jwt-secret", S, "--redis", "redis://127.0.0.1:6379"];
+            args.extend_from_slice(extra);
+            cfg(&args).map(|c| c.cluster.map(|k| k.stream_trim))
+        };
+        assert_eq!(trim(&[]).unwrap(), Some(Some(Duration::ZERO)));
+        assert_eq!(
+            trim(&["--stream-keep-ms", "60000"]).unwrap(),
+            Some(Some(Duration::from_secs(60)))
+        );
+        assert_eq!(trim(&["--stream-trim", "false"]).unwrap(), Some(None));
+        let err = trim(&["--stream-trim", "false", "--stream-keep-ms", "1"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("stream_keep_ms (--stream-keep-ms)"), "{err}");
     }
 
     #[test]

@@ -325,6 +325,17 @@ fn from_args_errors_name_the_key() {
         (&["--idle-timeout-ms", "0"], "idle_timeout_ms"),
         (&["--max-message-size", "0"], "max_message_size"),
         (&["--shards", "0"], "shards"),
+        (
+            &[
+                "--redis",
+                "redis://127.0.0.1:1",
+                "--stream-trim",
+                "false",
+                "--stream-keep-ms",
+                "5",
+            ],
+            "stream_keep_ms",
+        ),
     ];
     for (extra, key) in cases {
         let args: Vec<&str> = base.iter().chain(extra.iter()).copied().collect();

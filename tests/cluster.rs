@@ -454,3 +454,159 @@ fn stream_ingress_publishes_and_sends_bad_entries_to_the_dlq() {
     let s = a.stats();
     assert!(s["cluster"]["stream_read"].as_u64().unwrap() <= 10, "{s}");
 }
+
+/// Adds `n` valid pushes for `user` to `throng:push` in one pipeline; their ids, in order.
+fn add_pushes(r: &mut redis::Connection, user: &str, ids: &[String]) -> Vec<String> {
+    let mut pipe = redis::pipe();
+    for (k, id) in ids.iter().enumerate() {
+        pipe.cmd("XADD")
+            .arg("throng:push")
+            .arg(id)
+            .arg("push")
+            .arg(json!({"user": user, "data": {"k": k}}).to_string());
+    }
+    pipe.query(r).unwrap()
+}
+
+fn xlen(r: &mut redis::Connection) -> u64 {
+    redis::cmd("XLEN").arg("throng:push").query(r).unwrap()
+}
+
+/// Entries of `throng:push` from `from` on.
+fn entries_from(r: &mut redis::Connection, from: &str) -> usize {
+    let v: Vec<redis::Value> = redis::cmd("XRANGE")
+        .arg("throng:push")
+        .arg(from)
+        .arg("+")
+        .query(r)
+        .unwrap();
+    v.len()
+}
+
+/// Waits until node `srv` has read and acknowledged `n` stream entries.
+fn wait_ingested(srv: &TestServer, r: &mut redis::Connection, n: u64) {
+    srv.wait_stats(&format!("{n} entries read"), |s| {
+        s["cluster"]["stream_read"].as_u64() == Some(n)
+    });
+    let acked = wait_until(WAIT, || {
+        let p: Vec<redis::Value> = redis::cmd("XPENDING")
+            .arg("throng:push")
+            .arg("throng")
+            .query(r)
+            .unwrap();
+        p.first() == Some(&redis::Value::Int(0))
+    });
+    assert!(acked, "throng left entries pending");
+}
+
+/// Group `group` reads `count` new entries of `throng:push` as consumer `c`.
+fn group_read(r: &mut redis::Connection, group: &str, count: usize) {
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(group)
+        .arg("c")
+        .arg("COUNT")
+        .arg(count)
+        .arg("STREAMS")
+        .arg("throng:push")
+        .arg(">")
+        .query(r)
+        .unwrap();
+}
+
+fn group_ack(r: &mut redis::Connection, group: &str, ids: &[String]) {
+    let _: u64 = redis::cmd("XACK")
+        .arg("throng:push")
+        .arg(group)
+        .arg(ids)
+        .query(r)
+        .unwrap();
+}
+
+#[test]
+fn stream_entries_go_once_every_group_acknowledged_them_and_not_before() {
+    let redis = RedisServer::start();
+    let mut r = redis.conn();
+    // Two other readers of the stream, as an upstream's audit or replay tools would be.
+    for group in ["audit", "late"] {
+        let _: () = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg("throng:push")
+            .arg(group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query(&mut r)
+            .unwrap();
+    }
+    let a = node(&redis, &["--node-id", "node-a"]);
+    let ids = add_pushes(&mut r, "nobody", &vec!["*".to_string(); 1000]);
+    wait_ingested(&a, &mut r, 1000);
+    // `audit` has read 600 and acknowledged 300 (301 onwards pending or unread); `late`
+    // has read and acknowledged 800. The oldest entry anyone still needs is the 301st.
+    group_read(&mut r, "audit", 600);
+    group_ack(&mut r, "audit", &ids[..300]);
+    group_read(&mut r, "late", 800);
+    group_ack(&mut r, "late", &ids[..800]);
+    a.wait_stats("entries trimmed", |s| {
+        s["cluster"]["stream_trimmed"].as_u64() > Some(0)
+    });
+    let trimmed = a.stats()["cluster"]["stream_trimmed"].as_u64().unwrap();
+    assert!(
+        trimmed <= 300,
+        "trimmed {trimmed}, past audit's pending entries"
+    );
+    assert_eq!(
+        entries_from(&mut r, &ids[300]),
+        700,
+        "an entry audit needs is gone"
+    );
+    assert_eq!(xlen(&mut r), 1000 - trimmed);
+    // `audit` acknowledges what it read: now its unread entries (601 on) hold the floor.
+    group_ack(&mut r, "audit", &ids[300..600]);
+    // Whole radix nodes go (at most 100 entries each): at least 500 of the 600.
+    let moved = wait_until(WAIT, || {
+        a.stats()["cluster"]["stream_trimmed"].as_u64() >= Some(500)
+    });
+    assert!(moved, "the floor did not follow audit: {}", a.stats());
+    let trimmed = a.stats()["cluster"]["stream_trimmed"].as_u64().unwrap();
+    assert!(
+        trimmed <= 600,
+        "trimmed {trimmed}, past audit's unread entries"
+    );
+    assert_eq!(
+        entries_from(&mut r, &ids[600]),
+        400,
+        "an unread entry is gone"
+    );
+    assert_eq!(xlen(&mut r), 1000 - trimmed);
+}
+
+#[test]
+fn stream_keep_ms_keeps_acknowledged_entries_that_young() {
+    let redis = RedisServer::start();
+    let mut r = redis.conn();
+    let a = node(&redis, &["--stream-keep-ms", "600000"]);
+    // 300 entries with ids of an hour ago, then 300 of now: all acknowledged at once,
+    // only the old ones may go.
+    let hour_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        - 3_600_000;
+    let old: Vec<String> = (0..300).map(|i| format!("{hour_ago}-{i}")).collect();
+    add_pushes(&mut r, "nobody", &old);
+    let new = add_pushes(&mut r, "nobody", &vec!["*".to_string(); 300]);
+    wait_ingested(&a, &mut r, 600);
+    // `~` trims whole radix nodes (at most 100 entries), so the one that holds the last
+    // old entries and the first new ones stays.
+    a.wait_stats("the old entries trimmed", |s| {
+        s["cluster"]["stream_trimmed"].as_u64() >= Some(200)
+    });
+    let trimmed = a.stats()["cluster"]["stream_trimmed"].as_u64().unwrap();
+    assert!(
+        trimmed <= 300,
+        "trimmed {trimmed}: entries younger than 600 s went"
+    );
+    assert_eq!(entries_from(&mut r, &new[0]), 300);
+    assert_eq!(xlen(&mut r), 600 - trimmed);
+}

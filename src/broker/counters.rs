@@ -32,6 +32,8 @@ pub struct BrokerCounters {
     pub stream_dlq: AtomicU64,
     /// Entries claimed from other consumers (XAUTOCLAIM).
     pub stream_claimed: AtomicU64,
+    /// Entries every consumer group had acknowledged, trimmed from the stream.
+    pub stream_trimmed: AtomicU64,
     /// Ingress turns spent not reading because the shards were full.
     pub stream_paused: AtomicU64,
 }
@@ -118,6 +120,12 @@ impl crate::metrics::FeatureCounters for BrokerCounters {
                 "counter",
                 "Entries claimed from dead consumers.",
                 n(&self.stream_claimed),
+            ),
+            (
+                "throng_stream_trimmed_total",
+                "counter",
+                "Stream entries every consumer group had acknowledged, trimmed.",
+                n(&self.stream_trimmed),
             ),
             (
                 "throng_stream_paused_total",

@@ -3,7 +3,8 @@
 //! through the sequencing script and acknowledged only after; an invalid one goes to
 //! `throng:push:dlq` with the error, then is acknowledged, so it never blocks the entries
 //! behind it. Entries a dead node left pending longer than `claim_idle_ms` are claimed.
-//! While the shards cannot take more, the stream is simply not read.
+//! While the shards cannot take more, the stream is simply not read. Entries every
+//! consumer group has acknowledged are trimmed (`trim`).
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use redis::{Connection, Value};
 
 use super::keys::{DLQ_STREAM, GROUP, PUSH_STREAM};
 use super::script::Sequencer;
+use super::trim::Trimmer;
 use super::{connect, next_backoff, pause, BrokerCtx, RECONNECT_MIN};
 use crate::api::{parse_push, ParsedPush};
 use crate::config::MAX_API_BODY_BYTES;
@@ -40,18 +42,22 @@ pub(crate) struct Ingress {
     sequencer: Sequencer,
     backoff: Duration,
     last_claim: Instant,
+    /// `None` with `stream_trim` false.
+    trimmer: Option<Trimmer>,
 }
 
 impl Ingress {
     /// An ingress that pauses while `busy` (a shard queue full) is set.
     pub(crate) fn new(ctx: BrokerCtx, busy: Arc<AtomicBool>) -> Ingress {
         let sequencer = Sequencer::new(ctx.retention);
+        let trimmer = ctx.cluster.stream_trim.map(Trimmer::new);
         Ingress {
             ctx,
             busy,
             sequencer,
             backoff: RECONNECT_MIN,
             last_claim: Instant::now(),
+            trimmer,
         }
     }
 
@@ -117,6 +123,7 @@ impl Ingress {
                 self.last_claim = Instant::now();
                 self.claim(conn)?;
             }
+            self.trim(conn)?;
             let entries = self.read(conn, ">", BLOCK_MS)?;
             if !entries.is_empty() {
                 self.handle(conn, entries)?;
@@ -128,6 +135,24 @@ impl Ingress {
 
     fn claim_every(&self) -> Duration {
         (self.ctx.cluster.claim_idle / 2).clamp(Duration::from_millis(100), Duration::from_secs(5))
+    }
+
+    /// Trims what every group has acknowledged, when that is due.
+    fn trim(&mut self, conn: &mut Connection) -> redis::RedisResult<()> {
+        let Some(t) = self.trimmer.as_mut().filter(|t| t.due(Instant::now())) else {
+            return Ok(());
+        };
+        if let Some(done) = t.run(conn)? {
+            if done.removed > 0 {
+                tracing::debug!(removed = done.removed, below = %done.floor, "trimmed {PUSH_STREAM}");
+                self.ctx
+                    .metrics
+                    .broker
+                    .stream_trimmed
+                    .fetch_add(done.removed, Relaxed);
+            }
+        }
+        Ok(())
     }
 
     /// XREADGROUP from `from` (`>`: new entries; `0`: this consumer's pending ones).

@@ -21,6 +21,7 @@ pub mod presence;
 mod publisher;
 pub mod script;
 mod subscriber;
+mod trim;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;

@@ -628,6 +628,7 @@ mod tests {
                 node_id: None,
                 offline_ttl: Duration::from_secs(60),
                 claim_idle: Duration::from_secs(30),
+                stream_trim: None,
             },
             retention: super::super::script::Retention {
                 history_size: 10,
