@@ -18,8 +18,8 @@
 #                 no --redis. First by default, so n1 holds no state of earlier runs (a
 #                 user's stream stays on a node history_ttl_ms after its last session).
 #
-# Every push run prints throng-load's summary and Redis's `INFO commandstats` delta per
-# accepted push (EVALSHA, PUBLISH inside the script, XADD/XREADGROUP/XACK of the stream).
+# Every push run prints throng-load's summary, both nodes' CPU per delivery over the
+# whole run, and Redis's `INFO commandstats` delta per accepted push (EVALSHA, PUBLISH inside the script, XADD/XREADGROUP/XACK of the stream).
 # Reports go to target/reports/cluster-STAMP-RUN.json. Everything this script started
 # (redis-server, nodes, the standalone server) is stopped by its PID on any exit.
 #
@@ -143,6 +143,8 @@ push_run() {
     local run=$1 json="target/reports/cluster-$STAMP-$1.json"
     shift
     cmdstats >"$WORK/before"
+    local cpu0 cpu1
+    cpu0=$(($(tree_cpu_ticks "$N1_PID") + $(tree_cpu_ticks "$N2_PID")))
     local args=(push --url "$URLS" --connections "$N" --connect-rate 5000
         --source-ips "$SOURCE_IPS" --duration-secs "$SECS" --api "http://$N1_API"
         --api-concurrency "$API_CONC" --drain-secs 15 --json "$json" "$@")
@@ -151,8 +153,16 @@ push_run() {
     local rc=0
     timeout $((SECS + N / 1000 + 120)) "$LOAD" "${args[@]}" || rc=$?
     cmdstats >"$WORK/after"
+    cpu1=$(($(tree_cpu_ticks "$N1_PID") + $(tree_cpu_ticks "$N2_PID")))
     ((rc == 0)) || { echo "cluster: [$run] throng-load failed (exit $rc)" >&2; return $rc; }
     per_push "$WORK/before" "$WORK/after" "$(field pushes_sent "$json")"
+    python3 - "$cpu0" "$cpu1" "$(getconf CLK_TCK)" "$(field deliveries "$json")" <<'PY'
+import sys
+c0, c1, hz, n = map(float, sys.argv[1:5])
+s = (c1 - c0) / hz
+print(f"cluster: both nodes' CPU over the whole run (connect, pushes, drain): {s:.2f} s, "
+      f"{s / n * 1e6 if n else float('nan'):.1f} us per delivery")
+PY
     echo "cluster: [$run] report $json"
 }
 

@@ -386,6 +386,36 @@ fn broadcast_reaches_every_node() {
 }
 
 #[test]
+fn nodes_work_with_a_redis_that_requires_a_password() {
+    let redis = RedisServer::start_with_password("s3cret-pass");
+    let a = node(&redis, &[]);
+    let b = node(&redis, &[]);
+    // Every link authenticated: b's subscriber hears what a published, and a's stream
+    // ingress reads what the test adds.
+    let mut phone = b.connect("alice");
+    wait_streams(&b, 1);
+    let r = a.push_wait(json!({"user": "alice", "data": "api"}));
+    assert_eq!(r["seq"], 1, "{r}");
+    assert_eq!(next_push(&mut phone)["data"], "api");
+    let _: String = redis::cmd("XADD")
+        .arg("throng:push")
+        .arg("*")
+        .arg("push")
+        .arg(json!({"user": "alice", "data": "stream"}).to_string())
+        .query(&mut redis.conn())
+        .unwrap();
+    assert_eq!(next_push(&mut phone)["data"], "stream");
+    // A wrong password is an error the node reports, not a ready node.
+    let wrong = format!("redis://:wrong@127.0.0.1:{}", redis.port);
+    let c = TestServer::start(&["--redis", wrong.as_str()]);
+    c.wait_stats("Redis errors counted", |s| {
+        s["cluster"]["broker_errors"].as_u64() > Some(0)
+    });
+    assert_eq!(c.api("GET", "/readyz", None).status, 503);
+    assert_eq!(c.stats()["cluster"]["broker_subscriber_up"], 0);
+}
+
+#[test]
 fn stream_ingress_publishes_and_sends_bad_entries_to_the_dlq() {
     let redis = RedisServer::start();
     let a = node(&redis, &["--node-id", "node-a"]);

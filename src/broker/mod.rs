@@ -19,6 +19,7 @@ pub mod ingress;
 pub mod keys;
 pub mod presence;
 mod publisher;
+mod pubsub;
 pub mod script;
 mod subscriber;
 mod trim;

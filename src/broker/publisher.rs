@@ -32,6 +32,9 @@ pub(crate) struct Publisher {
     backoff: Duration,
     /// The last round trip to Redis, for the idle link check.
     last_io: Instant,
+    /// Whether the outage going on now was logged (once per outage, including one from
+    /// the start: a node that never reaches Redis says why).
+    told: bool,
 }
 
 impl Publisher {
@@ -52,6 +55,7 @@ impl Publisher {
             conn: None,
             backoff: RECONNECT_MIN,
             last_io: Instant::now(),
+            told: false,
         }
     }
 
@@ -113,11 +117,17 @@ impl Publisher {
                 self.conn = Some(c);
                 self.backoff = RECONNECT_MIN;
                 self.up.store(true, Relaxed);
+                self.told = false;
                 self.ctx.metrics.broker.up.store(true, Relaxed);
                 tracing::info!(node = %self.ctx.node_id, "publisher connected to Redis");
                 true
             }
             Err(e) => {
+                if !e.is_io_error() {
+                    // Redis answered, and refused (a wrong password, an ACL): not an
+                    // outage that passes by itself.
+                    self.ctx.metrics.broker.errors.fetch_add(1, Relaxed);
+                }
                 self.down(&e);
                 pause(self.backoff, &self.ctx.stop);
                 self.backoff = next_backoff(self.backoff);
@@ -127,8 +137,9 @@ impl Publisher {
     }
 
     fn down(&mut self, e: &redis::RedisError) {
-        if self.up.swap(false, Relaxed) {
-            tracing::warn!(error = %e, "publisher lost Redis; pushes get 503 broker_unavailable");
+        self.up.store(false, Relaxed);
+        if !std::mem::replace(&mut self.told, true) {
+            tracing::warn!(error = %e, "publisher cannot use Redis; pushes get 503 broker_unavailable until it can");
         }
         self.ctx.metrics.broker.up.store(false, Relaxed);
         self.conn = None;

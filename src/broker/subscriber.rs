@@ -14,10 +14,11 @@ use std::time::{Duration, Instant};
 
 use crate::wire::Wire;
 use crossbeam_channel::Receiver;
-use redis::{Connection, PubSub, Value};
+use redis::{Connection, Value};
 
 use super::envelope;
 use super::keys::{stream_of_channel, StreamRef, BROADCAST_CHANNEL};
+use super::pubsub::PubSubLink;
 use super::script::now_ms;
 use super::{connect, next_backoff, BrokerCtx, Interest, Remote, StreamState, RECONNECT_MIN};
 use crate::link::{Links, SendError};
@@ -25,7 +26,8 @@ use crate::route::shard_of;
 
 /// How long one wait for a published message lasts before interests are looked at again.
 const LISTEN: Duration = Duration::from_millis(5);
-/// Under a steady flow of messages, shards are woken at most this often.
+/// While messages keep arriving, shards are woken at most this often (a wake per read
+/// would be a system call and a shard wakeup each).
 const WAKE_EVERY: Duration = Duration::from_millis(1);
 /// Messages taken per turn before interests get a look.
 const MESSAGES_PER_TURN: usize = 1024;
@@ -66,8 +68,6 @@ pub(crate) struct Subscriber {
     last_load: Instant,
     last_trim: Option<Instant>,
     backoff: Duration,
-    /// The read timeout set on the pub/sub link now.
-    listening: bool,
 }
 
 /// A subscription change, applied in the order the shards asked.
@@ -102,19 +102,19 @@ impl Subscriber {
             last_load: Instant::now(),
             last_trim: None,
             backoff: RECONNECT_MIN,
-            listening: false,
         }
     }
 
     /// Runs until the server stops.
     pub(crate) fn run(mut self) {
         while !self.ctx.stop.load(Relaxed) {
-            let links = connect(&self.ctx.client).and_then(|a| Ok((a, connect(&self.ctx.client)?)));
+            let links = PubSubLink::open(&self.ctx.client)
+                .and_then(|a| Ok((a, connect(&self.ctx.client)?)));
             match links {
-                Ok((mut ps_conn, mut cmd)) => {
+                Ok((mut link, mut cmd)) => {
                     self.backoff = RECONNECT_MIN;
                     self.ctx.metrics.broker.subscriber_up.store(true, Relaxed);
-                    let r = self.serve(&mut ps_conn, &mut cmd);
+                    let r = self.serve(&mut link, &mut cmd);
                     self.ctx.metrics.broker.subscriber_up.store(false, Relaxed);
                     // The users served do not change with the link: the count stays (the
                     // shards name them again, not as new, after the reconnect).
@@ -134,16 +134,14 @@ impl Subscriber {
     }
 
     /// One connected life: resubscribe and reload everything, then serve until an error.
-    fn serve(&mut self, ps_conn: &mut Connection, cmd: &mut Connection) -> redis::RedisResult<()> {
-        let mut ps = ps_conn.as_pubsub();
-        self.listening = false;
+    fn serve(&mut self, link: &mut PubSubLink, cmd: &mut Connection) -> redis::RedisResult<()> {
         let mut ops = vec![Op::Subscribe(BROADCAST_CHANNEL.to_string())];
         ops.extend(
             self.topics
                 .keys()
                 .map(|t| Op::Subscribe(StreamRef::Topic(t).channel())),
         );
-        self.apply(&mut ps, ops)?;
+        self.apply(link, ops)?;
         let reload: Vec<Load> = self
             .topics
             .iter()
@@ -159,7 +157,7 @@ impl Subscriber {
         let mut last_ping = Instant::now();
         while !self.ctx.stop.load(Relaxed) {
             let (ops, loads) = self.take_interests();
-            if let Err(e) = self.apply(&mut ps, ops) {
+            if let Err(e) = self.apply(link, ops) {
                 // Sessions waiting for these streams learn now, not when Redis is back.
                 self.fail(loads, &format!("Redis is unavailable: {e}"));
                 return Err(e);
@@ -179,58 +177,50 @@ impl Subscriber {
                 self.last_trim = Some(Instant::now());
                 crate::memory::release_free_memory();
             }
-            if !self.listening {
-                ps.set_read_timeout(Some(LISTEN))?;
-                self.listening = true;
-            }
             let mut got = 0;
-            let mut woke = Instant::now();
-            while got < MESSAGES_PER_TURN {
-                // Shards hear of what was routed before a read that may block (LISTEN),
-                // and every WAKE_EVERY under a steady flow (a wake per message would be a
-                // syscall each); waking only after the turn left pushes in their queues
-                // until the shard's own 100 ms poll timeout.
-                if got > 0 && woke.elapsed() >= WAKE_EVERY {
-                    self.shards.wake_pending();
-                    woke = Instant::now();
+            let mut last_wake = Instant::now();
+            loop {
+                while got < MESSAGES_PER_TURN {
+                    let Some(msg) = link.buffered()? else { break };
+                    got += 1;
+                    self.route(&msg);
                 }
-                match ps.get_message() {
-                    Ok(msg) => {
-                        got += 1;
-                        self.route(&msg);
+                if got >= MESSAGES_PER_TURN || !self.interests.is_empty() {
+                    break;
+                }
+                if link.read_now()? {
+                    // More has arrived: a steady flow, whose shards hear of it every
+                    // WAKE_EVERY.
+                    if last_wake.elapsed() >= WAKE_EVERY {
+                        self.shards.wake_pending();
+                        last_wake = Instant::now();
                     }
-                    Err(e) if e.is_timeout() => break,
-                    Err(e) => return Err(e),
+                    continue;
+                }
+                // Everything that arrived is routed: the shards hear of it before the
+                // wait, so a burst's last push does not wait for the next message.
+                self.shards.wake_pending();
+                last_wake = Instant::now();
+                if !link.read(LISTEN)? {
+                    break;
                 }
             }
             self.shards.wake_pending();
             if got == 0 && last_ping.elapsed() > Duration::from_secs(1) {
                 // A silent link may be a dead one: a round trip tells.
                 last_ping = Instant::now();
-                self.deafen(&mut ps)?;
-                // Any answer will do: a subscribed RESP2 link answers ["pong", ""], not +PONG.
-                ps.ping::<redis::Value>()?;
+                link.ping()?;
             }
-        }
-        Ok(())
-    }
-
-    /// Back to the long timeout for a command's reply.
-    fn deafen(&mut self, ps: &mut PubSub<'_>) -> redis::RedisResult<()> {
-        if self.listening {
-            ps.set_read_timeout(Some(super::IO_TIMEOUT))?;
-            self.listening = false;
         }
         Ok(())
     }
 
     /// Sends subscription changes in order, consecutive ones of a kind in one command
     /// (Redis applies them in order, so a user who left and came back ends subscribed).
-    fn apply(&mut self, ps: &mut PubSub<'_>, ops: Vec<Op>) -> redis::RedisResult<()> {
+    fn apply(&mut self, link: &mut PubSubLink, ops: Vec<Op>) -> redis::RedisResult<()> {
         if ops.is_empty() {
             return Ok(());
         }
-        self.deafen(ps)?;
         let mut run: Vec<String> = Vec::new();
         let mut subscribing = true;
         for op in ops {
@@ -239,12 +229,12 @@ impl Subscriber {
                 Op::Unsubscribe(c) => (false, c),
             };
             if sub != subscribing || run.len() >= CHANNELS_PER_COMMAND {
-                self.flush_run(ps, subscribing, &mut run)?;
+                self.flush_run(link, subscribing, &mut run)?;
                 subscribing = sub;
             }
             run.push(channel);
         }
-        self.flush_run(ps, subscribing, &mut run)?;
+        self.flush_run(link, subscribing, &mut run)?;
         self.ctx
             .metrics
             .broker
@@ -255,7 +245,7 @@ impl Subscriber {
 
     fn flush_run(
         &mut self,
-        ps: &mut PubSub<'_>,
+        link: &mut PubSubLink,
         subscribing: bool,
         run: &mut Vec<String>,
     ) -> redis::RedisResult<()> {
@@ -263,10 +253,10 @@ impl Subscriber {
             return Ok(());
         }
         if subscribing {
-            ps.subscribe(&run[..])?;
+            link.subscribe(&run[..])?;
             self.channels += run.len() as u64;
         } else {
-            ps.unsubscribe(&run[..])?;
+            link.unsubscribe(&run[..])?;
             self.channels = self.channels.saturating_sub(run.len() as u64);
         }
         run.clear();

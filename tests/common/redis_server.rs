@@ -17,6 +17,8 @@ pub struct RedisServer {
     dir: std::path::PathBuf,
     /// Append-only file on, synced on every write.
     persistent: bool,
+    /// `requirepass`, when set.
+    password: Option<String>,
 }
 
 /// A port free right now on 127.0.0.1.
@@ -44,7 +46,17 @@ impl RedisServer {
         Self::launch(free_port(), true)
     }
 
+    /// Starts one on a free port that requires `password` (`requirepass`); `url` and
+    /// `conn` carry it.
+    pub fn start_with_password(password: &str) -> RedisServer {
+        Self::launch_with(free_port(), false, Some(password.to_string()))
+    }
+
     fn launch(port: u16, persistent: bool) -> RedisServer {
+        Self::launch_with(port, persistent, None)
+    }
+
+    fn launch_with(port: u16, persistent: bool, password: Option<String>) -> RedisServer {
         let dir = std::env::temp_dir().join(format!("throng-redis-{}-{port}", std::process::id()));
         let _ = std::fs::create_dir_all(&dir);
         let mut r = RedisServer {
@@ -52,6 +64,7 @@ impl RedisServer {
             port,
             dir,
             persistent,
+            password,
         };
         r.spawn();
         r
@@ -65,6 +78,9 @@ impl RedisServer {
             args.extend(["--appendonly", "yes", "--appendfsync", "always"]);
         } else {
             args.extend(["--appendonly", "no"]);
+        }
+        if let Some(p) = &self.password {
+            args.extend(["--requirepass", p]);
         }
         let child = Command::new("redis-server")
             .args(&args)
@@ -93,9 +109,12 @@ impl RedisServer {
         self.spawn();
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// `redis://127.0.0.1:<port>`, with `:<password>@` when it has one.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
     }
 
     /// Its address.
@@ -109,11 +128,29 @@ impl RedisServer {
             return false;
         };
         let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-        if s.write_all(b"PING\r\n").is_err() {
+        let auth = self
+            .password
+            .as_ref()
+            .map(|p| format!("AUTH {p}\r\n"))
+            .unwrap_or_default();
+        if s.write_all(format!("{auth}PING\r\n").as_bytes()).is_err() {
             return false;
         }
-        let mut buf = [0u8; 16];
-        matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
+        // +OK first when it authenticated; both replies may take two reads.
+        let want: &[u8] = if auth.is_empty() {
+            b"+PONG"
+        } else {
+            b"+OK\r\n+PONG"
+        };
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        while got.len() < want.len() {
+            match s.read(&mut buf) {
+                Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                _ => return false,
+            }
+        }
+        got.starts_with(want)
     }
 
     /// A client connection for the test's own commands.
