@@ -443,6 +443,8 @@ pub struct Config {
     /// The roots an `https://` `events_url` is verified against (empty: the bundled
     /// Mozilla roots).
     pub events_ca: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// The file `events_ca` was read from, read again on `SIGHUP`.
+    pub events_ca_path: Option<PathBuf>,
     /// Lifecycle events on.
     pub lifecycle_events: bool,
     /// Cluster mode: approximate length of `throng:events`.
@@ -991,7 +993,8 @@ impl Config {
         if let Some(url) = &events_url {
             check_events_url(url).map_err(|e| invalid("events_url", e))?;
         }
-        let events_ca = match args.events_ca.or(file.events_ca) {
+        let events_ca_path = args.events_ca.or(file.events_ca);
+        let events_ca = match &events_ca_path {
             None => Vec::new(),
             Some(path) => {
                 if !events_url
@@ -1003,7 +1006,7 @@ impl Config {
                         "is for an https:// events_url, and none is set",
                     ));
                 }
-                crate::events::read_ca(&path).map_err(|e| invalid("events_ca", e))?
+                crate::events::read_ca(path).map_err(|e| invalid("events_ca", e))?
             }
         };
         let events_maxlen = args
@@ -1057,6 +1060,7 @@ impl Config {
                 .or(file.events_key)
                 .filter(|k| !k.is_empty()),
             events_ca,
+            events_ca_path,
             lifecycle_events: args.lifecycle_events || file.lifecycle_events.unwrap_or(false),
             events_maxlen,
             events_queue,

@@ -206,7 +206,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     // Until a signal arrives or `POST /v1/drain` starts the drain itself.
     loop {
         match first_rx.recv_timeout(std::time::Duration::from_millis(200)) {
-            Ok(signal_hook::consts::SIGHUP) => reload_tls(&server),
+            Ok(signal_hook::consts::SIGHUP) => reload(&server),
             Ok(sig) => {
                 tracing::info!(
                     signal = sig,
@@ -231,15 +231,29 @@ fn serve(args: ServeArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// `SIGHUP`: the TLS certificate and key are read again; a bad file keeps the old ones.
-fn reload_tls(server: &Server) {
-    match server.reload_tls() {
-        None => tracing::info!("SIGHUP: nothing to reload (no --tls-cert)"),
+/// `SIGHUP`: the TLS certificate and key, and `events_ca`, are read again; a bad file
+/// keeps what was in use.
+fn reload(server: &Server) {
+    let tls = server.reload_tls();
+    match &tls {
+        None => {}
         Some(Ok(())) => tracing::info!("SIGHUP: TLS certificate reloaded"),
         Some(Err(e)) => tracing::error!(
             error = %e,
             "SIGHUP: TLS certificate not reloaded; the previous one stays in use"
         ),
+    }
+    let ca = server.reload_events_ca();
+    match &ca {
+        None => {}
+        Some(Ok(n)) => tracing::info!(certificates = n, "SIGHUP: events_ca reloaded"),
+        Some(Err(e)) => tracing::error!(
+            error = %e,
+            "SIGHUP: events_ca not reloaded; the previous roots stay in use"
+        ),
+    }
+    if tls.is_none() && ca.is_none() {
+        tracing::info!("SIGHUP: nothing to reload (no --tls-cert, no --events-ca)");
     }
 }
 

@@ -68,6 +68,8 @@ pub struct Server {
     kafka: Option<JoinHandle<()>>,
     /// The TLS listener's configuration, which `reload_tls` renews.
     tls: Option<crate::tls::TlsServer>,
+    /// Reads `events_ca` again on `SIGHUP`, when one is set.
+    events_ca: Option<crate::events::CaReload>,
 }
 
 /// A listening socket: `SO_REUSEADDR`, non-blocking, with backlog.
@@ -187,10 +189,10 @@ impl Server {
             .unwrap_or_else(|| client_addr.to_string())
             .into();
         // Client sends and lifecycle events, when they have somewhere to go.
-        let (events, events_thread) =
+        let (events, events_thread, events_ca) =
             match crate::events::spawn(&config, Arc::clone(&node_id), &metrics, &stop)? {
-                Some((sink, thread)) => (Some(sink), Some(thread)),
-                None => (None, None),
+                Some(t) => (Some(t.sink), Some(t.thread), t.ca_reload),
+                None => (None, None, None),
             };
         let mut remote_senders = Vec::new();
         for id in 0..config.shards {
@@ -351,6 +353,7 @@ impl Server {
             events: events_thread,
             kafka: kafka_thread,
             tls,
+            events_ca,
         })
     }
 
@@ -363,6 +366,20 @@ impl Server {
         let counter = match &result {
             Ok(()) => &self.metrics.tls.reloads,
             Err(_) => &self.metrics.tls.reload_errors,
+        };
+        counter.fetch_add(1, Relaxed);
+        Some(result)
+    }
+
+    /// Reads the `events_ca` file again (`SIGHUP`): the events thread's next POST verifies
+    /// the upstream against it; on error the roots in use stay. `None` without one; else
+    /// how many certificates it holds.
+    pub fn reload_events_ca(&self) -> Option<Result<usize, String>> {
+        let reload = self.events_ca.as_ref()?;
+        let result = reload.reload();
+        let counter = match &result {
+            Ok(_) => &self.metrics.events.ca_reloads,
+            Err(_) => &self.metrics.events.ca_reload_errors,
         };
         counter.fetch_add(1, Relaxed);
         Some(result)

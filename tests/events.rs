@@ -442,6 +442,43 @@ fn events_reach_an_https_upstream_verified_against_events_ca() {
 }
 
 #[test]
+fn sighup_reloads_events_ca_and_keeps_the_roots_when_the_file_is_bad() {
+    use common::tls::{metric, wait_metric, CertPair, ServeProc, TlsDir};
+    let dir = TlsDir::new("events-ca-reload");
+    let up = Upstream::start_tls(&dir.pair);
+    // events_ca starts out holding another certificate: the upstream is not trusted.
+    let ca = dir.path("ca.pem");
+    std::fs::write(&ca, CertPair::generate().cert_pem).unwrap();
+    let mut p = ServeProc::spawn(&["--events-url", &up.https_url(), "--events-ca", &ca]);
+    let (ws, api) = p.listening();
+    let mut alice = Client::connect(ws, &token("alice")).expect("alice connects");
+    alice.send(json!({"type": "send", "data": "first", "ref": 1}));
+    assert_eq!(alice.recv()["type"], "sent");
+    let failed = wait_until(WAIT, || metric(api, "throng_events_failures_total") >= 1);
+    assert!(failed, "the untrusted upstream never failed a delivery");
+    assert_eq!(up.requests.load(Relaxed), 0);
+
+    // The upstream's CA in the file, SIGHUP: the waiting event goes through.
+    std::fs::write(&ca, &dir.pair.cert_pem).unwrap();
+    p.signal(libc::SIGHUP);
+    p.find(WAIT, |l| l.contains("events_ca reloaded").then_some(()));
+    assert_eq!(up.wait_events(1)[0]["data"], "first");
+    assert_eq!(metric(api, "throng_events_ca_reloads_total"), 1);
+
+    // A file that is not PEM: the reload fails, names the file, and the roots stay.
+    std::fs::write(&ca, "not a certificate\n").unwrap();
+    p.signal(libc::SIGHUP);
+    let line = p.find(WAIT, |l| {
+        l.contains("events_ca not reloaded").then(|| l.to_string())
+    });
+    assert!(line.contains(&ca), "the log names the file: {line}");
+    wait_metric(api, "throng_events_ca_reload_errors_total", 1, WAIT);
+    alice.send(json!({"type": "send", "data": "second", "ref": 2}));
+    assert_eq!(alice.recv()["type"], "sent");
+    assert_eq!(up.wait_events(2)[1]["data"], "second");
+}
+
+#[test]
 fn an_https_upstream_outside_the_trusted_roots_gets_nothing() {
     // The same self-signed upstream, verified against the bundled roots: the TLS
     // handshake fails, so no request is made, and the failure shows as for any

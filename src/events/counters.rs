@@ -24,6 +24,10 @@ pub struct EventCounters {
     pub refused: AtomicU64,
     /// Lifecycle events not queued because the queue was full.
     pub lifecycle_skipped: AtomicU64,
+    /// `events_ca` reloads (`SIGHUP`) that took effect.
+    pub ca_reloads: AtomicU64,
+    /// `events_ca` reloads that failed (the roots in use stayed).
+    pub ca_reload_errors: AtomicU64,
 }
 
 impl crate::metrics::FeatureCounters for EventCounters {
@@ -83,6 +87,18 @@ impl crate::metrics::FeatureCounters for EventCounters {
                 "counter",
                 "Lifecycle events not queued because the event queue was full.",
                 n(&self.lifecycle_skipped),
+            ),
+            (
+                "throng_events_ca_reloads_total",
+                "counter",
+                "events_ca reloads (SIGHUP) that took effect.",
+                n(&self.ca_reloads),
+            ),
+            (
+                "throng_events_ca_reload_errors_total",
+                "counter",
+                "events_ca reloads (SIGHUP) that failed; the roots in use stayed.",
+                n(&self.ca_reload_errors),
             ),
         ]
     }

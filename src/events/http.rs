@@ -1,8 +1,9 @@
 //! Standalone: events POSTed to `events_url` as one JSON array per batch.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crossbeam_channel::{Receiver, Sender};
 use rustls::pki_types::CertificateDer;
 use ureq::tls::{Certificate, RootCerts, TlsConfig};
 
@@ -16,6 +17,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// POSTs batches to one URL over a kept-alive connection.
 pub(crate) struct PostTarget {
     agent: ureq::Agent,
+    /// `events_ca` read again (`SIGHUP`): the next POST uses a new agent with these roots.
+    ca_updates: Option<Receiver<Vec<CertificateDer<'static>>>>,
     url: String,
     /// `Authorization: Bearer <events_key>`, when one is configured.
     authorization: Option<String>,
@@ -26,30 +29,74 @@ impl PostTarget {
     /// A target for `url` (checked by the configuration), sending `key` as a bearer token
     /// and verifying an `https://` upstream against `ca` (empty: the bundled Mozilla
     /// roots).
-    pub(crate) fn new(url: &str, key: Option<&str>, ca: &[CertificateDer<'static>]) -> PostTarget {
-        let roots = if ca.is_empty() {
-            RootCerts::WebPki
-        } else {
-            let certs: Vec<Certificate<'static>> = ca
-                .iter()
-                .map(|c| Certificate::from_der(c.as_ref()).to_owned())
-                .collect();
-            RootCerts::new_with_certs(&certs)
-        };
-        let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(POST_TIMEOUT))
-            .timeout_connect(Some(CONNECT_TIMEOUT))
-            // Statuses are judged here: a 4xx is final, a 5xx is retried.
-            .http_status_as_error(false)
-            .tls_config(TlsConfig::builder().root_certs(roots).build())
-            .build()
-            .new_agent();
+    pub(crate) fn new(
+        url: &str,
+        key: Option<&str>,
+        ca: &[CertificateDer<'static>],
+        ca_updates: Option<Receiver<Vec<CertificateDer<'static>>>>,
+    ) -> PostTarget {
         PostTarget {
-            agent,
+            agent: agent(ca),
+            ca_updates,
             url: url.to_string(),
             authorization: key.map(|k| format!("Bearer {k}")),
             body: Vec::new(),
         }
+    }
+
+    /// Takes the newest roots `SIGHUP` read, if any came since the last POST.
+    fn take_ca_update(&mut self) {
+        let Some(ca) = self.ca_updates.as_ref().and_then(|rx| rx.try_iter().last()) else {
+            return;
+        };
+        self.agent = agent(&ca);
+        tracing::info!(certificates = ca.len(), url = %self.url, "events upstream: verified against the reloaded events_ca from now on");
+    }
+}
+
+/// An agent verifying `https://` against `ca` (empty: the bundled Mozilla roots).
+fn agent(ca: &[CertificateDer<'static>]) -> ureq::Agent {
+    let roots = if ca.is_empty() {
+        RootCerts::WebPki
+    } else {
+        let certs: Vec<Certificate<'static>> = ca
+            .iter()
+            .map(|c| Certificate::from_der(c.as_ref()).to_owned())
+            .collect();
+        RootCerts::new_with_certs(&certs)
+    };
+    ureq::Agent::config_builder()
+        .timeout_global(Some(POST_TIMEOUT))
+        .timeout_connect(Some(CONNECT_TIMEOUT))
+        // Statuses are judged here: a 4xx is final, a 5xx is retried.
+        .http_status_as_error(false)
+        .tls_config(TlsConfig::builder().root_certs(roots).build())
+        .build()
+        .new_agent()
+}
+
+/// Reads `events_ca` again on `SIGHUP` and hands it to the events thread.
+pub struct CaReload {
+    path: PathBuf,
+    tx: Sender<Vec<CertificateDer<'static>>>,
+}
+
+impl CaReload {
+    /// A reloader for `path` and the receiver its target takes new roots from.
+    pub(crate) fn new(path: PathBuf) -> (CaReload, Receiver<Vec<CertificateDer<'static>>>) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        (CaReload { path, tx }, rx)
+    }
+
+    /// Reads the file again: the next POST verifies against what it holds (on a new
+    /// connection). A file that cannot be used changes nothing; the error names it.
+    pub fn reload(&self) -> Result<usize, String> {
+        let ca = read_ca(&self.path)?;
+        let n = ca.len();
+        self.tx
+            .send(ca)
+            .map_err(|_| "the events thread has stopped".to_string())?;
+        Ok(n)
     }
 }
 
@@ -73,6 +120,7 @@ pub(crate) fn json_array(batch: &[Event], out: &mut Vec<u8>) {
 
 impl Target for PostTarget {
     fn deliver(&mut self, batch: &[Event]) -> Result<(), DeliverError> {
+        self.take_ca_update();
         json_array(batch, &mut self.body);
         let mut req = self
             .agent

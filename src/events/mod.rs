@@ -10,6 +10,7 @@ mod http;
 mod stream;
 
 pub(crate) use http::read_ca;
+pub use http::CaReload;
 
 pub use counters::EventCounters;
 
@@ -199,24 +200,43 @@ pub(crate) trait Target: Send {
     fn describe(&self) -> String;
 }
 
-/// Starts the events thread when the configuration gives events a target: the sink for
-/// the shards (one clone each) and the thread. `node` names this server in events.
+/// The running events thread and what the rest of the server holds of it.
+pub struct EventsThread {
+    /// The sink for the shards (one clone each).
+    pub sink: EventSink,
+    /// The thread.
+    pub thread: JoinHandle<()>,
+    /// Reads `events_ca` again, when one is set.
+    pub ca_reload: Option<CaReload>,
+}
+
+/// Starts the events thread when the configuration gives events a target. `node` names
+/// this server in events.
 pub fn spawn(
     config: &Config,
     node: Arc<str>,
     metrics: &Arc<Metrics>,
     stop: &Arc<AtomicBool>,
-) -> std::io::Result<Option<(EventSink, JoinHandle<()>)>> {
+) -> std::io::Result<Option<EventsThread>> {
+    let mut ca_reload = None;
     let target: Box<dyn Target> = match (&config.cluster, &config.events_url) {
         (Some(cluster), _) => Box::new(stream::StreamTarget::new(
             &cluster.redis_url,
             config.events_maxlen,
         )?),
-        (None, Some(url)) => Box::new(http::PostTarget::new(
-            url,
-            config.events_key.as_deref(),
-            &config.events_ca,
-        )),
+        (None, Some(url)) => {
+            let updates = config.events_ca_path.clone().map(|path| {
+                let (reload, rx) = CaReload::new(path);
+                ca_reload = Some(reload);
+                rx
+            });
+            Box::new(http::PostTarget::new(
+                url,
+                config.events_key.as_deref(),
+                &config.events_ca,
+                updates,
+            ))
+        }
         (None, None) => return Ok(None),
     };
     metrics.events.enabled.store(true, Relaxed);
@@ -242,7 +262,11 @@ pub fn spawn(
     let thread = std::thread::Builder::new()
         .name("throng-events".into())
         .spawn(move || runner.run())?;
-    Ok(Some((sink, thread)))
+    Ok(Some(EventsThread {
+        sink,
+        thread,
+        ca_reload,
+    }))
 }
 
 struct Runner {
