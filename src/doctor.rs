@@ -21,10 +21,15 @@ pub const DEFAULT_TARGET_CONNECTIONS: u64 = 100_000;
 /// growth per idle connection (connection slot, user entry, user table, allocator
 /// overhead; docs/memory.md).
 ///
-/// Measured: 188 B at 15,000 idle connections (`scripts/idle-memory.sh`, README
-/// "Measured results"); kept at 512 so the projection stays conservative across
-/// allocators and session/topic mixes.
+/// Measured: 142-143 B at 15,000 idle connections with a `topics` claim
+/// (`scripts/idle-memory.sh`, docs/memory.md); kept at 512 so the projection stays
+/// conservative across allocators and session/topic mixes.
 pub const USER_BYTES_PER_CONNECTION: u64 = 512;
+
+/// User-space bytes per idle connection over TLS (`--tls`): rustls's state beside the
+/// connection. Measured: 549 B at 15,000 idle `wss://` connections (`TLS=1
+/// scripts/idle-memory.sh`); kept at about three times that, as the plain figure is.
+pub const USER_BYTES_PER_TLS_CONNECTION: u64 = 1536;
 
 /// Kernel bytes per idle TCP socket: `struct tcp_sock` (TCP slab, about 2.3 KiB;
 /// TCPv6 about 2.5 KiB), socket inode (about 0.8 KiB), `struct file` and dentry (about
@@ -66,6 +71,9 @@ pub struct DoctorArgs {
     #[arg(long, default_value_t = DEFAULT_TARGET_CONNECTIONS,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub target_connections: u64,
+    /// The server terminates TLS (`--tls-cert`): project each connection's TLS state too.
+    #[arg(long)]
+    pub tls: bool,
     /// The server's `max_outbound_total_bytes`, if set [default: the server's default for
     /// this host's memory].
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
@@ -126,8 +134,10 @@ pub struct Item {
 pub struct MemoryProjection {
     /// Connections projected for.
     pub connections: u64,
-    /// [`USER_BYTES_PER_CONNECTION`].
+    /// [`USER_BYTES_PER_CONNECTION`], or [`USER_BYTES_PER_TLS_CONNECTION`] with TLS.
     pub user_bytes_per_connection: u64,
+    /// Projected for connections over TLS.
+    pub tls: bool,
     /// [`KERNEL_BYTES_PER_SOCKET`].
     pub kernel_bytes_per_connection: u64,
     /// `connections × user_bytes_per_connection`.
@@ -690,12 +700,18 @@ fn check_cpus(proc_root: &Path, sys_root: &Path) -> Item {
     }
 }
 
-fn project_memory(proc_root: &Path, n: u64, budget: Option<u64>) -> (MemoryProjection, Item) {
-    let user_bytes = n.saturating_mul(USER_BYTES_PER_CONNECTION);
+fn project_memory(proc_root: &Path, t: &Target) -> (MemoryProjection, Item) {
+    let (n, budget) = (t.connections, t.outbound_budget);
+    let per_connection = if t.tls {
+        USER_BYTES_PER_TLS_CONNECTION
+    } else {
+        USER_BYTES_PER_CONNECTION
+    };
+    let user_bytes = n.saturating_mul(per_connection);
     let kernel_bytes = n.saturating_mul(KERNEL_BYTES_PER_SOCKET);
     let total = user_bytes.saturating_add(kernel_bytes);
     let needed = format!(
-        "{} = N x ({USER_BYTES_PER_CONNECTION} + {KERNEL_BYTES_PER_SOCKET}) B",
+        "{} = N x ({per_connection} + {KERNEL_BYTES_PER_SOCKET}) B",
         human_bytes(total)
     );
     let available = read_parsed(proc_root, "meminfo", parse_meminfo_available);
@@ -707,7 +723,8 @@ fn project_memory(proc_root: &Path, n: u64, budget: Option<u64>) -> (MemoryProje
     });
     let projection = MemoryProjection {
         connections: n,
-        user_bytes_per_connection: USER_BYTES_PER_CONNECTION,
+        user_bytes_per_connection: per_connection,
+        tls: t.tls,
         kernel_bytes_per_connection: KERNEL_BYTES_PER_SOCKET,
         user_bytes,
         kernel_bytes,
@@ -760,6 +777,17 @@ fn project_memory(proc_root: &Path, n: u64, budget: Option<u64>) -> (MemoryProje
     (projection, item)
 }
 
+/// What a host is checked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    /// Connections it should hold.
+    pub connections: u64,
+    /// The server's `max_outbound_total_bytes`, when it is not the default.
+    pub outbound_budget: Option<u64>,
+    /// The connections are TLS (`wss://`).
+    pub tls: bool,
+}
+
 /// Checks the host under `proc_root` and `sys_root` for `target_connections`.
 pub fn check(proc_root: &Path, sys_root: &Path, target_connections: u64) -> Report {
     check_with_budget(proc_root, sys_root, target_connections, None)
@@ -772,9 +800,19 @@ pub fn check_with_budget(
     target_connections: u64,
     outbound_budget: Option<u64>,
 ) -> Report {
-    let n = target_connections;
+    let target = Target {
+        connections: target_connections,
+        outbound_budget,
+        tls: false,
+    };
+    check_target(proc_root, sys_root, &target)
+}
+
+/// Checks the host under `proc_root` and `sys_root` for `target`.
+pub fn check_target(proc_root: &Path, sys_root: &Path, target: &Target) -> Report {
+    let n = target.connections;
     let page = page_size();
-    let (memory, memory_item) = project_memory(proc_root, n, outbound_budget);
+    let (memory, memory_item) = project_memory(proc_root, target);
     let items = vec![
         check_nofile(proc_root, n),
         check_file_max(proc_root, n),
@@ -889,10 +927,15 @@ pub fn render(report: &Report) -> String {
     }
     let m = &report.memory;
     let _ = writeln!(out, "\nMemory for {} connections:", m.connections);
+    let measured = if m.tls {
+        "549 B measured at 15,000 idle wss:// connections"
+    } else {
+        "142 B measured at 15,000 idle connections"
+    };
     let _ = writeln!(
         out,
-        "  user space    N x U = {} x {} B  {:>10}  (U: 353 B measured at 10,000 idle \
-         connections, rounded up; README \"Measured results\")",
+        "  user space    N x U = {} x {} B  {:>10}  (U: {measured}, kept about 3x higher; \
+         docs/memory.md)",
         m.connections,
         m.user_bytes_per_connection,
         human_bytes(m.user_bytes)

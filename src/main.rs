@@ -54,12 +54,12 @@ fn main() -> ExitCode {
 }
 
 fn doctor(args: throng::doctor::DoctorArgs) -> ExitCode {
-    let report = throng::doctor::check_with_budget(
-        &args.proc_root,
-        &args.sys_root,
-        args.target_connections,
-        args.max_outbound_total_bytes,
-    );
+    let target = throng::doctor::Target {
+        connections: args.target_connections,
+        outbound_budget: args.max_outbound_total_bytes,
+        tls: args.tls,
+    };
+    let report = throng::doctor::check_target(&args.proc_root, &args.sys_root, &target);
     print!("{}", throng::doctor::render(&report));
     if report.has_fail() {
         ExitCode::FAILURE

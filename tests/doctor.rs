@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use throng::doctor::{self, Status};
+use throng::doctor::{self, Status, Target};
 
 const BIN: &str = env!("CARGO_BIN_EXE_throng");
 
@@ -43,8 +43,13 @@ impl FakeHost {
     }
 
     fn run(&self, target: u64) -> Output {
+        self.run_with(target, &[])
+    }
+
+    fn run_with(&self, target: u64, extra: &[&str]) -> Output {
         Command::new(BIN)
             .arg("doctor")
+            .args(extra)
             .arg("--target-connections")
             .arg(target.to_string())
             .arg("--proc-root")
@@ -184,6 +189,48 @@ fn well_tuned_host_is_all_ok_and_exits_0() {
     // The memory projection is printed with both per-connection figures.
     assert!(text.contains("100000 x 512 B"), "{text}");
     assert!(text.contains("100000 x 4096 B"), "{text}");
+}
+
+#[test]
+fn tls_projects_the_tls_state_of_each_connection() {
+    let h = host(&tuned());
+    let out = h.run_with(100_000, &["--tls"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("100000 x 1536 B"), "{text}");
+    assert!(text.contains("wss://"), "{text}");
+    let target = Target {
+        connections: 1_000_000,
+        outbound_budget: None,
+        tls: true,
+    };
+    let r = doctor::check_target(&h.proc_root(), &h.sys_root(), &target);
+    assert_eq!(
+        r.memory.total_bytes,
+        1_000_000 * (doctor::USER_BYTES_PER_TLS_CONNECTION + doctor::KERNEL_BYTES_PER_SOCKET)
+    );
+    assert!(r.memory.tls);
+    assert_eq!(r.item("memory").expect("memory").status, Status::Ok);
+    // With 5 GB available a million connections fit in plain (4.6 GB, a WARN for the
+    // headroom) but not over TLS (5.6 GB).
+    let mut small = tuned();
+    small.retain(|(path, _)| *path != "proc/meminfo");
+    small.push((
+        "proc/meminfo",
+        "MemTotal: 8000000 kB\nMemAvailable: 5000000 kB\n".into(),
+    ));
+    let h = host(&small);
+    let plain = doctor::check_target(
+        &h.proc_root(),
+        &h.sys_root(),
+        &Target {
+            tls: false,
+            ..target
+        },
+    );
+    assert_eq!(plain.item("memory").expect("memory").status, Status::Warn);
+    let tls = doctor::check_target(&h.proc_root(), &h.sys_root(), &target);
+    assert_eq!(tls.item("memory").expect("memory").status, Status::Fail);
 }
 
 #[test]
