@@ -241,6 +241,9 @@ pub struct ServeArgs {
     /// Cluster mode: how long a stream entry may sit with a dead node before another claims it [default: 30000].
     #[arg(long)]
     pub claim_idle_ms: Option<u64>,
+    /// Cluster mode over rediss://: PEM CA certificates Redis's certificate is verified against [default: the system's roots].
+    #[arg(long, value_name = "FILE")]
+    pub redis_ca: Option<PathBuf>,
     /// Cluster mode: remove `throng:push` entries every consumer group has acknowledged [default: true].
     #[arg(long)]
     pub stream_trim: Option<bool>,
@@ -354,6 +357,7 @@ struct FileConfig {
     node_id: Option<String>,
     offline_ttl_ms: Option<u64>,
     claim_idle_ms: Option<u64>,
+    redis_ca: Option<PathBuf>,
     stream_trim: Option<bool>,
     stream_keep_ms: Option<u64>,
     log_format: Option<LogFormat>,
@@ -517,6 +521,17 @@ pub struct ClusterConfig {
     /// Trimming of `throng:push`: how long acknowledged entries are kept; `None`: never
     /// trimmed.
     pub stream_trim: Option<Duration>,
+    /// `redis_ca`: the PEM file's bytes, for a `rediss://` Redis behind a private CA.
+    pub redis_ca: Option<RedisCa>,
+}
+
+/// The CA certificates a `rediss://` Redis is verified against (`redis_ca`).
+#[derive(Debug, Clone)]
+pub struct RedisCa {
+    /// The file as read (redis-rs takes PEM).
+    pub pem: Vec<u8>,
+    /// Its certificates (the pub/sub link's own TLS takes DER).
+    pub certs: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 /// Checks an `events_url`: `http://` or `https://` with a host.
@@ -579,9 +594,16 @@ pub fn check_kafka_topic(t: &str) -> Result<(), String> {
 
 /// Checks a `--redis` URL: `redis://host[:port][/db]`, nothing else.
 pub fn check_redis_url(url: &str) -> Result<(), String> {
-    if !url.starts_with("redis://") {
+    if !url.starts_with("redis://") && !url.starts_with("rediss://") {
         return Err(format!(
-            "{url:?} is not a Redis URL: expected redis://host[:port][/db]"
+            "{url:?} is not a Redis URL: expected redis://host[:port][/db] (or rediss:// for TLS)"
+        ));
+    }
+    if url.contains('#') {
+        // redis-rs reads `#insecure` as "do not verify the certificate".
+        return Err(format!(
+            "{url:?} has a #fragment; certificate checks cannot be turned off (give redis_ca \
+             for a private CA)"
         ));
     }
     redis::Client::open(url)
@@ -900,6 +922,7 @@ impl Config {
                         ));
                     }
                 }
+                let redis_ca = redis_ca(&url, args.redis_ca.or(file.redis_ca))?;
                 Some(ClusterConfig {
                     redis_url: url,
                     node_id,
@@ -919,6 +942,7 @@ impl Config {
                         args.stream_trim.or(file.stream_trim),
                         args.stream_keep_ms.or(file.stream_keep_ms),
                     )?,
+                    redis_ca,
                 })
             }
         };
@@ -1132,6 +1156,24 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
                 .map(|s| format!(" (at byte {})", s.start))
                 .unwrap_or_default(),
     })
+}
+
+/// Reads `redis_ca`, which only a `rediss://` URL can use.
+fn redis_ca(url: &str, path: Option<PathBuf>) -> Result<Option<RedisCa>, ConfigError> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    if !url.starts_with("rediss://") {
+        return Err(invalid(
+            "redis_ca",
+            "is for a rediss:// (TLS) redis URL, and the URL is redis://",
+        ));
+    }
+    let certs = crate::tls::read_pem_certs(&path)
+        .map_err(|problem| invalid("redis_ca", format!("{}: {problem}", path.display())))?;
+    let pem = std::fs::read(&path)
+        .map_err(|e| invalid("redis_ca", format!("{}: {e}", path.display())))?;
+    Ok(Some(RedisCa { pem, certs }))
 }
 
 /// `stream_trim` and `stream_keep_ms`: how long acknowledged `throng:push` entries stay,

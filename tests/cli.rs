@@ -336,6 +336,24 @@ fn from_args_errors_name_the_key() {
             ],
             "stream_keep_ms",
         ),
+        (&["--redis", "rediss://localhost/#insecure"], "redis"),
+        (
+            &["--redis", "redis://localhost", "--redis-ca", "Cargo.toml"],
+            "redis_ca",
+        ),
+        (
+            &[
+                "--redis",
+                "rediss://localhost",
+                "--redis-ca",
+                "/no/such/ca.pem",
+            ],
+            "redis_ca",
+        ),
+        (
+            &["--redis", "rediss://localhost", "--redis-ca", "Cargo.toml"],
+            "redis_ca",
+        ),
     ];
     for (extra, key) in cases {
         let args: Vec<&str> = base.iter().chain(extra.iter()).copied().collect();

@@ -416,6 +416,42 @@ fn nodes_work_with_a_redis_that_requires_a_password() {
 }
 
 #[test]
+fn nodes_work_with_a_redis_that_speaks_only_tls() {
+    let redis = RedisServer::start_tls();
+    let ca = ["--redis-ca", redis.ca_path()];
+    let a = node(&redis, &ca);
+    let b = node(&redis, &ca);
+    // Every link is TLS: b's subscriber hears what a published, a's stream ingress reads
+    // what the test adds, and b's events reach throng:events.
+    let mut phone = b.connect("alice");
+    wait_streams(&b, 1);
+    let r = a.push_wait(json!({"user": "alice", "data": "api"}));
+    assert_eq!(r["seq"], 1, "{r}");
+    assert_eq!(next_push(&mut phone)["data"], "api");
+    let mut r = redis.conn();
+    let _: String = redis::cmd("XADD")
+        .arg("throng:push")
+        .arg("*")
+        .arg("push")
+        .arg(json!({"user": "alice", "data": "stream"}).to_string())
+        .query(&mut r)
+        .unwrap();
+    assert_eq!(next_push(&mut phone)["data"], "stream");
+    phone.send(json!({"type": "send", "data": "up", "ref": 1}));
+    assert_eq!(phone.recv()["type"], "sent");
+    b.wait_stats("the event delivered", |s| {
+        s["events"]["delivered"].as_u64() >= Some(1)
+    });
+    // Verified against the system's roots instead, the self-signed certificate fails:
+    // counted as an error, and the node stays unready.
+    let c = TestServer::start(&["--redis", redis.url().as_str()]);
+    c.wait_stats("Redis errors counted", |s| {
+        s["cluster"]["broker_errors"].as_u64() > Some(0)
+    });
+    assert_eq!(c.api("GET", "/readyz", None).status, 503);
+}
+
+#[test]
 fn stream_ingress_publishes_and_sends_bad_entries_to_the_dlq() {
     let redis = RedisServer::start();
     let a = node(&redis, &["--node-id", "node-a"]);

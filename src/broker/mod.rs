@@ -163,6 +163,36 @@ pub(crate) const RECONNECT_MAX: Duration = Duration::from_secs(2);
 /// Deadline for connecting and for one Redis round trip.
 pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The Redis client of `cluster`: over `rediss://` verified against `redis_ca` when it is
+/// set, else against the system's roots.
+pub fn client(cluster: &ClusterConfig) -> redis::RedisResult<redis::Client> {
+    match &cluster.redis_ca {
+        Some(ca) => redis::Client::build_with_tls(
+            cluster.redis_url.as_str(),
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.pem.clone()),
+            },
+        ),
+        None => redis::Client::open(cluster.redis_url.as_str()),
+    }
+}
+
+/// Whether a failed connect was refused, not unanswered: Redis answered with an error (a
+/// wrong password, an ACL), or TLS failed (a certificate that does not verify, which
+/// rustls reports as invalid data).
+pub(crate) fn is_refusal(e: &redis::RedisError) -> bool {
+    if !e.is_io_error() {
+        return true;
+    }
+    // redis-rs keeps the io::Error in an Arc: its source is the Arc.
+    type Shared = Arc<dyn std::error::Error + Send + Sync>;
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<Shared>())
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData)
+}
+
 /// Opens a connection with the broker's timeouts.
 pub(crate) fn connect(client: &redis::Client) -> redis::RedisResult<redis::Connection> {
     let conn = client.get_connection_with_timeout(IO_TIMEOUT)?;
@@ -210,6 +240,8 @@ pub struct PresenceEnds {
 #[derive(Clone)]
 pub(crate) struct BrokerCtx {
     pub client: redis::Client,
+    /// The pub/sub link's TLS over `rediss://` (the other links' is redis-rs's own).
+    pub link_tls: Option<Arc<rustls::ClientConfig>>,
     pub node_id: Arc<str>,
     pub cluster: ClusterConfig,
     pub retention: script::Retention,
@@ -236,10 +268,13 @@ pub(crate) fn spawn(
     interests: Receiver<Interest>,
     presence_ends: PresenceEnds,
 ) -> std::io::Result<(BrokerLinks, BrokerThreads)> {
-    let client = redis::Client::open(cluster.redis_url.as_str())
+    let client = client(cluster)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    let link_tls = pubsub::tls_config(cluster)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let ctx = BrokerCtx {
         client,
+        link_tls,
         node_id: Arc::clone(&node_id),
         cluster: cluster.clone(),
         retention: script::Retention {

@@ -123,9 +123,8 @@ impl Publisher {
                 true
             }
             Err(e) => {
-                if !e.is_io_error() {
-                    // Redis answered, and refused (a wrong password, an ACL): not an
-                    // outage that passes by itself.
+                if super::is_refusal(&e) {
+                    // Not an outage that passes by itself.
                     self.ctx.metrics.broker.errors.fetch_add(1, Relaxed);
                 }
                 self.down(&e);

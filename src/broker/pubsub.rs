@@ -6,16 +6,20 @@
 //! up to whole jiffies (5 to 12 ms here). Here the subscriber takes every message already
 //! read (`buffered`) and what has arrived since (`read_now`), wakes the shards once, and
 //! only then waits on the socket (`read`).
-//! Frames are cut with `frame_len` and decoded by redis-rs (`parse_redis_value`).
+//! Frames are cut with `frame_len` and decoded by redis-rs (`parse_redis_value`). Over
+//! `rediss://` the link runs its own rustls client, with the roots the other links use.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::{ConnectionAddr, Msg, RedisResult, Value};
+use rustls::pki_types::ServerName;
 
 use super::IO_TIMEOUT;
+use crate::config::ClusterConfig;
 
 /// Largest frame accepted from Redis: a message is one push envelope (a push is at most
 /// 1 MiB), so anything near this is a broken link, not a message.
@@ -23,9 +27,79 @@ const MAX_FRAME: usize = 16 << 20;
 /// The read buffer's first size; it grows (by doubling) only for a larger frame.
 const READ_BUFFER: usize = 64 << 10;
 
+/// The link's bytes: plain TCP, or TLS over it (`rediss://`).
+enum Transport {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Transport {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Transport::Plain(s) => s,
+            Transport::Tls(t) => &t.sock,
+        }
+    }
+}
+
+impl Read for Transport {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(s) => s.read(buf),
+            Transport::Tls(t) => t.read(buf),
+        }
+    }
+}
+
+impl Write for Transport {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(s) => s.write(buf),
+            Transport::Tls(t) => t.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Transport::Plain(s) => s.flush(),
+            Transport::Tls(t) => t.flush(),
+        }
+    }
+}
+
+/// The pub/sub link's TLS configuration for a `rediss://` URL (`None` for `redis://`):
+/// verified against `redis_ca` when set, else against the system's roots, as redis-rs
+/// does for the other links.
+pub(crate) fn tls_config(
+    cluster: &ClusterConfig,
+) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
+    if !cluster.redis_url.starts_with("rediss://") {
+        return Ok(None);
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = match &cluster.redis_ca {
+        Some(ca) => ca.certs.clone(),
+        None => rustls_native_certs::load_native_certs().certs,
+    };
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(match cluster.redis_ca {
+            Some(_) => "redis_ca holds no usable CA certificate".into(),
+            None => {
+                "no CA certificates in the system's store to verify rediss:// with; give redis_ca"
+                    .into()
+            }
+        });
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Some(Arc::new(config)))
+}
+
 /// A pub/sub connection: subscriptions, pings and the messages they bring.
 pub(crate) struct PubSubLink {
-    stream: TcpStream,
+    stream: Transport,
     /// Bytes read land in `buf[end..]`; `buf[start..end]` is read and not yet taken.
     buf: Vec<u8>,
     start: usize,
@@ -43,11 +117,17 @@ enum Frame {
 }
 
 impl PubSubLink {
-    /// Connects to `client`'s Redis and authenticates as its URL says.
-    pub(crate) fn open(client: &redis::Client) -> RedisResult<PubSubLink> {
+    /// Connects to `client`'s Redis (over TLS with `tls`, which a `rediss://` URL needs)
+    /// and authenticates as its URL says.
+    pub(crate) fn open(
+        client: &redis::Client,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+    ) -> RedisResult<PubSubLink> {
         let info = client.get_connection_info();
-        let ConnectionAddr::Tcp(host, port) = info.addr() else {
-            return Err(invalid("only redis:// (TCP) addresses are supported"));
+        let (host, port, tls) = match (info.addr(), tls) {
+            (ConnectionAddr::Tcp(host, port), _) => (host, port, None),
+            (ConnectionAddr::TcpTls { host, port, .. }, Some(tls)) => (host, port, Some(tls)),
+            _ => return Err(invalid("a rediss:// URL without a TLS configuration")),
         };
         let mut last = None;
         let mut stream = None;
@@ -67,13 +147,30 @@ impl PubSubLink {
         };
         stream.set_nodelay(true)?;
         stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        let stream = match tls {
+            None => Transport::Plain(stream),
+            Some(config) => {
+                let name = ServerName::try_from(host.clone())
+                    .map_err(|e| invalid(&format!("{host:?} is not a TLS server name: {e}")))?;
+                let conn = rustls::ClientConnection::new(Arc::clone(config), name)
+                    .map_err(|e| invalid(&format!("TLS: {e}")))?;
+                let mut tls = rustls::StreamOwned::new(conn, stream);
+                // The handshake now, under the connect deadline, so a certificate Redis
+                // cannot prove fails here with its reason.
+                while tls.conn.is_handshaking() {
+                    tls.conn.complete_io(&mut tls.sock)?;
+                }
+                Transport::Tls(Box::new(tls))
+            }
+        };
         let mut link = PubSubLink {
             stream,
             buf: vec![0; READ_BUFFER],
             start: 0,
             end: 0,
             queued: VecDeque::new(),
-            read_timeout: None,
+            read_timeout: Some(IO_TIMEOUT),
         };
         let settings = info.redis_settings();
         if let Some(password) = settings.password() {
@@ -150,16 +247,16 @@ impl PubSubLink {
 
     /// Reads what has arrived, without waiting; false if nothing had.
     pub(crate) fn read_now(&mut self) -> RedisResult<bool> {
-        self.stream.set_nonblocking(true)?;
+        self.stream.tcp().set_nonblocking(true)?;
         let got = self.fill();
-        self.stream.set_nonblocking(false)?;
+        self.stream.tcp().set_nonblocking(false)?;
         got
     }
 
     /// Waits up to `timeout` for bytes from Redis; false if none came.
     pub(crate) fn read(&mut self, timeout: Duration) -> RedisResult<bool> {
         if self.read_timeout != Some(timeout) {
-            self.stream.set_read_timeout(Some(timeout))?;
+            self.stream.tcp().set_read_timeout(Some(timeout))?;
             self.read_timeout = Some(timeout);
         }
         self.fill()

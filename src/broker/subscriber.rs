@@ -108,7 +108,7 @@ impl Subscriber {
     /// Runs until the server stops.
     pub(crate) fn run(mut self) {
         while !self.ctx.stop.load(Relaxed) {
-            let links = PubSubLink::open(&self.ctx.client)
+            let links = PubSubLink::open(&self.ctx.client, self.ctx.link_tls.as_ref())
                 .and_then(|a| Ok((a, connect(&self.ctx.client)?)));
             match links {
                 Ok((mut link, mut cmd)) => {
@@ -612,6 +612,7 @@ mod tests {
     ) {
         let ctx = BrokerCtx {
             client: redis::Client::open("redis://127.0.0.1:1").expect("a valid URL"),
+            link_tls: None,
             node_id: "n1".into(),
             cluster: ClusterConfig {
                 redis_url: "redis://127.0.0.1:1".into(),
@@ -619,6 +620,7 @@ mod tests {
                 offline_ttl: Duration::from_secs(60),
                 claim_idle: Duration::from_secs(30),
                 stream_trim: None,
+                redis_ca: None,
             },
             retention: super::super::script::Retention {
                 history_size: 10,

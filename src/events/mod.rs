@@ -220,10 +220,7 @@ pub fn spawn(
 ) -> std::io::Result<Option<EventsThread>> {
     let mut ca_reload = None;
     let target: Box<dyn Target> = match (&config.cluster, &config.events_url) {
-        (Some(cluster), _) => Box::new(stream::StreamTarget::new(
-            &cluster.redis_url,
-            config.events_maxlen,
-        )?),
+        (Some(cluster), _) => Box::new(stream::StreamTarget::new(cluster, config.events_maxlen)?),
         (None, Some(url)) => {
             let updates = config.events_ca_path.clone().map(|path| {
                 let (reload, rx) = CaReload::new(path);

@@ -14,9 +14,12 @@ pub(crate) struct StreamTarget {
 }
 
 impl StreamTarget {
-    /// A target on the Redis at `url` (checked by the configuration).
-    pub(crate) fn new(url: &str, maxlen: u64) -> std::io::Result<StreamTarget> {
-        let client = redis::Client::open(url).map_err(std::io::Error::other)?;
+    /// A target on the cluster's Redis (its URL checked by the configuration).
+    pub(crate) fn new(
+        cluster: &crate::config::ClusterConfig,
+        maxlen: u64,
+    ) -> std::io::Result<StreamTarget> {
+        let client = crate::broker::client(cluster).map_err(std::io::Error::other)?;
         Ok(StreamTarget {
             client,
             conn: None,

@@ -19,6 +19,8 @@ pub struct RedisServer {
     persistent: bool,
     /// `requirepass`, when set.
     password: Option<String>,
+    /// TLS only (`--tls-port`; no plain port), with this self-signed certificate.
+    tls: Option<RedisTls>,
 }
 
 /// A port free right now on 127.0.0.1.
@@ -52,11 +54,27 @@ impl RedisServer {
         Self::launch_with(free_port(), false, Some(password.to_string()))
     }
 
+    /// Starts one on a free port that speaks only TLS, with a fresh self-signed
+    /// certificate for `localhost` ([`RedisServer::ca_path`] holds it); `url` is
+    /// `rediss://localhost:<port>`.
+    pub fn start_tls() -> RedisServer {
+        Self::launch_full(free_port(), false, None, Some(RedisTls::new()))
+    }
+
     fn launch(port: u16, persistent: bool) -> RedisServer {
-        Self::launch_with(port, persistent, None)
+        Self::launch_full(port, persistent, None, None)
     }
 
     fn launch_with(port: u16, persistent: bool, password: Option<String>) -> RedisServer {
+        Self::launch_full(port, persistent, password, None)
+    }
+
+    fn launch_full(
+        port: u16,
+        persistent: bool,
+        password: Option<String>,
+        tls: Option<RedisTls>,
+    ) -> RedisServer {
         let dir = std::env::temp_dir().join(format!("throng-redis-{}-{port}", std::process::id()));
         let _ = std::fs::create_dir_all(&dir);
         let mut r = RedisServer {
@@ -65,6 +83,7 @@ impl RedisServer {
             dir,
             persistent,
             password,
+            tls,
         };
         r.spawn();
         r
@@ -73,7 +92,24 @@ impl RedisServer {
     /// Starts the process on this server's port and directory and waits for PING.
     fn spawn(&mut self) {
         let port = self.port.to_string();
-        let mut args = vec!["--port", &port, "--bind", "127.0.0.1", "--save", ""];
+        let mut args = vec!["--bind", "127.0.0.1", "--save", ""];
+        match &self.tls {
+            None => args.extend(["--port", &port]),
+            Some(t) => args.extend([
+                "--port",
+                "0",
+                "--tls-port",
+                &port,
+                "--tls-cert-file",
+                t.cert.to_str().expect("utf-8 temp path"),
+                "--tls-key-file",
+                t.key.to_str().expect("utf-8 temp path"),
+                "--tls-ca-cert-file",
+                t.cert.to_str().expect("utf-8 temp path"),
+                "--tls-auth-clients",
+                "no",
+            ]),
+        }
         if self.persistent {
             args.extend(["--appendonly", "yes", "--appendfsync", "always"]);
         } else {
@@ -111,10 +147,21 @@ impl RedisServer {
 
     /// `redis://127.0.0.1:<port>`, with `:<password>@` when it has one.
     pub fn url(&self) -> String {
-        match &self.password {
-            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
-            None => format!("redis://127.0.0.1:{}", self.port),
+        match (&self.password, &self.tls) {
+            (_, Some(_)) => format!("rediss://localhost:{}", self.port),
+            (Some(p), None) => format!("redis://:{p}@127.0.0.1:{}", self.port),
+            (None, None) => format!("redis://127.0.0.1:{}", self.port),
         }
+    }
+
+    /// The PEM file of the certificate a TLS server shows (its own CA).
+    pub fn ca_path(&self) -> &str {
+        self.tls
+            .as_ref()
+            .expect("a TLS redis-server")
+            .cert
+            .to_str()
+            .expect("utf-8 temp path")
     }
 
     /// Its address.
@@ -124,10 +171,20 @@ impl RedisServer {
 
     /// Whether it answers PING now.
     pub fn ping(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect_timeout(&self.addr(), Duration::from_millis(200)) else {
+        let Ok(s) = TcpStream::connect_timeout(&self.addr(), Duration::from_millis(200)) else {
             return false;
         };
         let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+        match &self.tls {
+            None => self.ping_on(s),
+            Some(t) => match t.handshake(s) {
+                Some(tls) => self.ping_on(tls),
+                None => false,
+            },
+        }
+    }
+
+    fn ping_on(&self, mut s: impl Read + Write) -> bool {
         let auth = self
             .password
             .as_ref()
@@ -155,7 +212,17 @@ impl RedisServer {
 
     /// A client connection for the test's own commands.
     pub fn conn(&self) -> redis::Connection {
-        redis::Client::open(self.url())
+        let client = match &self.tls {
+            None => redis::Client::open(self.url()),
+            Some(t) => redis::Client::build_with_tls(
+                self.url(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(t.cert_pem.clone().into_bytes()),
+                },
+            ),
+        };
+        client
             .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(5)))
             .expect("connect to the test's redis")
     }
@@ -172,6 +239,72 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A self-signed certificate for `localhost` in a directory of its own, for a TLS
+/// redis-server; removed on drop.
+struct RedisTls {
+    dir: std::path::PathBuf,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    cert_pem: String,
+    config: std::sync::Arc<rustls::ClientConfig>,
+}
+
+impl RedisTls {
+    fn new() -> RedisTls {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()])
+            .expect("generate a self-signed certificate");
+        let dir = std::env::temp_dir().join(format!(
+            "throng-redis-tls-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("create the certificate directory");
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, ck.cert.pem()).expect("write cert.pem");
+        std::fs::write(&key, ck.signing_key.serialize_pem()).expect("write key.pem");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ck.cert.der().clone()).expect("the test root");
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        RedisTls {
+            dir,
+            cert,
+            key,
+            cert_pem: ck.cert.pem(),
+            config: std::sync::Arc::new(config),
+        }
+    }
+
+    /// A TLS handshake with the server on `sock`; `None` if it failed.
+    fn handshake(
+        &self,
+        mut sock: TcpStream,
+    ) -> Option<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+        let name = rustls::pki_types::ServerName::try_from("localhost").ok()?;
+        let mut conn =
+            rustls::ClientConnection::new(std::sync::Arc::clone(&self.config), name).ok()?;
+        while conn.is_handshaking() {
+            match conn.complete_io(&mut sock) {
+                Ok((0, 0)) => return None,
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+        Some(rustls::StreamOwned::new(conn, sock))
+    }
+}
+
+impl Drop for RedisTls {
+    fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
