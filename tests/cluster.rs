@@ -549,6 +549,25 @@ fn entries_from(r: &mut redis::Connection, from: &str) -> usize {
     v.len()
 }
 
+/// What `srv` trimmed stopped below `ids[from]`, which is there with every entry after it,
+/// and the stream holds exactly what was not trimmed.
+fn assert_kept_from(
+    srv: &TestServer,
+    r: &mut redis::Connection,
+    ids: &[String],
+    from: usize,
+    what: &str,
+) {
+    let trimmed = srv.stats()["cluster"]["stream_trimmed"].as_u64().unwrap();
+    assert!(trimmed <= from as u64, "trimmed {trimmed}, past {what}");
+    assert_eq!(
+        entries_from(r, &ids[from]),
+        ids.len() - from,
+        "{what}: one is gone"
+    );
+    assert_eq!(xlen(r), ids.len() as u64 - trimmed);
+}
+
 /// Waits until node `srv` has read and acknowledged `n` stream entries.
 fn wait_ingested(srv: &TestServer, r: &mut redis::Connection, n: u64) {
     srv.wait_stats(&format!("{n} entries read"), |s| {
@@ -616,17 +635,7 @@ fn stream_entries_go_once_every_group_acknowledged_them_and_not_before() {
     a.wait_stats("entries trimmed", |s| {
         s["cluster"]["stream_trimmed"].as_u64() > Some(0)
     });
-    let trimmed = a.stats()["cluster"]["stream_trimmed"].as_u64().unwrap();
-    assert!(
-        trimmed <= 300,
-        "trimmed {trimmed}, past audit's pending entries"
-    );
-    assert_eq!(
-        entries_from(&mut r, &ids[300]),
-        700,
-        "an entry audit needs is gone"
-    );
-    assert_eq!(xlen(&mut r), 1000 - trimmed);
+    assert_kept_from(&a, &mut r, &ids, 300, "audit's pending entries");
     // `audit` acknowledges what it read: now its unread entries (601 on) hold the floor.
     group_ack(&mut r, "audit", &ids[300..600]);
     // Whole radix nodes go (at most 100 entries each): at least 500 of the 600.
@@ -634,17 +643,7 @@ fn stream_entries_go_once_every_group_acknowledged_them_and_not_before() {
         a.stats()["cluster"]["stream_trimmed"].as_u64() >= Some(500)
     });
     assert!(moved, "the floor did not follow audit: {}", a.stats());
-    let trimmed = a.stats()["cluster"]["stream_trimmed"].as_u64().unwrap();
-    assert!(
-        trimmed <= 600,
-        "trimmed {trimmed}, past audit's unread entries"
-    );
-    assert_eq!(
-        entries_from(&mut r, &ids[600]),
-        400,
-        "an unread entry is gone"
-    );
-    assert_eq!(xlen(&mut r), 1000 - trimmed);
+    assert_kept_from(&a, &mut r, &ids, 600, "audit's unread entries");
 }
 
 #[test]
@@ -660,19 +659,13 @@ fn stream_keep_ms_keeps_acknowledged_entries_that_young() {
         .as_millis()
         - 3_600_000;
     let old: Vec<String> = (0..300).map(|i| format!("{hour_ago}-{i}")).collect();
-    add_pushes(&mut r, "nobody", &old);
-    let new = add_pushes(&mut r, "nobody", &vec!["*".to_string(); 300]);
+    let mut ids = add_pushes(&mut r, "nobody", &old);
+    ids.extend(add_pushes(&mut r, "nobody", &vec!["*".to_string(); 300]));
     wait_ingested(&a, &mut r, 600);
     // `~` trims whole radix nodes (at most 100 entries), so the one that holds the last
     // old entries and the first new ones stays.
     a.wait_stats("the old entries trimmed", |s| {
         s["cluster"]["stream_trimmed"].as_u64() >= Some(200)
     });
-    let trimmed = a.stats()["cluster"]["stream_trimmed"].as_u64().unwrap();
-    assert!(
-        trimmed <= 300,
-        "trimmed {trimmed}: entries younger than 600 s went"
-    );
-    assert_eq!(entries_from(&mut r, &new[0]), 300);
-    assert_eq!(xlen(&mut r), 600 - trimmed);
+    assert_kept_from(&a, &mut r, &ids, 300, "the entries younger than 600 s");
 }
