@@ -185,7 +185,7 @@ impl Subscriber {
                     got += 1;
                     self.route(&msg);
                 }
-                if got >= MESSAGES_PER_TURN || !self.interests.is_empty() {
+                if got >= MESSAGES_PER_TURN {
                     break;
                 }
                 if link.read_now()? {
@@ -201,7 +201,9 @@ impl Subscriber {
                 // wait, so a burst's last push does not wait for the next message.
                 self.shards.wake_pending();
                 last_wake = Instant::now();
-                if !link.read(LISTEN)? {
+                // Waiting interests are taken now rather than after the wait (messages
+                // keep their turn: this is reached only once none are waiting).
+                if !self.interests.is_empty() || !link.read(LISTEN)? {
                     break;
                 }
             }
