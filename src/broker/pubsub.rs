@@ -247,8 +247,12 @@ impl PubSubLink {
 
     /// Reads what has arrived, without waiting; false if nothing had.
     pub(crate) fn read_now(&mut self) -> RedisResult<bool> {
+        if let Transport::Plain(_) = self.stream {
+            return self.fill(true);
+        }
+        // rustls reads through the socket: non-blocking for this one read.
         self.stream.tcp().set_nonblocking(true)?;
-        let got = self.fill();
+        let got = self.fill(false);
         self.stream.tcp().set_nonblocking(false)?;
         got
     }
@@ -259,11 +263,12 @@ impl PubSubLink {
             self.stream.tcp().set_read_timeout(Some(timeout))?;
             self.read_timeout = Some(timeout);
         }
-        self.fill()
+        self.fill(false)
     }
 
-    /// One read into the buffer: false on a timeout (or nothing there, non-blocking).
-    fn fill(&mut self) -> RedisResult<bool> {
+    /// One read into the buffer (`dontwait`: a plain socket's, without waiting): false on
+    /// a timeout, or when nothing was there.
+    fn fill(&mut self, dontwait: bool) -> RedisResult<bool> {
         if self.start == self.end {
             (self.start, self.end) = (0, 0);
             if self.buf.len() > READ_BUFFER {
@@ -281,7 +286,12 @@ impl PubSubLink {
                 self.buf.resize(self.buf.len() * 2, 0);
             }
         }
-        match self.stream.read(&mut self.buf[self.end..]) {
+        let space = &mut self.buf[self.end..];
+        let got = match &mut self.stream {
+            Transport::Plain(s) if dontwait => recv_dontwait(s, space),
+            stream => stream.read(space),
+        };
+        match got {
             Ok(0) => {
                 Err(io::Error::new(io::ErrorKind::UnexpectedEof, "Redis closed the link").into())
             }
@@ -329,6 +339,23 @@ impl PubSubLink {
         self.start += len;
         Ok(Some(v))
     }
+}
+
+/// One `recv(2)` with `MSG_DONTWAIT`: what has arrived, without waiting, and without
+/// switching the socket to non-blocking and back (two more system calls per read).
+fn recv_dontwait(s: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `buf` is a live, writable slice of `buf.len()` bytes for the whole call, and
+    // the descriptor is `s`'s, which outlives the call.
+    let n = unsafe {
+        libc::recv(
+            s.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
 /// A message, or the kind of a reply; an error reply is an error.
@@ -478,6 +505,32 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[test]
+    fn recv_dontwait_takes_what_arrived_and_never_waits() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 8];
+        let e = recv_dontwait(&server, &mut buf).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        client.write_all(b"abc").unwrap();
+        // Loopback delivers within the write; a moment's slack for a loaded machine.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut next = |buf: &mut [u8]| loop {
+            match recv_dontwait(&server, buf) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    std::thread::yield_now()
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        let n = next(&mut buf);
+        assert_eq!(&buf[..n], b"abc");
+        drop(client);
+        assert_eq!(next(&mut buf), 0, "EOF reads 0");
     }
 
     #[test]
