@@ -261,10 +261,14 @@ pub struct PushArgs {
     #[arg(long, env = "THRONG_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
     /// Cluster mode: add the pushes to the Redis stream `throng:push` at this URL
-    /// (redis://host:port[/db]) with `XADD throng:push * push <json>`, --batch XADDs per
-    /// round trip, instead of POSTing them to --api.
+    /// (redis://host:port[/db], or rediss:// for TLS) with `XADD throng:push * push
+    /// <json>`, --batch XADDs per round trip, instead of POSTing them to --api.
     #[arg(long, conflicts_with = "kafka")]
     pub redis_stream: Option<String>,
+    /// With a rediss:// --redis-stream: PEM CA certificates Redis's certificate is
+    /// verified against [default: the system's roots].
+    #[arg(long, value_name = "FILE", requires = "redis_stream")]
+    pub redis_ca: Option<std::path::PathBuf>,
     /// Kafka ingress (docs/protocol.md 7): produce each push as a record on --kafka-topic
     /// at these brokers (host:port[,host:port]), keyed by its target, instead of POSTing
     /// it to --api; a push counts as sent once the broker acknowledges it.
@@ -320,7 +324,10 @@ impl PushArgs {
                 brokers: brokers.clone(),
                 topic: self.kafka_topic.clone(),
             },
-            (None, Some(url)) => Via::RedisStream(url.clone()),
+            (None, Some(url)) => Via::RedisStream {
+                url: url.clone(),
+                ca: self.redis_ca.clone(),
+            },
             (None, None) => Via::Api,
         }
     }
@@ -539,6 +546,7 @@ impl CapacityArgs {
             api: self.api.clone(),
             api_key: self.api_key.clone(),
             redis_stream: None,
+            redis_ca: None,
             kafka: None,
             kafka_topic: "throng.push".into(),
             rate: self.probe_rate,
@@ -645,6 +653,9 @@ pub fn validate(c: &ConnectArgs, p: Option<&PushArgs>) -> Result<(), String> {
         if let Some(r) = &p.redis_stream {
             check_redis_url(r)?;
         }
+        if let Some(ca) = &p.redis_ca {
+            check_redis_ca(p.redis_stream.as_deref().unwrap_or_default(), ca)?;
+        }
         if let Some(k) = &p.kafka {
             check_kafka_brokers(k)?;
             check_kafka_topic(&p.kafka_topic)?;
@@ -682,14 +693,30 @@ pub fn validate(c: &ConnectArgs, p: Option<&PushArgs>) -> Result<(), String> {
 
 /// Checks `--redis-stream`: a redis:// URL the client library takes (not connected yet).
 fn check_redis_url(s: &str) -> Result<(), String> {
-    if !s.starts_with("redis://") {
+    if !s.starts_with("redis://") && !s.starts_with("rediss://") {
         return Err(format!(
-            "--redis-stream: {s:?}: expected a redis://host:port[/db] URL"
+            "--redis-stream: {s:?}: expected a redis://host:port[/db] (or rediss://) URL"
         ));
     }
     redis::Client::open(s)
         .map(drop)
         .map_err(|e| format!("--redis-stream: {s:?}: {e}").replace('\n', " "))
+}
+
+/// Checks `--redis-ca`: a readable PEM file with a certificate, for a rediss:// URL.
+fn check_redis_ca(url: &str, ca: &std::path::Path) -> Result<(), String> {
+    if !url.starts_with("rediss://") {
+        return Err("--redis-ca: only a rediss:// --redis-stream uses TLS".into());
+    }
+    let text =
+        std::fs::read_to_string(ca).map_err(|e| format!("--redis-ca: {}: {e}", ca.display()))?;
+    if !text.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(format!(
+            "--redis-ca: {}: holds no PEM certificate",
+            ca.display()
+        ));
+    }
+    Ok(())
 }
 
 /// Checks `--kafka`: one or more host:port, comma separated (not connected yet).
@@ -1091,6 +1118,57 @@ mod tests {
             &["push", "--redis-stream", "redis://h:notaport"],
             "--redis-stream",
         );
+        check(&["push", "--redis-stream", "rediss://redis.example:6380"]).unwrap();
+        // --redis-ca: a PEM file, for rediss:// only.
+        let dir = std::env::temp_dir().join(format!("throng-load-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (pem, other) = (dir.join("ca.pem"), dir.join("other.txt"));
+        std::fs::write(
+            &pem,
+            "-----BEGIN CERTIFICATE-----\nMII=\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        std::fs::write(&other, "not a certificate").unwrap();
+        let (pem, other) = (pem.to_str().unwrap(), other.to_str().unwrap());
+        check(&[
+            "push",
+            "--redis-stream",
+            "rediss://h:6380",
+            "--redis-ca",
+            pem,
+        ])
+        .unwrap();
+        err(
+            &[
+                "push",
+                "--redis-stream",
+                "redis://h:6379",
+                "--redis-ca",
+                pem,
+            ],
+            "--redis-ca",
+        );
+        err(
+            &[
+                "push",
+                "--redis-stream",
+                "rediss://h:6380",
+                "--redis-ca",
+                other,
+            ],
+            "--redis-ca",
+        );
+        err(
+            &[
+                "push",
+                "--redis-stream",
+                "rediss://h:6380",
+                "--redis-ca",
+                "/no/ca.pem",
+            ],
+            "--redis-ca",
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
         check(&["push", "--kafka", "127.0.0.1:9092,broker:9093"]).unwrap();
         check(&["push", "--kafka", "h:1", "--kafka-topic", "a.b_c-1"]).unwrap();
         err(&["push", "--kafka", "127.0.0.1"], "--kafka");

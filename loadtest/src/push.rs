@@ -21,8 +21,12 @@ use std::time::{Duration, Instant};
 pub enum Via {
     /// `POST /v1/push` (or `/v1/push/batch`) on the push API.
     Api,
-    /// `XADD` to the cluster's push stream `throng:push` at this Redis URL.
-    RedisStream(String),
+    /// `XADD` to the cluster's push stream `throng:push` at this Redis URL, verified
+    /// against `ca` (a PEM file) over rediss://.
+    RedisStream {
+        url: String,
+        ca: Option<std::path::PathBuf>,
+    },
     /// Records on `topic` at the Kafka `brokers` (host:port, comma separated).
     Kafka { brokers: String, topic: String },
 }
@@ -32,7 +36,7 @@ impl Via {
     pub fn name(&self) -> &'static str {
         match self {
             Via::Api => "api",
-            Via::RedisStream(_) => "redis_stream",
+            Via::RedisStream { .. } => "redis_stream",
             Via::Kafka { .. } => "kafka",
         }
     }
@@ -178,7 +182,7 @@ fn stream(
     let mut out = PushOut::new();
     let mut conn: Option<ApiConn> = None;
     let mut redis = match &cfg.via {
-        Via::RedisStream(url) => Some(StreamSink::new(url)),
+        Via::RedisStream { url, ca } => Some(StreamSink::new(url, ca.as_deref())),
         _ => None,
     };
     let limit = cfg.count.unwrap_or(u64::MAX);
@@ -355,11 +359,20 @@ struct StreamSink {
 }
 
 impl StreamSink {
-    fn new(url: &str) -> Self {
-        StreamSink {
-            client: redis::Client::open(url).map_err(|e| redis_cause(&e)),
-            conn: None,
-        }
+    fn new(url: &str, ca: Option<&std::path::Path>) -> Self {
+        let client = match ca {
+            None => redis::Client::open(url).map_err(|e| redis_cause(&e)),
+            Some(path) => std::fs::read(path)
+                .map_err(|_| "redis_ca_unreadable".to_string())
+                .and_then(|pem| {
+                    let certs = redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem),
+                    };
+                    redis::Client::build_with_tls(url, certs).map_err(|e| redis_cause(&e))
+                }),
+        };
+        StreamSink { client, conn: None }
     }
 
     fn conn(&mut self) -> Result<&mut redis::Connection, String> {

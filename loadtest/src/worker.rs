@@ -454,6 +454,9 @@ fn worker_args(
         if let Some(r) = &p.redis_stream {
             kv("redis-stream", r.clone());
         }
+        if let Some(ca) = &p.redis_ca {
+            kv("redis-ca", ca.display().to_string());
+        }
         if let Some(k) = &p.kafka {
             kv("kafka", k.clone());
             kv("kafka-topic", p.kafka_topic.clone());

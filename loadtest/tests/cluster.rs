@@ -11,8 +11,15 @@ use common::*;
 
 /// A node on `redis`, ready (its broker reached Redis).
 fn node(redis: &RedisServer) -> TestServer {
+    node_with(redis, &[])
+}
+
+/// A node on `redis` with `extra` flags, ready.
+fn node_with(redis: &RedisServer, extra: &[&str]) -> TestServer {
     let url = redis.url();
-    let srv = TestServer::start(&["--redis", &url]);
+    let mut args = vec!["--redis", url.as_str()];
+    args.extend_from_slice(extra);
+    let srv = TestServer::start(&args);
     let mut last = (0, String::new());
     let ready = wait_until(Duration::from_secs(10), || {
         last = http(srv.api, "GET", "/readyz", None, None);
@@ -41,7 +48,6 @@ fn set_flag(args: &mut [String], flag: &str, value: &str) {
     args[at + 1] = value.to_string();
 }
 
-/// Entries in the push stream now.
 /// Entries ever added to `throng:push` (`entries-added`: the nodes trim what they have
 /// acknowledged, so its length tells less).
 fn stream_added(redis: &RedisServer) -> u64 {
@@ -143,6 +149,34 @@ fn stream_pushes_reach_every_session_on_both_nodes_exactly_once() {
             &format!("node {}: {c}", n.ws),
         );
     }
+}
+
+#[test]
+fn stream_pushes_through_a_redis_that_speaks_only_tls() {
+    let redis = RedisServer::start_tls();
+    let ca = ["--redis-ca", redis.ca_path()];
+    let (a, b) = (node_with(&redis, &ca), node_with(&redis, &ca));
+    let url = redis.url();
+    let r = run_load(two_node_args(
+        &a,
+        &b,
+        10,
+        &[
+            "push",
+            "--redis-stream",
+            &url,
+            "--redis-ca",
+            redis.ca_path(),
+            "--target",
+            "user",
+            "--count",
+            "50",
+            "--batch",
+            "5",
+        ],
+    ));
+    assert_exact(&r, 50, 50, true);
+    assert_eq!(stream_added(&redis), 50);
 }
 
 #[test]
