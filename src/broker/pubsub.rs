@@ -518,7 +518,7 @@ mod tests {
         client.write_all(b"abc").unwrap();
         // Loopback delivers within the write; a moment's slack for a loaded machine.
         let deadline = Instant::now() + Duration::from_secs(5);
-        let mut next = |buf: &mut [u8]| loop {
+        let next = |buf: &mut [u8]| loop {
             match recv_dontwait(&server, buf) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
