@@ -44,6 +44,9 @@ pub(crate) struct Ingress {
     last_claim: Instant,
     /// `None` with `stream_trim` false.
     trimmer: Option<Trimmer>,
+    /// The acknowledgements (and DLQ copies) of the entries handled last, with how many
+    /// went to the DLQ: sent ahead of the next read or claim, in its round trip.
+    acks: Option<(redis::Pipeline, u64)>,
 }
 
 impl Ingress {
@@ -58,6 +61,7 @@ impl Ingress {
             backoff: RECONNECT_MIN,
             last_claim: Instant::now(),
             trimmer,
+            acks: None,
         }
     }
 
@@ -104,6 +108,17 @@ impl Ingress {
     }
 
     fn serve(&mut self, conn: &mut Connection) -> redis::RedisResult<()> {
+        // Acknowledgements a lost link did not send: the entries stay pending and are read
+        // again below.
+        self.acks = None;
+        let served = self.serve_entries(conn);
+        if served.is_ok() {
+            self.flush_acks(conn)?;
+        }
+        served
+    }
+
+    fn serve_entries(&mut self, conn: &mut Connection) -> redis::RedisResult<()> {
         // First what this consumer was given before and never acknowledged (a restart).
         loop {
             let mine = self.read(conn, "0", 0)?;
@@ -114,7 +129,10 @@ impl Ingress {
         }
         while !self.ctx.stop.load(Relaxed) {
             if self.busy.load(Relaxed) {
-                // Backpressure: not read, not acknowledged, not dropped.
+                // Backpressure: not read, not acknowledged, not dropped. What was
+                // handled is acknowledged now: left pending through a long pause, it
+                // would be claimed by another node and published twice.
+                self.flush_acks(conn)?;
                 self.ctx.metrics.broker.stream_paused.fetch_add(1, Relaxed);
                 std::thread::sleep(Duration::from_millis(5));
                 continue;
@@ -137,6 +155,29 @@ impl Ingress {
         (self.ctx.cluster.claim_idle / 2).clamp(Duration::from_millis(100), Duration::from_secs(5))
     }
 
+    /// A pipeline that starts with the waiting acknowledgements, for a round trip that
+    /// carries them; `sent` counts them once it succeeded.
+    fn with_acks(&mut self) -> (redis::Pipeline, u64) {
+        self.acks.take().unwrap_or_else(|| (redis::pipe(), 0))
+    }
+
+    /// Counts what a round trip with the acknowledgements sent to the DLQ.
+    fn sent(&self, dead: u64) {
+        if dead > 0 {
+            self.ctx.metrics.broker.stream_dlq.fetch_add(dead, Relaxed);
+            tracing::warn!(count = dead, "stream entries sent to {DLQ_STREAM}");
+        }
+    }
+
+    /// Sends the waiting acknowledgements in a round trip of their own.
+    fn flush_acks(&mut self, conn: &mut Connection) -> redis::RedisResult<()> {
+        if let Some((pipe, dead)) = self.acks.take() {
+            pipe.query::<()>(conn)?;
+            self.sent(dead);
+        }
+        Ok(())
+    }
+
     /// Trims what every group has acknowledged, when that is due.
     fn trim(&mut self, conn: &mut Connection) -> redis::RedisResult<()> {
         let Some(t) = self.trimmer.as_mut().filter(|t| t.due(Instant::now())) else {
@@ -157,13 +198,15 @@ impl Ingress {
 
     /// XREADGROUP from `from` (`>`: new entries; `0`: this consumer's pending ones).
     fn read(
-        &self,
+        &mut self,
         conn: &mut Connection,
         from: &str,
         block_ms: u64,
     ) -> redis::RedisResult<Vec<StreamEntry>> {
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
+        let (mut pipe, dead) = self.with_acks();
+        let cmd = pipe
+            .cmd("XREADGROUP")
+            .arg("GROUP")
             .arg(GROUP)
             .arg(&*self.ctx.node_id)
             .arg("COUNT")
@@ -172,7 +215,10 @@ impl Ingress {
             cmd.arg("BLOCK").arg(block_ms);
         }
         cmd.arg("STREAMS").arg(PUSH_STREAM).arg(from);
-        let v: Value = cmd.query(conn)?;
+        // The acknowledgements run first (a pipeline keeps its order), so a read of this
+        // consumer's own pending entries does not see them again.
+        let (v,): (Value,) = pipe.query(conn)?;
+        self.sent(dead);
         // [[stream, [entry, ...]]] or nil when nothing came.
         let mut out = Vec::new();
         for stream in as_list(v) {
@@ -189,15 +235,17 @@ impl Ingress {
     fn claim(&mut self, conn: &mut Connection) -> redis::RedisResult<()> {
         let mut start = "0-0".to_string();
         loop {
-            let v: Value = redis::cmd("XAUTOCLAIM")
+            let (mut pipe, dead) = self.with_acks();
+            pipe.cmd("XAUTOCLAIM")
                 .arg(PUSH_STREAM)
                 .arg(GROUP)
                 .arg(&*self.ctx.node_id)
                 .arg(self.ctx.cluster.claim_idle.as_millis() as u64)
                 .arg(&start)
                 .arg("COUNT")
-                .arg(COUNT)
-                .query(conn)?;
+                .arg(COUNT);
+            let (v,): (Value,) = pipe.query(conn)?;
+            self.sent(dead);
             let mut parts = as_list(v).into_iter();
             let next: String = parts
                 .next()
@@ -292,15 +340,10 @@ impl Ingress {
             pipe.arg(&e.id);
         }
         pipe.ignore();
-        pipe.query::<()>(conn)?;
-        self.ctx
-            .metrics
-            .broker
-            .stream_dlq
-            .fetch_add(dead.len() as u64, Relaxed);
-        if !dead.is_empty() {
-            tracing::warn!(count = dead.len(), "stream entries sent to {DLQ_STREAM}");
-        }
+        // Sent with the next read (or claim): one round trip fewer per batch. One batch
+        // waits at a time.
+        self.flush_acks(conn)?;
+        self.acks = Some((pipe, dead.len() as u64));
         Ok(())
     }
 }
