@@ -179,7 +179,7 @@ impl PubSubLink {
                 auth.arg(user);
             }
             auth.arg(password);
-            link.stream.write_all(&auth.get_packed_command())?;
+            link.send(&auth.get_packed_command())?;
             match link.next_value(Instant::now() + IO_TIMEOUT)? {
                 Value::Okay => {}
                 Value::SimpleString(s) if s == "OK" => {}
@@ -202,9 +202,15 @@ impl PubSubLink {
 
     /// A round trip: proves a silent link alive.
     pub(crate) fn ping(&mut self) -> RedisResult<()> {
-        self.stream
-            .write_all(&redis::cmd("PING").get_packed_command())?;
+        self.send(&redis::cmd("PING").get_packed_command())?;
         self.await_replies(b"pong", 1)
+    }
+
+    /// Writes a command whole (over TLS, out of rustls's buffer too).
+    fn send(&mut self, bytes: &[u8]) -> RedisResult<()> {
+        self.stream.write_all(bytes)?;
+        self.stream.flush()?;
+        Ok(())
     }
 
     fn command(&mut self, name: &str, kind: &[u8], channels: &[String]) -> RedisResult<()> {
@@ -213,7 +219,7 @@ impl PubSubLink {
         }
         let mut cmd = redis::cmd(name);
         cmd.arg(channels);
-        self.stream.write_all(&cmd.get_packed_command())?;
+        self.send(&cmd.get_packed_command())?;
         self.await_replies(kind, channels.len())
     }
 
