@@ -32,6 +32,8 @@
 #   SOURCE_IPS=127.0.0.2-127.0.0.9   client source addresses (spread ephemeral ports)
 #   RUNS="idle stream-user api-user stream-topic api-topic"
 #   EXTRA=        more flags for every server (e.g. "--shards 1")
+#   REDIS_TLS=1   Redis speaks only TLS (a self-signed certificate): nodes and throng-load
+#                 use rediss:// with --redis-ca
 #   NO_BUILD=1    skip the release build (by default it runs only when sources are newer)
 #   SERVER=, LOAD=  other throng and throng-load binaries (e.g. an older build)
 set -euo pipefail
@@ -71,16 +73,28 @@ export_credentials cluster
 
 PORT=$(free_port)
 mkdir -p "$WORK/redis"
-redis-server --port "$PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK/redis" \
-    >"$WORK/redis.log" 2>&1 &
+REDIS_CA=()
+if [[ -n ${REDIS_TLS:-} ]]; then
+    make_test_cert "$WORK"
+    redis-server --port 0 --tls-port "$PORT" --tls-cert-file "$WORK/cert.pem" \
+        --tls-key-file "$WORK/key.pem" --tls-ca-cert-file "$WORK/cert.pem" \
+        --tls-auth-clients no --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK/redis" \
+        >"$WORK/redis.log" 2>&1 &
+    RCLI=(redis-cli --tls --cacert "$WORK/cert.pem" -h localhost -p "$PORT")
+    REDIS_URL="rediss://localhost:$PORT"
+    REDIS_CA=(--redis-ca "$WORK/cert.pem")
+else
+    redis-server --port "$PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK/redis" \
+        >"$WORK/redis.log" 2>&1 &
+    RCLI=(redis-cli -h 127.0.0.1 -p "$PORT")
+    REDIS_URL="redis://127.0.0.1:$PORT"
+fi
 REDIS_PID=$!
-RCLI=(redis-cli -h 127.0.0.1 -p "$PORT")
 for _ in $(seq 100); do
     [[ $("${RCLI[@]}" ping 2>/dev/null) == PONG ]] && break
     kill -0 "$REDIS_PID" 2>/dev/null || { cat "$WORK/redis.log" >&2; exit 1; }
     sleep 0.1
 done
-REDIS_URL="redis://127.0.0.1:$PORT"
 echo "cluster: redis-server $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/') pid $REDIS_PID on $REDIS_URL"
 
 # Starts a server with "$@" after the common flags; sets START_PID, CLIENT_ADDR, API_ADDR.
@@ -105,9 +119,9 @@ wait_ready() {
     exit 1
 }
 
-start_server n1 --redis "$REDIS_URL" --node-id n1
+start_server n1 --redis "$REDIS_URL" "${REDIS_CA[@]}" --node-id n1
 N1_PID=$START_PID N1_WS=$CLIENT_ADDR N1_API=$API_ADDR
-start_server n2 --redis "$REDIS_URL" --node-id n2
+start_server n2 --redis "$REDIS_URL" "${REDIS_CA[@]}" --node-id n2
 N2_PID=$START_PID N2_WS=$CLIENT_ADDR
 wait_ready "$N1_API"
 wait_ready "$API_ADDR"
@@ -219,11 +233,11 @@ idle_run() {
 status=0
 for run in $RUNS; do
     case $run in
-        stream-user) push_run stream-user --redis-stream "$REDIS_URL" --batch "$BATCH" \
+        stream-user) push_run stream-user --redis-stream "$REDIS_URL" "${REDIS_CA[@]}" --batch "$BATCH" \
             --target user --rate "$RATE" || status=1 ;;
         api-user) push_run api-user --batch "$API_BATCH" --target user --rate "$RATE" ||
             status=1 ;;
-        stream-topic) push_run stream-topic --redis-stream "$REDIS_URL" --batch "$BATCH" \
+        stream-topic) push_run stream-topic --redis-stream "$REDIS_URL" "${REDIS_CA[@]}" --batch "$BATCH" \
             --target topic --topics room:1 --rate "$TOPIC_RATE" || status=1 ;;
         api-topic) push_run api-topic --batch "$API_BATCH" --target topic --topics room:1 \
             --rate "$TOPIC_RATE" || status=1 ;;
