@@ -112,8 +112,8 @@ pub(crate) struct PubSubLink {
 /// What one subscribed-mode frame was.
 enum Frame {
     Message(Msg),
-    /// `subscribe`, `unsubscribe` or `pong`: the kind, lowercase.
-    Reply(Vec<u8>),
+    /// `subscribe`, `unsubscribe`, `pong` (see `kind_is`).
+    Reply(Value),
 }
 
 impl PubSubLink {
@@ -229,7 +229,7 @@ impl PubSubLink {
         while n > 0 {
             match frame(self.next_value(deadline)?)? {
                 Frame::Message(m) => self.queued.push_back(m),
-                Frame::Reply(k) if k == kind => n -= 1,
+                Frame::Reply(v) if kind_is(&v, kind) => n -= 1,
                 Frame::Reply(_) => {}
             }
         }
@@ -369,19 +369,20 @@ fn frame(v: Value) -> RedisResult<Frame> {
     if let Value::ServerError(e) = v {
         return Err(redis::RedisError::from(e));
     }
-    let kind = match &v {
-        Value::Array(items) => match items.first() {
-            Some(Value::BulkString(k)) => k.to_ascii_lowercase(),
-            _ => Vec::new(),
-        },
-        _ => Vec::new(),
-    };
-    if kind == b"message" || kind == b"pmessage" {
-        if let Some(m) = Msg::from_owned_value(v) {
-            return Ok(Frame::Message(m));
-        }
+    if kind_is(&v, b"message") || kind_is(&v, b"pmessage") {
+        // One without its channel or payload is skipped, as any other reply.
+        return Ok(Msg::from_owned_value(v).map_or(Frame::Reply(Value::Nil), Frame::Message));
     }
-    Ok(Frame::Reply(kind))
+    Ok(Frame::Reply(v))
+}
+
+/// Whether `v` is a subscribed-mode frame of `kind` (its first element, any case),
+/// compared in place: a message costs no copy of it.
+fn kind_is(v: &Value, kind: &[u8]) -> bool {
+    let Value::Array(items) = v else {
+        return false;
+    };
+    matches!(items.first(), Some(Value::BulkString(k)) if k.eq_ignore_ascii_case(kind))
 }
 
 fn invalid(what: &str) -> redis::RedisError {
@@ -542,7 +543,7 @@ mod tests {
     #[test]
     fn replies_and_errors_are_told_apart_from_messages() {
         let sub = redis::parse_redis_value(b"*3\r\n$9\r\nSUBSCRIBE\r\n$1\r\na\r\n:1\r\n").unwrap();
-        assert!(matches!(frame(sub), Ok(Frame::Reply(k)) if k == b"subscribe"));
+        assert!(matches!(frame(sub), Ok(Frame::Reply(v)) if kind_is(&v, b"subscribe")));
         let err = redis::parse_redis_value(b"-NOPERM no\r\n").unwrap();
         assert!(frame(err).is_err());
     }
