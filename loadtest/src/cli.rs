@@ -708,15 +708,10 @@ fn check_redis_ca(url: &str, ca: &std::path::Path) -> Result<(), String> {
     if !url.starts_with("rediss://") {
         return Err("--redis-ca: only a rediss:// --redis-stream uses TLS".into());
     }
-    let text =
-        std::fs::read_to_string(ca).map_err(|e| format!("--redis-ca: {}: {e}", ca.display()))?;
-    if !text.contains("-----BEGIN CERTIFICATE-----") {
-        return Err(format!(
-            "--redis-ca: {}: holds no PEM certificate",
-            ca.display()
-        ));
-    }
-    Ok(())
+    // The check --ca has for wss://: a file rustls can take roots from.
+    crate::tls::config::load_roots(ca)
+        .map(drop)
+        .map_err(|e| format!("--redis-ca: {e}"))
 }
 
 /// Checks `--kafka`: one or more host:port, comma separated (not connected yet).
@@ -1123,11 +1118,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("throng-load-ca-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let (pem, other) = (dir.join("ca.pem"), dir.join("other.txt"));
-        std::fs::write(
-            &pem,
-            "-----BEGIN CERTIFICATE-----\nMII=\n-----END CERTIFICATE-----\n",
-        )
-        .unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        std::fs::write(&pem, cert.cert.pem()).unwrap();
         std::fs::write(&other, "not a certificate").unwrap();
         let (pem, other) = (pem.to_str().unwrap(), other.to_str().unwrap());
         check(&[
@@ -1138,36 +1130,16 @@ mod tests {
             pem,
         ])
         .unwrap();
-        err(
-            &[
-                "push",
-                "--redis-stream",
-                "redis://h:6379",
+        for (url, ca) in [
+            ("redis://h:6379", pem),
+            ("rediss://h:6380", other),
+            ("rediss://h:6380", "/no/ca.pem"),
+        ] {
+            err(
+                &["push", "--redis-stream", url, "--redis-ca", ca],
                 "--redis-ca",
-                pem,
-            ],
-            "--redis-ca",
-        );
-        err(
-            &[
-                "push",
-                "--redis-stream",
-                "rediss://h:6380",
-                "--redis-ca",
-                other,
-            ],
-            "--redis-ca",
-        );
-        err(
-            &[
-                "push",
-                "--redis-stream",
-                "rediss://h:6380",
-                "--redis-ca",
-                "/no/ca.pem",
-            ],
-            "--redis-ca",
-        );
+            );
+        }
         std::fs::remove_dir_all(&dir).unwrap();
         check(&["push", "--kafka", "127.0.0.1:9092,broker:9093"]).unwrap();
         check(&["push", "--kafka", "h:1", "--kafka-topic", "a.b_c-1"]).unwrap();
