@@ -709,9 +709,9 @@ fn check_redis_ca(url: &str, ca: &std::path::Path) -> Result<(), String> {
         return Err("--redis-ca: only a rediss:// --redis-stream uses TLS".into());
     }
     // The check --ca has for wss://: a file rustls can take roots from.
-    crate::tls::config::load_roots(ca)
+    crate::tls::config::load_roots_for("--redis-ca", ca)
         .map(drop)
-        .map_err(|e| format!("--redis-ca: {e}"))
+        .map_err(|e| e.to_string())
 }
 
 /// Checks `--kafka`: one or more host:port, comma separated (not connected yet).

@@ -36,20 +36,29 @@ pub enum TlsError {
          or --insecure (accept any certificate; test servers only)"
     )]
     NoTrust,
-    /// The `--ca` file could not be read or is not PEM.
-    #[error("--ca {path}: {source}")]
+    /// The `--ca` (or `--redis-ca`) file could not be read or is not PEM.
+    #[error("{flag} {path}: {source}")]
     CaFile {
+        /// The flag that named the file.
+        flag: &'static str,
         /// The file.
         path: String,
         /// What was wrong with it.
         source: rustls::pki_types::pem::Error,
     },
-    /// The `--ca` file holds no certificate.
-    #[error("--ca {0}: no CERTIFICATE in the file")]
-    CaEmpty(String),
-    /// A certificate of the `--ca` file is not usable as a trust anchor.
-    #[error("--ca {path}: {source}")]
+    /// The file holds no certificate.
+    #[error("{flag} {path}: no CERTIFICATE in the file")]
+    CaEmpty {
+        /// The flag that named the file.
+        flag: &'static str,
+        /// The file.
+        path: String,
+    },
+    /// A certificate of the file is not usable as a trust anchor.
+    #[error("{flag} {path}: {source}")]
     CaCert {
+        /// The flag that named the file.
+        flag: &'static str,
         /// The file.
         path: String,
         /// rustls's reason.
@@ -122,8 +131,14 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>, TlsError> {
 
 /// The certificates of a PEM file, as trust anchors.
 pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    load_roots_for("--ca", path)
+}
+
+/// [`load_roots`] for the file `flag` names, which its errors say.
+pub fn load_roots_for(flag: &'static str, path: &Path) -> Result<RootCertStore, TlsError> {
     let name = || path.display().to_string();
     let file_err = |source| TlsError::CaFile {
+        flag,
         path: name(),
         source,
     };
@@ -132,12 +147,13 @@ pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
         roots
             .add(cert.map_err(file_err)?)
             .map_err(|source| TlsError::CaCert {
+                flag,
                 path: name(),
                 source,
             })?;
     }
     if roots.is_empty() {
-        return Err(TlsError::CaEmpty(name()));
+        return Err(TlsError::CaEmpty { flag, path: name() });
     }
     Ok(roots)
 }
