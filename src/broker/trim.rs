@@ -97,9 +97,9 @@ impl Trimmer {
         now >= self.next
     }
 
-    /// Trims once and schedules the next: at once when this one took about `LIMIT` (a
-    /// backlog; `~` stops at a node boundary, so short of it), else in `EVERY`. A refusal by Redis is logged and retried in `AFTER_REFUSAL`; only a
-    /// link error is returned, for the ingress to reconnect.
+    /// Trims once and schedules the next (`next_after`). A refusal by Redis is logged and
+    /// retried in `AFTER_REFUSAL`; only a link error is returned, for the ingress to
+    /// reconnect.
     pub(crate) fn run(&mut self, conn: &mut Connection) -> redis::RedisResult<Option<Trimmed>> {
         let now = Instant::now();
         let reply: redis::RedisResult<(u64, String)> = self
@@ -110,11 +110,7 @@ impl Trimmer {
             .invoke(conn);
         match reply {
             Ok((removed, floor)) => {
-                self.next = if removed >= LIMIT / 2 {
-                    now
-                } else {
-                    now + EVERY
-                };
+                self.next = next_after(now, removed);
                 Ok(Some(Trimmed { removed, floor }))
             }
             Err(e) if is_link_error(&e) => Err(e),
@@ -124,6 +120,17 @@ impl Trimmer {
                 Ok(None)
             }
         }
+    }
+}
+
+/// When to trim next after one that removed `removed` entries at `now`: at once while a
+/// backlog remains (`~` stops at a node boundary, so a full call falls short of `LIMIT`),
+/// else in `EVERY`.
+fn next_after(now: Instant, removed: u64) -> Instant {
+    if removed >= LIMIT / 2 {
+        now
+    } else {
+        now + EVERY
     }
 }
 
@@ -137,14 +144,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn schedule_is_due_at_first_and_not_right_after_a_small_trim() {
-        let t = Trimmer::new(Duration::ZERO);
+    fn due_at_first_then_at_once_during_a_backlog_and_a_second_later_otherwise() {
+        let mut t = Trimmer::new(Duration::ZERO);
         let now = Instant::now();
         assert!(t.due(now));
-        let mut t = t;
-        t.next = now + EVERY;
-        assert!(!t.due(now));
-        assert!(t.due(now + EVERY));
+        // A call that took about LIMIT (whole radix nodes, so short of it): go on at once.
+        t.next = next_after(now, LIMIT - 100);
+        assert!(t.due(now));
+        // A small trim, or none: the next in EVERY.
+        for removed in [0, 100, LIMIT / 2 - 1] {
+            t.next = next_after(now, removed);
+            assert!(!t.due(now), "{removed}");
+            assert!(t.due(now + EVERY), "{removed}");
+        }
     }
 
     #[test]
