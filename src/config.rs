@@ -1169,10 +1169,9 @@ fn redis_ca(url: &str, path: Option<PathBuf>) -> Result<Option<RedisCa>, ConfigE
             "is for a rediss:// (TLS) redis URL, and the URL is redis://",
         ));
     }
-    let certs = crate::tls::read_pem_certs(&path)
-        .map_err(|problem| invalid("redis_ca", format!("{}: {problem}", path.display())))?;
-    let pem = std::fs::read(&path)
-        .map_err(|e| invalid("redis_ca", format!("{}: {e}", path.display())))?;
+    // Read once: redis-rs takes the PEM, the pub/sub link the certificates in it.
+    let (pem, certs) = crate::tls::read_pem_file(&path)
+        .map_err(|p| invalid("redis_ca", format!("{}: {p}", path.display())))?;
     Ok(Some(RedisCa { pem, certs }))
 }
 

@@ -65,14 +65,21 @@ impl rustls::server::ResolvesServerCert for CertStore {
 /// The certificates of a PEM file, at least one; the error is the problem, without the
 /// path (callers name the file and the setting).
 pub(crate) fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read certificates: {e}"))?
+    read_pem_file(path).map(|(_, certs)| certs)
+}
+
+/// Like [`read_pem_certs`], with the file's bytes as read (one read, so both agree).
+pub(crate) fn read_pem_file(
+    path: &Path,
+) -> Result<(Vec<u8>, Vec<CertificateDer<'static>>), String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read certificates: {e}"))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("not a PEM certificate chain: {e}"))?;
     if certs.is_empty() {
         return Err("holds no PEM certificate".into());
     }
-    Ok(certs)
+    Ok((pem, certs))
 }
 
 /// Reads the chain and the key and checks that they belong together.

@@ -16,8 +16,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub(crate) use accept::{Finished, TlsAccept};
-pub(crate) use certs::read_pem_certs;
 pub use certs::CertStore;
+pub(crate) use certs::{read_pem_certs, read_pem_file};
 pub use counters::TlsCounters;
 pub(crate) use record::Session;
 
