@@ -51,7 +51,7 @@ impl RedisServer {
     /// Starts one on a free port that requires `password` (`requirepass`); `url` and
     /// `conn` carry it.
     pub fn start_with_password(password: &str) -> RedisServer {
-        Self::launch_with(free_port(), false, Some(password.to_string()))
+        Self::launch_full(free_port(), false, Some(password.to_string()), None)
     }
 
     /// Starts one on a free port that speaks only TLS, with a fresh self-signed
@@ -63,10 +63,6 @@ impl RedisServer {
 
     fn launch(port: u16, persistent: bool) -> RedisServer {
         Self::launch_full(port, persistent, None, None)
-    }
-
-    fn launch_with(port: u16, persistent: bool, password: Option<String>) -> RedisServer {
-        Self::launch_full(port, persistent, password, None)
     }
 
     fn launch_full(
