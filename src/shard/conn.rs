@@ -15,6 +15,7 @@ use mio::net::TcpStream;
 use crate::wheel::{Place, Timed};
 
 use super::compact::compact;
+use super::ticks::{moved, moved_deadline};
 
 /// A server ping is outstanding (no inbound traffic since it was sent).
 pub(super) const PING_SENT: u8 = 1;
@@ -413,6 +414,9 @@ pub(super) struct Conns {
     tls: HashMap<u32, Box<crate::tls::Session>, FxBuildHasher>,
     /// Where TLS records are sealed before a write.
     seal_buf: Vec<u8>,
+    /// The absolute tick of the shard's clock that its u32 ticks count from (`ticks.rs`):
+    /// the wheel sees `tick_base + deadline`.
+    tick_base: u64,
 }
 
 /// Heap bytes of spare queues kept for reuse per shard, so the first frames of a burst do
@@ -493,6 +497,28 @@ impl Conns {
             stray: Place::UNLINKED,
             tls: HashMap::default(),
             seal_buf: Vec::new(),
+            tick_base: 0,
+        }
+    }
+
+    /// The absolute tick the shard's u32 ticks count from.
+    pub(super) fn tick_base(&self) -> u64 {
+        self.tick_base
+    }
+
+    /// The base moved forward by `by` ticks (`Shard::rebase_ticks`): every connection's
+    /// ticks move back by as much, so each armed deadline stays where the wheel put it.
+    pub(super) fn rebase(&mut self, by: u32) {
+        self.tick_base += u64::from(by);
+        for (_, c) in self.slab.iter_mut() {
+            debug_assert!(
+                !c.place.is_linked() || c.deadline > by,
+                "an armed deadline behind the rebase"
+            );
+            c.last_rx = moved(c.last_rx, by);
+            c.expires = moved_deadline(c.expires, by);
+            c.deadline = moved(c.deadline, by);
+            c.stamp.connected = moved(c.stamp.connected, by);
         }
     }
 
@@ -934,14 +960,18 @@ impl Conns {
 /// The shard's wheel keeps each connection's timer in the connection's slot.
 impl Timed for Conns {
     fn deadline(&self, key: u32) -> u64 {
-        self.slab.get(key).map_or(0, |c| u64::from(c.deadline))
+        self.slab
+            .get(key)
+            .map_or(0, |c| self.tick_base + u64::from(c.deadline))
     }
 
     fn set_deadline(&mut self, key: u32, deadline: u64) {
         if let Some(c) = self.slab.get_mut(key) {
-            // The shard's ticks are u32 and the wheel only ever raises a deadline to its
-            // `now`, itself a shard tick: this never truncates.
-            c.deadline = deadline.min(u64::from(u32::MAX)) as u32;
+            // The shard arms u32 ticks from the base and the wheel only ever raises a
+            // deadline to its `now`, itself such a tick: this never truncates.
+            c.deadline = deadline
+                .saturating_sub(self.tick_base)
+                .min(u64::from(u32::MAX)) as u32;
         }
     }
 

@@ -18,6 +18,7 @@ mod rate;
 mod refresh;
 mod sessions;
 mod streams;
+mod ticks;
 mod topics;
 mod upstream;
 mod users;
@@ -230,8 +231,8 @@ impl Shard {
             .take()
             .map(|link| Box::new(cluster::ClusterState::new(link)));
         let cfg = &shared.config;
-        let ticks = |d: Duration| reactor::ticks_ceil(d).min(u64::from(u32::MAX)) as u32;
-        let ping_ticks = ticks(cfg.ping_interval).max(1);
+        let ticks = ticks::span;
+        let ping_ticks = ticks(cfg.ping_interval).clamp(1, ticks::MAX_SPAN - 1);
         let idle_ticks = ticks(cfg.idle_timeout).max(ping_ticks + 1);
         let max_outbound = cfg.max_outbound_bytes;
         let hint_ticks = ticks(cfg.refresh_ahead);
@@ -365,8 +366,8 @@ impl Shard {
         self.users.expire(self.tick);
         self.take_remote();
         self.streams.expire(self.tick);
-        self.wheel
-            .advance(&mut self.conns, u64::from(self.tick), fired);
+        let now = self.conns.tick_base() + u64::from(self.tick);
+        self.wheel.advance(&mut self.conns, now, fired);
         for key in fired.drain(..) {
             self.on_timer(key);
         }
@@ -379,6 +380,7 @@ impl Shard {
             "dirty connections left after the flush"
         );
         self.finish_turn();
+        self.rebase_ticks();
         self.check_invariants();
         !(self.shared.draining.load(Relaxed) && self.drain_step())
     }
@@ -401,7 +403,7 @@ impl Shard {
     }
 
     fn refresh_tick(&mut self) {
-        self.tick = self.clock.tick().min(u64::from(u32::MAX - 1)) as u32;
+        self.tick = self.relative_tick(self.clock.tick());
     }
 
     fn take_connections(&mut self) {
@@ -575,8 +577,11 @@ impl Shard {
             .clock
             .now_ms()
             .saturating_add(left_ms)
-            .div_ceil(reactor::TICK_MS);
-        t.min(u64::from(u32::MAX - 1)) as u32
+            .div_ceil(reactor::TICK_MS)
+            .saturating_sub(self.conns.tick_base());
+        // Beyond the u32 ticks (at least 248 days ahead, `ticks.rs`): never, on this
+        // connection, rather than a deadline a rebase would move closer.
+        u32::try_from(t).unwrap_or(u32::MAX)
     }
 
     fn command(&mut self, cmd: ShardCmd) {
@@ -1009,7 +1014,8 @@ impl Shard {
         if c.expires != u32::MAX && c.flags & EXPIRING_SENT == 0 {
             deadline = deadline.min(c.expires.saturating_sub(self.hint_ticks));
         }
-        self.wheel.insert(&mut self.conns, key, u64::from(deadline));
+        let at = self.conns.tick_base() + u64::from(deadline);
+        self.wheel.insert(&mut self.conns, key, at);
     }
 
     /// A timer fired: lazy re-arm after activity, ping, `token_expiring`, 4002, 4001, or
@@ -1068,11 +1074,7 @@ impl Shard {
                 .max(Duration::from_millis(reactor::TICK_MS)),
             None => CLOSE_LINGER,
         };
-        self.rearm_at(
-            key,
-            self.tick
-                .saturating_add(reactor::ticks_floor(linger).min(u64::from(u32::MAX)) as u32),
-        );
+        self.rearm_at(key, self.tick.saturating_add(ticks::span_floor(linger)));
     }
 
     fn count_close(&self, cause: CloseCause) {
@@ -1102,14 +1104,16 @@ impl Shard {
         self.conns.queue_close(key, frame, false);
         self.rearm_at(
             key,
-            self.tick
-                .saturating_add(reactor::ticks_floor(CLOSE_LINGER) as u32),
+            self.tick.saturating_add(ticks::span_floor(CLOSE_LINGER)),
         );
     }
 
+    /// Arms `key`'s one timer for `deadline`, a shard tick (the wheel counts absolute
+    /// ones).
     fn rearm_at(&mut self, key: u32, deadline: u32) {
         if self.conns.get(key).is_some() {
-            self.wheel.insert(&mut self.conns, key, u64::from(deadline));
+            let at = self.conns.tick_base() + u64::from(deadline);
+            self.wheel.insert(&mut self.conns, key, at);
         }
     }
 
@@ -1225,11 +1229,13 @@ impl Shard {
         for key in open {
             let after_ms = rng.random_range(0..window_ms);
             self.send_frame(key, messages::reconnect_frame(after_ms));
-            let turn = u64::from(self.tick) + reactor::ticks_ceil(Duration::from_millis(after_ms));
+            let turn = self
+                .tick
+                .saturating_add(ticks::span(Duration::from_millis(after_ms)));
             if let Some(c) = self.conns.get_mut(key) {
                 c.flags |= DRAIN_DUE;
             }
-            self.rearm_at(key, turn.min(u64::from(u32::MAX - 1)) as u32);
+            self.rearm_at(key, turn);
         }
     }
 

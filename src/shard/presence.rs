@@ -47,6 +47,13 @@ impl Tracker {
     }
 }
 
+impl Tracker {
+    /// The shard's ticks moved back by `by` (`Shard::rebase_ticks`).
+    pub(super) fn rebase(&mut self, by: u32) {
+        self.last_tick = super::ticks::moved(self.last_tick, by);
+    }
+}
+
 impl Shard {
     /// A session of user `key` started or ended: note it for the next report.
     pub(super) fn presence_changed(&mut self, key: u32) {

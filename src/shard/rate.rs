@@ -8,6 +8,8 @@ use rustc_hash::FxBuildHasher;
 
 use crate::reactor::TICK_MS;
 
+use super::ticks::moved;
+
 /// Thousandths of a token: a tick refills `rate * TICK_MS` of them, exactly.
 const MILLI: u64 = 1000;
 /// Ticks between sweeps of refilled buckets (one second).
@@ -93,6 +95,14 @@ impl Rates {
             b.milli.saturating_add(ticks * u64::from(rate) * TICK_MS) < cap
         });
         super::compact::compact(&mut self.buckets);
+    }
+
+    /// The shard's ticks moved back by `by` (`Shard::rebase_ticks`).
+    pub(super) fn rebase(&mut self, by: u32) {
+        for b in self.buckets.values_mut() {
+            b.at = moved(b.at, by);
+        }
+        self.last_sweep = moved(self.last_sweep, by);
     }
 
     /// Connections with a bucket that is not full.

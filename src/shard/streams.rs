@@ -17,6 +17,7 @@ use slab::Slab;
 
 use super::compact::compact;
 use super::history::{first_seq, reserve_one, Limits};
+use super::ticks::moved;
 pub(crate) use crate::api::sequencer::MAX_TOPIC_STREAMS;
 
 /// One topic's stream on this shard.
@@ -248,6 +249,16 @@ impl Streams {
             let s = self.slots.remove(r.key as usize);
             self.by_name.remove(&*s.name);
             self.bytes -= ring_bytes(&s.ring);
+        }
+    }
+
+    /// The shard's ticks moved back by `by` (`Shard::rebase_ticks`).
+    pub(super) fn rebase(&mut self, by: u32) {
+        for r in self.frames.iter_mut().chain(self.pushes.iter_mut()) {
+            r.at = moved(r.at, by);
+        }
+        for (_, s) in self.slots.iter_mut() {
+            s.last = moved(s.last, by);
         }
     }
 

@@ -945,4 +945,153 @@ fn publishes_waiting_for_the_api_are_bounded_and_answers_find_their_session() {
     h.quiet(&mut q);
 }
 
+/// The clock's millisecond at which the shard's relative tick reaches a rebase.
+const REBASE_MS: u64 = super::ticks::REBASE_AT as u64 * reactor::TICK_MS;
+
+/// Turns until the shard's tick is the clock's (a jump of more than 2^32 ticks is caught
+/// up over turns), then asserts a rebase moved the base.
+fn caught_up_after_a_rebase(h: &mut Harness) {
+    h.turn_until("tick caught up with the clock", |h| {
+        h.shard.clock.tick() - h.shard.conns.tick_base() == u64::from(h.shard.tick)
+    });
+    assert!(h.shard.conns.tick_base() > 0, "no rebase happened");
+    assert!(h.shard.tick < super::ticks::REBASE_AT);
+}
+
+#[test]
+fn timers_still_fire_after_497_days_of_uptime() {
+    // 600 days: past 2^32 ticks of 10 ms, where a plain u32 tick would stop.
+    const DAYS_600_MS: u64 = 600 * 86_400 * 1000;
+    let mut h = Harness::new(&HEARTBEAT);
+    h.at(DAYS_600_MS);
+    caught_up_after_a_rebase(&mut h);
+    let mut p = h.connect("long-uptime");
+    h.at(DAYS_600_MS + 990);
+    h.quiet(&mut p);
+    h.at(DAYS_600_MS + 1000);
+    assert_eq!(h.recv(&mut p).opcode, OP_PING);
+    h.at(DAYS_600_MS + 2990);
+    h.quiet(&mut p);
+    h.at(DAYS_600_MS + 3000);
+    assert_eq!(h.recv_close(&mut p), 4002);
+    assert_eq!(h.counters().heartbeat_closes.load(Relaxed), 1);
+}
+
+#[test]
+fn a_rebase_keeps_heartbeats_history_and_rate_limits_to_the_tick() {
+    let flags = [
+        HEARTBEAT.as_slice(),
+        &["--history-ttl-ms", "5000", "--client-rate", "1"],
+    ]
+    .concat();
+    let mut h = Harness::new(&flags);
+    // Everything below starts 2 s before the tick at which the base moves.
+    let t0 = REBASE_MS - 2000;
+    h.at(t0);
+    assert_eq!(h.shard.conns.tick_base(), 0);
+    let mut p = h.connect("steady");
+    let mut q = h.connect("gone");
+    h.push("gone", "1");
+    assert_eq!(h.recv_json(&mut q)["data"], 1);
+    let user_bytes = h.shard.users.history_bytes();
+    assert!(user_bytes > 0);
+    let (topic, epoch): (Arc<str>, Arc<str>) = ("t".into(), "e".into());
+    let tick = h.shard.tick;
+    h.shard.streams.record(
+        &topic,
+        1,
+        &epoch,
+        &crate::wire::Wire::from(vec![b'x'; 8]),
+        tick,
+    );
+    // "gone" leaves at t0: its entry and history stay for the TTL, until t0 + 5000.
+    drop(q);
+    h.turn_until("gone detached", |h| {
+        h.shard
+            .users
+            .find("gone")
+            .and_then(|k| h.shard.users.get(k))
+            .is_some_and(|u| u.sessions.retained_until().is_some())
+    });
+    h.at(t0 + 990);
+    h.quiet(&mut p);
+    h.at(t0 + 1000);
+    assert_eq!(h.recv(&mut p).opcode, OP_PING);
+    p.send(true, OP_PONG, b"");
+    h.turn_until("pong read", |h| {
+        h.shard.conns.get(p.key).map(|c| c.last_rx) == Some(h.shard.tick)
+    });
+    h.at(t0 + 1990);
+    h.quiet(&mut p);
+    // A rate of one a second: a second message on the tick before the move is refused.
+    let tick = h.shard.tick;
+    assert!(h.shard.rates.take(p.key, tick));
+    assert!(!h.shard.rates.take(p.key, tick));
+    // The ping's tick is the rebase's: it goes out, then the base moves.
+    h.at(t0 + 2000);
+    assert_eq!(h.recv(&mut p).opcode, OP_PING);
+    caught_up_after_a_rebase(&mut h);
+    assert_eq!(h.shard.tick, super::ticks::REBASE_TO);
+    p.send(true, OP_PONG, b"");
+    h.turn_until("pong read", |h| {
+        h.shard.conns.get(p.key).map(|c| c.last_rx) == Some(h.shard.tick)
+    });
+    // 10 ms refilled a hundredth of a token; a second, across the move, a whole one.
+    let tick = h.shard.tick;
+    assert!(!h.shard.rates.take(p.key, tick));
+    // A ping interval after the pong, then the idle close, both on the moved ticks.
+    h.at(t0 + 2990);
+    h.quiet(&mut p);
+    let tick = h.shard.tick;
+    assert!(
+        h.shard.rates.take(p.key, tick),
+        "refilled a second after the take"
+    );
+    h.at(t0 + 3000);
+    assert_eq!(h.recv(&mut p).opcode, OP_PING);
+    h.at(t0 + 4990);
+    h.quiet(&mut p);
+    assert_eq!(h.shard.users.history_bytes(), user_bytes);
+    assert!(h.shard.users.find("gone").is_some());
+    assert_eq!(h.shard.streams.current("t", h.shard.tick), Some((1, "e")));
+    assert_eq!(h.shard.streams.history_bytes(), 8);
+    h.at(t0 + 5000);
+    assert_eq!(h.recv_close(&mut p), 4002);
+    assert_eq!(
+        h.shard.users.history_bytes(),
+        0,
+        "user history past its TTL"
+    );
+    assert!(
+        h.shard.users.find("gone").is_none(),
+        "retained entry past its TTL"
+    );
+    assert_eq!(h.shard.streams.current("t", h.shard.tick), None);
+    assert_eq!(
+        h.shard.streams.history_bytes(),
+        0,
+        "topic history past its TTL"
+    );
+}
+
+#[test]
+fn a_token_expiring_across_a_rebase_closes_4001_on_its_tick() {
+    let flags = ["--ping-interval-ms", "60000", "--idle-timeout-ms", "120000"];
+    let mut h = Harness::with(&flags, |c| c.jwt.leeway_secs = 5);
+    let t0 = REBASE_MS - 3000;
+    h.at(t0);
+    let mut p = h.connect_with("brief", Some(unix_now() + 2), Vec::new(), None);
+    let hint = h.recv_json(&mut p);
+    assert_eq!(hint["type"], "token_expiring", "{hint}");
+    let in_ms = hint["in_ms"].as_u64().unwrap();
+    assert!((5000..=7000).contains(&in_ms), "{hint}");
+    let due = t0 + in_ms.div_ceil(10) * 10;
+    h.at(due - 10);
+    caught_up_after_a_rebase(&mut h);
+    h.quiet(&mut p);
+    h.ping_pong(&mut p, "alive");
+    h.at(due);
+    assert_eq!(h.recv_close(&mut p), 4001);
+}
+
 mod cluster;

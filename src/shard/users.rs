@@ -13,6 +13,7 @@ use rustc_hash::FxBuildHasher;
 use super::compact::{compact, is_sparse};
 use super::history::{first_seq, Idle, Limits, Record, Ring};
 use super::sessions::Sessions;
+use super::ticks::moved;
 use crate::slots::Slots;
 
 /// One user with a session on this shard, or retained after its last one.
@@ -307,6 +308,21 @@ impl Users {
             self.rings.remove(&r.user);
         }
         true
+    }
+
+    /// The shard's ticks moved back by `by` (`Shard::rebase_ticks`).
+    pub(super) fn rebase(&mut self, by: u32) {
+        for r in &mut self.fifo {
+            r.at = moved(r.at, by);
+        }
+        for i in &mut self.idle {
+            i.until = moved(i.until, by);
+        }
+        for (_, u) in self.entries.iter_mut() {
+            if let Some(until) = u.sessions.retained_until() {
+                u.sessions = Sessions::retained(moved(until, by));
+            }
+        }
     }
 
     /// Drops pushes older than the TTL and retained entries whose time is up. Only the
