@@ -277,6 +277,12 @@ pub struct ServeArgs {
     /// TLS: PEM private key of --tls-cert (RSA or ECDSA; PKCS#8, SEC1 or PKCS#1). SIGHUP reloads both.
     #[arg(long, value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
+    /// HTTPS on the push API: PEM certificate chain, leaf first (with --api-tls-key).
+    #[arg(long, value_name = "FILE")]
+    pub api_tls_cert: Option<PathBuf>,
+    /// HTTPS on the push API: PEM private key of --api-tls-cert. SIGHUP reloads both.
+    #[arg(long, value_name = "FILE")]
+    pub api_tls_key: Option<PathBuf>,
     /// Log format [default: text].
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -350,6 +356,8 @@ struct FileConfig {
     kafka_group: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    api_tls_cert: Option<PathBuf>,
+    api_tls_key: Option<PathBuf>,
     compression: Option<Switch>,
     compression_min_bytes: Option<usize>,
     compression_level: Option<u32>,
@@ -493,6 +501,8 @@ pub struct Config {
     pub kafka: Option<KafkaConfig>,
     /// TLS on the client listener, when `--tls-cert` and `--tls-key` are given.
     pub tls: Option<crate::tls::TlsFiles>,
+    /// HTTPS on the push API, when `--api-tls-cert` and `--api-tls-key` are given.
+    pub api_tls: Option<crate::tls::TlsFiles>,
     /// permessage-deflate is negotiated with clients that offer it.
     pub compression: bool,
     /// Frames shorter than this are sent plain even to compressing clients.
@@ -991,6 +1001,15 @@ impl Config {
             (Some(_), None) => return Err(invalid("tls_key", "is required with tls_cert")),
             (None, Some(_)) => return Err(invalid("tls_cert", "is required with tls_key")),
         };
+        let api_tls = match (
+            args.api_tls_cert.or(file.api_tls_cert),
+            args.api_tls_key.or(file.api_tls_key),
+        ) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(crate::tls::TlsFiles { cert, key }),
+            (Some(_), None) => return Err(invalid("api_tls_key", "is required with api_tls_cert")),
+            (None, Some(_)) => return Err(invalid("api_tls_cert", "is required with api_tls_key")),
+        };
         let compression = args.compression.or(file.compression).unwrap_or(Switch::On) == Switch::On;
         let compression_min_bytes = args
             .compression_min_bytes
@@ -1090,6 +1109,7 @@ impl Config {
             events_queue,
             kafka,
             tls,
+            api_tls,
             compression,
             compression_min_bytes,
             compression_level,
@@ -1329,6 +1349,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("tls_key (--tls-key)"), "{err}");
+        assert!(c.api_tls.is_none());
+        let err = cfg(&["--jwt-secret", S, "--api-tls-key", "k.pem"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("api_tls_cert (--api-tls-cert)"), "{err}");
+        let c = cfg(&[
+            "--jwt-secret",
+            S,
+            "--api-tls-cert",
+            "c.pem",
+            "--api-tls-key",
+            "k.pem",
+        ])
+        .unwrap();
+        let files = c.api_tls.expect("api_tls");
+        assert_eq!(
+            (files.cert.to_str(), files.key.to_str()),
+            (Some("c.pem"), Some("k.pem"))
+        );
+        assert!(c.tls.is_none(), "the client listener stays plain");
     }
 
     #[test]

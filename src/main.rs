@@ -231,8 +231,8 @@ fn serve(args: ServeArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// `SIGHUP`: the TLS certificate and key, and `events_ca`, are read again; a bad file
-/// keeps what was in use.
+/// `SIGHUP`: the TLS certificates and keys (client listener, push API), and `events_ca`,
+/// are read again; a bad file keeps what was in use.
 fn reload(server: &Server) {
     let tls = server.reload_tls();
     match &tls {
@@ -241,6 +241,15 @@ fn reload(server: &Server) {
         Some(Err(e)) => tracing::error!(
             error = %e,
             "SIGHUP: TLS certificate not reloaded; the previous one stays in use"
+        ),
+    }
+    let api_tls = server.reload_api_tls();
+    match &api_tls {
+        None => {}
+        Some(Ok(())) => tracing::info!("SIGHUP: push API certificate reloaded"),
+        Some(Err(e)) => tracing::error!(
+            error = %e,
+            "SIGHUP: push API certificate not reloaded; the previous one stays in use"
         ),
     }
     let ca = server.reload_events_ca();
@@ -252,8 +261,10 @@ fn reload(server: &Server) {
             "SIGHUP: events_ca not reloaded; the previous roots stay in use"
         ),
     }
-    if tls.is_none() && ca.is_none() {
-        tracing::info!("SIGHUP: nothing to reload (no --tls-cert, no --events-ca)");
+    if tls.is_none() && api_tls.is_none() && ca.is_none() {
+        tracing::info!(
+            "SIGHUP: nothing to reload (no --tls-cert, no --api-tls-cert, no --events-ca)"
+        );
     }
 }
 
@@ -272,7 +283,12 @@ fn print_dev_banner(server: &Server, config: &Config) {
         ("ws", "http")
     };
     let ws = format!("{ws_scheme}://{}/ws", host(server.client_addr()));
-    let api = format!("http://{}", host(server.api_addr()));
+    let api_scheme = if config.api_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let api = format!("{api_scheme}://{}", host(server.api_addr()));
     let demo = format!("{page_scheme}://{}/demo", host(server.client_addr()));
     let secret = config.jwt.secret.clone().unwrap_or_default();
     let api_key = config.api_key.clone().unwrap_or_default();

@@ -292,6 +292,8 @@ pub struct Metrics {
     pub kafka: crate::kafka::KafkaCounters,
     /// TLS on the client listener.
     pub tls: crate::tls::TlsCounters,
+    /// TLS on the push API.
+    pub api_tls: crate::api::ApiTlsCounters,
 }
 
 impl Metrics {
@@ -327,6 +329,7 @@ impl Metrics {
             events: crate::events::EventCounters::default(),
             kafka: crate::kafka::KafkaCounters::default(),
             tls: crate::tls::TlsCounters::default(),
+            api_tls: crate::api::ApiTlsCounters::default(),
         }
     }
 
@@ -424,6 +427,7 @@ impl Metrics {
             "events": self.events.json(),
             "kafka": self.kafka.json(),
             "tls": self.tls.json(),
+            "api_tls": self.api_tls.json(),
         })
     }
 
@@ -717,6 +721,7 @@ impl Metrics {
         self.events.prometheus(&mut out);
         self.kafka.prometheus(&mut out);
         self.tls.prometheus(&mut out);
+        self.api_tls.prometheus(&mut out);
         out
     }
 

@@ -68,6 +68,8 @@ pub struct Server {
     kafka: Option<JoinHandle<()>>,
     /// The TLS listener's configuration, which `reload_tls` renews.
     tls: Option<crate::tls::TlsServer>,
+    /// The push API's TLS configuration, which `reload_api_tls` renews.
+    api_tls: Option<crate::tls::TlsServer>,
     /// Reads `events_ca` again on `SIGHUP`, when one is set.
     events_ca: Option<crate::events::CaReload>,
 }
@@ -149,8 +151,14 @@ impl Server {
             .as_ref()
             .map(crate::tls::TlsServer::load)
             .transpose()?;
+        let api_tls = config
+            .api_tls
+            .as_ref()
+            .map(crate::tls::TlsServer::load_api)
+            .transpose()?;
         let metrics = Arc::new(Metrics::new(config.shards));
         metrics.tls.enabled.store(tls.is_some(), Relaxed);
+        metrics.api_tls.enabled.store(api_tls.is_some(), Relaxed);
         let admission = Arc::new(Admission::new(
             config.max_connections,
             config.max_connections_per_ip,
@@ -332,6 +340,7 @@ impl Server {
             Arc::clone(&stop),
             broker_links,
             ingress,
+            api_tls.clone(),
         )?;
         let api_thread = std::thread::Builder::new()
             .name("throng-api".into())
@@ -353,6 +362,7 @@ impl Server {
             events: events_thread,
             kafka: kafka_thread,
             tls,
+            api_tls,
             events_ca,
         })
     }
@@ -366,6 +376,19 @@ impl Server {
         let counter = match &result {
             Ok(()) => &self.metrics.tls.reloads,
             Err(_) => &self.metrics.tls.reload_errors,
+        };
+        counter.fetch_add(1, Relaxed);
+        Some(result)
+    }
+
+    /// Reads the push API's certificate and key again (`SIGHUP`); `None` without HTTPS on
+    /// the API.
+    pub fn reload_api_tls(&self) -> Option<Result<(), crate::tls::TlsError>> {
+        let tls = self.api_tls.as_ref()?;
+        let result = tls.reload();
+        let counter = match &result {
+            Ok(()) => &self.metrics.api_tls.reloads,
+            Err(_) => &self.metrics.api_tls.reload_errors,
         };
         counter.fetch_add(1, Relaxed);
         Some(result)

@@ -10,11 +10,13 @@ mod push;
 pub mod request;
 mod routes;
 pub mod sequencer;
+mod tls;
 
 pub use push::{
     parse as parse_push, route as route_push, ParsedPush, Target, MAX_DATA_DEPTH, MAX_ID_BYTES,
     MAX_USERS,
 };
+pub use tls::ApiTlsCounters;
 
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -34,6 +36,7 @@ use crate::link::Links;
 use crate::metrics::Metrics;
 use crate::reactor::{self, LISTENER, WAKER};
 use request::{FrameError, Framed};
+use tls::ApiStream;
 
 /// How long a request may wait for shard replies before it is answered 503.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -87,7 +90,7 @@ struct Waiting {
 }
 
 struct ApiConn {
-    stream: TcpStream,
+    stream: ApiStream,
     inbuf: Vec<u8>,
     out: Vec<u8>,
     out_pos: usize,
@@ -187,6 +190,8 @@ pub struct Api {
     ingress: Option<crate::command::IngressLink>,
     /// Cluster mode: ingress batches waiting for Redis.
     ingress_at_redis: ingress::AtRedis,
+    /// HTTPS (`api_tls_cert`): every connection's handshake and records.
+    tls: Option<crate::tls::TlsServer>,
 }
 
 impl Api {
@@ -204,6 +209,7 @@ impl Api {
         stop: Arc<AtomicBool>,
         broker: Option<crate::broker::BrokerLinks>,
         ingress: Option<crate::command::IngressLink>,
+        tls: Option<crate::tls::TlsServer>,
     ) -> io::Result<Api> {
         let mut listener = TcpListener::from_std(listener);
         poll.registry()
@@ -245,6 +251,7 @@ impl Api {
             publishes,
             ingress,
             ingress_at_redis: ingress::AtRedis::default(),
+            tls,
         })
     }
 
@@ -342,16 +349,26 @@ impl Api {
         }
     }
 
-    fn adopt(&mut self, mut stream: TcpStream) {
+    fn adopt(&mut self, stream: TcpStream) {
         // On Linux the socket inherits TCP_NODELAY from the listener.
         #[cfg(not(target_os = "linux"))]
         let _ = stream.set_nodelay(true);
+        let mut stream = match &self.tls {
+            None => ApiStream::Plain(stream),
+            Some(tls) => match tls.connection() {
+                Ok(conn) => ApiStream::tls(stream, conn),
+                Err(e) => {
+                    tracing::warn!(error = %e, "push API: cannot start a TLS connection");
+                    return;
+                }
+            },
+        };
         let entry = self.conns.vacant_entry();
         if self
             .poll
             .registry()
             .register(
-                &mut stream,
+                stream.socket(),
                 Token(entry.key()),
                 Interest::READABLE | Interest::WRITABLE,
             )
@@ -381,6 +398,11 @@ impl Api {
     /// does not turn into a reset that overtakes the answer), one write.
     fn refuse(&mut self, mut stream: TcpStream) {
         self.metrics.api_refused_connections.fetch_add(1, Relaxed);
+        if self.tls.is_some() {
+            // A plain answer would be garbage to a TLS client, and a handshake per
+            // refusal is what capacity cannot afford: the connection just closes.
+            return;
+        }
         for _ in 0..4 {
             match stream.read(&mut self.scratch) {
                 Ok(n) if n > 0 => {}
@@ -443,7 +465,7 @@ impl Api {
             if !discard && (c.unsent() > MAX_UNSENT || c.inbuf.len() >= MAX_INBUF) {
                 return Some(total);
             }
-            match c.stream.read(&mut self.scratch) {
+            match c.stream.read(&mut self.scratch, &self.metrics.api_tls) {
                 Ok(0)
                     if discard
                         || (c.inbuf.is_empty() && c.waiting.is_none() && c.unsent() == 0) =>
@@ -464,7 +486,8 @@ impl Api {
                     // A short read emptied the socket: one more would only say WouldBlock
                     // (one recv per request instead of two), and new bytes bring a new
                     // edge.
-                    let drained = n < self.scratch.len() && !c.peer_closed;
+                    let drained =
+                        n < self.scratch.len() && !c.peer_closed && c.stream.short_read_drains();
                     if drained {
                         c.unread = false;
                     }
@@ -483,7 +506,20 @@ impl Api {
                     return Some(total);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
+                Err(e) if tls::is_plain_http(&e) => {
+                    c.unread = false;
+                    let response = http::error_response(
+                        400,
+                        "plain_http",
+                        "this port speaks HTTPS (api_tls_cert): use https://",
+                        false,
+                        "",
+                    );
+                    self.answer_and_close(key, &response);
+                    return None;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "push API connection failed");
                     self.drop_conn(key);
                     return None;
                 }
@@ -889,21 +925,38 @@ impl Api {
         if c.out.capacity() > 4 * MAX_UNSENT {
             c.out.shrink_to(MAX_UNSENT);
         }
+        // Through TLS, records may still wait for the socket: the writable event that
+        // brings room brings us back here.
+        match c.stream.flush() {
+            Ok(true) => {}
+            Ok(false) => return true,
+            Err(_) => {
+                self.drop_conn(key);
+                return false;
+            }
+        }
         if c.close_after_write && c.waiting.is_none() && c.lingering_since.is_none() {
             if c.eof {
                 // The client has closed its half already: nothing to linger for.
                 self.drop_conn(key);
                 return false;
             }
-            let _ = c.stream.shutdown(std::net::Shutdown::Write);
-            c.lingering_since = Some(self.now);
+            match c.stream.shutdown_write() {
+                Ok(true) => c.lingering_since = Some(self.now),
+                // close_notify waits for room; the writable event brings us back.
+                Ok(false) => return true,
+                Err(_) => {
+                    self.drop_conn(key);
+                    return false;
+                }
+            }
         }
         true
     }
 
     fn drop_conn(&mut self, key: usize) {
         if let Some(mut c) = self.conns.try_remove(key) {
-            let _ = self.poll.registry().deregister(&mut c.stream);
+            let _ = self.poll.registry().deregister(c.stream.socket());
             self.metrics.api_connections.fetch_sub(1, Relaxed);
             self.metrics
                 .api_output_bytes

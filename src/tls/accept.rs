@@ -183,7 +183,7 @@ fn complete_records(buf: &[u8]) -> usize {
 }
 
 /// Whether the first bytes on a TLS port are an HTTP request line instead.
-fn looks_like_http(bytes: &[u8]) -> bool {
+pub(crate) fn looks_like_http(bytes: &[u8]) -> bool {
     let method_end = bytes.iter().position(|&b| b == b' ');
     matches!(method_end, Some(n) if (3..=7).contains(&n)
         && bytes[..n].iter().all(u8::is_ascii_uppercase))

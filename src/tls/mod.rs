@@ -1,10 +1,11 @@
-//! TLS on the client listener (`wss://`).
+//! TLS on the client listener (`wss://`), and on the push API's (`https://`).
 //!
-//! The handshake runs in the acceptor with rustls (`accept.rs`). Once the upgrade is
+//! On the client listener the handshake runs in the acceptor with rustls (`accept.rs`). Once the upgrade is
 //! admitted, the session's keys move to the connection's shard, which protects records
 //! itself (`record.rs`): an idle TLS connection keeps keys, traffic secrets and sequence
 //! numbers (about 200 bytes), never a TLS library's buffers. The certificate can be
-//! replaced while serving (`certs.rs`, `SIGHUP`).
+//! replaced while serving (`certs.rs`, `SIGHUP`). The push API's few connections keep
+//! their rustls connection for life (`api::tls`).
 
 mod accept;
 mod capture;
@@ -15,7 +16,7 @@ mod record;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub(crate) use accept::{Finished, TlsAccept};
+pub(crate) use accept::{looks_like_http, Finished, TlsAccept};
 pub use certs::CertStore;
 pub(crate) use certs::{read_pem_certs, read_pem_file};
 pub use counters::TlsCounters;
@@ -65,9 +66,20 @@ pub struct TlsServer {
 }
 
 impl TlsServer {
-    /// Loads the files and builds the configuration: TLS 1.2 and 1.3, ALPN `http/1.1`,
-    /// stateless session tickets (one per handshake) and secret extraction for the shards.
+    /// Loads the files and builds the client listener's configuration: TLS 1.2 and 1.3,
+    /// ALPN `http/1.1`, stateless session tickets (one per handshake) and secret
+    /// extraction for the shards.
     pub fn load(files: &TlsFiles) -> Result<TlsServer, TlsError> {
+        TlsServer::build(files, true)
+    }
+
+    /// The push API's configuration: the same, without secret extraction (its
+    /// connections keep rustls to the end).
+    pub fn load_api(files: &TlsFiles) -> Result<TlsServer, TlsError> {
+        TlsServer::build(files, false)
+    }
+
+    fn build(files: &TlsFiles, for_shards: bool) -> Result<TlsServer, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let certs = Arc::new(CertStore::load(files, &provider)?);
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -78,8 +90,10 @@ impl TlsServer {
         config.ticketer = rustls::crypto::ring::Ticketer::new()?;
         // A reconnecting client needs one ticket; each one costs an encryption per handshake.
         config.send_tls13_tickets = 1;
-        config.enable_secret_extraction = true;
-        config.key_log = Arc::new(capture::Capture);
+        if for_shards {
+            config.enable_secret_extraction = true;
+            config.key_log = Arc::new(capture::Capture);
+        }
         Ok(TlsServer {
             config: Arc::new(config),
             certs,
@@ -89,6 +103,11 @@ impl TlsServer {
     /// A new server-side handshake.
     pub(crate) fn accept(&self) -> Result<TlsAccept, TlsError> {
         TlsAccept::new(Arc::clone(&self.config))
+    }
+
+    /// A new server-side connection that keeps rustls for its whole life (the push API).
+    pub(crate) fn connection(&self) -> Result<rustls::ServerConnection, TlsError> {
+        Ok(rustls::ServerConnection::new(Arc::clone(&self.config))?)
     }
 
     /// Reads the files again and serves the new certificate to the next handshakes;
@@ -104,4 +123,4 @@ impl TlsServer {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

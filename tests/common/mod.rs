@@ -706,9 +706,35 @@ impl Resp {
     }
 }
 
-/// Reads one HTTP response from `s`, with `pre` as already-buffered bytes. Returns the
-/// response and any bytes after it.
-fn read_response(s: &mut TcpStream, mut buf: Vec<u8>) -> Result<(Resp, Vec<u8>), String> {
+/// An HTTP/1.1 request to `addr`: a bearer `key` and a JSON `body` (with Content-Length)
+/// when given.
+pub fn request_bytes(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<&str>,
+) -> Vec<u8> {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n");
+    if let Some(k) = key {
+        req.push_str(&format!("Authorization: Bearer {k}\r\n"));
+    }
+    if let Some(b) = body {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        ));
+    }
+    req.push_str("\r\n");
+    if let Some(b) = body {
+        req.push_str(b);
+    }
+    req.into_bytes()
+}
+
+/// Reads one HTTP response from `s` (TCP, or TLS over it), with `buf` as already-buffered
+/// bytes. Returns the response and any bytes after it.
+pub fn read_response<S: Read>(s: &mut S, mut buf: Vec<u8>) -> Result<(Resp, Vec<u8>), String> {
     let head_end = loop {
         if let Some(p) = find(&buf, b"\r\n\r\n") {
             break p + 4;
@@ -753,7 +779,7 @@ fn read_response(s: &mut TcpStream, mut buf: Vec<u8>) -> Result<(Resp, Vec<u8>),
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.clone())
     };
-    let fill = |s: &mut TcpStream, rest: &mut Vec<u8>, need: usize| -> Result<(), String> {
+    let fill = |s: &mut S, rest: &mut Vec<u8>, need: usize| -> Result<(), String> {
         while rest.len() < need {
             let mut chunk = [0u8; 65536];
             match s.read(&mut chunk) {
@@ -877,21 +903,8 @@ impl HttpConn {
         key: Option<&str>,
         body: Option<&str>,
     ) -> Resp {
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.addr);
-        if let Some(k) = key {
-            req.push_str(&format!("Authorization: Bearer {k}\r\n"));
-        }
-        if let Some(b) = body {
-            req.push_str(&format!(
-                "Content-Type: application/json\r\nContent-Length: {}\r\n",
-                b.len()
-            ));
-        }
-        req.push_str("\r\n");
-        if let Some(b) = body {
-            req.push_str(b);
-        }
-        self.send_raw(req.as_bytes())
+        let req = request_bytes(self.addr, method, path, key, body);
+        self.send_raw(&req)
     }
 
     /// Sends raw bytes and reads one response.

@@ -1,0 +1,363 @@
+//! HTTPS on the push API (`--api-tls-cert`), black box: real servers with generated
+//! certificates, rustls and Python's `http.client` (OpenSSL) as clients over loopback;
+//! keep-alive, pipelining, large bodies both ways, a client that reads slowly, plain HTTP
+//! and garbage on the HTTPS port, the connection bound, certificate reload on SIGHUP and
+//! bad files at start.
+
+mod common;
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::tls::*;
+use common::*;
+use serde_json::json;
+
+/// An in-process server whose push API speaks HTTPS with `dir`'s certificate.
+fn https_server(dir: &TlsDir, extra: &[&str]) -> TestServer {
+    let mut args = vec![
+        "--api-tls-cert",
+        dir.cert_path(),
+        "--api-tls-key",
+        dir.key_path(),
+    ];
+    args.extend_from_slice(extra);
+    TestServer::start(&args)
+}
+
+fn push_body(user: &str, data: &str) -> String {
+    json!({"user": user, "data": data}).to_string()
+}
+
+#[test]
+fn pushes_over_https_reach_clients_on_one_keep_alive_connection() {
+    let dir = TlsDir::new("api-push");
+    let srv = https_server(&dir, &[]);
+    let cfg = dir.client(None);
+    let mut alice = srv.connect("alice");
+    let mut api = HttpsConn::connect(srv.api, &cfg);
+    for i in 0..5 {
+        let body = push_body("alice", &format!("m{i}"));
+        let r = api.request("POST", "/v1/push", Some(API_KEY), Some(&body));
+        assert_eq!(r.status, 202, "{}", r.text());
+        assert_eq!(alice.recv()["data"], format!("m{i}"));
+    }
+    let body = push_body("alice", "waited");
+    let r = api.request("POST", "/v1/push?wait=1", Some(API_KEY), Some(&body));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["delivered"], 1);
+    assert_eq!(alice.recv()["data"], "waited");
+    // A wrong key is answered inside TLS like any refusal.
+    let r = api.request("GET", "/v1/stats", Some("wrong"), None);
+    assert_eq!(r.status, 401, "{}", r.text());
+    let stats = api.request("GET", "/v1/stats", Some(API_KEY), None).json();
+    assert_eq!(stats["api_tls"]["handshakes_full"], 1, "{stats}");
+    assert_eq!(stats["api_tls"]["handshakes_failed"], 0, "{stats}");
+    assert!(
+        stats["tls"].is_null(),
+        "the client listener stays plain: {stats}"
+    );
+}
+
+#[test]
+fn pipelined_requests_and_large_bodies_cross_many_records() {
+    let dir = TlsDir::new("api-pipeline");
+    let srv = https_server(&dir, &[]);
+    let cfg = dir.client(Some(Version::Tls12));
+    let mut bob = srv.connect("bob");
+    let mut api = HttpsConn::connect(srv.api, &cfg);
+    // Three requests in one write; the answers come back in order.
+    let mut raw = Vec::new();
+    for i in 0..3 {
+        let body = push_body("bob", &format!("p{i}"));
+        raw.extend(request_bytes(
+            srv.api,
+            "POST",
+            "/v1/push",
+            Some(API_KEY),
+            Some(&body),
+        ));
+    }
+    api.write(&raw);
+    for i in 0..3 {
+        assert_eq!(api.read().status, 202);
+        assert_eq!(bob.recv()["data"], format!("p{i}"));
+    }
+    // 200 KB of data: a dozen TLS records in, one WebSocket message out.
+    let big = "x".repeat(200_000);
+    let r = api.request(
+        "POST",
+        "/v1/push",
+        Some(API_KEY),
+        Some(&push_body("bob", &big)),
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(bob.recv()["data"].as_str().map(str::len), Some(big.len()));
+}
+
+#[test]
+fn a_client_that_reads_slowly_gets_every_answer_whole_then_close_notify() {
+    let dir = TlsDir::new("api-slow");
+    let srv = https_server(&dir, &[]);
+    let cfg = dir.client(None);
+    // A small receive buffer: the server's records wait for the socket (in rustls,
+    // then in the connection's output) while the client has not read.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect_timeout(&srv.api.into(), IO_TIMEOUT).unwrap();
+    let sock: TcpStream = sock.into();
+    sock.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut tls = tls_handshake(sock, &cfg).unwrap_or_else(|e| panic!("{e}"));
+    // Batches of requests until answers wait in the server (the socket's send buffer
+    // autotunes up to net.ipv4.tcp_wmem's maximum first).
+    const BATCH: usize = 50;
+    let one = request_bytes(srv.api, "GET", "/metrics", Some(API_KEY), None);
+    let mut watcher = HttpsConn::connect(srv.api, &cfg);
+    // (answers waiting, requests the API has read), as the watcher sees them.
+    let mut look = || {
+        let r = watcher.request("GET", "/metrics", Some(API_KEY), None);
+        (
+            metric_in(&r, "throng_api_output_bytes") > 0,
+            metric_in(&r, "throng_api_requests_total"),
+        )
+    };
+    let mut sent = 0;
+    let mut looks = 0;
+    loop {
+        let (waiting, _) = look();
+        looks += 1;
+        if waiting || sent >= 100 * BATCH {
+            assert!(waiting, "the answers never waited for the socket");
+            break;
+        }
+        std::io::Write::write_all(&mut tls, &one.repeat(BATCH)).unwrap();
+        std::io::Write::flush(&mut tls).unwrap();
+        sent += BATCH;
+        // Until the API has read the batch, or stopped reading because answers wait.
+        assert!(wait_until(WAIT, || {
+            let (waiting, read) = look();
+            looks += 1;
+            waiting || read >= (sent + looks) as u64
+        }));
+    }
+    // The last request closes: its close_notify must follow every record before it.
+    let close = format!(
+        "GET /metrics HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {API_KEY}\r\n\
+         Connection: close\r\n\r\n",
+        srv.api
+    );
+    std::io::Write::write_all(&mut tls, close.as_bytes()).unwrap();
+    std::io::Write::flush(&mut tls).unwrap();
+    let mut buf = Vec::new();
+    for i in 0..=sent {
+        let (r, rest) = read_response(&mut tls, buf).unwrap_or_else(|e| panic!("answer {i}: {e}"));
+        buf = rest;
+        assert_eq!(r.status, 200, "answer {i}");
+        assert!(r.text().contains("throng_connections"), "answer {i} whole");
+    }
+    assert!(buf.is_empty(), "nothing after the last answer");
+    let mut rest = [0u8; 64];
+    assert_eq!(tls.read(&mut rest).expect("a clean close_notify"), 0);
+}
+
+#[test]
+fn connection_close_ends_with_close_notify() {
+    let dir = TlsDir::new("api-close");
+    let srv = https_server(&dir, &[]);
+    let cfg = dir.client(Some(Version::Tls13));
+    let mut api = HttpsConn::connect(srv.api, &cfg);
+    let raw = format!(
+        "GET /healthz HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        srv.api
+    );
+    let r = api.send_raw(raw.as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    // rustls reads Ok(0) only after the server's close_notify (an abrupt end is an error).
+    let mut rest = [0u8; 64];
+    assert_eq!(api.tls.read(&mut rest).expect("a clean close_notify"), 0);
+}
+
+#[test]
+fn plain_http_and_garbage_on_the_https_port_fail_alone() {
+    let dir = TlsDir::new("api-plain");
+    let srv = https_server(&dir, &[]);
+    let cfg = dir.client(None);
+    let mut good = HttpsConn::connect(srv.api, &cfg);
+
+    // Plain HTTP: a plain 400 that says what to do, then the end.
+    let mut plain = HttpConn::connect(srv.api);
+    let r = plain.request("GET", "/v1/stats", Some(API_KEY), None);
+    r.assert_error(400, "plain_http");
+    assert!(r.text().contains("https://"), "{}", r.text());
+    let mut rest = [0u8; 16];
+    assert_eq!(plain.stream.read(&mut rest).unwrap_or(0), 0, "closed after");
+
+    // A record header with garbage after it: rustls refuses, only that connection ends.
+    let mut garbage = tcp(srv.api);
+    std::io::Write::write_all(&mut garbage, &[0x16, 0x03, 0x01, 0x00, 0x10]).unwrap();
+    std::io::Write::write_all(&mut garbage, &[0xab; 16]).unwrap();
+    let mut sink = Vec::new();
+    let _ = garbage.read_to_end(&mut sink);
+
+    let body = push_body("nobody", "still served");
+    let r = good.request("POST", "/v1/push", Some(API_KEY), Some(&body));
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(
+        https_metric(srv.api, &cfg, "throng_api_tls_handshakes_failed_total"),
+        2
+    );
+    assert_eq!(
+        https_metric(srv.api, &cfg, "throng_api_tls_handshakes_full_total"),
+        3,
+        "the good connection and the two metric reads"
+    );
+}
+
+#[test]
+fn over_the_connection_bound_a_tls_client_is_closed_and_counted() {
+    let dir = TlsDir::new("api-bound");
+    let srv = https_server(&dir, &["--api-max-connections", "1"]);
+    let cfg = dir.client(None);
+    let mut first = HttpsConn::connect(srv.api, &cfg);
+    assert_eq!(first.request("GET", "/healthz", None, None).status, 200);
+    let refused = tls_connect(srv.api, &cfg);
+    assert!(refused.is_err(), "a second connection over the bound");
+    let stats = first
+        .request("GET", "/v1/stats", Some(API_KEY), None)
+        .json();
+    assert_eq!(stats["counters"]["api_refused_connections"], 1, "{stats}");
+}
+
+#[test]
+fn python_http_client_pushes_over_https() {
+    let dir = TlsDir::new("api-python");
+    let srv = https_server(&dir, &[]);
+    let mut carol = srv.connect("carol");
+    let script = r#"
+import http.client, json, ssl, sys
+ca, port, key = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+ctx = ssl.create_default_context(cafile=ca)
+c = http.client.HTTPSConnection("localhost", port, context=ctx, timeout=10)
+for i in range(3):
+    body = json.dumps({"user": "carol", "data": "py%d" % i})
+    c.request("POST", "/v1/push", body=body, headers={"Authorization": "Bearer " + key})
+    r = c.getresponse()
+    print(r.status, r.read().decode())
+c.close()
+"#;
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            script,
+            dir.cert_path(),
+            &srv.api.port().to_string(),
+            API_KEY,
+        ])
+        .output()
+        .expect("python3 is needed for this test (apt-get install python3)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "python: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("202 ")).count(),
+        3,
+        "{stdout}"
+    );
+    for i in 0..3 {
+        assert_eq!(carol.recv()["data"], format!("py{i}"));
+    }
+}
+
+#[test]
+fn sighup_reloads_the_api_certificate_and_keeps_it_when_the_file_is_bad() {
+    let dir = TlsDir::new("api-reload");
+    let a = dir.pair.der.clone();
+    let b = CertPair::generate();
+    let cfg = client_config(&[&a, &b.der], None);
+    let mut p = ServeProc::spawn(&[
+        "--api-tls-cert",
+        dir.cert_path(),
+        "--api-tls-key",
+        dir.key_path(),
+    ]);
+    let (_, api) = p.listening();
+    let leaf_now = |cfg: &Arc<rustls::ClientConfig>, api: SocketAddr| {
+        let s = tls_connect(api, cfg).unwrap_or_else(|e| panic!("new connection: {e}"));
+        peer_leaf(&s.conn)
+    };
+    assert!(leaf_now(&cfg, api) == a.as_ref(), "serves A at start");
+    let mut open = HttpsConn::connect(api, &cfg);
+
+    dir.write(&b);
+    p.signal(libc::SIGHUP);
+    assert!(
+        wait_until(Duration::from_secs(10), || leaf_now(&cfg, api)
+            == b.der.as_ref()),
+        "new connections never got certificate B; log:\n{}",
+        p.seen.join("\n")
+    );
+    p.find(Duration::from_secs(5), |l| {
+        l.contains("push API certificate reloaded").then_some(())
+    });
+    assert_eq!(https_metric(api, &cfg, "throng_api_tls_reloads_total"), 1);
+    // The connection opened under A carries on.
+    assert_eq!(open.request("GET", "/healthz", None, None).status, 200);
+
+    std::fs::write(&dir.key, "not a key\n").unwrap();
+    p.signal(libc::SIGHUP);
+    let line = p.find(Duration::from_secs(10), |l| {
+        l.contains("push API certificate not reloaded")
+            .then(|| l.to_string())
+    });
+    assert!(
+        line.contains(dir.key_path()),
+        "the log names the file: {line}"
+    );
+    assert_eq!(
+        https_metric(api, &cfg, "throng_api_tls_reload_errors_total"),
+        1
+    );
+    assert!(leaf_now(&cfg, api) == b.der.as_ref(), "still B");
+
+    p.signal(libc::SIGTERM);
+    let st = p.wait_exit(Duration::from_secs(10));
+    assert!(st.success(), "exit {st:?}; log:\n{}", p.seen.join("\n"));
+}
+
+#[test]
+fn bad_api_certificate_or_key_at_start_exits_2_naming_the_file() {
+    let dir = TlsDir::new("api-badstart");
+    let cert = dir.cert_path().to_string();
+    let key = dir.key_path().to_string();
+    let missing = dir.path("missing.pem");
+    let other_key = dir.path("other-key.pem");
+    std::fs::write(&other_key, CertPair::generate().key_pem).unwrap();
+    let cases: [(&[&str], &[&str]); 4] = [
+        (
+            &["--api-tls-cert", &missing, "--api-tls-key", &key],
+            &[&missing],
+        ),
+        (
+            &["--api-tls-cert", &cert, "--api-tls-key", &other_key],
+            &[&cert, &other_key, "does not belong"],
+        ),
+        (&["--api-tls-cert", &cert], &["--api-tls-key"]),
+        (&["--api-tls-key", &key], &["--api-tls-cert"]),
+    ];
+    for (args, needles) in cases {
+        let (status, stderr) = serve_refused(args);
+        assert_eq!(status.code(), Some(2), "{args:?}: {status:?}; {stderr}");
+        for n in needles {
+            assert!(
+                stderr.contains(n),
+                "{args:?}: stderr must name {n:?}: {stderr}"
+            );
+        }
+    }
+}
