@@ -83,9 +83,11 @@ start_server() {
     wait_listening "$who" "$SRV_PID" "$work/server.log"
 }
 
-# A field of the server's `/v1/stats` at $API_ADDR (a counter, or a top-level gauge).
+# A field of the server's `/v1/stats` at $API_ADDR (a counter, or a top-level gauge); over
+# HTTPS after api_tls_if_asked with API_TLS=1.
 api_stat() {
-    curl -s -H "Authorization: Bearer $THRONG_API_KEY" "http://$API_ADDR/v1/stats" |
+    curl -s ${CURL_TLS[@]+"${CURL_TLS[@]}"} -H "Authorization: Bearer $THRONG_API_KEY" \
+        "${API_SCHEME:-http}://$API_ADDR/v1/stats" |
         python3 -c "import json,sys; d=json.load(sys.stdin); print(d['counters'].get(sys.argv[1], d.get(sys.argv[1])))" "$1"
 }
 
@@ -126,6 +128,23 @@ make_test_cert() {
         -subj /CN=localhost -addext subjectAltName=IP:127.0.0.1,DNS:localhost \
         -addext basicConstraints=critical,CA:FALSE \
         -keyout "$1/key.pem" -out "$1/cert.pem" 2>/dev/null
+}
+
+# With API_TLS=1 set: HTTPS on the push API with the test certificate in DIR ($1) (made
+# unless there), its flags added to the SERVER_ARGS array; API_SCHEME=https, CURL_TLS for
+# api_stat, and LOAD_API_TLS=(--ca DIR/cert.pem) for throng-load (empty when TLS=1 gave it
+# --ca already). Otherwise API_SCHEME=http and both arrays empty.
+api_tls_if_asked() {
+    API_SCHEME=http
+    CURL_TLS=()
+    LOAD_API_TLS=()
+    if [[ -n ${API_TLS:-} ]]; then
+        [[ -f $1/cert.pem ]] || make_test_cert "$1"
+        SERVER_ARGS+=(--api-tls-cert "$1/cert.pem" --api-tls-key "$1/key.pem")
+        API_SCHEME=https
+        CURL_TLS=(--cacert "$1/cert.pem")
+        [[ -n ${TLS:-} ]] || LOAD_API_TLS=(--ca "$1/cert.pem")
+    fi
 }
 
 # With TLS=1 set: a test certificate in DIR ($1), its flags added to the SERVER_ARGS array,

@@ -16,7 +16,8 @@
 #   PERF=1 (profile the server over the window with perf and print the share of its time
 #   that was the clients' side of loopback), NO_BUILD=1 (skip the build check), SERVER=path (another throng binary, e.g. an older
 #   build to compare against), TLS=1 (wss://: a fresh self-signed certificate,
-#   trusted by the load generator with --ca), LOAD_ARGS= (more throng-load push flags,
+#   trusted by the load generator with --ca), API_TLS=1 (the push API over HTTPS, with
+#   the same kind of certificate), LOAD_ARGS= (more throng-load push flags,
 #   e.g. '--payload-bytes 2000 --payload-json --compression'), SHARDS= (the server's
 #   --shards; default one per core), LOAD=path (another throng-load binary).
 # Also prints the wire bytes per delivery the load generator read (its `compression`
@@ -56,12 +57,13 @@ export_credentials push-cost
 SERVER_ARGS=(--max-connections $((N + 1000)))
 [[ -n ${SHARDS:-} ]] && SERVER_ARGS+=(--shards "$SHARDS")
 tls_if_asked "$WORK"
+api_tls_if_asked "$WORK"
 start_server push-cost "$WORK" "${SERVER_ARGS[@]}" || exit 1
 HZ=$(getconf CLK_TCK)
 
 timeout $((N / 5000 + DURATION + 120)) "$LOAD" push --url "$SCHEME://$CLIENT_ADDR/ws" \
-    ${TLS_ARGS[@]+"${TLS_ARGS[@]}"} \
-    --api "http://$API_ADDR" --connections "$N" --connect-rate 10000 \
+    ${TLS_ARGS[@]+"${TLS_ARGS[@]}"} ${LOAD_API_TLS[@]+"${LOAD_API_TLS[@]}"} \
+    --api "$API_SCHEME://$API_ADDR" --connections "$N" --connect-rate 10000 \
     --source-ips "$SOURCE_IPS" --procs "$PROCS" --target "$TARGET" --rate "$RATE" \
     --api-concurrency "$CONCURRENCY" --duration-secs "$DURATION" ${LOAD_ARGS:-} \
     --json "$WORK/report.json" >"$WORK/load.log" 2>&1 &

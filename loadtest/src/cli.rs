@@ -102,19 +102,20 @@ impl OnOff {
 }
 
 /// The help heading of the TLS flags.
-const TLS: &str = "TLS (wss:// URLs)";
+const TLS: &str = "TLS (wss:// and https:// URLs)";
 
-/// The flags of wss:// connections (every subcommand that holds connections).
+/// The flags of wss:// connections and an https:// push API (every subcommand that
+/// holds connections).
 #[derive(Args, Debug, Clone)]
 pub struct TlsArgs {
-    /// PEM file of the certificates to trust for wss:// URLs: the server's own
+    /// PEM file of the certificates to trust for wss:// URLs and an https:// --api: the server's own
     /// self-signed certificate, or the CA that issued it. The server's certificate must
     /// name the URL's host (a DNS name, or an IP address as a subjectAltName) and must not
     /// be a CA certificate itself (`openssl req -x509` makes one unless given
     /// `-addext basicConstraints=critical,CA:FALSE`).
     #[arg(long, value_name = "FILE", conflicts_with = "insecure", help_heading = TLS)]
     pub ca: Option<PathBuf>,
-    /// Accept any server certificate on wss:// URLs (test servers only): the handshake's
+    /// Accept any server certificate on wss:// and https:// URLs (test servers only): the handshake's
     /// signatures are still verified, the certificate's chain and name are not.
     #[arg(long, help_heading = TLS)]
     pub insecure: bool,
@@ -254,7 +255,8 @@ pub struct ConnectArgs {
 pub struct PushArgs {
     #[command(flatten)]
     pub conn: ConnectArgs,
-    /// Push API base URL.
+    /// Push API base URL: http://, or https:// (TLS, port 443 unless given, trust from --ca
+    /// or --insecure).
     #[arg(long, default_value = "http://127.0.0.1:8701")]
     pub api: String,
     /// Push API key.
@@ -486,7 +488,7 @@ pub struct CapacityArgs {
     /// Write the JSON report here.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Push API base URL (for the probes).
+    /// Push API base URL for the probes: http://, or https:// (trust from --ca or --insecure).
     #[arg(long, default_value = "http://127.0.0.1:8701")]
     pub api: String,
     /// Push API key.
@@ -649,7 +651,7 @@ pub fn validate(c: &ConnectArgs, p: Option<&PushArgs>) -> Result<(), String> {
         if p.count.is_none() && p.duration_secs <= 0.0 {
             return Err("give --duration-secs or --count".into());
         }
-        crate::util::parse_url(&p.api, "http", 80).map_err(|e| format!("--api: {e}"))?;
+        check_api("--api", &p.api, &c.sock.tls)?;
         if let Some(r) = &p.redis_stream {
             check_redis_url(r)?;
         }
@@ -816,8 +818,7 @@ pub fn validate_deploy(a: &DeployArgs) -> Result<(), String> {
         return Err("--reconnect-url: one URL, not a list".into());
     }
     sock.check_urls("--reconnect-url", &a.reconnect_url)?;
-    crate::util::parse_url(&a.reconnect_api, "http", 80)
-        .map_err(|e| format!("--reconnect-api: {e}"))?;
+    check_api("--reconnect-api", &a.reconnect_api, &sock.tls)?;
     if a.jitter_ms > MAX_PAUSE_MS {
         return Err(format!(
             "--jitter-ms must be at most {MAX_PAUSE_MS} (got {})",
@@ -961,8 +962,14 @@ pub fn validate_capacity(a: &CapacityArgs) -> Result<(), String> {
     if a.settle_secs.is_nan() || a.settle_secs < 0.0 {
         return Err("--settle-secs must not be negative".into());
     }
-    crate::util::parse_url(&a.api, "http", 80).map_err(|e| format!("--api: {e}"))?;
+    check_api("--api", &a.api, &a.sock.tls)?;
     Ok(())
+}
+
+/// Checks a push API URL (`flag`): http://, or https:// with something to trust.
+fn check_api(flag: &str, api: &str, tls: &TlsArgs) -> Result<(), String> {
+    let url = crate::util::parse_api_url(api).map_err(|e| format!("{flag}: {e}"))?;
+    tls.check(flag, &[url])
 }
 
 #[cfg(test)]

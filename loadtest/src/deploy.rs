@@ -120,7 +120,7 @@ pub fn run(a: &DeployArgs) -> Result<(Report, i32), String> {
     let p = &a.push;
     let c = &p.conn;
     if !c.topics.is_empty() {
-        resume::prime_topics(&p.api, p.api_key.as_deref(), &c.topics)?;
+        resume::prime_topics(p, &c.topics)?;
     }
     let second =
         crate::util::parse_ws_url(&a.reconnect_url).map_err(|e| format!("--reconnect-url: {e}"))?;
@@ -143,7 +143,8 @@ pub fn run(a: &DeployArgs) -> Result<(Report, i32), String> {
     let on_a = l.sh.open_now.load(Relaxed);
     let subscribed_on_a = l.sh.subscribed.load(Relaxed);
 
-    let api = crate::util::parse_url(&p.api, "http", 80).map_err(|e| format!("--api: {e}"))?;
+    let api = crate::push::ApiTarget::from_flags(&p.api, &p.conn.sock.tls)
+        .map_err(|e| format!("--api: {e}"))?;
     l.sh.drain_at_us
         .store((l.sh.start.elapsed().as_micros() as u64).max(1), Relaxed);
     let drain_start = Instant::now();

@@ -176,7 +176,7 @@ impl Local {
 
     /// The push driver's settings for `p` on these connections.
     pub fn push_cfg(&self, p: &PushArgs) -> Result<PushCfg, String> {
-        let api = util::parse_url(&p.api, "http", 80)?;
+        let api = crate::push::ApiTarget::from_flags(&p.api, &p.conn.sock.tls)?;
         Ok(PushCfg {
             api,
             via: p.via(),

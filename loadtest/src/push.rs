@@ -1,5 +1,5 @@
 //! Push driver: paced pushes from a few threads, as HTTP/1.1 keep-alive requests to the
-//! push API, with `--redis-stream` as pipelined `XADD`s to the cluster's push stream, or
+//! push API (over TLS with an https:// `--api`), with `--redis-stream` as pipelined `XADD`s to the cluster's push stream, or
 //! with `--kafka` as records on the Kafka ingress's topic ([`kafka`]).
 
 mod doc;
@@ -15,6 +15,39 @@ use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// The push API: its URL, and with an https:// one the TLS configuration to reach it.
+#[derive(Debug, Clone)]
+pub struct ApiTarget {
+    pub url: Url,
+    /// Its own configuration (no session store: the WebSocket connections' tickets are
+    /// for another listener); `Some` exactly when `url` is https://.
+    pub tls: Option<crate::tls::config::TlsDial>,
+}
+
+impl ApiTarget {
+    /// `--api` (http:// or https://), trusting what `tls` says for https:// (`--ca` or
+    /// `--insecure`, which https:// needs).
+    pub fn from_flags(api: &str, tls: &crate::cli::TlsArgs) -> Result<ApiTarget, String> {
+        let url = util::parse_api_url(api)?;
+        let tls = if url.tls {
+            let trust = tls
+                .trust()
+                .ok_or_else(|| crate::tls::config::TlsError::NoTrust.to_string())?;
+            crate::tls::config::server_name(&url.host).map_err(|e| e.to_string())?;
+            Some(crate::tls::config::TlsDial::new(&trust, None).map_err(|e| e.to_string())?)
+        } else {
+            None
+        };
+        Ok(ApiTarget { url, tls })
+    }
+
+    /// A plain http:// target (tests).
+    #[cfg(test)]
+    pub fn plain(url: Url) -> ApiTarget {
+        ApiTarget { url, tls: None }
+    }
+}
 
 /// Which way the driver hands its pushes to the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,7 +77,7 @@ impl Via {
 
 #[derive(Debug, Clone)]
 pub struct PushCfg {
-    pub api: Url,
+    pub api: ApiTarget,
     /// Where the pushes go: the API (`api`), the Redis stream or a Kafka topic.
     pub via: Via,
     pub api_key: Option<String>,
@@ -632,19 +665,61 @@ struct Resp {
     body: Vec<u8>,
 }
 
+/// A connection to the push API: plain, or TLS (blocking rustls over the socket).
+enum ApiStream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Read for ApiStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            ApiStream::Plain(s) => s.read(buf),
+            ApiStream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for ApiStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            ApiStream::Plain(s) => s.write(buf),
+            ApiStream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            ApiStream::Plain(s) => s.flush(),
+            ApiStream::Tls(s) => s.flush(),
+        }
+    }
+}
+
 struct ApiConn {
-    stream: TcpStream,
+    stream: ApiStream,
     buf: Vec<u8>,
     /// The request being sent, kept for the next one.
     req: Vec<u8>,
 }
 
 impl ApiConn {
-    fn connect(url: &Url) -> io::Result<Self> {
-        let stream = TcpStream::connect_timeout(&url.addr, Duration::from_secs(5))?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+    fn connect(api: &ApiTarget) -> io::Result<Self> {
+        let sock = TcpStream::connect_timeout(&api.url.addr, Duration::from_secs(5))?;
+        sock.set_nodelay(true)?;
+        sock.set_read_timeout(Some(Duration::from_secs(10)))?;
+        sock.set_write_timeout(Some(Duration::from_secs(10)))?;
+        let stream = match &api.tls {
+            None => ApiStream::Plain(sock),
+            Some(dial) => {
+                let name = crate::tls::config::server_name(&api.url.host)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                let conn = rustls::ClientConnection::new(dial.config(), name)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                // The handshake runs with the first request's write.
+                ApiStream::Tls(Box::new(rustls::StreamOwned::new(conn, sock)))
+            }
+        };
         Ok(ApiConn {
             stream,
             buf: Vec::with_capacity(4096),
@@ -663,7 +738,7 @@ impl ApiConn {
         write!(
             req,
             "POST {path} HTTP/1.1\r\nHost: {}\r\n",
-            cfg.api.authority
+            cfg.api.url.authority
         )?;
         if let Some(k) = &cfg.api_key {
             write!(req, "Authorization: Bearer {k}\r\n")?;
@@ -675,15 +750,21 @@ impl ApiConn {
         )?;
         req.extend_from_slice(body.as_bytes());
         self.stream.write_all(req)?;
+        self.stream.flush()?;
         read_response(&mut self.stream, &mut self.buf)
     }
 }
 
 /// One request to the API on a fresh connection (`POST /v1/drain`, a priming push):
 /// (status, body).
-pub fn post(api: &Url, key: Option<&str>, path: &str, body: &str) -> io::Result<(u16, Vec<u8>)> {
+pub fn post(
+    api: &ApiTarget,
+    key: Option<&str>,
+    path: &str,
+    body: &str,
+) -> io::Result<(u16, Vec<u8>)> {
     let mut c = ApiConn::connect(api)?;
-    let mut req = format!("POST {path} HTTP/1.1\r\nHost: {}\r\n", api.authority);
+    let mut req = format!("POST {path} HTTP/1.1\r\nHost: {}\r\n", api.url.authority);
     if let Some(k) = key {
         req += &format!("Authorization: Bearer {k}\r\n");
     }
@@ -692,6 +773,7 @@ pub fn post(api: &Url, key: Option<&str>, path: &str, body: &str) -> io::Result<
         body.len()
     );
     c.stream.write_all(req.as_bytes())?;
+    c.stream.flush()?;
     let r = read_response(&mut c.stream, &mut c.buf)?;
     Ok((r.status, r.body))
 }
@@ -759,7 +841,7 @@ mod tests {
     /// Settings for driver tests: the API at a closed port, 10 users from u100.
     pub(super) fn cfg(target: Target) -> PushCfg {
         PushCfg {
-            api: util::parse_url("http://127.0.0.1:1", "http", 80).unwrap(),
+            api: ApiTarget::plain(util::parse_url("http://127.0.0.1:1", "http", 80).unwrap()),
             via: Via::Api,
             api_key: None,
             rate: 0.0,
@@ -881,7 +963,7 @@ mod tests {
             r#"{"rejected":[]}"#,
         ]);
         let mut c = cfg(Target::User);
-        c.api = api;
+        c.api = ApiTarget::plain(api);
         c.api_key = Some("k".into());
         c.batch = 2;
         c.count = Some(2);

@@ -440,8 +440,10 @@ pub fn failed(t: &Totals) -> bool {
 /// One push per topic before any connection, so every topic has a real epoch when the
 /// clients subscribe (a topic never pushed shows a placeholder epoch, which cannot be
 /// resumed).
-pub fn prime_topics(api: &str, key: Option<&str>, topics: &[String]) -> Result<(), String> {
-    let url = crate::util::parse_url(api, "http", 80).map_err(|e| format!("--api: {e}"))?;
+pub fn prime_topics(p: &crate::cli::PushArgs, topics: &[String]) -> Result<(), String> {
+    let url = crate::push::ApiTarget::from_flags(&p.api, &p.conn.sock.tls)
+        .map_err(|e| format!("--api: {e}"))?;
+    let key = p.api_key.as_deref();
     for t in topics {
         let body = format!(
             "{{\"topic\":{},\"data\":{{\"prime\":true}}}}",
@@ -466,7 +468,7 @@ pub fn run(a: &ResumeArgs) -> Result<(Report, i32), String> {
     let p = &a.churn.push;
     let c = &p.conn;
     if !c.topics.is_empty() {
-        prime_topics(&p.api, p.api_key.as_deref(), &c.topics)?;
+        prime_topics(p, &c.topics)?;
     }
     let streams = StreamsCfg {
         abrupt_churn: true,

@@ -116,6 +116,19 @@ pub fn parse_url(s: &str, scheme: &str, default_port: u16) -> Result<Url, String
     })
 }
 
+/// Parses a push API URL: `http://` (port 80 by default) or `https://` (TLS, port 443).
+pub fn parse_api_url(s: &str) -> Result<Url, String> {
+    if s.starts_with("https://") {
+        let mut u = parse_url(s, "https", 443)?;
+        u.tls = true;
+        return Ok(u);
+    }
+    if !s.starts_with("http://") {
+        return Err(format!("{s:?}: expected an http:// or https:// URL"));
+    }
+    parse_url(s, "http", 80)
+}
+
 /// Parses a WebSocket URL: `ws://` (port 80 by default) or `wss://` (TLS, port 443).
 pub fn parse_ws_url(s: &str) -> Result<Url, String> {
     if s.starts_with("wss://") {
@@ -356,6 +369,13 @@ mod tests {
         assert_eq!(u.authority, "127.0.0.1:8700");
         assert_eq!(u.host, "127.0.0.1");
         assert!(!u.tls);
+        let u = parse_api_url("https://localhost/x").unwrap();
+        assert!(
+            u.tls && u.authority == "localhost" && u.addr.port() == 443,
+            "{u:?}"
+        );
+        assert!(!parse_api_url("http://127.0.0.1:9").unwrap().tls);
+        assert!(parse_api_url("ws://127.0.0.1:9").is_err());
         let u = parse_url("http://127.0.0.1", "http", 80).unwrap();
         assert_eq!(u.addr.port(), 80);
         assert_eq!(u.path, "/");

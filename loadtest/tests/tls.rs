@@ -1,7 +1,8 @@
 //! throng-load over wss://: against an in-process rustls peer that speaks just enough
 //! WebSocket (tests/common/tls_peer.rs), and against a plain throng server on a wss://
 //! URL. The trust flags, TLS failures as connect errors, and the full and resumed
-//! handshake counts of the JSON report.
+//! handshake counts of the JSON report. And pushes through a throng server's https://
+//! push API.
 
 mod common;
 #[path = "common/tls_peer.rs"]
@@ -184,4 +185,77 @@ fn wss_over_worker_processes_merges_the_tls_counts() {
     );
     r.eq("tls/handshake_full_us/count", r.u("tls/handshakes_full"));
     let _ = std::fs::remove_file(ca);
+}
+
+/// `push` of 200 pushes to 20 connections through `srv`'s push API at `api`, plus `extra`.
+fn https_push_args(srv: &TestServer, api: &str, extra: &[String]) -> Vec<String> {
+    let mut args = strings(&["push", "--target", "user", "--count", "200"]);
+    args.extend(srv.connect_args(20));
+    args.extend(strings(&["--api", api, "--api-key", API_KEY]));
+    args.extend(extra.iter().cloned());
+    args
+}
+
+#[test]
+fn push_through_an_https_api_delivers_everything() {
+    let pki = self_signed(&["127.0.0.1", "localhost"]);
+    let ca = pki.write_cert(&tmp(), "api-ca");
+    let key = pki.write_key(&tmp(), "api");
+    let (ca_s, key_s) = (ca.display().to_string(), key.display().to_string());
+    let srv = TestServer::start(&["--api-tls-cert", &ca_s, "--api-tls-key", &key_s]);
+    let api = format!("https://{}", srv.api);
+    // Over two processes: each worker dials the API with the trust it was handed.
+    let mut extra = ca_flag(&ca).to_vec();
+    extra.extend(strings(&["--procs", "2", "--api-concurrency", "2"]));
+    let r = run_load(https_push_args(&srv, &api, &extra));
+    assert_eq!(r.str("push_via"), "api");
+    assert_complete(&r, 200, 200);
+    // The WebSocket side stays plain: no TLS there.
+    r.check(
+        r.v.get("tls").is_none_or(|t| t["attempts"] == 0),
+        "no wss:// handshakes",
+    );
+    let _ = (std::fs::remove_file(ca), std::fs::remove_file(key));
+}
+
+#[test]
+fn an_https_api_needs_trust_and_the_wrong_ca_fails_every_push() {
+    let pki = self_signed(&["127.0.0.1"]);
+    let ca = pki.write_cert(&tmp(), "api-ca2");
+    let key = pki.write_key(&tmp(), "api2");
+    let (ca_s, key_s) = (ca.display().to_string(), key.display().to_string());
+    let srv = TestServer::start(&["--api-tls-cert", &ca_s, "--api-tls-key", &key_s]);
+    let api = format!("https://{}", srv.api);
+    // Neither --ca nor --insecure: refused before connecting, naming the flags.
+    let out = Command::new(env!("CARGO_BIN_EXE_throng-load"))
+        .args(https_push_args(&srv, &api, &[]))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--api") && stderr.contains("--ca") && stderr.contains("--insecure"),
+        "{stderr}"
+    );
+    // The wrong CA: every push fails as an API error that names the certificate.
+    let wrong = self_signed(&["127.0.0.1"]).write_cert(&tmp(), "api-wrong");
+    let mut args = https_push_args(&srv, &api, &ca_flag(&wrong));
+    args.extend(strings(&["--drain-secs", "0"]));
+    let (_, r) = Load::spawn(args).wait_code(RUN_LIMIT);
+    let errors = r.map("push_errors");
+    r.check(
+        errors.iter().map(|(_, n)| n).sum::<u64>() == 200,
+        "every push counted as failed",
+    );
+    r.check(
+        errors.iter().all(|(k, _)| k.starts_with("api_")),
+        "the failures are the API connection's",
+    );
+    r.eq("pushes_sent", 0);
+    let _ = (
+        std::fs::remove_file(ca),
+        std::fs::remove_file(key),
+        std::fs::remove_file(wrong),
+    );
 }

@@ -30,10 +30,10 @@ pub enum Trust {
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    /// A `wss://` URL with neither `--ca` nor `--insecure`.
+    /// A `wss://` or `https://` URL with neither `--ca` nor `--insecure`.
     #[error(
-        "wss:// needs --ca FILE (PEM certificates to trust: the server's own or its CA's) \
-         or --insecure (accept any certificate; test servers only)"
+        "wss:// and https:// need --ca FILE (PEM certificates to trust: the server's own or \
+         its CA's) or --insecure (accept any certificate; test servers only)"
     )]
     NoTrust,
     /// The `--ca` (or `--redis-ca`) file could not be read or is not PEM.
@@ -114,6 +114,11 @@ impl TlsDial {
         Ok(TlsDial {
             config: Arc::new(config),
         })
+    }
+
+    /// The shared rustls configuration (for a blocking `rustls::StreamOwned`).
+    pub fn config(&self) -> Arc<ClientConfig> {
+        Arc::clone(&self.config)
     }
 
     /// A new session to `host` (the URL's host: SNI and the name the certificate must

@@ -21,6 +21,8 @@ use std::time::Duration;
 pub struct Pki {
     /// The certificate, PEM (what `--ca` reads).
     pub cert_pem: String,
+    /// Its key, PEM (for a throng server's `--api-tls-key`).
+    pub key_pem: String,
     cert: CertificateDer<'static>,
     key: Vec<u8>,
 }
@@ -31,6 +33,7 @@ pub fn self_signed(names: &[&str]) -> Pki {
     let ck = rcgen::generate_simple_self_signed(names).expect("rcgen certificate");
     Pki {
         cert_pem: ck.cert.pem(),
+        key_pem: ck.signing_key.serialize_pem(),
         cert: ck.cert.der().clone(),
         key: ck.signing_key.serialize_der(),
     }
@@ -41,6 +44,13 @@ impl Pki {
     pub fn write_cert(&self, dir: &Path, tag: &str) -> PathBuf {
         let path = dir.join(format!("tls-peer-{}-{tag}.pem", std::process::id()));
         std::fs::write(&path, &self.cert_pem).expect("write the certificate");
+        path
+    }
+
+    /// Writes the key as a PEM file in `dir`, named after `tag` and this process.
+    pub fn write_key(&self, dir: &Path, tag: &str) -> PathBuf {
+        let path = dir.join(format!("tls-peer-{}-{tag}-key.pem", std::process::id()));
+        std::fs::write(&path, &self.key_pem).expect("write the key");
         path
     }
 }
