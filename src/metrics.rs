@@ -293,7 +293,7 @@ pub struct Metrics {
     /// TLS on the client listener.
     pub tls: crate::tls::TlsCounters,
     /// TLS on the push API.
-    pub api_tls: crate::api::ApiTlsCounters,
+    pub api_tls: crate::tls::ApiTlsCounters,
 }
 
 impl Metrics {
@@ -329,7 +329,7 @@ impl Metrics {
             events: crate::events::EventCounters::default(),
             kafka: crate::kafka::KafkaCounters::default(),
             tls: crate::tls::TlsCounters::default(),
-            api_tls: crate::api::ApiTlsCounters::default(),
+            api_tls: crate::tls::ApiTlsCounters::default(),
         }
     }
 

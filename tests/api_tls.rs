@@ -38,7 +38,7 @@ fn pushes_over_https_reach_clients_on_one_keep_alive_connection() {
     let srv = https_server(&dir, &[]);
     let cfg = dir.client(None);
     let mut alice = srv.connect("alice");
-    let mut api = HttpsConn::connect(srv.api, &cfg);
+    let mut api = HttpsConn::connect_tls(srv.api, &cfg);
     for i in 0..5 {
         let body = push_body("alice", &format!("m{i}"));
         let r = api.request("POST", "/v1/push", Some(API_KEY), Some(&body));
@@ -68,7 +68,7 @@ fn pipelined_requests_and_large_bodies_cross_many_records() {
     let srv = https_server(&dir, &[]);
     let cfg = dir.client(Some(Version::Tls12));
     let mut bob = srv.connect("bob");
-    let mut api = HttpsConn::connect(srv.api, &cfg);
+    let mut api = HttpsConn::connect_tls(srv.api, &cfg);
     // Three requests in one write; the answers come back in order.
     let mut raw = Vec::new();
     for i in 0..3 {
@@ -115,7 +115,7 @@ fn a_client_that_reads_slowly_gets_every_answer_whole_then_close_notify() {
     // autotunes up to net.ipv4.tcp_wmem's maximum first).
     const BATCH: usize = 50;
     let one = request_bytes(srv.api, "GET", "/metrics", Some(API_KEY), None);
-    let mut watcher = HttpsConn::connect(srv.api, &cfg);
+    let mut watcher = HttpsConn::connect_tls(srv.api, &cfg);
     // (answers waiting, requests the API has read), as the watcher sees them.
     let mut look = || {
         let r = watcher.request("GET", "/metrics", Some(API_KEY), None);
@@ -168,7 +168,7 @@ fn connection_close_ends_with_close_notify() {
     let dir = TlsDir::new("api-close");
     let srv = https_server(&dir, &[]);
     let cfg = dir.client(Some(Version::Tls13));
-    let mut api = HttpsConn::connect(srv.api, &cfg);
+    let mut api = HttpsConn::connect_tls(srv.api, &cfg);
     let raw = format!(
         "GET /healthz HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
         srv.api
@@ -177,7 +177,7 @@ fn connection_close_ends_with_close_notify() {
     assert_eq!(r.status, 200, "{}", r.text());
     // rustls reads Ok(0) only after the server's close_notify (an abrupt end is an error).
     let mut rest = [0u8; 64];
-    assert_eq!(api.tls.read(&mut rest).expect("a clean close_notify"), 0);
+    assert_eq!(api.stream.read(&mut rest).expect("a clean close_notify"), 0);
 }
 
 #[test]
@@ -185,7 +185,7 @@ fn plain_http_and_garbage_on_the_https_port_fail_alone() {
     let dir = TlsDir::new("api-plain");
     let srv = https_server(&dir, &[]);
     let cfg = dir.client(None);
-    let mut good = HttpsConn::connect(srv.api, &cfg);
+    let mut good = HttpsConn::connect_tls(srv.api, &cfg);
 
     // Plain HTTP: a plain 400 that says what to do, then the end.
     let mut plain = HttpConn::connect(srv.api);
@@ -221,7 +221,7 @@ fn over_the_connection_bound_a_tls_client_is_closed_and_counted() {
     let dir = TlsDir::new("api-bound");
     let srv = https_server(&dir, &["--api-max-connections", "1"]);
     let cfg = dir.client(None);
-    let mut first = HttpsConn::connect(srv.api, &cfg);
+    let mut first = HttpsConn::connect_tls(srv.api, &cfg);
     assert_eq!(first.request("GET", "/healthz", None, None).status, 200);
     let refused = tls_connect(srv.api, &cfg);
     assert!(refused.is_err(), "a second connection over the bound");
@@ -292,7 +292,7 @@ fn sighup_reloads_the_api_certificate_and_keeps_it_when_the_file_is_bad() {
         peer_leaf(&s.conn)
     };
     assert!(leaf_now(&cfg, api) == a.as_ref(), "serves A at start");
-    let mut open = HttpsConn::connect(api, &cfg);
+    let mut open = HttpsConn::connect_tls(api, &cfg);
 
     dir.write(&b);
     p.signal(libc::SIGHUP);

@@ -150,15 +150,21 @@ fn wss_against_a_plain_ws_server_names_tls() {
 
 #[test]
 fn wss_without_ca_or_insecure_is_refused_before_connecting() {
+    refused_naming_the_trust_flags(connect_args("wss://127.0.0.1:1/ws", 1, &[]), "--url");
+}
+
+/// throng-load with `args` exits 2 before connecting, naming `flag`, `--ca` and
+/// `--insecure`.
+fn refused_naming_the_trust_flags(args: Vec<String>, flag: &str) {
     let out = Command::new(env!("CARGO_BIN_EXE_throng-load"))
-        .args(connect_args("wss://127.0.0.1:1/ws", 1, &[]))
+        .args(args)
         .stdin(Stdio::null())
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("--url") && stderr.contains("--ca") && stderr.contains("--insecure"),
+        stderr.contains(flag) && stderr.contains("--ca") && stderr.contains("--insecure"),
         "{stderr}"
     );
 }
@@ -227,17 +233,7 @@ fn an_https_api_needs_trust_and_the_wrong_ca_fails_every_push() {
     let srv = TestServer::start(&["--api-tls-cert", &ca_s, "--api-tls-key", &key_s]);
     let api = format!("https://{}", srv.api);
     // Neither --ca nor --insecure: refused before connecting, naming the flags.
-    let out = Command::new(env!("CARGO_BIN_EXE_throng-load"))
-        .args(https_push_args(&srv, &api, &[]))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("--api") && stderr.contains("--ca") && stderr.contains("--insecure"),
-        "{stderr}"
-    );
+    refused_naming_the_trust_flags(https_push_args(&srv, &api, &[]), "--api");
     // The wrong CA: every push fails as an API error that names the certificate.
     let wrong = self_signed(&["127.0.0.1"]).write_cert(&tmp(), "api-wrong");
     let mut args = https_push_args(&srv, &api, &ca_flag(&wrong));

@@ -16,7 +16,6 @@ pub use push::{
     parse as parse_push, route as route_push, ParsedPush, Target, MAX_DATA_DEPTH, MAX_ID_BYTES,
     MAX_USERS,
 };
-pub use tls::ApiTlsCounters;
 
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};

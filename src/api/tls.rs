@@ -8,11 +8,11 @@
 //! event, and no more plaintext is taken meanwhile.
 
 use std::io::{self, Read, Write};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 
 use mio::net::TcpStream;
 
-use crate::metrics::{FeatureCounters, Field};
+use crate::tls::ApiTlsCounters;
 
 /// Bytes peeked at the start of a connection to tell plain HTTP from a ClientHello.
 const PEEK: usize = 8;
@@ -214,75 +214,6 @@ impl TlsConn {
 /// Whether `e` says plain HTTP arrived on the HTTPS port.
 pub(super) fn is_plain_http(e: &io::Error) -> bool {
     e.get_ref().is_some_and(|inner| inner.is::<PlainHttp>())
-}
-
-/// The push API's TLS counters; not shown without `api_tls_cert`.
-#[derive(Default)]
-pub struct ApiTlsCounters {
-    /// The push API speaks HTTPS.
-    pub enabled: AtomicBool,
-    /// Handshakes completed with a full key exchange and certificate.
-    pub full: AtomicU64,
-    /// Handshakes completed by resuming a session (a ticket).
-    pub resumed: AtomicU64,
-    /// Handshakes that failed (bad records, alerts, plain HTTP).
-    pub failed: AtomicU64,
-    /// Connections closed because a record after the handshake was invalid.
-    pub record_errors: AtomicU64,
-    /// Certificate reloads that took effect.
-    pub reloads: AtomicU64,
-    /// Certificate reloads that failed (the old certificate stayed).
-    pub reload_errors: AtomicU64,
-}
-
-impl FeatureCounters for ApiTlsCounters {
-    const STATS_PREFIX: &'static str = "throng_api_tls_";
-
-    fn enabled(&self) -> bool {
-        self.enabled.load(Relaxed)
-    }
-
-    fn fields(&self) -> Vec<Field> {
-        let n = |v: &AtomicU64| v.load(Relaxed);
-        vec![
-            (
-                "throng_api_tls_handshakes_full_total",
-                "counter",
-                "Push API TLS handshakes completed with a full key exchange.",
-                n(&self.full),
-            ),
-            (
-                "throng_api_tls_handshakes_resumed_total",
-                "counter",
-                "Push API TLS handshakes completed by resuming a session ticket.",
-                n(&self.resumed),
-            ),
-            (
-                "throng_api_tls_handshakes_failed_total",
-                "counter",
-                "Push API TLS handshakes that failed (bad records, alerts, plain HTTP).",
-                n(&self.failed),
-            ),
-            (
-                "throng_api_tls_record_errors_total",
-                "counter",
-                "Push API connections closed for an invalid TLS record after the handshake.",
-                n(&self.record_errors),
-            ),
-            (
-                "throng_api_tls_reloads_total",
-                "counter",
-                "Push API certificate reloads (SIGHUP) that took effect.",
-                n(&self.reloads),
-            ),
-            (
-                "throng_api_tls_reload_errors_total",
-                "counter",
-                "Push API certificate reloads that failed; the previous certificate stayed.",
-                n(&self.reload_errors),
-            ),
-        ]
-    }
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use std::sync::Arc;
 pub(crate) use accept::{looks_like_http, Finished, TlsAccept};
 pub use certs::CertStore;
 pub(crate) use certs::{read_pem_certs, read_pem_file};
-pub use counters::TlsCounters;
+pub use counters::{ApiListener, ApiTlsCounters, ClientListener, TlsCounters, TlsListener};
 pub(crate) use record::Session;
 
 /// A TLS problem: a file that cannot be used, or a peer that broke the protocol.

@@ -879,17 +879,24 @@ pub fn upgrade_request(addr: SocketAddr, path: &str, extra: &[&str], omit: &[&st
     req.into_bytes()
 }
 
-/// A keep-alive HTTP/1.1 connection.
-pub struct HttpConn {
-    pub stream: TcpStream,
+/// A keep-alive HTTP/1.1 connection: over TCP, or TLS (`tls::HttpsConn`).
+pub struct HttpConn<S = TcpStream> {
+    pub stream: S,
     addr: SocketAddr,
     buf: Vec<u8>,
 }
 
 impl HttpConn {
     pub fn connect(addr: SocketAddr) -> HttpConn {
+        HttpConn::over(tcp(addr), addr)
+    }
+}
+
+impl<S: Read + Write> HttpConn<S> {
+    /// Requests to `addr` on an established `stream`.
+    pub fn over(stream: S, addr: SocketAddr) -> HttpConn<S> {
         HttpConn {
-            stream: tcp(addr),
+            stream,
             addr,
             buf: Vec::new(),
         }
@@ -909,8 +916,14 @@ impl HttpConn {
 
     /// Sends raw bytes and reads one response.
     pub fn send_raw(&mut self, raw: &[u8]) -> Resp {
-        self.stream.write_all(raw).expect("write request");
+        self.write(raw);
         self.read()
+    }
+
+    /// Sends raw bytes without reading.
+    pub fn write(&mut self, raw: &[u8]) {
+        self.stream.write_all(raw).expect("write request");
+        self.stream.flush().expect("flush request");
     }
 
     /// Reads one response.

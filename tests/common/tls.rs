@@ -19,8 +19,8 @@ use tungstenite::protocol::WebSocket;
 use tungstenite::Message;
 
 use super::{
-    find, kill_child, listening_addrs, read_response, request_bytes, tcp, ws_try_recv, Closed,
-    Frame, HttpConn, Resp, TestServer, API_KEY, IO_TIMEOUT, SECRET,
+    find, kill_child, listening_addrs, tcp, ws_try_recv, Closed, Frame, HttpConn, Resp, TestServer,
+    API_KEY, IO_TIMEOUT, SECRET,
 };
 
 /// The name every test certificate is for (and the one clients verify).
@@ -312,58 +312,21 @@ impl TlsClient {
 // An HTTPS client for the push API (`--api-tls-cert`)
 
 /// A keep-alive HTTPS connection to the push API.
-pub struct HttpsConn {
-    pub tls: TlsStream,
-    addr: SocketAddr,
-    buf: Vec<u8>,
-}
+pub type HttpsConn = HttpConn<TlsStream>;
 
-impl HttpsConn {
+impl HttpConn<TlsStream> {
     /// Connects and completes the TLS handshake.
-    pub fn connect(addr: SocketAddr, config: &Arc<rustls::ClientConfig>) -> HttpsConn {
-        HttpsConn {
-            tls: tls_connect(addr, config).unwrap_or_else(|e| panic!("{e}")),
+    pub fn connect_tls(addr: SocketAddr, config: &Arc<rustls::ClientConfig>) -> HttpsConn {
+        HttpConn::over(
+            tls_connect(addr, config).unwrap_or_else(|e| panic!("{e}")),
             addr,
-            buf: Vec::new(),
-        }
-    }
-
-    /// Sends a request (Content-Length body when given) and reads the response.
-    pub fn request(
-        &mut self,
-        method: &str,
-        path: &str,
-        key: Option<&str>,
-        body: Option<&str>,
-    ) -> Resp {
-        let req = request_bytes(self.addr, method, path, key, body);
-        self.send_raw(&req)
-    }
-
-    /// Sends raw bytes (through TLS) and reads one response.
-    pub fn send_raw(&mut self, raw: &[u8]) -> Resp {
-        self.write(raw);
-        self.read()
-    }
-
-    /// Sends raw bytes through TLS without reading.
-    pub fn write(&mut self, raw: &[u8]) {
-        self.tls.write_all(raw).expect("write request");
-        self.tls.flush().expect("flush request");
-    }
-
-    /// Reads one response.
-    pub fn read(&mut self) -> Resp {
-        let buf = std::mem::take(&mut self.buf);
-        let (r, rest) = read_response(&mut self.tls, buf).unwrap_or_else(|e| panic!("{e}"));
-        self.buf = rest;
-        r
+        )
     }
 }
 
 /// `name` from the push API's `/metrics` over HTTPS.
 pub fn https_metric(api: SocketAddr, config: &Arc<rustls::ClientConfig>, name: &str) -> u64 {
-    let r = HttpsConn::connect(api, config).request("GET", "/metrics", Some(API_KEY), None);
+    let r = HttpsConn::connect_tls(api, config).request("GET", "/metrics", Some(API_KEY), None);
     metric_in(&r, name)
 }
 
