@@ -283,6 +283,10 @@ pub struct ServeArgs {
     /// HTTPS on the push API: PEM private key of --api-tls-cert. SIGHUP reloads both.
     #[arg(long, value_name = "FILE")]
     pub api_tls_key: Option<PathBuf>,
+    /// HTTPS on the push API: require client certificates issued by these PEM CA
+    /// certificates (mTLS; then no API key is needed off loopback). SIGHUP reloads it.
+    #[arg(long, value_name = "FILE")]
+    pub api_tls_client_ca: Option<PathBuf>,
     /// Log format [default: text].
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -358,6 +362,7 @@ struct FileConfig {
     tls_key: Option<PathBuf>,
     api_tls_cert: Option<PathBuf>,
     api_tls_key: Option<PathBuf>,
+    api_tls_client_ca: Option<PathBuf>,
     compression: Option<Switch>,
     compression_min_bytes: Option<usize>,
     compression_level: Option<u32>,
@@ -503,6 +508,8 @@ pub struct Config {
     pub tls: Option<crate::tls::TlsFiles>,
     /// HTTPS on the push API, when `--api-tls-cert` and `--api-tls-key` are given.
     pub api_tls: Option<crate::tls::TlsFiles>,
+    /// With `api_tls`: clients must present a certificate issued by this file's CAs.
+    pub api_tls_client_ca: Option<PathBuf>,
     /// permessage-deflate is negotiated with clients that offer it.
     pub compression: bool,
     /// Frames shorter than this are sent plain even to compressing clients.
@@ -747,13 +754,32 @@ impl Config {
                 format!("{algorithm_name} needs a PEM public key file"),
             ));
         }
+        let api_tls = match (
+            args.api_tls_cert.or(file.api_tls_cert),
+            args.api_tls_key.or(file.api_tls_key),
+        ) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(crate::tls::TlsFiles { cert, key }),
+            (Some(_), None) => return Err(invalid("api_tls_key", "is required with api_tls_cert")),
+            (None, Some(_)) => return Err(invalid("api_tls_cert", "is required with api_tls_key")),
+        };
+        let api_tls_client_ca = args.api_tls_client_ca.or(file.api_tls_client_ca);
+        if api_tls_client_ca.is_some() && api_tls.is_none() {
+            return Err(invalid(
+                "api_tls_client_ca",
+                "needs api_tls_cert and api_tls_key (client certificates are a TLS feature)",
+            ));
+        }
         let insecure_api = args.insecure_api || file.insecure_api.unwrap_or(false);
-        if api_key.is_none() && !api_listen.ip().is_loopback() && !insecure_api {
+        // A client certificate from a private CA authenticates as well as a key does.
+        let authenticated = api_key.is_some() || api_tls_client_ca.is_some();
+        if !authenticated && !api_listen.ip().is_loopback() && !insecure_api {
             return Err(invalid(
                 "api_key",
                 format!(
                     "the push API listens on {api_listen}, which is not loopback, and has no key; \
-                     set api_key (or THRONG_API_KEY), or pass --insecure-api to run it open"
+                     set api_key (or THRONG_API_KEY) or api_tls_client_ca, or pass \
+                     --insecure-api to run it open"
                 ),
             ));
         }
@@ -1001,15 +1027,6 @@ impl Config {
             (Some(_), None) => return Err(invalid("tls_key", "is required with tls_cert")),
             (None, Some(_)) => return Err(invalid("tls_cert", "is required with tls_key")),
         };
-        let api_tls = match (
-            args.api_tls_cert.or(file.api_tls_cert),
-            args.api_tls_key.or(file.api_tls_key),
-        ) {
-            (None, None) => None,
-            (Some(cert), Some(key)) => Some(crate::tls::TlsFiles { cert, key }),
-            (Some(_), None) => return Err(invalid("api_tls_key", "is required with api_tls_cert")),
-            (None, Some(_)) => return Err(invalid("api_tls_cert", "is required with api_tls_key")),
-        };
         let compression = args.compression.or(file.compression).unwrap_or(Switch::On) == Switch::On;
         let compression_min_bytes = args
             .compression_min_bytes
@@ -1110,6 +1127,7 @@ impl Config {
             kafka,
             tls,
             api_tls,
+            api_tls_client_ca,
             compression,
             compression_min_bytes,
             compression_level,
@@ -1369,6 +1387,30 @@ mod tests {
             (Some("c.pem"), Some("k.pem"))
         );
         assert!(c.tls.is_none(), "the client listener stays plain");
+        assert!(c.api_tls_client_ca.is_none());
+        let err = cfg(&["--jwt-secret", S, "--api-tls-client-ca", "ca.pem"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("api_tls_client_ca (--api-tls-client-ca): needs api_tls_cert"),
+            "{err}"
+        );
+        // Client certificates authenticate: no key needed off loopback.
+        let mtls = [
+            "--jwt-secret",
+            S,
+            "--api-listen",
+            "0.0.0.0:8701",
+            "--api-tls-cert",
+            "c.pem",
+            "--api-tls-key",
+            "k.pem",
+        ];
+        let err = cfg(&mtls).unwrap_err().to_string();
+        assert!(err.contains("api_tls_client_ca"), "{err}");
+        let c = cfg(&[&mtls[..], &["--api-tls-client-ca", "ca.pem"]].concat()).unwrap();
+        assert_eq!(c.api_tls_client_ca.as_deref(), Some(Path::new("ca.pem")));
+        assert!(c.api_key.is_none());
     }
 
     #[test]

@@ -154,7 +154,9 @@ impl Server {
         let api_tls = config
             .api_tls
             .as_ref()
-            .map(crate::tls::TlsServer::load_api)
+            .map(|files| {
+                crate::tls::TlsServer::load_api(files, config.api_tls_client_ca.as_deref())
+            })
             .transpose()?;
         let metrics = Arc::new(Metrics::new(config.shards));
         metrics.tls.enabled.store(tls.is_some(), Relaxed);

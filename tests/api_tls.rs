@@ -361,3 +361,162 @@ fn bad_api_certificate_or_key_at_start_exits_2_naming_the_file() {
         }
     }
 }
+
+// ---- Client certificates (--api-tls-client-ca) -----------------------------------------
+
+/// Sends one request on a new TLS connection made with `cfg`: the status, or why there
+/// was none (a refused client certificate shows as an alert or a reset on the read, after
+/// a TLS 1.3 client already thinks the handshake done).
+fn try_request(api: SocketAddr, cfg: &Arc<rustls::ClientConfig>) -> Result<u16, String> {
+    let stream = tls_connect(api, cfg)?;
+    let mut c = HttpConn::over(stream, api);
+    let raw = request_bytes(api, "GET", "/v1/stats", Some(API_KEY), None);
+    std::io::Write::write_all(&mut c.stream, &raw).map_err(|e| e.to_string())?;
+    read_response(&mut c.stream, Vec::new()).map(|(r, _)| r.status)
+}
+
+#[test]
+fn client_certificates_from_the_ca_are_required() {
+    let dir = TlsDir::new("api-mtls");
+    let ca = ClientCa::generate("throng test clients");
+    let other = ClientCa::generate("someone else");
+    let ca_path = dir.path("clients.pem");
+    std::fs::write(&ca_path, &ca.ca_pem).unwrap();
+    let srv = https_server(&dir, &["--api-tls-client-ca", &ca_path]);
+    let backend = ca.issue("backend");
+    let good = client_config_with_cert(&dir.pair.der, &backend);
+
+    let mut alice = srv.connect("alice");
+    let mut api = HttpsConn::connect_tls(srv.api, &good);
+    let r = api.request(
+        "POST",
+        "/v1/push",
+        Some(API_KEY),
+        Some(&push_body("alice", "with a certificate")),
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(alice.recv()["data"], "with a certificate");
+
+    // No certificate, or one from another CA: no answer at all.
+    let none = dir.client(None);
+    let stranger = client_config_with_cert(&dir.pair.der, &other.issue("stranger"));
+    for (what, cfg) in [("no certificate", &none), ("another CA's", &stranger)] {
+        let got = try_request(srv.api, cfg);
+        assert!(got.is_err(), "{what}: answered {got:?}");
+    }
+    // Counted as failed handshakes; the good connection carries on.
+    let r = api.request("GET", "/metrics", Some(API_KEY), None);
+    assert_eq!(metric_in(&r, "throng_api_tls_handshakes_failed_total"), 2);
+
+    // Python's http.client (OpenSSL) with the certificate and key files.
+    let (cert_file, key_file) = (dir.path("backend.pem"), dir.path("backend-key.pem"));
+    std::fs::write(&cert_file, &backend.cert_pem).unwrap();
+    std::fs::write(&key_file, &backend.key_pem).unwrap();
+    let script = r#"
+import http.client, json, ssl, sys
+ca, port, key, cert, cert_key = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+ctx = ssl.create_default_context(cafile=ca)
+ctx.load_cert_chain(cert, cert_key)
+c = http.client.HTTPSConnection("localhost", port, context=ctx, timeout=10)
+c.request("POST", "/v1/push", body=json.dumps({"user": "alice", "data": "from python"}),
+          headers={"Authorization": "Bearer " + key})
+r = c.getresponse()
+print(r.status, r.read().decode())
+"#;
+    let port = srv.api.port().to_string();
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            script,
+            dir.cert_path(),
+            &port,
+            API_KEY,
+            &cert_file,
+            &key_file,
+        ])
+        .output()
+        .expect("python3 is needed for this test (apt-get install python3)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("202 "),
+        "python: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(alice.recv()["data"], "from python");
+}
+
+#[test]
+fn sighup_reloads_the_client_ca() {
+    let dir = TlsDir::new("api-mtls-reload");
+    let a = ClientCa::generate("first clients");
+    let b = ClientCa::generate("second clients");
+    let ca_path = dir.path("clients.pem");
+    std::fs::write(&ca_path, &a.ca_pem).unwrap();
+    let mut p = ServeProc::spawn(&[
+        "--api-tls-cert",
+        dir.cert_path(),
+        "--api-tls-key",
+        dir.key_path(),
+        "--api-tls-client-ca",
+        &ca_path,
+    ]);
+    let (_, api) = p.listening();
+    let from_a = client_config_with_cert(&dir.pair.der, &a.issue("a"));
+    let from_b = client_config_with_cert(&dir.pair.der, &b.issue("b"));
+    assert_eq!(try_request(api, &from_a), Ok(200));
+    assert!(
+        try_request(api, &from_b).is_err(),
+        "B's client before the reload"
+    );
+
+    std::fs::write(&ca_path, &b.ca_pem).unwrap();
+    p.signal(libc::SIGHUP);
+    assert!(
+        wait_until(Duration::from_secs(10), || try_request(api, &from_b)
+            == Ok(200)),
+        "B's client never got in; log:\n{}",
+        p.seen.join("\n")
+    );
+    // Also with the session its client kept from before: the API resumes none.
+    assert!(
+        try_request(api, &from_a).is_err(),
+        "A's client after the reload"
+    );
+
+    // A bad CA file: logged naming it, and B's CA stays.
+    std::fs::write(&ca_path, "not a certificate\n").unwrap();
+    p.signal(libc::SIGHUP);
+    let line = p.find(Duration::from_secs(10), |l| {
+        l.contains("push API certificate not reloaded")
+            .then(|| l.to_string())
+    });
+    assert!(line.contains(&ca_path), "the log names the file: {line}");
+    assert_eq!(try_request(api, &from_b), Ok(200));
+
+    p.signal(libc::SIGTERM);
+    let st = p.wait_exit(Duration::from_secs(10));
+    assert!(st.success(), "exit {st:?}; log:\n{}", p.seen.join("\n"));
+}
+
+#[test]
+fn a_bad_client_ca_file_at_start_exits_2_naming_it() {
+    let dir = TlsDir::new("api-mtls-bad");
+    let junk = dir.path("junk.pem");
+    std::fs::write(&junk, "not a certificate\n").unwrap();
+    let missing = dir.path("missing.pem");
+    for ca in [&junk, &missing] {
+        let (status, stderr) = serve_refused(&[
+            "--api-tls-cert",
+            dir.cert_path(),
+            "--api-tls-key",
+            dir.key_path(),
+            "--api-tls-client-ca",
+            ca,
+        ]);
+        assert_eq!(status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(ca.as_str()), "names {ca}: {stderr}");
+    }
+    let (status, stderr) = serve_refused(&["--api-tls-client-ca", &junk]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("needs api_tls_cert"), "{stderr}");
+}

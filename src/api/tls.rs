@@ -304,7 +304,7 @@ mod tests {
     #[test]
     fn close_notify_waits_behind_records_the_socket_has_not_taken() {
         let (files, root) = crate::tls::tests::test_files("api-stream");
-        let server = TlsServer::load_api(&files).expect("load");
+        let server = TlsServer::load_api(&files, None).expect("load");
         let (mut sock, srv) = pair();
         let mut stream = ApiStream::tls(srv, server.connection().expect("connection"));
         let counters = ApiTlsCounters::default();
@@ -355,7 +355,7 @@ mod tests {
     #[test]
     fn plain_http_is_told_apart_and_answered_plainly() {
         let (files, _) = crate::tls::tests::test_files("api-plain");
-        let server = TlsServer::load_api(&files).expect("load");
+        let server = TlsServer::load_api(&files, None).expect("load");
         let (mut sock, srv) = pair();
         let mut stream = ApiStream::tls(srv, server.connection().expect("connection"));
         let counters = ApiTlsCounters::default();

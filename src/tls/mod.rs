@@ -10,15 +10,17 @@
 mod accept;
 mod capture;
 mod certs;
+mod client_ca;
 mod counters;
 mod record;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub(crate) use accept::{looks_like_http, Finished, TlsAccept};
 pub use certs::CertStore;
 pub(crate) use certs::{read_pem_certs, read_pem_file};
+pub use client_ca::ClientCaStore;
 pub use counters::{ApiListener, ApiTlsCounters, ClientListener, TlsCounters, TlsListener};
 pub(crate) use record::Session;
 
@@ -63,6 +65,9 @@ pub struct TlsServer {
     config: Arc<rustls::ServerConfig>,
     /// The certificate in use, replaceable while serving.
     certs: Arc<CertStore>,
+    /// The push API with `api_tls_client_ca`: the CA certificates clients must present a
+    /// certificate from, replaceable while serving.
+    client_ca: Option<Arc<ClientCaStore>>,
 }
 
 impl TlsServer {
@@ -70,26 +75,49 @@ impl TlsServer {
     /// ALPN `http/1.1`, stateless session tickets (one per handshake) and secret
     /// extraction for the shards.
     pub fn load(files: &TlsFiles) -> Result<TlsServer, TlsError> {
-        TlsServer::build(files, true)
+        TlsServer::build(files, true, None)
     }
 
     /// The push API's configuration: the same, without secret extraction (its
-    /// connections keep rustls to the end).
-    pub fn load_api(files: &TlsFiles) -> Result<TlsServer, TlsError> {
-        TlsServer::build(files, false)
+    /// connections keep rustls to the end), and with `client_ca` requiring every client
+    /// to present a certificate issued by one of that file's CA certificates.
+    pub fn load_api(files: &TlsFiles, client_ca: Option<&Path>) -> Result<TlsServer, TlsError> {
+        TlsServer::build(files, false, client_ca)
     }
 
-    fn build(files: &TlsFiles, for_shards: bool) -> Result<TlsServer, TlsError> {
+    fn build(
+        files: &TlsFiles,
+        for_shards: bool,
+        client_ca: Option<&Path>,
+    ) -> Result<TlsServer, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let certs = Arc::new(CertStore::load(files, &provider)?);
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-            .with_no_client_auth()
+        let client_ca = client_ca
+            .map(|path| ClientCaStore::load(path, &provider).map(Arc::new))
+            .transpose()?;
+        let builder = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+        let builder = match &client_ca {
+            Some(ca) => builder.with_client_cert_verifier(
+                Arc::clone(ca) as Arc<dyn rustls::server::danger::ClientCertVerifier>
+            ),
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder
             .with_cert_resolver(Arc::clone(&certs) as Arc<dyn rustls::server::ResolvesServerCert>);
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        config.ticketer = rustls::crypto::ring::Ticketer::new()?;
-        // A reconnecting client needs one ticket; each one costs an encryption per handshake.
-        config.send_tls13_tickets = 1;
+        if client_ca.is_some() {
+            // No resumption: a resumed session skips the client certificate, so a client
+            // whose CA a reload removed could go on with tickets for hours. Every
+            // connection shows its certificate (API connections are few and long).
+            config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+            config.send_tls13_tickets = 0;
+        } else {
+            config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+            // A reconnecting client needs one ticket; each one costs an encryption per
+            // handshake.
+            config.send_tls13_tickets = 1;
+        }
         if for_shards {
             config.enable_secret_extraction = true;
             config.key_log = Arc::new(capture::Capture);
@@ -97,6 +125,7 @@ impl TlsServer {
         Ok(TlsServer {
             config: Arc::new(config),
             certs,
+            client_ca,
         })
     }
 
@@ -110,10 +139,13 @@ impl TlsServer {
         Ok(rustls::ServerConnection::new(Arc::clone(&self.config))?)
     }
 
-    /// Reads the files again and serves the new certificate to the next handshakes;
-    /// on error the one in use stays.
+    /// Reads the files again and serves the new certificate (and verifies clients against
+    /// the new CA file) in the next handshakes; a file that cannot be used leaves what it
+    /// gave in use, and its error is returned.
     pub fn reload(&self) -> Result<(), TlsError> {
-        self.certs.reload()
+        let certs = self.certs.reload();
+        let client_ca = self.client_ca.as_ref().map_or(Ok(()), |ca| ca.reload());
+        certs.and(client_ca)
     }
 
     /// The certificate store (its files and the certificate in use).

@@ -48,6 +48,79 @@ impl CertPair {
     }
 }
 
+/// A CA that issues client certificates (for the push API's `--api-tls-client-ca`).
+pub struct ClientCa {
+    /// The CA certificate, PEM (what `--api-tls-client-ca` reads).
+    pub ca_pem: String,
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+/// A client certificate with its key, DER for rustls and PEM for other clients.
+pub struct ClientCert {
+    pub cert: CertificateDer<'static>,
+    pub key: rustls::pki_types::PrivateKeyDer<'static>,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl ClientCa {
+    /// A new self-signed CA named `name`.
+    pub fn generate(name: &str) -> ClientCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        let issuer = rcgen::CertifiedIssuer::self_signed(params, key).expect("CA certificate");
+        ClientCa {
+            ca_pem: issuer.pem(),
+            issuer,
+        }
+    }
+
+    /// A client certificate for `name`, issued by this CA.
+    pub fn issue(&self, name: &str) -> ClientCert {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let key = rcgen::KeyPair::generate().expect("client key");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("client certificate");
+        ClientCert {
+            cert: cert.der().clone(),
+            key: rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+}
+
+/// A client configuration trusting `root` that presents `client`'s certificate.
+pub fn client_config_with_cert(
+    root: &CertificateDer<'static>,
+    client: &ClientCert,
+) -> Arc<rustls::ClientConfig> {
+    let mut store = rustls::RootCertStore::empty();
+    store.add(root.clone()).expect("add a root certificate");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_root_certificates(store)
+            .with_client_auth_cert(vec![client.cert.clone()], client.key.clone_key())
+            .expect("client certificate"),
+    )
+}
+
 /// A fresh directory holding `cert.pem` and `key.pem`; removed on drop.
 pub struct TlsDir {
     pub dir: PathBuf,
