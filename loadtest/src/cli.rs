@@ -2,7 +2,7 @@
 
 use crate::client::Target;
 use crate::push::Via;
-use crate::tls::{TlsError, Trust};
+use crate::tls::{ClientIdentity, TlsError, Trust};
 use crate::util::Url;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -126,6 +126,13 @@ pub struct TlsArgs {
     /// resumed handshakes either way.
     #[arg(long, value_enum, value_name = "on|off", default_value_t = OnOff::On, help_heading = TLS)]
     pub tls_resume: OnOff,
+    /// PEM certificate chain (leaf first) to show a server that asks for a client
+    /// certificate: a push API with --api-tls-client-ca. With --client-key.
+    #[arg(long, value_name = "FILE", requires = "client_key", help_heading = TLS)]
+    pub client_cert: Option<PathBuf>,
+    /// The PEM private key of --client-cert.
+    #[arg(long, value_name = "FILE", requires = "client_cert", help_heading = TLS)]
+    pub client_key: Option<PathBuf>,
 }
 
 impl TlsArgs {
@@ -138,6 +145,16 @@ impl TlsArgs {
         }
     }
 
+    /// The client certificate of `--client-cert` and `--client-key`, when given.
+    pub fn identity(&self) -> Result<Option<ClientIdentity>, String> {
+        match (&self.client_cert, &self.client_key) {
+            (Some(cert), Some(key)) => ClientIdentity::load(cert, key)
+                .map(Some)
+                .map_err(|e| e.to_string()),
+            _ => Ok(None),
+        }
+    }
+
     /// Checks the TLS flags against `urls` (given as `flag`): a wss:// URL needs
     /// something to trust and a host a certificate can name, and `--ca` must hold
     /// certificates.
@@ -145,6 +162,7 @@ impl TlsArgs {
         if let Some(path) = &self.ca {
             crate::tls::config::load_roots(path).map_err(|e| e.to_string())?;
         }
+        self.identity()?;
         for u in urls.iter().filter(|u| u.tls) {
             if self.trust().is_none() {
                 return Err(format!("{flag}: {}", TlsError::NoTrust));
@@ -1088,6 +1106,22 @@ mod tests {
         let mut j = d.to_vec();
         j.extend(["--jitter-ms", "99999999"]);
         err(&j, "--jitter-ms");
+    }
+
+    #[test]
+    fn client_certificate_flags_come_in_pairs_and_name_a_bad_file() {
+        let e = check(&["push", "--client-cert", "c.pem"]).unwrap_err();
+        assert!(e.contains("--client-key"), "{e}");
+        err(
+            &[
+                "push",
+                "--client-cert",
+                "/nonexistent/c.pem",
+                "--client-key",
+                "/nonexistent/k.pem",
+            ],
+            "--client-cert /nonexistent/c.pem",
+        );
     }
 
     fn err(args: &[&str], flag: &str) {

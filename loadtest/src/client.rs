@@ -123,7 +123,8 @@ impl DialCfg {
                     names: urls.len(),
                     depth: usize::try_from(conns).unwrap_or(usize::MAX),
                 });
-                Some(TlsDial::new(&trust, resume).map_err(|e| e.to_string())?)
+                let identity = s.tls.identity()?;
+                Some(TlsDial::new(&trust, resume, identity.as_ref()).map_err(|e| e.to_string())?)
             }
             None => None,
         };

@@ -27,7 +27,7 @@ pub struct ApiTarget {
 
 impl ApiTarget {
     /// `--api` (http:// or https://), trusting what `tls` says for https:// (`--ca` or
-    /// `--insecure`, which https:// needs).
+    /// `--insecure`, which https:// needs) and showing its `--client-cert`, if any.
     pub fn from_flags(api: &str, tls: &crate::cli::TlsArgs) -> Result<ApiTarget, String> {
         let url = util::parse_api_url(api)?;
         let tls = if url.tls {
@@ -35,7 +35,9 @@ impl ApiTarget {
                 .trust()
                 .ok_or_else(|| crate::tls::config::TlsError::NoTrust.to_string())?;
             crate::tls::config::server_name(&url.host).map_err(|e| e.to_string())?;
-            Some(crate::tls::config::TlsDial::new(&trust, None).map_err(|e| e.to_string())?)
+            let identity = tls.identity()?;
+            let dial = crate::tls::config::TlsDial::new(&trust, None, identity.as_ref());
+            Some(dial.map_err(|e| e.to_string())?)
         } else {
             None
         };

@@ -524,6 +524,12 @@ pub fn sock_args(s: &SocketArgs, share: f64, k: usize, i: usize) -> Result<Vec<S
     if s.tls.insecure {
         a.push("--insecure".into());
     }
+    if let (Some(cert), Some(key)) = (&s.tls.client_cert, &s.tls.client_key) {
+        a.push("--client-cert".into());
+        a.push(cert.display().to_string());
+        a.push("--client-key".into());
+        a.push(key.display().to_string());
+    }
     a.push("--tls-resume".into());
     a.push(s.tls.tls_resume.name().into());
     // Each worker offers permessage-deflate (and inflates with its own loops) the same.

@@ -255,3 +255,70 @@ fn an_https_api_needs_trust_and_the_wrong_ca_fails_every_push() {
         std::fs::remove_file(wrong),
     );
 }
+
+/// A CA certificate (PEM) and a client certificate and key it issued (PEM).
+fn client_ca_and_cert() -> (String, String, String) {
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "load test clients");
+    let issuer =
+        rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate().unwrap()).unwrap();
+    let mut client = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    client.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = client.signed_by(&key, &issuer).unwrap();
+    (issuer.pem(), cert.pem(), key.serialize_pem())
+}
+
+#[test]
+fn push_with_a_client_certificate_through_an_mtls_api() {
+    let pki = self_signed(&["127.0.0.1"]);
+    let ca = pki.write_cert(&tmp(), "mtls-ca");
+    let key = pki.write_key(&tmp(), "mtls");
+    let (client_ca, client_cert, client_key) = client_ca_and_cert();
+    let write = |tag: &str, pem: &str| {
+        let path = tmp().join(format!("mtls-{}-{tag}.pem", std::process::id()));
+        std::fs::write(&path, pem).unwrap();
+        path.display().to_string()
+    };
+    let (client_ca, client_cert, client_key) = (
+        write("client-ca", &client_ca),
+        write("client-cert", &client_cert),
+        write("client-key", &client_key),
+    );
+    let (ca_s, key_s) = (ca.display().to_string(), key.display().to_string());
+    let srv = TestServer::start(&[
+        "--api-tls-cert",
+        &ca_s,
+        "--api-tls-key",
+        &key_s,
+        "--api-tls-client-ca",
+        &client_ca,
+    ]);
+    let api = format!("https://{}", srv.api);
+    let mut extra = ca_flag(&ca).to_vec();
+    extra.extend(strings(&[
+        "--client-cert",
+        &client_cert,
+        "--client-key",
+        &client_key,
+        "--procs",
+        "2",
+    ]));
+    let r = run_load(https_push_args(&srv, &api, &extra));
+    assert_complete(&r, 200, 200);
+    // Without the certificate the API answers nothing: every push fails.
+    let mut args = https_push_args(&srv, &api, &ca_flag(&ca));
+    args.extend(strings(&["--drain-secs", "0"]));
+    let (_, r) = Load::spawn(args).wait_code(RUN_LIMIT);
+    r.eq("pushes_sent", 0);
+    r.check(
+        r.map("push_errors").iter().map(|(_, n)| n).sum::<u64>() == 200,
+        "every push counted as failed",
+    );
+    for f in [client_ca, client_cert, client_key] {
+        let _ = std::fs::remove_file(f);
+    }
+    let _ = (std::fs::remove_file(ca), std::fs::remove_file(key));
+}

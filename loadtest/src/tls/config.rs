@@ -9,7 +9,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::Resumption;
 use rustls::crypto::{self, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{
     ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
@@ -64,12 +64,54 @@ pub enum TlsError {
         /// rustls's reason.
         source: rustls::Error,
     },
+    /// `--client-cert` or `--client-key` could not be used.
+    #[error("{flag} {path}: {problem}")]
+    ClientFile {
+        /// The flag that named the file.
+        flag: &'static str,
+        /// The file.
+        path: String,
+        /// What was wrong with it.
+        problem: String,
+    },
     /// The URL's host is no DNS name or IP address a certificate could name.
     #[error("{0:?} is not a DNS name or IP address a TLS certificate can name")]
     ServerName(String),
     /// rustls refused the configuration or the session.
     #[error("{0}")]
     Rustls(#[from] rustls::Error),
+}
+
+/// A client certificate chain and its key (`--client-cert`, `--client-key`), shown to a
+/// server that asks for one (the push API with `--api-tls-client-ca`).
+#[derive(Debug)]
+pub struct ClientIdentity {
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl ClientIdentity {
+    /// Reads the PEM certificate chain (leaf first) and its PEM key.
+    pub fn load(cert: &Path, key: &Path) -> Result<ClientIdentity, TlsError> {
+        let err = |flag, path: &Path, problem: String| TlsError::ClientFile {
+            flag,
+            path: path.display().to_string(),
+            problem,
+        };
+        let certs = CertificateDer::pem_file_iter(cert)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| err("--client-cert", cert, e.to_string()))?;
+        if certs.is_empty() {
+            return Err(err(
+                "--client-cert",
+                cert,
+                "no CERTIFICATE in the file".into(),
+            ));
+        }
+        let key = PrivateKeyDer::from_pem_file(key)
+            .map_err(|e| err("--client-key", key, format!("not a PEM private key: {e}")))?;
+        Ok(ClientIdentity { certs, key })
+    }
 }
 
 /// How many sessions a process keeps for resumption.
@@ -90,21 +132,27 @@ pub struct TlsDial {
 
 impl TlsDial {
     /// The configuration for `trust`; with `resume`, an in-memory session store of that
-    /// size, else none (every handshake full).
-    pub fn new(trust: &Trust, resume: Option<Tickets>) -> Result<TlsDial, TlsError> {
+    /// size, else none (every handshake full); with `identity`, that client certificate
+    /// for servers that ask for one.
+    pub fn new(
+        trust: &Trust,
+        resume: Option<Tickets>,
+        identity: Option<&ClientIdentity>,
+    ) -> Result<TlsDial, TlsError> {
         let provider = Arc::new(crypto::ring::default_provider());
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?;
-        let mut config = match trust {
-            Trust::Ca(path) => builder
-                .with_root_certificates(load_roots(path)?)
-                .with_no_client_auth(),
+        let builder = match trust {
+            Trust::Ca(path) => builder.with_root_certificates(load_roots(path)?),
             Trust::Insecure => builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(AnyCertificate(
                     provider.signature_verification_algorithms,
-                )))
-                .with_no_client_auth(),
+                ))),
+        };
+        let mut config = match identity {
+            Some(id) => builder.with_client_auth_cert(id.certs.clone(), id.key.clone_key())?,
+            None => builder.with_no_client_auth(),
         };
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         config.resumption = match resume {

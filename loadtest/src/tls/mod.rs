@@ -12,7 +12,7 @@ pub mod config;
 pub mod stats;
 mod tickets;
 
-pub use config::{Tickets, TlsDial, TlsError, Trust};
+pub use config::{ClientIdentity, Tickets, TlsDial, TlsError, Trust};
 pub use stats::{Done, TlsReport, TlsStats};
 
 use rustls::{ClientConnection, HandshakeKind};

@@ -110,7 +110,7 @@ fn setup(tag: &str) -> (Pki, PathBuf, Peer) {
 #[test]
 fn a_second_connection_resumes_only_with_resumption_on() {
     let (_pki, ca, peer) = setup("resume");
-    let on = TlsDial::new(&Trust::Ca(ca.clone()), RESUME).unwrap();
+    let on = TlsDial::new(&Trust::Ca(ca.clone()), RESUME, None).unwrap();
     let (first, _a) = open(&on, &peer.url()).unwrap();
     assert_eq!(first.kind, HandshakeKind::Full);
     assert!(first.version.is_some() && first.suite.is_some());
@@ -118,7 +118,7 @@ fn a_second_connection_resumes_only_with_resumption_on() {
     let (second, _b) = open(&on, &peer.url()).unwrap();
     assert_eq!(second.kind, HandshakeKind::Resumed);
 
-    let off = TlsDial::new(&Trust::Ca(ca.clone()), None).unwrap();
+    let off = TlsDial::new(&Trust::Ca(ca.clone()), None, None).unwrap();
     for _ in 0..2 {
         let (d, _c) = open(&off, &peer.url()).unwrap();
         assert_eq!(d.kind, HandshakeKind::Full, "--tls-resume off");
@@ -129,7 +129,7 @@ fn a_second_connection_resumes_only_with_resumption_on() {
 #[test]
 fn the_ticket_pool_holds_more_than_rustls_eight() {
     let (_pki, ca, peer) = setup("deep");
-    let dial = TlsDial::new(&Trust::Ca(ca.clone()), RESUME).unwrap();
+    let dial = TlsDial::new(&Trust::Ca(ca.clone()), RESUME, None).unwrap();
     // One after the other: each handshake takes a ticket and leaves two (the peer sends
     // rustls's default of two), so 12 of them leave 13.
     for i in 0..12 {
@@ -156,10 +156,10 @@ fn insecure_accepts_a_certificate_for_another_name_and_ca_does_not() {
     let pki = self_signed(&["other.example"]);
     let ca = pki.write_cert(&std::env::temp_dir(), "other-name");
     let peer = Peer::start(&pki);
-    let insecure = TlsDial::new(&Trust::Insecure, RESUME).unwrap();
+    let insecure = TlsDial::new(&Trust::Insecure, RESUME, None).unwrap();
     let (d, _c) = open(&insecure, &peer.url()).unwrap();
     assert_eq!(d.kind, HandshakeKind::Full);
-    let strict = TlsDial::new(&Trust::Ca(ca.clone()), RESUME).unwrap();
+    let strict = TlsDial::new(&Trust::Ca(ca.clone()), RESUME, None).unwrap();
     let e = open(&strict, &peer.url()).err().unwrap();
     assert!(
         e.starts_with("tls: invalid peer certificate") && e.contains("not valid for name"),
@@ -173,7 +173,7 @@ fn a_wrong_ca_is_a_tls_error_not_a_panic() {
     let (_pki, _ca, peer) = setup("wrong-peer");
     let other = self_signed(&["127.0.0.1"]);
     let wrong = other.write_cert(&std::env::temp_dir(), "wrong-ca");
-    let dial = TlsDial::new(&Trust::Ca(wrong.clone()), RESUME).unwrap();
+    let dial = TlsDial::new(&Trust::Ca(wrong.clone()), RESUME, None).unwrap();
     let e = open(&dial, &peer.url()).err().unwrap();
     assert!(e.starts_with("tls: invalid peer certificate"), "{e}");
     let _ = std::fs::remove_file(wrong);
@@ -191,7 +191,7 @@ fn a_plain_server_on_the_port_is_a_tls_error() {
         let _ = s.read(&mut b);
         let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
     });
-    let dial = TlsDial::new(&Trust::Insecure, RESUME).unwrap();
+    let dial = TlsDial::new(&Trust::Insecure, RESUME, None).unwrap();
     let e = open(&dial, &format!("wss://{addr}/ws")).err().unwrap();
     assert!(e.starts_with("tls: received corrupt message"), "{e}");
     t.join().unwrap();
@@ -202,10 +202,10 @@ fn ca_files_are_checked() {
     let dir = std::env::temp_dir();
     let empty = dir.join(format!("tls-empty-{}.pem", std::process::id()));
     std::fs::write(&empty, "not a certificate\n").unwrap();
-    let e = TlsDial::new(&Trust::Ca(empty.clone()), RESUME).unwrap_err();
+    let e = TlsDial::new(&Trust::Ca(empty.clone()), RESUME, None).unwrap_err();
     assert!(e.to_string().contains("no CERTIFICATE"), "{e}");
     let missing = dir.join("tls-no-such-file.pem");
-    let e = TlsDial::new(&Trust::Ca(missing), RESUME).unwrap_err();
+    let e = TlsDial::new(&Trust::Ca(missing), RESUME, None).unwrap_err();
     assert!(e.to_string().starts_with("--ca "), "{e}");
     let _ = std::fs::remove_file(empty);
     assert!(super::config::server_name("127.0.0.1").is_ok());
