@@ -44,9 +44,16 @@ pub(crate) struct Ingress {
     last_claim: Instant,
     /// `None` with `stream_trim` false.
     trimmer: Option<Trimmer>,
-    /// The acknowledgements (and DLQ copies) of the entries handled last, with how many
-    /// went to the DLQ: sent ahead of the next read or claim, in its round trip.
-    acks: Option<(redis::Pipeline, u64)>,
+    /// The acknowledgements (and DLQ copies) of the entries handled last: sent ahead of
+    /// the next read, claim or batch, in its round trip.
+    acks: Option<Acks>,
+}
+
+/// Acknowledgements waiting for a round trip: the commands (their replies come back and
+/// must all succeed), and how many entries they copy to the DLQ.
+struct Acks {
+    pipe: redis::Pipeline,
+    dead: u64,
 }
 
 impl Ingress {
@@ -125,7 +132,7 @@ impl Ingress {
             if mine.is_empty() {
                 break;
             }
-            self.handle(conn, mine)?;
+            self.handle(conn, mine, false)?;
         }
         while !self.ctx.stop.load(Relaxed) {
             if self.busy.load(Relaxed) {
@@ -142,13 +149,25 @@ impl Ingress {
                 self.claim(conn)?;
             }
             self.trim(conn)?;
-            let entries = self.read(conn, ">", BLOCK_MS)?;
-            if !entries.is_empty() {
-                self.handle(conn, entries)?;
+            let mut entries = self.read(conn, ">", BLOCK_MS)?;
+            while !entries.is_empty() {
+                // A blocked read returns at a producer's first XADD: the rest of its
+                // pipeline comes back with this batch's publish, not a round trip later.
+                let read_on = !self.must_pause();
+                entries = self.handle(conn, entries, read_on)?;
             }
             self.backoff = RECONNECT_MIN;
         }
         Ok(())
+    }
+
+    /// Whether the loop must look at its other duties (backpressure, stop, claiming,
+    /// trimming) before reading more.
+    fn must_pause(&self) -> bool {
+        self.busy.load(Relaxed)
+            || self.ctx.stop.load(Relaxed)
+            || self.last_claim.elapsed() >= self.claim_every()
+            || self.trimmer.as_ref().is_some_and(|t| t.due(Instant::now()))
     }
 
     fn claim_every(&self) -> Duration {
@@ -156,9 +175,27 @@ impl Ingress {
     }
 
     /// A pipeline that starts with the waiting acknowledgements, for a round trip that
-    /// carries them; `sent` counts them once it succeeded.
-    fn with_acks(&mut self) -> (redis::Pipeline, u64) {
-        self.acks.take().unwrap_or_else(|| (redis::pipe(), 0))
+    /// carries them (with how many replies they take, and how many DLQ copies they make);
+    /// `sent` counts them once it succeeded.
+    fn with_acks(&mut self) -> (redis::Pipeline, usize, u64) {
+        match self.acks.take() {
+            Some(a) => {
+                let n = a.pipe.len();
+                (a.pipe, n, a.dead)
+            }
+            None => (redis::pipe(), 0, 0),
+        }
+    }
+
+    /// Runs `pipe` (the waiting acknowledgements, `acks` commands, then one more) and
+    /// returns the last reply; any failed command fails it all.
+    fn query_last(
+        conn: &mut Connection,
+        pipe: &redis::Pipeline,
+        acks: usize,
+    ) -> redis::RedisResult<Value> {
+        let values: Vec<Value> = pipe.query(conn)?;
+        Ok(values.into_iter().nth(acks).unwrap_or(Value::Nil))
     }
 
     /// Counts what a round trip with the acknowledgements sent to the DLQ.
@@ -171,9 +208,9 @@ impl Ingress {
 
     /// Sends the waiting acknowledgements in a round trip of their own.
     fn flush_acks(&mut self, conn: &mut Connection) -> redis::RedisResult<()> {
-        if let Some((pipe, dead)) = self.acks.take() {
-            pipe.query::<()>(conn)?;
-            self.sent(dead);
+        if let Some(a) = self.acks.take() {
+            a.pipe.query::<()>(conn)?;
+            self.sent(a.dead);
         }
         Ok(())
     }
@@ -203,10 +240,19 @@ impl Ingress {
         from: &str,
         block_ms: u64,
     ) -> redis::RedisResult<Vec<StreamEntry>> {
-        let (mut pipe, dead) = self.with_acks();
-        let cmd = pipe
-            .cmd("XREADGROUP")
-            .arg("GROUP")
+        let (mut pipe, acks, dead) = self.with_acks();
+        pipe.add_command(self.read_cmd(from, block_ms));
+        // The acknowledgements run first (a pipeline keeps its order), so a read of this
+        // consumer's own pending entries does not see them again.
+        let v = Self::query_last(conn, &pipe, acks)?;
+        self.sent(dead);
+        Ok(read_entries(v))
+    }
+
+    /// XREADGROUP of `COUNT` entries from `from`, waiting `block_ms` (0: not at all).
+    fn read_cmd(&self, from: &str, block_ms: u64) -> redis::Cmd {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
             .arg(GROUP)
             .arg(&*self.ctx.node_id)
             .arg("COUNT")
@@ -215,27 +261,14 @@ impl Ingress {
             cmd.arg("BLOCK").arg(block_ms);
         }
         cmd.arg("STREAMS").arg(PUSH_STREAM).arg(from);
-        // The acknowledgements run first (a pipeline keeps its order), so a read of this
-        // consumer's own pending entries does not see them again.
-        let (v,): (Value,) = pipe.query(conn)?;
-        self.sent(dead);
-        // [[stream, [entry, ...]]] or nil when nothing came.
-        let mut out = Vec::new();
-        for stream in as_list(v) {
-            let mut parts = as_list(stream).into_iter();
-            let _name = parts.next();
-            if let Some(entries) = parts.next() {
-                out.extend(as_list(entries).into_iter().filter_map(entry));
-            }
-        }
-        Ok(out)
+        cmd
     }
 
     /// Takes over entries idle longer than `claim_idle_ms` in any consumer (a dead node's).
     fn claim(&mut self, conn: &mut Connection) -> redis::RedisResult<()> {
         let mut start = "0-0".to_string();
         loop {
-            let (mut pipe, dead) = self.with_acks();
+            let (mut pipe, acks, dead) = self.with_acks();
             pipe.cmd("XAUTOCLAIM")
                 .arg(PUSH_STREAM)
                 .arg(GROUP)
@@ -244,7 +277,7 @@ impl Ingress {
                 .arg(&start)
                 .arg("COUNT")
                 .arg(COUNT);
-            let (v,): (Value,) = pipe.query(conn)?;
+            let v = Self::query_last(conn, &pipe, acks)?;
             self.sent(dead);
             let mut parts = as_list(v).into_iter();
             let next: String = parts
@@ -268,7 +301,7 @@ impl Ingress {
                     count = entries.len(),
                     "claimed stream entries left pending by another node"
                 );
-                self.handle(conn, entries)?;
+                self.handle(conn, entries, false)?;
             }
             if next == "0-0" {
                 return Ok(());
@@ -277,12 +310,15 @@ impl Ingress {
         }
     }
 
-    /// Publishes the valid entries, sends the rest to the DLQ, then acknowledges all.
+    /// Publishes the valid entries, sends the rest to the DLQ, then acknowledges all (with
+    /// the next round trip). The waiting acknowledgements ride with the publish, and with
+    /// `read_on` so does a read of the entries that came meanwhile, which it returns.
     fn handle(
         &mut self,
         conn: &mut Connection,
         entries: Vec<StreamEntry>,
-    ) -> redis::RedisResult<()> {
+        read_on: bool,
+    ) -> redis::RedisResult<Vec<StreamEntry>> {
         self.ctx
             .metrics
             .broker
@@ -305,9 +341,12 @@ impl Ingress {
             }
         }
         let refs: Vec<&ParsedPush> = valid.iter().map(|(_, p)| p).collect();
+        let (before, _, sent_dead) = self.with_acks();
+        let after = read_on.then(|| self.read_cmd(">", 0));
         // A connection error here leaves everything unacknowledged: read again later.
-        let results = self.sequencer.publish(conn, &refs)?;
-        for ((i, _), r) in valid.iter().zip(results) {
+        let batch = self.sequencer.publish_between(conn, before, &refs, after)?;
+        self.sent(sent_dead);
+        for ((i, _), r) in valid.iter().zip(batch.published) {
             if let Err(e) = r {
                 // Redis refused this one push (not the link): it would fail again.
                 dead.push((*i, format!("Redis refused the push: {e}")));
@@ -332,20 +371,34 @@ impl Ingress {
                 .arg("node")
                 .arg(&*self.ctx.node_id)
                 .arg("id")
-                .arg(&entries[*i].id)
-                .ignore();
+                .arg(&entries[*i].id);
         }
         pipe.cmd("XACK").arg(PUSH_STREAM).arg(GROUP);
         for e in &entries {
             pipe.arg(&e.id);
         }
-        pipe.ignore();
-        // Sent with the next read (or claim): one round trip fewer per batch. One batch
-        // waits at a time.
-        self.flush_acks(conn)?;
-        self.acks = Some((pipe, dead.len() as u64));
-        Ok(())
+        // Sent with the next read, claim or batch: one round trip fewer per batch. One
+        // batch waits at a time (the one before went out with the publish above).
+        self.acks = Some(Acks {
+            pipe,
+            dead: dead.len() as u64,
+        });
+        Ok(batch.after.map(read_entries).unwrap_or_default())
     }
+}
+
+/// The entries of an XREADGROUP reply: `[[stream, [entry, ...]]]`, or nil when nothing
+/// came.
+fn read_entries(v: Value) -> Vec<StreamEntry> {
+    let mut out = Vec::new();
+    for stream in as_list(v) {
+        let mut parts = as_list(stream).into_iter();
+        let _name = parts.next();
+        if let Some(entries) = parts.next() {
+            out.extend(as_list(entries).into_iter().filter_map(entry));
+        }
+    }
+    out
 }
 
 /// The items of an array reply (nothing for nil or anything else).

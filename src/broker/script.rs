@@ -153,30 +153,55 @@ impl Sequencer {
         conn: &mut Connection,
         pushes: &[&ParsedPush],
     ) -> redis::RedisResult<Vec<Published>> {
-        if pushes.is_empty() {
-            // An empty pipeline is a client error in the redis crate ("empty command"),
-            // which would fail a stream batch made only of invalid entries forever.
-            return Ok(Vec::new());
-        }
-        let results = self.run(conn, pushes)?;
-        if results
+        self.publish_between(conn, redis::pipe(), pushes, None)
+            .map(|b| b.published)
+    }
+
+    /// [`Sequencer::publish`] in the round trip of other commands: `before`'s first (each
+    /// must succeed, or the whole call is an `Err`), then the pushes, then `after`, whose
+    /// reply comes back as it is (a stream read that rides with a batch).
+    pub fn publish_between(
+        &self,
+        conn: &mut Connection,
+        before: redis::Pipeline,
+        pushes: &[&ParsedPush],
+        after: Option<redis::Cmd>,
+    ) -> redis::RedisResult<Between> {
+        let first = self.run(conn, before, pushes, after)?;
+        if first
+            .published
             .iter()
             .any(|r| matches!(r, Err(e) if e.starts_with("NOSCRIPT")))
         {
-            // Redis lost its script cache (a restart): no command of the batch ran.
+            // Redis lost its script cache (a restart): no push of the batch ran (the
+            // commands around them did).
             self.load(conn)?;
-            return self.run(conn, pushes);
+            let again = self.run(conn, redis::pipe(), pushes, None)?;
+            return Ok(Between {
+                published: again.published,
+                after: first.after,
+            });
         }
-        Ok(results)
+        Ok(first)
     }
 
     fn run(
         &self,
         conn: &mut Connection,
+        mut pipe: redis::Pipeline,
         pushes: &[&ParsedPush],
-    ) -> redis::RedisResult<Vec<Published>> {
+        after: Option<redis::Cmd>,
+    ) -> redis::RedisResult<Between> {
+        let before = pipe.len();
+        if pushes.is_empty() && before == 0 && after.is_none() {
+            // An empty pipeline is a client error in the redis crate ("empty command"),
+            // which would fail a stream batch made only of invalid entries forever.
+            return Ok(Between {
+                published: Vec::new(),
+                after: None,
+            });
+        }
         let now = now_ms();
-        let mut pipe = redis::pipe();
         pipe.ignore_errors();
         let mut counts = Vec::with_capacity(pushes.len());
         for p in pushes {
@@ -205,8 +230,16 @@ impl Sequencer {
                 }
             }
         }
+        let has_after = after.is_some();
+        if let Some(cmd) = after {
+            pipe.add_command(cmd);
+        }
         let values: Vec<Value> = pipe.query(conn)?;
         let mut values = values.into_iter();
+        for v in values.by_ref().take(before) {
+            v.extract_error()?;
+        }
+        let after = if has_after { values.next_back() } else { None };
         let mut out = Vec::with_capacity(pushes.len());
         for (p, n) in pushes.iter().zip(counts) {
             let names: Vec<&str> = match &p.target {
@@ -231,8 +264,19 @@ impl Sequencer {
                 None => Ok(outcomes),
             });
         }
-        Ok(out)
+        Ok(Between {
+            published: out,
+            after,
+        })
     }
+}
+
+/// What [`Sequencer::publish_between`] got back.
+pub struct Between {
+    /// One result per push, in order.
+    pub published: Vec<Published>,
+    /// The reply of the command after the pushes, when there was one.
+    pub after: Option<Value>,
 }
 
 /// Reads one script or PUBLISH reply.
