@@ -7,7 +7,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Serialize;
 use throng::auth::Verifier;
-use throng::config::JwtConfig;
+use throng::config::{JwtConfig, PublicKeys};
 
 const RS256_PRIVATE: &str = include_str!("../src/testdata/rs256-private.pem");
 const RS256_PUBLIC: &str = include_str!("../src/testdata/rs256-public.pem");
@@ -36,7 +36,10 @@ fn config(algorithm: Algorithm) -> JwtConfig {
     JwtConfig {
         algorithm,
         secret: (algorithm == Algorithm::HS256).then(|| SECRET.to_string()),
-        public_key_pem: (algorithm == Algorithm::RS256).then(|| RS256_PUBLIC.as_bytes().to_vec()),
+        public_keys: (algorithm == Algorithm::RS256).then(|| PublicKeys::Pem {
+            path: None,
+            pem: RS256_PUBLIC.as_bytes().to_vec(),
+        }),
         require_exp: true,
         leeway_secs: 30,
         issuer: None,

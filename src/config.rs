@@ -44,6 +44,7 @@ pub enum ConfigError {
 fn file_spelling(key: &str) -> String {
     match key {
         "jwt_public_key" => "[jwt] public_key_file".into(),
+        "jwt_jwks" => "[jwt] jwks_file".into(),
         k => match k.strip_prefix("jwt_") {
             Some(rest) => format!("[jwt] {rest}"),
             None => k.into(),
@@ -110,9 +111,14 @@ pub struct ServeArgs {
     /// JWT algorithm: HS256, HS384, HS512, RS256 or ES256 [default: HS256].
     #[arg(long)]
     pub jwt_algorithm: Option<String>,
-    /// PEM public key file for RS256/ES256.
+    /// PEM public key file for RS256/ES256 (several keys during a rotation). SIGHUP
+    /// reads it again.
     #[arg(long, value_name = "FILE")]
     pub jwt_public_key: Option<PathBuf>,
+    /// JWKS file (RFC 7517) of the RS256/ES256 public keys, picked by each token's `kid`;
+    /// instead of --jwt-public-key. SIGHUP reads it again.
+    #[arg(long, value_name = "FILE")]
+    pub jwt_jwks: Option<PathBuf>,
     /// Push API key; requests need `Authorization: Bearer <key>` (env THRONG_API_KEY).
     #[arg(long)]
     pub api_key: Option<String>,
@@ -302,6 +308,7 @@ struct FileJwt {
     secret: Option<String>,
     algorithm: Option<String>,
     public_key_file: Option<PathBuf>,
+    jwks_file: Option<PathBuf>,
     require_exp: Option<bool>,
     leeway_secs: Option<u64>,
     issuer: Option<String>,
@@ -385,8 +392,8 @@ pub struct JwtConfig {
     pub algorithm: Algorithm,
     /// Shared secret (HS*).
     pub secret: Option<String>,
-    /// PEM public key (RS256/ES256).
-    pub public_key_pem: Option<Vec<u8>>,
+    /// The public keys (RS256/ES256), as read at startup.
+    pub public_keys: Option<PublicKeys>,
     /// Whether `exp` is required.
     pub require_exp: bool,
     /// Clock leeway for `exp` and `nbf`.
@@ -395,6 +402,27 @@ pub struct JwtConfig {
     pub issuer: Option<String>,
     /// Required `aud`, when set.
     pub audience: Option<String>,
+}
+
+/// Where the RS256/ES256 public keys come from, with the file's bytes as read at startup
+/// (a reload reads the file again).
+#[derive(Debug, Clone)]
+pub enum PublicKeys {
+    /// PEM: one public key, or several (a rotation); `path` is `None` for keys given as
+    /// bytes (tests), which nothing reloads.
+    Pem {
+        /// The file.
+        path: Option<PathBuf>,
+        /// Its bytes.
+        pem: Vec<u8>,
+    },
+    /// A JWKS document: keys picked by the token's `kid`.
+    Jwks {
+        /// The file.
+        path: PathBuf,
+        /// Its bytes.
+        json: Vec<u8>,
+    },
 }
 
 impl std::fmt::Debug for JwtConfig {
@@ -697,15 +725,33 @@ impl Config {
             .or(file.jwt.secret)
             .or_else(|| env("THRONG_JWT_SECRET"))
             .filter(|s| !s.is_empty());
-        let key_file = args.jwt_public_key.or(file.jwt.public_key_file);
-        let public_key_pem = match &key_file {
-            Some(path) => Some(std::fs::read(path).map_err(|e| {
-                invalid(
-                    "jwt_public_key",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?),
-            None => None,
+        let read = |key: &'static str, path: &Path| {
+            std::fs::read(path)
+                .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))
+        };
+        let public_keys =
+            match (
+                args.jwt_public_key.or(file.jwt.public_key_file),
+                args.jwt_jwks.or(file.jwt.jwks_file),
+            ) {
+                (Some(_), Some(_)) => return Err(invalid(
+                    "jwt_jwks",
+                    "give the public keys one way, a PEM file (--jwt-public-key) or a JWKS file, \
+                     not both",
+                )),
+                (Some(path), None) => Some(PublicKeys::Pem {
+                    pem: read("jwt_public_key", &path)?,
+                    path: Some(path),
+                }),
+                (None, Some(path)) => Some(PublicKeys::Jwks {
+                    json: read("jwt_jwks", &path)?,
+                    path,
+                }),
+                (None, None) => None,
+            };
+        let key_flag = match public_keys {
+            Some(PublicKeys::Jwks { .. }) => "jwt_jwks",
+            _ => "jwt_public_key",
         };
         let mut secret = secret;
         let mut api_key = args
@@ -721,7 +767,7 @@ impl Config {
             ));
         }
         if args.dev {
-            if secret.is_none() && public_key_pem.is_none() && is_hmac(algorithm) {
+            if secret.is_none() && public_keys.is_none() && is_hmac(algorithm) {
                 secret = Some(random_token(32));
             }
             if api_key.is_none() {
@@ -748,10 +794,12 @@ impl Config {
                 }
                 Some(_) => {}
             }
-        } else if public_key_pem.is_none() {
+        } else if public_keys.is_none() {
             return Err(invalid(
                 "jwt_public_key",
-                format!("{algorithm_name} needs a PEM public key file"),
+                format!(
+                    "{algorithm_name} needs public keys: a PEM file, or a JWKS file (--jwt-jwks)"
+                ),
             ));
         }
         let api_tls = match (
@@ -786,14 +834,14 @@ impl Config {
         let jwt = JwtConfig {
             algorithm,
             secret,
-            public_key_pem,
+            public_keys,
             require_exp: file.jwt.require_exp.unwrap_or(true),
             leeway_secs: file.jwt.leeway_secs.unwrap_or(30),
             issuer: file.jwt.issuer,
             audience: file.jwt.audience,
         };
         // Fail at startup, not on the first handshake, when the key does not parse.
-        crate::auth::Verifier::new(&jwt).map_err(|e| invalid("jwt_public_key", e.to_string()))?;
+        crate::auth::Verifier::new(&jwt).map_err(|e| invalid(key_flag, e.to_string()))?;
 
         let ms = |key: &'static str, flag: Option<u64>, file: Option<u64>, default: u64| {
             let v = flag.or(file).unwrap_or(default);
@@ -1310,6 +1358,39 @@ mod tests {
     fn defaults_need_a_secret() {
         let err = cfg(&[]).unwrap_err().to_string();
         assert!(err.contains("jwt-secret"), "{err}");
+    }
+
+    #[test]
+    fn public_keys_come_one_way_and_a_bad_jwks_is_named() {
+        let dir = std::env::temp_dir().join(format!("throng-config-jwks-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pem = dir.join("k.pem");
+        let json = dir.join("k.json");
+        std::fs::write(&pem, include_str!("testdata/rs256-public.pem")).unwrap();
+        std::fs::write(&json, "{\"keys\": []}").unwrap();
+        let (pem, json) = (pem.to_str().unwrap(), json.to_str().unwrap());
+        let rs = |extra: &[&str]| {
+            let mut a = vec!["--jwt-algorithm", "RS256"];
+            a.extend_from_slice(extra);
+            cfg(&a).map_err(|e| e.to_string())
+        };
+        let c = rs(&["--jwt-public-key", pem]).unwrap();
+        assert!(matches!(
+            c.jwt.public_keys,
+            Some(PublicKeys::Pem { path: Some(_), .. })
+        ));
+        let e = rs(&["--jwt-public-key", pem, "--jwt-jwks", json]).unwrap_err();
+        assert!(e.contains("(--jwt-jwks)") && e.contains("not both"), "{e}");
+        let e = rs(&["--jwt-jwks", json]).unwrap_err();
+        assert!(
+            e.contains("(--jwt-jwks)") && e.contains("no RS256 signing key"),
+            "{e}"
+        );
+        let e = rs(&["--jwt-jwks", "/nonexistent/k.json"]).unwrap_err();
+        assert!(e.contains("cannot read /nonexistent/k.json"), "{e}");
+        let e = rs(&[]).unwrap_err();
+        assert!(e.contains("a JWKS file (--jwt-jwks)"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

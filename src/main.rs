@@ -231,8 +231,8 @@ fn serve(args: ServeArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// `SIGHUP`: the TLS certificates and keys (client listener, push API), and `events_ca`,
-/// are read again; a bad file keeps what was in use.
+/// `SIGHUP`: the TLS certificates and keys (client listener, push API), the JWT key file
+/// and `events_ca` are read again; a bad file keeps what was in use.
 fn reload(server: &Server) {
     let tls = server.reload_tls();
     match &tls {
@@ -252,6 +252,15 @@ fn reload(server: &Server) {
             "SIGHUP: push API certificate not reloaded; the previous one stays in use"
         ),
     }
+    let jwt = server.reload_jwt_keys();
+    match &jwt {
+        None => {}
+        Some(Ok(n)) => tracing::info!(keys = n, "SIGHUP: JWT keys reloaded"),
+        Some(Err(e)) => tracing::error!(
+            error = %e,
+            "SIGHUP: JWT keys not reloaded; the keys in use stay"
+        ),
+    }
     let ca = server.reload_events_ca();
     match &ca {
         None => {}
@@ -261,9 +270,10 @@ fn reload(server: &Server) {
             "SIGHUP: events_ca not reloaded; the previous roots stay in use"
         ),
     }
-    if tls.is_none() && api_tls.is_none() && ca.is_none() {
+    if tls.is_none() && api_tls.is_none() && jwt.is_none() && ca.is_none() {
         tracing::info!(
-            "SIGHUP: nothing to reload (no --tls-cert, no --api-tls-cert, no --events-ca)"
+            "SIGHUP: nothing to reload (no --tls-cert, --api-tls-cert, JWT key file or \
+             --events-ca)"
         );
     }
 }

@@ -276,6 +276,10 @@ pub struct Metrics {
     pub api_request_timeouts: AtomicU64,
     /// Idle keep-alive push API connections closed.
     pub api_idle_closes: AtomicU64,
+    /// JWT key file reloads (`SIGHUP`) that took effect.
+    pub jwt_key_reloads: AtomicU64,
+    /// JWT key file reloads that failed (the keys in use stayed).
+    pub jwt_key_reload_errors: AtomicU64,
     /// Failed `accept` calls on the client listener.
     pub accept_errors_client: AtomicU64,
     /// Failed `accept` calls on the push API listener.
@@ -321,6 +325,8 @@ impl Metrics {
             api_refused_connections: AtomicU64::new(0),
             api_request_timeouts: AtomicU64::new(0),
             api_idle_closes: AtomicU64::new(0),
+            jwt_key_reloads: AtomicU64::new(0),
+            jwt_key_reload_errors: AtomicU64::new(0),
             accept_errors_client: AtomicU64::new(0),
             accept_errors_api: AtomicU64::new(0),
             pending_handshakes: AtomicU64::new(0),
@@ -411,6 +417,8 @@ impl Metrics {
                 "api_refused_connections": self.api_refused_connections.load(Relaxed),
                 "api_request_timeouts": self.api_request_timeouts.load(Relaxed),
                 "api_idle_closes": self.api_idle_closes.load(Relaxed),
+                "jwt_key_reloads": self.jwt_key_reloads.load(Relaxed),
+                "jwt_key_reload_errors": self.jwt_key_reload_errors.load(Relaxed),
                 "accept_errors_client": self.accept_errors_client.load(Relaxed),
                 "accept_errors_api": self.accept_errors_api.load(Relaxed),
             },
@@ -654,6 +662,16 @@ impl Metrics {
                 "throng_api_idle_closes_total",
                 "Idle keep-alive push API connections closed after api_idle_timeout_ms.",
                 &self.api_idle_closes,
+            ),
+            (
+                "throng_jwt_key_reloads_total",
+                "JWT key file reloads (SIGHUP) that took effect.",
+                &self.jwt_key_reloads,
+            ),
+            (
+                "throng_jwt_key_reload_errors_total",
+                "JWT key file reloads that failed; the keys in use stayed.",
+                &self.jwt_key_reload_errors,
             ),
         ] {
             let _ = writeln!(

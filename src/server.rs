@@ -72,6 +72,8 @@ pub struct Server {
     api_tls: Option<crate::tls::TlsServer>,
     /// Reads `events_ca` again on `SIGHUP`, when one is set.
     events_ca: Option<crate::events::CaReload>,
+    /// The JWT keys, which `reload_jwt_keys` renews.
+    jwt_keys: Arc<crate::auth::SharedKeys>,
 }
 
 /// A listening socket: `SO_REUSEADDR`, non-blocking, with backlog.
@@ -145,7 +147,8 @@ impl Server {
         let api_listener = listen(config.api_listen, 1024)?;
         let client_addr = client_listener.local_addr()?;
         let api_addr = api_listener.local_addr()?;
-        let verifier = Verifier::new(&config.jwt)?;
+        // One key set for every verifier (acceptors, shards' `refresh`): SIGHUP replaces it.
+        let jwt_keys = crate::auth::SharedKeys::load(&config.jwt)?;
         let tls = config
             .tls
             .as_ref()
@@ -228,6 +231,7 @@ impl Server {
                 cluster,
                 publishes: publish_tx.clone(),
                 events: events.clone(),
+                jwt_keys: Some(Arc::clone(&jwt_keys)),
             };
             let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
             let (ends, thread) = shard::spawn(id, shared, core)?;
@@ -282,14 +286,10 @@ impl Server {
         let gate = Arc::new(crate::acceptor::Gate::new(&config));
         let mut acceptor_wakers = Vec::with_capacity(config.acceptors);
         let mut acceptors = Vec::with_capacity(config.acceptors);
-        let mut verifier = Some(verifier);
         for i in 0..config.acceptors {
             let poll = Poll::new()?;
             acceptor_wakers.push(reactor::waker(&poll)?);
-            let verifier = match verifier.take() {
-                Some(v) => v,
-                None => Verifier::new(&config.jwt)?,
-            };
+            let verifier = Verifier::with_keys(&config.jwt, Arc::clone(&jwt_keys));
             let parts = conn_parts
                 .iter()
                 .map(|(tx, waker)| (tx.clone(), Arc::clone(waker)))
@@ -365,6 +365,7 @@ impl Server {
             kafka: kafka_thread,
             tls,
             api_tls,
+            jwt_keys,
             events_ca,
         })
     }
@@ -378,6 +379,19 @@ impl Server {
         let counter = match &result {
             Ok(()) => &self.metrics.tls.reloads,
             Err(_) => &self.metrics.tls.reload_errors,
+        };
+        counter.fetch_add(1, Relaxed);
+        Some(result)
+    }
+
+    /// Reads the JWT key file (`jwt_public_key` or `jwt_jwks`) again (`SIGHUP`): every
+    /// verification after it uses the new keys; on error the keys in use stay. `None`
+    /// with an HMAC secret (nothing to reload); else how many keys the file holds.
+    pub fn reload_jwt_keys(&self) -> Option<Result<usize, crate::auth::KeyError>> {
+        let result = self.jwt_keys.reload()?;
+        let counter = match &result {
+            Ok(_) => &self.metrics.jwt_key_reloads,
+            Err(_) => &self.metrics.jwt_key_reload_errors,
         };
         counter.fetch_add(1, Relaxed);
         Some(result)

@@ -181,3 +181,84 @@ fn token_expiry_while_connected_closes_4001() {
     let mut d = srv.connect("long");
     d.expect_silence(Duration::from_millis(200));
 }
+
+/// An RS256 token for `sub` signed with the fixture key `private`, `kid` in its header.
+fn sign_kid(private: &str, kid: &str, sub: &str) -> String {
+    let pem = std::fs::read(fixture(private)).unwrap();
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some(kid.to_string());
+    let claims = json!({"sub": sub, "exp": now_secs() + 600});
+    jsonwebtoken::encode(&header, &claims, &EncodingKey::from_rsa_pem(&pem).unwrap()).unwrap()
+}
+
+/// A JWKS document of the public halves of the fixture keys `keys` (private PEM, kid).
+fn jwks(keys: &[(&str, &str)]) -> String {
+    let keys: Vec<Value> = keys
+        .iter()
+        .map(|(private, kid)| {
+            let pem = std::fs::read(fixture(private)).unwrap();
+            let key = EncodingKey::from_rsa_pem(&pem).unwrap();
+            let mut jwk =
+                jsonwebtoken::jwk::Jwk::from_encoding_key(&key, Algorithm::RS256).unwrap();
+            jwk.common.key_id = Some(kid.to_string());
+            serde_json::to_value(jwk).unwrap()
+        })
+        .collect();
+    json!({ "keys": keys }).to_string()
+}
+
+#[test]
+fn a_jwks_rotates_on_sighup_without_dropping_connections() {
+    use common::tls::{metric, ServeProc};
+    let file = config_file("jwks", "").with_file_name("keys.json");
+    std::fs::write(&file, jwks(&[("rs256_private.pem", "old")])).unwrap();
+    let path = file.to_str().unwrap();
+    let mut p = ServeProc::spawn(&["--jwt-algorithm", "RS256", "--jwt-jwks", path]);
+    let (ws, api) = p.listening();
+    let old = |sub: &str| sign_kid("rs256_private.pem", "old", sub);
+    let new = |sub: &str| sign_kid("rs256b_private.pem", "new", sub);
+    let mut first = Client::connect(ws, &old("first")).expect("the old key's token");
+    let refused = Client::connect(ws, &new("early")).err();
+    assert!(
+        refused.is_some_and(|e| e.contains("401")),
+        "the new key before the reload"
+    );
+
+    // The identity provider rotates: the new key only. Connections stay; new tokens work.
+    std::fs::write(&file, jwks(&[("rs256b_private.pem", "new")])).unwrap();
+    p.signal(libc::SIGHUP);
+    assert!(
+        wait_until(Duration::from_secs(10), || Client::connect(
+            ws,
+            &new("later")
+        )
+        .is_ok()),
+        "the new key never took; log:\n{}",
+        p.seen.join("\n")
+    );
+    p.find(Duration::from_secs(5), |l| {
+        l.contains("JWT keys reloaded").then_some(())
+    });
+    let e = Client::connect(ws, &old("late")).err();
+    assert!(e.is_some_and(|e| e.contains("401")), "the retired key");
+    first.send(json!({"type": "ping", "ref": "still here"}));
+    assert_eq!(first.recv()["type"], "pong");
+    // The shard verifies `refresh` with the same keys.
+    first.send(json!({"type": "refresh", "token": new("first"), "ref": "r"}));
+    assert_eq!(first.recv()["type"], "refreshed");
+    assert_eq!(metric(api, "throng_jwt_key_reloads_total"), 1);
+
+    // A broken file: logged naming it, and the keys in use stay.
+    std::fs::write(&file, "{").unwrap();
+    p.signal(libc::SIGHUP);
+    let line = p.find(Duration::from_secs(10), |l| {
+        l.contains("JWT keys not reloaded").then(|| l.to_string())
+    });
+    assert!(line.contains(path), "the log names the file: {line}");
+    assert!(Client::connect(ws, &new("after")).is_ok());
+    assert_eq!(metric(api, "throng_jwt_key_reload_errors_total"), 1);
+
+    p.signal(libc::SIGTERM);
+    let st = p.wait_exit(Duration::from_secs(10));
+    assert!(st.success(), "exit {st:?}; log:\n{}", p.seen.join("\n"));
+}

@@ -105,6 +105,7 @@ impl ReplayBench {
             // The bench's clients never publish.
             publishes: crossbeam_channel::bounded(1).0,
             events: None,
+            jwt_keys: None,
         };
         let poll = Poll::new()?;
         let _ = reactor::waker(&poll)?;

@@ -108,6 +108,9 @@ pub struct ShardShared {
     pub publishes: Sender<ClientPublish>,
     /// Client sends and lifecycle events, when they have a target.
     pub events: Option<crate::events::EventSink>,
+    /// The JWT keys every verifier of the process shares (a reload reaches `refresh`
+    /// too); `None`: the shard loads its own from the configuration.
+    pub jwt_keys: Option<Arc<crate::auth::SharedKeys>>,
 }
 
 /// Creates shard `id`'s poll, channels and thread.
@@ -236,7 +239,11 @@ impl Shard {
         let idle_ticks = ticks(cfg.idle_timeout).max(ping_ticks + 1);
         let max_outbound = cfg.max_outbound_bytes;
         let hint_ticks = ticks(cfg.refresh_ahead);
-        let verifier = match Verifier::new(&cfg.jwt) {
+        let verifier = match &shared.jwt_keys {
+            Some(keys) => Ok(Verifier::with_keys(&cfg.jwt, Arc::clone(keys))),
+            None => Verifier::new(&cfg.jwt),
+        };
+        let verifier = match verifier {
             Ok(v) => Some(v),
             Err(e) => {
                 tracing::error!(shard = id, error = %e, "token refresh disabled");

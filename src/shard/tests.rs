@@ -228,6 +228,7 @@ impl Harness {
             cluster,
             publishes: publish_tx,
             events: None,
+            jwt_keys: None,
         };
         let poll = Poll::new().expect("poll");
         // The shard's own waker, as `spawn` makes it (senders here never need to wake it).

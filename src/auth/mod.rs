@@ -1,11 +1,18 @@
 //! JWT verification and the identity a token grants (docs/protocol.md 1.3).
 
+mod keys;
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::config::JwtConfig;
 use crate::topic::TopicPattern;
+use keys::DecodeError;
+pub use keys::{KeySet, SharedKeys};
 
 /// Longest user id.
 pub const MAX_USER_BYTES: usize = 128;
@@ -67,9 +74,12 @@ pub fn validate_user(user: &str) -> Result<(), &'static str> {
     }
 }
 
-/// Verifies tokens against the configured key and algorithm.
+/// Verifies tokens against the configured keys and algorithm. Each thread has its own
+/// (acceptors, shards), holding a copy of the shared key set until a reload moves it.
 pub struct Verifier {
-    key: DecodingKey,
+    keys: Arc<SharedKeys>,
+    /// The key set in use, with the reload generation it was taken at.
+    current: RefCell<(u64, Arc<KeySet>)>,
     validation: Validation,
 }
 
@@ -79,23 +89,14 @@ pub struct Verifier {
 pub struct KeyError(String);
 
 impl Verifier {
-    /// Builds a verifier from the JWT configuration.
+    /// Builds a verifier from the JWT configuration, with keys of its own.
     pub fn new(cfg: &JwtConfig) -> Result<Verifier, KeyError> {
-        let key = match cfg.algorithm {
-            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
-                let secret = cfg
-                    .secret
-                    .as_deref()
-                    .ok_or_else(|| KeyError("no secret configured".into()))?;
-                DecodingKey::from_secret(secret.as_bytes())
-                    .map_err(|e| KeyError(format!("secret: {e}")))?
-            }
-            Algorithm::RS256 => DecodingKey::from_rsa_pem(pem(cfg)?)
-                .map_err(|e| KeyError(format!("RS256 public key: {e}")))?,
-            Algorithm::ES256 => DecodingKey::from_ec_pem(pem(cfg)?)
-                .map_err(|e| KeyError(format!("ES256 public key: {e}")))?,
-            other => return Err(KeyError(format!("unsupported algorithm {other:?}"))),
-        };
+        Ok(Verifier::with_keys(cfg, SharedKeys::load(cfg)?))
+    }
+
+    /// A verifier reading `keys`, which it shares (with every verifier of the process, so
+    /// that a reload reaches them all).
+    pub fn with_keys(cfg: &JwtConfig, keys: Arc<SharedKeys>) -> Verifier {
         let mut validation = Validation::new(cfg.algorithm);
         validation.leeway = cfg.leeway_secs;
         validation.validate_exp = true;
@@ -121,17 +122,39 @@ impl Verifier {
         if cfg.audience.is_some() {
             validation.required_spec_claims.insert("aud".to_string());
         }
-        Ok(Verifier { key, validation })
+        let current = RefCell::new((keys.generation(), keys.get()));
+        Verifier {
+            keys,
+            current,
+            validation,
+        }
+    }
+
+    /// The key set to verify with: this verifier's copy, renewed after a reload.
+    fn key_set(&self) -> std::cell::Ref<'_, (u64, Arc<KeySet>)> {
+        let generation = self.keys.generation();
+        if self.current.borrow().0 != generation {
+            // Taken after the generation was read: never older than it says.
+            *self.current.borrow_mut() = (generation, self.keys.get());
+        }
+        self.current.borrow()
     }
 
     /// Verifies `token` and returns the identity it grants.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
-            |e| match e.kind() {
-                ErrorKind::ExpiredSignature => AuthError::Expired,
-                _ => AuthError::Invalid(plain_reason(&e)),
-            },
-        )?;
+        let data = self
+            .key_set()
+            .1
+            .decode::<Claims>(token, &self.validation)
+            .map_err(|e| match e {
+                DecodeError::Jwt(e) if matches!(e.kind(), ErrorKind::ExpiredSignature) => {
+                    AuthError::Expired
+                }
+                DecodeError::Jwt(e) => AuthError::Invalid(plain_reason(&e)),
+                DecodeError::UnknownKid(kid) => AuthError::Invalid(format!(
+                    "the token's kid {kid:?} names none of the configured keys"
+                )),
+            })?;
         let claims = data.claims;
         let user: Box<str> = match claims.sub {
             Some(serde_json::Value::String(s)) => s.into(),
@@ -193,12 +216,6 @@ fn plain_reason(e: &jsonwebtoken::errors::Error) -> String {
     }
 }
 
-fn pem(cfg: &JwtConfig) -> Result<&[u8], KeyError> {
-    cfg.public_key_pem
-        .as_deref()
-        .ok_or_else(|| KeyError("no public key configured".into()))
-}
-
 #[derive(Serialize)]
 struct MintClaims<'a> {
     sub: &'a str,
@@ -236,12 +253,13 @@ pub fn mint_hs256(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::PublicKeys;
 
     fn cfg(alg: Algorithm) -> JwtConfig {
         JwtConfig {
             algorithm: alg,
             secret: Some("s3cret".into()),
-            public_key_pem: None,
+            public_keys: None,
             require_exp: true,
             leeway_secs: 0,
             issuer: None,
@@ -448,7 +466,10 @@ mod tests {
         let c = JwtConfig {
             algorithm: alg,
             secret: None,
-            public_key_pem: Some(public.as_bytes().to_vec()),
+            public_keys: Some(PublicKeys::Pem {
+                path: None,
+                pem: public.as_bytes().to_vec(),
+            }),
             require_exp: true,
             leeway_secs: 0,
             issuer: None,
@@ -471,13 +492,13 @@ mod tests {
     fn rs256_and_es256() {
         asymmetric(
             Algorithm::RS256,
-            include_str!("testdata/rs256-public.pem"),
-            include_str!("testdata/rs256-private.pem"),
+            include_str!("../testdata/rs256-public.pem"),
+            include_str!("../testdata/rs256-private.pem"),
         );
         asymmetric(
             Algorithm::ES256,
-            include_str!("testdata/es256-public.pem"),
-            include_str!("testdata/es256-private.pem"),
+            include_str!("../testdata/es256-public.pem"),
+            include_str!("../testdata/es256-private.pem"),
         );
     }
 
@@ -486,13 +507,168 @@ mod tests {
         let c = JwtConfig {
             algorithm: Algorithm::RS256,
             secret: None,
-            public_key_pem: Some(b"not a key".to_vec()),
+            public_keys: Some(PublicKeys::Pem {
+                path: None,
+                pem: b"not a key".to_vec(),
+            }),
             require_exp: true,
             leeway_secs: 0,
             issuer: None,
             audience: None,
         };
         assert!(Verifier::new(&c).is_err());
+    }
+
+    const RS_A_PUBLIC: &str = include_str!("../testdata/rs256-public.pem");
+    const RS_A_PRIVATE: &str = include_str!("../testdata/rs256-private.pem");
+    const RS_B_PUBLIC: &str = include_str!("../testdata/rs256b-public.pem");
+    const RS_B_PRIVATE: &str = include_str!("../testdata/rs256b-private.pem");
+
+    /// An RS256 token for `sub` signed with `private`, with `kid` in its header.
+    fn rs256(private: &str, kid: Option<&str>, sub: &str) -> String {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = kid.map(str::to_string);
+        let key = EncodingKey::from_rsa_pem(private.as_bytes()).unwrap();
+        jsonwebtoken::encode(
+            &header,
+            &serde_json::json!({"sub": sub, "exp": later()}),
+            &key,
+        )
+        .unwrap()
+    }
+
+    /// A JWKS document of the public halves of `keys` (private PEM, kid).
+    fn jwks(keys: &[(&str, &str)], extra: &[serde_json::Value]) -> Vec<u8> {
+        let mut out: Vec<serde_json::Value> = keys
+            .iter()
+            .map(|(private, kid)| {
+                let key = EncodingKey::from_rsa_pem(private.as_bytes()).unwrap();
+                let mut jwk =
+                    jsonwebtoken::jwk::Jwk::from_encoding_key(&key, Algorithm::RS256).unwrap();
+                jwk.common.key_id = Some(kid.to_string());
+                serde_json::to_value(jwk).unwrap()
+            })
+            .collect();
+        out.extend(extra.iter().cloned());
+        serde_json::to_vec(&serde_json::json!({ "keys": out })).unwrap()
+    }
+
+    fn rs_config(keys: PublicKeys) -> JwtConfig {
+        JwtConfig {
+            algorithm: Algorithm::RS256,
+            secret: None,
+            public_keys: Some(keys),
+            require_exp: true,
+            leeway_secs: 0,
+            issuer: None,
+            audience: None,
+        }
+    }
+
+    #[test]
+    fn a_pem_file_with_two_keys_takes_tokens_of_either() {
+        let pem = format!("{RS_A_PUBLIC}\n{RS_B_PUBLIC}").into_bytes();
+        let v = Verifier::new(&rs_config(PublicKeys::Pem { path: None, pem })).unwrap();
+        assert_eq!(
+            &*v.verify(&rs256(RS_A_PRIVATE, None, "old")).unwrap().user,
+            "old"
+        );
+        assert_eq!(
+            &*v.verify(&rs256(RS_B_PRIVATE, None, "new")).unwrap().user,
+            "new"
+        );
+        // A kid means nothing to PEM keys: every key is still tried.
+        assert!(v.verify(&rs256(RS_B_PRIVATE, Some("x"), "new")).is_ok());
+        let only_a = Verifier::new(&rs_config(PublicKeys::Pem {
+            path: None,
+            pem: RS_A_PUBLIC.as_bytes().to_vec(),
+        }))
+        .unwrap();
+        let e = only_a
+            .verify(&rs256(RS_B_PRIVATE, None, "new"))
+            .unwrap_err();
+        assert_eq!(e, AuthError::Invalid("bad signature".into()));
+    }
+
+    #[test]
+    fn a_jwks_picks_the_key_by_kid_and_skips_keys_for_other_uses() {
+        let json = jwks(
+            &[(RS_A_PRIVATE, "a"), (RS_B_PRIVATE, "b")],
+            &[
+                serde_json::json!({"kty": "oct", "k": "c2VjcmV0", "kid": "hmac"}),
+                serde_json::json!({"kty": "RSA", "use": "enc", "kid": "enc", "n": "AQAB", "e": "AQAB"}),
+            ],
+        );
+        let keys = PublicKeys::Jwks {
+            path: "unused.json".into(),
+            json,
+        };
+        let v = Verifier::new(&rs_config(keys)).unwrap();
+        assert_eq!(v.keys.get().len(), 2, "the oct and enc keys are skipped");
+        assert!(v.verify(&rs256(RS_A_PRIVATE, Some("a"), "u")).is_ok());
+        assert!(v.verify(&rs256(RS_B_PRIVATE, Some("b"), "u")).is_ok());
+        // The kid picks the key: B's token under A's kid fails.
+        let e = v.verify(&rs256(RS_B_PRIVATE, Some("a"), "u")).unwrap_err();
+        assert_eq!(e, AuthError::Invalid("bad signature".into()));
+        let e = v.verify(&rs256(RS_B_PRIVATE, Some("c"), "u")).unwrap_err();
+        assert!(e.to_string().contains("kid \"c\" names none"), "{e}");
+        // Without a kid each key is tried.
+        assert!(v.verify(&rs256(RS_B_PRIVATE, None, "u")).is_ok());
+    }
+
+    #[test]
+    fn a_jwks_without_a_usable_key_or_not_a_jwks_is_an_error() {
+        for (json, says) in [
+            (b"{\"keys\": []}".to_vec(), "no RS256 signing key"),
+            (b"[1, 2]".to_vec(), "not a JWKS document"),
+            (
+                jwks(&[], &[serde_json::json!({"kty": "oct", "k": "c2VjcmV0"})]),
+                "no RS256 signing key (of 1 keys)",
+            ),
+        ] {
+            let keys = PublicKeys::Jwks {
+                path: "k.json".into(),
+                json,
+            };
+            let e = Verifier::new(&rs_config(keys)).err().expect("refused");
+            assert!(e.to_string().contains(says), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_reload_swaps_the_keys_for_every_verifier_and_a_bad_file_keeps_them() {
+        let dir = std::env::temp_dir().join(format!("throng-jwt-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("keys.json");
+        std::fs::write(&file, jwks(&[(RS_A_PRIVATE, "a")], &[])).unwrap();
+        let rs = rs_config(PublicKeys::Jwks {
+            path: file.clone(),
+            json: std::fs::read(&file).unwrap(),
+        });
+        let keys = SharedKeys::load(&rs).unwrap();
+        let (one, two) = (
+            Verifier::with_keys(&rs, Arc::clone(&keys)),
+            Verifier::with_keys(&rs, Arc::clone(&keys)),
+        );
+        let b = rs256(RS_B_PRIVATE, Some("b"), "u");
+        assert!(one.verify(&b).is_err());
+        std::fs::write(
+            &file,
+            jwks(&[(RS_A_PRIVATE, "a"), (RS_B_PRIVATE, "b")], &[]),
+        )
+        .unwrap();
+        assert_eq!(keys.reload().map(|r| r.ok()), Some(Some(2)));
+        assert!(one.verify(&b).is_ok() && two.verify(&b).is_ok());
+        std::fs::write(&file, "not json").unwrap();
+        let e = keys.reload().expect("a file to reload").unwrap_err();
+        assert!(e.to_string().contains("keys.json"), "names the file: {e}");
+        assert!(two.verify(&b).is_ok(), "the keys in use stay");
+        // A secret has nothing to reload.
+        assert!(SharedKeys::load(&cfg(Algorithm::HS256))
+            .unwrap()
+            .reload()
+            .is_none());
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

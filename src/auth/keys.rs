@@ -1,0 +1,300 @@
+//! The keys tokens are verified with: the HMAC secret, or public keys read from a PEM file
+//! (one key, or several during a rotation) or a JWKS file (keys named by `kid`). One
+//! `SharedKeys` serves every verifier of the process and is replaced whole by a reload
+//! (`SIGHUP`), so a signing key can be rotated without dropping a connection.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey, TokenData, Validation};
+use serde::de::DeserializeOwned;
+
+use super::KeyError;
+use crate::config::{JwtConfig, PublicKeys};
+
+/// One verification key, with the `kid` a JWKS gave it.
+struct NamedKey {
+    kid: Option<String>,
+    key: DecodingKey,
+}
+
+/// The keys in use at one moment.
+pub struct KeySet {
+    keys: Vec<NamedKey>,
+}
+
+/// Why a token could not be decoded with the key set.
+pub(super) enum DecodeError {
+    /// What jsonwebtoken said (with the last key tried).
+    Jwt(jsonwebtoken::errors::Error),
+    /// The token's `kid` names none of the keys.
+    UnknownKid(String),
+}
+
+impl KeySet {
+    /// The HMAC secret.
+    fn secret(secret: &str) -> Result<KeySet, KeyError> {
+        let key = DecodingKey::from_secret(secret.as_bytes())
+            .map_err(|e| KeyError(format!("secret: {e}")))?;
+        Ok(KeySet {
+            keys: vec![NamedKey { kid: None, key }],
+        })
+    }
+
+    /// Every public key of a PEM text, for `alg` (RS256 or ES256).
+    fn pem(alg: Algorithm, pem: &[u8]) -> Result<KeySet, KeyError> {
+        let text = std::str::from_utf8(pem)
+            .map_err(|_| KeyError(format!("{alg:?} public key: not PEM text")))?;
+        let mut keys = Vec::new();
+        for block in pem_blocks(text) {
+            let key = match alg {
+                Algorithm::RS256 => DecodingKey::from_rsa_pem(block.as_bytes()),
+                _ => DecodingKey::from_ec_pem(block.as_bytes()),
+            }
+            .map_err(|e| KeyError(format!("{alg:?} public key {}: {e}", keys.len() + 1)))?;
+            keys.push(NamedKey { kid: None, key });
+        }
+        if keys.is_empty() {
+            return Err(KeyError(format!("{alg:?} public key: no PEM block")));
+        }
+        Ok(KeySet { keys })
+    }
+
+    /// The keys of a JWKS document that can verify `alg`: RSA keys for RS256, P-256 keys
+    /// for ES256, none marked for encryption or for another `alg`.
+    fn jwks(alg: Algorithm, json: &[u8]) -> Result<KeySet, KeyError> {
+        let set: JwkSet = serde_json::from_slice(json)
+            .map_err(|e| KeyError(format!("not a JWKS document ({{\"keys\": [...]}}): {e}")))?;
+        let mut keys = Vec::new();
+        for jwk in &set.keys {
+            let fits = match (&jwk.algorithm, alg) {
+                (AlgorithmParameters::RSA(_), Algorithm::RS256) => true,
+                (AlgorithmParameters::EllipticCurve(ec), Algorithm::ES256) => {
+                    ec.curve == EllipticCurve::P256
+                }
+                _ => false,
+            };
+            let for_signing = !matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption));
+            let same_alg = jwk.common.key_algorithm.is_none_or(|a| {
+                matches!(
+                    (a, alg),
+                    (KeyAlgorithm::RS256, Algorithm::RS256)
+                        | (KeyAlgorithm::ES256, Algorithm::ES256)
+                )
+            });
+            if !(fits && for_signing && same_alg) {
+                continue;
+            }
+            let key = DecodingKey::from_jwk(jwk).map_err(|e| {
+                KeyError(format!(
+                    "JWKS key {}: {e}",
+                    jwk.common.key_id.as_deref().unwrap_or("without kid")
+                ))
+            })?;
+            keys.push(NamedKey {
+                kid: jwk.common.key_id.clone(),
+                key,
+            });
+        }
+        if keys.is_empty() {
+            return Err(KeyError(format!(
+                "the JWKS document has no {alg:?} signing key (of {} keys)",
+                set.keys.len()
+            )));
+        }
+        Ok(KeySet { keys })
+    }
+
+    /// How many keys it holds.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether it holds none (never, once built).
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Verifies and decodes `token`: with the key its `kid` names, else with each key in
+    /// turn until one's signature matches.
+    pub(super) fn decode<T: DeserializeOwned>(
+        &self,
+        token: &str,
+        validation: &Validation,
+    ) -> Result<TokenData<T>, DecodeError> {
+        if let [only] = self.keys.as_slice() {
+            if only.kid.is_none() {
+                // The common case: one key, no header to look at first.
+                return jsonwebtoken::decode(token, &only.key, validation)
+                    .map_err(DecodeError::Jwt);
+            }
+        }
+        let kid = jsonwebtoken::decode_header(token)
+            .map_err(DecodeError::Jwt)?
+            .kid;
+        let named = kid
+            .as_deref()
+            .and_then(|kid| self.keys.iter().find(|k| k.kid.as_deref() == Some(kid)));
+        if let Some(k) = named {
+            return jsonwebtoken::decode(token, &k.key, validation).map_err(DecodeError::Jwt);
+        }
+        // A `kid` none of the keys has: only keys without one may still fit it.
+        let candidates: Vec<&NamedKey> = self
+            .keys
+            .iter()
+            .filter(|k| kid.is_none() || k.kid.is_none())
+            .collect();
+        let mut last = None;
+        for k in candidates {
+            match jsonwebtoken::decode(token, &k.key, validation) {
+                Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => last = Some(e),
+                done => return done.map_err(DecodeError::Jwt),
+            }
+        }
+        match (last, kid) {
+            (Some(e), _) => Err(DecodeError::Jwt(e)),
+            (None, Some(kid)) => Err(DecodeError::UnknownKid(kid)),
+            (None, None) => Err(DecodeError::Jwt(ErrorKind::InvalidSignature.into())),
+        }
+    }
+}
+
+/// The PEM blocks of `text`, each from its BEGIN line through its END line.
+fn pem_blocks(text: &str) -> Vec<&str> {
+    const BEGIN: &str = "-----BEGIN ";
+    const END: &str = "-----END ";
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(b) = rest.find(BEGIN) {
+        let from = &rest[b..];
+        let Some(e) = from.find(END) else {
+            // An unterminated block: handed on whole, for the parser to refuse.
+            out.push(from);
+            break;
+        };
+        let tail = e + END.len();
+        let end = from[tail..]
+            .find("-----")
+            .map_or(from.len(), |i| tail + i + 5);
+        out.push(&from[..end]);
+        rest = &from[end..];
+    }
+    out
+}
+
+/// Where the keys come from: a reload reads the file again.
+enum Source {
+    /// The secret, or key bytes given without a file: nothing to reload.
+    Fixed,
+    /// A PEM file of public keys.
+    Pem(PathBuf),
+    /// A JWKS file.
+    Jwks(PathBuf),
+}
+
+/// The key set every verifier of the process reads, replaceable while serving.
+pub struct SharedKeys {
+    algorithm: Algorithm,
+    source: Source,
+    current: RwLock<Arc<KeySet>>,
+    /// Bumped by each reload: a verifier keeps its copy of the set until this moves, so
+    /// a verification reads one shared word and takes no lock.
+    generation: AtomicU64,
+}
+
+impl SharedKeys {
+    /// The keys the configuration names, as read at startup.
+    pub fn load(cfg: &JwtConfig) -> Result<Arc<SharedKeys>, KeyError> {
+        let alg = cfg.algorithm;
+        let (set, source) = match alg {
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
+                let secret = cfg
+                    .secret
+                    .as_deref()
+                    .ok_or_else(|| KeyError("no secret configured".into()))?;
+                (KeySet::secret(secret)?, Source::Fixed)
+            }
+            Algorithm::RS256 | Algorithm::ES256 => match &cfg.public_keys {
+                Some(PublicKeys::Pem { path, pem }) => (
+                    KeySet::pem(alg, pem)?,
+                    path.clone().map_or(Source::Fixed, Source::Pem),
+                ),
+                Some(PublicKeys::Jwks { path, json }) => {
+                    (KeySet::jwks(alg, json)?, Source::Jwks(path.clone()))
+                }
+                None => return Err(KeyError("no public key configured".into())),
+            },
+            other => return Err(KeyError(format!("unsupported algorithm {other:?}"))),
+        };
+        Ok(Arc::new(SharedKeys {
+            algorithm: alg,
+            source,
+            current: RwLock::new(Arc::new(set)),
+            generation: AtomicU64::new(0),
+        }))
+    }
+
+    /// Reads the key file again; verifications after it use the new keys. `None` when the
+    /// keys come from no file (the secret); on error the keys in use stay. Else how many
+    /// keys it holds.
+    pub fn reload(&self) -> Option<Result<usize, KeyError>> {
+        let read = |path: &Path| {
+            std::fs::read(path)
+                .map_err(|e| KeyError(format!("cannot read {}: {e}", path.display())))
+        };
+        let named = |path: &Path, e: KeyError| KeyError(format!("{}: {}", path.display(), e.0));
+        let set = match &self.source {
+            Source::Fixed => return None,
+            Source::Pem(path) => read(path)
+                .and_then(|pem| KeySet::pem(self.algorithm, &pem))
+                .map_err(|e| named(path, e)),
+            Source::Jwks(path) => read(path)
+                .and_then(|json| KeySet::jwks(self.algorithm, &json))
+                .map_err(|e| named(path, e)),
+        };
+        Some(set.map(|set| {
+            let n = set.len();
+            let set = Arc::new(set);
+            match self.current.write() {
+                Ok(mut cur) => *cur = set,
+                // A panic while holding the lock cannot leave the Arc half-written.
+                Err(poisoned) => *poisoned.into_inner() = set,
+            }
+            self.generation.fetch_add(1, Ordering::Release);
+            n
+        }))
+    }
+
+    /// How many reloads have taken effect (verifiers compare it with their copy's).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The keys in use now.
+    pub fn get(&self) -> Arc<KeySet> {
+        match self.current.read() {
+            Ok(cur) => Arc::clone(&cur),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pem_blocks_are_cut_at_their_end_lines() {
+        let two = "junk\n-----BEGIN PUBLIC KEY-----\nAAA\n-----END PUBLIC KEY-----\n\
+                   -----BEGIN PUBLIC KEY-----\nBBB\n-----END PUBLIC KEY-----";
+        let blocks = pem_blocks(two);
+        assert_eq!(blocks.len(), 2);
+        assert!(blocks[0].ends_with("-----END PUBLIC KEY-----") && blocks[0].contains("AAA"));
+        assert!(blocks[1].contains("BBB") && !blocks[1].contains("AAA"));
+        assert!(pem_blocks("no pem here").is_empty());
+        assert_eq!(pem_blocks("-----BEGIN X-----\nCCC").len(), 1);
+    }
+}
