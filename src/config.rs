@@ -119,6 +119,13 @@ pub struct ServeArgs {
     /// instead of --jwt-public-key. SIGHUP reads it again.
     #[arg(long, value_name = "FILE")]
     pub jwt_jwks: Option<PathBuf>,
+    /// JWKS URL of the identity provider (http:// or https://), fetched at start, every
+    /// --jwt-jwks-refresh-secs, on SIGHUP and after an unknown `kid`; instead of a file.
+    #[arg(long, value_name = "URL")]
+    pub jwt_jwks_url: Option<String>,
+    /// How often --jwt-jwks-url is fetched again [default: 300].
+    #[arg(long, value_name = "SECS")]
+    pub jwt_jwks_refresh_secs: Option<u64>,
     /// Push API key; requests need `Authorization: Bearer <key>` (env THRONG_API_KEY).
     #[arg(long)]
     pub api_key: Option<String>,
@@ -309,6 +316,8 @@ struct FileJwt {
     algorithm: Option<String>,
     public_key_file: Option<PathBuf>,
     jwks_file: Option<PathBuf>,
+    jwks_url: Option<String>,
+    jwks_refresh_secs: Option<u64>,
     require_exp: Option<bool>,
     leeway_secs: Option<u64>,
     issuer: Option<String>,
@@ -422,6 +431,14 @@ pub enum PublicKeys {
         path: PathBuf,
         /// Its bytes.
         json: Vec<u8>,
+    },
+    /// A JWKS document fetched from `url` at startup, every `refresh`, on `SIGHUP` and
+    /// after a token with an unknown `kid`.
+    JwksUrl {
+        /// `http://` or `https://`.
+        url: String,
+        /// How often it is fetched again.
+        refresh: Duration,
     },
 }
 
@@ -729,26 +746,48 @@ impl Config {
             std::fs::read(path)
                 .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))
         };
-        let public_keys =
-            match (
-                args.jwt_public_key.or(file.jwt.public_key_file),
-                args.jwt_jwks.or(file.jwt.jwks_file),
-            ) {
-                (Some(_), Some(_)) => return Err(invalid(
+        let refresh_secs = args
+            .jwt_jwks_refresh_secs
+            .or(file.jwt.jwks_refresh_secs)
+            .unwrap_or(300);
+        if refresh_secs == 0 {
+            return Err(invalid("jwt_jwks_refresh_secs", "must be greater than 0"));
+        }
+        let ways = (
+            args.jwt_public_key.or(file.jwt.public_key_file),
+            args.jwt_jwks.or(file.jwt.jwks_file),
+            args.jwt_jwks_url.or(file.jwt.jwks_url),
+        );
+        let public_keys = match ways {
+            (Some(path), None, None) => Some(PublicKeys::Pem {
+                pem: read("jwt_public_key", &path)?,
+                path: Some(path),
+            }),
+            (None, Some(path), None) => Some(PublicKeys::Jwks {
+                json: read("jwt_jwks", &path)?,
+                path,
+            }),
+            (None, None, Some(url)) => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(invalid(
+                        "jwt_jwks_url",
+                        format!("{url:?}: expected an http:// or https:// URL"),
+                    ));
+                }
+                Some(PublicKeys::JwksUrl {
+                    url,
+                    refresh: Duration::from_secs(refresh_secs),
+                })
+            }
+            (None, None, None) => None,
+            _ => {
+                return Err(invalid(
                     "jwt_jwks",
-                    "give the public keys one way, a PEM file (--jwt-public-key) or a JWKS file, \
-                     not both",
-                )),
-                (Some(path), None) => Some(PublicKeys::Pem {
-                    pem: read("jwt_public_key", &path)?,
-                    path: Some(path),
-                }),
-                (None, Some(path)) => Some(PublicKeys::Jwks {
-                    json: read("jwt_jwks", &path)?,
-                    path,
-                }),
-                (None, None) => None,
-            };
+                    "give the public keys one way: a PEM file (--jwt-public-key), a JWKS \
+                     file (--jwt-jwks) or a JWKS URL (--jwt-jwks-url), not two",
+                ))
+            }
+        };
         let key_flag = match public_keys {
             Some(PublicKeys::Jwks { .. }) => "jwt_jwks",
             _ => "jwt_public_key",
@@ -841,7 +880,10 @@ impl Config {
             audience: file.jwt.audience,
         };
         // Fail at startup, not on the first handshake, when the key does not parse.
-        crate::auth::Verifier::new(&jwt).map_err(|e| invalid(key_flag, e.to_string()))?;
+        // (A JWKS URL is fetched when the server starts, not here.)
+        if !matches!(jwt.public_keys, Some(PublicKeys::JwksUrl { .. })) {
+            crate::auth::Verifier::new(&jwt).map_err(|e| invalid(key_flag, e.to_string()))?;
+        }
 
         let ms = |key: &'static str, flag: Option<u64>, file: Option<u64>, default: u64| {
             let v = flag.or(file).unwrap_or(default);
@@ -1380,7 +1422,28 @@ mod tests {
             Some(PublicKeys::Pem { path: Some(_), .. })
         ));
         let e = rs(&["--jwt-public-key", pem, "--jwt-jwks", json]).unwrap_err();
-        assert!(e.contains("(--jwt-jwks)") && e.contains("not both"), "{e}");
+        assert!(e.contains("(--jwt-jwks)") && e.contains("not two"), "{e}");
+        let e = rs(&["--jwt-jwks-url", "ftp://idp/keys"]).unwrap_err();
+        assert!(
+            e.contains("(--jwt-jwks-url)") && e.contains("http://"),
+            "{e}"
+        );
+        let e = rs(&[
+            "--jwt-jwks-url",
+            "http://idp/k",
+            "--jwt-jwks-refresh-secs",
+            "0",
+        ]);
+        assert!(e.unwrap_err().contains("(--jwt-jwks-refresh-secs)"));
+        let c = rs(&[
+            "--jwt-jwks-url",
+            "https://idp.example/.well-known/jwks.json",
+        ])
+        .unwrap();
+        assert!(matches!(
+            c.jwt.public_keys,
+            Some(PublicKeys::JwksUrl { refresh, .. }) if refresh == Duration::from_secs(300)
+        ));
         let e = rs(&["--jwt-jwks", json]).unwrap_err();
         assert!(
             e.contains("(--jwt-jwks)") && e.contains("no RS256 signing key"),

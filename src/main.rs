@@ -171,8 +171,12 @@ fn serve(args: ServeArgs) -> ExitCode {
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("throng: {e}");
-            // A certificate or key that cannot be used is a configuration error.
-            if matches!(e, throng::server::StartError::Tls(_)) {
+            // A certificate or key that cannot be used (or JWT keys that cannot be had)
+            // is a configuration error.
+            if matches!(
+                e,
+                throng::server::StartError::Tls(_) | throng::server::StartError::Key(_)
+            ) {
                 return ExitCode::from(2);
             }
             return ExitCode::FAILURE;

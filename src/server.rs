@@ -74,6 +74,8 @@ pub struct Server {
     events_ca: Option<crate::events::CaReload>,
     /// The JWT keys, which `reload_jwt_keys` renews.
     jwt_keys: Arc<crate::auth::SharedKeys>,
+    /// With `jwks_url`: the thread that fetches the keys again.
+    jwks_refresher: Option<JoinHandle<()>>,
 }
 
 /// A listening socket: `SO_REUSEADDR`, non-blocking, with backlog.
@@ -344,6 +346,17 @@ impl Server {
             ingress,
             api_tls.clone(),
         )?;
+        let jwks_refresher = match &config.jwt.public_keys {
+            Some(crate::config::PublicKeys::JwksUrl { refresh, .. }) => {
+                Some(crate::auth::spawn_refresher(
+                    Arc::clone(&jwt_keys),
+                    *refresh,
+                    Arc::clone(&metrics),
+                    Arc::clone(&stop),
+                )?)
+            }
+            _ => None,
+        };
         let api_thread = std::thread::Builder::new()
             .name("throng-api".into())
             .spawn(move || api.run())?;
@@ -366,6 +379,7 @@ impl Server {
             tls,
             api_tls,
             jwt_keys,
+            jwks_refresher,
             events_ca,
         })
     }
@@ -514,6 +528,10 @@ impl Server {
         }
         if let Some(t) = self.events.take() {
             join("events".into(), t);
+        }
+        if let Some(t) = self.jwks_refresher.take() {
+            self.jwt_keys.wake_refresher();
+            join("jwks".into(), t);
         }
         panicked
     }

@@ -262,3 +262,136 @@ fn a_jwks_rotates_on_sighup_without_dropping_connections() {
     let st = p.wait_exit(Duration::from_secs(10));
     assert!(st.success(), "exit {st:?}; log:\n{}", p.seen.join("\n"));
 }
+
+/// A tiny HTTP server for a JWKS document: each GET answers the current `body`, and
+/// `requests` counts them. Its thread lives as long as the test process.
+struct JwksServer {
+    addr: std::net::SocketAddr,
+    body: std::sync::Arc<std::sync::Mutex<String>>,
+    requests: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl JwksServer {
+    fn start(body: String) -> JwksServer {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let body = std::sync::Arc::new(std::sync::Mutex::new(body));
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (b, r) = (body.clone(), requests.clone());
+        std::thread::spawn(move || {
+            for mut s in listener.incoming().flatten() {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = b.lock().unwrap().clone();
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+                     Connection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        JwksServer {
+            addr,
+            body,
+            requests,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/.well-known/jwks.json", self.addr)
+    }
+
+    fn serve(&self, body: String) {
+        *self.body.lock().unwrap() = body;
+    }
+
+    fn requests(&self) -> u64 {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn a_jwks_url_is_fetched_again_when_a_token_names_a_new_kid() {
+    let idp = JwksServer::start(jwks(&[("rs256_private.pem", "old")]));
+    let url = idp.url();
+    let srv = TestServer::start(&[
+        "--jwt-algorithm",
+        "RS256",
+        "--jwt-jwks-url",
+        &url,
+        "--jwt-jwks-refresh-secs",
+        "3600",
+    ]);
+    assert_eq!(idp.requests(), 1, "fetched once at start");
+    let old = Client::connect(srv.ws, &sign_kid("rs256_private.pem", "old", "a"));
+    assert!(old.is_ok(), "{:?}", old.err());
+    // The provider starts signing with a new key: its first token asks for a fetch.
+    idp.serve(jwks(&[
+        ("rs256_private.pem", "old"),
+        ("rs256b_private.pem", "new"),
+    ]));
+    let new = sign_kid("rs256b_private.pem", "new", "b");
+    assert!(
+        wait_until(Duration::from_secs(15), || Client::connect(srv.ws, &new)
+            .is_ok()),
+        "the new kid never verified; {} fetches",
+        idp.requests()
+    );
+    assert_eq!(idp.requests(), 2, "one fetch for the unknown kid");
+    assert!(srv.counter("jwt_key_reloads") >= 1);
+    // Made-up kids do not make it fetch again within the gap.
+    for _ in 0..20 {
+        let made_up = sign_kid("rs256b_private.pem", "made-up", "c");
+        refused(&srv, &made_up).assert_refusal(401, "invalid_token");
+    }
+    assert_eq!(idp.requests(), 2);
+}
+
+#[test]
+fn a_jwks_url_is_fetched_again_every_refresh() {
+    let idp = JwksServer::start(jwks(&[("rs256_private.pem", "old")]));
+    let url = idp.url();
+    let srv = TestServer::start(&[
+        "--jwt-algorithm",
+        "RS256",
+        "--jwt-jwks-url",
+        &url,
+        "--jwt-jwks-refresh-secs",
+        "1",
+    ]);
+    let old = sign_kid("rs256_private.pem", "old", "a");
+    assert!(Client::connect(srv.ws, &old).is_ok());
+    // The old key retired: within a refresh its tokens stop verifying.
+    idp.serve(jwks(&[("rs256b_private.pem", "new")]));
+    assert!(
+        wait_until(Duration::from_secs(10), || Client::connect(srv.ws, &old)
+            .is_err()),
+        "the retired key still verifies"
+    );
+    assert!(Client::connect(srv.ws, &sign_kid("rs256b_private.pem", "new", "b")).is_ok());
+    assert!(idp.requests() >= 2);
+}
+
+#[test]
+fn an_unreachable_or_empty_jwks_url_at_start_exits_2_naming_it() {
+    use common::tls::serve_refused;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/jwks.json", l.local_addr().unwrap())
+    };
+    let idp = JwksServer::start("{\"keys\": []}".into());
+    for (url, says) in [
+        (closed.as_str(), "jwks_url"),
+        (idp.url().as_str(), "no RS256 signing key"),
+    ] {
+        let (status, stderr) = serve_refused(&["--jwt-algorithm", "RS256", "--jwt-jwks-url", url]);
+        assert_eq!(status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(url) && stderr.contains(says), "{stderr}");
+    }
+}

@@ -4,8 +4,8 @@
 //! (`SIGHUP`), so a signing key can be rotated without dropping a connection.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, PublicKeyUse};
@@ -108,6 +108,11 @@ impl KeySet {
         Ok(KeySet { keys })
     }
 
+    /// The keys' `kid`s, in order (`None` for a key without one).
+    pub fn kids(&self) -> Vec<Option<String>> {
+        self.keys.iter().map(|k| k.kid.clone()).collect()
+    }
+
     /// How many keys it holds.
     pub fn len(&self) -> usize {
         self.keys.len()
@@ -193,6 +198,8 @@ enum Source {
     Pem(PathBuf),
     /// A JWKS file.
     Jwks(PathBuf),
+    /// A JWKS URL (`jwks_url`).
+    JwksUrl(String),
 }
 
 /// The key set every verifier of the process reads, replaceable while serving.
@@ -203,6 +210,10 @@ pub struct SharedKeys {
     /// Bumped by each reload: a verifier keeps its copy of the set until this moves, so
     /// a verification reads one shared word and takes no lock.
     generation: AtomicU64,
+    /// `jwks_url`: a verifier met a `kid` none of the keys has.
+    refresh_asked: AtomicBool,
+    /// `jwks_url`: the thread that fetches the keys again (`jwks_url::spawn_refresher`).
+    refresher: OnceLock<std::thread::Thread>,
 }
 
 impl SharedKeys {
@@ -225,6 +236,12 @@ impl SharedKeys {
                 Some(PublicKeys::Jwks { path, json }) => {
                     (KeySet::jwks(alg, json)?, Source::Jwks(path.clone()))
                 }
+                Some(PublicKeys::JwksUrl { url, .. }) => {
+                    let json = super::jwks_url::fetch(url)?;
+                    let set = KeySet::jwks(alg, &json)
+                        .map_err(|e| KeyError(format!("jwks_url {url}: {}", e.0)))?;
+                    (set, Source::JwksUrl(url.clone()))
+                }
                 None => return Err(KeyError("no public key configured".into())),
             },
             other => return Err(KeyError(format!("unsupported algorithm {other:?}"))),
@@ -234,6 +251,8 @@ impl SharedKeys {
             source,
             current: RwLock::new(Arc::new(set)),
             generation: AtomicU64::new(0),
+            refresh_asked: AtomicBool::new(false),
+            refresher: OnceLock::new(),
         }))
     }
 
@@ -254,6 +273,10 @@ impl SharedKeys {
             Source::Jwks(path) => read(path)
                 .and_then(|json| KeySet::jwks(self.algorithm, &json))
                 .map_err(|e| named(path, e)),
+            Source::JwksUrl(url) => super::jwks_url::fetch(url).and_then(|json| {
+                KeySet::jwks(self.algorithm, &json)
+                    .map_err(|e| KeyError(format!("jwks_url {url}: {}", e.0)))
+            }),
         };
         Some(set.map(|set| {
             let n = set.len();
@@ -266,6 +289,40 @@ impl SharedKeys {
             self.generation.fetch_add(1, Ordering::Release);
             n
         }))
+    }
+
+    /// Whether the keys come from a URL, which a refresher thread fetches again.
+    pub fn from_url(&self) -> bool {
+        matches!(self.source, Source::JwksUrl(_))
+    }
+
+    /// A verifier met a `kid` none of the keys has: with `jwks_url`, the refresher
+    /// fetches the keys soon (at most once per `jwks_url::MIN_GAP`).
+    pub(super) fn kid_unknown(&self) {
+        if self.from_url() && !self.refresh_asked.swap(true, Ordering::Relaxed) {
+            if let Some(t) = self.refresher.get() {
+                t.unpark();
+            }
+        }
+    }
+
+    pub(super) fn set_refresher(&self, thread: std::thread::Thread) {
+        let _ = self.refresher.set(thread);
+    }
+
+    pub(super) fn refresh_asked(&self) -> bool {
+        self.refresh_asked.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn clear_refresh_asked(&self) {
+        self.refresh_asked.store(false, Ordering::Relaxed);
+    }
+
+    /// Wakes the refresher (to see that the server stops).
+    pub fn wake_refresher(&self) {
+        if let Some(t) = self.refresher.get() {
+            t.unpark();
+        }
     }
 
     /// How many reloads have taken effect (verifiers compare it with their copy's).

@@ -1,5 +1,6 @@
 //! JWT verification and the identity a token grants (docs/protocol.md 1.3).
 
+mod jwks_url;
 mod keys;
 
 use std::cell::RefCell;
@@ -11,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::JwtConfig;
 use crate::topic::TopicPattern;
+pub use jwks_url::spawn_refresher;
 use keys::DecodeError;
 pub use keys::{KeySet, SharedKeys};
 
@@ -151,9 +153,12 @@ impl Verifier {
                     AuthError::Expired
                 }
                 DecodeError::Jwt(e) => AuthError::Invalid(plain_reason(&e)),
-                DecodeError::UnknownKid(kid) => AuthError::Invalid(format!(
-                    "the token's kid {kid:?} names none of the configured keys"
-                )),
+                DecodeError::UnknownKid(kid) => {
+                    self.keys.kid_unknown();
+                    AuthError::Invalid(format!(
+                        "the token's kid {kid:?} names none of the configured keys"
+                    ))
+                }
             })?;
         let claims = data.claims;
         let user: Box<str> = match claims.sub {
