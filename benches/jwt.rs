@@ -36,6 +36,8 @@ fn config(algorithm: Algorithm) -> JwtConfig {
     JwtConfig {
         algorithm,
         secret: (algorithm == Algorithm::HS256).then(|| SECRET.to_string()),
+        extra_secrets: Vec::new(),
+        secret_file: None,
         public_keys: (algorithm == Algorithm::RS256).then(|| PublicKeys::Pem {
             path: None,
             pem: RS256_PUBLIC.as_bytes().to_vec(),

@@ -108,6 +108,10 @@ pub struct ServeArgs {
     /// Shared JWT secret for HS256/384/512 (env THRONG_JWT_SECRET).
     #[arg(long)]
     pub jwt_secret: Option<String>,
+    /// File of HS256/384/512 secrets, one per line, each accepted (a rotation);
+    /// instead of --jwt-secret. SIGHUP reads it again.
+    #[arg(long, value_name = "FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
     /// JWT algorithm: HS256, HS384, HS512, RS256 or ES256 [default: HS256].
     #[arg(long)]
     pub jwt_algorithm: Option<String>,
@@ -313,6 +317,7 @@ pub struct ServeArgs {
 #[serde(deny_unknown_fields)]
 struct FileJwt {
     secret: Option<String>,
+    secret_file: Option<PathBuf>,
     algorithm: Option<String>,
     public_key_file: Option<PathBuf>,
     jwks_file: Option<PathBuf>,
@@ -399,8 +404,12 @@ struct FileConfig {
 pub struct JwtConfig {
     /// The one accepted algorithm.
     pub algorithm: Algorithm,
-    /// Shared secret (HS*).
+    /// Shared secret (HS*): the one given, or the first of `secret_file`.
     pub secret: Option<String>,
+    /// The other secrets of `secret_file`, also accepted (a rotation).
+    pub extra_secrets: Vec<String>,
+    /// Where the secrets came from, when a file: `SIGHUP` reads it again.
+    pub secret_file: Option<PathBuf>,
     /// The public keys (RS256/ES256), as read at startup.
     pub public_keys: Option<PublicKeys>,
     /// Whether `exp` is required.
@@ -742,6 +751,29 @@ impl Config {
             .or(file.jwt.secret)
             .or_else(|| env("THRONG_JWT_SECRET"))
             .filter(|s| !s.is_empty());
+        let secret_file = args.jwt_secret_file.or(file.jwt.secret_file);
+        let (secret, extra_secrets) = match (&secret_file, secret) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "jwt_secret_file",
+                    "give the secret one way: a file, or --jwt-secret ([jwt] secret, \
+                     THRONG_JWT_SECRET), not both",
+                ))
+            }
+            (Some(path), None) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    invalid(
+                        "jwt_secret_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                let mut all = crate::auth::secrets_from_text(&text, MIN_SECRET_BYTES)
+                    .map_err(|e| invalid("jwt_secret_file", format!("{}: {e}", path.display())))?
+                    .into_iter();
+                (all.next(), all.collect())
+            }
+            (None, secret) => (secret, Vec::new()),
+        };
         let read = |key: &'static str, path: &Path| {
             std::fs::read(path)
                 .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))
@@ -788,6 +820,12 @@ impl Config {
                 ))
             }
         };
+        if secret_file.is_some() && !is_hmac(algorithm) {
+            return Err(invalid(
+                "jwt_secret_file",
+                format!("holds HMAC secrets, but the algorithm is {algorithm_name}"),
+            ));
+        }
         let key_flag = match public_keys {
             Some(PublicKeys::Jwks { .. }) => "jwt_jwks",
             _ => "jwt_public_key",
@@ -818,7 +856,7 @@ impl Config {
                 None => {
                     return Err(invalid(
                         "jwt_secret",
-                        format!("{algorithm_name} needs a secret (--jwt-secret, [jwt] secret or THRONG_JWT_SECRET)"),
+                        format!("{algorithm_name} needs a secret (--jwt-secret, [jwt] secret, THRONG_JWT_SECRET or --jwt-secret-file)"),
                     ))
                 }
                 Some(s) if s.len() < MIN_SECRET_BYTES && !args.dev => {
@@ -873,6 +911,8 @@ impl Config {
         let jwt = JwtConfig {
             algorithm,
             secret,
+            extra_secrets,
+            secret_file,
             public_keys,
             require_exp: file.jwt.require_exp.unwrap_or(true),
             leeway_secs: file.jwt.leeway_secs.unwrap_or(30),
@@ -1453,6 +1493,37 @@ mod tests {
         assert!(e.contains("cannot read /nonexistent/k.json"), "{e}");
         let e = rs(&[]).unwrap_err();
         assert!(e.contains("a JWKS file (--jwt-jwks)"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_secret_file_is_read_and_named_when_wrong() {
+        let dir =
+            std::env::temp_dir().join(format!("throng-config-secrets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("secrets");
+        let path = file.to_str().unwrap();
+        let other = "z".repeat(48);
+        std::fs::write(&file, format!("{S}\n# retired soon\n{other}\n")).unwrap();
+        let c = cfg(&["--jwt-secret-file", path]).unwrap();
+        assert_eq!(c.jwt.secret.as_deref(), Some(S));
+        assert_eq!(c.jwt.extra_secrets, vec![other]);
+        assert_eq!(c.jwt.secret_file.as_deref(), Some(file.as_path()));
+        let e = cfg(&["--jwt-secret-file", path, "--jwt-secret", S]).unwrap_err();
+        assert!(e.to_string().contains("not both"), "{e}");
+        let e = cfg(&["--jwt-secret-file", path, "--jwt-algorithm", "ES256"]).unwrap_err();
+        assert!(e.to_string().contains("(--jwt-secret-file)"), "{e}");
+        std::fs::write(&file, format!("{S}\nshort\n")).unwrap();
+        let e = cfg(&["--jwt-secret-file", path]).unwrap_err().to_string();
+        assert!(e.contains("line 2 is 5 bytes") && e.contains(path), "{e}");
+        std::fs::write(&file, "\n# none yet\n").unwrap();
+        let e = cfg(&["--jwt-secret-file", path]).unwrap_err().to_string();
+        assert!(e.contains("holds no secret"), "{e}");
+        let e = cfg(&["--jwt-secret-file", "/nonexistent/secrets"]).unwrap_err();
+        assert!(
+            e.to_string().contains("cannot read /nonexistent/secrets"),
+            "{e}"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 

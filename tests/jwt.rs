@@ -263,6 +263,64 @@ fn a_jwks_rotates_on_sighup_without_dropping_connections() {
     assert!(st.success(), "exit {st:?}; log:\n{}", p.seen.join("\n"));
 }
 
+#[test]
+fn a_secret_file_rotates_on_sighup() {
+    use common::tls::{metric, ServeProc};
+    let file = config_file("secrets", "").with_file_name("secrets");
+    let (old, new) = (SECRET.to_string(), "n".repeat(40));
+    std::fs::write(&file, format!("# signing: old\n{old}\n")).unwrap();
+    let path = file.to_str().unwrap();
+    let mut p = ServeProc::spawn_without_secret(&["--jwt-secret-file", path]);
+    let (ws, api) = p.listening();
+    let hs = |secret: &str, sub: &str| {
+        sign(
+            Algorithm::HS256,
+            secret,
+            json!({"sub": sub, "exp": now_secs() + 600}),
+        )
+    };
+    let mut first = Client::connect(ws, &hs(&old, "first")).expect("the file's secret");
+    assert!(Client::connect(ws, &hs(&new, "early")).is_err());
+
+    // Step one of a rotation: both secrets verify while the issuers move to the new one.
+    std::fs::write(&file, format!("{new}\n{old}\n")).unwrap();
+    p.signal(libc::SIGHUP);
+    assert!(
+        wait_until(Duration::from_secs(10), || Client::connect(
+            ws,
+            &hs(&new, "later")
+        )
+        .is_ok()),
+        "the new secret never took; log:\n{}",
+        p.seen.join("\n")
+    );
+    assert!(Client::connect(ws, &hs(&old, "still")).is_ok());
+    // Step two: the old secret retires; the connection made with it stays.
+    std::fs::write(&file, format!("{new}\n")).unwrap();
+    p.signal(libc::SIGHUP);
+    assert!(wait_until(Duration::from_secs(10), || Client::connect(
+        ws,
+        &hs(&old, "late")
+    )
+    .is_err()));
+    first.send(json!({"type": "ping", "ref": "still here"}));
+    assert_eq!(first.recv()["type"], "pong");
+    assert_eq!(metric(api, "throng_jwt_key_reloads_total"), 2);
+
+    // A short secret: logged by line, and the secret in use stays.
+    std::fs::write(&file, "short\n").unwrap();
+    p.signal(libc::SIGHUP);
+    let line = p.find(Duration::from_secs(10), |l| {
+        l.contains("JWT keys not reloaded").then(|| l.to_string())
+    });
+    assert!(line.contains(path) && line.contains("line 1"), "{line}");
+    assert!(Client::connect(ws, &hs(&new, "after")).is_ok());
+
+    p.signal(libc::SIGTERM);
+    let st = p.wait_exit(Duration::from_secs(10));
+    assert!(st.success(), "exit {st:?}; log:\n{}", p.seen.join("\n"));
+}
+
 /// A tiny HTTP server for a JWKS document: each GET answers the current `body`, and
 /// `requests` counts them. Its thread lives as long as the test process.
 struct JwksServer {

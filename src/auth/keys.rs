@@ -35,13 +35,20 @@ pub(super) enum DecodeError {
 }
 
 impl KeySet {
-    /// The HMAC secret.
-    fn secret(secret: &str) -> Result<KeySet, KeyError> {
-        let key = DecodingKey::from_secret(secret.as_bytes())
-            .map_err(|e| KeyError(format!("secret: {e}")))?;
-        Ok(KeySet {
-            keys: vec![NamedKey { kid: None, key }],
-        })
+    /// HMAC secrets: the first, then the others of a rotation.
+    fn secrets<'a>(secrets: impl IntoIterator<Item = &'a str>) -> Result<KeySet, KeyError> {
+        let keys = secrets
+            .into_iter()
+            .map(|s| {
+                let key = DecodingKey::from_secret(s.as_bytes())
+                    .map_err(|e| KeyError(format!("secret: {e}")))?;
+                Ok(NamedKey { kid: None, key })
+            })
+            .collect::<Result<Vec<_>, KeyError>>()?;
+        if keys.is_empty() {
+            return Err(KeyError("no secret configured".into()));
+        }
+        Ok(KeySet { keys })
     }
 
     /// Every public key of a PEM text, for `alg` (RS256 or ES256).
@@ -190,10 +197,36 @@ fn pem_blocks(text: &str) -> Vec<&str> {
     out
 }
 
+/// The secrets of a secret file: one per line, blank lines and `#` comments skipped,
+/// each at least `min_bytes` long.
+pub fn secrets_from_text(text: &str, min_bytes: usize) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if line.len() < min_bytes {
+            return Err(format!(
+                "the secret on line {} is {} bytes; an HMAC secret needs at least {min_bytes}",
+                i + 1,
+                line.len()
+            ));
+        }
+        out.push(line.to_string());
+    }
+    if out.is_empty() {
+        return Err("holds no secret (one per line)".into());
+    }
+    Ok(out)
+}
+
 /// Where the keys come from: a reload reads the file again.
 enum Source {
     /// The secret, or key bytes given without a file: nothing to reload.
     Fixed,
+    /// A file of HMAC secrets.
+    SecretFile(PathBuf),
     /// A PEM file of public keys.
     Pem(PathBuf),
     /// A JWKS file.
@@ -222,11 +255,16 @@ impl SharedKeys {
         let alg = cfg.algorithm;
         let (set, source) = match alg {
             Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
-                let secret = cfg
+                let all = cfg
                     .secret
-                    .as_deref()
-                    .ok_or_else(|| KeyError("no secret configured".into()))?;
-                (KeySet::secret(secret)?, Source::Fixed)
+                    .iter()
+                    .chain(&cfg.extra_secrets)
+                    .map(String::as_str);
+                let source = cfg
+                    .secret_file
+                    .clone()
+                    .map_or(Source::Fixed, Source::SecretFile);
+                (KeySet::secrets(all)?, source)
             }
             Algorithm::RS256 | Algorithm::ES256 => match &cfg.public_keys {
                 Some(PublicKeys::Pem { path, pem }) => (
@@ -267,6 +305,13 @@ impl SharedKeys {
         let named = |path: &Path, e: KeyError| KeyError(format!("{}: {}", path.display(), e.0));
         let set = match &self.source {
             Source::Fixed => return None,
+            Source::SecretFile(path) => std::fs::read_to_string(path)
+                .map_err(|e| KeyError(format!("cannot read {}: {e}", path.display())))
+                .and_then(|text| {
+                    let secrets = secrets_from_text(&text, crate::config::MIN_SECRET_BYTES)
+                        .map_err(|e| KeyError(format!("{}: {e}", path.display())))?;
+                    KeySet::secrets(secrets.iter().map(String::as_str))
+                }),
             Source::Pem(path) => read(path)
                 .and_then(|pem| KeySet::pem(self.algorithm, &pem))
                 .map_err(|e| named(path, e)),

@@ -14,7 +14,7 @@ use crate::config::JwtConfig;
 use crate::topic::TopicPattern;
 pub use jwks_url::spawn_refresher;
 use keys::DecodeError;
-pub use keys::{KeySet, SharedKeys};
+pub use keys::{secrets_from_text, KeySet, SharedKeys};
 
 /// Longest user id.
 pub const MAX_USER_BYTES: usize = 128;
@@ -264,6 +264,8 @@ mod tests {
         JwtConfig {
             algorithm: alg,
             secret: Some("s3cret".into()),
+            extra_secrets: Vec::new(),
+            secret_file: None,
             public_keys: None,
             require_exp: true,
             leeway_secs: 0,
@@ -471,6 +473,8 @@ mod tests {
         let c = JwtConfig {
             algorithm: alg,
             secret: None,
+            extra_secrets: Vec::new(),
+            secret_file: None,
             public_keys: Some(PublicKeys::Pem {
                 path: None,
                 pem: public.as_bytes().to_vec(),
@@ -512,6 +516,8 @@ mod tests {
         let c = JwtConfig {
             algorithm: Algorithm::RS256,
             secret: None,
+            extra_secrets: Vec::new(),
+            secret_file: None,
             public_keys: Some(PublicKeys::Pem {
                 path: None,
                 pem: b"not a key".to_vec(),
@@ -562,6 +568,8 @@ mod tests {
         JwtConfig {
             algorithm: Algorithm::RS256,
             secret: None,
+            extra_secrets: Vec::new(),
+            secret_file: None,
             public_keys: Some(keys),
             require_exp: true,
             leeway_secs: 0,
@@ -673,6 +681,43 @@ mod tests {
             .unwrap()
             .reload()
             .is_none());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_secret_file_accepts_each_secret_and_a_reload_rotates_them() {
+        let dir = std::env::temp_dir().join(format!("throng-jwt-secrets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("secrets");
+        let (old, new, next) = ("o".repeat(32), "n".repeat(32), "x".repeat(40));
+        std::fs::write(&file, format!("# rotation\n{new}\n\n{old}\n")).unwrap();
+        let secrets = secrets_from_text(&std::fs::read_to_string(&file).unwrap(), 32).unwrap();
+        assert_eq!(secrets, vec![new.clone(), old.clone()]);
+        let c = JwtConfig {
+            secret: Some(new.clone()),
+            extra_secrets: vec![old.clone()],
+            secret_file: Some(file.clone()),
+            ..cfg(Algorithm::HS256)
+        };
+        let keys = SharedKeys::load(&c).unwrap();
+        let v = Verifier::with_keys(&c, Arc::clone(&keys));
+        let token = |secret: &str| mint_hs256(secret, "u", 60, None, None).unwrap();
+        assert!(v.verify(&token(&old)).is_ok() && v.verify(&token(&new)).is_ok());
+        let e = v.verify(&token(&next)).unwrap_err();
+        assert_eq!(e, AuthError::Invalid("bad signature".into()));
+        // The old secret retires, the next one comes in.
+        std::fs::write(&file, format!("{next}\n{new}\n")).unwrap();
+        assert_eq!(keys.reload().map(|r| r.ok()), Some(Some(2)));
+        assert!(v.verify(&token(&next)).is_ok() && v.verify(&token(&new)).is_ok());
+        assert!(v.verify(&token(&old)).is_err());
+        // A short secret is refused by line, and the secrets in use stay.
+        std::fs::write(&file, format!("{next}\ntoo-short\n")).unwrap();
+        let e = keys.reload().expect("a file to reload").unwrap_err();
+        assert!(e.to_string().contains("line 2 is 9 bytes"), "{e}");
+        std::fs::write(&file, "# nothing\n").unwrap();
+        let e = keys.reload().expect("a file to reload").unwrap_err();
+        assert!(e.to_string().contains("holds no secret"), "{e}");
+        assert!(v.verify(&token(&next)).is_ok());
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -988,6 +988,13 @@ impl ServeProc {
     /// Starts `throng serve` on ephemeral ports with the test secret and API key plus
     /// `extra`.
     pub fn spawn(extra: &[&str]) -> ServeProc {
+        let mut args = vec!["--jwt-secret", SECRET];
+        args.extend_from_slice(extra);
+        ServeProc::spawn_without_secret(&args)
+    }
+
+    /// Starts `throng serve` like `spawn`, but the JWT secret comes from `extra` only.
+    pub fn spawn_without_secret(extra: &[&str]) -> ServeProc {
         let mut child = Command::new(env!("CARGO_BIN_EXE_throng"))
             .args([
                 "serve",
@@ -1001,8 +1008,6 @@ impl ServeProc {
                 "1",
                 "--drain-ms",
                 "100",
-                "--jwt-secret",
-                SECRET,
                 "--api-key",
                 API_KEY,
             ])
