@@ -261,6 +261,12 @@ pub struct ServeArgs {
     /// Cluster mode over rediss://: PEM CA certificates Redis's certificate is verified against [default: the system's roots].
     #[arg(long, value_name = "FILE")]
     pub redis_ca: Option<PathBuf>,
+    /// Cluster mode over rediss://: PEM client certificate chain for a Redis that asks for one (tls-auth-clients); needs --redis-client-key.
+    #[arg(long, value_name = "FILE")]
+    pub redis_client_cert: Option<PathBuf>,
+    /// Cluster mode over rediss://: PEM private key of --redis-client-cert.
+    #[arg(long, value_name = "FILE")]
+    pub redis_client_key: Option<PathBuf>,
     /// Cluster mode: remove `throng:push` entries every consumer group has acknowledged [default: true].
     #[arg(long)]
     pub stream_trim: Option<bool>,
@@ -392,6 +398,8 @@ struct FileConfig {
     offline_ttl_ms: Option<u64>,
     claim_idle_ms: Option<u64>,
     redis_ca: Option<PathBuf>,
+    redis_client_cert: Option<PathBuf>,
+    redis_client_key: Option<PathBuf>,
     stream_trim: Option<bool>,
     stream_keep_ms: Option<u64>,
     log_format: Option<LogFormat>,
@@ -594,11 +602,25 @@ pub struct ClusterConfig {
     pub stream_trim: Option<Duration>,
     /// `redis_ca`: the PEM file's bytes, for a `rediss://` Redis behind a private CA.
     pub redis_ca: Option<RedisCa>,
+    /// `redis_client_cert` and `redis_client_key`: the certificate every Redis link
+    /// presents, for a Redis that asks for one.
+    pub redis_identity: Option<RedisIdentity>,
+}
+
+/// The client certificate Redis links present, with the files `SIGHUP` reads again.
+#[derive(Debug, Clone)]
+pub struct RedisIdentity {
+    /// The certificate and key files.
+    pub files: crate::tls::TlsFiles,
+    /// Their contents, as read at startup.
+    pub identity: crate::tls::Identity,
 }
 
 /// The CA certificates a `rediss://` Redis is verified against (`redis_ca`).
 #[derive(Debug, Clone)]
 pub struct RedisCa {
+    /// The file, which `SIGHUP` reads again.
+    pub path: PathBuf,
     /// The file as read (redis-rs takes PEM).
     pub pem: Vec<u8>,
     /// Its certificates (the pub/sub link's own TLS takes DER).
@@ -1089,6 +1111,11 @@ impl Config {
                     }
                 }
                 let redis_ca = redis_ca(&url, args.redis_ca.or(file.redis_ca))?;
+                let redis_identity = redis_identity(
+                    &url,
+                    args.redis_client_cert.or(file.redis_client_cert),
+                    args.redis_client_key.or(file.redis_client_key),
+                )?;
                 Some(ClusterConfig {
                     redis_url: url,
                     node_id,
@@ -1109,6 +1136,7 @@ impl Config {
                         args.stream_keep_ms.or(file.stream_keep_ms),
                     )?,
                     redis_ca,
+                    redis_identity,
                 })
             }
         };
@@ -1340,7 +1368,42 @@ fn redis_ca(url: &str, path: Option<PathBuf>) -> Result<Option<RedisCa>, ConfigE
     // Read once: redis-rs takes the PEM, the pub/sub link the certificates in it.
     let (pem, certs) = crate::tls::read_pem_file(&path)
         .map_err(|p| invalid("redis_ca", format!("{}: {p}", path.display())))?;
-    Ok(Some(RedisCa { pem, certs }))
+    Ok(Some(RedisCa { path, pem, certs }))
+}
+
+/// Reads `redis_client_cert` and `redis_client_key`, which come together and only with a
+/// `rediss://` URL.
+fn redis_identity(
+    url: &str,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Result<Option<RedisIdentity>, ConfigError> {
+    let files = match (cert, key) {
+        (None, None) => return Ok(None),
+        (Some(cert), Some(key)) => crate::tls::TlsFiles { cert, key },
+        (Some(_), None) => {
+            return Err(invalid(
+                "redis_client_key",
+                "is required with redis_client_cert",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                "redis_client_cert",
+                "is required with redis_client_key",
+            ))
+        }
+    };
+    if !url.starts_with("rediss://") {
+        return Err(invalid(
+            "redis_client_cert",
+            "is for a rediss:// (TLS) redis URL, and the URL is redis://",
+        ));
+    }
+    let provider = rustls::crypto::ring::default_provider();
+    let identity = crate::tls::Identity::read(&files, &provider)
+        .map_err(|e| invalid("redis_client_cert", e.to_string()))?;
+    Ok(Some(RedisIdentity { files, identity }))
 }
 
 /// `stream_trim` and `stream_keep_ms`: how long acknowledged `throng:push` entries stay,

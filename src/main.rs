@@ -235,8 +235,8 @@ fn serve(args: ServeArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// `SIGHUP`: the TLS certificates and keys (client listener, push API), the JWT key file
-/// and `events_ca` are read again; a bad file keeps what was in use.
+/// `SIGHUP`: the TLS certificates and keys (client listener, push API), the JWT key file,
+/// `events_ca` and the Redis TLS files are read again; a bad file keeps what was in use.
 fn reload(server: &Server) {
     let tls = server.reload_tls();
     match &tls {
@@ -274,10 +274,19 @@ fn reload(server: &Server) {
             "SIGHUP: events_ca not reloaded; the previous roots stay in use"
         ),
     }
-    if tls.is_none() && api_tls.is_none() && jwt.is_none() && ca.is_none() {
+    let redis = server.reload_redis_tls();
+    match &redis {
+        None => {}
+        Some(Ok(())) => tracing::info!("SIGHUP: Redis TLS files reloaded; new links use them"),
+        Some(Err(e)) => tracing::error!(
+            error = %e,
+            "SIGHUP: Redis TLS files not reloaded; the previous ones stay in use"
+        ),
+    }
+    if tls.is_none() && api_tls.is_none() && jwt.is_none() && ca.is_none() && redis.is_none() {
         tracing::info!(
-            "SIGHUP: nothing to reload (no --tls-cert, --api-tls-cert, JWT key file or \
-             --events-ca)"
+            "SIGHUP: nothing to reload (no --tls-cert, --api-tls-cert, JWT key file, \
+             --events-ca, --redis-ca or --redis-client-cert)"
         );
     }
 }

@@ -74,6 +74,8 @@ pub struct Server {
     events_ca: Option<crate::events::CaReload>,
     /// The JWT keys, which `reload_jwt_keys` renews.
     jwt_keys: Arc<crate::auth::SharedKeys>,
+    /// Cluster mode: how Redis links connect, which `reload_redis_tls` renews.
+    redis: Option<Arc<broker::RedisConnector>>,
     /// With `jwks_url`: the thread that fetches the keys again.
     jwks_refresher: Option<JoinHandle<()>>,
 }
@@ -203,12 +205,23 @@ impl Server {
             .and_then(|c| c.node_id.clone())
             .unwrap_or_else(|| client_addr.to_string())
             .into();
+        let redis = config
+            .cluster
+            .as_ref()
+            .map(|c| broker::RedisConnector::new(c).map(Arc::new))
+            .transpose()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         // Client sends and lifecycle events, when they have somewhere to go.
-        let (events, events_thread, events_ca) =
-            match crate::events::spawn(&config, Arc::clone(&node_id), &metrics, &stop)? {
-                Some(t) => (Some(t.sink), Some(t.thread), t.ca_reload),
-                None => (None, None, None),
-            };
+        let (events, events_thread, events_ca) = match crate::events::spawn(
+            &config,
+            Arc::clone(&node_id),
+            &metrics,
+            &stop,
+            redis.as_ref(),
+        )? {
+            Some(t) => (Some(t.sink), Some(t.thread), t.ca_reload),
+            None => (None, None, None),
+        };
         let mut remote_senders = Vec::new();
         for id in 0..config.shards {
             let cluster = config.cluster.as_ref().map(|_| {
@@ -246,9 +259,8 @@ impl Server {
         drop(events);
         drop(presence_tx);
         let shard_wakers: Vec<Arc<Waker>> = handles.iter().map(|h| Arc::clone(&h.waker)).collect();
-        let (broker_links, broker_threads) = match &config.cluster {
-            None => (None, Vec::new()),
-            Some(cluster) => {
+        let (broker_links, broker_threads) = match (&config.cluster, &redis) {
+            (Some(cluster), Some(redis)) => {
                 metrics.broker.enabled.store(true, Relaxed);
                 let remote = remote_senders
                     .into_iter()
@@ -270,9 +282,11 @@ impl Server {
                         changes: presence_rx,
                         shared: presence_shared,
                     },
+                    Arc::clone(redis),
                 )?;
                 (Some(links), threads.threads)
             }
+            _ => (None, Vec::new()),
         };
         // Each command queue gets exactly one sender, the API; connection queues one per
         // acceptor.
@@ -379,9 +393,22 @@ impl Server {
             tls,
             api_tls,
             jwt_keys,
+            redis,
             jwks_refresher,
             events_ca,
         })
+    }
+
+    /// Reads `redis_ca` and `redis_client_cert`/`redis_client_key` again (`SIGHUP`): Redis
+    /// links opened after it use them, open links stay. `None` without either.
+    pub fn reload_redis_tls(&self) -> Option<Result<(), String>> {
+        let result = self.redis.as_ref()?.reload()?;
+        let counter = match &result {
+            Ok(()) => &self.metrics.broker.tls_reloads,
+            Err(_) => &self.metrics.broker.tls_reload_errors,
+        };
+        counter.fetch_add(1, Relaxed);
+        Some(result)
     }
 
     /// Reads the TLS certificate and key files again (`SIGHUP`): the next handshakes use

@@ -364,6 +364,108 @@ fn from_args_errors_name_the_key() {
     }
 }
 
+#[test]
+fn redis_client_certificate_errors_name_the_key() {
+    let dir = std::env::temp_dir().join(format!("throng-cli-redis-mtls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (one, two) = (
+        common::tls::CertPair::generate(),
+        common::tls::CertPair::generate(),
+    );
+    let (cert, key, other_key) = (dir.join("c.pem"), dir.join("k.pem"), dir.join("o.pem"));
+    std::fs::write(&cert, &one.cert_pem).unwrap();
+    std::fs::write(&key, &one.key_pem).unwrap();
+    std::fs::write(&other_key, &two.key_pem).unwrap();
+    let (cert, key, other_key) = (
+        cert.to_str().unwrap(),
+        key.to_str().unwrap(),
+        other_key.to_str().unwrap(),
+    );
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "--listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+            "--jwt-secret",
+            SECRET,
+        ];
+        args.extend_from_slice(extra);
+        Config::from_args(args).map_err(|e| e.to_string())
+    };
+    let tls = "rediss://localhost";
+    let c = run(&[
+        "--redis",
+        tls,
+        "--redis-client-cert",
+        cert,
+        "--redis-client-key",
+        key,
+    ])
+    .expect("a matching pair");
+    let identity = c.cluster.and_then(|c| c.redis_identity).expect("read");
+    assert_eq!(identity.identity.chain.len(), 1);
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--redis", tls, "--redis-client-cert", cert],
+            "(--redis-client-key): is required with redis_client_cert",
+        ),
+        (
+            &["--redis", tls, "--redis-client-key", key],
+            "(--redis-client-cert): is required with redis_client_key",
+        ),
+        (
+            &[
+                "--redis",
+                "redis://localhost",
+                "--redis-client-cert",
+                cert,
+                "--redis-client-key",
+                key,
+            ],
+            "is for a rediss:// (TLS) redis URL",
+        ),
+        (
+            &[
+                "--redis",
+                tls,
+                "--redis-client-cert",
+                cert,
+                "--redis-client-key",
+                other_key,
+            ],
+            "does not belong to the key",
+        ),
+        (
+            &[
+                "--redis",
+                tls,
+                "--redis-client-cert",
+                cert,
+                "--redis-client-key",
+                "/no/such/key.pem",
+            ],
+            "/no/such/key.pem: cannot read the key",
+        ),
+        (
+            &[
+                "--redis",
+                tls,
+                "--redis-client-cert",
+                key,
+                "--redis-client-key",
+                key,
+            ],
+            "holds no PEM certificate",
+        ),
+    ];
+    for (extra, says) in cases {
+        let e = run(extra).expect_err("refused");
+        assert!(e.contains(says), "{extra:?}: {e}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 fn find_jwt(line: &str) -> Option<String> {
     line.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'))
         .find(|w| w.starts_with("eyJ") && w.split('.').count() == 3)

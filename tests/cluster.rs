@@ -452,6 +452,110 @@ fn nodes_work_with_a_redis_that_speaks_only_tls() {
 }
 
 #[test]
+fn nodes_present_a_client_certificate_to_a_redis_that_asks_for_one() {
+    let redis = RedisServer::start_mtls();
+    let tls = [
+        "--redis-ca",
+        redis.ca_path(),
+        "--redis-client-cert",
+        redis.client_cert_path(),
+        "--redis-client-key",
+        redis.client_key_path(),
+    ];
+    let a = node(&redis, &tls);
+    let b = node(&redis, &tls);
+    // redis-rs's links (publish, stream ingress, events) and the pub/sub link alike.
+    let mut phone = b.connect("alice");
+    wait_streams(&b, 1);
+    let r = a.push_wait(json!({"user": "alice", "data": "api"}));
+    assert_eq!(r["seq"], 1, "{r}");
+    assert_eq!(next_push(&mut phone)["data"], "api");
+    let _: String = redis::cmd("XADD")
+        .arg("throng:push")
+        .arg("*")
+        .arg("push")
+        .arg(json!({"user": "alice", "data": "stream"}).to_string())
+        .query(&mut redis.conn())
+        .unwrap();
+    assert_eq!(next_push(&mut phone)["data"], "stream");
+    phone.send(json!({"type": "send", "data": "up", "ref": 1}));
+    assert_eq!(phone.recv()["type"], "sent");
+    b.wait_stats("the event delivered", |s| {
+        s["events"]["delivered"].as_u64() >= Some(1)
+    });
+    // Without a certificate Redis refuses the node: counted, and it stays unready.
+    let c = TestServer::start(&[
+        "--redis",
+        redis.url().as_str(),
+        "--redis-ca",
+        redis.ca_path(),
+    ]);
+    c.wait_stats("Redis errors counted", |s| {
+        s["cluster"]["broker_errors"].as_u64() > Some(0)
+    });
+    assert_eq!(c.api("GET", "/readyz", None).status, 503);
+}
+
+#[test]
+fn the_redis_client_certificate_is_read_again_on_sighup() {
+    use common::tls::{metric, ClientCa, ServeProc};
+    let redis = RedisServer::start_mtls();
+    let dir = std::env::temp_dir().join(format!("throng-redis-mtls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("node.pem"), dir.join("node.key"));
+    // A certificate from a CA Redis does not trust: the node cannot get in.
+    let stranger = ClientCa::generate("another CA").issue("node");
+    std::fs::write(&cert, &stranger.cert_pem).unwrap();
+    std::fs::write(&key, &stranger.key_pem).unwrap();
+    let url = redis.url();
+    let mut p = ServeProc::spawn(&[
+        "--redis",
+        &url,
+        "--redis-ca",
+        redis.ca_path(),
+        "--redis-client-cert",
+        cert.to_str().unwrap(),
+        "--redis-client-key",
+        key.to_str().unwrap(),
+    ]);
+    let (_, api) = p.listening();
+    let ready = || {
+        HttpConn::connect(api)
+            .request("GET", "/readyz", None, None)
+            .status
+            == 200
+    };
+    assert!(wait_until(WAIT, || metric(
+        api,
+        "throng_broker_errors_total"
+    ) > 0));
+    assert!(!ready());
+    // A file that cannot be used: logged naming it, counted, the files in use stay.
+    std::fs::write(&key, "not a key").unwrap();
+    p.signal(libc::SIGHUP);
+    let line = p.find(WAIT, |l| {
+        l.contains("Redis TLS files not reloaded")
+            .then(|| l.to_string())
+    });
+    assert!(line.contains("node.key"), "names the file: {line}");
+    assert_eq!(metric(api, "throng_redis_tls_reload_errors_total"), 1);
+    // The certificate Redis trusts arrives: the next reconnects get in.
+    std::fs::copy(redis.client_cert_path(), &cert).unwrap();
+    std::fs::copy(redis.client_key_path(), &key).unwrap();
+    p.signal(libc::SIGHUP);
+    assert!(
+        wait_until(WAIT, ready),
+        "never ready after the reload; log:\n{}",
+        p.seen.join("\n")
+    );
+    assert_eq!(metric(api, "throng_redis_tls_reloads_total"), 1);
+    p.signal(libc::SIGTERM);
+    let st = p.wait_exit(Duration::from_secs(10));
+    assert!(st.success(), "exit {st:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
 fn stream_ingress_publishes_and_sends_bad_entries_to_the_dlq() {
     let redis = RedisServer::start();
     let a = node(&redis, &["--node-id", "node-a"]);

@@ -289,6 +289,13 @@ pub struct PushArgs {
     /// verified against [default: the system's roots].
     #[arg(long, value_name = "FILE", requires = "redis_stream")]
     pub redis_ca: Option<std::path::PathBuf>,
+    /// With a rediss:// --redis-stream: PEM client certificate chain for a Redis that
+    /// asks for one (tls-auth-clients). With --redis-client-key.
+    #[arg(long, value_name = "FILE", requires_all = ["redis_stream", "redis_client_key"])]
+    pub redis_client_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --redis-client-cert.
+    #[arg(long, value_name = "FILE", requires = "redis_client_cert")]
+    pub redis_client_key: Option<std::path::PathBuf>,
     /// Kafka ingress (docs/protocol.md 7): produce each push as a record on --kafka-topic
     /// at these brokers (host:port[,host:port]), keyed by its target, instead of POSTing
     /// it to --api; a push counts as sent once the broker acknowledges it.
@@ -347,6 +354,10 @@ impl PushArgs {
             (None, Some(url)) => Via::RedisStream {
                 url: url.clone(),
                 ca: self.redis_ca.clone(),
+                identity: self
+                    .redis_client_cert
+                    .clone()
+                    .zip(self.redis_client_key.clone()),
             },
             (None, None) => Via::Api,
         }
@@ -567,6 +578,8 @@ impl CapacityArgs {
             api_key: self.api_key.clone(),
             redis_stream: None,
             redis_ca: None,
+            redis_client_cert: None,
+            redis_client_key: None,
             kafka: None,
             kafka_topic: "throng.push".into(),
             rate: self.probe_rate,
@@ -675,6 +688,19 @@ pub fn validate(c: &ConnectArgs, p: Option<&PushArgs>) -> Result<(), String> {
         }
         if let Some(ca) = &p.redis_ca {
             check_redis_ca(p.redis_stream.as_deref().unwrap_or_default(), ca)?;
+        }
+        if let (Some(cert), Some(key)) = (&p.redis_client_cert, &p.redis_client_key) {
+            if !p
+                .redis_stream
+                .as_deref()
+                .unwrap_or_default()
+                .starts_with("rediss://")
+            {
+                return Err("--redis-client-cert: only a rediss:// --redis-stream uses TLS".into());
+            }
+            let flags = ["--redis-client-cert", "--redis-client-key"];
+            crate::tls::config::ClientIdentity::load_for(flags, cert, key)
+                .map_err(|e| e.to_string())?;
         }
         if let Some(k) = &p.kafka {
             check_kafka_brokers(k)?;
@@ -1181,6 +1207,28 @@ mod tests {
                 "--redis-ca",
             );
         }
+        // --redis-client-cert and --redis-client-key: a pair, for rediss:// only.
+        let key = dir.join("key.pem");
+        std::fs::write(&key, cert.signing_key.serialize_pem()).unwrap();
+        let key = key.to_str().unwrap();
+        fn mtls<'a>(url: &'a str, cert: &'a str, key: &'a str) -> Vec<&'a str> {
+            let flags = ["--redis-client-cert", cert, "--redis-client-key", key];
+            let mut v = vec!["push", "--redis-stream", url];
+            v.extend(flags);
+            v
+        }
+        check(&mtls("rediss://h:6380", pem, key)).unwrap();
+        err(&mtls("redis://h:6379", pem, key), "--redis-client-cert");
+        err(&mtls("rediss://h:6380", other, key), "--redis-client-cert");
+        err(&mtls("rediss://h:6380", pem, other), "--redis-client-key");
+        let e = check(&[
+            "push",
+            "--redis-stream",
+            "rediss://h",
+            "--redis-client-cert",
+            pem,
+        ]);
+        assert!(e.unwrap_err().contains("--redis-client-key"));
         std::fs::remove_dir_all(&dir).unwrap();
         check(&["push", "--kafka", "127.0.0.1:9092,broker:9093"]).unwrap();
         check(&["push", "--kafka", "h:1", "--kafka-topic", "a.b_c-1"]).unwrap();

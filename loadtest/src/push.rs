@@ -61,6 +61,8 @@ pub enum Via {
     RedisStream {
         url: String,
         ca: Option<std::path::PathBuf>,
+        /// The client certificate and key files, for a Redis that asks for one.
+        identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
     },
     /// Records on `topic` at the Kafka `brokers` (host:port, comma separated).
     Kafka { brokers: String, topic: String },
@@ -217,7 +219,9 @@ fn stream(
     let mut out = PushOut::new();
     let mut conn: Option<ApiConn> = None;
     let mut redis = match &cfg.via {
-        Via::RedisStream { url, ca } => Some(StreamSink::new(url, ca.as_deref())),
+        Via::RedisStream { url, ca, identity } => {
+            Some(StreamSink::new(url, ca.as_deref(), identity.as_ref()))
+        }
         _ => None,
     };
     let limit = cfg.count.unwrap_or(u64::MAX);
@@ -394,18 +398,34 @@ struct StreamSink {
 }
 
 impl StreamSink {
-    fn new(url: &str, ca: Option<&std::path::Path>) -> Self {
-        let client = match ca {
-            None => redis::Client::open(url).map_err(|e| redis_cause(&e)),
-            Some(path) => std::fs::read(path)
-                .map_err(|_| "redis_ca_unreadable".to_string())
-                .and_then(|pem| {
+    fn new(
+        url: &str,
+        ca: Option<&std::path::Path>,
+        identity: Option<&(std::path::PathBuf, std::path::PathBuf)>,
+    ) -> Self {
+        let read = |path: &std::path::Path, cause: &str| {
+            std::fs::read(path).map_err(|_| cause.to_string())
+        };
+        let client = if ca.is_none() && identity.is_none() {
+            redis::Client::open(url).map_err(|e| redis_cause(&e))
+        } else {
+            ca.map(|path| read(path, "redis_ca_unreadable"))
+                .transpose()
+                .and_then(|root_cert| {
+                    let client_tls = identity
+                        .map(|(cert, key)| {
+                            Ok::<_, String>(redis::ClientTlsConfig {
+                                client_cert: read(cert, "redis_client_cert_unreadable")?,
+                                client_key: read(key, "redis_client_key_unreadable")?,
+                            })
+                        })
+                        .transpose()?;
                     let certs = redis::TlsCertificates {
-                        client_tls: None,
-                        root_cert: Some(pem),
+                        client_tls,
+                        root_cert,
                     };
                     redis::Client::build_with_tls(url, certs).map_err(|e| redis_cause(&e))
-                }),
+                })
         };
         StreamSink { client, conn: None }
     }

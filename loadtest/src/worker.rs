@@ -457,6 +457,10 @@ fn worker_args(
         if let Some(ca) = &p.redis_ca {
             kv("redis-ca", ca.display().to_string());
         }
+        if let (Some(cert), Some(key)) = (&p.redis_client_cert, &p.redis_client_key) {
+            kv("redis-client-cert", cert.display().to_string());
+            kv("redis-client-key", key.display().to_string());
+        }
         if let Some(k) = &p.kafka {
             kv("kafka", k.clone());
             kv("kafka-topic", p.kafka_topic.clone());

@@ -180,6 +180,29 @@ fn stream_pushes_through_a_redis_that_speaks_only_tls() {
 }
 
 #[test]
+fn stream_pushes_with_a_client_certificate_from_two_procs() {
+    let redis = RedisServer::start_mtls();
+    let tls = [
+        "--redis-ca",
+        redis.ca_path(),
+        "--redis-client-cert",
+        redis.client_cert_path(),
+        "--redis-client-key",
+        redis.client_key_path(),
+    ];
+    let (a, b) = (node_with(&redis, &tls), node_with(&redis, &tls));
+    let url = redis.url();
+    let mut args = vec!["push", "--redis-stream", &url, "--procs", "2"];
+    args.extend(tls);
+    args.extend(["--target", "user", "--count", "40", "--batch", "4"]);
+    // Each worker process dials Redis with the certificate its parent passed on.
+    let r = run_load(two_node_args(&a, &b, 10, &args));
+    r.eq("procs", 2);
+    assert_exact(&r, 40, 40, true);
+    assert_eq!(stream_added(&redis), 40);
+}
+
+#[test]
 fn stream_topic_pushes_reach_subscribers_on_both_nodes() {
     let redis = RedisServer::start();
     let (a, b) = (node(&redis), node(&redis));

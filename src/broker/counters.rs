@@ -36,6 +36,10 @@ pub struct BrokerCounters {
     pub stream_trimmed: AtomicU64,
     /// Ingress turns spent not reading because the shards were full.
     pub stream_paused: AtomicU64,
+    /// `SIGHUP` reloads of `redis_ca` and the client certificate that took.
+    pub tls_reloads: AtomicU64,
+    /// Such reloads refused (a file that cannot be used; the files in use stay).
+    pub tls_reload_errors: AtomicU64,
 }
 
 impl crate::metrics::FeatureCounters for BrokerCounters {
@@ -132,6 +136,18 @@ impl crate::metrics::FeatureCounters for BrokerCounters {
                 "counter",
                 "Ingress turns not reading because shards were full.",
                 n(&self.stream_paused),
+            ),
+            (
+                "throng_redis_tls_reloads_total",
+                "counter",
+                "SIGHUP reloads of redis_ca and the Redis client certificate.",
+                n(&self.tls_reloads),
+            ),
+            (
+                "throng_redis_tls_reload_errors_total",
+                "counter",
+                "Such reloads refused (the files in use stay).",
+                n(&self.tls_reload_errors),
             ),
             (
                 "throng_cluster",

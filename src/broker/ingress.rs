@@ -15,7 +15,7 @@ use redis::{Connection, Value};
 use super::keys::{DLQ_STREAM, GROUP, PUSH_STREAM};
 use super::script::Sequencer;
 use super::trim::Trimmer;
-use super::{connect, next_backoff, pause, BrokerCtx, RECONNECT_MIN};
+use super::{next_backoff, pause, BrokerCtx, RECONNECT_MIN};
 use crate::api::{parse_push, ParsedPush};
 use crate::config::MAX_API_BODY_BYTES;
 
@@ -97,7 +97,7 @@ impl Ingress {
     /// Connects, loads the script, and makes sure the group exists (from the stream's
     /// start, so entries added before the first node came up are not skipped).
     fn open(&mut self) -> redis::RedisResult<Connection> {
-        let mut conn = connect(&self.ctx.client)?;
+        let mut conn = self.ctx.redis.connect()?;
         self.sequencer.load(&mut conn)?;
         let created: redis::RedisResult<()> = redis::cmd("XGROUP")
             .arg("CREATE")

@@ -13,6 +13,7 @@
 //!
 //! Shards ask for streams with [`Interest`] and receive [`Remote`] messages.
 
+mod connector;
 mod counters;
 pub mod envelope;
 pub mod ingress;
@@ -38,6 +39,7 @@ use crate::link::Links;
 use crate::metrics::Metrics;
 use crate::shard::ReplySink;
 
+pub use connector::RedisConnector;
 pub use counters::BrokerCounters;
 pub use presence::{
     ClusterView, NodeSessions, NodeTotals, PresenceChanges, PresenceQuery, PresenceShared,
@@ -163,21 +165,6 @@ pub(crate) const RECONNECT_MAX: Duration = Duration::from_secs(2);
 /// Deadline for connecting and for one Redis round trip.
 pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The Redis client of `cluster`: over `rediss://` verified against `redis_ca` when it is
-/// set, else against the system's roots.
-pub fn client(cluster: &ClusterConfig) -> redis::RedisResult<redis::Client> {
-    match &cluster.redis_ca {
-        Some(ca) => redis::Client::build_with_tls(
-            cluster.redis_url.as_str(),
-            redis::TlsCertificates {
-                client_tls: None,
-                root_cert: Some(ca.pem.clone()),
-            },
-        ),
-        None => redis::Client::open(cluster.redis_url.as_str()),
-    }
-}
-
 /// Whether a failed connect was refused, not unanswered: Redis answered with an error (a
 /// wrong password, an ACL), or TLS failed (a certificate that does not verify, which
 /// rustls reports as invalid data).
@@ -239,9 +226,8 @@ pub struct PresenceEnds {
 /// The cluster settings every broker thread needs.
 #[derive(Clone)]
 pub(crate) struct BrokerCtx {
-    pub client: redis::Client,
-    /// The pub/sub link's TLS over `rediss://` (the other links' is redis-rs's own).
-    pub link_tls: Option<Arc<rustls::ClientConfig>>,
+    /// How every link connects (replaced by a reload).
+    pub redis: Arc<RedisConnector>,
     pub node_id: Arc<str>,
     pub cluster: ClusterConfig,
     pub retention: script::Retention,
@@ -267,14 +253,10 @@ pub(crate) fn spawn(
     shards: Links<Remote>,
     interests: Receiver<Interest>,
     presence_ends: PresenceEnds,
+    redis: Arc<RedisConnector>,
 ) -> std::io::Result<(BrokerLinks, BrokerThreads)> {
-    let client = client(cluster)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
-    let link_tls = pubsub::tls_config(cluster)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let ctx = BrokerCtx {
-        client,
-        link_tls,
+        redis,
         node_id: Arc::clone(&node_id),
         cluster: cluster.clone(),
         retention: script::Retention {

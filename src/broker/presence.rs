@@ -23,7 +23,7 @@ use redis::Connection;
 
 use super::keys::{self, NODES, NODE_TOTALS, PRESENCE_PREFIX};
 use super::script::now_ms;
-use super::{connect, next_backoff, pause, BrokerCtx, RECONNECT_MIN};
+use super::{next_backoff, pause, BrokerCtx, RECONNECT_MIN};
 use crate::command::{MemberPage, Reply, Ticket};
 use crate::shard::ReplySink;
 
@@ -297,7 +297,7 @@ impl Presence {
     /// Connects; false (after a pause) when Redis is not there. Queries that came in
     /// meanwhile learn it, and changes keep being coalesced.
     fn reconnect(&mut self) -> bool {
-        match connect(&self.ctx.client) {
+        match self.ctx.redis.connect() {
             Ok(c) => {
                 self.conn = Some(c);
                 self.backoff = RECONNECT_MIN;
@@ -515,7 +515,7 @@ impl Presence {
     /// Graceful stop: this node's entries go at once rather than after `STALE`/`TTL`.
     fn leave(&mut self) {
         if self.conn.is_none() {
-            if let Ok(c) = connect(&self.ctx.client) {
+            if let Ok(c) = self.ctx.redis.connect() {
                 self.conn = Some(c);
             }
         }

@@ -10,7 +10,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use redis::Connection;
 
 use super::script::{Published, Sequencer};
-use super::{connect, next_backoff, pause, BrokerCtx, PublishCmd, RECONNECT_MIN};
+use super::{next_backoff, pause, BrokerCtx, PublishCmd, RECONNECT_MIN};
 use crate::command::Reply;
 use crate::shard::ReplySink;
 
@@ -109,7 +109,7 @@ impl Publisher {
 
     /// Connects and loads the script; false (after a pause) when Redis is not there.
     fn reconnect(&mut self) -> bool {
-        match connect(&self.ctx.client).and_then(|mut c| {
+        match self.ctx.redis.connect().and_then(|mut c| {
             self.sequencer.load(&mut c)?;
             Ok(c)
         }) {

@@ -19,7 +19,7 @@ use redis::{ConnectionAddr, Msg, RedisResult, Value};
 use rustls::pki_types::ServerName;
 
 use super::IO_TIMEOUT;
-use crate::config::ClusterConfig;
+use crate::config::RedisCa;
 
 /// Largest frame accepted from Redis: a message is one push envelope (a push is at most
 /// 1 MiB), so anything near this is a broken link, not a message.
@@ -68,22 +68,24 @@ impl Write for Transport {
 }
 
 /// The pub/sub link's TLS configuration for a `rediss://` URL (`None` for `redis://`):
-/// verified against `redis_ca` when set, else against the system's roots, as redis-rs
-/// does for the other links.
+/// verified against `redis_ca` when set, else against the system's roots, and presenting
+/// the client certificate when one is set, as redis-rs does for the other links.
 pub(crate) fn tls_config(
-    cluster: &ClusterConfig,
+    url: &str,
+    ca: Option<&RedisCa>,
+    identity: Option<&crate::tls::Identity>,
 ) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
-    if !cluster.redis_url.starts_with("rediss://") {
+    if !url.starts_with("rediss://") {
         return Ok(None);
     }
     let mut roots = rustls::RootCertStore::empty();
-    let certs = match &cluster.redis_ca {
+    let certs = match ca {
         Some(ca) => ca.certs.clone(),
         None => rustls_native_certs::load_native_certs().certs,
     };
     let (added, _) = roots.add_parsable_certificates(certs);
     if added == 0 {
-        return Err(match cluster.redis_ca {
+        return Err(match ca {
             Some(_) => "redis_ca holds no usable CA certificate".into(),
             None => {
                 "no CA certificates in the system's store to verify rediss:// with; give redis_ca"
@@ -91,9 +93,13 @@ pub(crate) fn tls_config(
             }
         });
     }
-    let config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some(id) => builder
+            .with_client_auth_cert(id.chain.clone(), id.key.clone_key())
+            .map_err(|e| format!("redis_client_cert: {e}"))?,
+    };
     Ok(Some(Arc::new(config)))
 }
 

@@ -108,8 +108,9 @@ impl Subscriber {
     /// Runs until the server stops.
     pub(crate) fn run(mut self) {
         while !self.ctx.stop.load(Relaxed) {
-            let links = PubSubLink::open(&self.ctx.client, self.ctx.link_tls.as_ref())
-                .and_then(|a| Ok((a, connect(&self.ctx.client)?)));
+            let dial = self.ctx.redis.dial();
+            let links = PubSubLink::open(&dial.client, dial.link_tls.as_ref())
+                .and_then(|a| Ok((a, connect(&dial.client)?)));
             match links {
                 Ok((mut link, mut cmd)) => {
                     self.backoff = RECONNECT_MIN;
@@ -612,18 +613,19 @@ mod tests {
         Vec<Receiver<Remote>>,
         Vec<Poll>,
     ) {
+        let cluster = ClusterConfig {
+            redis_url: "redis://127.0.0.1:1".into(),
+            node_id: None,
+            offline_ttl: Duration::from_secs(60),
+            claim_idle: Duration::from_secs(30),
+            stream_trim: None,
+            redis_ca: None,
+            redis_identity: None,
+        };
         let ctx = BrokerCtx {
-            client: redis::Client::open("redis://127.0.0.1:1").expect("a valid URL"),
-            link_tls: None,
+            redis: Arc::new(crate::broker::RedisConnector::new(&cluster).expect("a valid URL")),
             node_id: "n1".into(),
-            cluster: ClusterConfig {
-                redis_url: "redis://127.0.0.1:1".into(),
-                node_id: None,
-                offline_ttl: Duration::from_secs(60),
-                claim_idle: Duration::from_secs(30),
-                stream_trim: None,
-                redis_ca: None,
-            },
+            cluster,
             retention: super::super::script::Retention {
                 history_size: 10,
                 user_ms: 60_000,

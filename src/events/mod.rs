@@ -211,16 +211,20 @@ pub struct EventsThread {
 }
 
 /// Starts the events thread when the configuration gives events a target. `node` names
-/// this server in events.
+/// this server in events; in cluster mode `redis` connects to the cluster's Redis.
 pub fn spawn(
     config: &Config,
     node: Arc<str>,
     metrics: &Arc<Metrics>,
     stop: &Arc<AtomicBool>,
+    redis: Option<&Arc<crate::broker::RedisConnector>>,
 ) -> std::io::Result<Option<EventsThread>> {
     let mut ca_reload = None;
-    let target: Box<dyn Target> = match (&config.cluster, &config.events_url) {
-        (Some(cluster), _) => Box::new(stream::StreamTarget::new(cluster, config.events_maxlen)?),
+    let target: Box<dyn Target> = match (redis, &config.events_url) {
+        (Some(redis), _) => Box::new(stream::StreamTarget::new(
+            Arc::clone(redis),
+            config.events_maxlen,
+        )),
         (None, Some(url)) => {
             let updates = config.events_ca_path.clone().map(|path| {
                 let (reload, rx) = CaReload::new(path);

@@ -8,23 +8,22 @@ pub(super) const EVENTS_STREAM: &str = "throng:events";
 
 /// Appends batches to `throng:events` in one pipelined round trip each.
 pub(crate) struct StreamTarget {
-    client: redis::Client,
+    redis: std::sync::Arc<crate::broker::RedisConnector>,
     conn: Option<redis::Connection>,
     maxlen: u64,
 }
 
 impl StreamTarget {
-    /// A target on the cluster's Redis (its URL checked by the configuration).
+    /// A target on the cluster's Redis.
     pub(crate) fn new(
-        cluster: &crate::config::ClusterConfig,
+        redis: std::sync::Arc<crate::broker::RedisConnector>,
         maxlen: u64,
-    ) -> std::io::Result<StreamTarget> {
-        let client = crate::broker::client(cluster).map_err(std::io::Error::other)?;
-        Ok(StreamTarget {
-            client,
+    ) -> StreamTarget {
+        StreamTarget {
+            redis,
             conn: None,
             maxlen,
-        })
+        }
     }
 }
 
@@ -32,7 +31,7 @@ impl Target for StreamTarget {
     fn deliver(&mut self, batch: &[Event]) -> Result<(), DeliverError> {
         let retry = |e: redis::RedisError| DeliverError::Retry(format!("Redis: {e}"));
         if self.conn.is_none() {
-            self.conn = Some(crate::broker::connect(&self.client).map_err(retry)?);
+            self.conn = Some(self.redis.connect().map_err(retry)?);
         }
         let Some(conn) = self.conn.as_mut() else {
             return Err(DeliverError::Retry("no Redis connection".into()));

@@ -82,27 +82,84 @@ pub(crate) fn read_pem_file(
     Ok((pem, certs))
 }
 
+/// A certificate chain and its private key as read from their PEM files, checked to
+/// belong together: a client's identity (`redis_client_cert`) or a server's.
+pub struct Identity {
+    /// The certificate file as read (redis-rs takes PEM).
+    pub cert_pem: Vec<u8>,
+    /// The key file as read.
+    pub key_pem: Vec<u8>,
+    /// The chain, leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The private key.
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Clone for Identity {
+    fn clone(&self) -> Self {
+        Identity {
+            cert_pem: self.cert_pem.clone(),
+            key_pem: self.key_pem.clone(),
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("Identity")
+            .field("chain", &self.chain.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Identity {
+    /// Reads `files` once each and checks that the chain belongs to the key.
+    pub fn read(files: &TlsFiles, provider: &CryptoProvider) -> Result<Identity, TlsError> {
+        Self::read_certified(files, provider).map(|(identity, _)| identity)
+    }
+
+    /// Like [`Identity::read`], with the key loaded for signing.
+    fn read_certified(
+        files: &TlsFiles,
+        provider: &CryptoProvider,
+    ) -> Result<(Identity, CertifiedKey), TlsError> {
+        let cert_path = files.cert.display().to_string();
+        let key_path = files.key.display().to_string();
+        let file_err = |path: &str, problem: String| TlsError::File {
+            path: path.to_string(),
+            problem,
+        };
+        let (cert_pem, chain) =
+            read_pem_file(&files.cert).map_err(|problem| file_err(&cert_path, problem))?;
+        let key_pem = std::fs::read(&files.key)
+            .map_err(|e| file_err(&key_path, format!("cannot read the key: {e}")))?;
+        let key = PrivateKeyDer::from_pem_slice(&key_pem)
+            .map_err(|e| file_err(&key_path, format!("not a PEM private key: {e}")))?;
+        let signing = provider
+            .key_provider
+            .load_private_key(key.clone_key())
+            .map_err(|e| file_err(&key_path, format!("unsupported private key: {e}")))?;
+        let certified = CertifiedKey::new(chain.clone(), signing);
+        certified.keys_match().map_err(|e| {
+            file_err(
+                &cert_path,
+                format!("the certificate does not belong to the key in {key_path}: {e}"),
+            )
+        })?;
+        let identity = Identity {
+            cert_pem,
+            key_pem,
+            chain,
+            key,
+        };
+        Ok((identity, certified))
+    }
+}
+
 /// Reads the chain and the key and checks that they belong together.
 fn read(files: &TlsFiles, provider: &CryptoProvider) -> Result<CertifiedKey, TlsError> {
-    let cert_path = files.cert.display().to_string();
-    let key_path = files.key.display().to_string();
-    let file_err = |path: &str, problem: String| TlsError::File {
-        path: path.to_string(),
-        problem,
-    };
-    let chain = read_pem_certs(&files.cert).map_err(|problem| file_err(&cert_path, problem))?;
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|e| file_err(&key_path, format!("not a PEM private key: {e}")))?;
-    let signing = provider
-        .key_provider
-        .load_private_key(key)
-        .map_err(|e| file_err(&key_path, format!("unsupported private key: {e}")))?;
-    let certified = CertifiedKey::new(chain, signing);
-    certified.keys_match().map_err(|e| {
-        file_err(
-            &cert_path,
-            format!("the certificate does not belong to the key in {key_path}: {e}"),
-        )
-    })?;
-    Ok(certified)
+    Identity::read_certified(files, provider).map(|(_, certified)| certified)
 }

@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub(crate) use accept::{looks_like_http, Finished, TlsAccept};
-pub use certs::CertStore;
 pub(crate) use certs::{read_pem_certs, read_pem_file};
+pub use certs::{CertStore, Identity};
 pub use client_ca::ClientCaStore;
 pub use counters::{ApiListener, ApiTlsCounters, ClientListener, TlsCounters, TlsListener};
 pub(crate) use record::Session;

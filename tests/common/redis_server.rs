@@ -58,7 +58,14 @@ impl RedisServer {
     /// certificate for `localhost` ([`RedisServer::ca_path`] holds it); `url` is
     /// `rediss://localhost:<port>`.
     pub fn start_tls() -> RedisServer {
-        Self::launch_full(free_port(), false, None, Some(RedisTls::new()))
+        Self::launch_full(free_port(), false, None, Some(RedisTls::new(false)))
+    }
+
+    /// Like [`RedisServer::start_tls`], and every client must present a certificate from
+    /// this server's client CA (`tls-auth-clients yes`): [`RedisServer::client_cert_path`]
+    /// and [`RedisServer::client_key_path`] hold one.
+    pub fn start_mtls() -> RedisServer {
+        Self::launch_full(free_port(), false, None, Some(RedisTls::new(true)))
     }
 
     fn launch(port: u16, persistent: bool) -> RedisServer {
@@ -101,9 +108,13 @@ impl RedisServer {
                 "--tls-key-file",
                 t.key.to_str().expect("utf-8 temp path"),
                 "--tls-ca-cert-file",
-                t.cert.to_str().expect("utf-8 temp path"),
+                t.client
+                    .as_ref()
+                    .map_or(&t.cert, |c| &c.ca)
+                    .to_str()
+                    .expect("utf-8 temp path"),
                 "--tls-auth-clients",
-                "no",
+                if t.client.is_some() { "yes" } else { "no" },
             ]),
         }
         if self.persistent {
@@ -160,6 +171,23 @@ impl RedisServer {
             .expect("utf-8 temp path")
     }
 
+    /// A server of [`RedisServer::start_mtls`]: a client certificate it accepts (PEM).
+    pub fn client_cert_path(&self) -> &str {
+        self.client().cert.to_str().expect("utf-8 temp path")
+    }
+
+    /// The key of [`RedisServer::client_cert_path`] (PEM).
+    pub fn client_key_path(&self) -> &str {
+        self.client().key.to_str().expect("utf-8 temp path")
+    }
+
+    fn client(&self) -> &RedisClientCert {
+        self.tls
+            .as_ref()
+            .and_then(|t| t.client.as_ref())
+            .expect("a redis-server of start_mtls")
+    }
+
     /// Its address.
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
@@ -213,7 +241,10 @@ impl RedisServer {
             Some(t) => redis::Client::build_with_tls(
                 self.url(),
                 redis::TlsCertificates {
-                    client_tls: None,
+                    client_tls: t.client.as_ref().map(|c| redis::ClientTlsConfig {
+                        client_cert: c.cert_pem.clone().into_bytes(),
+                        client_key: c.key_pem.clone().into_bytes(),
+                    }),
                     root_cert: Some(t.cert_pem.clone().into_bytes()),
                 },
             ),
@@ -246,11 +277,60 @@ struct RedisTls {
     cert: std::path::PathBuf,
     key: std::path::PathBuf,
     cert_pem: String,
+    /// With `tls-auth-clients yes`: the CA clients need a certificate from, and one.
+    client: Option<RedisClientCert>,
     config: std::sync::Arc<rustls::ClientConfig>,
 }
 
+/// A client CA and a client certificate it issued, as files and PEM.
+struct RedisClientCert {
+    ca: std::path::PathBuf,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    cert_pem: String,
+    key_pem: String,
+}
+
+impl RedisClientCert {
+    /// A fresh CA and a certificate from it, written into `dir`.
+    fn generate(dir: &std::path::Path) -> RedisClientCert {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "redis client CA");
+        ca_params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let issuer = rcgen::CertifiedIssuer::self_signed(
+            ca_params,
+            rcgen::KeyPair::generate().expect("CA key"),
+        )
+        .expect("CA certificate");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "throng node");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let key = rcgen::KeyPair::generate().expect("client key");
+        let cert = params.signed_by(&key, &issuer).expect("client certificate");
+        let c = RedisClientCert {
+            ca: dir.join("client-ca.pem"),
+            cert: dir.join("client.pem"),
+            key: dir.join("client.key"),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        };
+        std::fs::write(&c.ca, issuer.pem()).expect("write client-ca.pem");
+        std::fs::write(&c.cert, &c.cert_pem).expect("write client.pem");
+        std::fs::write(&c.key, &c.key_pem).expect("write client.key");
+        c
+    }
+}
+
 impl RedisTls {
-    fn new() -> RedisTls {
+    fn new(auth_clients: bool) -> RedisTls {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()])
             .expect("generate a self-signed certificate");
@@ -266,16 +346,33 @@ impl RedisTls {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(ck.cert.der().clone()).expect("the test root");
         let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("protocol versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+        let client = auth_clients.then(|| RedisClientCert::generate(&dir));
+        let config = match &client {
+            None => builder.with_no_client_auth(),
+            Some(c) => {
+                use rustls::pki_types::pem::PemObject;
+                let chain =
+                    vec![
+                        rustls::pki_types::CertificateDer::from_pem_slice(c.cert_pem.as_bytes())
+                            .expect("client certificate"),
+                    ];
+                let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes())
+                    .expect("client key");
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .expect("client certificate and key")
+            }
+        };
         RedisTls {
             dir,
             cert,
             key,
             cert_pem: ck.cert.pem(),
+            client,
             config: std::sync::Arc::new(config),
         }
     }

@@ -93,6 +93,16 @@ pub struct ClientIdentity {
 impl ClientIdentity {
     /// Reads the PEM certificate chain (leaf first) and its PEM key.
     pub fn load(cert: &Path, key: &Path) -> Result<ClientIdentity, TlsError> {
+        Self::load_for(["--client-cert", "--client-key"], cert, key)
+    }
+
+    /// Like [`ClientIdentity::load`], naming the files by `flags` in errors.
+    pub fn load_for(
+        flags: [&'static str; 2],
+        cert: &Path,
+        key: &Path,
+    ) -> Result<ClientIdentity, TlsError> {
+        let [cert_flag, key_flag] = flags;
         let err = |flag, path: &Path, problem: String| TlsError::ClientFile {
             flag,
             path: path.display().to_string(),
@@ -100,16 +110,12 @@ impl ClientIdentity {
         };
         let certs = CertificateDer::pem_file_iter(cert)
             .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| err("--client-cert", cert, e.to_string()))?;
+            .map_err(|e| err(cert_flag, cert, e.to_string()))?;
         if certs.is_empty() {
-            return Err(err(
-                "--client-cert",
-                cert,
-                "no CERTIFICATE in the file".into(),
-            ));
+            return Err(err(cert_flag, cert, "no CERTIFICATE in the file".into()));
         }
         let key = PrivateKeyDer::from_pem_file(key)
-            .map_err(|e| err("--client-key", key, format!("not a PEM private key: {e}")))?;
+            .map_err(|e| err(key_flag, key, format!("not a PEM private key: {e}")))?;
         Ok(ClientIdentity { certs, key })
     }
 }
