@@ -130,6 +130,18 @@ pub struct ServeArgs {
     /// How often --jwt-jwks-url is fetched again [default: 300].
     #[arg(long, value_name = "SECS")]
     pub jwt_jwks_refresh_secs: Option<u64>,
+    /// Whether tokens must carry `exp` [default: true].
+    #[arg(long)]
+    pub jwt_require_exp: Option<bool>,
+    /// Clock leeway for `exp` and `nbf`, at most 86400 [default: 30].
+    #[arg(long, value_name = "SECS")]
+    pub jwt_leeway_secs: Option<u64>,
+    /// Required `iss` claim [default: not checked].
+    #[arg(long)]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim [default: not checked].
+    #[arg(long)]
+    pub jwt_audience: Option<String>,
     /// Push API key; requests need `Authorization: Bearer <key>` (env THRONG_API_KEY).
     #[arg(long)]
     pub api_key: Option<String>,
@@ -706,6 +718,9 @@ pub fn check_redis_url(url: &str) -> Result<(), String> {
 
 /// Shortest HMAC secret accepted outside `--dev` (RFC 7518 3.2: at least the hash size).
 pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Longest JWT clock leeway (`[jwt] leeway_secs`).
+pub const MAX_LEEWAY_SECS: u64 = 86_400;
 /// Largest request head, docs/protocol.md 1.1.
 pub const MAX_HEAD_BYTES: usize = 8 * 1024;
 /// Largest push API request body, docs/protocol.md 4.2.
@@ -930,16 +945,33 @@ impl Config {
                 ),
             ));
         }
+        let leeway_secs = args.jwt_leeway_secs.or(file.jwt.leeway_secs).unwrap_or(30);
+        if leeway_secs > MAX_LEEWAY_SECS {
+            // The verifier adds and subtracts it from the clock: past that, nonsense.
+            return Err(invalid(
+                "jwt_leeway_secs",
+                format!("is {leeway_secs}; a clock leeway is at most {MAX_LEEWAY_SECS} (a day)"),
+            ));
+        }
+        let claim = |key: &'static str, value: Option<String>| match value {
+            Some(v) if v.is_empty() => {
+                Err(invalid(key, "is empty; leave it unset to accept any value"))
+            }
+            v => Ok(v),
+        };
         let jwt = JwtConfig {
             algorithm,
             secret,
             extra_secrets,
             secret_file,
             public_keys,
-            require_exp: file.jwt.require_exp.unwrap_or(true),
-            leeway_secs: file.jwt.leeway_secs.unwrap_or(30),
-            issuer: file.jwt.issuer,
-            audience: file.jwt.audience,
+            require_exp: args
+                .jwt_require_exp
+                .or(file.jwt.require_exp)
+                .unwrap_or(true),
+            leeway_secs,
+            issuer: claim("jwt_issuer", args.jwt_issuer.or(file.jwt.issuer))?,
+            audience: claim("jwt_audience", args.jwt_audience.or(file.jwt.audience))?,
         };
         // Fail at startup, not on the first handshake, when the key does not parse.
         // (A JWKS URL is fetched when the server starts, not here.)
@@ -1588,6 +1620,42 @@ mod tests {
             "{e}"
         );
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn jwt_claim_checks_come_from_flags_too_and_are_bounded() {
+        let c = cfg(&[
+            "--jwt-secret",
+            S,
+            "--jwt-require-exp",
+            "false",
+            "--jwt-leeway-secs",
+            "5",
+            "--jwt-issuer",
+            "https://idp.example",
+            "--jwt-audience",
+            "chat",
+        ])
+        .unwrap();
+        assert!(!c.jwt.require_exp);
+        assert_eq!(c.jwt.leeway_secs, 5);
+        assert_eq!(c.jwt.issuer.as_deref(), Some("https://idp.example"));
+        assert_eq!(c.jwt.audience.as_deref(), Some("chat"));
+        let c = cfg(&["--jwt-secret", S]).unwrap();
+        assert!(c.jwt.require_exp && c.jwt.issuer.is_none() && c.jwt.audience.is_none());
+        assert_eq!(c.jwt.leeway_secs, 30);
+        cfg(&["--jwt-secret", S, "--jwt-leeway-secs", "86400"]).unwrap();
+        // Past a day the verifier's clock arithmetic would overflow: refused, named.
+        let e = cfg(&["--jwt-secret", S, "--jwt-leeway-secs", "10000000000"]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("[jwt] leeway_secs (--jwt-leeway-secs)"),
+            "{e}"
+        );
+        for flag in ["--jwt-issuer", "--jwt-audience"] {
+            let e = cfg(&["--jwt-secret", S, flag, ""]).unwrap_err().to_string();
+            assert!(e.contains(flag) && e.contains("is empty"), "{e}");
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use std::time::Duration;
 
 fn get(srv: &TestServer, path: &str) -> Resp {
     raw_http(
@@ -50,4 +51,33 @@ fn without_dev_the_demo_is_not_there() {
     let srv = TestServer::start(&[]);
     get(&srv, "/demo").assert_refusal(404, "not_found");
     get(&srv, "/demo/throng.js").assert_refusal(404, "not_found");
+}
+
+#[test]
+fn a_client_slow_to_read_the_library_holds_up_no_one_and_gets_all_of_it() {
+    use std::io::Write;
+    let srv = TestServer::start(&["--dev"]);
+    // A tiny receive buffer, and nothing read: the library (about 28 KB) cannot all go
+    // out at once.
+    let sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    sock.set_recv_buffer_size(1024).expect("SO_RCVBUF");
+    sock.connect_timeout(&srv.ws.into(), IO_TIMEOUT)
+        .expect("connect");
+    let mut slow: std::net::TcpStream = sock.into();
+    slow.write_all(b"GET /demo/throng.js HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write the request");
+    // Meanwhile the acceptor serves others: an upgrade, and the page.
+    let c = Client::connect(srv.ws, &token("bob")).expect("served while the library waits");
+    assert_eq!(c.welcome["user"], "bob");
+    assert_eq!(get(&srv, "/demo").status, 200);
+    // And the slow reader still gets the whole library, however long it took.
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    let (js, _) = read_response(&mut slow, Vec::new()).expect("the whole response");
+    assert_eq!(js.status, 200);
+    assert!(js.text().trim_end().ends_with('}') && js.text().contains("export class ThrongClient"));
+    let mut rest = Vec::new();
+    use std::io::Read;
+    assert_eq!(slow.read_to_end(&mut rest).expect("then the close"), 0);
 }
