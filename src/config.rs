@@ -719,6 +719,27 @@ pub fn check_redis_url(url: &str) -> Result<(), String> {
 /// Shortest HMAC secret accepted outside `--dev` (RFC 7518 3.2: at least the hash size).
 pub const MIN_SECRET_BYTES: usize = 32;
 
+/// Longest duration a `*_ms` key takes: ten years, as good as never. Redis refuses
+/// expiries past its clock's range (every push and stream load in cluster mode failed
+/// with `history_ttl_ms` or `offline_ttl_ms` near `u64::MAX`).
+pub const MAX_DURATION_MS: u64 = 3650 * 86_400_000;
+
+/// A duration that may be 0, at most [`MAX_DURATION_MS`].
+fn ms_or_zero(key: &'static str, v: u64) -> Result<Duration, ConfigError> {
+    if v > MAX_DURATION_MS {
+        return Err(too_long(key, v));
+    }
+    Ok(Duration::from_millis(v))
+}
+
+/// The error for a duration above [`MAX_DURATION_MS`].
+fn too_long(key: &'static str, v: u64) -> ConfigError {
+    invalid(
+        key,
+        format!("is {v}; at most {MAX_DURATION_MS} (ten years) is taken"),
+    )
+}
+
 /// Longest JWT clock leeway (`[jwt] leeway_secs`).
 pub const MAX_LEEWAY_SECS: u64 = 86_400;
 /// Largest request head, docs/protocol.md 1.1.
@@ -983,6 +1004,8 @@ impl Config {
             let v = flag.or(file).unwrap_or(default);
             if v == 0 {
                 Err(invalid(key, "must be greater than 0"))
+            } else if v > MAX_DURATION_MS {
+                Err(too_long(key, v))
             } else {
                 Ok(Duration::from_millis(v))
             }
@@ -1011,11 +1034,12 @@ impl Config {
             file.handshake_timeout_ms,
             5_000,
         )?;
-        let shutdown_grace = Duration::from_millis(
+        let shutdown_grace = ms_or_zero(
+            "shutdown_grace_ms",
             args.shutdown_grace_ms
                 .or(file.shutdown_grace_ms)
                 .unwrap_or(5_000),
-        );
+        )?;
         let positive = |key: &'static str, v: usize| {
             if v == 0 {
                 Err(invalid(key, "must be greater than 0"))
@@ -1102,11 +1126,12 @@ impl Config {
         let metrics_public = args.metrics_public || file.metrics_public.unwrap_or(false);
         let drain = ms("drain_ms", args.drain_ms, file.drain_ms, 30_000)?;
         // 0 is allowed: no `token_expiring` hint.
-        let refresh_ahead = Duration::from_millis(
+        let refresh_ahead = ms_or_zero(
+            "refresh_ahead_ms",
             args.refresh_ahead_ms
                 .or(file.refresh_ahead_ms)
                 .unwrap_or(60_000),
-        );
+        )?;
         // 0 is allowed: no history, only `seq` and the epoch are kept.
         let history_size = args.history_size.or(file.history_size).unwrap_or(100);
         let history_ttl = ms(
@@ -1442,7 +1467,7 @@ fn redis_identity(
 /// or `None` when the stream is not trimmed.
 fn stream_trim(trim: Option<bool>, keep: Option<u64>) -> Result<Option<Duration>, ConfigError> {
     if trim.unwrap_or(true) {
-        Ok(Some(Duration::from_millis(keep.unwrap_or(0))))
+        ms_or_zero("stream_keep_ms", keep.unwrap_or(0)).map(Some)
     } else if keep.is_some() {
         Err(invalid(
             "stream_keep_ms",
@@ -1655,6 +1680,36 @@ mod tests {
         for flag in ["--jwt-issuer", "--jwt-audience"] {
             let e = cfg(&["--jwt-secret", S, flag, ""]).unwrap_err().to_string();
             assert!(e.contains(flag) && e.contains("is empty"), "{e}");
+        }
+    }
+
+    #[test]
+    fn durations_are_at_most_ten_years() {
+        let max = MAX_DURATION_MS.to_string();
+        let over = (MAX_DURATION_MS + 1).to_string();
+        let redis = ["--redis", "redis://127.0.0.1:1"];
+        for key in [
+            "--history-ttl-ms",
+            "--dedup-window-ms",
+            "--offline-ttl-ms",
+            "--claim-idle-ms",
+            "--stream-keep-ms",
+            "--handshake-timeout-ms",
+            "--shutdown-grace-ms",
+            "--refresh-ahead-ms",
+        ] {
+            let with = |v: &str| {
+                let mut a = vec!["--jwt-secret", S];
+                a.extend(redis);
+                a.extend([key, v]);
+                cfg(&a)
+            };
+            with(&max).unwrap_or_else(|e| panic!("{key} {max}: {e}"));
+            let e = with(&over).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("({key})")) && e.contains("ten years"),
+                "{e}"
+            );
         }
     }
 
