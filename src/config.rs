@@ -740,6 +740,9 @@ fn too_long(key: &'static str, v: u64) -> ConfigError {
     )
 }
 
+/// Most pushes a stream's history keeps (`history_size`).
+pub const MAX_HISTORY_SIZE: usize = 1_000_000;
+
 /// Longest JWT clock leeway (`[jwt] leeway_secs`).
 pub const MAX_LEEWAY_SECS: u64 = 86_400;
 /// Largest request head, docs/protocol.md 1.1.
@@ -1134,6 +1137,13 @@ impl Config {
         )?;
         // 0 is allowed: no history, only `seq` and the epoch are kept.
         let history_size = args.history_size.or(file.history_size).unwrap_or(100);
+        if history_size > MAX_HISTORY_SIZE {
+            // Redis's LTRIM refused a larger count: every cluster push failed.
+            return Err(invalid(
+                "history_size",
+                format!("is {history_size}; at most {MAX_HISTORY_SIZE} pushes per stream"),
+            ));
+        }
         let history_ttl = ms(
             "history_ttl_ms",
             args.history_ttl_ms,
@@ -1844,6 +1854,13 @@ mod tests {
         assert_eq!(c.dedup_window, Duration::from_millis(250));
         let c = cfg(&["--jwt-secret", S, "--history-size", "0"]).unwrap();
         assert_eq!(c.history_size, 0, "0 keeps no history");
+        let c = cfg(&["--jwt-secret", S, "--history-size", "1000000"]).unwrap();
+        assert_eq!(c.history_size, MAX_HISTORY_SIZE);
+        let e = cfg(&["--jwt-secret", S, "--history-size", "1000001"]).unwrap_err();
+        assert!(
+            e.to_string().contains("(--history-size): is 1000001"),
+            "{e}"
+        );
         for (flag, key) in [
             ("--history-ttl-ms", "history_ttl_ms"),
             ("--history-memory-bytes", "history_memory_bytes"),
