@@ -229,6 +229,7 @@ impl Server {
                 remote_senders.push(tx);
                 ShardCluster {
                     interest: interest_tx.clone(),
+                    max_interests_waiting: crate::shard::MAX_INTERESTS_WAITING,
                     remote: rx,
                     presence: presence_tx.clone(),
                     presence_shared: presence_shared.clone(),

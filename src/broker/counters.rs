@@ -36,6 +36,9 @@ pub struct BrokerCounters {
     pub stream_trimmed: AtomicU64,
     /// Ingress turns spent not reading because the shards were full.
     pub stream_paused: AtomicU64,
+    /// New sessions and subscribes refused because too many stream changes waited for
+    /// the broker (`shard::MAX_INTERESTS_WAITING`).
+    pub behind_refusals: AtomicU64,
     /// `SIGHUP` reloads of `redis_ca` and the client certificate that took.
     pub tls_reloads: AtomicU64,
     /// Such reloads refused (a file that cannot be used; the files in use stay).
@@ -136,6 +139,12 @@ impl crate::metrics::FeatureCounters for BrokerCounters {
                 "counter",
                 "Ingress turns not reading because shards were full.",
                 n(&self.stream_paused),
+            ),
+            (
+                "throng_broker_behind_refusals_total",
+                "counter",
+                "New sessions (503) and subscribes refused while the broker was behind.",
+                n(&self.behind_refusals),
             ),
             (
                 "throng_redis_tls_reloads_total",

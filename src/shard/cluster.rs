@@ -28,10 +28,19 @@ use crate::command::Resume;
 use crate::frame::Close;
 use crate::messages;
 
+/// Stream changes waiting for the broker (all shards together) at which no new stream
+/// is asked for: a new user's first session is refused (503) and a `subscribe` to a topic
+/// not served here gets `broker_unavailable` until the broker catches up. Changes for
+/// streams already asked for still go (they must not be lost); they are at most as many
+/// again. About 16 MB of waiting changes.
+pub const MAX_INTERESTS_WAITING: usize = 1 << 18;
+
 /// A shard's two ends of its node's broker.
 pub struct ShardCluster {
     /// Which users and topics the shard serves.
     pub interest: Sender<Interest>,
+    /// `MAX_INTERESTS_WAITING`, smaller in tests.
+    pub max_interests_waiting: usize,
     /// Pushes and stream states from the broker.
     pub remote: Receiver<Remote>,
     /// Changed session counts per user, to the presence thread.
@@ -120,6 +129,37 @@ impl ClusterState {
 }
 
 impl Shard {
+    /// Cluster mode: the broker is so far behind that no new stream may be asked for
+    /// (`MAX_INTERESTS_WAITING`); counted, since the caller refuses.
+    pub(super) fn broker_behind(&self) -> bool {
+        let behind = self
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.link.interest.len() >= c.link.max_interests_waiting);
+        if behind {
+            self.shared
+                .metrics
+                .broker
+                .behind_refusals
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        behind
+    }
+
+    /// Cluster mode: a `subscribe` to `topic` would ask the broker for a new stream while
+    /// it is behind: the refusal to answer with.
+    pub(super) fn refuse_new_topic(&self, topic: &str) -> Option<crate::messages::Refused> {
+        let c = self.cluster.as_ref()?;
+        let asked = c.topics.contains_key(topic) || c.loading_topics.contains_key(topic);
+        (!asked && self.broker_behind()).then(|| crate::messages::Refused {
+            code: "broker_unavailable",
+            message: format!(
+                "cannot subscribe to {topic:?} now: the broker is behind with Redis; \
+                 try again later"
+            ),
+        })
+    }
+
     fn interest(&self, i: Interest) {
         if let Some(c) = &self.cluster {
             // The broker outlives the shards; a failed send means shutdown.

@@ -337,6 +337,9 @@ impl Shard {
             ClientMsg::Ack { seq } => self.ack(key, seq),
             ClientMsg::Refresh { token } => self.refresh(key, &token, reference),
             ClientMsg::Subscribe { topic, resume } => {
+                if let Some(refused) = self.refuse_new_topic(&topic) {
+                    return Err(refused);
+                }
                 self.subscribe(key, &topic)?;
                 let r = resume.as_ref().map(|(s, e)| (*s, &**e));
                 if self.subscribe_cluster(key, &topic, r, reference) {

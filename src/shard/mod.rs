@@ -51,7 +51,7 @@ use crate::metrics::{self, Metrics, ShardCounters};
 use crate::reactor::{self, Clock, WAKER};
 use crate::wheel::Core;
 
-pub use cluster::ShardCluster;
+pub use cluster::{ShardCluster, MAX_INTERESTS_WAITING};
 pub use conn::OutQueue;
 use conn::{Conn, Conns, Sent, SessionStamp, DRAIN_DUE, EXPIRING_SENT, PARKED, PING_SENT};
 use streams::Streams;
@@ -445,7 +445,14 @@ impl Shard {
     /// Registers an upgraded socket, writes the 101 and `welcome`, and indexes the session.
     fn adopt(&mut self, mut h: Handoff) {
         if self.drain_deadline.is_some() {
-            refuse_handoff(h, &self.shared);
+            refuse_handoff(h, &self.shared, Refusal::Draining);
+            return;
+        }
+        let created = self.users.find(&h.identity.user).is_none();
+        // A user new here is a new stream to ask the broker for.
+        if created && self.cluster.is_some() && self.broker_behind() {
+            let busy = Refusal::OverCapacity("the cluster's Redis is behind; try again later");
+            refuse_handoff(h, &self.shared, busy);
             return;
         }
         let ip = h.ip;
@@ -461,7 +468,6 @@ impl Shard {
             self.shared.admission.release(ip);
             return;
         }
-        let created = self.users.find(&h.identity.user).is_none();
         let user = self.users.attach(&h.identity.user, key);
         self.presence_changed(user);
         self.session_counter = self.session_counter.wrapping_add(1);
@@ -1258,10 +1264,10 @@ impl Shard {
 }
 
 /// Answers a connection that reached the shard after draining began.
-fn refuse_handoff(h: Handoff, shared: &ShardShared) {
+fn refuse_handoff(h: Handoff, shared: &ShardShared, refusal: Refusal) {
     use std::io::Write;
     let mut s = h.stream;
-    let answer = Refusal::Draining.response();
+    let answer = refusal.response();
     let _ = match h.tls {
         None => s.write_all(&answer),
         Some(f) => s.write_all(&f.seal_last_words(&answer)),

@@ -175,12 +175,21 @@ impl Harness {
     /// A shard in cluster mode: the test plays its broker, reading what the shard asks
     /// for and sending it pushes and stream states.
     fn cluster(flags: &[&str]) -> (Harness, Receiver<Interest>, Sender<Remote>) {
+        Harness::cluster_with_limit(flags, usize::MAX)
+    }
+
+    /// Like `cluster`, the broker counting as behind at `max_interests_waiting`.
+    fn cluster_with_limit(
+        flags: &[&str],
+        max_interests_waiting: usize,
+    ) -> (Harness, Receiver<Interest>, Sender<Remote>) {
         let (interest_tx, interest_rx) = crossbeam_channel::unbounded();
         let (remote_tx, remote_rx) = crossbeam_channel::unbounded();
         // Presence changes go nowhere here: these tests are about streams.
         let (presence_tx, _) = crossbeam_channel::bounded(1024);
         let link = ShardCluster {
             interest: interest_tx,
+            max_interests_waiting,
             remote: remote_rx,
             presence: presence_tx,
             presence_shared: crate::broker::PresenceShared::default(),

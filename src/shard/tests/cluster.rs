@@ -277,3 +277,69 @@ fn subscribe_waits_for_the_topic_stream_and_unsubscribe_lets_it_go() {
         vec![Interest::UnwatchTopic { shard: 0, topic }]
     );
 }
+
+/// A refused handoff's whole HTTP answer, read until the shard closes the socket.
+fn refusal(h: &mut Harness, p: &mut Peer) -> String {
+    for _ in 0..MAX_TURNS {
+        h.turn();
+        p.fill();
+        if p.eof {
+            return String::from_utf8_lossy(&std::mem::take(&mut p.buf)).into_owned();
+        }
+    }
+    panic!("no close");
+}
+
+#[test]
+fn a_broker_far_behind_refuses_new_streams_and_keeps_serving_the_others() {
+    // The broker counts as behind once two stream changes wait for it.
+    let (mut h, interests, tx) = Harness::cluster_with_limit(&["--public-topics", "room.*"], 2);
+    let mut ann = online(&mut h, &tx, "ann", fresh_state());
+    ann.send_json(json!({"type": "subscribe", "topic": "room.1", "ref": 1}));
+    h.quiet(&mut ann);
+    // Two changes wait (ann's stream, room.1's): nothing new is asked for.
+    let mut bob = h.handoff("bob", None, Vec::new(), None, None);
+    let answer = refusal(&mut h, &mut bob);
+    assert!(
+        answer.starts_with("HTTP/1.1 503 ") && answer.contains("Redis is behind"),
+        "{answer}"
+    );
+    // Streams already asked for go on: room.1's subscribe is answered once its stream
+    // arrives, and ann's second session is welcomed.
+    tx.send(Remote::TopicLoaded {
+        topic: "room.1".into(),
+        state: Ok(fresh_state()),
+    })
+    .unwrap();
+    assert_eq!(h.recv_json(&mut ann)["type"], "subscribed");
+    let mut ann2 = parked(&mut h, "ann", None);
+    assert_eq!(h.recv_json(&mut ann2)["type"], "welcome");
+    // A topic not served here is a new stream: refused, the connection goes on.
+    ann.send_json(json!({"type": "subscribe", "topic": "room.2", "ref": 2}));
+    let e = h.recv_json(&mut ann);
+    assert_eq!(e["code"], "broker_unavailable", "{e}");
+    assert_eq!(e["ref"], 2);
+    h.ping_pong(&mut ann, "still here");
+    assert_eq!(
+        h.shard
+            .shared
+            .metrics
+            .broker
+            .behind_refusals
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+    // The broker catches up: new streams are asked for again.
+    asked(&interests);
+    let _bob = parked(&mut h, "bob", None);
+    assert_eq!(asked(&interests), vec![watch("bob", true)]);
+    ann.send_json(json!({"type": "subscribe", "topic": "room.2", "ref": 3}));
+    h.quiet(&mut ann);
+    assert_eq!(
+        asked(&interests),
+        vec![Interest::WatchTopic {
+            shard: 0,
+            topic: "room.2".into()
+        }]
+    );
+}
