@@ -267,6 +267,9 @@ pub struct ServeArgs {
     /// Cluster mode: how long a user's pushes wait in Redis for it to come back [default: 86400000].
     #[arg(long)]
     pub offline_ttl_ms: Option<u64>,
+    /// Cluster mode: stream changes (users and topics started or stopped here) waiting for Redis at which new users and topics are refused until it catches up [default: 262144].
+    #[arg(long)]
+    pub max_stream_changes_waiting: Option<usize>,
     /// Cluster mode: how long a stream entry may sit with a dead node before another claims it [default: 30000].
     #[arg(long)]
     pub claim_idle_ms: Option<u64>,
@@ -408,6 +411,7 @@ struct FileConfig {
     acceptors: Option<usize>,
     node_id: Option<String>,
     offline_ttl_ms: Option<u64>,
+    max_stream_changes_waiting: Option<usize>,
     claim_idle_ms: Option<u64>,
     redis_ca: Option<PathBuf>,
     redis_client_cert: Option<PathBuf>,
@@ -609,6 +613,8 @@ pub struct ClusterConfig {
     pub offline_ttl: Duration,
     /// How long a pending stream entry waits before another node claims it.
     pub claim_idle: Duration,
+    /// Stream changes waiting for the broker at which no new stream is asked for.
+    pub max_stream_changes_waiting: usize,
     /// Trimming of `throng:push`: how long acknowledged entries are kept; `None`: never
     /// trimmed.
     pub stream_trim: Option<Duration>,
@@ -1198,6 +1204,12 @@ impl Config {
                         file.claim_idle_ms,
                         30_000,
                     )?,
+                    max_stream_changes_waiting: positive(
+                        "max_stream_changes_waiting",
+                        args.max_stream_changes_waiting
+                            .or(file.max_stream_changes_waiting)
+                            .unwrap_or(crate::shard::MAX_INTERESTS_WAITING),
+                    )?,
                     stream_trim: stream_trim(
                         args.stream_trim.or(file.stream_trim),
                         args.stream_keep_ms.or(file.stream_keep_ms),
@@ -1721,6 +1733,21 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn stream_changes_waiting_has_a_default_and_no_zero() {
+        let redis = ["--jwt-secret", S, "--redis", "redis://127.0.0.1:1"];
+        let c = cfg(&redis).unwrap();
+        let waiting = |c: Config| c.cluster.map(|c| c.max_stream_changes_waiting);
+        assert_eq!(waiting(c), Some(crate::shard::MAX_INTERESTS_WAITING));
+        let mut a = redis.to_vec();
+        a.extend(["--max-stream-changes-waiting", "1000"]);
+        assert_eq!(waiting(cfg(&a).unwrap()), Some(1000));
+        a.pop();
+        a.push("0");
+        let e = cfg(&a).unwrap_err().to_string();
+        assert!(e.contains("(--max-stream-changes-waiting)"), "{e}");
     }
 
     #[test]

@@ -229,7 +229,12 @@ impl Server {
                 remote_senders.push(tx);
                 ShardCluster {
                     interest: interest_tx.clone(),
-                    max_interests_waiting: crate::shard::MAX_INTERESTS_WAITING,
+                    max_interests_waiting: config
+                        .cluster
+                        .as_ref()
+                        .map_or(crate::shard::MAX_INTERESTS_WAITING, |c| {
+                            c.max_stream_changes_waiting
+                        }),
                     remote: rx,
                     presence: presence_tx.clone(),
                     presence_shared: presence_shared.clone(),

@@ -618,6 +618,7 @@ mod tests {
             node_id: None,
             offline_ttl: Duration::from_secs(60),
             claim_idle: Duration::from_secs(30),
+            max_stream_changes_waiting: 1 << 18,
             stream_trim: None,
             redis_ca: None,
             redis_identity: None,

@@ -28,18 +28,18 @@ use crate::command::Resume;
 use crate::frame::Close;
 use crate::messages;
 
-/// Stream changes waiting for the broker (all shards together) at which no new stream
-/// is asked for: a new user's first session is refused (503) and a `subscribe` to a topic
-/// not served here gets `broker_unavailable` until the broker catches up. Changes for
-/// streams already asked for still go (they must not be lost); they are at most as many
-/// again. About 16 MB of waiting changes.
+/// The default of `max_stream_changes_waiting`: stream changes waiting for the broker
+/// (all shards together) at which no new stream is asked for: a new user's first session
+/// is refused (503) and a `subscribe` to a topic not served here gets
+/// `broker_unavailable` until the broker catches up. Changes for streams already asked
+/// for still go (they must not be lost); they are at most as many again. About 16 MB.
 pub const MAX_INTERESTS_WAITING: usize = 1 << 18;
 
 /// A shard's two ends of its node's broker.
 pub struct ShardCluster {
     /// Which users and topics the shard serves.
     pub interest: Sender<Interest>,
-    /// `MAX_INTERESTS_WAITING`, smaller in tests.
+    /// `max_stream_changes_waiting`.
     pub max_interests_waiting: usize,
     /// Pushes and stream states from the broker.
     pub remote: Receiver<Remote>,
