@@ -310,16 +310,19 @@ fn config_file_values_apply() {
     std::fs::remove_file(&path).ok();
 }
 
+/// Ephemeral listeners and the test secret: a configuration `from_args` takes.
+const BASE: [&str; 6] = [
+    "--listen",
+    "127.0.0.1:0",
+    "--api-listen",
+    "127.0.0.1:0",
+    "--jwt-secret",
+    SECRET,
+];
+
 #[test]
 fn from_args_errors_name_the_key() {
-    let base = [
-        "--listen",
-        "127.0.0.1:0",
-        "--api-listen",
-        "127.0.0.1:0",
-        "--jwt-secret",
-        SECRET,
-    ];
+    let base = BASE;
     let cases: &[(&[&str], &str)] = &[
         (&["--ping-interval-ms", "0"], "ping_interval_ms"),
         (&["--idle-timeout-ms", "0"], "idle_timeout_ms"),
@@ -382,14 +385,7 @@ fn redis_client_certificate_errors_name_the_key() {
         other_key.to_str().unwrap(),
     );
     let run = |extra: &[&str]| {
-        let mut args = vec![
-            "--listen",
-            "127.0.0.1:0",
-            "--api-listen",
-            "127.0.0.1:0",
-            "--jwt-secret",
-            SECRET,
-        ];
+        let mut args = BASE.to_vec();
         args.extend_from_slice(extra);
         Config::from_args(args).map_err(|e| e.to_string())
     };

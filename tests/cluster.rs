@@ -385,13 +385,12 @@ fn broadcast_reaches_every_node() {
     }
 }
 
-#[test]
-fn nodes_work_with_a_redis_that_requires_a_password() {
-    let redis = RedisServer::start_with_password("s3cret-pass");
-    let a = node(&redis, &[]);
-    let b = node(&redis, &[]);
-    // Every link authenticated: b's subscriber hears what a published, and a's stream
-    // ingress reads what the test adds.
+/// Two nodes on `redis` started with `extra`, and every Redis link of theirs at work:
+/// b's subscriber hears what a published, a stream push added by the test is read by an
+/// ingress, and (with `events`) b's client event reaches `throng:events`.
+fn nodes_deliver_through(redis: &RedisServer, extra: &[&str], events: bool) {
+    let a = node(redis, extra);
+    let b = node(redis, extra);
     let mut phone = b.connect("alice");
     wait_streams(&b, 1);
     let r = a.push_wait(json!({"user": "alice", "data": "api"}));
@@ -405,6 +404,20 @@ fn nodes_work_with_a_redis_that_requires_a_password() {
         .query(&mut redis.conn())
         .unwrap();
     assert_eq!(next_push(&mut phone)["data"], "stream");
+    if events {
+        phone.send(json!({"type": "send", "data": "up", "ref": 1}));
+        assert_eq!(phone.recv()["type"], "sent");
+        b.wait_stats("the event delivered", |s| {
+            s["events"]["delivered"].as_u64() >= Some(1)
+        });
+    }
+}
+
+#[test]
+fn nodes_work_with_a_redis_that_requires_a_password() {
+    let redis = RedisServer::start_with_password("s3cret-pass");
+    // Every link authenticated.
+    nodes_deliver_through(&redis, &[], false);
     // A wrong password is an error the node reports, not a ready node.
     let wrong = format!("redis://:wrong@127.0.0.1:{}", redis.port);
     let c = TestServer::start(&["--redis", wrong.as_str()]);
@@ -418,30 +431,8 @@ fn nodes_work_with_a_redis_that_requires_a_password() {
 #[test]
 fn nodes_work_with_a_redis_that_speaks_only_tls() {
     let redis = RedisServer::start_tls();
-    let ca = ["--redis-ca", redis.ca_path()];
-    let a = node(&redis, &ca);
-    let b = node(&redis, &ca);
-    // Every link is TLS: b's subscriber hears what a published, a's stream ingress reads
-    // what the test adds, and b's events reach throng:events.
-    let mut phone = b.connect("alice");
-    wait_streams(&b, 1);
-    let r = a.push_wait(json!({"user": "alice", "data": "api"}));
-    assert_eq!(r["seq"], 1, "{r}");
-    assert_eq!(next_push(&mut phone)["data"], "api");
-    let mut r = redis.conn();
-    let _: String = redis::cmd("XADD")
-        .arg("throng:push")
-        .arg("*")
-        .arg("push")
-        .arg(json!({"user": "alice", "data": "stream"}).to_string())
-        .query(&mut r)
-        .unwrap();
-    assert_eq!(next_push(&mut phone)["data"], "stream");
-    phone.send(json!({"type": "send", "data": "up", "ref": 1}));
-    assert_eq!(phone.recv()["type"], "sent");
-    b.wait_stats("the event delivered", |s| {
-        s["events"]["delivered"].as_u64() >= Some(1)
-    });
+    // Every link is TLS.
+    nodes_deliver_through(&redis, &["--redis-ca", redis.ca_path()], true);
     // Verified against the system's roots instead, the self-signed certificate fails:
     // counted as an error, and the node stays unready.
     let c = TestServer::start(&["--redis", redis.url().as_str()]);
@@ -454,35 +445,8 @@ fn nodes_work_with_a_redis_that_speaks_only_tls() {
 #[test]
 fn nodes_present_a_client_certificate_to_a_redis_that_asks_for_one() {
     let redis = RedisServer::start_mtls();
-    let tls = [
-        "--redis-ca",
-        redis.ca_path(),
-        "--redis-client-cert",
-        redis.client_cert_path(),
-        "--redis-client-key",
-        redis.client_key_path(),
-    ];
-    let a = node(&redis, &tls);
-    let b = node(&redis, &tls);
     // redis-rs's links (publish, stream ingress, events) and the pub/sub link alike.
-    let mut phone = b.connect("alice");
-    wait_streams(&b, 1);
-    let r = a.push_wait(json!({"user": "alice", "data": "api"}));
-    assert_eq!(r["seq"], 1, "{r}");
-    assert_eq!(next_push(&mut phone)["data"], "api");
-    let _: String = redis::cmd("XADD")
-        .arg("throng:push")
-        .arg("*")
-        .arg("push")
-        .arg(json!({"user": "alice", "data": "stream"}).to_string())
-        .query(&mut redis.conn())
-        .unwrap();
-    assert_eq!(next_push(&mut phone)["data"], "stream");
-    phone.send(json!({"type": "send", "data": "up", "ref": 1}));
-    assert_eq!(phone.recv()["type"], "sent");
-    b.wait_stats("the event delivered", |s| {
-        s["events"]["delivered"].as_u64() >= Some(1)
-    });
+    nodes_deliver_through(&redis, &redis.mtls_args(), true);
     // Without a certificate Redis refuses the node: counted, and it stays unready.
     let c = TestServer::start(&[
         "--redis",

@@ -182,14 +182,7 @@ fn stream_pushes_through_a_redis_that_speaks_only_tls() {
 #[test]
 fn stream_pushes_with_a_client_certificate_from_two_procs() {
     let redis = RedisServer::start_mtls();
-    let tls = [
-        "--redis-ca",
-        redis.ca_path(),
-        "--redis-client-cert",
-        redis.client_cert_path(),
-        "--redis-client-key",
-        redis.client_key_path(),
-    ];
+    let tls = redis.mtls_args();
     let (a, b) = (node_with(&redis, &tls), node_with(&redis, &tls));
     let url = redis.url();
     let mut args = vec!["push", "--redis-stream", &url, "--procs", "2"];

@@ -181,6 +181,19 @@ impl RedisServer {
         self.client().key.to_str().expect("utf-8 temp path")
     }
 
+    /// A server of [`RedisServer::start_mtls`]: the flags that trust it and present its
+    /// client certificate (`throng serve`'s, and throng-load's with `--redis-stream`).
+    pub fn mtls_args(&self) -> [&str; 6] {
+        [
+            "--redis-ca",
+            self.ca_path(),
+            "--redis-client-cert",
+            self.client_cert_path(),
+            "--redis-client-key",
+            self.client_key_path(),
+        ]
+    }
+
     fn client(&self) -> &RedisClientCert {
         self.tls
             .as_ref()
