@@ -337,9 +337,6 @@ impl Shard {
             ClientMsg::Ack { seq } => self.ack(key, seq),
             ClientMsg::Refresh { token } => self.refresh(key, &token, reference),
             ClientMsg::Subscribe { topic, resume } => {
-                if let Some(refused) = self.refuse_new_topic(&topic) {
-                    return Err(refused);
-                }
                 self.subscribe(key, &topic)?;
                 let r = resume.as_ref().map(|(s, e)| (*s, &**e));
                 if self.subscribe_cluster(key, &topic, r, reference) {
@@ -411,6 +408,9 @@ impl Shard {
                     self.shared.config.max_topics_per_connection
                 ),
             });
+        }
+        if let Some(refused) = self.refuse_new_topic(name) {
+            return Err(refused);
         }
         let (t, _) = self.topics.join(name, key);
         self.conns.add_topic(key, t);

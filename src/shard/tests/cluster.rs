@@ -320,6 +320,9 @@ fn a_broker_far_behind_refuses_new_streams_and_keeps_serving_the_others() {
     assert_eq!(e["code"], "broker_unavailable", "{e}");
     assert_eq!(e["ref"], 2);
     h.ping_pong(&mut ann, "still here");
+    // A topic the token does not grant is still refused for that.
+    ann.send_json(json!({"type": "subscribe", "topic": "secret.1", "ref": 4}));
+    assert_eq!(h.recv_json(&mut ann)["code"], "forbidden_topic");
     assert_eq!(
         h.shard
             .shared
