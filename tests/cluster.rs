@@ -589,6 +589,67 @@ fn stream_ingress_publishes_and_sends_bad_entries_to_the_dlq() {
     assert!(s["cluster"]["stream_read"].as_u64().unwrap() <= 10, "{s}");
 }
 
+#[test]
+fn a_dlq_that_refuses_copies_costs_the_copy_not_a_second_publish() {
+    let redis = RedisServer::start();
+    let a = node(&redis, &[]);
+    let mut c = a.connect("gus");
+    wait_streams(&a, 1);
+    let mut r = redis.conn();
+    // The DLQ key holds a string: every copy to it is refused (WRONGTYPE), as an
+    // out-of-memory Redis refuses writes.
+    let _: () = redis::cmd("SET")
+        .arg("throng:push:dlq")
+        .arg("not a stream")
+        .query(&mut r)
+        .unwrap();
+    // One producer pipeline: the blocked read returns with its first entry (the bad one),
+    // and the rest come with that batch's round trip, so the bad entry's refused copy
+    // rides with the publish of the good ones.
+    let mut pipe = redis::pipe();
+    pipe.cmd("XADD")
+        .arg("throng:push")
+        .arg("*")
+        .arg("push")
+        .arg("not json");
+    for k in 1..=5 {
+        let push = json!({"user": "gus", "data": {"k": k}}).to_string();
+        pipe.cmd("XADD")
+            .arg("throng:push")
+            .arg("*")
+            .arg("push")
+            .arg(push);
+    }
+    let _: Vec<String> = pipe.query(&mut r).unwrap();
+    // The refused copy is counted and its entry acknowledged all the same.
+    a.wait_stats("the refused copy counted", |s| {
+        s["cluster"]["broker_errors"].as_u64() >= Some(1)
+    });
+    let pending = wait_until(Duration::from_secs(10), || {
+        let p: Vec<redis::Value> = redis::cmd("XPENDING")
+            .arg("throng:push")
+            .arg("throng")
+            .query(&mut r)
+            .unwrap();
+        p.first() == Some(&redis::Value::Int(0))
+    });
+    assert!(pending, "entries left pending");
+    let _: String = redis::cmd("XADD")
+        .arg("throng:push")
+        .arg("*")
+        .arg("push")
+        .arg(json!({"user": "gus", "data": {"k": 6}}).to_string())
+        .query(&mut r)
+        .unwrap();
+    // Each push once, numbered 1 to 6: no batch was read and published again.
+    for k in 1..=6 {
+        let m = next_push(&mut c);
+        let got = (m["data"]["k"].as_u64(), m["seq"].as_u64());
+        assert_eq!(got, (Some(k), Some(k)), "{m}");
+    }
+    assert_eq!(a.stats()["cluster"]["stream_dlq"], 0);
+}
+
 /// Adds `n` valid pushes for `user` to `throng:push` in one pipeline; their ids, in order.
 fn add_pushes(r: &mut redis::Connection, user: &str, ids: &[String]) -> Vec<String> {
     let mut pipe = redis::pipe();

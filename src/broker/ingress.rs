@@ -49,11 +49,11 @@ pub(crate) struct Ingress {
     acks: Option<Acks>,
 }
 
-/// Acknowledgements waiting for a round trip: the commands (their replies come back and
-/// must all succeed), and how many entries they copy to the DLQ.
+/// Acknowledgements waiting for a round trip: `dead` copies of entries to the DLQ, then
+/// the batch's XACK (see [`Ingress::acked`] for how their replies are judged).
 struct Acks {
     pipe: redis::Pipeline,
-    dead: u64,
+    dead: usize,
 }
 
 impl Ingress {
@@ -174,43 +174,80 @@ impl Ingress {
         (self.ctx.cluster.claim_idle / 2).clamp(Duration::from_millis(100), Duration::from_secs(5))
     }
 
-    /// A pipeline that starts with the waiting acknowledgements, for a round trip that
-    /// carries them (with how many replies they take, and how many DLQ copies they make);
-    /// `sent` counts them once it succeeded.
-    fn with_acks(&mut self) -> (redis::Pipeline, usize, u64) {
+    /// A pipeline that starts with the waiting acknowledgements (every reply kept, errors
+    /// too), for a round trip that carries them; `acked` judges their replies after.
+    fn with_acks(&mut self) -> (redis::Pipeline, Option<usize>) {
         match self.acks.take() {
-            Some(a) => {
-                let n = a.pipe.len();
-                (a.pipe, n, a.dead)
+            Some(a) => (a.pipe, Some(a.dead)),
+            None => {
+                let mut pipe = redis::pipe();
+                pipe.ignore_errors();
+                (pipe, None)
             }
-            None => (redis::pipe(), 0, 0),
         }
     }
 
-    /// Runs `pipe` (the waiting acknowledgements, `acks` commands, then one more) and
-    /// returns the last reply; any failed command fails it all.
+    /// Runs `pipe` (the waiting acknowledgements, then one command) and returns the last
+    /// reply once `acked` took the others.
     fn query_last(
+        &self,
         conn: &mut Connection,
         pipe: &redis::Pipeline,
-        acks: usize,
+        acks: Option<usize>,
     ) -> redis::RedisResult<Value> {
         let values: Vec<Value> = pipe.query(conn)?;
-        Ok(values.into_iter().nth(acks).unwrap_or(Value::Nil))
+        let mut values = values.into_iter();
+        self.acked(&mut values, acks)?;
+        values.next().unwrap_or(Value::Nil).extract_error()
     }
 
-    /// Counts what a round trip with the acknowledgements sent to the DLQ.
-    fn sent(&self, dead: u64) {
-        if dead > 0 {
-            self.ctx.metrics.broker.stream_dlq.fetch_add(dead, Relaxed);
-            tracing::warn!(count = dead, "stream entries sent to {DLQ_STREAM}");
+    /// Judges the replies of the acknowledgements (`dead` DLQ copies, then the XACK), if
+    /// any went. A copy Redis refused (an out-of-memory Redis) is logged and counted, and
+    /// its entry is still acknowledged: failing the round trip would read the batch again
+    /// and publish its good entries twice. A refused XACK (the group or the stream gone)
+    /// is an error.
+    fn acked(
+        &self,
+        replies: &mut impl Iterator<Item = Value>,
+        dead: Option<usize>,
+    ) -> redis::RedisResult<()> {
+        let Some(dead) = dead else {
+            return Ok(());
+        };
+        let (mut copied, mut refused, mut why) = (0u64, 0u64, None);
+        for v in replies.take(dead) {
+            match v.extract_error() {
+                Ok(_) => copied += 1,
+                Err(e) => {
+                    refused += 1;
+                    why.get_or_insert(e);
+                }
+            }
+        }
+        let broker = &self.ctx.metrics.broker;
+        if copied > 0 {
+            broker.stream_dlq.fetch_add(copied, Relaxed);
+            tracing::warn!(count = copied, "stream entries sent to {DLQ_STREAM}");
+        }
+        if let Some(e) = why {
+            broker.errors.fetch_add(refused, Relaxed);
+            tracing::warn!(count = refused, error = %e,
+                "Redis refused to copy stream entries to {DLQ_STREAM}; acknowledged without a copy");
+        }
+        match replies.next() {
+            Some(xack) => xack.extract_error().map(drop),
+            None => Err(redis::RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "Redis answered fewer replies than commands",
+            ))),
         }
     }
 
     /// Sends the waiting acknowledgements in a round trip of their own.
     fn flush_acks(&mut self, conn: &mut Connection) -> redis::RedisResult<()> {
         if let Some(a) = self.acks.take() {
-            a.pipe.query::<()>(conn)?;
-            self.sent(a.dead);
+            let values: Vec<Value> = a.pipe.query(conn)?;
+            self.acked(&mut values.into_iter(), Some(a.dead))?;
         }
         Ok(())
     }
@@ -240,12 +277,11 @@ impl Ingress {
         from: &str,
         block_ms: u64,
     ) -> redis::RedisResult<Vec<StreamEntry>> {
-        let (mut pipe, acks, dead) = self.with_acks();
+        let (mut pipe, acks) = self.with_acks();
         pipe.add_command(self.read_cmd(from, block_ms));
         // The acknowledgements run first (a pipeline keeps its order), so a read of this
         // consumer's own pending entries does not see them again.
-        let v = Self::query_last(conn, &pipe, acks)?;
-        self.sent(dead);
+        let v = self.query_last(conn, &pipe, acks)?;
         Ok(read_entries(v))
     }
 
@@ -268,7 +304,7 @@ impl Ingress {
     fn claim(&mut self, conn: &mut Connection) -> redis::RedisResult<()> {
         let mut start = "0-0".to_string();
         loop {
-            let (mut pipe, acks, dead) = self.with_acks();
+            let (mut pipe, acks) = self.with_acks();
             pipe.cmd("XAUTOCLAIM")
                 .arg(PUSH_STREAM)
                 .arg(GROUP)
@@ -277,8 +313,7 @@ impl Ingress {
                 .arg(&start)
                 .arg("COUNT")
                 .arg(COUNT);
-            let v = Self::query_last(conn, &pipe, acks)?;
-            self.sent(dead);
+            let v = self.query_last(conn, &pipe, acks)?;
             let mut parts = as_list(v).into_iter();
             let next: String = parts
                 .next()
@@ -341,11 +376,11 @@ impl Ingress {
             }
         }
         let refs: Vec<&ParsedPush> = valid.iter().map(|(_, p)| p).collect();
-        let (before, _, sent_dead) = self.with_acks();
+        let (before, acks) = self.with_acks();
         let after = read_on.then(|| self.read_cmd(">", 0));
         // A connection error here leaves everything unacknowledged: read again later.
         let batch = self.sequencer.publish_between(conn, before, &refs, after)?;
-        self.sent(sent_dead);
+        self.acked(&mut batch.before.into_iter(), acks)?;
         for ((i, _), r) in valid.iter().zip(batch.published) {
             if let Err(e) = r {
                 // Redis refused this one push (not the link): it would fail again.
@@ -353,6 +388,7 @@ impl Ingress {
             }
         }
         let mut pipe = redis::pipe();
+        pipe.ignore_errors();
         for (i, why) in &dead {
             let raw = entries[*i].push.as_deref().unwrap_or_default();
             // An oversized entry keeps its head only: the DLQ is bounded by count, and
@@ -381,9 +417,10 @@ impl Ingress {
         // batch waits at a time (the one before went out with the publish above).
         self.acks = Some(Acks {
             pipe,
-            dead: dead.len() as u64,
+            dead: dead.len(),
         });
-        Ok(batch.after.map(read_entries).unwrap_or_default())
+        let read = batch.after.map(|v| v.extract_error()).transpose()?;
+        Ok(read.map(read_entries).unwrap_or_default())
     }
 }
 

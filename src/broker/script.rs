@@ -157,9 +157,10 @@ impl Sequencer {
             .map(|b| b.published)
     }
 
-    /// [`Sequencer::publish`] in the round trip of other commands: `before`'s first (each
-    /// must succeed, or the whole call is an `Err`), then the pushes, then `after`, whose
-    /// reply comes back as it is (a stream read that rides with a batch).
+    /// [`Sequencer::publish`] in the round trip of other commands: `before`'s first, then
+    /// the pushes, then `after`. The replies of `before` and `after` come back as they are
+    /// (errors included) for the caller to judge: the pushes have run by then, so a
+    /// refused command among them must not fail the batch.
     pub fn publish_between(
         &self,
         conn: &mut Connection,
@@ -178,6 +179,7 @@ impl Sequencer {
             self.load(conn)?;
             let again = self.run(conn, redis::pipe(), pushes, None)?;
             return Ok(Between {
+                before: first.before,
                 published: again.published,
                 after: first.after,
             });
@@ -197,6 +199,7 @@ impl Sequencer {
             // An empty pipeline is a client error in the redis crate ("empty command"),
             // which would fail a stream batch made only of invalid entries forever.
             return Ok(Between {
+                before: Vec::new(),
                 published: Vec::new(),
                 after: None,
             });
@@ -236,9 +239,7 @@ impl Sequencer {
         }
         let values: Vec<Value> = pipe.query(conn)?;
         let mut values = values.into_iter();
-        for v in values.by_ref().take(before) {
-            v.extract_error()?;
-        }
+        let before: Vec<Value> = values.by_ref().take(before).collect();
         let after = if has_after { values.next_back() } else { None };
         let mut out = Vec::with_capacity(pushes.len());
         for (p, n) in pushes.iter().zip(counts) {
@@ -265,6 +266,7 @@ impl Sequencer {
             });
         }
         Ok(Between {
+            before,
             published: out,
             after,
         })
@@ -273,6 +275,8 @@ impl Sequencer {
 
 /// What [`Sequencer::publish_between`] got back.
 pub struct Between {
+    /// The replies of the commands before the pushes, in order (errors included).
+    pub before: Vec<Value>,
     /// One result per push, in order.
     pub published: Vec<Published>,
     /// The reply of the command after the pushes, when there was one.
