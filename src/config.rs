@@ -852,6 +852,16 @@ impl Config {
         if refresh_secs == 0 {
             return Err(invalid("jwt_jwks_refresh_secs", "must be greater than 0"));
         }
+        if refresh_secs > MAX_DURATION_MS / 1000 {
+            // The refresher adds it to the clock.
+            return Err(invalid(
+                "jwt_jwks_refresh_secs",
+                format!(
+                    "is {refresh_secs}; at most {} (ten years)",
+                    MAX_DURATION_MS / 1000
+                ),
+            ));
+        }
         let ways = (
             args.jwt_public_key.or(file.jwt.public_key_file),
             args.jwt_jwks.or(file.jwt.jwks_file),
@@ -1617,6 +1627,13 @@ mod tests {
             "0",
         ]);
         assert!(e.unwrap_err().contains("(--jwt-jwks-refresh-secs)"));
+        let e = rs(&[
+            "--jwt-jwks-url",
+            "http://idp/k",
+            "--jwt-jwks-refresh-secs",
+            "18446744073709551615",
+        ]);
+        assert!(e.unwrap_err().contains("ten years"));
         let c = rs(&[
             "--jwt-jwks-url",
             "https://idp.example/.well-known/jwks.json",

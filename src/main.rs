@@ -274,6 +274,10 @@ fn reload(server: &Server) {
             "SIGHUP: events_ca not reloaded; the previous roots stay in use"
         ),
     }
+    let jwks_url = server.fetch_jwt_keys();
+    if jwks_url {
+        tracing::info!("SIGHUP: fetching the JWT keys from jwks_url");
+    }
     let redis = server.reload_redis_tls();
     match &redis {
         None => {}
@@ -283,7 +287,8 @@ fn reload(server: &Server) {
             "SIGHUP: Redis TLS files not reloaded; the previous ones stay in use"
         ),
     }
-    if tls.is_none() && api_tls.is_none() && jwt.is_none() && ca.is_none() && redis.is_none() {
+    let nothing = tls.is_none() && api_tls.is_none() && jwt.is_none() && !jwks_url;
+    if nothing && ca.is_none() && redis.is_none() {
         tracing::info!(
             "SIGHUP: nothing to reload (no --tls-cert, --api-tls-cert, JWT key file, \
              --events-ca, --redis-ca or --redis-client-cert)"

@@ -276,7 +276,7 @@ pub struct Metrics {
     pub api_request_timeouts: AtomicU64,
     /// Idle keep-alive push API connections closed.
     pub api_idle_closes: AtomicU64,
-    /// JWT key file reloads (`SIGHUP`) that took effect.
+    /// JWT key file reloads (`SIGHUP`) and `jwks_url` fetches that took effect.
     pub jwt_key_reloads: AtomicU64,
     /// JWT key file reloads that failed (the keys in use stayed).
     pub jwt_key_reload_errors: AtomicU64,
@@ -665,12 +665,12 @@ impl Metrics {
             ),
             (
                 "throng_jwt_key_reloads_total",
-                "JWT key file reloads (SIGHUP) that took effect.",
+                "JWT key file reloads (SIGHUP) and jwks_url fetches that took effect.",
                 &self.jwt_key_reloads,
             ),
             (
                 "throng_jwt_key_reload_errors_total",
-                "JWT key file reloads that failed; the keys in use stayed.",
+                "JWT key file reloads and jwks_url fetches that failed; the keys in use stayed.",
                 &self.jwt_key_reload_errors,
             ),
         ] {

@@ -431,10 +431,14 @@ impl Server {
         Some(result)
     }
 
-    /// Reads the JWT key file (`jwt_public_key` or `jwt_jwks`) again (`SIGHUP`): every
-    /// verification after it uses the new keys; on error the keys in use stay. `None`
-    /// with an HMAC secret (nothing to reload); else how many keys the file holds.
+    /// Reads the JWT key file (`jwt_public_key`, `jwt_jwks` or `jwt_secret_file`) again
+    /// (`SIGHUP`): every verification after it uses the new keys; on error the keys in
+    /// use stay. `None` with keys from no file; else how many keys the file holds. With
+    /// `jwks_url` the refresher thread fetches instead (`fetch_jwt_keys`).
     pub fn reload_jwt_keys(&self) -> Option<Result<usize, crate::auth::KeyError>> {
+        if self.jwt_keys.from_url() {
+            return None;
+        }
         let result = self.jwt_keys.reload()?;
         let counter = match &result {
             Ok(_) => &self.metrics.jwt_key_reloads,
@@ -442,6 +446,17 @@ impl Server {
         };
         counter.fetch_add(1, Relaxed);
         Some(result)
+    }
+
+    /// With `jwks_url` (`SIGHUP`): asks the refresher thread to fetch the keys at once,
+    /// so the signal thread never waits on the identity provider and fetches never race.
+    /// False without one.
+    pub fn fetch_jwt_keys(&self) -> bool {
+        let from_url = self.jwt_keys.from_url();
+        if from_url {
+            self.jwt_keys.fetch_soon();
+        }
+        from_url
     }
 
     /// Reads the push API's certificate and key again (`SIGHUP`); `None` without HTTPS on

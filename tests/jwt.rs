@@ -437,6 +437,48 @@ fn a_jwks_url_is_fetched_again_every_refresh() {
 }
 
 #[test]
+fn sighup_has_the_refresher_fetch_the_jwks_url_at_once() {
+    use common::tls::{metric, ServeProc};
+    let idp = JwksServer::start(jwks(&[("rs256_private.pem", "old")]));
+    let url = idp.url();
+    let mut p = ServeProc::spawn(&[
+        "--jwt-algorithm",
+        "RS256",
+        "--jwt-jwks-url",
+        &url,
+        "--jwt-jwks-refresh-secs",
+        "3600",
+    ]);
+    let (ws, api) = p.listening();
+    assert_eq!(idp.requests(), 1, "fetched once at start");
+    // The provider replaced its key outright (no token names the new kid yet).
+    idp.serve(jwks(&[("rs256b_private.pem", "new")]));
+    p.signal(libc::SIGHUP);
+    p.find(Duration::from_secs(5), |l| {
+        l.contains("fetching the JWT keys from jwks_url")
+            .then_some(())
+    });
+    let new = sign_kid("rs256b_private.pem", "new", "b");
+    assert!(
+        wait_until(Duration::from_secs(10), || Client::connect(ws, &new)
+            .is_ok()),
+        "the fetched key never verified; {} fetches",
+        idp.requests()
+    );
+    assert_eq!(idp.requests(), 2);
+    // A signal is not held to the gap between fetches that unknown kids ask for.
+    p.signal(libc::SIGHUP);
+    assert!(wait_until(Duration::from_secs(10), || idp.requests() == 3));
+    assert!(wait_until(Duration::from_secs(5), || metric(
+        api,
+        "throng_jwt_key_reloads_total"
+    ) == 2));
+    p.signal(libc::SIGTERM);
+    let st = p.wait_exit(Duration::from_secs(10));
+    assert!(st.success(), "exit {st:?}; log:\n{}", p.seen.join("\n"));
+}
+
+#[test]
 fn an_unreachable_or_empty_jwks_url_at_start_exits_2_naming_it() {
     use common::tls::serve_refused;
     let closed = {

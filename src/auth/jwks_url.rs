@@ -77,7 +77,8 @@ fn refresh_loop(keys: &SharedKeys, every: Duration, metrics: &Metrics, stop: &At
         let now = Instant::now();
         let asked = keys.refresh_asked();
         let asked_at = last_fetch + MIN_GAP.min(every);
-        if now < next && !(asked && now >= asked_at) {
+        let signalled = keys.take_fetch_now();
+        if now < next && !signalled && !(asked && now >= asked_at) {
             let until = if asked { next.min(asked_at) } else { next };
             std::thread::park_timeout(until.saturating_duration_since(now));
             continue;

@@ -166,9 +166,14 @@ impl KeySet {
                 done => return done.map_err(DecodeError::Jwt),
             }
         }
-        match (last, kid) {
-            (Some(e), _) => Err(DecodeError::Jwt(e)),
-            (None, Some(kid)) => Err(DecodeError::UnknownKid(kid)),
+        let named_keys = self.keys.iter().any(|k| k.kid.is_some());
+        match (kid, last) {
+            // Keys go by `kid` here, no key has this one and none without a `kid` fits:
+            // a key the provider has just started using, as far as the server can tell
+            // (with `jwks_url` that asks for a fetch). PEM keys have no `kid`.
+            (Some(kid), _) if named_keys => Err(DecodeError::UnknownKid(kid)),
+            (Some(kid), None) => Err(DecodeError::UnknownKid(kid)),
+            (_, Some(e)) => Err(DecodeError::Jwt(e)),
             (None, None) => Err(DecodeError::Jwt(ErrorKind::InvalidSignature.into())),
         }
     }
@@ -245,6 +250,8 @@ pub struct SharedKeys {
     generation: AtomicU64,
     /// `jwks_url`: a verifier met a `kid` none of the keys has.
     refresh_asked: AtomicBool,
+    /// `jwks_url`: `SIGHUP` asked for a fetch now (no `MIN_GAP`).
+    fetch_now: AtomicBool,
     /// `jwks_url`: the thread that fetches the keys again (`jwks_url::spawn_refresher`).
     refresher: OnceLock<std::thread::Thread>,
 }
@@ -290,13 +297,15 @@ impl SharedKeys {
             current: RwLock::new(Arc::new(set)),
             generation: AtomicU64::new(0),
             refresh_asked: AtomicBool::new(false),
+            fetch_now: AtomicBool::new(false),
             refresher: OnceLock::new(),
         }))
     }
 
     /// Reads the key file again; verifications after it use the new keys. `None` when the
     /// keys come from no file (the secret); on error the keys in use stay. Else how many
-    /// keys it holds.
+    /// keys it holds. With `jwks_url` only the refresher thread calls it (one fetch at a
+    /// time, the newest answer last): `SIGHUP` asks it with [`SharedKeys::fetch_soon`].
     pub fn reload(&self) -> Option<Result<usize, KeyError>> {
         let read = |path: &Path| {
             std::fs::read(path)
@@ -349,6 +358,18 @@ impl SharedKeys {
                 t.unpark();
             }
         }
+    }
+
+    /// `jwks_url`, on `SIGHUP`: the refresher fetches the keys at once, off the caller's
+    /// thread (it logs and counts the outcome).
+    pub fn fetch_soon(&self) {
+        self.fetch_now.store(true, Ordering::Relaxed);
+        self.wake_refresher();
+    }
+
+    /// Takes the `fetch_soon` request, if any.
+    pub(super) fn take_fetch_now(&self) -> bool {
+        self.fetch_now.swap(false, Ordering::Relaxed)
     }
 
     pub(super) fn set_refresher(&self, thread: std::thread::Thread) {

@@ -630,6 +630,26 @@ mod tests {
     }
 
     #[test]
+    fn a_kid_no_key_has_is_unknown_even_beside_keys_without_a_kid() {
+        let key = EncodingKey::from_rsa_pem(RS_A_PRIVATE.as_bytes()).unwrap();
+        let unnamed = jsonwebtoken::jwk::Jwk::from_encoding_key(&key, Algorithm::RS256).unwrap();
+        let json = jwks(
+            &[(RS_A_PRIVATE, "a")],
+            &[serde_json::to_value(unnamed).unwrap()],
+        );
+        let keys = PublicKeys::Jwks {
+            path: "k.json".into(),
+            json,
+        };
+        let v = Verifier::new(&rs_config(keys)).unwrap();
+        // The key without a kid is tried and does not fit: the kid is what is unknown
+        // (with jwks_url, what makes the server fetch the keys again).
+        let e = v.verify(&rs256(RS_B_PRIVATE, Some("b"), "u")).unwrap_err();
+        assert!(e.to_string().contains("kid \"b\" names none"), "{e}");
+        assert!(v.verify(&rs256(RS_A_PRIVATE, Some("z"), "u")).is_ok());
+    }
+
+    #[test]
     fn a_jwks_without_a_usable_key_or_not_a_jwks_is_an_error() {
         for (json, says) in [
             (b"{\"keys\": []}".to_vec(), "no RS256 signing key"),
