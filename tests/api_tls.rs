@@ -202,6 +202,20 @@ fn plain_http_and_garbage_on_the_https_port_fail_alone() {
     let mut sink = Vec::new();
     let _ = garbage.read_to_end(&mut sink);
 
+    // A client that resets after its request: no TLS error, only a connection gone.
+    let mut reset = HttpsConn::connect_tls(srv.api, &cfg);
+    assert_eq!(reset.request("GET", "/healthz", None, None).status, 200);
+    socket2::SockRef::from(&reset.stream.sock)
+        .set_linger(Some(Duration::ZERO))
+        .expect("SO_LINGER");
+    drop(reset);
+    // Only the good connection is left open.
+    let open = || {
+        let r = good.request("GET", "/metrics", Some(API_KEY), None);
+        metric_in(&r, "throng_api_connections") == 1
+    };
+    assert!(wait_until(Duration::from_secs(5), open), "the reset seen");
+
     let body = push_body("nobody", "still served");
     let r = good.request("POST", "/v1/push", Some(API_KEY), Some(&body));
     assert_eq!(r.status, 202, "{}", r.text());
@@ -210,9 +224,13 @@ fn plain_http_and_garbage_on_the_https_port_fail_alone() {
         2
     );
     assert_eq!(
+        https_metric(srv.api, &cfg, "throng_api_tls_record_errors_total"),
+        0
+    );
+    assert_eq!(
         https_metric(srv.api, &cfg, "throng_api_tls_handshakes_full_total"),
-        3,
-        "the good connection and the two metric reads"
+        5,
+        "the good connection, the reset one and three metric reads"
     );
 }
 

@@ -85,10 +85,12 @@ impl ApiStream {
         match &result {
             Err(e) if e.kind() != io::ErrorKind::WouldBlock => {
                 if !t.counted {
-                    // Plain HTTP, a bad record or an alert before the handshake ended.
+                    // Plain HTTP, a bad record, an alert or a reset before the handshake
+                    // ended.
                     t.counted = true;
                     counters.failed.fetch_add(1, Relaxed);
-                } else {
+                } else if e.kind() == io::ErrorKind::InvalidData {
+                    // A bad record (rustls's errors); a reset is no TLS error.
                     counters.record_errors.fetch_add(1, Relaxed);
                 }
             }

@@ -31,16 +31,18 @@ impl CertStore {
         })
     }
 
-    /// Reads the files again; the new certificate serves the next handshakes. On error
-    /// the one in use stays.
-    pub(super) fn reload(&self) -> Result<(), TlsError> {
-        let key = read(&self.files, &self.provider)?;
+    /// Reads the files again, for [`CertStore::install`]; the one in use stays meanwhile.
+    pub(super) fn read_again(&self) -> Result<CertifiedKey, TlsError> {
+        read(&self.files, &self.provider)
+    }
+
+    /// Serves `key` (from `read_again`) in the next handshakes.
+    pub(super) fn install(&self, key: CertifiedKey) {
         match self.current.write() {
             Ok(mut cur) => *cur = Arc::new(key),
             // A panic while holding the lock cannot leave the Arc half-written.
             Err(poisoned) => *poisoned.into_inner() = Arc::new(key),
         }
-        Ok(())
     }
 
     /// The DER of the leaf certificate in use.

@@ -32,16 +32,19 @@ impl ClientCaStore {
         })
     }
 
-    /// Reads the file again; the next handshakes verify against it. On error the CA
-    /// certificates in use stay.
-    pub(super) fn reload(&self) -> Result<(), TlsError> {
-        let verifier = build(&self.path, &self.provider)?;
+    /// Reads the file again, for [`ClientCaStore::install`]; the CA certificates in use
+    /// stay meanwhile.
+    pub(super) fn read_again(&self) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+        build(&self.path, &self.provider)
+    }
+
+    /// Verifies clients with `verifier` (from `read_again`) in the next handshakes.
+    pub(super) fn install(&self, verifier: Arc<dyn ClientCertVerifier>) {
         match self.current.write() {
             Ok(mut cur) => *cur = verifier,
             // A panic while holding the lock cannot leave the Arc half-written.
             Err(poisoned) => *poisoned.into_inner() = verifier,
         }
-        Ok(())
     }
 
     fn get(&self) -> Arc<dyn ClientCertVerifier> {

@@ -140,12 +140,20 @@ impl TlsServer {
     }
 
     /// Reads the files again and serves the new certificate (and verifies clients against
-    /// the new CA file) in the next handshakes; a file that cannot be used leaves what it
-    /// gave in use, and its error is returned.
+    /// the new CA file) in the next handshakes. All or nothing: when a file cannot be used
+    /// everything in use stays, and its error is returned.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let certs = self.certs.reload();
-        let client_ca = self.client_ca.as_ref().map_or(Ok(()), |ca| ca.reload());
-        certs.and(client_ca)
+        let key = self.certs.read_again()?;
+        let verifier = self
+            .client_ca
+            .as_ref()
+            .map(|ca| ca.read_again())
+            .transpose()?;
+        self.certs.install(key);
+        if let (Some(ca), Some(v)) = (&self.client_ca, verifier) {
+            ca.install(v);
+        }
+        Ok(())
     }
 
     /// The certificate store (its files and the certificate in use).

@@ -319,3 +319,28 @@ fn an_idle_session_is_small() {
         std::mem::size_of::<Session>()
     );
 }
+
+#[test]
+fn an_api_reload_with_one_bad_file_changes_nothing() {
+    let (files, _) = test_files("api-all-or-nothing");
+    let (ca, _) = test_files("api-all-or-nothing-ca");
+    let server = TlsServer::load_api(&files, Some(&ca.cert)).expect("load");
+    let before = server.certs().leaf();
+    // A good new certificate, but a client CA file that cannot be used: nothing changes.
+    let (other, _) = test_files("api-all-or-nothing-new");
+    std::fs::copy(&other.cert, &files.cert).expect("copy");
+    std::fs::copy(&other.key, &files.key).expect("copy");
+    std::fs::write(&ca.cert, "not pem").expect("write");
+    let e = server.reload().expect_err("the bad CA file refused");
+    let named = e.to_string().contains(&ca.cert.display().to_string());
+    assert!(named, "names the CA file: {e}");
+    assert_eq!(
+        server.certs().leaf(),
+        before,
+        "the certificate in use stays too"
+    );
+    // Mended, both take effect.
+    std::fs::copy(&other.cert, &ca.cert).expect("copy");
+    server.reload().expect("reload");
+    assert_ne!(server.certs().leaf(), before);
+}
