@@ -297,6 +297,9 @@ pub struct ServeArgs {
     /// Kafka ingress: the consumer group [default: throng].
     #[arg(long)]
     pub kafka_group: Option<String>,
+    /// Kafka ingress: bytes of records read and not yet handed to the shards, over all partitions, at which reading pauses; also the bound of one partition when below 64 MiB [default: 134217728].
+    #[arg(long)]
+    pub kafka_max_buffered_bytes: Option<usize>,
     /// Acceptor threads sharing the client listener (upgrade and TLS handshakes) [default: a quarter of --shards, at least 1].
     #[arg(long)]
     pub acceptors: Option<usize>,
@@ -400,6 +403,7 @@ struct FileConfig {
     kafka: Option<String>,
     kafka_topic: Option<String>,
     kafka_group: Option<String>,
+    kafka_max_buffered_bytes: Option<usize>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     api_tls_cert: Option<PathBuf>,
@@ -667,7 +671,13 @@ pub struct KafkaConfig {
     pub topic: String,
     /// The consumer group.
     pub group: String,
+    /// Bytes of records read and not yet taken, over all partitions, at which every
+    /// partition pauses.
+    pub max_buffered_bytes: usize,
 }
+
+/// The default of `kafka_max_buffered_bytes`.
+pub const KAFKA_MAX_BUFFERED_BYTES: usize = 128 << 20;
 
 /// Checks a broker list: one or more `host:port` separated by commas.
 pub fn check_kafka_brokers(list: &str) -> Result<(), String> {
@@ -1258,10 +1268,25 @@ impl Config {
                         "must be 1 to 255 characters without control characters",
                     ));
                 }
+                let max_buffered_bytes = args
+                    .kafka_max_buffered_bytes
+                    .or(file.kafka_max_buffered_bytes)
+                    .unwrap_or(KAFKA_MAX_BUFFERED_BYTES);
+                if max_buffered_bytes < MAX_API_BODY_BYTES {
+                    // One record of the largest push must fit, or a partition holding
+                    // one would pause for good.
+                    return Err(invalid(
+                        "kafka_max_buffered_bytes",
+                        format!(
+                            "must be at least {MAX_API_BODY_BYTES} (one push of the largest size)"
+                        ),
+                    ));
+                }
                 Some(KafkaConfig {
                     brokers,
                     topic,
                     group,
+                    max_buffered_bytes,
                 })
             }
         };
@@ -1765,6 +1790,28 @@ mod tests {
         a.push("0");
         let e = cfg(&a).unwrap_err().to_string();
         assert!(e.contains("(--max-stream-changes-waiting)"), "{e}");
+    }
+
+    #[test]
+    fn kafka_buffer_bound_has_a_default_and_a_floor() {
+        let kafka = ["--jwt-secret", S, "--kafka", "127.0.0.1:9092"];
+        let bound = |extra: &[&str]| {
+            let mut a = kafka.to_vec();
+            a.extend_from_slice(extra);
+            cfg(&a).map(|c| c.kafka.map(|k| k.max_buffered_bytes))
+        };
+        assert_eq!(bound(&[]).unwrap(), Some(KAFKA_MAX_BUFFERED_BYTES));
+        let two = (2 << 20).to_string();
+        assert_eq!(
+            bound(&["--kafka-max-buffered-bytes", &two]).unwrap(),
+            Some(2 << 20)
+        );
+        let e = bound(&["--kafka-max-buffered-bytes", "1000"]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("(--kafka-max-buffered-bytes): must be at least"),
+            "{e}"
+        );
     }
 
     #[test]

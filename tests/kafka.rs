@@ -181,6 +181,42 @@ fn full_shard_queues_pause_the_partition_and_nothing_is_dropped() {
 }
 
 #[test]
+fn a_small_buffer_bound_still_delivers_everything_in_order() {
+    let t = broker(2);
+    // 1 MiB for all partitions, and shards that refuse most of each batch: the records
+    // pile up to the bound, reading pauses, and goes on as the shards take them.
+    let srv = serve(
+        &t,
+        &[
+            "--kafka-max-buffered-bytes",
+            "1048576",
+            "--shard-queue-capacity",
+            "2",
+            "--shards",
+            "1",
+        ],
+    );
+    let mut alice = srv.connect("alice");
+    let pad = "x".repeat(60_000);
+    let records: Vec<(String, String)> = (0..60)
+        .map(|i| {
+            let push = json!({"user": "alice", "data": {"i": i, "pad": pad}});
+            ("alice".to_string(), push.to_string())
+        })
+        .collect();
+    produce(&t, &records);
+    let got: Vec<Value> = pushes(&mut alice, 60)
+        .into_iter()
+        .map(|d| d["i"].clone())
+        .collect();
+    let want: Vec<Value> = (0..60).map(|i| json!(i)).collect();
+    assert_eq!(got, want);
+    srv.wait_stats("delivered, nothing waiting", |s| {
+        s["kafka"]["delivered"] == 60 && s["kafka"]["pending_bytes"] == 0
+    });
+}
+
+#[test]
 fn without_kafka_the_api_works_readyz_says_so_and_the_consumer_connects_later() {
     let port = common::redis_server::free_port();
     let addr = format!("127.0.0.1:{port}");
@@ -211,6 +247,10 @@ fn bad_kafka_settings_are_refused_by_name() {
             "kafka_topic",
         ),
         (&["--kafka", "a:1", "--kafka-group", ""], "kafka_group"),
+        (
+            &["--kafka", "a:1", "--kafka-max-buffered-bytes", "1000"],
+            "kafka_max_buffered_bytes",
+        ),
     ]);
 }
 

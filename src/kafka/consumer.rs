@@ -36,11 +36,10 @@ const PENDING_HIGH: usize = 10_000;
 /// Bytes of records read and not yet taken, per partition, above which it is paused
 /// (10,000 records of up to 1 MiB would otherwise be 10 GiB).
 const PENDING_BYTES_HIGH: usize = 64 << 20;
-/// Bytes of records read and not yet taken over all partitions, above which every
-/// partition is paused: the bound for the process (with per-partition bounds alone, a node
-/// assigned 100 partitions could hold 6.4 GiB). It may be passed by what one loop turn
-/// reads, which librdkafka's prefetch queue bounds (`PREFETCH_KBYTES`).
-const PENDING_BYTES_TOTAL_HIGH: usize = 128 << 20;
+// Over all partitions the bound is `kafka_max_buffered_bytes` (128 MiB by default): the
+// bound for the process (with per-partition bounds alone, a node assigned 100 partitions
+// could hold 6.4 GiB). It may be passed by what one loop turn reads, which librdkafka's
+// prefetch queue bounds (`PREFETCH_KBYTES`).
 /// librdkafka's queue of prefetched records, for the whole consumer (its default, set
 /// here so the bound above is written down; a fetch may pass it by one fetch's size).
 const PREFETCH_KBYTES: &str = "65536";
@@ -98,12 +97,13 @@ impl Record {
 
 /// Whether partition `p` should be paused in the consumer: while it waits to retry a
 /// refused batch, while it holds too many records or bytes read and not yet taken, and
-/// while all partitions together hold `total_bytes` at or above the process's bound.
-fn should_pause(waiting: bool, p: &Partition, total_bytes: usize) -> bool {
+/// while all partitions together hold `total_bytes` at or above the process's bound
+/// `max_total` (which bounds one partition too when it is the smaller).
+fn should_pause(waiting: bool, p: &Partition, total_bytes: usize, max_total: usize) -> bool {
     waiting
         || p.pending.len() >= PENDING_HIGH
-        || p.pending_bytes >= PENDING_BYTES_HIGH
-        || total_bytes >= PENDING_BYTES_TOTAL_HIGH
+        || p.pending_bytes >= PENDING_BYTES_HIGH.min(max_total)
+        || total_bytes >= max_total
 }
 
 impl Partition {
@@ -233,6 +233,8 @@ pub(super) struct Ingress {
     stop: Arc<AtomicBool>,
     next_batch: u64,
     last_commit: Instant,
+    /// `kafka_max_buffered_bytes`.
+    max_buffered: usize,
 }
 
 impl Ingress {
@@ -281,6 +283,7 @@ impl Ingress {
             stop,
             next_batch: 1,
             last_commit: Instant::now(),
+            max_buffered: config.max_buffered_bytes,
         })
     }
 
@@ -403,7 +406,7 @@ impl Ingress {
                     }
                 }
             }
-            let want_paused = should_pause(waiting, p, total_bytes);
+            let want_paused = should_pause(waiting, p, total_bytes, self.max_buffered);
             if want_paused != p.paused {
                 let list = if want_paused { &mut pause } else { &mut resume };
                 let _ = list.add_partition(&self.topic, partition);
@@ -530,11 +533,13 @@ mod tests {
 
     #[test]
     fn a_partition_pauses_for_its_own_backlog_or_for_the_process_s() {
+        const TOTAL: usize = crate::config::KAFKA_MAX_BUFFERED_BYTES;
+        let pause = |waiting, p: &Partition, total| should_pause(waiting, p, total, TOTAL);
         let small = holding(10, 1 << 10);
-        assert!(!should_pause(false, &small, 1 << 10));
-        assert!(should_pause(true, &small, 1 << 10), "waiting to retry");
-        assert!(should_pause(false, &holding(PENDING_HIGH, 0), 0));
-        assert!(should_pause(
+        assert!(!pause(false, &small, 1 << 10));
+        assert!(pause(true, &small, 1 << 10), "waiting to retry");
+        assert!(pause(false, &holding(PENDING_HIGH, 0), 0));
+        assert!(pause(
             false,
             &holding(1, PENDING_BYTES_HIGH),
             PENDING_BYTES_HIGH
@@ -542,13 +547,18 @@ mod tests {
         // Three partitions just under their own bound hold more than the process's:
         // every one pauses, even one that holds little.
         let total = 3 * (PENDING_BYTES_HIGH - 1);
-        assert!(total >= PENDING_BYTES_TOTAL_HIGH);
-        assert!(should_pause(
+        assert!(total >= TOTAL);
+        assert!(pause(false, &holding(1, PENDING_BYTES_HIGH - 1), total));
+        assert!(pause(false, &small, total));
+        assert!(!pause(false, &small, TOTAL - 1));
+        // A process bound below a partition's own bounds that one partition too.
+        let tight = 4 << 20;
+        assert!(should_pause(false, &holding(1, tight), tight, tight));
+        assert!(!should_pause(
             false,
-            &holding(1, PENDING_BYTES_HIGH - 1),
-            total
+            &holding(1, tight - 1),
+            tight - 1,
+            tight
         ));
-        assert!(should_pause(false, &small, total));
-        assert!(!should_pause(false, &small, PENDING_BYTES_TOTAL_HIGH - 1));
     }
 }
