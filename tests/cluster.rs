@@ -589,10 +589,23 @@ fn stream_ingress_publishes_and_sends_bad_entries_to_the_dlq() {
     assert!(s["cluster"]["stream_read"].as_u64().unwrap() <= 10, "{s}");
 }
 
+/// `throng:push`'s pending entries (XPENDING's count).
+fn pending(r: &mut redis::Connection) -> i64 {
+    let p: Vec<redis::Value> = redis::cmd("XPENDING")
+        .arg("throng:push")
+        .arg("throng")
+        .query(r)
+        .unwrap();
+    match p.first() {
+        Some(redis::Value::Int(n)) => *n,
+        other => panic!("XPENDING: {other:?}"),
+    }
+}
+
 #[test]
-fn a_dlq_that_refuses_copies_costs_the_copy_not_a_second_publish() {
+fn a_dlq_that_refuses_copies_keeps_the_entry_pending_and_publishes_nothing_twice() {
     let redis = RedisServer::start();
-    let a = node(&redis, &[]);
+    let a = node(&redis, &["--claim-idle-ms", "300"]);
     let mut c = a.connect("gus");
     wait_streams(&a, 1);
     let mut r = redis.conn();
@@ -621,19 +634,33 @@ fn a_dlq_that_refuses_copies_costs_the_copy_not_a_second_publish() {
             .arg(push);
     }
     let _: Vec<String> = pipe.query(&mut r).unwrap();
-    // The refused copy is counted and its entry acknowledged all the same.
+    // Each good push once, numbered 1 to 5: no batch was read and published again.
+    for k in 1..=5 {
+        let m = next_push(&mut c);
+        let got = (m["data"]["k"].as_u64(), m["seq"].as_u64());
+        assert_eq!(got, (Some(k), Some(k)), "{m}");
+    }
+    // The bad entry, whose copy was refused, is not acknowledged without it: it stays
+    // pending (claimed again and refused again meanwhile).
     a.wait_stats("the refused copy counted", |s| {
         s["cluster"]["broker_errors"].as_u64() >= Some(1)
     });
-    let pending = wait_until(Duration::from_secs(10), || {
-        let p: Vec<redis::Value> = redis::cmd("XPENDING")
-            .arg("throng:push")
-            .arg("throng")
-            .query(&mut r)
-            .unwrap();
-        p.first() == Some(&redis::Value::Int(0))
-    });
-    assert!(pending, "entries left pending");
+    assert!(wait_until(Duration::from_secs(10), || pending(&mut r) == 1));
+    // The DLQ mended: the next claim copies it and acknowledges it.
+    let _: () = redis::cmd("DEL")
+        .arg("throng:push:dlq")
+        .query(&mut r)
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || pending(&mut r) == 0),
+        "never copied; stats {}",
+        a.stats()
+    );
+    let dlq: usize = redis::cmd("XLEN")
+        .arg("throng:push:dlq")
+        .query(&mut r)
+        .unwrap();
+    assert_eq!(dlq, 1);
     let _: String = redis::cmd("XADD")
         .arg("throng:push")
         .arg("*")
@@ -641,13 +668,80 @@ fn a_dlq_that_refuses_copies_costs_the_copy_not_a_second_publish() {
         .arg(json!({"user": "gus", "data": {"k": 6}}).to_string())
         .query(&mut r)
         .unwrap();
-    // Each push once, numbered 1 to 6: no batch was read and published again.
-    for k in 1..=6 {
-        let m = next_push(&mut c);
-        let got = (m["data"]["k"].as_u64(), m["seq"].as_u64());
-        assert_eq!(got, (Some(k), Some(k)), "{m}");
-    }
-    assert_eq!(a.stats()["cluster"]["stream_dlq"], 0);
+    let m = next_push(&mut c);
+    assert_eq!(
+        (m["data"]["k"].as_u64(), m["seq"].as_u64()),
+        (Some(6), Some(6)),
+        "{m}"
+    );
+}
+
+#[test]
+fn pushes_refused_while_redis_is_out_of_memory_wait_and_go_out_once_it_recovers() {
+    let redis = RedisServer::start();
+    let a = node(&redis, &["--claim-idle-ms", "300"]);
+    let mut c = a.connect("ida");
+    wait_streams(&a, 1);
+    let mut r = redis.conn();
+    let add = |r: &mut redis::Connection, k: u64| {
+        let push = json!({"user": "ida", "data": {"k": k}}).to_string();
+        let _: String = redis::cmd("XADD")
+            .arg("throng:push")
+            .arg("*")
+            .arg("push")
+            .arg(push)
+            .query(r)
+            .unwrap();
+    };
+    add(&mut r, 1);
+    assert_eq!(next_push(&mut c)["data"]["k"], 1);
+    // Out of memory: Redis refuses every write but the ingress's reads go on. The entry
+    // added under the old limit is read, its publish refused (OOM), and it waits.
+    let config = |r: &mut redis::Connection, limit: &str| {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg(limit)
+            .query(r)
+            .unwrap();
+    };
+    let _: () = redis::cmd("MULTI").query(&mut r).unwrap();
+    let _: () = redis::cmd("XADD")
+        .arg("throng:push")
+        .arg("*")
+        .arg("push")
+        .arg(json!({"user": "ida", "data": {"k": 2}}).to_string())
+        .query(&mut r)
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("1")
+        .query(&mut r)
+        .unwrap();
+    let _: Vec<redis::Value> = redis::cmd("EXEC").query(&mut r).unwrap();
+    a.wait_stats("the refused push counted", |s| {
+        s["cluster"]["broker_errors"].as_u64() >= Some(1)
+    });
+    assert_eq!(
+        pending(&mut r),
+        1,
+        "waiting, neither acknowledged nor dead-lettered"
+    );
+    config(&mut r, "0");
+    // Claimed again once memory is back: delivered once, next in its stream.
+    let m = next_push(&mut c);
+    assert_eq!(
+        (m["data"]["k"].as_u64(), m["seq"].as_u64()),
+        (Some(2), Some(2)),
+        "{m}"
+    );
+    assert!(wait_until(Duration::from_secs(10), || pending(&mut r) == 0));
+    let dlq: usize = redis::cmd("XLEN")
+        .arg("throng:push:dlq")
+        .query(&mut r)
+        .unwrap();
+    assert_eq!(dlq, 0);
 }
 
 /// Adds `n` valid pushes for `user` to `throng:push` in one pipeline; their ids, in order.

@@ -29,6 +29,34 @@ const DLQ_KEEP_BYTES: usize = MAX_API_BODY_BYTES;
 /// DLQ length bound (approximate trim).
 const DLQ_MAXLEN: u64 = 10_000;
 
+/// Copies one dead entry to the DLQ and acknowledges it, in one step: an entry whose copy
+/// Redis refuses (out of memory, a DLQ key of another type) stays pending and is claimed
+/// again later, never acknowledged without its copy. KEYS: the push stream, the DLQ.
+/// ARGV: DLQ length bound, push, error, node, entry id, group.
+const DLQ_AND_ACK: &str = r#"
+local r = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'push', ARGV[2],
+  'error', ARGV[3], 'node', ARGV[4], 'id', ARGV[5])
+if type(r) == 'table' and r.err then return r end
+return redis.call('XACK', KEYS[1], ARGV[6], ARGV[5])
+"#;
+
+/// Whether a push Redis refused may go through later (Redis out of memory, loading,
+/// busy with a script, a replica, ...): such an entry stays pending, not dead-lettered.
+fn refused_for_now(error: &str) -> bool {
+    const FOR_NOW: [&str; 8] = [
+        "OOM",
+        "LOADING",
+        "BUSY",
+        "READONLY",
+        "TRYAGAIN",
+        "MASTERDOWN",
+        "CLUSTERDOWN",
+        "MISCONF",
+    ];
+    let code = error.split(' ').next().unwrap_or_default();
+    FOR_NOW.contains(&code)
+}
+
 /// One stream entry: its id and its `push` field, if it had one.
 struct StreamEntry {
     id: String,
@@ -49,11 +77,13 @@ pub(crate) struct Ingress {
     acks: Option<Acks>,
 }
 
-/// Acknowledgements waiting for a round trip: `dead` copies of entries to the DLQ, then
-/// the batch's XACK (see [`Ingress::acked`] for how their replies are judged).
+/// Acknowledgements waiting for a round trip: `dead` DLQ copies (each acknowledging its
+/// entry), then, with `xack`, the XACK of the entries that were published (see
+/// [`Ingress::acked`] for how their replies are judged).
 struct Acks {
     pipe: redis::Pipeline,
     dead: usize,
+    xack: bool,
 }
 
 impl Ingress {
@@ -176,9 +206,9 @@ impl Ingress {
 
     /// A pipeline that starts with the waiting acknowledgements (every reply kept, errors
     /// too), for a round trip that carries them; `acked` judges their replies after.
-    fn with_acks(&mut self) -> (redis::Pipeline, Option<usize>) {
+    fn with_acks(&mut self) -> (redis::Pipeline, Option<(usize, bool)>) {
         match self.acks.take() {
-            Some(a) => (a.pipe, Some(a.dead)),
+            Some(a) => (a.pipe, Some((a.dead, a.xack))),
             None => {
                 let mut pipe = redis::pipe();
                 pipe.ignore_errors();
@@ -193,7 +223,7 @@ impl Ingress {
         &self,
         conn: &mut Connection,
         pipe: &redis::Pipeline,
-        acks: Option<usize>,
+        acks: Option<(usize, bool)>,
     ) -> redis::RedisResult<Value> {
         let values: Vec<Value> = pipe.query(conn)?;
         let mut values = values.into_iter();
@@ -201,17 +231,17 @@ impl Ingress {
         values.next().unwrap_or(Value::Nil).extract_error()
     }
 
-    /// Judges the replies of the acknowledgements (`dead` DLQ copies, then the XACK), if
-    /// any went. A copy Redis refused (an out-of-memory Redis) is logged and counted, and
-    /// its entry is still acknowledged: failing the round trip would read the batch again
-    /// and publish its good entries twice. A refused XACK (the group or the stream gone)
-    /// is an error.
+    /// Judges the replies of the acknowledgements (`dead` DLQ copies, then with `xack`
+    /// the XACK), if any went. A copy Redis refused (an out-of-memory Redis) is logged and
+    /// counted, and its entry stays pending (claimed again after `claim_idle_ms`); the
+    /// round trip goes on, since failing it would read the batch again and publish its
+    /// good entries twice. A refused XACK (the group or the stream gone) is an error.
     fn acked(
         &self,
         replies: &mut impl Iterator<Item = Value>,
-        dead: Option<usize>,
+        acks: Option<(usize, bool)>,
     ) -> redis::RedisResult<()> {
-        let Some(dead) = dead else {
+        let Some((dead, xack)) = acks else {
             return Ok(());
         };
         let (mut copied, mut refused, mut why) = (0u64, 0u64, None);
@@ -232,7 +262,10 @@ impl Ingress {
         if let Some(e) = why {
             broker.errors.fetch_add(refused, Relaxed);
             tracing::warn!(count = refused, error = %e,
-                "Redis refused to copy stream entries to {DLQ_STREAM}; acknowledged without a copy");
+                "Redis refused to copy stream entries to {DLQ_STREAM}; they stay pending and are claimed again later");
+        }
+        if !xack {
+            return Ok(());
         }
         match replies.next() {
             Some(xack) => xack.extract_error().map(drop),
@@ -247,7 +280,7 @@ impl Ingress {
     fn flush_acks(&mut self, conn: &mut Connection) -> redis::RedisResult<()> {
         if let Some(a) = self.acks.take() {
             let values: Vec<Value> = a.pipe.query(conn)?;
-            self.acked(&mut values.into_iter(), Some(a.dead))?;
+            self.acked(&mut values.into_iter(), Some((a.dead, a.xack)))?;
         }
         Ok(())
     }
@@ -381,44 +414,64 @@ impl Ingress {
         // A connection error here leaves everything unacknowledged: read again later.
         let batch = self.sequencer.publish_between(conn, before, &refs, after)?;
         self.acked(&mut batch.before.into_iter(), acks)?;
+        // Entries neither acknowledged nor dead-lettered now: claimed again later.
+        let mut held = vec![false; entries.len()];
+        let mut for_now = None;
         for ((i, _), r) in valid.iter().zip(batch.published) {
-            if let Err(e) = r {
+            match r {
+                Ok(_) => {}
+                Err(e) if refused_for_now(&e) => {
+                    held[*i] = true;
+                    for_now.get_or_insert((0u64, e)).0 += 1;
+                }
                 // Redis refused this one push (not the link): it would fail again.
-                dead.push((*i, format!("Redis refused the push: {e}")));
+                Err(e) => dead.push((*i, format!("Redis refused the push: {e}"))),
             }
+        }
+        if let Some((n, e)) = for_now {
+            self.ctx.metrics.broker.errors.fetch_add(n, Relaxed);
+            tracing::warn!(count = n, error = %e,
+                "Redis refused stream pushes for now; they stay pending and are claimed again later");
         }
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         for (i, why) in &dead {
+            held[*i] = true;
             let raw = entries[*i].push.as_deref().unwrap_or_default();
             // An oversized entry keeps its head only: the DLQ is bounded by count, and
             // each entry by this, not by what a producer sent.
             let raw = &raw[..raw.len().min(DLQ_KEEP_BYTES)];
-            pipe.cmd("XADD")
+            pipe.cmd("EVAL")
+                .arg(DLQ_AND_ACK)
+                .arg(2)
+                .arg(PUSH_STREAM)
                 .arg(DLQ_STREAM)
-                .arg("MAXLEN")
-                .arg("~")
                 .arg(DLQ_MAXLEN)
-                .arg("*")
-                .arg("push")
                 .arg(raw)
-                .arg("error")
                 .arg(why)
-                .arg("node")
                 .arg(&*self.ctx.node_id)
-                .arg("id")
-                .arg(&entries[*i].id);
+                .arg(&entries[*i].id)
+                .arg(GROUP);
         }
-        pipe.cmd("XACK").arg(PUSH_STREAM).arg(GROUP);
-        for e in &entries {
-            pipe.arg(&e.id);
+        let published: Vec<&str> = entries
+            .iter()
+            .zip(&held)
+            .filter(|(_, &h)| !h)
+            .map(|(e, _)| e.id.as_str())
+            .collect();
+        let xack = !published.is_empty();
+        if xack {
+            pipe.cmd("XACK").arg(PUSH_STREAM).arg(GROUP).arg(published);
         }
         // Sent with the next read, claim or batch: one round trip fewer per batch. One
         // batch waits at a time (the one before went out with the publish above).
-        self.acks = Some(Acks {
-            pipe,
-            dead: dead.len(),
-        });
+        if xack || !dead.is_empty() {
+            self.acks = Some(Acks {
+                pipe,
+                dead: dead.len(),
+                xack,
+            });
+        }
         let read = batch.after.map(|v| v.extract_error()).transpose()?;
         Ok(read.map(read_entries).unwrap_or_default())
     }
