@@ -563,9 +563,13 @@ impl Acceptor {
             deflate: up.deflate.filter(|_| self.config.compression),
             tls,
         };
+        // Counted before the shard can see it: a shard that refuses it after all moves
+        // the count (`handshake_refused_after_accept`), which must never go below zero.
+        self.metrics.handshake(HandshakeOutcome::Accepted);
         match self.shards.send(shard_id, handoff) {
-            Ok(()) => self.metrics.handshake(HandshakeOutcome::Accepted),
+            Ok(()) => {}
             Err((e, h)) => {
+                self.metrics.unaccept();
                 let refusal = match e {
                     SendError::Full => Refusal::OverCapacity("shard queue is full"),
                     SendError::Stopped => Refusal::Draining,

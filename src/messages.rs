@@ -59,6 +59,15 @@ pub struct Refused {
     pub message: String,
 }
 
+impl Refused {
+    /// Whether the refusal is about the client's message, and so counts toward the
+    /// refusals in a row that close a connection. `broker_unavailable` is the node's
+    /// state, which the client cannot mend by sending something else.
+    pub fn counts(&self) -> bool {
+        self.code != "broker_unavailable"
+    }
+}
+
 fn refused(code: &'static str, message: impl Into<String>) -> Refused {
     Refused {
         code,

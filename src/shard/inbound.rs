@@ -300,7 +300,7 @@ impl Shard {
                 let Some(c) = self.conns.get_mut(key) else {
                     return Ok(());
                 };
-                if c.note_refused() > MAX_REFUSED_IN_ROW {
+                if refused.counts() && c.note_refused() > MAX_REFUSED_IN_ROW {
                     self.close(key, Close::TOO_MANY_REFUSED);
                 } else {
                     self.send_frame(key, messages::error_frame(&refused, reference.as_deref()));

@@ -1266,6 +1266,9 @@ impl Shard {
 /// Answers a connection that reached the shard after draining began.
 fn refuse_handoff(h: Handoff, shared: &ShardShared, refusal: Refusal) {
     use std::io::Write;
+    shared
+        .metrics
+        .handshake_refused_after_accept(refusal.outcome());
     let mut s = h.stream;
     let answer = refusal.response();
     let _ = match h.tls {

@@ -304,6 +304,10 @@ fn a_broker_far_behind_refuses_new_streams_and_keeps_serving_the_others() {
         answer.starts_with("HTTP/1.1 503 ") && answer.contains("Redis is behind"),
         "{answer}"
     );
+    let over = crate::metrics::HandshakeOutcome::OverCapacity as usize;
+    let counted =
+        h.shard.shared.metrics.handshakes[over].load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(counted, 1, "counted as a refused handshake");
     // Streams already asked for go on: room.1's subscribe is answered once its stream
     // arrives, and ann's second session is welcomed.
     tx.send(Remote::TopicLoaded {
@@ -314,11 +318,16 @@ fn a_broker_far_behind_refuses_new_streams_and_keeps_serving_the_others() {
     assert_eq!(h.recv_json(&mut ann)["type"], "subscribed");
     let mut ann2 = parked(&mut h, "ann", None);
     assert_eq!(h.recv_json(&mut ann2)["type"], "welcome");
-    // A topic not served here is a new stream: refused, the connection goes on.
+    // A topic not served here is a new stream: refused, the connection goes on, however
+    // often it asks (the node's state is not a refusal of the client's doing).
     ann.send_json(json!({"type": "subscribe", "topic": "room.2", "ref": 2}));
     let e = h.recv_json(&mut ann);
     assert_eq!(e["code"], "broker_unavailable", "{e}");
     assert_eq!(e["ref"], 2);
+    for n in 0..12 {
+        ann.send_json(json!({"type": "subscribe", "topic": format!("room.x{n}")}));
+        assert_eq!(h.recv_json(&mut ann)["code"], "broker_unavailable");
+    }
     h.ping_pong(&mut ann, "still here");
     // A topic the token does not grant is still refused for that.
     ann.send_json(json!({"type": "subscribe", "topic": "secret.1", "ref": 4}));
@@ -330,7 +339,7 @@ fn a_broker_far_behind_refuses_new_streams_and_keeps_serving_the_others() {
             .broker
             .behind_refusals
             .load(std::sync::atomic::Ordering::Relaxed),
-        2
+        14
     );
     // The broker catches up: new streams are asked for again.
     asked(&interests);
