@@ -1273,8 +1273,8 @@ impl Config {
                     .or(file.kafka_max_buffered_bytes)
                     .unwrap_or(KAFKA_MAX_BUFFERED_BYTES);
                 if max_buffered_bytes < MAX_API_BODY_BYTES {
-                    // One record of the largest push must fit, or a partition holding
-                    // one would pause for good.
+                    // Below one record of the largest push, every such record would
+                    // pause reading on its own.
                     return Err(invalid(
                         "kafka_max_buffered_bytes",
                         format!(
