@@ -646,6 +646,9 @@ fn a_dlq_that_refuses_copies_keeps_the_entry_pending_and_publishes_nothing_twice
         s["cluster"]["broker_errors"].as_u64() >= Some(1)
     });
     assert!(wait_until(Duration::from_secs(10), || pending(&mut r) == 1));
+    a.wait_stats("the waiting entry shown", |s| {
+        s["cluster"]["stream_pending"] == 1
+    });
     // The DLQ mended: the next claim copies it and acknowledges it.
     let _: () = redis::cmd("DEL")
         .arg("throng:push:dlq")
@@ -656,6 +659,7 @@ fn a_dlq_that_refuses_copies_keeps_the_entry_pending_and_publishes_nothing_twice
         "never copied; stats {}",
         a.stats()
     );
+    a.wait_stats("nothing waiting", |s| s["cluster"]["stream_pending"] == 0);
     let dlq: usize = redis::cmd("XLEN")
         .arg("throng:push:dlq")
         .query(&mut r)

@@ -32,6 +32,9 @@ pub struct BrokerCounters {
     pub stream_dlq: AtomicU64,
     /// Entries claimed from other consumers (XAUTOCLAIM).
     pub stream_claimed: AtomicU64,
+    /// Entries of `throng:push` read by some node and not acknowledged yet, as of the
+    /// last claim (gauge; every node sees the group's whole figure).
+    pub stream_pending: AtomicU64,
     /// Entries every consumer group had acknowledged, trimmed from the stream.
     pub stream_trimmed: AtomicU64,
     /// Ingress turns spent not reading because the shards were full.
@@ -121,6 +124,12 @@ impl crate::metrics::FeatureCounters for BrokerCounters {
                 "counter",
                 "Invalid entries sent to throng:push:dlq.",
                 n(&self.stream_dlq),
+            ),
+            (
+                "throng_stream_pending",
+                "gauge",
+                "throng:push entries read and not yet acknowledged, all nodes (at the last claim).",
+                n(&self.stream_pending),
             ),
             (
                 "throng_stream_claimed_total",

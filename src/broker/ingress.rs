@@ -333,8 +333,25 @@ impl Ingress {
         cmd
     }
 
-    /// Takes over entries idle longer than `claim_idle_ms` in any consumer (a dead node's).
+    /// Takes over entries idle longer than `claim_idle_ms` in any consumer (a dead node's,
+    /// or entries Redis refused for now). First counts what waits: entries that stay
+    /// pending (a DLQ that refuses copies, a Redis out of memory) show in
+    /// `throng_stream_pending`.
     fn claim(&mut self, conn: &mut Connection) -> redis::RedisResult<()> {
+        let summary: Value = redis::cmd("XPENDING")
+            .arg(PUSH_STREAM)
+            .arg(GROUP)
+            .query(conn)?;
+        let waiting = as_list(summary)
+            .into_iter()
+            .next()
+            .and_then(|n| redis::from_redis_value::<u64>(n).ok())
+            .unwrap_or(0);
+        self.ctx
+            .metrics
+            .broker
+            .stream_pending
+            .store(waiting, Relaxed);
         let mut start = "0-0".to_string();
         loop {
             let (mut pipe, acks) = self.with_acks();
