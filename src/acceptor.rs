@@ -607,7 +607,8 @@ impl Acceptor {
     fn demo_page(&self, key: usize) -> Option<Vec<u8>> {
         let p = self.pending.get(key)?;
         let path = crate::demo::get_path(&p.buf)?;
-        crate::demo::response(&path, self.config.jwt.secret.as_deref()?)
+        // The secret in use now: a secret file's first line may have changed since start.
+        crate::demo::response(&path, &self.verifier.signing_secret()?)
     }
 
     /// `--dev`: answers with a demo page and closes. The socket blocks for the write (for

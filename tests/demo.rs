@@ -81,3 +81,44 @@ fn a_client_slow_to_read_the_library_holds_up_no_one_and_gets_all_of_it() {
     use std::io::Read;
     assert_eq!(slow.read_to_end(&mut rest).expect("then the close"), 0);
 }
+
+/// The token the demo page at `ws` carries.
+fn page_token(ws: std::net::SocketAddr) -> String {
+    let page = raw_http(ws, b"GET /demo HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(page.status, 200, "{}", page.text());
+    page.text()
+        .split("const TOKEN = \"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a token in the page")
+        .to_string()
+}
+
+#[test]
+fn the_page_signs_with_the_secret_file_as_it_is_now() {
+    use common::tls::ServeProc;
+    let dir = std::env::temp_dir().join(format!("throng-demo-secrets-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("secrets");
+    std::fs::write(&file, format!("{}\n", "a".repeat(32))).unwrap();
+    let path = file.to_str().unwrap();
+    let mut p = ServeProc::spawn_without_secret(&["--dev", "--jwt-secret-file", path]);
+    let (ws, _) = p.listening();
+    assert!(Client::connect(ws, &page_token(ws)).is_ok());
+    // The secret rotates, the old one retired: the page's next token is signed with
+    // the new one.
+    std::fs::write(&file, format!("{}\n", "b".repeat(32))).unwrap();
+    p.signal(libc::SIGHUP);
+    p.find(Duration::from_secs(10), |l| {
+        l.contains("JWT keys reloaded").then_some(())
+    });
+    let token = page_token(ws);
+    assert!(
+        Client::connect(ws, &token).is_ok(),
+        "the page's token after the rotation"
+    );
+    p.signal(libc::SIGTERM);
+    let st = p.wait_exit(Duration::from_secs(10));
+    assert!(st.success(), "exit {st:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -24,6 +24,8 @@ struct NamedKey {
 /// The keys in use at one moment.
 pub struct KeySet {
     keys: Vec<NamedKey>,
+    /// HMAC: the first secret, the one this server signs with (`--dev`'s demo tokens).
+    signing: Option<Arc<str>>,
 }
 
 /// Why a token could not be decoded with the key set.
@@ -37,18 +39,23 @@ pub(super) enum DecodeError {
 impl KeySet {
     /// HMAC secrets: the first, then the others of a rotation.
     fn secrets<'a>(secrets: impl IntoIterator<Item = &'a str>) -> Result<KeySet, KeyError> {
+        let mut first = None;
         let keys = secrets
             .into_iter()
             .map(|s| {
+                first.get_or_insert(s);
                 let key = DecodingKey::from_secret(s.as_bytes())
                     .map_err(|e| KeyError(format!("secret: {e}")))?;
                 Ok(NamedKey { kid: None, key })
             })
             .collect::<Result<Vec<_>, KeyError>>()?;
-        if keys.is_empty() {
+        let Some(first) = first else {
             return Err(KeyError("no secret configured".into()));
-        }
-        Ok(KeySet { keys })
+        };
+        Ok(KeySet {
+            keys,
+            signing: Some(first.into()),
+        })
     }
 
     /// Every public key of a PEM text, for `alg` (RS256 or ES256).
@@ -67,7 +74,10 @@ impl KeySet {
         if keys.is_empty() {
             return Err(KeyError(format!("{alg:?} public key: no PEM block")));
         }
-        Ok(KeySet { keys })
+        Ok(KeySet {
+            keys,
+            signing: None,
+        })
     }
 
     /// The keys of a JWKS document that can verify `alg`: RSA keys for RS256, P-256 keys
@@ -112,12 +122,20 @@ impl KeySet {
                 set.keys.len()
             )));
         }
-        Ok(KeySet { keys })
+        Ok(KeySet {
+            keys,
+            signing: None,
+        })
     }
 
     /// The keys' `kid`s, in order (`None` for a key without one).
     pub fn kids(&self) -> Vec<Option<String>> {
         self.keys.iter().map(|k| k.kid.clone()).collect()
+    }
+
+    /// HMAC: the secret this server signs with (the first of a secret file).
+    pub fn signing_secret(&self) -> Option<Arc<str>> {
+        self.signing.clone()
     }
 
     /// How many keys it holds.

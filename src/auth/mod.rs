@@ -142,6 +142,12 @@ impl Verifier {
         self.current.borrow()
     }
 
+    /// HMAC: the secret to sign this server's own tokens with (`--dev`'s demo page), as
+    /// of the last reload of a secret file.
+    pub fn signing_secret(&self) -> Option<Arc<str>> {
+        self.key_set().1.signing_secret()
+    }
+
     /// Verifies `token` and returns the identity it grants.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let data = self
@@ -730,6 +736,8 @@ mod tests {
         assert_eq!(keys.reload().map(|r| r.ok()), Some(Some(2)));
         assert!(v.verify(&token(&next)).is_ok() && v.verify(&token(&new)).is_ok());
         assert!(v.verify(&token(&old)).is_err());
+        // The server's own tokens (--dev) are signed with the file's first line.
+        assert_eq!(v.signing_secret().as_deref(), Some(next.as_str()));
         // A short secret is refused by line, and the secrets in use stay.
         std::fs::write(&file, format!("{next}\ntoo-short\n")).unwrap();
         let e = keys.reload().expect("a file to reload").unwrap_err();
