@@ -374,18 +374,23 @@ impl JwksServer {
     }
 }
 
+/// RS256 keys from the JWKS at `url`, fetched again every `refresh` seconds.
+fn jwks_url_flags<'a>(url: &'a str, refresh: &'a str) -> [&'a str; 6] {
+    [
+        "--jwt-algorithm",
+        "RS256",
+        "--jwt-jwks-url",
+        url,
+        "--jwt-jwks-refresh-secs",
+        refresh,
+    ]
+}
+
 #[test]
 fn a_jwks_url_is_fetched_again_when_a_token_names_a_new_kid() {
     let idp = JwksServer::start(jwks(&[("rs256_private.pem", "old")]));
     let url = idp.url();
-    let srv = TestServer::start(&[
-        "--jwt-algorithm",
-        "RS256",
-        "--jwt-jwks-url",
-        &url,
-        "--jwt-jwks-refresh-secs",
-        "3600",
-    ]);
+    let srv = TestServer::start(&jwks_url_flags(&url, "3600"));
     assert_eq!(idp.requests(), 1, "fetched once at start");
     let old = Client::connect(srv.ws, &sign_kid("rs256_private.pem", "old", "a"));
     assert!(old.is_ok(), "{:?}", old.err());
@@ -415,14 +420,7 @@ fn a_jwks_url_is_fetched_again_when_a_token_names_a_new_kid() {
 fn a_jwks_url_is_fetched_again_every_refresh() {
     let idp = JwksServer::start(jwks(&[("rs256_private.pem", "old")]));
     let url = idp.url();
-    let srv = TestServer::start(&[
-        "--jwt-algorithm",
-        "RS256",
-        "--jwt-jwks-url",
-        &url,
-        "--jwt-jwks-refresh-secs",
-        "1",
-    ]);
+    let srv = TestServer::start(&jwks_url_flags(&url, "1"));
     let old = sign_kid("rs256_private.pem", "old", "a");
     assert!(Client::connect(srv.ws, &old).is_ok());
     // The old key retired: within a refresh its tokens stop verifying.
@@ -441,14 +439,7 @@ fn sighup_has_the_refresher_fetch_the_jwks_url_at_once() {
     use common::tls::{metric, ServeProc};
     let idp = JwksServer::start(jwks(&[("rs256_private.pem", "old")]));
     let url = idp.url();
-    let mut p = ServeProc::spawn(&[
-        "--jwt-algorithm",
-        "RS256",
-        "--jwt-jwks-url",
-        &url,
-        "--jwt-jwks-refresh-secs",
-        "3600",
-    ]);
+    let mut p = ServeProc::spawn(&jwks_url_flags(&url, "3600"));
     let (ws, api) = p.listening();
     assert_eq!(idp.requests(), 1, "fetched once at start");
     // The provider replaced its key outright (no token names the new kid yet).
