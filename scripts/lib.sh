@@ -131,14 +131,21 @@ make_test_cert() {
 }
 
 # With API_TLS=1 set: HTTPS on the push API with the test certificate in DIR ($1) (made
-# unless there), its flags added to the SERVER_ARGS array; API_SCHEME=https, CURL_TLS for
-# api_stat, and LOAD_API_TLS=(--ca DIR/cert.pem) for throng-load (empty when TLS=1 gave it
-# --ca already). Otherwise API_SCHEME=http and both arrays empty.
+# unless there; RSA-2048 with API_TLS_RSA=1), its flags added to the SERVER_ARGS array;
+# API_SCHEME=https, CURL_TLS for api_stat, and LOAD_API_TLS=(--ca DIR/cert.pem) for
+# throng-load (empty when TLS=1 gave it --ca already). Otherwise API_SCHEME=http and both
+# arrays empty.
 api_tls_if_asked() {
     API_SCHEME=http
     CURL_TLS=()
     LOAD_API_TLS=()
     if [[ -n ${API_TLS:-} ]]; then
+        if [[ -n ${API_TLS_RSA:-} ]]; then
+            openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost \
+                -addext subjectAltName=IP:127.0.0.1,DNS:localhost \
+                -addext basicConstraints=critical,CA:FALSE \
+                -keyout "$1/key.pem" -out "$1/cert.pem" 2>/dev/null
+        fi
         [[ -f $1/cert.pem ]] || make_test_cert "$1"
         SERVER_ARGS+=(--api-tls-cert "$1/cert.pem" --api-tls-key "$1/key.pem")
         API_SCHEME=https
@@ -197,13 +204,15 @@ perf_start() {
 
 # After perf_start (not in a subshell: it waits for perf): sets RX_SHARE to the
 # percentage of the server's samples in $1 spent in the network receive path run inside
-# its own system calls (the softirq `net_rx_action`); empty without a profile. On
+# its own system calls (the softirq `net_rx_action`); empty without a profile. With
+# PERF_KEEP=path the profile is also copied there for `perf report -i path`. On
 # loopback that is mostly the clients' TCP input, which on a real network runs on the
 # client machines.
 perf_share() {
     RX_SHARE=
     [[ -n ${PERF_PID:-} ]] || return 0
     wait "$PERF_PID" 2>/dev/null || true
+    [[ -z ${PERF_KEEP:-} ]] || cp "$1" "$PERF_KEEP"
     RX_SHARE=$(perf report -i "$1" --children --sort sym --stdio -g none 2>/dev/null |
         awk '$NF == "net_rx_action" && !done { sub("%", "", $1); print $1; done = 1 }') || true
 }

@@ -19,7 +19,10 @@
 #   trusted by the load generator with --ca), API_TLS=1 (the push API over HTTPS, with
 #   the same kind of certificate), LOAD_ARGS= (more throng-load push flags,
 #   e.g. '--payload-bytes 2000 --payload-json --compression'), SHARDS= (the server's
-#   --shards; default one per core), LOAD=path (another throng-load binary).
+#   --shards; default one per core), LOAD=path (another throng-load binary),
+#   API_TLS_FLOOD=K (with API_TLS=1: K processes of scripts/tls-flood.py make full TLS
+#   handshakes with the push API for the whole run, as a peer looping handshakes would),
+#   API_TLS_RSA=1 (with API_TLS=1: an RSA-2048 certificate instead of ECDSA P-256).
 # Also prints the wire bytes per delivery the load generator read (its `compression`
 # report), with or without --compression.
 set -euo pipefail
@@ -47,6 +50,7 @@ SRV_PID=
 LOAD_PID=
 cleanup() {
     [[ -n $LOAD_PID ]] && kill "$LOAD_PID" 2>/dev/null || true
+    for p in ${FLOOD_PIDS[@]+"${FLOOD_PIDS[@]}"}; do kill "$p" 2>/dev/null || true; done
     stop_server_pid push-cost "$SRV_PID" 10
     rm -rf "$WORK"
 }
@@ -69,6 +73,15 @@ timeout $((N / 5000 + DURATION + 120)) "$LOAD" push --url "$SCHEME://$CLIENT_ADD
     --json "$WORK/report.json" >"$WORK/load.log" 2>&1 &
 LOAD_PID=$!
 wait_connections push-cost "$N" "$LOAD_PID" "$WORK/load.log" || exit 1
+FLOOD_PIDS=()
+if [[ -n ${API_TLS_FLOOD:-} ]]; then
+    [[ -n ${API_TLS:-} ]] || { echo "push-cost: API_TLS_FLOOD needs API_TLS=1" >&2; exit 2; }
+    for i in $(seq "$API_TLS_FLOOD"); do
+        python3 scripts/tls-flood.py "${API_ADDR%:*}" "${API_ADDR##*:}" "$DURATION" \
+            >"$WORK/flood-$i.log" 2>&1 &
+        FLOOD_PIDS+=($!)
+    done
+fi
 # Into the pushing phase, clear of the connect ramp.
 sleep 2
 c0=$(cpu_ticks) d0=$(api_stat pushes_delivered) l0=$(tree_cpu_ticks "$LOAD_PID")
@@ -83,6 +96,12 @@ if ((status != 0)); then
     echo "push-cost: throng-load failed (exit $status):" >&2
     tail -20 "$WORK/load.log" >&2
     exit "$status"
+fi
+for p in ${FLOOD_PIDS[@]+"${FLOOD_PIDS[@]}"}; do wait "$p" 2>/dev/null || true; done
+FLOOD_PIDS=()
+if [[ -n ${API_TLS_FLOOD:-} ]]; then
+    cat "$WORK"/flood-*.log | awk '/tls-flood:/ { ok += $2; bad += $4 }
+        END { printf "push-cost: TLS flood: %d handshakes with the push API (%.0f/s), %d failed\n", ok, ok / '"$DURATION"', bad }'
 fi
 python3 - "$WORK/report.json" "$c0" "$c1" "$d0" "$d1" "$HZ" "$WINDOW" "$TARGET" "$N" "${RX_SHARE:-}" "$l0" "$l1" <<'PY'
 import json, sys

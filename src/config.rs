@@ -228,7 +228,8 @@ pub struct ServeArgs {
     /// Concurrent push API connections; more get 503 [default: 1024].
     #[arg(long)]
     pub api_max_connections: Option<usize>,
-    /// Time allowed for a whole API request, head and body [default: 10000].
+    /// Time allowed for a whole API request, head and body, and for an HTTPS API
+    /// connection's TLS handshake [default: 10000].
     #[arg(long)]
     pub api_request_timeout_ms: Option<u64>,
     /// Time an idle keep-alive API connection stays open [default: 60000].
@@ -562,7 +563,7 @@ pub struct Config {
     pub max_pending_handshakes: usize,
     /// Concurrent push API connections.
     pub api_max_connections: usize,
-    /// Deadline for a whole API request (head and body).
+    /// Deadline for a whole API request (head and body), and for an API TLS handshake.
     pub api_request_timeout: Duration,
     /// How long an idle keep-alive API connection stays open.
     pub api_idle_timeout: Duration,

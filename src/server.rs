@@ -365,6 +365,7 @@ impl Server {
             broker_links,
             ingress,
             api_tls.clone(),
+            Arc::clone(&api_waker),
         )?;
         let jwks_refresher = match &config.jwt.public_keys {
             Some(crate::config::PublicKeys::JwksUrl { refresh, .. }) => {

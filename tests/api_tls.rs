@@ -1,8 +1,8 @@
 //! HTTPS on the push API (`--api-tls-cert`), black box: real servers with generated
 //! certificates, rustls and Python's `http.client` (OpenSSL) as clients over loopback;
 //! keep-alive, pipelining, large bodies both ways, a client that reads slowly, plain HTTP
-//! and garbage on the HTTPS port, the connection bound, certificate reload on SIGHUP and
-//! bad files at start.
+//! and garbage on the HTTPS port, the connection bound, handshakes that stall, certificate
+//! reload on SIGHUP and bad files at start.
 
 mod common;
 
@@ -247,6 +247,62 @@ fn over_the_connection_bound_a_tls_client_is_closed_and_counted() {
         .request("GET", "/v1/stats", Some(API_KEY), None)
         .json();
     assert_eq!(stats["counters"]["api_refused_connections"], 1, "{stats}");
+}
+
+#[test]
+fn stalled_handshakes_count_toward_the_bound_until_the_request_timeout_closes_them() {
+    let dir = TlsDir::new("api-stall");
+    let srv = https_server(
+        &dir,
+        &[
+            "--api-max-connections",
+            "3",
+            "--api-request-timeout-ms",
+            "3000",
+        ],
+    );
+    let cfg = dir.client(None);
+    let mut alice = srv.connect("alice");
+    // Two peers start a handshake and never finish it: a record header and one byte.
+    let stall = || {
+        let mut s = tcp(srv.api);
+        std::io::Write::write_all(&mut s, &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).unwrap();
+        s
+    };
+    let mut stalled = [stall(), stall()];
+    // The third place serves pushes meanwhile.
+    let mut api = HttpsConn::connect_tls(srv.api, &cfg);
+    let body = push_body("alice", "through");
+    let r = api.request("POST", "/v1/push", Some(API_KEY), Some(&body));
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(alice.recv()["data"], "through");
+    // There is no fourth: handshakes in progress hold their places.
+    assert!(
+        tls_connect(srv.api, &cfg).is_err(),
+        "a fourth connection over the bound"
+    );
+    // At the request timeout both are closed, each counted as a failed handshake.
+    for s in &mut stalled {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut sink = [0u8; 64];
+        match s.read(&mut sink) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("the stalled handshake was not closed: {other:?}"),
+        }
+    }
+    let stats = api.request("GET", "/v1/stats", Some(API_KEY), None).json();
+    assert_eq!(stats["api_tls"]["handshakes_failed"], 2, "{stats}");
+    assert_eq!(stats["api_tls"]["handshakes_full"], 1, "{stats}");
+    assert_eq!(stats["counters"]["api_refused_connections"], 1, "{stats}");
+    // Their places are free again.
+    let r = HttpsConn::connect_tls(srv.api, &cfg).request("GET", "/healthz", None, None);
+    assert_eq!(r.status, 200);
+    let only_this_one = || {
+        let r = api.request("GET", "/metrics", Some(API_KEY), None);
+        metric_in(&r, "throng_api_connections") == 1
+    };
+    assert!(wait_until(Duration::from_secs(5), only_this_one));
 }
 
 #[test]

@@ -5,6 +5,7 @@
 mod client_publish;
 mod cluster_view;
 pub mod dedup;
+mod handshaker;
 mod ingress;
 mod push;
 pub mod request;
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use crate::command::Reply;
@@ -189,8 +190,9 @@ pub struct Api {
     ingress: Option<crate::command::IngressLink>,
     /// Cluster mode: ingress batches waiting for Redis.
     ingress_at_redis: ingress::AtRedis,
-    /// HTTPS (`api_tls_cert`): every connection's handshake and records.
-    tls: Option<crate::tls::TlsServer>,
+    /// HTTPS (`api_tls_cert`): the thread that shakes hands before a connection comes
+    /// here (each connection's records are read and written here after).
+    handshaker: Option<handshaker::Handshaker>,
 }
 
 impl Api {
@@ -209,6 +211,7 @@ impl Api {
         broker: Option<crate::broker::BrokerLinks>,
         ingress: Option<crate::command::IngressLink>,
         tls: Option<crate::tls::TlsServer>,
+        waker: Arc<Waker>,
     ) -> io::Result<Api> {
         let mut listener = TcpListener::from_std(listener);
         poll.registry()
@@ -227,6 +230,16 @@ impl Api {
         let sequencer = sequencer::Sequencer::new(config.history_ttl, sequencer::MAX_TOPIC_STREAMS);
         let dedup = dedup::Dedup::new(config.dedup_window, dedup::MAX_DEDUP_ENTRIES);
         let shards_len = shards.len();
+        let handshaker = tls
+            .map(|tls| {
+                handshaker::Handshaker::spawn(
+                    tls,
+                    config.api_request_timeout,
+                    Arc::clone(&metrics),
+                    waker,
+                )
+            })
+            .transpose()?;
         Ok(Api {
             sequencer,
             dedup,
@@ -250,7 +263,7 @@ impl Api {
             publishes,
             ingress,
             ingress_at_redis: ingress::AtRedis::default(),
-            tls,
+            handshaker,
         })
     }
 
@@ -284,6 +297,7 @@ impl Api {
                     }
                 }
             }
+            self.take_handshakes();
             self.take_replies();
             self.take_publishes();
             self.take_ingress();
@@ -314,11 +328,24 @@ impl Api {
         loop {
             match self.listener.accept() {
                 Ok((stream, _)) => {
-                    if self.conns.len() >= self.config.api_max_connections {
+                    let handshaking = self.handshaker.as_ref().map_or(0, |h| h.pending());
+                    if self.conns.len() + handshaking >= self.config.api_max_connections {
                         self.refuse(stream);
                         continue;
                     }
-                    self.adopt(stream);
+                    // On Linux the socket inherits TCP_NODELAY from the listener.
+                    #[cfg(not(target_os = "linux"))]
+                    let _ = stream.set_nodelay(true);
+                    match &mut self.handshaker {
+                        Some(h) => {
+                            // Counted from accept, like a plain connection.
+                            self.metrics.api_connections.fetch_add(1, Relaxed);
+                            h.start(stream);
+                        }
+                        None => {
+                            self.adopt(ApiStream::Plain(stream));
+                        }
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -348,33 +375,40 @@ impl Api {
         }
     }
 
-    fn adopt(&mut self, stream: TcpStream) {
-        // On Linux the socket inherits TCP_NODELAY from the listener.
-        #[cfg(not(target_os = "linux"))]
-        let _ = stream.set_nodelay(true);
-        let mut stream = match &self.tls {
-            None => ApiStream::Plain(stream),
-            Some(tls) => match tls.connection() {
-                Ok(conn) => ApiStream::tls(stream, conn),
-                Err(e) => {
-                    tracing::warn!(error = %e, "push API: cannot start a TLS connection");
-                    return;
+    /// Connections whose handshakes ended on the handshake thread: the ready ones are
+    /// served from now on; the gone ones leave the connection gauge.
+    fn take_handshakes(&mut self) {
+        while let Some(handed) = self.handshaker.as_mut().and_then(|h| h.next_handed()) {
+            match handed {
+                handshaker::Handed::Ready(stream) => {
+                    self.metrics.api_connections.fetch_sub(1, Relaxed);
+                    if let Some(key) = self.adopt(stream) {
+                        // Plaintext may wait in rustls already, which no event announces.
+                        if let Some(c) = self.conns.get_mut(key) {
+                            c.unread = true;
+                        }
+                        self.drive(key);
+                    }
                 }
-            },
-        };
+                handshaker::Handed::Gone => {
+                    self.metrics.api_connections.fetch_sub(1, Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Serves a connection from now on; its key, or None if it could not be polled.
+    fn adopt(&mut self, mut stream: ApiStream) -> Option<usize> {
         let entry = self.conns.vacant_entry();
-        if self
-            .poll
+        let key = entry.key();
+        self.poll
             .registry()
             .register(
                 stream.socket(),
-                Token(entry.key()),
+                Token(key),
                 Interest::READABLE | Interest::WRITABLE,
             )
-            .is_err()
-        {
-            return;
-        }
+            .ok()?;
         entry.insert(ApiConn {
             stream,
             inbuf: Vec::new(),
@@ -390,6 +424,7 @@ impl Api {
             active_at: self.now,
         });
         self.metrics.api_connections.fetch_add(1, Relaxed);
+        Some(key)
     }
 
     /// Answers a connection over `api_max_connections` with 503 and closes it, best
@@ -397,7 +432,7 @@ impl Api {
     /// does not turn into a reset that overtakes the answer), one write.
     fn refuse(&mut self, mut stream: TcpStream) {
         self.metrics.api_refused_connections.fetch_add(1, Relaxed);
-        if self.tls.is_some() {
+        if self.handshaker.is_some() {
             // A plain answer would be garbage to a TLS client, and a handshake per
             // refusal is what capacity cannot afford: the connection just closes.
             return;
@@ -968,6 +1003,12 @@ impl Api {
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
             self.drop_conn(key);
+        }
+        if let Some(h) = self.handshaker.take() {
+            let handshaking = h.stop();
+            self.metrics
+                .api_connections
+                .fetch_sub(handshaking as u64, Relaxed);
         }
     }
 }

@@ -39,6 +39,18 @@ pub(super) struct TlsConn {
     counted: bool,
 }
 
+/// Where a connection's TLS handshake stands (`ApiStream::handshake`).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Handshake {
+    /// More is needed from the client, or the socket must take what is waiting.
+    Pending,
+    /// The API thread serves it from here: the handshake finished (records still to
+    /// send go with its first flush), or plain HTTP came, which its first read answers.
+    Ready,
+    /// The client closed before the handshake finished.
+    Ended,
+}
+
 /// The error `read` gives when plain HTTP arrives on the HTTPS port.
 #[derive(Debug, thiserror::Error)]
 #[error("plain HTTP on the push API's HTTPS port")]
@@ -69,6 +81,33 @@ impl ApiStream {
     /// TLS, where a read returns at most what one pass over the records gave.
     pub(super) fn short_read_drains(&self) -> bool {
         matches!(self, ApiStream::Plain(_))
+    }
+
+    /// Moves the handshake on as far as the socket allows (on the handshake thread,
+    /// `handshaker`). A failed handshake is an error and is counted; a finished one is
+    /// counted full or resumed. A plain stream is always ready.
+    pub(super) fn handshake(&mut self, counters: &ApiTlsCounters) -> io::Result<Handshake> {
+        let t = match self {
+            ApiStream::Plain(_) => return Ok(Handshake::Ready),
+            ApiStream::Tls(t) => t,
+        };
+        let result = t.handshake();
+        match &result {
+            Ok(Handshake::Ready) if t.checked => {
+                t.counted = true;
+                let counter = match t.conn.handshake_kind() {
+                    Some(rustls::HandshakeKind::Resumed) => &counters.resumed,
+                    _ => &counters.full,
+                };
+                counter.fetch_add(1, Relaxed);
+            }
+            Err(_) => {
+                t.counted = true;
+                counters.failed.fetch_add(1, Relaxed);
+            }
+            _ => {}
+        }
+        result
     }
 
     /// Reads plaintext: `Ok(0)` at the end, `WouldBlock` when nothing more has come.
@@ -161,6 +200,45 @@ impl ApiStream {
 }
 
 impl TlsConn {
+    /// `ApiStream::handshake` before counting. Plain HTTP is left unchecked for `read`.
+    fn handshake(&mut self) -> io::Result<Handshake> {
+        if !self.checked {
+            let mut head = [0u8; PEEK];
+            let n = match self.sock.peek(&mut head) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Handshake::Pending),
+                Err(e) => return Err(e),
+            };
+            if n == 0 {
+                return Ok(Handshake::Ended);
+            }
+            if crate::tls::looks_like_http(&head[..n]) {
+                return Ok(Handshake::Ready);
+            }
+            self.checked = true;
+        }
+        loop {
+            // Flights go out as they are made; what the socket does not take waits for
+            // its writable event, while reading goes on.
+            self.flush()?;
+            if !self.conn.is_handshaking() {
+                return Ok(Handshake::Ready);
+            }
+            match self.conn.read_tls(&mut self.sock) {
+                Ok(0) => return Ok(Handshake::Ended),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Handshake::Pending),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+            if let Err(e) = self.conn.process_new_packets() {
+                // The alert that says why, best effort.
+                let _ = self.flush();
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+        }
+    }
+
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if !self.checked {
             let mut head = [0u8; PEEK];
