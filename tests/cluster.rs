@@ -748,6 +748,139 @@ fn pushes_refused_while_redis_is_out_of_memory_wait_and_go_out_once_it_recovers(
     assert_eq!(dlq, 0);
 }
 
+#[test]
+fn an_entry_left_pending_holds_up_nothing_when_its_node_restarts() {
+    let redis = RedisServer::start();
+    let mut r = redis.conn();
+    // Every DLQ copy refused: a bad entry stays pending in n1's name.
+    let _: () = redis::cmd("SET")
+        .arg("throng:push:dlq")
+        .arg("not a stream")
+        .query(&mut r)
+        .unwrap();
+    let flags = ["--node-id", "n1", "--claim-idle-ms", "300"];
+    let a = node(&redis, &flags);
+    let _: String = redis::cmd("XADD")
+        .arg("throng:push")
+        .arg("*")
+        .arg("push")
+        .arg("not json")
+        .query(&mut r)
+        .unwrap();
+    a.wait_stats("the refused copy counted", |s| {
+        s["cluster"]["broker_errors"].as_u64() >= Some(1)
+    });
+    assert_eq!(pending(&mut r), 1);
+    drop(a);
+    // The same node again: at start it reads what it left pending, passes the entry it
+    // still cannot finish, and goes on to new pushes.
+    let a = node(&redis, &flags);
+    let mut c = a.connect("gus");
+    wait_streams(&a, 1);
+    let _: String = redis::cmd("XADD")
+        .arg("throng:push")
+        .arg("*")
+        .arg("push")
+        .arg(json!({"user": "gus", "data": {"k": 1}}).to_string())
+        .query(&mut r)
+        .unwrap();
+    let m = next_push(&mut c);
+    assert_eq!(m["data"]["k"], 1, "{m}");
+    // The held entry is tried once per claim cycle, not in a loop (which made tens of
+    // thousands of attempts a second), and counted as this node's own retry.
+    a.wait_stats("retried", |s| {
+        s["cluster"]["stream_retried"].as_u64() >= Some(3)
+    });
+    let s = a.stats();
+    assert!(
+        s["cluster"]["broker_errors"].as_u64() < Some(1000),
+        "a retry loop: {s}"
+    );
+    assert_eq!(
+        s["cluster"]["stream_claimed"], 0,
+        "its own entry is no claim: {s}"
+    );
+    assert_eq!(pending(&mut r), 1);
+}
+
+#[test]
+fn a_users_push_redis_refuses_partway_reaches_each_user_once() {
+    let redis = RedisServer::start();
+    let mut r = redis.conn();
+    let a = node(&redis, &["--claim-idle-ms", "300"]);
+    let used = |r: &mut redis::Connection| -> u64 {
+        let info: String = redis::cmd("INFO").arg("memory").query(r).unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("used_memory")
+    };
+    let seq = |r: &mut redis::Connection, user: &str| -> u64 {
+        let s: Option<u64> = redis::cmd("HGET")
+            .arg(format!("throng:{{u:{user}}}"))
+            .arg("seq")
+            .query(r)
+            .unwrap();
+        s.unwrap_or(0)
+    };
+    let set_maxmemory = |r: &mut redis::Connection, limit: u64| {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg(limit)
+            .query(r)
+            .unwrap();
+    };
+    // Each user's script keeps the 100 KB push as history: with room for a few of them,
+    // Redis numbers the first users and refuses the rest (OOM). The room is found by
+    // trying: too little refuses every user, too much numbers them all.
+    let data = "x".repeat(100_000);
+    for (attempt, room) in (2..=16u64).map(|k| k * 100_000).enumerate() {
+        let users: Vec<String> = (0..8).map(|i| format!("a{attempt}u{i}")).collect();
+        let push = json!({"users": users, "data": data}).to_string();
+        let errors = a.stats()["cluster"]["broker_errors"].as_u64();
+        let before = used(&mut r);
+        let _: () = redis::cmd("MULTI").query(&mut r).unwrap();
+        let _: () = redis::cmd("XADD")
+            .arg("throng:push")
+            .arg("*")
+            .arg("push")
+            .arg(&push)
+            .query(&mut r)
+            .unwrap();
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg(before + room)
+            .query(&mut r)
+            .unwrap();
+        let _: Vec<redis::Value> = redis::cmd("EXEC").query(&mut r).unwrap();
+        // Tried once: acknowledged (every user numbered) or refused (some or all users).
+        let tried = wait_until(Duration::from_secs(10), || {
+            pending(&mut r) == 0 || a.stats()["cluster"]["broker_errors"].as_u64() > errors
+        });
+        assert!(tried, "entry {attempt} never tried");
+        let first: Vec<u64> = users.iter().map(|u| seq(&mut r, u)).collect();
+        set_maxmemory(&mut r, 0);
+        assert!(
+            wait_until(Duration::from_secs(10), || pending(&mut r) == 0),
+            "entry {attempt} never finished"
+        );
+        let after: Vec<u64> = users.iter().map(|u| seq(&mut r, u)).collect();
+        assert_eq!(
+            after,
+            vec![1; 8],
+            "each user numbered once (first try {first:?})"
+        );
+        if first.contains(&1) && first.contains(&0) {
+            // Refused partway, then finished without repeating anyone.
+            eprintln!("refused partway at {room} B of room: {first:?}");
+            return;
+        }
+    }
+    panic!("Redis never refused a push partway: no room between none and all");
+}
+
 /// Adds `n` valid pushes for `user` to `throng:push` in one pipeline; their ids, in order.
 fn add_pushes(r: &mut redis::Connection, user: &str, ids: &[String]) -> Vec<String> {
     let mut pipe = redis::pipe();

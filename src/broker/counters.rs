@@ -32,6 +32,9 @@ pub struct BrokerCounters {
     pub stream_dlq: AtomicU64,
     /// Entries claimed from other consumers (XAUTOCLAIM).
     pub stream_claimed: AtomicU64,
+    /// This node's own pending entries read again: held ones tried again each claim
+    /// cycle, and what a restart found unacknowledged.
+    pub stream_retried: AtomicU64,
     /// Entries of `throng:push` read by some node and not acknowledged yet, as of the
     /// last claim (gauge; every node sees the group's whole figure).
     pub stream_pending: AtomicU64,
@@ -136,6 +139,12 @@ impl crate::metrics::FeatureCounters for BrokerCounters {
                 "counter",
                 "Entries claimed from dead consumers.",
                 n(&self.stream_claimed),
+            ),
+            (
+                "throng_stream_retried_total",
+                "counter",
+                "This node's own pending entries tried again (refused for now, or after a restart).",
+                n(&self.stream_retried),
             ),
             (
                 "throng_stream_trimmed_total",

@@ -3,9 +3,13 @@
 //! through the sequencing script and acknowledged only after; an invalid one goes to
 //! `throng:push:dlq` with the error, then is acknowledged, so it never blocks the entries
 //! behind it. Entries a dead node left pending longer than `claim_idle_ms` are claimed.
-//! While the shards cannot take more, the stream is simply not read. Entries every
-//! consumer group has acknowledged are trimmed (`trim`).
+//! Entries Redis refused for now (or whose DLQ copy it refused) stay pending in this
+//! node's name and are tried again every claim cycle (`retry_own`), which also keeps
+//! them from looking abandoned to other nodes. While the shards cannot take more, the
+//! stream is simply not read. Entries every consumer group has acknowledged are trimmed
+//! (`trim`).
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,10 +17,10 @@ use std::time::{Duration, Instant};
 use redis::{Connection, Value};
 
 use super::keys::{DLQ_STREAM, GROUP, PUSH_STREAM};
-use super::script::Sequencer;
+use super::script::{Outcome, Sequencer};
 use super::trim::Trimmer;
 use super::{next_backoff, pause, BrokerCtx, RECONNECT_MIN};
-use crate::api::{parse_push, ParsedPush};
+use crate::api::{parse_push, ParsedPush, Target};
 use crate::config::MAX_API_BODY_BYTES;
 
 /// Entries read per round trip.
@@ -28,6 +32,10 @@ const BLOCK_MS: u64 = 100;
 const DLQ_KEEP_BYTES: usize = MAX_API_BODY_BYTES;
 /// DLQ length bound (approximate trim).
 const DLQ_MAXLEN: u64 = 10_000;
+/// Most entries this node remembers holding (each with the streams an attempt reached).
+/// Beyond it a held entry is still tried again, but a `users` push Redis refused partway
+/// may then reach its earlier users twice.
+const MAX_HELD: usize = 65_536;
 
 /// Copies one dead entry to the DLQ and acknowledges it, in one step: an entry whose copy
 /// Redis refuses (out of memory, a DLQ key of another type) stays pending and is claimed
@@ -75,6 +83,10 @@ pub(crate) struct Ingress {
     /// The acknowledgements (and DLQ copies) of the entries handled last: sent ahead of
     /// the next read, claim or batch, in its round trip.
     acks: Option<Acks>,
+    /// Entries this node left pending (Redis refused them, or their DLQ copy, for now),
+    /// by entry id, each with the users an earlier attempt numbered: a retry leaves
+    /// those out, so a `users` push refused partway reaches each user once.
+    held: HashMap<String, Vec<String>>,
 }
 
 /// Acknowledgements waiting for a round trip: `dead` DLQ copies (each acknowledging its
@@ -99,6 +111,7 @@ impl Ingress {
             last_claim: Instant::now(),
             trimmer,
             acks: None,
+            held: HashMap::new(),
         }
     }
 
@@ -157,13 +170,7 @@ impl Ingress {
 
     fn serve_entries(&mut self, conn: &mut Connection) -> redis::RedisResult<()> {
         // First what this consumer was given before and never acknowledged (a restart).
-        loop {
-            let mine = self.read(conn, "0", 0)?;
-            if mine.is_empty() {
-                break;
-            }
-            self.handle(conn, mine, false)?;
-        }
+        self.retry_own(conn)?;
         while !self.ctx.stop.load(Relaxed) {
             if self.busy.load(Relaxed) {
                 // Backpressure: not read, not acknowledged, not dropped. What was
@@ -333,25 +340,40 @@ impl Ingress {
         cmd
     }
 
-    /// Takes over entries idle longer than `claim_idle_ms` in any consumer (a dead node's,
-    /// or entries Redis refused for now). First counts what waits: entries that stay
-    /// pending (a DLQ that refuses copies, a Redis out of memory) show in
-    /// `throng_stream_pending`.
+    /// Tries this consumer's pending entries again, walking them once in id order (an
+    /// entry still refused stays pending and is passed, not read again). Reading them
+    /// renews their idle time, so other nodes never claim them while this one lives.
+    /// Forgets held entries that are no longer this consumer's.
+    fn retry_own(&mut self, conn: &mut Connection) -> redis::RedisResult<()> {
+        let mut from = "0".to_string();
+        let mut seen = HashSet::new();
+        loop {
+            if self.ctx.stop.load(Relaxed) {
+                return Ok(());
+            }
+            let mine = self.read(conn, &from, 0)?;
+            let Some(last) = mine.last() else {
+                break;
+            };
+            from = last.id.clone();
+            seen.extend(mine.iter().map(|e| e.id.clone()));
+            self.ctx
+                .metrics
+                .broker
+                .stream_retried
+                .fetch_add(mine.len() as u64, Relaxed);
+            self.handle(conn, mine, false)?;
+        }
+        self.held.retain(|id, _| seen.contains(id));
+        Ok(())
+    }
+
+    /// Tries this node's held entries again, then takes over entries idle longer than
+    /// `claim_idle_ms` in other consumers (a dead node's), then counts what waits:
+    /// entries that stay pending (a DLQ that refuses copies, a Redis out of memory) show
+    /// in `throng_stream_pending`.
     fn claim(&mut self, conn: &mut Connection) -> redis::RedisResult<()> {
-        let summary: Value = redis::cmd("XPENDING")
-            .arg(PUSH_STREAM)
-            .arg(GROUP)
-            .query(conn)?;
-        let waiting = as_list(summary)
-            .into_iter()
-            .next()
-            .and_then(|n| redis::from_redis_value::<u64>(n).ok())
-            .unwrap_or(0);
-        self.ctx
-            .metrics
-            .broker
-            .stream_pending
-            .store(waiting, Relaxed);
+        self.retry_own(conn)?;
         let mut start = "0-0".to_string();
         loop {
             let (mut pipe, acks) = self.with_acks();
@@ -389,10 +411,25 @@ impl Ingress {
                 self.handle(conn, entries, false)?;
             }
             if next == "0-0" {
-                return Ok(());
+                break;
             }
             start = next;
         }
+        // After the acknowledgements of what was handled above, which go first.
+        let (mut pipe, acks) = self.with_acks();
+        pipe.cmd("XPENDING").arg(PUSH_STREAM).arg(GROUP);
+        let summary = self.query_last(conn, &pipe, acks)?;
+        let waiting = as_list(summary)
+            .into_iter()
+            .next()
+            .and_then(|n| redis::from_redis_value::<u64>(n).ok())
+            .unwrap_or(0);
+        self.ctx
+            .metrics
+            .broker
+            .stream_pending
+            .store(waiting, Relaxed);
+        Ok(())
     }
 
     /// Publishes the valid entries, sends the rest to the DLQ, then acknowledges all (with
@@ -420,7 +457,15 @@ impl Ingress {
                     dead.push((i, format!("push is larger than {MAX_API_BODY_BYTES} bytes")))
                 }
                 Some(raw) => match parse_push(raw) {
-                    Ok(p) => valid.push((i, p)),
+                    Ok(mut p) => {
+                        // Nothing to look up while nothing is held (the usual case).
+                        if !self.held.is_empty() {
+                            if let Some(reached) = self.held.get(&e.id) {
+                                leave_out(&mut p, reached);
+                            }
+                        }
+                        valid.push((i, p));
+                    }
                     Err(msg) => dead.push((i, msg)),
                 },
             }
@@ -434,15 +479,19 @@ impl Ingress {
         // Entries neither acknowledged nor dead-lettered now: claimed again later.
         let mut held = vec![false; entries.len()];
         let mut for_now = None;
-        for ((i, _), r) in valid.iter().zip(batch.published) {
-            match r {
-                Ok(_) => {}
-                Err(e) if refused_for_now(&e) => {
+        for ((i, _), refused) in valid.iter().zip(batch.refused) {
+            let Some(refused) = refused else {
+                continue;
+            };
+            match refused.errors.iter().find(|e| !refused_for_now(e)) {
+                // Redis refused this push (not the link): it would fail again.
+                Some(e) => dead.push((*i, format!("Redis refused the push: {e}"))),
+                None => {
                     held[*i] = true;
-                    for_now.get_or_insert((0u64, e)).0 += 1;
+                    self.hold(&entries[*i].id, refused.reached);
+                    let first = refused.errors.into_iter().next().unwrap_or_default();
+                    for_now.get_or_insert((0u64, first)).0 += 1;
                 }
-                // Redis refused this one push (not the link): it would fail again.
-                Err(e) => dead.push((*i, format!("Redis refused the push: {e}"))),
             }
         }
         if let Some((n, e)) = for_now {
@@ -454,6 +503,8 @@ impl Ingress {
         pipe.ignore_errors();
         for (i, why) in &dead {
             held[*i] = true;
+            // Pending until its copy is made: tried again (as dead again) with the rest.
+            self.hold(&entries[*i].id, Vec::new());
             let raw = entries[*i].push.as_deref().unwrap_or_default();
             // An oversized entry keeps its head only: the DLQ is bounded by count, and
             // each entry by this, not by what a producer sent.
@@ -476,6 +527,11 @@ impl Ingress {
             .filter(|(_, &h)| !h)
             .map(|(e, _)| e.id.as_str())
             .collect();
+        if !self.held.is_empty() {
+            for id in &published {
+                self.held.remove(*id);
+            }
+        }
         let xack = !published.is_empty();
         if xack {
             pipe.cmd("XACK").arg(PUSH_STREAM).arg(GROUP).arg(published);
@@ -491,6 +547,36 @@ impl Ingress {
         }
         let read = batch.after.map(|v| v.extract_error()).transpose()?;
         Ok(read.map(read_entries).unwrap_or_default())
+    }
+}
+
+impl Ingress {
+    /// Remembers that `id` stays pending in this node's name, with the streams this
+    /// attempt `reached` (added to those of earlier attempts).
+    fn hold(&mut self, id: &str, reached: Vec<Outcome>) {
+        let names = reached.into_iter().filter_map(|o| match o {
+            Outcome::Numbered { stream, .. } | Outcome::Duplicate { stream } => Some(stream),
+            Outcome::Broadcast { .. } => None,
+        });
+        if let Some(done) = self.held.get_mut(id) {
+            done.extend(names);
+        } else if self.held.len() < MAX_HELD {
+            self.held.insert(id.to_string(), names.collect());
+        } else {
+            tracing::warn!(
+                entry = id,
+                "too many stream entries held at once ({MAX_HELD}); this one is tried again \
+                 in full, so a users push may reach some users twice"
+            );
+        }
+    }
+}
+
+/// Takes the users an earlier attempt numbered out of a `users` push (the only kind Redis
+/// can refuse partway).
+fn leave_out(push: &mut ParsedPush, reached: &[String]) {
+    if let Target::Users(list) = &mut push.target {
+        list.retain(|u| !reached.contains(u));
     }
 }
 

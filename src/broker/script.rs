@@ -181,6 +181,7 @@ impl Sequencer {
             return Ok(Between {
                 before: first.before,
                 published: again.published,
+                refused: again.refused,
                 after: first.after,
             });
         }
@@ -201,6 +202,7 @@ impl Sequencer {
             return Ok(Between {
                 before: Vec::new(),
                 published: Vec::new(),
+                refused: Vec::new(),
                 after: None,
             });
         }
@@ -242,6 +244,7 @@ impl Sequencer {
         let before: Vec<Value> = values.by_ref().take(before).collect();
         let after = if has_after { values.next_back() } else { None };
         let mut out = Vec::with_capacity(pushes.len());
+        let mut refused = Vec::with_capacity(pushes.len());
         for (p, n) in pushes.iter().zip(counts) {
             let names: Vec<&str> = match &p.target {
                 Target::User(u) | Target::Topic(u) => vec![u.as_str()],
@@ -249,25 +252,32 @@ impl Sequencer {
                 Target::Broadcast => vec![""],
             };
             let mut outcomes = Vec::with_capacity(n);
-            let mut failed = None;
+            let mut errors = Vec::new();
             for name in names {
                 let Some(v) = values.next() else {
-                    failed = Some("Redis answered fewer results than commands".to_string());
+                    errors.push("Redis answered fewer results than commands".to_string());
                     break;
                 };
                 match outcome(&p.target, name, v) {
                     Ok(o) => outcomes.push(o),
-                    Err(e) => failed = Some(e),
+                    Err(e) => errors.push(e),
                 }
             }
-            out.push(match failed {
-                Some(e) => Err(e),
-                None => Ok(outcomes),
-            });
+            if errors.is_empty() {
+                out.push(Ok(outcomes));
+                refused.push(None);
+            } else {
+                out.push(Err(errors[0].clone()));
+                refused.push(Some(Refused {
+                    reached: outcomes,
+                    errors,
+                }));
+            }
         }
         Ok(Between {
             before,
             published: out,
+            refused,
             after,
         })
     }
@@ -277,10 +287,21 @@ impl Sequencer {
 pub struct Between {
     /// The replies of the commands before the pushes, in order (errors included).
     pub before: Vec<Value>,
-    /// One result per push, in order.
+    /// One result per push, in order (a refused push: its first error).
     pub published: Vec<Published>,
+    /// Per push, in order: for one Redis refused on some stream, every stream's fate.
+    pub refused: Vec<Option<Refused>>,
     /// The reply of the command after the pushes, when there was one.
     pub after: Option<Value>,
+}
+
+/// A push Redis refused on at least one of its streams (a `users` push runs one script
+/// per user: Redis may refuse some after numbering others).
+pub struct Refused {
+    /// The streams it numbered (or found the push's `id` on) before or between refusals.
+    pub reached: Vec<Outcome>,
+    /// Each refusal's error.
+    pub errors: Vec<String>,
 }
 
 /// Reads one script or PUBLISH reply.
