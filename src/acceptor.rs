@@ -563,13 +563,11 @@ impl Acceptor {
             deflate: up.deflate.filter(|_| self.config.compression),
             tls,
         };
-        // Counted before the shard can see it: a shard that refuses it after all moves
-        // the count (`handshake_refused_after_accept`), which must never go below zero.
-        self.metrics.handshake(HandshakeOutcome::Accepted);
+        // Counted by the shard as accepted once it takes the connection, or refused if it
+        // does not after all: a counter never taken back.
         match self.shards.send(shard_id, handoff) {
             Ok(()) => {}
             Err((e, h)) => {
-                self.metrics.unaccept();
                 let refusal = match e {
                     SendError::Full => Refusal::OverCapacity("shard queue is full"),
                     SendError::Stopped => Refusal::Draining,
@@ -608,7 +606,8 @@ impl Acceptor {
         let p = self.pending.get(key)?;
         let path = crate::demo::get_path(&p.buf)?;
         // The secret in use now: a secret file's first line may have changed since start.
-        crate::demo::response(&path, &self.verifier.signing_secret()?)
+        let options = crate::auth::MintOptions::accepted_by(&self.config.jwt);
+        crate::demo::response(&path, &self.verifier.signing_secret()?, options)
     }
 
     /// `--dev`: answers with a demo page and closes. The socket blocks for the write (for

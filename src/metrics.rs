@@ -344,19 +344,6 @@ impl Metrics {
         self.handshakes[o as usize].fetch_add(1, Relaxed);
     }
 
-    /// A handshake the acceptor counted as accepted that its shard refused after all
-    /// (draining, a broker far behind): counted as `o` instead.
-    pub fn handshake_refused_after_accept(&self, o: HandshakeOutcome) {
-        self.unaccept();
-        self.handshake(o);
-    }
-
-    /// Takes back one `Accepted` count (never below zero).
-    pub fn unaccept(&self) {
-        let accepted = &self.handshakes[HandshakeOutcome::Accepted as usize];
-        let _ = accepted.fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(1)));
-    }
-
     fn sum(&self, f: impl Fn(&ShardCounters) -> &AtomicU64) -> u64 {
         self.shards
             .iter()

@@ -47,7 +47,7 @@ use crate::frame::{self, Close, CloseCause};
 use crate::handshake::Refusal;
 use crate::http;
 use crate::messages;
-use crate::metrics::{self, Metrics, ShardCounters};
+use crate::metrics::{self, HandshakeOutcome, Metrics, ShardCounters};
 use crate::reactor::{self, Clock, WAKER};
 use crate::wheel::Core;
 
@@ -455,6 +455,9 @@ impl Shard {
             refuse_handoff(h, &self.shared, busy);
             return;
         }
+        // Counted here, where the handshake's outcome is known, not by the acceptor: a
+        // Prometheus counter must never be taken back.
+        self.shared.metrics.handshake(HandshakeOutcome::Accepted);
         let ip = h.ip;
         let expires = h.identity.exp.map_or(u32::MAX, |exp| self.expiry_tick(exp));
         let mut stream = h.stream;
@@ -1266,9 +1269,7 @@ impl Shard {
 /// Answers a connection that reached the shard after draining began.
 fn refuse_handoff(h: Handoff, shared: &ShardShared, refusal: Refusal) {
     use std::io::Write;
-    shared
-        .metrics
-        .handshake_refused_after_accept(refusal.outcome());
+    shared.metrics.handshake(refusal.outcome());
     let mut s = h.stream;
     let answer = refusal.response();
     let _ = match h.tls {

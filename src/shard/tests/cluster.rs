@@ -304,10 +304,18 @@ fn a_broker_far_behind_refuses_new_streams_and_keeps_serving_the_others() {
         answer.starts_with("HTTP/1.1 503 ") && answer.contains("Redis is behind"),
         "{answer}"
     );
-    let over = crate::metrics::HandshakeOutcome::OverCapacity as usize;
-    let counted =
-        h.shard.shared.metrics.handshakes[over].load(std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(counted, 1, "counted as a refused handshake");
+    use crate::metrics::HandshakeOutcome::{Accepted, OverCapacity};
+    let counted = |h: &Harness, o: crate::metrics::HandshakeOutcome| {
+        h.shard.shared.metrics.handshakes[o as usize].load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert_eq!(
+        counted(&h, OverCapacity),
+        1,
+        "counted as a refused handshake"
+    );
+    // Only what the shard took counts as accepted: ann, not bob (a counter that the
+    // acceptor raised and the shard lowered again would look like a reset).
+    assert_eq!(counted(&h, Accepted), 1);
     // Streams already asked for go on: room.1's subscribe is answered once its stream
     // arrives, and ann's second session is welcomed.
     tx.send(Remote::TopicLoaded {
@@ -318,6 +326,7 @@ fn a_broker_far_behind_refuses_new_streams_and_keeps_serving_the_others() {
     assert_eq!(h.recv_json(&mut ann)["type"], "subscribed");
     let mut ann2 = parked(&mut h, "ann", None);
     assert_eq!(h.recv_json(&mut ann2)["type"], "welcome");
+    assert_eq!(counted(&h, Accepted), 2);
     // A topic not served here is a new stream: refused, the connection goes on, however
     // often it asks (the node's state is not a refusal of the client's doing).
     ann.send_json(json!({"type": "subscribe", "topic": "room.2", "ref": 2}));
