@@ -32,7 +32,10 @@ use crate::messages;
 /// (all shards together) at which no new stream is asked for: a new user's first session
 /// is refused (503) and a `subscribe` to a topic not served here gets
 /// `broker_unavailable` until the broker catches up. Changes for streams already asked
-/// for still go (they must not be lost); they are at most as many again. About 16 MB.
+/// for still go (they must not be lost): a stream's unwatch when its last member leaves,
+/// and after a Redis reconnect one watch per stream served. So the queue holds at most
+/// this many plus one change per stream the node serves (plus one resync round); this
+/// many alone is about 16 MB.
 pub const MAX_INTERESTS_WAITING: usize = 1 << 18;
 
 /// A shard's two ends of its node's broker.
