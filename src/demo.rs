@@ -32,17 +32,23 @@ pub fn get_path(buf: &[u8]) -> Option<String> {
 }
 
 /// The complete response for a GET of `path`, when it is one of the demo's; `secret`
-/// signs the page's token (HS256, the dev secret).
-pub fn response(path: &str, secret: &str) -> Option<Vec<u8>> {
+/// signs the page's token (the dev secret), as `options` say (the server's algorithm,
+/// issuer and audience).
+pub fn response(
+    path: &str,
+    secret: &str,
+    options: crate::auth::MintOptions<'_>,
+) -> Option<Vec<u8>> {
     let (content_type, body) = match path {
         "/demo" | "/demo/" => {
             let rooms = [ROOMS.to_string()];
-            let token = crate::auth::mint_hs256(
+            let token = crate::auth::mint(
                 secret,
                 "alice",
                 TOKEN_TTL_SECS,
                 Some(&rooms),
                 Some(&rooms),
+                options,
             )
             .ok()?;
             (
@@ -69,7 +75,8 @@ mod tests {
     #[test]
     fn the_page_carries_a_token_for_alice_and_the_library_is_served() {
         let secret = "demo-secret-demo-secret-demo-secret";
-        let page = String::from_utf8(response("/demo", secret).unwrap()).unwrap();
+        let page =
+            String::from_utf8(response("/demo", secret, Default::default()).unwrap()).unwrap();
         assert!(page.starts_with("HTTP/1.1 200 "), "{page}");
         assert!(page.contains("text/html"));
         assert!(!page.contains("__THRONG_DEMO_TOKEN__"));
@@ -85,9 +92,11 @@ mod tests {
             .unwrap();
         assert_eq!(&*id.user, "alice");
         assert!(crate::topic::allowed(&id.publish, "room:1"));
-        let js = String::from_utf8(response("/demo/throng.js", secret).unwrap()).unwrap();
+        let js =
+            String::from_utf8(response("/demo/throng.js", secret, Default::default()).unwrap())
+                .unwrap();
         assert!(js.contains("text/javascript") && js.contains("ThrongClient"));
-        assert!(response("/demo/other", secret).is_none());
+        assert!(response("/demo/other", secret, Default::default()).is_none());
         assert_eq!(
             get_path(b"GET /demo?x=1 HTTP/1.1\r\n\r\n").as_deref(),
             Some("/demo")

@@ -27,7 +27,7 @@ enum Command {
 
 #[derive(Args)]
 struct TokenArgs {
-    /// The HS256 secret (or THRONG_JWT_SECRET).
+    /// The HMAC secret (or THRONG_JWT_SECRET).
     #[arg(long, env = "THRONG_JWT_SECRET", hide_env_values = true)]
     secret: String,
     /// The user id.
@@ -42,6 +42,27 @@ struct TokenArgs {
     /// Comma-separated topic patterns the token may publish to.
     #[arg(long, value_delimiter = ',')]
     publish: Option<Vec<String>>,
+    /// The HMAC algorithm: HS256, HS384 or HS512 (the server's `jwt.algorithm`).
+    #[arg(long, default_value = "HS256", value_parser = parse_hmac)]
+    algorithm: jsonwebtoken::Algorithm,
+    /// The `iss` claim (for a server with `--jwt-issuer`).
+    #[arg(long)]
+    issuer: Option<String>,
+    /// The `aud` claim (for a server with `--jwt-audience`).
+    #[arg(long)]
+    audience: Option<String>,
+}
+
+/// `--algorithm` of `throng token`: an HMAC algorithm by name.
+fn parse_hmac(s: &str) -> Result<jsonwebtoken::Algorithm, String> {
+    match s {
+        "HS256" => Ok(jsonwebtoken::Algorithm::HS256),
+        "HS384" => Ok(jsonwebtoken::Algorithm::HS384),
+        "HS512" => Ok(jsonwebtoken::Algorithm::HS512),
+        _ => Err(format!(
+            "{s:?} is not HS256, HS384 or HS512 (tokens for RS/ES/EdDSA keys are signed by your identity provider)"
+        )),
+    }
 }
 
 fn main() -> ExitCode {
@@ -100,12 +121,18 @@ fn token(t: TokenArgs) -> ExitCode {
             }
         }
     }
-    match throng::auth::mint_hs256(
+    let options = throng::auth::MintOptions {
+        algorithm: Some(t.algorithm),
+        issuer: t.issuer.as_deref(),
+        audience: t.audience.as_deref(),
+    };
+    match throng::auth::mint(
         &t.secret,
         &t.sub,
         t.ttl_secs,
         t.topics.as_deref(),
         t.publish.as_deref(),
+        options,
     ) {
         Ok(tok) => {
             println!("{tok}");
@@ -321,8 +348,15 @@ fn print_dev_banner(server: &Server, config: &Config) {
     let secret = config.jwt.secret.clone().unwrap_or_default();
     let api_key = config.api_key.clone().unwrap_or_default();
     let rooms = ["room:*".to_string()];
-    let token = throng::auth::mint_hs256(&secret, "alice", 24 * 3600, Some(&rooms), Some(&rooms))
-        .unwrap_or_else(|e| format!("<cannot sign: {e}>"));
+    let token = throng::auth::mint(
+        &secret,
+        "alice",
+        24 * 3600,
+        Some(&rooms),
+        Some(&rooms),
+        throng::auth::MintOptions::accepted_by(&config.jwt),
+    )
+    .unwrap_or_else(|e| format!("<cannot sign: {e}>"));
     println!(
         "
 Throng is running in dev mode (do not use these credentials in production).

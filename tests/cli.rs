@@ -209,6 +209,62 @@ fn token_subcommand_output_is_accepted() {
 }
 
 #[test]
+fn token_subcommand_signs_for_a_server_that_requires_issuer_audience_and_hs384() {
+    let mint = |extra: &[&str]| {
+        let mut args = vec!["token", "--secret", SECRET, "--sub", "iss-user"];
+        args.extend_from_slice(extra);
+        let out = Command::new(BIN)
+            .args(&args)
+            .output()
+            .expect("run throng token");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let srv = TestServer::start(&[
+        "--jwt-issuer",
+        "https://auth.example",
+        "--jwt-audience",
+        "throng",
+        "--jwt-algorithm",
+        "HS384",
+    ]);
+    let good = mint(&[
+        "--issuer",
+        "https://auth.example",
+        "--audience",
+        "throng",
+        "--algorithm",
+        "HS384",
+    ]);
+    let c = Client::connect(srv.ws, &good).expect("token with the claims accepted");
+    assert_eq!(c.welcome["user"], "iss-user");
+    // Without them, or under another algorithm, the same server refuses it.
+    for bad in [
+        mint(&["--algorithm", "HS384"]),
+        mint(&["--issuer", "https://auth.example", "--audience", "throng"]),
+    ] {
+        let err = Client::connect(srv.ws, &bad).err().expect("refused");
+        assert!(err.contains("401"), "{err}");
+    }
+    // An algorithm it cannot sign with is a usage error that names it.
+    let out = Command::new(BIN)
+        .args([
+            "token",
+            "--secret",
+            SECRET,
+            "--sub",
+            "x",
+            "--algorithm",
+            "RS256",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("RS256") && err.contains("HS512"), "{err}");
+}
+
+#[test]
 fn token_ttl_expires() {
     let out = Command::new(BIN)
         .args(["token", "--secret", SECRET, "--sub", "x", "--ttl-secs", "1"])
@@ -470,7 +526,22 @@ fn find_jwt(line: &str) -> Option<String> {
 
 #[test]
 fn dev_mode_prints_a_working_token() {
-    let mut p = Proc::spawn(&serve_args(&["--dev"]));
+    dev_token_connects(&["--dev"]);
+    // With the claims and algorithm a server requires, the token carries them.
+    dev_token_connects(&[
+        "--dev",
+        "--jwt-issuer",
+        "https://auth.example",
+        "--jwt-audience",
+        "throng",
+        "--jwt-algorithm",
+        "HS512",
+    ]);
+}
+
+/// Starts `throng serve` with `flags`, connects with the token its banner prints.
+fn dev_token_connects(flags: &[&str]) {
+    let mut p = Proc::spawn(&serve_args(flags));
     let mut addrs = None;
     let mut tok = None;
     p.find(Duration::from_secs(10), |_, line| {
@@ -496,7 +567,8 @@ fn dev_mode_prints_a_working_token() {
     });
     let (ws, _api) = addrs.unwrap();
     let tok = tok.unwrap();
-    let c = Client::connect(ws, &tok).expect("dev token accepted");
+    let c = Client::connect(ws, &tok)
+        .unwrap_or_else(|e| panic!("dev token refused with {flags:?}: {e}"));
     assert!(c.welcome["user"].is_string());
     drop(c);
     let rc = unsafe { libc::kill(p.child.id() as libc::pid_t, libc::SIGKILL) };

@@ -47,6 +47,27 @@ fn dev_mode_serves_the_page_and_the_library() {
 }
 
 #[test]
+fn the_page_token_carries_what_the_server_requires() {
+    let srv = TestServer::start(&[
+        "--dev",
+        "--jwt-issuer",
+        "https://auth.example",
+        "--jwt-audience",
+        "throng",
+        "--jwt-algorithm",
+        "HS512",
+    ]);
+    let html = get(&srv, "/demo").text();
+    let token = html
+        .split("const TOKEN = \"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a token in the page");
+    let c = Client::connect(srv.ws, token).expect("the page's token connects");
+    assert_eq!(c.welcome["user"], "alice");
+}
+
+#[test]
 fn without_dev_the_demo_is_not_there() {
     let srv = TestServer::start(&[]);
     get(&srv, "/demo").assert_refusal(404, "not_found");

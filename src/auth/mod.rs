@@ -236,6 +236,38 @@ struct MintClaims<'a> {
     topics: Option<&'a [String]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     publish: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iss: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aud: Option<&'a str>,
+}
+
+/// How a minted token is signed and whom it names beyond its subject: the HMAC
+/// algorithm (HS256 unless told) and the `iss` and `aud` claims a server may require.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MintOptions<'a> {
+    /// HS256, HS384 or HS512; `None` is HS256.
+    pub algorithm: Option<Algorithm>,
+    /// The `iss` claim.
+    pub issuer: Option<&'a str>,
+    /// The `aud` claim.
+    pub audience: Option<&'a str>,
+}
+
+impl<'a> MintOptions<'a> {
+    /// What a server with `jwt` accepts (`--dev` tokens): its HMAC algorithm, issuer and
+    /// audience.
+    pub fn accepted_by(jwt: &'a JwtConfig) -> MintOptions<'a> {
+        let hmac = matches!(
+            jwt.algorithm,
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+        );
+        MintOptions {
+            algorithm: hmac.then_some(jwt.algorithm),
+            issuer: jwt.issuer.as_deref(),
+            audience: jwt.audience.as_deref(),
+        }
+    }
 }
 
 /// Signs an HS256 token for `sub`, valid for `ttl_secs`, for operators and tests.
@@ -246,6 +278,25 @@ pub fn mint_hs256(
     topics: Option<&[String]>,
     publish: Option<&[String]>,
 ) -> Result<String, jsonwebtoken::errors::Error> {
+    mint(
+        secret,
+        sub,
+        ttl_secs,
+        topics,
+        publish,
+        MintOptions::default(),
+    )
+}
+
+/// Signs an HMAC token for `sub`, valid for `ttl_secs`, as `options` say.
+pub fn mint(
+    secret: &str,
+    sub: &str,
+    ttl_secs: u64,
+    topics: Option<&[String]>,
+    publish: Option<&[String]>,
+    options: MintOptions<'_>,
+) -> Result<String, jsonwebtoken::errors::Error> {
     let now = jsonwebtoken::get_current_timestamp();
     let claims = MintClaims {
         sub,
@@ -253,9 +304,11 @@ pub fn mint_hs256(
         iat: now,
         topics,
         publish,
+        iss: options.issuer,
+        aud: options.audience,
     };
     jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
+        &Header::new(options.algorithm.unwrap_or(Algorithm::HS256)),
         &claims,
         &EncodingKey::from_secret(secret.as_bytes())?,
     )
