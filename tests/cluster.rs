@@ -881,6 +881,90 @@ fn a_users_push_redis_refuses_partway_reaches_each_user_once() {
     panic!("Redis never refused a push partway: no room between none and all");
 }
 
+#[test]
+fn a_users_push_dead_after_reaching_some_users_is_not_repeated_while_its_copy_waits() {
+    let redis = RedisServer::start();
+    let mut r = redis.conn();
+    // w2's stream key is of another type (a refusal for good), and the DLQ refuses every
+    // copy: the entry stays pending, tried again every claim cycle.
+    for (key, value) in [
+        ("throng:{u:w2}", "not a hash"),
+        ("throng:push:dlq", "not a stream"),
+    ] {
+        let _: () = redis::cmd("SET").arg(key).arg(value).query(&mut r).unwrap();
+    }
+    let a = node(&redis, &["--claim-idle-ms", "300"]);
+    let mut w0 = a.connect("w0");
+    wait_streams(&a, 1);
+    let push = json!({"users": ["w0", "w1", "w2"], "data": "once"}).to_string();
+    let _: String = redis::cmd("XADD")
+        .arg("throng:push")
+        .arg("*")
+        .arg("push")
+        .arg(push)
+        .query(&mut r)
+        .unwrap();
+    assert_eq!(next_push(&mut w0)["data"], "once");
+    a.wait_stats("tried again", |s| {
+        s["cluster"]["stream_retried"].as_u64() >= Some(3)
+    });
+    assert_eq!(pending(&mut r), 1, "its copy still refused");
+    // The retries left w0 and w1 out: each was numbered once.
+    for user in ["w0", "w1"] {
+        let seq: Option<u64> = redis::cmd("HGET")
+            .arg(format!("throng:{{u:{user}}}"))
+            .arg("seq")
+            .query(&mut r)
+            .unwrap();
+        assert_eq!(seq, Some(1), "{user}");
+    }
+    let _: String = redis::cmd("XADD")
+        .arg("throng:push")
+        .arg("*")
+        .arg("push")
+        .arg(json!({"user": "w0", "data": "next"}).to_string())
+        .query(&mut r)
+        .unwrap();
+    assert_eq!(next_push(&mut w0)["data"], "next", "no repeat before it");
+}
+
+#[test]
+fn a_batch_after_redis_lost_its_scripts_sends_its_broadcast_once() {
+    let redis = RedisServer::start();
+    let mut r = redis.conn();
+    let a = node(&redis, &[]);
+    let mut bo = a.connect("bo");
+    wait_streams(&a, 1);
+    // As after a Redis restart: the script cache is empty. One transaction adds a
+    // broadcast and a user push, so that one read takes both into one batch.
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut r).unwrap();
+    let _: () = redis::cmd("MULTI").query(&mut r).unwrap();
+    for push in [
+        json!({"broadcast": true, "data": "b1"}),
+        json!({"user": "bo", "data": "u1"}),
+    ] {
+        let _: () = redis::cmd("XADD")
+            .arg("throng:push")
+            .arg("*")
+            .arg("push")
+            .arg(push.to_string())
+            .query(&mut r)
+            .unwrap();
+    }
+    let _: Vec<redis::Value> = redis::cmd("EXEC").query(&mut r).unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg("throng:push")
+        .arg("*")
+        .arg("push")
+        .arg(json!({"user": "bo", "data": "m"}).to_string())
+        .query(&mut r)
+        .unwrap();
+    // The user push ran again once the script was loaded; the broadcast, a plain
+    // PUBLISH that had gone out, did not.
+    let got: Vec<Value> = (0..3).map(|_| next_push(&mut bo)["data"].clone()).collect();
+    assert_eq!(got, [json!("b1"), json!("u1"), json!("m")]);
+}
+
 /// Adds `n` valid pushes for `user` to `throng:push` in one pipeline; their ids, in order.
 fn add_pushes(r: &mut redis::Connection, user: &str, ids: &[String]) -> Vec<String> {
     let mut pipe = redis::pipe();

@@ -32,9 +32,9 @@ const BLOCK_MS: u64 = 100;
 const DLQ_KEEP_BYTES: usize = MAX_API_BODY_BYTES;
 /// DLQ length bound (approximate trim).
 const DLQ_MAXLEN: u64 = 10_000;
-/// Most entries this node remembers holding (each with the streams an attempt reached).
-/// Beyond it a held entry is still tried again, but a `users` push Redis refused partway
-/// may then reach its earlier users twice.
+/// Most `users` pushes refused partway whose reached users this node remembers at once.
+/// Beyond it such a push is still tried again, but in full: its first users may get it
+/// twice.
 const MAX_HELD: usize = 65_536;
 
 /// Copies one dead entry to the DLQ and acknowledges it, in one step: an entry whose copy
@@ -51,7 +51,8 @@ return redis.call('XACK', KEYS[1], ARGV[6], ARGV[5])
 /// Whether a push Redis refused may go through later (Redis out of memory, loading,
 /// busy with a script, a replica, ...): such an entry stays pending, not dead-lettered.
 fn refused_for_now(error: &str) -> bool {
-    const FOR_NOW: [&str; 8] = [
+    const FOR_NOW: [&str; 9] = [
+        "NOSCRIPT",
         "OOM",
         "LOADING",
         "BUSY",
@@ -83,10 +84,12 @@ pub(crate) struct Ingress {
     /// The acknowledgements (and DLQ copies) of the entries handled last: sent ahead of
     /// the next read, claim or batch, in its round trip.
     acks: Option<Acks>,
-    /// Entries this node left pending (Redis refused them, or their DLQ copy, for now),
-    /// by entry id, each with the users an earlier attempt numbered: a retry leaves
-    /// those out, so a `users` push refused partway reaches each user once.
-    held: HashMap<String, Vec<String>>,
+    /// Entries this node left pending after an attempt numbered some of their users (a
+    /// `users` push Redis refused partway), by entry id, with those users: a retry
+    /// leaves them out, so each user gets the push once.
+    held: HashMap<String, HashSet<String>>,
+    /// `held` reached `MAX_HELD` and that was logged (once until it shrinks to half).
+    held_full_logged: bool,
 }
 
 /// Acknowledgements waiting for a round trip: `dead` DLQ copies (each acknowledging its
@@ -112,6 +115,7 @@ impl Ingress {
             trimmer,
             acks: None,
             held: HashMap::new(),
+            held_full_logged: false,
         }
     }
 
@@ -177,6 +181,10 @@ impl Ingress {
                 // handled is acknowledged now: left pending through a long pause, it
                 // would be claimed by another node and published twice.
                 self.flush_acks(conn)?;
+                if self.last_claim.elapsed() >= self.claim_every() {
+                    self.last_claim = Instant::now();
+                    self.renew_held(conn)?;
+                }
                 self.ctx.metrics.broker.stream_paused.fetch_add(1, Relaxed);
                 std::thread::sleep(Duration::from_millis(5));
                 continue;
@@ -368,6 +376,24 @@ impl Ingress {
         Ok(())
     }
 
+    /// Under backpressure, where nothing is tried again: renews the idle time of the
+    /// entries that remember users reached, so that no other node claims them (and
+    /// publishes them to those users again) while this one waits.
+    fn renew_held(&mut self, conn: &mut Connection) -> redis::RedisResult<()> {
+        let ids: Vec<&String> = self.held.keys().collect();
+        for chunk in ids.chunks(COUNT) {
+            let mut cmd = redis::cmd("XCLAIM");
+            cmd.arg(PUSH_STREAM)
+                .arg(GROUP)
+                .arg(&*self.ctx.node_id)
+                .arg(0)
+                .arg(chunk)
+                .arg("JUSTID");
+            let _: Value = cmd.query(conn)?;
+        }
+        Ok(())
+    }
+
     /// Tries this node's held entries again, then takes over entries idle longer than
     /// `claim_idle_ms` in other consumers (a dead node's), then counts what waits:
     /// entries that stay pending (a DLQ that refuses copies, a Redis out of memory) show
@@ -483,12 +509,14 @@ impl Ingress {
             let Some(refused) = refused else {
                 continue;
             };
+            // Whatever becomes of it, a retry (of a for-now refusal, or of a dead entry
+            // whose DLQ copy Redis refuses) must not reach these users again.
+            self.hold(&entries[*i].id, refused.reached);
             match refused.errors.iter().find(|e| !refused_for_now(e)) {
                 // Redis refused this push (not the link): it would fail again.
                 Some(e) => dead.push((*i, format!("Redis refused the push: {e}"))),
                 None => {
                     held[*i] = true;
-                    self.hold(&entries[*i].id, refused.reached);
                     let first = refused.errors.into_iter().next().unwrap_or_default();
                     for_now.get_or_insert((0u64, first)).0 += 1;
                 }
@@ -502,9 +530,8 @@ impl Ingress {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         for (i, why) in &dead {
-            held[*i] = true;
             // Pending until its copy is made: tried again (as dead again) with the rest.
-            self.hold(&entries[*i].id, Vec::new());
+            held[*i] = true;
             let raw = entries[*i].push.as_deref().unwrap_or_default();
             // An oversized entry keeps its head only: the DLQ is bounded by count, and
             // each entry by this, not by what a producer sent.
@@ -551,22 +578,30 @@ impl Ingress {
 }
 
 impl Ingress {
-    /// Remembers that `id` stays pending in this node's name, with the streams this
-    /// attempt `reached` (added to those of earlier attempts).
+    /// Remembers the users this attempt at entry `id` `reached` (added to those of
+    /// earlier attempts), if any: only then is there something a retry must leave out.
     fn hold(&mut self, id: &str, reached: Vec<Outcome>) {
-        let names = reached.into_iter().filter_map(|o| match o {
-            Outcome::Numbered { stream, .. } | Outcome::Duplicate { stream } => Some(stream),
-            Outcome::Broadcast { .. } => None,
-        });
+        let mut names = reached
+            .into_iter()
+            .filter_map(|o| match o {
+                Outcome::Numbered { stream, .. } | Outcome::Duplicate { stream } => Some(stream),
+                Outcome::Broadcast { .. } => None,
+            })
+            .peekable();
+        if names.peek().is_none() {
+            return;
+        }
         if let Some(done) = self.held.get_mut(id) {
             done.extend(names);
         } else if self.held.len() < MAX_HELD {
             self.held.insert(id.to_string(), names.collect());
-        } else {
+            if self.held.len() < MAX_HELD / 2 {
+                self.held_full_logged = false;
+            }
+        } else if !std::mem::replace(&mut self.held_full_logged, true) {
             tracing::warn!(
-                entry = id,
-                "too many stream entries held at once ({MAX_HELD}); this one is tried again \
-                 in full, so a users push may reach some users twice"
+                "{MAX_HELD} users pushes refused partway wait at once; more are tried \
+                 again in full, so their first users may get them twice"
             );
         }
     }
@@ -574,7 +609,7 @@ impl Ingress {
 
 /// Takes the users an earlier attempt numbered out of a `users` push (the only kind Redis
 /// can refuse partway).
-fn leave_out(push: &mut ParsedPush, reached: &[String]) {
+fn leave_out(push: &mut ParsedPush, reached: &HashSet<String>) {
     if let Target::Users(list) = &mut push.target {
         list.retain(|u| !reached.contains(u));
     }

@@ -168,22 +168,37 @@ impl Sequencer {
         pushes: &[&ParsedPush],
         after: Option<redis::Cmd>,
     ) -> redis::RedisResult<Between> {
-        let first = self.run(conn, before, pushes, after)?;
-        if first
-            .published
+        let mut first = self.run(conn, before, pushes, after)?;
+        let noscript = |r: &Refused| r.errors.iter().any(|e| e.starts_with("NOSCRIPT"));
+        if !first.refused.iter().flatten().any(noscript) {
+            return Ok(first);
+        }
+        // Redis lost its script cache (a restart): the script is loaded again, and the
+        // pushes it refused wholly for that run again. The others went out already
+        // (broadcasts are plain PUBLISHes; a script may have run after another node
+        // loaded it): a push refused only in part keeps its error, which the stream
+        // ingress treats as for now (it retries the users not reached).
+        self.load(conn)?;
+        let again: Vec<usize> = first
+            .refused
             .iter()
-            .any(|r| matches!(r, Err(e) if e.starts_with("NOSCRIPT")))
+            .enumerate()
+            .filter(|(_, r)| {
+                r.as_ref().is_some_and(|r| {
+                    r.reached.is_empty() && r.errors.iter().all(|e| e.starts_with("NOSCRIPT"))
+                })
+            })
+            .map(|(i, _)| i)
+            .collect();
+        if again.is_empty() {
+            return Ok(first);
+        }
+        let retry: Vec<&ParsedPush> = again.iter().map(|&i| pushes[i]).collect();
+        let redone = self.run(conn, redis::pipe(), &retry, None)?;
+        for ((i, published), refused) in again.into_iter().zip(redone.published).zip(redone.refused)
         {
-            // Redis lost its script cache (a restart): no push of the batch ran (the
-            // commands around them did).
-            self.load(conn)?;
-            let again = self.run(conn, redis::pipe(), pushes, None)?;
-            return Ok(Between {
-                before: first.before,
-                published: again.published,
-                refused: again.refused,
-                after: first.after,
-            });
+            first.published[i] = published;
+            first.refused[i] = refused;
         }
         Ok(first)
     }
