@@ -81,15 +81,18 @@ impl Handshaker {
         })
     }
 
-    /// Hands an accepted socket over for its handshake.
-    pub(super) fn start(&mut self, sock: TcpStream) {
+    /// Hands an accepted socket over for its handshake; false (the socket closed) if the
+    /// thread has ended.
+    pub(super) fn start(&mut self, sock: TcpStream) -> bool {
         let Some(start) = &self.start else {
-            return;
+            return false;
         };
-        if start.send(sock).is_ok() {
-            self.pending += 1;
-            let _ = self.waker.wake();
+        if start.send(sock).is_err() {
+            return false;
         }
+        self.pending += 1;
+        let _ = self.waker.wake();
+        true
     }
 
     /// Handshakes started and not handed back yet.
@@ -97,9 +100,15 @@ impl Handshaker {
         self.pending
     }
 
-    /// The next handshake that ended, if any.
+    /// The next handshake that ended, if any. After the thread has ended (its poll
+    /// failed), every handshake it had, or had not taken yet, is gone.
     pub(super) fn next_handed(&mut self) -> Option<Handed> {
-        let handed = self.handed.try_recv().ok()?;
+        let handed = match self.handed.try_recv() {
+            Ok(handed) => handed,
+            Err(TryRecvError::Empty) => return None,
+            Err(TryRecvError::Disconnected) if self.pending > 0 => Handed::Gone,
+            Err(TryRecvError::Disconnected) => return None,
+        };
         self.pending -= 1;
         Some(handed)
     }
@@ -147,7 +156,10 @@ impl Worker {
         let mut last_sweep = Instant::now();
         loop {
             if let Err(e) = reactor::poll_step(&mut self.poll, &mut events, SWEEP) {
-                tracing::error!(error = %e, "push API TLS handshake poll failed; handshakes stop");
+                tracing::error!(
+                    error = %e,
+                    "push API TLS handshake poll failed; HTTPS connections to the API are closed from now on"
+                );
                 self.close_all();
                 return;
             }

@@ -338,9 +338,12 @@ impl Api {
                     let _ = stream.set_nodelay(true);
                     match &mut self.handshaker {
                         Some(h) => {
-                            // Counted from accept, like a plain connection.
-                            self.metrics.api_connections.fetch_add(1, Relaxed);
-                            h.start(stream);
+                            if h.start(stream) {
+                                // Counted from accept, like a plain connection.
+                                self.metrics.api_connections.fetch_add(1, Relaxed);
+                            } else {
+                                self.metrics.api_refused_connections.fetch_add(1, Relaxed);
+                            }
                         }
                         None => {
                             self.adopt(ApiStream::Plain(stream));
