@@ -130,6 +130,11 @@ pub struct ServeArgs {
     /// How often --jwt-jwks-url is fetched again [default: 300].
     #[arg(long, value_name = "SECS")]
     pub jwt_jwks_refresh_secs: Option<u64>,
+    /// PEM file of the CA certificates an https:// --jwt-jwks-url is verified against,
+    /// instead of the bundled Mozilla roots (a private identity provider); read at every
+    /// fetch.
+    #[arg(long, value_name = "FILE")]
+    pub jwt_jwks_ca: Option<PathBuf>,
     /// Whether tokens must carry `exp` [default: true].
     #[arg(long)]
     pub jwt_require_exp: Option<bool>,
@@ -348,6 +353,7 @@ struct FileJwt {
     jwks_file: Option<PathBuf>,
     jwks_url: Option<String>,
     jwks_refresh_secs: Option<u64>,
+    jwks_ca: Option<PathBuf>,
     require_exp: Option<bool>,
     leeway_secs: Option<u64>,
     issuer: Option<String>,
@@ -477,6 +483,9 @@ pub enum PublicKeys {
         url: String,
         /// How often it is fetched again.
         refresh: Duration,
+        /// `jwks_ca`: the CA certificates `url` is verified against (else the bundled
+        /// Mozilla roots), read at every fetch.
+        ca: Option<PathBuf>,
     },
 }
 
@@ -873,6 +882,7 @@ impl Config {
                 ),
             ));
         }
+        let mut jwks_ca = args.jwt_jwks_ca.or(file.jwt.jwks_ca);
         let ways = (
             args.jwt_public_key.or(file.jwt.public_key_file),
             args.jwt_jwks.or(file.jwt.jwks_file),
@@ -894,9 +904,22 @@ impl Config {
                         format!("{url:?}: expected an http:// or https:// URL"),
                     ));
                 }
+                if let Some(path) = &jwks_ca {
+                    if !url.starts_with("https://") {
+                        return Err(invalid(
+                            "jwt_jwks_ca",
+                            "is for an https:// jwks_url (--jwt-jwks-url), and this one is http://",
+                        ));
+                    }
+                    // At start too: a file that cannot be used exits now, not at a fetch.
+                    crate::tls::read_pem_certs(path).map_err(|problem| {
+                        invalid("jwt_jwks_ca", format!("{}: {problem}", path.display()))
+                    })?;
+                }
                 Some(PublicKeys::JwksUrl {
                     url,
                     refresh: Duration::from_secs(refresh_secs),
+                    ca: jwks_ca.take(),
                 })
             }
             (None, None, None) => None,
@@ -908,6 +931,12 @@ impl Config {
                 ))
             }
         };
+        if jwks_ca.is_some() {
+            return Err(invalid(
+                "jwt_jwks_ca",
+                "is for an https:// jwks_url (--jwt-jwks-url), and none is set",
+            ));
+        }
         if secret_file.is_some() && !is_hmac(algorithm) {
             return Err(invalid(
                 "jwt_secret_file",

@@ -31,17 +31,7 @@ impl Upstream {
 
     /// An upstream on https:// with `pair`'s certificate.
     fn start_tls(pair: &common::tls::CertPair) -> Upstream {
-        use rustls::pki_types::pem::PemObject;
-        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(pair.key_pem.as_bytes())
-            .expect("the test key");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("protocol versions")
-            .with_no_client_auth()
-            .with_single_cert(vec![pair.der.clone()], key)
-            .expect("the test certificate");
-        Upstream::start_with(Some(Arc::new(config)))
+        Upstream::start_with(Some(pair.server_config()))
     }
 
     fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> Upstream {

@@ -327,42 +327,53 @@ struct JwksServer {
     addr: std::net::SocketAddr,
     body: std::sync::Arc<std::sync::Mutex<String>>,
     requests: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    https: bool,
 }
 
 impl JwksServer {
     fn start(body: String) -> JwksServer {
-        use std::io::{Read, Write};
+        JwksServer::start_with(body, None)
+    }
+
+    /// Over https:// with `pair`'s certificate (a private identity provider).
+    fn start_tls(body: String, pair: &common::tls::CertPair) -> JwksServer {
+        JwksServer::start_with(body, Some(pair.server_config()))
+    }
+
+    fn start_with(body: String, tls: Option<std::sync::Arc<rustls::ServerConfig>>) -> JwksServer {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let body = std::sync::Arc::new(std::sync::Mutex::new(body));
         let requests = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (b, r) = (body.clone(), requests.clone());
+        let (b, r, https) = (body.clone(), requests.clone(), tls.is_some());
         std::thread::spawn(move || {
-            for mut s in listener.incoming().flatten() {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
-                    head.push(byte[0]);
+            for s in listener.incoming().flatten() {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                match &tls {
+                    None => answer(s, &b, &r),
+                    Some(cfg) => {
+                        let Ok(conn) = rustls::ServerConnection::new(cfg.clone()) else {
+                            continue;
+                        };
+                        answer(rustls::StreamOwned::new(conn, s), &b, &r);
+                    }
                 }
-                r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let body = b.lock().unwrap().clone();
-                let _ = write!(
-                    s,
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-                     Connection: close\r\n\r\n{body}",
-                    body.len()
-                );
             }
         });
         JwksServer {
             addr,
             body,
             requests,
+            https,
         }
     }
 
     fn url(&self) -> String {
-        format!("http://{}/.well-known/jwks.json", self.addr)
+        let scheme = if self.https { "https" } else { "http" };
+        format!(
+            "{scheme}://127.0.0.1:{}/.well-known/jwks.json",
+            self.addr.port()
+        )
     }
 
     fn serve(&self, body: String) {
@@ -372,6 +383,32 @@ impl JwksServer {
     fn requests(&self) -> u64 {
         self.requests.load(std::sync::atomic::Ordering::SeqCst)
     }
+}
+
+/// Reads one request head from `s` and answers `body` (a TLS handshake the client
+/// refused ends it early, uncounted).
+fn answer(
+    mut s: impl std::io::Read + std::io::Write,
+    body: &std::sync::Mutex<String>,
+    requests: &std::sync::atomic::AtomicU64,
+) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return,
+        }
+    }
+    requests.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let body = body.lock().unwrap().clone();
+    let _ = write!(
+        s,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = s.flush();
 }
 
 /// RS256 keys from the JWKS at `url`, fetched again every `refresh` seconds.
@@ -467,6 +504,78 @@ fn sighup_has_the_refresher_fetch_the_jwks_url_at_once() {
     p.signal(libc::SIGTERM);
     let st = p.wait_exit(Duration::from_secs(10));
     assert!(st.success(), "exit {st:?}; log:\n{}", p.seen.join("\n"));
+}
+
+#[test]
+fn a_jwks_url_of_a_private_ca_is_trusted_through_jwks_ca_read_at_every_fetch() {
+    use common::tls::{serve_refused, CertPair, TlsDir};
+    let dir = TlsDir::new("jwks-ca");
+    let idp = JwksServer::start_tls(jwks(&[("rs256_private.pem", "k1")]), &dir.pair);
+    let url = idp.url();
+    // Against the bundled roots the provider's certificate is unknown: no start.
+    let (status, stderr) = serve_refused(&["--jwt-algorithm", "RS256", "--jwt-jwks-url", &url]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&url), "{stderr}");
+    // With its CA, the keys are fetched and tokens verify.
+    let ca = dir.path("idp-ca.pem");
+    std::fs::write(&ca, &dir.pair.cert_pem).unwrap();
+    let mut flags = jwks_url_flags(&url, "1").to_vec();
+    flags.extend(["--jwt-jwks-ca", ca.as_str()]);
+    let srv = TestServer::start(&flags);
+    let ok = Client::connect(srv.ws, &sign_kid("rs256_private.pem", "k1", "a"));
+    assert!(ok.is_ok(), "{:?}", ok.err());
+    // The file is read at each fetch: another CA in it fails the next fetch (the keys in
+    // use stay), the right one again makes them succeed.
+    std::fs::write(&ca, CertPair::generate().cert_pem).unwrap();
+    let errors = srv.counter("jwt_key_reload_errors");
+    srv.wait_stats("a fetch refused", |s| {
+        s["counters"]["jwt_key_reload_errors"].as_u64() > Some(errors)
+    });
+    let still = Client::connect(srv.ws, &sign_kid("rs256_private.pem", "k1", "b"));
+    assert!(still.is_ok(), "{:?}", still.err());
+    std::fs::write(&ca, &dir.pair.cert_pem).unwrap();
+    let reloads = srv.counter("jwt_key_reloads");
+    srv.wait_stats("a fetch through the CA again", |s| {
+        s["counters"]["jwt_key_reloads"].as_u64() > Some(reloads)
+    });
+}
+
+#[test]
+fn bad_jwks_ca_settings_are_refused_by_name() {
+    let dir = common::tls::TlsDir::new("jwks-ca-bad");
+    let empty = dir.path("empty.pem");
+    std::fs::write(&empty, "no certificate here\n").unwrap();
+    let cert = dir.cert_path();
+    let https = "https://127.0.0.1:1/jwks.json";
+    let http = "http://127.0.0.1:1/jwks.json";
+    let rs = "--jwt-algorithm";
+    for (args, needle) in [
+        (vec![rs, "RS256", "--jwt-jwks-ca", cert], "none is set"),
+        (
+            vec![rs, "RS256", "--jwt-jwks-url", http, "--jwt-jwks-ca", cert],
+            "this one is http://",
+        ),
+        (
+            vec![
+                rs,
+                "RS256",
+                "--jwt-jwks-url",
+                https,
+                "--jwt-jwks-ca",
+                &empty,
+            ],
+            "holds no PEM certificate",
+        ),
+    ] {
+        let err = throng::config::Config::from_args(args.clone())
+            .err()
+            .unwrap_or_else(|| panic!("{args:?} accepted"))
+            .to_string();
+        assert!(
+            err.contains("jwks_ca") && err.contains(needle),
+            "{args:?}: {err}"
+        );
+    }
 }
 
 #[test]

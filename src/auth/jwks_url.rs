@@ -3,6 +3,7 @@
 //! have (a key the provider has just started signing with).
 
 use std::io::Read;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -23,13 +24,25 @@ const MIN_GAP: Duration = Duration::from_secs(5);
 /// After a failed fetch, the next one comes this soon (or at the refresh, if sooner).
 const RETRY: Duration = Duration::from_secs(30);
 
-/// GETs `url`: the body of a 200 answer, at most `MAX_BYTES`.
-pub(super) fn fetch(url: &str) -> Result<Vec<u8>, KeyError> {
+/// GETs `url`: the body of a 200 answer, at most `MAX_BYTES`. An https:// URL is verified
+/// against the certificates in `ca` (`jwks_ca`, read now: a replaced file counts from
+/// the next fetch), else against the bundled Mozilla roots.
+pub(super) fn fetch(url: &str, ca: Option<&Path>) -> Result<Vec<u8>, KeyError> {
     let failed = |what: String| KeyError(format!("jwks_url {url}: {what}"));
+    let roots = match ca {
+        None => Vec::new(),
+        Some(path) => crate::tls::read_pem_certs(path)
+            .map_err(|problem| KeyError(format!("jwks_ca {}: {problem}", path.display())))?,
+    };
     let agent = ureq::Agent::config_builder()
         .timeout_global(Some(FETCH_TIMEOUT))
         .timeout_connect(Some(CONNECT_TIMEOUT))
         .http_status_as_error(false)
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(crate::tls::ureq_roots(&roots))
+                .build(),
+        )
         .build()
         .new_agent();
     let mut answer = agent.get(url).call().map_err(|e| failed(e.to_string()))?;

@@ -254,8 +254,8 @@ enum Source {
     Pem(PathBuf),
     /// A JWKS file.
     Jwks(PathBuf),
-    /// A JWKS URL (`jwks_url`).
-    JwksUrl(String),
+    /// A JWKS URL (`jwks_url`), verified against `jwks_ca` when set.
+    JwksUrl(String, Option<PathBuf>),
 }
 
 /// The key set every verifier of the process reads, replaceable while serving.
@@ -299,11 +299,11 @@ impl SharedKeys {
                 Some(PublicKeys::Jwks { path, json }) => {
                     (KeySet::jwks(alg, json)?, Source::Jwks(path.clone()))
                 }
-                Some(PublicKeys::JwksUrl { url, .. }) => {
-                    let json = super::jwks_url::fetch(url)?;
+                Some(PublicKeys::JwksUrl { url, ca, .. }) => {
+                    let json = super::jwks_url::fetch(url, ca.as_deref())?;
                     let set = KeySet::jwks(alg, &json)
                         .map_err(|e| KeyError(format!("jwks_url {url}: {}", e.0)))?;
-                    (set, Source::JwksUrl(url.clone()))
+                    (set, Source::JwksUrl(url.clone(), ca.clone()))
                 }
                 None => return Err(KeyError("no public key configured".into())),
             },
@@ -345,10 +345,12 @@ impl SharedKeys {
             Source::Jwks(path) => read(path)
                 .and_then(|json| KeySet::jwks(self.algorithm, &json))
                 .map_err(|e| named(path, e)),
-            Source::JwksUrl(url) => super::jwks_url::fetch(url).and_then(|json| {
-                KeySet::jwks(self.algorithm, &json)
-                    .map_err(|e| KeyError(format!("jwks_url {url}: {}", e.0)))
-            }),
+            Source::JwksUrl(url, ca) => {
+                super::jwks_url::fetch(url, ca.as_deref()).and_then(|json| {
+                    KeySet::jwks(self.algorithm, &json)
+                        .map_err(|e| KeyError(format!("jwks_url {url}: {}", e.0)))
+                })
+            }
         };
         Some(set.map(|set| {
             let n = set.len();
@@ -365,7 +367,7 @@ impl SharedKeys {
 
     /// Whether the keys come from a URL, which a refresher thread fetches again.
     pub fn from_url(&self) -> bool {
-        matches!(self.source, Source::JwksUrl(_))
+        matches!(self.source, Source::JwksUrl(..))
     }
 
     /// A verifier met a `kid` none of the keys has: with `jwks_url`, the refresher

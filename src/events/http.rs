@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use rustls::pki_types::CertificateDer;
-use ureq::tls::{Certificate, RootCerts, TlsConfig};
+use ureq::tls::TlsConfig;
 
 use super::{DeliverError, Event, Target};
 
@@ -56,15 +56,7 @@ impl PostTarget {
 
 /// An agent verifying `https://` against `ca` (empty: the bundled Mozilla roots).
 fn agent(ca: &[CertificateDer<'static>]) -> ureq::Agent {
-    let roots = if ca.is_empty() {
-        RootCerts::WebPki
-    } else {
-        let certs: Vec<Certificate<'static>> = ca
-            .iter()
-            .map(|c| Certificate::from_der(c.as_ref()).to_owned())
-            .collect();
-        RootCerts::new_with_certs(&certs)
-    };
+    let roots = crate::tls::ureq_roots(ca);
     ureq::Agent::config_builder()
         .timeout_global(Some(POST_TIMEOUT))
         .timeout_connect(Some(CONNECT_TIMEOUT))

@@ -70,6 +70,19 @@ pub(crate) fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>
     read_pem_file(path).map(|(_, certs)| certs)
 }
 
+/// The roots an outgoing https:// request (ureq) is verified against: `ca` (a CA file's
+/// certificates), or the bundled Mozilla roots when it is empty.
+pub(crate) fn ureq_roots(ca: &[CertificateDer<'static>]) -> ureq::tls::RootCerts {
+    if ca.is_empty() {
+        return ureq::tls::RootCerts::WebPki;
+    }
+    let certs: Vec<ureq::tls::Certificate<'static>> = ca
+        .iter()
+        .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
+        .collect();
+    ureq::tls::RootCerts::new_with_certs(&certs)
+}
+
 /// Like [`read_pem_certs`], with the file's bytes as read (one read, so both agree).
 pub(crate) fn read_pem_file(
     path: &Path,

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub(crate) use accept::{looks_like_http, Finished, TlsAccept};
-pub(crate) use certs::{read_pem_certs, read_pem_file};
+pub(crate) use certs::{read_pem_certs, read_pem_file, ureq_roots};
 pub use certs::{CertStore, Identity};
 pub use client_ca::ClientCaStore;
 pub use counters::{ApiListener, ApiTlsCounters, ClientListener, TlsCounters, TlsListener};

@@ -37,6 +37,21 @@ pub struct CertPair {
 }
 
 impl CertPair {
+    /// A rustls server configuration presenting this certificate (a test upstream).
+    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        use rustls::pki_types::pem::PemObject;
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
+            .expect("the test key");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![self.der.clone()], key)
+            .expect("the test certificate");
+        Arc::new(config)
+    }
+
     pub fn generate() -> CertPair {
         let ck = rcgen::generate_simple_self_signed(vec![HOST.into(), "127.0.0.1".into()])
             .expect("generate a self-signed certificate");
