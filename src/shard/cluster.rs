@@ -34,8 +34,8 @@ use crate::messages;
 /// `broker_unavailable` until the broker catches up. Changes for streams already asked
 /// for still go (they must not be lost): a stream's unwatch when its last member leaves,
 /// and after a Redis reconnect one watch per stream served. So the queue holds at most
-/// this many plus one change per stream the node serves (plus one resync round); this
-/// many alone is about 16 MB.
+/// this many plus about two changes per stream the node serves (a resync's watch, then
+/// its unwatch); this many alone is about 16 MB.
 pub const MAX_INTERESTS_WAITING: usize = 1 << 18;
 
 /// A shard's two ends of its node's broker.
