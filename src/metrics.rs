@@ -286,6 +286,9 @@ pub struct Metrics {
     pub accept_errors_api: AtomicU64,
     /// Upgrade requests in progress in the acceptor (gauge).
     pub pending_handshakes: AtomicU64,
+    /// Push API TLS handshakes in progress on their thread (gauge; in `api_connections`
+    /// too).
+    pub api_pending_handshakes: AtomicU64,
     /// Set when shutdown begins.
     pub draining: AtomicBool,
     /// Cluster mode: the broker threads' counters.
@@ -330,6 +333,7 @@ impl Metrics {
             accept_errors_client: AtomicU64::new(0),
             accept_errors_api: AtomicU64::new(0),
             pending_handshakes: AtomicU64::new(0),
+            api_pending_handshakes: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             broker: crate::broker::BrokerCounters::default(),
             events: crate::events::EventCounters::default(),
@@ -428,6 +432,7 @@ impl Metrics {
             "command_bytes": self.command_bytes.load(Relaxed),
             "api_output_bytes": self.api_output_bytes.load(Relaxed),
             "pending_handshakes": self.pending_handshakes.load(Relaxed),
+            "api_pending_handshakes": self.api_pending_handshakes.load(Relaxed),
             "outbound_bytes": self.sum(|c| &c.outbound_bytes),
             "partial_bytes": self.sum(|c| &c.partial_bytes),
             "history_bytes": self.sum(|c| &c.history_bytes),
@@ -716,6 +721,11 @@ impl Metrics {
                 "throng_pending_handshakes",
                 "Upgrade requests in progress (accepted sockets without a complete head).",
                 &self.pending_handshakes,
+            ),
+            (
+                "throng_api_pending_handshakes",
+                "Push API TLS handshakes in progress (also counted in throng_api_connections).",
+                &self.api_pending_handshakes,
             ),
         ] {
             let _ = writeln!(

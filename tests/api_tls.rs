@@ -276,6 +276,9 @@ fn stalled_handshakes_count_toward_the_bound_until_the_request_timeout_closes_th
     let r = api.request("POST", "/v1/push", Some(API_KEY), Some(&body));
     assert_eq!(r.status, 202, "{}", r.text());
     assert_eq!(alice.recv()["data"], "through");
+    let r = api.request("GET", "/metrics", Some(API_KEY), None);
+    assert_eq!(metric_in(&r, "throng_api_pending_handshakes"), 2);
+    assert_eq!(metric_in(&r, "throng_api_connections"), 3);
     // There is no fourth: handshakes in progress hold their places.
     assert!(
         tls_connect(srv.api, &cfg).is_err(),
@@ -293,6 +296,7 @@ fn stalled_handshakes_count_toward_the_bound_until_the_request_timeout_closes_th
     }
     let stats = api.request("GET", "/v1/stats", Some(API_KEY), None).json();
     assert_eq!(stats["api_tls"]["handshakes_failed"], 2, "{stats}");
+    assert_eq!(stats["api_pending_handshakes"], 0, "{stats}");
     assert_eq!(stats["api_tls"]["handshakes_full"], 1, "{stats}");
     assert_eq!(stats["counters"]["api_refused_connections"], 1, "{stats}");
     // Their places are free again.

@@ -231,10 +231,7 @@ impl Worker {
                 let stream = self.remove(key);
                 self.hand(Handed::Ready(stream));
             }
-            Ok(Handshake::Ended) | Err(_) => {
-                self.remove(key);
-                self.hand(Handed::Gone);
-            }
+            Ok(Handshake::Ended) | Err(_) => self.give_up(key),
         }
     }
 
@@ -247,10 +244,18 @@ impl Worker {
             .map(|(key, _)| key)
             .collect();
         for key in late {
-            self.remove(key);
             self.metrics.api_tls.failed.fetch_add(1, Relaxed);
-            self.hand(Handed::Gone);
+            self.give_up(key);
         }
+    }
+
+    /// Closes a handshake's socket, after telling the API thread (so that whoever sees
+    /// the close and asks the API finds it counted out).
+    fn give_up(&mut self, key: usize) {
+        let stream = self.remove(key);
+        self.hand(Handed::Gone);
+        let _ = self.api_waker.wake();
+        drop(stream);
     }
 
     fn remove(&mut self, key: usize) -> ApiStream {

@@ -282,6 +282,8 @@ impl Api {
                 self.close_all();
                 return;
             }
+            // Before the requests: one that came after a handshake ended sees it counted.
+            self.take_handshakes();
             for event in events.iter() {
                 match event.token() {
                     WAKER => {}
@@ -297,7 +299,6 @@ impl Api {
                     }
                 }
             }
-            self.take_handshakes();
             self.take_replies();
             self.take_publishes();
             self.take_ingress();
@@ -341,6 +342,9 @@ impl Api {
                             if h.start(stream) {
                                 // Counted from accept, like a plain connection.
                                 self.metrics.api_connections.fetch_add(1, Relaxed);
+                                self.metrics
+                                    .api_pending_handshakes
+                                    .store(h.pending() as u64, Relaxed);
                             } else {
                                 self.metrics.api_refused_connections.fetch_add(1, Relaxed);
                             }
@@ -382,6 +386,11 @@ impl Api {
     /// served from now on; the gone ones leave the connection gauge.
     fn take_handshakes(&mut self) {
         while let Some(handed) = self.handshaker.as_mut().and_then(|h| h.next_handed()) {
+            if let Some(h) = &self.handshaker {
+                self.metrics
+                    .api_pending_handshakes
+                    .store(h.pending() as u64, Relaxed);
+            }
             match handed {
                 handshaker::Handed::Ready(stream) => {
                     self.metrics.api_connections.fetch_sub(1, Relaxed);
@@ -1012,6 +1021,7 @@ impl Api {
             self.metrics
                 .api_connections
                 .fetch_sub(handshaking as u64, Relaxed);
+            self.metrics.api_pending_handshakes.store(0, Relaxed);
         }
     }
 }
