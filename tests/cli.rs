@@ -168,20 +168,10 @@ fn sigterm_drains_with_1001_and_exits_0() {
 
 #[test]
 fn token_subcommand_output_is_accepted() {
-    let out = Command::new(BIN)
-        .args([
-            "token",
-            "--secret",
-            SECRET,
-            "--sub",
-            "cli-user",
-            "--ttl-secs",
-            "600",
-            "--topics",
-            "room:1,feed:*",
-        ])
-        .output()
-        .expect("run throng token");
+    let out = throng_token(
+        "cli-user",
+        &["--ttl-secs", "600", "--topics", "room:1,feed:*"],
+    );
     assert!(out.status.success(), "{out:?}");
     let tok = String::from_utf8(out.stdout).unwrap().trim().to_string();
     assert_eq!(tok.split('.').count(), 3, "not a JWT: {tok:?}");
@@ -208,15 +198,20 @@ fn token_subcommand_output_is_accepted() {
     assert!(err.contains("401"), "{err}");
 }
 
+/// Runs `throng token` with the test secret for `sub`, and `extra` flags.
+fn throng_token(sub: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["token", "--secret", SECRET, "--sub", sub];
+    args.extend_from_slice(extra);
+    Command::new(BIN)
+        .args(&args)
+        .output()
+        .expect("run throng token")
+}
+
 #[test]
 fn token_subcommand_signs_for_a_server_that_requires_issuer_audience_and_hs384() {
     let mint = |extra: &[&str]| {
-        let mut args = vec!["token", "--secret", SECRET, "--sub", "iss-user"];
-        args.extend_from_slice(extra);
-        let out = Command::new(BIN)
-            .args(&args)
-            .output()
-            .expect("run throng token");
+        let out = throng_token("iss-user", extra);
         assert!(out.status.success(), "{out:?}");
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     };
@@ -247,18 +242,7 @@ fn token_subcommand_signs_for_a_server_that_requires_issuer_audience_and_hs384()
         assert!(err.contains("401"), "{err}");
     }
     // An algorithm it cannot sign with is a usage error that names it.
-    let out = Command::new(BIN)
-        .args([
-            "token",
-            "--secret",
-            SECRET,
-            "--sub",
-            "x",
-            "--algorithm",
-            "RS256",
-        ])
-        .output()
-        .unwrap();
+    let out = throng_token("x", &["--algorithm", "RS256"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("RS256") && err.contains("HS512"), "{err}");
@@ -528,15 +512,9 @@ fn find_jwt(line: &str) -> Option<String> {
 fn dev_mode_prints_a_working_token() {
     dev_token_connects(&["--dev"]);
     // With the claims and algorithm a server requires, the token carries them.
-    dev_token_connects(&[
-        "--dev",
-        "--jwt-issuer",
-        "https://auth.example",
-        "--jwt-audience",
-        "throng",
-        "--jwt-algorithm",
-        "HS512",
-    ]);
+    let mut strict = vec!["--dev"];
+    strict.extend(STRICT_JWT_FLAGS);
+    dev_token_connects(&strict);
 }
 
 /// Starts `throng serve` with `flags`, connects with the token its banner prints.

@@ -589,6 +589,17 @@ fn stream_ingress_publishes_and_sends_bad_entries_to_the_dlq() {
     assert!(s["cluster"]["stream_read"].as_u64().unwrap() <= 10, "{s}");
 }
 
+/// Adds one entry with `push` (any value Redis takes) to `throng:push`; its id.
+fn xadd_push(r: &mut redis::Connection, push: impl redis::ToRedisArgs) -> String {
+    redis::cmd("XADD")
+        .arg("throng:push")
+        .arg("*")
+        .arg("push")
+        .arg(push)
+        .query(r)
+        .unwrap()
+}
+
 /// `throng:push`'s pending entries (XPENDING's count).
 fn pending(r: &mut redis::Connection) -> i64 {
     let p: Vec<redis::Value> = redis::cmd("XPENDING")
@@ -665,13 +676,7 @@ fn a_dlq_that_refuses_copies_keeps_the_entry_pending_and_publishes_nothing_twice
         .query(&mut r)
         .unwrap();
     assert_eq!(dlq, 1);
-    let _: String = redis::cmd("XADD")
-        .arg("throng:push")
-        .arg("*")
-        .arg("push")
-        .arg(json!({"user": "gus", "data": {"k": 6}}).to_string())
-        .query(&mut r)
-        .unwrap();
+    xadd_push(&mut r, json!({"user": "gus", "data": {"k": 6}}).to_string());
     let m = next_push(&mut c);
     assert_eq!(
         (m["data"]["k"].as_u64(), m["seq"].as_u64()),
@@ -760,13 +765,7 @@ fn an_entry_left_pending_holds_up_nothing_when_its_node_restarts() {
         .unwrap();
     let flags = ["--node-id", "n1", "--claim-idle-ms", "300"];
     let a = node(&redis, &flags);
-    let _: String = redis::cmd("XADD")
-        .arg("throng:push")
-        .arg("*")
-        .arg("push")
-        .arg("not json")
-        .query(&mut r)
-        .unwrap();
+    xadd_push(&mut r, "not json");
     a.wait_stats("the refused copy counted", |s| {
         s["cluster"]["broker_errors"].as_u64() >= Some(1)
     });
@@ -777,13 +776,7 @@ fn an_entry_left_pending_holds_up_nothing_when_its_node_restarts() {
     let a = node(&redis, &flags);
     let mut c = a.connect("gus");
     wait_streams(&a, 1);
-    let _: String = redis::cmd("XADD")
-        .arg("throng:push")
-        .arg("*")
-        .arg("push")
-        .arg(json!({"user": "gus", "data": {"k": 1}}).to_string())
-        .query(&mut r)
-        .unwrap();
+    xadd_push(&mut r, json!({"user": "gus", "data": {"k": 1}}).to_string());
     let m = next_push(&mut c);
     assert_eq!(m["data"]["k"], 1, "{m}");
     // The held entry is tried once per claim cycle, not in a loop (which made tens of
@@ -897,13 +890,7 @@ fn a_users_push_dead_after_reaching_some_users_is_not_repeated_while_its_copy_wa
     let mut w0 = a.connect("w0");
     wait_streams(&a, 1);
     let push = json!({"users": ["w0", "w1", "w2"], "data": "once"}).to_string();
-    let _: String = redis::cmd("XADD")
-        .arg("throng:push")
-        .arg("*")
-        .arg("push")
-        .arg(push)
-        .query(&mut r)
-        .unwrap();
+    xadd_push(&mut r, push);
     assert_eq!(next_push(&mut w0)["data"], "once");
     a.wait_stats("tried again", |s| {
         s["cluster"]["stream_retried"].as_u64() >= Some(3)
@@ -918,13 +905,7 @@ fn a_users_push_dead_after_reaching_some_users_is_not_repeated_while_its_copy_wa
             .unwrap();
         assert_eq!(seq, Some(1), "{user}");
     }
-    let _: String = redis::cmd("XADD")
-        .arg("throng:push")
-        .arg("*")
-        .arg("push")
-        .arg(json!({"user": "w0", "data": "next"}).to_string())
-        .query(&mut r)
-        .unwrap();
+    xadd_push(&mut r, json!({"user": "w0", "data": "next"}).to_string());
     assert_eq!(next_push(&mut w0)["data"], "next", "no repeat before it");
 }
 
@@ -952,13 +933,7 @@ fn a_batch_after_redis_lost_its_scripts_sends_its_broadcast_once() {
             .unwrap();
     }
     let _: Vec<redis::Value> = redis::cmd("EXEC").query(&mut r).unwrap();
-    let _: String = redis::cmd("XADD")
-        .arg("throng:push")
-        .arg("*")
-        .arg("push")
-        .arg(json!({"user": "bo", "data": "m"}).to_string())
-        .query(&mut r)
-        .unwrap();
+    xadd_push(&mut r, json!({"user": "bo", "data": "m"}).to_string());
     // The user push ran again once the script was loaded; the broadcast, a plain
     // PUBLISH that had gone out, did not.
     let got: Vec<Value> = (0..3).map(|_| next_push(&mut bo)["data"].clone()).collect();

@@ -28,12 +28,7 @@ fn dev_mode_serves_the_page_and_the_library() {
         "{html}"
     );
     // The page's token is valid for this server: it connects as alice.
-    let token = html
-        .split("const TOKEN = \"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("a token in the page");
-    let c = Client::connect(srv.ws, token).expect("the page's token connects");
+    let c = Client::connect(srv.ws, &page_token(srv.ws)).expect("the page's token connects");
     assert_eq!(c.welcome["user"], "alice");
 
     let js = get(&srv, "/demo/throng.js");
@@ -48,22 +43,10 @@ fn dev_mode_serves_the_page_and_the_library() {
 
 #[test]
 fn the_page_token_carries_what_the_server_requires() {
-    let srv = TestServer::start(&[
-        "--dev",
-        "--jwt-issuer",
-        "https://auth.example",
-        "--jwt-audience",
-        "throng",
-        "--jwt-algorithm",
-        "HS512",
-    ]);
-    let html = get(&srv, "/demo").text();
-    let token = html
-        .split("const TOKEN = \"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("a token in the page");
-    let c = Client::connect(srv.ws, token).expect("the page's token connects");
+    let mut flags = vec!["--dev"];
+    flags.extend(STRICT_JWT_FLAGS);
+    let srv = TestServer::start(&flags);
+    let c = Client::connect(srv.ws, &page_token(srv.ws)).expect("the page's token connects");
     assert_eq!(c.welcome["user"], "alice");
 }
 

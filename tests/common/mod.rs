@@ -250,6 +250,16 @@ pub fn assert_config_refused(cases: &[(&[&str], &str)]) {
     }
 }
 
+/// Server flags that require an issuer, an audience and HS512 of every token.
+pub const STRICT_JWT_FLAGS: [&str; 6] = [
+    "--jwt-issuer",
+    "https://auth.example",
+    "--jwt-audience",
+    "throng",
+    "--jwt-algorithm",
+    "HS512",
+];
+
 /// An HS256 token for `user`, valid for an hour, signed with `SECRET`.
 pub fn token(user: &str) -> String {
     token_with(json!({"sub": user, "exp": now_secs() + 3600}))
