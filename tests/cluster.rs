@@ -589,6 +589,16 @@ fn stream_ingress_publishes_and_sends_bad_entries_to_the_dlq() {
     assert!(s["cluster"]["stream_read"].as_u64().unwrap() <= 10, "{s}");
 }
 
+/// Makes Redis refuse every copy to the DLQ (WRONGTYPE: its key holds a string), as an
+/// out-of-memory Redis refuses writes.
+fn refuse_dlq_copies(r: &mut redis::Connection) {
+    let _: () = redis::cmd("SET")
+        .arg("throng:push:dlq")
+        .arg("not a stream")
+        .query(r)
+        .unwrap();
+}
+
 /// Adds one entry with `push` (any value Redis takes) to `throng:push`; its id.
 fn xadd_push(r: &mut redis::Connection, push: impl redis::ToRedisArgs) -> String {
     redis::cmd("XADD")
@@ -622,11 +632,7 @@ fn a_dlq_that_refuses_copies_keeps_the_entry_pending_and_publishes_nothing_twice
     let mut r = redis.conn();
     // The DLQ key holds a string: every copy to it is refused (WRONGTYPE), as an
     // out-of-memory Redis refuses writes.
-    let _: () = redis::cmd("SET")
-        .arg("throng:push:dlq")
-        .arg("not a stream")
-        .query(&mut r)
-        .unwrap();
+    refuse_dlq_copies(&mut r);
     // One producer pipeline: the blocked read returns with its first entry (the bad one),
     // and the rest come with that batch's round trip, so the bad entry's refused copy
     // rides with the publish of the good ones.
@@ -758,11 +764,7 @@ fn an_entry_left_pending_holds_up_nothing_when_its_node_restarts() {
     let redis = RedisServer::start();
     let mut r = redis.conn();
     // Every DLQ copy refused: a bad entry stays pending in n1's name.
-    let _: () = redis::cmd("SET")
-        .arg("throng:push:dlq")
-        .arg("not a stream")
-        .query(&mut r)
-        .unwrap();
+    refuse_dlq_copies(&mut r);
     let flags = ["--node-id", "n1", "--claim-idle-ms", "300"];
     let a = node(&redis, &flags);
     xadd_push(&mut r, "not json");
@@ -880,12 +882,12 @@ fn a_users_push_dead_after_reaching_some_users_is_not_repeated_while_its_copy_wa
     let mut r = redis.conn();
     // w2's stream key is of another type (a refusal for good), and the DLQ refuses every
     // copy: the entry stays pending, tried again every claim cycle.
-    for (key, value) in [
-        ("throng:{u:w2}", "not a hash"),
-        ("throng:push:dlq", "not a stream"),
-    ] {
-        let _: () = redis::cmd("SET").arg(key).arg(value).query(&mut r).unwrap();
-    }
+    let _: () = redis::cmd("SET")
+        .arg("throng:{u:w2}")
+        .arg("not a hash")
+        .query(&mut r)
+        .unwrap();
+    refuse_dlq_copies(&mut r);
     let a = node(&redis, &["--claim-idle-ms", "300"]);
     let mut w0 = a.connect("w0");
     wait_streams(&a, 1);
