@@ -942,6 +942,128 @@ fn a_batch_after_redis_lost_its_scripts_sends_its_broadcast_once() {
     assert_eq!(got, [json!("b1"), json!("u1"), json!("m")]);
 }
 
+#[test]
+fn a_users_push_cut_by_a_lost_script_cache_reaches_every_user_once() {
+    let redis = RedisServer::start();
+    let a = node(&redis, &[]);
+    let mut r = redis.conn();
+    // How many commands Redis refused with NOSCRIPT so far (INFO errorstats).
+    let noscripts = |r: &mut redis::Connection| -> u64 {
+        let info: String = redis::cmd("INFO").arg("errorstats").query(r).unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("errorstat_NOSCRIPT:count="))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    // The script cache goes while Redis runs a 10,000-user push, one script per user: the
+    // flush comes once the first user is numbered, so the users before it were reached
+    // and the ones after it refused. The timing is Redis's, so a few tries may be needed.
+    for attempt in 0..5 {
+        let users: Vec<String> = (0..10_000).map(|i| format!("c{attempt}u{i}")).collect();
+        let before = noscripts(&mut r);
+        let first = format!("throng:{{u:{}}}", users[0]);
+        let mut flush = redis.conn();
+        let flusher = std::thread::spawn(move || {
+            let numbered = wait_until(Duration::from_secs(10), || {
+                redis::cmd("HEXISTS")
+                    .arg(&first)
+                    .arg("seq")
+                    .query::<bool>(&mut flush)
+                    .unwrap_or(false)
+            });
+            assert!(numbered, "the push never started");
+            let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut flush).unwrap();
+        });
+        a.push(json!({"users": users, "data": "x"}));
+        flusher.join().unwrap();
+        // Every user numbered, and once.
+        let seqs = |r: &mut redis::Connection| -> Vec<u64> {
+            let mut pipe = redis::pipe();
+            for u in &users {
+                pipe.cmd("HGET").arg(format!("throng:{{u:{u}}}")).arg("seq");
+            }
+            let got: Vec<Option<u64>> = pipe.query(r).unwrap();
+            got.into_iter().map(|s| s.unwrap_or(0)).collect()
+        };
+        let all = wait_until(Duration::from_secs(10), || {
+            seqs(&mut r).iter().all(|&s| s >= 1)
+        });
+        let now = seqs(&mut r);
+        let missing = now.iter().filter(|&&s| s == 0).count();
+        assert!(all, "{missing} of 10,000 users never numbered");
+        let twice = now.iter().filter(|&&s| s > 1).count();
+        assert_eq!(twice, 0, "users numbered more than once");
+        if noscripts(&mut r) > before {
+            return;
+        }
+    }
+    panic!("the flush never came while the push ran");
+}
+
+#[test]
+fn renewing_held_entries_touches_only_the_nodes_own() {
+    let redis = RedisServer::start();
+    let mut r = redis.conn();
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("throng:push")
+        .arg("throng")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query(&mut r)
+        .unwrap();
+    let mine = xadd_push(&mut r, "one");
+    let theirs = xadd_push(&mut r, "two");
+    for (consumer, id) in [("n1", &mine), ("n2", &theirs)] {
+        let _: redis::Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("throng")
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(1)
+            .arg("STREAMS")
+            .arg("throng:push")
+            .arg(">")
+            .query(&mut r)
+            .unwrap();
+        let owner: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+            .arg("throng:push")
+            .arg("throng")
+            .arg(id)
+            .arg(id)
+            .arg(1)
+            .query(&mut r)
+            .unwrap();
+        assert_eq!(owner[0].1, consumer);
+    }
+    // Both idle a while; n1 renews both ids: only its own is renewed, n2 keeps its entry.
+    let idle = |r: &mut redis::Connection, id: &str| -> (String, u64) {
+        let p: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+            .arg("throng:push")
+            .arg("throng")
+            .arg(id)
+            .arg(id)
+            .arg(1)
+            .query(r)
+            .unwrap();
+        (p[0].1.clone(), p[0].2)
+    };
+    assert!(wait_until(Duration::from_secs(5), || idle(&mut r, &theirs)
+        .1
+        >= 300));
+    let renewed = throng::broker::ingress::renew_mine(&mut r, "n1", &[&mine, &theirs]).unwrap();
+    assert_eq!(renewed, 1);
+    let (owner, their_idle) = idle(&mut r, &theirs);
+    assert_eq!(owner, "n2", "not taken from the node that holds it");
+    assert!(their_idle >= 300, "its idle time untouched: {their_idle}");
+    let (owner, my_idle) = idle(&mut r, &mine);
+    assert_eq!(owner, "n1");
+    assert!(
+        my_idle < their_idle,
+        "renewed: {my_idle} against {their_idle}"
+    );
+}
+
 /// Adds `n` valid pushes for `user` to `throng:push` in one pipeline; their ids, in order.
 fn add_pushes(r: &mut redis::Connection, user: &str, ids: &[String]) -> Vec<String> {
     let mut pipe = redis::pipe();

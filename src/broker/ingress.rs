@@ -9,15 +9,16 @@
 //! stream is simply not read. Entries every consumer group has acknowledged are trimmed
 //! (`trim`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::{Connection, Value};
 
+use super::held::Held;
 use super::keys::{DLQ_STREAM, GROUP, PUSH_STREAM};
-use super::script::{Outcome, Sequencer};
+use super::script::Sequencer;
 use super::trim::Trimmer;
 use super::{next_backoff, pause, BrokerCtx, RECONNECT_MIN};
 use crate::api::{parse_push, ParsedPush, Target};
@@ -32,10 +33,6 @@ const BLOCK_MS: u64 = 100;
 const DLQ_KEEP_BYTES: usize = MAX_API_BODY_BYTES;
 /// DLQ length bound (approximate trim).
 const DLQ_MAXLEN: u64 = 10_000;
-/// Most `users` pushes refused partway whose reached users this node remembers at once.
-/// Beyond it such a push is still tried again, but in full: its first users may get it
-/// twice.
-const MAX_HELD: usize = 65_536;
 
 /// Copies one dead entry to the DLQ and acknowledges it, in one step: an entry whose copy
 /// Redis refuses (out of memory, a DLQ key of another type) stays pending and is claimed
@@ -47,6 +44,38 @@ local r = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'push', ARGV
 if type(r) == 'table' and r.err then return r end
 return redis.call('XACK', KEYS[1], ARGV[6], ARGV[5])
 "#;
+
+/// Renews the idle time of the entries still pending in this consumer's name, and only
+/// those: an entry another node claimed stays its. KEYS: the push stream. ARGV: group,
+/// consumer, entry ids. Returns how many were renewed.
+const RENEW_MINE: &str = r#"
+local n = 0
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    n = n + 1
+  end
+end
+return n
+"#;
+
+/// Renews the idle time of those of `ids` pending in `consumer`'s name in the `throng`
+/// group of `throng:push` (`RENEW_MINE`); how many were.
+pub fn renew_mine(
+    conn: &mut Connection,
+    consumer: &str,
+    ids: &[&String],
+) -> redis::RedisResult<u64> {
+    redis::cmd("EVAL")
+        .arg(RENEW_MINE)
+        .arg(1)
+        .arg(PUSH_STREAM)
+        .arg(GROUP)
+        .arg(consumer)
+        .arg(ids)
+        .query(conn)
+}
 
 /// Whether a push Redis refused may go through later (Redis out of memory, loading,
 /// busy with a script, a replica, ...): such an entry stays pending, not dead-lettered.
@@ -84,12 +113,9 @@ pub(crate) struct Ingress {
     /// The acknowledgements (and DLQ copies) of the entries handled last: sent ahead of
     /// the next read, claim or batch, in its round trip.
     acks: Option<Acks>,
-    /// Entries this node left pending after an attempt numbered some of their users (a
-    /// `users` push Redis refused partway), by entry id, with those users: a retry
-    /// leaves them out, so each user gets the push once.
-    held: HashMap<String, HashSet<String>>,
-    /// `held` reached `MAX_HELD` and that was logged (once until it shrinks to half).
-    held_full_logged: bool,
+    /// Entries this node left pending after an attempt reached some of their users, with
+    /// those users: a retry leaves them out.
+    held: Held,
 }
 
 /// Acknowledgements waiting for a round trip: `dead` DLQ copies (each acknowledging its
@@ -114,8 +140,7 @@ impl Ingress {
             last_claim: Instant::now(),
             trimmer,
             acks: None,
-            held: HashMap::new(),
-            held_full_logged: false,
+            held: Held::default(),
         }
     }
 
@@ -372,24 +397,17 @@ impl Ingress {
                 .fetch_add(mine.len() as u64, Relaxed);
             self.handle(conn, mine, false)?;
         }
-        self.held.retain(|id, _| seen.contains(id));
+        self.held.keep_only(&seen);
         Ok(())
     }
 
     /// Under backpressure, where nothing is tried again: renews the idle time of the
-    /// entries that remember users reached, so that no other node claims them (and
-    /// publishes them to those users again) while this one waits.
+    /// entries that remember users reached and are still this node's, so that no other
+    /// node claims them (and publishes them to those users again) while this one waits.
     fn renew_held(&mut self, conn: &mut Connection) -> redis::RedisResult<()> {
-        let ids: Vec<&String> = self.held.keys().collect();
+        let ids: Vec<&String> = self.held.ids().collect();
         for chunk in ids.chunks(COUNT) {
-            let mut cmd = redis::cmd("XCLAIM");
-            cmd.arg(PUSH_STREAM)
-                .arg(GROUP)
-                .arg(&*self.ctx.node_id)
-                .arg(0)
-                .arg(chunk)
-                .arg("JUSTID");
-            let _: Value = cmd.query(conn)?;
+            renew_mine(conn, &self.ctx.node_id, chunk)?;
         }
         Ok(())
     }
@@ -486,7 +504,7 @@ impl Ingress {
                     Ok(mut p) => {
                         // Nothing to look up while nothing is held (the usual case).
                         if !self.held.is_empty() {
-                            if let Some(reached) = self.held.get(&e.id) {
+                            if let Some(reached) = self.held.reached(&e.id) {
                                 leave_out(&mut p, reached);
                             }
                         }
@@ -511,7 +529,7 @@ impl Ingress {
             };
             // Whatever becomes of it, a retry (of a for-now refusal, or of a dead entry
             // whose DLQ copy Redis refuses) must not reach these users again.
-            self.hold(&entries[*i].id, refused.reached);
+            self.held.remember(&entries[*i].id, refused.reached);
             match refused.errors.iter().find(|e| !refused_for_now(e)) {
                 // Redis refused this push (not the link): it would fail again.
                 Some(e) => dead.push((*i, format!("Redis refused the push: {e}"))),
@@ -556,7 +574,7 @@ impl Ingress {
             .collect();
         if !self.held.is_empty() {
             for id in &published {
-                self.held.remove(*id);
+                self.held.forget(id);
             }
         }
         let xack = !published.is_empty();
@@ -574,36 +592,6 @@ impl Ingress {
         }
         let read = batch.after.map(|v| v.extract_error()).transpose()?;
         Ok(read.map(read_entries).unwrap_or_default())
-    }
-}
-
-impl Ingress {
-    /// Remembers the users this attempt at entry `id` `reached` (added to those of
-    /// earlier attempts), if any: only then is there something a retry must leave out.
-    fn hold(&mut self, id: &str, reached: Vec<Outcome>) {
-        let mut names = reached
-            .into_iter()
-            .filter_map(|o| match o {
-                Outcome::Numbered { stream, .. } | Outcome::Duplicate { stream } => Some(stream),
-                Outcome::Broadcast { .. } => None,
-            })
-            .peekable();
-        if names.peek().is_none() {
-            return;
-        }
-        if let Some(done) = self.held.get_mut(id) {
-            done.extend(names);
-        } else if self.held.len() < MAX_HELD {
-            self.held.insert(id.to_string(), names.collect());
-            if self.held.len() < MAX_HELD / 2 {
-                self.held_full_logged = false;
-            }
-        } else if !std::mem::replace(&mut self.held_full_logged, true) {
-            tracing::warn!(
-                "{MAX_HELD} users pushes refused partway wait at once; more are tried \
-                 again in full, so their first users may get them twice"
-            );
-        }
     }
 }
 

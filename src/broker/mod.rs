@@ -16,6 +16,7 @@
 mod connector;
 mod counters;
 pub mod envelope;
+pub(crate) mod held;
 pub mod ingress;
 pub mod keys;
 pub mod presence;

@@ -173,32 +173,42 @@ impl Sequencer {
         if !first.refused.iter().flatten().any(noscript) {
             return Ok(first);
         }
-        // Redis lost its script cache (a restart): the script is loaded again, and the
-        // pushes it refused wholly for that run again. The others went out already
-        // (broadcasts are plain PUBLISHes; a script may have run after another node
-        // loaded it): a push refused only in part keeps its error, which the stream
-        // ingress treats as for now (it retries the users not reached).
+        // Redis lost its script cache (SCRIPT FLUSH, a failover to a node without it):
+        // the script is loaded again, and each push it stopped runs again for the streams
+        // it did not reach. What went out stays out: broadcasts are plain PUBLISHes, and
+        // scripts may have run after another node loaded it, partway through a push.
         self.load(conn)?;
-        let again: Vec<usize> = first
+        let again: Vec<(usize, ParsedPush)> = first
             .refused
             .iter()
             .enumerate()
-            .filter(|(_, r)| {
-                r.as_ref().is_some_and(|r| {
-                    r.reached.is_empty() && r.errors.iter().all(|e| e.starts_with("NOSCRIPT"))
-                })
+            .filter_map(|(i, r)| {
+                let r = r.as_ref().filter(|r| noscript(r))?;
+                Some((i, unreached(pushes[i], &r.reached)))
             })
-            .map(|(i, _)| i)
             .collect();
-        if again.is_empty() {
-            return Ok(first);
-        }
-        let retry: Vec<&ParsedPush> = again.iter().map(|&i| pushes[i]).collect();
+        let retry: Vec<&ParsedPush> = again.iter().map(|(_, p)| p).collect();
         let redone = self.run(conn, redis::pipe(), &retry, None)?;
-        for ((i, published), refused) in again.into_iter().zip(redone.published).zip(redone.refused)
+        for (((i, _), published), refused) in again.iter().zip(redone.published).zip(redone.refused)
         {
-            first.published[i] = published;
-            first.refused[i] = refused;
+            let mut reached = first.refused[*i]
+                .take()
+                .map(|r| r.reached)
+                .unwrap_or_default();
+            match (published, refused) {
+                (Ok(mut outcomes), _) => {
+                    reached.append(&mut outcomes);
+                    first.published[*i] = Ok(reached);
+                }
+                (Err(e), refused) => {
+                    let (mut more, errors) = refused
+                        .map(|r| (r.reached, r.errors))
+                        .unwrap_or_else(|| (Vec::new(), vec![e.clone()]));
+                    reached.append(&mut more);
+                    first.published[*i] = Err(e);
+                    first.refused[*i] = Some(Refused { reached, errors });
+                }
+            }
         }
         Ok(first)
     }
@@ -317,6 +327,37 @@ pub struct Refused {
     pub reached: Vec<Outcome>,
     /// Each refusal's error.
     pub errors: Vec<String>,
+}
+
+/// `push` for the streams not in `reached` (a `users` push: its other users; a push to
+/// one stream reached nothing, since its one script was refused).
+fn unreached(push: &ParsedPush, reached: &[Outcome]) -> ParsedPush {
+    let target = match &push.target {
+        Target::Users(list) => {
+            let done: std::collections::HashSet<&str> = reached
+                .iter()
+                .filter_map(|o| match o {
+                    Outcome::Numbered { stream, .. } | Outcome::Duplicate { stream } => {
+                        Some(stream.as_str())
+                    }
+                    Outcome::Broadcast { .. } => None,
+                })
+                .collect();
+            Target::Users(
+                list.iter()
+                    .filter(|u| !done.contains(u.as_str()))
+                    .cloned()
+                    .collect(),
+            )
+        }
+        other => other.clone(),
+    };
+    ParsedPush {
+        target,
+        data: push.data.clone(),
+        id: push.id.clone(),
+        from: push.from.clone(),
+    }
 }
 
 /// Reads one script or PUBLISH reply.
