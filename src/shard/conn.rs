@@ -408,6 +408,10 @@ pub(super) struct Conns {
     subscriptions: HashMap<u32, Vec<u32>, FxBuildHasher>,
     /// Addresses of IPv6 clients by key (IPv4 ones live in their slots).
     v6_peers: HashMap<u32, Ipv6Addr>,
+    /// `token_expiring` leads, in ticks before the expiry, of connections whose refreshed
+    /// token had `refresh_ahead` or less left: half of what it had. Rare, so beside the
+    /// slots; a span, so a tick rebase leaves it alone.
+    short_token_leads: HashMap<u32, u32, FxBuildHasher>,
     /// What `Timed::place` lends for a key without a connection (never linked).
     stray: Place,
     /// TLS sessions by key (connections flagged `TLS`): keys and sequence numbers.
@@ -494,6 +498,7 @@ impl Conns {
             partials: HashMap::default(),
             subscriptions: HashMap::default(),
             v6_peers: HashMap::new(),
+            short_token_leads: HashMap::default(),
             stray: Place::UNLINKED,
             tls: HashMap::default(),
             seal_buf: Vec::new(),
@@ -519,6 +524,28 @@ impl Conns {
             c.expires = moved_deadline(c.expires, by);
             c.deadline = moved(c.deadline, by);
             c.stamp.connected = moved(c.stamp.connected, by);
+        }
+    }
+
+    /// How long before `key`'s expiry its `token_expiring` goes out: `normal`
+    /// (`refresh_ahead`), unless its refreshed token was short (`set_hint_lead`).
+    pub(super) fn hint_lead(&self, key: u32, normal: u32) -> u32 {
+        if self.short_token_leads.is_empty() {
+            // The usual case, on every timer re-arm: no hashing.
+            return normal;
+        }
+        self.short_token_leads.get(&key).copied().unwrap_or(normal)
+    }
+
+    /// Sets `key`'s own `token_expiring` lead, or (`None`) goes back to the normal one.
+    pub(super) fn set_hint_lead(&mut self, key: u32, lead: Option<u32>) {
+        match lead {
+            Some(lead) if self.slab.get(key).is_some() => {
+                self.short_token_leads.insert(key, lead);
+            }
+            _ => {
+                self.short_token_leads.remove(&key);
+            }
         }
     }
 
@@ -681,6 +708,7 @@ impl Conns {
         compact(&mut self.partials)
             + compact(&mut self.subscriptions)
             + compact(&mut self.v6_peers)
+            + compact(&mut self.short_token_leads)
             + compact(&mut self.tls)
     }
 
@@ -937,6 +965,7 @@ impl Conns {
         let mut conn = self.slab.remove(key)?;
         // Callers take the topics first to leave them; none may outlive the slot.
         self.subscriptions.remove(&key);
+        self.short_token_leads.remove(&key);
         if conn.flags & TLS != 0 {
             self.tls.remove(&key);
         }

@@ -1028,7 +1028,8 @@ impl Shard {
         };
         deadline = deadline.min(c.expires);
         if c.expires != u32::MAX && c.flags & EXPIRING_SENT == 0 {
-            deadline = deadline.min(c.expires.saturating_sub(self.hint_ticks));
+            let lead = self.conns.hint_lead(key, self.hint_ticks);
+            deadline = deadline.min(c.expires.saturating_sub(lead));
         }
         let at = self.conns.tick_base() + u64::from(deadline);
         self.wheel.insert(&mut self.conns, key, at);

@@ -17,9 +17,12 @@ const SAME_EXP_TICKS: u32 = (1100 / TICK_MS) as u32;
 
 impl Shard {
     /// Sends `token_expiring` once per token when the 4001 close is `refresh_ahead` away
-    /// or nearer; `in_ms` is the time left until that close (`exp` plus the JWT leeway).
+    /// or nearer (after a refresh to a token that had no more than that left: when half
+    /// of what it had is left); `in_ms` is the time left until that close (`exp` plus the
+    /// JWT leeway).
     pub(super) fn hint_expiry(&mut self, key: u32) {
         let tick = self.tick;
+        let lead = self.conns.hint_lead(key, self.hint_ticks);
         let Some(c) = self.conns.get_mut(key) else {
             return;
         };
@@ -28,12 +31,13 @@ impl Shard {
             || c.closing()
             || c.expires == u32::MAX
             || c.flags & EXPIRING_SENT != 0
-            || tick < c.expires.saturating_sub(self.hint_ticks)
+            || tick < c.expires.saturating_sub(lead)
         {
             return;
         }
         c.flags |= EXPIRING_SENT;
         let in_ms = u64::from(c.expires.saturating_sub(tick)) * TICK_MS;
+        self.conns.set_hint_lead(key, None);
         self.send_frame(key, messages::token_expiring_frame(in_ms));
     }
 
@@ -77,6 +81,12 @@ impl Shard {
                 message: "the new token expires before the current one".into(),
             });
         }
+        // A new token with `refresh_ahead` or less left gets its hint halfway, not at
+        // once: a client that refreshes on every hint, with tokens that never live longer
+        // than that, would otherwise refresh in a loop.
+        let left = expires.saturating_sub(self.tick);
+        let short = self.hint_ticks > 0 && expires != u32::MAX && left <= self.hint_ticks;
+        self.conns.set_hint_lead(key, short.then_some(left / 2));
         if let Some(c) = self.conns.get_mut(key) {
             c.expires = expires;
             // The new token gets its own hint.

@@ -748,6 +748,50 @@ fn a_refresh_during_the_drain_keeps_the_connection_s_turn() {
 }
 
 #[test]
+fn a_refresh_to_a_short_token_is_hinted_halfway_not_at_once() {
+    let flags = [
+        "--ping-interval-ms",
+        "600000",
+        "--idle-timeout-ms",
+        "1200000",
+    ];
+    let mut h = Harness::with(&flags, |c| c.jwt.leeway_secs = 0);
+    // A first token with 20 s left is hinted at once, as the welcome's follower.
+    let mut p = h.connect_with("s", Some(unix_now() + 20), Vec::new(), None);
+    assert_eq!(h.recv_json(&mut p)["type"], "token_expiring");
+    let t0 = h.clock.now_ms();
+    // Its refresh has 29-30 s left (whole seconds), also under the default 60 s
+    // refresh_ahead: hinted at once, a client that refreshes on each hint would refresh
+    // again at once, and again.
+    let token = crate::auth::mint_hs256(SECRET, "s", 30, None, None).expect("token");
+    p.send_json(json!({"type": "refresh", "token": token, "ref": 1}));
+    assert_eq!(h.recv_json(&mut p)["type"], "refreshed");
+    h.quiet(&mut p);
+    h.at(t0 + 14_000);
+    h.quiet(&mut p);
+    // Halfway through what it had, the hint, once.
+    h.at(t0 + 16_000);
+    let hint = h.recv_json(&mut p);
+    assert_eq!(hint["type"], "token_expiring", "{hint}");
+    let in_ms = hint["in_ms"].as_u64().expect("in_ms");
+    assert!((13_000..=15_000).contains(&in_ms), "{hint}");
+    h.at(t0 + 20_000);
+    h.quiet(&mut p);
+    // A refresh to a long token again: the normal hint, refresh_ahead before its end.
+    let token = crate::auth::mint_hs256(SECRET, "s", 600, None, None).expect("token");
+    p.send_json(json!({"type": "refresh", "token": token, "ref": 2}));
+    let answer = h.recv_json(&mut p);
+    assert_eq!(answer["type"], "refreshed", "{answer}");
+    h.at(t0 + 20_000 + 530_000);
+    h.quiet(&mut p);
+    h.at(t0 + 20_000 + 542_000);
+    let hint = h.recv_json(&mut p);
+    assert_eq!(hint["type"], "token_expiring", "{hint}");
+    let in_ms = hint["in_ms"].as_u64().expect("in_ms");
+    assert!((57_000..=60_000).contains(&in_ms), "{hint}");
+}
+
+#[test]
 fn drain_pushes_still_reach_connections_waiting_for_their_turn() {
     let mut h = Harness::new(&["--drain-ms", "60000"]);
     let mut a = h.connect("live");
