@@ -171,6 +171,22 @@ fn duplicate_ids_are_dropped_cluster_wide() {
 }
 
 #[test]
+fn a_users_push_is_answered_per_user_even_for_one_user() {
+    let redis = RedisServer::start();
+    let a = node(&redis, &[]);
+    let one = a.push_wait(json!({"users": ["ada"], "data": 1}));
+    assert_eq!(one["users"]["ada"]["seq"], 1, "{one}");
+    assert_eq!(one["duplicates"], json!([]), "{one}");
+    let two = a.push_wait(json!({"users": ["ada", "bo"], "data": 2, "id": "x"}));
+    assert_eq!(two["users"]["ada"]["seq"], 2, "{two}");
+    assert_eq!(two["users"]["bo"]["seq"], 1, "{two}");
+    let again = a.push_wait(json!({"users": ["bo"], "data": 2, "id": "x"}));
+    assert_eq!(again, json!({"users": {}, "duplicates": ["bo"]}));
+    // A user push keeps its own shape.
+    assert_eq!(a.push_wait(json!({"user": "ada", "data": 3}))["seq"], 3);
+}
+
+#[test]
 fn topics_are_numbered_once_and_resume_on_any_node() {
     let redis = RedisServer::start();
     let a = node(&redis, &["--public-topics", "room.*"]);
@@ -940,6 +956,46 @@ fn a_batch_after_redis_lost_its_scripts_sends_its_broadcast_once() {
     // PUBLISH that had gone out, did not.
     let got: Vec<Value> = (0..3).map(|_| next_push(&mut bo)["data"].clone()).collect();
     assert_eq!(got, [json!("b1"), json!("u1"), json!("m")]);
+}
+
+#[test]
+fn a_push_answered_202_that_redis_refuses_for_now_goes_out_once_it_can() {
+    let redis = RedisServer::start();
+    let a = node(&redis, &[]);
+    let mut c = a.connect("oz");
+    wait_streams(&a, 1);
+    let mut r = redis.conn();
+    let maxmemory = |r: &mut redis::Connection, limit: &str| {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg(limit)
+            .query(r)
+            .unwrap();
+    };
+    // Out of memory: the script is refused (OOM), the push was answered 202 already.
+    maxmemory(&mut r, "1");
+    let errors = a.stats()["cluster"]["broker_errors"].as_u64();
+    a.push(json!({"user": "oz", "data": "later"}));
+    a.wait_stats("the refusal counted", |s| {
+        s["cluster"]["broker_errors"].as_u64() > errors
+    });
+    c.expect_silence(Duration::from_millis(200));
+    // Memory back: tried again, it goes out, once.
+    maxmemory(&mut r, "0");
+    let m = next_push(&mut c);
+    assert_eq!(
+        (m["data"].as_str(), m["seq"].as_u64()),
+        (Some("later"), Some(1)),
+        "{m}"
+    );
+    a.push(json!({"user": "oz", "data": "next"}));
+    let m = next_push(&mut c);
+    assert_eq!(
+        (m["data"].as_str(), m["seq"].as_u64()),
+        (Some("next"), Some(2)),
+        "{m}"
+    );
 }
 
 #[test]

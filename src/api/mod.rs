@@ -61,8 +61,11 @@ pub(crate) enum WaitKind {
     Disconnect,
     Presence,
     Topic,
-    /// Cluster mode: what Redis did with a push.
-    Published,
+    /// Cluster mode: what Redis did with a push (`users`: a `users` push, answered per
+    /// user even when it names one).
+    Published {
+        users: bool,
+    },
     /// Cluster mode: `/v1/stats` with the other nodes' totals.
     Stats,
 }
@@ -757,7 +760,7 @@ impl Api {
         };
         // Cluster mode: Redis refused, or could not be read.
         let broker_error = match (w.kind, &w.published, &w.cluster) {
-            (WaitKind::Published, Some(Err(e)), _) => {
+            (WaitKind::Published { .. }, Some(Err(e)), _) => {
                 Some(format!("the push was not published: {e}"))
             }
             (WaitKind::Presence | WaitKind::Topic, _, Some(Err(e))) => {
@@ -779,7 +782,7 @@ impl Api {
             return;
         }
         let body = match w.kind {
-            WaitKind::Published => published_body(w.published),
+            WaitKind::Published { users } => published_body(w.published, users),
             WaitKind::Stats => {
                 let mut stats = self.metrics.stats_value();
                 let me = self.broker.as_ref().map_or("", |b| &*b.node_id);
@@ -1030,13 +1033,13 @@ impl Api {
 /// The `?wait=1` answer in cluster mode (docs/protocol.md 5): the `seq` and epoch Redis
 /// gave a user or topic push, each user's for a `users` push, the node count for a
 /// broadcast; `duplicate` where the stream already had the push's `id`.
-fn published_body(p: Option<crate::broker::script::Published>) -> serde_json::Value {
+fn published_body(p: Option<crate::broker::script::Published>, users: bool) -> serde_json::Value {
     use crate::broker::script::Outcome;
     let outcomes = match p {
         Some(Ok(o)) => o,
         _ => Vec::new(),
     };
-    if let [one] = outcomes.as_slice() {
+    if let (false, [one]) = (users, outcomes.as_slice()) {
         return match one {
             Outcome::Numbered { seq, epoch, .. } => serde_json::json!({"seq": seq, "epoch": epoch}),
             Outcome::Duplicate { .. } => serde_json::json!({"duplicate": true}),

@@ -210,6 +210,7 @@ impl Api {
             conn: key,
             serial: self.next_serial(),
         });
+        let users = matches!(parsed.target, push::Target::Users(_));
         match self.enqueue(parsed, ticket) {
             Ok(Queued::Duplicate) => {
                 self.metrics.pushes_accepted.fetch_add(1, Relaxed);
@@ -234,7 +235,7 @@ impl Api {
                 self.metrics.pushes_accepted.fetch_add(1, Relaxed);
                 match ticket {
                     Some(t) => Handled::Wait {
-                        kind: WaitKind::Published,
+                        kind: WaitKind::Published { users },
                         serial: t.serial,
                         expected: 1,
                         user: None,

@@ -3,8 +3,9 @@
 //! those users: a retry leaves them out, so each user gets the push once.
 //!
 //! Bounded by entries and by names together, since one entry may name up to 10,000
-//! users. Past either bound an entry is not remembered: its retry goes to every user,
-//! and its first users may get it twice (logged once until the memory shrinks by half).
+//! users. Past either bound an attempt's users are not remembered (a new entry not at
+//! all, one already held keeps what it had): a retry goes to them again, so they may get
+//! the push twice (logged once until the memory shrinks by half).
 
 use std::collections::{HashMap, HashSet};
 
@@ -12,7 +13,8 @@ use super::script::Outcome;
 
 /// Most entries remembered at once.
 const MAX_ENTRIES: usize = 65_536;
-/// Most user names remembered at once, all entries together (about 64 MB at most).
+/// Most user names remembered at once, all entries together (tens of MB with short
+/// user ids, up to about 180 MB with 128-byte ones).
 const MAX_NAMES: usize = 1_000_000;
 
 /// Entry id to the users reached, with the bounds' bookkeeping.

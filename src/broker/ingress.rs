@@ -18,7 +18,7 @@ use redis::{Connection, Value};
 
 use super::held::Held;
 use super::keys::{DLQ_STREAM, GROUP, PUSH_STREAM};
-use super::script::Sequencer;
+use super::script::{refused_for_now, Sequencer};
 use super::trim::Trimmer;
 use super::{next_backoff, pause, BrokerCtx, RECONNECT_MIN};
 use crate::api::{parse_push, ParsedPush, Target};
@@ -46,13 +46,16 @@ return redis.call('XACK', KEYS[1], ARGV[6], ARGV[5])
 "#;
 
 /// Renews the idle time of the entries still pending in this consumer's name, and only
-/// those: an entry another node claimed stays its. KEYS: the push stream. ARGV: group,
-/// consumer, entry ids. Returns how many were renewed.
+/// those: an entry another node claimed stays its, and one deleted from the stream is left
+/// alone (XCLAIM would drop it from the pending list unseen; the next walk of this node's
+/// own entries finds it). KEYS: the push stream. ARGV: group, consumer, entry ids.
+/// Returns how many were renewed.
 const RENEW_MINE: &str = r#"
 local n = 0
 for i = 3, #ARGV do
   local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
-  if p[1] and p[1][2] == ARGV[2] then
+  if p[1] and p[1][2] == ARGV[2]
+     and #redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i]) > 0 then
     redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
     n = n + 1
   end
@@ -75,24 +78,6 @@ pub fn renew_mine(
         .arg(consumer)
         .arg(ids)
         .query(conn)
-}
-
-/// Whether a push Redis refused may go through later (Redis out of memory, loading,
-/// busy with a script, a replica, ...): such an entry stays pending, not dead-lettered.
-fn refused_for_now(error: &str) -> bool {
-    const FOR_NOW: [&str; 9] = [
-        "NOSCRIPT",
-        "OOM",
-        "LOADING",
-        "BUSY",
-        "READONLY",
-        "TRYAGAIN",
-        "MASTERDOWN",
-        "CLUSTERDOWN",
-        "MISCONF",
-    ];
-    let code = error.split(' ').next().unwrap_or_default();
-    FOR_NOW.contains(&code)
 }
 
 /// One stream entry: its id and its `push` field, if it had one.

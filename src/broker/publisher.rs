@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use redis::Connection;
 
-use super::script::{Published, Sequencer};
+use super::script::{refused_for_now, unreached, Published, Sequencer};
 use super::{next_backoff, pause, BrokerCtx, PublishCmd, RECONNECT_MIN};
 use crate::command::Reply;
 use crate::shard::ReplySink;
@@ -145,8 +145,11 @@ impl Publisher {
     }
 
     /// Publishes the batch. Ticketed pushes get their outcome or the error (the upstream
-    /// asked and retries); pushes already answered 202 are retried until Redis takes them.
+    /// asked and retries); pushes already answered 202 are retried until Redis takes them:
+    /// after a lost link, and after a refusal for now (out of memory, loading, ...), for
+    /// the streams not reached yet, after a pause that grows while Redis keeps refusing.
     fn publish(&mut self, batch: &mut Vec<PublishCmd>) {
+        let mut refusals_pause = RECONNECT_MIN;
         loop {
             let Some(conn) = self.conn.as_mut() else {
                 if self.ctx.stop.load(Relaxed) {
@@ -156,26 +159,50 @@ impl Publisher {
                 continue;
             };
             let pushes: Vec<&crate::api::ParsedPush> = batch.iter().map(|c| &c.push).collect();
-            match self.sequencer.publish(conn, &pushes) {
-                Ok(results) => {
+            match self
+                .sequencer
+                .publish_between(conn, redis::pipe(), &pushes, None)
+            {
+                Ok(between) => {
                     self.last_io = Instant::now();
                     self.ctx
                         .metrics
                         .broker
                         .published
-                        .fetch_add(results.len() as u64, Relaxed);
-                    for (cmd, r) in batch.drain(..).zip(results) {
+                        .fetch_add(between.published.len() as u64, Relaxed);
+                    let mut again = Vec::new();
+                    let outcomes = between.published.into_iter().zip(between.refused);
+                    for (cmd, (r, refused)) in batch.drain(..).zip(outcomes) {
                         if r.is_err() {
                             self.ctx.metrics.broker.errors.fetch_add(1, Relaxed);
                         }
-                        if let Some(t) = cmd.ticket {
-                            self.answer(t, r);
-                        } else if let Err(e) = r {
-                            tracing::warn!(error = %e, "Redis refused a push");
+                        match (cmd.ticket, r, refused) {
+                            (Some(t), r, _) => self.answer(t, r),
+                            (None, Ok(_), _) => {}
+                            (None, Err(_), Some(refused))
+                                if refused.errors.iter().all(|e| refused_for_now(e)) =>
+                            {
+                                again.push(PublishCmd {
+                                    push: unreached(&cmd.push, &refused.reached),
+                                    ticket: None,
+                                });
+                            }
+                            (None, Err(e), _) => {
+                                tracing::warn!(error = %e, "Redis refused a push; it is dropped");
+                            }
                         }
                     }
                     let _ = self.replies.waker.wake();
-                    return;
+                    if again.is_empty() || self.ctx.stop.load(Relaxed) {
+                        return;
+                    }
+                    tracing::debug!(
+                        count = again.len(),
+                        "Redis refused pushes for now; trying them again"
+                    );
+                    *batch = again;
+                    pause(refusals_pause, &self.ctx.stop);
+                    refusals_pause = next_backoff(refusals_pause);
                 }
                 Err(e) => {
                     self.ctx.metrics.broker.errors.fetch_add(1, Relaxed);

@@ -176,8 +176,13 @@ impl Sequencer {
         // Redis lost its script cache (SCRIPT FLUSH, a failover to a node without it):
         // the script is loaded again, and each push it stopped runs again for the streams
         // it did not reach. What went out stays out: broadcasts are plain PUBLISHes, and
-        // scripts may have run after another node loaded it, partway through a push.
-        self.load(conn)?;
+        // scripts may have run after another node loaded it, partway through a push. If
+        // the load or the rerun fails (the link gone), the first run's outcomes stand,
+        // the stopped pushes with their NOSCRIPT (for now): the callers try those again
+        // for their streams not reached, not the whole batch.
+        if self.load(conn).is_err() {
+            return Ok(first);
+        }
         let again: Vec<(usize, ParsedPush)> = first
             .refused
             .iter()
@@ -188,7 +193,9 @@ impl Sequencer {
             })
             .collect();
         let retry: Vec<&ParsedPush> = again.iter().map(|(_, p)| p).collect();
-        let redone = self.run(conn, redis::pipe(), &retry, None)?;
+        let Ok(redone) = self.run(conn, redis::pipe(), &retry, None) else {
+            return Ok(first);
+        };
         for (((i, _), published), refused) in again.iter().zip(redone.published).zip(redone.refused)
         {
             let mut reached = first.refused[*i]
@@ -329,9 +336,28 @@ pub struct Refused {
     pub errors: Vec<String>,
 }
 
+/// Whether Redis refused a push's script for now (out of memory, loading, busy with a
+/// script, a replica, its script cache lost, ...): it may go through later. The stream
+/// ingress keeps such an entry pending, the publisher tries such a push again.
+pub fn refused_for_now(error: &str) -> bool {
+    const FOR_NOW: [&str; 9] = [
+        "NOSCRIPT",
+        "OOM",
+        "LOADING",
+        "BUSY",
+        "READONLY",
+        "TRYAGAIN",
+        "MASTERDOWN",
+        "CLUSTERDOWN",
+        "MISCONF",
+    ];
+    let code = error.split(' ').next().unwrap_or_default();
+    FOR_NOW.contains(&code)
+}
+
 /// `push` for the streams not in `reached` (a `users` push: its other users; a push to
 /// one stream reached nothing, since its one script was refused).
-fn unreached(push: &ParsedPush, reached: &[Outcome]) -> ParsedPush {
+pub(crate) fn unreached(push: &ParsedPush, reached: &[Outcome]) -> ParsedPush {
     let target = match &push.target {
         Target::Users(list) => {
             let done: std::collections::HashSet<&str> = reached
