@@ -409,8 +409,8 @@ pub(super) struct Conns {
     /// Addresses of IPv6 clients by key (IPv4 ones live in their slots).
     v6_peers: HashMap<u32, Ipv6Addr>,
     /// `token_expiring` leads, in ticks before the expiry, of connections whose refreshed
-    /// token had `refresh_ahead` or less left: half of what it had. Rare, so beside the
-    /// slots; a span, so a tick rebase leaves it alone.
+    /// token had less than twice `refresh_ahead` left: half of what it had. Rare, so
+    /// beside the slots; a span, so a tick rebase leaves it alone.
     short_token_leads: HashMap<u32, u32, FxBuildHasher>,
     /// What `Timed::place` lends for a key without a connection (never linked).
     stray: Place,

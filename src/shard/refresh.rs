@@ -17,9 +17,8 @@ const SAME_EXP_TICKS: u32 = (1100 / TICK_MS) as u32;
 
 impl Shard {
     /// Sends `token_expiring` once per token when the 4001 close is `refresh_ahead` away
-    /// or nearer (after a refresh to a token that had no more than that left: when half
-    /// of what it had is left); `in_ms` is the time left until that close (`exp` plus the
-    /// JWT leeway).
+    /// or nearer (after a refresh, no sooner than when half of what the new token had is
+    /// left); `in_ms` is the time left until that close (`exp` plus the JWT leeway).
     pub(super) fn hint_expiry(&mut self, key: u32) {
         let tick = self.tick;
         let lead = self.conns.hint_lead(key, self.hint_ticks);
@@ -81,11 +80,12 @@ impl Shard {
                 message: "the new token expires before the current one".into(),
             });
         }
-        // A new token with `refresh_ahead` or less left gets its hint halfway, not at
-        // once: a client that refreshes on every hint, with tokens that never live longer
-        // than that, would otherwise refresh in a loop.
+        // A new token gets its hint `refresh_ahead` before its end, but never before half
+        // of what it has left: a client that refreshes on every hint, with tokens that
+        // live little longer than `refresh_ahead` (the JWT leeway included), would
+        // otherwise refresh again at once, in a loop.
         let left = expires.saturating_sub(self.tick);
-        let short = self.hint_ticks > 0 && expires != u32::MAX && left <= self.hint_ticks;
+        let short = self.hint_ticks > 0 && expires != u32::MAX && left / 2 < self.hint_ticks;
         self.conns.set_hint_lead(key, short.then_some(left / 2));
         if let Some(c) = self.conns.get_mut(key) {
             c.expires = expires;

@@ -777,14 +777,27 @@ fn a_refresh_to_a_short_token_is_hinted_halfway_not_at_once() {
     assert!((13_000..=15_000).contains(&in_ms), "{hint}");
     h.at(t0 + 20_000);
     h.quiet(&mut p);
+    // A token a little longer than refresh_ahead (90 s): halfway too, not at once.
+    let token = crate::auth::mint_hs256(SECRET, "s", 90, None, None).expect("token");
+    p.send_json(json!({"type": "refresh", "token": token, "ref": 3}));
+    let answer = h.recv_json(&mut p);
+    assert_eq!(answer["type"], "refreshed", "{answer}");
+    h.at(t0 + 20_000 + 40_000);
+    h.quiet(&mut p);
+    h.at(t0 + 20_000 + 46_000);
+    let hint = h.recv_json(&mut p);
+    assert_eq!(hint["type"], "token_expiring", "{hint}");
+    let in_ms = hint["in_ms"].as_u64().expect("in_ms");
+    assert!((43_000..=45_000).contains(&in_ms), "{hint}");
     // A refresh to a long token again: the normal hint, refresh_ahead before its end.
     let token = crate::auth::mint_hs256(SECRET, "s", 600, None, None).expect("token");
     p.send_json(json!({"type": "refresh", "token": token, "ref": 2}));
     let answer = h.recv_json(&mut p);
     assert_eq!(answer["type"], "refreshed", "{answer}");
-    h.at(t0 + 20_000 + 530_000);
+    let t1 = h.clock.now_ms();
+    h.at(t1 + 530_000);
     h.quiet(&mut p);
-    h.at(t0 + 20_000 + 542_000);
+    h.at(t1 + 542_000);
     let hint = h.recv_json(&mut p);
     assert_eq!(hint["type"], "token_expiring", "{hint}");
     let in_ms = hint["in_ms"].as_u64().expect("in_ms");
