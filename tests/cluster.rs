@@ -999,6 +999,62 @@ fn a_push_answered_202_that_redis_refuses_for_now_goes_out_once_it_can() {
 }
 
 #[test]
+fn a_push_waiting_for_redis_to_take_it_holds_up_no_other() {
+    let redis = RedisServer::start();
+    let a = node(&redis, &[]);
+    let mut g1 = a.connect("g1");
+    wait_streams(&a, 1);
+    let mut r = redis.conn();
+    // bad's stream key is of another type: a refusal for good, for bad only.
+    let _: () = redis::cmd("SET")
+        .arg("throng:{u:bad}")
+        .arg("not a hash")
+        .query(&mut r)
+        .unwrap();
+    let maxmemory = |r: &mut redis::Connection, limit: &str| {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg(limit)
+            .query(r)
+            .unwrap();
+    };
+    maxmemory(&mut r, "1");
+    let errors = a.stats()["cluster"]["broker_errors"].as_u64();
+    a.push(json!({"users": ["g1", "bad"], "data": "later"}));
+    a.wait_stats("the refusal counted", |s| {
+        s["cluster"]["broker_errors"].as_u64() > errors
+    });
+    // While that push waits for Redis, others are still published or answered at once:
+    // a waiting push is refused with Redis's reason, not left to time out.
+    let refused = a.api(
+        "POST",
+        "/v1/push?wait=1",
+        Some(&json!({"user": "g2", "data": 1}).to_string()),
+    );
+    refused.assert_error(503, "broker_unavailable");
+    assert!(refused.text().contains("OOM"), "{}", refused.text());
+    let sent = a.push_wait(json!({"broadcast": true, "data": "all"}));
+    assert_eq!(sent["nodes"], 1, "{sent}");
+    assert_eq!(next_push(&mut g1)["data"], "all");
+    // Memory back: g1 gets the waiting push once; bad's part is dropped for good.
+    maxmemory(&mut r, "0");
+    let m = next_push(&mut g1);
+    assert_eq!(
+        (m["data"].as_str(), m["seq"].as_u64()),
+        (Some("later"), Some(1)),
+        "{m}"
+    );
+    a.push(json!({"user": "g1", "data": "next"}));
+    let m = next_push(&mut g1);
+    assert_eq!(
+        (m["data"].as_str(), m["seq"].as_u64()),
+        (Some("next"), Some(2)),
+        "{m}"
+    );
+}
+
+#[test]
 fn a_users_push_cut_by_a_lost_script_cache_reaches_every_user_once() {
     let redis = RedisServer::start();
     let a = node(&redis, &[]);

@@ -18,7 +18,7 @@ use redis::{Connection, Value};
 
 use super::held::Held;
 use super::keys::{DLQ_STREAM, GROUP, PUSH_STREAM};
-use super::script::{refused_for_now, Sequencer};
+use super::script::Sequencer;
 use super::trim::Trimmer;
 use super::{next_backoff, pause, BrokerCtx, RECONNECT_MIN};
 use crate::api::{parse_push, ParsedPush, Target};
@@ -514,14 +514,15 @@ impl Ingress {
             };
             // Whatever becomes of it, a retry (of a for-now refusal, or of a dead entry
             // whose DLQ copy Redis refuses) must not reach these users again.
+            let for_good = refused.for_good().map(|(_, e)| e.clone());
+            let first = refused.errors.first().map(|(_, e)| e.clone());
             self.held.remember(&entries[*i].id, refused.reached);
-            match refused.errors.iter().find(|e| !refused_for_now(e)) {
+            match for_good {
                 // Redis refused this push (not the link): it would fail again.
                 Some(e) => dead.push((*i, format!("Redis refused the push: {e}"))),
                 None => {
                     held[*i] = true;
-                    let first = refused.errors.into_iter().next().unwrap_or_default();
-                    for_now.get_or_insert((0u64, first)).0 += 1;
+                    for_now.get_or_insert((0u64, first.unwrap_or_default())).0 += 1;
                 }
             }
         }

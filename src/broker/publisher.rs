@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use redis::Connection;
 
-use super::script::{refused_for_now, unreached, Published, Sequencer};
+use super::script::{
+    only, refused_by_a_replica, refused_for_now, unreached, Published, Refused, Sequencer,
+};
 use super::{next_backoff, pause, BrokerCtx, PublishCmd, RECONNECT_MIN};
 use crate::command::Reply;
 use crate::shard::ReplySink;
@@ -135,7 +137,7 @@ impl Publisher {
         }
     }
 
-    fn down(&mut self, e: &redis::RedisError) {
+    fn down(&mut self, e: &dyn std::fmt::Display) {
         self.up.store(false, Relaxed);
         if !std::mem::replace(&mut self.told, true) {
             tracing::warn!(error = %e, "publisher cannot use Redis; pushes get 503 broker_unavailable until it can");
@@ -171,6 +173,7 @@ impl Publisher {
                         .published
                         .fetch_add(between.published.len() as u64, Relaxed);
                     let mut again = Vec::new();
+                    let mut replica = None;
                     let outcomes = between.published.into_iter().zip(between.refused);
                     for (cmd, (r, refused)) in batch.drain(..).zip(outcomes) {
                         if r.is_err() {
@@ -179,15 +182,17 @@ impl Publisher {
                         match (cmd.ticket, r, refused) {
                             (Some(t), r, _) => self.answer(t, r),
                             (None, Ok(_), _) => {}
-                            (None, Err(_), Some(refused))
-                                if refused.errors.iter().all(|e| refused_for_now(e)) =>
-                            {
-                                again.push(PublishCmd {
-                                    push: unreached(&cmd.push, &refused.reached),
-                                    ticket: None,
-                                });
+                            (None, Err(_), Some(refused)) => {
+                                if let Some((_, e)) =
+                                    refused.errors.iter().find(|(_, e)| refused_by_a_replica(e))
+                                {
+                                    replica.get_or_insert_with(|| e.clone());
+                                }
+                                if let Some(push) = retry_part(&cmd.push, &refused) {
+                                    again.push(PublishCmd { push, ticket: None });
+                                }
                             }
-                            (None, Err(e), _) => {
+                            (None, Err(e), None) => {
                                 tracing::warn!(error = %e, "Redis refused a push; it is dropped");
                             }
                         }
@@ -200,9 +205,22 @@ impl Publisher {
                         count = again.len(),
                         "Redis refused pushes for now; trying them again"
                     );
+                    if let Some(e) = replica {
+                        // This Redis takes no writes: a new connection may reach the
+                        // primary (after a failover behind the same address).
+                        self.down(&format!("Redis refuses writes: {e}"));
+                    }
                     *batch = again;
                     pause(refusals_pause, &self.ctx.stop);
                     refusals_pause = next_backoff(refusals_pause);
+                    // What queued meanwhile goes in the same round trip, behind them:
+                    // waiting pushes get their answers, broadcasts go out.
+                    while batch.len() < BATCH {
+                        match self.rx.try_recv() {
+                            Ok(cmd) => batch.push(cmd),
+                            Err(_) => break,
+                        }
+                    }
                 }
                 Err(e) => {
                     self.ctx.metrics.broker.errors.fetch_add(1, Relaxed);
@@ -234,4 +252,22 @@ impl Publisher {
             cluster: None,
         });
     }
+}
+
+/// The part of a 202 push Redis refused that is worth trying again: its streams refused
+/// for now (all those not reached, when every refusal was for now). Streams refused for
+/// good (a key of the wrong type) are dropped with a warning naming them.
+fn retry_part(push: &crate::api::ParsedPush, refused: &Refused) -> Option<crate::api::ParsedPush> {
+    if refused.all_for_now() {
+        return Some(unreached(push, &refused.reached));
+    }
+    let mut later: Vec<&str> = Vec::new();
+    for (stream, e) in &refused.errors {
+        if refused_for_now(e) {
+            later.push(stream);
+        } else {
+            tracing::warn!(stream = %stream, error = %e, "Redis refused a push on this stream; dropped there");
+        }
+    }
+    (!later.is_empty()).then(|| only(push, &later))
 }

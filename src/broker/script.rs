@@ -169,7 +169,7 @@ impl Sequencer {
         after: Option<redis::Cmd>,
     ) -> redis::RedisResult<Between> {
         let mut first = self.run(conn, before, pushes, after)?;
-        let noscript = |r: &Refused| r.errors.iter().any(|e| e.starts_with("NOSCRIPT"));
+        let noscript = |r: &Refused| r.errors.iter().any(|(_, e)| e.starts_with("NOSCRIPT"));
         if !first.refused.iter().flatten().any(noscript) {
             return Ok(first);
         }
@@ -210,7 +210,7 @@ impl Sequencer {
                 (Err(e), refused) => {
                     let (mut more, errors) = refused
                         .map(|r| (r.reached, r.errors))
-                        .unwrap_or_else(|| (Vec::new(), vec![e.clone()]));
+                        .unwrap_or_else(|| (Vec::new(), vec![(String::new(), e.clone())]));
                     reached.append(&mut more);
                     first.published[*i] = Err(e);
                     first.refused[*i] = Some(Refused { reached, errors });
@@ -287,19 +287,20 @@ impl Sequencer {
             let mut errors = Vec::new();
             for name in names {
                 let Some(v) = values.next() else {
-                    errors.push("Redis answered fewer results than commands".to_string());
+                    let e = "Redis answered fewer results than commands".to_string();
+                    errors.push((name.to_string(), e));
                     break;
                 };
                 match outcome(&p.target, name, v) {
                     Ok(o) => outcomes.push(o),
-                    Err(e) => errors.push(e),
+                    Err(e) => errors.push((name.to_string(), e)),
                 }
             }
             if errors.is_empty() {
                 out.push(Ok(outcomes));
                 refused.push(None);
             } else {
-                out.push(Err(errors[0].clone()));
+                out.push(Err(errors[0].1.clone()));
                 refused.push(Some(Refused {
                     reached: outcomes,
                     errors,
@@ -332,15 +333,27 @@ pub struct Between {
 pub struct Refused {
     /// The streams it numbered (or found the push's `id` on) before or between refusals.
     pub reached: Vec<Outcome>,
-    /// Each refusal's error.
-    pub errors: Vec<String>,
+    /// Each refusal: the stream (empty for a broadcast) and Redis's error.
+    pub errors: Vec<(String, String)>,
+}
+
+impl Refused {
+    /// Whether Redis refused every stream it refused only for now.
+    pub fn all_for_now(&self) -> bool {
+        self.errors.iter().all(|(_, e)| refused_for_now(e))
+    }
+
+    /// The first refusal Redis will not take back, if any.
+    pub fn for_good(&self) -> Option<&(String, String)> {
+        self.errors.iter().find(|(_, e)| !refused_for_now(e))
+    }
 }
 
 /// Whether Redis refused a push's script for now (out of memory, loading, busy with a
 /// script, a replica, its script cache lost, ...): it may go through later. The stream
 /// ingress keeps such an entry pending, the publisher tries such a push again.
 pub fn refused_for_now(error: &str) -> bool {
-    const FOR_NOW: [&str; 9] = [
+    const FOR_NOW: [&str; 10] = [
         "NOSCRIPT",
         "OOM",
         "LOADING",
@@ -350,9 +363,43 @@ pub fn refused_for_now(error: &str) -> bool {
         "MASTERDOWN",
         "CLUSTERDOWN",
         "MISCONF",
+        "NOREPLICAS",
     ];
     let code = error.split(' ').next().unwrap_or_default();
-    FOR_NOW.contains(&code)
+    if FOR_NOW.contains(&code) {
+        return true;
+    }
+    // Before Redis 7 a refusal met inside a script came back as a script error that
+    // quotes it: "ERR Error running script ...: -OOM command not allowed ...".
+    code == "ERR" && FOR_NOW.iter().any(|c| error.contains(&format!("-{c} ")))
+}
+
+/// Whether a refusal says this Redis cannot take writes at all (a replica, a primary cut
+/// off from its replicas): another connection, after a failover, may find the primary.
+pub fn refused_by_a_replica(error: &str) -> bool {
+    matches!(
+        error.split(' ').next(),
+        Some("READONLY" | "MASTERDOWN" | "NOREPLICAS")
+    )
+}
+
+/// `push` for the streams in `streams` only (a push to one stream: that stream).
+pub(crate) fn only(push: &ParsedPush, streams: &[&str]) -> ParsedPush {
+    let target = match &push.target {
+        Target::Users(list) => Target::Users(
+            list.iter()
+                .filter(|u| streams.contains(&u.as_str()))
+                .cloned()
+                .collect(),
+        ),
+        other => other.clone(),
+    };
+    ParsedPush {
+        target,
+        data: push.data.clone(),
+        id: push.id.clone(),
+        from: push.from.clone(),
+    }
 }
 
 /// `push` for the streams not in `reached` (a `users` push: its other users; a push to
@@ -411,5 +458,39 @@ fn outcome(target: &Target, name: &str, v: Value) -> Result<Outcome, String> {
             Err(format!("{} {}", e.code(), e.details().unwrap_or_default()))
         }
         (_, other) => Err(format!("unexpected reply from Redis: {other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_for_now_are_told_from_refusals_for_good() {
+        for now in [
+            "OOM command not allowed when used memory > 'maxmemory'.",
+            "NOSCRIPT No matching script. Please use EVAL.",
+            "READONLY You can't write against a read only replica.",
+            "NOREPLICAS Not enough good replicas to write.",
+            "LOADING Redis is loading the dataset in memory",
+            // Redis 6: a refusal met inside a script, quoted by the script error.
+            "ERR Error running script (call to f_0123): @user_script:9: @user_script: 9: \
+             -OOM command not allowed when used memory > 'maxmemory'.",
+        ] {
+            assert!(refused_for_now(now), "{now}");
+        }
+        for good in [
+            "WRONGTYPE Operation against a key holding the wrong kind of value",
+            "ERR Error running script (call to f_0123): @user_script:3: user_script:3: \
+             attempt to compare nil with number",
+            "NOPERM this user has no permissions to run the 'evalsha' command",
+            "",
+        ] {
+            assert!(!refused_for_now(good), "{good}");
+        }
+        assert!(refused_by_a_replica(
+            "READONLY You can't write against a read only replica."
+        ));
+        assert!(!refused_by_a_replica("OOM command not allowed"));
     }
 }
