@@ -1022,8 +1022,13 @@ fn a_push_waiting_for_redis_to_take_it_holds_up_no_other() {
     maxmemory(&mut r, "1");
     let errors = a.stats()["cluster"]["broker_errors"].as_u64();
     a.push(json!({"users": ["g1", "bad"], "data": "later"}));
-    a.wait_stats("the refusal counted", |s| {
-        s["cluster"]["broker_errors"].as_u64() > errors
+    // More refused pushes than one round trip holds.
+    let many: Vec<String> = (0..300).map(|i| format!("q{i}")).collect();
+    for user in &many {
+        a.push(json!({"user": user, "data": "waits"}));
+    }
+    a.wait_stats("the refusals counted", |s| {
+        s["cluster"]["broker_errors"].as_u64() > errors.map(|e| e + 300)
     });
     // While that push waits for Redis, others are still published or answered at once:
     // a waiting push is refused with Redis's reason, not left to time out.
@@ -1047,6 +1052,67 @@ fn a_push_waiting_for_redis_to_take_it_holds_up_no_other() {
     );
     a.push(json!({"user": "g1", "data": "next"}));
     let m = next_push(&mut g1);
+    assert_eq!(
+        (m["data"].as_str(), m["seq"].as_u64()),
+        (Some("next"), Some(2)),
+        "{m}"
+    );
+    // And every one of the 300, once.
+    let seqs = |r: &mut redis::Connection| -> Vec<u64> {
+        let mut pipe = redis::pipe();
+        for u in &many {
+            pipe.cmd("HGET").arg(format!("throng:{{u:{u}}}")).arg("seq");
+        }
+        let got: Vec<Option<u64>> = pipe.query(r).unwrap();
+        got.into_iter().map(|s| s.unwrap_or(0)).collect()
+    };
+    let once = wait_until(Duration::from_secs(20), || {
+        seqs(&mut r).iter().all(|&s| s == 1)
+    });
+    assert!(once, "{:?}", seqs(&mut r));
+}
+
+#[test]
+fn a_node_on_a_replica_reconnects_and_publishes_once_it_is_a_primary() {
+    let redis = RedisServer::start();
+    let a = node(&redis, &[]);
+    let mut rp = a.connect("rp");
+    wait_streams(&a, 1);
+    let mut r = redis.conn();
+    // As after a failover behind the node's address: this Redis becomes a replica (of a
+    // primary that is not there), which refuses writes with READONLY.
+    let nowhere = common::redis_server::free_port().to_string();
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(&nowhere)
+        .query(&mut r)
+        .unwrap();
+    let errors = a.stats()["cluster"]["broker_errors"].as_u64();
+    a.push(json!({"user": "rp", "data": "after the failover"}));
+    // The publisher drops the link and reconnects until writes go through: meanwhile
+    // waiting pushes are answered 503 broker_unavailable, not left to time out.
+    a.wait_stats("the refusal counted", |s| {
+        s["cluster"]["broker_errors"].as_u64() > errors
+    });
+    let refused = a.api(
+        "POST",
+        "/v1/push?wait=1",
+        Some(&json!({"user": "rp", "data": 0}).to_string()),
+    );
+    refused.assert_error(503, "broker_unavailable");
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query(&mut r)
+        .unwrap();
+    let m = next_push(&mut rp);
+    assert_eq!(
+        (m["data"].as_str(), m["seq"].as_u64()),
+        (Some("after the failover"), Some(1)),
+        "{m}"
+    );
+    a.push(json!({"user": "rp", "data": "next"}));
+    let m = next_push(&mut rp);
     assert_eq!(
         (m["data"].as_str(), m["seq"].as_u64()),
         (Some("next"), Some(2)),

@@ -1,7 +1,13 @@
 //! The publisher thread: the API's pushes through the sequencing script, in batches of
 //! whatever queued up during the last round trip. (The node's heartbeat is the presence
 //! thread's, which keeps the entries the heartbeat vouches for.)
+//!
+//! A push answered 202 that Redis refuses for now (out of memory, loading, ...) waits in
+//! the retry queue and is tried again, for the streams it has not reached, after a pause
+//! that grows while Redis keeps refusing. Retries take at most a quarter of a round trip,
+//! so new pushes, waiting (`?wait=1`) pushes and client publishes keep being answered.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +28,11 @@ pub const PUBLISH_QUEUE: usize = 8192;
 const LINK_CHECK: Duration = Duration::from_secs(1);
 /// Most pushes in one pipelined round trip.
 const BATCH: usize = 256;
+/// Most retried pushes in one round trip; the rest is for new ones.
+const RETRIES_PER_ROUND: usize = BATCH / 4;
+/// Most pushes waiting to be tried again; at it no new push is taken, so the queue
+/// before the publisher fills and the API answers 503 `overloaded`.
+const RETRY_MAX: usize = PUBLISH_QUEUE;
 
 /// The publisher thread's state.
 pub(crate) struct Publisher {
@@ -37,6 +48,16 @@ pub(crate) struct Publisher {
     /// Whether the outage going on now was logged (once per outage, including one from
     /// the start: a node that never reaches Redis says why).
     told: bool,
+    /// Pushes answered 202 that Redis refused for now, oldest first, each for the streams
+    /// it has not reached.
+    retry: VecDeque<crate::api::ParsedPush>,
+    /// When the retry queue is tried next.
+    retry_at: Instant,
+    /// The pause after the next refusal (grows while Redis keeps refusing).
+    retry_pause: Duration,
+    /// The link was dropped because that Redis takes no writes (a replica): reconnects
+    /// are quiet until a round trip goes through again.
+    on_replica: bool,
 }
 
 impl Publisher {
@@ -58,6 +79,10 @@ impl Publisher {
             backoff: RECONNECT_MIN,
             last_io: Instant::now(),
             told: false,
+            retry: VecDeque::new(),
+            retry_at: Instant::now(),
+            retry_pause: RECONNECT_MIN,
+            on_replica: false,
         }
     }
 
@@ -65,27 +90,53 @@ impl Publisher {
     pub(crate) fn run(mut self) {
         let mut batch: Vec<PublishCmd> = Vec::with_capacity(BATCH);
         while !self.ctx.stop.load(Relaxed) {
-            if self.conn.is_none() && !self.reconnect() {
-                continue;
-            }
-            match self.rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(cmd) => batch.push(cmd),
-                Err(RecvTimeoutError::Timeout) => {
-                    self.check_link();
+            if self.conn.is_none() {
+                self.answer_while_down();
+                if !self.reconnect() {
                     continue;
                 }
-                Err(RecvTimeoutError::Disconnected) => break,
             }
-            while batch.len() < BATCH {
-                match self.rx.try_recv() {
-                    Ok(cmd) => batch.push(cmd),
-                    Err(_) => break,
+            let now = Instant::now();
+            if now >= self.retry_at {
+                while batch.len() < RETRIES_PER_ROUND {
+                    let Some(push) = self.retry.pop_front() else {
+                        break;
+                    };
+                    batch.push(PublishCmd { push, ticket: None });
+                }
+            }
+            if self.retry.len() >= RETRY_MAX {
+                if batch.is_empty() {
+                    // Only retries, none due yet.
+                    pause(self.retry_at.saturating_duration_since(now), &self.ctx.stop);
+                    continue;
+                }
+            } else {
+                if batch.is_empty() {
+                    let mut wait = Duration::from_millis(100);
+                    if !self.retry.is_empty() {
+                        wait = wait.min(self.retry_at.saturating_duration_since(now));
+                    }
+                    match self.rx.recv_timeout(wait) {
+                        Ok(cmd) => batch.push(cmd),
+                        Err(RecvTimeoutError::Timeout) => {
+                            self.check_link();
+                            continue;
+                        }
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                while batch.len() < BATCH {
+                    match self.rx.try_recv() {
+                        Ok(cmd) => batch.push(cmd),
+                        Err(_) => break,
+                    }
                 }
             }
             self.publish(&mut batch);
         }
         // Still queued at shutdown: the ticketed ones learn it; the others were answered
-        // 202 and are lost with the process, as pushes in shard queues are.
+        // 202 and are lost with the process, as pushes in shard queues are (retries too).
         for cmd in self.rx.try_iter().chain(batch.drain(..)) {
             if let Some(t) = cmd.ticket {
                 self.answer(t, Err("server is shutting down".into()));
@@ -119,9 +170,14 @@ impl Publisher {
                 self.conn = Some(c);
                 self.backoff = RECONNECT_MIN;
                 self.up.store(true, Relaxed);
-                self.told = false;
                 self.ctx.metrics.broker.up.store(true, Relaxed);
-                tracing::info!(node = %self.ctx.node_id, "publisher connected to Redis");
+                if self.on_replica {
+                    // Said once already; said again when writes go through.
+                    tracing::debug!(node = %self.ctx.node_id, "publisher connected to Redis again");
+                } else {
+                    self.told = false;
+                    tracing::info!(node = %self.ctx.node_id, "publisher connected to Redis");
+                }
                 true
             }
             Err(e) => {
@@ -146,99 +202,113 @@ impl Publisher {
         self.conn = None;
     }
 
-    /// Publishes the batch. Ticketed pushes get their outcome or the error (the upstream
-    /// asked and retries); pushes already answered 202 are retried until Redis takes them:
-    /// after a lost link, and after a refusal for now (out of memory, loading, ...), for
-    /// the streams not reached yet, after a pause that grows while Redis keeps refusing.
+    /// Publishes the batch in one round trip. Ticketed pushes get their outcome or the
+    /// error (the upstream asked and retries); pushes already answered 202 are retried
+    /// until Redis takes them: after a lost link, and after a refusal for now, for the
+    /// streams not reached yet (the retry queue). A refusal from a Redis that takes no
+    /// writes (a replica) drops the link: the next one may reach the primary.
     fn publish(&mut self, batch: &mut Vec<PublishCmd>) {
-        let mut refusals_pause = RECONNECT_MIN;
-        loop {
-            let Some(conn) = self.conn.as_mut() else {
-                if self.ctx.stop.load(Relaxed) {
-                    return;
+        let Some(conn) = self.conn.as_mut() else {
+            self.lost(batch, "Redis is unavailable");
+            return;
+        };
+        let pushes: Vec<&crate::api::ParsedPush> = batch.iter().map(|c| &c.push).collect();
+        let between = match self
+            .sequencer
+            .publish_between(conn, redis::pipe(), &pushes, None)
+        {
+            Ok(between) => between,
+            Err(e) => {
+                self.ctx.metrics.broker.errors.fetch_add(1, Relaxed);
+                self.down(&e);
+                self.lost(batch, &format!("Redis is unavailable: {e}"));
+                return;
+            }
+        };
+        self.last_io = Instant::now();
+        self.ctx
+            .metrics
+            .broker
+            .published
+            .fetch_add(between.published.len() as u64, Relaxed);
+        let mut refusals = 0;
+        let mut replica = None;
+        let outcomes = between.published.into_iter().zip(between.refused);
+        for (cmd, (r, refused)) in batch.drain(..).zip(outcomes) {
+            if r.is_err() {
+                self.ctx.metrics.broker.errors.fetch_add(1, Relaxed);
+            }
+            if let Some(rf) = &refused {
+                if let Some((_, e)) = rf.errors.iter().find(|(_, e)| refused_by_a_replica(e)) {
+                    replica.get_or_insert_with(|| e.clone());
                 }
-                self.reconnect();
-                continue;
-            };
-            let pushes: Vec<&crate::api::ParsedPush> = batch.iter().map(|c| &c.push).collect();
-            match self
-                .sequencer
-                .publish_between(conn, redis::pipe(), &pushes, None)
-            {
-                Ok(between) => {
-                    self.last_io = Instant::now();
-                    self.ctx
-                        .metrics
-                        .broker
-                        .published
-                        .fetch_add(between.published.len() as u64, Relaxed);
-                    let mut again = Vec::new();
-                    let mut replica = None;
-                    let outcomes = between.published.into_iter().zip(between.refused);
-                    for (cmd, (r, refused)) in batch.drain(..).zip(outcomes) {
-                        if r.is_err() {
-                            self.ctx.metrics.broker.errors.fetch_add(1, Relaxed);
-                        }
-                        match (cmd.ticket, r, refused) {
-                            (Some(t), r, _) => self.answer(t, r),
-                            (None, Ok(_), _) => {}
-                            (None, Err(_), Some(refused)) => {
-                                if let Some((_, e)) =
-                                    refused.errors.iter().find(|(_, e)| refused_by_a_replica(e))
-                                {
-                                    replica.get_or_insert_with(|| e.clone());
-                                }
-                                if let Some(push) = retry_part(&cmd.push, &refused) {
-                                    again.push(PublishCmd { push, ticket: None });
-                                }
-                            }
-                            (None, Err(e), None) => {
-                                tracing::warn!(error = %e, "Redis refused a push; it is dropped");
-                            }
-                        }
-                    }
-                    let _ = self.replies.waker.wake();
-                    if again.is_empty() || self.ctx.stop.load(Relaxed) {
-                        return;
-                    }
-                    tracing::debug!(
-                        count = again.len(),
-                        "Redis refused pushes for now; trying them again"
-                    );
-                    if let Some(e) = replica {
-                        // This Redis takes no writes: a new connection may reach the
-                        // primary (after a failover behind the same address).
-                        self.down(&format!("Redis refuses writes: {e}"));
-                    }
-                    *batch = again;
-                    pause(refusals_pause, &self.ctx.stop);
-                    refusals_pause = next_backoff(refusals_pause);
-                    // What queued meanwhile goes in the same round trip, behind them:
-                    // waiting pushes get their answers, broadcasts go out.
-                    while batch.len() < BATCH {
-                        match self.rx.try_recv() {
-                            Ok(cmd) => batch.push(cmd),
-                            Err(_) => break,
-                        }
+            }
+            match (cmd.ticket, r, refused) {
+                (Some(t), r, _) => self.answer(t, r),
+                (None, Ok(_), _) => {}
+                (None, Err(_), Some(refused)) => {
+                    if let Some(push) = retry_part(&cmd.push, &refused) {
+                        self.retry.push_back(push);
+                        refusals += 1;
                     }
                 }
-                Err(e) => {
-                    self.ctx.metrics.broker.errors.fetch_add(1, Relaxed);
-                    self.down(&e);
-                    batch.retain(|cmd| match cmd.ticket {
-                        Some(t) => {
-                            self.answer(t, Err(format!("Redis is unavailable: {e}")));
-                            false
-                        }
-                        None => true,
-                    });
-                    let _ = self.replies.waker.wake();
-                    if batch.is_empty() {
-                        return;
-                    }
+                (None, Err(e), None) => {
+                    tracing::warn!(error = %e, "Redis refused a push; it is dropped");
                 }
             }
         }
+        let _ = self.replies.waker.wake();
+        if refusals > 0 {
+            tracing::debug!(
+                refused = refusals,
+                waiting = self.retry.len(),
+                "Redis refused pushes for now; they are tried again"
+            );
+            self.retry_at = Instant::now() + self.retry_pause;
+            self.retry_pause = next_backoff(self.retry_pause);
+        } else {
+            self.retry_pause = RECONNECT_MIN;
+        }
+        match replica {
+            Some(e) => {
+                self.on_replica = true;
+                self.down(&format!("Redis refuses writes: {e}"));
+            }
+            None if self.on_replica => {
+                self.on_replica = false;
+                self.told = false;
+                tracing::info!(node = %self.ctx.node_id, "publisher writes to Redis again");
+            }
+            None => {}
+        }
+    }
+
+    /// While there is no link: pushes that wait for an answer get it now (the API refuses
+    /// new ones meanwhile), pushes answered 202 join the retry queue (up to its bound).
+    fn answer_while_down(&mut self) {
+        while self.retry.len() < RETRY_MAX {
+            let Ok(cmd) = self.rx.try_recv() else {
+                break;
+            };
+            match cmd.ticket {
+                Some(t) => self.answer(t, Err("Redis is unavailable".into())),
+                None => self.retry.push_back(cmd.push),
+            }
+        }
+        let _ = self.replies.waker.wake();
+    }
+
+    /// The link is gone before or during a round trip: ticketed pushes are answered with
+    /// `why`, the others go first in the retry queue, in order, tried after reconnecting.
+    fn lost(&mut self, batch: &mut Vec<PublishCmd>, why: &str) {
+        for cmd in batch.drain(..).rev() {
+            match cmd.ticket {
+                Some(t) => self.answer(t, Err(why.to_string())),
+                None => self.retry.push_front(cmd.push),
+            }
+        }
+        self.retry_at = Instant::now();
+        let _ = self.replies.waker.wake();
     }
 
     fn answer(&self, ticket: crate::command::Ticket, published: Published) {

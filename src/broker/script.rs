@@ -377,10 +377,11 @@ pub fn refused_for_now(error: &str) -> bool {
 /// Whether a refusal says this Redis cannot take writes at all (a replica, a primary cut
 /// off from its replicas): another connection, after a failover, may find the primary.
 pub fn refused_by_a_replica(error: &str) -> bool {
-    matches!(
-        error.split(' ').next(),
-        Some("READONLY" | "MASTERDOWN" | "NOREPLICAS")
-    )
+    const CODES: [&str; 3] = ["READONLY", "MASTERDOWN", "NOREPLICAS"];
+    let code = error.split(' ').next().unwrap_or_default();
+    // Redis 6 quotes a refusal met inside a script: "ERR Error running script ...: -READONLY ...".
+    CODES.contains(&code)
+        || (code == "ERR" && CODES.iter().any(|c| error.contains(&format!("-{c} "))))
 }
 
 /// `push` for the streams in `streams` only (a push to one stream: that stream).
@@ -492,5 +493,9 @@ mod tests {
             "READONLY You can't write against a read only replica."
         ));
         assert!(!refused_by_a_replica("OOM command not allowed"));
+        assert!(refused_by_a_replica(
+            "ERR Error running script (call to f_0123): @user_script:9: @user_script: 9: \
+             -READONLY You can't write against a read only replica."
+        ));
     }
 }
