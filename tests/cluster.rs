@@ -1073,6 +1073,85 @@ fn a_push_waiting_for_redis_to_take_it_holds_up_no_other() {
 }
 
 #[test]
+fn when_too_many_refused_pushes_wait_the_node_refuses_new_ones_until_they_went() {
+    let redis = RedisServer::start();
+    let a = node(&redis, &[]);
+    let mut r = redis.conn();
+    let maxmemory = |r: &mut redis::Connection, limit: &str| {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg(limit)
+            .query(r)
+            .unwrap();
+    };
+    maxmemory(&mut r, "1");
+    // Batches of pushes Redis refuses (out of memory) until the node says it takes no
+    // more: past 8,192 waiting, it is not ready and new pushes get 503 at once.
+    let mut accepted: Vec<String> = Vec::new();
+    let ready = |a: &TestServer| a.api("GET", "/readyz", None).status == 200;
+    for round in 0..8 {
+        if round > 0 && !ready(&a) {
+            break;
+        }
+        let users: Vec<String> = (0..3000).map(|i| format!("s{round}x{i}")).collect();
+        let body: String = users
+            .iter()
+            .map(|u| json!({"user": u, "data": "w"}).to_string() + "\n")
+            .collect();
+        let answer = a.api("POST", "/v1/push/batch", Some(&body));
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        let rejected: std::collections::HashSet<u64> = answer.json()["rejected"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r["line"].as_u64())
+            .collect();
+        for (i, u) in users.into_iter().enumerate() {
+            if !rejected.contains(&(i as u64 + 1)) {
+                accepted.push(u);
+            }
+        }
+        // Until the publisher has taken them all in.
+        let taken = wait_until(Duration::from_secs(20), || {
+            a.stats()["cluster"]["broker_errors"].as_u64() >= Some(accepted.len() as u64)
+                || !ready(&a)
+        });
+        assert!(taken, "{}", a.stats());
+    }
+    assert!(!ready(&a), "never refused: {} waiting", accepted.len());
+    assert!(accepted.len() >= 8192, "{}", accepted.len());
+    a.api(
+        "POST",
+        "/v1/push",
+        Some(&json!({"user": "late", "data": 1}).to_string()),
+    )
+    .assert_error(503, "broker_unavailable");
+    // Memory back: every accepted push goes out once, and the node takes pushes again.
+    maxmemory(&mut r, "0");
+    let seqs = |r: &mut redis::Connection| -> Vec<u64> {
+        let mut pipe = redis::pipe();
+        for u in &accepted {
+            pipe.cmd("HGET").arg(format!("throng:{{u:{u}}}")).arg("seq");
+        }
+        let got: Vec<Option<u64>> = pipe.query(r).unwrap();
+        got.into_iter().map(|s| s.unwrap_or(0)).collect()
+    };
+    let all = wait_until(Duration::from_secs(60), || {
+        seqs(&mut r).iter().all(|&s| s == 1)
+    });
+    let now = seqs(&mut r);
+    assert!(
+        all,
+        "{} of {} not numbered once",
+        now.iter().filter(|&&s| s != 1).count(),
+        now.len()
+    );
+    assert!(wait_until(Duration::from_secs(10), || ready(&a)));
+    a.push(json!({"user": "late", "data": 2}));
+}
+
+#[test]
 fn a_node_on_a_replica_reconnects_and_publishes_once_it_is_a_primary() {
     let redis = RedisServer::start();
     let a = node(&redis, &[]);

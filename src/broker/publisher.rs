@@ -30,8 +30,9 @@ const LINK_CHECK: Duration = Duration::from_secs(1);
 const BATCH: usize = 256;
 /// Most retried pushes in one round trip; the rest is for new ones.
 const RETRIES_PER_ROUND: usize = BATCH / 4;
-/// Most pushes waiting to be tried again; at it no new push is taken, so the queue
-/// before the publisher fills and the API answers 503 `overloaded`.
+/// Pushes waiting to be tried again at which the API stops taking pushes (503
+/// `broker_unavailable`, `/readyz` 503) until half of them went; what the queue before
+/// the publisher holds then still joins them, so at most twice this many wait.
 const RETRY_MAX: usize = PUBLISH_QUEUE;
 
 /// The publisher thread's state.
@@ -56,8 +57,10 @@ pub(crate) struct Publisher {
     /// The pause after the next refusal (grows while Redis keeps refusing).
     retry_pause: Duration,
     /// The link was dropped because that Redis takes no writes (a replica): reconnects
-    /// are quiet until a round trip goes through again.
+    /// are paced and quiet until a round trip goes through again.
     on_replica: bool,
+    /// The retry queue reached `RETRY_MAX`: the API is told Redis is unavailable.
+    saturated: bool,
 }
 
 impl Publisher {
@@ -83,6 +86,7 @@ impl Publisher {
             retry_at: Instant::now(),
             retry_pause: RECONNECT_MIN,
             on_replica: false,
+            saturated: false,
         }
     }
 
@@ -97,52 +101,86 @@ impl Publisher {
                 }
             }
             let now = Instant::now();
+            let mut retried = 0;
             if now >= self.retry_at {
                 while batch.len() < RETRIES_PER_ROUND {
                     let Some(push) = self.retry.pop_front() else {
                         break;
                     };
                     batch.push(PublishCmd { push, ticket: None });
+                    retried += 1;
                 }
             }
-            if self.retry.len() >= RETRY_MAX {
-                if batch.is_empty() {
-                    // Only retries, none due yet.
-                    pause(self.retry_at.saturating_duration_since(now), &self.ctx.stop);
-                    continue;
+            if batch.is_empty() {
+                let mut wait = Duration::from_millis(100);
+                if !self.retry.is_empty() {
+                    wait = wait.min(self.retry_at.saturating_duration_since(now));
                 }
-            } else {
-                if batch.is_empty() {
-                    let mut wait = Duration::from_millis(100);
-                    if !self.retry.is_empty() {
-                        wait = wait.min(self.retry_at.saturating_duration_since(now));
+                match self.rx.recv_timeout(wait) {
+                    Ok(cmd) => batch.push(cmd),
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.check_link();
+                        continue;
                     }
-                    match self.rx.recv_timeout(wait) {
-                        Ok(cmd) => batch.push(cmd),
-                        Err(RecvTimeoutError::Timeout) => {
-                            self.check_link();
-                            continue;
-                        }
-                        Err(RecvTimeoutError::Disconnected) => break,
-                    }
-                }
-                while batch.len() < BATCH {
-                    match self.rx.try_recv() {
-                        Ok(cmd) => batch.push(cmd),
-                        Err(_) => break,
-                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
                 }
             }
-            self.publish(&mut batch);
+            while batch.len() < BATCH {
+                match self.rx.try_recv() {
+                    Ok(cmd) => batch.push(cmd),
+                    Err(_) => break,
+                }
+            }
+            self.publish(&mut batch, retried);
+            self.saturate();
         }
         // Still queued at shutdown: the ticketed ones learn it; the others were answered
         // 202 and are lost with the process, as pushes in shard queues are (retries too).
+        let mut lost = self.retry.len();
         for cmd in self.rx.try_iter().chain(batch.drain(..)) {
-            if let Some(t) = cmd.ticket {
-                self.answer(t, Err("server is shutting down".into()));
+            match cmd.ticket {
+                Some(t) => self.answer(t, Err("server is shutting down".into())),
+                None => lost += 1,
             }
         }
+        if lost > 0 {
+            tracing::warn!(
+                pushes = lost,
+                "shutting down with pushes answered 202 that Redis had not taken; they are lost"
+            );
+        }
         let _ = self.replies.waker.wake();
+    }
+
+    /// Tells the API that Redis is unavailable while the retry queue is at its bound (it
+    /// takes no more pushes), and that it is back once half of the queue went.
+    fn saturate(&mut self) {
+        let was = self.saturated;
+        if self.retry.len() >= RETRY_MAX {
+            self.saturated = true;
+        } else if self.retry.len() < RETRY_MAX / 2 {
+            self.saturated = false;
+        }
+        if self.saturated != was {
+            if self.saturated {
+                tracing::warn!(
+                    waiting = self.retry.len(),
+                    "Redis keeps refusing pushes; the API refuses new ones until half of these went"
+                );
+            } else {
+                tracing::info!(
+                    "the pushes Redis refused are going out; the API takes pushes again"
+                );
+            }
+            self.show_up();
+        }
+    }
+
+    /// Tells the API (and `/readyz`) whether pushes can be taken: a link, and room.
+    fn show_up(&self) {
+        let up = self.conn.is_some() && !self.saturated;
+        self.up.store(up, Relaxed);
+        self.ctx.metrics.broker.up.store(up, Relaxed);
     }
 
     /// While idle, a PING every `LINK_CHECK`: `/readyz` and the API's 503 then follow a
@@ -162,15 +200,22 @@ impl Publisher {
 
     /// Connects and loads the script; false (after a pause) when Redis is not there.
     fn reconnect(&mut self) -> bool {
+        if self.on_replica {
+            // That Redis answered, it just takes no writes: a failover takes seconds, so
+            // asking again at once would only open thousands of connections a second.
+            pause(self.backoff, &self.ctx.stop);
+            self.backoff = next_backoff(self.backoff);
+        }
         match self.ctx.redis.connect().and_then(|mut c| {
             self.sequencer.load(&mut c)?;
             Ok(c)
         }) {
             Ok(c) => {
                 self.conn = Some(c);
-                self.backoff = RECONNECT_MIN;
-                self.up.store(true, Relaxed);
-                self.ctx.metrics.broker.up.store(true, Relaxed);
+                if !self.on_replica {
+                    self.backoff = RECONNECT_MIN;
+                }
+                self.show_up();
                 if self.on_replica {
                     // Said once already; said again when writes go through.
                     tracing::debug!(node = %self.ctx.node_id, "publisher connected to Redis again");
@@ -194,12 +239,22 @@ impl Publisher {
     }
 
     fn down(&mut self, e: &dyn std::fmt::Display) {
-        self.up.store(false, Relaxed);
         if !std::mem::replace(&mut self.told, true) {
             tracing::warn!(error = %e, "publisher cannot use Redis; pushes get 503 broker_unavailable until it can");
         }
-        self.ctx.metrics.broker.up.store(false, Relaxed);
         self.conn = None;
+        self.show_up();
+    }
+
+    /// That Redis takes no writes (a replica): the link goes, and reconnects (paced) look
+    /// for a primary; said once per such spell.
+    fn on_a_replica(&mut self, e: &str) {
+        if !std::mem::replace(&mut self.on_replica, true) {
+            self.backoff = RECONNECT_MIN;
+            tracing::warn!(error = %e, "Redis refuses writes (a replica?); reconnecting until a primary answers");
+        }
+        self.conn = None;
+        self.show_up();
     }
 
     /// Publishes the batch in one round trip. Ticketed pushes get their outcome or the
@@ -207,7 +262,7 @@ impl Publisher {
     /// until Redis takes them: after a lost link, and after a refusal for now, for the
     /// streams not reached yet (the retry queue). A refusal from a Redis that takes no
     /// writes (a replica) drops the link: the next one may reach the primary.
-    fn publish(&mut self, batch: &mut Vec<PublishCmd>) {
+    fn publish(&mut self, batch: &mut Vec<PublishCmd>, retried: usize) {
         let Some(conn) = self.conn.as_mut() else {
             self.lost(batch, "Redis is unavailable");
             return;
@@ -220,23 +275,29 @@ impl Publisher {
             Ok(between) => between,
             Err(e) => {
                 self.ctx.metrics.broker.errors.fetch_add(1, Relaxed);
+                // A real outage is told even after a replica's spell.
+                self.on_replica = false;
                 self.down(&e);
                 self.lost(batch, &format!("Redis is unavailable: {e}"));
                 return;
             }
         };
         self.last_io = Instant::now();
-        self.ctx
-            .metrics
-            .broker
-            .published
-            .fetch_add(between.published.len() as u64, Relaxed);
         let mut refusals = 0;
+        let mut retries_refused = 0;
         let mut replica = None;
         let outcomes = between.published.into_iter().zip(between.refused);
-        for (cmd, (r, refused)) in batch.drain(..).zip(outcomes) {
-            if r.is_err() {
-                self.ctx.metrics.broker.errors.fetch_add(1, Relaxed);
+        for (i, (cmd, (r, refused))) in batch.drain(..).zip(outcomes).enumerate() {
+            match &r {
+                Ok(_) => {
+                    self.ctx.metrics.broker.published.fetch_add(1, Relaxed);
+                }
+                Err(_) => {
+                    self.ctx.metrics.broker.errors.fetch_add(1, Relaxed);
+                    if i < retried {
+                        retries_refused += 1;
+                    }
+                }
             }
             if let Some(rf) = &refused {
                 if let Some((_, e)) = rf.errors.iter().find(|(_, e)| refused_by_a_replica(e)) {
@@ -264,19 +325,26 @@ impl Publisher {
                 waiting = self.retry.len(),
                 "Redis refused pushes for now; they are tried again"
             );
-            self.retry_at = Instant::now() + self.retry_pause;
+        }
+        // The pause grows while retries keep being refused and starts over once they
+        // go through; new pushes refused meanwhile wait for the retry already planned.
+        let now = Instant::now();
+        if retries_refused > 0 {
+            self.retry_at = now + self.retry_pause;
             self.retry_pause = next_backoff(self.retry_pause);
         } else {
-            self.retry_pause = RECONNECT_MIN;
+            if retried > 0 {
+                self.retry_pause = RECONNECT_MIN;
+            }
+            if refusals > 0 && self.retry_at <= now {
+                self.retry_at = now + self.retry_pause;
+            }
         }
         match replica {
-            Some(e) => {
-                self.on_replica = true;
-                self.down(&format!("Redis refuses writes: {e}"));
-            }
+            Some(e) => self.on_a_replica(&e),
             None if self.on_replica => {
                 self.on_replica = false;
-                self.told = false;
+                self.backoff = RECONNECT_MIN;
                 tracing::info!(node = %self.ctx.node_id, "publisher writes to Redis again");
             }
             None => {}
@@ -284,18 +352,16 @@ impl Publisher {
     }
 
     /// While there is no link: pushes that wait for an answer get it now (the API refuses
-    /// new ones meanwhile), pushes answered 202 join the retry queue (up to its bound).
+    /// new ones meanwhile), pushes answered 202 join the retry queue.
     fn answer_while_down(&mut self) {
-        while self.retry.len() < RETRY_MAX {
-            let Ok(cmd) = self.rx.try_recv() else {
-                break;
-            };
+        while let Ok(cmd) = self.rx.try_recv() {
             match cmd.ticket {
                 Some(t) => self.answer(t, Err("Redis is unavailable".into())),
                 None => self.retry.push_back(cmd.push),
             }
         }
         let _ = self.replies.waker.wake();
+        self.saturate();
     }
 
     /// The link is gone before or during a round trip: ticketed pushes are answered with

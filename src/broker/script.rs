@@ -374,10 +374,11 @@ pub fn refused_for_now(error: &str) -> bool {
     code == "ERR" && FOR_NOW.iter().any(|c| error.contains(&format!("-{c} ")))
 }
 
-/// Whether a refusal says this Redis cannot take writes at all (a replica, a primary cut
-/// off from its replicas): another connection, after a failover, may find the primary.
+/// Whether a refusal says this Redis is a replica (read-only, or cut off from its
+/// primary): another connection, after a failover, may find the primary. (NOREPLICAS
+/// comes from a primary: a new connection would meet the same.)
 pub fn refused_by_a_replica(error: &str) -> bool {
-    const CODES: [&str; 3] = ["READONLY", "MASTERDOWN", "NOREPLICAS"];
+    const CODES: [&str; 2] = ["READONLY", "MASTERDOWN"];
     let code = error.split(' ').next().unwrap_or_default();
     // Redis 6 quotes a refusal met inside a script: "ERR Error running script ...: -READONLY ...".
     CODES.contains(&code)
