@@ -1152,6 +1152,46 @@ fn when_too_many_refused_pushes_wait_the_node_refuses_new_ones_until_they_went()
 }
 
 #[test]
+fn a_redis_out_of_memory_does_not_make_the_node_reconnect_in_a_loop() {
+    let redis = RedisServer::start();
+    let a = node(&redis, &[]);
+    let _c = a.connect("pres");
+    wait_streams(&a, 1);
+    let mut r = redis.conn();
+    let info = |r: &mut redis::Connection, section: &str, field: &str| -> u64 {
+        let text: String = redis::cmd("INFO").arg(section).query(r).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let ooms = |r: &mut redis::Connection| info(r, "errorstats", "errorstat_OOM:count=");
+    let connections = |r: &mut redis::Connection| info(r, "stats", "total_connections_received:");
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(1)
+        .query(&mut r)
+        .unwrap();
+    // The presence heartbeat is refused (OOM); the link is fine, so the node keeps it
+    // and tries again at the next beat, instead of reconnecting at once, hundreds of
+    // times a second.
+    let before = ooms(&mut r);
+    assert!(wait_until(Duration::from_secs(10), || ooms(&mut r) > before));
+    let opened = connections(&mut r);
+    let storm = wait_until(Duration::from_millis(1500), || {
+        connections(&mut r) > opened + 30
+    });
+    assert!(!storm, "{} connections", connections(&mut r) - opened);
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(0)
+        .query(&mut r)
+        .unwrap();
+}
+
+#[test]
 fn a_node_on_a_replica_reconnects_and_publishes_once_it_is_a_primary() {
     let redis = RedisServer::start();
     let a = node(&redis, &[]);

@@ -181,6 +181,17 @@ pub(crate) fn is_refusal(e: &redis::RedisError) -> bool {
         .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData)
 }
 
+/// Whether Redis itself answered with the error (a refusal: out of memory, a replica,
+/// ...), alone or within a pipeline: the link is fine.
+pub(crate) fn answered_with_error(e: &redis::RedisError) -> bool {
+    !e.is_io_error()
+        && !e.is_timeout()
+        && !e.is_connection_dropped()
+        && e.clone()
+            .into_server_errors()
+            .is_some_and(|errors| !errors.is_empty())
+}
+
 /// Opens a connection with the broker's timeouts.
 pub(crate) fn connect(client: &redis::Client) -> redis::RedisResult<redis::Connection> {
     let conn = client.get_connection_with_timeout(IO_TIMEOUT)?;

@@ -190,6 +190,8 @@ pub(crate) struct Presence {
     last_beat: Option<Instant>,
     /// When the heartbeat last renewed the TTL: past `TTL`, the hash may be gone.
     last_renewed: Option<Instant>,
+    /// Redis refuses the writes (logged once until one goes through).
+    refusing: bool,
 }
 
 impl Presence {
@@ -219,6 +221,7 @@ impl Presence {
             last_flush: Instant::now(),
             last_beat: None,
             last_renewed: None,
+            refusing: false,
         }
     }
 
@@ -328,6 +331,15 @@ impl Presence {
     }
 
     fn down(&mut self, e: &redis::RedisError) {
+        if super::answered_with_error(e) {
+            // Redis answered, refusing (out of memory, a replica, ...): the link is fine,
+            // and reconnecting at once would only loop. The heartbeat and the flush try
+            // again on their own clocks; said once per such spell.
+            if !std::mem::replace(&mut self.refusing, true) {
+                tracing::warn!(error = %e, "Redis refuses the presence writes; trying again each heartbeat");
+            }
+            return;
+        }
         if self.up.swap(false, Relaxed) {
             tracing::warn!(error = %e, "presence lost Redis; presence queries get 503");
         }
@@ -464,6 +476,9 @@ impl Presence {
                 return;
             }
         };
+        if std::mem::replace(&mut self.refusing, false) {
+            tracing::info!("Redis takes the presence writes again");
+        }
         // A new entry after the first beat means another node took this one for dead and
         // removed its presence; a TTL not renewed in time may have let the hash expire.
         let lapsed = self.last_renewed.is_some_and(|t| t.elapsed() >= TTL);
