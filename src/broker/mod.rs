@@ -181,15 +181,20 @@ pub(crate) fn is_refusal(e: &redis::RedisError) -> bool {
         .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData)
 }
 
-/// Whether Redis itself answered with the error (a refusal: out of memory, a replica,
-/// ...), alone or within a pipeline: the link is fine.
+/// Whether Redis itself answered with the error (a refusal: out of memory, loading, ...),
+/// alone or within a pipeline, so that a new link would meet the same: the link is fine.
+/// Not a replica's refusal (READONLY, MASTERDOWN): after a failover behind the same
+/// address a new link reaches the primary.
 pub(crate) fn answered_with_error(e: &redis::RedisError) -> bool {
-    !e.is_io_error()
-        && !e.is_timeout()
-        && !e.is_connection_dropped()
-        && e.clone()
-            .into_server_errors()
-            .is_some_and(|errors| !errors.is_empty())
+    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+        return false;
+    }
+    e.clone().into_server_errors().is_some_and(|errors| {
+        !errors.is_empty()
+            && errors
+                .iter()
+                .all(|(_, err)| !matches!(err.code(), "READONLY" | "MASTERDOWN"))
+    })
 }
 
 /// Opens a connection with the broker's timeouts.
@@ -327,4 +332,35 @@ pub(crate) fn spawn(
         },
         BrokerThreads { threads },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The error a reply of `resp` (a RESP error line) makes.
+    fn server_error(resp: &[u8]) -> redis::RedisError {
+        redis::parse_redis_value(resp)
+            .expect("a RESP value")
+            .extract_error()
+            .expect_err("an error reply")
+    }
+
+    #[test]
+    fn a_refusal_keeps_the_link_unless_it_comes_from_a_replica() {
+        assert!(answered_with_error(&server_error(
+            b"-OOM command not allowed when used memory > 'maxmemory'.\r\n"
+        )));
+        assert!(answered_with_error(&server_error(
+            b"-LOADING Redis is loading the dataset in memory\r\n"
+        )));
+        assert!(!answered_with_error(&server_error(
+            b"-READONLY You can't write against a read only replica.\r\n"
+        )));
+        assert!(!answered_with_error(&server_error(
+            b"-MASTERDOWN Link with MASTER is down\r\n"
+        )));
+        let io = redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(!answered_with_error(&io));
+    }
 }

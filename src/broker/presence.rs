@@ -42,6 +42,8 @@ pub const CHANGES_QUEUE: usize = 1024;
 pub const QUERY_QUEUE: usize = 256;
 /// Most fields in one `HSET`/`HDEL`.
 const CHUNK: usize = 1000;
+/// A link that fails sooner than this after it was made is made again only after a pause.
+const LINK_MIN_LIFE: Duration = Duration::from_secs(1);
 
 /// One shard's changes since its last report, oldest first.
 #[derive(Debug, Default)]
@@ -192,6 +194,8 @@ pub(crate) struct Presence {
     last_renewed: Option<Instant>,
     /// Redis refuses the writes (logged once until one goes through).
     refusing: bool,
+    /// When the current (or last) link was made.
+    linked_at: Option<Instant>,
 }
 
 impl Presence {
@@ -222,6 +226,7 @@ impl Presence {
             last_beat: None,
             last_renewed: None,
             refusing: false,
+            linked_at: None,
         }
     }
 
@@ -300,10 +305,16 @@ impl Presence {
     /// Connects; false (after a pause) when Redis is not there. Queries that came in
     /// meanwhile learn it, and changes keep being coalesced.
     fn reconnect(&mut self) -> bool {
+        // A link that failed soon after it was made (a replica's refusals, a reply that
+        // cannot be read) is not made again at once: that would loop, hundreds a second.
+        if self.linked_at.is_some_and(|t| t.elapsed() < LINK_MIN_LIFE) {
+            pause(self.backoff, &self.ctx.stop);
+            self.backoff = next_backoff(self.backoff);
+        }
         match self.ctx.redis.connect() {
             Ok(c) => {
                 self.conn = Some(c);
-                self.backoff = RECONNECT_MIN;
+                self.linked_at = Some(Instant::now());
                 self.last_beat = None;
                 // Redis may have lost or expired this node's hash while it was away.
                 self.shared.resync.fetch_add(1, Relaxed);
@@ -476,6 +487,8 @@ impl Presence {
                 return;
             }
         };
+        // The link works: the next reconnect, if any, starts at the shortest pause.
+        self.backoff = RECONNECT_MIN;
         if std::mem::replace(&mut self.refusing, false) {
             tracing::info!("Redis takes the presence writes again");
         }

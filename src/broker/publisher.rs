@@ -239,6 +239,9 @@ impl Publisher {
     }
 
     fn down(&mut self, e: &dyn std::fmt::Display) {
+        // A lost link is an outage of its own, told and retried as one, after a replica's
+        // spell too.
+        self.on_replica = false;
         if !std::mem::replace(&mut self.told, true) {
             tracing::warn!(error = %e, "publisher cannot use Redis; pushes get 503 broker_unavailable until it can");
         }
