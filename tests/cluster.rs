@@ -605,6 +605,37 @@ fn stream_ingress_publishes_and_sends_bad_entries_to_the_dlq() {
     assert!(s["cluster"]["stream_read"].as_u64().unwrap() <= 10, "{s}");
 }
 
+/// Sets Redis's `maxmemory`: "1" makes it refuse every write for lack of memory, "0"
+/// lifts the limit.
+fn set_maxmemory(r: &mut redis::Connection, limit: impl redis::ToRedisArgs) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(limit)
+        .query(r)
+        .unwrap();
+}
+
+/// The next message of `c` is a push of `data` (a string) numbered `seq`.
+fn expect_push(c: &mut Client, data: &str, seq: u64) {
+    let m = next_push(c);
+    assert_eq!(
+        (m["data"].as_str(), m["seq"].as_u64()),
+        (Some(data), Some(seq)),
+        "{m}"
+    );
+}
+
+/// Each user's direct-push `seq` in Redis (0 for none yet), in one round trip.
+fn user_seqs(r: &mut redis::Connection, users: &[String]) -> Vec<u64> {
+    let mut pipe = redis::pipe();
+    for u in users {
+        pipe.cmd("HGET").arg(format!("throng:{{u:{u}}}")).arg("seq");
+    }
+    let got: Vec<Option<u64>> = pipe.query(r).unwrap();
+    got.into_iter().map(|s| s.unwrap_or(0)).collect()
+}
+
 /// Makes Redis refuse every copy to the DLQ (WRONGTYPE: its key holds a string), as an
 /// out-of-memory Redis refuses writes.
 fn refuse_dlq_copies(r: &mut redis::Connection) {
@@ -834,14 +865,6 @@ fn a_users_push_redis_refuses_partway_reaches_each_user_once() {
             .unwrap();
         s.unwrap_or(0)
     };
-    let set_maxmemory = |r: &mut redis::Connection, limit: u64| {
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("maxmemory")
-            .arg(limit)
-            .query(r)
-            .unwrap();
-    };
     // Each user's script keeps the 100 KB push as history: with room for a few of them,
     // Redis numbers the first users and refuses the rest (OOM). The room is found by
     // trying: too little refuses every user, too much numbers them all.
@@ -965,16 +988,8 @@ fn a_push_answered_202_that_redis_refuses_for_now_goes_out_once_it_can() {
     let mut c = a.connect("oz");
     wait_streams(&a, 1);
     let mut r = redis.conn();
-    let maxmemory = |r: &mut redis::Connection, limit: &str| {
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("maxmemory")
-            .arg(limit)
-            .query(r)
-            .unwrap();
-    };
     // Out of memory: the script is refused (OOM), the push was answered 202 already.
-    maxmemory(&mut r, "1");
+    set_maxmemory(&mut r, "1");
     let errors = a.stats()["cluster"]["broker_errors"].as_u64();
     a.push(json!({"user": "oz", "data": "later"}));
     a.wait_stats("the refusal counted", |s| {
@@ -982,20 +997,10 @@ fn a_push_answered_202_that_redis_refuses_for_now_goes_out_once_it_can() {
     });
     c.expect_silence(Duration::from_millis(200));
     // Memory back: tried again, it goes out, once.
-    maxmemory(&mut r, "0");
-    let m = next_push(&mut c);
-    assert_eq!(
-        (m["data"].as_str(), m["seq"].as_u64()),
-        (Some("later"), Some(1)),
-        "{m}"
-    );
+    set_maxmemory(&mut r, "0");
+    expect_push(&mut c, "later", 1);
     a.push(json!({"user": "oz", "data": "next"}));
-    let m = next_push(&mut c);
-    assert_eq!(
-        (m["data"].as_str(), m["seq"].as_u64()),
-        (Some("next"), Some(2)),
-        "{m}"
-    );
+    expect_push(&mut c, "next", 2);
 }
 
 #[test]
@@ -1011,15 +1016,7 @@ fn a_push_waiting_for_redis_to_take_it_holds_up_no_other() {
         .arg("not a hash")
         .query(&mut r)
         .unwrap();
-    let maxmemory = |r: &mut redis::Connection, limit: &str| {
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("maxmemory")
-            .arg(limit)
-            .query(r)
-            .unwrap();
-    };
-    maxmemory(&mut r, "1");
+    set_maxmemory(&mut r, "1");
     let errors = a.stats()["cluster"]["broker_errors"].as_u64();
     a.push(json!({"users": ["g1", "bad"], "data": "later"}));
     // More refused pushes than one round trip holds.
@@ -1043,29 +1040,12 @@ fn a_push_waiting_for_redis_to_take_it_holds_up_no_other() {
     assert_eq!(sent["nodes"], 1, "{sent}");
     assert_eq!(next_push(&mut g1)["data"], "all");
     // Memory back: g1 gets the waiting push once; bad's part is dropped for good.
-    maxmemory(&mut r, "0");
-    let m = next_push(&mut g1);
-    assert_eq!(
-        (m["data"].as_str(), m["seq"].as_u64()),
-        (Some("later"), Some(1)),
-        "{m}"
-    );
+    set_maxmemory(&mut r, "0");
+    expect_push(&mut g1, "later", 1);
     a.push(json!({"user": "g1", "data": "next"}));
-    let m = next_push(&mut g1);
-    assert_eq!(
-        (m["data"].as_str(), m["seq"].as_u64()),
-        (Some("next"), Some(2)),
-        "{m}"
-    );
+    expect_push(&mut g1, "next", 2);
     // And every one of the 300, once.
-    let seqs = |r: &mut redis::Connection| -> Vec<u64> {
-        let mut pipe = redis::pipe();
-        for u in &many {
-            pipe.cmd("HGET").arg(format!("throng:{{u:{u}}}")).arg("seq");
-        }
-        let got: Vec<Option<u64>> = pipe.query(r).unwrap();
-        got.into_iter().map(|s| s.unwrap_or(0)).collect()
-    };
+    let seqs = |r: &mut redis::Connection| user_seqs(r, &many);
     let once = wait_until(Duration::from_secs(20), || {
         seqs(&mut r).iter().all(|&s| s == 1)
     });
@@ -1077,15 +1057,7 @@ fn when_too_many_refused_pushes_wait_the_node_refuses_new_ones_until_they_went()
     let redis = RedisServer::start();
     let a = node(&redis, &[]);
     let mut r = redis.conn();
-    let maxmemory = |r: &mut redis::Connection, limit: &str| {
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("maxmemory")
-            .arg(limit)
-            .query(r)
-            .unwrap();
-    };
-    maxmemory(&mut r, "1");
+    set_maxmemory(&mut r, "1");
     // Batches of pushes Redis refuses (out of memory) until the node says it takes no
     // more: past 8,192 waiting, it is not ready and new pushes get 503 at once.
     let mut accepted: Vec<String> = Vec::new();
@@ -1128,15 +1100,8 @@ fn when_too_many_refused_pushes_wait_the_node_refuses_new_ones_until_they_went()
     )
     .assert_error(503, "broker_unavailable");
     // Memory back: every accepted push goes out once, and the node takes pushes again.
-    maxmemory(&mut r, "0");
-    let seqs = |r: &mut redis::Connection| -> Vec<u64> {
-        let mut pipe = redis::pipe();
-        for u in &accepted {
-            pipe.cmd("HGET").arg(format!("throng:{{u:{u}}}")).arg("seq");
-        }
-        let got: Vec<Option<u64>> = pipe.query(r).unwrap();
-        got.into_iter().map(|s| s.unwrap_or(0)).collect()
-    };
+    set_maxmemory(&mut r, "0");
+    let seqs = |r: &mut redis::Connection| user_seqs(r, &accepted);
     let all = wait_until(Duration::from_secs(60), || {
         seqs(&mut r).iter().all(|&s| s == 1)
     });
@@ -1224,19 +1189,9 @@ fn a_node_on_a_replica_reconnects_and_publishes_once_it_is_a_primary() {
         .arg("ONE")
         .query(&mut r)
         .unwrap();
-    let m = next_push(&mut rp);
-    assert_eq!(
-        (m["data"].as_str(), m["seq"].as_u64()),
-        (Some("after the failover"), Some(1)),
-        "{m}"
-    );
+    expect_push(&mut rp, "after the failover", 1);
     a.push(json!({"user": "rp", "data": "next"}));
-    let m = next_push(&mut rp);
-    assert_eq!(
-        (m["data"].as_str(), m["seq"].as_u64()),
-        (Some("next"), Some(2)),
-        "{m}"
-    );
+    expect_push(&mut rp, "next", 2);
 }
 
 #[test]
@@ -1274,14 +1229,7 @@ fn a_users_push_cut_by_a_lost_script_cache_reaches_every_user_once() {
         a.push(json!({"users": users, "data": "x"}));
         flusher.join().unwrap();
         // Every user numbered, and once.
-        let seqs = |r: &mut redis::Connection| -> Vec<u64> {
-            let mut pipe = redis::pipe();
-            for u in &users {
-                pipe.cmd("HGET").arg(format!("throng:{{u:{u}}}")).arg("seq");
-            }
-            let got: Vec<Option<u64>> = pipe.query(r).unwrap();
-            got.into_iter().map(|s| s.unwrap_or(0)).collect()
-        };
+        let seqs = |r: &mut redis::Connection| user_seqs(r, &users);
         let all = wait_until(Duration::from_secs(10), || {
             seqs(&mut r).iter().all(|&s| s >= 1)
         });

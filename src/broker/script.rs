@@ -387,44 +387,29 @@ pub fn refused_by_a_replica(error: &str) -> bool {
 
 /// `push` for the streams in `streams` only (a push to one stream: that stream).
 pub(crate) fn only(push: &ParsedPush, streams: &[&str]) -> ParsedPush {
-    let target = match &push.target {
-        Target::Users(list) => Target::Users(
-            list.iter()
-                .filter(|u| streams.contains(&u.as_str()))
-                .cloned()
-                .collect(),
-        ),
-        other => other.clone(),
-    };
-    ParsedPush {
-        target,
-        data: push.data.clone(),
-        id: push.id.clone(),
-        from: push.from.clone(),
-    }
+    narrowed(push, |u| streams.contains(&u))
 }
 
 /// `push` for the streams not in `reached` (a `users` push: its other users; a push to
 /// one stream reached nothing, since its one script was refused).
 pub(crate) fn unreached(push: &ParsedPush, reached: &[Outcome]) -> ParsedPush {
+    let done: std::collections::HashSet<&str> = reached
+        .iter()
+        .filter_map(|o| match o {
+            Outcome::Numbered { stream, .. } | Outcome::Duplicate { stream } => {
+                Some(stream.as_str())
+            }
+            Outcome::Broadcast { .. } => None,
+        })
+        .collect();
+    narrowed(push, |u| !done.contains(u))
+}
+
+/// A copy of `push` whose `users` target keeps the users `keep` says (other targets are
+/// one stream, kept whole).
+fn narrowed(push: &ParsedPush, keep: impl Fn(&str) -> bool) -> ParsedPush {
     let target = match &push.target {
-        Target::Users(list) => {
-            let done: std::collections::HashSet<&str> = reached
-                .iter()
-                .filter_map(|o| match o {
-                    Outcome::Numbered { stream, .. } | Outcome::Duplicate { stream } => {
-                        Some(stream.as_str())
-                    }
-                    Outcome::Broadcast { .. } => None,
-                })
-                .collect();
-            Target::Users(
-                list.iter()
-                    .filter(|u| !done.contains(u.as_str()))
-                    .cloned()
-                    .collect(),
-            )
-        }
+        Target::Users(list) => Target::Users(list.iter().filter(|u| keep(u)).cloned().collect()),
         other => other.clone(),
     };
     ParsedPush {
