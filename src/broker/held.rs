@@ -46,11 +46,9 @@ impl Held {
     /// Adds the streams an attempt at entry `id` `reached`, if any, within the bounds.
     pub(super) fn remember(&mut self, id: &str, reached: Vec<Outcome>) {
         let names: Vec<String> = reached
-            .into_iter()
-            .filter_map(|o| match o {
-                Outcome::Numbered { stream, .. } | Outcome::Duplicate { stream } => Some(stream),
-                Outcome::Broadcast { .. } => None,
-            })
+            .iter()
+            .filter_map(Outcome::stream)
+            .map(str::to_string)
             .collect();
         if names.is_empty() {
             return;

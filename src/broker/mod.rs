@@ -193,7 +193,7 @@ pub(crate) fn answered_with_error(e: &redis::RedisError) -> bool {
         !errors.is_empty()
             && errors
                 .iter()
-                .all(|(_, err)| !matches!(err.code(), "READONLY" | "MASTERDOWN"))
+                .all(|(_, err)| !script::REPLICA_CODES.contains(&err.code()))
     })
 }
 

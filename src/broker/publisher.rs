@@ -278,28 +278,24 @@ impl Publisher {
             Ok(between) => between,
             Err(e) => {
                 self.ctx.metrics.broker.errors.fetch_add(1, Relaxed);
-                // A real outage is told even after a replica's spell.
-                self.on_replica = false;
                 self.down(&e);
                 self.lost(batch, &format!("Redis is unavailable: {e}"));
                 return;
             }
         };
         self.last_io = Instant::now();
+        let (mut published, mut failed) = (0u64, 0u64);
         let mut refusals = 0;
         let mut retries_refused = 0;
         let mut replica = None;
         let outcomes = between.published.into_iter().zip(between.refused);
         for (i, (cmd, (r, refused))) in batch.drain(..).zip(outcomes).enumerate() {
-            match &r {
-                Ok(_) => {
-                    self.ctx.metrics.broker.published.fetch_add(1, Relaxed);
-                }
-                Err(_) => {
-                    self.ctx.metrics.broker.errors.fetch_add(1, Relaxed);
-                    if i < retried {
-                        retries_refused += 1;
-                    }
+            if r.is_ok() {
+                published += 1;
+            } else {
+                failed += 1;
+                if i < retried {
+                    retries_refused += 1;
                 }
             }
             if let Some(rf) = &refused {
@@ -322,6 +318,9 @@ impl Publisher {
             }
         }
         let _ = self.replies.waker.wake();
+        let broker = &self.ctx.metrics.broker;
+        broker.published.fetch_add(published, Relaxed);
+        broker.errors.fetch_add(failed, Relaxed);
         if refusals > 0 {
             tracing::debug!(
                 refused = refusals,

@@ -91,6 +91,17 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    /// The user or topic the push reached (numbered there, or found its `id` there);
+    /// none for a broadcast.
+    pub fn stream(&self) -> Option<&str> {
+        match self {
+            Outcome::Numbered { stream, .. } | Outcome::Duplicate { stream } => Some(stream),
+            Outcome::Broadcast { .. } => None,
+        }
+    }
+}
+
 /// A push's result on every stream it touched, or why Redis refused it.
 pub type Published = Result<Vec<Outcome>, String>;
 
@@ -349,6 +360,18 @@ impl Refused {
     }
 }
 
+/// The error codes of a Redis that is a replica (read-only, or cut off from its primary):
+/// after a failover behind the same address, a new link may find the primary.
+pub const REPLICA_CODES: [&str; 2] = ["READONLY", "MASTERDOWN"];
+
+/// Whether `error` (a Redis error as "CODE message") has one of `codes`, also as Redis 6
+/// quotes a refusal met inside a script: "ERR Error running script ...: -OOM ...".
+fn has_code(error: &str, codes: &[&str]) -> bool {
+    let code = error.split(' ').next().unwrap_or_default();
+    codes.contains(&code)
+        || (code == "ERR" && codes.iter().any(|c| error.contains(&format!("-{c} "))))
+}
+
 /// Whether Redis refused a push's script for now (out of memory, loading, busy with a
 /// script, a replica, its script cache lost, ...): it may go through later. The stream
 /// ingress keeps such an entry pending, the publisher tries such a push again.
@@ -365,24 +388,13 @@ pub fn refused_for_now(error: &str) -> bool {
         "MISCONF",
         "NOREPLICAS",
     ];
-    let code = error.split(' ').next().unwrap_or_default();
-    if FOR_NOW.contains(&code) {
-        return true;
-    }
-    // Before Redis 7 a refusal met inside a script came back as a script error that
-    // quotes it: "ERR Error running script ...: -OOM command not allowed ...".
-    code == "ERR" && FOR_NOW.iter().any(|c| error.contains(&format!("-{c} ")))
+    has_code(error, &FOR_NOW)
 }
 
-/// Whether a refusal says this Redis is a replica (read-only, or cut off from its
-/// primary): another connection, after a failover, may find the primary. (NOREPLICAS
-/// comes from a primary: a new connection would meet the same.)
+/// Whether a refusal says this Redis is a replica (`REPLICA_CODES`). (NOREPLICAS comes
+/// from a primary: a new connection would meet the same.)
 pub fn refused_by_a_replica(error: &str) -> bool {
-    const CODES: [&str; 2] = ["READONLY", "MASTERDOWN"];
-    let code = error.split(' ').next().unwrap_or_default();
-    // Redis 6 quotes a refusal met inside a script: "ERR Error running script ...: -READONLY ...".
-    CODES.contains(&code)
-        || (code == "ERR" && CODES.iter().any(|c| error.contains(&format!("-{c} "))))
+    has_code(error, &REPLICA_CODES)
 }
 
 /// `push` for the streams in `streams` only (a push to one stream: that stream).
@@ -393,15 +405,8 @@ pub(crate) fn only(push: &ParsedPush, streams: &[&str]) -> ParsedPush {
 /// `push` for the streams not in `reached` (a `users` push: its other users; a push to
 /// one stream reached nothing, since its one script was refused).
 pub(crate) fn unreached(push: &ParsedPush, reached: &[Outcome]) -> ParsedPush {
-    let done: std::collections::HashSet<&str> = reached
-        .iter()
-        .filter_map(|o| match o {
-            Outcome::Numbered { stream, .. } | Outcome::Duplicate { stream } => {
-                Some(stream.as_str())
-            }
-            Outcome::Broadcast { .. } => None,
-        })
-        .collect();
+    let done: std::collections::HashSet<&str> =
+        reached.iter().filter_map(Outcome::stream).collect();
     narrowed(push, |u| !done.contains(u))
 }
 
