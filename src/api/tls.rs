@@ -93,14 +93,7 @@ impl ApiStream {
         };
         let result = t.handshake();
         match &result {
-            Ok(Handshake::Ready) if t.checked => {
-                t.counted = true;
-                let counter = match t.conn.handshake_kind() {
-                    Some(rustls::HandshakeKind::Resumed) => &counters.resumed,
-                    _ => &counters.full,
-                };
-                counter.fetch_add(1, Relaxed);
-            }
+            Ok(Handshake::Ready) if t.checked => t.count_completed(counters),
             Err(_) => {
                 t.counted = true;
                 counters.failed.fetch_add(1, Relaxed);
@@ -133,14 +126,7 @@ impl ApiStream {
                     counters.record_errors.fetch_add(1, Relaxed);
                 }
             }
-            _ if !t.counted && !t.conn.is_handshaking() => {
-                t.counted = true;
-                let counter = match t.conn.handshake_kind() {
-                    Some(rustls::HandshakeKind::Resumed) => &counters.resumed,
-                    _ => &counters.full,
-                };
-                counter.fetch_add(1, Relaxed);
-            }
+            _ if !t.counted && !t.conn.is_handshaking() => t.count_completed(counters),
             _ => {}
         }
         result
@@ -200,6 +186,16 @@ impl ApiStream {
 }
 
 impl TlsConn {
+    /// Counts the finished handshake, full or resumed, once.
+    fn count_completed(&mut self, counters: &ApiTlsCounters) {
+        self.counted = true;
+        let counter = match self.conn.handshake_kind() {
+            Some(rustls::HandshakeKind::Resumed) => &counters.resumed,
+            _ => &counters.full,
+        };
+        counter.fetch_add(1, Relaxed);
+    }
+
     /// `ApiStream::handshake` before counting. Plain HTTP is left unchecked for `read`.
     fn handshake(&mut self) -> io::Result<Handshake> {
         if !self.checked {
