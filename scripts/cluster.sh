@@ -19,7 +19,9 @@
 #                 user's stream stays on a node history_ttl_ms after its last session).
 #
 # Every push run prints throng-load's summary, both nodes' CPU per delivery over the
-# whole run, and Redis's `INFO commandstats` delta per accepted push (EVALSHA, PUBLISH inside the script, XADD/XREADGROUP/XACK of the stream).
+# whole run, Redis's `INFO commandstats` delta per accepted push (calls, and µs per call: EVALSHA
+# is the whole script; PUBLISH inside the script, XADD/XREADGROUP/XACK of the stream) and
+# Redis's own CPU (`INFO cpu`) per accepted push.
 # Reports go to target/reports/cluster-STAMP-RUN.json. Everything this script started
 # (redis-server, nodes, the standalone server) is stopped by its PID on any exit.
 #
@@ -128,10 +130,13 @@ wait_ready "$API_ADDR"
 echo "cluster: n1 pid $N1_PID ws $N1_WS api $N1_API; n2 pid $N2_PID ws $N2_WS"
 URLS="ws://$N1_WS/ws,ws://$N2_WS/ws"
 
-# `INFO commandstats` as "command calls" lines.
+# `INFO commandstats` as "command calls usec" lines, then Redis's own CPU seconds as
+# "cpu <user+sys>".
 cmdstats() {
     "${RCLI[@]}" info commandstats | tr -d '\r' |
-        sed -n 's/^cmdstat_\([^:]*\):calls=\([0-9]*\),.*/\1 \2/p' | sort
+        sed -n 's/^cmdstat_\([^:]*\):calls=\([0-9]*\),usec=\([0-9]*\),.*/\1 \2 \3/p' | sort
+    "${RCLI[@]}" info cpu | tr -d '\r' |
+        awk -F: '/^used_cpu_(user|sys):/ { s += $2 } END { printf "cpu %.6f 0\n", s }'
 }
 
 # Prints the per-push delta between two cmdstats files for $3 pushes.
@@ -139,14 +144,22 @@ per_push() {
     python3 - "$1" "$2" "$3" <<'PY'
 import sys
 def load(p):
-    return {k: int(v) for k, v in (l.split() for l in open(p) if l.strip())}
+    out = {}
+    for l in open(p):
+        if l.strip():
+            k, calls, usec = l.split()
+            out[k] = (float(calls), float(usec))
+    return out
 a, b, n = load(sys.argv[1]), load(sys.argv[2]), int(sys.argv[3])
-rows = [(k, b[k] - a.get(k, 0)) for k in b if b[k] - a.get(k, 0) > 0]
+cpu = b.pop("cpu")[0] - a.pop("cpu", (0, 0))[0]
+rows = [(k, b[k][0] - a.get(k, (0, 0))[0], b[k][1] - a.get(k, (0, 0))[1]) for k in b]
+rows = [r for r in rows if r[1] > 0]
 rows.sort(key=lambda r: -r[1])
-print(f"cluster: Redis commands for {n} accepted pushes (calls, per push):")
-for k, d in rows:
-    print(f"  {k:<14} {d:>10} {d / max(n, 1):>9.4f}")
-print(f"  {'all':<14} {sum(d for _, d in rows):>10} {sum(d for _, d in rows) / max(n, 1):>9.4f}")
+print(f"cluster: Redis commands for {n} accepted pushes (calls, per push, us per call):")
+for k, d, us in rows:
+    print(f"  {k:<14} {d:>10.0f} {d / max(n, 1):>9.4f} {us / d:>9.2f}")
+print(f"  {'all':<14} {sum(r[1] for r in rows):>10.0f} {sum(r[1] for r in rows) / max(n, 1):>9.4f}")
+print(f"cluster: Redis CPU {cpu:.2f} s, {cpu / max(n, 1) * 1e6:.1f} us per accepted push")
 PY
 }
 

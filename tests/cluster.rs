@@ -16,13 +16,18 @@ fn node(redis: &RedisServer, extra: &[&str]) -> TestServer {
     let mut args = vec!["--redis", url.as_str()];
     args.extend_from_slice(extra);
     let srv = TestServer::start(&args);
+    wait_ready(&srv);
+    srv
+}
+
+/// Waits until `srv` is ready (its publisher reached Redis).
+fn wait_ready(srv: &TestServer) {
     let ready = wait_until(WAIT, || srv.api("GET", "/readyz", None).status == 200);
     assert!(
         ready,
         "node never became ready: {}",
         srv.api("GET", "/readyz", None).text()
     );
-    srv
 }
 
 fn connect_resume(srv: &TestServer, user: &str, since: u64, epoch: &str) -> Client {
@@ -1456,4 +1461,83 @@ fn stream_keep_ms_keeps_acknowledged_entries_that_young() {
         s["cluster"]["stream_trimmed"].as_u64() >= Some(200)
     });
     assert_kept_from(&a, &mut r, &ids, 300, "the entries younger than 600 s");
+}
+
+/// The push messages `c` gets up to and including the one with `data` `last`.
+fn pushes_until(c: &mut Client, last: &str) -> Vec<Value> {
+    let mut got = Vec::new();
+    loop {
+        let p = next_push(c);
+        let done = p["data"] == last;
+        got.push(p);
+        if done {
+            return got;
+        }
+    }
+}
+
+#[test]
+fn pushes_redis_took_while_stalled_past_the_timeout_go_out_once() {
+    let redis = RedisServer::start();
+    let a = node(&redis, &[]);
+    let mut c = a.connect("vic");
+    wait_streams(&a, 1);
+    // A round trip just before: the publisher's idle link check does not meet the stall.
+    a.push_wait(json!({"user": "vic", "data": "before"}));
+    expect_push(&mut c, "before", 1);
+    let stall = redis.stall(3.0);
+    // One request: its pushes reach the publisher together, so the round trip Redis takes
+    // only when it wakes (2 s after the node gave up on an answer) holds some of them.
+    let lines = [
+        json!({"users": ["vic", "wen"], "data": "both"}),
+        json!({"user": "vic", "data": "p1"}),
+        json!({"user": "vic", "data": "p2"}),
+        json!({"user": "vic", "data": "p3"}),
+    ];
+    let body: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    let r = a.api("POST", "/v1/push/batch", Some(&body));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["accepted"], 4, "{}", r.text());
+    stall.join().unwrap();
+    wait_ready(&a);
+    a.push(json!({"user": "vic", "data": "after"}));
+    // Each once: numbered 2 to 5 in order, then "after" as 6.
+    let got = pushes_until(&mut c, "after");
+    let data: Vec<&str> = got.iter().filter_map(|p| p["data"].as_str()).collect();
+    let mut sorted = data.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, ["after", "both", "p1", "p2", "p3"], "{got:?}");
+    let seqs: Vec<u64> = got.iter().filter_map(|p| p["seq"].as_u64()).collect();
+    assert_eq!(seqs, [2, 3, 4, 5, 6], "{got:?}");
+    let mut r = redis.conn();
+    assert_eq!(user_seqs(&mut r, &["wen".to_string()]), [1]);
+    // The round trip did go unanswered, and was sent again to no effect.
+    let s = a.stats();
+    assert!(s["cluster"]["broker_resent"].as_u64() >= Some(1), "{s}");
+    assert!(
+        s["cluster"]["broker_resent_taken"].as_u64() >= Some(1),
+        "{s}"
+    );
+}
+
+#[test]
+fn a_waiting_push_whose_answer_a_stall_lost_is_told_it_may_have_gone_out() {
+    let redis = RedisServer::start();
+    let a = node(&redis, &[]);
+    let mut c = a.connect("xan");
+    wait_streams(&a, 1);
+    a.push_wait(json!({"user": "xan", "data": "before"}));
+    expect_push(&mut c, "before", 1);
+    let stall = redis.stall(3.0);
+    let push = json!({"user": "xan", "data": "maybe"}).to_string();
+    let r = a.api("POST", "/v1/push?wait=1", Some(&push));
+    r.assert_error(503, "broker_unavailable");
+    let message = r.json()["message"].as_str().unwrap_or_default().to_string();
+    assert!(message.contains("may or may not"), "{message}");
+    stall.join().unwrap();
+    // Redis took it when it woke: it went out, once.
+    wait_ready(&a);
+    a.push(json!({"user": "xan", "data": "after"}));
+    expect_push(&mut c, "maybe", 2);
+    expect_push(&mut c, "after", 3);
 }

@@ -11,7 +11,7 @@ use rustc_hash::FxBuildHasher;
 use super::push::{ParsedPush, Target};
 use super::routes::QueueError;
 use super::Api;
-use crate::broker::script::Outcome;
+use crate::broker::script::{Outcome, PublishError};
 use crate::command::{ClientPublish, Origin, PublishOutcome, Reply, ShardCmd, Ticket};
 use crate::link::SendError;
 
@@ -122,7 +122,13 @@ impl Api {
                     _ => None,
                 })
                 .ok_or(("overloaded", "Redis did not number the publish".into())),
-            Some(Err(e)) => Err(("overloaded", format!("the publish was not published: {e}"))),
+            Some(Err(PublishError::NotPublished(e))) => {
+                Err(("overloaded", format!("the publish was not published: {e}")))
+            }
+            Some(Err(PublishError::Unanswered(e))) => Err((
+                "overloaded",
+                format!("the publish may or may not have gone out: {e}"),
+            )),
             None => Err(("overloaded", "the publish was not published".into())),
         };
         self.answer(origin, topic, outcome);

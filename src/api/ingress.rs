@@ -11,6 +11,7 @@ use rustc_hash::FxBuildHasher;
 
 use super::routes::QueueError;
 use super::Api;
+use crate::broker::script::PublishError;
 use crate::command::{IngressAnswer, IngressBatch, Reply, Ticket};
 
 /// The `Ticket::conn` of an ingress push waiting for Redis (no API connection has it).
@@ -133,7 +134,12 @@ impl Api {
         let (id, index) = self.ingress_at_redis.tickets.remove(&r.ticket.serial)?;
         let outcome = match r.published {
             Some(Ok(_)) => Ok(()),
-            Some(Err(e)) => Err(format!("broker_unavailable: Redis did not publish it: {e}")),
+            Some(Err(PublishError::NotPublished(e))) => {
+                Err(format!("broker_unavailable: Redis did not publish it: {e}"))
+            }
+            Some(Err(PublishError::Unanswered(e))) => Err(format!(
+                "broker_unavailable: Redis may or may not have published it: {e}"
+            )),
             None => Err("broker_unavailable: no answer from the publisher".into()),
         };
         let (outcomes, _) = self.ingress_at_redis.batches.get_mut(&id)?;

@@ -28,6 +28,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
+use crate::broker::script::PublishError;
 use crate::command::Reply;
 use crate::command::ShardCmd;
 use crate::config::{Config, MAX_API_BODY_BYTES};
@@ -760,9 +761,12 @@ impl Api {
         };
         // Cluster mode: Redis refused, or could not be read.
         let broker_error = match (w.kind, &w.published, &w.cluster) {
-            (WaitKind::Published { .. }, Some(Err(e)), _) => {
+            (WaitKind::Published { .. }, Some(Err(PublishError::NotPublished(e))), _) => {
                 Some(format!("the push was not published: {e}"))
             }
+            (WaitKind::Published { .. }, Some(Err(PublishError::Unanswered(e))), _) => Some(
+                format!("the push may or may not have been published: {e}; an `id` makes sending it again harmless"),
+            ),
             (WaitKind::Presence | WaitKind::Topic, _, Some(Err(e))) => {
                 Some(format!("cannot read the cluster's view from Redis: {e}"))
             }

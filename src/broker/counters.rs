@@ -15,6 +15,10 @@ pub struct BrokerCounters {
     pub published: AtomicU64,
     /// Redis errors of every broker thread (each one a reconnect or a refused push).
     pub errors: AtomicU64,
+    /// Pushes answered 202 sent again because their round trip went unanswered.
+    pub resent: AtomicU64,
+    /// Streams on which such a push was there already (not applied again).
+    pub resent_taken: AtomicU64,
     /// Channels subscribed now (gauge).
     pub channels: AtomicU64,
     /// Users and topics this node serves (gauge).
@@ -85,6 +89,18 @@ impl crate::metrics::FeatureCounters for BrokerCounters {
                 "counter",
                 "Redis errors (reconnects and refused pushes).",
                 n(&self.errors),
+            ),
+            (
+                "throng_broker_resent_total",
+                "counter",
+                "Pushes answered 202 sent again because their round trip went unanswered.",
+                n(&self.resent),
+            ),
+            (
+                "throng_broker_resent_taken_total",
+                "counter",
+                "Streams on which a push sent again was there already (not applied again).",
+                n(&self.resent_taken),
             ),
             (
                 "throng_broker_channels",

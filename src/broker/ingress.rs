@@ -18,7 +18,7 @@ use redis::{Connection, Value};
 
 use super::held::Held;
 use super::keys::{DLQ_STREAM, GROUP, PUSH_STREAM};
-use super::script::Sequencer;
+use super::script::{Sending, Sequencer};
 use super::trim::Trimmer;
 use super::{next_backoff, pause, BrokerCtx, RECONNECT_MIN};
 use crate::api::{parse_push, ParsedPush, Target};
@@ -499,7 +499,12 @@ impl Ingress {
                 },
             }
         }
-        let refs: Vec<&ParsedPush> = valid.iter().map(|(_, p)| p).collect();
+        // Unmarked: entries are claimed across nodes, so marks in one node's order would
+        // not tell what Redis took; `held` does that here.
+        let refs: Vec<Sending<'_>> = valid
+            .iter()
+            .map(|(_, push)| Sending { push, mark: None })
+            .collect();
         let (before, acks) = self.with_acks();
         let after = read_on.then(|| self.read_cmd(">", 0));
         // A connection error here leaves everything unacknowledged: read again later.

@@ -6,6 +6,12 @@
 //! the retry queue and is tried again, for the streams it has not reached, after a pause
 //! that grows while Redis keeps refusing. Retries take at most a quarter of a round trip,
 //! so new pushes, waiting (`?wait=1`) pushes and client publishes keep being answered.
+//!
+//! A round trip that goes unanswered (the link lost, or Redis stalled past the timeout
+//! after taking the commands) leaves its 202 pushes unknown: they go first in the next
+//! round trip with the producer marks they had (`script`), so Redis applies each where it
+//! had not yet, once. Its waiting pushes are answered that they may or may not have been
+//! published.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -16,9 +22,11 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use redis::Connection;
 
 use super::script::{
-    only, refused_by_a_replica, refused_for_now, unreached, Published, Refused, Sequencer,
+    only, refused_by_a_replica, refused_for_now, unreached, Outcome, PublishError, Published,
+    Refused, Sending, Sequencer,
 };
 use super::{next_backoff, pause, BrokerCtx, PublishCmd, RECONNECT_MIN};
+use crate::api::ParsedPush;
 use crate::command::Reply;
 use crate::shard::ReplySink;
 
@@ -34,6 +42,28 @@ const RETRIES_PER_ROUND: usize = BATCH / 4;
 /// `broker_unavailable`, `/readyz` 503) until half of them went; what the queue before
 /// the publisher holds then still joins them, so at most twice this many wait.
 const RETRY_MAX: usize = PUBLISH_QUEUE;
+
+/// A push in a round trip: a command, and for one answered 202 its producer mark (given
+/// when first sent, kept while its round trips go unanswered).
+struct Outgoing {
+    cmd: PublishCmd,
+    mark: Option<u64>,
+}
+
+impl From<PublishCmd> for Outgoing {
+    fn from(cmd: PublishCmd) -> Outgoing {
+        Outgoing { cmd, mark: None }
+    }
+}
+
+/// A push answered 202 going out again: its retry (streams not reached), or its round
+/// trip sent again with its mark.
+fn again(push: ParsedPush, mark: Option<u64>) -> Outgoing {
+    Outgoing {
+        cmd: PublishCmd { push, ticket: None },
+        mark,
+    }
+}
 
 /// The publisher thread's state.
 pub(crate) struct Publisher {
@@ -51,7 +81,12 @@ pub(crate) struct Publisher {
     told: bool,
     /// Pushes answered 202 that Redis refused for now, oldest first, each for the streams
     /// it has not reached.
-    retry: VecDeque<crate::api::ParsedPush>,
+    retry: VecDeque<ParsedPush>,
+    /// The pushes answered 202 of the last round trip, when it went unanswered, with
+    /// their marks: the next round trip starts with them.
+    unanswered: Vec<(ParsedPush, u64)>,
+    /// The producer mark of the next push answered 202 sent for the first time.
+    next_mark: u64,
     /// When the retry queue is tried next.
     retry_at: Instant,
     /// The pause after the next refusal (grows while Redis keeps refusing).
@@ -83,6 +118,8 @@ impl Publisher {
             last_io: Instant::now(),
             told: false,
             retry: VecDeque::new(),
+            unanswered: Vec::new(),
+            next_mark: 1,
             retry_at: Instant::now(),
             retry_pause: RECONNECT_MIN,
             on_replica: false,
@@ -92,7 +129,7 @@ impl Publisher {
 
     /// Runs until the server stops.
     pub(crate) fn run(mut self) {
-        let mut batch: Vec<PublishCmd> = Vec::with_capacity(BATCH);
+        let mut batch: Vec<Outgoing> = Vec::with_capacity(BATCH);
         while !self.ctx.stop.load(Relaxed) {
             if self.conn.is_none() {
                 self.answer_while_down();
@@ -100,14 +137,18 @@ impl Publisher {
                     continue;
                 }
             }
+            // An unanswered round trip goes first, whole: no later mark of this run
+            // reaches a stream before its marks were sent again.
+            let resent = self.unanswered.len();
+            batch.extend(self.unanswered.drain(..).map(|(p, m)| again(p, Some(m))));
             let now = Instant::now();
             let mut retried = 0;
             if now >= self.retry_at {
-                while batch.len() < RETRIES_PER_ROUND {
+                while retried < RETRIES_PER_ROUND && batch.len() < BATCH {
                     let Some(push) = self.retry.pop_front() else {
                         break;
                     };
-                    batch.push(PublishCmd { push, ticket: None });
+                    batch.push(again(push, None));
                     retried += 1;
                 }
             }
@@ -117,7 +158,7 @@ impl Publisher {
                     wait = wait.min(self.retry_at.saturating_duration_since(now));
                 }
                 match self.rx.recv_timeout(wait) {
-                    Ok(cmd) => batch.push(cmd),
+                    Ok(cmd) => batch.push(cmd.into()),
                     Err(RecvTimeoutError::Timeout) => {
                         self.check_link();
                         continue;
@@ -127,19 +168,21 @@ impl Publisher {
             }
             while batch.len() < BATCH {
                 match self.rx.try_recv() {
-                    Ok(cmd) => batch.push(cmd),
+                    Ok(cmd) => batch.push(cmd.into()),
                     Err(_) => break,
                 }
             }
-            self.publish(&mut batch, retried);
+            self.publish(&mut batch, resent, retried);
             self.saturate();
         }
         // Still queued at shutdown: the ticketed ones learn it; the others were answered
-        // 202 and are lost with the process, as pushes in shard queues are (retries too).
-        let mut lost = self.retry.len();
-        for cmd in self.rx.try_iter().chain(batch.drain(..)) {
+        // 202 and are lost with the process, as pushes in shard queues are (retries too,
+        // and those of an unanswered round trip that Redis had not taken).
+        let mut lost = self.retry.len() + self.unanswered.len();
+        let queued = self.rx.try_iter();
+        for cmd in queued.chain(batch.drain(..).map(|o| o.cmd)) {
             match cmd.ticket {
-                Some(t) => self.answer(t, Err("server is shutting down".into())),
+                Some(t) => self.answer(t, Err("the server is shutting down".into())),
                 None => lost += 1,
             }
         }
@@ -260,17 +303,31 @@ impl Publisher {
         self.show_up();
     }
 
-    /// Publishes the batch in one round trip. Ticketed pushes get their outcome or the
-    /// error (the upstream asked and retries); pushes already answered 202 are retried
-    /// until Redis takes them: after a lost link, and after a refusal for now, for the
-    /// streams not reached yet (the retry queue). A refusal from a Redis that takes no
-    /// writes (a replica) drops the link: the next one may reach the primary.
-    fn publish(&mut self, batch: &mut Vec<PublishCmd>, retried: usize) {
+    /// Publishes the batch in one round trip: its first `resent` pushes are an unanswered
+    /// round trip's, the next `retried` are retries. Ticketed pushes get their outcome or
+    /// the error (the upstream asked and retries); pushes already answered 202 are
+    /// retried until Redis takes them: after a refusal for now, for the streams not
+    /// reached yet (the retry queue), and after an unanswered round trip, whole, with
+    /// their marks. A refusal from a Redis that takes no writes (a replica) drops the
+    /// link: the next one may reach the primary.
+    fn publish(&mut self, batch: &mut Vec<Outgoing>, resent: usize, retried: usize) {
+        for o in batch.iter_mut().filter(|o| o.cmd.ticket.is_none()) {
+            if o.mark.is_none() {
+                o.mark = Some(self.next_mark);
+                self.next_mark += 1;
+            }
+        }
         let Some(conn) = self.conn.as_mut() else {
             self.lost(batch, "Redis is unavailable");
             return;
         };
-        let pushes: Vec<&crate::api::ParsedPush> = batch.iter().map(|c| &c.push).collect();
+        let pushes: Vec<Sending<'_>> = batch
+            .iter()
+            .map(|o| Sending {
+                push: &o.cmd.push,
+                mark: o.mark,
+            })
+            .collect();
         let between = match self
             .sequencer
             .publish_between(conn, redis::pipe(), &pushes, None)
@@ -279,7 +336,7 @@ impl Publisher {
             Err(e) => {
                 self.ctx.metrics.broker.errors.fetch_add(1, Relaxed);
                 self.down(&e);
-                self.lost(batch, &format!("Redis is unavailable: {e}"));
+                self.unanswered(batch, &e);
                 return;
             }
         };
@@ -287,27 +344,31 @@ impl Publisher {
         let (mut published, mut failed) = (0u64, 0u64);
         let mut refusals = 0;
         let mut retries_refused = 0;
+        let mut taken_before = 0u64;
         let mut replica = None;
         let outcomes = between.published.into_iter().zip(between.refused);
-        for (i, (cmd, (r, refused))) in batch.drain(..).zip(outcomes).enumerate() {
+        for (i, (o, (r, refused))) in batch.drain(..).zip(outcomes).enumerate() {
             if r.is_ok() {
                 published += 1;
             } else {
                 failed += 1;
-                if i < retried {
+                if (resent..resent + retried).contains(&i) {
                     retries_refused += 1;
                 }
+            }
+            if i < resent {
+                taken_before += taken(&r, refused.as_ref());
             }
             if let Some(rf) = &refused {
                 if let Some((_, e)) = rf.errors.iter().find(|(_, e)| refused_by_a_replica(e)) {
                     replica.get_or_insert_with(|| e.clone());
                 }
             }
-            match (cmd.ticket, r, refused) {
+            match (o.cmd.ticket, r, refused) {
                 (Some(t), r, _) => self.answer(t, r),
                 (None, Ok(_), _) => {}
                 (None, Err(_), Some(refused)) => {
-                    if let Some(push) = retry_part(&cmd.push, &refused) {
+                    if let Some(push) = retry_part(&o.cmd.push, &refused) {
                         self.retry.push_back(push);
                         refusals += 1;
                     }
@@ -321,6 +382,15 @@ impl Publisher {
         let broker = &self.ctx.metrics.broker;
         broker.published.fetch_add(published, Relaxed);
         broker.errors.fetch_add(failed, Relaxed);
+        broker.resent.fetch_add(resent as u64, Relaxed);
+        broker.resent_taken.fetch_add(taken_before, Relaxed);
+        if resent > 0 {
+            tracing::info!(
+                pushes = resent,
+                streams_taken_before = taken_before,
+                "sent an unanswered round trip again; Redis applied each push where it had not"
+            );
+        }
         if refusals > 0 {
             tracing::debug!(
                 refused = refusals,
@@ -366,16 +436,34 @@ impl Publisher {
         self.saturate();
     }
 
-    /// The link is gone before or during a round trip: ticketed pushes are answered with
-    /// `why`, the others go first in the retry queue, in order, tried after reconnecting.
-    fn lost(&mut self, batch: &mut Vec<PublishCmd>, why: &str) {
-        for cmd in batch.drain(..).rev() {
-            match cmd.ticket {
-                Some(t) => self.answer(t, Err(why.to_string())),
-                None => self.retry.push_front(cmd.push),
+    /// There is no link to send the batch on: ticketed pushes are answered with `why`,
+    /// and the others go first in the next round trip as they were (an unanswered round
+    /// trip's with their marks).
+    fn lost(&mut self, batch: &mut Vec<Outgoing>, why: &str) {
+        for o in batch.drain(..).rev() {
+            match (o.cmd.ticket, o.mark) {
+                (Some(t), _) => self.answer(t, Err(why.into())),
+                (None, Some(mark)) => self.unanswered.insert(0, (o.cmd.push, mark)),
+                (None, _) => self.retry.push_front(o.cmd.push),
             }
         }
         self.retry_at = Instant::now();
+        let _ = self.replies.waker.wake();
+    }
+
+    /// The round trip was sent and no answer came: Redis may have applied any part of
+    /// it. Ticketed pushes are answered so; the others go first, whole, in the next round
+    /// trip, with their marks.
+    fn unanswered(&mut self, batch: &mut Vec<Outgoing>, e: &redis::RedisError) {
+        let why = format!("no answer from Redis ({e})");
+        for o in batch.drain(..) {
+            match (o.cmd.ticket, o.mark) {
+                (Some(t), _) => self.answer(t, Err(PublishError::Unanswered(why.clone()))),
+                (None, Some(mark)) => self.unanswered.push((o.cmd.push, mark)),
+                // Every push answered 202 has its mark by now.
+                (None, None) => self.retry.push_front(o.cmd.push),
+            }
+        }
         let _ = self.replies.waker.wake();
     }
 
@@ -392,10 +480,23 @@ impl Publisher {
     }
 }
 
+/// The streams on which a push sent again was there already (its mark, or its `id`).
+fn taken(r: &Published, refused: Option<&Refused>) -> u64 {
+    let reached = match (r, refused) {
+        (Ok(outcomes), _) => outcomes.as_slice(),
+        (Err(_), Some(refused)) => refused.reached.as_slice(),
+        (Err(_), None) => &[],
+    };
+    reached
+        .iter()
+        .filter(|o| matches!(o, Outcome::Duplicate { .. }))
+        .count() as u64
+}
+
 /// The part of a 202 push Redis refused that is worth trying again: its streams refused
 /// for now (all those not reached, when every refusal was for now). Streams refused for
 /// good (a key of the wrong type) are dropped with a warning naming them.
-fn retry_part(push: &crate::api::ParsedPush, refused: &Refused) -> Option<crate::api::ParsedPush> {
+fn retry_part(push: &ParsedPush, refused: &Refused) -> Option<ParsedPush> {
     if refused.all_for_now() {
         return Some(unreached(push, &refused.reached));
     }

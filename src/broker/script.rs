@@ -1,7 +1,22 @@
 //! The one atomic script per push and stream (docs/protocol.md 5): drop a repeated `id`,
 //! take the next `seq`, keep the push in the stream's history, publish it. Redis runs it
 //! whole, so every node sees the same numbering and no push is numbered twice.
+//!
+//! A push the publisher may have to send again (answered 202, in a round trip that can go
+//! unanswered) carries a producer mark: its publisher's run (random per process) and `n`,
+//! which counts that run's pushes in the order it sends them. Each stream keeps the last
+//! `n` of the few runs that wrote it last (in its hash, a field named by the run), and a
+//! marked push:
+//!
+//! - whose `n` the stream has reached is not applied again (answered as a duplicate), so
+//!   sending a whole unanswered round trip again is harmless;
+//! - whose previous push to the same stream in the same round trip (`prev`) was not
+//!   applied is refused for now (`BEHIND`), like that one: of one run's pushes to a stream
+//!   in a round trip Redis applies a first part, never one after a gap, which makes "the
+//!   stream has reached `n`" exact even when Redis refused one of them and the answer
+//!   was lost.
 
+use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use redis::{Connection, Pipeline, Value};
@@ -10,12 +25,59 @@ use super::envelope;
 use super::keys::{StreamRef, BROADCAST_CHANNEL};
 use crate::api::{ParsedPush, Target};
 
+/// The Lua side of producer marks. `check`: the reply that stops a marked push (taken
+/// already, or behind a push not taken), after writing its mark when it goes on. A
+/// stream's hash holds each run's last `n` in a field named by the run (16 hex digits,
+/// beside `seq` and `epoch`); a run new to the hash pushes out the oldest run's (hash
+/// fields keep their order) once `MARKS_KEPT` are there besides `seq` and `epoch`.
+const MARKS: &str = r#"
+local function check(key, run, n, prev)
+  local last = redis.call('HGET', key, run)
+  if last then
+    last = tonumber(last)
+    if last >= tonumber(n) then return {-2, ''} end
+  else
+    last = 0
+    if redis.call('HLEN', key) >= MARKS_KEPT + 2 then
+      for _, f in ipairs(redis.call('HKEYS', key)) do
+        if #f == 16 then
+          redis.call('HDEL', key, f)
+          break
+        end
+      end
+    end
+  end
+  if last < tonumber(prev) then
+    return redis.error_reply('BEHIND an earlier push of this node to the stream was not taken')
+  end
+  redis.call('HSET', key, run, n)
+  return nil
+end
+"#;
+
+/// Runs whose last mark a stream keeps: the nodes that may be sending a round trip again
+/// at one time (a stall of Redis makes every node do so), and some that restarted. A run
+/// pushed out by newer ones sends its push again in full, as without marks, and one of
+/// its pushes behind another in a round trip is refused for now and tried again.
+const MARKS_KEPT: usize = 8;
+
+/// The stream script, after the mark helpers.
+fn stream_source() -> String {
+    MARKS.replace("MARKS_KEPT", &MARKS_KEPT.to_string()) + STREAM
+}
+
 /// KEYS: meta hash, history list, dedup key. ARGV: epoch for a new stream, message body,
 /// history size, retention ms (history list and entry age), dedup window ms (0: no id),
-/// channel, now ms, meta TTL ms.
-const SOURCE: &str = r#"
+/// channel, now ms, meta TTL ms, then the producer mark: run ('': unmarked), n, prev (0:
+/// none). The mark is written before the `id` is looked at: a duplicate `id` is taken too.
+const STREAM: &str = r#"
+if ARGV[9] ~= '' then
+  local stop = check(KEYS[1], ARGV[9], ARGV[10], ARGV[11])
+  if stop then return stop end
+end
 if ARGV[5] ~= '0' then
   if not redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[5]) then
+    if ARGV[9] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[8]) end
     return {-1, ''}
   end
 end
@@ -79,7 +141,8 @@ pub enum Outcome {
         /// The stream's epoch.
         epoch: String,
     },
-    /// The stream already accepted this `id` within the dedup window.
+    /// The stream already accepted this `id` within the dedup window, or this very push
+    /// (its producer mark: a round trip sent again).
     Duplicate {
         /// The user or topic.
         stream: String,
@@ -102,13 +165,45 @@ impl Outcome {
     }
 }
 
-/// A push's result on every stream it touched, or why Redis refused it.
-pub type Published = Result<Vec<Outcome>, String>;
+/// A push's result on every stream it touched, or why it has none.
+pub type Published = Result<Vec<Outcome>, PublishError>;
+
+/// Why a push has no result.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// Redis refused it, or it was never sent: it was not published.
+    #[error("{0}")]
+    NotPublished(String),
+    /// It was sent and no answer came (the link went, Redis stalled): it may or may not
+    /// have been published.
+    #[error("{0}")]
+    Unanswered(String),
+}
+
+impl From<&str> for PublishError {
+    fn from(why: &str) -> PublishError {
+        PublishError::NotPublished(why.to_string())
+    }
+}
+
+/// A push on its way to Redis.
+#[derive(Clone, Copy)]
+pub struct Sending<'a> {
+    /// The push.
+    pub push: &'a ParsedPush,
+    /// Its place in the publisher's sending order, which makes sending it again harmless
+    /// on its streams (`None`: unmarked; a broadcast is never marked).
+    pub mark: Option<u64>,
+}
 
 /// The sequencing script, loaded on each connection it runs on.
 pub struct Sequencer {
-    script: redis::Script,
+    stream: redis::Script,
     retention: Retention,
+    /// This sequencer's run in producer marks: 16 hex digits (the field the marks of
+    /// streams are kept in), random, so that no other run (another node, this node
+    /// before a restart) has it.
+    run: String,
 }
 
 /// Unix milliseconds now.
@@ -122,17 +217,45 @@ impl Sequencer {
     /// The script with these bounds.
     pub fn new(retention: Retention) -> Sequencer {
         Sequencer {
-            script: redis::Script::new(SOURCE),
+            stream: redis::Script::new(&stream_source()),
             retention,
+            run: format!("{:016x}", rand::random::<u64>()),
         }
     }
 
     /// Loads the script so `EVALSHA` finds it (after every connect).
     pub fn load(&self, conn: &mut Connection) -> redis::RedisResult<()> {
-        self.script.load(conn).map(|_| ())
+        self.stream.load(conn).map(|_| ())
     }
 
-    fn add(&self, pipe: &mut Pipeline, s: StreamRef<'_>, body: &str, id: Option<&str>, now: u64) {
+    /// The producer mark's arguments (run, n, prev) of a push sent `n`th to the stream
+    /// whose marks `key` holds; `round` has the last `n` sent to each stream in this round
+    /// trip. Unmarked: `('', 0, 0)`.
+    fn mark_args<'s>(
+        &'s self,
+        key: &str,
+        n: Option<u64>,
+        round: &mut HashMap<String, u64>,
+    ) -> (&'s str, u64, u64) {
+        let Some(n) = n else {
+            return ("", 0, 0);
+        };
+        let prev = round.insert(key.to_string(), n).unwrap_or(0);
+        (&self.run, n, prev)
+    }
+
+    fn add(
+        &self,
+        pipe: &mut Pipeline,
+        s: StreamRef<'_>,
+        body: &str,
+        p: Sending<'_>,
+        now: u64,
+        round: &mut HashMap<String, u64>,
+    ) {
+        let id = p.push.id.as_deref();
+        let meta = s.meta_key();
+        let (run, n, prev) = self.mark_args(&meta, p.mark, round);
         let r = &self.retention;
         let retention = match s {
             StreamRef::User(_) => r.user_ms,
@@ -141,9 +264,9 @@ impl Sequencer {
         let dedup = if id.is_some() { r.dedup_ms.max(1) } else { 0 };
         let dedup_key = id.map_or_else(|| s.meta_key(), |i| s.dedup_key(i));
         pipe.cmd("EVALSHA")
-            .arg(self.script.get_hash())
+            .arg(self.stream.get_hash())
             .arg(3)
-            .arg(s.meta_key())
+            .arg(meta)
             .arg(s.history_key())
             .arg(dedup_key)
             .arg(format!("{:016x}", rand::random::<u64>()))
@@ -153,44 +276,36 @@ impl Sequencer {
             .arg(dedup)
             .arg(s.channel())
             .arg(now)
-            .arg(r.meta_ms());
+            .arg(r.meta_ms())
+            .arg(run)
+            .arg(n)
+            .arg(prev);
     }
 
-    /// Numbers, stores and publishes `pushes` in one round trip; one result per push, in
-    /// order. A connection error fails the whole batch (`Err`): nothing in it is known to
-    /// have been applied, and ids make a retry harmless.
-    pub fn publish(
-        &self,
-        conn: &mut Connection,
-        pushes: &[&ParsedPush],
-    ) -> redis::RedisResult<Vec<Published>> {
-        self.publish_between(conn, redis::pipe(), pushes, None)
-            .map(|b| b.published)
-    }
-
-    /// [`Sequencer::publish`] in the round trip of other commands: `before`'s first, then
-    /// the pushes, then `after`. The replies of `before` and `after` come back as they are
-    /// (errors included) for the caller to judge: the pushes have run by then, so a
-    /// refused command among them must not fail the batch.
+    /// Numbers, stores and publishes `pushes` in one round trip, after `before`'s
+    /// commands and before `after`; one result per push, in order. The replies of
+    /// `before` and `after` come back as they are (errors included) for the caller to
+    /// judge: the pushes have run by then, so a refused command among them must not fail
+    /// the batch. A connection error fails the whole round trip (`Err`): what of it Redis
+    /// ran is not known; ids, and marks, make sending it again harmless.
     pub fn publish_between(
         &self,
         conn: &mut Connection,
         before: redis::Pipeline,
-        pushes: &[&ParsedPush],
+        pushes: &[Sending<'_>],
         after: Option<redis::Cmd>,
     ) -> redis::RedisResult<Between> {
         let mut first = self.run(conn, before, pushes, after)?;
-        let noscript = |r: &Refused| r.errors.iter().any(|(_, e)| e.starts_with("NOSCRIPT"));
-        if !first.refused.iter().flatten().any(noscript) {
+        let has = |r: &Refused, code: &str| r.errors.iter().any(|(_, e)| e.starts_with(code));
+        if !first.refused.iter().flatten().any(|r| has(r, "NOSCRIPT")) {
             return Ok(first);
         }
         // Redis lost its script cache (SCRIPT FLUSH, a failover to a node without it):
         // the script is loaded again, and each push it stopped runs again for the streams
         // it did not reach. What went out stays out: broadcasts are plain PUBLISHes, and
-        // scripts may have run after another node loaded it, partway through a push. If
-        // the load or the rerun fails (the link gone), the first run's outcomes stand,
-        // the stopped pushes with their NOSCRIPT (for now): the callers try those again
-        // for their streams not reached, not the whole batch.
+        // scripts may have run after another node loaded it, partway through a push. If the load or the rerun fails (the link gone), the first
+        // run's outcomes stand, the stopped pushes with their NOSCRIPT (for now): the
+        // callers try those again for their streams not reached, not the whole batch.
         if self.load(conn).is_err() {
             return Ok(first);
         }
@@ -199,11 +314,21 @@ impl Sequencer {
             .iter()
             .enumerate()
             .filter_map(|(i, r)| {
-                let r = r.as_ref().filter(|r| noscript(r))?;
-                Some((i, unreached(pushes[i], &r.reached)))
+                // Those behind a stopped push to the same stream run again with it.
+                let r = r
+                    .as_ref()
+                    .filter(|r| has(r, "NOSCRIPT") || has(r, "BEHIND"))?;
+                Some((i, unreached(pushes[i].push, &r.reached)))
             })
             .collect();
-        let retry: Vec<&ParsedPush> = again.iter().map(|(_, p)| p).collect();
+        // The same marks: the streams a push reached are left out, not counted again.
+        let retry: Vec<Sending<'_>> = again
+            .iter()
+            .map(|(i, push)| Sending {
+                push,
+                mark: pushes[*i].mark,
+            })
+            .collect();
         let Ok(redone) = self.run(conn, redis::pipe(), &retry, None) else {
             return Ok(first);
         };
@@ -221,7 +346,7 @@ impl Sequencer {
                 (Err(e), refused) => {
                     let (mut more, errors) = refused
                         .map(|r| (r.reached, r.errors))
-                        .unwrap_or_else(|| (Vec::new(), vec![(String::new(), e.clone())]));
+                        .unwrap_or_else(|| (Vec::new(), vec![(String::new(), e.to_string())]));
                     reached.append(&mut more);
                     first.published[*i] = Err(e);
                     first.refused[*i] = Some(Refused { reached, errors });
@@ -235,7 +360,7 @@ impl Sequencer {
         &self,
         conn: &mut Connection,
         mut pipe: redis::Pipeline,
-        pushes: &[&ParsedPush],
+        pushes: &[Sending<'_>],
         after: Option<redis::Cmd>,
     ) -> redis::RedisResult<Between> {
         let before = pipe.len();
@@ -252,25 +377,28 @@ impl Sequencer {
         let now = now_ms();
         pipe.ignore_errors();
         let mut counts = Vec::with_capacity(pushes.len());
-        for p in pushes {
-            let body = envelope::body(&p.data, p.id.as_deref(), p.from.as_deref());
-            let id = p.id.as_deref();
-            match &p.target {
+        let mut round = HashMap::new();
+        for &p in pushes {
+            let push = p.push;
+            let body = envelope::body(&push.data, push.id.as_deref(), push.from.as_deref());
+            match &push.target {
                 Target::User(u) => {
-                    self.add(&mut pipe, StreamRef::User(u), &body, id, now);
+                    self.add(&mut pipe, StreamRef::User(u), &body, p, now, &mut round);
                     counts.push(1);
                 }
                 Target::Users(list) => {
                     for u in list {
-                        self.add(&mut pipe, StreamRef::User(u), &body, id, now);
+                        self.add(&mut pipe, StreamRef::User(u), &body, p, now, &mut round);
                     }
                     counts.push(list.len());
                 }
                 Target::Topic(t) => {
-                    self.add(&mut pipe, StreamRef::Topic(t), &body, id, now);
+                    self.add(&mut pipe, StreamRef::Topic(t), &body, p, now, &mut round);
                     counts.push(1);
                 }
                 Target::Broadcast => {
+                    // Never marked: nodes whose subscriber link a stall cut missed the
+                    // first PUBLISH, and no history brings it back to them.
                     pipe.cmd("PUBLISH")
                         .arg(BROADCAST_CHANNEL)
                         .arg(format!("0 - {now} {body}"));
@@ -289,7 +417,7 @@ impl Sequencer {
         let mut out = Vec::with_capacity(pushes.len());
         let mut refused = Vec::with_capacity(pushes.len());
         for (p, n) in pushes.iter().zip(counts) {
-            let names: Vec<&str> = match &p.target {
+            let names: Vec<&str> = match &p.push.target {
                 Target::User(u) | Target::Topic(u) => vec![u.as_str()],
                 Target::Users(list) => list.iter().map(String::as_str).collect(),
                 Target::Broadcast => vec![""],
@@ -302,7 +430,7 @@ impl Sequencer {
                     errors.push((name.to_string(), e));
                     break;
                 };
-                match outcome(&p.target, name, v) {
+                match outcome(&p.push.target, name, v) {
                     Ok(o) => outcomes.push(o),
                     Err(e) => errors.push((name.to_string(), e)),
                 }
@@ -311,7 +439,7 @@ impl Sequencer {
                 out.push(Ok(outcomes));
                 refused.push(None);
             } else {
-                out.push(Err(errors[0].1.clone()));
+                out.push(Err(PublishError::NotPublished(errors[0].1.clone())));
                 refused.push(Some(Refused {
                     reached: outcomes,
                     errors,
@@ -376,8 +504,9 @@ fn has_code(error: &str, codes: &[&str]) -> bool {
 /// script, a replica, its script cache lost, ...): it may go through later. The stream
 /// ingress keeps such an entry pending, the publisher tries such a push again.
 pub fn refused_for_now(error: &str) -> bool {
-    const FOR_NOW: [&str; 10] = [
+    const FOR_NOW: [&str; 11] = [
         "NOSCRIPT",
+        "BEHIND",
         "OOM",
         "LOADING",
         "BUSY",
@@ -432,7 +561,8 @@ fn outcome(target: &Target, name: &str, v: Value) -> Result<Outcome, String> {
             nodes: n.max(0) as u64,
         }),
         (_, Value::Array(parts)) => match parts.as_slice() {
-            [Value::Int(-1), _] => Ok(Outcome::Duplicate {
+            // Its `id` (-1), or its producer mark (-2), was there already.
+            [Value::Int(-1 | -2), _] => Ok(Outcome::Duplicate {
                 stream: name.to_string(),
             }),
             [Value::Int(seq), epoch] => {
@@ -454,6 +584,9 @@ fn outcome(target: &Target, name: &str, v: Value) -> Result<Outcome, String> {
 }
 
 #[cfg(test)]
+mod marks_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -462,6 +595,7 @@ mod tests {
         for now in [
             "OOM command not allowed when used memory > 'maxmemory'.",
             "NOSCRIPT No matching script. Please use EVAL.",
+            "BEHIND an earlier push of this node to the stream was not taken",
             "READONLY You can't write against a read only replica.",
             "NOREPLICAS Not enough good replicas to write.",
             "LOADING Redis is loading the dataset in memory",

@@ -95,7 +95,15 @@ impl RedisServer {
     /// Starts the process on this server's port and directory and waits for PING.
     fn spawn(&mut self) {
         let port = self.port.to_string();
-        let mut args = vec!["--bind", "127.0.0.1", "--save", ""];
+        // DEBUG SLEEP stalls it as a fork or a slow disk would (tests of lost answers).
+        let mut args = vec![
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--enable-debug-command",
+            "local",
+        ];
         match &self.tls {
             None => args.extend(["--port", &port]),
             Some(t) => args.extend([
@@ -245,6 +253,32 @@ impl RedisServer {
             }
         }
         got.starts_with(want)
+    }
+
+    /// Stalls it for `secs` seconds (DEBUG SLEEP on a connection of its own, in a thread
+    /// that ends when it wakes) and returns once it has stopped answering.
+    pub fn stall(&self, secs: f64) -> std::thread::JoinHandle<()> {
+        let mut sleeper = self.conn();
+        // Made before the stall: connecting to a sleeping Redis waits for its answers.
+        let mut probe = self.conn();
+        probe
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("a read timeout");
+        let t = std::thread::spawn(move || {
+            let _: () = redis::cmd("DEBUG")
+                .arg("SLEEP")
+                .arg(secs)
+                .query(&mut sleeper)
+                .expect("DEBUG SLEEP (enable-debug-command local)");
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            // Until a PING goes unanswered (the probe is out of step then, and dropped).
+            if redis::cmd("PING").query::<String>(&mut probe).is_err() {
+                return t;
+            }
+            assert!(Instant::now() < deadline, "redis-server never stalled");
+        }
     }
 
     /// A client connection for the test's own commands.

@@ -1,0 +1,200 @@
+//! The producer marks in the scripts themselves, on a real `redis-server` (Debian's
+//! package) started on a free loopback port for each test.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use redis::Value;
+
+use super::{stream_source, MARKS_KEPT};
+
+/// A redis-server process of this test, killed (by its PID) when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A redis-server of this test, and a connection to it.
+struct Redis {
+    conn: redis::Connection,
+    _process: Process,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let process = Process(
+            Command::new("redis-server")
+                .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args(["--port", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server runs (apt-get install redis-server; .ci/run does it)"),
+        );
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("a URL");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(conn) = client.get_connection_with_timeout(Duration::from_secs(1)) {
+                return Redis {
+                    conn,
+                    _process: process,
+                };
+            }
+            assert!(Instant::now() < deadline, "redis-server never answered");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The stream script for user `u`'s stream with mark (`run`, `n`, `prev`) and `id`.
+    fn push(&mut self, u: &str, run: &str, n: u64, prev: u64, id: Option<&str>) -> Reply {
+        let meta = format!("throng:{{u:{u}}}");
+        let dedup = id.map_or_else(|| meta.clone(), |i| format!("{meta}:id:{i}"));
+        let v = redis::Script::new(&stream_source())
+            .key(&meta)
+            .key(format!("{meta}:h"))
+            .key(dedup)
+            .arg("e")
+            .arg("{}")
+            .arg(10)
+            .arg(60_000)
+            .arg(if id.is_some() { 60_000 } else { 0 })
+            .arg(format!("throng:u:{u}"))
+            .arg(1)
+            .arg(86_400_000)
+            .arg(run)
+            .arg(n)
+            .arg(prev)
+            .invoke(&mut self.conn);
+        Reply::of(v)
+    }
+
+    fn seq(&mut self, u: &str) -> u64 {
+        redis::cmd("HGET")
+            .arg(format!("throng:{{u:{u}}}"))
+            .arg("seq")
+            .query::<Option<u64>>(&mut self.conn)
+            .expect("HGET")
+            .unwrap_or(0)
+    }
+
+    /// The runs whose marks the hash `key` keeps, oldest first, with their `n`.
+    fn marks(&mut self, key: &str) -> Vec<(String, u64)> {
+        let fields: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(key)
+            .query(&mut self.conn)
+            .expect("HGETALL");
+        fields
+            .into_iter()
+            .filter(|(f, _)| f.len() == 16)
+            .filter_map(|(f, v)| Some((f, v.parse().ok()?)))
+            .collect()
+    }
+}
+
+/// What a script answered, in short.
+#[derive(Debug, PartialEq, Eq)]
+enum Reply {
+    /// Numbered: its `seq`.
+    Applied(i64),
+    /// Its `id` was there (-1).
+    Duplicate,
+    /// Its mark was there (-2).
+    Taken,
+    /// Refused: behind a push not taken.
+    Behind,
+    Other(String),
+}
+
+impl Reply {
+    fn of(v: redis::RedisResult<Value>) -> Reply {
+        let v = match v {
+            Ok(v) => v,
+            Err(e) if e.code() == Some("BEHIND") => return Reply::Behind,
+            Err(e) => return Reply::Other(e.to_string()),
+        };
+        match v {
+            Value::Int(n) => Reply::Applied(n),
+            Value::Array(parts) => match parts.first() {
+                Some(Value::Int(-1)) => Reply::Duplicate,
+                Some(Value::Int(-2)) => Reply::Taken,
+                Some(Value::Int(seq)) => Reply::Applied(*seq),
+                other => Reply::Other(format!("{other:?}")),
+            },
+            other => Reply::Other(format!("{other:?}")),
+        }
+    }
+}
+
+const RUN: &str = "00000000000000aa";
+
+#[test]
+fn a_push_sent_again_is_taken_and_one_behind_a_gap_is_refused() {
+    let mut r = Redis::start();
+    assert_eq!(r.push("s", RUN, 1, 0, None), Reply::Applied(1));
+    // Its predecessor in the round trip (2) never ran: refused, not numbered.
+    assert_eq!(r.push("s", RUN, 3, 2, None), Reply::Behind);
+    assert_eq!(r.seq("s"), 1);
+    // The round trip sent again: 1 is there, 2 and 3 go on, in order.
+    assert_eq!(r.push("s", RUN, 1, 0, None), Reply::Taken);
+    assert_eq!(r.push("s", RUN, 2, 1, None), Reply::Applied(2));
+    assert_eq!(r.push("s", RUN, 3, 2, None), Reply::Applied(3));
+    // And again: every one is there.
+    for (n, prev) in [(1, 0), (2, 1), (3, 2)] {
+        assert_eq!(r.push("s", RUN, n, prev, None), Reply::Taken);
+    }
+    assert_eq!(r.seq("s"), 3);
+    // Another stream knows nothing of these marks; an unmarked push is never held.
+    assert_eq!(r.push("t", RUN, 2, 0, None), Reply::Applied(1));
+    assert_eq!(r.push("s", "", 0, 0, None), Reply::Applied(4));
+    assert_eq!(r.push("s", "", 0, 0, None), Reply::Applied(5));
+}
+
+#[test]
+fn a_duplicate_id_still_counts_as_taken_for_the_push_behind_it() {
+    let mut r = Redis::start();
+    assert_eq!(r.push("s", RUN, 1, 0, Some("x")), Reply::Applied(1));
+    assert_eq!(r.push("s", RUN, 2, 1, Some("x")), Reply::Duplicate);
+    assert_eq!(r.push("s", RUN, 3, 2, None), Reply::Applied(2));
+    assert_eq!(r.push("s", RUN, 2, 1, Some("x")), Reply::Taken);
+}
+
+#[test]
+fn a_stream_keeps_the_last_marks_of_its_latest_runs() {
+    let mut r = Redis::start();
+    let runs: Vec<String> = (0..=MARKS_KEPT).map(|i| format!("{i:016x}")).collect();
+    for (i, run) in runs.iter().enumerate() {
+        assert_eq!(
+            r.push("s", run, 7, 0, None),
+            Reply::Applied(i as i64 + 1),
+            "{run}"
+        );
+    }
+    let kept: Vec<String> = r
+        .marks("throng:{u:s}")
+        .into_iter()
+        .map(|(run, _)| run)
+        .collect();
+    assert_eq!(kept, runs[1..], "the oldest run makes way");
+    // Pushed out, that run's push sent again is numbered again (the one case of a
+    // repeat, as without marks); the others are known.
+    for run in &runs[1..] {
+        assert_eq!(r.push("s", run, 7, 0, None), Reply::Taken, "{run}");
+    }
+    let next = MARKS_KEPT as i64 + 2;
+    assert_eq!(r.push("s", &runs[0], 7, 0, None), Reply::Applied(next));
+    // A later mark of a known run takes its place: no new field, nobody pushed out.
+    assert_eq!(r.push("s", &runs[0], 8, 7, None), Reply::Applied(next + 1));
+    let marks = r.marks("throng:{u:s}");
+    assert_eq!(marks.len(), MARKS_KEPT, "{marks:?}");
+    assert_eq!(marks.last(), Some(&(runs[0].clone(), 8)), "{marks:?}");
+    assert_eq!(marks[0].0, runs[2], "{marks:?}");
+}
