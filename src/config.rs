@@ -220,7 +220,7 @@ pub struct ServeArgs {
     /// Capacity of each shard's command and connection queues [default: 65536].
     #[arg(long)]
     pub shard_queue_capacity: Option<usize>,
-    /// Time given to flush outbound queues on shutdown [default: 5000].
+    /// Time given to flush outbound queues on shutdown, and in cluster mode pushes on their way to Redis [default: 5000].
     #[arg(long)]
     pub shutdown_grace_ms: Option<u64>,
     /// Outbound bytes queued on all connections together (plus partial inbound frames)

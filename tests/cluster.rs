@@ -1541,3 +1541,39 @@ fn a_waiting_push_whose_answer_a_stall_lost_is_told_it_may_have_gone_out() {
     expect_push(&mut c, "maybe", 2);
     expect_push(&mut c, "after", 3);
 }
+
+#[test]
+fn pushes_answered_202_just_before_a_shutdown_reach_redis_once_it_answers() {
+    let redis = RedisServer::start();
+    let mut a = node(&redis, &[]);
+    a.push_wait(json!({"user": "yul", "data": "before"}));
+    // Redis stalls: the first push's round trip waits for it, the others queue behind.
+    let stall = redis.stall(2.0);
+    for i in 0..5 {
+        a.push(json!({"user": "yul", "data": format!("q{i}")}));
+    }
+    // The node stops meanwhile; it goes on until Redis took them (within the 5 s grace).
+    a.shutdown();
+    a.take().wait();
+    stall.join().unwrap();
+    let mut r = redis.conn();
+    let history: Vec<String> = redis::cmd("LRANGE")
+        .arg("throng:{u:yul}:h")
+        .arg(0)
+        .arg(-1)
+        .query(&mut r)
+        .unwrap();
+    let data: Vec<&str> = history.iter().filter_map(|m| m.split(' ').nth(3)).collect();
+    assert_eq!(
+        data,
+        [
+            "{\"data\":\"before\"}",
+            "{\"data\":\"q0\"}",
+            "{\"data\":\"q1\"}",
+            "{\"data\":\"q2\"}",
+            "{\"data\":\"q3\"}",
+            "{\"data\":\"q4\"}"
+        ],
+        "{history:?}"
+    );
+}

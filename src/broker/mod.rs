@@ -250,6 +250,9 @@ pub(crate) struct BrokerCtx {
     pub retention: script::Retention,
     pub metrics: Arc<Metrics>,
     pub stop: Arc<AtomicBool>,
+    /// `shutdown_grace`: how long the publisher may go on after the stop to get what it
+    /// holds to Redis.
+    pub grace: Duration,
 }
 
 /// The broker threads' join handles.
@@ -284,6 +287,7 @@ pub(crate) fn spawn(
         },
         metrics,
         stop,
+        grace: config.shutdown_grace,
     };
     let up = Arc::new(AtomicBool::new(false));
     let busy = Arc::new(AtomicBool::new(false));

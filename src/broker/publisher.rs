@@ -96,6 +96,11 @@ pub(crate) struct Publisher {
     on_replica: bool,
     /// The retry queue reached `RETRY_MAX`: the API is told Redis is unavailable.
     saturated: bool,
+    /// Nothing more can come: the API dropped its end of the queue (it stopped).
+    closed: bool,
+    /// Set at the stop: the publisher goes on until what it holds went to Redis, or
+    /// until then (`shutdown_grace` later).
+    flush_until: Option<Instant>,
 }
 
 impl Publisher {
@@ -124,13 +129,17 @@ impl Publisher {
             retry_pause: RECONNECT_MIN,
             on_replica: false,
             saturated: false,
+            closed: false,
+            flush_until: None,
         }
     }
 
-    /// Runs until the server stops.
+    /// Runs until the server stops and what the publisher holds went to Redis (or
+    /// `shutdown_grace` passed): a push answered 202 just before a stop is not lost while
+    /// Redis answers.
     pub(crate) fn run(mut self) {
         let mut batch: Vec<Outgoing> = Vec::with_capacity(BATCH);
-        while !self.ctx.stop.load(Relaxed) {
+        while !self.done() {
             if self.conn.is_none() {
                 self.answer_while_down();
                 if !self.reconnect() {
@@ -157,13 +166,21 @@ impl Publisher {
                 if !self.retry.is_empty() {
                     wait = wait.min(self.retry_at.saturating_duration_since(now));
                 }
+                if self.closed {
+                    // Only retries are left: their time.
+                    self.pause(wait);
+                    continue;
+                }
                 match self.rx.recv_timeout(wait) {
                     Ok(cmd) => batch.push(cmd.into()),
                     Err(RecvTimeoutError::Timeout) => {
                         self.check_link();
                         continue;
                     }
-                    Err(RecvTimeoutError::Disconnected) => break,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        self.closed = true;
+                        continue;
+                    }
                 }
             }
             while batch.len() < BATCH {
@@ -175,9 +192,9 @@ impl Publisher {
             self.publish(&mut batch, resent, retried);
             self.saturate();
         }
-        // Still queued at shutdown: the ticketed ones learn it; the others were answered
-        // 202 and are lost with the process, as pushes in shard queues are (retries too,
-        // and those of an unanswered round trip that Redis had not taken).
+        // Still held after the grace: the ticketed ones learn it; the others were answered
+        // 202 and are lost with the process (retries too, and those of an unanswered round
+        // trip that Redis had not taken).
         let mut lost = self.retry.len() + self.unanswered.len();
         let queued = self.rx.try_iter();
         for cmd in queued.chain(batch.drain(..).map(|o| o.cmd)) {
@@ -189,10 +206,34 @@ impl Publisher {
         if lost > 0 {
             tracing::warn!(
                 pushes = lost,
-                "shutting down with pushes answered 202 that Redis had not taken; they are lost"
+                "shutting down with pushes answered 202 that Redis did not take within shutdown_grace_ms; they are lost"
             );
         }
         let _ = self.replies.waker.wake();
+    }
+
+    /// Whether to end: after the stop (or once nothing more can come), when the queue is
+    /// closed and empty and no retry is left, or when the grace is over.
+    fn done(&mut self) -> bool {
+        if !self.closed && !self.ctx.stop.load(Relaxed) {
+            return false;
+        }
+        let grace = self.ctx.grace;
+        let until = *self
+            .flush_until
+            .get_or_insert_with(|| Instant::now() + grace);
+        let empty = self.closed && self.retry.is_empty() && self.unanswered.is_empty();
+        empty || Instant::now() >= until
+    }
+
+    /// Sleeps `d`; at most until the stop before it, at most until the flush ends after.
+    fn pause(&self, d: Duration) {
+        match self.flush_until {
+            Some(until) => {
+                std::thread::sleep(d.min(until.saturating_duration_since(Instant::now())))
+            }
+            None => pause(d, &self.ctx.stop),
+        }
     }
 
     /// Tells the API that Redis is unavailable while the retry queue is at its bound (it
@@ -246,7 +287,7 @@ impl Publisher {
         if self.on_replica {
             // That Redis answered, it just takes no writes: a failover takes seconds, so
             // asking again at once would only open thousands of connections a second.
-            pause(self.backoff, &self.ctx.stop);
+            self.pause(self.backoff);
             self.backoff = next_backoff(self.backoff);
         }
         match self.ctx.redis.connect().and_then(|mut c| {
@@ -274,7 +315,7 @@ impl Publisher {
                     self.ctx.metrics.broker.errors.fetch_add(1, Relaxed);
                 }
                 self.down(&e);
-                pause(self.backoff, &self.ctx.stop);
+                self.pause(self.backoff);
                 self.backoff = next_backoff(self.backoff);
                 false
             }

@@ -635,6 +635,7 @@ mod tests {
             },
             metrics: Arc::new(Metrics::new(shards)),
             stop: Arc::new(AtomicBool::new(false)),
+            grace: Duration::from_secs(5),
         };
         let (mut parts, mut rxs, mut polls) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..shards {
