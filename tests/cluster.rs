@@ -1577,3 +1577,28 @@ fn pushes_answered_202_just_before_a_shutdown_reach_redis_once_it_answers() {
         "{history:?}"
     );
 }
+
+#[test]
+fn a_silent_redis_is_given_up_on_after_one_timeout_not_one_per_command() {
+    let redis = RedisServer::start();
+    let a = node(&redis, &[]);
+    let users: Vec<String> = (0..200).map(|i| format!("z{i}")).collect();
+    a.push_wait(json!({"user": "z0", "data": "before"}));
+    // Silent, not gone: the node's round trip of 200 scripts gets no answer and no error.
+    redis.freeze();
+    a.push(json!({"users": users, "data": "x"}));
+    // The node says so within a few seconds (not 200 times the 2 s timeout).
+    let down = wait_until(Duration::from_secs(15), || {
+        a.api("GET", "/readyz", None).status == 503
+    });
+    redis.thaw();
+    assert!(down, "the node kept waiting on a silent Redis");
+    // Back: every user numbered once (the round trip went out again, marked).
+    wait_ready(&a);
+    let mut r = redis.conn();
+    let done = wait_until(WAIT, || {
+        user_seqs(&mut r, &users[1..]).iter().all(|&s| s == 1)
+    });
+    assert!(done, "{:?}", user_seqs(&mut r, &users));
+    assert_eq!(user_seqs(&mut r, &users[..1]), [2]);
+}

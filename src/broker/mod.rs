@@ -197,6 +197,27 @@ pub(crate) fn answered_with_error(e: &redis::RedisError) -> bool {
     })
 }
 
+/// Sends `pipe` and reads one reply per command (Redis's refusals among them, as
+/// values), failing at the first reply that does not come within the connection's read
+/// timeout: no progress for `IO_TIMEOUT`, however many replies were left (the redis
+/// crate's own pipeline query reads every one of them after a timeout, each with the
+/// whole timeout). The connection is out of step after an error: drop it.
+pub(crate) fn round_trip(
+    conn: &mut redis::Connection,
+    pipe: &redis::Pipeline,
+) -> redis::RedisResult<Vec<redis::Value>> {
+    conn.send_packed_command(&pipe.get_packed_pipeline())?;
+    let mut values = Vec::with_capacity(pipe.len());
+    while values.len() < pipe.len() {
+        match conn.recv_response()? {
+            // Out-of-band data of RESP3, not a reply.
+            redis::Value::Push { .. } => {}
+            v => values.push(v),
+        }
+    }
+    Ok(values)
+}
+
 /// Opens a connection with the broker's timeouts.
 pub(crate) fn connect(client: &redis::Client) -> redis::RedisResult<redis::Connection> {
     let conn = client.get_connection_with_timeout(IO_TIMEOUT)?;

@@ -193,9 +193,9 @@ impl Publisher {
             self.saturate();
         }
         // Still held after the grace: the ticketed ones learn it; the others were answered
-        // 202 and are lost with the process (retries too, and those of an unanswered round
-        // trip that Redis had not taken).
-        let mut lost = self.retry.len() + self.unanswered.len();
+        // 202 and are lost with the process (retries too); those of an unanswered round
+        // trip may have been taken.
+        let mut lost = self.retry.len();
         let queued = self.rx.try_iter();
         for cmd in queued.chain(batch.drain(..).map(|o| o.cmd)) {
             match cmd.ticket {
@@ -207,6 +207,12 @@ impl Publisher {
             tracing::warn!(
                 pushes = lost,
                 "shutting down with pushes answered 202 that Redis did not take within shutdown_grace_ms; they are lost"
+            );
+        }
+        if !self.unanswered.is_empty() {
+            tracing::warn!(
+                pushes = self.unanswered.len(),
+                "shutting down with pushes answered 202 whose round trip Redis did not answer; it may or may not have taken them"
             );
         }
         let _ = self.replies.waker.wake();
@@ -352,16 +358,16 @@ impl Publisher {
     /// their marks. A refusal from a Redis that takes no writes (a replica) drops the
     /// link: the next one may reach the primary.
     fn publish(&mut self, batch: &mut Vec<Outgoing>, resent: usize, retried: usize) {
+        let Some(conn) = self.conn.as_mut() else {
+            self.lost(batch, "Redis is unavailable");
+            return;
+        };
         for o in batch.iter_mut().filter(|o| o.cmd.ticket.is_none()) {
             if o.mark.is_none() {
                 o.mark = Some(self.next_mark);
                 self.next_mark += 1;
             }
         }
-        let Some(conn) = self.conn.as_mut() else {
-            self.lost(batch, "Redis is unavailable");
-            return;
-        };
         let pushes: Vec<Sending<'_>> = batch
             .iter()
             .map(|o| Sending {
@@ -429,7 +435,7 @@ impl Publisher {
             tracing::info!(
                 pushes = resent,
                 streams_taken_before = taken_before,
-                "sent an unanswered round trip again; Redis applied each push where it had not"
+                "sent the pushes of an unanswered round trip again; Redis had taken them on this many streams already"
             );
         }
         if refusals > 0 {
@@ -479,7 +485,7 @@ impl Publisher {
 
     /// There is no link to send the batch on: ticketed pushes are answered with `why`,
     /// and the others go first in the next round trip as they were (an unanswered round
-    /// trip's with their marks).
+    /// trip's with their marks; the others get theirs when sent).
     fn lost(&mut self, batch: &mut Vec<Outgoing>, why: &str) {
         for o in batch.drain(..).rev() {
             match (o.cmd.ticket, o.mark) {

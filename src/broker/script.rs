@@ -19,6 +19,8 @@
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use rustc_hash::FxBuildHasher;
+
 use redis::{Connection, Pipeline, Value};
 
 use super::envelope;
@@ -28,37 +30,36 @@ use crate::api::{ParsedPush, Target};
 /// The Lua side of producer marks. `check`: the reply that stops a marked push (taken
 /// already, or behind a push not taken), after writing its mark when it goes on. A
 /// stream's hash holds each run's last `n` in a field named by the run (16 hex digits,
-/// beside `seq` and `epoch`); a run new to the hash pushes out the oldest run's (hash
-/// fields keep their order) once `MARKS_KEPT` are there besides `seq` and `epoch`.
+/// beside `seq` and `epoch`); a run new to the hash pushes out the one there longest
+/// (hash fields keep the order they came in) once `MARKS_KEPT` are there. The mark's
+/// `HSET` is the script's first write, so a Redis out of memory refuses the push before
+/// anything changed.
 const MARKS: &str = r#"
 local function check(key, run, n, prev)
   local last = redis.call('HGET', key, run)
-  if last then
-    last = tonumber(last)
-    if last >= tonumber(n) then return {-2, ''} end
-  else
-    last = 0
-    if redis.call('HLEN', key) >= MARKS_KEPT + 2 then
-      for _, f in ipairs(redis.call('HKEYS', key)) do
-        if #f == 16 then
-          redis.call('HDEL', key, f)
-          break
-        end
-      end
-    end
-  end
+  local new = not last
+  last = tonumber(last or 0)
+  if last >= tonumber(n) then return {-2, ''} end
   if last < tonumber(prev) then
     return redis.error_reply('BEHIND an earlier push of this node to the stream was not taken')
   end
   redis.call('HSET', key, run, n)
+  if new and redis.call('HLEN', key) > MARKS_KEPT + 2 then
+    for _, f in ipairs(redis.call('HKEYS', key)) do
+      if #f == 16 and f ~= run then
+        redis.call('HDEL', key, f)
+        break
+      end
+    end
+  end
   return nil
 end
 "#;
 
 /// Runs whose last mark a stream keeps: the nodes that may be sending a round trip again
 /// at one time (a stall of Redis makes every node do so), and some that restarted. A run
-/// pushed out by newer ones sends its push again in full, as without marks, and one of
-/// its pushes behind another in a round trip is refused for now and tried again.
+/// pushed out sends its push again in full, as without marks, and one of its pushes
+/// behind another in the same round trip is refused for now (BEHIND) and tried again.
 const MARKS_KEPT: usize = 8;
 
 /// The stream script, after the mark helpers.
@@ -186,6 +187,9 @@ impl From<&str> for PublishError {
     }
 }
 
+/// The last mark sent to each stream in the round trip being built.
+type Round<'p> = HashMap<StreamRef<'p>, u64, FxBuildHasher>;
+
 /// A push on its way to Redis.
 #[derive(Clone, Copy)]
 pub struct Sending<'a> {
@@ -231,44 +235,45 @@ impl Sequencer {
     /// The producer mark's arguments (run, n, prev) of a push sent `n`th to the stream
     /// whose marks `key` holds; `round` has the last `n` sent to each stream in this round
     /// trip. Unmarked: `('', 0, 0)`.
-    fn mark_args<'s>(
-        &'s self,
-        key: &str,
+    fn mark_args<'p>(
+        &self,
+        s: StreamRef<'p>,
         n: Option<u64>,
-        round: &mut HashMap<String, u64>,
-    ) -> (&'s str, u64, u64) {
+        round: &mut Round<'p>,
+    ) -> (&str, u64, u64) {
         let Some(n) = n else {
             return ("", 0, 0);
         };
-        let prev = round.insert(key.to_string(), n).unwrap_or(0);
+        let prev = round.insert(s, n).unwrap_or(0);
         (&self.run, n, prev)
     }
 
-    fn add(
+    fn add<'p>(
         &self,
         pipe: &mut Pipeline,
-        s: StreamRef<'_>,
+        s: StreamRef<'p>,
         body: &str,
         p: Sending<'_>,
         now: u64,
-        round: &mut HashMap<String, u64>,
+        round: &mut Round<'p>,
     ) {
         let id = p.push.id.as_deref();
         let meta = s.meta_key();
-        let (run, n, prev) = self.mark_args(&meta, p.mark, round);
+        let (run, n, prev) = self.mark_args(s, p.mark, round);
         let r = &self.retention;
         let retention = match s {
             StreamRef::User(_) => r.user_ms,
             StreamRef::Topic(_) => r.topic_ms,
         };
         let dedup = if id.is_some() { r.dedup_ms.max(1) } else { 0 };
-        let dedup_key = id.map_or_else(|| s.meta_key(), |i| s.dedup_key(i));
+        // Without an `id` the dedup key is not used: the hash stands in for it.
+        let dedup_key = id.map(|i| s.dedup_key(i));
         pipe.cmd("EVALSHA")
             .arg(self.stream.get_hash())
             .arg(3)
-            .arg(meta)
+            .arg(&meta)
             .arg(s.history_key())
-            .arg(dedup_key)
+            .arg(dedup_key.as_ref().unwrap_or(&meta))
             .arg(format!("{:016x}", rand::random::<u64>()))
             .arg(body)
             .arg(r.history_size)
@@ -303,9 +308,10 @@ impl Sequencer {
         // Redis lost its script cache (SCRIPT FLUSH, a failover to a node without it):
         // the script is loaded again, and each push it stopped runs again for the streams
         // it did not reach. What went out stays out: broadcasts are plain PUBLISHes, and
-        // scripts may have run after another node loaded it, partway through a push. If the load or the rerun fails (the link gone), the first
-        // run's outcomes stand, the stopped pushes with their NOSCRIPT (for now): the
-        // callers try those again for their streams not reached, not the whole batch.
+        // scripts may have run after another node loaded it, partway through a push. If
+        // the load fails, the first run's outcomes stand, the stopped pushes with their
+        // NOSCRIPT (for now): the callers try those again for their streams not reached.
+        // If the rerun gets no answer, the round trip has none.
         if self.load(conn).is_err() {
             return Ok(first);
         }
@@ -329,9 +335,8 @@ impl Sequencer {
                 mark: pushes[*i].mark,
             })
             .collect();
-        let Ok(redone) = self.run(conn, redis::pipe(), &retry, None) else {
-            return Ok(first);
-        };
+        // No answer to the rerun: what Redis ran of the round trip is not known.
+        let redone = self.run(conn, redis::pipe(), &retry, None)?;
         for (((i, _), published), refused) in again.iter().zip(redone.published).zip(redone.refused)
         {
             let mut reached = first.refused[*i]
@@ -377,7 +382,7 @@ impl Sequencer {
         let now = now_ms();
         pipe.ignore_errors();
         let mut counts = Vec::with_capacity(pushes.len());
-        let mut round = HashMap::new();
+        let mut round = Round::default();
         for &p in pushes {
             let push = p.push;
             let body = envelope::body(&push.data, push.id.as_deref(), push.from.as_deref());
@@ -410,7 +415,7 @@ impl Sequencer {
         if let Some(cmd) = after {
             pipe.add_command(cmd);
         }
-        let values: Vec<Value> = pipe.query(conn)?;
+        let values = super::round_trip(conn, &pipe)?;
         let mut values = values.into_iter();
         let before: Vec<Value> = values.by_ref().take(before).collect();
         let after = if has_after { values.next_back() } else { None };

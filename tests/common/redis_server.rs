@@ -281,6 +281,25 @@ impl RedisServer {
         }
     }
 
+    /// Stops the process (SIGSTOP, by the PID we started): it reads and answers nothing
+    /// while its connections stay open, as a host gone silent. [`RedisServer::thaw`]
+    /// wakes it.
+    pub fn freeze(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Lets a frozen process run again (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        let child = self.child.as_ref().expect("a running redis-server");
+        let pid = libc::pid_t::try_from(child.id()).expect("a pid");
+        // SAFETY: kill(2) with a PID this test started and still holds (not reaped).
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill({pid}, {sig})");
+    }
+
     /// A client connection for the test's own commands.
     pub fn conn(&self) -> redis::Connection {
         let client = match &self.tls {

@@ -198,3 +198,46 @@ fn a_stream_keeps_the_last_marks_of_its_latest_runs() {
     assert_eq!(marks.last(), Some(&(runs[0].clone(), 8)), "{marks:?}");
     assert_eq!(marks[0].0, runs[2], "{marks:?}");
 }
+
+/// Fills user `u`'s hash with the marks of `MARKS_KEPT` runs; their names.
+fn full_of_runs(r: &mut Redis, u: &str) -> Vec<String> {
+    let runs: Vec<String> = (0..MARKS_KEPT).map(|i| format!("{i:016x}")).collect();
+    for run in &runs {
+        assert!(matches!(r.push(u, run, 5, 0, None), Reply::Applied(_)));
+    }
+    runs
+}
+
+#[test]
+fn a_push_refused_behind_another_pushes_no_mark_out() {
+    let mut r = Redis::start();
+    let runs = full_of_runs(&mut r, "s");
+    assert_eq!(r.push("s", RUN, 6, 5, None), Reply::Behind);
+    let kept: Vec<String> = r
+        .marks("throng:{u:s}")
+        .into_iter()
+        .map(|(run, _)| run)
+        .collect();
+    assert_eq!(kept, runs);
+}
+
+#[test]
+fn out_of_memory_refuses_a_new_run_on_a_full_hash_and_still_answers_a_taken_push() {
+    let mut r = Redis::start();
+    let runs = full_of_runs(&mut r, "s");
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(1)
+        .query(&mut r.conn)
+        .expect("CONFIG SET");
+    // Its first write would push a mark out: refused before anything changed.
+    match r.push("s", RUN, 1, 0, None) {
+        Reply::Other(e) => assert!(e.contains("OOM"), "{e}"),
+        other => panic!("applied under OOM: {other:?}"),
+    }
+    assert_eq!(r.seq("s"), MARKS_KEPT as u64);
+    assert_eq!(r.marks("throng:{u:s}").len(), MARKS_KEPT);
+    // Reads only: a push sent again is still found taken.
+    assert_eq!(r.push("s", &runs[0], 5, 0, None), Reply::Taken);
+}
