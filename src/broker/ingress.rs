@@ -250,7 +250,7 @@ impl Ingress {
         pipe: &redis::Pipeline,
         acks: Option<(usize, bool)>,
     ) -> redis::RedisResult<Value> {
-        let values: Vec<Value> = pipe.query(conn)?;
+        let values: Vec<Value> = pipe.query(&mut super::Prompt(conn))?;
         let mut values = values.into_iter();
         self.acked(&mut values, acks)?;
         values.next().unwrap_or(Value::Nil).extract_error()
@@ -304,7 +304,7 @@ impl Ingress {
     /// Sends the waiting acknowledgements in a round trip of their own.
     fn flush_acks(&mut self, conn: &mut Connection) -> redis::RedisResult<()> {
         if let Some(a) = self.acks.take() {
-            let values: Vec<Value> = a.pipe.query(conn)?;
+            let values: Vec<Value> = a.pipe.query(&mut super::Prompt(conn))?;
             self.acked(&mut values.into_iter(), Some((a.dead, a.xack)))?;
         }
         Ok(())

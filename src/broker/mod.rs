@@ -197,25 +197,51 @@ pub(crate) fn answered_with_error(e: &redis::RedisError) -> bool {
     })
 }
 
-/// Sends `pipe` and reads one reply per command (Redis's refusals among them, as
-/// values), failing at the first reply that does not come within the connection's read
-/// timeout: no progress for `IO_TIMEOUT`, however many replies were left (the redis
-/// crate's own pipeline query reads every one of them after a timeout, each with the
-/// whole timeout). The connection is out of step after an error: drop it.
-pub(crate) fn round_trip(
-    conn: &mut redis::Connection,
-    pipe: &redis::Pipeline,
-) -> redis::RedisResult<Vec<redis::Value>> {
-    conn.send_packed_command(&pipe.get_packed_pipeline())?;
-    let mut values = Vec::with_capacity(pipe.len());
-    while values.len() < pipe.len() {
-        match conn.recv_response()? {
-            // Out-of-band data of RESP3, not a reply.
-            redis::Value::Push { .. } => {}
-            v => values.push(v),
-        }
+/// A connection whose pipelines give up at the first reply that does not come within
+/// the read timeout: no progress for `IO_TIMEOUT`, however many replies were left. (The
+/// redis crate's own connection reads every reply after a timeout, each with the whole
+/// timeout: a silent Redis held a round trip of N commands N times 2 s.) The connection
+/// is out of step after such an error: every caller drops it.
+pub(crate) struct Prompt<'a>(pub &'a mut redis::Connection);
+
+impl redis::ConnectionLike for Prompt<'_> {
+    fn req_packed_command(&mut self, cmd: &[u8]) -> redis::RedisResult<redis::Value> {
+        self.0.req_packed_command(cmd)
     }
-    Ok(values)
+
+    fn req_packed_commands(
+        &mut self,
+        cmd: &[u8],
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisResult<Vec<redis::Value>> {
+        self.0.send_packed_command(cmd)?;
+        let mut values = Vec::with_capacity(count);
+        let mut seen = 0;
+        while seen < offset + count {
+            match self.0.recv_response()? {
+                // Out-of-band data of RESP3, not a reply.
+                redis::Value::Push { .. } => continue,
+                // Refusals come back as values, for the pipeline to judge.
+                v if seen >= offset => values.push(v),
+                _ => {}
+            }
+            seen += 1;
+        }
+        Ok(values)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0.get_db()
+    }
+
+    fn check_connection(&mut self) -> bool {
+        self.0.check_connection()
+    }
+
+    fn is_open(&self) -> bool {
+        self.0.is_open()
+    }
 }
 
 /// Opens a connection with the broker's timeouts.

@@ -415,7 +415,7 @@ impl Presence {
                 .arg(TTL.as_millis() as u64)
                 .ignore();
         }
-        match pipe.query::<()>(conn) {
+        match pipe.query::<()>(&mut super::Prompt(conn)) {
             Ok(()) => {
                 if self.pending_topics.capacity() > 256 {
                     self.pending_topics = HashMap::new();
@@ -480,13 +480,14 @@ impl Presence {
                 .ignore();
         }
         pipe.cmd("HGETALL").arg(NODES);
-        let (added, nodes): (u64, HashMap<String, String>) = match pipe.query(conn) {
-            Ok(r) => r,
-            Err(e) => {
-                self.down(&e);
-                return;
-            }
-        };
+        let (added, nodes): (u64, HashMap<String, String>) =
+            match pipe.query(&mut super::Prompt(conn)) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.down(&e);
+                    return;
+                }
+            };
         // The link works: the next reconnect, if any, starts at the shortest pause.
         self.backoff = RECONNECT_MIN;
         if std::mem::replace(&mut self.refusing, false) {
@@ -517,7 +518,7 @@ impl Presence {
                 .arg(keys::topic_members_key(n))
                 .ignore();
         }
-        if let Err(e) = pipe.query::<()>(conn) {
+        if let Err(e) = pipe.query::<()>(&mut super::Prompt(conn)) {
             self.down(&e);
         }
     }
@@ -556,7 +557,7 @@ impl Presence {
         pipe.cmd("DEL").arg(&self.key).arg(topic_keys).ignore();
         pipe.cmd("HDEL").arg(NODES).arg(node).ignore();
         pipe.cmd("HDEL").arg(NODE_TOTALS).arg(node).ignore();
-        if let Err(e) = pipe.query::<()>(conn) {
+        if let Err(e) = pipe.query::<()>(&mut super::Prompt(conn)) {
             tracing::warn!(error = %e, "could not remove this node's presence at shutdown");
         }
     }
@@ -576,7 +577,7 @@ fn query(conn: &mut Connection, me: &str, q: &PresenceQuery) -> redis::RedisResu
             for n in &alive {
                 pipe.cmd("HGET").arg(presence_key(n)).arg(user);
             }
-            let counts: Vec<Option<u64>> = pipe.query(conn)?;
+            let counts: Vec<Option<u64>> = pipe.query(&mut super::Prompt(conn))?;
             Ok(ClusterView::User(
                 alive
                     .into_iter()
@@ -594,7 +595,7 @@ fn query(conn: &mut Connection, me: &str, q: &PresenceQuery) -> redis::RedisResu
                 .arg(NODES)
                 .cmd("HGETALL")
                 .arg(NODE_TOTALS)
-                .query(conn)?;
+                .query(&mut super::Prompt(conn))?;
             let (mut alive, _) = split_alive(nodes, now_ms());
             alive.retain(|n| n != me);
             let mut pipe = redis::pipe();
@@ -630,7 +631,7 @@ fn query(conn: &mut Connection, me: &str, q: &PresenceQuery) -> redis::RedisResu
                         .arg(p.limit.saturating_add(1));
                 }
             }
-            let mut values: Vec<redis::Value> = pipe.query(conn)?;
+            let mut values: Vec<redis::Value> = pipe.query(&mut super::Prompt(conn))?;
             let mut rest = values.split_off(1);
             let (seq, epoch): (Option<u64>, Option<String>) =
                 redis::from_redis_value(values.pop().unwrap_or(redis::Value::Nil))?;
@@ -659,7 +660,7 @@ fn query(conn: &mut Connection, me: &str, q: &PresenceQuery) -> redis::RedisResu
                 .arg(NODES)
                 .cmd("HGETALL")
                 .arg(NODE_TOTALS)
-                .query(conn)?;
+                .query(&mut super::Prompt(conn))?;
             let (mut alive, _) = split_alive(nodes, now_ms());
             alive.retain(|n| n != me);
             Ok(ClusterView::Stats(

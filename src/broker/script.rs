@@ -415,7 +415,7 @@ impl Sequencer {
         if let Some(cmd) = after {
             pipe.add_command(cmd);
         }
-        let values = super::round_trip(conn, &pipe)?;
+        let values: Vec<Value> = pipe.query(&mut super::Prompt(conn))?;
         let mut values = values.into_iter();
         let before: Vec<Value> = values.by_ref().take(before).collect();
         let after = if has_after { values.next_back() } else { None };

@@ -371,7 +371,7 @@ impl Subscriber {
                     .arg(0)
                     .arg(-1);
             }
-            let values: Vec<Value> = match pipe.query(cmd) {
+            let values: Vec<Value> = match pipe.query(&mut super::Prompt(cmd)) {
                 Ok(v) => v,
                 Err(e) => {
                     // This chunk and every one after it: nobody may wait for them.
