@@ -1476,15 +1476,22 @@ fn pushes_until(c: &mut Client, last: &str) -> Vec<Value> {
     }
 }
 
+/// A node on `redis` with `user` connected and one push, "before", delivered as seq 1: the
+/// publisher has just made a round trip, so its idle link check does not meet a stall
+/// that follows.
+fn node_after_one_push(redis: &RedisServer, user: &str) -> (TestServer, Client) {
+    let a = node(redis, &[]);
+    let mut c = a.connect(user);
+    wait_streams(&a, 1);
+    a.push_wait(json!({"user": user, "data": "before"}));
+    expect_push(&mut c, "before", 1);
+    (a, c)
+}
+
 #[test]
 fn pushes_redis_took_while_stalled_past_the_timeout_go_out_once() {
     let redis = RedisServer::start();
-    let a = node(&redis, &[]);
-    let mut c = a.connect("vic");
-    wait_streams(&a, 1);
-    // A round trip just before: the publisher's idle link check does not meet the stall.
-    a.push_wait(json!({"user": "vic", "data": "before"}));
-    expect_push(&mut c, "before", 1);
+    let (a, mut c) = node_after_one_push(&redis, "vic");
     let stall = redis.stall(3.0);
     // One request: its pushes reach the publisher together, so the round trip Redis takes
     // only when it wakes (2 s after the node gave up on an answer) holds some of them.
@@ -1523,11 +1530,7 @@ fn pushes_redis_took_while_stalled_past_the_timeout_go_out_once() {
 #[test]
 fn a_waiting_push_whose_answer_a_stall_lost_is_told_it_may_have_gone_out() {
     let redis = RedisServer::start();
-    let a = node(&redis, &[]);
-    let mut c = a.connect("xan");
-    wait_streams(&a, 1);
-    a.push_wait(json!({"user": "xan", "data": "before"}));
-    expect_push(&mut c, "before", 1);
+    let (a, mut c) = node_after_one_push(&redis, "xan");
     let stall = redis.stall(3.0);
     let push = json!({"user": "xan", "data": "maybe"}).to_string();
     let r = a.api("POST", "/v1/push?wait=1", Some(&push));
