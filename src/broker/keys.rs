@@ -52,6 +52,11 @@ impl<'a> StreamRef<'a> {
         }
     }
 
+    /// The user or topic.
+    pub fn name(self) -> &'a str {
+        self.parts().1
+    }
+
     /// The hash with the stream's `seq` and `epoch`.
     pub fn meta_key(self) -> String {
         let (k, name) = self.parts();

@@ -32,6 +32,9 @@ use crate::shard::ReplySink;
 
 /// Pushes that may wait for Redis; beyond, the API answers 503 `overloaded`.
 pub const PUBLISH_QUEUE: usize = 8192;
+/// A link lost sooner than this after it was made is made again only after a pause that
+/// grows (a batch that makes Redis or a proxy close the link would loop otherwise).
+const LINK_MIN_LIFE: Duration = Duration::from_secs(1);
 /// How often an idle publisher checks that Redis is still there.
 const LINK_CHECK: Duration = Duration::from_secs(1);
 /// Most pushes in one pipelined round trip.
@@ -96,6 +99,10 @@ pub(crate) struct Publisher {
     on_replica: bool,
     /// The retry queue reached `RETRY_MAX`: the API is told Redis is unavailable.
     saturated: bool,
+    /// When the link in use was made.
+    linked_at: Instant,
+    /// The last link was lost within `LINK_MIN_LIFE`: the next is made after a pause.
+    short_lived: bool,
     /// Nothing more can come: the API dropped its end of the queue (it stopped).
     closed: bool,
     /// Set at the stop: the publisher goes on until what it holds went to Redis, or
@@ -129,6 +136,8 @@ impl Publisher {
             retry_pause: RECONNECT_MIN,
             on_replica: false,
             saturated: false,
+            linked_at: Instant::now(),
+            short_lived: false,
             closed: false,
             flush_until: None,
         }
@@ -290,9 +299,10 @@ impl Publisher {
 
     /// Connects and loads the script; false (after a pause) when Redis is not there.
     fn reconnect(&mut self) -> bool {
-        if self.on_replica {
+        if self.on_replica || self.short_lived {
             // That Redis answered, it just takes no writes: a failover takes seconds, so
-            // asking again at once would only open thousands of connections a second.
+            // asking again at once would only open thousands of connections a second. So
+            // does one that drops each link as soon as a round trip goes.
             self.pause(self.backoff);
             self.backoff = next_backoff(self.backoff);
         }
@@ -302,7 +312,8 @@ impl Publisher {
         }) {
             Ok(c) => {
                 self.conn = Some(c);
-                if !self.on_replica {
+                self.linked_at = Instant::now();
+                if !self.on_replica && !self.short_lived {
                     self.backoff = RECONNECT_MIN;
                 }
                 self.show_up();
@@ -332,6 +343,9 @@ impl Publisher {
         // A lost link is an outage of its own, told and retried as one, after a replica's
         // spell too.
         self.on_replica = false;
+        if self.conn.is_some() {
+            self.short_lived = self.linked_at.elapsed() < LINK_MIN_LIFE;
+        }
         if !std::mem::replace(&mut self.told, true) {
             tracing::warn!(error = %e, "publisher cannot use Redis; pushes get 503 broker_unavailable until it can");
         }

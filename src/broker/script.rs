@@ -16,7 +16,7 @@
 //!   stream has reached `n`" exact even when Redis refused one of them and the answer
 //!   was lost.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustc_hash::FxBuildHasher;
@@ -190,6 +190,22 @@ impl From<&str> for PublishError {
 /// The last mark sent to each stream in the round trip being built.
 type Round<'p> = HashMap<StreamRef<'p>, u64, FxBuildHasher>;
 
+/// The pushes of a round trip that the rerun after NOSCRIPT sends again, by index, each
+/// with the streams it reached already (left out).
+type Stopped<'p> = HashMap<usize, HashSet<&'p str>, FxBuildHasher>;
+
+/// The streams a push to users or a topic runs its script on (none for a broadcast).
+fn streams(target: &Target) -> impl Iterator<Item = StreamRef<'_>> {
+    let (one, many): (Option<StreamRef<'_>>, &[String]) = match target {
+        Target::User(u) => (Some(StreamRef::User(u)), &[]),
+        Target::Users(list) => (None, list),
+        Target::Topic(t) => (Some(StreamRef::Topic(t)), &[]),
+        Target::Broadcast => (None, &[]),
+    };
+    one.into_iter()
+        .chain(many.iter().map(|u| StreamRef::User(u)))
+}
+
 /// A push on its way to Redis.
 #[derive(Clone, Copy)]
 pub struct Sending<'a> {
@@ -248,18 +264,17 @@ impl Sequencer {
         (&self.run, n, prev)
     }
 
-    fn add<'p>(
+    fn add(
         &self,
         pipe: &mut Pipeline,
-        s: StreamRef<'p>,
+        s: StreamRef<'_>,
         body: &str,
         p: Sending<'_>,
         now: u64,
-        round: &mut Round<'p>,
+        (run, n, prev): (&str, u64, u64),
     ) {
         let id = p.push.id.as_deref();
         let meta = s.meta_key();
-        let (run, n, prev) = self.mark_args(s, p.mark, round);
         let r = &self.retention;
         let retention = match s {
             StreamRef::User(_) => r.user_ms,
@@ -300,7 +315,7 @@ impl Sequencer {
         pushes: &[Sending<'_>],
         after: Option<redis::Cmd>,
     ) -> redis::RedisResult<Between> {
-        let mut first = self.run(conn, before, pushes, after)?;
+        let mut first = self.run(conn, before, pushes, after, None)?;
         let has = |r: &Refused, code: &str| r.errors.iter().any(|(_, e)| e.starts_with(code));
         if !first.refused.iter().flatten().any(|r| has(r, "NOSCRIPT")) {
             return Ok(first);
@@ -315,30 +330,25 @@ impl Sequencer {
         if self.load(conn).is_err() {
             return Ok(first);
         }
-        let again: Vec<(usize, ParsedPush)> = first
+        // Those behind a stopped push to the same stream run again with it; each keeps
+        // its mark and the `prev` it had (the rerun walks the whole round trip), so one
+        // behind a push Redis refused otherwise is refused again, not applied past it.
+        let stopped: Stopped<'_> = first
             .refused
             .iter()
             .enumerate()
             .filter_map(|(i, r)| {
-                // Those behind a stopped push to the same stream run again with it.
                 let r = r
                     .as_ref()
                     .filter(|r| has(r, "NOSCRIPT") || has(r, "BEHIND"))?;
-                Some((i, unreached(pushes[i].push, &r.reached)))
+                Some((i, r.reached.iter().filter_map(Outcome::stream).collect()))
             })
             .collect();
-        // The same marks: the streams a push reached are left out, not counted again.
-        let retry: Vec<Sending<'_>> = again
-            .iter()
-            .map(|(i, push)| Sending {
-                push,
-                mark: pushes[*i].mark,
-            })
-            .collect();
+        let mut again: Vec<usize> = stopped.keys().copied().collect();
+        again.sort_unstable();
         // No answer to the rerun: what Redis ran of the round trip is not known.
-        let redone = self.run(conn, redis::pipe(), &retry, None)?;
-        for (((i, _), published), refused) in again.iter().zip(redone.published).zip(redone.refused)
-        {
+        let redone = self.run(conn, redis::pipe(), pushes, None, Some(&stopped))?;
+        for ((i, published), refused) in again.iter().zip(redone.published).zip(redone.refused) {
             let mut reached = first.refused[*i]
                 .take()
                 .map(|r| r.reached)
@@ -361,13 +371,22 @@ impl Sequencer {
         Ok(first)
     }
 
+    /// One round trip: `pipe`'s commands, the pushes, `after`. With `only`, the pushes it
+    /// names, for their streams not reached, and their results alone (in order); the
+    /// others' marks still count for the `prev` of those after them.
     fn run(
         &self,
         conn: &mut Connection,
         mut pipe: redis::Pipeline,
         pushes: &[Sending<'_>],
         after: Option<redis::Cmd>,
+        only: Option<&Stopped<'_>>,
     ) -> redis::RedisResult<Between> {
+        let sent = |i: usize| only.is_none_or(|o| o.contains_key(&i));
+        let emit = |i: usize, name: &str| match only {
+            None => true,
+            Some(o) => o.get(&i).is_some_and(|reached| !reached.contains(name)),
+        };
         let before = pipe.len();
         if pushes.is_empty() && before == 0 && after.is_none() {
             // An empty pipeline is a client error in the redis crate ("empty command"),
@@ -381,33 +400,24 @@ impl Sequencer {
         }
         let now = now_ms();
         pipe.ignore_errors();
-        let mut counts = Vec::with_capacity(pushes.len());
         let mut round = Round::default();
-        for &p in pushes {
+        for (i, &p) in pushes.iter().enumerate() {
             let push = p.push;
             let body = envelope::body(&push.data, push.id.as_deref(), push.from.as_deref());
-            match &push.target {
-                Target::User(u) => {
-                    self.add(&mut pipe, StreamRef::User(u), &body, p, now, &mut round);
-                    counts.push(1);
-                }
-                Target::Users(list) => {
-                    for u in list {
-                        self.add(&mut pipe, StreamRef::User(u), &body, p, now, &mut round);
-                    }
-                    counts.push(list.len());
-                }
-                Target::Topic(t) => {
-                    self.add(&mut pipe, StreamRef::Topic(t), &body, p, now, &mut round);
-                    counts.push(1);
-                }
-                Target::Broadcast => {
+            if let Target::Broadcast = push.target {
+                if emit(i, "") {
                     // Never marked: nodes whose subscriber link a stall cut missed the
                     // first PUBLISH, and no history brings it back to them.
                     pipe.cmd("PUBLISH")
                         .arg(BROADCAST_CHANNEL)
                         .arg(format!("0 - {now} {body}"));
-                    counts.push(1);
+                }
+                continue;
+            }
+            for s in streams(&push.target) {
+                let mark = self.mark_args(s, p.mark, &mut round);
+                if emit(i, s.name()) {
+                    self.add(&mut pipe, s, &body, p, now, mark);
                 }
             }
         }
@@ -421,15 +431,15 @@ impl Sequencer {
         let after = if has_after { values.next_back() } else { None };
         let mut out = Vec::with_capacity(pushes.len());
         let mut refused = Vec::with_capacity(pushes.len());
-        for (p, n) in pushes.iter().zip(counts) {
+        for (i, p) in pushes.iter().enumerate().filter(|(i, _)| sent(*i)) {
             let names: Vec<&str> = match &p.push.target {
                 Target::User(u) | Target::Topic(u) => vec![u.as_str()],
                 Target::Users(list) => list.iter().map(String::as_str).collect(),
                 Target::Broadcast => vec![""],
             };
-            let mut outcomes = Vec::with_capacity(n);
+            let mut outcomes = Vec::with_capacity(names.len());
             let mut errors = Vec::new();
-            for name in names {
+            for name in names.into_iter().filter(|n| emit(i, n)) {
                 let Some(v) = values.next() else {
                     let e = "Redis answered fewer results than commands".to_string();
                     errors.push((name.to_string(), e));

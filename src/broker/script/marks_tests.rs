@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use redis::Value;
 
-use super::{stream_source, MARKS_KEPT};
+use std::collections::HashSet;
+
+use super::{stream_source, Sending, MARKS_KEPT};
 
 /// A redis-server process of this test, killed (by its PID) when dropped.
 struct Process(Child);
@@ -240,4 +242,74 @@ fn out_of_memory_refuses_a_new_run_on_a_full_hash_and_still_answers_a_taken_push
     assert_eq!(r.marks("throng:{u:s}").len(), MARKS_KEPT);
     // Reads only: a push sent again is still found taken.
     assert_eq!(r.push("s", &runs[0], 5, 0, None), Reply::Taken);
+}
+
+/// A sequencer of run `RUN` on `r`'s Redis, its script loaded.
+fn sequencer(r: &mut Redis) -> super::Sequencer {
+    let mut seq = super::Sequencer::new(super::Retention {
+        history_size: 10,
+        user_ms: 60_000,
+        topic_ms: 60_000,
+        dedup_ms: 60_000,
+    });
+    seq.run = RUN.to_string();
+    seq.load(&mut r.conn).expect("SCRIPT LOAD");
+    seq
+}
+
+fn user_push(u: &str, data: &str) -> crate::api::ParsedPush {
+    crate::api::ParsedPush {
+        target: crate::api::Target::User(u.into()),
+        data: format!("\"{data}\""),
+        id: None,
+        from: None,
+    }
+}
+
+#[test]
+fn the_rerun_after_noscript_keeps_each_push_behind_the_one_before_it() {
+    let mut r = Redis::start();
+    let seq = sequencer(&mut r);
+    let (p4, p5, p6) = (
+        user_push("s", "4"),
+        user_push("s", "5"),
+        user_push("s", "6"),
+    );
+    let round = [
+        Sending {
+            push: &p4,
+            mark: Some(4),
+        },
+        Sending {
+            push: &p5,
+            mark: Some(5),
+        },
+        Sending {
+            push: &p6,
+            mark: Some(6),
+        },
+    ];
+    // Only 4 went in (5 was refused, 6 was stopped behind it).
+    let first = seq
+        .publish_between(&mut r.conn, redis::pipe(), &round[..1], None)
+        .expect("a round trip");
+    assert!(first.published[0].is_ok());
+    // The rerun of 6 alone: its `prev` is still 5, which Redis never took.
+    let stopped = [(2, HashSet::new())].into_iter().collect();
+    let redone = seq
+        .run(&mut r.conn, redis::pipe(), &round, None, Some(&stopped))
+        .expect("a round trip");
+    assert_eq!(redone.published.len(), 1);
+    match &redone.published[0] {
+        Err(super::PublishError::NotPublished(e)) => assert!(e.starts_with("BEHIND"), "{e}"),
+        other => panic!("applied past a push Redis did not take: {other:?}"),
+    }
+    assert_eq!(r.seq("s"), 1);
+    // The whole round trip again: 4 is taken, 5 and 6 go in, in order.
+    let again = seq
+        .publish_between(&mut r.conn, redis::pipe(), &round, None)
+        .expect("a round trip");
+    let results = &again.published;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(r.seq("s"), 3);
 }
