@@ -51,7 +51,8 @@ impl Target for StreamTarget {
                 .arg(e.as_str())
                 .ignore();
         }
-        match pipe.query::<()>(conn) {
+        // A silent Redis costs one timeout, not one per event of the batch.
+        match pipe.query::<()>(&mut crate::broker::Prompt(conn)) {
             Ok(()) => Ok(()),
             Err(e) => {
                 // The link may be broken: reconnect on the next try.
