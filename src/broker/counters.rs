@@ -93,7 +93,7 @@ impl crate::metrics::FeatureCounters for BrokerCounters {
             (
                 "throng_broker_resent_total",
                 "counter",
-                "Pushes answered 202 sent again because their round trip went unanswered.",
+                "Pushes answered 202 sent again because their round trip went unanswered (each time).",
                 n(&self.resent),
             ),
             (

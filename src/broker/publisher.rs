@@ -299,7 +299,9 @@ impl Publisher {
 
     /// Connects and loads the script; false (after a pause) when Redis is not there.
     fn reconnect(&mut self) -> bool {
-        if self.on_replica || self.short_lived {
+        // Taken once: a connect that fails pauses on its own below.
+        let quick = std::mem::take(&mut self.short_lived);
+        if self.on_replica || quick {
             // That Redis answered, it just takes no writes: a failover takes seconds, so
             // asking again at once would only open thousands of connections a second. So
             // does one that drops each link as soon as a round trip goes.
@@ -313,7 +315,7 @@ impl Publisher {
             Ok(c) => {
                 self.conn = Some(c);
                 self.linked_at = Instant::now();
-                if !self.on_replica && !self.short_lived {
+                if !self.on_replica && !quick {
                     self.backoff = RECONNECT_MIN;
                 }
                 self.show_up();
@@ -345,6 +347,11 @@ impl Publisher {
         self.on_replica = false;
         if self.conn.is_some() {
             self.short_lived = self.linked_at.elapsed() < LINK_MIN_LIFE;
+            if !self.short_lived {
+                // A link that lasted ends any spell of quick losses: the next outage starts
+                // at the shortest pause.
+                self.backoff = RECONNECT_MIN;
+            }
         }
         if !std::mem::replace(&mut self.told, true) {
             tracing::warn!(error = %e, "publisher cannot use Redis; pushes get 503 broker_unavailable until it can");
@@ -389,6 +396,9 @@ impl Publisher {
                 mark: o.mark,
             })
             .collect();
+        // Counted as sent, answered or not.
+        let broker = &self.ctx.metrics.broker;
+        broker.resent.fetch_add(resent as u64, Relaxed);
         let between = match self
             .sequencer
             .publish_between(conn, redis::pipe(), &pushes, None)
@@ -443,7 +453,6 @@ impl Publisher {
         let broker = &self.ctx.metrics.broker;
         broker.published.fetch_add(published, Relaxed);
         broker.errors.fetch_add(failed, Relaxed);
-        broker.resent.fetch_add(resent as u64, Relaxed);
         broker.resent_taken.fetch_add(taken_before, Relaxed);
         if resent > 0 {
             tracing::info!(

@@ -316,8 +316,7 @@ impl Sequencer {
         after: Option<redis::Cmd>,
     ) -> redis::RedisResult<Between> {
         let mut first = self.run(conn, before, pushes, after, None)?;
-        let has = |r: &Refused, code: &str| r.errors.iter().any(|(_, e)| e.starts_with(code));
-        if !first.refused.iter().flatten().any(|r| has(r, "NOSCRIPT")) {
+        if !first.refused.iter().flatten().any(|r| r.has("NOSCRIPT")) {
             return Ok(first);
         }
         // Redis lost its script cache (SCRIPT FLUSH, a failover to a node without it):
@@ -330,6 +329,20 @@ impl Sequencer {
         if self.load(conn).is_err() {
             return Ok(first);
         }
+        // No answer to the rerun: what Redis ran of the round trip is not known.
+        self.rerun(conn, pushes, &mut first)?;
+        Ok(first)
+    }
+
+    /// Runs again the pushes of `first` (the round trip of `pushes`) that NOSCRIPT stopped,
+    /// and those behind them, for their streams not reached, and puts their outcomes in
+    /// `first`.
+    fn rerun(
+        &self,
+        conn: &mut Connection,
+        pushes: &[Sending<'_>],
+        first: &mut Between,
+    ) -> redis::RedisResult<()> {
         // Those behind a stopped push to the same stream run again with it; each keeps
         // its mark and the `prev` it had (the rerun walks the whole round trip), so one
         // behind a push Redis refused otherwise is refused again, not applied past it.
@@ -340,13 +353,12 @@ impl Sequencer {
             .filter_map(|(i, r)| {
                 let r = r
                     .as_ref()
-                    .filter(|r| has(r, "NOSCRIPT") || has(r, "BEHIND"))?;
+                    .filter(|r| r.has("NOSCRIPT") || r.has("BEHIND"))?;
                 Some((i, r.reached.iter().filter_map(Outcome::stream).collect()))
             })
             .collect();
         let mut again: Vec<usize> = stopped.keys().copied().collect();
         again.sort_unstable();
-        // No answer to the rerun: what Redis ran of the round trip is not known.
         let redone = self.run(conn, redis::pipe(), pushes, None, Some(&stopped))?;
         for ((i, published), refused) in again.iter().zip(redone.published).zip(redone.refused) {
             let mut reached = first.refused[*i]
@@ -368,7 +380,7 @@ impl Sequencer {
                 }
             }
         }
-        Ok(first)
+        Ok(())
     }
 
     /// One round trip: `pipe`'s commands, the pushes, `after`. With `only`, the pushes it
@@ -388,16 +400,6 @@ impl Sequencer {
             Some(o) => o.get(&i).is_some_and(|reached| !reached.contains(name)),
         };
         let before = pipe.len();
-        if pushes.is_empty() && before == 0 && after.is_none() {
-            // An empty pipeline is a client error in the redis crate ("empty command"),
-            // which would fail a stream batch made only of invalid entries forever.
-            return Ok(Between {
-                before: Vec::new(),
-                published: Vec::new(),
-                refused: Vec::new(),
-                after: None,
-            });
-        }
         let now = now_ms();
         pipe.ignore_errors();
         let mut round = Round::default();
@@ -425,7 +427,14 @@ impl Sequencer {
         if let Some(cmd) = after {
             pipe.add_command(cmd);
         }
-        let values: Vec<Value> = pipe.query(&mut super::Prompt(conn))?;
+        // An empty pipeline is a client error in the redis crate ("empty command"), which
+        // would fail a stream batch made only of invalid entries (or a rerun with nothing
+        // left to send) forever.
+        let values: Vec<Value> = if pipe.is_empty() {
+            Vec::new()
+        } else {
+            pipe.query(&mut super::Prompt(conn))?
+        };
         let mut values = values.into_iter();
         let before: Vec<Value> = values.by_ref().take(before).collect();
         let after = if has_after { values.next_back() } else { None };
@@ -495,6 +504,11 @@ impl Refused {
     /// Whether Redis refused every stream it refused only for now.
     pub fn all_for_now(&self) -> bool {
         self.errors.iter().all(|(_, e)| refused_for_now(e))
+    }
+
+    /// Whether one of the refusals has this error code.
+    fn has(&self, code: &str) -> bool {
+        self.errors.iter().any(|(_, e)| e.starts_with(code))
     }
 
     /// The first refusal Redis will not take back, if any.

@@ -7,8 +7,6 @@ use std::time::{Duration, Instant};
 
 use redis::Value;
 
-use std::collections::HashSet;
-
 use super::{stream_source, Sending, MARKS_KEPT};
 
 /// A redis-server process of this test, killed (by its PID) when dropped.
@@ -266,6 +264,17 @@ fn user_push(u: &str, data: &str) -> crate::api::ParsedPush {
     }
 }
 
+/// A refusal of `error` on stream `s`, nothing reached.
+fn refusal(s: &str, error: &str) -> (super::Published, Option<super::Refused>) {
+    (
+        Err(super::PublishError::NotPublished(error.into())),
+        Some(super::Refused {
+            reached: Vec::new(),
+            errors: vec![(s.into(), error.into())],
+        }),
+    )
+}
+
 #[test]
 fn the_rerun_after_noscript_keeps_each_push_behind_the_one_before_it() {
     let mut r = Redis::start();
@@ -289,21 +298,28 @@ fn the_rerun_after_noscript_keeps_each_push_behind_the_one_before_it() {
             mark: Some(6),
         },
     ];
-    // Only 4 went in (5 was refused, 6 was stopped behind it).
-    let first = seq
+    // The first run as Redis answered it: 4 numbered, 5 refused for lack of memory, 6
+    // stopped by NOSCRIPT (the script cache went in between).
+    let mut first = seq
         .publish_between(&mut r.conn, redis::pipe(), &round[..1], None)
         .expect("a round trip");
-    assert!(first.published[0].is_ok());
-    // The rerun of 6 alone: its `prev` is still 5, which Redis never took.
-    let stopped = [(2, HashSet::new())].into_iter().collect();
-    let redone = seq
-        .run(&mut r.conn, redis::pipe(), &round, None, Some(&stopped))
+    for (published, refused) in [
+        refusal("s", "OOM command not allowed"),
+        refusal("s", "NOSCRIPT No matching script"),
+    ] {
+        first.published.push(published);
+        first.refused.push(refused);
+    }
+    // The rerun: 6 only, still behind 5, which Redis never took.
+    seq.rerun(&mut r.conn, &round, &mut first)
         .expect("a round trip");
-    assert_eq!(redone.published.len(), 1);
-    match &redone.published[0] {
+    match &first.published[2] {
         Err(super::PublishError::NotPublished(e)) => assert!(e.starts_with("BEHIND"), "{e}"),
         other => panic!("applied past a push Redis did not take: {other:?}"),
     }
+    assert!(first.refused[2].as_ref().is_some_and(|r| r.has("BEHIND")));
+    assert!(first.refused[1].as_ref().is_some_and(|r| r.has("OOM")));
+    assert!(first.published[0].is_ok());
     assert_eq!(r.seq("s"), 1);
     // The whole round trip again: 4 is taken, 5 and 6 go in, in order.
     let again = seq
@@ -312,4 +328,29 @@ fn the_rerun_after_noscript_keeps_each_push_behind_the_one_before_it() {
     let results = &again.published;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     assert_eq!(r.seq("s"), 3);
+}
+
+#[test]
+fn a_rerun_with_nothing_left_to_send_is_no_round_trip() {
+    let mut r = Redis::start();
+    let seq = sequencer(&mut r);
+    let p = user_push("s", "1");
+    let round = [Sending {
+        push: &p,
+        mark: Some(1),
+    }];
+    let mut first = seq
+        .publish_between(&mut r.conn, redis::pipe(), &[], None)
+        .expect("nothing to send");
+    // Stopped after it reached its only stream: nothing is left for the rerun.
+    first
+        .published
+        .push(Err(super::PublishError::NotPublished("NOSCRIPT".into())));
+    first.refused.push(Some(super::Refused {
+        reached: vec![super::Outcome::Duplicate { stream: "s".into() }],
+        errors: vec![("s".into(), "NOSCRIPT No matching script".into())],
+    }));
+    seq.rerun(&mut r.conn, &round, &mut first)
+        .expect("no round trip");
+    assert!(first.published[0].is_ok(), "{:?}", first.published[0]);
 }
