@@ -15,7 +15,8 @@ pub struct BrokerCounters {
     pub published: AtomicU64,
     /// Redis errors of every broker thread (each one a reconnect or a refused push).
     pub errors: AtomicU64,
-    /// Pushes answered 202 sent again because their round trip went unanswered.
+    /// Pushes answered 202 sent again because their round trip went unanswered (each time,
+    /// answered or not).
     pub resent: AtomicU64,
     /// Streams on which such a push was there already (not applied again).
     pub resent_taken: AtomicU64,

@@ -314,10 +314,9 @@ impl Publisher {
         }) {
             Ok(c) => {
                 self.conn = Some(c);
+                // The backoff starts over once a link lasted (`down`) or a replica's spell
+                // ended, not when one is made.
                 self.linked_at = Instant::now();
-                if !self.on_replica && !quick {
-                    self.backoff = RECONNECT_MIN;
-                }
                 self.show_up();
                 if self.on_replica {
                     // Said once already; said again when writes go through.
