@@ -1,56 +1,27 @@
 //! The producer marks in the scripts themselves, on a real `redis-server` (Debian's
-//! package) started on a free loopback port for each test.
-
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+//! package) started on a free loopback port for each test (`tests/common`'s).
 
 use redis::Value;
 
 use super::{stream_source, Sending, MARKS_KEPT};
 
-/// A redis-server process of this test, killed (by its PID) when dropped.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+// The integration tests' redis-server, started and stopped by PID the same way.
+#[path = "../../../tests/common/redis_server.rs"]
+#[allow(unreachable_pub)]
+mod redis_server;
 
 /// A redis-server of this test, and a connection to it.
 struct Redis {
     conn: redis::Connection,
-    _process: Process,
+    _server: redis_server::RedisServer,
 }
 
 impl Redis {
     fn start() -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        let process = Process(
-            Command::new("redis-server")
-                .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-                .args(["--port", &port.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server runs (apt-get install redis-server; .ci/run does it)"),
-        );
-        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("a URL");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(conn) = client.get_connection_with_timeout(Duration::from_secs(1)) {
-                return Redis {
-                    conn,
-                    _process: process,
-                };
-            }
-            assert!(Instant::now() < deadline, "redis-server never answered");
-            std::thread::sleep(Duration::from_millis(20));
+        let server = redis_server::RedisServer::start();
+        Redis {
+            conn: server.conn(),
+            _server: server,
         }
     }
 
