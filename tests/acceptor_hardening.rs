@@ -424,14 +424,7 @@ fn held_upgrade(srv: &TestServer, user: &str) -> (u16, TcpStream) {
     let mut s = tcp(srv.ws);
     s.write_all(&upgrade_request(srv.ws, "/ws", &[&auth], &[]))
         .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match s.read(&mut byte) {
-            Ok(1) => head.push(byte[0]),
-            _ => break,
-        }
-    }
+    let head = read_head(&mut s);
     let text = String::from_utf8_lossy(&head);
     let status = text
         .split_whitespace()

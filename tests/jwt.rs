@@ -392,13 +392,8 @@ fn answer(
     body: &std::sync::Mutex<String>,
     requests: &std::sync::atomic::AtomicU64,
 ) {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match s.read(&mut byte) {
-            Ok(1) => head.push(byte[0]),
-            _ => return,
-        }
+    if !read_head(&mut s).ends_with(b"\r\n\r\n") {
+        return;
     }
     requests.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let body = body.lock().unwrap().clone();

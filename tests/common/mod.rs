@@ -742,6 +742,21 @@ pub fn request_bytes(
     req.into_bytes()
 }
 
+/// Reads an HTTP head (a request's or a response's) from `s` a byte at a time, leaving
+/// what follows unread: complete when it ends with the blank line, else what came before
+/// the stream ended or failed.
+pub fn read_head(s: &mut impl Read) -> Vec<u8> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    head
+}
+
 /// Reads one HTTP response from `s` (TCP, or TLS over it), with `buf` as already-buffered
 /// bytes. Returns the response and any bytes after it.
 pub fn read_response<S: Read>(s: &mut S, mut buf: Vec<u8>) -> Result<(Resp, Vec<u8>), String> {
