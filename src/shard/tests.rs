@@ -419,6 +419,33 @@ impl Harness {
         self.recv(peer).json()
     }
 
+    /// `peer` (user `user`) refreshes to a token with `secs` left and is answered
+    /// `refreshed`.
+    fn refresh(&mut self, peer: &mut Peer, user: &str, secs: u64, r: u64) {
+        let token = crate::auth::mint_hs256(SECRET, user, secs, None, None).expect("token");
+        peer.send_json(json!({"type": "refresh", "token": token, "ref": r}));
+        let answer = self.recv_json(peer);
+        assert_eq!(answer["type"], "refreshed", "{answer}");
+    }
+
+    /// Quiet until `quiet_until` (ms), then at `at` the `token_expiring` hint, its `in_ms`
+    /// within `in_ms`.
+    fn hint_between(
+        &mut self,
+        peer: &mut Peer,
+        quiet_until: u64,
+        at: u64,
+        in_ms: std::ops::RangeInclusive<u64>,
+    ) {
+        self.at(quiet_until);
+        self.quiet(peer);
+        self.at(at);
+        let hint = self.recv_json(peer);
+        assert_eq!(hint["type"], "token_expiring", "{hint}");
+        let got = hint["in_ms"].as_u64().expect("in_ms");
+        assert!(in_ms.contains(&got), "{hint}");
+    }
+
     /// Nothing arrives for `peer` over a few turns (without moving the clock).
     fn quiet(&mut self, peer: &mut Peer) {
         for _ in 0..3 {
@@ -735,9 +762,7 @@ fn a_refresh_during_the_drain_keeps_the_connection_s_turn() {
     assert!(h.turn());
     let hint = h.recv_json(&mut p);
     let after = hint["after_ms"].as_u64().expect("after_ms");
-    let token = crate::auth::mint_hs256(SECRET, "r", 3600, None, None).expect("token");
-    p.send_json(json!({"type": "refresh", "token": token, "ref": 1}));
-    assert_eq!(h.recv_json(&mut p)["type"], "refreshed");
+    h.refresh(&mut p, "r", 3600, 1);
     let due = after.div_ceil(reactor::TICK_MS) * reactor::TICK_MS;
     h.at(due.max(h.clock.now_ms()));
     assert_eq!(
@@ -763,45 +788,19 @@ fn a_refresh_to_a_short_token_is_hinted_halfway_not_at_once() {
     // Its refresh has 29-30 s left (whole seconds), also under the default 60 s
     // refresh_ahead: hinted at once, a client that refreshes on each hint would refresh
     // again at once, and again.
-    let token = crate::auth::mint_hs256(SECRET, "s", 30, None, None).expect("token");
-    p.send_json(json!({"type": "refresh", "token": token, "ref": 1}));
-    assert_eq!(h.recv_json(&mut p)["type"], "refreshed");
-    h.quiet(&mut p);
-    h.at(t0 + 14_000);
+    h.refresh(&mut p, "s", 30, 1);
     h.quiet(&mut p);
     // Halfway through what it had, the hint, once.
-    h.at(t0 + 16_000);
-    let hint = h.recv_json(&mut p);
-    assert_eq!(hint["type"], "token_expiring", "{hint}");
-    let in_ms = hint["in_ms"].as_u64().expect("in_ms");
-    assert!((13_000..=15_000).contains(&in_ms), "{hint}");
+    h.hint_between(&mut p, t0 + 14_000, t0 + 16_000, 13_000..=15_000);
     h.at(t0 + 20_000);
     h.quiet(&mut p);
     // A token a little longer than refresh_ahead (90 s): halfway too, not at once.
-    let token = crate::auth::mint_hs256(SECRET, "s", 90, None, None).expect("token");
-    p.send_json(json!({"type": "refresh", "token": token, "ref": 3}));
-    let answer = h.recv_json(&mut p);
-    assert_eq!(answer["type"], "refreshed", "{answer}");
-    h.at(t0 + 20_000 + 40_000);
-    h.quiet(&mut p);
-    h.at(t0 + 20_000 + 46_000);
-    let hint = h.recv_json(&mut p);
-    assert_eq!(hint["type"], "token_expiring", "{hint}");
-    let in_ms = hint["in_ms"].as_u64().expect("in_ms");
-    assert!((43_000..=45_000).contains(&in_ms), "{hint}");
+    h.refresh(&mut p, "s", 90, 3);
+    h.hint_between(&mut p, t0 + 60_000, t0 + 66_000, 43_000..=45_000);
     // A refresh to a long token again: the normal hint, refresh_ahead before its end.
-    let token = crate::auth::mint_hs256(SECRET, "s", 600, None, None).expect("token");
-    p.send_json(json!({"type": "refresh", "token": token, "ref": 2}));
-    let answer = h.recv_json(&mut p);
-    assert_eq!(answer["type"], "refreshed", "{answer}");
+    h.refresh(&mut p, "s", 600, 2);
     let t1 = h.clock.now_ms();
-    h.at(t1 + 530_000);
-    h.quiet(&mut p);
-    h.at(t1 + 542_000);
-    let hint = h.recv_json(&mut p);
-    assert_eq!(hint["type"], "token_expiring", "{hint}");
-    let in_ms = hint["in_ms"].as_u64().expect("in_ms");
-    assert!((57_000..=60_000).contains(&in_ms), "{hint}");
+    h.hint_between(&mut p, t1 + 530_000, t1 + 542_000, 57_000..=60_000);
 }
 
 #[test]
