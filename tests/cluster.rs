@@ -862,14 +862,6 @@ fn a_users_push_redis_refuses_partway_reaches_each_user_once() {
             .and_then(|v| v.trim().parse().ok())
             .expect("used_memory")
     };
-    let seq = |r: &mut redis::Connection, user: &str| -> u64 {
-        let s: Option<u64> = redis::cmd("HGET")
-            .arg(format!("throng:{{u:{user}}}"))
-            .arg("seq")
-            .query(r)
-            .unwrap();
-        s.unwrap_or(0)
-    };
     // Each user's script keeps the 100 KB push as history: with room for a few of them,
     // Redis numbers the first users and refuses the rest (OOM). The room is found by
     // trying: too little refuses every user, too much numbers them all.
@@ -899,13 +891,13 @@ fn a_users_push_redis_refuses_partway_reaches_each_user_once() {
             pending(&mut r) == 0 || a.stats()["cluster"]["broker_errors"].as_u64() > errors
         });
         assert!(tried, "entry {attempt} never tried");
-        let first: Vec<u64> = users.iter().map(|u| seq(&mut r, u)).collect();
+        let first = user_seqs(&mut r, &users);
         set_maxmemory(&mut r, 0);
         assert!(
             wait_until(Duration::from_secs(10), || pending(&mut r) == 0),
             "entry {attempt} never finished"
         );
-        let after: Vec<u64> = users.iter().map(|u| seq(&mut r, u)).collect();
+        let after = user_seqs(&mut r, &users);
         assert_eq!(
             after,
             vec![1; 8],
@@ -943,14 +935,7 @@ fn a_users_push_dead_after_reaching_some_users_is_not_repeated_while_its_copy_wa
     });
     assert_eq!(pending(&mut r), 1, "its copy still refused");
     // The retries left w0 and w1 out: each was numbered once.
-    for user in ["w0", "w1"] {
-        let seq: Option<u64> = redis::cmd("HGET")
-            .arg(format!("throng:{{u:{user}}}"))
-            .arg("seq")
-            .query(&mut r)
-            .unwrap();
-        assert_eq!(seq, Some(1), "{user}");
-    }
+    assert_eq!(user_seqs(&mut r, &["w0".into(), "w1".into()]), [1, 1]);
     xadd_push(&mut r, json!({"user": "w0", "data": "next"}).to_string());
     assert_eq!(next_push(&mut w0)["data"], "next", "no repeat before it");
 }
@@ -1254,50 +1239,14 @@ fn a_users_push_cut_by_a_lost_script_cache_reaches_every_user_once() {
 fn renewing_held_entries_touches_only_the_nodes_own() {
     let redis = RedisServer::start();
     let mut r = redis.conn();
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg("throng:push")
-        .arg("throng")
-        .arg("0")
-        .arg("MKSTREAM")
-        .query(&mut r)
-        .unwrap();
+    group_create(&mut r, "throng");
     let mine = xadd_push(&mut r, "one");
     let theirs = xadd_push(&mut r, "two");
     for (consumer, id) in [("n1", &mine), ("n2", &theirs)] {
-        let _: redis::Value = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg("throng")
-            .arg(consumer)
-            .arg("COUNT")
-            .arg(1)
-            .arg("STREAMS")
-            .arg("throng:push")
-            .arg(">")
-            .query(&mut r)
-            .unwrap();
-        let owner: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
-            .arg("throng:push")
-            .arg("throng")
-            .arg(id)
-            .arg(id)
-            .arg(1)
-            .query(&mut r)
-            .unwrap();
-        assert_eq!(owner[0].1, consumer);
+        group_read(&mut r, "throng", consumer, 1);
+        assert_eq!(idle(&mut r, id).0, consumer);
     }
     // Both idle a while; n1 renews both ids: only its own is renewed, n2 keeps its entry.
-    let idle = |r: &mut redis::Connection, id: &str| -> (String, u64) {
-        let p: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
-            .arg("throng:push")
-            .arg("throng")
-            .arg(id)
-            .arg(id)
-            .arg(1)
-            .query(r)
-            .unwrap();
-        (p[0].1.clone(), p[0].2)
-    };
     assert!(wait_until(Duration::from_secs(5), || idle(&mut r, &theirs)
         .1
         >= 300));
@@ -1378,11 +1327,39 @@ fn wait_ingested(srv: &TestServer, r: &mut redis::Connection, n: u64) {
 }
 
 /// Group `group` reads `count` new entries of `throng:push` as consumer `c`.
-fn group_read(r: &mut redis::Connection, group: &str, count: usize) {
+/// Creates consumer group `group` on `throng:push` (and the stream), reading from its
+/// start.
+fn group_create(r: &mut redis::Connection, group: &str) {
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("throng:push")
+        .arg(group)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query(r)
+        .unwrap();
+}
+
+/// The consumer that holds pending entry `id` of group `throng`, and how long it has been
+/// idle (ms).
+fn idle(r: &mut redis::Connection, id: &str) -> (String, u64) {
+    let p: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+        .arg("throng:push")
+        .arg("throng")
+        .arg(id)
+        .arg(id)
+        .arg(1)
+        .query(r)
+        .unwrap();
+    (p[0].1.clone(), p[0].2)
+}
+
+/// `consumer` of `group` reads the next `count` new entries of `throng:push`.
+fn group_read(r: &mut redis::Connection, group: &str, consumer: &str, count: usize) {
     let _: redis::Value = redis::cmd("XREADGROUP")
         .arg("GROUP")
         .arg(group)
-        .arg("c")
+        .arg(consumer)
         .arg("COUNT")
         .arg(count)
         .arg("STREAMS")
@@ -1407,23 +1384,16 @@ fn stream_entries_go_once_every_group_acknowledged_them_and_not_before() {
     let mut r = redis.conn();
     // Two other readers of the stream, as an upstream's audit or replay tools would be.
     for group in ["audit", "late"] {
-        let _: () = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg("throng:push")
-            .arg(group)
-            .arg("0")
-            .arg("MKSTREAM")
-            .query(&mut r)
-            .unwrap();
+        group_create(&mut r, group);
     }
     let a = node(&redis, &["--node-id", "node-a"]);
     let ids = add_pushes(&mut r, "nobody", &vec!["*".to_string(); 1000]);
     wait_ingested(&a, &mut r, 1000);
     // `audit` has read 600 and acknowledged 300 (301 onwards pending or unread); `late`
     // has read and acknowledged 800. The oldest entry anyone still needs is the 301st.
-    group_read(&mut r, "audit", 600);
+    group_read(&mut r, "audit", "c", 600);
     group_ack(&mut r, "audit", &ids[..300]);
-    group_read(&mut r, "late", 800);
+    group_read(&mut r, "late", "c", 800);
     group_ack(&mut r, "late", &ids[..800]);
     a.wait_stats("entries trimmed", |s| {
         s["cluster"]["stream_trimmed"].as_u64() > Some(0)
