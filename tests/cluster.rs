@@ -994,6 +994,72 @@ fn a_push_answered_202_that_redis_refuses_for_now_goes_out_once_it_can() {
 }
 
 #[test]
+fn pushes_behind_one_redis_refused_for_now_wait_for_it_and_keep_their_order() {
+    let redis = RedisServer::start();
+    let a = node(&redis, &[]);
+    let mut oz = a.connect("oz");
+    let mut ok = a.connect("ok");
+    wait_streams(&a, 2);
+    let mut r = redis.conn();
+    set_maxmemory(&mut r, "1");
+    let errors = a.stats()["cluster"]["broker_errors"].as_u64().unwrap();
+    a.push(json!({"user": "oz", "data": "first"}));
+    // Refused again and again, its next try is a second or more away: the pushes below
+    // come while it waits (before, they went first: "second" was numbered 1).
+    a.wait_stats("refused several times", |s| {
+        s["cluster"]["broker_errors"].as_u64() >= Some(errors + 8)
+    });
+    assert_eq!(a.stats()["cluster"]["broker_waiting"], 1);
+    set_maxmemory(&mut r, "0");
+    let told = a.api(
+        "POST",
+        "/v1/push?wait=1",
+        Some(&json!({"user": "oz", "data": "asks"}).to_string()),
+    );
+    told.assert_error(503, "broker_unavailable");
+    assert!(
+        told.text().contains("an earlier push to user oz waits"),
+        "{}",
+        told.text()
+    );
+    a.push(json!({"user": "oz", "data": "second"}));
+    a.push(json!({"users": ["ok", "oz"], "data": "both"}));
+    a.wait_stats("both held behind it", |s| {
+        s["cluster"]["broker_held_behind"] == 2
+    });
+    // ok's part was not held up; oz gets all three in the order they were taken.
+    expect_push(&mut ok, "both", 1);
+    expect_push(&mut oz, "first", 1);
+    expect_push(&mut oz, "second", 2);
+    expect_push(&mut oz, "both", 3);
+    a.wait_stats("none waits", |s| s["cluster"]["broker_waiting"] == 0);
+}
+
+#[test]
+fn more_refused_pushes_to_a_stream_than_a_round_trip_retries_keep_their_order() {
+    let redis = RedisServer::start();
+    let a = node(&redis, &[]);
+    let mut oz = a.connect("oz");
+    wait_streams(&a, 1);
+    let mut r = redis.conn();
+    set_maxmemory(&mut r, "1");
+    // 100 pushes wait; a round trip tries 64 of them again, and those refused go back
+    // ahead of the other 36 (before, behind them: 65 was numbered 1).
+    for i in 1..=100 {
+        a.push(json!({"user": "oz", "data": i.to_string()}));
+    }
+    a.wait_stats("all waiting", |s| s["cluster"]["broker_waiting"] == 100);
+    let errors = a.stats()["cluster"]["broker_errors"].as_u64().unwrap();
+    a.wait_stats("retried", |s| {
+        s["cluster"]["broker_errors"].as_u64() >= Some(errors + 128)
+    });
+    set_maxmemory(&mut r, "0");
+    for i in 1..=100 {
+        expect_push(&mut oz, &i.to_string(), i);
+    }
+}
+
+#[test]
 fn a_push_waiting_for_redis_to_take_it_holds_up_no_other() {
     let redis = RedisServer::start();
     let a = node(&redis, &[]);

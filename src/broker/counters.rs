@@ -20,6 +20,12 @@ pub struct BrokerCounters {
     pub resent: AtomicU64,
     /// Streams on which such a push was there already (not applied again).
     pub resent_taken: AtomicU64,
+    /// Pushes answered 202 waiting for Redis to take them: refused for now, behind such a
+    /// push on a stream, or of a round trip that went unanswered (gauge).
+    pub waiting: AtomicU64,
+    /// Pushes answered 202 (or a part: some users of a `users` push) that waited behind an
+    /// earlier push to the same stream that Redis had refused for now.
+    pub held_behind: AtomicU64,
     /// Channels subscribed now (gauge).
     pub channels: AtomicU64,
     /// Users and topics this node serves (gauge).
@@ -102,6 +108,18 @@ impl crate::metrics::FeatureCounters for BrokerCounters {
                 "counter",
                 "Streams on which a push sent again was there already (not applied again).",
                 n(&self.resent_taken),
+            ),
+            (
+                "throng_broker_waiting",
+                "gauge",
+                "Pushes answered 202 waiting for Redis to take them (refused for now, behind one, or unanswered).",
+                n(&self.waiting),
+            ),
+            (
+                "throng_broker_held_behind_total",
+                "counter",
+                "Pushes answered 202 that waited behind an earlier push to the same stream Redis refused for now.",
+                n(&self.held_behind),
             ),
             (
                 "throng_broker_channels",

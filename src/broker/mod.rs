@@ -22,6 +22,7 @@ pub mod keys;
 pub mod presence;
 mod publisher;
 mod pubsub;
+mod retries;
 pub mod script;
 mod subscriber;
 mod trim;

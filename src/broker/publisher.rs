@@ -5,7 +5,9 @@
 //! A push answered 202 that Redis refuses for now (out of memory, loading, ...) waits in
 //! the retry queue and is tried again, for the streams it has not reached, after a pause
 //! that grows while Redis keeps refusing. Retries take at most a quarter of a round trip,
-//! so new pushes, waiting (`?wait=1`) pushes and client publishes keep being answered.
+//! so new pushes, waiting (`?wait=1`) pushes and client publishes keep being answered;
+//! a new push to a stream that a retry holds up waits behind it (a waiting one is told
+//! so), so each stream's pushes are numbered in the order the node took them.
 //!
 //! A round trip that goes unanswered (the link lost, or Redis stalled past the timeout
 //! after taking the commands) leaves its 202 pushes unknown: they go first in the next
@@ -13,20 +15,23 @@
 //! had not yet, once. Its waiting pushes are answered that they may or may not have been
 //! published.
 
-use std::collections::VecDeque;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use redis::Connection;
+use rustc_hash::FxBuildHasher;
 
+use super::keys::StreamRef;
+use super::retries::Retries;
 use super::script::{
-    only, refused_by_a_replica, refused_for_now, unreached, Outcome, PublishError, Published,
-    Refused, Sending, Sequencer,
+    narrowed, only, refused_by_a_replica, refused_for_now, streams, unreached, Outcome,
+    PublishError, Published, Refused, Sending, Sequencer,
 };
 use super::{next_backoff, pause, BrokerCtx, PublishCmd, RECONNECT_MIN};
-use crate::api::ParsedPush;
+use crate::api::{ParsedPush, Target};
 use crate::command::Reply;
 use crate::shard::ReplySink;
 
@@ -83,8 +88,8 @@ pub(crate) struct Publisher {
     /// the start: a node that never reaches Redis says why).
     told: bool,
     /// Pushes answered 202 that Redis refused for now, oldest first, each for the streams
-    /// it has not reached.
-    retry: VecDeque<ParsedPush>,
+    /// it has not reached, and those behind them on a stream.
+    retry: Retries,
     /// The pushes answered 202 of the last round trip, when it went unanswered, with
     /// their marks: the next round trip starts with them.
     unanswered: Vec<(ParsedPush, u64)>,
@@ -129,7 +134,7 @@ impl Publisher {
             backoff: RECONNECT_MIN,
             last_io: Instant::now(),
             told: false,
-            retry: VecDeque::new(),
+            retry: Retries::new(),
             unanswered: Vec::new(),
             next_mark: 1,
             retry_at: Instant::now(),
@@ -170,6 +175,13 @@ impl Publisher {
                     retried += 1;
                 }
             }
+            // The streams of pushes sent again: a new push to one waits behind them.
+            let sent_again: Streams = if batch.is_empty() {
+                Streams::default()
+            } else {
+                let pushes = batch.iter().flat_map(|o| streams(&o.cmd.push.target));
+                pushes.map(|s| self.retry.key(s)).collect()
+            };
             if batch.is_empty() {
                 let mut wait = Duration::from_millis(100);
                 if !self.retry.is_empty() {
@@ -181,7 +193,7 @@ impl Publisher {
                     continue;
                 }
                 match self.rx.recv_timeout(wait) {
-                    Ok(cmd) => batch.push(cmd.into()),
+                    Ok(cmd) => self.take_new(cmd, &mut batch, &sent_again),
                     Err(RecvTimeoutError::Timeout) => {
                         self.check_link();
                         continue;
@@ -194,7 +206,7 @@ impl Publisher {
             }
             while batch.len() < BATCH {
                 match self.rx.try_recv() {
-                    Ok(cmd) => batch.push(cmd.into()),
+                    Ok(cmd) => self.take_new(cmd, &mut batch, &sent_again),
                     Err(_) => break,
                 }
             }
@@ -227,6 +239,51 @@ impl Publisher {
         let _ = self.replies.waker.wake();
     }
 
+    /// Adds a new push to the round trip, unless an earlier push to one of its streams
+    /// waits to be tried again (in the retry queue, or sent again in this round trip): a
+    /// push answered 202 then waits behind it for those streams (in the retry queue, after
+    /// it), and a waiting push is answered that it was not published.
+    fn take_new(&mut self, cmd: PublishCmd, batch: &mut Vec<Outgoing>, sent_again: &Streams) {
+        if self.retry.is_empty() && sent_again.is_empty() {
+            batch.push(cmd.into());
+            return;
+        }
+        let held = |s: StreamRef<'_>| {
+            let key = self.retry.key(s);
+            self.retry.holds(key) || sent_again.contains(&key)
+        };
+        let Some(first) = streams(&cmd.push.target).find(|&s| held(s)) else {
+            batch.push(cmd.into());
+            return;
+        };
+        if let Some(t) = cmd.ticket {
+            let why = format!(
+                "an earlier push to {} waits for Redis to take it (Redis refused it for now); try again shortly",
+                describe(first)
+            );
+            self.answer(t, Err(PublishError::NotPublished(why)));
+            return;
+        }
+        self.ctx.metrics.broker.held_behind.fetch_add(1, Relaxed);
+        match &cmd.push.target {
+            Target::Users(_) => {
+                let now = narrowed(&cmd.push, |u| !held(StreamRef::User(u)));
+                let later = narrowed(&cmd.push, |u| held(StreamRef::User(u)));
+                if !matches!(&now.target, Target::Users(list) if list.is_empty()) {
+                    batch.push(
+                        PublishCmd {
+                            push: now,
+                            ticket: None,
+                        }
+                        .into(),
+                    );
+                }
+                self.retry.push_back(later);
+            }
+            _ => self.retry.push_back(cmd.push),
+        }
+    }
+
     /// Whether to end: after the stop (or once nothing more can come), when the queue is
     /// closed and empty and no retry is left, or when the grace is over.
     fn done(&mut self) -> bool {
@@ -252,8 +309,12 @@ impl Publisher {
     }
 
     /// Tells the API that Redis is unavailable while the retry queue is at its bound (it
-    /// takes no more pushes), and that it is back once half of the queue went.
+    /// takes no more pushes), and that it is back once half of the queue went; shows how
+    /// many pushes wait.
     fn saturate(&mut self) {
+        let waiting = self.retry.len() + self.unanswered.len();
+        let broker = &self.ctx.metrics.broker;
+        broker.waiting.store(waiting as u64, Relaxed);
         let was = self.saturated;
         if self.retry.len() >= RETRY_MAX {
             self.saturated = true;
@@ -416,6 +477,9 @@ impl Publisher {
         let mut retries_refused = 0;
         let mut taken_before = 0u64;
         let mut replica = None;
+        // Refused pushes that were sent again go back ahead of the queue: they are older
+        // than every push waiting there.
+        let mut older = Vec::new();
         let outcomes = between.published.into_iter().zip(between.refused);
         for (i, (o, (r, refused))) in batch.drain(..).zip(outcomes).enumerate() {
             if r.is_ok() {
@@ -439,7 +503,11 @@ impl Publisher {
                 (None, Ok(_), _) => {}
                 (None, Err(_), Some(refused)) => {
                     if let Some(push) = retry_part(&o.cmd.push, &refused) {
-                        self.retry.push_back(push);
+                        if i < resent + retried {
+                            older.push(push);
+                        } else {
+                            self.retry.push_back(push);
+                        }
                         refusals += 1;
                     }
                 }
@@ -448,6 +516,7 @@ impl Publisher {
                 }
             }
         }
+        self.retry.put_first(older);
         let _ = self.replies.waker.wake();
         let broker = &self.ctx.metrics.broker;
         broker.published.fetch_add(published, Relaxed);
@@ -509,13 +578,16 @@ impl Publisher {
     /// and the others go first in the next round trip as they were (an unanswered round
     /// trip's with their marks; the others get theirs when sent).
     fn lost(&mut self, batch: &mut Vec<Outgoing>, why: &str) {
+        let mut first = Vec::new();
         for o in batch.drain(..).rev() {
             match (o.cmd.ticket, o.mark) {
                 (Some(t), _) => self.answer(t, Err(why.into())),
                 (None, Some(mark)) => self.unanswered.insert(0, (o.cmd.push, mark)),
-                (None, _) => self.retry.push_front(o.cmd.push),
+                (None, _) => first.push(o.cmd.push),
             }
         }
+        first.reverse();
+        self.retry.put_first(first);
         self.retry_at = Instant::now();
         let _ = self.replies.waker.wake();
     }
@@ -525,14 +597,16 @@ impl Publisher {
     /// trip, with their marks.
     fn unanswered(&mut self, batch: &mut Vec<Outgoing>, e: &redis::RedisError) {
         let why = format!("no answer from Redis ({e})");
+        let mut unmarked = Vec::new();
         for o in batch.drain(..) {
             match (o.cmd.ticket, o.mark) {
                 (Some(t), _) => self.answer(t, Err(PublishError::Unanswered(why.clone()))),
                 (None, Some(mark)) => self.unanswered.push((o.cmd.push, mark)),
                 // Every push answered 202 has its mark by now.
-                (None, None) => self.retry.push_front(o.cmd.push),
+                (None, None) => unmarked.push(o.cmd.push),
             }
         }
+        self.retry.put_first(unmarked);
         let _ = self.replies.waker.wake();
     }
 
@@ -546,6 +620,17 @@ impl Publisher {
             published: Some(published),
             cluster: None,
         });
+    }
+}
+
+/// Keys of streams (`Retries::key`).
+type Streams = HashSet<u64, FxBuildHasher>;
+
+/// A stream as an answer names it.
+fn describe(s: StreamRef<'_>) -> String {
+    match s {
+        StreamRef::User(u) => format!("user {u}"),
+        StreamRef::Topic(t) => format!("topic {t}"),
     }
 }
 

@@ -195,7 +195,7 @@ type Round<'p> = HashMap<StreamRef<'p>, u64, FxBuildHasher>;
 type Stopped<'p> = HashMap<usize, HashSet<&'p str>, FxBuildHasher>;
 
 /// The streams a push to users or a topic runs its script on (none for a broadcast).
-fn streams(target: &Target) -> impl Iterator<Item = StreamRef<'_>> {
+pub(crate) fn streams(target: &Target) -> impl Iterator<Item = StreamRef<'_>> {
     let (one, many): (Option<StreamRef<'_>>, &[String]) = match target {
         Target::User(u) => (Some(StreamRef::User(u)), &[]),
         Target::Users(list) => (None, list),
@@ -570,7 +570,7 @@ pub(crate) fn unreached(push: &ParsedPush, reached: &[Outcome]) -> ParsedPush {
 
 /// A copy of `push` whose `users` target keeps the users `keep` says (other targets are
 /// one stream, kept whole).
-fn narrowed(push: &ParsedPush, keep: impl Fn(&str) -> bool) -> ParsedPush {
+pub(crate) fn narrowed(push: &ParsedPush, keep: impl Fn(&str) -> bool) -> ParsedPush {
     let target = match &push.target {
         Target::Users(list) => Target::Users(list.iter().filter(|u| keep(u)).cloned().collect()),
         other => other.clone(),
