@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use mio::{Poll, Waker};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -18,7 +19,7 @@ use crate::config::Config;
 use crate::link::Links;
 use crate::metrics::Metrics;
 use crate::reactor;
-use crate::shard::{self, ReplySink, ShardCluster, ShardShared};
+use crate::shard::{self, DrainEnd, ReplySink, ShardCluster, ShardShared};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +55,8 @@ pub struct Server {
     api_addr: SocketAddr,
     metrics: Arc<Metrics>,
     draining: Arc<AtomicBool>,
+    /// How the shards end the drain together.
+    drain_end: Arc<DrainEnd>,
     stop: Arc<AtomicBool>,
     acceptor_wakers: Vec<Arc<Waker>>,
     api_waker: Arc<Waker>,
@@ -173,6 +176,7 @@ impl Server {
             config.max_connections_per_ip,
         ));
         let draining = Arc::new(AtomicBool::new(false));
+        let drain_end = Arc::new(DrainEnd::new());
         let stop = Arc::new(AtomicBool::new(false));
 
         let api_poll = Poll::new()?;
@@ -245,6 +249,7 @@ impl Server {
                 metrics: Arc::clone(&metrics),
                 admission: Arc::clone(&admission),
                 draining: Arc::clone(&draining),
+                drain_end: Arc::clone(&drain_end),
                 replies: ReplySink {
                     tx: reply_tx.clone(),
                     waker: Arc::clone(&api_waker),
@@ -387,6 +392,7 @@ impl Server {
             api_addr,
             metrics,
             draining,
+            drain_end,
             stop,
             acceptor_wakers,
             api_waker,
@@ -551,11 +557,19 @@ impl Server {
                 panicked.push(name);
             }
         };
-        for (i, t) in self.shards.drain(..).enumerate() {
-            join(format!("shard {i}"), t);
+        // The acceptor (answering upgrades 503 draining) and the API serve until every
+        // shard is drained (a shard that died never says so), then stop; the shards end
+        // after them, so every push the API sends finds every shard.
+        let n = self.shards.len();
+        loop {
+            let dead = self.shards.iter().filter(|t| t.is_finished()).count();
+            if self
+                .drain_end
+                .wait_drained(n - dead, Duration::from_millis(100))
+            {
+                break;
+            }
         }
-        // The acceptor (answering upgrades 503 draining) and the API serve until the
-        // shards are done, then stop.
         self.stop.store(true, Relaxed);
         for w in &self.acceptor_wakers {
             let _ = w.wake();
@@ -570,6 +584,13 @@ impl Server {
         }
         if let Some(t) = self.api.take() {
             join("push API".into(), t);
+        }
+        self.drain_end.release();
+        for w in &self.shard_wakers {
+            let _ = w.wake();
+        }
+        for (i, t) in self.shards.drain(..).enumerate() {
+            join(format!("shard {i}"), t);
         }
         for t in self.broker.drain(..) {
             let name = t.thread().name().unwrap_or("broker").to_string();

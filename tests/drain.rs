@@ -89,6 +89,62 @@ fn while_draining_new_upgrades_get_503_and_waiting_clients_still_get_pushes() {
     srv.api("GET", "/healthz", None);
 }
 
+/// A user id whose sessions live on shard `shard` of `n`.
+fn user_on(shard: usize, n: usize, prefix: &str) -> String {
+    (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .find(|u| throng::route::shard_of(u, n) == shard)
+        .expect("some user lands on every shard")
+}
+
+#[test]
+fn pushes_during_a_drain_reach_every_shard_once_while_one_shard_is_already_empty() {
+    // Shard 1 has nobody from the start: it is drained at the first step, and must still
+    // take its part of every push until the API stops (before, it ended at once and every
+    // topic push, broadcast and users push got 503 after reaching shard 0, its seq
+    // handed out again).
+    let mut srv = TestServer::start(&["--drain-ms", "60000", "--shards", "2"]);
+    let (u0, u1) = (user_on(0, 2, "zero"), user_on(1, 2, "one"));
+    let mut c = srv.connect_topics(&u0, &["t"]);
+    c.send(json!({"type": "subscribe", "topic": "t", "ref": "s"}));
+    assert_eq!(c.recv()["type"], "subscribed");
+    start_drain(&srv);
+    assert_eq!(c.recv()["type"], "reconnect");
+    for i in 1..=5u64 {
+        srv.push(json!({"topic": "t", "data": i}));
+        let m = c.recv();
+        assert_eq!(
+            (m["seq"].as_u64(), m["data"].as_u64()),
+            (Some(i), Some(i)),
+            "{m}"
+        );
+    }
+    srv.push(json!({"broadcast": true, "data": "all"}));
+    assert_eq!(c.recv()["data"], "all");
+    let users = json!({"users": [u0, u1], "id": "order-1", "data": "shipped"});
+    srv.push(users.clone());
+    srv.push(users);
+    let m = c.recv();
+    assert_eq!(
+        (m["seq"].as_u64(), m["id"].as_str()),
+        (Some(1), Some("order-1")),
+        "{m}"
+    );
+    c.barrier("after");
+    let r = srv.api("GET", "/v1/topics/t", None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["seq"], 5, "{}", r.text());
+    // Once the client hangs up, both shards are drained and the server ends.
+    drop(c);
+    let server = srv.take();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(server.wait_checked());
+    });
+    let ended = rx.recv_timeout(Duration::from_secs(10)).expect("ended");
+    assert_eq!(ended, Ok(()));
+}
+
 #[test]
 fn drain_with_no_clients_ends_at_once() {
     let mut srv = TestServer::start(&["--drain-ms", "60000"]);

@@ -97,6 +97,7 @@ impl ReplayBench {
             metrics: Arc::new(Metrics::new(1)),
             admission: Arc::clone(&admission),
             draining: Arc::new(AtomicBool::new(false)),
+            drain_end: Arc::new(super::DrainEnd::new()),
             replies: ReplySink {
                 tx: reply_tx,
                 waker: api_waker,

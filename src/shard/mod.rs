@@ -9,6 +9,7 @@ mod cluster;
 mod compact;
 mod conn;
 mod distinct;
+mod drain;
 mod grants;
 mod history;
 mod inbound;
@@ -54,6 +55,7 @@ use crate::wheel::Core;
 pub use cluster::{ShardCluster, MAX_INTERESTS_WAITING};
 pub use conn::OutQueue;
 use conn::{Conn, Conns, Sent, SessionStamp, DRAIN_DUE, EXPIRING_SENT, PARKED, PING_SENT};
+pub use drain::DrainEnd;
 use streams::Streams;
 use topics::Topics;
 use users::Users;
@@ -100,6 +102,8 @@ pub struct ShardShared {
     pub admission: Arc<Admission>,
     /// Set when shutdown begins.
     pub draining: Arc<AtomicBool>,
+    /// How the server's shards end the drain together.
+    pub drain_end: Arc<DrainEnd>,
     /// Answers to the push API.
     pub replies: ReplySink,
     /// Cluster mode: the links to the node's broker.
@@ -197,6 +201,11 @@ struct Shard {
     /// connections still open are abandoned. On the shard's clock like every other
     /// deadline, so a test on a manual clock sees the same drain however slowly it runs.
     drain_deadline: Option<u64>,
+    /// While draining: each open connection's turn to close.
+    drain_turns: drain::Turns,
+    /// Drained: no connection left (or the deadline passed); the shard ends once the
+    /// server releases it (`DrainEnd`).
+    drained: bool,
     /// Topic patterns from tokens that carry a `topics` claim, each distinct set shared;
     /// connections without grants pay nothing.
     grants: grants::Grants,
@@ -308,6 +317,8 @@ impl Shard {
             nonce: rand::random(),
             reached: distinct::Distinct::default(),
             drain_deadline: None,
+            drain_turns: drain::Turns::default(),
+            drained: false,
             grants: grants::Grants::default(),
             acks: HashMap::default(),
             targets: Vec::new(),
@@ -1006,10 +1017,6 @@ impl Shard {
             // A send in `on_timer` closed it: the close armed the linger timer already.
             return;
         }
-        if c.place.is_linked() && c.flags & DRAIN_DUE != 0 {
-            // While draining, the timer is the connection's turn to close: keep it.
-            return;
-        }
         // One timer per connection: a session parked in cluster mode was armed when parked
         // and is armed again at `welcome`; `insert` below moves the armed one.
         let mut deadline = if c.flags & PING_SENT != 0 {
@@ -1031,6 +1038,9 @@ impl Shard {
             let lead = self.conns.hint_lead(key, self.hint_ticks);
             deadline = deadline.min(c.expires.saturating_sub(lead));
         }
+        if c.flags & DRAIN_DUE != 0 {
+            deadline = deadline.min(self.drain_turn(key).unwrap_or(self.tick));
+        }
         let at = self.conns.tick_base() + u64::from(deadline);
         self.wheel.insert(&mut self.conns, key, at);
     }
@@ -1046,7 +1056,7 @@ impl Shard {
             self.finalize(key);
             return;
         }
-        if c.flags & DRAIN_DUE != 0 {
+        if c.flags & DRAIN_DUE != 0 && self.drain_turns.get(&key).is_none_or(|&t| tick >= t) {
             self.close(key, Close::SHUTDOWN);
             return;
         }
@@ -1199,71 +1209,6 @@ impl Shard {
         // EPOLL_CTL_DEL per disconnect.
         drop(c);
         self.shared.admission.release(ip);
-    }
-
-    /// One step of shutdown; true when the shard is done.
-    fn drain_step(&mut self) -> bool {
-        let now = self.clock.now_ms();
-        let deadline = match self.drain_deadline {
-            Some(d) => d,
-            None => {
-                let cfg = &self.shared.config;
-                let window = cfg.drain;
-                // The window for the turns, then the grace for the last close handshakes.
-                let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-                let d = now
-                    .saturating_add(ms(window))
-                    .saturating_add(ms(cfg.shutdown_grace));
-                self.drain_deadline = Some(d);
-                self.spread_reconnects(window);
-                let mut broken = Vec::new();
-                self.conns.flush_dirty(&mut broken);
-                for key in broken {
-                    self.abort(key);
-                }
-                d
-            }
-        };
-        // Drop handoffs and commands that raced with the drain, answering what waits.
-        self.take_connections();
-        self.take_commands();
-        self.finish_turn();
-        if self.conns.is_empty() || now >= deadline {
-            self.abandon_all();
-            return true;
-        }
-        false
-    }
-
-    /// Gives every open connection a turn, uniformly at random within `window`: a
-    /// `reconnect` hint with its `after_ms` now, close 1001 when the turn comes. Clients
-    /// that honour the hint reconnect spread over the window instead of all at once.
-    fn spread_reconnects(&mut self, window: Duration) {
-        use rand::Rng;
-        let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
-        let mut rng = rand::rng();
-        let open: Vec<u32> = self.conns.open_keys().collect();
-        for key in open {
-            let after_ms = rng.random_range(0..window_ms);
-            self.send_frame(key, messages::reconnect_frame(after_ms));
-            let turn = self
-                .tick
-                .saturating_add(ticks::span(Duration::from_millis(after_ms)));
-            if let Some(c) = self.conns.get_mut(key) {
-                c.flags |= DRAIN_DUE;
-            }
-            self.rearm_at(key, turn);
-        }
-    }
-
-    fn abandon_all(&mut self) {
-        let keys = self.conns.all_keys();
-        for key in keys {
-            self.abort(key);
-        }
-        // Merge the last latencies.
-        self.last_publish = Instant::now() - Duration::from_secs(1);
-        self.finish_turn();
     }
 }
 

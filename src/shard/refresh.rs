@@ -5,7 +5,7 @@ use crate::messages::{self, Refused};
 use crate::reactor::TICK_MS;
 use crate::topic;
 
-use super::conn::{DRAIN_DUE, EXPIRING_SENT};
+use super::conn::EXPIRING_SENT;
 use super::Shard;
 
 /// How much earlier than the current expiry a refreshed one may come out and still count
@@ -91,10 +91,8 @@ impl Shard {
             c.expires = expires;
             // The new token gets its own hint.
             c.flags &= !EXPIRING_SENT;
-            // While draining, the timer is the connection's turn to close: keep it.
-            if c.flags & DRAIN_DUE == 0 {
-                self.wheel.cancel(&mut self.conns, key);
-            }
+            // Armed again below for the new expiry (and, while draining, the turn).
+            self.wheel.cancel(&mut self.conns, key);
         }
         let grant = self.grants.intern(identity.topics, identity.publish);
         if let Some(c) = self.conns.get_mut(key) {

@@ -12,7 +12,7 @@ use crossbeam_channel::{Receiver, Sender};
 use mio::{Events, Poll};
 use serde_json::{json, Value};
 
-use super::{ReplySink, Shard, ShardCluster, ShardShared};
+use super::{DrainEnd, ReplySink, Shard, ShardCluster, ShardShared};
 use crate::admission::Admission;
 use crate::auth::Identity;
 use crate::broker::{Interest, Remote};
@@ -45,6 +45,7 @@ struct Harness {
     fired: Vec<u32>,
     broken: Vec<u32>,
     draining: Arc<AtomicBool>,
+    drain_end: Arc<DrainEnd>,
     admission: Arc<Admission>,
     /// The push API's end: answers, and the poll its waker belongs to.
     _replies: (Receiver<Reply>, Poll),
@@ -225,11 +226,13 @@ impl Harness {
         let (publish_tx, publish_rx) = crossbeam_channel::unbounded();
         let admission = Arc::new(Admission::new(1000, 0));
         let draining = Arc::new(AtomicBool::new(false));
+        let drain_end = Arc::new(DrainEnd::new());
         let shared = ShardShared {
             config: Arc::new(config),
             metrics: Arc::new(Metrics::new(1)),
             admission: Arc::clone(&admission),
             draining: Arc::clone(&draining),
+            drain_end: Arc::clone(&drain_end),
             replies: ReplySink {
                 tx: reply_tx,
                 waker: api_waker,
@@ -256,6 +259,7 @@ impl Harness {
             fired: Vec::new(),
             broken: Vec::new(),
             draining,
+            drain_end,
             admission,
             _replies: (reply_rx, api_poll),
             publishes: publish_rx,
@@ -707,15 +711,14 @@ fn drain_hints_a_spread_turn_then_closes_1001_exactly_then() {
         h.expect_eof(p);
     }
     drop(peers);
-    let mut done = false;
-    for _ in 0..MAX_TURNS {
-        if !h.turn() {
-            done = true;
-            break;
-        }
-    }
-    assert!(done, "the shard ends once its connections are gone");
+    h.turn_until("drained once its connections are gone", |h| {
+        h.drain_end.drained() == 1
+    });
     assert_eq!(h.admission.open(), 0, "every connection released");
+    // It goes on taking commands until the server lets it end.
+    assert!(h.turn() && h.turn(), "ended before the release");
+    h.drain_end.release();
+    assert!(!h.turn(), "the shard ends once released");
 }
 
 #[test]
@@ -733,6 +736,7 @@ fn the_drain_deadline_runs_on_the_shard_clock() {
     assert!(h.turn(), "no shard time has passed: the drain goes on");
     // As the shard's clock moves, the connection gets its 1001 and the drain ends (once
     // the connection is gone, by the deadline at the latest).
+    h.drain_end.release();
     let mut done = false;
     for _ in 0..MAX_TURNS {
         h.time.advance(Duration::from_millis(reactor::TICK_MS));
@@ -748,6 +752,80 @@ fn the_drain_deadline_runs_on_the_shard_clock() {
         h.clock.now_ms()
     );
     assert_eq!(h.recv_close(&mut p), 1001);
+}
+
+#[test]
+fn while_draining_tokens_still_expire_and_silent_clients_still_time_out() {
+    let flags = [
+        "--drain-ms",
+        "600000",
+        "--ping-interval-ms",
+        "1000",
+        "--idle-timeout-ms",
+        "3000",
+    ];
+    let mut h = Harness::with(&flags, |c| c.jwt.leeway_secs = 0);
+    let exp = unix_now() + 2;
+    // Turns fall anywhere in ten minutes: of eight, those after the expiry (and after the
+    // idle timeout) show that the turn no longer hides them.
+    let mut brief: Vec<Peer> = (0..8)
+        .map(|i| h.connect_with(&format!("b{i}"), Some(exp), Vec::new(), None))
+        .collect();
+    let mut silent: Vec<Peer> = (0..8).map(|i| h.connect(&format!("s{i}"))).collect();
+    for p in &mut brief {
+        assert_eq!(h.recv_json(p)["type"], "token_expiring");
+    }
+    h.draining.store(true, Relaxed);
+    assert!(h.turn());
+    let turn_of = |h: &mut Harness, p: &mut Peer| {
+        let hint = h.recv_json(p);
+        assert_eq!(hint["type"], "reconnect", "{hint}");
+        hint["after_ms"].as_u64().expect("after_ms")
+    };
+    let brief_turns: Vec<u64> = brief.iter_mut().map(|p| turn_of(&mut h, p)).collect();
+    let silent_turns: Vec<u64> = silent.iter_mut().map(|p| turn_of(&mut h, p)).collect();
+    // At 1 s, everyone whose turn has not come is pinged (all are silent); turns
+    // within a tick of a moment may go either way, so they are not judged.
+    h.at(1_000);
+    let all_turns: Vec<u64> = brief_turns.iter().chain(&silent_turns).copied().collect();
+    for (p, &turn) in brief.iter_mut().chain(silent.iter_mut()).zip(&all_turns) {
+        if turn < 990 {
+            assert_eq!(h.recv_close(p), 1001, "turn {turn} ms");
+        } else if turn > 1_010 {
+            assert_eq!(h.recv(p).opcode, OP_PING, "turn {turn} ms");
+        }
+    }
+    // At 3 s: past the expiry (whole seconds: 1 to 2 s from the start) and the idle
+    // timeout.
+    h.at(3_000);
+    let mut expired = 0;
+    for (p, &turn) in brief.iter_mut().zip(&brief_turns) {
+        if turn <= 1_010 {
+            continue;
+        }
+        let code = h.recv_close(p);
+        if turn > 2_010 {
+            assert_eq!(code, 4001, "turn {turn} ms: closed at the expiry");
+        }
+        expired += usize::from(code == 4001);
+    }
+    let mut timed_out = 0;
+    for (p, &turn) in silent.iter_mut().zip(&silent_turns) {
+        if turn <= 1_010 {
+            continue;
+        }
+        let code = h.recv_close(p);
+        if turn < 2_990 {
+            assert_eq!(code, 1001, "turn {turn} ms");
+        } else if turn > 3_010 {
+            assert_eq!(code, 4002, "turn {turn} ms: closed at the idle timeout");
+        }
+        timed_out += usize::from(code == 4002);
+    }
+    assert!(
+        expired > 0 && timed_out > 0,
+        "{brief_turns:?} {silent_turns:?}"
+    );
 }
 
 #[test]

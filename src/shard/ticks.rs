@@ -72,6 +72,7 @@ impl Shard {
         if let Some(c) = self.cluster.as_mut() {
             c.presence.rebase(by);
         }
+        self.rebase_turns(by);
         self.last_compact = moved(self.last_compact, by);
         self.tick -= by;
         tracing::debug!(shard = self.id, by, "shard ticks rebased");

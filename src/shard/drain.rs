@@ -1,0 +1,173 @@
+//! Shutdown on a shard (docs/protocol.md 4.5): every open connection gets a turn within
+//! `drain_ms`, told at once with a `reconnect` hint and closed 1001 when it comes, while
+//! its token expiry and heartbeat still hold; what is left at the deadline is abandoned.
+//!
+//! Shards end the drain together ([`DrainEnd`]): a shard with no connection left keeps
+//! taking commands until the server lets it go, after the push API stopped. One that
+//! ended on its own would make the API's "every shard or none" sends fail partway: a
+//! topic push delivered on some shards and answered 503, its `seq` handed out again.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use rustc_hash::FxBuildHasher;
+
+use super::conn::DRAIN_DUE;
+use super::{ticks, Shard};
+use crate::messages;
+
+/// Each open connection's turn to close, as a shard tick (only while draining).
+pub(super) type Turns = HashMap<u32, u32, FxBuildHasher>;
+
+/// How the shards of a server end a drain together: each says when it has no connection
+/// left (or its deadline passed), and all end once released.
+#[derive(Default)]
+pub struct DrainEnd {
+    drained: Mutex<usize>,
+    changed: Condvar,
+    released: AtomicBool,
+}
+
+impl DrainEnd {
+    /// Nothing drained, nothing released.
+    pub fn new() -> DrainEnd {
+        DrainEnd::default()
+    }
+
+    /// Shards that said they are drained.
+    pub fn drained(&self) -> usize {
+        *self.drained.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits at most `d` for `n` shards to be drained; whether they are.
+    pub fn wait_drained(&self, n: usize, d: Duration) -> bool {
+        let count = self.drained.lock().unwrap_or_else(|e| e.into_inner());
+        let (count, _) = self
+            .changed
+            .wait_timeout_while(count, d, |c| *c < n)
+            .unwrap_or_else(|e| e.into_inner());
+        *count >= n
+    }
+
+    /// Lets the drained shards end (nothing sends them commands any more); wake them after.
+    pub fn release(&self) {
+        self.released.store(true, Relaxed);
+    }
+
+    fn released(&self) -> bool {
+        self.released.load(Relaxed)
+    }
+
+    fn say_drained(&self) {
+        *self.drained.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.changed.notify_all();
+    }
+}
+
+impl Shard {
+    /// One step of shutdown; true when the shard may end (drained and released).
+    pub(super) fn drain_step(&mut self) -> bool {
+        let now = self.clock.now_ms();
+        let deadline = match self.drain_deadline {
+            Some(d) => d,
+            None => {
+                let cfg = &self.shared.config;
+                let window = cfg.drain;
+                // The window for the turns, then the grace for the last close handshakes.
+                let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+                let d = now
+                    .saturating_add(ms(window))
+                    .saturating_add(ms(cfg.shutdown_grace));
+                self.drain_deadline = Some(d);
+                self.spread_reconnects(window);
+                let mut broken = Vec::new();
+                self.conns.flush_dirty(&mut broken);
+                for key in broken {
+                    self.abort(key);
+                }
+                d
+            }
+        };
+        // Refuse handoffs that raced with the drain; commands go on (to nobody, once the
+        // connections are gone) until the release.
+        self.take_connections();
+        self.take_commands();
+        self.finish_turn();
+        if !self.drained && (self.conns.is_empty() || now >= deadline) {
+            self.abandon_all();
+            self.drained = true;
+            self.drain_turns = Turns::default();
+            self.shared.drain_end.say_drained();
+        }
+        self.drained && self.shared.drain_end.released()
+    }
+
+    /// Gives every open connection a turn, uniformly at random within `window`: a
+    /// `reconnect` hint with its `after_ms` now, close 1001 when the turn comes. Clients
+    /// that honour the hint reconnect spread over the window instead of all at once.
+    fn spread_reconnects(&mut self, window: Duration) {
+        use rand::Rng;
+        let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut rng = rand::rng();
+        let open: Vec<u32> = self.conns.open_keys().collect();
+        self.drain_turns.reserve(open.len());
+        for key in open {
+            let after_ms = rng.random_range(0..window_ms);
+            self.send_frame(key, messages::reconnect_frame(after_ms));
+            let turn = self
+                .tick
+                .saturating_add(ticks::span(Duration::from_millis(after_ms)));
+            if let Some(c) = self.conns.get_mut(key) {
+                c.flags |= DRAIN_DUE;
+                self.drain_turns.insert(key, turn);
+            }
+            // The earliest of its turn, its token's expiry and its heartbeat.
+            self.arm(key);
+        }
+    }
+
+    /// The connection's turn to close, while draining.
+    pub(super) fn drain_turn(&self, key: u32) -> Option<u32> {
+        self.drain_turns.get(&key).copied()
+    }
+
+    /// Moves the stored turns back with the shard's ticks (`ticks::rebase`).
+    pub(super) fn rebase_turns(&mut self, by: u32) {
+        for t in self.drain_turns.values_mut() {
+            *t = ticks::moved(*t, by);
+        }
+    }
+
+    pub(super) fn abandon_all(&mut self) {
+        let keys = self.conns.all_keys();
+        for key in keys {
+            self.abort(key);
+        }
+        // Merge the last latencies.
+        self.last_publish = Instant::now() - Duration::from_secs(1);
+        self.finish_turn();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_server_waits_for_every_shard_to_say_it_is_drained() {
+        let end = std::sync::Arc::new(DrainEnd::new());
+        assert!(!end.wait_drained(2, Duration::ZERO));
+        end.say_drained();
+        assert!(!end.wait_drained(2, Duration::from_millis(1)));
+        let other = std::sync::Arc::clone(&end);
+        let t = std::thread::spawn(move || other.say_drained());
+        assert!(end.wait_drained(2, Duration::from_secs(30)));
+        t.join().unwrap();
+        assert_eq!(end.drained(), 2);
+        assert!(!end.released());
+        end.release();
+        assert!(end.released());
+    }
+}
