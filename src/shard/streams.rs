@@ -54,8 +54,11 @@ struct Record {
 pub(super) struct Streams {
     by_name: HashMap<Arc<str>, u32, FxBuildHasher>,
     slots: Slab<Stream>,
-    /// Retained frames in accept order, for TTL expiry and memory eviction.
+    /// Retained frames in accept order, for TTL expiry and memory eviction; stale ones
+    /// (a full ring let their frame go) are compacted once they outnumber `held`.
     frames: VecDeque<Record>,
+    /// Frames held in all rings: the records of `frames` that are not stale.
+    held: usize,
     /// Every push in order, for forgetting streams (TTL, cap); stale ones are compacted.
     pushes: VecDeque<Record>,
     limits: Limits,
@@ -73,6 +76,7 @@ impl Streams {
             by_name: HashMap::default(),
             slots: Slab::new(),
             frames: VecDeque::new(),
+            held: 0,
             pushes: VecDeque::new(),
             limits,
             cap: cap.max(1),
@@ -156,13 +160,19 @@ impl Streams {
             if s.ring.len() >= size {
                 if let Some(old) = s.ring.pop_front() {
                     self.bytes -= old.len() as u64;
+                    self.held -= 1;
                     self.evictions += 1;
                 }
             }
             reserve_one(&mut s.ring, size);
             s.ring.push_back(frame.clone());
             self.bytes += frame.len() as u64;
+            self.held += 1;
             self.frames.push_back(rec);
+            if self.frames.len() > 2 * self.held + 1024 {
+                let slots = &self.slots;
+                self.frames.retain(|r| holds(slots, r));
+            }
         }
         self.pushes.push_back(rec);
         while self.by_name.len() > self.cap {
@@ -209,6 +219,7 @@ impl Streams {
         if let Some(k) = self.by_name.remove(topic) {
             if let Some(old) = self.slots.try_remove(k as usize) {
                 self.bytes -= ring_bytes(&old.ring);
+                self.held -= old.ring.len();
             }
         }
     }
@@ -237,6 +248,7 @@ impl Streams {
         }
         if let Some(h) = s.ring.pop_front() {
             self.bytes -= h.len() as u64;
+            self.held -= 1;
         }
         if s.ring.is_empty() {
             s.ring = VecDeque::new();
@@ -249,6 +261,7 @@ impl Streams {
             let s = self.slots.remove(r.key as usize);
             self.by_name.remove(&*s.name);
             self.bytes -= ring_bytes(&s.ring);
+            self.held -= s.ring.len();
         }
     }
 
@@ -332,6 +345,13 @@ fn ring_bytes(ring: &VecDeque<Wire>) -> u64 {
 }
 
 /// Whether `r` is its stream's latest push (the stream has not moved on since).
+/// Whether `r` names a frame its stream's ring still holds.
+fn holds(slots: &Slab<Stream>, r: &Record) -> bool {
+    slots.get(r.key as usize).is_some_and(|s| {
+        s.life == r.life && (s.seq as u32).wrapping_sub(r.seq) < s.ring.len() as u32
+    })
+}
+
 fn is_last(slots: &Slab<Stream>, r: &Record) -> bool {
     slots
         .get(r.key as usize)
@@ -354,6 +374,32 @@ mod tests {
         let frame = Wire::from(vec![seq as u8; 10]);
         s.record(&Arc::from(topic), seq, epoch, &frame, tick);
         frame
+    }
+
+    #[test]
+    fn records_of_frames_a_full_ring_let_go_do_not_pile_up_for_the_ttl() {
+        // One frame kept per topic, a TTL far away: 100,000 pushes once left 100,000
+        // records (16-32 bytes each) for the TTL.
+        let mut s = Streams::new(limits(1, 1_000_000, 1 << 30), 10);
+        let e: Arc<str> = "e1".into();
+        for n in 1..=100_000u64 {
+            push(
+                &mut s,
+                if n % 2 == 0 { "a" } else { "b" },
+                n.div_ceil(2),
+                &e,
+                0,
+            );
+        }
+        assert_eq!(s.held, 2);
+        assert!(s.frames.len() <= 2 * s.held + 1024, "{}", s.frames.len());
+        // What is held still expires, and resumes, as before.
+        let mut out = Vec::new();
+        assert!(s.resume("a", 49_999, "e1", 0, &mut out));
+        assert_eq!(out.len(), 1);
+        s.expire(1_000_000);
+        assert_eq!((s.history_bytes(), s.held), (0, 0));
+        assert!(s.frames.is_empty());
     }
 
     #[test]

@@ -45,8 +45,12 @@ pub(super) struct Users {
     /// Entries with at least one session.
     online: usize,
     limits: Limits,
-    /// Every retained push in accept order, for TTL expiry and memory eviction.
+    /// Every retained push in accept order, for TTL expiry and memory eviction. A push
+    /// that left its ring by `history_size` leaves a stale record behind, compacted away
+    /// once they outnumber the pushes held (`held`).
     fifo: VecDeque<Record>,
+    /// Pushes held in all rings: the records of `fifo` that are not stale.
+    held: usize,
     /// Entries without sessions, by removal tick (the TTL is fixed, so this is sorted).
     idle: VecDeque<Idle>,
     /// Frame bytes held in all rings.
@@ -122,6 +126,17 @@ impl Users {
                 epoch: entry.epoch,
                 until,
             });
+            // A user that comes and goes leaves one stale entry per visit for a TTL:
+            // bounded by the users retained now, not by the churn.
+            let retained = self.entries.len() - self.online;
+            if self.idle.len() > 2 * retained + 1024 {
+                let entries = &self.entries;
+                self.idle.retain(|i| {
+                    entries.get(i.user).is_some_and(|u| {
+                        u.epoch == i.epoch && u.sessions.retained_until() == Some(i.until)
+                    })
+                });
+            }
         }
     }
 
@@ -151,6 +166,7 @@ impl Users {
         };
         if let Some(ring) = self.rings.remove(&key) {
             self.bytes -= ring.bytes();
+            self.held -= ring.len();
         }
         // Records of the old ring are now stale: their epoch no longer matches.
         u.epoch = epoch;
@@ -253,17 +269,30 @@ impl Users {
         if ring.len() >= size {
             if let Some(old) = ring.pop_front() {
                 self.bytes -= old.len() as u64;
+                self.held -= 1;
                 self.evictions += 1;
             }
         }
         ring.push_back(frame.clone(), stamp, size);
         self.bytes += frame.len() as u64;
+        self.held += 1;
         self.fifo.push_back(Record {
             user: key,
             epoch: u.epoch as u32,
             seq: u.seq as u32,
             at: tick,
         });
+        // Each push a full ring let go left its record: 16 bytes per push for the TTL,
+        // whatever `history_size` keeps, unless compacted (amortised O(1) per push).
+        if self.fifo.len() > 2 * self.held + 1024 {
+            let (entries, rings) = (&self.entries, &self.rings);
+            self.fifo.retain(|r| {
+                entries.get(r.user).is_some_and(|u| {
+                    let len = rings.get(&r.user).map_or(0, |ring| ring.len());
+                    r.epoch == u.epoch as u32 && (u.seq as u32).wrapping_sub(r.seq) < len as u32
+                })
+            });
+        }
         while self.bytes > self.limits.memory {
             let Some(r) = self.fifo.pop_front() else {
                 break;
@@ -302,6 +331,7 @@ impl Users {
         }
         if let Some(h) = ring.pop_front() {
             self.bytes -= h.len() as u64;
+            self.held -= 1;
         }
         if ring.is_empty() {
             // No history costs nothing.
@@ -357,7 +387,10 @@ impl Users {
                 if let Some(gone) = self.gone.as_mut() {
                     gone.push(u.id.as_str().into());
                 }
-                self.bytes -= self.rings.remove(&i.user).map_or(0, |r| r.bytes());
+                if let Some(ring) = self.rings.remove(&i.user) {
+                    self.bytes -= ring.bytes();
+                    self.held -= ring.len();
+                }
             }
         }
     }
@@ -419,6 +452,46 @@ mod tests {
         // record (besides the frame).
         assert_eq!(std::mem::size_of::<Wire>(), 8);
         assert_eq!(std::mem::size_of::<Record>(), 16);
+    }
+
+    #[test]
+    fn records_of_pushes_a_full_ring_let_go_do_not_pile_up_for_the_ttl() {
+        // One push kept per user, a TTL far away: 100,000 pushes once left 100,000 records
+        // (16-32 bytes each) for the TTL.
+        let mut u = Users::new(limits(1, 1_000_000, 1 << 30));
+        let a = u.attach("a", 1);
+        let b = u.attach("b", 2);
+        for i in 0..100_000 {
+            push(&mut u, if i % 2 == 0 { a } else { b }, 10, 0);
+        }
+        assert_eq!(u.held, 2);
+        assert!(u.fifo.len() <= 2 * u.held + 1024, "{}", u.fifo.len());
+        let mut out = Vec::new();
+        assert!(u.resume(a, 49_999, &epoch(&u, a), &mut out));
+        assert_eq!(out.len(), 1);
+        // The memory cap still finds the oldest push held, and the TTL the rest.
+        let mut tries = u.fifo.len();
+        while !u.evict_oldest() {
+            tries -= 1;
+            assert!(tries > 0, "no record of a held push");
+        }
+        assert_eq!(u.held, 1);
+        u.expire(1_000_000);
+        assert_eq!((u.history_bytes(), u.held), (0, 0));
+        assert!(u.fifo.is_empty());
+    }
+
+    #[test]
+    fn a_user_that_comes_and_goes_leaves_no_pile_of_idle_entries() {
+        let mut u = Users::new(limits(1, 1_000_000, 1 << 30));
+        for conn in 0..100_000 {
+            let k = u.attach("churn", conn);
+            u.detach(k, conn, conn / 10);
+        }
+        assert!(u.idle.len() <= 1026, "{}", u.idle.len());
+        // The one that counts still removes the entry when its time comes.
+        u.expire(1_000_000 + 10_000);
+        assert_eq!(u.retained(), 0);
     }
 
     #[test]
