@@ -136,7 +136,7 @@ impl Streams {
         let ttl = self.limits.ttl_ticks;
         let current = self.by_name.get(&**topic).copied().filter(|&k| {
             self.slots.get(k as usize).is_some_and(|s| {
-                *s.epoch == **epoch && seq == s.seq + 1 && tick.saturating_sub(s.last) < ttl
+                *s.epoch == **epoch && seq == s.seq + 1 && tick.saturating_sub(s.last) <= ttl
             })
         });
         // A new life (or a gap): what was held cannot be resumed across it.
@@ -287,10 +287,14 @@ impl Streams {
                 self.drop_front(&r);
             }
         }
+        // A stream outlives its last push by a tick more than the TTL: the API's sequencer
+        // counts it from the numbering, to the millisecond, a little before the shard's
+        // tick; a shard that forgot the stream first would answer a subscribe with the
+        // placeholder epoch while the sequencer goes on numbering in the old one.
         while self
             .pushes
             .front()
-            .is_some_and(|r| tick.saturating_sub(r.at) >= ttl)
+            .is_some_and(|r| tick.saturating_sub(r.at) > ttl)
         {
             if let Some(r) = self.pushes.pop_front() {
                 self.forget_if_last(&r);
@@ -305,7 +309,7 @@ impl Streams {
 
     fn live(&self, topic: &str, tick: u32) -> Option<&Stream> {
         self.get(topic)
-            .filter(|s| tick.saturating_sub(s.last) < self.limits.ttl_ticks)
+            .filter(|s| tick.saturating_sub(s.last) <= self.limits.ttl_ticks)
     }
 
     /// Whether a subscriber of `topic` can resume after `since` in `epoch`; if so, the
@@ -436,8 +440,11 @@ mod tests {
         s.expire(100);
         assert_eq!(s.current("t", 100), Some((1, "e2")));
         s.expire(101);
-        assert!(s.current("t", 101).is_none());
+        // The frames go at the TTL; the stream a tick later (the sequencer's margin).
         assert_eq!(s.history_bytes(), 0);
+        assert_eq!(s.current("t", 101), Some((1, "e2")));
+        s.expire(102);
+        assert!(s.current("t", 102).is_none());
         assert!(s.by_name.is_empty());
     }
 
@@ -456,7 +463,8 @@ mod tests {
         assert!(s.resume("a", 1, "e", 10, &mut out), "seq still known");
         s.expire(60);
         assert_eq!(s.history_bytes(), 0);
-        assert!(s.current("b", 60).is_none());
+        s.expire(61);
+        assert!(s.current("b", 61).is_none());
         assert_eq!(s.evictions(), 1, "TTL expiry is not eviction");
     }
 
@@ -507,8 +515,8 @@ mod tests {
             Some((1, "e")),
             "a's push record is stale"
         );
-        s.expire(105);
-        assert!(s.current("b", 105).is_none());
+        s.expire(106);
+        assert!(s.current("b", 106).is_none());
     }
 
     #[test]
