@@ -61,10 +61,11 @@ pub struct Refused {
 
 impl Refused {
     /// Whether the refusal is about the client's message, and so counts toward the
-    /// refusals in a row that close a connection. `broker_unavailable` is the node's
-    /// state, which the client cannot mend by sending something else.
+    /// refusals in a row that close a connection (1008: "do not reconnect"). The
+    /// server's own state does not (`broker_unavailable`, `overloaded`, `draining`): the
+    /// client cannot mend it by sending something else, and is told to retry.
     pub fn counts(&self) -> bool {
-        self.code != "broker_unavailable"
+        !matches!(self.code, "broker_unavailable" | "overloaded" | "draining")
     }
 }
 
@@ -459,6 +460,17 @@ pub fn error_frame(err: &Refused, reference: Option<&str>) -> Wire {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_refusals_of_the_message_itself_count_toward_the_1008_close() {
+        for code in ["rate_limited", "bad_json", "forbidden_topic", "unavailable"] {
+            assert!(refused(code, "").counts(), "{code}");
+        }
+        // The server's state: retried after a moment, never a reason to stop reconnecting.
+        for code in ["overloaded", "draining", "broker_unavailable"] {
+            assert!(!refused(code, "").counts(), "{code}");
+        }
+    }
 
     fn payload_json(frame: &Wire) -> serde_json::Value {
         let start = if frame[1] & 0x7f == 126 { 4 } else { 2 };

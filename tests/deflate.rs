@@ -487,6 +487,43 @@ fn a_zip_bomb_closes_1009_and_spares_everyone_else() {
 }
 
 #[test]
+fn padded_compressed_acks_are_paid_for_by_their_inflated_size() {
+    // A compressed ack of about 100 bytes can hold 64 KiB of spaces, which the shard
+    // inflates and parses: every message pays a token per 4 KiB of its text, acks too, so
+    // such a flood is refused and closed like any other (before, acks were free and never
+    // refused: one connection pinned its shard).
+    let srv = server(&["--max-message-size", "65536", "--client-rate", "100"]);
+    let mut bystander = DeflateWs::offering(&srv, "bystander");
+    let padded = format!(r#"{{"type":"ack","seq":0{}}}"#, " ".repeat(65_000));
+    let z = compress_level(padded.as_bytes(), 9);
+    assert!(z.len() < 200, "{} bytes of deflate", z.len());
+    let mut ws = DeflateWs::offering(&srv, "padder");
+    for _ in 0..40 {
+        ws.send_frame(FIN | RSV1, OP_TEXT, &z);
+    }
+    // 100 tokens pay for six (16 each); then ten are refused and the eleventh closes.
+    let mut refused = 0;
+    let closed = loop {
+        let f = ws.read_frame().expect("neither closed nor answered");
+        match f.opcode {
+            OP_CLOSE => break f.close_code(),
+            OP_TEXT => {
+                let e: Value = serde_json::from_slice(&f.payload).expect("plain JSON");
+                assert_eq!(e["code"], "rate_limited", "{e}");
+                refused += 1;
+            }
+            _ => {}
+        }
+    };
+    assert_eq!(closed, Some(1008));
+    assert_eq!(refused, 10);
+    // The same text uncompressed is paid for alike; the bystander was never held up.
+    bystander.send_json(&json!({"type": "ping", "ref": "b"}));
+    bystander.expect("pong");
+    assert_server_fine(&srv, "after");
+}
+
+#[test]
 fn garbage_marked_compressed_closes_1007() {
     let srv = server(&[]);
     let cases: [(&str, Vec<u8>); 3] = [

@@ -239,15 +239,17 @@ fn a_flood_is_rate_limited_then_closed_with_1008_and_others_carry_on() {
 }
 
 #[test]
-fn the_bucket_refills_and_acks_are_not_counted() {
+fn the_bucket_refills_and_small_acks_cost_little() {
     let srv = TestServer::start(&["--client-rate", "2"]);
     let mut c = srv.connect("acker");
-    // Acks are exempt: a client acks every push it processes.
-    for _ in 0..50 {
+    // A client acks every push it processes: an ack costs only its bytes (this one, 22
+    // bytes, 5 thousandths of a token), so 150 of them cost three quarters of a token...
+    for _ in 0..150 {
         c.send(json!({"type": "ack", "seq": 0}));
     }
-    c.barrier("b1");
-    c.barrier("b2");
+    c.send(json!({"type": "ping", "ref": "one"}));
+    assert_eq!(c.recv()["type"], "pong");
+    // ...and the second message of the two-token bucket is refused.
     c.send(json!({"type": "ping", "ref": "over"}));
     let e = c.recv();
     assert_eq!(
@@ -268,6 +270,30 @@ fn the_bucket_refills_and_acks_are_not_counted() {
         assert!(refused < 8, "no token back after {refused} tries");
         c.expect_silence(Duration::from_millis(200));
     }
+}
+
+#[test]
+fn an_ack_after_each_flooded_message_does_not_keep_a_flooder_open() {
+    let srv = TestServer::start(&["--client-rate", "100"]);
+    let mut c = srv.connect("interleaver");
+    // Before, each accepted ack ended the run of refusals: 2,000 pings got 1,900
+    // rate_limited answers and the connection stayed.
+    for i in 0..300 {
+        c.send(json!({"type": "ping", "ref": i}));
+        c.send(json!({"type": "ack", "seq": 0}));
+    }
+    let mut limited = 0;
+    let closed = loop {
+        match c.try_recv(Duration::from_secs(5)) {
+            Ok(Some(m)) if m["type"] == "pong" => {}
+            Ok(Some(m)) if m["code"] == "rate_limited" => limited += 1,
+            Ok(Some(m)) => panic!("unexpected {m}"),
+            Ok(None) => panic!("neither closed nor answered"),
+            Err(closed) => break closed,
+        }
+    };
+    assert_eq!(closed, Closed::Code(Some(1008)));
+    assert_eq!(limited, 10);
 }
 
 #[test]

@@ -257,15 +257,24 @@ impl Shard {
     }
 
     /// A complete compressed text message: inflated within `max_message_size` (1009
-    /// beyond, however small the compressed form), then handled like any other.
+    /// beyond, however small the compressed form), then handled like any other. It is
+    /// inflated only as far as the connection's rate can pay for (`rate`): beyond, it is
+    /// refused `rate_limited` without inflating the rest.
     fn inflate(&mut self, key: u32, compressed: &[u8]) -> Result<(), FrameError> {
         let max = self.shared.config.max_message_size;
+        let affordable = self.rates.affordable_bytes(key, self.tick);
+        let cap = affordable.map_or(max, |a| a.min(max));
         let mut out = std::mem::take(&mut self.inflated);
-        let result = self.inflater.message(compressed, max, &mut out);
+        let result = self.inflater.message(compressed, cap, &mut out);
         let handled = match result {
             Ok(()) => {
                 self.counters().inflated_messages.fetch_add(1, Relaxed);
                 self.text(key, &mut out)
+            }
+            Err(FrameError::TooBig) if cap < max => {
+                let refused = self.rate_limited();
+                self.refuse(key, &refused, None);
+                Ok(())
             }
             Err(e) => Err(e),
         };
@@ -277,37 +286,66 @@ impl Shard {
         handled
     }
 
-    /// A complete text message.
+    /// A complete text message. Its bytes are paid for before it is parsed (`rate`).
     fn text(&mut self, key: u32, payload: &mut [u8]) -> Result<(), FrameError> {
         if check_utf8(payload).is_err() {
             return Err(FrameError::InvalidUtf8);
         }
+        if !self.rates.take_bytes(key, self.tick, payload.len()) {
+            let refused = self.rate_limited();
+            self.refuse(key, &refused, None);
+            return Ok(());
+        }
         let mut buffers = std::mem::take(&mut self.json);
         let parsed = messages::parse(payload, &mut buffers);
         let reference = parsed.reference;
+        let mut ack = false;
         let outcome = match parsed.msg {
-            Ok(msg) => self.client_message(key, msg, reference.as_deref()),
+            Ok(msg) => {
+                ack = matches!(msg, ClientMsg::Ack { .. });
+                self.client_message(key, msg, reference.as_deref())
+            }
             Err(e) => Err(e),
         };
         self.json = buffers;
         match outcome {
+            // An ack does not end a run of refusals: one after each flooded message would
+            // keep a flooding client open.
+            Ok(()) if ack => {}
             Ok(()) => {
                 if let Some(c) = self.conns.get_mut(key) {
                     c.clear_refused();
                 }
             }
-            Err(refused) => {
-                let Some(c) = self.conns.get_mut(key) else {
-                    return Ok(());
-                };
-                if refused.counts() && c.note_refused() > MAX_REFUSED_IN_ROW {
-                    self.close(key, Close::TOO_MANY_REFUSED);
-                } else {
-                    self.send_frame(key, messages::error_frame(&refused, reference.as_deref()));
-                }
-            }
+            Err(refused) => self.refuse(key, &refused, reference.as_deref()),
         }
         Ok(())
+    }
+
+    /// Answers a refused message with `error`, or closes the connection 1008 at the 11th
+    /// refusal in a row that counts.
+    fn refuse(&mut self, key: u32, refused: &Refused, reference: Option<&str>) {
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        if refused.counts() && c.note_refused() > MAX_REFUSED_IN_ROW {
+            self.close(key, Close::TOO_MANY_REFUSED);
+        } else {
+            self.send_frame(key, messages::error_frame(refused, reference));
+        }
+    }
+
+    /// A message refused for the connection's rate, counted.
+    fn rate_limited(&self) -> Refused {
+        self.counters().rate_limited.fetch_add(1, Relaxed);
+        Refused {
+            code: "rate_limited",
+            message: format!(
+                "more than {rate} messages, or {rate} x {} KiB of message text, per second (client_rate); slow down",
+                super::rate::BYTES_PER_TOKEN / 1024,
+                rate = self.shared.config.client_rate
+            ),
+        }
     }
 
     fn client_message(
@@ -318,14 +356,7 @@ impl Shard {
     ) -> Result<(), Refused> {
         // Acks are exempt: a client acks each push it processes, as fast as pushes come.
         if !matches!(msg, ClientMsg::Ack { .. }) && !self.rates.take(key, self.tick) {
-            self.counters().rate_limited.fetch_add(1, Relaxed);
-            return Err(Refused {
-                code: "rate_limited",
-                message: format!(
-                    "more than {} messages per second (client_rate); slow down",
-                    self.shared.config.client_rate
-                ),
-            });
+            return Err(self.rate_limited());
         }
         match msg {
             ClientMsg::Publish { topic, data } => self.publish(key, &topic, data, reference),

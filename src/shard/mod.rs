@@ -379,6 +379,12 @@ impl Shard {
                 self.on_readable(key, event.is_read_closed() || event.is_error());
             }
         }
+        // A connection read from the backlog and again for its event may have gone back
+        // twice: once is its share of a turn.
+        if self.backlog.len() > 1 {
+            self.backlog.sort_unstable();
+            self.backlog.dedup();
+        }
         self.take_connections();
         self.take_commands();
         self.users.expire(self.tick);

@@ -1,6 +1,11 @@
 //! Client message rate limits (`client_rate`, docs/protocol.md 6): a token bucket per
 //! connection holding `client_rate` tokens and refilling as many per second. A bucket is
 //! kept only while it is not full, so a quiet connection costs nothing here.
+//!
+//! A message costs a token, and its text (after decompression) a token per
+//! `BYTES_PER_TOKEN`, acks included: what a shard spends parsing one connection's
+//! messages is bounded, not only how many it carries out (a 100-byte compressed ack can
+//! hold 64 KiB of spaces).
 
 use std::collections::HashMap;
 
@@ -12,6 +17,8 @@ use super::ticks::moved;
 
 /// Thousandths of a token: a tick refills `rate * TICK_MS` of them, exactly.
 const MILLI: u64 = 1000;
+/// Bytes of message text that cost a token.
+pub(super) const BYTES_PER_TOKEN: u64 = 4096;
 /// Ticks between sweeps of refilled buckets (one second).
 const SWEEP_TICKS: u32 = (1000 / TICK_MS) as u32;
 
@@ -53,6 +60,31 @@ impl Rates {
 
     /// Takes a token for connection `key` at `tick`; false when its bucket is empty.
     pub(super) fn take(&mut self, key: u32, tick: u32) -> bool {
+        self.take_milli(key, tick, MILLI)
+    }
+
+    /// Takes what `len` bytes of message text cost; false (taking nothing) when the
+    /// bucket holds less.
+    pub(super) fn take_bytes(&mut self, key: u32, tick: u32, len: usize) -> bool {
+        let cost = (len as u64).saturating_mul(MILLI) / BYTES_PER_TOKEN;
+        cost == 0 || self.take_milli(key, tick, cost)
+    }
+
+    /// The most bytes of message text connection `key` can pay for at `tick` (`None`:
+    /// no limit).
+    pub(super) fn affordable_bytes(&self, key: u32, tick: u32) -> Option<usize> {
+        if self.rate == 0 {
+            return None;
+        }
+        let milli = self
+            .buckets
+            .get(&key)
+            .map_or(self.capacity(), |&b| self.refilled(b, tick));
+        let bytes = milli.saturating_mul(BYTES_PER_TOKEN) / MILLI;
+        Some(usize::try_from(bytes).unwrap_or(usize::MAX))
+    }
+
+    fn take_milli(&mut self, key: u32, tick: u32, cost: u64) -> bool {
         if self.rate == 0 {
             return true;
         }
@@ -62,7 +94,7 @@ impl Rates {
         };
         let b = self.buckets.get(&key).copied().unwrap_or(full);
         let milli = self.refilled(b, tick);
-        let (left, taken) = match milli.checked_sub(MILLI) {
+        let (left, taken) = match milli.checked_sub(cost) {
             Some(left) => (left, true),
             None => (milli, false),
         };
@@ -160,6 +192,25 @@ mod tests {
         assert_eq!(r.len(), 1);
         r.forget(2);
         assert_eq!(r.len(), 0);
+    }
+
+    #[test]
+    fn message_text_costs_a_token_per_4_kib() {
+        let mut r = Rates::new(2);
+        // A small ack costs a hundredth of a token or less: thousands a second.
+        for _ in 0..100 {
+            assert!(r.take_bytes(1, 0, 30));
+        }
+        // 30 bytes cost 7 thousandths: 1.3 tokens are left, 5,324 bytes' worth.
+        assert_eq!(r.affordable_bytes(1, 0), Some(1300 * 4096 / 1000));
+        // 64 KiB of text is 16 tokens: more than this bucket holds, and nothing is taken.
+        assert!(!r.take_bytes(1, 0, 65536));
+        assert!(r.take(1, 0));
+        assert_eq!(r.affordable_bytes(1, 0), Some(1228));
+        assert!(r.take_bytes(1, 0, 1228));
+        assert!(!r.take_bytes(1, 0, 30), "empty");
+        assert_eq!(Rates::new(0).affordable_bytes(1, 0), None);
+        assert!(Rates::new(0).take_bytes(1, 0, usize::MAX));
     }
 
     #[test]
