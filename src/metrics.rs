@@ -158,6 +158,9 @@ pub struct ShardCounters {
     pub outbound_bytes: AtomicU64,
     /// Bytes of incomplete inbound frames and messages held for clients (gauge).
     pub partial_bytes: AtomicU64,
+    /// The part of `outbound_bytes` queued on connections already closing (gauge): the
+    /// memory budget leaves it out.
+    pub closing_bytes: AtomicU64,
     /// Sessions closed with 4008 because the process-wide outbound budget was exceeded.
     pub budget_closes: AtomicU64,
     /// Bytes of direct-push frames kept for resume (gauge).
@@ -435,6 +438,7 @@ impl Metrics {
             "api_pending_handshakes": self.api_pending_handshakes.load(Relaxed),
             "outbound_bytes": self.sum(|c| &c.outbound_bytes),
             "partial_bytes": self.sum(|c| &c.partial_bytes),
+            "closing_bytes": self.sum(|c| &c.closing_bytes),
             "history_bytes": self.sum(|c| &c.history_bytes),
             "cluster": self.broker.json(),
             "events": self.events.json(),
@@ -530,6 +534,13 @@ impl Metrics {
             "gauge",
             "Bytes of incomplete inbound frames and messages held for clients.",
             &|c| &c.partial_bytes,
+        );
+        per_shard(
+            &mut out,
+            "throng_closing_bytes",
+            "gauge",
+            "Of the outbound bytes, those queued on connections already closing (outside the memory budget).",
+            &|c| &c.closing_bytes,
         );
         per_shard(
             &mut out,

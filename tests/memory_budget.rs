@@ -160,6 +160,73 @@ fn budget_closes_largest_queues_and_spares_the_rest() {
 }
 
 #[test]
+fn bytes_queued_on_closing_connections_do_not_make_the_budget_close_healthy_ones() {
+    // A connection the API disconnects keeps its queue through the close linger: closing
+    // others cannot free it, so it stays out of the budget (before, every shard holding
+    // anything closed its largest holder on every turn while it lingered).
+    let srv = TestServer::start(&[
+        "--shards",
+        "2",
+        "--max-outbound-total-bytes",
+        "2097152",
+        "--max-outbound-bytes",
+        "8388608",
+    ]);
+    let slow_user = users_on(0, 2, "slow", 1).remove(0);
+    let uploaders = users_on(1, 2, "up", 5);
+    let slow = slow_client(&srv, &slow_user);
+    let mut ups: Vec<RawWs> = uploaders
+        .iter()
+        .map(|u| RawWs::connect(srv.ws, &token(u)))
+        .collect();
+    srv.wait_connections(6);
+    // 1.9 to 2 MB queued for the slow client (beyond what its socket took): under the
+    // budget.
+    let chunk = "x".repeat(128 * 1024);
+    let mut queued = 0;
+    for i in 0.. {
+        assert!(i < 200, "nothing queued after {i} pushes");
+        let r = srv.push_wait(json!({"user": slow_user, "data": format!("{i}-{chunk}")}));
+        assert_eq!(r["delivered"], 1, "{r}");
+        queued = gauge(&srv.stats(), "outbound_bytes");
+        if queued >= 1_900_000 {
+            break;
+        }
+    }
+    assert!(queued < 2_097_152, "{queued}");
+    let r = srv.api(
+        "POST",
+        "/v1/disconnect",
+        Some(&json!({"user": slow_user}).to_string()),
+    );
+    assert_eq!(r.json()["closed"], 1, "{}", r.text());
+    srv.wait_stats("closing", |s| s["connections"] == 5);
+    // Five uploaders part-way through a message: 250 KB, over the budget only together
+    // with the closing queue.
+    let msg = format!(r#"{{"type":"ping","ref":"{}"}}"#, "a".repeat(60_000 - 24));
+    assert_eq!(msg.len(), 60_000);
+    for up in &mut ups {
+        let mut bytes = text_head(60_000);
+        bytes.extend_from_slice(&msg.as_bytes()[..50_000]);
+        up.send_bytes(&bytes);
+    }
+    let s = srv.wait_stats("the uploaders' partial bytes", |s| {
+        s["partial_bytes"].as_u64() == Some(5 * (HEAD_LEN + 50_000))
+    });
+    assert!(
+        gauge(&s, "outbound_bytes") + gauge(&s, "partial_bytes") > 2_097_152,
+        "{s}"
+    );
+    // They finish their messages and are answered: none was closed.
+    for up in &mut ups {
+        up.send_bytes(&msg.as_bytes()[50_000..]);
+        assert_eq!(up.read_json()["type"], "pong");
+    }
+    assert_eq!(srv.stats()["counters"]["budget_closes"], 0);
+    drop(slow);
+}
+
+#[test]
 fn partial_inbound_bytes_count_toward_the_budget() {
     // 128 KiB budget; five clients each start a 60 KB frame and send only part of it.
     let srv = TestServer::start(&["--shards", "2", "--max-outbound-total-bytes", "131072"]);

@@ -38,6 +38,7 @@ const TRIM_INTERVAL: Duration = Duration::from_secs(1);
 pub(super) struct Published {
     outbound: u64,
     partial: u64,
+    closing: u64,
     high: u64,
     /// Queue churn at the end of the previous turn: a burst is over once a turn adds none.
     churn: usize,
@@ -55,8 +56,13 @@ impl Published {
 
 impl Shard {
     /// Bytes this shard holds for clients: queued outbound plus partial inbound.
+    /// What this shard's open connections hold: what closing some of them frees.
+    /// Closing connections' queues are left out (closing them again frees nothing: counted,
+    /// they made every shard close a healthy holder on every turn while they lingered);
+    /// they are bounded by `max_outbound_bytes` each and the close linger, and a budget
+    /// close with more than `CLOSING_KEEP_MAX` left drops the socket at once.
     fn held_bytes(&self) -> u64 {
-        (self.conns.queued_bytes() + self.conns.partial_bytes()) as u64
+        (self.conns.queued_bytes() - self.conns.closing_bytes() + self.conns.partial_bytes()) as u64
     }
 
     /// Publishes this shard's gauges and, when the process is over budget, closes this
@@ -76,7 +82,9 @@ impl Shard {
             .enumerate()
             .filter(|&(i, _)| i != self.id)
             .map(|(_, s)| {
-                s.counters.outbound_bytes.load(Relaxed) + s.counters.partial_bytes.load(Relaxed)
+                let c = &s.counters;
+                (c.outbound_bytes.load(Relaxed) + c.partial_bytes.load(Relaxed))
+                    .saturating_sub(c.closing_bytes.load(Relaxed))
             })
             .sum();
         let total = local.saturating_add(others);
@@ -115,6 +123,11 @@ impl Shard {
         if partial != self.published.partial {
             c.partial_bytes.store(partial, Relaxed);
             self.published.partial = partial;
+        }
+        let closing = self.conns.closing_bytes() as u64;
+        if closing != self.published.closing {
+            c.closing_bytes.store(closing, Relaxed);
+            self.published.closing = closing;
         }
     }
 }

@@ -398,6 +398,9 @@ pub(super) struct Conns {
     open: usize,
     /// Exact sum of every queue's unwritten bytes (plain arithmetic on each change).
     queued: usize,
+    /// The part of `queued` on connections that are closing: the memory budget cannot
+    /// free it by closing them again, so it does not count there.
+    closing_queued: usize,
     /// Exact sum of every connection's partial inbound bytes (settled after each read).
     partial: usize,
     /// Incomplete inbound frames and messages by key: rare, so kept beside the slots
@@ -494,6 +497,7 @@ impl Conns {
             max_outbound,
             open: 0,
             queued: 0,
+            closing_queued: 0,
             partial: 0,
             partials: HashMap::default(),
             subscriptions: HashMap::default(),
@@ -667,6 +671,7 @@ impl Conns {
             Some(c) if c.phase == Phase::Open => {
                 c.phase = Phase::Closing;
                 self.open -= 1;
+                self.closing_queued += c.out.as_ref().map_or(0, |q| q.bytes);
                 true
             }
             _ => false,
@@ -687,6 +692,11 @@ impl Conns {
     /// Bytes queued on every connection and not yet written.
     pub(super) fn queued_bytes(&self) -> usize {
         self.queued
+    }
+
+    /// The part of `queued_bytes` on connections that are closing.
+    pub(super) fn closing_bytes(&self) -> usize {
+        self.closing_queued
     }
 
     /// Bytes of incomplete inbound frames and messages held on every connection.
@@ -882,14 +892,17 @@ impl Conns {
         let Some(conn) = self.slab.get_mut(key) else {
             return;
         };
+        let closing = conn.phase != Phase::Open;
         let q = queue_of(conn, &mut self.spares);
+        let before = q.bytes;
         if discard {
-            let before = q.bytes;
             q.discard_unstarted();
-            self.queued -= before - q.bytes;
         }
-        self.queued += frame.len();
         q.push(frame);
+        self.queued = self.queued - before + q.bytes;
+        if closing {
+            self.closing_queued = self.closing_queued - before + q.bytes;
+        }
         mark_dirty(conn, key, &mut self.dirty);
     }
 
@@ -918,6 +931,9 @@ impl Conns {
         // Count what went out even when the socket failed after a partial write (sealing
         // may also have grown what waits).
         self.queued = self.queued - before + q.bytes;
+        if conn.phase != Phase::Open {
+            self.closing_queued = self.closing_queued - before + q.bytes;
+        }
         let done = result?;
         if done {
             if conn.phase == Phase::Closing {
@@ -980,6 +996,9 @@ impl Conns {
             self.open -= 1;
         }
         if let Some(q) = conn.out.take() {
+            if conn.phase != Phase::Open {
+                self.closing_queued -= q.bytes;
+            }
             self.recycle(q);
         }
         Some((conn, ip))

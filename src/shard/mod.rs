@@ -66,6 +66,9 @@ const CLOSE_LINGER: Duration = Duration::from_secs(3);
 const CHANNEL_BATCH: usize = 1024;
 /// Reads per readiness event before the connection waits its turn again.
 const READS_PER_EVENT: usize = 16;
+/// Most bytes a connection closed for its queue (4008) may keep queued through the close
+/// linger; beyond, it is dropped without the close handshake.
+const CLOSING_KEEP_MAX: usize = 64 * 1024;
 /// Scratch read buffer shared by every connection of the shard.
 const SCRATCH_BYTES: usize = 64 * 1024;
 /// Most connection (and user) slots a shard reserves up front: 4M slots of 64 (72) bytes
@@ -1099,6 +1102,13 @@ impl Shard {
             frame::close_frame(close.code, close.reason),
             close.discards_queue(),
         );
+        if close.discards_queue() && self.conns.footprint(key) > CLOSING_KEEP_MAX {
+            // A slow consumer that still holds a started frame this large (or TLS records
+            // sealed for it) would not read its close frame anyway: the socket goes now
+            // instead of holding memory the budget cannot free through the linger.
+            self.finalize(key);
+            return;
+        }
         let linger = match self.drain_deadline {
             Some(_) => self
                 .shared
