@@ -1,8 +1,12 @@
 //! Admission control: connections in all and per IP (shared by the acceptor, which admits,
 //! and the shards, which release), and the per-IP connect rate (the acceptor's alone).
+//!
+//! "Per IP" is per client network for IPv6: a /64, the least a host is given (it may use
+//! a new address for every connection within it); an IPv4-mapped address counts as its
+//! IPv4 address.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -49,7 +53,7 @@ impl Admission {
             return Ok(());
         }
         let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        let n = map.entry(ip).or_insert(0);
+        let n = map.entry(client_key(ip)).or_insert(0);
         if *n as usize >= self.max_per_ip {
             return Err(Refusal::RateLimited(
                 "too many connections from this IP address",
@@ -77,10 +81,11 @@ impl Admission {
             return;
         }
         let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = map.get_mut(&ip) {
+        let key = client_key(ip);
+        if let Some(n) = map.get_mut(&key) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                map.remove(&ip);
+                map.remove(&key);
             }
         }
     }
@@ -94,7 +99,18 @@ impl Admission {
     /// Pending handshakes plus open connections counted for `ip` (0 when unlimited).
     pub fn per_ip_count(&self, ip: IpAddr) -> usize {
         let map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(&ip).map_or(0, |n| *n as usize)
+        map.get(&client_key(ip)).map_or(0, |n| *n as usize)
+    }
+}
+
+/// What the per-IP limits count `ip` under: itself for IPv4, its /64 for IPv6.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !u128::from(u64::MAX))),
+        },
     }
 }
 
@@ -128,7 +144,10 @@ impl ConnectRate {
             });
             self.last_prune = now;
         }
-        let (tokens, at) = self.buckets.entry(ip).or_insert((self.rate, now));
+        let (tokens, at) = self
+            .buckets
+            .entry(client_key(ip))
+            .or_insert((self.rate, now));
         *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.rate).min(self.rate);
         *at = now;
         if *tokens >= 1.0 {
@@ -144,6 +163,32 @@ impl ConnectRate {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn an_ipv6_client_network_counts_as_one_address() {
+        let a = Admission::new(100, 2);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        a.try_admit(ip("2001:db8:1:2::1")).unwrap();
+        a.try_admit(ip("2001:db8:1:2:ffff::9")).unwrap();
+        // A third address of the same /64 is the same client.
+        assert!(a.try_admit(ip("2001:db8:1:2::3")).is_err());
+        // Another /64 is another client; an IPv4-mapped address is its IPv4 address.
+        a.try_admit(ip("2001:db8:1:3::1")).unwrap();
+        a.try_admit(ip("::ffff:192.0.2.1")).unwrap();
+        a.try_admit(ip("192.0.2.1")).unwrap();
+        assert!(a.try_admit(ip("192.0.2.1")).is_err());
+        a.release(ip("2001:db8:1:2::1"));
+        assert_eq!(a.per_ip_count(ip("2001:db8:1:2::77")), 1);
+        a.try_admit(ip("2001:db8:1:2::3")).unwrap();
+        let mut r = ConnectRate::new(1);
+        let now = Instant::now();
+        assert!(r.allow(ip("2001:db8:1:2::1"), now));
+        assert!(
+            !r.allow(ip("2001:db8:1:2::2"), now),
+            "same /64, same bucket"
+        );
+        assert!(r.allow(ip("2001:db8:1:4::2"), now));
+    }
 
     #[test]
     fn counts_in_all_and_per_ip() {
