@@ -1,7 +1,7 @@
 //! RFC 6455 framing: decoding client frames in place and encoding server frames once.
 
 use crate::wire::Wire;
-use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
+use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
 /// Close codes Throng sends (docs/protocol.md 3.2).
 pub mod close {
@@ -337,10 +337,9 @@ pub fn parse_close(payload: &[u8]) -> Result<Option<(u16, &str)>, FrameError> {
         1 => Err(FrameError::BadClose),
         _ => {
             let code = u16::from_be_bytes([payload[0], payload[1]]);
-            let allowed = code >= 1000 && CloseCode::from(code).is_allowed() && code < 5000;
-            // 1010 is client-only and 1012-1015 are server or reserved; RFC 6455 7.4.
-            if !allowed || matches!(code, 1004 | 1005 | 1006 | 1015) || (1016..3000).contains(&code)
-            {
+            // The codes an endpoint may send (RFC 6455 7.4 and the IANA registry, as
+            // Autobahn checks them): 1004-1006 and 1015 are reserved, 1016-2999 unassigned.
+            if !matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999) {
                 return Err(FrameError::BadClose);
             }
             let reason = std::str::from_utf8(&payload[2..]).map_err(|_| FrameError::InvalidUtf8)?;
@@ -626,5 +625,11 @@ mod tests {
         assert_eq!(parse_close(b"\x00\x10"), Err(FrameError::BadClose));
         assert_eq!(parse_close(b"\x0f\xa0"), Ok(Some((4000, ""))));
         assert_eq!(parse_close(b"\x03\xe8\xff"), Err(FrameError::InvalidUtf8));
+        // Every code an endpoint may send, and none of the others.
+        for code in 0..=u16::MAX {
+            let valid = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
+            let payload = code.to_be_bytes();
+            assert_eq!(parse_close(&payload).is_ok(), valid, "{code}");
+        }
     }
 }
