@@ -211,7 +211,8 @@ fn bytes_queued_on_closing_connections_do_not_make_the_budget_close_healthy_ones
         up.send_bytes(&bytes);
     }
     let s = srv.wait_stats("the uploaders' partial bytes", |s| {
-        s["partial_bytes"].as_u64() == Some(5 * (HEAD_LEN + 50_000))
+        // Counted by buffer capacity: at least what was sent.
+        s["partial_bytes"].as_u64() >= Some(5 * (HEAD_LEN + 50_000))
     });
     assert!(
         gauge(&s, "outbound_bytes") + gauge(&s, "partial_bytes") > 2_097_152,

@@ -69,9 +69,13 @@ pub(super) struct Partial {
 }
 
 impl Partial {
-    /// Bytes held: the incomplete frame plus the message assembled so far.
+    /// Bytes held: the buffers of the incomplete frame and of the message assembled so
+    /// far, by capacity (they grow by doubling: counting their lengths left up to half of
+    /// what they hold outside the budget).
     fn held(&self) -> usize {
-        self.leftover.len() + self.message.as_ref().map_or(0, Vec::len) + self.sealed.len()
+        self.leftover.capacity()
+            + self.message.as_ref().map_or(0, Vec::capacity)
+            + self.sealed.capacity()
     }
 }
 
