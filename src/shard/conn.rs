@@ -910,6 +910,47 @@ impl Conns {
         mark_dirty(conn, key, &mut self.dirty);
     }
 
+    /// TLS: answers the client's close_notify with ours, alone: frames not started are
+    /// dropped (the client will not read them), records already sealed go first.
+    pub(super) fn queue_close_notify(&mut self, key: u32) {
+        self.drop_partial(key);
+        self.begin_closing(key);
+        let Some(conn) = self.slab.get_mut(key) else {
+            return;
+        };
+        // An empty queue still flushes: the close_notify is sealed then.
+        let q = queue_of(conn, &mut self.spares);
+        let before = q.bytes;
+        q.discard_unstarted();
+        self.queued -= before - q.bytes;
+        mark_dirty(conn, key, &mut self.dirty);
+    }
+
+    /// TLS: a record from the client was refused: tells it with a fatal alert, written
+    /// now, best effort, before the connection is dropped. Not when sealed records wait
+    /// for the socket, which the alert must not pass.
+    pub(super) fn send_fatal_alert(&mut self, key: u32, desc: u8) {
+        let Some(conn) = self.slab.get_mut(key) else {
+            return;
+        };
+        if conn.out.as_ref().is_some_and(|q| q.sealed > 0) {
+            return;
+        }
+        let Some(session) = self.tls.get_mut(&key) else {
+            return;
+        };
+        let buf = &mut self.seal_buf;
+        buf.clear();
+        let Ok(mut sealer) = session.sealer(buf) else {
+            return;
+        };
+        let sealed = sealer.fatal_alert(desc);
+        drop(sealer);
+        if sealed.is_ok() {
+            let _ = conn.stream.write(buf);
+        }
+    }
+
     /// Writes what `key` has queued. Ok(true) when nothing is left.
     pub(super) fn flush(&mut self, key: u32) -> io::Result<bool> {
         let Some(conn) = self.slab.get_mut(key) else {

@@ -91,7 +91,8 @@ impl Shard {
 
     /// TLS: opens the complete records in `buf`, processes the frames they carry and
     /// keeps the start of an incomplete record. A record that fails (bad MAC, a fatal
-    /// alert, renegotiation) drops the connection; close_notify ends it like a FIN.
+    /// alert, renegotiation) drops the connection after our alert saying why;
+    /// close_notify is answered with ours and ends the connection like a FIN.
     fn open_records(&mut self, key: u32, buf: &mut [u8]) {
         let Some(session) = self.conns.tls_session(key) else {
             return;
@@ -101,6 +102,9 @@ impl Shard {
             Err(e) => {
                 tracing::debug!(error = %e, "closing a TLS connection");
                 self.shared.metrics.tls.record_errors.fetch_add(1, Relaxed);
+                if let Some(alert) = e.alert() {
+                    self.conns.send_fatal_alert(key, alert);
+                }
                 self.abort(key);
                 return;
             }
@@ -112,7 +116,7 @@ impl Shard {
             self.ingest_read(key, &mut buf[..opened.plain]);
         }
         if opened.peer_closed {
-            self.abort(key);
+            self.answer_close_notify(key);
         }
     }
 

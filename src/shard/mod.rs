@@ -1151,6 +1151,22 @@ impl Shard {
         );
     }
 
+    /// TLS: the client sent close_notify. Ours answers it (RFC 8446 section 6.1), then
+    /// the connection waits for the client's FIN as after a close. A connection already
+    /// closing needs nothing: close_notify follows its close frame.
+    fn answer_close_notify(&mut self, key: u32) {
+        match self.conns.get(key) {
+            Some(c) if !c.closing() => {}
+            _ => return,
+        }
+        self.leave_indexes(key, frame::close::ABNORMAL);
+        self.conns.queue_close_notify(key);
+        self.rearm_at(
+            key,
+            self.tick.saturating_add(ticks::span_floor(CLOSE_LINGER)),
+        );
+    }
+
     /// Arms `key`'s one timer for `deadline`, a shard tick (the wheel counts absolute
     /// ones).
     fn rearm_at(&mut self, key: u32, deadline: u32) {

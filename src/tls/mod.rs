@@ -38,15 +38,35 @@ pub enum TlsError {
     /// rustls refused the handshake or the configuration.
     #[error("tls: {0}")]
     Rustls(#[from] rustls::Error),
-    /// A record after the handshake broke the protocol.
+    /// The record layer failed (key derivation, sealing, I/O during the handshake).
     #[error("tls record: {0}")]
     Record(&'static str),
+    /// A record from the peer broke the protocol.
+    #[error("tls record: {reason}")]
+    Refused {
+        /// The fatal alert that tells the peer (RFC 8446 section 6.2).
+        alert: u8,
+        /// What was wrong.
+        reason: &'static str,
+    },
     /// Plain HTTP arrived on the TLS port.
     #[error("plain HTTP on a TLS port (use wss:// or https://)")]
     PlainHttp,
     /// The peer sent a fatal alert.
     #[error("tls: the client sent alert {0}")]
     Alert(u8),
+}
+
+impl TlsError {
+    /// The fatal alert to send the peer before closing, if one is due: not after an
+    /// alert of its own.
+    pub(crate) fn alert(&self) -> Option<u8> {
+        match self {
+            TlsError::Refused { alert, .. } => Some(*alert),
+            TlsError::Record(_) => Some(record::INTERNAL_ERROR),
+            _ => None,
+        }
+    }
 }
 
 /// The certificate chain and key files of `--tls-cert` and `--tls-key`.

@@ -26,12 +26,34 @@ const EXPLICIT: usize = 8;
 /// confidentiality limit of 2^24.5 records (RFC 8446 section 5.5).
 const REKEY_AFTER: u64 = 1 << 23;
 
+/// Records in a row that carry no application data (empty ones, key updates, warning
+/// alerts) before the connection is refused: rustls's and BoringSSL's limit. Each costs
+/// a decryption, and a key update three key derivations, for nothing delivered.
+const MAX_IDLE_RECORDS: u8 = 32;
+/// Warning alerts (user_canceled) a connection may send in its life, as in rustls.
+const MAX_WARNINGS: u8 = 4;
 const CT_ALERT: u8 = 21;
 const CT_HANDSHAKE: u8 = 22;
 const CT_DATA: u8 = 23;
 const HS_KEY_UPDATE: u8 = 24;
+/// A KeyUpdate message without its last byte (`request_update`).
+const KEY_UPDATE_HEAD: [u8; 4] = [HS_KEY_UPDATE, 0, 0, 1];
+const ALERT_WARNING: u8 = 1;
+const ALERT_FATAL: u8 = 2;
 const ALERT_CLOSE_NOTIFY: u8 = 0;
 const ALERT_USER_CANCELED: u8 = 90;
+
+/// Fatal alerts the record layer sends when it refuses a record (RFC 8446 section 6.2).
+pub(crate) const UNEXPECTED_MESSAGE: u8 = 10;
+pub(crate) const BAD_RECORD_MAC: u8 = 20;
+pub(crate) const RECORD_OVERFLOW: u8 = 22;
+pub(crate) const DECODE_ERROR: u8 = 50;
+pub(crate) const INTERNAL_ERROR: u8 = 80;
+
+/// A record the peer should not have sent: the alert that says so, and why.
+fn refused(alert: u8, reason: &'static str) -> TlsError {
+    TlsError::Refused { alert, reason }
+}
 
 /// The negotiated AEAD.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,11 +143,11 @@ impl Keys {
         n
     }
 
-    /// Derives this key, IV and secret from `secret`.
+    /// Derives this key and IV from `secret` (one PRK for both).
     fn derive(&mut self, cipher: Cipher, secret: &[u8]) -> Result<(), TlsError> {
-        let alg = cipher.hkdf();
-        expand_label(alg, secret, b"key", &mut self.key[..cipher.key_len()])?;
-        expand_label(alg, secret, b"iv", &mut self.iv)?;
+        let prk = hkdf::Prk::new_less_safe(cipher.hkdf(), secret);
+        expand_label(&prk, b"key", &mut self.key[..cipher.key_len()])?;
+        expand_label(&prk, b"iv", &mut self.iv)?;
         Ok(())
     }
 
@@ -136,12 +158,8 @@ impl Keys {
             return Err(TlsError::Record("no traffic secret to update"));
         }
         let mut next = [0u8; 48];
-        expand_label(
-            cipher.hkdf(),
-            self.secret.as_bytes(),
-            b"traffic upd",
-            &mut next[..len],
-        )?;
+        let prk = hkdf::Prk::new_less_safe(cipher.hkdf(), self.secret.as_bytes());
+        expand_label(&prk, b"traffic upd", &mut next[..len])?;
         self.secret.bytes[..len].copy_from_slice(&next[..len]);
         next.zeroize();
         let secret = self.secret.bytes;
@@ -152,12 +170,7 @@ impl Keys {
 }
 
 /// HKDF-Expand-Label (RFC 8446 section 7.1) with an empty context.
-fn expand_label(
-    alg: hkdf::Algorithm,
-    secret: &[u8],
-    label: &[u8],
-    out: &mut [u8],
-) -> Result<(), TlsError> {
+fn expand_label(prk: &hkdf::Prk, label: &[u8], out: &mut [u8]) -> Result<(), TlsError> {
     struct Len(usize);
     impl hkdf::KeyType for Len {
         fn len(&self) -> usize {
@@ -168,8 +181,7 @@ fn expand_label(
     let out_len = (out.len() as u16).to_be_bytes();
     let label_len = [(b"tls13 ".len() + label.len()) as u8];
     let info: [&[u8]; 5] = [&out_len, &label_len, b"tls13 ", label, &[0]];
-    hkdf::Prk::new_less_safe(alg, secret)
-        .expand(&info, Len(out.len()))
+    prk.expand(&info, Len(out.len()))
         .map_err(err)?
         .fill(out)
         .map_err(err)
@@ -181,8 +193,14 @@ pub(crate) struct Session {
     cipher: Cipher,
     /// The client asked for a key update: ours goes out before the next records.
     update_due: bool,
-    /// close_notify was sealed: nothing more may be.
+    /// close_notify (or a fatal alert) was sealed: nothing more may be.
     closed: bool,
+    /// Records in a row without application data (`MAX_IDLE_RECORDS`).
+    idle_records: u8,
+    /// Warning alerts received (`MAX_WARNINGS`).
+    warnings: u8,
+    /// Bytes of a KeyUpdate split across records received so far (0: none pending).
+    key_update_part: u8,
     tx: Keys,
     rx: Keys,
 }
@@ -244,6 +262,9 @@ impl Session {
             cipher,
             update_due: false,
             closed: false,
+            idle_records: 0,
+            warnings: 0,
+            key_update_part: 0,
             tx,
             rx,
         })
@@ -258,6 +279,8 @@ impl Session {
             key,
             out,
             open: None,
+            #[cfg(test)]
+            fail_next_seal: false,
         };
         let session = &*s.session;
         if session.tls13 && (session.update_due || session.tx.seq >= REKEY_AFTER) {
@@ -292,10 +315,10 @@ impl Session {
             let typ = buf[pos];
             let len = usize::from(u16::from_be_bytes([buf[pos + 3], buf[pos + 4]]));
             if buf[pos + 1] != 3 {
-                return Err(TlsError::Record("not a TLS record"));
+                return Err(refused(DECODE_ERROR, "not a TLS record"));
             }
             if len > max_cipher {
-                return Err(TlsError::Record("record longer than TLS allows"));
+                return Err(refused(RECORD_OVERFLOW, "record longer than TLS allows"));
             }
             if buf.len() - pos < HEADER + len {
                 break;
@@ -304,6 +327,22 @@ impl Session {
             pos += HEADER + len;
             let (inner, range) = self.open_record(&key, typ, &mut buf[start..pos])?;
             let range = start + range.start..start + range.end;
+            if self.key_update_part != 0 && inner != CT_HANDSHAKE {
+                // RFC 8446 section 5.1: nothing may come between a handshake message's
+                // fragments.
+                return Err(refused(UNEXPECTED_MESSAGE, "a record inside a key update"));
+            }
+            if inner == CT_DATA && !range.is_empty() {
+                self.idle_records = 0;
+            } else {
+                self.idle_records += 1;
+                if self.idle_records > MAX_IDLE_RECORDS {
+                    return Err(refused(
+                        UNEXPECTED_MESSAGE,
+                        "too many records in a row without application data",
+                    ));
+                }
+            }
             match inner {
                 CT_DATA => {
                     let n = range.len();
@@ -318,18 +357,27 @@ impl Session {
                             peer_closed: true,
                         })
                     }
-                    [_, ALERT_USER_CANCELED] => {}
+                    [ALERT_WARNING, ALERT_USER_CANCELED] if self.warnings < MAX_WARNINGS => {
+                        self.warnings += 1;
+                    }
+                    [ALERT_WARNING, ALERT_USER_CANCELED] => {
+                        return Err(refused(UNEXPECTED_MESSAGE, "too many warning alerts"))
+                    }
                     [_, desc] => return Err(TlsError::Alert(desc)),
-                    _ => return Err(TlsError::Record("malformed alert")),
+                    _ => return Err(refused(DECODE_ERROR, "malformed alert")),
                 },
                 CT_HANDSHAKE if self.tls13 => {
-                    self.key_updates(&buf[range])?;
-                    key = self.rx.aead_key(self.cipher)?;
+                    if self.handshake_record(&buf[range])? {
+                        key = self.rx.aead_key(self.cipher)?;
+                    }
                 }
                 CT_HANDSHAKE => {
-                    return Err(TlsError::Record("renegotiation is not supported"));
+                    return Err(refused(
+                        UNEXPECTED_MESSAGE,
+                        "renegotiation is not supported",
+                    ));
                 }
-                _ => return Err(TlsError::Record("unexpected record type")),
+                _ => return Err(refused(UNEXPECTED_MESSAGE, "unexpected record type")),
             }
         }
         Ok(Opening {
@@ -346,12 +394,13 @@ impl Session {
         typ: u8,
         rec: &mut [u8],
     ) -> Result<(u8, Range<usize>), TlsError> {
-        let bad = |_| TlsError::Record("a record failed to decrypt (bad MAC)");
+        let bad = |_| refused(BAD_RECORD_MAC, "a record failed to decrypt (bad MAC)");
         let mut header = [0u8; HEADER];
         header.copy_from_slice(&rec[..HEADER]);
         if self.tls13 {
             if typ != CT_DATA {
-                return Err(TlsError::Record(
+                return Err(refused(
+                    UNEXPECTED_MESSAGE,
                     "an unprotected record after the handshake",
                 ));
             }
@@ -360,14 +409,25 @@ impl Session {
                 .open_in_place(nonce, Aad::from(header), &mut rec[HEADER..])
                 .map_err(bad)?;
             self.rx.seq += 1;
+            // RFC 8446 section 5.4: TLSInnerPlaintext (padding included) is at most
+            // 2^14 + 1 bytes.
+            if plain.len() > MAX_PLAIN + 1 {
+                return Err(refused(
+                    RECORD_OVERFLOW,
+                    "record plaintext longer than 2^14",
+                ));
+            }
             // TLSInnerPlaintext: content, then the type, then zero padding.
             let Some(end) = plain.iter().rposition(|&b| b != 0) else {
-                return Err(TlsError::Record("a record without a content type"));
+                return Err(refused(
+                    UNEXPECTED_MESSAGE,
+                    "a record without a content type",
+                ));
             };
             return Ok((plain[end], HEADER..HEADER + end));
         }
         if !matches!(typ, CT_ALERT | CT_HANDSHAKE | CT_DATA) {
-            return Err(TlsError::Record("unexpected record type"));
+            return Err(refused(UNEXPECTED_MESSAGE, "unexpected record type"));
         }
         let explicit = if self.cipher == Cipher::Chacha20 {
             0
@@ -375,8 +435,15 @@ impl Session {
             EXPLICIT
         };
         let Some(plain_len) = rec.len().checked_sub(HEADER + explicit + TAG) else {
-            return Err(TlsError::Record("record shorter than its tag"));
+            return Err(refused(DECODE_ERROR, "record shorter than its tag"));
         };
+        // RFC 5246 section 6.2.1: at most 2^14 bytes of plaintext.
+        if plain_len > MAX_PLAIN {
+            return Err(refused(
+                RECORD_OVERFLOW,
+                "record plaintext longer than 2^14",
+            ));
+        }
         let nonce = if explicit == 0 {
             self.rx.nonce()
         } else {
@@ -397,23 +464,46 @@ impl Session {
         Ok((typ, body..body + plain_len))
     }
 
-    /// Handles post-handshake messages from the client: only key updates are allowed.
-    fn key_updates(&mut self, mut msgs: &[u8]) -> Result<(), TlsError> {
-        while !msgs.is_empty() {
-            match msgs {
-                [HS_KEY_UPDATE, 0, 0, 1, request, rest @ ..] => {
-                    match request {
-                        0 => {}
-                        1 => self.update_due = true,
-                        _ => return Err(TlsError::Record("malformed key update")),
-                    }
-                    self.rx.update(self.cipher)?;
-                    msgs = rest;
-                }
-                _ => return Err(TlsError::Record("unexpected handshake message")),
-            }
+    /// A TLS 1.3 handshake record from the client: only a KeyUpdate, which may be split
+    /// across records but must end its last one (RFC 8446 section 5.1: a handshake
+    /// message must not span a key change). True when the receive key changed.
+    fn handshake_record(&mut self, bytes: &[u8]) -> Result<bool, TlsError> {
+        if bytes.is_empty() {
+            return Err(refused(
+                UNEXPECTED_MESSAGE,
+                "a zero-length handshake record",
+            ));
         }
-        Ok(())
+        // The message so far: what earlier records carried, then this one's bytes.
+        let have = usize::from(self.key_update_part);
+        let mut msg = [0u8; KEY_UPDATE_HEAD.len() + 1];
+        msg[..have].copy_from_slice(&KEY_UPDATE_HEAD[..have]);
+        let take = bytes.len().min(msg.len() - have);
+        msg[have..have + take].copy_from_slice(&bytes[..take]);
+        let got = have + take;
+        let head = got.min(KEY_UPDATE_HEAD.len());
+        if msg[..head] != KEY_UPDATE_HEAD[..head] {
+            return Err(refused(UNEXPECTED_MESSAGE, "unexpected handshake message"));
+        }
+        if take < bytes.len() {
+            return Err(refused(
+                UNEXPECTED_MESSAGE,
+                "a key update must end its record",
+            ));
+        }
+        if got < msg.len() {
+            self.key_update_part = got as u8;
+            return Ok(false);
+        }
+        let request = msg[KEY_UPDATE_HEAD.len()];
+        self.key_update_part = 0;
+        match request {
+            0 => {}
+            1 => self.update_due = true,
+            _ => return Err(refused(DECODE_ERROR, "malformed key update")),
+        }
+        self.rx.update(self.cipher)?;
+        Ok(true)
     }
 
     /// Makes the next sealer update the sending key, as reaching `REKEY_AFTER` does.
@@ -448,6 +538,9 @@ pub(crate) struct Sealer<'a> {
     out: &'a mut Vec<u8>,
     /// Where the open application data record's header is.
     open: Option<usize>,
+    /// Makes the next seal fail, as ring would, to test what the output keeps then.
+    #[cfg(test)]
+    fail_next_seal: bool,
 }
 
 impl Sealer<'_> {
@@ -485,7 +578,15 @@ impl Sealer<'_> {
     /// Seals a close_notify alert after what was pushed.
     pub(crate) fn close_notify(&mut self) -> Result<(), TlsError> {
         self.close_open();
-        self.record(CT_ALERT, &[1, ALERT_CLOSE_NOTIFY])?;
+        self.record(CT_ALERT, &[ALERT_WARNING, ALERT_CLOSE_NOTIFY])?;
+        self.session.closed = true;
+        Ok(())
+    }
+
+    /// Seals a fatal alert after what was pushed: the last record of the connection.
+    pub(crate) fn fatal_alert(&mut self, desc: u8) -> Result<(), TlsError> {
+        self.close_open();
+        self.record(CT_ALERT, &[ALERT_FATAL, desc])?;
         self.session.closed = true;
         Ok(())
     }
@@ -495,14 +596,15 @@ impl Sealer<'_> {
         self.seal_open(CT_DATA)
     }
 
-    /// Seals the open record; on failure its plaintext is cut from the output.
+    /// Seals the open record (a failure leaves nothing of it in the output).
     fn close_open(&mut self) {
-        let start = self.open;
-        if self.seal_open(CT_DATA).is_err() {
-            if let Some(s) = start {
-                self.out.truncate(s);
-            }
-        }
+        let _ = self.seal_open(CT_DATA);
+    }
+
+    /// Makes the next seal fail.
+    #[cfg(test)]
+    pub(crate) fn fail_next_seal_for_test(&mut self) {
+        self.fail_next_seal = true;
     }
 
     /// A whole record of type `typ` holding `payload`.
@@ -516,11 +618,20 @@ impl Sealer<'_> {
         self.seal_open(typ)
     }
 
-    /// Encrypts the open record in place and writes its header.
+    /// Encrypts the open record in place and writes its header. On failure the record
+    /// is cut from the output, so its plaintext never goes out whatever the caller does.
     fn seal_open(&mut self, typ: u8) -> Result<(), TlsError> {
         let Some(start) = self.open.take() else {
             return Ok(());
         };
+        let sealed = self.seal_at(start, typ);
+        if sealed.is_err() {
+            self.out.truncate(start);
+        }
+        sealed
+    }
+
+    fn seal_at(&mut self, start: usize, typ: u8) -> Result<(), TlsError> {
         let body = start + self.body_offset();
         let s = &mut *self.session;
         let tx = &mut s.tx;
@@ -542,6 +653,10 @@ impl Sealer<'_> {
             aad = aad12(tx.seq, typ, plain_len);
             aad.len()
         };
+        #[cfg(test)]
+        if std::mem::take(&mut self.fail_next_seal) {
+            return Err(TlsError::Record("sealing failed"));
+        }
         let tag = self
             .key
             .seal_in_place_separate_tag(

@@ -231,7 +231,13 @@ fn tampered_or_foreign_records_are_refused() {
         let mut bytes = client_out(&mut client);
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
-        assert!(matches!(session.open(&mut bytes), Err(TlsError::Record(_))));
+        assert!(matches!(
+            session.open(&mut bytes),
+            Err(TlsError::Refused {
+                alert: super::record::BAD_RECORD_MAC,
+                ..
+            })
+        ));
     }
     // Not TLS at all, and a record longer than TLS allows.
     let (_c, mut session, _) = connect(&server, client_config(&root, true, "AES_128"));
@@ -343,4 +349,35 @@ fn an_api_reload_with_one_bad_file_changes_nothing() {
     std::fs::copy(&other.cert, &ca.cert).expect("copy");
     server.reload().expect("reload");
     assert_ne!(server.certs().leaf(), before);
+}
+
+#[test]
+fn a_failed_seal_leaves_no_plaintext_in_the_output() {
+    let (files, root) = test_files("seal-fails");
+    let server = TlsServer::load(&files).expect("load");
+    for tls13 in [true, false] {
+        let (mut client, mut session, _) = connect(&server, client_config(&root, tls13, "AES_128"));
+        let mut out = Vec::new();
+        let mut sealer = session.sealer(&mut out).expect("sealer");
+        sealer.push(b"sealed first");
+        sealer.finish().expect("finish");
+        let good = out.len();
+        // A push whose record fails to seal, then close_notify whose record fails: the
+        // output keeps only what was sealed.
+        let mut sealer = session.sealer(&mut out).expect("sealer");
+        sealer.push(b"secret push");
+        sealer.fail_next_seal_for_test();
+        assert!(sealer.finish().is_err());
+        assert_eq!(out.len(), good, "tls13={tls13}: the failed record was cut");
+        let mut sealer = session.sealer(&mut out).expect("sealer");
+        sealer.fail_next_seal_for_test();
+        assert!(sealer.close_notify().is_err());
+        drop(sealer);
+        assert_eq!(out.len(), good, "tls13={tls13}: the failed alert was cut");
+        // What is left is whole records the client reads.
+        assert_eq!(
+            client_in(&mut client, &out).expect("records"),
+            b"sealed first"
+        );
+    }
 }

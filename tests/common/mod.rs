@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod deflate;
+pub mod hand_tls;
 pub mod redis_server;
 pub mod tansu;
 pub mod tls;
