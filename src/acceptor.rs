@@ -702,6 +702,13 @@ impl Acceptor {
             }
         } else {
             self.flush_tls(key);
+            // rustls's buffers (up to a handshake's worth) need not linger with the
+            // socket once the alert is out.
+            if let Some(p) = self.pending.get_mut(key) {
+                if p.tls.as_mut().is_some_and(|t| t.out().is_empty()) {
+                    p.tls = None;
+                }
+            }
         }
         self.linger_after_answer(key);
     }

@@ -598,3 +598,32 @@ fn a_bad_client_ca_file_at_start_exits_2_naming_it() {
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("needs api_tls_cert"), "{stderr}");
 }
+
+#[test]
+fn a_handshake_past_its_allowance_is_refused_at_once() {
+    // A ClientHello that says it is 65,000 bytes long, sent as 20 KiB of records and then
+    // a stall: rustls would buffer up to 64 KiB of it until the deadline. The deadline
+    // here is far beyond the test: a close at all comes from the 16 KiB bound.
+    let dir = TlsDir::new("api-endless");
+    let srv = https_server(&dir, &["--api-request-timeout-ms", "60000"]);
+    let mut endless = Vec::new();
+    for _ in 0..5 {
+        endless.extend_from_slice(&[22, 3, 1, 0x10, 0x00, 1, 0, 0xfd, 0xe8, 3, 3]);
+        endless.resize(endless.len() + 4096 - 6, b'A');
+    }
+    let mut s = tcp(srv.api);
+    std::io::Write::write_all(&mut s, &endless).expect("write");
+    let got = read_to_close(&mut s);
+    assert!(
+        got.is_empty() || got[0] == 21,
+        "closed, at most with an alert: {got:?}"
+    );
+    let cfg = dir.client(None);
+    assert_eq!(
+        https_metric(srv.api, &cfg, "throng_api_tls_handshakes_failed_total"),
+        1
+    );
+    // A real client still gets in.
+    let r = HttpsConn::connect_tls(srv.api, &cfg).request("GET", "/healthz", None, None);
+    assert_eq!(r.status, 200, "{}", r.text());
+}

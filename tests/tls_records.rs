@@ -7,6 +7,8 @@
 
 mod common;
 
+use std::io::Write;
+
 use common::hand_tls::*;
 use common::tls::*;
 use common::*;
@@ -305,4 +307,47 @@ fn a_record_that_fails_to_decrypt_gets_bad_record_mac() {
             WAIT,
         );
     }
+}
+
+// ---- Handshakes that never end ---------------------------------------------------------
+
+/// A ClientHello record of `len` bytes that says it is 65,000 bytes long.
+fn endless_hello(len: usize) -> Vec<u8> {
+    let mut r = vec![22, 3, 1];
+    r.extend_from_slice(&(len as u16).to_be_bytes());
+    r.extend_from_slice(&[1, 0, 0xfd, 0xe8, 3, 3]);
+    r.resize(5 + len, b'A');
+    r
+}
+
+#[test]
+fn a_handshake_past_16_kib_is_refused_at_once() {
+    let dir = TlsDir::new("endless");
+    // A deadline far beyond the test: a close at all comes from the bound.
+    let srv = dir.server(&["--handshake-timeout-ms", "60000"]);
+    // Records of a ClientHello that never ends, 20 KiB of them; and a record header
+    // longer than a handshake record may be.
+    let mut endless = Vec::new();
+    for _ in 0..5 {
+        endless.extend(endless_hello(4096));
+    }
+    let long_record = vec![22, 3, 3, 0x41, 0x01];
+    for (i, bytes) in [endless, long_record].into_iter().enumerate() {
+        let mut s = tcp(srv.ws);
+        s.write_all(&bytes).unwrap();
+        let got = read_to_close(&mut s);
+        assert!(
+            got.is_empty() || got[0] == 21,
+            "case {i}: closed, at most with an alert: {got:?}"
+        );
+        wait_metric(
+            srv.api,
+            "throng_tls_handshakes_failed_total",
+            i as u64 + 1,
+            WAIT,
+        );
+    }
+    srv.wait_stats("no pending handshake", |s| s["pending_handshakes"] == 0);
+    // A real client still gets in.
+    TlsClient::connect(srv.ws, &dir.client(None), &tok("after")).expect("a client after");
 }

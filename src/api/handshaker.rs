@@ -199,7 +199,7 @@ impl Worker {
                 return;
             }
         };
-        let mut stream = ApiStream::tls(sock, conn);
+        let mut stream = ApiStream::tls(sock, conn, self.tls.handshake_bytes());
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         if self

@@ -37,6 +37,9 @@ pub(super) struct TlsConn {
     closing: bool,
     /// The completed handshake was counted.
     counted: bool,
+    /// Bytes the client may still send before its handshake is over: rustls would
+    /// buffer up to 64 KiB of a handshake message that never ends.
+    handshake_left: usize,
 }
 
 /// Where a connection's TLS handshake stands (`ApiStream::handshake`).
@@ -51,14 +54,25 @@ pub(super) enum Handshake {
     Ended,
 }
 
+/// The error a handshake ends with when the client sends more than it may before the
+/// handshake is over.
+#[derive(Debug, thiserror::Error)]
+#[error("the client sent more before its TLS handshake was over than a handshake needs")]
+pub(super) struct HandshakeTooLong;
+
 /// The error `read` gives when plain HTTP arrives on the HTTPS port.
 #[derive(Debug, thiserror::Error)]
 #[error("plain HTTP on the push API's HTTPS port")]
 pub(super) struct PlainHttp;
 
 impl ApiStream {
-    /// HTTPS over `sock`.
-    pub(super) fn tls(sock: TcpStream, conn: rustls::ServerConnection) -> ApiStream {
+    /// HTTPS over `sock`; the client may send `handshake_bytes` before its handshake
+    /// is over (`TlsServer::handshake_bytes`).
+    pub(super) fn tls(
+        sock: TcpStream,
+        conn: rustls::ServerConnection,
+        handshake_bytes: usize,
+    ) -> ApiStream {
         ApiStream::Tls(Box::new(TlsConn {
             sock,
             conn,
@@ -66,6 +80,7 @@ impl ApiStream {
             plain_refusal: false,
             closing: false,
             counted: false,
+            handshake_left: handshake_bytes,
         }))
     }
 
@@ -220,9 +235,14 @@ impl TlsConn {
             if !self.conn.is_handshaking() {
                 return Ok(Handshake::Ready);
             }
-            match self.conn.read_tls(&mut self.sock) {
+            if self.handshake_left == 0 {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, HandshakeTooLong));
+            }
+            // rustls reads no more than is left of the allowance.
+            let left = self.handshake_left as u64;
+            match self.conn.read_tls(&mut (&mut self.sock).take(left)) {
                 Ok(0) => return Ok(Handshake::Ended),
-                Ok(_) => {}
+                Ok(n) => self.handshake_left = self.handshake_left.saturating_sub(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Handshake::Pending),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -382,7 +402,11 @@ mod tests {
         let (files, root) = crate::tls::tests::test_files("api-stream");
         let server = TlsServer::load_api(&files, None).expect("load");
         let (mut sock, srv) = pair();
-        let mut stream = ApiStream::tls(srv, server.connection().expect("connection"));
+        let mut stream = ApiStream::tls(
+            srv,
+            server.connection().expect("connection"),
+            server.handshake_bytes(),
+        );
         let counters = ApiTlsCounters::default();
         let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
         let mut client = rustls::ClientConnection::new(client_config(&root), name).expect("client");
@@ -433,7 +457,11 @@ mod tests {
         let (files, _) = crate::tls::tests::test_files("api-plain");
         let server = TlsServer::load_api(&files, None).expect("load");
         let (mut sock, srv) = pair();
-        let mut stream = ApiStream::tls(srv, server.connection().expect("connection"));
+        let mut stream = ApiStream::tls(
+            srv,
+            server.connection().expect("connection"),
+            server.handshake_bytes(),
+        );
         let counters = ApiTlsCounters::default();
         io::Write::write_all(&mut sock, b"GET /healthz HTTP/1.1\r\n\r\n").expect("write");
         let mut buf = [0u8; 1024];

@@ -14,6 +14,16 @@ use super::TlsError;
 
 /// A record header: type, version, length.
 const HEADER: usize = 5;
+/// Bytes a client may send before its handshake is over: rustls buffers an incomplete
+/// handshake message up to 64 KiB, so this bounds what a pending handshake holds. Real
+/// ClientHellos, even with a post-quantum key share, a ticket and a HelloRetryRequest's
+/// second one, stay under 4 KiB.
+pub(crate) const HANDSHAKE_BYTES: usize = 16 * 1024;
+/// Longest record a client may send during the handshake: 2^14 bytes of plaintext,
+/// plus TLS 1.3's 256 of expansion once encrypted (RFC 8446 section 5.2).
+const MAX_HANDSHAKE_RECORD: usize = MAX_PLAIN + 256;
+/// Longest record after it: TLS 1.2's limit for encrypted records (RFC 5246 6.2.3).
+const MAX_RECORD: usize = MAX_PLAIN + 2048;
 
 /// A handshake in progress.
 pub(crate) struct TlsAccept {
@@ -24,6 +34,8 @@ pub(crate) struct TlsAccept {
     out: Vec<u8>,
     /// The TLS 1.3 traffic secrets, caught as rustls derived them.
     caught: Captured,
+    /// Bytes given to rustls while the handshake was in progress (`HANDSHAKE_BYTES`).
+    handshake_bytes: usize,
 }
 
 /// A handshake that ended: what the shard continues with.
@@ -60,27 +72,49 @@ impl TlsAccept {
             sealed_in: Vec::new(),
             out: Vec::new(),
             caught: Captured::default(),
+            handshake_bytes: 0,
         })
     }
 
     /// Takes bytes from the client: complete records go to rustls, and application data
     /// (the upgrade request) is appended to `plain`. After an error, `out` holds the
-    /// alert for the client.
+    /// alert for the client, if rustls wrote one. During the handshake at most
+    /// `HANDSHAKE_BYTES` are taken, the incomplete record kept included.
     pub(crate) fn receive(&mut self, bytes: &[u8], plain: &mut Vec<u8>) -> Result<(), TlsError> {
         if self.sealed_in.is_empty() && self.conn.is_handshaking() && looks_like_http(bytes) {
             return Err(TlsError::PlainHttp);
         }
         self.sealed_in.extend_from_slice(bytes);
-        let complete = complete_records(&self.sealed_in);
+        let max_record = if self.conn.is_handshaking() {
+            MAX_HANDSHAKE_RECORD
+        } else {
+            MAX_RECORD
+        };
+        let complete = complete_records(&self.sealed_in, max_record)?;
         let mut fed = 0;
         while fed < complete {
             capture::clear();
-            let mut records = &self.sealed_in[fed..complete];
+            // During the handshake rustls gets no more than is left of its allowance, so
+            // it never buffers more of a ClientHello that does not end.
+            let handshaking = self.conn.is_handshaking();
+            let end = if handshaking {
+                let room = HANDSHAKE_BYTES - self.handshake_bytes;
+                if room == 0 {
+                    return Err(too_long());
+                }
+                complete.min(fed + room)
+            } else {
+                complete
+            };
+            let mut records = &self.sealed_in[fed..end];
             let n = self
                 .conn
                 .read_tls(&mut records)
                 .map_err(|e| TlsError::Record(io_reason(&e)))?;
             fed += n;
+            if handshaking {
+                self.handshake_bytes += n;
+            }
             let processed = self.conn.process_new_packets();
             self.caught.absorb();
             self.drain_out();
@@ -91,6 +125,16 @@ impl TlsAccept {
             }
         }
         self.sealed_in.drain(..fed);
+        if self.conn.is_handshaking()
+            && self.handshake_bytes + self.sealed_in.len() > HANDSHAKE_BYTES
+        {
+            return Err(too_long());
+        }
+        // Only an incomplete record stays: a read's worth of capacity would stay with it
+        // for the rest of the handshake.
+        if self.sealed_in.capacity() > self.sealed_in.len() + 1024 {
+            self.sealed_in.shrink_to_fit();
+        }
         Ok(())
     }
 
@@ -154,6 +198,7 @@ impl TlsAccept {
             sealed_in,
             out,
             caught,
+            ..
         } = self;
         let tls13 = conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
         let secrets = conn.dangerous_extract_secrets()?;
@@ -166,20 +211,35 @@ impl TlsAccept {
 }
 
 /// Bytes of the complete records at the start of `buf`. Something that is not a record
-/// header counts as complete, so rustls sees it at once and refuses it.
-fn complete_records(buf: &[u8]) -> usize {
+/// header counts as complete, so rustls sees it at once and refuses it; a record longer
+/// than `max_record` is refused here, before it is buffered.
+fn complete_records(buf: &[u8], max_record: usize) -> Result<usize, TlsError> {
     let mut pos = 0;
     while buf.len() - pos >= HEADER {
         let len = usize::from(u16::from_be_bytes([buf[pos + 3], buf[pos + 4]]));
-        if !(20..=24).contains(&buf[pos]) || buf[pos + 1] != 3 || len > MAX_PLAIN + 2048 {
-            return buf.len();
+        if !(20..=24).contains(&buf[pos]) || buf[pos + 1] != 3 {
+            return Ok(buf.len());
+        }
+        if len > max_record {
+            return Err(TlsError::Refused {
+                alert: super::record::RECORD_OVERFLOW,
+                reason: "record longer than TLS allows",
+            });
         }
         if buf.len() - pos < HEADER + len {
             break;
         }
         pos += HEADER + len;
     }
-    pos
+    Ok(pos)
+}
+
+/// A client that sent more than `HANDSHAKE_BYTES` before its handshake was over.
+fn too_long() -> TlsError {
+    TlsError::Refused {
+        alert: super::record::RECORD_OVERFLOW,
+        reason: "more handshake bytes than a ClientHello needs",
+    }
 }
 
 /// Whether the first bytes on a TLS port are an HTTP request line instead.

@@ -24,6 +24,10 @@ pub use client_ca::ClientCaStore;
 pub use counters::{ApiListener, ApiTlsCounters, ClientListener, TlsCounters, TlsListener};
 pub(crate) use record::Session;
 
+/// Room for a client's certificate chain in its handshake (push API with a client CA):
+/// a few certificates of 1 to 2 KiB each are usual.
+const CLIENT_CHAIN_BYTES: usize = 16 * 1024;
+
 /// A TLS problem: a file that cannot be used, or a peer that broke the protocol.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -157,6 +161,15 @@ impl TlsServer {
     /// A new server-side connection that keeps rustls for its whole life (the push API).
     pub(crate) fn connection(&self) -> Result<rustls::ServerConnection, TlsError> {
         Ok(rustls::ServerConnection::new(Arc::clone(&self.config))?)
+    }
+
+    /// Bytes a client may send before its handshake is over: a ClientHello's worth, and
+    /// with a client CA room for the client's certificate chain too.
+    pub(crate) fn handshake_bytes(&self) -> usize {
+        match self.client_ca {
+            Some(_) => accept::HANDSHAKE_BYTES + CLIENT_CHAIN_BYTES,
+            None => accept::HANDSHAKE_BYTES,
+        }
     }
 
     /// Reads the files again and serves the new certificate (and verifies clients against

@@ -83,25 +83,32 @@ fn connect(
     server: &TlsServer,
     config: Arc<rustls::ClientConfig>,
 ) -> (rustls::ClientConnection, Session, Vec<u8>) {
+    connect_with(server, config, b"GET /ws HTTP/1.1\r\n\r\n")
+}
+
+/// The same with `request` as the upgrade request, sent with the client's last handshake
+/// flight.
+fn connect_with(
+    server: &TlsServer,
+    config: Arc<rustls::ClientConfig>,
+    request: &[u8],
+) -> (rustls::ClientConnection, Session, Vec<u8>) {
     let mut client = rustls::ClientConnection::new(config, "localhost".try_into().expect("name"))
         .expect("client");
     client.set_buffer_limit(None);
     let mut accept: TlsAccept = server.accept().expect("accept");
-    client
-        .writer()
-        .write_all(b"GET /ws HTTP/1.1\r\n\r\n")
-        .expect("request");
+    client.writer().write_all(request).expect("request");
     let mut plain = Vec::new();
     for _ in 0..10 {
         let bytes = client_out(&mut client);
         accept.receive(&bytes, &mut plain).expect("handshake");
         let out = std::mem::take(accept.out());
         client_in(&mut client, &out).expect("client handshake");
-        if !client.is_handshaking() && !accept.is_handshaking() && !plain.is_empty() {
+        if !client.is_handshaking() && !accept.is_handshaking() && plain == request {
             break;
         }
     }
-    assert_eq!(plain, b"GET /ws HTTP/1.1\r\n\r\n");
+    assert_eq!(plain, request);
     let finished = accept.finish().expect("finish");
     assert!(finished.sealed_in.is_empty());
     if !finished.out.is_empty() {
@@ -349,6 +356,73 @@ fn an_api_reload_with_one_bad_file_changes_nothing() {
     std::fs::copy(&other.cert, &ca.cert).expect("copy");
     server.reload().expect("reload");
     assert_ne!(server.certs().leaf(), before);
+}
+
+#[test]
+fn application_data_with_the_last_handshake_flight_does_not_count_as_handshake() {
+    // What a client sends before its handshake is over is bounded (16 KiB), but a client
+    // may send its upgrade request, and more, right behind its Finished: that is not
+    // counted.
+    let (files, root) = test_files("long-flight");
+    let server = TlsServer::load(&files).expect("load");
+    let mut request = b"GET /ws HTTP/1.1\r\n".to_vec();
+    while request.len() < 20 * 1024 {
+        request
+            .extend_from_slice(b"X-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
+    }
+    request.extend_from_slice(b"\r\n");
+    for tls13 in [true, false] {
+        connect_with(&server, client_config(&root, tls13, "AES_128"), &request);
+    }
+}
+
+/// A ClientHello record of `len` bytes that says it is `claimed` bytes long.
+fn hello_record(claimed: u32, len: usize) -> Vec<u8> {
+    let mut r = vec![22, 3, 1];
+    r.extend_from_slice(&(len as u16).to_be_bytes());
+    r.push(1);
+    r.extend_from_slice(&claimed.to_be_bytes()[1..]);
+    r.extend_from_slice(&[3, 3]);
+    r.resize(5 + len, b'A');
+    r
+}
+
+#[test]
+fn a_handshake_that_never_ends_is_refused_past_its_allowance() {
+    let (files, _) = test_files("allowance");
+    let server = TlsServer::load(&files).expect("load");
+    let mut plain = Vec::new();
+    // A ClientHello that says it is 65,000 bytes long, sent in 4 KiB records: rustls
+    // would wait for all of it.
+    let mut accept = server.accept().expect("accept");
+    let mut sent = 0;
+    let refused = loop {
+        let rec = hello_record(65_000, 4096);
+        sent += rec.len();
+        if let Err(e) = accept.receive(&rec, &mut plain) {
+            break e;
+        }
+        assert!(sent < 32 * 1024, "still taken after {sent} bytes");
+    };
+    assert!(
+        (16 * 1024..=16 * 1024 + 4101).contains(&sent),
+        "refused after {sent} bytes: {refused}"
+    );
+    // The start of a record counts too: small records, then one that never ends.
+    let mut accept = server.accept().expect("accept");
+    accept
+        .receive(&hello_record(65_000, 8000), &mut plain)
+        .expect("8 KB taken");
+    let mut long = vec![22, 3, 3, 0x40, 0x00];
+    long.resize(9000, b'E');
+    let e = accept.receive(&long, &mut plain).expect_err("past 16 KiB");
+    assert!(e.to_string().contains("handshake bytes"), "{e}");
+    // A record longer than a handshake record may be is refused from its header.
+    let mut accept = server.accept().expect("accept");
+    let e = accept
+        .receive(&[22, 3, 3, 0x41, 0x01], &mut plain)
+        .expect_err("too long");
+    assert!(e.to_string().contains("longer than TLS allows"), "{e}");
 }
 
 #[test]
