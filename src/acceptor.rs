@@ -544,7 +544,13 @@ impl Acceptor {
         let tls = match p.tls.take().map(|t| t.finish()).transpose() {
             Ok(t) => t.map(Box::new),
             Err(e) => {
-                tracing::warn!(error = %e, "the TLS session could not be handed to a shard");
+                if matches!(e, TlsError::Refused { .. }) {
+                    // The client's doing (more key updates than are followed): no warning
+                    // a peer could repeat at will.
+                    tracing::debug!(error = %e, "the TLS session could not be handed to a shard");
+                } else {
+                    tracing::warn!(error = %e, "the TLS session could not be handed to a shard");
+                }
                 self.metrics.handshake(HandshakeOutcome::TlsFailed);
                 self.metrics.tls.failed.fetch_add(1, Relaxed);
                 self.admission.release(ip);

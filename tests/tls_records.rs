@@ -120,6 +120,55 @@ fn a_key_update_must_end_its_record() {
     assert_eq!(record_errors(&srv), 3);
 }
 
+#[test]
+fn key_updates_before_or_with_the_upgrade_request_are_followed() {
+    let dir = TlsDir::new("ku-early");
+    let srv = dir.server(&[]);
+    let cfg = dir.client(Some(Version::Tls13));
+    let ping = |r: &str| {
+        let text = json!({"type": "ping", "ref": r}).to_string();
+        encode_frame(true, 0, OP_TEXT, text.as_bytes(), MASK)
+    };
+    let mut kept = Vec::new();
+    for (i, (before, with)) in [(1, 0), (3, 0), (0, 1), (2, 2)].into_iter().enumerate() {
+        // The handshake is over; the client updates its keys (asking for ours) before
+        // its request, or right behind it in the same write.
+        let user = format!("early-{i}");
+        let mut c = RawTls::connect(srv.ws, &cfg);
+        for _ in 0..before {
+            c.conn.refresh_traffic_keys().expect("key update");
+        }
+        let mut bytes = c.seal(&RawTls::request(srv.ws, &tok(&user)));
+        for _ in 0..with {
+            c.conn.refresh_traffic_keys().expect("key update");
+        }
+        bytes.extend(c.seal(b""));
+        c.send_raw(&bytes);
+        let w = c.read_upgrade();
+        assert_eq!(w["user"], user.as_str(), "{before} before, {with} with");
+        c.send(&ping("after"));
+        assert_eq!(c.read_json(), json!({"type": "pong", "ref": "after"}));
+        kept.push(c);
+    }
+    srv.wait_connections(kept.len() as u64);
+    // Pushes reach them under the keys the server moved to.
+    let r = srv.push_wait(json!({"broadcast": true, "data": "to all"}));
+    assert_eq!(r["delivered"], kept.len() as u64, "{r}");
+    for c in &mut kept {
+        assert_eq!(c.read_json()["data"], "to all");
+    }
+    assert_eq!(handshakes_outcome(&srv, "tls_failed"), 0);
+    assert_eq!(metric(srv.api, "throng_tls_handshakes_failed_total"), 0);
+    assert_eq!(record_errors(&srv), 0);
+}
+
+fn handshakes_outcome(srv: &TestServer, outcome: &str) -> u64 {
+    metric(
+        srv.api,
+        &format!("throng_handshakes_total{{outcome=\"{outcome}\"}}"),
+    )
+}
+
 // ---- Record sizes ----------------------------------------------------------------------
 
 #[test]

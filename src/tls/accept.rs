@@ -192,6 +192,10 @@ impl TlsAccept {
     /// Ends the handshake phase: the session for the shard, bytes still to write, and the
     /// start of an incomplete record.
     pub(crate) fn finish(mut self) -> Result<Finished, TlsError> {
+        // A key update rustls owes the client (one it asked for with its own, before its
+        // upgrade request reached us) is sealed already but waits in rustls for the next
+        // record: an empty write puts it out. Our sending key has moved on without it.
+        let _ = self.conn.writer().write(&[]);
         self.drain_out();
         let TlsAccept {
             conn,

@@ -83,23 +83,33 @@ fn connect(
     server: &TlsServer,
     config: Arc<rustls::ClientConfig>,
 ) -> (rustls::ClientConnection, Session, Vec<u8>) {
-    connect_with(server, config, b"GET /ws HTTP/1.1\r\n\r\n")
+    connect_with(server, config, b"GET /ws HTTP/1.1\r\n\r\n", 0)
 }
 
-/// The same with `request` as the upgrade request, sent with the client's last handshake
-/// flight.
+/// The same with `request` as the upgrade request. With `early_updates`, the client sends
+/// it once the handshake is over, after as many key updates; otherwise it goes with the
+/// client's last handshake flight.
 fn connect_with(
     server: &TlsServer,
     config: Arc<rustls::ClientConfig>,
     request: &[u8],
+    early_updates: usize,
 ) -> (rustls::ClientConnection, Session, Vec<u8>) {
     let mut client = rustls::ClientConnection::new(config, "localhost".try_into().expect("name"))
         .expect("client");
     client.set_buffer_limit(None);
     let mut accept: TlsAccept = server.accept().expect("accept");
-    client.writer().write_all(request).expect("request");
+    if early_updates == 0 {
+        client.writer().write_all(request).expect("request");
+    }
     let mut plain = Vec::new();
-    for _ in 0..10 {
+    for round in 0..10 {
+        if round > 0 && early_updates > 0 && !client.is_handshaking() && plain.is_empty() {
+            for _ in 0..early_updates {
+                client.refresh_traffic_keys().expect("key update");
+            }
+            client.writer().write_all(request).expect("request");
+        }
         let bytes = client_out(&mut client);
         accept.receive(&bytes, &mut plain).expect("handshake");
         let out = std::mem::take(accept.out());
@@ -359,6 +369,43 @@ fn an_api_reload_with_one_bad_file_changes_nothing() {
 }
 
 #[test]
+fn key_updates_before_the_upgrade_request_are_followed() {
+    // A client may update its keys (asking for ours) before its upgrade request reaches
+    // the acceptor: rustls follows them there, and the session must start from the keys
+    // rustls ended with, not from the first traffic secrets.
+    let (files, root) = test_files("early-update");
+    let server = TlsServer::load(&files).expect("load");
+    for suite in SUITES {
+        for updates in [1, 3, 32] {
+            let what = format!("{suite}, {updates} updates");
+            let (mut client, mut session, _) = connect_with(
+                &server,
+                client_config(&root, true, suite),
+                b"GET /ws HTTP/1.1\r\n\r\n",
+                updates,
+            );
+            client.writer().write_all(b"after").expect("write");
+            let bytes = client_out(&mut client);
+            assert_eq!(
+                open_in_steps(&mut session, &bytes, 5).expect(&what),
+                b"after"
+            );
+            // Both directions go on updating from there.
+            client.refresh_traffic_keys().expect("key update");
+            client.writer().write_all(b"again").expect("write");
+            let bytes = client_out(&mut client);
+            assert_eq!(
+                open_in_steps(&mut session, &bytes, 5).expect(&what),
+                b"again"
+            );
+            let mut out = Vec::new();
+            session.seal(b"pushed", &mut out).expect("seal");
+            assert_eq!(client_in(&mut client, &out).expect(&what), b"pushed");
+        }
+    }
+}
+
+#[test]
 fn application_data_with_the_last_handshake_flight_does_not_count_as_handshake() {
     // What a client sends before its handshake is over is bounded (16 KiB), but a client
     // may send its upgrade request, and more, right behind its Finished: that is not
@@ -372,7 +419,7 @@ fn application_data_with_the_last_handshake_flight_does_not_count_as_handshake()
     }
     request.extend_from_slice(b"\r\n");
     for tls13 in [true, false] {
-        connect_with(&server, client_config(&root, tls13, "AES_128"), &request);
+        connect_with(&server, client_config(&root, tls13, "AES_128"), &request, 0);
     }
 }
 
