@@ -62,7 +62,11 @@ impl Shard {
     /// they are bounded by `max_outbound_bytes` each and the close linger, and a budget
     /// close with more than `CLOSING_KEEP_MAX` left drops the socket at once.
     fn held_bytes(&self) -> u64 {
-        (self.conns.queued_bytes() - self.conns.closing_bytes() + self.conns.partial_bytes()) as u64
+        let open = self
+            .conns
+            .queued_bytes()
+            .saturating_sub(self.conns.closing_bytes());
+        (open + self.conns.partial_bytes()) as u64
     }
 
     /// Publishes this shard's gauges and, when the process is over budget, closes this

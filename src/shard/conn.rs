@@ -703,6 +703,23 @@ impl Conns {
         self.closing_queued
     }
 
+    /// Debug builds, small shards: the running totals equal the sums they stand for.
+    #[cfg(debug_assertions)]
+    pub(super) fn check_totals(&self) {
+        if self.slab.len() > 1024 {
+            return;
+        }
+        let bytes = |c: &Conn| c.out.as_ref().map_or(0, |q| q.bytes);
+        let queued: usize = self.slab.iter().map(|(_, c)| bytes(c)).sum();
+        let closing: usize = self
+            .slab
+            .iter()
+            .filter(|(_, c)| c.phase != Phase::Open)
+            .map(|(_, c)| bytes(c))
+            .sum();
+        assert_eq!((self.queued, self.closing_queued), (queued, closing));
+    }
+
     /// Bytes of incomplete inbound frames and messages held on every connection.
     pub(super) fn partial_bytes(&self) -> usize {
         self.partial
@@ -922,7 +939,9 @@ impl Conns {
         let q = queue_of(conn, &mut self.spares);
         let before = q.bytes;
         q.discard_unstarted();
+        // Closing since `begin_closing`: its bytes count in both totals.
         self.queued -= before - q.bytes;
+        self.closing_queued -= before - q.bytes;
         mark_dirty(conn, key, &mut self.dirty);
     }
 

@@ -1014,6 +1014,8 @@ impl Shard {
             self.wheel.len() <= self.conns.count(),
             "more timers than connections: a connection holds two"
         );
+        #[cfg(debug_assertions)]
+        self.conns.check_totals();
     }
 
     /// Arms the connection's one timer: the next heartbeat check, `token_expiring` hint
