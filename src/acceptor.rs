@@ -80,8 +80,13 @@ struct Pending {
     ip: IpAddr,
     timer: TimerId,
     /// A refusal was written; only the client's FIN is awaited. While false the head is
-    /// being read: the socket counts in `in_progress` and holds a per-IP count.
+    /// being read: the socket counts in `in_progress`.
     refused: bool,
+    /// The socket holds a count of its IP (`max_connections_per_ip`), from accept until it
+    /// goes, lingering after a refusal included (or until it becomes a connection, which
+    /// takes the count over): an address cannot hold more sockets than its limit by being
+    /// refused over and over.
+    holds_ip: bool,
     /// On the TLS listener: the handshake, whose plaintext goes to `buf`.
     tls: Option<Box<TlsAccept>>,
     /// Registered with the acceptor's poll: only once a first read left it waiting.
@@ -286,6 +291,7 @@ impl Acceptor {
                         ip,
                         timer,
                         refused: false,
+                        holds_ip: true,
                         tls,
                         registered: false,
                     });
@@ -401,9 +407,9 @@ impl Acceptor {
             .store(self.gate.reading.load(Relaxed) as u64, Relaxed);
     }
 
-    /// Ends the reading phase of `key`'s handshake, once: the gauge drops and the IP's
-    /// count is released, unless the handshake became a connection (`admitted`: the
-    /// count carries over to it). Leaves the entry marked refused.
+    /// Ends the reading phase of `key`'s handshake, once: the gauge drops, and when the
+    /// handshake became a connection (`admitted`) the IP's count carries over to it
+    /// (otherwise the socket keeps it until it goes). Leaves the entry marked refused.
     fn end_reading(&mut self, key: usize, admitted: bool) {
         let Some(p) = self.pending.get_mut(key) else {
             return;
@@ -412,12 +418,11 @@ impl Acceptor {
             return;
         }
         p.refused = true;
-        let ip = p.ip;
+        if admitted {
+            p.holds_ip = false;
+        }
         self.gate.reading.fetch_sub(1, Relaxed);
         self.publish_pending();
-        if !admitted {
-            self.admission.release_ip(ip);
-        }
     }
 
     fn on_readable(&mut self, key: usize) {
@@ -814,6 +819,8 @@ impl Acceptor {
             ip,
             timer,
             refused: true,
+            // Its count went with the connection, and came back with it.
+            holds_ip: false,
             tls: None,
             registered: true,
         });
@@ -838,6 +845,9 @@ impl Acceptor {
     fn take_pending(&mut self, key: usize) -> Option<Pending> {
         let p = self.pending.try_remove(key)?;
         self.gate.held.fetch_sub(1, Relaxed);
+        if p.holds_ip {
+            self.admission.release_ip(p.ip);
+        }
         Some(p)
     }
 

@@ -54,6 +54,34 @@ fn message(r: &Resp) -> String {
 // ---- pending handshakes per IP and in all ----------------------------------------------
 
 #[test]
+fn refused_sockets_keep_their_ip_count_while_they_linger() {
+    // Before, a refused socket stopped counting at once but held a descriptor for up to a
+    // second: one address refused over and over held far more sockets than its limit.
+    let srv = TestServer::start(&["--max-connections-per-ip", "2"]);
+    let mut bad: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = tcp(srv.ws);
+            s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            s
+        })
+        .collect();
+    // Each is answered 400 and the server waits for the client's FIN, which never comes.
+    for s in &mut bad {
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).unwrap();
+        assert_eq!(&head, b"HTTP/1.1 400");
+    }
+    wait_pending(&srv, 0);
+    let r = upgrade_as(&srv, "third");
+    r.assert_refusal(429, "rate_limited");
+    assert!(message(&r).contains("too many connections"), "{r:?}");
+    // Once they are gone, the address may connect again.
+    drop(bad);
+    let ok = wait_until(WAIT, || upgrade_as(&srv, "again").status == 101);
+    assert!(ok, "still refused after the refused sockets went");
+}
+
+#[test]
 fn stalled_sockets_count_per_ip_and_the_next_is_refused_at_once() {
     // 30 s handshake window: an answer at all proves it came at accept, not at the timeout.
     let srv = TestServer::start(&[
