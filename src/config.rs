@@ -233,6 +233,10 @@ pub struct ServeArgs {
     /// Concurrent push API connections; more get 503 [default: 1024].
     #[arg(long)]
     pub api_max_connections: Option<usize>,
+    /// Bytes all push API request buffers may hold together; bodies past it wait, unread,
+    /// for room [default: 67108864].
+    #[arg(long)]
+    pub api_max_buffered_bytes: Option<usize>,
     /// Time allowed for a whole API request, head and body, and for an HTTPS API
     /// connection's TLS handshake [default: 10000].
     #[arg(long)]
@@ -396,6 +400,7 @@ struct FileConfig {
     max_outbound_total_bytes: Option<u64>,
     max_pending_handshakes: Option<usize>,
     api_max_connections: Option<usize>,
+    api_max_buffered_bytes: Option<usize>,
     api_request_timeout_ms: Option<u64>,
     api_idle_timeout_ms: Option<u64>,
     insecure_api: Option<bool>,
@@ -572,6 +577,8 @@ pub struct Config {
     pub max_pending_handshakes: usize,
     /// Concurrent push API connections.
     pub api_max_connections: usize,
+    /// Bytes all push API request buffers may hold together.
+    pub api_max_buffered_bytes: usize,
     /// Deadline for a whole API request (head and body), and for an API TLS handshake.
     pub api_request_timeout: Duration,
     /// How long an idle keep-alive API connection stays open.
@@ -775,6 +782,10 @@ pub const MAX_LEEWAY_SECS: u64 = 86_400;
 pub const MAX_HEAD_BYTES: usize = 8 * 1024;
 /// Largest push API request body, docs/protocol.md 4.2.
 pub const MAX_API_BODY_BYTES: usize = 1024 * 1024;
+/// The default of `api_max_buffered_bytes`.
+pub const API_MAX_BUFFERED_BYTES: usize = 64 << 20;
+/// The least `api_max_buffered_bytes`: one request of the largest size, head and body.
+pub const MIN_API_BUFFERED_BYTES: usize = crate::api::request::MAX_HEAD + MAX_API_BODY_BYTES;
 /// The WebSocket path.
 pub const WS_PATH: &str = "/ws";
 
@@ -1170,6 +1181,21 @@ impl Config {
                 .or(file.api_max_connections)
                 .unwrap_or(1024),
         )?;
+        let api_max_buffered_bytes = args
+            .api_max_buffered_bytes
+            .or(file.api_max_buffered_bytes)
+            .unwrap_or(API_MAX_BUFFERED_BYTES);
+        if api_max_buffered_bytes < MIN_API_BUFFERED_BYTES {
+            // Below one request of the largest size, such a request would always wait
+            // for every other one.
+            return Err(invalid(
+                "api_max_buffered_bytes",
+                format!(
+                    "must be at least {MIN_API_BUFFERED_BYTES} (one request of the largest \
+                     size, head and body)"
+                ),
+            ));
+        }
         let api_request_timeout = ms(
             "api_request_timeout_ms",
             args.api_request_timeout_ms,
@@ -1440,6 +1466,7 @@ impl Config {
             max_outbound_total_bytes,
             max_pending_handshakes,
             api_max_connections,
+            api_max_buffered_bytes,
             api_request_timeout,
             api_idle_timeout,
             insecure_api,

@@ -273,6 +273,10 @@ pub struct Metrics {
     pub api_connections: AtomicU64,
     /// Response bytes the push API holds for clients that have not read them yet (gauge).
     pub api_output_bytes: AtomicU64,
+    /// Bytes the push API's request buffers take, all connections together (gauge).
+    pub api_input_bytes: AtomicU64,
+    /// Push API request bodies that waited for room under `api_max_buffered_bytes`.
+    pub api_input_pauses: AtomicU64,
     /// Push API connections answered 503 because `api_max_connections` were open.
     pub api_refused_connections: AtomicU64,
     /// Push API connections closed because a request did not complete in time (408).
@@ -328,6 +332,8 @@ impl Metrics {
             dedup_entries: AtomicU64::new(0),
             api_connections: AtomicU64::new(0),
             api_output_bytes: AtomicU64::new(0),
+            api_input_bytes: AtomicU64::new(0),
+            api_input_pauses: AtomicU64::new(0),
             api_refused_connections: AtomicU64::new(0),
             api_request_timeouts: AtomicU64::new(0),
             api_idle_closes: AtomicU64::new(0),
@@ -424,6 +430,7 @@ impl Metrics {
                 "api_refused_connections": self.api_refused_connections.load(Relaxed),
                 "api_request_timeouts": self.api_request_timeouts.load(Relaxed),
                 "api_idle_closes": self.api_idle_closes.load(Relaxed),
+                "api_input_pauses": self.api_input_pauses.load(Relaxed),
                 "jwt_key_reloads": self.jwt_key_reloads.load(Relaxed),
                 "jwt_key_reload_errors": self.jwt_key_reload_errors.load(Relaxed),
                 "accept_errors_client": self.accept_errors_client.load(Relaxed),
@@ -434,6 +441,7 @@ impl Metrics {
             "dedup_entries": self.dedup_entries.load(Relaxed),
             "command_bytes": self.command_bytes.load(Relaxed),
             "api_output_bytes": self.api_output_bytes.load(Relaxed),
+            "api_input_bytes": self.api_input_bytes.load(Relaxed),
             "pending_handshakes": self.pending_handshakes.load(Relaxed),
             "api_pending_handshakes": self.api_pending_handshakes.load(Relaxed),
             "outbound_bytes": self.sum(|c| &c.outbound_bytes),
@@ -680,6 +688,11 @@ impl Metrics {
                 &self.api_idle_closes,
             ),
             (
+                "throng_api_input_pauses_total",
+                "Push API request bodies that waited, unread, for room under api_max_buffered_bytes.",
+                &self.api_input_pauses,
+            ),
+            (
                 "throng_jwt_key_reloads_total",
                 "JWT key file reloads (SIGHUP) and jwks_url fetches that took effect.",
                 &self.jwt_key_reloads,
@@ -712,6 +725,11 @@ impl Metrics {
                 "throng_api_output_bytes",
                 "Response bytes held for push API clients that have not read them yet.",
                 &self.api_output_bytes,
+            ),
+            (
+                "throng_api_input_bytes",
+                "Bytes the push API's request buffers take (bodies admitted up to api_max_buffered_bytes).",
+                &self.api_input_bytes,
             ),
             (
                 "throng_command_queue_bytes",

@@ -1,5 +1,6 @@
 //! Issue 7, push API: unread pipelined answers stay bounded, the connection cap answers
-//! 503, request and idle timeouts, strict framing, repeated user ids, deep nesting.
+//! 503, request and idle timeouts, strict framing, repeated user ids, deep nesting; and
+//! (review s15b) the key checked at the head, the input budget, `100 Continue`.
 
 mod common;
 
@@ -535,4 +536,133 @@ fn deep_nesting_is_400_and_never_overflows() {
     let m = c.recv();
     assert_eq!(m["data"].to_string(), ok);
     assert_eq!(srv.api("GET", "/healthz", None).status, 200);
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. The key is checked at the head; request buffers are bounded together.
+
+/// A push body of exactly `len` bytes to `user`.
+fn push_of_len(user: &str, len: usize) -> String {
+    let head = format!(r#"{{"user":"{user}","data":""#);
+    let pad = len - head.len() - 2;
+    format!("{head}{}\"}}", "x".repeat(pad))
+}
+
+#[test]
+fn a_request_without_the_key_is_answered_at_its_head_and_its_body_is_not_held() {
+    let srv = TestServer::start(&["--api-request-timeout-ms", "60000"]);
+    let mut monitor = srv.api_conn();
+    for auth in ["", "Authorization: Bearer wrong\r\n"] {
+        let mut s = tcp(srv.api);
+        let head = format!("POST /v1/push HTTP/1.1\r\n{auth}Content-Length: 1048576\r\n\r\n");
+        s.write_all(head.as_bytes()).expect("head");
+        s.write_all(&[b'x'; 64 * 1024]).expect("part of the body");
+        // Answered at once, the body far from complete.
+        let (r, _) = read_response(&mut s, Vec::new()).unwrap_or_else(|e| panic!("{auth:?}: {e}"));
+        r.assert_refusal(401, "unauthorized");
+        // What it still sends is discarded, and the connection ends.
+        let _ = s.write_all(&[b'x'; 64 * 1024]);
+        read_to_close(&mut s);
+    }
+    // A public endpoint needs no key, and takes no body: answered at once, then closed.
+    let mut s = tcp(srv.api);
+    s.write_all(b"GET /healthz HTTP/1.1\r\nContent-Length: 1048576\r\n\r\nxx")
+        .expect("write");
+    let (r, _) = read_response(&mut s, Vec::new()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("connection"), Some("close"));
+    read_to_close(&mut s);
+    // Nothing of those bodies is held.
+    let s = stats_on(&mut monitor);
+    let held = s["api_input_bytes"].as_u64().expect("api_input_bytes");
+    assert!(held < 64 * 1024, "{s}");
+}
+
+#[test]
+fn bodies_past_the_input_budget_wait_for_room_and_none_is_lost() {
+    const LIMIT: usize = 2_200_000;
+    const BODY: usize = 1_000_000;
+    let srv = TestServer::start(&["--api-max-buffered-bytes", "2200000"]);
+    let mut monitor = srv.api_conn();
+    let body = push_of_len("nobody", BODY);
+    let head = format!(
+        "POST /v1/push HTTP/1.1\r\nAuthorization: Bearer {API_KEY}\r\nContent-Length: {BODY}\r\n\r\n"
+    );
+    let part = 100_000;
+    let mut conns: Vec<TcpStream> = Vec::new();
+    for n in 1..=3u64 {
+        let mut s = tcp(srv.api);
+        s.write_all(head.as_bytes()).expect("head");
+        s.write_all(&body.as_bytes()[..part]).expect("part");
+        conns.push(s);
+        // In order: two bodies fit and are read, the third finds no room.
+        if n < 3 {
+            wait_stats_on(&mut monitor, &format!("body {n} admitted"), |s| {
+                s["api_input_bytes"].as_u64() >= Some(n * BODY as u64)
+            });
+        }
+    }
+    let s = wait_stats_on(&mut monitor, "the third body waiting", |s| {
+        s["counters"]["api_input_pauses"] == 1
+    });
+    let held = s["api_input_bytes"].as_u64().expect("api_input_bytes");
+    assert!(
+        held <= (LIMIT + 3 * (16 * 1024 + 1)) as u64,
+        "held {held} past the bound: {s}"
+    );
+    // The rest of every body: each push is accepted, the paused one once there is room.
+    let writers: Vec<_> = conns
+        .iter()
+        .map(|s| {
+            let mut w = s.try_clone().expect("clone");
+            let rest = body.as_bytes()[part..].to_vec();
+            std::thread::spawn(move || w.write_all(&rest))
+        })
+        .collect();
+    for (i, s) in conns.into_iter().enumerate() {
+        let mut c = HttpConn::over(s, srv.api);
+        let r = c.read();
+        assert_eq!(r.status, 202, "push {i}: {}", r.text());
+    }
+    for w in writers {
+        w.join().expect("writer").expect("write");
+    }
+    let s = wait_stats_on(&mut monitor, "the buffers released", |s| {
+        s["api_input_bytes"].as_u64().is_some_and(|b| b < 64 * 1024)
+    });
+    assert_eq!(s["counters"]["pushes_accepted"], 3, "{s}");
+}
+
+#[test]
+fn expect_100_continue_is_answered_once_the_key_is_checked() {
+    let srv = TestServer::start(&[]);
+    let body = json!({"user": "nobody", "data": 1}).to_string();
+    let mut s = tcp(srv.api);
+    s.write_all(
+        format!(
+            "POST /v1/push HTTP/1.1\r\nAuthorization: Bearer {API_KEY}\r\nExpect: 100-continue\r\n\
+             Content-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .expect("head");
+    let (r, rest) = read_response(&mut s, Vec::new()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 100, "{r:?}");
+    s.write_all(body.as_bytes()).expect("body");
+    let (r, _) = read_response(&mut s, rest).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 202, "{}", r.text());
+    // A wrong key: the final answer, no 100 first.
+    let mut s = tcp(srv.api);
+    s.write_all(
+        format!(
+            "POST /v1/push HTTP/1.1\r\nAuthorization: Bearer wrong\r\nExpect: 100-continue\r\n\
+             Content-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .expect("head");
+    let (r, _) = read_response(&mut s, Vec::new()).unwrap_or_else(|e| panic!("{e}"));
+    r.assert_refusal(401, "unauthorized");
 }

@@ -369,6 +369,10 @@ fn from_args_errors_name_the_key() {
         (&["--max-message-size", "0"], "max_message_size"),
         (&["--shards", "0"], "shards"),
         (
+            &["--api-max-buffered-bytes", "1000000"],
+            "api_max_buffered_bytes",
+        ),
+        (
             &[
                 "--redis",
                 "redis://127.0.0.1:1",

@@ -2,6 +2,7 @@
 //! requests, routes pushes to shards as one command per shard, and answers `?wait=1`,
 //! disconnect and presence requests when every shard involved has replied.
 
+mod budget;
 mod client_publish;
 mod cluster_view;
 pub mod dedup;
@@ -31,7 +32,7 @@ use slab::Slab;
 use crate::broker::script::PublishError;
 use crate::command::Reply;
 use crate::command::ShardCmd;
-use crate::config::{Config, MAX_API_BODY_BYTES};
+use crate::config::Config;
 use crate::http;
 use crate::link::Links;
 use crate::metrics::Metrics;
@@ -46,8 +47,11 @@ const LINGER: Duration = Duration::from_secs(2);
 /// Unsent response bytes above which a connection is neither read nor served until the
 /// client reads: a client that pipelines without reading cannot grow this without bound.
 pub const MAX_UNSENT: usize = 64 * 1024;
-/// Most buffered request bytes per connection: one whole request and a little more.
-const MAX_INBUF: usize = request::MAX_HEAD + MAX_API_BODY_BYTES + 1024;
+/// What the API answers a head with `Expect: 100-continue` before its body is read.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+/// Input buffers emptied with more capacity than this are freed (a large body's memory
+/// goes back); smaller ones are kept for the next request.
+const KEEP_INBUF: usize = 16 * 1024;
 /// How often timeouts are checked; also the poll timeout.
 const SWEEP: Duration = Duration::from_millis(100);
 /// How long accepting pauses after EMFILE/ENFILE or an unknown accept error.
@@ -114,6 +118,15 @@ struct ApiConn {
     eof: bool,
     /// When the request at the front of `inbuf` began (its first byte), sweep clock.
     request_since: Option<Instant>,
+    /// What `inbuf` counts in the input budget (`input_held`).
+    charged: usize,
+    /// Where the request at the front of `inbuf` ends when its head passed the key check
+    /// and its body is admitted and still arriving; 0 otherwise.
+    admitted_end: usize,
+    /// Its body waits for room in the input budget (the connection is in its queue).
+    paused: bool,
+    /// The request being read waited for room (counted once; its 408 says so).
+    was_paused: bool,
     /// Last time bytes were read or written, sweep clock.
     active_at: Instant,
 }
@@ -121,6 +134,12 @@ struct ApiConn {
 impl ApiConn {
     fn unsent(&self) -> usize {
         self.out.len() - self.out_pos
+    }
+
+    /// What its input buffer counts in the budget: the memory it takes, and at least the
+    /// whole request whose body is admitted.
+    fn input_held(&self) -> usize {
+        self.inbuf.capacity().max(self.admitted_end)
     }
 }
 
@@ -141,7 +160,6 @@ pub(crate) struct Request<'a> {
     pub method: &'a str,
     pub path: &'a str,
     pub query: &'a str,
-    pub authorization: Option<&'a str>,
     pub body: &'a [u8],
 }
 
@@ -194,6 +212,8 @@ pub struct Api {
     ingress: Option<crate::command::IngressLink>,
     /// Cluster mode: ingress batches waiting for Redis.
     ingress_at_redis: ingress::AtRedis,
+    /// What all request buffers hold together (`api_max_buffered_bytes`).
+    budget: budget::InputBudget,
     /// HTTPS (`api_tls_cert`): the thread that shakes hands before a connection comes
     /// here (each connection's records are read and written here after).
     handshaker: Option<handshaker::Handshaker>,
@@ -233,6 +253,7 @@ impl Api {
         );
         let sequencer = sequencer::Sequencer::new(config.history_ttl, sequencer::MAX_TOPIC_STREAMS);
         let dedup = dedup::Dedup::new(config.dedup_window, dedup::MAX_DEDUP_ENTRIES);
+        let budget = budget::InputBudget::new(config.api_max_buffered_bytes);
         let shards_len = shards.len();
         let handshaker = tls
             .map(|tls| {
@@ -267,6 +288,7 @@ impl Api {
             publishes,
             ingress,
             ingress_at_redis: ingress::AtRedis::default(),
+            budget,
             handshaker,
         })
     }
@@ -306,6 +328,8 @@ impl Api {
             self.take_replies();
             self.take_publishes();
             self.take_ingress();
+            // Buffers drained this turn may make room for a body that waits.
+            self.resume_paused();
             if self.accept_paused_until.is_some_and(|t| self.now >= t) {
                 self.accept_paused_until = None;
                 // Connections may have queued while paused; edge-triggered, so look now.
@@ -323,6 +347,9 @@ impl Api {
             self.metrics
                 .dedup_entries
                 .store(self.dedup.len() as u64, Relaxed);
+            self.metrics
+                .api_input_bytes
+                .store(self.budget.held() as u64, Relaxed);
         }
     }
 
@@ -438,6 +465,10 @@ impl Api {
             eof: false,
             request_since: None,
             active_at: self.now,
+            charged: 0,
+            admitted_end: 0,
+            paused: false,
+            was_paused: false,
         });
         self.metrics.api_connections.fetch_add(1, Relaxed);
         Some(key)
@@ -472,14 +503,14 @@ impl Api {
             let Some(read) = self.read_in(key) else {
                 return;
             };
-            let served = self.process(key);
+            let progress = self.process(key);
             if self.last_answer_at_eof(key) {
                 // Write it out and close.
                 continue;
             }
             // Nothing new: whatever stopped us (an empty socket, a full one, a shard reply
-            // still to come) brings its own wake-up.
-            if read == 0 && served == 0 {
+            // still to come, room in the input budget) brings its own wake-up.
+            if read == 0 && progress == 0 {
                 return;
             }
         }
@@ -496,8 +527,68 @@ impl Api {
             return false;
         }
         c.close_after_write = true;
+        self.clear_input(key);
+        true
+    }
+
+    /// Drops what a connection's input buffer holds: nothing more is parsed on it.
+    fn clear_input(&mut self, key: usize) {
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
         c.inbuf = Vec::new();
         c.request_since = None;
+        c.paused = false;
+        if std::mem::take(&mut c.admitted_end) != 0 {
+            self.budget.release();
+        }
+        self.budget.charge(&mut c.charged, 0);
+    }
+
+    /// Drives the connections whose bodies wait for room, first come first served, as
+    /// long as each finds it.
+    fn resume_paused(&mut self) {
+        while let Some(key) = self.budget.next_waiting() {
+            let Some(c) = self.conns.get_mut(key) else {
+                continue;
+            };
+            // Not paused any more: it ended, or was answered and closed.
+            if !std::mem::take(&mut c.paused) {
+                continue;
+            }
+            self.drive(key);
+            if self.conns.get(key).is_some_and(|c| c.paused) {
+                // Still no room: it stays first in line, and those behind it wait too.
+                self.budget.last_goes_first();
+                return;
+            }
+        }
+    }
+
+    /// The body of the request at the front of `key`'s buffer, `end` bytes with its head,
+    /// is to come: read it if the budget has room (with `100 Continue` first when the
+    /// client waits for one), else wait for room. True when it was admitted.
+    fn admit_body(&mut self, key: usize, end: usize, send_continue: bool) -> bool {
+        let Some(c) = self.conns.get_mut(key) else {
+            return false;
+        };
+        if !self.budget.admit(c.charged, end) {
+            if !std::mem::replace(&mut c.was_paused, true) {
+                self.metrics.api_input_pauses.fetch_add(1, Relaxed);
+            }
+            if !std::mem::replace(&mut c.paused, true) {
+                self.budget.wait(key);
+            }
+            return false;
+        }
+        c.admitted_end = end;
+        // The whole request in one allocation, not doubled as it arrives.
+        c.inbuf.reserve_exact(end.saturating_sub(c.inbuf.len()));
+        let held = c.input_held();
+        self.budget.charge(&mut c.charged, held);
+        if send_continue {
+            queue_out(c, &self.metrics, CONTINUE);
+        }
         true
     }
 
@@ -510,12 +601,28 @@ impl Api {
                 return Some(total);
             }
             let discard = c.close_after_write;
-            // Reading stops while responses pile up unread or a request fills the buffer;
-            // `unread` stays set so that `drive` reads again once there is room.
-            if !discard && (c.unsent() > MAX_UNSENT || c.inbuf.len() >= MAX_INBUF) {
+            // What this read may bring: anything when it is discarded; else at most a head
+            // (one byte more, so that a head over the limit is refused), or the rest of a
+            // body admitted to the input budget; nothing while answers pile up unread.
+            // Reading stops there, with `unread` still set, so that `drive` reads again
+            // once the head is looked at or there is room.
+            let want = if discard {
+                self.scratch.len()
+            } else if c.unsent() > MAX_UNSENT {
+                0
+            } else if c.admitted_end > c.inbuf.len() {
+                c.admitted_end - c.inbuf.len()
+            } else {
+                (request::MAX_HEAD + 1).saturating_sub(c.inbuf.len())
+            }
+            .min(self.scratch.len());
+            if want == 0 {
                 return Some(total);
             }
-            match c.stream.read(&mut self.scratch, &self.metrics.api_tls) {
+            match c
+                .stream
+                .read(&mut self.scratch[..want], &self.metrics.api_tls)
+            {
                 Ok(0)
                     if discard
                         || (c.inbuf.is_empty() && c.waiting.is_none() && c.unsent() == 0) =>
@@ -536,8 +643,7 @@ impl Api {
                     // A short read emptied the socket: one more would only say WouldBlock
                     // (one recv per request instead of two), and new bytes bring a new
                     // edge.
-                    let drained =
-                        n < self.scratch.len() && !c.peer_closed && c.stream.short_read_drains();
+                    let drained = n < want && !c.peer_closed && c.stream.short_read_drains();
                     if drained {
                         c.unread = false;
                     }
@@ -546,6 +652,8 @@ impl Api {
                             c.request_since = Some(self.now);
                         }
                         c.inbuf.extend_from_slice(&self.scratch[..n]);
+                        let held = c.input_held();
+                        self.budget.charge(&mut c.charged, held);
                     }
                     if drained {
                         return Some(total);
@@ -578,18 +686,20 @@ impl Api {
     }
 
     /// Serves complete requests from the buffer, one at a time, while the connection
-    /// is not waiting on shards and its unsent output is under `MAX_UNSENT`; returns how
-    /// many it served.
+    /// is not waiting on shards and its unsent output is under `MAX_UNSENT`; a head whose
+    /// body is still to come is checked and its body admitted (or made to wait). Returns
+    /// how many requests it served and bodies it admitted.
     fn process(&mut self, key: usize) -> usize {
         let Some(c) = self.conns.get_mut(key) else {
             return 0;
         };
         let mut inbuf = std::mem::take(&mut c.inbuf);
         let mut pos = 0;
-        let mut served = 0;
+        let mut progress = 0;
+        let mut body_to_come = None;
         loop {
             let Some(c) = self.conns.get_mut(key) else {
-                return served;
+                return progress;
             };
             if c.waiting.is_some()
                 || c.close_after_write
@@ -598,16 +708,29 @@ impl Api {
             {
                 break;
             }
+            // An admitted body still arriving: its head was looked at already.
+            if pos == 0 && c.admitted_end > inbuf.len() {
+                break;
+            }
             match self.one_request(key, &inbuf[pos..]) {
                 Step::Incomplete => break,
+                Step::BodyToCome { end, send_continue } => {
+                    body_to_come = Some((end, send_continue));
+                    break;
+                }
                 Step::Done { used, response } => {
-                    served += 1;
+                    progress += 1;
                     pos += used;
                     let Some(c) = self.conns.get_mut(key) else {
-                        return served;
+                        return progress;
                     };
                     // What is left is the next request; its clock starts now at the latest.
                     c.request_since = Some(self.now);
+                    c.was_paused = false;
+                    // An admitted body is the front request's: this one.
+                    if std::mem::take(&mut c.admitted_end) != 0 {
+                        self.budget.release();
+                    }
                     if let Some(r) = response {
                         queue_out(c, &self.metrics, &r);
                     }
@@ -615,39 +738,88 @@ impl Api {
             }
         }
         let Some(c) = self.conns.get_mut(key) else {
-            return served;
+            return progress;
         };
         if c.close_after_write {
             // Nothing after this is parsed: free it now rather than at close.
-            inbuf = Vec::new();
-        } else {
-            // One shift per batch: draining per request would make pipelining quadratic.
-            inbuf.drain(..pos);
+            c.inbuf = inbuf;
+            self.clear_input(key);
+            return progress;
         }
-        if inbuf.capacity() > 256 * 1024 && inbuf.len() < 64 * 1024 {
+        // One shift per batch: draining per request would make pipelining quadratic.
+        inbuf.drain(..pos);
+        if inbuf.is_empty() && inbuf.capacity() > KEEP_INBUF {
+            inbuf = Vec::new();
+        } else if inbuf.capacity() > 256 * 1024 && inbuf.len() < 64 * 1024 && c.admitted_end == 0 {
+            // (An admitted body keeps the room it was given.)
             inbuf.shrink_to(64 * 1024);
         }
         c.inbuf = inbuf;
-        served
+        let held = c.input_held();
+        self.budget.charge(&mut c.charged, held);
+        if let Some((end, send_continue)) = body_to_come {
+            if self.admit_body(key, end, send_continue) {
+                progress += 1;
+            }
+        }
+        progress
     }
 
     fn one_request(&mut self, key: usize, buf: &[u8]) -> Step {
-        let head = match request::frame(buf) {
-            Framed::Complete(h) => h,
+        let (head, complete) = match request::frame(buf) {
+            Framed::Complete(h) => (h, true),
+            Framed::HeadOnly(h) => (h, false),
             Framed::Incomplete => return Step::Incomplete,
             Framed::Error(e) => return self.fatal(key, &e),
         };
-        let keep_alive = head.keep_alive;
+        // Checked as soon as the head is in: no body is held for a client without the
+        // key, and it is answered at once rather than after sending it all.
+        if let Err(message) = self.authorize(head.path, head.authorization) {
+            self.metrics.api_requests.fetch_add(1, Relaxed);
+            return self.closing(
+                key,
+                http::error_response(401, "unauthorized", message, false, ""),
+            );
+        }
+        if !complete {
+            if self.config.api_key.is_some() && self.is_public(head.path) {
+                // A probe that needs no key takes no body either: answered now and
+                // closed, the body unread.
+                return self.serve(key, &head, &[], false, 0);
+            }
+            return Step::BodyToCome {
+                end: head.body.end,
+                // Not once the client has started on the body anyway.
+                send_continue: head.expect_continue && buf.len() == head.body.start,
+            };
+        }
+        self.serve(
+            key,
+            &head,
+            &buf[head.body.clone()],
+            head.keep_alive,
+            head.body.end,
+        )
+    }
+
+    /// Handles a request whose head passed the key check; `used` is what it takes of the
+    /// buffer.
+    fn serve(
+        &mut self,
+        key: usize,
+        head: &request::Head<'_>,
+        body: &[u8],
+        keep_alive: bool,
+        used: usize,
+    ) -> Step {
         let request = Request {
             method: head.method,
             path: head.path,
             query: head.query,
-            authorization: head.authorization,
-            body: &buf[head.body.clone()],
+            body,
         };
         self.metrics.api_requests.fetch_add(1, Relaxed);
         let outcome = self.handle(key, &request, keep_alive);
-        let used = head.body.end;
         let since = self.now;
         let Some(c) = self.conns.get_mut(key) else {
             return Step::Done {
@@ -693,22 +865,22 @@ impl Api {
         }
     }
 
-    /// An error after which the rest of the stream cannot be framed: answer and close.
-    fn fatal(&mut self, key: usize, e: &FrameError) -> Step {
+    /// Answers with `response` and closes: what follows is not parsed, so nothing needs
+    /// consuming.
+    fn closing(&mut self, key: usize, response: Vec<u8>) -> Step {
         if let Some(c) = self.conns.get_mut(key) {
             c.close_after_write = true;
         }
-        // Nothing more is parsed on this connection, so nothing needs consuming.
         Step::Done {
             used: 0,
-            response: Some(http::error_response(
-                e.status(),
-                e.code(),
-                &e.to_string(),
-                false,
-                "",
-            )),
+            response: Some(response),
         }
+    }
+
+    /// An error after which the rest of the stream cannot be framed: answer and close.
+    fn fatal(&mut self, key: usize, e: &FrameError) -> Step {
+        let response = http::error_response(e.status(), e.code(), &e.to_string(), false, "");
+        self.closing(key, response)
     }
 
     fn next_serial(&mut self) -> u64 {
@@ -908,16 +1080,19 @@ impl Api {
                 }
                 Due::Request => {
                     self.metrics.api_request_timeouts.fetch_add(1, Relaxed);
-                    let response = http::error_response(
-                        408,
-                        "request_timeout",
-                        &format!(
-                            "the request was not complete (head and body) within {} ms",
-                            request_timeout.as_millis()
-                        ),
-                        false,
-                        "",
+                    let mut message = format!(
+                        "the request was not complete (head and body) within {} ms",
+                        request_timeout.as_millis()
                     );
+                    if self.conns.get(key).is_some_and(|c| c.was_paused) {
+                        message.push_str(&format!(
+                            "; its body waited, unread, while the push API's request buffers \
+                             held api_max_buffered_bytes ({} bytes); retry later",
+                            self.config.api_max_buffered_bytes
+                        ));
+                    }
+                    let response =
+                        http::error_response(408, "request_timeout", &message, false, "");
                     self.answer_and_close(key, &response);
                 }
                 Due::Reply => {
@@ -943,9 +1118,8 @@ impl Api {
             return;
         };
         c.close_after_write = true;
-        c.inbuf = Vec::new();
-        c.request_since = None;
         queue_out(c, &self.metrics, response);
+        self.clear_input(key);
         self.drive(key);
     }
 
@@ -1009,6 +1183,10 @@ impl Api {
 
     fn drop_conn(&mut self, key: usize) {
         if let Some(mut c) = self.conns.try_remove(key) {
+            if c.admitted_end != 0 {
+                self.budget.release();
+            }
+            self.budget.charge(&mut c.charged, 0);
             let _ = self.poll.registry().deregister(c.stream.socket());
             self.metrics.api_connections.fetch_sub(1, Relaxed);
             self.metrics
@@ -1077,6 +1255,11 @@ fn is_out_of_files(e: &io::Error) -> bool {
 
 enum Step {
     Incomplete,
+    /// The head passed the key check; its body (the request ends at `end`) is to come.
+    BodyToCome {
+        end: usize,
+        send_continue: bool,
+    },
     Done {
         used: usize,
         response: Option<Vec<u8>>,

@@ -78,6 +78,9 @@ pub struct Head<'a> {
     pub keep_alive: bool,
     /// Where the body lies in the buffer; its end is where the next request starts.
     pub body: Range<usize>,
+    /// HTTP/1.1 with `Expect: 100-continue`: the client waits for `100 Continue` before
+    /// it sends the body (only looked at while the body is still to come).
+    pub expect_continue: bool,
 }
 
 /// The result of framing the front of a buffer.
@@ -85,6 +88,9 @@ pub struct Head<'a> {
 pub enum Framed<'a> {
     /// A whole request (head and body) is buffered.
     Complete(Head<'a>),
+    /// The head is whole and the body is still to come: enough to check the key before
+    /// the body is held.
+    HeadOnly(Head<'a>),
     /// More bytes are needed.
     Incomplete,
     /// The stream cannot be framed.
@@ -126,9 +132,6 @@ pub fn frame(buf: &[u8]) -> Framed<'_> {
     else {
         return Framed::Error(FrameError::BodyTooLarge);
     };
-    if buf.len() < end {
-        return Framed::Incomplete;
-    }
     let keep_alive = match (req.version, header("Connection")) {
         (_, Some(v)) if v.eq_ignore_ascii_case("close") => false,
         (Some(0), Some(v)) => v.eq_ignore_ascii_case("keep-alive"),
@@ -137,14 +140,22 @@ pub fn frame(buf: &[u8]) -> Framed<'_> {
     };
     let target = req.path.unwrap_or("/");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    Framed::Complete(Head {
+    let mut head = Head {
         method: req.method.unwrap_or(""),
         path,
         query,
         authorization: header("Authorization"),
         keep_alive,
         body: head_len..end,
-    })
+        expect_continue: false,
+    };
+    if buf.len() < end {
+        // RFC 9110 10.1.1: never a 100 to an HTTP/1.0 client.
+        head.expect_continue = req.version == Some(1)
+            && header("Expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+        return Framed::HeadOnly(head);
+    }
+    Framed::Complete(head)
 }
 
 /// The body length: 0 without the header; exactly one header of plain decimal digits.
@@ -199,7 +210,35 @@ mod tests {
         assert_eq!(h.authorization, Some("Bearer k"));
         assert!(h.keep_alive);
         assert_eq!(&raw[h.body.clone()], b"abc");
-        assert_eq!(frame(&raw[..raw.len() - 9]), Framed::Incomplete);
+        // "a" of the body in: the head is whole, the body is not.
+        let Framed::HeadOnly(h) = frame(&raw[..raw.len() - 7]) else {
+            panic!("the head is whole")
+        };
+        assert_eq!(
+            (h.authorization, h.body.end),
+            (Some("Bearer k"), raw.len() - 5)
+        );
+        assert!(!h.expect_continue);
+        assert_eq!(frame(&raw[..20]), Framed::Incomplete);
+    }
+
+    #[test]
+    fn expect_continue_only_for_http11_with_a_body_to_come() {
+        let expects = |raw: &[u8]| match frame(raw) {
+            Framed::HeadOnly(h) => h.expect_continue,
+            Framed::Complete(h) => h.expect_continue,
+            other => panic!("{other:?}"),
+        };
+        assert!(expects(
+            b"POST / HTTP/1.1\r\nExpect: 100-Continue\r\nContent-Length: 3\r\n\r\n"
+        ));
+        assert!(!expects(
+            b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n"
+        ));
+        assert!(!expects(
+            b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nabc"
+        ));
+        assert!(!expects(b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\n"));
     }
 
     #[test]

@@ -71,7 +71,6 @@ fn error(status: u16, code: &str, message: &str, keep_alive: bool) -> Handled {
     ))
 }
 
-/// Compares without an early exit, so response timing does not leak the key.
 /// The 503 for a command a shard queue (or the broker) could not take.
 fn refused(e: QueueError, keep_alive: bool) -> Handled {
     match e {
@@ -86,36 +85,44 @@ fn refused(e: QueueError, keep_alive: bool) -> Handled {
     }
 }
 
+/// Compares without an early exit, so response timing does not leak the key.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl Api {
-    pub(super) fn handle(&mut self, key: usize, req: &Request<'_>, keep_alive: bool) -> Handled {
-        // Probes rarely carry secrets and health reveals nothing; metrics may be opened.
-        let public = matches!(req.path, "/healthz" | "/readyz")
-            || (req.path == "/metrics" && self.config.metrics_public);
-        if let Some(expected) = self.config.api_key.as_deref().filter(|_| !public) {
-            let given = req
-                .authorization
-                .and_then(|v| v.split_once(' '))
-                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-                .map(|(_, k)| k.trim());
-            match given {
-                None => {
-                    return error(
-                        401,
-                        "unauthorized",
-                        "missing Authorization: Bearer <api key>",
-                        keep_alive,
-                    )
-                }
-                Some(k) if !constant_time_eq(k.as_bytes(), expected.as_bytes()) => {
-                    return error(401, "unauthorized", "wrong API key", keep_alive)
-                }
-                Some(_) => {}
-            }
+    /// Whether a request for `path` may be served: `Err` holds the 401's message when the
+    /// key it needs is missing or wrong.
+    pub(super) fn authorize(
+        &self,
+        path: &str,
+        authorization: Option<&str>,
+    ) -> Result<(), &'static str> {
+        let Some(expected) = self.config.api_key.as_deref() else {
+            return Ok(());
+        };
+        if self.is_public(path) {
+            return Ok(());
         }
+        let given = authorization
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, k)| k.trim());
+        match given {
+            None => Err("missing Authorization: Bearer <api key>"),
+            Some(k) if !constant_time_eq(k.as_bytes(), expected.as_bytes()) => Err("wrong API key"),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Whether `path` is served without the key: probes rarely carry secrets and health
+    /// reveals nothing; metrics may be opened.
+    pub(super) fn is_public(&self, path: &str) -> bool {
+        matches!(path, "/healthz" | "/readyz") || (path == "/metrics" && self.config.metrics_public)
+    }
+
+    /// Answers a request whose key was checked (`authorize`).
+    pub(super) fn handle(&mut self, key: usize, req: &Request<'_>, keep_alive: bool) -> Handled {
         let wait = form_urlencoded::parse(req.query.as_bytes())
             .any(|(k, v)| k == "wait" && (v == "1" || v == "true"));
         match (req.method, req.path) {
