@@ -337,6 +337,66 @@ fn a_request_and_the_clients_fin_together_are_answered_and_closed() {
     });
 }
 
+#[test]
+fn answers_owed_when_the_client_half_closes_are_still_sent() {
+    let srv = TestServer::start(&[
+        "--api-idle-timeout-ms",
+        "60000",
+        "--api-request-timeout-ms",
+        "60000",
+    ]);
+    let mut alice = srv.connect("alice");
+    srv.wait_online(1, 1);
+    let body = r#"{"user":"alice","data":"waited"}"#;
+    let push = format!(
+        "POST /v1/push?wait=1 HTTP/1.0\r\nAuthorization: Bearer {API_KEY}\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let presence =
+        format!("GET /v1/presence/alice HTTP/1.0\r\nAuthorization: Bearer {API_KEY}\r\n\r\n");
+    for i in 0..40 {
+        let request = if i % 2 == 0 { &push } else { &presence };
+        let mut s = tcp(srv.api);
+        s.write_all(request.as_bytes()).expect("write");
+        s.shutdown(std::net::Shutdown::Write).expect("FIN");
+        let got = String::from_utf8_lossy(&read_to_close(&mut s)).to_string();
+        assert!(got.starts_with("HTTP/1.1 200"), "request {i}: {got:?}");
+    }
+    for _ in 0..20 {
+        assert_eq!(alice.recv()["data"], "waited");
+    }
+}
+
+#[test]
+fn a_large_answer_is_written_whole_after_the_clients_fin() {
+    let srv = TestServer::start(&[]);
+    let mut monitor = srv.api_conn();
+    // Every line is rejected: an answer of megabytes.
+    let body = "{\"data\":1}\n".repeat(40_000);
+    let mut s = small_buffer_stream(srv.api);
+    s.write_all(
+        format!(
+            "POST /v1/push/batch HTTP/1.1\r\nAuthorization: Bearer {API_KEY}\r\n\
+             Connection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .expect("write");
+    // The answer is made and waits for the client.
+    wait_stats_on(&mut monitor, "the answer waiting", |s| {
+        s["api_output_bytes"].as_u64() > Some(MAX_BYTES_IN_FLIGHT)
+    });
+    s.shutdown(std::net::Shutdown::Write).expect("FIN");
+    let (r, _) = read_response(&mut s, Vec::new()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["rejected"].as_array().map(Vec::len), Some(40_000));
+}
+
+/// More answer bytes than the kernel buffers on the way hold at first.
+const MAX_BYTES_IN_FLIGHT: u64 = 256 * 1024;
+
 /// An `HttpConn` reading from `stream`, a connection a test wrote to by hand.
 fn conn_over(addr: SocketAddr, stream: TcpStream) -> HttpConn {
     let mut c = HttpConn::connect(addr);

@@ -623,16 +623,16 @@ impl Api {
                 .stream
                 .read(&mut self.scratch[..want], &self.metrics.api_tls)
             {
-                Ok(0)
-                    if discard
-                        || (c.inbuf.is_empty() && c.waiting.is_none() && c.unsent() == 0) =>
-                {
-                    self.drop_conn(key);
-                    return None;
-                }
                 Ok(0) => {
-                    // Requests that came before the FIN are still answered (the client
-                    // may read after closing its half).
+                    // An answer still owed (waiting on the shards, or not all written) is
+                    // sent before the connection closes, and so are the answers to
+                    // requests that came before the FIN: the client may read after
+                    // closing its half. `write_out` closes once they are out.
+                    let owed = c.waiting.is_some() || c.unsent() > 0;
+                    if !owed && (discard || c.inbuf.is_empty()) {
+                        self.drop_conn(key);
+                        return None;
+                    }
                     c.eof = true;
                     c.unread = false;
                     return Some(total);
