@@ -56,6 +56,17 @@ pub fn api_reserve(nofile: u64, api_max_connections: usize) -> u64 {
     (api_max_connections as u64).min(connections_allowed(nofile) / 4)
 }
 
+/// The push API connections served at once under this open-file limit (`None`: it cannot
+/// be read): `api_max_connections`, but no more than the API's reserve, so API
+/// connections never take the descriptors the rest of the process counts on. At least 1.
+pub fn api_connection_cap(nofile: Option<u64>, api_max_connections: usize) -> usize {
+    let Some(nofile) = nofile else {
+        return api_max_connections;
+    };
+    let reserve = usize::try_from(api_reserve(nofile, api_max_connections)).unwrap_or(usize::MAX);
+    reserve.clamp(1, api_max_connections.max(1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,5 +93,15 @@ mod tests {
         assert_eq!(api_reserve(1_024, 1_024), (1_024 - HEADROOM) / 4);
         assert_eq!(client_ceiling(1_024, 1_024), 1_024 - HEADROOM - 192);
         assert_eq!(client_ceiling(HEADROOM, 1_000), 0);
+    }
+
+    #[test]
+    fn the_api_serves_at_most_its_reserve() {
+        assert_eq!(api_connection_cap(Some(20_000), 1_024), 1_024);
+        assert_eq!(api_connection_cap(Some(1_024), 1_024), 192);
+        assert_eq!(api_connection_cap(Some(4_096), 1_024), 960);
+        assert_eq!(api_connection_cap(None, 1_024), 1_024);
+        // Even a limit that leaves nothing keeps the API reachable.
+        assert_eq!(api_connection_cap(Some(HEADROOM), 1_024), 1);
     }
 }

@@ -175,6 +175,87 @@ fn clients_stop_at_the_ceiling_and_the_push_api_still_accepts() {
 }
 
 #[test]
+fn api_connections_stop_at_the_descriptor_reserve() {
+    let _g = LIMIT.lock().unwrap_or_else(|p| p.into_inner());
+    // api_max_connections above the reserve the limit leaves: the reserve is the cap.
+    let mut p = Proc::spawn_limited(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--api-listen",
+        "127.0.0.1:0",
+        "--jwt-secret",
+        SECRET,
+        "--api-key",
+        API_KEY,
+        "--shards",
+        "1",
+        "--api-max-connections",
+        "1000",
+        "--log-format",
+        "json",
+    ]);
+    let reserve = throng::fdlimit::api_reserve(NOFILE, 1000);
+    assert!(reserve < 1000 && reserve > 4, "the test limit caps the API");
+    let logged = p.log("push API connection cap");
+    assert_eq!(
+        logged["api_connection_cap"].as_u64(),
+        Some(reserve),
+        "{logged}"
+    );
+    assert_eq!(
+        logged["api_max_connections"].as_u64(),
+        Some(1000),
+        "{logged}"
+    );
+    let listening = p.log("listening");
+    let api: SocketAddr = listening["api_addr"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("api_addr in {listening}"));
+
+    // Idle connections up to the cap are held (the first one asks, so all are accepted).
+    let mut monitor = HttpConn::connect(api);
+    let mut idle: Vec<TcpStream> = (1..reserve).map(|_| tcp(api)).collect();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let s = monitor
+            .request("GET", "/v1/stats", Some(API_KEY), None)
+            .json();
+        if s["api_connections"].as_u64() == Some(reserve) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{reserve} API connections: {s}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // One more is refused with the usual 503, which names the figure.
+    let mut over = tcp(api);
+    let mut answer = Vec::new();
+    let _ = over.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 503") && answer.contains("over_capacity"),
+        "{answer}"
+    );
+    assert!(answer.contains(&reserve.to_string()), "{answer}");
+    // One leaves: the next one is served.
+    drop(idle.pop());
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let s = monitor
+            .request("GET", "/v1/stats", Some(API_KEY), None)
+            .json();
+        if s["api_connections"].as_u64() == Some(reserve - 1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "one left: {s}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let r = HttpConn::connect(api).request("GET", "/healthz", None, None);
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[test]
 fn failed_client_accepts_are_counted() {
     let _g = LIMIT.lock().unwrap_or_else(|p| p.into_inner());
     let srv = TestServer::start(&[]);

@@ -196,7 +196,9 @@ pub struct Api {
     /// Accepting resumes then (after EMFILE/ENFILE: the listener stays readable).
     accept_paused_until: Option<Instant>,
     accept_error_logged: Option<Instant>,
-    /// The 503 for connections over `api_max_connections`, made once.
+    /// Connections served at once: `api_max_connections` within the descriptor reserve.
+    conn_cap: usize,
+    /// The 503 for connections over `conn_cap`, made once.
     over_capacity: Vec<u8>,
     /// Numbers topic pushes (docs/protocol.md 4.1).
     sequencer: sequencer::Sequencer,
@@ -240,13 +242,29 @@ impl Api {
         let mut listener = TcpListener::from_std(listener);
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let nofile = crate::fdlimit::current().map(|(soft, _)| soft);
+        let conn_cap = crate::fdlimit::api_connection_cap(nofile, config.api_max_connections);
+        tracing::info!(
+            rlimit_nofile = nofile,
+            api_max_connections = config.api_max_connections,
+            api_connection_cap = conn_cap,
+            "push API connection cap: connections beyond it get 503 over_capacity"
+        );
+        let why = if conn_cap < config.api_max_connections {
+            format!(
+                "api_max_connections is {}, but the open-file limit leaves the API {conn_cap} \
+                 descriptors",
+                config.api_max_connections
+            )
+        } else {
+            "api_max_connections".to_string()
+        };
         let over_capacity = http::error_response(
             503,
             "over_capacity",
             &format!(
-                "the push API already has {} connections open (api_max_connections); \
-                 retry later or reuse a keep-alive connection",
-                config.api_max_connections
+                "the push API already has {conn_cap} connections open ({why}); retry later \
+                 or reuse a keep-alive connection"
             ),
             false,
             "Retry-After: 1\r\n",
@@ -282,6 +300,7 @@ impl Api {
             now: Instant::now(),
             accept_paused_until: None,
             accept_error_logged: None,
+            conn_cap,
             over_capacity,
             publish_answers: client_publish::Answers::new(shards_len),
             broker,
@@ -361,7 +380,7 @@ impl Api {
             match self.listener.accept() {
                 Ok((stream, _)) => {
                     let handshaking = self.handshaker.as_ref().map_or(0, |h| h.pending());
-                    if self.conns.len() + handshaking >= self.config.api_max_connections {
+                    if self.conns.len() + handshaking >= self.conn_cap {
                         self.refuse(stream);
                         continue;
                     }
@@ -474,7 +493,7 @@ impl Api {
         Some(key)
     }
 
-    /// Answers a connection over `api_max_connections` with 503 and closes it, best
+    /// Answers a connection over `conn_cap` with 503 and closes it, best
     /// effort and without tracking it: a few reads of what already arrived (so closing
     /// does not turn into a reset that overtakes the answer), one write.
     fn refuse(&mut self, mut stream: TcpStream) {
