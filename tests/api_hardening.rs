@@ -258,6 +258,81 @@ fn incomplete_requests_get_408_from_their_first_byte() {
 }
 
 #[test]
+fn the_request_timeout_holds_while_earlier_answers_are_unsent() {
+    let srv = TestServer::start(&[
+        "--api-request-timeout-ms",
+        "500",
+        "--api-idle-timeout-ms",
+        "60000",
+    ]);
+    let mut monitor = srv.api_conn();
+    let mut s = small_buffer_stream(srv.api);
+    back_up_answers(&mut s, &mut monitor);
+    // An incomplete request, a byte at a time: the 408 comes all the same.
+    let part = b"POST /v1/push HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let started = Instant::now();
+    let mut i = 0;
+    loop {
+        if i < part.len() {
+            let _ = s.write_all(&part[i..=i]);
+            i += 1;
+        }
+        if stats_on(&mut monitor)["counters"]["api_request_timeouts"] == 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "no 408 while the answers wait"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_client_that_sends_but_never_reads_is_closed_after_the_idle_timeout() {
+    let srv = TestServer::start(&[
+        "--api-idle-timeout-ms",
+        "500",
+        "--api-request-timeout-ms",
+        "60000",
+    ]);
+    let mut monitor = srv.api_conn();
+    let mut s = small_buffer_stream(srv.api);
+    back_up_answers(&mut s, &mut monitor);
+    // A request that cannot be framed: its 400 queues behind the others and what follows
+    // is discarded. The client keeps sending and never reads.
+    s.write_all(b"BAD\r\n\r\n").expect("write");
+    let started = Instant::now();
+    loop {
+        let _ = s.write_all(b"x");
+        if stats_on(&mut monitor)["counters"]["api_idle_closes"] == 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "bytes read from a client that takes no answers kept it open"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sends 404s that echo a long path on `s` (a small-buffer client that does not read)
+/// until some of their answers wait in the server.
+fn back_up_answers(s: &mut TcpStream, monitor: &mut HttpConn) {
+    let req = format!(
+        "GET /{} HTTP/1.1\r\nAuthorization: Bearer {API_KEY}\r\n\r\n",
+        "x".repeat(15_000)
+    );
+    for _ in 0..400 {
+        s.write_all(req.as_bytes()).expect("write");
+        if stats_on(monitor)["api_output_bytes"].as_u64() > Some(0) {
+            return;
+        }
+    }
+    panic!("the answers never backed up");
+}
+
+#[test]
 fn idle_keep_alive_connections_close_quietly() {
     let srv = TestServer::start(&[
         "--api-idle-timeout-ms",

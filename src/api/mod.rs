@@ -129,6 +129,12 @@ struct ApiConn {
     was_paused: bool,
     /// Last time bytes were read or written, sweep clock.
     active_at: Instant,
+    /// Last time the client took some of its answers, or when they began to wait;
+    /// sweep clock.
+    out_since: Instant,
+    /// The request at the front of `inbuf` is incomplete, as `process` last found it
+    /// (false when it stopped before looking: complete requests may wait there).
+    front_incomplete: bool,
 }
 
 impl ApiConn {
@@ -484,6 +490,8 @@ impl Api {
             eof: false,
             request_since: None,
             active_at: self.now,
+            out_since: self.now,
+            front_incomplete: false,
             charged: 0,
             admitted_end: 0,
             paused: false,
@@ -606,7 +614,7 @@ impl Api {
         let held = c.input_held();
         self.budget.charge(&mut c.charged, held);
         if send_continue {
-            queue_out(c, &self.metrics, CONTINUE);
+            queue_out(c, &self.metrics, CONTINUE, self.now);
         }
         true
     }
@@ -716,6 +724,7 @@ impl Api {
         let mut pos = 0;
         let mut progress = 0;
         let mut body_to_come = None;
+        let mut incomplete = false;
         loop {
             let Some(c) = self.conns.get_mut(key) else {
                 return progress;
@@ -729,12 +738,17 @@ impl Api {
             }
             // An admitted body still arriving: its head was looked at already.
             if pos == 0 && c.admitted_end > inbuf.len() {
+                incomplete = true;
                 break;
             }
             match self.one_request(key, &inbuf[pos..]) {
-                Step::Incomplete => break,
+                Step::Incomplete => {
+                    incomplete = true;
+                    break;
+                }
                 Step::BodyToCome { end, send_continue } => {
                     body_to_come = Some((end, send_continue));
+                    incomplete = true;
                     break;
                 }
                 Step::Done { used, response } => {
@@ -751,7 +765,7 @@ impl Api {
                         self.budget.release();
                     }
                     if let Some(r) = response {
-                        queue_out(c, &self.metrics, &r);
+                        queue_out(c, &self.metrics, &r, self.now);
                     }
                 }
             }
@@ -759,6 +773,7 @@ impl Api {
         let Some(c) = self.conns.get_mut(key) else {
             return progress;
         };
+        c.front_incomplete = incomplete;
         if c.close_after_write {
             // Nothing after this is parsed: free it now rather than at close.
             c.inbuf = inbuf;
@@ -971,7 +986,7 @@ impl Api {
                 w.keep_alive,
                 "Retry-After: 1\r\n",
             );
-            queue_out(c, &self.metrics, &response);
+            queue_out(c, &self.metrics, &response, self.now);
             c.request_since = Some(self.now);
             self.drive(key);
             return;
@@ -1049,7 +1064,7 @@ impl Api {
             w.keep_alive,
             "",
         );
-        queue_out(c, &self.metrics, &response);
+        queue_out(c, &self.metrics, &response, self.now);
         // A pipelined request behind this one was not looked at while it waited.
         c.request_since = Some(self.now);
         self.drive(key);
@@ -1071,16 +1086,22 @@ impl Api {
                     older(t, LINGER).then_some(Due::Linger)
                 } else if let Some(w) = &c.waiting {
                     older(w.since, REPLY_TIMEOUT).then_some(Due::Reply)
-                } else if c.unsent() > 0 {
-                    // Answers are waiting and the client has read none of them for the
-                    // idle timeout: it went idle without reading.
-                    older(c.active_at, idle_timeout).then_some(Due::Idle)
-                } else if !c.inbuf.is_empty() && !c.close_after_write {
-                    // Not waiting and nothing unsent, so what is buffered is a request
-                    // still incomplete (complete ones would have been served).
+                } else if !c.inbuf.is_empty()
+                    && !c.close_after_write
+                    && (c.front_incomplete || c.unsent() == 0)
+                {
+                    // An incomplete request is buffered (complete ones are served unless
+                    // answers pile up unread): its deadline holds whatever output waits,
+                    // so trickling bytes behind unread answers cannot stretch it.
                     c.request_since
                         .is_some_and(|t| older(t, request_timeout))
                         .then_some(Due::Request)
+                } else if c.unsent() > 0 {
+                    // Answers are waiting and the client has taken none of them for the
+                    // idle timeout: it went idle without reading. Reads do not count, so
+                    // one that keeps sending (or is discarded after a fatal error) is
+                    // closed too.
+                    older(c.out_since, idle_timeout).then_some(Due::Idle)
                 } else {
                     // No request in progress and nothing to send. A connection that
                     // connects and never sends a byte ends here too: it is idle, and is
@@ -1137,7 +1158,7 @@ impl Api {
             return;
         };
         c.close_after_write = true;
-        queue_out(c, &self.metrics, response);
+        queue_out(c, &self.metrics, response, self.now);
         self.clear_input(key);
         self.drive(key);
     }
@@ -1156,6 +1177,7 @@ impl Api {
                 Ok(n) => {
                     c.out_pos += n;
                     c.active_at = self.now;
+                    c.out_since = self.now;
                     self.metrics.api_output_bytes.fetch_sub(n as u64, Relaxed);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
@@ -1230,7 +1252,6 @@ impl Api {
     }
 }
 
-/// Appends a response to a connection's output, keeping the output gauge exact.
 /// The `?wait=1` answer in cluster mode (docs/protocol.md 5): the `seq` and epoch Redis
 /// gave a user or topic push, each user's for a `users` push, the node count for a
 /// broadcast; `duplicate` where the stream already had the push's `id`.
@@ -1261,7 +1282,12 @@ fn published_body(p: Option<crate::broker::script::Published>, users: bool) -> s
     serde_json::json!({"users": seqs, "duplicates": duplicates})
 }
 
-fn queue_out(c: &mut ApiConn, metrics: &Metrics, bytes: &[u8]) {
+/// Appends a response to a connection's output, keeping the output gauge exact.
+fn queue_out(c: &mut ApiConn, metrics: &Metrics, bytes: &[u8], now: Instant) {
+    if c.unsent() == 0 {
+        // The client's clock for taking its answers starts now.
+        c.out_since = now;
+    }
     c.out.extend_from_slice(bytes);
     metrics
         .api_output_bytes
