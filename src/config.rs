@@ -749,6 +749,32 @@ pub fn check_redis_url(url: &str) -> Result<(), String> {
         .map_err(|e| format!("{url:?} is not a usable Redis URL: {e}"))
 }
 
+/// Checks that an API key can be sent as is in `Authorization: Bearer <key>`: visible
+/// ASCII, with spaces or tabs only inside. Header values are trimmed on the way in, so a
+/// key with whitespace around it could never match. The error never shows the key.
+pub fn check_api_key(k: &str) -> Result<(), String> {
+    if k.starts_with(|c: char| c.is_ascii_whitespace())
+        || k.ends_with(|c: char| c.is_ascii_whitespace())
+    {
+        return Err(
+            "has whitespace at its start or end (a newline from a file or an env \
+                    file?); no request can send it, so it would never match: remove it"
+                .into(),
+        );
+    }
+    if let Some(c) = k
+        .chars()
+        .find(|&c| !(c.is_ascii_graphic() || c == ' ' || c == '\t'))
+    {
+        return Err(format!(
+            "holds U+{:04X}, which an HTTP header value cannot carry as is; use visible \
+             ASCII (e.g. head -c 24 /dev/urandom | base64)",
+            u32::from(c)
+        ));
+    }
+    Ok(())
+}
+
 /// Shortest HMAC secret accepted outside `--dev` (RFC 7518 3.2: at least the hash size).
 pub const MIN_SECRET_BYTES: usize = 32;
 
@@ -970,6 +996,9 @@ impl Config {
                 "is empty; give a key, or leave it unset (the API then needs a loopback \
                  api_listen or --insecure-api)",
             ));
+        }
+        if let Some(k) = api_key.as_deref() {
+            check_api_key(k).map_err(|e| invalid("api_key", e))?;
         }
         if args.dev {
             if secret.is_none() && public_keys.is_none() && is_hmac(algorithm) {
@@ -2077,6 +2106,26 @@ mod tests {
             err.starts_with("config error: api_key (--api-key): is empty"),
             "{err}"
         );
+        for (key, needle) in [
+            ("k ", "whitespace at its start or end"),
+            (" k", "whitespace at its start or end"),
+            ("k\n", "whitespace at its start or end"),
+            ("k\r\n", "whitespace at its start or end"),
+            ("k\u{7f}x", "U+007F"),
+            ("k\u{e4}x", "U+00E4"),
+            ("k\nx", "U+000A"),
+        ] {
+            let err = cfg(&["--jwt-secret", S, "--api-key", key])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("config error: api_key (--api-key): ") && err.contains(needle),
+                "{key:?}: {err}"
+            );
+            assert!(!err.contains(key), "the error shows the key: {err}");
+        }
+        // Inside, a space is a valid header character.
+        assert!(cfg(&["--jwt-secret", S, "--api-key", "a b~!"]).is_ok());
         let err = cfg(&["--jwt-secret", "short"]).unwrap_err().to_string();
         assert!(
             err.starts_with("config error: [jwt] secret (--jwt-secret): is 5 bytes"),

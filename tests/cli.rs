@@ -293,6 +293,11 @@ fn invalid_flag_value_names_the_key() {
         &serve_args(&["--jwt-secret", SECRET, "--jwt-algorithm", "HS999"]),
         &["jwt_algorithm", "jwt-algorithm"],
     );
+    // A key no request can send (header values are trimmed) would never match.
+    run_serve_expect_failure(
+        &serve_args(&["--jwt-secret", SECRET, "--api-key", "k "]),
+        &["api_key (--api-key): has whitespace"],
+    );
 }
 
 #[test]
