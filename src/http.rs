@@ -60,6 +60,15 @@ pub(crate) fn response(
     out
 }
 
+/// `response` without its body, for a `HEAD` request: the head, `Content-Length` and all,
+/// stays as a `GET` would get it (RFC 9110 9.3.2).
+pub(crate) fn head_only(mut response: Vec<u8>) -> Vec<u8> {
+    if let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") {
+        response.truncate(end + 4);
+    }
+    response
+}
+
 /// A JSON error response.
 pub(crate) fn error_response(
     status: u16,
@@ -114,5 +123,7 @@ mod tests {
         assert_eq!(v["error"], "rate_limited");
         assert_eq!(v["message"], "slow \"down\"");
         assert!(text.contains(&format!("Content-Length: {}\r\n", body.len())));
+        let head = String::from_utf8(head_only(text.clone().into_bytes())).unwrap();
+        assert_eq!(head, text[..text.find("\r\n\r\n").unwrap() + 4]);
     }
 }

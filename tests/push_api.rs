@@ -320,6 +320,39 @@ fn health_needs_no_key_metrics_does_unless_public() {
 }
 
 #[test]
+fn head_is_answered_without_a_body_and_the_connection_stays_in_step() {
+    let srv = TestServer::start(&[]);
+    let mut s = tcp(srv.api);
+    for (path, status) in [
+        ("/healthz", 200),
+        ("/readyz", 200),
+        ("/metrics", 200),
+        ("/v1/push", 405),
+        ("/nope", 404),
+    ] {
+        s.write_all(
+            format!(
+                "HEAD {path} HTTP/1.1\r\nAuthorization: Bearer {API_KEY}\r\n\r\n\
+                 GET /healthz HTTP/1.1\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .expect("write");
+        let head = String::from_utf8_lossy(&read_head(&mut s)).to_string();
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {status} ")),
+            "HEAD {path}: {head:?}"
+        );
+        assert!(head.contains("Content-Length: "), "{head:?}");
+        // The next answer follows the head at once: no body came between.
+        let (r, rest) = read_response(&mut s, Vec::new()).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(r.status, 200, "GET after HEAD {path}: {}", r.text());
+        assert_eq!(r.json()["status"], "ok");
+        assert!(rest.is_empty());
+    }
+}
+
+#[test]
 fn stats_shape() {
     let srv = TestServer::start(&["--shards", "3"]);
     let _c = srv.connect("s");

@@ -810,10 +810,11 @@ impl Api {
         // key, and it is answered at once rather than after sending it all.
         if let Err(message) = self.authorize(head.path, head.authorization) {
             self.metrics.api_requests.fetch_add(1, Relaxed);
-            return self.closing(
-                key,
-                http::error_response(401, "unauthorized", message, false, ""),
-            );
+            let mut response = http::error_response(401, "unauthorized", message, false, "");
+            if head.method == "HEAD" {
+                response = http::head_only(response);
+            }
+            return self.closing(key, response);
         }
         if !complete {
             if self.config.api_key.is_some() && self.is_public(head.path) {
@@ -846,8 +847,15 @@ impl Api {
         keep_alive: bool,
         used: usize,
     ) -> Step {
+        // HEAD is answered as GET without the body: the probes by name, and everything
+        // else with the answer (405, 404, ...) a HEAD gets, its body left out too.
+        let head_only = head.method == "HEAD";
+        let method = match head.path {
+            "/healthz" | "/readyz" | "/metrics" if head_only => "GET",
+            _ => head.method,
+        };
         let request = Request {
-            method: head.method,
+            method,
             path: head.path,
             query: head.query,
             body,
@@ -867,7 +875,7 @@ impl Api {
         match outcome {
             Handled::Respond(r) => Step::Done {
                 used,
-                response: Some(r),
+                response: Some(if head_only { http::head_only(r) } else { r }),
             },
             Handled::Wait {
                 kind,
