@@ -277,6 +277,8 @@ pub struct Metrics {
     pub api_input_bytes: AtomicU64,
     /// Push API request bodies that waited for room under `api_max_buffered_bytes`.
     pub api_input_pauses: AtomicU64,
+    /// Push API requests answered 504: the shards (or Redis) did not answer in time.
+    pub api_reply_timeouts: AtomicU64,
     /// Push API connections answered 503 because `api_max_connections` were open.
     pub api_refused_connections: AtomicU64,
     /// Push API connections closed because a request did not complete in time (408).
@@ -334,6 +336,7 @@ impl Metrics {
             api_output_bytes: AtomicU64::new(0),
             api_input_bytes: AtomicU64::new(0),
             api_input_pauses: AtomicU64::new(0),
+            api_reply_timeouts: AtomicU64::new(0),
             api_refused_connections: AtomicU64::new(0),
             api_request_timeouts: AtomicU64::new(0),
             api_idle_closes: AtomicU64::new(0),
@@ -431,6 +434,7 @@ impl Metrics {
                 "api_request_timeouts": self.api_request_timeouts.load(Relaxed),
                 "api_idle_closes": self.api_idle_closes.load(Relaxed),
                 "api_input_pauses": self.api_input_pauses.load(Relaxed),
+                "api_reply_timeouts": self.api_reply_timeouts.load(Relaxed),
                 "jwt_key_reloads": self.jwt_key_reloads.load(Relaxed),
                 "jwt_key_reload_errors": self.jwt_key_reload_errors.load(Relaxed),
                 "accept_errors_client": self.accept_errors_client.load(Relaxed),
@@ -686,6 +690,11 @@ impl Metrics {
                 "throng_api_idle_closes_total",
                 "Idle keep-alive push API connections closed after api_idle_timeout_ms.",
                 &self.api_idle_closes,
+            ),
+            (
+                "throng_api_reply_timeouts_total",
+                "Push API requests answered 504: the shards (or Redis) did not answer within 10 s.",
+                &self.api_reply_timeouts,
             ),
             (
                 "throng_api_input_pauses_total",

@@ -40,7 +40,7 @@ use crate::reactor::{self, LISTENER, WAKER};
 use request::{FrameError, Framed};
 use tls::ApiStream;
 
-/// How long a request may wait for shard replies before it is answered 503.
+/// How long a request may wait for shard replies before it is answered 504.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a closing API connection may take to read its last response.
 const LINGER: Duration = Duration::from_secs(2);
@@ -153,8 +153,8 @@ impl ApiConn {
 enum Due {
     /// Lingered long enough after its last response.
     Linger,
-    /// Shards did not answer in time.
-    Reply,
+    /// Shards did not answer in time a request waiting for this.
+    Reply(WaitKind),
     /// A request did not complete in time.
     Request,
     /// Nothing happened for the idle timeout.
@@ -1093,7 +1093,7 @@ impl Api {
                 let due = if let Some(t) = c.lingering_since {
                     older(t, LINGER).then_some(Due::Linger)
                 } else if let Some(w) = &c.waiting {
-                    older(w.since, REPLY_TIMEOUT).then_some(Due::Reply)
+                    older(w.since, REPLY_TIMEOUT).then_some(Due::Reply(w.kind))
                 } else if !c.inbuf.is_empty()
                     && !c.close_after_write
                     && (c.front_incomplete || c.unsent() == 0)
@@ -1143,13 +1143,16 @@ impl Api {
                         http::error_response(408, "request_timeout", &message, false, "");
                     self.answer_and_close(key, &response);
                 }
-                Due::Reply => {
+                Due::Reply(kind) => {
+                    self.metrics.api_reply_timeouts.fetch_add(1, Relaxed);
+                    // Not 503 `overloaded` ("nothing was queued, retry"): what was asked
+                    // for may have been done, and a blind retry may do it twice.
                     let response = http::error_response(
-                        503,
-                        "overloaded",
-                        "shards did not answer in time; the push may or may not have been delivered",
+                        504,
+                        "timeout",
+                        &reply_timeout_message(kind),
                         false,
-                        "Retry-After: 1\r\n",
+                        "",
                     );
                     if let Some(c) = self.conns.get_mut(key) {
                         c.waiting = None;
@@ -1302,6 +1305,33 @@ fn queue_out(c: &mut ApiConn, metrics: &Metrics, bytes: &[u8], now: Instant) {
         .fetch_add(bytes.len() as u64, Relaxed);
 }
 
+/// The 504's message for a request that waited `REPLY_TIMEOUT` in vain: what is known of
+/// its outcome, in the words of what it asked.
+fn reply_timeout_message(kind: WaitKind) -> String {
+    let secs = REPLY_TIMEOUT.as_secs();
+    match kind {
+        WaitKind::Push => format!(
+            "the shards did not answer within {secs} s; the push was queued and may or may \
+             not have been delivered (an `id` makes sending it again harmless)"
+        ),
+        WaitKind::Published { .. } => format!(
+            "no answer from Redis within {secs} s; the push may or may not have been \
+             published (an `id` makes sending it again harmless)"
+        ),
+        WaitKind::Disconnect => format!(
+            "the shards did not answer within {secs} s; the disconnect was queued and the \
+             user's connections may or may not have been closed"
+        ),
+        WaitKind::Presence | WaitKind::Topic => {
+            format!("the shards did not answer within {secs} s; the outcome is unknown, ask again")
+        }
+        WaitKind::Stats => format!(
+            "the cluster's totals did not come within {secs} s; the outcome is unknown, ask \
+             again"
+        ),
+    }
+}
+
 fn is_out_of_files(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
 }
@@ -1317,4 +1347,27 @@ enum Step {
         used: usize,
         response: Option<Vec<u8>>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reply_timeout_says_what_is_known_of_what_was_asked() {
+        let push = reply_timeout_message(WaitKind::Push);
+        assert!(
+            push.contains("10 s") && push.contains("push was queued"),
+            "{push}"
+        );
+        let published = reply_timeout_message(WaitKind::Published { users: false });
+        assert!(published.contains("may or may not have been published"));
+        let disconnect = reply_timeout_message(WaitKind::Disconnect);
+        assert!(disconnect.contains("disconnect was queued"), "{disconnect}");
+        for kind in [WaitKind::Presence, WaitKind::Topic, WaitKind::Stats] {
+            let m = reply_timeout_message(kind);
+            assert!(m.contains("ask again") && !m.contains("push"), "{m}");
+        }
+        assert_eq!(http::reason(504), "Gateway Timeout");
+    }
 }
