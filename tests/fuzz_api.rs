@@ -230,16 +230,24 @@ fn check_accepted(body: &[u8]) -> Result<(), TestCaseError> {
         Target::Topic(t) => prop_assert!(throng::topic::validate(t).is_ok(), "{:?}", t),
         Target::Broadcast => {}
     }
-    // When the input is a JSON object, it named exactly this one target.
-    if let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(body) {
-        let present = |k: &str| m.get(k).is_some_and(|v| !v.is_null());
-        let targets = usize::from(present("user"))
-            + usize::from(present("users"))
-            + usize::from(present("topic"))
-            + usize::from(m.get("broadcast") == Some(&json!(true)));
-        prop_assert_eq!(targets, 1, "{:?} for {:?}", p.target, m);
-        prop_assert_eq!(Some(&data), m.get("data"));
+    // The input is a JSON object (never an array read field by field), and it named
+    // exactly this one target, none of them null.
+    let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(body) else {
+        return Err(TestCaseError::fail(format!(
+            "accepted {:?}, which is not a JSON object",
+            String::from_utf8_lossy(body)
+        )));
+    };
+    for k in ["user", "users", "topic", "broadcast"] {
+        prop_assert!(m.get(k) != Some(&Value::Null), "{} null in {:?}", k, m);
     }
+    let present = |k: &str| m.contains_key(k);
+    let targets = usize::from(present("user"))
+        + usize::from(present("users"))
+        + usize::from(present("topic"))
+        + usize::from(m.get("broadcast") == Some(&json!(true)));
+    prop_assert_eq!(targets, 1, "{:?} for {:?}", p.target, m);
+    prop_assert_eq!(Some(&data), m.get("data"));
     Ok(())
 }
 

@@ -353,6 +353,49 @@ fn head_is_answered_without_a_body_and_the_connection_stays_in_step() {
 }
 
 #[test]
+fn push_bodies_must_be_objects_with_real_targets() {
+    let srv = TestServer::start(&[]);
+    let t = token_with(json!({"sub": -5, "exp": now_secs() + 600}));
+    let mut neg = Client::connect(srv.ws, &t).expect("sub -5");
+    assert_eq!(neg.welcome["user"], "-5");
+    srv.wait_online(1, 1);
+    let r = srv.push_wait(json!({"user": -5, "data": "negative"}));
+    assert_eq!(r["delivered"], 1, "{r}");
+    assert_eq!(neg.recv()["data"], "negative");
+    for (body, needle) in [
+        (
+            r#"[1,null,"alice",null,null,null]"#,
+            "a push must be a JSON object",
+        ),
+        (r#"{"user":null,"topic":"t","data":1}"#, "user"),
+        (
+            r#"{"user":1.5,"data":1}"#,
+            "user must be a string or an integer",
+        ),
+        (
+            r#"{"user":{"a":1},"data":1}"#,
+            "user must be a string or an integer",
+        ),
+        (r#"{"topic":null,"data":1}"#, "topic"),
+    ] {
+        let r = srv.api("POST", "/v1/push?wait=1", Some(body));
+        r.assert_error(400, "bad_request");
+        let m = r.json()["message"].as_str().unwrap_or_default().to_string();
+        assert!(m.contains(needle), "{body}: {m}");
+        assert!(!m.contains("untagged"), "{body}: {m}");
+    }
+    let r = srv.api("POST", "/v1/disconnect", Some(r#"["a",4003,"x"]"#));
+    r.assert_error(400, "bad_request");
+    assert!(r.text().contains("JSON object"), "{}", r.text());
+    let r = srv.api(
+        "POST",
+        "/v1/push/batch",
+        Some("[{\"x\":1},\"id1\",null,null,\"room:1\",null]\n"),
+    );
+    assert_eq!(r.json()["accepted"], 0, "{}", r.text());
+}
+
+#[test]
 fn stats_shape() {
     let srv = TestServer::start(&["--shards", "3"]);
     let _c = srv.connect("s");

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use rustc_hash::FxHashSet;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -24,20 +25,72 @@ pub const MAX_ID_BYTES: usize = 128;
 /// deeper, and common client parsers stop near 128 (serde_json: 127), so this leaves room.
 pub const MAX_DATA_DEPTH: usize = 100;
 
-/// A user id as sent: a string, or an integer used as its decimal string.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum UserId {
-    Text(String),
-    Number(u64),
+/// The `user` target: a string, or an integer (negative too, as a token's `sub`) used as
+/// its decimal string.
+struct UserId(String);
+
+/// One id of a `users` target, as `UserId`.
+struct ListedUserId(String);
+
+impl<'de> Deserialize<'de> for UserId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(IdVisitor("user must be a string or an integer"))
+            .map(UserId)
+    }
 }
 
-impl UserId {
-    fn into_string(self) -> String {
-        match self {
-            UserId::Text(s) => s,
-            UserId::Number(n) => n.to_string(),
-        }
+impl<'de> Deserialize<'de> for ListedUserId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(IdVisitor("users must hold strings or integers"))
+            .map(ListedUserId)
+    }
+}
+
+/// Reads a user id, refusing any other JSON type with its message (serde's own would
+/// speak of enum variants).
+struct IdVisitor(&'static str);
+
+impl<'de> Visitor<'de> for IdVisitor {
+    type Value = String;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+        Ok(v.to_owned())
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<String, E> {
+        Ok(v)
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<String, E> {
+        Err(E::custom(self.0))
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<String, E> {
+        Err(E::custom(self.0))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<String, E> {
+        Err(E::custom(self.0))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<String, A::Error> {
+        Err(de::Error::custom(self.0))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<String, A::Error> {
+        Err(de::Error::custom(self.0))
     }
 }
 
@@ -50,14 +103,34 @@ struct Body<'a> {
     #[serde(borrow, default, deserialize_with = "present")]
     data: Option<&'a RawValue>,
     id: Option<String>,
-    user: Option<UserId>,
-    users: Option<Vec<UserId>>,
-    topic: Option<String>,
-    broadcast: Option<bool>,
+    // Targets: `Some(None)` is an explicit `null`, which is refused (not taken as absent).
+    #[serde(default, deserialize_with = "given")]
+    user: Option<Option<UserId>>,
+    #[serde(default, deserialize_with = "given")]
+    users: Option<Option<Vec<ListedUserId>>>,
+    #[serde(default, deserialize_with = "given")]
+    topic: Option<Option<String>>,
+    #[serde(default, deserialize_with = "given")]
+    broadcast: Option<Option<bool>>,
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
     <&RawValue>::deserialize(d).map(Some)
+}
+
+/// A field that was sent, `null` included (`Some(None)`); an absent one stays `None`.
+fn given<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// Whether `body` is a JSON object (or nothing that parses): serde's derived structs also
+/// take arrays, field by field in order.
+pub(crate) fn is_json_object(body: &[u8]) -> bool {
+    body.iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        .is_some_and(|&b| b == b'{')
 }
 
 /// Where a push goes.
@@ -88,6 +161,9 @@ pub struct ParsedPush {
 
 /// Parses and validates one push object; the error names the problem.
 pub fn parse(body: &[u8]) -> Result<ParsedPush, String> {
+    if !is_json_object(body) {
+        return Err(r#"a push must be a JSON object, e.g. {"user":"alice","data":1}"#.into());
+    }
     // `RawValue` and ignored fields are skipped without serde_json's recursion limit, so
     // depth is bounded here, before parsing, for every field alike (the push object is
     // one level around `data`).
@@ -103,28 +179,39 @@ pub fn parse(body: &[u8]) -> Result<ParsedPush, String> {
             return Err(format!("id is longer than {MAX_ID_BYTES} bytes"));
         }
     }
-    let broadcast = b.broadcast == Some(true);
-    let targets = usize::from(b.user.is_some())
-        + usize::from(b.users.is_some())
-        + usize::from(b.topic.is_some())
+    for (field, null) in [
+        ("user", matches!(b.user, Some(None))),
+        ("users", matches!(b.users, Some(None))),
+        ("topic", matches!(b.topic, Some(None))),
+        ("broadcast", matches!(b.broadcast, Some(None))),
+    ] {
+        if null {
+            return Err(format!(
+                "{field} is null: give a target a value, or leave its field out"
+            ));
+        }
+    }
+    let (user, users, topic) = (b.user.flatten(), b.users.flatten(), b.topic.flatten());
+    let broadcast = b.broadcast.flatten() == Some(true);
+    let targets = usize::from(user.is_some())
+        + usize::from(users.is_some())
+        + usize::from(topic.is_some())
         + usize::from(broadcast);
     if targets != 1 {
         return Err(format!(
             "a push needs exactly one target (user, users, topic or broadcast), got {targets}"
         ));
     }
-    let target = if let Some(u) = b.user {
-        let u = u.into_string();
+    let target = if let Some(UserId(u)) = user {
         validate_user(&u).map_err(|e| format!("user: {e}"))?;
         Target::User(u)
-    } else if let Some(list) = b.users {
+    } else if let Some(list) = users {
         if list.is_empty() || list.len() > MAX_USERS {
             return Err(format!("users must hold 1 to {MAX_USERS} ids"));
         }
         let mut seen = FxHashSet::with_capacity_and_hasher(list.len(), Default::default());
         let mut ids = Vec::with_capacity(list.len());
-        for u in list {
-            let u = u.into_string();
+        for ListedUserId(u) in list {
             validate_user(&u).map_err(|e| format!("users: {e}: {u:?}"))?;
             // A repeated id would be delivered (and numbered) twice; keep the first.
             if seen.insert(u.clone()) {
@@ -132,7 +219,7 @@ pub fn parse(body: &[u8]) -> Result<ParsedPush, String> {
             }
         }
         Target::Users(ids)
-    } else if let Some(t) = b.topic {
+    } else if let Some(t) = topic {
         topic::validate(&t).map_err(|e| format!("topic: {e}"))?;
         Target::Topic(t)
     } else {
@@ -299,6 +386,62 @@ mod tests {
         let long = format!(r#"{{"data":1,"user":"a","id":"{}"}}"#, "x".repeat(129));
         assert!(parse(long.as_bytes()).unwrap_err().contains("id"));
         assert!(parse(br#"{"data":1,"user":"a","later":"field"}"#).is_ok());
+    }
+
+    #[test]
+    fn only_objects_with_real_targets_are_pushes() {
+        for body in [
+            &br#"[1,null,"alice",null,null,null]"#[..],
+            br#" [{"x":1},"id1",null,null,"room:1",null]"#,
+            b"",
+            b"null",
+            b"\"x\"",
+        ] {
+            let e = parse(body).unwrap_err();
+            assert!(e.contains("a push must be a JSON object"), "{e}");
+        }
+        assert!(parse(b" \r\n\t{\"user\":\"a\",\"data\":1}").is_ok());
+        for (body, field) in [
+            (&br#"{"user":null,"topic":"t","data":1}"#[..], "user"),
+            (br#"{"users":null,"user":"a","data":1}"#, "users"),
+            (br#"{"topic":null,"data":1}"#, "topic"),
+            (br#"{"broadcast":null,"user":"a","data":1}"#, "broadcast"),
+        ] {
+            let e = parse(body).unwrap_err();
+            assert!(e.starts_with(&format!("{field} is null")), "{e}");
+        }
+        // An `id` of null is no id, as before.
+        assert!(parse(br#"{"user":"a","id":null,"data":1}"#)
+            .unwrap()
+            .id
+            .is_none());
+    }
+
+    #[test]
+    fn user_ids_are_strings_or_integers_negative_too() {
+        let p = parse(br#"{"user":-5,"data":1}"#).unwrap();
+        assert_eq!(p.target, Target::User("-5".into()));
+        let p =
+            parse(br#"{"users":[-9223372036854775808,18446744073709551615],"data":1}"#).unwrap();
+        assert_eq!(
+            p.target,
+            Target::Users(vec![
+                "-9223372036854775808".into(),
+                "18446744073709551615".into()
+            ])
+        );
+        for body in [
+            &br#"{"user":1.5,"data":1}"#[..],
+            br#"{"user":true,"data":1}"#,
+            br#"{"user":{"a":1},"data":1}"#,
+            br#"{"user":["a"],"data":1}"#,
+        ] {
+            let e = parse(body).unwrap_err();
+            assert!(e.contains("user must be a string or an integer"), "{e}");
+            assert!(!e.contains("variant"), "{e}");
+        }
+        let e = parse(br#"{"users":["a",null],"data":1}"#).unwrap_err();
+        assert!(e.contains("users must hold strings or integers"), "{e}");
     }
 
     #[test]

@@ -476,6 +476,14 @@ impl Api {
     }
 
     fn disconnect(&mut self, key: usize, body: &[u8], keep_alive: bool) -> Handled {
+        if !push::is_json_object(body) {
+            return error(
+                400,
+                "bad_request",
+                r#"a disconnect must be a JSON object, e.g. {"user":"alice"}"#,
+                keep_alive,
+            );
+        }
         let b: DisconnectBody = match serde_json::from_slice(body) {
             Ok(b) => b,
             Err(e) => {
@@ -489,8 +497,15 @@ impl Api {
         };
         let user = match b.user {
             serde_json::Value::String(s) => s,
-            serde_json::Value::Number(n) if n.is_u64() => n.to_string(),
-            _ => return error(400, "bad_request", "user must be a string", keep_alive),
+            serde_json::Value::Number(n) if n.is_u64() || n.is_i64() => n.to_string(),
+            _ => {
+                return error(
+                    400,
+                    "bad_request",
+                    "user must be a string or an integer",
+                    keep_alive,
+                )
+            }
         };
         if let Err(e) = validate_user(&user) {
             return error(400, "bad_request", &format!("user: {e}"), keep_alive);
