@@ -109,6 +109,44 @@ fn hs512_server() {
     refused(&srv, &token("h")).assert_refusal(401, "invalid_token");
 }
 
+/// base64url without padding, as JWT parts are written.
+fn b64url(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for c in bytes.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..=c.len() {
+            out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_token_with_an_unknown_alg_is_refused_for_its_header() {
+    let srv = TestServer::start(&[]);
+    let good = token("u1");
+    let rest: Vec<&str> = good.split('.').collect();
+    for header in [
+        r#"{"alg":"none","typ":"JWT"}"#,
+        r#"{"alg":"hs256","typ":"JWT"}"#,
+        r#"{"alg":"HS256","alg":"HS256"}"#,
+    ] {
+        let t = format!("{}.{}.{}", b64url(header.as_bytes()), rest[1], rest[2]);
+        let r = raw_http(
+            srv.ws,
+            &upgrade_request(srv.ws, "/ws", &[&format!("Authorization: Bearer {t}")], &[]),
+        );
+        r.assert_refusal(401, "invalid_token");
+        let m = r.json()["message"].as_str().unwrap_or_default().to_string();
+        assert!(m.contains("header is not valid"), "{header}: {m}");
+        assert!(m.contains("HS256"), "{header}: {m}");
+        assert!(!m.contains("wrong type"), "{header}: {m}");
+    }
+}
+
 #[test]
 fn not_yet_valid_token() {
     let srv = TestServer::start(&[]);

@@ -158,6 +158,15 @@ impl Verifier {
                 DecodeError::Jwt(e) if matches!(e.kind(), ErrorKind::ExpiredSignature) => {
                     AuthError::Expired
                 }
+                // A header that does not parse (an unknown or lower-case alg, alg twice)
+                // fails as a JSON data error, like a claim of the wrong type: tell them
+                // apart here, on the error path only.
+                DecodeError::Jwt(e)
+                    if matches!(e.kind(), ErrorKind::Json(_))
+                        && jsonwebtoken::decode_header(token).is_err() =>
+                {
+                    AuthError::Invalid(header_reason(&self.validation))
+                }
                 DecodeError::Jwt(e) => AuthError::Invalid(plain_reason(&e)),
                 DecodeError::UnknownKid(kid) => {
                     self.keys.kid_unknown();
@@ -198,6 +207,20 @@ fn patterns(claim: &str, list: Option<Vec<String>>) -> Result<Vec<TopicPattern>,
                 .map_err(|e| AuthError::Invalid(format!("{claim} claim {p:?}: {e}")))
         })
         .collect()
+}
+
+/// Why a token whose header does not parse failed: the algorithms its `alg` may name, and
+/// the one this server takes.
+fn header_reason(validation: &Validation) -> String {
+    let configured = validation
+        .algorithms
+        .first()
+        .map_or_else(String::new, |a| format!("; this server takes {a:?}"));
+    format!(
+        "the token's header is not valid (alg must be one of HS256, HS384, HS512, RS256, \
+         RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA, spelled so and given \
+         once{configured})"
+    )
 }
 
 /// Why a token failed, in words a client developer can act on (not the parser's internals).
