@@ -101,6 +101,16 @@ fn token(t: TokenArgs) -> ExitCode {
         eprintln!("throng token: --ttl-secs must be greater than 0 (a token with no lifetime is already expired)");
         return ExitCode::from(2);
     }
+    // Ten years, as for durations in the config; and `exp` must not wrap past u64.
+    let max_ttl = throng::config::MAX_DURATION_MS / 1000;
+    let exp = jsonwebtoken::get_current_timestamp().checked_add(t.ttl_secs);
+    if t.ttl_secs > max_ttl || exp.is_none() {
+        eprintln!(
+            "throng token: --ttl-secs is {}; at most {max_ttl} (ten years) is taken",
+            t.ttl_secs
+        );
+        return ExitCode::from(2);
+    }
     if t.secret.len() < throng::config::MIN_SECRET_BYTES {
         eprintln!(
             "throng token: warning: the secret is {} bytes; `throng serve` accepts HMAC \

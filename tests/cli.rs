@@ -564,7 +564,7 @@ fn dev_token_connects(flags: &[&str]) {
 }
 
 #[test]
-fn token_refuses_an_empty_secret_and_a_zero_ttl() {
+fn token_refuses_an_empty_secret_and_a_ttl_out_of_range() {
     for (args, needle) in [
         (
             vec!["token", "--secret", "", "--sub", "x"],
@@ -573,6 +573,31 @@ fn token_refuses_an_empty_secret_and_a_zero_ttl() {
         (
             vec!["token", "--secret", SECRET, "--sub", "x", "--ttl-secs", "0"],
             "--ttl-secs must be greater than 0",
+        ),
+        // Past ten years, and past what `exp` can hold (it used to wrap into the past).
+        (
+            vec![
+                "token",
+                "--secret",
+                SECRET,
+                "--sub",
+                "x",
+                "--ttl-secs",
+                "315360001",
+            ],
+            "--ttl-secs is 315360001; at most 315360000",
+        ),
+        (
+            vec![
+                "token",
+                "--secret",
+                SECRET,
+                "--sub",
+                "x",
+                "--ttl-secs",
+                "18446744073709551615",
+            ],
+            "--ttl-secs is 18446744073709551615",
         ),
     ] {
         let out = Command::new(BIN)
