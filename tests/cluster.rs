@@ -585,7 +585,7 @@ fn stream_ingress_publishes_and_sends_bad_entries_to_the_dlq() {
             get("error").unwrap()
         })
         .collect();
-    assert!(errors[0].contains("invalid push"), "{errors:?}");
+    assert!(errors[0].contains("must be a JSON object"), "{errors:?}");
     assert!(errors[1].contains("no `push` field"), "{errors:?}");
     assert!(errors[2].contains("target"), "{errors:?}");
     assert!(

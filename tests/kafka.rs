@@ -119,7 +119,7 @@ fn invalid_records_go_to_the_dlq_with_the_error_and_the_rest_goes_on() {
     assert_eq!(dlq[0].value, "not json");
     assert_eq!(dlq[0].key.as_deref(), Some("alice"), "the original key");
     assert!(
-        dlq[0].header("error").contains("invalid push"),
+        dlq[0].header("error").contains("must be a JSON object"),
         "{}",
         dlq[0].header("error")
     );
