@@ -59,6 +59,8 @@ pub(super) struct Streams {
     frames: VecDeque<Record>,
     /// Frames held in all rings: the records of `frames` that are not stale.
     held: usize,
+    /// `frames` is compacted again only once it is twice what the last compaction left.
+    compact_at: usize,
     /// Every push in order, for forgetting streams (TTL, cap); stale ones are compacted.
     pushes: VecDeque<Record>,
     limits: Limits,
@@ -77,6 +79,7 @@ impl Streams {
             slots: Slab::new(),
             frames: VecDeque::new(),
             held: 0,
+            compact_at: 0,
             pushes: VecDeque::new(),
             limits,
             cap: cap.max(1),
@@ -169,9 +172,10 @@ impl Streams {
             self.bytes += frame.len() as u64;
             self.held += 1;
             self.frames.push_back(rec);
-            if self.frames.len() > 2 * self.held + 1024 {
+            if self.frames.len() > (2 * self.held + 1024).max(self.compact_at) {
                 let slots = &self.slots;
                 self.frames.retain(|r| holds(slots, r));
+                self.compact_at = 2 * self.frames.len();
             }
         }
         self.pushes.push_back(rec);
