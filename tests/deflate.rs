@@ -501,7 +501,8 @@ fn padded_compressed_acks_are_paid_for_by_their_inflated_size() {
     for _ in 0..40 {
         ws.send_frame(FIN | RSV1, OP_TEXT, &z);
     }
-    // 100 tokens pay for six (16 each); then ten are refused and the eleventh closes.
+    // 100 tokens pay for 25 (4 each, their text taken as a debt); then ten are refused
+    // and the eleventh closes.
     let mut refused = 0;
     let closed = loop {
         let f = ws.read_frame().expect("neither closed nor answered");

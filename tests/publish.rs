@@ -242,9 +242,9 @@ fn a_flood_is_rate_limited_then_closed_with_1008_and_others_carry_on() {
 fn the_bucket_refills_and_small_acks_cost_little() {
     let srv = TestServer::start(&["--client-rate", "2"]);
     let mut c = srv.connect("acker");
-    // A client acks every push it processes: an ack costs only its bytes (this one, 22
-    // bytes, 5 thousandths of a token), so 150 of them cost three quarters of a token...
-    for _ in 0..150 {
+    // A client acks every push it processes: an ack costs only its text (this one, 22
+    // bytes, a thousandth of a token), so 700 of them cost 0.7 of a token...
+    for _ in 0..700 {
         c.send(json!({"type": "ack", "seq": 0}));
     }
     c.send(json!({"type": "ping", "ref": "one"}));
@@ -294,6 +294,39 @@ fn an_ack_after_each_flooded_message_does_not_keep_a_flooder_open() {
     };
     assert_eq!(closed, Closed::Code(Some(1008)));
     assert_eq!(limited, 10);
+}
+
+#[test]
+fn a_large_publish_fits_a_bucket_of_one_and_a_burst_of_them_the_default_bucket() {
+    let data = "d".repeat(14_000);
+    // A bucket of one token takes a message of any size; its 14 KB of text is then a debt
+    // the refill pays back before the next is taken.
+    let srv = TestServer::start(&["--client-rate", "1"]);
+    let mut c = connect_with(&srv, "one", &["room"], &["room"]);
+    c.send(json!({"type": "publish", "topic": "room", "data": data, "ref": 1}));
+    assert_eq!(answer(&mut c).0["type"], "published");
+    c.send(json!({"type": "publish", "topic": "room", "data": 2, "ref": 2}));
+    let e = answer(&mut c).0;
+    assert_eq!(
+        (&e["code"], &e["ref"]),
+        (&json!("rate_limited"), &json!(2)),
+        "{e}"
+    );
+    // At the default 100 a second, 40 such publishes at once all go out (a token and
+    // 14 KB / 16 KiB each).
+    let srv = TestServer::start(&[]);
+    let mut c = connect_with(&srv, "many", &["room"], &["room"]);
+    for i in 0..40 {
+        c.send(json!({"type": "publish", "topic": "room", "data": data, "ref": i}));
+    }
+    for i in 0..40 {
+        let a = answer(&mut c).0;
+        assert_eq!(
+            (&a["type"], &a["ref"]),
+            (&json!("published"), &json!(i)),
+            "{a}"
+        );
+    }
 }
 
 #[test]

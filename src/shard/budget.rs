@@ -73,8 +73,11 @@ impl Shard {
     /// shard's largest holders until its share of the excess is freed. Once per turn.
     pub(super) fn enforce_budget(&mut self) {
         self.publish_memory();
+        // The trim follows every byte held, closing queues included: it is about the
+        // memory, freed only once they are gone.
+        let all = (self.conns.queued_bytes() + self.conns.partial_bytes()) as u64;
+        self.maybe_trim(all);
         let local = self.held_bytes();
-        self.maybe_trim(local);
         if local == 0 {
             return;
         }

@@ -13,6 +13,10 @@ use crate::topic;
 use super::conn::{trim_leftover, PARKED, PING_SENT, TLS, WAITING_TOPIC};
 use super::Shard;
 
+/// A message larger than this from a connection in debt (`rate`) is refused without being
+/// read, so without its `ref`; a smaller one is read to answer with it.
+const UNREAD_REFUSAL_BYTES: usize = 4096;
+
 /// Refused client messages in a row that are tolerated; one more closes with 1008.
 const MAX_REFUSED_IN_ROW: u8 = 10;
 // The count is kept in a nibble that saturates at 15 (`Conn::note_refused`).
@@ -261,24 +265,21 @@ impl Shard {
     }
 
     /// A complete compressed text message: inflated within `max_message_size` (1009
-    /// beyond, however small the compressed form), then handled like any other. It is
-    /// inflated only as far as the connection's rate can pay for (`rate`): beyond, it is
-    /// refused `rate_limited` without inflating the rest.
+    /// beyond, however small the compressed form), then handled like any other. A
+    /// connection in debt for what it sent (`rate`) gets `rate_limited` without inflating.
     fn inflate(&mut self, key: u32, compressed: &[u8]) -> Result<(), FrameError> {
+        if !self.rates.has_credit(key, self.tick) {
+            let refused = self.rate_limited();
+            self.refuse(key, &refused, None);
+            return Ok(());
+        }
         let max = self.shared.config.max_message_size;
-        let affordable = self.rates.affordable_bytes(key, self.tick);
-        let cap = affordable.map_or(max, |a| a.min(max));
         let mut out = std::mem::take(&mut self.inflated);
-        let result = self.inflater.message(compressed, cap, &mut out);
+        let result = self.inflater.message(compressed, max, &mut out);
         let handled = match result {
             Ok(()) => {
                 self.counters().inflated_messages.fetch_add(1, Relaxed);
                 self.text(key, &mut out)
-            }
-            Err(FrameError::TooBig) if cap < max => {
-                let refused = self.rate_limited();
-                self.refuse(key, &refused, None);
-                Ok(())
             }
             Err(e) => Err(e),
         };
@@ -290,16 +291,19 @@ impl Shard {
         handled
     }
 
-    /// A complete text message. Its bytes are paid for before it is parsed (`rate`).
+    /// A complete text message. Its text is charged to the connection's rate (`rate`); a
+    /// large one from a connection in debt is refused unread (small ones are read, so their
+    /// refusal can carry their `ref`).
     fn text(&mut self, key: u32, payload: &mut [u8]) -> Result<(), FrameError> {
         if check_utf8(payload).is_err() {
             return Err(FrameError::InvalidUtf8);
         }
-        if !self.rates.take_bytes(key, self.tick, payload.len()) {
+        if payload.len() > UNREAD_REFUSAL_BYTES && !self.rates.has_credit(key, self.tick) {
             let refused = self.rate_limited();
             self.refuse(key, &refused, None);
             return Ok(());
         }
+        let len = payload.len();
         let mut buffers = std::mem::take(&mut self.json);
         let parsed = messages::parse(payload, &mut buffers);
         let reference = parsed.reference;
@@ -312,6 +316,9 @@ impl Shard {
             Err(e) => Err(e),
         };
         self.json = buffers;
+        // After its token was taken (so a bucket of one takes any message): the text may
+        // leave a debt, paid back before the next message is taken.
+        self.rates.charge_bytes(key, self.tick, len);
         match outcome {
             // An ack does not end a run of refusals: one after each flooded message would
             // keep a flooding client open.
@@ -358,8 +365,13 @@ impl Shard {
         msg: ClientMsg<'_>,
         reference: Option<&str>,
     ) -> Result<(), Refused> {
-        // Acks are exempt: a client acks each push it processes, as fast as pushes come.
-        if !matches!(msg, ClientMsg::Ack { .. }) && !self.rates.take(key, self.tick) {
+        // An ack takes no token (a client acks each push it processes, as fast as pushes
+        // come), only its text, charged after; but not while the connection is in debt.
+        let taken = match msg {
+            ClientMsg::Ack { .. } => self.rates.has_credit(key, self.tick),
+            _ => self.rates.take(key, self.tick),
+        };
+        if !taken {
             return Err(self.rate_limited());
         }
         match msg {

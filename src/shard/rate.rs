@@ -2,10 +2,12 @@
 //! connection holding `client_rate` tokens and refilling as many per second. A bucket is
 //! kept only while it is not full, so a quiet connection costs nothing here.
 //!
-//! A message costs a token, and its text (after decompression) a token per
-//! `BYTES_PER_TOKEN`, acks included: what a shard spends parsing one connection's
-//! messages is bounded, not only how many it carries out (a 100-byte compressed ack can
-//! hold 64 KiB of spaces).
+//! A message takes a token, and its text (after decompression) costs a token per
+//! `BYTES_PER_TOKEN` more, acks included (an ack takes no token, only its text): what a
+//! shard spends parsing one connection's messages is bounded, not only how many it
+//! carries out (a 100-byte compressed ack can hold 64 KiB of spaces). The text is paid
+//! after the fact, so a large message may leave the bucket in debt, which the refill
+//! pays back before anything more is taken: any message fits a bucket of one token.
 
 use std::collections::HashMap;
 
@@ -16,16 +18,16 @@ use crate::reactor::TICK_MS;
 use super::ticks::moved;
 
 /// Thousandths of a token: a tick refills `rate * TICK_MS` of them, exactly.
-const MILLI: u64 = 1000;
+const MILLI: i64 = 1000;
 /// Bytes of message text that cost a token.
-pub(super) const BYTES_PER_TOKEN: u64 = 4096;
+pub(super) const BYTES_PER_TOKEN: i64 = 16 * 1024;
 /// Ticks between sweeps of refilled buckets (one second).
 const SWEEP_TICKS: u32 = (1000 / TICK_MS) as u32;
 
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
-    /// Tokens left, in thousandths, as of `at`.
-    milli: u64,
+    /// Tokens left, in thousandths, as of `at`; below zero: debt.
+    milli: i64,
     /// The tick `milli` was computed at.
     at: u32,
 }
@@ -48,64 +50,57 @@ impl Rates {
         }
     }
 
-    fn capacity(&self) -> u64 {
-        u64::from(self.rate) * MILLI
+    fn capacity(&self) -> i64 {
+        i64::from(self.rate) * MILLI
     }
 
-    fn refilled(&self, b: Bucket, tick: u32) -> u64 {
-        let ticks = u64::from(tick.saturating_sub(b.at));
-        let refill = ticks * u64::from(self.rate) * TICK_MS;
+    fn refilled(&self, b: Bucket, tick: u32) -> i64 {
+        let ticks = i64::from(tick.saturating_sub(b.at));
+        let refill = ticks * i64::from(self.rate) * TICK_MS as i64;
         b.milli.saturating_add(refill).min(self.capacity())
     }
 
-    /// Takes a token for connection `key` at `tick`; false when its bucket is empty.
-    pub(super) fn take(&mut self, key: u32, tick: u32) -> bool {
-        self.take_milli(key, tick, MILLI)
-    }
-
-    /// Takes what `len` bytes of message text cost; false (taking nothing) when the
-    /// bucket holds less.
-    pub(super) fn take_bytes(&mut self, key: u32, tick: u32, len: usize) -> bool {
-        let cost = (len as u64).saturating_mul(MILLI) / BYTES_PER_TOKEN;
-        cost == 0 || self.take_milli(key, tick, cost)
-    }
-
-    /// The most bytes of message text connection `key` can pay for at `tick` (`None`:
-    /// no limit).
-    pub(super) fn affordable_bytes(&self, key: u32, tick: u32) -> Option<usize> {
-        if self.rate == 0 {
-            return None;
-        }
-        let milli = self
-            .buckets
+    /// What connection `key`'s bucket holds at `tick`, in thousandths of a token.
+    fn credit(&self, key: u32, tick: u32) -> i64 {
+        self.buckets
             .get(&key)
-            .map_or(self.capacity(), |&b| self.refilled(b, tick));
-        let bytes = milli.saturating_mul(BYTES_PER_TOKEN) / MILLI;
-        Some(usize::try_from(bytes).unwrap_or(usize::MAX))
+            .map_or(self.capacity(), |&b| self.refilled(b, tick))
     }
 
-    fn take_milli(&mut self, key: u32, tick: u32, cost: u64) -> bool {
+    fn set(&mut self, key: u32, tick: u32, milli: i64) {
+        self.buckets.insert(key, Bucket { milli, at: tick });
+    }
+
+    /// Takes a token for connection `key` at `tick`; false (taking nothing) when its
+    /// bucket holds less than one.
+    pub(super) fn take(&mut self, key: u32, tick: u32) -> bool {
         if self.rate == 0 {
             return true;
         }
-        let full = Bucket {
-            milli: self.capacity(),
-            at: tick,
-        };
-        let b = self.buckets.get(&key).copied().unwrap_or(full);
-        let milli = self.refilled(b, tick);
-        let (left, taken) = match milli.checked_sub(cost) {
-            Some(left) => (left, true),
-            None => (milli, false),
-        };
-        self.buckets.insert(
-            key,
-            Bucket {
-                milli: left,
-                at: tick,
-            },
-        );
-        taken
+        let milli = self.credit(key, tick);
+        if milli < MILLI {
+            return false;
+        }
+        self.set(key, tick, milli - MILLI);
+        true
+    }
+
+    /// Whether connection `key` is not in debt at `tick`: a message may be read.
+    pub(super) fn has_credit(&self, key: u32, tick: u32) -> bool {
+        self.rate == 0 || self.credit(key, tick) > 0
+    }
+
+    /// Charges `len` bytes of message text read, into debt if need be.
+    pub(super) fn charge_bytes(&mut self, key: u32, tick: u32, len: usize) {
+        if self.rate == 0 {
+            return;
+        }
+        let len = i64::try_from(len).unwrap_or(i64::MAX);
+        let cost = len.saturating_mul(MILLI) / BYTES_PER_TOKEN;
+        if cost > 0 {
+            let milli = self.credit(key, tick);
+            self.set(key, tick, milli.saturating_sub(cost));
+        }
     }
 
     /// Forgets a connection that ended.
@@ -123,8 +118,10 @@ impl Rates {
         let cap = self.capacity();
         let rate = self.rate;
         self.buckets.retain(|_, b| {
-            let ticks = u64::from(tick.saturating_sub(b.at));
-            b.milli.saturating_add(ticks * u64::from(rate) * TICK_MS) < cap
+            let ticks = i64::from(tick.saturating_sub(b.at));
+            b.milli
+                .saturating_add(ticks * i64::from(rate) * TICK_MS as i64)
+                < cap
         });
         super::compact::compact(&mut self.buckets);
     }
@@ -195,22 +192,30 @@ mod tests {
     }
 
     #[test]
-    fn message_text_costs_a_token_per_4_kib() {
+    fn message_text_costs_a_token_per_16_kib_and_may_leave_a_debt() {
+        let mut r = Rates::new(1);
+        // A bucket of one token takes a message of any size...
+        assert!(r.has_credit(1, 0) && r.take(1, 0));
+        r.charge_bytes(1, 0, 64 * 1024);
+        // ...and owes 4 tokens for its 64 KiB: nothing is read for 4 s.
+        assert!(!r.has_credit(1, 0));
+        assert!(!r.has_credit(1, 4 * PER_SEC));
+        assert!(r.has_credit(1, 4 * PER_SEC + 1));
+        assert!(!r.take(1, 4 * PER_SEC + 1), "credit, but not a whole token");
+        assert!(r.take(1, 5 * PER_SEC));
+        // Small texts cost a little: a 30-byte ack is 1 thousandth of a token.
         let mut r = Rates::new(2);
-        // A small ack costs a hundredth of a token or less: thousands a second.
-        for _ in 0..100 {
-            assert!(r.take_bytes(1, 0, 30));
+        for _ in 0..2000 {
+            assert!(r.has_credit(1, 0));
+            r.charge_bytes(1, 0, 30);
         }
-        // 30 bytes cost 7 thousandths: 1.3 tokens are left, 5,324 bytes' worth.
-        assert_eq!(r.affordable_bytes(1, 0), Some(1300 * 4096 / 1000));
-        // 64 KiB of text is 16 tokens: more than this bucket holds, and nothing is taken.
-        assert!(!r.take_bytes(1, 0, 65536));
-        assert!(r.take(1, 0));
-        assert_eq!(r.affordable_bytes(1, 0), Some(1228));
-        assert!(r.take_bytes(1, 0, 1228));
-        assert!(!r.take_bytes(1, 0, 30), "empty");
-        assert_eq!(Rates::new(0).affordable_bytes(1, 0), None);
-        assert!(Rates::new(0).take_bytes(1, 0, usize::MAX));
+        assert!(
+            !r.has_credit(1, 0),
+            "2,000 small acks empty a bucket of two"
+        );
+        let mut unlimited = Rates::new(0);
+        unlimited.charge_bytes(1, 0, usize::MAX);
+        assert!(unlimited.has_credit(1, 0) && unlimited.take(1, 0));
     }
 
     #[test]
