@@ -44,7 +44,9 @@ const LINK_MIN_LIFE: Duration = Duration::from_secs(1);
 const LINK_CHECK: Duration = Duration::from_secs(1);
 /// Most pushes in one pipelined round trip.
 const BATCH: usize = 256;
-/// Most retried pushes in one round trip; the rest is for new ones.
+/// Most retried pushes in one round trip while Redis keeps refusing them; the rest is for
+/// new ones. Once retries go through, they may fill a round trip: the pushes held behind
+/// them must not wait at a quarter of the pace new ones come in.
 const RETRIES_PER_ROUND: usize = BATCH / 4;
 /// Pushes waiting to be tried again at which the API stops taking pushes (503
 /// `broker_unavailable`, `/readyz` 503) until half of them went; what the queue before
@@ -167,7 +169,12 @@ impl Publisher {
             let now = Instant::now();
             let mut retried = 0;
             if now >= self.retry_at {
-                while retried < RETRIES_PER_ROUND && batch.len() < BATCH {
+                let share = if self.retry_pause == RECONNECT_MIN {
+                    BATCH
+                } else {
+                    RETRIES_PER_ROUND
+                };
+                while retried < share && batch.len() < BATCH {
                     let Some(push) = self.retry.pop_front() else {
                         break;
                     };
@@ -175,7 +182,8 @@ impl Publisher {
                     retried += 1;
                 }
             }
-            // The streams of pushes sent again: a new push to one waits behind them.
+            // The streams of pushes sent again: a new waiting push to one waits behind them
+            // (a 202 one goes on behind them in this round trip: `BEHIND` keeps it after).
             let sent_again: Streams = if batch.is_empty() {
                 Streams::default()
             } else {
@@ -240,17 +248,19 @@ impl Publisher {
     }
 
     /// Adds a new push to the round trip, unless an earlier push to one of its streams
-    /// waits to be tried again (in the retry queue, or sent again in this round trip): a
-    /// push answered 202 then waits behind it for those streams (in the retry queue, after
-    /// it), and a waiting push is answered that it was not published.
+    /// waits to be tried again: a push answered 202 then waits behind the ones in the
+    /// retry queue for those streams (in the queue, after them; behind one sent again in
+    /// this round trip it goes on, its producer mark keeping it after), and a waiting push,
+    /// which has no mark, is answered that it was not published.
     fn take_new(&mut self, cmd: PublishCmd, batch: &mut Vec<Outgoing>, sent_again: &Streams) {
-        if self.retry.is_empty() && sent_again.is_empty() {
+        let ticketed = cmd.ticket.is_some();
+        if self.retry.is_empty() && (sent_again.is_empty() || !ticketed) {
             batch.push(cmd.into());
             return;
         }
         let held = |s: StreamRef<'_>| {
             let key = self.retry.key(s);
-            self.retry.holds(key) || sent_again.contains(&key)
+            self.retry.holds(key) || (ticketed && sent_again.contains(&key))
         };
         let Some(first) = streams(&cmd.push.target).find(|&s| held(s)) else {
             batch.push(cmd.into());
