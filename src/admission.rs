@@ -103,14 +103,23 @@ impl Admission {
     }
 }
 
-/// What the per-IP limits count `ip` under: itself for IPv4, its /64 for IPv6.
+/// The NAT64 well-known prefix, 64:ff9b::/96 (RFC 6052): the client behind it is the
+/// IPv4 address in its last 32 bits.
+const NAT64: u128 = 0x0064_ff9b << 96;
+
+/// What the per-IP limits count `ip` under: itself for IPv4, its /64 for IPv6; an
+/// IPv4-mapped or NAT64 address counts as the IPv4 address it carries.
 fn client_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !u128::from(u64::MAX))),
-        },
+        IpAddr::V6(v6) => {
+            let bits = v6.to_bits();
+            match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None if bits >> 32 == NAT64 >> 32 => IpAddr::V4((bits as u32).into()),
+                None => IpAddr::V6(Ipv6Addr::from_bits(bits & !u128::from(u64::MAX))),
+            }
+        }
     }
 }
 
@@ -177,6 +186,11 @@ mod tests {
         a.try_admit(ip("::ffff:192.0.2.1")).unwrap();
         a.try_admit(ip("192.0.2.1")).unwrap();
         assert!(a.try_admit(ip("192.0.2.1")).is_err());
+        // Clients behind a NAT64 are the IPv4 addresses they carry, not one /64.
+        a.try_admit(ip("64:ff9b::198.51.100.1")).unwrap();
+        a.try_admit(ip("64:ff9b::198.51.100.2")).unwrap();
+        a.try_admit(ip("64:ff9b::198.51.100.3")).unwrap();
+        assert_eq!(a.per_ip_count(ip("198.51.100.1")), 1);
         a.release(ip("2001:db8:1:2::1"));
         assert_eq!(a.per_ip_count(ip("2001:db8:1:2::77")), 1);
         a.try_admit(ip("2001:db8:1:2::3")).unwrap();

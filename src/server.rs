@@ -560,16 +560,12 @@ impl Server {
         // The acceptor (answering upgrades 503 draining) and the API serve until every
         // shard is drained (a shard that died never says so), then stop; the shards end
         // after them, so every push the API sends finds every shard.
-        let n = self.shards.len();
-        loop {
-            let dead = self.shards.iter().filter(|t| t.is_finished()).count();
-            if self
-                .drain_end
-                .wait_drained(n - dead, Duration::from_millis(100))
-            {
-                break;
-            }
-        }
+        let shards = &self.shards;
+        let gone = |i: usize| shards.get(i).is_none_or(|t| t.is_finished());
+        while !self
+            .drain_end
+            .wait_drained(shards.len(), gone, Duration::from_millis(100))
+        {}
         self.stop.store(true, Relaxed);
         for w in &self.acceptor_wakers {
             let _ = w.wake();

@@ -25,7 +25,8 @@ pub(super) type Turns = HashMap<u32, u32, FxBuildHasher>;
 /// left (or its deadline passed), and all end once released.
 #[derive(Default)]
 pub struct DrainEnd {
-    drained: Mutex<usize>,
+    /// The ids of the shards that said they are drained.
+    drained: Mutex<Vec<usize>>,
     changed: Condvar,
     released: AtomicBool,
 }
@@ -38,17 +39,19 @@ impl DrainEnd {
 
     /// Shards that said they are drained.
     pub fn drained(&self) -> usize {
-        *self.drained.lock().unwrap_or_else(|e| e.into_inner())
+        self.drained.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    /// Waits at most `d` for `n` shards to be drained; whether they are.
-    pub fn wait_drained(&self, n: usize, d: Duration) -> bool {
-        let count = self.drained.lock().unwrap_or_else(|e| e.into_inner());
-        let (count, _) = self
+    /// Waits at most `d` for every shard of `0..n` that is not `gone` (its thread ended:
+    /// it will never say so) to be drained; whether they are.
+    pub fn wait_drained(&self, n: usize, gone: impl Fn(usize) -> bool, d: Duration) -> bool {
+        let done = |ids: &mut Vec<usize>| (0..n).all(|i| gone(i) || ids.contains(&i));
+        let ids = self.drained.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut ids, _) = self
             .changed
-            .wait_timeout_while(count, d, |c| *c < n)
+            .wait_timeout_while(ids, d, |ids| !done(ids))
             .unwrap_or_else(|e| e.into_inner());
-        *count >= n
+        done(&mut ids)
     }
 
     /// Lets the drained shards end (nothing sends them commands any more); wake them after.
@@ -60,8 +63,11 @@ impl DrainEnd {
         self.released.load(Relaxed)
     }
 
-    fn say_drained(&self) {
-        *self.drained.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+    fn say_drained(&self, shard: usize) {
+        self.drained
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(shard);
         self.changed.notify_all();
     }
 }
@@ -99,7 +105,7 @@ impl Shard {
             self.abandon_all();
             self.drained = true;
             self.drain_turns = Turns::default();
-            self.shared.drain_end.say_drained();
+            self.shared.drain_end.say_drained(self.id);
         }
         self.drained && self.shared.drain_end.released()
     }
@@ -158,12 +164,17 @@ mod tests {
     #[test]
     fn the_server_waits_for_every_shard_to_say_it_is_drained() {
         let end = std::sync::Arc::new(DrainEnd::new());
-        assert!(!end.wait_drained(2, Duration::ZERO));
-        end.say_drained();
-        assert!(!end.wait_drained(2, Duration::from_millis(1)));
+        let none_gone = |_| false;
+        assert!(!end.wait_drained(2, none_gone, Duration::ZERO));
+        end.say_drained(0);
+        assert!(!end.wait_drained(2, none_gone, Duration::from_millis(1)));
+        // A shard whose thread ended never says so; one that said so and then ended counts
+        // once (it does not stand in for another).
+        assert!(end.wait_drained(2, |i| i == 1, Duration::ZERO));
+        assert!(!end.wait_drained(2, |i| i == 0, Duration::ZERO));
         let other = std::sync::Arc::clone(&end);
-        let t = std::thread::spawn(move || other.say_drained());
-        assert!(end.wait_drained(2, Duration::from_secs(30)));
+        let t = std::thread::spawn(move || other.say_drained(1));
+        assert!(end.wait_drained(2, none_gone, Duration::from_secs(30)));
         t.join().unwrap();
         assert_eq!(end.drained(), 2);
         assert!(!end.released());
