@@ -58,20 +58,29 @@ const RETRY_MAX: usize = PUBLISH_QUEUE;
 struct Outgoing {
     cmd: PublishCmd,
     mark: Option<u64>,
+    /// The mark is one a round trip without an answer carried: Redis may have applied
+    /// the push under it, so a retry after a refusal keeps it (under a new one the push
+    /// would be applied twice).
+    kept: bool,
 }
 
 impl From<PublishCmd> for Outgoing {
     fn from(cmd: PublishCmd) -> Outgoing {
-        Outgoing { cmd, mark: None }
+        Outgoing {
+            cmd,
+            mark: None,
+            kept: false,
+        }
     }
 }
 
 /// A push answered 202 going out again: its retry (streams not reached), or its round
-/// trip sent again with its mark.
+/// trip sent again, with the mark it keeps.
 fn again(push: ParsedPush, mark: Option<u64>) -> Outgoing {
     Outgoing {
         cmd: PublishCmd { push, ticket: None },
         mark,
+        kept: mark.is_some(),
     }
 }
 
@@ -175,10 +184,10 @@ impl Publisher {
                     RETRIES_PER_ROUND
                 };
                 while retried < share && batch.len() < BATCH {
-                    let Some(push) = self.retry.pop_front() else {
+                    let Some((push, mark)) = self.retry.pop_front() else {
                         break;
                     };
-                    batch.push(again(push, None));
+                    batch.push(again(push, mark));
                     retried += 1;
                 }
             }
@@ -288,9 +297,9 @@ impl Publisher {
                         .into(),
                     );
                 }
-                self.retry.push_back(later);
+                self.retry.push_back(later, None);
             }
-            _ => self.retry.push_back(cmd.push),
+            _ => self.retry.push_back(cmd.push, None),
         }
     }
 
@@ -513,10 +522,13 @@ impl Publisher {
                 (None, Ok(_), _) => {}
                 (None, Err(_), Some(refused)) => {
                     if let Some(push) = retry_part(&o.cmd.push, &refused) {
+                        // A refusal of a push sent again under its kept mark says nothing
+                        // of the round trip that went unanswered: it keeps the mark.
+                        let mark = o.mark.filter(|_| o.kept);
                         if i < resent + retried {
-                            older.push(push);
+                            older.push((push, mark));
                         } else {
-                            self.retry.push_back(push);
+                            self.retry.push_back(push, mark);
                         }
                         refusals += 1;
                     }
@@ -577,7 +589,7 @@ impl Publisher {
         while let Ok(cmd) = self.rx.try_recv() {
             match cmd.ticket {
                 Some(t) => self.answer(t, Err("Redis is unavailable".into())),
-                None => self.retry.push_back(cmd.push),
+                None => self.retry.push_back(cmd.push, None),
             }
         }
         let _ = self.replies.waker.wake();
@@ -593,7 +605,7 @@ impl Publisher {
             match (o.cmd.ticket, o.mark) {
                 (Some(t), _) => self.answer(t, Err(why.into())),
                 (None, Some(mark)) => self.unanswered.insert(0, (o.cmd.push, mark)),
-                (None, _) => first.push(o.cmd.push),
+                (None, _) => first.push((o.cmd.push, None)),
             }
         }
         first.reverse();
@@ -613,7 +625,7 @@ impl Publisher {
                 (Some(t), _) => self.answer(t, Err(PublishError::Unanswered(why.clone()))),
                 (None, Some(mark)) => self.unanswered.push((o.cmd.push, mark)),
                 // Every push answered 202 has its mark by now.
-                (None, None) => unmarked.push(o.cmd.push),
+                (None, None) => unmarked.push((o.cmd.push, None)),
             }
         }
         self.retry.put_first(unmarked);

@@ -17,9 +17,13 @@ use super::keys::StreamRef;
 use super::script::streams;
 use crate::api::ParsedPush;
 
+/// A push waiting to be tried again, with the producer mark it keeps (one from a round trip
+/// that went unanswered: Redis may have applied it then, so it goes again under that mark).
+pub(crate) type Retry = (ParsedPush, Option<u64>);
+
 /// Pushes waiting to be tried again, and the streams they hold up.
 pub(crate) struct Retries {
-    queue: VecDeque<ParsedPush>,
+    queue: VecDeque<Retry>,
     /// Entries in `queue` per stream key.
     held: HashMap<u64, u32, FxBuildHasher>,
     /// Keys the hash of stream names (a hash the API's callers cannot aim at).
@@ -47,25 +51,25 @@ impl Retries {
     }
 
     /// Queues `push` last: the newest.
-    pub(crate) fn push_back(&mut self, push: ParsedPush) {
+    pub(crate) fn push_back(&mut self, push: ParsedPush, mark: Option<u64>) {
         self.count(&push, true);
-        self.queue.push_back(push);
+        self.queue.push_back((push, mark));
     }
 
     /// Queues `pushes` first, in their order: they are older than every push waiting (taken
     /// from the front, or sent before these were queued).
-    pub(crate) fn put_first(&mut self, pushes: Vec<ParsedPush>) {
-        for push in pushes.into_iter().rev() {
-            self.count(&push, true);
-            self.queue.push_front(push);
+    pub(crate) fn put_first(&mut self, pushes: Vec<Retry>) {
+        for retry in pushes.into_iter().rev() {
+            self.count(&retry.0, true);
+            self.queue.push_front(retry);
         }
     }
 
     /// Takes the oldest push; its streams are no longer held by it.
-    pub(crate) fn pop_front(&mut self) -> Option<ParsedPush> {
-        let push = self.queue.pop_front()?;
-        self.count(&push, false);
-        Some(push)
+    pub(crate) fn pop_front(&mut self) -> Option<Retry> {
+        let retry = self.queue.pop_front()?;
+        self.count(&retry.0, false);
+        Some(retry)
     }
 
     /// The key a stream is counted under.
@@ -116,15 +120,15 @@ mod tests {
         let mut r = Retries::new();
         let ann = r.key(StreamRef::User("ann"));
         let room = r.key(StreamRef::Topic("ann"));
-        r.push_back(push(users(&["ann", "bo"])));
-        r.push_back(push(Target::User("ann".into())));
-        r.push_back(push(Target::Broadcast));
+        r.push_back(push(users(&["ann", "bo"])), None);
+        r.push_back(push(Target::User("ann".into())), Some(3));
+        r.push_back(push(Target::Broadcast), None);
         assert!(r.holds(ann));
         assert!(!r.holds(room), "a topic is not the user of the same name");
         r.pop_front();
         assert!(r.holds(ann), "one push to ann still waits");
         assert!(!r.holds(r.key(StreamRef::User("bo"))));
-        r.pop_front();
+        assert_eq!(r.pop_front().map(|(_, mark)| mark), Some(Some(3)));
         assert!(!r.holds(ann));
         assert_eq!(r.len(), 1);
         r.pop_front();
@@ -134,12 +138,13 @@ mod tests {
     #[test]
     fn pushes_put_first_keep_their_order_ahead_of_the_queue() {
         let mut r = Retries::new();
-        r.push_back(push(Target::User("c".into())));
+        r.push_back(push(Target::User("c".into())), None);
         r.put_first(vec![
-            push(Target::User("a".into())),
-            push(Target::Topic("b".into())),
+            (push(Target::User("a".into())), None),
+            (push(Target::Topic("b".into())), None),
         ]);
-        let order: Vec<Target> = std::iter::from_fn(|| r.pop_front().map(|p| p.target)).collect();
+        let order: Vec<Target> =
+            std::iter::from_fn(|| r.pop_front().map(|(p, _)| p.target)).collect();
         assert_eq!(
             order,
             [
