@@ -666,7 +666,8 @@ pub struct RedisCa {
     pub certs: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
-/// Checks an `events_url`: `http://` or `https://` with a host.
+/// Checks an `events_url`: `http://` or `https://`, a valid URL (the parser the events
+/// client uses) with a host, and a port from 1 to 65535 when one is given.
 pub fn check_events_url(url: &str) -> Result<(), String> {
     let rest = url
         .strip_prefix("http://")
@@ -676,7 +677,37 @@ pub fn check_events_url(url: &str) -> Result<(), String> {
     if host.is_empty() || host.contains(char::is_whitespace) {
         return Err(format!("{url:?} has no host"));
     }
+    let uri: ureq::http::Uri = url
+        .parse()
+        .map_err(|e| format!("{url:?} is not a valid URL: {e}"))?;
+    let authority = uri
+        .authority()
+        .filter(|a| !a.host().is_empty())
+        .ok_or_else(|| format!("{url:?} has no host"))?;
+    // What follows the host is the port, when there is one (the parser takes any digits).
+    let after_host = authority
+        .as_str()
+        .rsplit_once('@')
+        .map_or(authority.as_str(), |(_, h)| h)
+        .strip_prefix(authority.host())
+        .unwrap_or("");
+    if let Some(port) = after_host.strip_prefix(':') {
+        if !port.is_empty() && !matches!(port.parse::<u16>(), Ok(1..)) {
+            return Err(format!("{url:?}: the port must be from 1 to 65535"));
+        }
+    }
     Ok(())
+}
+
+/// Checks an `events_key`: sent in a header, it must be visible ASCII (a key read from a
+/// file often ends with a newline).
+pub fn check_events_key(key: &str) -> Result<(), String> {
+    match key.bytes().position(|b| !b.is_ascii_graphic()) {
+        None => Ok(()),
+        Some(i) => Err(format!(
+            "must be visible ASCII characters only (byte {i} is not; a trailing newline?)"
+        )),
+    }
 }
 
 /// The Kafka ingress (docs/protocol.md 7).
@@ -1410,6 +1441,13 @@ impl Config {
         if let Some(url) = &events_url {
             check_events_url(url).map_err(|e| invalid("events_url", e))?;
         }
+        let events_key = args
+            .events_key
+            .or(file.events_key)
+            .filter(|k| !k.is_empty());
+        if let Some(key) = &events_key {
+            check_events_key(key).map_err(|e| invalid("events_key", e))?;
+        }
         let events_ca_path = args.events_ca.or(file.events_ca);
         let events_ca = match &events_ca_path {
             None => Vec::new(),
@@ -1472,10 +1510,7 @@ impl Config {
             client_rate: args.client_rate.or(file.client_rate).unwrap_or(100),
             max_client_data_bytes,
             events_url,
-            events_key: args
-                .events_key
-                .or(file.events_key)
-                .filter(|k| !k.is_empty()),
+            events_key,
             events_ca,
             events_ca_path,
             lifecycle_events: args.lifecycle_events || file.lifecycle_events.unwrap_or(false),

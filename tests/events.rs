@@ -395,6 +395,14 @@ fn bad_events_settings_are_refused_by_name() {
     assert_config_refused(&[
         (&["--events-url", "ftp://x/"], "events_url"),
         (&["--events-url", "http:///path"], "events_url"),
+        (&["--events-url", "http://127.0.0.1:99999/x"], "events_url"),
+        (&["--events-url", "http://127.0.0.1:0/x"], "events_url"),
+        (&["--events-url", "http://127.0.0.1:abc/x"], "events_url"),
+        (&["--events-url", "http://[::1/x"], "events_url"),
+        (&["--events-url", "http://user@/x"], "events_url"),
+        (&["--events-key", "abc\ndef"], "events_key"),
+        (&["--events-key", "secret\n"], "events_key"),
+        (&["--events-key", "two words"], "events_key"),
         (&["--events-queue", "0"], "events_queue"),
         (&["--events-maxlen", "0"], "events_maxlen"),
         (&["--events-ca", dir.cert_path()], "events_ca"),
@@ -506,4 +514,24 @@ fn an_unreachable_upstream_shows_in_metrics_and_pushes_go_on() {
     let r = srv.push_wait(json!({"user": "a", "data": "push"}));
     assert_eq!(r["delivered"], 1, "{r}");
     assert_eq!(a.recv()["data"], "push");
+}
+
+#[test]
+fn good_events_urls_and_keys_are_taken() {
+    for url in [
+        "http://127.0.0.1:8080/events",
+        "https://[::1]:443/x?y=1",
+        "http://upstream/events",
+        "https://user@upstream.example/events",
+    ] {
+        let args = [
+            "--jwt-secret",
+            SECRET,
+            "--events-url",
+            url,
+            "--events-key",
+            "k-1.A~b/c+d=",
+        ];
+        throng::config::Config::from_args(args).unwrap_or_else(|e| panic!("{url} refused: {e}"));
+    }
 }
