@@ -24,6 +24,7 @@ pub(crate) mod http;
 pub(crate) mod json_depth;
 pub mod kafka;
 pub(crate) mod link;
+pub(crate) mod log_gate;
 pub(crate) mod memory;
 pub mod messages;
 pub mod metrics;

@@ -350,9 +350,15 @@ impl Server {
         // The Kafka ingress hands its pushes to the API thread, like HTTP.
         let (ingress, kafka_thread) = match &config.kafka {
             Some(k) => {
-                let (link, thread) =
-                    crate::kafka::spawn(k, &node_id, &metrics, &stop, Arc::clone(&api_waker))
-                        .map_err(std::io::Error::other)?;
+                let (link, thread) = crate::kafka::spawn(
+                    k,
+                    &node_id,
+                    &metrics,
+                    &stop,
+                    Arc::clone(&api_waker),
+                    config.shutdown_grace,
+                )
+                .map_err(std::io::Error::other)?;
                 (Some(link), Some(thread))
             }
             None => (None, None),

@@ -1,11 +1,13 @@
 //! The Kafka ingress (docs/protocol.md 7) against a real Kafka-protocol broker (tansu):
 //! records become pushes in order per key, offsets are committed only after delivery (a
 //! restart neither loses nor repeats), invalid records go to `<topic>.dlq` without
-//! blocking the rest, and full shard queues pause partitions instead of dropping.
+//! blocking the rest (nor other partitions, however many), full shard queues pause
+//! partitions instead of dropping, a partition paused when revoked reads again when it
+//! comes back, and a broker outage neither holds up shutdown nor leaves `up` at 0.
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::redis_server::RedisServer;
 use common::tansu::Tansu;
@@ -52,6 +54,18 @@ fn user_records(user: &str, range: std::ops::Range<u32>) -> Vec<(String, String)
             )
         })
         .collect()
+}
+
+fn produce_to(t: &Tansu, partition: i32, records: &[(String, String)]) {
+    let r: Vec<(&str, String)> = records
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    t.produce_to("throng.push", partition, &r);
+}
+
+fn kafka_ready(srv: &TestServer) -> Value {
+    srv.api("GET", "/readyz", None).json()["kafka"].clone()
 }
 
 fn produce(t: &Tansu, records: &[(String, String)]) {
@@ -314,4 +328,169 @@ fn two_cluster_nodes_in_one_group_split_the_partitions_and_deliver_through_redis
         sa["kafka"],
         sb["kafka"]
     );
+}
+
+#[test]
+fn records_over_a_mib_reach_the_dlq_cut_to_a_mib_and_the_rest_goes_on() {
+    let t = broker(1);
+    let srv = serve(&t, &[]);
+    let mut alice = srv.connect("alice");
+    let push = |i: u32| json!({"user": "alice", "data": i}).to_string();
+    produce(
+        &t,
+        &[
+            ("alice".into(), push(1)),
+            // The documented "over 1 MiB" case, then an invalid one just under 1 MiB (with
+            // its headers, over librdkafka's default record size of 1,000,000 bytes).
+            ("alice".into(), "x".repeat(1_100_000)),
+            ("alice".into(), "y".repeat(1_000_100)),
+            ("alice".into(), push(2)),
+        ],
+    );
+    assert_eq!(pushes(&mut alice, 2), vec![json!(1), json!(2)]);
+    let dlq = t.read_all("throng.push.dlq", 2);
+    assert_eq!(dlq.len(), 2);
+    assert_eq!(dlq[0].value.len(), 1 << 20, "the first MiB is kept");
+    assert!(dlq[0].value.bytes().all(|b| b == b'x'));
+    assert_eq!(dlq[0].header("size"), "1100000", "the original size");
+    assert!(
+        dlq[0].header("error").contains("1100000 bytes"),
+        "{}",
+        dlq[0].header("error")
+    );
+    assert_eq!(dlq[1].value.len(), 1_000_100, "kept whole");
+    assert_eq!(dlq[1].header("size"), "", "not cut");
+    assert_eq!(dlq[1].header("offset"), "2");
+    srv.wait_stats("done", |s| {
+        s["kafka"]["dlq"] == 2 && s["kafka"]["delivered"] == 2 && s["kafka"]["pending_bytes"] == 0
+    });
+}
+
+#[test]
+fn a_burst_of_invalid_records_does_not_hold_up_other_partitions() {
+    let t = broker(2);
+    let srv = serve(&t, &[]);
+    let mut alice = srv.connect("alice");
+    srv.wait_stats_within("partitions assigned", REBALANCE_WAIT, |s| {
+        s["kafka"]["assigned_partitions"] == 2
+    });
+    let bad: Vec<(String, String)> = (0..1000)
+        .map(|i| ("bad".to_string(), format!("not json {i}")))
+        .collect();
+    produce_to(&t, 0, &bad);
+    srv.wait_stats_within("the burst read", REBALANCE_WAIT, |s| {
+        s["kafka"]["consumed"].as_u64() >= Some(1000)
+    });
+    // Each DLQ write used to hold the whole ingress thread for 100 ms or more.
+    let start = Instant::now();
+    produce_to(&t, 1, &user_records("alice", 0..5));
+    let want: Vec<Value> = (0..5).map(|i| json!(i)).collect();
+    assert_eq!(pushes(&mut alice, 5), want);
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "the other partition waited {took:?}"
+    );
+    srv.wait_stats_within("all in the DLQ", REBALANCE_WAIT, |s| {
+        s["kafka"]["dlq"] == 1000 && s["kafka"]["dlq_in_flight"] == 0
+    });
+    let dlq = t.read_all("throng.push.dlq", 1000);
+    let offsets: Vec<String> = dlq.iter().map(|r| r.header("offset").to_string()).collect();
+    let want: Vec<String> = (0..1000).map(|i| i.to_string()).collect();
+    assert_eq!(offsets, want, "in order, each once");
+}
+
+#[test]
+fn a_missing_dlq_holds_its_partition_and_a_partition_paused_when_revoked_reads_again() {
+    // No DLQ topic: an invalid record at the front of each partition waits for it, and its
+    // partition is paused in the consumer meanwhile.
+    let t = Tansu::start();
+    t.create_topic("throng.push", 2);
+    let a = serve(&t, &[]);
+    let mut alice = a.connect("alice");
+    let mut bob = a.connect("bob");
+    let bad = |user: &str| (user.to_string(), "not json".to_string());
+    let good = |user: &str| {
+        let push = json!({"user": user, "data": "after"}).to_string();
+        (user.to_string(), push)
+    };
+    produce_to(&t, 0, &[bad("alice"), good("alice")]);
+    produce_to(&t, 1, &[bad("bob"), good("bob")]);
+    let s = a.wait_stats_within("both partitions waiting for the DLQ", REBALANCE_WAIT, |s| {
+        s["kafka"]["paused_partitions"] == 2 && s["kafka"]["dlq_failures"].as_u64() >= Some(2)
+    });
+    assert_eq!(s["kafka"]["delivered"], 0, "{s}");
+    // A second member joins: every partition is revoked while paused, and one comes back
+    // to this node; the second member leaves: both come back.
+    {
+        let b = serve(&t, &[]);
+        b.wait_stats_within("the second member assigned", REBALANCE_WAIT, |s| {
+            s["kafka"]["assigned_partitions"] == 1
+        });
+    }
+    a.wait_stats_within("both partitions back", REBALANCE_WAIT, |s| {
+        s["kafka"]["assigned_partitions"] == 2
+    });
+    // The DLQ comes: the records wait no longer, if the partitions are read at all.
+    t.create_topic("throng.push.dlq", 1);
+    assert_eq!(pushes(&mut alice, 1), vec![json!("after")]);
+    assert_eq!(pushes(&mut bob, 1), vec![json!("after")]);
+    let s = a.wait_stats_within("both in the DLQ", REBALANCE_WAIT, |s| {
+        s["kafka"]["dlq"] == 2 && s["kafka"]["paused_partitions"] == 0
+    });
+    assert_eq!(s["kafka"]["delivered"], 2, "{s}");
+    let m = a.api("GET", "/metrics", None).text();
+    assert!(m.contains("throng_kafka_dlq_failures_total "), "{m}");
+}
+
+#[test]
+fn a_stop_with_the_broker_gone_takes_the_grace_not_the_session_timeout() {
+    let t = broker(1);
+    let mut srv = serve(&t, &["--shutdown-grace-ms", "2000"]);
+    let mut alice = srv.connect("alice");
+    produce(&t, &user_records("alice", 0..3));
+    assert_eq!(pushes(&mut alice, 3).len(), 3);
+    srv.wait_stats("delivered", |s| s["kafka"]["delivered"] == 3);
+    drop(t);
+    drop(alice);
+    let server = srv.take();
+    let start = Instant::now();
+    server.shutdown();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(server.wait_checked());
+    });
+    // The commit before the partitions' revoke used to wait for the group coordinator
+    // until session.timeout.ms (45 s). Now: the drain (0.1 s), then at most the grace.
+    let stopped = rx.recv_timeout(Duration::from_secs(30));
+    let took = start.elapsed();
+    assert_eq!(stopped, Ok(Ok(())), "not stopped after {took:?}");
+    assert!(took < Duration::from_secs(6), "the stop took {took:?}");
+}
+
+#[test]
+fn kafka_is_up_again_after_a_broker_outage_with_no_record_to_read() {
+    let mut t = broker(1);
+    let srv = serve(&t, &[]);
+    assert!(
+        wait_until(REBALANCE_WAIT, || kafka_ready(&srv) == "up"),
+        "never up: {}",
+        kafka_ready(&srv)
+    );
+    t.kill();
+    assert!(
+        wait_until(REBALANCE_WAIT, || kafka_ready(&srv) == "down"),
+        "never down: {}",
+        kafka_ready(&srv)
+    );
+    // The broker returns with its storage: the group and its member are still there, so
+    // no rebalance and no record say so; librdkafka's statistics do.
+    t.restart();
+    assert!(
+        wait_until(REBALANCE_WAIT, || kafka_ready(&srv) == "up"),
+        "still down: {}",
+        srv.stats()["kafka"]
+    );
+    let m = srv.api("GET", "/metrics", None).text();
+    assert!(m.contains("throng_kafka_up 1"), "{m}");
 }

@@ -3,10 +3,14 @@
 //!
 //! Each assigned partition keeps the records read and not yet taken, in order. At most one
 //! batch per partition is at the push API at a time, so a refusal (shard queues full)
-//! can be retried from the refused record without reordering: the partition pauses for
-//! `RETRY_AFTER` and is paused in the consumer too, so librdkafka stops fetching it.
+//! can be retried from the refused record without reordering, `RETRY_AFTER` later. Invalid
+//! records at a partition's front go to the DLQ without waiting (see `dlq`); the records
+//! behind them go once the broker confirmed the copies. The offsets of done records go to
+//! librdkafka's offset store, and librdkafka commits them (asynchronously, every
+//! `COMMIT_EVERY_MS`, when partitions are revoked and at close), counting an offset
+//! committed only once the broker took it, and committing again what failed.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,28 +18,24 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mio::{Events, Poll, Token, Waker};
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::Message;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use super::dlq::Dlq;
-use super::offsets::Progress;
+use super::dlq::{Dlq, Invalid};
+use super::partition::{should_pause, DlqWrite, Partition, Record, WriteState};
 use crate::api::{parse_push, ParsedPush};
 use crate::command::{IngressAnswer, IngressBatch};
 use crate::config::{KafkaConfig, MAX_API_BODY_BYTES};
+use crate::log_gate::LogGate;
 use crate::metrics::Metrics;
 
 /// The waker's token.
 pub(super) const WAKER: Token = Token(0);
 /// Most records in one batch to the push API.
 const BATCH: usize = 512;
-/// Records read and not yet taken, per partition, above which it is paused.
-const PENDING_HIGH: usize = 10_000;
-/// Bytes of records read and not yet taken, per partition, above which it is paused
-/// (10,000 records of up to 1 MiB would otherwise be 10 GiB).
-const PENDING_BYTES_HIGH: usize = 64 << 20;
 // Over all partitions the bound is `kafka_max_buffered_bytes` (128 MiB by default): the
 // bound for the process (with per-partition bounds alone, a node assigned 100 partitions
 // could hold 6.4 GiB). It may be passed by what one loop turn reads, which librdkafka's
@@ -45,17 +45,32 @@ const PENDING_BYTES_HIGH: usize = 64 << 20;
 const PREFETCH_KBYTES: &str = "65536";
 /// After a refusal, how long a partition waits before its records go again.
 const RETRY_AFTER: Duration = Duration::from_millis(50);
-/// How often offsets are committed.
-const COMMIT_EVERY: Duration = Duration::from_millis(200);
-/// How often librdkafka reports its statistics (the lag metrics), in milliseconds.
+/// How often librdkafka commits the stored offsets, in milliseconds.
+const COMMIT_EVERY_MS: &str = "200";
+/// How often librdkafka reports its statistics (the lag metrics, and whether the
+/// consumer reaches its brokers), in milliseconds.
 const STATS_EVERY_MS: &str = "5000";
 /// Longest wait of a fetch for new records: pushes are latency-sensitive, and a broker
 /// that holds a fetch until this passes would add it to every push.
 const FETCH_WAIT_MS: &str = "10";
 /// The longest wait for an event.
 const TICK: Duration = Duration::from_millis(100);
+/// The longest wait for an event while DLQ writes are in flight (their reports wake
+/// nothing: they are polled).
+const DLQ_TICK: Duration = Duration::from_millis(5);
 /// Most records taken from the consumer per loop turn.
 const READ_BUDGET: usize = 4096;
+/// Most DLQ writes one partition starts per loop turn.
+const DLQ_RUN: usize = 64;
+/// A failing DLQ or commit is logged once, then at most this often.
+const LOG_EVERY: Duration = Duration::from_secs(60);
+/// At stop, the least time the last DLQ writes and the close (with its commit) get,
+/// whatever `shutdown_grace_ms`.
+const MIN_FINISH: Duration = Duration::from_secs(1);
+/// At stop, each wait for DLQ reports.
+const FINISH_POLL: Duration = Duration::from_millis(20);
+/// At start, how long the brokers may take to say whether the DLQ topic exists.
+const DLQ_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The ingress's end of its link to the push API.
 pub(super) struct ApiLink {
@@ -67,62 +82,33 @@ pub(super) struct ApiLink {
     pub waker: Arc<Waker>,
 }
 
-/// A record read and not yet taken.
-struct Record {
-    offset: i64,
-    key: Option<Vec<u8>>,
-    value: Vec<u8>,
+/// When the ingress stops: once `flag` is set, taking at most `grace` then
+/// (`shutdown_grace_ms`, at least `MIN_FINISH`).
+pub(super) struct Stop {
+    /// Set when the server stops.
+    pub flag: Arc<AtomicBool>,
+    /// How long the last DLQ writes and the close may take.
+    pub grace: Duration,
 }
 
-/// One assigned partition.
-#[derive(Default)]
-struct Partition {
-    pending: VecDeque<Record>,
-    /// Bytes of `pending`'s keys and values.
-    pending_bytes: usize,
-    progress: Progress,
-    /// The batch at the push API: its id and how many records it holds.
-    in_flight: Option<(u64, usize)>,
-    /// After a refusal: not before then.
-    retry_at: Option<Instant>,
-    /// Paused in the consumer.
-    paused: bool,
-}
-
-impl Record {
-    fn size(&self) -> usize {
-        self.value.len() + self.key.as_ref().map_or(0, Vec::len)
-    }
-}
-
-/// Whether partition `p` should be paused in the consumer: while it waits to retry a
-/// refused batch, while it holds too many records or bytes read and not yet taken, and
-/// while all partitions together hold `total_bytes` at or above the process's bound
-/// `max_total` (which bounds one partition too when it is the smaller).
-fn should_pause(waiting: bool, p: &Partition, total_bytes: usize, max_total: usize) -> bool {
-    waiting
-        || p.pending.len() >= PENDING_HIGH
-        || p.pending_bytes >= PENDING_BYTES_HIGH.min(max_total)
-        || total_bytes >= max_total
-}
-
-impl Partition {
-    /// Takes the oldest pending record.
-    fn pop_front(&mut self) -> Option<Record> {
-        let r = self.pending.pop_front()?;
-        self.pending_bytes -= r.size();
-        Some(r)
-    }
-}
-
-/// What the rebalance callbacks and the loop share (both run on the ingress thread; the
-/// lock is never contended).
-#[derive(Default)]
+/// What the consumer's callbacks and the loop share (both run on the ingress thread, or
+/// on the thread that closes the consumer; the lock is never contended).
 struct Shared {
     partitions: HashMap<i32, Partition>,
+    /// Failed commits, logged once a minute.
+    commit_log: LogGate,
 }
 
-/// The consumer's callbacks: rebalances and client errors.
+impl Default for Shared {
+    fn default() -> Shared {
+        Shared {
+            partitions: HashMap::new(),
+            commit_log: LogGate::new(LOG_EVERY),
+        }
+    }
+}
+
+/// The consumer's callbacks: rebalances, commits, statistics and client errors.
 struct Context {
     topic: String,
     shared: Arc<Mutex<Shared>>,
@@ -130,9 +116,23 @@ struct Context {
 }
 
 impl ClientContext for Context {
-    /// Lag per partition from librdkafka's own statistics (every `STATS_EVERY_MS`, on this
-    /// thread, with no request of its own): the high watermark minus the committed offset.
+    /// From librdkafka's own statistics (every `STATS_EVERY_MS`, on this thread, with no
+    /// request of its own): lag per partition (the high watermark minus the committed
+    /// offset), and whether the consumer reaches its brokers, which an idle topic shows
+    /// no other way.
     fn stats(&self, stats: rdkafka::Statistics) {
+        // Up: a broker connected, the group's coordinator found, and the topic known.
+        let up = stats.brokers.values().any(|b| b.state == "UP")
+            && stats.cgrp.as_ref().is_some_and(|g| g.state == "up")
+            && stats.topics.contains_key(&self.topic);
+        let was = self.metrics.kafka.up.swap(up, Relaxed);
+        if up && !was {
+            tracing::info!("Kafka consumer reaches its brokers");
+        } else if !up && was {
+            tracing::warn!(
+                "Kafka consumer lost its brokers or its group coordinator; it reconnects by itself"
+            );
+        }
         let Some(topic) = stats.topics.get(&self.topic) else {
             return;
         };
@@ -165,9 +165,11 @@ impl ClientContext for Context {
 }
 
 impl ConsumerContext for Context {
-    /// Before partitions go to another member: commit what was delivered, so the new
-    /// owner starts right after it (records still at the push API may then come twice:
-    /// push ids make that invisible to clients).
+    /// Before partitions go to another member: store the offsets of what was done, which
+    /// librdkafka commits as it unassigns them, holding the group's next assignment until
+    /// the commit is answered, so the new owner starts right after it (records still at the
+    /// push API may then come twice: push ids make that invisible to clients). Nothing here
+    /// waits for the broker.
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Revoke(tpl) = rebalance else {
             return;
@@ -175,11 +177,13 @@ impl ConsumerContext for Context {
         let Ok(mut shared) = self.shared.lock() else {
             return;
         };
-        let mut commit = TopicPartitionList::new();
+        // Lost partitions may have another owner already: their offsets are not ours.
+        let lost = consumer.assignment_lost();
+        let mut store = TopicPartitionList::new();
         for e in tpl.elements() {
             if let Some(p) = shared.partitions.remove(&e.partition()) {
-                if let Some(next) = p.progress.position() {
-                    let _ = commit.add_partition_offset(
+                if let (false, Some(next)) = (lost, p.progress.to_store()) {
+                    let _ = store.add_partition_offset(
                         &self.topic,
                         e.partition(),
                         Offset::Offset(next),
@@ -187,11 +191,10 @@ impl ConsumerContext for Context {
                 }
             }
         }
-        if commit.count() > 0 {
-            if let Err(e) = consumer.commit(&commit, CommitMode::Sync) {
-                tracing::warn!(error = %e, "could not commit before partitions were revoked");
+        if store.count() > 0 {
+            if let Err(e) = consumer.store_offsets(&store) {
+                tracing::warn!(error = %e, "could not store offsets before partitions were revoked");
             }
-            self.metrics.kafka.commits.fetch_add(1, Relaxed);
         }
         self.metrics
             .kafka
@@ -199,25 +202,58 @@ impl ConsumerContext for Context {
             .store(shared.partitions.len() as u64, Relaxed);
     }
 
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Assign(tpl) = rebalance else {
             return;
         };
+        let n = {
+            let Ok(mut shared) = self.shared.lock() else {
+                return;
+            };
+            for e in tpl.elements() {
+                shared.partitions.entry(e.partition()).or_default();
+            }
+            shared.partitions.len()
+        };
+        // librdkafka keeps a partition paused across its revoke and a new assignment, and
+        // its `Partition` here starts unpaused: resume them so both agree (resuming a
+        // partition that is not paused does nothing).
+        if tpl.count() > 0 {
+            if let Err(e) = consumer.resume(tpl) {
+                tracing::warn!(error = %e, "could not resume the assigned Kafka partitions");
+            }
+        }
+        self.metrics.kafka.up.store(true, Relaxed);
+        self.metrics.kafka.assigned.store(n as u64, Relaxed);
+        tracing::info!(partitions = n, "Kafka partitions assigned");
+    }
+
+    /// A commit's answer. librdkafka counts an offset committed only once the broker took
+    /// it, and commits again what was not: here it is counted and, when it failed, logged.
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        let failure = result.err().map(|e| e.to_string()).or_else(|| {
+            offsets
+                .elements()
+                .iter()
+                .find_map(|e| e.error().err().map(|e| e.to_string()))
+        });
         let Ok(mut shared) = self.shared.lock() else {
             return;
         };
-        for e in tpl.elements() {
-            shared.partitions.entry(e.partition()).or_default();
+        match failure {
+            Some(error) => {
+                self.metrics.kafka.commit_failures.fetch_add(1, Relaxed);
+                if let Some(held) = shared.commit_log.fail(Instant::now()) {
+                    tracing::warn!(%error, held_back = held, "Kafka offset commit failed; librdkafka commits the offsets again");
+                }
+            }
+            None => {
+                self.metrics.kafka.commits.fetch_add(1, Relaxed);
+                if shared.commit_log.recover() {
+                    tracing::info!("Kafka offset commits go through again");
+                }
+            }
         }
-        self.metrics.kafka.up.store(true, Relaxed);
-        self.metrics
-            .kafka
-            .assigned
-            .store(shared.partitions.len() as u64, Relaxed);
-        tracing::info!(
-            partitions = shared.partitions.len(),
-            "Kafka partitions assigned"
-        );
     }
 }
 
@@ -230,11 +266,13 @@ pub(super) struct Ingress {
     api: ApiLink,
     shared: Arc<Mutex<Shared>>,
     metrics: Arc<Metrics>,
-    stop: Arc<AtomicBool>,
-    next_batch: u64,
-    last_commit: Instant,
+    stop: Stop,
+    /// Names the next batch to the API, or DLQ write.
+    next_id: u64,
     /// `kafka_max_buffered_bytes`.
     max_buffered: usize,
+    /// Failed DLQ writes, logged once a minute.
+    dlq_log: LogGate,
 }
 
 impl Ingress {
@@ -246,7 +284,7 @@ impl Ingress {
         waker: Arc<Waker>,
         api: ApiLink,
         metrics: Arc<Metrics>,
-        stop: Arc<AtomicBool>,
+        stop: Stop,
     ) -> Result<Ingress, KafkaError> {
         let shared = Arc::new(Mutex::new(Shared::default()));
         let context = Context {
@@ -258,8 +296,10 @@ impl Ingress {
             .set("bootstrap.servers", &config.brokers)
             .set("group.id", &config.group)
             .set("client.id", format!("throng-{node}"))
-            // Offsets are committed by hand, only past what the shards took.
-            .set("enable.auto.commit", "false")
+            // Offsets are stored by hand, only past what the shards took; librdkafka
+            // commits what is stored.
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", COMMIT_EVERY_MS)
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
@@ -281,17 +321,19 @@ impl Ingress {
             shared,
             metrics,
             stop,
-            next_batch: 1,
-            last_commit: Instant::now(),
+            next_id: 1,
             max_buffered: config.max_buffered_bytes,
+            dlq_log: LogGate::new(LOG_EVERY),
         })
     }
 
-    /// Runs until the server stops, then commits what was delivered.
+    /// Runs until the server stops, then closes the consumer, which commits what was done.
     pub(super) fn run(mut self) {
+        self.check_dlq_topic();
         let mut events = Events::with_capacity(8);
-        while !self.stop.load(Relaxed) {
-            if let Err(e) = self.poll.poll(&mut events, Some(TICK)) {
+        while !self.stop.flag.load(Relaxed) {
+            let wait = self.next_wait();
+            if let Err(e) = self.poll.poll(&mut events, Some(wait)) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     tracing::error!(error = %e, "Kafka ingress poll failed; it stops");
                     break;
@@ -299,18 +341,46 @@ impl Ingress {
             }
             self.read();
             self.take_answers();
+            self.take_dlq_reports(Duration::ZERO);
             self.dispatch();
-            if self.last_commit.elapsed() >= COMMIT_EVERY {
-                self.last_commit = Instant::now();
-                self.commit(CommitMode::Async);
-            }
+            self.store();
         }
-        // What the API took before it stopped is delivered: commit it.
-        self.take_answers();
-        self.commit(CommitMode::Sync);
+        self.finish();
     }
 
-    /// Takes what the consumer has (serving rebalances and errors on the way).
+    /// How long the loop may wait for an event: until the next partition's retry is due,
+    /// and not long while DLQ reports are awaited (they wake nothing: they are polled).
+    fn next_wait(&self) -> Duration {
+        let tick = if self.dlq.in_flight() > 0 {
+            DLQ_TICK
+        } else {
+            TICK
+        };
+        let now = Instant::now();
+        self.shared
+            .lock()
+            .ok()
+            .and_then(|s| s.partitions.values().filter_map(|p| p.retry_at).min())
+            .map_or(tick, |t| tick.min(t.saturating_duration_since(now)))
+    }
+
+    /// Says at start when `<topic>.dlq` is missing: invalid records would wait for it.
+    fn check_dlq_topic(&self) {
+        match self.dlq.topic_exists(DLQ_CHECK_TIMEOUT) {
+            Some(false) => tracing::error!(
+                topic = self.dlq.topic(),
+                "the Kafka DLQ topic does not exist: create it. Until then an invalid record \
+                 stops its partition (it waits for the DLQ; throng_kafka_dlq_failures_total counts the tries)"
+            ),
+            Some(true) => {}
+            None => tracing::debug!(
+                topic = self.dlq.topic(),
+                "could not check that the Kafka DLQ topic exists: no broker answered"
+            ),
+        }
+    }
+
+    /// Takes what the consumer has (serving rebalances, commits and errors on the way).
     fn read(&mut self) {
         for _ in 0..READ_BUDGET {
             match self.consumer.poll(Duration::ZERO) {
@@ -331,8 +401,7 @@ impl Ingress {
                     if let Ok(mut shared) = self.shared.lock() {
                         // A record of a partition revoked meanwhile is the new owner's.
                         if let Some(p) = shared.partitions.get_mut(&partition) {
-                            p.pending_bytes += record.size();
-                            p.pending.push_back(record);
+                            p.push(record);
                         }
                     }
                 }
@@ -356,11 +425,7 @@ impl Ingress {
                 continue;
             };
             p.in_flight = None;
-            for _ in 0..a.accepted {
-                if let Some(r) = p.pop_front() {
-                    p.progress.done(r.offset);
-                }
-            }
+            p.taken(a.accepted);
             self.metrics
                 .kafka
                 .delivered
@@ -373,8 +438,55 @@ impl Ingress {
         }
     }
 
-    /// Sends each ready partition's next records to the push API; invalid ones go to the
-    /// DLQ first. Pauses and resumes partitions in the consumer for backpressure.
+    /// Applies the DLQ's delivery reports (waiting up to `wait` for the first): confirmed
+    /// copies make their records done, front first; a copy too large goes again cut
+    /// further; any other failure makes its partition wait, and goes again later.
+    fn take_dlq_reports(&mut self, wait: Duration) {
+        let reports = self.dlq.poll(wait);
+        self.metrics
+            .kafka
+            .dlq_in_flight
+            .store(self.dlq.in_flight() as u64, Relaxed);
+        if reports.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let Ok(mut shared) = self.shared.lock() else {
+            return;
+        };
+        for r in reports {
+            // Its partition may have been revoked (and even assigned again) meanwhile.
+            let Some(p) = shared.partitions.get_mut(&r.partition) else {
+                continue;
+            };
+            if let Some(error) = p.dlq_report(r.id, r.result, now) {
+                self.metrics.kafka.dlq_failures.fetch_add(1, Relaxed);
+                if let Some(held) = self.dlq_log.fail(now) {
+                    tracing::warn!(
+                        %error,
+                        partition = r.partition,
+                        held_back = held,
+                        "could not write an invalid Kafka record to the DLQ; its partition \
+                         waits and the write is tried again"
+                    );
+                }
+            }
+        }
+        let mut done = 0;
+        for p in shared.partitions.values_mut() {
+            done += p.finish_dlq();
+        }
+        self.metrics.kafka.dlq.fetch_add(done as u64, Relaxed);
+        if !shared.partitions.values().any(|p| p.stalled) && self.dlq_log.recover() {
+            tracing::info!(
+                topic = self.dlq.topic(),
+                "the Kafka DLQ takes records again"
+            );
+        }
+    }
+
+    /// Sends each ready partition's next records to the push API, or its invalid front
+    /// records to the DLQ. Pauses and resumes partitions in the consumer for backpressure.
     fn dispatch(&mut self) {
         let now = Instant::now();
         let shared = Arc::clone(&self.shared);
@@ -391,22 +503,26 @@ impl Ingress {
             .pending_bytes
             .store(total_bytes as u64, Relaxed);
         for (&partition, p) in shared.partitions.iter_mut() {
-            let waiting = p.retry_at.is_some_and(|t| now < t);
-            if !waiting {
+            if p.retry_at.is_some_and(|t| now >= t) {
                 p.retry_at = None;
             }
-            if p.in_flight.is_none() && !waiting && !p.pending.is_empty() {
-                if let Some(batch) = self.next_batch(partition, p) {
-                    match self.api.batches.try_send(batch) {
-                        Ok(()) => sent = true,
-                        Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                            // The API is behind: the records stay, in order.
-                            p.in_flight = None;
+            if p.in_flight.is_none() && p.retry_at.is_none() {
+                if p.at_dlq.is_empty() {
+                    if let Some(batch) = self.next_batch(p) {
+                        match self.api.batches.try_send(batch) {
+                            Ok(()) => sent = true,
+                            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                                // The API is behind: the records stay, in order.
+                                p.in_flight = None;
+                            }
                         }
                     }
                 }
+                if p.in_flight.is_none() {
+                    self.send_to_dlq(partition, p);
+                }
             }
-            let want_paused = should_pause(waiting, p, total_bytes, self.max_buffered);
+            let want_paused = should_pause(p, total_bytes, self.max_buffered);
             if want_paused != p.paused {
                 let list = if want_paused { &mut pause } else { &mut resume };
                 let _ = list.add_partition(&self.topic, partition);
@@ -426,14 +542,18 @@ impl Ingress {
             }
         }
         self.metrics.kafka.paused.store(paused, Relaxed);
+        self.metrics
+            .kafka
+            .dlq_in_flight
+            .store(self.dlq.in_flight() as u64, Relaxed);
         if sent {
             let _ = self.api.waker.wake();
         }
     }
 
-    /// The partition's next batch: its valid records from the front, up to `BATCH`; an
-    /// invalid record at the front goes to the DLQ (and is done) first.
-    fn next_batch(&mut self, partition: i32, p: &mut Partition) -> Option<IngressBatch> {
+    /// The partition's next batch: its valid records from the front, up to `BATCH`; none
+    /// when the front record is invalid (it goes to the DLQ first).
+    fn next_batch(&mut self, p: &mut Partition) -> Option<IngressBatch> {
         let mut pushes: Vec<ParsedPush> = Vec::new();
         while pushes.len() < BATCH {
             let Some(r) = p.pending.get(pushes.len()) else {
@@ -441,41 +561,74 @@ impl Ingress {
             };
             match parse_record(&r.value) {
                 Ok(push) => pushes.push(push),
-                Err(error) if pushes.is_empty() => {
-                    if let Err(e) =
-                        self.dlq
-                            .send(r.key.as_deref(), &r.value, &error, partition, r.offset)
-                    {
-                        tracing::warn!(error = %e, "could not write to the DLQ; retrying");
-                        p.retry_at = Some(Instant::now() + RETRY_AFTER);
-                        return None;
-                    }
-                    self.metrics.kafka.dlq.fetch_add(1, Relaxed);
-                    if let Some(r) = p.pop_front() {
-                        p.progress.done(r.offset);
-                    }
-                }
-                // Sent after the valid ones before it are taken.
+                // Goes to the DLQ after the valid ones before it are taken.
                 Err(_) => break,
             }
         }
         if pushes.is_empty() {
             return None;
         }
-        let id = self.next_batch;
-        self.next_batch += 1;
+        let id = self.next_id;
+        self.next_id += 1;
         p.in_flight = Some((id, pushes.len()));
         Some(IngressBatch { id, pushes })
     }
 
-    /// Commits each partition's offset past its delivered records. The lock is not held
-    /// across the call into librdkafka, whose callbacks take it too.
-    fn commit(&mut self, mode: CommitMode) {
+    /// Writes the partition's invalid front records to the DLQ: again those that failed,
+    /// once every write has its report, or else the next ones, up to the first valid record.
+    fn send_to_dlq(&mut self, partition: i32, p: &mut Partition) {
+        if p.dlq_retry_due() {
+            for i in 0..p.at_dlq.len() {
+                if p.at_dlq[i].state != WriteState::Failed {
+                    continue;
+                }
+                let Some(r) = p.pending.get(i) else {
+                    return;
+                };
+                let id = self.next_id;
+                let error = parse_record(&r.value).err().unwrap_or_default();
+                let invalid = invalid(r, &error, partition);
+                if !self.dlq.send(id, &invalid, p.at_dlq[i].cut) {
+                    return;
+                }
+                self.next_id += 1;
+                p.at_dlq[i].id = id;
+                p.at_dlq[i].state = WriteState::InFlight;
+            }
+            return;
+        }
+        if p.at_dlq.iter().any(|w| w.state == WriteState::Failed) {
+            // Waits for the rest of its reports before going again.
+            return;
+        }
+        for _ in 0..DLQ_RUN {
+            let Some(r) = p.pending.get(p.at_dlq.len()) else {
+                return;
+            };
+            let Err(error) = parse_record(&r.value) else {
+                return;
+            };
+            let id = self.next_id;
+            if !self.dlq.send(id, &invalid(r, &error, partition), 0) {
+                return;
+            }
+            self.next_id += 1;
+            p.at_dlq.push_back(DlqWrite {
+                id,
+                state: WriteState::InFlight,
+                cut: 0,
+            });
+        }
+    }
+
+    /// Hands each partition's offset past its done records to the offset store, when it
+    /// moved. The lock is not held across the call into librdkafka.
+    fn store(&mut self) {
         let mut tpl = TopicPartitionList::new();
         let mut moved = Vec::new();
         if let Ok(shared) = self.shared.lock() {
             for (&partition, p) in &shared.partitions {
-                if let Some(next) = p.progress.to_commit() {
+                if let Some(next) = p.progress.to_store() {
                     let _ = tpl.add_partition_offset(&self.topic, partition, Offset::Offset(next));
                     moved.push((partition, next));
                 }
@@ -484,19 +637,74 @@ impl Ingress {
         if moved.is_empty() {
             return;
         }
-        match self.consumer.commit(&tpl, mode) {
+        match self.consumer.store_offsets(&tpl) {
             Ok(()) => {
-                self.metrics.kafka.commits.fetch_add(1, Relaxed);
                 if let Ok(mut shared) = self.shared.lock() {
                     for (partition, next) in moved {
                         if let Some(p) = shared.partitions.get_mut(&partition) {
-                            p.progress.committed(next);
+                            p.progress.stored(next);
                         }
                     }
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "Kafka offset commit failed; retried"),
+            // A partition revoked meanwhile: its next owner starts from its last commit.
+            Err(e) => tracing::debug!(error = %e, "could not store Kafka offsets"),
         }
+    }
+
+    /// At stop: within `shutdown_grace_ms` (at least `MIN_FINISH`), waits for the DLQ's
+    /// reports and stores the offsets of what was done, then closes the consumer, which
+    /// commits them and leaves the group; with the brokers unreachable the close is left
+    /// to finish by itself, rather than hold the process up to `session.timeout.ms`.
+    fn finish(mut self) {
+        let deadline = Instant::now() + self.stop.grace.max(MIN_FINISH);
+        // What the API took before it stopped is done.
+        self.take_answers();
+        while self.dlq.in_flight() > 0 && Instant::now() < deadline {
+            self.take_dlq_reports(FINISH_POLL);
+        }
+        self.store();
+        let Ingress { consumer, dlq, .. } = self;
+        close(consumer, deadline);
+        // Drops what it holds within 0.5 s (rdkafka's flush on drop).
+        drop(dlq);
+    }
+}
+
+/// Closes the consumer (leaving its group) on a thread of its own, waiting for it until
+/// `deadline`: with the brokers unreachable the close waits for the group's coordinator,
+/// and the process need not.
+fn close(consumer: BaseConsumer<Context>, deadline: Instant) {
+    let (tx, rx) = crossbeam_channel::bounded::<()>(1);
+    let closing = std::thread::Builder::new()
+        .name("throng-kafka-close".into())
+        .spawn(move || {
+            drop(consumer);
+            let _ = tx.send(());
+        });
+    if let Err(e) = closing {
+        // The consumer was dropped with the closure, here.
+        tracing::warn!(error = %e, "could not start a thread to close the Kafka consumer");
+        return;
+    }
+    let left = deadline.saturating_duration_since(Instant::now());
+    if rx.recv_timeout(left).is_err() {
+        tracing::warn!(
+            "the Kafka consumer did not commit and leave its group in time; it is left to \
+             close by itself, and records taken since the last commit may be delivered again \
+             after a restart"
+        );
+    }
+}
+
+/// The DLQ's view of record `r`, invalid for `error`.
+fn invalid<'a>(r: &'a Record, error: &'a str, partition: i32) -> Invalid<'a> {
+    Invalid {
+        key: r.key.as_deref(),
+        value: &r.value,
+        error,
+        partition,
+        offset: r.offset,
     }
 }
 
@@ -512,53 +720,4 @@ fn parse_record(value: &[u8]) -> Result<ParsedPush, String> {
         ));
     }
     parse_push(value)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn holding(records: usize, bytes: usize) -> Partition {
-        let mut p = Partition::default();
-        for i in 0..records {
-            p.pending.push_back(Record {
-                offset: i as i64,
-                key: None,
-                value: Vec::new(),
-            });
-        }
-        p.pending_bytes = bytes;
-        p
-    }
-
-    #[test]
-    fn a_partition_pauses_for_its_own_backlog_or_for_the_process_s() {
-        const TOTAL: usize = crate::config::KAFKA_MAX_BUFFERED_BYTES;
-        let pause = |waiting, p: &Partition, total| should_pause(waiting, p, total, TOTAL);
-        let small = holding(10, 1 << 10);
-        assert!(!pause(false, &small, 1 << 10));
-        assert!(pause(true, &small, 1 << 10), "waiting to retry");
-        assert!(pause(false, &holding(PENDING_HIGH, 0), 0));
-        assert!(pause(
-            false,
-            &holding(1, PENDING_BYTES_HIGH),
-            PENDING_BYTES_HIGH
-        ));
-        // Three partitions just under their own bound hold more than the process's:
-        // every one pauses, even one that holds little.
-        let total = 3 * (PENDING_BYTES_HIGH - 1);
-        assert!(total >= TOTAL);
-        assert!(pause(false, &holding(1, PENDING_BYTES_HIGH - 1), total));
-        assert!(pause(false, &small, total));
-        assert!(!pause(false, &small, TOTAL - 1));
-        // A process bound below a partition's own bounds that one partition too.
-        let tight = 4 << 20;
-        assert!(should_pause(false, &holding(1, tight), tight, tight));
-        assert!(!should_pause(
-            false,
-            &holding(1, tight - 1),
-            tight - 1,
-            tight
-        ));
-    }
 }

@@ -11,8 +11,8 @@ use crate::metrics::{FeatureCounters, Field};
 pub struct KafkaCounters {
     /// `--kafka` is set.
     pub enabled: AtomicBool,
-    /// The consumer reaches the brokers (0 after "all brokers down", until a record or
-    /// an assignment comes).
+    /// The consumer reaches its brokers and its group's coordinator (from librdkafka's
+    /// statistics every 5 s, a record, an assignment; 0 after "all brokers down").
     pub up: AtomicBool,
     /// Records read.
     pub consumed: AtomicU64,
@@ -20,10 +20,16 @@ pub struct KafkaCounters {
     pub delivered: AtomicU64,
     /// Records sent to `<topic>.dlq`.
     pub dlq: AtomicU64,
+    /// DLQ writes that failed (each tried again after a backoff, its partition waiting).
+    pub dlq_failures: AtomicU64,
+    /// DLQ writes sent and not yet confirmed (gauge).
+    pub dlq_in_flight: AtomicU64,
     /// Batches the push API could not take whole (shard queues full): retried.
     pub refused: AtomicU64,
-    /// Offset commits sent.
+    /// Offset commits the broker took.
     pub commits: AtomicU64,
+    /// Offset commits that failed (librdkafka commits the offsets again).
+    pub commit_failures: AtomicU64,
     /// Partitions paused now (backpressure) (gauge).
     pub paused: AtomicU64,
     /// Partitions assigned to this node (gauge).
@@ -52,7 +58,7 @@ impl FeatureCounters for KafkaCounters {
             (
                 "throng_kafka_up",
                 "gauge",
-                "1 while the Kafka consumer reaches its brokers.",
+                "1 while the Kafka consumer reaches its brokers and its group coordinator.",
                 u64::from(self.up.load(Relaxed)),
             ),
             (
@@ -74,6 +80,18 @@ impl FeatureCounters for KafkaCounters {
                 n(&self.dlq),
             ),
             (
+                "throng_kafka_dlq_failures_total",
+                "counter",
+                "Failed writes to <topic>.dlq; each is tried again while its partition waits.",
+                n(&self.dlq_failures),
+            ),
+            (
+                "throng_kafka_dlq_in_flight",
+                "gauge",
+                "Writes to <topic>.dlq not yet confirmed (at most 256).",
+                n(&self.dlq_in_flight),
+            ),
+            (
                 "throng_kafka_refused_total",
                 "counter",
                 "Batches the shards could not take whole; their partitions paused and retried.",
@@ -82,8 +100,14 @@ impl FeatureCounters for KafkaCounters {
             (
                 "throng_kafka_commits_total",
                 "counter",
-                "Offset commits sent (after delivery).",
+                "Offset commits the broker took (past delivered records only).",
                 n(&self.commits),
+            ),
+            (
+                "throng_kafka_commit_failures_total",
+                "counter",
+                "Offset commits that failed; their offsets are committed again.",
+                n(&self.commit_failures),
             ),
             (
                 "throng_kafka_paused_partitions",

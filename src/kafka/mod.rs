@@ -3,18 +3,21 @@
 //! hands each partition's pushes, in order, to the push API thread (the one router of
 //! pushes), commits a partition's offsets only past records the shards took (or that went
 //! to the DLQ), sends invalid records to `<topic>.dlq`, and pauses partitions while the
-//! shards cannot take more. No Kafka I/O happens on shards or the API thread.
+//! shards cannot take more. No Kafka I/O happens on shards or the API thread, and none
+//! blocks the ingress thread: DLQ writes and commits are asynchronous.
 
 mod consumer;
 mod counters;
 mod dlq;
 mod offsets;
+mod partition;
 
 pub use counters::KafkaCounters;
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use mio::{Poll, Waker};
 
@@ -36,13 +39,15 @@ pub enum StartError {
     Io(#[from] std::io::Error),
 }
 
-/// Starts the ingress thread: the push API's end of its link, and the thread.
+/// Starts the ingress thread: the push API's end of its link, and the thread. At stop,
+/// its last commit and its close take at most `grace` (`shutdown_grace_ms`, at least 1 s).
 pub fn spawn(
     config: &KafkaConfig,
     node: &str,
     metrics: &Arc<Metrics>,
     stop: &Arc<AtomicBool>,
     api_waker: Arc<Waker>,
+    grace: Duration,
 ) -> Result<(IngressLink, JoinHandle<()>), StartError> {
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), consumer::WAKER)?);
@@ -60,7 +65,10 @@ pub fn spawn(
             waker: api_waker,
         },
         Arc::clone(metrics),
-        Arc::clone(stop),
+        consumer::Stop {
+            flag: Arc::clone(stop),
+            grace,
+        },
     )?;
     let thread = std::thread::Builder::new()
         .name("throng-kafka".into())

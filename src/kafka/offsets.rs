@@ -1,62 +1,40 @@
-//! Which offsets of a partition may be committed: records are done (delivered to the
-//! shards, or put in the DLQ) in any order, but a commit says "everything before this
-//! offset is done", so it may only move past a contiguous run of done records.
-
-use std::collections::BTreeSet;
+//! Which offset of a partition may be committed. A partition's records are done (taken
+//! by the shards, or written to the DLQ) front first, in order, so the commit is the offset
+//! after the last done record. Offsets are not contiguous (transaction markers, aborted
+//! records and compaction leave gaps), so nothing may wait for an offset in between: it
+//! may never come. The state is two numbers whatever the gaps.
+//!
+//! The offset goes to librdkafka's offset store, which commits it (on its timer, when
+//! partitions are revoked and at close), counts it committed only once the broker took it,
+//! and commits it again after a failure.
 
 /// One partition's progress.
 #[derive(Debug, Default)]
 pub(crate) struct Progress {
     /// The next offset to commit: every record before it is done.
     next: Option<i64>,
-    /// Done records at or after `next` that wait for an earlier one.
-    ahead: BTreeSet<i64>,
-    /// The offset last committed (`None` until the first commit).
-    committed: Option<i64>,
+    /// The offset last handed to the offset store (`None` until then).
+    stored: Option<i64>,
 }
 
 impl Progress {
-    /// A partition whose first record to be read is `first` (the last commit).
-    #[cfg(test)]
-    pub(crate) fn starting_at(first: i64) -> Progress {
-        Progress {
-            next: Some(first),
-            ahead: BTreeSet::new(),
-            committed: None,
-        }
-    }
-
-    /// Record `offset` is done.
+    /// Record `offset` is done, and with it every record before it.
     pub(crate) fn done(&mut self, offset: i64) {
-        let next = *self.next.get_or_insert(offset);
-        if offset < next {
-            return;
-        }
-        if offset == next {
-            let mut n = next + 1;
-            while self.ahead.remove(&n) {
-                n += 1;
-            }
+        let n = offset.saturating_add(1);
+        if self.next.is_none_or(|next| n > next) {
             self.next = Some(n);
-        } else {
-            self.ahead.insert(offset);
         }
     }
 
-    /// The offset to commit now (the next record to read after a restart), when it moved
-    /// since the last commit.
-    pub(crate) fn to_commit(&self) -> Option<i64> {
-        self.next.filter(|&n| self.committed != Some(n))
+    /// The offset to store now (the next record to read after a restart), when it moved
+    /// since it was last stored.
+    pub(crate) fn to_store(&self) -> Option<i64> {
+        self.next.filter(|&n| self.stored != Some(n))
     }
 
-    /// `offset` was committed.
-    pub(crate) fn committed(&mut self, offset: i64) {
-        self.committed = Some(offset);
-    }
-
-    /// The next offset to commit, whether or not it was committed already.
-    pub(crate) fn position(&self) -> Option<i64> {
-        self.next
+    /// `offset` was handed to the offset store.
+    pub(crate) fn stored(&mut self, offset: i64) {
+        self.stored = Some(offset);
     }
 }
 
@@ -65,26 +43,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn commits_only_past_a_contiguous_run() {
-        let mut p = Progress::starting_at(10);
-        assert_eq!(p.to_commit(), Some(10), "nothing done: the start itself");
-        p.done(12);
-        p.done(11);
-        assert_eq!(p.to_commit(), Some(10), "10 is not done: 11 and 12 wait");
-        p.done(10);
-        assert_eq!(p.to_commit(), Some(13));
-        p.committed(13);
-        assert_eq!(p.to_commit(), None, "nothing new");
-        p.done(9);
-        p.done(13);
-        assert_eq!(p.to_commit(), Some(14));
+    fn gaps_between_offsets_do_not_hold_the_commit_back() {
+        // Offsets 0, 2, 4, 6, 8: what a consumer sees of a topic written in transactions
+        // (each commit marker takes an offset) or compacted.
+        let mut p = Progress::default();
+        assert_eq!(p.to_store(), None, "nothing done yet");
+        for offset in [0, 2, 4, 6, 8] {
+            p.done(offset);
+        }
+        assert_eq!(p.to_store(), Some(9), "everything read is done");
+        p.stored(9);
+        assert_eq!(p.to_store(), None, "nothing new");
+        p.done(20);
+        assert_eq!(p.to_store(), Some(21));
     }
 
     #[test]
-    fn a_partition_of_unknown_start_begins_at_its_first_done_record() {
+    fn an_earlier_record_does_not_move_it_back() {
         let mut p = Progress::default();
-        assert_eq!(p.to_commit(), None);
         p.done(5);
-        assert_eq!(p.position(), Some(6));
+        p.done(3);
+        assert_eq!(p.to_store(), Some(6));
     }
 }

@@ -55,9 +55,29 @@ impl Tansu {
     pub fn start_on(port: u16) -> Tansu {
         let dir = std::env::temp_dir().join(format!("throng-tansu-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("tansu dir");
-        let url = format!("tcp://127.0.0.1:{port}");
+        let addr = format!("127.0.0.1:{port}");
+        let child = Self::spawn(&addr, &dir);
+        let t = Tansu { child, addr, dir };
+        t.wait_listening();
+        t
+    }
+
+    /// Kills the broker (by the PID we started), keeping its storage for `restart`.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the broker again on the same port and storage, after `kill`.
+    pub fn restart(&mut self) {
+        self.child = Self::spawn(&self.addr, &self.dir);
+        self.wait_listening();
+    }
+
+    fn spawn(addr: &str, dir: &std::path::Path) -> Child {
+        let url = format!("tcp://{addr}");
         let storage = format!("sqlite:///{}", dir.join("tansu.db").display());
-        let child = Command::new("tansu")
+        Command::new("tansu")
             .args([
                 "broker",
                 "--listener-url",
@@ -74,19 +94,19 @@ impl Tansu {
                     "cannot start tansu ({e}): cargo install tansu --locked --features \
                      dynostore,libsql (.ci/run does it when missing)"
                 )
-            });
-        let addr = format!("127.0.0.1:{port}");
-        let t = Tansu { child, addr, dir };
+            })
+    }
+
+    fn wait_listening(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(&t.addr).is_err() {
+        while TcpStream::connect(&self.addr).is_err() {
             assert!(
                 Instant::now() < deadline,
                 "tansu did not listen on {}",
-                t.addr
+                self.addr
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        t
     }
 
     /// Creates `topic` with `partitions` partitions. Retried for a while: a broker that
@@ -110,21 +130,34 @@ impl Tansu {
         }
     }
 
-    /// A producer that waits for every record to be stored.
+    /// A producer that waits for every record to be stored (records up to 4 MB).
     pub fn producer(&self) -> BaseProducer {
         ClientConfig::new()
             .set("bootstrap.servers", &self.addr)
             .set("acks", "all")
             .set("linger.ms", "0")
+            .set("message.max.bytes", "4000000")
             .create()
             .expect("producer")
     }
 
     /// Sends `(key, value)` records to `topic` in order and waits until all are stored.
     pub fn produce(&self, topic: &str, records: &[(&str, String)]) {
+        self.produce_on(topic, None, records);
+    }
+
+    /// As `produce`, all to `partition`.
+    pub fn produce_to(&self, topic: &str, partition: i32, records: &[(&str, String)]) {
+        self.produce_on(topic, Some(partition), records);
+    }
+
+    fn produce_on(&self, topic: &str, partition: Option<i32>, records: &[(&str, String)]) {
         let p = self.producer();
         for (key, value) in records {
             let mut rec = BaseRecord::to(topic).key(*key).payload(value.as_str());
+            if let Some(n) = partition {
+                rec = rec.partition(n);
+            }
             loop {
                 match p.send(rec) {
                     Ok(()) => break,
