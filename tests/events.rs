@@ -1,6 +1,8 @@
 //! docs/protocol.md 6: client `send` messages and lifecycle events POSTed to `events_url`
 //! (standalone), batched, in order per session, retried while the upstream fails, and
-//! refused with `overloaded` (never dropped in silence) when the queue is full.
+//! refused with `overloaded` (never dropped in silence) when the queue is full. A batch
+//! the upstream fails on is halved, and one event it always fails on is dropped, so
+//! nothing blocks the events behind it for good; a redirect is not delivery.
 
 mod common;
 
@@ -13,15 +15,49 @@ use std::time::Duration;
 use common::*;
 use serde_json::{json, Value};
 
+/// What an upstream does and saw; its connections share it.
+#[derive(Default)]
+struct State {
+    /// Events of the batches answered 2xx.
+    events: Mutex<Vec<Value>>,
+    /// The answer's status (0: 200).
+    status: AtomicU16,
+    /// `POST /events` requests answered.
+    requests: AtomicU64,
+    /// `POST /events` requests whose head was read (answered or not yet).
+    started: AtomicU64,
+    /// Connections accepted.
+    connections: AtomicU64,
+    /// Requests other than `POST /events` (a redirect followed), each answered 200.
+    strays: AtomicU64,
+    /// The last `Authorization` header.
+    authorization: Mutex<Option<String>>,
+    /// The body of every answer.
+    answer_body: Mutex<String>,
+    /// A batch holding this text is answered 500.
+    poison: Mutex<Option<String>>,
+    /// A batch holding this text is answered after a second.
+    hold: Mutex<Option<String>>,
+    /// A batch of more than one event is processed (and stored) for this long before
+    /// it is answered.
+    slow_batches: Mutex<Option<Duration>>,
+}
+
 /// A small HTTP upstream: records the events of each POST it answers 2xx, answers with
-/// `status`, and remembers the last `Authorization` header.
+/// `status` (and `Location: /moved` on a 3xx), and remembers the last `Authorization`
+/// header.
 struct Upstream {
     addr: SocketAddr,
-    events: Arc<Mutex<Vec<Value>>>,
-    status: Arc<AtomicU16>,
-    requests: Arc<AtomicU64>,
-    authorization: Arc<Mutex<Option<String>>>,
+    state: Arc<State>,
     stop: Arc<AtomicBool>,
+}
+
+impl std::ops::Deref for Upstream {
+    type Target = State;
+
+    fn deref(&self) -> &State {
+        &self.state
+    }
 }
 
 impl Upstream {
@@ -39,38 +75,26 @@ impl Upstream {
         listener.set_nonblocking(true).expect("nonblocking");
         let up = Upstream {
             addr: listener.local_addr().expect("addr"),
-            events: Arc::default(),
-            status: Arc::new(AtomicU16::new(200)),
-            requests: Arc::default(),
-            authorization: Arc::default(),
+            state: Arc::default(),
             stop: Arc::default(),
         };
-        let (events, status, requests, auth, stop) = (
-            Arc::clone(&up.events),
-            Arc::clone(&up.status),
-            Arc::clone(&up.requests),
-            Arc::clone(&up.authorization),
-            Arc::clone(&up.stop),
-        );
+        up.status.store(200, Relaxed);
+        let (state, stop) = (Arc::clone(&up.state), Arc::clone(&up.stop));
         std::thread::spawn(move || {
             while !stop.load(Relaxed) {
                 match listener.accept() {
                     Ok((s, _)) => {
-                        let (events, status, requests, auth) = (
-                            Arc::clone(&events),
-                            Arc::clone(&status),
-                            Arc::clone(&requests),
-                            Arc::clone(&auth),
-                        );
+                        state.connections.fetch_add(1, Relaxed);
+                        let state = Arc::clone(&state);
                         let tls = tls.clone();
                         std::thread::spawn(move || match tls {
-                            None => serve(s, &events, &status, &requests, &auth),
+                            None => serve(s, &state),
                             Some(config) => {
                                 let Ok(conn) = rustls::ServerConnection::new(config) else {
                                     return;
                                 };
                                 let s = rustls::StreamOwned::new(conn, s);
-                                serve(s, &events, &status, &requests, &auth)
+                                serve(s, &state)
                             }
                         });
                     }
@@ -95,7 +119,12 @@ impl Upstream {
 
     /// Waits until `n` events have arrived; returns them.
     fn wait_events(&self, n: usize) -> Vec<Value> {
-        let ok = wait_until(WAIT, || self.events.lock().unwrap().len() >= n);
+        self.wait_events_within(n, WAIT)
+    }
+
+    /// Waits up to `timeout` until `n` events have arrived; returns them.
+    fn wait_events_within(&self, n: usize, timeout: Duration) -> Vec<Value> {
+        let ok = wait_until(timeout, || self.events.lock().unwrap().len() >= n);
         let got = self.events();
         assert!(ok, "expected {n} events, got {}: {got:?}", got.len());
         got
@@ -109,13 +138,7 @@ impl Drop for Upstream {
 }
 
 /// One keep-alive connection of the upstream.
-fn serve<S: Read + Write>(
-    s: S,
-    events: &Mutex<Vec<Value>>,
-    status: &AtomicU16,
-    requests: &AtomicU64,
-    auth: &Mutex<Option<String>>,
-) {
+fn serve<S: Read + Write>(s: S, state: &State) {
     let mut r = BufReader::new(s);
     loop {
         let mut len = 0usize;
@@ -123,7 +146,7 @@ fn serve<S: Read + Write>(
         if r.read_line(&mut line).unwrap_or(0) == 0 {
             return;
         }
-        assert!(line.starts_with("POST /events "), "{line}");
+        let stray = !line.starts_with("POST /events ");
         loop {
             line.clear();
             if r.read_line(&mut line).unwrap_or(0) == 0 {
@@ -136,7 +159,9 @@ fn serve<S: Read + Write>(
             let (name, value) = l.split_once(':').expect("header");
             match name.to_ascii_lowercase().as_str() {
                 "content-length" => len = value.trim().parse().expect("length"),
-                "authorization" => *auth.lock().unwrap() = Some(value.trim().to_string()),
+                "authorization" => {
+                    *state.authorization.lock().unwrap() = Some(value.trim().to_string())
+                }
                 _ => {}
             }
         }
@@ -144,14 +169,47 @@ fn serve<S: Read + Write>(
         if r.read_exact(&mut body).is_err() {
             return;
         }
-        requests.fetch_add(1, Relaxed);
-        let st = status.load(Relaxed);
-        if (200..300).contains(&st) {
+        let answer = state.answer_body.lock().unwrap().clone();
+        let mut st = state.status.load(Relaxed);
+        if stray {
+            state.strays.fetch_add(1, Relaxed);
+            st = 200;
+        } else {
+            state.started.fetch_add(1, Relaxed);
+            let text = String::from_utf8_lossy(&body).into_owned();
+            let has = |m: &Mutex<Option<String>>| {
+                m.lock()
+                    .unwrap()
+                    .as_ref()
+                    .is_some_and(|t| text.contains(t.as_str()))
+            };
+            if has(&state.hold) {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            if has(&state.poison) {
+                st = 500;
+            }
             let batch: Vec<Value> = serde_json::from_slice(&body).expect("a JSON array");
             assert!(!batch.is_empty(), "an empty batch was POSTed");
-            events.lock().unwrap().extend(batch);
+            if batch.len() > 1 {
+                if let Some(d) = *state.slow_batches.lock().unwrap() {
+                    std::thread::sleep(d);
+                }
+            }
+            state.requests.fetch_add(1, Relaxed);
+            if (200..300).contains(&st) {
+                state.events.lock().unwrap().extend(batch);
+            }
         }
-        let resp = format!("HTTP/1.1 {st} X\r\nContent-Length: 0\r\n\r\n");
+        let location = if (300..400).contains(&st) {
+            "Location: /moved\r\n"
+        } else {
+            ""
+        };
+        let resp = format!(
+            "HTTP/1.1 {st} X\r\n{location}Content-Length: {}\r\n\r\n{answer}",
+            answer.len()
+        );
         let w = r.get_mut();
         if w.write_all(resp.as_bytes())
             .and_then(|()| w.flush())
@@ -534,4 +592,121 @@ fn good_events_urls_and_keys_are_taken() {
         ];
         throng::config::Config::from_args(args).unwrap_or_else(|e| panic!("{url} refused: {e}"));
     }
+}
+
+#[test]
+fn a_redirect_is_not_delivery_the_batch_is_refused_and_not_followed() {
+    let up = Upstream::start();
+    up.status.store(302, Relaxed);
+    let url = up.url();
+    let srv = TestServer::start(&["--events-url", &url]);
+    let mut a = srv.connect("a");
+    a.send(json!({"type": "send", "data": "moved"}));
+    assert_eq!(a.recv()["type"], "sent");
+    let s = srv.wait_stats("dropped as refused", |s| {
+        s["events"]["dropped_refused"] == 1
+    });
+    assert_eq!(s["events"]["delivered"], 0, "{s}");
+    assert_eq!(s["events"]["dropped"], 1, "{s}");
+    assert_eq!(up.strays.load(Relaxed), 0, "the redirect was followed");
+    assert_eq!(
+        up.requests.load(Relaxed),
+        1,
+        "refused for good: not retried"
+    );
+    let m = srv.api("GET", "/metrics", None).text();
+    assert!(
+        m.contains("throng_events_dropped_total{reason=\"refused\"} 1"),
+        "{m}"
+    );
+    // A 307 (which keeps the POST) is refused the same way.
+    up.status.store(307, Relaxed);
+    a.send(json!({"type": "send", "data": "moved again"}));
+    assert_eq!(a.recv()["type"], "sent");
+    srv.wait_stats("dropped as refused", |s| {
+        s["events"]["dropped_refused"] == 2
+    });
+    assert_eq!(up.strays.load(Relaxed), 0);
+    assert!(up.events().is_empty());
+}
+
+#[test]
+fn an_answer_with_a_body_leaves_the_connection_to_the_next_batch() {
+    let up = Upstream::start();
+    *up.answer_body.lock().unwrap() = r#"{"ok":true}"#.into();
+    let url = up.url();
+    let srv = TestServer::start(&["--events-url", &url]);
+    let mut a = srv.connect("a");
+    for i in 0..3 {
+        a.send(json!({"type": "send", "data": i}));
+        assert_eq!(a.recv()["type"], "sent");
+        // One batch each.
+        up.wait_events(i + 1);
+    }
+    assert_eq!(up.requests.load(Relaxed), 3);
+    assert_eq!(
+        up.connections.load(Relaxed),
+        1,
+        "one connection for every batch"
+    );
+}
+
+#[test]
+fn an_event_the_upstream_always_fails_on_is_dropped_and_the_rest_go_through() {
+    let up = Upstream::start();
+    *up.poison.lock().unwrap() = Some("poison".into());
+    let url = up.url();
+    let srv = TestServer::start(&["--events-url", &url, "--client-rate", "0"]);
+    let mut mallory = srv.connect("mallory");
+    let mut alice = srv.connect("alice");
+    mallory.send(json!({"type": "send", "data": {"poison": 1}}));
+    assert_eq!(mallory.recv()["type"], "sent");
+    for i in 0..20 {
+        alice.send(json!({"type": "send", "data": i}));
+        assert_eq!(alice.recv()["type"], "sent");
+    }
+    // Tries with backoff, halvings, then five tries alone: a few seconds.
+    let got = up.wait_events_within(20, Duration::from_secs(60));
+    let data: Vec<Value> = got.iter().map(|e| e["data"].clone()).collect();
+    assert_eq!(data, (0..20).map(|i| json!(i)).collect::<Vec<_>>());
+    let s = srv.wait_stats("the poison dropped", |s| {
+        s["events"]["dropped_failed"] == 1 && s["events"]["queued"] == 0
+    });
+    assert_eq!(s["events"]["delivered"], 20, "{s}");
+    assert_eq!(s["events"]["up"], 1, "{s}");
+    let m = srv.api("GET", "/metrics", None).text();
+    assert!(
+        m.contains("throng_events_dropped_total{reason=\"failed\"} 1"),
+        "{m}"
+    );
+}
+
+#[test]
+fn a_batch_too_slow_for_the_upstream_goes_again_halved_and_is_taken() {
+    let up = Upstream::start();
+    // The first event is held a second, so the next two make one batch, which the
+    // upstream processes (and stores) for longer than the 10 s the server waits.
+    *up.hold.lock().unwrap() = Some("hold".into());
+    *up.slow_batches.lock().unwrap() = Some(Duration::from_secs(11));
+    let url = up.url();
+    let srv = TestServer::start(&["--events-url", &url]);
+    let mut a = srv.connect("a");
+    a.send(json!({"type": "send", "data": "hold"}));
+    assert_eq!(a.recv()["type"], "sent");
+    assert!(wait_until(WAIT, || up.started.load(Relaxed) == 1));
+    for d in ["e1", "e2"] {
+        a.send(json!({"type": "send", "data": d}));
+        assert_eq!(a.recv()["type"], "sent");
+    }
+    let s = srv.wait_stats_within("all taken", Duration::from_secs(40), |s| {
+        s["events"]["delivered"] == 3
+    });
+    assert!(s["events"]["failures"].as_u64() >= Some(1), "{s}");
+    assert_eq!(s["events"]["dropped"], 0, "{s}");
+    // The slow batch was stored once, by the upstream, after the server gave up on it;
+    // then each event went alone, once.
+    let got = up.wait_events_within(5, Duration::from_secs(5));
+    let count = |d: &str| got.iter().filter(|e| e["data"] == d).count();
+    assert_eq!((count("e1"), count("e2")), (2, 2), "{got:?}");
+    assert_eq!(got.len(), 5, "{got:?}");
 }

@@ -1,6 +1,34 @@
 //! What the events thread counts, shown in `/metrics` and `/v1/stats`.
 
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+use super::Dropped;
+
+/// The dropped events' family: one line per reason in `/metrics`; in `/v1/stats` the sum
+/// (`dropped`) and one entry per reason (`dropped_<reason>`).
+const DROPPED: &str = "throng_events_dropped_total";
+
+impl EventCounters {
+    /// `n` events were dropped for `why`.
+    pub(crate) fn count_dropped(&self, why: Dropped, n: u64) {
+        let c = match why {
+            Dropped::Refused => &self.dropped_refused,
+            Dropped::Failed => &self.dropped_failed,
+            Dropped::Stopped => &self.dropped_stopped,
+        };
+        c.fetch_add(n, Relaxed);
+    }
+
+    /// Each reason's count, by its label.
+    fn dropped(&self) -> [(&'static str, u64); 3] {
+        [
+            ("refused", self.dropped_refused.load(Relaxed)),
+            ("failed", self.dropped_failed.load(Relaxed)),
+            ("stopped", self.dropped_stopped.load(Relaxed)),
+        ]
+    }
+}
 
 /// Event delivery counters and gauges; all zero (and not shown) without a target.
 #[derive(Default)]
@@ -17,9 +45,12 @@ pub struct EventCounters {
     pub delivered: AtomicU64,
     /// Failed delivery attempts (each one followed by a backoff and a retry).
     pub failures: AtomicU64,
-    /// Events the target refused for good (an HTTP 4xx other than 408/429) or that were
-    /// still waiting when the server stopped.
-    pub dropped: AtomicU64,
+    /// Events the target refused for good (an HTTP 4xx other than 408/429, or a redirect).
+    pub dropped_refused: AtomicU64,
+    /// Events the target failed on every time they were sent alone.
+    pub dropped_failed: AtomicU64,
+    /// Events still waiting when the server stopped.
+    pub dropped_stopped: AtomicU64,
     /// `send` messages refused with `overloaded` because the queue was full.
     pub refused: AtomicU64,
     /// Lifecycle events not queued because the queue was full.
@@ -35,6 +66,26 @@ impl crate::metrics::FeatureCounters for EventCounters {
 
     fn enabled(&self) -> bool {
         self.enabled.load(Relaxed)
+    }
+
+    /// As the default, but dropped events are one family labelled by reason.
+    fn prometheus(&self, out: &mut String) {
+        if !self.enabled() {
+            return;
+        }
+        for (name, kind, help, v) in self.fields() {
+            if name == DROPPED {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+                for (reason, n) in self.dropped() {
+                    let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {n}");
+                }
+            } else if !name.starts_with("throng_events_dropped_") {
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+                );
+            }
+        }
     }
 
     fn fields(&self) -> Vec<crate::metrics::Field> {
@@ -71,10 +122,28 @@ impl crate::metrics::FeatureCounters for EventCounters {
                 n(&self.failures),
             ),
             (
-                "throng_events_dropped_total",
+                DROPPED,
                 "counter",
-                "Events the upstream refused for good (HTTP 4xx) or still waiting at shutdown.",
-                n(&self.dropped),
+                "Events dropped, by reason: refused (HTTP 4xx, a redirect), failed (5xx or no answer every time sent alone), stopped (waiting at shutdown).",
+                self.dropped().iter().map(|(_, n)| n).sum(),
+            ),
+            (
+                "throng_events_dropped_refused_total",
+                "counter",
+                "",
+                n(&self.dropped_refused),
+            ),
+            (
+                "throng_events_dropped_failed_total",
+                "counter",
+                "",
+                n(&self.dropped_failed),
+            ),
+            (
+                "throng_events_dropped_stopped_total",
+                "counter",
+                "",
+                n(&self.dropped_stopped),
             ),
             (
                 "throng_events_refused_total",

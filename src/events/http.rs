@@ -9,12 +9,25 @@ use ureq::tls::TlsConfig;
 
 use super::{DeliverError, Event, Target};
 
-/// Longest time one POST may take, connecting included.
-const POST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for the upstream's answer once the batch is sent: past it, the batch
+/// counts as failed (it may have been stored all the same), and goes again halved.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest time to connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest time to send a batch (an upstream that does not read is unreachable).
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest time to read the answer's body, once its head came.
+const BODY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest time one POST may take, all of the above.
+const POST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most bytes of an answer's body read: reading it to its end keeps the connection for
+/// the next batch; a larger body costs a new connection.
+const ANSWER_BODY_LIMIT: u64 = 64 << 10;
+/// Bytes of an answer's body quoted in a log line.
+const QUOTED_BODY: usize = 200;
 
-/// POSTs batches to one URL over a kept-alive connection.
+/// POSTs batches to one URL over a kept-alive connection (each answer is read to its
+/// end, so the connection serves the next batch).
 pub(crate) struct PostTarget {
     agent: ureq::Agent,
     /// `events_ca` read again (`SIGHUP`): the next POST uses a new agent with these roots.
@@ -60,8 +73,15 @@ fn agent(ca: &[CertificateDer<'static>]) -> ureq::Agent {
     ureq::Agent::config_builder()
         .timeout_global(Some(POST_TIMEOUT))
         .timeout_connect(Some(CONNECT_TIMEOUT))
+        .timeout_send_request(Some(SEND_TIMEOUT))
+        .timeout_send_body(Some(SEND_TIMEOUT))
+        .timeout_recv_response(Some(ANSWER_TIMEOUT))
+        .timeout_recv_body(Some(BODY_TIMEOUT))
         // Statuses are judged here: a 4xx is final, a 5xx is retried.
         .http_status_as_error(false)
+        // A redirect is not delivery: ureq would resend a POST as a GET without its body
+        // (301, 302, 303). The 3xx comes back here, and refuses the batch.
+        .max_redirects(0)
         .tls_config(TlsConfig::builder().root_certs(roots).build())
         .build()
         .new_agent()
@@ -97,6 +117,31 @@ pub(crate) fn read_ca(path: &Path) -> Result<Vec<CertificateDer<'static>>, Strin
     crate::tls::read_pem_certs(path).map_err(|problem| format!("{}: {problem}", path.display()))
 }
 
+/// Sorts a request that got no answer: too slow when the batch was sent and no answer
+/// came in time, else the upstream could not be reached.
+fn request_error(url: &str, e: ureq::Error) -> DeliverError {
+    use ureq::Timeout;
+    let what = format!("POST {url}: {e}");
+    match e {
+        ureq::Error::Timeout(
+            Timeout::RecvResponse | Timeout::RecvBody | Timeout::Global | Timeout::PerCall,
+        ) => DeliverError::TooSlow(what),
+        _ => DeliverError::Unreachable(what),
+    }
+}
+
+/// `: <the first bytes of body>`, printable, for a log line; empty for an empty body.
+fn quote(body: &[u8]) -> String {
+    if body.is_empty() {
+        return String::new();
+    }
+    let text: String = String::from_utf8_lossy(&body[..body.len().min(QUOTED_BODY)])
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    format!(": {}", text.trim())
+}
+
 /// Writes `[e1,e2,...]` into `out`.
 pub(crate) fn json_array(batch: &[Event], out: &mut Vec<u8>) {
     out.clear();
@@ -123,18 +168,31 @@ impl Target for PostTarget {
         }
         let resp = req
             .send(&self.body[..])
-            .map_err(|e| DeliverError::Retry(format!("POST {}: {e}", self.url)))?;
+            .map_err(|e| request_error(&self.url, e))?;
         let status = resp.status().as_u16();
+        let location = resp
+            .headers()
+            .get("location")
+            .map(|l| String::from_utf8_lossy(l.as_bytes()).into_owned());
+        // Read to its end (bounded), so the connection serves the next batch.
+        let body = resp
+            .into_body()
+            .into_with_config()
+            .limit(ANSWER_BODY_LIMIT)
+            .read_to_vec()
+            .unwrap_or_default();
+        let said = |what: &str| format!("POST {} answered {status}{what}", self.url);
         match status {
             200..=299 => Ok(()),
-            408 | 429 | 500..=599 => Err(DeliverError::Retry(format!(
-                "POST {} answered {status}",
-                self.url
-            ))),
-            _ => Err(DeliverError::Refused(format!(
-                "POST {} answered {status}",
-                self.url
-            ))),
+            300..=399 => Err(DeliverError::Refused(said(&format!(
+                " (a redirect to {}): events_url must be the final address",
+                location.as_deref().unwrap_or("nowhere")
+            )))),
+            // The upstream is busy or behind a gateway that cannot reach it: not this
+            // batch's fault.
+            429 | 502 | 503 => Err(DeliverError::Unreachable(said(&quote(&body)))),
+            408 | 500..=599 => Err(DeliverError::Failed(said(&quote(&body)))),
+            _ => Err(DeliverError::Refused(said(&quote(&body)))),
         }
     }
 

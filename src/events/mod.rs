@@ -2,8 +2,11 @@
 //! queue them without waiting (bounded by `events_queue` events and 64 MiB: a `send` that does not fit is
 //! refused with `overloaded`, never dropped), and one thread delivers them in batches, in
 //! order: POSTed as a JSON array to `events_url` (standalone), or appended to the Redis
-//! stream `throng:events` (cluster mode). A failed delivery is retried with backoff, so an
-//! unreachable upstream fills the queue and shows in the metrics; it never slows pushes.
+//! stream `throng:events` (cluster mode). An unreachable upstream is retried with backoff
+//! for as long as it lasts, so it fills the queue and shows in the metrics; it never slows
+//! pushes. A batch the upstream fails (a 5xx, no answer in time) is retried, then halved
+//! down to one event, and an event that still fails alone is dropped: one event the
+//! upstream cannot take never blocks the others for good.
 
 mod counters;
 mod http;
@@ -37,6 +40,13 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// At shutdown, how long what is still queued may take to deliver.
 const FLUSH_AT_STOP: Duration = Duration::from_secs(3);
+/// Failed tries of a batch, at one size, before it is halved (one when no answer came in
+/// time).
+const SPLIT_AFTER: u32 = 2;
+/// Failed tries of one event alone before it is dropped.
+const EVENT_TRIES: u32 = 5;
+/// A repeated drop is logged once, then at most this often.
+const DROP_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// One event: a JSON object, as text.
 pub struct Event(Box<str>);
@@ -184,12 +194,33 @@ impl EventSink {
 /// Why a delivery failed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum DeliverError {
-    /// Worth retrying: the upstream is unreachable, slow or failing (5xx, 408, 429).
+    /// The upstream could not be reached or is busy (a connection error, 429, 502, 503):
+    /// not the batch's fault, so retried for as long as it lasts.
     #[error("{0}")]
-    Retry(String),
-    /// The upstream refused these events for good (another 4xx): retrying cannot help.
+    Unreachable(String),
+    /// The upstream failed on this batch (408, another 5xx): retried, halved, and an
+    /// event that keeps failing alone is dropped.
+    #[error("{0}")]
+    Failed(String),
+    /// The upstream took the batch and did not answer in time: as `Failed`, but halved at
+    /// once (a batch too long to process would be as long again).
+    #[error("{0}")]
+    TooSlow(String),
+    /// The upstream refused these events for good (another 4xx, a 3xx): retrying cannot
+    /// help.
     #[error("{0}")]
     Refused(String),
+}
+
+/// Why events were dropped (`throng_events_dropped_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dropped {
+    /// The upstream refused them (a 4xx other than 408 and 429, or a redirect).
+    Refused,
+    /// The upstream failed on the event alone `EVENT_TRIES` times.
+    Failed,
+    /// Still waiting when the server stopped.
+    Stopped,
 }
 
 /// Where events go.
@@ -259,6 +290,7 @@ pub fn spawn(
         stop: Arc::clone(stop),
         backoff: BACKOFF_MIN,
         logged_down: false,
+        drop_log: crate::log_gate::LogGate::new(DROP_LOG_EVERY),
     };
     let thread = std::thread::Builder::new()
         .name("throng-events".into())
@@ -277,6 +309,8 @@ struct Runner {
     stop: Arc<AtomicBool>,
     backoff: Duration,
     logged_down: bool,
+    /// Drops, logged once a minute.
+    drop_log: crate::log_gate::LogGate,
 }
 
 impl Runner {
@@ -311,93 +345,165 @@ impl Runner {
                     Err(_) => break,
                 }
             }
-            if !self.deliver(&batch, stop_at) {
-                self.count_out(&batch);
-                self.metrics
-                    .events
-                    .dropped
-                    .fetch_add(batch.len() as u64, Relaxed);
-                batch.clear();
+            if !self.deliver(&mut batch, stop_at) {
+                let mut n = batch.len();
+                self.drop_front(&mut batch, n, Dropped::Stopped, "");
                 // Stopping and out of time: what is still queued is lost with the process.
-                let rest: Vec<Event> = self.rx.try_iter().collect();
-                self.count_out(&rest);
-                self.metrics
-                    .events
-                    .dropped
-                    .fetch_add(rest.len() as u64, Relaxed);
-                if !rest.is_empty() || stop_at.is_some() {
+                let mut rest: Vec<Event> = self.rx.try_iter().collect();
+                n = rest.len();
+                self.drop_front(&mut rest, n, Dropped::Stopped, "");
+                if n > 0 || stop_at.is_some() {
                     tracing::warn!(
-                        dropped = rest.len(),
+                        dropped = n,
                         "server stopped before the events upstream took every event"
                     );
                 }
                 return;
             }
-            self.count_out(&batch);
-            batch.clear();
         }
     }
 
-    fn count_out(&self, batch: &[Event]) {
+    /// The first `n` events of `batch` leave the queue.
+    fn take_out(&self, batch: &mut Vec<Event>, n: usize) {
         let c = &self.metrics.events;
-        let bytes: u64 = batch.iter().map(|e| e.0.len() as u64).sum();
+        let bytes: u64 = batch[..n].iter().map(|e| e.0.len() as u64).sum();
         c.queued_bytes.fetch_sub(bytes, Relaxed);
-        c.queued.fetch_sub(batch.len() as u64, Relaxed);
+        c.queued.fetch_sub(n as u64, Relaxed);
+        batch.drain(..n);
     }
 
-    /// Delivers one batch, retrying with backoff; false when the server stopped and the
-    /// flush time ran out first. A batch the upstream refused for good counts as done
-    /// (dropped and counted), so it cannot block the events behind it.
-    fn deliver(&mut self, batch: &[Event], mut stop_at: Option<Instant>) -> bool {
-        let c = &self.metrics.events;
-        loop {
-            match self.target.deliver(batch) {
+    /// Drops the first `n` events of `batch` for `why` (the upstream's words, `error`):
+    /// counted, and logged once a minute.
+    fn drop_front(&mut self, batch: &mut Vec<Event>, n: usize, why: Dropped, error: &str) {
+        if n == 0 {
+            return;
+        }
+        let first = match why {
+            Dropped::Failed => batch.first().map(describe).unwrap_or_default(),
+            _ => String::new(),
+        };
+        self.take_out(batch, n);
+        self.metrics.events.count_dropped(why, n as u64);
+        if why == Dropped::Stopped {
+            return;
+        }
+        let Some(held) = self.drop_log.fail(Instant::now()) else {
+            return;
+        };
+        let target = self.target.describe();
+        match why {
+            Dropped::Refused => tracing::error!(
+                %target, %error, events = n, held_back = held,
+                "events upstream refused a batch; its events are dropped"
+            ),
+            _ => tracing::error!(
+                %target, %error, event = %first, tries = EVENT_TRIES, held_back = held,
+                "events upstream failed an event every time it was sent alone; it is dropped"
+            ),
+        }
+    }
+
+    /// Delivers `batch`, in order, emptying it: retried with backoff while the upstream is
+    /// unreachable; a failing batch is halved after `SPLIT_AFTER` tries, and one event that
+    /// fails alone `EVENT_TRIES` times is dropped. False when the server stopped and the
+    /// flush time ran out first (what is left stays in `batch`).
+    fn deliver(&mut self, batch: &mut Vec<Event>, mut stop_at: Option<Instant>) -> bool {
+        let metrics = Arc::clone(&self.metrics);
+        let c = &metrics.events;
+        // Events sent per try, from the front; failed tries at that size.
+        let mut size = batch.len();
+        let mut tries = 0;
+        while !batch.is_empty() {
+            let n = size.min(batch.len());
+            let error = match self.target.deliver(&batch[..n]) {
                 Ok(()) => {
-                    c.delivered.fetch_add(batch.len() as u64, Relaxed);
+                    c.delivered.fetch_add(n as u64, Relaxed);
                     c.up.store(true, Relaxed);
                     self.backoff = BACKOFF_MIN;
                     if std::mem::take(&mut self.logged_down) {
                         tracing::info!(target = %self.target.describe(), "events upstream reachable again");
                     }
-                    return true;
+                    self.take_out(batch, n);
+                    (size, tries) = (batch.len(), 0);
+                    continue;
                 }
                 Err(DeliverError::Refused(e)) => {
-                    c.dropped.fetch_add(batch.len() as u64, Relaxed);
-                    tracing::error!(
-                        target = %self.target.describe(),
-                        error = %e,
-                        events = batch.len(),
-                        "events upstream refused a batch; its events are dropped"
-                    );
-                    return true;
+                    self.drop_front(batch, n, Dropped::Refused, &e);
+                    (size, tries) = (batch.len(), 0);
+                    continue;
                 }
-                Err(DeliverError::Retry(e)) => {
-                    c.failures.fetch_add(1, Relaxed);
-                    c.up.store(false, Relaxed);
-                    if !std::mem::replace(&mut self.logged_down, true) {
-                        tracing::warn!(
-                            target = %self.target.describe(),
-                            error = %e,
-                            "cannot deliver events; retrying with backoff (client sends get \
-                             `overloaded` once the queue is full)"
-                        );
+                Err(DeliverError::Unreachable(e)) => e,
+                Err(err @ (DeliverError::Failed(_) | DeliverError::TooSlow(_))) => {
+                    let split_after = match err {
+                        DeliverError::TooSlow(_) => 1,
+                        _ => SPLIT_AFTER,
+                    };
+                    let e = err.to_string();
+                    tries += 1;
+                    if n == 1 && tries >= EVENT_TRIES {
+                        c.failures.fetch_add(1, Relaxed);
+                        self.drop_front(batch, 1, Dropped::Failed, &e);
+                        (size, tries) = (batch.len(), 0);
+                        self.backoff = BACKOFF_MIN;
+                        continue;
                     }
-                    if stop_at.is_none() && self.stop.load(Relaxed) {
-                        stop_at = Some(Instant::now() + FLUSH_AT_STOP);
+                    if n > 1 && tries >= split_after {
+                        // One event may be what the upstream cannot take, or the batch too
+                        // much for its time: the first half goes alone.
+                        (size, tries) = (n.div_ceil(2), 0);
+                        self.backoff = BACKOFF_MIN;
                     }
-                    if let Some(at) = stop_at {
-                        let now = Instant::now();
-                        if now >= at {
-                            return false;
-                        }
-                        std::thread::sleep(self.backoff.min(at - now));
-                    } else {
-                        crate::broker::pause(self.backoff, &self.stop);
-                    }
-                    self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+                    e
                 }
+            };
+            c.failures.fetch_add(1, Relaxed);
+            c.up.store(false, Relaxed);
+            if !std::mem::replace(&mut self.logged_down, true) {
+                tracing::warn!(
+                    target = %self.target.describe(),
+                    %error,
+                    "cannot deliver events; retrying with backoff (client sends get \
+                     `overloaded` once the queue is full)"
+                );
             }
+            if stop_at.is_none() && self.stop.load(Relaxed) {
+                stop_at = Some(Instant::now() + FLUSH_AT_STOP);
+            }
+            if let Some(at) = stop_at {
+                let now = Instant::now();
+                if now >= at {
+                    return false;
+                }
+                std::thread::sleep(self.backoff.min(at - now));
+            } else {
+                crate::broker::pause(self.backoff, &self.stop);
+            }
+            self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
         }
+        true
+    }
+}
+
+/// An event's type, user and session, for a log line (not its data).
+fn describe(e: &Event) -> String {
+    #[derive(serde::Deserialize)]
+    struct Head<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Option<&'a str>,
+        #[serde(borrow)]
+        user: Option<&'a str>,
+        #[serde(borrow)]
+        session: Option<&'a str>,
+    }
+    match serde_json::from_str::<Head<'_>>(e.as_str()) {
+        Ok(h) => format!(
+            "{} of user {:?}, session {}, {} bytes",
+            h.kind.unwrap_or("?"),
+            h.user.unwrap_or("?"),
+            h.session.unwrap_or("?"),
+            e.as_str().len()
+        ),
+        Err(_) => format!("{} bytes", e.as_str().len()),
     }
 }
 

@@ -29,12 +29,14 @@ impl StreamTarget {
 
 impl Target for StreamTarget {
     fn deliver(&mut self, batch: &[Event]) -> Result<(), DeliverError> {
-        let retry = |e: redis::RedisError| DeliverError::Retry(format!("Redis: {e}"));
+        // Redis's errors are its state's (unreachable, out of memory, a replica), never the
+        // batch's: retried for as long as they last.
+        let retry = |e: redis::RedisError| DeliverError::Unreachable(format!("Redis: {e}"));
         if self.conn.is_none() {
             self.conn = Some(self.redis.connect().map_err(retry)?);
         }
         let Some(conn) = self.conn.as_mut() else {
-            return Err(DeliverError::Retry("no Redis connection".into()));
+            return Err(DeliverError::Unreachable("no Redis connection".into()));
         };
         // All or none (MULTI/EXEC), so a retry after an error repeats nothing; a link lost
         // after EXEC ran can still repeat a batch: delivery is at least once.
