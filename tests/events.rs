@@ -682,6 +682,36 @@ fn an_event_the_upstream_always_fails_on_is_dropped_and_the_rest_go_through() {
 }
 
 #[test]
+fn an_upstream_failing_every_request_for_a_while_loses_no_event() {
+    // An outage answered 500 to everything is not a poison event: once the failing event
+    // is alone, the next one (another session's) is tried alone too, fails as well, and
+    // nothing is dropped (before, one event went every few seconds).
+    let up = Upstream::start();
+    *up.poison.lock().unwrap() = Some(String::new());
+    let url = up.url();
+    let srv = TestServer::start(&["--events-url", &url]);
+    let mut a = srv.connect("a");
+    let mut b = srv.connect("b");
+    a.send(json!({"type": "send", "data": "a1"}));
+    assert_eq!(a.recv()["type"], "sent");
+    b.send(json!({"type": "send", "data": "b1"}));
+    assert_eq!(b.recv()["type"], "sent");
+    // Past the halvings and the five tries alone that drop a poison event.
+    srv.wait_stats_within("many failures", Duration::from_secs(60), |s| {
+        s["events"]["failures"].as_u64() >= Some(8)
+    });
+    assert_eq!(srv.stats()["events"]["dropped"], 0);
+    *up.poison.lock().unwrap() = None;
+    let got = up.wait_events_within(2, Duration::from_secs(30));
+    let data: Vec<Value> = got.iter().map(|e| e["data"].clone()).collect();
+    assert!(
+        data.contains(&json!("a1")) && data.contains(&json!("b1")),
+        "{data:?}"
+    );
+    assert_eq!(srv.stats()["events"]["dropped"], 0);
+}
+
+#[test]
 fn a_batch_too_slow_for_the_upstream_goes_again_halved_and_is_taken() {
     let up = Upstream::start();
     // The first event is held a second, so the next two make one batch, which the

@@ -190,7 +190,7 @@ impl Target for PostTarget {
             )))),
             // The upstream is busy or behind a gateway that cannot reach it: not this
             // batch's fault.
-            429 | 502 | 503 => Err(DeliverError::Unreachable(said(&quote(&body)))),
+            429 | 502..=504 => Err(DeliverError::Unreachable(said(&quote(&body)))),
             408 | 500..=599 => Err(DeliverError::Failed(said(&quote(&body)))),
             _ => Err(DeliverError::Refused(said(&quote(&body)))),
         }

@@ -43,8 +43,16 @@ const FLUSH_AT_STOP: Duration = Duration::from_secs(3);
 /// Failed tries of a batch, at one size, before it is halved (one when no answer came in
 /// time).
 const SPLIT_AFTER: u32 = 2;
-/// Failed tries of one event alone before it is dropped.
+/// Failed tries of one event alone before it is dropped, when the upstream took a batch
+/// within `RECENT_DELIVERY` (it works, this event is what it cannot take).
 const EVENT_TRIES: u32 = 5;
+/// Failed tries of one event alone before it is dropped when nothing went through for
+/// longer and the next event (another session's) does not go through alone either: an
+/// upstream failing every request (an outage answered 500) loses an event every few
+/// minutes at the longest backoff, not one every few seconds.
+const EVENT_TRIES_COLD: u32 = 30;
+/// How recent a delivery makes the upstream "working" for `EVENT_TRIES`.
+const RECENT_DELIVERY: Duration = Duration::from_secs(60);
 /// A repeated drop is logged once, then at most this often.
 const DROP_LOG_EVERY: Duration = Duration::from_secs(60);
 
@@ -290,6 +298,7 @@ pub fn spawn(
         stop: Arc::clone(stop),
         backoff: BACKOFF_MIN,
         logged_down: false,
+        last_delivery: None,
         drop_log: crate::log_gate::LogGate::new(DROP_LOG_EVERY),
     };
     let thread = std::thread::Builder::new()
@@ -309,6 +318,8 @@ struct Runner {
     stop: Arc<AtomicBool>,
     backoff: Duration,
     logged_down: bool,
+    /// When a batch last went through.
+    last_delivery: Option<Instant>,
     /// Drops, logged once a minute.
     drop_log: crate::log_gate::LogGate,
 }
@@ -372,6 +383,35 @@ impl Runner {
         batch.drain(..n);
     }
 
+    /// Whether the upstream takes other events while the first fails: the second, alone,
+    /// when it is another session's (its order after the first does not matter); taken out
+    /// of `batch` when it went through.
+    fn probe(&mut self, batch: &mut Vec<Event>) -> bool {
+        if batch.len() == 1 {
+            // The batch may have been taken before anything else was queued.
+            if let Ok(e) = self.rx.try_recv() {
+                batch.push(e);
+            }
+        }
+        let (Some(first), Some(second)) = (batch.first(), batch.get(1)) else {
+            return false;
+        };
+        let sessions = (session_of(first), session_of(second));
+        if !matches!(&sessions, (Some(a), Some(b)) if a != b) {
+            return false;
+        }
+        if self.target.deliver(&batch[1..2]).is_err() {
+            return false;
+        }
+        let c = &self.metrics.events;
+        c.delivered.fetch_add(1, Relaxed);
+        c.queued_bytes.fetch_sub(batch[1].0.len() as u64, Relaxed);
+        c.queued.fetch_sub(1, Relaxed);
+        batch.remove(1);
+        self.last_delivery = Some(Instant::now());
+        true
+    }
+
     /// Drops the first `n` events of `batch` for `why` (the upstream's words, `error`):
     /// counted, and logged once a minute.
     fn drop_front(&mut self, batch: &mut Vec<Event>, n: usize, why: Dropped, error: &str) {
@@ -424,7 +464,11 @@ impl Runner {
                         tracing::info!(target = %self.target.describe(), "events upstream reachable again");
                     }
                     self.take_out(batch, n);
-                    (size, tries) = (batch.len(), 0);
+                    self.last_delivery = Some(Instant::now());
+                    // A size that was halved stays so until the event the upstream cannot
+                    // take is found: back to the whole batch, the search would start over
+                    // and the events before it go again and again.
+                    tries = 0;
                     continue;
                 }
                 Err(DeliverError::Refused(e)) => {
@@ -440,7 +484,12 @@ impl Runner {
                     };
                     let e = err.to_string();
                     tries += 1;
-                    if n == 1 && tries >= EVENT_TRIES {
+                    let working = self
+                        .last_delivery
+                        .is_some_and(|t| t.elapsed() < RECENT_DELIVERY);
+                    let limit = EVENT_TRIES;
+                    let proven = n == 1 && tries >= limit && (working || self.probe(batch));
+                    if n == 1 && (proven || tries >= EVENT_TRIES_COLD) {
                         c.failures.fetch_add(1, Relaxed);
                         self.drop_front(batch, 1, Dropped::Failed, &e);
                         (size, tries) = (batch.len(), 0);
@@ -484,17 +533,24 @@ impl Runner {
     }
 }
 
+/// An event's type, user and session (not its data).
+#[derive(serde::Deserialize)]
+struct Head<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<&'a str>,
+    #[serde(borrow)]
+    user: Option<&'a str>,
+    #[serde(borrow)]
+    session: Option<&'a str>,
+}
+
+/// The session an event is about.
+fn session_of(e: &Event) -> Option<&str> {
+    serde_json::from_str::<Head<'_>>(e.as_str()).ok()?.session
+}
+
 /// An event's type, user and session, for a log line (not its data).
 fn describe(e: &Event) -> String {
-    #[derive(serde::Deserialize)]
-    struct Head<'a> {
-        #[serde(rename = "type", borrow)]
-        kind: Option<&'a str>,
-        #[serde(borrow)]
-        user: Option<&'a str>,
-        #[serde(borrow)]
-        session: Option<&'a str>,
-    }
     match serde_json::from_str::<Head<'_>>(e.as_str()) {
         Ok(h) => format!(
             "{} of user {:?}, session {}, {} bytes",
