@@ -580,7 +580,8 @@ impl Server {
         for (i, t) in self.acceptors.drain(..).enumerate() {
             join(format!("acceptor {i}"), t);
         }
-        // The Kafka ingress commits what the API took, so it stops before the API.
+        // The Kafka ingress stores the offsets of what the API took, from the API's
+        // answers, so it stops (waiting for those answers) before the API does.
         if let Some(t) = self.kafka.take() {
             join("kafka".into(), t);
         }

@@ -92,6 +92,28 @@ fn assert_closing_error(raw: &[u8], status: u16, code: &str, needle: &str) {
 // 1. Pipelined requests whose answers are never read.
 
 #[test]
+fn a_head_never_holds_more_than_its_limit() {
+    // 16,000 bytes of head and then 300 more once doubled the buffer to 32,000 bytes,
+    // all counted in api_max_buffered_bytes (a client without the key could so hold twice
+    // what the docs say).
+    let srv = TestServer::start(&[]);
+    let mut s = tcp(srv.api);
+    let filler = format!("POST /v1/push HTTP/1.1\r\nX-Pad: {}", "p".repeat(16_300));
+    s.write_all(&filler.as_bytes()[..16_000]).unwrap();
+    srv.wait_stats("the first part held", |st| {
+        st["api_input_bytes"].as_u64() >= Some(16_000)
+    });
+    s.write_all(&filler.as_bytes()[16_000..16_300]).unwrap();
+    let st = srv.wait_stats("the rest held", |st| {
+        st["api_input_bytes"].as_u64() >= Some(16_300)
+    });
+    assert!(
+        st["api_input_bytes"].as_u64() <= Some(16 * 1024 + 1),
+        "{st}"
+    );
+}
+
+#[test]
 fn pipelining_without_reading_keeps_output_bounded_and_others_served() {
     let srv = TestServer::start(&[]);
     let mut monitor = srv.api_conn();

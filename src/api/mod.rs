@@ -277,6 +277,16 @@ impl Api {
         );
         let sequencer = sequencer::Sequencer::new(config.history_ttl, sequencer::MAX_TOPIC_STREAMS);
         let dedup = dedup::Dedup::new(config.dedup_window, dedup::MAX_DEDUP_ENTRIES);
+        let heads = (conn_cap as u64).saturating_mul(request::MAX_HEAD as u64 + 1);
+        if heads > config.api_max_buffered_bytes as u64 / 2 {
+            // Heads count in the budget (any client may send one), so they alone could
+            // leave bodies one at a time.
+            tracing::warn!(
+                api_max_buffered_bytes = config.api_max_buffered_bytes,
+                heads_at_most = heads,
+                "api_max_buffered_bytes is under twice what the API's connections can hold                  in request heads (16 KiB each): clients without the key could slow pushes;                  raise it or lower api_max_connections"
+            );
+        }
         let budget = budget::InputBudget::new(config.api_max_buffered_bytes);
         let shards_len = shards.len();
         let handshaker = tls
@@ -677,6 +687,15 @@ impl Api {
                     if !discard {
                         if c.inbuf.is_empty() {
                             c.request_since = Some(self.now);
+                        }
+                        // A head grows its buffer by doubling up to its limit, not past
+                        // it: `extend_from_slice` would double a 16,000-byte head to
+                        // 32,000 bytes of capacity, all counted in the input budget.
+                        let need = c.inbuf.len() + n;
+                        let head_limit = request::MAX_HEAD + 1;
+                        if need > c.inbuf.capacity() && need <= head_limit {
+                            let target = (c.inbuf.capacity() * 2).clamp(need, head_limit);
+                            c.inbuf.reserve_exact(target - c.inbuf.len());
                         }
                         c.inbuf.extend_from_slice(&self.scratch[..n]);
                         let held = c.input_held();

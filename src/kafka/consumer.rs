@@ -658,10 +658,24 @@ impl Ingress {
     /// to finish by itself, rather than hold the process up to `session.timeout.ms`.
     fn finish(mut self) {
         let deadline = Instant::now() + self.stop.grace.max(MIN_FINISH);
-        // What the API took before it stopped is done.
-        self.take_answers();
-        while self.dlq.in_flight() > 0 && Instant::now() < deadline {
-            self.take_dlq_reports(FINISH_POLL);
+        // What the API took is done once it answers: batches it was handed are answered
+        // while it runs (it stops after this thread), so their answers are waited for too,
+        // with the DLQ's reports, until the grace is over (a batch never answered was
+        // not taken, and its records come again after a restart).
+        loop {
+            self.take_answers();
+            let at_api = self
+                .shared
+                .lock()
+                .is_ok_and(|s| s.partitions.values().any(|p| p.in_flight.is_some()));
+            if (!at_api && self.dlq.in_flight() == 0) || Instant::now() >= deadline {
+                break;
+            }
+            if self.dlq.in_flight() > 0 {
+                self.take_dlq_reports(FINISH_POLL);
+            } else {
+                std::thread::sleep(FINISH_POLL);
+            }
         }
         self.store();
         let Ingress { consumer, dlq, .. } = self;
