@@ -581,7 +581,8 @@ impl Server {
             join(format!("acceptor {i}"), t);
         }
         // The Kafka ingress stores the offsets of what the API took, from the API's
-        // answers, so it stops (waiting for those answers) before the API does.
+        // answers, which it waits for until the API (stopping on the same flag) is gone;
+        // it is joined first so that its wait and the API's last turn overlap.
         if let Some(t) = self.kafka.take() {
             join("kafka".into(), t);
         }

@@ -242,9 +242,9 @@ fn a_flood_is_rate_limited_then_closed_with_1008_and_others_carry_on() {
 fn the_bucket_refills_and_small_acks_cost_little() {
     let srv = TestServer::start(&["--client-rate", "2"]);
     let mut c = srv.connect("acker");
-    // A client acks every push it processes: an ack costs only its text (this one, 22
-    // bytes, a thousandth of a token), so 700 of them cost 0.7 of a token...
-    for _ in 0..700 {
+    // A client acks every push it processes: an ack takes no token, only its text (at
+    // least 256 bytes' worth, 15 thousandths of a token), so 40 of them cost 0.6...
+    for _ in 0..40 {
         c.send(json!({"type": "ack", "seq": 0}));
     }
     c.send(json!({"type": "ping", "ref": "one"}));
@@ -256,6 +256,11 @@ fn the_bucket_refills_and_small_acks_cost_little() {
         (e["code"].clone(), e["ref"].clone()),
         (json!("rate_limited"), json!("over"))
     );
+    // Acks are never refused for the rate, in debt too (refusals would end in 1008).
+    for _ in 0..20 {
+        c.send(json!({"type": "ack", "seq": 0}));
+    }
+    c.expect_silence(Duration::from_millis(200));
     // Two tokens a second: one is back within half a second. Asked every 200 ms, fewer
     // times than the ten refusals in a row that would close the connection.
     let mut refused = 0;

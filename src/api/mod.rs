@@ -284,7 +284,9 @@ impl Api {
             tracing::warn!(
                 api_max_buffered_bytes = config.api_max_buffered_bytes,
                 heads_at_most = heads,
-                "api_max_buffered_bytes is under twice what the API's connections can hold                  in request heads (16 KiB each): clients without the key could slow pushes;                  raise it or lower api_max_connections"
+                "api_max_buffered_bytes is under twice what the API's connections can hold in \
+                 request heads (16 KiB each): clients without the key could slow pushes; \
+                 raise it or lower api_max_connections"
             );
         }
         let budget = budget::InputBudget::new(config.api_max_buffered_bytes);

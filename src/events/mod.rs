@@ -43,16 +43,15 @@ const FLUSH_AT_STOP: Duration = Duration::from_secs(3);
 /// Failed tries of a batch, at one size, before it is halved (one when no answer came in
 /// time).
 const SPLIT_AFTER: u32 = 2;
-/// Failed tries of one event alone before it is dropped, when the upstream took a batch
-/// within `RECENT_DELIVERY` (it works, this event is what it cannot take).
+/// Failed tries of one event alone before it is dropped, when the next event (another
+/// session's) sent alone goes through: the upstream works, this event is what it cannot
+/// take.
 const EVENT_TRIES: u32 = 5;
-/// Failed tries of one event alone before it is dropped when nothing went through for
-/// longer and the next event (another session's) does not go through alone either: an
-/// upstream failing every request (an outage answered 500) loses an event every few
-/// minutes at the longest backoff, not one every few seconds.
+/// Failed tries of one event alone before it is dropped when no other event shows the
+/// upstream works (the next one fails too, or there is none to try): an upstream failing
+/// every request (an outage answered 500) loses an event every few minutes at the
+/// longest backoff, not one every few seconds.
 const EVENT_TRIES_COLD: u32 = 30;
-/// How recent a delivery makes the upstream "working" for `EVENT_TRIES`.
-const RECENT_DELIVERY: Duration = Duration::from_secs(60);
 /// A repeated drop is logged once, then at most this often.
 const DROP_LOG_EVERY: Duration = Duration::from_secs(60);
 
@@ -298,7 +297,6 @@ pub fn spawn(
         stop: Arc::clone(stop),
         backoff: BACKOFF_MIN,
         logged_down: false,
-        last_delivery: None,
         drop_log: crate::log_gate::LogGate::new(DROP_LOG_EVERY),
     };
     let thread = std::thread::Builder::new()
@@ -318,8 +316,6 @@ struct Runner {
     stop: Arc<AtomicBool>,
     backoff: Duration,
     logged_down: bool,
-    /// When a batch last went through.
-    last_delivery: Option<Instant>,
     /// Drops, logged once a minute.
     drop_log: crate::log_gate::LogGate,
 }
@@ -408,7 +404,6 @@ impl Runner {
         c.queued_bytes.fetch_sub(batch[1].0.len() as u64, Relaxed);
         c.queued.fetch_sub(1, Relaxed);
         batch.remove(1);
-        self.last_delivery = Some(Instant::now());
         true
     }
 
@@ -437,7 +432,7 @@ impl Runner {
                 "events upstream refused a batch; its events are dropped"
             ),
             _ => tracing::error!(
-                %target, %error, event = %first, tries = EVENT_TRIES, held_back = held,
+                %target, %error, event = %first, held_back = held,
                 "events upstream failed an event every time it was sent alone; it is dropped"
             ),
         }
@@ -464,7 +459,6 @@ impl Runner {
                         tracing::info!(target = %self.target.describe(), "events upstream reachable again");
                     }
                     self.take_out(batch, n);
-                    self.last_delivery = Some(Instant::now());
                     // A size that was halved stays so until the event the upstream cannot
                     // take is found: back to the whole batch, the search would start over
                     // and the events before it go again and again.
@@ -484,11 +478,9 @@ impl Runner {
                     };
                     let e = err.to_string();
                     tries += 1;
-                    let working = self
-                        .last_delivery
-                        .is_some_and(|t| t.elapsed() < RECENT_DELIVERY);
-                    let limit = EVENT_TRIES;
-                    let proven = n == 1 && tries >= limit && (working || self.probe(batch));
+                    // A delivery before this failure says nothing: the outage may have
+                    // begun since. The next event, alone, says whether the upstream works.
+                    let proven = n == 1 && tries >= EVENT_TRIES && self.probe(batch);
                     if n == 1 && (proven || tries >= EVENT_TRIES_COLD) {
                         c.failures.fetch_add(1, Relaxed);
                         self.drop_front(batch, 1, Dropped::Failed, &e);

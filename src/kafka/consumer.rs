@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use mio::{Events, Poll, Token, Waker};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
@@ -411,11 +411,17 @@ impl Ingress {
 
     /// Applies the push API's answers: taken records are done; after a refusal the rest
     /// waits and goes again, in order.
-    fn take_answers(&mut self) {
+    /// Applies the API's answers; true once the API is gone (nothing more can come).
+    fn take_answers(&mut self) -> bool {
         let Ok(mut shared) = self.shared.lock() else {
-            return;
+            return false;
         };
-        while let Ok(a) = self.api.answers.try_recv() {
+        loop {
+            let a = match self.api.answers.try_recv() {
+                Ok(a) => a,
+                Err(TryRecvError::Empty) => return false,
+                Err(TryRecvError::Disconnected) => return true,
+            };
             let Some(p) = shared
                 .partitions
                 .values_mut()
@@ -658,16 +664,17 @@ impl Ingress {
     /// to finish by itself, rather than hold the process up to `session.timeout.ms`.
     fn finish(mut self) {
         let deadline = Instant::now() + self.stop.grace.max(MIN_FINISH);
-        // What the API took is done once it answers: batches it was handed are answered
-        // while it runs (it stops after this thread), so their answers are waited for too,
-        // with the DLQ's reports, until the grace is over (a batch never answered was
-        // not taken, and its records come again after a restart).
+        // What the API took is done once it answers: the answers to batches it was handed
+        // are waited for too, with the DLQ's reports, until the API is gone (it stops on
+        // the same flag, and answers nothing after) or the grace is over. A batch never
+        // answered was not taken: its records come again after a restart.
         loop {
-            self.take_answers();
-            let at_api = self
-                .shared
-                .lock()
-                .is_ok_and(|s| s.partitions.values().any(|p| p.in_flight.is_some()));
+            let api_gone = self.take_answers();
+            let at_api = !api_gone
+                && self
+                    .shared
+                    .lock()
+                    .is_ok_and(|s| s.partitions.values().any(|p| p.in_flight.is_some()));
             if (!at_api && self.dlq.in_flight() == 0) || Instant::now() >= deadline {
                 break;
             }

@@ -265,21 +265,27 @@ impl Shard {
     }
 
     /// A complete compressed text message: inflated within `max_message_size` (1009
-    /// beyond, however small the compressed form), then handled like any other. A
-    /// connection in debt for what it sent (`rate`) gets `rate_limited` without inflating.
+    /// beyond, however small the compressed form), then handled like any other. From a
+    /// connection in debt for what it sent (`rate`) only a small message is inflated (an
+    /// ack, say); a larger one gets `rate_limited` without being inflated further.
     fn inflate(&mut self, key: u32, compressed: &[u8]) -> Result<(), FrameError> {
-        if !self.rates.has_credit(key, self.tick) {
-            let refused = self.rate_limited();
-            self.refuse(key, &refused, None);
-            return Ok(());
-        }
         let max = self.shared.config.max_message_size;
+        let cap = if self.rates.has_credit(key, self.tick) {
+            max
+        } else {
+            UNREAD_REFUSAL_BYTES.min(max)
+        };
         let mut out = std::mem::take(&mut self.inflated);
-        let result = self.inflater.message(compressed, max, &mut out);
+        let result = self.inflater.message(compressed, cap, &mut out);
         let handled = match result {
             Ok(()) => {
                 self.counters().inflated_messages.fetch_add(1, Relaxed);
                 self.text(key, &mut out)
+            }
+            Err(FrameError::TooBig) if cap < max => {
+                let refused = self.rate_limited();
+                self.refuse(key, &refused, None);
+                Ok(())
             }
             Err(e) => Err(e),
         };
@@ -365,13 +371,10 @@ impl Shard {
         msg: ClientMsg<'_>,
         reference: Option<&str>,
     ) -> Result<(), Refused> {
-        // An ack takes no token (a client acks each push it processes, as fast as pushes
-        // come), only its text, charged after; but not while the connection is in debt.
-        let taken = match msg {
-            ClientMsg::Ack { .. } => self.rates.has_credit(key, self.tick),
-            _ => self.rates.take(key, self.tick),
-        };
-        if !taken {
+        // An ack takes no token and is never refused for the rate (a client acks each push
+        // it processes, as fast as pushes come: refusals would end in 1008, which clients
+        // take as "do not reconnect"); its text is charged after, like any message's.
+        if !matches!(msg, ClientMsg::Ack { .. }) && !self.rates.take(key, self.tick) {
             return Err(self.rate_limited());
         }
         match msg {

@@ -2,12 +2,13 @@
 //! connection holding `client_rate` tokens and refilling as many per second. A bucket is
 //! kept only while it is not full, so a quiet connection costs nothing here.
 //!
-//! A message takes a token, and its text (after decompression) costs a token per
-//! `BYTES_PER_TOKEN` more, acks included (an ack takes no token, only its text): what a
-//! shard spends parsing one connection's messages is bounded, not only how many it
-//! carries out (a 100-byte compressed ack can hold 64 KiB of spaces). The text is paid
-//! after the fact, so a large message may leave the bucket in debt, which the refill
-//! pays back before anything more is taken: any message fits a bucket of one token.
+//! A message takes a token, and its text (after decompression, at least `MIN_CHARGE`)
+//! costs a token per `BYTES_PER_TOKEN` more, acks included (an ack takes no token and is
+//! never refused, but its text is charged): what a shard spends parsing one connection's
+//! messages is bounded, not only how many it carries out (a 100-byte compressed ack can
+//! hold 64 KiB of spaces). The text is paid after the fact, so a large message may leave
+//! the bucket in debt (at most one bucket's worth), which the refill pays back before
+//! anything more is taken: any message fits a bucket of one token.
 
 use std::collections::HashMap;
 
@@ -21,6 +22,9 @@ use super::ticks::moved;
 const MILLI: i64 = 1000;
 /// Bytes of message text that cost a token.
 pub(super) const BYTES_PER_TOKEN: i64 = 16 * 1024;
+/// The least text a message is charged for: a flood of tiny acks costs a 64th of a token
+/// each, not a thousandth.
+const MIN_CHARGE: i64 = 256;
 /// Ticks between sweeps of refilled buckets (one second).
 const SWEEP_TICKS: u32 = (1000 / TICK_MS) as u32;
 
@@ -95,12 +99,12 @@ impl Rates {
         if self.rate == 0 {
             return;
         }
-        let len = i64::try_from(len).unwrap_or(i64::MAX);
+        let len = i64::try_from(len).unwrap_or(i64::MAX).max(MIN_CHARGE);
         let cost = len.saturating_mul(MILLI) / BYTES_PER_TOKEN;
-        if cost > 0 {
-            let milli = self.credit(key, tick);
-            self.set(key, tick, milli.saturating_sub(cost));
-        }
+        // Never more than a bucket in debt: a second of silence clears it.
+        let floor = -self.capacity();
+        let milli = self.credit(key, tick);
+        self.set(key, tick, milli.saturating_sub(cost).max(floor));
     }
 
     /// Forgets a connection that ended.
@@ -197,21 +201,26 @@ mod tests {
         // A bucket of one token takes a message of any size...
         assert!(r.has_credit(1, 0) && r.take(1, 0));
         r.charge_bytes(1, 0, 64 * 1024);
-        // ...and owes 4 tokens for its 64 KiB: nothing is read for 4 s.
+        // ...and owes its 64 KiB (4 tokens), at most a bucket: nothing is taken for 1 s.
         assert!(!r.has_credit(1, 0));
-        assert!(!r.has_credit(1, 4 * PER_SEC));
-        assert!(r.has_credit(1, 4 * PER_SEC + 1));
-        assert!(!r.take(1, 4 * PER_SEC + 1), "credit, but not a whole token");
-        assert!(r.take(1, 5 * PER_SEC));
-        // Small texts cost a little: a 30-byte ack is 1 thousandth of a token.
+        assert!(!r.has_credit(1, PER_SEC));
+        assert!(r.has_credit(1, PER_SEC + 1));
+        assert!(!r.take(1, PER_SEC + 1), "credit, but not a whole token");
+        assert!(r.take(1, 2 * PER_SEC));
+        // Small texts cost a little: a 30-byte ack is charged as 256 bytes, 15 thousandths
+        // of a token; the debt stops at one bucket.
         let mut r = Rates::new(2);
-        for _ in 0..2000 {
+        for _ in 0..134 {
             assert!(r.has_credit(1, 0));
             r.charge_bytes(1, 0, 30);
         }
+        assert!(!r.has_credit(1, 0), "134 small acks empty a bucket of two");
+        for _ in 0..10_000 {
+            r.charge_bytes(1, 0, 60_000);
+        }
         assert!(
-            !r.has_credit(1, 0),
-            "2,000 small acks empty a bucket of two"
+            r.has_credit(1, PER_SEC + PER_SEC / 100),
+            "a bucket of debt at most"
         );
         let mut unlimited = Rates::new(0);
         unlimited.charge_bytes(1, 0, usize::MAX);
