@@ -20,7 +20,7 @@ const STOP_CODES = new Set([1000, 1002, 1003, 1007, 1008, 1009]);
 // too_many_topics, ...) would be refused again, so the topic is forgotten.
 /** After rate_limited, the least wait before trying again: the server's bucket refills
  * at client_rate per second, so a second brings a token back (a large message's text can
- * leave a debt of up to 4 tokens first: at a client_rate under 5, several seconds). */
+ * leave a debt of up to a bucket first: then two seconds). */
 const RATE_LIMIT_PAUSE_MS = 1000;
 const TRANSIENT_ERRORS = new Set(["rate_limited", "overloaded", "broker_unavailable", "draining"]);
 
