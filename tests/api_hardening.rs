@@ -292,22 +292,10 @@ fn the_request_timeout_holds_while_earlier_answers_are_unsent() {
     back_up_answers(&mut s, &mut monitor);
     // An incomplete request, a byte at a time: the 408 comes all the same.
     let part = b"POST /v1/push HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-    let started = Instant::now();
-    let mut i = 0;
-    loop {
-        if i < part.len() {
-            let _ = s.write_all(&part[i..=i]);
-            i += 1;
-        }
-        if stats_on(&mut monitor)["counters"]["api_request_timeouts"] == 1 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(6),
-            "no 408 while the answers wait"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut bytes = part.iter();
+    trickle_until(&mut s, &mut monitor, "api_request_timeouts", || {
+        bytes.next().copied()
+    });
 }
 
 #[test]
@@ -324,15 +312,28 @@ fn a_client_that_sends_but_never_reads_is_closed_after_the_idle_timeout() {
     // A request that cannot be framed: its 400 queues behind the others and what follows
     // is discarded. The client keeps sending and never reads.
     s.write_all(b"BAD\r\n\r\n").expect("write");
+    trickle_until(&mut s, &mut monitor, "api_idle_closes", || Some(b'x'));
+}
+
+/// Writes `next` byte by byte, 50 ms apart (the trickle is what is tested), until the
+/// counter `counter` reaches 1; at most 6 s.
+fn trickle_until(
+    s: &mut TcpStream,
+    monitor: &mut HttpConn,
+    counter: &str,
+    mut next: impl FnMut() -> Option<u8>,
+) {
     let started = Instant::now();
     loop {
-        let _ = s.write_all(b"x");
-        if stats_on(&mut monitor)["counters"]["api_idle_closes"] == 1 {
-            break;
+        if let Some(b) = next() {
+            let _ = s.write_all(&[b]);
+        }
+        if stats_on(monitor)["counters"][counter] == 1 {
+            return;
         }
         assert!(
             started.elapsed() < Duration::from_secs(6),
-            "bytes read from a client that takes no answers kept it open"
+            "{counter} never counted while the client trickled"
         );
         std::thread::sleep(Duration::from_millis(50));
     }

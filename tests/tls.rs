@@ -73,21 +73,14 @@ fn python_wss(version: &str, expect_version: &str) {
     let port = srv.ws.port().to_string();
     let token = tok("py");
     let n = pushes.len().to_string();
-    let mut py = PyClient::spawn(&[
+    let mut py = PyClient::connect(
         "ws",
-        "--port",
         &port,
-        "--ca",
         dir.cert_path(),
-        "--token",
         &token,
-        "--tls",
         version,
-        "--topic",
-        "room:1",
-        "--pushes",
-        &n,
-    ]);
+        &["--topic", "room:1", "--pushes", &n],
+    );
     let w = py.expect("welcome");
     assert_eq!(w["msg"]["type"], "welcome", "{w}");
     assert_eq!(w["msg"]["user"], "py", "{w}");
@@ -155,17 +148,7 @@ fn python_ssl_session_resumption_is_counted() {
     let token = tok("resumer");
     let mut done = 0;
     for (version, name) in [("1.3", "TLSv1.3"), ("1.2", "TLSv1.2")] {
-        let mut py = PyClient::spawn(&[
-            "resume",
-            "--port",
-            &port,
-            "--ca",
-            dir.cert_path(),
-            "--token",
-            &token,
-            "--tls",
-            version,
-        ]);
+        let mut py = PyClient::connect("resume", &port, dir.cert_path(), &token, version, &[]);
         let first = py.expect("first");
         assert_eq!(first["tls_version"], name, "{first}");
         assert_eq!(first["session_reused"], false, "{first}");

@@ -304,17 +304,7 @@ fn close_notify_from_the_client_is_answered_with_ours() {
     // Python's ssl: SSL_shutdown sends close_notify and waits for the server's.
     for version in ["1.3", "1.2"] {
         let token = tok(&format!("unwrap-{version}"));
-        let mut py = PyClient::spawn(&[
-            "unwrap",
-            "--port",
-            &port,
-            "--ca",
-            dir.cert_path(),
-            "--token",
-            &token,
-            "--tls",
-            version,
-        ]);
+        let mut py = PyClient::connect("unwrap", &port, dir.cert_path(), &token, version, &[]);
         let u = py.expect("unwrapped");
         assert_eq!(u["clean"], true, "TLS {version}: {u}");
         py.finish();

@@ -45,13 +45,13 @@ impl DrainEnd {
     /// Waits at most `d` for every shard of `0..n` that is not `gone` (its thread ended:
     /// it will never say so) to be drained; whether they are.
     pub fn wait_drained(&self, n: usize, gone: impl Fn(usize) -> bool, d: Duration) -> bool {
-        let done = |ids: &mut Vec<usize>| (0..n).all(|i| gone(i) || ids.contains(&i));
+        let done = |ids: &[usize]| (0..n).all(|i| gone(i) || ids.contains(&i));
         let ids = self.drained.lock().unwrap_or_else(|e| e.into_inner());
-        let (mut ids, _) = self
+        let (ids, _) = self
             .changed
             .wait_timeout_while(ids, d, |ids| !done(ids))
             .unwrap_or_else(|e| e.into_inner());
-        done(&mut ids)
+        done(&ids)
     }
 
     /// Lets the drained shards end (nothing sends them commands any more); wake them after.

@@ -799,6 +799,23 @@ impl PyClient {
         PyClient::fixture("tls_client.py", args)
     }
 
+    /// tests/fixtures/tls_client.py in `mode` against the server on `port`, trusting `ca`,
+    /// as `token`'s user, over TLS `version` ("1.2" or "1.3"), with `more` arguments.
+    pub fn connect(
+        mode: &str,
+        port: &str,
+        ca: &str,
+        token: &str,
+        version: &str,
+        more: &[&str],
+    ) -> PyClient {
+        let mut args = vec![
+            mode, "--port", port, "--ca", ca, "--token", token, "--tls", version,
+        ];
+        args.extend_from_slice(more);
+        PyClient::spawn(&args)
+    }
+
     /// tests/fixtures/`script` with `args`.
     pub fn fixture(script: &str, args: &[&str]) -> PyClient {
         require_python_websockets();
