@@ -344,19 +344,8 @@ fn throng_serve_exits_nonzero_when_the_address_is_in_use() {
     let srv = TestServer::start(&[]);
     let addr = srv.ws.to_string();
     let mut child = Command::new(env!("CARGO_BIN_EXE_throng"))
-        .args([
-            "serve",
-            "--listen",
-            &addr,
-            "--api-listen",
-            "127.0.0.1:0",
-            "--jwt-secret",
-            SECRET,
-            "--api-key",
-            API_KEY,
-            "--shards",
-            "1",
-        ])
+        .arg("serve")
+        .args(base_args(&["--listen", &addr, "--shards", "1"]))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -16,21 +16,7 @@ use throng::server::Server;
 
 #[test]
 fn api_accept_out_of_descriptors_is_counted_paused_and_recovers() {
-    let args: Vec<String> = [
-        "--listen",
-        "127.0.0.1:0",
-        "--api-listen",
-        "127.0.0.1:0",
-        "--jwt-secret",
-        SECRET,
-        "--api-key",
-        API_KEY,
-        "--shards",
-        "1",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args = base_args(&["--shards", "1"]);
     let server = Server::start(Config::from_args(args).expect("config")).expect("start");
     let api = server.api_addr();
     let metrics = std::sync::Arc::clone(server.metrics());

@@ -941,19 +941,8 @@ fn malformed_redis_url_exits_2_naming_redis() {
         "127.0.0.1:6379",
     ] {
         let out = Command::new(BIN)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--api-listen",
-                "127.0.0.1:0",
-                "--jwt-secret",
-                SECRET,
-                "--api-key",
-                API_KEY,
-                "--redis",
-                url,
-            ])
+            .arg("serve")
+            .args(base_args(&["--redis", url]))
             .env_remove("THRONG_JWT_SECRET")
             .env_remove("THRONG_API_KEY")
             .output()

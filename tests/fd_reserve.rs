@@ -30,14 +30,16 @@ struct Proc {
 }
 
 impl Proc {
-    /// `throng serve` under `ulimit -n NOFILE` (soft and hard, so the raise stops there).
-    fn spawn_limited(args: &[&str]) -> Proc {
+    /// `throng serve` with the test flags and `extra`, under `ulimit -n NOFILE` (soft and
+    /// hard, so the raise stops there).
+    fn spawn_limited(extra: &[&str]) -> Proc {
         let script = format!("ulimit -n {NOFILE} && exec \"$0\" \"$@\"");
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(script)
             .arg(env!("CARGO_BIN_EXE_throng"))
-            .args(args)
+            .arg("serve")
+            .args(base_args(extra))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -94,15 +96,6 @@ fn clients_stop_at_the_ceiling_and_the_push_api_still_accepts() {
     let _g = LIMIT.lock().unwrap_or_else(|p| p.into_inner());
     let api_max = API_MAX.to_string();
     let mut p = Proc::spawn_limited(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--api-listen",
-        "127.0.0.1:0",
-        "--jwt-secret",
-        SECRET,
-        "--api-key",
-        API_KEY,
         "--shards",
         "2",
         "--api-max-connections",
@@ -179,15 +172,6 @@ fn api_connections_stop_at_the_descriptor_reserve() {
     let _g = LIMIT.lock().unwrap_or_else(|p| p.into_inner());
     // api_max_connections above the reserve the limit leaves: the reserve is the cap.
     let mut p = Proc::spawn_limited(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--api-listen",
-        "127.0.0.1:0",
-        "--jwt-secret",
-        SECRET,
-        "--api-key",
-        API_KEY,
         "--shards",
         "1",
         "--api-max-connections",

@@ -38,8 +38,9 @@ pub struct TestServer {
     pub api: SocketAddr,
 }
 
-/// The flags every test server gets, unless `extra` gives the same flag.
-fn base_args(extra: &[&str]) -> Vec<String> {
+/// The flags every test server gets (in process, or as `throng serve`), unless `extra`
+/// gives the same flag.
+pub fn base_args(extra: &[&str]) -> Vec<String> {
     // A short drain window, so a test's server shuts down in a fraction of a second.
     let defaults: [(&str, &str); 6] = [
         ("--listen", "127.0.0.1:0"),

@@ -19,8 +19,8 @@ use tungstenite::protocol::WebSocket;
 use tungstenite::Message;
 
 use super::{
-    find, kill_child, listening_addrs, tcp, ws_try_recv, Closed, Frame, HttpConn, Resp, TestServer,
-    API_KEY, IO_TIMEOUT, SECRET,
+    base_args, find, kill_child, listening_addrs, tcp, ws_try_recv, Closed, Frame, HttpConn, Resp,
+    TestServer, API_KEY, IO_TIMEOUT, SECRET,
 };
 
 /// The name every test certificate is for (and the one clients verify).
@@ -1109,19 +1109,8 @@ impl Drop for ServeProc {
 /// stderr.
 pub fn serve_refused(extra: &[&str]) -> (ExitStatus, String) {
     let child = Command::new(env!("CARGO_BIN_EXE_throng"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--api-listen",
-            "127.0.0.1:0",
-            "--jwt-secret",
-            SECRET,
-            "--api-key",
-            API_KEY,
-            "--shards",
-            "1",
-        ])
+        .arg("serve")
+        .args(base_args(&["--shards", "1"]))
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
