@@ -211,6 +211,27 @@ pub fn parse(buf: &[u8]) -> Result<Option<Upgrade>, Refusal> {
     if !has_token("Connection", "upgrade") {
         return Err(Refusal::BadRequest("missing Connection: Upgrade"));
     }
+    // Fields that say one thing: with two copies, which one counts would depend on the
+    // order (RFC 6455 4.1: Sec-WebSocket-Key and -Version appear once).
+    for (name, twice) in [
+        (
+            "Sec-WebSocket-Key",
+            "Sec-WebSocket-Key given more than once",
+        ),
+        (
+            "Sec-WebSocket-Version",
+            "Sec-WebSocket-Version given more than once",
+        ),
+        ("Authorization", "Authorization given more than once"),
+    ] {
+        let copies = req
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name));
+        if copies.count() > 1 {
+            return Err(Refusal::BadRequest(twice));
+        }
+    }
     if header("Sec-WebSocket-Version") != Some("13") {
         return Err(Refusal::UnsupportedVersion);
     }
@@ -373,6 +394,34 @@ mod tests {
             parse(b"\x00\x01garbage\r\n\r\n"),
             Err(Refusal::BadRequest(_))
         ));
+    }
+
+    #[test]
+    fn repeated_single_fields_are_refused() {
+        for (extra, what) in [
+            (format!("Sec-WebSocket-Key: {KEY}\r\n"), "Sec-WebSocket-Key"),
+            (
+                "sec-websocket-version: 8\r\n".to_string(),
+                "Sec-WebSocket-Version",
+            ),
+            (
+                "Authorization: Bearer a\r\nAuthorization: Bearer b\r\n".to_string(),
+                "Authorization",
+            ),
+        ] {
+            let r = req(&extra);
+            assert_eq!(
+                parse(r.as_bytes()),
+                Err(Refusal::BadRequest(match what {
+                    "Sec-WebSocket-Key" => "Sec-WebSocket-Key given more than once",
+                    "Sec-WebSocket-Version" => "Sec-WebSocket-Version given more than once",
+                    _ => "Authorization given more than once",
+                })),
+                "{extra}"
+            );
+        }
+        // Once each is fine, in any case.
+        assert!(parse(req("authorization: Bearer a\r\n").as_bytes()).is_ok());
     }
 
     #[test]

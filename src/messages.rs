@@ -667,6 +667,28 @@ mod tests {
     }
 
     #[test]
+    fn repeated_keys_replace_each_other() {
+        // Each repeat used to be kept beside the others under one hash: time quadratic in
+        // their count. Now one member per key, the last one wins.
+        let mut many = String::from(r#"{"type":"ping""#);
+        for i in 0..20_000 {
+            many.push_str(&format!(r#","x":{i}"#));
+        }
+        many.push('}');
+        let mut bytes = many.into_bytes();
+        let mut buffers = simd_json::Buffers::default();
+        let value =
+            simd_json::to_borrowed_value_with_buffers(&mut bytes, &mut buffers).expect("parses");
+        let obj = value.as_object().expect("object");
+        assert_eq!(obj.len(), 2);
+        assert_eq!(obj.get("x").and_then(|v| v.as_u64()), Some(19_999));
+        assert_eq!(
+            p(r#"{"type":"ping","type":"subscribe","topic":"a"}"#).0,
+            Ok("Subscribe { topic: \"a\", resume: None }".into())
+        );
+    }
+
+    #[test]
     fn encodes_server_messages() {
         let f = push_frame(r#"{"x":1}"#, 99, Some(4), None, Some("id\"1"));
         assert_eq!(

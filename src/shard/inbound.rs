@@ -321,7 +321,11 @@ impl Shard {
             }
             Err(e) => Err(e),
         };
-        self.json = buffers;
+        // Keep the parser's buffers for the next message unless a large one grew them
+        // (a 16 MiB message left them at about 80 MB for the shard's life).
+        if len <= 64 * 1024 {
+            self.json = buffers;
+        }
         // After its token was taken (so a bucket of one takes any message): the text may
         // leave a debt, paid back before the next message is taken.
         self.rates.charge_bytes(key, self.tick, len);
