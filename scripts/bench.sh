@@ -2,7 +2,7 @@
 # Criterion micro-benchmarks, then a short table of the results.
 #
 # Usage: scripts/bench.sh [BENCH...]
-#   BENCH: frame jwt wheel push_parse fanout route replay (default: all of them)
+#   BENCH: frame jwt wheel push_parse fanout route replay deflate (default: all of them)
 #
 # Runs `cargo bench --bench BENCH` for each (release profile, so the first build is
 # slow: fat LTO), then prints bench name, median time and throughput read from
@@ -15,7 +15,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
-ALL=(frame jwt wheel push_parse fanout route replay)
+ALL=(frame jwt wheel push_parse fanout route replay deflate)
 if [ "$#" -gt 0 ]; then
     BENCHES=("$@")
 else

@@ -64,6 +64,22 @@ fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
     }
 }
 
+/// Refuses the first of `given` keys (those set: `true`) that only `mode` uses, when
+/// `mode` is not set.
+fn only_with(mode: &'static str, given: &[(&'static str, bool)]) -> Result<(), ConfigError> {
+    match given.iter().find(|(_, set)| *set) {
+        Some((key, _)) => Err(invalid(
+            key,
+            format!(
+                "is used only with {} ({}), which is not set",
+                file_spelling(mode),
+                flag_spelling(mode)
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// A feature that is on or off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -168,7 +184,7 @@ pub struct ServeArgs {
     /// New connections per second per client IP, 0 = unlimited [default: 0].
     #[arg(long)]
     pub connect_rate_per_ip: Option<u32>,
-    /// Largest client message after reassembly [default: 65536].
+    /// Largest client message after reassembly, at most 16777216 [default: 65536].
     #[arg(long)]
     pub max_message_size: Option<usize>,
     /// Outbound bytes queued per connection before it is closed with 4008 [default: 1048576].
@@ -198,7 +214,7 @@ pub struct ServeArgs {
     #[arg(long)]
     pub events_url: Option<String>,
     /// Bearer token sent to `events_url` (env THRONG_EVENTS_KEY).
-    #[arg(long, env = "THRONG_EVENTS_KEY", hide_env_values = true)]
+    #[arg(long)]
     pub events_key: Option<String>,
     /// PEM file of the CA certificates to trust for an `https://` `events_url`, instead of
     /// the bundled Mozilla roots (an upstream behind a private CA).
@@ -268,7 +284,8 @@ pub struct ServeArgs {
     /// How long a push `id` is remembered per stream to drop retried duplicates [default: 300000].
     #[arg(long)]
     pub dedup_window_ms: Option<u64>,
-    /// Cluster mode: the Redis every node shares, `redis://host:port[/db]` (docs/protocol.md 5).
+    /// Cluster mode: the Redis every node shares, `redis://[[user]:password@]host[:port][/db]`,
+    /// or `rediss://` for TLS (docs/protocol.md 5).
     #[arg(long, value_name = "URL")]
     pub redis: Option<String>,
     /// This node's name in the cluster [default: the client listener's host:port].
@@ -325,7 +342,7 @@ pub struct ServeArgs {
     /// TLS (wss://) on the client listener: PEM certificate chain, leaf first (with --tls-key).
     #[arg(long, value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
-    /// TLS: PEM private key of --tls-cert (RSA or ECDSA; PKCS#8, SEC1 or PKCS#1). SIGHUP reloads both.
+    /// TLS: PEM private key of --tls-cert (RSA, ECDSA P-256/P-384 or Ed25519; PKCS#8, SEC1 or PKCS#1). SIGHUP reloads both.
     #[arg(long, value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
     /// HTTPS on the push API: PEM certificate chain, leaf first (with --api-tls-key).
@@ -1304,7 +1321,55 @@ impl Config {
             300_000,
         )?;
         let cluster = match args.redis.or(file.redis) {
-            None => None,
+            None => {
+                // A cluster key without `redis` is most often a forgotten `redis`: the node
+                // would run on its own without a word.
+                only_with(
+                    "redis",
+                    &[
+                        ("node_id", args.node_id.is_some() || file.node_id.is_some()),
+                        (
+                            "offline_ttl_ms",
+                            args.offline_ttl_ms.or(file.offline_ttl_ms).is_some(),
+                        ),
+                        (
+                            "claim_idle_ms",
+                            args.claim_idle_ms.or(file.claim_idle_ms).is_some(),
+                        ),
+                        (
+                            "max_stream_changes_waiting",
+                            args.max_stream_changes_waiting
+                                .or(file.max_stream_changes_waiting)
+                                .is_some(),
+                        ),
+                        (
+                            "stream_trim",
+                            args.stream_trim.or(file.stream_trim).is_some(),
+                        ),
+                        (
+                            "stream_keep_ms",
+                            args.stream_keep_ms.or(file.stream_keep_ms).is_some(),
+                        ),
+                        (
+                            "redis_ca",
+                            args.redis_ca.is_some() || file.redis_ca.is_some(),
+                        ),
+                        (
+                            "redis_client_cert",
+                            args.redis_client_cert.is_some() || file.redis_client_cert.is_some(),
+                        ),
+                        (
+                            "redis_client_key",
+                            args.redis_client_key.is_some() || file.redis_client_key.is_some(),
+                        ),
+                        (
+                            "events_maxlen",
+                            args.events_maxlen.or(file.events_maxlen).is_some(),
+                        ),
+                    ],
+                )?;
+                None
+            }
             Some(url) => {
                 check_redis_url(&url).map_err(|e| invalid("redis", e))?;
                 let node_id = args.node_id.or(file.node_id);
@@ -1366,7 +1431,28 @@ impl Config {
                 .unwrap_or(16384),
         )?;
         let kafka = match args.kafka.or(file.kafka) {
-            None => None,
+            None => {
+                only_with(
+                    "kafka",
+                    &[
+                        (
+                            "kafka_topic",
+                            args.kafka_topic.is_some() || file.kafka_topic.is_some(),
+                        ),
+                        (
+                            "kafka_group",
+                            args.kafka_group.is_some() || file.kafka_group.is_some(),
+                        ),
+                        (
+                            "kafka_max_buffered_bytes",
+                            args.kafka_max_buffered_bytes
+                                .or(file.kafka_max_buffered_bytes)
+                                .is_some(),
+                        ),
+                    ],
+                )?;
+                None
+            }
             Some(brokers) => {
                 check_kafka_brokers(&brokers).map_err(|e| invalid("kafka", e))?;
                 let topic = args
@@ -1441,12 +1527,23 @@ impl Config {
         if let Some(url) = &events_url {
             check_events_url(url).map_err(|e| invalid("events_url", e))?;
         }
+        // The environment comes after the file, as for the secret and the API key (clap's
+        // `env` would have put it ahead of the file).
+        let events_key_from_env = args.events_key.is_none() && file.events_key.is_none();
         let events_key = args
             .events_key
             .or(file.events_key)
+            .or_else(|| env("THRONG_EVENTS_KEY"))
             .filter(|k| !k.is_empty());
         if let Some(key) = &events_key {
-            check_events_key(key).map_err(|e| invalid("events_key", e))?;
+            check_events_key(key).map_err(|e| {
+                let from = if events_key_from_env {
+                    " (the value of THRONG_EVENTS_KEY)"
+                } else {
+                    ""
+                };
+                invalid("events_key", format!("{e}{from}"))
+            })?;
         }
         let events_ca_path = args.events_ca.or(file.events_ca);
         let events_ca = match &events_ca_path {
@@ -2086,13 +2183,71 @@ mod tests {
     }
 
     #[test]
+    fn cluster_and_kafka_keys_need_their_mode() {
+        let secret = ["--jwt-secret", "cli-secret-cli-secret-cli-secret-123"];
+        for (extra, key, mode) in [
+            (["--node-id", "a"], "node_id (--node-id)", "redis (--redis)"),
+            (["--claim-idle-ms", "0"], "claim_idle_ms", "redis (--redis)"),
+            (["--stream-trim", "false"], "stream_trim", "redis (--redis)"),
+            (
+                ["--redis-ca", "/nonexistent"],
+                "redis_ca",
+                "redis (--redis)",
+            ),
+            (
+                ["--events-maxlen", "10"],
+                "events_maxlen",
+                "redis (--redis)",
+            ),
+            (
+                ["--kafka-topic", "bad topic"],
+                "kafka_topic",
+                "kafka (--kafka)",
+            ),
+            (["--kafka-group", "g"], "kafka_group", "kafka (--kafka)"),
+        ] {
+            let args: Vec<&str> = secret.iter().chain(extra.iter()).copied().collect();
+            let err = cfg(&args).unwrap_err().to_string();
+            assert!(
+                err.contains(key) && err.contains(&format!("used only with {mode}")),
+                "{extra:?}: {err}"
+            );
+        }
+        // With their mode the same keys are taken (or checked on their own terms).
+        let c = cfg(&[
+            secret[0],
+            secret[1],
+            "--redis",
+            "redis://127.0.0.1:1",
+            "--node-id",
+            "a",
+        ])
+        .expect("cluster keys with redis");
+        assert_eq!(c.cluster.and_then(|k| k.node_id).as_deref(), Some("a"));
+        let err = cfg(&[
+            secret[0],
+            secret[1],
+            "--kafka",
+            "127.0.0.1:1",
+            "--kafka-topic",
+            "bad topic",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("kafka_topic") && !err.contains("used only"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn flags_override_file_override_env() {
         let dir = std::env::temp_dir().join(format!("throng-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("a.toml");
         std::fs::write(
             &path,
-            "ping_interval_ms = 1000\nidle_timeout_ms = 3000\napi_key = \"filekey\"\n[jwt]\nsecret = \"filesecret-filesecret-filesecret-12\"\n",
+            "ping_interval_ms = 1000\nidle_timeout_ms = 3000\napi_key = \"filekey\"\nevents_key = \"fileevents\"\n[jwt]\nsecret = \"filesecret-filesecret-filesecret-12\"\n",
         )
         .unwrap();
         let parsed = ServeOnly::try_parse_from([
@@ -2106,6 +2261,7 @@ mod tests {
         let c = Config::from_serve_args(parsed.args, |k| match k {
             "THRONG_JWT_SECRET" => Some("envsecret".into()),
             "THRONG_API_KEY" => Some("envkey".into()),
+            "THRONG_EVENTS_KEY" => Some("envevents".into()),
             _ => None,
         })
         .unwrap();
@@ -2116,6 +2272,27 @@ mod tests {
             Some("filesecret-filesecret-filesecret-12")
         );
         assert_eq!(c.api_key.as_deref(), Some("filekey"));
+        assert_eq!(c.events_key.as_deref(), Some("fileevents"));
+        // Without the file's key the environment's is taken, and named when it is bad.
+        let env = |bad: bool| {
+            move |k: &str| match k {
+                "THRONG_EVENTS_KEY" if bad => Some("env key".to_string()),
+                "THRONG_EVENTS_KEY" => Some("envevents".to_string()),
+                _ => None,
+            }
+        };
+        let base = [
+            "serve",
+            "--jwt-secret",
+            "cli-secret-cli-secret-cli-secret-123",
+        ];
+        let c = Config::from_serve_args(ServeOnly::try_parse_from(base).unwrap().args, env(false))
+            .unwrap();
+        assert_eq!(c.events_key.as_deref(), Some("envevents"));
+        let err = Config::from_serve_args(ServeOnly::try_parse_from(base).unwrap().args, env(true))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("THRONG_EVENTS_KEY"), "{err}");
         std::fs::remove_dir_all(&dir).ok();
     }
 

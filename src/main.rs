@@ -19,7 +19,7 @@ struct Cli {
 enum Command {
     /// Run the server.
     Serve(Box<ServeArgs>),
-    /// Print a signed HS256 token, for operators and tests.
+    /// Print a signed HS256/384/512 token, for operators and tests.
     Token(TokenArgs),
     /// Check this host's limits for a number of connections (exit 1 on any FAIL).
     Doctor(throng::doctor::DoctorArgs),
@@ -207,16 +207,23 @@ fn serve(args: ServeArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("{e}");
-            eprintln!("throng: {e}");
             // A certificate or key that cannot be used (or JWT keys that cannot be had)
             // is a configuration error.
-            if matches!(
-                e,
-                throng::server::StartError::Tls(_) | throng::server::StartError::Key(_)
-            ) {
-                return ExitCode::from(2);
+            match e {
+                // Already "config error: key (--flag): ...", as the other config errors.
+                throng::server::StartError::Tls { .. } => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+                throng::server::StartError::Key(_) => {
+                    eprintln!("throng: {e}");
+                    return ExitCode::from(2);
+                }
+                _ => {
+                    eprintln!("throng: {e}");
+                    return ExitCode::FAILURE;
+                }
             }
-            return ExitCode::FAILURE;
         }
     };
     tracing::info!(
@@ -333,6 +340,11 @@ fn reload(server: &Server) {
     }
 }
 
+/// `s` in single quotes for a POSIX shell (a path with spaces or quotes still pastes).
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
 fn print_dev_banner(server: &Server, config: &Config) {
     let host = |a: std::net::SocketAddr| {
         if a.ip().is_unspecified() {
@@ -355,6 +367,24 @@ fn print_dev_banner(server: &Server, config: &Config) {
     };
     let api = format!("{api_scheme}://{}", host(server.api_addr()));
     let demo = format!("{page_scheme}://{}/demo", host(server.client_addr()));
+    // With a certificate of one's own (self-signed, say) the clients need to be told to
+    // trust it.
+    let trusting = |files: &Option<throng::tls::TlsFiles>| {
+        files
+            .as_ref()
+            .map(|f| shell_quote(&f.cert.display().to_string()))
+    };
+    let (wscat, python) = match trusting(&config.tls) {
+        Some(ca) => (
+            format!("npx -y wscat --ca {ca} -c"),
+            format!("SSL_CERT_FILE={ca} python3 -m websockets"),
+        ),
+        None => ("npx -y wscat -c".into(), "python3 -m websockets".into()),
+    };
+    let curl = match trusting(&config.api_tls) {
+        Some(ca) => format!("curl -s --cacert {ca}"),
+        None => "curl -s".into(),
+    };
     let secret = config.jwt.secret.clone().unwrap_or_default();
     let api_key = config.api_key.clone().unwrap_or_default();
     let rooms = ["room:*".to_string()];
@@ -382,19 +412,19 @@ Demo page (connects as alice with the browser client; subscribe, publish, see pu
   {demo}
 
 Connect as alice (any WebSocket client; two options):
-  npx -y wscat -c '{ws}?token={token}'
-  python3 -m websockets '{ws}?token={token}'
+  {wscat} '{ws}?token={token}'
+  {python} '{ws}?token={token}'
 
 Push to alice from another terminal:
-  curl -s -X POST '{api}/v1/push' -H 'Authorization: Bearer {api_key}' \\
+  {curl} -X POST '{api}/v1/push' -H 'Authorization: Bearer {api_key}' \\
        -d '{{\"user\":\"alice\",\"data\":{{\"hello\":\"world\"}}}}'
 
 Subscribe (type into the client) and push to the topic:
   {{\"type\":\"subscribe\",\"topic\":\"room:1\"}}
-  curl -s -X POST '{api}/v1/push' -H 'Authorization: Bearer {api_key}' \\
+  {curl} -X POST '{api}/v1/push' -H 'Authorization: Bearer {api_key}' \\
        -d '{{\"topic\":\"room:1\",\"data\":\"hi room\"}}'
 
-Stats: curl -s -H 'Authorization: Bearer {api_key}' '{api}/v1/stats'
+Stats: {curl} -H 'Authorization: Bearer {api_key}' '{api}/v1/stats'
 "
     );
 }

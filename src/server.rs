@@ -44,9 +44,14 @@ pub enum StartError {
     /// The JWT key could not be loaded.
     #[error(transparent)]
     Key(#[from] KeyError),
-    /// The TLS certificate or key could not be loaded.
-    #[error("tls: {0}")]
-    Tls(#[from] crate::tls::TlsError),
+    /// A listener's TLS certificate or key could not be loaded.
+    #[error("config error: {keys}: {source}")]
+    Tls {
+        /// The config keys (and flags) that name the files.
+        keys: &'static str,
+        /// What was wrong with them.
+        source: crate::tls::TlsError,
+    },
 }
 
 /// A running server.
@@ -160,14 +165,23 @@ impl Server {
             .tls
             .as_ref()
             .map(crate::tls::TlsServer::load)
-            .transpose()?;
+            .transpose()
+            .map_err(|source| StartError::Tls {
+                keys: "tls_cert, tls_key (--tls-cert, --tls-key)",
+                source,
+            })?;
         let api_tls = config
             .api_tls
             .as_ref()
             .map(|files| {
                 crate::tls::TlsServer::load_api(files, config.api_tls_client_ca.as_deref())
             })
-            .transpose()?;
+            .transpose()
+            .map_err(|source| StartError::Tls {
+                keys: "api_tls_cert, api_tls_key, api_tls_client_ca (--api-tls-cert, \
+                       --api-tls-key, --api-tls-client-ca)",
+                source,
+            })?;
         let metrics = Arc::new(Metrics::new(config.shards));
         metrics.tls.enabled.store(tls.is_some(), Relaxed);
         metrics.api_tls.enabled.store(api_tls.is_some(), Relaxed);

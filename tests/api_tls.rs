@@ -419,11 +419,11 @@ fn bad_api_certificate_or_key_at_start_exits_2_naming_the_file() {
     let cases: [(&[&str], &[&str]); 4] = [
         (
             &["--api-tls-cert", &missing, "--api-tls-key", &key],
-            &[&missing],
+            &[&missing, "config error: api_tls_cert"],
         ),
         (
             &["--api-tls-cert", &cert, "--api-tls-key", &other_key],
-            &[&cert, &other_key, "does not belong"],
+            &[&cert, &other_key, "does not belong", "(--api-tls-cert"],
         ),
         (&["--api-tls-cert", &cert], &["--api-tls-key"]),
         (&["--api-tls-key", &key], &["--api-tls-cert"]),

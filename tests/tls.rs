@@ -833,7 +833,10 @@ fn bad_certificate_or_key_at_start_exits_2_naming_the_file() {
     std::fs::write(&junk, "not a certificate\n").unwrap();
 
     let cases: [(&[&str], &[&str]); 6] = [
-        (&["--tls-cert", &missing, "--tls-key", &key], &[&missing]),
+        (
+            &["--tls-cert", &missing, "--tls-key", &key],
+            &[&missing, "config error: tls_cert, tls_key (--tls-cert"],
+        ),
         (&["--tls-cert", &cert, "--tls-key", &missing], &[&missing]),
         (&["--tls-cert", &junk, "--tls-key", &key], &[&junk]),
         (

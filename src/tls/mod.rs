@@ -78,7 +78,7 @@ impl TlsError {
 pub struct TlsFiles {
     /// PEM certificate chain, leaf first.
     pub cert: PathBuf,
-    /// PEM private key (PKCS#8, SEC1 or PKCS#1; RSA or ECDSA P-256/P-384).
+    /// PEM private key (PKCS#8, SEC1 or PKCS#1; RSA, ECDSA P-256/P-384 or Ed25519).
     pub key: PathBuf,
 }
 
