@@ -170,6 +170,11 @@ export interface ThrongClientOptions {
   /** The WebSocket constructor. Default `globalThis.WebSocket`. */
   WebSocket?: WebSocketConstructor;
   backoff?: BackoffOptions;
+  /**
+   * How long a request (publish, send, subscribe and unsubscribe while connected, a token
+   * refresh) waits for its answer before it is rejected with "timeout". Default 10000.
+   */
+  requestTimeoutMs?: number;
   /** Send `{"type":"ack","seq":N}` after user-stream pushes are delivered. Default true. */
   ackPushes?: boolean;
   /** Returns a number in [0, 1) for the jitter. Default `Math.random` (tests inject one). */
@@ -201,8 +206,12 @@ export interface GapEvent {
 /**
  * What the client rejects promises with and emits as "error". `code` is the server's error
  * code (e.g. "forbidden_topic") or one of the client's own:
- * - "disconnected": the connection dropped (or close() was called) before the answer came,
- *   or a request was made while not connected;
+ * - "disconnected": the connection dropped (or close() was called) before the answer came
+ *   (`sent: true`: it may or may not have been carried out), or a request was made while
+ *   not connected (`sent: false`);
+ * - "timeout": no answer within requestTimeoutMs (`sent: true`: it may or may not have
+ *   been carried out);
+ * - "bad_json": the data cannot be sent as JSON (a BigInt, a cycle); nothing was sent;
  * - "closed": the server closed with a code the client does not reconnect after
  *   (`closeCode`, `reason`), or close() was called while connect()/subscribe() waited;
  * - "connect_failed": an attempt failed before the connection opened (refused upgrade,
@@ -221,6 +230,12 @@ export interface ThrongError extends Error {
   topic?: string;
   /** The ref of the server's error message, when it had one. */
   ref?: Ref;
+  /**
+   * On the rejection of a request: whether it went out. `false`: it was not sent, and
+   * trying again cannot do it twice. `true` with "disconnected" or "timeout": the server
+   * may have carried it out. (Errors the server answered mean it was not carried out.)
+   */
+  sent?: boolean;
 }
 
 export interface ThrongEvents {

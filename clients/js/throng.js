@@ -24,6 +24,9 @@ const STOP_CODES = new Set([1000, 1002, 1003, 1007, 1008, 1009]);
 const RATE_LIMIT_PAUSE_MS = 1000;
 const TRANSIENT_ERRORS = new Set(["rate_limited", "overloaded", "broker_unavailable", "draining"]);
 
+/** How long a request waits for its answer by default (requestTimeoutMs). */
+const DEFAULT_REQUEST_TIMEOUT_MS = 10000;
+
 /**
  * Whether a close with `code` should be followed by a reconnect (section 3.2).
  * @param {number} code the close code
@@ -107,6 +110,7 @@ export class ThrongClient {
   #random;
   #setTimeout;
   #clearTimeout;
+  #requestTimeoutMs;
 
   /** @type {Map<string, Set<Function>>} */
   #listeners = new Map();
@@ -134,8 +138,10 @@ export class ThrongClient {
   #topics = new Map();
   /** subscribe() promises waiting for a connection: topic -> [{resolve, reject}]. */
   #waiters = new Map();
-  /** Requests sent on the current connection: ref -> {resolve, reject, type, topic, mode}. */
+  /** Requests sent on the current connection: ref -> {resolve, reject, type, timer, topic, mode}. */
   #pending = new Map();
+  /** Pauses between re-subscribe tries: {timer, resolve}; ended with their connection. */
+  #pauses = new Set();
   #connectWaiters = [];
   #nextRef = 1;
   #ackSeq = 0;
@@ -168,6 +174,11 @@ export class ThrongClient {
     // Wrapped because browsers refuse a setTimeout called on another `this`.
     this.#setTimeout = options.setTimeout ?? ((fn, ms) => globalThis.setTimeout(fn, ms));
     this.#clearTimeout = options.clearTimeout ?? ((id) => globalThis.clearTimeout(id));
+    const { requestTimeoutMs = DEFAULT_REQUEST_TIMEOUT_MS } = options;
+    if (!(requestTimeoutMs > 0) || !Number.isFinite(requestTimeoutMs)) {
+      throw new RangeError("requestTimeoutMs must be a positive number of milliseconds");
+    }
+    this.#requestTimeoutMs = requestTimeoutMs;
   }
 
   /**
@@ -394,10 +405,23 @@ export class ThrongClient {
     if (this.#refresh.timer !== null) this.#clearTimeout(this.#refresh.timer);
     this.#refresh = newRefreshState();
     for (const entry of this.#topics.values()) entry.live = false;
+    const pauses = [...this.#pauses];
+    this.#pauses.clear();
+    for (const pause of pauses) {
+      this.#clearTimeout(pause.timer);
+      pause.resolve();
+    }
     const pending = [...this.#pending.values()];
     this.#pending.clear();
-    const err = throngError("disconnected", "the connection dropped before the answer came");
-    for (const request of pending) request.reject(err);
+    // Never sent again on the next connection: a publish or send has no id the server
+    // could drop a repeat by, so the app decides (`sent` says it may have been carried out).
+    const err = throngError("disconnected",
+      "the connection dropped before the answer came; the request may or may not have been carried out",
+      { sent: true });
+    for (const request of pending) {
+      this.#clearTimeout(request.timer);
+      request.reject(err);
+    }
   }
 
   /** Stops for good after a close code that forbids reconnecting blindly. */
@@ -502,10 +526,13 @@ export class ThrongClient {
         for (const waiter of waiters) waiter.resolve(answer);
         return;
       } catch (err) {
-        if (!TRANSIENT_ERRORS.has(err.code) || ws !== this.#ws || !this.#topics.has(topic)) {
+        // A timeout is tried again too: the answer may only be late, and a re-subscribe
+        // is harmless to repeat (a connection that stalled is ended by the heartbeat).
+        const transient = TRANSIENT_ERRORS.has(err.code) || err.code === "timeout";
+        if (!transient || ws !== this.#ws || !this.#topics.has(topic)) {
           if (err.code === "disconnected" && this.#topics.has(topic)) {
             // The next connection subscribes it again; whoever waits, waits for that.
-            if (waiters.length) this.#waiters.set(topic, [...waiters, ...(this.#waiters.get(topic) ?? [])]);
+            this.#requeueWaiters(topic, waiters);
             return;
           }
           for (const waiter of waiters) waiter.reject(err);
@@ -514,15 +541,36 @@ export class ThrongClient {
         }
         const backoff = backoffDelay(attempt, this.#backoff, this.#random);
         const delay = err.code === "rate_limited" ? Math.max(RATE_LIMIT_PAUSE_MS, backoff) : backoff;
-        await new Promise((resolve) => this.#setTimeout(resolve, delay));
+        await this.#pause(delay);
         if (ws !== this.#ws || !this.#topics.has(topic)) {
-          if (waiters.length && this.#topics.has(topic)) {
-            this.#waiters.set(topic, [...waiters, ...(this.#waiters.get(topic) ?? [])]);
-          }
+          if (this.#topics.has(topic)) this.#requeueWaiters(topic, waiters);
           return;
         }
       }
     }
+  }
+
+  /** Puts subscribe() promises back to wait for the next connection; after close(), rejects them. */
+  #requeueWaiters(topic, waiters) {
+    if (!waiters.length) return;
+    if (!this.#running) {
+      const err = throngError("closed", "the client was closed");
+      for (const waiter of waiters) waiter.reject(err);
+      return;
+    }
+    this.#waiters.set(topic, [...waiters, ...(this.#waiters.get(topic) ?? [])]);
+  }
+
+  /** A timer the end of the connection cuts short (and clears). */
+  #pause(ms) {
+    return new Promise((resolve) => {
+      const pause = { timer: null, resolve };
+      pause.timer = this.#setTimeout(() => {
+        this.#pauses.delete(pause);
+        resolve();
+      }, ms);
+      this.#pauses.add(pause);
+    });
   }
 
   #sendSubscribe(topic) {
@@ -603,7 +651,9 @@ export class ThrongClient {
 
   #onUnsubscribed(msg) {
     if (this.#settle(msg)) return;
-    // Without our ref the server ended it: a refresh took the grant away (section 2.1).
+    // A late answer to a request that timed out: nothing to do.
+    if (msg.ref !== undefined) return;
+    // Without a ref the server ended it: a refresh took the grant away (section 2.1).
     this.#topics.delete(msg.topic);
     this.#emitError(throngError("unsubscribed", `the server ended the subscription to ${msg.topic}`, {
       topic: msg.topic,
@@ -691,22 +741,57 @@ export class ThrongClient {
 
   // ---- requests ----
 
-  /** Sends `msg` with a fresh ref; resolves with the answer carrying that ref. */
+  /**
+   * Sends `msg` with a fresh ref; resolves with the answer carrying that ref. Rejected with
+   * "timeout" when no answer comes within requestTimeoutMs (some refusals carry no ref: a
+   * message refused unread for the rate, one nested too deeply), with "disconnected" when
+   * the connection ends first.
+   */
   #request(msg, meta = {}) {
     if (!this.#welcome || this.#ws?.readyState !== OPEN) {
-      return Promise.reject(throngError("disconnected", "not connected"));
+      return Promise.reject(throngError("disconnected", "not connected", { sent: false }));
     }
     const ref = this.#nextRef++;
+    let text;
+    try {
+      text = JSON.stringify({ ...msg, ref });
+    } catch (err) {
+      // A BigInt, a cycle, a throwing toJSON: nothing was sent, nothing waits.
+      return Promise.reject(throngError("bad_json", `cannot send this as JSON: ${err?.message ?? err}`,
+        { cause: err, sent: false }));
+    }
     return new Promise((resolve, reject) => {
-      this.#pending.set(ref, { resolve, reject, type: msg.type, ...meta });
-      this.#sendJson({ ...msg, ref });
+      const timer = this.#setTimeout(() => this.#timeOut(ref), this.#requestTimeoutMs);
+      this.#pending.set(ref, { resolve, reject, type: msg.type, timer, ...meta });
+      this.#ws.send(text);
     });
+  }
+
+  /** A request whose answer did not come in time. */
+  #timeOut(ref) {
+    const request = this.#pending.get(ref);
+    if (!request) return;
+    this.#pending.delete(ref);
+    const topic = request.type === "subscribe" || request.type === "unsubscribe" ? request.topic : undefined;
+    if (request.type === "subscribe" && !request.internal) {
+      // Like a refused subscribe(), a timed-out one is forgotten, and the server is asked to
+      // end the subscription in case it was made: its pushes must not start later.
+      const entry = this.#topics.get(topic);
+      if (entry && !entry.live) {
+        this.#topics.delete(topic);
+        this.#sendJson({ type: "unsubscribe", topic, ref: this.#nextRef++ });
+      }
+    }
+    request.reject(throngError("timeout",
+      `no answer to ${request.type} within ${this.#requestTimeoutMs} ms; it may or may not have been carried out`,
+      { sent: true, topic }));
   }
 
   #takePending(msg) {
     if (msg.ref === undefined || !this.#pending.has(msg.ref)) return null;
     const request = this.#pending.get(msg.ref);
     this.#pending.delete(msg.ref);
+    this.#clearTimeout(request.timer);
     return request;
   }
 

@@ -449,7 +449,7 @@ test("a token_expiring that arrives while a refresh runs is handled after it", a
   const [first] = env.last().ofType("refresh");
   // The new token's token_expiring comes before the refreshed answer.
   env.last().receive({ type: "token_expiring", in_ms: 30000 });
-  assert.equal(env.timers.count(), 0, "nothing planned while the refresh runs");
+  assert.deepEqual(env.timers.delays(), [10000], "nothing planned while the refresh runs (only its answer's timeout)");
   env.last().receive({ type: "refreshed", exp: 1764562623, ref: first.ref });
   await flush();
   assert.deepEqual(env.timers.delays(), [15000]);
@@ -760,4 +760,129 @@ test("re-subscribes wait for a refused one's retry, so refusals do not pile up i
   env.last().receive({ type: "subscribed", topic: "a", seq: 1, epoch: "e", resumed: true, ref: retry.ref });
   await flush();
   assert.equal(env.last().ofType("subscribe")[2].topic, "b");
+});
+
+// ---- request timeouts ----
+
+test("a request without an answer is rejected with 'timeout' after requestTimeoutMs", async () => {
+  const env = setup({ client: { requestTimeoutMs: 2500 } });
+  await connectWith(env);
+  const ws = env.last();
+  const published = env.client.publish("room:1", { big: "x".repeat(5000) });
+  const [pub] = ws.ofType("publish");
+  // A large message refused unread (the bucket in debt) is answered without its ref.
+  ws.receive({ type: "error", code: "rate_limited", message: "slow down" });
+  assert.equal(env.events.error.at(-1).code, "rate_limited");
+  assert.deepEqual(env.timers.delays(), [2500]);
+  env.timers.fireNext();
+  await assert.rejects(published, (err) => err.code === "timeout" && err.sent === true &&
+    /publish/.test(err.message) && /may or may not/.test(err.message));
+  // A late answer is ignored; nothing is left waiting.
+  ws.receive({ type: "published", topic: "room:1", seq: 1, ref: pub.ref });
+  assert.equal(env.timers.count(), 0);
+  // The connection is still usable.
+  const sent = env.client.send(1);
+  ws.receive({ type: "sent", ref: ws.ofType("send")[0].ref });
+  assert.equal((await sent).type, "sent");
+  assert.equal(env.timers.count(), 0, "an answered request's timer is cleared");
+});
+
+test("every request has a timeout by default", async () => {
+  const env = setup();
+  await connectWith(env);
+  const answers = [env.client.publish("t", 1), env.client.send(1), env.client.unsubscribe("t")];
+  assert.deepEqual(env.timers.delays(), [10000, 10000, 10000]);
+  for (let i = 0; i < 3; i++) env.timers.fireNext();
+  for (const answer of answers) await assert.rejects(answer, (err) => err.code === "timeout");
+});
+
+test("requests in flight at a drop are rejected with sent:true, and their timers cleared", async () => {
+  const env = setup();
+  await connectWith(env);
+  const published = env.client.publish("room:1", 1);
+  env.last().drop(1006);
+  await assert.rejects(published, (err) => err.code === "disconnected" && err.sent === true);
+  assert.equal(env.timers.count(), 1, "only the reconnect timer");
+  await assert.rejects(env.client.publish("room:1", 1), (err) => err.code === "disconnected" && err.sent === false);
+});
+
+test("a subscribe() that times out is forgotten and the server asked to end it", async () => {
+  const env = setup();
+  await connectWith(env);
+  const ws = env.last();
+  const sub = env.client.subscribe("room:1");
+  const [msg] = ws.ofType("subscribe");
+  env.timers.fireNext();
+  await assert.rejects(sub, (err) => err.code === "timeout" && err.topic === "room:1");
+  const [unsub] = ws.ofType("unsubscribe");
+  assert.equal(unsub.topic, "room:1");
+  // The late answers change nothing: no pushes of the topic, no error event.
+  ws.receive({ type: "subscribed", topic: "room:1", seq: 0, epoch: "t", ref: msg.ref });
+  ws.receive(pushMsg(1, { topic: "room:1" }));
+  ws.receive({ type: "unsubscribed", topic: "room:1", ref: unsub.ref });
+  assert.deepEqual(env.events.push, []);
+  assert.deepEqual(env.events.error, []);
+  await reconnectWith(env, welcome({ resumed: true }));
+  assert.deepEqual(env.last().ofType("subscribe"), [], "not subscribed again after a reconnect");
+});
+
+test("a late unsubscribed answer does not end a topic subscribed again", async () => {
+  const env = setup();
+  await connectWith(env);
+  const ws = env.last();
+  const gone = env.client.unsubscribe("room:1");
+  const [unsub] = ws.ofType("unsubscribe");
+  env.timers.fireNext();
+  await assert.rejects(gone, (err) => err.code === "timeout");
+  const sub = env.client.subscribe("room:1");
+  ws.receive({ type: "subscribed", topic: "room:1", seq: 0, epoch: "t", ref: ws.ofType("subscribe")[0].ref });
+  await sub;
+  ws.receive({ type: "unsubscribed", topic: "room:1", ref: unsub.ref }); // the late one
+  assert.deepEqual(env.events.error, [], "not reported as ended by the server");
+  ws.receive(pushMsg(1, { topic: "room:1" }));
+  assert.deepEqual(env.events.push.map((p) => p.topic), ["room:1"]);
+});
+
+test("a re-subscribe that times out is tried again on the same connection", async () => {
+  const env = setup();
+  await connectWith(env);
+  const sub = env.client.subscribe("room:1");
+  env.last().receive({ type: "subscribed", topic: "room:1", seq: 2, epoch: "t1", ref: env.last().ofType("subscribe")[0].ref });
+  await sub;
+  await reconnectWith(env, welcome({ resumed: true }));
+  assert.equal(env.last().ofType("subscribe").length, 1);
+  env.timers.fireNext(); // its answer's timeout
+  await flush();
+  assert.equal(env.timers.count(), 1, "a pause before the retry");
+  env.timers.fireNext();
+  await flush();
+  const [, retry] = env.last().ofType("subscribe");
+  assert.deepEqual({ topic: retry.topic, since: retry.since, epoch: retry.epoch }, { topic: "room:1", since: 2, epoch: "t1" });
+  assert.deepEqual(env.events.error, []);
+});
+
+test("data that cannot be JSON is refused before sending, leaving nothing pending", async () => {
+  const env = setup();
+  await connectWith(env);
+  await assert.rejects(env.client.publish("t", { n: 1n }), (err) => err.code === "bad_json" && err.sent === false);
+  const cycle = {};
+  cycle.self = cycle;
+  await assert.rejects(env.client.send(cycle), (err) => err.code === "bad_json" && err.sent === false);
+  assert.deepEqual(env.last().sent, []);
+  assert.equal(env.timers.count(), 0);
+});
+
+test("close() clears every timer and settles what waits, re-subscribes pausing included", async () => {
+  const env = setup();
+  const waiting = env.client.subscribe("room:1");
+  await connectWith(env);
+  const [first] = env.last().ofType("subscribe");
+  env.last().receive({ type: "error", code: "overloaded", message: "busy", ref: first.ref });
+  await flush();
+  const published = env.client.publish("room:2", 1);
+  assert.equal(env.timers.count(), 2, "the re-subscribe's pause and the publish's timeout");
+  env.client.close();
+  assert.equal(env.timers.count(), 0);
+  await assert.rejects(published, (err) => err.code === "disconnected");
+  await assert.rejects(waiting, (err) => err.code === "closed");
 });
