@@ -157,6 +157,12 @@ export interface BackoffOptions {
   minMs?: number;
   /** No reconnect waits longer. Default 30000. */
   maxMs?: number;
+  /**
+   * A connection that stayed up this long after its welcome starts the backoff over;
+   * one closed sooner does not, so a server that accepts and closes at once is retried
+   * ever more slowly. Default 10000.
+   */
+  resetAfterMs?: number;
 }
 
 export interface ThrongClientOptions {
@@ -179,6 +185,8 @@ export interface ThrongClientOptions {
   ackPushes?: boolean;
   /** Returns a number in [0, 1) for the jitter. Default `Math.random` (tests inject one). */
   random?: () => number;
+  /** The clock, in milliseconds. Default `Date.now` (tests inject one). */
+  now?: () => number;
   /** Timer functions, for tests. Default the global ones. */
   setTimeout?: (fn: () => void, ms: number) => unknown;
   clearTimeout?: (id: any) => void;

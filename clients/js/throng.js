@@ -44,7 +44,7 @@ function shouldReconnect(code, canRenewToken) {
 
 /**
  * Full jitter: a uniform delay in [0, min(maxMs, minMs * 2^attempt)).
- * @param {number} attempt reconnects since the last welcome
+ * @param {number} attempt reconnects since the last connection that lasted
  * @param {{minMs: number, maxMs: number}} backoff
  * @param {() => number} random
  * @returns {number} milliseconds
@@ -108,6 +108,7 @@ export class ThrongClient {
   #backoff;
   #ackPushes;
   #random;
+  #now;
   #setTimeout;
   #clearTimeout;
   #requestTimeoutMs;
@@ -125,7 +126,10 @@ export class ThrongClient {
   #socketError = "";
   /** The current connection's welcome; null until it arrives, so also "is connected". */
   #welcome = null;
+  /** Reconnect attempts since the last connection that lasted backoff.resetAfterMs. */
   #attempt = 0;
+  /** When the current connection's welcome came (now()). */
+  #welcomeAt = 0;
   #retryTimer = null;
   /** Set while subscribe() sends: its request is the app's, not a re-subscribe. */
   #explicit = false;
@@ -164,13 +168,14 @@ export class ThrongClient {
     if (typeof this.#WebSocket !== "function") {
       throw new TypeError("no WebSocket constructor: pass options.WebSocket");
     }
-    const { minMs = 500, maxMs = 30000 } = options.backoff ?? {};
-    if (!(minMs > 0) || !(maxMs >= minMs)) {
-      throw new RangeError("backoff needs 0 < minMs <= maxMs");
+    const { minMs = 500, maxMs = 30000, resetAfterMs = 10000 } = options.backoff ?? {};
+    if (!(minMs > 0) || !(maxMs >= minMs) || !(resetAfterMs >= 0)) {
+      throw new RangeError("backoff needs 0 < minMs <= maxMs and resetAfterMs >= 0");
     }
-    this.#backoff = { minMs, maxMs };
+    this.#backoff = { minMs, maxMs, resetAfterMs };
     this.#ackPushes = options.ackPushes ?? true;
     this.#random = options.random ?? Math.random;
+    this.#now = options.now ?? (() => Date.now());
     // Wrapped because browsers refuse a setTimeout called on another `this`.
     this.#setTimeout = options.setTimeout ?? ((fn, ms) => globalThis.setTimeout(fn, ms));
     this.#clearTimeout = options.clearTimeout ?? ((id) => globalThis.clearTimeout(id));
@@ -398,6 +403,10 @@ export class ThrongClient {
       ws.onopen = ws.onmessage = ws.onclose = null;
       ws.onerror = () => {}; // keep one: the `ws` package throws on an unheard error
     }
+    // Only a connection that lasted ends the backoff: one the server accepts and then closes
+    // at once (4008 on a replay, 1013, a crashing node) would otherwise be retried within
+    // minMs forever, by every client at the same time.
+    if (this.#welcome && this.#now() - this.#welcomeAt >= this.#backoff.resetAfterMs) this.#attempt = 0;
     this.#ws = null;
     this.#opened = false;
     this.#welcome = null;
@@ -483,7 +492,7 @@ export class ThrongClient {
 
   #onWelcome(msg) {
     this.#welcome = msg;
-    this.#attempt = 0;
+    this.#welcomeAt = this.#now();
     // On resumed:true the replay follows, so our position stays; otherwise start from welcome.
     if (msg.resumed !== true) this.#user = { seq: msg.seq ?? 0, epoch: msg.epoch ?? null };
     this.#setState("connected");

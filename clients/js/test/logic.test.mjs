@@ -87,10 +87,12 @@ function setup(options = {}) {
   const { FakeWebSocket, sockets } = fakeWebSocketClass();
   const timers = fakeTimers();
   const randoms = options.randoms ?? [];
+  const clock = { ms: 1764559000000 };
   const client = new ThrongClient(options.url ?? URL_BASE, {
     token: "tok",
     WebSocket: FakeWebSocket,
     random: () => (randoms.length ? randoms.shift() : 0.5),
+    now: () => clock.ms,
     setTimeout: timers.setTimeout,
     clearTimeout: timers.clearTimeout,
     ...options.client,
@@ -98,7 +100,7 @@ function setup(options = {}) {
   const events = { push: [], state: [], resumed: [], gap: [], error: [], welcome: [] };
   for (const name of Object.keys(events)) client.on(name, (v) => events[name].push(v));
   const last = () => sockets[sockets.length - 1];
-  return { client, sockets, timers, events, last, randoms };
+  return { client, sockets, timers, events, last, randoms, clock };
 }
 
 function welcome(extra = {}) {
@@ -128,7 +130,7 @@ function pushMsg(seq, extra = {}) {
   return { type: "push", seq, ts: 1764559023123, data: { n: seq }, ...extra };
 }
 
-test("backoff uses full jitter within [0, min(maxMs, minMs*2^n)) and resets after welcome", async () => {
+test("backoff uses full jitter within [0, min(maxMs, minMs*2^n)) and resets after a lasting connection", async () => {
   const env = setup({ client: { backoff: { minMs: 100, maxMs: 3000 } } });
   const ceilings = [100, 200, 400, 800, 1600, 3000, 3000, 3000];
   const factors = [0.999999, 0, 0.5, 0.25, 0.75, 0.999999, 0.1, 0.9];
@@ -150,9 +152,31 @@ test("backoff uses full jitter within [0, min(maxMs, minMs*2^n)) and resets afte
 
   env.last().open();
   env.last().receive(welcome());
+  env.clock.ms += 10000; // backoff.resetAfterMs
   env.randoms.push(0.999999);
   env.last().drop(1006);
-  assert.deepEqual(env.timers.delays(), [0.999999 * 100], "back to the first step after a welcome");
+  assert.deepEqual(env.timers.delays(), [0.999999 * 100], "back to the first step after a connection that lasted");
+});
+
+test("a connection closed soon after its welcome does not reset the backoff", async () => {
+  const env = setup({ client: { backoff: { minMs: 100, maxMs: 3000, resetAfterMs: 5000 } } });
+  env.randoms.push(...Array(20).fill(0.999999));
+  await connectWith(env);
+  // The server welcomes and closes at once, again and again (a 4008 on every replay, a
+  // 1013 in a cluster): each retry waits longer, up to maxMs, instead of minMs forever.
+  const delays = [];
+  for (let n = 0; n < 7; n++) {
+    env.clock.ms += 200;
+    env.last().drop(n % 2 ? 4008 : 1013);
+    delays.push(Math.round(env.timers.fireNext()));
+    await flush();
+    env.last().open();
+    env.last().receive(welcome());
+  }
+  assert.deepEqual(delays, [100, 200, 400, 800, 1600, 3000, 3000]);
+  env.clock.ms += 5000;
+  env.last().drop(1006);
+  assert.deepEqual(env.timers.delays().map(Math.round), [100], "reset once a connection lasted resetAfterMs");
 });
 
 test("a failed open without a close event still retries, and a late close is ignored", async () => {
