@@ -165,6 +165,13 @@ export interface BackoffOptions {
   resetAfterMs?: number;
 }
 
+export interface HeartbeatOptions {
+  /** After this long without any message from the server the client sends a ping. Default 30000. */
+  intervalMs?: number;
+  /** When nothing at all arrives this long after the ping, the connection is closed and made again. Default 10000. */
+  timeoutMs?: number;
+}
+
 export interface ThrongClientOptions {
   /** A fixed JWT. Give this or `getToken`. */
   token?: string;
@@ -181,6 +188,13 @@ export interface ThrongClientOptions {
    * refresh) waits for its answer before it is rejected with "timeout". Default 10000.
    */
   requestTimeoutMs?: number;
+  /**
+   * How long a connection attempt (getToken, the upgrade, the welcome) may take before it
+   * is given up and retried with backoff. Default 15000.
+   */
+  connectTimeoutMs?: number;
+  /** Detects a connection that died without a close (browsers cannot see it). `false` turns it off. */
+  heartbeat?: HeartbeatOptions | false;
   /** Send `{"type":"ack","seq":N}` after user-stream pushes are delivered. Default true. */
   ackPushes?: boolean;
   /** Returns a number in [0, 1) for the jitter. Default `Math.random` (tests inject one). */
@@ -223,8 +237,8 @@ export interface GapEvent {
  * - "closed": the server closed with a code the client does not reconnect after
  *   (`closeCode`, `reason`), or close() was called while connect()/subscribe() waited;
  * - "connect_failed": an attempt failed before the connection opened (refused upgrade,
- *   network); the client keeps retrying;
- * - "token_failed": getToken threw or gave no token;
+ *   network) or got no welcome within connectTimeoutMs; the client keeps retrying;
+ * - "token_failed": getToken threw, gave no token, or did not answer in time;
  * - "unsubscribed": the server ended a subscription (`topic`, `reason`);
  * - "cancelled": unsubscribe() was called while a subscribe() waited for a connection.
  */

@@ -26,6 +26,12 @@ const TRANSIENT_ERRORS = new Set(["rate_limited", "overloaded", "broker_unavaila
 
 /** How long a request waits for its answer by default (requestTimeoutMs). */
 const DEFAULT_REQUEST_TIMEOUT_MS = 10000;
+/** How long an attempt (getToken, upgrade, welcome) may take by default (connectTimeoutMs). */
+const DEFAULT_CONNECT_TIMEOUT_MS = 15000;
+/** Silence after which the client pings, and how long it then waits for anything at all. */
+const DEFAULT_HEARTBEAT = { intervalMs: 30000, timeoutMs: 10000 };
+/** The close code the client uses to end a connection it gave up on (stalled, too slow to open). */
+const CLIENT_GAVE_UP = 4000;
 
 /**
  * Whether a close with `code` should be followed by a reconnect (section 3.2).
@@ -112,6 +118,9 @@ export class ThrongClient {
   #setTimeout;
   #clearTimeout;
   #requestTimeoutMs;
+  #connectTimeoutMs;
+  /** {intervalMs, timeoutMs}, or null when the heartbeat is off. */
+  #heartbeat;
 
   /** @type {Map<string, Set<Function>>} */
   #listeners = new Map();
@@ -131,6 +140,15 @@ export class ThrongClient {
   /** When the current connection's welcome came (now()). */
   #welcomeAt = 0;
   #retryTimer = null;
+  /** Ends an attempt that has no welcome after connectTimeoutMs. */
+  #attemptTimer = null;
+  /** Whether the current attempt still waits for getToken. */
+  #awaitingToken = false;
+  /** Whether anything arrived on the connection since the heartbeat last looked. */
+  #heard = false;
+  /** Whether the heartbeat pinged and waits for anything to arrive. */
+  #pinged = false;
+  #heartbeatTimer = null;
   /** Set while subscribe() sends: its request is the app's, not a re-subscribe. */
   #explicit = false;
   /** The server's drain hint: {timer, due}; due is set when the close came before its time. */
@@ -184,6 +202,20 @@ export class ThrongClient {
       throw new RangeError("requestTimeoutMs must be a positive number of milliseconds");
     }
     this.#requestTimeoutMs = requestTimeoutMs;
+    const { connectTimeoutMs = DEFAULT_CONNECT_TIMEOUT_MS } = options;
+    if (!(connectTimeoutMs > 0) || !Number.isFinite(connectTimeoutMs)) {
+      throw new RangeError("connectTimeoutMs must be a positive number of milliseconds");
+    }
+    this.#connectTimeoutMs = connectTimeoutMs;
+    if (options.heartbeat === false) {
+      this.#heartbeat = null;
+    } else {
+      const heartbeat = { ...DEFAULT_HEARTBEAT, ...options.heartbeat };
+      if (!(heartbeat.intervalMs > 0) || !(heartbeat.timeoutMs > 0)) {
+        throw new RangeError("heartbeat needs intervalMs > 0 and timeoutMs > 0 (or heartbeat: false)");
+      }
+      this.#heartbeat = heartbeat;
+    }
   }
 
   /**
@@ -306,17 +338,48 @@ export class ThrongClient {
     this.#retryTimer = null;
     const generation = ++this.#generation;
     this.#setState("connecting");
+    this.#clearAttemptTimer();
+    this.#attemptTimer = this.#setTimeout(() => this.#attemptTimedOut(generation), this.#connectTimeoutMs);
     let token;
+    this.#awaitingToken = true;
     try {
       token = await this.#currentToken();
     } catch (err) {
       if (generation !== this.#generation) return;
+      this.#awaitingToken = false;
       this.#emitError(err);
       this.#retry();
       return;
     }
     if (generation !== this.#generation) return; // close() or another attempt took over
+    this.#awaitingToken = false;
     this.#startSocket(this.#buildUrl(token));
+  }
+
+  /**
+   * An attempt without a welcome after connectTimeoutMs: a getToken that never settles, an
+   * upgrade that hangs (a black-holed network, a proxy that accepts and forwards nothing),
+   * or a server that never sends welcome. Browsers wait minutes, or for ever, on their own.
+   */
+  #attemptTimedOut(generation) {
+    this.#attemptTimer = null;
+    if (generation !== this.#generation || this.#welcome || !this.#running) return;
+    this.#generation += 1; // a getToken that answers late is dropped
+    const ws = this.#ws;
+    const stage = this.#awaitingToken ? "getToken did not answer"
+      : this.#opened ? "no welcome came" : "the connection did not open";
+    const code = this.#awaitingToken ? "token_failed" : "connect_failed";
+    this.#awaitingToken = false;
+    this.#forgetSocket();
+    if (ws) giveUpSocket(ws, "no welcome in time");
+    this.#setState("disconnected");
+    this.#emitError(throngError(code, `connection attempt timed out after ${this.#connectTimeoutMs} ms: ${stage}`));
+    this.#retry();
+  }
+
+  #clearAttemptTimer() {
+    if (this.#attemptTimer !== null) this.#clearTimeout(this.#attemptTimer);
+    this.#attemptTimer = null;
   }
 
   /** The fixed token, or a fresh one from getToken; fails with code "token_failed". */
@@ -345,7 +408,11 @@ export class ThrongClient {
     this.#opened = false;
     this.#socketError = "";
     ws.onopen = () => { if (ws === this.#ws) this.#opened = true; };
-    ws.onmessage = (event) => { if (ws === this.#ws) this.#onText(event.data); };
+    ws.onmessage = (event) => {
+      if (ws !== this.#ws) return;
+      this.#heard = true;
+      this.#onText(event.data);
+    };
     ws.onerror = (event) => { if (ws === this.#ws) this.#onSocketError(event); };
     ws.onclose = (event) => { if (ws === this.#ws) this.#onClose(event.code, event.reason); };
   }
@@ -411,6 +478,9 @@ export class ThrongClient {
     this.#opened = false;
     this.#welcome = null;
     this.#ackSeq = 0;
+    this.#clearAttemptTimer();
+    if (this.#heartbeatTimer !== null) this.#clearTimeout(this.#heartbeatTimer);
+    this.#heartbeatTimer = null;
     if (this.#refresh.timer !== null) this.#clearTimeout(this.#refresh.timer);
     this.#refresh = newRefreshState();
     for (const entry of this.#topics.values()) entry.live = false;
@@ -442,6 +512,7 @@ export class ThrongClient {
   }
 
   #retry() {
+    this.#clearAttemptTimer();
     if (!this.#running) return;
     const delay = backoffDelay(this.#attempt, this.#backoff, this.#random);
     this.#attempt += 1;
@@ -449,6 +520,7 @@ export class ThrongClient {
   }
 
   #cancelTimers() {
+    this.#clearAttemptTimer();
     if (this.#retryTimer !== null) this.#clearTimeout(this.#retryTimer);
     this.#retryTimer = null;
     if (this.#hint) this.#clearTimeout(this.#hint.timer);
@@ -493,6 +565,8 @@ export class ThrongClient {
   #onWelcome(msg) {
     this.#welcome = msg;
     this.#welcomeAt = this.#now();
+    this.#clearAttemptTimer();
+    this.#startHeartbeat();
     // On resumed:true the replay follows, so our position stays; otherwise start from welcome.
     if (msg.resumed !== true) this.#user = { seq: msg.seq ?? 0, epoch: msg.epoch ?? null };
     this.#setState("connected");
@@ -589,6 +663,47 @@ export class ThrongClient {
     const msg = { type: "subscribe", topic };
     if (mode === "resume") Object.assign(msg, { since: entry.seq, epoch: entry.epoch });
     return this.#request(msg, { topic, mode, internal: !this.#explicit });
+  }
+
+  // ---- heartbeat ----
+
+  /**
+   * A browser sees neither the server's WebSocket pings nor a peer that vanished: a
+   * connection whose path died (a laptop that slept, a NAT or proxy that dropped it) stays
+   * "connected" with no pushes for as long as TCP needs to notice, which is for ever when
+   * the client sends nothing. So after heartbeat.intervalMs without any message the client
+   * sends {"type":"ping"}; when nothing at all (the pong, a push) arrives within
+   * heartbeat.timeoutMs more, it closes the connection and reconnects. A flag set per
+   * message, looked at by one timer, keeps busy connections free of per-message timer work.
+   */
+  #startHeartbeat() {
+    if (!this.#heartbeat) return;
+    this.#heard = false;
+    this.#pinged = false;
+    this.#armHeartbeat(this.#heartbeat.intervalMs);
+  }
+
+  #armHeartbeat(ms) {
+    this.#heartbeatTimer = this.#setTimeout(() => this.#heartbeatTick(), ms);
+  }
+
+  #heartbeatTick() {
+    this.#heartbeatTimer = null;
+    if (!this.#welcome) return;
+    if (this.#heard) {
+      this.#heard = false;
+      this.#pinged = false;
+      this.#armHeartbeat(this.#heartbeat.intervalMs);
+    } else if (!this.#pinged) {
+      this.#pinged = true;
+      this.#sendJson({ type: "ping" });
+      this.#armHeartbeat(this.#heartbeat.timeoutMs);
+    } else {
+      // Silent through a ping and its timeout: handled like a connection lost (1006).
+      const ws = this.#ws;
+      this.#onClose(1006, "");
+      if (ws) giveUpSocket(ws, "no answer to ping");
+    }
   }
 
   #onPush(msg) {
@@ -717,7 +832,8 @@ export class ThrongClient {
     refresh.busy = true;
     refresh.count += 1;
     try {
-      const token = await this.#currentToken();
+      const token = await this.#withTimeout(this.#currentToken(), () =>
+        throngError("token_failed", `getToken did not answer within ${this.#requestTimeoutMs} ms`));
       // On another connection: it got a fresh token when it connected.
       if (ws !== this.#ws || !this.#welcome) return;
       await this.#request({ type: "refresh", token });
@@ -796,6 +912,15 @@ export class ThrongClient {
       { sent: true, topic }));
   }
 
+  /** `promise`, or a rejection with makeError() after requestTimeoutMs; the timer is cleared. */
+  #withTimeout(promise, makeError) {
+    let timer = null;
+    const expired = new Promise((_, reject) => {
+      timer = this.#setTimeout(() => reject(makeError()), this.#requestTimeoutMs);
+    });
+    return Promise.race([promise, expired]).finally(() => this.#clearTimeout(timer));
+  }
+
   #takePending(msg) {
     if (msg.ref === undefined || !this.#pending.has(msg.ref)) return null;
     const request = this.#pending.get(msg.ref);
@@ -835,6 +960,16 @@ export class ThrongClient {
         reportListenerError(err);
       }
     }
+  }
+}
+
+/** Closes a socket the client gave up on; its handlers are detached already. */
+function giveUpSocket(ws, reason) {
+  try {
+    if (ws.readyState === OPEN) ws.close(CLIENT_GAVE_UP, reason);
+    else if (ws.readyState === CONNECTING) ws.close();
+  } catch {
+    // Closing is a courtesy: the socket is forgotten either way.
   }
 }
 

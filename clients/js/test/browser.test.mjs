@@ -168,7 +168,7 @@ async function connectAndSubscribe(p, topic) {
   return w.value;
 }
 
-describe('throng.js in headless chromium', { timeout: 7 * CASE_MS }, () => {
+describe('throng.js in headless chromium', { timeout: 8 * CASE_MS }, () => {
   test('a. connects, subscribes, gets a direct and a topic push; publish, send, unsubscribe, acks', { timeout: CASE_MS }, async (t) => {
     const user = uniq('alice');
     const topic = uniq('room:a');
@@ -517,6 +517,30 @@ describe('throng.js in headless chromium', { timeout: 7 * CASE_MS }, () => {
     await p.waitPage('the short push', () => window.T.of('push').some((x) => x.id === 'small-1'));
     assert.equal((await api.counters()).deflated_sends, before.deflated_sends + 1, 'a short push goes plain');
     assert.deepEqual(await p.events('gap'), []);
+    assert.deepEqual(p.pageErrors, []);
+    await p.call('close');
+  });
+  // A connection whose path dies without a close (no FIN, no RST) looks open to the
+  // browser for as long as TCP takes to notice, for ever when the page sends nothing; the
+  // library's heartbeat (ping after a silence, nothing back within a timeout) ends it.
+  test('h. a silently dead connection is noticed by the heartbeat: reconnected, resumed, every push once', { timeout: CASE_MS }, async (t) => {
+    const user = uniq('hank');
+    const p = await openPage(t);
+    await createClient(p, { token: token({ sub: user }), options: { heartbeat: { intervalMs: 400, timeoutMs: 400 } } });
+    await connectAndSubscribe(p);
+    for (let i = 1; i <= 3; i++) await api.push({ user, data: { n: i } });
+    await p.waitPage('3 pushes', () => window.T.of('push').length === 3);
+
+    proxy.freeze();
+    for (let i = 4; i <= 6; i++) await api.push({ user, data: { n: i } });
+    await p.waitPage('all 6 pushes, after a reconnect', () => window.T.of('push').length >= 6, undefined, 15000);
+    const got = await pushes(p);
+    assert.deepEqual(got.direct.map((x) => x.seq), range(1, 6), 'each push once, in order');
+    const resumed = await p.events('resumed');
+    assert.ok(resumed.some((r) => r.stream === 'user'), `resumed: ${JSON.stringify(resumed)}`);
+    assert.deepEqual(await p.events('gap'), []);
+    const first = await p.page.evaluate(() => window.__ws[0].sent.map((s) => JSON.parse(s)));
+    assert.ok(first.some((m) => m.type === 'ping'), 'the frozen connection was pinged');
     assert.deepEqual(p.pageErrors, []);
     await p.call('close');
   });

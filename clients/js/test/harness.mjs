@@ -328,6 +328,19 @@ export async function startProxy(targetPort) {
     block(on = true) {
       blocked = on;
     },
+    /**
+     * Stops forwarding on every open connection without closing it: a path that died
+     * silently (a NAT that dropped the mapping, a laptop that slept), which neither end
+     * sees. New connections are forwarded as usual.
+     */
+    freeze() {
+      for (const { client, upstream } of pairs) {
+        client.unpipe(upstream);
+        upstream.unpipe(client);
+        client.pause();
+        upstream.pause();
+      }
+    },
     /** Drops every open connection with a TCP reset on both sides. */
     cut() {
       for (const pair of [...pairs]) {
@@ -379,7 +392,7 @@ export function recorderInitScript() {
 
 /**
  * In the page: imports the library, makes a client and records its events in `window.T`.
- * `arg`: { url, token?, useGetToken?, backoff? }.
+ * `arg`: { url, token?, useGetToken?, backoff?, options? (more client options) }.
  */
 export async function pageCreateClient(arg) {
   const mod = await import('/throng.js');
@@ -402,6 +415,7 @@ export async function pageCreateClient(arg) {
   if (arg.useGetToken) opts.getToken = async () => window.nodeGetToken();
   else opts.token = arg.token;
   if (arg.backoff) opts.backoff = arg.backoff;
+  Object.assign(opts, arg.options);
   const client = new ThrongClient(arg.url, opts);
   window.client = client;
   for (const name of ['push', 'state', 'resumed', 'gap', 'error', 'welcome']) {

@@ -72,6 +72,13 @@ function fakeTimers() {
     clearTimeout: (id) => timers.delete(id),
     delays: () => [...timers.values()].map((t) => t.ms),
     count: () => timers.size,
+    /** Runs the oldest timer of delay `ms`. */
+    fire(ms) {
+      const found = [...timers.entries()].find(([, t]) => t.ms === ms);
+      if (!found) throw new Error(`no timer of ${ms} ms among ${[...timers.values()].map((t) => t.ms)}`);
+      timers.delete(found[0]);
+      found[1].fn();
+    },
     /** Runs the oldest timer and returns its delay. */
     fireNext() {
       const [id, timer] = timers.entries().next().value;
@@ -93,6 +100,7 @@ function setup(options = {}) {
     WebSocket: FakeWebSocket,
     random: () => (randoms.length ? randoms.shift() : 0.5),
     now: () => clock.ms,
+    heartbeat: false, // its timer would be in every count below; its own tests turn it on
     setTimeout: timers.setTimeout,
     clearTimeout: timers.clearTimeout,
     ...options.client,
@@ -909,4 +917,128 @@ test("close() clears every timer and settles what waits, re-subscribes pausing i
   assert.equal(env.timers.count(), 0);
   await assert.rejects(published, (err) => err.code === "disconnected");
   await assert.rejects(waiting, (err) => err.code === "closed");
+});
+
+// ---- stalls: heartbeat and connect timeout ----
+
+test("a connection silent through a ping and its timeout is closed and reconnected", async () => {
+  const env = setup({ client: { heartbeat: { intervalMs: 3000, timeoutMs: 1000 } } });
+  await connectWith(env);
+  const ws = env.last();
+  assert.deepEqual(env.timers.delays(), [3000]);
+  const published = env.client.publish("room:1", 1);
+  env.timers.fire(3000); // the request's timeout is later (10 s)
+  assert.deepEqual(ws.ofType("ping"), [{ type: "ping" }]);
+  env.timers.fire(1000);
+  assert.deepEqual(ws.closeCalls, [4000], "the stalled socket is closed by the client");
+  await assert.rejects(published, (err) => err.code === "disconnected" && err.sent === true);
+  assert.equal(env.events.state.at(-1), "disconnected");
+  assert.equal(env.timers.count(), 1, "only the reconnect timer");
+  env.timers.fireNext();
+  await flush();
+  assert.equal(env.sockets.length, 2, "reconnected");
+  // The old socket's late events change nothing.
+  ws.drop(1006);
+  ws.receive(pushMsg(1));
+  assert.equal(env.events.push.length, 0);
+});
+
+test("any message keeps the heartbeat quiet; a pong answers its ping", async () => {
+  const env = setup({ client: { heartbeat: { intervalMs: 3000, timeoutMs: 1000 } } });
+  await connectWith(env);
+  const ws = env.last();
+  for (let i = 1; i <= 5; i++) {
+    ws.receive(pushMsg(i));
+    assert.equal(env.timers.fireNext(), 3000);
+  }
+  assert.equal(ws.ofType("ping").length, 0, "a busy connection is never pinged");
+  env.timers.fireNext(); // silent for an interval: ping
+  assert.equal(ws.ofType("ping").length, 1);
+  ws.receive({ type: "pong" });
+  assert.equal(env.timers.fireNext(), 1000);
+  assert.deepEqual(env.timers.delays(), [3000], "answered: back to waiting an interval");
+  assert.deepEqual(ws.closeCalls, []);
+  assert.equal(env.events.state.at(-1), "connected");
+});
+
+test("the heartbeat is on by default (30 s, then 10 s) and heartbeat:false turns it off", async () => {
+  const env = setup({ client: { heartbeat: undefined } });
+  await connectWith(env);
+  assert.deepEqual(env.timers.delays(), [30000]);
+  env.timers.fireNext();
+  assert.deepEqual(env.timers.delays(), [10000]);
+  env.last().drop(1006);
+  assert.equal(env.timers.count(), 1, "the heartbeat ends with its connection");
+  assert.throws(() => setup({ client: { heartbeat: { intervalMs: 0 } } }), RangeError);
+});
+
+test("an attempt that does not open in connectTimeoutMs is given up and retried", async () => {
+  const env = setup({ client: { connectTimeoutMs: 4000 } });
+  const connected = env.client.connect();
+  await flush();
+  const stuck = env.last();
+  assert.deepEqual(env.timers.delays(), [4000]);
+  env.timers.fireNext();
+  assert.equal(env.events.error.at(-1).code, "connect_failed");
+  assert.match(env.events.error.at(-1).message, /timed out after 4000 ms: the connection did not open/);
+  assert.deepEqual(stuck.closeCalls, [undefined], "the hanging attempt is closed");
+  assert.equal(env.events.state.at(-1), "disconnected");
+  assert.equal(env.timers.count(), 1, "a backoff retry");
+  stuck.open(); // too late: ignored
+  stuck.receive(welcome());
+  assert.equal(env.events.welcome.length, 0);
+  env.timers.fireNext();
+  await flush();
+  env.last().open();
+  assert.deepEqual(env.timers.delays(), [4000], "the next attempt has its own deadline");
+  env.timers.fireNext(); // opened, but no welcome
+  assert.match(env.events.error.at(-1).message, /no welcome came/);
+  assert.deepEqual(env.sockets[1].closeCalls, [4000]);
+  env.timers.fireNext();
+  await flush();
+  env.last().open();
+  env.last().receive(welcome({ session: "s3" }));
+  assert.equal((await connected).session, "s3");
+  assert.equal(env.timers.count(), 0, "the deadline ends with the welcome");
+});
+
+test("a getToken that never settles is given up after connectTimeoutMs", async () => {
+  let calls = 0;
+  const releases = [];
+  const getToken = () => {
+    calls++;
+    return calls === 1 ? new Promise((r) => releases.push(r)) : Promise.resolve(`jwt-${calls}`);
+  };
+  const env = setup({ client: { token: undefined, getToken, connectTimeoutMs: 4000 } });
+  env.client.connect();
+  await flush();
+  assert.equal(env.sockets.length, 0);
+  env.timers.fireNext();
+  assert.equal(env.events.error.at(-1).code, "token_failed");
+  assert.match(env.events.error.at(-1).message, /getToken did not answer/);
+  env.timers.fireNext(); // the retry
+  await flush();
+  assert.equal(env.sockets.length, 1);
+  assert.equal(env.last().url.searchParams.get("token"), "jwt-2");
+  releases[0]("late-token");
+  await flush();
+  assert.equal(env.sockets.length, 1, "the late token is dropped");
+});
+
+test("a getToken that never settles during a refresh is reported, and a later refresh still runs", async () => {
+  let calls = 0;
+  const getToken = () => (++calls === 2 ? new Promise(() => {}) : Promise.resolve(`jwt-${calls}`));
+  const env = setup({ client: { token: undefined, getToken, requestTimeoutMs: 2000 } });
+  await connectWith(env);
+  env.last().receive({ type: "token_expiring", in_ms: 50000 });
+  await flush();
+  assert.deepEqual(env.timers.delays(), [2000]);
+  env.timers.fireNext();
+  await flush();
+  assert.equal(env.events.error.at(-1).code, "token_failed");
+  env.last().receive({ type: "token_expiring", in_ms: 8000 });
+  assert.deepEqual(env.timers.delays(), [4000], "not stuck behind the hung getToken");
+  env.timers.fireNext();
+  await flush();
+  assert.equal(env.last().ofType("refresh").at(-1).token, "jwt-3");
 });
