@@ -195,6 +195,12 @@ export interface ThrongClientOptions {
   connectTimeoutMs?: number;
   /** Detects a connection that died without a close (browsers cannot see it). `false` turns it off. */
   heartbeat?: HeartbeatOptions | false;
+  /**
+   * The server's max_message_size: a longer request is refused locally ("too_large"),
+   * since the server would close the connection with 1009 and the client would stop.
+   * Default 65536 (the server's default).
+   */
+  maxMessageBytes?: number;
   /** Send `{"type":"ack","seq":N}` after user-stream pushes are delivered. Default true. */
   ackPushes?: boolean;
   /** Returns a number in [0, 1) for the jitter. Default `Math.random` (tests inject one). */
@@ -233,7 +239,10 @@ export interface GapEvent {
  *   not connected (`sent: false`);
  * - "timeout": no answer within requestTimeoutMs (`sent: true`: it may or may not have
  *   been carried out);
- * - "bad_json": the data cannot be sent as JSON (a BigInt, a cycle); nothing was sent;
+ * - "bad_json": the data cannot be sent as JSON (a BigInt, a cycle), or the server would
+ *   refuse it without its ref (nested deeper than 32 levels, an integer beyond 64 bits);
+ *   nothing was sent;
+ * - "too_large": the request is longer than maxMessageBytes; nothing was sent;
  * - "closed": the server closed with a code the client does not reconnect after
  *   (`closeCode`, `reason`), or close() was called while connect()/subscribe() waited;
  * - "connect_failed": an attempt failed before the connection opened (refused upgrade,

@@ -30,6 +30,10 @@ const DEFAULT_REQUEST_TIMEOUT_MS = 10000;
 const DEFAULT_CONNECT_TIMEOUT_MS = 15000;
 /** Silence after which the client pings, and how long it then waits for anything at all. */
 const DEFAULT_HEARTBEAT = { intervalMs: 30000, timeoutMs: 10000 };
+/** The server's default max_message_size: a longer message closes the connection with 1009. */
+const DEFAULT_MAX_MESSAGE_BYTES = 65536;
+/** The server refuses client messages nested deeper than this, without their ref. */
+const MAX_DEPTH = 32;
 /** The close code the client uses to end a connection it gave up on (stalled, too slow to open). */
 const CLIENT_GAVE_UP = 4000;
 
@@ -118,6 +122,7 @@ export class ThrongClient {
   #setTimeout;
   #clearTimeout;
   #requestTimeoutMs;
+  #maxMessageBytes;
   #connectTimeoutMs;
   /** {intervalMs, timeoutMs}, or null when the heartbeat is off. */
   #heartbeat;
@@ -202,6 +207,9 @@ export class ThrongClient {
       throw new RangeError("requestTimeoutMs must be a positive number of milliseconds");
     }
     this.#requestTimeoutMs = requestTimeoutMs;
+    const { maxMessageBytes = DEFAULT_MAX_MESSAGE_BYTES } = options;
+    if (!(maxMessageBytes > 0)) throw new RangeError("maxMessageBytes must be positive");
+    this.#maxMessageBytes = maxMessageBytes;
     const { connectTimeoutMs = DEFAULT_CONNECT_TIMEOUT_MS } = options;
     if (!(connectTimeoutMs > 0) || !Number.isFinite(connectTimeoutMs)) {
       throw new RangeError("connectTimeoutMs must be a positive number of milliseconds");
@@ -885,6 +893,8 @@ export class ThrongClient {
       return Promise.reject(throngError("bad_json", `cannot send this as JSON: ${err?.message ?? err}`,
         { cause: err, sent: false }));
     }
+    const problem = checkOutgoing(text, this.#maxMessageBytes);
+    if (problem) return Promise.reject(throngError(problem.code, problem.message, { sent: false }));
     return new Promise((resolve, reject) => {
       const timer = this.#setTimeout(() => this.#timeOut(ref), this.#requestTimeoutMs);
       this.#pending.set(ref, { resolve, reject, type: msg.type, timer, ...meta });
@@ -961,6 +971,80 @@ export class ThrongClient {
       }
     }
   }
+}
+
+/**
+ * What the server would refuse in a way that hurts more than an answer: a message over
+ * its max_message_size closes the connection with 1009 (after which the client stops for
+ * good), and one nested deeper than 32 levels or with an integer beyond the 64-bit range
+ * (JSON.stringify writes 2**64 as 18446744073709552000) is refused without its ref.
+ * @param {string} text the message as it would be sent
+ * @param {number} maxBytes
+ * @returns {{code: string, message: string}|null}
+ */
+function checkOutgoing(text, maxBytes) {
+  // Three UTF-8 bytes per UTF-16 unit at most, so most messages need no count.
+  if (text.length * 3 > maxBytes) {
+    const bytes = utf8Length(text);
+    if (bytes > maxBytes) {
+      return { code: "too_large", message: `the message is ${bytes} bytes; the server takes at most ${maxBytes} (maxMessageBytes)` };
+    }
+  }
+  let depth = 0;
+  let inString = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (inString) {
+      if (c === 0x5c) i++; // backslash: skip the escaped character
+      else if (c === 0x22) inString = false;
+      continue;
+    }
+    if (c === 0x22) {
+      inString = true;
+    } else if (c === 0x5b || c === 0x7b) {
+      if (++depth > MAX_DEPTH) {
+        return { code: "bad_json", message: `the data is nested deeper than the server takes (${MAX_DEPTH} levels, the message included)` };
+      }
+    } else if (c === 0x5d || c === 0x7d) {
+      depth--;
+    } else if (c === 0x2d || (c >= 0x30 && c <= 0x39)) {
+      let end = i + 1;
+      while (end < text.length && isNumberChar(text.charCodeAt(end))) end++;
+      const number = text.slice(i, end);
+      if (!integerInRange(number)) {
+        return { code: "bad_json", message: `the integer ${number} is beyond the 64-bit range the server takes` };
+      }
+      i = end - 1;
+    }
+  }
+  return null;
+}
+
+function isNumberChar(c) {
+  return (c >= 0x30 && c <= 0x39) || c === 0x2e || c === 0x65 || c === 0x45 || c === 0x2b || c === 0x2d;
+}
+
+/** Whether a JSON number is a float, or an integer in -2^63 ..= 2^64-1 (what the server parses). */
+function integerInRange(number) {
+  if (/[.eE]/.test(number)) return true;
+  const negative = number[0] === "-";
+  const digits = negative ? number.slice(1) : number;
+  const limit = negative ? "9223372036854775808" : "18446744073709551615";
+  return digits.length < limit.length || (digits.length === limit.length && digits <= limit);
+}
+
+function utf8Length(text) {
+  let bytes = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c < 0x80) bytes += 1;
+    else if (c < 0x800) bytes += 2;
+    else if (c >= 0xd800 && c <= 0xdbff && i + 1 < text.length && (text.charCodeAt(i + 1) & 0xfc00) === 0xdc00) {
+      bytes += 4;
+      i++;
+    } else bytes += 3;
+  }
+  return bytes;
 }
 
 /** Closes a socket the client gave up on; its handlers are detached already. */

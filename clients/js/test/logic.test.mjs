@@ -1042,3 +1042,44 @@ test("a getToken that never settles during a refresh is reported, and a later re
   await flush();
   assert.equal(env.last().ofType("refresh").at(-1).token, "jwt-3");
 });
+
+// ---- what the server would refuse badly is refused before sending ----
+
+test("a message over maxMessageBytes is refused locally instead of getting the connection closed (1009)", async () => {
+  const env = setup();
+  await connectWith(env);
+  // 65536 bytes is the server's default max_message_size; over it the server closes with
+  // 1009, after which the client stops for good.
+  await assert.rejects(env.client.publish("room:1", "x".repeat(70000)),
+    (err) => err.code === "too_large" && err.sent === false && /65536/.test(err.message));
+  // Counted in UTF-8 bytes: 22,000 three-byte characters are 66,000 bytes.
+  await assert.rejects(env.client.send("€".repeat(22000)), (err) => err.code === "too_large");
+  assert.deepEqual(env.last().sent, []);
+  // Just under the limit goes; a larger limit can be configured.
+  env.client.publish("room:1", "x".repeat(65400));
+  assert.equal(env.last().ofType("publish").length, 1);
+  const env2 = setup({ client: { maxMessageBytes: 1 << 20 } });
+  await connectWith(env2);
+  env2.client.publish("room:1", "x".repeat(70000));
+  assert.equal(env2.last().ofType("publish").length, 1);
+});
+
+test("data nested too deeply or with integers beyond 64 bits is refused locally (the server's refusal has no ref)", async () => {
+  const env = setup();
+  await connectWith(env);
+  const nest = (levels) => {
+    let d = 1;
+    for (let i = 0; i < levels; i++) d = [d];
+    return d;
+  };
+  // The message is level 1, so data may nest 31 levels.
+  await assert.rejects(env.client.publish("t", nest(32)), (err) => err.code === "bad_json" && err.sent === false);
+  env.client.publish("t", nest(31));
+  await assert.rejects(env.client.send({ n: 2 ** 64 }), (err) => err.code === "bad_json" && /18446744073709552000/.test(err.message));
+  await assert.rejects(env.client.send({ n: -(2 ** 63) - 4096 }), (err) => err.code === "bad_json");
+  // In range, floats, exponents, and brackets or digits inside strings all go.
+  // (-(2 ** 63) is written -9223372036854776000: out of range, like the server says.)
+  env.client.send({ a: 2 ** 63, b: -(2 ** 62), c: 1e21, d: 1.5e300, e: -0.5, s: "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[ 18446744073709551616", q: "\"[" });
+  env.client.send(Number.MAX_SAFE_INTEGER);
+  assert.equal(env.last().sent.length, 3);
+});
