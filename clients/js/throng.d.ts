@@ -201,6 +201,14 @@ export interface ThrongClientOptions {
    * Default 65536 (the server's default).
    */
   maxMessageBytes?: number;
+  /**
+   * The server's client_rate (messages per second). The client keeps its own copy of the
+   * server's token bucket and refuses a publish, send or subscribe locally ("rate_limited",
+   * `sent: false`, `retryAfterMs`) that the server would refuse: 11 refusals in a row close
+   * the connection with 1008, after which the client stops. Default 100 (the server's
+   * default); 0 turns pacing off.
+   */
+  clientRate?: number;
   /** Send `{"type":"ack","seq":N}` after user-stream pushes are delivered. Default true. */
   ackPushes?: boolean;
   /** Returns a number in [0, 1) for the jitter. Default `Math.random` (tests inject one). */
@@ -267,6 +275,8 @@ export interface ThrongError extends Error {
    * may have carried it out. (Errors the server answered mean it was not carried out.)
    */
   sent?: boolean;
+  /** For a "rate_limited" refused locally: when the client's bucket has room again. */
+  retryAfterMs?: number;
 }
 
 export interface ThrongEvents {

@@ -34,6 +34,14 @@ const DEFAULT_HEARTBEAT = { intervalMs: 30000, timeoutMs: 10000 };
 const DEFAULT_MAX_MESSAGE_BYTES = 65536;
 /** The server refuses client messages nested deeper than this, without their ref. */
 const MAX_DEPTH = 32;
+/** The server's default client_rate: messages per second, and the bucket's size. */
+const DEFAULT_CLIENT_RATE = 100;
+/** The server charges a token per this many bytes of message text, on top of the message's token. */
+const BYTES_PER_TOKEN = 16 * 1024;
+/** ... and at least this many bytes per message. */
+const MIN_CHARGE_BYTES = 256;
+/** Requests the client refuses on its own when the rate bucket is empty (see #spend). */
+const PACED_REQUESTS = new Set(["publish", "send", "subscribe"]);
 /** The close code the client uses to end a connection it gave up on (stalled, too slow to open). */
 const CLIENT_GAVE_UP = 4000;
 
@@ -123,6 +131,10 @@ export class ThrongClient {
   #clearTimeout;
   #requestTimeoutMs;
   #maxMessageBytes;
+  /** client_rate as the client paces itself (0: no pacing). */
+  #clientRate;
+  /** The server's token bucket for this connection as the client reckons it: thousandths of a token as of `at`. */
+  #bucket = { milli: 0, at: 0 };
   #connectTimeoutMs;
   /** {intervalMs, timeoutMs}, or null when the heartbeat is off. */
   #heartbeat;
@@ -210,6 +222,9 @@ export class ThrongClient {
     const { maxMessageBytes = DEFAULT_MAX_MESSAGE_BYTES } = options;
     if (!(maxMessageBytes > 0)) throw new RangeError("maxMessageBytes must be positive");
     this.#maxMessageBytes = maxMessageBytes;
+    const { clientRate = DEFAULT_CLIENT_RATE } = options;
+    if (!(clientRate >= 0) || !Number.isFinite(clientRate)) throw new RangeError("clientRate must be a number >= 0");
+    this.#clientRate = clientRate;
     const { connectTimeoutMs = DEFAULT_CONNECT_TIMEOUT_MS } = options;
     if (!(connectTimeoutMs > 0) || !Number.isFinite(connectTimeoutMs)) {
       throw new RangeError("connectTimeoutMs must be a positive number of milliseconds");
@@ -573,6 +588,7 @@ export class ThrongClient {
   #onWelcome(msg) {
     this.#welcome = msg;
     this.#welcomeAt = this.#now();
+    this.#bucket = { milli: this.#clientRate * 1000, at: this.#welcomeAt }; // a new connection's is full
     this.#clearAttemptTimer();
     this.#startHeartbeat();
     // On resumed:true the replay follows, so our position stays; otherwise start from welcome.
@@ -856,6 +872,9 @@ export class ThrongClient {
   }
 
   #onServerError(msg) {
+    // The server's bucket is emptier than ours (another client_rate, or messages that
+    // arrived bunched): start again from empty.
+    if (msg.code === "rate_limited") this.#bucket = { milli: Math.min(0, this.#bucket.milli), at: this.#now() };
     const request = this.#takePending(msg);
     const topic = request?.type === "subscribe" ? request.topic : undefined;
     const err = throngError(msg.code ?? "error", msg.message ?? String(msg.code), { ref: msg.ref, topic });
@@ -895,11 +914,52 @@ export class ThrongClient {
     }
     const problem = checkOutgoing(text, this.#maxMessageBytes);
     if (problem) return Promise.reject(throngError(problem.code, problem.message, { sent: false }));
+    const waitMs = this.#spend(text, msg.type, PACED_REQUESTS.has(msg.type));
+    if (waitMs > 0) {
+      // Sent, it would be refused with rate_limited, and the 11th refusal in a row closes
+      // the connection with 1008, after which the client stops: refused here instead.
+      if (msg.type === "subscribe" && !meta.internal) this.#forgetUnlessLive(msg.topic);
+      return Promise.reject(throngError("rate_limited",
+        `over clientRate (${this.#clientRate} messages a second): not sent; try again in ${Math.ceil(waitMs)} ms`,
+        { sent: false, retryAfterMs: Math.ceil(waitMs), topic: msg.type === "subscribe" ? msg.topic : undefined }));
+    }
     return new Promise((resolve, reject) => {
       const timer = this.#setTimeout(() => this.#timeOut(ref), this.#requestTimeoutMs);
       this.#pending.set(ref, { resolve, reject, type: msg.type, timer, ...meta });
       this.#ws.send(text);
     });
+  }
+
+  /**
+   * Charges a message to the connection's rate bucket the way the server does (protocol.md
+   * 2.2: a token per message but acks, plus a token per 16 KiB of text, at least 256 bytes;
+   * debt down to one bucket) and returns 0; or, for a paced request when the bucket has no
+   * token to spare, charges nothing and returns how long until it has.
+   */
+  #spend(text, type, paced) {
+    const rate = this.#clientRate;
+    if (rate === 0) return 0;
+    const capacity = rate * 1000;
+    const now = this.#now();
+    let milli = Math.min(capacity, this.#bucket.milli + Math.max(0, now - this.#bucket.at) * rate);
+    if (type !== "ack") {
+      // A paced request leaves a token for the client's own messages (ping, unsubscribe,
+      // refresh), which also covers the refill the server does not see when messages sent
+      // over a few milliseconds reach it together.
+      const needed = 1000 + Math.max(0, Math.min(1000, capacity - 1000));
+      if (paced && milli < needed) return (needed - milli) / rate;
+      milli -= 1000;
+    }
+    const bytes = text.length * 3 <= MIN_CHARGE_BYTES ? MIN_CHARGE_BYTES : Math.max(MIN_CHARGE_BYTES, utf8Length(text));
+    milli = Math.max(-capacity, milli - (bytes * 1000) / BYTES_PER_TOKEN);
+    this.#bucket = { milli, at: now };
+    return 0;
+  }
+
+  /** A subscribe() that did not go through is forgotten unless the topic is subscribed already. */
+  #forgetUnlessLive(topic) {
+    const entry = this.#topics.get(topic);
+    if (entry && !entry.live) this.#topics.delete(topic);
   }
 
   /** A request whose answer did not come in time. */
@@ -947,7 +1007,10 @@ export class ThrongClient {
   }
 
   #sendJson(msg) {
-    if (this.#ws?.readyState === OPEN) this.#ws.send(JSON.stringify(msg));
+    if (this.#ws?.readyState !== OPEN) return;
+    const text = JSON.stringify(msg);
+    this.#spend(text, msg.type, false);
+    this.#ws.send(text);
   }
 
   // ---- events ----

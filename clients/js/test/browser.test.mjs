@@ -168,7 +168,7 @@ async function connectAndSubscribe(p, topic) {
   return w.value;
 }
 
-describe('throng.js in headless chromium', { timeout: 8 * CASE_MS }, () => {
+describe('throng.js in headless chromium', { timeout: 9 * CASE_MS }, () => {
   test('a. connects, subscribes, gets a direct and a topic push; publish, send, unsubscribe, acks', { timeout: CASE_MS }, async (t) => {
     const user = uniq('alice');
     const topic = uniq('room:a');
@@ -542,6 +542,39 @@ describe('throng.js in headless chromium', { timeout: 8 * CASE_MS }, () => {
     const first = await p.page.evaluate(() => window.__ws[0].sent.map((s) => JSON.parse(s)));
     assert.ok(first.some((m) => m.type === 'ping'), 'the frozen connection was pinged');
     assert.deepEqual(p.pageErrors, []);
+    await p.call('close');
+  });
+  // 200 publishes at once against the server's client_rate (100): sent, the 11th refusal
+  // in a row closed the connection with 1008 and the client stopped for good. The client
+  // paces itself with the server's bucket, so the excess is refused before it is sent.
+  test('i. a burst of publishes over client_rate is refused locally; the connection stays', { timeout: CASE_MS }, async (t) => {
+    const user = uniq('ivy');
+    const p = await openPage(t);
+    await createClient(p, { token: token({ sub: user, publish: ['room:*'] }) });
+    await connectAndSubscribe(p);
+    const outcomes = await p.page.evaluate(async () => {
+      const rs = await Promise.allSettled(Array.from({ length: 200 }, (_, i) => window.client.publish('room:burst', { i })));
+      const count = { published: 0, local: 0, server: 0, other: [] };
+      for (const r of rs) {
+        if (r.status === 'fulfilled' && r.value.type === 'published') count.published++;
+        else if (r.reason?.code === 'rate_limited' && r.reason.sent === false) count.local++;
+        else if (r.reason?.code === 'rate_limited' && r.reason.sent === undefined) count.server++;
+        else count.other.push(r.reason?.code ?? r.value?.type);
+      }
+      return count;
+    });
+    const seen = JSON.stringify(outcomes);
+    // The bucket holds 100 tokens: about 97 go (a slow page may see a token come back).
+    assert.ok(outcomes.published >= 90 && outcomes.published <= 100, seen);
+    assert.ok(outcomes.server <= 2, `refused by the server: ${seen}`);
+    assert.equal(outcomes.published + outcomes.local + outcomes.server, 200, seen);
+    // Still the first connection; a second later publishing works again.
+    await new Promise((r) => setTimeout(r, 1100));
+    const again = await p.call('publish', 'room:burst', { after: true });
+    assert.equal(again.ok, true, JSON.stringify(again.error));
+    const state = await p.page.evaluate(() => ({ sockets: window.__ws.length, close: window.__ws[0].close }));
+    assert.deepEqual(state, { sockets: 1, close: null });
+    assert.deepEqual(await p.events('error'), []);
     await p.call('close');
   });
 });

@@ -60,13 +60,20 @@ function fakeWebSocketClass() {
   return { FakeWebSocket, sockets };
 }
 
-/** setTimeout/clearTimeout that only run when the test says so. */
-function fakeTimers() {
+/**
+ * setTimeout/clearTimeout that only run when the test says so, and a clock (`clock.ms`,
+ * the client's `now`) that a fired timer moves to its due time.
+ */
+function fakeTimers(clock = { ms: 0 }) {
   const timers = new Map();
   let nextId = 1;
+  const run = (timer) => {
+    clock.ms = Math.max(clock.ms, timer.due);
+    timer.fn();
+  };
   return {
     setTimeout: (fn, ms) => {
-      timers.set(nextId, { fn, ms });
+      timers.set(nextId, { fn, ms, due: clock.ms + ms });
       return nextId++;
     },
     clearTimeout: (id) => timers.delete(id),
@@ -77,13 +84,13 @@ function fakeTimers() {
       const found = [...timers.entries()].find(([, t]) => t.ms === ms);
       if (!found) throw new Error(`no timer of ${ms} ms among ${[...timers.values()].map((t) => t.ms)}`);
       timers.delete(found[0]);
-      found[1].fn();
+      run(found[1]);
     },
     /** Runs the oldest timer and returns its delay. */
     fireNext() {
       const [id, timer] = timers.entries().next().value;
       timers.delete(id);
-      timer.fn();
+      run(timer);
       return timer.ms;
     },
   };
@@ -92,9 +99,9 @@ function fakeTimers() {
 /** A client wired to fakes, plus everything it emitted. */
 function setup(options = {}) {
   const { FakeWebSocket, sockets } = fakeWebSocketClass();
-  const timers = fakeTimers();
-  const randoms = options.randoms ?? [];
   const clock = { ms: 1764559000000 };
+  const timers = fakeTimers(clock);
+  const randoms = options.randoms ?? [];
   const client = new ThrongClient(options.url ?? URL_BASE, {
     token: "tok",
     WebSocket: FakeWebSocket,
@@ -1082,4 +1089,97 @@ test("data nested too deeply or with integers beyond 64 bits is refused locally 
   env.client.send({ a: 2 ** 63, b: -(2 ** 62), c: 1e21, d: 1.5e300, e: -0.5, s: "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[ 18446744073709551616", q: "\"[" });
   env.client.send(Number.MAX_SAFE_INTEGER);
   assert.equal(env.last().sent.length, 3);
+});
+
+// ---- pacing to the server's client_rate ----
+
+test("a burst over clientRate is refused locally, so the server never closes with 1008", async () => {
+  const env = setup();
+  await connectWith(env);
+  const refused = [];
+  for (let i = 0; i < 150; i++) env.client.publish("room:1", { i }).catch((err) => refused.push(err));
+  await flush();
+  const sent = env.last().ofType("publish").length;
+  // The server's bucket: 100 tokens, a token a message plus 256 bytes' worth (1/64 token),
+  // less one token kept for the client's own messages.
+  assert.equal(sent, 97);
+  assert.equal(refused.length, 150 - 97);
+  assert.ok(refused.every((e) => e.code === "rate_limited" && e.sent === false && e.retryAfterMs > 0 && e.retryAfterMs <= 10),
+    JSON.stringify(refused[0]));
+  // Acks are never refused and take no token; a second later the bucket is full again.
+  env.last().receive(pushMsg(1));
+  await flush();
+  assert.equal(env.last().ofType("ack").length, 1);
+  env.clock.ms += 1000;
+  for (let i = 0; i < 97; i++) env.client.send(1);
+  assert.equal(env.last().ofType("send").length, 97);
+  await assert.rejects(env.client.send(1), (err) => err.code === "rate_limited");
+});
+
+test("large messages cost a token per 16 KiB more, like on the server", async () => {
+  const env = setup({ client: { clientRate: 10 } });
+  await connectWith(env);
+  // 10 tokens: each 40 KB message takes 1 + ~2.4.
+  const big = "x".repeat(40000);
+  for (let i = 0; i < 5; i++) env.client.publish("t", big).catch(() => {});
+  assert.equal(env.last().ofType("publish").length, 3);
+});
+
+test("a server rate_limited empties the client's bucket; clientRate 0 turns pacing off", async () => {
+  const env = setup();
+  await connectWith(env);
+  const first = env.client.publish("t", 1);
+  const [pub] = env.last().ofType("publish");
+  // The server's client_rate is lower than the client's, say.
+  env.last().receive({ type: "error", code: "rate_limited", message: "slow down", ref: pub.ref });
+  await assert.rejects(first, (err) => err.code === "rate_limited" && err.sent === undefined);
+  await assert.rejects(env.client.publish("t", 2), (err) => err.code === "rate_limited" && err.sent === false);
+  env.clock.ms += 20; // two tokens back (one is kept for the client's own messages)
+  env.client.publish("t", 3);
+  assert.equal(env.last().ofType("publish").length, 2);
+
+  const off = setup({ client: { clientRate: 0 } });
+  await connectWith(off);
+  for (let i = 0; i < 300; i++) off.client.publish("t", i);
+  assert.equal(off.last().ofType("publish").length, 300);
+});
+
+test("a subscribe() refused for the rate is forgotten; re-subscribes wait for the bucket", async () => {
+  // A bucket of 4: each message takes a token and 256 bytes' worth (1/64 token) more, and
+  // one token is kept for the client's own messages.
+  const env = setup({ client: { clientRate: 4 } });
+  await connectWith(env);
+  env.client.publish("t", 1).catch(() => {});
+  env.client.publish("t", 2).catch(() => {});
+  await assert.rejects(env.client.subscribe("room:1"), (err) => err.code === "rate_limited" && err.topic === "room:1");
+  env.last().receive(pushMsg(1, { topic: "room:1" }));
+  assert.deepEqual(env.events.push, []);
+  env.clock.ms += 2000; // full again: room for two
+  for (const topic of ["a", "b", "c"]) {
+    const sub = env.client.subscribe(topic);
+    const m = env.last().ofType("subscribe").at(-1);
+    if (m?.topic !== topic) {
+      await assert.rejects(sub, (err) => err.code === "rate_limited");
+      continue;
+    }
+    env.last().receive({ type: "subscribed", topic, seq: 1, epoch: "e", ref: m.ref });
+    await sub;
+  }
+  assert.deepEqual(env.last().ofType("subscribe").map((m) => m.topic), ["a", "b"]);
+  // After a reconnect the re-subscribes are paced by the bucket, not refused by the server.
+  env.clock.ms += 20000;
+  await reconnectWith(env, welcome({ resumed: true }));
+  env.client.publish("t", 3).catch(() => {}); // leaves room for one: the other waits a second
+  for (const topic of ["a", "b"]) {
+    if (topic === "b") {
+      assert.equal(env.last().ofType("subscribe").length, 1);
+      env.timers.fire(1000);
+      await flush();
+    }
+    const m = env.last().ofType("subscribe").at(-1);
+    assert.equal(m.topic, topic);
+    env.last().receive({ type: "subscribed", topic, seq: 1, epoch: "e", resumed: true, ref: m.ref });
+    await flush();
+  }
+  assert.deepEqual(env.events.error, []);
 });
