@@ -42,6 +42,8 @@ const BYTES_PER_TOKEN = 16 * 1024;
 const MIN_CHARGE_BYTES = 256;
 /** Requests the client refuses on its own when the rate bucket is empty (see #spend). */
 const PACED_REQUESTS = new Set(["publish", "send", "subscribe"]);
+/** A failed token refresh is tried again while at least twice this is left before the 4001 close. */
+const MIN_REFRESH_RETRY_MS = 1000;
 /** The close code the client uses to end a connection it gave up on (stalled, too slow to open). */
 const CLIENT_GAVE_UP = 4000;
 
@@ -829,9 +831,12 @@ export class ThrongClient {
   #onTokenExpiring(msg) {
     if (!this.#getToken) return; // a fixed token cannot be renewed: the 4001 close stops us
     const refresh = this.#refresh;
-    if (refresh.timer !== null) return; // a refresh for this token is already planned
+    // A planned refresh (a retry, say) is planned again from what the server says now.
+    if (refresh.timer !== null) this.#clearTimeout(refresh.timer);
+    refresh.timer = null;
     refresh.wanted = true;
     refresh.inMs = Number.isFinite(msg.in_ms) && msg.in_ms > 0 ? msg.in_ms : 0;
+    refresh.closeAt = this.#now() + refresh.inMs;
     this.#planRefresh();
   }
 
@@ -862,9 +867,18 @@ export class ThrongClient {
       if (ws !== this.#ws || !this.#welcome) return;
       await this.#request({ type: "refresh", token });
     } catch (err) {
-      // token_failed, or the server refused the refresh: the old token stays until its 4001
-      // close. A dropped connection needs no report: the next one gets a fresh token.
-      if (err.code !== "disconnected") this.#emitError(err);
+      // token_failed, or the server refused the refresh: the old token stays. A dropped
+      // connection needs no report: the next one gets a fresh token.
+      if (err.code !== "disconnected") {
+        this.#emitError(err);
+        // Tried again at half the time left to the 4001 close, while a second or more is
+        // left (a few tries at most): a getToken that failed once need not cost a reconnect.
+        const left = refresh.closeAt - this.#now();
+        if (refresh === this.#refresh && left >= 2 * MIN_REFRESH_RETRY_MS && !refresh.wanted) {
+          refresh.wanted = true;
+          refresh.inMs = left;
+        }
+      }
     } finally {
       refresh.busy = false;
       if (refresh === this.#refresh) this.#planRefresh();
@@ -1120,9 +1134,12 @@ function giveUpSocket(ws, reason) {
   }
 }
 
-/** Per connection: refreshes done, one running, one wanted (and its in_ms), one scheduled. */
+/**
+ * Per connection: refreshes done, one running, one wanted (and its in_ms), one scheduled,
+ * and when the server would close with 4001 (now() + the last in_ms).
+ */
 function newRefreshState() {
-  return { count: 0, busy: false, wanted: false, inMs: 0, timer: null };
+  return { count: 0, busy: false, wanted: false, inMs: 0, timer: null, closeAt: 0 };
 }
 
 function checkTopic(topic) {

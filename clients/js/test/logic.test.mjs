@@ -1183,3 +1183,38 @@ test("a subscribe() refused for the rate is forgotten; re-subscribes wait for th
   }
   assert.deepEqual(env.events.error, []);
 });
+
+test("a failed token refresh is tried again before the 4001 close, at half the time left", async () => {
+  let calls = 0;
+  const getToken = async () => {
+    calls++;
+    if (calls === 2 || calls === 3) throw new Error("auth backend down");
+    return `jwt-${calls}`;
+  };
+  const env = setup({ client: { token: undefined, getToken } });
+  await connectWith(env);
+  env.last().receive({ type: "token_expiring", in_ms: 40000 });
+  await flush();
+  assert.equal(env.events.error.at(-1).code, "token_failed");
+  assert.deepEqual(env.timers.delays(), [20000]);
+  env.timers.fireNext();
+  await flush();
+  assert.equal(env.events.error.length, 2);
+  assert.deepEqual(env.timers.delays(), [10000], "half of what is left");
+  env.timers.fireNext();
+  await flush();
+  const [refresh] = env.last().ofType("refresh");
+  assert.equal(refresh.token, "jwt-4");
+  env.last().receive({ type: "refreshed", exp: 1764562623, ref: refresh.ref });
+  await flush();
+  assert.equal(env.timers.count(), 0);
+
+  // A refusal is tried again too, but not once less than 2 s are left.
+  env.last().receive({ type: "token_expiring", in_ms: 3000 });
+  env.timers.fireNext(); // a later refresh waits half of in_ms
+  await flush();
+  const second = env.last().ofType("refresh").at(-1);
+  env.last().receive({ type: "error", code: "invalid_token", message: "bad", ref: second.ref });
+  await flush();
+  assert.equal(env.timers.count(), 0, "1.5 s left: the 4001 close and a reconnect will do");
+});
