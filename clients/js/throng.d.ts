@@ -272,7 +272,9 @@ export interface ThrongError extends Error {
   /**
    * On the rejection of a request: whether it went out. `false`: it was not sent, and
    * trying again cannot do it twice. `true` with "disconnected" or "timeout": the server
-   * may have carried it out. (Errors the server answered mean it was not carried out.)
+   * may have carried it out. Absent on errors the server answered: their code says what
+   * happened (most mean it was not carried out; an `overloaded` publish whose message says
+   * so may have gone out, see protocol.md 2.2).
    */
   sent?: boolean;
   /** For a "rate_limited" refused locally: when the client's bucket has room again. */
