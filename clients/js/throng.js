@@ -923,19 +923,17 @@ export class ThrongClient {
       text = JSON.stringify({ ...msg, ref });
     } catch (err) {
       // A BigInt, a cycle, a throwing toJSON: nothing was sent, nothing waits.
-      return Promise.reject(throngError("bad_json", `cannot send this as JSON: ${err?.message ?? err}`,
-        { cause: err, sent: false }));
+      return this.#refuseLocally(msg, meta, "bad_json", `cannot send this as JSON: ${err?.message ?? err}`, { cause: err });
     }
     const problem = checkOutgoing(text, this.#maxMessageBytes);
-    if (problem) return Promise.reject(throngError(problem.code, problem.message, { sent: false }));
+    if (problem) return this.#refuseLocally(msg, meta, problem.code, problem.message);
     const waitMs = this.#spend(text, msg.type, PACED_REQUESTS.has(msg.type));
     if (waitMs > 0) {
       // Sent, it would be refused with rate_limited, and the 11th refusal in a row closes
       // the connection with 1008, after which the client stops: refused here instead.
-      if (msg.type === "subscribe" && !meta.internal) this.#forgetUnlessLive(msg.topic);
-      return Promise.reject(throngError("rate_limited",
+      return this.#refuseLocally(msg, meta, "rate_limited",
         `over clientRate (${this.#clientRate} messages a second): not sent; try again in ${Math.ceil(waitMs)} ms`,
-        { sent: false, retryAfterMs: Math.ceil(waitMs), topic: msg.type === "subscribe" ? msg.topic : undefined }));
+        { retryAfterMs: Math.ceil(waitMs) });
     }
     return new Promise((resolve, reject) => {
       const timer = this.#setTimeout(() => this.#timeOut(ref), this.#requestTimeoutMs);
@@ -968,6 +966,17 @@ export class ThrongClient {
     milli = Math.max(-capacity, milli - (bytes * 1000) / BYTES_PER_TOKEN);
     this.#bucket = { milli, at: now };
     return 0;
+  }
+
+  /**
+   * A request refused before it was sent. A refused subscribe() forgets its topic, like one
+   * the server refuses; a re-subscribe is kept only when the refusal is for the rate (it is
+   * tried again after a pause).
+   */
+  #refuseLocally(msg, meta, code, message, extra = {}) {
+    if (msg.type === "subscribe" && !(meta.internal && code === "rate_limited")) this.#forgetUnlessLive(msg.topic);
+    const topic = msg.type === "subscribe" ? msg.topic : undefined;
+    return Promise.reject(throngError(code, message, { ...extra, sent: false, topic }));
   }
 
   /** A subscribe() that did not go through is forgotten unless the topic is subscribed already. */

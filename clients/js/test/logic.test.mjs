@@ -1218,3 +1218,14 @@ test("a failed token refresh is tried again before the 4001 close, at half the t
   await flush();
   assert.equal(env.timers.count(), 0, "1.5 s left: the 4001 close and a reconnect will do");
 });
+
+test("a subscribe() refused before sending (too large) is forgotten, not retried at every reconnect", async () => {
+  const env = setup();
+  await connectWith(env);
+  const huge = "t".repeat(70000);
+  await assert.rejects(env.client.subscribe(huge), (err) => err.code === "too_large" && err.sent === false);
+  await reconnectWith(env, welcome({ resumed: true }));
+  await flush();
+  assert.deepEqual(env.last().ofType("subscribe"), []);
+  assert.deepEqual(env.events.error, []);
+});
