@@ -165,10 +165,24 @@ export interface BackoffOptions {
   resetAfterMs?: number;
 }
 
+/**
+ * The client heartbeat. Given values win; by default both are derived from each welcome.
+ * The server sends its own WebSocket Ping after `ping_interval_ms` without a byte from the
+ * client; the client's ping comes first, so an idle connection costs the server one round
+ * trip (a `ping` parsed, a `pong` sent) per cycle, as its own Ping/Pong would: no extra work.
+ */
 export interface HeartbeatOptions {
-  /** After this long without any message from the server the client sends a ping. Default 30000. */
+  /**
+   * When the client has sent nothing, or heard nothing, for this long it sends
+   * `{"type":"ping"}`. Default 0.8 x the welcome's `ping_interval_ms` (25000 when the welcome
+   * has none). A value above that lets the server's own Pings come back.
+   */
   intervalMs?: number;
-  /** When nothing at all arrives this long after the ping, the connection is closed and made again. Default 10000. */
+  /**
+   * When nothing at all arrives this long after the ping, the connection is closed (4000)
+   * and made again. Default 10000, or the welcome's `idle_timeout_ms - ping_interval_ms`
+   * when that is smaller: the client gives up no later than the server's 4002 would.
+   */
   timeoutMs?: number;
 }
 
@@ -193,7 +207,10 @@ export interface ThrongClientOptions {
    * is given up and retried with backoff. Default 15000.
    */
   connectTimeoutMs?: number;
-  /** Detects a connection that died without a close (browsers cannot see it). `false` turns it off. */
+  /**
+   * Detects a connection that died without a close (browsers cannot see it), timed from the
+   * welcome unless given (see HeartbeatOptions). Default on; `false` turns it off.
+   */
   heartbeat?: HeartbeatOptions | false;
   /**
    * The server's max_message_size: a longer request is refused locally ("too_large"),
@@ -213,7 +230,10 @@ export interface ThrongClientOptions {
   ackPushes?: boolean;
   /** Returns a number in [0, 1) for the jitter. Default `Math.random` (tests inject one). */
   random?: () => number;
-  /** The clock, in milliseconds. Default `Date.now` (tests inject one). */
+  /**
+   * The clock in milliseconds, used only for durations. Default `performance.now` (monotonic;
+   * `Date.now` where there is none); tests inject one.
+   */
   now?: () => number;
   /** Timer functions, for tests. Default the global ones. */
   setTimeout?: (fn: () => void, ms: number) => unknown;

@@ -28,8 +28,15 @@ const TRANSIENT_ERRORS = new Set(["rate_limited", "overloaded", "broker_unavaila
 const DEFAULT_REQUEST_TIMEOUT_MS = 10000;
 /** How long an attempt (getToken, upgrade, welcome) may take by default (connectTimeoutMs). */
 const DEFAULT_CONNECT_TIMEOUT_MS = 15000;
-/** Silence after which the client pings, and how long it then waits for anything at all. */
-const DEFAULT_HEARTBEAT = { intervalMs: 30000, timeoutMs: 10000 };
+/**
+ * The client pings after this share of the server's ping_interval_ms without sending (or
+ * without hearing): its message reaches the server before the server's own Ping falls due.
+ */
+const HEARTBEAT_SHARE = 0.8;
+/** The server's default ping_interval_ms, for a welcome that does not say. */
+const DEFAULT_SERVER_PING_MS = 25000;
+/** How long the client waits for anything at all after its ping, at most (heartbeat.timeoutMs). */
+const DEFAULT_HEARTBEAT_TIMEOUT_MS = 10000;
 /** The server's default max_message_size: a longer message closes the connection with 1009. */
 const DEFAULT_MAX_MESSAGE_BYTES = 65536;
 /** The server refuses client messages nested deeper than this, without their ref. */
@@ -71,6 +78,31 @@ function shouldReconnect(code, canRenewToken) {
  */
 function backoffDelay(attempt, { minMs, maxMs }, random) {
   return random() * Math.min(maxMs, minMs * 2 ** attempt);
+}
+
+/**
+ * The heartbeat's timing for one connection; what the application set wins.
+ * - intervalMs: 0.8 x the welcome's ping_interval_ms (25000 when it has none). The client's
+ *   ping then reaches the server before the server's own Ping falls due, so a healthy idle
+ *   connection costs the server one round trip per cycle, not two.
+ * - timeoutMs: 10000, or idle_timeout_ms - ping_interval_ms when that is smaller. The client
+ *   then gives up on a silent connection at most interval + timeout, under idle_timeout_ms,
+ *   after the last message: no later than the server's own 4002 would end it.
+ * @param {{intervalMs?: number, timeoutMs?: number}} given
+ * @param {object} welcome
+ * @returns {{intervalMs: number, timeoutMs: number}}
+ */
+function heartbeatTiming(given, welcome) {
+  const positive = (ms) => typeof ms === "number" && ms > 0 && Number.isFinite(ms);
+  const ping = positive(welcome?.ping_interval_ms) ? welcome.ping_interval_ms : null;
+  const idle = positive(welcome?.idle_timeout_ms) ? welcome.idle_timeout_ms : null;
+  const intervalMs = given.intervalMs ?? Math.floor(HEARTBEAT_SHARE * (ping ?? DEFAULT_SERVER_PING_MS));
+  let timeoutMs = given.timeoutMs;
+  if (timeoutMs === undefined) {
+    timeoutMs = DEFAULT_HEARTBEAT_TIMEOUT_MS;
+    if (ping !== null && idle !== null && idle > ping) timeoutMs = Math.min(timeoutMs, idle - ping);
+  }
+  return { intervalMs: Math.max(1, intervalMs), timeoutMs };
 }
 
 /**
@@ -138,7 +170,7 @@ export class ThrongClient {
   /** The server's token bucket for this connection as the client reckons it: thousandths of a token as of `at`. */
   #bucket = { milli: 0, at: 0 };
   #connectTimeoutMs;
-  /** {intervalMs, timeoutMs}, or null when the heartbeat is off. */
+  /** The application's {intervalMs, timeoutMs} (either may be undefined: derived), or null when off. */
   #heartbeat;
 
   /** @type {Map<string, Set<Function>>} */
@@ -163,10 +195,14 @@ export class ThrongClient {
   #attemptTimer = null;
   /** Whether the current attempt still waits for getToken. */
   #awaitingToken = false;
-  /** Whether anything arrived on the connection since the heartbeat last looked. */
-  #heard = false;
-  /** Whether the heartbeat pinged and waits for anything to arrive. */
-  #pinged = false;
+  /** The current connection's heartbeat timing {intervalMs, timeoutMs} (see heartbeatTiming). */
+  #hb = null;
+  /** When the client last sent something on the current socket (now()); the upgrade counts. */
+  #sentAt = 0;
+  /** When something last arrived on the current connection (now()). */
+  #heardAt = 0;
+  /** When the heartbeat's ping went out, while it waits for anything to arrive; else null. */
+  #pingedAt = null;
   #heartbeatTimer = null;
   /** Set while subscribe() sends: its request is the app's, not a re-subscribe. */
   #explicit = false;
@@ -212,7 +248,11 @@ export class ThrongClient {
     this.#backoff = { minMs, maxMs, resetAfterMs };
     this.#ackPushes = options.ackPushes ?? true;
     this.#random = options.random ?? Math.random;
-    this.#now = options.now ?? (() => Date.now());
+    // Monotonic where there is one: only durations are measured, and a wall clock set back
+    // would hold the heartbeat (it times from timestamps) back by as much.
+    this.#now = options.now ?? (typeof globalThis.performance?.now === "function"
+      ? () => globalThis.performance.now()
+      : () => Date.now());
     // Wrapped because browsers refuse a setTimeout called on another `this`.
     this.#setTimeout = options.setTimeout ?? ((fn, ms) => globalThis.setTimeout(fn, ms));
     this.#clearTimeout = options.clearTimeout ?? ((id) => globalThis.clearTimeout(id));
@@ -235,11 +275,14 @@ export class ThrongClient {
     if (options.heartbeat === false) {
       this.#heartbeat = null;
     } else {
-      const heartbeat = { ...DEFAULT_HEARTBEAT, ...options.heartbeat };
-      if (!(heartbeat.intervalMs > 0) || !(heartbeat.timeoutMs > 0)) {
-        throw new RangeError("heartbeat needs intervalMs > 0 and timeoutMs > 0 (or heartbeat: false)");
+      const { intervalMs, timeoutMs } = typeof options.heartbeat === "object" && options.heartbeat !== null
+        ? options.heartbeat
+        : {};
+      const valid = (ms) => ms === undefined || (ms > 0 && Number.isFinite(ms));
+      if (!valid(intervalMs) || !valid(timeoutMs)) {
+        throw new RangeError("heartbeat needs intervalMs > 0 and timeoutMs > 0 where given (or heartbeat: false)");
       }
-      this.#heartbeat = heartbeat;
+      this.#heartbeat = { intervalMs, timeoutMs };
     }
   }
 
@@ -432,10 +475,12 @@ export class ThrongClient {
     this.#ws = ws;
     this.#opened = false;
     this.#socketError = "";
+    this.#sentAt = this.#now(); // the upgrade request: the server's silence clock starts there
     ws.onopen = () => { if (ws === this.#ws) this.#opened = true; };
     ws.onmessage = (event) => {
       if (ws !== this.#ws) return;
-      this.#heard = true;
+      this.#heardAt = this.#now();
+      if (this.#pingedAt !== null) this.#pingAnswered();
       this.#onText(event.data);
     };
     ws.onerror = (event) => { if (ws === this.#ws) this.#onSocketError(event); };
@@ -506,6 +551,8 @@ export class ThrongClient {
     this.#clearAttemptTimer();
     if (this.#heartbeatTimer !== null) this.#clearTimeout(this.#heartbeatTimer);
     this.#heartbeatTimer = null;
+    this.#pingedAt = null;
+    this.#hb = null;
     if (this.#refresh.timer !== null) this.#clearTimeout(this.#refresh.timer);
     this.#refresh = newRefreshState();
     for (const entry of this.#topics.values()) entry.live = false;
@@ -697,39 +744,55 @@ export class ThrongClient {
    * A browser sees neither the server's WebSocket pings nor a peer that vanished: a
    * connection whose path died (a laptop that slept, a NAT or proxy that dropped it) stays
    * "connected" with no pushes for as long as TCP needs to notice, which is for ever when
-   * the client sends nothing. So after heartbeat.intervalMs without any message the client
-   * sends {"type":"ping"}; when nothing at all (the pong, a push) arrives within
-   * heartbeat.timeoutMs more, it closes the connection and reconnects. A flag set per
-   * message, looked at by one timer, keeps busy connections free of per-message timer work.
+   * the client sends nothing. So when the client has sent nothing, or heard nothing, for
+   * the heartbeat's interval, it sends {"type":"ping"}; when nothing at all (the pong, a
+   * push) arrives within the timeout, it closes the connection and reconnects.
+   * The interval (0.8 x the server's ping_interval_ms by default) keeps the server's own
+   * Ping from falling due: any byte from the client resets the server's ping timer, so a
+   * healthy idle connection costs the server one round trip per cycle (parse a ping, send
+   * a pong) instead of that plus a Ping/Pong. Messages only update timestamps; the one
+   * timer is armed at the next due time and re-armed when it fires (or a ping is answered).
    */
   #startHeartbeat() {
     if (!this.#heartbeat) return;
-    this.#heard = false;
-    this.#pinged = false;
-    this.#armHeartbeat(this.#heartbeat.intervalMs);
+    this.#hb = heartbeatTiming(this.#heartbeat, this.#welcome);
+    this.#pingedAt = null;
+    this.#armHeartbeat();
   }
 
-  #armHeartbeat(ms) {
-    this.#heartbeatTimer = this.#setTimeout(() => this.#heartbeatTick(), ms);
+  /** Arms the heartbeat timer at its next due time. */
+  #armHeartbeat() {
+    const due = this.#pingedAt !== null
+      ? this.#pingedAt + this.#hb.timeoutMs
+      : Math.min(this.#sentAt, this.#heardAt) + this.#hb.intervalMs;
+    this.#heartbeatTimer = this.#setTimeout(() => this.#heartbeatTick(), Math.max(0, due - this.#now()));
+  }
+
+  /** Something arrived after the heartbeat's ping: the next one is due an interval from now. */
+  #pingAnswered() {
+    this.#pingedAt = null;
+    if (this.#heartbeatTimer === null) return;
+    this.#clearTimeout(this.#heartbeatTimer);
+    this.#armHeartbeat();
   }
 
   #heartbeatTick() {
     this.#heartbeatTimer = null;
-    if (!this.#welcome) return;
-    if (this.#heard) {
-      this.#heard = false;
-      this.#pinged = false;
-      this.#armHeartbeat(this.#heartbeat.intervalMs);
-    } else if (!this.#pinged) {
-      this.#pinged = true;
-      this.#sendJson({ type: "ping" });
-      this.#armHeartbeat(this.#heartbeat.timeoutMs);
-    } else {
+    if (!this.#welcome || !this.#hb) return;
+    const now = this.#now();
+    if (this.#pingedAt === null) {
+      if (now >= Math.min(this.#sentAt, this.#heardAt) + this.#hb.intervalMs) {
+        this.#pingedAt = now;
+        this.#sendJson({ type: "ping" });
+      }
+    } else if (now >= this.#pingedAt + this.#hb.timeoutMs) {
       // Silent through a ping and its timeout: handled like a connection lost (1006).
       const ws = this.#ws;
       this.#onClose(1006, "");
       if (ws) giveUpSocket(ws, "no answer to ping");
+      return;
     }
+    this.#armHeartbeat();
   }
 
   #onPush(msg) {
@@ -939,6 +1002,7 @@ export class ThrongClient {
       const timer = this.#setTimeout(() => this.#timeOut(ref), this.#requestTimeoutMs);
       this.#pending.set(ref, { resolve, reject, type: msg.type, timer, ...meta });
       this.#ws.send(text);
+      this.#sentAt = this.#now();
     });
   }
 
@@ -1034,6 +1098,7 @@ export class ThrongClient {
     const text = JSON.stringify(msg);
     this.#spend(text, msg.type, false);
     this.#ws.send(text);
+    this.#sentAt = this.#now();
   }
 
   // ---- events ----

@@ -22,6 +22,7 @@ import {
   pageCreateClient,
   pushApi,
   recorderInitScript,
+  sleep,
   startEventsSink,
   startProxy,
   startServer,
@@ -543,6 +544,43 @@ describe('throng.js in headless chromium', { timeout: 9 * CASE_MS }, () => {
     assert.ok(first.some((m) => m.type === 'ping'), 'the frozen connection was pinged');
     assert.deepEqual(p.pageErrors, []);
     await p.call('close');
+  });
+  // The server sends a WebSocket Ping after ping_interval_ms without a byte from the
+  // client. The client's heartbeat pings after 0.8 x that (from the welcome) without
+  // sending, so the server's Ping never falls due: one round trip per cycle, not two.
+  test('j. an idle client with the heartbeat on never makes the server ping; with heartbeat:false it does', { timeout: CASE_MS }, async (t) => {
+    const PING_MS = 2000;
+    const IDLE_MS = 3 * PING_MS + 1000; // three ping intervals and some
+    const srv = await startServer(['--jwt-secret', SECRET, '--api-key', API_KEY, '--shards', '1', '--ping-interval-ms', String(PING_MS)]);
+    t.after(() => srv.stop());
+    const srvApi = pushApi(srv, API_KEY);
+    const idleRun = async (options) => {
+      const p = await openPage(t, { srv });
+      await createClient(p, { url: `ws://${srv.ws}/ws`, token: token({ sub: uniq('jill') }), options });
+      const w = await connectAndSubscribe(p);
+      assert.equal(w.ping_interval_ms, PING_MS);
+      const before = await srvApi.metric('throng_pings_total');
+      await sleep(IDLE_MS);
+      const after = await srvApi.metric('throng_pings_total');
+      const sent = await p.page.evaluate(() => window.__ws.map((s) => s.sent.map((m) => JSON.parse(m).type)));
+      const close = await p.page.evaluate(() => window.__ws[0].close);
+      assert.deepEqual(p.pageErrors, []);
+      await p.call('close');
+      // The next run's count is its own: this connection is gone.
+      await waitUntil('the page\'s connection gone', async () => (await srvApi.call('GET', '/v1/stats')).json?.connections === 0);
+      return { pings: after - before, sent, close };
+    };
+
+    const on = await idleRun({});
+    assert.deepEqual(on.close, null, 'the connection stayed up');
+    assert.equal(on.sent.length, 1, `one connection: ${JSON.stringify(on.sent)}`);
+    assert.equal(on.pings, 0, `the server pinged an idle client whose heartbeat is on ${on.pings} times`);
+    const clientPings = on.sent[0].filter((type) => type === 'ping').length;
+    assert.ok(clientPings >= 3, `the client pinged ${clientPings} times in ${IDLE_MS} ms`);
+
+    const off = await idleRun({ heartbeat: false });
+    assert.deepEqual(off.sent, [[]], 'heartbeat:false sends nothing');
+    assert.ok(off.pings >= 2, `the server pinged an idle client without a heartbeat only ${off.pings} times in ${IDLE_MS} ms`);
   });
   // 200 publishes at once against the server's client_rate (100): sent, the 11th refusal
   // in a row closed the connection with 1008 and the client stopped for good. The client

@@ -188,6 +188,22 @@ export function pushApi(server, apiKey) {
       if (r.status !== 200 || !r.json?.counters) throw new Error(`stats: ${r.status} ${r.text}`);
       return r.json.counters;
     },
+    /** A counter of `GET /metrics` (Prometheus text), summed over its labels (shards). */
+    async metric(name) {
+      const r = await call('GET', '/metrics');
+      if (r.status !== 200) throw new Error(`metrics: ${r.status} ${r.text}`);
+      let sum = 0;
+      let seen = false;
+      for (const line of r.text.split('\n')) {
+        const m = /^([a-z_]+)(?:\{[^}]*\})? (\S+)$/.exec(line);
+        if (m && m[1] === name) {
+          sum += Number(m[2]);
+          seen = true;
+        }
+      }
+      if (!seen) throw new Error(`metrics: no ${name}`);
+      return sum;
+    },
     async presence(user) {
       const r = await call('GET', `/v1/presence/${encodeURIComponent(user)}`);
       if (r.status !== 200) throw new Error(`presence ${user}: ${r.status} ${r.text}`);

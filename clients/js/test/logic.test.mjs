@@ -950,33 +950,132 @@ test("a connection silent through a ping and its timeout is closed and reconnect
   assert.equal(env.events.push.length, 0);
 });
 
-test("any message keeps the heartbeat quiet; a pong answers its ping", async () => {
+test("traffic both ways keeps the heartbeat quiet; a pong answers its ping", async () => {
   const env = setup({ client: { heartbeat: { intervalMs: 3000, timeoutMs: 1000 } } });
   await connectWith(env);
   const ws = env.last();
+  const t0 = env.clock.ms;
   for (let i = 1; i <= 5; i++) {
-    ws.receive(pushMsg(i));
-    assert.equal(env.timers.fireNext(), 3000);
+    env.clock.ms = t0 + 2000 * i;
+    ws.receive(pushMsg(i)); // heard, and its ack is sent
+    await flush();
+    env.timers.fireNext(); // due an interval after the older of the two: nothing to do yet
   }
+  assert.equal(ws.ofType("ack").length, 5);
   assert.equal(ws.ofType("ping").length, 0, "a busy connection is never pinged");
-  env.timers.fireNext(); // silent for an interval: ping
+  assert.deepEqual(env.timers.delays(), [2000], "re-armed at the next due time: 3000 ms after the last push");
+  env.timers.fireNext(); // silent both ways for an interval: ping
   assert.equal(ws.ofType("ping").length, 1);
+  assert.equal(env.clock.ms, t0 + 10000 + 3000);
+  assert.deepEqual(env.timers.delays(), [1000]);
+  env.clock.ms += 200;
   ws.receive({ type: "pong" });
-  assert.equal(env.timers.fireNext(), 1000);
-  assert.deepEqual(env.timers.delays(), [3000], "answered: back to waiting an interval");
+  assert.deepEqual(env.timers.delays(), [2800], "answered: the next ping is an interval after the ping went");
+  env.timers.fireNext();
+  assert.equal(ws.ofType("ping").length, 2);
   assert.deepEqual(ws.closeCalls, []);
   assert.equal(env.events.state.at(-1), "connected");
 });
 
-test("the heartbeat is on by default (30 s, then 10 s) and heartbeat:false turns it off", async () => {
+// The server sends its own WebSocket Ping after ping_interval_ms without a byte from the
+// client; a client ping sent at 0.8 x that keeps it from falling due (one round trip per
+// cycle, not two).
+test("the heartbeat interval is derived from the welcome: a ping after 0.8 x ping_interval_ms without sending, not before", async () => {
   const env = setup({ client: { heartbeat: undefined } });
-  await connectWith(env);
-  assert.deepEqual(env.timers.delays(), [30000]);
+  await connectWith(env, welcome({ ping_interval_ms: 1000, idle_timeout_ms: 60000 }));
+  const ws = env.last();
+  const t0 = env.clock.ms;
+  assert.deepEqual(env.timers.delays(), [800]);
+  env.clock.ms = t0 + 500;
+  ws.receive(pushMsg(1)); // heard, and the ack sent, at +500
+  await flush();
+  assert.equal(ws.ofType("ack").length, 1);
+  env.timers.fireNext(); // +800: only 300 ms since the client last sent
+  assert.equal(env.clock.ms, t0 + 800);
+  assert.equal(ws.ofType("ping").length, 0, "no ping before 800 ms without sending");
+  assert.deepEqual(env.timers.delays(), [500]);
+  env.clock.ms = t0 + 1299;
+  env.timers.fireNext(); // +1300: 800 ms since the ack
+  assert.equal(env.clock.ms, t0 + 1300);
+  assert.deepEqual(ws.ofType("ping"), [{ type: "ping" }]);
+  assert.deepEqual(env.timers.delays(), [10000], "timeout: 10 s, under idle_timeout_ms - ping_interval_ms (59 s)");
+  ws.receive({ type: "pong" });
+  assert.deepEqual(env.timers.delays(), [800]);
+});
+
+test("a connection that hears pushes but sends nothing is still pinged (the server must hear from it)", async () => {
+  const env = setup({ client: { heartbeat: undefined, ackPushes: false } });
+  await connectWith(env, welcome({ ping_interval_ms: 1000, idle_timeout_ms: 60000 }));
+  const ws = env.last();
+  const t0 = env.clock.ms;
+  for (const at of [300, 600]) {
+    env.clock.ms = t0 + at;
+    ws.receive(pushMsg(at));
+  }
+  env.timers.fireNext();
+  assert.equal(env.clock.ms, t0 + 800);
+  assert.equal(ws.ofType("ping").length, 1, "nothing sent for 800 ms: ping, though pushes came");
+});
+
+test("a connection that sends but hears nothing is pinged, and closed when the ping is not answered", async () => {
+  const env = setup({ client: { heartbeat: undefined } });
+  await connectWith(env, welcome({ ping_interval_ms: 1000, idle_timeout_ms: 1500 }));
+  const ws = env.last();
+  const t0 = env.clock.ms;
+  env.clock.ms = t0 + 400;
+  const sent = env.client.send({ action: "typing" }); // sent 400 ms before the ping is due
+  env.timers.fire(800); // the heartbeat (due at +800), not the request's 10 s timer
+  assert.equal(env.clock.ms, t0 + 800);
+  assert.deepEqual(ws.ofType("ping"), [{ type: "ping" }], "heard nothing for 800 ms: ping, though it sent 400 ms ago");
+  assert.ok(env.timers.delays().includes(500), "timeout: idle_timeout_ms - ping_interval_ms (500) is under 10 s");
+  env.timers.fire(500);
+  assert.deepEqual(ws.closeCalls, [4000]);
+  await assert.rejects(sent, (err) => err.code === "disconnected");
+  assert.equal(env.events.state.at(-1), "disconnected");
+});
+
+test("an explicit heartbeat.intervalMs (and timeoutMs) wins over the welcome's", async () => {
+  let env = setup({ client: { heartbeat: { intervalMs: 5000 } } });
+  await connectWith(env, welcome({ ping_interval_ms: 1000, idle_timeout_ms: 3000 }));
+  assert.deepEqual(env.timers.delays(), [5000]);
+  env.timers.fireNext();
+  assert.equal(env.last().ofType("ping").length, 1);
+  assert.deepEqual(env.timers.delays(), [2000], "the timeout is still derived: idle - ping = 2000");
+
+  env = setup({ client: { heartbeat: { intervalMs: 5000, timeoutMs: 3000 } } });
+  await connectWith(env, welcome({ ping_interval_ms: 1000, idle_timeout_ms: 3000 }));
+  env.timers.fireNext();
+  assert.deepEqual(env.timers.delays(), [3000]);
+
+  env = setup({ client: { heartbeat: { timeoutMs: 700 } } });
+  await connectWith(env, welcome({ ping_interval_ms: 1000, idle_timeout_ms: 3000 }));
+  assert.deepEqual(env.timers.delays(), [800], "the interval is still derived");
+  env.timers.fireNext();
+  assert.deepEqual(env.timers.delays(), [700]);
+});
+
+test("the heartbeat is on by default (0.8 x ping_interval_ms, then 10 s) and heartbeat:false turns it off", async () => {
+  let env = setup({ client: { heartbeat: undefined } });
+  await connectWith(env); // ping_interval_ms 25000, idle_timeout_ms 60000
+  assert.deepEqual(env.timers.delays(), [20000]);
   env.timers.fireNext();
   assert.deepEqual(env.timers.delays(), [10000]);
   env.last().drop(1006);
   assert.equal(env.timers.count(), 1, "the heartbeat ends with its connection");
+  // A welcome that does not say: the server's defaults.
+  env = setup({ client: { heartbeat: undefined } });
+  const bare = welcome();
+  delete bare.ping_interval_ms;
+  delete bare.idle_timeout_ms;
+  await connectWith(env, bare);
+  assert.deepEqual(env.timers.delays(), [20000]);
+  env.timers.fireNext();
+  assert.deepEqual(env.timers.delays(), [10000]);
+  env = setup({ client: { heartbeat: false } });
+  await connectWith(env);
+  assert.equal(env.timers.count(), 0);
   assert.throws(() => setup({ client: { heartbeat: { intervalMs: 0 } } }), RangeError);
+  assert.throws(() => setup({ client: { heartbeat: { timeoutMs: -1 } } }), RangeError);
 });
 
 test("an attempt that does not open in connectTimeoutMs is given up and retried", async () => {
