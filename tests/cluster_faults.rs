@@ -1123,3 +1123,61 @@ fn restarted_node_publishes_the_entries_it_left_pending_at_once() {
     assert_eq!(pending.first(), Some(&redis::Value::Int(0)), "{pending:?}");
     assert_eq!(b.stats()["cluster"]["stream_claimed"], 0);
 }
+
+/// A field of Redis's `INFO <section>` as a number (0 when missing).
+fn redis_info(r: &mut redis::Connection, section: &str, field: &str) -> u64 {
+    let text: String = redis::cmd("INFO").arg(section).query(r).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_subscriber_redis_refuses_paces_its_reconnects_and_keeps_the_node_unready() {
+    // An ACL user made the ordinary way in Redis 7: every command, no channel (the
+    // default `acl-pubsub-default resetchannels`, said here so any version does it).
+    let redis = RedisServer::start();
+    let mut r = redis.conn();
+    let _: () = redis::cmd("ACL")
+        .arg(&[
+            "SETUSER",
+            "throng",
+            "on",
+            ">pw",
+            "~*",
+            "+@all",
+            "resetchannels",
+        ])
+        .query(&mut r)
+        .unwrap();
+    let url = format!("redis://throng:pw@127.0.0.1:{}", redis.port);
+    let before = redis_info(&mut r, "stats", "total_connections_received:");
+    let a = Node::start(&url, &node_flags("a"));
+    std::thread::sleep(Duration::from_secs(3));
+    // Every SUBSCRIBE is refused (NOPERM): the subscriber tries again with a growing
+    // pause (a dozen links in 3 s), not at once (tens of thousands).
+    let opened = redis_info(&mut r, "stats", "total_connections_received:") - before;
+    assert!(opened < 60, "{opened} connections in 3 s:\n{}", a.output());
+    // Said once, with what fixes it; the node is not ready and refuses pushes.
+    assert_eq!(a.logged("channel rights"), 1, "{}", a.output());
+    a.api("GET", "/readyz", None)
+        .assert_error(503, "broker_unavailable");
+    let body = json!({"user": "carol", "data": 1}).to_string();
+    a.api("POST", "/v1/push", Some(&body))
+        .assert_error(503, "broker_unavailable");
+    // A user new to the node is told to come back later, not left without a `welcome`.
+    assert_eq!(upgrade_then_close(a.ws, "carol"), Closed::Code(Some(1013)));
+
+    // Given the channels, the node gets ready by itself and delivers.
+    let _: () = redis::cmd("ACL")
+        .arg(&["SETUSER", "throng", "allchannels"])
+        .query(&mut r)
+        .unwrap();
+    a.wait_ready_status(200);
+    assert_eq!(a.logged("subscriber is back"), 1, "{}", a.output());
+    let mut carol = a.connect("carol");
+    let mut u = Seen::user();
+    push_one_retrying(&a, json!({"user": "carol"}), 1);
+    u.read_to(&mut carol, 1);
+}

@@ -70,7 +70,7 @@ impl Api {
         };
         if let Some(b) = &self.broker {
             // Cluster mode: Redis numbers it; the publisher's reply comes back ticketed.
-            if !b.up.load(Relaxed) {
+            if !b.accepting() {
                 let outcome = Err(refusal(&QueueError::BrokerUnavailable));
                 return self.answer(p.origin, topic, outcome);
             }

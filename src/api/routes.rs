@@ -143,10 +143,11 @@ impl Api {
                 if self.draining.load(Relaxed) {
                     error(503, "draining", "server is shutting down", keep_alive)
                 } else if !self.broker_up() {
+                    let why = self.broker.as_ref().and_then(|b| b.blocks.why());
                     error(
                         503,
                         "broker_unavailable",
-                        "cannot reach Redis; pushes are refused until it is back",
+                        why.unwrap_or("cannot reach Redis; pushes are refused until it is back"),
                         keep_alive,
                     )
                 } else {
@@ -367,7 +368,7 @@ impl Api {
     ) -> Result<Queued, QueueError> {
         if let Some(b) = &self.broker {
             // Cluster mode: Redis deduplicates and numbers (docs/protocol.md 5).
-            if !b.up.load(Relaxed) {
+            if !b.accepting() {
                 return Err(QueueError::BrokerUnavailable);
             }
             return match b
@@ -452,9 +453,9 @@ impl Api {
     }
 
     /// Whether pushes can be accepted: always standalone; in cluster mode while the
-    /// publisher reaches Redis.
+    /// publisher reaches Redis and nothing else blocks (`Blocks`).
     pub(super) fn broker_up(&self) -> bool {
-        self.broker.as_ref().is_none_or(|b| b.up.load(Relaxed))
+        self.broker.as_ref().is_none_or(|b| b.accepting())
     }
 
     /// Counts and translates a refused send.

@@ -266,18 +266,50 @@ pub(crate) fn pause(d: Duration, stop: &AtomicBool) {
     }
 }
 
+/// Why a node whose publisher reaches Redis is still not ready: set by the broker
+/// threads, read by the API (`/readyz` and pushes answer 503 `broker_unavailable`).
+#[derive(Debug, Default)]
+pub struct Blocks {
+    /// The subscriber cannot subscribe or load: Redis refuses its first commands
+    /// (`NOPERM`, `NOAUTH`, `OOM`), so this node's sessions would get nothing.
+    pub subscriber: AtomicBool,
+}
+
+impl Blocks {
+    /// What keeps the node unready, if anything.
+    pub fn why(&self) -> Option<&'static str> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.subscriber.load(Relaxed) {
+            return Some(
+                "Redis refuses the subscriber's commands (see the log); pushes are refused until it subscribes",
+            );
+        }
+        None
+    }
+}
+
 /// What the broker threads share with the rest of the server.
 pub struct BrokerLinks {
     /// The API's way to Redis.
     pub publish: Sender<PublishCmd>,
     /// Cleared while the publisher cannot reach Redis: pushes get 503 `broker_unavailable`.
     pub up: Arc<AtomicBool>,
+    /// Set while something else keeps the node unready ([`Blocks`]).
+    pub blocks: Arc<Blocks>,
     /// The API's presence and stats questions to the presence thread.
     pub presence: Sender<PresenceQuery>,
     /// Cleared while the presence thread cannot reach Redis: presence gets 503.
     pub presence_up: Arc<AtomicBool>,
     /// This node's id.
     pub node_id: Arc<str>,
+}
+
+impl BrokerLinks {
+    /// Whether pushes can be taken: the publisher reaches Redis and nothing blocks.
+    pub fn accepting(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.up.load(Relaxed) && self.blocks.why().is_none()
+    }
 }
 
 /// The presence thread's ends that the shards share (made before the shards start).
@@ -301,6 +333,8 @@ pub(crate) struct BrokerCtx {
     /// `shutdown_grace`: how long the publisher may go on after the stop to get what it
     /// holds to Redis.
     pub grace: Duration,
+    /// What keeps the node unready (shared with the API).
+    pub blocks: Arc<Blocks>,
 }
 
 /// The broker threads' join handles.
@@ -336,6 +370,7 @@ pub(crate) fn spawn(
         metrics,
         stop,
         grace: config.shutdown_grace,
+        blocks: Arc::new(Blocks::default()),
     };
     let up = Arc::new(AtomicBool::new(false));
     let busy = Arc::new(AtomicBool::new(false));
@@ -368,6 +403,7 @@ pub(crate) fn spawn(
             .name("throng-subscriber".into())
             .spawn(move || s.run())?,
     );
+    let blocks = Arc::clone(&ctx.blocks);
     let i = ingress::Ingress::new(ctx, busy);
     threads.push(
         std::thread::Builder::new()
@@ -378,6 +414,7 @@ pub(crate) fn spawn(
         BrokerLinks {
             publish: publish_tx,
             up,
+            blocks,
             presence: query_tx,
             presence_up,
             node_id,

@@ -48,6 +48,9 @@ const TRIM_INTERVAL: Duration = Duration::from_secs(10);
 const LOADS_PER_TRIP: usize = 16;
 /// Channels per SUBSCRIBE command.
 const CHANNELS_PER_COMMAND: usize = 1000;
+/// A link that fails sooner than this after it was made, or before it had subscribed and
+/// loaded, is made again only after a growing pause (as the publisher's and presence's).
+const LINK_MIN_LIFE: Duration = Duration::from_secs(1);
 
 /// The subscriber thread's state.
 pub(crate) struct Subscriber {
@@ -68,6 +71,13 @@ pub(crate) struct Subscriber {
     last_load: Instant,
     last_trim: Option<Instant>,
     backoff: Duration,
+    /// The link in use has subscribed and loaded everything (its first commands went
+    /// through).
+    settled: bool,
+    /// Redis refuses the first commands of every link (this spell's cause, logged once).
+    refusing: Option<String>,
+    /// A loss or refusal was logged: the next settled link says it is back.
+    lost: bool,
 }
 
 /// A subscription change, applied in the order the shards asked.
@@ -102,36 +112,91 @@ impl Subscriber {
             last_load: Instant::now(),
             last_trim: None,
             backoff: RECONNECT_MIN,
+            settled: false,
+            refusing: None,
+            lost: false,
         }
     }
 
     /// Runs until the server stops.
     pub(crate) fn run(mut self) {
+        // Why the next connect waits first: the last link failed before it subscribed and
+        // loaded (Redis refused its first commands), or soon after it was made.
+        let mut pause_for: Option<String> = None;
         while !self.ctx.stop.load(Relaxed) {
+            if let Some(why) = pause_for.take() {
+                // Spent answering the shards: sessions waiting for a stream get their
+                // 1013 now, and interests do not pile up.
+                self.wait_away(self.backoff, &why);
+                self.backoff = next_backoff(self.backoff);
+                continue;
+            }
             let dial = self.ctx.redis.dial();
             let links = PubSubLink::open(&dial.client, dial.link_tls.as_ref())
                 .and_then(|a| Ok((a, connect(&dial.client)?)));
             match links {
                 Ok((mut link, mut cmd)) => {
-                    self.backoff = RECONNECT_MIN;
-                    self.ctx.metrics.broker.subscriber_up.store(true, Relaxed);
+                    let linked_at = Instant::now();
+                    self.settled = false;
                     let r = self.serve(&mut link, &mut cmd);
                     self.ctx.metrics.broker.subscriber_up.store(false, Relaxed);
                     // The users served do not change with the link: the count stays (the
                     // shards name them again, not as new, after the reconnect).
                     self.channels = 0;
-                    if let Err(e) = r {
+                    let Err(e) = r else { continue };
+                    self.ctx.metrics.broker.errors.fetch_add(1, Relaxed);
+                    let why = format!("Redis is unavailable: {e}");
+                    if !self.settled && redis_answered(&e) {
+                        self.refused(&e);
+                        pause_for = Some(why);
+                    } else {
                         tracing::warn!(error = %e, "subscriber lost Redis; reconnecting");
-                        self.ctx.metrics.broker.errors.fetch_add(1, Relaxed);
+                        self.lost = true;
+                        if !self.settled || linked_at.elapsed() < LINK_MIN_LIFE {
+                            pause_for = Some(why);
+                        } else {
+                            // A link that lasted ends any spell of quick losses.
+                            self.backoff = RECONNECT_MIN;
+                        }
                     }
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "subscriber cannot reach Redis");
+                    self.lost = true;
                     self.wait_away(self.backoff, &format!("Redis is unavailable: {e}"));
                     self.backoff = next_backoff(self.backoff);
                 }
             }
         }
+    }
+
+    /// Redis answered the link's first commands (`SUBSCRIBE`, the reload) with an error:
+    /// the node is not ready until a link gets through, and the cause is logged once per
+    /// spell, with what fixes it.
+    fn refused(&mut self, e: &redis::RedisError) {
+        self.ctx.blocks.subscriber.store(true, Relaxed);
+        self.lost = true;
+        let code = error_code(e).unwrap_or_default();
+        if self.refusing.as_deref() == Some(&*code) {
+            tracing::debug!(error = %e, "Redis still refuses the subscriber");
+            return;
+        }
+        let hint = match &*code {
+            "NOPERM" => {
+                "the Redis ACL user may not use throng's channels: give it channel rights, \
+                 `&throng:*` (or `allchannels`); Redis 7 makes new users with `resetchannels`"
+            }
+            "NOAUTH" | "WRONGPASS" => {
+                "Redis wants a password: put it in the Redis URL (redis://user:password@host)"
+            }
+            "OOM" => "Redis is out of memory (maxmemory): streams cannot be loaded",
+            _ => "Redis answered with an error",
+        };
+        tracing::warn!(
+            error = %e,
+            "Redis refuses the subscriber's commands; not ready, trying again with a growing pause: {hint}"
+        );
+        self.refusing = Some(code);
     }
 
     /// One connected life: resubscribe and reload everything, then serve until an error.
@@ -155,6 +220,13 @@ impl Subscriber {
             self.send(shard, Remote::Resync);
         }
         self.shards.wake_pending();
+        self.settled = true;
+        self.ctx.metrics.broker.subscriber_up.store(true, Relaxed);
+        self.ctx.blocks.subscriber.store(false, Relaxed);
+        self.refusing = None;
+        if std::mem::take(&mut self.lost) {
+            tracing::info!("subscriber is back: subscribed and reloaded on Redis");
+        }
         let mut last_ping = Instant::now();
         while !self.ctx.stop.load(Relaxed) {
             let (ops, loads) = self.take_interests();
@@ -538,6 +610,21 @@ impl Subscriber {
     }
 }
 
+/// Whether Redis itself answered with the error (alone or within a pipeline), rather than
+/// the link failing.
+fn redis_answered(e: &redis::RedisError) -> bool {
+    !(e.is_io_error() || e.is_timeout() || e.is_connection_dropped()) && error_code(e).is_some()
+}
+
+/// The error's code (`NOPERM`, `OOM`, ...), also a pipeline's first.
+fn error_code(e: &redis::RedisError) -> Option<String> {
+    if let Some(c) = e.code() {
+        return Some(c.to_string());
+    }
+    let errors = e.clone().into_server_errors()?;
+    errors.first().map(|(_, err)| err.code().to_string())
+}
+
 fn chunk_owned(chunk: &[Load]) -> Vec<Load> {
     chunk
         .iter()
@@ -636,6 +723,7 @@ mod tests {
             metrics: Arc::new(Metrics::new(shards)),
             stop: Arc::new(AtomicBool::new(false)),
             grace: Duration::from_secs(5),
+            blocks: Arc::default(),
         };
         let (mut parts, mut rxs, mut polls) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..shards {
