@@ -1181,3 +1181,52 @@ fn a_subscriber_redis_refuses_paces_its_reconnects_and_keeps_the_node_unready() 
     push_one_retrying(&a, json!({"user": "carol"}), 1);
     u.read_to(&mut carol, 1);
 }
+
+#[test]
+fn node_cut_off_longer_than_history_restarts_user_and_topic_sessions_with_1012() {
+    let redis = RedisServer::start();
+    let relay = Relay::start(redis.addr());
+    // History of 2: what A misses below is more than Redis keeps.
+    let flags = |id| {
+        [
+            "--node-id",
+            id,
+            "--public-topics",
+            "room.*",
+            "--history-size",
+            "2",
+        ]
+    };
+    let a = Node::start(&relay.url(), &flags("a")).ready();
+    let b = Node::start(&redis.url(), &flags("b")).ready();
+    let Pair {
+        user: mut carol,
+        member: mut dan,
+        topic_epoch,
+        ..
+    } = Pair::on(&a, "carol", "dan");
+    let (mut u, mut t) = (Seen::user(), Seen::topic("room.1"));
+    push_both(&b, "carol", 1);
+    u.read_to(&mut carol, 1);
+    t.read_to(&mut dan, 1);
+
+    relay.cut();
+    a.wait_ready_status(503);
+    // Same epoch, but 2..=3 are gone from history by the time A reloads.
+    for n in 2..=5 {
+        push_both(&b, "carol", n);
+    }
+    relay.heal();
+    a.wait_ready_status(200);
+    // Neither may go on with a silent gap: both start again (1012) and learn it.
+    assert_eq!(u.read_to_close(&mut carol), Closed::Code(Some(1012)));
+    assert_eq!(t.read_to_close(&mut dan), Closed::Code(Some(1012)));
+    assert_eq!((u.last, t.last), (1, 1));
+    let mut dan = a.connect("dan");
+    let s = subscribe(&mut dan, "room.1", Some((1, &topic_epoch)));
+    assert_eq!(
+        (s["resumed"].as_bool(), s["seq"].as_u64()),
+        (Some(false), Some(5)),
+        "{s}"
+    );
+}

@@ -555,9 +555,10 @@ impl Shard {
         self.topic_push(topic, seq, epoch, frame, accepted_at, None);
     }
 
-    /// The topic's numbering restarted in Redis (its stream was lost): members here close
-    /// with 1012 like a user's sessions do, since a client keeping the old `seq` would drop
-    /// the new epoch's first pushes as repeats; they resubscribe and learn `resumed:false`.
+    /// The topic's numbering restarted in Redis (its stream was lost), or members here
+    /// missed pushes Redis no longer holds: they close with 1012 like a user's sessions
+    /// do, since a client keeping the old `seq` would drop the new epoch's first pushes as
+    /// repeats (or never learn of the gap); they resubscribe and learn `resumed:false`.
     fn restart_topic(&mut self, topic: &str) {
         let Some(t) = self.topics.find(topic) else {
             return;
@@ -614,7 +615,12 @@ impl Shard {
             },
         );
         if let Some((old_epoch, old_seq)) = prior {
-            if *old_epoch == *epoch {
+            let first = st.entries.first().map_or(u64::MAX, |e| e.0);
+            if *old_epoch == *epoch && st.seq > old_seq && first > old_seq + 1 {
+                // Pushes members missed are not held any more: they cannot be told in
+                // order, so they start again (1012), as a user's sessions do.
+                self.restart_topic(topic);
+            } else if *old_epoch == *epoch {
                 let missed: Vec<(u64, Wire)> = st
                     .entries
                     .iter()
