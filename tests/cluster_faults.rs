@@ -1230,3 +1230,27 @@ fn node_cut_off_longer_than_history_restarts_user_and_topic_sessions_with_1012()
         "{s}"
     );
 }
+
+#[test]
+fn clusters_on_two_databases_of_one_redis_do_not_hear_each_other() {
+    let redis = RedisServer::start();
+    let x = Node::start(&format!("{}/1", redis.url()), &node_flags("x")).ready();
+    let y = Node::start(&format!("{}/2", redis.url()), &node_flags("y")).ready();
+    let Pair {
+        user: mut alice,
+        member: mut dan,
+        ..
+    } = Pair::on(&y, "alice", "dan");
+    // X's pushes to the same names: its broadcast reaches its own node only.
+    let r = x.push_wait(json!({"broadcast": true, "data": "x-secret"}));
+    assert_eq!(r, json!({"nodes": 1}));
+    x.push_wait(json!({"user": "alice", "data": "x-secret"}));
+    x.push_wait(json!({"topic": "room.1", "data": "x-secret"}));
+    // Y's own come through alone, numbered from 1, and the member is not restarted.
+    let (mut u, mut t) = (Seen::user(), Seen::topic("room.1"));
+    push_both(&y, "alice", 1);
+    u.read_to(&mut alice, 1);
+    t.read_to(&mut dan, 1);
+    alice.barrier("after");
+    dan.barrier("after");
+}

@@ -115,7 +115,7 @@ struct Acks {
 impl Ingress {
     /// An ingress that pauses while `busy` (a shard queue full) is set.
     pub(crate) fn new(ctx: BrokerCtx, busy: Arc<AtomicBool>) -> Ingress {
-        let sequencer = Sequencer::new(ctx.retention);
+        let sequencer = Sequencer::new(ctx.retention, ctx.channels.clone());
         let trimmer = ctx.cluster.stream_trim.map(Trimmer::new);
         Ingress {
             ctx,

@@ -8,8 +8,6 @@ pub const PUSH_STREAM: &str = "throng:push";
 pub const DLQ_STREAM: &str = "throng:push:dlq";
 /// The consumer group every node reads `PUSH_STREAM` with.
 pub const GROUP: &str = "throng";
-/// The channel of broadcast pushes.
-pub const BROADCAST_CHANNEL: &str = "throng:b";
 /// Hash of node id to the last time (Unix ms) the node said it was alive.
 pub const NODES: &str = "throng:nodes";
 /// Prefix of the per-node presence hashes (user -> sessions on that node).
@@ -74,21 +72,51 @@ impl<'a> StreamRef<'a> {
         let (k, name) = self.parts();
         format!("throng:{{{k}:{name}}}:id:{id}")
     }
-
-    /// The channel the stream's pushes are published on.
-    pub fn channel(self) -> String {
-        let (k, name) = self.parts();
-        format!("throng:{k}:{name}")
-    }
 }
 
-/// A channel name back to its stream (`None` for the broadcast channel or a stranger).
-pub fn stream_of_channel(channel: &str) -> Option<StreamRef<'_>> {
-    let rest = channel.strip_prefix("throng:")?;
-    if let Some(u) = rest.strip_prefix("u:") {
-        Some(StreamRef::User(u))
-    } else {
-        rest.strip_prefix("t:").map(StreamRef::Topic)
+/// The pub/sub channels of the cluster on one Redis database. Keys live in their database
+/// but channels are shared by every database of a Redis, so channel names carry the
+/// number: `throng:b`, `throng:u:<user>` and `throng:t:<topic>` on db 0 (the names of
+/// every earlier version, so nodes of both talk during a rolling upgrade), and
+/// `throng:<db>:b`, `throng:<db>:u:<user>`, `throng:<db>:t:<topic>` on any other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Channels {
+    /// `throng:` or `throng:<db>:`.
+    prefix: Box<str>,
+    broadcast: Box<str>,
+}
+
+impl Channels {
+    /// The channels of the cluster on database `db`.
+    pub fn for_db(db: i64) -> Channels {
+        let prefix: Box<str> = if db == 0 {
+            "throng:".into()
+        } else {
+            format!("throng:{db}:").into()
+        };
+        let broadcast = format!("{prefix}b").into();
+        Channels { prefix, broadcast }
+    }
+
+    /// The channel of broadcast pushes.
+    pub fn broadcast(&self) -> &str {
+        &self.broadcast
+    }
+
+    /// The channel a stream's pushes are published on.
+    pub fn stream(&self, s: StreamRef<'_>) -> String {
+        let (k, name) = s.parts();
+        format!("{}{k}:{name}", self.prefix)
+    }
+
+    /// A channel name back to its stream (`None` for the broadcast channel or a stranger).
+    pub fn stream_of<'a>(&self, channel: &'a str) -> Option<StreamRef<'a>> {
+        let rest = channel.strip_prefix(&*self.prefix)?;
+        if let Some(u) = rest.strip_prefix("u:") {
+            Some(StreamRef::User(u))
+        } else {
+            rest.strip_prefix("t:").map(StreamRef::Topic)
+        }
     }
 }
 
@@ -102,9 +130,29 @@ mod tests {
         assert_eq!(s.meta_key(), "throng:{u:al:ice}");
         assert_eq!(s.history_key(), "throng:{u:al:ice}:h");
         assert_eq!(s.dedup_key("p1"), "throng:{u:al:ice}:id:p1");
-        assert_eq!(stream_of_channel(&s.channel()), Some(s));
         let t = StreamRef::Topic("room.1");
-        assert_eq!(stream_of_channel(&t.channel()), Some(t));
-        assert_eq!(stream_of_channel(BROADCAST_CHANNEL), None);
+        for db in [0, 1, 15] {
+            let c = Channels::for_db(db);
+            assert_eq!(c.stream_of(&c.stream(s)), Some(s));
+            assert_eq!(c.stream_of(&c.stream(t)), Some(t));
+            assert_eq!(c.stream_of(c.broadcast()), None);
+        }
+    }
+
+    #[test]
+    fn db_0_keeps_the_old_channel_names_and_other_dbs_are_apart() {
+        let (zero, two) = (Channels::for_db(0), Channels::for_db(2));
+        assert_eq!(zero.broadcast(), "throng:b");
+        assert_eq!(zero.stream(StreamRef::User("al")), "throng:u:al");
+        assert_eq!(zero.stream(StreamRef::Topic("r")), "throng:t:r");
+        assert_eq!(two.broadcast(), "throng:2:b");
+        assert_eq!(two.stream(StreamRef::User("al")), "throng:2:u:al");
+        // Neither reads the other's channels as its own.
+        assert_eq!(zero.stream_of(&two.stream(StreamRef::User("al"))), None);
+        assert_eq!(two.stream_of(&zero.stream(StreamRef::User("al"))), None);
+        assert_ne!(
+            Channels::for_db(1).broadcast(),
+            Channels::for_db(12).broadcast()
+        );
     }
 }

@@ -335,6 +335,8 @@ pub(crate) struct BrokerCtx {
     pub grace: Duration,
     /// What keeps the node unready (shared with the API).
     pub blocks: Arc<Blocks>,
+    /// The channel names of the URL's database.
+    pub channels: keys::Channels,
 }
 
 /// The broker threads' join handles.
@@ -358,7 +360,6 @@ pub(crate) fn spawn(
     redis: Arc<RedisConnector>,
 ) -> std::io::Result<(BrokerLinks, BrokerThreads)> {
     let ctx = BrokerCtx {
-        redis,
         node_id: Arc::clone(&node_id),
         cluster: cluster.clone(),
         retention: script::Retention {
@@ -371,6 +372,15 @@ pub(crate) fn spawn(
         stop,
         grace: config.shutdown_grace,
         blocks: Arc::new(Blocks::default()),
+        channels: keys::Channels::for_db(
+            redis
+                .dial()
+                .client
+                .get_connection_info()
+                .redis_settings()
+                .db(),
+        ),
+        redis,
     };
     let up = Arc::new(AtomicBool::new(false));
     let busy = Arc::new(AtomicBool::new(false));

@@ -134,7 +134,7 @@ impl Publisher {
         replies: ReplySink,
         up: Arc<AtomicBool>,
     ) -> Publisher {
-        let sequencer = Sequencer::new(ctx.retention);
+        let sequencer = Sequencer::new(ctx.retention, ctx.channels.clone());
         Publisher {
             ctx,
             rx,

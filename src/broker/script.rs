@@ -24,7 +24,7 @@ use rustc_hash::FxBuildHasher;
 use redis::{Connection, Pipeline, Value};
 
 use super::envelope;
-use super::keys::{StreamRef, BROADCAST_CHANNEL};
+use super::keys::{Channels, StreamRef};
 use crate::api::{ParsedPush, Target};
 
 /// The Lua side of producer marks. `check`: the reply that stops a marked push (taken
@@ -220,6 +220,8 @@ pub struct Sending<'a> {
 pub struct Sequencer {
     stream: redis::Script,
     retention: Retention,
+    /// Where pushes are published.
+    channels: Channels,
     /// This sequencer's run in producer marks: 16 hex digits (the field the marks of
     /// streams are kept in), random, so that no other run (another node, this node
     /// before a restart) has it.
@@ -235,10 +237,11 @@ pub fn now_ms() -> u64 {
 
 impl Sequencer {
     /// The script with these bounds.
-    pub fn new(retention: Retention) -> Sequencer {
+    pub fn new(retention: Retention, channels: Channels) -> Sequencer {
         Sequencer {
             stream: redis::Script::new(&stream_source()),
             retention,
+            channels,
             run: format!("{:016x}", rand::random::<u64>()),
         }
     }
@@ -294,7 +297,7 @@ impl Sequencer {
             .arg(r.history_size)
             .arg(retention.max(1))
             .arg(dedup)
-            .arg(s.channel())
+            .arg(self.channels.stream(s))
             .arg(now)
             .arg(r.meta_ms())
             .arg(run)
@@ -411,7 +414,7 @@ impl Sequencer {
                     // Never marked: nodes whose subscriber link a stall cut missed the
                     // first PUBLISH, and no history brings it back to them.
                     pipe.cmd("PUBLISH")
-                        .arg(BROADCAST_CHANNEL)
+                        .arg(self.channels.broadcast())
                         .arg(format!("0 - {now} {body}"));
                 }
                 continue;

@@ -17,7 +17,7 @@ use crossbeam_channel::Receiver;
 use redis::{Connection, Value};
 
 use super::envelope;
-use super::keys::{stream_of_channel, StreamRef, BROADCAST_CHANNEL};
+use super::keys::StreamRef;
 use super::pubsub::PubSubLink;
 use super::script::now_ms;
 use super::{connect, next_backoff, BrokerCtx, Interest, Remote, StreamState, RECONNECT_MIN};
@@ -201,11 +201,11 @@ impl Subscriber {
 
     /// One connected life: resubscribe and reload everything, then serve until an error.
     fn serve(&mut self, link: &mut PubSubLink, cmd: &mut Connection) -> redis::RedisResult<()> {
-        let mut ops = vec![Op::Subscribe(BROADCAST_CHANNEL.to_string())];
+        let mut ops = vec![Op::Subscribe(self.ctx.channels.broadcast().to_string())];
         ops.extend(
             self.topics
                 .keys()
-                .map(|t| Op::Subscribe(StreamRef::Topic(t).channel())),
+                .map(|t| Op::Subscribe(self.ctx.channels.stream(StreamRef::Topic(t)))),
         );
         self.apply(link, ops)?;
         let reload: Vec<Load> = self
@@ -346,18 +346,22 @@ impl Subscriber {
         for i in self.interests.try_iter().take(INTERESTS_PER_TURN) {
             match i {
                 Interest::WatchUser { user: u, fresh } => {
-                    ops.push(Op::Subscribe(StreamRef::User(&u).channel()));
+                    ops.push(Op::Subscribe(self.ctx.channels.stream(StreamRef::User(&u))));
                     self.users += u64::from(fresh);
                     loads.push(Load::User(u));
                 }
                 Interest::UnwatchUser(u) => {
-                    ops.push(Op::Unsubscribe(StreamRef::User(&u).channel()));
+                    ops.push(Op::Unsubscribe(
+                        self.ctx.channels.stream(StreamRef::User(&u)),
+                    ));
                     self.users = self.users.saturating_sub(1);
                 }
                 Interest::WatchTopic { shard, topic } => {
                     let shards = self.topics.entry(Arc::clone(&topic)).or_default();
                     if shards.is_empty() {
-                        ops.push(Op::Subscribe(StreamRef::Topic(&topic).channel()));
+                        ops.push(Op::Subscribe(
+                            self.ctx.channels.stream(StreamRef::Topic(&topic)),
+                        ));
                     }
                     if !shards.contains(&shard) {
                         shards.push(shard);
@@ -369,7 +373,9 @@ impl Subscriber {
                         shards.retain(|&s| s != shard);
                         if shards.is_empty() {
                             self.topics.remove(&topic);
-                            ops.push(Op::Unsubscribe(StreamRef::Topic(&topic).channel()));
+                            ops.push(Op::Unsubscribe(
+                                self.ctx.channels.stream(StreamRef::Topic(&topic)),
+                            ));
                         }
                     }
                 }
@@ -528,7 +534,7 @@ impl Subscriber {
         };
         self.ctx.metrics.broker.received.fetch_add(1, Relaxed);
         let accepted_at = entry.accepted_at();
-        if channel == BROADCAST_CHANNEL {
+        if channel == self.ctx.channels.broadcast() {
             let frame = entry.frame(None);
             let compressed = Arc::new(crate::deflate::Compressed::default());
             for shard in 0..self.shards.len() {
@@ -543,7 +549,7 @@ impl Subscriber {
             }
             return;
         }
-        match stream_of_channel(channel) {
+        match self.ctx.channels.stream_of(channel) {
             Some(StreamRef::User(u)) => {
                 // A message for a user the shard has let go of is ignored there.
                 let shard = shard_of(u, self.shards.len());
@@ -724,6 +730,7 @@ mod tests {
             stop: Arc::new(AtomicBool::new(false)),
             grace: Duration::from_secs(5),
             blocks: Arc::default(),
+            channels: crate::broker::keys::Channels::for_db(0),
         };
         let (mut parts, mut rxs, mut polls) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..shards {

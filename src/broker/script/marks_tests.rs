@@ -215,12 +215,15 @@ fn out_of_memory_refuses_a_new_run_on_a_full_hash_and_still_answers_a_taken_push
 
 /// A sequencer of run `RUN` on `r`'s Redis, its script loaded.
 fn sequencer(r: &mut Redis) -> super::Sequencer {
-    let mut seq = super::Sequencer::new(super::Retention {
-        history_size: 10,
-        user_ms: 60_000,
-        topic_ms: 60_000,
-        dedup_ms: 60_000,
-    });
+    let mut seq = super::Sequencer::new(
+        super::Retention {
+            history_size: 10,
+            user_ms: 60_000,
+            topic_ms: 60_000,
+            dedup_ms: 60_000,
+        },
+        crate::broker::keys::Channels::for_db(0),
+    );
     seq.run = RUN.to_string();
     seq.load(&mut r.conn).expect("SCRIPT LOAD");
     seq
