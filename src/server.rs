@@ -221,7 +221,7 @@ impl Server {
             .cluster
             .as_ref()
             .and_then(|c| c.node_id.clone())
-            .unwrap_or_else(|| client_addr.to_string())
+            .unwrap_or_else(|| default_node_id(client_addr))
             .into();
         let redis = config
             .cluster
@@ -662,5 +662,49 @@ mod tests {
             }
         };
         assert!(socket2::SockRef::from(&accepted).tcp_nodelay().unwrap());
+    }
+}
+
+/// The node id when none is given: the client listener's bound address, or
+/// `<hostname>:<port>` when it is unspecified (`0.0.0.0`, `::`), which every host has alike.
+pub(crate) fn default_node_id(addr: std::net::SocketAddr) -> String {
+    if !addr.ip().is_unspecified() {
+        return addr.to_string();
+    }
+    match hostname() {
+        Some(host) => format!("{host}:{}", addr.port()),
+        None => addr.to_string(),
+    }
+}
+
+/// This host's name (`gethostname`), if it has one.
+fn hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: `buf` is writable for its whole length, which is what is passed.
+    let r = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if r != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name = std::str::from_utf8(&buf[..end]).ok()?.trim();
+    (!name.is_empty()).then(|| name.to_string())
+}
+
+#[cfg(test)]
+mod node_id_tests {
+    use super::default_node_id;
+
+    #[test]
+    fn an_unspecified_listener_gives_the_hostname_and_port() {
+        let bound = "127.0.0.1:8700".parse().unwrap();
+        assert_eq!(default_node_id(bound), "127.0.0.1:8700");
+        for any in ["0.0.0.0:8700", "[::]:8700"] {
+            let id = default_node_id(any.parse().unwrap());
+            assert!(id.ends_with(":8700"), "{id}");
+            assert!(
+                !id.starts_with("0.0.0.0") && !id.starts_with("[::]"),
+                "{id}"
+            );
+        }
     }
 }

@@ -1254,3 +1254,64 @@ fn clusters_on_two_databases_of_one_redis_do_not_hear_each_other() {
     alice.barrier("after");
     dan.barrier("after");
 }
+
+/// This host's name, as `gethostname` gives it.
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: `buf` is writable for its whole length, which is what is passed.
+    assert_eq!(
+        unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) },
+        0
+    );
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).trim().to_string()
+}
+
+#[test]
+fn a_node_listening_on_every_address_is_named_by_its_hostname() {
+    let redis = RedisServer::start();
+    let a = Node::start(&redis.url(), &["--listen", "0.0.0.0:0"]).ready();
+    let mut r = redis.conn();
+    let want = format!("{}:{}", hostname(), a.ws.port());
+    let ok = wait_until(WAIT, || {
+        let nodes: Vec<String> = redis::cmd("HKEYS")
+            .arg("throng:nodes")
+            .query(&mut r)
+            .unwrap();
+        nodes == [want.clone()]
+    });
+    let nodes: Vec<String> = redis::cmd("HKEYS")
+        .arg("throng:nodes")
+        .query(&mut r)
+        .unwrap();
+    assert!(ok, "throng:nodes {nodes:?}, want {want}");
+}
+
+#[test]
+fn two_live_nodes_under_one_id_are_told_and_kept_unready() {
+    let redis = RedisServer::start();
+    let p = Node::start(&redis.url(), &node_flags("same")).ready();
+    let mut q = Node::start(&redis.url(), &node_flags("same"));
+    // Each finds the other's run under its id within a heartbeat or two.
+    p.wait_ready_status(503);
+    q.wait_ready_status(503);
+    p.api("GET", "/readyz", None)
+        .assert_error(503, "broker_unavailable");
+    for n in [&p, &q] {
+        assert_eq!(
+            n.logged("give each node its own --node-id"),
+            1,
+            "{}",
+            n.output()
+        );
+    }
+    // Alone again, P gets ready by itself.
+    assert!(q.terminate().success());
+    p.wait_ready_status(200);
+    // A node restarted under its id at once (its last run's beat still fresh) is no twin.
+    let mut p = p;
+    p.kill9();
+    let p2 = Node::start(&redis.url(), &node_flags("same")).ready();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(p2.readyz(), 200, "{}", p2.output());
+}

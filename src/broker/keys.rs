@@ -10,6 +10,9 @@ pub const DLQ_STREAM: &str = "throng:push:dlq";
 pub const GROUP: &str = "throng";
 /// Hash of node id to the last time (Unix ms) the node said it was alive.
 pub const NODES: &str = "throng:nodes";
+/// Hash of node id to the random run id of the process that last beat under it: a node
+/// that finds another run there since its last beat shares its id with a live node.
+pub const NODE_RUNS: &str = "throng:nodes:run";
 /// Prefix of the per-node presence hashes (user -> sessions on that node).
 pub const PRESENCE_PREFIX: &str = "throng:presence:";
 /// Hash of node id to its totals, `"<connections> <users online> <shards>"`, written with

@@ -273,6 +273,8 @@ pub struct Blocks {
     /// The subscriber cannot subscribe or load: Redis refuses its first commands
     /// (`NOPERM`, `NOAUTH`, `OOM`), so this node's sessions would get nothing.
     pub subscriber: AtomicBool,
+    /// Another live node runs under this node's id (`throng:nodes:run`).
+    pub duplicate_id: AtomicBool,
 }
 
 impl Blocks {
@@ -283,6 +285,9 @@ impl Blocks {
             return Some(
                 "Redis refuses the subscriber's commands (see the log); pushes are refused until it subscribes",
             );
+        }
+        if self.duplicate_id.load(Relaxed) {
+            return Some("another live node has this node's id; give each node its own --node-id");
         }
         None
     }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use redis::Connection;
 
-use super::keys::{self, NODES, NODE_TOTALS, PRESENCE_PREFIX};
+use super::keys::{self, NODES, NODE_RUNS, NODE_TOTALS, PRESENCE_PREFIX};
 use super::script::now_ms;
 use super::{next_backoff, pause, BrokerCtx, RECONNECT_MIN};
 use crate::command::{MemberPage, Reply, Ticket};
@@ -196,6 +196,8 @@ pub(crate) struct Presence {
     refusing: bool,
     /// When the current (or last) link was made.
     linked_at: Option<Instant>,
+    /// This process's run id, written beside its heartbeat (`NODE_RUNS`).
+    run: String,
 }
 
 impl Presence {
@@ -227,6 +229,7 @@ impl Presence {
             last_renewed: None,
             refusing: false,
             linked_at: None,
+            run: format!("{:016x}", rand::random::<u64>()),
         }
     }
 
@@ -466,6 +469,12 @@ impl Presence {
         let node = &*self.ctx.node_id;
         let now = now_ms();
         let mut pipe = redis::pipe();
+        pipe.cmd("HGET").arg(NODE_RUNS).arg(node);
+        pipe.cmd("HSET")
+            .arg(NODE_RUNS)
+            .arg(node)
+            .arg(&self.run)
+            .ignore();
         pipe.cmd("HSET").arg(NODES).arg(node).arg(now);
         let shards = self.ctx.metrics.shards.len();
         pipe.cmd("HSET")
@@ -480,7 +489,7 @@ impl Presence {
                 .ignore();
         }
         pipe.cmd("HGETALL").arg(NODES);
-        let (added, nodes): (u64, HashMap<String, String>) =
+        let (last_run, added, nodes): (Option<String>, u64, HashMap<String, String>) =
             match pipe.query(&mut super::Prompt(conn)) {
                 Ok(r) => r,
                 Err(e) => {
@@ -501,6 +510,21 @@ impl Presence {
             self.shared.resync.fetch_add(1, Relaxed);
         }
         self.last_renewed = Some(Instant::now());
+        // Another process beat under this id since this one's last beat: it is alive
+        // (a node that restarted under its id is not: it beats no more).
+        let twin = !first && last_run.as_ref().is_some_and(|r| *r != self.run);
+        if self.ctx.blocks.duplicate_id.swap(twin, Relaxed) != twin {
+            if twin {
+                tracing::error!(
+                    node,
+                    "another live node has this node id: presence and stats are wrong and the \
+                     stream ingress consumer is shared; give each node its own --node-id \
+                     (node_id); not ready until it is alone"
+                );
+            } else {
+                tracing::info!(node, "no other node has this node id any more");
+            }
+        }
         let (_, mut dead) = split_alive(nodes, now);
         dead.retain(|n| n != node);
         if dead.is_empty() {
@@ -510,6 +534,7 @@ impl Presence {
         let mut pipe = redis::pipe();
         pipe.cmd("HDEL").arg(NODES).arg(&dead).ignore();
         pipe.cmd("HDEL").arg(NODE_TOTALS).arg(&dead).ignore();
+        pipe.cmd("HDEL").arg(NODE_RUNS).arg(&dead).ignore();
         for n in &dead {
             // Their per-shard topic hashes expire by themselves (`TTL`); readers skip
             // dead nodes anyway.
@@ -557,6 +582,7 @@ impl Presence {
         pipe.cmd("DEL").arg(&self.key).arg(topic_keys).ignore();
         pipe.cmd("HDEL").arg(NODES).arg(node).ignore();
         pipe.cmd("HDEL").arg(NODE_TOTALS).arg(node).ignore();
+        pipe.cmd("HDEL").arg(NODE_RUNS).arg(node).ignore();
         if let Err(e) = pipe.query::<()>(&mut super::Prompt(conn)) {
             tracing::warn!(error = %e, "could not remove this node's presence at shutdown");
         }
