@@ -1315,3 +1315,60 @@ fn two_live_nodes_under_one_id_are_told_and_kept_unready() {
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(p2.readyz(), 200, "{}", p2.output());
 }
+
+#[test]
+fn while_redis_refuses_heartbeats_the_view_is_unknown_not_wrong() {
+    let redis = RedisServer::start();
+    let a = Node::start(&redis.url(), &node_flags("a")).ready();
+    let b = Node::start(&redis.url(), &node_flags("b")).ready();
+    let _alice = a.connect("alice");
+    let on_a = || {
+        let r = b.api("GET", "/v1/presence/alice", None);
+        (r.status == 200).then(|| r.json()["sessions"].as_u64())
+    };
+    assert!(
+        wait_until(WAIT, || on_a() == Some(Some(1))),
+        "B never saw alice"
+    );
+    let mut r = redis.conn();
+    let maxmemory = |r: &mut redis::Connection, v: u64| {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg(v)
+            .query(r)
+            .unwrap();
+    };
+    // Every heartbeat is refused (OOM) for longer than STALE, then taken again: B may say
+    // it cannot tell (503), never that alice is offline.
+    let watch = |d: Duration| {
+        let end = Instant::now() + d;
+        let mut unknown = 0;
+        while Instant::now() < end {
+            let resp = b.api("GET", "/v1/presence/alice", None);
+            if resp.status == 503 {
+                resp.assert_error(503, "broker_unavailable");
+                unknown += 1;
+            } else {
+                assert_eq!(resp.status, 200, "{}", resp.text());
+                assert_eq!(resp.json()["sessions"], 1, "{}", resp.text());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        unknown
+    };
+    maxmemory(&mut r, 1);
+    let unknown = watch(Duration::from_secs(6));
+    assert!(unknown > 0, "B answered through the whole spell");
+    maxmemory(&mut r, 0);
+    watch(Duration::from_secs(4));
+    assert!(wait_until(WAIT, || on_a() == Some(Some(1))));
+    for n in [&a, &b] {
+        assert_eq!(
+            n.logged("removing nodes whose heartbeat stopped"),
+            0,
+            "{}",
+            n.output()
+        );
+    }
+}

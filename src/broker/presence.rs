@@ -198,6 +198,12 @@ pub(crate) struct Presence {
     linked_at: Option<Instant>,
     /// This process's run id, written beside its heartbeat (`NODE_RUNS`).
     run: String,
+    /// When Redis last took this node's heartbeat.
+    last_ok_beat: Option<Instant>,
+    /// After a spell in which Redis took no heartbeat for longer than a beat or two (it
+    /// refused writes, stalled, or was away), other nodes' beats may be old for the same
+    /// reason: until then they are neither removed nor judged, and views answer 503.
+    settling_until: Option<Instant>,
 }
 
 impl Presence {
@@ -230,6 +236,8 @@ impl Presence {
             refusing: false,
             linked_at: None,
             run: format!("{:016x}", rand::random::<u64>()),
+            last_ok_beat: None,
+            settling_until: None,
         }
     }
 
@@ -499,6 +507,16 @@ impl Presence {
             };
         // The link works: the next reconnect, if any, starts at the shortest pause.
         self.backoff = RECONNECT_MIN;
+        let taken = Instant::now();
+        if self
+            .last_ok_beat
+            .is_some_and(|t| taken.duration_since(t) > STALE - HEARTBEAT)
+        {
+            // Other nodes' beats were likely refused as long: they get `STALE` to beat
+            // again before this node takes them for dead.
+            self.settling_until = Some(taken + STALE);
+        }
+        self.last_ok_beat = Some(taken);
         if std::mem::replace(&mut self.refusing, false) {
             tracing::info!("Redis takes the presence writes again");
         }
@@ -525,6 +543,9 @@ impl Presence {
                 tracing::info!(node, "no other node has this node id any more");
             }
         }
+        if self.settling_until.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
         let (_, mut dead) = split_alive(nodes, now);
         dead.retain(|n| n != node);
         if dead.is_empty() {
@@ -548,11 +569,37 @@ impl Presence {
         }
     }
 
+    /// Right after a spell without heartbeats (`settling_until`).
+    fn settling(&self) -> bool {
+        self.settling_until.is_some_and(|t| Instant::now() < t)
+    }
+
+    /// Why the cluster's view cannot be told now, though Redis answers: this node's
+    /// heartbeat has not gone through for `STALE` (Redis refuses writes), so the other
+    /// nodes' are likely as old, or that spell has just ended.
+    fn view_unknown(&self) -> Option<String> {
+        let beat_age = self.last_ok_beat.map(|t| t.elapsed());
+        if beat_age.is_none_or(|a| a > STALE) {
+            let age = beat_age.map_or("since it started".to_string(), |a| {
+                format!("for {:.1} s", a.as_secs_f64())
+            });
+            return Some(format!(
+                "Redis has not taken this node's heartbeat {age} (it refuses writes, out of \
+                 memory?): which nodes are alive is not known"
+            ));
+        }
+        self.settling().then(|| {
+            "Redis took no heartbeat for a while; the cluster's view is back within 3 s".into()
+        })
+    }
+
     /// Answers one query from Redis.
     fn answer(&mut self, q: PresenceQuery) {
         let ticket = ticket_of(&q);
+        let unknown = self.view_unknown();
         let r = match self.conn.as_mut() {
             None => Err("cannot reach Redis".to_string()),
+            Some(_) if unknown.is_some() => Err(unknown.unwrap_or_default()),
             Some(conn) => match query(conn, &self.ctx.node_id, &q) {
                 Ok(v) => Ok(v),
                 Err(e) => {
