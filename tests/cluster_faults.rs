@@ -705,11 +705,18 @@ fn redis_down_keeps_clients_refuses_pushes_and_recovers_by_itself() {
                 && s["cluster"]["broker_loads"].as_u64() >= Some(loads_before + 3)
         },
     );
-    assert!(
-        a.logged("publisher connected to Redis") >= 2,
-        "{}",
-        a.output()
-    );
+    // Each says it is back (the publisher's second "connected").
+    for (back, times) in [
+        ("publisher connected to Redis", 2),
+        ("subscriber is back", 1),
+        ("stream ingress is back", 1),
+    ] {
+        assert!(
+            wait_until(WAIT, || a.logged(back) >= times),
+            "{back}: {}",
+            a.output()
+        );
+    }
     if accepted_early {
         u.read_to(&mut carol, 2);
     }
@@ -1371,4 +1378,88 @@ fn while_redis_refuses_heartbeats_the_view_is_unknown_not_wrong() {
             n.output()
         );
     }
+}
+
+/// A "Redis" that accepts connections and never answers (a host gone silent, or a port
+/// that speaks another protocol). Its connections live as long as the test process.
+fn silent_listener() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in l.incoming().take(500) {
+            held.push(s);
+        }
+    });
+    port
+}
+
+/// Sends `sig` to the node's process (by the PID this test started).
+fn signal(node: &Node, sig: libc::c_int) {
+    let pid = libc::pid_t::try_from(node.child.id()).expect("pid");
+    // SAFETY: a signal to the child process this test spawned and has not reaped.
+    assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+}
+
+/// Waits until the node logged `needle`.
+fn wait_logged(node: &Node, needle: &str) {
+    let ok = wait_until(RECONNECT_WAIT, || node.logged(needle) > 0);
+    assert!(ok, "never logged {needle:?}:\n{}", node.output());
+}
+
+#[test]
+fn redis_faults_are_logged_in_plain_words() {
+    // No answer: said as such, not as "Resource temporarily unavailable (os error 11)".
+    let silent = Node::start(&format!("redis://127.0.0.1:{}", silent_listener()), &[]);
+    wait_logged(&silent, "no answer from Redis within 2 s");
+    assert_eq!(silent.logged("os error 11"), 0, "{}", silent.output());
+    drop(silent);
+
+    // A password Redis does not want: Redis's own reason is kept.
+    let redis = RedisServer::start();
+    let port = redis.port;
+    let pw = Node::start(&format!("redis://:nope@127.0.0.1:{port}"), &[]);
+    wait_logged(&pw, "without any password configured");
+    drop(pw);
+
+    // Pushes Redis refuses for now (out of memory): one warning, then one line when they
+    // go through.
+    let a = Node::start(&redis.url(), &node_flags("a")).ready();
+    let mut r = redis.conn();
+    let maxmemory = |r: &mut redis::Connection, v: u64| {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg(v)
+            .query(r)
+            .unwrap();
+    };
+    maxmemory(&mut r, 1);
+    let body = json!({"user": "carol", "data": 1}).to_string();
+    for _ in 0..5 {
+        let resp = a.api("POST", "/v1/push", Some(&body));
+        assert!(matches!(resp.status, 202 | 503), "{}", resp.text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_logged(&a, "Redis refuses pushes for now");
+    maxmemory(&mut r, 0);
+    wait_logged(&a, "Redis takes pushes again");
+    assert_eq!(
+        a.logged("Redis refuses pushes for now"),
+        1,
+        "{}",
+        a.output()
+    );
+
+    // SIGSTOP and SIGCONT interrupt the stream ingress's blocked read: read again, not a
+    // lost link.
+    for _ in 0..3 {
+        signal(&a, libc::SIGSTOP);
+        std::thread::sleep(Duration::from_millis(200));
+        signal(&a, libc::SIGCONT);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(a.logged("stream ingress lost Redis"), 0, "{}", a.output());
+    a.wait_ready_status(200);
 }

@@ -47,6 +47,25 @@ impl RedisConnector {
         }
     }
 
+    /// Whether the links speak TLS (`rediss://`).
+    pub(crate) fn is_tls(&self) -> bool {
+        self.url.starts_with("rediss://")
+    }
+
+    /// A redis-rs error as the log tells it (`broker::describe`).
+    pub(crate) fn describe(&self, e: &redis::RedisError) -> String {
+        let mut s = super::describe(e, self.is_tls());
+        if e.kind() == redis::ErrorKind::AuthenticationFailed {
+            // redis-rs drops Redis's reason; the pub/sub link's own AUTH keeps it.
+            let dial = self.dial();
+            if let Err(why) = super::pubsub::PubSubLink::open(&dial.client, dial.link_tls.as_ref())
+            {
+                s = format!("{s}: Redis said {why}");
+            }
+        }
+        s
+    }
+
     /// Opens a command link with the broker's timeouts.
     pub(crate) fn connect(&self) -> redis::RedisResult<redis::Connection> {
         super::connect(&self.dial().client)

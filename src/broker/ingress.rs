@@ -131,16 +131,35 @@ impl Ingress {
 
     /// Runs until the server stops.
     pub(crate) fn run(mut self) {
+        // A loss was logged: the next link says it is back.
+        let mut lost = false;
         while !self.ctx.stop.load(Relaxed) {
             match self.open() {
                 Ok(mut conn) => {
-                    if let Err(e) = self.serve(&mut conn) {
-                        tracing::warn!(error = %e, "stream ingress lost Redis; reconnecting");
-                        self.ctx.metrics.broker.errors.fetch_add(1, Relaxed);
-                        // Not at once: an error that repeats must not become a busy loop.
-                        pause(self.backoff, &self.ctx.stop);
-                        self.backoff = next_backoff(self.backoff);
+                    if std::mem::take(&mut lost) {
+                        tracing::info!("stream ingress is back on Redis");
                     }
+                    let Err(e) = self.serve(&mut conn) else {
+                        continue;
+                    };
+                    if super::is_interrupted(&e) {
+                        // SIGSTOP and SIGCONT interrupt the blocked read (a socket with a
+                        // timeout is not restarted): nothing is wrong. The link is out of
+                        // step (a reply half read), so the read is tried again on a new
+                        // one at once; this consumer's pending entries are read first, so
+                        // what the lost reply held is not lost.
+                        tracing::debug!(
+                            "stream ingress read interrupted by a signal; reading again"
+                        );
+                        continue;
+                    }
+                    let e = super::describe(&e, self.ctx.redis.is_tls());
+                    tracing::warn!(error = %e, "stream ingress lost Redis; reconnecting");
+                    lost = true;
+                    self.ctx.metrics.broker.errors.fetch_add(1, Relaxed);
+                    // Not at once: an error that repeats must not become a busy loop.
+                    pause(self.backoff, &self.ctx.stop);
+                    self.backoff = next_backoff(self.backoff);
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "stream ingress cannot reach Redis");

@@ -182,6 +182,47 @@ pub(crate) fn is_refusal(e: &redis::RedisError) -> bool {
         .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData)
 }
 
+/// The `io::ErrorKind` behind a redis-rs error, if it is an I/O error.
+fn io_kind(e: &redis::RedisError) -> Option<std::io::ErrorKind> {
+    // redis-rs keeps the io::Error in an Arc: its source is the Arc.
+    type Shared = Arc<dyn std::error::Error + Send + Sync>;
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<Shared>())
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .map(std::io::Error::kind)
+}
+
+/// A Redis error as the log tells it: a read that timed out (`EAGAIN` from the socket's
+/// timeout) is "no answer from Redis within 2 s", with a hint over `rediss://` (a Redis
+/// that does not speak TLS on that port never answers the handshake); a read a signal
+/// interrupted says so.
+pub(crate) fn describe(e: &redis::RedisError, tls: bool) -> String {
+    use std::io::ErrorKind::{Interrupted, TimedOut, WouldBlock};
+    match io_kind(e) {
+        Some(WouldBlock | TimedOut) => {
+            let mut s = format!("no answer from Redis within {} s", IO_TIMEOUT.as_secs());
+            if tls {
+                s.push_str(
+                    " (over TLS: does Redis listen with TLS on this port? A plain port never \
+                     answers the handshake)",
+                );
+            }
+            s
+        }
+        Some(Interrupted) => {
+            "a read from Redis was interrupted by a signal (the process stopped and continued?)"
+                .into()
+        }
+        _ => e.to_string(),
+    }
+}
+
+/// Whether the error is a read a signal interrupted (`EINTR`: a socket with a timeout is
+/// not restarted after SIGSTOP and SIGCONT): nothing is wrong with Redis or the link.
+pub(crate) fn is_interrupted(e: &redis::RedisError) -> bool {
+    io_kind(e) == Some(std::io::ErrorKind::Interrupted)
+}
+
 /// Whether Redis itself answered with the error (a refusal: out of memory, loading, ...),
 /// alone or within a pipeline, so that a new link would meet the same: the link is fine.
 /// Not a replica's refusal (READONLY, MASTERDOWN): after a failover behind the same

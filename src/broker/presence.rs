@@ -363,6 +363,7 @@ impl Presence {
             return;
         }
         if self.up.swap(false, Relaxed) {
+            let e = super::describe(e, self.ctx.redis.is_tls());
             tracing::warn!(error = %e, "presence lost Redis; presence queries get 503");
         }
         self.conn = None;

@@ -124,6 +124,9 @@ pub(crate) struct Publisher {
     /// Set at the stop: the publisher goes on until what it holds went to Redis, or
     /// until then (`shutdown_grace` later).
     flush_until: Option<Instant>,
+    /// Redis refuses pushes for now (out of memory, ...): said once per spell, and again
+    /// when they go through.
+    refusing: bool,
 }
 
 impl Publisher {
@@ -145,6 +148,7 @@ impl Publisher {
             backoff: RECONNECT_MIN,
             last_io: Instant::now(),
             told: false,
+            refusing: false,
             retry: Retries::new(),
             unanswered: Vec::new(),
             next_mark: 1,
@@ -420,7 +424,7 @@ impl Publisher {
         }
     }
 
-    fn down(&mut self, e: &dyn std::fmt::Display) {
+    fn down(&mut self, e: &redis::RedisError) {
         // A lost link is an outage of its own, told and retried as one, after a replica's
         // spell too.
         self.on_replica = false;
@@ -433,6 +437,7 @@ impl Publisher {
             }
         }
         if !std::mem::replace(&mut self.told, true) {
+            let e = self.ctx.redis.describe(e);
             tracing::warn!(error = %e, "publisher cannot use Redis; pushes get 503 broker_unavailable until it can");
         }
         self.conn = None;
@@ -499,6 +504,7 @@ impl Publisher {
         // Refused pushes that were sent again go back ahead of the queue: they are older
         // than every push waiting there.
         let mut older = Vec::new();
+        let mut why: Option<String> = None;
         let outcomes = between.published.into_iter().zip(between.refused);
         for (i, (o, (r, refused))) in batch.drain(..).zip(outcomes).enumerate() {
             if r.is_ok() {
@@ -520,7 +526,8 @@ impl Publisher {
             match (o.cmd.ticket, r, refused) {
                 (Some(t), r, _) => self.answer(t, r),
                 (None, Ok(_), _) => {}
-                (None, Err(_), Some(refused)) => {
+                (None, Err(e), Some(refused)) => {
+                    why.get_or_insert_with(|| e.to_string());
                     if let Some(push) = retry_part(&o.cmd.push, &refused) {
                         // A refusal of a push sent again under its kept mark says nothing
                         // of the round trip that went unanswered: it keeps the mark.
@@ -552,11 +559,23 @@ impl Publisher {
             );
         }
         if refusals > 0 {
-            tracing::debug!(
-                refused = refusals,
-                waiting = self.retry.len(),
-                "Redis refused pushes for now; they are tried again"
-            );
+            if std::mem::replace(&mut self.refusing, true) {
+                tracing::debug!(
+                    refused = refusals,
+                    waiting = self.retry.len(),
+                    "Redis refused pushes for now; they are tried again"
+                );
+            } else {
+                tracing::warn!(
+                    refused = refusals,
+                    waiting = self.retry.len(),
+                    error = why.as_deref().unwrap_or(""),
+                    "Redis refuses pushes for now; they wait and are tried again"
+                );
+            }
+        } else if published > 0 && retries_refused == 0 && self.refusing {
+            self.refusing = false;
+            tracing::info!(waiting = self.retry.len(), "Redis takes pushes again");
         }
         // The pause grows while retries keep being refused and starts over once they
         // go through; new pushes refused meanwhile wait for the retry already planned.

@@ -189,6 +189,7 @@ impl PubSubLink {
             match link.next_value(Instant::now() + IO_TIMEOUT)? {
                 Value::Okay => {}
                 Value::SimpleString(s) if s == "OK" => {}
+                Value::ServerError(e) => return Err(e.into()),
                 other => return Err(invalid(&format!("AUTH answered {other:?}"))),
             }
         }

@@ -145,11 +145,13 @@ impl Subscriber {
                     self.channels = 0;
                     let Err(e) = r else { continue };
                     self.ctx.metrics.broker.errors.fetch_add(1, Relaxed);
-                    let why = format!("Redis is unavailable: {e}");
+                    let tls = self.ctx.redis.is_tls();
+                    let why = format!("Redis is unavailable: {}", super::describe(&e, tls));
                     if !self.settled && redis_answered(&e) {
                         self.refused(&e);
                         pause_for = Some(why);
                     } else {
+                        let e = super::describe(&e, self.ctx.redis.is_tls());
                         tracing::warn!(error = %e, "subscriber lost Redis; reconnecting");
                         self.lost = true;
                         if !self.settled || linked_at.elapsed() < LINK_MIN_LIFE {
@@ -161,6 +163,7 @@ impl Subscriber {
                     }
                 }
                 Err(e) => {
+                    let e = super::describe(&e, self.ctx.redis.is_tls());
                     tracing::debug!(error = %e, "subscriber cannot reach Redis");
                     self.lost = true;
                     self.wait_away(self.backoff, &format!("Redis is unavailable: {e}"));
