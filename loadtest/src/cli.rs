@@ -304,7 +304,12 @@ pub struct PushArgs {
     /// The topic the server's Kafka ingress reads (its --kafka-topic).
     #[arg(long, default_value = "throng.push")]
     pub kafka_topic: String,
-    /// Pushes per second (in all); 0 = as fast as the API answers.
+    /// Pushes per second (in all); 0 = as fast as the API answers. Paced, each push has a
+    /// schedule slot (start + i / rate), and push-to-client and API latency count from
+    /// that slot, not from the send: when the server stalls, the pushes due meanwhile
+    /// wait and that wait is in the percentiles (no coordinated omission). Unpaced, they
+    /// count from the send. The report's `latency_from` says which; `pushes_sent_late`
+    /// counts pushes sent over 100 ms past their slot.
     #[arg(long, default_value_t = 1000.0)]
     pub rate: f64,
     /// How long to push; 0 with --count: until the count is sent.

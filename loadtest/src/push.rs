@@ -115,9 +115,22 @@ pub struct PushOut {
     pub retries: u64,
     /// Pushes given up, by cause.
     pub errors: BTreeMap<String, u64>,
+    /// API (or stream, or produce) latency, counted from when each request was due at
+    /// --rate (its schedule slot), not from when it was sent: a stalled server delays the
+    /// pushes queued behind it, and that wait is in the figure.
     pub api_latency: Histogram<u64>,
+    /// Pushes sent more than [`LATE_SEND`] after their schedule slot (the driver was held
+    /// up by a slow or stalled API); 0 when unpaced.
+    pub sent_late: u64,
+    /// The longest a push waited past its schedule slot before it was sent, in µs.
+    pub max_send_lag_us: u64,
+    /// Paced (--rate above 0): the latencies count from the schedule slots.
+    pub paced: bool,
     pub secs: f64,
 }
+
+/// A push sent later than this after its schedule slot counts in `sent_late`.
+pub const LATE_SEND: Duration = Duration::from_millis(100);
 
 impl PushOut {
     pub fn new() -> Self {
@@ -127,6 +140,9 @@ impl PushOut {
             retries: 0,
             errors: BTreeMap::new(),
             api_latency: util::new_hist(),
+            sent_late: 0,
+            max_send_lag_us: 0,
+            paced: false,
             secs: 0.0,
         }
     }
@@ -135,6 +151,9 @@ impl PushOut {
         self.accepted += o.accepted;
         self.requests += o.requests;
         self.retries += o.retries;
+        self.sent_late += o.sent_late;
+        self.max_send_lag_us = self.max_send_lag_us.max(o.max_send_lag_us);
+        self.paced |= o.paced;
         merge_counts(&mut self.errors, o.errors);
         let _ = self.api_latency.add(&o.api_latency);
     }
@@ -161,6 +180,10 @@ struct Item {
     tgt: Tgt,
     /// Counter within this driver stream.
     n: u64,
+    /// When the push was due, in µs since the Unix epoch: its schedule slot at --rate
+    /// (the first push of its batch), or when it was made when unpaced. It is the `t` of
+    /// its data, so push-to-client latency counts the time it waited to be sent.
+    due_us: u64,
 }
 
 /// Runs the driver to completion (count or duration reached); blocking.
@@ -168,6 +191,7 @@ pub fn run(cfg: Arc<PushCfg>, sh: Arc<Shared>, prog: Arc<PushProgress>) -> PushO
     let ticket = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let mut out = PushOut::new();
+    out.paced = cfg.rate > 0.0;
     let sink = match &cfg.via {
         Via::Kafka { brokers, topic } => {
             match KafkaSink::new(&cfg, brokers, topic, sh.clone(), prog.clone()) {
@@ -236,6 +260,8 @@ fn stream(
     };
     let pad = filler(cfg, s);
     let users = cfg.num_users.max(1);
+    // `start` on the wall clock, for the schedule slots in the pushes' data.
+    let start_us = util::now_us().saturating_sub(start.elapsed().as_micros() as u64);
     loop {
         let i = ticket.fetch_add(batch, Relaxed);
         if i >= limit {
@@ -254,6 +280,18 @@ fn stream(
         if due > now {
             std::thread::sleep(due - now);
         }
+        // Paced: the latencies count from the slot (no coordinated omission); unpaced,
+        // there is no schedule and they count from now.
+        let (due_us, t0) = if cfg.rate > 0.0 {
+            let lag = now.saturating_duration_since(due);
+            if lag > LATE_SEND {
+                out.sent_late += k;
+            }
+            out.max_send_lag_us = out.max_send_lag_us.max(lag.as_micros() as u64);
+            (start_us + (due - start).as_micros() as u64, due)
+        } else {
+            (util::now_us(), Instant::now())
+        };
         let mut items: Vec<Item> = (i..i + k)
             .map(|idx| {
                 n += 1;
@@ -267,11 +305,11 @@ fn stream(
                     Target::Topic => Tgt::Topic(idx as usize % cfg.topics.len().max(1)),
                     Target::Broadcast => Tgt::Broadcast,
                 };
-                Item { tgt, n }
+                Item { tgt, n, due_us }
             })
             .collect();
         if let Some(r) = redis.as_mut() {
-            r.send(cfg, sh, prog, &items, s, &pad, &mut out);
+            r.send(cfg, sh, prog, &items, s, &pad, t0, &mut out);
             continue;
         }
         if let Some(k) = kafka {
@@ -285,9 +323,8 @@ fn stream(
                 if j > 0 {
                     body.push('\n');
                 }
-                push_json(&mut body, cfg, &it.tgt, it.n, s, &pad);
+                push_json(&mut body, cfg, it, s, &pad);
             }
-            let t0 = Instant::now();
             let reused = conn.is_some();
             let resp = match conn.as_mut() {
                 Some(c) => c.request(cfg, path, &body),
@@ -459,6 +496,7 @@ impl StreamSink {
         items: &[Item],
         s: usize,
         pad: &str,
+        t0: Instant,
         out: &mut PushOut,
     ) {
         let mut pipe = redis::pipe();
@@ -466,7 +504,7 @@ impl StreamSink {
         let mut body = String::with_capacity(cfg.payload_bytes + 96);
         for it in items {
             body.clear();
-            push_json(&mut body, cfg, &it.tgt, it.n, s, pad);
+            push_json(&mut body, cfg, it, s, pad);
             pipe.cmd("XADD")
                 .arg(PUSH_STREAM)
                 .arg("*")
@@ -474,7 +512,6 @@ impl StreamSink {
                 .arg(body.as_str());
         }
         out.requests += 1;
-        let t0 = Instant::now();
         let answers = self.conn().and_then(|c| {
             pipe.query::<Vec<redis::RedisResult<Vec<u8>>>>(c)
                 .map_err(|e| redis_cause(&e))
@@ -603,9 +640,23 @@ fn filler(cfg: &PushCfg, s: usize) -> String {
     }
 }
 
-/// Appends one push object; `t` is the send time in microseconds since the Unix epoch,
-/// `pad` the [`filler`] of the data.
-fn push_json(out: &mut String, cfg: &PushCfg, tgt: &Tgt, n: u64, s: usize, pad: &str) {
+/// Appends the push object of `it`, numbered `it.n` in driver stream `s`; its data's `t`
+/// is `it.due_us` (when it was due, µs since the Unix epoch, so that push-to-client
+/// latency counts the wait behind a stalled API), `pad` the [`filler`].
+fn push_json(out: &mut String, cfg: &PushCfg, it: &Item, s: usize, pad: &str) {
+    push_json_as(out, cfg, &it.tgt, it.n, s, pad, it.due_us)
+}
+
+/// [`push_json`] of a push to `tgt` numbered `n` in driver stream `s`, due at `due_us`.
+fn push_json_as(
+    out: &mut String,
+    cfg: &PushCfg,
+    tgt: &Tgt,
+    n: u64,
+    s: usize,
+    pad: &str,
+    due_us: u64,
+) {
     use std::fmt::Write as _;
     out.push('{');
     match tgt {
@@ -634,7 +685,7 @@ fn push_json(out: &mut String, cfg: &PushCfg, tgt: &Tgt, n: u64, s: usize, pad: 
     let _ = write!(
         out,
         ",\"data\":{{\"t\":{},\"n\":{n},\"s\":{s},{pad}}}}}",
-        util::now_us()
+        due_us
     );
 }
 
@@ -896,7 +947,15 @@ mod tests {
     fn push_bodies() {
         let c = cfg(Target::User);
         let mut s = String::new();
-        push_json(&mut s, &c, &Tgt::User(17), 5, 2, &filler(&c, 2));
+        push_json_as(
+            &mut s,
+            &c,
+            &Tgt::User(17),
+            5,
+            2,
+            &filler(&c, 2),
+            util::now_us(),
+        );
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();
         assert_eq!(v["user"], "u117");
         assert_eq!(v["data"]["n"], 5);
@@ -904,14 +963,38 @@ mod tests {
         assert_eq!(v["data"]["pad"], "xxx");
         assert!(v["data"]["t"].as_u64().unwrap() > 1_600_000_000_000_000);
         let mut s = String::new();
-        push_json(&mut s, &c, &Tgt::Users(vec![1, 2]), 1, 0, "\"pad\":\"\"");
+        push_json_as(
+            &mut s,
+            &c,
+            &Tgt::Users(vec![1, 2]),
+            1,
+            0,
+            "\"pad\":\"\"",
+            util::now_us(),
+        );
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();
         assert_eq!(v["users"], serde_json::json!(["u101", "u102"]));
         let mut s = String::new();
-        push_json(&mut s, &c, &Tgt::Topic(0), 1, 0, "\"pad\":\"\"");
+        push_json_as(
+            &mut s,
+            &c,
+            &Tgt::Topic(0),
+            1,
+            0,
+            "\"pad\":\"\"",
+            util::now_us(),
+        );
         assert!(s.starts_with("{\"topic\":\"room:a\","));
         let mut s = String::new();
-        push_json(&mut s, &c, &Tgt::Broadcast, 1, 0, "\"pad\":\"\"");
+        push_json_as(
+            &mut s,
+            &c,
+            &Tgt::Broadcast,
+            1,
+            0,
+            "\"pad\":\"\"",
+            util::now_us(),
+        );
         assert!(s.starts_with("{\"broadcast\":true,"));
         // --payload-json: a document of about --payload-bytes in `doc`, no `pad`; the
         // receivers' counters still parse.
@@ -919,7 +1002,15 @@ mod tests {
         j.payload_json = true;
         j.payload_bytes = 2000;
         let mut s = String::new();
-        push_json(&mut s, &j, &Tgt::Broadcast, 9, 1, &filler(&j, 1));
+        push_json_as(
+            &mut s,
+            &j,
+            &Tgt::Broadcast,
+            9,
+            1,
+            &filler(&j, 1),
+            util::now_us(),
+        );
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();
         assert!(v["data"].get("pad").is_none());
         assert_eq!(v["data"]["n"], 9);

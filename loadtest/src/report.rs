@@ -136,8 +136,17 @@ pub struct Report {
     pub push_secs: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub push_rate_per_sec: Option<f64>,
+    /// Push API request latency, counted from each request's schedule slot at --rate
+    /// (from its send when unpaced), so the wait behind a stalled server is included.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_latency_us: Option<Percentiles>,
+    /// Pushes sent more than 100 ms after their schedule slot at --rate: the driver was
+    /// held up by a slow or stalled API, and the achieved rate hides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushes_sent_late: Option<u64>,
+    /// The longest a push waited past its schedule slot before it was sent, in µs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push_max_send_lag_us: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub messages_expected: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -173,8 +182,14 @@ pub struct Report {
     pub stopped_because: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections_held: Option<u64>,
+    /// Push-to-client latency: from each push's schedule slot at --rate (the `t` in its
+    /// data) to its arrival, so a server stall shows in full (no coordinated omission);
+    /// from its send when unpaced (--rate 0). `latency_from` says which.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency_us: Option<Percentiles>,
+    /// `schedule` (paced: latencies count from each push's slot at --rate) or `send`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_from: Option<String>,
     /// Seconds from the first push sent to the last message received.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delivery_secs: Option<f64>,
@@ -298,6 +313,9 @@ impl Report {
             });
             self.api_latency_us = Some(util::percentiles(&p.api_latency));
             self.raw_api_latency = util::hist_to_pairs(&p.api_latency);
+            self.pushes_sent_late = Some(p.sent_late);
+            self.latency_from = Some(if p.paced { "schedule" } else { "send" }.into());
+            self.push_max_send_lag_us = Some(p.max_send_lag_us);
         }
     }
 
@@ -393,6 +411,13 @@ impl Report {
             add(&mut m.pushes_sent, r.pushes_sent);
             add(&mut m.push_requests, r.push_requests);
             add(&mut m.push_retries, r.push_retries);
+            add(&mut m.pushes_sent_late, r.pushes_sent_late);
+            if let Some(l) = r.push_max_send_lag_us {
+                m.push_max_send_lag_us = Some(m.push_max_send_lag_us.unwrap_or(0).max(l));
+            }
+            if m.latency_from.is_none() {
+                m.latency_from = r.latency_from.clone();
+            }
             add(&mut m.messages_expected, r.messages_expected);
             add(&mut m.messages_received, r.messages_received);
             add(&mut m.messages_missing, r.messages_missing);
@@ -555,6 +580,12 @@ impl Report {
                 self.push_retries.unwrap_or(0),
                 fmt_map(self.push_errors.as_ref().unwrap_or(&BTreeMap::new()))
             );
+            if let Some(late) = self.pushes_sent_late.filter(|&l| l > 0) {
+                s += &format!(
+                    "pushes sent more than 100ms after their slot at --rate: {late} (longest wait {}): the API fell behind the schedule\n",
+                    fmt_us(self.push_max_send_lag_us.unwrap_or(0))
+                );
+            }
         }
         if let Some(exp) = self.messages_expected {
             s += &format!(
@@ -568,8 +599,12 @@ impl Report {
                 self.receivers_lost.unwrap_or(0)
             );
             if let Some(l) = self.latency_us {
+                let from = match self.latency_from.as_deref() {
+                    Some("send") => "from send, unpaced",
+                    _ => "from each push's slot at --rate",
+                };
                 s += &format!(
-                    "push-to-client latency: p50 {} p90 {} p99 {} p99.9 {} max {}\n",
+                    "push-to-client latency ({from}): p50 {} p90 {} p99 {} p99.9 {} max {}\n",
                     fmt_us(l.p50),
                     fmt_us(l.p90),
                     fmt_us(l.p99),
@@ -584,7 +619,12 @@ impl Report {
                     _ => "push API request latency",
                 };
                 s += &format!(
-                    "{what}: p50 {} p99 {} max {}\n",
+                    "{what} ({}): p50 {} p99 {} max {}\n",
+                    if self.latency_from.as_deref() == Some("send") {
+                        "from send"
+                    } else {
+                        "from slot"
+                    },
                     fmt_us(a.p50),
                     fmt_us(a.p99),
                     fmt_us(a.max)

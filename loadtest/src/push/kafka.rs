@@ -12,7 +12,7 @@
 //! `out_of_order` meaningful, each (driver thread, topic) numbers its topic pushes as a
 //! stream of its own: the order the server promises (per key) is the order checked.
 
-use super::{account, give_up, push_json, short, target_key, Item, PushCfg, PushOut, Tgt};
+use super::{account, give_up, push_json_as, short, target_key, Item, PushCfg, PushOut, Tgt};
 use super::{PushProgress, Shared};
 use crate::util;
 use rdkafka::client::ClientContext;
@@ -155,8 +155,8 @@ impl KafkaSink {
             }
             body.clear();
             let (stream, n) = self.numbered(s, &it);
-            // The send time in the data is taken here: latency counts from the produce.
-            push_json(&mut body, cfg, &it.tgt, n, stream, pad);
+            // The push's schedule slot (its send time when unpaced) is its data's `t`.
+            push_json_as(&mut body, cfg, &it.tgt, n, stream, pad, it.due_us);
             let key = target_key(cfg, &it.tgt);
             out.requests += 1;
             let sent = Box::new(Sent {

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 // The server tests' own helpers, shared rather than copied.
+pub mod proxy;
 #[path = "../../../tests/common/redis_server.rs"]
 pub mod redis_server;
 #[path = "../../../tests/common/tansu.rs"]

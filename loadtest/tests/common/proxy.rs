@@ -1,0 +1,170 @@
+//! A TCP proxy for the tests: it forwards every connection to one address, can hold the
+//! client-to-server direction (a stalled server, as far as the client can tell), and can
+//! delay the server-to-client direction by a fixed time (a slow network: every byte
+//! arrives, late). Its threads end when it is dropped, or at the latest after
+//! `MAX_LIFE`.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// No proxy thread outlives this.
+const MAX_LIFE: Duration = Duration::from_secs(120);
+/// How often a blocked thread looks at the stop and pause flags.
+const TICK: Duration = Duration::from_millis(20);
+
+pub struct Proxy {
+    pub addr: SocketAddr,
+    /// While set, bytes from clients are held (not read on to the server).
+    pub paused: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    /// Forwards connections to `to`; server-to-client bytes arrive `delay` after the
+    /// server sent them.
+    pub fn start(to: SocketAddr, delay: Duration) -> Proxy {
+        let l = TcpListener::bind("127.0.0.1:0").expect("proxy bind");
+        l.set_nonblocking(true).unwrap();
+        let addr = l.local_addr().unwrap();
+        let paused = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, st) = (paused.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let born = Instant::now();
+            while !st.load(Ordering::Relaxed) && born.elapsed() < MAX_LIFE {
+                match l.accept() {
+                    Ok((c, _)) => {
+                        let Ok(s) = TcpStream::connect(to) else {
+                            continue;
+                        };
+                        let _ = c.set_nonblocking(false);
+                        let _ = c.set_nodelay(true);
+                        let _ = s.set_nodelay(true);
+                        up(
+                            c.try_clone().unwrap(),
+                            s.try_clone().unwrap(),
+                            &p,
+                            &st,
+                            born,
+                        );
+                        down(s, c, delay, &st, born);
+                    }
+                    Err(_) => std::thread::sleep(TICK),
+                }
+            }
+        });
+        Proxy { addr, paused, stop }
+    }
+
+    /// `ws://<proxy>/ws`.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// `http://<proxy>`.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn alive(stop: &AtomicBool, born: Instant) -> bool {
+    !stop.load(Ordering::Relaxed) && born.elapsed() < MAX_LIFE
+}
+
+/// Client to server, held while `paused`.
+fn up(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    paused: &Arc<AtomicBool>,
+    stop: &Arc<AtomicBool>,
+    born: Instant,
+) {
+    let (paused, stop) = (paused.clone(), stop.clone());
+    std::thread::spawn(move || {
+        from.set_read_timeout(Some(TICK)).unwrap();
+        let mut buf = [0u8; 16 * 1024];
+        while alive(&stop, born) {
+            if paused.load(Ordering::Relaxed) {
+                std::thread::sleep(TICK);
+                continue;
+            }
+            match from.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => break,
+            }
+        }
+        let _ = to.shutdown(Shutdown::Write);
+    });
+}
+
+/// Server to client, each chunk written `delay` after it was read.
+fn down(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    delay: Duration,
+    stop: &Arc<AtomicBool>,
+    born: Instant,
+) {
+    let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
+    let st = stop.clone();
+    std::thread::spawn(move || {
+        from.set_read_timeout(Some(TICK)).unwrap();
+        let mut buf = [0u8; 16 * 1024];
+        while alive(&st, born) {
+            match from.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if tx.send((Instant::now(), buf[..n].to_vec())).is_err() {
+                        break;
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => break,
+            }
+        }
+        // Dropping `tx` ends the writer once it has written what was read.
+    });
+    let st = stop.clone();
+    std::thread::spawn(move || {
+        while alive(&st, born) {
+            match rx.recv_timeout(TICK) {
+                Ok((at, bytes)) => {
+                    let due = at + delay;
+                    while Instant::now() < due && alive(&st, born) {
+                        std::thread::sleep(TICK.min(due.saturating_duration_since(Instant::now())));
+                    }
+                    if to.write_all(&bytes).is_err() {
+                        break;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        let _ = to.shutdown(Shutdown::Write);
+    });
+}
