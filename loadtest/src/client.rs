@@ -1096,7 +1096,9 @@ fn on_message(c: &mut Conn, text: &[u8], ctx: &mut Ctx) -> Result<(), End> {
     Ok(())
 }
 
-/// Starts a clean close on every connection; accounts push receivers first.
+/// Starts a clean close on every connection. A push receiver keeps counting until its
+/// close ends (the server's Close, or the close timeout): what arrives meanwhile came
+/// after the drain and counts as late, not missing ([`Ctx::finish`] accounts it).
 fn begin_close(conns: &mut Slab<Conn>, poll: &Poll, ctx: &mut Ctx) {
     let mut dead = Vec::new();
     for (key, c) in conns.iter_mut() {
@@ -1109,11 +1111,13 @@ fn begin_close(conns: &mut Slab<Conn>, poll: &Poll, ctx: &mut Ctx) {
         }
         ctx.out.open_at_close += 1;
         if ctx.cfg.target.is_some() && c.ws.flags & F_CHURNED == 0 {
-            let u = c.serial as u64 / ctx.cfg.sessions_per_user.max(1);
-            let expected = ctx.expected_for(u);
-            ctx.out.completeness.add_conn(expected, c.recv.as_deref());
+            let welcome = c.welcome_seq;
+            c.recv
+                .get_or_insert_with(|| Box::new(RecvState::new(welcome)))
+                .draining = true;
+        } else {
+            c.recv = None;
         }
-        c.recv = None;
         c.ws.flags &= !F_CHURN_CLOSING;
         if let Err(e) = c.ws.start_close() {
             dead.push((key, io_cause(&e)));
@@ -1132,9 +1136,12 @@ fn begin_close(conns: &mut Slab<Conn>, poll: &Poll, ctx: &mut Ctx) {
         }
     }
     // Receivers the server dropped are judged against the same final counts.
+    let direct = ctx.cfg.target.is_some_and(Target::direct);
     for (u, st) in std::mem::take(&mut ctx.lost) {
         let expected = ctx.expected_for(u);
-        ctx.out.completeness.add_conn(expected, st.as_deref());
+        ctx.out
+            .completeness
+            .add_conn(expected, st.as_deref(), direct);
     }
 }
 
@@ -1243,10 +1250,20 @@ impl Ctx {
                     self.reopen.push(c.serial as u64);
                 }
             }
-            State::Closing(_) => match end {
-                None => self.out.closed_clean += 1,
-                Some(cause) => bump(&mut self.out.close_errors, &cause),
-            },
+            State::Closing(_) => {
+                if self.cfg.target.is_some() && counted {
+                    // Its close has ended: what it got is final (late included).
+                    let expected = self.expected_for(u);
+                    let direct = self.cfg.target.is_some_and(Target::direct);
+                    self.out
+                        .completeness
+                        .add_conn(expected, c.recv.as_deref(), direct);
+                }
+                match end {
+                    None => self.out.closed_clean += 1,
+                    Some(cause) => bump(&mut self.out.close_errors, &cause),
+                }
+            }
         }
         if was_open {
             if c.ws.flags & F_SECOND != 0 {

@@ -159,6 +159,10 @@ pub struct Report {
     pub messages_out_of_order: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub messages_unexpected: Option<u64>,
+    /// Of the expected messages received, those that arrived after --drain-secs ran out
+    /// (while the connections closed): delivered, late; never counted as missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages_late: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub messages_unnumbered: Option<u64>,
     /// Receivers the server or network disconnected before the end; what they never got
@@ -283,6 +287,7 @@ impl Report {
         self.messages_duplicated = Some(c.duplicated);
         self.messages_out_of_order = Some(c.out_of_order);
         self.messages_unexpected = Some(c.unexpected);
+        self.messages_late = Some(c.late);
         self.messages_unnumbered = Some(t.unnumbered);
         self.receivers_lost = Some(t.receivers_lost);
         self.latency_us = Some(util::percentiles(&t.latency));
@@ -424,6 +429,7 @@ impl Report {
             add(&mut m.messages_duplicated, r.messages_duplicated);
             add(&mut m.messages_out_of_order, r.messages_out_of_order);
             add(&mut m.messages_unexpected, r.messages_unexpected);
+            add(&mut m.messages_late, r.messages_late);
             add(&mut m.messages_unnumbered, r.messages_unnumbered);
             add(&mut m.receivers_lost, r.receivers_lost);
             add(&mut m.churn_disconnects, r.churn_disconnects);
@@ -589,15 +595,19 @@ impl Report {
         }
         if let Some(exp) = self.messages_expected {
             s += &format!(
-                "messages: expected {} received {} missing {} duplicated {} out-of-order {} unexpected {} (receivers lost {})\n",
+                "messages: expected {} received {} missing {} duplicated {} out-of-order {} unexpected {} late {} (receivers lost {})\n",
                 exp,
                 self.messages_received.unwrap_or(0),
                 self.messages_missing.unwrap_or(0),
                 self.messages_duplicated.unwrap_or(0),
                 self.messages_out_of_order.unwrap_or(0),
                 self.messages_unexpected.unwrap_or(0),
+                self.messages_late.unwrap_or(0),
                 self.receivers_lost.unwrap_or(0)
             );
+            if self.messages_late.unwrap_or(0) > 0 {
+                s += "late: delivered after --drain-secs ran out, while the connections closed (not missing; a longer --drain-secs waits for them)\n";
+            }
             if let Some(l) = self.latency_us {
                 let from = match self.latency_from.as_deref() {
                     Some("send") => "from send, unpaced",

@@ -48,6 +48,8 @@ impl Tally {
 
 #[derive(Debug, Clone, Default)]
 pub struct SeqTracker {
+    /// The first number expected.
+    first: u64,
     /// The next number expected in order.
     next: u64,
     /// Missing ranges below `next`, inclusive, ascending and disjoint.
@@ -65,6 +67,7 @@ impl SeqTracker {
     /// the first expected number is `last + 1`.
     pub fn after(last: u64) -> Self {
         SeqTracker {
+            first: last + 1,
             next: last + 1,
             ..Default::default()
         }
@@ -128,6 +131,27 @@ impl SeqTracker {
     pub fn last(&self) -> u64 {
         self.next - 1
     }
+
+    /// Numbers from the start up to `upto` (inclusive) that never arrived: the gaps
+    /// below it plus the tail above the highest seen.
+    pub fn missing_upto(&self, upto: u64) -> u64 {
+        let gaps: u64 = self
+            .gaps
+            .iter()
+            .filter(|&&(lo, _)| lo <= upto)
+            .map(|&(lo, hi)| hi.min(upto) - lo + 1)
+            .sum();
+        gaps + upto.saturating_sub(self.last())
+    }
+
+    /// Of `expected` numbers from the start, the ones that never arrived, by number
+    /// (not by count: an extra number does not hide a missing one).
+    pub fn missing_of(&self, expected: u64) -> u64 {
+        if expected == 0 {
+            return 0;
+        }
+        self.missing_upto(self.first + expected - 1)
+    }
 }
 
 /// Numbered streams one receiver tells apart (a push's `s` past the last counts as the
@@ -143,6 +167,11 @@ pub struct RecvState {
     pub streams: Vec<SeqTracker>,
     /// Every push frame received (including duplicates).
     pub received: u64,
+    /// Set when the drain ended (the clean close began): new numbers from then on are
+    /// `late`, still delivered.
+    pub draining: bool,
+    /// Distinct numbers that arrived after the drain ended.
+    pub late: u64,
 }
 
 impl RecvState {
@@ -156,7 +185,9 @@ impl RecvState {
     /// Counts a direct push; true when its `seq` is new.
     pub fn record_seq(&mut self, seq: u64) -> bool {
         self.received += 1;
-        self.seq.record(seq)
+        let new = self.seq.record(seq);
+        self.late += u64::from(new && self.draining);
+        new
     }
 
     /// Counts a topic or broadcast push of driver stream `stream`; true when `n` is new.
@@ -166,7 +197,9 @@ impl RecvState {
             self.streams
                 .resize_with(stream + 1, || SeqTracker::after(0));
         }
-        self.streams[stream].record(n)
+        let new = self.streams[stream].record(n);
+        self.late += u64::from(new && self.draining);
+        new
     }
 
     pub fn unique(&self) -> u64 {
@@ -190,23 +223,35 @@ pub struct Completeness {
     pub out_of_order: u64,
     /// Distinct messages beyond what was expected (e.g. a push whose API answer was lost).
     pub unexpected: u64,
+    /// Of the distinct expected messages received, those that came after the drain
+    /// ended (during the close): delivered, late, never missing.
+    pub late: u64,
 }
 
 impl Completeness {
-    pub fn add_conn(&mut self, expected: u64, st: Option<&RecvState>) {
+    /// Adds one receiver that should have got `expected` messages. With `direct`
+    /// (pushes to users, numbered by the user's `seq` from its `welcome`) what is
+    /// missing is counted by number, so an unexpected extra message never hides a
+    /// missing one; topic and broadcast pushes are counted against the total.
+    pub fn add_conn(&mut self, expected: u64, st: Option<&RecvState>, direct: bool) {
         self.expected += expected;
-        let (recv, uniq, dup, ooo) = match st {
-            Some(s) => (s.received, s.unique(), s.duplicated(), s.out_of_order()),
-            None => (0, 0, 0, 0),
+        let Some(s) = st else {
+            self.missing += expected;
+            return;
         };
-        self.received += recv;
-        self.duplicated += dup;
-        self.out_of_order += ooo;
-        if uniq < expected {
-            self.missing += expected - uniq;
+        let uniq = s.unique();
+        self.received += s.received;
+        self.duplicated += s.duplicated();
+        self.out_of_order += s.out_of_order();
+        let missing = if direct {
+            s.seq.missing_of(expected)
         } else {
-            self.unexpected += uniq - expected;
-        }
+            expected.saturating_sub(uniq)
+        };
+        self.missing += missing;
+        // Delivered: expected - missing; what else arrived was not expected.
+        self.unexpected += uniq.saturating_sub(expected - missing);
+        self.late += s.late.min(expected - missing);
     }
 
     pub fn merge(&mut self, o: &Completeness) {
@@ -216,6 +261,7 @@ impl Completeness {
         self.duplicated += o.duplicated;
         self.out_of_order += o.out_of_order;
         self.unexpected += o.unexpected;
+        self.late += o.late;
     }
 }
 
@@ -286,14 +332,14 @@ mod tests {
         for s in [4, 5, 7, 7, 6] {
             a.record_seq(s);
         }
-        c.add_conn(5, Some(&a)); // expected 4..=8: got 4 distinct, 1 dup, 1 ooo
-        c.add_conn(2, None); // saw nothing
+        c.add_conn(5, Some(&a), true); // expected 4..=8: got 4 distinct, 1 dup, 1 ooo
+        c.add_conn(2, None, true); // saw nothing
         let mut b = RecvState::new(0);
         b.record_counter(1, 1);
         b.record_counter(1, 2);
         b.record_counter(0, 1);
         b.record_counter(1, 2);
-        c.add_conn(2, Some(&b)); // 3 distinct > 2 expected
+        c.add_conn(2, Some(&b), false); // 3 distinct > 2 expected
         assert_eq!(
             c,
             Completeness {
@@ -303,7 +349,57 @@ mod tests {
                 duplicated: 2,
                 out_of_order: 1,
                 unexpected: 1,
+                late: 0,
             }
+        );
+    }
+
+    #[test]
+    fn an_extra_message_never_hides_a_missing_one() {
+        // Expected seq 1..=10: 5 never came, 11 (a push the driver gave up on, which the
+        // server still delivered) came instead. By count that nets to "all there"; by
+        // number it is 1 missing and 1 unexpected (review s16b 3).
+        let mut a = RecvState::new(0);
+        for s in (1..=11).filter(|&s| s != 5) {
+            a.record_seq(s);
+        }
+        let mut c = Completeness::default();
+        c.add_conn(10, Some(&a), true);
+        assert_eq!((c.expected, c.missing, c.unexpected), (10, 1, 1));
+        // Holes above the expected range are not missing: 1..=8 and 12 of 10 expected.
+        let mut b = RecvState::new(0);
+        for s in (1..=8).chain([12]) {
+            b.record_seq(s);
+        }
+        let mut c = Completeness::default();
+        c.add_conn(10, Some(&b), true);
+        assert_eq!((c.missing, c.unexpected), (2, 1));
+        // From a welcome seq of 100: 101..=103 of 3 is complete.
+        let mut w = RecvState::new(100);
+        for s in 101..=103 {
+            w.record_seq(s);
+        }
+        let mut c = Completeness::default();
+        c.add_conn(3, Some(&w), true);
+        assert_eq!((c.missing, c.unexpected), (0, 0));
+    }
+
+    #[test]
+    fn messages_after_the_drain_are_late_not_missing() {
+        let mut a = RecvState::new(0);
+        for s in 1..=6 {
+            a.record_seq(s);
+        }
+        a.draining = true;
+        for s in [8, 7, 7] {
+            a.record_seq(s);
+        }
+        let mut c = Completeness::default();
+        c.add_conn(10, Some(&a), true);
+        assert_eq!(
+            (c.received, c.missing, c.late, c.duplicated),
+            (9, 2, 2, 1),
+            "9 frames, 8 distinct of which 2 late, 9 and 10 missing"
         );
     }
 
@@ -316,14 +412,14 @@ mod tests {
         for s in 1..=3 {
             lost.record_seq(s);
         }
-        c.add_conn(10, Some(&lost));
+        c.add_conn(10, Some(&lost), true);
         let mut open = RecvState::new(0);
         for s in 1..=10 {
             open.record_seq(s);
         }
-        c.add_conn(10, Some(&open));
+        c.add_conn(10, Some(&open), true);
         // Dropped before its first push: everything is missing.
-        c.add_conn(10, None);
+        c.add_conn(10, None, true);
         assert_eq!((c.expected, c.received, c.missing), (30, 13, 17));
     }
 }

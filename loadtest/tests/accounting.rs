@@ -1,5 +1,5 @@
 //! What the report says when the run is not clean: a stalled API (latency from the
-//! schedule, review s16b 1).
+//! schedule, review s16b 1) and deliveries after the drain (late, not missing, 2).
 
 mod common;
 
@@ -13,6 +13,13 @@ use common::*;
 fn with_api(mut args: Vec<String>, api: &str) -> Vec<String> {
     let i = args.iter().position(|a| a == "--api").unwrap();
     args[i + 1] = api.to_string();
+    args
+}
+
+/// `args` with `--url` swapped for `url`.
+fn with_url(mut args: Vec<String>, url: &str) -> Vec<String> {
+    let i = args.iter().position(|a| a == "--url").unwrap();
+    args[i + 1] = url.to_string();
     args
 }
 
@@ -73,4 +80,40 @@ fn a_stalled_api_moves_the_latency_percentiles() {
         r.output.contains("from each push's slot at --rate"),
         "the summary says where latency counts from",
     );
+}
+
+/// Every frame arrives, 1.5 s late (a delaying proxy between client and server), and the
+/// drain gives up after 0.3 s: the frames that come during the close are `late`, never
+/// `missing`, and the counts agree with each other (review s16b 2).
+#[test]
+fn frames_after_the_drain_are_late_not_missing() {
+    let srv = TestServer::start(&[]);
+    let proxy = Proxy::start(srv.ws, Duration::from_millis(1500));
+    let mut args = strings(&[
+        "push",
+        "--target",
+        "user",
+        "--rate",
+        "200",
+        "--count",
+        "100",
+        "--drain-secs",
+        "0.3",
+    ]);
+    args.extend(with_url(srv.push_args(10), &proxy.ws_url()));
+    let r = Load::spawn(args).wait(RUN_LIMIT);
+    r.eq("pushes_sent", 100);
+    r.eq("messages_expected", 100);
+    r.eq("messages_received", 100);
+    r.eq("messages_missing", 0);
+    r.eq("messages_duplicated", 0);
+    r.eq("messages_unexpected", 0);
+    r.check(
+        r.u("messages_late") > 0,
+        "frames held 1.5 s by the proxy arrive after a 0.3 s drain: late",
+    );
+    r.check(r.u("messages_late") <= 100, "late is a part of received");
+    r.eq("latency_us/count", 100);
+    r.eq("compression/deliveries", 100);
+    r.eq("closed_clean", 10);
 }
