@@ -346,6 +346,14 @@ pub struct PushArgs {
     /// After the last push, wait at most this long for deliveries.
     #[arg(long, default_value_t = 10.0)]
     pub drain_secs: f64,
+    /// Give every push an `id` unique to the run (`tl<pid>-<random>-<stream>-<n>`), so
+    /// that the server drops a second copy (docs/protocol.md 4.4): a request that timed
+    /// out is then sent again. Without it a timed-out request is given up (`api_timeout`,
+    /// the server may still deliver it: `unexpected`), and only a kept-alive connection
+    /// the server closed is retried. Off by default: the server's deduplication window
+    /// then costs memory and time per push. Broadcasts are never deduplicated.
+    #[arg(long)]
+    pub push_ids: bool,
 }
 
 impl PushArgs {
@@ -598,6 +606,7 @@ impl CapacityArgs {
             users_per_push: 1,
             // A probe's deliveries should arrive within this; longer means they are lost.
             drain_secs: 5.0,
+            push_ids: false,
         }
     }
 }

@@ -194,6 +194,7 @@ impl Local {
             user_offset: self.cfg.user_offset,
             num_users: self.cfg.num_users(),
             retry_grace: Duration::from_secs(10),
+            push_ids: p.push_ids.then(push::id_prefix),
             full_sessions: None,
         })
     }

@@ -101,6 +101,10 @@ pub struct PushCfg {
     pub num_users: u64,
     /// How long 503 retries may go on after the run's end.
     pub retry_grace: Duration,
+    /// `--push-ids`: every push carries an `id` unique to this run, so that the server
+    /// drops a second copy (docs/protocol.md 4.4) and a request that timed out may be
+    /// sent again; `Some(prefix)` of the ids.
+    pub push_ids: Option<String>,
     /// With `Some(n)`, `--target user` pushes go only to users with `n` counted open
     /// sessions (a capacity probe must not push to users still connecting).
     pub full_sessions: Option<u32>,
@@ -339,11 +343,25 @@ fn stream(
                 Err(e) => {
                     conn = None;
                     attempts_left_io -= 1;
+                    let timeout = is_timeout(&e);
                     // A kept-alive connection the server closed: send again on a new one.
-                    if reused && attempts_left_io > 0 && Instant::now() < hard_end {
+                    // Not after a timeout unless the pushes have ids: the server may
+                    // still accept the first copy, and without an id it would deliver
+                    // both (docs/protocol.md 4.4).
+                    if reused
+                        && attempts_left_io > 0
+                        && Instant::now() < hard_end
+                        && (!timeout || cfg.push_ids.is_some())
+                    {
+                        out.retries += items.len() as u64;
+                        prog.retries.fetch_add(items.len() as u64, Relaxed);
                         continue;
                     }
-                    let cause = format!("api_{}", crate::ws_conn::io_cause(&e));
+                    let cause = if timeout {
+                        "api_timeout".to_string()
+                    } else {
+                        format!("api_{}", crate::ws_conn::io_cause(&e))
+                    };
                     give_up(&mut out, prog, cause, items.len() as u64);
                     break;
                 }
@@ -593,6 +611,21 @@ fn short(s: &str) -> String {
         .collect()
 }
 
+/// Whether an API socket error is its read or write timeout (SO_RCVTIMEO and
+/// SO_SNDTIMEO end a blocking call with EAGAIN, which Rust calls `WouldBlock`).
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// The `--push-ids` prefix of this process: its pid and a random word, so that the ids
+/// of two runs (or two workers) never meet in the server's deduplication window.
+pub fn id_prefix() -> String {
+    format!("tl{}-{:08x}", std::process::id(), rand::random::<u32>())
+}
+
 /// Counts `n` pushes given up for `cause`.
 fn give_up(out: &mut PushOut, prog: &PushProgress, cause: String, n: u64) {
     *out.errors.entry(cause).or_insert(0) += n;
@@ -682,6 +715,9 @@ fn push_json_as(
         }
         Tgt::Broadcast => out.push_str("\"broadcast\":true"),
     }
+    if let Some(prefix) = &cfg.push_ids {
+        let _ = write!(out, ",\"id\":\"{prefix}-{s}-{n}\"");
+    }
     let _ = write!(
         out,
         ",\"data\":{{\"t\":{},\"n\":{n},\"s\":{s},{pad}}}}}",
@@ -769,6 +805,13 @@ impl Write for ApiStream {
     }
 }
 
+/// How long an API request may wait for its answer (1 s in unit tests).
+const API_TIMEOUT: Duration = if cfg!(test) {
+    Duration::from_secs(1)
+} else {
+    Duration::from_secs(10)
+};
+
 struct ApiConn {
     stream: ApiStream,
     buf: Vec<u8>,
@@ -780,8 +823,8 @@ impl ApiConn {
     fn connect(api: &ApiTarget) -> io::Result<Self> {
         let sock = TcpStream::connect_timeout(&api.url.addr, Duration::from_secs(5))?;
         sock.set_nodelay(true)?;
-        sock.set_read_timeout(Some(Duration::from_secs(10)))?;
-        sock.set_write_timeout(Some(Duration::from_secs(10)))?;
+        sock.set_read_timeout(Some(API_TIMEOUT))?;
+        sock.set_write_timeout(Some(API_TIMEOUT))?;
         let stream = match &api.tls {
             None => ApiStream::Plain(sock),
             Some(dial) => {
@@ -931,6 +974,7 @@ mod tests {
             num_users: 10,
             full_sessions: None,
             retry_grace: Duration::from_secs(1),
+            push_ids: None,
         }
     }
 
@@ -1067,6 +1111,102 @@ mod tests {
             seen
         });
         (url, h)
+    }
+
+    #[test]
+    fn push_ids_are_unique_per_push() {
+        let mut c = cfg(Target::User);
+        c.push_ids = Some("tl1-ab".into());
+        let mut s = String::new();
+        push_json_as(&mut s, &c, &Tgt::User(3), 7, 2, "\"pad\":\"\"", 1);
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(v["id"], "tl1-ab-2-7");
+        assert_ne!(id_prefix(), id_prefix(), "each process its own prefix");
+        // Off by default: no id, so the server keeps no deduplication entry.
+        let mut s = String::new();
+        push_json_as(
+            &mut s,
+            &cfg(Target::User),
+            &Tgt::User(3),
+            7,
+            2,
+            "\"pad\":\"\"",
+            1,
+        );
+        assert!(serde_json::from_str::<serde_json::Value>(&s)
+            .unwrap()
+            .get("id")
+            .is_none());
+    }
+
+    /// An API that answers the first request on a kept-alive connection, then takes the
+    /// second and never answers it; a later connection is answered. Returns how many
+    /// connections it accepted.
+    fn stalling_api() -> (Url, std::thread::JoinHandle<usize>) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let url =
+            util::parse_url(&format!("http://{}", l.local_addr().unwrap()), "http", 80).unwrap();
+        let h = std::thread::spawn(move || {
+            let end = Instant::now() + Duration::from_secs(4);
+            let mut held = Vec::new();
+            let mut accepted = 0;
+            while Instant::now() < end {
+                let Ok((mut s, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                accepted += 1;
+                s.set_nonblocking(false).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+                let ok = b"HTTP/1.1 202 Accepted\r\nContent-Length: 17\r\n\r\n{\"accepted\":true}";
+                let mut buf = [0u8; 8192];
+                // First connection: answer one request, swallow the next. Later: answer.
+                let answers = if accepted == 1 { 1 } else { 8 };
+                for _ in 0..answers {
+                    if !matches!(s.read(&mut buf), Ok(n) if n > 0) {
+                        break;
+                    }
+                    let _ = s.write_all(ok);
+                }
+                held.push(s);
+            }
+            accepted
+        });
+        (url, h)
+    }
+
+    #[test]
+    fn a_timed_out_push_is_not_sent_twice_without_ids() {
+        let (api, h) = stalling_api();
+        let mut c = cfg(Target::User);
+        c.api = ApiTarget::plain(api);
+        c.count = Some(2);
+        c.duration = Duration::from_secs(30);
+        let sh = Arc::new(Shared::new(10));
+        let out = run(Arc::new(c), sh, Arc::new(PushProgress::default()));
+        assert_eq!(out.accepted, 1);
+        assert_eq!(out.requests, 2);
+        assert_eq!(out.retries, 0);
+        assert_eq!(out.errors.get("api_timeout"), Some(&1), "{:?}", out.errors);
+        assert_eq!(h.join().unwrap(), 1, "no second copy on a new connection");
+    }
+
+    #[test]
+    fn a_timed_out_push_with_an_id_is_sent_again_and_counted() {
+        let (api, h) = stalling_api();
+        let mut c = cfg(Target::User);
+        c.api = ApiTarget::plain(api);
+        c.count = Some(2);
+        c.duration = Duration::from_secs(30);
+        c.push_ids = Some(id_prefix());
+        let sh = Arc::new(Shared::new(10));
+        let out = run(Arc::new(c), sh, Arc::new(PushProgress::default()));
+        assert_eq!(out.accepted, 2);
+        assert_eq!(out.requests, 3);
+        assert_eq!(out.retries, 1, "the re-send is a retry");
+        assert!(out.errors.is_empty(), "{:?}", out.errors);
+        assert_eq!(h.join().unwrap(), 2);
     }
 
     #[test]

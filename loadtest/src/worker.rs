@@ -497,6 +497,9 @@ fn worker_args(
     if p.is_some_and(|p| p.payload_json) {
         a.push("--payload-json".into());
     }
+    if p.is_some_and(|p| p.push_ids) {
+        a.push("--push-ids".into());
+    }
     a.extend(sock_args(&c.sock, share, c.procs, i)?);
     a.push("--worker".into());
     Ok(a)
