@@ -8,12 +8,25 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The exit status, in every subcommand's --help.
+pub const EXIT_STATUS: &str = "\
+Exit status:
+  0  the run passed (the summary ends with `result: OK`)
+  1  the run failed; the summary's `result: FAILED` line and the JSON `failures` say why:
+     a connection that never opened (capacity: none opened; its ramp stops at the
+     first connect error), an open connection the server or network ended, no push
+     accepted or a push given up, a message missing, duplicated or unexpected, a
+     receiver lost, a churn reconnect that failed, a deploy client that did not move,
+     or (resume, deploy, chat) the delivery gate
+  2  the run could not be made: bad flags, an unreachable setup, a worker that died";
+
 /// The top-level command line.
 #[derive(Parser, Debug)]
 #[command(
     name = "throng-load",
     version,
-    about = "Load generator for the Throng push server"
+    about = "Load generator for the Throng push server",
+    after_help = EXIT_STATUS
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -24,21 +37,28 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Open, hold and cleanly close WebSocket connections.
+    #[command(after_help = EXIT_STATUS)]
     Connect(ConnectArgs),
     /// Hold connections and drive the push API; measure delivery and latency.
+    #[command(after_help = EXIT_STATUS)]
     Push(PushArgs),
     /// Push like `push` while a share of the connections disconnect and reconnect.
+    #[command(after_help = EXIT_STATUS)]
     Churn(ChurnArgs),
     /// Ramp connections up step by step, measuring memory and push latency per step.
+    #[command(after_help = EXIT_STATUS)]
     Capacity(CapacityArgs),
     /// Push to users (and --topics) while a share of the connections drop abruptly and
     /// resume with since/epoch; prove nothing went missing or came twice (exit 1 if so).
+    #[command(after_help = EXIT_STATUS)]
     Resume(ResumeArgs),
     /// Drain the server at --url (POST /v1/drain on --api) while its clients follow the
     /// reconnect hints to --reconnect-url; report the reconnect curve and delivery there.
+    #[command(after_help = EXIT_STATUS)]
     Deploy(DeployArgs),
     /// Rooms of members who subscribe to their room and publish to it; prove every member
     /// got every accepted message exactly once, in order (exit 1 if not).
+    #[command(after_help = EXIT_STATUS)]
     Chat(ChatArgs),
 }
 

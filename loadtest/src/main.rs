@@ -75,12 +75,14 @@ fn run(cmd: &Cmd) -> Result<i32, String> {
         Cmd::Resume(a) => {
             cli::validate_resume(a)?;
             let (mut rep, code) = resume::run(a)?;
+            let code = code.max(rep.judge());
             output(&mut rep, a.churn.push.conn.json.as_deref())?;
             return Ok(code);
         }
         Cmd::Deploy(a) => {
             cli::validate_deploy(a)?;
             let (mut rep, code) = deploy::run(a)?;
+            let code = code.max(rep.judge());
             output(&mut rep, a.push.conn.json.as_deref())?;
             return Ok(code);
         }
@@ -94,14 +96,16 @@ fn run(cmd: &Cmd) -> Result<i32, String> {
             return Ok(code);
         }
     };
+    let mut code = 0;
     if let Some(mut rep) = rep {
+        code = rep.judge();
         output(&mut rep, json.as_deref())?;
         // After the report, so a plot that cannot be drawn loses no figures.
         if let Some(path) = plot {
             capacity::draw(path, &rep)?;
         }
     }
-    Ok(0)
+    Ok(code)
 }
 
 /// A connect, push or churn run: in this process, over workers, or as a worker.

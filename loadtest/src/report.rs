@@ -217,6 +217,13 @@ pub struct Report {
     /// Chat: publishes, their answers, fan-out latency and delivery per room.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat: Option<crate::chat::ChatReport>,
+    /// The verdict (connect, push, churn, capacity, resume, deploy): true when the run
+    /// passed (exit status 0), false when it failed (exit status 1, `failures` says why).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passed: Option<bool>,
+    /// Why the run failed, one line each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<String>,
 
     /// Raw histograms (value, count), only between worker processes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -502,6 +509,85 @@ impl Report {
         }
     }
 
+    /// Sets the verdict (`passed`, `failures`) from the figures; the exit status: 0 when
+    /// the run passed, 1 when it failed. What fails a run:
+    /// - every mode but capacity: a connection that never opened; capacity: none opened
+    ///   (its ramp stops at the first connect error, the ceiling it measures);
+    /// - an open connection the server or the network ended (`disconnects`);
+    /// - push, churn, resume, deploy: no push accepted, a push given up (`push_errors`);
+    /// - push, churn, capacity: a message missing, duplicated or unexpected, or a
+    ///   receiver lost; churn: a reconnect that failed;
+    /// - deploy: a client that did not reach the second server.
+    ///
+    /// Resume and deploy also fail on their own delivery gate (`delivery_ok`).
+    pub fn judge(&mut self) -> i32 {
+        let mut f = Vec::new();
+        let mode = self.mode.as_str();
+        let streams = matches!(mode, "resume" | "deploy");
+        let short = self
+            .connections_target
+            .saturating_sub(self.connections_opened);
+        if mode == "capacity" {
+            if self.max_connections_held.unwrap_or(self.connections_opened) == 0 {
+                f.push("no connection opened".to_string());
+            }
+        } else if short > 0 {
+            f.push(format!(
+                "{short} of {} connections never opened",
+                self.connections_target
+            ));
+        }
+        let gone: u64 = self.disconnects.values().sum();
+        if gone > 0 && !streams {
+            f.push(format!(
+                "{gone} open connections were ended by the server or the network"
+            ));
+        }
+        if mode != "capacity" {
+            if self.pushes_sent == Some(0) {
+                f.push("no push was accepted: nothing was tested".to_string());
+            }
+            let errs: u64 = self.push_errors.iter().flat_map(|m| m.values()).sum();
+            if errs > 0 {
+                f.push(format!("{errs} pushes failed (push_errors)"));
+            }
+        }
+        for (what, n) in [
+            ("missing", self.messages_missing),
+            ("duplicated", self.messages_duplicated),
+            ("unexpected", self.messages_unexpected),
+        ] {
+            if let Some(n) = n.filter(|&n| n > 0) {
+                f.push(format!("{n} messages {what}"));
+            }
+        }
+        if let Some(n) = self.receivers_lost.filter(|&n| n > 0) {
+            f.push(format!("{n} receivers lost"));
+        }
+        if !streams {
+            let n: u64 = self
+                .churn_reconnect_errors
+                .iter()
+                .flat_map(|m| m.values())
+                .sum();
+            if n > 0 {
+                f.push(format!("{n} churn reconnects failed"));
+            }
+        }
+        if let Some(d) = self.deploy.as_ref().filter(|d| d.not_moved > 0) {
+            f.push(format!(
+                "{} clients did not reach the second server",
+                d.not_moved
+            ));
+        }
+        if self.delivery_ok == Some(false) {
+            f.push("pushes missing or duplicated across reconnects".to_string());
+        }
+        self.passed = Some(f.is_empty());
+        self.failures = f;
+        i32::from(self.passed == Some(false))
+    }
+
     /// The human summary, printed to stdout.
     pub fn summary(&self) -> String {
         let mut s = String::new();
@@ -701,7 +787,9 @@ impl Report {
             s += &c.summary();
         }
         if let Some(ok) = self.delivery_ok {
-            s += if ok {
+            s += if ok && self.pushes_sent == Some(0) {
+                "delivery across reconnects: not tested (no push was accepted)\n"
+            } else if ok {
                 "delivery across reconnects: nothing missing, nothing duplicated\n"
             } else {
                 "delivery across reconnects: FAILED (pushes missing or duplicated; exit status 1)\n"
@@ -717,6 +805,16 @@ impl Report {
                 "stopped: {why} (most connections held: {})\n",
                 self.max_connections_held.unwrap_or(0)
             );
+        }
+        match self.passed {
+            Some(true) => s += "result: OK\n",
+            Some(false) => {
+                s += &format!(
+                    "result: FAILED (exit status 1): {}\n",
+                    self.failures.join("; ")
+                )
+            }
+            None => {}
         }
         s
     }

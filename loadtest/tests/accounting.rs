@@ -1,5 +1,6 @@
-//! What the report says when the run is not clean: a stalled API (latency from the
-//! schedule, review s16b 1) and deliveries after the drain (late, not missing, 2).
+//! What the report and the exit status say when the run is not clean: a stalled API
+//! (latency from the schedule), deliveries after the drain (late, not missing), and the
+//! exit status of failed or empty runs (review s16b 1, 2, 4).
 
 mod common;
 
@@ -116,4 +117,80 @@ fn frames_after_the_drain_are_late_not_missing() {
     r.eq("latency_us/count", 100);
     r.eq("compression/deliveries", 100);
     r.eq("closed_clean", 10);
+}
+
+/// Pushes to an API nobody listens on: every push fails, and the run fails (exit 1).
+#[test]
+fn push_with_every_push_refused_exits_1() {
+    let srv = TestServer::start(&[]);
+    let mut args = strings(&["push", "--count", "20", "--rate", "100"]);
+    args.extend(with_api(srv.push_args(5), "http://127.0.0.1:1"));
+    let (code, r) = Load::spawn(args).wait_code(RUN_LIMIT);
+    r.check(
+        code == Some(1),
+        &format!("exit status {code:?}, expected 1"),
+    );
+    r.eq("pushes_sent", 0);
+    r.check(
+        r.output.contains("FAILED"),
+        "the summary ends with a FAILED verdict",
+    );
+}
+
+/// Connections to a port nobody listens on: nothing opens, and the run fails (exit 1).
+#[test]
+fn connect_with_every_connection_refused_exits_1() {
+    let srv = TestServer::start(&[]);
+    let mut args = strings(&["connect"]);
+    args.extend(with_url(srv.connect_args(5), "ws://127.0.0.1:1/ws"));
+    let (code, r) = Load::spawn(args).wait_code(RUN_LIMIT);
+    r.check(
+        code == Some(1),
+        &format!("exit status {code:?}, expected 1"),
+    );
+    r.eq("connections_opened", 0);
+}
+
+/// A clean push run still exits 0 and says so.
+#[test]
+fn a_clean_push_run_exits_0_with_a_verdict() {
+    let srv = TestServer::start(&[]);
+    let mut args = strings(&["push", "--count", "20", "--rate", "100"]);
+    args.extend(srv.push_args(5));
+    let r = run_load(args);
+    assert_complete(&r, 20, 20);
+    r.check(
+        r.output.contains("result: OK"),
+        "the summary says the run passed",
+    );
+}
+
+/// `resume` whose pushes are all refused tested nothing: it must not say "nothing
+/// missing" and exit 0 (review s16b 4).
+#[test]
+fn resume_with_no_push_accepted_exits_1() {
+    let srv = TestServer::start(&[]);
+    let mut args = strings(&[
+        "resume",
+        "--rate",
+        "50",
+        "--duration-secs",
+        "1",
+        "--topic-rate",
+        "0",
+        "--churn-rate",
+        "5",
+        "--drain-secs",
+        "1",
+    ]);
+    args.extend(with_api(srv.push_args(5), "http://127.0.0.1:1"));
+    let (code, r) = Load::spawn(args).wait_code(RUN_LIMIT);
+    r.check(
+        code == Some(1),
+        &format!("exit status {code:?}, expected 1"),
+    );
+    r.check(
+        !r.output.contains("nothing missing, nothing duplicated"),
+        "a run with no push accepted proved nothing",
+    );
 }

@@ -324,7 +324,9 @@ fn stream_errors_are_counted_by_cause() {
         "0",
     ]);
     args.extend(srv.push_args(2));
-    let r = run_load(args);
+    // Pushes given up fail the run (exit 1); the report still counts them.
+    let (code, r) = Load::spawn(args).wait_code(RUN_LIMIT);
+    r.check(code == Some(1), "pushes given up fail the run");
     r.eq("pushes_sent", 0);
     r.map_eq("push_errors", &[("redis_connection_refused", 5)]);
 
@@ -349,7 +351,8 @@ fn stream_errors_are_counted_by_cause() {
         "0",
     ]);
     args.extend(srv.push_args(2));
-    let r = run_load(args);
+    let (code, r) = Load::spawn(args).wait_code(RUN_LIMIT);
+    r.check(code == Some(1), "pushes given up fail the run");
     r.eq("pushes_sent", 0);
     r.eq("push_requests", 2);
     r.map_eq("push_errors", &[("redis_wrongtype", 6)]);
