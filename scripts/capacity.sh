@@ -13,8 +13,10 @@
 # why the ramp stopped. The server is stopped (SIGTERM, by its PID) on any exit.
 #
 # Environment (all optional):
-#   TARGET=            connections to ramp to (default: this shell's hard open-file
-#                      limit minus 200, i.e. as many as the server can hold here)
+#   TARGET=            connections to ramp to (default: the server's client ceiling
+#                      under this shell's hard open-file limit: the limit minus 256
+#                      minus its API reserve (1024, or a quarter of limit - 256 when
+#                      that is less), the `client_ceiling` it logs at start)
 #   STEP=              connections added per step (default: TARGET/10, rounded)
 #   PROCS=             load generator processes (default: enough that each stays below
 #                      its own open-file limit: ceil(TARGET / (limit - 500)))
@@ -57,13 +59,23 @@ need_uint "open-file limit" "$NOFILE"
 
 # --- Parameters --------------------------------------------------------------------------
 
-DEFAULT_TARGET=$((NOFILE - 200))
+# The server's client ceiling (src/fdlimit.rs client_ceiling): RLIMIT_NOFILE minus a
+# headroom of 256, minus the push API's reserve: api_max_connections (1024 by default),
+# but at most a quarter of what the headroom leaves. Clients beyond it get 503
+# over_capacity. The server logs the figure it uses as `client_ceiling`; it is checked
+# against this once the server is up.
+HEADROOM=256
+API_MAX_CONNECTIONS=1024
+ALLOWED=$((NOFILE > HEADROOM ? NOFILE - HEADROOM : 0))
+API_RESERVE=$((API_MAX_CONNECTIONS < ALLOWED / 4 ? API_MAX_CONNECTIONS : ALLOWED / 4))
+DEFAULT_TARGET=$((ALLOWED - API_RESERVE))
 TARGET=${TARGET:-$DEFAULT_TARGET}
 need_uint TARGET "$TARGET"
 ((TARGET >= 1)) || die "TARGET must be at least 1 (open-file limit here: $NOFILE)"
 if ((TARGET > DEFAULT_TARGET)); then
-    log "warning: TARGET=$TARGET is above what the server's open-file limit allows" \
-        "($NOFILE - 200 = $DEFAULT_TARGET); the ramp will stop there"
+    log "warning: TARGET=$TARGET is above the server's client ceiling under this open-file" \
+        "limit ($NOFILE - $HEADROOM - $API_RESERVE API reserve = $DEFAULT_TARGET); the ramp" \
+        "will stop there with 503 over_capacity"
 fi
 
 STEP=${STEP:-$(((TARGET + 5) / 10))}
@@ -199,6 +211,17 @@ for _ in $(seq 100); do # at most ~20 s
 done
 [[ -n $READY ]] || die "$API/readyz did not answer 200 within 20 s (see $SERVER_LOG)"
 log "server pid $SRV_PID ready: clients $URL, API $API"
+# The ceiling the server actually uses (its open-file limit may differ from this shell's).
+CEILING=$(sed -n 's/.*"client_ceiling":\([0-9]*\).*/\1/p' "$SERVER_LOG" | head -1)
+if [[ -n $CEILING ]]; then
+    log "server client_ceiling: $CEILING"
+    if ((TARGET > CEILING)); then
+        log "warning: TARGET=$TARGET is above the server's client_ceiling ($CEILING);" \
+            "the ramp will stop there with 503 over_capacity"
+    fi
+else
+    log "the server did not log its client_ceiling (see $SERVER_LOG)"
+fi
 
 # Prints a throng-load command line with the secrets masked.
 show_cmd() {
