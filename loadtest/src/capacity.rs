@@ -217,7 +217,7 @@ impl ParentRamp {
         let k = a.procs;
         let split = split_users(a.target, a.sessions_per_user, a.user_offset, k);
         let mut args = Vec::new();
-        for (i, &(conns, offset)) in split.iter().enumerate() {
+        for &(conns, offset) in &split {
             let share = conns as f64 / a.target.max(1) as f64;
             let mut v: Vec<String> = vec!["capacity".into()];
             let mut kv = |k: &str, x: String| {
@@ -232,7 +232,8 @@ impl ParentRamp {
             kv("probe-rate", (a.probe_rate / k as f64).to_string());
             kv("probe-secs", a.probe_secs.to_string());
             kv("max-secs", a.max_secs.to_string());
-            v.extend(sock_args(&a.sock, share, k, i)?);
+            let first = (offset - a.user_offset) * a.sessions_per_user;
+            v.extend(sock_args(&a.sock, share, k, first));
             v.push("--worker".into());
             args.push((v, format!("up to {conns} connections, users u{offset}..")));
         }

@@ -70,8 +70,16 @@ pub struct SocketArgs {
     #[arg(long, default_value_t = 2000.0)]
     pub connect_rate: f64,
     /// Source addresses, bound round-robin before connect: 127.0.0.2-127.0.0.9,10.0.0.1.
+    /// Connection g (counted across --procs) binds the (g mod n)th, so every address
+    /// carries the same share whatever --procs is. Checked before the run: each must be
+    /// of the --url's address family and bindable on this host, and no (source,
+    /// destination) pair may need more connections than ip_local_port_range has ports.
     #[arg(long)]
     pub source_ips: Option<String>,
+    /// Internal: the global number of this worker's first connection, so its connection
+    /// g binds source address (start + g) mod n.
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub source_ip_start: u64,
     /// Event loop threads (per process); default: the number of cores (divided by --procs).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -280,7 +288,7 @@ pub struct ConnectArgs {
     /// Server process to measure RSS of (and kernel TCP memory) per connection.
     #[arg(long)]
     pub server_pid: Option<u32>,
-    /// Worker processes over disjoint user ranges and source addresses.
+    /// Worker processes over disjoint user ranges; --source-ips are shared evenly by all.
     #[arg(long, default_value_t = 1)]
     pub procs: usize,
     /// Internal: run as a worker of a --procs parent (commands on stdin, results on stdout).
@@ -541,7 +549,7 @@ pub struct CapacityArgs {
     /// First user number.
     #[arg(long, default_value_t = 0)]
     pub user_offset: u64,
-    /// Worker processes over disjoint user ranges and source addresses.
+    /// Worker processes over disjoint user ranges; --source-ips are shared evenly by all.
     #[arg(long, default_value_t = 1)]
     pub procs: usize,
     /// Server process to measure RSS of (and kernel TCP and slab memory) per step.
@@ -699,7 +707,11 @@ pub fn validate(c: &ConnectArgs, p: Option<&PushArgs>) -> Result<(), String> {
         check_secs("--hold-secs", h)?;
     }
     check_secs("--settle-secs", c.settle_secs)?;
-    c.sock.check_urls("--url", &c.url)?;
+    let urls = c.sock.check_urls("--url", &c.url)?;
+    if !c.worker {
+        // Once, in the parent: the workers get shares of the same list.
+        crate::sources::check(c.sock.source_ips.as_deref(), "--url", &urls, c.connections)?;
+    }
     if let Some(p) = p {
         if !(p.rate >= 0.0 && p.rate.is_finite()) {
             return Err(format!(
@@ -895,7 +907,10 @@ pub fn validate_deploy(a: &DeployArgs) -> Result<(), String> {
     if a.reconnect_url.contains(',') {
         return Err("--reconnect-url: one URL, not a list".into());
     }
-    sock.check_urls("--reconnect-url", &a.reconnect_url)?;
+    let second = sock.check_urls("--reconnect-url", &a.reconnect_url)?;
+    // Every client moves there from the same source address.
+    let n = a.push.conn.connections;
+    crate::sources::check(sock.source_ips.as_deref(), "--reconnect-url", &second, n)?;
     check_api("--reconnect-api", &a.reconnect_api, &sock.tls)?;
     if a.jitter_ms > MAX_PAUSE_MS {
         return Err(format!(
@@ -987,10 +1002,10 @@ pub fn validate_chat(a: &ChatArgs) -> Result<(), String> {
         ));
     }
     a.sock.validate(a.worker)?;
-    if let Some(s) = &a.sock.source_ips {
-        crate::util::parse_source_ips(s).map_err(|e| format!("--source-ips: {e}"))?;
+    let urls = a.sock.check_urls("--url", &a.url)?;
+    if !a.worker {
+        crate::sources::check(a.sock.source_ips.as_deref(), "--url", &urls, n)?;
     }
-    a.sock.check_urls("--url", &a.url)?;
     Ok(())
 }
 

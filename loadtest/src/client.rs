@@ -88,8 +88,12 @@ pub struct DialCfg {
     pub connect_rate: f64,
     /// Event loop threads.
     pub threads: usize,
-    /// Connection number g binds `source_ips[g % n]` before connecting, when given.
+    /// Connection number g binds `source_ips[(source_start + g) % n]` before connecting,
+    /// when given.
     pub source_ips: Vec<IpAddr>,
+    /// The global number of this process's first connection (a worker's share of a
+    /// --procs run), so the addresses are shared evenly across the processes.
+    pub source_start: u64,
     /// HS256 secret of the tokens.
     pub jwt_secret: String,
     /// The tokens' lifetime.
@@ -137,6 +141,7 @@ impl DialCfg {
             connect_rate: s.connect_rate,
             threads: s.threads_for(units),
             source_ips,
+            source_start: s.source_ip_start,
             jwt_secret: jwt_secret.to_string(),
             token_ttl_secs: s.token_ttl_secs,
             handshake_timeout: secs(s.handshake_timeout_secs),
@@ -182,7 +187,7 @@ impl DialCfg {
     /// The source address connection number `g` binds, if any.
     pub fn source_for(&self, g: u64) -> Option<IpAddr> {
         let n = self.source_ips.len() as u64;
-        (n > 0).then(|| self.source_ips[(g % n) as usize])
+        (n > 0).then(|| self.source_ips[(self.source_start.wrapping_add(g) % n) as usize])
     }
 }
 
@@ -1316,6 +1321,7 @@ mod tests {
                 connect_rate: 0.0,
                 threads: 1,
                 source_ips: Vec::new(),
+                source_start: 0,
                 jwt_secret: "secret".into(),
                 token_ttl_secs: 60,
                 handshake_timeout: Duration::from_secs(1),

@@ -10,7 +10,8 @@
 //! missing or came twice. `deploy` drains one server while its clients follow the
 //! reconnect hints to a second one. `chat` has rooms of members publishing to their own room
 //! and proves every member got every accepted message once, in order. `--procs K` runs K
-//! worker processes over disjoint user ranges and source addresses and merges their results.
+//! worker processes over disjoint user ranges (sharing `--source-ips` evenly) and merges
+//! their results.
 
 mod capacity;
 mod chat;
@@ -27,6 +28,7 @@ mod push;
 mod report;
 mod resume;
 mod server_msg;
+mod sources;
 mod tls;
 mod track;
 mod util;

@@ -55,15 +55,6 @@ pub fn parse_source_ips(spec: &str) -> Result<Vec<IpAddr>, String> {
     Ok(out)
 }
 
-/// Splits a source list into `k` disjoint round-robin shares (for worker processes);
-/// when there are fewer addresses than workers, workers share them.
-pub fn split_source_ips(ips: &[IpAddr], k: usize, i: usize) -> Vec<IpAddr> {
-    if ips.len() < k {
-        return vec![ips[i % ips.len()]];
-    }
-    ips.iter().skip(i).step_by(k).copied().collect()
-}
-
 /// A parsed `ws://`, `wss://` or `http://` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Url {
@@ -347,18 +338,6 @@ mod tests {
         assert!(parse_source_ips("::1-::2").is_err());
         assert!(parse_source_ips("").is_err());
         assert!(parse_source_ips("10.0.0.0-10.255.255.255").is_err());
-    }
-
-    #[test]
-    fn split_sources_disjoint() {
-        let v = parse_source_ips("127.0.0.2-127.0.0.9").unwrap();
-        let a = split_source_ips(&v, 3, 0);
-        let b = split_source_ips(&v, 3, 1);
-        let c = split_source_ips(&v, 3, 2);
-        assert_eq!(a.len() + b.len() + c.len(), 8);
-        assert!(a.iter().all(|x| !b.contains(x) && !c.contains(x)));
-        let one = parse_source_ips("127.0.0.2").unwrap();
-        assert_eq!(split_source_ips(&one, 4, 3), one);
     }
 
     #[test]

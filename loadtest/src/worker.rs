@@ -500,14 +500,15 @@ fn worker_args(
     if p.is_some_and(|p| p.push_ids) {
         a.push("--push-ids".into());
     }
-    a.extend(sock_args(&c.sock, share, c.procs, i)?);
+    a.extend(sock_args(&c.sock, share, c.procs, first));
     a.push("--worker".into());
     Ok(a)
 }
 
-/// The socket flags of worker `i` of `k`, which opens `share` of the connections: its
-/// share of --connect-rate and of the cores, and its source addresses.
-pub fn sock_args(s: &SocketArgs, share: f64, k: usize, i: usize) -> Result<Vec<String>, String> {
+/// The socket flags of a worker of `k`, which opens `share` of the connections starting
+/// at global connection number `first`: its share of --connect-rate and of the cores, and
+/// where it starts in the source address list.
+pub fn sock_args(s: &SocketArgs, share: f64, k: usize, first: u64) -> Vec<String> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = s.threads.unwrap_or((cores / k.max(1)).max(1));
     let mut a: Vec<String> = [
@@ -543,24 +544,15 @@ pub fn sock_args(s: &SocketArgs, share: f64, k: usize, i: usize) -> Result<Vec<S
     if s.compression {
         a.push("--compression".into());
     }
-    a.extend(source_ip_args(s.source_ips.as_deref(), k, i)?);
-    Ok(a)
-}
-
-/// Source addresses for worker `i` of `k`, as a flag pair (none when not given).
-pub fn source_ip_args(spec: Option<&str>, k: usize, i: usize) -> Result<Vec<String>, String> {
-    let Some(spec) = spec else {
-        return Ok(Vec::new());
-    };
-    let ips = util::parse_source_ips(spec).map_err(|e| format!("--source-ips: {e}"))?;
-    let mine = util::split_source_ips(&ips, k, i);
-    Ok(vec![
-        "--source-ips".into(),
-        mine.iter()
-            .map(|x| x.to_string())
-            .collect::<Vec<_>>()
-            .join(","),
-    ])
+    // The whole list to every worker, each starting where its first connection falls, so
+    // connection g of the run binds address g mod n whatever the number of workers.
+    if let Some(spec) = &s.source_ips {
+        a.push("--source-ips".into());
+        a.push(spec.clone());
+        a.push("--source-ip-start".into());
+        a.push(first.to_string());
+    }
+    a
 }
 
 /// A connect/push/churn run over K worker processes.
@@ -630,6 +622,71 @@ mod tests {
         // 5 users of 2 sessions (the last has one): 3 users, then 2 users
         assert_eq!(split_users(9, 2, 100, 2), vec![(6, 100), (3, 103)]);
         assert_eq!(split_users(0, 1, 0, 2), vec![(0, 0), (0, 0)]);
+    }
+
+    /// Connections per source address when `args` (a connect command line) runs over
+    /// its --procs workers: each worker's own flags, as it would parse them.
+    fn per_source(args: &[&str]) -> std::collections::BTreeMap<std::net::IpAddr, u64> {
+        let mut v = vec!["throng-load", "connect", "--jwt-secret", "s"];
+        v.extend_from_slice(args);
+        let cli = <crate::cli::Cli as clap::Parser>::parse_from(v);
+        let crate::cli::Cmd::Connect(c) = cli.cmd else {
+            unreachable!()
+        };
+        let mut out = std::collections::BTreeMap::new();
+        let split = split_users(c.connections, c.sessions_per_user, c.user_offset, c.procs);
+        for (i, (conns, offset)) in split.into_iter().enumerate() {
+            let mut w = vec!["throng-load".to_string()];
+            w.extend(worker_args(&c, None, None, i, conns, offset).unwrap());
+            // The parent passes the secret in the environment.
+            w.extend(["--jwt-secret".to_string(), "s".to_string()]);
+            let cli = <crate::cli::Cli as clap::Parser>::parse_from(w);
+            let crate::cli::Cmd::Connect(wc) = cli.cmd else {
+                unreachable!()
+            };
+            let dial = crate::client::DialCfg::from_args(
+                &wc.url,
+                &wc.jwt_secret,
+                &wc.sock,
+                wc.connections,
+                wc.connections,
+            )
+            .unwrap();
+            for g in 0..wc.connections {
+                *out.entry(dial.source_for(g).unwrap()).or_default() += 1;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn source_addresses_carry_equal_shares_whatever_the_procs() {
+        // The review's case: 11 workers, 8 addresses. Each worker used to get one
+        // address, so three of them carried twice the load of the others.
+        let spread = per_source(&[
+            "--connections",
+            "1100",
+            "--procs",
+            "11",
+            "--source-ips",
+            "127.0.0.2-127.0.0.9",
+        ]);
+        assert_eq!(spread.len(), 8, "{spread:?}");
+        assert!(spread.values().all(|&n| n == 137 || n == 138), "{spread:?}");
+        assert_eq!(spread.values().sum::<u64>(), 1100);
+        // Three workers over eight addresses (used to be 167 against 111), with two
+        // sessions per user so the split is by users.
+        let spread = per_source(&[
+            "--connections",
+            "1000",
+            "--procs",
+            "3",
+            "--sessions-per-user",
+            "2",
+            "--source-ips",
+            "127.0.0.2-127.0.0.9",
+        ]);
+        assert!(spread.values().all(|&n| n == 125), "{spread:?}");
     }
 
     /// Workers running `sh -c SCRIPT sh RESULT_JSON`, one per script.

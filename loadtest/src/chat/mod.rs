@@ -114,13 +114,8 @@ fn run_worker(a: &ChatArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// The command line of worker `i`: `rooms` rooms from `room_before` on.
-fn worker_args(
-    a: &ChatArgs,
-    i: usize,
-    room_before: u64,
-    rooms: u64,
-) -> Result<Vec<String>, String> {
+/// The command line of the worker with `rooms` rooms from `room_before` on.
+fn worker_args(a: &ChatArgs, room_before: u64, rooms: u64) -> Vec<String> {
     let n = a.connections();
     let first = room_before * a.members;
     let mine = rooms * a.members;
@@ -148,9 +143,9 @@ fn worker_args(
         v.push("--no-publish-claim".into());
     }
     let of_all = mine as f64 / n.max(1) as f64;
-    v.extend(sock_args(&a.sock, of_all, a.procs, i)?);
+    v.extend(sock_args(&a.sock, of_all, a.procs, first));
     v.push("--worker".into());
-    Ok(v)
+    v
 }
 
 /// A chat run over `--procs` workers, each with whole rooms.
@@ -167,7 +162,7 @@ fn run_parent(a: &ChatArgs) -> Result<Report, String> {
             a.room_prefix,
             a.room_offset + before + rooms - 1
         );
-        args.push((worker_args(a, i as usize, before, rooms)?, what));
+        args.push((worker_args(a, before, rooms), what));
         before += rooms;
     }
     let n = a.connections();
@@ -238,7 +233,7 @@ mod tests {
         let crate::cli::Cmd::Chat(a) = cli.cmd else {
             unreachable!()
         };
-        let v = worker_args(&a, 1, 3, 2).unwrap();
+        let v = worker_args(&a, 3, 2);
         let get = |k: &str| {
             let i = v.iter().position(|x| x == k).unwrap();
             v[i + 1].clone()
