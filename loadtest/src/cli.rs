@@ -688,6 +688,10 @@ pub fn validate(c: &ConnectArgs, p: Option<&PushArgs>) -> Result<(), String> {
     if c.connections > u32::MAX as u64 {
         return Err("--connections too large".into());
     }
+    if c.connections == 0 && !c.worker {
+        // Nothing to measure: connect would hold nothing, push would push to nobody.
+        return Err("--connections must be at least 1".into());
+    }
     if c.procs == 0 || c.procs > 64 {
         return Err("--procs must be 1 to 64".into());
     }
@@ -779,6 +783,15 @@ pub fn validate(c: &ConnectArgs, p: Option<&PushArgs>) -> Result<(), String> {
                 p.payload_bytes, p.batch
             ));
         }
+    }
+    if !c.worker {
+        // Once, in the parent, with the whole run: a worker's own check could only
+        // suggest the --procs it was given.
+        let api = p.map_or(0, |p| p.api_concurrency as u64);
+        crate::local::check_nofile_procs(c.connections, c.procs, api, |k| {
+            let split = crate::worker::split_users(c.connections, c.sessions_per_user, 0, k);
+            split.iter().map(|s| s.0).max().unwrap_or(0)
+        })?;
     }
     Ok(())
 }
@@ -1005,6 +1018,10 @@ pub fn validate_chat(a: &ChatArgs) -> Result<(), String> {
     let urls = a.sock.check_urls("--url", &a.url)?;
     if !a.worker {
         crate::sources::check(a.sock.source_ips.as_deref(), "--url", &urls, n)?;
+        // Each worker takes whole rooms.
+        crate::local::check_nofile_procs(n, a.procs, 0, |k| {
+            a.rooms.div_ceil(k as u64) * a.members
+        })?;
     }
     Ok(())
 }

@@ -748,7 +748,8 @@ fn run_thread(tid: usize, cfg: Arc<ClientCfg>, sh: Arc<Shared>) -> ThreadOut {
             &mut ctx,
             |c| {
                 (c.ws.flags & F_CHURN_CLOSING != 0 && matches!(c.ws.state, State::Closing(_)))
-                    .then_some("churn_close_timeout")
+                    // `finish` files a churn close's cause as churn_<cause>.
+                    .then_some("close_timeout")
             },
         );
         expire_due(&mut deadlines, now, &mut conns, &poll, &mut ctx, |c| {

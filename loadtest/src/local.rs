@@ -17,19 +17,72 @@ pub fn files_needed(conns: u64, api: u64) -> u64 {
     conns + 64 + api
 }
 
-/// Checks the open-files limit for `conns` connections in this process; the error
-/// suggests a --procs that fits.
+/// Checks the open-files limit for `conns` connections in this process (a backstop: the
+/// parent has checked the run with [`check_nofile_procs`]).
 pub fn check_nofile(conns: u64, api: u64) -> Result<(), String> {
     let nofile = util::raise_nofile_limit();
     let need = files_needed(conns, api);
     if need > nofile {
         return Err(format!(
-            "{conns} connections need about {need} open files, but RLIMIT_NOFILE is {nofile}; \
-             use --procs {}",
-            (conns + 64 + 200).div_ceil(nofile.saturating_sub(200).max(1))
+            "{conns} connections in this process need about {need} open files, but \
+             RLIMIT_NOFILE is {nofile}; raise the limit (ulimit -n) or use more --procs"
         ));
     }
     Ok(())
+}
+
+/// The most processes [`check_nofile_procs`] suggests (`--procs` takes up to 64).
+const MAX_PROCS: usize = 64;
+
+/// Checks, in the parent, that a run of `total` connections over `procs` processes fits
+/// the open-files limit, where `largest(k)` is the most connections one of `k` processes
+/// opens and each has `api` push API connections. The error suggests the smallest
+/// --procs that fits, if one does.
+pub fn check_nofile_procs(
+    total: u64,
+    procs: usize,
+    api: u64,
+    largest: impl Fn(usize) -> u64,
+) -> Result<(), String> {
+    nofile_fits(util::raise_nofile_limit(), total, procs, api, largest)
+}
+
+/// [`check_nofile_procs`] under a limit of `nofile` open files.
+fn nofile_fits(
+    nofile: u64,
+    total: u64,
+    procs: usize,
+    api: u64,
+    largest: impl Fn(usize) -> u64,
+) -> Result<(), String> {
+    let fits = |k: usize| files_needed(largest(k), api) <= nofile;
+    if fits(procs) {
+        return Ok(());
+    }
+    let most = largest(procs);
+    let over = if procs > 1 {
+        format!(" over --procs {procs} (the largest process has {most})")
+    } else {
+        String::new()
+    };
+    let with_api = if api > 0 {
+        format!(" (with {api} push API connections each)")
+    } else {
+        String::new()
+    };
+    let what = format!(
+        "{total} connections{over} need about {} open files per process{with_api}, but \
+         RLIMIT_NOFILE is {nofile}",
+        files_needed(most, api)
+    );
+    match (procs + 1..=MAX_PROCS).find(|&k| fits(k)) {
+        Some(k) => Err(format!(
+            "{what}; use --procs {k}, or raise the limit (ulimit -n)"
+        )),
+        None => Err(format!(
+            "{what}; even --procs {MAX_PROCS} is not enough: raise the limit (ulimit -n)"
+        )),
+    }
 }
 
 /// The event loops of this process and what drives them.
@@ -436,6 +489,32 @@ pub fn push_duration(duration_secs: f64, count: Option<u64>, rate: f64) -> Durat
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_open_file_check_suggests_a_procs_that_fits() {
+        let even = |n: u64| move |k: usize| n.div_ceil(k as u64);
+        // The review's case: 1,900 connections over --procs 2 under a limit of 1,000
+        // used to say "use --procs 2" in each worker.
+        let e = nofile_fits(1000, 1900, 2, 0, even(1900)).unwrap_err();
+        assert!(
+            e.contains("over --procs 2 (the largest process has 950)"),
+            "{e}"
+        );
+        assert!(e.contains("about 1014 open files per process"), "{e}");
+        assert!(e.contains("use --procs 3,"), "{e}");
+        assert!(nofile_fits(1000, 1900, 3, 0, even(1900)).is_ok());
+        // One process: the push API's connections count too.
+        let e = nofile_fits(1000, 900, 1, 100, even(900)).unwrap_err();
+        assert!(
+            e.starts_with(
+                "900 connections need about 1064 open files per process (with 100 push API"
+            ),
+            "{e}"
+        );
+        assert!(e.contains("use --procs 2,"), "{e}");
+        let e = nofile_fits(100, 1_000_000, 1, 0, even(1_000_000)).unwrap_err();
+        assert!(e.contains("even --procs 64 is not enough"), "{e}");
+    }
 
     #[test]
     fn count_alone_bounds_the_push_time_by_the_rate() {

@@ -54,6 +54,7 @@ fn main() {
 /// Runs one subcommand; prints and writes its report unless this process is a worker
 /// (whose result goes to the parent).
 fn run(cmd: &Cmd) -> Result<i32, String> {
+    check_outputs(cmd)?;
     let (rep, json, plot) = match cmd {
         Cmd::Connect(c) => (run_mode(c, None, None)?, &c.json, &None),
         Cmd::Push(p) => (run_mode(&p.conn, Some(p), None)?, &p.conn.json, &None),
@@ -125,6 +126,50 @@ fn run_mode(
     } else {
         local::run_single(c, p, ch).map(Some)
     }
+}
+
+/// Checks, before the run, that the report files it will write can be written, so a
+/// long run does not lose its figures at the end.
+fn check_outputs(cmd: &Cmd) -> Result<(), String> {
+    let (json, plot) = match cmd {
+        Cmd::Connect(c) => (&c.json, &None),
+        Cmd::Push(p) => (&p.conn.json, &None),
+        Cmd::Churn(ch) => (&ch.push.conn.json, &None),
+        Cmd::Capacity(a) => (&a.json, &a.plot),
+        Cmd::Resume(a) => (&a.churn.push.conn.json, &None),
+        Cmd::Deploy(a) => (&a.push.conn.json, &None),
+        Cmd::Chat(a) => (&a.json, &None),
+    };
+    for (flag, path) in [("--json", json), ("--plot", plot)] {
+        if let Some(path) = path {
+            check_writable(path).map_err(|e| format!("{flag} {}: {e}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `path` can be written: an existing file is opened for appending (so a report
+/// already there is kept until the run ends and replaces it); a new one is created and
+/// removed again.
+fn check_writable(path: &Path) -> Result<(), String> {
+    use std::fs::OpenOptions;
+    if path.is_dir() {
+        return Err("is a directory".into());
+    }
+    if path.exists() {
+        return OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map(drop)
+            .map_err(|e| format!("cannot be written: {e}"));
+    }
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| format!("cannot be created: {e}"))?;
+    let _ = std::fs::remove_file(path);
+    Ok(())
 }
 
 /// Prints the summary and writes the JSON report.

@@ -82,6 +82,15 @@ pub fn parse_url(s: &str, scheme: &str, default_port: u16) -> Result<Url, String
     if authority.is_empty() {
         return Err(format!("{s:?}: no host"));
     }
+    // A port of digits that does not fit (99999) or is 0: say so, not "failed to lookup
+    // address" (it would be taken as part of the host).
+    if let Some((h, p)) = authority.rsplit_once(':') {
+        let bracketed_or_plain = h.ends_with(']') || !h.contains(':');
+        let digits = !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+        if bracketed_or_plain && digits && !p.parse::<u16>().is_ok_and(|p| p > 0) {
+            return Err(format!("{s:?}: port {p} is out of range (1 to 65535)"));
+        }
+    }
     let port_given = authority
         .rsplit_once(':')
         .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
@@ -316,6 +325,37 @@ pub fn fmt_us(us: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_port_out_of_range_is_named() {
+        for (url, port) in [
+            ("ws://127.0.0.1:99999/ws", "99999"),
+            ("ws://127.0.0.1:0/ws", "0"),
+            ("http://[::1]:65536", "65536"),
+            (
+                "wss://localhost:123456789012345678901234/ws",
+                "123456789012345678901234",
+            ),
+        ] {
+            let e = if url.starts_with("http") {
+                parse_api_url(url).unwrap_err()
+            } else {
+                parse_ws_url(url).unwrap_err()
+            };
+            assert!(
+                e.contains(&format!("port {port} is out of range (1 to 65535)")),
+                "{url}: {e}"
+            );
+        }
+        assert_eq!(
+            parse_ws_url("ws://127.0.0.1:65535/ws").unwrap().addr.port(),
+            65535
+        );
+        assert_eq!(
+            parse_api_url("http://[::1]:8701").unwrap().addr.port(),
+            8701
+        );
+    }
 
     #[test]
     fn source_ip_ranges() {

@@ -1,0 +1,162 @@
+//! Flags a run cannot use are refused before it starts (exit 2, a message that names
+//! the problem), rather than found per connection or after the run. No server needed:
+//! every case must end before the first connection.
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// Runs throng-load with `args` (a closed port as the server) and returns its output and
+/// how long it took.
+fn run(args: &[&str]) -> (Output, Duration) {
+    let t0 = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_throng-load"))
+        .args(args)
+        .env("THRONG_JWT_SECRET", "s")
+        .output()
+        .expect("run throng-load");
+    (out, t0.elapsed())
+}
+
+/// Asserts `args` is refused up front with a message containing each of `want`.
+fn refused(args: &[&str], want: &[&str]) {
+    let (out, took) = run(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {err}\n{stdout}");
+    for w in want {
+        assert!(err.contains(w), "{args:?}: no {w:?} in: {err}");
+    }
+    // Refused before the run: no summary was printed.
+    assert!(!stdout.contains("result:"), "{args:?} ran: {stdout}");
+    assert!(took < Duration::from_secs(5), "{args:?} took {took:?}");
+}
+
+const CLOSED: &str = "ws://127.0.0.1:1/ws";
+
+#[test]
+fn a_json_path_that_cannot_be_written_is_refused_before_the_run() {
+    refused(
+        &[
+            "connect",
+            "--url",
+            CLOSED,
+            "--json",
+            "/nonexistent-dir/x.json",
+        ],
+        &["--json /nonexistent-dir/x.json", "cannot be created"],
+    );
+    let dir = std::env::temp_dir().join(format!("throng-load-refusals-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    refused(
+        &["push", "--url", CLOSED, "--json", dir.to_str().unwrap()],
+        &["is a directory"],
+    );
+    // A report already there is not truncated by the check.
+    let old = dir.join("old.json");
+    std::fs::write(&old, "{\"old\":1}\n").unwrap();
+    refused(
+        &[
+            "connect",
+            "--url",
+            CLOSED,
+            "--connections",
+            "0",
+            "--json",
+            old.to_str().unwrap(),
+        ],
+        &["--connections must be at least 1"],
+    );
+    assert_eq!(std::fs::read_to_string(&old).unwrap(), "{\"old\":1}\n");
+    // A path that can be written is left as it was: nothing is created before the run.
+    let new = dir.join("new.json");
+    refused(
+        &[
+            "connect",
+            "--url",
+            CLOSED,
+            "--connections",
+            "0",
+            "--json",
+            new.to_str().unwrap(),
+        ],
+        &["--connections must be at least 1"],
+    );
+    assert!(!new.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn zero_connections_are_refused() {
+    for mode in ["connect", "push", "churn"] {
+        refused(
+            &[mode, "--url", CLOSED, "--connections", "0"],
+            &["--connections must be at least 1"],
+        );
+    }
+}
+
+#[test]
+fn a_port_out_of_range_is_named() {
+    refused(
+        &["connect", "--url", "ws://127.0.0.1:99999/ws"],
+        &["port 99999 is out of range (1 to 65535)"],
+    );
+    refused(
+        &["push", "--url", CLOSED, "--api", "http://127.0.0.1:70000"],
+        &["port 70000 is out of range"],
+    );
+}
+
+#[test]
+fn source_addresses_are_checked_before_the_run() {
+    refused(
+        &["connect", "--url", CLOSED, "--source-ips", "::1"],
+        &["--source-ips: ::1 is an IPv6 address", "(IPv4)"],
+    );
+    if cfg!(target_os = "linux") {
+        refused(
+            &[
+                "connect",
+                "--url",
+                CLOSED,
+                "--source-ips",
+                "127.0.0.2,192.0.2.77",
+            ],
+            &["cannot bind 192.0.2.77", "no such address"],
+        );
+    }
+}
+
+#[test]
+fn the_open_file_check_suggests_a_procs_that_fits() {
+    // Under a limit of 1,000 open files (prlimit on this process's child), 1,900
+    // connections over --procs 2 need 3 processes: the check is the parent's, once.
+    let t0 = Instant::now();
+    let out = Command::new("prlimit")
+        .args(["--nofile=1000:1000", "--"])
+        .arg(env!("CARGO_BIN_EXE_throng-load"))
+        .args([
+            "connect",
+            "--url",
+            CLOSED,
+            "--connections",
+            "1900",
+            "--procs",
+            "2",
+        ])
+        .env("THRONG_JWT_SECRET", "s")
+        .output();
+    let Ok(out) = out else {
+        eprintln!("no prlimit here; skipped");
+        return;
+    };
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("over --procs 2 (the largest process has 950)"),
+        "{err}"
+    );
+    assert!(err.contains("use --procs 3,"), "{err}");
+    assert_eq!(err.matches("RLIMIT_NOFILE").count(), 1, "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(5));
+}
