@@ -480,7 +480,10 @@ pub struct ChatArgs {
     /// First user number: member m of room i is user u{offset + i * members + m}.
     #[arg(long, default_value_t = 0)]
     pub user_offset: u64,
-    /// Messages per second each member publishes.
+    /// Messages per second each member publishes. Each message has a schedule slot, and
+    /// its publish and fan-out latencies count from that slot, not from its send, so a
+    /// load generator that falls behind shows in them (`publishes_sent_late` counts the
+    /// messages sent over 100 ms past their slot).
     #[arg(long, default_value_t = 1.0)]
     pub rate: f64,
     /// Messages per second in all, spread evenly over the members (instead of --rate).

@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{strings, Load, Report, TestServer, RUN_LIMIT};
+use common::{strings, wait_until, Load, Report, TestServer, RUN_LIMIT};
+use std::process::Command;
+use std::time::Duration;
 
 /// `chat` flags for `rooms` rooms of `members` against `srv`, then `extra` (flags and
 /// values separated by spaces).
@@ -167,4 +169,49 @@ fn chat_names_the_client_rate_when_rate_limited() {
     );
     // What the server accepted still reached both members exactly once.
     r.all_eq("chat", &FAULTS[1..5], 0);
+}
+
+/// Sends `sig` (STOP or CONT) to process `pid`.
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill -{sig} {pid}");
+}
+
+#[test]
+fn a_stalled_load_generator_moves_the_latency_percentiles() {
+    // 10 members publish 100/s in all for 4 s. The load generator itself is stopped
+    // for 1.5 s early in that: the ~150 publishes due meanwhile go out late, all at
+    // once. Counted from the send they would look instant (p90 a few ms); counted from
+    // their slots, a quarter of the fan-out samples wait 0.5 to 1.5 s.
+    let srv = TestServer::start(&[]);
+    let load = Load::spawn(chat_args(&srv, 2, 5, "--rate 10 --duration-secs 4"));
+    let started = wait_until(Duration::from_secs(10), || {
+        load.stderr().contains("throng-load chat:")
+    });
+    assert!(started, "no start line: {}", load.stderr());
+    // Joining 10 members takes milliseconds; publishing is under way after 1 s.
+    std::thread::sleep(Duration::from_millis(1000));
+    signal(load.pid(), "STOP");
+    std::thread::sleep(Duration::from_millis(1500));
+    signal(load.pid(), "CONT");
+    let (code, r) = load.wait_code(RUN_LIMIT);
+    assert_eq!(code, Some(0), "the run should pass: nothing is lost");
+    r.check(
+        r.str("chat/latency_from") == "schedule",
+        "latency_from is not schedule",
+    );
+    let late = r.u("chat/publishes_sent_late");
+    r.check(
+        (80..=200).contains(&late),
+        &format!("{late} publishes sent late"),
+    );
+    let lag = r.u("chat/publish_max_send_lag_us");
+    r.check(lag >= 1_000_000, &format!("longest lag {lag} us"));
+    for h in ["chat/fanout_latency_us", "chat/publish_latency_us"] {
+        let p90 = r.u(&format!("{h}/p90"));
+        r.check(p90 >= 500_000, &format!("{h} p90 {p90} us"));
+    }
 }

@@ -87,6 +87,9 @@ struct Loop {
     schedule: Option<BinaryHeap<Reverse<(Instant, usize)>>>,
     /// When publishing began.
     go: Option<Instant>,
+    /// `go` on the wall clock (µs since the Unix epoch): each publish's data carries its
+    /// schedule slot, `go_us + (due - go)`, as `t`.
+    go_us: u64,
     /// Sockets now held.
     live: usize,
 }
@@ -164,6 +167,7 @@ impl Loop {
             deadlines: VecDeque::new(),
             schedule: None,
             go: None,
+            go_us: 0,
             live: 0,
         }
     }
@@ -345,6 +349,7 @@ impl Loop {
                 .map(|(li, mb)| Reverse((at + secs(pace.offset_secs(mb.g)), li)))
                 .collect();
             self.go = Some(at);
+            self.go_us = wall_us(at, now);
             self.schedule = Some(h);
         }
         let (Some(mut h), Some(go)) = (self.schedule.take(), self.go) else {
@@ -354,7 +359,16 @@ impl Loop {
             match h.peek() {
                 Some(&Reverse((due, li))) if due <= now => {
                     h.pop();
-                    if self.publish(li) {
+                    // Counted from the slot, not the send (no coordinated omission): a
+                    // loop held up (a stalled process, a full turn) shows in the latencies.
+                    let lag = now.saturating_duration_since(due);
+                    let slot_us = self.go_us + due.saturating_duration_since(go).as_micros() as u64;
+                    if self.publish(li, slot_us) {
+                        if lag > crate::push::LATE_SEND {
+                            self.out.sent_late += 1;
+                        }
+                        let lag_us = lag.as_micros() as u64;
+                        self.out.max_send_lag_us = self.out.max_send_lag_us.max(lag_us);
                         let mb = &self.members[li];
                         if mb.sent < mb.quota {
                             let due = go + secs(self.cfg.pace.due_secs(mb.g, mb.sent));
@@ -372,8 +386,9 @@ impl Loop {
         self.schedule = Some(h);
     }
 
-    /// Sends member `li`'s next message; false when it is not in its room.
-    fn publish(&mut self, li: usize) -> bool {
+    /// Sends member `li`'s next message, due at `slot_us` (µs since the Unix epoch): its
+    /// latencies count from there. False when it is not in its room.
+    fn publish(&mut self, li: usize, slot_us: u64) -> bool {
         let mb = &mut self.members[li];
         let Some(c) = self.conns[li].as_mut() else {
             return false;
@@ -383,7 +398,7 @@ impl Loop {
         }
         let room = &self.rooms[mb.room];
         let n = mb.sent + 1;
-        let t = util::now_us();
+        let t = slot_us;
         let msg = format!(
             "{{\"type\":\"publish\",\"topic\":{},\"data\":{{\"t\":{t},\"m\":{},\"n\":{n},\"pad\":\"{}\"}},\"ref\":\"p{n}\"}}",
             room.topic_json, mb.m, self.cfg.pad
@@ -463,5 +478,15 @@ impl Loop {
             sh: &self.sh,
         };
         ws_conn::drive(c, inbound, &mut cx)
+    }
+}
+
+/// `at` on the wall clock (µs since the Unix epoch), given that `now` is now.
+fn wall_us(at: Instant, now: Instant) -> u64 {
+    let now_us = util::now_us();
+    if at >= now {
+        now_us + (at - now).as_micros() as u64
+    } else {
+        now_us.saturating_sub((now - at).as_micros() as u64)
     }
 }

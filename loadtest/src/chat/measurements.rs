@@ -1,7 +1,7 @@
 //! What the event loops of one chat process measured, and this process's report from it.
 
 use super::plan::ChatCfg;
-use super::report::{ChatReport, RoomReport};
+use super::report::{ChatReport, RoomReport, LATENCY_FROM};
 use super::shared::ChatShared;
 use crate::client::{merge_counts, ThreadOut};
 use crate::report::Report;
@@ -33,6 +33,10 @@ pub struct ChatOut {
     pub not_sent: u64,
     /// Publishes without an answer at the close.
     pub unanswered: u64,
+    /// Publishes sent more than [`crate::push::LATE_SEND`] after their schedule slot.
+    pub sent_late: u64,
+    /// The longest a publish waited past its slot before it was sent, in µs.
+    pub max_send_lag_us: u64,
     /// Per room, as its event loop judged it.
     pub rooms: Vec<RoomReport>,
 }
@@ -51,6 +55,8 @@ impl ChatOut {
             published: 0,
             not_sent: 0,
             unanswered: 0,
+            sent_late: 0,
+            max_send_lag_us: 0,
             rooms: Vec::new(),
         }
     }
@@ -64,8 +70,9 @@ impl ChatOut {
         util::add_fields!(
             self,
             o,
-            [subscribed, planned, sent, published, not_sent, unanswered]
+            [subscribed, planned, sent, published, not_sent, unanswered, sent_late]
         );
+        self.max_send_lag_us = self.max_send_lag_us.max(o.max_send_lag_us);
         self.rooms.extend(o.rooms);
     }
 
@@ -92,6 +99,9 @@ impl ChatOut {
             publishes_unanswered: self.unanswered,
             publishes_not_sent: self.not_sent,
             publish_secs: since_go(sh.last_sent_us.load(Relaxed)),
+            publishes_sent_late: self.sent_late,
+            publish_max_send_lag_us: self.max_send_lag_us,
+            latency_from: LATENCY_FROM.into(),
             publish_latency_us: util::percentiles(&self.publish),
             fanout_latency_us: util::percentiles(&self.fanout),
             delivery_secs: since_go(sh.conns.last_recv_us.load(Relaxed)),

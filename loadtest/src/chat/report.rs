@@ -61,6 +61,9 @@ impl RoomReport {
     }
 }
 
+/// `latency_from` of every chat report: publishes are always paced.
+pub const LATENCY_FROM: &str = "schedule";
+
 /// The chat section of the report.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatReport {
@@ -91,9 +94,17 @@ pub struct ChatReport {
     pub publish_secs: f64,
     /// Publishes sent per second over `publish_secs`.
     pub publish_rate_per_sec: f64,
-    /// From a publish's send to its `published` answer.
+    /// Publishes sent more than 100 ms after their schedule slot (the load generator
+    /// fell behind its pace: a stalled or overloaded process).
+    pub publishes_sent_late: u64,
+    /// The longest a publish waited past its schedule slot before it was sent, in µs.
+    pub publish_max_send_lag_us: u64,
+    /// Where the latencies count from: `schedule`, each publish's slot at --rate (the
+    /// only pace chat has), not its send.
+    pub latency_from: String,
+    /// From a publish's schedule slot to its `published` answer.
     pub publish_latency_us: Percentiles,
-    /// From a publish's send to each member's receipt of it (first deliveries).
+    /// From a publish's schedule slot to each member's receipt of it (first deliveries).
     pub fanout_latency_us: Percentiles,
     /// The rooms' delivery figures added up.
     #[serde(flatten)]
@@ -183,9 +194,12 @@ impl ChatReport {
                     publishes_sent,
                     published,
                     publishes_unanswered,
-                    publishes_not_sent
+                    publishes_not_sent,
+                    publishes_sent_late
                 ]
             );
+            m.publish_max_send_lag_us = m.publish_max_send_lag_us.max(p.publish_max_send_lag_us);
+            m.latency_from = p.latency_from.clone();
             m.members_per_room = p.members_per_room;
             m.rate_per_member = p.rate_per_member;
             m.publish_claim = p.publish_claim;

@@ -38,12 +38,19 @@ impl ChatReport {
             self.publishes_unanswered,
             self.publishes_not_sent
         );
+        if self.publishes_sent_late > 0 {
+            s += &format!(
+                "publishes sent more than 100ms after their slot at --rate: {} (longest wait {:.1}ms): the load generator fell behind its pace\n",
+                self.publishes_sent_late,
+                self.publish_max_send_lag_us as f64 / 1e3
+            );
+        }
         s += &format!(
-            "publish answer latency: {}\n",
+            "publish answer latency (from each publish's slot at --rate): {}\n",
             latency(&self.publish_latency_us)
         );
         s += &format!(
-            "fan-out latency (send to each member's receipt): {}\n",
+            "fan-out latency (from each publish's slot at --rate to each member's receipt): {}\n",
             latency(&self.fanout_latency_us)
         );
         s += &format!(

@@ -313,6 +313,11 @@ impl Load {
         }
     }
 
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// What the child wrote to stderr so far (progress lines).
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
