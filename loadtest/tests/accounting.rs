@@ -1,6 +1,7 @@
 //! What the report and the exit status say when the run is not clean: a stalled API
 //! (latency from the schedule), deliveries after the drain (late, not missing), and the
-//! exit status of failed or empty runs (review s16b 1, 2, 4).
+//! exit status of failed or empty runs, and a timed-out push re-sent with --push-ids and
+//! deduplicated by the server (review s16b 1, 2, 3, 4).
 
 mod common;
 
@@ -193,4 +194,57 @@ fn resume_with_no_push_accepted_exits_1() {
         !r.output.contains("nothing missing, nothing duplicated"),
         "a run with no push accepted proved nothing",
     );
+}
+
+/// `--push-ids` against the real server's deduplication (review s16b 3). The push API is
+/// held for 11 s, past the load generator's 10 s API timeout: the request in flight times
+/// out and is sent again, with the same id, on a new connection. When the proxy lets go,
+/// both copies reach the server, which accepts the second as a duplicate and delivers
+/// the push once: nothing duplicated, unexpected or missing, the re-send counted as a
+/// retry, and the run passes.
+#[test]
+fn a_timed_out_push_with_an_id_is_deduplicated_by_the_server() {
+    let srv = TestServer::start(&[]);
+    let proxy = Proxy::start(srv.api, Duration::ZERO);
+    // One API connection, so the request in flight is on a kept-alive one (a fresh
+    // connection's first request is never re-sent); the run outlasts the hold plus the
+    // timeout, so the retry comes before its end.
+    let mut args = strings(&[
+        "push",
+        "--target",
+        "user",
+        "--rate",
+        "10",
+        "--duration-secs",
+        "15",
+        "--drain-secs",
+        "5",
+        "--api-concurrency",
+        "1",
+        "--push-ids",
+    ]);
+    args.extend(with_api(srv.push_args(10), &proxy.http_url()));
+    let load = Load::spawn(args);
+    let flowing = wait_until(Duration::from_secs(15), || {
+        srv.counter("pushes_accepted") >= 5
+    });
+    assert!(flowing, "no pushes within 15 s:\n{}", load.stderr());
+    proxy.paused.store(true, Ordering::Relaxed);
+    std::thread::sleep(Duration::from_secs(11));
+    proxy.paused.store(false, Ordering::Relaxed);
+    let (code, r) = load.wait_code(RUN_LIMIT);
+    let dups = srv.counter("pushes_duplicate");
+    r.check(
+        dups >= 1,
+        &format!("the server saw no second copy (pushes_duplicate {dups})"),
+    );
+    r.check(
+        r.u("push_retries") >= 1,
+        "the timed-out request was re-sent and counted",
+    );
+    r.map_eq("push_errors", &[]);
+    r.eq("messages_missing", 0);
+    r.eq("messages_duplicated", 0);
+    r.eq("messages_unexpected", 0);
+    r.check(code == Some(0), &format!("exit status {code:?}"));
 }
