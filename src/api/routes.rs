@@ -79,7 +79,7 @@ fn refused(e: QueueError, keep_alive: bool) -> Handled {
         QueueError::BrokerUnavailable => error(
             503,
             "broker_unavailable",
-            "cannot reach Redis; retry after a moment",
+            "Redis cannot take pushes from this node now (GET /readyz says why); retry after a moment",
             keep_alive,
         ),
     }
@@ -152,6 +152,9 @@ impl Api {
                     )
                 } else {
                     let mut body = serde_json::json!({"status": "ready"});
+                    if let Some(w) = self.broker.as_ref().and_then(|b| b.blocks.warning()) {
+                        body["warning"] = serde_json::json!(w);
+                    }
                     // Pushes from the API and other ingresses go on without Kafka: say
                     // so rather than take the node out of rotation.
                     if self.metrics.kafka.enabled.load(Relaxed) {
@@ -282,7 +285,7 @@ impl Api {
             Err(QueueError::BrokerUnavailable) => error(
                 503,
                 "broker_unavailable",
-                "cannot reach Redis; retry after a moment",
+                "Redis cannot take pushes from this node now (GET /readyz says why); retry after a moment",
                 keep_alive,
             ),
         }

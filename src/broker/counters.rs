@@ -11,6 +11,8 @@ pub struct BrokerCounters {
     pub up: AtomicBool,
     /// The subscriber's Redis links are up.
     pub subscriber_up: AtomicBool,
+    /// Another live node runs under this node's id.
+    pub duplicate_node_id: AtomicBool,
     /// Pushes published through the sequencing script (API and stream).
     pub published: AtomicU64,
     /// Redis errors of every broker thread (each one a reconnect or a refused push).
@@ -84,6 +86,12 @@ impl crate::metrics::FeatureCounters for BrokerCounters {
                 "gauge",
                 "1 while the subscriber's Redis links are up.",
                 b(&self.subscriber_up),
+            ),
+            (
+                "throng_broker_duplicate_node_id",
+                "gauge",
+                "1 while another live node runs under this node's id (presence and stats are wrong).",
+                b(&self.duplicate_node_id),
             ),
             (
                 "throng_broker_published_total",

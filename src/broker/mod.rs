@@ -314,7 +314,10 @@ pub struct Blocks {
     /// The subscriber cannot subscribe or load: Redis refuses its first commands
     /// (`NOPERM`, `NOAUTH`, `OOM`), so this node's sessions would get nothing.
     pub subscriber: AtomicBool,
-    /// Another live node runs under this node's id (`throng:nodes:run`).
+    /// Another live node runs under this node's id (`throng:nodes:run`). Not a block:
+    /// pushes still go through both, only presence and stats are wrong, and a fleet
+    /// started with one copied id must not go out of service on an upgrade. `/readyz`
+    /// says it, the log and `throng_broker_duplicate_node_id` too.
     pub duplicate_id: AtomicBool,
 }
 
@@ -327,10 +330,15 @@ impl Blocks {
                 "Redis refuses the subscriber's commands (see the log); pushes are refused until it subscribes",
             );
         }
-        if self.duplicate_id.load(Relaxed) {
-            return Some("another live node has this node's id; give each node its own --node-id");
-        }
         None
+    }
+
+    /// What is wrong though the node serves, if anything (`/readyz` shows it).
+    pub fn warning(&self) -> Option<&'static str> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.duplicate_id.load(Relaxed).then_some(
+            "another live node has this node's id: presence and stats are wrong; give each node its own --node-id",
+        )
     }
 }
 

@@ -531,14 +531,24 @@ impl Presence {
         self.last_renewed = Some(Instant::now());
         // Another process beat under this id since this one's last beat: it is alive
         // (a node that restarted under its id is not: it beats no more).
-        let twin = !first && last_run.as_ref().is_some_and(|r| *r != self.run);
+        // The first beat of a link cannot tell (this process just wrote its run): it
+        // leaves the verdict as it was, so a reconnect does not flip it.
+        let twin = match first {
+            true => self.ctx.blocks.duplicate_id.load(Relaxed),
+            false => last_run.as_ref().is_some_and(|r| *r != self.run),
+        };
+        self.ctx
+            .metrics
+            .broker
+            .duplicate_node_id
+            .store(twin, Relaxed);
         if self.ctx.blocks.duplicate_id.swap(twin, Relaxed) != twin {
             if twin {
                 tracing::error!(
                     node,
                     "another live node has this node id: presence and stats are wrong and the \
-                     stream ingress consumer is shared; give each node its own --node-id \
-                     (node_id); not ready until it is alone"
+                     stream ingress consumer is shared (a restart may deliver an entry the \
+                     other took twice); give each node its own --node-id (node_id)"
                 );
             } else {
                 tracing::info!(node, "no other node has this node id any more");
@@ -577,7 +587,8 @@ impl Presence {
 
     /// Why the cluster's view cannot be told now, though Redis answers: this node's
     /// heartbeat has not gone through for `STALE` (Redis refuses writes), so the other
-    /// nodes' are likely as old, or that spell has just ended.
+    /// nodes' are likely as old. (Once that spell ends, `settling` counts every node in
+    /// the hash as alive until they could beat again.)
     fn view_unknown(&self) -> Option<String> {
         let beat_age = self.last_ok_beat.map(|t| t.elapsed());
         if beat_age.is_none_or(|a| a > STALE) {
@@ -589,19 +600,18 @@ impl Presence {
                  memory?): which nodes are alive is not known"
             ));
         }
-        self.settling().then(|| {
-            "Redis took no heartbeat for a while; the cluster's view is back within 3 s".into()
-        })
+        None
     }
 
     /// Answers one query from Redis.
     fn answer(&mut self, q: PresenceQuery) {
         let ticket = ticket_of(&q);
         let unknown = self.view_unknown();
+        let judged_at = if self.settling() { 0 } else { now_ms() };
         let r = match self.conn.as_mut() {
             None => Err("cannot reach Redis".to_string()),
             Some(_) if unknown.is_some() => Err(unknown.unwrap_or_default()),
-            Some(conn) => match query(conn, &self.ctx.node_id, &q) {
+            Some(conn) => match query(conn, &self.ctx.node_id, &q, judged_at) {
                 Ok(v) => Ok(v),
                 Err(e) => {
                     let msg = format!("cannot read presence from Redis: {e}");
@@ -638,11 +648,20 @@ impl Presence {
 }
 
 /// Reads the view a query asks for: the live nodes first, then what they hold.
-fn query(conn: &mut Connection, me: &str, q: &PresenceQuery) -> redis::RedisResult<ClusterView> {
+///
+/// `judged_at` is the time (Unix ms) nodes' beats are judged at: now, or 0 right after a
+/// spell without heartbeats, when every node in the hash counts as alive (their beats
+/// were held up as long as this node's).
+fn query(
+    conn: &mut Connection,
+    me: &str,
+    q: &PresenceQuery,
+    judged_at: u64,
+) -> redis::RedisResult<ClusterView> {
     match q {
         PresenceQuery::User { user, .. } => {
             let nodes: HashMap<String, String> = redis::cmd("HGETALL").arg(NODES).query(conn)?;
-            let (mut alive, _) = split_alive(nodes, now_ms());
+            let (mut alive, _) = split_alive(nodes, judged_at);
             alive.retain(|n| n != me);
             if alive.is_empty() {
                 return Ok(ClusterView::User(Vec::new()));
@@ -670,7 +689,7 @@ fn query(conn: &mut Connection, me: &str, q: &PresenceQuery) -> redis::RedisResu
                 .cmd("HGETALL")
                 .arg(NODE_TOTALS)
                 .query(&mut super::Prompt(conn))?;
-            let (mut alive, _) = split_alive(nodes, now_ms());
+            let (mut alive, _) = split_alive(nodes, judged_at);
             alive.retain(|n| n != me);
             let mut pipe = redis::pipe();
             pipe.cmd("HMGET")
@@ -735,7 +754,7 @@ fn query(conn: &mut Connection, me: &str, q: &PresenceQuery) -> redis::RedisResu
                 .cmd("HGETALL")
                 .arg(NODE_TOTALS)
                 .query(&mut super::Prompt(conn))?;
-            let (mut alive, _) = split_alive(nodes, now_ms());
+            let (mut alive, _) = split_alive(nodes, judged_at);
             alive.retain(|n| n != me);
             Ok(ClusterView::Stats(
                 alive

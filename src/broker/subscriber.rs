@@ -48,8 +48,9 @@ const TRIM_INTERVAL: Duration = Duration::from_secs(10);
 const LOADS_PER_TRIP: usize = 16;
 /// Channels per SUBSCRIBE command.
 const CHANNELS_PER_COMMAND: usize = 1000;
-/// A link that fails sooner than this after it was made, or before it had subscribed and
-/// loaded, is made again only after a growing pause (as the publisher's and presence's).
+/// A link that fails before it had subscribed and loaded is made again only after a
+/// growing pause (as the publisher's and presence's); one that had, but fails sooner than
+/// this, after the shortest pause; one that lasted, at once.
 const LINK_MIN_LIFE: Duration = Duration::from_secs(1);
 
 /// The subscriber thread's state.
@@ -154,11 +155,15 @@ impl Subscriber {
                         let e = super::describe(&e, self.ctx.redis.is_tls());
                         tracing::warn!(error = %e, "subscriber lost Redis; reconnecting");
                         self.lost = true;
-                        if !self.settled || linked_at.elapsed() < LINK_MIN_LIFE {
+                        if !self.settled {
                             pause_for = Some(why);
-                        } else {
-                            // A link that lasted ends any spell of quick losses.
+                        } else if linked_at.elapsed() < LINK_MIN_LIFE {
+                            // Redis took this link's first commands: a quick loss (a cut for
+                            // the output buffer, a proxy, CLIENT KILL) waits the shortest
+                            // pause, not a growing one: every pause is pushes that history
+                            // may not cover, and a session that cannot resume is closed.
                             self.backoff = RECONNECT_MIN;
+                            pause_for = Some(why);
                         }
                     }
                 }
@@ -224,6 +229,8 @@ impl Subscriber {
         }
         self.shards.wake_pending();
         self.settled = true;
+        // Redis takes this link: a later loss starts its pauses over.
+        self.backoff = RECONNECT_MIN;
         self.ctx.metrics.broker.subscriber_up.store(true, Relaxed);
         self.ctx.blocks.subscriber.store(false, Relaxed);
         self.refusing = None;

@@ -100,6 +100,9 @@ pub(super) struct ClusterState {
     topics: HashMap<Arc<str>, TopicPos, FxBuildHasher>,
     /// Users whose session count changed since the last presence report.
     pub(super) presence: super::presence::Tracker,
+    /// Streams Redis would not load: while it refuses (out of memory, say) every stream
+    /// of every reload fails, so one line per stream would flood the log.
+    load_failures: crate::log_gate::LogGate,
 }
 
 impl ClusterState {
@@ -113,6 +116,20 @@ impl ClusterState {
             loading_users: HashMap::default(),
             loading_topics: HashMap::default(),
             topics: HashMap::default(),
+            load_failures: crate::log_gate::LogGate::new(std::time::Duration::from_secs(10)),
+        }
+    }
+
+    /// Logs a stream that could not be loaded: the first, then one per 10 s with how
+    /// many failed meanwhile.
+    fn load_failed(&mut self, stream: &str, e: &str) {
+        if let Some(held) = self.load_failures.fail(std::time::Instant::now()) {
+            tracing::warn!(
+                stream,
+                error = %e,
+                "cannot load a stream from Redis (its sessions get 1013, its subscribes \
+                 broker_unavailable; {held} more since the last such line)"
+            );
         }
     }
 
@@ -451,7 +468,9 @@ impl Shard {
         let st = match state {
             Ok(st) => st,
             Err(e) => {
-                tracing::warn!(user, error = %e, "cannot load a user's stream from Redis");
+                if let Some(c) = self.cluster.as_mut() {
+                    c.load_failed(&format!("user {user}"), &e);
+                }
                 if let (Some((epoch, _)), Some(u)) = (prior, self.users.get_mut(k)) {
                     u.epoch = epoch;
                 }
@@ -581,7 +600,9 @@ impl Shard {
         let st = match state {
             Ok(st) => st,
             Err(e) => {
-                tracing::warn!(topic = &**topic, error = %e, "cannot load a topic's stream from Redis");
+                if let Some(c) = self.cluster.as_mut() {
+                    c.load_failed(&format!("topic {topic}"), &e);
+                }
                 for p in pending {
                     // The subscribe fails; the connection goes on.
                     let more = self
