@@ -222,8 +222,9 @@ export interface ThrongClientOptions {
    * The server's client_rate (messages per second). The client keeps its own copy of the
    * server's token bucket and refuses a publish, send or subscribe locally ("rate_limited",
    * `sent: false`, `retryAfterMs`) that the server would refuse: 11 refusals in a row close
-   * the connection with 1008, after which the client stops. Default 100 (the server's
-   * default); 0 turns pacing off.
+   * the connection with 1008, after which the client stops. Unsubscribes are paced too but
+   * never refused: they wait in a queue, and take the bucket's tokens first. Default 100
+   * (the server's default); 0 turns pacing off.
    */
   clientRate?: number;
   /** Send `{"type":"ack","seq":N}` after user-stream pushes are delivered. Default true. */
@@ -330,7 +331,11 @@ export declare class ThrongClient {
   /** Subscribes now or once connected; kept (and resumed) across reconnects. */
   subscribe(topic: string): Promise<SubscribedMessage>;
 
-  /** Leaves a topic; answered locally when not connected. */
+  /**
+   * Leaves a topic; answered locally when not connected. Never refused for the rate: a
+   * burst waits and goes as the rate allows; a queued one resolves locally if the
+   * connection ends, or if subscribe(topic) is called first.
+   */
   unsubscribe(topic: string): Promise<UnsubscribedMessage>;
 
   /** Publishes to a topic's subscribers; needs a connection. */

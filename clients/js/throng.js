@@ -47,8 +47,11 @@ const DEFAULT_CLIENT_RATE = 100;
 const BYTES_PER_TOKEN = 16 * 1024;
 /** ... and at least this many bytes per message. */
 const MIN_CHARGE_BYTES = 256;
-/** Requests the client refuses on its own when the rate bucket is empty (see #spend). */
-const PACED_REQUESTS = new Set(["publish", "send", "subscribe"]);
+/**
+ * Requests that wait for a spare token in the rate bucket (see #spend): publish, send and
+ * subscribe are refused locally without one; unsubscribes wait in a queue instead.
+ */
+const PACED_REQUESTS = new Set(["publish", "send", "subscribe", "unsubscribe"]);
 /** A failed token refresh is tried again while at least twice this is left before the 4001 close. */
 const MIN_REFRESH_RETRY_MS = 1000;
 /** The close code the client uses to end a connection it gave up on (stalled, too slow to open). */
@@ -225,6 +228,16 @@ export class ThrongClient {
   #ackQueued = false;
   /** Token refreshes on the current connection (see #onTokenExpiring). */
   #refresh = newRefreshState();
+  /**
+   * Unsubscribes waiting for the rate bucket on the current connection, in call order:
+   * {topic, resolve, reject} (no-ops for the client's own). Never refused for the rate: the
+   * topic is gone locally, and the server must hear of it.
+   */
+  #unsubscribes = [];
+  /** Sends the queued unsubscribes when the bucket has a token again. */
+  #unsubscribeTimer = null;
+  /** After the server refused an unsubscribe for the rate, none goes before this (now()). */
+  #unsubscribePauseUntil = 0;
 
   /**
    * @param {string} url the client endpoint, e.g. "wss://push.example.com/ws"
@@ -332,6 +345,8 @@ export class ThrongClient {
    */
   subscribe(topic) {
     checkTopic(topic);
+    // An unsubscribe of it still queued is dropped: the server still holds the subscription.
+    this.#dropQueuedUnsubscribes(topic);
     const entry = this.#topics.get(topic);
     if (!entry) this.#topics.set(topic, { seq: null, epoch: null, live: false });
     if (this.#welcome) {
@@ -351,7 +366,10 @@ export class ThrongClient {
 
   /**
    * Leaves a topic; its pushes are dropped from now on. When not connected there is no
-   * server subscription to end, so the answer is made up locally.
+   * server subscription to end, so the answer is made up locally. Unsubscribes are paced
+   * like other requests, but never refused for the rate: one the bucket has no token for
+   * waits in a queue (as does one the server refuses for the rate), so a burst of them
+   * neither ends in a 1008 close nor leaves subscriptions on the server.
    * @param {string} topic
    * @returns {Promise<object>} the `unsubscribed` answer
    */
@@ -360,7 +378,7 @@ export class ThrongClient {
     this.#topics.delete(topic);
     this.#rejectWaiters(topic, throngError("cancelled", `unsubscribe(${topic}) was called`));
     if (!this.#welcome) return Promise.resolve({ type: "unsubscribed", topic });
-    return this.#request({ type: "unsubscribe", topic }, { topic });
+    return new Promise((resolve, reject) => this.#queueUnsubscribe(topic, resolve, reject));
   }
 
   /**
@@ -555,6 +573,13 @@ export class ThrongClient {
     this.#hb = null;
     if (this.#refresh.timer !== null) this.#clearTimeout(this.#refresh.timer);
     this.#refresh = newRefreshState();
+    // Queued unsubscribes are done: the subscriptions ended with the connection.
+    if (this.#unsubscribeTimer !== null) this.#clearTimeout(this.#unsubscribeTimer);
+    this.#unsubscribeTimer = null;
+    this.#unsubscribePauseUntil = 0;
+    const unsubscribes = this.#unsubscribes;
+    this.#unsubscribes = [];
+    for (const item of unsubscribes) item.resolve({ type: "unsubscribed", topic: item.topic });
     for (const entry of this.#topics.values()) entry.live = false;
     const pauses = [...this.#pauses];
     this.#pauses.clear();
@@ -990,6 +1015,13 @@ export class ThrongClient {
     }
     const problem = checkOutgoing(text, this.#maxMessageBytes);
     if (problem) return this.#refuseLocally(msg, meta, problem.code, problem.message);
+    if (msg.type !== "unsubscribe" && PACED_REQUESTS.has(msg.type) && this.#unsubscribes.length > 0) {
+      // Queued unsubscribes take the bucket's tokens first.
+      const waitMs = Math.ceil(this.#paceWait() + (this.#unsubscribes.length * 1000) / this.#clientRate);
+      return this.#refuseLocally(msg, meta, "rate_limited",
+        `over clientRate (${this.#clientRate} messages a second), ${this.#unsubscribes.length} unsubscribes queued: not sent; try again in ${waitMs} ms`,
+        { retryAfterMs: waitMs });
+    }
     const waitMs = this.#spend(text, msg.type, PACED_REQUESTS.has(msg.type));
     if (waitMs > 0) {
       // Sent, it would be refused with rate_limited, and the 11th refusal in a row closes
@@ -1017,12 +1049,9 @@ export class ThrongClient {
     if (rate === 0) return 0;
     const capacity = rate * 1000;
     const now = this.#now();
-    let milli = Math.min(capacity, this.#bucket.milli + Math.max(0, now - this.#bucket.at) * rate);
+    let milli = this.#bucketNow(now);
     if (type !== "ack") {
-      // A paced request leaves a token for the client's own messages (ping, unsubscribe,
-      // refresh), which also covers the refill the server does not see when messages sent
-      // over a few milliseconds reach it together.
-      const needed = 1000 + Math.max(0, Math.min(1000, capacity - 1000));
+      const needed = this.#pacedNeed();
       if (paced && milli < needed) return (needed - milli) / rate;
       milli -= 1000;
     }
@@ -1030,6 +1059,80 @@ export class ThrongClient {
     milli = Math.max(-capacity, milli - (bytes * 1000) / BYTES_PER_TOKEN);
     this.#bucket = { milli, at: now };
     return 0;
+  }
+
+  /** The bucket's thousandths of a token at `now`, refilled. */
+  #bucketNow(now) {
+    const rate = this.#clientRate;
+    return Math.min(rate * 1000, this.#bucket.milli + Math.max(0, now - this.#bucket.at) * rate);
+  }
+
+  /**
+   * What a paced request needs in the bucket: it leaves a token for the client's own
+   * messages (ping, refresh), which also covers the refill the server does not see when
+   * messages sent over a few milliseconds reach it together.
+   */
+  #pacedNeed() {
+    return 1000 + Math.max(0, Math.min(1000, this.#clientRate * 1000 - 1000));
+  }
+
+  /** How long until a paced request fits the bucket (ms); 0 when it fits now or pacing is off. */
+  #paceWait() {
+    if (this.#clientRate === 0) return 0;
+    const milli = this.#bucketNow(this.#now());
+    const needed = this.#pacedNeed();
+    return milli >= needed ? 0 : (needed - milli) / this.#clientRate;
+  }
+
+  // ---- paced unsubscribes ----
+
+  #queueUnsubscribe(topic, resolve, reject) {
+    this.#unsubscribes.push({ topic, resolve, reject });
+    this.#drainUnsubscribes();
+  }
+
+  /** Sends queued unsubscribes while the bucket has tokens; re-arms its timer for the rest. */
+  #drainUnsubscribes() {
+    if (this.#unsubscribeTimer !== null) return; // its turn comes with the timer
+    while (this.#unsubscribes.length > 0 && this.#welcome) {
+      const wait = Math.max(this.#paceWait(), this.#unsubscribePauseUntil - this.#now());
+      if (wait > 0) {
+        this.#unsubscribeTimer = this.#setTimeout(() => {
+          this.#unsubscribeTimer = null;
+          this.#drainUnsubscribes();
+        }, Math.ceil(wait));
+        return;
+      }
+      const item = this.#unsubscribes.shift();
+      const ws = this.#ws;
+      this.#request({ type: "unsubscribe", topic: item.topic }, { topic: item.topic }).then(item.resolve, (err) => {
+        if (err.code === "rate_limited" && ws === this.#ws && this.#welcome) {
+          if (this.#topics.has(item.topic)) {
+            // Subscribed again meanwhile: the server's subscription is the one wanted.
+            item.resolve({ type: "unsubscribed", topic: item.topic });
+            return;
+          }
+          // Refused for the rate (the server saw messages bunched, or a lower client_rate):
+          // tried again after a pause, first in line.
+          this.#unsubscribes.unshift(item);
+          this.#unsubscribePauseUntil = this.#now() + RATE_LIMIT_PAUSE_MS;
+          this.#drainUnsubscribes();
+          return;
+        }
+        item.reject(err);
+      });
+    }
+  }
+
+  /** subscribe(topic) while an unsubscribe of it waits: that unsubscribe is settled, unsent. */
+  #dropQueuedUnsubscribes(topic) {
+    if (!this.#unsubscribes.some((item) => item.topic === topic)) return;
+    const keep = [];
+    for (const item of this.#unsubscribes) {
+      if (item.topic === topic) item.resolve({ type: "unsubscribed", topic });
+      else keep.push(item);
+    }
+    this.#unsubscribes = keep;
   }
 
   /**
@@ -1061,7 +1164,7 @@ export class ThrongClient {
       const entry = this.#topics.get(topic);
       if (entry && !entry.live) {
         this.#topics.delete(topic);
-        this.#sendJson({ type: "unsubscribe", topic, ref: this.#nextRef++ });
+        this.#queueUnsubscribe(topic, () => {}, () => {});
       }
     }
     request.reject(throngError("timeout",

@@ -86,6 +86,13 @@ function fakeTimers(clock = { ms: 0 }) {
       timers.delete(found[0]);
       run(found[1]);
     },
+    /** Runs the timer due first and returns its delay. */
+    fireSoonest() {
+      const [id, timer] = [...timers.entries()].reduce((a, b) => (b[1].due < a[1].due ? b : a));
+      timers.delete(id);
+      run(timer);
+      return timer.ms;
+    },
     /** Runs the oldest timer and returns its delay. */
     fireNext() {
       const [id, timer] = timers.entries().next().value;
@@ -1327,4 +1334,56 @@ test("a subscribe() refused before sending (too large) is forgotten, not retried
   await flush();
   assert.deepEqual(env.last().ofType("subscribe"), []);
   assert.deepEqual(env.events.error, []);
+});
+
+test("a burst of unsubscribes is paced, not refused: queued ones go as the bucket refills", async () => {
+  // A bucket of 4: a paced message needs two tokens (one is kept for ping and refresh).
+  const env = setup({ client: { clientRate: 4 } });
+  await connectWith(env);
+  const topics = Array.from({ length: 8 }, (_, i) => `room:${i}`);
+  const results = [];
+  const answers = topics.map((t) => env.client.unsubscribe(t).then((a) => results.push(a), (e) => results.push(e)));
+  await flush();
+  assert.equal(env.last().ofType("unsubscribe").length, 2, "two fit the bucket now");
+  assert.equal(results.length, 0, "nothing refused");
+  // While unsubscribes wait, they take the tokens first.
+  await assert.rejects(env.client.publish("room:x", 1), (e) => e.code === "rate_limited" && e.sent === false && e.retryAfterMs > 0);
+  const answer = (m) => env.last().receive({ type: "unsubscribed", topic: m.topic, ref: m.ref });
+  for (const m of env.last().ofType("unsubscribe")) answer(m);
+  // The server refuses one for the rate (messages reached it bunched): it goes again.
+  for (let i = 0; i < 20 && env.last().ofType("unsubscribe").length < 3; i++) env.timers.fireSoonest();
+  const third = env.last().ofType("unsubscribe")[2];
+  env.last().receive({ type: "error", code: "rate_limited", message: "slow down", ref: third.ref });
+  await flush();
+  assert.equal(results.filter((r) => r instanceof Error).length, 0, "a rate_limited unsubscribe is retried, not rejected");
+  const answered = new Set([third.ref]);
+  for (let i = 0; i < 40 && env.last().ofType("unsubscribe").length < 9; i++) {
+    env.timers.fireSoonest();
+    for (const m of env.last().ofType("unsubscribe").slice(3)) {
+      if (!answered.has(m.ref)) answer(m);
+      answered.add(m.ref);
+    }
+  }
+  const sent = env.last().ofType("unsubscribe");
+  assert.equal(sent.length, 9, "8 unsubscribes, one of them twice");
+  assert.deepEqual([...new Set(sent.map((m) => m.topic))].sort(), [...topics].sort());
+  await Promise.all(answers);
+  assert.equal(results.length, 8);
+  assert.ok(results.every((r) => r.type === "unsubscribed"), JSON.stringify(results));
+});
+
+test("subscribe() drops a queued unsubscribe of the topic; a drop settles the queue locally", async () => {
+  const env = setup({ client: { clientRate: 2 } });
+  await connectWith(env);
+  const a = env.client.unsubscribe("a");
+  const b = env.client.unsubscribe("b");
+  const c = env.client.unsubscribe("c");
+  assert.deepEqual(env.last().ofType("unsubscribe").map((m) => m.topic), ["a"]);
+  // b waits: subscribing it again drops that unsubscribe (the server still holds b).
+  env.client.subscribe("b").catch(() => {});
+  assert.deepEqual(await b, { type: "unsubscribed", topic: "b" });
+  env.last().drop(1006);
+  assert.deepEqual(await c, { type: "unsubscribed", topic: "c" }, "the subscription ended with the connection");
+  await assert.rejects(a, (e) => e.code === "disconnected");
+  assert.equal(env.timers.delays().filter((ms) => ms < 5000).length, 1, "only the reconnect's timer is left");
 });
