@@ -179,9 +179,10 @@ export interface HeartbeatOptions {
    */
   intervalMs?: number;
   /**
-   * When nothing at all arrives this long after the ping, the connection is closed (4000)
-   * and made again. Default 10000, or the welcome's `idle_timeout_ms - ping_interval_ms`
-   * when that is smaller: the client gives up no later than the server's 4002 would.
+   * When nothing at all arrives this long after the ping, the connection is closed (4000),
+   * a "stalled" error is emitted, and the connection is made again. Default: the welcome's
+   * `ping_interval_ms`, at least 2000 and at most 10000 (10000 when the welcome has none).
+   * The server's `idle_timeout_ms` plays no part: the client's pings keep resetting it.
    */
   timeoutMs?: number;
 }
@@ -274,6 +275,8 @@ export interface GapEvent {
  * - "too_large": the request is longer than maxMessageBytes; nothing was sent;
  * - "closed": the server closed with a code the client does not reconnect after
  *   (`closeCode`, `reason`), or close() was called while connect()/subscribe() waited;
+ * - "stalled": the heartbeat's ping got no answer within heartbeat.timeoutMs, so the
+ *   connection was given up; the client reconnects;
  * - "connect_failed": an attempt failed before the connection opened (refused upgrade,
  *   network) or got no welcome within connectTimeoutMs; the client keeps retrying;
  * - "token_failed": getToken threw, gave no token, or did not answer in time;

@@ -37,6 +37,8 @@ const HEARTBEAT_SHARE = 0.8;
 const DEFAULT_SERVER_PING_MS = 25000;
 /** How long the client waits for anything at all after its ping, at most (heartbeat.timeoutMs). */
 const DEFAULT_HEARTBEAT_TIMEOUT_MS = 10000;
+/** ... and at least, whatever the server's ping_interval_ms: a slow link's round trip. */
+const MIN_HEARTBEAT_TIMEOUT_MS = 2000;
 /** The server's default max_message_size: a longer message closes the connection with 1009. */
 const DEFAULT_MAX_MESSAGE_BYTES = 65536;
 /** The server refuses client messages nested deeper than this, without their ref. */
@@ -88,9 +90,12 @@ function backoffDelay(attempt, { minMs, maxMs }, random) {
  * - intervalMs: 0.8 x the welcome's ping_interval_ms (25000 when it has none). The client's
  *   ping then reaches the server before the server's own Ping falls due, so a healthy idle
  *   connection costs the server one round trip per cycle, not two.
- * - timeoutMs: 10000, or idle_timeout_ms - ping_interval_ms when that is smaller. The client
- *   then gives up on a silent connection at most interval + timeout, under idle_timeout_ms,
- *   after the last message: no later than the server's own 4002 would end it.
+ * - timeoutMs: the welcome's ping_interval_ms, within 2000 ..= 10000 (10000 when it has
+ *   none). A server that pings often asks for dead connections to be found quickly, and
+ *   one ping interval is how long it lets a silent path go unnoticed; the 2 s floor keeps a
+ *   slow link's round trip from passing for a stall. idle_timeout_ms plays no part: it
+ *   counts the server's silence from the client, which the client's own pings keep
+ *   resetting on a live connection, and on a dead one its 4002 never arrives anyway.
  * @param {{intervalMs?: number, timeoutMs?: number}} given
  * @param {object} welcome
  * @returns {{intervalMs: number, timeoutMs: number}}
@@ -98,13 +103,10 @@ function backoffDelay(attempt, { minMs, maxMs }, random) {
 function heartbeatTiming(given, welcome) {
   const positive = (ms) => typeof ms === "number" && ms > 0 && Number.isFinite(ms);
   const ping = positive(welcome?.ping_interval_ms) ? welcome.ping_interval_ms : null;
-  const idle = positive(welcome?.idle_timeout_ms) ? welcome.idle_timeout_ms : null;
   const intervalMs = given.intervalMs ?? Math.floor(HEARTBEAT_SHARE * (ping ?? DEFAULT_SERVER_PING_MS));
-  let timeoutMs = given.timeoutMs;
-  if (timeoutMs === undefined) {
-    timeoutMs = DEFAULT_HEARTBEAT_TIMEOUT_MS;
-    if (ping !== null && idle !== null && idle > ping) timeoutMs = Math.min(timeoutMs, idle - ping);
-  }
+  const timeoutMs = given.timeoutMs ?? (ping === null
+    ? DEFAULT_HEARTBEAT_TIMEOUT_MS
+    : Math.min(DEFAULT_HEARTBEAT_TIMEOUT_MS, Math.max(MIN_HEARTBEAT_TIMEOUT_MS, ping)));
   return { intervalMs: Math.max(1, intervalMs), timeoutMs };
 }
 
@@ -811,10 +813,13 @@ export class ThrongClient {
         this.#sendJson({ type: "ping" });
       }
     } else if (now >= this.#pingedAt + this.#hb.timeoutMs) {
-      // Silent through a ping and its timeout: handled like a connection lost (1006).
+      // Silent through a ping and its timeout: handled like a connection lost (1006), and
+      // reported, so an application can tell why it reconnects.
       const ws = this.#ws;
+      const { timeoutMs } = this.#hb;
       this.#onClose(1006, "");
       if (ws) giveUpSocket(ws, "no answer to ping");
+      this.#emitError(throngError("stalled", `nothing arrived within ${timeoutMs} ms of the heartbeat's ping: the connection was given up${this.#running ? "; reconnecting" : ""}`));
       return;
     }
     this.#armHeartbeat();

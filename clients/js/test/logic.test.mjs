@@ -947,6 +947,9 @@ test("a connection silent through a ping and its timeout is closed and reconnect
   assert.deepEqual(ws.closeCalls, [4000], "the stalled socket is closed by the client");
   await assert.rejects(published, (err) => err.code === "disconnected" && err.sent === true);
   assert.equal(env.events.state.at(-1), "disconnected");
+  assert.equal(env.events.error.length, 1);
+  assert.equal(env.events.error[0].code, "stalled");
+  assert.match(env.events.error[0].message, /1000 ms.*reconnecting/);
   assert.equal(env.timers.count(), 1, "only the reconnect timer");
   env.timers.fireNext();
   await flush();
@@ -1005,7 +1008,7 @@ test("the heartbeat interval is derived from the welcome: a ping after 0.8 x pin
   env.timers.fireNext(); // +1300: 800 ms since the ack
   assert.equal(env.clock.ms, t0 + 1300);
   assert.deepEqual(ws.ofType("ping"), [{ type: "ping" }]);
-  assert.deepEqual(env.timers.delays(), [10000], "timeout: 10 s, under idle_timeout_ms - ping_interval_ms (59 s)");
+  assert.deepEqual(env.timers.delays(), [2000], "timeout: ping_interval_ms (1 s), raised to the 2 s floor");
   ws.receive({ type: "pong" });
   assert.deepEqual(env.timers.delays(), [800]);
 });
@@ -1034,11 +1037,12 @@ test("a connection that sends but hears nothing is pinged, and closed when the p
   env.timers.fire(800); // the heartbeat (due at +800), not the request's 10 s timer
   assert.equal(env.clock.ms, t0 + 800);
   assert.deepEqual(ws.ofType("ping"), [{ type: "ping" }], "heard nothing for 800 ms: ping, though it sent 400 ms ago");
-  assert.ok(env.timers.delays().includes(500), "timeout: idle_timeout_ms - ping_interval_ms (500) is under 10 s");
-  env.timers.fire(500);
+  assert.ok(env.timers.delays().includes(2000), "timeout: ping_interval_ms, at least 2 s");
+  env.timers.fire(2000);
   assert.deepEqual(ws.closeCalls, [4000]);
   await assert.rejects(sent, (err) => err.code === "disconnected");
   assert.equal(env.events.state.at(-1), "disconnected");
+  assert.deepEqual(env.events.error.map((e) => e.code), ["stalled"], "the app is told why it reconnects");
 });
 
 test("an explicit heartbeat.intervalMs (and timeoutMs) wins over the welcome's", async () => {
@@ -1386,4 +1390,20 @@ test("subscribe() drops a queued unsubscribe of the topic; a drop settles the qu
   assert.deepEqual(await c, { type: "unsubscribed", topic: "c" }, "the subscription ended with the connection");
   await assert.rejects(a, (e) => e.code === "disconnected");
   assert.equal(env.timers.delays().filter((ms) => ms < 5000).length, 1, "only the reconnect's timer is left");
+});
+
+test("the derived heartbeat timeout is the server's ping interval within 2-10 s, whatever idle_timeout_ms", async () => {
+  const timeoutFor = async (pingMs, idleMs) => {
+    const env = setup({ client: { heartbeat: undefined } });
+    await connectWith(env, welcome({ ping_interval_ms: pingMs, idle_timeout_ms: idleMs }));
+    env.timers.fireNext(); // the ping
+    assert.equal(env.last().ofType("ping").length, 1);
+    return env.timers.delays()[0];
+  };
+  // idle barely above ping (valid: the server only needs idle > ping): the client's pings
+  // keep the server's idle clock reset, so the gap between the two is no limit.
+  assert.equal(await timeoutFor(25000, 26000), 10000);
+  assert.equal(await timeoutFor(2500, 3000), 2500);
+  assert.equal(await timeoutFor(500, 600), 2000);
+  assert.equal(await timeoutFor(60000, 120000), 10000);
 });
