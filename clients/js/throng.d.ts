@@ -220,6 +220,12 @@ export interface ThrongClientOptions {
    */
   maxMessageBytes?: number;
   /**
+   * The server's max_client_data_bytes: a publish or send whose data, as JSON, is longer is
+   * refused locally ("too_large", `sent: false`), since each server refusal counts toward
+   * its 1008 close. Default 16384 (the server's default).
+   */
+  maxClientDataBytes?: number;
+  /**
    * The server's client_rate (messages per second). The client keeps its own copy of the
    * server's token bucket and refuses a publish, send or subscribe locally ("rate_limited",
    * `sent: false`, `retryAfterMs`) that the server would refuse: 11 refusals in a row close
@@ -272,7 +278,12 @@ export interface GapEvent {
  * - "bad_json": the data cannot be sent as JSON (a BigInt, a cycle), or the server would
  *   refuse it without its ref (nested deeper than 32 levels, an integer beyond 64 bits);
  *   nothing was sent;
- * - "too_large": the request is longer than maxMessageBytes; nothing was sent;
+ * - "too_large": the request is longer than maxMessageBytes, or its data than
+ *   maxClientDataBytes; nothing was sent;
+ * - "bad_topic" with `sent: false`: the topic name breaks the server's rule (1 to 200 bytes
+ *   of '!' to '~', no '*'); nothing was sent;
+ * - "unavailable" with `sent: false`: a send() after the server answered one with
+ *   "unavailable" on this connection (no upstream for sends); nothing was sent;
  * - "closed": the server closed with a code the client does not reconnect after
  *   (`closeCode`, `reason`), or close() was called while connect()/subscribe() waited;
  * - "stalled": the heartbeat's ping got no answer within heartbeat.timeoutMs, so the

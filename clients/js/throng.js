@@ -41,6 +41,16 @@ const DEFAULT_HEARTBEAT_TIMEOUT_MS = 10000;
 const MIN_HEARTBEAT_TIMEOUT_MS = 2000;
 /** The server's default max_message_size: a longer message closes the connection with 1009. */
 const DEFAULT_MAX_MESSAGE_BYTES = 65536;
+/** The server's default max_client_data_bytes: a publish or send with longer data is refused. */
+const DEFAULT_MAX_CLIENT_DATA_BYTES = 16384;
+/** The longest topic name the server takes, in bytes (protocol.md 2.3). */
+const MAX_TOPIC_BYTES = 200;
+/**
+ * The server closes a connection with 1008 at the 11th refused message in a row (protocol.md
+ * 2.2). At most this many messages go out after the last one known (or taken) to have been
+ * accepted before the client sends a ping, which resets the server's count (see #noteSent).
+ */
+const REFUSAL_GUARD = 8;
 /** The server refuses client messages nested deeper than this, without their ref. */
 const MAX_DEPTH = 32;
 /** The server's default client_rate: messages per second, and the bucket's size. */
@@ -170,6 +180,7 @@ export class ThrongClient {
   #clearTimeout;
   #requestTimeoutMs;
   #maxMessageBytes;
+  #maxClientDataBytes;
   /** client_rate as the client paces itself (0: no pacing). */
   #clientRate;
   /** The server's token bucket for this connection as the client reckons it: thousandths of a token as of `at`. */
@@ -230,6 +241,17 @@ export class ThrongClient {
   #ackQueued = false;
   /** Token refreshes on the current connection (see #onTokenExpiring). */
   #refresh = newRefreshState();
+  /** Messages (acks aside) sent on the current connection. */
+  #sentCount = 0;
+  /**
+   * The number (in #sentCount) of the last message known to have reset the server's count
+   * of refusals in a row: one answered with anything but an error, or a ping (taken as
+   * accepted: pings are never refused but for the rate, and the bucket keeps a token for
+   * them). Every message after it may yet be refused.
+   */
+  #resetAt = 0;
+  /** The server answered a send with `unavailable` on this connection (no upstream for sends). */
+  #sendUnavailable = false;
   /**
    * Unsubscribes waiting for the rate bucket on the current connection, in call order:
    * {topic, resolve, reject} (no-ops for the client's own). Never refused for the rate: the
@@ -279,6 +301,9 @@ export class ThrongClient {
     const { maxMessageBytes = DEFAULT_MAX_MESSAGE_BYTES } = options;
     if (!(maxMessageBytes > 0)) throw new RangeError("maxMessageBytes must be positive");
     this.#maxMessageBytes = maxMessageBytes;
+    const { maxClientDataBytes = DEFAULT_MAX_CLIENT_DATA_BYTES } = options;
+    if (!(maxClientDataBytes > 0)) throw new RangeError("maxClientDataBytes must be positive");
+    this.#maxClientDataBytes = maxClientDataBytes;
     const { clientRate = DEFAULT_CLIENT_RATE } = options;
     if (!(clientRate >= 0) || !Number.isFinite(clientRate)) throw new RangeError("clientRate must be a number >= 0");
     this.#clientRate = clientRate;
@@ -347,6 +372,8 @@ export class ThrongClient {
    */
   subscribe(topic) {
     checkTopic(topic);
+    const bad = badTopic(topic);
+    if (bad) return Promise.reject(bad);
     // An unsubscribe of it still queued is dropped: the server still holds the subscription.
     this.#dropQueuedUnsubscribes(topic);
     const entry = this.#topics.get(topic);
@@ -377,6 +404,8 @@ export class ThrongClient {
    */
   unsubscribe(topic) {
     checkTopic(topic);
+    const bad = badTopic(topic);
+    if (bad) return Promise.reject(bad); // never subscribed: subscribe() refuses it too
     this.#topics.delete(topic);
     this.#rejectWaiters(topic, throngError("cancelled", `unsubscribe(${topic}) was called`));
     if (!this.#welcome) return Promise.resolve({ type: "unsubscribed", topic });
@@ -391,6 +420,8 @@ export class ThrongClient {
    */
   publish(topic, data) {
     checkTopic(topic);
+    const bad = badTopic(topic);
+    if (bad) return Promise.reject(bad);
     return this.#request({ type: "publish", topic, data: data ?? null });
   }
 
@@ -400,6 +431,13 @@ export class ThrongClient {
    * @returns {Promise<object>} the `sent` answer
    */
   send(data) {
+    if (this.#sendUnavailable && this.#welcome) {
+      // Each refused send counts toward the server's 1008 close, and this one would be
+      // refused like the last: the server has no upstream for sends.
+      return Promise.reject(throngError("unavailable",
+        "the server takes no send on this connection (it answered unavailable: no events_url); not sent",
+        { sent: false }));
+    }
     return this.#request({ type: "send", data: data ?? null });
   }
 
@@ -568,6 +606,7 @@ export class ThrongClient {
     this.#opened = false;
     this.#welcome = null;
     this.#ackSeq = 0;
+    this.#sendUnavailable = false; // the next connection may reach a server that has one
     this.#clearAttemptTimer();
     if (this.#heartbeatTimer !== null) this.#clearTimeout(this.#heartbeatTimer);
     this.#heartbeatTimer = null;
@@ -665,6 +704,8 @@ export class ThrongClient {
     this.#welcome = msg;
     this.#welcomeAt = this.#now();
     this.#bucket = { milli: this.#clientRate * 1000, at: this.#welcomeAt }; // a new connection's is full
+    this.#sentCount = 0; // and its count of refusals in a row is 0
+    this.#resetAt = 0;
     this.#clearAttemptTimer();
     this.#startHeartbeat();
     // On resumed:true the replay follows, so our position stays; otherwise start from welcome.
@@ -992,6 +1033,7 @@ export class ThrongClient {
     // A refused subscribe forgets the topic unless it is subscribed already (a repeat) or
     // the client itself re-subscribes it after a reconnect and retries transient refusals:
     // an app whose subscribe() failed must not get the topic's pushes later.
+    if (request.type === "send" && err.code === "unavailable") this.#sendUnavailable = true;
     const entry = topic === undefined ? undefined : this.#topics.get(topic);
     const retried = request.internal && TRANSIENT_ERRORS.has(err.code);
     if (entry && !entry.live && !retried) this.#topics.delete(topic);
@@ -1020,6 +1062,14 @@ export class ThrongClient {
     }
     const problem = checkOutgoing(text, this.#maxMessageBytes);
     if (problem) return this.#refuseLocally(msg, meta, problem.code, problem.message);
+    // The data's own text is no longer than the message's: most need no count.
+    if ((msg.type === "publish" || msg.type === "send") && text.length * 3 > this.#maxClientDataBytes) {
+      const bytes = utf8Length(JSON.stringify(msg.data));
+      if (bytes > this.#maxClientDataBytes) {
+        return this.#refuseLocally(msg, meta, "too_large",
+          `data is ${bytes} bytes as JSON; the server takes at most ${this.#maxClientDataBytes} (maxClientDataBytes)`);
+      }
+    }
     if (msg.type !== "unsubscribe" && PACED_REQUESTS.has(msg.type) && this.#unsubscribes.length > 0) {
       // Queued unsubscribes take the bucket's tokens first.
       const waitMs = Math.ceil(this.#paceWait() + (this.#unsubscribes.length * 1000) / this.#clientRate);
@@ -1037,7 +1087,8 @@ export class ThrongClient {
     }
     return new Promise((resolve, reject) => {
       const timer = this.#setTimeout(() => this.#timeOut(ref), this.#requestTimeoutMs);
-      this.#pending.set(ref, { resolve, reject, type: msg.type, timer, ...meta });
+      const index = this.#noteSent(msg.type);
+      this.#pending.set(ref, { resolve, reject, type: msg.type, timer, index, ...meta });
       this.#ws.send(text);
       this.#sentAt = this.#now();
     });
@@ -1191,7 +1242,34 @@ export class ThrongClient {
     const request = this.#pending.get(msg.ref);
     this.#pending.delete(msg.ref);
     this.#clearTimeout(request.timer);
+    // Accepted: the server's count of refusals in a row started over at it.
+    if (msg.type !== "error") this.#resetAt = Math.max(this.#resetAt, request.index);
     return request;
+  }
+
+  /**
+   * Numbers a message about to go out (acks aside: an accepted ack does not reset the
+   * server's count, and the client sends none the server would refuse). The server closes
+   * with 1008 at the 11th refused message in a row, and counts refusals the client cannot
+   * always foresee (forbidden_topic, a refresh's invalid_token, unavailable on another
+   * server, ...), some before their answers arrive (a burst). So once REFUSAL_GUARD
+   * messages have gone out since the last one known to have been accepted, a ping goes
+   * first: an accepted ping resets the server's count (protocol.md 2.2), and whatever those
+   * messages' answers turn out to be, the run cannot reach 11.
+   * @returns {number} the message's number
+   */
+  #noteSent(type) {
+    if (type === "ping") {
+      this.#resetAt = ++this.#sentCount;
+      return this.#sentCount;
+    }
+    if (this.#sentCount - this.#resetAt >= REFUSAL_GUARD) {
+      const ping = JSON.stringify({ type: "ping" });
+      this.#spend(ping, "ping", false);
+      this.#ws.send(ping);
+      this.#resetAt = ++this.#sentCount;
+    }
+    return ++this.#sentCount;
   }
 
   /** Resolves the request `msg` answers; false when it answers none of ours. */
@@ -1205,6 +1283,7 @@ export class ThrongClient {
     if (this.#ws?.readyState !== OPEN) return;
     const text = JSON.stringify(msg);
     this.#spend(text, msg.type, false);
+    if (msg.type !== "ack") this.#noteSent(msg.type);
     this.#ws.send(text);
     this.#sentAt = this.#now();
   }
@@ -1326,4 +1405,27 @@ function newRefreshState() {
 
 function checkTopic(topic) {
   if (typeof topic !== "string" || topic === "") throw new TypeError("topic must be a non-empty string");
+}
+
+/**
+ * The server's rule for topic names (protocol.md 2.3: 1 to 200 bytes of printable ASCII,
+ * `!` to `~`, no `*`), checked locally: each refusal counts toward the server's 1008 close,
+ * and names often come from users. A `bad_topic` error (sent: false), or null when valid.
+ */
+function badTopic(topic) {
+  let problem = null;
+  if (topic.length > MAX_TOPIC_BYTES) problem = `is ${topic.length} characters; at most ${MAX_TOPIC_BYTES} bytes are allowed`;
+  else {
+    for (let i = 0; i < topic.length; i++) {
+      const c = topic.charCodeAt(i);
+      if (c < 0x21 || c > 0x7e || c === 0x2a) {
+        problem = c === 0x2a
+          ? "contains '*' (reserved for patterns)"
+          : `contains ${JSON.stringify(topic[i])} at ${i}: only printable ASCII ('!' to '~') is allowed`;
+        break;
+      }
+    }
+  }
+  if (problem === null) return null;
+  return throngError("bad_topic", `the topic name ${JSON.stringify(topic.slice(0, 60))} ${problem}; not sent`, { sent: false, topic });
 }

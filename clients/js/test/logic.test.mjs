@@ -1163,7 +1163,8 @@ test("a getToken that never settles during a refresh is reported, and a later re
 // ---- what the server would refuse badly is refused before sending ----
 
 test("a message over maxMessageBytes is refused locally instead of getting the connection closed (1009)", async () => {
-  const env = setup();
+  // Data over maxClientDataBytes is refused too (its own test): raised here.
+  const env = setup({ client: { maxClientDataBytes: 1 << 20 } });
   await connectWith(env);
   // 65536 bytes is the server's default max_message_size; over it the server closes with
   // 1009, after which the client stops for good.
@@ -1175,7 +1176,7 @@ test("a message over maxMessageBytes is refused locally instead of getting the c
   // Just under the limit goes; a larger limit can be configured.
   env.client.publish("room:1", "x".repeat(65400));
   assert.equal(env.last().ofType("publish").length, 1);
-  const env2 = setup({ client: { maxMessageBytes: 1 << 20 } });
+  const env2 = setup({ client: { maxMessageBytes: 1 << 20, maxClientDataBytes: 1 << 20 } });
   await connectWith(env2);
   env2.client.publish("room:1", "x".repeat(70000));
   assert.equal(env2.last().ofType("publish").length, 1);
@@ -1211,9 +1212,11 @@ test("a burst over clientRate is refused locally, so the server never closes wit
   await flush();
   const sent = env.last().ofType("publish").length;
   // The server's bucket: 100 tokens, a token a message plus 256 bytes' worth (1/64 token),
-  // less one token kept for the client's own messages.
-  assert.equal(sent, 97);
-  assert.equal(refused.length, 150 - 97);
+  // less one token kept for the client's own messages, and a ping after every 8 messages
+  // without an answer (none came yet), which resets the server's count of refusals.
+  assert.equal(env.last().ofType("ping").length, 10);
+  assert.equal(sent, 87);
+  assert.equal(refused.length, 150 - 87);
   assert.ok(refused.every((e) => e.code === "rate_limited" && e.sent === false && e.retryAfterMs > 0 && e.retryAfterMs <= 10),
     JSON.stringify(refused[0]));
   // Acks are never refused and take no token; a second later the bucket is full again.
@@ -1221,13 +1224,13 @@ test("a burst over clientRate is refused locally, so the server never closes wit
   await flush();
   assert.equal(env.last().ofType("ack").length, 1);
   env.clock.ms += 1000;
-  for (let i = 0; i < 97; i++) env.client.send(1);
-  assert.equal(env.last().ofType("send").length, 97);
+  for (let i = 0; i < 86; i++) env.client.send(1);
+  assert.equal(env.last().ofType("send").length, 86);
   await assert.rejects(env.client.send(1), (err) => err.code === "rate_limited");
 });
 
 test("large messages cost a token per 16 KiB more, like on the server", async () => {
-  const env = setup({ client: { clientRate: 10 } });
+  const env = setup({ client: { clientRate: 10, maxClientDataBytes: 1 << 20 } });
   await connectWith(env);
   // 10 tokens: each 40 KB message takes 1 + ~2.4.
   const big = "x".repeat(40000);
@@ -1329,11 +1332,11 @@ test("a failed token refresh is tried again before the 4001 close, at half the t
   assert.equal(env.timers.count(), 0, "1.5 s left: the 4001 close and a reconnect will do");
 });
 
-test("a subscribe() refused before sending (too large) is forgotten, not retried at every reconnect", async () => {
+test("a subscribe() refused before sending (a bad name) is forgotten, not retried at every reconnect", async () => {
   const env = setup();
   await connectWith(env);
   const huge = "t".repeat(70000);
-  await assert.rejects(env.client.subscribe(huge), (err) => err.code === "too_large" && err.sent === false);
+  await assert.rejects(env.client.subscribe(huge), (err) => err.code === "bad_topic" && err.sent === false);
   await reconnectWith(env, welcome({ resumed: true }));
   await flush();
   assert.deepEqual(env.last().ofType("subscribe"), []);
@@ -1406,4 +1409,95 @@ test("the derived heartbeat timeout is the server's ping interval within 2-10 s,
   assert.equal(await timeoutFor(2500, 3000), 2500);
   assert.equal(await timeoutFor(500, 600), 2000);
   assert.equal(await timeoutFor(60000, 120000), 10000);
+});
+
+test("topic names the server would refuse are refused locally with bad_topic (protocol.md 2.3)", async () => {
+  const env = setup();
+  await connectWith(env);
+  const bad = ["room:my room", "news*", "caf\u00e9", "tab\there", "x".repeat(201), "\u007f"];
+  for (const topic of bad) {
+    for (const call of [() => env.client.publish(topic, 1), () => env.client.subscribe(topic), () => env.client.unsubscribe(topic)]) {
+      await assert.rejects(call(), (err) => err.code === "bad_topic" && err.sent === false && err.topic === topic);
+    }
+  }
+  assert.deepEqual(env.last().sent, []);
+  // 1 to 200 bytes of '!' to '~' but '*' are fine.
+  const good = ["!", "~", "x".repeat(200), "user/7/feed", "room:42"];
+  for (const topic of good) env.client.publish(topic, 1);
+  assert.deepEqual(env.last().ofType("publish").map((m) => m.topic), good);
+});
+
+test("after an unavailable send, sends are refused locally until the next connection", async () => {
+  const env = setup();
+  await connectWith(env);
+  const first = env.client.send({ typing: true });
+  const [msg] = env.last().ofType("send");
+  env.last().receive({ type: "error", code: "unavailable", message: "no events_url", ref: msg.ref });
+  await assert.rejects(first, (err) => err.code === "unavailable" && err.sent === undefined);
+  for (let i = 0; i < 12; i++) {
+    await assert.rejects(env.client.send(i), (err) => err.code === "unavailable" && err.sent === false);
+  }
+  assert.equal(env.last().ofType("send").length, 1, "the server saw one refusal, not twelve");
+  env.client.publish("room:1", 1).catch(() => {}); // other requests are not affected
+  assert.equal(env.last().ofType("publish").length, 1);
+  await reconnectWith(env, welcome());
+  env.client.send(1);
+  assert.equal(env.last().ofType("send").length, 1, "a new connection tries again");
+});
+
+test("data over maxClientDataBytes (16 KiB by default) is refused locally with too_large", async () => {
+  const env = setup();
+  await connectWith(env);
+  // JSON text of the data: a string of n characters is n + 2 bytes.
+  await assert.rejects(env.client.publish("room:1", "x".repeat(16383)), (err) => err.code === "too_large" && err.sent === false && /16384/.test(err.message));
+  await assert.rejects(env.client.send({ s: "\u20ac".repeat(5500) }), (err) => err.code === "too_large", "UTF-8 bytes are counted");
+  assert.deepEqual(env.last().sent, []);
+  env.client.publish("room:1", "x".repeat(16382));
+  assert.equal(env.last().ofType("publish").length, 1);
+  const env2 = setup({ client: { maxClientDataBytes: 32768 } });
+  await connectWith(env2);
+  env2.client.send("x".repeat(30000));
+  assert.equal(env2.last().ofType("send").length, 1);
+  assert.throws(() => setup({ client: { maxClientDataBytes: 0 } }), RangeError);
+});
+
+test("refusals the client cannot foresee never reach the server's 11 in a row: a ping goes after 8 unconfirmed messages", async () => {
+  const env = setup();
+  await connectWith(env);
+  const ws = env.last();
+  /** The longest run of messages (acks aside) since the last ping or accepted message. */
+  const longestRun = (accepted) => {
+    let run = 0;
+    let longest = 0;
+    for (const m of ws.sent) {
+      if (m.type === "ack") continue;
+      run = m.type === "ping" || accepted.has(m.ref) ? 0 : run + 1;
+      longest = Math.max(longest, run);
+    }
+    return longest;
+  };
+  // One at a time, each refused (a topic the token may not publish to) before the next goes.
+  for (let i = 0; i < 30; i++) {
+    const p = env.client.publish("room:secret", i);
+    const pub = ws.ofType("publish").at(-1);
+    ws.receive({ type: "error", code: "forbidden_topic", message: "no", ref: pub.ref });
+    await assert.rejects(p, (err) => err.code === "forbidden_topic");
+    env.clock.ms += 20;
+  }
+  assert.equal(ws.ofType("ping").length, 3, "a ping before the 9th, 17th and 25th");
+  assert.ok(longestRun(new Set()) <= 8);
+  // A burst, before any answer: the same.
+  for (let i = 0; i < 20; i++) env.client.subscribe(`room:${i}`).catch(() => {});
+  assert.ok(longestRun(new Set()) <= 8);
+  // Accepted messages reset the count: no pings while answers come back as accepted.
+  const env2 = setup();
+  await connectWith(env2);
+  for (let i = 0; i < 30; i++) {
+    const p = env2.client.publish("room:1", i);
+    const pub = env2.last().ofType("publish").at(-1);
+    env2.last().receive({ type: "published", topic: "room:1", seq: i + 1, ref: pub.ref });
+    await p;
+    env2.clock.ms += 20;
+  }
+  assert.equal(env2.last().ofType("ping").length, 0);
 });
