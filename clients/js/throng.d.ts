@@ -231,7 +231,8 @@ export interface ThrongClientOptions {
    * `sent: false`, `retryAfterMs`) that the server would refuse: 11 refusals in a row close
    * the connection with 1008, after which the client stops. Unsubscribes are paced too but
    * never refused: they wait in a queue, and take the bucket's tokens first. Default 100
-   * (the server's default); 0 turns pacing off.
+   * (the server's default); 0 turns pacing off. Must be 0 or at least 1 (RangeError
+   * otherwise: a bucket under one token could never take a message).
    */
   clientRate?: number;
   /** Send `{"type":"ack","seq":N}` after user-stream pushes are delivered. Default true. */

@@ -305,7 +305,10 @@ export class ThrongClient {
     if (!(maxClientDataBytes > 0)) throw new RangeError("maxClientDataBytes must be positive");
     this.#maxClientDataBytes = maxClientDataBytes;
     const { clientRate = DEFAULT_CLIENT_RATE } = options;
-    if (!(clientRate >= 0) || !Number.isFinite(clientRate)) throw new RangeError("clientRate must be a number >= 0");
+    // A bucket under one token could never take a message: everything would be refused.
+    if (!(clientRate === 0 || clientRate >= 1) || !Number.isFinite(clientRate)) {
+      throw new RangeError("clientRate must be 0 (no pacing) or at least 1 (messages a second)");
+    }
     this.#clientRate = clientRate;
     const { connectTimeoutMs = DEFAULT_CONNECT_TIMEOUT_MS } = options;
     if (!(connectTimeoutMs > 0) || !Number.isFinite(connectTimeoutMs)) {

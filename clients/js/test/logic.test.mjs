@@ -1501,3 +1501,14 @@ test("refusals the client cannot foresee never reach the server's 11 in a row: a
   }
   assert.equal(env2.last().ofType("ping").length, 0);
 });
+
+test("clientRate must be 0 or at least 1: a smaller bucket could never take a message", async () => {
+  for (const clientRate of [0.5, 0.001, -1, NaN, Infinity]) {
+    assert.throws(() => setup({ client: { clientRate } }), RangeError, String(clientRate));
+  }
+  const env = setup({ client: { clientRate: 1 } });
+  await connectWith(env);
+  env.client.publish("room:1", 1);
+  assert.equal(env.last().ofType("publish").length, 1, "a bucket of one token takes a message");
+  setup({ client: { clientRate: 0 } });
+});
