@@ -1005,7 +1005,9 @@ export class ThrongClient {
       await this.#request({ type: "refresh", token });
     } catch (err) {
       // token_failed, or the server refused the refresh: the old token stays. A dropped
-      // connection needs no report: the next one gets a fresh token.
+      // connection needs no report: the next one gets a fresh token. Nor does a failure
+      // that comes after its connection was replaced: the new one is not concerned.
+      if (refresh !== this.#refresh) return;
       if (err.code !== "disconnected") {
         this.#emitError(err);
         // Tried again at half the time left to the 4001 close, while a second or more is

@@ -1512,3 +1512,24 @@ test("clientRate must be 0 or at least 1: a smaller bucket could never take a me
   assert.equal(env.last().ofType("publish").length, 1, "a bucket of one token takes a message");
   setup({ client: { clientRate: 0 } });
 });
+
+test("a refresh that fails after its connection was replaced is not reported on the new one", async () => {
+  let calls = 0;
+  let failRefresh;
+  const getToken = () => (++calls === 2
+    ? new Promise((_, reject) => { failRefresh = reject; })
+    : Promise.resolve(`jwt-${calls}`));
+  const env = setup({ client: { token: undefined, getToken } });
+  await connectWith(env);
+  env.last().receive({ type: "token_expiring", in_ms: 50000 });
+  await flush(); // the refresh's getToken runs
+  env.last().drop(1006);
+  env.timers.fire(250); // the backoff (minMs 500, random 0.5)
+  await flush();
+  env.last().open();
+  env.last().receive(welcome());
+  assert.equal(env.events.welcome.length, 2);
+  failRefresh(new Error("auth backend down"));
+  await flush();
+  assert.deepEqual(env.events.error.map((e) => e.code), [], "the healthy new connection reports nothing");
+});
