@@ -616,6 +616,7 @@ export class ThrongClient {
     this.#pingedAt = null;
     this.#hb = null;
     if (this.#refresh.timer !== null) this.#clearTimeout(this.#refresh.timer);
+    this.#refresh.cancel?.(); // a getToken still running: its timer goes too
     this.#refresh = newRefreshState();
     // Queued unsubscribes are done: the subscriptions ended with the connection.
     if (this.#unsubscribeTimer !== null) this.#clearTimeout(this.#unsubscribeTimer);
@@ -998,8 +999,7 @@ export class ThrongClient {
     refresh.busy = true;
     refresh.count += 1;
     try {
-      const token = await this.#withTimeout(this.#currentToken(), () =>
-        throngError("token_failed", `getToken did not answer within ${this.#requestTimeoutMs} ms`));
+      const token = await this.#tokenForRefresh(refresh);
       // On another connection: it got a fresh token when it connected.
       if (ws !== this.#ws || !this.#welcome) return;
       await this.#request({ type: "refresh", token });
@@ -1233,13 +1233,24 @@ export class ThrongClient {
       { sent: true, topic }));
   }
 
-  /** `promise`, or a rejection with makeError() after requestTimeoutMs; the timer is cleared. */
-  #withTimeout(promise, makeError) {
-    let timer = null;
-    const expired = new Promise((_, reject) => {
-      timer = this.#setTimeout(() => reject(makeError()), this.#requestTimeoutMs);
+  /**
+   * getToken for a refresh: given up with token_failed after requestTimeoutMs, or with
+   * "disconnected" when its connection ends (#forgetSocket calls refresh.cancel), so no
+   * timer outlives the connection or close().
+   */
+  #tokenForRefresh(refresh) {
+    return new Promise((resolve, reject) => {
+      const settle = (fn, value) => {
+        if (refresh.cancel === null) return;
+        refresh.cancel = null;
+        this.#clearTimeout(timer);
+        fn(value);
+      };
+      const timer = this.#setTimeout(() => settle(reject,
+        throngError("token_failed", `getToken did not answer within ${this.#requestTimeoutMs} ms`)), this.#requestTimeoutMs);
+      refresh.cancel = () => settle(reject, throngError("disconnected", "the connection ended during the token refresh"));
+      this.#currentToken().then((token) => settle(resolve, token), (err) => settle(reject, err));
     });
-    return Promise.race([promise, expired]).finally(() => this.#clearTimeout(timer));
   }
 
   #takePending(msg) {
@@ -1402,10 +1413,11 @@ function giveUpSocket(ws, reason) {
 
 /**
  * Per connection: refreshes done, one running, one wanted (and its in_ms), one scheduled,
- * and when the server would close with 4001 (now() + the last in_ms).
+ * when the server would close with 4001 (now() + the last in_ms), and how to give up the
+ * running refresh's getToken (null when none runs).
  */
 function newRefreshState() {
-  return { count: 0, busy: false, wanted: false, inMs: 0, timer: null, closeAt: 0 };
+  return { count: 0, busy: false, wanted: false, inMs: 0, timer: null, closeAt: 0, cancel: null };
 }
 
 function checkTopic(topic) {

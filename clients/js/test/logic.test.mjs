@@ -1533,3 +1533,17 @@ test("a refresh that fails after its connection was replaced is not reported on 
   await flush();
   assert.deepEqual(env.events.error.map((e) => e.code), [], "the healthy new connection reports nothing");
 });
+
+test("close() during a refresh's getToken leaves no timer behind", async () => {
+  let calls = 0;
+  const getToken = () => (++calls === 2 ? new Promise(() => {}) : Promise.resolve(`jwt-${calls}`));
+  const env = setup({ client: { token: undefined, getToken } });
+  await connectWith(env);
+  env.last().receive({ type: "token_expiring", in_ms: 50000 });
+  await flush();
+  assert.deepEqual(env.timers.delays(), [10000], "the refresh's getToken timer");
+  env.client.close();
+  assert.equal(env.timers.count(), 0, "a Node process can exit at once");
+  await flush();
+  assert.deepEqual(env.events.error, []);
+});
