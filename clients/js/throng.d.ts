@@ -201,6 +201,8 @@ export interface ThrongClientOptions {
   /**
    * How long a request (publish, send, subscribe and unsubscribe while connected, a token
    * refresh) waits for its answer before it is rejected with "timeout". Default 10000.
+   * The decision comes one event-loop turn after the timer, so an answer that arrived
+   * while a long synchronous task ran is handled first (the heartbeat's give-up likewise).
    */
   requestTimeoutMs?: number;
   /**

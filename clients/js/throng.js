@@ -219,6 +219,8 @@ export class ThrongClient {
   #heardAt = 0;
   /** When the heartbeat's ping went out, while it waits for anything to arrive; else null. */
   #pingedAt = null;
+  /** The heartbeat's give-up waits one more turn of the event loop (see #heartbeatTick). */
+  #giveUpDeferred = false;
   #heartbeatTimer = null;
   /** Set while subscribe() sends: its request is the app's, not a re-subscribe. */
   #explicit = false;
@@ -829,6 +831,7 @@ export class ThrongClient {
     if (!this.#heartbeat) return;
     this.#hb = heartbeatTiming(this.#heartbeat, this.#welcome);
     this.#pingedAt = null;
+    this.#giveUpDeferred = false;
     this.#armHeartbeat();
   }
 
@@ -843,6 +846,7 @@ export class ThrongClient {
   /** Something arrived after the heartbeat's ping: the next one is due an interval from now. */
   #pingAnswered() {
     this.#pingedAt = null;
+    this.#giveUpDeferred = false;
     if (this.#heartbeatTimer === null) return;
     this.#clearTimeout(this.#heartbeatTimer);
     this.#armHeartbeat();
@@ -858,6 +862,13 @@ export class ThrongClient {
         this.#sendJson({ type: "ping" });
       }
     } else if (now >= this.#pingedAt + this.#hb.timeoutMs) {
+      if (!this.#giveUpDeferred) {
+        // As for a request's timeout: an answer that arrived while a long task held the
+        // event loop gets one turn to be handled (it clears #pingedAt and this timer).
+        this.#giveUpDeferred = true;
+        this.#heartbeatTimer = this.#setTimeout(() => this.#heartbeatTick(), 0);
+        return;
+      }
       // Silent through a ping and its timeout: handled like a connection lost (1006), and
       // reported, so an application can tell why it reconnects.
       const ws = this.#ws;
@@ -1217,6 +1228,14 @@ export class ThrongClient {
   #timeOut(ref) {
     const request = this.#pending.get(ref);
     if (!request) return;
+    if (!request.deferred) {
+      // The timer may have come due during a long synchronous task while the answer sat
+      // received but not yet handled (Node runs due timers before I/O): one more turn of
+      // the event loop lets it through first.
+      request.deferred = true;
+      request.timer = this.#setTimeout(() => this.#timeOut(ref), 0);
+      return;
+    }
     this.#pending.delete(ref);
     const topic = request.type === "subscribe" || request.type === "unsubscribe" ? request.topic : undefined;
     if (request.type === "subscribe" && !request.internal) {

@@ -67,9 +67,20 @@ function fakeWebSocketClass() {
 function fakeTimers(clock = { ms: 0 }) {
   const timers = new Map();
   let nextId = 1;
-  const run = (timer) => {
+  // A request's timeout and the heartbeat's give-up decide one macrotask later (a 0 ms
+  // timer), so an answer already received goes first: run() runs such timers too, at
+  // once, unless the test holds them (fireHeld) to put an answer in between.
+  const run = (timer, chase = true) => {
     clock.ms = Math.max(clock.ms, timer.due);
+    const before = nextId;
     timer.fn();
+    if (!chase) return;
+    for (let i = 0; i < 10; i++) {
+      const zero = [...timers.entries()].find(([id, t]) => id >= before && t.ms === 0);
+      if (!zero) return;
+      timers.delete(zero[0]);
+      run(zero[1], false);
+    }
   };
   return {
     setTimeout: (fn, ms) => {
@@ -85,6 +96,13 @@ function fakeTimers(clock = { ms: 0 }) {
       if (!found) throw new Error(`no timer of ${ms} ms among ${[...timers.values()].map((t) => t.ms)}`);
       timers.delete(found[0]);
       run(found[1]);
+    },
+    /** Runs the oldest timer of delay `ms`, leaving the 0 ms timers it sets for the test. */
+    fireHeld(ms) {
+      const found = [...timers.entries()].find(([, t]) => t.ms === ms);
+      if (!found) throw new Error(`no timer of ${ms} ms`);
+      timers.delete(found[0]);
+      run(found[1], false);
     },
     /** Runs the timer due first and returns its delay. */
     fireSoonest() {
@@ -1546,4 +1564,31 @@ test("close() during a refresh's getToken leaves no timer behind", async () => {
   assert.equal(env.timers.count(), 0, "a Node process can exit at once");
   await flush();
   assert.deepEqual(env.events.error, []);
+});
+
+test("an answer that arrived while the event loop was blocked beats its request's timeout and the heartbeat's give-up", async () => {
+  // Node runs due timers before the I/O that came meanwhile: the timer fires first, then
+  // (one macrotask later) its decision; the answer comes in between.
+  const env = setup({ client: { heartbeat: { intervalMs: 3000, timeoutMs: 1000 } } });
+  await connectWith(env);
+  const ws = env.last();
+  const published = env.client.publish("room:1", 1);
+  const [pub] = ws.ofType("publish");
+  env.clock.ms += 10000;
+  env.timers.fireHeld(10000);
+  ws.receive({ type: "published", topic: "room:1", seq: 1, ref: pub.ref });
+  assert.equal((await published).seq, 1, "answered, not timed out");
+  // Without an answer the timeout still comes, one turn later.
+  const lost = env.client.publish("room:1", 2);
+  env.timers.fire(10000);
+  await assert.rejects(lost, (err) => err.code === "timeout" && err.sent === true);
+  // The heartbeat: its ping, then the timeout's tick, then the pong that was waiting.
+  env.timers.fire(3000);
+  assert.equal(ws.ofType("ping").length, 1);
+  env.timers.fireHeld(1000);
+  ws.receive({ type: "pong" });
+  assert.deepEqual(env.timers.delays().filter((ms) => ms === 0), [], "the give-up was called off");
+  assert.deepEqual(ws.closeCalls, []);
+  assert.deepEqual(env.events.error, []);
+  assert.equal(env.events.state.at(-1), "connected");
 });
