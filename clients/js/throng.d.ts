@@ -224,7 +224,9 @@ export interface ThrongClientOptions {
   /**
    * The server's max_client_data_bytes: a publish or send whose data, as JSON, is longer is
    * refused locally ("too_large", `sent: false`), since each server refusal counts toward
-   * its 1008 close. Default 16384 (the server's default).
+   * its 1008 close. The length is the server's: its compact re-encoding writes some numbers
+   * shorter than JSON.stringify (`1e-6` for `0.000001`, `1e21` for `1e+21`), so nothing the
+   * server would take is refused. Default 16384 (the server's default).
    */
   maxClientDataBytes?: number;
   /**

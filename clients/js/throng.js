@@ -1080,10 +1080,10 @@ export class ThrongClient {
     if (problem) return this.#refuseLocally(msg, meta, problem.code, problem.message);
     // The data's own text is no longer than the message's: most need no count.
     if ((msg.type === "publish" || msg.type === "send") && text.length * 3 > this.#maxClientDataBytes) {
-      const bytes = utf8Length(JSON.stringify(msg.data));
+      const bytes = serverDataLength(JSON.stringify(msg.data));
       if (bytes > this.#maxClientDataBytes) {
         return this.#refuseLocally(msg, meta, "too_large",
-          `data is ${bytes} bytes as JSON; the server takes at most ${this.#maxClientDataBytes} (maxClientDataBytes)`);
+          `data is ${bytes} bytes as the server writes it; the server takes at most ${this.#maxClientDataBytes} (maxClientDataBytes)`);
       }
     }
     if (msg.type !== "unsubscribe" && PACED_REQUESTS.has(msg.type) && this.#unsubscribes.length > 0) {
@@ -1404,6 +1404,46 @@ function integerInRange(number) {
   const digits = negative ? number.slice(1) : number;
   const limit = negative ? "9223372036854775808" : "18446744073709551615";
   return digits.length < limit.length || (digits.length === limit.length && digits <= limit);
+}
+
+/**
+ * The length in bytes of JSON text `text` (JSON.stringify's) as the server measures it: it
+ * re-encodes the data compactly (simd-json, numbers written by ryu) and counts that. The two
+ * differ only in how some numbers are written (strings, objects and other numbers come out
+ * alike): an exponent's sign (JS `1e+21`, the server `1e21`) and numbers in the 1e-6
+ * decade, which JS writes out (`0.0000012`) and the server as an exponent (`1.2e-6`). So
+ * never stricter than the server: a local refusal is one the server would make too.
+ * @param {string} text
+ * @returns {number}
+ */
+function serverDataLength(text) {
+  let bytes = utf8Length(text);
+  if (!text.includes("e+") && !text.includes("0.00000")) return bytes;
+  let inString = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (inString) {
+      if (c === 0x5c) i++;
+      else if (c === 0x22) inString = false;
+      continue;
+    }
+    if (c === 0x22) {
+      inString = true;
+    } else if (c === 0x2d || (c >= 0x30 && c <= 0x39)) {
+      let end = i + 1;
+      while (end < text.length && isNumberChar(text.charCodeAt(end))) end++;
+      const number = text.slice(i, end);
+      if (number.includes("e+")) {
+        bytes -= 1;
+      } else {
+        // 0.00000d...: n significant digits; the server writes de-6 (n = 1) or d.d...e-6.
+        const m = /^-?0\.00000([1-9][0-9]*)$/.exec(number);
+        if (m) bytes -= m[1].length === 1 ? 4 : 3;
+      }
+      i = end - 1;
+    }
+  }
+  return bytes;
 }
 
 function utf8Length(text) {

@@ -1479,6 +1479,33 @@ test("data over maxClientDataBytes (16 KiB by default) is refused locally with t
   assert.throws(() => setup({ client: { maxClientDataBytes: 0 } }), RangeError);
 });
 
+test("data size is counted as the server writes the data: 1e-6 and 1e21 are shorter there than in JS (never stricter than the server)", async () => {
+  const env = setup({ client: { clientRate: 0 } });
+  await connectWith(env);
+  // The server's own counts (from its too_large messages) for these arrays: it writes
+  // 0.000001 as 1e-6, 0.0000012345 as 1.2345e-6, 1e+21 as 1e21, 1.5e+300 as 1.5e300.
+  const cases = [[0.000001, 4445, 22226], [0.0000012345, 3077, 30771], [1e21, 6667, 33336], [1.5e300, 4445, 35561],
+    [-1e-7, 6667, 40003], [123.456, 5000, 40001]];
+  for (const [value, copies, serverBytes] of cases) {
+    await assert.rejects(env.client.publish("room:1", Array(copies).fill(value)),
+      (err) => err.code === "too_large" && err.message.includes(`data is ${serverBytes} bytes`), String(value));
+  }
+  // Negative ones too; strings that look like numbers are strings.
+  const tiny = setup({ client: { clientRate: 0, maxClientDataBytes: 100 } });
+  await connectWith(tiny);
+  for (const [value, copies, serverBytes] of [[-0.000001, 100, 601], [-2.5e-6, 100, 801], ["0.000001 e+", 10, 141]]) {
+    await assert.rejects(tiny.client.publish("room:1", Array(copies).fill(value)),
+      (err) => err.code === "too_large" && err.message.includes(`data is ${serverBytes} bytes`), String(value));
+  }
+  // What the server takes goes out, though JSON.stringify's text is longer than 16384.
+  const small = Array(3276).fill(0.000001);
+  assert.ok(JSON.stringify(small).length > 16384);
+  env.client.publish("room:1", small);
+  env.client.send({ v: Array(3270).fill(1e21) });
+  assert.equal(env.last().ofType("publish").length, 1);
+  assert.equal(env.last().ofType("send").length, 1);
+});
+
 test("refusals the client cannot foresee never reach the server's 11 in a row: a ping goes after 8 unconfirmed messages", async () => {
   const env = setup();
   await connectWith(env);
