@@ -353,7 +353,8 @@ export declare class ThrongClient {
   /**
    * Leaves a topic; answered locally when not connected. Never refused for the rate: a
    * burst waits and goes as the rate allows; a queued one resolves locally if the
-   * connection ends, or if subscribe(topic) is called first.
+   * connection ends, or once a subscribe(topic) called after it is sent (one refused
+   * locally leaves it queued: the server must end what the client forgot).
    */
   unsubscribe(topic: string): Promise<UnsubscribedMessage>;
 

@@ -379,8 +379,6 @@ export class ThrongClient {
     checkTopic(topic);
     const bad = badTopic(topic);
     if (bad) return Promise.reject(bad);
-    // An unsubscribe of it still queued is dropped: the server still holds the subscription.
-    this.#dropQueuedUnsubscribes(topic);
     const entry = this.#topics.get(topic);
     if (!entry) this.#topics.set(topic, { seq: null, epoch: null, live: false });
     if (this.#welcome) {
@@ -1086,11 +1084,15 @@ export class ThrongClient {
           `data is ${bytes} bytes as the server writes it; the server takes at most ${this.#maxClientDataBytes} (maxClientDataBytes)`);
       }
     }
-    if (msg.type !== "unsubscribe" && PACED_REQUESTS.has(msg.type) && this.#unsubscribes.length > 0) {
-      // Queued unsubscribes take the bucket's tokens first.
-      const waitMs = Math.ceil(this.#paceWait() + (this.#unsubscribes.length * 1000) / this.#clientRate);
+    // Queued unsubscribes take the bucket's tokens first; a subscribe takes the place of a
+    // queued unsubscribe of its own topic (dropped below, once the subscribe goes).
+    const queued = msg.type === "subscribe"
+      ? this.#unsubscribes.filter((item) => item.topic !== msg.topic).length
+      : this.#unsubscribes.length;
+    if (msg.type !== "unsubscribe" && PACED_REQUESTS.has(msg.type) && queued > 0) {
+      const waitMs = Math.ceil(this.#paceWait() + (queued * 1000) / this.#clientRate);
       return this.#refuseLocally(msg, meta, "rate_limited",
-        `over clientRate (${this.#clientRate} messages a second), ${this.#unsubscribes.length} unsubscribes queued: not sent; try again in ${waitMs} ms`,
+        `over clientRate (${this.#clientRate} messages a second), ${queued} unsubscribes queued: not sent; try again in ${waitMs} ms`,
         { retryAfterMs: waitMs });
     }
     const waitMs = this.#spend(text, msg.type, PACED_REQUESTS.has(msg.type));
@@ -1101,6 +1103,10 @@ export class ThrongClient {
         `over clientRate (${this.#clientRate} messages a second): not sent; try again in ${Math.ceil(waitMs)} ms`,
         { retryAfterMs: Math.ceil(waitMs) });
     }
+    // An unsubscribe of the topic still queued is dropped only now that the subscribe goes:
+    // the server keeps the subscription, which the client wants again. Had the subscribe
+    // been refused above, the unsubscribe would stay queued, since the topic is forgotten.
+    if (msg.type === "subscribe") this.#dropQueuedUnsubscribes(msg.topic);
     return new Promise((resolve, reject) => {
       const timer = this.#setTimeout(() => this.#timeOut(ref), this.#requestTimeoutMs);
       const index = this.#noteSent(msg.type);
@@ -1196,7 +1202,7 @@ export class ThrongClient {
     }
   }
 
-  /** subscribe(topic) while an unsubscribe of it waits: that unsubscribe is settled, unsent. */
+  /** A subscribe of `topic` goes while an unsubscribe of it waits: that unsubscribe is settled, unsent. */
   #dropQueuedUnsubscribes(topic) {
     if (!this.#unsubscribes.some((item) => item.topic === topic)) return;
     const keep = [];

@@ -1397,20 +1397,70 @@ test("a burst of unsubscribes is paced, not refused: queued ones go as the bucke
   assert.ok(results.every((r) => r.type === "unsubscribed"), JSON.stringify(results));
 });
 
-test("subscribe() drops a queued unsubscribe of the topic; a drop settles the queue locally", async () => {
+test("a subscribe that goes drops a queued unsubscribe of the topic; one refused leaves it queued (review s16h F2)", async () => {
   const env = setup({ client: { clientRate: 2 } });
   await connectWith(env);
   const a = env.client.unsubscribe("a");
   const b = env.client.unsubscribe("b");
   const c = env.client.unsubscribe("c");
   assert.deepEqual(env.last().ofType("unsubscribe").map((m) => m.topic), ["a"]);
-  // b waits: subscribing it again drops that unsubscribe (the server still holds b).
-  env.client.subscribe("b").catch(() => {});
-  assert.deepEqual(await b, { type: "unsubscribed", topic: "b" });
+  // subscribe(b) is refused (c's unsubscribe waits before it): b's stays queued, so the
+  // server ends the subscription the client has forgotten.
+  await assert.rejects(env.client.subscribe("b"), (e) => e.code === "rate_limited" && e.sent === false);
+  let bSettled = false;
+  b.then(() => { bSettled = true; });
+  await flush();
+  assert.equal(bSettled, false, "b's unsubscribe still waits");
   env.last().drop(1006);
-  assert.deepEqual(await c, { type: "unsubscribed", topic: "c" }, "the subscription ended with the connection");
+  assert.deepEqual(await b, { type: "unsubscribed", topic: "b" }, "the subscription ended with the connection");
+  assert.deepEqual(await c, { type: "unsubscribed", topic: "c" });
   await assert.rejects(a, (e) => e.code === "disconnected");
   assert.equal(env.timers.delays().filter((ms) => ms < 5000).length, 1, "only the reconnect's timer is left");
+
+  // Once the bucket has room, subscribe(b) goes in place of b's queued unsubscribe.
+  const env2 = setup({ client: { clientRate: 2 } });
+  await connectWith(env2);
+  env2.client.unsubscribe("a");
+  const b2 = env2.client.unsubscribe("b");
+  env2.clock.ms += 1000;
+  env2.client.subscribe("b").catch(() => {});
+  assert.deepEqual(await b2, { type: "unsubscribed", topic: "b" });
+  assert.deepEqual(env2.last().sent.map((m) => `${m.type} ${m.topic}`), ["unsubscribe a", "subscribe b"]);
+});
+
+test("subscribe/unsubscribe/subscribe while the bucket is low leaves no server subscription the client forgot (review s16h F2)", async () => {
+  for (const onlyA of [false, true]) {
+    const env = setup({ client: { clientRate: 10 } });
+    await connectWith(env);
+    const ws = env.last();
+    for (const topic of onlyA ? ["room:a"] : ["room:a", "room:b"]) {
+      const sub = env.client.subscribe(topic);
+      ws.receive({ type: "subscribed", topic, seq: 0, epoch: "e", ref: ws.ofType("subscribe").at(-1).ref });
+      await sub;
+      env.clock.ms += 1000;
+    }
+    // A burst empties the bucket (answers come: no refusal guard in play).
+    for (let i = 0; i < 20; i++) {
+      const p = env.client.publish("room:z", i).catch(() => {});
+      const pub = ws.ofType("publish").at(-1);
+      if (pub && !pub.answered) {
+        pub.answered = true;
+        ws.receive({ type: "published", topic: "room:z", seq: i + 1, ref: pub.ref });
+      }
+      await p;
+    }
+    const ua = env.client.unsubscribe("room:a");
+    if (!onlyA) env.client.unsubscribe("room:b").catch(() => {});
+    await assert.rejects(env.client.subscribe("room:a"), (e) => e.code === "rate_limited" && e.sent === false, `onlyA ${onlyA}`);
+    // The unsubscribe of room:a still goes as the bucket refills.
+    for (let i = 0; i < 10 && !ws.ofType("unsubscribe").some((m) => m.topic === "room:a"); i++) env.timers.fireSoonest();
+    const unsub = ws.ofType("unsubscribe").find((m) => m.topic === "room:a");
+    assert.ok(unsub, `onlyA ${onlyA}: the server is asked to end room:a`);
+    ws.receive({ type: "unsubscribed", topic: "room:a", ref: unsub.ref });
+    assert.equal((await ua).type, "unsubscribed");
+    ws.receive(pushMsg(1, { topic: "room:a" }));
+    assert.deepEqual(env.events.push, []);
+  }
 });
 
 test("the derived heartbeat timeout is the server's ping interval within 2-10 s, whatever idle_timeout_ms", async () => {
