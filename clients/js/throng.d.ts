@@ -234,7 +234,10 @@ export interface ThrongClientOptions {
    * server's token bucket and refuses a publish, send or subscribe locally ("rate_limited",
    * `sent: false`, `retryAfterMs`) that the server would refuse: 11 refusals in a row close
    * the connection with 1008, after which the client stops. Unsubscribes are paced too but
-   * never refused: they wait in a queue, and take the bucket's tokens first. Default 100
+   * never refused: they wait in a queue, and take the bucket's tokens first. When 8
+   * requests are unanswered, a ping (with a ref) goes in place of the next paced request,
+   * and paced requests are held (refused locally with "rate_limited", unsubscribes queued)
+   * until it is answered: see the README's "Refusals in a row". Default 100
    * (the server's default); 0 turns pacing off. Must be 0 or at least 1 (RangeError
    * otherwise: a bucket under one token could never take a message).
    */

@@ -48,7 +48,8 @@ const MAX_TOPIC_BYTES = 200;
 /**
  * The server closes a connection with 1008 at the 11th refused message in a row (protocol.md
  * 2.2). At most this many messages go out after the last one known (or taken) to have been
- * accepted before the client sends a ping, which resets the server's count (see #noteSent).
+ * accepted; then the client sends a ping, whose acceptance resets the server's count, and
+ * holds paced requests until it is answered (see #guardWait).
  */
 const REFUSAL_GUARD = 8;
 /** The server refuses client messages nested deeper than this, without their ref. */
@@ -247,11 +248,21 @@ export class ThrongClient {
   #sentCount = 0;
   /**
    * The number (in #sentCount) of the last message known to have reset the server's count
-   * of refusals in a row: one answered with anything but an error, or a ping (taken as
-   * accepted: pings are never refused but for the rate, and the bucket keeps a token for
-   * them). Every message after it may yet be refused.
+   * of refusals in a row: one answered with anything but an error, or the heartbeat's ping
+   * (taken as accepted: it goes after a quiet interval, when the bucket is full). Every
+   * message after it may yet be refused.
    */
   #resetAt = 0;
+  /**
+   * The refusal guard's ping (see #guardWait): null, or {ref, sentAt, retryAt, refusals}
+   * while it waits for its answer (ref set) or after it was refused or timed out (ref
+   * null: another goes at retryAt).
+   */
+  #guard = null;
+  /** Refs of guard pings that timed out: a late answer is dropped, not reported. */
+  #guardLate = new Set();
+  /** The last round trip of a request on this connection (ms): a hint for retryAfterMs. */
+  #rtt = 50;
   /** The server answered a send with `unavailable` on this connection (no upstream for sends). */
   #sendUnavailable = false;
   /**
@@ -610,6 +621,8 @@ export class ThrongClient {
     this.#welcome = null;
     this.#ackSeq = 0;
     this.#sendUnavailable = false; // the next connection may reach a server that has one
+    this.#guard = null;
+    this.#guardLate.clear();
     this.#clearAttemptTimer();
     if (this.#heartbeatTimer !== null) this.#clearTimeout(this.#heartbeatTimer);
     this.#heartbeatTimer = null;
@@ -710,6 +723,8 @@ export class ThrongClient {
     this.#bucket = { milli: this.#clientRate * 1000, at: this.#welcomeAt }; // a new connection's is full
     this.#sentCount = 0; // and its count of refusals in a row is 0
     this.#resetAt = 0;
+    this.#guard = null;
+    this.#guardLate.clear();
     this.#clearAttemptTimer();
     this.#startHeartbeat();
     // On resumed:true the replay follows, so our position stays; otherwise start from welcome.
@@ -1040,6 +1055,7 @@ export class ThrongClient {
     const request = this.#takePending(msg);
     const topic = request?.type === "subscribe" ? request.topic : undefined;
     const err = throngError(msg.code ?? "error", msg.message ?? String(msg.code), { ref: msg.ref, topic });
+    if (!request && this.#guardLate.delete(msg.ref)) return; // the guard's ping, answered late
     if (!request) {
       this.#emitError(err);
       return;
@@ -1090,10 +1106,20 @@ export class ThrongClient {
       ? this.#unsubscribes.filter((item) => item.topic !== msg.topic).length
       : this.#unsubscribes.length;
     if (msg.type !== "unsubscribe" && PACED_REQUESTS.has(msg.type) && queued > 0) {
-      const waitMs = Math.ceil(this.#paceWait() + (queued * 1000) / this.#clientRate);
+      const first = Math.max(this.#paceWait(), this.#guardHoldMs(), this.#unsubscribePauseUntil - this.#now());
+      const waitMs = Math.max(1, Math.ceil(first + (this.#clientRate ? (queued * 1000) / this.#clientRate : 0)));
       return this.#refuseLocally(msg, meta, "rate_limited",
         `over clientRate (${this.#clientRate} messages a second), ${queued} unsubscribes queued: not sent; try again in ${waitMs} ms`,
         { retryAfterMs: waitMs });
+    }
+    if (PACED_REQUESTS.has(msg.type)) {
+      const hold = this.#guardWait();
+      if (hold > 0) {
+        const waitMs = Math.max(1, Math.ceil(hold === Infinity ? this.#guardHoldMs() : hold));
+        return this.#refuseLocally(msg, meta, "rate_limited",
+          `${REFUSAL_GUARD} messages are unanswered and the ping that guards against the server's 1008 close is ${this.#guard?.ref != null ? "unanswered" : "refused"}: not sent; try again in ${waitMs} ms`,
+          { retryAfterMs: waitMs });
+      }
     }
     const waitMs = this.#spend(text, msg.type, PACED_REQUESTS.has(msg.type));
     if (waitMs > 0) {
@@ -1110,7 +1136,7 @@ export class ThrongClient {
     return new Promise((resolve, reject) => {
       const timer = this.#setTimeout(() => this.#timeOut(ref), this.#requestTimeoutMs);
       const index = this.#noteSent(msg.type);
-      this.#pending.set(ref, { resolve, reject, type: msg.type, timer, index, ...meta });
+      this.#pending.set(ref, { resolve, reject, type: msg.type, timer, index, sentAt: this.#now(), ...meta });
       this.#ws.send(text);
       this.#sentAt = this.#now();
     });
@@ -1173,7 +1199,9 @@ export class ThrongClient {
   #drainUnsubscribes() {
     if (this.#unsubscribeTimer !== null) return; // its turn comes with the timer
     while (this.#unsubscribes.length > 0 && this.#welcome) {
-      const wait = Math.max(this.#paceWait(), this.#unsubscribePauseUntil - this.#now());
+      let wait = Math.max(this.#paceWait(), this.#unsubscribePauseUntil - this.#now());
+      if (wait <= 0) wait = this.#guardWait();
+      if (wait === Infinity) return; // the guard's ping is unanswered: its answer drains
       if (wait > 0) {
         this.#unsubscribeTimer = this.#setTimeout(() => {
           this.#unsubscribeTimer = null;
@@ -1285,32 +1313,101 @@ export class ThrongClient {
     this.#clearTimeout(request.timer);
     // Accepted: the server's count of refusals in a row started over at it.
     if (msg.type !== "error") this.#resetAt = Math.max(this.#resetAt, request.index);
+    if (request.sentAt !== undefined) this.#rtt = Math.max(1, this.#now() - request.sentAt);
     return request;
   }
 
   /**
    * Numbers a message about to go out (acks aside: an accepted ack does not reset the
-   * server's count, and the client sends none the server would refuse). The server closes
-   * with 1008 at the 11th refused message in a row, and counts refusals the client cannot
-   * always foresee (forbidden_topic, a refresh's invalid_token, unavailable on another
-   * server, ...), some before their answers arrive (a burst). So once REFUSAL_GUARD
-   * messages have gone out since the last one known to have been accepted, a ping goes
-   * first: an accepted ping resets the server's count (protocol.md 2.2), and whatever those
-   * messages' answers turn out to be, the run cannot reach 11.
+   * server's count, and the client sends none the server would refuse). A request of the
+   * client's own (a token refresh) that finds REFUSAL_GUARD messages unconfirmed is not
+   * held: the guard's ping goes before it, unpaced, unless one is out already.
    * @returns {number} the message's number
    */
   #noteSent(type) {
     if (type === "ping") {
-      this.#resetAt = ++this.#sentCount;
+      this.#resetAt = ++this.#sentCount; // the heartbeat's
       return this.#sentCount;
     }
-    if (this.#sentCount - this.#resetAt >= REFUSAL_GUARD) {
-      const ping = JSON.stringify({ type: "ping" });
-      this.#spend(ping, "ping", false);
-      this.#ws.send(ping);
-      this.#resetAt = ++this.#sentCount;
+    if (!PACED_REQUESTS.has(type) && this.#guard === null && this.#sentCount - this.#resetAt >= REFUSAL_GUARD) {
+      this.#sendGuardPing();
     }
     return ++this.#sentCount;
+  }
+
+  /**
+   * The refusal guard, for a paced request: how long it must wait (ms; Infinity: until the
+   * guard's ping is answered), or 0 when it may go. The server closes with 1008 at the
+   * 11th refused message in a row, and counts refusals the client cannot always foresee
+   * (forbidden_topic, a refresh's invalid_token, rate_limited for messages that reached it
+   * bunched, ...), some before their answers arrive (a burst). So once REFUSAL_GUARD
+   * messages have gone out since the last one known to have been accepted, a ping with a
+   * ref goes in place of the request (paced like one: it leaves a token in the bucket),
+   * and nothing paced goes until its answer: a pong resets the server's count; a refusal
+   * (or no answer) means another ping after a pause (RATE_LIMIT_PAUSE_MS, then twice
+   * that, which lets even a bucket in debt refill). The answers to the messages before
+   * the ping arrive before its own, so a refused ping leaves a run of at most
+   * REFUSAL_GUARD + 1 known refusals, and one refused retry at most one more.
+   */
+  #guardWait() {
+    const guard = this.#guard;
+    if (guard !== null && guard.ref !== null) return Infinity;
+    if (this.#sentCount - this.#resetAt < REFUSAL_GUARD) {
+      this.#guard = null;
+      return 0;
+    }
+    const now = this.#now();
+    if (guard !== null && guard.retryAt > now) return guard.retryAt - now;
+    const pace = this.#paceWait();
+    if (pace > 0) return pace;
+    this.#sendGuardPing();
+    return this.#guard === null ? 0 : Infinity;
+  }
+
+  /** How long the guard holds paced requests, as a hint (ms): its ping's answer is expected a round trip after it went. */
+  #guardHoldMs() {
+    const guard = this.#guard;
+    if (guard === null) return 0;
+    if (guard.ref !== null) return Math.max(1, guard.sentAt + this.#rtt - this.#now());
+    return Math.max(0, guard.retryAt - this.#now());
+  }
+
+  /** Sends the refusal guard's ping, with a ref, charged to the bucket like any message. */
+  #sendGuardPing() {
+    const ref = this.#nextRef++;
+    const text = JSON.stringify({ type: "ping", ref });
+    this.#spend(text, "ping", false);
+    const now = this.#now();
+    const guard = { ref, sentAt: now, retryAt: 0, refusals: this.#guard?.refusals ?? 0 };
+    // Without pacing (clientRate 0: a server without client_rate) a ping is never refused,
+    // so it is taken as accepted at once and nothing is held.
+    this.#guard = this.#clientRate === 0 ? null : guard;
+    const timer = this.#setTimeout(() => this.#timeOut(ref), this.#requestTimeoutMs);
+    this.#pending.set(ref, {
+      type: "ping",
+      index: ++this.#sentCount,
+      timer,
+      sentAt: now,
+      resolve: () => this.#guardAnswered(guard, null),
+      reject: (err) => this.#guardAnswered(guard, err),
+    });
+    if (this.#guard === null) this.#resetAt = this.#sentCount;
+    this.#ws.send(text);
+    this.#sentAt = now;
+  }
+
+  /** The guard's ping was answered (err null: pong), refused or timed out; never reported. */
+  #guardAnswered(guard, err) {
+    if (guard !== this.#guard || err?.code === "disconnected") return;
+    if (err === null) {
+      this.#guard = null;
+    } else {
+      if (err.code === "timeout") this.#guardLate.add(guard.ref);
+      guard.ref = null;
+      guard.refusals += 1;
+      guard.retryAt = this.#now() + RATE_LIMIT_PAUSE_MS * Math.min(2, guard.refusals);
+    }
+    this.#drainUnsubscribes();
   }
 
   /** Resolves the request `msg` answers; false when it answers none of ours. */

@@ -1225,26 +1225,47 @@ test("data nested too deeply or with integers beyond 64 bits is refused locally 
 test("a burst over clientRate is refused locally, so the server never closes with 1008", async () => {
   const env = setup();
   await connectWith(env);
+  const ws = env.last();
   const refused = [];
-  for (let i = 0; i < 150; i++) env.client.publish("room:1", { i }).catch((err) => refused.push(err));
+  // Answered as they go (pongs included), so the refusal guard never holds: the bucket decides.
+  for (let i = 0; i < 150; i++) {
+    env.client.publish("room:1", { i }).catch((err) => refused.push(err));
+    for (const m of ws.sent) {
+      if (m.answered || m.type === "ack") continue;
+      m.answered = true;
+      ws.receive(m.type === "ping" ? { type: "pong", ref: m.ref } : { type: "published", topic: "room:1", seq: 1, ref: m.ref });
+    }
+  }
   await flush();
-  const sent = env.last().ofType("publish").length;
+  const sent = ws.ofType("publish").length;
   // The server's bucket: 100 tokens, a token a message plus 256 bytes' worth (1/64 token),
-  // less one token kept for the client's own messages, and a ping after every 8 messages
-  // without an answer (none came yet), which resets the server's count of refusals.
-  assert.equal(env.last().ofType("ping").length, 10);
-  assert.equal(sent, 87);
-  assert.equal(refused.length, 150 - 87);
+  // less one token kept for the client's own messages.
+  assert.equal(ws.ofType("ping").length, 0);
+  assert.equal(sent, 97);
+  assert.equal(refused.length, 150 - 97);
   assert.ok(refused.every((e) => e.code === "rate_limited" && e.sent === false && e.retryAfterMs > 0 && e.retryAfterMs <= 10),
     JSON.stringify(refused[0]));
   // Acks are never refused and take no token; a second later the bucket is full again.
-  env.last().receive(pushMsg(1));
+  ws.receive(pushMsg(1));
   await flush();
-  assert.equal(env.last().ofType("ack").length, 1);
+  assert.equal(ws.ofType("ack").length, 1);
   env.clock.ms += 1000;
-  for (let i = 0; i < 86; i++) env.client.send(1);
-  assert.equal(env.last().ofType("send").length, 86);
+  for (let i = 0; i < 97; i++) {
+    env.client.send(1);
+    const m = ws.ofType("send").at(-1);
+    ws.receive({ type: "sent", ref: m.ref });
+  }
+  assert.equal(ws.ofType("send").length, 97);
   await assert.rejects(env.client.send(1), (err) => err.code === "rate_limited");
+  // Before any answer, a burst stops at 8 and the guard's ping (see the guard's tests).
+  const env2 = setup();
+  await connectWith(env2);
+  const refused2 = [];
+  for (let i = 0; i < 150; i++) env2.client.publish("room:1", { i }).catch((err) => refused2.push(err));
+  await flush();
+  assert.equal(env2.last().ofType("publish").length, 8);
+  assert.equal(env2.last().ofType("ping").length, 1);
+  assert.ok(refused2.length === 142 && refused2.every((e) => e.code === "rate_limited" && e.sent === false && e.retryAfterMs >= 1));
 });
 
 test("large messages cost a token per 16 KiB more, like on the server", async () => {
@@ -1560,30 +1581,46 @@ test("refusals the client cannot foresee never reach the server's 11 in a row: a
   const env = setup();
   await connectWith(env);
   const ws = env.last();
-  /** The longest run of messages (acks aside) since the last ping or accepted message. */
+  /** The longest run of messages (acks aside) since the last accepted one (pongs accept pings). */
   const longestRun = (accepted) => {
     let run = 0;
     let longest = 0;
     for (const m of ws.sent) {
       if (m.type === "ack") continue;
-      run = m.type === "ping" || accepted.has(m.ref) ? 0 : run + 1;
+      run = accepted.has(m.ref) ? 0 : run + 1;
       longest = Math.max(longest, run);
     }
     return longest;
   };
+  const accepted = new Set();
   // One at a time, each refused (a topic the token may not publish to) before the next goes.
+  let refusedLocally = 0;
   for (let i = 0; i < 30; i++) {
+    const before = ws.sent.length;
     const p = env.client.publish("room:secret", i);
-    const pub = ws.ofType("publish").at(-1);
-    ws.receive({ type: "error", code: "forbidden_topic", message: "no", ref: pub.ref });
+    const m = ws.sent.at(-1);
+    if (ws.sent.length === before) assert.fail("nothing went");
+    if (m.type === "ping") {
+      // The 9th went as a ping in its place; nothing goes until it is answered.
+      await assert.rejects(p, (err) => err.code === "rate_limited" && err.sent === false);
+      refusedLocally += 1;
+      await assert.rejects(env.client.publish("room:secret", i), (err) => err.code === "rate_limited" && err.retryAfterMs >= 1);
+      assert.equal(ws.sent.at(-1), m);
+      ws.receive({ type: "pong", ref: m.ref });
+      accepted.add(m.ref);
+      continue;
+    }
+    ws.receive({ type: "error", code: "forbidden_topic", message: "no", ref: m.ref });
     await assert.rejects(p, (err) => err.code === "forbidden_topic");
     env.clock.ms += 20;
   }
-  assert.equal(ws.ofType("ping").length, 3, "a ping before the 9th, 17th and 25th");
-  assert.ok(longestRun(new Set()) <= 8);
-  // A burst, before any answer: the same.
+  assert.equal(ws.ofType("ping").length, 3, "a ping in place of the 9th, 18th and 27th");
+  assert.equal(refusedLocally, 3);
+  assert.ok(longestRun(accepted) <= 9);
+  // A burst, before any answer: 8 go, then the ping, then nothing.
   for (let i = 0; i < 20; i++) env.client.subscribe(`room:${i}`).catch(() => {});
-  assert.ok(longestRun(new Set()) <= 8);
+  assert.ok(longestRun(accepted) <= 9, String(longestRun(accepted)));
+  assert.equal(env.events.error.length, 0);
   // Accepted messages reset the count: no pings while answers come back as accepted.
   const env2 = setup();
   await connectWith(env2);
@@ -1595,6 +1632,62 @@ test("refusals the client cannot foresee never reach the server's 11 in a row: a
     env2.clock.ms += 20;
   }
   assert.equal(env2.last().ofType("ping").length, 0);
+});
+
+test("the guard's ping has a ref and costs a token; paced requests wait for its answer, and a refused one is tried again (review s16h F1)", async () => {
+  const env = setup({ client: { clientRate: 10 } });
+  await connectWith(env);
+  const ws = env.last();
+  // 8 publishes take 8 tokens and a bit: 1.875 left, under the 2 a paced message needs.
+  for (let i = 0; i < 8; i++) env.client.publish("room:1", i).catch(() => {});
+  assert.equal(ws.ofType("publish").length, 8);
+  await assert.rejects(env.client.publish("room:1", 8), (e) => e.code === "rate_limited");
+  assert.equal(ws.ofType("ping").length, 0, "the ping waits for the bucket like a paced request");
+  env.clock.ms += 20;
+  await assert.rejects(env.client.publish("room:1", 9), (e) => e.code === "rate_limited" && e.sent === false);
+  const [ping] = ws.ofType("ping");
+  assert.equal(typeof ping?.ref, "number", "the guard's ping has a ref");
+  assert.equal(ws.ofType("publish").length, 8, "the ping goes in place of the request: the reserved token stays");
+  // Held while the ping is unanswered, however full the bucket: publishes refused, unsubscribes queued.
+  env.clock.ms += 2000;
+  await assert.rejects(env.client.publish("room:1", 10), (e) => e.code === "rate_limited" && e.retryAfterMs >= 1);
+  const unsub = env.client.unsubscribe("room:x");
+  assert.equal(ws.ofType("unsubscribe").length, 0);
+  // The server saw them bunched: all refused for the rate, the ping too. No error event.
+  for (const m of ws.ofType("publish")) ws.receive({ type: "error", code: "rate_limited", message: "slow down", ref: m.ref });
+  ws.receive({ type: "error", code: "rate_limited", message: "slow down", ref: ping.ref });
+  await flush();
+  assert.deepEqual(env.events.error, [], "a refused guard ping is not reported");
+  assert.equal(ws.sent.length, 9, "nothing more went: the run is 9");
+  // Another ping only after a second's pause; then the held requests go again.
+  env.clock.ms += 500;
+  await assert.rejects(env.client.publish("room:1", 11), (e) => e.code === "rate_limited" && e.retryAfterMs >= 500);
+  assert.equal(ws.sent.length, 9);
+  const pausedAt = env.clock.ms;
+  for (let i = 0; i < 5 && ws.ofType("ping").length < 2; i++) env.timers.fireSoonest();
+  assert.equal(env.clock.ms, pausedAt + 500, "a second after the refusal");
+  const second = ws.ofType("ping")[1];
+  assert.ok(second, "the queued unsubscribe's turn sent the next ping");
+  assert.equal(ws.ofType("unsubscribe").length, 0);
+  ws.receive({ type: "pong", ref: second.ref });
+  const [u] = ws.ofType("unsubscribe");
+  assert.equal(u?.topic, "room:x", "the pong lets the queue go");
+  ws.receive({ type: "unsubscribed", topic: "room:x", ref: u.ref });
+  await unsub;
+  env.client.publish("room:1", 12);
+  assert.equal(ws.ofType("publish").length, 9);
+  assert.deepEqual(env.events.error, []);
+});
+
+test("without pacing (clientRate 0) the guard's ping is taken as accepted: nothing is held", async () => {
+  const env = setup({ client: { clientRate: 0 } });
+  await connectWith(env);
+  for (let i = 0; i < 90; i++) env.client.publish("t", i);
+  assert.equal(env.last().ofType("publish").length, 90);
+  assert.equal(env.last().ofType("ping").length, 11);
+  const [ping] = env.last().ofType("ping");
+  env.last().receive({ type: "error", code: "rate_limited", message: "slow down", ref: ping.ref });
+  assert.deepEqual(env.events.error, []);
 });
 
 test("clientRate must be 0 or at least 1: a smaller bucket could never take a message", async () => {
