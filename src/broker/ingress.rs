@@ -382,6 +382,13 @@ impl Ingress {
     /// renews their idle time, so other nodes never claim them while this one lives.
     /// Forgets held entries that are no longer this consumer's.
     fn retry_own(&mut self, conn: &mut Connection) -> redis::RedisResult<()> {
+        if self.ctx.blocks.duplicate_id.load(Relaxed) {
+            // Twins share one consumer: its pending entries include those the other has
+            // just read and not acknowledged yet, and reading them again here would
+            // publish them twice. Held entries wait for the twin to go (or for another
+            // node to claim them after `claim_idle_ms`).
+            return Ok(());
+        }
         let mut from = "0".to_string();
         let mut seen = HashSet::new();
         loop {

@@ -314,6 +314,9 @@ pub struct Blocks {
     /// The subscriber cannot subscribe or load: Redis refuses its first commands
     /// (`NOPERM`, `NOAUTH`, `OOM`), so this node's sessions would get nothing.
     pub subscriber: AtomicBool,
+    /// The publisher holds as many pushes Redis refused for now as it may
+    /// (`publisher::RETRY_MAX`): Redis answers, but takes none (out of memory?).
+    pub saturated: AtomicBool,
     /// Another live node runs under this node's id (`throng:nodes:run`). Not a block:
     /// pushes still go through both, only presence and stats are wrong, and a fleet
     /// started with one copied id must not go out of service on an upgrade. `/readyz`
@@ -328,6 +331,11 @@ impl Blocks {
         if self.subscriber.load(Relaxed) {
             return Some(
                 "Redis refuses the subscriber's commands (see the log); pushes are refused until it subscribes",
+            );
+        }
+        if self.saturated.load(Relaxed) {
+            return Some(
+                "8,192 pushes wait for Redis, which answers but refuses them for now (out of memory? see the log); pushes are refused until half of them went",
             );
         }
         None

@@ -202,8 +202,13 @@ pub(crate) struct Presence {
     last_ok_beat: Option<Instant>,
     /// After a spell in which Redis took no heartbeat for longer than a beat or two (it
     /// refused writes, stalled, or was away), other nodes' beats may be old for the same
-    /// reason: until then they are neither removed nor judged, and views answer 503.
+    /// reason: until then no node is removed, and views judge beats as of that long ago.
     settling_until: Option<Instant>,
+    /// How long that spell was: beats are judged at now minus it while settling.
+    settle_shift: Duration,
+    /// When another run was last seen under this node's id: the verdict holds for `STALE`
+    /// after, so two twins whose beats fall in step do not flip it.
+    twin_seen: Option<Instant>,
 }
 
 impl Presence {
@@ -238,6 +243,8 @@ impl Presence {
             run: format!("{:016x}", rand::random::<u64>()),
             last_ok_beat: None,
             settling_until: None,
+            settle_shift: Duration::ZERO,
+            twin_seen: None,
         }
     }
 
@@ -509,13 +516,16 @@ impl Presence {
         // The link works: the next reconnect, if any, starts at the shortest pause.
         self.backoff = RECONNECT_MIN;
         let taken = Instant::now();
-        if self
+        if let Some(gap) = self
             .last_ok_beat
-            .is_some_and(|t| taken.duration_since(t) > STALE - HEARTBEAT)
+            .map(|t| taken.duration_since(t))
+            .filter(|&gap| gap > STALE - HEARTBEAT)
         {
             // Other nodes' beats were likely refused as long: they get `STALE` to beat
-            // again before this node takes them for dead.
+            // again before this node takes them for dead, and meanwhile beats are judged
+            // as of the spell's length ago.
             self.settling_until = Some(taken + STALE);
+            self.settle_shift = gap;
         }
         self.last_ok_beat = Some(taken);
         if std::mem::replace(&mut self.refusing, false) {
@@ -532,10 +542,17 @@ impl Presence {
         // Another process beat under this id since this one's last beat: it is alive
         // (a node that restarted under its id is not: it beats no more).
         // The first beat of a link cannot tell (this process just wrote its run): it
-        // leaves the verdict as it was, so a reconnect does not flip it.
+        // leaves the verdict as it was, so a reconnect does not flip it. Nor does a beat
+        // that finds its own run: twins whose beats fall in step may each write twice
+        // between the other's; the verdict ends `STALE` after the other run was seen.
+        if !first && last_run.as_ref().is_some_and(|r| *r != self.run) {
+            self.twin_seen = Some(taken);
+        }
         let twin = match first {
             true => self.ctx.blocks.duplicate_id.load(Relaxed),
-            false => last_run.as_ref().is_some_and(|r| *r != self.run),
+            false => self
+                .twin_seen
+                .is_some_and(|t| taken.duration_since(t) < STALE),
         };
         self.ctx
             .metrics
@@ -607,7 +624,11 @@ impl Presence {
     fn answer(&mut self, q: PresenceQuery) {
         let ticket = ticket_of(&q);
         let unknown = self.view_unknown();
-        let judged_at = if self.settling() { 0 } else { now_ms() };
+        let judged_at = if self.settling() {
+            now_ms().saturating_sub(self.settle_shift.as_millis() as u64)
+        } else {
+            now_ms()
+        };
         let r = match self.conn.as_mut() {
             None => Err("cannot reach Redis".to_string()),
             Some(_) if unknown.is_some() => Err(unknown.unwrap_or_default()),
@@ -649,9 +670,9 @@ impl Presence {
 
 /// Reads the view a query asks for: the live nodes first, then what they hold.
 ///
-/// `judged_at` is the time (Unix ms) nodes' beats are judged at: now, or 0 right after a
-/// spell without heartbeats, when every node in the hash counts as alive (their beats
-/// were held up as long as this node's).
+/// `judged_at` is the time (Unix ms) nodes' beats are judged at: now, or right after a
+/// spell without heartbeats now minus that spell (their beats were held up as long as this
+/// node's).
 fn query(
     conn: &mut Connection,
     me: &str,

@@ -362,6 +362,7 @@ impl Publisher {
     /// Tells the API (and `/readyz`) whether pushes can be taken: a link, and room.
     fn show_up(&self) {
         let up = self.conn.is_some() && !self.saturated;
+        self.ctx.blocks.saturated.store(self.saturated, Relaxed);
         self.up.store(up, Relaxed);
         self.ctx.metrics.broker.up.store(up, Relaxed);
     }

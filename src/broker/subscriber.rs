@@ -50,8 +50,14 @@ const LOADS_PER_TRIP: usize = 16;
 const CHANNELS_PER_COMMAND: usize = 1000;
 /// A link that fails before it had subscribed and loaded is made again only after a
 /// growing pause (as the publisher's and presence's); one that had, but fails sooner than
-/// this, after the shortest pause; one that lasted, at once.
+/// this, after the shortest pause (growing to `QUICK_LOSS_MAX` after `QUICK_LOSSES_FREE`
+/// such losses in a row); one that lasted, at once.
 const LINK_MIN_LIFE: Duration = Duration::from_secs(1);
+/// Quick losses of settled links in a row that are made again after the shortest pause.
+const QUICK_LOSSES_FREE: u32 = 3;
+/// Longest pause after quick losses of settled links: every reconnect reloads every
+/// stream (Redis work), and every pause is pushes that history may not cover.
+const QUICK_LOSS_MAX: Duration = Duration::from_millis(500);
 
 /// The subscriber thread's state.
 pub(crate) struct Subscriber {
@@ -79,6 +85,8 @@ pub(crate) struct Subscriber {
     refusing: Option<String>,
     /// A loss or refusal was logged: the next settled link says it is back.
     lost: bool,
+    /// Settled links lost within `LINK_MIN_LIFE` in a row.
+    quick_losses: u32,
 }
 
 /// A subscription change, applied in the order the shards asked.
@@ -116,6 +124,7 @@ impl Subscriber {
             settled: false,
             refusing: None,
             lost: false,
+            quick_losses: 0,
         }
     }
 
@@ -153,16 +162,35 @@ impl Subscriber {
                         pause_for = Some(why);
                     } else {
                         let e = super::describe(&e, self.ctx.redis.is_tls());
-                        tracing::warn!(error = %e, "subscriber lost Redis; reconnecting");
                         self.lost = true;
+                        let quick = self.settled && linked_at.elapsed() < LINK_MIN_LIFE;
+                        self.quick_losses = if quick { self.quick_losses + 1 } else { 0 };
+                        if self.quick_losses <= QUICK_LOSSES_FREE {
+                            tracing::warn!(error = %e, "subscriber lost Redis; reconnecting");
+                        } else if self.quick_losses == QUICK_LOSSES_FREE + 1 {
+                            tracing::warn!(
+                                error = %e,
+                                "Redis cuts the subscriber's link again and again soon after it \
+                                 subscribed and reloaded (client-output-buffer-limit pubsub?); \
+                                 pausing up to 0.5 s between links until one lasts"
+                            );
+                        } else {
+                            tracing::debug!(error = %e, "subscriber lost Redis again");
+                        }
                         if !self.settled {
+                            // Lost during its first commands: its streams are not served,
+                            // so the node is not ready until a link settles.
+                            self.ctx.blocks.subscriber.store(true, Relaxed);
                             pause_for = Some(why);
-                        } else if linked_at.elapsed() < LINK_MIN_LIFE {
+                        } else if quick {
                             // Redis took this link's first commands: a quick loss (a cut for
                             // the output buffer, a proxy, CLIENT KILL) waits the shortest
-                            // pause, not a growing one: every pause is pushes that history
-                            // may not cover, and a session that cannot resume is closed.
-                            self.backoff = RECONNECT_MIN;
+                            // pause, then one growing to 0.5 s if Redis keeps cutting: every
+                            // pause is pushes that history may not cover (a session that
+                            // cannot resume is closed), every link a reload of every stream.
+                            let over = self.quick_losses.saturating_sub(QUICK_LOSSES_FREE);
+                            self.backoff = (RECONNECT_MIN * 2u32.saturating_pow(over.min(8)))
+                                .min(QUICK_LOSS_MAX);
                             pause_for = Some(why);
                         }
                     }
@@ -235,7 +263,11 @@ impl Subscriber {
         self.ctx.blocks.subscriber.store(false, Relaxed);
         self.refusing = None;
         if std::mem::take(&mut self.lost) {
-            tracing::info!("subscriber is back: subscribed and reloaded on Redis");
+            if self.quick_losses <= QUICK_LOSSES_FREE {
+                tracing::info!("subscriber is back: subscribed and reloaded on Redis");
+            } else {
+                tracing::debug!("subscriber is back: subscribed and reloaded on Redis");
+            }
         }
         let mut last_ping = Instant::now();
         while !self.ctx.stop.load(Relaxed) {

@@ -120,6 +120,13 @@ impl ClusterState {
         }
     }
 
+    /// A stream loaded: a spell of failures that was logged is said to be over.
+    fn load_ok(&mut self) {
+        if self.load_failures.recover() {
+            tracing::info!("streams load from Redis again");
+        }
+    }
+
     /// Logs a stream that could not be loaded: the first, then one per 10 s with how
     /// many failed meanwhile.
     fn load_failed(&mut self, stream: &str, e: &str) {
@@ -466,7 +473,12 @@ impl Shard {
             .prior
             .or_else(|| (u.epoch != 0).then_some((u.epoch, u.seq)));
         let st = match state {
-            Ok(st) => st,
+            Ok(st) => {
+                if let Some(c) = self.cluster.as_mut() {
+                    c.load_ok();
+                }
+                st
+            }
             Err(e) => {
                 if let Some(c) = self.cluster.as_mut() {
                     c.load_failed(&format!("user {user}"), &e);
@@ -598,11 +610,12 @@ impl Shard {
             return;
         }
         let st = match state {
-            Ok(st) => st,
+            Ok(st) => {
+                c.load_ok();
+                st
+            }
             Err(e) => {
-                if let Some(c) = self.cluster.as_mut() {
-                    c.load_failed(&format!("topic {topic}"), &e);
-                }
+                c.load_failed(&format!("topic {topic}"), &e);
                 for p in pending {
                     // The subscribe fails; the connection goes on.
                     let more = self
