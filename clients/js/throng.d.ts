@@ -235,9 +235,11 @@ export interface ThrongClientOptions {
    * `sent: false`, `retryAfterMs`) that the server would refuse: 11 refusals in a row close
    * the connection with 1008, after which the client stops. Unsubscribes are paced too but
    * never refused: they wait in a queue, and take the bucket's tokens first. When 8
-   * requests are unanswered, a ping (with a ref) goes in place of the next paced request,
-   * and paced requests are held (refused locally with "rate_limited", unsubscribes queued)
-   * until it is answered: see the README's "Refusals in a row". Default 100
+   * requests are unanswered, a ping (with a ref) goes: taken as accepted while the bucket
+   * has room for it even if all since the latest answer reached the server at once;
+   * otherwise in place of the next paced request, and paced requests are held (refused
+   * locally with "rate_limited", unsubscribes queued) until it is answered: see the
+   * README's "Refusals in a row". Default 100
    * (the server's default); 0 turns pacing off. Must be 0 or at least 1 (RangeError
    * otherwise: a bucket under one token could never take a message).
    */

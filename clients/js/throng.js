@@ -48,10 +48,13 @@ const MAX_TOPIC_BYTES = 200;
 /**
  * The server closes a connection with 1008 at the 11th refused message in a row (protocol.md
  * 2.2). At most this many messages go out after the last one known (or taken) to have been
- * accepted; then the client sends a ping, whose acceptance resets the server's count, and
- * holds paced requests until it is answered (see #guardWait).
+ * accepted; then the client sends a ping, whose acceptance resets the server's count. While
+ * the bucket has room for it the ping is taken as accepted; when it is low, paced requests
+ * are held until the ping is answered (see #guardWait).
  */
 const REFUSAL_GUARD = 8;
+/** The server refills its buckets once a tick (src/reactor.rs TICK_MS), in ms. */
+const SERVER_TICK_MS = 10;
 /** The server refuses client messages nested deeper than this, without their ref. */
 const MAX_DEPTH = 32;
 /** The server's default client_rate: messages per second, and the bucket's size. */
@@ -263,6 +266,15 @@ export class ThrongClient {
   #guardLate = new Set();
   /** The last round trip of a request on this connection (ms): a hint for retryAfterMs. */
   #rtt = 50;
+  /** The number (in #sentCount) of the last message answered as accepted. */
+  #confirmedAt = 0;
+  /** Thousandths of a token charged to the bucket on this connection, all told (see #guardRoom). */
+  #spent = 0;
+  /**
+   * The latest message whose answer came (see #guardRoom): its number, #guardRoom and
+   * #spent right after it went, and when its answer came (at).
+   */
+  #anchor = { index: 0, milli: 0, spent: 0, at: 0 };
   /** The server answered a send with `unavailable` on this connection (no upstream for sends). */
   #sendUnavailable = false;
   /**
@@ -723,6 +735,9 @@ export class ThrongClient {
     this.#bucket = { milli: this.#clientRate * 1000, at: this.#welcomeAt }; // a new connection's is full
     this.#sentCount = 0; // and its count of refusals in a row is 0
     this.#resetAt = 0;
+    this.#confirmedAt = 0;
+    this.#spent = 0;
+    this.#anchor = { index: 0, milli: this.#bucket.milli, spent: 0, at: this.#welcomeAt };
     this.#guard = null;
     this.#guardLate.clear();
     this.#clearAttemptTimer();
@@ -1051,7 +1066,10 @@ export class ThrongClient {
   #onServerError(msg) {
     // The server's bucket is emptier than ours (another client_rate, or messages that
     // arrived bunched): start again from empty.
-    if (msg.code === "rate_limited") this.#bucket = { milli: Math.min(0, this.#bucket.milli), at: this.#now() };
+    if (msg.code === "rate_limited") {
+      this.#bucket = { milli: Math.min(0, this.#bucket.milli), at: this.#now() };
+      this.#anchor = { index: this.#sentCount, milli: this.#bucket.milli, spent: this.#spent, at: this.#now() };
+    }
     const request = this.#takePending(msg);
     const topic = request?.type === "subscribe" ? request.topic : undefined;
     const err = throngError(msg.code ?? "error", msg.message ?? String(msg.code), { ref: msg.ref, topic });
@@ -1136,7 +1154,8 @@ export class ThrongClient {
     return new Promise((resolve, reject) => {
       const timer = this.#setTimeout(() => this.#timeOut(ref), this.#requestTimeoutMs);
       const index = this.#noteSent(msg.type);
-      this.#pending.set(ref, { resolve, reject, type: msg.type, timer, index, sentAt: this.#now(), ...meta });
+      const anchor = { index, milli: this.#guardRoom(), spent: this.#spent };
+      this.#pending.set(ref, { resolve, reject, type: msg.type, timer, index, sentAt: this.#now(), anchor, ...meta });
       this.#ws.send(text);
       this.#sentAt = this.#now();
     });
@@ -1157,10 +1176,11 @@ export class ThrongClient {
     if (type !== "ack") {
       const needed = this.#pacedNeed();
       if (paced && milli < needed) return (needed - milli) / rate;
-      milli -= 1000;
     }
     const bytes = text.length * 3 <= MIN_CHARGE_BYTES ? MIN_CHARGE_BYTES : Math.max(MIN_CHARGE_BYTES, utf8Length(text));
-    milli = Math.max(-capacity, milli - (bytes * 1000) / BYTES_PER_TOKEN);
+    const cost = (type !== "ack" ? 1000 : 0) + (bytes * 1000) / BYTES_PER_TOKEN;
+    this.#spent += cost;
+    milli = Math.max(-capacity, milli - cost);
     this.#bucket = { milli, at: now };
     return 0;
   }
@@ -1312,7 +1332,14 @@ export class ThrongClient {
     this.#pending.delete(msg.ref);
     this.#clearTimeout(request.timer);
     // Accepted: the server's count of refusals in a row started over at it.
-    if (msg.type !== "error") this.#resetAt = Math.max(this.#resetAt, request.index);
+    if (msg.type !== "error") {
+      this.#resetAt = Math.max(this.#resetAt, request.index);
+      this.#confirmedAt = Math.max(this.#confirmedAt, request.index);
+    }
+    // The server has taken it (a rate_limited answer has set the anchor itself).
+    if (request.anchor && request.anchor.index > this.#anchor.index && msg.code !== "rate_limited") {
+      this.#anchor = { ...request.anchor, at: this.#now() };
+    }
     if (request.sentAt !== undefined) this.#rtt = Math.max(1, this.#now() - request.sentAt);
     return request;
   }
@@ -1330,7 +1357,7 @@ export class ThrongClient {
       return this.#sentCount;
     }
     if (!PACED_REQUESTS.has(type) && this.#guard === null && this.#sentCount - this.#resetAt >= REFUSAL_GUARD) {
-      this.#sendGuardPing();
+      this.#sendGuardPing(this.#guardRoom() >= this.#guardRoomNeeded());
     }
     return ++this.#sentCount;
   }
@@ -1341,9 +1368,15 @@ export class ThrongClient {
    * 11th refused message in a row, and counts refusals the client cannot always foresee
    * (forbidden_topic, a refresh's invalid_token, rate_limited for messages that reached it
    * bunched, ...), some before their answers arrive (a burst). So once REFUSAL_GUARD
-   * messages have gone out since the last one known to have been accepted, a ping with a
-   * ref goes in place of the request (paced like one: it leaves a token in the bucket),
-   * and nothing paced goes until its answer: a pong resets the server's count; a refusal
+   * messages have gone out since the last one known (or taken) to have been accepted, a
+   * ping with a ref goes. While the bucket has room for it and the next REFUSAL_GUARD
+   * request behind it even if all since the last answer reached the server at once (see
+   * #guardRoom, #guardRoomNeeded), the server cannot refuse it: it goes before the request and is taken as
+   * accepted, nothing is held (a burst at a full bucket goes as the bucket allows); should
+   * it be refused after all, the guard holds as below. When the bucket is low, rate
+   * refusals may come in a run, and a ping could be refused with them: it goes in place of
+   * the request (paced like one: it leaves a token in the bucket), and nothing paced goes
+   * until its answer: a pong resets the server's count; a refusal
    * (or no answer) means another ping after a pause (RATE_LIMIT_PAUSE_MS, then twice
    * that, which lets even a bucket in debt refill). The answers to the messages before
    * the ping arrive before its own, so a refused ping leaves a run of at most
@@ -1358,10 +1391,46 @@ export class ThrongClient {
     }
     const now = this.#now();
     if (guard !== null && guard.retryAt > now) return guard.retryAt - now;
+    if (guard === null && this.#guardRoom() >= this.#guardRoomNeeded()) {
+      this.#sendGuardPing(true);
+      return 0;
+    }
     const pace = this.#paceWait();
     if (pace > 0) return pace;
-    this.#sendGuardPing();
+    this.#sendGuardPing(false);
     return this.#guard === null ? 0 : Infinity;
+  }
+
+  /**
+   * The bucket's thousandths of a token as the server would at least find them should all
+   * that went since the latest answer reach it at once, now (a link whose latency drops
+   * delivers them bunched). The server refills by arrival time (src/shard/rate.rs), so the
+   * refill the copy counted between the sends of messages in flight may not be there; what
+   * is: this same reckoning as of when that answered message went (by induction from the
+   * welcome's full bucket: a message arrives no sooner than it went), the refill since its
+   * answer came (the server had taken it by then), capped at the bucket's size, less what
+   * went since. Never more than the copy itself. Infinity without pacing.
+   */
+  #guardRoom() {
+    const rate = this.#clientRate;
+    if (rate === 0) return Infinity;
+    const now = this.#now();
+    const anchor = this.#anchor;
+    const refilled = Math.min(rate * 1000, anchor.milli + Math.max(0, now - anchor.at) * rate);
+    return Math.min(this.#bucketNow(now), refilled - (this.#spent - anchor.spent));
+  }
+
+  /**
+   * What #guardRoom must hold for the guard's ping to be taken as accepted (thousandths).
+   * The server refuses a message for the rate only when it finds less than one token
+   * (src/shard/rate.rs), and closes at the 11th refusal in a row; an accepted ping ends any
+   * run. So the hold only matters when the ping itself could be refused: it needs its token
+   * (1), a tick's refill the server may not have added yet (rate x 10 ms, at least 1), and
+   * the paced request that goes behind it its token (1). With less, the next messages, the
+   * ping among them, could all find the server's bucket empty, and the guard holds.
+   */
+  #guardRoomNeeded() {
+    return 2000 + Math.max(1000, this.#clientRate * SERVER_TICK_MS);
   }
 
   /** How long the guard holds paced requests, as a hint (ms): its ping's answer is expected a round trip after it went. */
@@ -1372,22 +1441,28 @@ export class ThrongClient {
     return Math.max(0, guard.retryAt - this.#now());
   }
 
-  /** Sends the refusal guard's ping, with a ref, charged to the bucket like any message. */
-  #sendGuardPing() {
+  /**
+   * Sends the refusal guard's ping, with a ref, charged to the bucket like any message.
+   * `free`: taken as accepted at once, nothing held (the bucket has room, see #guardWait).
+   */
+  #sendGuardPing(free) {
     const ref = this.#nextRef++;
     const text = JSON.stringify({ type: "ping", ref });
     this.#spend(text, "ping", false);
     const now = this.#now();
-    const guard = { ref, sentAt: now, retryAt: 0, refusals: this.#guard?.refusals ?? 0 };
     // Without pacing (clientRate 0: a server without client_rate) a ping is never refused,
     // so it is taken as accepted at once and nothing is held.
-    this.#guard = this.#clientRate === 0 ? null : guard;
+    free = free || this.#clientRate === 0;
+    const guard = { ref, sentAt: now, retryAt: 0, refusals: this.#guard?.refusals ?? 0, free };
+    this.#guard = free ? null : guard;
     const timer = this.#setTimeout(() => this.#timeOut(ref), this.#requestTimeoutMs);
+    const index = ++this.#sentCount;
     this.#pending.set(ref, {
       type: "ping",
-      index: ++this.#sentCount,
+      index,
       timer,
       sentAt: now,
+      anchor: { index, milli: this.#guardRoom(), spent: this.#spent },
       resolve: () => this.#guardAnswered(guard, null),
       reject: (err) => this.#guardAnswered(guard, err),
     });
@@ -1398,6 +1473,17 @@ export class ThrongClient {
 
   /** The guard's ping was answered (err null: pong), refused or timed out; never reported. */
   #guardAnswered(guard, err) {
+    if (guard.free) {
+      if (err === null || err.code === "disconnected" || this.#clientRate === 0) return;
+      // Taken as accepted, it was refused (or unanswered): the server's bucket was emptier
+      // than the copy. The run goes on from the last message known to have been accepted,
+      // and the guard holds: another ping after a pause, as for a refused one.
+      if (err.code === "timeout") this.#guardLate.add(guard.ref);
+      this.#resetAt = Math.min(this.#resetAt, this.#confirmedAt);
+      if (this.#guard === null) this.#guard = { ref: null, sentAt: guard.sentAt, retryAt: this.#now() + RATE_LIMIT_PAUSE_MS, refusals: 1 };
+      this.#drainUnsubscribes();
+      return;
+    }
     if (guard !== this.#guard || err?.code === "disconnected") return;
     if (err === null) {
       this.#guard = null;

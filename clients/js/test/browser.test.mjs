@@ -602,9 +602,9 @@ describe('throng.js in headless chromium', { timeout: 9 * CASE_MS }, () => {
       return count;
     });
     const seen = JSON.stringify(outcomes);
-    // Called in one go, before any answer: 8 go, then the refusal guard's ping, and the
-    // rest is held until it is answered (refused locally); the bucket caps it at 97.
-    assert.ok(outcomes.published >= 8 && outcomes.published <= 97, seen);
+    // The bucket holds 100 tokens: about 87 go, with a ping after every 8 not yet answered
+    // (a slow page may see a token, or an answer, come back).
+    assert.ok(outcomes.published >= 80 && outcomes.published <= 100, seen);
     assert.ok(outcomes.server <= 2, `refused by the server: ${seen}`);
     assert.equal(outcomes.published + outcomes.local + outcomes.server, 200, seen);
     // Still the first connection; a second later publishing works again.

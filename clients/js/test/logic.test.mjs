@@ -1257,15 +1257,111 @@ test("a burst over clientRate is refused locally, so the server never closes wit
   }
   assert.equal(ws.ofType("send").length, 97);
   await assert.rejects(env.client.send(1), (err) => err.code === "rate_limited");
-  // Before any answer, a burst stops at 8 and the guard's ping (see the guard's tests).
+  // Before any answer, a burst goes as the bucket allows, with the guard's pings (see
+  // "a burst at a full bucket..." and the guard's tests).
   const env2 = setup();
   await connectWith(env2);
   const refused2 = [];
   for (let i = 0; i < 150; i++) env2.client.publish("room:1", { i }).catch((err) => refused2.push(err));
   await flush();
-  assert.equal(env2.last().ofType("publish").length, 8);
-  assert.equal(env2.last().ofType("ping").length, 1);
-  assert.ok(refused2.length === 142 && refused2.every((e) => e.code === "rate_limited" && e.sent === false && e.retryAfterMs >= 1));
+  assert.equal(env2.last().ofType("publish").length, 87);
+  assert.ok(refused2.length === 63 && refused2.every((e) => e.code === "rate_limited" && e.sent === false && e.retryAfterMs >= 1));
+});
+
+test("a burst at a full bucket goes as the bucket allows: the guard holds only once the bucket is low (fix-js4)", async () => {
+  const env = setup();
+  await connectWith(env);
+  const ws = env.last();
+  const refused = [];
+  for (let i = 0; i < 150; i++) env.client.publish("room:1", { i }).catch((err) => refused.push(err));
+  await flush();
+  // 100 tokens, 2 kept in reserve: 87 publishes and 10 pings (a token and 1/64 each).
+  const sent = ws.ofType("publish").length;
+  assert.ok(sent > 80, `only ${sent} publishes went`);
+  assert.equal(sent, 87);
+  assert.equal(ws.ofType("ping").length, 10);
+  assert.ok(ws.ofType("ping").every((m) => typeof m.ref === "number"));
+  // A ping after every 8 messages not yet answered: never 9 in a row without one.
+  let run = 0;
+  for (const m of ws.sent) {
+    run = m.type === "ping" ? 0 : run + 1;
+    assert.ok(run <= 8, "9 messages without a ping");
+  }
+  assert.ok(refused.every((e) => e.code === "rate_limited" && e.sent === false));
+  // The bucket refills, but nothing has been answered: had all that went reached the
+  // server at once, it would have refilled nothing. The next guard ping holds.
+  env.clock.ms += 2000;
+  const held = [];
+  for (let i = 0; i < 10; i++) env.client.publish("room:1", i).catch((e) => held.push(e));
+  await flush();
+  assert.equal(ws.ofType("ping").length, 11);
+  assert.equal(ws.sent.at(-1).type, "ping", "in place of a request: nothing after it");
+  const total = ws.ofType("publish").length;
+  assert.ok(total > 87 && total <= 95, String(total));
+  assert.ok(held.length >= 2 && held.every((e) => e.code === "rate_limited" && e.sent === false));
+  for (const m of ws.sent) {
+    ws.receive(m.type === "ping" ? { type: "pong", ref: m.ref } : { type: "published", topic: "room:1", seq: 1, ref: m.ref });
+  }
+  await flush();
+  env.client.publish("room:1", "after").catch(() => {});
+  assert.equal(ws.ofType("publish").length, total + 1);
+  assert.deepEqual(env.events.error, []);
+});
+
+test("the guard also holds when what went since the last answer could reach the server at once with too little refill (fix-js4)", async () => {
+  // Sent slowly over a link that answers nothing (a stalled uplink): the copy refills to
+  // full, but the server, given them all at once, would refill nothing between them.
+  const env = setup();
+  await connectWith(env);
+  const ws = env.last();
+  let held = null;
+  for (let i = 0; i < 120 && !held; i++) {
+    env.client.publish("room:1", i).catch((e) => { held = e; });
+    await flush();
+    if (!held) env.clock.ms += 20; // 50 a second: the copy stays full
+  }
+  // Nothing answered since the welcome (100 tokens): the guard holds before they run out.
+  assert.ok(held && held.code === "rate_limited" && held.sent === false, JSON.stringify(held));
+  // It went in place of the request: the server, given all at once, would have had a token
+  // for every ping taken as accepted; after the last of those, 8 messages and this ping.
+  assert.equal(ws.sent.at(-1).type, "ping");
+  assert.equal(ws.sent.at(-10).type, "ping");
+  assert.ok(ws.ofType("publish").length >= 80, String(ws.ofType("publish").length));
+  // A pong for a ping that was taken as accepted does not release it; only the holding one's does.
+  const pings = ws.ofType("ping");
+  for (const m of ws.sent.filter((x) => x.type === "publish")) ws.receive({ type: "published", topic: "room:1", seq: 1, ref: m.ref });
+  for (const m of pings) ws.receive({ type: "pong", ref: m.ref });
+  await flush();
+  const before = ws.ofType("publish").length;
+  env.client.publish("room:1", "after").catch(() => {});
+  assert.equal(ws.ofType("publish").length, before + 1);
+});
+
+test("a guard ping taken as accepted that the server refuses makes the guard hold (fix-js4)", async () => {
+  const env = setup();
+  await connectWith(env);
+  const ws = env.last();
+  for (let i = 0; i < 9; i++) env.client.publish("room:1", i).catch(() => {});
+  const [ping] = ws.ofType("ping");
+  assert.equal(ws.ofType("publish").length, 9, "the bucket is full: the ping goes before the 9th, which goes too");
+  assert.equal(ws.sent.at(-2), ping);
+  // The server refused all of them, the ping too (its bucket was emptier than the copy).
+  for (const m of ws.sent) ws.receive({ type: "error", code: "rate_limited", message: "slow down", ref: m.ref });
+  await flush();
+  assert.deepEqual(env.events.error, [], "the ping's refusal is not reported");
+  // The run is 10; nothing paced goes until another ping, a second later, is answered.
+  env.clock.ms += 200;
+  await assert.rejects(env.client.publish("room:1", "x"), (e) => e.code === "rate_limited" && e.retryAfterMs >= 500);
+  assert.equal(ws.sent.length, 10);
+  env.clock.ms += 1000;
+  await assert.rejects(env.client.publish("room:1", "y"), (e) => e.code === "rate_limited" && e.sent === false);
+  const second = ws.ofType("ping")[1];
+  assert.ok(second, "another ping, in place of the request");
+  assert.equal(ws.sent.length, 11);
+  ws.receive({ type: "pong", ref: second.ref });
+  await flush();
+  env.client.publish("room:1", "z").catch(() => {});
+  assert.equal(ws.ofType("publish").length, 10);
 });
 
 test("large messages cost a token per 16 KiB more, like on the server", async () => {
@@ -1594,32 +1690,32 @@ test("refusals the client cannot foresee never reach the server's 11 in a row: a
   };
   const accepted = new Set();
   // One at a time, each refused (a topic the token may not publish to) before the next goes.
-  let refusedLocally = 0;
+  // The bucket stays full: the guard's ping goes before the 9th (which goes too) and is taken
+  // as accepted (the low-bucket case, where it goes in the request's place and holds, is the
+  // next test's).
   for (let i = 0; i < 30; i++) {
     const before = ws.sent.length;
     const p = env.client.publish("room:secret", i);
-    const m = ws.sent.at(-1);
     if (ws.sent.length === before) assert.fail("nothing went");
-    if (m.type === "ping") {
-      // The 9th went as a ping in its place; nothing goes until it is answered.
-      await assert.rejects(p, (err) => err.code === "rate_limited" && err.sent === false);
-      refusedLocally += 1;
-      await assert.rejects(env.client.publish("room:secret", i), (err) => err.code === "rate_limited" && err.retryAfterMs >= 1);
-      assert.equal(ws.sent.at(-1), m);
-      ws.receive({ type: "pong", ref: m.ref });
-      accepted.add(m.ref);
-      continue;
+    for (const m of ws.sent.slice(before)) {
+      if (m.type === "ping") {
+        ws.receive({ type: "pong", ref: m.ref });
+        accepted.add(m.ref);
+      } else {
+        ws.receive({ type: "error", code: "forbidden_topic", message: "no", ref: m.ref });
+      }
     }
-    ws.receive({ type: "error", code: "forbidden_topic", message: "no", ref: m.ref });
     await assert.rejects(p, (err) => err.code === "forbidden_topic");
     env.clock.ms += 20;
   }
-  assert.equal(ws.ofType("ping").length, 3, "a ping in place of the 9th, 18th and 27th");
-  assert.equal(refusedLocally, 3);
-  assert.ok(longestRun(accepted) <= 9);
-  // A burst, before any answer: 8 go, then the ping, then nothing.
+  assert.equal(ws.ofType("ping").length, 3, "a ping before the 9th, 17th and 25th");
+  assert.equal(ws.ofType("publish").length, 30);
+  assert.ok(longestRun(accepted) <= 8);
+  // A burst, before any answer: a ping after every 8 (answered with pongs, as the server does).
+  const from = ws.sent.length;
   for (let i = 0; i < 20; i++) env.client.subscribe(`room:${i}`).catch(() => {});
-  assert.ok(longestRun(accepted) <= 9, String(longestRun(accepted)));
+  for (const m of ws.sent.slice(from)) if (m.type === "ping") accepted.add(m.ref);
+  assert.ok(longestRun(accepted) <= 8, String(longestRun(accepted)));
   assert.equal(env.events.error.length, 0);
   // Accepted messages reset the count: no pings while answers come back as accepted.
   const env2 = setup();
