@@ -18,6 +18,23 @@ fn with_api(mut args: Vec<String>, api: &str) -> Vec<String> {
     args
 }
 
+/// Once the server accepted `pushes`, holds the push API behind `proxy` for `hold`.
+fn hold_api_once_flowing(
+    srv: &TestServer,
+    load: &Load,
+    proxy: &Proxy,
+    pushes: u64,
+    hold: Duration,
+) {
+    let flowing = wait_until(Duration::from_secs(15), || {
+        srv.counter("pushes_accepted") >= pushes
+    });
+    assert!(flowing, "no pushes within 15 s:\n{}", load.stderr());
+    proxy.paused.store(true, Ordering::Relaxed);
+    std::thread::sleep(hold);
+    proxy.paused.store(false, Ordering::Relaxed);
+}
+
 /// `args` with `--url` swapped for `url`.
 fn with_url(mut args: Vec<String>, url: &str) -> Vec<String> {
     let i = args.iter().position(|a| a == "--url").unwrap();
@@ -46,13 +63,7 @@ fn a_stalled_api_moves_the_latency_percentiles() {
     ]);
     args.extend(with_api(srv.push_args(20), &proxy.http_url()));
     let load = Load::spawn(args);
-    let flowing = wait_until(Duration::from_secs(15), || {
-        srv.counter("pushes_accepted") >= 20
-    });
-    assert!(flowing, "no pushes within 15 s:\n{}", load.stderr());
-    proxy.paused.store(true, Ordering::Relaxed);
-    std::thread::sleep(Duration::from_secs(2));
-    proxy.paused.store(false, Ordering::Relaxed);
+    hold_api_once_flowing(&srv, &load, &proxy, 20, Duration::from_secs(2));
     let r = load.wait(RUN_LIMIT);
     assert_eq!(r.str("latency_from"), "schedule");
     r.eq("messages_missing", 0);
@@ -225,13 +236,7 @@ fn a_timed_out_push_with_an_id_is_deduplicated_by_the_server() {
     ]);
     args.extend(with_api(srv.push_args(10), &proxy.http_url()));
     let load = Load::spawn(args);
-    let flowing = wait_until(Duration::from_secs(15), || {
-        srv.counter("pushes_accepted") >= 5
-    });
-    assert!(flowing, "no pushes within 15 s:\n{}", load.stderr());
-    proxy.paused.store(true, Ordering::Relaxed);
-    std::thread::sleep(Duration::from_secs(11));
-    proxy.paused.store(false, Ordering::Relaxed);
+    hold_api_once_flowing(&srv, &load, &proxy, 5, Duration::from_secs(11));
     let (code, r) = load.wait_code(RUN_LIMIT);
     let dups = srv.counter("pushes_duplicate");
     r.check(
