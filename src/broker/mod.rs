@@ -314,6 +314,9 @@ pub struct Blocks {
     /// The subscriber cannot subscribe or load: Redis refuses its first commands
     /// (`NOPERM`, `NOAUTH`, `OOM`), so this node's sessions would get nothing.
     pub subscriber: AtomicBool,
+    /// Redis (or something on the way) keeps dropping the subscriber's link before it has
+    /// subscribed and reloaded.
+    pub subscriber_cut: AtomicBool,
     /// The publisher holds as many pushes Redis refused for now as it may
     /// (`publisher::RETRY_MAX`): Redis answers, but takes none (out of memory?).
     pub saturated: AtomicBool,
@@ -331,6 +334,11 @@ impl Blocks {
         if self.subscriber.load(Relaxed) {
             return Some(
                 "Redis refuses the subscriber's commands (see the log); pushes are refused until it subscribes",
+            );
+        }
+        if self.subscriber_cut.load(Relaxed) {
+            return Some(
+                "Redis keeps dropping the subscriber's link before it has subscribed and reloaded (see the log); pushes are refused until a link holds",
             );
         }
         if self.saturated.load(Relaxed) {

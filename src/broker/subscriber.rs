@@ -55,6 +55,10 @@ const CHANNELS_PER_COMMAND: usize = 1000;
 const LINK_MIN_LIFE: Duration = Duration::from_secs(1);
 /// Quick losses of settled links in a row that are made again after the shortest pause.
 const QUICK_LOSSES_FREE: u32 = 3;
+/// Links lost in a row before they subscribed and reloaded (not refused: cut) at which the
+/// node is not ready: one such loss is a blip, a run of them means its sessions get
+/// nothing.
+const EARLY_LOSSES_UNREADY: u32 = 3;
 /// Longest pause after quick losses of settled links: every reconnect reloads every
 /// stream (Redis work), and every pause is pushes that history may not cover.
 const QUICK_LOSS_MAX: Duration = Duration::from_millis(500);
@@ -87,6 +91,8 @@ pub(crate) struct Subscriber {
     lost: bool,
     /// Settled links lost within `LINK_MIN_LIFE` in a row.
     quick_losses: u32,
+    /// Links lost in a row before they settled (cut, not refused).
+    early_losses: u32,
 }
 
 /// A subscription change, applied in the order the shards asked.
@@ -125,6 +131,7 @@ impl Subscriber {
             refusing: None,
             lost: false,
             quick_losses: 0,
+            early_losses: 0,
         }
     }
 
@@ -164,7 +171,13 @@ impl Subscriber {
                         let e = super::describe(&e, self.ctx.redis.is_tls());
                         self.lost = true;
                         let quick = self.settled && linked_at.elapsed() < LINK_MIN_LIFE;
-                        self.quick_losses = if quick { self.quick_losses + 1 } else { 0 };
+                        if quick {
+                            self.quick_losses += 1;
+                        } else if self.settled {
+                            // A link that lasted ends a spell of quick losses (a loss
+                            // before settling does not: Redis is cutting still).
+                            self.quick_losses = 0;
+                        }
                         if self.quick_losses <= QUICK_LOSSES_FREE {
                             tracing::warn!(error = %e, "subscriber lost Redis; reconnecting");
                         } else if self.quick_losses == QUICK_LOSSES_FREE + 1 {
@@ -178,9 +191,16 @@ impl Subscriber {
                             tracing::debug!(error = %e, "subscriber lost Redis again");
                         }
                         if !self.settled {
-                            // Lost during its first commands: its streams are not served,
-                            // so the node is not ready until a link settles.
-                            self.ctx.blocks.subscriber.store(true, Relaxed);
+                            // Lost during its first commands: its streams are not served.
+                            // A run of such losses makes the node unready until a link
+                            // settles; their pauses start at the shortest.
+                            self.early_losses += 1;
+                            if self.early_losses == 1 {
+                                self.backoff = RECONNECT_MIN;
+                            }
+                            if self.early_losses >= EARLY_LOSSES_UNREADY {
+                                self.ctx.blocks.subscriber_cut.store(true, Relaxed);
+                            }
                             pause_for = Some(why);
                         } else if quick {
                             // Redis took this link's first commands: a quick loss (a cut for
@@ -261,6 +281,8 @@ impl Subscriber {
         self.backoff = RECONNECT_MIN;
         self.ctx.metrics.broker.subscriber_up.store(true, Relaxed);
         self.ctx.blocks.subscriber.store(false, Relaxed);
+        self.ctx.blocks.subscriber_cut.store(false, Relaxed);
+        self.early_losses = 0;
         self.refusing = None;
         if std::mem::take(&mut self.lost) {
             if self.quick_losses <= QUICK_LOSSES_FREE {
@@ -269,8 +291,16 @@ impl Subscriber {
                 tracing::debug!("subscriber is back: subscribed and reloaded on Redis");
             }
         }
+        let linked_at = Instant::now();
         let mut last_ping = Instant::now();
         while !self.ctx.stop.load(Relaxed) {
+            if self.quick_losses > QUICK_LOSSES_FREE && linked_at.elapsed() >= LINK_MIN_LIFE {
+                tracing::info!(
+                    cuts = self.quick_losses,
+                    "the subscriber's link holds again after a spell of quick cuts"
+                );
+                self.quick_losses = 0;
+            }
             let (ops, loads) = self.take_interests();
             if let Err(e) = self.apply(link, ops) {
                 // Sessions waiting for these streams learn now, not when Redis is back.

@@ -120,15 +120,9 @@ impl ClusterState {
         }
     }
 
-    /// A stream loaded: a spell of failures that was logged is said to be over.
-    fn load_ok(&mut self) {
-        if self.load_failures.recover() {
-            tracing::info!("streams load from Redis again");
-        }
-    }
-
     /// Logs a stream that could not be loaded: the first, then one per 10 s with how
-    /// many failed meanwhile.
+    /// many failed meanwhile (the gate is not reset by a load that goes through: loads
+    /// that fail and go through by turns would log two lines each time).
     fn load_failed(&mut self, stream: &str, e: &str) {
         if let Some(held) = self.load_failures.fail(std::time::Instant::now()) {
             tracing::warn!(
@@ -473,12 +467,7 @@ impl Shard {
             .prior
             .or_else(|| (u.epoch != 0).then_some((u.epoch, u.seq)));
         let st = match state {
-            Ok(st) => {
-                if let Some(c) = self.cluster.as_mut() {
-                    c.load_ok();
-                }
-                st
-            }
+            Ok(st) => st,
             Err(e) => {
                 if let Some(c) = self.cluster.as_mut() {
                     c.load_failed(&format!("user {user}"), &e);
@@ -610,10 +599,7 @@ impl Shard {
             return;
         }
         let st = match state {
-            Ok(st) => {
-                c.load_ok();
-                st
-            }
+            Ok(st) => st,
             Err(e) => {
                 c.load_failed(&format!("topic {topic}"), &e);
                 for p in pending {
