@@ -385,8 +385,8 @@ impl Ingress {
         if self.ctx.blocks.duplicate_id.load(Relaxed) {
             // Twins share one consumer: its pending entries include those the other has
             // just read and not acknowledged yet, and reading them again here would
-            // publish them twice. Held entries wait for the twin to go (or for another
-            // node to claim them after `claim_idle_ms`).
+            // publish them twice. A held entry is claimed once idle `claim_idle_ms`, by
+            // whichever node claims it, a twin included.
             return Ok(());
         }
         let mut from = "0".to_string();

@@ -540,11 +540,11 @@ impl Presence {
         }
         self.last_renewed = Some(Instant::now());
         // Another process beat under this id since this one's last beat: it is alive
-        // (a node that restarted under its id is not: it beats no more).
-        // The first beat of a link cannot tell (this process just wrote its run): it
-        // leaves the verdict as it was, so a reconnect does not flip it. Nor does a beat
-        // that finds its own run: twins whose beats fall in step may each write twice
-        // between the other's; the verdict ends `STALE` after the other run was seen.
+        // (a node that restarted under its id is not: it beats no more). The first beat
+        // of a link cannot tell (this process just wrote its run): it leaves the verdict
+        // as it was, so a reconnect does not flip it. Nor does a beat that finds its own
+        // run: twins whose beats fall in step may each write twice between the other's;
+        // the verdict ends `STALE` after the other run was last seen.
         if !first && last_run.as_ref().is_some_and(|r| *r != self.run) {
             self.twin_seen = Some(taken);
         }
@@ -604,8 +604,8 @@ impl Presence {
 
     /// Why the cluster's view cannot be told now, though Redis answers: this node's
     /// heartbeat has not gone through for `STALE` (Redis refuses writes), so the other
-    /// nodes' are likely as old. (Once that spell ends, `settling` counts every node in
-    /// the hash as alive until they could beat again.)
+    /// nodes' are likely as old. (Once that spell ends, `settling` judges their beats as
+    /// of the spell's length ago until they could beat again.)
     fn view_unknown(&self) -> Option<String> {
         let beat_age = self.last_ok_beat.map(|t| t.elapsed());
         if beat_age.is_none_or(|a| a > STALE) {
