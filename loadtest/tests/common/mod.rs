@@ -342,6 +342,16 @@ impl Load {
         r
     }
 
+    /// [`Load::wait`] for a run that must fail (exit status 1) and still write its report.
+    pub fn wait_failed(self, limit: Duration) -> Report {
+        let (code, r) = self.wait_code(limit);
+        r.check(
+            code == Some(1),
+            &format!("exit status {code:?}, expected 1 (a failed run)"),
+        );
+        r
+    }
+
     /// [`Load::wait`] for a run that may fail its gate: the exit code with the report
     /// (it must still write one).
     pub fn wait_code(mut self, limit: Duration) -> (Option<i32>, Report) {

@@ -98,23 +98,33 @@ fn up(
                 std::thread::sleep(TICK);
                 continue;
             }
-            match from.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    if to.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(_) => break,
+            let Some(n) = read_some(&mut from, &mut buf) else {
+                break;
+            };
+            if n > 0 && to.write_all(&buf[..n]).is_err() {
+                break;
             }
         }
         let _ = to.shutdown(Shutdown::Write);
     });
+}
+
+/// One read within the socket's timeout: `Some(n)` bytes (0: none yet), `None` at the
+/// end of the stream or on an error.
+fn read_some(from: &mut TcpStream, buf: &mut [u8]) -> Option<usize> {
+    match from.read(buf) {
+        Ok(0) => None,
+        Ok(n) => Some(n),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Some(0)
+        }
+        Err(_) => None,
+    }
 }
 
 /// Server to client, each chunk written `delay` after it was read.
@@ -131,19 +141,11 @@ fn down(
         from.set_read_timeout(Some(TICK)).unwrap();
         let mut buf = [0u8; 16 * 1024];
         while alive(&st, born) {
-            match from.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    if tx.send((Instant::now(), buf[..n].to_vec())).is_err() {
-                        break;
-                    }
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(_) => break,
+            let Some(n) = read_some(&mut from, &mut buf) else {
+                break;
+            };
+            if n > 0 && tx.send((Instant::now(), buf[..n].to_vec())).is_err() {
+                break;
             }
         }
         // Dropping `tx` ends the writer once it has written what was read.
