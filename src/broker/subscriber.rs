@@ -172,7 +172,7 @@ impl Subscriber {
                         self.lost = true;
                         let quick = self.settled && linked_at.elapsed() < LINK_MIN_LIFE;
                         if quick {
-                            self.quick_losses += 1;
+                            self.quick_losses = self.quick_losses.saturating_add(1);
                         } else if self.settled {
                             // A link that lasted ends a spell of quick losses (a loss
                             // before settling does not: Redis is cutting still).
@@ -194,7 +194,7 @@ impl Subscriber {
                             // Lost during its first commands: its streams are not served.
                             // A run of such losses makes the node unready until a link
                             // settles; their pauses start at the shortest.
-                            self.early_losses += 1;
+                            self.early_losses = self.early_losses.saturating_add(1);
                             if self.early_losses == 1 {
                                 self.backoff = RECONNECT_MIN;
                             }
