@@ -1,5 +1,6 @@
 //! WebSocket frame encode (server text frames, push messages) and decode (header parse
-//! plus unmasking of a masked client frame), for a small and a 16 KiB payload.
+//! plus unmasking of a masked client frame), for a small and a 16 KiB payload, and the
+//! `welcome` written once per handshake.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -64,6 +65,27 @@ fn encode(c: &mut Criterion) {
             })
         });
     }
+    // One per handshake.
+    let limits = messages::WelcomeLimits {
+        ping_interval_ms: 25_000,
+        idle_timeout_ms: 60_000,
+        client_rate: 100,
+        max_message_size: 65_536,
+        max_client_data_bytes: 16_384,
+    };
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("welcome_frame", |b| {
+        b.iter(|| {
+            messages::welcome_frame(
+                black_box("7f3c9a1e00d2"),
+                black_box("user-000042"),
+                black_box("a1b2c3d4e5f60718"),
+                black_box(0),
+                black_box(&limits),
+                None,
+            )
+        })
+    });
     g.finish();
 }
 

@@ -295,34 +295,52 @@ pub fn push_frame_with(data: &str, ts_ms: u64, f: &PushFields<'_>) -> Wire {
     b.finish()
 }
 
+/// What `welcome` tells a client about the server's settings (docs/protocol.md 2.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WelcomeLimits {
+    /// `ping_interval_ms`.
+    pub ping_interval_ms: u64,
+    /// `idle_timeout_ms`.
+    pub idle_timeout_ms: u64,
+    /// `client_rate`: messages a second per connection (0: no limit).
+    pub client_rate: u32,
+    /// `max_message_size`: the longest client message, in bytes.
+    pub max_message_size: usize,
+    /// `max_client_data_bytes`: the longest `data` of a `publish` or `send`.
+    pub max_client_data_bytes: usize,
+}
+
 /// The `welcome` frame; `resumed` is shown only when the client asked to resume.
+/// Written field by field: one is built per handshake.
 pub fn welcome_frame(
     session: &str,
     user: &str,
     epoch: &str,
     seq: u64,
-    ping_interval_ms: u64,
-    idle_timeout_ms: u64,
+    limits: &WelcomeLimits,
     resumed: Option<bool>,
 ) -> Wire {
-    let mut v = serde_json::json!({
-        "type": "welcome",
-        "session": session,
-        "user": user,
-        "epoch": epoch,
-        "seq": seq,
-        "ping_interval_ms": ping_interval_ms,
-        "idle_timeout_ms": idle_timeout_ms,
-    });
+    let mut b = FrameBuilder::text(256 + session.len() + user.len() + epoch.len());
+    let out = b.payload();
+    out.extend_from_slice(b"{\"type\":\"welcome\",\"session\":");
+    json_str(out, session);
+    out.extend_from_slice(b",\"user\":");
+    json_str(out, user);
+    out.extend_from_slice(b",\"epoch\":");
+    json_str(out, epoch);
+    let _ = write!(
+        out,
+        ",\"seq\":{seq},\"ping_interval_ms\":{},\"idle_timeout_ms\":{},\"client_rate\":{},\"max_message_size\":{},\"max_client_data_bytes\":{}",
+        limits.ping_interval_ms,
+        limits.idle_timeout_ms,
+        limits.client_rate,
+        limits.max_message_size,
+        limits.max_client_data_bytes,
+    );
     if let Some(r) = resumed {
-        v["resumed"] = serde_json::Value::Bool(r);
+        let _ = write!(out, ",\"resumed\":{r}");
     }
-    json_frame(&v)
-}
-
-fn json_frame(v: &serde_json::Value) -> Wire {
-    let mut b = FrameBuilder::text(128);
-    let _ = serde_json::to_writer(b.payload(), v);
+    out.push(b'}');
     b.finish()
 }
 
@@ -744,7 +762,22 @@ mod tests {
             payload_json(&dropped_topic_frame("room:\"1", "forbidden")),
             serde_json::json!({"type":"unsubscribed","topic":"room:\"1","reason":"forbidden"})
         );
-        let w = welcome_frame("s1", "u", "e", 0, 25_000, 60_000, None);
-        assert_eq!(payload_json(&w)["type"], "welcome");
+        let limits = WelcomeLimits {
+            ping_interval_ms: 25_000,
+            idle_timeout_ms: 60_000,
+            client_rate: 100,
+            max_message_size: 65_536,
+            max_client_data_bytes: 16_384,
+        };
+        assert_eq!(
+            payload_json(&welcome_frame("s1", "u\"\\\u{1}é", "e", 7, &limits, None)),
+            serde_json::json!({"type":"welcome","session":"s1","user":"u\"\\\u{1}é","epoch":"e",
+                "seq":7,"ping_interval_ms":25_000,"idle_timeout_ms":60_000,"client_rate":100,
+                "max_message_size":65_536,"max_client_data_bytes":16_384})
+        );
+        assert_eq!(
+            payload_json(&welcome_frame("s", "u", "e", 0, &limits, Some(false)))["resumed"],
+            false
+        );
     }
 }

@@ -11,7 +11,18 @@ use serde_json::json;
 
 #[test]
 fn welcome_contents() {
-    let srv = TestServer::start(&["--ping-interval-ms", "1500", "--idle-timeout-ms", "4500"]);
+    let srv = TestServer::start(&[
+        "--ping-interval-ms",
+        "1500",
+        "--idle-timeout-ms",
+        "4500",
+        "--client-rate",
+        "7",
+        "--max-message-size",
+        "9000",
+        "--max-client-data-bytes",
+        "3000",
+    ]);
     let c = srv.connect("alice");
     let w = &c.welcome;
     assert_eq!(w["type"], "welcome");
@@ -27,6 +38,15 @@ fn welcome_contents() {
     assert_eq!(w["seq"], json!(0), "fresh user has seq 0: {w}");
     assert_eq!(w["ping_interval_ms"], json!(1500));
     assert_eq!(w["idle_timeout_ms"], json!(4500));
+    // The limits a client paces and sizes its messages to.
+    assert_eq!(w["client_rate"], json!(7));
+    assert_eq!(w["max_message_size"], json!(9000));
+    assert_eq!(w["max_client_data_bytes"], json!(3000));
+    assert_eq!(
+        w.as_object().map(|o| o.len()),
+        Some(10),
+        "no other field: {w}"
+    );
 
     // A second session has a different session id, the same user epoch.
     let c2 = srv.connect("alice");

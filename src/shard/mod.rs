@@ -560,8 +560,13 @@ impl Shard {
             &id,
             &format!("{epoch:016x}"),
             seq,
-            cfg.ping_interval.as_millis() as u64,
-            cfg.idle_timeout.as_millis() as u64,
+            &messages::WelcomeLimits {
+                ping_interval_ms: cfg.ping_interval.as_millis() as u64,
+                idle_timeout_ms: cfg.idle_timeout.as_millis() as u64,
+                client_rate: cfg.client_rate,
+                max_message_size: cfg.max_message_size,
+                max_client_data_bytes: cfg.max_client_data_bytes,
+            },
             resumed,
         );
         self.conns.send(key, welcome);
