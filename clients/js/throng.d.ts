@@ -22,6 +22,12 @@ export interface WelcomeMessage {
   seq: number;
   ping_interval_ms: number;
   idle_timeout_ms: number;
+  /** Messages a second this connection may send (0: no limit); the client paces itself to it. */
+  client_rate?: number;
+  /** The longest message the server reads, in bytes (longer closes with 1009). */
+  max_message_size?: number;
+  /** The longest `data` of a publish or send, in bytes (longer is refused with too_large). */
+  max_client_data_bytes?: number;
   /** Present only when the upgrade carried since/epoch (a reconnect). */
   resumed?: boolean;
   [field: string]: unknown;
@@ -216,13 +222,15 @@ export interface ThrongClientOptions {
    */
   heartbeat?: HeartbeatOptions | false;
   /**
-   * The server's max_message_size: a longer request is refused locally ("too_large"),
+   * The server's max_message_size, for a server whose welcome does not give it (Throng's
+   * does, and that value is used): a longer request is refused locally ("too_large"),
    * since the server would close the connection with 1009 and the client would stop.
    * Default 65536 (the server's default).
    */
   maxMessageBytes?: number;
   /**
-   * The server's max_client_data_bytes: a publish or send whose data, as JSON, is longer is
+   * The server's max_client_data_bytes, for a server whose welcome does not give it (the
+   * welcome's value is used when it does): a publish or send whose data, as JSON, is longer is
    * refused locally ("too_large", `sent: false`), since each server refusal counts toward
    * its 1008 close. The length is the server's: its compact re-encoding writes some numbers
    * shorter than JSON.stringify (`1e-6` for `0.000001`, `1e21` for `1e+21`), so nothing the
@@ -230,7 +238,8 @@ export interface ThrongClientOptions {
    */
   maxClientDataBytes?: number;
   /**
-   * The server's client_rate (messages per second). The client keeps its own copy of the
+   * The server's client_rate (messages per second), for a server whose welcome does not
+   * give it (the welcome's client_rate is used when it does). The client keeps its own copy of the
    * server's token bucket and refuses a publish, send or subscribe locally ("rate_limited",
    * `sent: false`, `retryAfterMs`) that the server would refuse: 11 refusals in a row close
    * the connection with 1008, after which the client stops. Unsubscribes are paced too but

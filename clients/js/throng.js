@@ -22,6 +22,8 @@ const STOP_CODES = new Set([1000, 1002, 1003, 1007, 1008, 1009]);
  * at client_rate per second, so a second brings a token back (a large message's text can
  * leave a debt of up to a bucket first: then two seconds). */
 const RATE_LIMIT_PAUSE_MS = 1000;
+/** The least retryAfterMs while the guard's ping is unanswered: no app polls faster than this. */
+const MIN_GUARD_HINT_MS = 10;
 const TRANSIENT_ERRORS = new Set(["rate_limited", "overloaded", "broker_unavailable", "draining"]);
 
 /** How long a request waits for its answer by default (requestTimeoutMs). */
@@ -183,9 +185,13 @@ export class ThrongClient {
   #setTimeout;
   #clearTimeout;
   #requestTimeoutMs;
+  /** The options clientRate, maxMessageBytes and maxClientDataBytes: for a server whose welcome does not say. */
+  #configured;
+  /** The server's max_message_size on this connection (its welcome's, or the option). */
   #maxMessageBytes;
+  /** The server's max_client_data_bytes on this connection (its welcome's, or the option). */
   #maxClientDataBytes;
-  /** client_rate as the client paces itself (0: no pacing). */
+  /** client_rate as the client paces itself on this connection (its welcome's, or the option; 0: no pacing). */
   #clientRate;
   /** The server's token bucket for this connection as the client reckons it: thousandths of a token as of `at`. */
   #bucket = { milli: 0, at: 0 };
@@ -268,6 +274,12 @@ export class ThrongClient {
   #rtt = 50;
   /** The number (in #sentCount) of the last message answered as accepted. */
   #confirmedAt = 0;
+  /**
+   * The server refused a message for the rate on this connection: its bucket was emptier
+   * than the copy, so the guard's ping is no longer taken as accepted on the copy's word,
+   * until a ping sent as a guard (held for its answer) is answered with a pong.
+   */
+  #rateDoubt = false;
   /** Thousandths of a token charged to the bucket on this connection, all told (see #guardRoom). */
   #spent = 0;
   /**
@@ -335,6 +347,7 @@ export class ThrongClient {
       throw new RangeError("clientRate must be 0 (no pacing) or at least 1 (messages a second)");
     }
     this.#clientRate = clientRate;
+    this.#configured = { clientRate, maxMessageBytes, maxClientDataBytes };
     const { connectTimeoutMs = DEFAULT_CONNECT_TIMEOUT_MS } = options;
     if (!(connectTimeoutMs > 0) || !Number.isFinite(connectTimeoutMs)) {
       throw new RangeError("connectTimeoutMs must be a positive number of milliseconds");
@@ -732,6 +745,12 @@ export class ThrongClient {
   #onWelcome(msg) {
     this.#welcome = msg;
     this.#welcomeAt = this.#now();
+    // The server says its own limits (protocol.md 2.1); the options stand in for one that does not.
+    const said = (value, valid) => (Number.isSafeInteger(value) && valid(value) ? value : undefined);
+    this.#clientRate = said(msg.client_rate, (v) => v >= 0) ?? this.#configured.clientRate;
+    this.#maxMessageBytes = said(msg.max_message_size, (v) => v > 0) ?? this.#configured.maxMessageBytes;
+    this.#maxClientDataBytes = said(msg.max_client_data_bytes, (v) => v > 0) ?? this.#configured.maxClientDataBytes;
+    this.#rateDoubt = false;
     this.#bucket = { milli: this.#clientRate * 1000, at: this.#welcomeAt }; // a new connection's is full
     this.#sentCount = 0; // and its count of refusals in a row is 0
     this.#resetAt = 0;
@@ -1067,6 +1086,7 @@ export class ThrongClient {
     // The server's bucket is emptier than ours (another client_rate, or messages that
     // arrived bunched): start again from empty.
     if (msg.code === "rate_limited") {
+      this.#rateDoubt = true;
       this.#bucket = { milli: Math.min(0, this.#bucket.milli), at: this.#now() };
       this.#anchor = { index: this.#sentCount, milli: this.#bucket.milli, spent: this.#spent, at: this.#now() };
     }
@@ -1115,7 +1135,7 @@ export class ThrongClient {
       const bytes = serverDataLength(JSON.stringify(msg.data));
       if (bytes > this.#maxClientDataBytes) {
         return this.#refuseLocally(msg, meta, "too_large",
-          `data is ${bytes} bytes as the server writes it; the server takes at most ${this.#maxClientDataBytes} (maxClientDataBytes)`);
+          `data is ${bytes} bytes as the server writes it; the server takes at most ${this.#maxClientDataBytes} (max_client_data_bytes)`);
       }
     }
     // Queued unsubscribes take the bucket's tokens first; a subscribe takes the place of a
@@ -1127,7 +1147,7 @@ export class ThrongClient {
       const first = Math.max(this.#paceWait(), this.#guardHoldMs(), this.#unsubscribePauseUntil - this.#now());
       const waitMs = Math.max(1, Math.ceil(first + (this.#clientRate ? (queued * 1000) / this.#clientRate : 0)));
       return this.#refuseLocally(msg, meta, "rate_limited",
-        `over clientRate (${this.#clientRate} messages a second), ${queued} unsubscribes queued: not sent; try again in ${waitMs} ms`,
+        `over client_rate (${this.#clientRate} messages a second), ${queued} unsubscribes queued: not sent; try again in ${waitMs} ms`,
         { retryAfterMs: waitMs });
     }
     if (PACED_REQUESTS.has(msg.type)) {
@@ -1144,7 +1164,7 @@ export class ThrongClient {
       // Sent, it would be refused with rate_limited, and the 11th refusal in a row closes
       // the connection with 1008, after which the client stops: refused here instead.
       return this.#refuseLocally(msg, meta, "rate_limited",
-        `over clientRate (${this.#clientRate} messages a second): not sent; try again in ${Math.ceil(waitMs)} ms`,
+        `over client_rate (${this.#clientRate} messages a second): not sent; try again in ${Math.ceil(waitMs)} ms`,
         { retryAfterMs: Math.ceil(waitMs) });
     }
     // An unsubscribe of the topic still queued is dropped only now that the subscribe goes:
@@ -1357,7 +1377,7 @@ export class ThrongClient {
       return this.#sentCount;
     }
     if (!PACED_REQUESTS.has(type) && this.#guard === null && this.#sentCount - this.#resetAt >= REFUSAL_GUARD) {
-      this.#sendGuardPing(this.#guardRoom() >= this.#guardRoomNeeded());
+      this.#sendGuardPing(this.#guardPingFree());
     }
     return ++this.#sentCount;
   }
@@ -1391,7 +1411,7 @@ export class ThrongClient {
     }
     const now = this.#now();
     if (guard !== null && guard.retryAt > now) return guard.retryAt - now;
-    if (guard === null && this.#guardRoom() >= this.#guardRoomNeeded()) {
+    if (guard === null && this.#guardPingFree()) {
       this.#sendGuardPing(true);
       return 0;
     }
@@ -1420,6 +1440,11 @@ export class ThrongClient {
     return Math.min(this.#bucketNow(now), refilled - (this.#spent - anchor.spent));
   }
 
+  /** Whether the guard's ping can be taken as accepted as it goes (nothing held): see #guardWait, #rateDoubt. */
+  #guardPingFree() {
+    return !this.#rateDoubt && this.#guardRoom() >= this.#guardRoomNeeded();
+  }
+
   /**
    * What #guardRoom must hold for the guard's ping to be taken as accepted (thousandths).
    * The server refuses a message for the rate only when it finds less than one token
@@ -1437,7 +1462,11 @@ export class ThrongClient {
   #guardHoldMs() {
     const guard = this.#guard;
     if (guard === null) return 0;
-    if (guard.ref !== null) return Math.max(1, guard.sentAt + this.#rtt - this.#now());
+    // Its answer is late when the link has slowed since the last one: another round trip then.
+    if (guard.ref !== null) {
+      const left = guard.sentAt + this.#rtt - this.#now();
+      return Math.max(MIN_GUARD_HINT_MS, left > 0 ? left : this.#rtt);
+    }
     return Math.max(0, guard.retryAt - this.#now());
   }
 
@@ -1487,6 +1516,7 @@ export class ThrongClient {
     if (guard !== this.#guard || err?.code === "disconnected") return;
     if (err === null) {
       this.#guard = null;
+      this.#rateDoubt = false; // a ping the server took while the copy was in doubt: its count is reset
     } else {
       if (err.code === "timeout") this.#guardLate.add(guard.ref);
       guard.ref = null;
@@ -1549,7 +1579,7 @@ function checkOutgoing(text, maxBytes) {
   if (text.length * 3 > maxBytes) {
     const bytes = utf8Length(text);
     if (bytes > maxBytes) {
-      return { code: "too_large", message: `the message is ${bytes} bytes; the server takes at most ${maxBytes} (maxMessageBytes)` };
+      return { code: "too_large", message: `the message is ${bytes} bytes; the server takes at most ${maxBytes} (max_message_size)` };
     }
   }
   let depth = 0;

@@ -419,10 +419,10 @@ describe('throng.js in headless chromium', { timeout: 9 * CASE_MS }, () => {
     assert.deepEqual(p.pageErrors, []);
     await p.call('close');
   });
-  // A re-subscribe after a reconnect that the server refuses with a transient code
-  // (rate_limited here; broker_unavailable in cluster mode) is retried with backoff, so
-  // the topic's pushes do not stop in silence.
-  test('e. a re-subscribe refused with rate_limited is retried (every topic push still arrives)', {
+  // The client paces itself to the client_rate its welcome gives (2 here; the client's own
+  // clientRate option is left at 100): the re-subscribes after a reconnect go as the
+  // server's bucket allows, none is refused, and the topics' pushes do not stop.
+  test('e. re-subscribes after a reconnect are paced to the welcome\'s client_rate: none refused, every topic push still arrives', {
     timeout: CASE_MS,
   }, async (t) => {
     const own = await startServer([...serverArgs, '--client-rate', '2']);
@@ -439,17 +439,19 @@ describe('throng.js in headless chromium', { timeout: 9 * CASE_MS }, () => {
       backoff: BACKOFF,
     });
     await connectAndSubscribe(p);
-    // 2 messages a second: the first subscribes are paced by retrying the refused ones.
+    // 2 messages a second: subscribes beyond the bucket are refused locally; retried.
     for (const topic of topics) {
       await waitUntil(`subscribed to ${topic}`, async () => (await p.call('subscribe', topic)).ok, { ms: 20000, every: 300 });
     }
+    const welcome = (await p.events('welcome'))[0];
+    assert.equal(welcome.client_rate, 2, JSON.stringify(welcome));
     for (const topic of topics) await ownApi.push({ topic, data: { n: 1 } });
     await p.waitPage('the first push of every topic', (n) => window.T.of('push').length === n, topics.length);
 
     ownProxy.cut();
-    // On the new connection 4 subscribes go at once against a bucket of 2: some are refused.
-    await p.waitPage('a refused re-subscribe', () =>
-      window.__ws.length >= 2 && window.__ws.at(-1).recv.some((s) => s.includes('"rate_limited"')));
+    // On the new connection the 4 re-subscribes wait for the bucket (2 tokens, one kept).
+    await p.waitPage('every topic subscribed again', (n) =>
+      window.__ws.length >= 2 && window.__ws.at(-1).recv.filter((s) => s.includes('"subscribed"')).length === n, topics.length, 15000);
     for (const topic of topics) await ownApi.push({ topic, data: { n: 2 } });
     await p.waitPage(
       'the second push of every topic',
@@ -457,6 +459,8 @@ describe('throng.js in headless chromium', { timeout: 9 * CASE_MS }, () => {
       topics,
       10000,
     );
+    const refused = await p.page.evaluate(() => window.__ws.flatMap((w) => w.recv).filter((s) => s.includes('"rate_limited"')));
+    assert.deepEqual(refused, [], 'the server refused nothing for the rate');
   });
   // `serve --dev` serves a demo page that uses the library (issue 13 item 2): it connects
   // as alice, shows its state and the pushes it gets, and publishes to a room.

@@ -1858,3 +1858,87 @@ test("an answer that arrived while the event loop was blocked beats its request'
   assert.deepEqual(env.events.error, []);
   assert.equal(env.events.state.at(-1), "connected");
 });
+
+test("the welcome's client_rate, max_message_size and max_client_data_bytes win over the options; without them the options stand", async () => {
+  const env = setup();
+  await connectWith(env, welcome({ client_rate: 2, max_message_size: 200, max_client_data_bytes: 50 }));
+  const ws = env.last();
+  env.client.publish("t", 1).catch(() => {});
+  await assert.rejects(env.client.publish("t", 2),
+    (err) => err.code === "rate_limited" && err.sent === false && err.message.includes("client_rate (2 messages a second)"));
+  env.clock.ms += 5000;
+  await assert.rejects(env.client.publish("t", "x".repeat(60)),
+    (err) => err.code === "too_large" && err.message.includes("at most 50 (max_client_data_bytes)"));
+  await assert.rejects(env.client.subscribe("t".repeat(190)),
+    (err) => err.code === "too_large" && err.message.includes("at most 200 (max_message_size)"));
+  assert.equal(ws.ofType("publish").length, 1);
+
+  // A welcome that does not say (an older server), or says nonsense: the options.
+  for (const said of [{}, { client_rate: -1, max_message_size: 0, max_client_data_bytes: "9" }, { client_rate: 1.5 }]) {
+    env.clock.ms += 20000;
+    await reconnectWith(env, welcome(said));
+    for (let i = 0; i < 5; i++) env.client.publish("t", "x".repeat(1000)).catch(() => {});
+    assert.equal(env.last().ofType("publish").length, 5, JSON.stringify(said));
+  }
+  // client_rate 0: the server does not limit, so the client does not pace.
+  env.clock.ms += 20000;
+  await reconnectWith(env, welcome({ client_rate: 0 }));
+  for (let i = 0; i < 300; i++) env.client.publish("t", i).catch(() => {});
+  assert.equal(env.last().ofType("publish").length, 300);
+  // The welcome wins over clientRate: 0 too (the server would refuse the excess).
+  const off = setup({ client: { clientRate: 0 } });
+  await connectWith(off, welcome({ client_rate: 4 })); // 4 tokens, 2 kept: two go
+  for (let i = 0; i < 5; i++) off.client.publish("t", i).catch(() => {});
+  assert.equal(off.last().ofType("publish").length, 2);
+});
+
+test("after a server rate_limited the guard's ping is held for its answer, not taken as accepted, until a pong (review s16j F1)", async () => {
+  const env = setup();
+  await connectWith(env);
+  const ws = env.last();
+  const burst = async (n) => {
+    const results = [];
+    for (let i = 0; i < n; i++) results.push(env.client.publish("t", i).then(() => "ok", (err) => err.code));
+    return results;
+  };
+  // Before any refusal: 8 unanswered, then a ping taken as accepted goes with the 9th.
+  await burst(9);
+  assert.equal(ws.ofType("publish").length, 9);
+  assert.equal(ws.ofType("ping").length, 1);
+  for (const m of ws.sent.filter((m) => m.ref !== undefined && !m.answered)) {
+    m.answered = true;
+    ws.receive(m.type === "ping" ? { type: "pong", ref: m.ref } : { type: "published", topic: "t", seq: 1, ref: m.ref });
+  }
+  await flush();
+  // One message reached the server bunched and was refused for the rate.
+  env.client.publish("t", "r").catch(() => {});
+  const refusedOne = ws.ofType("publish").at(-1);
+  ws.receive({ type: "error", code: "rate_limited", message: "slow down", ref: refusedOne.ref });
+  await flush();
+  env.clock.ms += 2000; // the copy's bucket is full again
+  const results = await burst(9);
+  // 8 go (the refused one and 7 more are unconfirmed), then the ping goes in place of the
+  // 9th and holds: the copy's word is no longer enough.
+  assert.equal(ws.ofType("publish").length, 10 + 8 - 1);
+  assert.equal(ws.ofType("ping").length, 2);
+  await flush();
+  const held = await Promise.race([results.at(-1), flush().then(() => "pending")]);
+  assert.equal(held, "rate_limited");
+  const ping = ws.ofType("ping")[1];
+  // Its hint: a round trip (the last one took 0 ms here: at least MIN_GUARD_HINT_MS), and
+  // once that has passed, another round trip, never 1 ms.
+  env.clock.ms += 500;
+  await assert.rejects(env.client.publish("t", "h"), (err) => err.code === "rate_limited" && err.retryAfterMs >= 10);
+  ws.receive({ type: "pong", ref: ping.ref });
+  await flush();
+  // The pong: the server's count was reset; pings are taken as accepted again.
+  for (const m of ws.sent.filter((m) => m.ref !== undefined && !m.answered && m.type === "publish")) {
+    m.answered = true;
+    ws.receive({ type: "published", topic: "t", seq: 1, ref: m.ref });
+  }
+  env.clock.ms += 2000;
+  const before = ws.ofType("publish").length;
+  await burst(9);
+  assert.equal(ws.ofType("publish").length, before + 9);
+  assert.equal(ws.ofType("ping").length, 3);
+});
