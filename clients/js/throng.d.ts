@@ -217,6 +217,13 @@ export interface ThrongClientOptions {
    */
   connectTimeoutMs?: number;
   /**
+   * Where the browser's `online` events come from. When one fires while a reconnect waits
+   * out its backoff (grown to maxMs while offline, say), the next attempt goes within
+   * backoff.minMs instead (jittered). Default `globalThis` where it has addEventListener
+   * (a browser's window); `false` turns it off.
+   */
+  onlineEvents?: EventTarget | false;
+  /**
    * Detects a connection that died without a close (browsers cannot see it), timed from the
    * welcome unless given (see HeartbeatOptions). Default on; `false` turns it off.
    */

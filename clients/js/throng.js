@@ -196,6 +196,10 @@ export class ThrongClient {
   /** The server's token bucket for this connection as the client reckons it: thousandths of a token as of `at`. */
   #bucket = { milli: 0, at: 0 };
   #connectTimeoutMs;
+  /** Where the browser's `online` events come from (its window), or null. */
+  #onlineEvents;
+  /** The `online` listener while the client runs (removed by close() and a stop). */
+  #onOnline = null;
   /** The application's {intervalMs, timeoutMs} (either may be undefined: derived), or null when off. */
   #heartbeat;
 
@@ -353,6 +357,8 @@ export class ThrongClient {
       throw new RangeError("connectTimeoutMs must be a positive number of milliseconds");
     }
     this.#connectTimeoutMs = connectTimeoutMs;
+    const onlineEvents = options.onlineEvents ?? globalThis;
+    this.#onlineEvents = onlineEvents !== false && typeof onlineEvents?.addEventListener === "function" ? onlineEvents : null;
     if (options.heartbeat === false) {
       this.#heartbeat = null;
     } else {
@@ -382,6 +388,7 @@ export class ThrongClient {
     if (!this.#running) {
       this.#running = true;
       this.#attempt = 0;
+      this.#listenOnline(true);
       this.#open();
     }
     return welcome;
@@ -394,6 +401,7 @@ export class ThrongClient {
    */
   close() {
     this.#running = false;
+    this.#listenOnline(false);
     this.#generation += 1;
     this.#cancelTimers();
     const ws = this.#ws;
@@ -686,6 +694,7 @@ export class ThrongClient {
   /** Stops for good after a close code that forbids reconnecting blindly. */
   #stop(err) {
     this.#running = false;
+    this.#listenOnline(false);
     this.#cancelTimers();
     this.#rejectWaiting(err);
     this.#emitError(err);
@@ -697,6 +706,33 @@ export class ThrongClient {
     const delay = backoffDelay(this.#attempt, this.#backoff, this.#random);
     this.#attempt += 1;
     this.#retryTimer = this.#setTimeout(() => this.#open(), delay);
+  }
+
+  /** Starts (on) or stops listening for the browser's `online` event. */
+  #listenOnline(on) {
+    const target = this.#onlineEvents;
+    if (target === null || on === (this.#onOnline !== null)) return;
+    if (on) {
+      this.#onOnline = () => this.#networkBack();
+      target.addEventListener("online", this.#onOnline);
+    } else {
+      target.removeEventListener?.("online", this.#onOnline);
+      this.#onOnline = null;
+    }
+  }
+
+  /**
+   * The browser has a network again: a reconnect waiting out its backoff (which may have
+   * grown to maxMs while offline) goes within the first backoff step instead, jittered, so
+   * that the clients of a whole office coming back do not arrive at once. A drain hint's
+   * wait (the server asked for it) is kept.
+   */
+  #networkBack() {
+    if (!this.#running || this.#retryTimer === null) return;
+    this.#clearTimeout(this.#retryTimer);
+    this.#attempt = 0;
+    this.#retryTimer = null;
+    this.#retry();
   }
 
   #cancelTimers() {

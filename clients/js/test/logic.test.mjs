@@ -1942,3 +1942,45 @@ test("after a server rate_limited the guard's ping is held for its answer, not t
   assert.equal(ws.ofType("publish").length, before + 9);
   assert.equal(ws.ofType("ping").length, 3);
 });
+
+test("the browser's online event ends a grown backoff: the next attempt goes within minMs; not after close()", async () => {
+  const online = new EventTarget();
+  const env = setup({ client: { onlineEvents: online, backoff: { minMs: 100, maxMs: 30000 } } });
+  env.randoms.push(...Array(8).fill(0.999999));
+  env.client.connect().catch(() => {});
+  await flush();
+  for (let n = 0; n < 8; n++) {
+    env.last().fail();
+    if (n < 7) env.timers.fireNext();
+    await flush();
+  }
+  assert.deepEqual(env.timers.delays().map(Math.round), [12800], "offline a while: the backoff has grown");
+  env.randoms.push(0.5);
+  online.dispatchEvent(new Event("online"));
+  assert.deepEqual(env.timers.delays(), [50], "within the first step, jittered");
+  env.timers.fireNext();
+  await flush();
+  env.last().open();
+  env.last().receive(welcome());
+  assert.equal(env.events.state.at(-1), "connected");
+  // Connected: nothing waits, so the event does nothing.
+  online.dispatchEvent(new Event("online"));
+  assert.equal(env.timers.count(), 0);
+  const sockets = env.sockets.length;
+  env.client.close();
+  online.dispatchEvent(new Event("online"));
+  await flush();
+  assert.equal(env.sockets.length, sockets);
+  assert.equal(env.timers.count(), 0);
+  // Off: the backoff stands.
+  const off = setup({ client: { onlineEvents: false, backoff: { minMs: 100, maxMs: 30000 } } });
+  off.randoms.push(0.999999, 0.999999);
+  off.client.connect().catch(() => {});
+  await flush();
+  off.last().fail();
+  off.timers.fireNext();
+  await flush();
+  off.last().fail();
+  globalThis.dispatchEvent?.(new Event("online"));
+  assert.deepEqual(off.timers.delays().map(Math.round), [200]);
+});
