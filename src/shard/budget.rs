@@ -27,6 +27,9 @@ const TRIM_DROP_BYTES: u64 = 32 << 20;
 /// queues otherwise stay resident as holes in its arena (about 1.6 MB per shard after
 /// 100 broadcasts to 15,000 connections).
 const TRIM_CHURN_BYTES: usize = 1 << 20;
+/// A shard that built this many bytes of per-recipient frames (`users` pushes) since the
+/// last trim asks the same once its queues have drained.
+const TRIM_MADE_BYTES: usize = 8 << 20;
 /// A shard whose side tables shrank by this many bytes since the last trim asks the same
 /// (`compact_tables`): a crowd's tables are a few hundred KB per shard per 10,000.
 const TRIM_COMPACTED_BYTES: usize = 256 << 10;
@@ -44,6 +47,12 @@ pub(super) struct Published {
     churn: usize,
     /// Heap bytes freed by shrinking side tables since the last trim (`compact_tables`).
     compacted: usize,
+    /// Bytes of per-recipient frames built since the last trim (a `users` push makes one
+    /// per user): freed within the turn that wrote them, they never show in the queues,
+    /// but their memory stays in the allocator's arena like the queues' churn.
+    made: usize,
+    /// `made` at the end of the previous turn: a burst is over once a turn adds none.
+    made_seen: usize,
     last_trim: Option<Instant>,
 }
 
@@ -51,6 +60,11 @@ impl Published {
     /// Counts `bytes` freed by shrinking tables towards the next trim.
     pub(super) fn compacted(&mut self, bytes: usize) {
         self.compacted = self.compacted.saturating_add(bytes);
+    }
+
+    /// Counts `bytes` of per-recipient frames built towards the next trim.
+    pub(super) fn made(&mut self, bytes: usize) {
+        self.made = self.made.saturating_add(bytes);
     }
 }
 
@@ -149,8 +163,10 @@ impl Shard {
         p.high = p.high.max(held);
         let dropped = p.high - held >= TRIM_DROP_BYTES && held <= p.high / 2;
         let churn = self.conns.churn();
-        let quiet = churn == std::mem::replace(&mut p.churn, churn);
-        let drained = held == 0 && quiet && churn >= TRIM_CHURN_BYTES;
+        let quiet = churn == std::mem::replace(&mut p.churn, churn)
+            && p.made == std::mem::replace(&mut p.made_seen, p.made);
+        let drained =
+            held == 0 && quiet && (churn >= TRIM_CHURN_BYTES || p.made >= TRIM_MADE_BYTES);
         // Tables shrunk after a crowd left: their old storage is holes in the arena too.
         let compacted = p.compacted >= TRIM_COMPACTED_BYTES;
         if !dropped && !drained && !compacted {
@@ -164,6 +180,8 @@ impl Shard {
         p.compacted = 0;
         if drained {
             p.churn = 0;
+            p.made = 0;
+            p.made_seen = 0;
             self.conns.shed();
             // Sized for the burst's largest fan-out (every connection, for a broadcast).
             self.targets = Vec::new();

@@ -66,6 +66,11 @@ const CLOSE_LINGER: Duration = Duration::from_secs(3);
 const CHANNEL_BATCH: usize = 1024;
 /// Reads per readiness event before the connection waits its turn again.
 const READS_PER_EVENT: usize = 16;
+/// Bytes of per-recipient frames (a `users` push makes one per user, numbered for that
+/// user) built since the last flush, past which the shard writes them out and checks the
+/// memory budget at once, mid-turn: one request listing 10,000 users of 1 MiB would
+/// otherwise build 10 GB of frames before its first write.
+const MADE_FLUSH_BYTES: usize = 4 << 20;
 /// Most bytes a connection closed for its queue (4008) may keep queued through the close
 /// linger; beyond, it is dropped without the close handshake.
 const CLOSING_KEEP_MAX: usize = 64 * 1024;
@@ -218,6 +223,8 @@ struct Shard {
     /// Reused list of recipients for one fan-out, so a push does not allocate one (let go
     /// once a burst has drained, with the queues: `budget::maybe_trim`).
     targets: Vec<u32>,
+    /// Bytes of per-recipient frames built since the last flush (`MADE_FLUSH_BYTES`).
+    made: usize,
     /// The memory gauges as last published, so an unchanged value is not stored again.
     published: budget::Published,
     /// Cluster mode: streams loading and served, and the broker links.
@@ -325,6 +332,7 @@ impl Shard {
             grants: grants::Grants::default(),
             acks: HashMap::default(),
             targets: Vec::new(),
+            made: 0,
             published: budget::Published::default(),
             cluster,
             rates: rate::Rates::new(shared.config.client_rate),
@@ -663,6 +671,10 @@ impl Shard {
                     for &key in &targets {
                         sessions += u64::from(self.deliver_push(key, &frame, &compressed));
                     }
+                    self.made += frame.len();
+                    if self.made >= MADE_FLUSH_BYTES {
+                        self.flush_early();
+                    }
                 }
                 targets.clear();
                 self.targets = targets;
@@ -881,6 +893,19 @@ impl Shard {
         }
     }
 
+    /// Writes what is queued and enforces the memory budget now, mid-turn: frames built
+    /// for one recipient each are freed as the sockets take them, and what the sockets
+    /// do not take counts against `max_outbound_total_bytes` before more are built.
+    fn flush_early(&mut self) {
+        self.published.made(std::mem::take(&mut self.made));
+        let mut broken = Vec::new();
+        self.conns.flush_dirty(&mut broken);
+        for key in broken {
+            self.abort(key);
+        }
+        self.enforce_budget();
+    }
+
     /// Queues a frame; a connection that cannot take it is closed as a slow consumer.
     fn deliver(&mut self, key: u32, frame: Wire) -> bool {
         match self.conns.send(key, frame) {
@@ -964,6 +989,7 @@ impl Shard {
             }
         }
         // Before the answers: a `?wait=1` push that is answered is in the gauges.
+        self.published.made(std::mem::take(&mut self.made));
         self.enforce_budget();
         // Gauges: a few relaxed stores a turn keep /v1/stats exact without per-event work.
         let c = self.counters();
