@@ -285,6 +285,9 @@ pub struct Metrics {
     pub api_request_timeouts: AtomicU64,
     /// Idle keep-alive push API connections closed.
     pub api_idle_closes: AtomicU64,
+    /// Idle push API connections that never made a keyed request, closed to make room
+    /// for a new connection at `api_max_connections`.
+    pub api_evictions: AtomicU64,
     /// JWT key file reloads (`SIGHUP`) and `jwks_url` fetches that took effect.
     pub jwt_key_reloads: AtomicU64,
     /// JWT key file reloads that failed (the keys in use stayed).
@@ -340,6 +343,7 @@ impl Metrics {
             api_refused_connections: AtomicU64::new(0),
             api_request_timeouts: AtomicU64::new(0),
             api_idle_closes: AtomicU64::new(0),
+            api_evictions: AtomicU64::new(0),
             jwt_key_reloads: AtomicU64::new(0),
             jwt_key_reload_errors: AtomicU64::new(0),
             accept_errors_client: AtomicU64::new(0),
@@ -433,6 +437,7 @@ impl Metrics {
                 "api_refused_connections": self.api_refused_connections.load(Relaxed),
                 "api_request_timeouts": self.api_request_timeouts.load(Relaxed),
                 "api_idle_closes": self.api_idle_closes.load(Relaxed),
+                "api_evictions": self.api_evictions.load(Relaxed),
                 "api_input_pauses": self.api_input_pauses.load(Relaxed),
                 "api_reply_timeouts": self.api_reply_timeouts.load(Relaxed),
                 "jwt_key_reloads": self.jwt_key_reloads.load(Relaxed),
@@ -688,8 +693,13 @@ impl Metrics {
             ),
             (
                 "throng_api_idle_closes_total",
-                "Idle keep-alive push API connections closed after api_idle_timeout_ms.",
+                "Idle push API connections closed: after api_idle_timeout_ms, or api_request_timeout_ms for one that never made a keyed request.",
                 &self.api_idle_closes,
+            ),
+            (
+                "throng_api_evictions_total",
+                "Idle push API connections that never made a keyed request, closed to make room for a new one at api_max_connections.",
+                &self.api_evictions,
             ),
             (
                 "throng_api_reply_timeouts_total",

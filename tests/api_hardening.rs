@@ -181,9 +181,19 @@ fn pipelining_without_reading_keeps_output_bounded_and_others_served() {
 #[test]
 fn over_the_connection_cap_answers_503_and_counts_it() {
     let srv = TestServer::start(&["--api-max-connections", "4"]);
-    // The monitor is connection 1 of 4.
+    // The monitor is connection 1 of 4; the others made keyed requests, so none of them
+    // is a stranger a newcomer could take the place of.
     let mut monitor = srv.api_conn();
-    let mut silent: Vec<TcpStream> = (0..3).map(|_| tcp(srv.api)).collect();
+    let mut silent: Vec<HttpConn> = (0..3)
+        .map(|_| {
+            let mut c = srv.api_conn();
+            assert_eq!(
+                c.request("GET", "/v1/stats", Some(API_KEY), None).status,
+                200
+            );
+            c
+        })
+        .collect();
     wait_stats_on(&mut monitor, "4 API connections", |s| {
         s["api_connections"] == 4
     });
@@ -218,6 +228,126 @@ fn over_the_connection_cap_answers_503_and_counts_it() {
 }
 
 #[test]
+fn strangers_that_never_finish_a_request_cannot_hold_the_slots() {
+    // Review s17a: connections that never send a byte held every slot for the idle
+    // timeout, and pushes, /metrics and the probes got 503 all that time.
+    let srv = TestServer::start(&[
+        "--api-max-connections",
+        "4",
+        "--api-request-timeout-ms",
+        "60000",
+        "--api-idle-timeout-ms",
+        "60000",
+    ]);
+    let mut monitor = srv.api_conn();
+    assert_eq!(
+        monitor
+            .request("GET", "/v1/stats", Some(API_KEY), None)
+            .status,
+        200
+    );
+    let mut trusted = srv.api_conn();
+    assert_eq!(
+        trusted
+            .request("GET", "/v1/stats", Some(API_KEY), None)
+            .status,
+        200
+    );
+    // A silent one, and one stuck in the middle of a head.
+    let mut silent = tcp(srv.api);
+    let mut midway = tcp(srv.api);
+    midway
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .expect("write");
+    wait_stats_on(&mut monitor, "4 API connections", |s| {
+        s["api_connections"] == 4
+    });
+    // A newcomer takes the place of the stranger that waited longest, once it has waited
+    // a second; until then the newcomer is refused.
+    let pushed = |user: &str| {
+        let deadline = std::time::Instant::now() + WAIT;
+        let body = json!({"user": user, "data": 1}).to_string();
+        let req = request_bytes(srv.api, "POST", "/v1/push", Some(API_KEY), Some(&body));
+        loop {
+            // A refused one may be reset before its 503 is read: tried again all the same.
+            let mut c = tcp(srv.api);
+            if c.write_all(&req).is_ok() {
+                if let Ok((r, _)) = read_response(&mut c, Vec::new()) {
+                    if r.status == 202 {
+                        return c;
+                    }
+                    assert_eq!(r.status, 503, "{}", r.text());
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no slot freed for {user}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    let first = pushed("a");
+    assert!(
+        read_to_close(&mut silent).is_empty(),
+        "the silent one, closed quietly"
+    );
+    let second = pushed("b");
+    assert!(
+        read_to_close(&mut midway).is_empty(),
+        "then the one stuck midway"
+    );
+    let s = stats_on(&mut monitor);
+    assert_eq!(s["counters"]["api_evictions"], 2, "{s}");
+    // Every slot now holds a connection that made a keyed request: nobody is evicted,
+    // however long they idle, and a newcomer gets 503 at once.
+    let mut over = tcp(srv.api);
+    assert_closing_error(
+        &read_to_close(&mut over),
+        503,
+        "over_capacity",
+        "api_max_connections",
+    );
+    assert_eq!(trusted.request("GET", "/healthz", None, None).status, 200);
+    assert_eq!(stats_on(&mut monitor)["counters"]["api_evictions"], 2);
+    drop((first, second));
+}
+
+#[test]
+fn a_stranger_idles_for_the_request_timeout_a_trusted_client_for_the_idle_timeout() {
+    let srv = TestServer::start(&[
+        "--api-request-timeout-ms",
+        "300",
+        "--api-idle-timeout-ms",
+        "60000",
+    ]);
+    let mut trusted = srv.api_conn();
+    assert_eq!(
+        trusted
+            .request("GET", "/v1/stats", Some(API_KEY), None)
+            .status,
+        200
+    );
+    // A probe needs no key, and earns no trust.
+    let mut probe = srv.api_conn();
+    assert_eq!(probe.request("GET", "/healthz", None, None).status, 200);
+    let mut silent = tcp(srv.api);
+    assert!(read_to_close(&mut silent).is_empty(), "closed quietly");
+    assert!(
+        read_to_close(&mut probe.stream).is_empty(),
+        "closed quietly"
+    );
+    // Still open, past both closes.
+    assert_eq!(
+        trusted
+            .request("GET", "/v1/stats", Some(API_KEY), None)
+            .status,
+        200
+    );
+    let s = srv.stats();
+    assert_eq!(s["counters"]["api_idle_closes"], 2, "{s}");
+}
+
+#[test]
 fn incomplete_requests_get_408_from_their_first_byte() {
     let srv = TestServer::start(&[
         "--api-request-timeout-ms",
@@ -225,7 +355,9 @@ fn incomplete_requests_get_408_from_their_first_byte() {
         "--api-idle-timeout-ms",
         "60000",
     ]);
+    // Keyed at once: a stranger's idle connection closes after the request timeout too.
     let mut monitor = srv.api_conn();
+    stats_on(&mut monitor);
 
     // A head that never ends.
     let mut head = tcp(srv.api);

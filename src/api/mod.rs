@@ -52,6 +52,10 @@ const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// Input buffers emptied with more capacity than this are freed (a large body's memory
 /// goes back); smaller ones are kept for the next request.
 const KEEP_INBUF: usize = 16 * 1024;
+/// How long a stranger (no keyed request yet) must have been idle before a new connection
+/// at the cap may take its place: a client's request follows its connect within a round
+/// trip, so one idle this long is not about to send one.
+const EVICT_MIN_IDLE: Duration = Duration::from_secs(1);
 /// How often timeouts are checked; also the poll timeout.
 const SWEEP: Duration = Duration::from_millis(100);
 /// How long accepting pauses after EMFILE/ENFILE or an unknown accept error.
@@ -135,6 +139,11 @@ struct ApiConn {
     /// The request at the front of `inbuf` is incomplete, as `process` last found it
     /// (false when it stopped before looking: complete requests may wait there).
     front_incomplete: bool,
+    /// It made a request that needed the API key and had it (any request, without a
+    /// key configured). Until then it is a stranger: idle, it is closed after
+    /// `api_request_timeout_ms` rather than `api_idle_timeout_ms`, and it may be closed
+    /// to make room for a new connection at the cap (`evict_stranger`).
+    trusted: bool,
 }
 
 impl ApiConn {
@@ -398,7 +407,7 @@ impl Api {
             match self.listener.accept() {
                 Ok((stream, _)) => {
                     let handshaking = self.handshaker.as_ref().map_or(0, |h| h.pending());
-                    if self.conns.len() + handshaking >= self.conn_cap {
+                    if self.conns.len() + handshaking >= self.conn_cap && !self.evict_stranger() {
                         self.refuse(stream);
                         continue;
                     }
@@ -508,9 +517,41 @@ impl Api {
             admitted_end: 0,
             paused: false,
             was_paused: false,
+            trusted: false,
         });
         self.metrics.api_connections.fetch_add(1, Relaxed);
         Some(key)
+    }
+
+    /// At the connection cap: closes the stranger (no keyed request yet, see
+    /// `ApiConn::trusted`) that has waited longest, at least `EVICT_MIN_IDLE`, silent or
+    /// with a head still incomplete, so that connections which never finish a request
+    /// cannot hold every slot, and with them the upstream's pushes and the probes, for
+    /// the timeouts. True when one was closed.
+    fn evict_stranger(&mut self) -> bool {
+        let now = self.now;
+        let oldest = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                // Nothing owed to it, nothing it waits for: a head with the key would
+                // have made it trusted, so what it holds is at most part of a head.
+                !c.trusted
+                    && c.unsent() == 0
+                    && c.waiting.is_none()
+                    && c.lingering_since.is_none()
+                    && !c.paused
+            })
+            .map(|(key, c)| (c.request_since.unwrap_or(c.active_at), key))
+            .filter(|&(since, _)| now.saturating_duration_since(since) >= EVICT_MIN_IDLE)
+            .min()
+            .map(|(_, key)| key);
+        let Some(key) = oldest else {
+            return false;
+        };
+        self.metrics.api_evictions.fetch_add(1, Relaxed);
+        self.drop_conn(key);
+        true
     }
 
     /// Answers a connection over `conn_cap` with 503 and closes it, best
@@ -837,6 +878,12 @@ impl Api {
             }
             return self.closing(key, response);
         }
+        // A probe needs no key, so it earns no trust where a key is required.
+        if self.config.api_key.is_none() || !self.is_public(head.path) {
+            if let Some(c) = self.conns.get_mut(key) {
+                c.trusted = true;
+            }
+        }
         if !complete {
             if self.config.api_key.is_some() && self.is_public(head.path) {
                 // A probe that needs no key takes no body either: answered now and
@@ -1133,9 +1180,16 @@ impl Api {
                     older(c.out_since, idle_timeout).then_some(Due::Idle)
                 } else {
                     // No request in progress and nothing to send. A connection that
-                    // connects and never sends a byte ends here too: it is idle, and is
-                    // closed after api_idle_timeout (the request clock starts at a byte).
-                    older(c.active_at, idle_timeout).then_some(Due::Idle)
+                    // connects and never sends a byte ends here too (the request clock
+                    // starts at a byte): idle, and closed after api_idle_timeout once it
+                    // made a keyed request, after the request timeout before that, so
+                    // that silent strangers cannot hold the slots for a minute each.
+                    let limit = if c.trusted {
+                        idle_timeout
+                    } else {
+                        request_timeout.min(idle_timeout)
+                    };
+                    older(c.active_at, limit).then_some(Due::Idle)
                 };
                 due.map(|d| (key, d))
             })
