@@ -856,6 +856,8 @@ pub const MAX_LEEWAY_SECS: u64 = 86_400;
 pub const MAX_HEAD_BYTES: usize = 8 * 1024;
 /// Largest push API request body, docs/protocol.md 4.2.
 pub const MAX_API_BODY_BYTES: usize = 1024 * 1024;
+/// The default of `api_max_connections`.
+pub const API_MAX_CONNECTIONS: usize = 1024;
 /// The default of `api_max_buffered_bytes`.
 pub const API_MAX_BUFFERED_BYTES: usize = 64 << 20;
 /// The least `api_max_buffered_bytes`: one request of the largest size, head and body.
@@ -1256,7 +1258,7 @@ impl Config {
             "api_max_connections",
             args.api_max_connections
                 .or(file.api_max_connections)
-                .unwrap_or(1024),
+                .unwrap_or(API_MAX_CONNECTIONS),
         )?;
         let api_max_buffered_bytes = args
             .api_max_buffered_bytes

@@ -46,7 +46,13 @@ pub const TCP_BUFFER_BYTES_PER_BUSY_SOCKET: u64 = 4096;
 /// Files the process needs besides its connections: listeners, epoll and waker
 /// descriptors and logs (`fdlimit::HEADROOM`), plus the push API's reserve at the default
 /// `api_max_connections` (1024).
-pub const NOFILE_HEADROOM: u64 = crate::fdlimit::HEADROOM + 1024;
+pub const NOFILE_HEADROOM: u64 = nofile_headroom(crate::config::API_MAX_CONNECTIONS);
+
+/// Files the process needs besides its connections when the push API may hold
+/// `api_max_connections`: `fdlimit::HEADROOM` plus one descriptor per API connection.
+pub const fn nofile_headroom(api_max_connections: usize) -> u64 {
+    crate::fdlimit::HEADROOM.saturating_add(api_max_connections as u64)
+}
 
 /// System-wide files beyond the server's own that `fs.file-max` must leave for the rest
 /// of the host.
@@ -78,6 +84,11 @@ pub struct DoctorArgs {
     /// this host's memory].
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_outbound_total_bytes: Option<u64>,
+    /// The server's `api_max_connections`: the push API's descriptor reserve, which the
+    /// open-file limit must leave besides the client connections.
+    #[arg(long, value_name = "N", default_value_t = crate::config::API_MAX_CONNECTIONS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub api_max_connections: usize,
     /// Root of the proc filesystem to read (tests point it at a fake tree).
     #[arg(long, value_name = "DIR", default_value = "/proc")]
     pub proc_root: PathBuf,
@@ -397,9 +408,10 @@ fn page_size() -> u64 {
     }
 }
 
-fn check_nofile(proc_root: &Path, n: u64) -> Item {
-    let need = n.saturating_add(NOFILE_HEADROOM);
-    let needed = format!(">= {need} (N + {NOFILE_HEADROOM})");
+fn check_nofile(proc_root: &Path, n: u64, api_max: usize) -> Item {
+    let headroom = nofile_headroom(api_max);
+    let need = n.saturating_add(headroom);
+    let needed = format!(">= {need} (N + {headroom})");
     let limit = match read_parsed(proc_root, "self/limits", parse_limits_nofile) {
         Ok(l) => l,
         Err(e) => return unreadable("RLIMIT_NOFILE", needed, &e),
@@ -411,6 +423,9 @@ fn check_nofile(proc_root: &Path, n: u64) -> Item {
     // is what the server gets; a low soft limit only matters to other programs.
     let effective = soft.max(hard);
     let raise = "raise the hard limit (limits.d/throng.conf, or `ulimit -Hn` as root)";
+    // The server stops admitting clients at this ceiling (503 over_capacity), so a target
+    // above it cannot be reached however the rest of the host is tuned.
+    let ceiling = crate::fdlimit::client_ceiling(effective, api_max);
     let (status, note) = if effective >= need {
         let note = if soft < need {
             format!(
@@ -421,24 +436,26 @@ fn check_nofile(proc_root: &Path, n: u64) -> Item {
             String::new()
         };
         (Status::Ok, note)
-    } else if effective >= n {
+    } else if ceiling >= n {
+        // Below N + headroom the server still admits N clients, but cuts the push API's
+        // reserve to a quarter of what the limit leaves after fdlimit::HEADROOM.
         (
             Status::Warn,
             format!(
-                "only {} files left beyond the connections for listeners, API clients and \
-                 logs; {raise}, or LimitNOFILE= in throng.service",
-                effective - n
+                "the server admits up to {ceiling} clients, but the push API gets only {} of \
+                 its {api_max} connections (api_max_connections); {raise}, or LimitNOFILE= in \
+                 throng.service",
+                crate::fdlimit::api_reserve(effective, api_max).max(1)
             ),
         )
     } else {
         (
             Status::Fail,
             format!(
-                "one file per connection: past about {} connections new clients get 503 \
+                "one file per connection: past about {ceiling} connections new clients get 503 \
                  over_capacity; {raise}, or LimitNOFILE= in throng.service. These are the \
                  doctor's own limits: run it under the server's (`systemctl show -p \
-                 LimitNOFILE throng`)",
-                crate::fdlimit::client_ceiling(effective, 1024)
+                 LimitNOFILE throng`)"
             ),
         )
     };
@@ -484,18 +501,20 @@ fn check_file_max(proc_root: &Path, n: u64) -> Item {
     }
 }
 
-fn check_nr_open(proc_root: &Path, n: u64) -> Item {
-    let need = n.saturating_add(NOFILE_HEADROOM);
-    let needed = format!(">= {need} (N + {NOFILE_HEADROOM})");
+fn check_nr_open(proc_root: &Path, n: u64, api_max: usize) -> Item {
+    let headroom = nofile_headroom(api_max);
+    let need = n.saturating_add(headroom);
+    let needed = format!(">= {need} (N + {headroom})");
     let [v] = match read_parsed(proc_root, "sys/fs/nr_open", parse_n::<1>) {
         Ok(v) => v,
         Err(e) => return unreadable("fs.nr_open", needed, &e),
     };
     let note = "the ceiling for RLIMIT_NOFILE, even for root; raise fs.nr_open \
                 (sysctl.d/99-throng.conf)";
+    // RLIMIT_NOFILE cannot exceed nr_open, so it is graded as a limit of that size.
     let status = if v >= need {
         Status::Ok
-    } else if v >= n {
+    } else if crate::fdlimit::client_ceiling(v, api_max) >= n {
         Status::Warn
     } else {
         Status::Fail
@@ -786,6 +805,8 @@ pub struct Target {
     pub outbound_budget: Option<u64>,
     /// The connections are TLS (`wss://`).
     pub tls: bool,
+    /// The server's `api_max_connections` (its push API descriptor reserve).
+    pub api_max_connections: usize,
 }
 
 /// Checks the host under `proc_root` and `sys_root` for `target_connections`.
@@ -804,6 +825,7 @@ pub fn check_with_budget(
         connections: target_connections,
         outbound_budget,
         tls: false,
+        api_max_connections: crate::config::API_MAX_CONNECTIONS,
     };
     check_target(proc_root, sys_root, &target)
 }
@@ -814,9 +836,9 @@ pub fn check_target(proc_root: &Path, sys_root: &Path, target: &Target) -> Repor
     let page = page_size();
     let (memory, memory_item) = project_memory(proc_root, target);
     let items = vec![
-        check_nofile(proc_root, n),
+        check_nofile(proc_root, n, target.api_max_connections),
         check_file_max(proc_root, n),
-        check_nr_open(proc_root, n),
+        check_nr_open(proc_root, n, target.api_max_connections),
         check_backlog(
             proc_root,
             "net.core.somaxconn",

@@ -79,6 +79,7 @@ fn doctor(args: throng::doctor::DoctorArgs) -> ExitCode {
         connections: args.target_connections,
         outbound_budget: args.max_outbound_total_bytes,
         tls: args.tls,
+        api_max_connections: args.api_max_connections,
     };
     let report = throng::doctor::check_target(&args.proc_root, &args.sys_root, &target);
     print!("{}", throng::doctor::render(&report));

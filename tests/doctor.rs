@@ -203,6 +203,7 @@ fn tls_projects_the_tls_state_of_each_connection() {
         connections: 1_000_000,
         outbound_budget: None,
         tls: true,
+        api_max_connections: 1024,
     };
     let r = doctor::check_target(&h.proc_root(), &h.sys_root(), &target);
     assert_eq!(
@@ -290,8 +291,8 @@ fn grading_rules_from_the_library() {
     let mut files = tuned();
     for (path, content) in files.iter_mut() {
         match *path {
-            // Between N and N + 1280: enough for the connections, not for the rest.
-            "proc/self/limits" => *content = limits("100500", "100500"),
+            // Below N + 1280 the server's client ceiling (limit - 256 - 1024) is below N.
+            "proc/self/limits" => *content = limits("101000", "101000"),
             "proc/sys/fs/file-max" => *content = "50000\n".into(),
             "proc/sys/net/core/somaxconn" => *content = "128\n".into(),
             // 488 MiB projected against 256 MiB available.
@@ -302,7 +303,7 @@ fn grading_rules_from_the_library() {
     let h = host(&files);
     let r = doctor::check(&h.proc_root(), &h.sys_root(), 100_000);
     let status = |n: &str| r.item(n).map(|i| i.status);
-    assert_eq!(status("RLIMIT_NOFILE"), Some(Status::Warn), "{r:#?}");
+    assert_eq!(status("RLIMIT_NOFILE"), Some(Status::Fail), "{r:#?}");
     assert_eq!(status("fs.file-max"), Some(Status::Fail), "{r:#?}");
     assert_eq!(status("net.core.somaxconn"), Some(Status::Warn), "{r:#?}");
     assert_eq!(status("memory"), Some(Status::Fail), "{r:#?}");
@@ -316,6 +317,78 @@ fn grading_rules_from_the_library() {
         Some(Status::Fail)
     );
     assert_eq!(r.item("fs.nr_open").map(|i| i.status), Some(Status::Fail));
+}
+
+/// A tree like `tuned()` with this open-file limit (soft and hard).
+fn with_nofile(limit: u64) -> FakeHost {
+    let mut files = tuned();
+    for (path, content) in files.iter_mut() {
+        if *path == "proc/self/limits" {
+            *content = limits(&limit.to_string(), &limit.to_string());
+        }
+    }
+    host(&files)
+}
+
+#[test]
+fn nofile_fails_when_the_server_would_refuse_the_target() {
+    // The server stops admitting clients at fdlimit::client_ceiling: 2000 - 256 - 436 =
+    // 1308 and 20000 - 256 - 1024 = 18720. A target above that is a FAIL, exit 1.
+    for (limit, target) in [(2_000u64, 1_500u64), (20_000, 19_000)] {
+        let ceiling = throng::fdlimit::client_ceiling(limit, 1024);
+        assert!(ceiling < target);
+        let h = with_nofile(limit);
+        let out = h.run(target);
+        let text = stdout(&out);
+        assert_eq!(out.status.code(), Some(1), "{text}");
+        assert_eq!(
+            row_status(&text, "RLIMIT_NOFILE").as_deref(),
+            Some("FAIL"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("past about {ceiling} connections")),
+            "{text}"
+        );
+        // At the ceiling itself the clients fit.
+        let out = h.run(ceiling);
+        assert_ne!(
+            row_status(&stdout(&out), "RLIMIT_NOFILE").as_deref(),
+            Some("FAIL"),
+            "{}",
+            stdout(&out)
+        );
+    }
+}
+
+#[test]
+fn nofile_warns_when_only_the_api_reserve_is_short() {
+    // 3000: the server admits 3000 - 256 - 686 = 2058 clients, with 686 of the 1024 API
+    // connections. 2000 clients fit, so WARN (exit 0) naming the API's share.
+    let h = with_nofile(3_000);
+    let out = h.run(2_000);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(
+        row_status(&text, "RLIMIT_NOFILE").as_deref(),
+        Some("WARN"),
+        "{text}"
+    );
+    assert!(text.contains(">= 3280 (N + 1280)"), "{text}");
+    assert!(text.contains("only 686 of its 1024"), "{text}");
+    // A smaller api_max_connections needs less: 2000 + 256 + 100 fits in 3000.
+    let out = h.run_with(2_000, &["--api-max-connections", "100"]);
+    let text = stdout(&out);
+    assert_eq!(
+        row_status(&text, "RLIMIT_NOFILE").as_deref(),
+        Some("OK"),
+        "{text}"
+    );
+    assert!(text.contains(">= 2356 (N + 356)"), "{text}");
+    // A larger one raises the need, and the FAIL point, as the server's reserve does.
+    let out = h.run_with(2_000, &["--api-max-connections", "5000"]);
+    let text = stdout(&out);
+    assert!(text.contains(">= 7256 (N + 5256)"), "{text}");
 }
 
 #[test]
