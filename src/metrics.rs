@@ -230,7 +230,7 @@ struct HistogramFamily {
 /// Push-to-socket latency.
 const PUSH_LATENCY: HistogramFamily = HistogramFamily {
     name: "throng_push_latency_seconds",
-    help: "Time from push accepted by the API to written to the sockets of a shard.",
+    help: "Time from push accepted by the API to written to the sockets of a shard; observed only when the push reached at least one socket of that shard.",
     bounds_us: &[
         50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
         1_000_000, 5_000_000,

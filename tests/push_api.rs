@@ -489,6 +489,35 @@ fn metrics_exposition() {
 }
 
 #[test]
+fn push_latency_counts_only_pushes_that_reached_a_socket() {
+    use common::tls::metric;
+    const COUNT: &str = "throng_push_latency_seconds_count";
+    let srv = TestServer::start(&[]);
+    // No client at all: an offline user, an empty topic and a broadcast reach no socket
+    // on either shard, so there is no push-to-socket time to record.
+    for i in 0..5 {
+        srv.push_wait(json!({"user": "nobody", "data": i}));
+        srv.push_wait(json!({"topic": "empty", "data": i}));
+        srv.push_wait(json!({"broadcast": true, "data": i}));
+    }
+    // Shards merge their histograms into /metrics every 100 ms.
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    assert_eq!(
+        metric(srv.api, COUNT),
+        0,
+        "pushes that reached no socket were timed"
+    );
+    let mut c = srv.connect("m");
+    srv.wait_connections(1);
+    srv.push_wait(json!({"user": "m", "data": "x"}));
+    assert_eq!(c.recv()["data"], json!("x"));
+    let seen = wait_until(WAIT, || metric(srv.api, COUNT) >= 1);
+    assert!(seen, "the delivered push was not timed");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(metric(srv.api, COUNT), 1);
+}
+
+#[test]
 fn keep_alive_serves_many_requests_on_one_connection() {
     let srv = TestServer::start(&[]);
     let mut c = srv.connect("ka");

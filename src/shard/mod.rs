@@ -927,11 +927,14 @@ impl Shard {
         self.deliver(key, frame);
     }
 
+    /// Counts a push written to `sessions` sockets of this shard. Only a push that reached
+    /// a socket is timed: one that reached none (an offline user, a topic with no member
+    /// here) took just the queue hop and would drag the latency percentiles toward zero.
     fn delivered(&mut self, sessions: u64, accepted_at: Instant) {
         if sessions > 0 {
             self.counters().delivered.fetch_add(sessions, Relaxed);
+            self.written_at.push(accepted_at);
         }
-        self.written_at.push(accepted_at);
     }
 
     /// Microseconds from the shard's start to `at` (0 for an earlier instant).
