@@ -17,7 +17,8 @@ Exit status:
      first connect error), an open connection the server or network ended, no push
      accepted or a push given up, a message missing, duplicated or unexpected, a
      receiver lost, a churn reconnect that failed, a deploy client that did not move,
-     or (resume, deploy, chat) the delivery gate
+     a chat member that connected but never joined its room, or (resume, deploy,
+     chat) the delivery gate
   2  the run could not be made: bad flags, an unreachable setup, a worker that died";
 
 /// The top-level command line.

@@ -95,6 +95,9 @@ fn run(cmd: &Cmd) -> Result<i32, String> {
             let Some((mut rep, code)) = chat::run(a)? else {
                 return Ok(0);
             };
+            // The same verdict as every other mode: refused connections fail a chat run
+            // too, and the summary ends with its `result:` line.
+            let code = code.max(rep.judge());
             output(&mut rep, a.json.as_deref())?;
             return Ok(code);
         }

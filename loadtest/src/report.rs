@@ -517,7 +517,9 @@ impl Report {
     /// - push, churn, resume, deploy: no push accepted, a push given up (`push_errors`);
     /// - push, churn, capacity: a message missing, duplicated or unexpected, or a
     ///   receiver lost; churn: a reconnect that failed;
-    /// - deploy: a client that did not reach the second server.
+    /// - deploy: a client that did not reach the second server;
+    /// - chat: a connected member that never joined its room, and the chat delivery gate
+    ///   (`chat.delivery_ok`; pushes_sent is not asked for: chat members publish).
     ///
     /// Resume and deploy also fail on their own delivery gate (`delivery_ok`).
     pub fn judge(&mut self) -> i32 {
@@ -582,6 +584,21 @@ impl Report {
         }
         if self.delivery_ok == Some(false) {
             f.push("pushes missing or duplicated across reconnects".to_string());
+        }
+        if let Some(c) = &self.chat {
+            // Members that connected but were never answered `subscribed` published and
+            // received nothing; the rooms' figures alone would not show them.
+            let not_joined = self.connections_opened.saturating_sub(c.members_joined);
+            if not_joined > 0 {
+                f.push(format!(
+                    "{not_joined} connected members never joined their room"
+                ));
+            }
+            f.extend(
+                c.problems()
+                    .into_iter()
+                    .map(|p| format!("chat delivery: {p}")),
+            );
         }
         self.passed = Some(f.is_empty());
         self.failures = f;

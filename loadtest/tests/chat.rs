@@ -94,6 +94,8 @@ fn assert_complete(r: &Report, rooms: u64, members: u64) -> u64 {
         r.output.contains("chat delivery: all"),
         "the summary does not say the rooms were complete",
     );
+    r.check(r.get("passed").as_bool() == Some(true), "passed");
+    r.check(r.output.contains("result: OK"), "no `result: OK` line");
     published
 }
 
@@ -139,8 +141,34 @@ fn chat_without_a_publish_grant_fails_its_gate() {
         "delivery_ok",
     );
     r.check(
+        r.output
+            .contains("result: FAILED (exit status 1): chat delivery: no message was published"),
+        "no `result: FAILED` line naming the chat gate",
+    );
+    r.check(
         r.output.contains("--public-publish"),
         "no hint about --public-publish",
+    );
+}
+
+#[test]
+fn chat_fails_when_members_never_connect() {
+    // 10 members against a server that admits 6: the 6 members that did connect
+    // get everything, but the run must still fail and say why.
+    let srv = TestServer::start(&["--max-connections", "6"]);
+    let flags = "--rate 2 --duration-secs 1 --drain-secs 1";
+    let r = Load::spawn(chat_args(&srv, 2, 5, flags)).wait_failed(RUN_LIMIT);
+    r.eq("connections_opened", 6);
+    r.check(r.get("passed").as_bool() == Some(false), "passed");
+    let failures = r.get("failures").to_string();
+    r.check(
+        failures.contains("4 of 10 connections never opened"),
+        "failures do not name the refused connections",
+    );
+    r.check(
+        r.output
+            .contains("result: FAILED (exit status 1): 4 of 10 connections never opened"),
+        "no `result: FAILED` line",
     );
 }
 
