@@ -35,6 +35,18 @@ pub enum ConfigError {
         /// Why it could not be used.
         problem: String,
     },
+    /// The config file does not parse, or a value has the wrong type, at this place.
+    #[error("config error: {path}:{line}:{column}: {problem}")]
+    FileAt {
+        /// The file as given.
+        path: String,
+        /// 1-based line of the error.
+        line: usize,
+        /// 1-based column (in characters) of the error.
+        column: usize,
+        /// The key (`[table] key`, when one can be read from the line) and what is wrong.
+        problem: String,
+    },
     /// The command line could not be parsed.
     #[error("{0}")]
     Cli(#[from] clap::Error),
@@ -910,6 +922,20 @@ impl Config {
             file.api_listen.as_deref(),
             "127.0.0.1:8701",
         )?;
+        // Both on one port would fail at the second bind as "address in use", which
+        // reads as another server's fault; port 0 picks two different free ports.
+        let overlap = listen.ip() == api_listen.ip()
+            || listen.ip().is_unspecified()
+            || api_listen.ip().is_unspecified();
+        if listen.port() != 0 && listen.port() == api_listen.port() && overlap {
+            return Err(invalid(
+                "api_listen",
+                format!(
+                    "{api_listen} is the same address as listen ({listen}): listen and \
+                     api_listen are the WebSocket and push API listeners and need a port each"
+                ),
+            ));
+        }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let shards = args.shards.or(file.shards).unwrap_or(cores);
         if shards == 0 || shards > 1024 {
@@ -1035,6 +1061,13 @@ impl Config {
             _ => "jwt_public_key",
         };
         let mut secret = secret;
+        // Named in errors, as for the events key: the operator may never have given the
+        // flag the error's key names (an env-file line `THRONG_API_KEY=`).
+        let api_key_from = if args.api_key.is_none() && file.api_key.is_none() {
+            " (the value of THRONG_API_KEY)"
+        } else {
+            ""
+        };
         let mut api_key = args
             .api_key
             .or(file.api_key)
@@ -1043,12 +1076,14 @@ impl Config {
             // An empty key used to switch authentication off without a word.
             return Err(invalid(
                 "api_key",
-                "is empty; give a key, or leave it unset (the API then needs a loopback \
-                 api_listen or --insecure-api)",
+                format!(
+                    "is empty{api_key_from}; give a key, or leave it unset (the API then \
+                     needs a loopback api_listen or --insecure-api)"
+                ),
             ));
         }
         if let Some(k) = api_key.as_deref() {
-            check_api_key(k).map_err(|e| invalid("api_key", e))?;
+            check_api_key(k).map_err(|e| invalid("api_key", format!("{e}{api_key_from}")))?;
         }
         if args.dev {
             if secret.is_none() && public_keys.is_none() && is_hmac(algorithm) {
@@ -1679,13 +1714,52 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
         path: shown.clone(),
         problem: e.to_string(),
     })?;
-    toml::from_str(&text).map_err(|e| ConfigError::File {
-        path: shown,
-        problem: e.message().to_string()
-            + &e.span()
-                .map(|s| format!(" (at byte {})", s.start))
-                .unwrap_or_default(),
-    })
+    toml::from_str(&text).map_err(|e| file_error(shown, &text, e.message(), e.span()))
+}
+
+/// A TOML error at its `line:column`, with the key. Serde's type errors name only the
+/// value ("invalid type: string, expected u64"), so the key is taken from the line the
+/// error points at, with its `[table]`; a message that names its key already keeps it.
+fn file_error(
+    path: String,
+    text: &str,
+    message: &str,
+    span: Option<std::ops::Range<usize>>,
+) -> ConfigError {
+    let Some(before) = span.and_then(|s| text.get(..s.start)) else {
+        return ConfigError::File {
+            path,
+            problem: message.to_string(),
+        };
+    };
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    let this_line = text[line_start..].lines().next().unwrap_or("");
+    let key = this_line
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches(|c| c == '"' || c == '\''))
+        .filter(|k| !k.is_empty() && !k.starts_with('[') && !k.starts_with('#'))
+        .filter(|k| !message.contains(&format!("`{k}`")));
+    // The table the line is in: the last `[name]` header above it.
+    let table = before[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .and_then(|l| l.trim_start_matches('[').split(']').next())
+        .map(str::trim);
+    let problem = match (key, table) {
+        (Some(k), Some(t)) => format!("[{t}] {k}: {message}"),
+        (Some(k), None) => format!("{k}: {message}"),
+        (None, _) => message.to_string(),
+    };
+    ConfigError::FileAt {
+        path,
+        line,
+        column,
+        problem,
+    }
 }
 
 /// Reads `redis_ca`, which only a `rediss://` URL can use.

@@ -9,6 +9,9 @@ pub enum TopicError {
     /// Contains a byte that is not printable ASCII, a space, or `*`.
     #[error("topic must be printable ASCII without spaces or '*'")]
     Character,
+    /// A pattern with `*` before its end (`a:*:b`): only a prefix match is supported.
+    #[error("topic pattern may have '*' only at its end (a prefix match such as room:*)")]
+    InnerStar,
 }
 
 /// Longest topic name.
@@ -41,6 +44,10 @@ pub enum TopicPattern {
 impl TopicPattern {
     /// Parses `name` or `prefix*`.
     pub fn parse(s: &str) -> Result<TopicPattern, TopicError> {
+        // Said apart from the other characters: `*` is allowed, but only as the last one.
+        if s.strip_suffix('*').unwrap_or(s).contains('*') {
+            return Err(TopicError::InnerStar);
+        }
         match s.strip_suffix('*') {
             Some(prefix) => {
                 if !prefix.is_empty() {
@@ -96,7 +103,9 @@ mod tests {
         assert!(!e.matches("news2"));
         let all = TopicPattern::parse("*").unwrap();
         assert!(all.matches("anything"));
-        assert!(TopicPattern::parse("a*b").is_err());
+        assert_eq!(TopicPattern::parse("a*b"), Err(TopicError::InnerStar));
+        assert_eq!(TopicPattern::parse("a:*:b*"), Err(TopicError::InnerStar));
+        assert_eq!(TopicPattern::parse("**"), Err(TopicError::InnerStar));
         assert!(TopicPattern::parse("a b*").is_err());
         assert!(allowed(&[e, p], "room:9"));
     }

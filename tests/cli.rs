@@ -417,6 +417,102 @@ fn from_args_errors_name_the_key() {
 }
 
 #[test]
+fn config_file_type_errors_give_the_line_and_the_key() {
+    let dir = std::env::temp_dir().join(format!("throng-cfgerr-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bad.toml");
+    for (body, want) in [
+        (
+            "shards = 2\nping_interval_ms = \"fast\"\n",
+            "bad.toml:2:20: ping_interval_ms: invalid type: string \"fast\", expected u64",
+        ),
+        (
+            "public_topics = \"news\"\n",
+            "bad.toml:1:17: public_topics: invalid type: string \"news\", expected a sequence",
+        ),
+        (
+            "[jwt] # keys\n# leeway\nleeway_secs = -1\n",
+            "bad.toml:3:15: [jwt] leeway_secs: ",
+        ),
+    ] {
+        std::fs::write(&path, body).unwrap();
+        let file = path.to_str().unwrap();
+        let args: Vec<&str> = BASE.iter().copied().chain(["--config", file]).collect();
+        let err = Config::from_args(args).expect_err("refused").to_string();
+        assert!(err.contains(want), "{body:?}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn errors_name_the_real_source_and_problem() {
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .env_remove("THRONG_JWT_SECRET")
+            .env_remove("THRONG_API_KEY");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), err)
+    };
+    // An env-file line `THRONG_API_KEY=`: no flag was given, so the error says where the
+    // empty value came from.
+    let mut serve = serve_args(&["--jwt-secret", SECRET]);
+    let (code, err) = run(&serve, &[("THRONG_API_KEY", "")]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("api_key (--api-key): is empty (the value of THRONG_API_KEY)"),
+        "{err}"
+    );
+    // Both listeners on one address is this configuration's own conflict.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let addr = format!("127.0.0.1:{port}");
+    serve = vec![
+        "serve",
+        "--listen",
+        &addr,
+        "--api-listen",
+        &addr,
+        "--jwt-secret",
+        SECRET,
+    ];
+    let (code, err) = run(&serve, &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("api_listen (--api-listen): "), "{err}");
+    assert!(err.contains("is the same address as listen"), "{err}");
+    let wild = format!("0.0.0.0:{port}");
+    serve = vec![
+        "serve",
+        "--listen",
+        &wild,
+        "--api-listen",
+        &addr,
+        "--jwt-secret",
+        SECRET,
+    ];
+    assert_eq!(run(&serve, &[]).0, Some(2));
+    // `*` is allowed in a pattern, only not before its end.
+    let token = [
+        "token", "--secret", SECRET, "--sub", "a", "--topics", "a:*:b",
+    ];
+    let (code, err) = run(&token, &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("'*' only at its end"), "{err}");
+    let public = serve_args(&["--jwt-secret", SECRET, "--public-topics", "x*y"]);
+    let (code, err) = run(&public, &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("'*' only at its end"), "{err}");
+}
+
+#[test]
 fn redis_client_certificate_errors_name_the_key() {
     let dir = std::env::temp_dir().join(format!("throng-cli-redis-mtls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
