@@ -660,6 +660,26 @@ fn dev_token_connects(flags: &[&str]) {
 }
 
 #[test]
+fn text_logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
+    let mut p = Proc::spawn(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--api-listen",
+        "127.0.0.1:0",
+        "--jwt-secret",
+        SECRET,
+        "--shards",
+        "2",
+    ]);
+    let line = p.find(Duration::from_secs(10), |stream, line| {
+        (stream == "stderr" && line.contains("listening")).then(|| line.to_string())
+    });
+    assert!(!line.contains('\x1b'), "escape codes in {line:?}");
+    assert!(line.contains("INFO"), "{line:?}");
+}
+
+#[test]
 fn token_refuses_an_empty_secret_and_a_ttl_out_of_range() {
     for (args, needle) in [
         (
