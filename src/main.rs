@@ -373,11 +373,12 @@ fn print_dev_banner(server: &Server, config: &Config) {
     let api = format!("{api_scheme}://{}", host(server.api_addr()));
     let demo = format!("{page_scheme}://{}/demo", host(server.client_addr()));
     // With a certificate of one's own (self-signed, say) the clients need to be told to
-    // trust it.
+    // trust it. Absolute, so the command pastes into a terminal in another directory.
     let trusting = |files: &Option<throng::tls::TlsFiles>| {
-        files
-            .as_ref()
-            .map(|f| shell_quote(&f.cert.display().to_string()))
+        files.as_ref().map(|f| {
+            let path = std::path::absolute(&f.cert).unwrap_or_else(|_| f.cert.clone());
+            shell_quote(&path.display().to_string())
+        })
     };
     let (wscat, python) = match trusting(&config.tls) {
         Some(ca) => (
@@ -390,24 +391,65 @@ fn print_dev_banner(server: &Server, config: &Config) {
         Some(ca) => format!("curl -s --cacert {ca}"),
         None => "curl -s".into(),
     };
-    let secret = config.jwt.secret.clone().unwrap_or_default();
     let api_key = config.api_key.clone().unwrap_or_default();
-    let rooms = ["room:*".to_string()];
-    let token = throng::auth::mint(
-        &secret,
-        "alice",
-        24 * 3600,
-        Some(&rooms),
-        Some(&rooms),
-        throng::auth::MintOptions::accepted_by(&config.jwt),
-    )
-    .unwrap_or_else(|e| format!("<cannot sign: {e}>"));
-    println!(
+    // Every value that goes into a command is quoted whole: a key or secret given on the
+    // command line may hold a quote or a space.
+    let auth = shell_quote(&format!("Authorization: Bearer {api_key}"));
+    let push_url = shell_quote(&format!("{api}/v1/push"));
+    let stats_url = shell_quote(&format!("{api}/v1/stats"));
+    let header = format!(
         "
 Throng is running in dev mode (do not use these credentials in production).
 
   WebSocket     {ws}
-  Push API      {api}
+  Push API      {api}"
+    );
+    let pushes = format!(
+        "Push to alice from another terminal:
+  {curl} -X POST {push_url} -H {auth} \\
+       -d '{{\"user\":\"alice\",\"data\":{{\"hello\":\"world\"}}}}'
+
+Stats: {curl} -H {auth} {stats_url}"
+    );
+    let rooms = ["room:*".to_string()];
+    // Only an HMAC secret lets the server sign a token (and serve the demo page, which
+    // signs its own); RS256/ES256 tokens come from the identity provider's private key.
+    let minted = match config.jwt.secret.as_deref() {
+        Some(secret) => throng::auth::mint(
+            secret,
+            "alice",
+            24 * 3600,
+            Some(&rooms),
+            Some(&rooms),
+            throng::auth::MintOptions::accepted_by(&config.jwt),
+        )
+        .map(|t| (secret, t))
+        .map_err(|e| format!("No dev token: it cannot be signed ({e})")),
+        None => Err(format!(
+            "Tokens come from your identity provider ({:?}): this server has no HMAC secret\n  \
+             to sign one, so there is no token, connect command or demo page here (the demo\n  \
+             page needs an HMAC secret)",
+            config.jwt.algorithm
+        )),
+    };
+    let (secret, token) = match minted {
+        Ok(st) => st,
+        Err(why) => {
+            println!(
+                "{header}
+  API key       {api_key}
+
+  {why}.
+
+{pushes}
+"
+            );
+            return;
+        }
+    };
+    let connect = shell_quote(&format!("{ws}?token={token}"));
+    println!(
+        "{header}
   JWT secret    {secret}
   API key       {api_key}
   Token (user \"alice\", may subscribe and publish to room:*, valid 24 h):
@@ -417,19 +459,15 @@ Demo page (connects as alice with the browser client; subscribe, publish, see pu
   {demo}
 
 Connect as alice (any WebSocket client; two options):
-  {wscat} '{ws}?token={token}'
-  {python} '{ws}?token={token}'
+  {wscat} {connect}
+  {python} {connect}
 
-Push to alice from another terminal:
-  {curl} -X POST '{api}/v1/push' -H 'Authorization: Bearer {api_key}' \\
-       -d '{{\"user\":\"alice\",\"data\":{{\"hello\":\"world\"}}}}'
+{pushes}
 
 Subscribe (type into the client) and push to the topic:
   {{\"type\":\"subscribe\",\"topic\":\"room:1\"}}
-  {curl} -X POST '{api}/v1/push' -H 'Authorization: Bearer {api_key}' \\
+  {curl} -X POST {push_url} -H {auth} \\
        -d '{{\"topic\":\"room:1\",\"data\":\"hi room\"}}'
-
-Stats: {curl} -H 'Authorization: Bearer {api_key}' '{api}/v1/stats'
 "
     );
 }

@@ -659,6 +659,108 @@ fn dev_token_connects(flags: &[&str]) {
     p.wait_exit(Duration::from_secs(5));
 }
 
+/// `throng serve --dev` with `flags`: the stdout lines of its banner, once the Stats line
+/// is out.
+fn dev_banner(flags: &[&str]) -> Vec<String> {
+    let mut p = Proc::spawn(&serve_args(flags));
+    p.find(Duration::from_secs(10), |stream, line| {
+        (stream == "stdout" && line.starts_with("Stats:")).then_some(())
+    });
+    p.drain(Duration::from_millis(300))
+        .lines()
+        .filter_map(|l| l.strip_prefix("stdout: "))
+        .map(String::from)
+        .collect()
+}
+
+/// The words `sh` makes of `args` (part of a command the banner prints).
+fn shell_words(args: &str) -> Vec<String> {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("printf '%s\\n' {args}"))
+        .output()
+        .expect("run sh");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "sh cannot parse {args:?}: {err}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn dev_banner_commands_paste_whatever_the_key_holds() {
+    let key = "ab'c d\"$HOME";
+    let banner = dev_banner(&["--dev", "--api-key", key]);
+    let line = |prefix: &str| {
+        banner
+            .iter()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no line {prefix:?} in {banner:#?}"))
+    };
+    let stats = shell_words(line("Stats: curl -s "));
+    assert_eq!(stats.len(), 3, "{stats:?}");
+    assert_eq!(stats[..2], ["-H", &format!("Authorization: Bearer {key}")]);
+    assert!(stats[2].starts_with("http://127.0.0.1:"), "{stats:?}");
+    assert!(stats[2].ends_with("/v1/stats"), "{stats:?}");
+    let connect = shell_words(line("  python3 -m websockets "));
+    assert_eq!(connect.len(), 1, "{connect:?}");
+    assert!(connect[0].starts_with("ws://127.0.0.1:"), "{connect:?}");
+    assert!(connect[0].contains("/ws?token=eyJ"), "{connect:?}");
+}
+
+#[test]
+fn dev_banner_names_certificates_by_absolute_path() {
+    // Given relative to the server's directory, the path must still work in the "other
+    // terminal" the banner's commands are for.
+    let tls = tls::TlsDir::new("banner");
+    let cwd = std::env::current_dir().unwrap();
+    let up = "../".repeat(cwd.components().count() - 1);
+    let rel =
+        |p: &std::path::Path| format!("{up}{}", p.display().to_string().trim_start_matches('/'));
+    let (cert, key) = (rel(&tls.cert), rel(&tls.key));
+    let flags = ["--dev", "--api-tls-cert", &cert, "--api-tls-key", &key];
+    let banner = dev_banner(&flags);
+    let stats = banner
+        .iter()
+        .find_map(|l| l.strip_prefix("Stats: curl -s "))
+        .unwrap_or_else(|| panic!("no Stats line in {banner:#?}"));
+    let words = shell_words(stats);
+    assert_eq!(words[0], "--cacert", "{words:?}");
+    let shown = std::path::Path::new(&words[1]);
+    assert!(shown.is_absolute(), "{words:?}");
+    assert_eq!(
+        std::fs::read(shown).ok(),
+        std::fs::read(&tls.cert).ok(),
+        "{words:?}"
+    );
+}
+
+#[test]
+fn dev_banner_without_an_hmac_secret_offers_no_token() {
+    let key =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rs256_public.pem");
+    let key = key.to_str().unwrap();
+    let banner = dev_banner(&["--dev", "--jwt-algorithm", "RS256", "--jwt-public-key", key]);
+    let text = banner.join("\n");
+    assert!(text.contains("identity provider (RS256)"), "{text}");
+    for absent in [
+        "token=",
+        "cannot sign",
+        "Demo page",
+        "/demo",
+        "JWT secret",
+        "Token (",
+    ] {
+        assert!(!text.contains(absent), "{absent:?} in:\n{text}");
+    }
+    // The push commands need no token and stay.
+    assert!(
+        text.contains("Stats: curl -s -H 'Authorization: Bearer "),
+        "{text}"
+    );
+}
+
 #[test]
 fn text_logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
     let mut p = Proc::spawn(&[
