@@ -249,9 +249,10 @@ fn serve(args: ServeArgs) -> ExitCode {
                 continue;
             }
             stops += 1;
-            // A second stop signal ends the drain at once.
+            // A second stop signal ends the drain at once, with the status a shell gives
+            // a process that signal killed (143 for SIGTERM, 130 for SIGINT).
             if stops > 1 {
-                std::process::exit(130);
+                std::process::exit(128 + sig);
             }
             let _ = first_tx.send(sig);
         }

@@ -895,8 +895,26 @@ fn post_drain_ends_the_process_with_0_and_a_second_sigterm_ends_it_at_once() {
     assert_eq!(a.recv()["type"], "reconnect");
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     let st = p.wait_exit(Duration::from_secs(5));
-    assert!(
-        !st.success(),
-        "the second signal ends the drain at once: {st:?}"
+    // 128 + the signal, as a shell reports a process that signal killed.
+    assert_eq!(
+        st.code(),
+        Some(143),
+        "the second SIGTERM ends the drain at once: {st:?}"
     );
+
+    // The same with SIGINT (Ctrl-C twice): 130.
+    let mut p = Proc::spawn(&serve_args(&[
+        "--jwt-secret",
+        SECRET,
+        "--drain-ms",
+        "600000",
+    ]));
+    let (ws, _) = p.listening();
+    let mut a = Client::connect(ws, &token("a")).expect("connect to the binary");
+    let pid = p.child.id() as libc::pid_t;
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    assert_eq!(a.recv()["type"], "reconnect");
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let st = p.wait_exit(Duration::from_secs(5));
+    assert_eq!(st.code(), Some(130), "the second SIGINT: {st:?}");
 }
