@@ -163,7 +163,8 @@ pub struct ShardCounters {
     pub closing_bytes: AtomicU64,
     /// Sessions closed with 4008 because the process-wide outbound budget was exceeded.
     pub budget_closes: AtomicU64,
-    /// Bytes of direct-push frames kept for resume (gauge).
+    /// Bytes of push frames (direct and topic) kept for resume; a shared topic frame
+    /// counts on every shard that keeps it (gauge).
     pub history_bytes: AtomicU64,
     /// Pushes dropped from history before their TTL (`history_size`, `history_memory_bytes`).
     pub history_evictions: AtomicU64,
@@ -633,7 +634,7 @@ impl Metrics {
             &mut out,
             "throng_history_bytes",
             "gauge",
-            "Bytes of direct-push frames kept for resume.",
+            "Bytes of push frames (direct and topic) this shard keeps for resume; a topic frame shared by several shards counts on each.",
             &|c| &c.history_bytes,
         );
         per_shard(
