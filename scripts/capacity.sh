@@ -189,7 +189,7 @@ wait_listening capacity "$SRV_PID" "$SERVER_LOG" ||
 URL="ws://$CLIENT_ADDR/ws"
 API="http://$API_ADDR"
 
-# /readyz needs the API key like every other API endpoint.
+# /readyz needs no API key (nor does /healthz); sending it does no harm.
 ready() {
     if command -v curl >/dev/null; then
         curl -fsS -m 2 -o /dev/null -H "Authorization: Bearer $THRONG_API_KEY" "$API/readyz"
