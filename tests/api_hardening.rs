@@ -178,22 +178,24 @@ fn pipelining_without_reading_keeps_output_bounded_and_others_served() {
 // ---------------------------------------------------------------------------------------
 // 2. Connection cap, request and idle timeouts.
 
+/// An API connection that made a request with the key: trusted, so neither evicted at
+/// the cap nor closed after the request timeout when idle.
+fn keyed_conn(srv: &TestServer) -> HttpConn {
+    let mut c = srv.api_conn();
+    assert_eq!(
+        c.request("GET", "/v1/stats", Some(API_KEY), None).status,
+        200
+    );
+    c
+}
+
 #[test]
 fn over_the_connection_cap_answers_503_and_counts_it() {
     let srv = TestServer::start(&["--api-max-connections", "4"]);
-    // The monitor is connection 1 of 4; the others made keyed requests, so none of them
-    // is a stranger a newcomer could take the place of.
-    let mut monitor = srv.api_conn();
-    let mut silent: Vec<HttpConn> = (0..3)
-        .map(|_| {
-            let mut c = srv.api_conn();
-            assert_eq!(
-                c.request("GET", "/v1/stats", Some(API_KEY), None).status,
-                200
-            );
-            c
-        })
-        .collect();
+    // The monitor is connection 1 of 4; all four made keyed requests, so none of them is
+    // a stranger a newcomer could take the place of.
+    let mut monitor = keyed_conn(&srv);
+    let mut silent: Vec<HttpConn> = (0..3).map(|_| keyed_conn(&srv)).collect();
     wait_stats_on(&mut monitor, "4 API connections", |s| {
         s["api_connections"] == 4
     });
@@ -239,20 +241,8 @@ fn strangers_that_never_finish_a_request_cannot_hold_the_slots() {
         "--api-idle-timeout-ms",
         "60000",
     ]);
-    let mut monitor = srv.api_conn();
-    assert_eq!(
-        monitor
-            .request("GET", "/v1/stats", Some(API_KEY), None)
-            .status,
-        200
-    );
-    let mut trusted = srv.api_conn();
-    assert_eq!(
-        trusted
-            .request("GET", "/v1/stats", Some(API_KEY), None)
-            .status,
-        200
-    );
+    let mut monitor = keyed_conn(&srv);
+    let mut trusted = keyed_conn(&srv);
     // A silent one, and one stuck in the middle of a head.
     let mut silent = tcp(srv.api);
     let mut midway = tcp(srv.api);
@@ -320,13 +310,7 @@ fn a_stranger_idles_for_the_request_timeout_a_trusted_client_for_the_idle_timeou
         "--api-idle-timeout-ms",
         "60000",
     ]);
-    let mut trusted = srv.api_conn();
-    assert_eq!(
-        trusted
-            .request("GET", "/v1/stats", Some(API_KEY), None)
-            .status,
-        200
-    );
+    let mut trusted = keyed_conn(&srv);
     // A probe needs no key, and earns no trust.
     let mut probe = srv.api_conn();
     assert_eq!(probe.request("GET", "/healthz", None, None).status, 200);
@@ -356,8 +340,7 @@ fn incomplete_requests_get_408_from_their_first_byte() {
         "60000",
     ]);
     // Keyed at once: a stranger's idle connection closes after the request timeout too.
-    let mut monitor = srv.api_conn();
-    stats_on(&mut monitor);
+    let mut monitor = keyed_conn(&srv);
 
     // A head that never ends.
     let mut head = tcp(srv.api);

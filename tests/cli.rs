@@ -879,42 +879,24 @@ fn post_drain_ends_the_process_with_0_and_a_second_sigterm_ends_it_at_once() {
     let st = p.wait_exit(Duration::from_secs(10));
     assert!(st.success(), "exit status {st:?}");
 
-    // A long drain: the second SIGTERM does not wait for it.
-    let mut p = Proc::spawn(&serve_args(&[
-        "--jwt-secret",
-        SECRET,
-        "--api-key",
-        API_KEY,
-        "--drain-ms",
-        "600000",
-    ]));
-    let (ws, _) = p.listening();
-    let mut a = Client::connect(ws, &token("a")).expect("connect to the binary");
-    let pid = p.child.id() as libc::pid_t;
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    assert_eq!(a.recv()["type"], "reconnect");
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let st = p.wait_exit(Duration::from_secs(5));
+    // A long drain: a second SIGTERM (or Ctrl-C twice) does not wait for it, and exits
     // 128 + the signal, as a shell reports a process that signal killed.
-    assert_eq!(
-        st.code(),
-        Some(143),
-        "the second SIGTERM ends the drain at once: {st:?}"
-    );
-
-    // The same with SIGINT (Ctrl-C twice): 130.
-    let mut p = Proc::spawn(&serve_args(&[
-        "--jwt-secret",
-        SECRET,
-        "--drain-ms",
-        "600000",
-    ]));
-    let (ws, _) = p.listening();
-    let mut a = Client::connect(ws, &token("a")).expect("connect to the binary");
-    let pid = p.child.id() as libc::pid_t;
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
-    assert_eq!(a.recv()["type"], "reconnect");
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
-    let st = p.wait_exit(Duration::from_secs(5));
-    assert_eq!(st.code(), Some(130), "the second SIGINT: {st:?}");
+    for (signal, code) in [(libc::SIGTERM, 143), (libc::SIGINT, 130)] {
+        let mut p = Proc::spawn(&serve_args(&[
+            "--jwt-secret",
+            SECRET,
+            "--api-key",
+            API_KEY,
+            "--drain-ms",
+            "600000",
+        ]));
+        let (ws, _) = p.listening();
+        let mut a = Client::connect(ws, &token("a")).expect("connect to the binary");
+        let pid = p.child.id() as libc::pid_t;
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+        assert_eq!(a.recv()["type"], "reconnect");
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+        let st = p.wait_exit(Duration::from_secs(5));
+        assert_eq!(st.code(), Some(code), "the second signal {signal}: {st:?}");
+    }
 }
