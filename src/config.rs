@@ -178,6 +178,10 @@ pub struct ServeArgs {
     /// Push API key; requests need `Authorization: Bearer <key>` (env THRONG_API_KEY).
     #[arg(long)]
     pub api_key: Option<String>,
+    /// File of push API keys, one per line, each accepted (a rotation); instead of
+    /// --api-key. SIGHUP reads it again.
+    #[arg(long, value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
     /// Silence before the server pings a client [default: 25000].
     #[arg(long)]
     pub ping_interval_ms: Option<u64>,
@@ -403,6 +407,7 @@ struct FileConfig {
     pin_cores: Option<bool>,
     backlog: Option<u32>,
     api_key: Option<String>,
+    api_key_file: Option<PathBuf>,
     ping_interval_ms: Option<u64>,
     idle_timeout_ms: Option<u64>,
     handshake_timeout_ms: Option<u64>,
@@ -549,8 +554,12 @@ pub struct Config {
     pub backlog: u32,
     /// Token verification.
     pub jwt: JwtConfig,
-    /// Push API key, when required.
+    /// Push API key, when required: the one given, or the first of `api_key_file`.
     pub api_key: Option<String>,
+    /// The other keys of `api_key_file`, also accepted (a rotation).
+    pub extra_api_keys: Vec<String>,
+    /// Where the API keys come from, read again on `SIGHUP`.
+    pub api_key_file: Option<PathBuf>,
     /// Silence before a ping.
     pub ping_interval: Duration,
     /// Silence before close 4002.
@@ -1072,6 +1081,24 @@ impl Config {
             .api_key
             .or(file.api_key)
             .or_else(|| env("THRONG_API_KEY"));
+        let api_key_file = args.api_key_file.or(file.api_key_file);
+        let mut extra_api_keys = Vec::new();
+        if let Some(path) = &api_key_file {
+            if api_key.is_some() {
+                return Err(invalid(
+                    "api_key_file",
+                    format!(
+                        "give the key one way: a file, or api_key (--api-key, \
+                         THRONG_API_KEY), not both{api_key_from}"
+                    ),
+                ));
+            }
+            let mut keys = crate::api::keys::read_key_file(path)
+                .map_err(|e| invalid("api_key_file", e))?
+                .into_iter();
+            api_key = keys.next();
+            extra_api_keys = keys.collect();
+        }
         if api_key.as_deref().is_some_and(|k| k.trim().is_empty()) {
             // An empty key used to switch authentication off without a word.
             return Err(invalid(
@@ -1623,6 +1650,8 @@ impl Config {
             backlog,
             jwt,
             api_key,
+            extra_api_keys,
+            api_key_file,
             ping_interval,
             idle_timeout,
             handshake_timeout,
@@ -1971,6 +2000,58 @@ mod tests {
         assert!(e.contains("cannot read /nonexistent/k.json"), "{e}");
         let e = rs(&[]).unwrap_err();
         assert!(e.contains("a JWKS file (--jwt-jwks)"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn an_api_key_file_is_read_and_named_when_wrong() {
+        let dir =
+            std::env::temp_dir().join(format!("throng-config-apikeys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("api-keys");
+        let path = file.to_str().unwrap();
+        std::fs::write(&file, "# new first\nkey-new\nkey-old\n").unwrap();
+        let public = [
+            "--jwt-secret",
+            S,
+            "--api-listen",
+            "0.0.0.0:8701",
+            "--api-key-file",
+            path,
+        ];
+        let c = cfg(&public).unwrap();
+        assert_eq!(c.api_key.as_deref(), Some("key-new"));
+        assert_eq!(c.extra_api_keys, vec!["key-old".to_string()]);
+        assert_eq!(c.api_key_file.as_deref(), Some(file.as_path()));
+        let e = cfg(&["--jwt-secret", S, "--api-key-file", path, "--api-key", "k"]).unwrap_err();
+        assert!(e.to_string().contains("not both"), "{e}");
+        // From the environment too, named as such.
+        let parsed =
+            ServeOnly::try_parse_from(["serve", "--jwt-secret", S, "--api-key-file", path])
+                .unwrap();
+        let e = Config::from_serve_args(parsed.args, |k| {
+            (k == "THRONG_API_KEY").then(|| "env-key".into())
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("not both") && e.contains("THRONG_API_KEY"),
+            "{e}"
+        );
+        std::fs::write(&file, "good\nbad \n").unwrap();
+        let e = cfg(&public).unwrap_err().to_string();
+        assert!(
+            e.contains("api_key_file") && e.contains("line 2") && e.contains(path),
+            "{e}"
+        );
+        std::fs::write(&file, "# none yet\n").unwrap();
+        let e = cfg(&public).unwrap_err().to_string();
+        assert!(e.contains("holds no key"), "{e}");
+        let e = cfg(&["--jwt-secret", S, "--api-key-file", "/nonexistent/keys"]).unwrap_err();
+        assert!(
+            e.to_string().contains("cannot read /nonexistent/keys"),
+            "{e}"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -286,7 +286,8 @@ fn serve(args: ServeArgs) -> ExitCode {
 }
 
 /// `SIGHUP`: the TLS certificates and keys (client listener, push API), the JWT key file,
-/// `events_ca` and the Redis TLS files are read again; a bad file keeps what was in use.
+/// `api_key_file`, `events_ca` and the Redis TLS files are read again; a bad file keeps
+/// what was in use.
 fn reload(server: &Server) {
     let tls = server.reload_tls();
     match &tls {
@@ -328,6 +329,15 @@ fn reload(server: &Server) {
     if jwks_url {
         tracing::info!("SIGHUP: fetching the JWT keys from jwks_url");
     }
+    let api_keys = server.reload_api_keys();
+    match &api_keys {
+        None => {}
+        Some(Ok(n)) => tracing::info!(keys = n, "SIGHUP: push API keys reloaded"),
+        Some(Err(e)) => tracing::error!(
+            error = %e,
+            "SIGHUP: push API keys not reloaded; the keys in use stay"
+        ),
+    }
     let redis = server.reload_redis_tls();
     match &redis {
         None => {}
@@ -338,10 +348,10 @@ fn reload(server: &Server) {
         ),
     }
     let nothing = tls.is_none() && api_tls.is_none() && jwt.is_none() && !jwks_url;
-    if nothing && ca.is_none() && redis.is_none() {
+    if nothing && ca.is_none() && redis.is_none() && api_keys.is_none() {
         tracing::info!(
             "SIGHUP: nothing to reload (no --tls-cert, --api-tls-cert, JWT key file, \
-             --events-ca, --redis-ca or --redis-client-cert)"
+             --api-key-file, --events-ca, --redis-ca or --redis-client-cert)"
         );
     }
 }

@@ -293,6 +293,10 @@ pub struct Metrics {
     pub jwt_key_reloads: AtomicU64,
     /// JWT key file reloads that failed (the keys in use stayed).
     pub jwt_key_reload_errors: AtomicU64,
+    /// `api_key_file` reloads (`SIGHUP`) that took effect.
+    pub api_key_reloads: AtomicU64,
+    /// `api_key_file` reloads that failed (the keys in use stayed).
+    pub api_key_reload_errors: AtomicU64,
     /// Failed `accept` calls on the client listener.
     pub accept_errors_client: AtomicU64,
     /// Failed `accept` calls on the push API listener.
@@ -347,6 +351,8 @@ impl Metrics {
             api_evictions: AtomicU64::new(0),
             jwt_key_reloads: AtomicU64::new(0),
             jwt_key_reload_errors: AtomicU64::new(0),
+            api_key_reloads: AtomicU64::new(0),
+            api_key_reload_errors: AtomicU64::new(0),
             accept_errors_client: AtomicU64::new(0),
             accept_errors_api: AtomicU64::new(0),
             pending_handshakes: AtomicU64::new(0),
@@ -443,6 +449,8 @@ impl Metrics {
                 "api_reply_timeouts": self.api_reply_timeouts.load(Relaxed),
                 "jwt_key_reloads": self.jwt_key_reloads.load(Relaxed),
                 "jwt_key_reload_errors": self.jwt_key_reload_errors.load(Relaxed),
+                "api_key_reloads": self.api_key_reloads.load(Relaxed),
+                "api_key_reload_errors": self.api_key_reload_errors.load(Relaxed),
                 "accept_errors_client": self.accept_errors_client.load(Relaxed),
                 "accept_errors_api": self.accept_errors_api.load(Relaxed),
             },
@@ -721,6 +729,16 @@ impl Metrics {
                 "throng_jwt_key_reload_errors_total",
                 "JWT key file reloads and jwks_url fetches that failed; the keys in use stayed.",
                 &self.jwt_key_reload_errors,
+            ),
+            (
+                "throng_api_key_reloads_total",
+                "api_key_file reloads (SIGHUP) that took effect.",
+                &self.api_key_reloads,
+            ),
+            (
+                "throng_api_key_reload_errors_total",
+                "api_key_file reloads that failed; the keys in use stayed.",
+                &self.api_key_reload_errors,
             ),
         ] {
             let _ = writeln!(

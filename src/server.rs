@@ -82,6 +82,8 @@ pub struct Server {
     events_ca: Option<crate::events::CaReload>,
     /// The JWT keys, which `reload_jwt_keys` renews.
     jwt_keys: Arc<crate::auth::SharedKeys>,
+    /// The push API's keys, which `reload_api_keys` renews.
+    api_keys: Arc<crate::api::keys::ApiKeys>,
     /// Cluster mode: how Redis links connect, which `reload_redis_tls` renews.
     redis: Option<Arc<broker::RedisConnector>>,
     /// With `jwks_url`: the thread that fetches the keys again.
@@ -377,6 +379,15 @@ impl Server {
             }
             None => (None, None),
         };
+        let api_keys = Arc::new(crate::api::keys::ApiKeys::new(
+            config
+                .api_key
+                .iter()
+                .chain(&config.extra_api_keys)
+                .cloned()
+                .collect(),
+            config.api_key_file.clone(),
+        ));
         let api = Api::new(
             api_poll,
             api_listener,
@@ -391,6 +402,7 @@ impl Server {
             ingress,
             api_tls.clone(),
             Arc::clone(&api_waker),
+            Arc::clone(&api_keys),
         )?;
         let jwks_refresher = match &config.jwt.public_keys {
             Some(crate::config::PublicKeys::JwksUrl { refresh, .. }) => {
@@ -426,6 +438,7 @@ impl Server {
             tls,
             api_tls,
             jwt_keys,
+            api_keys,
             redis,
             jwks_refresher,
             events_ca,
@@ -470,6 +483,18 @@ impl Server {
         let counter = match &result {
             Ok(_) => &self.metrics.jwt_key_reloads,
             Err(_) => &self.metrics.jwt_key_reload_errors,
+        };
+        counter.fetch_add(1, Relaxed);
+        Some(result)
+    }
+
+    /// Reads `api_key_file` again (`SIGHUP`): requests after it need one of its keys; on
+    /// error the keys in use stay. `None` without the file; else how many keys it holds.
+    pub fn reload_api_keys(&self) -> Option<Result<usize, String>> {
+        let result = self.api_keys.reload()?;
+        let counter = match &result {
+            Ok(_) => &self.metrics.api_key_reloads,
+            Err(_) => &self.metrics.api_key_reload_errors,
         };
         counter.fetch_add(1, Relaxed);
         Some(result)

@@ -939,3 +939,79 @@ fn expect_100_continue_is_answered_once_the_key_is_checked() {
     let (r, _) = read_response(&mut s, Vec::new()).unwrap_or_else(|e| panic!("{e}"));
     r.assert_refusal(401, "unauthorized");
 }
+
+// ---------------------------------------------------------------------------------------
+// Keys.
+
+#[test]
+fn an_api_key_file_rotates_on_sighup() {
+    use common::tls::ServeProc;
+    let dir = std::env::temp_dir().join(format!("throng-api-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("api-keys");
+    std::fs::write(&file, "# the upstream's key\nkey-old\n").unwrap();
+    let path = file.to_str().unwrap();
+    let mut p = ServeProc::spawn_bare(&["--jwt-secret", SECRET, "--api-key-file", path]);
+    let (_, api) = p.listening();
+    let status = |key: &str| {
+        HttpConn::connect(api)
+            .request("GET", "/v1/stats", Some(key), None)
+            .status
+    };
+    assert_eq!(status("key-old"), 200);
+    assert_eq!(status("key-new"), 401);
+
+    // Step one: both keys while the upstream moves to the new one. A connection opened
+    // before the reload keeps working, and is checked against the new set.
+    let mut kept = HttpConn::connect(api);
+    assert_eq!(
+        kept.request("GET", "/v1/stats", Some("key-old"), None)
+            .status,
+        200
+    );
+    std::fs::write(&file, "key-new\nkey-old\n").unwrap();
+    p.signal(libc::SIGHUP);
+    assert!(
+        wait_until(Duration::from_secs(10), || status("key-new") == 200),
+        "the new key never took; log:\n{}",
+        p.seen.join("\n")
+    );
+    assert_eq!(status("key-old"), 200);
+    // Step two: the old key retires, on a kept-alive connection too.
+    std::fs::write(&file, "key-new\n").unwrap();
+    p.signal(libc::SIGHUP);
+    assert!(
+        wait_until(Duration::from_secs(10), || status("key-old") == 401),
+        "the old key stayed; log:\n{}",
+        p.seen.join("\n")
+    );
+    assert_eq!(
+        kept.request("GET", "/v1/stats", Some("key-old"), None)
+            .status,
+        401
+    );
+    // A file that cannot be used keeps the keys in use, and says why.
+    std::fs::write(&file, "# emptied by mistake\n").unwrap();
+    p.signal(libc::SIGHUP);
+    let line = p.find(Duration::from_secs(10), |l| {
+        l.contains("push API keys not reloaded")
+            .then(|| l.to_string())
+    });
+    assert!(
+        line.contains("holds no key") && line.contains(path),
+        "{line}"
+    );
+    assert_eq!(status("key-new"), 200);
+    let m = HttpConn::connect(api).request("GET", "/metrics", Some("key-new"), None);
+    assert_eq!(
+        common::tls::metric_in(&m, "throng_api_key_reloads_total"),
+        2
+    );
+    assert_eq!(
+        common::tls::metric_in(&m, "throng_api_key_reload_errors_total"),
+        1
+    );
+    p.signal(libc::SIGTERM);
+    assert!(p.wait_exit(Duration::from_secs(10)).success());
+    let _ = std::fs::remove_dir_all(dir);
+}

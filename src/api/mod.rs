@@ -8,6 +8,7 @@ mod cluster_view;
 pub mod dedup;
 mod handshaker;
 mod ingress;
+pub mod keys;
 mod push;
 pub mod request;
 mod routes;
@@ -234,6 +235,13 @@ pub struct Api {
     /// HTTPS (`api_tls_cert`): the thread that shakes hands before a connection comes
     /// here (each connection's records are read and written here after).
     handshaker: Option<handshaker::Handshaker>,
+    /// The keys `SIGHUP` may replace (`api_key_file`).
+    keys: Arc<keys::ApiKeys>,
+    /// The keys requests are checked against (none: no key needed), taken from `keys`
+    /// when its generation moves, so a request takes no lock.
+    key_set: Arc<[String]>,
+    /// `keys`'s generation when `key_set` was taken.
+    keys_seen: u64,
 }
 
 impl Api {
@@ -253,6 +261,7 @@ impl Api {
         ingress: Option<crate::command::IngressLink>,
         tls: Option<crate::tls::TlsServer>,
         waker: Arc<Waker>,
+        api_keys: Arc<keys::ApiKeys>,
     ) -> io::Result<Api> {
         let mut listener = TcpListener::from_std(listener);
         poll.registry()
@@ -336,6 +345,9 @@ impl Api {
             ingress_at_redis: ingress::AtRedis::default(),
             budget,
             handshaker,
+            key_set: api_keys.current(),
+            keys_seen: api_keys.generation(),
+            keys: api_keys,
         })
     }
 
@@ -353,6 +365,10 @@ impl Api {
             if self.stop.load(Relaxed) {
                 self.close_all();
                 return;
+            }
+            if self.keys.generation() != self.keys_seen {
+                self.keys_seen = self.keys.generation();
+                self.key_set = self.keys.current();
             }
             // Before the requests: one that came after a handshake ended sees it counted.
             self.take_handshakes();
@@ -879,13 +895,13 @@ impl Api {
             return self.closing(key, response);
         }
         // A probe needs no key, so it earns no trust where a key is required.
-        if self.config.api_key.is_none() || !self.is_public(head.path) {
+        if self.key_set.is_empty() || !self.is_public(head.path) {
             if let Some(c) = self.conns.get_mut(key) {
                 c.trusted = true;
             }
         }
         if !complete {
-            if self.config.api_key.is_some() && self.is_public(head.path) {
+            if !self.key_set.is_empty() && self.is_public(head.path) {
                 // A probe that needs no key takes no body either: answered now and
                 // closed, the body unread.
                 return self.serve(key, &head, &[], false, 0);

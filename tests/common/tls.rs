@@ -1027,6 +1027,14 @@ impl ServeProc {
 
     /// Starts `throng serve` like `spawn`, but the JWT secret comes from `extra` only.
     pub fn spawn_without_secret(extra: &[&str]) -> ServeProc {
+        let mut args = vec!["--api-key", API_KEY];
+        args.extend_from_slice(extra);
+        ServeProc::spawn_bare(&args)
+    }
+
+    /// Starts `throng serve` on ephemeral ports with JSON logs and only `extra` beyond
+    /// that: no JWT secret, no API key.
+    pub fn spawn_bare(extra: &[&str]) -> ServeProc {
         let mut child = Command::new(env!("CARGO_BIN_EXE_throng"))
             .args([
                 "serve",
@@ -1040,8 +1048,6 @@ impl ServeProc {
                 "1",
                 "--drain-ms",
                 "100",
-                "--api-key",
-                API_KEY,
             ])
             .args(extra)
             .stdin(Stdio::null())
