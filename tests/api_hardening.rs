@@ -253,7 +253,7 @@ fn strangers_that_never_finish_a_request_cannot_hold_the_slots() {
         s["api_connections"] == 4
     });
     // A newcomer takes the place of the stranger that waited longest, once it has waited
-    // a second; until then the newcomer is refused.
+    // 100 ms; until then the newcomer is refused.
     let pushed = |user: &str| {
         let deadline = std::time::Instant::now() + WAIT;
         let body = json!({"user": user, "data": 1}).to_string();

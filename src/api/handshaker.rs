@@ -6,7 +6,10 @@
 //!
 //! The API thread counts handshakes in progress toward `api_max_connections` until they
 //! come back, ready or gone; a handshake not finished within `api_request_timeout_ms`
-//! of its accept is closed and counted as failed.
+//! of its accept is closed and counted as failed. At the cap, with no served stranger to
+//! close, the API thread hands a newcomer over with a request for room: this thread then
+//! closes its oldest handshake (at least `EVICT_MIN_AGE` old), or else the newcomer, so
+//! that peers which never finish a handshake cannot hold every slot.
 
 use std::io;
 use std::sync::atomic::Ordering::Relaxed;
@@ -26,6 +29,9 @@ use crate::tls::TlsServer;
 
 /// How often handshakes are checked against their deadline; also the poll timeout.
 const SWEEP: Duration = Duration::from_millis(100);
+/// A handshake younger than this is not closed to make room: a client's handshake takes a
+/// round trip or two.
+const EVICT_MIN_AGE: Duration = super::EVICT_MIN_IDLE;
 
 /// What a handshake became, for the API thread.
 pub(super) enum Handed {
@@ -33,12 +39,16 @@ pub(super) enum Handed {
     Ready(ApiStream),
     /// Failed, timed out, or the client left: the connection is closed.
     Gone,
+    /// A request for room was served: a handshake (the oldest, or the newcomer that asked)
+    /// was closed.
+    Room,
 }
 
 /// The API thread's end of the handshake thread.
 pub(super) struct Handshaker {
-    /// Accepted sockets to shake hands on; dropped to stop the thread.
-    start: Option<Sender<TcpStream>>,
+    /// Accepted sockets to shake hands on, each with whether room must be made for it;
+    /// dropped to stop the thread.
+    start: Option<Sender<(TcpStream, bool)>>,
     handed: Receiver<Handed>,
     waker: Arc<Waker>,
     thread: Option<JoinHandle<()>>,
@@ -81,13 +91,14 @@ impl Handshaker {
         })
     }
 
-    /// Hands an accepted socket over for its handshake; false (the socket closed) if the
-    /// thread has ended.
-    pub(super) fn start(&mut self, sock: TcpStream) -> bool {
+    /// Hands an accepted socket over for its handshake, with `make_room` at the cap (the
+    /// thread closes a handshake, answering `Handed::Room`); false (the socket closed) if
+    /// the thread has ended.
+    pub(super) fn start(&mut self, sock: TcpStream, make_room: bool) -> bool {
         let Some(start) = &self.start else {
             return false;
         };
-        if start.send(sock).is_err() {
+        if start.send((sock, make_room)).is_err() {
             return false;
         }
         self.pending += 1;
@@ -138,7 +149,7 @@ impl Drop for Handshaker {
 /// The handshake thread's state.
 struct Worker {
     poll: Poll,
-    incoming: Receiver<TcpStream>,
+    incoming: Receiver<(TcpStream, bool)>,
     handed: Sender<Handed>,
     api_waker: Arc<Waker>,
     tls: TlsServer,
@@ -171,7 +182,14 @@ impl Worker {
             }
             loop {
                 match self.incoming.try_recv() {
-                    Ok(sock) => self.adopt(sock),
+                    Ok((sock, make_room)) => {
+                        if !make_room || self.make_room() {
+                            self.adopt(sock);
+                        } else {
+                            self.metrics.api_refused_connections.fetch_add(1, Relaxed);
+                            self.hand(Handed::Room);
+                        }
+                    }
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => {
                         self.close_all();
@@ -233,6 +251,30 @@ impl Worker {
             }
             Ok(Handshake::Ended) | Err(_) => self.give_up(key),
         }
+    }
+
+    /// Closes the oldest handshake, at least `EVICT_MIN_AGE` old, to make room for a
+    /// newcomer at the cap (`Handed::Room`); false when none is that old.
+    fn make_room(&mut self) -> bool {
+        let now = Instant::now();
+        let oldest = self
+            .conns
+            .iter()
+            .map(|(key, (_, deadline))| (*deadline, key))
+            .filter(|&(deadline, _)| {
+                // The deadline is the accept plus the timeout.
+                (deadline + EVICT_MIN_AGE).saturating_duration_since(now) <= self.timeout
+            })
+            .min()
+            .map(|(_, key)| key);
+        let Some(key) = oldest else {
+            return false;
+        };
+        self.metrics.api_evictions.fetch_add(1, Relaxed);
+        let stream = self.remove(key);
+        self.hand(Handed::Room);
+        drop(stream);
+        true
     }
 
     /// Closes handshakes past their deadline, counting each as failed.

@@ -53,10 +53,14 @@ const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// Input buffers emptied with more capacity than this are freed (a large body's memory
 /// goes back); smaller ones are kept for the next request.
 const KEEP_INBUF: usize = 16 * 1024;
-/// How long a stranger (no keyed request yet) must have been idle before a new connection
-/// at the cap may take its place: a client's request follows its connect within a round
-/// trip, so one idle this long is not about to send one.
-const EVICT_MIN_IDLE: Duration = Duration::from_secs(1);
+/// How long a stranger (no keyed request yet) must have waited before a new connection at
+/// the cap may take its place: a client's request follows its connect within a round
+/// trip. Short, so that peers opening connections faster than `api_max_connections` in
+/// this time (10,240 a second at the default cap) are needed to keep the slots full.
+const EVICT_MIN_IDLE: Duration = Duration::from_millis(100);
+/// Requests for room the handshake thread may have in flight at once (`Handed::Room`):
+/// until it answers, the newcomers are counted beside the handshakes they replace.
+const MAX_ROOM_REQUESTS: usize = 16;
 /// How often timeouts are checked; also the poll timeout.
 const SWEEP: Duration = Duration::from_millis(100);
 /// How long accepting pauses after EMFILE/ENFILE or an unknown accept error.
@@ -235,6 +239,9 @@ pub struct Api {
     /// HTTPS (`api_tls_cert`): the thread that shakes hands before a connection comes
     /// here (each connection's records are read and written here after).
     handshaker: Option<handshaker::Handshaker>,
+    /// Newcomers handed to the handshake thread with a request for room, not answered
+    /// yet: each takes the place of a handshake about to close.
+    room_requests: usize,
     /// The keys `SIGHUP` may replace (`api_key_file`).
     keys: Arc<keys::ApiKeys>,
     /// The keys requests are checked against (none: no key needed), taken from `keys`
@@ -345,6 +352,7 @@ impl Api {
             ingress_at_redis: ingress::AtRedis::default(),
             budget,
             handshaker,
+            room_requests: 0,
             key_set: api_keys.current(),
             keys_seen: api_keys.generation(),
             keys: api_keys,
@@ -423,7 +431,11 @@ impl Api {
             match self.listener.accept() {
                 Ok((stream, _)) => {
                     let handshaking = self.handshaker.as_ref().map_or(0, |h| h.pending());
-                    if self.conns.len() + handshaking >= self.conn_cap && !self.evict_stranger() {
+                    // Newcomers waiting for room take the places of the handshakes they
+                    // replace, so they are not counted twice.
+                    let held = self.conns.len() + handshaking - self.room_requests;
+                    let make_room = held >= self.conn_cap && !self.evict_stranger();
+                    if make_room && !self.can_ask_for_room(handshaking) {
                         self.refuse(stream);
                         continue;
                     }
@@ -432,7 +444,8 @@ impl Api {
                     let _ = stream.set_nodelay(true);
                     match &mut self.handshaker {
                         Some(h) => {
-                            if h.start(stream) {
+                            if h.start(stream, make_room) {
+                                self.room_requests += usize::from(make_room);
                                 // Counted from accept, like a plain connection.
                                 self.metrics.api_connections.fetch_add(1, Relaxed);
                                 self.metrics
@@ -498,6 +511,10 @@ impl Api {
                 handshaker::Handed::Gone => {
                     self.metrics.api_connections.fetch_sub(1, Relaxed);
                 }
+                handshaker::Handed::Room => {
+                    self.room_requests = self.room_requests.saturating_sub(1);
+                    self.metrics.api_connections.fetch_sub(1, Relaxed);
+                }
             }
         }
     }
@@ -537,6 +554,15 @@ impl Api {
         });
         self.metrics.api_connections.fetch_add(1, Relaxed);
         Some(key)
+    }
+
+    /// Whether a newcomer at the cap may go to the handshake thread with a request for
+    /// room: over HTTPS, while it holds handshakes not already being replaced, and few
+    /// such requests are in flight (each is a socket beside the cap until answered).
+    fn can_ask_for_room(&self, handshaking: usize) -> bool {
+        self.handshaker.is_some()
+            && handshaking > self.room_requests
+            && self.room_requests < MAX_ROOM_REQUESTS
     }
 
     /// At the connection cap: closes the stranger (no keyed request yet, see
