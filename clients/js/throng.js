@@ -730,9 +730,9 @@ export class ThrongClient {
   #networkBack() {
     if (!this.#running || this.#retryTimer === null) return;
     this.#clearTimeout(this.#retryTimer);
-    this.#attempt = 0;
-    this.#retryTimer = null;
-    this.#retry();
+    // This attempt only: should it fail too (a server that accepts and closes, say), the
+    // backoff goes on from where it was.
+    this.#retryTimer = this.#setTimeout(() => this.#open(), backoffDelay(0, this.#backoff, this.#random));
   }
 
   #cancelTimers() {

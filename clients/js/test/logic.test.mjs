@@ -1960,6 +1960,15 @@ test("the browser's online event ends a grown backoff: the next attempt goes wit
   assert.deepEqual(env.timers.delays(), [50], "within the first step, jittered");
   env.timers.fireNext();
   await flush();
+  // That attempt fails too: the backoff goes on from where it was, not from the start.
+  env.randoms.push(0.999999);
+  env.last().fail();
+  await flush();
+  assert.deepEqual(env.timers.delays().map(Math.round), [25600]);
+  env.randoms.push(0.5);
+  online.dispatchEvent(new Event("online"));
+  env.timers.fireNext();
+  await flush();
   env.last().open();
   env.last().receive(welcome());
   assert.equal(env.events.state.at(-1), "connected");
