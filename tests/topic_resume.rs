@@ -130,6 +130,39 @@ fn resubscribe_replays_missed_pushes_then_live_without_duplicates() {
 }
 
 #[test]
+fn a_resume_on_a_topic_already_held_replays_nothing() {
+    // Review s17d F2: the pushes the connection had live came again after `subscribed`.
+    let srv = TestServer::start(&["--shards", "2"]);
+    let mut c = srv.connect_topics("u", &["room:*"]);
+    let m = subscribe(&mut c, "room:1");
+    assert_eq!(m["seq"], 0);
+    for i in 1..=3 {
+        srv.push_wait(json!({"topic": "room:1", "data": i}));
+    }
+    let mut epoch = String::new();
+    for i in 1..=3u64 {
+        let p = next_push(&mut c);
+        assert_eq!(p["seq"], i, "{p}");
+        if i == 1 {
+            epoch = p["epoch"].as_str().unwrap().to_string();
+        }
+    }
+    let m = resubscribe(&mut c, "room:1", 1, &epoch);
+    assert_eq!(
+        m,
+        json!({"type": "subscribed", "topic": "room:1", "seq": 3, "epoch": epoch, "ref": "rs"}),
+        "the position, without a resume"
+    );
+    srv.push(json!({"topic": "room:1", "data": 4}));
+    assert_eq!(
+        next_push(&mut c)["seq"],
+        4,
+        "live, and nothing again before it"
+    );
+    c.barrier("no-dup");
+}
+
+#[test]
 fn resume_during_live_pushes_has_no_gap_and_no_duplicate() {
     let srv = TestServer::start(&["--shards", "2", "--history-size", "1000"]);
     let mut c = srv.connect_topics("u", &["t"]);
@@ -360,6 +393,7 @@ fn topic_history_is_kept_without_subscribers_within_the_shared_memory_cap() {
     assert_eq!(next_push(&mut c)["seq"], 29);
     assert_eq!(next_push(&mut c)["seq"], 30);
     c.barrier("late");
+    unsubscribe(&mut c, "quiet");
     let m = resubscribe(&mut c, "quiet", 0, &epoch);
     assert_eq!(m["resumed"], false, "evicted by the memory cap: {m}");
 }

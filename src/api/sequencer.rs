@@ -31,6 +31,8 @@ struct Entry {
     seq: u64,
     epoch: Arc<str>,
     last: Instant,
+    /// `last` before the latest push, which a rollback puts back.
+    prev_last: Instant,
 }
 
 /// One push, in push order: the entry's last push while `seq` matches (and the epoch is
@@ -71,6 +73,7 @@ impl Sequencer {
         let (name, seq, epoch) = match self.by_name.get_mut(topic) {
             Some(e) if now.saturating_duration_since(e.last) < ttl => {
                 e.seq += 1;
+                e.prev_last = e.last;
                 e.last = now;
                 (Arc::clone(&e.name), e.seq, Arc::clone(&e.epoch))
             }
@@ -84,6 +87,7 @@ impl Sequencer {
                         seq: 1,
                         epoch: Arc::clone(&epoch),
                         last: now,
+                        prev_last: now,
                     },
                 );
                 (name, 1, epoch)
@@ -109,17 +113,29 @@ impl Sequencer {
         (seq, epoch)
     }
 
-    /// Takes back `seq` for `topic` when the push it numbered was not queued, so the stream
-    /// has no gap.
+    /// Takes back `seq` for `topic` when the push it numbered was not queued (it reached
+    /// no shard), so the stream has no gap and ages from its previous push: the shards,
+    /// which never had this one, forget the stream when the sequencer does.
     pub fn rollback(&mut self, topic: &str, seq: u64) {
-        if let Some(e) = self.by_name.get_mut(topic) {
-            if e.seq == seq {
-                e.seq -= 1;
-                if let Some(r) = self.order.back_mut() {
-                    if &*r.topic == topic && r.seq == seq {
-                        r.seq -= 1;
-                    }
-                }
+        let Some(e) = self.by_name.get_mut(topic) else {
+            return;
+        };
+        if e.seq != seq {
+            return;
+        }
+        if seq == 1 {
+            // It opened the stream: as if it never had been (its record is stale now).
+            self.by_name.remove(topic);
+            return;
+        }
+        e.seq -= 1;
+        e.last = e.prev_last;
+        if let Some(r) = self.order.back_mut() {
+            if &*r.topic == topic && r.seq == seq {
+                // Earlier than the records before it: the stream is swept a little later
+                // than its TTL, while `current` and `next` judge it by `last` already.
+                r.seq -= 1;
+                r.at = e.prev_last;
             }
         }
     }
@@ -247,5 +263,32 @@ mod tests {
             Some(2),
             "only the last is taken back"
         );
+    }
+
+    #[test]
+    fn a_rolled_back_push_does_not_keep_the_stream_alive() {
+        // Review s17d F3: the refused push's time kept the old epoch showing for up to
+        // another TTL after the shards had forgotten the stream.
+        let ttl = Duration::from_millis(1000);
+        let mut s = Sequencer::new(ttl, 10);
+        let t0 = Instant::now();
+        let (_, epoch) = s.next("news", t0);
+        let t1 = t0 + Duration::from_millis(800);
+        let (seq, _) = s.next("news", t1);
+        s.rollback("news", seq);
+        let t2 = t0 + Duration::from_millis(1150);
+        assert_eq!(
+            s.current("news", t2),
+            None,
+            "forgotten a TTL after the push that went"
+        );
+        let (seq, fresh) = s.next("news", t2);
+        assert_eq!(seq, 1);
+        assert_ne!(fresh, epoch);
+        // A push that opened a stream and was refused leaves no stream at all.
+        let (seq, _) = s.next("quiet", t2);
+        s.rollback("quiet", seq);
+        assert_eq!(s.current("quiet", t2), None);
+        assert_eq!(s.next("quiet", t2).0, 1);
     }
 }

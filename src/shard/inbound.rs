@@ -392,7 +392,11 @@ impl Shard {
             ClientMsg::Ack { seq } => self.ack(key, seq),
             ClientMsg::Refresh { token } => self.refresh(key, &token, reference),
             ClientMsg::Subscribe { topic, resume } => {
-                self.subscribe(key, &topic)?;
+                // A topic the connection holds already has had its pushes sent live: a
+                // replay would send them again. Answered with the position, no replay, no
+                // `resumed`.
+                let joined = self.subscribe(key, &topic)?;
+                let resume = resume.filter(|_| joined);
                 let r = resume.as_ref().map(|(s, e)| (*s, &**e));
                 if self.subscribe_cluster(key, &topic, r, reference) {
                     return Ok(());
@@ -436,10 +440,12 @@ impl Shard {
         }
     }
 
-    fn subscribe(&mut self, key: u32, name: &str) -> Result<(), Refused> {
+    /// Joins `key` to topic `name` if allowed: true when it joined now, false when it held
+    /// the topic already (or is gone).
+    fn subscribe(&mut self, key: u32, name: &str) -> Result<bool, Refused> {
         topic::validate(name).map_err(|e| bad_topic(&e))?;
         if self.conns.get(key).is_none() {
-            return Ok(());
+            return Ok(false);
         }
         let granted =
             topic::allowed(&self.shared.config.public_topics, name) || self.grants(key, name);
@@ -452,7 +458,7 @@ impl Shard {
         let held = self.conns.topics_of(key);
         if let Some(t) = self.topics.find(name) {
             if held.contains(&t) {
-                return Ok(());
+                return Ok(false);
             }
         }
         if held.len() >= self.shared.config.max_topics_per_connection {
@@ -473,7 +479,7 @@ impl Shard {
             self.membership_changed(name, user);
         }
         self.lifecycle(key, "subscribe", Detail::Topic(name));
-        Ok(())
+        Ok(true)
     }
 
     /// Records that the session processed its user stream up to `seq` (docs/protocol.md

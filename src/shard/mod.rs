@@ -802,8 +802,13 @@ impl Shard {
         accepted_at: Instant,
         ticket: Option<Ticket>,
     ) {
-        // Kept even with no member here: a subscriber may resume on this shard.
-        self.streams.record(topic, seq, epoch, frame.0, self.tick);
+        // Kept even with no member here: a subscriber may resume on this shard. Stamped
+        // with the clock read now, not the turn's start: the API numbered the push before
+        // this shard took it, and a stamp from before that (a command taken late in a long
+        // turn) would make the shard forget the stream before the API's sequencer does,
+        // answering a subscribe with the placeholder epoch while the numbering goes on.
+        let now = self.relative_tick(self.clock.tick()).max(self.tick);
+        self.streams.record(topic, seq, epoch, frame.0, now);
         self.trim_history();
         let mut members = std::mem::take(&mut self.targets);
         if let Some(t) = self.topics.find(topic) {
