@@ -232,6 +232,10 @@ pub struct ServeArgs {
     /// Bearer token sent to `events_url` (env THRONG_EVENTS_KEY).
     #[arg(long)]
     pub events_key: Option<String>,
+    /// File holding the bearer token for `events_url` (one line); instead of
+    /// --events-key. SIGHUP reads it again.
+    #[arg(long, value_name = "FILE")]
+    pub events_key_file: Option<PathBuf>,
     /// PEM file of the CA certificates to trust for an `https://` `events_url`, instead of
     /// the bundled Mozilla roots (an upstream behind a private CA).
     #[arg(long)]
@@ -424,6 +428,7 @@ struct FileConfig {
     max_client_data_bytes: Option<usize>,
     events_url: Option<String>,
     events_key: Option<String>,
+    events_key_file: Option<PathBuf>,
     events_ca: Option<PathBuf>,
     lifecycle_events: Option<bool>,
     events_maxlen: Option<u64>,
@@ -590,8 +595,10 @@ pub struct Config {
     pub max_client_data_bytes: usize,
     /// Standalone: where events are POSTed (`None`: `send` is refused).
     pub events_url: Option<String>,
-    /// Bearer token for `events_url`.
+    /// Bearer token for `events_url`: the one given, or `events_key_file`'s.
     pub events_key: Option<String>,
+    /// Where the events key comes from, read again on `SIGHUP`.
+    pub events_key_file: Option<PathBuf>,
     /// The roots an `https://` `events_url` is verified against (empty: the bundled
     /// Mozilla roots).
     pub events_ca: Vec<rustls::pki_types::CertificateDer<'static>>,
@@ -1594,11 +1601,31 @@ impl Config {
         // The environment comes after the file, as for the secret and the API key (clap's
         // `env` would have put it ahead of the file).
         let events_key_from_env = args.events_key.is_none() && file.events_key.is_none();
-        let events_key = args
+        let mut events_key = args
             .events_key
             .or(file.events_key)
             .or_else(|| env("THRONG_EVENTS_KEY"))
             .filter(|k| !k.is_empty());
+        let events_key_file = args.events_key_file.or(file.events_key_file);
+        if let Some(path) = &events_key_file {
+            if events_key.is_some() {
+                let from = if events_key_from_env {
+                    " (the value of THRONG_EVENTS_KEY)"
+                } else {
+                    ""
+                };
+                return Err(invalid(
+                    "events_key_file",
+                    format!(
+                        "give the key one way: a file, or events_key (--events-key, \
+                         THRONG_EVENTS_KEY), not both{from}"
+                    ),
+                ));
+            }
+            events_key = Some(
+                crate::events::read_key_file(path).map_err(|e| invalid("events_key_file", e))?,
+            );
+        }
         if let Some(key) = &events_key {
             check_events_key(key).map_err(|e| {
                 let from = if events_key_from_env {
@@ -1674,6 +1701,7 @@ impl Config {
             max_client_data_bytes,
             events_url,
             events_key,
+            events_key_file,
             events_ca,
             events_ca_path,
             lifecycle_events: args.lifecycle_events || file.lifecycle_events.unwrap_or(false),
@@ -2000,6 +2028,36 @@ mod tests {
         assert!(e.contains("cannot read /nonexistent/k.json"), "{e}");
         let e = rs(&[]).unwrap_err();
         assert!(e.contains("a JWKS file (--jwt-jwks)"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn an_events_key_file_is_read_and_named_when_wrong() {
+        let dir =
+            std::env::temp_dir().join(format!("throng-config-eventskey-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("events.key");
+        let path = file.to_str().unwrap();
+        let base = ["--jwt-secret", S, "--events-url", "http://127.0.0.1:9/ev"];
+        let with = |extra: &[&str]| cfg(&[&base[..], extra].concat());
+        std::fs::write(&file, "# upstream key\r\nev-key\r\n").unwrap();
+        let c = with(&["--events-key-file", path]).unwrap();
+        assert_eq!(c.events_key.as_deref(), Some("ev-key"));
+        assert_eq!(c.events_key_file.as_deref(), Some(file.as_path()));
+        let e = with(&["--events-key-file", path, "--events-key", "k"]).unwrap_err();
+        assert!(e.to_string().contains("not both"), "{e}");
+        std::fs::write(&file, "one\ntwo\n").unwrap();
+        let e = with(&["--events-key-file", path]).unwrap_err().to_string();
+        assert!(
+            e.contains("events_key_file") && e.contains("line 2") && !e.contains("two"),
+            "{e}"
+        );
+        std::fs::write(&file, "two words\n").unwrap();
+        let e = with(&["--events-key-file", path]).unwrap_err().to_string();
+        assert!(e.contains("line 1") && e.contains("visible ASCII"), "{e}");
+        std::fs::write(&file, "\n#\n").unwrap();
+        let e = with(&["--events-key-file", path]).unwrap_err().to_string();
+        assert!(e.contains("holds no key"), "{e}");
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -286,8 +286,8 @@ fn serve(args: ServeArgs) -> ExitCode {
 }
 
 /// `SIGHUP`: the TLS certificates and keys (client listener, push API), the JWT key file,
-/// `api_key_file`, `events_ca` and the Redis TLS files are read again; a bad file keeps
-/// what was in use.
+/// `api_key_file`, `events_key_file`, `events_ca` and the Redis TLS files are read again;
+/// a bad file keeps what was in use.
 fn reload(server: &Server) {
     let tls = server.reload_tls();
     match &tls {
@@ -329,6 +329,15 @@ fn reload(server: &Server) {
     if jwks_url {
         tracing::info!("SIGHUP: fetching the JWT keys from jwks_url");
     }
+    let events_key = server.reload_events_key();
+    match &events_key {
+        None => {}
+        Some(Ok(())) => tracing::info!("SIGHUP: events_key_file reloaded"),
+        Some(Err(e)) => tracing::error!(
+            error = %e,
+            "SIGHUP: events_key_file not reloaded; the key in use stays"
+        ),
+    }
     let api_keys = server.reload_api_keys();
     match &api_keys {
         None => {}
@@ -348,10 +357,12 @@ fn reload(server: &Server) {
         ),
     }
     let nothing = tls.is_none() && api_tls.is_none() && jwt.is_none() && !jwks_url;
-    if nothing && ca.is_none() && redis.is_none() && api_keys.is_none() {
+    let files = ca.is_none() && redis.is_none() && api_keys.is_none() && events_key.is_none();
+    if nothing && files {
         tracing::info!(
             "SIGHUP: nothing to reload (no --tls-cert, --api-tls-cert, JWT key file, \
-             --api-key-file, --events-ca, --redis-ca or --redis-client-cert)"
+             --api-key-file, --events-key-file, --events-ca, --redis-ca or \
+             --redis-client-cert)"
         );
     }
 }

@@ -80,6 +80,8 @@ pub struct Server {
     api_tls: Option<crate::tls::TlsServer>,
     /// Reads `events_ca` again on `SIGHUP`, when one is set.
     events_ca: Option<crate::events::CaReload>,
+    /// Reads `events_key_file` again on `SIGHUP`, when one is set.
+    events_key: Option<crate::events::KeyReload>,
     /// The JWT keys, which `reload_jwt_keys` renews.
     jwt_keys: Arc<crate::auth::SharedKeys>,
     /// The push API's keys, which `reload_api_keys` renews.
@@ -232,15 +234,15 @@ impl Server {
             .transpose()
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         // Client sends and lifecycle events, when they have somewhere to go.
-        let (events, events_thread, events_ca) = match crate::events::spawn(
+        let (events, events_thread, events_ca, events_key) = match crate::events::spawn(
             &config,
             Arc::clone(&node_id),
             &metrics,
             &stop,
             redis.as_ref(),
         )? {
-            Some(t) => (Some(t.sink), Some(t.thread), t.ca_reload),
-            None => (None, None, None),
+            Some(t) => (Some(t.sink), Some(t.thread), t.ca_reload, t.key_reload),
+            None => (None, None, None, None),
         };
         let mut remote_senders = Vec::new();
         for id in 0..config.shards {
@@ -442,6 +444,7 @@ impl Server {
             redis,
             jwks_refresher,
             events_ca,
+            events_key,
         })
     }
 
@@ -533,6 +536,19 @@ impl Server {
         let counter = match &result {
             Ok(_) => &self.metrics.events.ca_reloads,
             Err(_) => &self.metrics.events.ca_reload_errors,
+        };
+        counter.fetch_add(1, Relaxed);
+        Some(result)
+    }
+
+    /// Reads `events_key_file` again (`SIGHUP`): the events thread's next POST sends its
+    /// key; on error the key in use stays. `None` without one.
+    pub fn reload_events_key(&self) -> Option<Result<(), String>> {
+        let reload = self.events_key.as_ref()?;
+        let result = reload.reload();
+        let counter = match &result {
+            Ok(()) => &self.metrics.events.key_reloads,
+            Err(_) => &self.metrics.events.key_reload_errors,
         };
         counter.fetch_add(1, Relaxed);
         Some(result)

@@ -740,3 +740,49 @@ fn a_batch_too_slow_for_the_upstream_goes_again_halved_and_is_taken() {
     assert_eq!((count("e1"), count("e2")), (2, 2), "{got:?}");
     assert_eq!(got.len(), 5, "{got:?}");
 }
+
+#[test]
+fn sighup_reloads_events_key_file_and_keeps_the_key_when_the_file_is_bad() {
+    use common::tls::{metric, wait_metric, ServeProc, TlsDir};
+    let dir = TlsDir::new("events-key-reload");
+    let up = Upstream::start();
+    let key = dir.path("events.key");
+    std::fs::write(&key, "# for the upstream\nkey-one\n").unwrap();
+    let mut p = ServeProc::spawn(&["--events-url", &up.url(), "--events-key-file", &key]);
+    let (ws, api) = p.listening();
+    let mut alice = Client::connect(ws, &token("alice")).expect("alice connects");
+    let mut send = |n: u64| {
+        alice.send(json!({"type": "send", "data": n, "ref": n}));
+        assert_eq!(alice.recv()["type"], "sent");
+        up.wait_events(n as usize);
+        up.authorization.lock().unwrap().clone()
+    };
+    assert_eq!(send(1).as_deref(), Some("Bearer key-one"));
+
+    // The upstream's new key in the file, SIGHUP: the next POST sends it.
+    std::fs::write(&key, "key-two\n").unwrap();
+    p.signal(libc::SIGHUP);
+    p.find(WAIT, |l| {
+        l.contains("events_key_file reloaded").then_some(())
+    });
+    assert_eq!(send(2).as_deref(), Some("Bearer key-two"));
+    assert_eq!(metric(api, "throng_events_key_reloads_total"), 1);
+
+    // Two keys: the reload fails, names the file, and the key in use stays.
+    std::fs::write(&key, "key-three\nkey-four\n").unwrap();
+    p.signal(libc::SIGHUP);
+    let line = p.find(WAIT, |l| {
+        l.contains("events_key_file not reloaded")
+            .then(|| l.to_string())
+    });
+    assert!(
+        line.contains(&key) && line.contains("second key on line 2"),
+        "{line}"
+    );
+    assert!(
+        !line.contains("key-three"),
+        "the log never shows a key: {line}"
+    );
+    wait_metric(api, "throng_events_key_reload_errors_total", 1, WAIT);
+    assert_eq!(send(3).as_deref(), Some("Bearer key-two"));
+}

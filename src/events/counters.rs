@@ -59,6 +59,10 @@ pub struct EventCounters {
     pub ca_reloads: AtomicU64,
     /// `events_ca` reloads that failed (the roots in use stayed).
     pub ca_reload_errors: AtomicU64,
+    /// `events_key_file` reloads (`SIGHUP`) that took effect.
+    pub key_reloads: AtomicU64,
+    /// `events_key_file` reloads that failed (the key in use stayed).
+    pub key_reload_errors: AtomicU64,
 }
 
 impl crate::metrics::FeatureCounters for EventCounters {
@@ -168,6 +172,18 @@ impl crate::metrics::FeatureCounters for EventCounters {
                 "counter",
                 "events_ca reloads (SIGHUP) that failed; the roots in use stayed.",
                 n(&self.ca_reload_errors),
+            ),
+            (
+                "throng_events_key_reloads_total",
+                "counter",
+                "events_key_file reloads (SIGHUP) that took effect.",
+                n(&self.key_reloads),
+            ),
+            (
+                "throng_events_key_reload_errors_total",
+                "counter",
+                "events_key_file reloads (SIGHUP) that failed; the key in use stayed.",
+                n(&self.key_reload_errors),
             ),
         ]
     }

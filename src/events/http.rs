@@ -35,6 +35,8 @@ pub(crate) struct PostTarget {
     url: String,
     /// `Authorization: Bearer <events_key>`, when one is configured.
     authorization: Option<String>,
+    /// `events_key_file` read again (`SIGHUP`): the next POST sends this key.
+    key_updates: Option<Receiver<String>>,
     body: Vec<u8>,
 }
 
@@ -47,14 +49,29 @@ impl PostTarget {
         key: Option<&str>,
         ca: &[CertificateDer<'static>],
         ca_updates: Option<Receiver<Vec<CertificateDer<'static>>>>,
+        key_updates: Option<Receiver<String>>,
     ) -> PostTarget {
         PostTarget {
             agent: agent(ca),
             ca_updates,
             url: url.to_string(),
             authorization: key.map(|k| format!("Bearer {k}")),
+            key_updates,
             body: Vec::new(),
         }
+    }
+
+    /// Takes the newest key `SIGHUP` read, if any came since the last POST.
+    fn take_key_update(&mut self) {
+        let Some(key) = self
+            .key_updates
+            .as_ref()
+            .and_then(|rx| rx.try_iter().last())
+        else {
+            return;
+        };
+        self.authorization = Some(format!("Bearer {key}"));
+        tracing::info!(url = %self.url, "events upstream: the reloaded events_key goes from the next POST on");
     }
 
     /// Takes the newest roots `SIGHUP` read, if any came since the last POST.
@@ -112,6 +129,58 @@ impl CaReload {
     }
 }
 
+/// Reads `events_key_file` again on `SIGHUP` and hands the key to the events thread.
+pub struct KeyReload {
+    path: PathBuf,
+    tx: Sender<String>,
+}
+
+impl KeyReload {
+    /// A reloader for `path` and the receiver its target takes new keys from.
+    pub(crate) fn new(path: PathBuf) -> (KeyReload, Receiver<String>) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        (KeyReload { path, tx }, rx)
+    }
+
+    /// Reads the file again: the next POST sends its key. A file that cannot be used
+    /// changes nothing; the error names it.
+    pub fn reload(&self) -> Result<(), String> {
+        let key = read_key_file(&self.path)?;
+        self.tx
+            .send(key)
+            .map_err(|_| "the events thread has stopped".to_string())
+    }
+}
+
+/// The key of an `events_key_file`: its one line that is neither empty nor a `#` comment
+/// (the line break is not part of it), checked like `events_key`. Errors name the file
+/// and the line, never the key.
+pub fn read_key_file(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut keys = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'));
+    let Some((i, key)) = keys.next() else {
+        return Err(format!(
+            "{}: holds no key (one line; lines starting with # are comments)",
+            path.display()
+        ));
+    };
+    if let Some((j, _)) = keys.next() {
+        return Err(format!(
+            "{}: holds a second key on line {} (the upstream is sent one: the first, line {})",
+            path.display(),
+            j + 1,
+            i + 1
+        ));
+    }
+    crate::config::check_events_key(key)
+        .map_err(|e| format!("{}: the key on line {}: {e}", path.display(), i + 1))?;
+    Ok(key.to_string())
+}
+
 /// Reads the CA certificates of `events_ca`: a PEM file holding at least one.
 pub(crate) fn read_ca(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     crate::tls::read_pem_certs(path).map_err(|problem| format!("{}: {problem}", path.display()))
@@ -158,6 +227,7 @@ pub(crate) fn json_array(batch: &[Event], out: &mut Vec<u8>) {
 impl Target for PostTarget {
     fn deliver(&mut self, batch: &[Event]) -> Result<(), DeliverError> {
         self.take_ca_update();
+        self.take_key_update();
         json_array(batch, &mut self.body);
         let mut req = self
             .agent

@@ -13,7 +13,7 @@ mod http;
 mod stream;
 
 pub(crate) use http::read_ca;
-pub use http::CaReload;
+pub use http::{read_key_file, CaReload, KeyReload};
 
 pub use counters::EventCounters;
 
@@ -246,6 +246,8 @@ pub struct EventsThread {
     pub thread: JoinHandle<()>,
     /// Reads `events_ca` again, when one is set.
     pub ca_reload: Option<CaReload>,
+    /// Reads `events_key_file` again, when one is set.
+    pub key_reload: Option<KeyReload>,
 }
 
 /// Starts the events thread when the configuration gives events a target. `node` names
@@ -258,6 +260,7 @@ pub fn spawn(
     redis: Option<&Arc<crate::broker::RedisConnector>>,
 ) -> std::io::Result<Option<EventsThread>> {
     let mut ca_reload = None;
+    let mut key_reload = None;
     let target: Box<dyn Target> = match (redis, &config.events_url) {
         (Some(redis), _) => Box::new(stream::StreamTarget::new(
             Arc::clone(redis),
@@ -269,11 +272,17 @@ pub fn spawn(
                 ca_reload = Some(reload);
                 rx
             });
+            let key_updates = config.events_key_file.clone().map(|path| {
+                let (reload, rx) = KeyReload::new(path);
+                key_reload = Some(reload);
+                rx
+            });
             Box::new(http::PostTarget::new(
                 url,
                 config.events_key.as_deref(),
                 &config.events_ca,
                 updates,
+                key_updates,
             ))
         }
         (None, None) => return Ok(None),
@@ -306,6 +315,7 @@ pub fn spawn(
         sink,
         thread,
         ca_reload,
+        key_reload,
     }))
 }
 
