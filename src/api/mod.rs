@@ -433,7 +433,7 @@ impl Api {
                     let handshaking = self.handshaker.as_ref().map_or(0, |h| h.pending());
                     // Newcomers waiting for room take the places of the handshakes they
                     // replace, so they are not counted twice.
-                    let held = self.conns.len() + handshaking - self.room_requests;
+                    let held = (self.conns.len() + handshaking).saturating_sub(self.room_requests);
                     let make_room = held >= self.conn_cap && !self.evict_stranger();
                     if make_room && !self.can_ask_for_room(handshaking) {
                         self.refuse(stream);
