@@ -178,6 +178,27 @@ fn pipelining_without_reading_keeps_output_bounded_and_others_served() {
 // ---------------------------------------------------------------------------------------
 // 2. Connection cap, request and idle timeouts.
 
+/// A keyed push on a new connection, tried every 50 ms while the cap refuses it with 503
+/// (or resets it first), until one is taken; its connection.
+fn push_when_room(srv: &TestServer, user: &str) -> TcpStream {
+    let deadline = Instant::now() + WAIT;
+    let body = json!({"user": user, "data": 1}).to_string();
+    let req = request_bytes(srv.api, "POST", "/v1/push", Some(API_KEY), Some(&body));
+    loop {
+        let mut c = tcp(srv.api);
+        if c.write_all(&req).is_ok() {
+            if let Ok((r, _)) = read_response(&mut c, Vec::new()) {
+                if r.status == 202 {
+                    return c;
+                }
+                assert_eq!(r.status, 503, "{}", r.text());
+            }
+        }
+        assert!(Instant::now() < deadline, "no slot freed for {user}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// An API connection that made a request with the key: trusted, so neither evicted at
 /// the cap nor closed after the request timeout when idle.
 fn keyed_conn(srv: &TestServer) -> HttpConn {
@@ -254,34 +275,12 @@ fn strangers_that_never_finish_a_request_cannot_hold_the_slots() {
     });
     // A newcomer takes the place of the stranger that waited longest, once it has waited
     // 100 ms; until then the newcomer is refused.
-    let pushed = |user: &str| {
-        let deadline = std::time::Instant::now() + WAIT;
-        let body = json!({"user": user, "data": 1}).to_string();
-        let req = request_bytes(srv.api, "POST", "/v1/push", Some(API_KEY), Some(&body));
-        loop {
-            // A refused one may be reset before its 503 is read: tried again all the same.
-            let mut c = tcp(srv.api);
-            if c.write_all(&req).is_ok() {
-                if let Ok((r, _)) = read_response(&mut c, Vec::new()) {
-                    if r.status == 202 {
-                        return c;
-                    }
-                    assert_eq!(r.status, 503, "{}", r.text());
-                }
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no slot freed for {user}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-    };
-    let first = pushed("a");
+    let first = push_when_room(&srv, "a");
     assert!(
         read_to_close(&mut silent).is_empty(),
         "the silent one, closed quietly"
     );
-    let second = pushed("b");
+    let second = push_when_room(&srv, "b");
     assert!(
         read_to_close(&mut midway).is_empty(),
         "then the one stuck midway"
@@ -300,6 +299,41 @@ fn strangers_that_never_finish_a_request_cannot_hold_the_slots() {
     assert_eq!(trusted.request("GET", "/healthz", None, None).status, 200);
     assert_eq!(stats_on(&mut monitor)["counters"]["api_evictions"], 2);
     drop((first, second));
+}
+
+#[test]
+fn a_stranger_lingering_after_its_401_makes_room_too() {
+    // Review s17e: strangers lingering after a 401 (and those not reading their probes'
+    // answers, shown by /tmp/review-s17e) were skipped by the eviction, so a peer without
+    // the key could still hold the slots, reconnecting once per linger.
+    let srv = TestServer::start(&[
+        "--api-max-connections",
+        "2",
+        "--api-request-timeout-ms",
+        "60000",
+        "--api-idle-timeout-ms",
+        "60000",
+    ]);
+    let mut monitor = keyed_conn(&srv);
+    // A request without the key: answered 401, then the server lingers (2 s) for the peer
+    // to close, which it does not.
+    let mut refused = tcp(srv.api);
+    refused
+        .write_all(b"GET /v1/stats HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let (r, _) = read_response(&mut refused, Vec::new()).expect("the 401");
+    assert_eq!(r.status, 401);
+    let pushed = push_when_room(&srv, "a");
+    assert!(
+        read_to_close(&mut refused).is_empty(),
+        "closed after its 401"
+    );
+    let s = stats_on(&mut monitor);
+    assert_eq!(
+        s["counters"]["api_evictions"], 1,
+        "taken before its linger ended: {s}"
+    );
+    drop(pushed);
 }
 
 #[test]

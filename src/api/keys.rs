@@ -60,18 +60,28 @@ pub fn read_key_file(path: &Path) -> Result<Vec<String>, String> {
     keys_from_text(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// The keys of a key file: one per line; empty lines and lines starting with `#` are
-/// skipped, and the line break is not part of a key (a key with other whitespace at its
-/// ends is refused, as `api_key` is). At least one, at most [`MAX_API_KEYS`]. Errors name
-/// the line, never the key.
+/// The keys of a key file: one per line; blank lines and lines whose first non-blank is
+/// `#` are skipped, and the line break is not part of a key. A key with whitespace at its
+/// ends is refused, as `api_key` is, and so is one with whitespace inside: in a file that
+/// is most likely a comment after the key (`key  # added in May`), which would otherwise
+/// become part of it. At least one, at most [`MAX_API_KEYS`]. Errors name the line, never
+/// the key.
 pub fn keys_from_text(text: &str) -> Result<Vec<String>, String> {
     let mut keys = Vec::new();
     for (i, line) in text.lines().enumerate() {
-        if line.is_empty() || line.starts_with('#') {
+        let trimmed = line.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
             continue;
         }
-        crate::config::check_api_key(line)
-            .map_err(|e| format!("the key on line {}: {e}", i + 1))?;
+        let at = |e: String| format!("the key on line {}: {e}", i + 1);
+        crate::config::check_api_key(line).map_err(at)?;
+        if line.contains([' ', '\t']) {
+            return Err(at(
+                "has whitespace inside; write one key per line, and comments on lines of \
+                 their own starting with #"
+                    .into(),
+            ));
+        }
         if keys.len() == MAX_API_KEYS {
             return Err(format!(
                 "holds more than {MAX_API_KEYS} keys (a rotation needs two)"
@@ -118,6 +128,17 @@ mod tests {
             .contains("holds no key"));
         let err = keys_from_text("good\n bad\n").unwrap_err();
         assert!(err.contains("line 2") && !err.contains("bad"), "{err}");
+        // A comment after a key would become part of it: refused, named by line.
+        let err = keys_from_text("alpha  # added in May\n").unwrap_err();
+        assert!(
+            err.contains("line 1") && err.contains("whitespace inside"),
+            "{err}"
+        );
+        // Lines of blanks, and indented comments, are skipped.
+        assert_eq!(
+            keys_from_text("   \n\t# note\nk1\n").unwrap(),
+            vec!["k1".to_string()]
+        );
         let many: String = (0..=MAX_API_KEYS).map(|i| format!("k{i}\n")).collect();
         assert!(keys_from_text(&many).unwrap_err().contains("more than"));
     }

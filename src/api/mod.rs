@@ -516,6 +516,10 @@ impl Api {
                     self.metrics.api_connections.fetch_sub(1, Relaxed);
                 }
             }
+            // A handshake thread that ended answers no request for room: none is left.
+            if self.handshaker.as_ref().is_some_and(|h| h.pending() == 0) {
+                self.room_requests = 0;
+            }
         }
     }
 
@@ -566,24 +570,18 @@ impl Api {
     }
 
     /// At the connection cap: closes the stranger (no keyed request yet, see
-    /// `ApiConn::trusted`) that has waited longest, at least `EVICT_MIN_IDLE`, silent or
-    /// with a head still incomplete, so that connections which never finish a request
-    /// cannot hold every slot, and with them the upstream's pushes and the probes, for
-    /// the timeouts. True when one was closed.
+    /// `ApiConn::trusted`) that has waited longest, at least `EVICT_MIN_IDLE`: silent,
+    /// partway through a head, lingering after its 401, or not reading its probes'
+    /// answers. So connections that never make a keyed request cannot hold every slot,
+    /// and with them the upstream's pushes and the probes, for the timeouts. A stranger
+    /// holds nothing a keyed client is owed (no body is read nor shard asked for it).
+    /// True when one was closed.
     fn evict_stranger(&mut self) -> bool {
         let now = self.now;
         let oldest = self
             .conns
             .iter()
-            .filter(|(_, c)| {
-                // Nothing owed to it, nothing it waits for: a head with the key would
-                // have made it trusted, so what it holds is at most part of a head.
-                !c.trusted
-                    && c.unsent() == 0
-                    && c.waiting.is_none()
-                    && c.lingering_since.is_none()
-                    && !c.paused
-            })
+            .filter(|(_, c)| !c.trusted)
             .map(|(key, c)| (c.request_since.unwrap_or(c.active_at), key))
             .filter(|&(since, _)| now.saturating_duration_since(since) >= EVICT_MIN_IDLE)
             .min()
@@ -1196,6 +1194,13 @@ impl Api {
             self.config.api_idle_timeout,
         );
         let older = |t: Instant, d: Duration| now.saturating_duration_since(t) >= d;
+        let idle_limit = |c: &ApiConn| {
+            if c.trusted {
+                idle_timeout
+            } else {
+                request_timeout.min(idle_timeout)
+            }
+        };
         let due: Vec<(usize, Due)> = self
             .conns
             .iter()
@@ -1216,22 +1221,18 @@ impl Api {
                         .then_some(Due::Request)
                 } else if c.unsent() > 0 {
                     // Answers are waiting and the client has taken none of them for the
-                    // idle timeout: it went idle without reading. Reads do not count, so
-                    // one that keeps sending (or is discarded after a fatal error) is
-                    // closed too.
-                    older(c.out_since, idle_timeout).then_some(Due::Idle)
+                    // idle timeout (the request timeout for a stranger, whose answers are
+                    // probes' or errors): it went idle without reading. Reads do not
+                    // count, so one that keeps sending (or is discarded after a fatal
+                    // error) is closed too.
+                    older(c.out_since, idle_limit(c)).then_some(Due::Idle)
                 } else {
                     // No request in progress and nothing to send. A connection that
                     // connects and never sends a byte ends here too (the request clock
                     // starts at a byte): idle, and closed after api_idle_timeout once it
                     // made a keyed request, after the request timeout before that, so
                     // that silent strangers cannot hold the slots for a minute each.
-                    let limit = if c.trusted {
-                        idle_timeout
-                    } else {
-                        request_timeout.min(idle_timeout)
-                    };
-                    older(c.active_at, limit).then_some(Due::Idle)
+                    older(c.active_at, idle_limit(c)).then_some(Due::Idle)
                 };
                 due.map(|d| (key, d))
             })

@@ -152,16 +152,16 @@ impl KeyReload {
     }
 }
 
-/// The key of an `events_key_file`: its one line that is neither empty nor a `#` comment
-/// (the line break is not part of it), checked like `events_key`. Errors name the file
+/// The key of an `events_key_file`: its one line that is neither blank nor a comment
+/// (first non-blank `#`; the line break is not part of it), checked like `events_key`. Errors name the file
 /// and the line, never the key.
 pub fn read_key_file(path: &Path) -> Result<String, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let mut keys = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'));
+    let mut keys = text.lines().enumerate().filter(|(_, l)| {
+        let t = l.trim();
+        !t.is_empty() && !t.starts_with('#')
+    });
     let Some((i, key)) = keys.next() else {
         return Err(format!(
             "{}: holds no key (one line; lines starting with # are comments)",
