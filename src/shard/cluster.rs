@@ -353,11 +353,20 @@ impl Shard {
             compact(&mut c.loading_topics);
             compact(&mut c.topics);
         }
-        // Streams this shard stopped serving: the broker may unsubscribe.
+        // Streams this shard stopped serving: the broker may unsubscribe. A name back in
+        // the same turn (a topic left and joined again by one read's unsubscribe and
+        // subscribe, a user's new first session as its retained entry expired) is still
+        // served: unwatched, its members would get nothing more, without a word.
         for id in self.users.take_gone() {
+            if self.users.find(&id).is_some() {
+                continue;
+            }
             self.interest(Interest::UnwatchUser(id));
         }
         for name in self.topics.take_gone() {
+            if self.topics.find(&name).is_some() {
+                continue;
+            }
             let topic: Arc<str> = name.into();
             if let Some(c) = self.cluster.as_mut() {
                 c.topics.remove(&topic);
