@@ -1741,3 +1741,66 @@ fn unsubscribe_and_subscribe_in_one_read_keep_the_topic_served() {
         }
     }
 }
+
+#[test]
+fn requests_read_behind_a_subscribe_that_waits_for_its_topic_are_answered_in_order() {
+    // Review s17f: while a topic loaded from Redis, a second subscribe read in the same
+    // buffer got no answer, and a subscribe overtaken by an unsubscribe got none either.
+    let redis = RedisServer::start();
+    let a = node(&redis, &["--public-topics", "room.*"]);
+    let c = node(&redis, &["--public-topics", "room.*"]);
+    let mut x = RawWs::connect(c.ws, &token("x"));
+    let one = |v: Value| {
+        encode_frame(
+            true,
+            0,
+            OP_TEXT,
+            v.to_string().as_bytes(),
+            Some([9, 8, 7, 6]),
+        )
+    };
+    let batch = |msgs: Vec<Value>| msgs.into_iter().flat_map(one).collect::<Vec<u8>>();
+    let answers = |x: &mut RawWs, n: usize| {
+        (0..n)
+            .map(|_| {
+                let m = x.read_json();
+                (
+                    m["ref"].as_u64().unwrap_or(0),
+                    m["type"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    x.send_bytes(&batch(vec![
+        json!({"type": "subscribe", "topic": "room.a", "ref": 1}),
+        json!({"type": "subscribe", "topic": "room.a", "ref": 2}),
+    ]));
+    assert_eq!(
+        answers(&mut x, 2),
+        [(1, "subscribed".into()), (2, "subscribed".into())]
+    );
+    x.send_bytes(&batch(vec![
+        json!({"type": "subscribe", "topic": "room.b", "ref": 3}),
+        json!({"type": "unsubscribe", "topic": "room.b", "ref": 4}),
+        json!({"type": "subscribe", "topic": "room.b", "ref": 5}),
+        json!({"type": "subscribe", "topic": "room.c", "ref": 6}),
+        json!({"type": "unsubscribe", "topic": "room.c", "ref": 7}),
+    ]));
+    assert_eq!(
+        answers(&mut x, 5),
+        [
+            (3, "subscribed".into()),
+            (4, "unsubscribed".into()),
+            (5, "subscribed".into()),
+            (6, "subscribed".into()),
+            (7, "unsubscribed".into())
+        ]
+    );
+    // room.a and room.b are held, room.c is not: its push, published first, would come
+    // first (the node hears Redis in publish order).
+    for topic in ["room.c", "room.a", "room.b"] {
+        a.push_wait(json!({"topic": topic, "data": topic}));
+    }
+    let got: Vec<Value> = (0..2).map(|_| x.read_json()["data"].clone()).collect();
+    assert_eq!(got, [json!("room.a"), json!("room.b")]);
+}

@@ -625,7 +625,11 @@ impl Shard {
                         message: format!("cannot subscribe to {topic:?} now: {e}"),
                     };
                     self.send_frame(p.key, messages::error_frame(&err, p.reference.as_deref()));
-                    self.backlog.push(p.key);
+                    if more {
+                        self.backlog.push(p.key);
+                    } else {
+                        self.resume_reading(p.key);
+                    }
                 }
                 return;
             }
@@ -693,7 +697,11 @@ impl Shard {
             }
             let resume = p.resume.as_ref().map(|(s, e)| (*s, &**e));
             self.answer_subscribe(p.key, topic, st.seq, &epoch, resume, p.reference.as_deref());
-            self.backlog.push(p.key);
+            if more {
+                self.backlog.push(p.key);
+            } else {
+                self.resume_reading(p.key);
+            }
         }
     }
 }

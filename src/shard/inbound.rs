@@ -124,6 +124,15 @@ impl Shard {
         }
     }
 
+    /// A subscribe that waited for its topic was answered: the messages read after it are
+    /// handled now, then the socket is read again (from the backlog).
+    pub(super) fn resume_reading(&mut self, key: u32) {
+        if let Some(mut rest) = self.conns.take_leftover(key) {
+            self.ingest(key, &mut rest);
+        }
+        self.backlog.push(key);
+    }
+
     /// Processes bytes held in an owned buffer; keeps the unprocessed tail as leftover.
     pub(super) fn ingest(&mut self, key: u32, buf: &mut Vec<u8>) {
         let used = self.frames(key, buf);
@@ -150,7 +159,10 @@ impl Shard {
         }
     }
 
-    /// Decodes and handles every complete frame in `buf`; returns the bytes used.
+    /// Decodes and handles every complete frame in `buf`; returns the bytes used. Stops
+    /// after a subscribe that waits for its topic to load (cluster mode): what follows it
+    /// (an unsubscribe, another subscribe) is kept and handled once it is answered
+    /// (`resume_reading`), so answers keep the order of the requests.
     fn frames(&mut self, key: u32, buf: &mut [u8]) -> usize {
         let max = self.shared.config.max_message_size;
         let mut pos = 0;
@@ -160,6 +172,9 @@ impl Shard {
             };
             if c.closing() {
                 return buf.len();
+            }
+            if c.flags & WAITING_TOPIC != 0 {
+                return pos;
             }
             let assembled = self
                 .conns
