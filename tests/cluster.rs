@@ -1804,3 +1804,33 @@ fn requests_read_behind_a_subscribe_that_waits_for_its_topic_are_answered_in_ord
     let got: Vec<Value> = (0..2).map(|_| x.read_json()["data"].clone()).collect();
     assert_eq!(got, [json!("room.a"), json!("room.b")]);
 }
+
+#[test]
+fn a_node_serving_the_user_resumes_from_redis_when_its_own_history_falls_short() {
+    // Review s17f: the node holding the user answered `resumed:false` once its own history
+    // (history_ttl_ms) had let go of the pushes, where any other node replayed them from
+    // Redis (kept offline_ttl_ms).
+    let redis = RedisServer::start();
+    let a = node(&redis, &["--history-ttl-ms", "300"]);
+    let mut desk = a.connect("uu");
+    wait_streams(&a, 1);
+    let epoch = epoch(&desk);
+    for i in 1..=5u64 {
+        a.push_wait(json!({"user": "uu", "data": i}));
+        assert_eq!(next_push(&mut desk)["seq"], i);
+    }
+    // This node's history of them is gone; Redis still has them.
+    a.wait_stats("the node's own history expired", |s| {
+        s["history_bytes"] == 0
+    });
+    let mut phone = connect_resume(&a, "uu", 2, &epoch);
+    assert_eq!(phone.welcome["resumed"], true, "{}", phone.welcome);
+    for i in 3..=5u64 {
+        assert_eq!(next_push(&mut phone)["seq"], i);
+    }
+    // The session that stayed goes on, and so does the new one, without a gap.
+    a.push_wait(json!({"user": "uu", "data": 6}));
+    assert_eq!(next_push(&mut desk)["seq"], 6);
+    assert_eq!(next_push(&mut phone)["seq"], 6);
+    desk.expect_silence(Duration::from_millis(100));
+}

@@ -210,9 +210,32 @@ impl Shard {
             // A load left over from an earlier user under the same slab key is void.
             c.loading_users.remove(&user);
         }
+        let mut reload = false;
         if entry.epoch != 0 {
-            return Err((resume, leftover));
+            // Served here already: answered from this node's history, unless the resume
+            // reaches back past it (older than `history_ttl_ms` here). Redis keeps the
+            // user's pushes for `offline_ttl_ms`: the user is reloaded from there, as on a
+            // gap, and the session answered from that (review s17f: a node holding the
+            // user said `resumed:false` where any other node replayed).
+            let short = resume
+                .as_ref()
+                .is_some_and(|r| self.users.falls_short(user, r.since, &r.epoch));
+            if !short {
+                return Err((resume, leftover));
+            }
+            let Some(entry) = self.users.get_mut(user) else {
+                return Err((resume, leftover));
+            };
+            let load = c.loading_users.entry(user).or_default();
+            if load.prior.is_none() {
+                load.prior = Some((entry.epoch, entry.seq));
+            }
+            entry.epoch = 0;
+            reload = true;
         }
+        let Some(entry) = self.users.get(user) else {
+            return Err((resume, leftover));
+        };
         let id: Box<str> = entry.id.as_str().into();
         let load = c.loading_users.entry(user).or_default();
         let first = load.parked.is_empty() && load.buffered.is_empty() && load.prior.is_none();
@@ -224,7 +247,7 @@ impl Shard {
         if let Some(conn) = self.conns.get_mut(key) {
             conn.flags |= PARKED;
         }
-        if first || created {
+        if first || created || reload {
             self.interest(Interest::WatchUser {
                 user: id,
                 fresh: created,

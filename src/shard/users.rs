@@ -428,6 +428,19 @@ impl Users {
 
     /// Whether user `key` can resume after `since` in `epoch` (as shown in `welcome`); if
     /// so, the frames to replay, in order, are appended to `out`.
+    /// Whether a resume after `since` in `epoch` names this user's current stream but
+    /// reaches back past what its ring holds here (cluster mode: Redis may hold more).
+    pub(super) fn falls_short(&self, key: u32, since: u64, epoch: &str) -> bool {
+        let Some(u) = self.entries.get(key) else {
+            return false;
+        };
+        if epoch != format!("{:016x}", u.epoch) || since >= u.seq {
+            return false;
+        }
+        let held = self.rings.get(&key).map_or(0, |r| r.len());
+        first_seq(u.seq, held) > since + 1 || held == 0
+    }
+
     pub(super) fn resume(&self, key: u32, since: u64, epoch: &str, out: &mut Vec<Wire>) -> bool {
         let Some(u) = self.entries.get(key) else {
             return false;
