@@ -6,9 +6,9 @@
 # reset, no Close) at CHURN_RATE drops/s and reconnecting OFFLINE_MS later with
 # `since`/`epoch` (and re-subscribing each topic with them), while user pushes flow at
 # RATE/s and topic pushes at TOPIC_RATE/s for SECS. The report (target/reports/
-# resume-STAMP.json) proves per user and topic stream: expected, delivered, missing,
-# duplicated, out of order, resumed true/false. Exits with throng-load's status: 1 when
-# anything went missing or came twice. The server is stopped by its PID on any exit.
+# resume-STAMP.json) proves per user and topic stream: expected, delivered, not replayed
+# (after a resumed:false), missing, duplicated, out of order, resumed true/false. Exits
+# with throng-load's status: 1 when anything went missing or came twice. The server is stopped by its PID on any exit.
 #
 # Environment (all optional):
 #   N=10000 CHURN_FRACTION=0.2 CHURN_RATE=500 OFFLINE_MS=200 RATE=2000 SECS=30

@@ -18,7 +18,8 @@ Exit status:
      accepted or a push given up, a message missing, duplicated or unexpected, a
      receiver lost, a churn reconnect that failed, a deploy client that did not move,
      a chat member that connected but never joined its room, or (resume, deploy,
-     chat) the delivery gate
+     chat) the delivery gate (resume, deploy: a push missing or duplicated; not one
+     a resumed:false said would not be replayed)
   2  the run could not be made: bad flags, an unreachable setup, a worker that died";
 
 /// The top-level command line.
@@ -51,6 +52,8 @@ pub enum Cmd {
     Capacity(CapacityArgs),
     /// Push to users (and --topics) while a share of the connections drop abruptly and
     /// resume with since/epoch; prove nothing went missing or came twice (exit 1 if so).
+    /// Pushes a resume answered resumed:false did not replay (history no longer held)
+    /// are counted apart as not replayed, not missing, and do not fail the run.
     #[command(after_help = EXIT_STATUS)]
     Resume(ResumeArgs),
     /// Drain the server at --url (POST /v1/drain on --api) while its clients follow the

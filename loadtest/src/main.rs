@@ -7,7 +7,8 @@
 //! and reconnect. `capacity` ramps connections up step by step, measuring memory and push
 //! latency per step. `resume` pushes while a share of the connections drop abruptly and
 //! resume with `since`/`epoch`, and proves per user and topic stream that nothing went
-//! missing or came twice. `deploy` drains one server while its clients follow the
+//! missing or came twice (pushes a `resumed:false` did not replay are counted apart).
+//! `deploy` drains one server while its clients follow the
 //! reconnect hints to a second one. `chat` has rooms of members publishing to their own room
 //! and proves every member got every accepted message once, in order. `--procs K` runs K
 //! worker processes over disjoint user ranges (sharing `--source-ips` evenly) and merges

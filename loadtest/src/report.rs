@@ -208,7 +208,9 @@ pub struct Report {
     /// Pushes naming a topic the connection had no `subscribed` for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pushes_stray: Option<u64>,
-    /// Resume and deploy: nothing missing and nothing duplicated (else the exit status is 1).
+    /// Resume and deploy: nothing missing and nothing duplicated (else the exit status is
+    /// 1); pushes not replayed after `resumed:false` (`*_stream.not_replayed`) are not
+    /// missing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delivery_ok: Option<bool>,
     /// Deploy: the drain as the clients saw it.
@@ -783,10 +785,11 @@ impl Report {
                 continue;
             }
             s += &format!(
-                "{name} streams: {} tracked, expected {} delivered {} missing {} duplicated {} out-of-order {} unexpected {}; resumed true {} (owing {} replayed pushes) false {} ({})\n",
+                "{name} streams: {} tracked, expected {} delivered {} not replayed {} missing {} duplicated {} out-of-order {} unexpected {}; resumed true {} (owing {} replayed pushes) false {} ({})\n",
                 st.streams,
                 st.tally.expected,
                 st.tally.delivered,
+                st.not_replayed,
                 st.tally.missing,
                 st.tally.duplicated,
                 st.tally.out_of_order,
@@ -796,6 +799,19 @@ impl Report {
                 st.resumed_false,
                 fmt_map(&st.resumed_false_because)
             );
+            if st.not_replayed > 0 {
+                s += &format!(
+                    "{name} streams: {} pushes not replayed: a resume was answered resumed:false (history_not_held) for them, so the client reloads its state instead; not missing, not a failure\n",
+                    st.not_replayed
+                );
+            }
+            if st.resumed_false > st.resumed_true {
+                s += &format!(
+                    "warning: {} of {} {name} resumes were answered resumed:false: replay was barely tested (history_size or history_ttl_ms does not cover --offline-ms at this push rate)\n",
+                    st.resumed_false,
+                    st.resumed_true + st.resumed_false
+                );
+            }
         }
         if let Some(d) = &self.deploy {
             s += &d.summary();
@@ -804,12 +820,20 @@ impl Report {
             s += &c.summary();
         }
         if let Some(ok) = self.delivery_ok {
-            s += if ok && self.pushes_sent == Some(0) {
-                "delivery across reconnects: not tested (no push was accepted)\n"
+            let not_replayed: u64 = [&self.user_stream, &self.topic_stream]
+                .into_iter()
+                .flatten()
+                .map(|st| st.not_replayed)
+                .sum();
+            s += &if ok && self.pushes_sent == Some(0) {
+                "delivery across reconnects: not tested (no push was accepted)\n".to_string()
+            } else if ok && not_replayed > 0 {
+                format!("delivery across reconnects: nothing missing, nothing duplicated ({not_replayed} not replayed after resumed:false, as the server said)\n")
             } else if ok {
-                "delivery across reconnects: nothing missing, nothing duplicated\n"
+                "delivery across reconnects: nothing missing, nothing duplicated\n".to_string()
             } else {
                 "delivery across reconnects: FAILED (pushes missing or duplicated; exit status 1)\n"
+                    .to_string()
             };
         }
         if let Some(steps) = &self.steps {
@@ -959,6 +983,42 @@ mod tests {
             old.compression,
             crate::deflate::CompressionReport::default()
         );
+    }
+
+    #[test]
+    fn not_replayed_pushes_are_reported_apart_and_pass() {
+        let topic = StreamTotals {
+            streams: 4,
+            tally: crate::track::Tally {
+                expected: 100,
+                delivered: 70,
+                received: 70,
+                ..Default::default()
+            },
+            not_replayed: 30,
+            resumed_true: 1,
+            resumed_false: 3,
+            resumed_false_because: [("history_not_held".to_string(), 3)].into(),
+            ..Default::default()
+        };
+        let r = Report {
+            mode: "resume".into(),
+            pushes_sent: Some(25),
+            topic_stream: Some(topic),
+            delivery_ok: Some(true),
+            ..Default::default()
+        };
+        let s = r.summary();
+        assert!(
+            s.contains("expected 100 delivered 70 not replayed 30 missing 0"),
+            "{s}"
+        );
+        assert!(s.contains("30 pushes not replayed: a resume was answered resumed:false"));
+        assert!(s.contains("warning: 3 of 4 topic resumes were answered resumed:false"));
+        assert!(s.contains("nothing missing, nothing duplicated (30 not replayed"));
+        let j = serde_json::to_value(&r).unwrap();
+        assert_eq!(j["topic_stream"]["not_replayed"], 30);
+        assert_eq!(j["topic_stream"]["missing"], 0);
     }
 
     #[test]

@@ -41,10 +41,14 @@ const MAX_BUCKETS: usize = 10_000;
 #[derive(Debug)]
 struct Stream {
     epoch: Box<str>,
-    /// This epoch's numbers.
+    /// This numbering's numbers (an epoch's, from the first answer or the last reset).
     seq: SeqTracker,
-    /// Distinct, duplicated and out-of-order numbers of earlier epochs.
-    before: (u64, u64, u64),
+    /// Distinct, duplicated and out-of-order numbers, and numbers not replayed, of
+    /// earlier numberings.
+    before: (u64, u64, u64, u64),
+    /// Whether a `resumed:false` restarted the numbering (another epoch, or a `since`
+    /// beyond the server's `seq`): the stream is then judged by count, not by number.
+    renumbered: bool,
     /// Push frames received (duplicates included).
     received: u64,
 }
@@ -54,7 +58,8 @@ impl Stream {
         Stream {
             epoch: epoch.into(),
             seq: SeqTracker::after(seq),
-            before: (0, 0, 0),
+            before: (0, 0, 0, 0),
+            renumbered: false,
             received: 0,
         }
     }
@@ -85,12 +90,22 @@ impl Stream {
         };
         t.resumed_false += 1;
         *t.resumed_false_because.entry(cause.into()).or_insert(0) += 1;
+        if cause == "history_not_held" {
+            // Same epoch, `since` <= `seq`: the server said it would not replay
+            // `since`+1..=`seq` (the client reloads instead). Those are not replayed,
+            // not missing; the numbering goes on, so a gap before `since` or after `seq`
+            // is still missing.
+            self.seq.skip_to(seq);
+            return;
+        }
         // Nothing old comes: continue from the server's position, in its epoch.
         self.before.0 += self.seq.unique;
         self.before.1 += self.seq.duplicated;
         self.before.2 += self.seq.out_of_order;
+        self.before.3 += self.seq.skipped();
         self.seq = SeqTracker::after(seq);
         self.epoch = epoch.into();
+        self.renumbered = true;
     }
 
     /// Records a push; true when its number is new.
@@ -101,21 +116,32 @@ impl Stream {
         self.seq.unique > before
     }
 
-    /// Adds this stream's figures against `expected` pushes.
+    /// Adds this stream's figures against `expected` pushes: each is delivered, not
+    /// replayed (inside a span a `resumed:false` answered for) or missing.
     fn settle(&self, expected: u64, t: &mut StreamTotals) {
         let unique = self.before.0 + self.seq.unique;
+        let (missing, not_replayed) = if self.renumbered {
+            // Several numberings: by count. An old epoch's pushes after `since` cannot
+            // be numbered, so a shortfall there counts as missing.
+            let not_replayed = (self.before.3 + self.seq.skipped()).min(expected);
+            let missing = (expected - not_replayed).saturating_sub(unique);
+            (missing, not_replayed)
+        } else {
+            // One numbering from the first answer, the expected pushes numbered after
+            // it: by number, so an extra delivery never hides a missing one.
+            (self.seq.missing_of(expected), self.seq.skipped_of(expected))
+        };
+        let delivered = expected - missing - not_replayed;
         t.streams += 1;
+        t.not_replayed += not_replayed;
         let t = &mut t.tally;
         t.expected += expected;
-        t.delivered += unique;
+        t.delivered += delivered;
         t.received += self.received;
         t.duplicated += self.before.1 + self.seq.duplicated;
         t.out_of_order += self.before.2 + self.seq.out_of_order;
-        if unique < expected {
-            t.missing += expected - unique;
-        } else {
-            t.unexpected += unique - expected;
-        }
+        t.missing += missing;
+        t.unexpected += unique.saturating_sub(delivered);
     }
 }
 
@@ -125,9 +151,17 @@ pub struct StreamTotals {
     /// Streams tracked (connections, or connection-topic pairs).
     pub streams: u64,
     /// Pushes the API accepted for these streams (once per receiving connection), and
-    /// what arrived of them.
+    /// what arrived of them: `expected` = `delivered` + `not_replayed` + `missing`.
+    /// `missing` is a real loss: a gap in live delivery or after `resumed:true`, or a
+    /// push never delivered that no `resumed:false` covered.
     #[serde(flatten)]
     pub tally: Tally,
+    /// Expected pushes not delivered because a resume was answered `resumed:false` for
+    /// them (cause `history_not_held`: numbered after the client's `since`, up to the
+    /// answer's `seq`, in the same epoch). The server said it would not replay them and
+    /// the client reloads its state: not missing, and not a failure.
+    #[serde(default)]
+    pub not_replayed: u64,
     /// Resumes answered `resumed: true`.
     pub resumed_true: u64,
     /// Pushes those resumes owed by replay (the server's `seq` minus our `since`).
@@ -142,6 +176,7 @@ impl StreamTotals {
     fn merge(&mut self, o: &StreamTotals) {
         self.streams += o.streams;
         self.tally.add(&o.tally);
+        self.not_replayed += o.not_replayed;
         self.resumed_true += o.resumed_true;
         self.replayed += o.replayed;
         self.resumed_false += o.resumed_false;
@@ -431,7 +466,9 @@ pub fn expected_now(sh: &Shared, cfg: &ClientCfg) -> u64 {
     users + topics * cfg.connections
 }
 
-/// Whether the delivery figures fail the gate: anything missing or duplicated.
+/// Whether the delivery figures fail the gate: anything missing or duplicated. Pushes
+/// not replayed after `resumed:false` do not fail it (the server said so; the report
+/// counts them apart).
 pub fn failed(t: &Totals) -> bool {
     let (u, tp) = (&t.user.tally, &t.topic.tally);
     u.missing + u.duplicated + tp.missing + tp.duplicated > 0
@@ -561,11 +598,12 @@ mod tests {
     }
 
     #[test]
-    fn resumed_false_is_counted_with_its_cause_and_what_it_lost() {
+    fn resumed_false_is_counted_with_its_cause_and_what_it_did_not_replay() {
         let mut t = totals();
         let mut s = Stream::new(0, "e1");
         s.record(1);
         s.on_answer(5, "e1", Some(false), &mut t); // 2..=5 no longer held
+        assert_eq!(s.position(), (5, "e1"), "the next resume asks from 5");
         s.record(6);
         let mut b = Stream::new(0, "e1");
         b.record(1);
@@ -575,9 +613,9 @@ mod tests {
         p.on_answer(0, "e3", Some(false), &mut t);
         s.settle(6, &mut t);
         assert_eq!(
-            (t.tally.delivered, t.tally.missing),
-            (2, 4),
-            "2..=5 are missing, not hidden"
+            (t.tally.delivered, t.not_replayed, t.tally.missing),
+            (2, 4, 0),
+            "2..=5 are not replayed (the server said so), not missing"
         );
         assert_eq!(t.resumed_false, 3);
         let because: Vec<_> = t.resumed_false_because.into_iter().collect();
@@ -588,6 +626,114 @@ mod tests {
                 ("history_not_held".to_string(), 1),
                 ("placeholder_epoch".to_string(), 1)
             ]
+        );
+    }
+
+    #[test]
+    fn a_false_span_is_not_replayed_but_gaps_around_it_are_missing() {
+        // From 10, expected 11..=30. Live: 11, 13 (12 lost live). Offline from 13; the
+        // server answers resumed:false at 20 (14..=20 not replayed), then skips 22 and
+        // never sends 30.
+        let mut t = totals();
+        let mut s = Stream::new(10, "e");
+        for n in [11, 13] {
+            s.record(n);
+        }
+        s.on_answer(20, "e", Some(false), &mut t);
+        for n in (21..=29).filter(|&n| n != 22) {
+            s.record(n);
+        }
+        s.settle(20, &mut t);
+        let d = &t.tally;
+        assert_eq!(t.not_replayed, 7, "14..=20");
+        assert_eq!(
+            (d.expected, d.delivered, d.missing, d.unexpected),
+            (20, 10, 3, 0),
+            "12 (live), 22 (after the answer's seq) and 30 (never sent) are missing"
+        );
+        assert!(failed(&Totals {
+            topic: t,
+            ..Default::default()
+        }));
+    }
+
+    #[test]
+    fn only_not_replayed_pushes_pass_the_gate() {
+        // Two false spans and a true resume, every other push delivered: passes.
+        let mut t = totals();
+        let mut s = Stream::new(0, "e");
+        s.record(1);
+        s.on_answer(4, "e", Some(false), &mut t); // 2..=4
+        s.record(5);
+        s.on_answer(7, "e", Some(true), &mut t); // 6, 7 replayed
+        s.record(6);
+        s.record(7);
+        s.on_answer(9, "e", Some(false), &mut t); // 8, 9
+        s.record(10);
+        s.settle(10, &mut t);
+        assert_eq!(
+            (t.tally.delivered, t.not_replayed, t.tally.missing),
+            (5, 5, 0)
+        );
+        assert_eq!((t.resumed_true, t.resumed_false), (1, 2));
+        let ok = Totals {
+            user: t,
+            ..Default::default()
+        };
+        assert!(!failed(&ok));
+    }
+
+    #[test]
+    fn a_gap_after_a_true_resume_is_missing() {
+        let mut t = totals();
+        let mut s = Stream::new(0, "e");
+        s.record(1);
+        s.on_answer(5, "e", Some(true), &mut t); // 2..=5 owed by the replay
+        for n in [2, 3, 5, 6] {
+            s.record(n); // 4 never replayed
+        }
+        s.settle(6, &mut t);
+        assert_eq!(
+            (t.tally.delivered, t.not_replayed, t.tally.missing),
+            (5, 0, 1)
+        );
+    }
+
+    #[test]
+    fn an_extra_push_never_hides_a_missing_one_or_a_false_span() {
+        // Expected 1..=5; 2..=3 not replayed, 5 lost, 6 extra (a push the driver gave up
+        // on that the server still numbered): by count it would net to nothing missing.
+        let mut t = totals();
+        let mut s = Stream::new(0, "e");
+        s.record(1);
+        s.on_answer(3, "e", Some(false), &mut t);
+        s.record(4);
+        s.record(6);
+        s.settle(5, &mut t);
+        let d = &t.tally;
+        assert_eq!(
+            (d.delivered, t.not_replayed, d.missing, d.unexpected),
+            (2, 2, 1, 1)
+        );
+    }
+
+    #[test]
+    fn after_an_epoch_change_false_spans_are_counted_by_count() {
+        // Epoch e1 from 0: 1, 2; resumed:false into e2 at 0 (the old epoch's tail
+        // cannot be numbered); then 1, resumed:false at 4 (2..=4 not replayed), 5.
+        let mut t = totals();
+        let mut s = Stream::new(0, "e1");
+        s.record(1);
+        s.record(2);
+        s.on_answer(0, "e2", Some(false), &mut t);
+        s.record(1);
+        s.on_answer(4, "e2", Some(false), &mut t);
+        s.record(5);
+        s.settle(9, &mut t);
+        assert_eq!(
+            (t.tally.delivered, t.not_replayed, t.tally.missing),
+            (4, 3, 2),
+            "the rest of e1 after 2 is missing: no answer numbered it"
         );
     }
 

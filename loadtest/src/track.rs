@@ -54,6 +54,9 @@ pub struct SeqTracker {
     next: u64,
     /// Missing ranges below `next`, inclusive, ascending and disjoint.
     gaps: Vec<(u64, u64)>,
+    /// Ranges below `next` the server said it would not send (a resume answered
+    /// `resumed:false` skipped them, see [`SeqTracker::skip_to`]): not missing, not gaps.
+    skipped: Vec<(u64, u64)>,
     /// Distinct numbers received.
     pub unique: u64,
     /// Numbers received again.
@@ -85,39 +88,52 @@ impl SeqTracker {
             self.next = n + 1;
             true
         } else {
-            // n < next: fills a gap, or is a duplicate (including numbers before the start)
-            match self.gaps.binary_search_by(|&(lo, hi)| {
-                if hi < n {
-                    std::cmp::Ordering::Less
-                } else if lo > n {
-                    std::cmp::Ordering::Greater
-                } else {
-                    std::cmp::Ordering::Equal
-                }
-            }) {
-                Ok(i) => {
-                    let (lo, hi) = self.gaps[i];
-                    match (lo == n, hi == n) {
-                        (true, true) => {
-                            self.gaps.remove(i);
-                        }
-                        (true, false) => self.gaps[i].0 = n + 1,
-                        (false, true) => self.gaps[i].1 = n - 1,
-                        (false, false) => {
-                            self.gaps[i].1 = n - 1;
-                            self.gaps.insert(i + 1, (n + 1, hi));
-                        }
-                    }
-                    self.unique += 1;
-                    self.out_of_order += 1;
-                    true
-                }
-                Err(_) => {
-                    self.duplicated += 1;
-                    false
-                }
+            // n < next: fills a gap (or a skipped range: the server sent it after all), or
+            // is a duplicate (including numbers before the start)
+            if take(&mut self.gaps, n) || take(&mut self.skipped, n) {
+                self.unique += 1;
+                self.out_of_order += 1;
+                true
+            } else {
+                self.duplicated += 1;
+                false
             }
         }
+    }
+
+    /// The server answered a resume from `since` = [`SeqTracker::last`] with
+    /// `resumed:false` and `seq`: the numbers after `since` up to `seq` will not be
+    /// sent (not missing: the server said so), and the stream continues after `seq`.
+    /// Gaps below `since` stay missing; a `seq` not beyond `since` skips nothing.
+    pub fn skip_to(&mut self, seq: u64) {
+        if seq < self.next {
+            return;
+        }
+        match self.skipped.last_mut() {
+            Some(last) if last.1 + 1 == self.next => last.1 = seq,
+            _ => self.skipped.push((self.next, seq)),
+        }
+        self.next = seq + 1;
+    }
+
+    /// Numbers from the start up to `upto` (inclusive) that were skipped by
+    /// [`SeqTracker::skip_to`] and never arrived.
+    pub fn skipped_upto(&self, upto: u64) -> u64 {
+        in_ranges_upto(&self.skipped, upto)
+    }
+
+    /// Every number skipped by [`SeqTracker::skip_to`] that never arrived.
+    pub fn skipped(&self) -> u64 {
+        self.skipped_upto(u64::MAX)
+    }
+
+    /// Of `expected` numbers from the start, the ones skipped by
+    /// [`SeqTracker::skip_to`] that never arrived.
+    pub fn skipped_of(&self, expected: u64) -> u64 {
+        if expected == 0 {
+            return 0;
+        }
+        self.skipped_upto(self.first + expected - 1)
     }
 
     #[cfg_attr(not(test), allow(dead_code))]
@@ -134,14 +150,9 @@ impl SeqTracker {
 
     /// Numbers from the start up to `upto` (inclusive) that never arrived: the gaps
     /// below it plus the tail above the highest seen.
+    /// Numbers [`SeqTracker::skip_to`] skipped are not missing.
     pub fn missing_upto(&self, upto: u64) -> u64 {
-        let gaps: u64 = self
-            .gaps
-            .iter()
-            .filter(|&&(lo, _)| lo <= upto)
-            .map(|&(lo, hi)| hi.min(upto) - lo + 1)
-            .sum();
-        gaps + upto.saturating_sub(self.last())
+        in_ranges_upto(&self.gaps, upto) + upto.saturating_sub(self.last())
     }
 
     /// Of `expected` numbers from the start, the ones that never arrived, by number
@@ -152,6 +163,44 @@ impl SeqTracker {
         }
         self.missing_upto(self.first + expected - 1)
     }
+}
+
+/// Removes `n` from `ranges` (inclusive, ascending, disjoint); true when it was in one.
+fn take(ranges: &mut Vec<(u64, u64)>, n: u64) -> bool {
+    let found = ranges.binary_search_by(|&(lo, hi)| {
+        if hi < n {
+            std::cmp::Ordering::Less
+        } else if lo > n {
+            std::cmp::Ordering::Greater
+        } else {
+            std::cmp::Ordering::Equal
+        }
+    });
+    let Ok(i) = found else {
+        return false;
+    };
+    let (lo, hi) = ranges[i];
+    match (lo == n, hi == n) {
+        (true, true) => {
+            ranges.remove(i);
+        }
+        (true, false) => ranges[i].0 = n + 1,
+        (false, true) => ranges[i].1 = n - 1,
+        (false, false) => {
+            ranges[i].1 = n - 1;
+            ranges.insert(i + 1, (n + 1, hi));
+        }
+    }
+    true
+}
+
+/// How many numbers of `ranges` (inclusive) are at most `upto`.
+fn in_ranges_upto(ranges: &[(u64, u64)], upto: u64) -> u64 {
+    ranges
+        .iter()
+        .filter(|&&(lo, _)| lo <= upto)
+        .map(|&(lo, hi)| hi.min(upto) - lo + 1)
+        .sum()
 }
 
 /// Numbered streams one receiver tells apart (a push's `s` past the last counts as the
@@ -323,6 +372,29 @@ mod tests {
         assert_eq!(t.gaps, vec![(2, 4), (6, 8)]);
         assert_eq!(t.holes(), 6);
         assert_eq!((t.unique, t.out_of_order, t.duplicated), (4, 3, 0));
+    }
+
+    #[test]
+    fn skipped_numbers_are_neither_missing_nor_gaps() {
+        let mut t = SeqTracker::after(0);
+        t.record(1);
+        t.record(3); // 2 lost
+        t.skip_to(6); // 4..=6 will not be sent
+        assert_eq!(t.last(), 6);
+        t.skip_to(8); // adjacent: one range
+        assert_eq!(t.skipped, vec![(4, 8)]);
+        t.skip_to(5); // not beyond the last number: nothing
+        assert_eq!(t.skipped, vec![(4, 8)]);
+        t.record(10); // 9 lost after the skip
+        assert_eq!((t.holes(), t.skipped()), (2, 5));
+        // Of 12 expected: 2 and 9 lost, 11 and 12 never came, 4..=8 skipped.
+        assert_eq!((t.missing_of(12), t.skipped_of(12)), (4, 5));
+        assert_eq!((t.missing_of(6), t.skipped_of(6)), (1, 3));
+        // A skipped number that comes after all is delivered (late), once.
+        assert!(t.record(5));
+        assert!(!t.record(5));
+        assert_eq!(t.skipped, vec![(4, 4), (6, 8)]);
+        assert_eq!((t.unique, t.out_of_order, t.duplicated), (4, 1, 1));
     }
 
     #[test]
