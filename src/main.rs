@@ -289,81 +289,72 @@ fn serve(args: ServeArgs) -> ExitCode {
 /// `api_key_file`, `events_key_file`, `events_ca` and the Redis TLS files are read again;
 /// a bad file keeps what was in use.
 fn reload(server: &Server) {
-    let tls = server.reload_tls();
-    match &tls {
-        None => {}
-        Some(Ok(())) => tracing::info!("SIGHUP: TLS certificate reloaded"),
-        Some(Err(e)) => tracing::error!(
-            error = %e,
-            "SIGHUP: TLS certificate not reloaded; the previous one stays in use"
-        ),
-    }
-    let api_tls = server.reload_api_tls();
-    match &api_tls {
-        None => {}
-        Some(Ok(())) => tracing::info!("SIGHUP: push API certificate reloaded"),
-        Some(Err(e)) => tracing::error!(
-            error = %e,
-            "SIGHUP: push API certificate not reloaded; the previous one stays in use"
-        ),
-    }
-    let jwt = server.reload_jwt_keys();
-    match &jwt {
-        None => {}
-        Some(Ok(n)) => tracing::info!(keys = n, "SIGHUP: JWT keys reloaded"),
-        Some(Err(e)) => tracing::error!(
-            error = %e,
-            "SIGHUP: JWT keys not reloaded; the keys in use stay"
-        ),
-    }
-    let ca = server.reload_events_ca();
-    match &ca {
-        None => {}
-        Some(Ok(n)) => tracing::info!(certificates = n, "SIGHUP: events_ca reloaded"),
-        Some(Err(e)) => tracing::error!(
-            error = %e,
-            "SIGHUP: events_ca not reloaded; the previous roots stay in use"
-        ),
-    }
-    let jwks_url = server.fetch_jwt_keys();
-    if jwks_url {
+    let mut any = false;
+    any |= logged(
+        server.reload_tls(),
+        |()| tracing::info!("SIGHUP: TLS certificate reloaded"),
+        "SIGHUP: TLS certificate not reloaded; the previous one stays in use",
+    );
+    any |= logged(
+        server.reload_api_tls(),
+        |()| tracing::info!("SIGHUP: push API certificate reloaded"),
+        "SIGHUP: push API certificate not reloaded; the previous one stays in use",
+    );
+    any |= logged(
+        server.reload_jwt_keys(),
+        |n| tracing::info!(keys = n, "SIGHUP: JWT keys reloaded"),
+        "SIGHUP: JWT keys not reloaded; the keys in use stay",
+    );
+    any |= logged(
+        server.reload_events_ca(),
+        |n| tracing::info!(certificates = n, "SIGHUP: events_ca reloaded"),
+        "SIGHUP: events_ca not reloaded; the previous roots stay in use",
+    );
+    if server.fetch_jwt_keys() {
+        any = true;
         tracing::info!("SIGHUP: fetching the JWT keys from jwks_url");
     }
-    let events_key = server.reload_events_key();
-    match &events_key {
-        None => {}
-        Some(Ok(())) => tracing::info!("SIGHUP: events_key_file reloaded"),
-        Some(Err(e)) => tracing::error!(
-            error = %e,
-            "SIGHUP: events_key_file not reloaded; the key in use stays"
-        ),
-    }
-    let api_keys = server.reload_api_keys();
-    match &api_keys {
-        None => {}
-        Some(Ok(n)) => tracing::info!(keys = n, "SIGHUP: push API keys reloaded"),
-        Some(Err(e)) => tracing::error!(
-            error = %e,
-            "SIGHUP: push API keys not reloaded; the keys in use stay"
-        ),
-    }
-    let redis = server.reload_redis_tls();
-    match &redis {
-        None => {}
-        Some(Ok(())) => tracing::info!("SIGHUP: Redis TLS files reloaded; new links use them"),
-        Some(Err(e)) => tracing::error!(
-            error = %e,
-            "SIGHUP: Redis TLS files not reloaded; the previous ones stay in use"
-        ),
-    }
-    let nothing = tls.is_none() && api_tls.is_none() && jwt.is_none() && !jwks_url;
-    let files = ca.is_none() && redis.is_none() && api_keys.is_none() && events_key.is_none();
-    if nothing && files {
+    any |= logged(
+        server.reload_events_key(),
+        |()| tracing::info!("SIGHUP: events_key_file reloaded"),
+        "SIGHUP: events_key_file not reloaded; the key in use stays",
+    );
+    any |= logged(
+        server.reload_api_keys(),
+        |n| tracing::info!(keys = n, "SIGHUP: push API keys reloaded"),
+        "SIGHUP: push API keys not reloaded; the keys in use stay",
+    );
+    any |= logged(
+        server.reload_redis_tls(),
+        |()| tracing::info!("SIGHUP: Redis TLS files reloaded; new links use them"),
+        "SIGHUP: Redis TLS files not reloaded; the previous ones stay in use",
+    );
+    if !any {
         tracing::info!(
             "SIGHUP: nothing to reload (no --tls-cert, --api-tls-cert, JWT key file, \
              --api-key-file, --events-key-file, --events-ca, --redis-ca or \
              --redis-client-cert)"
         );
+    }
+}
+
+/// Logs one reload's outcome: `done` when it took, the error with `failed` when not.
+/// Whether there was anything to reload.
+fn logged<T, E: std::fmt::Display>(
+    result: Option<Result<T, E>>,
+    done: impl FnOnce(T),
+    failed: &str,
+) -> bool {
+    match result {
+        None => false,
+        Some(Ok(v)) => {
+            done(v);
+            true
+        }
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "{failed}");
+            true
+        }
     }
 }
 
