@@ -900,3 +900,21 @@ fn post_drain_ends_the_process_with_0_and_a_second_sigterm_ends_it_at_once() {
         assert_eq!(st.code(), Some(code), "the second signal {signal}: {st:?}");
     }
 }
+
+#[test]
+fn sighup_with_nothing_to_reload_says_so() {
+    let mut p = Proc::spawn(&serve_args(&["--jwt-secret", SECRET]));
+    p.listening();
+    let pid = p.child.id() as libc::pid_t;
+    // SAFETY: kill(2) on the pid of a child this test spawned and has not reaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    let line = p.find(Duration::from_secs(10), |_, l| {
+        l.contains("SIGHUP").then(|| l.to_string())
+    });
+    assert!(
+        line.contains("nothing to reload") && line.contains("--api-key-file"),
+        "{line}"
+    );
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    assert!(p.wait_exit(Duration::from_secs(10)).success());
+}
