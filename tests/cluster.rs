@@ -1820,17 +1820,58 @@ fn a_node_serving_the_user_resumes_from_redis_when_its_own_history_falls_short()
         assert_eq!(next_push(&mut desk)["seq"], i);
     }
     // This node's history of them is gone; Redis still has them.
-    a.wait_stats("the node's own history expired", |s| {
+    let s = a.wait_stats("the node's own history expired", |s| {
         s["history_bytes"] == 0
     });
+    let channels = s["cluster"]["broker_channels"].clone();
+    assert!(channels.as_u64() > Some(0), "{s}");
     let mut phone = connect_resume(&a, "uu", 2, &epoch);
     assert_eq!(phone.welcome["resumed"], true, "{}", phone.welcome);
     for i in 3..=5u64 {
         assert_eq!(next_push(&mut phone)["seq"], i);
     }
+    // Reloaded, not subscribed twice (review s17g: the gauge grew by one per reload).
+    assert_eq!(a.stats()["cluster"]["broker_channels"], channels);
     // The session that stayed goes on, and so does the new one, without a gap.
     a.push_wait(json!({"user": "uu", "data": 6}));
     assert_eq!(next_push(&mut desk)["seq"], 6);
     assert_eq!(next_push(&mut phone)["seq"], 6);
     desk.expect_silence(Duration::from_millis(100));
+}
+
+#[test]
+fn a_subscribe_refused_while_redis_is_away_leaves_no_membership() {
+    // Review s17g: the refused connection stayed a member, got the topic's pushes without
+    // a `subscribed`, and its retry was answered without a replay of what came between.
+    let redis = RedisServer::start();
+    let a = node(&redis, &["--public-topics", "room.*"]);
+    let c = node(&redis, &["--public-topics", "room.*"]);
+    let mut x = c.connect("x");
+    wait_streams(&c, 1);
+    redis.freeze();
+    x.send(json!({"type": "subscribe", "topic": "room.e", "ref": "s1"}));
+    let m = x.recv();
+    redis.thaw();
+    assert_eq!(
+        (m["type"].as_str(), m["code"].as_str()),
+        (Some("error"), Some("broker_unavailable")),
+        "{m}"
+    );
+    wait_ready(&a);
+    wait_ready(&c);
+    // A topic push, then a direct one on the same Redis connection: were x still a member,
+    // the topic push would come first.
+    a.push_wait(json!({"topic": "room.e", "data": "topic"}));
+    a.push_wait(json!({"user": "x", "data": "direct"}));
+    assert_eq!(next_push(&mut x)["data"], "direct");
+    // The retry is answered, and the topic's pushes follow.
+    x.send(json!({"type": "subscribe", "topic": "room.e", "ref": "s2"}));
+    let s = x.recv();
+    assert_eq!(
+        (s["type"].as_str(), s["seq"].as_u64()),
+        (Some("subscribed"), Some(1)),
+        "{s}"
+    );
+    a.push_wait(json!({"topic": "room.e", "data": "after"}));
+    assert_eq!(next_push(&mut x)["data"], "after");
 }

@@ -68,6 +68,9 @@ pub enum Interest {
         /// Newly served (for the gauge).
         fresh: bool,
     },
+    /// This shard serves the user already, its channel subscribed: load its stream again
+    /// (a gap in its pushes, or a resume reaching past this node's history).
+    ReloadUser(Box<str>),
     /// This shard no longer serves the user.
     UnwatchUser(Box<str>),
     /// Shard `shard` now has members of the topic: subscribe, then load its stream.

@@ -422,6 +422,8 @@ impl Subscriber {
                     self.users += u64::from(fresh);
                     loads.push(Load::User(u));
                 }
+                // Subscribed already: a SUBSCRIBE again would count the channel twice.
+                Interest::ReloadUser(u) => loads.push(Load::User(u)),
                 Interest::UnwatchUser(u) => {
                     ops.push(Op::Unsubscribe(
                         self.ctx.channels.stream(StreamRef::User(&u)),

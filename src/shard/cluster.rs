@@ -247,7 +247,9 @@ impl Shard {
         if let Some(conn) = self.conns.get_mut(key) {
             conn.flags |= PARKED;
         }
-        if first || created || reload {
+        if reload {
+            self.interest(Interest::ReloadUser(id));
+        } else if first || created {
             self.interest(Interest::WatchUser {
                 user: id,
                 fresh: created,
@@ -444,10 +446,7 @@ impl Shard {
                 if let Some(u) = self.users.get_mut(k) {
                     u.epoch = 0;
                 }
-                self.interest(Interest::WatchUser {
-                    user: id,
-                    fresh: false,
-                });
+                self.interest(Interest::ReloadUser(id));
             }
             return;
         }
@@ -507,6 +506,14 @@ impl Shard {
                 if let (Some((epoch, _)), Some(u)) = (prior, self.users.get_mut(k)) {
                     u.epoch = epoch;
                 }
+                if prior.is_some() {
+                    // Served here already (a reload failed): what this node holds answers
+                    // the sessions that waited (a resume it cannot cover: `false`), and
+                    // the pushes that came meanwhile follow on where they can.
+                    self.greet_parked(k, load.parked);
+                    self.apply_buffered(k, load.buffered);
+                    return;
+                }
                 for p in load.parked {
                     self.close(p.key, Close::BROKER_UNAVAILABLE);
                 }
@@ -527,16 +534,24 @@ impl Shard {
             if old_epoch != epoch {
                 restart = old_seq > 0 || st.seq > 0;
             } else if st.seq > old_seq {
-                let first = st.entries.first().map_or(u64::MAX, |e| e.0);
-                if first > old_seq + 1 {
-                    restart = true; // Not held any more: they cannot be told in order.
+                // What the live sessions missed, from Redis's history and from the pushes
+                // that came on the channel while it loaded (a burst may have moved Redis's
+                // short history past them): all of it, in order, or they start again.
+                let mut held: std::collections::BTreeMap<u64, &Wire> = st
+                    .entries
+                    .iter()
+                    .filter(|(s, _)| *s > old_seq)
+                    .map(|(s, f)| (*s, f))
+                    .collect();
+                for b in &load.buffered {
+                    if b.epoch == epoch && b.seq > old_seq && b.seq <= st.seq {
+                        held.entry(b.seq).or_insert(&b.frame);
+                    }
+                }
+                if held.len() as u64 == st.seq - old_seq {
+                    missed.extend(held.into_values().cloned());
                 } else {
-                    missed.extend(
-                        st.entries
-                            .iter()
-                            .filter(|(s, _)| *s > old_seq)
-                            .map(|(_, f)| f.clone()),
-                    );
+                    restart = true; // Not held any more: they cannot be told in order.
                 }
             }
         }
@@ -556,7 +571,13 @@ impl Shard {
                 }
             }
         }
-        for p in load.parked {
+        self.greet_parked(k, load.parked);
+        self.apply_buffered(k, load.buffered);
+    }
+
+    /// Welcomes the sessions of user `k` that waited for its stream (those still here).
+    fn greet_parked(&mut self, k: u32, parked: Vec<Parked>) {
+        for p in parked {
             let parked_here = self
                 .conns
                 .get(p.key)
@@ -571,7 +592,11 @@ impl Shard {
             // Bytes it sent while parked are still in the socket.
             self.backlog.push(p.key);
         }
-        let mut buffered = load.buffered;
+    }
+
+    /// Applies the pushes of user `k` that came while its stream loaded and follow on from
+    /// where it stands now; the others were in the load, or leave a gap (loaded again).
+    fn apply_buffered(&mut self, k: u32, mut buffered: Vec<Buffered>) {
         buffered.sort_by_key(|b| b.seq);
         for b in buffered {
             let next = self.users.get(k).map(|u| (u.epoch, u.seq + 1));
@@ -640,8 +665,17 @@ impl Shard {
                         .cluster
                         .as_ref()
                         .is_some_and(|c| c.waits_for_topic(p.key));
+                    let waiting = self
+                        .conns
+                        .get(p.key)
+                        .is_some_and(|c| c.flags & WAITING_TOPIC != 0);
                     if let Some(c) = self.conns.get_mut(p.key).filter(|_| !more) {
                         c.flags &= !WAITING_TOPIC;
+                    }
+                    // Refused, so not a member (pushes would reach it unannounced): the
+                    // client retries, and resumes then.
+                    if waiting {
+                        self.leave(p.key, topic);
                     }
                     let err = crate::messages::Refused {
                         code: "broker_unavailable",

@@ -438,20 +438,26 @@ impl Shard {
             }
             ClientMsg::Unsubscribe { topic } => {
                 topic::validate(&topic).map_err(|e| bad_topic(&e))?;
-                if let Some(t) = self.topics.find(&topic) {
-                    if self.conns.remove_topic(key, t) {
-                        if let Some(user) = self.conns.get(key).map(|c| c.user) {
-                            self.leave_topic(t, key, user);
-                        }
-                        self.lifecycle(key, "unsubscribe", Detail::Topic(&topic));
-                    }
-                }
+                self.leave(key, &topic);
                 self.send_frame(
                     key,
                     messages::topic_ack_frame("unsubscribed", &topic, reference),
                 );
                 Ok(())
             }
+        }
+    }
+
+    /// Takes `key` out of topic `name`, if it is a member.
+    pub(super) fn leave(&mut self, key: u32, name: &str) {
+        let Some(t) = self.topics.find(name) else {
+            return;
+        };
+        if self.conns.remove_topic(key, t) {
+            if let Some(user) = self.conns.get(key).map(|c| c.user) {
+                self.leave_topic(t, key, user);
+            }
+            self.lifecycle(key, "unsubscribe", Detail::Topic(name));
         }
     }
 
