@@ -237,8 +237,9 @@ impl Shard {
             return Err((resume, leftover));
         };
         let id: Box<str> = entry.id.as_str().into();
+        // An entry is there while a load is on its way (its sessions may all have gone).
+        let first = !c.loading_users.contains_key(&user);
         let load = c.loading_users.entry(user).or_default();
-        let first = load.parked.is_empty() && load.buffered.is_empty() && load.prior.is_none();
         load.parked.push(Parked {
             key,
             resume,
@@ -256,6 +257,20 @@ impl Shard {
             });
         }
         Ok(())
+    }
+
+    /// Drops what connection `key` waited for (it is gone): a new connection reusing its
+    /// slot must not be answered with its `ref`, nor welcomed with its resume.
+    pub(super) fn forget_waiting(&mut self, key: u32) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        for pending in c.loading_topics.values_mut() {
+            pending.retain(|p| p.key != key);
+        }
+        for load in c.loading_users.values_mut() {
+            load.parked.retain(|p| p.key != key);
+        }
     }
 
     /// Cluster mode: answers a `subscribe` now when the topic is served here, or parks the

@@ -1266,6 +1266,10 @@ impl Shard {
         let Some((c, ip)) = self.conns.remove(key) else {
             return;
         };
+        if c.flags & (conn::PARKED | conn::WAITING_TOPIC) != 0 {
+            // Its slot may be reused before the stream it waited for loads.
+            self.forget_waiting(key);
+        }
         if !c.closing() {
             // Callers leave the indexes first; this keeps the gauge right if one did not.
             self.counters().connections.fetch_sub(1, Relaxed);
