@@ -225,7 +225,8 @@ impl ShardCmd {
 
 /// Takes `weight` bytes from the backlog gauge unless that would pass `limit`; an empty
 /// backlog takes any one push, so a push larger than the limit is slow, never refused
-/// forever. Only the API thread reserves, so load-then-add cannot overshoot.
+/// forever. One thread reserves on each gauge (the API on the command queues', the Redis
+/// subscriber on its own), so load-then-add cannot overshoot.
 pub(crate) fn reserve_backlog(gauge: &AtomicU64, weight: u64, limit: u64) -> bool {
     let held = gauge.load(Relaxed);
     if held > 0 && held.saturating_add(weight) > limit {

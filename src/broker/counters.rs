@@ -35,6 +35,9 @@ pub struct BrokerCounters {
     /// Streams the shards asked the subscriber to watch or drop that it has not taken
     /// yet (gauge).
     pub interests_waiting: AtomicU64,
+    /// Bytes of pushes and stream states from Redis waiting in the shards' queues (gauge;
+    /// at most `max_outbound_total_bytes`, one message always passes).
+    pub queued_bytes: AtomicU64,
     /// Stream states loaded from Redis (first session, reconnects, gaps).
     pub loads: AtomicU64,
     /// Messages received on subscribed channels.
@@ -146,6 +149,12 @@ impl crate::metrics::FeatureCounters for BrokerCounters {
                 "gauge",
                 "Streams the shards asked to watch or drop, not yet taken by the subscriber.",
                 n(&self.interests_waiting),
+            ),
+            (
+                "throng_broker_queued_bytes",
+                "gauge",
+                "Bytes of pushes and stream states from Redis waiting in shard queues (at most max_outbound_total_bytes).",
+                n(&self.queued_bytes),
             ),
             (
                 "throng_broker_loads_total",

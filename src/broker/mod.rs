@@ -157,6 +157,27 @@ pub enum Remote {
     },
 }
 
+impl Remote {
+    /// Bytes it holds while it waits in a shard's queue (frames shared with other shards'
+    /// messages are counted in each).
+    pub fn weight(&self) -> u64 {
+        let state = |st: &Result<StreamState, String>| {
+            st.as_ref().map_or(0, |st| {
+                st.entries.iter().map(|(_, w)| w.len()).sum::<usize>() + st.epoch.len()
+            })
+        };
+        let bytes = match self {
+            Remote::UserPush { user, frame, .. } => user.len() + frame.len(),
+            Remote::TopicPush { topic, frame, .. } => topic.len() + frame.len(),
+            Remote::Broadcast { frame, .. } => frame.len(),
+            Remote::UserLoaded { user, state: st } => user.len() + state(st),
+            Remote::TopicLoaded { topic, state: st } => topic.len() + state(st),
+            Remote::Resync => 0,
+        };
+        bytes as u64
+    }
+}
+
 /// A user stream's epoch as shards keep it: the 16 hex digits Redis stores, as a number
 /// (never 0, which marks a stream still loading). Parsed once per message, by the broker.
 pub fn user_epoch(e: &str) -> u64 {
@@ -410,6 +431,10 @@ pub(crate) struct BrokerCtx {
     pub blocks: Arc<Blocks>,
     /// The channel names of the URL's database.
     pub channels: keys::Channels,
+    /// The most bytes of pushes and stream states that may wait in the shards' queues
+    /// (`max_outbound_total_bytes`): the queues' bound in messages alone would let
+    /// 65,536 pushes of 1 MiB wait per shard.
+    pub queue_bytes_limit: u64,
 }
 
 /// The broker threads' join handles.
@@ -444,6 +469,7 @@ pub(crate) fn spawn(
         metrics,
         stop,
         grace: config.shutdown_grace,
+        queue_bytes_limit: config.max_outbound_total_bytes,
         blocks: Arc::new(Blocks::default()),
         channels: keys::Channels::for_db(
             redis

@@ -668,19 +668,35 @@ impl Subscriber {
 
     /// Sends to a shard, waiting while its queue is full: a published push cannot be
     /// asked for again, so it waits here (and Redis buffers the channel) rather than drop.
+    /// Also waits while the shards' queues hold `queue_bytes_limit` bytes (a shard takes
+    /// its queue's bytes off the gauge as it takes the messages).
     fn send(&mut self, shard: usize, mut msg: Remote) {
+        let weight = msg.weight();
+        let queued = &self.ctx.metrics.broker.queued_bytes;
+        while !crate::command::reserve_backlog(queued, weight, self.ctx.queue_bytes_limit) {
+            self.busy.store(true, Relaxed);
+            self.shards.wake_pending();
+            if self.ctx.stop.load(Relaxed) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
         loop {
             match self.shards.send(shard, msg) {
                 Ok(()) => {
                     self.busy.store(false, Relaxed);
                     return;
                 }
-                Err((SendError::Stopped, _)) => return,
+                Err((SendError::Stopped, _)) => {
+                    queued.fetch_sub(weight, Relaxed);
+                    return;
+                }
                 Err((SendError::Full, back)) => {
                     msg = back;
                     self.busy.store(true, Relaxed);
                     self.shards.wake_pending();
                     if self.ctx.stop.load(Relaxed) {
+                        queued.fetch_sub(weight, Relaxed);
                         return;
                     }
                     std::thread::sleep(Duration::from_millis(1));
@@ -805,6 +821,7 @@ mod tests {
             grace: Duration::from_secs(5),
             blocks: Arc::default(),
             channels: crate::broker::keys::Channels::for_db(0),
+            queue_bytes_limit: 1 << 20,
         };
         let (mut parts, mut rxs, mut polls) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..shards {
@@ -862,6 +879,56 @@ mod tests {
         let broker = &sub.ctx.metrics.broker;
         assert_eq!(broker.interests_waiting.load(Relaxed), 0);
         assert_eq!(broker.streams.load(Relaxed), 0, "watched, then dropped");
+    }
+
+    #[test]
+    fn pushes_wait_while_the_shard_queues_hold_their_bytes_limit() {
+        let (sub, _tx, rxs, _polls) = away_subscriber(1);
+        let limit = sub.ctx.queue_bytes_limit;
+        let queued = Arc::clone(&sub.ctx.metrics);
+        let busy = Arc::clone(&sub.busy);
+        // The queue holds its limit already (a shard that has not taken it yet).
+        queued.broker.queued_bytes.store(limit, Relaxed);
+        let push = |seq: u64| Remote::UserPush {
+            user: "ann".into(),
+            seq,
+            epoch: 1,
+            frame: Wire::from(vec![b'x'; 1000]),
+            accepted_at: Instant::now(),
+        };
+        let weight = push(1).weight();
+        assert_eq!(weight, 3 + 1000);
+        let sender = std::thread::spawn(move || {
+            let mut sub = sub;
+            sub.send(0, push(1));
+            sub
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !busy.load(Relaxed) {
+            assert!(Instant::now() < deadline, "the send never waited");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(rxs[0].is_empty(), "sent past the bytes limit");
+        // The shard takes what it held: the push goes, its bytes counted.
+        queued.broker.queued_bytes.fetch_sub(limit, Relaxed);
+        let mut sub = sender.join().expect("sender");
+        assert!(matches!(
+            rxs[0].try_recv(),
+            Ok(Remote::UserPush { seq: 1, .. })
+        ));
+        assert_eq!(queued.broker.queued_bytes.load(Relaxed), weight);
+        assert!(!busy.load(Relaxed));
+        // With room, a push goes at once; one larger than the whole limit goes when none
+        // waits, so it is slow, never stuck.
+        queued.broker.queued_bytes.store(0, Relaxed);
+        let big = Remote::Broadcast {
+            frame: Wire::from(vec![b'x'; limit as usize + 1]),
+            compressed: Arc::default(),
+            accepted_at: Instant::now(),
+        };
+        sub.send(0, big);
+        assert!(matches!(rxs[0].try_recv(), Ok(Remote::Broadcast { .. })));
+        assert_eq!(queued.broker.queued_bytes.load(Relaxed), limit + 1);
     }
 
     fn entry(seq: u64, epoch: &str, ts: u64) -> Value {

@@ -12,6 +12,7 @@
 //!   (new epoch) close with 1012 so they resume.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -338,6 +339,9 @@ impl Shard {
         if self.cluster.is_none() {
             return;
         }
+        // Given back after the batch: the broker refills the queue by the next turn, so
+        // what one turn takes is within the bound too.
+        let mut released = 0;
         for _ in 0..CHANNEL_BATCH {
             // One message at a time: no batch buffer per turn.
             let Some(m) = self
@@ -347,6 +351,7 @@ impl Shard {
             else {
                 break;
             };
+            released += m.weight();
             match m {
                 Remote::UserPush {
                     user,
@@ -385,6 +390,13 @@ impl Shard {
                 }
                 Remote::TopicLoaded { topic, state } => self.topic_loaded(&topic, state),
             }
+        }
+        if released > 0 {
+            self.shared
+                .metrics
+                .broker
+                .queued_bytes
+                .fetch_sub(released, Relaxed);
         }
         // A burst of first sessions (a deploy, a reconnect storm) grows these maps; a
         // shard past it must not keep that capacity.
@@ -494,6 +506,9 @@ impl Shard {
         targets.clear();
         self.targets = targets;
         self.delivered(sessions, accepted_at);
+        // A frame per user, as a `users` push builds them: a batch of them is written
+        // out and weighed against the budget every 4 MiB, not only at the turn's end.
+        self.made_frame(frame.len());
     }
 
     fn user_loaded(&mut self, user: &str, state: Result<StreamState, String>) {

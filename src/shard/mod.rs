@@ -671,10 +671,7 @@ impl Shard {
                     for &key in &targets {
                         sessions += u64::from(self.deliver_push(key, &frame, &compressed));
                     }
-                    self.made += frame.len();
-                    if self.made >= MADE_FLUSH_BYTES {
-                        self.flush_early();
-                    }
+                    self.made_frame(frame.len());
                 }
                 targets.clear();
                 self.targets = targets;
@@ -895,6 +892,14 @@ impl Shard {
                 self.deliver(key, z)
             }
             None => self.deliver(key, frame.clone()),
+        }
+    }
+
+    /// Counts a frame built for one recipient (`MADE_FLUSH_BYTES`).
+    fn made_frame(&mut self, len: usize) {
+        self.made += len;
+        if self.made >= MADE_FLUSH_BYTES {
+            self.flush_early();
         }
     }
 

@@ -162,6 +162,26 @@ impl Peer {
     }
 }
 
+/// The broker's end of a cluster shard's queue: counts each message's bytes in the
+/// gauge the shard takes them off, as the subscriber does.
+struct RemoteTx {
+    tx: Sender<Remote>,
+    metrics: Arc<Metrics>,
+}
+
+impl RemoteTx {
+    fn send(&self, m: Remote) -> Result<(), crossbeam_channel::SendError<Remote>> {
+        let queued = &self.metrics.broker.queued_bytes;
+        queued.fetch_add(m.weight(), Relaxed);
+        self.tx.send(m)
+    }
+
+    /// Bytes sent and not yet taken by the shard.
+    fn queued_bytes(&self) -> u64 {
+        self.metrics.broker.queued_bytes.load(Relaxed)
+    }
+}
+
 impl Harness {
     /// A shard configured by `flags` (on top of a secret and loopback listeners).
     fn new(flags: &[&str]) -> Harness {
@@ -175,7 +195,7 @@ impl Harness {
 
     /// A shard in cluster mode: the test plays its broker, reading what the shard asks
     /// for and sending it pushes and stream states.
-    fn cluster(flags: &[&str]) -> (Harness, Receiver<Interest>, Sender<Remote>) {
+    fn cluster(flags: &[&str]) -> (Harness, Receiver<Interest>, RemoteTx) {
         Harness::cluster_with_limit(flags, usize::MAX)
     }
 
@@ -183,7 +203,7 @@ impl Harness {
     fn cluster_with_limit(
         flags: &[&str],
         max_interests_waiting: usize,
-    ) -> (Harness, Receiver<Interest>, Sender<Remote>) {
+    ) -> (Harness, Receiver<Interest>, RemoteTx) {
         let (interest_tx, interest_rx) = crossbeam_channel::unbounded();
         let (remote_tx, remote_rx) = crossbeam_channel::unbounded();
         // Presence changes go nowhere here: these tests are about streams.
@@ -195,11 +215,12 @@ impl Harness {
             presence: presence_tx,
             presence_shared: crate::broker::PresenceShared::default(),
         };
-        (
-            Harness::build(flags, |_| {}, Some(link)),
-            interest_rx,
-            remote_tx,
-        )
+        let h = Harness::build(flags, |_| {}, Some(link));
+        let remote = RemoteTx {
+            tx: remote_tx,
+            metrics: Arc::clone(&h.shard.shared.metrics),
+        };
+        (h, interest_rx, remote)
     }
 
     fn build(

@@ -92,7 +92,7 @@ fn watch(user: &str, fresh: bool) -> Interest {
 }
 
 /// A session of `user` whose stream is at `st`.
-fn online(h: &mut Harness, tx: &Sender<Remote>, user: &str, st: StreamState) -> Peer {
+fn online(h: &mut Harness, tx: &RemoteTx, user: &str, st: StreamState) -> Peer {
     let mut p = parked(h, user, None);
     tx.send(loaded(user, Ok(st))).unwrap();
     let w = h.recv_json(&mut p);
@@ -142,6 +142,20 @@ fn first_session_waits_for_its_stream_then_resumes_from_it() {
     let q = h.connect("ann");
     assert_eq!(q.welcome["seq"], 6);
     assert!(asked(&interests).is_empty());
+}
+
+#[test]
+fn the_shard_takes_the_bytes_of_what_it_takes_off_the_queue_gauge() {
+    let (mut h, _interests, tx) = Harness::cluster(&[]);
+    let mut p = parked(&mut h, "ann", None);
+    tx.send(loaded("ann", Ok(state(2, EPOCH, 1..=2, None))))
+        .unwrap();
+    tx.send(user_push("ann", 3, EPOCH)).unwrap();
+    assert!(tx.queued_bytes() > 0, "the broker counted what it sent");
+    let w = h.recv_json(&mut p);
+    assert_eq!(w["type"], "welcome", "{w}");
+    assert_eq!(seq_of(&h.recv_json(&mut p)), 3);
+    assert_eq!(tx.queued_bytes(), 0, "taken, so given back");
 }
 
 #[test]
