@@ -130,7 +130,7 @@ pub struct ServeArgs {
     /// Pin each shard thread to a core.
     #[arg(long)]
     pub pin_cores: Option<bool>,
-    /// Listen backlog [default: 4096].
+    /// The client listener's backlog (the push API's is 1024) [default: 4096].
     #[arg(long)]
     pub backlog: Option<u32>,
     /// Shared JWT secret for HS256/384/512 (env THRONG_JWT_SECRET).
@@ -292,7 +292,7 @@ pub struct ServeArgs {
     /// How long before the 4001 close the client gets `token_expiring`; 0 = never [default: 60000].
     #[arg(long)]
     pub refresh_ahead_ms: Option<u64>,
-    /// Direct pushes kept per user for resume; 0 = none [default: 100].
+    /// Pushes kept for resume per user, and per topic; 0 = none [default: 100].
     #[arg(long)]
     pub history_size: Option<usize>,
     /// How long a push is kept, and a user without sessions with it [default: 300000].
@@ -555,7 +555,7 @@ pub struct Config {
     pub shards: usize,
     /// Pin shard threads to cores.
     pub pin_cores: bool,
-    /// Listen backlog.
+    /// The client listener's backlog.
     pub backlog: u32,
     /// Token verification.
     pub jwt: JwtConfig,
@@ -636,7 +636,7 @@ pub struct Config {
     pub drain: Duration,
     /// How long before `exp` a connection gets `token_expiring`.
     pub refresh_ahead: Duration,
-    /// Direct pushes kept per user (0 = none).
+    /// Pushes kept per user, and per topic (0 = none).
     pub history_size: usize,
     /// How long pushes, and users without sessions, are kept.
     pub history_ttl: Duration,
@@ -962,6 +962,12 @@ impl Config {
             .or(file.jwt.algorithm)
             .unwrap_or_else(|| "HS256".to_string());
         let algorithm = parse_algorithm(&algorithm_name)?;
+        // Named in errors, as for the API key: the operator may never have given the flag.
+        let secret_from = if args.jwt_secret.is_none() && file.jwt.secret.is_none() {
+            " (the value of THRONG_JWT_SECRET)"
+        } else {
+            ""
+        };
         let secret = args
             .jwt_secret
             .or(file.jwt.secret)
@@ -972,8 +978,10 @@ impl Config {
             (Some(_), Some(_)) => {
                 return Err(invalid(
                     "jwt_secret_file",
-                    "give the secret one way: a file, or --jwt-secret ([jwt] secret, \
-                     THRONG_JWT_SECRET), not both",
+                    format!(
+                        "give the secret one way: a file, or --jwt-secret ([jwt] secret, \
+                         THRONG_JWT_SECRET), not both{secret_from}"
+                    ),
                 ))
             }
             (Some(path), None) => {
@@ -1139,8 +1147,8 @@ impl Config {
                     return Err(invalid(
                         "jwt_secret",
                         format!(
-                            "is {} bytes; an HMAC secret needs at least {MIN_SECRET_BYTES} \
-                             (try: head -c 32 /dev/urandom | base64)",
+                            "is {} bytes{secret_from}; an HMAC secret needs at least \
+                             {MIN_SECRET_BYTES} (try: head -c 32 /dev/urandom | base64)",
                             s.len()
                         ),
                     ))
@@ -1449,10 +1457,7 @@ impl Config {
                         || id.len() > 128
                         || id.chars().any(|c| c.is_whitespace() || c.is_control())
                     {
-                        return Err(invalid(
-                            "node_id",
-                            "must be 1 to 128 characters without spaces",
-                        ));
+                        return Err(invalid("node_id", "must be 1 to 128 bytes without spaces"));
                     }
                 }
                 let redis_ca = redis_ca(&url, args.redis_ca.or(file.redis_ca))?;
@@ -1538,7 +1543,7 @@ impl Config {
                 if group.is_empty() || group.len() > 255 || group.chars().any(char::is_control) {
                     return Err(invalid(
                         "kafka_group",
-                        "must be 1 to 255 characters without control characters",
+                        "must be 1 to 255 bytes without control characters",
                     ));
                 }
                 let max_buffered_bytes = args
@@ -1968,6 +1973,33 @@ mod tests {
     fn defaults_need_a_secret() {
         let err = cfg(&[]).unwrap_err().to_string();
         assert!(err.contains("jwt-secret"), "{err}");
+    }
+
+    #[test]
+    fn a_short_secret_from_the_environment_is_named_as_such() {
+        let from_env = |args: &[&str]| {
+            let parsed =
+                ServeOnly::try_parse_from(std::iter::once("serve").chain(args.iter().copied()))
+                    .unwrap();
+            Config::from_serve_args(parsed.args, |k| {
+                (k == "THRONG_JWT_SECRET").then(|| "short".into())
+            })
+            .unwrap_err()
+            .to_string()
+        };
+        let e = from_env(&[]);
+        assert!(
+            e.contains("is 5 bytes (the value of THRONG_JWT_SECRET)"),
+            "{e}"
+        );
+        let e = from_env(&["--jwt-secret-file", "/nonexistent"]);
+        assert!(
+            e.contains("not both (the value of THRONG_JWT_SECRET)"),
+            "{e}"
+        );
+        // Given on the command line, the flag names it.
+        let e = cfg(&["--jwt-secret", "short"]).unwrap_err().to_string();
+        assert!(!e.contains("THRONG_JWT_SECRET)"), "{e}");
     }
 
     #[test]
