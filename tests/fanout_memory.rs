@@ -9,16 +9,6 @@ mod common;
 use common::*;
 use serde_json::json;
 
-/// The process's peak resident memory so far, in KiB.
-fn peak_rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no VmHWM in {status}"))
-}
-
 #[test]
 fn a_push_to_many_users_is_written_as_it_is_built_not_held_whole() {
     const USERS: usize = 300;

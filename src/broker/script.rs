@@ -406,6 +406,12 @@ impl Sequencer {
         let now = now_ms();
         pipe.ignore_errors();
         let mut round = Round::default();
+        // Each command holds its own copy of the body (a `users` push to 10,000 users of
+        // 1 MiB would be 10 GB), so the pipeline goes out every `ROUND_BYTES`: the replies
+        // come back in order, as from one pipeline. A later part that gets no answer
+        // fails the round trip as one would: sent again, marks skip what Redis applied.
+        let mut values: Vec<Value> = Vec::new();
+        let mut held = 0usize;
         for (i, &p) in pushes.iter().enumerate() {
             let push = p.push;
             let body = envelope::body(&push.data, push.id.as_deref(), push.from.as_deref());
@@ -416,6 +422,7 @@ impl Sequencer {
                     pipe.cmd("PUBLISH")
                         .arg(self.channels.broadcast())
                         .arg(format!("0 - {now} {body}"));
+                    held += body.len() + COMMAND_BYTES;
                 }
                 continue;
             }
@@ -423,6 +430,11 @@ impl Sequencer {
                 let mark = self.mark_args(s, p.mark, &mut round);
                 if emit(i, s.name()) {
                     self.add(&mut pipe, s, &body, p, now, mark);
+                    held += body.len() + COMMAND_BYTES;
+                    if held >= ROUND_BYTES {
+                        values.extend(query(conn, &mut pipe)?);
+                        held = 0;
+                    }
                 }
             }
         }
@@ -430,14 +442,7 @@ impl Sequencer {
         if let Some(cmd) = after {
             pipe.add_command(cmd);
         }
-        // An empty pipeline is a client error in the redis crate ("empty command"), which
-        // would fail a stream batch made only of invalid entries (or a rerun with nothing
-        // left to send) forever.
-        let values: Vec<Value> = if pipe.is_empty() {
-            Vec::new()
-        } else {
-            pipe.query(&mut super::Prompt(conn))?
-        };
+        values.extend(query(conn, &mut pipe)?);
         let mut values = values.into_iter();
         let before: Vec<Value> = values.by_ref().take(before).collect();
         let after = if has_after { values.next_back() } else { None };
@@ -480,6 +485,26 @@ impl Sequencer {
             after,
         })
     }
+}
+
+/// Bytes of commands a pipeline holds before it goes out (see `Sequencer::run`).
+const ROUND_BYTES: usize = 4 << 20;
+/// A script call's bytes besides the body (keys, channel, arguments), about.
+const COMMAND_BYTES: usize = 256;
+
+/// Sends `pipe`'s commands and reads their replies, leaving it empty (errors kept as
+/// values) for the next part of the round trip.
+fn query(conn: &mut Connection, pipe: &mut Pipeline) -> redis::RedisResult<Vec<Value>> {
+    // An empty pipeline is a client error in the redis crate ("empty command"), which
+    // would fail a stream batch made only of invalid entries (or a rerun with nothing
+    // left to send) forever.
+    if pipe.is_empty() {
+        return Ok(Vec::new());
+    }
+    let values = pipe.query(&mut super::Prompt(conn));
+    *pipe = redis::pipe();
+    pipe.ignore_errors();
+    values
 }
 
 /// What [`Sequencer::publish_between`] got back.

@@ -28,6 +28,17 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default deadline for `wait_until` style polling.
 pub const WAIT: Duration = Duration::from_secs(5);
 
+/// This process's peak resident memory so far (`VmHWM`), in KiB: for a test binary of
+/// its own, whose in-process server is all that runs.
+pub fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in {status}"))
+}
+
 // ---------------------------------------------------------------------------------------
 // Server
 
