@@ -91,6 +91,13 @@ fn multi_device_across_nodes_gets_every_push_with_the_same_seq() {
     assert_eq!(next_push(&mut bob)["seq"], 1);
     laptop.expect_silence(Duration::from_millis(100));
     assert_eq!(a.stats()["cluster"]["broker_streams"], 1);
+    // What waited for Redis, and from it for the shards, is counted off once taken.
+    for (node, key) in [
+        (&a, "broker_publish_queued_bytes"),
+        (&b, "broker_queued_bytes"),
+    ] {
+        node.wait_stats(&format!("{key} back to 0"), |s| s["cluster"][key] == 0);
+    }
 }
 
 #[test]

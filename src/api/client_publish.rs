@@ -83,17 +83,19 @@ impl Api {
                 push,
                 ticket: Some(ticket),
             };
-            match b.publish.try_send(cmd) {
+            // Bounded in count where they come from (1,024 per shard, each within
+            // max_client_data_bytes): counted, never refused for bytes.
+            match b.try_publish(cmd, &self.metrics.broker.publish_queued_bytes, None) {
                 Ok(()) => {
                     self.publish_answers
                         .at_redis
                         .insert(ticket.serial, (p.origin, topic));
                 }
-                Err(crossbeam_channel::TrySendError::Full(_)) => {
+                Err(crate::link::SendError::Full) => {
                     self.metrics.queue_full_refusals.fetch_add(1, Relaxed);
                     self.answer(p.origin, topic, Err(refusal(&QueueError::Overloaded)));
                 }
-                Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
+                Err(crate::link::SendError::Stopped) => {
                     self.answer(p.origin, topic, Err(refusal(&QueueError::Draining)));
                 }
             }

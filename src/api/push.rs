@@ -159,6 +159,19 @@ pub struct ParsedPush {
     pub from: Option<String>,
 }
 
+impl ParsedPush {
+    /// Bytes it holds: `data`, `id`, `from` and the target's names.
+    pub fn weight(&self) -> u64 {
+        let names = match &self.target {
+            Target::User(n) | Target::Topic(n) => n.len(),
+            Target::Users(list) => list.iter().map(String::len).sum(),
+            Target::Broadcast => 0,
+        };
+        let optional = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        (self.data.len() + optional(&self.id) + optional(&self.from) + names) as u64
+    }
+}
+
 /// Parses and validates one push object; the error names the problem.
 pub fn parse(body: &[u8]) -> Result<ParsedPush, String> {
     if !is_json_object(body) {

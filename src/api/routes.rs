@@ -366,16 +366,16 @@ impl Api {
             if !b.accepting() {
                 return Err(QueueError::BrokerUnavailable);
             }
-            return match b
-                .publish
-                .try_send(crate::broker::PublishCmd { push: p, ticket })
-            {
+            let cmd = crate::broker::PublishCmd { push: p, ticket };
+            let queued = &self.metrics.broker.publish_queued_bytes;
+            let budget = Some(self.config.max_outbound_total_bytes);
+            return match b.try_publish(cmd, queued, budget) {
                 Ok(()) => Ok(Queued::Published),
-                Err(crossbeam_channel::TrySendError::Full(_)) => {
+                Err(crate::link::SendError::Full) => {
                     self.metrics.queue_full_refusals.fetch_add(1, Relaxed);
                     Err(QueueError::Overloaded)
                 }
-                Err(crossbeam_channel::TrySendError::Disconnected(_)) => Err(QueueError::Draining),
+                Err(crate::link::SendError::Stopped) => Err(QueueError::Draining),
             };
         }
         // Before numbering: a duplicate never takes a topic `seq`, and never reaches a shard

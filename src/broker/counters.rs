@@ -35,6 +35,9 @@ pub struct BrokerCounters {
     /// Streams the shards asked the subscriber to watch or drop that it has not taken
     /// yet (gauge).
     pub interests_waiting: AtomicU64,
+    /// Bytes of pushes the API queued for the publisher, until the round trip that
+    /// carries them is over (gauge; at most `max_outbound_total_bytes` of API pushes).
+    pub publish_queued_bytes: AtomicU64,
     /// Bytes of pushes and stream states from Redis waiting in the shards' queues (gauge;
     /// at most `max_outbound_total_bytes`, one message always passes).
     pub queued_bytes: AtomicU64,
@@ -149,6 +152,12 @@ impl crate::metrics::FeatureCounters for BrokerCounters {
                 "gauge",
                 "Streams the shards asked to watch or drop, not yet taken by the subscriber.",
                 n(&self.interests_waiting),
+            ),
+            (
+                "throng_broker_publish_queued_bytes",
+                "gauge",
+                "Bytes of pushes waiting for the publisher or in its round trip to Redis (API pushes at most max_outbound_total_bytes).",
+                n(&self.publish_queued_bytes),
             ),
             (
                 "throng_broker_queued_bytes",

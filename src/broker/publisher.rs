@@ -168,7 +168,11 @@ impl Publisher {
     /// Redis answers.
     pub(crate) fn run(mut self) {
         let mut batch: Vec<Outgoing> = Vec::with_capacity(BATCH);
+        let metrics = Arc::clone(&self.ctx.metrics);
+        let queued = &metrics.broker.publish_queued_bytes;
         while !self.done() {
+            // Bytes of the pushes this turn takes from the queue.
+            let mut taken = 0;
             if self.conn.is_none() {
                 self.answer_while_down();
                 if !self.reconnect() {
@@ -214,7 +218,10 @@ impl Publisher {
                     continue;
                 }
                 match self.rx.recv_timeout(wait) {
-                    Ok(cmd) => self.take_new(cmd, &mut batch, &sent_again),
+                    Ok(cmd) => {
+                        taken += cmd.push.weight();
+                        self.take_new(cmd, &mut batch, &sent_again);
+                    }
                     Err(RecvTimeoutError::Timeout) => {
                         self.check_link();
                         continue;
@@ -227,19 +234,27 @@ impl Publisher {
             }
             while batch.len() < BATCH {
                 match self.rx.try_recv() {
-                    Ok(cmd) => self.take_new(cmd, &mut batch, &sent_again),
+                    Ok(cmd) => {
+                        taken += cmd.push.weight();
+                        self.take_new(cmd, &mut batch, &sent_again);
+                    }
                     Err(_) => break,
                 }
             }
             self.publish(&mut batch, resent, retried);
+            // Out of the queue's count now: answered, taken, or in the retry queue (which
+            // has bounds of its own).
+            queued.fetch_sub(taken, Relaxed);
             self.saturate();
         }
         // Still held after the grace: the ticketed ones learn it; the others were answered
         // 202 and are lost with the process (retries too); those of an unanswered round
         // trip may have been taken.
         let mut lost = self.retry.len();
-        let queued = self.rx.try_iter();
-        for cmd in queued.chain(batch.drain(..).map(|o| o.cmd)) {
+        let waiting = self.rx.try_iter().inspect(|cmd| {
+            queued.fetch_sub(cmd.push.weight(), Relaxed);
+        });
+        for cmd in waiting.chain(batch.drain(..).map(|o| o.cmd)) {
             match cmd.ticket {
                 Some(t) => self.answer(t, Err("the server is shutting down".into())),
                 None => lost += 1,
@@ -339,9 +354,12 @@ impl Publisher {
         let broker = &self.ctx.metrics.broker;
         broker.waiting.store(waiting as u64, Relaxed);
         let was = self.saturated;
-        if self.retry.len() >= RETRY_MAX {
+        // In pushes and in bytes: 8,192 refused pushes of 1 MiB would be 8 GiB.
+        let (n, bytes) = (self.retry.len(), self.retry.bytes());
+        let limit = self.ctx.queue_bytes_limit;
+        if n >= RETRY_MAX || bytes >= limit {
             self.saturated = true;
-        } else if self.retry.len() < RETRY_MAX / 2 {
+        } else if n < RETRY_MAX / 2 && bytes < limit / 2 {
             self.saturated = false;
         }
         if self.saturated != was {

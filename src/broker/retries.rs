@@ -28,6 +28,8 @@ pub(crate) struct Retries {
     held: HashMap<u64, u32, FxBuildHasher>,
     /// Keys the hash of stream names (a hash the API's callers cannot aim at).
     keys: RandomState,
+    /// Bytes the pushes in `queue` hold ([`ParsedPush::weight`]).
+    bytes: u64,
 }
 
 impl Retries {
@@ -37,7 +39,13 @@ impl Retries {
             queue: VecDeque::new(),
             held: HashMap::default(),
             keys: RandomState::new(),
+            bytes: 0,
         }
+    }
+
+    /// Bytes the waiting pushes hold.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
     }
 
     /// Pushes waiting.
@@ -83,6 +91,11 @@ impl Retries {
     }
 
     fn count(&mut self, push: &ParsedPush, add: bool) {
+        if add {
+            self.bytes += push.weight();
+        } else {
+            self.bytes -= push.weight();
+        }
         for s in streams(&push.target) {
             let key = self.keys.hash_one(s);
             if add {
@@ -123,6 +136,8 @@ mod tests {
         r.push_back(push(users(&["ann", "bo"])), None);
         r.push_back(push(Target::User("ann".into())), Some(3));
         r.push_back(push(Target::Broadcast), None);
+        // Data and names: "1" + "ann" + "bo", "1" + "ann", "1".
+        assert_eq!(r.bytes(), 6 + 4 + 1);
         assert!(r.holds(ann));
         assert!(!r.holds(room), "a topic is not the user of the same name");
         r.pop_front();
@@ -133,6 +148,7 @@ mod tests {
         assert_eq!(r.len(), 1);
         r.pop_front();
         assert!(r.is_empty() && r.held.is_empty());
+        assert_eq!(r.bytes(), 0);
     }
 
     #[test]
