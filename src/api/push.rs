@@ -175,7 +175,18 @@ impl ParsedPush {
 /// Parses and validates one push object; the error names the problem.
 pub fn parse(body: &[u8]) -> Result<ParsedPush, String> {
     if !is_json_object(body) {
-        return Err(r#"a push must be a JSON object, e.g. {"user":"alice","data":1}"#.into());
+        const SHAPE: &str = r#"a push must be a JSON object, e.g. {"user":"alice","data":1}"#;
+        // Named plainly: an empty or binary entry (a stream writer's bug) says what it is.
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Err(format!("empty push: {SHAPE}"));
+        }
+        if let Err(e) = std::str::from_utf8(body) {
+            return Err(format!(
+                "push is not UTF-8 (byte {} is invalid): {SHAPE}",
+                e.valid_up_to()
+            ));
+        }
+        return Err(SHAPE.into());
     }
     // `RawValue` and ignored fields are skipped without serde_json's recursion limit, so
     // depth is bounded here, before parsing, for every field alike (the push object is
@@ -414,6 +425,14 @@ mod tests {
             assert!(e.contains("a push must be a JSON object"), "{e}");
         }
         assert!(parse(b" \r\n\t{\"user\":\"a\",\"data\":1}").is_ok());
+        // An empty or binary body says so.
+        let e = parse(b" \n").unwrap_err();
+        assert!(e.starts_with("empty push: a push must be"), "{e}");
+        let e = parse(b"\xff\xfe{\"user\":\"a\",\"data\":1}").unwrap_err();
+        assert!(
+            e.starts_with("push is not UTF-8 (byte 0 is invalid)"),
+            "{e}"
+        );
         for (body, field) in [
             (&br#"{"user":null,"topic":"t","data":1}"#[..], "user"),
             (br#"{"users":null,"user":"a","data":1}"#, "users"),
