@@ -548,7 +548,7 @@ fn entries_a_dead_consumer_left_pending_are_claimed_and_delivered() {
     node.wait_streams(1);
     let mut r = redis.conn();
     // A consumer that reads and dies before acknowledging: added and read in one
-    // transaction, so the live node's blocked read cannot take them first.
+    // transaction, so the live node's reads cannot take them first.
     let mut tx = redis::pipe();
     tx.atomic();
     for n in 1..=3 {
@@ -1599,8 +1599,8 @@ fn redis_faults_are_logged_in_plain_words() {
         a.output()
     );
 
-    // SIGSTOP and SIGCONT interrupt the stream ingress's blocked read: read again, not a
-    // lost link.
+    // SIGSTOP and SIGCONT interrupt the stream ingress's reads: read again, not a lost
+    // link.
     for _ in 0..3 {
         signal(&a, libc::SIGSTOP);
         std::thread::sleep(Duration::from_millis(200));

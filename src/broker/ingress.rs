@@ -8,6 +8,14 @@
 //! them from looking abandoned to other nodes. While the shards cannot take more, the
 //! stream is simply not read. Entries every consumer group has acknowledged are trimmed
 //! (`trim`).
+//!
+//! Every read (new entries, this consumer's own pending ones, claims) goes through the
+//! `READ` script, which hands over each entry's `push` only up to the API's body limit
+//! (a longer one as its length, for the DLQ) and stops once a reply carries `READ_BYTES`:
+//! whatever a producer writes to the stream (Redis takes values of up to 512 MB), one read
+//! brings at most `READ_BYTES` plus one entry of 1 MiB into the node. A script cannot
+//! block, so an empty read is followed by a short sleep (`POLL_MIN` doubling to
+//! `POLL_MAX`) instead of a blocking XREADGROUP.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -24,10 +32,15 @@ use super::{next_backoff, pause, BrokerCtx, RECONNECT_MIN};
 use crate::api::{parse_push, ParsedPush, Target};
 use crate::config::MAX_API_BODY_BYTES;
 
-/// Entries read per round trip.
+/// Most entries read per round trip.
 const COUNT: usize = 256;
-/// How long one XREADGROUP waits for entries.
-const BLOCK_MS: u64 = 100;
+/// A read stops adding entries to its reply once they carry this many bytes (so a reply
+/// holds at most this plus one entry of `MAX_API_BODY_BYTES`).
+const READ_BYTES: usize = 4 << 20;
+/// After a read found nothing new, the next is this much later, doubling to `POLL_MAX`
+/// while the stream stays empty, and back here once an entry comes.
+const POLL_MIN: Duration = Duration::from_millis(1);
+const POLL_MAX: Duration = Duration::from_millis(16);
 /// Bytes of an invalid entry's `push` kept in the DLQ (the API's body limit: a valid
 /// push always fits).
 const DLQ_KEEP_BYTES: usize = MAX_API_BODY_BYTES;
@@ -37,13 +50,98 @@ const DLQ_MAXLEN: u64 = 10_000;
 /// Copies one dead entry to the DLQ and acknowledges it, in one step: an entry whose copy
 /// Redis refuses (out of memory, a DLQ key of another type) stays pending and is claimed
 /// again later, never acknowledged without its copy. KEYS: the push stream, the DLQ.
-/// ARGV: DLQ length bound, push, error, node, entry id, group.
+/// ARGV: DLQ length bound, push, error, node, entry id, group, and optionally a length:
+/// then the push is not sent by the node (it never read more of it than its length) but
+/// taken here from the entry itself, its first that many bytes.
 const DLQ_AND_ACK: &str = r#"
-local r = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'push', ARGV[2],
+local push = ARGV[2]
+if ARGV[7] then
+  push = ''
+  local e = redis.call('XRANGE', KEYS[1], ARGV[5], ARGV[5])
+  local f = e[1] and e[1][2]
+  if f then
+    for i = 1, #f, 2 do
+      if f[i] == 'push' then push = string.sub(f[i + 1], 1, tonumber(ARGV[7])) end
+    end
+  end
+end
+local r = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'push', push,
   'error', ARGV[3], 'node', ARGV[4], 'id', ARGV[5])
 if type(r) == 'table' and r.err then return r end
 return redis.call('XACK', KEYS[1], ARGV[6], ARGV[5])
 "#;
+
+/// Reads entries one at a time, so that none is taken (made pending in this consumer's
+/// name, or claimed) that the reply does not carry: new ones (mode `new`, XREADGROUP `>`),
+/// this consumer's pending ones after an id (`own`), or those other consumers left idle
+/// (`claim`, XAUTOCLAIM from a cursor). Stops after `count` steps or once the reply
+/// carries `budget` bytes. Each entry comes as its id and its `push`: the value if at most
+/// `limit` bytes, else its length (an integer, counted as `limit` bytes), or nil without
+/// one (or deleted). Other fields never leave Redis. KEYS: the push stream. ARGV: group, consumer, mode, from
+/// (`>`, an id, a cursor), count, limit, budget, min idle (`claim`). Returns the next
+/// cursor (`own`: the last id; `claim`: XAUTOCLAIM's), then id, push, id, push...
+const READ: &str = r#"
+local group, consumer, mode, from = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local count, limit, budget = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local out = {''}
+local bytes, steps = 0, 0
+while steps < count and bytes < budget do
+  steps = steps + 1
+  local e
+  if mode == 'claim' then
+    local r = redis.call('XAUTOCLAIM', KEYS[1], group, consumer, ARGV[8], from, 'COUNT', 1)
+    from = r[1]
+    e = r[2][1]
+  else
+    local r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', 1,
+      'STREAMS', KEYS[1], from)
+    e = r and r[1] and r[1][2][1]
+    if not e then break end
+    if mode == 'own' then from = e[1] end
+  end
+  if e then
+    local push = false
+    local f = e[2]
+    if f then
+      for i = 1, #f, 2 do
+        if f[i] == 'push' then
+          local v = f[i + 1]
+          if #v > limit then push = #v else push = v end
+        end
+      end
+    end
+    out[#out + 1] = e[1]
+    out[#out + 1] = push
+    -- An oversized push counts as the limit: the node copies its head to the DLQ
+    -- next, and Redis copied all of it into this script.
+    bytes = bytes + #e[1] + (type(push) == 'string' and #push or limit)
+  end
+  if mode == 'claim' and from == '0-0' then break end
+end
+out[1] = from
+return out
+"#;
+
+/// Which entries a read takes (see `READ`).
+#[derive(Clone, Copy)]
+enum Read {
+    /// Entries no consumer was given yet.
+    New,
+    /// This consumer's pending entries after an id.
+    Own,
+    /// Entries idle `claim_idle_ms` in any consumer's name, from a cursor.
+    Claim,
+}
+
+impl Read {
+    fn mode(self) -> &'static str {
+        match self {
+            Read::New => "new",
+            Read::Own => "own",
+            Read::Claim => "claim",
+        }
+    }
+}
 
 /// Renews the idle time of the entries still pending in this consumer's name, and only
 /// those: an entry another node claimed stays its, and one deleted from the stream is left
@@ -80,10 +178,21 @@ pub fn renew_mine(
         .query(conn)
 }
 
-/// One stream entry: its id and its `push` field, if it had one.
+/// One stream entry: its id and its `push` field.
 struct StreamEntry {
     id: String,
-    push: Option<Vec<u8>>,
+    push: Push,
+}
+
+/// An entry's `push` field as a read hands it over.
+#[derive(Debug, PartialEq)]
+enum Push {
+    /// Its bytes (at most `MAX_API_BODY_BYTES`).
+    Raw(Vec<u8>),
+    /// Longer than `MAX_API_BODY_BYTES`: only its length was read.
+    TooBig(u64),
+    /// No `push` field (or the entry was deleted).
+    Missing,
 }
 
 /// The ingress thread's state.
@@ -95,6 +204,8 @@ pub(crate) struct Ingress {
     last_claim: Instant,
     /// `None` with `stream_trim` false.
     trimmer: Option<Trimmer>,
+    /// How long to wait before the next read after one that found nothing.
+    poll: Duration,
     /// The acknowledgements (and DLQ copies) of the entries handled last: sent ahead of
     /// the next read, claim or batch, in its round trip.
     acks: Option<Acks>,
@@ -124,6 +235,7 @@ impl Ingress {
             backoff: RECONNECT_MIN,
             last_claim: Instant::now(),
             trimmer,
+            poll: POLL_MIN,
             acks: None,
             held: Held::default(),
         }
@@ -143,8 +255,8 @@ impl Ingress {
                         continue;
                     };
                     if super::is_interrupted(&e) {
-                        // SIGSTOP and SIGCONT interrupt the blocked read (a socket with a
-                        // timeout is not restarted): nothing is wrong. The link is out of
+                        // SIGSTOP and SIGCONT interrupt a read waiting on Redis (a socket
+                        // with a timeout is not restarted): nothing is wrong. The link is out of
                         // step (a reply half read), so the read is tried again on a new
                         // one at once; this consumer's pending entries are read first, so
                         // what the lost reply held is not lost.
@@ -223,10 +335,18 @@ impl Ingress {
                 self.claim(conn)?;
             }
             self.trim(conn)?;
-            let mut entries = self.read(conn, ">", BLOCK_MS)?;
+            let (_, mut entries) = self.read(conn, Read::New, ">")?;
+            if entries.is_empty() {
+                // The read script cannot block: asked again soon, sooner after a recent
+                // entry. Waiting acknowledgements went with this read.
+                pause(self.poll, &self.ctx.stop);
+                self.poll = (self.poll * 2).min(POLL_MAX);
+            } else {
+                self.poll = POLL_MIN;
+            }
             while !entries.is_empty() {
-                // A blocked read returns at a producer's first XADD: the rest of its
-                // pipeline comes back with this batch's publish, not a round trip later.
+                // A read may come at a producer's first XADD: the rest of its pipeline
+                // comes back with this batch's publish, not a round trip later.
                 let read_on = !self.must_pause();
                 entries = self.handle(conn, entries, read_on)?;
             }
@@ -347,33 +467,36 @@ impl Ingress {
         Ok(())
     }
 
-    /// XREADGROUP from `from` (`>`: new entries; `0`: this consumer's pending ones).
+    /// Reads entries (`READ`) of `kind` from `from`; the next cursor and the entries.
     fn read(
         &mut self,
         conn: &mut Connection,
+        kind: Read,
         from: &str,
-        block_ms: u64,
-    ) -> redis::RedisResult<Vec<StreamEntry>> {
+    ) -> redis::RedisResult<(String, Vec<StreamEntry>)> {
         let (mut pipe, acks) = self.with_acks();
-        pipe.add_command(self.read_cmd(from, block_ms));
+        pipe.add_command(self.read_cmd(kind, from));
         // The acknowledgements run first (a pipeline keeps its order), so a read of this
         // consumer's own pending entries does not see them again.
         let v = self.query_last(conn, &pipe, acks)?;
-        Ok(read_entries(v))
+        Ok(read_reply(v))
     }
 
-    /// XREADGROUP of `COUNT` entries from `from`, waiting `block_ms` (0: not at all).
-    fn read_cmd(&self, from: &str, block_ms: u64) -> redis::Cmd {
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
+    /// The `READ` script for at most `COUNT` entries or `READ_BYTES` of `kind` from
+    /// `from`.
+    fn read_cmd(&self, kind: Read, from: &str) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(READ)
+            .arg(1)
+            .arg(PUSH_STREAM)
             .arg(GROUP)
             .arg(&*self.ctx.node_id)
-            .arg("COUNT")
-            .arg(COUNT);
-        if block_ms > 0 {
-            cmd.arg("BLOCK").arg(block_ms);
-        }
-        cmd.arg("STREAMS").arg(PUSH_STREAM).arg(from);
+            .arg(kind.mode())
+            .arg(from)
+            .arg(COUNT)
+            .arg(MAX_API_BODY_BYTES)
+            .arg(READ_BYTES)
+            .arg(self.ctx.cluster.claim_idle.as_millis() as u64);
         cmd
     }
 
@@ -395,7 +518,7 @@ impl Ingress {
             if self.ctx.stop.load(Relaxed) {
                 return Ok(());
             }
-            let mine = self.read(conn, &from, 0)?;
+            let (_, mine) = self.read(conn, Read::Own, &from)?;
             let Some(last) = mine.last() else {
                 break;
             };
@@ -431,28 +554,7 @@ impl Ingress {
         self.retry_own(conn)?;
         let mut start = "0-0".to_string();
         loop {
-            let (mut pipe, acks) = self.with_acks();
-            pipe.cmd("XAUTOCLAIM")
-                .arg(PUSH_STREAM)
-                .arg(GROUP)
-                .arg(&*self.ctx.node_id)
-                .arg(self.ctx.cluster.claim_idle.as_millis() as u64)
-                .arg(&start)
-                .arg("COUNT")
-                .arg(COUNT);
-            let v = self.query_last(conn, &pipe, acks)?;
-            let mut parts = as_list(v).into_iter();
-            let next: String = parts
-                .next()
-                .and_then(|v| redis::from_redis_value(v).ok())
-                .unwrap_or_else(|| "0-0".into());
-            let entries: Vec<StreamEntry> = parts
-                .next()
-                .map(as_list)
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(entry)
-                .collect();
+            let (next, entries) = self.read(conn, Read::Claim, &start)?;
             if !entries.is_empty() {
                 self.ctx
                     .metrics
@@ -465,7 +567,7 @@ impl Ingress {
                 );
                 self.handle(conn, entries, false)?;
             }
-            if next == "0-0" {
+            if next == "0-0" || next.is_empty() {
                 break;
             }
             start = next;
@@ -505,13 +607,15 @@ impl Ingress {
         let mut dead: Vec<(usize, String)> = Vec::new();
         for (i, e) in entries.iter().enumerate() {
             match &e.push {
-                None => dead.push((i, "entry has no `push` field".into())),
+                Push::Missing => dead.push((i, "entry has no `push` field".into())),
                 // The API's body limit holds for the stream too: Redis takes values of
-                // up to 512 MB, a frame of which every recipient would queue.
-                Some(raw) if raw.len() > MAX_API_BODY_BYTES => {
-                    dead.push((i, format!("push is larger than {MAX_API_BODY_BYTES} bytes")))
+                // up to 512 MB, a frame of which every recipient would queue. The read
+                // brought only its length.
+                Push::TooBig(n) => dead.push((i, too_big(*n))),
+                Push::Raw(raw) if raw.len() > MAX_API_BODY_BYTES => {
+                    dead.push((i, too_big(raw.len() as u64)))
                 }
-                Some(raw) => match parse_push(raw) {
+                Push::Raw(raw) => match parse_push(raw) {
                     Ok(mut p) => {
                         // Nothing to look up while nothing is held (the usual case).
                         if !self.held.is_empty() {
@@ -532,7 +636,7 @@ impl Ingress {
             .map(|(_, push)| Sending { push, mark: None })
             .collect();
         let (before, acks) = self.with_acks();
-        let after = read_on.then(|| self.read_cmd(">", 0));
+        let after = read_on.then(|| self.read_cmd(Read::New, ">"));
         // A connection error here leaves everything unacknowledged: read again later.
         let batch = self.sequencer.publish_between(conn, before, &refs, after)?;
         self.acked(&mut batch.before.into_iter(), acks)?;
@@ -567,10 +671,14 @@ impl Ingress {
         for (i, why) in &dead {
             // Pending until its copy is made: tried again (as dead again) with the rest.
             held[*i] = true;
-            let raw = entries[*i].push.as_deref().unwrap_or_default();
             // An oversized entry keeps its head only: the DLQ is bounded by count, and
             // each entry by this, not by what a producer sent.
-            let raw = &raw[..raw.len().min(DLQ_KEEP_BYTES)];
+            let (raw, from_stream) = match &entries[*i].push {
+                Push::Raw(raw) => (&raw[..raw.len().min(DLQ_KEEP_BYTES)], false),
+                Push::Missing => (&[][..], false),
+                // The node never read it: the script copies its head from the entry.
+                Push::TooBig(_) => (&[][..], true),
+            };
             pipe.cmd("EVAL")
                 .arg(DLQ_AND_ACK)
                 .arg(2)
@@ -582,6 +690,9 @@ impl Ingress {
                 .arg(&*self.ctx.node_id)
                 .arg(&entries[*i].id)
                 .arg(GROUP);
+            if from_stream {
+                pipe.arg(DLQ_KEEP_BYTES);
+            }
         }
         let published: Vec<&str> = entries
             .iter()
@@ -608,7 +719,7 @@ impl Ingress {
             });
         }
         let read = batch.after.map(|v| v.extract_error()).transpose()?;
-        Ok(read.map(read_entries).unwrap_or_default())
+        Ok(read.map(|v| read_reply(v).1).unwrap_or_default())
     }
 }
 
@@ -620,18 +731,31 @@ fn leave_out(push: &mut ParsedPush, reached: &HashSet<String>) {
     }
 }
 
-/// The entries of an XREADGROUP reply: `[[stream, [entry, ...]]]`, or nil when nothing
-/// came.
-fn read_entries(v: Value) -> Vec<StreamEntry> {
+/// Why an entry whose push is `n` bytes is dead.
+fn too_big(n: u64) -> String {
+    format!("push is {n} bytes, larger than {MAX_API_BODY_BYTES} bytes")
+}
+
+/// A `READ` reply: the next cursor, then each entry's id and push.
+fn read_reply(v: Value) -> (String, Vec<StreamEntry>) {
+    let mut items = as_list(v).into_iter();
+    let next = items
+        .next()
+        .and_then(|v| redis::from_redis_value(v).ok())
+        .unwrap_or_default();
     let mut out = Vec::new();
-    for stream in as_list(v) {
-        let mut parts = as_list(stream).into_iter();
-        let _name = parts.next();
-        if let Some(entries) = parts.next() {
-            out.extend(as_list(entries).into_iter().filter_map(entry));
-        }
+    while let (Some(id), Some(push)) = (items.next(), items.next()) {
+        let Ok(id) = redis::from_redis_value::<String>(id) else {
+            continue;
+        };
+        let push = match push {
+            Value::Int(n) => Push::TooBig(n.max(0) as u64),
+            Value::Nil | Value::Boolean(false) => Push::Missing,
+            v => redis::from_redis_value::<Vec<u8>>(v).map_or(Push::Missing, Push::Raw),
+        };
+        out.push(StreamEntry { id, push });
     }
-    out
+    (next, out)
 }
 
 /// The items of an array reply (nothing for nil or anything else).
@@ -643,18 +767,44 @@ fn as_list(v: Value) -> Vec<Value> {
     }
 }
 
-/// `[id, [field, value, ...]]` into an entry; a deleted entry (nil fields) has no push.
-fn entry(v: Value) -> Option<StreamEntry> {
-    let mut parts = as_list(v).into_iter();
-    let id: String = redis::from_redis_value(parts.next()?).ok()?;
-    let fields = parts.next().map(as_list).unwrap_or_default();
-    let mut push = None;
-    let mut it = fields.into_iter();
-    while let (Some(k), Some(v)) = (it.next(), it.next()) {
-        let k: Vec<u8> = redis::from_redis_value(k).unwrap_or_default();
-        if k == b"push" {
-            push = redis::from_redis_value::<Vec<u8>>(v).ok();
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
     }
-    Some(StreamEntry { id, push })
+
+    #[test]
+    fn a_read_reply_gives_the_cursor_and_each_push_its_bytes_length_or_nothing() {
+        let v = Value::Array(vec![
+            bulk("5-0"),
+            bulk("1-0"),
+            bulk("{}"),
+            bulk("2-0"),
+            Value::Int(40 << 20),
+            bulk("3-0"),
+            Value::Nil,
+            bulk("4-0"),
+            Value::Boolean(false),
+        ]);
+        let (next, entries) = read_reply(v);
+        assert_eq!(next, "5-0");
+        let got: Vec<(&str, &Push)> = entries.iter().map(|e| (e.id.as_str(), &e.push)).collect();
+        assert_eq!(
+            got,
+            [
+                ("1-0", &Push::Raw(b"{}".to_vec())),
+                ("2-0", &Push::TooBig(40 << 20)),
+                ("3-0", &Push::Missing),
+                ("4-0", &Push::Missing),
+            ]
+        );
+        let (next, entries) = read_reply(Value::Nil);
+        assert!(next.is_empty() && entries.is_empty());
+        assert_eq!(
+            too_big(1_048_577),
+            "push is 1048577 bytes, larger than 1048576 bytes"
+        );
+    }
 }
