@@ -14,16 +14,6 @@ use std::time::Duration;
 use common::redis_server::RedisServer;
 use common::*;
 
-/// The process's peak resident memory so far, in KiB.
-fn peak_rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no VmHWM in {status}"))
-}
-
 /// Adds, in one step (so that one read finds them all): for `i` in 1..=ARGV[1], a small
 /// valid push `{"k": i}` to `ivy`, then (but after the last) a push to `ivy` whose data
 /// makes it ARGV[2] bytes long; then ARGV[3] valid pushes to `zed` (offline) of ARGV[4]

@@ -28,6 +28,13 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default deadline for `wait_until` style polling.
 pub const WAIT: Duration = Duration::from_secs(5);
 
+/// Starts this process's peak resident memory (`VmHWM`) over from what it holds now
+/// (Linux's `clear_refs` 5), so tests of one binary run one after another each measure
+/// their own peak.
+pub fn reset_peak_rss() {
+    std::fs::write("/proc/self/clear_refs", "5").expect("/proc/self/clear_refs");
+}
+
 /// This process's peak resident memory so far (`VmHWM`), in KiB: for a test binary of
 /// its own, whose in-process server is all that runs.
 pub fn peak_rss_kib() -> u64 {
