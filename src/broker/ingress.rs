@@ -44,6 +44,10 @@ const POLL_MAX: Duration = Duration::from_millis(16);
 /// Bytes of an invalid entry's `push` kept in the DLQ (the API's body limit: a valid
 /// push always fits).
 const DLQ_KEEP_BYTES: usize = MAX_API_BODY_BYTES;
+/// Bytes of an oversized entry's `push` kept in the DLQ (it could never be replayed
+/// whole; its head, with the size in the error, says what it was). As the Kafka DLQ
+/// after a size refusal: 10,000 copies of 1 MiB would be 10 GiB of Redis memory.
+const DLQ_KEEP_OVERSIZED: usize = 16 * 1024;
 /// DLQ length bound (approximate trim).
 const DLQ_MAXLEN: u64 = 10_000;
 
@@ -671,8 +675,8 @@ impl Ingress {
         for (i, why) in &dead {
             // Pending until its copy is made: tried again (as dead again) with the rest.
             held[*i] = true;
-            // An oversized entry keeps its head only: the DLQ is bounded by count, and
-            // each entry by this, not by what a producer sent.
+            // An oversized entry keeps its head only (`DLQ_KEEP_OVERSIZED`): the DLQ is
+            // bounded by count, and each entry by this, not by what a producer sent.
             let (raw, from_stream) = match &entries[*i].push {
                 Push::Raw(raw) => (&raw[..raw.len().min(DLQ_KEEP_BYTES)], false),
                 Push::Missing => (&[][..], false),
@@ -691,7 +695,7 @@ impl Ingress {
                 .arg(&entries[*i].id)
                 .arg(GROUP);
             if from_stream {
-                pipe.arg(DLQ_KEEP_BYTES);
+                pipe.arg(DLQ_KEEP_OVERSIZED);
             }
         }
         let published: Vec<&str> = entries
