@@ -31,7 +31,9 @@ pub(super) struct AtRedis {
 
 fn refusal(e: &QueueError) -> String {
     match e {
-        QueueError::Overloaded => "overloaded: shard queues are full",
+        QueueError::Overloaded => {
+            "overloaded: the queues to the shards (cluster mode: to Redis) are full"
+        }
         QueueError::Draining => "draining: the server is shutting down",
         QueueError::BrokerUnavailable => "broker_unavailable: cannot reach Redis",
     }

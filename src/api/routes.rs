@@ -268,7 +268,7 @@ impl Api {
             Err(QueueError::Overloaded) => error(
                 503,
                 "overloaded",
-                "shard queues are full; retry after a moment",
+                "the queues to the shards (cluster mode: to Redis) are full; retry after a moment",
                 keep_alive,
             ),
             Err(QueueError::Draining) => {
@@ -301,7 +301,7 @@ impl Api {
                         Ok(())
                     }
                     Err(QueueError::Overloaded) => {
-                        Err("overloaded: shard queues are full; retry this line".to_string())
+                        Err("overloaded: the queues to the shards (cluster mode: to Redis) are full; retry this line".to_string())
                     }
                     Err(QueueError::Draining) => {
                         Err("draining: server is shutting down".to_string())

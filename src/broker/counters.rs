@@ -35,8 +35,8 @@ pub struct BrokerCounters {
     /// Streams the shards asked the subscriber to watch or drop that it has not taken
     /// yet (gauge).
     pub interests_waiting: AtomicU64,
-    /// Bytes of pushes the API queued for the publisher, until the round trip that
-    /// carries them is over (gauge; at most `max_outbound_total_bytes` of API pushes).
+    /// Bytes of pushes the API queued for the publisher, until it takes them (gauge; at
+    /// most `max_outbound_total_bytes` of API pushes).
     pub publish_queued_bytes: AtomicU64,
     /// Bytes of pushes and stream states from Redis waiting in the shards' queues (gauge;
     /// at most `max_outbound_total_bytes`, one message always passes).
@@ -156,7 +156,7 @@ impl crate::metrics::FeatureCounters for BrokerCounters {
             (
                 "throng_broker_publish_queued_bytes",
                 "gauge",
-                "Bytes of pushes waiting for the publisher or in its round trip to Redis (API pushes at most max_outbound_total_bytes).",
+                "Bytes of pushes queued for the publisher, not taken yet (API pushes at most max_outbound_total_bytes).",
                 n(&self.publish_queued_bytes),
             ),
             (

@@ -407,7 +407,7 @@ impl BrokerLinks {
     }
 
     /// Queues a push for the publisher, its bytes counted on `queued` (the publisher
-    /// takes them off once the round trip that carried it is over). With a `limit`, a
+    /// takes them off as it takes the push). With a `limit`, a
     /// push that would take the bytes waiting past it is refused as if the queue were
     /// full (one always goes when none waits); without one (client publishes, bounded
     /// by count where they come from) it only counts. The queue's bound in pushes

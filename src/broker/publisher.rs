@@ -84,10 +84,34 @@ fn again(push: ParsedPush, mark: Option<u64>) -> Outgoing {
     }
 }
 
+/// The API's queue of pushes, as the publisher takes from it: each push taken comes off
+/// `throng_broker_publish_queued_bytes` (the API counted it on; `BrokerLinks::try_publish`),
+/// whatever path takes it, so the gauge is what waits in the channel.
+struct Queue {
+    rx: Receiver<PublishCmd>,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl Queue {
+    fn taken(&self, cmd: PublishCmd) -> PublishCmd {
+        let queued = &self.metrics.broker.publish_queued_bytes;
+        queued.fetch_sub(cmd.push.weight(), Relaxed);
+        cmd
+    }
+
+    fn try_recv(&self) -> Result<PublishCmd, crossbeam_channel::TryRecvError> {
+        self.rx.try_recv().map(|c| self.taken(c))
+    }
+
+    fn recv_timeout(&self, d: Duration) -> Result<PublishCmd, RecvTimeoutError> {
+        self.rx.recv_timeout(d).map(|c| self.taken(c))
+    }
+}
+
 /// The publisher thread's state.
 pub(crate) struct Publisher {
     ctx: BrokerCtx,
-    rx: Receiver<PublishCmd>,
+    rx: Queue,
     replies: ReplySink,
     up: Arc<AtomicBool>,
     sequencer: Sequencer,
@@ -138,6 +162,10 @@ impl Publisher {
         up: Arc<AtomicBool>,
     ) -> Publisher {
         let sequencer = Sequencer::new(ctx.retention, ctx.channels.clone());
+        let rx = Queue {
+            rx,
+            metrics: Arc::clone(&ctx.metrics),
+        };
         Publisher {
             ctx,
             rx,
@@ -168,11 +196,7 @@ impl Publisher {
     /// Redis answers.
     pub(crate) fn run(mut self) {
         let mut batch: Vec<Outgoing> = Vec::with_capacity(BATCH);
-        let metrics = Arc::clone(&self.ctx.metrics);
-        let queued = &metrics.broker.publish_queued_bytes;
         while !self.done() {
-            // Bytes of the pushes this turn takes from the queue.
-            let mut taken = 0;
             if self.conn.is_none() {
                 self.answer_while_down();
                 if !self.reconnect() {
@@ -218,10 +242,7 @@ impl Publisher {
                     continue;
                 }
                 match self.rx.recv_timeout(wait) {
-                    Ok(cmd) => {
-                        taken += cmd.push.weight();
-                        self.take_new(cmd, &mut batch, &sent_again);
-                    }
+                    Ok(cmd) => self.take_new(cmd, &mut batch, &sent_again),
                     Err(RecvTimeoutError::Timeout) => {
                         self.check_link();
                         continue;
@@ -234,27 +255,19 @@ impl Publisher {
             }
             while batch.len() < BATCH {
                 match self.rx.try_recv() {
-                    Ok(cmd) => {
-                        taken += cmd.push.weight();
-                        self.take_new(cmd, &mut batch, &sent_again);
-                    }
+                    Ok(cmd) => self.take_new(cmd, &mut batch, &sent_again),
                     Err(_) => break,
                 }
             }
             self.publish(&mut batch, resent, retried);
-            // Out of the queue's count now: answered, taken, or in the retry queue (which
-            // has bounds of its own).
-            queued.fetch_sub(taken, Relaxed);
             self.saturate();
         }
         // Still held after the grace: the ticketed ones learn it; the others were answered
         // 202 and are lost with the process (retries too); those of an unanswered round
         // trip may have been taken.
         let mut lost = self.retry.len();
-        let waiting = self.rx.try_iter().inspect(|cmd| {
-            queued.fetch_sub(cmd.push.weight(), Relaxed);
-        });
-        for cmd in waiting.chain(batch.drain(..).map(|o| o.cmd)) {
+        let waiting = std::iter::from_fn(|| self.rx.try_recv().ok()).collect::<Vec<_>>();
+        for cmd in waiting.into_iter().chain(batch.drain(..).map(|o| o.cmd)) {
             match cmd.ticket {
                 Some(t) => self.answer(t, Err("the server is shutting down".into())),
                 None => lost += 1,

@@ -423,6 +423,7 @@ impl Sequencer {
                         .arg(self.channels.broadcast())
                         .arg(format!("0 - {now} {body}"));
                     held += body.len() + COMMAND_BYTES;
+                    send_if_full(conn, &mut pipe, &mut held, &mut values)?;
                 }
                 continue;
             }
@@ -431,10 +432,7 @@ impl Sequencer {
                 if emit(i, s.name()) {
                     self.add(&mut pipe, s, &body, p, now, mark);
                     held += body.len() + COMMAND_BYTES;
-                    if held >= ROUND_BYTES {
-                        values.extend(query(conn, &mut pipe)?);
-                        held = 0;
-                    }
+                    send_if_full(conn, &mut pipe, &mut held, &mut values)?;
                 }
             }
         }
@@ -491,6 +489,21 @@ impl Sequencer {
 const ROUND_BYTES: usize = 4 << 20;
 /// A script call's bytes besides the body (keys, channel, arguments), about.
 const COMMAND_BYTES: usize = 256;
+
+/// Sends the part of a round trip `pipe` holds once it holds `ROUND_BYTES` (`held`),
+/// its replies added to `values`.
+fn send_if_full(
+    conn: &mut Connection,
+    pipe: &mut Pipeline,
+    held: &mut usize,
+    values: &mut Vec<Value>,
+) -> redis::RedisResult<()> {
+    if *held >= ROUND_BYTES {
+        values.extend(query(conn, pipe)?);
+        *held = 0;
+    }
+    Ok(())
+}
 
 /// Sends `pipe`'s commands and reads their replies, leaving it empty (errors kept as
 /// values) for the next part of the round trip.

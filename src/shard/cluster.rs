@@ -335,6 +335,16 @@ impl Shard {
     }
 
     /// Takes what the broker sent, a batch per turn.
+    /// Drops what waits in the broker's queue (the shard stops), giving back its bytes.
+    pub(super) fn release_remote(&mut self) {
+        let Some(c) = self.cluster.as_ref() else {
+            return;
+        };
+        let released: u64 = c.link.remote.try_iter().map(|m| m.weight()).sum();
+        let queued = &self.shared.metrics.broker.queued_bytes;
+        queued.fetch_sub(released, Relaxed);
+    }
+
     pub(super) fn take_remote(&mut self) {
         if self.cluster.is_none() {
             return;

@@ -154,6 +154,9 @@ impl Shard {
         // Merge the last latencies.
         self.last_publish = Instant::now() - Duration::from_secs(1);
         self.finish_turn();
+        // What the broker queued for this shard is never taken now: its bytes come off
+        // the gauge the broker waits on, or the other shards' pushes would wait for ever.
+        self.release_remote();
     }
 }
 

@@ -159,6 +159,16 @@ fn the_shard_takes_the_bytes_of_what_it_takes_off_the_queue_gauge() {
 }
 
 #[test]
+fn a_shard_that_stops_gives_back_the_bytes_of_what_it_never_took() {
+    let (mut h, _interests, tx) = Harness::cluster(&[]);
+    tx.send(user_push("ann", 1, EPOCH)).unwrap();
+    tx.send(user_push("bo", 1, EPOCH)).unwrap();
+    assert!(tx.queued_bytes() > 0);
+    h.shard.abandon_all();
+    assert_eq!(tx.queued_bytes(), 0);
+}
+
+#[test]
 fn a_gap_reloads_and_sessions_get_what_they_missed_in_order() {
     let (mut h, interests, tx) = Harness::cluster(&[]);
     let mut p = online(&mut h, &tx, "bo", state(2, EPOCH, 1..=2, None));
