@@ -9,13 +9,14 @@
 //! stream is simply not read. Entries every consumer group has acknowledged are trimmed
 //! (`trim`).
 //!
-//! Every read (new entries, this consumer's own pending ones, claims) goes through the
-//! `READ` script, which hands over each entry's `push` only up to the API's body limit
-//! (a longer one as its length, for the DLQ) and stops once a reply carries `READ_BYTES`:
-//! whatever a producer writes to the stream (Redis takes values of up to 512 MB), one read
-//! brings at most `READ_BYTES` plus one entry of 1 MiB into the node. A script cannot
-//! block, so an empty read is followed by a short sleep (`POLL_MIN` doubling to
-//! `POLL_MAX`) instead of a blocking XREADGROUP.
+//! Reads (new entries, this consumer's own pending ones, claims) go through the `READ`
+//! script, which hands over each entry's `push` only up to the API's body limit (a longer
+//! one as its length, for the DLQ) and stops once a reply carries `READ_BYTES`: whatever
+//! a producer writes to the stream (Redis takes values of up to 512 MB), one read brings
+//! at most `READ_BYTES` plus one entry of 1 MiB into the node. A script cannot block, so
+//! when one finds nothing new, a plain XREADGROUP of one entry waits for the next (that
+//! one entry comes whole; polling the script instead cost Redis 60 calls a second per
+//! idle node).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -37,10 +38,9 @@ const COUNT: usize = 256;
 /// A read stops adding entries to its reply once they carry this many bytes (so a reply
 /// holds at most this plus one entry of `MAX_API_BODY_BYTES`).
 const READ_BYTES: usize = 4 << 20;
-/// After a read found nothing new, the next is this much later, doubling to `POLL_MAX`
-/// while the stream stays empty, and back here once an entry comes.
-const POLL_MIN: Duration = Duration::from_millis(1);
-const POLL_MAX: Duration = Duration::from_millis(16);
+/// How long the wait for a new entry blocks (`wait_for_entry`) before the loop looks at
+/// its other duties.
+const BLOCK_MS: u64 = 100;
 /// Bytes of an invalid entry's `push` kept in the DLQ (the API's body limit: a valid
 /// push always fits).
 const DLQ_KEEP_BYTES: usize = MAX_API_BODY_BYTES;
@@ -208,8 +208,8 @@ pub(crate) struct Ingress {
     last_claim: Instant,
     /// `None` with `stream_trim` false.
     trimmer: Option<Trimmer>,
-    /// How long to wait before the next read after one that found nothing.
-    poll: Duration,
+    /// The last wait for a new entry found none: the next turn waits again at once.
+    idle: bool,
     /// The acknowledgements (and DLQ copies) of the entries handled last: sent ahead of
     /// the next read, claim or batch, in its round trip.
     acks: Option<Acks>,
@@ -239,7 +239,7 @@ impl Ingress {
             backoff: RECONNECT_MIN,
             last_claim: Instant::now(),
             trimmer,
-            poll: POLL_MIN,
+            idle: false,
             acks: None,
             held: Held::default(),
         }
@@ -339,15 +339,24 @@ impl Ingress {
                 self.claim(conn)?;
             }
             self.trim(conn)?;
-            let (_, mut entries) = self.read(conn, Read::New, ">")?;
-            if entries.is_empty() {
-                // The read script cannot block: asked again soon, sooner after a recent
-                // entry. Waiting acknowledgements went with this read.
-                pause(self.poll, &self.ctx.stop);
-                self.poll = (self.poll * 2).min(POLL_MAX);
+            // After a wait that found nothing, straight to the next wait: whatever came
+            // since, it returns at once.
+            let mut entries = if self.idle {
+                Vec::new()
             } else {
-                self.poll = POLL_MIN;
+                self.read(conn, Read::New, ">")?.1
+            };
+            if entries.is_empty() {
+                // The read script cannot block; polling it cost Redis about 60 script
+                // calls a second per idle node (review s18e). A plain blocking read of
+                // one entry waits instead, and the script takes what follows it.
+                entries = self.wait_for_entry(conn)?;
+                if !entries.is_empty() {
+                    // What came with it (a producer's MULTI, a pipeline) joins its batch.
+                    entries.extend(self.read(conn, Read::New, ">")?.1);
+                }
             }
+            self.idle = entries.is_empty();
             while !entries.is_empty() {
                 // A read may come at a producer's first XADD: the rest of its pipeline
                 // comes back with this batch's publish, not a round trip later.
@@ -486,9 +495,34 @@ impl Ingress {
         Ok(read_reply(v))
     }
 
+    /// Waits up to `BLOCK_MS` for one new entry (XREADGROUP `COUNT 1 BLOCK`), after the
+    /// acknowledgements waiting. The one entry comes whole, the only read that is not
+    /// the script's: at most one entry (Redis bounds it, `proto-max-bulk-len`), and a
+    /// `push` over the API's limit is dead-lettered as if only its length were read (the
+    /// DLQ copy is taken from the stream).
+    fn wait_for_entry(&mut self, conn: &mut Connection) -> redis::RedisResult<Vec<StreamEntry>> {
+        let (mut pipe, acks) = self.with_acks();
+        pipe.cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(GROUP)
+            .arg(&*self.ctx.node_id)
+            .arg("COUNT")
+            .arg(1)
+            .arg("BLOCK")
+            .arg(BLOCK_MS)
+            .arg("STREAMS")
+            .arg(PUSH_STREAM)
+            .arg(">");
+        let v = self.query_last(conn, &pipe, acks)?;
+        Ok(read_entries(v))
+    }
+
     /// The `READ` script for at most `COUNT` entries or `READ_BYTES` of `kind` from
     /// `from`.
     fn read_cmd(&self, kind: Read, from: &str) -> redis::Cmd {
+        // EVAL, not EVALSHA: a read of a Redis that lost its scripts (a restart, SCRIPT
+        // FLUSH) must not fail after its batch went out and before the batch's
+        // acknowledgement; reads come once per batch and per claim, not per poll.
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(READ)
             .arg(1)
@@ -760,6 +794,40 @@ fn read_reply(v: Value) -> (String, Vec<StreamEntry>) {
         out.push(StreamEntry { id, push });
     }
     (next, out)
+}
+
+/// An XREADGROUP reply (`[[stream, [[id, [field, value, ...]], ...]]]`) as entries.
+fn read_entries(v: Value) -> Vec<StreamEntry> {
+    let mut out = Vec::new();
+    for stream in as_list(v) {
+        let mut parts = as_list(stream).into_iter();
+        let _name = parts.next();
+        if let Some(entries) = parts.next() {
+            out.extend(as_list(entries).into_iter().filter_map(entry));
+        }
+    }
+    out
+}
+
+/// `[id, [field, value, ...]]` as an entry: its `push`, as the `READ` script hands it over
+/// (a value over the API's limit as its length); a deleted entry (nil fields) has none.
+fn entry(v: Value) -> Option<StreamEntry> {
+    let mut parts = as_list(v).into_iter();
+    let id: String = redis::from_redis_value(parts.next()?).ok()?;
+    let fields = parts.next().map(as_list).unwrap_or_default();
+    let mut push = Push::Missing;
+    let mut it = fields.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        let k: Vec<u8> = redis::from_redis_value(k).unwrap_or_default();
+        if k == b"push" {
+            push = match redis::from_redis_value::<Vec<u8>>(v) {
+                Ok(raw) if raw.len() > MAX_API_BODY_BYTES => Push::TooBig(raw.len() as u64),
+                Ok(raw) => Push::Raw(raw),
+                Err(_) => Push::Missing,
+            };
+        }
+    }
+    Some(StreamEntry { id, push })
 }
 
 /// The items of an array reply (nothing for nil or anything else).
