@@ -375,6 +375,8 @@ impl Server {
                     &stop,
                     Arc::clone(&api_waker),
                     config.shutdown_grace,
+                    // Standalone: stop reading at the drain's start (see `kafka::spawn`).
+                    config.cluster.is_none(),
                 )
                 .map_err(std::io::Error::other)?;
                 (Some(link), Some(thread))

@@ -172,6 +172,34 @@ fn a_restart_neither_loses_nor_repeats_records() {
 }
 
 #[test]
+fn a_draining_server_leaves_its_partitions_to_the_next_one_at_once() {
+    let t = broker(2);
+    let old = serve(&t, &["--drain-ms", "60000"]);
+    let mut alice = old.connect("alice");
+    produce(&t, &user_records("alice", 0..20));
+    assert_eq!(pushes(&mut alice, 20).len(), 20);
+    old.wait_stats("delivered", |s| s["kafka"]["delivered"] == 20);
+    // A deploy: the old server drains (its sessions go over a minute), the new one
+    // joins the group. Records from now on must reach the new server, where the
+    // sessions go, not the old one, about to exit.
+    old.shutdown();
+    old.wait_stats("the old server left the group", |s| {
+        s["kafka"]["assigned_partitions"] == 0
+    });
+    let new = serve(&t, &[]);
+    let mut alice_new = new.connect("alice");
+    new.wait_stats_within("partitions assigned", REBALANCE_WAIT, |s| {
+        s["kafka"]["assigned_partitions"] == 2
+    });
+    produce(&t, &user_records("alice", 20..30));
+    let want: Vec<Value> = (20..30).map(|i| json!(i)).collect();
+    assert_eq!(pushes(&mut alice_new, 10), want);
+    old.wait_stats("the old server took none of them", |s| {
+        s["kafka"]["delivered"] == 20
+    });
+}
+
+#[test]
 fn full_shard_queues_pause_the_partition_and_nothing_is_dropped() {
     let t = broker(1);
     // Shard queues of 2 commands: the API refuses most of each batch, so the partition

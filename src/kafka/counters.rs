@@ -118,7 +118,7 @@ impl FeatureCounters for KafkaCounters {
             (
                 "throng_kafka_pending_bytes",
                 "gauge",
-                "Bytes of records read and not yet taken by the shards (all partitions pause at 128 MiB).",
+                "Bytes of records read and not yet taken by the shards (all partitions pause at kafka_max_buffered_bytes).",
                 n(&self.pending_bytes),
             ),
             (

@@ -41,6 +41,7 @@ pub enum StartError {
 
 /// Starts the ingress thread: the push API's end of its link, and the thread. At stop,
 /// its last commit and its close take at most `grace` (`shutdown_grace_ms`, at least 1 s).
+/// With `at_drain` (standalone) it stops when a drain begins, not when it ends.
 pub fn spawn(
     config: &KafkaConfig,
     node: &str,
@@ -48,6 +49,7 @@ pub fn spawn(
     stop: &Arc<AtomicBool>,
     api_waker: Arc<Waker>,
     grace: Duration,
+    at_drain: bool,
 ) -> Result<(IngressLink, JoinHandle<()>), StartError> {
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), consumer::WAKER)?);
@@ -68,6 +70,7 @@ pub fn spawn(
         consumer::Stop {
             flag: Arc::clone(stop),
             grace,
+            at_drain,
         },
     )?;
     let thread = std::thread::Builder::new()
