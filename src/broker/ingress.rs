@@ -14,8 +14,10 @@
 //! one as its length, for the DLQ) and stops once a reply carries `READ_BYTES`: whatever
 //! a producer writes to the stream (Redis takes values of up to 512 MB), one read brings
 //! at most `READ_BYTES` plus one entry of 1 MiB into the node. A script cannot block, so
-//! when one finds nothing new, a plain XREADGROUP of one entry waits for the next (that
-//! one entry comes whole; polling the script instead cost Redis 60 calls a second per
+//! when one finds nothing new, a plain XREAD of one entry (which takes nothing from the
+//! group) waits for the next, and the script then takes it with what came along: one
+//! script takes a producer's MULTI whole, where blocked XREADGROUPs would hand its
+//! entries out one per node (polling the script instead cost Redis 60 calls a second per
 //! idle node).
 
 use std::collections::HashSet;
@@ -81,9 +83,11 @@ return redis.call('XACK', KEYS[1], ARGV[6], ARGV[5])
 /// (`claim`, XAUTOCLAIM from a cursor). Stops after `count` steps or once the reply
 /// carries `budget` bytes. Each entry comes as its id and its `push`: the value if at most
 /// `limit` bytes, else its length (an integer, counted as `limit` bytes), or nil without
-/// one (or deleted). Other fields never leave Redis. KEYS: the push stream. ARGV: group, consumer, mode, from
-/// (`>`, an id, a cursor), count, limit, budget, min idle (`claim`). Returns the next
-/// cursor (`own`: the last id; `claim`: XAUTOCLAIM's), then id, push, id, push...
+/// one (or deleted). Other fields never leave Redis. KEYS: the push stream. ARGV: group,
+/// consumer, mode, from (`>`, an id, a cursor), count, limit, budget, min idle (`claim`).
+/// Returns the next cursor (`own`: the last id; `claim`: XAUTOCLAIM's; `new` that found
+/// nothing: the group's last delivered id, after which any entry is new), then id, push,
+/// id, push...
 const READ: &str = r#"
 local group, consumer, mode, from = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local count, limit, budget = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
@@ -121,6 +125,19 @@ while steps < count and bytes < budget do
     bytes = bytes + #e[1] + (type(push) == 'string' and #push or limit)
   end
   if mode == 'claim' and from == '0-0' then break end
+end
+if mode == 'new' then
+  from = ''
+  if #out == 1 then
+    for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+      local name, last
+      for i = 1, #g, 2 do
+        if g[i] == 'name' then name = g[i + 1] end
+        if g[i] == 'last-delivered-id' then last = g[i + 1] end
+      end
+      if name == group then from = last end
+    end
+  end
 end
 out[1] = from
 return out
@@ -208,8 +225,9 @@ pub(crate) struct Ingress {
     last_claim: Instant,
     /// `None` with `stream_trim` false.
     trimmer: Option<Trimmer>,
-    /// The last wait for a new entry found none: the next turn waits again at once.
-    idle: bool,
+    /// The last read found nothing new: the group's last delivered id then, after which
+    /// the next turn waits for an entry at once, without reading first.
+    waiting_from: Option<String>,
     /// The acknowledgements (and DLQ copies) of the entries handled last: sent ahead of
     /// the next read, claim or batch, in its round trip.
     acks: Option<Acks>,
@@ -239,7 +257,7 @@ impl Ingress {
             backoff: RECONNECT_MIN,
             last_claim: Instant::now(),
             trimmer,
-            idle: false,
+            waiting_from: None,
             acks: None,
             held: Held::default(),
         }
@@ -310,6 +328,8 @@ impl Ingress {
         // Acknowledgements a lost link did not send: the entries stay pending and are read
         // again below.
         self.acks = None;
+        // A Redis that restarted may have a new stream: read it before waiting on it.
+        self.waiting_from = None;
         let served = self.serve_entries(conn);
         if served.is_ok() {
             self.flush_acks(conn)?;
@@ -337,26 +357,26 @@ impl Ingress {
             if self.last_claim.elapsed() >= self.claim_every() {
                 self.last_claim = Instant::now();
                 self.claim(conn)?;
+                // Read before waiting again, once a cycle: a group moved back under the
+                // node (`XGROUP SETID`) has new entries that no wait would see.
+                self.waiting_from = None;
             }
             self.trim(conn)?;
             // After a wait that found nothing, straight to the next wait: whatever came
             // since, it returns at once.
-            let mut entries = if self.idle {
+            let mut entries = if self.waiting_from.is_some() {
                 Vec::new()
             } else {
-                self.read(conn, Read::New, ">")?.1
+                self.read_new(conn)?
             };
-            if entries.is_empty() {
-                // The read script cannot block; polling it cost Redis about 60 script
-                // calls a second per idle node (review s18e). A plain blocking read of
-                // one entry waits instead, and the script takes what follows it.
-                entries = self.wait_for_entry(conn)?;
-                if !entries.is_empty() {
-                    // What came with it (a producer's MULTI, a pipeline) joins its batch.
-                    entries.extend(self.read(conn, Read::New, ">")?.1);
-                }
+            // The read script cannot block; polling it cost Redis about 60 script calls a
+            // second per idle node (review s18e). A plain blocking read that takes nothing
+            // waits instead, and the script takes what came: a producer's MULTI whole,
+            // where blocked XREADGROUPs of one entry each split it over the nodes and
+            // their orders (review s18f).
+            if entries.is_empty() && self.wait_for_entry(conn)? {
+                entries = self.read_new(conn)?;
             }
-            self.idle = entries.is_empty();
             while !entries.is_empty() {
                 // A read may come at a producer's first XADD: the rest of its pipeline
                 // comes back with this batch's publish, not a round trip later.
@@ -495,26 +515,39 @@ impl Ingress {
         Ok(read_reply(v))
     }
 
-    /// Waits up to `BLOCK_MS` for one new entry (XREADGROUP `COUNT 1 BLOCK`), after the
-    /// acknowledgements waiting. The one entry comes whole, the only read that is not
-    /// the script's: at most one entry (Redis bounds it, `proto-max-bulk-len`), and a
-    /// `push` over the API's limit is dead-lettered as if only its length were read (the
-    /// DLQ copy is taken from the stream).
-    fn wait_for_entry(&mut self, conn: &mut Connection) -> redis::RedisResult<Vec<StreamEntry>> {
+    /// Reads new entries (`READ`); when there are none, the next turn waits from the
+    /// group's last delivered id.
+    fn read_new(&mut self, conn: &mut Connection) -> redis::RedisResult<Vec<StreamEntry>> {
+        let (cursor, entries) = self.read(conn, Read::New, ">")?;
+        self.waiting_from = entries.is_empty().then_some(cursor);
+        Ok(entries)
+    }
+
+    /// Waits up to `BLOCK_MS` for an entry after `waiting_from` (XREAD `COUNT 1 BLOCK`,
+    /// which takes nothing from the group), after the acknowledgements waiting; whether
+    /// one came. The entry comes whole and is dropped (the script reads it after): at most
+    /// one entry, which Redis bounds (`proto-max-bulk-len`).
+    fn wait_for_entry(&mut self, conn: &mut Connection) -> redis::RedisResult<bool> {
+        // Without a group's id (one deleted under the node: the next read says so), what
+        // comes from now on.
+        let from = match self.waiting_from.as_deref() {
+            None | Some("") => "$".to_string(),
+            Some(id) => id.to_string(),
+        };
         let (mut pipe, acks) = self.with_acks();
-        pipe.cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(GROUP)
-            .arg(&*self.ctx.node_id)
+        pipe.cmd("XREAD")
             .arg("COUNT")
             .arg(1)
             .arg("BLOCK")
             .arg(BLOCK_MS)
             .arg("STREAMS")
             .arg(PUSH_STREAM)
-            .arg(">");
-        let v = self.query_last(conn, &pipe, acks)?;
-        Ok(read_entries(v))
+            .arg(&from);
+        let came = self.query_last(conn, &pipe, acks)? != Value::Nil;
+        if came {
+            self.waiting_from = None;
+        }
+        Ok(came)
     }
 
     /// The `READ` script for at most `COUNT` entries or `READ_BYTES` of `kind` from
@@ -794,40 +827,6 @@ fn read_reply(v: Value) -> (String, Vec<StreamEntry>) {
         out.push(StreamEntry { id, push });
     }
     (next, out)
-}
-
-/// An XREADGROUP reply (`[[stream, [[id, [field, value, ...]], ...]]]`) as entries.
-fn read_entries(v: Value) -> Vec<StreamEntry> {
-    let mut out = Vec::new();
-    for stream in as_list(v) {
-        let mut parts = as_list(stream).into_iter();
-        let _name = parts.next();
-        if let Some(entries) = parts.next() {
-            out.extend(as_list(entries).into_iter().filter_map(entry));
-        }
-    }
-    out
-}
-
-/// `[id, [field, value, ...]]` as an entry: its `push`, as the `READ` script hands it over
-/// (a value over the API's limit as its length); a deleted entry (nil fields) has none.
-fn entry(v: Value) -> Option<StreamEntry> {
-    let mut parts = as_list(v).into_iter();
-    let id: String = redis::from_redis_value(parts.next()?).ok()?;
-    let fields = parts.next().map(as_list).unwrap_or_default();
-    let mut push = Push::Missing;
-    let mut it = fields.into_iter();
-    while let (Some(k), Some(v)) = (it.next(), it.next()) {
-        let k: Vec<u8> = redis::from_redis_value(k).unwrap_or_default();
-        if k == b"push" {
-            push = match redis::from_redis_value::<Vec<u8>>(v) {
-                Ok(raw) if raw.len() > MAX_API_BODY_BYTES => Push::TooBig(raw.len() as u64),
-                Ok(raw) => Push::Raw(raw),
-                Err(_) => Push::Missing,
-            };
-        }
-    }
-    Some(StreamEntry { id, push })
 }
 
 /// The items of an array reply (nothing for nil or anything else).

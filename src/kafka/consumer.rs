@@ -338,9 +338,10 @@ impl Ingress {
         self.check_dlq_topic();
         let mut events = Events::with_capacity(8);
         while !self.stop.flag.load(Relaxed) {
-            if self.stop.at_drain && self.metrics.draining.load(Relaxed) {
+            if self.drain_stops() {
                 tracing::info!(
-                    "draining: the Kafka ingress takes no more records and leaves its group,                      so the next server reads them"
+                    "draining: the Kafka ingress takes no more records and leaves its group, \
+                     so the next server reads them"
                 );
                 break;
             }
@@ -354,10 +355,19 @@ impl Ingress {
             self.read();
             self.take_answers();
             self.take_dlq_reports(Duration::ZERO);
-            self.dispatch();
+            // A drain that began during this turn's wait: what was read is left to the
+            // next server, not sent as one more batch.
+            if !self.drain_stops() {
+                self.dispatch();
+            }
             self.store();
         }
         self.finish();
+    }
+
+    /// Whether a drain has begun and this ingress stops at its start (standalone).
+    fn drain_stops(&self) -> bool {
+        self.stop.at_drain && self.metrics.draining.load(Relaxed)
     }
 
     /// How long the loop may wait for an event: until the next partition's retry is due,

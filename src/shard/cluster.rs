@@ -334,7 +334,6 @@ impl Shard {
         }
     }
 
-    /// Takes what the broker sent, a batch per turn.
     /// Drops what waits in the broker's queue (the shard stops), giving back its bytes.
     pub(super) fn release_remote(&mut self) {
         let Some(c) = self.cluster.as_ref() else {
@@ -345,6 +344,7 @@ impl Shard {
         queued.fetch_sub(released, Relaxed);
     }
 
+    /// Takes what the broker sent, a batch per turn.
     pub(super) fn take_remote(&mut self) {
         if self.cluster.is_none() {
             return;
