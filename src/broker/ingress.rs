@@ -43,6 +43,10 @@ const READ_BYTES: usize = 4 << 20;
 /// How long the wait for a new entry blocks (`wait_for_entry`) before the loop looks at
 /// its other duties.
 const BLOCK_MS: u64 = 100;
+/// How long an idle node waits from one group position before reading again: a group
+/// moved back under it (`XGROUP SETID`, a group or stream made anew) has new entries
+/// that no wait after the old position would see.
+const REREAD_EVERY: Duration = Duration::from_secs(1);
 /// Bytes of an invalid entry's `push` kept in the DLQ (the API's body limit: a valid
 /// push always fits).
 const DLQ_KEEP_BYTES: usize = MAX_API_BODY_BYTES;
@@ -228,6 +232,8 @@ pub(crate) struct Ingress {
     /// The last read found nothing new: the group's last delivered id then, after which
     /// the next turn waits for an entry at once, without reading first.
     waiting_from: Option<String>,
+    /// When `waiting_from` was read.
+    read_at: Instant,
     /// The acknowledgements (and DLQ copies) of the entries handled last: sent ahead of
     /// the next read, claim or batch, in its round trip.
     acks: Option<Acks>,
@@ -258,6 +264,7 @@ impl Ingress {
             last_claim: Instant::now(),
             trimmer,
             waiting_from: None,
+            read_at: Instant::now(),
             acks: None,
             held: Held::default(),
         }
@@ -357,8 +364,8 @@ impl Ingress {
             if self.last_claim.elapsed() >= self.claim_every() {
                 self.last_claim = Instant::now();
                 self.claim(conn)?;
-                // Read before waiting again, once a cycle: a group moved back under the
-                // node (`XGROUP SETID`) has new entries that no wait would see.
+            }
+            if self.read_at.elapsed() >= REREAD_EVERY {
                 self.waiting_from = None;
             }
             self.trim(conn)?;
@@ -519,8 +526,15 @@ impl Ingress {
     /// group's last delivered id.
     fn read_new(&mut self, conn: &mut Connection) -> redis::RedisResult<Vec<StreamEntry>> {
         let (cursor, entries) = self.read(conn, Read::New, ">")?;
-        self.waiting_from = entries.is_empty().then_some(cursor);
+        self.found(&cursor, &entries);
         Ok(entries)
+    }
+
+    /// Notes what a read of new entries found: none, and the next turn waits after
+    /// `cursor`.
+    fn found(&mut self, cursor: &str, entries: &[StreamEntry]) {
+        self.waiting_from = entries.is_empty().then(|| cursor.to_string());
+        self.read_at = Instant::now();
     }
 
     /// Waits up to `BLOCK_MS` for an entry after `waiting_from` (XREAD `COUNT 1 BLOCK`,
@@ -528,8 +542,8 @@ impl Ingress {
     /// one came. The entry comes whole and is dropped (the script reads it after): at most
     /// one entry, which Redis bounds (`proto-max-bulk-len`).
     fn wait_for_entry(&mut self, conn: &mut Connection) -> redis::RedisResult<bool> {
-        // Without a group's id (one deleted under the node: the next read says so), what
-        // comes from now on.
+        // Never without a group's id (a missing group fails the read first); were it so,
+        // what comes from now on, and the read every `REREAD_EVERY` sees the rest.
         let from = match self.waiting_from.as_deref() {
             None | Some("") => "$".to_string(),
             Some(id) => id.to_string(),
@@ -789,8 +803,13 @@ impl Ingress {
                 xack,
             });
         }
-        let read = batch.after.map(|v| v.extract_error()).transpose()?;
-        Ok(read.map(|v| read_reply(v).1).unwrap_or_default())
+        let Some(read) = batch.after.map(|v| v.extract_error()).transpose()? else {
+            return Ok(Vec::new());
+        };
+        // A read that found nothing: the next turn waits at once, not after one more.
+        let (cursor, entries) = read_reply(read);
+        self.found(&cursor, &entries);
+        Ok(entries)
     }
 }
 
