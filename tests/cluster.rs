@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::redis_server::RedisServer;
+use common::redis_server::{wait_none_pending, RedisServer};
 use common::*;
 use serde_json::{json, Value};
 
@@ -601,16 +601,7 @@ fn stream_ingress_publishes_and_sends_bad_entries_to_the_dlq() {
     );
     // Everything gets acknowledged: nothing stays pending in the group (an entry is
     // acknowledged just after its DLQ copy is written, so this may take a moment).
-    let mut pending: Vec<redis::Value> = Vec::new();
-    let acked = wait_until(Duration::from_secs(10), || {
-        pending = redis::cmd("XPENDING")
-            .arg("throng:push")
-            .arg("throng")
-            .query(&mut r)
-            .unwrap();
-        pending.first() == Some(&redis::Value::Int(0))
-    });
-    assert!(acked, "{pending:?}");
+    wait_none_pending(&mut r);
     // No error loop (a batch of only bad entries once re-read itself thousands of times;
     // a reconnect on a loaded machine may read a pending entry once more).
     let s = a.stats();

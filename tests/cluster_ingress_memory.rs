@@ -11,7 +11,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::redis_server::RedisServer;
+use common::redis_server::{wait_none_pending, RedisServer};
 use common::*;
 
 /// Adds, in one step (so that one read finds them all): for `i` in 1..=ARGV[1], a small
@@ -105,15 +105,7 @@ fn oversized_and_many_large_stream_entries_never_come_into_the_node_whole() {
     a.wait_stats("every oversized entry dead", |s| {
         s["cluster"]["stream_dlq"] == BIGS as u64
     });
-    let acked = wait_until(Duration::from_secs(10), || {
-        let p: Vec<redis::Value> = redis::cmd("XPENDING")
-            .arg("throng:push")
-            .arg("throng")
-            .query(&mut r)
-            .unwrap();
-        p.first() == Some(&redis::Value::Int(0))
-    });
-    assert!(acked, "entries left pending");
+    wait_none_pending(&mut r);
     let grown_mib = (peak_rss_kib().saturating_sub(before)) / 1024;
     eprintln!("peak grew by {grown_mib} MiB");
 

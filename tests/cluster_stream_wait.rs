@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::redis_server::RedisServer;
+use common::redis_server::{wait_none_pending, RedisServer};
 use common::*;
 use serde_json::{json, Value};
 
@@ -126,16 +126,7 @@ fn a_node_on_a_resp3_link_waits_on_the_stream_and_delivers_at_once() {
         (m["topic"].as_str(), m["data"].as_str()),
         (Some("news"), Some("t"))
     );
-    let mut pending: Vec<redis::Value> = Vec::new();
-    let acked = wait_until(WAIT, || {
-        pending = redis::cmd("XPENDING")
-            .arg("throng:push")
-            .arg("throng")
-            .query(&mut r)
-            .unwrap();
-        pending.first() == Some(&redis::Value::Int(0))
-    });
-    assert!(acked, "entries left pending: {pending:?}");
+    wait_none_pending(&mut r);
 }
 
 #[test]

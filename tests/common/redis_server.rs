@@ -467,3 +467,27 @@ impl Drop for RedisTls {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Waits up to 10 s until no `throng:push` entry is pending in the `throng` group (an
+/// entry is acknowledged a round trip after its push went out); panics with XPENDING's
+/// summary otherwise.
+pub fn wait_none_pending(r: &mut redis::Connection) {
+    // Polled here, not with `wait_until`: this file is also a module of the library's
+    // unit tests, which have no `common`.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pending: Vec<redis::Value> = redis::cmd("XPENDING")
+            .arg("throng:push")
+            .arg("throng")
+            .query(r)
+            .unwrap();
+        if pending.first() == Some(&redis::Value::Int(0)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "entries left pending: {pending:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
