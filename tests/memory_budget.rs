@@ -227,6 +227,10 @@ fn bytes_queued_on_closing_connections_do_not_make_the_budget_close_healthy_ones
     drop(slow);
 }
 
+/// How far past its bytes a kept partial frame's buffer may have grown (the shard's
+/// `LEFTOVER_SLACK`).
+const SLACK: u64 = 16 * 1024;
+
 #[test]
 fn partial_inbound_bytes_count_toward_the_budget() {
     // 128 KiB budget; five clients each start a 60 KB frame and send only part of it.
@@ -250,8 +254,12 @@ fn partial_inbound_bytes_count_toward_the_budget() {
         clients[i].send_bytes(&bytes);
         if i < 3 {
             held += HEAD_LEN + n;
+            // A frame read in pieces (a loaded machine) holds a buffer grown past its
+            // bytes, by up to `SLACK`, and counts it: the budget may then be crossed one
+            // client early, with the same holder closed.
             srv.wait_stats(&format!("{held} partial bytes"), |s| {
-                s["partial_bytes"].as_u64() == Some(held)
+                s["partial_bytes"].as_u64().is_some_and(|p| p >= held)
+                    || s["counters"]["budget_closes"] == 1
             });
         }
     }
@@ -262,7 +270,10 @@ fn partial_inbound_bytes_count_toward_the_budget() {
     );
     let rest: u64 = sizes[1..].iter().map(|n| HEAD_LEN + n).sum();
     let s = srv.wait_stats("the others' partial bytes", |s| {
-        s["partial_bytes"].as_u64() == Some(rest) && s["connections"] == 4
+        s["partial_bytes"]
+            .as_u64()
+            .is_some_and(|p| (rest..=rest + 4 * SLACK).contains(&p))
+            && s["connections"] == 4
     });
     assert_eq!(s["counters"]["budget_closes"], 1, "{s}");
     drop(clients);
