@@ -6,28 +6,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::redis_server::{wait_none_pending, RedisServer};
+use common::redis_server::{pending, wait_none_pending, RedisServer};
 use common::*;
 use serde_json::{json, Value};
 
 /// A node on `redis`, ready (its publisher reached Redis).
 fn node(redis: &RedisServer, extra: &[&str]) -> TestServer {
-    let url = redis.url();
-    let mut args = vec!["--redis", url.as_str()];
-    args.extend_from_slice(extra);
-    let srv = TestServer::start(&args);
-    wait_ready(&srv);
-    srv
-}
-
-/// Waits until `srv` is ready (its publisher reached Redis).
-fn wait_ready(srv: &TestServer) {
-    let ready = wait_until(WAIT, || srv.api("GET", "/readyz", None).status == 200);
-    assert!(
-        ready,
-        "node never became ready: {}",
-        srv.api("GET", "/readyz", None).text()
-    );
+    cluster_node(&redis.url(), extra)
 }
 
 fn connect_resume(srv: &TestServer, user: &str, since: u64, epoch: &str) -> Client {
@@ -660,19 +645,6 @@ fn xadd_push(r: &mut redis::Connection, push: impl redis::ToRedisArgs) -> String
         .unwrap()
 }
 
-/// `throng:push`'s pending entries (XPENDING's count).
-fn pending(r: &mut redis::Connection) -> i64 {
-    let p: Vec<redis::Value> = redis::cmd("XPENDING")
-        .arg("throng:push")
-        .arg("throng")
-        .query(r)
-        .unwrap();
-    match p.first() {
-        Some(redis::Value::Int(n)) => *n,
-        other => panic!("XPENDING: {other:?}"),
-    }
-}
-
 #[test]
 fn a_dlq_that_refuses_copies_keeps_the_entry_pending_and_publishes_nothing_twice() {
     let redis = RedisServer::start();
@@ -801,7 +773,7 @@ fn pushes_refused_while_redis_is_out_of_memory_wait_and_go_out_once_it_recovers(
         (Some(2), Some(2)),
         "{m}"
     );
-    assert!(wait_until(Duration::from_secs(10), || pending(&mut r) == 0));
+    wait_none_pending(&mut r);
     let dlq: usize = redis::cmd("XLEN")
         .arg("throng:push:dlq")
         .query(&mut r)

@@ -18,13 +18,7 @@ static ALONE: Mutex<()> = Mutex::new(());
 
 /// A cluster node on `redis` with `extra` flags, ready.
 fn node(redis: &RedisServer, extra: &[&str]) -> TestServer {
-    let url = redis.url();
-    let mut args = vec!["--redis", url.as_str()];
-    args.extend_from_slice(extra);
-    let srv = TestServer::start(&args);
-    let ready = wait_until(WAIT, || srv.api("GET", "/readyz", None).status == 200);
-    assert!(ready, "{}", srv.api("GET", "/readyz", None).text());
-    srv
+    cluster_node(&redis.url(), extra)
 }
 
 #[test]

@@ -9,16 +9,6 @@ use common::redis_server::{wait_none_pending, RedisServer};
 use common::*;
 use serde_json::{json, Value};
 
-/// A node on `url`, ready (its publisher reached Redis).
-fn node(url: &str, extra: &[&str]) -> TestServer {
-    let mut args = vec!["--redis", url];
-    args.extend_from_slice(extra);
-    let srv = TestServer::start(&args);
-    let ready = wait_until(WAIT, || srv.api("GET", "/readyz", None).status == 200);
-    assert!(ready, "node never became ready");
-    srv
-}
-
 /// How many Redis clients are blocked in a read of a stream.
 fn blocked_readers(r: &mut redis::Connection) -> usize {
     let list: String = redis::cmd("CLIENT").arg("LIST").query(r).unwrap();
@@ -52,8 +42,8 @@ fn stream_read(srv: &TestServer) -> u64 {
 fn a_producers_multi_is_read_whole_by_one_node_and_goes_out_in_its_order() {
     let redis = RedisServer::start();
     let url = redis.url();
-    let a = node(&url, &["--node-id", "node-a"]);
-    let b = node(&url, &["--node-id", "node-b"]);
+    let a = cluster_node(&url, &["--node-id", "node-a"]);
+    let b = cluster_node(&url, &["--node-id", "node-b"]);
     let mut c = a.connect("mia");
     a.wait_stats("mia's stream served", |s| {
         s["cluster"]["broker_streams"] == 1
@@ -95,7 +85,7 @@ fn a_producers_multi_is_read_whole_by_one_node_and_goes_out_in_its_order() {
 fn a_node_on_a_resp3_link_waits_on_the_stream_and_delivers_at_once() {
     let redis = RedisServer::start();
     let url = format!("{}/?protocol=resp3", redis.url());
-    let a = node(&url, &[]);
+    let a = cluster_node(&url, &[]);
     let mut c = a.connect_topics("rio", &["news"]);
     c.send(json!({"type": "subscribe", "topic": "news"}));
     assert_eq!(c.recv()["type"], "subscribed");
@@ -133,10 +123,7 @@ fn a_node_on_a_resp3_link_waits_on_the_stream_and_delivers_at_once() {
 fn a_group_moved_back_under_an_idle_node_is_read_again_without_a_new_entry() {
     let redis = RedisServer::start();
     let url = redis.url();
-    let a = node(
-        &url,
-        &["--claim-idle-ms", "300", "--stream-keep-ms", "600000"],
-    );
+    let a = cluster_node(&url, &["--stream-keep-ms", "600000"]);
     let mut c = a.connect("sid");
     a.wait_stats("sid's stream served", |s| {
         s["cluster"]["broker_streams"] == 1

@@ -526,14 +526,14 @@ impl Ingress {
     /// group's last delivered id.
     fn read_new(&mut self, conn: &mut Connection) -> redis::RedisResult<Vec<StreamEntry>> {
         let (cursor, entries) = self.read(conn, Read::New, ">")?;
-        self.found(&cursor, &entries);
+        self.found(cursor, &entries);
         Ok(entries)
     }
 
     /// Notes what a read of new entries found: none, and the next turn waits after
     /// `cursor`.
-    fn found(&mut self, cursor: &str, entries: &[StreamEntry]) {
-        self.waiting_from = entries.is_empty().then(|| cursor.to_string());
+    fn found(&mut self, cursor: String, entries: &[StreamEntry]) {
+        self.waiting_from = entries.is_empty().then_some(cursor);
         self.read_at = Instant::now();
     }
 
@@ -542,12 +542,8 @@ impl Ingress {
     /// one came. The entry comes whole and is dropped (the script reads it after): at most
     /// one entry, which Redis bounds (`proto-max-bulk-len`).
     fn wait_for_entry(&mut self, conn: &mut Connection) -> redis::RedisResult<bool> {
-        // Never without a group's id (a missing group fails the read first); were it so,
-        // what comes from now on, and the read every `REREAD_EVERY` sees the rest.
-        let from = match self.waiting_from.as_deref() {
-            None | Some("") => "$".to_string(),
-            Some(id) => id.to_string(),
-        };
+        // Taken, and put back if nothing came (a lost link resets it anyway).
+        let from = self.waiting_from.take();
         let (mut pipe, acks) = self.with_acks();
         pipe.cmd("XREAD")
             .arg("COUNT")
@@ -556,10 +552,12 @@ impl Ingress {
             .arg(BLOCK_MS)
             .arg("STREAMS")
             .arg(PUSH_STREAM)
-            .arg(&from);
+            // Never without a group's id (a missing group fails the read first); were it
+            // so, what comes from now on, and the read every `REREAD_EVERY` sees the rest.
+            .arg(from.as_deref().filter(|id| !id.is_empty()).unwrap_or("$"));
         let came = self.query_last(conn, &pipe, acks)? != Value::Nil;
-        if came {
-            self.waiting_from = None;
+        if !came {
+            self.waiting_from = from;
         }
         Ok(came)
     }
@@ -808,7 +806,7 @@ impl Ingress {
         };
         // A read that found nothing: the next turn waits at once, not after one more.
         let (cursor, entries) = read_reply(read);
-        self.found(&cursor, &entries);
+        self.found(cursor, &entries);
         Ok(entries)
     }
 }

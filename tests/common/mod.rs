@@ -225,6 +225,25 @@ impl Drop for TestServer {
     }
 }
 
+/// A cluster node on the Redis at `url` with `extra` flags, ready.
+pub fn cluster_node(url: &str, extra: &[&str]) -> TestServer {
+    let mut args = vec!["--redis", url];
+    args.extend_from_slice(extra);
+    let srv = TestServer::start(&args);
+    wait_ready(&srv);
+    srv
+}
+
+/// Waits until `srv` is ready (in cluster mode: its publisher reached Redis).
+pub fn wait_ready(srv: &TestServer) {
+    let ready = wait_until(WAIT, || srv.api("GET", "/readyz", None).status == 200);
+    assert!(
+        ready,
+        "node never became ready: {}",
+        srv.api("GET", "/readyz", None).text()
+    );
+}
+
 /// Polls `cond` every 10 ms until it holds or `timeout` passes; returns whether it held.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;

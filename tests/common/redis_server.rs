@@ -476,18 +476,24 @@ pub fn wait_none_pending(r: &mut redis::Connection) {
     // unit tests, which have no `common`.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let pending: Vec<redis::Value> = redis::cmd("XPENDING")
-            .arg("throng:push")
-            .arg("throng")
-            .query(r)
-            .unwrap();
-        if pending.first() == Some(&redis::Value::Int(0)) {
+        let n = pending(r);
+        if n == 0 {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "entries left pending: {pending:?}"
-        );
+        assert!(Instant::now() < deadline, "{n} entries left pending");
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `throng:push`'s pending entries in the `throng` group (XPENDING's count).
+pub fn pending(r: &mut redis::Connection) -> i64 {
+    let p: Vec<redis::Value> = redis::cmd("XPENDING")
+        .arg("throng:push")
+        .arg("throng")
+        .query(r)
+        .unwrap();
+    match p.first() {
+        Some(redis::Value::Int(n)) => *n,
+        other => panic!("XPENDING: {other:?}"),
     }
 }
