@@ -347,6 +347,9 @@ pub struct ServeArgs {
     /// Kafka ingress: bytes of records read and not yet handed to the shards, over all partitions, at which reading pauses; also the bound of one partition when below 64 MiB [default: 134217728].
     #[arg(long)]
     pub kafka_max_buffered_bytes: Option<usize>,
+    /// Kafka ingress: how long the group waits for a member that stopped answering (a crashed server) before its partitions go to the others, in milliseconds [default: 10000].
+    #[arg(long)]
+    pub kafka_session_timeout_ms: Option<u64>,
     /// Acceptor threads sharing the client listener (upgrade and TLS handshakes) [default: a quarter of --shards, at least 1].
     #[arg(long)]
     pub acceptors: Option<usize>,
@@ -455,6 +458,7 @@ struct FileConfig {
     kafka_topic: Option<String>,
     kafka_group: Option<String>,
     kafka_max_buffered_bytes: Option<usize>,
+    kafka_session_timeout_ms: Option<u64>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     api_tls_cert: Option<PathBuf>,
@@ -767,10 +771,19 @@ pub struct KafkaConfig {
     /// Bytes of records read and not yet taken, over all partitions, at which every
     /// partition pauses.
     pub max_buffered_bytes: usize,
+    /// How long the group waits for a silent member before it reassigns its partitions.
+    pub session_timeout: Duration,
 }
 
 /// The default of `kafka_max_buffered_bytes`.
 pub const KAFKA_MAX_BUFFERED_BYTES: usize = 128 << 20;
+/// The default of `kafka_session_timeout_ms`: librdkafka's 45 s left a crashed server's
+/// partitions unread that long; the consumer heartbeats from its own thread, so a busy
+/// server is not taken for a dead one.
+pub const KAFKA_SESSION_TIMEOUT_MS: u64 = 10_000;
+/// The range of `kafka_session_timeout_ms` (Kafka brokers accept 6 s to 30 min by
+/// default, `group.min.session.timeout.ms` and `group.max.session.timeout.ms`).
+pub const KAFKA_SESSION_TIMEOUT_RANGE: std::ops::RangeInclusive<u64> = 1_000..=3_600_000;
 
 /// Checks a broker list: one or more `host:port` separated by commas.
 pub fn check_kafka_brokers(list: &str) -> Result<(), String> {
@@ -1525,6 +1538,12 @@ impl Config {
                                 .or(file.kafka_max_buffered_bytes)
                                 .is_some(),
                         ),
+                        (
+                            "kafka_session_timeout_ms",
+                            args.kafka_session_timeout_ms
+                                .or(file.kafka_session_timeout_ms)
+                                .is_some(),
+                        ),
                     ],
                 )?;
                 None
@@ -1560,11 +1579,26 @@ impl Config {
                         ),
                     ));
                 }
+                let session_ms = args
+                    .kafka_session_timeout_ms
+                    .or(file.kafka_session_timeout_ms)
+                    .unwrap_or(KAFKA_SESSION_TIMEOUT_MS);
+                if !KAFKA_SESSION_TIMEOUT_RANGE.contains(&session_ms) {
+                    return Err(invalid(
+                        "kafka_session_timeout_ms",
+                        format!(
+                            "must be between {} and {} (brokers accept 6000 to 1800000 by default)",
+                            KAFKA_SESSION_TIMEOUT_RANGE.start(),
+                            KAFKA_SESSION_TIMEOUT_RANGE.end()
+                        ),
+                    ));
+                }
                 Some(KafkaConfig {
                     brokers,
                     topic,
                     group,
                     max_buffered_bytes,
+                    session_timeout: Duration::from_millis(session_ms),
                 })
             }
         };
@@ -2277,6 +2311,28 @@ mod tests {
                 .contains("(--kafka-max-buffered-bytes): must be at least"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn kafka_session_timeout_has_a_default_and_a_range() {
+        let session = |extra: &[&str]| {
+            let mut a = vec!["--jwt-secret", S, "--kafka", "127.0.0.1:9092"];
+            a.extend_from_slice(extra);
+            cfg(&a).map(|c| c.kafka.map(|k| k.session_timeout.as_millis()))
+        };
+        assert_eq!(session(&[]).unwrap(), Some(10_000));
+        assert_eq!(
+            session(&["--kafka-session-timeout-ms", "6000"]).unwrap(),
+            Some(6_000)
+        );
+        for bad in ["999", "3600001"] {
+            let e = session(&["--kafka-session-timeout-ms", bad]).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("(--kafka-session-timeout-ms): must be between 1000 and 3600000"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

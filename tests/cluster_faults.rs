@@ -13,14 +13,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::process::ServerProcess;
 use common::redis_server::RedisServer;
 use common::*;
 use serde_json::{json, Value};
@@ -28,20 +28,24 @@ use serde_json::{json, Value};
 const BIN: &str = env!("CARGO_BIN_EXE_throng");
 /// Deadline for what waits on a reconnect to Redis (the broker backs off up to 2 s).
 const RECONNECT_WAIT: Duration = Duration::from_secs(15);
-/// Deadline for a node's `listening` line.
-const START_WAIT: Duration = Duration::from_secs(15);
 
 // ---------------------------------------------------------------------------------------
 // A node: a `throng serve` child process
 
-/// A `throng serve` process in cluster mode. Dropping it kills the process (SIGKILL, by
-/// the PID this test started).
-struct Node {
-    child: Child,
-    ws: SocketAddr,
-    api: SocketAddr,
-    /// Every line it wrote, stdout and stderr.
-    log: Arc<Mutex<Vec<String>>>,
+/// A `throng serve` process in cluster mode (SIGKILL when dropped).
+struct Node(ServerProcess);
+
+impl std::ops::Deref for Node {
+    type Target = ServerProcess;
+    fn deref(&self) -> &ServerProcess {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Node {
+    fn deref_mut(&mut self) -> &mut ServerProcess {
+        &mut self.0
+    }
 }
 
 impl Node {
@@ -49,94 +53,9 @@ impl Node {
     /// may give `--listen`/`--api-listen` to reuse an address) and waits for its
     /// `listening` line.
     fn start(redis: &str, extra: &[&str]) -> Node {
-        let mut args: Vec<&str> = vec!["serve", "--redis", redis];
-        for (flag, value) in [
-            ("--listen", "127.0.0.1:0"),
-            ("--api-listen", "127.0.0.1:0"),
-            ("--shards", "2"),
-        ] {
-            if !extra.contains(&flag) {
-                args.extend([flag, value]);
-            }
-        }
-        args.extend([
-            "--jwt-secret",
-            SECRET,
-            "--api-key",
-            API_KEY,
-            "--drain-ms",
-            "100",
-            "--shutdown-grace-ms",
-            "1000",
-            "--log-format",
-            "json",
-        ]);
+        let mut args = vec!["--redis", redis];
         args.extend_from_slice(extra);
-        let mut child = Command::new(BIN)
-            .args(&args)
-            .env_remove("THRONG_JWT_SECRET")
-            .env_remove("THRONG_API_KEY")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn throng");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let out = child.stdout.take().expect("stdout");
-        let err = child.stderr.take().expect("stderr");
-        collect(out, &log);
-        collect(err, &log);
-        let deadline = Instant::now() + START_WAIT;
-        let (ws, api) = loop {
-            if let Some(addrs) = log.lock().unwrap().iter().find_map(|l| listening_addrs(l)) {
-                break addrs;
-            }
-            if let Ok(Some(st)) = child.try_wait() {
-                panic!(
-                    "throng {args:?} exited with {st} before listening:\n{}",
-                    log.lock().unwrap().join("\n")
-                );
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "throng {args:?} did not report listening:\n{}",
-                    log.lock().unwrap().join("\n")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        Node {
-            child,
-            ws,
-            api,
-            log,
-        }
-    }
-
-    /// Everything it logged so far.
-    fn output(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    /// Lines logged so far that contain `needle`.
-    fn logged(&self, needle: &str) -> usize {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(needle))
-            .count()
-    }
-
-    /// One authorised API request on a fresh connection.
-    fn api(&self, method: &str, path: &str, body: Option<&str>) -> Resp {
-        HttpConn::connect(self.api).request(method, path, Some(API_KEY), body)
-    }
-
-    fn readyz(&self) -> u16 {
-        self.api("GET", "/readyz", None).status
+        Node(ServerProcess::start(&args))
     }
 
     /// Waits until `/readyz` answers `status`.
@@ -156,29 +75,6 @@ impl Node {
         self
     }
 
-    fn stats(&self) -> Value {
-        let r = self.api("GET", "/v1/stats", None);
-        assert_eq!(r.status, 200, "stats: {}", r.text());
-        r.json()
-    }
-
-    /// Polls `/v1/stats` until `cond` holds; panics with the last stats after `timeout`.
-    fn wait_stats(&self, what: &str, timeout: Duration, cond: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let s = self.stats();
-            if cond(&s) {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; last stats: {s}\nnode output:\n{}",
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
     /// Waits until it serves `n` streams (users and topics: subscribed and loaded).
     fn wait_streams(&self, n: u64) {
         self.wait_stats(&format!("{n} streams served"), WAIT, |s| {
@@ -193,10 +89,6 @@ impl Node {
         r.json()
     }
 
-    fn connect(&self, user: &str) -> Client {
-        Client::connect(self.ws, &token(user)).unwrap_or_else(|e| panic!("connect {user}: {e}"))
-    }
-
     /// Connects `user` with `?since=&epoch=`.
     fn resume(&self, user: &str, since: u64, epoch: &str) -> Client {
         Client::connect_with(
@@ -206,47 +98,6 @@ impl Node {
         )
         .unwrap_or_else(|e| panic!("resume {user}: {e}"))
     }
-
-    /// SIGKILL, like a crash.
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM, then waits for the exit (the drain is short in tests).
-    fn terminate(&mut self) -> ExitStatus {
-        let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
-        // SAFETY: a signal to the child process this test spawned and has not reaped.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(st) = self.child.try_wait().expect("try_wait") {
-                return st;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node did not exit after SIGTERM:\n{}",
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        kill_child(&mut self.child);
-    }
-}
-
-/// Copies a child's output lines into `log` on a thread of their own (it ends at EOF).
-fn collect(r: impl std::io::Read + Send + 'static, log: &Arc<Mutex<Vec<String>>>) {
-    let log = Arc::clone(log);
-    std::thread::spawn(move || {
-        for l in BufReader::new(r).lines().map_while(Result::ok) {
-            log.lock().unwrap().push(l);
-        }
-    });
 }
 
 // ---------------------------------------------------------------------------------------

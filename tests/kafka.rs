@@ -9,6 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::process::ServerProcess;
 use common::redis_server::RedisServer;
 use common::tansu::Tansu;
 use common::*;
@@ -294,6 +295,14 @@ fn bad_kafka_settings_are_refused_by_name() {
             &["--kafka", "a:1", "--kafka-max-buffered-bytes", "1000"],
             "kafka_max_buffered_bytes",
         ),
+        (
+            &["--kafka", "a:1", "--kafka-session-timeout-ms", "999"],
+            "kafka_session_timeout_ms (--kafka-session-timeout-ms): must be between 1000",
+        ),
+        (
+            &["--kafka-session-timeout-ms", "10000"],
+            "kafka_session_timeout_ms",
+        ),
     ]);
 }
 
@@ -521,4 +530,137 @@ fn kafka_is_up_again_after_a_broker_outage_with_no_record_to_read() {
     );
     let m = srv.api("GET", "/metrics", None).text();
     assert!(m.contains("throng_kafka_up 1"), "{m}");
+}
+
+#[test]
+fn a_crashed_server_s_partitions_go_to_the_next_one_within_the_session_timeout() {
+    let t = broker(2);
+    let mut crashed = ServerProcess::start(&["--kafka", &t.addr]);
+    crashed.wait_stats("partitions assigned", REBALANCE_WAIT, |s| {
+        s["kafka"]["assigned_partitions"] == 2
+    });
+    // A crash: no commit, no leaving the group. The group hands the partitions on once
+    // the crashed member's session times out: 10 s by default (librdkafka's own 45 s
+    // would outlast this wait).
+    crashed.kill9();
+    let next = serve(&t, &[]);
+    let mut alice = next.connect("alice");
+    next.wait_stats_within("the crashed server's partitions", REBALANCE_WAIT, |s| {
+        s["kafka"]["assigned_partitions"] == 2
+    });
+    produce(&t, &user_records("alice", 0..10));
+    let want: Vec<Value> = (0..10).map(|i| json!(i)).collect();
+    assert_eq!(pushes(&mut alice, 10), want);
+}
+
+#[test]
+fn the_buffer_bound_is_passed_by_at_most_one_record() {
+    let t = broker(1);
+    // 1 MiB for all partitions and shards that refuse most of each batch; 4.8 MB of
+    // records. Reading used to go on for a whole loop turn (up to 4,096 records) past
+    // the bound.
+    let srv = serve(
+        &t,
+        &[
+            "--kafka-max-buffered-bytes",
+            "1048576",
+            "--shard-queue-capacity",
+            "2",
+            "--shards",
+            "1",
+        ],
+    );
+    let mut alice = srv.connect("alice");
+    let pad = "x".repeat(60_000);
+    let records: Vec<(String, String)> = (0..80)
+        .map(|i| {
+            let push = json!({"user": "alice", "data": {"i": i, "pad": pad}});
+            ("alice".to_string(), push.to_string())
+        })
+        .collect();
+    let record_bytes = records
+        .iter()
+        .map(|(k, v)| k.len() + v.len())
+        .max()
+        .unwrap();
+    // The gauge is set after each read, before anything is handed on: sampled all along.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (api, done) = (srv.api, std::sync::Arc::clone(&done));
+        std::thread::spawn(move || {
+            let mut conn = HttpConn::connect(api);
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let s = conn.request("GET", "/v1/stats", Some(API_KEY), None).json();
+                peak = peak.max(s["kafka"]["pending_bytes"].as_u64().unwrap_or(0));
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            peak
+        })
+    };
+    produce(&t, &records);
+    let got: Vec<Value> = pushes(&mut alice, 80)
+        .into_iter()
+        .map(|d| d["i"].clone())
+        .collect();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().unwrap();
+    assert_eq!(got, (0..80).map(|i| json!(i)).collect::<Vec<_>>());
+    assert!(peak > 0, "no record was ever seen waiting");
+    assert!(
+        peak <= (1 << 20) + record_bytes as u64,
+        "{peak} bytes held against a bound of 1 MiB and records of {record_bytes}"
+    );
+}
+
+#[test]
+fn a_broker_outage_is_logged_once_and_its_end_once() {
+    let mut t = broker(1);
+    let srv = ServerProcess::start(&["--kafka", &t.addr]);
+    srv.wait_stats("partitions assigned", REBALANCE_WAIT, |s| {
+        s["kafka"]["assigned_partitions"] == 1
+    });
+    let before = srv.output().lines().count();
+    t.kill();
+    let unreachable = "Kafka brokers unreachable";
+    assert!(
+        wait_until(REBALANCE_WAIT, || srv.logged(unreachable) == 1),
+        "the outage was not logged:\n{}",
+        srv.output()
+    );
+    t.restart();
+    let back = "Kafka consumer reaches its brokers";
+    assert!(
+        wait_until(REBALANCE_WAIT, || srv.logged(back) == 2),
+        "the outage's end was not logged:\n{}",
+        srv.output()
+    );
+    // librdkafka said the same about every connection attempt, on three channels.
+    let out = srv.output();
+    let loud: Vec<&str> = out
+        .lines()
+        .skip(before)
+        .filter(|l| l.contains("\"level\":\"WARN\"") || l.contains("\"level\":\"ERROR\""))
+        .collect();
+    assert_eq!(loud.len(), 1, "{}", loud.join("\n"));
+    assert!(loud[0].contains(unreachable), "{}", loud[0]);
+}
+
+#[test]
+fn a_missing_dlq_topic_is_named_in_the_write_failures() {
+    let t = Tansu::start();
+    t.create_topic("throng.push", 1);
+    let srv = ServerProcess::start(&["--kafka", &t.addr]);
+    srv.wait_stats("partition assigned", REBALANCE_WAIT, |s| {
+        s["kafka"]["assigned_partitions"] == 1
+    });
+    produce(&t, &[("alice".to_string(), "not json".to_string())]);
+    // librdkafka used to wait 30 s for the topic to appear, so each write timed out
+    // first (10 s) and the log said only `MessageTimedOut`.
+    let missing = "throng.push.dlq does not exist; create it";
+    assert!(
+        wait_until(REBALANCE_WAIT, || srv.logged(missing) >= 1),
+        "{}",
+        srv.output()
+    );
 }

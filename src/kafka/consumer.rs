@@ -18,12 +18,14 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use mio::{Events, Poll, Token, Waker};
 use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::Message;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+use super::client_log;
 use super::dlq::{Dlq, Invalid};
 use super::partition::{should_pause, DlqWrite, Partition, Record, WriteState};
 use crate::api::{parse_push, ParsedPush};
@@ -38,11 +40,15 @@ pub(super) const WAKER: Token = Token(0);
 const BATCH: usize = 512;
 // Over all partitions the bound is `kafka_max_buffered_bytes` (128 MiB by default): the
 // bound for the process (with per-partition bounds alone, a node assigned 100 partitions
-// could hold 6.4 GiB). It may be passed by what one loop turn reads, which librdkafka's
-// prefetch queue bounds (`PREFETCH_KBYTES`).
-/// librdkafka's queue of prefetched records, for the whole consumer (its default, set
-/// here so the bound above is written down; a fetch may pass it by one fetch's size).
-const PREFETCH_KBYTES: &str = "65536";
+// could hold 6.4 GiB). Reading stops at the record that reaches it, and the partitions
+// are paused before the next read, so it is passed by at most one record.
+/// Most of librdkafka's queue of prefetched records, for the whole consumer, in KiB (its
+/// default); below it, the queue gets `kafka_max_buffered_bytes` too (a fetch may pass it
+/// by one fetch's size).
+const PREFETCH_KBYTES_MAX: usize = 65536;
+/// Most time between the consumer's heartbeats to its group (librdkafka's default); a
+/// short session timeout heartbeats three times within it.
+const HEARTBEAT_MAX: Duration = Duration::from_secs(3);
 /// After a refusal, how long a partition waits before its records go again.
 const RETRY_AFTER: Duration = Duration::from_millis(50);
 /// How often librdkafka commits the stored offsets, in milliseconds.
@@ -103,6 +109,8 @@ struct Shared {
     partitions: HashMap<i32, Partition>,
     /// Failed commits, logged once a minute.
     commit_log: LogGate,
+    /// Client and consumer errors other than a lost broker, logged once a minute.
+    error_log: LogGate,
 }
 
 impl Default for Shared {
@@ -110,6 +118,19 @@ impl Default for Shared {
         Shared {
             partitions: HashMap::new(),
             commit_log: LogGate::new(LOG_EVERY),
+            error_log: LogGate::new(LOG_EVERY),
+        }
+    }
+}
+
+impl Shared {
+    /// Logs a client or consumer error: a lost broker at debug (the outage is said once,
+    /// by `up`), others once a minute.
+    fn log_error(&mut self, error: &KafkaError, reason: &str) {
+        if client_log::is_transport(error) {
+            tracing::debug!(%error, %reason, "Kafka broker connection failed");
+        } else if let Some(held) = self.error_log.fail(Instant::now()) {
+            tracing::warn!(%error, %reason, held_back = held, "Kafka client error");
         }
     }
 }
@@ -131,10 +152,9 @@ impl ClientContext for Context {
         let up = stats.brokers.values().any(|b| b.state == "UP")
             && stats.cgrp.as_ref().is_some_and(|g| g.state == "up")
             && stats.topics.contains_key(&self.topic);
-        let was = self.metrics.kafka.up.swap(up, Relaxed);
-        if up && !was {
-            tracing::info!("Kafka consumer reaches its brokers");
-        } else if !up && was {
+        if up {
+            came_up(&self.metrics, &self.shared);
+        } else if self.metrics.kafka.up.swap(false, Relaxed) {
             tracing::warn!(
                 "Kafka consumer lost its brokers or its group coordinator; it reconnects by itself"
             );
@@ -160,13 +180,17 @@ impl ClientContext for Context {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
-            if self.metrics.kafka.up.swap(false, Relaxed) {
-                tracing::warn!(%reason, "Kafka brokers unreachable; the consumer reconnects by itself");
-            }
-        } else {
-            tracing::warn!(error = %error, %reason, "Kafka client error");
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown)
+            && self.metrics.kafka.up.swap(false, Relaxed)
+        {
+            tracing::warn!(%reason, "Kafka brokers unreachable; the consumer reconnects by itself");
+        } else if let Ok(mut shared) = self.shared.lock() {
+            shared.log_error(&error, reason);
         }
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        client_log::librdkafka(level, facility, message);
     }
 }
 
@@ -229,7 +253,7 @@ impl ConsumerContext for Context {
                 tracing::warn!(error = %e, "could not resume the assigned Kafka partitions");
             }
         }
-        self.metrics.kafka.up.store(true, Relaxed);
+        came_up(&self.metrics, &self.shared);
         self.metrics.kafka.assigned.store(n as u64, Relaxed);
         tracing::info!(partitions = n, "Kafka partitions assigned");
     }
@@ -279,6 +303,10 @@ pub(super) struct Ingress {
     max_buffered: usize,
     /// Failed DLQ writes, logged once a minute.
     dlq_log: LogGate,
+    /// The last read stopped before the consumer's queue was empty (its budget, or a
+    /// bound reached): the next turn reads again without waiting for a wake-up, which
+    /// librdkafka gives only when its queue goes from empty to not empty.
+    unread: bool,
 }
 
 impl Ingress {
@@ -310,7 +338,18 @@ impl Ingress {
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
             .set("fetch.wait.max.ms", FETCH_WAIT_MS)
-            .set("queued.max.messages.kbytes", PREFETCH_KBYTES)
+            .set(
+                "queued.max.messages.kbytes",
+                prefetch_kbytes(config.max_buffered_bytes).to_string(),
+            )
+            .set(
+                "session.timeout.ms",
+                config.session_timeout.as_millis().to_string(),
+            )
+            .set(
+                "heartbeat.interval.ms",
+                heartbeat(config.session_timeout).as_millis().to_string(),
+            )
             .set("statistics.interval.ms", STATS_EVERY_MS)
             .create_with_context(context)?;
         consumer.set_nonempty_callback(move || {
@@ -330,6 +369,7 @@ impl Ingress {
             next_id: 1,
             max_buffered: config.max_buffered_bytes,
             dlq_log: LogGate::new(LOG_EVERY),
+            unread: false,
         })
     }
 
@@ -373,6 +413,9 @@ impl Ingress {
     /// How long the loop may wait for an event: until the next partition's retry is due,
     /// and not long while DLQ reports are awaited (they wake nothing: they are polled).
     fn next_wait(&self) -> Duration {
+        if self.unread {
+            return Duration::ZERO;
+        }
         let tick = if self.dlq.in_flight() > 0 {
             DLQ_TICK
         } else {
@@ -402,28 +445,48 @@ impl Ingress {
         }
     }
 
-    /// Takes what the consumer has (serving rebalances, commits and errors on the way).
+    /// Takes what the consumer has (serving rebalances, commits and errors on the way),
+    /// up to the record that makes its partition, or all of them, reach their bound:
+    /// `dispatch` pauses them before the next read, so the bound is passed by at most one
+    /// record. (librdkafka drops what it prefetched of a partition when it is paused, and
+    /// fetches it again from the next offset when it resumes.)
     fn read(&mut self) {
+        let mut total: usize = self
+            .shared
+            .lock()
+            .map_or(0, |s| s.partitions.values().map(|p| p.pending_bytes).sum());
+        self.unread = true;
         for _ in 0..READ_BUDGET {
             match self.consumer.poll(Duration::ZERO) {
-                None => return,
+                None => {
+                    self.unread = false;
+                    return;
+                }
                 Some(Err(e)) => {
-                    tracing::warn!(error = %e, "Kafka consumer error");
+                    // librdkafka puts its client errors on the consumer's queue too.
+                    if let Ok(mut shared) = self.shared.lock() {
+                        shared.log_error(&e, "on the consumer's queue");
+                    }
                     return;
                 }
                 Some(Ok(m)) => {
                     self.metrics.kafka.consumed.fetch_add(1, Relaxed);
-                    self.metrics.kafka.up.store(true, Relaxed);
+                    came_up(&self.metrics, &self.shared);
                     let record = Record {
                         offset: m.offset(),
                         key: m.key().map(<[u8]>::to_vec),
                         value: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
                     };
                     let partition = m.partition();
-                    if let Ok(mut shared) = self.shared.lock() {
-                        // A record of a partition revoked meanwhile is the new owner's.
-                        if let Some(p) = shared.partitions.get_mut(&partition) {
-                            p.push(record);
+                    let Ok(mut shared) = self.shared.lock() else {
+                        return;
+                    };
+                    // A record of a partition revoked meanwhile is the new owner's.
+                    if let Some(p) = shared.partitions.get_mut(&partition) {
+                        total += record.size();
+                        p.push(record);
+                        if should_pause(p, total, self.max_buffered) {
+                            return;
                         }
                     }
                 }
@@ -714,6 +777,28 @@ impl Ingress {
     }
 }
 
+/// The consumer reaches its brokers (a record came, partitions were assigned, or its
+/// statistics say so): said once when it had lost them.
+fn came_up(metrics: &Metrics, shared: &Mutex<Shared>) {
+    if !metrics.kafka.up.swap(true, Relaxed) {
+        if let Ok(mut shared) = shared.lock() {
+            shared.error_log.recover();
+        }
+        tracing::info!("Kafka consumer reaches its brokers");
+    }
+}
+
+/// librdkafka's prefetch queue, in KiB, for a node that holds at most `max_buffered`
+/// bytes of records.
+fn prefetch_kbytes(max_buffered: usize) -> usize {
+    (max_buffered >> 10).clamp(1, PREFETCH_KBYTES_MAX)
+}
+
+/// The heartbeat interval for a session timeout: a third of it, at most `HEARTBEAT_MAX`.
+fn heartbeat(session: Duration) -> Duration {
+    (session / 3).min(HEARTBEAT_MAX)
+}
+
 /// Closes the consumer (leaving its group) on a thread of its own, waiting for it until
 /// `deadline`: with the brokers unreachable the close waits for the group's coordinator,
 /// and the process need not.
@@ -763,4 +848,23 @@ fn parse_record(value: &[u8]) -> Result<ParsedPush, String> {
         ));
     }
     parse_push(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prefetch_queue_follows_the_buffer_bound_up_to_librdkafka_s_default() {
+        assert_eq!(prefetch_kbytes(1 << 20), 1024);
+        assert_eq!(prefetch_kbytes(128 << 20), PREFETCH_KBYTES_MAX);
+        assert_eq!(prefetch_kbytes(usize::MAX), PREFETCH_KBYTES_MAX);
+    }
+
+    #[test]
+    fn heartbeats_come_three_times_a_session_at_most_every_three_seconds() {
+        assert_eq!(heartbeat(Duration::from_secs(10)), HEARTBEAT_MAX);
+        assert_eq!(heartbeat(Duration::from_secs(3)), Duration::from_secs(1));
+        assert_eq!(heartbeat(Duration::from_secs(1)).as_millis(), 333);
+    }
 }

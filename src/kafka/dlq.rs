@@ -11,12 +11,14 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 
+use super::client_log;
 use crate::config::MAX_API_BODY_BYTES;
 
 /// Value bytes a copy keeps, per try after a size refusal: the first 1 MiB, then 16 KiB.
@@ -30,6 +32,10 @@ const KEEP_ERROR: usize = 1 << 10;
 const MAX_RECORD_BYTES: &str = "1179648";
 /// How long a write may wait for the broker before it fails (and is retried).
 const WRITE_TIMEOUT_MS: &str = "10000";
+/// How long librdkafka takes a topic the brokers do not know for one still being created:
+/// below `WRITE_TIMEOUT_MS`, so a missing DLQ topic fails its writes as missing, not as
+/// timed out (its default, 30 s, is longer than the write timeout).
+const MISSING_AFTER_MS: &str = "2000";
 /// Most writes in flight, all partitions together.
 pub(super) const MAX_IN_FLIGHT: usize = 256;
 /// Most bytes of writes in flight (one larger write may go alone).
@@ -103,7 +109,21 @@ struct Reports {
     done: Mutex<Vec<(Ticket, Result<(), KafkaError>)>>,
 }
 
-impl ClientContext for Reports {}
+impl ClientContext for Reports {
+    /// A lost broker at debug: the consumer, on the same brokers, says it once. Other
+    /// errors show in the failed writes' reports.
+    fn error(&self, error: KafkaError, reason: &str) {
+        if client_log::is_transport(&error) {
+            tracing::debug!(%error, %reason, "Kafka DLQ producer: broker connection failed");
+        } else {
+            tracing::debug!(%error, %reason, "Kafka DLQ producer error");
+        }
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        client_log::librdkafka(level, facility, message);
+    }
+}
 
 impl ProducerContext for Reports {
     type DeliveryOpaque = Box<Ticket>;
@@ -133,6 +153,7 @@ impl Dlq {
             .set("bootstrap.servers", brokers)
             .set("acks", "all")
             .set("message.timeout.ms", WRITE_TIMEOUT_MS)
+            .set("topic.metadata.propagation.max.ms", MISSING_AFTER_MS)
             .set("message.max.bytes", MAX_RECORD_BYTES)
             .create_with_context(Reports::default())?;
         Ok(Dlq {

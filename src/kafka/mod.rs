@@ -6,6 +6,7 @@
 //! shards cannot take more. No Kafka I/O happens on shards or the API thread, and none
 //! blocks the ingress thread: DLQ writes and commits are asynchronous.
 
+mod client_log;
 mod consumer;
 mod counters;
 mod dlq;

@@ -5,6 +5,7 @@
 
 pub mod deflate;
 pub mod hand_tls;
+pub mod process;
 pub mod redis_server;
 pub mod tansu;
 pub mod tls;
