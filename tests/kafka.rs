@@ -546,7 +546,8 @@ fn a_one_mib_buffer_bound_is_passed_by_at_most_one_record_and_delivers_in_order(
         .map(|(k, v)| k.len() + v.len())
         .max()
         .unwrap();
-    // The gauge is set after each read, before anything is handed on: sampled all along.
+    // The gauge is set at the end of each read, before anything is handed on: sampled
+    // all along.
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampler = {
         let (api, done) = (srv.api, std::sync::Arc::clone(&done));
@@ -626,4 +627,24 @@ fn a_missing_dlq_topic_is_named_in_the_write_failures() {
         "{}",
         srv.output()
     );
+}
+
+#[test]
+fn brokers_unreachable_from_the_start_are_logged_and_the_longest_session_timeout_starts() {
+    // Nothing listens on the port; the host does not resolve. The outage used to be said
+    // only when the consumer went from up to down, so a server that never reached its
+    // brokers said nothing. The longest session timeout accepted must start too
+    // (librdkafka refuses one longer than its poll interval, 5 minutes by default).
+    let refused = format!("127.0.0.1:{}", common::redis_server::free_port());
+    for brokers in [refused.as_str(), "no-such-host.invalid:9092"] {
+        let srv =
+            ServerProcess::start(&["--kafka", brokers, "--kafka-session-timeout-ms", "3600000"]);
+        assert!(
+            wait_until(REBALANCE_WAIT, || srv.logged("Kafka brokers unreachable")
+                == 1),
+            "{brokers}: {}",
+            srv.output()
+        );
+        assert_eq!(srv.stats()["kafka"]["up"], 0, "{brokers}");
+    }
 }

@@ -49,6 +49,8 @@ const PREFETCH_KBYTES_MAX: usize = 65536;
 /// Most time between the consumer's heartbeats to its group (librdkafka's default); a
 /// short session timeout heartbeats three times within it.
 const HEARTBEAT_MAX: Duration = Duration::from_secs(3);
+/// librdkafka's default `max.poll.interval.ms`.
+const MAX_POLL_INTERVAL: Duration = Duration::from_secs(300);
 /// After a refusal, how long a partition waits before its records go again.
 const RETRY_AFTER: Duration = Duration::from_millis(50);
 /// How often librdkafka commits the stored offsets, in milliseconds.
@@ -66,6 +68,11 @@ const TICK: Duration = Duration::from_millis(100);
 const DLQ_TICK: Duration = Duration::from_millis(5);
 /// Most records taken from the consumer per loop turn.
 const READ_BUDGET: usize = 4096;
+/// Polls in a row that return nothing before a read takes the consumer's queue for empty:
+/// a poll that served an event (a commit's answer every `COMMIT_EVERY_MS`, a rebalance,
+/// statistics) returns nothing too, with records possibly behind it, and librdkafka
+/// wakes the loop only when its queue goes from empty to not empty.
+const EMPTY_POLLS: usize = 4;
 /// Most DLQ writes one partition starts per loop turn.
 const DLQ_RUN: usize = 64;
 /// A failing DLQ or commit is logged once, then at most this often.
@@ -109,8 +116,12 @@ struct Shared {
     partitions: HashMap<i32, Partition>,
     /// Failed commits, logged once a minute.
     commit_log: LogGate,
-    /// Client and consumer errors other than a lost broker, logged once a minute.
-    error_log: LogGate,
+    /// Client and consumer errors other than a lost broker, each code logged once a
+    /// minute (one gate for all would let a harmless error hide a serious one).
+    error_logs: HashMap<i32, LogGate>,
+    /// The current outage was logged (from the first sign of it, at start too, until the
+    /// consumer reaches its brokers again).
+    outage_said: bool,
 }
 
 impl Default for Shared {
@@ -118,18 +129,35 @@ impl Default for Shared {
         Shared {
             partitions: HashMap::new(),
             commit_log: LogGate::new(LOG_EVERY),
-            error_log: LogGate::new(LOG_EVERY),
+            error_logs: HashMap::new(),
+            outage_said: false,
         }
     }
 }
 
 impl Shared {
-    /// Logs a client or consumer error: a lost broker at debug (the outage is said once,
-    /// by `up`), others once a minute.
+    /// The consumer cannot reach its brokers (or its group's coordinator): `up` is 0, and
+    /// the outage is logged once, whichever of librdkafka's signals comes first.
+    fn outage(&mut self, metrics: &Metrics, reason: &str) {
+        metrics.kafka.up.store(false, Relaxed);
+        if !std::mem::replace(&mut self.outage_said, true) {
+            tracing::warn!(%reason, "Kafka brokers unreachable; the consumer reconnects by itself");
+        }
+    }
+
+    /// Logs a client or consumer error: a failed broker connection at debug (an outage
+    /// is said once, by `outage`), others once a minute per error code.
     fn log_error(&mut self, error: &KafkaError, reason: &str) {
         if client_log::is_transport(error) {
             tracing::debug!(%error, %reason, "Kafka broker connection failed");
-        } else if let Some(held) = self.error_log.fail(Instant::now()) {
+            return;
+        }
+        let code = error.rdkafka_error_code().map_or(i32::MIN, |c| c as i32);
+        let gate = self
+            .error_logs
+            .entry(code)
+            .or_insert_with(|| LogGate::new(LOG_EVERY));
+        if let Some(held) = gate.fail(Instant::now()) {
             tracing::warn!(%error, %reason, held_back = held, "Kafka client error");
         }
     }
@@ -154,10 +182,13 @@ impl ClientContext for Context {
             && stats.topics.contains_key(&self.topic);
         if up {
             came_up(&self.metrics, &self.shared);
-        } else if self.metrics.kafka.up.swap(false, Relaxed) {
-            tracing::warn!(
-                "Kafka consumer lost its brokers or its group coordinator; it reconnects by itself"
-            );
+        } else if self.metrics.kafka.up.load(Relaxed) {
+            if let Ok(mut shared) = self.shared.lock() {
+                shared.outage(
+                    &self.metrics,
+                    "no broker or no group coordinator in its statistics",
+                );
+            }
         }
         let Some(topic) = stats.topics.get(&self.topic) else {
             return;
@@ -180,11 +211,12 @@ impl ClientContext for Context {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown)
-            && self.metrics.kafka.up.swap(false, Relaxed)
-        {
-            tracing::warn!(%reason, "Kafka brokers unreachable; the consumer reconnects by itself");
-        } else if let Ok(mut shared) = self.shared.lock() {
+        let Ok(mut shared) = self.shared.lock() else {
+            return;
+        };
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            shared.outage(&self.metrics, reason);
+        } else {
             shared.log_error(&error, reason);
         }
     }
@@ -350,6 +382,12 @@ impl Ingress {
                 "heartbeat.interval.ms",
                 heartbeat(config.session_timeout).as_millis().to_string(),
             )
+            .set(
+                "max.poll.interval.ms",
+                max_poll_interval(config.session_timeout)
+                    .as_millis()
+                    .to_string(),
+            )
             .set("statistics.interval.ms", STATS_EVERY_MS)
             .create_with_context(context)?;
         consumer.set_nonempty_callback(move || {
@@ -449,29 +487,45 @@ impl Ingress {
     /// up to the record that makes its partition, or all of them, reach their bound:
     /// `dispatch` pauses them before the next read, so the bound is passed by at most one
     /// record. (librdkafka drops what it prefetched of a partition when it is paused, and
-    /// fetches it again from the next offset when it resumes.)
+    /// fetches it again from the next offset when it resumes.) Sets the pending-bytes
+    /// gauge to what is held then.
     fn read(&mut self) {
+        let total = self.read_records();
+        self.metrics
+            .kafka
+            .pending_bytes
+            .store(total as u64, Relaxed);
+    }
+
+    /// `read`'s loop; the bytes held after it.
+    fn read_records(&mut self) -> usize {
         let mut total: usize = self
             .shared
             .lock()
             .map_or(0, |s| s.partitions.values().map(|p| p.pending_bytes).sum());
         self.unread = true;
+        let mut empty_polls = 0;
         for _ in 0..READ_BUDGET {
             match self.consumer.poll(Duration::ZERO) {
+                // Also what a poll says when it served an event (a commit's answer, a
+                // rebalance, statistics) that may have records behind it.
                 None => {
-                    self.unread = false;
-                    return;
+                    empty_polls += 1;
+                    if empty_polls == EMPTY_POLLS {
+                        self.unread = false;
+                        return total;
+                    }
                 }
                 Some(Err(e)) => {
                     // librdkafka puts its client errors on the consumer's queue too.
                     if let Ok(mut shared) = self.shared.lock() {
                         shared.log_error(&e, "on the consumer's queue");
                     }
-                    return;
+                    return total;
                 }
                 Some(Ok(m)) => {
+                    empty_polls = 0;
                     self.metrics.kafka.consumed.fetch_add(1, Relaxed);
-                    came_up(&self.metrics, &self.shared);
                     let record = Record {
                         offset: m.offset(),
                         key: m.key().map(<[u8]>::to_vec),
@@ -479,19 +533,21 @@ impl Ingress {
                     };
                     let partition = m.partition();
                     let Ok(mut shared) = self.shared.lock() else {
-                        return;
+                        self.unread = false;
+                        return total;
                     };
                     // A record of a partition revoked meanwhile is the new owner's.
                     if let Some(p) = shared.partitions.get_mut(&partition) {
                         total += record.size();
                         p.push(record);
                         if should_pause(p, total, self.max_buffered) {
-                            return;
+                            return total;
                         }
                     }
                 }
             }
         }
+        total
     }
 
     /// Applies the push API's answers: taken records are done; after a refusal the rest
@@ -777,12 +833,13 @@ impl Ingress {
     }
 }
 
-/// The consumer reaches its brokers (a record came, partitions were assigned, or its
-/// statistics say so): said once when it had lost them.
+/// The consumer reaches its brokers (partitions were assigned, or its statistics say
+/// so): said once when it had not.
 fn came_up(metrics: &Metrics, shared: &Mutex<Shared>) {
     if !metrics.kafka.up.swap(true, Relaxed) {
         if let Ok(mut shared) = shared.lock() {
-            shared.error_log.recover();
+            shared.outage_said = false;
+            shared.error_logs.clear();
         }
         tracing::info!("Kafka consumer reaches its brokers");
     }
@@ -792,6 +849,13 @@ fn came_up(metrics: &Metrics, shared: &Mutex<Shared>) {
 /// bytes of records.
 fn prefetch_kbytes(max_buffered: usize) -> usize {
     (max_buffered >> 10).clamp(1, PREFETCH_KBYTES_MAX)
+}
+
+/// librdkafka's `max.poll.interval.ms` for a session timeout: its default, 5 minutes (the
+/// loop polls every 100 ms at most), or the session timeout when longer, which
+/// librdkafka requires.
+fn max_poll_interval(session: Duration) -> Duration {
+    session.max(MAX_POLL_INTERVAL)
 }
 
 /// The heartbeat interval for a session timeout: a third of it, at most `HEARTBEAT_MAX`.
@@ -859,6 +923,16 @@ mod tests {
         assert_eq!(prefetch_kbytes(1 << 20), 1024);
         assert_eq!(prefetch_kbytes(128 << 20), PREFETCH_KBYTES_MAX);
         assert_eq!(prefetch_kbytes(usize::MAX), PREFETCH_KBYTES_MAX);
+    }
+
+    #[test]
+    fn the_poll_interval_is_never_below_the_session_timeout() {
+        assert_eq!(
+            max_poll_interval(Duration::from_secs(10)),
+            MAX_POLL_INTERVAL
+        );
+        let hour = Duration::from_secs(3600);
+        assert_eq!(max_poll_interval(hour), hour);
     }
 
     #[test]
