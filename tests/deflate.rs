@@ -12,6 +12,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use common::deflate::*;
@@ -521,6 +522,45 @@ fn padded_compressed_acks_are_paid_for_by_their_inflated_size() {
     // The same text uncompressed is paid for alike; the bystander was never held up.
     bystander.send_json(&json!({"type": "ping", "ref": "b"}));
     bystander.expect("pong");
+    assert_server_fine(&srv, "after");
+}
+
+#[test]
+fn small_padded_compressed_acks_are_not_read_a_whole_bucket_in_debt() {
+    // Acks padded to 4 KiB, 54 bytes each once compressed: under the size still read while
+    // in debt. Once the bucket was a whole bucket in debt, their charges cost nothing, so
+    // they were inflated and parsed without end and never refused (review s20b: 525,314 in
+    // 4 s with --shards 1, 320 times the rate's bound, a bystander's round trip 0.16 ms to
+    // 39 ms). Now, at the floor, they are refused unread, and the refusals end in 1008.
+    let srv = server(&["--client-rate", "100", "--shards", "1"]);
+    let padded = format!(r#"{{"type":"ack","seq":0{}}}"#, " ".repeat(4000));
+    let z = compress_level(padded.as_bytes(), 9);
+    assert!(z.len() < 64, "{} bytes of deflate", z.len());
+    let frame = encode_frame(true, 4, OP_TEXT, &z, Some(MASK));
+    let burst: Vec<u8> = frame.repeat(5_000);
+    let acks_before = srv.stats()["counters"]["acks"].as_u64().unwrap();
+    let mut ws = DeflateWs::offering(&srv, "padder");
+    // The server closes partway; what it has not read then it drains and drops.
+    let _ = ws.stream.write_all(&burst);
+    let mut refused = 0;
+    let closed = loop {
+        let f = ws.read_frame().expect("neither closed nor answered");
+        match f.opcode {
+            OP_CLOSE => break f.close_code(),
+            OP_TEXT => {
+                let e: Value = serde_json::from_slice(&f.payload).expect("plain JSON");
+                assert_eq!(e["code"], "rate_limited", "{e}");
+                refused += 1;
+            }
+            _ => {}
+        }
+    };
+    assert_eq!(closed, Some(1008));
+    assert_eq!(refused, 10);
+    // 100 tokens and a bucket of debt pay for about 800 such acks (0.25 tokens of text
+    // each), plus the refill meanwhile; the rest of the 5,000 was never read.
+    let acks = srv.stats()["counters"]["acks"].as_u64().unwrap() - acks_before;
+    assert!(acks < 2_000, "{acks} acks read");
     assert_server_fine(&srv, "after");
 }
 

@@ -284,6 +284,10 @@ impl Shard {
     /// connection in debt for what it sent (`rate`) only a small message is inflated (an
     /// ack, say); a larger one gets `rate_limited` without being inflated further.
     fn inflate(&mut self, key: u32, compressed: &[u8]) -> Result<(), FrameError> {
+        if self.rates.at_floor(key, self.tick) {
+            self.refuse_unread(key);
+            return Ok(());
+        }
         let max = self.shared.config.max_message_size;
         let cap = if self.rates.has_credit(key, self.tick) {
             max
@@ -298,8 +302,7 @@ impl Shard {
                 self.text(key, &mut out)
             }
             Err(FrameError::TooBig) if cap < max => {
-                let refused = self.rate_limited();
-                self.refuse(key, &refused, None);
+                self.refuse_unread(key);
                 Ok(())
             }
             Err(e) => Err(e),
@@ -314,14 +317,17 @@ impl Shard {
 
     /// A complete text message. Its text is charged to the connection's rate (`rate`); a
     /// large one from a connection in debt is refused unread (small ones are read, so their
-    /// refusal can carry their `ref`).
+    /// refusal can carry their `ref`), and any one from a connection a whole bucket in debt.
     fn text(&mut self, key: u32, payload: &mut [u8]) -> Result<(), FrameError> {
+        if self.rates.at_floor(key, self.tick) {
+            self.refuse_unread(key);
+            return Ok(());
+        }
         if check_utf8(payload).is_err() {
             return Err(FrameError::InvalidUtf8);
         }
         if payload.len() > UNREAD_REFUSAL_BYTES && !self.rates.has_credit(key, self.tick) {
-            let refused = self.rate_limited();
-            self.refuse(key, &refused, None);
+            self.refuse_unread(key);
             return Ok(());
         }
         let len = payload.len();
@@ -372,6 +378,13 @@ impl Shard {
         }
     }
 
+    /// Refuses a message for the connection's rate without reading it (its `error` has no
+    /// `ref`).
+    fn refuse_unread(&mut self, key: u32) {
+        let refused = self.rate_limited();
+        self.refuse(key, &refused, None);
+    }
+
     /// A message refused for the connection's rate, counted.
     fn rate_limited(&self) -> Refused {
         self.counters().rate_limited.fetch_add(1, Relaxed);
@@ -391,9 +404,10 @@ impl Shard {
         msg: ClientMsg<'_>,
         reference: Option<&str>,
     ) -> Result<(), Refused> {
-        // An ack takes no token and is never refused for the rate (a client acks each push
-        // it processes, as fast as pushes come: refusals would end in 1008, which clients
-        // take as "do not reconnect"); its text is charged after, like any message's.
+        // An ack takes no token (a client acks the pushes it processes, as fast as they
+        // come: refusals would end in 1008, which clients take as "do not reconnect"); its
+        // text is charged after, like any message's. Only a whole bucket in debt refuses it
+        // (`text`, unread).
         if !matches!(msg, ClientMsg::Ack { .. }) && !self.rates.take(key, self.tick) {
             return Err(self.rate_limited());
         }

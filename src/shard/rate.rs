@@ -3,12 +3,14 @@
 //! kept only while it is not full, so a quiet connection costs nothing here.
 //!
 //! A message takes a token, and its text (after decompression, at least `MIN_CHARGE`)
-//! costs a token per `BYTES_PER_TOKEN` more, acks included (an ack takes no token and is
-//! never refused, but its text is charged): what a shard spends parsing one connection's
+//! costs a token per `BYTES_PER_TOKEN` more, acks included (an ack takes no token, but
+//! its text is charged): what a shard spends parsing one connection's
 //! messages is bounded, not only how many it carries out (a 100-byte compressed ack can
 //! hold 64 KiB of spaces). The text is paid after the fact, so a large message may leave
 //! the bucket in debt (at most one bucket's worth), which the refill pays back before
-//! anything more is taken: any message fits a bucket of one token.
+//! anything more is taken: any message fits a bucket of one token. A bucket a whole
+//! bucket in debt (`at_floor`) takes nothing: whatever comes then, acks included, is
+//! refused unread (a charge there would cost nothing, and padded acks would be free).
 
 use std::collections::HashMap;
 
@@ -92,6 +94,13 @@ impl Rates {
     /// Whether connection `key` is not in debt at `tick`: a message may be read.
     pub(super) fn has_credit(&self, key: u32, tick: u32) -> bool {
         self.rate == 0 || self.credit(key, tick) > 0
+    }
+
+    /// Whether connection `key` is a whole bucket in debt at `tick` (the most a charge
+    /// takes it to): what it sends now is refused without being read, acks too, or its
+    /// charges would cost it nothing.
+    pub(super) fn at_floor(&self, key: u32, tick: u32) -> bool {
+        self.rate != 0 && self.credit(key, tick) <= -self.capacity()
     }
 
     /// Charges `len` bytes of message text read, into debt if need be.
@@ -179,6 +188,21 @@ mod tests {
         let later = 10 * PER_SEC;
         assert!(r.take(1, later) && r.take(1, later));
         assert!(!r.take(1, later));
+    }
+
+    #[test]
+    fn a_whole_bucket_in_debt_is_the_floor_until_a_tick_refills_it() {
+        let mut r = Rates::new(4);
+        assert!(!r.at_floor(1, 0), "a full bucket");
+        // 16 KiB x 8: eight tokens of text from a bucket of four, clamped at minus four.
+        r.charge_bytes(1, 0, 8 * 16 * 1024);
+        assert!(r.at_floor(1, 0));
+        // Charges there cost nothing more; a tick's refill lifts it off the floor.
+        r.charge_bytes(1, 0, 4000);
+        assert!(r.at_floor(1, 0));
+        assert!(!r.at_floor(1, 1));
+        assert!(!r.has_credit(1, 1), "still in debt");
+        assert!(!Rates::new(0).at_floor(1, 0), "no limit, no floor");
     }
 
     #[test]
