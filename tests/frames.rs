@@ -288,3 +288,47 @@ fn new_message_inside_a_fragmented_one_closes_1002() {
     ws.send_frame(true, OP_TEXT, br#"{"type":"ping"}"#);
     assert_closed_with(&mut ws, 1002);
 }
+
+#[test]
+fn pings_faster_than_the_client_reads_hold_one_pong_for_the_latest() {
+    // A client that pings and does not read: each Ping used to queue its own Pong, 2
+    // bytes against the outbound bounds and about 40 held (review s20b: RSS grew 21 times
+    // what the bounds counted, and the connection stayed open). Now a Pong still waiting
+    // unsent takes the latest Ping's payload instead (RFC 6455 5.5.3).
+    let srv = TestServer::start(&["--shards", "1"]);
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    socket.connect(&srv.ws.into()).expect("connect");
+    let stream: std::net::TcpStream = socket.into();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    let mut ws = RawWs::upgrade(stream, srv.ws, &token("pinger"));
+    let pings = 100_000u32;
+    let mut burst = Vec::new();
+    for i in 0..pings {
+        burst.extend(encode_frame(
+            true,
+            0,
+            OP_PING,
+            &i.to_be_bytes(),
+            Some([1, 2, 3, 4]),
+        ));
+    }
+    burst.extend(encode_frame(true, 0, OP_PING, b"last", Some([1, 2, 3, 4])));
+    ws.send_bytes(&burst);
+    // Now read: the Pongs the kernel's buffers took before the queue began, then the one
+    // queued, for the last Ping.
+    let mut pongs = 0u32;
+    loop {
+        let f = ws.read_frame().expect("the last Pong never came");
+        assert_eq!(f.opcode, OP_PONG, "{f:?}");
+        pongs += 1;
+        if f.payload == b"last" {
+            break;
+        }
+    }
+    assert!(pongs < pings / 2, "{pongs} Pongs for {pings} Pings");
+    let s = srv.stats();
+    assert_eq!(s["connections"], 1, "{s}");
+    assert_eq!(s["outbound_bytes"], 0, "{s}");
+}

@@ -100,13 +100,65 @@ pub struct OutQueue {
     bytes: usize,
     /// TLS: frames at the front that are sealed records already (written as they are).
     sealed: usize,
+    /// How many frames are queued behind the last Pong while it has not started out
+    /// (`replace_pong`).
+    pong_behind: Option<usize>,
 }
+
+/// A Pong frame's first byte (FIN, opcode 0xA): no other frame Throng queues starts so.
+const PONG_FIRST_BYTE: u8 = 0x8A;
 
 impl OutQueue {
     /// Appends a frame (shared, not copied).
     pub fn push(&mut self, frame: Wire) {
         self.bytes += frame.len();
         self.frames.push_back(frame);
+        if let Some(behind) = &mut self.pong_behind {
+            *behind += 1;
+        }
+    }
+
+    /// Notes that the frame just pushed is a Pong.
+    fn pushed_pong(&mut self) {
+        if self.frames.back().and_then(|f| f.first()) == Some(&PONG_FIRST_BYTE) {
+            self.pong_behind = Some(0);
+        }
+    }
+
+    /// Puts `pong` in place of the queued Pong that has not started out, if there is one
+    /// (RFC 6455 5.5.3: only the most recent Ping needs its Pong): the bytes that one
+    /// took, or `pong` back when there is none to replace.
+    fn replace_pong(&mut self, pong: Wire) -> Result<usize, Wire> {
+        let Some(behind) = self.pong_behind else {
+            return Err(pong);
+        };
+        let Some(at) = self.frames.len().checked_sub(behind + 1) else {
+            self.pong_behind = None;
+            return Err(pong);
+        };
+        let started = at < self.sealed || (at == 0 && self.offset > 0);
+        let Some(slot) = self.frames.get_mut(at).filter(|_| !started) else {
+            return Err(pong);
+        };
+        // Never in place of anything but a Pong, whatever the count says.
+        if slot.first() != Some(&PONG_FIRST_BYTE) {
+            self.pong_behind = None;
+            return Err(pong);
+        }
+        let old = slot.len();
+        self.bytes = self.bytes - old + pong.len();
+        *slot = pong;
+        Ok(old)
+    }
+
+    /// After frames left the front: the Pong noted is gone when it was among them.
+    fn front_left(&mut self) {
+        if self
+            .pong_behind
+            .is_some_and(|behind| self.frames.len() <= behind)
+        {
+            self.pong_behind = None;
+        }
     }
 
     /// Whether nothing waits.
@@ -126,6 +178,10 @@ impl OutQueue {
         while self.frames.len() > keep {
             if let Some(f) = self.frames.pop_back() {
                 self.bytes -= f.len();
+                self.pong_behind = match self.pong_behind {
+                    Some(0) | None => None,
+                    Some(behind) => Some(behind - 1),
+                };
             }
         }
     }
@@ -135,6 +191,7 @@ impl OutQueue {
         self.offset = 0;
         self.bytes = 0;
         self.sealed = 0;
+        self.pong_behind = None;
     }
 
     /// Puts records sealed elsewhere (the handshake's last flight) behind the sealed ones.
@@ -172,6 +229,7 @@ impl OutQueue {
                 self.frames.pop_front();
                 self.offset = 0;
                 self.sealed -= 1;
+                self.front_left();
             }
             let close_now = close && !session.closed();
             if self.frames.is_empty() && !close_now {
@@ -193,6 +251,7 @@ impl OutQueue {
             }
             sealer.finish().map_err(io::Error::other)?;
             self.frames.drain(..taken);
+            self.front_left();
             self.bytes -= plain;
             let mut written = 0;
             while written < buf.len() {
@@ -261,6 +320,7 @@ impl OutQueue {
                     left = 0;
                 }
             }
+            self.front_left();
             if written < asked {
                 // The send buffer is full: another write would only say WouldBlock, and
                 // the (edge-triggered) writable event comes once it has room.
@@ -466,7 +526,8 @@ impl Spares {
 
     /// Keeps an emptied queue for reuse, or frees it when the pool is full or the queue
     /// grew large.
-    fn give(&mut self, q: Box<OutQueue>) {
+    fn give(&mut self, mut q: Box<OutQueue>) {
+        q.pong_behind = None;
         let cost = q.footprint();
         if q.poolable() && self.pool_bytes + cost <= POOL_BYTES {
             self.pool_bytes += cost;
@@ -906,6 +967,34 @@ impl Conns {
         Sent::Ok
     }
 
+    /// Queues a Pong for `key`, in place of the one still waiting unsent when there is one:
+    /// Pings that come faster than the client reads hold one Pong, not one each (an
+    /// empty Pong counted 2 bytes against the outbound bounds and held about 40).
+    pub(super) fn send_pong(&mut self, key: u32, pong: Wire) -> Sent {
+        let Some(conn) = self.slab.get_mut(key) else {
+            return Sent::Ok;
+        };
+        if conn.closing() {
+            return Sent::Ok;
+        }
+        let len = pong.len();
+        let pong = match conn.out.as_mut() {
+            Some(q) => match q.replace_pong(pong) {
+                Ok(old) => {
+                    self.queued = self.queued - old + len;
+                    return Sent::Ok;
+                }
+                Err(pong) => pong,
+            },
+            None => pong,
+        };
+        let sent = self.send(key, pong);
+        if let Some(q) = self.slab.get_mut(key).and_then(|c| c.out.as_mut()) {
+            q.pushed_pong();
+        }
+        sent
+    }
+
     /// Queues the close frame, discarding what has not started (it would never be read).
     pub(super) fn queue_close(&mut self, key: u32, frame: Wire, discard: bool) {
         self.drop_partial(key);
@@ -1120,6 +1209,59 @@ mod tests {
             0,
         );
         (conn, listener)
+    }
+
+    fn text(n: u8) -> Wire {
+        crate::frame::text(&[n])
+    }
+
+    fn payloads(q: &OutQueue) -> Vec<(u8, u8)> {
+        q.frames.iter().map(|f| (f[0], f[f.len() - 1])).collect()
+    }
+
+    #[test]
+    fn a_pong_not_yet_started_is_replaced_by_the_next_one() {
+        let mut q = OutQueue::default();
+        q.push(text(1));
+        q.push(crate::frame::pong(b"a"));
+        q.pushed_pong();
+        q.push(text(2));
+        // The newest Ping's Pong takes the waiting one's place; the bytes follow.
+        assert_eq!(q.replace_pong(crate::frame::pong(b"bc")).ok(), Some(3));
+        assert_eq!(payloads(&q), [(0x81, 1), (0x8A, b'c'), (0x81, 2)]);
+        assert_eq!(q.bytes, 3 + 4 + 3);
+        // Out the front: once the Pong is written, the next one queues anew.
+        q.frames.pop_front();
+        q.front_left();
+        assert!(q.pong_behind.is_some(), "still waiting");
+        q.frames.drain(..2);
+        q.front_left();
+        assert!(q.replace_pong(crate::frame::pong(b"d")).is_err());
+    }
+
+    #[test]
+    fn a_pong_started_or_dropped_is_not_replaced_nor_anything_else() {
+        let mut q = OutQueue::default();
+        q.push(crate::frame::pong(b"a"));
+        q.pushed_pong();
+        q.offset = 1;
+        assert!(
+            q.replace_pong(crate::frame::pong(b"b")).is_err(),
+            "partly written"
+        );
+        q.offset = 0;
+        q.push(text(1));
+        q.discard_unstarted();
+        assert!(q.frames.is_empty());
+        assert!(q.replace_pong(crate::frame::pong(b"b")).is_err(), "dropped");
+        // A count that pointed anywhere else never replaces a frame that is not a Pong.
+        q.push(text(2));
+        q.pong_behind = Some(0);
+        assert!(q.replace_pong(crate::frame::pong(b"b")).is_err());
+        assert_eq!(payloads(&q), [(0x81, 2)]);
+        // A frame not a Pong is not noted as one.
+        q.pushed_pong();
+        assert_eq!(q.pong_behind, None);
     }
 
     #[test]

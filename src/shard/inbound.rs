@@ -219,7 +219,7 @@ impl Shard {
     fn frame(&mut self, key: u32, head: Head, payload: &mut [u8]) -> Result<(), FrameError> {
         match head.kind {
             Kind::Ping => {
-                self.send_frame(key, frame::pong(payload));
+                self.answer_ping(key, payload);
                 Ok(())
             }
             Kind::Pong => Ok(()),

@@ -918,7 +918,20 @@ impl Shard {
 
     /// Queues a frame; a connection that cannot take it is closed as a slow consumer.
     fn deliver(&mut self, key: u32, frame: Wire) -> bool {
-        match self.conns.send(key, frame) {
+        let sent = self.conns.send(key, frame);
+        self.after_send(key, sent)
+    }
+
+    /// Answers a WebSocket Ping: its Pong takes the place of one still waiting unsent.
+    fn answer_ping(&mut self, key: u32, payload: &[u8]) {
+        let sent = self.conns.send_pong(key, frame::pong(payload));
+        self.after_send(key, sent);
+    }
+
+    /// What a queued frame's outcome asks: a slow consumer is closed, a broken socket
+    /// dropped; whether the frame was queued.
+    fn after_send(&mut self, key: u32, sent: Sent) -> bool {
+        match sent {
             Sent::Ok => true,
             Sent::Overflow => {
                 self.close(key, Close::SLOW_CONSUMER);
