@@ -281,3 +281,26 @@ fn widened_grants_allow_a_previously_forbidden_subscribe() {
         (json!("b"), json!("now"))
     );
 }
+
+#[test]
+fn a_refresh_costs_a_token_per_signature_check_it_may_need() {
+    // With one key, a refresh takes its message's token and one for its check: a bucket
+    // of four tokens answers two refreshes, then refuses for the rate. (Before, a refresh
+    // cost one token whatever its checks: with many keys and tokens without a `kid`, a
+    // client could keep the shard verifying about 90 signatures a second per key.)
+    let srv = server("checks", &["--client-rate", "4"]);
+    let mut c = Client::connect(srv.ws, &token("alice")).expect("connect");
+    for i in 0..4 {
+        c.send(json!({"type": "refresh", "token": "not.a.token", "ref": format!("r{i}")}));
+    }
+    let codes: Vec<Value> = (0..4).map(|_| c.recv()["code"].clone()).collect();
+    assert_eq!(
+        codes,
+        [
+            json!("invalid_token"),
+            json!("invalid_token"),
+            json!("rate_limited"),
+            json!("rate_limited")
+        ]
+    );
+}

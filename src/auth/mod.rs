@@ -148,6 +148,12 @@ impl Verifier {
         self.key_set().1.signing_secret()
     }
 
+    /// The most signature checks one verification may make (a token without a `kid` is
+    /// tried against every key).
+    pub fn max_checks(&self) -> usize {
+        self.key_set().1.len().max(1)
+    }
+
     /// Verifies `token` and returns the identity it grants.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let data = self

@@ -419,7 +419,19 @@ impl Shard {
                 Ok(())
             }
             ClientMsg::Ack { seq } => self.ack(key, seq),
-            ClientMsg::Refresh { token } => self.refresh(key, &token, reference),
+            ClientMsg::Refresh { token } => {
+                // A token per signature check it may need, on top of the message's: a
+                // refresh costs its verification, not its few bytes (review s20b: a token
+                // without a `kid` is tried against every key).
+                let checks = self
+                    .verifier
+                    .as_ref()
+                    .map_or(0, crate::auth::Verifier::max_checks);
+                let bytes = usize::try_from(super::rate::BYTES_PER_TOKEN).unwrap_or(16 * 1024);
+                self.rates
+                    .charge_bytes(key, self.tick, checks.saturating_mul(bytes));
+                self.refresh(key, &token, reference)
+            }
             ClientMsg::Subscribe { topic, resume } => {
                 // A topic the connection holds already has had its pushes sent live: a
                 // replay would send them again. Answered with the position, no replay, no
