@@ -276,3 +276,34 @@ fn many_sessions_that_ack_and_go_leave_no_entry() {
         assert_eq!(presence(&srv, u)["details"], json!([]));
     }
 }
+
+#[test]
+fn a_client_that_acks_every_push_at_a_low_rate_is_not_closed() {
+    // At client_rate 1 a bucket holds one token and small acks cost 15 thousandths each:
+    // 300 acks in one read take it past a whole bucket in debt. There only small messages
+    // are read (padded acks are refused unread, tests/deflate.rs); an ack is one, so acking
+    // every push of a replay does not end in 1008.
+    let srv = TestServer::start(&["--client-rate", "1"]);
+    let mut ws = RawWs::connect(srv.ws, &token("alice"));
+    for i in 0..300 {
+        srv.push(json!({"user": "alice", "data": i}));
+    }
+    let mut last = 0;
+    while last < 300 {
+        let m = ws.read_json();
+        assert_eq!(m["type"], "push", "{m}");
+        last = m["seq"].as_u64().unwrap();
+    }
+    let acks: Vec<u8> = (1..=300)
+        .flat_map(|seq| {
+            let m = json!({"type": "ack", "seq": seq}).to_string();
+            encode_frame(true, 0, OP_TEXT, m.as_bytes(), Some([1, 2, 3, 4]))
+        })
+        .collect();
+    ws.send_bytes(&acks);
+    let session = ws.welcome["session"].as_str().unwrap().to_string();
+    wait_presence(&srv, "alice", |p| {
+        detail(p, &session).is_some_and(|d| d["acked"] == 300)
+    });
+    assert_eq!(srv.stats()["connections"], 1);
+}

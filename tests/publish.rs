@@ -256,7 +256,7 @@ fn the_bucket_refills_and_small_acks_cost_little() {
         (e["code"].clone(), e["ref"].clone()),
         (json!("rate_limited"), json!("over"))
     );
-    // Acks are never refused for the rate, in debt too (refusals would end in 1008).
+    // Small acks are never refused for the rate, in debt too (refusals would end in 1008).
     for _ in 0..20 {
         c.send(json!({"type": "ack", "seq": 0}));
     }

@@ -289,11 +289,22 @@ fn a_refresh_costs_a_token_per_signature_check_it_may_need() {
     // cost one token whatever its checks: with many keys and tokens without a `kid`, a
     // client could keep the shard verifying about 90 signatures a second per key.)
     let srv = server("checks", &["--client-rate", "4"]);
-    let mut c = Client::connect(srv.ws, &token("alice")).expect("connect");
-    for i in 0..4 {
-        c.send(json!({"type": "refresh", "token": "not.a.token", "ref": format!("r{i}")}));
-    }
-    let codes: Vec<Value> = (0..4).map(|_| c.recv()["code"].clone()).collect();
+    let mut ws = RawWs::connect(srv.ws, &token("alice"));
+    // In one write, so the shard reads them in one turn (no refill between them).
+    let frames: Vec<u8> = (0..4)
+        .flat_map(|i| {
+            let m = json!({"type": "refresh", "token": "not.a.token", "ref": format!("r{i}")});
+            encode_frame(
+                true,
+                0,
+                OP_TEXT,
+                m.to_string().as_bytes(),
+                Some([1, 2, 3, 4]),
+            )
+        })
+        .collect();
+    ws.send_bytes(&frames);
+    let codes: Vec<Value> = (0..4).map(|_| ws.read_json()["code"].clone()).collect();
     assert_eq!(
         codes,
         [

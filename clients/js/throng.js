@@ -1002,35 +1002,14 @@ export class ThrongClient {
     if (this.#ackQueued) return;
     this.#ackQueued = true;
     const ws = this.#ws;
-    queueMicrotask(() => this.#sendAck(ws));
-  }
-
-  /**
-   * Sends the ack queued; while the rate bucket is a whole bucket in debt (the server
-   * would refuse it unread, and refusals in a row end in a 1008 close: protocol.md 2.2),
-   * waits for the refill first, the acks meanwhile folded into this one.
-   */
-  #sendAck(ws) {
-    const waitMs = ws === this.#ws ? this.#ackWaitMs() : 0;
-    if (waitMs > 0) {
-      this.#setTimeout(() => this.#sendAck(ws), waitMs);
-      return;
-    }
-    this.#ackQueued = false;
-    const ackSeq = this.#ackSeq;
-    this.#ackSeq = 0;
-    // An ack on another connection could name a seq of an older epoch: refused, and
-    // refusals in a row end in a 1008 close (section 2.2).
-    if (ws === this.#ws && ackSeq > 0) this.#sendJson({ type: "ack", seq: ackSeq });
-  }
-
-  /** Milliseconds until the bucket is a token above its floor (-client_rate tokens); 0 when it is. */
-  #ackWaitMs() {
-    const rate = this.#clientRate;
-    if (rate === 0) return 0;
-    const wanted = -rate * 1000 + 1000;
-    const milli = this.#bucketNow(this.#now());
-    return milli >= wanted ? 0 : Math.ceil((wanted - milli) / rate);
+    queueMicrotask(() => {
+      this.#ackQueued = false;
+      const ackSeq = this.#ackSeq;
+      this.#ackSeq = 0;
+      // An ack on another connection could name a seq of an older epoch: refused, and
+      // refusals in a row end in a 1008 close (section 2.2).
+      if (ws === this.#ws && ackSeq > 0) this.#sendJson({ type: "ack", seq: ackSeq });
+    });
   }
 
   #onSubscribed(msg) {

@@ -150,14 +150,17 @@ impl KeySet {
 
     /// Verifies and decodes `token`: with the key its `kid` names, else with each key in
     /// turn until one's signature matches.
+    /// `checks` counts the signature checks made (what a verification costs).
     pub(super) fn decode<T: DeserializeOwned>(
         &self,
         token: &str,
         validation: &Validation,
+        checks: &mut usize,
     ) -> Result<TokenData<T>, DecodeError> {
         if let [only] = self.keys.as_slice() {
             if only.kid.is_none() {
                 // The common case: one key, no header to look at first.
+                *checks += 1;
                 return jsonwebtoken::decode(token, &only.key, validation)
                     .map_err(DecodeError::Jwt);
             }
@@ -169,6 +172,7 @@ impl KeySet {
             .as_deref()
             .and_then(|kid| self.keys.iter().find(|k| k.kid.as_deref() == Some(kid)));
         if let Some(k) = named {
+            *checks += 1;
             return jsonwebtoken::decode(token, &k.key, validation).map_err(DecodeError::Jwt);
         }
         // A `kid` none of the keys has: only keys without one may still fit it.
@@ -179,6 +183,7 @@ impl KeySet {
             .collect();
         let mut last = None;
         for k in candidates {
+            *checks += 1;
             match jsonwebtoken::decode(token, &k.key, validation) {
                 Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => last = Some(e),
                 done => return done.map_err(DecodeError::Jwt),

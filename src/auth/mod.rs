@@ -148,18 +148,18 @@ impl Verifier {
         self.key_set().1.signing_secret()
     }
 
-    /// The most signature checks one verification may make (a token without a `kid` is
-    /// tried against every key).
-    pub fn max_checks(&self) -> usize {
-        self.key_set().1.len().max(1)
-    }
-
     /// Verifies `token` and returns the identity it grants.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        self.verify_counting(token, &mut 0)
+    }
+
+    /// `verify`, counting in `checks` the signature checks it made (a token without a
+    /// `kid` is tried against every key): what the verification cost.
+    pub fn verify_counting(&self, token: &str, checks: &mut usize) -> Result<Identity, AuthError> {
         let data = self
             .key_set()
             .1
-            .decode::<Claims>(token, &self.validation)
+            .decode::<Claims>(token, &self.validation, checks)
             .map_err(|e| match e {
                 DecodeError::Jwt(e) if matches!(e.kind(), ErrorKind::ExpiredSignature) => {
                     AuthError::Expired
@@ -690,6 +690,22 @@ mod tests {
             .verify(&rs256(RS_B_PRIVATE, None, "new"))
             .unwrap_err();
         assert_eq!(e, AuthError::Invalid("bad signature".into()));
+    }
+
+    #[test]
+    fn a_verification_counts_its_signature_checks() {
+        let pem = format!("{RS_A_PUBLIC}\n{RS_B_PUBLIC}").into_bytes();
+        let v = Verifier::new(&rs_config(PublicKeys::Pem { path: None, pem })).unwrap();
+        let checks = |token: &str| {
+            let mut n = 0;
+            let _ = v.verify_counting(token, &mut n);
+            n
+        };
+        // PEM keys have no kid: tried in turn until one fits.
+        assert_eq!(checks(&rs256(RS_A_PRIVATE, None, "a")), 1);
+        assert_eq!(checks(&rs256(RS_B_PRIVATE, None, "b")), 2);
+        // A header that does not parse is refused before any check.
+        assert_eq!(checks("not.a.token"), 0);
     }
 
     #[test]

@@ -16,6 +16,10 @@ use super::Shard;
 /// A message larger than this from a connection in debt (`rate`) is refused without being
 /// read, so without its `ref`; a smaller one is read to answer with it.
 const UNREAD_REFUSAL_BYTES: usize = 4096;
+/// The largest message read from a connection a whole bucket in debt (`Rates::at_floor`),
+/// where a charge costs it nothing more: an ack (20 to 40 bytes), never one padded to
+/// make the shard parse more than the connection sends (review s20b).
+const FLOOR_READ_BYTES: usize = 64;
 
 /// Refused client messages in a row that are tolerated; one more closes with 1008.
 const MAX_REFUSED_IN_ROW: u8 = 10;
@@ -284,13 +288,11 @@ impl Shard {
     /// connection in debt for what it sent (`rate`) only a small message is inflated (an
     /// ack, say); a larger one gets `rate_limited` without being inflated further.
     fn inflate(&mut self, key: u32, compressed: &[u8]) -> Result<(), FrameError> {
-        if self.rates.at_floor(key, self.tick) {
-            self.refuse_unread(key);
-            return Ok(());
-        }
         let max = self.shared.config.max_message_size;
         let cap = if self.rates.has_credit(key, self.tick) {
             max
+        } else if self.rates.at_floor(key, self.tick) {
+            FLOOR_READ_BYTES.min(max)
         } else {
             UNREAD_REFUSAL_BYTES.min(max)
         };
@@ -317,9 +319,10 @@ impl Shard {
 
     /// A complete text message. Its text is charged to the connection's rate (`rate`); a
     /// large one from a connection in debt is refused unread (small ones are read, so their
-    /// refusal can carry their `ref`), and any one from a connection a whole bucket in debt.
+    /// refusal can carry their `ref`), and any but the smallest from a connection a whole
+    /// bucket in debt.
     fn text(&mut self, key: u32, payload: &mut [u8]) -> Result<(), FrameError> {
-        if self.rates.at_floor(key, self.tick) {
+        if payload.len() > FLOOR_READ_BYTES && self.rates.at_floor(key, self.tick) {
             self.refuse_unread(key);
             return Ok(());
         }
@@ -406,8 +409,8 @@ impl Shard {
     ) -> Result<(), Refused> {
         // An ack takes no token (a client acks the pushes it processes, as fast as they
         // come: refusals would end in 1008, which clients take as "do not reconnect"); its
-        // text is charged after, like any message's. Only a whole bucket in debt refuses it
-        // (`text`, unread).
+        // text is charged after, like any message's. A whole bucket in debt, only a small
+        // one is read (`FLOOR_READ_BYTES`): padded acks are refused unread there.
         if !matches!(msg, ClientMsg::Ack { .. }) && !self.rates.take(key, self.tick) {
             return Err(self.rate_limited());
         }
@@ -419,19 +422,7 @@ impl Shard {
                 Ok(())
             }
             ClientMsg::Ack { seq } => self.ack(key, seq),
-            ClientMsg::Refresh { token } => {
-                // A token per signature check it may need, on top of the message's: a
-                // refresh costs its verification, not its few bytes (review s20b: a token
-                // without a `kid` is tried against every key).
-                let checks = self
-                    .verifier
-                    .as_ref()
-                    .map_or(0, crate::auth::Verifier::max_checks);
-                let bytes = usize::try_from(super::rate::BYTES_PER_TOKEN).unwrap_or(16 * 1024);
-                self.rates
-                    .charge_bytes(key, self.tick, checks.saturating_mul(bytes));
-                self.refresh(key, &token, reference)
-            }
+            ClientMsg::Refresh { token } => self.refresh(key, &token, reference),
             ClientMsg::Subscribe { topic, resume } => {
                 // A topic the connection holds already has had its pushes sent live: a
                 // replay would send them again. Answered with the position, no replay, no

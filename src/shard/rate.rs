@@ -8,9 +8,9 @@
 //! messages is bounded, not only how many it carries out (a 100-byte compressed ack can
 //! hold 64 KiB of spaces). The text is paid after the fact, so a large message may leave
 //! the bucket in debt (at most one bucket's worth), which the refill pays back before
-//! anything more is taken: any message fits a bucket of one token. A bucket a whole
-//! bucket in debt (`at_floor`) takes nothing: whatever comes then, acks included, is
-//! refused unread (a charge there would cost nothing, and padded acks would be free).
+//! anything more is taken: any message fits a bucket of one token. From a bucket a whole
+//! bucket in debt (`at_floor`) only the smallest messages are read (an ack): padded acks
+//! are refused unread there, however cheap they are compressed.
 
 use std::collections::HashMap;
 
@@ -96,9 +96,8 @@ impl Rates {
         self.rate == 0 || self.credit(key, tick) > 0
     }
 
-    /// Whether connection `key` is a whole bucket in debt at `tick` (the most a charge
-    /// takes it to): what it sends now is refused without being read, acks too, or its
-    /// charges would cost it nothing.
+    /// Whether connection `key` is a whole bucket in debt at `tick`: only the smallest of
+    /// what it sends is read now (a charge goes at most a token further).
     pub(super) fn at_floor(&self, key: u32, tick: u32) -> bool {
         self.rate != 0 && self.credit(key, tick) <= -self.capacity()
     }
@@ -110,9 +109,15 @@ impl Rates {
         }
         let len = i64::try_from(len).unwrap_or(i64::MAX).max(MIN_CHARGE);
         let cost = len.saturating_mul(MILLI) / BYTES_PER_TOKEN;
-        // Never more than a bucket in debt: a second of silence clears it.
-        let floor = -self.capacity();
         let milli = self.credit(key, tick);
+        // A message read with credit (its token taken: 0 or more left) leaves at most a
+        // bucket of debt: a second of silence clears it. One read in debt (at most 4 KiB, a quarter of a token: `inbound`) is
+        // paid in full, down to a token below that, so a tick's refill never pays for it.
+        let floor = if milli >= 0 {
+            -self.capacity()
+        } else {
+            -self.capacity() - MILLI
+        };
         self.set(key, tick, milli.saturating_sub(cost).max(floor));
     }
 
@@ -197,11 +202,19 @@ mod tests {
         // 16 KiB x 8: eight tokens of text from a bucket of four, clamped at minus four.
         r.charge_bytes(1, 0, 8 * 16 * 1024);
         assert!(r.at_floor(1, 0));
-        // Charges there cost nothing more; a tick's refill lifts it off the floor.
-        r.charge_bytes(1, 0, 4000);
-        assert!(r.at_floor(1, 0));
+        assert_eq!(r.credit(1, 0), -4 * MILLI);
+        // A tick's refill lifts it off the floor; a small message read then is paid in
+        // full (not forgiven down to the floor), and the floor holds it again.
         assert!(!r.at_floor(1, 1));
-        assert!(!r.has_credit(1, 1), "still in debt");
+        r.charge_bytes(1, 1, 4000);
+        assert!(r.at_floor(1, 1));
+        assert!(r.credit(1, 1) < -4 * MILLI);
+        // Charges in debt stop a token below the floor.
+        for _ in 0..100 {
+            r.charge_bytes(1, 1, 4000);
+        }
+        assert_eq!(r.credit(1, 1), -5 * MILLI);
+        assert!(!r.has_credit(1, 1 + PER_SEC), "still in debt");
         assert!(!Rates::new(0).at_floor(1, 0), "no limit, no floor");
     }
 
@@ -242,9 +255,11 @@ mod tests {
         for _ in 0..10_000 {
             r.charge_bytes(1, 0, 60_000);
         }
+        // Charges made in debt go a token past the bucket: 1.5 s of refill at 2 a second.
+        assert!(!r.has_credit(1, PER_SEC * 3 / 2));
         assert!(
-            r.has_credit(1, PER_SEC + PER_SEC / 100),
-            "a bucket of debt at most"
+            r.has_credit(1, PER_SEC * 3 / 2 + 1),
+            "a bucket and a token of debt at most"
         );
         let mut unlimited = Rates::new(0);
         unlimited.charge_bytes(1, 0, usize::MAX);

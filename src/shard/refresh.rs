@@ -14,6 +14,8 @@ use super::Shard;
 /// moment later can land up to a second (plus a stale turn tick) earlier. The rule thus
 /// holds to about a second, which is all it needs: it stops the replay of an older token.
 const SAME_EXP_TICKS: u32 = (1100 / TICK_MS) as u32;
+/// What a signature check costs a `refresh`, as text: a token (`rate`).
+const CHECK_BYTES: usize = super::rate::BYTES_PER_TOKEN as usize;
 
 impl Shard {
     /// Sends `token_expiring` once per token when the 4001 close is `refresh_ahead` away
@@ -55,7 +57,16 @@ impl Shard {
                 message: "this server cannot verify tokens at the moment".into(),
             });
         };
-        let identity = verifier.verify(token).map_err(|e| Refused {
+        // A token per signature check, on top of the message's: a refresh costs its
+        // verification, not its few bytes (review s20b: a token without a `kid` is tried
+        // against every key).
+        let mut checks = 0;
+        let verified = verifier.verify_counting(token, &mut checks);
+        if checks > 0 {
+            self.rates
+                .charge_bytes(key, self.tick, checks.saturating_mul(CHECK_BYTES));
+        }
+        let identity = verified.map_err(|e| Refused {
             code: e.code(),
             message: e.to_string(),
         })?;

@@ -624,26 +624,6 @@ test("user-stream pushes are acked once per turn with the highest seq", async ()
   assert.deepEqual(ws.ofType("ack").map((a) => a.seq), [3, 4]);
 });
 
-test("acks wait while the rate bucket is a whole bucket in debt, folded into one", async () => {
-  const env = setup();
-  await connectWith(env, welcome({ client_rate: 1 }));
-  const ws = env.last();
-  // About 16 KiB of text: its token and about one more, so the bucket (one token) is
-  // nearly a whole bucket in debt; the client keeps a token's margin above the floor,
-  // where the server refuses whatever comes unread.
-  env.client.send("x".repeat(16000)).catch(() => {});
-  assert.equal(ws.ofType("send").length, 1);
-  ws.receive(pushMsg(1));
-  await flush();
-  assert.equal(ws.ofType("ack").length, 0, "not while the bucket is at its floor");
-  ws.receive(pushMsg(2));
-  await flush();
-  assert.equal(ws.ofType("ack").length, 0);
-  env.clock.ms += 1000;
-  env.timers.fireSoonest();
-  assert.deepEqual(ws.ofType("ack"), [{ type: "ack", seq: 2 }], "one ack, the highest seq");
-});
-
 test("topic pushes are not acked, and ackPushes:false turns acks off", async () => {
   const env = setup({ client: { ackPushes: false } });
   await connectWith(env);
