@@ -33,6 +33,25 @@ fn assert_closed_with(ws: &mut DeflateWs, code: u16, what: &str) {
 }
 
 /// The server still serves: a new compressing client gets a pong and a compressed push.
+/// Reads `rate_limited` errors until the close: ten, then 1008 (the 11th refusal).
+fn assert_refused_ten_times_then_closed(ws: &mut DeflateWs) {
+    let mut refused = 0;
+    let closed = loop {
+        let f = ws.read_frame().expect("neither closed nor answered");
+        match f.opcode {
+            OP_CLOSE => break f.close_code(),
+            OP_TEXT => {
+                let e: Value = serde_json::from_slice(&f.payload).expect("plain JSON");
+                assert_eq!(e["code"], "rate_limited", "{e}");
+                refused += 1;
+            }
+            _ => {}
+        }
+    };
+    assert_eq!(closed, Some(1008));
+    assert_eq!(refused, 10);
+}
+
 fn assert_server_fine(srv: &TestServer, user: &str) {
     let mut ws = DeflateWs::offering(srv, user);
     ws.barrier("still-fine");
@@ -504,21 +523,7 @@ fn padded_compressed_acks_are_paid_for_by_their_inflated_size() {
     }
     // 100 tokens pay for 25 (4 each, their text taken as a debt); then ten are refused
     // and the eleventh closes.
-    let mut refused = 0;
-    let closed = loop {
-        let f = ws.read_frame().expect("neither closed nor answered");
-        match f.opcode {
-            OP_CLOSE => break f.close_code(),
-            OP_TEXT => {
-                let e: Value = serde_json::from_slice(&f.payload).expect("plain JSON");
-                assert_eq!(e["code"], "rate_limited", "{e}");
-                refused += 1;
-            }
-            _ => {}
-        }
-    };
-    assert_eq!(closed, Some(1008));
-    assert_eq!(refused, 10);
+    assert_refused_ten_times_then_closed(&mut ws);
     // The same text uncompressed is paid for alike; the bystander was never held up.
     bystander.send_json(&json!({"type": "ping", "ref": "b"}));
     bystander.expect("pong");
@@ -542,21 +547,7 @@ fn small_padded_compressed_acks_are_not_read_a_whole_bucket_in_debt() {
     let mut ws = DeflateWs::offering(&srv, "padder");
     // The server closes partway; what it has not read then it drains and drops.
     let _ = ws.stream.write_all(&burst);
-    let mut refused = 0;
-    let closed = loop {
-        let f = ws.read_frame().expect("neither closed nor answered");
-        match f.opcode {
-            OP_CLOSE => break f.close_code(),
-            OP_TEXT => {
-                let e: Value = serde_json::from_slice(&f.payload).expect("plain JSON");
-                assert_eq!(e["code"], "rate_limited", "{e}");
-                refused += 1;
-            }
-            _ => {}
-        }
-    };
-    assert_eq!(closed, Some(1008));
-    assert_eq!(refused, 10);
+    assert_refused_ten_times_then_closed(&mut ws);
     // 100 tokens and a bucket of debt pay for about 800 such acks (0.25 tokens of text
     // each), plus the refill meanwhile; the rest of the 5,000 was never read.
     let acks = srv.stats()["counters"]["acks"].as_u64().unwrap() - acks_before;
