@@ -46,6 +46,12 @@ fn pushes(c: &mut Client, n: usize) -> Vec<Value> {
         .collect()
 }
 
+/// Waits for the pushes whose `data` are `range`'s numbers, in order, on `c`.
+fn assert_pushes(c: &mut Client, range: std::ops::Range<u32>) {
+    let want: Vec<Value> = range.clone().map(|i| json!(i)).collect();
+    assert_eq!(pushes(c, range.len()), want);
+}
+
 fn user_records(user: &str, range: std::ops::Range<u32>) -> Vec<(String, String)> {
     range
         .map(|i| {
@@ -92,9 +98,8 @@ fn records_become_pushes_in_order_per_key_and_are_committed() {
         records.push(b);
     }
     produce(&t, &records);
-    let want: Vec<Value> = (0..100).map(|i| json!(i)).collect();
-    assert_eq!(pushes(&mut alice, 100), want);
-    assert_eq!(pushes(&mut bob, 100), want);
+    assert_pushes(&mut alice, 0..100);
+    assert_pushes(&mut bob, 0..100);
     let s = srv.wait_stats("delivered and committed", |s| {
         s["kafka"]["delivered"] == 200 && s["kafka"]["commits"].as_u64() >= Some(1)
     });
@@ -193,8 +198,7 @@ fn a_draining_server_leaves_its_partitions_to_the_next_one_at_once() {
         s["kafka"]["assigned_partitions"] == 2
     });
     produce(&t, &user_records("alice", 20..30));
-    let want: Vec<Value> = (20..30).map(|i| json!(i)).collect();
-    assert_eq!(pushes(&mut alice_new, 10), want);
+    assert_pushes(&mut alice_new, 20..30);
     old.wait_stats("the old server took none of them", |s| {
         s["kafka"]["delivered"] == 20
     });
@@ -213,8 +217,7 @@ fn full_shard_queues_pause_the_partition_and_nothing_is_dropped() {
     srv.wait_stats("records read and not taken", |s| {
         s["kafka"]["pending_bytes"].as_u64() > Some(0)
     });
-    let want: Vec<Value> = (0..2000).map(|i| json!(i)).collect();
-    assert_eq!(pushes(&mut alice, 2000), want);
+    assert_pushes(&mut alice, 0..2000);
     let s = srv.wait_stats("delivered", |s| s["kafka"]["delivered"] == 2000);
     assert!(
         s["kafka"]["refused"].as_u64() >= Some(1),
@@ -309,9 +312,8 @@ fn two_cluster_nodes_in_one_group_split_the_partitions_and_deliver_through_redis
         records.push((user.clone(), json!({"user": user, "data": i}).to_string()));
     }
     produce(&t, &records);
-    let want: Vec<Value> = (0..60).map(|i| json!(i)).collect();
-    assert_eq!(pushes(&mut alice, 60), want);
-    assert_eq!(pushes(&mut bob, 60), want);
+    assert_pushes(&mut alice, 0..60);
+    assert_pushes(&mut bob, 0..60);
     let delivered = |s: &TestServer| s.stats()["kafka"]["delivered"].as_u64().unwrap_or(0);
     assert!(
         wait_until(WAIT, || delivered(&a) + delivered(&b) == 160),
@@ -384,8 +386,7 @@ fn a_burst_of_invalid_records_does_not_hold_up_other_partitions() {
     // Each DLQ write used to hold the whole ingress thread for 100 ms or more.
     let start = Instant::now();
     produce_to(&t, 1, &user_records("alice", 0..5));
-    let want: Vec<Value> = (0..5).map(|i| json!(i)).collect();
-    assert_eq!(pushes(&mut alice, 5), want);
+    assert_pushes(&mut alice, 0..5);
     let took = start.elapsed();
     assert!(
         took < Duration::from_secs(5),
@@ -512,8 +513,7 @@ fn a_crashed_server_s_partitions_go_to_the_next_one_within_the_session_timeout()
         s["kafka"]["assigned_partitions"] == 2
     });
     produce(&t, &user_records("alice", 0..10));
-    let want: Vec<Value> = (0..10).map(|i| json!(i)).collect();
-    assert_eq!(pushes(&mut alice, 10), want);
+    assert_pushes(&mut alice, 0..10);
 }
 
 #[test]

@@ -110,14 +110,10 @@ struct Reports {
 }
 
 impl ClientContext for Reports {
-    /// A lost broker at debug: the consumer, on the same brokers, says it once. Other
-    /// errors show in the failed writes' reports.
+    /// At debug: a lost broker the consumer, on the same brokers, says once; any other
+    /// error shows in the failed writes' reports.
     fn error(&self, error: KafkaError, reason: &str) {
-        if client_log::is_transport(&error) {
-            tracing::debug!(%error, %reason, "Kafka DLQ producer: broker connection failed");
-        } else {
-            tracing::debug!(%error, %reason, "Kafka DLQ producer error");
-        }
+        tracing::debug!(%error, %reason, "Kafka DLQ producer error");
     }
 
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {

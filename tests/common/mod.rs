@@ -178,17 +178,7 @@ impl TestServer {
         within: Duration,
         cond: impl Fn(&Value) -> bool,
     ) -> Value {
-        let deadline = Instant::now() + within;
-        loop {
-            let s = self.stats();
-            if cond(&s) {
-                return s;
-            }
-            if Instant::now() > deadline {
-                panic!("timed out waiting for {what}; last stats: {s}");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        poll_stats(what, within, || self.stats(), cond, String::new)
     }
 
     /// Waits until `/v1/stats` reports exactly `conns` connections and `users` users online.
@@ -243,6 +233,31 @@ pub fn wait_ready(srv: &TestServer) {
         "node never became ready: {}",
         srv.api("GET", "/readyz", None).text()
     );
+}
+
+/// Polls `stats` every 10 ms until `cond` holds and returns them; after `within`, panics
+/// with the last ones and `context` (a server's log, say).
+pub fn poll_stats(
+    what: &str,
+    within: Duration,
+    stats: impl Fn() -> Value,
+    cond: impl Fn(&Value) -> bool,
+    context: impl Fn() -> String,
+) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let s = stats();
+        if cond(&s) {
+            return s;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "timed out waiting for {what}; last stats: {s}\n{}",
+                context()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Polls `cond` every 10 ms until it holds or `timeout` passes; returns whether it held.

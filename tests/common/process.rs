@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{kill_child, listening_addrs, token, Client, HttpConn, Resp, API_KEY, SECRET};
+use super::{
+    kill_child, listening_addrs, poll_stats, token, Client, HttpConn, Resp, API_KEY, SECRET,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_throng");
 /// Deadline for the `listening` line.
@@ -139,19 +141,13 @@ impl ServerProcess {
         timeout: Duration,
         cond: impl Fn(&Value) -> bool,
     ) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let s = self.stats();
-            if cond(&s) {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; last stats: {s}\nserver output:\n{}",
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        poll_stats(
+            what,
+            timeout,
+            || self.stats(),
+            cond,
+            || format!("server output:\n{}", self.output()),
+        )
     }
 
     /// Connects a client for `user` and reads its welcome.
