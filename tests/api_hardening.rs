@@ -720,10 +720,25 @@ fn framing_is_strict() {
             "Content-Length",
         ),
         (
-            post("Transfer-Encoding: chunked\r\n", "0\r\n\r\n"),
-            411,
-            "length_required",
-            "Content-Length",
+            post("Transfer-Encoding: gzip\r\n", "0\r\n\r\n"),
+            501,
+            "not_implemented",
+            "Content-Length or chunked",
+        ),
+        (
+            post(
+                &format!("Transfer-Encoding: chunked\r\nContent-Length: {n}\r\n"),
+                body,
+            ),
+            400,
+            "bad_request",
+            "both Transfer-Encoding and Content-Length",
+        ),
+        (
+            post("Transfer-Encoding: chunked\r\n", "3\r\nabcd\r\n"),
+            400,
+            "bad_request",
+            "malformed chunked body",
         ),
     ];
     for (raw, status, code, needle) in cases {

@@ -10,6 +10,7 @@ use common::*;
 use proptest::prelude::*;
 use proptest::sample::Index;
 use serde_json::{json, Map, Value};
+use throng::api::chunked::{decode, ChunkScan, Scanned};
 use throng::api::request::{frame, FrameError, Framed, MAX_HEAD};
 use throng::api::{parse_push, Target, MAX_DATA_DEPTH, MAX_ID_BYTES, MAX_USERS};
 
@@ -127,6 +128,104 @@ proptest! {
         if let Framed::Error(e) = frame(&raw) {
             // The only refusal these requests can earn is the head limit.
             prop_assert_eq!(e, FrameError::HeadTooLarge);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Chunked bodies
+
+/// A chunked body: its data (None when a byte of it was changed), and its bytes.
+fn chunked_body() -> impl Strategy<Value = (Option<Vec<u8>>, Vec<u8>)> {
+    let chunk = (
+        prop::collection::vec(any::<u8>(), 1..40),
+        any::<bool>(),
+        any::<bool>(),
+    );
+    let trailers = prop::collection::vec("[A-Za-z][A-Za-z0-9-]{0,8}: [ -~]{0,10}", 0..3);
+    let mutate = prop::option::weighted(0.3, (any::<Index>(), any::<u8>()));
+    (prop::collection::vec(chunk, 0..8), trailers, mutate).prop_map(|(chunks, trailers, mutate)| {
+        let mut data = Vec::new();
+        let mut raw = Vec::new();
+        for (bytes, ext, upper) in chunks {
+            let size = if upper {
+                format!("{:X}", bytes.len())
+            } else {
+                format!("{:x}", bytes.len())
+            };
+            raw.extend_from_slice(size.as_bytes());
+            if ext {
+                raw.extend_from_slice(b";name=\"v\"");
+            }
+            raw.extend_from_slice(b"\r\n");
+            raw.extend_from_slice(&bytes);
+            raw.extend_from_slice(b"\r\n");
+            data.extend_from_slice(&bytes);
+        }
+        raw.extend_from_slice(b"0\r\n");
+        for t in trailers {
+            raw.extend_from_slice(t.as_bytes());
+            raw.extend_from_slice(b"\r\n");
+        }
+        raw.extend_from_slice(b"\r\n");
+        if let Some((at, byte)) = mutate {
+            let i = at.index(raw.len());
+            if raw[i] != byte {
+                raw[i] = byte;
+                return (None, raw);
+            }
+        }
+        (Some(data), raw)
+    })
+}
+
+/// The scan's answer once `raw` arrived in the pieces `cuts` make.
+fn scan_in_pieces(raw: &[u8], cuts: &[usize]) -> Result<Scanned, FrameError> {
+    let mut scan = ChunkScan::new(0);
+    for &cut in cuts {
+        let found = scan.advance(&raw[..cut]);
+        if !matches!(found, Ok(Scanned::More { .. })) {
+            return found;
+        }
+    }
+    scan.advance(raw)
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn chunk_scans_never_panic_on_arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
+        if let Ok(Scanned::Done { end }) = ChunkScan::new(0).advance(&bytes) {
+            prop_assert!(end <= bytes.len());
+        }
+    }
+
+    #[test]
+    fn chunk_scans_do_not_depend_on_how_bytes_arrive(
+        (data, raw) in chunked_body(),
+        next in prop::collection::vec(any::<u8>(), 0..32),
+        cuts in prop::collection::vec(any::<Index>(), 0..8),
+    ) {
+        let whole = scan_in_pieces(&raw, &[]);
+        let mut cuts: Vec<usize> = cuts.iter().map(|i| i.index(raw.len())).collect();
+        cuts.sort_unstable();
+        // The same answer, except that a bad line may be found only once it ends (a
+        // later line end, or the framing bound): in pieces it may still wait for that.
+        match (scan_in_pieces(&raw, &cuts), &whole) {
+            (Ok(Scanned::More { .. }), Err(_)) => {}
+            (pieces, whole) => prop_assert_eq!(&pieces, whole),
+        }
+        // A whole body: what follows it changes nothing, and it decodes to its data.
+        if let Ok(Scanned::Done { end }) = whole {
+            let mut with_next = raw.clone();
+            with_next.extend_from_slice(&next);
+            prop_assert_eq!(scan_in_pieces(&with_next, &cuts), Ok(Scanned::Done { end }));
+            let body = decode(&raw[..end], 0, 0);
+            prop_assert!(body.is_ok());
+            if let Some(data) = data {
+                prop_assert_eq!((end, body.ok()), (raw.len(), Some(data)));
+            }
         }
     }
 }

@@ -3,6 +3,7 @@
 //! disconnect and presence requests when every shard involved has replied.
 
 mod budget;
+pub mod chunked;
 mod client_publish;
 mod cluster_view;
 pub mod dedup;
@@ -132,6 +133,8 @@ struct ApiConn {
     /// Where the request at the front of `inbuf` ends when its head passed the key check
     /// and its body is admitted and still arriving; 0 otherwise.
     admitted_end: usize,
+    /// The scan of the chunked body at the front of `inbuf`, while it arrives.
+    chunks: Option<chunked::ChunkScan>,
     /// Its body waits for room in the input budget (the connection is in its queue).
     paused: bool,
     /// The request being read waited for room (counted once; its 408 says so).
@@ -552,6 +555,7 @@ impl Api {
             front_incomplete: false,
             charged: 0,
             admitted_end: 0,
+            chunks: None,
             paused: false,
             was_paused: false,
             trusted: false,
@@ -659,6 +663,7 @@ impl Api {
         c.inbuf = Vec::new();
         c.request_since = None;
         c.paused = false;
+        c.chunks = None;
         if std::mem::take(&mut c.admitted_end) != 0 {
             self.budget.release();
         }
@@ -692,6 +697,11 @@ impl Api {
         let Some(c) = self.conns.get_mut(key) else {
             return false;
         };
+        // A chunked body grows its admission as it comes: the one it had is given back
+        // and the larger one asked for, as if new.
+        if std::mem::take(&mut c.admitted_end) != 0 {
+            self.budget.release();
+        }
         if !self.budget.admit(c.charged, end) {
             if !std::mem::replace(&mut c.was_paused, true) {
                 self.metrics.api_input_pauses.fetch_add(1, Relaxed);
@@ -838,8 +848,14 @@ impl Api {
             {
                 break;
             }
-            // An admitted body still arriving: its head was looked at already.
-            if pos == 0 && c.admitted_end > inbuf.len() {
+            // An admitted body still arriving: its head was looked at already. A chunked
+            // one is scanned as it comes (its end is found there, not known before).
+            if pos == 0
+                && c.admitted_end > inbuf.len()
+                && c.chunks.as_mut().is_none_or(|scan| {
+                    matches!(scan.advance(&inbuf), Ok(chunked::Scanned::More { .. }))
+                })
+            {
                 incomplete = true;
                 break;
             }
@@ -902,9 +918,10 @@ impl Api {
     }
 
     fn one_request(&mut self, key: usize, buf: &[u8]) -> Step {
-        let (head, complete) = match request::frame(buf) {
-            Framed::Complete(h) => (h, true),
-            Framed::HeadOnly(h) => (h, false),
+        let (head, complete, chunked) = match request::frame(buf) {
+            Framed::Complete(h) => (h, true, false),
+            Framed::HeadOnly(h) => (h, false, false),
+            Framed::Chunked(h) => (h, false, true),
             Framed::Incomplete => return Step::Incomplete,
             Framed::Error(e) => return self.fatal(key, &e),
         };
@@ -930,6 +947,9 @@ impl Api {
                 // closed, the body unread.
                 return self.serve(key, &head, &[], false, 0);
             }
+            if chunked {
+                return self.chunked_request(key, &head, buf);
+            }
             return Step::BodyToCome {
                 end: head.body.end,
                 // Not once the client has started on the body anyway.
@@ -943,6 +963,42 @@ impl Api {
             head.keep_alive,
             head.body.end,
         )
+    }
+
+    /// A request with a chunked body, its head checked: served once the scan finds its
+    /// end, else read on, its admission grown (doubling, so a large body is scanned and
+    /// copied a few times, not once per read).
+    fn chunked_request(&mut self, key: usize, head: &request::Head<'_>, buf: &[u8]) -> Step {
+        let Some(c) = self.conns.get_mut(key) else {
+            return Step::Incomplete;
+        };
+        let start = head.body.start;
+        let scan = c
+            .chunks
+            .get_or_insert_with(|| chunked::ChunkScan::new(start));
+        let scanned = scan.advance(buf);
+        let data_len = scan.data_len();
+        match scanned {
+            Ok(chunked::Scanned::More { need }) => {
+                let most = start + crate::config::MAX_API_BODY_BYTES + chunked::MAX_CHUNK_FRAMING;
+                let grown = buf.len() + (buf.len() - start).max(KEEP_INBUF);
+                Step::BodyToCome {
+                    end: grown.min(most).max(need),
+                    send_continue: head.expect_continue && buf.len() == start,
+                }
+            }
+            Ok(chunked::Scanned::Done { end }) => {
+                c.chunks = None;
+                match chunked::decode(&buf[..end], start, data_len) {
+                    Ok(body) => self.serve(key, head, &body, head.keep_alive, end),
+                    Err(e) => self.fatal(key, &e),
+                }
+            }
+            Err(e) => {
+                c.chunks = None;
+                self.fatal(key, &e)
+            }
+        }
     }
 
     /// Handles a request whose head passed the key check; `used` is what it takes of the

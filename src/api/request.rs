@@ -25,9 +25,27 @@ pub enum FrameError {
     /// More header lines than `MAX_HEADERS`.
     #[error("too many headers (at most {MAX_HEADERS})")]
     TooManyHeaders,
-    /// A `Transfer-Encoding` header (chunked bodies are not supported).
-    #[error("send the body with Content-Length; chunked bodies are not accepted")]
-    TransferEncoding,
+    /// A transfer coding other than `chunked` alone.
+    #[error(
+        "Transfer-Encoding {0:?} is not supported: send the body with Content-Length or chunked"
+    )]
+    UnsupportedTransferEncoding(String),
+    /// Both `Transfer-Encoding` and `Content-Length`: the framing would be ambiguous.
+    #[error("both Transfer-Encoding and Content-Length: send one")]
+    LengthAndChunked,
+    /// `Transfer-Encoding` in an HTTP/1.0 request (RFC 9112 6.1: faulty framing).
+    #[error("Transfer-Encoding in an HTTP/1.0 request: send the body with Content-Length")]
+    ChunkedHttp10,
+    /// A chunked body that does not follow RFC 9112 7.1.
+    #[error("malformed chunked body: {0}")]
+    BadChunk(&'static str),
+    /// More chunk framing than `MAX_CHUNK_FRAMING`.
+    #[error(
+        "chunked body framing (chunk-size lines, extensions, trailers) over {} bytes: send \
+         larger chunks",
+        super::chunked::MAX_CHUNK_FRAMING
+    )]
+    ChunkFramingTooLarge,
     /// More than one `Content-Length` header: the body length would be ambiguous.
     #[error("more than one Content-Length header")]
     DuplicateContentLength,
@@ -45,19 +63,22 @@ impl FrameError {
         match self {
             FrameError::Malformed(_)
             | FrameError::DuplicateContentLength
-            | FrameError::BadContentLength(_) => 400,
+            | FrameError::BadContentLength(_)
+            | FrameError::LengthAndChunked
+            | FrameError::ChunkedHttp10
+            | FrameError::BadChunk(_) => 400,
             FrameError::HeadTooLarge | FrameError::TooManyHeaders => 431,
-            FrameError::TransferEncoding => 411,
-            FrameError::BodyTooLarge => 413,
+            FrameError::UnsupportedTransferEncoding(_) => 501,
+            FrameError::BodyTooLarge | FrameError::ChunkFramingTooLarge => 413,
         }
     }
 
     /// The `error` code of the JSON body.
     pub fn code(&self) -> &'static str {
         match self.status() {
-            411 => "length_required",
             413 => "payload_too_large",
             431 => "header_too_large",
+            501 => "not_implemented",
             _ => "bad_request",
         }
     }
@@ -83,6 +104,16 @@ pub struct Head<'a> {
     pub expect_continue: bool,
 }
 
+impl Head<'_> {
+    /// Whether the client waits for `100 Continue`: HTTP/1.1 with `Expect: 100-continue`
+    /// (RFC 9110 10.1.1: never a 100 to an HTTP/1.0 client).
+    fn wants_continue(version: Option<u8>, headers: &[httparse::Header<'_>]) -> bool {
+        version == Some(1)
+            && crate::http::header(headers, "Expect")
+                .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
+    }
+}
+
 /// The result of framing the front of a buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Framed<'a> {
@@ -91,6 +122,9 @@ pub enum Framed<'a> {
     /// The head is whole and the body is still to come: enough to check the key before
     /// the body is held.
     HeadOnly(Head<'a>),
+    /// The head is whole and its body is chunked, from `body.start` (its end is found by
+    /// scanning it: `chunked::ChunkScan`).
+    Chunked(Head<'a>),
     /// More bytes are needed.
     Incomplete,
     /// The stream cannot be framed.
@@ -114,14 +148,10 @@ pub fn frame(buf: &[u8]) -> Framed<'_> {
         Err(e) => return Framed::Error(FrameError::Malformed(e)),
     };
     let header = |name: &str| crate::http::header(req.headers, name);
-    // Present at all, whatever its value: a body we cannot frame.
-    if req
-        .headers
-        .iter()
-        .any(|h| h.name.eq_ignore_ascii_case("Transfer-Encoding"))
-    {
-        return Framed::Error(FrameError::TransferEncoding);
-    }
+    let chunked = match chunked(req.headers, req.version) {
+        Ok(chunked) => chunked,
+        Err(e) => return Framed::Error(e),
+    };
     let len = match content_length(req.headers) {
         Ok(n) => n,
         Err(e) => return Framed::Error(e),
@@ -149,13 +179,47 @@ pub fn frame(buf: &[u8]) -> Framed<'_> {
         body: head_len..end,
         expect_continue: false,
     };
+    if chunked {
+        head.body = head_len..head_len;
+        head.expect_continue = Head::wants_continue(req.version, req.headers);
+        return Framed::Chunked(head);
+    }
     if buf.len() < end {
-        // RFC 9110 10.1.1: never a 100 to an HTTP/1.0 client.
-        head.expect_continue = req.version == Some(1)
-            && header("Expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+        head.expect_continue = Head::wants_continue(req.version, req.headers);
         return Framed::HeadOnly(head);
     }
     Framed::Complete(head)
+}
+
+/// Whether the body is chunked: no `Transfer-Encoding`, or exactly one that says
+/// `chunked`, in HTTP/1.1, without a `Content-Length`. Any other coding is refused, as is
+/// a request with both (the framing a proxy in front picked may differ from ours).
+fn chunked(headers: &[httparse::Header<'_>], version: Option<u8>) -> Result<bool, FrameError> {
+    let mut codings = headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("Transfer-Encoding"));
+    let Some(coding) = codings.next() else {
+        return Ok(false);
+    };
+    if version == Some(0) {
+        return Err(FrameError::ChunkedHttp10);
+    }
+    let value = coding.value.trim_ascii();
+    if codings.next().is_some() || !value.eq_ignore_ascii_case(b"chunked") {
+        let all: Vec<String> = headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("Transfer-Encoding"))
+            .map(|h| String::from_utf8_lossy(h.value.trim_ascii()).into_owned())
+            .collect();
+        return Err(FrameError::UnsupportedTransferEncoding(all.join(", ")));
+    }
+    if headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("Content-Length"))
+    {
+        return Err(FrameError::LengthAndChunked);
+    }
+    Ok(true)
 }
 
 /// The body length: 0 without the header; exactly one header of plain decimal digits.
@@ -274,11 +338,29 @@ mod tests {
     }
 
     #[test]
-    fn transfer_encoding_is_411_whatever_its_value() {
-        let e = err(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
-        assert_eq!((e.status(), e.code()), (411, "length_required"));
-        let e = err(b"POST / HTTP/1.1\r\nTransfer-Encoding: \xff\r\nContent-Length: 1\r\n\r\nx");
-        assert_eq!(e.status(), 411);
+    fn chunked_alone_in_http11_is_the_only_transfer_coding() {
+        let Framed::Chunked(h) =
+            frame(b"POST /v1/push HTTP/1.1\r\nTransfer-Encoding: Chunked \r\nExpect: 100-continue\r\n\r\n3\r\n")
+        else {
+            panic!("chunked")
+        };
+        assert_eq!((h.path, h.body.start, h.body.end), ("/v1/push", 77, 77));
+        assert!(h.expect_continue);
+        for (raw, status, code) in [
+            (&b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"[..], 501, "not_implemented"),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", 501, "not_implemented"),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: \xff\r\n\r\n", 501, "not_implemented"),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\nx", 400, "bad_request"),
+            (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400, "bad_request"),
+        ] {
+            let e = err(raw);
+            assert_eq!((e.status(), e.code()), (status, code), "{e}");
+        }
+        assert_eq!(
+            err(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").to_string(),
+            "Transfer-Encoding \"gzip, chunked\" is not supported: send the body with \
+             Content-Length or chunked"
+        );
     }
 
     #[test]
