@@ -206,11 +206,16 @@ pub enum ShardCmd {
 impl ShardCmd {
     /// Bytes of push payload this command keeps alive while it waits in a shard queue
     /// (shared payloads count once per shard: an upper bound, kept exact by the shard
-    /// releasing the same figure).
+    /// releasing the same figure). Listed user ids count what they hold in memory, not
+    /// their length: about 50 bytes for a short id.
     pub fn weight(&self) -> u64 {
         match self {
             ShardCmd::Users { push, users, .. } => {
-                let ids: usize = users.iter().map(|u| u.len()).sum();
+                let slot = std::mem::size_of::<Box<str>>();
+                let ids: usize = users
+                    .iter()
+                    .map(|u| crate::memory::heap_str_bytes(u.len(), slot))
+                    .sum();
                 (push.data.len() + push.id.as_ref().map_or(0, |i| i.len()) + ids) as u64
             }
             ShardCmd::Topic { frame, topic, .. } => (frame.len() + topic.len()) as u64,
@@ -343,7 +348,8 @@ mod tests {
             users: vec!["ab".into(), "c".into()],
             ticket: None,
         };
-        assert_eq!(cmd.weight(), 7 + 3 + 3);
+        // Each id: a 16-byte slot and a 32-byte chunk.
+        assert_eq!(cmd.weight(), 7 + 3 + 2 * 48);
         let b = ShardCmd::Broadcast {
             frame: Wire::from_static(b"0123456789"),
             compressed: Arc::default(),

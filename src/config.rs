@@ -1636,6 +1636,30 @@ impl Config {
         let events_url = args.events_url.or(file.events_url);
         if let Some(url) = &events_url {
             check_events_url(url).map_err(|e| invalid("events_url", e))?;
+        } else {
+            // Settings for an upstream that is not set: most often a forgotten
+            // `events_url`, and events would go nowhere without a word. (The environment's
+            // THRONG_EVENTS_KEY may be set for a whole fleet: not counted.)
+            only_with(
+                "events_url",
+                &[
+                    (
+                        "events_key",
+                        args.events_key.is_some() || file.events_key.is_some(),
+                    ),
+                    (
+                        "events_key_file",
+                        args.events_key_file.is_some() || file.events_key_file.is_some(),
+                    ),
+                ],
+            )?;
+            if cluster.is_none() && args.events_queue.or(file.events_queue).is_some() {
+                return Err(invalid(
+                    "events_queue",
+                    "is used only where events go: events_url (--events-url) or, in cluster \
+                     mode, redis (--redis), and neither is set",
+                ));
+            }
         }
         // The environment comes after the file, as for the secret and the API key (clap's
         // `env` would have put it ahead of the file).
@@ -2508,6 +2532,17 @@ mod tests {
                 "kafka (--kafka)",
             ),
             (["--kafka-group", "g"], "kafka_group", "kafka (--kafka)"),
+            // Review s21c: an upstream's settings without the upstream went unnoticed.
+            (
+                ["--events-key", "k"],
+                "events_key",
+                "events_url (--events-url)",
+            ),
+            (
+                ["--events-key-file", "/nonexistent"],
+                "events_key_file",
+                "events_url (--events-url)",
+            ),
         ] {
             let args: Vec<&str> = secret.iter().chain(extra.iter()).copied().collect();
             let err = cfg(&args).unwrap_err().to_string();
@@ -2527,6 +2562,40 @@ mod tests {
         ])
         .expect("cluster keys with redis");
         assert_eq!(c.cluster.and_then(|k| k.node_id).as_deref(), Some("a"));
+        // `events_queue` bounds events on their way to `events_url` or Redis: with neither
+        // it says so, with either it is taken.
+        let err = cfg(&[secret[0], secret[1], "--events-queue", "10"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("events_queue") && err.contains("neither is set"),
+            "{err}"
+        );
+        for place in [
+            ["--redis", "redis://127.0.0.1:1"],
+            ["--events-url", "http://127.0.0.1:1/e"],
+        ] {
+            let c = cfg(&[
+                secret[0],
+                secret[1],
+                place[0],
+                place[1],
+                "--events-queue",
+                "10",
+            ])
+            .expect("events_queue where events go");
+            assert_eq!(c.events_queue, 10);
+        }
+        let c = cfg(&[
+            secret[0],
+            secret[1],
+            "--events-url",
+            "http://127.0.0.1:1/e",
+            "--events-key",
+            "k",
+        ])
+        .expect("events_key with events_url");
+        assert_eq!(c.events_key.as_deref(), Some("k"));
         let err = cfg(&[
             secret[0],
             secret[1],
@@ -2550,7 +2619,7 @@ mod tests {
         let path = dir.join("a.toml");
         std::fs::write(
             &path,
-            "ping_interval_ms = 1000\nidle_timeout_ms = 3000\napi_key = \"filekey\"\nevents_key = \"fileevents\"\n[jwt]\nsecret = \"filesecret-filesecret-filesecret-12\"\n",
+            "ping_interval_ms = 1000\nidle_timeout_ms = 3000\napi_key = \"filekey\"\nevents_url = \"http://127.0.0.1:1/e\"\nevents_key = \"fileevents\"\n[jwt]\nsecret = \"filesecret-filesecret-filesecret-12\"\n",
         )
         .unwrap();
         let parsed = ServeOnly::try_parse_from([

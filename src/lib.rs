@@ -21,7 +21,7 @@ pub mod fdlimit;
 pub mod frame;
 pub mod handshake;
 pub(crate) mod http;
-pub(crate) mod json_depth;
+pub(crate) mod json_check;
 pub mod kafka;
 pub(crate) mod link;
 pub(crate) mod log_gate;

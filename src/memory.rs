@@ -12,9 +12,30 @@ pub(crate) fn release_free_memory() {
     }
 }
 
+/// What a heap string of `len` bytes holds: its `slot` (the pointer and length, e.g. 16
+/// bytes for a `Box<str>`) and its allocator chunk (glibc: the bytes and an 8-byte header,
+/// rounded up to 16, at least 32). A list of many short names (a `users` push) holds
+/// about ten times their length; budgets that count them must count this.
+pub(crate) fn heap_str_bytes(len: usize, slot: usize) -> usize {
+    let chunk = if len == 0 {
+        0
+    } else {
+        (len + 8).next_multiple_of(16).max(32)
+    };
+    slot + chunk
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_short_name_holds_a_slot_and_a_whole_chunk() {
+        assert_eq!(heap_str_bytes(5, 16), 48);
+        assert_eq!(heap_str_bytes(24, 16), 48);
+        assert_eq!(heap_str_bytes(25, 16), 64);
+        assert_eq!(heap_str_bytes(0, 24), 24);
+    }
 
     #[test]
     fn release_free_memory_keeps_live_allocations() {

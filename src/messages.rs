@@ -62,10 +62,14 @@ pub struct Refused {
 impl Refused {
     /// Whether the refusal is about the client's message, and so counts toward the
     /// refusals in a row that close a connection (1008: "do not reconnect"). The
-    /// server's own state does not (`broker_unavailable`, `overloaded`, `draining`): the
-    /// client cannot mend it by sending something else, and is told to retry.
+    /// server's own state does not (`broker_unavailable`, `overloaded`, `draining`, and
+    /// `unavailable`, no upstream configured): the client cannot mend it by sending
+    /// something else.
     pub fn counts(&self) -> bool {
-        !matches!(self.code, "broker_unavailable" | "overloaded" | "draining")
+        !matches!(
+            self.code,
+            "broker_unavailable" | "overloaded" | "draining" | "unavailable"
+        )
     }
 }
 
@@ -93,12 +97,10 @@ pub fn parse<'a>(payload: &'a mut [u8], buffers: &mut simd_json::Buffers) -> Par
     // Building and dropping a value tree recurse once per level: 5,000 levels in 10 KB
     // overflowed a shard's stack and aborted the process. Refuse deep documents before
     // simd-json sees them.
-    if let Err(depth) = crate::json_depth::check(payload, MAX_CLIENT_DEPTH) {
+    // Lone surrogate escapes too: simd-json makes U+0000 of one (its issue #481).
+    if let Err(problem) = crate::json_check::check(payload, MAX_CLIENT_DEPTH) {
         return Parsed {
-            msg: Err(refused(
-                "bad_json",
-                format!("JSON nested deeper than {depth} levels"),
-            )),
+            msg: Err(refused("bad_json", problem.to_string())),
             reference: None,
         };
     }
@@ -481,11 +483,17 @@ mod tests {
 
     #[test]
     fn only_refusals_of_the_message_itself_count_toward_the_1008_close() {
-        for code in ["rate_limited", "bad_json", "forbidden_topic", "unavailable"] {
+        for code in ["rate_limited", "bad_json", "forbidden_topic"] {
             assert!(refused(code, "").counts(), "{code}");
         }
-        // The server's state: retried after a moment, never a reason to stop reconnecting.
-        for code in ["overloaded", "draining", "broker_unavailable"] {
+        // The server's state: retried after a moment (or never sent again: `unavailable`,
+        // no upstream), never a reason to stop reconnecting.
+        for code in [
+            "overloaded",
+            "draining",
+            "broker_unavailable",
+            "unavailable",
+        ] {
             assert!(!refused(code, "").counts(), "{code}");
         }
     }

@@ -630,6 +630,7 @@ impl Server {
             .wait_drained(shards.len(), gone, Duration::from_millis(100))
         {}
         self.stop.store(true, Relaxed);
+        let stopped = std::time::Instant::now();
         for w in &self.acceptor_wakers {
             let _ = w.wake();
         }
@@ -658,7 +659,9 @@ impl Server {
             join(name, t);
         }
         if let Some(t) = self.events.take() {
-            join("events".into(), t);
+            if let Some(t) = crate::events::ended_within_flush(t, stopped, &self.metrics) {
+                join("events".into(), t);
+            }
         }
         if let Some(t) = self.jwks_refresher.take() {
             self.jwt_keys.wake_refresher();

@@ -918,3 +918,70 @@ fn sighup_with_nothing_to_reload_says_so() {
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     assert!(p.wait_exit(Duration::from_secs(10)).success());
 }
+
+/// Review s21c: a batch POSTed to an upstream that never answers held the exit for up to
+/// 30 s past the documented 3 s flush, and the warning counted only part of what was lost.
+#[test]
+fn an_events_upstream_that_never_answers_holds_the_exit_to_the_flush_time() {
+    use std::io::Read;
+    // Takes every connection and reads it, never answering.
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/events", hole.local_addr().unwrap());
+    let (got_tx, got_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for s in hole.incoming() {
+            let Ok(mut s) = s else { return };
+            let got_tx = got_tx.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 {
+                        return;
+                    }
+                    let _ = got_tx.send(n);
+                }
+            });
+        }
+    });
+    let mut p = Proc::spawn(&serve_args(&[
+        "--jwt-secret",
+        SECRET,
+        "--events-url",
+        &url,
+        "--drain-ms",
+        "200",
+        "--shutdown-grace-ms",
+        "500",
+    ]));
+    let (ws, _) = p.listening();
+    let mut a = Client::connect(ws, &token("a")).expect("connect to the binary");
+    // The first is POSTed, and waits for an answer that never comes; two more wait.
+    for (i, d) in ["one", "two", "three"].into_iter().enumerate() {
+        a.send(json!({"type": "send", "data": d}));
+        assert_eq!(a.recv()["type"], "sent");
+        if i == 0 {
+            got_rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("the upstream got a request");
+        }
+    }
+    let rc = unsafe { libc::kill(p.child.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    let sent = Instant::now();
+    assert_eq!(a.expect_close(), Closed::Code(Some(1001)));
+    // The drain (200 ms), the 3 s flush and its slack; the POST alone would wait 10 s.
+    let st = p.wait_exit(Duration::from_secs(30));
+    let took = sent.elapsed();
+    let out = p.drain(Duration::from_millis(200));
+    assert!(st.success(), "exit status {st:?}; output:\n{out}");
+    assert!(
+        took < Duration::from_secs(8),
+        "exit took {took:?}; output:\n{out}"
+    );
+    // The send in flight and the two behind it: all counted.
+    let warned = out
+        .lines()
+        .find(|l| l.contains("before the events upstream took every event"))
+        .unwrap_or_else(|| panic!("no warning of the loss; output:\n{out}"));
+    assert!(warned.contains("\"dropped\":3"), "{warned}");
+}

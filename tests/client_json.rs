@@ -43,6 +43,54 @@ fn deeply_nested_messages_are_refused_and_nobody_drops() {
     assert_eq!(bystander.recv()["data"], "fine");
 }
 
+/// Review s21c: simd-json read a lone high surrogate escape as U+0000, so a publish of
+/// `"a\ud800b"` reached subscribers as `"a\u0000b"` (and a `ref` came back altered); the
+/// push API passed it on verbatim to clients whose parsers refuse it. Both refuse it now.
+#[test]
+fn lone_surrogate_escapes_are_refused_not_turned_into_nul() {
+    let srv = TestServer::start(&[]);
+    let token = token_with(json!({
+        "sub": "pat", "exp": now_secs() + 3600, "topics": ["room:*"], "publish": ["room:*"]
+    }));
+    let mut pat = Client::connect(srv.ws, &token).expect("connect");
+    pat.send(json!({"type": "subscribe", "topic": "room:s"}));
+    assert_eq!(pat.recv()["type"], "subscribed");
+    for text in [
+        r#"{"type":"publish","topic":"room:s","data":"a\ud800b"}"#,
+        r#"{"type":"publish","topic":"room:s","data":"\udc00"}"#,
+        r#"{"type":"ping","ref":"\ud800zz"}"#,
+    ] {
+        pat.send_text(text);
+        let e = pat.recv();
+        assert_eq!(
+            (e["type"].as_str(), e["code"].as_str()),
+            (Some("error"), Some("bad_json")),
+            "{text}: {e}"
+        );
+        assert!(
+            e["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("lone UTF-16 surrogate"),
+            "{e}"
+        );
+    }
+    // A pair is a character: it goes through unchanged.
+    pat.send_text(r#"{"type":"publish","topic":"room:s","data":"\ud83d\ude00","ref":"ok"}"#);
+    let got = [pat.recv(), pat.recv()];
+    let push = got.iter().find(|m| m["type"] == "push").expect("the push");
+    assert_eq!(push["data"], "\u{1F600}", "{got:?}");
+    // The push API: a 400 that says why.
+    let r = srv.api(
+        "POST",
+        "/v1/push",
+        Some(r#"{"topic":"room:s","data":["\ud800"]}"#),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("lone UTF-16 surrogate"), "{}", r.text());
+    pat.barrier("still-open");
+}
+
 fn arb_json(depth: u32) -> impl Strategy<Value = serde_json::Value> {
     let leaf = prop_oneof![
         Just(serde_json::Value::Null),

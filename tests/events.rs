@@ -458,10 +458,25 @@ fn bad_events_settings_are_refused_by_name() {
         (&["--events-url", "http://127.0.0.1:abc/x"], "events_url"),
         (&["--events-url", "http://[::1/x"], "events_url"),
         (&["--events-url", "http://user@/x"], "events_url"),
-        (&["--events-key", "abc\ndef"], "events_key"),
-        (&["--events-key", "secret\n"], "events_key"),
-        (&["--events-key", "two words"], "events_key"),
-        (&["--events-queue", "0"], "events_queue"),
+        (
+            &["--events-url", "http://x/", "--events-key", "abc\ndef"],
+            "events_key",
+        ),
+        (
+            &["--events-url", "http://x/", "--events-key", "secret\n"],
+            "visible ASCII",
+        ),
+        (
+            &["--events-url", "http://x/", "--events-key", "two words"],
+            "events_key",
+        ),
+        (
+            &["--events-url", "http://x/", "--events-queue", "0"],
+            "greater than 0",
+        ),
+        // Settings of an upstream that is not set (review s21c).
+        (&["--events-key", "k"], "used only with events_url"),
+        (&["--events-queue", "9"], "neither is set"),
         (&["--events-maxlen", "0"], "events_maxlen"),
         (&["--events-ca", dir.cert_path()], "events_ca"),
         (

@@ -59,6 +59,18 @@ fn push_errors_400() {
     );
     bad_push_mentioning(&srv, r#"{"topic":"a b","data":1}"#, "topic");
     bad_push_mentioning(&srv, r#"{"user":"","data":1}"#, "user");
+    // Review s21c: named for what it is.
+    bad_push_mentioning(
+        &srv,
+        r#"{"user":18446744073709551616,"data":1}"#,
+        "beyond the 64-bit integer range",
+    );
+    bad_push_mentioning(&srv, r#"{"users":[1.5],"data":1}"#, "strings or integers");
+    bad_push_mentioning(
+        &srv,
+        "\u{FEFF}{\"user\":\"a\",\"data\":1}",
+        "byte-order mark",
+    );
 
     // The API still works afterwards.
     let r = srv.api(
@@ -133,6 +145,9 @@ fn api_key_required() {
             .as_bytes(),
     );
     assert_eq!(r.status, 401, "Basic is not Bearer");
+    // It says the scheme is wrong, not that the header is missing.
+    let m = r.json()["message"].as_str().unwrap_or_default().to_string();
+    assert!(m.contains("must be \"Bearer <api key>\""), "{m}");
 }
 
 #[test]
@@ -142,6 +157,12 @@ fn unknown_path_404() {
     r.assert_error(404, "not_found");
     let r = srv.api("POST", "/v2/push", Some("{}"));
     assert_eq!(r.status, 404);
+    // A known path with the wrong method is 405, the parametrised ones too (review s21c).
+    for path in ["/v1/presence/alice", "/v1/topics/room:1"] {
+        let r = srv.api("POST", path, Some("{}"));
+        r.assert_error(405, "method_not_allowed");
+        assert!(r.text().contains("needs GET"), "{}", r.text());
+    }
 }
 
 #[test]

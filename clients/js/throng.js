@@ -479,8 +479,8 @@ export class ThrongClient {
    */
   send(data) {
     if (this.#sendUnavailable && this.#welcome) {
-      // Each refused send counts toward the server's 1008 close, and this one would be
-      // refused like the last: the server has no upstream for sends.
+      // This one would be refused like the last (the server has no upstream for sends):
+      // answered here, without a round trip.
       return Promise.reject(throngError("unavailable",
         "the server takes no send on this connection (it answered unavailable: no events_url); not sent",
         { sent: false }));

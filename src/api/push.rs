@@ -77,7 +77,15 @@ impl<'de> Visitor<'de> for IdVisitor {
         Err(E::custom(self.0))
     }
 
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<String, E> {
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<String, E> {
+        // serde_json reads an integer beyond the 64-bit range as a float: say that, not
+        // only that an integer was expected.
+        if v.fract() == 0.0 && v.abs() >= 9.2e18 {
+            return Err(E::custom(format!(
+                "{} (this number is beyond the 64-bit integer range: send the id as a string)",
+                self.0
+            )));
+        }
         Err(E::custom(self.0))
     }
 
@@ -160,11 +168,17 @@ pub struct ParsedPush {
 }
 
 impl ParsedPush {
-    /// Bytes it holds: `data`, `id`, `from` and the target's names.
+    /// Bytes it holds: `data`, `id`, `from` and the target's names (a list of users
+    /// counted as what its strings hold in memory, not their length).
     pub fn weight(&self) -> u64 {
         let names = match &self.target {
             Target::User(n) | Target::Topic(n) => n.len(),
-            Target::Users(list) => list.iter().map(String::len).sum(),
+            Target::Users(list) => {
+                let slot = std::mem::size_of::<String>();
+                list.iter()
+                    .map(|u| crate::memory::heap_str_bytes(u.len(), slot))
+                    .sum()
+            }
             Target::Broadcast => 0,
         };
         let optional = |s: &Option<String>| s.as_ref().map_or(0, String::len);
@@ -186,15 +200,30 @@ pub fn parse(body: &[u8]) -> Result<ParsedPush, String> {
                 e.valid_up_to()
             ));
         }
+        // Some Windows tools write one before the text.
+        if body.starts_with("\u{FEFF}".as_bytes()) {
+            return Err(format!(
+                "push starts with a byte-order mark (EF BB BF): send the JSON without it; {SHAPE}"
+            ));
+        }
         return Err(SHAPE.into());
     }
     // `RawValue` and ignored fields are skipped without serde_json's recursion limit, so
     // depth is bounded here, before parsing, for every field alike (the push object is
     // one level around `data`).
-    if crate::json_depth::check(body, MAX_DATA_DEPTH + 1).is_err() {
-        return Err(format!(
-            "push nests arrays/objects too deep: data may nest at most {MAX_DATA_DEPTH} levels"
-        ));
+    // `data` goes out verbatim: a lone surrogate escape in it would reach clients whose
+    // parsers refuse it (or, in ours, read it as U+0000).
+    match crate::json_check::check(body, MAX_DATA_DEPTH + 1) {
+        Ok(()) => {}
+        Err(crate::json_check::Problem::TooDeep(_)) => {
+            return Err(format!(
+                "push nests arrays/objects too deep: data may nest at most {MAX_DATA_DEPTH} \
+                 levels"
+            ))
+        }
+        Err(p @ crate::json_check::Problem::LoneSurrogate) => {
+            return Err(format!("invalid push: {p}"))
+        }
     }
     let b: Body<'_> = serde_json::from_slice(body).map_err(|e| format!("invalid push: {e}"))?;
     let data = b.data.ok_or("missing field `data`")?.get().to_string();
@@ -299,9 +328,17 @@ pub fn route(
                 ts_ms,
                 accepted_at,
             });
-            let mut by_shard: Vec<Vec<Box<str>>> = vec![Vec::new(); shards];
-            for u in list {
-                by_shard[shard_of(&u, shards)].push(u.into());
+            // Each shard's list at its exact size: grown by doubling it would hold up to
+            // twice the slots its weight counts.
+            let owners: Vec<usize> = list.iter().map(|u| shard_of(u, shards)).collect();
+            let mut counts = vec![0usize; shards];
+            for &o in &owners {
+                counts[o] += 1;
+            }
+            let mut by_shard: Vec<Vec<Box<str>>> =
+                counts.into_iter().map(Vec::with_capacity).collect();
+            for (u, shard) in list.into_iter().zip(owners) {
+                by_shard[shard].push(u.into());
             }
             by_shard
                 .into_iter()

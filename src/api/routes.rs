@@ -101,6 +101,9 @@ impl Api {
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, k)| k.trim());
         match given {
+            None if authorization.is_some() => Err(
+                "the Authorization header must be \"Bearer <api key>\" (another scheme, or no key)",
+            ),
             None => Err("missing Authorization: Bearer <api key>"),
             Some(k) if !super::keys::matches(&self.key_set, k) => Err("wrong API key"),
             Some(_) => Ok(()),
@@ -166,6 +169,12 @@ impl Api {
                 405,
                 "method_not_allowed",
                 &format!("{} needs POST", req.path),
+                keep_alive,
+            ),
+            (_, p) if p.starts_with("/v1/topics/") || p.starts_with("/v1/presence/") => error(
+                405,
+                "method_not_allowed",
+                &format!("{} needs GET", req.path),
                 keep_alive,
             ),
             (_, "/v1/stats" | "/metrics" | "/healthz" | "/readyz") => error(

@@ -136,8 +136,9 @@ mod tests {
         r.push_back(push(users(&["ann", "bo"])), None);
         r.push_back(push(Target::User("ann".into())), Some(3));
         r.push_back(push(Target::Broadcast), None);
-        // Data and names: "1" + "ann" + "bo", "1" + "ann", "1".
-        assert_eq!(r.bytes(), 6 + 4 + 1);
+        // Data and names: "1" + two listed ids (each a 24-byte `String` and a 32-byte
+        // chunk), "1" + "ann", "1".
+        assert_eq!(r.bytes(), (1 + 2 * 56) + 4 + 1);
         assert!(r.holds(ann));
         assert!(!r.holds(room), "a topic is not the user of the same name");
         r.pop_front();

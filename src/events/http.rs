@@ -1,7 +1,7 @@
 //! Standalone: events POSTed to `events_url` as one JSON array per batch.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use rustls::pki_types::CertificateDer;
@@ -186,14 +186,20 @@ pub(crate) fn read_ca(path: &Path) -> Result<Vec<CertificateDer<'static>>, Strin
     crate::tls::read_pem_certs(path).map_err(|problem| format!("{}: {problem}", path.display()))
 }
 
-/// Sorts a request that got no answer: too slow when the batch was sent and no answer
-/// came in time, else the upstream could not be reached.
+/// Sorts a request that got no answer: too slow when the upstream took the request and
+/// did not take the batch or answer it in time (a smaller batch may go through), else the
+/// upstream could not be reached.
 fn request_error(url: &str, e: ureq::Error) -> DeliverError {
     use ureq::Timeout;
     let what = format!("POST {url}: {e}");
     match e {
+        // A body it reads too slowly (review s21c): resent whole, it would never go.
         ureq::Error::Timeout(
-            Timeout::RecvResponse | Timeout::RecvBody | Timeout::Global | Timeout::PerCall,
+            Timeout::SendBody
+            | Timeout::RecvResponse
+            | Timeout::RecvBody
+            | Timeout::Global
+            | Timeout::PerCall,
         ) => DeliverError::TooSlow(what),
         _ => DeliverError::Unreachable(what),
     }
@@ -225,7 +231,7 @@ pub(crate) fn json_array(batch: &[Event], out: &mut Vec<u8>) {
 }
 
 impl Target for PostTarget {
-    fn deliver(&mut self, batch: &[Event]) -> Result<(), DeliverError> {
+    fn deliver(&mut self, batch: &[Event], until: Option<Instant>) -> Result<(), DeliverError> {
         self.take_ca_update();
         self.take_key_update();
         json_array(batch, &mut self.body);
@@ -233,6 +239,14 @@ impl Target for PostTarget {
             .agent
             .post(&self.url)
             .header("Content-Type", "application/json");
+        if let Some(until) = until {
+            // At shutdown a try ends with the flush time, not `POST_TIMEOUT` later.
+            let left = until.saturating_duration_since(Instant::now());
+            req = req
+                .config()
+                .timeout_global(Some(left.min(POST_TIMEOUT)))
+                .build();
+        }
         if let Some(a) = &self.authorization {
             req = req.header("Authorization", a);
         }
@@ -268,5 +282,34 @@ impl Target for PostTarget {
 
     fn describe(&self) -> String {
         self.url.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_the_upstream_reads_too_slowly_is_too_slow_not_unreachable() {
+        use ureq::Timeout;
+        let slow = |t| {
+            matches!(
+                request_error("u", ureq::Error::Timeout(t)),
+                DeliverError::TooSlow(_)
+            )
+        };
+        // Too slow: a smaller batch may go through, so the batch is halved.
+        for t in [
+            Timeout::SendBody,
+            Timeout::RecvResponse,
+            Timeout::RecvBody,
+            Timeout::Global,
+        ] {
+            assert!(slow(t), "{t:?}");
+        }
+        // Not reached: the same batch is sent again once it is.
+        for t in [Timeout::Connect, Timeout::Resolve, Timeout::SendRequest] {
+            assert!(!slow(t), "{t:?}");
+        }
     }
 }

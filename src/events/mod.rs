@@ -40,6 +40,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// At shutdown, how long what is still queued may take to deliver.
 const FLUSH_AT_STOP: Duration = Duration::from_secs(3);
+/// Past the flush time, how long the server still waits for the events thread to end.
+const JOIN_SLACK: Duration = Duration::from_millis(500);
 /// Failed tries of a batch, at one size, before it is halved (one when no answer came in
 /// time).
 const SPLIT_AFTER: u32 = 2;
@@ -232,8 +234,9 @@ pub(crate) enum Dropped {
 
 /// Where events go.
 pub(crate) trait Target: Send {
-    /// Delivers a batch, in order, all or none.
-    fn deliver(&mut self, batch: &[Event]) -> Result<(), DeliverError>;
+    /// Delivers a batch, in order, all or none; at shutdown, giving up at `until` (the
+    /// end of `FLUSH_AT_STOP`) where the target can bound its wait.
+    fn deliver(&mut self, batch: &[Event], until: Option<Instant>) -> Result<(), DeliverError>;
     /// Names the target in logs.
     fn describe(&self) -> String;
 }
@@ -248,6 +251,32 @@ pub struct EventsThread {
     pub ca_reload: Option<CaReload>,
     /// Reads `events_key_file` again, when one is set.
     pub key_reload: Option<KeyReload>,
+}
+
+/// The events thread, once it has ended, when it does within the flush time after the
+/// server stopped (at `stopped`). A try in flight may wait up to 30 s for the upstream's
+/// answer, and a deploy must not: a thread still busy then is left to end with the
+/// process, and what it held is lost and logged (None).
+pub fn ended_within_flush(
+    t: JoinHandle<()>,
+    stopped: Instant,
+    metrics: &Metrics,
+) -> Option<JoinHandle<()>> {
+    let until = stopped + FLUSH_AT_STOP + JOIN_SLACK;
+    while !t.is_finished() {
+        if Instant::now() >= until {
+            // In flight and waiting alike: an event leaves the gauge once delivered.
+            let dropped = metrics.events.queued.load(Relaxed);
+            tracing::warn!(
+                dropped,
+                "server stopped before the events upstream took every event (a batch was \
+                 still waiting for its answer)"
+            );
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some(t)
 }
 
 /// Starts the events thread when the configuration gives events a target. `node` names
@@ -340,6 +369,12 @@ impl Runner {
             if stop_at.is_none() && self.stop.load(Relaxed) {
                 stop_at = Some(Instant::now() + FLUSH_AT_STOP);
             }
+            if stop_at.is_some_and(|at| Instant::now() >= at) {
+                // Out of time with events still coming in (a steady upstream stream of
+                // them would otherwise hold the process past the flush time).
+                self.drop_at_stop(&mut batch);
+                return;
+            }
             if batch.is_empty() {
                 match self.rx.recv_timeout(Duration::from_millis(100)) {
                     Ok(e) => batch.push(e),
@@ -363,20 +398,26 @@ impl Runner {
                 }
             }
             if !self.deliver(&mut batch, stop_at) {
-                let mut n = batch.len();
-                self.drop_front(&mut batch, n, Dropped::Stopped, "");
-                // Stopping and out of time: what is still queued is lost with the process.
-                let mut rest: Vec<Event> = self.rx.try_iter().collect();
-                n = rest.len();
-                self.drop_front(&mut rest, n, Dropped::Stopped, "");
-                if n > 0 || stop_at.is_some() {
-                    tracing::warn!(
-                        dropped = n,
-                        "server stopped before the events upstream took every event"
-                    );
-                }
+                self.drop_at_stop(&mut batch);
                 return;
             }
+        }
+    }
+
+    /// Stopping and out of time: what `batch` holds and what is still queued is lost with
+    /// the process, counted and logged.
+    fn drop_at_stop(&mut self, batch: &mut Vec<Event>) {
+        let held = batch.len();
+        self.drop_front(batch, held, Dropped::Stopped, "");
+        let mut rest: Vec<Event> = self.rx.try_iter().collect();
+        let queued = rest.len();
+        self.drop_front(&mut rest, queued, Dropped::Stopped, "");
+        let dropped = held + queued;
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "server stopped before the events upstream took every event"
+            );
         }
     }
 
@@ -392,7 +433,7 @@ impl Runner {
     /// Whether the upstream takes other events while the first fails: the second, alone,
     /// when it is another session's (its order after the first does not matter); taken out
     /// of `batch` when it went through.
-    fn probe(&mut self, batch: &mut Vec<Event>) -> bool {
+    fn probe(&mut self, batch: &mut Vec<Event>, until: Option<Instant>) -> bool {
         if batch.len() == 1 {
             // The batch may have been taken before anything else was queued.
             if let Ok(e) = self.rx.try_recv() {
@@ -406,7 +447,7 @@ impl Runner {
         if !matches!(&sessions, (Some(a), Some(b)) if a != b) {
             return false;
         }
-        if self.target.deliver(&batch[1..2]).is_err() {
+        if self.target.deliver(&batch[1..2], until).is_err() {
             return false;
         }
         let c = &self.metrics.events;
@@ -459,8 +500,14 @@ impl Runner {
         let mut size = batch.len();
         let mut tries = 0;
         while !batch.is_empty() {
+            if stop_at.is_none() && self.stop.load(Relaxed) {
+                stop_at = Some(Instant::now() + FLUSH_AT_STOP);
+            }
+            if stop_at.is_some_and(|at| Instant::now() >= at) {
+                return false;
+            }
             let n = size.min(batch.len());
-            let error = match self.target.deliver(&batch[..n]) {
+            let error = match self.target.deliver(&batch[..n], stop_at) {
                 Ok(()) => {
                     c.delivered.fetch_add(n as u64, Relaxed);
                     c.up.store(true, Relaxed);
@@ -490,7 +537,7 @@ impl Runner {
                     tries += 1;
                     // A delivery before this failure says nothing: the outage may have
                     // begun since. The next event, alone, says whether the upstream works.
-                    let proven = n == 1 && tries >= EVENT_TRIES && self.probe(batch);
+                    let proven = n == 1 && tries >= EVENT_TRIES && self.probe(batch, stop_at);
                     if n == 1 && (proven || tries >= EVENT_TRIES_COLD) {
                         c.failures.fetch_add(1, Relaxed);
                         self.drop_front(batch, 1, Dropped::Failed, &e);

@@ -28,7 +28,12 @@ impl StreamTarget {
 }
 
 impl Target for StreamTarget {
-    fn deliver(&mut self, batch: &[Event]) -> Result<(), DeliverError> {
+    // Redis's own timeouts bound a try (a few seconds), `until` or not.
+    fn deliver(
+        &mut self,
+        batch: &[Event],
+        _until: Option<std::time::Instant>,
+    ) -> Result<(), DeliverError> {
         // Redis's errors are its state's (unreachable, out of memory, a replica), never the
         // batch's: retried for as long as they last.
         let retry = |e: redis::RedisError| DeliverError::Unreachable(format!("Redis: {e}"));

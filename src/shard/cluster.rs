@@ -98,6 +98,10 @@ pub(super) struct ClusterState {
     link: ShardCluster,
     loading_users: HashMap<u32, UserLoad, FxBuildHasher>,
     loading_topics: HashMap<Arc<str>, Vec<PendingSub>, FxBuildHasher>,
+    /// The topic each waiting connection's subscribe waits for (one at most: nothing
+    /// more is read from it meanwhile), so that a connection that goes is taken out of
+    /// that one list, not looked for in all of them.
+    waiting_for: HashMap<u32, Arc<str>, FxBuildHasher>,
     topics: HashMap<Arc<str>, TopicPos, FxBuildHasher>,
     /// Users whose session count changed since the last presence report.
     pub(super) presence: super::presence::Tracker,
@@ -116,6 +120,7 @@ impl ClusterState {
             link,
             loading_users: HashMap::default(),
             loading_topics: HashMap::default(),
+            waiting_for: HashMap::default(),
             topics: HashMap::default(),
             load_failures: crate::log_gate::LogGate::new(std::time::Duration::from_secs(10)),
         }
@@ -138,15 +143,6 @@ impl ClusterState {
     /// Whether the broker has messages waiting.
     pub(super) fn has_remote(&self) -> bool {
         !self.link.remote.is_empty()
-    }
-
-    /// Whether connection `key` still waits for another topic's load: the frames of one
-    /// read are all handled, so a client may have several subscribes pending at once,
-    /// and `WAITING_TOPIC` must stay until the last of them is answered.
-    fn waits_for_topic(&self, key: u32) -> bool {
-        self.loading_topics
-            .values()
-            .any(|v| v.iter().any(|p| p.key == key))
     }
 }
 
@@ -260,18 +256,29 @@ impl Shard {
         Ok(())
     }
 
-    /// Drops what connection `key` waited for (it is gone): a new connection reusing its
-    /// slot must not be answered with its `ref`, nor welcomed with its resume.
-    pub(super) fn forget_waiting(&mut self, key: u32) {
+    /// Drops what connection `key` of `user` waited for (it is gone): a new connection
+    /// reusing its slot must not be answered with its `ref`, nor welcomed with its resume.
+    /// Only its own user's load is searched: a mass reconnect parks sessions of many
+    /// users at once, and each that left would otherwise search them all.
+    pub(super) fn forget_waiting(&mut self, key: u32, user: u32) {
         let Some(c) = self.cluster.as_mut() else {
             return;
         };
-        for pending in c.loading_topics.values_mut() {
-            pending.retain(|p| p.key != key);
+        if let Some(topic) = c.waiting_for.remove(&key) {
+            if let Some(pending) = c.loading_topics.get_mut(&topic) {
+                pending.retain(|p| p.key != key);
+            }
         }
-        for load in c.loading_users.values_mut() {
+        // Parked under the user it attached to (`park_if_loading`).
+        if let Some(load) = c.loading_users.get_mut(&user) {
             load.parked.retain(|p| p.key != key);
         }
+        debug_assert!(
+            c.loading_users
+                .values()
+                .all(|l| l.parked.iter().all(|p| p.key != key)),
+            "connection {key} parked under another user"
+        );
     }
 
     /// Cluster mode: answers a `subscribe` now when the topic is served here, or parks the
@@ -293,6 +300,9 @@ impl Shard {
             return true;
         }
         let name: Arc<str> = topic.into();
+        // Reading stops at a subscribe that waits, so a connection waits for one topic.
+        let before = c.waiting_for.insert(key, Arc::clone(&name));
+        debug_assert!(before.is_none(), "connection {key} waits for two topics");
         let pending = c.loading_topics.entry(Arc::clone(&name)).or_default();
         let first = pending.is_empty();
         pending.push(PendingSub {
@@ -413,6 +423,7 @@ impl Shard {
         if let Some(c) = self.cluster.as_mut() {
             compact(&mut c.loading_users);
             compact(&mut c.loading_topics);
+            compact(&mut c.waiting_for);
             compact(&mut c.topics);
         }
         // Streams this shard stopped serving: the broker may unsubscribe. A name back in
@@ -432,7 +443,11 @@ impl Shard {
             let topic: Arc<str> = name.into();
             if let Some(c) = self.cluster.as_mut() {
                 c.topics.remove(&topic);
-                c.loading_topics.remove(&topic);
+                if let Some(pending) = c.loading_topics.remove(&topic) {
+                    for p in pending {
+                        c.waiting_for.remove(&p.key);
+                    }
+                }
             }
             self.streams.forget(&topic);
             let shard = self.id;
@@ -691,6 +706,9 @@ impl Shard {
             return;
         };
         let pending = c.loading_topics.remove(&**topic).unwrap_or_default();
+        for p in &pending {
+            c.waiting_for.remove(&p.key);
+        }
         if self.topics.find(topic).is_none() {
             // Its members left while it loaded: no longer served here (an unwatch is sent).
             return;
@@ -701,15 +719,11 @@ impl Shard {
                 c.load_failed(&format!("topic {topic}"), &e);
                 for p in pending {
                     // The subscribe fails; the connection goes on.
-                    let more = self
-                        .cluster
-                        .as_ref()
-                        .is_some_and(|c| c.waits_for_topic(p.key));
                     let waiting = self
                         .conns
                         .get(p.key)
                         .is_some_and(|c| c.flags & WAITING_TOPIC != 0);
-                    if let Some(c) = self.conns.get_mut(p.key).filter(|_| !more) {
+                    if let Some(c) = self.conns.get_mut(p.key) {
                         c.flags &= !WAITING_TOPIC;
                     }
                     // Refused, so not a member (pushes would reach it unannounced): the
@@ -722,11 +736,7 @@ impl Shard {
                         message: format!("cannot subscribe to {topic:?} now: {e}"),
                     };
                     self.send_frame(p.key, messages::error_frame(&err, p.reference.as_deref()));
-                    if more {
-                        self.backlog.push(p.key);
-                    } else {
-                        self.resume_reading(p.key);
-                    }
+                    self.resume_reading(p.key);
                 }
                 return;
             }
@@ -785,20 +795,12 @@ impl Shard {
             if !here {
                 continue;
             }
-            let more = self
-                .cluster
-                .as_ref()
-                .is_some_and(|c| c.waits_for_topic(p.key));
-            if let Some(c) = self.conns.get_mut(p.key).filter(|_| !more) {
+            if let Some(c) = self.conns.get_mut(p.key) {
                 c.flags &= !WAITING_TOPIC;
             }
             let resume = p.resume.as_ref().map(|(s, e)| (*s, &**e));
             self.answer_subscribe(p.key, topic, st.seq, &epoch, resume, p.reference.as_deref());
-            if more {
-                self.backlog.push(p.key);
-            } else {
-                self.resume_reading(p.key);
-            }
+            self.resume_reading(p.key);
         }
     }
 }

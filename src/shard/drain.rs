@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use rustc_hash::FxBuildHasher;
 
-use super::conn::DRAIN_DUE;
+use super::conn::{DRAIN_DUE, PARKED};
 use super::{ticks, Shard};
-use crate::messages;
+use crate::{messages, reactor};
 
 /// Each open connection's turn to close, as a shard tick (only while draining).
 pub(super) type Turns = HashMap<u32, u32, FxBuildHasher>;
@@ -75,6 +75,8 @@ impl DrainEnd {
 impl Shard {
     /// One step of shutdown; true when the shard may end (drained and released).
     pub(super) fn drain_step(&mut self) -> bool {
+        // The turn's work may have taken a while: turns and the deadline count from now.
+        self.refresh_tick();
         let now = self.clock.now_ms();
         let deadline = match self.drain_deadline {
             Some(d) => d,
@@ -101,6 +103,7 @@ impl Shard {
         self.take_connections();
         self.take_commands();
         self.finish_turn();
+        let now = self.clock.now_ms();
         if !self.drained && (self.conns.is_empty() || now >= deadline) {
             self.abandon_all();
             self.drained = true;
@@ -121,7 +124,11 @@ impl Shard {
         self.drain_turns.reserve(open.len());
         for key in open {
             let after_ms = rng.random_range(0..window_ms);
-            self.send_frame(key, messages::reconnect_frame(after_ms));
+            // A session still waiting for its stream (cluster mode) gets nothing before its
+            // `welcome`: it is told its turn when welcomed (`hint_reconnect_late`).
+            if self.conns.get(key).is_some_and(|c| c.flags & PARKED == 0) {
+                self.send_frame(key, messages::reconnect_frame(after_ms));
+            }
             let turn = self
                 .tick
                 .saturating_add(ticks::span(Duration::from_millis(after_ms)));
@@ -132,6 +139,22 @@ impl Shard {
             // The earliest of its turn, its token's expiry and its heartbeat.
             self.arm(key);
         }
+    }
+
+    /// Tells a session welcomed while the shard drains the time left to its turn: it was
+    /// given one while it waited for its stream, but nothing goes before `welcome`.
+    pub(super) fn hint_reconnect_late(&mut self, key: u32) {
+        let Some(c) = self.conns.get(key) else {
+            return;
+        };
+        if c.flags & DRAIN_DUE == 0 || c.closing() {
+            return;
+        }
+        let Some(turn) = self.drain_turn(key) else {
+            return;
+        };
+        let after_ms = u64::from(turn.saturating_sub(self.tick)) * reactor::TICK_MS;
+        self.send_frame(key, messages::reconnect_frame(after_ms));
     }
 
     /// The connection's turn to close, while draining.

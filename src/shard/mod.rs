@@ -71,6 +71,11 @@ const READS_PER_EVENT: usize = 16;
 /// memory budget at once, mid-turn: one request listing 10,000 users of 1 MiB would
 /// otherwise build 10 GB of frames before its first write.
 const MADE_FLUSH_BYTES: usize = 4 << 20;
+/// Bytes of per-recipient frames a turn's commands may build before the rest of the queue
+/// waits for the next turn: a backlog of heavy `users` pushes would otherwise keep the
+/// shard from its sockets, timers and a drain for 1,024 of them (minutes). Shared frames
+/// (topics, broadcasts) do not count, so their bursts still coalesce per turn.
+pub(super) const TURN_MADE_BYTES: usize = 16 << 20;
 /// Most bytes a connection closed for its queue (4008) may keep queued through the close
 /// linger; beyond, it is dropped without the close handshake.
 const CLOSING_KEEP_MAX: usize = 64 * 1024;
@@ -225,6 +230,8 @@ struct Shard {
     targets: Vec<u32>,
     /// Bytes of per-recipient frames built since the last flush (`MADE_FLUSH_BYTES`).
     made: usize,
+    /// Bytes of per-recipient frames built by this turn's commands (`TURN_MADE_BYTES`).
+    turn_made: usize,
     /// The memory gauges as last published, so an unchanged value is not stored again.
     published: budget::Published,
     /// Cluster mode: streams loading and served, and the broker links.
@@ -333,6 +340,7 @@ impl Shard {
             acks: HashMap::default(),
             targets: Vec::new(),
             made: 0,
+            turn_made: 0,
             published: budget::Published::default(),
             cluster,
             rates: rate::Rates::new(shared.config.client_rate),
@@ -453,7 +461,11 @@ impl Shard {
     fn take_commands(&mut self) {
         // What the API reserved for these commands, released once per turn.
         let mut released = 0;
+        self.turn_made = 0;
         for _ in 0..CHANNEL_BATCH {
+            if self.turn_made >= TURN_MADE_BYTES {
+                break;
+            }
             match self.cmd_rx.try_recv() {
                 Ok(cmd) => {
                     released += cmd.weight();
@@ -586,8 +598,10 @@ impl Shard {
                 return;
             }
         }
-        // A token already within `refresh_ahead` of its end gets the hint right away.
+        // A token already within `refresh_ahead` of its end gets the hint right away, and
+        // a session welcomed while draining its turn.
         self.hint_expiry(key);
+        self.hint_reconnect_late(key);
         self.arm(key);
         // Over the limit: the oldest sessions go, with 4009.
         let max = self.shared.config.max_sessions_per_user;
@@ -898,6 +912,7 @@ impl Shard {
     /// Counts a frame built for one recipient (`MADE_FLUSH_BYTES`).
     fn made_frame(&mut self, len: usize) {
         self.made += len;
+        self.turn_made += len;
         if self.made >= MADE_FLUSH_BYTES {
             self.flush_early();
         }
@@ -1102,7 +1117,8 @@ impl Shard {
             c.last_rx.saturating_add(self.ping_ticks)
         };
         deadline = deadline.min(c.expires);
-        if c.expires != u32::MAX && c.flags & EXPIRING_SENT == 0 {
+        // A parked session's hint waits for its `welcome`, which arms this again.
+        if c.expires != u32::MAX && c.flags & (EXPIRING_SENT | PARKED) == 0 {
             let lead = self.conns.hint_lead(key, self.hint_ticks);
             deadline = deadline.min(c.expires.saturating_sub(lead));
         }
@@ -1286,7 +1302,7 @@ impl Shard {
         };
         if c.flags & (conn::PARKED | conn::WAITING_TOPIC) != 0 {
             // Its slot may be reused before the stream it waited for loads.
-            self.forget_waiting(key);
+            self.forget_waiting(key, c.user);
         }
         if !c.closing() {
             // Callers leave the indexes first; this keeps the gauge right if one did not.

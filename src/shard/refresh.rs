@@ -5,7 +5,7 @@ use crate::messages::{self, Refused};
 use crate::reactor::TICK_MS;
 use crate::topic;
 
-use super::conn::EXPIRING_SENT;
+use super::conn::{EXPIRING_SENT, PARKED};
 use super::Shard;
 
 /// How much earlier than the current expiry a refreshed one may come out and still count
@@ -27,9 +27,11 @@ impl Shard {
         let Some(c) = self.conns.get_mut(key) else {
             return;
         };
-        // `refresh_ahead` 0: no hint (one at the 4001 itself would be useless).
+        // `refresh_ahead` 0: no hint (one at the 4001 itself would be useless). A session
+        // waiting for its stream gets it once welcomed (nothing goes before `welcome`).
         if self.hint_ticks == 0
             || c.closing()
+            || c.flags & PARKED != 0
             || c.expires == u32::MAX
             || c.flags & EXPIRING_SENT != 0
             || tick < c.expires.saturating_sub(lead)

@@ -702,6 +702,34 @@ fn client_that_does_not_read_is_closed_4008() {
 }
 
 #[test]
+fn a_backlog_of_heavy_users_pushes_is_taken_a_bounded_share_per_turn() {
+    // Review s21b: a turn took 1,024 commands whatever they cost, so a backlog of pushes
+    // that each build large per-user frames kept the shard from its sockets, timers and a
+    // drain for minutes.
+    let mut h = Harness::new(&["--max-outbound-bytes", "67108864"]);
+    let _heavy = h.connect("heavy");
+    let data = format!("\"{}\"", "x".repeat(256 * 1024));
+    let n = 3 * super::TURN_MADE_BYTES / data.len();
+    for _ in 0..n {
+        h.push("heavy", &data);
+    }
+    assert!(h.turn());
+    let left = h.cmds.len();
+    let taken = n - left;
+    assert!(
+        taken * data.len() >= super::TURN_MADE_BYTES && left > n / 2,
+        "one turn took {taken} of {n} commands"
+    );
+    h.turn_until("the backlog taken", |h| h.cmds.is_empty());
+    let m = &h.shard.shared.metrics;
+    assert_eq!(
+        m.command_bytes.load(Relaxed),
+        0,
+        "every reservation released"
+    );
+}
+
+#[test]
 fn drain_hints_a_spread_turn_then_closes_1001_exactly_then() {
     let mut h = Harness::new(&["--drain-ms", "1000"]);
     let mut peers: Vec<Peer> = (0..8).map(|i| h.connect(&format!("d{i}"))).collect();

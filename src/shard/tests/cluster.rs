@@ -67,7 +67,12 @@ fn loaded(user: &str, st: Result<StreamState, String>) -> Remote {
 
 /// A session handed over and upgraded (the 101 is read), with no `welcome` yet.
 fn parked(h: &mut Harness, user: &str, resume: Option<Resume>) -> Peer {
-    let mut p = h.handoff(user, None, Vec::new(), None, resume);
+    parked_until(h, user, None, resume)
+}
+
+/// Like `parked`, with a token that expires at `exp` (unix seconds).
+fn parked_until(h: &mut Harness, user: &str, exp: Option<u64>, resume: Option<Resume>) -> Peer {
+    let mut p = h.handoff(user, exp, Vec::new(), None, resume);
     for _ in 0..MAX_TURNS {
         h.turn();
         p.fill();
@@ -420,4 +425,27 @@ fn a_broker_far_behind_refuses_new_streams_and_keeps_serving_the_others() {
             topic: "room.2".into()
         }]
     );
+}
+
+#[test]
+fn a_session_waiting_for_its_stream_gets_its_drain_and_expiry_hints_after_welcome() {
+    // Review s21a: a session parked for its stream load was sent `reconnect` (drain) and
+    // `token_expiring` before its `welcome`, which a client reads as out of protocol.
+    let (mut h, _interests, tx) = Harness::cluster(&["--drain-ms", "60000"]);
+    // Within the default 60 s `refresh_ahead`: due at once.
+    let mut p = parked_until(&mut h, "ann", Some(unix_now() + 20), None);
+    h.draining.store(true, Relaxed);
+    h.quiet(&mut p);
+    tx.send(loaded("ann", Ok(fresh_state()))).unwrap();
+    let w = h.recv_json(&mut p);
+    assert_eq!(w["type"], "welcome", "{w}");
+    let expiring = h.recv_json(&mut p);
+    assert_eq!(expiring["type"], "token_expiring", "{expiring}");
+    let hint = h.recv_json(&mut p);
+    assert_eq!(hint["type"], "reconnect", "{hint}");
+    assert!(
+        hint["after_ms"].as_u64().is_some_and(|ms| ms < 60000),
+        "{hint}"
+    );
+    h.quiet(&mut p);
 }
