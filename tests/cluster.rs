@@ -310,6 +310,24 @@ fn client_publishes_are_numbered_in_redis_and_reach_every_node() {
     assert_eq!(got, vec![json!("x"), json!("x"), Value::Null]);
 }
 
+/// Every event in `throng:events`, oldest first.
+fn events_in(conn: &mut redis::Connection) -> Vec<Value> {
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg("throng:events")
+        .arg("-")
+        .arg("+")
+        .query(conn)
+        .expect("XRANGE");
+    entries
+        .into_iter()
+        .map(|(_, fields)| {
+            assert_eq!(fields.len(), 1, "{fields:?}");
+            assert_eq!(fields[0].0, "event");
+            serde_json::from_str(&fields[0].1).expect("event JSON")
+        })
+        .collect()
+}
+
 #[test]
 fn sends_and_lifecycle_events_go_to_the_events_stream_of_every_node() {
     let redis = RedisServer::start();
@@ -324,26 +342,10 @@ fn sends_and_lifecycle_events_go_to_the_events_stream_of_every_node() {
     assert_eq!(y.recv(), json!({"type": "sent", "ref": 2}));
     drop(x);
     let mut conn = redis.conn();
-    let mut read = || -> Vec<Value> {
-        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-            .arg("throng:events")
-            .arg("-")
-            .arg("+")
-            .query(&mut conn)
-            .expect("XRANGE");
-        entries
-            .into_iter()
-            .map(|(_, fields)| {
-                assert_eq!(fields.len(), 1, "{fields:?}");
-                assert_eq!(fields[0].0, "event");
-                serde_json::from_str(&fields[0].1).expect("event JSON")
-            })
-            .collect()
-    };
     let mut got = Vec::new();
     assert!(
         wait_until(WAIT, || {
-            got = read();
+            got = events_in(&mut conn);
             got.len() >= 5
         }),
         "{got:?}"
@@ -1831,9 +1833,12 @@ fn a_subscribe_refused_while_redis_is_away_leaves_no_membership() {
     // a `subscribed`, and its retry was answered without a replay of what came between.
     let redis = RedisServer::start();
     let a = node(&redis, &["--public-topics", "room.*"]);
-    let c = node(&redis, &["--public-topics", "room.*"]);
+    let c = node(&redis, &["--public-topics", "room.*", "--lifecycle-events"]);
     let mut x = c.connect("x");
     wait_streams(&c, 1);
+    // Its `connect` event is in before Redis stops answering (a batch cut off may go twice).
+    let mut conn = redis.conn();
+    assert!(wait_until(WAIT, || events_in(&mut conn).len() == 1));
     redis.freeze();
     x.send(json!({"type": "subscribe", "topic": "room.e", "ref": "s1"}));
     let m = x.recv();
@@ -1841,6 +1846,12 @@ fn a_subscribe_refused_while_redis_is_away_leaves_no_membership() {
     assert_eq!(
         (m["type"].as_str(), m["code"].as_str()),
         (Some("error"), Some("broker_unavailable")),
+        "{m}"
+    );
+    // Redis's own words stay in the log (review s21a: a WRONGTYPE reached the client).
+    let said = m["message"].as_str().unwrap_or_default();
+    assert!(
+        said.contains("retry later") && !said.contains("Redis:"),
         "{m}"
     );
     wait_ready(&a);
@@ -1860,4 +1871,25 @@ fn a_subscribe_refused_while_redis_is_away_leaves_no_membership() {
     );
     a.push_wait(json!({"topic": "room.e", "data": "after"}));
     assert_eq!(next_push(&mut x)["data"], "after");
+    // The upstream heard of the subscribe that was answered, not of the refused one
+    // (review s21a: it got `subscribe` then `unsubscribe` for it).
+    let mut told = Vec::new();
+    assert!(
+        wait_until(WAIT, || {
+            told = events_in(&mut conn)
+                .into_iter()
+                .filter(|e| e["user"] == "x")
+                .map(|e| (e["type"].clone(), e["topic"].clone()))
+                .collect();
+            told.len() >= 2
+        }),
+        "{told:?}"
+    );
+    assert_eq!(
+        told,
+        vec![
+            (json!("connect"), Value::Null),
+            (json!("subscribe"), json!("room.e"))
+        ]
+    );
 }

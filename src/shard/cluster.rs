@@ -26,6 +26,7 @@ use super::conn::{PARKED, WAITING_TOPIC};
 use super::{Shard, CHANNEL_BATCH};
 use crate::broker::{user_epoch, Interest, Remote, StreamState};
 use crate::command::Resume;
+use crate::events::Detail;
 use crate::frame::Close;
 use crate::messages;
 
@@ -63,6 +64,9 @@ struct Parked {
 /// A `subscribe` whose answer waits for the topic's stream.
 struct PendingSub {
     key: u32,
+    /// It joined the topic with this subscribe (not held before): told to the upstream
+    /// (`subscribe` lifecycle event) once answered, taken out again if the load fails.
+    joined: bool,
     reference: Option<Box<str>>,
     resume: Option<(u64, Box<str>)>,
 }
@@ -288,6 +292,7 @@ impl Shard {
         &mut self,
         key: u32,
         topic: &str,
+        joined: bool,
         resume: Option<(u64, &str)>,
         reference: Option<&str>,
     ) -> bool {
@@ -296,6 +301,10 @@ impl Shard {
         };
         if let Some(pos) = c.topics.get(topic) {
             let (seq, epoch) = (pos.seq, Arc::clone(&pos.epoch));
+            // Told before the answer: a replay that closes it (4008) is told after.
+            if joined {
+                self.lifecycle(key, "subscribe", Detail::Topic(topic));
+            }
             self.answer_subscribe(key, topic, seq, &epoch, resume, reference);
             return true;
         }
@@ -307,6 +316,7 @@ impl Shard {
         let first = pending.is_empty();
         pending.push(PendingSub {
             key,
+            joined,
             reference: reference.map(Into::into),
             resume: resume.map(|(s, e)| (s, e.into())),
         });
@@ -727,13 +737,18 @@ impl Shard {
                         c.flags &= !WAITING_TOPIC;
                     }
                     // Refused, so not a member (pushes would reach it unannounced): the
-                    // client retries, and resumes then.
-                    if waiting {
-                        self.leave(p.key, topic);
+                    // client retries, and resumes then. The upstream was never told of
+                    // this subscribe, so it is not told of its end either.
+                    if waiting && p.joined {
+                        self.leave_unannounced(p.key, topic);
                     }
+                    // Redis's words (WRONGTYPE, a timeout) are for the log, not clients.
                     let err = crate::messages::Refused {
                         code: "broker_unavailable",
-                        message: format!("cannot subscribe to {topic:?} now: {e}"),
+                        message: format!(
+                            "cannot subscribe to {topic:?} now: its stream cannot be loaded \
+                             from the cluster's Redis; retry later"
+                        ),
                     };
                     self.send_frame(p.key, messages::error_frame(&err, p.reference.as_deref()));
                     self.resume_reading(p.key);
@@ -799,6 +814,10 @@ impl Shard {
                 c.flags &= !WAITING_TOPIC;
             }
             let resume = p.resume.as_ref().map(|(s, e)| (*s, &**e));
+            // A session closed meanwhile was told gone (`disconnect`): nothing after that.
+            if p.joined && self.conns.get(p.key).is_some_and(|c| !c.closing()) {
+                self.lifecycle(p.key, "subscribe", Detail::Topic(topic));
+            }
             self.answer_subscribe(p.key, topic, st.seq, &epoch, resume, p.reference.as_deref());
             self.resume_reading(p.key);
         }

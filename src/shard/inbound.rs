@@ -430,8 +430,12 @@ impl Shard {
                 let joined = self.subscribe(key, &topic)?;
                 let resume = resume.filter(|_| joined);
                 let r = resume.as_ref().map(|(s, e)| (*s, &**e));
-                if self.subscribe_cluster(key, &topic, r, reference) {
+                if self.subscribe_cluster(key, &topic, joined, r, reference) {
                     return Ok(());
+                }
+                // Told before the answer: a replay that closes it (4008) is told after.
+                if joined {
+                    self.lifecycle(key, "subscribe", Detail::Topic(&topic));
                 }
                 // Granted: the stream's position, then what was missed, before any live
                 // push (this shard handles one thing at a time, so none can come between).
@@ -465,17 +469,25 @@ impl Shard {
         }
     }
 
-    /// Takes `key` out of topic `name`, if it is a member.
+    /// Takes `key` out of topic `name`, if it is a member (told to the upstream).
     pub(super) fn leave(&mut self, key: u32, name: &str) {
-        let Some(t) = self.topics.find(name) else {
-            return;
-        };
-        if self.conns.remove_topic(key, t) {
-            if let Some(user) = self.conns.get(key).map(|c| c.user) {
-                self.leave_topic(t, key, user);
-            }
+        if self.leave_unannounced(key, name) {
             self.lifecycle(key, "unsubscribe", Detail::Topic(name));
         }
+    }
+
+    /// Takes `key` out of topic `name` without a lifecycle event; true if it was a member.
+    pub(super) fn leave_unannounced(&mut self, key: u32, name: &str) -> bool {
+        let Some(t) = self.topics.find(name) else {
+            return false;
+        };
+        if !self.conns.remove_topic(key, t) {
+            return false;
+        }
+        if let Some(user) = self.conns.get(key).map(|c| c.user) {
+            self.leave_topic(t, key, user);
+        }
+        true
     }
 
     /// Joins `key` to topic `name` if allowed: true when it joined now, false when it held
@@ -516,7 +528,8 @@ impl Shard {
         if let Some(user) = self.conns.get(key).map(|c| c.user) {
             self.membership_changed(name, user);
         }
-        self.lifecycle(key, "subscribe", Detail::Topic(name));
+        // The `subscribe` lifecycle event goes once it is answered (cluster mode: once its
+        // stream loaded; a failed load is never told).
         Ok(true)
     }
 
