@@ -60,6 +60,11 @@ impl<T> Slots<T> {
         self.len == 0
     }
 
+    /// One past the highest key a value may hold now.
+    pub fn key_bound(&self) -> u32 {
+        self.entries.len() as u32
+    }
+
     /// The key the next `insert` will use.
     pub fn vacant_key(&self) -> u32 {
         // Keys are u32: a shard holds far fewer than 2^32 connections or users.

@@ -1893,3 +1893,43 @@ fn a_subscribe_refused_while_redis_is_away_leaves_no_membership() {
         ]
     );
 }
+
+#[test]
+fn a_node_keeps_the_streams_it_serves_in_redis_however_quiet() {
+    // A stream's `seq` and epoch expire 24 h after its last push: one served that long
+    // without a push (a quiet user, a quiet room) restarted at its next push, and its
+    // sessions were closed 1012. The node keeps them while it serves them.
+    let redis = RedisServer::start();
+    let a = node(&redis, &["--public-topics", "room.*"]);
+    let mut x = a.connect("quiet");
+    x.send(json!({"type": "subscribe", "topic": "room.quiet", "ref": 1}));
+    assert_eq!(x.recv()["type"], "subscribed");
+    let mut r = redis.conn();
+    let keys = ["throng:{u:quiet}", "throng:{t:room.quiet}"];
+    // As if a day had passed without a push: a minute left.
+    for k in keys {
+        let set: i64 = redis::cmd("PEXPIRE")
+            .arg(k)
+            .arg(60_000)
+            .query(&mut r)
+            .unwrap();
+        assert_eq!(set, 1, "{k} exists");
+    }
+    let mut left = Vec::new();
+    let kept = wait_until(WAIT, || {
+        left = keys
+            .iter()
+            .map(|k| redis::cmd("PTTL").arg(k).query::<i64>(&mut r).unwrap())
+            .collect();
+        left.iter().all(|&ms| ms > 3_600_000)
+    });
+    assert!(kept, "PTTL {left:?}");
+    // Nothing restarted: the next push goes on in the same epoch.
+    let epoch = epoch(&x);
+    let p = a.push_wait(json!({"user": "quiet", "data": 1}));
+    assert_eq!(
+        (p["seq"].as_u64(), p["epoch"].as_str()),
+        (Some(1), Some(&*epoch))
+    );
+    assert_eq!(next_push(&mut x)["seq"], 1);
+}

@@ -87,6 +87,14 @@ pub enum Interest {
         /// The topic.
         topic: Arc<str>,
     },
+    /// Streams the shard serves, a slice of them at a time: their `seq` and epoch are kept
+    /// in Redis while served, however quiet (`shard::keep`).
+    Keep {
+        /// Users served.
+        users: Vec<Box<str>>,
+        /// Topics served.
+        topics: Vec<Arc<str>>,
+    },
 }
 
 /// A stream as Redis holds it when a shard starts serving it (or after a reconnect).

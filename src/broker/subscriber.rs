@@ -46,6 +46,8 @@ const TRIM_INTERVAL: Duration = Duration::from_secs(10);
 /// per idle connection on a node at 15,000 connections. At 16, a storm of 100,000 first
 /// sessions is 6,250 round trips (about 0.6 s at 0.1 ms per round trip on loopback).
 const LOADS_PER_TRIP: usize = 16;
+/// Meta keys kept (PEXPIRE) per pipelined round trip.
+const KEEPS_PER_TRIP: usize = 256;
 /// Channels per SUBSCRIBE command.
 const CHANNELS_PER_COMMAND: usize = 1000;
 /// A link that fails before it had subscribed and loaded is made again only after a
@@ -301,11 +303,14 @@ impl Subscriber {
                 );
                 self.quick_losses = 0;
             }
-            let (ops, loads) = self.take_interests();
+            let (ops, loads, keeps) = self.take_interests();
             if let Err(e) = self.apply(link, ops) {
                 // Sessions waiting for these streams learn now, not when Redis is back.
                 self.fail(loads, &format!("Redis is unavailable: {e}"));
                 return Err(e);
+            }
+            if !keeps.is_empty() {
+                self.keep(cmd, &keeps)?;
             }
             if !loads.is_empty() {
                 self.loaded_since_trim += loads.len();
@@ -410,13 +415,19 @@ impl Subscriber {
         Ok(())
     }
 
-    /// Takes waiting interest changes: the subscription changes in order, and the streams
-    /// to load once they are applied.
-    fn take_interests(&mut self) -> (Vec<Op>, Vec<Load>) {
+    /// Takes waiting interest changes: the subscription changes in order, the streams
+    /// to load once they are applied, and the meta keys of served streams to keep.
+    fn take_interests(&mut self) -> (Vec<Op>, Vec<Load>, Vec<String>) {
         let mut ops = Vec::new();
         let mut loads = Vec::new();
+        let mut keeps = Vec::new();
         for i in self.interests.try_iter().take(INTERESTS_PER_TURN) {
             match i {
+                Interest::Keep { users, topics } => {
+                    let users = users.iter().map(|u| StreamRef::User(u).meta_key());
+                    let topics = topics.iter().map(|t| StreamRef::Topic(t).meta_key());
+                    keeps.extend(users.chain(topics));
+                }
                 Interest::WatchUser { user: u, fresh } => {
                     ops.push(Op::Subscribe(self.ctx.channels.stream(StreamRef::User(&u))));
                     self.users += u64::from(fresh);
@@ -462,7 +473,26 @@ impl Subscriber {
         broker
             .interests_waiting
             .store(self.interests.len() as u64, Relaxed);
-        (ops, loads)
+        (ops, loads, keeps)
+    }
+
+    /// Keeps the meta hashes (`seq`, epoch) of streams a shard serves for the meta TTL
+    /// from now: a push does so, but a stream served and quiet for that long would lose
+    /// them, and its next push would start a new epoch under its sessions (1012). `GT`:
+    /// never shortened (a node may keep them longer); a key that is gone stays gone.
+    fn keep(&self, cmd: &mut Connection, keys: &[String]) -> redis::RedisResult<()> {
+        for chunk in keys.chunks(KEEPS_PER_TRIP) {
+            let mut pipe = redis::pipe();
+            for k in chunk {
+                pipe.cmd("PEXPIRE")
+                    .arg(k)
+                    .arg(self.meta_ms())
+                    .arg("GT")
+                    .ignore();
+            }
+            pipe.query::<()>(&mut super::Prompt(cmd))?;
+        }
+        Ok(())
     }
 
     /// Waits `d` before the next reconnect. Meanwhile, every `AWAY_STEP`, it takes all that
@@ -475,7 +505,7 @@ impl Subscriber {
         let end = Instant::now() + d;
         loop {
             loop {
-                let (_, loads) = self.take_interests();
+                let (_, loads, _) = self.take_interests();
                 if !loads.is_empty() {
                     self.fail(loads, why);
                 }
@@ -881,7 +911,7 @@ mod tests {
             tx.send(Interest::UnwatchUser(user)).expect("send");
         }
         // One turn's worth first: the gauge shows what it left.
-        let (_, loads) = sub.take_interests();
+        let (_, loads, _) = sub.take_interests();
         sub.fail(loads, "Redis is unavailable: test");
         let waiting = &sub.ctx.metrics.broker.interests_waiting;
         assert_eq!(waiting.load(Relaxed), (2 * n - INTERESTS_PER_TURN) as u64);

@@ -92,7 +92,7 @@ struct UserLoad {
 }
 
 /// A served topic's position in its cluster stream.
-struct TopicPos {
+pub(super) struct TopicPos {
     seq: u64,
     epoch: Arc<str>,
 }
@@ -106,7 +106,9 @@ pub(super) struct ClusterState {
     /// more is read from it meanwhile), so that a connection that goes is taken out of
     /// that one list, not looked for in all of them.
     waiting_for: HashMap<u32, Arc<str>, FxBuildHasher>,
-    topics: HashMap<Arc<str>, TopicPos, FxBuildHasher>,
+    pub(super) topics: HashMap<Arc<str>, TopicPos, FxBuildHasher>,
+    /// The sweep that keeps served streams in Redis.
+    pub(super) keep: super::keep::Keeper,
     /// Users whose session count changed since the last presence report.
     pub(super) presence: super::presence::Tracker,
     /// Streams Redis would not load: while it refuses (out of memory, say) every stream
@@ -126,6 +128,7 @@ impl ClusterState {
             loading_topics: HashMap::default(),
             waiting_for: HashMap::default(),
             topics: HashMap::default(),
+            keep: super::keep::Keeper::default(),
             load_failures: crate::log_gate::LogGate::new(std::time::Duration::from_secs(10)),
         }
     }
@@ -182,7 +185,7 @@ impl Shard {
         })
     }
 
-    fn interest(&self, i: Interest) {
+    pub(super) fn interest(&self, i: Interest) {
         if let Some(c) = &self.cluster {
             // The broker outlives the shards; a failed send means shutdown.
             let _ = c.link.interest.send(i);

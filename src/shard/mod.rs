@@ -13,6 +13,7 @@ mod drain;
 mod grants;
 mod history;
 mod inbound;
+mod keep;
 mod presence;
 mod publish;
 mod rate;
@@ -1056,6 +1057,7 @@ impl Shard {
         self.rates.sweep(self.tick);
         self.compact_tables();
         self.report_presence();
+        self.keep_streams();
         if self.last_publish.elapsed() >= Duration::from_millis(100) {
             self.last_publish = Instant::now();
             if !self.latency.is_empty() {

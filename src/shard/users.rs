@@ -205,6 +205,27 @@ impl Users {
         self.entries.iter().map(|(_, e)| &*e.id)
     }
 
+    /// One past the highest user key now.
+    pub(super) fn key_bound(&self) -> u32 {
+        self.entries.key_bound()
+    }
+
+    /// The ids of users whose stream is loaded (cluster mode: served) among the `n` keys
+    /// from `from`, and the key to go on from (0 once past the end).
+    pub(super) fn served_ids(&self, from: u32, n: usize) -> (Vec<Box<str>>, u32) {
+        let bound = self.entries.key_bound();
+        let from = if from >= bound { 0 } else { from };
+        let to = from
+            .saturating_add(u32::try_from(n).unwrap_or(u32::MAX))
+            .min(bound);
+        let ids = (from..to)
+            .filter_map(|k| self.entries.get(k))
+            .filter(|e| e.epoch != 0)
+            .map(|e| Box::from(e.id.as_str()))
+            .collect();
+        (ids, if to >= bound { 0 } else { to })
+    }
+
     /// The user key for `id`, when online or retained here.
     pub(super) fn find(&self, id: &str) -> Option<u32> {
         let entries = &self.entries;

@@ -84,9 +84,28 @@ fn parked_until(h: &mut Harness, user: &str, exp: Option<u64>, resume: Option<Re
     panic!("no 101");
 }
 
-/// Everything the shard asked the broker for so far.
+/// Everything the shard asked the broker for so far, but the streams it keeps (once a
+/// second, `keeps`).
 fn asked(rx: &Receiver<Interest>) -> Vec<Interest> {
-    rx.try_iter().collect()
+    rx.try_iter()
+        .filter(|i| !matches!(i, Interest::Keep { .. }))
+        .collect()
+}
+
+/// The streams the shard asked the broker to keep so far: users, then topics.
+fn keeps(rx: &Receiver<Interest>) -> (Vec<String>, Vec<String>) {
+    let (mut users, mut topics) = (Vec::new(), Vec::new());
+    for i in rx.try_iter() {
+        if let Interest::Keep {
+            users: u,
+            topics: t,
+        } = i
+        {
+            users.extend(u.iter().map(|u| u.to_string()));
+            topics.extend(t.iter().map(|t| t.to_string()));
+        }
+    }
+    (users, topics)
 }
 
 fn watch(user: &str, fresh: bool) -> Interest {
@@ -448,4 +467,38 @@ fn a_session_waiting_for_its_stream_gets_its_drain_and_expiry_hints_after_welcom
         "{hint}"
     );
     h.quiet(&mut p);
+}
+
+#[test]
+fn the_streams_a_shard_serves_are_kept_in_redis_once_a_second_a_slice() {
+    // A user or topic served and quiet for the meta TTL (24 h) lost its `seq` and epoch
+    // in Redis: the next push started a new epoch and closed its sessions 1012.
+    let flags = ["--public-topics", "room.*"];
+    let (mut h, interests, tx) = Harness::cluster(&flags);
+    let mut ann = online(&mut h, &tx, "ann", fresh_state());
+    let _bo = online(&mut h, &tx, "bo", fresh_state());
+    ann.send_json(json!({"type": "subscribe", "topic": "room.k"}));
+    h.quiet(&mut ann);
+    tx.send(Remote::TopicLoaded {
+        topic: "room.k".into(),
+        state: Ok(fresh_state()),
+    })
+    .unwrap();
+    assert_eq!(h.recv_json(&mut ann)["type"], "subscribed");
+    let _ = keeps(&interests);
+    // One slice a second: at this size, one user and the topic.
+    let start = h.clock.now_ms();
+    h.at(start + 1000);
+    let (users, topics) = keeps(&interests);
+    assert_eq!((users.len(), &topics[..]), (1, &["room.k".to_string()][..]));
+    h.at(start + 1500);
+    assert_eq!(keeps(&interests), (vec![], vec![]), "not twice a second");
+    // The sweep goes on over every user, and around again.
+    let mut seen = users;
+    for s in 2..=4 {
+        h.at(start + s * 1000);
+        seen.extend(keeps(&interests).0);
+    }
+    seen.sort();
+    assert_eq!(seen, ["ann", "ann", "bo", "bo"]);
 }
