@@ -270,6 +270,8 @@ pub struct Metrics {
     pub topic_streams: AtomicU64,
     /// (stream, push id) pairs held for deduplication (gauge).
     pub dedup_entries: AtomicU64,
+    /// Pairs forgotten within `dedup_window_ms` because the table was full.
+    pub dedup_forgotten_early: AtomicU64,
     /// Open push API connections (gauge).
     pub api_connections: AtomicU64,
     /// Response bytes the push API holds for clients that have not read them yet (gauge).
@@ -340,6 +342,7 @@ impl Metrics {
             command_bytes: AtomicU64::new(0),
             topic_streams: AtomicU64::new(0),
             dedup_entries: AtomicU64::new(0),
+            dedup_forgotten_early: AtomicU64::new(0),
             api_connections: AtomicU64::new(0),
             api_output_bytes: AtomicU64::new(0),
             api_input_bytes: AtomicU64::new(0),
@@ -425,6 +428,7 @@ impl Metrics {
                 "pushes_accepted": self.pushes_accepted.load(Relaxed),
                 "pushes_rejected": self.pushes_rejected.load(Relaxed),
                 "pushes_duplicate": self.pushes_duplicate.load(Relaxed),
+                "dedup_forgotten_early": self.dedup_forgotten_early.load(Relaxed),
                 "pushes_delivered": self.sum(|c| &c.delivered),
                 "slow_consumer_closes": self.sum(|c| &c.slow_consumer_closes),
                 "heartbeat_closes": self.sum(|c| &c.heartbeat_closes),
@@ -679,6 +683,11 @@ impl Metrics {
                 "throng_pushes_duplicate_total",
                 "Pushes accepted but not delivered: their id was already accepted on the stream.",
                 &self.pushes_duplicate,
+            ),
+            (
+                "throng_dedup_forgotten_early_total",
+                "Push ids forgotten before dedup_window_ms because 1,000,000 were held: a retry of one would be delivered again.",
+                &self.dedup_forgotten_early,
             ),
             (
                 "throng_queue_full_refusals_total",

@@ -227,4 +227,11 @@ fn dedup_and_sequencer_tables_are_gauged_and_expire() {
         s["dedup_entries"] == 1 && s["topic_streams"] == 1
     });
     assert!(expired, "tables did not shrink: {}", srv.stats());
+    // Forgotten at the end of their window, not early (that is counted: at the cap).
+    assert_eq!(srv.counter("dedup_forgotten_early"), 0);
+    let metrics = srv.api("GET", "/metrics", None).text();
+    assert!(
+        metrics.contains("\nthrong_dedup_forgotten_early_total 0\n"),
+        "{metrics}"
+    );
 }

@@ -46,6 +46,9 @@ pub struct Dedup {
     order: VecDeque<(Arc<str>, Instant)>,
     window: Duration,
     cap: usize,
+    /// Pairs forgotten within their window because `cap` were held: a retry of one of
+    /// them is delivered again.
+    forgotten_early: u64,
     /// Reused to build lookup keys, so checking a push allocates nothing.
     scratch: String,
 }
@@ -58,6 +61,7 @@ impl Dedup {
             order: VecDeque::new(),
             window,
             cap: cap.max(1),
+            forgotten_early: 0,
             scratch: String::new(),
         }
     }
@@ -85,7 +89,14 @@ impl Dedup {
                 break;
             };
             self.by_key.remove(&old);
+            // `expire` ran first: whatever is left is within its window.
+            self.forgotten_early += 1;
         }
+    }
+
+    /// Pairs forgotten within their window because the table was full, so far.
+    pub fn forgotten_early(&self) -> u64 {
+        self.forgotten_early
     }
 
     /// Pairs remembered now.
@@ -158,5 +169,13 @@ mod tests {
             !d.seen(Stream::User("u"), "id0", t),
             "oldest forgotten first"
         );
+        // Counted, so an operator sees that retries of those would be delivered again.
+        assert_eq!(d.forgotten_early(), 10_000 - 50);
+        // Pairs that reach the end of their window are not early.
+        let mut d = Dedup::new(Duration::from_secs(1), 2);
+        d.record(Stream::User("u"), "a", t);
+        d.record(Stream::User("u"), "b", t);
+        d.record(Stream::User("u"), "c", t + Duration::from_secs(1));
+        assert_eq!((d.len(), d.forgotten_early()), (1, 0));
     }
 }

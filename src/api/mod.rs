@@ -421,6 +421,9 @@ impl Api {
                 .dedup_entries
                 .store(self.dedup.len() as u64, Relaxed);
             self.metrics
+                .dedup_forgotten_early
+                .store(self.dedup.forgotten_early(), Relaxed);
+            self.metrics
                 .api_input_bytes
                 .store(self.budget.held() as u64, Relaxed);
         }
