@@ -334,7 +334,23 @@ impl Harness {
         topics: Vec<TopicPattern>,
         rcvbuf: Option<usize>,
     ) -> Peer {
-        let mut peer = self.handoff(user, exp, topics, rcvbuf, None);
+        self.connect_full(user, exp, topics, rcvbuf, None)
+    }
+
+    /// A session for `user` resuming with `resume`, welcomed without waiting for a load.
+    fn connect_resume(&mut self, user: &str, resume: crate::command::Resume) -> Peer {
+        self.connect_full(user, None, Vec::new(), None, Some(resume))
+    }
+
+    fn connect_full(
+        &mut self,
+        user: &str,
+        exp: Option<u64>,
+        topics: Vec<TopicPattern>,
+        rcvbuf: Option<usize>,
+        resume: Option<crate::command::Resume>,
+    ) -> Peer {
+        let mut peer = self.handoff(user, exp, topics, rcvbuf, resume);
         let mut head = None;
         for _ in 0..MAX_TURNS {
             self.turn();

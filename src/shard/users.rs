@@ -62,6 +62,12 @@ pub(super) struct Users {
     evictions: u64,
     /// Cluster mode: ids of entries removed since the last `take_gone`.
     gone: Option<Vec<Box<str>>>,
+    /// Cluster mode, users reloaded (for a resume their ring could not cover, or a gap): the epoch and
+    /// the first `seq` Redis held then. Within an epoch that only grows, so a resume from
+    /// before it is answered here, not with another load of the whole history (review
+    /// s21a: a client reconnecting with `since` 0 loaded it at every handshake). Only
+    /// those users pay for an entry.
+    floors: HashMap<u32, (u64, u64), FxBuildHasher>,
 }
 
 impl Users {
@@ -275,8 +281,10 @@ impl Users {
     /// allocator, roughly (the pages are the OS's already).
     pub(super) fn compact(&mut self) -> usize {
         self.entries.release_tail();
-        let mut freed =
-            compact(&mut self.rings) + compact(&mut self.fifo) + compact(&mut self.idle);
+        let mut freed = compact(&mut self.rings)
+            + compact(&mut self.fifo)
+            + compact(&mut self.idle)
+            + compact(&mut self.floors);
         let cap = self.by_id.capacity();
         // A `HashTable` rebuilds with the hasher in hand, so it cannot be a `Sparse`.
         if is_sparse(self.by_id.len(), cap) {
@@ -431,6 +439,7 @@ impl Users {
                     self.bytes -= ring.bytes();
                     self.held -= ring.len();
                 }
+                self.floors.remove(&i.user);
             }
         }
     }
@@ -447,10 +456,9 @@ impl Users {
         ring.stamp((seq - first) as usize)
     }
 
-    /// Whether user `key` can resume after `since` in `epoch` (as shown in `welcome`); if
-    /// so, the frames to replay, in order, are appended to `out`.
     /// Whether a resume after `since` in `epoch` names this user's current stream but
-    /// reaches back past what its ring holds here (cluster mode: Redis may hold more).
+    /// reaches back past what its ring holds here, and not past what Redis held at the
+    /// last such reload (cluster mode: Redis may hold more).
     pub(super) fn falls_short(&self, key: u32, since: u64, epoch: &str) -> bool {
         let Some(u) = self.entries.get(key) else {
             return false;
@@ -458,10 +466,25 @@ impl Users {
         if epoch != format!("{:016x}", u.epoch) || since >= u.seq {
             return false;
         }
+        if let Some(&(floor_epoch, floor)) = self.floors.get(&key) {
+            if floor_epoch == u.epoch && since + 1 < floor {
+                return false;
+            }
+        }
         let held = self.rings.get(&key).map_or(0, |r| r.len());
         first_seq(u.seq, held) > since + 1 || held == 0
     }
 
+    /// Records where Redis's history of user `key` began (`first`, in `epoch`) at a reload
+    /// for a resume (`falls_short`).
+    pub(super) fn note_floor(&mut self, key: u32, epoch: u64, first: u64) {
+        if self.entries.get(key).is_some() {
+            self.floors.insert(key, (epoch, first));
+        }
+    }
+
+    /// Whether user `key` can resume after `since` in `epoch` (as shown in `welcome`); if
+    /// so, the frames to replay, in order, are appended to `out`.
     pub(super) fn resume(&self, key: u32, since: u64, epoch: &str, out: &mut Vec<Wire>) -> bool {
         let Some(u) = self.entries.get(key) else {
             return false;

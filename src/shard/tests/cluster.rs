@@ -246,6 +246,44 @@ fn a_resume_past_the_node_history_reloads_and_pushes_meanwhile_fill_the_gap() {
 }
 
 #[test]
+fn a_resume_from_before_what_redis_held_reloads_once_not_at_every_handshake() {
+    // Review s21a: a client reconnecting with `since` 0 to a user whose early pushes had
+    // expired made each handshake load the user's whole history from Redis again.
+    let (mut h, interests, tx) = Harness::cluster(&[]);
+    let _live = online(&mut h, &tx, "ed", state(8, EPOCH, 5..=8, None));
+    asked(&interests);
+    let from_zero = || Resume {
+        since: 0,
+        epoch: EPOCH.into(),
+    };
+    let mut first = parked(&mut h, "ed", Some(from_zero()));
+    assert_eq!(asked(&interests), vec![Interest::ReloadUser("ed".into())]);
+    tx.send(loaded("ed", Ok(state(8, EPOCH, 5..=8, None))))
+        .unwrap();
+    let w = h.recv_json(&mut first);
+    assert_eq!(
+        (w["type"].as_str(), w["resumed"].as_bool()),
+        (Some("welcome"), Some(false)),
+        "{w}"
+    );
+    // Redis held nothing before 5: the next such resume is answered here, at once.
+    let again = h.connect_resume("ed", from_zero());
+    assert_eq!(again.welcome["resumed"], false, "{}", again.welcome);
+    assert!(asked(&interests).is_empty(), "loaded again");
+    // One this node holds is replayed from here; one it does not, but Redis may, loads.
+    let mut held = h.connect_resume(
+        "ed",
+        Resume {
+            since: 6,
+            epoch: EPOCH.into(),
+        },
+    );
+    assert_eq!(held.welcome["resumed"], true, "{}", held.welcome);
+    assert_eq!(seq_of(&h.recv_json(&mut held)), 7);
+    assert!(asked(&interests).is_empty(), "loaded again");
+}
+
+#[test]
 fn pushes_held_during_a_reload_are_bounded_and_nothing_is_skipped() {
     let (mut h, interests, tx) = Harness::cluster(&[]);
     let mut p = online(&mut h, &tx, "fay", state(1, EPOCH, 1..=1, None));
