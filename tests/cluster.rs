@@ -1933,3 +1933,43 @@ fn a_node_keeps_the_streams_it_serves_in_redis_however_quiet() {
     );
     assert_eq!(next_push(&mut x)["seq"], 1);
 }
+
+#[test]
+fn a_redis_refusing_writes_does_not_make_the_node_reload_what_it_serves() {
+    // Review s22a: a refused keep (PEXPIRE, a write; here NOREPLICAS, as with MISCONF or
+    // READONLY) was taken as a lost link: the node reconnected and loaded every stream it
+    // served again, about once a second, for as long as Redis refused writes.
+    use common::tls::metric;
+    let redis = RedisServer::start();
+    let a = node(&redis, &["--public-topics", "room.*"]);
+    let mut x = a.connect("wary");
+    x.send(json!({"type": "subscribe", "topic": "room.wary", "ref": 1}));
+    assert_eq!(x.recv()["type"], "subscribed");
+    let loads = metric(a.api, "throng_broker_loads_total");
+    let errors = metric(a.api, "throng_broker_errors_total");
+    let mut r = redis.conn();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("min-replicas-to-write")
+        .arg(1)
+        .query(&mut r)
+        .unwrap();
+    // Three keeps refused (one a second per shard; each counts as an error)...
+    assert!(
+        wait_until(WAIT, || metric(a.api, "throng_broker_errors_total")
+            >= errors + 3),
+        "no keep refused"
+    );
+    // ...and not one stream loaded again, the link kept.
+    assert_eq!(metric(a.api, "throng_broker_loads_total"), loads);
+    assert_eq!(metric(a.api, "throng_broker_subscriber_up"), 1);
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("min-replicas-to-write")
+        .arg(0)
+        .query(&mut r)
+        .unwrap();
+    // Still served: a push reaches the session.
+    a.push_wait(json!({"user": "wary", "data": 1}));
+    assert_eq!(next_push(&mut x)["seq"], 1);
+}

@@ -15,7 +15,8 @@ pub struct BrokerCounters {
     pub duplicate_node_id: AtomicBool,
     /// Pushes published through the sequencing script (API and stream).
     pub published: AtomicU64,
-    /// Redis errors of every broker thread (each one a reconnect or a refused push).
+    /// Redis errors of every broker thread (each one a reconnect, a refused push or a
+    /// refused keep of served streams).
     pub errors: AtomicU64,
     /// Pushes answered 202 sent again because their round trip went unanswered (each time,
     /// answered or not).

@@ -88,13 +88,19 @@ pub enum Interest {
         topic: Arc<str>,
     },
     /// Streams the shard serves, a slice of them at a time: their `seq` and epoch are kept
-    /// in Redis while served, however quiet (`shard::keep`).
-    Keep {
-        /// Users served.
-        users: Vec<Box<str>>,
-        /// Topics served.
-        topics: Vec<Arc<str>>,
-    },
+    /// in Redis while served, however quiet (`shard::keep`). Boxed: the other changes
+    /// stay small in the queue. One a second per shard, counted in the queue's length
+    /// like any change (`max_stream_changes_waiting`).
+    Keep(Box<KeepSlice>),
+}
+
+/// A slice of the streams a shard serves, to keep in Redis (`Interest::Keep`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeepSlice {
+    /// Users served.
+    pub users: Vec<Box<str>>,
+    /// Topics served.
+    pub topics: Vec<Arc<str>>,
 }
 
 /// A stream as Redis holds it when a shard starts serving it (or after a reconnect).

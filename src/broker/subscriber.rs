@@ -22,6 +22,7 @@ use super::pubsub::PubSubLink;
 use super::script::now_ms;
 use super::{connect, next_backoff, BrokerCtx, Interest, Remote, StreamState, RECONNECT_MIN};
 use crate::link::{Links, SendError};
+use crate::log_gate::LogGate;
 use crate::route::shard_of;
 
 /// How long one wait for a published message lasts before interests are looked at again.
@@ -48,6 +49,8 @@ const TRIM_INTERVAL: Duration = Duration::from_secs(10);
 const LOADS_PER_TRIP: usize = 16;
 /// Meta keys kept (PEXPIRE) per pipelined round trip.
 const KEEPS_PER_TRIP: usize = 256;
+/// A Redis refusing the keeps is logged at most this often.
+const KEEP_REFUSED_LOG_EVERY: Duration = Duration::from_secs(60);
 /// Channels per SUBSCRIBE command.
 const CHANNELS_PER_COMMAND: usize = 1000;
 /// A link that fails before it had subscribed and loaded is made again only after a
@@ -93,6 +96,8 @@ pub(crate) struct Subscriber {
     lost: bool,
     /// Settled links lost within `LINK_MIN_LIFE` in a row.
     quick_losses: u32,
+    /// Redis refuses the keeps (a write) while it answers reads.
+    keep_refused: LogGate,
     /// Links lost in a row before they settled (cut, not refused).
     early_losses: u32,
 }
@@ -134,6 +139,7 @@ impl Subscriber {
             lost: false,
             quick_losses: 0,
             early_losses: 0,
+            keep_refused: LogGate::new(KEEP_REFUSED_LOG_EVERY),
         }
     }
 
@@ -309,14 +315,19 @@ impl Subscriber {
                 self.fail(loads, &format!("Redis is unavailable: {e}"));
                 return Err(e);
             }
-            if !keeps.is_empty() {
-                self.keep(cmd, &keeps)?;
-            }
-            if !loads.is_empty() {
+            // Loads before keeps: a keep that loses the link must not strand this turn's
+            // loads (their sessions learn from `load`'s own failure path).
+            let loaded = !loads.is_empty();
+            if loaded {
                 self.loaded_since_trim += loads.len();
                 self.last_load = Instant::now();
                 self.load(cmd, loads)?;
-            } else if self.loaded_since_trim >= TRIM_AFTER_LOADS
+            }
+            if !keeps.is_empty() {
+                self.keep(cmd, &keeps)?;
+            }
+            if !loaded
+                && self.loaded_since_trim >= TRIM_AFTER_LOADS
                 && self.last_load.elapsed() >= TRIM_QUIET
                 && self.last_trim.is_none_or(|t| t.elapsed() >= TRIM_INTERVAL)
             {
@@ -423,9 +434,9 @@ impl Subscriber {
         let mut keeps = Vec::new();
         for i in self.interests.try_iter().take(INTERESTS_PER_TURN) {
             match i {
-                Interest::Keep { users, topics } => {
-                    let users = users.iter().map(|u| StreamRef::User(u).meta_key());
-                    let topics = topics.iter().map(|t| StreamRef::Topic(t).meta_key());
+                Interest::Keep(slice) => {
+                    let users = slice.users.iter().map(|u| StreamRef::User(u).meta_key());
+                    let topics = slice.topics.iter().map(|t| StreamRef::Topic(t).meta_key());
                     keeps.extend(users.chain(topics));
                 }
                 Interest::WatchUser { user: u, fresh } => {
@@ -480,17 +491,37 @@ impl Subscriber {
     /// from now: a push does so, but a stream served and quiet for that long would lose
     /// them, and its next push would start a new epoch under its sessions (1012). `GT`:
     /// never shortened (a node may keep them longer); a key that is gone stays gone.
-    fn keep(&self, cmd: &mut Connection, keys: &[String]) -> redis::RedisResult<()> {
+    ///
+    /// A refusal (`MISCONF`, `NOREPLICAS`, `READONLY`: Redis answers reads but not writes)
+    /// is logged and skipped, not taken as a lost link: reconnecting would reload every
+    /// served stream each second and keep nothing more. Only a lost link is returned.
+    fn keep(&mut self, cmd: &mut Connection, keys: &[String]) -> redis::RedisResult<()> {
+        let meta_ms = self.meta_ms();
         for chunk in keys.chunks(KEEPS_PER_TRIP) {
             let mut pipe = redis::pipe();
             for k in chunk {
-                pipe.cmd("PEXPIRE")
-                    .arg(k)
-                    .arg(self.meta_ms())
-                    .arg("GT")
-                    .ignore();
+                pipe.cmd("PEXPIRE").arg(k).arg(meta_ms).arg("GT").ignore();
             }
-            pipe.query::<()>(&mut super::Prompt(cmd))?;
+            match pipe.query::<()>(&mut super::Prompt(cmd)) {
+                Ok(()) => {
+                    if self.keep_refused.recover() {
+                        tracing::info!("Redis keeps the served streams' seq and epoch again");
+                    }
+                }
+                Err(e) if redis_answered(&e) => {
+                    self.ctx.metrics.broker.errors.fetch_add(1, Relaxed);
+                    if let Some(held) = self.keep_refused.fail(Instant::now()) {
+                        tracing::warn!(
+                            refusals_held_back = held,
+                            "Redis refuses to keep the served streams' seq and epoch \
+                             (PEXPIRE): {}; they expire after the meta TTL if this lasts",
+                            error_code(&e).unwrap_or_default()
+                        );
+                    }
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use super::Shard;
-use crate::broker::Interest;
+use crate::broker::{Interest, KeepSlice};
 use crate::reactor::TICK_MS;
 
 /// Ticks between two slices.
@@ -26,6 +26,30 @@ pub(super) struct Keeper {
     user_cursor: u32,
     /// Topics served when this sweep began, not yet kept.
     topics: Vec<Arc<str>>,
+    /// Topics kept per slice in this sweep: its first length over `SWEEP_SLICES`, so a
+    /// sweep takes about `SWEEP_SLICES` seconds however many topics it began with.
+    topics_per_slice: usize,
+    /// Slices since this sweep began: the next begins `SWEEP_SLICES` after it, so a
+    /// few topics are not kept every few seconds.
+    slices: usize,
+    /// A sweep of the topics has begun.
+    swept: bool,
+}
+
+impl Keeper {
+    /// The next slice of topics to keep; `served` names them all when a sweep begins.
+    fn next_topics(&mut self, served: impl FnOnce() -> Vec<Arc<str>>) -> Vec<Arc<str>> {
+        self.slices = self.slices.saturating_add(1);
+        if self.topics.is_empty() && (!self.swept || self.slices > SWEEP_SLICES) {
+            self.swept = true;
+            self.slices = 1;
+            self.topics = served();
+            self.topics.shrink_to_fit();
+            self.topics_per_slice = self.topics.len().div_ceil(SWEEP_SLICES);
+        }
+        let take = self.topics_per_slice.min(self.topics.len());
+        self.topics.split_off(self.topics.len() - take)
+    }
 }
 
 impl Shard {
@@ -45,15 +69,45 @@ impl Shard {
             .users
             .served_ids(k.user_cursor, slots.div_ceil(SWEEP_SLICES));
         k.user_cursor = next;
-        if k.topics.is_empty() {
-            k.topics = c.topics.keys().cloned().collect();
-            k.topics.shrink_to_fit();
-        }
-        let take = k.topics.len().div_ceil(SWEEP_SLICES);
-        let topics = k.topics.split_off(k.topics.len() - take);
+        let topics = k.next_topics(|| c.topics.keys().cloned().collect());
         if users.is_empty() && topics.is_empty() {
             return;
         }
-        self.interest(Interest::Keep { users, topics });
+        self.interest(Interest::Keep(Box::new(KeepSlice { users, topics })));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sweep_of_topics_takes_its_slices_however_many_it_began_with() {
+        // Review s22a: the slice was sized from what was left, so a sweep of n topics
+        // took about 3600 * (1 + ln(n / 3600)) slices (6.6 h for a million).
+        let n = 4 * SWEEP_SLICES - 3;
+        let served = || (0..n).map(|i| Arc::from(format!("t{i}"))).collect();
+        let mut k = Keeper::default();
+        let mut seen = 0;
+        let mut slices = 0;
+        while seen < n {
+            let got = k.next_topics(served).len();
+            assert!(got > 0 && got <= 4, "slice of {got}");
+            seen += got;
+            slices += 1;
+        }
+        assert_eq!(seen, n, "each topic once per sweep");
+        assert_eq!(slices, SWEEP_SLICES, "one sweep, {SWEEP_SLICES} slices");
+        assert!(k.topics.is_empty());
+        assert_eq!(k.next_topics(served).len(), 4, "the next sweep");
+        // A small set is kept once per sweep too, not every few slices.
+        let mut k = Keeper::default();
+        let few = || vec![Arc::from("a"), Arc::from("b")];
+        let got: Vec<usize> = (0..2 * SWEEP_SLICES)
+            .map(|_| k.next_topics(few).len())
+            .collect();
+        assert_eq!(got.iter().sum::<usize>(), 4, "twice in two sweeps");
+        assert_eq!((got[0], got[1], got[2]), (1, 1, 0));
+        assert_eq!(got[SWEEP_SLICES], 1, "the second sweep begins on time");
     }
 }

@@ -475,12 +475,20 @@ impl Users {
         first_seq(u.seq, held) > since + 1 || held == 0
     }
 
-    /// Records where Redis's history of user `key` began (`first`, in `epoch`) at a reload
-    /// for a resume (`falls_short`).
+    /// Records the first seq a reload of user `key` (in `epoch`) could answer a resume
+    /// from (`falls_short`): where Redis's history began (`first`), or where the ring
+    /// begins when it holds less (a shorter `history_size` than the pushing node's).
     pub(super) fn note_floor(&mut self, key: u32, epoch: u64, first: u64) {
-        if self.entries.get(key).is_some() {
-            self.floors.insert(key, (epoch, first));
-        }
+        let Some(u) = self.entries.get(key) else {
+            return;
+        };
+        let held = self.rings.get(&key).map_or(0, |r| r.len());
+        let ring_first = if held == 0 {
+            u.seq.saturating_add(1)
+        } else {
+            first_seq(u.seq, held)
+        };
+        self.floors.insert(key, (epoch, first.max(ring_first)));
     }
 
     /// Whether user `key` can resume after `since` in `epoch` (as shown in `welcome`); if

@@ -88,7 +88,7 @@ fn parked_until(h: &mut Harness, user: &str, exp: Option<u64>, resume: Option<Re
 /// second, `keeps`).
 fn asked(rx: &Receiver<Interest>) -> Vec<Interest> {
     rx.try_iter()
-        .filter(|i| !matches!(i, Interest::Keep { .. }))
+        .filter(|i| !matches!(i, Interest::Keep(_)))
         .collect()
 }
 
@@ -96,13 +96,9 @@ fn asked(rx: &Receiver<Interest>) -> Vec<Interest> {
 fn keeps(rx: &Receiver<Interest>) -> (Vec<String>, Vec<String>) {
     let (mut users, mut topics) = (Vec::new(), Vec::new());
     for i in rx.try_iter() {
-        if let Interest::Keep {
-            users: u,
-            topics: t,
-        } = i
-        {
-            users.extend(u.iter().map(|u| u.to_string()));
-            topics.extend(t.iter().map(|t| t.to_string()));
+        if let Interest::Keep(slice) = i {
+            users.extend(slice.users.iter().map(|u| u.to_string()));
+            topics.extend(slice.topics.iter().map(|t| t.to_string()));
         }
     }
     (users, topics)
@@ -281,6 +277,41 @@ fn a_resume_from_before_what_redis_held_reloads_once_not_at_every_handshake() {
     assert_eq!(held.welcome["resumed"], true, "{}", held.welcome);
     assert_eq!(seq_of(&h.recv_json(&mut held)), 7);
     assert!(asked(&interests).is_empty(), "loaded again");
+}
+
+#[test]
+fn a_resume_from_before_this_nodes_shorter_ring_reloads_once_not_at_every_handshake() {
+    // Review s22a: the floor was where Redis's history began, but a node with a shorter
+    // `history_size` than the pushing node keeps less of it; resumes between the two
+    // loaded the user again at every handshake.
+    let (mut h, interests, tx) = Harness::cluster(&["--history-size", "2"]);
+    let _live = online(&mut h, &tx, "gil", state(8, EPOCH, 5..=8, None));
+    asked(&interests);
+    let from_five = || Resume {
+        since: 5,
+        epoch: EPOCH.into(),
+    };
+    let mut first = parked(&mut h, "gil", Some(from_five()));
+    assert_eq!(asked(&interests), vec![Interest::ReloadUser("gil".into())]);
+    tx.send(loaded("gil", Ok(state(8, EPOCH, 5..=8, None))))
+        .unwrap();
+    let w = h.recv_json(&mut first);
+    assert_eq!(w["resumed"], false, "{w}");
+    for _ in 0..2 {
+        let again = h.connect_resume("gil", from_five());
+        assert_eq!(again.welcome["resumed"], false, "{}", again.welcome);
+        assert!(asked(&interests).is_empty(), "loaded again");
+    }
+    // What the ring holds (7, 8) is still replayed from here.
+    let mut held = h.connect_resume(
+        "gil",
+        Resume {
+            since: 6,
+            epoch: EPOCH.into(),
+        },
+    );
+    assert_eq!(held.welcome["resumed"], true, "{}", held.welcome);
+    assert_eq!(seq_of(&h.recv_json(&mut held)), 7);
 }
 
 #[test]
