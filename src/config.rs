@@ -1634,6 +1634,31 @@ impl Config {
             return Err(invalid("acceptors", "must be between 1 and 64"));
         }
         let events_url = args.events_url.or(file.events_url);
+        if cluster.is_some() {
+            // Events go to Redis there: an HTTP upstream's settings would be ignored.
+            let http_upstream = [
+                ("events_url", events_url.is_some()),
+                (
+                    "events_key",
+                    args.events_key.is_some() || file.events_key.is_some(),
+                ),
+                (
+                    "events_key_file",
+                    args.events_key_file.is_some() || file.events_key_file.is_some(),
+                ),
+                (
+                    "events_ca",
+                    args.events_ca.is_some() || file.events_ca.is_some(),
+                ),
+            ];
+            if let Some((key, _)) = http_upstream.iter().find(|(_, set)| *set) {
+                return Err(invalid(
+                    key,
+                    "is for a standalone server's HTTP events upstream; in cluster mode \
+                     (redis) events go to the Redis stream throng:events: remove it",
+                ));
+            }
+        }
         if let Some(url) = &events_url {
             check_events_url(url).map_err(|e| invalid("events_url", e))?;
         } else {
@@ -2596,6 +2621,25 @@ mod tests {
         ])
         .expect("events_key with events_url");
         assert_eq!(c.events_key.as_deref(), Some("k"));
+        // Review s22b: in cluster mode events go to Redis; the HTTP upstream's settings
+        // were ignored without a word (and `events_key` alone was told to add one).
+        for extra in [
+            &["--events-url", "http://127.0.0.1:1/e"][..],
+            &["--events-key", "k"],
+            &["--events-url", "http://127.0.0.1:1/e", "--events-key", "k"],
+            &["--events-key-file", "/nonexistent"],
+            &["--events-ca", "/nonexistent"],
+        ] {
+            let mut args = vec![secret[0], secret[1], "--redis", "redis://127.0.0.1:1"];
+            args.extend_from_slice(extra);
+            let err = cfg(&args).unwrap_err().to_string();
+            assert!(
+                err.contains(&extra[0][2..].replace('-', "_"))
+                    && err.contains("cluster mode")
+                    && err.contains("throng:events"),
+                "{extra:?}: {err}"
+            );
+        }
         let err = cfg(&[
             secret[0],
             secret[1],

@@ -71,7 +71,7 @@ pub struct Server {
     api: Option<JoinHandle<()>>,
     broker: Vec<JoinHandle<()>>,
     /// Delivers client sends and lifecycle events, when they have a target.
-    events: Option<JoinHandle<()>>,
+    events: Option<crate::events::Running>,
     /// Reads pushes from Kafka, with `--kafka`.
     kafka: Option<JoinHandle<()>>,
     /// The TLS listener's configuration, which `reload_tls` renews.
@@ -659,7 +659,7 @@ impl Server {
             join(name, t);
         }
         if let Some(t) = self.events.take() {
-            if let Some(t) = crate::events::ended_within_flush(t, stopped, &self.metrics) {
+            if let Some(t) = t.ended_within_flush(stopped, &self.metrics) {
                 join("events".into(), t);
             }
         }

@@ -246,37 +246,46 @@ pub struct EventsThread {
     /// The sink for the shards (one clone each).
     pub sink: EventSink,
     /// The thread.
-    pub thread: JoinHandle<()>,
+    pub thread: Running,
     /// Reads `events_ca` again, when one is set.
     pub ca_reload: Option<CaReload>,
     /// Reads `events_key_file` again, when one is set.
     pub key_reload: Option<KeyReload>,
 }
 
-/// The events thread, once it has ended, when it does within the flush time after the
-/// server stopped (at `stopped`). A try in flight may wait up to 30 s for the upstream's
-/// answer, and a deploy must not: a thread still busy then is left to end with the
-/// process, and what it held is lost and logged (None).
-pub fn ended_within_flush(
-    t: JoinHandle<()>,
-    stopped: Instant,
-    metrics: &Metrics,
-) -> Option<JoinHandle<()>> {
-    let until = stopped + FLUSH_AT_STOP + JOIN_SLACK;
-    while !t.is_finished() {
-        if Instant::now() >= until {
-            // In flight and waiting alike: an event leaves the gauge once delivered.
-            let dropped = metrics.events.queued.load(Relaxed);
-            tracing::warn!(
-                dropped,
-                "server stopped before the events upstream took every event (a batch was \
-                 still waiting for its answer)"
-            );
-            return None;
+/// The events thread's handle, and the flag that says its loss at a stop was logged.
+pub struct Running {
+    thread: JoinHandle<()>,
+    /// Set by the first to log the events lost at a stop (the thread, or the server that
+    /// stopped waiting for it): one warning, not two.
+    loss_said: Arc<AtomicBool>,
+}
+
+impl Running {
+    /// The events thread, once it has ended, when it does within the flush time after
+    /// the server stopped (at `stopped`). A try in flight may wait up to 30 s for the
+    /// upstream's answer, and a deploy must not: a thread still busy then is left to end
+    /// with the process (in a process that goes on, it ends by itself after that try),
+    /// and what it held is lost and logged (None).
+    pub fn ended_within_flush(self, stopped: Instant, metrics: &Metrics) -> Option<JoinHandle<()>> {
+        let until = stopped + FLUSH_AT_STOP + JOIN_SLACK;
+        while !self.thread.is_finished() {
+            if Instant::now() >= until {
+                // In flight and waiting alike: an event leaves the gauge once delivered.
+                let dropped = metrics.events.queued.load(Relaxed);
+                if dropped > 0 && !self.loss_said.swap(true, Relaxed) {
+                    tracing::warn!(
+                        dropped,
+                        "server stopped before the events upstream took every event (a \
+                         batch was still waiting for its answer)"
+                    );
+                }
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        std::thread::sleep(Duration::from_millis(20));
+        Some(self.thread)
     }
-    Some(t)
 }
 
 /// Starts the events thread when the configuration gives events a target. `node` names
@@ -328,6 +337,7 @@ pub fn spawn(
         node,
         metrics: Arc::clone(metrics),
     };
+    let loss_said = Arc::new(AtomicBool::new(false));
     let runner = Runner {
         rx,
         target,
@@ -336,13 +346,14 @@ pub fn spawn(
         backoff: BACKOFF_MIN,
         logged_down: false,
         drop_log: crate::log_gate::LogGate::new(DROP_LOG_EVERY),
+        loss_said: Arc::clone(&loss_said),
     };
     let thread = std::thread::Builder::new()
         .name("throng-events".into())
         .spawn(move || runner.run())?;
     Ok(Some(EventsThread {
         sink,
-        thread,
+        thread: Running { thread, loss_said },
         ca_reload,
         key_reload,
     }))
@@ -357,6 +368,8 @@ struct Runner {
     logged_down: bool,
     /// Drops, logged once a minute.
     drop_log: crate::log_gate::LogGate,
+    /// Shared with `Running`: the loss at a stop was logged.
+    loss_said: Arc<AtomicBool>,
 }
 
 impl Runner {
@@ -413,7 +426,7 @@ impl Runner {
         let queued = rest.len();
         self.drop_front(&mut rest, queued, Dropped::Stopped, "");
         let dropped = held + queued;
-        if dropped > 0 {
+        if dropped > 0 && !self.loss_said.swap(true, Relaxed) {
             tracing::warn!(
                 dropped,
                 "server stopped before the events upstream took every event"
