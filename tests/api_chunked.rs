@@ -130,6 +130,25 @@ fn refused(srv: &TestServer, raw: &[u8], status: u16, code: &str, needle: &str) 
     assert!(message.contains(needle), "{needle:?} not in {message:?}");
 }
 
+/// Sends `raw` and reads to the close: exactly one answer, a 400 whose message has
+/// `needle`; nothing that followed in `raw` is answered.
+fn only_refused(srv: &TestServer, raw: &[u8], needle: &str) {
+    let mut s = tcp(srv.api);
+    let _ = s.write_all(raw);
+    let all = read_to_close(&mut s);
+    let text = String::from_utf8_lossy(&all).to_string();
+    assert_eq!(
+        text.matches("HTTP/1.1 ").count(),
+        1,
+        "one answer only: {text:?}"
+    );
+    let (r, rest) = read_response(&mut &all[..], Vec::new()).unwrap_or_else(|e| panic!("{e}"));
+    r.assert_refusal(400, "bad_request");
+    let message = r.json()["message"].as_str().unwrap_or_default().to_string();
+    assert!(message.contains(needle), "{needle:?} not in {message:?}");
+    assert!(rest.is_empty(), "{text:?}");
+}
+
 #[test]
 fn bad_chunking_is_refused_with_what_is_wrong() {
     let srv = TestServer::start(&[]);
@@ -190,6 +209,60 @@ fn bad_chunking_is_refused_with_what_is_wrong() {
         "POST /v1/push HTTP/1.0\r\nAuthorization: Bearer {API_KEY}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
     );
     refused(&srv, old.as_bytes(), 400, "bad_request", "HTTP/1.0");
+    // Review s22b: what RFC 9112 7.1.1 leaves out of a size line, and too many trailers.
+    refused(
+        &srv,
+        &with(b"2;\x00\x01\x7f\r\nab\r\n0\r\n\r\n"),
+        400,
+        "bad_request",
+        "chunk-size line holds a control character",
+    );
+    refused(
+        &srv,
+        &with(b"1  \r\na\r\n0\r\n\r\n"),
+        400,
+        "bad_request",
+        "whitespace after the chunk size",
+    );
+    let mut many = b"0\r\n".to_vec();
+    for i in 0..33 {
+        many.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+    refused(
+        &srv,
+        &with(&many),
+        400,
+        "bad_request",
+        "too many trailer fields (at most 32)",
+    );
+    let empty = format!(
+        "POST /v1/push HTTP/1.1\r\nAuthorization: Bearer {API_KEY}\r\nTransfer-Encoding:\r\n\r\n0\r\n\r\n"
+    );
+    refused(
+        &srv,
+        empty.as_bytes(),
+        400,
+        "bad_request",
+        "empty Transfer-Encoding",
+    );
+
+    // Review s22b finding 1 (request smuggling): a front end that ends a size line at a
+    // bare LF reads this as one push whose second chunk holds the GET. Throng must not
+    // take the GET as a request of its own: one 400, then close.
+    let smuggled =
+        format!("GET /v1/stats HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n\r\n");
+    let hidden = format!("0\r\n\r\n{smuggled}");
+    let body = format!("4;\naa\r\n\r\n{:x}\r\n{hidden}\r\n0\r\n\r\n", hidden.len());
+    only_refused(&srv, &with(body.as_bytes()), "control character");
+    // Finding 2: trailer lines that end at a bare LF. A front end that wants CRLF takes
+    // what follows `\n\n` as more of this request; Throng must not answer it apart.
+    only_refused(
+        &srv,
+        &with(b"1\r\na\r\n0\r\nX: y\n\nGET /healthz HTTP/1.1\r\n\r\n"),
+        "bare LF",
+    );
+
     // A chunked body whose data is not a push is judged like any other body.
     let r = srv
         .api_conn()
@@ -253,4 +326,78 @@ fn chunked_bodies_count_in_the_input_budget_and_wait_for_room() {
     }
     let s = srv.wait_stats("the buffers released", |s| input_bytes(s) < 64 * 1024);
     assert_eq!(s["counters"]["pushes_accepted"], 4, "{s}");
+}
+
+/// Review s22b finding 4: chunked bodies cut off midway (their clients close, or time out
+/// while waiting for room) give back what they held of the input budget, bytes and
+/// admission both: near-limit bodies are then read at once, one with `Content-Length` and
+/// a chunked one that outgrows the budget (admitted only while no other body is).
+#[test]
+fn chunked_bodies_cut_off_midway_give_their_input_budget_back() {
+    const PART: usize = 700_000;
+    let limit = throng::config::MIN_API_BUFFERED_BYTES;
+    let max_body = throng::config::MAX_API_BODY_BYTES;
+    // A short request timeout: a body paused for room is not read, and may see its
+    // client's close only then.
+    let srv = TestServer::start(&[
+        "--api-max-buffered-bytes",
+        &limit.to_string(),
+        "--api-request-timeout-ms",
+        "2000",
+    ]);
+    // Each declares a chunk of 1 MiB and sends 700 KB of it.
+    let mut raw = format!(
+        "POST /v1/push HTTP/1.1\r\nAuthorization: Bearer {API_KEY}\r\nTransfer-Encoding: chunked\r\n\r\n{max_body:x}\r\n"
+    )
+    .into_bytes();
+    raw.resize(raw.len() + PART, b'x');
+    let mut conns = Vec::new();
+    for _ in 0..6 {
+        let s = tcp(srv.api);
+        let mut w = s.try_clone().expect("clone");
+        let raw = raw.clone();
+        // From a thread: a body that waits for room is not read, so its write may block.
+        let writer = std::thread::spawn(move || w.write_all(&raw));
+        conns.push((s, writer));
+    }
+    // Each asks for its whole declared chunk at once: one is read, the five others wait
+    // for room (all six are in, so none comes in after the close).
+    srv.wait_stats("one body read and five waiting for room", |s| {
+        s["counters"]["api_input_pauses"].as_u64() >= Some(5) && input_bytes(s) >= 1_000_000
+    });
+    // The clients give up.
+    for (s, writer) in conns {
+        s.shutdown(std::net::Shutdown::Both).expect("shutdown");
+        drop(s);
+        // Written, or cut off by the shutdown: either way it is over.
+        let _ = writer.join().expect("writer");
+    }
+    let s = srv.wait_stats_within(
+        "the cut-off bodies' buffers released",
+        Duration::from_secs(15),
+        |s| input_bytes(s) == 0,
+    );
+    assert_eq!(s["counters"]["pushes_accepted"], 0, "{s}");
+    let pauses = s["counters"]["api_input_pauses"].clone();
+    // A body of the largest size fits, head and all, in what is free again.
+    let head = r#"{"user":"nobody","data":""#;
+    let body = format!("{head}{}\"}}", "x".repeat(max_body - head.len() - 2));
+    assert_eq!(body.len(), max_body);
+    let mut c = srv.api_conn();
+    let r = c.request("POST", "/v1/push", Some(API_KEY), Some(&body));
+    assert_eq!(r.status, 202, "{}", r.text());
+    // A chunked one in small chunks: its admission grows past the budget (the framing of
+    // 2,048 chunks on top of 1 MiB), so it is read on only if no other body is counted as
+    // admitted, a cut-off one included.
+    let body = format!("{head}{}\"}}", "x".repeat(max_body - head.len() - 2));
+    let raw = chunked_post("/v1/push", &body, 512);
+    assert!(raw.len() > limit, "{} bytes fit", raw.len());
+    let r = c.send_raw(raw.as_bytes());
+    assert_eq!(r.status, 202, "{}", r.text());
+    let s = srv.stats();
+    assert_eq!(s["counters"]["pushes_accepted"], 2, "{s}");
+    assert_eq!(
+        s["counters"]["api_input_pauses"], pauses,
+        "none waited: {s}"
+    );
 }

@@ -59,12 +59,16 @@ fn push_errors_400() {
     );
     bad_push_mentioning(&srv, r#"{"topic":"a b","data":1}"#, "topic");
     bad_push_mentioning(&srv, r#"{"user":"","data":1}"#, "user");
-    // Review s21c: named for what it is.
-    bad_push_mentioning(
-        &srv,
-        r#"{"user":18446744073709551616,"data":1}"#,
-        "beyond the 64-bit integer range",
-    );
+    // Review s21c: named for what it is. Review s22b: a whole-number float literal inside
+    // the u64 range reads the same, so the message names both.
+    for id in ["18446744073709551616", "9.3e18", "1e19", "-1e19"] {
+        bad_push_mentioning(
+            &srv,
+            &format!(r#"{{"user":{id},"data":1}}"#),
+            "an integer-valued float or an integer beyond the 64-bit range; send the id as a \
+             string",
+        );
+    }
     bad_push_mentioning(&srv, r#"{"users":[1.5],"data":1}"#, "strings or integers");
     bad_push_mentioning(
         &srv,
@@ -157,12 +161,35 @@ fn unknown_path_404() {
     r.assert_error(404, "not_found");
     let r = srv.api("POST", "/v2/push", Some("{}"));
     assert_eq!(r.status, 404);
-    // A known path with the wrong method is 405, the parametrised ones too (review s21c).
-    for path in ["/v1/presence/alice", "/v1/topics/room:1"] {
-        let r = srv.api("POST", path, Some("{}"));
+    // A known path with the wrong method is 405, the parametrised ones too (review s21c),
+    // with the methods it takes in `Allow` (review s22b, RFC 9110 15.5.6).
+    for (method, path, allow) in [
+        ("POST", "/v1/presence/alice", "GET, HEAD"),
+        ("POST", "/v1/topics/room:1", "GET, HEAD"),
+        ("DELETE", "/v1/stats", "GET, HEAD"),
+        ("PUT", "/metrics", "GET, HEAD"),
+        ("POST", "/healthz", "GET, HEAD"),
+        ("POST", "/readyz", "GET, HEAD"),
+        ("GET", "/v1/push", "POST"),
+        ("GET", "/v1/push/batch", "POST"),
+        ("PUT", "/v1/disconnect", "POST"),
+        ("GET", "/v1/drain", "POST"),
+    ] {
+        let r = srv.api(method, path, Some("{}"));
         r.assert_error(405, "method_not_allowed");
-        assert!(r.text().contains("needs GET"), "{}", r.text());
+        assert_eq!(r.header("allow"), Some(allow), "{method} {path}: {r:?}");
+        let needs = allow.replace(", ", " or ");
+        assert!(r.text().contains(&format!("needs {needs}")), "{}", r.text());
     }
+    // A HEAD that gets 405 carries it too.
+    let mut s = tcp(srv.api);
+    s.write_all(
+        format!("HEAD /v1/push HTTP/1.1\r\nAuthorization: Bearer {API_KEY}\r\n\r\n").as_bytes(),
+    )
+    .expect("write");
+    let head = String::from_utf8_lossy(&read_head(&mut s)).to_string();
+    assert!(head.starts_with("HTTP/1.1 405 "), "{head:?}");
+    assert!(head.contains("\r\nAllow: POST\r\n"), "{head:?}");
 }
 
 #[test]
@@ -344,10 +371,16 @@ fn health_needs_no_key_metrics_does_unless_public() {
 fn head_is_answered_without_a_body_and_the_connection_stays_in_step() {
     let srv = TestServer::start(&[]);
     let mut s = tcp(srv.api);
+    // Every read-only endpoint answers HEAD as GET (review s22b: topics and presence,
+    // whose answers wait on the shards, too).
     for (path, status) in [
         ("/healthz", 200),
         ("/readyz", 200),
         ("/metrics", 200),
+        ("/v1/stats", 200),
+        ("/v1/topics/room:1", 200),
+        ("/v1/topics/room:1?members=1", 200),
+        ("/v1/presence/alice", 200),
         ("/v1/push", 405),
         ("/nope", 404),
     ] {

@@ -104,6 +104,8 @@ impl ChunkScan {
                         Ok(httparse::Status::Partial) => return self.partial(buf, rest),
                         Err(_) => return Err(FrameError::BadChunk("invalid chunk-size line")),
                     };
+                    // `n` counts the line's CRLF.
+                    size_line_grammar(&rest[..n.saturating_sub(2)])?;
                     self.frame(n)?;
                     let size = usize::try_from(size)
                         .ok()
@@ -153,12 +155,17 @@ impl ChunkScan {
                     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
                     match httparse::parse_headers(rest, &mut fields) {
                         Ok(httparse::Status::Complete((n, _))) => {
+                            if has_bare_lf(&rest[..n]) {
+                                return Err(FrameError::BadChunk(
+                                    "trailer lines must end with CRLF, not a bare LF",
+                                ));
+                            }
                             self.frame(n)?;
                             self.phase = Phase::Done(self.pos);
                         }
                         Ok(httparse::Status::Partial) => return self.partial(buf, rest),
                         Err(httparse::Error::TooManyHeaders) => {
-                            return Err(FrameError::TooManyHeaders)
+                            return Err(FrameError::TooManyTrailers)
                         }
                         Err(e) => return Err(FrameError::Malformed(e)),
                     }
@@ -223,6 +230,39 @@ impl ChunkScan {
     pub fn data_len(&self) -> usize {
         self.data
     }
+}
+
+/// Refuses what httparse takes in a chunk-size line (`line`, without its CRLF) and RFC
+/// 9112 7.1.1 does not: a bare LF, CR or other control byte (HTAB aside) in an extension,
+/// and whitespace after the size with no extension behind it. httparse ends the line only
+/// at CRLF; a front end that ends it at a bare LF would frame the body differently, so
+/// what one of them takes as the next request the other takes as chunk data (request
+/// smuggling). The extension itself is not tokenised: it is ignored.
+fn size_line_grammar(line: &[u8]) -> Result<(), FrameError> {
+    if line.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Err(FrameError::BadChunk(
+            "chunk-size line holds a control character",
+        ));
+    }
+    // httparse allowed only whitespace, then `;` and the extension, after the digits.
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    let after = &line[digits..];
+    if !after.is_empty() && !after.contains(&b';') {
+        return Err(FrameError::BadChunk(
+            "whitespace after the chunk size with no chunk extension (;) behind it",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `fields` (a whole trailer section) ends a line with an LF that no CR precedes.
+/// httparse takes bare LF line ends; a front end that wants CRLF would read the bytes
+/// after `\n\n` as more trailer text, not as the next request.
+fn has_bare_lf(fields: &[u8]) -> bool {
+    fields
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || fields[i - 1] != b'\r'))
 }
 
 /// The data of the chunked body that starts at `start` and that a scan found whole in
@@ -321,6 +361,94 @@ mod tests {
             bad(b"fffffffffffffffff\r\n"),
             FrameError::BadChunk("invalid chunk-size line")
         );
+    }
+
+    /// Review s22b finding 1: a size line is CRLF-ended, and nothing in it ends a line
+    /// for a front end that takes a bare LF (request smuggling).
+    #[test]
+    fn a_size_line_with_a_control_byte_or_bare_lf_is_refused() {
+        let control = FrameError::BadChunk("chunk-size line holds a control character");
+        let smuggled: &[u8] =
+            b"4;\naa\r\n\r\n47\r\n0\r\n\r\nGET /v1/stats HTTP/1.1\r\n\r\n\r\n0\r\n\r\n";
+        for raw in [
+            smuggled,
+            b"2;\x00\x01\x7f\r\nab\r\n0\r\n\r\n",
+            b"2;a=\x1b\r\nab\r\n0\r\n\r\n",
+            b"2;a\nb\r\nab\r\n0\r\n\r\n",
+            b"2\t;\x7f\r\nab\r\n0\r\n\r\n",
+            b"1\r\na\r\n0;\n\r\n\r\n",
+        ] {
+            let whole = scan_in_steps(raw, raw.len());
+            assert_eq!(
+                whole,
+                Err(control.clone()),
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
+            for step in 1..raw.len() {
+                assert_eq!(scan_in_steps(raw, step), whole, "in steps of {step}");
+            }
+        }
+        // Whitespace after the size is grammar only before an extension (RFC 9112 7.1.1
+        // BWS before `;`); HTAB and obs-text inside one are fine.
+        for raw in [&b"1  \r\na\r\n0\r\n\r\n"[..], b"1\t\r\na\r\n0\r\n\r\n"] {
+            assert_eq!(
+                scan_in_steps(raw, raw.len()),
+                Err(FrameError::BadChunk(
+                    "whitespace after the chunk size with no chunk extension (;) behind it"
+                )),
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        assert_eq!(body(b"1 ;x\r\na\r\n0\r\n\r\n"), b"a");
+        assert_eq!(body(b"1\t; x = \"y\tz\xe9\"\r\na\r\n0 ; e\r\n\r\n"), b"a");
+    }
+
+    /// Review s22b finding 2: trailer lines end with CRLF, never a bare LF.
+    #[test]
+    fn trailers_with_a_bare_lf_are_refused() {
+        let bare = FrameError::BadChunk("trailer lines must end with CRLF, not a bare LF");
+        for raw in [
+            &b"1\r\na\r\n0\r\nX: y\n\nGET /healthz HTTP/1.1\r\n\r\n"[..],
+            b"0\r\nX: y\n\r\n",
+            b"0\r\nX: y\r\n\n",
+            b"0\r\n\n",
+            b"0\r\nX: y\r\nZ: w\n\r\n",
+        ] {
+            let whole = scan_in_steps(raw, raw.len());
+            assert_eq!(
+                whole,
+                Err(bare.clone()),
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
+            for step in 1..raw.len() {
+                assert_eq!(scan_in_steps(raw, step), whole, "in steps of {step}");
+            }
+        }
+        assert_eq!(body(b"1\r\na\r\n0\r\nX: y\r\nZ: w\r\n\r\n"), b"a");
+    }
+
+    #[test]
+    fn more_than_32_trailer_fields_are_a_bad_request() {
+        let mut raw = b"0\r\n".to_vec();
+        for i in 0..=MAX_HEADERS {
+            raw.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+        }
+        raw.extend_from_slice(b"\r\n");
+        let e = scan_in_steps(&raw, raw.len());
+        assert_eq!(e, Err(FrameError::TooManyTrailers));
+        let e = FrameError::TooManyTrailers;
+        assert_eq!((e.status(), e.code()), (400, "bad_request"));
+        assert_eq!(e.to_string(), "too many trailer fields (at most 32)");
+        // 32 are fine.
+        let mut raw = b"0\r\n".to_vec();
+        for i in 0..MAX_HEADERS {
+            raw.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+        }
+        raw.extend_from_slice(b"\r\n");
+        assert_eq!(body(&raw), b"");
     }
 
     #[test]

@@ -93,6 +93,8 @@ struct Waiting {
     users: u64,
     since: Instant,
     keep_alive: bool,
+    /// A `HEAD` request: the answer goes without its body.
+    head_only: bool,
     /// For presence: the user id to echo; for a topic: its name.
     user: Option<String>,
     /// For presence: the sessions the shard listed.
@@ -1014,12 +1016,14 @@ impl Api {
         keep_alive: bool,
         used: usize,
     ) -> Step {
-        // HEAD is answered as GET without the body: the probes by name, and everything
-        // else with the answer (405, 404, ...) a HEAD gets, its body left out too.
+        // HEAD is answered as GET without the body on the read-only endpoints, and
+        // everywhere else with the answer (405, 404, ...) a HEAD gets, its body left out
+        // too.
         let head_only = head.method == "HEAD";
-        let method = match head.path {
-            "/healthz" | "/readyz" | "/metrics" if head_only => "GET",
-            _ => head.method,
+        let method = if head_only && routes::read_only(head.path) {
+            "GET"
+        } else {
+            head.method
         };
         let request = Request {
             method,
@@ -1059,6 +1063,7 @@ impl Api {
                     users: 0,
                     since,
                     keep_alive,
+                    head_only,
                     user,
                     details: Vec::new(),
                     members: Vec::new(),
@@ -1154,13 +1159,16 @@ impl Api {
             _ => None,
         };
         if let Some(message) = broker_error {
-            let response = http::error_response(
+            let mut response = http::error_response(
                 503,
                 "broker_unavailable",
                 &message,
                 w.keep_alive,
                 "Retry-After: 1\r\n",
             );
+            if w.head_only {
+                response = http::head_only(response);
+            }
             queue_out(c, &self.metrics, &response, self.now);
             c.request_since = Some(self.now);
             self.drive(key);
@@ -1232,13 +1240,16 @@ impl Api {
                 body
             }
         };
-        let response = http::response(
+        let mut response = http::response(
             200,
             "application/json",
             body.to_string().as_bytes(),
             w.keep_alive,
             "",
         );
+        if w.head_only {
+            response = http::head_only(response);
+        }
         queue_out(c, &self.metrics, &response, self.now);
         // A pipelined request behind this one was not looked at while it waited.
         c.request_since = Some(self.now);
@@ -1324,7 +1335,7 @@ impl Api {
                     self.metrics.api_reply_timeouts.fetch_add(1, Relaxed);
                     // Not 503 `overloaded` ("nothing was queued, retry"): what was asked
                     // for may have been done, and a blind retry may do it twice.
-                    let response = http::error_response(
+                    let mut response = http::error_response(
                         504,
                         "timeout",
                         &reply_timeout_message(kind),
@@ -1332,7 +1343,9 @@ impl Api {
                         "",
                     );
                     if let Some(c) = self.conns.get_mut(key) {
-                        c.waiting = None;
+                        if c.waiting.take().is_some_and(|w| w.head_only) {
+                            response = http::head_only(response);
+                        }
                     }
                     self.answer_and_close(key, &response);
                 }

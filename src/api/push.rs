@@ -78,11 +78,13 @@ impl<'de> Visitor<'de> for IdVisitor {
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<String, E> {
-        // serde_json reads an integer beyond the 64-bit range as a float: say that, not
-        // only that an integer was expected.
+        // serde_json reads an integer beyond the 64-bit range as a float. A float literal
+        // that is a whole number (`9.3e18`, `1e19`, even inside the u64 range) looks the
+        // same here, so the message names both, not only that an integer was expected.
         if v.fract() == 0.0 && v.abs() >= 9.2e18 {
             return Err(E::custom(format!(
-                "{} (this number is beyond the 64-bit integer range: send the id as a string)",
+                "{} (this number is an integer-valued float or an integer beyond the 64-bit \
+                 range; send the id as a string)",
                 self.0
             )));
         }

@@ -25,6 +25,9 @@ pub enum FrameError {
     /// More header lines than `MAX_HEADERS`.
     #[error("too many headers (at most {MAX_HEADERS})")]
     TooManyHeaders,
+    /// A `Transfer-Encoding` header with an empty value: malformed, not an unknown coding.
+    #[error("empty Transfer-Encoding: send \"chunked\", or the body with Content-Length")]
+    EmptyTransferEncoding,
     /// A transfer coding other than `chunked` alone.
     #[error(
         "Transfer-Encoding {0:?} is not supported: send the body with Content-Length or chunked"
@@ -36,6 +39,9 @@ pub enum FrameError {
     /// `Transfer-Encoding` in an HTTP/1.0 request (RFC 9112 6.1: faulty framing).
     #[error("Transfer-Encoding in an HTTP/1.0 request: send the body with Content-Length")]
     ChunkedHttp10,
+    /// More trailer fields after a chunked body than `MAX_HEADERS`.
+    #[error("too many trailer fields (at most {MAX_HEADERS})")]
+    TooManyTrailers,
     /// A chunked body that does not follow RFC 9112 7.1.
     #[error("malformed chunked body: {0}")]
     BadChunk(&'static str),
@@ -66,6 +72,8 @@ impl FrameError {
             | FrameError::BadContentLength(_)
             | FrameError::LengthAndChunked
             | FrameError::ChunkedHttp10
+            | FrameError::EmptyTransferEncoding
+            | FrameError::TooManyTrailers
             | FrameError::BadChunk(_) => 400,
             FrameError::HeadTooLarge | FrameError::TooManyHeaders => 431,
             FrameError::UnsupportedTransferEncoding(_) => 501,
@@ -195,21 +203,25 @@ pub fn frame(buf: &[u8]) -> Framed<'_> {
 /// `chunked`, in HTTP/1.1, without a `Content-Length`. Any other coding is refused, as is
 /// a request with both (the framing a proxy in front picked may differ from ours).
 fn chunked(headers: &[httparse::Header<'_>], version: Option<u8>) -> Result<bool, FrameError> {
-    let mut codings = headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("Transfer-Encoding"));
-    let Some(coding) = codings.next() else {
+    let codings = || {
+        headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("Transfer-Encoding"))
+            .map(|h| h.value.trim_ascii())
+    };
+    let Some(value) = codings().next() else {
         return Ok(false);
     };
     if version == Some(0) {
         return Err(FrameError::ChunkedHttp10);
     }
-    let value = coding.value.trim_ascii();
-    if codings.next().is_some() || !value.eq_ignore_ascii_case(b"chunked") {
-        let all: Vec<String> = headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("Transfer-Encoding"))
-            .map(|h| String::from_utf8_lossy(h.value.trim_ascii()).into_owned())
+    // An empty value is malformed rather than a coding not supported: 400, not 501.
+    if codings().any(<[u8]>::is_empty) {
+        return Err(FrameError::EmptyTransferEncoding);
+    }
+    if codings().nth(1).is_some() || !value.eq_ignore_ascii_case(b"chunked") {
+        let all: Vec<String> = codings()
+            .map(|v| String::from_utf8_lossy(v).into_owned())
             .collect();
         return Err(FrameError::UnsupportedTransferEncoding(all.join(", ")));
     }
@@ -352,10 +364,18 @@ mod tests {
             (b"POST / HTTP/1.1\r\nTransfer-Encoding: \xff\r\n\r\n", 501, "not_implemented"),
             (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\nx", 400, "bad_request"),
             (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400, "bad_request"),
+            // Review s22b: an empty value is malformed, not a coding not supported.
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding:\r\n\r\n", 400, "bad_request"),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: \t \r\n\r\n", 400, "bad_request"),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: \r\n\r\n", 400, "bad_request"),
         ] {
             let e = err(raw);
             assert_eq!((e.status(), e.code()), (status, code), "{e}");
         }
+        assert_eq!(
+            err(b"POST / HTTP/1.1\r\nTransfer-Encoding:\r\n\r\n"),
+            FrameError::EmptyTransferEncoding
+        );
         assert_eq!(
             err(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").to_string(),
             "Transfer-Encoding \"gzip, chunked\" is not supported: send the body with \

@@ -71,6 +71,26 @@ fn error(status: u16, code: &str, message: &str, keep_alive: bool) -> Handled {
     ))
 }
 
+/// The 405 for a known path asked with another method; `allow` lists the methods it
+/// takes (RFC 9110 15.5.6: a 405 carries `Allow`).
+fn not_allowed(path: &str, allow: &str, keep_alive: bool) -> Handled {
+    Handled::Respond(http::error_response(
+        405,
+        "method_not_allowed",
+        &format!("{path} needs {}", allow.replace(", ", " or ")),
+        keep_alive,
+        &format!("Allow: {allow}\r\n"),
+    ))
+}
+
+/// Whether `path` is a read-only endpoint: `GET` answers it, and `HEAD` as `GET`
+/// without the body.
+pub(super) fn read_only(path: &str) -> bool {
+    matches!(path, "/v1/stats" | "/metrics" | "/healthz" | "/readyz")
+        || path.starts_with("/v1/topics/")
+        || path.starts_with("/v1/presence/")
+}
+
 /// The 503 for a command a shard queue (or the broker) could not take.
 fn refused(e: QueueError, keep_alive: bool) -> Handled {
     match e {
@@ -165,24 +185,10 @@ impl Api {
             ("GET", p) if p.starts_with("/v1/presence/") => {
                 self.presence(key, &p["/v1/presence/".len()..], keep_alive)
             }
-            (_, "/v1/push" | "/v1/push/batch" | "/v1/disconnect" | "/v1/drain") => error(
-                405,
-                "method_not_allowed",
-                &format!("{} needs POST", req.path),
-                keep_alive,
-            ),
-            (_, p) if p.starts_with("/v1/topics/") || p.starts_with("/v1/presence/") => error(
-                405,
-                "method_not_allowed",
-                &format!("{} needs GET", req.path),
-                keep_alive,
-            ),
-            (_, "/v1/stats" | "/metrics" | "/healthz" | "/readyz") => error(
-                405,
-                "method_not_allowed",
-                &format!("{} needs GET", req.path),
-                keep_alive,
-            ),
+            (_, "/v1/push" | "/v1/push/batch" | "/v1/disconnect" | "/v1/drain") => {
+                not_allowed(req.path, "POST", keep_alive)
+            }
+            (_, p) if read_only(p) => not_allowed(req.path, "GET, HEAD", keep_alive),
             _ => error(
                 404,
                 "not_found",
