@@ -74,11 +74,16 @@ wait_listening() {
 # flags given after $2, its output in $2/server.out and $2/server.log; sets SRV_PID (for
 # the caller's cleanup to stop with stop_server_pid), CLIENT_ADDR and API_ADDR. $1 names
 # the calling script. Returns 1, with the log on stderr, if the server does not come up.
+# SERVER_CPUS=list (taskset's, e.g. 0-7) runs the server on those cores only: on a host
+# with cores to spare, run the script itself under `taskset -c` on the others, and the
+# load generator stays off the server's cores.
 start_server() {
-    local who=$1 work=$2
+    local who=$1 work=$2 pin=()
     shift 2
-    "${SERVER:-target/release/throng}" serve --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 \
-        --log-format json "$@" >"$work/server.out" 2>"$work/server.log" &
+    if [[ -n ${SERVER_CPUS:-} ]]; then pin=(taskset -c "$SERVER_CPUS"); fi
+    ${pin[@]+"${pin[@]}"} "${SERVER:-target/release/throng}" serve --listen 127.0.0.1:0 \
+        --api-listen 127.0.0.1:0 --log-format json "$@" \
+        >"$work/server.out" 2>"$work/server.log" &
     SRV_PID=$!
     wait_listening "$who" "$SRV_PID" "$work/server.log"
 }
