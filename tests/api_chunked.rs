@@ -401,3 +401,47 @@ fn chunked_bodies_cut_off_midway_give_their_input_budget_back() {
         "none waited: {s}"
     );
 }
+
+#[test]
+fn a_head_refused_as_it_closes_gets_the_head_without_the_body() {
+    // Review s23: a HEAD ending in a framing error (400, 413, 501) or a request timeout
+    // (408) got the JSON body after the head, unlike every other answer to a HEAD.
+    let srv = TestServer::start(&["--api-request-timeout-ms", "1000"]);
+    let auth = format!("Authorization: Bearer {API_KEY}\r\n");
+    for (raw, status) in [
+        (
+            format!("HEAD /v1/stats HTTP/1.1\r\n{auth}Transfer-Encoding: chunked\r\n\r\n1;\x01\r\nx\r\n0\r\n\r\n"),
+            400,
+        ),
+        (
+            format!("HEAD /v1/stats HTTP/1.1\r\n{auth}Content-Length: 2000000\r\n\r\n"),
+            413,
+        ),
+        (
+            format!("HEAD /v1/stats HTTP/1.1\r\n{auth}Transfer-Encoding: gzip\r\n\r\n"),
+            501,
+        ),
+        (
+            format!("HEAD /v1/stats HTTP/1.1\r\n{auth}Content-Length: 10\r\n\r\nabc"),
+            408,
+        ),
+        // A head that cannot be parsed: the method is still known.
+        ("HEAD /v1/stats HTTP/1.1\r\nBad Header\r\n\r\n".to_string(), 400),
+    ] {
+        let mut s = tcp(srv.api);
+        let _ = s.write_all(raw.as_bytes());
+        let all = read_to_close(&mut s);
+        let text = String::from_utf8_lossy(&all).to_string();
+        assert!(
+            text.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{raw:?}: {text:?}"
+        );
+        let length: usize = text
+            .lines()
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(|v| v.trim().to_string()))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        assert!(length > 0, "the GET's length is told: {text:?}");
+        assert!(text.ends_with("\r\n\r\n"), "no body after the head: {text:?}");
+    }
+}

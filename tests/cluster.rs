@@ -1973,3 +1973,37 @@ fn a_redis_refusing_writes_does_not_make_the_node_reload_what_it_serves() {
     a.push_wait(json!({"user": "wary", "data": 1}));
     assert_eq!(next_push(&mut x)["seq"], 1);
 }
+
+#[test]
+fn a_head_answered_after_waiting_on_redis_has_no_body_and_keeps_the_connection_in_step() {
+    // Review s23: HEAD on the endpoints that wait (topics ask Redis, stats the presence
+    // thread) had only the standalone 200 tested; a waited 503 must also go without its
+    // body, or the pipelined request after it is read out of step.
+    use std::io::Write;
+    let redis = RedisServer::start();
+    let a = node(&redis, &[]);
+    let mut r = redis.conn();
+    // The topic's meta key of the wrong type: Redis refuses the read (WRONGTYPE).
+    let _: () = redis::cmd("SET")
+        .arg("throng:{t:room.odd}")
+        .arg("x")
+        .query(&mut r)
+        .unwrap();
+    for (path, status) in [("/v1/topics/room.odd", 503), ("/v1/stats", 200)] {
+        let mut s = tcp(a.api);
+        let raw = format!(
+            "HEAD {path} HTTP/1.1\r\nAuthorization: Bearer {API_KEY}\r\n\r\n\
+             GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(raw.as_bytes()).unwrap();
+        let all = String::from_utf8_lossy(&read_to_close(&mut s)).to_string();
+        assert!(all.starts_with(&format!("HTTP/1.1 {status} ")), "{all:?}");
+        let (head, rest) = all.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.to_ascii_lowercase().contains("content-length: ")
+                && !head.to_ascii_lowercase().contains("content-length: 0\r"),
+            "{head:?}"
+        );
+        assert!(rest.starts_with("HTTP/1.1 200 "), "in step: {rest:?}");
+    }
+}

@@ -928,7 +928,8 @@ impl Api {
             Framed::HeadOnly(h) => (h, false, false),
             Framed::Chunked(h) => (h, false, true),
             Framed::Incomplete => return Step::Incomplete,
-            Framed::Error(e) => return self.fatal(key, &e),
+            // The method is in the buffer even when the head cannot be framed.
+            Framed::Error(e) => return self.fatal(key, &e, buf.starts_with(b"HEAD ")),
         };
         // Checked as soon as the head is in: no body is held for a client without the
         // key, and it is answered at once rather than after sending it all.
@@ -996,12 +997,12 @@ impl Api {
                 c.chunks = None;
                 match chunked::decode(&buf[..end], start, data_len) {
                     Ok(body) => self.serve(key, head, &body, head.keep_alive, end),
-                    Err(e) => self.fatal(key, &e),
+                    Err(e) => self.fatal(key, &e, head.method == "HEAD"),
                 }
             }
             Err(e) => {
                 c.chunks = None;
-                self.fatal(key, &e)
+                self.fatal(key, &e, head.method == "HEAD")
             }
         }
     }
@@ -1091,9 +1092,13 @@ impl Api {
         }
     }
 
-    /// An error after which the rest of the stream cannot be framed: answer and close.
-    fn fatal(&mut self, key: usize, e: &FrameError) -> Step {
-        let response = http::error_response(e.status(), e.code(), &e.to_string(), false, "");
+    /// An error after which the rest of the stream cannot be framed: answer and close
+    /// (a `HEAD` without the body, as every answer to one).
+    fn fatal(&mut self, key: usize, e: &FrameError, head_only: bool) -> Step {
+        let mut response = http::error_response(e.status(), e.code(), &e.to_string(), false, "");
+        if head_only {
+            response = http::head_only(response);
+        }
         self.closing(key, response)
     }
 
@@ -1327,8 +1332,15 @@ impl Api {
                             self.config.api_max_buffered_bytes
                         ));
                     }
-                    let response =
+                    let mut response =
                         http::error_response(408, "request_timeout", &message, false, "");
+                    if self
+                        .conns
+                        .get(key)
+                        .is_some_and(|c| c.inbuf.starts_with(b"HEAD "))
+                    {
+                        response = http::head_only(response);
+                    }
                     self.answer_and_close(key, &response);
                 }
                 Due::Reply(kind) => {

@@ -109,7 +109,7 @@ impl crate::metrics::FeatureCounters for BrokerCounters {
             (
                 "throng_broker_errors_total",
                 "counter",
-                "Redis errors (reconnects and refused pushes).",
+                "Redis errors (reconnects, refused pushes and refused keeps of served streams).",
                 n(&self.errors),
             ),
             (

@@ -627,12 +627,13 @@ impl Shard {
         let now = super::history::stamp_of(Instant::now());
         self.users
             .load(k, st.seq, epoch, &st.entries, self.tick, now);
+        self.trim_history();
         if load.prior.is_some() {
-            // A reload: a resume from before this is not worth another.
+            // A reload: a resume from before this is not worth another. After the trim:
+            // the history memory cap may have taken some of what was just loaded.
             let first = st.entries.first().map_or(st.seq + 1, |e| e.0);
             self.users.note_floor(k, epoch, first);
         }
-        self.trim_history();
         for &key in &live {
             if restart {
                 self.close(key, Close::STREAM_RESTARTED);

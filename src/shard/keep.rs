@@ -3,7 +3,10 @@
 //! its last push; a user or topic served and quiet for that long would lose them, and its
 //! next push would start a new epoch under its live sessions: all closed 1012, their
 //! resume positions void. A slice of the served streams goes to the broker every second
-//! (`Interest::Keep`), so each is kept about once an hour, whatever their number.
+//! (`Interest::Keep`), so each topic is kept about once an hour, whatever their number,
+//! and each user at least that often: the user sweep walks the shard's user slots, a
+//! 3600th of them a second, so a shard with fewer than 3600 slots goes around sooner
+//! (one PEXPIRE a second at most; cheaper than keeping a list of them per sweep).
 
 use std::sync::Arc;
 
@@ -13,8 +16,8 @@ use crate::reactor::TICK_MS;
 
 /// Ticks between two slices.
 const KEEP_TICKS: u32 = (1000 / TICK_MS) as u32;
-/// A sweep of every served stream takes about this many slices (seconds): well within
-/// the meta TTL, and at most one PEXPIRE per stream per sweep.
+/// A sweep of every served stream takes about this many slices (seconds, fewer for users
+/// on a shard with fewer user slots): well within the meta TTL.
 const SWEEP_SLICES: usize = 3600;
 
 /// Where the sweep stands.
