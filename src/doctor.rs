@@ -58,9 +58,15 @@ pub const fn nofile_headroom(api_max_connections: usize) -> u64 {
 /// of the host.
 pub const FILE_MAX_MARGIN: u64 = 65_536;
 
-/// Smallest `net.core.somaxconn` and `net.ipv4.tcp_max_syn_backlog` that absorb a
-/// reconnect storm (the server's own listen backlog defaults to 4096).
-pub const MIN_BACKLOG: u64 = 4096;
+/// Throng's `backlog` default (`src/config.rs`): the listen backlog the client listener
+/// asks for. The kernel caps it at `net.core.somaxconn`, so the accept queue holds
+/// `min(backlog, somaxconn)`, and with `tcp_syncookies` on (the default) the queue of
+/// handshakes in progress is bounded by the same number. `somaxconn` is checked against it.
+pub const SERVER_BACKLOG: u64 = 4096;
+
+/// `tcp_rmem` default (its middle value) below which a new connection's initial receive
+/// window shrinks: the kernel's default was 87380 before Linux 5.4 and is 131072 since.
+pub const MIN_RMEM_DEFAULT: u64 = 87_380;
 
 /// Smallest ephemeral port range width that does not make a load generator or proxy on
 /// this host run out of source ports early.
@@ -159,6 +165,8 @@ pub struct MemoryProjection {
     pub total_bytes: u64,
     /// `MemAvailable`, when it could be read.
     pub available_bytes: Option<u64>,
+    /// `MemTotal`, when it could be read: what `tcp_mem` max is compared with.
+    pub mem_total_bytes: Option<u64>,
     /// `max_outbound_total_bytes`: what slow clients may hold on top of the projection.
     pub outbound_budget_bytes: u64,
     /// Whether the budget is the server's default for this host (not a given value).
@@ -398,7 +406,9 @@ fn opt_limit(v: Option<u64>) -> String {
     v.map_or_else(|| "unlimited".into(), |n| n.to_string())
 }
 
-fn page_size() -> u64 {
+/// The kernel's page size: the unit of `net.ipv4.tcp_mem` (4 KiB on x86-64; 16 or 64 KiB on
+/// some arm64 and ppc64 kernels).
+pub fn page_size() -> u64 {
     // SAFETY: sysconf has no preconditions; it returns -1 on error.
     let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     if p > 0 {
@@ -532,20 +542,112 @@ fn check_nr_open(proc_root: &Path, n: u64, api_max: usize) -> Item {
     }
 }
 
-fn check_backlog(proc_root: &Path, name: &'static str, rel: &str, why: &str) -> Item {
-    let needed = format!(">= {MIN_BACKLOG}");
-    let [v] = match read_parsed(proc_root, rel, parse_n::<1>) {
+fn check_somaxconn(proc_root: &Path, backlog: u64) -> Item {
+    let name = "net.core.somaxconn";
+    let needed = format!(">= {backlog} (`backlog`)");
+    let [v] = match read_parsed(proc_root, "sys/net/core/somaxconn", parse_n::<1>) {
         Ok(v) => v,
         Err(e) => return unreadable(name, needed, &e),
     };
-    let (status, note) = if v >= MIN_BACKLOG {
-        (Status::Ok, String::new())
+    let (status, note) = if v < backlog {
+        (
+            Status::Warn,
+            format!(
+                "the kernel cuts the client listener's queue (`backlog`, {backlog} by default) \
+                 to {v}: in a reconnect storm after a restart, clients past it are dropped and \
+                 retry after 1 s, 3 s, ...; raise it to at least `backlog` \
+                 (sysctl.d/99-throng.conf)"
+            ),
+        )
+    } else if v > backlog {
+        (
+            Status::Ok,
+            format!(
+                "the queue is the smaller of this and Throng's `backlog` ({backlog} by \
+                 default): set `backlog` up to {v} to use it"
+            ),
+        )
     } else {
-        (Status::Warn, why.to_string())
+        (Status::Ok, String::new())
     };
     Item {
         name,
         current: v.to_string(),
+        needed,
+        status,
+        note,
+    }
+}
+
+/// `tcp_max_syn_backlog` that leaves a queue of `backlog` half-open connections to new
+/// peers: without SYN cookies the kernel keeps its last quarter for peers it already knows.
+pub fn syn_backlog_for(backlog: u64) -> u64 {
+    backlog.saturating_add(backlog.saturating_sub(1) / 3)
+}
+
+/// Half-open connections to new peers that `tcp_max_syn_backlog` admits without SYN
+/// cookies: the kernel drops a SYN from an unknown peer once fewer than a quarter of its
+/// entries are free.
+fn syn_queue_for_new_peers(tcp_max_syn_backlog: u64) -> u64 {
+    tcp_max_syn_backlog - tcp_max_syn_backlog / 4
+}
+
+/// SYN cookies decide what a SYN that finds the queue full gets. With them on (the
+/// default) that queue is bounded by the listen backlog and `tcp_max_syn_backlog` is not
+/// read at all; only with them off does `tcp_max_syn_backlog` matter.
+fn check_syncookies(proc_root: &Path, backlog: u64) -> Item {
+    let name = "net.ipv4.tcp_syncookies";
+    let need_syn = syn_backlog_for(backlog);
+    let needed = format!("1, or tcp_max_syn_backlog >= {need_syn}");
+    let [cookies] = match read_parsed(proc_root, "sys/net/ipv4/tcp_syncookies", parse_n::<1>) {
+        Ok(v) => v,
+        Err(e) => return unreadable(name, needed, &e),
+    };
+    if cookies != 0 {
+        return Item {
+            name,
+            current: cookies.to_string(),
+            needed,
+            status: Status::Ok,
+            note: "a SYN that finds the listener's queue full (the smaller of `backlog` and \
+                   somaxconn) gets a cookie instead of being dropped; tcp_max_syn_backlog is \
+                   not used while cookies are on"
+                .into(),
+        };
+    }
+    let [syn] = match read_parsed(proc_root, "sys/net/ipv4/tcp_max_syn_backlog", parse_n::<1>) {
+        Ok(v) => v,
+        Err(e) => {
+            return Item {
+                current: "0, tcp_max_syn_backlog ?".into(),
+                ..unreadable(name, needed, &e)
+            }
+        }
+    };
+    let current = format!("0, tcp_max_syn_backlog {syn}");
+    let (status, note) = if syn_queue_for_new_peers(syn) >= backlog {
+        (
+            Status::Ok,
+            "without cookies, SYNs past the listener's queue are dropped in a reconnect storm \
+             or a SYN flood (clients retry after 1 s, 3 s, ...); tcp_syncookies = 1, the \
+             kernel default, answers them instead"
+                .to_string(),
+        )
+    } else {
+        (
+            Status::Warn,
+            format!(
+                "without cookies the kernel keeps the last quarter of tcp_max_syn_backlog for \
+                 peers it already knows, so new clients' SYNs are dropped past about {} \
+                 half-open connections, fewer than `backlog` ({backlog}); set tcp_syncookies \
+                 = 1 (the kernel default) or raise tcp_max_syn_backlog",
+                syn_queue_for_new_peers(syn)
+            ),
+        )
+    };
+    Item {
+        name,
+        current,
         needed,
         status,
         note,
@@ -624,23 +726,39 @@ fn check_port_range(proc_root: &Path, n: u64) -> Item {
     }
 }
 
-fn check_tcp_mem(proc_root: &Path, n: u64, page: u64) -> Item {
+/// The most TCP buffer memory (`tcp_mem` max, in bytes) the host can give once the
+/// target's connections (`N x (U + K)`) and the outbound budget have theirs: `MemTotal`
+/// minus both. `None` when `MemTotal` could not be read.
+pub fn tcp_mem_room(m: &MemoryProjection) -> Option<u64> {
+    Some(
+        m.mem_total_bytes?
+            .saturating_sub(m.total_bytes)
+            .saturating_sub(m.outbound_budget_bytes),
+    )
+}
+
+fn check_tcp_mem(proc_root: &Path, n: u64, page: u64, m: &MemoryProjection) -> Item {
     let name = "net.ipv4.tcp_mem";
     let need_bytes = n.saturating_mul(TCP_BUFFER_BYTES_PER_BUSY_SOCKET);
     let need_pages = need_bytes.div_ceil(page);
-    let needed = format!(
+    let room = tcp_mem_room(m);
+    let mut needed = format!(
         "pressure & max >= {need_pages} pages ({})",
         human_bytes(need_bytes)
     );
+    if let Some(room) = room {
+        let _ = write!(needed, ", max <= {} pages", room / page);
+    }
     let [low, pressure, max] = match read_parsed(proc_root, "sys/net/ipv4/tcp_mem", parse_n::<3>) {
         Ok(v) => v,
         Err(e) => return unreadable(name, needed, &e),
     };
+    let max_bytes = max.saturating_mul(page);
     let current = format!(
         "{low} {pressure} {max} pages (max {})",
-        human_bytes(max.saturating_mul(page))
+        human_bytes(max_bytes)
     );
-    let (status, note) = if pressure >= need_pages {
+    let (mut status, mut note) = if pressure >= need_pages {
         (Status::Ok, String::new())
     } else if max >= need_pages {
         (
@@ -663,6 +781,30 @@ fn check_tcp_mem(proc_root: &Path, n: u64, page: u64) -> Item {
             ),
         )
     };
+    // From above: tcp_mem is what stops TCP buffers from taking the host's memory, so
+    // its max must fit beside what the connections and the outbound queues may hold.
+    if let (Some(room), Some(total)) = (room, m.mem_total_bytes) {
+        if max_bytes > room {
+            status = status.max(Status::Warn);
+            if !note.is_empty() {
+                note.push_str("; and ");
+            }
+            let _ = write!(
+                note,
+                "tcp_mem max ({}) plus the connections themselves ({}) and \
+                 max_outbound_total_bytes ({}) exceed MemTotal ({}): under a broadcast to \
+                 slow clients the host can run out of memory before tcp_mem stops TCP \
+                 buffers; lower tcp_mem to max <= {} pages (scale all three values, as \
+                 sysctl.d/99-throng.conf shows), or lower max_outbound_total_bytes or the \
+                 target",
+                human_bytes(max_bytes),
+                human_bytes(m.total_bytes),
+                human_bytes(m.outbound_budget_bytes),
+                human_bytes(total),
+                room / page
+            );
+        }
+    }
     Item {
         name,
         current,
@@ -672,22 +814,80 @@ fn check_tcp_mem(proc_root: &Path, n: u64, page: u64) -> Item {
     }
 }
 
-fn check_buffers(proc_root: &Path, name: &'static str, rel: &str, why: &str) -> Item {
-    let needed = "allocated on demand".to_string();
-    let [min, def, max] = match read_parsed(proc_root, rel, parse_n::<3>) {
+fn check_rmem(proc_root: &Path) -> Item {
+    let name = "net.ipv4.tcp_rmem";
+    let needed = format!("default >= {MIN_RMEM_DEFAULT}");
+    let [min, def, max] = match read_parsed(proc_root, "sys/net/ipv4/tcp_rmem", parse_n::<3>) {
         Ok(v) => v,
         Err(e) => return unreadable(name, needed, &e),
+    };
+    let (status, note) = if def < MIN_RMEM_DEFAULT {
+        (
+            Status::Warn,
+            format!(
+                "the default sets every new TCP connection's initial receive window on this \
+                 host: at {def} B peers (the upstream's push API batches too) start at about \
+                 one segment per round trip, and an idle socket saves nothing (it holds no \
+                 buffer); set it back to the kernel's (`sysctl -w net.ipv4.tcp_rmem=\"{min} \
+                 131072 {max}\"`) and drop the tcp_rmem line an older 99-throng.conf had"
+            ),
+        )
+    } else {
+        (
+            Status::Ok,
+            format!(
+                "min/default/max per socket, allocated only while data waits to be read (an \
+                 idle socket holds none); autotuning grows a busy socket toward max ({})",
+                human_bytes(max)
+            ),
+        )
     };
     Item {
         name,
         current: format!("{min} {def} {max}"),
         needed,
-        status: Status::Ok,
-        note: format!(
-            "min/default/max per socket; an idle socket holds none of it; {why} \
-             (max {})",
-            human_bytes(max)
+        status,
+        note,
+    }
+}
+
+/// Informational: what a client that stops reading can leave in the kernel.
+fn check_wmem(proc_root: &Path) -> Item {
+    let name = "net.ipv4.tcp_wmem";
+    let needed = "allocated on demand".to_string();
+    let [min, def, max] = match read_parsed(proc_root, "sys/net/ipv4/tcp_wmem", parse_n::<3>) {
+        Ok(v) => v,
+        Err(e) => return unreadable(name, needed, &e),
+    };
+    let mut note = format!(
+        "min/default/max per socket, allocated only while data is queued; an established \
+         socket's send buffer follows its congestion window whatever the default, so a \
+         client that stops reading can leave up to max ({}) in the kernel besides \
+         max_outbound_bytes",
+        human_bytes(max)
+    );
+    match read_parsed(proc_root, "sys/net/ipv4/tcp_notsent_lowat", parse_n::<1>) {
+        Ok([lowat]) if lowat < max => {
+            let _ = write!(
+                note,
+                "; tcp_notsent_lowat ({lowat}) bounds the part not sent yet: the rest waits \
+                 in Throng's queue"
+            );
+        }
+        Ok(_) => note.push_str(
+            "; tcp_notsent_lowat is off (setting it keeps unsent data in Throng's queue \
+             instead: sysctl.d/99-throng.conf)",
         ),
+        Err(e) => {
+            let _ = write!(note, "; {e}");
+        }
+    }
+    Item {
+        name,
+        current: format!("{min} {def} {max}"),
+        needed,
+        status: Status::Ok,
+        note,
     }
 }
 
@@ -734,12 +934,11 @@ fn project_memory(proc_root: &Path, t: &Target) -> (MemoryProjection, Item) {
         human_bytes(total)
     );
     let available = read_parsed(proc_root, "meminfo", parse_meminfo_available);
-    let outbound_budget_bytes = budget.unwrap_or_else(|| {
-        let total = read(proc_root, "meminfo")
-            .ok()
-            .and_then(|(text, _)| crate::config::mem_total_bytes(&text));
-        crate::config::outbound_total_for(total)
-    });
+    let mem_total = read(proc_root, "meminfo")
+        .ok()
+        .and_then(|(text, _)| crate::config::mem_total_bytes(&text));
+    let outbound_budget_bytes =
+        budget.unwrap_or_else(|| crate::config::outbound_total_for(mem_total));
     let projection = MemoryProjection {
         connections: n,
         user_bytes_per_connection: per_connection,
@@ -749,6 +948,7 @@ fn project_memory(proc_root: &Path, t: &Target) -> (MemoryProjection, Item) {
         kernel_bytes,
         total_bytes: total,
         available_bytes: available.as_ref().ok().copied(),
+        mem_total_bytes: mem_total,
         outbound_budget_bytes,
         outbound_budget_is_default: budget.is_none(),
     };
@@ -839,35 +1039,12 @@ pub fn check_target(proc_root: &Path, sys_root: &Path, target: &Target) -> Repor
         check_nofile(proc_root, n, target.api_max_connections),
         check_file_max(proc_root, n),
         check_nr_open(proc_root, n, target.api_max_connections),
-        check_backlog(
-            proc_root,
-            "net.core.somaxconn",
-            "sys/net/core/somaxconn",
-            "caps the listen backlog (`backlog`, default 4096): a reconnect storm after a \
-             restart overflows the accept queue and clients wait for SYN retries (1 s, 3 s, \
-             ...); raise it (sysctl.d/99-throng.conf)",
-        ),
-        check_backlog(
-            proc_root,
-            "net.ipv4.tcp_max_syn_backlog",
-            "sys/net/ipv4/tcp_max_syn_backlog",
-            "half-open connections beyond it are dropped (or answered with SYN cookies) \
-             during a reconnect storm; raise it (sysctl.d/99-throng.conf)",
-        ),
+        check_somaxconn(proc_root, SERVER_BACKLOG),
+        check_syncookies(proc_root, SERVER_BACKLOG),
         check_port_range(proc_root, n),
-        check_tcp_mem(proc_root, n, page),
-        check_buffers(
-            proc_root,
-            "net.ipv4.tcp_rmem",
-            "sys/net/ipv4/tcp_rmem",
-            "clients send little, so small values suffice",
-        ),
-        check_buffers(
-            proc_root,
-            "net.ipv4.tcp_wmem",
-            "sys/net/ipv4/tcp_wmem",
-            "a slow consumer can hold up to max in the kernel on top of max_outbound_bytes",
-        ),
+        check_tcp_mem(proc_root, n, page, &memory),
+        check_rmem(proc_root),
+        check_wmem(proc_root),
         check_cpus(proc_root, sys_root),
         check_kernel_tls(proc_root),
         memory_item,
@@ -1125,6 +1302,245 @@ Max locked memory         8388608              8388608              bytes
     fn status_order_and_labels() {
         assert!(Status::Ok < Status::Warn && Status::Warn < Status::Fail);
         assert_eq!(format!("{:<5}|", Status::Warn), "WARN |");
+    }
+
+    /// A temporary `/proc` tree with these files (paths relative to it), removed on drop.
+    struct FakeProc(PathBuf);
+
+    impl FakeProc {
+        fn new(files: &[(&str, &str)]) -> FakeProc {
+            use std::sync::atomic::{AtomicUsize, Ordering};
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "throng-doctor-unit-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("mkdir");
+            for (rel, content) in files {
+                let path = dir.join(rel);
+                std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+                std::fs::write(&path, content).expect("write");
+            }
+            FakeProc(dir)
+        }
+    }
+
+    impl Drop for FakeProc {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn server_backlog_is_the_config_default() {
+        let secret = "s".repeat(crate::config::MIN_SECRET_BYTES);
+        let cfg =
+            crate::config::Config::from_args(["--jwt-secret", secret.as_str()]).expect("config");
+        assert_eq!(u64::from(cfg.backlog), SERVER_BACKLOG);
+    }
+
+    #[test]
+    fn somaxconn_is_compared_with_the_backlog() {
+        let at = |v: &str| {
+            let p = FakeProc::new(&[("sys/net/core/somaxconn", v)]);
+            check_somaxconn(&p.0, 4096)
+        };
+        // The kernel default since 5.4 equals Throng's default backlog: nothing to say.
+        let i = at("4096\n");
+        assert_eq!((i.status, i.note.as_str()), (Status::Ok, ""), "{i:?}");
+        assert_eq!(i.needed, ">= 4096 (`backlog`)");
+        // Above it: OK, and the note says the backlog must be raised too to use it.
+        let i = at("65535\n");
+        assert_eq!(i.status, Status::Ok, "{i:?}");
+        assert!(i.note.contains("set `backlog` up to 65535"), "{i:?}");
+        // Below it the kernel cuts the queue.
+        let i = at("128\n");
+        assert_eq!(i.status, Status::Warn, "{i:?}");
+        assert!(i.note.contains("to 128"), "{i:?}");
+        // Against a larger backlog, 4096 is short.
+        let p = FakeProc::new(&[("sys/net/core/somaxconn", "4096\n")]);
+        assert_eq!(check_somaxconn(&p.0, 65535).status, Status::Warn);
+    }
+
+    #[test]
+    fn syn_backlog_matters_only_without_cookies() {
+        // The smallest value whose first three quarters hold the backlog.
+        for b in [1, 2, 3, 4, 5, 6, 7, 100, 4096, 65535] {
+            let m = syn_backlog_for(b);
+            assert!(syn_queue_for_new_peers(m) >= b, "{b}: {m}");
+            assert!(syn_queue_for_new_peers(m - 1) < b, "{b}: {m}");
+        }
+        assert_eq!(syn_backlog_for(4096), 5461);
+        let at = |cookies: Option<&str>, syn: Option<&str>| {
+            let mut files = Vec::new();
+            if let Some(c) = cookies {
+                files.push(("sys/net/ipv4/tcp_syncookies", c));
+            }
+            if let Some(s) = syn {
+                files.push(("sys/net/ipv4/tcp_max_syn_backlog", s));
+            }
+            let p = FakeProc::new(&files);
+            check_syncookies(&p.0, 4096)
+        };
+        // Cookies on (1, the default, or 2, always): a small tcp_max_syn_backlog is fine,
+        // and so is none at all.
+        for c in ["1\n", "2\n"] {
+            let i = at(Some(c), Some("128\n"));
+            assert_eq!(i.status, Status::Ok, "{i:?}");
+            assert!(i.note.contains("not used while cookies are on"), "{i:?}");
+            assert_eq!(at(Some(c), None).status, Status::Ok);
+        }
+        // Cookies off: only a tcp_max_syn_backlog whose first three quarters hold the
+        // backlog will do.
+        let i = at(Some("0\n"), Some("5460\n"));
+        assert_eq!(i.status, Status::Warn, "{i:?}");
+        assert_eq!(i.current, "0, tcp_max_syn_backlog 5460");
+        assert!(i.note.contains("past about 4095 half-open"), "{i:?}");
+        let i = at(Some("0\n"), Some("512\n"));
+        assert!(i.note.contains("past about 384 half-open"), "{i:?}");
+        let i = at(Some("0\n"), Some("5461\n"));
+        assert_eq!(i.status, Status::Ok, "{i:?}");
+        assert!(i.note.contains("tcp_syncookies = 1"), "{i:?}");
+        // Unreadable: a WARN that says what.
+        let i = at(None, Some("65535\n"));
+        assert_eq!(i.status, Status::Warn);
+        assert!(i.note.contains("cannot read"), "{i:?}");
+        let i = at(Some("0\n"), None);
+        assert_eq!(i.status, Status::Warn);
+        assert_eq!(i.current, "0, tcp_max_syn_backlog ?");
+        assert!(i.note.contains("tcp_max_syn_backlog"), "{i:?}");
+    }
+
+    /// A projection of `n` connections on a host with `mem_total` bytes and an outbound
+    /// budget of a quarter of it, at most 4 GiB (the server's default).
+    fn projection(n: u64, mem_total: Option<u64>) -> MemoryProjection {
+        let per = USER_BYTES_PER_CONNECTION + KERNEL_BYTES_PER_SOCKET;
+        MemoryProjection {
+            connections: n,
+            user_bytes_per_connection: USER_BYTES_PER_CONNECTION,
+            tls: false,
+            kernel_bytes_per_connection: KERNEL_BYTES_PER_SOCKET,
+            user_bytes: n * USER_BYTES_PER_CONNECTION,
+            kernel_bytes: n * KERNEL_BYTES_PER_SOCKET,
+            total_bytes: n * per,
+            available_bytes: mem_total,
+            mem_total_bytes: mem_total,
+            outbound_budget_bytes: crate::config::outbound_total_for(mem_total),
+            outbound_budget_is_default: true,
+        }
+    }
+
+    const GIB: u64 = 1 << 30;
+
+    #[test]
+    fn tcp_mem_room_leaves_the_connections_and_the_outbound_budget() {
+        // 16 GiB: 1M connections take 4.29 GiB, the outbound budget 4 GiB.
+        let m = projection(1_000_000, Some(16 * GIB));
+        assert_eq!(m.outbound_budget_bytes, 4 * GIB);
+        assert_eq!(
+            tcp_mem_room(&m),
+            Some(16 * GIB - 1_000_000 * 4608 - 4 * GIB)
+        );
+        // Nothing left: zero, not an underflow.
+        assert_eq!(
+            tcp_mem_room(&projection(4_000_000, Some(16 * GIB))),
+            Some(0)
+        );
+        assert_eq!(tcp_mem_room(&projection(1, None)), None);
+    }
+
+    #[test]
+    fn tcp_mem_is_checked_from_above_against_memtotal() {
+        // The values sysctl.d/99-throng.conf ships (pages of 4 KiB; the page is passed in,
+        // so this holds on any host): 3, 4 and 6 GiB.
+        const SHIPPED: &str = "786432\t1048576\t1572864\n";
+        let p = FakeProc::new(&[("sys/net/ipv4/tcp_mem", SHIPPED)]);
+        let at = |n: u64, mem: Option<u64>| check_tcp_mem(&p.0, n, 4096, &projection(n, mem));
+        // 1M connections on 16 GiB: 6 + 4.29 + 4 GiB fit.
+        let i = at(1_000_000, Some(16 * GIB));
+        assert_eq!((i.status, i.note.as_str()), (Status::Ok, ""), "{i:?}");
+        assert!(i.needed.contains(", max <= "), "{i:?}");
+        // 100k on 8 GiB: 6 + 0.43 + 2 GiB do not: WARN, with the max that would fit.
+        let i = at(100_000, Some(8 * GIB));
+        assert_eq!(i.status, Status::Warn, "{i:?}");
+        let room_pages = (8 * GIB - 100_000 * 4608 - 2 * GIB) / 4096;
+        assert!(
+            i.note
+                .contains(&format!("lower tcp_mem to max <= {room_pages} pages")),
+            "{i:?}"
+        );
+        assert!(i.note.contains("exceed MemTotal (8.0 GiB)"), "{i:?}");
+        // More than the whole host: WARN as well.
+        assert_eq!(at(1_000, Some(4 * GIB)).status, Status::Warn);
+        // MemTotal unknown: only the check from below.
+        let i = at(100_000, None);
+        assert_eq!(i.status, Status::Ok, "{i:?}");
+        assert!(!i.needed.contains("max <="), "{i:?}");
+        // Too small from below and too large from above at once (a broadcast to 1.6M
+        // connections needs more than 6 GiB, and 8 GiB leave no room): the FAIL stays, and
+        // both reasons are given.
+        let i = at(1_600_000, Some(8 * GIB));
+        assert_eq!(i.status, Status::Fail, "{i:?}");
+        assert!(
+            i.note.contains("exceeds the TCP memory limit") && i.note.contains("; and tcp_mem max"),
+            "{i:?}"
+        );
+        // The page size scales the bytes: at 64 KiB pages the shipped values allow 96 GiB.
+        let i = check_tcp_mem(&p.0, 100_000, 65536, &projection(100_000, Some(64 * GIB)));
+        assert_eq!(i.status, Status::Warn, "{i:?}");
+        assert!(i.current.contains("(max 96.0 GiB)"), "{i:?}");
+    }
+
+    #[test]
+    fn a_small_rmem_default_warns() {
+        let at = |v: &str| {
+            let p = FakeProc::new(&[("sys/net/ipv4/tcp_rmem", v)]);
+            check_rmem(&p.0)
+        };
+        // What an older 99-throng.conf set: the initial receive window shrinks.
+        let i = at("4096\t4096\t6291456\n");
+        assert_eq!(i.status, Status::Warn, "{i:?}");
+        assert!(
+            i.note
+                .contains("sysctl -w net.ipv4.tcp_rmem=\"4096 131072 6291456\""),
+            "{i:?}"
+        );
+        // The kernel's defaults, before 5.4 and since.
+        for v in ["4096\t87380\t6291456\n", "4096\t131072\t33554432\n"] {
+            let i = at(v);
+            assert_eq!(i.status, Status::Ok, "{i:?}");
+            assert!(i.note.contains("an idle socket holds none"), "{i:?}");
+        }
+        assert_eq!(at("1 2\n").status, Status::Warn);
+    }
+
+    #[test]
+    fn wmem_note_says_whether_notsent_lowat_bounds_the_kernel_side() {
+        let at = |lowat: Option<&str>| {
+            let mut files = vec![("sys/net/ipv4/tcp_wmem", "4096\t16384\t4194304\n")];
+            if let Some(l) = lowat {
+                files.push(("sys/net/ipv4/tcp_notsent_lowat", l));
+            }
+            let p = FakeProc::new(&files);
+            check_wmem(&p.0)
+        };
+        let i = at(Some("131072\n"));
+        assert_eq!(i.status, Status::Ok);
+        assert!(i.note.contains("up to max (4.0 MiB)"), "{i:?}");
+        assert!(
+            i.note.contains("tcp_notsent_lowat (131072) bounds"),
+            "{i:?}"
+        );
+        // The kernel default (4294967295) bounds nothing.
+        let i = at(Some("4294967295\n"));
+        assert_eq!(i.status, Status::Ok);
+        assert!(i.note.contains("tcp_notsent_lowat is off"), "{i:?}");
+        // Unreadable lowat: still OK, and the note says so.
+        let i = at(None);
+        assert_eq!(i.status, Status::Ok);
+        assert!(i.note.contains("cannot read"), "{i:?}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `throng doctor` against fake `/proc` and `/sys` trees: a well-tuned host passes, a
-//! default-ish host fails on RLIMIT_NOFILE, a missing file is a WARN and no crash; and
-//! the library report for the same trees.
+//! default-ish host fails on RLIMIT_NOFILE, a host tuned with an older 99-throng.conf gets
+//! warnings, a missing file is a WARN and no crash; and the library report for the same
+//! trees.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -81,39 +82,54 @@ const MEMINFO_64G: &str = "MemTotal:       65806272 kB\n\
                            MemAvailable:   63000000 kB\n\
                            Buffers:          100000 kB\n";
 
-/// A host tuned as `tuning/sysctl.d/99-throng.conf` and `tuning/throng.service` say.
+/// `tcp_mem` as the kernel shows it for these sizes in bytes: in pages of this host.
+fn tcp_mem(low: u64, pressure: u64, max: u64) -> String {
+    let page = doctor::page_size();
+    format!("{}\t{}\t{}\n", low / page, pressure / page, max / page)
+}
+
+const GIB: u64 = 1 << 30;
+
+/// A host tuned as `tuning/sysctl.d/99-throng.conf` and `tuning/throng.service` say (with
+/// `backlog = 65535` in throng.toml), on a systemd host (fs.file-max and fs.nr_open at the
+/// maximum systemd sets).
 fn tuned() -> Vec<(&'static str, String)> {
     vec![
-        ("proc/self/limits", limits("1048576", "1048576")),
-        ("proc/sys/fs/file-max", "4194304\n".into()),
-        ("proc/sys/fs/nr_open", "4194304\n".into()),
+        ("proc/self/limits", limits("2097152", "2097152")),
+        ("proc/sys/fs/file-max", "9223372036854775807\n".into()),
+        ("proc/sys/fs/nr_open", "1073741816\n".into()),
         ("proc/sys/net/core/somaxconn", "65535\n".into()),
-        ("proc/sys/net/ipv4/tcp_max_syn_backlog", "65535\n".into()),
+        // The kernel default, which 99-throng.conf no longer sets: unused with cookies on.
+        ("proc/sys/net/ipv4/tcp_max_syn_backlog", "2048\n".into()),
+        ("proc/sys/net/ipv4/tcp_syncookies", "1\n".into()),
         ("proc/sys/net/ipv4/tcp_available_ulp", "mptcp tls\n".into()),
         (
             "proc/sys/net/ipv4/ip_local_port_range",
-            "1024\t65535\n".into(),
+            "10240\t65535\n".into(),
         ),
-        // Pages; large enough even where a page is 64 KiB.
+        // 3, 4 and 6 GiB (786432 1048576 1572864 where a page is 4 KiB).
         (
             "proc/sys/net/ipv4/tcp_mem",
-            "1048576\t1572864\t2097152\n".into(),
+            tcp_mem(3 * GIB, 4 * GIB, 6 * GIB),
         ),
+        // The kernel's defaults (99-throng.conf leaves them alone).
         (
             "proc/sys/net/ipv4/tcp_rmem",
-            "4096\t4096\t16777216\n".into(),
+            "4096\t131072\t6291456\n".into(),
         ),
         (
             "proc/sys/net/ipv4/tcp_wmem",
-            "4096\t4096\t16777216\n".into(),
+            "4096\t16384\t4194304\n".into(),
         ),
+        ("proc/sys/net/ipv4/tcp_notsent_lowat", "131072\n".into()),
         ("proc/meminfo", MEMINFO_64G.into()),
         ("proc/cpuinfo", "processor\t: 0\n\nprocessor\t: 1\n".into()),
         ("sys/devices/system/cpu/online", "0-7\n".into()),
     ]
 }
 
-/// A distribution default: nofile 1024/4096, somaxconn 4096, short backlogs and ports.
+/// A distribution default: nofile 1024/4096, somaxconn 4096, SYN cookies on with a short
+/// tcp_max_syn_backlog, short port range.
 fn default_ish() -> Vec<(&'static str, String)> {
     vec![
         ("proc/self/limits", limits("1024", "4096")),
@@ -121,6 +137,7 @@ fn default_ish() -> Vec<(&'static str, String)> {
         ("proc/sys/fs/nr_open", "1048576\n".into()),
         ("proc/sys/net/core/somaxconn", "4096\n".into()),
         ("proc/sys/net/ipv4/tcp_max_syn_backlog", "512\n".into()),
+        ("proc/sys/net/ipv4/tcp_syncookies", "1\n".into()),
         (
             "proc/sys/net/ipv4/ip_local_port_range",
             "32768\t60999\n".into(),
@@ -169,7 +186,7 @@ fn well_tuned_host_is_all_ok_and_exits_0() {
         "fs.file-max",
         "fs.nr_open",
         "net.core.somaxconn",
-        "net.ipv4.tcp_max_syn_backlog",
+        "net.ipv4.tcp_syncookies",
         "net.ipv4.ip_local_port_range",
         "net.ipv4.tcp_mem",
         "net.ipv4.tcp_rmem",
@@ -186,6 +203,12 @@ fn well_tuned_host_is_all_ok_and_exits_0() {
     }
     assert!(text.contains("0 FAIL, 0 WARN, 12 OK"), "{text}");
     assert!(!text.contains("WARN  "), "{text}");
+    // tcp_max_syn_backlog is not a row of its own: with cookies on it is not used.
+    assert!(
+        row_status(&text, "net.ipv4.tcp_max_syn_backlog").is_none(),
+        "{text}"
+    );
+    assert!(text.contains("tcp_notsent_lowat (131072) bounds"), "{text}");
     // The memory projection is printed with both per-connection figures.
     assert!(text.contains("100000 x 512 B"), "{text}");
     assert!(text.contains("100000 x 4096 B"), "{text}");
@@ -240,7 +263,7 @@ fn well_tuned_host_report_from_the_library() {
     let r = doctor::check(&h.proc_root(), &h.sys_root(), 1_000_000);
     assert_eq!(r.worst(), Status::Ok, "{r:#?}");
     let nofile = r.item("RLIMIT_NOFILE").expect("nofile item");
-    assert_eq!(nofile.current, "1048576 (hard 1048576)");
+    assert_eq!(nofile.current, "2097152 (hard 2097152)");
     assert_eq!(r.item("cpus").expect("cpus").current, "8 (online)");
     assert_eq!(r.memory.connections, 1_000_000);
     assert_eq!(
@@ -263,9 +286,10 @@ fn default_host_fails_on_nofile_and_exits_1() {
     );
     assert!(text.contains("1024 (hard 4096)"), "{text}");
     assert!(text.contains(">= 101280"), "{text}");
+    // A tcp_max_syn_backlog of 512 is no warning while SYN cookies are on.
     assert_eq!(
-        row_status(&text, "net.ipv4.tcp_max_syn_backlog").as_deref(),
-        Some("WARN"),
+        row_status(&text, "net.ipv4.tcp_syncookies").as_deref(),
+        Some("OK"),
         "{text}"
     );
     assert_eq!(
@@ -317,6 +341,98 @@ fn grading_rules_from_the_library() {
         Some(Status::Fail)
     );
     assert_eq!(r.item("fs.nr_open").map(|i| i.status), Some(Status::Fail));
+}
+
+/// `tuned()` with these files replaced (or added).
+fn tuned_with(changes: &[(&'static str, &str)]) -> FakeHost {
+    let mut files = tuned();
+    for (path, content) in changes {
+        files.retain(|(p, _)| p != path);
+        files.push((path, content.to_string()));
+    }
+    host(&files)
+}
+
+#[test]
+fn an_older_tuning_file_on_a_small_host_gets_warnings() {
+    // What 99-throng.conf used to set: tcp_rmem default 4096, and tcp_mem up to 6 GiB
+    // whatever the host's memory; here on an 8 GiB host.
+    let old_mem = tcp_mem(3 * GIB, 4 * GIB, 6 * GIB);
+    let h = tuned_with(&[
+        ("proc/sys/net/ipv4/tcp_rmem", "4096\t4096\t6291456\n"),
+        ("proc/sys/net/ipv4/tcp_wmem", "4096\t4096\t4194304\n"),
+        ("proc/sys/net/ipv4/tcp_mem", old_mem.as_str()),
+        (
+            "proc/meminfo",
+            "MemTotal:  8388608 kB\nMemAvailable:  7340032 kB\n",
+        ),
+    ]);
+    let out = h.run(100_000);
+    let text = stdout(&out);
+    // Warnings, not failures: the host holds the target.
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(
+        row_status(&text, "net.ipv4.tcp_rmem").as_deref(),
+        Some("WARN"),
+        "{text}"
+    );
+    assert!(text.contains("initial receive window"), "{text}");
+    assert_eq!(
+        row_status(&text, "net.ipv4.tcp_mem").as_deref(),
+        Some("WARN"),
+        "{text}"
+    );
+    assert!(text.contains("exceed MemTotal (8.0 GiB)"), "{text}");
+    assert_eq!(
+        row_status(&text, "net.ipv4.tcp_wmem").as_deref(),
+        Some("OK"),
+        "{text}"
+    );
+    assert!(text.contains("0 FAIL, 2 WARN, 10 OK"), "{text}");
+
+    // The same tcp_mem on 64 GiB is fine.
+    let h = tuned_with(&[("proc/sys/net/ipv4/tcp_mem", old_mem.as_str())]);
+    let r = doctor::check(&h.proc_root(), &h.sys_root(), 1_000_000);
+    let item = r.item("net.ipv4.tcp_mem").expect("tcp_mem");
+    assert_eq!(item.status, Status::Ok, "{item:?}");
+    assert_eq!(r.memory.mem_total_bytes, Some(65_806_272 * 1024));
+}
+
+#[test]
+fn the_syn_backlog_matters_only_with_syncookies_off() {
+    // Off, with a short tcp_max_syn_backlog: new clients past 384 half-open connections
+    // are dropped, fewer than the backlog of 4096.
+    let h = tuned_with(&[
+        ("proc/sys/net/ipv4/tcp_syncookies", "0\n"),
+        ("proc/sys/net/ipv4/tcp_max_syn_backlog", "512\n"),
+    ]);
+    let text = stdout(&h.run(100_000));
+    assert_eq!(
+        row_status(&text, "net.ipv4.tcp_syncookies").as_deref(),
+        Some("WARN"),
+        "{text}"
+    );
+    assert!(text.contains("0, tcp_max_syn_backlog 512"), "{text}");
+    assert!(text.contains("past about 384 half-open"), "{text}");
+    // Off, with a long one: OK.
+    let h = tuned_with(&[
+        ("proc/sys/net/ipv4/tcp_syncookies", "0\n"),
+        ("proc/sys/net/ipv4/tcp_max_syn_backlog", "65535\n"),
+    ]);
+    let text = stdout(&h.run(100_000));
+    assert_eq!(
+        row_status(&text, "net.ipv4.tcp_syncookies").as_deref(),
+        Some("OK"),
+        "{text}"
+    );
+    // somaxconn above the default backlog: OK, with a reminder to raise `backlog`.
+    let r = doctor::check(&h.proc_root(), &h.sys_root(), 100_000);
+    let somaxconn = r.item("net.core.somaxconn").expect("somaxconn");
+    assert_eq!(somaxconn.status, Status::Ok);
+    assert!(
+        somaxconn.note.contains("set `backlog` up to 65535"),
+        "{r:#?}"
+    );
 }
 
 /// A tree like `tuned()` with this open-file limit (soft and hard).
