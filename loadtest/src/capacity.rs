@@ -1,10 +1,11 @@
 //! The capacity ramp: raise the connection allowance step by step, and per step measure
 //! memory per connection and the push-to-client latency of a short push probe, until
-//! the target, the first connect error, a probe that loses messages, or --max-secs.
+//! the target, the first connect error, a probe that loses messages or cannot push, or
+//! --max-secs.
 
 use crate::cli::{secs, CapacityArgs, PushArgs};
 use crate::client::{Target, NO_STEP};
-use crate::local::{check_server_pid, Local};
+use crate::local::{check_server_pid, Local, Probe};
 use crate::push::PushOut;
 use crate::report::{step_line, Mem, Report, Step};
 use crate::worker::{sock_args, split_users, WorkerIo, Workers};
@@ -35,6 +36,15 @@ pub enum Stop {
         open: u64,
         missing: u64,
     },
+    /// A probe that could not push: pushes given up (`errors`, by cause), pushes never
+    /// sent, or none accepted at all. A server whose API stops taking pushes at some
+    /// connection count is what the ramp is to find.
+    ProbeFailed {
+        open: u64,
+        accepted: u64,
+        not_sent: u64,
+        errors: BTreeMap<String, u64>,
+    },
     MaxSecs {
         secs: f64,
         open: u64,
@@ -61,6 +71,29 @@ impl std::fmt::Display for Stop {
             }
             Stop::ProbeLost { open, missing } => {
                 write!(f, "probe lost {missing} messages at {open} connections")
+            }
+            Stop::ProbeFailed {
+                open,
+                accepted,
+                not_sent,
+                errors,
+            } => {
+                write!(
+                    f,
+                    "probe failed at {open} connections: {accepted} pushes accepted"
+                )?;
+                if !errors.is_empty() {
+                    let causes: Vec<String> =
+                        errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    write!(f, ", given up: {}", causes.join(" "))?;
+                }
+                if *not_sent > 0 {
+                    write!(
+                        f,
+                        ", {not_sent} not sent (the push API held the probe past its end)"
+                    )?;
+                }
+                Ok(())
             }
             Stop::MaxSecs { secs, open } => {
                 write!(f, "--max-secs {secs} reached at {open} connections")
@@ -99,14 +132,60 @@ pub fn split_allowance(caps: &[u64], total: u64) -> Vec<u64> {
     out
 }
 
+/// What a step's probe did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProbeOut {
+    /// Pushes the API accepted.
+    pub accepted: u64,
+    /// Messages missing so far (every probe's).
+    pub missing: u64,
+    /// Pushes whose slot came but that were never sent.
+    pub not_sent: u64,
+    /// Pushes given up, by cause.
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl ProbeOut {
+    /// The `PROBED` answer of a worker (after the word).
+    fn to_wire(&self) -> Result<String, String> {
+        let errs = serde_json::to_string(&self.errors).map_err(|e| e.to_string())?;
+        Ok(format!(
+            "{} {} {} {errs}",
+            self.accepted, self.missing, self.not_sent
+        ))
+    }
+
+    /// Reads what [`ProbeOut::to_wire`] wrote.
+    fn from_wire(s: &str) -> Option<ProbeOut> {
+        let mut w = s.trim().splitn(4, ' ');
+        let mut num = || w.next()?.parse::<u64>().ok();
+        let (accepted, missing, not_sent) = (num()?, num()?, num()?);
+        let errors = serde_json::from_str(w.next()?).ok()?;
+        Some(ProbeOut {
+            accepted,
+            missing,
+            not_sent,
+            errors,
+        })
+    }
+
+    /// Adds another worker's probe.
+    fn add(&mut self, o: ProbeOut) {
+        self.accepted += o.accepted;
+        self.missing += o.missing;
+        self.not_sent += o.not_sent;
+        crate::client::merge_counts(&mut self.errors, o.errors);
+    }
+}
+
 /// One ramp, in this process or over workers.
 trait Ramp {
     /// Allows `total` connections in all and waits until every attempt has ended.
     fn step(&mut self, total: u64) -> Result<StepState, String>;
     /// Waits `d`, showing progress.
     fn settle(&mut self, d: Duration) -> Result<(), String>;
-    /// Runs step `idx`'s probe; returns pushes accepted and messages missing so far.
-    fn probe(&mut self, idx: usize) -> Result<(u64, u64), String>;
+    /// Runs step `idx`'s probe.
+    fn probe(&mut self, idx: usize) -> Result<ProbeOut, String>;
     /// Prints a message without garbling the progress bar.
     fn note(&self, msg: &str);
     /// Closes everything and returns the report (probe figures, per-step histograms).
@@ -120,6 +199,9 @@ struct LocalRamp {
     spu: u32,
     pushed: PushOut,
     probe_secs: f64,
+    /// Pushes the probes so far took on: the next probe carries on from there, so that
+    /// the users connected at later steps are probed too (review s23 R1).
+    probe_base: u64,
 }
 
 impl LocalRamp {
@@ -133,6 +215,7 @@ impl LocalRamp {
             spu: a.sessions_per_user.min(u32::MAX as u64) as u32,
             pushed: PushOut::new(),
             probe_secs: 0.0,
+            probe_base: 0,
         })
     }
 
@@ -144,18 +227,33 @@ impl LocalRamp {
         }
     }
 
-    /// The probe's pushes and deliveries (step latency goes to histogram `idx`).
-    fn run_probe(&mut self, idx: usize) -> (u64, u64) {
+    /// The probe's pushes and deliveries (step latency goes to histogram `idx`). It
+    /// pushes to the users whose connections the ramp has allowed so far (connections
+    /// open in number order, so those are the first `allowed / spu`), carrying on from
+    /// where the last probe ended.
+    fn run_probe(&mut self, idx: usize) -> ProbeOut {
         let sh = self.l.sh.clone();
         sh.step.store(idx, Relaxed);
         let t0 = Instant::now();
-        let out = self.l.push(&self.probe, false, Some(self.spu));
+        let allowed = sh.allowed.load(Relaxed).min(self.l.cfg.connections);
+        let probe = Probe {
+            full_sessions: self.spu,
+            user_base: self.probe_base,
+            user_span: (allowed / u64::from(self.spu.max(1))).max(1),
+        };
+        let out = self.l.push(&self.probe, false, Some(probe));
         self.l.drain(Target::User, secs(self.probe.drain_secs));
         self.probe_secs += t0.elapsed().as_secs_f64();
         sh.step.store(NO_STEP, Relaxed);
-        let accepted = out.accepted;
+        self.probe_base += out.scheduled;
+        let res = ProbeOut {
+            accepted: out.accepted,
+            missing: self.l.missing_now(Target::User),
+            not_sent: out.not_sent,
+            errors: out.errors.clone(),
+        };
         self.pushed.merge(out);
-        (accepted, self.l.missing_now(Target::User))
+        res
     }
 
     fn report(self, mode: &str) -> Report {
@@ -172,6 +270,7 @@ impl LocalRamp {
             connections_opened: l.sh.opened.load(Relaxed),
             connect_secs: l.connect_secs(),
             target: Some("user".into()),
+            push_via: Some(crate::push::Via::Api.name().into()),
             ..Default::default()
         };
         let t = l.close();
@@ -192,7 +291,7 @@ impl Ramp for LocalRamp {
         self.l.sleep_ticking(d);
         Ok(())
     }
-    fn probe(&mut self, idx: usize) -> Result<(u64, u64), String> {
+    fn probe(&mut self, idx: usize) -> Result<ProbeOut, String> {
         Ok(self.run_probe(idx))
     }
     fn note(&self, msg: &str) {
@@ -310,19 +409,18 @@ impl Ramp for ParentRamp {
     fn settle(&mut self, d: Duration) -> Result<(), String> {
         self.ws.await_all(None, Instant::now() + d).map(|_| ())
     }
-    fn probe(&mut self, idx: usize) -> Result<(u64, u64), String> {
+    fn probe(&mut self, idx: usize) -> Result<ProbeOut, String> {
         self.ws.send_all(&format!("PROBE {idx}"));
-        let bound = Instant::now() + secs(self.a.probe_secs + 5.0 + 30.0);
+        // The probe, the push driver's grace after it (10 s), the drain (5 s), margin.
+        let bound = Instant::now() + secs(self.a.probe_secs + 10.0 + 5.0 + 30.0);
         let answers = self.ws.await_all(Some("PROBED"), bound)?;
-        let (mut pushes, mut missing) = (0, 0);
-        for ans in answers {
-            let mut w = ans
-                .split_whitespace()
-                .map(|x| x.parse::<u64>().unwrap_or(0));
-            pushes += w.next().unwrap_or(0);
-            missing += w.next().unwrap_or(0);
+        let mut all = ProbeOut::default();
+        for (i, ans) in answers.iter().enumerate() {
+            let one = ProbeOut::from_wire(ans)
+                .ok_or_else(|| format!("worker {i}: bad PROBED answer: {ans}"))?;
+            all.add(one);
         }
-        Ok((pushes, missing))
+        Ok(all)
     }
     fn note(&self, msg: &str) {
         self.ws.note(msg);
@@ -392,18 +490,28 @@ fn drive(a: &CapacityArgs, mut ramp: Box<dyn Ramp>, mem0: Mem) -> Result<Report,
                     errors: st.errors,
                 });
             }
-            let mut missing = 0;
+            let mut probe = ProbeOut::default();
             if a.probe_rate > 0.0 {
-                let (pushes, m) = ramp.probe(rows.len())?;
-                row.probe_pushes = pushes;
-                missing = m;
+                probe = ramp.probe(rows.len())?;
+                row.probe_pushes = probe.accepted;
+                row.probe_push_errors = probe.errors.clone();
+                row.probe_pushes_not_sent = probe.not_sent;
             }
             ramp.note(step_line(rows.len(), &row, true).trim_end());
             rows.push(row);
-            if missing > 0 {
+            let failed = !probe.errors.is_empty() || probe.not_sent > 0 || probe.accepted == 0;
+            if a.probe_rate > 0.0 && failed {
+                return Ok(Stop::ProbeFailed {
+                    open: st.open,
+                    accepted: probe.accepted,
+                    not_sent: probe.not_sent,
+                    errors: probe.errors,
+                });
+            }
+            if probe.missing > 0 {
                 return Ok(Stop::ProbeLost {
                     open: st.open,
-                    missing,
+                    missing: probe.missing,
                 });
             }
             if allowed >= a.target {
@@ -487,8 +595,8 @@ pub fn run_worker(a: &CapacityArgs) -> Result<(), String> {
             }
             Some("PROBE") => {
                 let idx = words.next().and_then(|x| x.parse().ok()).unwrap_or(0);
-                let (pushes, missing) = r.run_probe(idx);
-                WorkerIo::send(&format!("PROBED {pushes} {missing}"));
+                let probe = r.run_probe(idx);
+                WorkerIo::send(&format!("PROBED {}", probe.to_wire()?));
             }
             Some("CLOSE") | Some("EOF") => break,
             _ => {}
@@ -563,6 +671,8 @@ mod tests {
         open_per_step: u64,
         step_err: Option<String>,
         finish_err: Option<String>,
+        /// What every probe answers.
+        probe_out: ProbeOut,
     }
 
     impl Ramp for FakeRamp {
@@ -579,8 +689,8 @@ mod tests {
         fn settle(&mut self, _d: Duration) -> Result<(), String> {
             Ok(())
         }
-        fn probe(&mut self, _idx: usize) -> Result<(u64, u64), String> {
-            Ok((0, 0))
+        fn probe(&mut self, _idx: usize) -> Result<ProbeOut, String> {
+            Ok(self.probe_out.clone())
         }
         fn note(&self, _msg: &str) {}
         fn finish(self: Box<Self>) -> Result<Report, String> {
@@ -608,6 +718,7 @@ mod tests {
             open_per_step: 5,
             step_err: Some("worker 1 exited early".into()),
             finish_err: Some("workers did not send their results in time".into()),
+            probe_out: ProbeOut::default(),
         };
         let e = drive(&a, Box::new(ramp), Mem::default()).unwrap_err();
         assert_eq!(e, "worker 1 exited early");
@@ -616,6 +727,7 @@ mod tests {
             open_per_step: 5,
             step_err: None,
             finish_err: Some("closing failed".into()),
+            probe_out: ProbeOut::default(),
         };
         let e = drive(&a, Box::new(ramp), Mem::default()).unwrap_err();
         assert_eq!(e, "closing failed");
@@ -629,6 +741,7 @@ mod tests {
             open_per_step: 5,
             step_err: None,
             finish_err: None,
+            probe_out: ProbeOut::default(),
         };
         let rep = drive(&a, Box::new(full), Mem::default()).unwrap();
         assert_eq!(
@@ -640,12 +753,106 @@ mod tests {
             open_per_step: 4,
             step_err: None,
             finish_err: None,
+            probe_out: ProbeOut::default(),
         };
         let rep = drive(&a, Box::new(short), Mem::default()).unwrap();
         let why = rep.stopped_because.unwrap();
         assert!(why.contains("only 8 were open"), "{why}");
         assert_eq!(rep.max_connections_held, Some(8));
         assert_eq!(rep.steps.map(|s| s.len()), Some(2));
+    }
+
+    #[test]
+    fn a_probe_that_cannot_push_stops_the_ramp() {
+        // Review s23 B3: a probe whose pushes are all refused has nothing missing; the
+        // ramp went on to "reached the target" with empty latencies, and passed.
+        let a = args(&["--target", "30", "--step", "10", "--probe-rate", "100"]);
+        let refused = FakeRamp {
+            open: 0,
+            open_per_step: 10,
+            step_err: None,
+            finish_err: None,
+            probe_out: ProbeOut {
+                errors: BTreeMap::from([("http_401_unauthorized".to_string(), 100)]),
+                ..Default::default()
+            },
+        };
+        let rep = drive(&a, Box::new(refused), Mem::default()).unwrap();
+        assert_eq!(
+            rep.stopped_because.as_deref(),
+            Some(
+                "probe failed at 10 connections: 0 pushes accepted, given up: \
+                 http_401_unauthorized=100"
+            )
+        );
+        let steps = rep.steps.unwrap();
+        assert_eq!(steps.len(), 1);
+        assert_eq!(steps[0].probe_push_errors["http_401_unauthorized"], 100);
+        // One given up among many accepted stops it too; so do pushes never sent, and a
+        // probe with nothing accepted and nothing said about why.
+        for (out, why) in [
+            (
+                ProbeOut {
+                    accepted: 99,
+                    errors: BTreeMap::from([("api_timeout".to_string(), 1)]),
+                    ..Default::default()
+                },
+                "99 pushes accepted, given up: api_timeout=1",
+            ),
+            (
+                ProbeOut {
+                    accepted: 60,
+                    not_sent: 40,
+                    ..Default::default()
+                },
+                "60 pushes accepted, 40 not sent (the push API held the probe past its end)",
+            ),
+            (ProbeOut::default(), "0 pushes accepted"),
+        ] {
+            let ramp = FakeRamp {
+                open: 0,
+                open_per_step: 10,
+                step_err: None,
+                finish_err: None,
+                probe_out: out,
+            };
+            let rep = drive(&a, Box::new(ramp), Mem::default()).unwrap();
+            let got = rep.stopped_because.unwrap();
+            assert_eq!(got, format!("probe failed at 10 connections: {why}"));
+        }
+        // A probe that pushed fine goes on to the target.
+        let fine = FakeRamp {
+            open: 0,
+            open_per_step: 10,
+            step_err: None,
+            finish_err: None,
+            probe_out: ProbeOut {
+                accepted: 100,
+                ..Default::default()
+            },
+        };
+        let rep = drive(&a, Box::new(fine), Mem::default()).unwrap();
+        assert_eq!(
+            rep.stopped_because.as_deref(),
+            Some("reached the target of 30 connections")
+        );
+    }
+
+    #[test]
+    fn probe_answers_cross_the_worker_pipe() {
+        let p = ProbeOut {
+            accepted: 7,
+            missing: 1,
+            not_sent: 2,
+            errors: BTreeMap::from([("http_503_overloaded".to_string(), 3)]),
+        };
+        let wire = p.to_wire().unwrap();
+        assert_eq!(ProbeOut::from_wire(&wire), Some(p.clone()));
+        let mut sum = p.clone();
+        sum.add(p);
+        assert_eq!((sum.accepted, sum.not_sent), (14, 4));
+        assert_eq!(sum.errors["http_503_overloaded"], 6);
+        assert_eq!(ProbeOut::from_wire("7 1"), None);
     }
 
     #[test]

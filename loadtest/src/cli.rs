@@ -14,12 +14,15 @@ Exit status:
   0  the run passed (the summary ends with `result: OK`)
   1  the run failed; the summary's `result: FAILED` line and the JSON `failures` say why:
      a connection that never opened (capacity: none opened; its ramp stops at the
-     first connect error), an open connection the server or network ended, no push
-     accepted or a push given up, a message missing, duplicated or unexpected, a
-     receiver lost, a churn reconnect that failed, a deploy client that did not move,
-     a chat member that connected but never joined its room, or (resume, deploy,
-     chat) the delivery gate (resume, deploy: a push missing or duplicated; not one
-     a resumed:false said would not be replayed)
+     first connect error); in every mode an open connection the server or network
+     ended (deploy: not the first server's drain closes the clients follow); a churn,
+     resume or deploy reconnect that failed; a push given up, a scheduled push never
+     sent, a push due before the end sent late after it (not capacity), or no push
+     accepted (capacity: its probes'); a message missing, duplicated or unexpected, a
+     receiver lost; a deploy client that did not move; a chat member that connected
+     but never joined its room; or (resume, deploy, chat) the delivery gate (resume,
+     deploy: a push missing or duplicated; not one a resumed:false said would not be
+     replayed)
   2  the run could not be made: bad flags, an unreachable setup, a worker that died";
 
 /// The top-level command line.
@@ -241,9 +244,16 @@ impl SocketArgs {
     /// Event loops for `units` connections or rooms: --threads or the cores, 1 to 256,
     /// no more than there are units.
     pub fn threads_for(&self, units: u64) -> usize {
+        self.threads_of(1, units)
+    }
+
+    /// Event loops of one of `procs` processes that has `units` connections or rooms:
+    /// as [`SocketArgs::threads_for`] in each worker, whose `--threads` is the parent's,
+    /// or its share of the cores ([`crate::worker::sock_args`]).
+    pub fn threads_of(&self, procs: usize, units: u64) -> usize {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         self.threads
-            .unwrap_or(cores)
+            .unwrap_or((cores / procs.max(1)).max(1))
             .clamp(1, 256)
             .min(units.max(1) as usize)
     }
@@ -339,9 +349,12 @@ pub struct PushArgs {
     /// Pushes per second (in all); 0 = as fast as the API answers. Paced, each push has a
     /// schedule slot (start + i / rate), and push-to-client and API latency count from
     /// that slot, not from the send: when the server stalls, the pushes due meanwhile
-    /// wait and that wait is in the percentiles (no coordinated omission). Unpaced, they
-    /// count from the send. The report's `latency_from` says which; `pushes_sent_late`
-    /// counts pushes sent over 100 ms past their slot.
+    /// wait and that wait is in the percentiles (no coordinated omission). Every slot
+    /// before the end of --duration-secs is pushed, late if need be, for up to 10 s
+    /// after it; `pushes_scheduled` counts the slots, `pushes_sent_late` those sent over
+    /// 100 ms past their slot, `pushes_sent_after_end` and `pushes_not_sent` those of a
+    /// stall that reached the end (either fails the run). Unpaced, latencies count from
+    /// the send. The report's `latency_from` says which.
     #[arg(long, default_value_t = 1000.0)]
     pub rate: f64,
     /// How long to push; 0 with --count: until the count is sent.
@@ -579,6 +592,9 @@ pub struct CapacityArgs {
     #[arg(long, default_value_t = 1000)]
     pub step: u64,
     /// Direct pushes per second to connected users during each step's probe; 0 = no probe.
+    /// Each probe carries on over the users connected at its step from where the last
+    /// one ended; one whose pushes are given up, never sent or none accepted stops the
+    /// ramp and fails the run.
     #[arg(long, default_value_t = 200.0)]
     pub probe_rate: f64,
     /// How long each step's probe pushes.
@@ -796,10 +812,16 @@ pub fn validate(c: &ConnectArgs, p: Option<&PushArgs>) -> Result<(), String> {
         // Once, in the parent, with the whole run: a worker's own check could only
         // suggest the --procs it was given.
         let api = p.map_or(0, |p| p.api_concurrency as u64);
-        crate::local::check_nofile_procs(c.connections, c.procs, api, |k| {
-            let split = crate::worker::split_users(c.connections, c.sessions_per_user, 0, k);
-            split.iter().map(|s| s.0).max().unwrap_or(0)
-        })?;
+        crate::local::check_nofile_procs(
+            c.connections,
+            c.procs,
+            api,
+            |k| {
+                let split = crate::worker::split_users(c.connections, c.sessions_per_user, 0, k);
+                split.iter().map(|s| s.0).max().unwrap_or(0)
+            },
+            |k, conns| c.sock.threads_of(k, conns) as u64,
+        )?;
     }
     Ok(())
 }
@@ -1027,9 +1049,14 @@ pub fn validate_chat(a: &ChatArgs) -> Result<(), String> {
     if !a.worker {
         crate::sources::check(a.sock.source_ips.as_deref(), "--url", &urls, n)?;
         // Each worker takes whole rooms.
-        crate::local::check_nofile_procs(n, a.procs, 0, |k| {
-            a.rooms.div_ceil(k as u64) * a.members
-        })?;
+        crate::local::check_nofile_procs(
+            n,
+            a.procs,
+            0,
+            |k| a.rooms.div_ceil(k as u64) * a.members,
+            // A chat process's loops are per room.
+            |k, _| a.sock.threads_of(k, a.rooms.div_ceil(k as u64)) as u64,
+        )?;
     }
     Ok(())
 }

@@ -15,7 +15,7 @@ use crate::frame::OP_TEXT;
 use crate::progress::Progress;
 use crate::server_msg::ServerMsg;
 use crate::tls::{self, Tickets, TlsConn, TlsDial, TlsStats};
-use crate::track::{Completeness, RecvState};
+use crate::track::{Completeness, Judge, Numbers, RecvState};
 use crate::util::{self, Url};
 use crate::ws_conn::{self, io_cause, End, Handler, Inbound, State, WsConn};
 use hdrhistogram::Histogram;
@@ -276,6 +276,9 @@ pub struct Shared {
     pub drain_at_us: AtomicU64,
     /// Connections now open on the deploy scenario's second server.
     pub moved_open: AtomicU64,
+    /// Topic and broadcast pushes: the numbers the driver had accepted per driver stream,
+    /// set once the pushing is over (`None`: judged by count).
+    pub numbers: Mutex<Option<Arc<Numbers>>>,
 }
 
 impl Shared {
@@ -309,6 +312,7 @@ impl Shared {
             accepted_topic: Vec::new(),
             drain_at_us: AtomicU64::new(0),
             moved_open: AtomicU64::new(0),
+            numbers: Mutex::new(None),
         }
     }
 
@@ -316,6 +320,23 @@ impl Shared {
     pub fn with_topics(mut self, topics: usize) -> Self {
         self.accepted_topic = (0..topics).map(|_| AtomicU64::new(0)).collect();
         self
+    }
+
+    /// Sets the numbers the driver accepted (topic and broadcast pushes).
+    pub fn set_numbers(&self, n: Option<Numbers>) {
+        let mut m = match self.numbers.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        *m = n.map(Arc::new);
+    }
+
+    /// The numbers the driver accepted, once set.
+    pub fn numbers_now(&self) -> Option<Arc<Numbers>> {
+        match self.numbers.lock() {
+            Ok(m) => m.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
     }
 
     /// Connect failures by cause so far.
@@ -576,6 +597,9 @@ struct Ctx {
     later: BinaryHeap<Reverse<(Instant, u32)>>,
     /// Pushes counted since the last `flush_tally`.
     tally: Tally,
+    /// Topic and broadcast pushes: the numbers the driver accepted, taken when the close
+    /// begins (the pushing is over then).
+    numbers: Option<Arc<Numbers>>,
 }
 
 /// What a thread received since it last told the shared counters: they are told once per
@@ -664,6 +688,7 @@ fn run_thread(tid: usize, cfg: Arc<ClientCfg>, sh: Arc<Shared>) -> ThreadOut {
             .map(|s| Box::new(crate::resume::Book::new(s, cfg.topics.len()))),
         later: BinaryHeap::new(),
         tally: Tally::default(),
+        numbers: None,
     };
     let mut churn = crate::churn::Pacer::new(&cfg, tid);
     let mut churn_deadlines: VecDeque<Deadline> = VecDeque::new();
@@ -1047,7 +1072,7 @@ fn on_message(c: &mut Conn, text: &[u8], ctx: &mut Ctx) -> Result<(), End> {
                 ctx.tally.unique += 1;
             }
             if let Some(t) = msg.data.and_then(|d| d.t) {
-                util::record(&mut ctx.out.latency, util::now_us().saturating_sub(t));
+                util::record(&mut ctx.out.latency, util::since_us(t));
             }
         }
         "reconnect" => {
@@ -1077,7 +1102,7 @@ fn on_message(c: &mut Conn, text: &[u8], ctx: &mut Ctx) -> Result<(), End> {
                 ctx.tally.unique += 1;
             }
             if let Some(t) = data.t {
-                let us = util::now_us().saturating_sub(t);
+                let us = util::since_us(t);
                 util::record(&mut ctx.out.latency, us);
                 let step = ctx.sh.step.load(Relaxed);
                 if step != NO_STEP {
@@ -1142,12 +1167,13 @@ fn begin_close(conns: &mut Slab<Conn>, poll: &Poll, ctx: &mut Ctx) {
         }
     }
     // Receivers the server dropped are judged against the same final counts.
-    let direct = ctx.cfg.target.is_some_and(Target::direct);
+    ctx.numbers = ctx.sh.numbers_now();
     for (u, st) in std::mem::take(&mut ctx.lost) {
         let expected = ctx.expected_for(u);
+        let judge = judge(&ctx.cfg, ctx.numbers.as_deref());
         ctx.out
             .completeness
-            .add_conn(expected, st.as_deref(), direct);
+            .add_conn(expected, st.as_deref(), judge);
     }
 }
 
@@ -1174,6 +1200,16 @@ fn churn_close(c: &mut Conn, ctx: &mut Ctx) -> io::Result<()> {
     ctx.out.churn_disconnects += 1;
     sh.churn_inflight.fetch_add(1, Relaxed);
     c.ws.start_close()
+}
+
+/// How a receiver's delivery is judged: direct pushes by `seq`, topic and broadcast
+/// pushes by the `numbers` the driver accepted (by count when they are not known).
+fn judge<'a>(cfg: &ClientCfg, numbers: Option<&'a Numbers>) -> Judge<'a> {
+    match (cfg.target, numbers) {
+        (Some(t), _) if t.direct() => Judge::Direct,
+        (_, Some(n)) => Judge::Numbers(n),
+        _ => Judge::Count,
+    }
 }
 
 impl Ctx {
@@ -1260,10 +1296,10 @@ impl Ctx {
                 if self.cfg.target.is_some() && counted {
                     // Its close has ended: what it got is final (late included).
                     let expected = self.expected_for(u);
-                    let direct = self.cfg.target.is_some_and(Target::direct);
+                    let judge = judge(&self.cfg, self.numbers.as_deref());
                     self.out
                         .completeness
-                        .add_conn(expected, c.recv.as_deref(), direct);
+                        .add_conn(expected, c.recv.as_deref(), judge);
                 }
                 match end {
                     None => self.out.closed_clean += 1,
@@ -1352,6 +1388,7 @@ mod tests {
             book: None,
             later: BinaryHeap::new(),
             tally: Tally::default(),
+            numbers: None,
         }
     }
 

@@ -12,20 +12,27 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Open files one process needs for `conns` connections and `api` push API connections.
-pub fn files_needed(conns: u64, api: u64) -> u64 {
-    conns + 64 + api
+/// Open files a process needs besides its connections: stdin/out/err, the report, the
+/// Redis and Kafka clients' sockets and pipes, and room to spare.
+pub const FILES_RESERVED: u64 = 64;
+
+/// Open files one process needs for `conns` connections, `api` push API connections and
+/// `threads` event loops (each holds an epoll descriptor).
+pub fn files_needed(conns: u64, api: u64, threads: u64) -> u64 {
+    conns + api + threads + FILES_RESERVED
 }
 
-/// Checks the open-files limit for `conns` connections in this process (a backstop: the
-/// parent has checked the run with [`check_nofile_procs`]).
-pub fn check_nofile(conns: u64, api: u64) -> Result<(), String> {
+/// Checks the open-files limit for `conns` connections, `api` push API connections and
+/// `threads` event loops in this process (a backstop: the parent has checked the run
+/// with [`check_nofile_procs`]).
+pub fn check_nofile(conns: u64, api: u64, threads: u64) -> Result<(), String> {
     let nofile = util::raise_nofile_limit();
-    let need = files_needed(conns, api);
+    let need = files_needed(conns, api, threads);
     if need > nofile {
         return Err(format!(
-            "{conns} connections in this process need about {need} open files, but \
-             RLIMIT_NOFILE is {nofile}; raise the limit (ulimit -n) or use more --procs"
+            "{conns} connections in this process need about {need} open files (with \
+             {api} push API connections and {threads} event loops), but RLIMIT_NOFILE is \
+             {nofile}; raise the limit (ulimit -n), or use more --procs or fewer --threads"
         ));
     }
     Ok(())
@@ -36,15 +43,24 @@ const MAX_PROCS: usize = 64;
 
 /// Checks, in the parent, that a run of `total` connections over `procs` processes fits
 /// the open-files limit, where `largest(k)` is the most connections one of `k` processes
-/// opens and each has `api` push API connections. The error suggests the smallest
-/// --procs that fits, if one does.
+/// opens, `threads(k, conns)` the event loops of a process of `k` that opens `conns`,
+/// and each has `api` push API connections. The error suggests the smallest --procs
+/// that fits, if one does.
 pub fn check_nofile_procs(
     total: u64,
     procs: usize,
     api: u64,
     largest: impl Fn(usize) -> u64,
+    threads: impl Fn(usize, u64) -> u64,
 ) -> Result<(), String> {
-    nofile_fits(util::raise_nofile_limit(), total, procs, api, largest)
+    nofile_fits(
+        util::raise_nofile_limit(),
+        total,
+        procs,
+        api,
+        largest,
+        threads,
+    )
 }
 
 /// [`check_nofile_procs`] under a limit of `nofile` open files.
@@ -54,8 +70,13 @@ fn nofile_fits(
     procs: usize,
     api: u64,
     largest: impl Fn(usize) -> u64,
+    threads: impl Fn(usize, u64) -> u64,
 ) -> Result<(), String> {
-    let fits = |k: usize| files_needed(largest(k), api) <= nofile;
+    let need = |k: usize| {
+        let most = largest(k);
+        files_needed(most, api, threads(k, most))
+    };
+    let fits = |k: usize| need(k) <= nofile;
     if fits(procs) {
         return Ok(());
     }
@@ -65,15 +86,16 @@ fn nofile_fits(
     } else {
         String::new()
     };
+    let loops = threads(procs, most);
     let with_api = if api > 0 {
-        format!(" (with {api} push API connections each)")
+        format!(" (with {api} push API connections and {loops} event loops each)")
     } else {
-        String::new()
+        format!(" (with {loops} event loops each)")
     };
     let what = format!(
         "{total} connections{over} need about {} open files per process{with_api}, but \
          RLIMIT_NOFILE is {nofile}",
-        files_needed(most, api)
+        need(procs)
     );
     match (procs + 1..=MAX_PROCS).find(|&k| fits(k)) {
         Some(k) => Err(format!(
@@ -83,6 +105,15 @@ fn nofile_fits(
             "{what}; even --procs {MAX_PROCS} is not enough: raise the limit (ulimit -n)"
         )),
     }
+}
+
+/// What a capacity probe pushes to: `--target user` pushes to users whose
+/// `full_sessions` are all open, push `idx` to user `(user_base + idx) % user_span`.
+#[derive(Debug, Clone, Copy)]
+pub struct Probe {
+    pub full_sessions: u32,
+    pub user_base: u64,
+    pub user_span: u64,
 }
 
 /// The event loops of this process and what drives them.
@@ -114,7 +145,11 @@ impl Local {
         gated: bool,
         streams: Option<crate::resume::StreamsCfg>,
     ) -> Result<Local, String> {
-        check_nofile(c.connections, p.map_or(0, |p| p.api_concurrency as u64))?;
+        check_nofile(
+            c.connections,
+            p.map_or(0, |p| p.api_concurrency as u64),
+            c.sock.threads_for(c.connections) as u64,
+        )?;
         let cfg = Arc::new(ClientCfg {
             dial: DialCfg::from_args(&c.url, &c.jwt_secret, &c.sock, c.connections, c.connections)?,
             connections: c.connections,
@@ -212,9 +247,9 @@ impl Local {
         self.sh.last_welcome_us.load(Relaxed) as f64 / 1e6
     }
 
-    /// Runs the push driver to its end; with `churn`, churn cycles run meanwhile.
-    /// `full_sessions` restricts direct pushes to users whose sessions are all open.
-    pub fn push(&mut self, p: &PushArgs, churn: bool, full_sessions: Option<u32>) -> PushOut {
+    /// Runs the push driver to its end; with `churn`, churn cycles run meanwhile. A
+    /// capacity `probe` pushes to the users connected now only.
+    pub fn push(&mut self, p: &PushArgs, churn: bool, probe: Option<Probe>) -> PushOut {
         let mut cfg = match self.push_cfg(p) {
             Ok(c) => c,
             Err(e) => {
@@ -223,7 +258,11 @@ impl Local {
                 return o;
             }
         };
-        cfg.full_sessions = full_sessions;
+        if let Some(pr) = probe {
+            cfg.full_sessions = Some(pr.full_sessions);
+            cfg.user_base = pr.user_base;
+            cfg.user_span = Some(pr.user_span);
+        }
         self.push_all(vec![cfg], churn)
     }
 
@@ -249,6 +288,8 @@ impl Local {
             retry_grace: Duration::from_secs(10),
             push_ids: p.push_ids.then(push::id_prefix),
             full_sessions: None,
+            user_base: 0,
+            user_span: None,
         })
     }
 
@@ -258,6 +299,7 @@ impl Local {
         if churn {
             self.sh.churn_on.store(true, Relaxed);
         }
+        let numbered = cfgs.iter().any(|c| !c.target.direct());
         let hs: Vec<_> = cfgs
             .into_iter()
             .map(|cfg| {
@@ -281,6 +323,10 @@ impl Local {
                     all.errors.insert("driver_panicked".into(), 1);
                 }
             }
+        }
+        // Topic and broadcast deliveries are judged by the numbers accepted.
+        if numbered {
+            self.sh.set_numbers(Some(all.numbers.clone()));
         }
         all
     }
@@ -493,27 +539,48 @@ mod tests {
     #[test]
     fn the_open_file_check_suggests_a_procs_that_fits() {
         let even = |n: u64| move |k: usize| n.div_ceil(k as u64);
+        let one = |_: usize, _: u64| 1;
         // The review's case: 1,900 connections over --procs 2 under a limit of 1,000
         // used to say "use --procs 2" in each worker.
-        let e = nofile_fits(1000, 1900, 2, 0, even(1900)).unwrap_err();
+        let e = nofile_fits(1000, 1900, 2, 0, even(1900), one).unwrap_err();
         assert!(
             e.contains("over --procs 2 (the largest process has 950)"),
             "{e}"
         );
-        assert!(e.contains("about 1014 open files per process"), "{e}");
+        assert!(e.contains("about 1015 open files per process"), "{e}");
         assert!(e.contains("use --procs 3,"), "{e}");
-        assert!(nofile_fits(1000, 1900, 3, 0, even(1900)).is_ok());
+        assert!(nofile_fits(1000, 1900, 3, 0, even(1900), one).is_ok());
         // One process: the push API's connections count too.
-        let e = nofile_fits(1000, 900, 1, 100, even(900)).unwrap_err();
+        let e = nofile_fits(1000, 900, 1, 100, even(900), one).unwrap_err();
         assert!(
             e.starts_with(
-                "900 connections need about 1064 open files per process (with 100 push API"
+                "900 connections need about 1065 open files per process (with 100 push API \
+                 connections and 1 event loops each)"
             ),
             "{e}"
         );
         assert!(e.contains("use --procs 2,"), "{e}");
-        let e = nofile_fits(100, 1_000_000, 1, 0, even(1_000_000)).unwrap_err();
+        let e = nofile_fits(100, 1_000_000, 1, 0, even(1_000_000), one).unwrap_err();
         assert!(e.contains("even --procs 64 is not enough"), "{e}");
+    }
+
+    #[test]
+    fn every_event_loop_needs_an_open_file() {
+        // Review s23 N2: 236 connections on 64 event loops under a limit of 300 passed
+        // the check (236 + 64 reserved), then ran out of files.
+        let all = |n: u64| move |_: usize| n;
+        let loops = |t: u64| move |_: usize, conns: u64| t.min(conns);
+        let e = nofile_fits(300, 236, 1, 0, all(236), loops(64)).unwrap_err();
+        assert!(
+            e.contains("need about 364 open files per process (with 64 event loops each)"),
+            "{e}"
+        );
+        assert!(nofile_fits(300, 232, 1, 0, all(232), loops(4)).is_ok());
+        // Loops are per process: more processes, each with its share.
+        let share = |k: usize, conns: u64| (64 / k as u64).max(1).min(conns);
+        let even = |n: u64| move |k: usize| n.div_ceil(k as u64);
+        assert!(nofile_fits(300, 236, 1, 0, even(236), share).is_err());
+        assert!(nofile_fits(300, 236, 2, 0, even(236), share).is_ok());
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod doc;
 mod kafka;
 
 use crate::client::{merge_counts, Shared, Target};
+use crate::track::Numbers;
 use crate::util::{self, Url};
 use hdrhistogram::Histogram;
 use kafka::KafkaSink;
@@ -108,11 +109,26 @@ pub struct PushCfg {
     /// With `Some(n)`, `--target user` pushes go only to users with `n` counted open
     /// sessions (a capacity probe must not push to users still connecting).
     pub full_sessions: Option<u32>,
+    /// `--target user`: push `idx` goes to user `(user_base + idx) % user_span`, so that
+    /// a capacity probe carries on from where the last one ended (`user_base`) and stays
+    /// on the users connected now (`user_span`; all `num_users` when `None`).
+    pub user_base: u64,
+    pub user_span: Option<u64>,
 }
 
 pub struct PushOut {
     /// Pushes the API accepted (with `--kafka`: whose record the broker acknowledged).
     pub accepted: u64,
+    /// Paced: the schedule slots the driver took on, every one before the end of
+    /// --duration-secs (and within --count); unpaced: the pushes it began. Each is
+    /// accepted, given up (`errors`) or `not_sent`.
+    pub scheduled: u64,
+    /// Paced: pushes whose slot came before the end but that were still unsent when the
+    /// grace after it ran out (the API held the driver up to then): never sent, and
+    /// each batch of them is in `api_latency` with its wait up to then (a lower bound).
+    pub not_sent: u64,
+    /// Topic and broadcast pushes: the numbers accepted per driver stream.
+    pub numbers: Numbers,
     /// Requests, stream round trips, or Kafka records produced.
     pub requests: u64,
     /// Requests (or batch lines) answered 503 overloaded and sent again.
@@ -126,6 +142,9 @@ pub struct PushOut {
     /// Pushes sent more than [`LATE_SEND`] after their schedule slot (the driver was held
     /// up by a slow or stalled API); 0 when unpaced.
     pub sent_late: u64,
+    /// Of `sent_late`, those sent after the end of --duration-secs: the stall reached the
+    /// end, so the schedule was not pushed within the run.
+    pub sent_after_end: u64,
     /// The longest a push waited past its schedule slot before it was sent, in µs.
     pub max_send_lag_us: u64,
     /// Paced (--rate above 0): the latencies count from the schedule slots.
@@ -140,11 +159,15 @@ impl PushOut {
     pub fn new() -> Self {
         PushOut {
             accepted: 0,
+            scheduled: 0,
+            not_sent: 0,
+            numbers: Numbers::default(),
             requests: 0,
             retries: 0,
             errors: BTreeMap::new(),
             api_latency: util::new_hist(),
             sent_late: 0,
+            sent_after_end: 0,
             max_send_lag_us: 0,
             paced: false,
             secs: 0.0,
@@ -153,9 +176,13 @@ impl PushOut {
     /// Adds another driver's (or probe's) figures; `secs` is left to the caller.
     pub fn merge(&mut self, o: PushOut) {
         self.accepted += o.accepted;
+        self.scheduled += o.scheduled;
+        self.not_sent += o.not_sent;
+        self.numbers.union(&o.numbers);
         self.requests += o.requests;
         self.retries += o.retries;
         self.sent_late += o.sent_late;
+        self.sent_after_end += o.sent_after_end;
         self.max_send_lag_us = self.max_send_lag_us.max(o.max_send_lag_us);
         self.paced |= o.paced;
         merge_counts(&mut self.errors, o.errors);
@@ -184,7 +211,7 @@ struct Item {
     tgt: Tgt,
     /// Counter within this driver stream.
     n: u64,
-    /// When the push was due, in µs since the Unix epoch: its schedule slot at --rate
+    /// When the push was due, in µs on [`util::now_us`]'s clock: its schedule slot at --rate
     /// (the first push of its batch), or when it was made when unpaced. It is the `t` of
     /// its data, so push-to-client latency counts the time it waited to be sent.
     due_us: u64,
@@ -264,7 +291,9 @@ fn stream(
     };
     let pad = filler(cfg, s);
     let users = cfg.num_users.max(1);
-    // `start` on the wall clock, for the schedule slots in the pushes' data.
+    let span = cfg.user_span.unwrap_or(users).clamp(1, users);
+    let paced = cfg.rate > 0.0;
+    // `start` on the clock the receivers read, for the schedule slots in the pushes' data.
     let start_us = util::now_us().saturating_sub(start.elapsed().as_micros() as u64);
     loop {
         let i = ticket.fetch_add(batch, Relaxed);
@@ -272,24 +301,38 @@ fn stream(
             break;
         }
         let k = batch.min(limit - i);
-        let due = if cfg.rate > 0.0 {
+        let due = if paced {
             start + Duration::from_secs_f64(i as f64 / cfg.rate)
         } else {
             start
         };
-        if due >= end || Instant::now() >= end {
+        // Paced, every slot before the end is pushed, late if the API held the driver
+        // up, so a stall that reaches the end is counted like one before it (review s23
+        // B1); unpaced, there is no schedule and the run ends at the end.
+        if due >= end || (!paced && Instant::now() >= end) {
             break;
         }
+        out.scheduled += k;
         let now = Instant::now();
+        if paced && now >= hard_end {
+            // The grace is over too: never sent. Its wait so far is a lower bound.
+            out.not_sent += k;
+            let waited = hard_end.saturating_duration_since(due);
+            util::record(&mut out.api_latency, waited.as_micros() as u64);
+            continue;
+        }
         if due > now {
             std::thread::sleep(due - now);
         }
         // Paced: the latencies count from the slot (no coordinated omission); unpaced,
         // there is no schedule and they count from now.
-        let (due_us, t0) = if cfg.rate > 0.0 {
+        let (due_us, t0) = if paced {
             let lag = now.saturating_duration_since(due);
             if lag > LATE_SEND {
                 out.sent_late += k;
+                if now >= end {
+                    out.sent_after_end += k;
+                }
             }
             out.max_send_lag_us = out.max_send_lag_us.max(lag.as_micros() as u64);
             (start_us + (due - start).as_micros() as u64, due)
@@ -300,7 +343,9 @@ fn stream(
             .map(|idx| {
                 n += 1;
                 let tgt = match cfg.target {
-                    Target::User => Tgt::User(pick_user(cfg, sh, idx % users)),
+                    Target::User => {
+                        Tgt::User(pick_user(cfg, sh, cfg.user_base.wrapping_add(idx) % span))
+                    }
                     Target::Users => {
                         let m = (cfg.users_per_push as u64).clamp(1, users);
                         let first = (idx * m) % users;
@@ -317,7 +362,7 @@ fn stream(
             continue;
         }
         if let Some(k) = kafka {
-            k.send(cfg, prog, items, s, &pad, hard_end, &mut out);
+            k.send(cfg, prog, items, s, &pad, t0, hard_end, &mut out);
             continue;
         }
         let mut attempts_left_io = 2;
@@ -390,11 +435,11 @@ fn stream(
                         }
                         for (it, ok) in items.iter().zip(&keep) {
                             if *ok {
-                                account(sh, &it.tgt, &mut out, prog);
+                                account(sh, &it.tgt, (s, it.n), &mut out, prog);
                             }
                         }
                     } else {
-                        account(sh, &items[0].tgt, &mut out, prog);
+                        account(sh, &items[0].tgt, (s, items[0].n), &mut out, prog);
                     }
                     if retry.is_empty() || Instant::now() >= hard_end {
                         if !retry.is_empty() {
@@ -547,7 +592,7 @@ impl StreamSink {
         for it in items {
             let cause = match answers.next() {
                 Some(Ok(id)) if !id.is_empty() => {
-                    account(sh, &it.tgt, out, prog);
+                    account(sh, &it.tgt, (s, it.n), out, prog);
                     continue;
                 }
                 Some(Ok(_)) => "redis_empty_entry_id".to_string(),
@@ -581,15 +626,18 @@ fn redis_cause(e: &redis::RedisError) -> String {
     }
 }
 
-/// User `u`, or with `full_sessions` the first user from `u` on whose sessions are all open
-/// (`u` itself when none is).
+/// User `u`, or with `full_sessions` the first user from `u` on, within the users pushed
+/// to (`user_span`), whose sessions are all open (`u` itself when none is). The span
+/// holds the users connected now, so this is a guard that finds `u` itself unless
+/// connections dropped, not a search over users still to connect.
 fn pick_user(cfg: &PushCfg, sh: &Shared, u: u64) -> u64 {
     let Some(n) = cfg.full_sessions else {
         return u;
     };
     let users = cfg.num_users.max(1);
-    (0..users)
-        .map(|k| (u + k) % users)
+    let span = cfg.user_span.unwrap_or(users).clamp(1, users);
+    (0..span)
+        .map(|k| (u + k) % span)
         .find(|&v| {
             sh.user_sessions
                 .get(v as usize)
@@ -632,7 +680,8 @@ fn give_up(out: &mut PushOut, prog: &PushProgress, cause: String, n: u64) {
     prog.errors.fetch_add(n, Relaxed);
 }
 
-fn account(sh: &Shared, tgt: &Tgt, out: &mut PushOut, prog: &PushProgress) {
+/// Counts an accepted push to `tgt`, numbered `n` in driver stream `s` (`num`).
+fn account(sh: &Shared, tgt: &Tgt, num: (usize, u64), out: &mut PushOut, prog: &PushProgress) {
     out.accepted += 1;
     prog.accepted.fetch_add(1, Relaxed);
     match tgt {
@@ -650,12 +699,14 @@ fn account(sh: &Shared, tgt: &Tgt, out: &mut PushOut, prog: &PushProgress) {
         }
         Tgt::Topic(i) => {
             sh.accepted_total.fetch_add(1, Relaxed);
+            out.numbers.insert(num.0, num.1);
             if let Some(a) = sh.accepted_topic.get(*i) {
                 a.fetch_add(1, Relaxed);
             }
         }
         Tgt::Broadcast => {
             sh.accepted_total.fetch_add(1, Relaxed);
+            out.numbers.insert(num.0, num.1);
         }
     }
 }
@@ -674,7 +725,7 @@ fn filler(cfg: &PushCfg, s: usize) -> String {
 }
 
 /// Appends the push object of `it`, numbered `it.n` in driver stream `s`; its data's `t`
-/// is `it.due_us` (when it was due, µs since the Unix epoch, so that push-to-client
+/// is `it.due_us` (when it was due, µs on [`util::now_us`]'s clock, so that push-to-client
 /// latency counts the wait behind a stalled API), `pad` the [`filler`].
 fn push_json(out: &mut String, cfg: &PushCfg, it: &Item, s: usize, pad: &str) {
     push_json_as(out, cfg, &it.tgt, it.n, s, pad, it.due_us)
@@ -973,6 +1024,8 @@ mod tests {
             user_offset: 100,
             num_users: 10,
             full_sessions: None,
+            user_base: 0,
+            user_span: None,
             retry_grace: Duration::from_secs(1),
             push_ids: None,
         }
@@ -991,21 +1044,14 @@ mod tests {
     fn push_bodies() {
         let c = cfg(Target::User);
         let mut s = String::new();
-        push_json_as(
-            &mut s,
-            &c,
-            &Tgt::User(17),
-            5,
-            2,
-            &filler(&c, 2),
-            util::now_us(),
-        );
+        let t = util::now_us();
+        push_json_as(&mut s, &c, &Tgt::User(17), 5, 2, &filler(&c, 2), t);
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();
         assert_eq!(v["user"], "u117");
         assert_eq!(v["data"]["n"], 5);
         assert_eq!(v["data"]["s"], 2);
         assert_eq!(v["data"]["pad"], "xxx");
-        assert!(v["data"]["t"].as_u64().unwrap() > 1_600_000_000_000_000);
+        assert_eq!(v["data"]["t"], t);
         let mut s = String::new();
         push_json_as(
             &mut s,
@@ -1174,6 +1220,131 @@ mod tests {
             accepted
         });
         (url, h)
+    }
+
+    /// An API on one kept-alive connection at a time that answers 202 to each of
+    /// `expect` requests, the `slow`th (from 1) only after `delay`; returns the requests'
+    /// bodies (fewer when the driver stops short: it gives up 5 s after the last).
+    /// Requests are small and sent whole, one at a time (concurrency 1).
+    fn recording_api(
+        expect: usize,
+        slow: usize,
+        delay: Duration,
+    ) -> (Url, std::thread::JoinHandle<Vec<String>>) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let url =
+            util::parse_url(&format!("http://{}", l.local_addr().unwrap()), "http", 80).unwrap();
+        let h = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let mut idle_since = Instant::now();
+            while seen.len() < expect && idle_since.elapsed() < Duration::from_secs(5) {
+                let Ok((mut s, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                s.set_nonblocking(false).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut buf = [0u8; 16384];
+                while seen.len() < expect {
+                    let n = match s.read(&mut buf) {
+                        Ok(n) if n > 0 => n,
+                        _ => break,
+                    };
+                    let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                    let body = req.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+                    seen.push(body.to_string());
+                    if seen.len() == slow {
+                        std::thread::sleep(delay);
+                    }
+                    let ok =
+                        "HTTP/1.1 202 Accepted\r\nContent-Length: 17\r\n\r\n{\"accepted\":true}";
+                    if s.write_all(ok.as_bytes()).is_err() {
+                        break;
+                    }
+                }
+                idle_since = Instant::now();
+            }
+            seen
+        });
+        (url, h)
+    }
+
+    #[test]
+    fn a_stall_that_reaches_the_end_is_counted() {
+        // 30 slots at 100/s over 0.3 s; the API takes 0.6 s over the second request.
+        // Review s23 B1: the driver stopped at the end once the stall was over, and the
+        // 28 slots behind it were neither sent nor counted anywhere.
+        let paced = |grace: Duration| {
+            let mut c = cfg(Target::User);
+            c.rate = 100.0;
+            c.duration = Duration::from_millis(300);
+            c.retry_grace = grace;
+            c
+        };
+        // With the grace (5 s) still running after the stall, every slot is sent, late.
+        let (api, h) = recording_api(30, 2, Duration::from_millis(600));
+        let mut c = paced(Duration::from_secs(5));
+        c.api = ApiTarget::plain(api);
+        let out = run(Arc::new(c), Arc::new(Shared::new(10)), Arc::default());
+        assert_eq!(h.join().unwrap().len(), 30);
+        assert_eq!((out.scheduled, out.accepted, out.not_sent), (30, 30, 0));
+        assert_eq!(
+            out.sent_late, 28,
+            "every slot behind the stall went out late"
+        );
+        assert_eq!(out.sent_after_end, 28, "and after the end");
+        assert!(out.max_send_lag_us >= 300_000, "{}", out.max_send_lag_us);
+        assert!(out.errors.is_empty(), "{:?}", out.errors);
+        // With the grace (0.2 s) over by the time the stall ends, the rest is never sent,
+        // and counted: as not sent, and in the API latency with its wait (lower bound).
+        let (api, h) = recording_api(2, 2, Duration::from_millis(600));
+        let mut c = paced(Duration::from_millis(200));
+        c.api = ApiTarget::plain(api);
+        let out = run(Arc::new(c), Arc::new(Shared::new(10)), Arc::default());
+        assert_eq!(h.join().unwrap().len(), 2);
+        assert_eq!((out.scheduled, out.accepted, out.not_sent), (30, 2, 28));
+        assert_eq!(out.requests, 2);
+        assert_eq!(out.api_latency.len(), 2 + 28);
+        // Those slots waited at least until the grace ran out, 0.2 s after the last one.
+        let waited = out.api_latency.count_between(190_000, u64::MAX);
+        assert!(waited >= 28, "{waited} samples of 0.19 s or more");
+        assert!(out.errors.is_empty(), "{:?}", out.errors);
+    }
+
+    #[test]
+    fn probe_pushes_carry_on_over_the_users_connected_now() {
+        // Review s23 R1: each probe pushed to users 0.. again, and pushes past the users
+        // connected (here 4 of 10) fell on user 0.
+        let (api, h) = recording_api(8, 0, Duration::ZERO);
+        let mut c = cfg(Target::User);
+        c.api = ApiTarget::plain(api);
+        c.count = Some(8);
+        c.duration = Duration::from_secs(30);
+        c.full_sessions = Some(1);
+        c.user_base = 5;
+        c.user_span = Some(4);
+        let sh = Arc::new(Shared::new(10));
+        for s in &sh.user_sessions[..4] {
+            s.store(1, Relaxed);
+        }
+        let out = run(Arc::new(c), sh, Arc::default());
+        assert_eq!(out.accepted, 8);
+        let users: Vec<String> = h
+            .join()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                let v: serde_json::Value = serde_json::from_str(b).unwrap();
+                v["user"].as_str().unwrap().to_string()
+            })
+            .collect();
+        // (5 + i) % 4 for i in 0..8, in order (one driver stream): each connected user
+        // twice, from user 1 on.
+        assert_eq!(
+            users,
+            ["u101", "u102", "u103", "u100", "u101", "u102", "u103", "u100"]
+        );
     }
 
     #[test]

@@ -51,6 +51,17 @@ pub struct Step {
     pub latency_us: Percentiles,
     /// Pushes the API accepted during this step's probe.
     pub probe_pushes: u64,
+    /// Pushes this step's probe gave up, by cause (any stops the ramp).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub probe_push_errors: BTreeMap<String, u64>,
+    /// Pushes of this step's probe never sent: the API held the driver past the end of
+    /// the probe and its grace (any stops the ramp).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub probe_pushes_not_sent: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Everything a run measured; serialized as the JSON report.
@@ -124,8 +135,23 @@ pub struct Report {
     /// How the pushes reached the server: `api`, `redis_stream` or `kafka`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub push_via: Option<String>,
+    /// Pushes the API (the Redis stream, Kafka) accepted. The name is kept for the scripts
+    /// that read it; `pushes_accepted` holds the same count under its right name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pushes_sent: Option<u64>,
+    /// Pushes the API (the Redis stream, Kafka) accepted: the same as `pushes_sent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushes_accepted: Option<u64>,
+    /// Paced (--rate above 0): the pushes the schedule held, one per slot before the end
+    /// of --duration-secs, within --count (for capacity, every probe's). Each was
+    /// accepted, given up (`push_errors`) or not sent (`pushes_not_sent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushes_scheduled: Option<u64>,
+    /// Paced: scheduled pushes never sent, because the API held the driver up past the
+    /// end of --duration-secs and the 10 s grace after it; any fails the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushes_not_sent: Option<u64>,
+    /// Requests (or Redis pipelines, or Kafka records) sent, retries included.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub push_requests: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -138,12 +164,21 @@ pub struct Report {
     pub push_rate_per_sec: Option<f64>,
     /// Push API request latency, counted from each request's schedule slot at --rate
     /// (from its send when unpaced), so the wait behind a stalled server is included.
+    /// One sample per answer, whatever its status (a 503 `overloaded` that is retried
+    /// is one too, and its retry another, both from the slot); with --kafka per record
+    /// acknowledged, with --redis-stream per pipeline answered. Each batch of
+    /// `pushes_not_sent` adds its wait up to the end of the grace, a lower bound.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_latency_us: Option<Percentiles>,
     /// Pushes sent more than 100 ms after their schedule slot at --rate: the driver was
     /// held up by a slow or stalled API, and the achieved rate hides it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pushes_sent_late: Option<u64>,
+    /// Paced: of `pushes_sent_late`, those sent after the end of --duration-secs (their
+    /// slots came before it): the API stalled into the end of the run, so the schedule
+    /// was not pushed within it; any fails the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushes_sent_after_end: Option<u64>,
     /// The longest a push waited past its schedule slot before it was sent, in µs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub push_max_send_lag_us: Option<u64>,
@@ -194,6 +229,11 @@ pub struct Report {
     /// `schedule` (paced: latencies count from each push's slot at --rate) or `send`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_from: Option<String>,
+    /// Latency samples whose `t` stamp was later than their receipt (counted as 0). The
+    /// stamps and receipts read the host's monotonic clock, so this is 0 unless pushes
+    /// from elsewhere carried a `t`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub latency_stamps_ahead: u64,
     /// Seconds from the first push sent to the last message received.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delivery_secs: Option<f64>,
@@ -239,6 +279,14 @@ pub struct Report {
     pub raw_step_latency: Vec<Vec<(u64, u64)>>,
 }
 
+/// `{cause: count}` as `cause=count ...`.
+fn causes(m: &BTreeMap<String, u64>) -> String {
+    m.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// `x` to one decimal.
 pub fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
@@ -277,6 +325,7 @@ impl Report {
         self.tls = t.tls.report();
         self.compression = t.wire.report();
         self.raw_step_latency = t.step_latency.iter().map(util::hist_to_pairs).collect();
+        self.latency_stamps_ahead = util::stamps_ahead();
     }
 
     /// Fills the churn figures.
@@ -316,6 +365,9 @@ impl Report {
     fn fill_driver(&mut self, p: &PushOut) {
         {
             self.pushes_sent = Some(p.accepted);
+            self.pushes_accepted = Some(p.accepted);
+            self.pushes_scheduled = p.paced.then_some(p.scheduled);
+            self.pushes_not_sent = Some(p.not_sent);
             self.push_requests = Some(p.requests);
             self.push_retries = Some(p.retries);
             self.push_errors = Some(p.errors.clone());
@@ -328,6 +380,7 @@ impl Report {
             self.api_latency_us = Some(util::percentiles(&p.api_latency));
             self.raw_api_latency = util::hist_to_pairs(&p.api_latency);
             self.pushes_sent_late = Some(p.sent_late);
+            self.pushes_sent_after_end = p.paced.then_some(p.sent_after_end);
             self.latency_from = Some(if p.paced { "schedule" } else { "send" }.into());
             self.push_max_send_lag_us = Some(p.max_send_lag_us);
         }
@@ -423,9 +476,14 @@ impl Report {
             util::hist_add_pairs(&mut lat, &r.raw_latency);
             util::hist_add_pairs(&mut api, &r.raw_api_latency);
             add(&mut m.pushes_sent, r.pushes_sent);
+            add(&mut m.pushes_accepted, r.pushes_accepted);
+            add(&mut m.pushes_scheduled, r.pushes_scheduled);
+            add(&mut m.pushes_not_sent, r.pushes_not_sent);
+            m.latency_stamps_ahead += r.latency_stamps_ahead;
             add(&mut m.push_requests, r.push_requests);
             add(&mut m.push_retries, r.push_retries);
             add(&mut m.pushes_sent_late, r.pushes_sent_late);
+            add(&mut m.pushes_sent_after_end, r.pushes_sent_after_end);
             if let Some(l) = r.push_max_send_lag_us {
                 m.push_max_send_lag_us = Some(m.push_max_send_lag_us.unwrap_or(0).max(l));
             }
@@ -515,10 +573,19 @@ impl Report {
     /// the run passed, 1 when it failed. What fails a run:
     /// - every mode but capacity: a connection that never opened; capacity: none opened
     ///   (its ramp stops at the first connect error, the ceiling it measures);
-    /// - an open connection the server or the network ended (`disconnects`);
-    /// - push, churn, resume, deploy: no push accepted, a push given up (`push_errors`);
+    /// - every mode: an open connection the server or the network ended (`disconnects`;
+    ///   deploy's drain closes on the first server, 1001 followed by a move, are not);
+    /// - churn, resume, deploy: a reconnect that failed (`churn_reconnect_errors`);
+    /// - push, churn, resume, deploy, capacity: a push given up (`push_errors`), a
+    ///   scheduled push never sent (`pushes_not_sent`), no push accepted (capacity: when
+    ///   its probes scheduled any);
+    /// - push, churn, resume, deploy: a push due before the end of the run sent over
+    ///   100 ms late after it (`pushes_sent_after_end`): the API stalled into the end, so
+    ///   the schedule was not pushed within the run (a stall the driver caught up on
+    ///   before the end shows in the latencies and passes; a capacity probe's slow API is
+    ///   a figure of its step);
     /// - push, churn, capacity: a message missing, duplicated or unexpected, or a
-    ///   receiver lost; churn: a reconnect that failed;
+    ///   receiver lost;
     /// - deploy: a client that did not reach the second server;
     /// - chat: a connected member that never joined its room, and the chat delivery gate
     ///   (`chat.delivery_ok`; pushes_sent is not asked for: chat members publish).
@@ -527,7 +594,6 @@ impl Report {
     pub fn judge(&mut self) -> i32 {
         let mut f = Vec::new();
         let mode = self.mode.as_str();
-        let streams = matches!(mode, "resume" | "deploy");
         let short = self
             .connections_target
             .saturating_sub(self.connections_opened);
@@ -542,19 +608,38 @@ impl Report {
             ));
         }
         let gone: u64 = self.disconnects.values().sum();
-        if gone > 0 && !streams {
+        if gone > 0 {
             f.push(format!(
-                "{gone} open connections were ended by the server or the network"
+                "{gone} open connections were ended by the server or the network ({})",
+                causes(&self.disconnects)
             ));
         }
-        if mode != "capacity" {
-            if self.pushes_sent == Some(0) {
-                f.push("no push was accepted: nothing was tested".to_string());
-            }
-            let errs: u64 = self.push_errors.iter().flat_map(|m| m.values()).sum();
-            if errs > 0 {
-                f.push(format!("{errs} pushes failed (push_errors)"));
-            }
+        let capacity = mode == "capacity";
+        // A capacity run without a probe (--probe-rate 0) schedules no push.
+        let probed = self.pushes_scheduled.is_some_and(|n| n > 0);
+        if self.pushes_sent == Some(0) && (!capacity || probed) {
+            f.push("no push was accepted: nothing was tested".to_string());
+        }
+        if let Some(errs) = self.push_errors.as_ref().filter(|m| !m.is_empty()) {
+            let n: u64 = errs.values().sum();
+            f.push(format!("{n} pushes failed (push_errors: {})", causes(errs)));
+        }
+        if let Some(n) = self.pushes_not_sent.filter(|&n| n > 0) {
+            f.push(format!(
+                "{n} of {} scheduled pushes were never sent: the push API held the driver \
+                 past the end of the run and its 10 s grace",
+                self.pushes_scheduled.unwrap_or(0)
+            ));
+        }
+        if let Some(n) = self.pushes_sent_after_end.filter(|&n| n > 0 && !capacity) {
+            f.push(format!(
+                "{n} of {} scheduled pushes were sent after the end of the run, more than \
+                 100 ms past their slot (the longest {}): the push API (or this load \
+                 generator) stalled into the end, so the schedule was not pushed within \
+                 --duration-secs",
+                self.pushes_scheduled.unwrap_or(0),
+                fmt_us(self.push_max_send_lag_us.unwrap_or(0))
+            ));
         }
         for (what, n) in [
             ("missing", self.messages_missing),
@@ -568,15 +653,13 @@ impl Report {
         if let Some(n) = self.receivers_lost.filter(|&n| n > 0) {
             f.push(format!("{n} receivers lost"));
         }
-        if !streams {
-            let n: u64 = self
-                .churn_reconnect_errors
-                .iter()
-                .flat_map(|m| m.values())
-                .sum();
-            if n > 0 {
-                f.push(format!("{n} churn reconnects failed"));
-            }
+        if let Some(errs) = self
+            .churn_reconnect_errors
+            .as_ref()
+            .filter(|m| !m.is_empty())
+        {
+            let n: u64 = errs.values().sum();
+            f.push(format!("{n} churn reconnects failed ({})", causes(errs)));
         }
         if let Some(d) = self.deploy.as_ref().filter(|d| d.not_moved > 0) {
             f.push(format!(
@@ -682,8 +765,11 @@ impl Report {
         }
         let via = self.push_via.as_deref().unwrap_or("api");
         if let Some(sent) = self.pushes_sent {
+            let of = self
+                .pushes_scheduled
+                .map_or(String::new(), |n| format!(" of {n} scheduled"));
             s += &format!(
-                "pushes via {via}: {} accepted in {:.1}s ({:.0}/s), {} requests, {} retries, errors: {}\n",
+                "pushes via {via}: {} accepted{of} in {:.1}s ({:.0}/s), {} requests, {} retries, errors: {}\n",
                 sent,
                 self.push_secs.unwrap_or(0.0),
                 self.push_rate_per_sec.unwrap_or(0.0),
@@ -695,6 +781,16 @@ impl Report {
                 s += &format!(
                     "pushes sent more than 100ms after their slot at --rate: {late} (longest wait {}): the API fell behind the schedule\n",
                     fmt_us(self.push_max_send_lag_us.unwrap_or(0))
+                );
+            }
+            if let Some(n) = self.pushes_sent_after_end.filter(|&n| n > 0) {
+                s += &format!(
+                    "pushes sent after the end of the run: {n} (due before it): the API stalled into the end\n"
+                );
+            }
+            if let Some(n) = self.pushes_not_sent.filter(|&n| n > 0) {
+                s += &format!(
+                    "pushes never sent: {n} (their slots came before the end, but the API held the driver past it and the 10s grace)\n"
                 );
             }
         }
@@ -749,6 +845,12 @@ impl Report {
                 "deliveries: {:.0}/s over {:.1}s\n",
                 self.deliveries_per_sec.unwrap_or(0.0),
                 self.delivery_secs.unwrap_or(0.0)
+            );
+        }
+        if self.latency_stamps_ahead > 0 {
+            s += &format!(
+                "warning: {} latency samples had a stamp later than their receipt (counted as 0): pushes not from this run?\n",
+                self.latency_stamps_ahead
             );
         }
         s += &self.compression.summary(self.tls.is_some());
@@ -1019,6 +1121,144 @@ mod tests {
         let j = serde_json::to_value(&r).unwrap();
         assert_eq!(j["topic_stream"]["not_replayed"], 30);
         assert_eq!(j["topic_stream"]["missing"], 0);
+    }
+
+    /// A push-mode report whose run went well: `n` pushes scheduled and accepted.
+    fn pushed(mode: &str, n: u64) -> Report {
+        Report {
+            mode: mode.into(),
+            connections_target: 10,
+            connections_opened: 10,
+            pushes_sent: Some(n),
+            pushes_accepted: Some(n),
+            pushes_scheduled: Some(n),
+            pushes_not_sent: Some(0),
+            pushes_sent_late: Some(0),
+            pushes_sent_after_end: Some(0),
+            push_errors: Some(BTreeMap::new()),
+            messages_missing: Some(0),
+            churn_reconnect_errors: Some(BTreeMap::new()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_resume_client_that_never_came_back_fails() {
+        // Review s23 B2: resume and deploy ignored reconnects that failed and open
+        // connections the server ended.
+        for mode in ["resume", "deploy", "churn", "push"] {
+            let mut r = pushed(mode, 100);
+            assert_eq!(r.judge(), 0, "{mode}: {:?}", r.failures);
+            r.churn_reconnect_errors =
+                Some(BTreeMap::from([("http_503_over_capacity".to_string(), 10)]));
+            r.disconnects.insert("close_4003".into(), 1);
+            assert_eq!(r.judge(), 1, "{mode}");
+            assert!(
+                r.failures.contains(
+                    &"10 churn reconnects failed (http_503_over_capacity=10)".to_string()
+                ),
+                "{mode}: {:?}",
+                r.failures
+            );
+            assert!(
+                r.failures.contains(
+                    &"1 open connections were ended by the server or the network \
+                      (close_4003=1)"
+                        .to_string()
+                ),
+                "{mode}: {:?}",
+                r.failures
+            );
+        }
+    }
+
+    #[test]
+    fn pushes_not_sent_or_sent_late_fail_the_run() {
+        // Review s23 B1: pushes the driver could not send (or sent long after their
+        // slot) were left out, and the run passed.
+        let mut r = pushed("push", 3000);
+        r.pushes_sent = Some(1451);
+        r.pushes_not_sent = Some(1549);
+        assert_eq!(r.judge(), 1);
+        assert!(
+            r.failures[0].starts_with("1549 of 3000 scheduled pushes were never sent"),
+            "{:?}",
+            r.failures
+        );
+        assert!(r
+            .summary()
+            .contains("pushes via api: 1451 accepted of 3000 scheduled"));
+        // Sent late, but caught up on before the end (a stall mid-run): the latencies
+        // count the wait, and the run passes. Sent late after the end: it fails.
+        let mut r = pushed("push", 3000);
+        r.pushes_sent_late = Some(1549);
+        r.pushes_sent_after_end = Some(0);
+        assert_eq!(r.judge(), 0, "{:?}", r.failures);
+        r.pushes_sent_after_end = Some(1549);
+        r.push_max_send_lag_us = Some(8_000_000);
+        assert_eq!(r.judge(), 1);
+        assert!(
+            r.failures[0].starts_with(
+                "1549 of 3000 scheduled pushes were sent after the end of the run, more than \
+                 100 ms past their slot (the longest 8000.0ms)"
+            ),
+            "{:?}",
+            r.failures
+        );
+        // A capacity probe's slow API is a figure of its step, not a failure.
+        let mut r = pushed("capacity", 3000);
+        r.max_connections_held = Some(10);
+        r.pushes_sent_late = Some(3000);
+        r.pushes_sent_after_end = Some(3000);
+        assert_eq!(r.judge(), 0, "{:?}", r.failures);
+        // Unpaced runs have no schedule, so nothing is late or unsent.
+        let mut r = pushed("push", 3000);
+        r.pushes_scheduled = None;
+        assert_eq!(r.judge(), 0, "{:?}", r.failures);
+    }
+
+    #[test]
+    fn a_capacity_probe_that_cannot_push_fails() {
+        // Review s23 B3: capacity left push errors out of its verdict.
+        let mut r = pushed("capacity", 300);
+        r.max_connections_held = Some(300);
+        r.pushes_sent = Some(0);
+        r.push_errors = Some(BTreeMap::from([("http_401_unauthorized".to_string(), 300)]));
+        assert_eq!(r.judge(), 1);
+        assert_eq!(
+            r.failures,
+            [
+                "no push was accepted: nothing was tested",
+                "300 pushes failed (push_errors: http_401_unauthorized=300)"
+            ]
+        );
+        // Without a probe (--probe-rate 0) nothing is scheduled, and none is asked for.
+        let mut r = Report {
+            mode: "capacity".into(),
+            max_connections_held: Some(300),
+            pushes_sent: Some(0),
+            push_errors: Some(BTreeMap::new()),
+            ..Default::default()
+        };
+        assert_eq!(r.judge(), 0, "{:?}", r.failures);
+    }
+
+    #[test]
+    fn new_push_fields_merge_across_workers() {
+        let mut a = pushed("push", 10);
+        a.pushes_not_sent = Some(2);
+        a.latency_stamps_ahead = 1;
+        a.messages_expected = Some(10);
+        let m = Report::merge(&[a.clone(), a]);
+        assert_eq!(m.pushes_accepted, Some(20));
+        assert_eq!(m.pushes_scheduled, Some(20));
+        assert_eq!(m.pushes_not_sent, Some(4));
+        assert_eq!(m.latency_stamps_ahead, 2);
+        assert!(m
+            .summary()
+            .contains("warning: 2 latency samples had a stamp later"));
+        let j = serde_json::to_value(&m).unwrap();
+        assert_eq!(j["pushes_sent"], j["pushes_accepted"]);
     }
 
     #[test]

@@ -142,7 +142,6 @@ impl SeqTracker {
         self.gaps.iter().map(|&(lo, hi)| hi - lo + 1).sum()
     }
 
-    #[cfg_attr(not(test), allow(dead_code))]
     /// The highest number seen, or the start when none.
     pub fn last(&self) -> u64 {
         self.next - 1
@@ -201,6 +200,156 @@ fn in_ranges_upto(ranges: &[(u64, u64)], upto: u64) -> u64 {
         .filter(|&&(lo, _)| lo <= upto)
         .map(|&(lo, hi)| hi.min(upto) - lo + 1)
         .sum()
+}
+
+/// A set of numbers as inclusive ranges, ascending and disjoint (adjacent ones merged):
+/// the numbers a push driver stream had accepted, which in a healthy run is one range.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Ranges(Vec<(u64, u64)>);
+
+impl Ranges {
+    /// Adds `n` (already in: no change). Numbers mostly come in order, which extends the
+    /// last range in place.
+    pub fn insert(&mut self, n: u64) {
+        let v = &mut self.0;
+        match v.last_mut() {
+            None => return v.push((n, n)),
+            Some(last) if last.1.checked_add(1) == Some(n) => return last.1 = n,
+            Some(last) if last.1 < n => return v.push((n, n)),
+            _ => {}
+        }
+        // The first range that ends at or after n - 1 (it may hold n, or touch it).
+        let i = v.partition_point(|&(_, hi)| hi.saturating_add(1) < n);
+        if i < v.len() && v[i].0 <= n && n <= v[i].1 {
+            return;
+        }
+        let joins_left = i < v.len() && v[i].1.saturating_add(1) == n;
+        let right = if joins_left { i + 1 } else { i };
+        let joins_right = right < v.len() && v[right].0 == n.saturating_add(1);
+        match (joins_left, joins_right) {
+            (true, true) => {
+                v[i].1 = v[right].1;
+                v.remove(right);
+            }
+            (true, false) => v[i].1 = n,
+            (false, true) => v[right].0 = n,
+            (false, false) => v.insert(i, (n, n)),
+        }
+    }
+
+    /// Adds every number of `o`.
+    pub fn union(&mut self, o: &Ranges) {
+        if self.0.is_empty() {
+            self.0 = o.0.clone();
+            return;
+        }
+        let mut all: Vec<(u64, u64)> = self.0.iter().chain(&o.0).copied().collect();
+        all.sort_unstable();
+        let mut out: Vec<(u64, u64)> = Vec::with_capacity(all.len());
+        for (lo, hi) in all {
+            match out.last_mut() {
+                Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
+                _ => out.push((lo, hi)),
+            }
+        }
+        self.0 = out;
+    }
+
+    /// How many numbers the set holds.
+    #[cfg(test)]
+    pub fn len(&self) -> u64 {
+        self.0.iter().map(|&(lo, hi)| hi - lo + 1).sum()
+    }
+
+    /// How many of its numbers are in `lo..=hi`.
+    fn count_in(&self, lo: u64, hi: u64) -> u64 {
+        if lo > hi {
+            return 0;
+        }
+        self.0
+            .iter()
+            .filter(|&&(a, b)| a <= hi && b >= lo)
+            .map(|&(a, b)| b.min(hi) - a.max(lo) + 1)
+            .sum()
+    }
+
+    /// The ranges, for tests.
+    #[cfg(test)]
+    pub fn ranges(&self) -> &[(u64, u64)] {
+        &self.0
+    }
+}
+
+/// The numbers `n` a push driver had accepted per driver stream `s` (topic and broadcast
+/// pushes, whose receivers number them by `(s, n)`), so that their delivery is judged by
+/// number: a push given up that the server delivered anyway does not hide one missing.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Numbers(Vec<Ranges>);
+
+impl Numbers {
+    /// Most ranges in all that a worker hands on (`PUSHED`, `DRAIN`); a run with more
+    /// (many scattered pushes given up, and it fails for them anyway) is judged by count.
+    pub const MAX_WIRE_RANGES: usize = 100_000;
+
+    /// Counts number `n` of driver stream `s` as accepted (streams past the last a
+    /// receiver tells apart share the last, as on the receiving side).
+    pub fn insert(&mut self, s: usize, n: u64) {
+        let s = s.min(MAX_STREAMS - 1);
+        if s >= self.0.len() {
+            self.0.resize_with(s + 1, Ranges::default);
+        }
+        self.0[s].insert(n);
+    }
+
+    /// Adds every number of `o`.
+    pub fn union(&mut self, o: &Numbers) {
+        if o.0.len() > self.0.len() {
+            self.0.resize_with(o.0.len(), Ranges::default);
+        }
+        for (a, b) in self.0.iter_mut().zip(&o.0) {
+            a.union(b);
+        }
+    }
+
+    /// Numbers accepted in all.
+    #[cfg(test)]
+    pub fn len(&self) -> u64 {
+        self.0.iter().map(Ranges::len).sum()
+    }
+
+    /// The set on one line for a worker's `PUSHED` or `DRAIN`: JSON without spaces, or
+    /// `-` when it has more than [`Numbers::MAX_WIRE_RANGES`] ranges.
+    pub fn to_wire(&self) -> String {
+        let ranges: usize = self.0.iter().map(|r| r.0.len()).sum();
+        if ranges > Self::MAX_WIRE_RANGES {
+            return "-".into();
+        }
+        serde_json::to_string(self).unwrap_or_else(|_| "-".into())
+    }
+
+    /// What [`Numbers::to_wire`] wrote; `None` for `-` or anything unreadable.
+    pub fn from_wire(s: &str) -> Option<Numbers> {
+        serde_json::from_str(s.trim()).ok()
+    }
+
+    /// Of the numbers accepted, how many receiver `st` got (each once, however often it
+    /// came).
+    fn delivered_to(&self, st: &RecvState) -> u64 {
+        self.0
+            .iter()
+            .zip(&st.streams)
+            .map(|(acc, t)| {
+                // What arrived of `t`: first..=last less its gaps.
+                acc.count_in(t.first, t.last())
+                    - t.gaps
+                        .iter()
+                        .map(|&(lo, hi)| acc.count_in(lo, hi))
+                        .sum::<u64>()
+            })
+            .sum()
+    }
 }
 
 /// Numbered streams one receiver tells apart (a push's `s` past the last counts as the
@@ -262,6 +411,17 @@ impl RecvState {
     }
 }
 
+/// How [`Completeness::add_conn`] tells what is missing.
+#[derive(Debug, Clone, Copy)]
+pub enum Judge<'a> {
+    /// Direct pushes: by the user's `seq`.
+    Direct,
+    /// Topic and broadcast pushes: by the numbers the driver had accepted.
+    Numbers(&'a Numbers),
+    /// Topic and broadcast pushes whose accepted numbers are not known: by count.
+    Count,
+}
+
 /// Totals over all receiving connections, computed against what the driver had accepted.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Completeness {
@@ -278,11 +438,12 @@ pub struct Completeness {
 }
 
 impl Completeness {
-    /// Adds one receiver that should have got `expected` messages. With `direct`
-    /// (pushes to users, numbered by the user's `seq` from its `welcome`) what is
-    /// missing is counted by number, so an unexpected extra message never hides a
-    /// missing one; topic and broadcast pushes are counted against the total.
-    pub fn add_conn(&mut self, expected: u64, st: Option<&RecvState>, direct: bool) {
+    /// Adds one receiver that should have got `expected` messages. What is missing is
+    /// counted by number, so an unexpected extra message never hides a missing one:
+    /// with `Judge::Direct` (pushes to users) by the user's `seq` from its `welcome`;
+    /// with `Judge::Numbers` (topic and broadcast pushes) by the `(s, n)` the driver had
+    /// accepted. `Judge::Count` (the accepted numbers are not known) compares totals.
+    pub fn add_conn(&mut self, expected: u64, st: Option<&RecvState>, judge: Judge<'_>) {
         self.expected += expected;
         let Some(s) = st else {
             self.missing += expected;
@@ -292,10 +453,10 @@ impl Completeness {
         self.received += s.received;
         self.duplicated += s.duplicated();
         self.out_of_order += s.out_of_order();
-        let missing = if direct {
-            s.seq.missing_of(expected)
-        } else {
-            expected.saturating_sub(uniq)
+        let missing = match judge {
+            Judge::Direct => s.seq.missing_of(expected),
+            Judge::Numbers(acc) => expected.saturating_sub(acc.delivered_to(s)),
+            Judge::Count => expected.saturating_sub(uniq),
         };
         self.missing += missing;
         // Delivered: expected - missing; what else arrived was not expected.
@@ -404,14 +565,14 @@ mod tests {
         for s in [4, 5, 7, 7, 6] {
             a.record_seq(s);
         }
-        c.add_conn(5, Some(&a), true); // expected 4..=8: got 4 distinct, 1 dup, 1 ooo
-        c.add_conn(2, None, true); // saw nothing
+        c.add_conn(5, Some(&a), Judge::Direct); // expected 4..=8: got 4 distinct, 1 dup, 1 ooo
+        c.add_conn(2, None, Judge::Direct); // saw nothing
         let mut b = RecvState::new(0);
         b.record_counter(1, 1);
         b.record_counter(1, 2);
         b.record_counter(0, 1);
         b.record_counter(1, 2);
-        c.add_conn(2, Some(&b), false); // 3 distinct > 2 expected
+        c.add_conn(2, Some(&b), Judge::Count); // 3 distinct > 2 expected
         assert_eq!(
             c,
             Completeness {
@@ -436,7 +597,7 @@ mod tests {
             a.record_seq(s);
         }
         let mut c = Completeness::default();
-        c.add_conn(10, Some(&a), true);
+        c.add_conn(10, Some(&a), Judge::Direct);
         assert_eq!((c.expected, c.missing, c.unexpected), (10, 1, 1));
         // Holes above the expected range are not missing: 1..=8 and 12 of 10 expected.
         let mut b = RecvState::new(0);
@@ -444,7 +605,7 @@ mod tests {
             b.record_seq(s);
         }
         let mut c = Completeness::default();
-        c.add_conn(10, Some(&b), true);
+        c.add_conn(10, Some(&b), Judge::Direct);
         assert_eq!((c.missing, c.unexpected), (2, 1));
         // From a welcome seq of 100: 101..=103 of 3 is complete.
         let mut w = RecvState::new(100);
@@ -452,7 +613,7 @@ mod tests {
             w.record_seq(s);
         }
         let mut c = Completeness::default();
-        c.add_conn(3, Some(&w), true);
+        c.add_conn(3, Some(&w), Judge::Direct);
         assert_eq!((c.missing, c.unexpected), (0, 0));
     }
 
@@ -467,7 +628,7 @@ mod tests {
             a.record_seq(s);
         }
         let mut c = Completeness::default();
-        c.add_conn(10, Some(&a), true);
+        c.add_conn(10, Some(&a), Judge::Direct);
         assert_eq!(
             (c.received, c.missing, c.late, c.duplicated),
             (9, 2, 2, 1),
@@ -484,14 +645,104 @@ mod tests {
         for s in 1..=3 {
             lost.record_seq(s);
         }
-        c.add_conn(10, Some(&lost), true);
+        c.add_conn(10, Some(&lost), Judge::Direct);
         let mut open = RecvState::new(0);
         for s in 1..=10 {
             open.record_seq(s);
         }
-        c.add_conn(10, Some(&open), true);
+        c.add_conn(10, Some(&open), Judge::Direct);
         // Dropped before its first push: everything is missing.
-        c.add_conn(10, None, true);
+        c.add_conn(10, None, Judge::Direct);
         assert_eq!((c.expected, c.received, c.missing), (30, 13, 17));
+    }
+
+    #[test]
+    fn ranges_merge_in_any_order() {
+        let mut r = Ranges::default();
+        for n in [1, 2, 3, 7, 5, 9, 6, 3, 8, 4] {
+            r.insert(n);
+        }
+        assert_eq!(r.ranges(), &[(1, 9)]);
+        let mut r = Ranges::default();
+        for n in [10, 2, 5, 4, 11, 1] {
+            r.insert(n);
+        }
+        assert_eq!(r.ranges(), &[(1, 2), (4, 5), (10, 11)]);
+        assert_eq!(r.len(), 6);
+        r.insert(3);
+        assert_eq!(r.ranges(), &[(1, 5), (10, 11)]);
+        let mut o = Ranges::default();
+        for n in [6, 8, 20] {
+            o.insert(n);
+        }
+        r.union(&o);
+        assert_eq!(r.ranges(), &[(1, 6), (8, 8), (10, 11), (20, 20)]);
+        assert_eq!((r.count_in(5, 10), r.count_in(12, 19)), (4, 0));
+    }
+
+    #[test]
+    fn topic_delivery_is_judged_by_number() {
+        // Stream 0 accepted 1..=10 but for 5 (given up); stream 1 accepted 1..=3. The
+        // receiver got 5 after all (the server took it), and not 7: by count that nets
+        // to "all there"; by number 7 is missing and 5 unexpected.
+        let mut acc = Numbers::default();
+        for n in (1..=10).filter(|&n| n != 5) {
+            acc.insert(0, n);
+        }
+        for n in 1..=3 {
+            acc.insert(1, n);
+        }
+        let mut st = RecvState::new(0);
+        for n in (1..=10).filter(|&n| n != 7) {
+            st.record_counter(0, n);
+        }
+        for n in [1, 3, 2, 2] {
+            st.record_counter(1, n);
+        }
+        let mut by_count = Completeness::default();
+        by_count.add_conn(acc.len(), Some(&st), Judge::Count);
+        assert_eq!((by_count.missing, by_count.unexpected), (0, 0));
+        let mut c = Completeness::default();
+        c.add_conn(acc.len(), Some(&st), Judge::Numbers(&acc));
+        assert_eq!(
+            (
+                c.expected,
+                c.missing,
+                c.unexpected,
+                c.duplicated,
+                c.out_of_order
+            ),
+            (12, 1, 1, 1, 1)
+        );
+        // Nothing received: everything missing. A stream nobody accepted: unexpected.
+        let mut c = Completeness::default();
+        c.add_conn(acc.len(), Some(&RecvState::new(0)), Judge::Numbers(&acc));
+        assert_eq!((c.missing, c.unexpected), (12, 0));
+        let mut other = RecvState::new(0);
+        other.record_counter(3, 1);
+        let mut c = Completeness::default();
+        c.add_conn(0, Some(&other), Judge::Numbers(&Numbers::default()));
+        assert_eq!((c.missing, c.unexpected), (0, 1));
+    }
+
+    #[test]
+    fn numbers_cross_the_worker_pipe() {
+        let mut a = Numbers::default();
+        a.insert(2, 1);
+        a.insert(2, 2);
+        a.insert(0, 4);
+        let wire = a.to_wire();
+        assert!(!wire.contains(' '), "{wire}");
+        assert_eq!(Numbers::from_wire(&wire), Some(a.clone()));
+        assert_eq!(Numbers::from_wire("-"), None);
+        let mut b = Numbers::default();
+        b.insert(2, 3);
+        b.union(&a);
+        assert_eq!(b.len(), 4);
+        let mut many = Numbers::default();
+        for n in 0..=Numbers::MAX_WIRE_RANGES as u64 {
+            many.insert(0, 2 * n);
+        }
+        assert_eq!(many.to_wire(), "-");
     }
 }

@@ -3,7 +3,6 @@
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Adds the named counter fields of `$src` to those of `$dst`: the merge of figures
 /// that add up.
@@ -200,11 +199,39 @@ pub fn raise_nofile_limit() -> u64 {
     }
 }
 
+/// Now in µs on `CLOCK_MONOTONIC`, the clock the pushes' and publishes' `t` stamps and
+/// their receipts are read on. Every process on a host shares it (the senders and
+/// receivers of a run, workers included, are on one host), and unlike the wall clock an
+/// NTP step cannot move it during a run.
 pub fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write; CLOCK_MONOTONIC exists on every Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1_000
+}
+
+/// Latency samples whose stamp was later than their receipt, in this process.
+static STAMPS_AHEAD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// µs from stamp `t` ([`now_us`]'s clock) to now. A stamp later than now (from another
+/// host, or not ours) counts 0 and is counted in [`stamps_ahead`], not clamped silently.
+pub fn since_us(t: u64) -> u64 {
+    let now = now_us();
+    if t > now {
+        STAMPS_AHEAD.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    now.saturating_sub(t)
+}
+
+/// How many latency samples of this process had a stamp later than their receipt.
+pub fn stamps_ahead() -> u64 {
+    STAMPS_AHEAD.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// VmRSS of a process in bytes.
@@ -325,6 +352,19 @@ pub fn fmt_us(us: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latencies_read_the_monotonic_clock_and_count_stamps_ahead() {
+        // The receipt clock is CLOCK_MONOTONIC, as the stamps are (review s23 N3): a
+        // stamp taken now is a few µs old, never in the future.
+        let t = now_us();
+        let before = stamps_ahead();
+        assert!(since_us(t) < 10_000_000);
+        assert!(now_us() >= t);
+        // A stamp from the future (another host's clock, say) counts 0, and is counted.
+        assert_eq!(since_us(now_us() + 60_000_000), 0);
+        assert!(stamps_ahead() > before);
+    }
 
     #[test]
     fn a_port_out_of_range_is_named() {

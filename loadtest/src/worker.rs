@@ -2,16 +2,22 @@
 //! workers, and the connect/push/churn runs over it. The capacity ramp drives workers
 //! through the same machinery (see `capacity`).
 //!
-//! Parent -> worker (stdin): PUSH | DRAIN <accepted_total> | CLOSE
+//! Parent -> worker (stdin): PUSH | DRAIN <accepted_total> <numbers> | CLOSE
 //!                           | STEP <allowed> | PROBE <step>            (capacity)
-//! Worker -> parent (stdout): PROGRESS <8 numbers> | READY <open> | PUSHED <accepted_total>
-//!                           | DRAINED | RESULT <json>
-//!                           | STEPPED <open> <failed> <errors json> | PROBED <pushes> <missing>
+//! Worker -> parent (stdout): PROGRESS <8 numbers> | READY <open>
+//!                           | PUSHED <accepted_total> <numbers> | DRAINED | RESULT <json>
+//!                           | STEPPED <open> <failed> <errors json>
+//!                           | PROBED <pushes> <missing> <not sent> <errors json>
+//!
+//! `<numbers>` are the topic and broadcast pushes' numbers accepted per driver stream
+//! ([`crate::track::Numbers::to_wire`]; `-` when not known, and deliveries are then
+//! judged by count).
 
 use crate::cli::{secs, ChurnArgs, ConnectArgs, PushArgs, SocketArgs};
 use crate::local::{mode_name, push_duration};
 use crate::progress::{Progress, Ticker};
 use crate::report::{Mem, Report};
+use crate::track::Numbers;
 use crate::util;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -97,13 +103,19 @@ pub fn run_worker(
                 t0 = l.sh.start.elapsed().as_micros() as u64;
                 let out = l.push(p, ch.is_some(), None);
                 l.wait_churn_settled();
-                WorkerIo::send(&format!("PUSHED {}", l.sh.accepted_total.load(Relaxed)));
+                WorkerIo::send(&format!(
+                    "PUSHED {} {}",
+                    l.sh.accepted_total.load(Relaxed),
+                    out.numbers.to_wire()
+                ));
                 pushed = Some(out);
             }
             (Some("DRAIN"), Some(p)) => {
                 if !p.target.direct() {
                     let total = words.next().and_then(|x| x.parse().ok()).unwrap_or(0);
                     l.sh.accepted_total.store(total, Relaxed);
+                    // Every worker's receivers judge by the pushing worker's numbers.
+                    l.sh.set_numbers(words.next().and_then(Numbers::from_wire));
                 }
                 l.drain(p.target, secs(p.drain_secs));
                 WorkerIo::send("DRAINED");
@@ -124,6 +136,22 @@ pub fn run_worker(
         serde_json::to_string(&rep).map_err(|e| e.to_string())?
     ));
     Ok(())
+}
+
+/// The accepted total and numbers of the workers' `PUSHED` answers; `None` for the
+/// numbers when a worker's are not known.
+fn pushed_totals(answers: &[String]) -> (u64, Option<Numbers>) {
+    let mut total = 0;
+    let mut numbers = Some(Numbers::default());
+    for a in answers {
+        let mut w = a.split_whitespace();
+        total += w.next().and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+        match (numbers.as_mut(), w.next().and_then(Numbers::from_wire)) {
+            (Some(all), Some(n)) => all.union(&n),
+            _ => numbers = None,
+        }
+    }
+    (total, numbers)
 }
 
 /// How the connections and users of a run split over K workers: (connections, first user
@@ -596,8 +624,9 @@ pub fn run_parent(
                     + push_duration(p.duration_secs, p.count, p.rate)
                     + secs(c.sock.close_timeout_secs + c.sock.handshake_timeout_secs + 60.0),
             )?;
-            let total: u64 = pushed.iter().map(|r| r.trim().parse().unwrap_or(0)).sum();
-            ws.send_all(&format!("DRAIN {total}"));
+            let (total, numbers) = pushed_totals(&pushed);
+            let wire = numbers.map_or_else(|| "-".to_string(), |n| n.to_wire());
+            ws.send_all(&format!("DRAIN {total} {wire}"));
             ws.await_all(Some("DRAINED"), Instant::now() + secs(p.drain_secs + 30.0))?;
         }
         Ok((open, mem1))
@@ -615,6 +644,23 @@ pub fn run_parent(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pushed_answers_add_up_with_their_numbers() {
+        let mut a = Numbers::default();
+        a.insert(0, 1);
+        a.insert(0, 2);
+        let answers = vec![
+            format!("2 {}", a.to_wire()),
+            format!("0 {}", Numbers::default().to_wire()),
+        ];
+        let (total, n) = pushed_totals(&answers);
+        assert_eq!(total, 2);
+        assert_eq!(n, Some(a));
+        // A worker whose numbers are not known (or an older answer without them): by count.
+        let (total, n) = pushed_totals(&["2 -".to_string(), "3".to_string()]);
+        assert_eq!((total, n), (5, None));
+    }
 
     #[test]
     fn users_split_whole() {

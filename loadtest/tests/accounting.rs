@@ -1,7 +1,8 @@
 //! What the report and the exit status say when the run is not clean: a stalled API
 //! (latency from the schedule), deliveries after the drain (late, not missing), and the
 //! exit status of failed or empty runs, and a timed-out push re-sent with --push-ids and
-//! deduplicated by the server (review s16b 1, 2, 3, 4).
+//! deduplicated by the server (review s16b 1, 2, 3, 4); an API stall that reaches the
+//! end of the run (review s23 B1).
 
 mod common;
 
@@ -240,4 +241,75 @@ fn a_timed_out_push_with_an_id_is_deduplicated_by_the_server() {
     r.eq("messages_duplicated", 0);
     r.eq("messages_unexpected", 0);
     r.check(code == Some(0), &format!("exit status {code:?}"));
+}
+
+/// Review s23 B1: a stall of the push API that reaches the end of a paced run. The
+/// driver stopped at the end once the stall was over, so the pushes due during it were
+/// neither sent nor counted anywhere, and the run passed. Now every slot before the end
+/// is pushed (late) within the grace after it, the report counts them, and the run fails.
+#[test]
+fn a_stall_into_the_end_of_the_run_is_counted_and_fails_it() {
+    let srv = TestServer::start(&[]);
+    let proxy = Proxy::start(srv.api, Duration::ZERO);
+    // 400 slots at 200/s over 2 s.
+    let (rate, secs, slots) = (200u64, 2u64, 400u64);
+    let mut args = strings(&[
+        "push",
+        "--target",
+        "user",
+        "--rate",
+        &rate.to_string(),
+        "--duration-secs",
+        &secs.to_string(),
+        "--drain-secs",
+        "5",
+    ]);
+    args.extend(with_api(srv.push_args(20), &proxy.http_url()));
+    let load = Load::spawn(args);
+    let flowing = wait_until(Duration::from_secs(15), || {
+        srv.counter("pushes_accepted") >= 100
+    });
+    assert!(flowing, "no pushes within 15 s:\n{}", load.stderr());
+    let seen = std::time::Instant::now();
+    proxy.paused.store(true, Ordering::Relaxed);
+    let before = srv.counter("pushes_accepted");
+    // The 100th push was due 0.495 s after the driver began, so it began at least that
+    // long before `seen`, and its end is at most `secs - 0.495` s after `seen`. Hold the
+    // API until that end has surely passed, then let the stalled requests through.
+    let end = seen + Duration::from_millis(secs * 1000 - 495);
+    let passed = wait_until(Duration::from_secs(10), || {
+        std::time::Instant::now() > end + Duration::from_millis(300)
+    });
+    assert!(passed);
+    proxy.paused.store(false, Ordering::Relaxed);
+    let r = load.wait_failed(RUN_LIMIT);
+    r.eq("pushes_scheduled", slots);
+    r.eq("pushes_accepted", slots);
+    r.eq("pushes_sent", slots);
+    r.eq("pushes_not_sent", 0);
+    r.map_eq("push_errors", &[]);
+    r.eq("messages_missing", 0);
+    // Every push left was sent after the end, but for two per API connection (4): its
+    // request in flight when the API was held, and the next one, sent on time into it.
+    let after_end = r.u("pushes_sent_after_end");
+    r.check(
+        after_end + before + 2 * 4 >= slots,
+        &format!("{after_end} pushes sent after the end, {before} accepted before the stall"),
+    );
+    r.check(
+        r.u("pushes_sent_late") >= after_end,
+        "those sent after the end are late too",
+    );
+    r.check(
+        r.output.contains(&format!(
+            "{after_end} of {slots} scheduled pushes were sent after the end of the run"
+        )),
+        "the verdict names the pushes sent after the end",
+    );
+    r.check(
+        r.output.contains(&format!(
+            "pushes via api: {slots} accepted of {slots} scheduled"
+        )),
+        "the summary gives the schedule",
+    );
 }

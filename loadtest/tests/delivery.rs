@@ -5,7 +5,10 @@
 
 mod common;
 
-use common::{strings, Report, TestServer};
+use common::proxy::Proxy;
+use common::{strings, wait_until, Load, Report, TestServer, RUN_LIMIT};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 
 /// `resume` flags: 200 connections, 30% dropping abruptly and staying away 300 ms, user
 /// pushes and two topics.
@@ -189,4 +192,64 @@ fn deploy_moves_every_client_to_the_second_server() {
     assert_exact(&r, "user_stream");
     assert_exact(&r, "topic_stream");
     r.check(r.get("delivery_ok").as_bool() == Some(true), "delivery_ok");
+}
+
+/// Review s23 B2: in `resume`, a client that never came back failed nothing unless a push
+/// reached its user after it left. Here none does (9 pushes, to u0..u8): the churners
+/// (u9, u19, u29, u39) find every reconnect refused, and the server ends u20's open
+/// connection. Both must fail the run.
+#[test]
+fn resume_fails_when_clients_never_come_back() {
+    let srv = TestServer::start(&[]);
+    // The run's 40 connections pass; every reconnect after them is refused.
+    let proxy = Proxy::start(srv.ws, Duration::ZERO);
+    proxy.refuse_after.store(40, Relaxed);
+    let mut args = strings(&[
+        "resume",
+        "--churn-fraction",
+        "0.1",
+        "--churn-rate",
+        "10",
+        "--offline-ms",
+        "200",
+        "--rate",
+        "3",
+        "--duration-secs",
+        "3",
+        "--topic-rate",
+        "0",
+        "--drain-secs",
+        "2",
+    ]);
+    args.extend(srv.push_args(40));
+    let i = args.iter().position(|a| a == "--url").unwrap();
+    args[i + 1] = proxy.ws_url();
+    let load = Load::spawn(args);
+    let up = wait_until(Duration::from_secs(15), || {
+        srv.counter("handshakes_accepted") >= 40
+    });
+    assert!(up, "40 connections did not open:\n{}", load.stderr());
+    assert_eq!(srv.disconnect("u20", 4003), 1, "u20 has one session");
+    let r = load.wait_failed(RUN_LIMIT);
+    r.eq("connections_opened", 40);
+    r.eq("pushes_sent", 9);
+    // Nothing any stream expected went missing: the delivery gate alone passes.
+    r.check(r.get("delivery_ok").as_bool() == Some(true), "delivery_ok");
+    let refused = proxy.refused.load(Relaxed) as u64;
+    let failed: u64 = r.map("churn_reconnect_errors").iter().map(|(_, n)| n).sum();
+    r.check(
+        failed > 0 && refused > 0,
+        &format!("{failed} reconnect errors, {refused} reconnects refused"),
+    );
+    r.map_eq("disconnects", &[("close_4003", 1)]);
+    r.check(
+        r.output
+            .contains(&format!("{failed} churn reconnects failed")),
+        "the verdict names the reconnects that failed",
+    );
+    r.check(
+        r.output
+            .contains("1 open connections were ended by the server or the network (close_4003=1)"),
+        "the verdict names the connection the server ended",
+    );
 }

@@ -472,3 +472,161 @@ fn capacity_stops_at_the_first_connect_error() {
     );
     wait_server_empty(&srv, &r);
 }
+
+/// Review s23 B3: a capacity probe whose pushes are all refused has nothing missing, and
+/// the ramp went on to "reached the target" and passed. It must stop at the first probe
+/// that cannot push, and fail saying why.
+#[test]
+fn capacity_with_a_wrong_api_key_fails_and_says_why() {
+    let srv = TestServer::start(&[]);
+    let mut args = capacity_args(&srv, 300, 100);
+    let i = args.iter().position(|a| a == "--api-key").unwrap();
+    args[i + 1] = "not-the-key".into();
+    let r = Load::spawn(args).wait_failed(RUN_LIMIT);
+    let steps = r
+        .get("steps")
+        .as_array()
+        .unwrap_or_else(|| r.fail("`steps` is not an array"));
+    r.check(steps.len() == 1, "the ramp must stop at its first probe");
+    r.eq("steps/0/connections", 100);
+    r.eq("steps/0/probe_pushes", 0);
+    // 100/s for 0.5 s: 50 pushes, each refused.
+    r.map_eq(
+        "steps/0/probe_push_errors",
+        &[("http_401_unauthorized", 50)],
+    );
+    r.map_eq("push_errors", &[("http_401_unauthorized", 50)]);
+    r.eq("pushes_sent", 0);
+    r.eq("pushes_scheduled", 50);
+    assert_eq!(r.str("push_via"), "api");
+    assert_eq!(
+        r.str("stopped_because"),
+        "probe failed at 100 connections: 0 pushes accepted, given up: \
+         http_401_unauthorized=50"
+    );
+    r.check(
+        r.output
+            .contains("50 pushes failed (push_errors: http_401_unauthorized=50)"),
+        "the verdict names the refusals",
+    );
+    wait_server_empty(&srv, &r);
+}
+
+/// A push API in front of the real one that records each push's `user`, for the probe
+/// test: every request is sent on to `api` (one connection each) and its answer back.
+struct RecordingApi {
+    url: String,
+    users: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl RecordingApi {
+    fn start(api: std::net::SocketAddr) -> RecordingApi {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering::Relaxed;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let users = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (seen, st) = (users.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let born = std::time::Instant::now();
+            while !st.load(Relaxed) && born.elapsed() < Duration::from_secs(120) {
+                let Ok((mut c, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                let seen = seen.clone();
+                std::thread::spawn(move || {
+                    c.set_nonblocking(false).unwrap();
+                    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                    let mut buf: Vec<u8> = Vec::new();
+                    let mut chunk = [0u8; 16384];
+                    loop {
+                        // One request: the head, then Content-Length bytes of body.
+                        let (path, key, body) = loop {
+                            if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                let head = String::from_utf8_lossy(&buf[..at]).to_string();
+                                let field = |name: &str| {
+                                    head.lines().find_map(|l| {
+                                        let (k, v) = l.split_once(':')?;
+                                        k.trim()
+                                            .eq_ignore_ascii_case(name)
+                                            .then(|| v.trim().to_string())
+                                    })
+                                };
+                                let len: usize = field("content-length")
+                                    .and_then(|v| v.parse().ok())
+                                    .unwrap_or(0);
+                                if buf.len() >= at + 4 + len {
+                                    let body = String::from_utf8_lossy(&buf[at + 4..at + 4 + len])
+                                        .to_string();
+                                    let path =
+                                        head.split_whitespace().nth(1).unwrap_or("/").to_string();
+                                    let key = field("authorization")
+                                        .and_then(|v| v.strip_prefix("Bearer ").map(String::from));
+                                    buf.drain(..at + 4 + len);
+                                    break (path, key, body);
+                                }
+                            }
+                            match c.read(&mut chunk) {
+                                Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                                _ => return,
+                            }
+                        };
+                        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) {
+                            if let Some(u) = v["user"].as_str() {
+                                seen.lock().unwrap().push(u.to_string());
+                            }
+                        }
+                        let (status, answer) =
+                            http(api, "POST", &path, key.as_deref(), Some(&body));
+                        let resp = format!(
+                            "HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n{answer}",
+                            answer.len()
+                        );
+                        if c.write_all(resp.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        RecordingApi { url, users, stop }
+    }
+}
+
+impl Drop for RecordingApi {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Review s23 R1: every probe pushed to users 0.. again (so connections added by later
+/// steps were never probed), and pushes past the users connected fell on user 0. Three
+/// steps of 20 connections, each probed with 20 pushes: each probe carries on from the
+/// last over the users connected now, so each of the 60 users is probed exactly once.
+#[test]
+fn capacity_probes_reach_the_users_of_every_step() {
+    let srv = TestServer::start(&[]);
+    let api = RecordingApi::start(srv.api);
+    let mut args = capacity_args(&srv, 60, 20);
+    for (flag, value) in [
+        ("--api", api.url.as_str()),
+        ("--probe-rate", "20"),
+        ("--probe-secs", "1"),
+    ] {
+        let i = args.iter().position(|a| a == flag).unwrap();
+        args[i + 1] = value.into();
+    }
+    let r = run_load(args);
+    r.eq("max_connections_held", 60);
+    for i in 0..3 {
+        r.eq(&format!("steps/{i}/probe_pushes"), 20);
+    }
+    let mut users = api.users.lock().unwrap().clone();
+    users.sort_by_key(|u| u[1..].parse::<u64>().unwrap_or(u64::MAX));
+    let want: Vec<String> = (0..60).map(|u| format!("u{u}")).collect();
+    r.check(users == want, &format!("probed users: {users:?}"));
+}

@@ -160,3 +160,39 @@ fn the_open_file_check_suggests_a_procs_that_fits() {
     assert_eq!(err.matches("RLIMIT_NOFILE").count(), 1, "{err}");
     assert!(t0.elapsed() < Duration::from_secs(5));
 }
+
+#[test]
+fn the_open_file_check_counts_the_event_loops() {
+    // Review s23 N2: 236 connections on 64 event loops under a limit of 300 passed the
+    // check (236 + 64 reserved), then ran out of files: each loop holds an epoll
+    // descriptor. Refused before the run now, naming the loops.
+    let t0 = Instant::now();
+    let out = Command::new("prlimit")
+        .args(["--nofile=300:300", "--"])
+        .arg(env!("CARGO_BIN_EXE_throng-load"))
+        .args([
+            "connect",
+            "--url",
+            CLOSED,
+            "--connections",
+            "236",
+            "--threads",
+            "64",
+        ])
+        .env("THRONG_JWT_SECRET", "s")
+        .output();
+    let Ok(out) = out else {
+        eprintln!("no prlimit here; skipped");
+        return;
+    };
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(
+            "236 connections need about 364 open files per process (with 64 event loops each)"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("use --procs 2,"), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(5));
+}

@@ -30,7 +30,7 @@ impl Local {
     /// Starts the event loops of `a`'s rooms; they connect at once.
     pub fn start(a: &ChatArgs) -> Result<Local, String> {
         let cfg = Arc::new(ChatCfg::from_args(a)?);
-        crate::local::check_nofile(cfg.rooms.connections(), 0)?;
+        crate::local::check_nofile(cfg.rooms.connections(), 0, cfg.dial.threads as u64)?;
         let sh = Arc::new(ChatShared::new());
         let handles = event_loop::spawn(cfg.clone(), sh.clone())?;
         Ok(Local {

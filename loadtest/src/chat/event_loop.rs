@@ -45,7 +45,7 @@ pub struct Member {
     quota: u64,
     /// Messages sent; the next one's sender-local id is `sent + 1`.
     sent: u64,
-    /// Publishes awaiting their answer: (id, send time in µs since the Unix epoch).
+    /// Publishes awaiting their answer: (id, send time in µs on [`util::now_us`]'s clock).
     pub pending: VecDeque<(u64, u64)>,
 }
 
@@ -87,7 +87,7 @@ struct Loop {
     schedule: Option<BinaryHeap<Reverse<(Instant, usize)>>>,
     /// When publishing began.
     go: Option<Instant>,
-    /// `go` on the wall clock (µs since the Unix epoch): each publish's data carries its
+    /// `go` on [`util::now_us`]'s clock (µs): each publish's data carries its
     /// schedule slot, `go_us + (due - go)`, as `t`.
     go_us: u64,
     /// Sockets now held.
@@ -386,7 +386,7 @@ impl Loop {
         self.schedule = Some(h);
     }
 
-    /// Sends member `li`'s next message, due at `slot_us` (µs since the Unix epoch): its
+    /// Sends member `li`'s next message, due at `slot_us` (µs on [`util::now_us`]'s clock): its
     /// latencies count from there. False when it is not in its room.
     fn publish(&mut self, li: usize, slot_us: u64) -> bool {
         let mb = &mut self.members[li];
@@ -481,7 +481,7 @@ impl Loop {
     }
 }
 
-/// `at` on the wall clock (µs since the Unix epoch), given that `now` is now.
+/// `at` on [`util::now_us`]'s clock (µs), given that `now` is now.
 fn wall_us(at: Instant, now: Instant) -> u64 {
     let now_us = util::now_us();
     if at >= now {

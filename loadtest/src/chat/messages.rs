@@ -52,7 +52,7 @@ type Msg<'a> = ServerMsg<'a, Sent>;
 /// A message's data as this run publishes it (`pad` is skipped unread).
 #[derive(Deserialize, Clone, Copy)]
 struct Sent {
-    /// Send time, µs since the Unix epoch.
+    /// Its schedule slot, µs on [`util::now_us`]'s clock.
     t: u64,
     /// The sender's member number in the room.
     m: u32,
@@ -105,7 +105,7 @@ fn on_message(c: &mut WsConn, text: &[u8], cx: &mut Ctx) {
             let n = publish_ref(msg.reference.as_deref());
             match (n.and_then(|n| take_pending(cx.mb, n)), msg.seq) {
                 (Some((n, t)), Some(seq)) => {
-                    util::record(&mut cx.out.publish, util::now_us().saturating_sub(t));
+                    util::record(&mut cx.out.publish, util::since_us(t));
                     cx.room.book.on_published(cx.mb.m, n, seq);
                     cx.out.published += 1;
                     sh.published.fetch_add(1, Relaxed);
@@ -181,7 +181,7 @@ fn on_push(msg: &Msg, cx: &mut Ctx) {
     if first {
         sh.delivered.fetch_add(1, Relaxed);
         if let Some(d) = data {
-            util::record(&mut cx.out.fanout, util::now_us().saturating_sub(d.t));
+            util::record(&mut cx.out.fanout, util::since_us(d.t));
         }
     }
 }

@@ -74,7 +74,7 @@ fn run_single(a: &ChatArgs) -> Result<Report, String> {
     Ok(l.close(false))
 }
 
-/// A worker: connects its rooms, says READY, publishes from the parent's `GO <unix µs>`,
+/// A worker: connects its rooms, says READY, publishes from the parent's `GO <µs>` (on the host's monotonic clock),
 /// drains, says DRAINED, and on CLOSE sends its RESULT.
 fn run_worker(a: &ChatArgs) -> Result<(), String> {
     let io = WorkerIo::start();
@@ -94,9 +94,10 @@ fn run_worker(a: &ChatArgs) -> Result<(), String> {
         match words.next() {
             Some("GO") if !started => {
                 started = true;
-                let unix: u64 = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+                // The start on the host's monotonic clock, which parent and workers share.
+                let go_us: u64 = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
                 let at =
-                    Instant::now() + Duration::from_micros(unix.saturating_sub(util::now_us()));
+                    Instant::now() + Duration::from_micros(go_us.saturating_sub(util::now_us()));
                 l.go(at);
                 l.wait_sent(at);
                 l.drain(secs(a.drain_secs));

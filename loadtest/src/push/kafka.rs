@@ -55,7 +55,11 @@ struct Acks {
 /// What a record carries to its acknowledgement.
 struct Sent {
     tgt: Tgt,
-    at: Instant,
+    /// Its stream and number in the push data (`s`, `n`).
+    num: (usize, u64),
+    /// When it was due: its schedule slot at --rate (when it was made, unpaced), so that
+    /// the produce latency counts, as the API's does, the wait for room in the producer.
+    due: Instant,
 }
 
 impl ClientContext for Acks {}
@@ -70,8 +74,8 @@ impl ProducerContext for Acks {
         };
         match result {
             Ok(_) => {
-                util::record(&mut out.api_latency, sent.at.elapsed().as_micros() as u64);
-                account(&self.sh, &sent.tgt, &mut out, &self.prog);
+                util::record(&mut out.api_latency, sent.due.elapsed().as_micros() as u64);
+                account(&self.sh, &sent.tgt, sent.num, &mut out, &self.prog);
             }
             Err((e, _)) => give_up(&mut out, &self.prog, kafka_cause(e), 1),
         }
@@ -135,8 +139,9 @@ impl KafkaSink {
         }
     }
 
-    /// Produces `items` in order, each once: a record the local queue refuses, or that
-    /// waits for room past `hard_end`, is given up and counted by cause.
+    /// Produces `items`, due at `due` (their schedule slot), in order, each once: a
+    /// record the local queue refuses, or that waits for room past `hard_end`, is given
+    /// up and counted by cause.
     #[allow(clippy::too_many_arguments)]
     pub fn send(
         &self,
@@ -145,6 +150,7 @@ impl KafkaSink {
         items: Vec<Item>,
         s: usize,
         pad: &str,
+        due: Instant,
         hard_end: Instant,
         out: &mut PushOut,
     ) {
@@ -161,7 +167,8 @@ impl KafkaSink {
             out.requests += 1;
             let sent = Box::new(Sent {
                 tgt: it.tgt,
-                at: Instant::now(),
+                num: (stream, n),
+                due,
             });
             let mut rec = BaseRecord::with_opaque_to(&self.topic, sent)
                 .key(key.as_str())

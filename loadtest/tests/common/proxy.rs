@@ -1,12 +1,12 @@
 //! A TCP proxy for the tests: it forwards every connection to one address, can hold the
-//! client-to-server direction (a stalled server, as far as the client can tell), and can
+//! client-to-server direction (a stalled server, as far as the client can tell), can
 //! delay the server-to-client direction by a fixed time (a slow network: every byte
-//! arrives, late). Its threads end when it is dropped, or at the latest after
-//! `MAX_LIFE`.
+//! arrives, late), and can refuse connections past a number (a server that lets no one
+//! back in). Its threads end when it is dropped, or at the latest after `MAX_LIFE`.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +20,10 @@ pub struct Proxy {
     pub addr: SocketAddr,
     /// While set, bytes from clients are held (not read on to the server).
     pub paused: Arc<AtomicBool>,
+    /// Connections accepted after this many are closed at once, never forwarded.
+    pub refuse_after: Arc<AtomicUsize>,
+    /// Connections closed at once for `refuse_after`.
+    pub refused: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
 }
 
@@ -31,13 +35,23 @@ impl Proxy {
         l.set_nonblocking(true).unwrap();
         let addr = l.local_addr().unwrap();
         let paused = Arc::new(AtomicBool::new(false));
+        let refuse_after = Arc::new(AtomicUsize::new(usize::MAX));
+        let refused = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let (p, st) = (paused.clone(), stop.clone());
+        let (limit, no) = (refuse_after.clone(), refused.clone());
         std::thread::spawn(move || {
             let born = Instant::now();
+            let mut accepted = 0usize;
             while !st.load(Ordering::Relaxed) && born.elapsed() < MAX_LIFE {
                 match l.accept() {
                     Ok((c, _)) => {
+                        accepted += 1;
+                        if accepted > limit.load(Ordering::Relaxed) {
+                            no.fetch_add(1, Ordering::Relaxed);
+                            drop(c);
+                            continue;
+                        }
                         let Ok(s) = TcpStream::connect(to) else {
                             continue;
                         };
@@ -57,7 +71,13 @@ impl Proxy {
                 }
             }
         });
-        Proxy { addr, paused, stop }
+        Proxy {
+            addr,
+            paused,
+            refuse_after,
+            refused,
+            stop,
+        }
     }
 
     /// `ws://<proxy>/ws`.
