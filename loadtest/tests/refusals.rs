@@ -127,27 +127,33 @@ fn source_addresses_are_checked_before_the_run() {
     }
 }
 
+/// `throng-load connect` to a closed port with `args`, under an open-file limit of
+/// `limit` (prlimit on the child); None, said, where prlimit is missing.
+fn connect_under_file_limit(limit: u32, args: &[&str]) -> Option<std::process::Output> {
+    let out = Command::new("prlimit")
+        .arg(format!("--nofile={limit}:{limit}"))
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_throng-load"))
+        .args(["connect", "--url", CLOSED])
+        .args(args)
+        .env("THRONG_JWT_SECRET", "s")
+        .output();
+    match out {
+        Ok(out) => Some(out),
+        Err(_) => {
+            eprintln!("no prlimit here; skipped");
+            None
+        }
+    }
+}
+
 #[test]
 fn the_open_file_check_suggests_a_procs_that_fits() {
     // Under a limit of 1,000 open files (prlimit on this process's child), 1,900
     // connections over --procs 2 need 3 processes: the check is the parent's, once.
     let t0 = Instant::now();
-    let out = Command::new("prlimit")
-        .args(["--nofile=1000:1000", "--"])
-        .arg(env!("CARGO_BIN_EXE_throng-load"))
-        .args([
-            "connect",
-            "--url",
-            CLOSED,
-            "--connections",
-            "1900",
-            "--procs",
-            "2",
-        ])
-        .env("THRONG_JWT_SECRET", "s")
-        .output();
-    let Ok(out) = out else {
-        eprintln!("no prlimit here; skipped");
+    let Some(out) = connect_under_file_limit(1000, &["--connections", "1900", "--procs", "2"])
+    else {
         return;
     };
     let err = String::from_utf8_lossy(&out.stderr);
@@ -167,22 +173,8 @@ fn the_open_file_check_counts_the_event_loops() {
     // check (236 + 64 reserved), then ran out of files: each loop holds an epoll
     // descriptor. Refused before the run now, naming the loops.
     let t0 = Instant::now();
-    let out = Command::new("prlimit")
-        .args(["--nofile=300:300", "--"])
-        .arg(env!("CARGO_BIN_EXE_throng-load"))
-        .args([
-            "connect",
-            "--url",
-            CLOSED,
-            "--connections",
-            "236",
-            "--threads",
-            "64",
-        ])
-        .env("THRONG_JWT_SECRET", "s")
-        .output();
-    let Ok(out) = out else {
-        eprintln!("no prlimit here; skipped");
+    let Some(out) = connect_under_file_limit(300, &["--connections", "236", "--threads", "64"])
+    else {
         return;
     };
     let err = String::from_utf8_lossy(&out.stderr);
