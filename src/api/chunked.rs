@@ -294,6 +294,18 @@ mod tests {
         last
     }
 
+    /// `raw` is refused with `want`, fed whole or in pieces of any size.
+    fn refused_however_it_arrives(raw: &[u8], want: &FrameError) {
+        for step in 1..=raw.len() {
+            assert_eq!(
+                scan_in_steps(raw, step),
+                Err(want.clone()),
+                "{:?} in steps of {step}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+    }
+
     fn body(raw: &[u8]) -> Vec<u8> {
         let Ok(Scanned::Done { end }) = scan_in_steps(raw, raw.len()) else {
             panic!("not whole: {:?}", String::from_utf8_lossy(raw));
@@ -378,16 +390,7 @@ mod tests {
             b"2\t;\x7f\r\nab\r\n0\r\n\r\n",
             b"1\r\na\r\n0;\n\r\n\r\n",
         ] {
-            let whole = scan_in_steps(raw, raw.len());
-            assert_eq!(
-                whole,
-                Err(control.clone()),
-                "{:?}",
-                String::from_utf8_lossy(raw)
-            );
-            for step in 1..raw.len() {
-                assert_eq!(scan_in_steps(raw, step), whole, "in steps of {step}");
-            }
+            refused_however_it_arrives(raw, &control);
         }
         // Whitespace after the size is grammar only before an extension (RFC 9112 7.1.1
         // BWS before `;`); HTAB and obs-text inside one are fine.
@@ -416,16 +419,7 @@ mod tests {
             b"0\r\n\n",
             b"0\r\nX: y\r\nZ: w\n\r\n",
         ] {
-            let whole = scan_in_steps(raw, raw.len());
-            assert_eq!(
-                whole,
-                Err(bare.clone()),
-                "{:?}",
-                String::from_utf8_lossy(raw)
-            );
-            for step in 1..raw.len() {
-                assert_eq!(scan_in_steps(raw, step), whole, "in steps of {step}");
-            }
+            refused_however_it_arrives(raw, &bare);
         }
         assert_eq!(body(b"1\r\na\r\n0\r\nX: y\r\nZ: w\r\n\r\n"), b"a");
     }
