@@ -1182,22 +1182,43 @@ fn two_live_nodes_under_one_id_are_told_and_both_go_on_serving() {
         let body = json!({"user": "carol", "data": 1}).to_string();
         assert_eq!(n.api("POST", "/v1/push", Some(&body)).status, 202);
     }
-    // A reconnect of every link (the first beat of a link cannot tell) keeps the verdict.
+    // A reconnect of P's links keeps its verdict: the first beat of a link cannot tell
+    // (it finds the run it just wrote), and Q, beating on, is seen again by the next.
+    // (Only P's links: were Q's cut too, a loaded machine could keep both away past
+    // `STALE` and the verdict would lapse rightly.)
+    let links = p.ports_to(redis.port);
+    assert!(!links.is_empty(), "P's Redis links\n{}", p.output());
+    let connected = p.logged("presence connected to Redis");
     let mut r = redis.conn();
-    let _: u64 = redis::cmd("CLIENT")
-        .arg(&["KILL", "TYPE", "normal", "SKIPME", "yes"])
-        .query(&mut r)
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(2500));
-    for n in [&p, &q] {
-        assert_eq!(
-            n.logged("no other node has this node id any more"),
-            0,
-            "{}",
-            n.output()
-        );
-        assert!(warned(n), "{}", n.output());
+    for port in links {
+        // A link gone already (a reconnect of its own) is no error here.
+        let _: redis::RedisResult<u64> = redis::cmd("CLIENT")
+            .arg(&[
+                "KILL",
+                "ADDR",
+                &format!("127.0.0.1:{port}"),
+                "SKIPME",
+                "yes",
+            ])
+            .query(&mut r);
     }
+    let reconnected = wait_until(Duration::from_secs(20), || {
+        p.logged("presence connected to Redis") > connected
+    });
+    assert!(reconnected, "{}", p.output());
+    // The first beat of the new link and two more, each judged.
+    let beats = || tls::metric(p.api, "throng_broker_presence_beats_total");
+    let before = beats();
+    let judged = wait_until(Duration::from_secs(20), || beats() >= before + 3);
+    assert!(judged, "{}", p.output());
+    assert_eq!(
+        p.logged("no other node has this node id any more"),
+        0,
+        "{}",
+        p.output()
+    );
+    assert!(warned(&p), "{}", p.output());
+    assert!(wait_until(WAIT, || warned(&q)), "{}", q.output());
     // Alone again, P says so.
     let mut q = q;
     assert!(q.terminate().success());
@@ -1206,7 +1227,11 @@ fn two_live_nodes_under_one_id_are_told_and_both_go_on_serving() {
     let mut p = p;
     p.kill9();
     let p2 = Node::start(&redis.url(), &node_flags("same")).ready();
-    std::thread::sleep(Duration::from_millis(2500));
+    // Three beats judged: the first cannot tell, the next two find only p2's own run.
+    let judged = wait_until(Duration::from_secs(20), || {
+        tls::metric(p2.api, "throng_broker_presence_beats_total") >= 3
+    });
+    assert!(judged, "{}", p2.output());
     assert!(!warned(&p2), "{}", p2.output());
     assert_eq!(p2.readyz(), 200, "{}", p2.output());
 }

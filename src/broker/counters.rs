@@ -13,6 +13,8 @@ pub struct BrokerCounters {
     pub subscriber_up: AtomicBool,
     /// Another live node runs under this node's id.
     pub duplicate_node_id: AtomicBool,
+    /// Heartbeats Redis took from this node (one a second while its presence link is up).
+    pub presence_beats: AtomicU64,
     /// Pushes published through the sequencing script (API and stream).
     pub published: AtomicU64,
     /// Redis errors of every broker thread (each one a reconnect, a refused push or a
@@ -99,6 +101,12 @@ impl crate::metrics::FeatureCounters for BrokerCounters {
                 "gauge",
                 "1 while another live node runs under this node's id (presence and stats are wrong).",
                 b(&self.duplicate_node_id),
+            ),
+            (
+                "throng_broker_presence_beats_total",
+                "counter",
+                "Heartbeats Redis took from this node (one a second while presence reaches Redis).",
+                n(&self.presence_beats),
             ),
             (
                 "throng_broker_published_total",

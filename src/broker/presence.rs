@@ -528,6 +528,7 @@ impl Presence {
             self.settle_shift = gap;
         }
         self.last_ok_beat = Some(taken);
+        self.ctx.metrics.broker.presence_beats.fetch_add(1, Relaxed);
         if std::mem::replace(&mut self.refusing, false) {
             tracing::info!("Redis takes the presence writes again");
         }

@@ -155,6 +155,36 @@ impl ServerProcess {
         Client::connect(self.ws, &token(user)).unwrap_or_else(|e| panic!("connect {user}: {e}"))
     }
 
+    /// Local ports of this process's IPv4 TCP connections to `remote_port` (e.g. its
+    /// links to a Redis), from `/proc`: its sockets' inodes, found in `/proc/net/tcp`.
+    pub fn ports_to(&self, remote_port: u16) -> Vec<u16> {
+        let pid = self.child.id();
+        let inodes: std::collections::HashSet<String> =
+            std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .filter_map(|t| {
+                    let t = t.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?;
+                    Some(t.to_string())
+                })
+                .collect();
+        let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next()?, 16).ok();
+        std::fs::read_to_string("/proc/net/tcp")
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let (local, remote, inode) = (f.get(1)?, f.get(2)?, f.get(9)?);
+                (port(remote)? == remote_port && inodes.contains(*inode))
+                    .then(|| port(local))
+                    .flatten()
+            })
+            .collect()
+    }
+
     /// SIGKILL, like a crash.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
