@@ -7,7 +7,10 @@
 #
 # Environment: N=15000 PING_MS=2000 WINDOW=30, SOURCE_IPS=127.0.0.2-127.0.0.9,
 #   PERF=1 (profile the server over the window with perf and print the share of its time
-#   that was the clients' side of loopback), NO_BUILD=1 (skip the build check), SERVER=path (another throng binary, e.g. an older
+#   that was the clients' side of loopback), FLOOR=1 (first measure this host's floor with
+#   `throng-load floor` over the same connections, interval and window: a minimal epoll
+#   server that only pings and reads pongs; then print Throng's figure against it),
+#   NO_BUILD=1 (skip the build check), SERVER=path (another throng binary, e.g. an older
 #   build to compare against).
 set -euo pipefail
 N=${N:-15000}
@@ -36,6 +39,8 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 export_credentials heartbeat-cost
+run_floor heartbeat-cost --connections "$N" --interval-ms "$PING_MS" --window-secs "$WINDOW" \
+    --source-ips "$SOURCE_IPS"
 start_server heartbeat-cost "$WORK" --max-connections $((N + 1000)) \
     --ping-interval-ms "$PING_MS" --idle-timeout-ms $((PING_MS * 3)) || exit 1
 HZ=$(getconf CLK_TCK)
@@ -53,7 +58,8 @@ sleep "$WINDOW"
 c1=$(cpu_ticks) p1=$(api_stat pings)
 perf_share "$WORK/perf.data"
 conns=$(api_stat connections)
-python3 - "$c0" "$c1" "$p0" "$p1" "$HZ" "$WINDOW" "$conns" "$PING_MS" "${RX_SHARE:-}" <<'PY'
+python3 - "$c0" "$c1" "$p0" "$p1" "$HZ" "$WINDOW" "$conns" "$PING_MS" "${RX_SHARE:-}" \
+    >"$WORK/figures" <<'PY'
 import sys
 c0, c1, p0, p1, hz, window, conns, ping_ms = map(float, sys.argv[1:9])
 rx_share = sys.argv[9]
@@ -70,3 +76,5 @@ if rx_share:
           f"inside its system calls (on loopback mostly the clients' TCP input); without it "
           f"{rest:.2f} us per round trip, {rate_1m * rest / 1e6:.3f} cores projected")
 PY
+cat "$WORK/figures"
+say_floor_ratio heartbeat-cost "$(sed -n 's/.* = \([0-9.]*\) us per ping round trip/\1/p' "$WORK/figures")"

@@ -221,3 +221,32 @@ perf_share() {
     RX_SHARE=$(perf report -i "$1" --children --sort sym --stdio -g none 2>/dev/null |
         awk '$NF == "net_rx_action" && !done { sub("%", "", $1); print $1; done = 1 }') || true
 }
+
+# FLOOR=1: runs `throng-load floor` (a minimal epoll server and its clients, no Throng)
+# with the flags in "$@" before the server starts, prints its summary prefixed with $1,
+# and sets FLOOR_US to its CPU per operation (empty without FLOOR=1 or when it could not
+# run). A floor that could not keep up (exit 1) still gives its figure, marked so. Uses
+# $LOAD and $WORK.
+FLOOR_US=
+run_floor() {
+    local who=$1 rc=0 out
+    shift
+    [[ -n ${FLOOR:-} ]] || return 0
+    out=$("$LOAD" floor "$@" --json "$WORK/floor.json" 2>&1) || rc=$?
+    grep -E '^(floor|result):|^throng-load: ' <<<"$out" | grep -v 'wrote\|measuring' | sed "s/^/$who: /"
+    if ((rc == 2)) || [[ ! -s $WORK/floor.json ]]; then
+        echo "$who: throng-load floor could not run (exit $rc); going on without it" >&2
+        return 0
+    fi
+    ((rc == 0)) || echo "$who: the floor did not keep up (exit $rc): its figure is of less work than asked"
+    FLOOR_US=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["us_per_op"])' \
+        "$WORK/floor.json")
+}
+
+# Prints how $2 (µs per operation of the server) compares with FLOOR_US, prefixed $1.
+say_floor_ratio() {
+    [[ -n $FLOOR_US && -n ${2:-} ]] || return 0
+    python3 -c 'import sys; who, us, fl = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]);
+print(f"{who}: Throng {us:.2f} us against this host'"'"'s floor {fl:.2f} us (throng-load floor): {us / fl:.2f}x")' \
+        "$1" "$2" "$FLOOR_US"
+}

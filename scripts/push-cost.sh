@@ -22,7 +22,12 @@
 #   --shards; default one per core), LOAD=path (another throng-load binary),
 #   API_TLS_FLOOD=K (with API_TLS=1: K processes of scripts/tls-flood.py make full TLS
 #   handshakes with the push API for the whole run, as a peer looping handshakes would),
-#   API_TLS_RSA=1 (with API_TLS=1: an RSA-2048 certificate instead of ECDSA P-256).
+#   API_TLS_RSA=1 (with API_TLS=1: an RSA-2048 certificate instead of ECDSA P-256),
+#   FLOOR=1 (TARGET=broadcast: first measure this host's floor with `throng-load floor
+#   --workload broadcast` at the same connections, rate and window, frames of
+#   FLOOR_FRAME_BYTES=150, one write per connection per broadcast and no Throng; then
+#   print Throng's CPU per delivery against it; at rates where one thread cannot write
+#   every frame alone the floor says it did not keep up).
 # Also prints the wire bytes per delivery the load generator read (its `compression`
 # report), with or without --compression.
 set -euo pipefail
@@ -62,6 +67,10 @@ SERVER_ARGS=(--max-connections $((N + 1000)))
 [[ -n ${SHARDS:-} ]] && SERVER_ARGS+=(--shards "$SHARDS")
 tls_if_asked "$WORK"
 api_tls_if_asked "$WORK"
+if [[ $TARGET == broadcast ]]; then
+    run_floor push-cost --workload broadcast --connections "$N" --rate "$RATE" \
+        --window-secs "$WINDOW" --frame-bytes "${FLOOR_FRAME_BYTES:-150}" --source-ips "$SOURCE_IPS"
+fi
 start_server push-cost "$WORK" "${SERVER_ARGS[@]}" || exit 1
 HZ=$(getconf CLK_TCK)
 
@@ -103,7 +112,8 @@ if [[ -n ${API_TLS_FLOOD:-} ]]; then
     cat "$WORK"/flood-*.log | awk '/tls-flood:/ { ok += $2; bad += $4 }
         END { printf "push-cost: TLS flood: %d handshakes with the push API (%.0f/s), %d failed\n", ok, ok / '"$DURATION"', bad }'
 fi
-python3 - "$WORK/report.json" "$c0" "$c1" "$d0" "$d1" "$HZ" "$WINDOW" "$TARGET" "$N" "${RX_SHARE:-}" "$l0" "$l1" <<'PY'
+python3 - "$WORK/report.json" "$c0" "$c1" "$d0" "$d1" "$HZ" "$WINDOW" "$TARGET" "$N" "${RX_SHARE:-}" "$l0" "$l1" \
+    >"$WORK/figures" <<'PY'
 import json, sys
 path = sys.argv[1]
 c0, c1, d0, d1, hz, window = map(float, sys.argv[2:8])
@@ -135,3 +145,5 @@ if c:
           f"frames, compression negotiated on {c.get('negotiated_connections')} of "
           f"{c.get('offered_connections')} offering connections")
 PY
+cat "$WORK/figures"
+say_floor_ratio push-cost "$(sed -n 's/^push-cost: server CPU .* = \([0-9.]*\) us per delivery$/\1/p' "$WORK/figures")"

@@ -67,6 +67,110 @@ pub enum Cmd {
     /// got every accepted message exactly once, in order (exit 1 if not).
     #[command(after_help = EXIT_STATUS)]
     Chat(ChatArgs),
+    /// Measure this host's floor: a minimal epoll server that makes only the system calls
+    /// a heartbeat (2-byte Ping out, 6-byte Pong in) or a broadcast delivery (one frame
+    /// out) costs, against a child process of clients; its CPU per operation is what any
+    /// epoll server pays here, to read Throng's figures against. Needs no server.
+    #[command(after_help = FLOOR_EXIT_STATUS)]
+    Floor(FloorArgs),
+}
+
+/// The exit status of `floor`.
+pub const FLOOR_EXIT_STATUS: &str = "\
+Exit status:
+  0  the floor was measured (the summary ends with `result: OK`)
+  1  it ran but its figure does not hold: heartbeat, fewer than 99% of the window's
+     pings were answered; broadcast, under 90% of the asked broadcasts went out or a
+     write did not take a whole frame (the host could not keep up)
+  2  it could not be run: bad flags, too few open files, the clients' process failed";
+
+/// What `floor` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FloorWorkload {
+    /// Each connection is pinged (2 bytes) every --interval-ms and answers a 6-byte Pong.
+    Heartbeat,
+    /// --rate times a second a --frame-bytes frame is written to every connection.
+    Broadcast,
+}
+
+/// `floor`'s flags.
+#[derive(Args, Debug, Clone)]
+pub struct FloorArgs {
+    /// The per-connection work measured.
+    #[arg(long, value_enum, default_value_t = FloorWorkload::Heartbeat)]
+    pub workload: FloorWorkload,
+    /// Connections held (the clients' process holds as many; each needs an open file in
+    /// both processes).
+    #[arg(long, default_value_t = 15000)]
+    pub connections: u64,
+    /// heartbeat: milliseconds between two pings of one connection (pings are spread
+    /// evenly over the interval).
+    #[arg(long, default_value_t = 2000)]
+    pub interval_ms: u64,
+    /// broadcast: frames written to every connection per second.
+    #[arg(long, default_value_t = 10.0)]
+    pub rate: f64,
+    /// broadcast: bytes per frame, header included (a push of throng-load's default 64-byte
+    /// pad is about 150 bytes on the wire).
+    #[arg(long, default_value_t = 150)]
+    pub frame_bytes: usize,
+    /// Seconds measured, after one interval (heartbeat) or one second (broadcast) of
+    /// warm-up.
+    #[arg(long, default_value_t = 20.0)]
+    pub window_secs: f64,
+    /// Source addresses the clients bind round-robin (as for `connect`), to hold more
+    /// connections than one address's local ports.
+    #[arg(long)]
+    pub source_ips: Option<String>,
+    /// Write the JSON report here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Internal: run as the clients' process, connecting to this address.
+    #[arg(long, hide = true)]
+    pub peer: Option<std::net::SocketAddr>,
+}
+
+/// Checks `floor`'s flags.
+pub fn validate_floor(a: &FloorArgs) -> Result<(), String> {
+    if a.connections == 0 || a.connections > 10_000_000 {
+        return Err(format!(
+            "--connections must be 1 to 10000000 (got {})",
+            a.connections
+        ));
+    }
+    if !(10..=3_600_000).contains(&a.interval_ms) {
+        return Err(format!(
+            "--interval-ms must be 10 to 3600000 (got {})",
+            a.interval_ms
+        ));
+    }
+    if !(a.rate > 0.0 && a.rate <= 1000.0) {
+        return Err(format!(
+            "--rate must be a number of broadcasts per second above 0 and at most 1000 (got {})",
+            a.rate
+        ));
+    }
+    if !(2..=1 << 20).contains(&a.frame_bytes) {
+        return Err(format!(
+            "--frame-bytes must be 2 to 1048576 (got {})",
+            a.frame_bytes
+        ));
+    }
+    if !(a.window_secs > 0.0 && a.window_secs <= 3600.0) {
+        return Err(format!(
+            "--window-secs must be above 0 and at most 3600 (got {})",
+            a.window_secs
+        ));
+    }
+    if let Some(s) = &a.source_ips {
+        let ips = crate::util::parse_source_ips(s).map_err(|e| format!("--source-ips: {e}"))?;
+        if let Some(ip) = ips.iter().find(|ip| !ip.is_ipv4()) {
+            return Err(format!(
+                "--source-ips: {ip} is not IPv4; the floor listens on 127.0.0.1"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// How the connections are opened and closed: the flags of every subcommand that holds
@@ -1141,6 +1245,7 @@ mod tests {
             Cmd::Resume(a) => validate_resume(a),
             Cmd::Deploy(a) => validate_deploy(a),
             Cmd::Chat(a) => validate_chat(a),
+            Cmd::Floor(a) => validate_floor(a),
         }
     }
 
@@ -1438,6 +1543,7 @@ mod tests {
                 Cmd::Resume(a) => &a.churn.push.conn.sock,
                 Cmd::Deploy(a) => &a.push.conn.sock,
                 Cmd::Chat(a) => &a.sock,
+                Cmd::Floor(_) => unreachable!("floor opens no WebSocket connection"),
             };
             assert!(sock.compression, "{v:?}");
             check(&[&cmd[..], &["--compression"]].concat()).unwrap();

@@ -10,7 +10,9 @@
 //! missing or came twice (pushes a `resumed:false` did not replay are counted apart).
 //! `deploy` drains one server while its clients follow the
 //! reconnect hints to a second one. `chat` has rooms of members publishing to their own room
-//! and proves every member got every accepted message once, in order. `--procs K` runs K
+//! and proves every member got every accepted message once, in order. `floor` measures
+//! this host's kernel floor for a heartbeat or a broadcast delivery with a minimal epoll
+//! server of its own, to read the server's figures against. `--procs K` runs K
 //! worker processes over disjoint user ranges (sharing `--source-ips` evenly) and merges
 //! their results.
 
@@ -21,6 +23,7 @@ mod cli;
 mod client;
 mod deflate;
 mod deploy;
+mod floor;
 mod frame;
 mod local;
 mod plot;
@@ -90,6 +93,7 @@ fn run(cmd: &Cmd) -> Result<i32, String> {
             output(&mut rep, a.push.conn.json.as_deref())?;
             return Ok(code);
         }
+        Cmd::Floor(a) => return floor::run(a),
         Cmd::Chat(a) => {
             cli::validate_chat(a)?;
             // A worker sends its result to the parent and prints nothing.
@@ -143,6 +147,7 @@ fn check_outputs(cmd: &Cmd) -> Result<(), String> {
         Cmd::Resume(a) => (&a.churn.push.conn.json, &None),
         Cmd::Deploy(a) => (&a.push.conn.json, &None),
         Cmd::Chat(a) => (&a.json, &None),
+        Cmd::Floor(a) => (&a.json, &None),
     };
     for (flag, path) in [("--json", json), ("--plot", plot)] {
         if let Some(path) = path {

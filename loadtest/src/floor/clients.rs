@@ -1,0 +1,113 @@
+//! The floor's clients' process: it opens the connections (from `--source-ips` when
+//! given, with the load generator's own connect), answers each Ping with a masked Pong (heartbeat) or reads and drops what
+//! arrives (broadcast), and ends when the server side has closed them all.
+
+use crate::cli::{FloorArgs, FloorWorkload};
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use std::io::{ErrorKind, Read, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// A masked Pong with no payload (the mask is arbitrary; nothing reads it).
+const PONG: [u8; 6] = [0x8A, 0x80, 0x1f, 0x2e, 0x3d, 0x4c];
+/// The longest run of Pongs written at once (a read that held many Pings).
+const PONGS_AT_ONCE: usize = 1024;
+
+/// Runs the clients' process against `peer`; returns the exit status.
+pub fn run(a: &FloorArgs, peer: SocketAddr) -> Result<i32, String> {
+    let sources = match &a.source_ips {
+        Some(s) => crate::util::parse_source_ips(s).map_err(|e| format!("--source-ips: {e}"))?,
+        None => Vec::new(),
+    };
+    let n = a.connections as usize;
+    let limit = crate::util::raise_nofile_limit();
+    if limit < a.connections + 32 {
+        return Err(format!(
+            "the clients' process needs {} open files for --connections {}; the limit here is {limit}",
+            a.connections + 32,
+            a.connections
+        ));
+    }
+    let mut poll = Poll::new().map_err(|e| format!("epoll: {e}"))?;
+    let mut conns = Vec::with_capacity(n);
+    for i in 0..n {
+        let src = (!sources.is_empty()).then(|| sources[i % sources.len()]);
+        let mut s = crate::ws_conn::connect(peer, src)
+            .map_err(|e| format!("connection {i} of {n}: {e}"))?;
+        poll.registry()
+            .register(&mut s, Token(i), Interest::READABLE)
+            .map_err(|e| format!("epoll: {e}"))?;
+        conns.push(Some(s));
+    }
+    // Bounded: the server side closes every connection after its window; should it die
+    // without closing them, this process still ends.
+    let warmup = Duration::from_millis(a.interval_ms) + Duration::from_secs(1);
+    let deadline =
+        Instant::now() + warmup + Duration::from_secs_f64(a.window_secs) + Duration::from_secs(120);
+    let mut events = Events::with_capacity(1024);
+    let mut buf = vec![0u8; 64 * 1024];
+    let pongs = PONG.repeat(PONGS_AT_ONCE);
+    // Ping bytes seen modulo 2 per connection, so a Ping split over two reads is one Pong.
+    let mut odd = vec![false; n];
+    let mut open = n;
+    while open > 0 {
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{open} connections still open at the clients' deadline"
+            ));
+        }
+        match poll.poll(&mut events, Some(Duration::from_secs(1))) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("epoll: {e}")),
+        }
+        for ev in events.iter() {
+            let i = ev.token().0;
+            let Some(c) = conns.get_mut(i).and_then(Option::as_mut) else {
+                continue;
+            };
+            loop {
+                match c.read(&mut buf) {
+                    Ok(0) => {
+                        conns[i] = None;
+                        open -= 1;
+                        break;
+                    }
+                    Ok(k) => {
+                        if a.workload == FloorWorkload::Heartbeat {
+                            let bytes = k + usize::from(odd[i]);
+                            odd[i] = bytes % 2 == 1;
+                            answer(c, bytes / 2, &pongs)?;
+                        }
+                        if k < buf.len() {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == ErrorKind::ConnectionReset => {
+                        conns[i] = None;
+                        open -= 1;
+                        break;
+                    }
+                    Err(e) => return Err(format!("connection {i}: {e}")),
+                }
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// Writes `count` Pongs, at most [`PONGS_AT_ONCE`] a write.
+fn answer(c: &mut TcpStream, mut count: usize, pongs: &[u8]) -> Result<(), String> {
+    while count > 0 {
+        let k = count.min(PONGS_AT_ONCE);
+        match c.write(&pongs[..k * PONG.len()]) {
+            Ok(w) if w == k * PONG.len() => count -= k,
+            Ok(w) => return Err(format!("a Pong write took {w} of {} bytes", k * PONG.len())),
+            Err(e) => return Err(format!("a Pong write failed: {e}")),
+        }
+    }
+    Ok(())
+}

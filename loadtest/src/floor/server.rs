@@ -1,0 +1,262 @@
+//! The floor's server side: one thread, one poll, the accepted connections in a `Vec`,
+//! and nothing but the system calls the measured work needs (no parsing, no routing, no
+//! timers beyond the schedule).
+
+use super::cpu;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use std::io::{ErrorKind, Read, Write};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+/// The listener's token; connections use their index.
+const LISTENER: Token = Token(usize::MAX);
+/// A WebSocket Ping with no payload, as Throng writes it.
+const PING: [u8; 2] = [0x89, 0x00];
+/// A client's masked Pong with no payload.
+pub const PONG_BYTES: usize = 6;
+/// How often the heartbeat schedule is looked at (Throng's wheel ticks about this often).
+const TICK: Duration = Duration::from_millis(10);
+
+/// What one measured window did.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Round trips answered (heartbeat) or whole frames written (broadcast).
+    pub ops: u64,
+    /// Pings written (heartbeat) or frames due (broadcast) in the window.
+    pub asked: u64,
+    /// Broadcasts made in the window (broadcast only).
+    pub rounds: u64,
+    /// Broadcasts due in the window (broadcast only).
+    pub rounds_due: u64,
+    /// Writes that did not take their whole frame (partly or not at all).
+    pub short_writes: u64,
+    /// This process's CPU over the window.
+    pub user: Duration,
+    pub system: Duration,
+    /// The clients' process's CPU over the window, when it could be read.
+    pub clients: Option<Duration>,
+    /// The window's length.
+    pub elapsed: Duration,
+}
+
+/// The accepted connections and their poll.
+pub struct Server {
+    poll: Poll,
+    events: Events,
+    conns: Vec<TcpStream>,
+    buf: Vec<u8>,
+}
+
+/// Where a measured window starts: the counters and CPU times to subtract.
+struct Mark {
+    at: Instant,
+    own: (Duration, Duration),
+    clients: Option<Duration>,
+}
+
+impl Mark {
+    fn now(clients_pid: u32) -> Mark {
+        Mark {
+            at: Instant::now(),
+            own: cpu::own(),
+            clients: cpu::of_pid(clients_pid),
+        }
+    }
+
+    /// Fills `t`'s CPU and elapsed fields with what passed since this mark.
+    fn close(&self, t: &mut Tally, clients_pid: u32) {
+        let (u, s) = cpu::own();
+        t.user = u.saturating_sub(self.own.0);
+        t.system = s.saturating_sub(self.own.1);
+        t.clients = match (self.clients, cpu::of_pid(clients_pid)) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+            _ => None,
+        };
+        t.elapsed = self.at.elapsed();
+    }
+}
+
+impl Server {
+    /// Accepts `n` connections on `listener` (the clients' process `child` makes them);
+    /// fails by `deadline` or when the child exits first.
+    pub fn accept(
+        mut listener: TcpListener,
+        n: usize,
+        deadline: Instant,
+        child: &mut Child,
+    ) -> Result<Server, String> {
+        let mut poll = Poll::new().map_err(|e| format!("epoll: {e}"))?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)
+            .map_err(|e| format!("epoll: {e}"))?;
+        let mut events = Events::with_capacity(1024);
+        let mut conns = Vec::with_capacity(n);
+        while conns.len() < n {
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "only {} of {n} connections arrived in time from the clients' process",
+                    conns.len()
+                ));
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "the clients' process ended ({status}) after {} of {n} connections",
+                    conns.len()
+                ));
+            }
+            poll.poll(&mut events, Some(Duration::from_millis(200)))
+                .map_err(|e| format!("epoll: {e}"))?;
+            while conns.len() < n {
+                match listener.accept() {
+                    Ok((mut s, _)) => {
+                        // As Throng's listener hands them out: no Nagle delay.
+                        let _ = s.set_nodelay(true);
+                        poll.registry()
+                            .register(&mut s, Token(conns.len()), Interest::READABLE)
+                            .map_err(|e| format!("epoll: {e}"))?;
+                        conns.push(s);
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => return Err(format!("accept: {e}")),
+                }
+            }
+        }
+        Ok(Server {
+            poll,
+            events,
+            conns,
+            buf: vec![0; 64 * 1024],
+        })
+    }
+
+    /// Pings every connection once per `interval`, spread evenly, and reads the Pongs;
+    /// measures `window` after `warmup`.
+    pub fn heartbeat(
+        &mut self,
+        interval: Duration,
+        warmup: Duration,
+        window: Duration,
+        clients_pid: u32,
+    ) -> Result<Tally, String> {
+        let n = self.conns.len() as u128;
+        let start = Instant::now();
+        let (mut sent, mut pong_bytes) = (0u64, 0u64);
+        let mut t = Tally::default();
+        let mut mark: Option<(Mark, u64, u64, u64)> = None;
+        loop {
+            let now = Instant::now();
+            let due = (n * now.duration_since(start).as_nanos() / interval.as_nanos()) as u64;
+            while sent < due {
+                let c = &mut self.conns[(sent % n as u64) as usize];
+                if !matches!(c.write(&PING), Ok(2)) {
+                    t.short_writes += 1;
+                }
+                sent += 1;
+            }
+            match &mark {
+                None if now >= start + warmup => {
+                    mark = Some((Mark::now(clients_pid), sent, pong_bytes, t.short_writes));
+                }
+                Some((m, sent0, pong0, short0)) if now >= m.at + window => {
+                    m.close(&mut t, clients_pid);
+                    t.asked = sent - sent0;
+                    t.ops = (pong_bytes - pong0) / PONG_BYTES as u64;
+                    t.short_writes -= short0;
+                    return Ok(t);
+                }
+                _ => {}
+            }
+            let next = start
+                + TICK * (now.duration_since(start).as_millis() / TICK.as_millis() + 1) as u32;
+            pong_bytes += self.read_ready(Some(next.saturating_duration_since(Instant::now())))?;
+        }
+    }
+
+    /// Writes `frame` to every connection `rate` times a second; measures `window`
+    /// after `warmup`.
+    pub fn broadcast(
+        &mut self,
+        rate: f64,
+        frame: &[u8],
+        warmup: Duration,
+        window: Duration,
+        clients_pid: u32,
+    ) -> Result<Tally, String> {
+        let period = Duration::from_secs_f64(1.0 / rate);
+        let start = Instant::now();
+        let (mut rounds, mut written) = (0u64, 0u64);
+        let mut t = Tally::default();
+        let mut mark: Option<(Mark, u64, u64, u64)> = None;
+        // Broadcasts due by `at`: one at the start, then one every period.
+        let scheduled = |at: Instant| (at.duration_since(start).as_secs_f64() * rate) as u64 + 1;
+        loop {
+            let now = Instant::now();
+            if now >= start + period.mul_f64(rounds as f64) {
+                for c in &mut self.conns {
+                    match c.write(frame) {
+                        Ok(k) if k == frame.len() => written += 1,
+                        _ => t.short_writes += 1,
+                    }
+                }
+                rounds += 1;
+            }
+            let now = Instant::now();
+            match &mark {
+                None if now >= start + warmup => {
+                    mark = Some((Mark::now(clients_pid), rounds, written, t.short_writes));
+                }
+                Some((m, rounds0, written0, short0)) if now >= m.at + window => {
+                    m.close(&mut t, clients_pid);
+                    t.rounds = rounds - rounds0;
+                    t.rounds_due = scheduled(now) - scheduled(m.at);
+                    t.ops = written - written0;
+                    t.asked = t.rounds_due * self.conns.len() as u64;
+                    t.short_writes -= short0;
+                    return Ok(t);
+                }
+                _ => {}
+            }
+            let next = start + period.mul_f64(rounds as f64);
+            let wait = next
+                .saturating_duration_since(now)
+                .min(Duration::from_millis(100));
+            self.read_ready(Some(wait))?;
+        }
+    }
+
+    /// Waits at most `timeout` for readable connections and reads them; returns the bytes
+    /// read. A read that does not fill the buffer ends a connection's reads (as in Throng).
+    fn read_ready(&mut self, timeout: Option<Duration>) -> Result<u64, String> {
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => return Ok(0),
+            Err(e) => return Err(format!("epoll: {e}")),
+        }
+        let mut total = 0u64;
+        for ev in self.events.iter() {
+            let i = ev.token().0;
+            let Some(c) = self.conns.get_mut(i) else {
+                continue;
+            };
+            loop {
+                match c.read(&mut self.buf) {
+                    Ok(0) => {
+                        return Err(format!("the clients' process closed connection {i}"));
+                    }
+                    Ok(k) => {
+                        total += k as u64;
+                        if k < self.buf.len() {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => return Err(format!("connection {i}: {e}")),
+                }
+            }
+        }
+        Ok(total)
+    }
+}
