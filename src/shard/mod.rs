@@ -185,6 +185,9 @@ struct Shard {
     /// Verifies `refresh` tokens; the shard's own, so a refresh takes no lock. `None`
     /// only if the key stopped loading after startup checked it.
     verifier: Option<Verifier>,
+    /// The empty Ping every heartbeat queues, shared: one allocation per shard rather
+    /// than one per ping.
+    ping: Wire,
     scratch: Vec<u8>,
     json: simd_json::Buffers,
     /// Compresses frames for permessage-deflate recipients (once per frame, see `Wire`).
@@ -319,6 +322,7 @@ impl Shard {
             idle_ticks,
             hint_ticks,
             verifier,
+            ping: frame::ping(b""),
             scratch: vec![0; SCRATCH_BYTES],
             json: simd_json::Buffers::default(),
             deflater: crate::deflate::Deflater::new(shared.config.compression_level),
@@ -1157,7 +1161,8 @@ impl Shard {
         }
         if silent >= self.ping_ticks && c.flags & PING_SENT == 0 {
             c.flags |= PING_SENT;
-            self.send_frame(key, frame::ping(b""));
+            let ping = self.ping.clone();
+            self.send_frame(key, ping);
             self.counters().pings.fetch_add(1, Relaxed);
         }
         self.hint_expiry(key);
