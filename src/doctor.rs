@@ -95,6 +95,11 @@ pub struct DoctorArgs {
     #[arg(long, value_name = "N", default_value_t = crate::config::API_MAX_CONNECTIONS,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub api_max_connections: usize,
+    /// The server's `backlog` (the client listener's queue), which `net.core.somaxconn`
+    /// must not cut and SYN cookies (or `tcp_max_syn_backlog`) must cover.
+    #[arg(long, value_name = "N", default_value_t = SERVER_BACKLOG,
+          value_parser = clap::value_parser!(u64).range(1..=i32::MAX as u64))]
+    pub backlog: u64,
     /// Root of the proc filesystem to read (tests point it at a fake tree).
     #[arg(long, value_name = "DIR", default_value = "/proc")]
     pub proc_root: PathBuf,
@@ -553,8 +558,8 @@ fn check_somaxconn(proc_root: &Path, backlog: u64) -> Item {
         (
             Status::Warn,
             format!(
-                "the kernel cuts the client listener's queue (`backlog`, {backlog} by default) \
-                 to {v}: in a reconnect storm after a restart, clients past it are dropped and \
+                "the kernel cuts the client listener's queue (`backlog` {backlog}; `--backlog` \
+                 here names yours) to {v}: in a reconnect storm after a restart, clients past it are dropped and \
                  retry after 1 s, 3 s, ...; raise it to at least `backlog` \
                  (sysctl.d/99-throng.conf)"
             ),
@@ -563,8 +568,8 @@ fn check_somaxconn(proc_root: &Path, backlog: u64) -> Item {
         (
             Status::Ok,
             format!(
-                "the queue is the smaller of this and Throng's `backlog` ({backlog} by \
-                 default): set `backlog` up to {v} to use it"
+                "the queue is the smaller of this and Throng's `backlog` ({backlog}): set \
+                 `backlog` up to {v} to use it"
             ),
         )
     } else {
@@ -1007,6 +1012,8 @@ pub struct Target {
     pub tls: bool,
     /// The server's `api_max_connections` (its push API descriptor reserve).
     pub api_max_connections: usize,
+    /// The server's `backlog` (the client listener's queue).
+    pub backlog: u64,
 }
 
 /// Checks the host under `proc_root` and `sys_root` for `target_connections`.
@@ -1026,6 +1033,7 @@ pub fn check_with_budget(
         outbound_budget,
         tls: false,
         api_max_connections: crate::config::API_MAX_CONNECTIONS,
+        backlog: SERVER_BACKLOG,
     };
     check_target(proc_root, sys_root, &target)
 }
@@ -1039,8 +1047,8 @@ pub fn check_target(proc_root: &Path, sys_root: &Path, target: &Target) -> Repor
         check_nofile(proc_root, n, target.api_max_connections),
         check_file_max(proc_root, n),
         check_nr_open(proc_root, n, target.api_max_connections),
-        check_somaxconn(proc_root, SERVER_BACKLOG),
-        check_syncookies(proc_root, SERVER_BACKLOG),
+        check_somaxconn(proc_root, target.backlog),
+        check_syncookies(proc_root, target.backlog),
         check_port_range(proc_root, n),
         check_tcp_mem(proc_root, n, page, &memory),
         check_rmem(proc_root),

@@ -80,6 +80,7 @@ fn doctor(args: throng::doctor::DoctorArgs) -> ExitCode {
         outbound_budget: args.max_outbound_total_bytes,
         tls: args.tls,
         api_max_connections: args.api_max_connections,
+        backlog: args.backlog,
     };
     let report = throng::doctor::check_target(&args.proc_root, &args.sys_root, &target);
     print!("{}", throng::doctor::render(&report));

@@ -227,6 +227,7 @@ fn tls_projects_the_tls_state_of_each_connection() {
         outbound_budget: None,
         tls: true,
         api_max_connections: 1024,
+        backlog: doctor::SERVER_BACKLOG,
     };
     let r = doctor::check_target(&h.proc_root(), &h.sys_root(), &target);
     assert_eq!(
@@ -433,6 +434,54 @@ fn the_syn_backlog_matters_only_with_syncookies_off() {
         somaxconn.note.contains("set `backlog` up to 65535"),
         "{r:#?}"
     );
+}
+
+#[test]
+fn the_backlog_checks_take_the_servers_backlog() {
+    // somaxconn 65535 against a server run with `backlog = 65535`: enough, and no advice
+    // to raise `backlog`; against one with 100000, the kernel cuts it.
+    let h = host(&tuned());
+    let out = h.run_with(100_000, &["--backlog", "65535"]);
+    let text = stdout(&out);
+    assert_eq!(
+        row_status(&text, "net.core.somaxconn").as_deref(),
+        Some("OK"),
+        "{text}"
+    );
+    assert!(text.contains(">= 65535 (`backlog`)"), "{text}");
+    assert!(!text.contains("set `backlog` up to"), "{text}");
+    let text = stdout(&h.run_with(100_000, &["--backlog", "100000"]));
+    assert_eq!(
+        row_status(&text, "net.core.somaxconn").as_deref(),
+        Some("WARN"),
+        "{text}"
+    );
+    assert!(text.contains("(`backlog` 100000;"), "{text}");
+    // SYN cookies off: a tcp_max_syn_backlog of 65535 leaves 49,152 half-open connections
+    // to new peers, enough for the default 4096 but not for a backlog of 65535.
+    let h = tuned_with(&[
+        ("proc/sys/net/ipv4/tcp_syncookies", "0\n"),
+        ("proc/sys/net/ipv4/tcp_max_syn_backlog", "65535\n"),
+    ]);
+    let text = stdout(&h.run(100_000));
+    assert_eq!(
+        row_status(&text, "net.ipv4.tcp_syncookies").as_deref(),
+        Some("OK"),
+        "{text}"
+    );
+    let text = stdout(&h.run_with(100_000, &["--backlog", "65535"]));
+    assert_eq!(
+        row_status(&text, "net.ipv4.tcp_syncookies").as_deref(),
+        Some("WARN"),
+        "{text}"
+    );
+    // A backlog the server itself would refuse is refused here too, by name.
+    for bad in ["0", "2147483648", "x"] {
+        let out = h.run_with(100_000, &["--backlog", bad]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {err}");
+        assert!(err.contains("--backlog"), "{bad}: {err}");
+    }
 }
 
 /// A tree like `tuned()` with this open-file limit (soft and hard).
