@@ -1487,3 +1487,52 @@ fn redis_faults_are_logged_in_plain_words() {
     assert_eq!(a.logged("stream ingress lost Redis"), 0, "{}", a.output());
     a.wait_ready_status(200);
 }
+
+#[test]
+fn a_redis_refusing_the_stream_ingress_keeps_its_link_and_says_so_once() {
+    // With writes refused (NOREPLICAS here, as with MISCONF or OOM), every read of the
+    // ingress (XREADGROUP is a write) failed, and it logged "lost Redis; reconnecting" and
+    // made a new link each time, every 2 s at most, for as long as the refusal lasted.
+    let redis = RedisServer::start();
+    let n = Node::start(&redis.url(), &node_flags("solo")).ready();
+    let mut c = n.connect("ines");
+    n.wait_streams(1);
+    let errors = || tls::metric(n.api, "throng_broker_errors_total");
+    let before = errors();
+    let mut r = redis.conn();
+    let refuse = |r: &mut redis::Connection, replicas: u32| {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("min-replicas-to-write")
+            .arg(replicas)
+            .query(r)
+            .unwrap();
+    };
+    refuse(&mut r, 1);
+    let refused = wait_until(Duration::from_secs(20), || {
+        n.logged("Redis refuses the stream ingress") == 1 && errors() >= before + 6
+    });
+    assert!(refused, "{}", n.output());
+    assert_eq!(n.logged("stream ingress lost Redis"), 0, "{}", n.output());
+    assert_eq!(
+        n.logged("Redis refuses the stream ingress"),
+        1,
+        "{}",
+        n.output()
+    );
+    // Writes taken again: an entry reaches the user, and the log says the ingress is back.
+    refuse(&mut r, 0);
+    let _: String = redis::cmd("XADD")
+        .arg("throng:push")
+        .arg("*")
+        .arg("push")
+        .arg(json!({"user": "ines", "data": "again"}).to_string())
+        .query(&mut r)
+        .unwrap();
+    let m = c.recv();
+    assert_eq!(m["data"], "again", "{m}");
+    let back = wait_until(WAIT, || {
+        n.logged("Redis takes the stream ingress's commands again") == 1
+    });
+    assert!(back, "{}", n.output());
+}

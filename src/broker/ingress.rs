@@ -34,6 +34,7 @@ use super::trim::Trimmer;
 use super::{next_backoff, pause, BrokerCtx, RECONNECT_MIN};
 use crate::api::{parse_push, ParsedPush, Target};
 use crate::config::MAX_API_BODY_BYTES;
+use crate::log_gate::LogGate;
 
 /// Most entries read per round trip.
 const COUNT: usize = 256;
@@ -240,7 +241,13 @@ pub(crate) struct Ingress {
     /// Entries this node left pending after an attempt reached some of their users, with
     /// those users: a retry leaves them out.
     held: Held,
+    /// Redis answers but refuses the ingress's commands (a write refused: NOREPLICAS,
+    /// MISCONF, OOM): said once a minute, the link kept.
+    refused: LogGate,
 }
+
+/// How often a Redis that keeps refusing the ingress's commands is said again.
+const REFUSED_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Acknowledgements waiting for a round trip: `dead` DLQ copies (each acknowledging its
 /// entry), then, with `xack`, the XACK of the entries that were published (see
@@ -267,6 +274,7 @@ impl Ingress {
             read_at: Instant::now(),
             acks: None,
             held: Held::default(),
+            refused: LogGate::new(REFUSED_LOG_EVERY),
         }
     }
 
@@ -280,33 +288,57 @@ impl Ingress {
                     if std::mem::take(&mut lost) {
                         tracing::info!("stream ingress is back on Redis");
                     }
-                    let Err(e) = self.serve(&mut conn) else {
-                        continue;
-                    };
-                    if super::is_interrupted(&e) {
-                        // SIGSTOP and SIGCONT interrupt a read waiting on Redis (a socket
-                        // with a timeout is not restarted): nothing is wrong. The link is out of
-                        // step (a reply half read), so the read is tried again on a new
-                        // one at once; this consumer's pending entries are read first, so
-                        // what the lost reply held is not lost.
-                        tracing::debug!(
-                            "stream ingress read interrupted by a signal; reading again"
-                        );
-                        continue;
-                    }
-                    let e = super::describe(&e, self.ctx.redis.is_tls());
-                    tracing::warn!(error = %e, "stream ingress lost Redis; reconnecting");
-                    lost = true;
-                    self.ctx.metrics.broker.errors.fetch_add(1, Relaxed);
-                    // Not at once: an error that repeats must not become a busy loop.
-                    pause(self.backoff, &self.ctx.stop);
-                    self.backoff = next_backoff(self.backoff);
+                    lost = self.serve_link(&mut conn);
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "stream ingress cannot reach Redis");
                     pause(self.backoff, &self.ctx.stop);
                     self.backoff = next_backoff(self.backoff);
                 }
+            }
+        }
+    }
+
+    /// Serves one link until the server stops or the link must go; returns whether its
+    /// loss was logged. A refusal Redis answers with (a write refused: NOREPLICAS,
+    /// MISCONF, OOM, ...) keeps the link: a new one would meet the same, and reconnecting
+    /// would only say "lost Redis" each time. Not NOGROUP or NOSCRIPT: a new link makes
+    /// the group and loads the script again.
+    fn serve_link(&mut self, conn: &mut Connection) -> bool {
+        loop {
+            let Err(e) = self.serve(conn) else {
+                return false;
+            };
+            if super::is_interrupted(&e) {
+                // SIGSTOP and SIGCONT interrupt a read waiting on Redis (a socket with a
+                // timeout is not restarted): nothing is wrong. The link is out of step (a
+                // reply half read), so the read is tried again on a new one at once; this
+                // consumer's pending entries are read first, so what the lost reply held
+                // is not lost.
+                tracing::debug!("stream ingress read interrupted by a signal; reading again");
+                return false;
+            }
+            self.ctx.metrics.broker.errors.fetch_add(1, Relaxed);
+            let code = super::error_code(&e).unwrap_or_default();
+            let kept = super::answered_with_error(&e) && !matches!(&*code, "NOGROUP" | "NOSCRIPT");
+            if !kept {
+                let e = super::describe(&e, self.ctx.redis.is_tls());
+                tracing::warn!(error = %e, "stream ingress lost Redis; reconnecting");
+            } else if let Some(held) = self.refused.fail(Instant::now()) {
+                tracing::warn!(
+                    refusals_held_back = held,
+                    "Redis refuses the stream ingress ({code}); entries wait in {PUSH_STREAM} \
+                     and are read again, backing off up to 2 s"
+                );
+            }
+            // Not at once: an error that repeats must not become a busy loop.
+            pause(self.backoff, &self.ctx.stop);
+            self.backoff = next_backoff(self.backoff);
+            if !kept {
+                return true;
+            }
+            if self.ctx.stop.load(Relaxed) {
+                return false;
             }
         }
     }
@@ -391,6 +423,9 @@ impl Ingress {
                 entries = self.handle(conn, entries, read_on)?;
             }
             self.backoff = RECONNECT_MIN;
+            if self.refused.recover() {
+                tracing::info!("Redis takes the stream ingress's commands again");
+            }
         }
         Ok(())
     }

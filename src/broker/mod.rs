@@ -261,6 +261,15 @@ pub(crate) fn is_interrupted(e: &redis::RedisError) -> bool {
     io_kind(e) == Some(std::io::ErrorKind::Interrupted)
 }
 
+/// The error's code (`NOPERM`, `OOM`, ...), also a pipeline's first.
+pub(crate) fn error_code(e: &redis::RedisError) -> Option<String> {
+    if let Some(c) = e.code() {
+        return Some(c.to_string());
+    }
+    let errors = e.clone().into_server_errors()?;
+    errors.first().map(|(_, err)| err.code().to_string())
+}
+
 /// Whether Redis itself answered with the error (a refusal: out of memory, loading, ...),
 /// alone or within a pipeline, so that a new link would meet the same: the link is fine.
 /// Not a replica's refusal (READONLY, MASTERDOWN): after a failover behind the same

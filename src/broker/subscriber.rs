@@ -20,7 +20,9 @@ use super::envelope;
 use super::keys::StreamRef;
 use super::pubsub::PubSubLink;
 use super::script::now_ms;
-use super::{connect, next_backoff, BrokerCtx, Interest, Remote, StreamState, RECONNECT_MIN};
+use super::{
+    connect, error_code, next_backoff, BrokerCtx, Interest, Remote, StreamState, RECONNECT_MIN,
+};
 use crate::link::{Links, SendError};
 use crate::log_gate::LogGate;
 use crate::route::shard_of;
@@ -783,15 +785,6 @@ impl Subscriber {
 /// the link failing.
 fn redis_answered(e: &redis::RedisError) -> bool {
     !(e.is_io_error() || e.is_timeout() || e.is_connection_dropped()) && error_code(e).is_some()
-}
-
-/// The error's code (`NOPERM`, `OOM`, ...), also a pipeline's first.
-fn error_code(e: &redis::RedisError) -> Option<String> {
-    if let Some(c) = e.code() {
-        return Some(c.to_string());
-    }
-    let errors = e.clone().into_server_errors()?;
-    errors.first().map(|(_, err)| err.code().to_string())
 }
 
 /// The next reply on a command link whose pipeline is read a reply at a time (out-of-band
