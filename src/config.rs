@@ -133,6 +133,11 @@ pub struct ServeArgs {
     /// The client listener's backlog (the push API's is 1024) [default: 4096].
     #[arg(long)]
     pub backlog: Option<u32>,
+    /// Unsent bytes the kernel holds per client socket (TCP_NOTSENT_LOWAT); the rest
+    /// waits in Throng's queue, under its outbound bounds; 0 = the host's
+    /// net.ipv4.tcp_notsent_lowat [default: 131072].
+    #[arg(long, value_name = "BYTES")]
+    pub tcp_notsent_lowat: Option<u32>,
     /// Shared JWT secret for HS256/384/512 (env THRONG_JWT_SECRET).
     #[arg(long)]
     pub jwt_secret: Option<String>,
@@ -413,6 +418,7 @@ struct FileConfig {
     shards: Option<usize>,
     pin_cores: Option<bool>,
     backlog: Option<u32>,
+    tcp_notsent_lowat: Option<u32>,
     api_key: Option<String>,
     api_key_file: Option<PathBuf>,
     ping_interval_ms: Option<u64>,
@@ -561,6 +567,9 @@ pub struct Config {
     pub pin_cores: bool,
     /// The client listener's backlog.
     pub backlog: u32,
+    /// `TCP_NOTSENT_LOWAT` of client sockets (set on the listener, which they inherit);
+    /// 0 leaves the host's.
+    pub tcp_notsent_lowat: u32,
     /// Token verification.
     pub jwt: JwtConfig,
     /// Push API key, when required: the one given, or the first of `api_key_file`.
@@ -774,6 +783,11 @@ pub struct KafkaConfig {
     /// How long the group waits for a silent member before it reassigns its partitions.
     pub session_timeout: Duration,
 }
+
+/// Unsent bytes the kernel holds per client socket by default (`tcp_notsent_lowat`):
+/// past it a slow client's frames wait in Throng's queue, where the outbound bounds see
+/// them, instead of in up to `tcp_wmem`'s max (4 MiB) of kernel memory.
+pub const DEFAULT_TCP_NOTSENT_LOWAT: u32 = 131_072;
 
 /// The default of `kafka_max_buffered_bytes`.
 pub const KAFKA_MAX_BUFFERED_BYTES: usize = 128 << 20;
@@ -1513,6 +1527,16 @@ impl Config {
         if backlog == 0 || backlog > i32::MAX as u32 {
             return Err(invalid("backlog", "must be between 1 and 2147483647"));
         }
+        let tcp_notsent_lowat = args
+            .tcp_notsent_lowat
+            .or(file.tcp_notsent_lowat)
+            .unwrap_or(DEFAULT_TCP_NOTSENT_LOWAT);
+        if tcp_notsent_lowat > i32::MAX as u32 {
+            return Err(invalid(
+                "tcp_notsent_lowat",
+                "must be between 0 (the host's) and 2147483647",
+            ));
+        }
         let max_client_data_bytes = positive(
             "max_client_data_bytes",
             args.max_client_data_bytes
@@ -1763,6 +1787,7 @@ impl Config {
             shards,
             pin_cores: args.pin_cores.or(file.pin_cores).unwrap_or(false),
             backlog,
+            tcp_notsent_lowat,
             jwt,
             api_key,
             extra_api_keys,
@@ -2050,6 +2075,23 @@ mod tests {
         let parsed =
             ServeOnly::try_parse_from(std::iter::once("serve").chain(args.iter().copied()))?;
         Config::from_serve_args(parsed.args, |_| None)
+    }
+
+    #[test]
+    fn tcp_notsent_lowat_defaults_to_128_kib_and_is_bounded() {
+        assert_eq!(
+            cfg(&["--jwt-secret", S]).unwrap().tcp_notsent_lowat,
+            131_072
+        );
+        let off = cfg(&["--jwt-secret", S, "--tcp-notsent-lowat", "0"]).unwrap();
+        assert_eq!(off.tcp_notsent_lowat, 0);
+        let err = cfg(&["--jwt-secret", S, "--tcp-notsent-lowat", "2147483648"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tcp_notsent_lowat") && err.contains("2147483647"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -868,8 +868,10 @@ fn check_wmem(proc_root: &Path) -> Item {
         "min/default/max per socket, allocated only while data is queued; an established \
          socket's send buffer follows its congestion window whatever the default, so a \
          client that stops reading can leave up to max ({}) in the kernel besides \
-         max_outbound_bytes",
-        human_bytes(max)
+         max_outbound_bytes, unless TCP_NOTSENT_LOWAT bounds the unsent part: Throng sets \
+         it on its client sockets (`tcp_notsent_lowat`, {} by default)",
+        human_bytes(max),
+        crate::config::DEFAULT_TCP_NOTSENT_LOWAT
     );
     match read_parsed(proc_root, "sys/net/ipv4/tcp_notsent_lowat", parse_n::<1>) {
         Ok([lowat]) if lowat < max => {
@@ -880,8 +882,9 @@ fn check_wmem(proc_root: &Path) -> Item {
             );
         }
         Ok(_) => note.push_str(
-            "; tcp_notsent_lowat is off (setting it keeps unsent data in Throng's queue \
-             instead: sysctl.d/99-throng.conf)",
+            "; tcp_notsent_lowat is off host-wide: it matters for a server run with \
+             `tcp_notsent_lowat = 0` and for the host's other sockets \
+             (sysctl.d/99-throng.conf sets it)",
         ),
         Err(e) => {
             let _ = write!(note, "; {e}");

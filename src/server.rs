@@ -149,6 +149,36 @@ pub(crate) fn defer_accept(listener: &std::net::TcpListener, secs: u32) -> io::R
     Ok(())
 }
 
+/// Sets `TCP_NOTSENT_LOWAT` on the client listener, which accepted sockets inherit on
+/// Linux (no system call per client): the kernel then takes at most `bytes` unsent per
+/// socket, so a slow client's backlog waits in Throng's queue, where the outbound
+/// bounds count it, instead of in up to `tcp_wmem`'s max of kernel memory. Elsewhere a
+/// no-op.
+pub(crate) fn notsent_lowat(listener: &std::net::TcpListener, bytes: u32) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+        // SAFETY: the descriptor is borrowed from a live listener for the whole call, and
+        // the option value points at a local `c_int` whose size is the length passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                listener.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_NOTSENT_LOWAT,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (listener, bytes);
+    Ok(())
+}
+
 impl Server {
     /// Binds the listeners and starts every thread.
     pub fn start(config: Config) -> Result<Server, StartError> {
@@ -159,6 +189,14 @@ impl Server {
         let defer_secs = config.handshake_timeout.as_secs_f64().ceil().max(1.0) as u32;
         if let Err(e) = defer_accept(&client_listener, defer_secs) {
             tracing::warn!(error = %e, "TCP_DEFER_ACCEPT not available; accepting at once");
+        }
+        if config.tcp_notsent_lowat > 0 {
+            if let Err(e) = notsent_lowat(&client_listener, config.tcp_notsent_lowat) {
+                tracing::warn!(
+                    error = %e,
+                    "TCP_NOTSENT_LOWAT not available; client sockets keep the host's"
+                );
+            }
         }
         let api_listener = listen(config.api_listen, 1024)?;
         let client_addr = client_listener.local_addr()?;
@@ -685,9 +723,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn accepted_sockets_inherit_nodelay_and_wait_for_their_first_bytes() {
+    fn accepted_sockets_inherit_nodelay_and_notsent_lowat_and_wait_for_their_first_bytes() {
         let listener = listen("127.0.0.1:0".parse().unwrap(), 16).unwrap();
         defer_accept(&listener, 1).unwrap();
+        notsent_lowat(&listener, 65_536).unwrap();
         let addr = listener.local_addr().unwrap();
         let mut client = std::net::TcpStream::connect(addr).unwrap();
         // Deferred: nothing to accept while the client is silent.
@@ -708,6 +747,23 @@ mod tests {
             }
         };
         assert!(socket2::SockRef::from(&accepted).tcp_nodelay().unwrap());
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let mut value: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: a live socket, and a `c_int` with its size as the length.
+            let rc = unsafe {
+                libc::getsockopt(
+                    accepted.as_raw_fd(),
+                    libc::IPPROTO_TCP,
+                    libc::TCP_NOTSENT_LOWAT,
+                    (&mut value as *mut libc::c_int).cast(),
+                    &mut len,
+                )
+            };
+            assert_eq!((rc, value), (0, 65_536));
+        }
     }
 }
 

@@ -22,6 +22,12 @@ fn a_push_to_many_users_is_written_as_it_is_built_not_held_whole() {
         "2097152",
         "--history-memory-bytes",
         "1048576",
+        // The clients read only after the push: the kernel must take each frame whole
+        // (up to tcp_wmem's max), as without TCP_NOTSENT_LOWAT, whatever the host's
+        // sysctl. With the default 128 KiB most of 172 MiB would rightly wait in Throng's
+        // queues, past this budget.
+        "--tcp-notsent-lowat",
+        "2147483647",
     ]);
     let users: Vec<String> = (0..USERS).map(|i| format!("fan{i}")).collect();
     let mut clients: Vec<Client> = users.iter().map(|u| srv.connect(u)).collect();

@@ -402,3 +402,26 @@ fn queued_push_bytes_are_counted_and_released_exactly() {
         gauge(s, "command_bytes") == 0
     });
 }
+
+#[test]
+fn a_slow_clients_backlog_waits_in_throngs_queue_not_the_kernels() {
+    // Without TCP_NOTSENT_LOWAT the socket of a client that does not read took up to
+    // tcp_wmem's max (4 MiB on this host) of kernel memory, outside the outbound bounds:
+    // 720 KB pushed to it left Throng's queue empty. With the default 128 KiB the kernel
+    // takes that plus what the client's receive window holds, and the rest waits in
+    // Throng's queue, where `max_outbound_bytes` and the budget count it.
+    let srv = TestServer::start(&[]);
+    let mut c = srv.connect("sloane");
+    let data = "x".repeat(60_000);
+    for _ in 0..12 {
+        srv.push(json!({"user": "sloane", "data": data}));
+    }
+    srv.wait_stats("most of 720 KB queued in Throng", |s| {
+        gauge(s, "outbound_bytes") >= 300_000
+    });
+    // Nothing lost: the client reads all twelve, and the queue empties.
+    for _ in 0..12 {
+        assert_eq!(c.recv()["data"].as_str().map(str::len), Some(60_000));
+    }
+    srv.wait_stats("queue drained", |s| gauge(s, "outbound_bytes") == 0);
+}
