@@ -126,27 +126,12 @@ fn listen(addr: SocketAddr, backlog: u32) -> Result<std::net::TcpListener, Start
 /// descriptor until then. Elsewhere a no-op.
 pub(crate) fn defer_accept(listener: &std::net::TcpListener, secs: u32) -> io::Result<()> {
     #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        let value = libc::c_int::try_from(secs).unwrap_or(libc::c_int::MAX);
-        // SAFETY: the descriptor is borrowed from a live listener for the whole call, and
-        // the option value points at a local `c_int` whose size is the length passed.
-        let rc = unsafe {
-            libc::setsockopt(
-                listener.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_DEFER_ACCEPT,
-                (&value as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
+    return set_tcp_int(listener, libc::TCP_DEFER_ACCEPT, secs);
     #[cfg(not(target_os = "linux"))]
-    let _ = (listener, secs);
-    Ok(())
+    {
+        let _ = (listener, secs);
+        Ok(())
+    }
 }
 
 /// Sets `TCP_NOTSENT_LOWAT` on the client listener, which accepted sockets inherit on
@@ -156,26 +141,37 @@ pub(crate) fn defer_accept(listener: &std::net::TcpListener, secs: u32) -> io::R
 /// no-op.
 pub(crate) fn notsent_lowat(listener: &std::net::TcpListener, bytes: u32) -> io::Result<()> {
     #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-        // SAFETY: the descriptor is borrowed from a live listener for the whole call, and
-        // the option value points at a local `c_int` whose size is the length passed.
-        let rc = unsafe {
-            libc::setsockopt(
-                listener.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_NOTSENT_LOWAT,
-                (&value as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
+    return set_tcp_int(listener, libc::TCP_NOTSENT_LOWAT, bytes);
     #[cfg(not(target_os = "linux"))]
-    let _ = (listener, bytes);
+    {
+        let _ = (listener, bytes);
+        Ok(())
+    }
+}
+
+/// Sets the `IPPROTO_TCP` option `option` of `listener` to `value` (capped at `c_int`).
+#[cfg(target_os = "linux")]
+fn set_tcp_int(
+    listener: &std::net::TcpListener,
+    option: libc::c_int,
+    value: u32,
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let value = libc::c_int::try_from(value).unwrap_or(libc::c_int::MAX);
+    // SAFETY: the descriptor is borrowed from a live listener for the whole call, and the
+    // option value points at a local `c_int` whose size is the length passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            option,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
     Ok(())
 }
 
