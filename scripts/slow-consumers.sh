@@ -15,8 +15,9 @@
 #   BUDGET=             --max-outbound-total-bytes (default: the server's default)
 #   SERVER=target/release/throng   the binary to run (this script never builds)
 #   PUSH_BYTES=50000    bytes of data per push
-#   ROUNDS=80           at most this many pushes per client (the kernel takes ~1-2 MB of each
-#                       never-reading client before the server queues anything)
+#   ROUNDS=80           at most this many pushes per client (the kernel takes about 130 KB of
+#                       each never-reading client before the server queues anything; 1-2 MB
+#                       with EXTRA="--tcp-notsent-lowat 0" on a host without the sysctl)
 #   SETTLE=10           seconds after the clients are gone before the last RSS
 #   SHARDS=             --shards (default: the server's default)
 #   EXTRA=              more server flags, e.g. "--max-outbound-bytes 2097152"
@@ -143,11 +144,24 @@ time.sleep(1)
 idle = status("VmRSS")
 print(f"idle baseline: {n} idle connections, VmRSS {mib(idle)}")
 
+def kernel_tcp_bytes():
+    # Host-wide: every TCP socket's buffers (here mostly the server's send side, since the
+    # clients' receive buffers are 4 KiB), in pages.
+    with open("/proc/net/sockstat") as f:
+        for line in f:
+            if line.startswith("TCP:"):
+                fields = line.split()
+                return int(fields[fields.index("mem") + 1]) * os.sysconf("SC_PAGE_SIZE")
+    return 0
+
+kernel_idle = kernel_tcp_bytes()
 peak = [0]
+kernel_peak = [0]
 stop = threading.Event()
 def sample():
     while not stop.is_set():
         peak[0] = max(peak[0], status("VmRSS"))
+        kernel_peak[0] = max(kernel_peak[0], kernel_tcp_bytes())
         time.sleep(0.02)
 threading.Thread(target=sample, daemon=True).start()
 
@@ -194,6 +208,8 @@ s = stats()
 c = s["counters"]
 print(f"peak: VmRSS {mib(peak_rss)} (VmHWM {mib(hwm)}), outbound_bytes max seen {mib(max_out)}, "
       f"{sent} pushes in {time.time() - t0:.1f} s")
+print(f"peak kernel TCP memory (sockstat, host-wide): {mib(kernel_peak[0])}, "
+      f"{mib(kernel_idle)} idle")
 if os.environ.get("PAUSE"): time.sleep(float(os.environ["PAUSE"]))
 for s_ in socks:
     s_.close()
@@ -206,6 +222,7 @@ c = s["counters"]
 print(f"after: VmRSS {mib(after)} {settle:.0f} s after the clients are gone "
       f"(outbound_bytes {s['outbound_bytes']}, partial_bytes {s['partial_bytes']})")
 print(f"SUMMARY n={n} idle={mib(idle)} peak={mib(peak_rss)} after={mib(after)} "
+      f"kernel_peak={mib(kernel_peak[0])} "
       f"slow_consumer_closes={c['slow_consumer_closes']} budget_closes={c['budget_closes']}")
 EOF
 
