@@ -612,6 +612,11 @@ pub fn run_parent(
             Instant::now() + secs(pace + c.sock.handshake_timeout_secs + 60.0),
         )?;
         let open: u64 = ready.iter().map(|r| r.trim().parse().unwrap_or(0)).sum();
+        if open == 0 {
+            // Nobody to hold or push to: straight to the report (review s23-load N6).
+            eprintln!("{}", crate::local::NONE_OPEN);
+            return Ok((open, Mem::read(c.server_pid)));
+        }
         ws.await_all(None, Instant::now() + secs(c.settle_secs))?;
         let mem1 = Mem::read(c.server_pid);
         let hold = c.hold_secs.unwrap_or(if p.is_some() { 0.0 } else { 10.0 });

@@ -156,6 +156,36 @@ fn connect_with_every_connection_refused_exits_1() {
     r.eq("connections_opened", 0);
 }
 
+/// No connection open (review s23-load N6): `push` neither holds nor pushes, in one
+/// process or over workers; it fails on the connect errors and says why it stopped.
+/// (With the push phase run, `--duration-secs 120` would take past `RUN_LIMIT`.)
+#[test]
+fn a_push_run_with_no_connection_open_skips_the_hold_and_the_pushes() {
+    let srv = TestServer::start(&[]);
+    for procs in ["1", "2"] {
+        let mut args = strings(&[
+            "push",
+            "--rate",
+            "10",
+            "--duration-secs",
+            "120",
+            "--procs",
+            procs,
+        ]);
+        args.extend(with_url(srv.push_args(4), "ws://127.0.0.1:1/ws"));
+        let r = Load::spawn(args).wait_failed(RUN_LIMIT);
+        r.eq("connections_opened", 0);
+        r.check(
+            r.output.contains("no connection is open; skipping"),
+            "says why it skipped the phases",
+        );
+        r.check(
+            r.v.get("pushes_sent").is_none(),
+            "no push phase ran: pushes_sent is not reported",
+        );
+    }
+}
+
 /// A clean push run still exits 0 and says so.
 #[test]
 fn a_clean_push_run_exits_0_with_a_verdict() {
