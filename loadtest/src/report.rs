@@ -641,13 +641,24 @@ impl Report {
                 fmt_us(self.push_max_send_lag_us.unwrap_or(0))
             ));
         }
+        // Direct pushes are checked by seq: one given up that the server delivered anyway
+        // takes the seq the next accepted push was expected at (review s23-load N5).
+        let given_up = self.push_errors.as_ref().is_some_and(|m| !m.is_empty());
+        let direct = matches!(self.target.as_deref(), Some("user" | "users"));
+        let by_seq = if given_up && direct {
+            " (pushes were given up: one the server delivered anyway counts as 1 missing \
+             and 1 unexpected, since direct pushes are checked by seq)"
+        } else {
+            ""
+        };
         for (what, n) in [
             ("missing", self.messages_missing),
             ("duplicated", self.messages_duplicated),
             ("unexpected", self.messages_unexpected),
         ] {
             if let Some(n) = n.filter(|&n| n > 0) {
-                f.push(format!("{n} messages {what}"));
+                let why = if what == "duplicated" { "" } else { by_seq };
+                f.push(format!("{n} messages {what}{why}"));
             }
         }
         if let Some(n) = self.receivers_lost.filter(|&n| n > 0) {
@@ -1170,6 +1181,40 @@ mod tests {
                 r.failures
             );
         }
+    }
+
+    #[test]
+    fn a_given_up_direct_push_says_why_it_may_count_missing() {
+        // Review s23-load N5: a given-up direct push the server delivered anyway shifts
+        // the user's seq, so the last accepted one reads missing and it unexpected.
+        let mut r = pushed("push", 100);
+        r.target = Some("user".into());
+        r.push_errors = Some(BTreeMap::from([("api_timeout".to_string(), 1)]));
+        r.messages_missing = Some(1);
+        r.messages_unexpected = Some(1);
+        assert_eq!(r.judge(), 1);
+        let why = "(pushes were given up: one the server delivered anyway counts as 1 \
+                   missing and 1 unexpected, since direct pushes are checked by seq)";
+        for what in ["missing", "unexpected"] {
+            let line = format!("1 messages {what} {why}");
+            assert!(r.failures.contains(&line), "{line}: {:?}", r.failures);
+        }
+        // Not without a push given up, nor for topics (checked by accepted number).
+        r.target = Some("topic".into());
+        r.judge();
+        assert!(
+            r.failures.contains(&"1 messages missing".to_string()),
+            "{:?}",
+            r.failures
+        );
+        r.target = Some("user".into());
+        r.push_errors = Some(BTreeMap::new());
+        r.judge();
+        assert!(
+            r.failures.contains(&"1 messages missing".to_string()),
+            "{:?}",
+            r.failures
+        );
     }
 
     #[test]
