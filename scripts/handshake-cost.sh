@@ -9,7 +9,10 @@
 # Environment: N=18000, PROCS=2 (load-generator processes; one cannot hold 18,000 sockets
 #   under a 20,000-file limit), SOURCE_IPS=127.0.0.2-127.0.0.9, SERVER=path (another
 #   throng binary, e.g. an older build to compare against), NO_BUILD=1 (skip the build
-#   check).
+#   check), FLOOR=1 (first measure this host's floor with `throng-load floor --workload
+#   handshake` over the same N: a minimal epoll server that accepts, reads, registers and
+#   answers with fixed bytes, against minimal clients; then print Throng's figure
+#   against it).
 set -euo pipefail
 N=${N:-18000}
 PROCS=${PROCS:-2}
@@ -36,6 +39,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 export_credentials handshake-cost
+run_floor handshake-cost --workload handshake --connections "$N" --source-ips "$SOURCE_IPS"
 start_server handshake-cost "$WORK" --max-connections $((N + 1000)) || exit 1
 HZ=$(getconf CLK_TCK)
 
@@ -63,7 +67,7 @@ if ((status != 0)) || ((conns < N)); then
     exit 1
 fi
 load_cpu=$(tail -1 "$WORK/load.log")
-python3 - "$WORK/report.json" "$c0" "$c1" "$HZ" "$N" "$load_cpu" <<'PY'
+python3 - "$WORK/report.json" "$c0" "$c1" "$HZ" "$N" "$load_cpu" >"$WORK/figures" <<'PY'
 import json, re, sys
 r = json.load(open(sys.argv[1]))
 c0, c1, hz, n = map(float, sys.argv[2:6])
@@ -79,3 +83,5 @@ if len(t) == 2:
     print(f"handshake-cost: load generator CPU (connect, hold 3 s, close) {t[0] + t[1]:.2f} s "
           f"= {(t[0] + t[1]) / n * 1e6:.1f} us per connection")
 PY
+cat "$WORK/figures"
+say_floor_ratio handshake-cost "$(sed -n 's/^handshake-cost: server CPU .* = \([0-9.]*\) us per handshake$/\1/p' "$WORK/figures")"

@@ -68,9 +68,10 @@ pub enum Cmd {
     #[command(after_help = EXIT_STATUS)]
     Chat(ChatArgs),
     /// Measure this host's floor: a minimal epoll server that makes only the system calls
-    /// a heartbeat (2-byte Ping out, 6-byte Pong in) or a broadcast delivery (one frame
-    /// out) costs, against a child process of clients; its CPU per operation is what any
-    /// epoll server pays here, to read Throng's figures against. Needs no server.
+    /// a heartbeat (2-byte Ping out, 6-byte Pong in), a broadcast delivery (one frame out)
+    /// or a handshake (accept, read, register, answer) costs, against a child process of
+    /// clients; its CPU per operation is what any epoll server pays here, to read Throng's
+    /// figures against. Needs no server.
     #[command(after_help = FLOOR_EXIT_STATUS)]
     Floor(FloorArgs),
 }
@@ -91,6 +92,9 @@ pub enum FloorWorkload {
     Heartbeat,
     /// --rate times a second a --frame-bytes frame is written to every connection.
     Broadcast,
+    /// --connections clients connect at once (512 in flight) and send an upgrade request;
+    /// each is accepted, read once, registered and answered with a 101 and a frame.
+    Handshake,
 }
 
 /// `floor`'s flags.

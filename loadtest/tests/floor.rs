@@ -1,6 +1,6 @@
 //! `throng-load floor`: the minimal epoll server and its clients' process measure a
-//! heartbeat round trip and a broadcast delivery, judge whether the host kept up, and
-//! refuse flags they cannot use. Real sockets over loopback; no Throng server.
+//! heartbeat round trip, a broadcast delivery and a handshake, judge whether the host kept
+//! up, and refuse flags they cannot use. Real sockets over loopback; no Throng server.
 
 mod common;
 
@@ -95,6 +95,29 @@ fn a_broadcast_the_host_cannot_keep_up_with_fails_the_run() {
     r.check(
         failures.contains("broadcasts went out"),
         "names the shortfall",
+    );
+}
+
+#[test]
+fn a_handshake_floor_answers_every_connection() {
+    let r = Load::spawn(strings(&[
+        "floor",
+        "--workload",
+        "handshake",
+        "--connections",
+        "600",
+        "--source-ips",
+        "127.0.0.2-127.0.0.3",
+    ]))
+    .wait(LIMIT);
+    assert_eq!(r.str("workload"), "handshake");
+    r.eq("operations", 600);
+    r.eq("asked", 600);
+    r.check(r.f("operations_per_sec") > 0.0, "a handshake rate");
+    r.check(r.f("us_per_op") > 0.0, "CPU per handshake measured");
+    r.check(
+        r.get("projected_cores_1m_25s").is_null() && r.get("broadcasts").is_null(),
+        "no heartbeat or broadcast figures",
     );
 }
 

@@ -14,6 +14,119 @@ const PONG: [u8; 6] = [0x8A, 0x80, 0x1f, 0x2e, 0x3d, 0x4c];
 /// The longest run of Pongs written at once (a read that held many Pings).
 const PONGS_AT_ONCE: usize = 1024;
 
+/// Connections whose handshake is under way at once (the rest wait to connect).
+const HANDSHAKES_IN_FLIGHT: usize = 512;
+
+/// A WebSocket upgrade request about the size of a browser's with a token.
+fn handshake_request() -> Vec<u8> {
+    let token = "x".repeat(180);
+    format!(
+        "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Authorization: Bearer {token}\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// The handshake workload's clients: `n` connections, at most [`HANDSHAKES_IN_FLIGHT`]
+/// at once, each sending its request once connected and reading the whole answer, then
+/// held until the server side closes them all.
+fn run_handshakes(
+    a: &FloorArgs,
+    peer: SocketAddr,
+    sources: &[std::net::IpAddr],
+    deadline: Instant,
+) -> Result<i32, String> {
+    let n = a.connections as usize;
+    let request = handshake_request();
+    let answer_len = super::server::handshake_answer().len();
+    let mut poll = Poll::new().map_err(|e| format!("epoll: {e}"))?;
+    let mut events = Events::with_capacity(1024);
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut conns: Vec<Option<TcpStream>> = Vec::with_capacity(n);
+    // Per connection: request sent, answer bytes read.
+    let mut sent = Vec::with_capacity(n);
+    let mut got = Vec::with_capacity(n);
+    let (mut answered, mut in_flight, mut open) = (0usize, 0usize, 0usize);
+    loop {
+        while conns.len() < n && in_flight < HANDSHAKES_IN_FLIGHT {
+            let i = conns.len();
+            let src = (!sources.is_empty()).then(|| sources[i % sources.len()]);
+            let mut s = crate::ws_conn::connect(peer, src)
+                .map_err(|e| format!("connection {i} of {n}: {e}"))?;
+            poll.registry()
+                .register(&mut s, Token(i), Interest::READABLE | Interest::WRITABLE)
+                .map_err(|e| format!("epoll: {e}"))?;
+            conns.push(Some(s));
+            sent.push(false);
+            got.push(0usize);
+            in_flight += 1;
+            open += 1;
+        }
+        if open == 0 {
+            return Ok(0);
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{answered} of {n} handshakes answered at the clients' deadline"
+            ));
+        }
+        match poll.poll(&mut events, Some(Duration::from_secs(1))) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("epoll: {e}")),
+        }
+        for ev in events.iter() {
+            let i = ev.token().0;
+            let Some(c) = conns.get_mut(i).and_then(Option::as_mut) else {
+                continue;
+            };
+            if ev.is_writable() && !sent[i] {
+                match c.write(&request) {
+                    Ok(w) if w == request.len() => sent[i] = true,
+                    Ok(w) => return Err(format!("a request write took {w} bytes")),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(format!("connection {i}: {e}")),
+                }
+            }
+            if !ev.is_readable() {
+                continue;
+            }
+            loop {
+                match c.read(&mut buf) {
+                    Ok(0) => {
+                        conns[i] = None;
+                        open -= 1;
+                        if got[i] < answer_len {
+                            return Err(format!("connection {i} closed before its answer"));
+                        }
+                        break;
+                    }
+                    Ok(k) => {
+                        let before = got[i];
+                        got[i] += k;
+                        if before < answer_len && got[i] >= answer_len {
+                            answered += 1;
+                            in_flight -= 1;
+                        }
+                        if k < buf.len() {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == ErrorKind::ConnectionReset => {
+                        conns[i] = None;
+                        open -= 1;
+                        break;
+                    }
+                    Err(e) => return Err(format!("connection {i}: {e}")),
+                }
+            }
+        }
+    }
+}
+
 /// Runs the clients' process against `peer`; returns the exit status.
 pub fn run(a: &FloorArgs, peer: SocketAddr) -> Result<i32, String> {
     let sources = match &a.source_ips {
@@ -29,6 +142,16 @@ pub fn run(a: &FloorArgs, peer: SocketAddr) -> Result<i32, String> {
             a.connections
         ));
     }
+    // Bounded: the server side closes every connection after its window; should it die
+    // without closing them, this process still ends.
+    let warmup = Duration::from_millis(a.interval_ms) + Duration::from_secs(1);
+    let deadline = Instant::now()
+        + warmup
+        + Duration::from_secs_f64(a.window_secs)
+        + Duration::from_secs(120 + a.connections / 1000);
+    if a.workload == FloorWorkload::Handshake {
+        return run_handshakes(a, peer, &sources, deadline);
+    }
     let mut poll = Poll::new().map_err(|e| format!("epoll: {e}"))?;
     let mut conns = Vec::with_capacity(n);
     for i in 0..n {
@@ -40,11 +163,6 @@ pub fn run(a: &FloorArgs, peer: SocketAddr) -> Result<i32, String> {
             .map_err(|e| format!("epoll: {e}"))?;
         conns.push(Some(s));
     }
-    // Bounded: the server side closes every connection after its window; should it die
-    // without closing them, this process still ends.
-    let warmup = Duration::from_millis(a.interval_ms) + Duration::from_secs(1);
-    let deadline =
-        Instant::now() + warmup + Duration::from_secs_f64(a.window_secs) + Duration::from_secs(120);
     let mut events = Events::with_capacity(1024);
     let mut buf = vec![0u8; 64 * 1024];
     let pongs = PONG.repeat(PONGS_AT_ONCE);

@@ -82,14 +82,13 @@ pub fn run(a: &FloorArgs) -> Result<i32, String> {
     if let Some(Some(code)) = status.map(|s| s.code()).filter(|c| *c != Some(0)) {
         return Err(format!("the clients' process exited with {code}"));
     }
-    let mut rep = report(a, &tally);
+    let rep = report(a, &tally);
     println!("{}", summary(&rep).trim_end());
     if let Some(path) = &a.json {
         let j = serde_json::to_string_pretty(&rep).map_err(|e| e.to_string())?;
         std::fs::write(path, j + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
         eprintln!("throng-load: wrote {}", path.display());
     }
-    rep.failures.shrink_to_fit();
     Ok(if rep.failures.is_empty() { 0 } else { 1 })
 }
 
@@ -101,6 +100,11 @@ fn listen() -> Result<(mio::net::TcpListener, std::net::SocketAddr), String> {
     let any: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
     sock.bind(&SockAddr::from(any))
         .map_err(|e| format!("bind 127.0.0.1: {e}"))?;
+    // As Throng's client listener: accepted sockets inherit TCP_NODELAY, and are handed
+    // over once their first bytes came (TCP_DEFER_ACCEPT), read at once.
+    sock.set_tcp_nodelay(true)
+        .map_err(|e| format!("TCP_NODELAY: {e}"))?;
+    defer_accept(&sock)?;
     sock.listen(65535).map_err(|e| format!("listen: {e}"))?;
     sock.set_nonblocking(true)
         .map_err(|e| format!("non-blocking: {e}"))?;
@@ -112,13 +116,33 @@ fn listen() -> Result<(mio::net::TcpListener, std::net::SocketAddr), String> {
     Ok((mio::net::TcpListener::from_std(sock.into()), addr))
 }
 
+/// `TCP_DEFER_ACCEPT` of 10 s on `sock`, as Throng sets on its client listener.
+fn defer_accept(sock: &socket2::Socket) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let secs: libc::c_int = 10;
+    // SAFETY: a live socket, and a `c_int` with its size as the length.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&secs as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(format!(
+            "TCP_DEFER_ACCEPT: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
 /// Starts this executable as the clients' process.
 fn spawn_clients(a: &FloorArgs, addr: std::net::SocketAddr) -> Result<Child, String> {
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
-    let workload = match a.workload {
-        FloorWorkload::Heartbeat => "heartbeat",
-        FloorWorkload::Broadcast => "broadcast",
-    };
+    let workload = workload_name(a.workload);
     let mut cmd = Command::new(exe);
     cmd.args(["floor", "--peer", &addr.to_string(), "--workload", workload])
         .args(["--connections", &a.connections.to_string()])
@@ -133,6 +157,15 @@ fn spawn_clients(a: &FloorArgs, addr: std::net::SocketAddr) -> Result<Child, Str
         .map_err(|e| format!("starting the clients' process: {e}"))
 }
 
+/// The workload's name on the command line and in the report.
+fn workload_name(w: FloorWorkload) -> &'static str {
+    match w {
+        FloorWorkload::Heartbeat => "heartbeat",
+        FloorWorkload::Broadcast => "broadcast",
+        FloorWorkload::Handshake => "handshake",
+    }
+}
+
 /// Accepts the clients' connections and runs the workload.
 fn measure(
     a: &FloorArgs,
@@ -141,6 +174,10 @@ fn measure(
 ) -> Result<Tally, String> {
     let n = a.connections as usize;
     let deadline = Instant::now() + Duration::from_secs(30 + a.connections / 1000);
+    if a.workload == FloorWorkload::Handshake {
+        // The connections are held until the answers are counted, then closed.
+        return server::handshakes(listener, n, deadline, child).map(|(t, _held)| t);
+    }
     let mut srv = Server::accept(listener, n, deadline, child)?;
     eprintln!("throng-load floor: {n} connections up; measuring");
     let window = Duration::from_secs_f64(a.window_secs);
@@ -158,6 +195,7 @@ fn measure(
             let frame = broadcast_frame(a.frame_bytes);
             srv.broadcast(a.rate, &frame, Duration::from_secs(1), window, child.id())
         }
+        FloorWorkload::Handshake => unreachable!("answered above"),
     }
 }
 
@@ -197,6 +235,7 @@ fn report(a: &FloorArgs, t: &Tally) -> FloorReport {
     let per = |d: Duration| d.as_secs_f64() * 1e6 / ops;
     let us = per(t.user + t.system);
     let heartbeat = a.workload == FloorWorkload::Heartbeat;
+    let broadcast = a.workload == FloorWorkload::Broadcast;
     let mut failures = Vec::new();
     if t.ops == 0 {
         failures.push("no operation in the window".to_string());
@@ -209,7 +248,7 @@ fn report(a: &FloorArgs, t: &Tally) -> FloorReport {
             ANSWERED_MIN * 100.0
         ));
     }
-    if !heartbeat && (t.rounds as f64) < t.rounds_due as f64 * ROUNDS_MIN {
+    if broadcast && (t.rounds as f64) < t.rounds_due as f64 * ROUNDS_MIN {
         failures.push(format!(
             "{} of {} broadcasts went out in the window (under {}%): the host could not keep up",
             t.rounds,
@@ -217,24 +256,24 @@ fn report(a: &FloorArgs, t: &Tally) -> FloorReport {
             ROUNDS_MIN * 100.0
         ));
     }
-    if !heartbeat && t.short_writes > 0 {
+    if broadcast && t.short_writes > 0 {
         failures.push(format!(
             "{} writes did not take their whole frame (a client fell behind)",
             t.short_writes
         ));
     }
     FloorReport {
-        workload: if heartbeat { "heartbeat" } else { "broadcast" },
+        workload: workload_name(a.workload),
         connections: a.connections,
         interval_ms: heartbeat.then_some(a.interval_ms),
-        rate: (!heartbeat).then_some(a.rate),
-        frame_bytes: (!heartbeat).then_some(a.frame_bytes),
+        rate: broadcast.then_some(a.rate),
+        frame_bytes: broadcast.then_some(a.frame_bytes),
         window_secs: t.elapsed.as_secs_f64(),
         operations: t.ops,
         asked: t.asked,
         operations_per_sec: t.ops as f64 / t.elapsed.as_secs_f64().max(1e-9),
-        broadcasts: (!heartbeat).then_some(t.rounds),
-        broadcasts_due: (!heartbeat).then_some(t.rounds_due),
+        broadcasts: broadcast.then_some(t.rounds),
+        broadcasts_due: broadcast.then_some(t.rounds_due),
         short_writes: t.short_writes,
         user_us_per_op: per(t.user),
         system_us_per_op: per(t.system),
@@ -257,17 +296,25 @@ fn summary(r: &FloorReport) -> String {
             "{rate} broadcasts/s of {} bytes",
             r.frame_bytes.unwrap_or_default()
         ),
-        _ => String::new(),
+        _ => "all at once (512 in flight), an upgrade request each, a 101 and a frame back"
+            .to_string(),
     };
-    let (op, ops) = if r.interval_ms.is_some() {
-        ("round trip", "round trips")
-    } else {
-        ("delivery", "deliveries")
+    let (op, ops) = match r.workload {
+        "heartbeat" => ("round trip", "round trips"),
+        "broadcast" => ("delivery", "deliveries"),
+        _ => ("handshake", "handshakes"),
     };
     let _ = writeln!(
         s,
-        "floor: {}, {} connections, {what}, {:.1} s window",
-        r.workload, r.connections, r.window_secs
+        "floor: {}, {} connections, {what}, {:.1} s {}",
+        r.workload,
+        r.connections,
+        r.window_secs,
+        if r.workload == "handshake" {
+            "from the first accept to the last answer"
+        } else {
+            "window"
+        }
     );
     if let (Some(b), Some(due)) = (r.broadcasts, r.broadcasts_due) {
         let _ = writeln!(

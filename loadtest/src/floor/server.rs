@@ -77,6 +77,119 @@ impl Mark {
     }
 }
 
+/// What the server side answers a handshake with: a 101 and a `welcome`-sized text frame,
+/// in one write (Throng's answer is about this long).
+pub fn handshake_answer() -> Vec<u8> {
+    let mut a =
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                  Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+            .to_vec();
+    let welcome = br#"{"type":"welcome","session":"s-0000000000000000","user":"u0","epoch":"e-00000000","seq":0,"ping_interval_ms":25000,"idle_timeout_ms":60000}"#;
+    a.extend_from_slice(&[0x81, welcome.len() as u8]);
+    a.extend_from_slice(welcome);
+    a
+}
+
+/// The end of a request head.
+fn head_ends(buf: &[u8]) -> bool {
+    buf.windows(4).any(|w| w == b"\r\n\r\n")
+}
+
+/// Accepts `n` connections and answers each one's request head with `answer` (accept,
+/// one read, the poll registration a server keeps the socket under, one write: what a
+/// server does per handshake before any parsing or token check); measures from its first
+/// accept to its last answer. The connections stay open until the returned `Vec` drops.
+pub fn handshakes(
+    mut listener: TcpListener,
+    n: usize,
+    deadline: Instant,
+    child: &mut Child,
+) -> Result<(Tally, Vec<TcpStream>), String> {
+    let answer = handshake_answer();
+    let mut poll = Poll::new().map_err(|e| format!("epoll: {e}"))?;
+    poll.registry()
+        .register(&mut listener, LISTENER, Interest::READABLE)
+        .map_err(|e| format!("epoll: {e}"))?;
+    let mut events = Events::with_capacity(1024);
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut conns: Vec<TcpStream> = Vec::with_capacity(n);
+    // Heads not whole at accept (rare with TCP_DEFER_ACCEPT): their bytes so far.
+    let mut partial: std::collections::HashMap<usize, Vec<u8>> = Default::default();
+    let (mut answered, mut mark) = (0usize, None::<Mark>);
+    let clients_pid = child.id();
+    while answered < n {
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "only {answered} of {n} handshakes answered in time"
+            ));
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "the clients' process ended ({status}) after {answered} of {n} handshakes"
+            ));
+        }
+        poll.poll(&mut events, Some(Duration::from_millis(200)))
+            .map_err(|e| format!("epoll: {e}"))?;
+        let mut ready: Vec<usize> = Vec::new();
+        for ev in events.iter() {
+            if ev.token() == LISTENER {
+                loop {
+                    match listener.accept() {
+                        Ok((mut s, _)) => {
+                            if mark.is_none() {
+                                mark = Some(Mark::now(clients_pid));
+                            }
+                            let i = conns.len();
+                            poll.registry()
+                                .register(&mut s, Token(i), Interest::READABLE)
+                                .map_err(|e| format!("epoll: {e}"))?;
+                            conns.push(s);
+                            ready.push(i);
+                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                        Err(e) => return Err(format!("accept: {e}")),
+                    }
+                }
+            } else if partial.contains_key(&ev.token().0) {
+                ready.push(ev.token().0);
+            }
+        }
+        for i in ready {
+            let c = &mut conns[i];
+            match c.read(&mut buf) {
+                Ok(0) => return Err(format!("the clients' process closed connection {i}")),
+                Ok(k) => {
+                    let head = partial.entry(i).or_default();
+                    head.extend_from_slice(&buf[..k]);
+                    if !head_ends(head) {
+                        continue;
+                    }
+                    partial.remove(&i);
+                    match c.write(&answer) {
+                        Ok(w) if w == answer.len() => answered += 1,
+                        Ok(w) => return Err(format!("an answer write took {w} bytes")),
+                        Err(e) => return Err(format!("connection {i}: {e}")),
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    partial.entry(i).or_default();
+                }
+                Err(e) => return Err(format!("connection {i}: {e}")),
+            }
+        }
+    }
+    let mut t = Tally {
+        ops: answered as u64,
+        asked: n as u64,
+        ..Tally::default()
+    };
+    if let Some(m) = mark {
+        m.close(&mut t, clients_pid);
+    }
+    Ok((t, conns))
+}
+
 impl Server {
     /// Accepts `n` connections on `listener` (the clients' process `child` makes them);
     /// fails by `deadline` or when the child exits first.
@@ -110,8 +223,7 @@ impl Server {
             while conns.len() < n {
                 match listener.accept() {
                     Ok((mut s, _)) => {
-                        // As Throng's listener hands them out: no Nagle delay.
-                        let _ = s.set_nodelay(true);
+                        // No Nagle delay: inherited from the listener, as in Throng.
                         poll.registry()
                             .register(&mut s, Token(conns.len()), Interest::READABLE)
                             .map_err(|e| format!("epoll: {e}"))?;
