@@ -92,35 +92,21 @@ fn run_handshakes(
             if !ev.is_readable() {
                 continue;
             }
-            loop {
-                match c.read(&mut buf) {
-                    Ok(0) => {
-                        conns[i] = None;
-                        open -= 1;
-                        if got[i] < answer_len {
-                            return Err(format!("connection {i} closed before its answer"));
-                        }
-                        break;
-                    }
-                    Ok(k) => {
-                        let before = got[i];
-                        got[i] += k;
-                        if before < answer_len && got[i] >= answer_len {
-                            answered += 1;
-                            in_flight -= 1;
-                        }
-                        if k < buf.len() {
-                            break;
-                        }
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(e) if e.kind() == ErrorKind::ConnectionReset => {
-                        conns[i] = None;
-                        open -= 1;
-                        break;
-                    }
-                    Err(e) => return Err(format!("connection {i}: {e}")),
+            let closed = read_all(c, &mut buf, |_, k| {
+                let before = got[i];
+                got[i] += k;
+                if before < answer_len && got[i] >= answer_len {
+                    answered += 1;
+                    in_flight -= 1;
+                }
+                Ok(())
+            })
+            .map_err(|e| format!("connection {i}: {e}"))?;
+            if closed {
+                conns[i] = None;
+                open -= 1;
+                if got[i] < answer_len {
+                    return Err(format!("connection {i} closed before its answer"));
                 }
             }
         }
@@ -185,36 +171,48 @@ pub fn run(a: &FloorArgs, peer: SocketAddr) -> Result<i32, String> {
             let Some(c) = conns.get_mut(i).and_then(Option::as_mut) else {
                 continue;
             };
-            loop {
-                match c.read(&mut buf) {
-                    Ok(0) => {
-                        conns[i] = None;
-                        open -= 1;
-                        break;
-                    }
-                    Ok(k) => {
-                        if a.workload == FloorWorkload::Heartbeat {
-                            let bytes = k + usize::from(odd[i]);
-                            odd[i] = bytes % 2 == 1;
-                            answer(c, bytes / 2, &pongs)?;
-                        }
-                        if k < buf.len() {
-                            break;
-                        }
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(e) if e.kind() == ErrorKind::ConnectionReset => {
-                        conns[i] = None;
-                        open -= 1;
-                        break;
-                    }
-                    Err(e) => return Err(format!("connection {i}: {e}")),
+            let heartbeat = a.workload == FloorWorkload::Heartbeat;
+            let closed = read_all(c, &mut buf, |c, k| {
+                if heartbeat {
+                    let bytes = k + usize::from(odd[i]);
+                    odd[i] = bytes % 2 == 1;
+                    answer(c, bytes / 2, &pongs)?;
                 }
+                Ok(())
+            })
+            .map_err(|e| format!("connection {i}: {e}"))?;
+            if closed {
+                conns[i] = None;
+                open -= 1;
             }
         }
     }
     Ok(0)
+}
+
+/// Reads what `c` has, handing each read's length to `on_bytes` (which may write to
+/// `c`); a read that does not fill `buf` ends it. True when the server side closed (or
+/// reset) the connection.
+fn read_all(
+    c: &mut TcpStream,
+    buf: &mut [u8],
+    mut on_bytes: impl FnMut(&mut TcpStream, usize) -> Result<(), String>,
+) -> Result<bool, String> {
+    loop {
+        match c.read(buf) {
+            Ok(0) => return Ok(true),
+            Ok(k) => {
+                on_bytes(c, k)?;
+                if k < buf.len() {
+                    return Ok(false);
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return Ok(true),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
 }
 
 /// Writes `count` Pongs, at most [`PONGS_AT_ONCE`] a write.
