@@ -644,7 +644,11 @@ impl Report {
         // Direct pushes are checked by seq: one given up that the server delivered anyway
         // takes the seq the next accepted push was expected at (review s23-load N5).
         let given_up = self.push_errors.as_ref().is_some_and(|m| !m.is_empty());
-        let direct = matches!(self.target.as_deref(), Some("user" | "users"));
+        let direct = self
+            .target
+            .as_deref()
+            .and_then(|t| <crate::client::Target as clap::ValueEnum>::from_str(t, false).ok())
+            .is_some_and(crate::client::Target::direct);
         let by_seq = if given_up && direct {
             " (pushes were given up: one the server delivered anyway counts as 1 missing \
              and 1 unexpected, since direct pushes are checked by seq)"

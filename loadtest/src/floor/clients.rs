@@ -1,16 +1,18 @@
 //! The floor's clients' process: it opens the connections (from `--source-ips` when
-//! given, with the load generator's own connect), answers each Ping with a masked Pong (heartbeat) or reads and drops what
-//! arrives (broadcast), and ends when the server side has closed them all.
+//! given, with the load generator's own connect), answers each Ping with a masked Pong
+//! (heartbeat), reads and drops what arrives (broadcast) or sends an upgrade request and
+//! reads the answer (handshake), and ends when the server side has closed them all.
 
+use super::io::read_all;
 use crate::cli::{FloorArgs, FloorWorkload};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// A masked Pong with no payload (the mask is arbitrary; nothing reads it).
-const PONG: [u8; 6] = [0x8A, 0x80, 0x1f, 0x2e, 0x3d, 0x4c];
+pub const PONG: [u8; 6] = [0x8A, 0x80, 0x1f, 0x2e, 0x3d, 0x4c];
 /// The longest run of Pongs written at once (a read that held many Pings).
 const PONGS_AT_ONCE: usize = 1024;
 
@@ -155,6 +157,8 @@ pub fn run(a: &FloorArgs, peer: SocketAddr) -> Result<i32, String> {
     // Ping bytes seen modulo 2 per connection, so a Ping split over two reads is one Pong.
     let mut odd = vec![false; n];
     let mut open = n;
+    let heartbeat = a.workload == FloorWorkload::Heartbeat;
+    let ping = super::server::PING.len();
     while open > 0 {
         if Instant::now() >= deadline {
             return Err(format!(
@@ -171,12 +175,11 @@ pub fn run(a: &FloorArgs, peer: SocketAddr) -> Result<i32, String> {
             let Some(c) = conns.get_mut(i).and_then(Option::as_mut) else {
                 continue;
             };
-            let heartbeat = a.workload == FloorWorkload::Heartbeat;
             let closed = read_all(c, &mut buf, |c, k| {
                 if heartbeat {
                     let bytes = k + usize::from(odd[i]);
-                    odd[i] = bytes % 2 == 1;
-                    answer(c, bytes / 2, &pongs)?;
+                    odd[i] = bytes % ping == 1;
+                    answer(c, bytes / ping, &pongs)?;
                 }
                 Ok(())
             })
@@ -188,31 +191,6 @@ pub fn run(a: &FloorArgs, peer: SocketAddr) -> Result<i32, String> {
         }
     }
     Ok(0)
-}
-
-/// Reads what `c` has, handing each read's length to `on_bytes` (which may write to
-/// `c`); a read that does not fill `buf` ends it. True when the server side closed (or
-/// reset) the connection.
-fn read_all(
-    c: &mut TcpStream,
-    buf: &mut [u8],
-    mut on_bytes: impl FnMut(&mut TcpStream, usize) -> Result<(), String>,
-) -> Result<bool, String> {
-    loop {
-        match c.read(buf) {
-            Ok(0) => return Ok(true),
-            Ok(k) => {
-                on_bytes(c, k)?;
-                if k < buf.len() {
-                    return Ok(false);
-                }
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => return Ok(true),
-            Err(e) => return Err(e.to_string()),
-        }
-    }
 }
 
 /// Writes `count` Pongs, at most [`PONGS_AT_ONCE`] a write.

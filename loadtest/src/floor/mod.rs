@@ -1,10 +1,11 @@
 //! `floor`: this host's kernel floor for a server's per-connection work. A minimal epoll
-//! server (no handshake, no routing, no JSON) makes only the system calls a heartbeat or a
-//! broadcast delivery needs, against a child process of clients; its CPU per operation is
+//! server (no parsing, no token check, no routing, no JSON) makes only the system calls a
+//! heartbeat, a broadcast delivery or a handshake needs, against a child process of clients; its CPU per operation is
 //! what any epoll server pays on this host, so Throng's figures can be read against it.
 
 mod clients;
 mod cpu;
+mod io;
 mod server;
 
 use crate::cli::{FloorArgs, FloorWorkload};
@@ -174,15 +175,19 @@ fn measure(
 ) -> Result<Tally, String> {
     let n = a.connections as usize;
     let deadline = Instant::now() + Duration::from_secs(30 + a.connections / 1000);
-    if a.workload == FloorWorkload::Handshake {
-        // The connections are held until the answers are counted, then closed.
-        return server::handshakes(listener, n, deadline, child).map(|(t, _held)| t);
-    }
-    let mut srv = Server::accept(listener, n, deadline, child)?;
-    eprintln!("throng-load floor: {n} connections up; measuring");
     let window = Duration::from_secs_f64(a.window_secs);
+    let mut up = |listener| {
+        let srv = Server::accept(listener, n, deadline, child)?;
+        eprintln!("throng-load floor: {n} connections up; measuring");
+        Ok::<_, String>(srv)
+    };
     match a.workload {
+        // The connections are held until the answers are counted, then closed.
+        FloorWorkload::Handshake => {
+            server::handshakes(listener, n, deadline, child).map(|(t, _held)| t)
+        }
         FloorWorkload::Heartbeat => {
+            let mut srv = up(listener)?;
             let interval = Duration::from_millis(a.interval_ms);
             srv.heartbeat(
                 interval,
@@ -192,10 +197,10 @@ fn measure(
             )
         }
         FloorWorkload::Broadcast => {
+            let mut srv = up(listener)?;
             let frame = broadcast_frame(a.frame_bytes);
             srv.broadcast(a.rate, &frame, Duration::from_secs(1), window, child.id())
         }
-        FloorWorkload::Handshake => unreachable!("answered above"),
     }
 }
 

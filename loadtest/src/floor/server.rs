@@ -3,6 +3,7 @@
 //! timers beyond the schedule).
 
 use super::cpu;
+use super::io::{accept_waiting, read_all, still_running};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use std::io::{ErrorKind, Read, Write};
@@ -12,9 +13,9 @@ use std::time::{Duration, Instant};
 /// The listener's token; connections use their index.
 const LISTENER: Token = Token(usize::MAX);
 /// A WebSocket Ping with no payload, as Throng writes it.
-const PING: [u8; 2] = [0x89, 0x00];
-/// A client's masked Pong with no payload.
-pub const PONG_BYTES: usize = 6;
+pub const PING: [u8; 2] = [0x89, 0x00];
+/// Bytes of a client's masked Pong with no payload.
+const PONG_BYTES: usize = super::clients::PONG.len();
 /// How often the heartbeat schedule is looked at (Throng's wheel ticks about this often).
 const TICK: Duration = Duration::from_millis(10);
 
@@ -113,68 +114,55 @@ pub fn handshakes(
     let mut events = Events::with_capacity(1024);
     let mut buf = vec![0u8; 16 * 1024];
     let mut conns: Vec<TcpStream> = Vec::with_capacity(n);
-    // Heads not whole at accept (rare with TCP_DEFER_ACCEPT): their bytes so far.
+    // Heads not whole at their first read (rare with TCP_DEFER_ACCEPT): their bytes so far.
     let mut partial: std::collections::HashMap<usize, Vec<u8>> = Default::default();
+    let mut ready: Vec<usize> = Vec::new();
     let (mut answered, mut mark) = (0usize, None::<Mark>);
     let clients_pid = child.id();
     while answered < n {
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "only {answered} of {n} handshakes answered in time"
-            ));
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!(
-                "the clients' process ended ({status}) after {answered} of {n} handshakes"
-            ));
-        }
+        still_running(deadline, child, &format!("{answered} of {n} handshakes"))?;
         poll.poll(&mut events, Some(Duration::from_millis(200)))
             .map_err(|e| format!("epoll: {e}"))?;
-        let mut ready: Vec<usize> = Vec::new();
+        ready.clear();
         for ev in events.iter() {
             if ev.token() == LISTENER {
-                loop {
-                    match listener.accept() {
-                        Ok((mut s, _)) => {
-                            if mark.is_none() {
-                                mark = Some(Mark::now(clients_pid));
-                            }
-                            let i = conns.len();
-                            poll.registry()
-                                .register(&mut s, Token(i), Interest::READABLE)
-                                .map_err(|e| format!("epoll: {e}"))?;
-                            conns.push(s);
-                            ready.push(i);
-                        }
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                        Err(e) => return Err(format!("accept: {e}")),
-                    }
+                let first = conns.len();
+                accept_waiting(&listener, &poll, &mut conns, n)?;
+                if first == 0 && !conns.is_empty() {
+                    mark = Some(Mark::now(clients_pid));
                 }
+                ready.extend(first..conns.len());
             } else if partial.contains_key(&ev.token().0) {
                 ready.push(ev.token().0);
             }
         }
-        for i in ready {
+        for &i in &ready {
             let c = &mut conns[i];
-            match c.read(&mut buf) {
+            let k = match c.read(&mut buf) {
                 Ok(0) => return Err(format!("the clients' process closed connection {i}")),
-                Ok(k) => {
-                    let head = partial.entry(i).or_default();
-                    head.extend_from_slice(&buf[..k]);
-                    if !head_ends(head) {
-                        continue;
-                    }
-                    partial.remove(&i);
-                    match c.write(&answer) {
-                        Ok(w) if w == answer.len() => answered += 1,
-                        Ok(w) => return Err(format!("an answer write took {w} bytes")),
-                        Err(e) => return Err(format!("connection {i}: {e}")),
-                    }
-                }
+                Ok(k) => k,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     partial.entry(i).or_default();
+                    continue;
                 }
+                Err(e) => return Err(format!("connection {i}: {e}")),
+            };
+            // Whole at the first read, as nearly always: no copy kept.
+            let whole = match partial.get_mut(&i) {
+                None => head_ends(&buf[..k]),
+                Some(head) => {
+                    head.extend_from_slice(&buf[..k]);
+                    head_ends(head)
+                }
+            };
+            if !whole {
+                partial.entry(i).or_insert_with(|| buf[..k].to_vec());
+                continue;
+            }
+            partial.remove(&i);
+            match c.write(&answer) {
+                Ok(w) if w == answer.len() => answered += 1,
+                Ok(w) => return Err(format!("an answer write took {w} bytes")),
                 Err(e) => return Err(format!("connection {i}: {e}")),
             }
         }
@@ -206,34 +194,14 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         let mut conns = Vec::with_capacity(n);
         while conns.len() < n {
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "only {} of {n} connections arrived in time from the clients' process",
-                    conns.len()
-                ));
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!(
-                    "the clients' process ended ({status}) after {} of {n} connections",
-                    conns.len()
-                ));
-            }
+            still_running(
+                deadline,
+                child,
+                &format!("{} of {n} connections", conns.len()),
+            )?;
             poll.poll(&mut events, Some(Duration::from_millis(200)))
                 .map_err(|e| format!("epoll: {e}"))?;
-            while conns.len() < n {
-                match listener.accept() {
-                    Ok((mut s, _)) => {
-                        // No Nagle delay: inherited from the listener, as in Throng.
-                        poll.registry()
-                            .register(&mut s, Token(conns.len()), Interest::READABLE)
-                            .map_err(|e| format!("epoll: {e}"))?;
-                        conns.push(s);
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(e) => return Err(format!("accept: {e}")),
-                }
-            }
+            accept_waiting(&listener, &poll, &mut conns, n)?;
         }
         Ok(Server {
             poll,
@@ -352,21 +320,13 @@ impl Server {
             let Some(c) = self.conns.get_mut(i) else {
                 continue;
             };
-            loop {
-                match c.read(&mut self.buf) {
-                    Ok(0) => {
-                        return Err(format!("the clients' process closed connection {i}"));
-                    }
-                    Ok(k) => {
-                        total += k as u64;
-                        if k < self.buf.len() {
-                            break;
-                        }
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(e) => return Err(format!("connection {i}: {e}")),
-                }
+            let closed = read_all(c, &mut self.buf, |_, k| {
+                total += k as u64;
+                Ok(())
+            })
+            .map_err(|e| format!("connection {i}: {e}"))?;
+            if closed {
+                return Err(format!("the clients' process closed connection {i}"));
             }
         }
         Ok(total)
