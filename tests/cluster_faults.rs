@@ -897,6 +897,142 @@ fn streams_lost_in_redis_under_live_sessions_close_them_with_1012() {
     t.read_to(&mut dan, 2);
 }
 
+/// The keys of `carol`'s stream and of `room.1`'s, with their histories.
+const STREAM_KEYS: [&str; 4] = [
+    "throng:{u:carol}",
+    "throng:{u:carol}:h",
+    "throng:{t:room.1}",
+    "throng:{t:room.1}:h",
+];
+
+/// What Redis holds under `STREAM_KEYS` now (`DUMP`), to put back later as a Redis that
+/// lost its last writes would have it.
+fn snapshot(redis: &RedisServer) -> Vec<Vec<u8>> {
+    let mut r = redis.conn();
+    STREAM_KEYS
+        .iter()
+        .map(|k| redis::cmd("DUMP").arg(k).query(&mut r).unwrap())
+        .collect()
+}
+
+/// Puts the streams back as `snapshot` found them (`RESTORE ... REPLACE`): their `seq`
+/// lower in the same epoch, as after a failover to a replica that missed the last writes.
+fn go_back(redis: &RedisServer, snapshot: &[Vec<u8>]) {
+    let mut r = redis.conn();
+    for (k, dump) in STREAM_KEYS.iter().zip(snapshot) {
+        let _: () = redis::cmd("RESTORE")
+            .arg(k)
+            .arg(0)
+            .arg(dump)
+            .arg("REPLACE")
+            .query(&mut r)
+            .unwrap();
+    }
+}
+
+/// After their streams went back in Redis from `seq` 3 and both clients were closed with
+/// 1012: they resume on `node` (`resumed:false`, a new epoch, numbering going on from 3)
+/// and get the next push as `seq` 4 of that epoch.
+fn resume_after_going_back(node: &Node, pusher: &Node, (user_epoch, topic_epoch): (&str, &str)) {
+    let mut carol = node.resume("carol", 3, user_epoch);
+    assert_eq!(carol.welcome["resumed"], false, "{}", carol.welcome);
+    assert_eq!(carol.welcome["seq"], 3, "{}", carol.welcome);
+    assert_ne!(epoch_of(&carol.welcome), user_epoch);
+    let mut dan = node.connect("dan");
+    let s = subscribe(&mut dan, "room.1", Some((3, topic_epoch)));
+    assert_eq!(s["resumed"], false, "{s}");
+    assert_eq!(s["seq"], 3, "{s}");
+    assert_ne!(epoch_of(&s), topic_epoch);
+    let (mut u, mut t) = (
+        Seen {
+            topic: None,
+            last: 3,
+        },
+        Seen {
+            topic: Some("room.1"),
+            last: 3,
+        },
+    );
+    push_both(pusher, "carol", 4);
+    u.read_to(&mut carol, 4);
+    t.read_to(&mut dan, 4);
+    // This node gave both streams their new epoch.
+    assert_eq!(node.stats()["cluster"]["broker_rewound_streams"], 2);
+}
+
+#[test]
+fn pushes_numbered_again_after_redis_went_back_start_their_sessions_again() {
+    // Redis loses its last two writes of each stream (a failover to a replica behind) and
+    // numbers the next pushes 2 again: before, a session at 3 took them for repeats and
+    // never saw them.
+    let redis = RedisServer::start();
+    let a = Node::start(&redis.url(), &node_flags("a")).ready();
+    let b = Node::start(&redis.url(), &node_flags("b")).ready();
+    let Pair {
+        user: mut carol,
+        member: mut dan,
+        user_epoch,
+        topic_epoch,
+    } = Pair::on(&a, "carol", "dan");
+    let (mut u, mut t) = (Seen::user(), Seen::topic("room.1"));
+    push_both(&b, "carol", 1);
+    let at_one = snapshot(&redis);
+    push_both(&b, "carol", 2);
+    push_both(&b, "carol", 3);
+    u.read_to(&mut carol, 3);
+    t.read_to(&mut dan, 3);
+    go_back(&redis, &at_one);
+    for target in [json!({"user": "carol"}), json!({"topic": "room.1"})] {
+        let mut p = target;
+        p["data"] = json!({"n": "again"});
+        assert_eq!(b.push_wait(p)["seq"], 2, "numbered again");
+    }
+    assert_eq!(carol.expect_close(), Closed::Code(Some(1012)));
+    assert_eq!(dan.expect_close(), Closed::Code(Some(1012)));
+    resume_after_going_back(&a, &b, (&user_epoch, &topic_epoch));
+}
+
+#[test]
+fn a_node_that_reloads_streams_redis_took_back_starts_their_sessions_again() {
+    // The same loss found by a reload: the node's links to Redis are cut (as a failover
+    // does) and it finds both streams at 1 where it had 3.
+    let redis = RedisServer::start();
+    let a = Node::start(&redis.url(), &node_flags("a")).ready();
+    let b = Node::start(&redis.url(), &node_flags("b")).ready();
+    let Pair {
+        user: mut carol,
+        member: mut dan,
+        user_epoch,
+        topic_epoch,
+    } = Pair::on(&a, "carol", "dan");
+    let (mut u, mut t) = (Seen::user(), Seen::topic("room.1"));
+    push_both(&b, "carol", 1);
+    let at_one = snapshot(&redis);
+    push_both(&b, "carol", 2);
+    push_both(&b, "carol", 3);
+    u.read_to(&mut carol, 3);
+    t.read_to(&mut dan, 3);
+    go_back(&redis, &at_one);
+    let links = a.ports_to(redis.port);
+    assert!(!links.is_empty(), "A's Redis links\n{}", a.output());
+    let mut r = redis.conn();
+    for port in links {
+        let _: redis::RedisResult<u64> = redis::cmd("CLIENT")
+            .arg(&[
+                "KILL",
+                "ADDR",
+                &format!("127.0.0.1:{port}"),
+                "SKIPME",
+                "yes",
+            ])
+            .query(&mut r);
+    }
+    assert_eq!(carol.expect_close(), Closed::Code(Some(1012)));
+    assert_eq!(dan.expect_close(), Closed::Code(Some(1012)));
+    a.wait_ready_status(200);
+    resume_after_going_back(&a, &b, (&user_epoch, &topic_epoch));
+}
+
 #[test]
 fn a_batch_of_only_invalid_entries_goes_to_the_dlq_and_blocks_nothing() {
     let redis = RedisServer::start();

@@ -46,6 +46,8 @@ pub struct BrokerCounters {
     pub queued_bytes: AtomicU64,
     /// Stream states loaded from Redis (first session, reconnects, gaps).
     pub loads: AtomicU64,
+    /// Streams this node found gone back in Redis and gave a new epoch.
+    pub rewound: AtomicU64,
     /// Messages received on subscribed channels.
     pub received: AtomicU64,
     /// Entries read from `throng:push`.
@@ -179,6 +181,12 @@ impl crate::metrics::FeatureCounters for BrokerCounters {
                 "counter",
                 "Stream states loaded from Redis.",
                 n(&self.loads),
+            ),
+            (
+                "throng_broker_rewound_streams_total",
+                "counter",
+                "Streams found gone back in Redis (a seq below one a node had, or a push numbered again) that this node gave a new epoch.",
+                n(&self.rewound),
             ),
             (
                 "throng_broker_received_total",

@@ -23,6 +23,7 @@ pub mod presence;
 mod publisher;
 mod pubsub;
 mod retries;
+mod rewind;
 pub mod script;
 mod subscriber;
 mod trim;
@@ -92,6 +93,39 @@ pub enum Interest {
     /// stay small in the queue. One a second per shard, counted in the queue's length
     /// like any change (`max_stream_changes_waiting`).
     Keep(Box<KeepSlice>),
+    /// A stream went back in Redis under this shard: Redis shows a `seq` below one the
+    /// shard had in the same epoch, or numbered a push again with other content (a
+    /// failover to a replica that missed the last writes, a restart from an older
+    /// snapshot). The subscriber gives it a new epoch, unless it has one already (another
+    /// node asked first), then loads it again for the shard. Boxed: rare, and the other
+    /// changes stay small in the queue.
+    Rewound(Box<Rewind>),
+}
+
+/// A stream found gone back in Redis (`Interest::Rewound`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewind {
+    /// The stream, and who gets it loaded again.
+    pub stream: RewindOf,
+    /// The epoch in which it went back (16 hex digits for a user stream).
+    pub epoch: String,
+    /// The highest `seq` the shard had in that epoch: the new epoch's numbering goes on
+    /// above it, so no client sees a `seq` it had before.
+    pub seq: u64,
+}
+
+/// Which stream went back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RewindOf {
+    /// A user's stream (loaded again for the user's shard).
+    User(Box<str>),
+    /// A topic's stream, loaded again for shard `shard`.
+    Topic {
+        /// The shard that found it.
+        shard: usize,
+        /// The topic.
+        topic: Arc<str>,
+    },
 }
 
 /// A slice of the streams a shard serves, to keep in Redis (`Interest::Keep`).

@@ -19,9 +19,11 @@ use redis::{Connection, Value};
 use super::envelope;
 use super::keys::StreamRef;
 use super::pubsub::PubSubLink;
+use super::rewind::Rewinds;
 use super::script::now_ms;
 use super::{
-    connect, error_code, next_backoff, BrokerCtx, Interest, Remote, StreamState, RECONNECT_MIN,
+    connect, error_code, next_backoff, BrokerCtx, Interest, Remote, RewindOf, StreamState,
+    RECONNECT_MIN,
 };
 use crate::link::{Links, SendError};
 use crate::log_gate::LogGate;
@@ -102,6 +104,8 @@ pub(crate) struct Subscriber {
     keep_refused: LogGate,
     /// Links lost in a row before they settled (cut, not refused).
     early_losses: u32,
+    /// Streams the shards found gone back in Redis, to give a new epoch as they load.
+    rewinds: Rewinds,
 }
 
 /// A subscription change, applied in the order the shards asked.
@@ -114,6 +118,16 @@ enum Op {
 enum Load {
     User(Box<str>),
     Topic(Arc<str>, Vec<usize>),
+}
+
+impl Load {
+    /// The stream it loads.
+    fn stream(&self) -> StreamRef<'_> {
+        match self {
+            Load::User(u) => StreamRef::User(u),
+            Load::Topic(t, _) => StreamRef::Topic(t),
+        }
+    }
 }
 
 impl Subscriber {
@@ -142,6 +156,7 @@ impl Subscriber {
             quick_losses: 0,
             early_losses: 0,
             keep_refused: LogGate::new(KEEP_REFUSED_LOG_EVERY),
+            rewinds: Rewinds::new(),
         }
     }
 
@@ -466,6 +481,19 @@ impl Subscriber {
                     }
                     loads.push(Load::Topic(topic, vec![shard]));
                 }
+                Interest::Rewound(r) => {
+                    let epoch = r.epoch;
+                    match r.stream {
+                        RewindOf::User(u) => {
+                            self.rewinds.ask(StreamRef::User(&u), epoch, r.seq);
+                            loads.push(Load::User(u));
+                        }
+                        RewindOf::Topic { shard, topic } => {
+                            self.rewinds.ask(StreamRef::Topic(&topic), epoch, r.seq);
+                            loads.push(Load::Topic(topic, vec![shard]));
+                        }
+                    }
+                }
                 Interest::UnwatchTopic { shard, topic } => {
                     if let Some(shards) = self.topics.get_mut(&topic) {
                         shards.retain(|&s| s != shard);
@@ -560,11 +588,11 @@ impl Subscriber {
             let done = n * LOADS_PER_TRIP;
             let mut pipe = redis::pipe();
             let now = now_ms();
-            for l in chunk {
-                let s = match l {
-                    Load::User(u) => StreamRef::User(u),
-                    Load::Topic(t, _) => StreamRef::Topic(t),
-                };
+            let mut rewound = [false; LOADS_PER_TRIP];
+            for (l, rewound) in chunk.iter().zip(&mut rewound) {
+                let s = l.stream();
+                // A stream a shard found gone back gets its new epoch first.
+                *rewound = self.rewinds.pipe(&mut pipe, s);
                 // A stream never pushed to gets its epoch now, so a client that connects
                 // before the first push resumes across it.
                 pipe.cmd("HSETNX")
@@ -593,13 +621,18 @@ impl Subscriber {
             // each took a node to 345 MiB). The rest waits in the socket and in Redis.
             let sent = cmd.send_packed_command(&pipe.get_packed_pipeline());
             for (i, l) in chunk.iter().enumerate() {
-                // HSETNX and PEXPIRE, then HMGET and LRANGE.
+                // The new epoch's script when asked, HSETNX and PEXPIRE, then HMGET and
+                // LRANGE.
+                let asked = usize::from(rewound[i]);
                 let replies = match &sent {
-                    Ok(()) => (0..4).map(|_| next_reply(cmd)).collect(),
+                    Ok(()) => (0..4 + asked).map(|_| next_reply(cmd)).collect(),
                     Err(e) => Err(e.clone()),
                 };
                 let (meta, hist) = match replies {
                     Ok::<Vec<Value>, redis::RedisError>(mut r) => {
+                        if asked == 1 && self.rewinds.answered(l.stream(), &r[0]) {
+                            self.ctx.metrics.broker.rewound.fetch_add(1, Relaxed);
+                        }
                         let hist = r.pop();
                         (r.pop(), hist)
                     }
@@ -663,6 +696,7 @@ impl Subscriber {
     /// Tells the shards waiting for these streams that they cannot be loaded now.
     fn fail(&mut self, loads: Vec<Load>, why: &str) {
         for l in &loads {
+            self.rewinds.drop_ask(l.stream());
             self.deliver_state(l, Err(why.to_string()));
         }
         self.shards.wake_pending();

@@ -24,7 +24,7 @@ use rustc_hash::FxBuildHasher;
 use super::compact::compact;
 use super::conn::{PARKED, WAITING_TOPIC};
 use super::{Shard, CHANNEL_BATCH};
-use crate::broker::{user_epoch, Interest, Remote, StreamState};
+use crate::broker::{user_epoch, Interest, Remote, Rewind, RewindOf, StreamState};
 use crate::command::Resume;
 use crate::events::Detail;
 use crate::frame::Close;
@@ -89,6 +89,9 @@ struct UserLoad {
     buffered: Vec<Buffered>,
     /// The `(epoch, seq)` the shard had before a reload, to tell sessions what they missed.
     prior: Option<(u64, u64)>,
+    /// The stream was found gone back in Redis and a new epoch asked for: if the next
+    /// load still shows it, the sessions start again without asking twice.
+    rewound: bool,
 }
 
 /// A served topic's position in its cluster stream.
@@ -107,6 +110,10 @@ pub(super) struct ClusterState {
     /// that one list, not looked for in all of them.
     waiting_for: HashMap<u32, Arc<str>, FxBuildHasher>,
     pub(super) topics: HashMap<Arc<str>, TopicPos, FxBuildHasher>,
+    /// Served topics found gone back in Redis, a new epoch asked for, with the position
+    /// the shard had: out of `topics` until loaded again (their pushes meanwhile are
+    /// ignored: the members start again).
+    rewinding: HashMap<Arc<str>, TopicPos, FxBuildHasher>,
     /// The sweep that keeps served streams in Redis.
     pub(super) keep: super::keep::Keeper,
     /// Users whose session count changed since the last presence report.
@@ -128,6 +135,7 @@ impl ClusterState {
             loading_topics: HashMap::default(),
             waiting_for: HashMap::default(),
             topics: HashMap::default(),
+            rewinding: HashMap::default(),
             keep: super::keep::Keeper::default(),
             load_failures: crate::log_gate::LogGate::new(std::time::Duration::from_secs(10)),
         }
@@ -438,6 +446,7 @@ impl Shard {
             compact(&mut c.loading_topics);
             compact(&mut c.waiting_for);
             compact(&mut c.topics);
+            compact(&mut c.rewinding);
         }
         // Streams this shard stopped serving: the broker may unsubscribe. A name back in
         // the same turn (a topic left and joined again by one read's unsubscribe and
@@ -456,6 +465,7 @@ impl Shard {
             let topic: Arc<str> = name.into();
             if let Some(c) = self.cluster.as_mut() {
                 c.topics.remove(&topic);
+                c.rewinding.remove(&topic);
                 if let Some(pending) = c.loading_topics.remove(&topic) {
                     for p in pending {
                         c.waiting_for.remove(&p.key);
@@ -485,7 +495,16 @@ impl Shard {
         let (cur_epoch, cur_seq) = (u.epoch, u.seq);
         let loading = cur_epoch == 0;
         if !loading && epoch == cur_epoch && seq <= cur_seq {
-            return; // Already had it (the load and the channel overlap).
+            // Already had it (the load and the channel overlap), unless the frame held
+            // under this `seq` is another push's: Redis numbered it again.
+            if self
+                .users
+                .frame_at(k, seq)
+                .is_some_and(|held| *held != frame)
+            {
+                self.rewind_user(k, (cur_epoch, cur_seq));
+            }
+            return;
         }
         if loading || epoch != cur_epoch || seq != cur_seq + 1 {
             // Loading, or something was missed: (re)load, and hold this push until then.
@@ -589,6 +608,27 @@ impl Shard {
             }
         };
         let epoch = user_epoch(&st.epoch);
+        let mut rewound = false;
+        if let Some((old_epoch, old_seq)) = prior {
+            if old_epoch == epoch && self.went_back(Held::User(k), old_seq, &st) {
+                if !load.rewound {
+                    // Put back as it was, to wait for the load after the new epoch.
+                    if let Some(c) = self.cluster.as_mut() {
+                        c.loading_users.insert(k, load);
+                    }
+                    self.rewind_user(k, (old_epoch, old_seq));
+                    return;
+                }
+                // Asked already, and Redis still shows it in that epoch: the sessions
+                // start again rather than ask without end, and what is held here under
+                // those `seq`s goes.
+                rewound = true;
+                self.users.drop_history(k);
+            }
+        }
+        let Some(u) = self.users.get(k) else {
+            return;
+        };
         let live: Vec<u32> = u
             .sessions
             .iter()
@@ -597,8 +637,8 @@ impl Shard {
             .collect();
         // What the live sessions missed, from the cluster's history.
         let mut missed: Vec<Wire> = Vec::new();
-        let mut restart = false;
-        if let Some((old_epoch, old_seq)) = prior {
+        let mut restart = rewound;
+        if let (Some((old_epoch, old_seq)), false) = (prior, rewound) {
             if old_epoch != epoch {
                 restart = old_seq > 0 || st.seq > 0;
             } else if st.seq > old_seq {
@@ -695,6 +735,15 @@ impl Shard {
             return; // Not served here (any more, or not loaded yet: the load covers it).
         };
         if *pos.epoch == **epoch && seq <= pos.seq {
+            // Already had it, unless the frame held under this `seq` is another push's:
+            // Redis numbered it again.
+            if self
+                .streams
+                .frame_at(topic, seq)
+                .is_some_and(|held| held != frame.0)
+            {
+                self.rewind_topic(topic);
+            }
             return;
         }
         let restarted = *pos.epoch != **epoch;
@@ -736,6 +785,10 @@ impl Shard {
             Ok(st) => st,
             Err(e) => {
                 c.load_failed(&format!("topic {topic}"), &e);
+                if c.rewinding.remove(&**topic).is_some() {
+                    // Found gone back and not loaded again: its members start again.
+                    self.restart_topic(topic);
+                }
                 for p in pending {
                     // The subscribe fails; the connection goes on.
                     let waiting = self
@@ -766,11 +819,37 @@ impl Shard {
             }
         };
         let epoch: Arc<str> = st.epoch.as_str().into();
-        // A reload of a topic served here: members get what they missed.
-        let prior = c
-            .topics
-            .get(&**topic)
-            .map(|p| (Arc::clone(&p.epoch), p.seq));
+        // A reload of a topic served here: members get what they missed. One found gone
+        // back in Redis waited for this load out of `topics`, its new epoch asked for.
+        let (prior, asked) = match c.topics.get(&**topic) {
+            Some(p) => (Some((Arc::clone(&p.epoch), p.seq)), false),
+            None => match c.rewinding.remove(&**topic) {
+                Some(p) => (Some((p.epoch, p.seq)), true),
+                None => (None, false),
+            },
+        };
+        let mut rewound = false;
+        if let Some((old_epoch, old_seq)) = &prior {
+            if **old_epoch == *epoch && self.went_back(Held::Topic(topic), *old_seq, &st) {
+                if !asked {
+                    // Put back to wait for the load after the new epoch.
+                    if let Some(c) = self.cluster.as_mut() {
+                        for p in &pending {
+                            c.waiting_for.insert(p.key, Arc::clone(topic));
+                        }
+                        c.loading_topics.insert(Arc::clone(topic), pending);
+                    }
+                    self.rewind_topic(topic);
+                    return;
+                }
+                // Asked already and still there: the members start again (their history
+                // here goes with `streams.load` below) rather than ask without end.
+                rewound = true;
+            }
+        }
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
         c.topics.insert(
             Arc::clone(topic),
             TopicPos {
@@ -778,7 +857,9 @@ impl Shard {
                 epoch: Arc::clone(&epoch),
             },
         );
-        if let Some((old_epoch, old_seq)) = prior {
+        if rewound {
+            self.restart_topic(topic);
+        } else if let Some((old_epoch, old_seq)) = prior {
             let first = st.entries.first().map_or(u64::MAX, |e| e.0);
             if *old_epoch == *epoch && st.seq > old_seq && first > old_seq + 1 {
                 // Pushes members missed are not held any more: they cannot be told in
@@ -831,4 +912,74 @@ impl Shard {
             self.resume_reading(p.key);
         }
     }
+
+    /// Whether the stream Redis shows (`st`, same epoch) went back from `old_seq`, the
+    /// highest `seq` this shard had: it is below, or the push Redis holds under `old_seq`
+    /// is not the one held here (pushes were numbered again past it). One comparison:
+    /// numbering again anywhere below `old_seq` replaces the push at `old_seq` too.
+    fn went_back(&self, held: Held<'_>, old_seq: u64, st: &StreamState) -> bool {
+        if st.seq < old_seq {
+            return true;
+        }
+        let Some((_, theirs)) = st.entries.iter().rev().find(|(s, _)| *s == old_seq) else {
+            return false;
+        };
+        let ours = match held {
+            Held::User(k) => self.users.frame_at(k, old_seq),
+            Held::Topic(t) => self.streams.frame_at(t, old_seq),
+        };
+        ours.is_some_and(|f| f != theirs)
+    }
+
+    /// User `k`'s stream went back in Redis from `(epoch, seq)`: it waits (as loading) for
+    /// the load after the new epoch the broker is asked for, which starts its sessions
+    /// again (1012).
+    fn rewind_user(&mut self, k: u32, (epoch, seq): (u64, u64)) {
+        let Some(u) = self.users.get_mut(k) else {
+            return;
+        };
+        u.epoch = 0;
+        let id: Box<str> = u.id.as_str().into();
+        if let Some(c) = self.cluster.as_mut() {
+            let load = c.loading_users.entry(k).or_default();
+            load.prior.get_or_insert((epoch, seq));
+            load.rewound = true;
+        }
+        self.interest(Interest::Rewound(Box::new(Rewind {
+            stream: RewindOf::User(id),
+            epoch: format!("{epoch:016x}"),
+            seq,
+        })));
+    }
+
+    /// A served topic's stream went back in Redis: out of `topics` until the load after
+    /// the new epoch the broker is asked for, which starts its members again (1012).
+    fn rewind_topic(&mut self, topic: &Arc<str>) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let Some(pos) = c.topics.remove(&**topic) else {
+            return;
+        };
+        let (epoch, seq) = (pos.epoch.to_string(), pos.seq);
+        c.rewinding.insert(Arc::clone(topic), pos);
+        let shard = self.id;
+        self.interest(Interest::Rewound(Box::new(Rewind {
+            stream: RewindOf::Topic {
+                shard,
+                topic: Arc::clone(topic),
+            },
+            epoch,
+            seq,
+        })));
+    }
+}
+
+/// Where a shard holds a stream's recent pushes.
+#[derive(Clone, Copy)]
+enum Held<'a> {
+    /// User `k`'s ring.
+    User(u32),
+    /// The topic's ring.
+    Topic(&'a str),
 }

@@ -48,6 +48,11 @@ impl Ring {
         self.stamps.get(i).copied()
     }
 
+    /// The frame at position `i`.
+    pub(super) fn frame(&self, i: usize) -> Option<&Wire> {
+        self.frames.get(i)
+    }
+
     /// The frames from position `skip` on.
     pub(super) fn frames_from(&self, skip: usize) -> impl Iterator<Item = &Wire> + '_ {
         self.frames.range(skip..)

@@ -218,6 +218,17 @@ impl Streams {
         }
     }
 
+    /// The frame of the topic's push `seq`, while it is held here (cluster mode: to tell
+    /// a push Redis numbered again from one this shard had).
+    pub(super) fn frame_at(&self, topic: &str, seq: u64) -> Option<&Wire> {
+        let s = self.get(topic)?;
+        let first = first_seq(s.seq, s.ring.len());
+        if seq < first || seq > s.seq {
+            return None;
+        }
+        s.ring.get((seq - first) as usize)
+    }
+
     /// Drops the topic's stream and history here (cluster mode: no longer served).
     pub(super) fn forget(&mut self, topic: &str) {
         if let Some(k) = self.by_name.remove(topic) {

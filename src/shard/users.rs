@@ -456,6 +456,27 @@ impl Users {
         ring.stamp((seq - first) as usize)
     }
 
+    /// The frame of user `key`'s push `seq`, while it is held here (cluster mode: to tell
+    /// a push Redis numbered again from one this shard had).
+    pub(super) fn frame_at(&self, key: u32, seq: u64) -> Option<&Wire> {
+        let u = self.entries.get(key)?;
+        let ring = self.rings.get(&key)?;
+        let first = first_seq(u.seq, ring.len());
+        if seq < first || seq > u.seq {
+            return None;
+        }
+        ring.frame((seq - first) as usize)
+    }
+
+    /// Drops user `key`'s history here (cluster mode: it is not what Redis numbered under
+    /// those `seq`s any more); the next load records what Redis holds.
+    pub(super) fn drop_history(&mut self, key: u32) {
+        if let Some(ring) = self.rings.remove(&key) {
+            self.bytes -= ring.bytes();
+            self.held -= ring.len();
+        }
+    }
+
     /// Whether a resume after `since` in `epoch` names this user's current stream but
     /// reaches back past what its ring holds here, and not past what Redis held at the
     /// last such reload (cluster mode: Redis may hold more).
