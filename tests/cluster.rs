@@ -11,6 +11,9 @@ use common::*;
 use serde_json::{json, Value};
 
 /// A node on `redis`, ready (its publisher reached Redis).
+/// The epoch a topic shows before its first push.
+const NO_EPOCH: &str = "0000000000000000";
+
 fn node(redis: &RedisServer, extra: &[&str]) -> TestServer {
     cluster_node(&redis.url(), extra)
 }
@@ -194,16 +197,19 @@ fn topics_are_numbered_once_and_resume_on_any_node() {
         c.send(json!({"type": "subscribe", "topic": "room.1"}));
         let s = c.recv();
         assert_eq!(s["type"], "subscribed", "{s}");
-        assert_eq!(s["seq"], 0);
+        // No push yet: the placeholder, as on a standalone server.
+        assert_eq!(
+            (s["seq"].as_u64(), s["epoch"].as_str()),
+            (Some(0), Some(NO_EPOCH))
+        );
     }
-    let e = {
-        y.send(json!({"type": "subscribe", "topic": "room.1"}));
-        let s = y.recv();
-        s["epoch"].as_str().unwrap().to_string()
-    };
+    let mut e = String::new();
     for i in 1..=3u64 {
         let r = b.push_wait(json!({"topic": "room.1", "data": i}));
         assert_eq!(r["seq"], i, "{r}");
+        if i == 1 {
+            e = r["epoch"].as_str().unwrap().to_string();
+        }
     }
     for c in [&mut x, &mut y] {
         for i in 1..=3u64 {
@@ -212,6 +218,9 @@ fn topics_are_numbered_once_and_resume_on_any_node() {
                 (p["topic"].as_str(), p["seq"].as_u64()),
                 (Some("room.1"), Some(i))
             );
+            // The first push names the epoch it starts.
+            let named = (i == 1).then_some(e.as_str());
+            assert_eq!(p["epoch"].as_str(), named, "{p}");
         }
     }
     // Any node tells the topic's position from Redis, and its own subscribers.
@@ -240,6 +249,55 @@ fn topics_are_numbered_once_and_resume_on_any_node() {
     assert_eq!(s["seq"], 3);
     assert_eq!(next_push(&mut z)["seq"], 2);
     assert_eq!(next_push(&mut z)["seq"], 3);
+}
+
+/// Keys of topic streams in Redis.
+fn topic_keys(redis: &RedisServer) -> Vec<String> {
+    redis::cmd("KEYS")
+        .arg("throng:{t:*")
+        .query(&mut redis.conn())
+        .unwrap()
+}
+
+#[test]
+fn subscribes_to_topics_never_pushed_write_nothing_to_redis() {
+    // Each subscribe to a new name wrote the topic's epoch to Redis for a day: a client
+    // allowed `room.*` could leave a key per name it tried, 100 a second.
+    let redis = RedisServer::start();
+    let a = node(&redis, &["--public-topics", "room.*"]);
+    let mut x = a.connect("x");
+    for i in 0..50 {
+        let topic = format!("room.probe{i}");
+        x.send(json!({"type": "subscribe", "topic": topic}));
+        let s = x.recv();
+        assert_eq!(
+            (s["seq"].as_u64(), s["epoch"].as_str()),
+            (Some(0), Some(NO_EPOCH)),
+            "{s}"
+        );
+        x.send(json!({"type": "unsubscribe", "topic": topic}));
+        assert_eq!(x.recv()["type"], "unsubscribed");
+    }
+    assert_eq!(topic_keys(&redis), Vec::<String>::new());
+    // A member from before the first push takes it (and the epoch it names) and resumes
+    // with that epoch on another node.
+    x.send(json!({"type": "subscribe", "topic": "room.1"}));
+    assert_eq!(x.recv()["epoch"], NO_EPOCH);
+    let r = a.push_wait(json!({"topic": "room.1", "data": 1}));
+    let p = next_push(&mut x);
+    assert_eq!(
+        (p["seq"].as_u64(), &p["epoch"]),
+        (Some(1), &r["epoch"]),
+        "{p}"
+    );
+    a.push_wait(json!({"topic": "room.1", "data": 2}));
+    assert_eq!(next_push(&mut x)["seq"], 2);
+    let b = node(&redis, &["--public-topics", "room.*"]);
+    let mut y = b.connect("x");
+    y.send(json!({"type": "subscribe", "topic": "room.1", "since": 1, "epoch": r["epoch"]}));
+    let s = y.recv();
+    assert_eq!(s["resumed"], true, "{s}");
+    assert_eq!(next_push(&mut y)["seq"], 2);
 }
 
 #[test]
@@ -1904,6 +1962,9 @@ fn a_node_keeps_the_streams_it_serves_in_redis_however_quiet() {
     let mut x = a.connect("quiet");
     x.send(json!({"type": "subscribe", "topic": "room.quiet", "ref": 1}));
     assert_eq!(x.recv()["type"], "subscribed");
+    // A topic has its key from its first push on.
+    a.push_wait(json!({"topic": "room.quiet", "data": 1}));
+    assert_eq!(next_push(&mut x)["seq"], 1);
     let mut r = redis.conn();
     let keys = ["throng:{u:quiet}", "throng:{t:room.quiet}"];
     // As if a day had passed without a push: a minute left.

@@ -28,6 +28,8 @@ use serde_json::{json, Value};
 const BIN: &str = env!("CARGO_BIN_EXE_throng");
 /// Deadline for what waits on a reconnect to Redis (the broker backs off up to 2 s).
 const RECONNECT_WAIT: Duration = Duration::from_secs(15);
+/// The epoch a topic shows before its first push.
+const NO_EPOCH: &str = "0000000000000000";
 
 // ---------------------------------------------------------------------------------------
 // A node: a `throng serve` child process
@@ -148,6 +150,8 @@ struct Seen {
     /// `None` for the user's own stream, or the topic.
     topic: Option<&'static str>,
     last: u64,
+    /// The epoch a push named (a topic's first push names the epoch it starts).
+    epoch: Option<String>,
 }
 
 impl Seen {
@@ -155,6 +159,7 @@ impl Seen {
         Seen {
             topic: None,
             last: 0,
+            epoch: None,
         }
     }
 
@@ -162,6 +167,7 @@ impl Seen {
         Seen {
             topic: Some(t),
             last: 0,
+            epoch: None,
         }
     }
 
@@ -178,6 +184,16 @@ impl Seen {
         assert_eq!(seq, self.last + 1, "out of order or repeated: {m}");
         assert_eq!(m["data"]["n"], seq, "data does not match its seq: {m}");
         self.last = seq;
+        if let Some(e) = m["epoch"].as_str() {
+            self.epoch = Some(e.to_string());
+        }
+    }
+
+    /// The epoch the stream's first push named.
+    fn epoch(&self) -> String {
+        self.epoch
+            .clone()
+            .unwrap_or_else(|| panic!("no push of {:?} named its epoch", self.topic))
     }
 
     /// Reads pushes until this stream reached `seq`.
@@ -264,12 +280,11 @@ fn node_flags(id: &str) -> Vec<&str> {
 }
 
 /// On one node, a user's session and a member of `room.1`, with their streams loaded and
-/// the epochs their `welcome` and `subscribed` gave.
+/// the epoch the `welcome` gave (the topic's is named by its first push).
 struct Pair {
     user: Client,
     member: Client,
     user_epoch: String,
-    topic_epoch: String,
 }
 
 impl Pair {
@@ -278,13 +293,16 @@ impl Pair {
         let user = node.connect(user);
         let user_epoch = epoch_of(&user.welcome);
         let mut member = node.connect(member);
-        let topic_epoch = epoch_of(&subscribe(&mut member, "room.1", None));
+        let s = subscribe(&mut member, "room.1", None);
+        assert_eq!(
+            (s["seq"].as_u64(), s["epoch"].as_str()),
+            (Some(0), Some(NO_EPOCH))
+        );
         node.wait_streams(3);
         Pair {
             user,
             member,
             user_epoch,
-            topic_epoch,
         }
     }
 }
@@ -314,7 +332,6 @@ impl TwoNodes {
             user: mut u_client,
             member: mut m_client,
             user_epoch,
-            topic_epoch,
         } = Pair::on(&a, user, member);
         let (mut u, mut t) = (Seen::user(), Seen::topic("room.1"));
         let pusher = Pusher::start(b.api, user, "room.1");
@@ -330,7 +347,6 @@ impl TwoNodes {
                 user: u,
                 user_epoch,
                 topic: t,
-                topic_epoch,
             },
             pusher,
         }
@@ -353,7 +369,6 @@ struct Streams {
     user: Seen,
     user_epoch: String,
     topic: Seen,
-    topic_epoch: String,
 }
 
 impl Streams {
@@ -365,7 +380,7 @@ impl Streams {
         let mut a = node.resume(user, u.last, &self.user_epoch);
         assert_eq!(a.welcome["resumed"], true, "{}", a.welcome);
         let mut b = node.connect(member);
-        let s = subscribe(&mut b, "room.1", Some((t.last, &self.topic_epoch)));
+        let s = subscribe(&mut b, "room.1", Some((t.last, &t.epoch())));
         assert_eq!(s["resumed"], true, "{s}");
         u.read_to(&mut a, u.last + 5);
         t.read_to(&mut b, t.last + 5);
@@ -821,12 +836,12 @@ fn redis_back_empty_restarts_streams_and_their_sessions_resume_false() {
         user: mut carol,
         member: mut dan,
         user_epoch,
-        topic_epoch,
     } = Pair::on(&a, "carol", "dan");
     let (mut u, mut t) = (Seen::user(), Seen::topic("room.1"));
     push_both(&a, "carol", 1);
     u.read_to(&mut carol, 1);
     t.read_to(&mut dan, 1);
+    let topic_epoch = t.epoch();
 
     redis.restart();
     // Numbering restarted under both sessions: neither may take seq 1 of the new epoch
@@ -857,12 +872,12 @@ fn streams_lost_in_redis_under_live_sessions_close_them_with_1012() {
         user: mut carol,
         member: mut dan,
         user_epoch,
-        topic_epoch,
     } = Pair::on(&a, "carol", "dan");
     let (mut u, mut t) = (Seen::user(), Seen::topic("room.1"));
     push_both(&b, "carol", 1);
     u.read_to(&mut carol, 1);
     t.read_to(&mut dan, 1);
+    let topic_epoch = t.epoch();
     // The streams expire (or an operator flushes them) while Redis stays up: the next
     // push starts a new epoch at seq 1, which a client at seq 1 would drop as a repeat.
     let _: () = redis::cmd("DEL")
@@ -886,10 +901,12 @@ fn streams_lost_in_redis_under_live_sessions_close_them_with_1012() {
         Seen {
             topic: None,
             last: 1,
+            epoch: None,
         },
         Seen {
             topic: Some("room.1"),
             last: 1,
+            epoch: None,
         },
     );
     push_both(&b, "carol", 2);
@@ -947,10 +964,12 @@ fn resume_after_going_back(node: &Node, pusher: &Node, (user_epoch, topic_epoch)
         Seen {
             topic: None,
             last: 3,
+            epoch: None,
         },
         Seen {
             topic: Some("room.1"),
             last: 3,
+            epoch: None,
         },
     );
     push_both(pusher, "carol", 4);
@@ -972,7 +991,6 @@ fn pushes_numbered_again_after_redis_went_back_start_their_sessions_again() {
         user: mut carol,
         member: mut dan,
         user_epoch,
-        topic_epoch,
     } = Pair::on(&a, "carol", "dan");
     let (mut u, mut t) = (Seen::user(), Seen::topic("room.1"));
     push_both(&b, "carol", 1);
@@ -981,6 +999,7 @@ fn pushes_numbered_again_after_redis_went_back_start_their_sessions_again() {
     push_both(&b, "carol", 3);
     u.read_to(&mut carol, 3);
     t.read_to(&mut dan, 3);
+    let topic_epoch = t.epoch();
     go_back(&redis, &at_one);
     for target in [json!({"user": "carol"}), json!({"topic": "room.1"})] {
         let mut p = target;
@@ -1003,7 +1022,6 @@ fn a_node_that_reloads_streams_redis_took_back_starts_their_sessions_again() {
         user: mut carol,
         member: mut dan,
         user_epoch,
-        topic_epoch,
     } = Pair::on(&a, "carol", "dan");
     let (mut u, mut t) = (Seen::user(), Seen::topic("room.1"));
     push_both(&b, "carol", 1);
@@ -1012,6 +1030,7 @@ fn a_node_that_reloads_streams_redis_took_back_starts_their_sessions_again() {
     push_both(&b, "carol", 3);
     u.read_to(&mut carol, 3);
     t.read_to(&mut dan, 3);
+    let topic_epoch = t.epoch();
     go_back(&redis, &at_one);
     let links = a.ports_to(redis.port);
     assert!(!links.is_empty(), "A's Redis links\n{}", a.output());
@@ -1196,13 +1215,13 @@ fn node_cut_off_longer_than_history_restarts_user_and_topic_sessions_with_1012()
     let Pair {
         user: mut carol,
         member: mut dan,
-        topic_epoch,
         ..
     } = Pair::on(&a, "carol", "dan");
     let (mut u, mut t) = (Seen::user(), Seen::topic("room.1"));
     push_both(&b, "carol", 1);
     u.read_to(&mut carol, 1);
     t.read_to(&mut dan, 1);
+    let topic_epoch = t.epoch();
 
     relay.cut();
     a.wait_ready_status(503);

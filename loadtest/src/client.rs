@@ -1062,7 +1062,10 @@ fn on_message(c: &mut Conn, text: &[u8], ctx: &mut Ctx) -> Result<(), End> {
             ctx.out.wire.deliveries += 1;
             let topic = msg.topic.as_deref();
             let first = match (ctx.book.as_deref_mut(), msg.seq) {
-                (Some(b), Some(seq)) => b.on_push(c.serial, topic, seq, &ctx.cfg.topics),
+                (Some(b), Some(seq)) => {
+                    let named = (seq, msg.epoch.as_deref());
+                    b.on_push(c.serial, topic, named, &ctx.cfg.topics)
+                }
                 _ => {
                     ctx.out.unnumbered += 1;
                     false

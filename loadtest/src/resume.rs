@@ -108,6 +108,14 @@ impl Stream {
         self.renumbered = true;
     }
 
+    /// Takes the epoch a push names (a topic's first push names the epoch it starts): a
+    /// stream known only by the placeholder resumes with it from then on.
+    fn named(&mut self, epoch: &str) {
+        if &*self.epoch == PLACEHOLDER_EPOCH && epoch != PLACEHOLDER_EPOCH {
+            self.epoch = epoch.into();
+        }
+    }
+
     /// Records a push; true when its number is new.
     fn record(&mut self, seq: u64) -> bool {
         self.received += 1;
@@ -371,8 +379,15 @@ impl Book {
         self.totals.topic = t;
     }
 
-    /// Records a numbered push; true when it is a first delivery.
-    pub fn on_push(&mut self, g: u32, topic: Option<&str>, seq: u64, names: &[String]) -> bool {
+    /// Records a numbered push (naming `epoch` when it starts one); true when it is a
+    /// first delivery.
+    pub fn on_push(
+        &mut self,
+        g: u32,
+        topic: Option<&str>,
+        (seq, epoch): (u64, Option<&str>),
+        names: &[String],
+    ) -> bool {
         let c = self.conn(g);
         let s = match topic {
             None => c.user.as_mut(),
@@ -382,7 +397,12 @@ impl Book {
                 .and_then(|i| c.topics.get_mut(i)?.as_mut()),
         };
         match s {
-            Some(s) => s.record(seq),
+            Some(s) => {
+                if let Some(e) = epoch {
+                    s.named(e);
+                }
+                s.record(seq)
+            }
             None => {
                 self.totals.stray += 1;
                 false
@@ -598,6 +618,19 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_known_by_the_placeholder_resumes_with_the_epoch_its_first_push_names() {
+        let mut t = totals();
+        let mut p = Stream::new(0, PLACEHOLDER_EPOCH);
+        p.named("e1");
+        assert!(p.record(1));
+        assert_eq!(p.position(), (1, "e1"));
+        p.named("e2"); // only the placeholder is replaced
+        assert_eq!(p.position(), (1, "e1"));
+        p.on_answer(1, "e1", Some(true), &mut t);
+        assert_eq!(t.resumed_false, 0);
+    }
+
+    #[test]
     fn resumed_false_is_counted_with_its_cause_and_what_it_did_not_replay() {
         let mut t = totals();
         let mut s = Stream::new(0, "e1");
@@ -754,9 +787,9 @@ mod tests {
         );
         b.on_welcome(7, 2, "ab/c", None);
         b.on_subscribed(7, "a b", 5, "t1", None, &names);
-        assert!(b.on_push(7, None, 3, &names));
-        assert!(b.on_push(7, Some("a b"), 6, &names));
-        assert!(!b.on_push(7, Some("other"), 1, &names));
+        assert!(b.on_push(7, None, (3, None), &names));
+        assert!(b.on_push(7, Some("a b"), (6, None), &names));
+        assert!(!b.on_push(7, Some("other"), (1, None), &names));
         assert_eq!(b.user_query(7).as_deref(), Some("since=3&epoch=ab%2Fc"));
         assert_eq!(
             b.subscribe_msg(7, 0, "a b"),

@@ -25,7 +25,8 @@ pub struct ServerMsg<'a, D> {
     /// `error`: why.
     #[serde(borrow)]
     pub code: Option<Cow<'a, str>>,
-    /// `welcome` and `subscribed`: the stream's epoch.
+    /// `welcome` and `subscribed`: the stream's epoch; a topic's first push: the epoch it
+    /// starts.
     #[serde(borrow)]
     pub epoch: Option<Cow<'a, str>>,
     /// `welcome` and `subscribed` after a `since`/`epoch`.

@@ -593,19 +593,25 @@ impl Subscriber {
                 let s = l.stream();
                 // A stream a shard found gone back gets its new epoch first.
                 *rewound = self.rewinds.pipe(&mut pipe, s);
-                // A stream never pushed to gets its epoch now, so a client that connects
-                // before the first push resumes across it.
-                pipe.cmd("HSETNX")
-                    .arg(s.meta_key())
-                    .arg("epoch")
-                    .arg(format!("{:016x}", rand::random::<u64>()))
-                    .ignore()
-                    .cmd("PEXPIRE")
-                    .arg(s.meta_key())
-                    .arg(self.meta_ms())
-                    .arg("NX")
-                    .ignore()
-                    .cmd("HMGET")
+                if let Load::User(_) = l {
+                    // A user's stream never pushed to gets its epoch now: `welcome` shows
+                    // it and the user's pushes do not name it, so a client that connects
+                    // before the first push resumes across it. A topic's is left alone
+                    // (a subscribe writes nothing to Redis: a client allowed `room.*`
+                    // cannot leave a key per name it tries): it shows the placeholder
+                    // epoch until its first push, which names the epoch it starts.
+                    pipe.cmd("HSETNX")
+                        .arg(s.meta_key())
+                        .arg("epoch")
+                        .arg(format!("{:016x}", rand::random::<u64>()))
+                        .ignore()
+                        .cmd("PEXPIRE")
+                        .arg(s.meta_key())
+                        .arg(self.meta_ms())
+                        .arg("NX")
+                        .ignore();
+                }
+                pipe.cmd("HMGET")
                     .arg(s.meta_key())
                     .arg("seq")
                     .arg("epoch")
@@ -621,11 +627,12 @@ impl Subscriber {
             // each took a node to 345 MiB). The rest waits in the socket and in Redis.
             let sent = cmd.send_packed_command(&pipe.get_packed_pipeline());
             for (i, l) in chunk.iter().enumerate() {
-                // The new epoch's script when asked, HSETNX and PEXPIRE, then HMGET and
-                // LRANGE.
+                // The new epoch's script when asked, HSETNX and PEXPIRE for a user,
+                // then HMGET and LRANGE.
                 let asked = usize::from(rewound[i]);
+                let writes = if let Load::User(_) = l { 2 } else { 0 };
                 let replies = match &sent {
-                    Ok(()) => (0..4 + asked).map(|_| next_reply(cmd)).collect(),
+                    Ok(()) => (0..asked + writes + 2).map(|_| next_reply(cmd)).collect(),
                     Err(e) => Err(e.clone()),
                 };
                 let (meta, hist) = match replies {
@@ -855,8 +862,12 @@ fn read_state(
         .transpose()
         .map_err(|e| format!("unexpected stream state in Redis: {e}"))?
         .unwrap_or((None, None));
-    let epoch = epoch.ok_or("stream without an epoch in Redis")?;
-    let seq = seq.unwrap_or(0);
+    let (seq, epoch) = match (seq, epoch, topic) {
+        (_, Some(e), _) => (seq.unwrap_or(0), e),
+        // A topic never pushed to (or forgotten): no key until its first push.
+        (None, None, Some(_)) => (0, crate::api::sequencer::NO_EPOCH.to_string()),
+        _ => return Err("stream without an epoch in Redis".to_string()),
+    };
     let raw: Vec<Vec<u8>> = hist
         .map(redis::from_redis_value)
         .transpose()

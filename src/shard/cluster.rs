@@ -24,6 +24,7 @@ use rustc_hash::FxBuildHasher;
 use super::compact::compact;
 use super::conn::{PARKED, WAITING_TOPIC};
 use super::{Shard, CHANNEL_BATCH};
+use crate::api::sequencer::NO_EPOCH;
 use crate::broker::{user_epoch, Interest, Remote, Rewind, RewindOf, StreamState};
 use crate::command::Resume;
 use crate::events::Detail;
@@ -746,7 +747,10 @@ impl Shard {
             }
             return;
         }
-        let restarted = *pos.epoch != **epoch;
+        // A topic loaded before its first push shows the placeholder epoch at 0; its first
+        // push names the epoch it starts (as it does for clients): taken over, no restart.
+        let first_push = pos.seq == 0 && *pos.epoch == *NO_EPOCH && seq == 1;
+        let restarted = *pos.epoch != **epoch && !first_push;
         pos.seq = seq;
         pos.epoch = Arc::clone(epoch);
         if restarted {
@@ -861,11 +865,14 @@ impl Shard {
             self.restart_topic(topic);
         } else if let Some((old_epoch, old_seq)) = prior {
             let first = st.entries.first().map_or(u64::MAX, |e| e.0);
-            if *old_epoch == *epoch && st.seq > old_seq && first > old_seq + 1 {
+            // Members at the placeholder (no push yet) go on into the topic's first epoch
+            // like members of the same epoch at 0.
+            let same = *old_epoch == *epoch || (old_seq == 0 && *old_epoch == *NO_EPOCH);
+            if same && st.seq > old_seq && first > old_seq + 1 {
                 // Pushes members missed are not held any more: they cannot be told in
                 // order, so they start again (1012), as a user's sessions do.
                 self.restart_topic(topic);
-            } else if *old_epoch == *epoch {
+            } else if same {
                 let missed: Vec<(u64, Wire)> = st
                     .entries
                     .iter()

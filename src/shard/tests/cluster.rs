@@ -742,3 +742,65 @@ fn a_reload_that_only_adds_to_what_the_shard_had_asks_for_nothing() {
     h.quiet(&mut p);
     assert_eq!(asked(&interests), vec![]);
 }
+
+fn first_topic_push(seq: u64) -> Remote {
+    // A topic's first push names the epoch it starts.
+    let frame = crate::messages::PushFields {
+        seq: Some(seq),
+        topic: Some("room.1"),
+        id: None,
+        from: None,
+        epoch: (seq == 1).then_some(OTHER),
+    };
+    Remote::TopicPush {
+        topic: "room.1".into(),
+        seq,
+        epoch: OTHER.into(),
+        frame: crate::messages::push_frame_with(&seq.to_string(), 0, &frame),
+        compressed: Arc::default(),
+        accepted_at: Instant::now(),
+    }
+}
+
+#[test]
+fn a_topic_loaded_before_its_first_push_takes_the_epoch_it_names_without_a_restart() {
+    // Redis holds nothing for a topic never pushed to: it loads as the placeholder at 0.
+    let no_epoch = crate::api::sequencer::NO_EPOCH;
+    let (mut h, interests, tx) = Harness::cluster(&["--public-topics", "room.*"]);
+    let mut p = member(&mut h, &tx, "ka", bare_state(0, no_epoch));
+    asked(&interests);
+    tx.send(first_topic_push(1)).unwrap();
+    let m = h.recv_json(&mut p);
+    assert_eq!((seq_of(&m), m["epoch"].as_str()), (1, Some(OTHER)), "{m}");
+    tx.send(first_topic_push(2)).unwrap();
+    assert_eq!(seq_of(&h.recv_json(&mut p)), 2);
+    h.quiet(&mut p);
+    assert_eq!(asked(&interests), vec![], "no new epoch asked for");
+    // A later member resumes in that epoch.
+    let mut q = online(&mut h, &tx, "lu", fresh_state());
+    q.send_json(json!({"type": "subscribe", "topic": "room.1", "since": 1, "epoch": OTHER}));
+    let s = h.recv_json(&mut q);
+    assert_eq!(
+        (s["resumed"].as_bool(), s["seq"].as_u64()),
+        (Some(true), Some(2)),
+        "{s}"
+    );
+    assert_eq!(seq_of(&h.recv_json(&mut q)), 2);
+}
+
+#[test]
+fn members_at_the_placeholder_get_the_first_pushes_a_reload_finds() {
+    // The broker reconnected after the topic's first pushes: they come from the reload.
+    let no_epoch = crate::api::sequencer::NO_EPOCH;
+    let (mut h, interests, tx) = Harness::cluster(&["--public-topics", "room.*"]);
+    let mut p = member(&mut h, &tx, "mo", bare_state(0, no_epoch));
+    asked(&interests);
+    tx.send(Remote::TopicLoaded {
+        topic: "room.1".into(),
+        state: Ok(state(2, OTHER, 1..=2, Some("room.1"))),
+    })
+    .unwrap();
+    assert_eq!(seq_of(&h.recv_json(&mut p)), 1);
+    assert_eq!(seq_of(&h.recv_json(&mut p)), 2);
+    h.quiet(&mut p);
+}
