@@ -1053,6 +1053,53 @@ fn a_node_that_reloads_streams_redis_took_back_starts_their_sessions_again() {
 }
 
 #[test]
+fn a_client_back_from_beyond_what_redis_holds_gets_its_stream_a_new_epoch() {
+    // Redis went back while no node served the user (its only node died): the first
+    // client to come back had seq 3, which Redis no longer has in that epoch. Before, it
+    // got `resumed:false` in the same epoch, and a device at 2 that came back after two
+    // more pushes (numbered 2 and 3 again) was told `resumed:true` and missed one.
+    let redis = RedisServer::start();
+    let mut a = Node::start(&redis.url(), &node_flags("a")).ready();
+    let b = Node::start(&redis.url(), &node_flags("b")).ready();
+    let mut carol = a.connect("carol");
+    let user_epoch = epoch_of(&carol.welcome);
+    let mut u = Seen::user();
+    push_both(&b, "carol", 1);
+    let at_one = snapshot(&redis);
+    push_both(&b, "carol", 2);
+    push_both(&b, "carol", 3);
+    u.read_to(&mut carol, 3);
+    a.kill9();
+    go_back(&redis, &at_one);
+    let mut carol = b.resume("carol", 3, &user_epoch);
+    assert_eq!(
+        (
+            carol.welcome["resumed"].as_bool(),
+            carol.welcome["seq"].as_u64()
+        ),
+        (Some(false), Some(3)),
+        "{}",
+        carol.welcome
+    );
+    let epoch = epoch_of(&carol.welcome);
+    assert_ne!(epoch, user_epoch);
+    let r = b.push_wait(json!({"user": "carol", "data": {"n": 4}}));
+    assert_eq!(
+        (r["seq"].as_u64(), r["epoch"].as_str()),
+        (Some(4), Some(&*epoch))
+    );
+    let mut u = Seen {
+        topic: None,
+        last: 3,
+        epoch: None,
+    };
+    u.read_to(&mut carol, 4);
+    let other = b.resume("carol", 2, &user_epoch);
+    assert_eq!(other.welcome["resumed"], false, "{}", other.welcome);
+    assert_eq!(b.stats()["cluster"]["broker_rewound_streams"], 1);
+}
+
+#[test]
 fn a_batch_of_only_invalid_entries_goes_to_the_dlq_and_blocks_nothing() {
     let redis = RedisServer::start();
     let mut r = redis.conn();

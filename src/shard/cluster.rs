@@ -609,23 +609,34 @@ impl Shard {
             }
         };
         let epoch = user_epoch(&st.epoch);
-        let mut rewound = false;
-        if let Some((old_epoch, old_seq)) = prior {
-            if old_epoch == epoch && self.went_back(Held::User(k), old_seq, &st) {
-                if !load.rewound {
-                    // Put back as it was, to wait for the load after the new epoch.
-                    if let Some(c) = self.cluster.as_mut() {
-                        c.loading_users.insert(k, load);
-                    }
-                    self.rewind_user(k, (old_epoch, old_seq));
-                    return;
-                }
-                // Asked already, and Redis still shows it in that epoch: the sessions
-                // start again rather than ask without end, and what is held here under
-                // those `seq`s goes.
-                rewound = true;
-                self.users.drop_history(k);
+        // The highest `seq` seen in this epoch that Redis no longer has: this shard's,
+        // or a resuming session's. A client can only have a `seq` Redis gave it (this
+        // is Redis's own answer, read after the number was given: no race with the
+        // channel), so one beyond is a stream that went back, or a client that lies
+        // about its own user's stream, which then only starts its own sessions again.
+        let mut seen = prior
+            .filter(|&(e, s)| e == epoch && self.went_back(Held::User(k), s, &st))
+            .map(|(_, s)| s);
+        for r in load.parked.iter().filter_map(|p| p.resume.as_ref()) {
+            if *r.epoch == *st.epoch && r.since > st.seq {
+                seen = seen.max(Some(r.since));
             }
+        }
+        let mut rewound = false;
+        if let Some(seen) = seen {
+            if !load.rewound {
+                // Put back as it was, to wait for the load after the new epoch.
+                if let Some(c) = self.cluster.as_mut() {
+                    c.loading_users.insert(k, load);
+                }
+                self.rewind_user(k, (epoch, seen));
+                return;
+            }
+            // Asked already, and Redis still shows it in that epoch: the sessions
+            // start again rather than ask without end, and what is held here under
+            // those `seq`s goes.
+            rewound = true;
+            self.users.drop_history(k);
         }
         let Some(u) = self.users.get(k) else {
             return;

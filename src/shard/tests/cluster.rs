@@ -804,3 +804,43 @@ fn members_at_the_placeholder_get_the_first_pushes_a_reload_finds() {
     assert_eq!(seq_of(&h.recv_json(&mut p)), 2);
     h.quiet(&mut p);
 }
+
+#[test]
+fn a_first_session_resuming_past_what_redis_holds_in_its_epoch_asks_for_a_new_epoch() {
+    // No node served the user when Redis went back; its client had seq 5 from Redis.
+    let (mut h, interests, tx) = Harness::cluster(&[]);
+    let resume = Resume {
+        since: 5,
+        epoch: EPOCH.into(),
+    };
+    let mut p = parked(&mut h, "na", Some(resume));
+    asked(&interests);
+    tx.send(loaded("na", Ok(state(3, EPOCH, 1..=3, None))))
+        .unwrap();
+    h.quiet(&mut p);
+    let user = crate::broker::RewindOf::User("na".into());
+    assert_eq!(asked(&interests), vec![rewound(user, EPOCH, 5)]);
+    tx.send(loaded("na", Ok(bare_state(5, OTHER)))).unwrap();
+    let w = h.recv_json(&mut p);
+    assert_eq!(
+        (
+            w["resumed"].as_bool(),
+            w["seq"].as_u64(),
+            w["epoch"].as_str()
+        ),
+        (Some(false), Some(5), Some(OTHER)),
+        "{w}"
+    );
+    // A resume from within what Redis holds asks for nothing.
+    let resume = Resume {
+        since: 4,
+        epoch: OTHER.into(),
+    };
+    let mut q = parked(&mut h, "ob", Some(resume));
+    asked(&interests);
+    tx.send(loaded("ob", Ok(state(5, OTHER, 1..=5, None))))
+        .unwrap();
+    assert_eq!(h.recv_json(&mut q)["resumed"], true);
+    assert_eq!(seq_of(&h.recv_json(&mut q)), 5);
+    assert_eq!(asked(&interests), vec![]);
+}
