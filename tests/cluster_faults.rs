@@ -91,6 +91,26 @@ impl Node {
         r.json()
     }
 
+    /// Cuts every link it has to `redis` (`CLIENT KILL`), as a failover or a network
+    /// fault does.
+    fn cut_links_to(&self, redis: &RedisServer) {
+        let links = self.ports_to(redis.port);
+        assert!(!links.is_empty(), "no Redis links\n{}", self.output());
+        let mut r = redis.conn();
+        for port in links {
+            // A link gone already (a reconnect of its own) is no error here.
+            let _: redis::RedisResult<u64> = redis::cmd("CLIENT")
+                .arg(&[
+                    "KILL",
+                    "ADDR",
+                    &format!("127.0.0.1:{port}"),
+                    "SKIPME",
+                    "yes",
+                ])
+                .query(&mut r);
+        }
+    }
+
     /// Connects `user` with `?since=&epoch=`.
     fn resume(&self, user: &str, since: u64, epoch: &str) -> Client {
         Client::connect_with(
@@ -947,10 +967,57 @@ fn go_back(redis: &RedisServer, snapshot: &[Vec<u8>]) {
     }
 }
 
+/// Two nodes on one Redis; on A, `carol`'s session and `dan` in `room.1` have read pushes
+/// 1 to 3 (made through B), and then Redis went back to 1 on both streams.
+struct GoneBack {
+    redis: RedisServer,
+    a: Node,
+    b: Node,
+    carol: Client,
+    dan: Client,
+    /// The user stream's epoch and the topic's before they went back.
+    epochs: (String, String),
+}
+
+impl GoneBack {
+    fn start() -> GoneBack {
+        let redis = RedisServer::start();
+        let a = Node::start(&redis.url(), &node_flags("a")).ready();
+        let b = Node::start(&redis.url(), &node_flags("b")).ready();
+        let Pair {
+            user: mut carol,
+            member: mut dan,
+            user_epoch,
+        } = Pair::on(&a, "carol", "dan");
+        let (mut u, mut t) = (Seen::user(), Seen::topic("room.1"));
+        push_both(&b, "carol", 1);
+        let at_one = snapshot(&redis);
+        push_both(&b, "carol", 2);
+        push_both(&b, "carol", 3);
+        u.read_to(&mut carol, 3);
+        t.read_to(&mut dan, 3);
+        let epochs = (user_epoch, t.epoch());
+        go_back(&redis, &at_one);
+        GoneBack {
+            redis,
+            a,
+            b,
+            carol,
+            dan,
+            epochs,
+        }
+    }
+}
+
 /// After their streams went back in Redis from `seq` 3 and both clients were closed with
 /// 1012: they resume on `node` (`resumed:false`, a new epoch, numbering going on from 3)
 /// and get the next push as `seq` 4 of that epoch.
-fn resume_after_going_back(node: &Node, pusher: &Node, (user_epoch, topic_epoch): (&str, &str)) {
+fn resume_after_going_back(
+    node: &Node,
+    pusher: &Node,
+    (user_epoch, topic_epoch): (String, String),
+) {
+    let (user_epoch, topic_epoch) = (user_epoch.as_str(), topic_epoch.as_str());
     let mut carol = node.resume("carol", 3, user_epoch);
     assert_eq!(carol.welcome["resumed"], false, "{}", carol.welcome);
     assert_eq!(carol.welcome["seq"], 3, "{}", carol.welcome);
@@ -984,23 +1051,14 @@ fn pushes_numbered_again_after_redis_went_back_start_their_sessions_again() {
     // Redis loses its last two writes of each stream (a failover to a replica behind) and
     // numbers the next pushes 2 again: before, a session at 3 took them for repeats and
     // never saw them.
-    let redis = RedisServer::start();
-    let a = Node::start(&redis.url(), &node_flags("a")).ready();
-    let b = Node::start(&redis.url(), &node_flags("b")).ready();
-    let Pair {
-        user: mut carol,
-        member: mut dan,
-        user_epoch,
-    } = Pair::on(&a, "carol", "dan");
-    let (mut u, mut t) = (Seen::user(), Seen::topic("room.1"));
-    push_both(&b, "carol", 1);
-    let at_one = snapshot(&redis);
-    push_both(&b, "carol", 2);
-    push_both(&b, "carol", 3);
-    u.read_to(&mut carol, 3);
-    t.read_to(&mut dan, 3);
-    let topic_epoch = t.epoch();
-    go_back(&redis, &at_one);
+    let GoneBack {
+        redis: _redis,
+        a,
+        b,
+        mut carol,
+        mut dan,
+        epochs,
+    } = GoneBack::start();
     for target in [json!({"user": "carol"}), json!({"topic": "room.1"})] {
         let mut p = target;
         p["data"] = json!({"n": "again"});
@@ -1008,48 +1066,26 @@ fn pushes_numbered_again_after_redis_went_back_start_their_sessions_again() {
     }
     assert_eq!(carol.expect_close(), Closed::Code(Some(1012)));
     assert_eq!(dan.expect_close(), Closed::Code(Some(1012)));
-    resume_after_going_back(&a, &b, (&user_epoch, &topic_epoch));
+    resume_after_going_back(&a, &b, epochs);
 }
 
 #[test]
 fn a_node_that_reloads_streams_redis_took_back_starts_their_sessions_again() {
     // The same loss found by a reload: the node's links to Redis are cut (as a failover
     // does) and it finds both streams at 1 where it had 3.
-    let redis = RedisServer::start();
-    let a = Node::start(&redis.url(), &node_flags("a")).ready();
-    let b = Node::start(&redis.url(), &node_flags("b")).ready();
-    let Pair {
-        user: mut carol,
-        member: mut dan,
-        user_epoch,
-    } = Pair::on(&a, "carol", "dan");
-    let (mut u, mut t) = (Seen::user(), Seen::topic("room.1"));
-    push_both(&b, "carol", 1);
-    let at_one = snapshot(&redis);
-    push_both(&b, "carol", 2);
-    push_both(&b, "carol", 3);
-    u.read_to(&mut carol, 3);
-    t.read_to(&mut dan, 3);
-    let topic_epoch = t.epoch();
-    go_back(&redis, &at_one);
-    let links = a.ports_to(redis.port);
-    assert!(!links.is_empty(), "A's Redis links\n{}", a.output());
-    let mut r = redis.conn();
-    for port in links {
-        let _: redis::RedisResult<u64> = redis::cmd("CLIENT")
-            .arg(&[
-                "KILL",
-                "ADDR",
-                &format!("127.0.0.1:{port}"),
-                "SKIPME",
-                "yes",
-            ])
-            .query(&mut r);
-    }
+    let GoneBack {
+        redis,
+        a,
+        b,
+        mut carol,
+        mut dan,
+        epochs,
+    } = GoneBack::start();
+    a.cut_links_to(&redis);
     assert_eq!(carol.expect_close(), Closed::Code(Some(1012)));
     assert_eq!(dan.expect_close(), Closed::Code(Some(1012)));
     a.wait_ready_status(200);
-    resume_after_going_back(&a, &b, (&user_epoch, &topic_epoch));
+    resume_after_going_back(&a, &b, epochs);
 }
 
 #[test]
@@ -1388,22 +1424,8 @@ fn two_live_nodes_under_one_id_are_told_and_both_go_on_serving() {
     // (it finds the run it just wrote), and Q, beating on, is seen again by the next.
     // (Only P's links: were Q's cut too, a loaded machine could keep both away past
     // `STALE` and the verdict would lapse rightly.)
-    let links = p.ports_to(redis.port);
-    assert!(!links.is_empty(), "P's Redis links\n{}", p.output());
     let connected = p.logged("presence connected to Redis");
-    let mut r = redis.conn();
-    for port in links {
-        // A link gone already (a reconnect of its own) is no error here.
-        let _: redis::RedisResult<u64> = redis::cmd("CLIENT")
-            .arg(&[
-                "KILL",
-                "ADDR",
-                &format!("127.0.0.1:{port}"),
-                "SKIPME",
-                "yes",
-            ])
-            .query(&mut r);
-    }
+    p.cut_links_to(&redis);
     let reconnected = wait_until(Duration::from_secs(20), || {
         p.logged("presence connected to Redis") > connected
     });

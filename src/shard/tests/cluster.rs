@@ -356,12 +356,18 @@ fn a_stream_restarted_in_redis_closes_live_sessions_1012() {
     assert_eq!(asked(&interests), vec![Interest::ReloadUser("cy".into())]);
     tx.send(loaded("cy", Ok(state(1, OTHER, 1..=1, None))))
         .unwrap();
-    assert_eq!(h.recv_close(&mut p), 1012);
     // A new session starts from the new numbering.
-    let q = h.connect("cy");
+    closed_then_new_at(&mut h, &mut p, "cy", (1, OTHER));
+}
+
+/// `p` is closed with 1012 (its stream started again) and a new session of `user` is
+/// welcomed at `(seq, epoch)`.
+fn closed_then_new_at(h: &mut Harness, p: &mut Peer, user: &str, (seq, epoch): (u64, &str)) {
+    assert_eq!(h.recv_close(p), 1012);
+    let q = h.connect(user);
     assert_eq!(
         (q.welcome["seq"].as_u64(), q.welcome["epoch"].as_str()),
-        (Some(1), Some(OTHER))
+        (Some(seq), Some(epoch))
     );
 }
 
@@ -617,12 +623,7 @@ fn a_push_numbered_again_with_other_content_asks_for_a_new_epoch_and_sessions_st
     assert_eq!(asked(&interests), vec![rewound(user, EPOCH, 3)]);
     // The broker gave it a new epoch, numbering on from 3.
     tx.send(loaded("fa", Ok(bare_state(3, OTHER)))).unwrap();
-    assert_eq!(h.recv_close(&mut p), 1012);
-    let q = h.connect("fa");
-    assert_eq!(
-        (q.welcome["seq"].as_u64(), q.welcome["epoch"].as_str()),
-        (Some(3), Some(OTHER))
-    );
+    closed_then_new_at(&mut h, &mut p, "fa", (3, OTHER));
 }
 
 #[test]
