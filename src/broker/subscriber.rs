@@ -1109,6 +1109,20 @@ mod tests {
         .unwrap();
         assert_eq!((st.seq, st.entries.len()), (0, 0));
         assert!(read_state(Some(meta(Some(1), None)), None, None, 0).is_err());
+        // A user's stream gets its epoch at load; one without is not ours.
+        assert!(read_state(Some(meta(None, None)), None, None, 0).is_err());
+    }
+
+    #[test]
+    fn a_topic_without_a_key_is_the_placeholder_at_zero() {
+        let none = Value::Array(vec![]);
+        let st = read_state(Some(meta(None, None)), Some(none), Some("room"), 0).unwrap();
+        assert_eq!(
+            (st.seq, st.epoch.as_str(), st.entries.len()),
+            (0, crate::api::sequencer::NO_EPOCH, 0)
+        );
+        // A seq without an epoch is no stream we wrote.
+        assert!(read_state(Some(meta(Some(2), None)), None, Some("room"), 0).is_err());
     }
 
     #[test]
