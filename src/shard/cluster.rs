@@ -101,6 +101,13 @@ pub(super) struct TopicPos {
     epoch: Arc<str>,
 }
 
+impl TopicPos {
+    /// No push yet: Redis holds nothing for the topic (the placeholder epoch at 0).
+    pub(super) fn at_placeholder(&self) -> bool {
+        self.seq == 0 && *self.epoch == *NO_EPOCH
+    }
+}
+
 /// The shard's cluster state.
 pub(super) struct ClusterState {
     link: ShardCluster,
@@ -760,7 +767,7 @@ impl Shard {
         }
         // A topic loaded before its first push shows the placeholder epoch at 0; its first
         // push names the epoch it starts (as it does for clients): taken over, no restart.
-        let first_push = pos.seq == 0 && *pos.epoch == *NO_EPOCH && seq == 1;
+        let first_push = pos.at_placeholder() && seq == 1;
         let restarted = *pos.epoch != **epoch && !first_push;
         pos.seq = seq;
         pos.epoch = Arc::clone(epoch);

@@ -72,7 +72,11 @@ impl Shard {
             .users
             .served_ids(k.user_cursor, slots.div_ceil(SWEEP_SLICES));
         k.user_cursor = next;
-        let topics = k.next_topics(|| c.topics.keys().cloned().collect());
+        // A topic at the placeholder has no key in Redis to keep (none before a push).
+        let topics = k.next_topics(|| {
+            let pushed = c.topics.iter().filter(|(_, p)| !p.at_placeholder());
+            pushed.map(|(t, _)| Arc::clone(t)).collect()
+        });
         if users.is_empty() && topics.is_empty() {
             return;
         }

@@ -560,6 +560,15 @@ fn the_streams_a_shard_serves_are_kept_in_redis_once_a_second_a_slice() {
     })
     .unwrap();
     assert_eq!(h.recv_json(&mut ann)["type"], "subscribed");
+    // A topic never pushed has no key in Redis: nothing to keep.
+    ann.send_json(json!({"type": "subscribe", "topic": "room.p"}));
+    h.quiet(&mut ann);
+    tx.send(Remote::TopicLoaded {
+        topic: "room.p".into(),
+        state: Ok(bare_state(0, crate::api::sequencer::NO_EPOCH)),
+    })
+    .unwrap();
+    assert_eq!(h.recv_json(&mut ann)["type"], "subscribed");
     let _ = keeps(&interests);
     // One slice a second: at this size, one user and the topic.
     let start = h.clock.now_ms();
@@ -572,7 +581,9 @@ fn the_streams_a_shard_serves_are_kept_in_redis_once_a_second_a_slice() {
     let mut seen = users;
     for s in 2..=4 {
         h.at(start + s * 1000);
-        seen.extend(keeps(&interests).0);
+        let (users, topics) = keeps(&interests);
+        assert!(!topics.iter().any(|t| t == "room.p"), "{topics:?}");
+        seen.extend(users);
     }
     seen.sort();
     assert_eq!(seen, ["ann", "ann", "bo", "bo"]);
