@@ -1089,6 +1089,45 @@ fn a_node_that_reloads_streams_redis_took_back_starts_their_sessions_again() {
 }
 
 #[test]
+fn a_redis_that_refuses_the_new_epoch_has_the_sessions_start_again_once() {
+    // Redis took the streams back and refuses writes (too few replicas): the node cannot
+    // give them a new epoch. It says so, starts the sessions again in the old epoch, and
+    // does not ask again and again.
+    let GoneBack {
+        redis,
+        a,
+        b: _b,
+        mut carol,
+        mut dan,
+        epochs: (user_epoch, _),
+    } = GoneBack::start();
+    let _: () = redis::cmd("CONFIG")
+        .arg(&["SET", "min-replicas-to-write", "1"])
+        .query(&mut redis.conn())
+        .unwrap();
+    a.cut_links_to(&redis);
+    assert_eq!(carol.expect_close(), Closed::Code(Some(1012)));
+    assert_eq!(dan.expect_close(), Closed::Code(Some(1012)));
+    wait_logged(&a, "Redis refused its new epoch");
+    let carol = a.resume("carol", 3, &user_epoch);
+    assert_eq!(
+        (
+            carol.welcome["resumed"].as_bool(),
+            carol.welcome["seq"].as_u64()
+        ),
+        (Some(false), Some(1)),
+        "{}",
+        carol.welcome
+    );
+    assert_eq!(
+        epoch_of(&carol.welcome),
+        user_epoch,
+        "no new epoch was taken"
+    );
+    assert_eq!(a.stats()["cluster"]["broker_rewound_streams"], 0);
+}
+
+#[test]
 fn a_client_back_from_beyond_what_redis_holds_gets_its_stream_a_new_epoch() {
     // Redis went back while no node served the user (its only node died): the first
     // client to come back had seq 3, which Redis no longer has in that epoch. Before, it

@@ -85,14 +85,29 @@ impl Rewinds {
     /// The script's reply for `stream`: true (and logged, counted by the caller) when
     /// this node gave it a new epoch.
     pub(super) fn answered(&mut self, stream: StreamRef<'_>, reply: &Value) -> bool {
+        let (kind, name) = match stream {
+            StreamRef::User(u) => ("user", u),
+            StreamRef::Topic(t) => ("topic", t),
+        };
+        if let Value::ServerError(e) = reply {
+            // Redis refuses writes (read-only, out of memory): the shard starts the
+            // sessions again in the old epoch rather than ask without end.
+            if let Some(held) = self.log.fail(Instant::now()) {
+                tracing::warn!(
+                    stream = name,
+                    kind,
+                    streams_held_back = held,
+                    error = %redis::RedisError::from(e.clone()),
+                    "a stream went back in Redis, and Redis refused its new epoch; its \
+                     sessions start again in the old epoch"
+                );
+            }
+            return false;
+        }
         if !matches!(reply, Value::Int(1)) {
             return false;
         }
         if let Some(held) = self.log.fail(Instant::now()) {
-            let (kind, name) = match stream {
-                StreamRef::User(u) => ("user", u),
-                StreamRef::Topic(t) => ("topic", t),
-            };
             tracing::warn!(
                 stream = name,
                 kind,
