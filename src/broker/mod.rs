@@ -110,7 +110,7 @@ pub struct Rewind {
     /// The epoch in which it went back (16 hex digits for a user stream).
     pub epoch: String,
     /// The highest `seq` the shard had in that epoch: the new epoch's numbering goes on
-    /// above it, so no client sees a `seq` it had before.
+    /// above it.
     pub seq: u64,
 }
 

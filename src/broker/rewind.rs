@@ -49,9 +49,18 @@ impl Rewinds {
         }
     }
 
-    /// A shard found `stream` gone back in `epoch`, having had `seq`.
+    /// A shard found `stream` gone back in `epoch`, having had `seq` (shards that found it
+    /// in the same turn: the highest `seq` counts).
     pub(super) fn ask(&mut self, stream: StreamRef<'_>, epoch: String, seq: u64) {
-        self.asked.insert(stream.meta_key(), (epoch, seq));
+        let asked = self
+            .asked
+            .entry(stream.meta_key())
+            .or_insert((epoch.clone(), seq));
+        if asked.0 == epoch {
+            asked.1 = asked.1.max(seq);
+        } else {
+            *asked = (epoch, seq);
+        }
     }
 
     /// Adds the new-epoch script for `stream` to `pipe` when a shard asked for one (one
@@ -142,6 +151,7 @@ mod tests {
         );
         r.ask(StreamRef::User("alice"), "00000000000000aa".into(), 7);
         r.ask(StreamRef::Topic("room"), "e".into(), 3);
+        r.ask(StreamRef::Topic("room"), "e".into(), 2);
         assert!(
             !r.pipe(&mut pipe, StreamRef::Topic("alice")),
             "a topic, not the user"
@@ -153,6 +163,11 @@ mod tests {
         );
         let packed = String::from_utf8_lossy(&pipe.get_packed_pipeline()).into_owned();
         assert!(packed.contains("throng:{u:alice}:h") && packed.contains("00000000000000aa"));
+        assert_eq!(
+            r.asked.get("throng:{t:room}"),
+            Some(&("e".to_string(), 3)),
+            "the highest"
+        );
         r.drop_ask(StreamRef::Topic("room"));
         assert!(!r.pipe(&mut pipe, StreamRef::Topic("room")), "dropped");
     }
