@@ -23,11 +23,13 @@
 #   API_TLS_FLOOD=K (with API_TLS=1: K processes of scripts/tls-flood.py make full TLS
 #   handshakes with the push API for the whole run, as a peer looping handshakes would),
 #   API_TLS_RSA=1 (with API_TLS=1: an RSA-2048 certificate instead of ECDSA P-256),
-#   FLOOR=1 (TARGET=broadcast: first measure this host's floor with `throng-load floor
-#   --workload broadcast` at the same connections, rate and window, frames of
-#   FLOOR_FRAME_BYTES=150, one write per connection per broadcast and no Throng; then
-#   print Throng's CPU per delivery against it; at rates where one thread cannot write
-#   every frame alone the floor says it did not keep up).
+#   FLOOR=1 (first measure this host's floor with `throng-load floor`, no Throng, then
+#   print Throng's CPU per delivery against it: TARGET=broadcast, `--workload broadcast` at
+#   the same connections, rate and window, frames of FLOOR_FRAME_BYTES=150, one write per
+#   connection per broadcast (at rates where one thread cannot write every frame alone the
+#   floor says it did not keep up); TARGET=user, `--workload unicast` at the same
+#   connections, CONCURRENCY API connections each with one request in flight, and window:
+#   per push one read of the request, a fixed 202 and the frame written to one connection).
 # Also prints the wire bytes per delivery the load generator read (its `compression`
 # report), with or without --compression.
 set -euo pipefail
@@ -69,6 +71,9 @@ tls_if_asked "$WORK"
 api_tls_if_asked "$WORK"
 if [[ $TARGET == broadcast ]]; then
     run_floor push-cost --workload broadcast --connections "$N" --rate "$RATE" \
+        --window-secs "$WINDOW" --frame-bytes "${FLOOR_FRAME_BYTES:-150}" --source-ips "$SOURCE_IPS"
+elif [[ $TARGET == user ]]; then
+    run_floor push-cost --workload unicast --connections "$N" --in-flight "$CONCURRENCY" \
         --window-secs "$WINDOW" --frame-bytes "${FLOOR_FRAME_BYTES:-150}" --source-ips "$SOURCE_IPS"
 fi
 start_server push-cost "$WORK" "${SERVER_ARGS[@]}" || exit 1

@@ -95,6 +95,10 @@ pub enum FloorWorkload {
     /// --connections clients connect at once (512 in flight) and send an upgrade request;
     /// each is accepted, read once, registered and answered with a 101 and a frame.
     Handshake,
+    /// --in-flight API connections each send a push request, one at a time; each request
+    /// is read, answered with a fixed 202 and its --frame-bytes frame written to one of
+    /// --connections idle connections in turn (a unicast push through an HTTP API).
+    Unicast,
 }
 
 /// `floor`'s flags.
@@ -114,10 +118,14 @@ pub struct FloorArgs {
     /// broadcast: frames written to every connection per second.
     #[arg(long, default_value_t = 10.0)]
     pub rate: f64,
-    /// broadcast: bytes per frame, header included (a push of throng-load's default 64-byte
-    /// pad is about 150 bytes on the wire).
+    /// broadcast and unicast: bytes per frame, header included (a push of throng-load's
+    /// default 64-byte pad is about 150 bytes on the wire).
     #[arg(long, default_value_t = 150)]
     pub frame_bytes: usize,
+    /// unicast: API connections, each with one request in flight (as `push
+    /// --api-concurrency`).
+    #[arg(long, default_value_t = 64)]
+    pub in_flight: u64,
     /// Seconds measured, after one interval (heartbeat) or one second (broadcast) of
     /// warm-up.
     #[arg(long, default_value_t = 20.0)]
@@ -132,6 +140,9 @@ pub struct FloorArgs {
     /// Internal: run as the clients' process, connecting to this address.
     #[arg(long, hide = true)]
     pub peer: Option<std::net::SocketAddr>,
+    /// Internal, unicast: the clients' process's API connections go to this address.
+    #[arg(long, hide = true)]
+    pub api_peer: Option<std::net::SocketAddr>,
 }
 
 /// Checks `floor`'s flags.
@@ -158,6 +169,12 @@ pub fn validate_floor(a: &FloorArgs) -> Result<(), String> {
         return Err(format!(
             "--frame-bytes must be 2 to 1048576 (got {})",
             a.frame_bytes
+        ));
+    }
+    if !(1..=4096).contains(&a.in_flight) {
+        return Err(format!(
+            "--in-flight must be 1 to 4096 (got {})",
+            a.in_flight
         ));
     }
     if !(a.window_secs > 0.0 && a.window_secs <= 3600.0) {

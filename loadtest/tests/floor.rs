@@ -1,5 +1,6 @@
 //! `throng-load floor`: the minimal epoll server and its clients' process measure a
-//! heartbeat round trip, a broadcast delivery and a handshake, judge whether the host kept
+//! heartbeat round trip, a broadcast delivery, a handshake and a unicast push through an
+//! HTTP API, judge whether the host kept
 //! up, and refuse flags they cannot use. Real sockets over loopback; no Throng server.
 
 mod common;
@@ -122,6 +123,34 @@ fn a_handshake_floor_answers_every_connection() {
 }
 
 #[test]
+fn a_unicast_floor_answers_every_push_and_writes_its_frame() {
+    let r = Load::spawn(strings(&[
+        "floor",
+        "--workload",
+        "unicast",
+        "--connections",
+        "100",
+        "--in-flight",
+        "4",
+        "--frame-bytes",
+        "200",
+        "--window-secs",
+        "1",
+    ]))
+    .wait(LIMIT);
+    assert_eq!(r.str("workload"), "unicast");
+    assert_eq!(r.str("result"), "OK");
+    r.check(r.u("operations") > 100, "pushes answered in the window");
+    r.eq("asked", r.u("operations"));
+    // Every 202 and every frame was taken whole by its socket.
+    r.eq("short_writes", 0);
+    r.eq("in_flight", 4);
+    r.eq("frame_bytes", 200);
+    r.check(r.f("us_per_op") > 0.0, "CPU per push measured");
+    r.check(r.get("interval_ms").is_null(), "no heartbeat figures");
+}
+
+#[test]
 fn flags_a_floor_cannot_use_are_refused_before_it_starts() {
     for (args, want) in [
         (&["--connections", "0"][..], "--connections must be 1"),
@@ -129,6 +158,7 @@ fn flags_a_floor_cannot_use_are_refused_before_it_starts() {
         (&["--rate", "0"][..], "--rate must be"),
         (&["--frame-bytes", "1"][..], "--frame-bytes must be 2"),
         (&["--window-secs", "0"][..], "--window-secs must be above 0"),
+        (&["--in-flight", "0"][..], "--in-flight must be 1"),
         (&["--source-ips", "::1"][..], "::1 is not IPv4"),
         (
             &["--source-ips", "127.0.0.x"][..],

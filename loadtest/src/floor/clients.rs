@@ -1,7 +1,9 @@
 //! The floor's clients' process: it opens the connections (from `--source-ips` when
 //! given, with the load generator's own connect), answers each Ping with a masked Pong
-//! (heartbeat), reads and drops what arrives (broadcast) or sends an upgrade request and
-//! reads the answer (handshake), and ends when the server side has closed them all.
+//! (heartbeat), reads and drops what arrives (broadcast), sends an upgrade request and
+//! reads the answer (handshake), or beside its idle connections sends push requests one
+//! at a time on each API connection (unicast), and ends when the server side has closed
+//! them all.
 
 use super::io::read_all;
 use crate::cli::{FloorArgs, FloorWorkload};
@@ -140,6 +142,11 @@ pub fn run(a: &FloorArgs, peer: SocketAddr) -> Result<i32, String> {
     if a.workload == FloorWorkload::Handshake {
         return run_handshakes(a, peer, &sources, deadline);
     }
+    let api = match (a.workload, a.api_peer) {
+        (FloorWorkload::Unicast, None) => return Err("unicast needs --api-peer".into()),
+        (FloorWorkload::Unicast, Some(api)) => Some((api, a.in_flight as usize)),
+        _ => None,
+    };
     let mut poll = Poll::new().map_err(|e| format!("epoll: {e}"))?;
     let mut conns = Vec::with_capacity(n);
     for i in 0..n {
@@ -151,12 +158,34 @@ pub fn run(a: &FloorArgs, peer: SocketAddr) -> Result<i32, String> {
             .map_err(|e| format!("epoll: {e}"))?;
         conns.push(Some(s));
     }
+    // unicast: API connections after the idle ones, each sending its first request once
+    // connected and the next one when the answer to the last is whole.
+    let request = super::server::push_request();
+    let answer_len = super::server::PUSH_ANSWER.len();
+    let mut started = Vec::new();
+    let mut answer_bytes = Vec::new();
+    if let Some((api, k)) = api {
+        for j in 0..k {
+            let mut s = crate::ws_conn::connect(api, None)
+                .map_err(|e| format!("API connection {j} of {k}: {e}"))?;
+            poll.registry()
+                .register(
+                    &mut s,
+                    Token(n + j),
+                    Interest::READABLE | Interest::WRITABLE,
+                )
+                .map_err(|e| format!("epoll: {e}"))?;
+            conns.push(Some(s));
+        }
+        started = vec![false; k];
+        answer_bytes = vec![0usize; k];
+    }
+    let mut open = conns.len();
     let mut events = Events::with_capacity(1024);
     let mut buf = vec![0u8; 64 * 1024];
     let pongs = PONG.repeat(PONGS_AT_ONCE);
     // Ping bytes seen modulo 2 per connection, so a Ping split over two reads is one Pong.
     let mut odd = vec![false; n];
-    let mut open = n;
     let heartbeat = a.workload == FloorWorkload::Heartbeat;
     let ping = super::server::PING.len();
     while open > 0 {
@@ -175,6 +204,26 @@ pub fn run(a: &FloorArgs, peer: SocketAddr) -> Result<i32, String> {
             let Some(c) = conns.get_mut(i).and_then(Option::as_mut) else {
                 continue;
             };
+            if let Some(j) = i.checked_sub(n) {
+                if ev.is_writable() && !started[j] {
+                    started[j] = true;
+                    send_request(c, &request)?;
+                }
+                let closed = read_all(c, &mut buf, |c, k| {
+                    answer_bytes[j] += k;
+                    while answer_bytes[j] >= answer_len {
+                        answer_bytes[j] -= answer_len;
+                        send_request(c, &request)?;
+                    }
+                    Ok(())
+                })
+                .map_err(|e| format!("API connection {j}: {e}"))?;
+                if closed {
+                    conns[i] = None;
+                    open -= 1;
+                }
+                continue;
+            }
             let closed = read_all(c, &mut buf, |c, k| {
                 if heartbeat {
                     let bytes = k + usize::from(odd[i]);
@@ -191,6 +240,18 @@ pub fn run(a: &FloorArgs, peer: SocketAddr) -> Result<i32, String> {
         }
     }
     Ok(0)
+}
+
+/// Writes one push request whole (a socket with nothing in flight takes it at once).
+fn send_request(c: &mut TcpStream, request: &[u8]) -> Result<(), String> {
+    match c.write(request) {
+        Ok(w) if w == request.len() => Ok(()),
+        Ok(w) => Err(format!(
+            "a request write took {w} of {} bytes",
+            request.len()
+        )),
+        Err(e) => Err(format!("a request write failed: {e}")),
+    }
 }
 
 /// Writes `count` Pongs, at most [`PONGS_AT_ONCE`] a write.

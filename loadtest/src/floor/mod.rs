@@ -1,6 +1,7 @@
 //! `floor`: this host's kernel floor for a server's per-connection work. A minimal epoll
 //! server (no parsing, no token check, no routing, no JSON) makes only the system calls a
-//! heartbeat, a broadcast delivery or a handshake needs, against a child process of clients; its CPU per operation is
+//! heartbeat, a broadcast delivery, a handshake or a unicast push through an HTTP API
+//! needs, against a child process of clients; its CPU per operation is
 //! what any epoll server pays on this host, so Throng's figures can be read against it.
 
 mod clients;
@@ -31,8 +32,10 @@ pub struct FloorReport {
     pub interval_ms: Option<u64>,
     pub rate: Option<f64>,
     pub frame_bytes: Option<usize>,
+    pub in_flight: Option<u64>,
     pub window_secs: f64,
-    /// Round trips answered (heartbeat) or whole frames written (broadcast).
+    /// Round trips answered (heartbeat), whole frames written (broadcast), handshakes
+    /// answered or pushes answered (unicast).
     pub operations: u64,
     /// Pings written or frames due in the window.
     pub asked: u64,
@@ -67,7 +70,9 @@ pub fn run(a: &FloorArgs) -> Result<i32, String> {
             a.connections + 64
         ));
     }
-    let (listener, addr) = listen()?;
+    // TCP_DEFER_ACCEPT as on Throng's client listener only where clients send a request
+    // first: the other workloads' clients send nothing, and each would wait out its 10 s.
+    let (listener, addr) = listen(a.workload == FloorWorkload::Handshake)?;
     let url = crate::util::parse_ws_url(&format!("ws://{addr}/"))?;
     crate::sources::check(
         a.source_ips.as_deref(),
@@ -75,8 +80,13 @@ pub fn run(a: &FloorArgs) -> Result<i32, String> {
         &[url],
         a.connections,
     )?;
-    let mut child = spawn_clients(a, addr)?;
-    let out = measure(a, listener, &mut child);
+    // unicast: the API connections have a listener of their own, as Throng's push API.
+    let api = match a.workload {
+        FloorWorkload::Unicast => Some(listen(false)?),
+        _ => None,
+    };
+    let mut child = spawn_clients(a, addr, api.as_ref().map(|(_, addr)| *addr))?;
+    let out = measure(a, listener, api.map(|(l, _)| l), &mut child);
     // The server side is gone (its connections closed): the clients end by themselves.
     let status = reap(&mut child, Duration::from_secs(10));
     let tally = out?;
@@ -93,19 +103,22 @@ pub fn run(a: &FloorArgs) -> Result<i32, String> {
     Ok(if rep.failures.is_empty() { 0 } else { 1 })
 }
 
-/// A listener on an ephemeral loopback port with the largest backlog the kernel allows.
-fn listen() -> Result<(mio::net::TcpListener, std::net::SocketAddr), String> {
+/// A listener on an ephemeral loopback port with the largest backlog the kernel allows
+/// (`defer`: with `TCP_DEFER_ACCEPT`, as Throng's client listener).
+fn listen(defer: bool) -> Result<(mio::net::TcpListener, std::net::SocketAddr), String> {
     use socket2::{Domain, Protocol, SockAddr, Socket, Type};
     let sock = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))
         .map_err(|e| format!("socket: {e}"))?;
     let any: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
     sock.bind(&SockAddr::from(any))
         .map_err(|e| format!("bind 127.0.0.1: {e}"))?;
-    // As Throng's client listener: accepted sockets inherit TCP_NODELAY, and are handed
-    // over once their first bytes came (TCP_DEFER_ACCEPT), read at once.
+    // As Throng's client listener: accepted sockets inherit TCP_NODELAY, and (`defer`) are
+    // handed over once their first bytes came (TCP_DEFER_ACCEPT), read at once.
     sock.set_tcp_nodelay(true)
         .map_err(|e| format!("TCP_NODELAY: {e}"))?;
-    defer_accept(&sock)?;
+    if defer {
+        defer_accept(&sock)?;
+    }
     sock.listen(65535).map_err(|e| format!("listen: {e}"))?;
     sock.set_nonblocking(true)
         .map_err(|e| format!("non-blocking: {e}"))?;
@@ -140,8 +153,12 @@ fn defer_accept(sock: &socket2::Socket) -> Result<(), String> {
     Ok(())
 }
 
-/// Starts this executable as the clients' process.
-fn spawn_clients(a: &FloorArgs, addr: std::net::SocketAddr) -> Result<Child, String> {
+/// Starts this executable as the clients' process (unicast: with the API's address).
+fn spawn_clients(
+    a: &FloorArgs,
+    addr: std::net::SocketAddr,
+    api: Option<std::net::SocketAddr>,
+) -> Result<Child, String> {
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
     let workload = workload_name(a.workload);
     let mut cmd = Command::new(exe);
@@ -154,6 +171,10 @@ fn spawn_clients(a: &FloorArgs, addr: std::net::SocketAddr) -> Result<Child, Str
     if let Some(s) = &a.source_ips {
         cmd.args(["--source-ips", s]);
     }
+    if let Some(api) = api {
+        cmd.args(["--api-peer", &api.to_string()])
+            .args(["--in-flight", &a.in_flight.to_string()]);
+    }
     cmd.spawn()
         .map_err(|e| format!("starting the clients' process: {e}"))
 }
@@ -164,6 +185,7 @@ fn workload_name(w: FloorWorkload) -> &'static str {
         FloorWorkload::Heartbeat => "heartbeat",
         FloorWorkload::Broadcast => "broadcast",
         FloorWorkload::Handshake => "handshake",
+        FloorWorkload::Unicast => "unicast",
     }
 }
 
@@ -171,6 +193,7 @@ fn workload_name(w: FloorWorkload) -> &'static str {
 fn measure(
     a: &FloorArgs,
     listener: mio::net::TcpListener,
+    api: Option<mio::net::TcpListener>,
     child: &mut Child,
 ) -> Result<Tally, String> {
     let n = a.connections as usize;
@@ -200,6 +223,14 @@ fn measure(
             let mut srv = up(listener)?;
             let frame = broadcast_frame(a.frame_bytes);
             srv.broadcast(a.rate, &frame, Duration::from_secs(1), window, child.id())
+        }
+        FloorWorkload::Unicast => {
+            let api = api.ok_or("no API listener")?;
+            let mut srv = up(listener)?;
+            let frame = broadcast_frame(a.frame_bytes);
+            let k = a.in_flight as usize;
+            let times = (Duration::from_secs(1), window);
+            srv.unicast(api, k, &frame, times, deadline, child)
         }
     }
 }
@@ -241,6 +272,7 @@ fn report(a: &FloorArgs, t: &Tally) -> FloorReport {
     let us = per(t.user + t.system);
     let heartbeat = a.workload == FloorWorkload::Heartbeat;
     let broadcast = a.workload == FloorWorkload::Broadcast;
+    let unicast = a.workload == FloorWorkload::Unicast;
     let mut failures = Vec::new();
     if t.ops == 0 {
         failures.push("no operation in the window".to_string());
@@ -261,7 +293,7 @@ fn report(a: &FloorArgs, t: &Tally) -> FloorReport {
             ROUNDS_MIN * 100.0
         ));
     }
-    if broadcast && t.short_writes > 0 {
+    if (broadcast || unicast) && t.short_writes > 0 {
         failures.push(format!(
             "{} writes did not take their whole frame (a client fell behind)",
             t.short_writes
@@ -272,7 +304,8 @@ fn report(a: &FloorArgs, t: &Tally) -> FloorReport {
         connections: a.connections,
         interval_ms: heartbeat.then_some(a.interval_ms),
         rate: broadcast.then_some(a.rate),
-        frame_bytes: broadcast.then_some(a.frame_bytes),
+        frame_bytes: (broadcast || unicast).then_some(a.frame_bytes),
+        in_flight: unicast.then_some(a.in_flight),
         window_secs: t.elapsed.as_secs_f64(),
         operations: t.ops,
         asked: t.asked,
@@ -295,10 +328,15 @@ fn report(a: &FloorArgs, t: &Tally) -> FloorReport {
 fn summary(r: &FloorReport) -> String {
     use std::fmt::Write;
     let mut s = String::new();
-    let what = match (r.interval_ms, r.rate) {
-        (Some(ms), _) => format!("a 2-byte ping every {ms} ms, a 6-byte pong back"),
-        (_, Some(rate)) => format!(
+    let what = match (r.interval_ms, r.rate, r.in_flight) {
+        (Some(ms), _, _) => format!("a 2-byte ping every {ms} ms, a 6-byte pong back"),
+        (_, Some(rate), _) => format!(
             "{rate} broadcasts/s of {} bytes",
+            r.frame_bytes.unwrap_or_default()
+        ),
+        (_, _, Some(k)) => format!(
+            "{k} API connections with a push request each in flight, a 202 back and a \
+             {}-byte frame to one connection per push",
             r.frame_bytes.unwrap_or_default()
         ),
         _ => "all at once (512 in flight), an upgrade request each, a 101 and a frame back"
@@ -307,6 +345,7 @@ fn summary(r: &FloorReport) -> String {
     let (op, ops) = match r.workload {
         "heartbeat" => ("round trip", "round trips"),
         "broadcast" => ("delivery", "deliveries"),
+        "unicast" => ("push", "pushes"),
         _ => ("handshake", "handshakes"),
     };
     let _ = writeln!(

@@ -91,6 +91,26 @@ pub fn handshake_answer() -> Vec<u8> {
     a
 }
 
+/// A push request as `throng-load push` sends one (a user target, a 64-byte pad), which a
+/// unicast floor's API connections send: the server counts it by length only.
+pub fn push_request() -> Vec<u8> {
+    let body = format!(
+        r#"{{"user":"u00001","data":{{"t":1764000000000000,"n":1,"pad":"{}"}}}}"#,
+        "x".repeat(64)
+    );
+    format!(
+        "POST /v1/push HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "k".repeat(32),
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// What the unicast floor answers each push request with, as Throng does.
+pub const PUSH_ANSWER: &[u8] = b"HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\n\
+    Content-Length: 17\r\n\r\n{\"accepted\":true}";
+
 /// The end of a request head.
 fn head_ends(buf: &[u8]) -> bool {
     buf.windows(4).any(|w| w == b"\r\n\r\n")
@@ -303,6 +323,97 @@ impl Server {
                 .saturating_duration_since(now)
                 .min(Duration::from_millis(100));
             self.read_ready(Some(wait))?;
+        }
+    }
+
+    /// Accepts `k` API connections on `api` (after the idle ones), then answers each push
+    /// request on them with [`PUSH_ANSWER`] and writes `frame` to the idle connections in
+    /// turn: one read, two writes per push, as Throng's API and shard make. Measures
+    /// `window` after `warmup`; the operations are the pushes answered.
+    pub fn unicast(
+        &mut self,
+        mut api: TcpListener,
+        k: usize,
+        frame: &[u8],
+        (warmup, window): (Duration, Duration),
+        deadline: Instant,
+        child: &mut Child,
+    ) -> Result<Tally, String> {
+        let n = self.conns.len();
+        self.poll
+            .registry()
+            .register(&mut api, LISTENER, Interest::READABLE)
+            .map_err(|e| format!("epoll: {e}"))?;
+        // API connections go after the idle ones, under tokens n.. (accept_waiting
+        // registers each under its index).
+        let mut all = std::mem::take(&mut self.conns);
+        while all.len() < n + k {
+            let done = format!("{} of {k} API connections", all.len() - n);
+            still_running(deadline, child, &done)?;
+            self.poll
+                .poll(&mut self.events, Some(Duration::from_millis(200)))
+                .map_err(|e| format!("epoll: {e}"))?;
+            accept_waiting(&api, &self.poll, &mut all, n + k)?;
+        }
+        let api_conns = all.split_off(n);
+        self.conns = all;
+        let mut api_conns = api_conns;
+        let request = push_request().len();
+        let clients_pid = child.id();
+        // Bytes of each API connection's next request read so far.
+        let mut partial = vec![0usize; k];
+        let (mut answered, mut next) = (0u64, 0usize);
+        let mut t = Tally::default();
+        let start = Instant::now();
+        let mut mark: Option<(Mark, u64, u64)> = None;
+        loop {
+            let now = Instant::now();
+            match &mark {
+                None if now >= start + warmup => {
+                    mark = Some((Mark::now(clients_pid), answered, t.short_writes));
+                }
+                Some((m, answered0, short0)) if now >= m.at + window => {
+                    m.close(&mut t, clients_pid);
+                    t.ops = answered - answered0;
+                    t.asked = t.ops;
+                    t.short_writes -= short0;
+                    return Ok(t);
+                }
+                _ => {}
+            }
+            match self
+                .poll
+                .poll(&mut self.events, Some(Duration::from_millis(10)))
+            {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(format!("epoll: {e}")),
+            }
+            for ev in self.events.iter() {
+                let Some(j) = ev.token().0.checked_sub(n).filter(|&j| j < k) else {
+                    continue; // an idle connection: its clients send nothing
+                };
+                let (idle, buf) = (&mut self.conns, &mut self.buf);
+                let closed = read_all(&mut api_conns[j], buf, |c, bytes| {
+                    partial[j] += bytes;
+                    while partial[j] >= request {
+                        partial[j] -= request;
+                        if !matches!(c.write(PUSH_ANSWER), Ok(w) if w == PUSH_ANSWER.len()) {
+                            t.short_writes += 1;
+                        }
+                        if !matches!(idle[next].write(frame), Ok(w) if w == frame.len()) {
+                            t.short_writes += 1;
+                        }
+                        next = (next + 1) % n;
+                        answered += 1;
+                    }
+                    Ok(())
+                })
+                .map_err(|e| format!("API connection {j}: {e}"))?;
+                if closed {
+                    return Err(format!("the clients' process closed API connection {j}"));
+                }
+            }
         }
     }
 
