@@ -205,20 +205,23 @@ pub fn run(a: &FloorArgs, peer: SocketAddr) -> Result<i32, String> {
                 continue;
             };
             if let Some(j) = i.checked_sub(n) {
+                // The server side closes these at its window's end, maybe while a request
+                // is on its way: a write it refuses then is the close, not a failure.
+                let mut gone = false;
                 if ev.is_writable() && !started[j] {
                     started[j] = true;
-                    send_request(c, &request)?;
+                    gone = !send_request(c, &request)?;
                 }
                 let closed = read_all(c, &mut buf, |c, k| {
                     answer_bytes[j] += k;
-                    while answer_bytes[j] >= answer_len {
+                    while answer_bytes[j] >= answer_len && !gone {
                         answer_bytes[j] -= answer_len;
-                        send_request(c, &request)?;
+                        gone = !send_request(c, &request)?;
                     }
                     Ok(())
                 })
                 .map_err(|e| format!("API connection {j}: {e}"))?;
-                if closed {
+                if closed || gone {
                     conns[i] = None;
                     open -= 1;
                 }
@@ -242,14 +245,18 @@ pub fn run(a: &FloorArgs, peer: SocketAddr) -> Result<i32, String> {
     Ok(0)
 }
 
-/// Writes one push request whole (a socket with nothing in flight takes it at once).
-fn send_request(c: &mut TcpStream, request: &[u8]) -> Result<(), String> {
+/// Writes one push request whole (a socket with nothing in flight takes it at once);
+/// false when the server side has closed the connection.
+fn send_request(c: &mut TcpStream, request: &[u8]) -> Result<bool, String> {
     match c.write(request) {
-        Ok(w) if w == request.len() => Ok(()),
+        Ok(w) if w == request.len() => Ok(true),
         Ok(w) => Err(format!(
             "a request write took {w} of {} bytes",
             request.len()
         )),
+        Err(e) if matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) => {
+            Ok(false)
+        }
         Err(e) => Err(format!("a request write failed: {e}")),
     }
 }

@@ -355,9 +355,8 @@ impl Server {
                 .map_err(|e| format!("epoll: {e}"))?;
             accept_waiting(&api, &self.poll, &mut all, n + k)?;
         }
-        let api_conns = all.split_off(n);
+        let mut api_conns = all.split_off(n);
         self.conns = all;
-        let mut api_conns = api_conns;
         let request = push_request().len();
         let clients_pid = child.id();
         // Bytes of each API connection's next request read so far.
