@@ -5,7 +5,7 @@
 //! at a time on each API connection (unicast), and ends when the server side has closed
 //! them all.
 
-use super::io::read_all;
+use super::io::{read_all, wait};
 use crate::cli::{FloorArgs, FloorWorkload};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
@@ -75,11 +75,7 @@ fn run_handshakes(
                 "{answered} of {n} handshakes answered at the clients' deadline"
             ));
         }
-        match poll.poll(&mut events, Some(Duration::from_secs(1))) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(format!("epoll: {e}")),
-        }
+        wait(&mut poll, &mut events, Duration::from_secs(1))?;
         for ev in events.iter() {
             let i = ev.token().0;
             let Some(c) = conns.get_mut(i).and_then(Option::as_mut) else {
@@ -194,11 +190,7 @@ pub fn run(a: &FloorArgs, peer: SocketAddr) -> Result<i32, String> {
                 "{open} connections still open at the clients' deadline"
             ));
         }
-        match poll.poll(&mut events, Some(Duration::from_secs(1))) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(format!("epoll: {e}")),
-        }
+        wait(&mut poll, &mut events, Duration::from_secs(1))?;
         for ev in events.iter() {
             let i = ev.token().0;
             let Some(c) = conns.get_mut(i).and_then(Option::as_mut) else {

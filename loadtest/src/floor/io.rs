@@ -2,10 +2,10 @@
 //! accepting what waits on the listener.
 
 use mio::net::{TcpListener, TcpStream};
-use mio::{Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Token};
 use std::io::{ErrorKind, Read};
 use std::process::Child;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Reads what `c` has, handing each read's length to `on_bytes` (which may write to
 /// `c`); a read that does not fill `buf` ends it (as in Throng). True when the other side
@@ -68,4 +68,14 @@ pub fn still_running(deadline: Instant, child: &mut Child, done: &str) -> Result
         ));
     }
     Ok(())
+}
+
+/// Waits at most `timeout` for `poll`'s events; a wait a signal interrupted is an empty one
+/// (mio clears `events` before it waits).
+pub fn wait(poll: &mut Poll, events: &mut Events, timeout: Duration) -> Result<(), String> {
+    match poll.poll(events, Some(timeout)) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::Interrupted => Ok(()),
+        Err(e) => Err(format!("epoll: {e}")),
+    }
 }

@@ -3,7 +3,7 @@
 //! timers beyond the schedule).
 
 use super::cpu;
-use super::io::{accept_waiting, read_all, still_running};
+use super::io::{accept_waiting, read_all, still_running, wait};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use std::io::{ErrorKind, Read, Write};
@@ -78,6 +78,43 @@ impl Mark {
     }
 }
 
+/// The measured window of a steady workload: it opens `warmup` after the start and
+/// closes `length` after it opened, remembering the counters `S` it opened with.
+struct Window<S> {
+    opens: Instant,
+    length: Duration,
+    opened: Option<(Mark, S)>,
+    clients_pid: u32,
+}
+
+impl<S: Copy> Window<S> {
+    fn new(start: Instant, warmup: Duration, length: Duration, clients_pid: u32) -> Window<S> {
+        Window {
+            opens: start + warmup,
+            length,
+            opened: None,
+            clients_pid,
+        }
+    }
+
+    /// At `now`, the counters being `at`: opens the window once the warm-up is over; once
+    /// it has lasted its length, fills `t`'s CPU and elapsed fields and returns the
+    /// counters it opened with and when it opened.
+    fn step(&mut self, now: Instant, at: S, t: &mut Tally) -> Option<(S, Instant)> {
+        match &self.opened {
+            None if now >= self.opens => {
+                self.opened = Some((Mark::now(self.clients_pid), at));
+                None
+            }
+            Some((m, at0)) if now >= m.at + self.length => {
+                m.close(t, self.clients_pid);
+                Some((*at0, m.at))
+            }
+            _ => None,
+        }
+    }
+}
+
 /// What the server side answers a handshake with: a 101 and a `welcome`-sized text frame,
 /// in one write (Throng's answer is about this long).
 pub fn handshake_answer() -> Vec<u8> {
@@ -141,8 +178,7 @@ pub fn handshakes(
     let clients_pid = child.id();
     while answered < n {
         still_running(deadline, child, &format!("{answered} of {n} handshakes"))?;
-        poll.poll(&mut events, Some(Duration::from_millis(200)))
-            .map_err(|e| format!("epoll: {e}"))?;
+        wait(&mut poll, &mut events, Duration::from_millis(200))?;
         ready.clear();
         for ev in events.iter() {
             if ev.token() == LISTENER {
@@ -219,8 +255,7 @@ impl Server {
                 child,
                 &format!("{} of {n} connections", conns.len()),
             )?;
-            poll.poll(&mut events, Some(Duration::from_millis(200)))
-                .map_err(|e| format!("epoll: {e}"))?;
+            wait(&mut poll, &mut events, Duration::from_millis(200))?;
             accept_waiting(&listener, &poll, &mut conns, n)?;
         }
         Ok(Server {
@@ -244,7 +279,7 @@ impl Server {
         let start = Instant::now();
         let (mut sent, mut pong_bytes) = (0u64, 0u64);
         let mut t = Tally::default();
-        let mut mark: Option<(Mark, u64, u64, u64)> = None;
+        let mut w = Window::new(start, warmup, window, clients_pid);
         loop {
             let now = Instant::now();
             let due = (n * now.duration_since(start).as_nanos() / interval.as_nanos()) as u64;
@@ -255,22 +290,16 @@ impl Server {
                 }
                 sent += 1;
             }
-            match &mark {
-                None if now >= start + warmup => {
-                    mark = Some((Mark::now(clients_pid), sent, pong_bytes, t.short_writes));
-                }
-                Some((m, sent0, pong0, short0)) if now >= m.at + window => {
-                    m.close(&mut t, clients_pid);
-                    t.asked = sent - sent0;
-                    t.ops = (pong_bytes - pong0) / PONG_BYTES as u64;
-                    t.short_writes -= short0;
-                    return Ok(t);
-                }
-                _ => {}
+            let at = (sent, pong_bytes, t.short_writes);
+            if let Some(((sent0, pong0, short0), _)) = w.step(now, at, &mut t) {
+                t.asked = sent - sent0;
+                t.ops = (pong_bytes - pong0) / PONG_BYTES as u64;
+                t.short_writes -= short0;
+                return Ok(t);
             }
             let next = start
                 + TICK * (now.duration_since(start).as_millis() / TICK.as_millis() + 1) as u32;
-            pong_bytes += self.read_ready(Some(next.saturating_duration_since(Instant::now())))?;
+            pong_bytes += self.read_ready(next.saturating_duration_since(Instant::now()))?;
         }
     }
 
@@ -288,7 +317,7 @@ impl Server {
         let start = Instant::now();
         let (mut rounds, mut written) = (0u64, 0u64);
         let mut t = Tally::default();
-        let mut mark: Option<(Mark, u64, u64, u64)> = None;
+        let mut w = Window::new(start, warmup, window, clients_pid);
         // Broadcasts due by `at`: one at the start, then one every period.
         let scheduled = |at: Instant| (at.duration_since(start).as_secs_f64() * rate) as u64 + 1;
         loop {
@@ -303,26 +332,20 @@ impl Server {
                 rounds += 1;
             }
             let now = Instant::now();
-            match &mark {
-                None if now >= start + warmup => {
-                    mark = Some((Mark::now(clients_pid), rounds, written, t.short_writes));
-                }
-                Some((m, rounds0, written0, short0)) if now >= m.at + window => {
-                    m.close(&mut t, clients_pid);
-                    t.rounds = rounds - rounds0;
-                    t.rounds_due = scheduled(now) - scheduled(m.at);
-                    t.ops = written - written0;
-                    t.asked = t.rounds_due * self.conns.len() as u64;
-                    t.short_writes -= short0;
-                    return Ok(t);
-                }
-                _ => {}
+            let at = (rounds, written, t.short_writes);
+            if let Some(((rounds0, written0, short0), opened)) = w.step(now, at, &mut t) {
+                t.rounds = rounds - rounds0;
+                t.rounds_due = scheduled(now) - scheduled(opened);
+                t.ops = written - written0;
+                t.asked = t.rounds_due * self.conns.len() as u64;
+                t.short_writes -= short0;
+                return Ok(t);
             }
             let next = start + period.mul_f64(rounds as f64);
             let wait = next
                 .saturating_duration_since(now)
                 .min(Duration::from_millis(100));
-            self.read_ready(Some(wait))?;
+            self.read_ready(wait)?;
         }
     }
 
@@ -350,44 +373,27 @@ impl Server {
         while all.len() < n + k {
             let done = format!("{} of {k} API connections", all.len() - n);
             still_running(deadline, child, &done)?;
-            self.poll
-                .poll(&mut self.events, Some(Duration::from_millis(200)))
-                .map_err(|e| format!("epoll: {e}"))?;
+            wait(&mut self.poll, &mut self.events, Duration::from_millis(200))?;
             accept_waiting(&api, &self.poll, &mut all, n + k)?;
         }
         let mut api_conns = all.split_off(n);
         self.conns = all;
         let request = push_request().len();
-        let clients_pid = child.id();
         // Bytes of each API connection's next request read so far.
         let mut partial = vec![0usize; k];
         let (mut answered, mut next) = (0u64, 0usize);
         let mut t = Tally::default();
-        let start = Instant::now();
-        let mut mark: Option<(Mark, u64, u64)> = None;
+        let mut w = Window::new(Instant::now(), warmup, window, child.id());
         loop {
-            let now = Instant::now();
-            match &mark {
-                None if now >= start + warmup => {
-                    mark = Some((Mark::now(clients_pid), answered, t.short_writes));
-                }
-                Some((m, answered0, short0)) if now >= m.at + window => {
-                    m.close(&mut t, clients_pid);
-                    t.ops = answered - answered0;
-                    t.asked = t.ops;
-                    t.short_writes -= short0;
-                    return Ok(t);
-                }
-                _ => {}
-            }
-            match self
-                .poll
-                .poll(&mut self.events, Some(Duration::from_millis(10)))
+            if let Some(((answered0, short0), _)) =
+                w.step(Instant::now(), (answered, t.short_writes), &mut t)
             {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Err(format!("epoll: {e}")),
+                t.ops = answered - answered0;
+                t.asked = t.ops;
+                t.short_writes -= short0;
+                return Ok(t);
             }
+            wait(&mut self.poll, &mut self.events, Duration::from_millis(10))?;
             for ev in self.events.iter() {
                 let Some(j) = ev.token().0.checked_sub(n).filter(|&j| j < k) else {
                     continue; // an idle connection: its clients send nothing
@@ -418,12 +424,8 @@ impl Server {
 
     /// Waits at most `timeout` for readable connections and reads them; returns the bytes
     /// read. A read that does not fill the buffer ends a connection's reads (as in Throng).
-    fn read_ready(&mut self, timeout: Option<Duration>) -> Result<u64, String> {
-        match self.poll.poll(&mut self.events, timeout) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::Interrupted => return Ok(0),
-            Err(e) => return Err(format!("epoll: {e}")),
-        }
+    fn read_ready(&mut self, timeout: Duration) -> Result<u64, String> {
+        wait(&mut self.poll, &mut self.events, timeout)?;
         let mut total = 0u64;
         for ev in self.events.iter() {
             let i = ev.token().0;
