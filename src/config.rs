@@ -784,6 +784,9 @@ pub struct KafkaConfig {
     pub session_timeout: Duration,
 }
 
+/// The client listener's backlog by default (`backlog`).
+pub const DEFAULT_BACKLOG: u32 = 4096;
+
 /// Unsent bytes the kernel holds per client socket by default (`tcp_notsent_lowat`):
 /// past it a slow client's frames wait in Throng's queue, where the outbound bounds see
 /// them, instead of in up to `tcp_wmem`'s max (4 MiB) of kernel memory.
@@ -1523,7 +1526,7 @@ impl Config {
                 })
             }
         };
-        let backlog = args.backlog.or(file.backlog).unwrap_or(4096);
+        let backlog = args.backlog.or(file.backlog).unwrap_or(DEFAULT_BACKLOG);
         if backlog == 0 || backlog > i32::MAX as u32 {
             return Err(invalid("backlog", "must be between 1 and 2147483647"));
         }

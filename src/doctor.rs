@@ -62,7 +62,7 @@ pub const FILE_MAX_MARGIN: u64 = 65_536;
 /// asks for. The kernel caps it at `net.core.somaxconn`, so the accept queue holds
 /// `min(backlog, somaxconn)`, and with `tcp_syncookies` on (the default) the queue of
 /// handshakes in progress is bounded by the same number. `somaxconn` is checked against it.
-pub const SERVER_BACKLOG: u64 = 4096;
+pub const SERVER_BACKLOG: u64 = crate::config::DEFAULT_BACKLOG as u64;
 
 /// `tcp_rmem` default (its middle value) below which a new connection's initial receive
 /// window shrinks: the kernel's default was 87380 before Linux 5.4 and is 131072 since.
